@@ -1,0 +1,44 @@
+# qm: a networked master/worker task queue.
+GO        ?= go
+BIN       := bin
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+FUZZTIME  ?= 5s
+
+.PHONY: all build demo test lint fuzz fuzz-smoke bench clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+# A master, two workers and a producer on loopback; everything is stopped again.
+demo: build
+	bash scripts/demo.sh
+
+# What CI runs: formatting, vet, staticcheck, the race-enabled tests (fuzz
+# seed corpora included) and a few seconds of each fuzz target.
+test: lint
+	$(GO) test -race -count=1 ./...
+	$(MAKE) fuzz-smoke
+
+lint:
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
+
+# Every fuzz target for FUZZTIME (make fuzz FUZZTIME=10m for a long run).
+fuzz fuzz-smoke:
+	@set -e; for pkg in $$($(GO) list ./...); do \
+	  dir=$$($(GO) list -f '{{.Dir}}' $$pkg); \
+	  for target in $$(grep -ho '^func Fuzz[A-Za-z0-9_]*' $$dir/*_test.go 2>/dev/null | sed 's/^func //'); do \
+	    echo "fuzz $$pkg $$target ($(FUZZTIME))"; \
+	    $(GO) test -run '^$$' -fuzz "^$$target$$" -fuzztime $(FUZZTIME) $$pkg > /tmp/qm-fuzz.log 2>&1 || { cat /tmp/qm-fuzz.log; exit 1; }; \
+	  done; \
+	done
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+clean:
+	rm -rf $(BIN)

@@ -1,0 +1,99 @@
+// Package jsonval converts between the JSON text users type and read on the
+// command line and the plain values qm carries as msgpack payloads.
+package jsonval
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"unicode/utf8"
+)
+
+// Parse reads one line of user input: valid JSON is taken as that value
+// (integers as int64 when they fit), anything else as a plain string, so
+// `seq 1 10` gives numbers and `hello` gives "hello".
+func Parse(line string) any {
+	s := strings.TrimSpace(line)
+	if s == "" {
+		return line
+	}
+	dec := json.NewDecoder(strings.NewReader(s))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil || dec.More() {
+		return s
+	}
+	if _, err := dec.Token(); err == nil { // trailing data: not one JSON value
+		return s
+	}
+	return normalize(v)
+}
+
+func normalize(v any) any {
+	switch x := v.(type) {
+	case json.Number:
+		if i, err := x.Int64(); err == nil {
+			return i
+		}
+		if f, err := x.Float64(); err == nil {
+			return f
+		}
+		return x.String()
+	case []any:
+		for i := range x {
+			x[i] = normalize(x[i])
+		}
+		return x
+	case map[string]any:
+		for k := range x {
+			x[k] = normalize(x[k])
+		}
+		return x
+	}
+	return v
+}
+
+// Marshal renders a decoded payload as compact JSON on one line. Bytes
+// become a string when they are valid UTF-8 and base64 otherwise, since
+// JSON has no bytes type.
+func Marshal(v any) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(jsonable(v)); err != nil {
+		return nil, fmt.Errorf("render JSON: %w", err)
+	}
+	return bytes.TrimRight(buf.Bytes(), "\n"), nil
+}
+
+// jsonable rewrites the types encoding/json cannot render as users expect.
+func jsonable(v any) any {
+	switch x := v.(type) {
+	case []byte:
+		if utf8.Valid(x) {
+			return string(x)
+		}
+		return base64.StdEncoding.EncodeToString(x)
+	case []any:
+		out := make([]any, len(x))
+		for i, e := range x {
+			out[i] = jsonable(e)
+		}
+		return out
+	case map[string]any:
+		out := make(map[string]any, len(x))
+		for k, e := range x {
+			out[k] = jsonable(e)
+		}
+		return out
+	case map[any]any:
+		out := make(map[string]any, len(x))
+		for k, e := range x {
+			out[fmt.Sprint(k)] = jsonable(e)
+		}
+		return out
+	}
+	return v
+}

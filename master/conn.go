@@ -1,0 +1,240 @@
+package master
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/yamux"
+	"github.com/qm-dev/qm/auth"
+	"github.com/qm-dev/qm/wire"
+)
+
+// clientConn is one client's connection: the handshake, then a yamux
+// session whose streams each carry a sequence of calls.
+type clientConn struct {
+	s     *Server
+	conn  net.Conn
+	id    uint64
+	addr  string
+	since time.Time
+
+	// ctx ends when the connection does, so blocked gets of a vanished
+	// client stop waiting.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	lastSeen atomic.Int64 // unix nanoseconds of the last request
+	active   atomic.Int64 // calls being handled now
+	streams  sync.WaitGroup
+
+	mu         sync.Mutex
+	sess       *yamux.Session
+	role, name string
+	closed     bool
+}
+
+func newClientConn(s *Server, conn net.Conn) *clientConn {
+	ctx, cancel := context.WithCancel(s.ctx)
+	c := &clientConn{
+		s:      s,
+		conn:   conn,
+		id:     s.nextClientID.Add(1),
+		addr:   conn.RemoteAddr().String(),
+		since:  time.Now(),
+		ctx:    ctx,
+		cancel: cancel,
+	}
+	c.lastSeen.Store(c.since.UnixNano())
+	return c
+}
+
+// serve runs the connection to its end and then requeues the client's
+// leases.
+func (c *clientConn) serve() {
+	defer c.s.removeConn(c)
+	defer c.close()
+	log := c.s.log.With("remote", c.addr)
+	sess, err := c.handshake()
+	if err != nil {
+		c.conn.Close()
+		switch {
+		case errors.Is(err, auth.ErrAuthFailed):
+			log.Warn("authentication failed", "err", err)
+		case errors.Is(err, io.EOF):
+			log.Debug("client left during handshake")
+		default:
+			log.Warn("handshake failed", "err", err)
+		}
+		return
+	}
+	c.mu.Lock()
+	closed := c.closed
+	c.sess = sess
+	c.mu.Unlock()
+	if closed { // the server shut down during the handshake
+		sess.Close()
+		return
+	}
+	log.Debug("client connected", "client", c.id)
+
+	for {
+		stream, err := sess.AcceptStream()
+		if err != nil {
+			break
+		}
+		c.streams.Add(1)
+		if !c.s.goRun(func() { defer c.streams.Done(); c.serveStream(stream) }) {
+			c.streams.Done()
+			stream.Close()
+			break
+		}
+	}
+	c.close()
+	c.streams.Wait()
+	if n := c.s.queues.Release(c.id); n > 0 {
+		log.Info("client gone; its leased tasks requeued", "client", c.id, "tasks", n)
+	}
+	log.Debug("client disconnected", "client", c.id, "role", c.roleName())
+}
+
+// handshake authenticates the client and reads its preamble, all within
+// the handshake deadline, and starts the yamux session.
+func (c *clientConn) handshake() (*yamux.Session, error) {
+	timeout := c.s.cfg.HandshakeTimeout
+	if !c.s.cfg.InsecureNoAuth {
+		if err := auth.Server(c.conn, c.s.cfg.Authkey, timeout); err != nil {
+			return nil, err
+		}
+	}
+	if err := c.conn.SetDeadline(time.Now().Add(timeout)); err != nil {
+		return nil, err
+	}
+	var p [wire.PreambleLen]byte
+	if _, err := io.ReadFull(c.conn, p[:]); err != nil {
+		return nil, err
+	}
+	if err := wire.CheckPreamble(c.conn, p[:]); err != nil {
+		return nil, err
+	}
+	if err := c.conn.SetDeadline(time.Time{}); err != nil {
+		return nil, err
+	}
+	return yamux.Server(c.conn, wire.YamuxConfig(c.s.cfg.KeepAliveInterval))
+}
+
+// serveStream answers the calls on one stream in order until the client
+// closes it. A frame that is read whole but fails to decode gets an error
+// reply and the stream goes on; anything else ends the stream.
+func (c *clientConn) serveStream(stream *yamux.Stream) {
+	defer stream.Close()
+	codec := wire.NewCodec(stream, c.s.cfg.MaxMessageSize)
+	for {
+		var req wire.Request
+		err := codec.Read(&req)
+		if err != nil && !errors.Is(err, wire.ErrBadRequest) {
+			if errors.Is(err, wire.ErrMessageTooLarge) {
+				c.s.log.Warn("message too large; stream closed", "remote", c.addr, "err", err)
+				_ = codec.Write(errorResponse(err))
+			}
+			return
+		}
+		c.active.Add(1)
+		c.lastSeen.Store(time.Now().UnixNano())
+		var resp *wire.Response
+		if err != nil {
+			resp = errorResponse(err)
+		} else {
+			resp = c.handle(&req)
+		}
+		if werr := codec.Write(resp); werr != nil && req.Op == wire.OpGet && len(resp.Tasks) > 0 {
+			c.returnUndelivered(stream, &req, resp.Tasks)
+		}
+		c.active.Add(-1)
+	}
+}
+
+// returnUndelivered puts back tasks whose get reply could not be written.
+// A failed write does not prove the client missed them: yamux may report
+// an error for bytes already sent when the session closes at that moment.
+// So a task taken for good is put back (a duplicate beats a loss), and a
+// leased one is handed back only while the session lives; if it died, the
+// connection's release requeues it with the attempt counted.
+func (c *clientConn) returnUndelivered(stream *yamux.Stream, req *wire.Request, ts []wire.Task) {
+	if req.NoAck {
+		c.s.queues.UngetNoAck(req.Queue, queueTasks(ts))
+		return
+	}
+	if !stream.Session().IsClosed() {
+		c.s.queues.Unget(req.Queue, c.id, taskIDs(ts))
+	}
+}
+
+// goAway tells the client to open no new streams.
+func (c *clientConn) goAway() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.sess != nil && !c.closed {
+		_ = c.sess.GoAway()
+	}
+}
+
+// waitIdle waits until no call of this client is being handled, or ctx ends.
+func (c *clientConn) waitIdle(ctx context.Context) error {
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for c.active.Load() > 0 {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+	return nil
+}
+
+func (c *clientConn) close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return
+	}
+	c.closed = true
+	c.cancel()
+	if c.sess != nil {
+		c.sess.Close()
+	}
+	c.conn.Close()
+}
+
+func (c *clientConn) setIdentity(role, name string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.role, c.name = role, name
+}
+
+func (c *clientConn) roleName() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.role
+}
+
+func (c *clientConn) info() (wire.ClientInfo, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed || c.sess == nil {
+		return wire.ClientInfo{}, false
+	}
+	return wire.ClientInfo{
+		ID:       c.id,
+		Addr:     c.addr,
+		Role:     c.role,
+		Name:     c.name,
+		LastSeen: time.Unix(0, c.lastSeen.Load()),
+		Since:    c.since,
+	}, true
+}

@@ -1,0 +1,225 @@
+package master
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/qm-dev/qm/master/queue"
+	"github.com/qm-dev/qm/wire"
+)
+
+// defaultPeek is how many tasks a peek shows when it names no count.
+const defaultPeek = 10
+
+// handle runs one request and returns its response.
+func (c *clientConn) handle(req *wire.Request) *wire.Response {
+	if c.s.isClosing() && req.Op != wire.OpAck && req.Op != wire.OpComplete && req.Op != wire.OpNack {
+		// Acks still count during shutdown: they finish work already done.
+		return errorResponse(wire.ErrShuttingDown)
+	}
+	q := c.s.queues
+	resp := &wire.Response{}
+	var err error
+	switch req.Op {
+	case wire.OpHello:
+		c.setIdentity(req.Role, req.Name)
+		resp.ClientID = c.id
+	case wire.OpPut:
+		resp.IDs, err = c.put(req)
+	case wire.OpGet:
+		resp.Tasks, err = c.get(req)
+		resp.Lease = c.s.cfg.DefaultLease
+		if req.Lease > 0 {
+			resp.Lease = req.Lease
+		}
+	case wire.OpAck:
+		_, err = q.Ack(req.Queue, c.id, req.IDs)
+	case wire.OpNack:
+		if len(req.IDs) != 1 {
+			err = fmt.Errorf("%w: nack takes one task id", wire.ErrBadRequest)
+			break
+		}
+		err = q.Nack(req.Queue, c.id, req.IDs[0], req.Error)
+	case wire.OpExtend:
+		err = q.Extend(req.Queue, c.id, req.IDs, req.Lease)
+	case wire.OpComplete:
+		err = c.complete(req)
+	case wire.OpStats:
+		resp.Stats, err = c.stats(req.Queue)
+	case wire.OpPeek:
+		n := req.Max
+		if n <= 0 {
+			n = defaultPeek
+		}
+		var ts []queue.Task
+		ts, err = q.Peek(req.Queue, n)
+		resp.Tasks = wireTasks(req.Queue, ts)
+	case wire.OpPurge:
+		resp.Count, err = q.Purge(req.Queue)
+	case wire.OpDelete:
+		err = q.Delete(req.Queue)
+	case wire.OpQueues:
+		resp.Queues = q.Queues()
+	case wire.OpClients:
+		resp.Clients = c.s.clientInfos()
+	default:
+		err = fmt.Errorf("%w: %d", wire.ErrUnknownOp, req.Op)
+	}
+	if err != nil {
+		e := errorResponse(err)
+		e.Tasks = resp.Tasks // a get may fail after taking tasks; never lose them
+		return e
+	}
+	return resp
+}
+
+func (c *clientConn) put(req *wire.Request) ([]uint64, error) {
+	if len(req.Items) == 0 {
+		return nil, fmt.Errorf("%w: put without items", wire.ErrBadRequest)
+	}
+	items := make([]queue.Item, len(req.Items))
+	for i, p := range req.Items {
+		items[i] = queue.Item{Payload: p, ReplyTo: req.ReplyTo}
+	}
+	ctx, cancel := context.WithTimeout(c.ctx, max(req.Timeout, 0))
+	defer cancel()
+	return c.s.queues.Put(ctx, req.Queue, items, false)
+}
+
+func (c *clientConn) get(req *wire.Request) ([]wire.Task, error) {
+	if req.Max < 0 || req.Lease < 0 {
+		return nil, fmt.Errorf("%w: negative max or lease", wire.ErrBadRequest)
+	}
+	ctx, cancel := context.WithTimeout(c.ctx, max(req.Timeout, 0))
+	defer cancel()
+	ts, err := c.s.queues.Get(ctx, req.Queue, max(req.Max, 1), req.Lease, c.id, req.NoAck)
+	return wireTasks(req.Queue, ts), err
+}
+
+// complete acks the tasks that succeeded and publishes their results, and
+// nacks those that failed. A result is published only when its ack
+// succeeds, so a task whose lease ran out and went to another worker gets
+// one result, not two.
+func (c *clientConn) complete(req *wire.Request) error {
+	q := c.s.queues
+	var errs []error
+	ids := make([]uint64, 0, len(req.Results))
+	values := make(map[uint64][]byte, len(req.Results))
+	for _, r := range req.Results {
+		if r.Error != "" {
+			if err := q.Nack(req.Queue, c.id, r.ID, r.Error); err != nil {
+				errs = append(errs, err)
+			}
+			continue
+		}
+		ids = append(ids, r.ID)
+		values[r.ID] = r.Value
+	}
+	acked, err := q.Ack(req.Queue, c.id, ids)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	worker := c.workerName()
+	for _, t := range acked {
+		dest := t.ReplyTo
+		if dest == "" {
+			dest = req.ResultQueue
+		}
+		if dest == "" {
+			continue
+		}
+		value := values[t.ID]
+		if len(value) == 0 {
+			value = msgpackNil
+		}
+		c.s.publish(dest, wire.Result{TaskID: t.ID, Worker: worker, Attempt: t.Attempts, Value: value})
+	}
+	return errors.Join(errs...)
+}
+
+// msgpackNil encodes nil, the value of a result that carries none.
+var msgpackNil = []byte{0xc0}
+
+func (c *clientConn) workerName() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.name != "" {
+		return c.name
+	}
+	return c.addr
+}
+
+func (c *clientConn) stats(name string) ([]wire.QueueStats, error) {
+	var all []queue.Stats
+	if name == "" {
+		all = c.s.queues.AllStats()
+	} else {
+		st, err := c.s.queues.Stats(name)
+		if err != nil {
+			return nil, err
+		}
+		all = []queue.Stats{st}
+	}
+	out := make([]wire.QueueStats, len(all))
+	for i, st := range all {
+		out[i] = wire.QueueStats{
+			Queue: st.Queue, Ready: st.Ready, Leased: st.Leased, Done: st.Done, Dead: st.Dead,
+			Consumers: st.Consumers, OldestAge: st.OldestReady, MaxLen: st.MaxLen,
+			Puts: st.Puts, Gets: st.Gets, Acks: st.Acks, Nacks: st.Nacks, Expired: st.Expired,
+		}
+	}
+	return out, nil
+}
+
+func wireTasks(q string, ts []queue.Task) []wire.Task {
+	if len(ts) == 0 {
+		return nil
+	}
+	out := make([]wire.Task, len(ts))
+	for i, t := range ts {
+		out[i] = wire.Task{
+			ID: t.ID, Queue: q, Payload: t.Payload, ReplyTo: t.ReplyTo,
+			Attempt: t.Attempts, LastError: t.LastError, Enqueued: t.Enqueued,
+		}
+	}
+	return out
+}
+
+func queueTasks(ts []wire.Task) []queue.Task {
+	out := make([]queue.Task, len(ts))
+	for i, t := range ts {
+		out[i] = queue.Task{
+			ID: t.ID, Payload: t.Payload, ReplyTo: t.ReplyTo,
+			Attempts: t.Attempt, LastError: t.LastError, Enqueued: t.Enqueued,
+		}
+	}
+	return out
+}
+
+func taskIDs(ts []wire.Task) []uint64 {
+	ids := make([]uint64, len(ts))
+	for i, t := range ts {
+		ids[i] = t.ID
+	}
+	return ids
+}
+
+// errorResponse turns err into a response with its wire code, mapping the
+// queue package's sentinels to the protocol's.
+func errorResponse(err error) *wire.Response {
+	code := wire.CodeOf(err)
+	switch {
+	case errors.Is(err, queue.ErrUnknownQueue):
+		code = wire.CodeUnknownQueue
+	case errors.Is(err, queue.ErrQueueFull):
+		code = wire.CodeQueueFull
+	case errors.Is(err, queue.ErrNotLeased):
+		code = wire.CodeNotLeased
+	case errors.Is(err, queue.ErrBadQueueName):
+		code = wire.CodeBadRequest
+	case errors.Is(err, queue.ErrClosed):
+		code = wire.CodeShuttingDown
+	}
+	return &wire.Response{Code: code, Error: err.Error()}
+}

@@ -1,0 +1,267 @@
+// Package master serves named queues to authenticated clients over TCP.
+package master
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/qm-dev/qm/master/queue"
+	"github.com/qm-dev/qm/wire"
+)
+
+// Server is a qm master. Create it with New, run it with Serve, stop it
+// with Shutdown or Close.
+type Server struct {
+	cfg    Config
+	log    *slog.Logger
+	queues *queue.Manager
+
+	// ctx is cancelled when the server stops; blocked gets return at once.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	conns     map[*clientConn]struct{}
+	closing   bool
+	wg        sync.WaitGroup // every goroutine the server started
+
+	nextClientID atomic.Uint64
+}
+
+// New returns a Server for cfg.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg.setDefaults()
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Server{
+		cfg:       cfg,
+		log:       cfg.Logger,
+		ctx:       ctx,
+		cancel:    cancel,
+		listeners: make(map[net.Listener]struct{}),
+		conns:     make(map[*clientConn]struct{}),
+	}
+	qm, err := queue.New(cfg.queueConfig(s.publishDeadResult))
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	s.queues = qm
+	if !s.goRun(s.reapLeases) {
+		panic("unreachable: new server already closing")
+	}
+	return s, nil
+}
+
+// goRun starts f as a goroutine the server owns, unless the server is
+// stopping; it reports whether f was started.
+func (s *Server) goRun(f func()) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return false
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		f()
+	}()
+	return true
+}
+
+// Serve accepts connections on ln until Shutdown or Close, and then
+// returns ErrServerClosed. It closes ln.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		ln.Close()
+		return ErrServerClosed
+	}
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, ln)
+		s.mu.Unlock()
+		ln.Close()
+	}()
+
+	var backoff time.Duration
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if s.isClosing() {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscallEMFILE) {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.log.Warn("accept failed; retrying", "err", err, "in", backoff)
+				time.Sleep(backoff)
+				continue
+			}
+			return err
+		}
+		backoff = 0
+		c := newClientConn(s, conn)
+		if !s.addConn(c) || !s.goRun(c.serve) {
+			c.close()
+			s.removeConn(c)
+			return ErrServerClosed
+		}
+	}
+}
+
+func (s *Server) isClosing() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closing
+}
+
+// Shutdown stops the server gracefully: it stops accepting, lets calls in
+// progress answer (blocked gets answer empty), requeues every unacked
+// lease, and closes the clients. If ctx ends first, it closes what is left
+// and returns ctx.Err().
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing = true
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	conns := make([]*clientConn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+
+	s.cancel() // blocked gets return now
+	for _, c := range conns {
+		c.goAway()
+	}
+	var err error
+	for _, c := range conns {
+		if werr := c.waitIdle(ctx); werr != nil {
+			err = werr
+			break
+		}
+	}
+	s.closeAll()
+	return err
+}
+
+// Close stops the server at once: listeners and connections are closed and
+// leases requeued.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	s.closing = true
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	s.mu.Unlock()
+	s.cancel()
+	s.closeAll()
+	return nil
+}
+
+func (s *Server) closeAll() {
+	s.mu.Lock()
+	conns := make([]*clientConn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.close()
+	}
+	s.wg.Wait()
+	s.queues.Close()
+}
+
+// addConn registers a connection so that Shutdown and Close reach it.
+func (s *Server) addConn(c *clientConn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return false
+	}
+	s.conns[c] = struct{}{}
+	return true
+}
+
+func (s *Server) removeConn(c *clientConn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+}
+
+func (s *Server) clientInfos() []wire.ClientInfo {
+	s.mu.Lock()
+	conns := make([]*clientConn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	out := make([]wire.ClientInfo, 0, len(conns))
+	for _, c := range conns {
+		if info, ok := c.info(); ok {
+			info.InFlight = s.queues.LeasedBy(info.ID)
+			out = append(out, info)
+		}
+	}
+	sortClients(out)
+	return out
+}
+
+// reapLeases requeues tasks whose lease ran out, sleeping until the next
+// deadline rather than polling.
+func (s *Server) reapLeases() {
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		if n := s.queues.ExpireLeases(time.Now()); n > 0 {
+			s.log.Info("leases expired; tasks requeued", "count", n)
+		}
+		wait := time.Hour
+		if next, ok := s.queues.NextDeadline(); ok {
+			wait = max(time.Until(next), time.Millisecond)
+		}
+		timer.Reset(wait)
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-timer.C:
+		case <-s.queues.LeaseChanged():
+		}
+	}
+}
+
+// publishDeadResult publishes an error result for a task that ran out of
+// attempts, so that a producer waiting for it is not left hanging.
+func (s *Server) publishDeadResult(q string, t queue.Task) {
+	s.log.Warn("task dead-lettered", "queue", q, "task", t.ID, "attempts", t.Attempts, "err", t.LastError)
+	if t.ReplyTo == "" {
+		return
+	}
+	res := wire.Result{TaskID: t.ID, Attempt: t.Attempts, Error: deadMessage(t)}
+	s.publish(t.ReplyTo, res)
+}
+
+func (s *Server) publish(q string, res wire.Result) {
+	b, err := wire.Encode(res)
+	if err == nil {
+		// force: a result is never refused for a full queue.
+		_, err = s.queues.Put(context.Background(), q, []queue.Item{{Payload: b}}, true)
+	}
+	if err != nil {
+		s.log.Error("publish result", "queue", q, "task", res.TaskID, "err", err)
+	}
+}

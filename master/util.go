@@ -1,0 +1,33 @@
+package master
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"syscall"
+
+	"github.com/qm-dev/qm/master/queue"
+	"github.com/qm-dev/qm/wire"
+)
+
+const syscallEMFILE = syscall.EMFILE
+
+func sortClients(cs []wire.ClientInfo) {
+	slices.SortFunc(cs, func(a, b wire.ClientInfo) int {
+		if a.ID < b.ID {
+			return -1
+		}
+		if a.ID > b.ID {
+			return 1
+		}
+		return 0
+	})
+}
+
+func deadMessage(t queue.Task) string {
+	last := strings.TrimSpace(t.LastError)
+	if last == "" {
+		last = "no error text"
+	}
+	return fmt.Sprintf("failed after %d attempts: %s", t.Attempts, last)
+}

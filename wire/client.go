@@ -1,0 +1,419 @@
+package wire
+
+import (
+	"bytes"
+	"context"
+	"math"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/yamux"
+	"github.com/qm-dev/qm/auth"
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// Config configures a Client. Zero values mean the defaults.
+type Config struct {
+	// Addr is the master's host:port.
+	Addr string
+	// Authkey is the shared secret. Empty means the master runs without
+	// authentication (--insecure-no-auth).
+	Authkey []byte
+	// Role tells the master what this client is: "worker", "producer" or "admin".
+	Role string
+	// Name identifies this client in the master's client list; default host:pid.
+	Name string
+	// DialTimeout bounds the TCP connect; default 5s.
+	DialTimeout time.Duration
+	// HandshakeTimeout bounds authentication and the preamble; default 5s.
+	HandshakeTimeout time.Duration
+	// MaxMessageSize bounds one frame in either direction; default 64 MiB.
+	MaxMessageSize int
+	// KeepAliveInterval is yamux's keep-alive period; default 10s. A master
+	// that stops answering is noticed within about this long.
+	KeepAliveInterval time.Duration
+}
+
+func (c *Config) setDefaults() {
+	if c.DialTimeout == 0 {
+		c.DialTimeout = 5 * time.Second
+	}
+	if c.HandshakeTimeout == 0 {
+		c.HandshakeTimeout = 5 * time.Second
+	}
+	if c.MaxMessageSize == 0 {
+		c.MaxMessageSize = DefaultMaxMessageSize
+	}
+	if c.KeepAliveInterval == 0 {
+		c.KeepAliveInterval = 10 * time.Second
+	}
+}
+
+// YamuxConfig is the yamux configuration both sides use.
+func YamuxConfig(keepAlive time.Duration) *yamux.Config {
+	cfg := yamux.DefaultConfig()
+	cfg.LogOutput = io.Discard
+	cfg.KeepAliveInterval = keepAlive
+	cfg.ConnectionWriteTimeout = 10 * time.Second
+	cfg.MaxStreamWindowSize = 1 << 20
+	cfg.StreamCloseTimeout = 30 * time.Second
+	cfg.AcceptBacklog = 1024
+	return cfg
+}
+
+// maxIdleStreams bounds the streams a client keeps open for reuse.
+const maxIdleStreams = 32
+
+// Client is a connection to a master. Its methods are safe for concurrent
+// use: each call runs on its own yamux stream, so a blocked get never
+// delays a put from another goroutine.
+type Client struct {
+	sess *yamux.Session
+	max  int
+	id   uint64
+
+	mu     sync.Mutex
+	idle   []*clientStream
+	closed bool
+}
+
+type clientStream struct {
+	s     *yamux.Stream
+	codec *Codec
+}
+
+// Dial connects to the master, authenticates both ways, and introduces the
+// client. A wrong authkey gives an error that wraps auth.ErrAuthFailed.
+func Dial(ctx context.Context, cfg Config) (*Client, error) {
+	cfg.setDefaults()
+	d := net.Dialer{Timeout: cfg.DialTimeout}
+	conn, err := d.DialContext(ctx, "tcp", cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", cfg.Addr, err)
+	}
+	c, err := newClient(conn, cfg)
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("connect %s: %w", cfg.Addr, err)
+	}
+	if err := c.hello(ctx, cfg); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("connect %s: %w", cfg.Addr, err)
+	}
+	return c, nil
+}
+
+func newClient(conn net.Conn, cfg Config) (*Client, error) {
+	if len(cfg.Authkey) > 0 {
+		if err := auth.Client(conn, cfg.Authkey, cfg.HandshakeTimeout); err != nil {
+			return nil, err
+		}
+	}
+	if err := conn.SetDeadline(time.Now().Add(cfg.HandshakeTimeout)); err != nil {
+		return nil, err
+	}
+	if err := WritePreamble(conn); err != nil {
+		return nil, fmt.Errorf("write preamble: %w", err)
+	}
+	if err := readPreambleReply(conn); err != nil {
+		return nil, err
+	}
+	if err := conn.SetDeadline(time.Time{}); err != nil {
+		return nil, err
+	}
+	sess, err := yamux.Client(conn, YamuxConfig(cfg.KeepAliveInterval))
+	if err != nil {
+		return nil, err
+	}
+	return &Client{sess: sess, max: cfg.MaxMessageSize}, nil
+}
+
+func (c *Client) hello(ctx context.Context, cfg Config) error {
+	var resp Response
+	if err := c.call(ctx, &Request{Op: OpHello, Role: cfg.Role, Name: cfg.Name}, &resp); err != nil {
+		return err
+	}
+	c.id = resp.ClientID
+	return nil
+}
+
+// ID is the master's identifier of this client.
+func (c *Client) ID() uint64 { return c.id }
+
+// Done is closed when the connection to the master is gone.
+func (c *Client) Done() <-chan struct{} { return c.sess.CloseChan() }
+
+// Close closes the connection. Calls in progress fail.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	idle := c.idle
+	c.idle = nil
+	c.mu.Unlock()
+	for _, cs := range idle {
+		cs.s.Close()
+	}
+	return c.sess.Close()
+}
+
+func (c *Client) stream() (*clientStream, error) {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil, ErrClosed
+	}
+	if n := len(c.idle); n > 0 {
+		cs := c.idle[n-1]
+		c.idle = c.idle[:n-1]
+		c.mu.Unlock()
+		return cs, nil
+	}
+	c.mu.Unlock()
+	s, err := c.sess.OpenStream()
+	if err != nil {
+		if c.sess.IsClosed() {
+			return nil, fmt.Errorf("%w: connection to master lost", ErrClosed)
+		}
+		return nil, err
+	}
+	return &clientStream{s: s, codec: NewCodec(s, c.max)}, nil
+}
+
+func (c *Client) putStream(cs *clientStream) {
+	c.mu.Lock()
+	if !c.closed && len(c.idle) < maxIdleStreams {
+		c.idle = append(c.idle, cs)
+		c.mu.Unlock()
+		return
+	}
+	c.mu.Unlock()
+	cs.s.Close()
+}
+
+// call sends req and waits for its response, or for ctx. A response that
+// carries an error code becomes a *RemoteError.
+func (c *Client) call(ctx context.Context, req *Request, resp *Response) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	cs, err := c.stream()
+	if err != nil {
+		return err
+	}
+	// Interrupt a blocked read or write when ctx ends; the stream is then
+	// out of step and is dropped.
+	stop := context.AfterFunc(ctx, func() { _ = cs.s.SetDeadline(time.Now()) })
+	err = cs.codec.Write(req)
+	if err == nil {
+		err = cs.codec.Read(resp)
+	}
+	stopped := stop()
+	if err != nil {
+		cs.s.Close()
+		if !stopped {
+			return ctx.Err()
+		}
+		if errors.Is(err, io.EOF) || errors.Is(err, yamux.ErrStreamClosed) || errors.Is(err, yamux.ErrSessionShutdown) || errors.Is(err, yamux.ErrConnectionReset) {
+			return fmt.Errorf("%w: connection to master lost", ErrClosed)
+		}
+		return err
+	}
+	if stopped {
+		c.putStream(cs)
+	} else {
+		cs.s.Close() // its deadline fired; the response arrived anyway
+	}
+	return errorFromResponse(resp)
+}
+
+// Encode turns a Go value into a msgpack payload.
+func Encode(v any) (msgpack.RawMessage, error) {
+	if raw, ok := v.(msgpack.RawMessage); ok {
+		return raw, nil
+	}
+	b, err := msgpack.Marshal(v)
+	if err != nil {
+		return nil, fmt.Errorf("encode payload: %w", err)
+	}
+	return b, nil
+}
+
+// PutOptions tune a put.
+type PutOptions struct {
+	// ReplyTo names the queue that receives the tasks' results.
+	ReplyTo string
+	// Timeout is how long to wait for space in a queue at its maximum
+	// length before failing with ErrQueueFull; 0 fails at once.
+	Timeout time.Duration
+}
+
+// Put appends items (any msgpack-encodable values, or msgpack.RawMessage)
+// to queue as one batch and returns their task IDs.
+func (c *Client) Put(ctx context.Context, queue string, items []any, opts PutOptions) ([]uint64, error) {
+	raw := make([]msgpack.RawMessage, len(items))
+	for i, v := range items {
+		b, err := Encode(v)
+		if err != nil {
+			return nil, err
+		}
+		raw[i] = b
+	}
+	return c.PutRaw(ctx, queue, raw, opts)
+}
+
+// PutRaw is Put for payloads already encoded.
+func (c *Client) PutRaw(ctx context.Context, queue string, items []msgpack.RawMessage, opts PutOptions) ([]uint64, error) {
+	var resp Response
+	err := c.call(ctx, &Request{Op: OpPut, Queue: queue, Items: items, ReplyTo: opts.ReplyTo, Timeout: opts.Timeout}, &resp)
+	return resp.IDs, err
+}
+
+// GetOptions tune a get.
+type GetOptions struct {
+	// Max is the most tasks to take at once; default 1.
+	Max int
+	// Timeout is how long the master waits for a task; 0 returns at once.
+	Timeout time.Duration
+	// Lease is how long the tasks stay leased; 0 is the master's default.
+	Lease time.Duration
+	// NoAck takes the tasks for good, without a lease.
+	NoAck bool
+}
+
+// Get takes up to opts.Max tasks from queue. No task within the timeout
+// returns an empty slice and no error.
+func (c *Client) Get(ctx context.Context, queue string, opts GetOptions) ([]Task, error) {
+	if opts.Max <= 0 {
+		opts.Max = 1
+	}
+	var resp Response
+	err := c.call(ctx, &Request{Op: OpGet, Queue: queue, Max: opts.Max, Timeout: opts.Timeout, Lease: opts.Lease, NoAck: opts.NoAck}, &resp)
+	if !opts.NoAck {
+		for i := range resp.Tasks {
+			resp.Tasks[i].Lease = resp.Lease
+		}
+	}
+	return resp.Tasks, err
+}
+
+// Ack finishes leased tasks for good.
+func (c *Client) Ack(ctx context.Context, queue string, ids ...uint64) error {
+	return c.call(ctx, &Request{Op: OpAck, Queue: queue, IDs: ids}, &Response{})
+}
+
+// Nack reports a failed attempt at a leased task; the master retries it or
+// dead-letters it.
+func (c *Client) Nack(ctx context.Context, queue string, id uint64, reason string) error {
+	return c.call(ctx, &Request{Op: OpNack, Queue: queue, IDs: []uint64{id}, Error: reason}, &Response{})
+}
+
+// Extend renews the leases of tasks this client holds for lease (0: the
+// master's default).
+func (c *Client) Extend(ctx context.Context, queue string, lease time.Duration, ids ...uint64) error {
+	return c.call(ctx, &Request{Op: OpExtend, Queue: queue, IDs: ids, Lease: lease}, &Response{})
+}
+
+// Complete acks tasks and publishes their results in one call: a
+// completion with an Error is a nack instead. Results of tasks without a
+// ReplyTo go to resultQueue ("" drops them).
+func (c *Client) Complete(ctx context.Context, queue, resultQueue string, done []Completion) error {
+	return c.call(ctx, &Request{Op: OpComplete, Queue: queue, ResultQueue: resultQueue, Results: done}, &Response{})
+}
+
+// Stats describes queue, or every queue if queue is "".
+func (c *Client) Stats(ctx context.Context, queue string) ([]QueueStats, error) {
+	var resp Response
+	err := c.call(ctx, &Request{Op: OpStats, Queue: queue}, &resp)
+	return resp.Stats, err
+}
+
+// Peek returns the first n ready tasks of queue without taking them.
+func (c *Client) Peek(ctx context.Context, queue string, n int) ([]Task, error) {
+	var resp Response
+	err := c.call(ctx, &Request{Op: OpPeek, Queue: queue, Max: n}, &resp)
+	return resp.Tasks, err
+}
+
+// Purge drops the ready tasks of queue and returns how many.
+func (c *Client) Purge(ctx context.Context, queue string) (int, error) {
+	var resp Response
+	err := c.call(ctx, &Request{Op: OpPurge, Queue: queue}, &resp)
+	return resp.Count, err
+}
+
+// Delete removes queue and everything in it.
+func (c *Client) Delete(ctx context.Context, queue string) error {
+	return c.call(ctx, &Request{Op: OpDelete, Queue: queue}, &Response{})
+}
+
+// Queues lists the names of all queues.
+func (c *Client) Queues(ctx context.Context) ([]string, error) {
+	var resp Response
+	err := c.call(ctx, &Request{Op: OpQueues}, &resp)
+	return resp.Queues, err
+}
+
+// Clients lists the clients connected to the master.
+func (c *Client) Clients(ctx context.Context) ([]ClientInfo, error) {
+	var resp Response
+	err := c.call(ctx, &Request{Op: OpClients}, &resp)
+	return resp.Clients, err
+}
+
+// Value decodes the task's payload into a plain Go value.
+func (t *Task) Value() (any, error) { return DecodeValue(t.Payload) }
+
+// DecodeValue decodes a msgpack payload into nil, bool, int64 (uint64
+// above MaxInt64), float64, string, []byte, []any or map[string]any.
+func DecodeValue(b []byte) (any, error) {
+	var v any
+	if err := checkBounds(b); err != nil {
+		return nil, fmt.Errorf("decode payload: %w", err)
+	}
+	dec := msgpack.NewDecoder(bytes.NewReader(b))
+	dec.UseLooseInterfaceDecoding(true)
+	if err := dec.Decode(&v); err != nil {
+		return nil, fmt.Errorf("decode payload: %w", err)
+	}
+	return normalizeInts(v), nil
+}
+
+// normalizeInts makes every integer an int64, or a uint64 when it does
+// not fit, whatever width the sender chose to encode it with.
+func normalizeInts(v any) any {
+	switch x := v.(type) {
+	case uint64:
+		if x <= math.MaxInt64 {
+			return int64(x)
+		}
+	case []any:
+		for i := range x {
+			x[i] = normalizeInts(x[i])
+		}
+	case map[string]any:
+		for k := range x {
+			x[k] = normalizeInts(x[k])
+		}
+	}
+	return v
+}
+
+// DecodeResult decodes a payload published to a result queue.
+func DecodeResult(b []byte) (Result, error) {
+	var r Result
+	if err := checkBounds(b); err != nil {
+		return r, fmt.Errorf("decode result: %w", err)
+	}
+	if err := msgpack.Unmarshal(b, &r); err != nil {
+		return r, fmt.Errorf("decode result: %w", err)
+	}
+	return r, nil
+}

@@ -1,0 +1,101 @@
+package wire
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Code identifies an error both sides of the wire recognise, so that
+// errors.Is works on errors returned by a remote call.
+type Code uint16
+
+// Error codes sent by the master. Zero means success.
+const (
+	CodeOK Code = iota
+	CodeInternal
+	CodeBadRequest
+	CodeUnknownQueue
+	CodeQueueFull
+	CodeNotLeased
+	CodeShuttingDown
+	CodeTooLarge
+	CodeUnknownOp
+)
+
+var (
+	// ErrInternal is returned when the master failed for a reason of its own.
+	ErrInternal = errors.New("internal error")
+	// ErrBadRequest is returned when a request is malformed or misses a field.
+	ErrBadRequest = errors.New("bad request")
+	// ErrUnknownQueue is returned when a request names a queue that does not exist.
+	ErrUnknownQueue = errors.New("unknown queue")
+	// ErrQueueFull is returned when a put found its queue at its maximum length until its timeout.
+	ErrQueueFull = errors.New("queue full")
+	// ErrNotLeased is returned when a client acks, nacks or extends a task it does not hold.
+	ErrNotLeased = errors.New("task not leased by this client")
+	// ErrShuttingDown is returned when the master is shutting down.
+	ErrShuttingDown = errors.New("master shutting down")
+	// ErrMessageTooLarge is returned when a frame is longer than the maximum message size.
+	ErrMessageTooLarge = errors.New("message too large")
+	// ErrUnknownOp is returned when a request names an operation the master does not know.
+	ErrUnknownOp = errors.New("unknown operation")
+	// ErrBadPreamble is returned when a connection does not start with the qm preamble.
+	ErrBadPreamble = errors.New("not a qm client")
+	// ErrUnsupportedVersion is returned when the two sides speak different protocol versions.
+	ErrUnsupportedVersion = errors.New("unsupported protocol version")
+	// ErrClosed is returned by calls on a closed client.
+	ErrClosed = errors.New("client closed")
+)
+
+var codeErrors = map[Code]error{
+	CodeInternal:     ErrInternal,
+	CodeBadRequest:   ErrBadRequest,
+	CodeUnknownQueue: ErrUnknownQueue,
+	CodeQueueFull:    ErrQueueFull,
+	CodeNotLeased:    ErrNotLeased,
+	CodeShuttingDown: ErrShuttingDown,
+	CodeTooLarge:     ErrMessageTooLarge,
+	CodeUnknownOp:    ErrUnknownOp,
+}
+
+// CodeOf returns the wire code for err: the code of the first sentinel it
+// wraps, or CodeInternal.
+func CodeOf(err error) Code {
+	for code, sentinel := range codeErrors {
+		if errors.Is(err, sentinel) {
+			return code
+		}
+	}
+	return CodeInternal
+}
+
+// RemoteError is an error reported by the master. It matches its code's
+// sentinel with errors.Is.
+type RemoteError struct {
+	Code    Code
+	Message string
+}
+
+func (e *RemoteError) Error() string { return e.Message }
+
+// Is reports whether target is the sentinel of e's code.
+func (e *RemoteError) Is(target error) bool {
+	s, ok := codeErrors[e.Code]
+	return ok && s == target
+}
+
+// errorFromResponse turns a response's error fields into an error, or nil.
+func errorFromResponse(r *Response) error {
+	if r.Code == CodeOK {
+		return nil
+	}
+	msg := r.Error
+	if msg == "" {
+		if s, ok := codeErrors[r.Code]; ok {
+			msg = s.Error()
+		} else {
+			msg = fmt.Sprintf("error code %d", r.Code)
+		}
+	}
+	return &RemoteError{Code: r.Code, Message: msg}
+}

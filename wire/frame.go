@@ -1,0 +1,128 @@
+package wire
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"io"
+
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// DefaultMaxMessageSize bounds one frame unless a Config says otherwise.
+const DefaultMaxMessageSize = 64 << 20
+
+// frameHeaderLen is the size of the big-endian length that precedes every frame.
+const frameHeaderLen = 4
+
+// ReadFrame reads one length-prefixed frame into buf (grown as needed) and
+// returns it. A length above max is refused before anything is allocated.
+func ReadFrame(r io.Reader, buf []byte, max int) ([]byte, error) {
+	var hdr [frameHeaderLen]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return nil, err
+	}
+	n := binary.BigEndian.Uint32(hdr[:])
+	if uint64(n) > uint64(max) {
+		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrMessageTooLarge, n, max)
+	}
+	if cap(buf) < int(n) {
+		buf = make([]byte, n)
+	}
+	buf = buf[:n]
+	if _, err := io.ReadFull(r, buf); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, err
+	}
+	return buf, nil
+}
+
+// Codec reads and writes msgpack frames on one stream. It reuses its
+// buffers, so it is not safe for concurrent use: each stream has one owner.
+type Codec struct {
+	rw      io.ReadWriter
+	r       *bufio.Reader
+	max     int
+	readBuf []byte
+	wbuf    bytes.Buffer
+	enc     *msgpack.Encoder
+	dec     *msgpack.Decoder
+	body    bytes.Reader
+}
+
+// NewCodec returns a Codec on rw that refuses frames longer than max bytes.
+func NewCodec(rw io.ReadWriter, max int) *Codec {
+	if max <= 0 {
+		max = DefaultMaxMessageSize
+	}
+	c := &Codec{rw: rw, r: bufio.NewReader(rw), max: max}
+	c.enc = msgpack.NewEncoder(&c.wbuf)
+	c.enc.UseCompactInts(true)
+	c.dec = msgpack.NewDecoder(&c.body)
+	return c
+}
+
+// Write encodes v as one frame.
+func (c *Codec) Write(v any) error {
+	c.wbuf.Reset()
+	c.wbuf.Write([]byte{0, 0, 0, 0})
+	if err := c.enc.Encode(v); err != nil {
+		return fmt.Errorf("encode: %w", err)
+	}
+	b := c.wbuf.Bytes()
+	n := len(b) - frameHeaderLen
+	if n > c.max {
+		return fmt.Errorf("%w: %d bytes, limit %d", ErrMessageTooLarge, n, c.max)
+	}
+	binary.BigEndian.PutUint32(b, uint32(n))
+	_, err := c.rw.Write(b)
+	return err
+}
+
+// Read decodes one frame into v, which must be zeroed first. An error wrapping ErrBadRequest means the
+// frame was read whole but its body was malformed, so the stream is still
+// in step; any other error leaves the stream unusable.
+func (c *Codec) Read(v any) error {
+	b, err := ReadFrame(c.r, c.readBuf, c.max)
+	if err != nil {
+		return err
+	}
+	if cap(b) <= 64<<10 { // keep small buffers for reuse, let big ones go
+		c.readBuf = b
+	}
+	return decodeInto(c.dec, &c.body, b, v)
+}
+
+// decodeInto decodes one msgpack value from b into v, which must be zeroed
+// first: msgpack leaves fields the frame does not name untouched. Trailing
+// bytes are an error.
+func decodeInto(dec *msgpack.Decoder, body *bytes.Reader, b []byte, v any) error {
+	if err := checkBounds(b); err != nil {
+		return fmt.Errorf("%w: %v", ErrBadRequest, err)
+	}
+	body.Reset(b)
+	dec.Reset(body)
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("%w: %v", ErrBadRequest, err)
+	}
+	if body.Len() != 0 {
+		return fmt.Errorf("%w: %d trailing bytes", ErrBadRequest, body.Len())
+	}
+	return nil
+}
+
+// DecodeRequest decodes one request frame body. It is what the master runs
+// on untrusted input.
+func DecodeRequest(b []byte) (*Request, error) {
+	var (
+		body bytes.Reader
+		req  Request
+	)
+	if err := decodeInto(msgpack.NewDecoder(&body), &body, b, &req); err != nil {
+		return nil, err
+	}
+	return &req, nil
+}

@@ -1,0 +1,148 @@
+package wire
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"io"
+	"reflect"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// rw joins a reader and a writer into the io.ReadWriter a Codec wants.
+type rw struct {
+	io.Reader
+	io.Writer
+}
+
+func sampleRequests() []Request {
+	return []Request{
+		{Op: OpHello, Role: "worker", Name: "host:1"},
+		{Op: OpPut, Queue: "tasks", Items: []msgpack.RawMessage{{0x01}, {0xa1, 'x'}}, ReplyTo: "results", Timeout: time.Second},
+		{Op: OpGet, Queue: "tasks", Max: 10, Timeout: 30 * time.Second, Lease: time.Minute},
+		{Op: OpNack, Queue: "tasks", IDs: []uint64{7}, Error: "boom"},
+		{Op: OpComplete, Queue: "tasks", ResultQueue: "results", Results: []Completion{{ID: 1, Value: msgpack.RawMessage{0x02}}, {ID: 2, Error: "bad"}}},
+		{Op: OpStats},
+	}
+}
+
+func TestCodecRoundTrip(t *testing.T) {
+	var buf bytes.Buffer
+	c := NewCodec(&buf, 0)
+	reqs := sampleRequests()
+	for i := range reqs {
+		if err := c.Write(&reqs[i]); err != nil {
+			t.Fatalf("write %v: %v", reqs[i].Op, err)
+		}
+	}
+	for _, want := range reqs {
+		var got Request
+		if err := c.Read(&got); err != nil {
+			t.Fatalf("read %v: %v", want.Op, err)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("round trip of %v:\n got %#v\nwant %#v", want.Op, got, want)
+		}
+	}
+	if err := c.Read(&Request{}); !errors.Is(err, io.EOF) {
+		t.Errorf("read past the end: %v, want EOF", err)
+	}
+}
+
+func TestReadFrameRefusesOversizeBeforeAllocating(t *testing.T) {
+	var hdr [4]byte
+	binary.BigEndian.PutUint32(hdr[:], 1<<31)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	_, err := ReadFrame(bytes.NewReader(hdr[:]), nil, 1<<20)
+	runtime.ReadMemStats(&after)
+	if !errors.Is(err, ErrMessageTooLarge) {
+		t.Fatalf("err = %v, want ErrMessageTooLarge", err)
+	}
+	if n := after.TotalAlloc - before.TotalAlloc; n > 64<<10 {
+		t.Errorf("%d bytes allocated refusing an oversized frame", n)
+	}
+}
+
+func TestDecodeRefusesLyingLengths(t *testing.T) {
+	// Each claims far more elements than the frame holds.
+	tests := map[string][]byte{
+		"array32 of ids": {0x81, 0xa3, 'i', 'd', 's', 0xdd, 0x7f, 0xff, 0xff, 0xff},
+		"map32":          {0xdf, 0x7f, 0xff, 0xff, 0xff},
+		"str32":          {0x81, 0xa1, 'q', 0xdb, 0x7f, 0xff, 0xff, 0xff},
+		"deep nesting":   bytes.Repeat([]byte{0x91}, 1000),
+	}
+	for name, b := range tests {
+		t.Run(name, func(t *testing.T) {
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			_, err := DecodeRequest(b)
+			runtime.ReadMemStats(&after)
+			if !errors.Is(err, ErrBadRequest) {
+				t.Errorf("err = %v, want ErrBadRequest", err)
+			}
+			if n := after.TotalAlloc - before.TotalAlloc; n > 1<<20 {
+				t.Errorf("%d bytes allocated decoding a %d-byte frame", n, len(b))
+			}
+		})
+	}
+}
+
+func TestReadFrameTruncated(t *testing.T) {
+	frame := []byte{0, 0, 0, 10, 1, 2, 3}
+	if _, err := ReadFrame(bytes.NewReader(frame), nil, 100); !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Errorf("err = %v, want ErrUnexpectedEOF", err)
+	}
+}
+
+func TestCodecWriteRefusesOversize(t *testing.T) {
+	var buf bytes.Buffer
+	c := NewCodec(&buf, 16)
+	err := c.Write(&Request{Op: OpPut, Queue: "a-long-queue-name-over-sixteen-bytes"})
+	if !errors.Is(err, ErrMessageTooLarge) {
+		t.Fatalf("err = %v, want ErrMessageTooLarge", err)
+	}
+	if buf.Len() != 0 {
+		t.Errorf("%d bytes written for a refused frame", buf.Len())
+	}
+}
+
+func TestDecodeRequestMalformed(t *testing.T) {
+	tests := map[string][]byte{
+		"empty":          {},
+		"not a map":      {0x01},
+		"trailing bytes": append(mustMarshal(t, Request{Op: OpStats}), 0xc0),
+		"wrong type":     mustMarshal(t, map[string]any{"op": "put"}),
+		"truncated":      mustMarshal(t, Request{Op: OpPut, Queue: "tasks"})[:5],
+	}
+	for name, b := range tests {
+		t.Run(name, func(t *testing.T) {
+			if _, err := DecodeRequest(b); !errors.Is(err, ErrBadRequest) {
+				t.Errorf("err = %v, want ErrBadRequest", err)
+			}
+		})
+	}
+}
+
+func TestRemoteErrorIs(t *testing.T) {
+	err := errorFromResponse(&Response{Code: CodeQueueFull, Error: "queue full: tasks"})
+	if !errors.Is(err, ErrQueueFull) || errors.Is(err, ErrNotLeased) {
+		t.Errorf("errors.Is on %v does not follow its code", err)
+	}
+	if CodeOf(err) != CodeQueueFull {
+		t.Errorf("CodeOf = %d, want %d", CodeOf(err), CodeQueueFull)
+	}
+}
+
+func mustMarshal(t testing.TB, v any) []byte {
+	t.Helper()
+	b, err := msgpack.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}

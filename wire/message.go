@@ -1,0 +1,137 @@
+package wire
+
+import (
+	"strconv"
+	"time"
+
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// Op names the operation of a request.
+type Op uint8
+
+// Operations a client may request. Their numbers are part of the protocol.
+const (
+	OpHello    Op = 1  // tell the master the client's role and name
+	OpPut      Op = 2  // append Items to Queue
+	OpGet      Op = 3  // take up to Max tasks from Queue, waiting up to Timeout
+	OpAck      Op = 4  // finish leased tasks IDs
+	OpNack     Op = 5  // fail leased task IDs[0] with Error
+	OpExtend   Op = 6  // extend the lease of IDs by Lease
+	OpComplete Op = 7  // ack tasks and publish their results
+	OpStats    Op = 8  // statistics of Queue, or of every queue
+	OpPeek     Op = 9  // the first Max ready tasks of Queue, left in place
+	OpPurge    Op = 10 // drop the ready tasks of Queue
+	OpDelete   Op = 11 // remove Queue and all in it
+	OpQueues   Op = 12 // names of all queues
+	OpClients  Op = 13 // connected clients
+)
+
+var opNames = map[Op]string{
+	OpHello: "hello", OpPut: "put", OpGet: "get", OpAck: "ack", OpNack: "nack",
+	OpExtend: "extend", OpComplete: "complete", OpStats: "stats", OpPeek: "peek",
+	OpPurge: "purge", OpDelete: "delete", OpQueues: "queues", OpClients: "clients",
+}
+
+func (o Op) String() string {
+	if s, ok := opNames[o]; ok {
+		return s
+	}
+	return "op" + strconv.Itoa(int(o))
+}
+
+// Valid reports whether o is an operation of this protocol version.
+func (o Op) Valid() bool { _, ok := opNames[o]; return ok }
+
+// Request is every client message. Fields an operation does not use stay empty.
+type Request struct {
+	Op      Op                   `msgpack:"op"`
+	Queue   string               `msgpack:"q,omitempty"`
+	Items   []msgpack.RawMessage `msgpack:"items,omitempty"`    // put: msgpack-encoded payloads
+	ReplyTo string               `msgpack:"reply_to,omitempty"` // put: queue for the tasks' results
+	Max     int                  `msgpack:"max,omitempty"`      // get, peek: at most this many tasks
+	Timeout time.Duration        `msgpack:"timeout,omitempty"`  // get: wait up to this long; put: wait for space
+	Lease   time.Duration        `msgpack:"lease,omitempty"`    // get, extend: lease length; 0 = master default
+	NoAck   bool                 `msgpack:"no_ack,omitempty"`   // get: take for good, no lease
+	IDs     []uint64             `msgpack:"ids,omitempty"`      // ack, nack, extend
+	Error   string               `msgpack:"err,omitempty"`      // nack: why the attempt failed
+	Results []Completion         `msgpack:"results,omitempty"`  // complete
+	// ResultQueue receives the results of completed tasks that have no ReplyTo of their own.
+	ResultQueue string `msgpack:"result_q,omitempty"`
+	Role        string `msgpack:"role,omitempty"` // hello: worker, producer, admin
+	Name        string `msgpack:"name,omitempty"` // hello: e.g. host:pid
+}
+
+// Completion is the outcome of one task, sent by a worker in OpComplete.
+type Completion struct {
+	ID    uint64             `msgpack:"id"`
+	Value msgpack.RawMessage `msgpack:"value,omitempty"`
+	Error string             `msgpack:"err,omitempty"` // non-empty: the attempt failed (a nack)
+}
+
+// Response is every master message.
+type Response struct {
+	Code    Code          `msgpack:"code,omitempty"`
+	Error   string        `msgpack:"err,omitempty"`
+	IDs     []uint64      `msgpack:"ids,omitempty"`
+	Tasks   []Task        `msgpack:"tasks,omitempty"`
+	Stats   []QueueStats  `msgpack:"stats,omitempty"`
+	Clients []ClientInfo  `msgpack:"clients,omitempty"`
+	Queues  []string      `msgpack:"queues,omitempty"`
+	Count   int           `msgpack:"count,omitempty"`
+	Lease   time.Duration `msgpack:"lease,omitempty"` // get: the lease granted
+	// ClientID is the master's name for this client (hello).
+	ClientID uint64 `msgpack:"client_id,omitempty"`
+}
+
+// Task is a task as handed out by the master.
+type Task struct {
+	ID        uint64             `msgpack:"id"`
+	Queue     string             `msgpack:"q"`
+	Payload   msgpack.RawMessage `msgpack:"payload"`
+	ReplyTo   string             `msgpack:"reply_to,omitempty"`
+	Attempt   int                `msgpack:"attempt"`
+	LastError string             `msgpack:"last_err,omitempty"`
+	Enqueued  time.Time          `msgpack:"enqueued"`
+	// Lease is how long the master leased the task for, counted from the
+	// get; zero for a task taken with NoAck or peeked.
+	Lease time.Duration `msgpack:"-"`
+}
+
+// Result is the payload the master publishes to a result queue for each
+// finished task: its value, or the error that ended it for good.
+type Result struct {
+	TaskID  uint64             `msgpack:"task_id" json:"task_id"`
+	Worker  string             `msgpack:"worker" json:"worker"`
+	Attempt int                `msgpack:"attempt" json:"attempt"`
+	Value   msgpack.RawMessage `msgpack:"value" json:"-"`
+	Error   string             `msgpack:"error,omitempty" json:"error,omitempty"`
+}
+
+// QueueStats describes one queue.
+type QueueStats struct {
+	Queue     string        `msgpack:"queue" json:"queue"`
+	Ready     int           `msgpack:"ready" json:"ready"`
+	Leased    int           `msgpack:"leased" json:"leased"`
+	Done      uint64        `msgpack:"done" json:"done"`
+	Dead      int           `msgpack:"dead" json:"dead"`
+	Consumers int           `msgpack:"consumers" json:"consumers"`
+	OldestAge time.Duration `msgpack:"oldest_age" json:"oldest_ready_age_ns"`
+	MaxLen    int           `msgpack:"max_len,omitempty" json:"max_len,omitempty"`
+	Puts      uint64        `msgpack:"puts" json:"puts"`
+	Gets      uint64        `msgpack:"gets" json:"gets"`
+	Acks      uint64        `msgpack:"acks" json:"acks"`
+	Nacks     uint64        `msgpack:"nacks" json:"nacks"`
+	Expired   uint64        `msgpack:"expired" json:"expired"`
+}
+
+// ClientInfo describes one connected client.
+type ClientInfo struct {
+	ID       uint64    `msgpack:"id" json:"id"`
+	Addr     string    `msgpack:"addr" json:"addr"`
+	Role     string    `msgpack:"role" json:"role"`
+	Name     string    `msgpack:"name" json:"name"`
+	InFlight int       `msgpack:"in_flight" json:"in_flight"`
+	LastSeen time.Time `msgpack:"last_seen" json:"last_seen"`
+	Since    time.Time `msgpack:"since" json:"connected_since"`
+}
