@@ -1,0 +1,117 @@
+package auth_test
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"runtime"
+	"strings"
+	"testing"
+
+	"github.com/qm-dev/qm/auth"
+)
+
+func TestMessageRoundTrip(t *testing.T) {
+	for _, msg := range [][]byte{{}, []byte("#WELCOME#"), bytes.Repeat([]byte{0xff}, 256)} {
+		var buf bytes.Buffer
+		if err := auth.WriteMessage(&buf, msg); err != nil {
+			t.Fatal(err)
+		}
+		if got := buf.Len(); got != 4+len(msg) {
+			t.Fatalf("frame of %d-byte message is %d bytes, want %d", len(msg), got, 4+len(msg))
+		}
+		got, err := auth.ReadMessage(&buf, 256)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, msg) {
+			t.Fatalf("read %q, want %q", got, msg)
+		}
+	}
+}
+
+// writeCounter counts Write calls, to check that a frame is one write.
+type writeCounter struct {
+	bytes.Buffer
+	writes int
+}
+
+func (w *writeCounter) Write(p []byte) (int, error) {
+	w.writes++
+	return w.Buffer.Write(p)
+}
+
+func TestWriteMessageSingleWrite(t *testing.T) {
+	var w writeCounter
+	if err := auth.WriteMessage(&w, []byte("#CHALLENGE#0123456789abcdefghij")); err != nil {
+		t.Fatal(err)
+	}
+	if w.writes != 1 {
+		t.Fatalf("WriteMessage made %d writes, want 1", w.writes)
+	}
+	want := "\x00\x00\x00\x1f#CHALLENGE#0123456789abcdefghij"
+	if w.String() != want {
+		t.Fatalf("wrote %q, want %q", w.String(), want)
+	}
+}
+
+func TestReadMessageTooLargeDoesNotAllocate(t *testing.T) {
+	for name, frame := range map[string]string{
+		"short form": "\x40\x00\x00\x00",                                 // 1<<30
+		"long form":  "\xff\xff\xff\xff\x00\x00\x00\x00\x40\x00\x00\x00", // 1<<30
+		"long max":   "\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff", // 1<<64 - 1
+	} {
+		t.Run(name, func(t *testing.T) {
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			_, err := auth.ReadMessage(strings.NewReader(frame), 256)
+			runtime.ReadMemStats(&after)
+			if !errors.Is(err, auth.ErrMessageTooLarge) {
+				t.Fatalf("err = %v, want ErrMessageTooLarge", err)
+			}
+			if !strings.Contains(err.Error(), "limit 256") {
+				t.Errorf("error %q does not give the limit", err)
+			}
+			if n := after.TotalAlloc - before.TotalAlloc; n > 1<<20 {
+				t.Fatalf("refusing the frame allocated %d bytes", n)
+			}
+		})
+	}
+}
+
+func TestReadMessageLongForm(t *testing.T) {
+	// Python uses the -1 form only above 2 GiB, but it may carry any length.
+	r := strings.NewReader("\xff\xff\xff\xff\x00\x00\x00\x00\x00\x00\x00\x05hello")
+	msg, err := auth.ReadMessage(r, 256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(msg) != "hello" {
+		t.Fatalf("read %q, want hello", msg)
+	}
+}
+
+func TestReadMessageErrors(t *testing.T) {
+	tests := []struct {
+		name  string
+		input string
+		want  error
+	}{
+		{"negative length", "\xff\xff\xff\xfe", auth.ErrBadFrame},
+		{"most negative length", "\x80\x00\x00\x00", auth.ErrBadFrame},
+		{"empty stream", "", io.EOF},
+		{"short header", "\x00\x00", io.ErrUnexpectedEOF},
+		{"short long header", "\xff\xff\xff\xff\x00\x00", io.ErrUnexpectedEOF},
+		{"short body", "\x00\x00\x00\x05hel", io.ErrUnexpectedEOF},
+		{"no body", "\x00\x00\x00\x05", io.ErrUnexpectedEOF},
+		{"over limit by one", "\x00\x00\x01\x01", auth.ErrMessageTooLarge},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := auth.ReadMessage(strings.NewReader(tt.input), 256)
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("err = %v, want %v", err, tt.want)
+			}
+		})
+	}
+}

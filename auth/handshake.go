@@ -1,0 +1,268 @@
+package auth
+
+import (
+	"bytes"
+	"crypto/hmac"
+	"crypto/md5"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/sha3"
+	"crypto/sha512"
+	"fmt"
+	"hash"
+	"io"
+	"net"
+	"time"
+)
+
+const (
+	// maxHandshakeMessage bounds every frame read during the handshake;
+	// Python reads each with recv_bytes(256).
+	maxHandshakeMessage = 256
+	// nonceLen is the length of the random part of our challenge, Python's
+	// MESSAGE_LENGTH.
+	nonceLen = 40
+	// legacyChallengeLen is the length of a Python <= 3.11 challenge (no
+	// digest prefix) and the shortest challenge that Python answers.
+	legacyChallengeLen = 20
+	// maxDigestNameLen is the longest name in digests; like Python, we look
+	// no further for the closing brace of "{name}".
+	maxDigestNameLen = 8
+)
+
+var (
+	challengeTag = []byte("#CHALLENGE#")
+	welcome      = []byte("#WELCOME#")
+	failure      = []byte("#FAILURE#")
+	sha256Tag    = []byte("{sha256}")
+)
+
+// digests are the HMAC hashes that a peer's challenge may name, as Python's
+// _ALLOWED_DIGESTS; the names are Python's hashlib names.
+var digests = map[string]func() hash.Hash{
+	"md5":      md5.New,
+	"sha256":   sha256.New,
+	"sha384":   sha512.New384,
+	"sha3_256": func() hash.Hash { return sha3.New256() },
+	"sha3_384": func() hash.Hash { return sha3.New384() },
+}
+
+// Server runs the listening side of the handshake on conn: it challenges the
+// peer with "{sha256}" and 40 random bytes, accepts either "{sha256}" and the
+// HMAC-SHA256 of that challenge or a raw HMAC-MD5 of it (Python <= 3.11 clients
+// send that for any challenge), and replies #WELCOME# or #FAILURE#. It then
+// answers the peer's challenge in the peer's style and reads the peer's
+// verdict.
+//
+// The whole exchange runs under one deadline, timeout from now, which is
+// cleared on success; a timeout <= 0 sets none. A wrong key gives an error
+// satisfying errors.Is(err, ErrAuthFailed), and a silent peer a net.Error
+// whose Timeout() is true. Server never closes conn: on error the caller
+// should.
+func Server(conn net.Conn, key []byte, timeout time.Duration) error {
+	return server(conn, key, timeout, rand.Reader)
+}
+
+// Client runs the connecting side of the handshake on conn: it answers the
+// master's challenge in the master's style (a legacy 20-byte challenge with a
+// raw HMAC-MD5), requires #WELCOME#, then challenges the master with
+// "{sha256}" and 40 random bytes. Unlike Server it accepts only a "{sha256}"
+// answer, so our own check is never downgraded: a Python >= 3.12 Listener or
+// BaseManager server passes, but a Python <= 3.11 one, which can only answer
+// with HMAC-MD5, is refused.
+//
+// Deadline, errors and ownership of conn are as for Server.
+func Client(conn net.Conn, key []byte, timeout time.Duration) error {
+	return client(conn, key, timeout, rand.Reader)
+}
+
+// server is Server with the source of our challenge as a parameter, so that
+// fuzz tests can replay a recorded peer.
+func server(conn net.Conn, key []byte, timeout time.Duration, rnd io.Reader) error {
+	if len(key) == 0 {
+		return ErrEmptyKey
+	}
+	return withDeadline(conn, timeout, func() error {
+		if err := deliverChallenge(conn, key, rnd, "client", true); err != nil {
+			return err
+		}
+		if err := answerChallenge(conn, key); err != nil {
+			return err
+		}
+		ok, err := readVerdict(conn)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return fmt.Errorf("%w: client rejected the master's answer to its challenge", ErrAuthFailed)
+		}
+		return nil
+	})
+}
+
+// client is Client with the source of our challenge as a parameter.
+func client(conn net.Conn, key []byte, timeout time.Duration, rnd io.Reader) error {
+	if len(key) == 0 {
+		return ErrEmptyKey
+	}
+	return withDeadline(conn, timeout, func() error {
+		if err := answerChallenge(conn, key); err != nil {
+			return err
+		}
+		ok, err := readVerdict(conn)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return fmt.Errorf("%w: master rejected the authkey", ErrAuthFailed)
+		}
+		return deliverChallenge(conn, key, rnd, "master", false)
+	})
+}
+
+// withDeadline runs handshake under one deadline for the whole exchange, so a
+// peer that trickles bytes cannot hold the connection open, and clears it on
+// success so that it does not leak into whatever runs on conn next.
+func withDeadline(conn net.Conn, timeout time.Duration, handshake func() error) error {
+	if timeout > 0 {
+		if err := conn.SetDeadline(time.Now().Add(timeout)); err != nil {
+			return fmt.Errorf("set handshake deadline: %w", err)
+		}
+	}
+	if err := handshake(); err != nil {
+		return err
+	}
+	if timeout > 0 {
+		if err := conn.SetDeadline(time.Time{}); err != nil {
+			return fmt.Errorf("clear handshake deadline: %w", err)
+		}
+	}
+	return nil
+}
+
+// deliverChallenge sends "#CHALLENGE#{sha256}" and a fresh nonce, checks the
+// peer's response and sends our verdict. allowLegacy admits a raw HMAC-MD5
+// response over the same challenge bytes.
+func deliverChallenge(conn net.Conn, key []byte, rnd io.Reader, peer string, allowLegacy bool) error {
+	msg := make([]byte, len(challengeTag)+len(sha256Tag)+nonceLen)
+	n := copy(msg, challengeTag)
+	n += copy(msg[n:], sha256Tag)
+	if _, err := io.ReadFull(rnd, msg[n:]); err != nil {
+		return fmt.Errorf("generate challenge: %w", err)
+	}
+	if err := WriteMessage(conn, msg); err != nil {
+		return fmt.Errorf("send challenge: %w", err)
+	}
+	resp, err := ReadMessage(conn, maxHandshakeMessage)
+	if err != nil {
+		return fmt.Errorf("read %s response: %w", peer, err)
+	}
+	// The MAC covers the digest prefix too, so a peer cannot claim that we
+	// asked for another digest.
+	if err := verifyResponse(key, msg[len(challengeTag):], resp, peer, allowLegacy); err != nil {
+		// Tell the peer, as Python does, so that it reports a rejected key
+		// rather than a dropped connection. Our error matters more than a
+		// failed write.
+		_ = WriteMessage(conn, failure)
+		return err
+	}
+	if err := WriteMessage(conn, welcome); err != nil {
+		return fmt.Errorf("send welcome: %w", err)
+	}
+	return nil
+}
+
+// verifyResponse checks resp against our challenge in constant time.
+func verifyResponse(key, challenge, resp []byte, peer string, allowLegacy bool) error {
+	var want, got []byte
+	switch {
+	case len(resp) == md5.Size:
+		// Python's rule: a 16-byte response is a raw HMAC-MD5, the only
+		// thing a Python <= 3.11 peer can send.
+		if !allowLegacy {
+			return fmt.Errorf("%w: %s answered with legacy HMAC-MD5 (Python 3.11 or older?), HMAC-SHA256 is required", ErrAuthFailed, peer)
+		}
+		want, got = sign(md5.New, key, challenge), resp
+	case bytes.HasPrefix(resp, sha256Tag):
+		want, got = sign(sha256.New, key, challenge), resp[len(sha256Tag):]
+	default:
+		return fmt.Errorf("%w: %s response is neither {sha256} nor a legacy HMAC-MD5", ErrBadHandshake, peer)
+	}
+	if !hmac.Equal(want, got) {
+		return fmt.Errorf("%w: %s failed to prove it knows the authkey", ErrAuthFailed, peer)
+	}
+	return nil
+}
+
+// answerChallenge reads the peer's challenge and sends our response.
+func answerChallenge(conn net.Conn, key []byte) error {
+	msg, err := ReadMessage(conn, maxHandshakeMessage)
+	if err != nil {
+		return fmt.Errorf("read challenge: %w", err)
+	}
+	challenge, ok := bytes.CutPrefix(msg, challengeTag)
+	if !ok {
+		return fmt.Errorf("%w: expected #CHALLENGE#", ErrBadHandshake)
+	}
+	resp, err := respond(key, challenge)
+	if err != nil {
+		return err
+	}
+	if err := WriteMessage(conn, resp); err != nil {
+		return fmt.Errorf("send response: %w", err)
+	}
+	return nil
+}
+
+// respond answers challenge in the peer's style, as Python's
+// _create_response does: a raw HMAC-MD5 for a 20-byte legacy challenge,
+// otherwise "{name}" and the HMAC, with the digest the challenge names, of
+// the whole challenge.
+func respond(key, challenge []byte) ([]byte, error) {
+	if len(challenge) < legacyChallengeLen {
+		return nil, fmt.Errorf("%w: challenge of %d bytes is too short", ErrBadHandshake, len(challenge))
+	}
+	if len(challenge) == legacyChallengeLen {
+		return sign(md5.New, key, challenge), nil
+	}
+	name, err := digestName(challenge)
+	if err != nil {
+		return nil, err
+	}
+	resp := append([]byte("{"+name+"}"), sign(digests[name], key, challenge)...)
+	return resp, nil
+}
+
+// digestName returns the supported digest that a modern challenge names in
+// its "{name}" prefix.
+func digestName(challenge []byte) (string, error) {
+	if challenge[0] != '{' {
+		return "", fmt.Errorf("%w: challenge has no {digest} prefix", ErrBadHandshake)
+	}
+	end := bytes.IndexByte(challenge[1:min(len(challenge), maxDigestNameLen+2)], '}')
+	if end < 0 {
+		return "", fmt.Errorf("%w: challenge has no {digest} prefix", ErrBadHandshake)
+	}
+	name := string(challenge[1 : 1+end])
+	if _, ok := digests[name]; !ok {
+		return "", fmt.Errorf("%w: unsupported digest %q", ErrBadHandshake, name)
+	}
+	return name, nil
+}
+
+// readVerdict reads the peer's #WELCOME# or #FAILURE#. Like Python, it takes
+// anything but #WELCOME# as a rejection.
+func readVerdict(conn net.Conn) (bool, error) {
+	msg, err := ReadMessage(conn, maxHandshakeMessage)
+	if err != nil {
+		return false, fmt.Errorf("read verdict: %w", err)
+	}
+	return bytes.Equal(msg, welcome), nil
+}
+
+// sign returns the HMAC of msg under key with the hash h.
+func sign(h func() hash.Hash, key, msg []byte) []byte {
+	m := hmac.New(h, key)
+	m.Write(msg)
+	return m.Sum(nil)
+}
