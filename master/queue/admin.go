@@ -1,0 +1,199 @@
+package queue
+
+import (
+	"fmt"
+	"time"
+)
+
+// Stats describes one queue.
+type Stats struct {
+	Queue       string
+	Ready       int
+	Leased      int
+	Done        uint64        // acked or taken with noAck
+	Dead        int           // tasks now in this queue's dead-letter queue (ready+leased)
+	Consumers   int           // Gets currently blocked waiting on this queue
+	Producers   int           // Puts currently blocked waiting for room in this queue
+	OldestReady time.Duration // age (now - Enqueued) of the task at the front; 0 if none
+	MaxLen      int           // 0 = unlimited
+	// Totals since the queue was created, counted in tasks. Gets counts
+	// deliveries (less those undone by Unget).
+	Puts, Gets, Acks, Nacks, Expired uint64
+}
+
+// stats fills everything but Dead. Called with q.mu held.
+func (q *queue) stats(now time.Time) Stats {
+	s := Stats{
+		Queue:     q.name,
+		Ready:     q.ready.len(),
+		Leased:    len(q.leases),
+		Done:      q.done,
+		Consumers: q.getters.n,
+		Producers: q.putters.n,
+		MaxLen:    q.maxLen,
+		Puts:      q.puts,
+		Gets:      q.gets,
+		Acks:      q.acks,
+		Nacks:     q.nacks,
+		Expired:   q.expired,
+	}
+	if q.ready.len() > 0 {
+		s.OldestReady = max(0, now.Sub(q.ready.at(0).Enqueued))
+	}
+	return s
+}
+
+// Stats returns the named queue's figures, or ErrUnknownQueue.
+func (m *Manager) Stats(name string) (Stats, error) {
+	if m.closed.Load() {
+		return Stats{}, ErrClosed
+	}
+	now := m.now()
+	q, err := m.lockLive(name)
+	if err != nil {
+		return Stats{}, err
+	}
+	s := q.stats(now)
+	q.mu.Unlock()
+	if !q.isDead {
+		if dq := m.lookup(DeadLetterName(name)); dq != nil {
+			dq.mu.Lock()
+			if !dq.deleted {
+				s.Dead = dq.length()
+			}
+			dq.mu.Unlock()
+		}
+	}
+	return s, nil
+}
+
+// AllStats returns the figures of every queue, sorted by queue name.
+func (m *Manager) AllStats() []Stats {
+	now := m.now()
+	qs := m.sortedSnapshot()
+	all := make([]Stats, 0, len(qs))
+	length := make(map[string]int, len(qs))
+	for _, q := range qs {
+		q.mu.Lock()
+		if !q.deleted {
+			all = append(all, q.stats(now))
+			length[q.name] = q.length()
+		}
+		q.mu.Unlock()
+	}
+	for i := range all {
+		if !IsDeadLetterName(all[i].Queue) {
+			all[i].Dead = length[DeadLetterName(all[i].Queue)]
+		}
+	}
+	return all
+}
+
+// Queues returns the names of every queue, sorted.
+func (m *Manager) Queues() []string {
+	qs := m.sortedSnapshot()
+	names := make([]string, len(qs))
+	for i, q := range qs {
+		names[i] = q.name
+	}
+	return names
+}
+
+// Peek returns copies of the first n ready tasks of the named queue,
+// without removing them.
+func (m *Manager) Peek(name string, n int) ([]Task, error) {
+	if n < 0 {
+		return nil, fmt.Errorf("%w: peek count must be >= 0, got %d", ErrBadArgument, n)
+	}
+	if m.closed.Load() {
+		return nil, ErrClosed
+	}
+	q, err := m.lockLive(name)
+	if err != nil {
+		return nil, err
+	}
+	ts := make([]Task, min(n, q.ready.len()))
+	for i := range ts {
+		ts[i] = *q.ready.at(i)
+	}
+	q.mu.Unlock()
+	return ts, nil
+}
+
+// Purge drops the ready tasks of the named queue (leased ones stay) and
+// returns how many it dropped.
+func (m *Manager) Purge(name string) (int, error) {
+	if m.closed.Load() {
+		return 0, ErrClosed
+	}
+	q, err := m.lockLive(name)
+	if err != nil {
+		return 0, err
+	}
+	n := q.ready.len()
+	q.ready.clear()
+	q.settle(&clock{m: m})
+	m.unlock(q)
+	return n, nil
+}
+
+// Delete removes the named queue and every task in it, ready or leased
+// (its dead-letter queue stays). Gets blocked on it return nil, nil at
+// once; Puts blocked on it start over on a new queue of that name. Later
+// Acks of its leases fail with ErrUnknownQueue.
+func (m *Manager) Delete(name string) error {
+	if m.closed.Load() {
+		return ErrClosed
+	}
+	v, ok := m.queues.LoadAndDelete(name)
+	if !ok {
+		return ErrUnknownQueue
+	}
+	q := v.(*queue)
+	q.mu.Lock()
+	q.deleted = true
+	for g := q.getters.head; g != nil; g = q.getters.head {
+		q.getters.remove(g)
+		g.served = true
+		g.ch <- nil
+	}
+	for p := q.putters.head; p != nil; p = q.putters.head {
+		q.putters.remove(p)
+		p.served = true
+		p.ch <- putResult{retry: true}
+	}
+	q.ready.clear()
+	q.leases = nil
+	q.heap = nil
+	q.owners = nil
+	q.free = nil
+	q.mu.Unlock()
+	return nil
+}
+
+// SetMaxLen sets the max length (ready+leased) of the named queue,
+// creating it if needed; 0 means unlimited. Lowering it below the
+// current length drops nothing: Puts wait until the queue drains below it.
+func (m *Manager) SetMaxLen(name string, n int) error {
+	if n < 0 {
+		return fmt.Errorf("%w: max length must be >= 0, got %d", ErrBadArgument, n)
+	}
+	if m.closed.Load() {
+		return ErrClosed
+	}
+	for {
+		q, err := m.lookupOrCreate(name)
+		if err != nil {
+			return err
+		}
+		q.mu.Lock()
+		if q.deleted {
+			q.mu.Unlock()
+			continue
+		}
+		q.maxLen = n
+		q.settle(&clock{m: m})
+		m.unlock(q)
+		return nil
+	}
+}

@@ -1,0 +1,112 @@
+package queue_test
+
+import (
+	"context"
+	"strconv"
+	"sync/atomic"
+	"testing"
+
+	"github.com/qm-dev/qm/master/queue"
+)
+
+var payload16 = []byte("0123456789abcdef")
+
+// BenchmarkPutGetAck is one goroutine putting, getting and acking one
+// 16-byte task per op.
+func BenchmarkPutGetAck(b *testing.B) {
+	m := newManager(b, queue.Config{})
+	ctx := context.Background()
+	its := []queue.Item{{Payload: payload16}}
+	ack := make([]uint64, 1)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := m.Put(ctx, "bench", its, false); err != nil {
+			b.Fatal(err)
+		}
+		ts, err := m.Get(ctx, "bench", 1, 0, 1, false)
+		if err != nil || len(ts) != 1 {
+			b.Fatal(ts, err)
+		}
+		ack[0] = ts[0].ID
+		if _, err := m.Ack("bench", 1, ack); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkParallel runs put+get+ack per op from GOMAXPROCS goroutines,
+// on one shared queue and on a queue per goroutine.
+func BenchmarkParallel(b *testing.B) {
+	for _, shared := range []bool{true, false} {
+		name := "shared"
+		if !shared {
+			name = "perG"
+		}
+		b.Run(name, func(b *testing.B) {
+			m := newManager(b, queue.Config{})
+			ctx := context.Background()
+			var owners atomic.Uint64
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				owner := owners.Add(1)
+				q := "bench"
+				if !shared {
+					q += strconv.FormatUint(owner, 10)
+				}
+				its := []queue.Item{{Payload: payload16}}
+				ack := make([]uint64, 1)
+				for pb.Next() {
+					if _, err := m.Put(ctx, q, its, false); err != nil {
+						b.Error(err)
+						return
+					}
+					ts, err := m.Get(ctx, q, 1, 0, owner, false)
+					if err != nil || len(ts) != 1 {
+						b.Error(ts, err)
+						return
+					}
+					ack[0] = ts[0].ID
+					if _, err := m.Ack(q, owner, ack); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		})
+	}
+}
+
+// BenchmarkHandoff is one task handed by a Put to a Get blocked on the
+// empty queue, acked, and the producer told: the wake-up path, one
+// blocked Get per op (two goroutine switches included).
+func BenchmarkHandoff(b *testing.B) {
+	m := newManager(b, queue.Config{})
+	ctx := context.Background()
+	its := []queue.Item{{Payload: payload16}}
+	got := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		ack := make([]uint64, 1)
+		for {
+			ts, err := m.Get(ctx, "bench", 1, 0, 1, false)
+			if err != nil {
+				return // closed
+			}
+			ack[0] = ts[0].ID
+			if _, err := m.Ack("bench", 1, ack); err != nil {
+				return // closed
+			}
+			got <- struct{}{}
+		}
+	}()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := m.Put(ctx, "bench", its, false); err != nil {
+			b.Fatal(err)
+		}
+		<-got
+	}
+	m.Close()
+	<-done
+}

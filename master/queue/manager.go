@@ -1,0 +1,589 @@
+package queue
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Manager owns a set of named queues. It starts no goroutines.
+type Manager struct {
+	cfg   Config
+	now   func() time.Time
+	epoch time.Time // lease deadlines are kept as nanoseconds since epoch
+
+	queues sync.Map // name → *queue; lock-free lookups on the hot path
+	nextID atomic.Uint64
+
+	closed    atomic.Bool
+	closeOnce sync.Once
+	closedCh  chan struct{}
+	leaseCh   chan struct{}
+}
+
+// testHookWoken, if set, runs in a blocked Get or Put woken by its ctx or
+// by Close, before it takes the queue lock: tests use it to hand over
+// tasks or room in exactly that window.
+var testHookWoken func()
+
+// New returns a Manager with no queues.
+func New(cfg Config) (*Manager, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	return &Manager{
+		cfg:      cfg,
+		now:      cfg.Now,
+		epoch:    cfg.Now(),
+		closedCh: make(chan struct{}),
+		leaseCh:  make(chan struct{}, 1),
+	}, nil
+}
+
+// lookup returns the named queue, or nil.
+func (m *Manager) lookup(name string) *queue {
+	if v, ok := m.queues.Load(name); ok {
+		return v.(*queue)
+	}
+	return nil
+}
+
+// lookupOrCreate returns the named queue, creating it if needed.
+func (m *Manager) lookupOrCreate(name string) (*queue, error) {
+	if q := m.lookup(name); q != nil {
+		return q, nil
+	}
+	if err := CheckName(name); err != nil {
+		return nil, err
+	}
+	return m.create(name), nil
+}
+
+// create returns the named queue, creating it without checking the name.
+func (m *Manager) create(name string) *queue {
+	v, _ := m.queues.LoadOrStore(name, newQueue(m, name))
+	return v.(*queue)
+}
+
+// lockLive returns the named queue locked, or ErrUnknownQueue.
+func (m *Manager) lockLive(name string) (*queue, error) {
+	q := m.lookup(name)
+	if q == nil {
+		return nil, ErrUnknownQueue
+	}
+	q.mu.Lock()
+	if q.deleted {
+		q.mu.Unlock()
+		return nil, ErrUnknownQueue
+	}
+	return q, nil
+}
+
+// unlock releases q.mu, then signals LeaseChanged if q got a new earliest
+// lease.
+func (m *Manager) unlock(q *queue) {
+	sig := q.sig
+	q.sig = false
+	q.mu.Unlock()
+	if sig {
+		m.signalLease()
+	}
+}
+
+func (m *Manager) signalLease() {
+	if len(m.leaseCh) > 0 {
+		return // already pending; skip the channel lock
+	}
+	select {
+	case m.leaseCh <- struct{}{}:
+	default:
+	}
+}
+
+// snapshot returns the live queues, unordered.
+func (m *Manager) snapshot() []*queue {
+	var qs []*queue
+	m.queues.Range(func(_, v any) bool {
+		qs = append(qs, v.(*queue))
+		return true
+	})
+	return qs
+}
+
+func (m *Manager) sortedSnapshot() []*queue {
+	qs := m.snapshot()
+	slices.SortFunc(qs, func(a, b *queue) int { return strings.Compare(a.name, b.name) })
+	return qs
+}
+
+// Put appends items to the named queue, creating it on first use, and
+// returns their new ids: unique across all queues of the Manager, and
+// increasing.
+//
+// If the queue has a max length and the batch does not fit, Put waits, in
+// FIFO order with other waiting Puts, until it fits or ctx is done; then it
+// returns ErrQueueFull and nothing of the batch is added. A batch larger
+// than the max length fails at once with ErrQueueFull. force=true ignores
+// the max length (used to publish results, so that a result is never
+// dropped).
+//
+// Put keeps the Payload slices; the caller must not modify them afterwards.
+func (m *Manager) Put(ctx context.Context, name string, items []Item, force bool) ([]uint64, error) {
+	if m.closed.Load() {
+		return nil, ErrClosed
+	}
+	if len(items) == 0 {
+		if _, err := m.lookupOrCreate(name); err != nil {
+			return nil, err
+		}
+		return []uint64{}, nil
+	}
+	c := clock{m: m, t: m.now(), ok: true}
+	for {
+		q, err := m.lookupOrCreate(name)
+		if err != nil {
+			return nil, err
+		}
+		q.mu.Lock()
+		if q.deleted {
+			q.mu.Unlock()
+			continue
+		}
+		if force || q.maxLen == 0 || q.putters.head == nil && q.fits(len(items)) {
+			ids := q.push(items, &c)
+			q.settle(&c)
+			m.unlock(q)
+			return ids, nil
+		}
+		if len(items) > q.maxLen || ctx.Err() != nil {
+			q.mu.Unlock()
+			return nil, ErrQueueFull
+		}
+		p := &putter{items: items, ch: make(chan putResult, 1)}
+		q.putters.pushBack(p)
+		q.mu.Unlock()
+
+		var (
+			r   putResult
+			got bool
+		)
+		select {
+		case r = <-p.ch:
+			got = true
+		case <-ctx.Done():
+		case <-m.closedCh:
+		}
+		if !got {
+			if testHookWoken != nil {
+				testHookWoken()
+			}
+			q.mu.Lock()
+			if p.served {
+				r, got = <-p.ch, true // sent before we took the lock
+				q.mu.Unlock()
+			} else {
+				q.putters.remove(p)
+				q.settle(&clock{m: m}) // p may have held back smaller batches behind it
+				m.unlock(q)
+			}
+		}
+		switch {
+		case got && !r.retry:
+			return r.ids, nil
+		case m.closed.Load():
+			return nil, ErrClosed
+		case got: // the queue was deleted: start over on a new one
+			c = clock{m: m, t: m.now(), ok: true}
+			continue
+		}
+		return nil, ErrQueueFull
+	}
+}
+
+// Get takes up to max (>= 1) ready tasks from the front of the named
+// queue, creating it on first use. If none is ready it blocks until one
+// is, or ctx is done; then it returns nil, nil: an empty result is not an
+// error, and the caller puts its timeout in ctx. With a done ctx Get still
+// returns the tasks that are ready at once.
+//
+// Tasks are leased to owner for lease (0 means Config.DefaultLease),
+// unless noAck: then they are removed for good (counted as done). The
+// returned Tasks are copies with Attempts already raised.
+//
+// Blocked Gets are served in FIFO order. If ctx is done at the moment tasks
+// are handed to a blocked Get, they go back to the front (or to the next
+// waiting Get) with Attempts untouched. A Get blocked when the queue is
+// deleted returns nil, nil; when the Manager is closed, nil, ErrClosed.
+func (m *Manager) Get(ctx context.Context, name string, max int, lease time.Duration, owner uint64, noAck bool) ([]Task, error) {
+	if max < 1 {
+		return nil, fmt.Errorf("%w: get max must be >= 1, got %d", ErrBadArgument, max)
+	}
+	if lease < 0 {
+		return nil, fmt.Errorf("%w: lease must be >= 0, got %v", ErrBadArgument, lease)
+	}
+	if lease == 0 {
+		lease = m.cfg.DefaultLease
+	}
+	if m.closed.Load() {
+		return nil, ErrClosed
+	}
+	c := clock{m: m, t: m.now(), ok: true}
+	var (
+		q   *queue
+		err error
+	)
+	for {
+		if q, err = m.lookupOrCreate(name); err != nil {
+			return nil, err
+		}
+		q.mu.Lock()
+		if !q.deleted {
+			break
+		}
+		q.mu.Unlock()
+	}
+	if q.ready.len() > 0 {
+		ts := q.take(max, lease, owner, noAck, &c)
+		if noAck && q.putters.head != nil {
+			q.settle(&c)
+		}
+		m.unlock(q)
+		return ts, nil
+	}
+	if ctx.Err() != nil {
+		q.mu.Unlock()
+		return nil, nil
+	}
+	g := getterPool.Get().(*getter)
+	g.max, g.lease, g.owner, g.noAck, g.served = max, lease, owner, noAck, false
+	q.getters.pushBack(g)
+	q.mu.Unlock()
+
+	var (
+		ts         []Task
+		got        bool
+		cancelled  bool
+		closedWait bool
+	)
+	select {
+	case ts = <-g.ch:
+		got = true
+	case <-ctx.Done():
+		cancelled = true
+	case <-m.closedCh:
+		closedWait = true
+	}
+	if !got {
+		if testHookWoken != nil {
+			testHookWoken()
+		}
+		q.mu.Lock()
+		switch {
+		case g.served && cancelled:
+			// Tasks were handed over as ctx ended: give them back.
+			if ts = <-g.ch; len(ts) > 0 && !q.deleted {
+				q.unget(ts, owner, noAck)
+				q.settle(&clock{m: m})
+			}
+			ts = nil
+		case g.served:
+			ts = <-g.ch
+		default:
+			q.getters.remove(g)
+		}
+		m.unlock(q)
+	}
+	getterPool.Put(g)
+	if ts == nil && closedWait {
+		return nil, ErrClosed
+	}
+	return ts, nil
+}
+
+// Ack removes leased tasks for good (counted as done). Each id must be
+// leased by owner in the named queue; for each id that is not, the joined
+// error holds a *TaskError wrapping ErrNotLeased, and the other ids still
+// succeed. Ack returns copies of the acked Tasks (to publish results).
+func (m *Manager) Ack(name string, owner uint64, ids []uint64) ([]Task, error) {
+	if m.closed.Load() {
+		return nil, ErrClosed
+	}
+	q, err := m.lockLive(name)
+	if err != nil {
+		return nil, err
+	}
+	ts := make([]Task, 0, len(ids))
+	var bad []uint64
+	for _, id := range ids {
+		l := q.leases[id]
+		if l == nil || l.owner != owner {
+			bad = append(bad, id)
+			continue
+		}
+		ts = append(ts, q.unlease(l))
+	}
+	q.acks += uint64(len(ts))
+	q.done += uint64(len(ts))
+	if len(ts) > 0 && q.putters.head != nil {
+		q.settle(&clock{m: m})
+	}
+	m.unlock(q)
+	return ts, notLeased(bad)
+}
+
+// Nack ends a failed attempt of a task leased by owner: it goes back to
+// the front of its queue with LastError set to errText or, if its Attempts
+// have reached MaxAttempts, to the dead-letter queue (then OnDead is
+// called). A *TaskError wrapping ErrNotLeased if owner does not hold it.
+func (m *Manager) Nack(name string, owner uint64, id uint64, errText string) error {
+	if m.closed.Load() {
+		return ErrClosed
+	}
+	q, err := m.lockLive(name)
+	if err != nil {
+		return err
+	}
+	l := q.leases[id]
+	if l == nil || l.owner != owner {
+		q.mu.Unlock()
+		return &TaskError{ID: id, Err: ErrNotLeased}
+	}
+	ts := [1]Task{q.unlease(l)}
+	q.nacks++
+	dead := q.requeueFailed(ts[:], errText, m.cfg.MaxAttempts)
+	q.settle(&clock{m: m})
+	m.unlock(q)
+	m.deadLetter(q.name, dead)
+	return nil
+}
+
+// Extend sets the lease deadline of each id held by owner to now+lease
+// (0 means Config.DefaultLease). Errors are as for Ack.
+func (m *Manager) Extend(name string, owner uint64, ids []uint64, lease time.Duration) error {
+	if lease < 0 {
+		return fmt.Errorf("%w: lease must be >= 0, got %v", ErrBadArgument, lease)
+	}
+	if lease == 0 {
+		lease = m.cfg.DefaultLease
+	}
+	if m.closed.Load() {
+		return ErrClosed
+	}
+	q, err := m.lockLive(name)
+	if err != nil {
+		return err
+	}
+	c := clock{m: m}
+	deadline := c.deadline(lease)
+	var bad []uint64
+	for _, id := range ids {
+		l := q.leases[id]
+		if l == nil || l.owner != owner {
+			bad = append(bad, id)
+			continue
+		}
+		q.setDeadline(l, deadline)
+	}
+	m.unlock(q)
+	return notLeased(bad)
+}
+
+// Release returns every task leased by owner, in any queue, as if its
+// lease had expired with LastError "worker disconnected": back to the
+// front of its queue with Attempts as raised by the Get, or to the
+// dead-letter queue if Attempts >= MaxAttempts. Used when a client's
+// connection drops. It returns how many tasks it released.
+func (m *Manager) Release(owner uint64) int {
+	if m.closed.Load() {
+		return 0
+	}
+	n := 0
+	for _, q := range m.snapshot() {
+		q.mu.Lock()
+		h := q.owners[owner]
+		if h == nil || q.deleted {
+			q.mu.Unlock()
+			continue
+		}
+		ts := make([]Task, 0, h.n)
+		for l := h.first; l != nil; {
+			next := l.next
+			ts = append(ts, q.unlease(l))
+			l = next
+		}
+		if q.owners[owner] != nil { // not swept by unlease
+			delete(q.owners, owner) // the owner is gone: forget it
+			q.idleOwners--
+		}
+		n += len(ts)
+		dead := q.requeueFailed(ts, "worker disconnected", m.cfg.MaxAttempts)
+		q.settle(&clock{m: m})
+		m.unlock(q)
+		m.deadLetter(q.name, dead)
+	}
+	return n
+}
+
+// Unget returns tasks just handed to owner by Get that could not be
+// delivered (the reply could not be written): back to the front of the
+// queue in their given order, Attempts lowered by one, never dead-lettered.
+// Ids not leased by owner are ignored. For tasks taken with noAck, use
+// UngetNoAck.
+func (m *Manager) Unget(name string, owner uint64, ids []uint64) {
+	if m.closed.Load() {
+		return
+	}
+	q, err := m.lockLive(name)
+	if err != nil {
+		return
+	}
+	for i := len(ids) - 1; i >= 0; i-- {
+		l := q.leases[ids[i]]
+		if l == nil || l.owner != owner {
+			continue
+		}
+		t := q.unlease(l)
+		if t.Attempts > 0 {
+			t.Attempts--
+		}
+		if q.gets > 0 {
+			q.gets--
+		}
+		q.ready.pushFront(t)
+	}
+	q.settle(&clock{m: m})
+	m.unlock(q)
+}
+
+// UngetNoAck is Unget for tasks taken with noAck, which hold no lease: it
+// puts the given Tasks, as returned by Get, back at the front of the queue
+// in their order, with Attempts lowered by one. If the queue has been
+// deleted meanwhile, they are dropped.
+func (m *Manager) UngetNoAck(name string, ts []Task) {
+	if m.closed.Load() || len(ts) == 0 {
+		return
+	}
+	q, err := m.lockLive(name)
+	if err != nil {
+		return
+	}
+	q.unget(ts, 0, true)
+	q.settle(&clock{m: m})
+	m.unlock(q)
+}
+
+// ExpireLeases handles every lease whose deadline is <= now as a Nack with
+// LastError "lease expired", and returns how many expired.
+func (m *Manager) ExpireLeases(now time.Time) int {
+	if m.closed.Load() {
+		return 0
+	}
+	cut := int64(now.Sub(m.epoch))
+	n := 0
+	for _, q := range m.snapshot() {
+		q.mu.Lock()
+		if len(q.heap) == 0 || q.heap[0].deadline > cut {
+			q.mu.Unlock()
+			continue
+		}
+		var ts []Task
+		for len(q.heap) > 0 && q.heap[0].deadline <= cut {
+			ts = append(ts, q.unlease(q.heap[0]))
+		}
+		n += len(ts)
+		q.expired += uint64(len(ts))
+		dead := q.requeueFailed(ts, "lease expired", m.cfg.MaxAttempts)
+		q.settle(&clock{m: m, t: now, ok: true})
+		m.unlock(q)
+		m.deadLetter(q.name, dead)
+	}
+	return n
+}
+
+// NextDeadline returns the earliest lease deadline over all queues;
+// ok is false if no task is leased.
+func (m *Manager) NextDeadline() (t time.Time, ok bool) {
+	if m.closed.Load() {
+		return time.Time{}, false
+	}
+	var best int64
+	for _, q := range m.snapshot() {
+		q.mu.Lock()
+		if len(q.heap) > 0 && (!ok || q.heap[0].deadline < best) {
+			best, ok = q.heap[0].deadline, true
+		}
+		q.mu.Unlock()
+	}
+	if !ok {
+		return time.Time{}, false
+	}
+	return m.epoch.Add(time.Duration(best)), true
+}
+
+// LeaseChanged returns a channel that receives (a non-blocking send,
+// buffer 1) whenever a lease deadline earlier than the previous earliest
+// may exist, so the reaper goroutine can re-arm its timer from
+// NextDeadline. The channel is never closed.
+func (m *Manager) LeaseChanged() <-chan struct{} { return m.leaseCh }
+
+// LeasedBy returns how many tasks owner holds now, over all queues.
+func (m *Manager) LeasedBy(owner uint64) int {
+	n := 0
+	for _, q := range m.snapshot() {
+		q.mu.Lock()
+		if h := q.owners[owner]; h != nil {
+			n += h.n
+		}
+		q.mu.Unlock()
+	}
+	return n
+}
+
+// deadLetter appends tasks that used up their attempts to the back of
+// src's dead-letter queue, ignoring its max length, then calls OnDead for
+// each. Called with no lock held.
+func (m *Manager) deadLetter(src string, ts []Task) {
+	if len(ts) == 0 {
+		return
+	}
+	name := DeadLetterName(src)
+	for {
+		q := m.lookup(name)
+		if q == nil {
+			q = m.create(name) // a valid name: src was checked, and CheckName allows the suffix
+		}
+		q.mu.Lock()
+		if q.deleted {
+			q.mu.Unlock()
+			continue
+		}
+		q.ready.reserve(len(ts))
+		for _, t := range ts {
+			q.ready.pushBack(t)
+		}
+		q.puts += uint64(len(ts))
+		q.settle(&clock{m: m})
+		m.unlock(q)
+		break
+	}
+	if f := m.cfg.OnDead; f != nil {
+		for _, t := range ts {
+			f(src, t)
+		}
+	}
+}
+
+// Close makes every blocked Get and Put return ErrClosed at once, and
+// every later call that returns an error return ErrClosed. It is
+// idempotent. Tasks are not kept.
+func (m *Manager) Close() {
+	m.closeOnce.Do(func() {
+		m.closed.Store(true)
+		close(m.closedCh)
+	})
+}

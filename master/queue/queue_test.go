@@ -1,0 +1,275 @@
+package queue_test
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/qm-dev/qm/master/queue"
+)
+
+func TestConfigValidate(t *testing.T) {
+	tests := []struct {
+		name  string
+		cfg   queue.Config
+		field string // "" = valid
+	}{
+		{"zero", queue.Config{}, ""},
+		{"set", queue.Config{MaxAttempts: 5, DefaultLease: time.Second, MaxLen: 10}, ""},
+		{"MaxAttempts", queue.Config{MaxAttempts: -1}, "MaxAttempts"},
+		{"DefaultLease", queue.Config{DefaultLease: -time.Second}, "DefaultLease"},
+		{"MaxLen", queue.Config{MaxLen: -1}, "MaxLen"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.cfg.Validate()
+			if tt.field == "" {
+				if err != nil {
+					t.Fatalf("Validate: %v", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.field) || !errors.Is(err, queue.ErrBadArgument) {
+				t.Fatalf("Validate = %v, want an ErrBadArgument naming %s", err, tt.field)
+			}
+			if _, err := queue.New(tt.cfg); err == nil {
+				t.Fatal("New accepted a bad config")
+			}
+		})
+	}
+}
+
+func TestQueueNames(t *testing.T) {
+	tests := []struct {
+		name string
+		ok   bool
+	}{
+		{"tasks", true},
+		{"a.b-c_d/e:f", true},
+		{"ünïcode ok", true},
+		{strings.Repeat("x", queue.MaxNameLen), true},
+		{strings.Repeat("x", queue.MaxNameLen) + queue.DeadSuffix, true},
+		{"", false},
+		{strings.Repeat("x", queue.MaxNameLen+1), false},
+		{"tab\there", false},
+		{"nl\n", false},
+		{"nul\x00", false},
+		{"del\x7f", false},
+		{"c1\u0085", false},
+		{"bad utf8 \xff", false},
+	}
+	m := newManager(t, queue.Config{})
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := queue.CheckName(tt.name)
+			if (err == nil) != tt.ok {
+				t.Fatalf("CheckName(%q) = %v, want ok=%v", tt.name, err, tt.ok)
+			}
+			_, err = m.Put(context.Background(), tt.name, items("x"), false)
+			if tt.ok && err != nil {
+				t.Fatalf("Put: %v", err)
+			}
+			if !tt.ok && !errors.Is(err, queue.ErrBadQueueName) {
+				t.Fatalf("Put = %v, want ErrBadQueueName", err)
+			}
+			_, err = m.Get(doneCtx(), tt.name, 1, 0, 1, false)
+			if !tt.ok && !errors.Is(err, queue.ErrBadQueueName) {
+				t.Fatalf("Get = %v, want ErrBadQueueName", err)
+			}
+		})
+	}
+}
+
+func TestFIFO(t *testing.T) {
+	m := newManager(t, queue.Config{})
+	want := []string{"a", "b", "c", "d", "e"}
+	for _, p := range want {
+		mustPut(t, m, "q", p)
+	}
+	var got []string
+	for range want {
+		got = append(got, payloads(mustGet(t, m, "q", 1, 1))...)
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("got %v, want %v", got, want)
+	}
+	if ts := mustGet(t, m, "q", 1, 1); len(ts) != 0 {
+		t.Fatalf("empty queue gave %v", payloads(ts))
+	}
+}
+
+func TestBatch(t *testing.T) {
+	clk := newFakeClock()
+	m := newManager(t, queue.Config{Now: clk.Now})
+	ids, err := m.Put(context.Background(), "q", []queue.Item{
+		{Payload: []byte("a"), ReplyTo: "r"}, {Payload: []byte("b")}, {Payload: []byte("c")},
+	}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ids) != 3 || ids[0] == 0 || ids[1] != ids[0]+1 || ids[2] != ids[1]+1 {
+		t.Fatalf("ids = %v, want 3 increasing", ids)
+	}
+	more := mustPut(t, m, "other", "d", "e")
+	if more[0] <= ids[2] {
+		t.Fatalf("ids of a later put in another queue %v not above %v", more, ids)
+	}
+	ts := mustGet(t, m, "q", 2, 7)
+	if got := payloads(ts); !slices.Equal(got, []string{"a", "b"}) {
+		t.Fatalf("batch get = %v", got)
+	}
+	want := queue.Task{ID: ids[0], Payload: []byte("a"), ReplyTo: "r", Attempts: 1, Enqueued: clk.Now()}
+	if got := ts[0]; got.ID != want.ID || got.ReplyTo != want.ReplyTo || got.Attempts != 1 || !got.Enqueued.Equal(want.Enqueued) {
+		t.Fatalf("task = %+v, want %+v", got, want)
+	}
+	if ts := mustGet(t, m, "q", 10, 7); !slices.Equal(payloads(ts), []string{"c"}) {
+		t.Fatalf("max beyond ready = %v", payloads(ts))
+	}
+	if _, err := m.Get(doneCtx(), "q", 0, 0, 7, false); !errors.Is(err, queue.ErrBadArgument) {
+		t.Fatalf("Get max 0 = %v, want ErrBadArgument", err)
+	}
+	s := mustStats(t, m, "q")
+	if s.Leased != 3 || s.Ready != 0 || s.Puts != 3 || s.Gets != 3 {
+		t.Fatalf("stats = %+v", s)
+	}
+	if got, err := m.Put(context.Background(), "q", nil, false); err != nil || len(got) != 0 {
+		t.Fatalf("empty Put = %v, %v", got, err)
+	}
+}
+
+func TestAckTasks(t *testing.T) {
+	m := newManager(t, queue.Config{})
+	ids := mustPut(t, m, "q", "a", "b", "c")
+	mustGet(t, m, "q", 3, 1)
+	acked, err := m.Ack("q", 1, []uint64{ids[2], ids[0]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := payloads(acked); !slices.Equal(got, []string{"c", "a"}) {
+		t.Fatalf("acked %v", got)
+	}
+	// Acking twice, by the wrong owner, an unknown id.
+	acked, err = m.Ack("q", 2, []uint64{ids[1]})
+	if len(acked) != 0 || !errors.Is(err, queue.ErrNotLeased) {
+		t.Fatalf("Ack by wrong owner = %v, %v; want ErrNotLeased", acked, err)
+	}
+	acked, err = m.Ack("q", 1, []uint64{ids[0], ids[1], 999})
+	if !slices.Equal(payloads(acked), []string{"b"}) {
+		t.Fatalf("acked %v, want [b]", payloads(acked))
+	}
+	var failed []uint64
+	for _, e := range err.(interface{ Unwrap() []error }).Unwrap() {
+		var te *queue.TaskError
+		if !errors.As(e, &te) || !errors.Is(e, queue.ErrNotLeased) {
+			t.Fatalf("error %v is not a TaskError of ErrNotLeased", e)
+		}
+		failed = append(failed, te.ID)
+	}
+	if !slices.Equal(failed, []uint64{ids[0], 999}) {
+		t.Fatalf("failed ids %v", failed)
+	}
+	s := mustStats(t, m, "q")
+	if s.Done != 3 || s.Acks != 3 || s.Leased != 0 {
+		t.Fatalf("stats = %+v", s)
+	}
+	if _, err := m.Ack("nope", 1, ids); !errors.Is(err, queue.ErrUnknownQueue) {
+		t.Fatalf("Ack on unknown queue = %v", err)
+	}
+}
+
+func TestNoAck(t *testing.T) {
+	m := newManager(t, queue.Config{})
+	mustPut(t, m, "q", "a", "b")
+	ts, err := m.Get(doneCtx(), "q", 1, 0, 1, true)
+	if err != nil || len(ts) != 1 || ts[0].Attempts != 1 {
+		t.Fatalf("Get noAck = %+v, %v", ts, err)
+	}
+	s := mustStats(t, m, "q")
+	if s.Done != 1 || s.Leased != 0 || s.Ready != 1 {
+		t.Fatalf("stats = %+v", s)
+	}
+	if _, err := m.Ack("q", 1, []uint64{ts[0].ID}); !errors.Is(err, queue.ErrNotLeased) {
+		t.Fatalf("Ack of a noAck task = %v", err)
+	}
+	if m.LeasedBy(1) != 0 {
+		t.Fatal("noAck task is leased")
+	}
+	// A noAck task that could not be delivered goes back.
+	m.UngetNoAck("q", ts)
+	again := mustGet(t, m, "q", 2, 1)
+	if got := payloads(again); !slices.Equal(got, []string{"a", "b"}) || again[0].Attempts != 1 {
+		t.Fatalf("after UngetNoAck got %v (%+v)", got, again)
+	}
+}
+
+func TestClose(t *testing.T) {
+	m := newManager(t, queue.Config{MaxLen: 1})
+	mustPut(t, m, "full", "x")
+	getCh := goGet(context.Background(), m, "q", 1, 1)
+	putErr := make(chan error, 1)
+	go func() {
+		_, err := m.Put(context.Background(), "full", items("y"), false)
+		putErr <- err
+	}()
+	waitConsumers(t, m, "q", 1)
+	m.Close()
+	if r := recvGet(t, getCh); r.err != queue.ErrClosed || r.ts != nil {
+		t.Fatalf("blocked Get after Close = %v, %v", r.ts, r.err)
+	}
+	select {
+	case err := <-putErr:
+		if !errors.Is(err, queue.ErrClosed) {
+			t.Fatalf("blocked Put after Close = %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("blocked Put did not return")
+	}
+	m.Close() // idempotent
+	if _, err := m.Put(context.Background(), "q", items("a"), false); err != queue.ErrClosed {
+		t.Fatalf("Put after Close = %v", err)
+	}
+	if _, err := m.Get(context.Background(), "q", 1, 0, 1, false); err != queue.ErrClosed {
+		t.Fatalf("Get after Close = %v", err)
+	}
+	if _, err := m.Ack("q", 1, []uint64{1}); err != queue.ErrClosed {
+		t.Fatalf("Ack after Close = %v", err)
+	}
+	if _, err := m.Stats("q"); err != queue.ErrClosed {
+		t.Fatalf("Stats after Close = %v", err)
+	}
+}
+
+func TestBadArguments(t *testing.T) {
+	m := newManager(t, queue.Config{})
+	mustPut(t, m, "q", "a")
+	ts := mustGet(t, m, "q", 1, 1)
+	tests := []struct {
+		name string
+		call func() error
+	}{
+		{"Get max 0", func() error { _, err := m.Get(doneCtx(), "q", 0, 0, 1, false); return err }},
+		{"Get negative lease", func() error { _, err := m.Get(doneCtx(), "q", 1, -time.Second, 1, false); return err }},
+		{"Extend negative lease", func() error { return m.Extend("q", 1, []uint64{ts[0].ID}, -time.Second) }},
+		{"Peek negative", func() error { _, err := m.Peek("q", -1); return err }},
+		{"SetMaxLen negative", func() error { return m.SetMaxLen("q", -1) }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if err := tt.call(); !errors.Is(err, queue.ErrBadArgument) {
+				t.Fatalf("%s = %v, want ErrBadArgument", tt.name, err)
+			}
+		})
+	}
+	if err := m.SetMaxLen("new", 5); err != nil {
+		t.Fatal(err)
+	}
+	if s := mustStats(t, m, "new"); s.MaxLen != 5 {
+		t.Fatalf("SetMaxLen on a new queue: %+v", s)
+	}
+	if err := m.SetMaxLen("bad\n", 5); !errors.Is(err, queue.ErrBadQueueName) {
+		t.Fatalf("SetMaxLen with a bad name = %v", err)
+	}
+}
