@@ -1,0 +1,242 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/qm-dev/qm/internal/qmtest"
+	"github.com/qm-dev/qm/master"
+	"github.com/qm-dev/qm/wire"
+	"github.com/spf13/pflag"
+)
+
+func TestBuiltinSquareDrainsQueueAndIdleExits(t *testing.T) {
+	addr, _ := qmtest.StartMaster(t, master.Config{})
+	c := qmtest.Dial(t, addr, "producer")
+	const n = 20
+	items := make([]any, n)
+	for i := range items {
+		items[i] = i
+	}
+	ids := put(t, c, "tasks", items)
+
+	code, p := runQworker(t, env(keyEnv), "--server", addr, "--builtin", "square", "--idle-exit", "500ms", "--concurrency", "3", "--get-timeout", "200ms")
+	if code != 0 {
+		t.Fatalf("exit %d, want 0; stderr:\n%s", code, p.stderr.String())
+	}
+	want := map[uint64]int64{}
+	for i, id := range ids {
+		want[id] = int64(i * i)
+	}
+	for _, r := range results(t, c, "results", n, 5*time.Second) {
+		v, err := wire.DecodeValue(r.Value)
+		if err != nil || v != want[r.TaskID] {
+			t.Errorf("task %d: %v, %v; want %d", r.TaskID, v, err, want[r.TaskID])
+		}
+		delete(want, r.TaskID)
+	}
+	if len(want) != 0 {
+		t.Errorf("no results for %v", want)
+	}
+	if !strings.Contains(p.stderr.String(), "idle; stopping") {
+		t.Errorf("stderr does not log the idle exit:\n%s", p.stderr.String())
+	}
+}
+
+func TestCommandMode(t *testing.T) {
+	addr, _ := qmtest.StartMaster(t, master.Config{MaxAttempts: 1})
+	c := qmtest.Dial(t, addr, "producer")
+	ids := put(t, c, "jobs", []any{1, 2, "oops"})
+	keyFile := filepath.Join(t.TempDir(), "key")
+	if err := os.WriteFile(keyFile, append(qmtest.Authkey, '\n'), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, p := runQworker(t, env(), "--server", addr, "--authkey-file", keyFile, "--tasks", "jobs", "--results", "out",
+		"--max-tasks", "3", "--task-timeout", "5s",
+		"--", "sh", "-c", `read x; case $x in *[!0-9]*) echo "not a number: $x" >&2; exit 4;; esac; echo $((x+100))`)
+	if code != 0 {
+		t.Fatalf("exit %d, want 0; stderr:\n%s", code, p.stderr.String())
+	}
+	got := map[uint64]wire.Result{}
+	for _, r := range results(t, c, "out", 2, 5*time.Second) {
+		got[r.TaskID] = r
+	}
+	for i, want := range []int64{101, 102} {
+		if v, err := wire.DecodeValue(got[ids[i]].Value); err != nil || v != want {
+			t.Errorf("task %d: %v, %v; want %d", ids[i], v, err, want)
+		}
+	}
+	if !strings.Contains(p.stderr.String(), "exit status 4: not a number: oops") {
+		t.Errorf("stderr does not log the failure:\n%s", p.stderr.String())
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		env  []string
+		args []string
+		want string
+	}{
+		{"builtin and command", env(keyEnv), []string{"--server", "h:1", "--builtin", "square", "--", "cat"}, "not both"},
+		{"neither", env(keyEnv), []string{"--server", "h:1"}, "nothing to run: give --builtin NAME (echo, fail, sleep, square) or a command"},
+		{"unknown builtin", env(keyEnv), []string{"--server", "h:1", "--builtin", "cube"}, `unknown builtin handler "cube" (have echo, fail, sleep, square)`},
+		{"no server", env(keyEnv), []string{"--builtin", "echo"}, "--server is required"},
+		{"server without port", env(keyEnv), []string{"--server", "master", "--builtin", "echo"}, `--server "master" is not host:port`},
+		{"no key", env(), []string{"--server", "h:1", "--builtin", "echo"}, "no authkey"},
+		{"key and insecure", env(), []string{"--server", "h:1", "--authkey", "k", "--insecure-no-auth", "--builtin", "echo"}, "--insecure-no-auth sends no key"},
+		{"task timeout with builtin", env(keyEnv), []string{"--server", "h:1", "--builtin", "echo", "--task-timeout", "1s"}, "--task-timeout applies to a command"},
+		{"zero concurrency", env(keyEnv), []string{"--server", "h:1", "--builtin", "echo", "--concurrency", "0"}, "--concurrency must be at least 1"},
+		{"bad duration", env(keyEnv), []string{"--server", "h:1", "--builtin", "echo", "--idle-exit", "soon"}, `invalid argument "soon" for "--idle-exit"`},
+		{"bad log level", env(keyEnv), []string{"--server", "h:1", "--builtin", "echo", "--log-level", "loud"}, "want debug, info, warn or error"},
+		{"bad log format", env(keyEnv), []string{"--server", "h:1", "--builtin", "echo", "--log-format", "xml"}, "want text or json"},
+		{"unknown flag", env(keyEnv), []string{"--server", "h:1", "--bultin", "echo"}, "unknown flag: --bultin"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			code, p := runQworker(t, tt.env, tt.args...)
+			stderr := p.stderr.String()
+			if code != 2 {
+				t.Errorf("exit %d, want 2", code)
+			}
+			if !strings.HasPrefix(stderr, "qworker: ") || !strings.Contains(stderr, tt.want) || !strings.Contains(stderr, "Run 'qworker --help' for usage.") {
+				t.Errorf("stderr:\n%s\nwant qworker: ...%s... and a pointer to --help", stderr, tt.want)
+			}
+			if p.stdout.Len() > 0 {
+				t.Errorf("stdout: %q, want nothing", p.stdout.String())
+			}
+		})
+	}
+}
+
+func TestWrongAuthkey(t *testing.T) {
+	addr, _ := qmtest.StartMaster(t, master.Config{})
+	begin := time.Now()
+	code, p := runQworker(t, env("QM_AUTHKEY=wrong"), "--server", addr, "--builtin", "echo")
+	if code != 1 {
+		t.Fatalf("exit %d, want 1; stderr:\n%s", code, p.stderr.String())
+	}
+	if !regexp.MustCompile(`(?m)^qworker: .*authentication failed: .*QM_AUTHKEY`).MatchString(p.stderr.String()) {
+		t.Errorf("stderr:\n%s\nwant a qworker: ... authentication failed line with a hint", p.stderr.String())
+	}
+	if took := time.Since(begin); took > 10*time.Second {
+		t.Errorf("took %s to give up", took)
+	}
+}
+
+func TestHelpExplainsEveryFlag(t *testing.T) {
+	code, p := runQworker(t, env(), "--help")
+	if code != 0 {
+		t.Fatalf("exit %d; stderr:\n%s", code, p.stderr.String())
+	}
+	help := p.stdout.String()
+	newRootCmd(&factory{}, nil).Flags().VisitAll(func(f *pflag.Flag) {
+		// "  --name type   at least three words of explanation"
+		if !regexp.MustCompile(`(?m)^ +(-\w, )?--` + regexp.QuoteMeta(f.Name) + `( \S+)? {2,}\S+ \S+ \S+`).MatchString(help) {
+			t.Errorf("--help does not explain --%s", f.Name)
+		}
+	})
+	for _, want := range []string{"Examples:", "--builtin square", "-- python3", "square", "echo", "sleep", "fail", "QM_AUTHKEY", "QM_TASK_ID", "SIGTERM", "visible to other users in `ps`"} {
+		if !strings.Contains(help, want) {
+			t.Errorf("--help does not mention %q", want)
+		}
+	}
+}
+
+// SIGTERM while a task runs: the task finishes, its result is published,
+// and qworker exits 0.
+func TestSIGTERMDrains(t *testing.T) {
+	addr, _ := qmtest.StartMaster(t, master.Config{})
+	c := qmtest.Dial(t, addr, "producer")
+	ids := put(t, c, "tasks", []any{0.5, 0.5})
+	p := start(t, env(keyEnv), "--server", addr, "--builtin", "sleep", "--log-level", "debug")
+	qmtest.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		st, err := c.Stats(ctx, "tasks")
+		if err != nil {
+			return err
+		}
+		if st[0].Leased != 1 {
+			return fmt.Errorf("tasks: %+v, want one leased", st[0])
+		}
+		return nil
+	})
+	begin := time.Now()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := p.wait(t, 10*time.Second); code != 0 {
+		t.Fatalf("exit %d after SIGTERM, want 0; stderr:\n%s", code, p.stderr.String())
+	}
+	if took := time.Since(begin); took > 5*time.Second {
+		t.Errorf("took %s to drain a 0.5s task", took)
+	}
+	r := results(t, c, "results", 1, 5*time.Second)[0]
+	if r.TaskID != ids[0] || r.Error != "" {
+		t.Fatalf("result %+v, want task %d done", r, ids[0])
+	}
+	qmtest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		st, err := c.Stats(ctx, "tasks")
+		if err != nil {
+			return err
+		}
+		if st[0].Ready != 1 || st[0].Leased != 0 || st[0].Done != 1 {
+			return fmt.Errorf("tasks: %+v, want the second task back and ready", st[0])
+		}
+		return nil
+	})
+	if !strings.Contains(p.stderr.String(), "draining") {
+		t.Errorf("stderr does not log the drain:\n%s", p.stderr.String())
+	}
+}
+
+// The flags reach the worker's configuration.
+func TestFlagsToConfig(t *testing.T) {
+	var got *options
+	f := &factory{Out: &bytes.Buffer{}, ErrOut: &bytes.Buffer{}, Getenv: func(string) string { return "" }}
+	cmd := newRootCmd(f, func(o *options) error { got = o; return nil })
+	cmd.SetArgs([]string{"--server", "m:5000", "--authkey", "k", "--tasks", "in", "--results", "out",
+		"--concurrency", "4", "--get-timeout", "2s", "--idle-exit", "1m", "--max-tasks", "9", "--lease", "30s",
+		"--task-timeout", "10s", "--name", "w1", "--log-level", "debug", "--log-format", "json",
+		"grep", "-c", "x"})
+	if err := cmd.Execute(); err != nil {
+		t.Fatal(err)
+	}
+	cfg := got.config([]byte("k"), nil)
+	if cfg.Server != "m:5000" || cfg.Tasks != "in" || cfg.Results != "out" || cfg.Concurrency != 4 ||
+		cfg.GetTimeout != 2*time.Second || cfg.IdleExit != time.Minute || cfg.MaxTasks != 9 ||
+		cfg.Lease != 30*time.Second || cfg.Name != "w1" {
+		t.Errorf("config %+v", cfg)
+	}
+	if !slices.Equal(got.Command, []string{"grep", "-c", "x"}) || got.TaskTimeout != 10*time.Second {
+		t.Errorf("command %q, timeout %s", got.Command, got.TaskTimeout)
+	}
+	if got.LogLevel.String() != "debug" || got.LogFormat.String() != "json" {
+		t.Errorf("log %s %s", got.LogLevel.String(), got.LogFormat.String())
+	}
+	key, err := got.key()
+	if err != nil || string(key) != "k" {
+		t.Errorf("key %q, %v", key, err)
+	}
+}
+
+// Under --insecure-no-auth, QM_AUTHKEY is ignored rather than sent to a
+// master that expects no key.
+func TestInsecureNoAuthIgnoresEnvKey(t *testing.T) {
+	addr, _ := qmtest.StartMaster(t, master.Config{InsecureNoAuth: true})
+	code, p := runQworker(t, env(keyEnv), "--server", addr, "--insecure-no-auth", "--builtin", "echo", "--idle-exit", "200ms")
+	if code != 0 {
+		t.Fatalf("exit %d, want 0; stderr:\n%s", code, p.stderr.String())
+	}
+}

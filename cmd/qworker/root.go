@@ -1,0 +1,270 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/qm-dev/qm/auth"
+	"github.com/qm-dev/qm/worker"
+	"github.com/spf13/cobra"
+)
+
+// options are qworker's flags and arguments.
+type options struct {
+	IO *factory
+
+	Server         string
+	Authkey        string
+	AuthkeyFile    string
+	InsecureNoAuth bool
+	Builtin        string
+	Command        []string // the arguments: a command to run per task
+	Tasks          string
+	Results        string
+	Concurrency    int
+	GetTimeout     time.Duration
+	IdleExit       time.Duration
+	MaxTasks       int
+	Lease          time.Duration
+	TaskTimeout    time.Duration
+	Name           string
+	LogLevel       logLevel
+	LogFormat      *enumValue
+}
+
+// errNoKey is returned when no authkey is given and --insecure-no-auth is
+// not set either.
+var errNoKey = usageErrorf("no authkey: give the master's key with --authkey-file FILE, the QM_AUTHKEY " +
+	"environment variable or --authkey KEY; or pass --insecure-no-auth for a master started with --insecure-no-auth")
+
+// newRootCmd returns the qworker command. runF, if not nil, replaces
+// running the worker (for tests of the flags).
+func newRootCmd(f *factory, runF func(*options) error) *cobra.Command {
+	opts := &options{IO: f, LogFormat: newEnum("text", "text", "json")}
+	cmd := &cobra.Command{
+		Use:   "qworker --server HOST:PORT [flags] (--builtin NAME | [--] COMMAND [ARG...])",
+		Short: "Run tasks from a qm master's queue",
+		Long: `qworker takes tasks from a queue of a qm master and runs each one, with a
+built-in handler (--builtin NAME) or by running COMMAND once per task.
+
+Built-in handlers:
+` + builtinList() + `
+COMMAND gets the task's payload on stdin: a string as its raw text, bytes as
+they are, anything else as one line of JSON. Its environment adds
+QM_TASK_ID, QM_ATTEMPT and QM_QUEUE. Its stdout, less a trailing newline, is
+the task's result: the value if it is JSON, else the string. A non-zero exit
+fails the attempt, with the end of stderr as the error; the master retries
+the task, and dead-letters it after its last attempt. --task-timeout kills
+a command that runs too long, with every process it started. No shell is
+involved: use sh -c '...' for pipes and redirections.
+
+Results go to the task's reply-to queue if its producer named one, else to
+--results. qworker runs up to --concurrency tasks at once and holds no more
+than that leased; it renews the leases of running tasks, so a long task is
+not given to another worker. When it cannot reach the master, or the
+connection drops, it reconnects with backoff; a rejected authkey ends it
+at once.
+
+The authkey comes from --authkey-file, the QM_AUTHKEY environment variable
+or --authkey, in that order of preference (--authkey is visible to other
+users in ps).
+
+SIGINT or SIGTERM drains: qworker takes no new task, lets the running ones
+finish and report their results, and exits 0. A second signal exits at
+once. Logs go to stderr.
+
+Exit status: 0 after a drain, --idle-exit or --max-tasks; 1 on an error,
+such as a rejected authkey; 2 on a usage error.`,
+		Example: `  # The classic distributed-queue demo: square the numbers in "tasks"
+  QM_AUTHKEY=s3cret qworker --server master:5000 --builtin square
+
+  # Run a script per task, 8 at a time, each for at most a minute
+  qworker --server master:5000 --authkey-file ~/.qm/key --concurrency 8 \
+      --task-timeout 1m -- python3 process.py --verbose
+
+  # Work through a batch and exit once the queue has been empty for 10s
+  qworker --server master:5000 --authkey-file ~/.qm/key --tasks thumbs \
+      --idle-exit 10s -- sh -c 'convert "$(cat)" -resize 128x128 "thumb-$QM_TASK_ID.png"'`,
+		Args: cobra.ArbitraryArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			opts.Command = args
+			if err := opts.validate(); err != nil {
+				return err
+			}
+			if runF != nil {
+				return runF(opts)
+			}
+			return runWorker(cmd.Context(), opts)
+		},
+	}
+	cmd.SilenceErrors = true
+	cmd.SilenceUsage = true
+	cmd.CompletionOptions.DisableDefaultCmd = true
+	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{err} })
+
+	fl := cmd.Flags()
+	// Flags after COMMAND belong to it: "qworker --server m:5000 grep -c x".
+	fl.SetInterspersed(false)
+	fl.SortFlags = false
+	fl.StringVar(&opts.Server, "server", "", "`host:port` of the master (required)")
+	fl.StringVar(&opts.Authkey, "authkey", "", "the master's shared `key`; visible to other users in `ps`; prefer QM_AUTHKEY or --authkey-file")
+	fl.StringVar(&opts.AuthkeyFile, "authkey-file", "", "read the shared key from this `file` (trailing newlines are ignored)")
+	fl.BoolVar(&opts.InsecureNoAuth, "insecure-no-auth", false, "connect to a master started with --insecure-no-auth (sends no key)")
+	fl.StringVar(&opts.Builtin, "builtin", "", "run the built-in handler `name` on each task: "+strings.Join(worker.BuiltinNames(), ", "))
+	fl.StringVar(&opts.Tasks, "tasks", "tasks", "`queue` to take tasks from")
+	fl.StringVar(&opts.Results, "results", "results", "`queue` for the results of tasks that name no reply-to queue")
+	fl.IntVar(&opts.Concurrency, "concurrency", 1, "tasks run at once, and most tasks held leased")
+	fl.DurationVar(&opts.GetTimeout, "get-timeout", 5*time.Second, "how long each request for tasks waits at the master")
+	fl.DurationVar(&opts.IdleExit, "idle-exit", 0, "exit 0 after this long without a task, time unable to reach the master included (0: never)")
+	fl.IntVar(&opts.MaxTasks, "max-tasks", 0, "exit 0 after handling this many tasks, failed ones included (0: unlimited)")
+	fl.DurationVar(&opts.Lease, "lease", 0, "lease asked for each task; renewed every third of it while the task runs (0: the master's default)")
+	fl.DurationVar(&opts.TaskTimeout, "task-timeout", 0, "kill COMMAND, and all it started, after this long; the attempt fails (0: no limit; command mode only)")
+	fl.StringVar(&opts.Name, "name", "", "`name` of this worker in the master's client list and in results (default host:pid)")
+	opts.LogLevel.Level = slog.LevelInfo
+	fl.Var(&opts.LogLevel, "log-level", "least severe log level shown: debug, info, warn or error")
+	fl.Var(opts.LogFormat, "log-format", "log format: text or json")
+	return cmd
+}
+
+// builtinList is the built-in handlers as indented lines for the help.
+func builtinList() string {
+	var b strings.Builder
+	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+	for _, name := range worker.BuiltinNames() {
+		fmt.Fprintf(tw, "  %s\t%s\n", name, worker.BuiltinHelp(name))
+	}
+	tw.Flush()
+	return b.String()
+}
+
+func (o *options) validate() error {
+	if o.Server == "" {
+		return usageErrorf("--server is required: the host:port of the master")
+	}
+	if _, port, err := net.SplitHostPort(o.Server); err != nil || port == "" {
+		return usageErrorf("--server %q is not host:port", o.Server)
+	}
+	switch {
+	case o.Builtin != "" && len(o.Command) > 0:
+		return usageErrorf("give --builtin or a command to run, not both (got --builtin %s and %q)", o.Builtin, o.Command[0])
+	case o.Builtin == "" && len(o.Command) == 0:
+		return usageErrorf("nothing to run: give --builtin NAME (%s) or a command after --", strings.Join(worker.BuiltinNames(), ", "))
+	case o.Builtin != "" && o.TaskTimeout != 0:
+		return usageErrorf("--task-timeout applies to a command, not to --builtin")
+	case o.InsecureNoAuth && (o.Authkey != "" || o.AuthkeyFile != ""):
+		return usageErrorf("--insecure-no-auth sends no key: drop --authkey and --authkey-file")
+	case o.Concurrency < 1:
+		return usageErrorf("--concurrency must be at least 1")
+	case o.GetTimeout <= 0:
+		return usageErrorf("--get-timeout must be positive")
+	case o.IdleExit < 0:
+		return usageErrorf("--idle-exit must not be negative (0 is never)")
+	case o.MaxTasks < 0:
+		return usageErrorf("--max-tasks must not be negative (0 is unlimited)")
+	case o.Lease < 0:
+		return usageErrorf("--lease must not be negative (0 is the master's default)")
+	case o.TaskTimeout < 0:
+		return usageErrorf("--task-timeout must not be negative (0 is no limit)")
+	case o.Tasks == "" || o.Results == "":
+		return usageErrorf("--tasks and --results must not be empty")
+	}
+	if o.Builtin != "" {
+		if _, err := worker.Builtin(o.Builtin); err != nil {
+			return &usageError{fmt.Errorf("--builtin: %w", err)}
+		}
+	}
+	// Whatever else the worker would refuse (e.g. a --lease too short).
+	cfg := o.config(nil, nil)
+	cfg.Handler = func(context.Context, worker.Task) (any, error) { return nil, nil }
+	if err := cfg.Validate(); err != nil {
+		return &usageError{err}
+	}
+	return nil
+}
+
+// config is the worker configuration for the flags, without a handler.
+func (o *options) config(key []byte, log *slog.Logger) worker.Config {
+	return worker.Config{
+		Server:      o.Server,
+		Authkey:     key,
+		Name:        o.Name,
+		Tasks:       o.Tasks,
+		Results:     o.Results,
+		Concurrency: o.Concurrency,
+		GetTimeout:  o.GetTimeout,
+		Lease:       o.Lease,
+		IdleExit:    o.IdleExit,
+		MaxTasks:    o.MaxTasks,
+		Logger:      log,
+	}
+}
+
+// handler is the handler the flags ask for.
+func (o *options) handler() (worker.Handler, error) {
+	if o.Builtin != "" {
+		return worker.Builtin(o.Builtin)
+	}
+	return worker.Command(o.Command, o.TaskTimeout), nil
+}
+
+// key loads the authkey, or nil under --insecure-no-auth.
+func (o *options) key() ([]byte, error) {
+	if o.InsecureNoAuth {
+		return nil, nil // QM_AUTHKEY is ignored: the flag says no key
+	}
+	key, err := auth.LoadKey(o.Authkey, o.AuthkeyFile, o.IO.getenv)
+	if err != nil {
+		return nil, err
+	}
+	if key == nil {
+		return nil, errNoKey
+	}
+	return key, nil
+}
+
+func (o *options) logger(w io.Writer) *slog.Logger {
+	hopts := &slog.HandlerOptions{Level: o.LogLevel.Level}
+	if o.LogFormat.String() == "json" {
+		return slog.New(slog.NewJSONHandler(w, hopts))
+	}
+	return slog.New(slog.NewTextHandler(w, hopts))
+}
+
+// runWorker runs the worker until ctx ends (then it drains) or the worker
+// stops by itself.
+func runWorker(ctx context.Context, opts *options) error {
+	key, err := opts.key()
+	if err != nil {
+		return err
+	}
+	h, err := opts.handler()
+	if err != nil {
+		return err
+	}
+	log := opts.logger(opts.IO.ErrOut)
+	cfg := opts.config(key, log)
+	cfg.Handler = h
+
+	mode := "builtin " + opts.Builtin
+	if opts.Builtin == "" {
+		mode = "command " + strings.Join(opts.Command, " ")
+	}
+	log.Info("starting", "server", opts.Server, "queue", opts.Tasks, "run", mode, "concurrency", opts.Concurrency)
+	stopLog := context.AfterFunc(ctx, func() {
+		log.Info("signal received: draining; a second signal exits at once")
+	})
+	defer stopLog()
+
+	err = worker.Run(ctx, cfg)
+	if errors.Is(err, auth.ErrAuthFailed) {
+		return fmt.Errorf("%w (the key must be the master's: check --authkey-file, QM_AUTHKEY or --authkey)", err)
+	}
+	return err
+}

@@ -1,0 +1,165 @@
+package worker
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/qm-dev/qm/internal/jsonval"
+	"github.com/qm-dev/qm/wire"
+)
+
+const (
+	// stderrTail is how much of a failed command's stderr its error keeps.
+	stderrTail = 2 << 10
+	// maxOutput bounds a command's stdout, since it becomes one message.
+	maxOutput = wire.DefaultMaxMessageSize / 2
+	// waitDelay is how long a command's output may stay open after it
+	// exited or was killed (held by a process it left behind).
+	waitDelay = 2 * time.Second
+)
+
+// Command returns a Handler that runs argv (no shell) once per task.
+//
+// The payload goes to the command's stdin: a string as its raw text, bytes
+// as they are, anything else as one line of JSON. Its stdout, less a
+// trailing newline, is the result: the value if it is JSON, else the
+// string. The environment adds QM_TASK_ID, QM_ATTEMPT and QM_QUEUE.
+//
+// A non-zero exit fails the task with "exit status N: " and the last 2 KiB
+// of stderr. A timeout (0 is none) fails it with "timed out after D". On a
+// timeout, or when ctx ends, the command's whole process group is killed,
+// so that nothing it started outlives it.
+func Command(argv []string, timeout time.Duration) Handler {
+	argv = slices.Clone(argv)
+	return func(ctx context.Context, t Task) (any, error) {
+		if len(argv) == 0 {
+			return nil, errors.New("command: no program to run")
+		}
+		input, err := commandInput(t)
+		if err != nil {
+			return nil, err
+		}
+		runCtx := ctx
+		if timeout > 0 {
+			var cancel context.CancelFunc
+			runCtx, cancel = context.WithTimeout(ctx, timeout)
+			defer cancel()
+		}
+		cmd := exec.CommandContext(runCtx, argv[0], argv[1:]...)
+		ownProcessGroup(cmd)
+		cmd.WaitDelay = waitDelay
+		cmd.Env = append(os.Environ(),
+			"QM_TASK_ID="+strconv.FormatUint(t.ID, 10),
+			"QM_ATTEMPT="+strconv.Itoa(t.Attempt),
+			"QM_QUEUE="+t.Queue,
+		)
+		cmd.Stdin = bytes.NewReader(input)
+		stdout := &limitedBuffer{max: maxOutput}
+		stderr := &tailBuffer{max: stderrTail}
+		cmd.Stdout, cmd.Stderr = stdout, stderr
+		err = cmd.Run()
+		switch {
+		case err == nil && stdout.overflow:
+			return nil, fmt.Errorf("%s: output longer than %d bytes", argv[0], maxOutput)
+		case err == nil:
+			out := strings.TrimSuffix(stdout.String(), "\n")
+			return jsonval.Parse(strings.TrimSuffix(out, "\r")), nil
+		case ctx.Err() != nil:
+			return nil, fmt.Errorf("%s: %w", argv[0], context.Cause(ctx))
+		case runCtx.Err() != nil:
+			return nil, fmt.Errorf("timed out after %s", timeout)
+		default:
+			var exit *exec.ExitError
+			if errors.As(err, &exit) {
+				return nil, withStderr(exit.Error(), stderr)
+			}
+			if errors.Is(err, exec.ErrWaitDelay) {
+				return nil, fmt.Errorf("%s exited but a process it started kept its output open", argv[0])
+			}
+		}
+		return nil, err
+	}
+}
+
+// commandInput renders a payload for a command's stdin.
+func commandInput(t Task) ([]byte, error) {
+	v, err := t.Value()
+	if err != nil {
+		return nil, err
+	}
+	switch v := v.(type) {
+	case string:
+		return []byte(v), nil
+	case []byte:
+		return v, nil
+	}
+	b, err := jsonval.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	return append(b, '\n'), nil
+}
+
+// withStderr is msg and the tail of stderr, if any.
+func withStderr(msg string, stderr *tailBuffer) error {
+	tail := strings.TrimSpace(stderr.String())
+	if tail == "" {
+		return errors.New(msg)
+	}
+	return fmt.Errorf("%s: %s", msg, tail)
+}
+
+// limitedBuffer keeps the first max bytes written to it and notes whether
+// there were more.
+type limitedBuffer struct {
+	bytes.Buffer
+	max      int
+	overflow bool
+}
+
+func (b *limitedBuffer) Write(p []byte) (int, error) {
+	if room := b.max - b.Len(); len(p) > room {
+		b.overflow = true
+		b.Buffer.Write(p[:max(room, 0)])
+		return len(p), nil
+	}
+	return b.Buffer.Write(p)
+}
+
+// tailBuffer keeps the last max bytes written to it.
+type tailBuffer struct {
+	buf []byte
+	max int
+	cut bool
+}
+
+func (b *tailBuffer) Write(p []byte) (int, error) {
+	b.buf = append(b.buf, p...)
+	if over := len(b.buf) - b.max; over > 0 {
+		b.buf = append(b.buf[:0], b.buf[over:]...)
+		b.cut = true
+	}
+	return len(p), nil
+}
+
+// String returns the tail, starting at a whole character and marked with
+// "..." if the beginning was cut.
+func (b *tailBuffer) String() string {
+	s := b.buf
+	if !b.cut {
+		return string(s)
+	}
+	for len(s) > 0 && !utf8.RuneStart(s[0]) {
+		s = s[1:]
+	}
+	return "..." + string(s)
+}

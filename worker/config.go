@@ -1,0 +1,141 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/qm-dev/qm/wire"
+)
+
+// Task is a task as handed to a Handler: its ID, payload (see Task.Value),
+// attempt number and the error of its previous attempt.
+type Task = wire.Task
+
+// Handler runs one task and returns its result: any msgpack-encodable
+// value, or an error that fails this attempt (the master retries the task
+// or, after its last attempt, dead-letters it). A panic counts as an error.
+//
+// ctx is not cancelled when the worker drains; it is cancelled, with cause
+// ErrLeaseLost, when the task is no longer this worker's to finish. Run
+// returns only after every handler it started has returned.
+type Handler func(ctx context.Context, t Task) (any, error)
+
+// Config configures Run. Zero values mean the defaults.
+type Config struct {
+	// Server is the master's host:port. Required.
+	Server string
+	// Authkey is the master's shared secret. Empty connects without
+	// authentication, to a master started with --insecure-no-auth.
+	Authkey []byte
+	// Name identifies the worker in the master's client list and in the
+	// results it publishes; default host:pid.
+	Name string
+	// Tasks is the queue to take tasks from; default "tasks".
+	Tasks string
+	// Results is the queue that receives the results of tasks put without
+	// a reply-to queue of their own; default "results".
+	Results string
+	// Concurrency is how many tasks run at once, and so also the most tasks
+	// the worker holds leased; default 1.
+	Concurrency int
+	// GetTimeout is how long one get waits at the master for a task before
+	// the worker asks again; default 5s.
+	GetTimeout time.Duration
+	// Lease is how long the master leases each task to the worker before it
+	// would hand it to another; the worker renews it every third of that
+	// while the task runs. Zero means the master's default.
+	Lease time.Duration
+	// IdleExit ends Run (with nil) once the worker has had no task for this
+	// long, time spent unable to reach the master included; zero never
+	// ends it.
+	IdleExit time.Duration
+	// MaxTasks ends Run (with nil) once this many tasks have been handled,
+	// failed ones included; zero is unlimited.
+	MaxTasks int
+	// Handler runs each task. Required.
+	Handler Handler
+	// Logger receives the worker's logs; nil discards them.
+	Logger *slog.Logger
+	// ReconnectMin is the first delay before reconnecting to the master;
+	// default 100ms. Delays double, with jitter, up to ReconnectMax.
+	ReconnectMin time.Duration
+	// ReconnectMax bounds the delay between reconnection attempts;
+	// default 5s.
+	ReconnectMax time.Duration
+}
+
+// Validate reports the first invalid field of c, by name.
+func (c *Config) Validate() error {
+	if c.Server == "" {
+		return errors.New("worker config: Server is required (host:port)")
+	}
+	if _, port, err := net.SplitHostPort(c.Server); err != nil || port == "" {
+		return fmt.Errorf("worker config: Server %q is not host:port", c.Server)
+	}
+	switch {
+	case c.Handler == nil:
+		return errors.New("worker config: Handler is required")
+	case c.Concurrency < 0:
+		return errors.New("worker config: Concurrency must not be negative")
+	case c.GetTimeout < 0:
+		return errors.New("worker config: GetTimeout must not be negative")
+	case c.Lease < 0:
+		return errors.New("worker config: Lease must not be negative")
+	case c.Lease > 0 && c.Lease < minLease:
+		return fmt.Errorf("worker config: Lease must be at least %s", minLease)
+	case c.IdleExit < 0:
+		return errors.New("worker config: IdleExit must not be negative")
+	case c.MaxTasks < 0:
+		return errors.New("worker config: MaxTasks must not be negative")
+	case c.ReconnectMin < 0:
+		return errors.New("worker config: ReconnectMin must not be negative")
+	case c.ReconnectMax < 0:
+		return errors.New("worker config: ReconnectMax must not be negative")
+	case c.ReconnectMin > 0 && c.ReconnectMax > 0 && c.ReconnectMin > c.ReconnectMax:
+		return errors.New("worker config: ReconnectMin must not be above ReconnectMax")
+	}
+	return nil
+}
+
+// minLease keeps lease renewals from turning into a busy loop.
+const minLease = 10 * time.Millisecond
+
+func (c *Config) setDefaults() {
+	if c.Name == "" {
+		host, err := os.Hostname()
+		if err != nil {
+			host = "localhost"
+		}
+		c.Name = host + ":" + strconv.Itoa(os.Getpid())
+	}
+	if c.Tasks == "" {
+		c.Tasks = "tasks"
+	}
+	if c.Results == "" {
+		c.Results = "results"
+	}
+	if c.Concurrency == 0 {
+		c.Concurrency = 1
+	}
+	if c.GetTimeout == 0 {
+		c.GetTimeout = 5 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.ReconnectMin == 0 {
+		c.ReconnectMin = 100 * time.Millisecond
+		if c.ReconnectMax > 0 {
+			c.ReconnectMin = min(c.ReconnectMin, c.ReconnectMax)
+		}
+	}
+	if c.ReconnectMax == 0 {
+		c.ReconnectMax = max(5*time.Second, c.ReconnectMin)
+	}
+}

@@ -1,0 +1,239 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/qm-dev/qm/wire"
+)
+
+// session is one connection to the master and the leases held on it. Its
+// keeper goroutine renews the leases of running tasks and notices when the
+// connection drops; close stops and joins it.
+type session struct {
+	r *runner
+	c *wire.Client
+	// ctx is the parent of the handlers' contexts. It is cancelled with
+	// cause ErrLeaseLost when the connection drops, and when the session
+	// is closed.
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	kick   chan struct{} // buffered 1: a lease was added
+	done   chan struct{} // closed when keep returns
+
+	mu     sync.Mutex
+	leases map[uint64]*lease
+}
+
+// lease is one delivery of a task to this worker. The same task may come
+// back on the same session (after a failed attempt) while the completion
+// of the previous delivery is still being accounted for, so a lease, not
+// a task ID, identifies a delivery.
+type lease struct {
+	id         uint64
+	ctx        context.Context // the handler's
+	length     time.Duration   // as granted by the master
+	renewed    time.Time       // when the last grant or renewal was asked for
+	cancel     context.CancelCauseFunc
+	completing bool // its completion is on the way; losing it now is no news
+}
+
+func (r *runner) newSession(c *wire.Client) *session {
+	ctx, cancel := context.WithCancelCause(r.base)
+	s := &session{
+		r:      r,
+		c:      c,
+		ctx:    ctx,
+		cancel: cancel,
+		kick:   make(chan struct{}, 1),
+		done:   make(chan struct{}),
+		leases: make(map[uint64]*lease),
+	}
+	go s.keep()
+	return s
+}
+
+// close cancels what still runs on s, joins the keeper and closes the
+// connection.
+func (s *session) close() {
+	s.cancel(ErrLeaseLost)
+	<-s.done
+	s.c.Close()
+}
+
+// track records a task just taken; its handler runs under the lease's
+// ctx. The lease counts from now, a little after the master granted it,
+// which the renewal margin covers.
+func (s *session) track(t Task) *lease {
+	ctx, cancel := context.WithCancelCause(s.ctx)
+	l := &lease{id: t.ID, ctx: ctx, length: t.Lease, renewed: time.Now(), cancel: cancel}
+	s.mu.Lock()
+	s.leases[t.ID] = l
+	s.mu.Unlock()
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+	return l
+}
+
+// completing returns the completions of fs whose leases s still holds and
+// marks those as being sent. The others were lost: another worker has
+// their tasks now.
+func (s *session) completing(fs []finished) []wire.Completion {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var held []wire.Completion
+	for _, f := range fs {
+		if s.leases[f.l.id] == f.l {
+			f.l.completing = true
+			held = append(held, f.c)
+		}
+	}
+	return held
+}
+
+// gone reports whether the connection has dropped or the session ended.
+func (s *session) gone() bool {
+	select {
+	case <-s.c.Done():
+		return true
+	default:
+		return s.ctx.Err() != nil
+	}
+}
+
+// untrack forgets finished deliveries.
+func (s *session) untrack(fs []finished) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, f := range fs {
+		f.l.cancel(nil)
+		if s.leases[f.l.id] == f.l {
+			delete(s.leases, f.l.id)
+		}
+	}
+}
+
+// count is how many tasks s holds.
+func (s *session) count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.leases)
+}
+
+// keep renews leases as they fall due until the session ends, and cancels
+// the session when the connection drops.
+func (s *session) keep() {
+	defer close(s.done)
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		timer.Reset(s.renewDue())
+		select {
+		case <-s.c.Done():
+			s.cancel(ErrLeaseLost)
+			return
+		case <-s.ctx.Done():
+			return
+		case <-s.kick:
+		case <-timer.C:
+		}
+	}
+}
+
+// renewDue renews the leases that are a third of the way through and
+// returns how long until the next one is.
+func (s *session) renewDue() time.Duration {
+	now := time.Now()
+	next := time.Hour
+	var due []uint64
+	var shortest time.Duration
+	s.mu.Lock()
+	for id, l := range s.leases {
+		if l.length <= 0 {
+			continue
+		}
+		at := l.renewed.Add(l.length / 3)
+		if at.After(now) {
+			next = min(next, at.Sub(now))
+			continue
+		}
+		due = append(due, id)
+		if shortest == 0 || l.length < shortest {
+			shortest = l.length
+		}
+	}
+	s.mu.Unlock()
+	if len(due) == 0 {
+		return next
+	}
+	if err := s.extend(due, shortest); err != nil {
+		if !s.gone() {
+			s.r.log.Warn("lease renewal failed; retrying", "queue", s.r.cfg.Tasks, "tasks", len(due), "err", err)
+		}
+		// Retry soon, well within what is left of the leases.
+		return max(shortest/10, minLease)
+	}
+	return 0 // recompute from the new renewal times
+}
+
+// extend renews the leases of ids in one call. If the master no longer
+// holds some of them for us, it renews them one by one to find those, and
+// cancels their handlers.
+func (s *session) extend(ids []uint64, length time.Duration) error {
+	ctx, cancel := context.WithTimeout(s.ctx, length)
+	defer cancel()
+	sent := time.Now()
+	err := s.c.Extend(ctx, s.r.cfg.Tasks, s.r.cfg.Lease, ids...)
+	if err == nil {
+		s.renewed(ids, sent)
+		return nil
+	}
+	if !errors.Is(err, wire.ErrNotLeased) {
+		return err
+	}
+	for _, id := range ids {
+		sent := time.Now()
+		err := s.c.Extend(ctx, s.r.cfg.Tasks, s.r.cfg.Lease, id)
+		switch {
+		case err == nil:
+			s.renewed([]uint64{id}, sent)
+		case errors.Is(err, wire.ErrNotLeased):
+			s.lost(id)
+		default:
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *session) renewed(ids []uint64, at time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, id := range ids {
+		if l, ok := s.leases[id]; ok {
+			l.renewed = at
+		}
+	}
+}
+
+// lost cancels the handler of a task the master no longer holds for us.
+func (s *session) lost(id uint64) {
+	s.mu.Lock()
+	l, ok := s.leases[id]
+	if ok {
+		delete(s.leases, id)
+	}
+	s.mu.Unlock()
+	if !ok {
+		return
+	}
+	l.cancel(ErrLeaseLost)
+	// completing is written only under s.mu and while l is in the map.
+	if !l.completing {
+		s.r.log.Warn("lease lost; task cancelled, the master gives it to another worker", "queue", s.r.cfg.Tasks, "task", id)
+	}
+}

@@ -1,0 +1,511 @@
+package worker_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/qm-dev/qm/auth"
+	"github.com/qm-dev/qm/internal/qmtest"
+	"github.com/qm-dev/qm/master"
+	"github.com/qm-dev/qm/wire"
+	"github.com/qm-dev/qm/worker"
+)
+
+func mustBuiltin(t *testing.T, name string) worker.Handler {
+	t.Helper()
+	h, err := worker.Builtin(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+func TestSquareEveryResultOnce(t *testing.T) {
+	addr, _ := qmtest.StartMaster(t, master.Config{})
+	c := qmtest.Dial(t, addr, "producer")
+	const n = 200
+	ids := put(t, c, "tasks", ints(0, n), wire.PutOptions{})
+
+	cfg := testConfig(t, addr, mustBuiltin(t, "square"))
+	cfg.Concurrency = 4
+	cfg.Logger = slog.New(slog.DiscardHandler) // 600 debug lines help nobody
+	startWorker(t, cfg)
+
+	want := make(map[uint64]int64, n)
+	for i, id := range ids {
+		want[id] = int64(i * i)
+	}
+	for _, r := range results(t, c, "results", n, 20*time.Second) {
+		w, ok := want[r.TaskID]
+		if !ok {
+			t.Fatalf("result for task %d: unknown or seen twice", r.TaskID)
+		}
+		delete(want, r.TaskID)
+		if r.Error != "" {
+			t.Errorf("task %d: error %q", r.TaskID, r.Error)
+		}
+		if got := value(t, r); got != w {
+			t.Errorf("task %d: value %#v, want %d", r.TaskID, got, w)
+		}
+		if r.Attempt != 1 || r.Worker != cfg.Name {
+			t.Errorf("task %d: attempt %d by %q, want 1 by %q", r.TaskID, r.Attempt, r.Worker, cfg.Name)
+		}
+	}
+	noMoreResults(t, c, "results")
+	qmtest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if st := stats(t, c, "tasks"); st.Done != n || st.Ready != 0 || st.Leased != 0 || st.Nacks != 0 {
+			return fmt.Errorf("tasks queue: %+v", st)
+		}
+		return nil
+	})
+}
+
+// The worker never runs, or holds leased, more than Concurrency tasks.
+func TestConcurrencyBoundsRunningAndLeased(t *testing.T) {
+	addr, _ := qmtest.StartMaster(t, master.Config{})
+	c := qmtest.Dial(t, addr, "producer")
+	admin := qmtest.Dial(t, addr, "admin")
+	const n, conc = 30, 3
+	put(t, c, "tasks", ints(0, n), wire.PutOptions{})
+
+	var running, peak atomic.Int32
+	var mu sync.Mutex
+	var overLeased []int
+	h := func(ctx context.Context, task worker.Task) (any, error) {
+		cur := running.Add(1)
+		defer running.Add(-1)
+		for {
+			p := peak.Load()
+			if cur <= p || peak.CompareAndSwap(p, cur) {
+				break
+			}
+		}
+		if st := stats(t, admin, "tasks"); st.Leased > conc {
+			mu.Lock()
+			overLeased = append(overLeased, st.Leased)
+			mu.Unlock()
+		}
+		time.Sleep(5 * time.Millisecond)
+		return nil, nil
+	}
+	cfg := testConfig(t, addr, h)
+	cfg.Concurrency = conc
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	startWorker(t, cfg)
+	results(t, c, "results", n, 20*time.Second)
+	if p := peak.Load(); p > conc || p < 2 {
+		t.Errorf("peak concurrency %d, want 2..%d", p, conc)
+	}
+	if len(overLeased) > 0 {
+		t.Errorf("leased counts above %d seen: %v", conc, overLeased)
+	}
+}
+
+func TestHandlerErrorIsRetried(t *testing.T) {
+	addr, _ := qmtest.StartMaster(t, master.Config{MaxAttempts: 3})
+	c := qmtest.Dial(t, addr, "producer")
+	put(t, c, "tasks", []any{"x"}, wire.PutOptions{})
+
+	var mu sync.Mutex
+	var lastErrs []string
+	h := func(ctx context.Context, task worker.Task) (any, error) {
+		mu.Lock()
+		lastErrs = append(lastErrs, task.LastError)
+		mu.Unlock()
+		if task.Attempt < 2 {
+			return nil, errors.New("flaky")
+		}
+		return "ok", nil
+	}
+	startWorker(t, testConfig(t, addr, h))
+	r := results(t, c, "results", 1, 10*time.Second)[0]
+	if r.Error != "" || r.Attempt != 2 || value(t, r) != "ok" {
+		t.Fatalf("result %+v (value %v), want ok at attempt 2", r, value(t, r))
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(lastErrs) != 2 || lastErrs[1] != "flaky" {
+		t.Errorf("LastError seen by the attempts: %q, want [\"\" \"flaky\"]", lastErrs)
+	}
+	if st := stats(t, c, "tasks"); st.Nacks != 1 || st.Done != 1 {
+		t.Errorf("tasks queue: %+v, want 1 nack and 1 done", st)
+	}
+}
+
+func TestFailingTaskIsDeadLettered(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		handler worker.Handler
+		want    string
+	}{
+		{"error", mustBuiltin(t, "fail"), "fail: always fails"},
+		{"panic", func(context.Context, worker.Task) (any, error) { panic("boom") }, "panic: boom"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			addr, _ := qmtest.StartMaster(t, master.Config{MaxAttempts: 3})
+			c := qmtest.Dial(t, addr, "producer")
+			// The master publishes a dead task's error to its reply-to queue.
+			put(t, c, "tasks", []any{1}, wire.PutOptions{ReplyTo: "replies"})
+			cfg := testConfig(t, addr, tt.handler)
+			cfg.Concurrency = 2
+			startWorker(t, cfg)
+			r := results(t, c, "replies", 1, 10*time.Second)[0]
+			if !strings.Contains(r.Error, tt.want) || r.Attempt != 3 {
+				t.Fatalf("result %+v, want error with %q after 3 attempts", r, tt.want)
+			}
+			st := stats(t, c, "tasks")
+			if st.Dead != 1 || st.Nacks != 3 || st.Done != 0 {
+				t.Errorf("tasks queue: %+v, want 1 dead after 3 nacks", st)
+			}
+			noMoreResults(t, c, "results")
+		})
+	}
+}
+
+// A task that runs for three leases is not redelivered: its lease is
+// renewed while it runs.
+func TestLeaseIsExtended(t *testing.T) {
+	addr, _ := qmtest.StartMaster(t, master.Config{DefaultLease: 300 * time.Millisecond})
+	c := qmtest.Dial(t, addr, "producer")
+	ids := put(t, c, "tasks", []any{1.0}, wire.PutOptions{})
+	cfg := testConfig(t, addr, mustBuiltin(t, "sleep"))
+	cfg.Concurrency = 2 // a second slot that would take a redelivery
+	startWorker(t, cfg)
+
+	r := results(t, c, "results", 1, 10*time.Second)[0]
+	if r.TaskID != ids[0] || r.Attempt != 1 || r.Error != "" {
+		t.Fatalf("result %+v, want task %d done at attempt 1", r, ids[0])
+	}
+	noMoreResults(t, c, "results")
+	if st := stats(t, c, "tasks"); st.Expired != 0 || st.Gets != 1 || st.Done != 1 {
+		t.Fatalf("tasks queue %+v: want one get, no expiry", st)
+	}
+}
+
+// Cancelling Run's ctx lets the running task finish, with its ctx intact,
+// and complete; the next task stays in the queue.
+func TestDrainOnCancel(t *testing.T) {
+	addr, _ := qmtest.StartMaster(t, master.Config{})
+	c := qmtest.Dial(t, addr, "producer")
+	ids := put(t, c, "tasks", []any{"a", "b"}, wire.PutOptions{})
+
+	started := make(chan struct{}, 2)
+	var ctxErr atomic.Value
+	h := func(ctx context.Context, task worker.Task) (any, error) {
+		started <- struct{}{}
+		select {
+		case <-time.After(500 * time.Millisecond):
+		case <-ctx.Done():
+		}
+		ctxErr.Store(fmt.Sprint(ctx.Err()))
+		return "finished", nil
+	}
+	w := startWorker(t, testConfig(t, addr, h))
+	select {
+	case <-started:
+	case <-time.After(5 * time.Second):
+		t.Fatal("handler never started")
+	}
+	begin := time.Now()
+	w.cancel()
+	if err := w.wait(t, 5*time.Second); err != nil {
+		t.Fatalf("Run after cancel = %v, want nil", err)
+	}
+	if took := time.Since(begin); took < 300*time.Millisecond {
+		t.Errorf("Run returned %s after cancel, before its handler finished", took)
+	}
+	if got := ctxErr.Load(); got != "<nil>" {
+		t.Errorf("handler ctx err = %v, want nil (drain must not cancel it)", got)
+	}
+	r := results(t, c, "results", 1, 5*time.Second)[0]
+	if r.TaskID != ids[0] || value(t, r) != "finished" {
+		t.Fatalf("result %+v, want task %d finished", r, ids[0])
+	}
+	qmtest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if st := stats(t, c, "tasks"); st.Ready != 1 || st.Leased != 0 || st.Done != 1 {
+			return fmt.Errorf("tasks queue %+v: want 1 done, 1 ready", st)
+		}
+		return nil
+	})
+	if len(started) != 0 {
+		t.Error("a second task was started during the drain")
+	}
+}
+
+func TestIdleExit(t *testing.T) {
+	addr, _ := qmtest.StartMaster(t, master.Config{})
+	c := qmtest.Dial(t, addr, "producer")
+
+	t.Run("empty queue", func(t *testing.T) {
+		cfg := testConfig(t, addr, mustBuiltin(t, "echo"))
+		cfg.IdleExit = 200 * time.Millisecond
+		cfg.GetTimeout = 5 * time.Second // idle exit must not wait for a whole get
+		begin := time.Now()
+		w := startWorker(t, cfg)
+		if err := w.wait(t, 3*time.Second); err != nil {
+			t.Fatalf("Run = %v, want nil", err)
+		}
+		if took := time.Since(begin); took < 200*time.Millisecond || took > 2*time.Second {
+			t.Errorf("Run returned after %s, want about 200ms", took)
+		}
+	})
+	t.Run("after work", func(t *testing.T) {
+		put(t, c, "work", []any{"a", "b", "c"}, wire.PutOptions{})
+		cfg := testConfig(t, addr, mustBuiltin(t, "echo"))
+		cfg.Tasks, cfg.Results = "work", "work-results"
+		cfg.IdleExit = 200 * time.Millisecond
+		cfg.GetTimeout = 5 * time.Second
+		w := startWorker(t, cfg)
+		if err := w.wait(t, 3*time.Second); err != nil {
+			t.Fatalf("Run = %v, want nil", err)
+		}
+		results(t, c, "work-results", 3, time.Second)
+	})
+}
+
+func TestMaxTasks(t *testing.T) {
+	addr, _ := qmtest.StartMaster(t, master.Config{})
+	c := qmtest.Dial(t, addr, "producer")
+	put(t, c, "tasks", ints(1, 10), wire.PutOptions{})
+	cfg := testConfig(t, addr, mustBuiltin(t, "square"))
+	cfg.MaxTasks = 3
+	cfg.Concurrency = 2
+	w := startWorker(t, cfg)
+	if err := w.wait(t, 5*time.Second); err != nil {
+		t.Fatalf("Run = %v, want nil", err)
+	}
+	results(t, c, "results", 3, time.Second)
+	noMoreResults(t, c, "results")
+	qmtest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if st := stats(t, c, "tasks"); st.Ready != 7 || st.Leased != 0 || st.Gets != 3 {
+			return fmt.Errorf("tasks queue %+v: want 7 ready, 3 gets", st)
+		}
+		return nil
+	})
+}
+
+// A master that goes away and comes back on the same address gets the
+// worker back.
+func TestReconnectsToRestartedMaster(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+
+	m1 := startMasterOn(t, addr, master.Config{})
+	cfg := testConfig(t, addr, mustBuiltin(t, "square"))
+	cfg.Concurrency = 2
+	w := startWorker(t, cfg)
+
+	c1 := qmtest.Dial(t, addr, "producer")
+	put(t, c1, "tasks", ints(1, 5), wire.PutOptions{})
+	results(t, c1, "results", 5, 5*time.Second)
+	c1.Close()
+	m1.stop(t)
+
+	startMasterOn(t, addr, master.Config{})
+	c2 := qmtest.Dial(t, addr, "producer")
+	ids := put(t, c2, "tasks", ints(10, 5), wire.PutOptions{})
+	rs := results(t, c2, "results", 5, 10*time.Second)
+	for _, r := range rs {
+		if r.Error != "" || r.TaskID < ids[0] || r.TaskID > ids[4] {
+			t.Errorf("result after restart: %+v", r)
+		}
+	}
+	w.cancel()
+	if err := w.wait(t, 5*time.Second); err != nil {
+		t.Fatalf("Run = %v, want nil", err)
+	}
+}
+
+// The worker waits for a master that is not up yet.
+func TestRetriesUntilMasterIsUp(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+
+	logs := &syncBuffer{}
+	cfg := testConfig(t, addr, mustBuiltin(t, "echo"))
+	cfg.Logger = slog.New(slog.NewTextHandler(logs, nil))
+	startWorker(t, cfg)
+	qmtest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if n := strings.Count(logs.String(), "retrying"); n < 2 {
+			return fmt.Errorf("%d retries logged", n)
+		}
+		return nil
+	})
+	startMasterOn(t, addr, master.Config{})
+	c := qmtest.Dial(t, addr, "producer")
+	put(t, c, "tasks", []any{"hi"}, wire.PutOptions{})
+	if r := results(t, c, "results", 1, 5*time.Second)[0]; value(t, r) != "hi" {
+		t.Fatalf("result %+v", r)
+	}
+}
+
+func TestWrongAuthkeyIsNotRetried(t *testing.T) {
+	addr, _ := qmtest.StartMaster(t, master.Config{})
+	logs := &syncBuffer{}
+	cfg := testConfig(t, addr, mustBuiltin(t, "echo"))
+	cfg.Authkey = []byte("not the key")
+	cfg.Logger = slog.New(slog.NewTextHandler(logs, nil))
+	begin := time.Now()
+	w := startWorker(t, cfg)
+	err := w.wait(t, 5*time.Second)
+	if !errors.Is(err, auth.ErrAuthFailed) {
+		t.Fatalf("Run = %v, want auth.ErrAuthFailed", err)
+	}
+	if took := time.Since(begin); took > 2*time.Second {
+		t.Errorf("Run took %s to give up", took)
+	}
+	if strings.Contains(logs.String(), "retrying") {
+		t.Errorf("a wrong authkey was retried:\n%s", logs)
+	}
+}
+
+func TestNoAuthMaster(t *testing.T) {
+	addr, _ := qmtest.StartMaster(t, master.Config{InsecureNoAuth: true})
+	cfg := testConfig(t, addr, mustBuiltin(t, "square"))
+	cfg.Authkey = nil
+	cfg.IdleExit = 300 * time.Millisecond
+	w := startWorker(t, cfg)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := wire.Dial(ctx, wire.Config{Addr: addr, Role: "producer"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	put(t, c, "tasks", []any{"7"}, wire.PutOptions{})
+	if r := results(t, c, "results", 1, 5*time.Second)[0]; value(t, r) != int64(49) {
+		t.Fatalf("result %+v", r)
+	}
+	if err := w.wait(t, 5*time.Second); err != nil {
+		t.Fatalf("Run = %v", err)
+	}
+}
+
+func TestCommandThroughRun(t *testing.T) {
+	addr, _ := qmtest.StartMaster(t, master.Config{MaxAttempts: 1})
+	c := qmtest.Dial(t, addr, "producer")
+	ids := put(t, c, "tasks", []any{1, 2, 3, "x"}, wire.PutOptions{ReplyTo: "replies"})
+	cfg := testConfig(t, addr, worker.Command([]string{"sh", "-c", `read x; test "$x" != x || { echo "bad input" >&2; exit 3; }; echo $((x*2))`}, 5*time.Second))
+	cfg.Concurrency = 2
+	startWorker(t, cfg)
+	got := map[uint64]wire.Result{}
+	for _, r := range results(t, c, "replies", 4, 10*time.Second) {
+		got[r.TaskID] = r
+	}
+	for i, want := range []int64{2, 4, 6} {
+		if r := got[ids[i]]; r.Error != "" || value(t, r) != want {
+			t.Errorf("task %d: %+v, want %d", ids[i], r, want)
+		}
+	}
+	if r := got[ids[3]]; !strings.Contains(r.Error, "exit status 3: bad input") {
+		t.Errorf("failing task: %+v, want exit status 3: bad input", r)
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	h := mustBuiltin(t, "echo")
+	for _, tt := range []struct {
+		name  string
+		cfg   worker.Config
+		field string
+	}{
+		{"no server", worker.Config{Handler: h}, "Server"},
+		{"no port", worker.Config{Server: "localhost", Handler: h}, "Server"},
+		{"no handler", worker.Config{Server: "h:1"}, "Handler"},
+		{"negative concurrency", worker.Config{Server: "h:1", Handler: h, Concurrency: -1}, "Concurrency"},
+		{"negative get timeout", worker.Config{Server: "h:1", Handler: h, GetTimeout: -1}, "GetTimeout"},
+		{"tiny lease", worker.Config{Server: "h:1", Handler: h, Lease: time.Millisecond}, "Lease"},
+		{"negative idle", worker.Config{Server: "h:1", Handler: h, IdleExit: -1}, "IdleExit"},
+		{"negative max", worker.Config{Server: "h:1", Handler: h, MaxTasks: -1}, "MaxTasks"},
+		{"backoff order", worker.Config{Server: "h:1", Handler: h, ReconnectMin: time.Second, ReconnectMax: time.Millisecond}, "ReconnectMin"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.cfg.Validate()
+			if err == nil || !strings.Contains(err.Error(), tt.field) {
+				t.Fatalf("Validate() = %v, want an error naming %s", err, tt.field)
+			}
+			if err := worker.Run(context.Background(), tt.cfg); err == nil || err.Error() != tt.cfg.Validate().Error() {
+				t.Fatalf("Run = %v, want the Validate error", err)
+			}
+		})
+	}
+	ok := worker.Config{Server: "127.0.0.1:5000", Handler: h}
+	if err := ok.Validate(); err != nil {
+		t.Fatalf("Validate(minimal config) = %v", err)
+	}
+}
+
+// When the connection drops, a running task's ctx is cancelled with
+// ErrLeaseLost (the master has requeued the task) and its result dropped;
+// the worker carries on with the next master.
+func TestConnectionLossCancelsRunningTasks(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+
+	m1 := startMasterOn(t, addr, master.Config{})
+	started := make(chan struct{}, 1)
+	causes := make(chan error, 1)
+	h := func(ctx context.Context, task worker.Task) (any, error) {
+		v, _ := task.Value()
+		if v != "block" {
+			return v, nil
+		}
+		started <- struct{}{}
+		<-ctx.Done()
+		causes <- context.Cause(ctx)
+		return nil, ctx.Err()
+	}
+	cfg := testConfig(t, addr, h)
+	cfg.Concurrency = 1
+	w := startWorker(t, cfg)
+
+	c1 := qmtest.Dial(t, addr, "producer")
+	put(t, c1, "tasks", []any{"block"}, wire.PutOptions{})
+	select {
+	case <-started:
+	case <-time.After(5 * time.Second):
+		t.Fatal("handler never started")
+	}
+	c1.Close()
+	m1.stop(t)
+	select {
+	case cause := <-causes:
+		if !errors.Is(cause, worker.ErrLeaseLost) {
+			t.Fatalf("handler ctx cause = %v, want ErrLeaseLost", cause)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("handler ctx not cancelled after the connection dropped")
+	}
+
+	startMasterOn(t, addr, master.Config{})
+	c2 := qmtest.Dial(t, addr, "producer")
+	put(t, c2, "tasks", []any{"next"}, wire.PutOptions{})
+	if r := results(t, c2, "results", 1, 10*time.Second)[0]; value(t, r) != "next" {
+		t.Fatalf("result %+v, want next", r)
+	}
+	w.cancel()
+	if err := w.wait(t, 5*time.Second); err != nil {
+		t.Fatalf("Run = %v", err)
+	}
+}
