@@ -120,6 +120,9 @@ func (c *clientConn) complete(req *wire.Request) error {
 	if err != nil {
 		errs = append(errs, err)
 	}
+	if req.ResultQueue != "" {
+		c.s.resultQueues.Store(req.Queue, req.ResultQueue)
+	}
 	worker := c.workerName()
 	for _, t := range acked {
 		dest := t.ReplyTo
@@ -216,7 +219,7 @@ func errorResponse(err error) *wire.Response {
 		code = wire.CodeQueueFull
 	case errors.Is(err, queue.ErrNotLeased):
 		code = wire.CodeNotLeased
-	case errors.Is(err, queue.ErrBadQueueName):
+	case errors.Is(err, queue.ErrBadQueueName), errors.Is(err, queue.ErrBadArgument):
 		code = wire.CodeBadRequest
 	case errors.Is(err, queue.ErrClosed):
 		code = wire.CodeShuttingDown

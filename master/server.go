@@ -32,6 +32,10 @@ type Server struct {
 	wg        sync.WaitGroup // every goroutine the server started
 
 	nextClientID atomic.Uint64
+
+	// resultQueues maps a task queue to the result queue its workers last
+	// named, where a dead task without a ReplyTo gets its error result.
+	resultQueues sync.Map
 }
 
 // New returns a Server for cfg.
@@ -248,11 +252,15 @@ func (s *Server) reapLeases() {
 // attempts, so that a producer waiting for it is not left hanging.
 func (s *Server) publishDeadResult(q string, t queue.Task) {
 	s.log.Warn("task dead-lettered", "queue", q, "task", t.ID, "attempts", t.Attempts, "err", t.LastError)
-	if t.ReplyTo == "" {
-		return
+	dest := t.ReplyTo
+	if dest == "" {
+		rq, ok := s.resultQueues.Load(q)
+		if !ok {
+			return
+		}
+		dest = rq.(string)
 	}
-	res := wire.Result{TaskID: t.ID, Attempt: t.Attempts, Error: deadMessage(t)}
-	s.publish(t.ReplyTo, res)
+	s.publish(dest, wire.Result{TaskID: t.ID, Attempt: t.Attempts, Error: deadMessage(t)})
 }
 
 func (s *Server) publish(q string, res wire.Result) {

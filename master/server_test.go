@@ -491,3 +491,29 @@ func TestShutdownWithClientsConnected(t *testing.T) {
 		t.Error("the client was not disconnected")
 	}
 }
+
+// TestDeadTaskWithoutReplyToReportsToWorkersResultQueue: a task put with
+// no ReplyTo still gets its error result, in the queue its workers name.
+func TestDeadTaskWithoutReplyToReportsToWorkersResultQueue(t *testing.T) {
+	addr, _ := qmtest.StartMaster(t, master.Config{MaxAttempts: 1})
+	ctx := ctxFor(t, 10*time.Second)
+	c := qmtest.Dial(t, addr, "worker")
+	ids, err := c.Put(ctx, "jobs", []any{"doomed"}, wire.PutOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := c.Get(ctx, "jobs", wire.GetOptions{Timeout: time.Second})
+	if err != nil || len(got) != 1 {
+		t.Fatalf("get: %v %v", got, err)
+	}
+	if err := c.Complete(ctx, "jobs", "out", []wire.Completion{{ID: got[0].ID, Error: "boom"}}); err != nil {
+		t.Fatal(err)
+	}
+	res, err := c.Get(ctx, "out", wire.GetOptions{Timeout: time.Second, NoAck: true})
+	if err != nil || len(res) != 1 {
+		t.Fatalf("error result: %v, %v", res, err)
+	}
+	if r, err := wire.DecodeResult(res[0].Payload); err != nil || r.TaskID != ids[0] || !strings.Contains(r.Error, "failed after 1 attempts: boom") {
+		t.Errorf("error result %+v, %v", r, err)
+	}
+}

@@ -93,7 +93,7 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	d := net.Dialer{Timeout: cfg.DialTimeout}
 	conn, err := d.DialContext(ctx, "tcp", cfg.Addr)
 	if err != nil {
-		return nil, fmt.Errorf("dial %s: %w", cfg.Addr, err)
+		return nil, err // net.OpError names the address already
 	}
 	c, err := newClient(conn, cfg)
 	if err != nil {
