@@ -103,6 +103,9 @@ func (c *clientConn) get(req *wire.Request) ([]wire.Task, error) {
 // one result, not two.
 func (c *clientConn) complete(req *wire.Request) error {
 	q := c.s.queues
+	if req.ResultQueue != "" {
+		c.s.resultQueues.Store(req.Queue, req.ResultQueue)
+	}
 	var errs []error
 	ids := make([]uint64, 0, len(req.Results))
 	values := make(map[uint64][]byte, len(req.Results))
@@ -119,9 +122,6 @@ func (c *clientConn) complete(req *wire.Request) error {
 	acked, err := q.Ack(req.Queue, c.id, ids)
 	if err != nil {
 		errs = append(errs, err)
-	}
-	if req.ResultQueue != "" {
-		c.s.resultQueues.Store(req.Queue, req.ResultQueue)
 	}
 	worker := c.workerName()
 	for _, t := range acked {
