@@ -59,7 +59,11 @@ func (c *clientConn) serve() {
 	defer c.s.removeConn(c)
 	defer c.close()
 	log := c.s.log.With("remote", c.addr)
-	sess, err := c.handshake()
+	sess, pyFirst, err := c.handshake()
+	if err == nil && sess == nil {
+		c.servePython(pyFirst)
+		return
+	}
 	if err != nil {
 		c.conn.Close()
 		switch {
@@ -103,28 +107,35 @@ func (c *clientConn) serve() {
 }
 
 // handshake authenticates the client and reads its preamble, all within
-// the handshake deadline, and starts the yamux session.
-func (c *clientConn) handshake() (*yamux.Session, error) {
+// the handshake deadline, and starts the yamux session. A client whose
+// first bytes after authentication are not the native preamble is taken
+// for a Python manager client: handshake then returns no session and
+// those bytes, the header of its first frame.
+func (c *clientConn) handshake() (*yamux.Session, []byte, error) {
 	timeout := c.s.cfg.HandshakeTimeout
 	if !c.s.cfg.InsecureNoAuth {
 		if err := auth.Server(c.conn, c.s.cfg.Authkey, timeout); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	if err := c.conn.SetDeadline(time.Now().Add(timeout)); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	var p [wire.PreambleLen]byte
-	if _, err := io.ReadFull(c.conn, p[:]); err != nil {
-		return nil, err
+	p := make([]byte, wire.PreambleLen)
+	if _, err := io.ReadFull(c.conn, p); err != nil {
+		return nil, nil, err
 	}
-	if err := wire.CheckPreamble(c.conn, p[:]); err != nil {
-		return nil, err
+	if string(p[:len(wire.Magic)]) != wire.Magic {
+		return nil, p, c.conn.SetDeadline(time.Time{})
+	}
+	if err := wire.CheckPreamble(c.conn, p); err != nil {
+		return nil, nil, err
 	}
 	if err := c.conn.SetDeadline(time.Time{}); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return yamux.Server(c.conn, wire.YamuxConfig(c.s.cfg.KeepAliveInterval))
+	sess, err := yamux.Server(c.conn, wire.YamuxConfig(c.s.cfg.KeepAliveInterval))
+	return sess, nil, err
 }
 
 // serveStream answers the calls on one stream in order until the client
