@@ -15,7 +15,7 @@ const maxNesting = 100
 // 12-byte frame could otherwise ask for gigabytes.
 func checkBounds(b []byte) error {
 	pos := 0
-	pending := 1     // values still to read in the innermost open container
+	pending := 1    // values still to read in the innermost open container
 	var stack []int // pending counts of the enclosing containers
 	for {
 		if pending == 0 {

@@ -3,10 +3,10 @@ package wire
 import (
 	"bytes"
 	"context"
-	"math"
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"sync"
 	"time"
