@@ -4,7 +4,7 @@ BIN       := bin
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 FUZZTIME  ?= 5s
 
-.PHONY: all build demo test lint fuzz fuzz-smoke bench clean
+.PHONY: all build demo test lint fuzz fuzz-smoke bench bench-smoke clean
 
 all: build
 
@@ -37,8 +37,16 @@ fuzz fuzz-smoke:
 	  done; \
 	done
 
-bench:
+# The Go benchmarks, then qbench: qm against Python BaseManager and Redis
+# lists on one workload (a few minutes); the table goes to docs/PERFORMANCE.md.
+bench: build
 	$(GO) test -run '^$$' -bench . -benchmem ./...
+	$(BIN)/qbench --bin $(BIN) --out docs/PERFORMANCE.md
+
+# The same comparison with tiny sizes, in seconds and without thresholds,
+# so that the harness cannot rot.
+bench-smoke: build
+	$(BIN)/qbench --bin $(BIN) --n 2000 --slow-n 200 --rtt 100 --mem-n 10000
 
 clean:
 	rm -rf $(BIN)

@@ -1,0 +1,266 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"time"
+
+	"github.com/qm-dev/qm/wire"
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// Queue names of the qm runs.
+const (
+	qmTasks   = "tasks"
+	qmResults = "results"
+)
+
+// qmMode is how the qm producer and workers talk to the master.
+type qmMode struct {
+	// batch is how many tasks one put and one get of results carry; 1 is
+	// one request per operation.
+	batch int
+	// concurrency is qworker's --concurrency: how many tasks each worker
+	// holds, so how many one get may take.
+	concurrency int
+}
+
+var listeningRE = regexp.MustCompile(`msg=listening addr=(127\.0\.0\.1:\d+)`)
+
+// startQMaster starts bin/qmaster on a free loopback port and returns it
+// with its address once it listens.
+func (b *bench) startQMaster(ctx context.Context) (*proc, string, error) {
+	p, err := b.procs.start("qmaster", []string{
+		filepath.Join(b.opts.Bin, "qmaster"), "--addr", "127.0.0.1:0", "--shutdown-timeout", "1s",
+	}, []string{"QM_AUTHKEY=" + b.key}, nil)
+	if err != nil {
+		return nil, "", err
+	}
+	var addr string
+	err = waitFor(ctx, 10*time.Second, "qmaster to listen", func() bool {
+		m := listeningRE.FindStringSubmatch(p.stderr.String())
+		if m != nil {
+			addr = m[1]
+		}
+		return m != nil
+	}, p)
+	if err != nil {
+		p.stop()
+		return nil, "", err
+	}
+	return p, addr, nil
+}
+
+// dialQM connects a producer to the master at addr.
+func (b *bench) dialQM(ctx context.Context, addr string) (*wire.Client, error) {
+	return wire.Dial(ctx, wire.Config{Addr: addr, Authkey: []byte(b.key), Role: "producer", Name: "qbench"})
+}
+
+// startQWorkers starts w qworker processes running the echo built-in and
+// waits until the master sees them all.
+func (b *bench) startQWorkers(ctx context.Context, c *wire.Client, addr string, w, concurrency int) ([]*proc, error) {
+	var ps []*proc
+	for i := range w {
+		p, err := b.procs.start("qworker "+strconv.Itoa(i), []string{
+			filepath.Join(b.opts.Bin, "qworker"), "--server", addr, "--builtin", "echo",
+			"--tasks", qmTasks, "--results", qmResults,
+			"--concurrency", strconv.Itoa(concurrency), "--log-level", "warn",
+		}, []string{"QM_AUTHKEY=" + b.key}, nil)
+		if err != nil {
+			return ps, err
+		}
+		ps = append(ps, p)
+	}
+	var werr error
+	err := waitFor(ctx, 10*time.Second, "qworkers to connect", func() bool {
+		cs, err := c.Clients(ctx)
+		if err != nil {
+			werr = err
+			return true
+		}
+		n := 0
+		for _, ci := range cs {
+			if ci.Role == "worker" {
+				n++
+			}
+		}
+		return n >= w
+	}, ps...)
+	if werr != nil {
+		return ps, werr
+	}
+	return ps, err
+}
+
+// qmCell measures qm in mode with w workers and payloads of size bytes.
+func (b *bench) qmCell(ctx context.Context, mode qmMode, size, w int) (cell, error) {
+	r := cell{N: b.opts.N}
+	if mode.batch == 1 {
+		r.N = b.opts.SlowN
+	}
+	master, addr, err := b.startQMaster(ctx)
+	if err != nil {
+		return r, err
+	}
+	defer master.stop()
+	c, err := b.dialQM(ctx, addr)
+	if err != nil {
+		return r, err
+	}
+	defer c.Close()
+	workers, err := b.startQWorkers(ctx, c, addr, w, mode.concurrency)
+	defer stopAll(workers)
+	if err != nil {
+		return r, err
+	}
+	payload, err := qmPayload(size)
+	if err != nil {
+		return r, err
+	}
+	took, err := qmThroughput(ctx, c, mode.batch, r.N, payload)
+	if err != nil {
+		return r, err
+	}
+	r.Throughput = float64(r.N) / took.Seconds()
+	if r.RTT, err = qmRoundTrips(ctx, c, b.opts.RTT, payload); err != nil {
+		return r, err
+	}
+	r.PeakRSS, _, err = memStatus(master.pid())
+	return r, err
+}
+
+// qmPayload is a msgpack byte string of size bytes.
+func qmPayload(size int) (msgpack.RawMessage, error) {
+	return msgpack.Marshal(bytes.Repeat([]byte{'x'}, size))
+}
+
+// qmThroughput puts n tasks, batch per put, while it collects their n
+// results, batch per get, and returns how long that took. Puts and gets run
+// concurrently, on two streams of the one connection.
+func qmThroughput(ctx context.Context, c *wire.Client, batch, n int, payload msgpack.RawMessage) (time.Duration, error) {
+	items := make([]msgpack.RawMessage, min(batch, n))
+	for i := range items {
+		items[i] = payload
+	}
+	start := time.Now()
+	err := both(ctx, func(gctx context.Context) error {
+		for sent := 0; sent < n; {
+			k := min(batch, n-sent)
+			if _, err := c.PutRaw(gctx, qmTasks, items[:k], wire.PutOptions{ReplyTo: qmResults}); err != nil {
+				return fmt.Errorf("put: %w", err)
+			}
+			sent += k
+		}
+		return nil
+	}, func(gctx context.Context) error {
+		for got := 0; got < n; {
+			ts, err := c.Get(gctx, qmResults, wire.GetOptions{Max: batch, Timeout: time.Second, NoAck: true})
+			if err != nil {
+				return fmt.Errorf("get results: %w", err)
+			}
+			if got == 0 && len(ts) > 0 {
+				if err := checkQMResult(ts[0], payload); err != nil {
+					return err
+				}
+			}
+			got += len(ts)
+		}
+		return nil
+	})
+	return time.Since(start), err
+}
+
+// checkQMResult checks that a result carries the task's payload back.
+func checkQMResult(t wire.Task, payload []byte) error {
+	var res wire.Result
+	if err := msgpack.Unmarshal(t.Payload, &res); err != nil {
+		return fmt.Errorf("decode result: %w", err)
+	}
+	if res.Error != "" {
+		return fmt.Errorf("task %d failed: %s", res.TaskID, res.Error)
+	}
+	if !bytes.Equal(res.Value, payload) {
+		return fmt.Errorf("task %d: result %x is not the payload", res.TaskID, res.Value)
+	}
+	return nil
+}
+
+// rttWarmup round trips run before the measured ones.
+const rttWarmup = 100
+
+// qmRoundTrips puts one task and waits for its result, count times, and
+// returns each round trip.
+func qmRoundTrips(ctx context.Context, c *wire.Client, count int, payload msgpack.RawMessage) ([]time.Duration, error) {
+	items := []msgpack.RawMessage{payload}
+	out := make([]time.Duration, 0, count)
+	for i := range rttWarmup + count {
+		start := time.Now()
+		if _, err := c.PutRaw(ctx, qmTasks, items, wire.PutOptions{ReplyTo: qmResults}); err != nil {
+			return nil, fmt.Errorf("put: %w", err)
+		}
+		ts, err := c.Get(ctx, qmResults, wire.GetOptions{Max: 1, Timeout: 10 * time.Second, NoAck: true})
+		if err != nil {
+			return nil, fmt.Errorf("get result: %w", err)
+		}
+		if len(ts) != 1 {
+			return nil, errors.New("no result within 10s")
+		}
+		if i >= rttWarmup {
+			out = append(out, time.Since(start))
+		}
+	}
+	return out, nil
+}
+
+// qmMemory puts n ready tasks of size bytes into a fresh master, with no
+// worker, and returns its resident set then and its peak.
+func (b *bench) qmMemory(ctx context.Context, n, size int) (rss, hwm int64, err error) {
+	master, addr, err := b.startQMaster(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer master.stop()
+	c, err := b.dialQM(ctx, addr)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer c.Close()
+	payload, err := qmPayload(size)
+	if err != nil {
+		return 0, 0, err
+	}
+	items := make([]msgpack.RawMessage, 1000)
+	for i := range items {
+		items[i] = payload
+	}
+	for sent := 0; sent < n; {
+		k := min(len(items), n-sent)
+		if _, err := c.PutRaw(ctx, qmTasks, items[:k], wire.PutOptions{ReplyTo: qmResults}); err != nil {
+			return 0, 0, fmt.Errorf("put: %w", err)
+		}
+		sent += k
+	}
+	st, err := c.Stats(ctx, qmTasks)
+	if err != nil {
+		return 0, 0, err
+	}
+	if len(st) != 1 || st[0].Ready != n {
+		return 0, 0, fmt.Errorf("master holds %v, want %d ready", st, n)
+	}
+	hwm, rss, err = memStatus(master.pid())
+	return rss, hwm, err
+}
+
+func stopAll(ps []*proc) {
+	for _, p := range ps {
+		go p.stop()
+	}
+	for _, p := range ps {
+		<-p.done
+	}
+}

@@ -1,0 +1,251 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"os/exec"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Keys of the Redis runs.
+const (
+	redisTasks   = "qbench:tasks"
+	redisResults = "qbench:results"
+)
+
+// errNoRedis marks the Redis rows as skipped rather than failed.
+var errNoRedis = errors.New("skipped: redis-server not installed (apt-get install redis-server)")
+
+// startRedis starts redis-server on a free loopback port, without
+// persistence, and returns it with a client once it answers PING.
+func (b *bench) startRedis(ctx context.Context) (*proc, string, error) {
+	path, err := exec.LookPath(b.opts.RedisServer)
+	if err != nil {
+		return nil, "", errNoRedis
+	}
+	port, err := freePort()
+	if err != nil {
+		return nil, "", err
+	}
+	p, err := b.procs.start("redis-server", []string{
+		path, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+		"--daemonize", "no", "--loglevel", "warning",
+	}, nil, nil)
+	if err != nil {
+		return nil, "", err
+	}
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	defer rdb.Close()
+	err = waitFor(ctx, 10*time.Second, "redis-server to answer", func() bool {
+		return rdb.Ping(ctx).Err() == nil
+	}, p)
+	if err != nil {
+		p.stop()
+		return nil, "", err
+	}
+	return p, addr, nil
+}
+
+// freePort asks the kernel for a free loopback port. Another process could
+// take it before redis-server binds it; redis-server then fails to start
+// and the run says so.
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// startRedisWorkers starts w worker processes (qbench worker-redis) and
+// waits until each says it is connected.
+func (b *bench) startRedisWorkers(ctx context.Context, addr string, w int) ([]*proc, error) {
+	ready := make(chan struct{}, w)
+	var ps []*proc
+	for i := range w {
+		p, err := b.procs.start("redis worker "+strconv.Itoa(i), []string{b.self, "worker-redis", "--addr", addr},
+			nil, func(line string) {
+				if line == "ready" {
+					ready <- struct{}{}
+				}
+			})
+		if err != nil {
+			return ps, err
+		}
+		ps = append(ps, p)
+	}
+	n := 0
+	err := waitFor(ctx, 10*time.Second, "redis workers to connect", func() bool {
+		for {
+			select {
+			case <-ready:
+				n++
+			default:
+				return n >= w
+			}
+		}
+	}, ps...)
+	return ps, err
+}
+
+// redisCell measures Redis lists with w workers and payloads of size bytes.
+func (b *bench) redisCell(ctx context.Context, size, w int) (cell, error) {
+	r := cell{N: b.opts.N}
+	server, addr, err := b.startRedis(ctx)
+	if err != nil {
+		return r, err
+	}
+	defer server.stop()
+	workers, err := b.startRedisWorkers(ctx, addr, w)
+	defer stopAll(workers)
+	if err != nil {
+		return r, err
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: addr, PoolSize: 4})
+	defer rdb.Close()
+	payload := bytes.Repeat([]byte{'x'}, size)
+	took, err := redisThroughput(ctx, rdb, b.opts.QMBatch, b.opts.N, payload)
+	if err != nil {
+		return r, err
+	}
+	r.Throughput = float64(b.opts.N) / took.Seconds()
+	if r.RTT, err = redisRoundTrips(ctx, rdb, b.opts.RTT, payload); err != nil {
+		return r, err
+	}
+	r.PeakRSS, _, err = memStatus(server.pid())
+	return r, err
+}
+
+// redisTask is a task as the Redis runs carry it: an 8-byte ID, then the payload.
+func redisTask(id int, payload []byte) []byte {
+	t := make([]byte, 8+len(payload))
+	binary.BigEndian.PutUint64(t, uint64(id))
+	copy(t[8:], payload)
+	return t
+}
+
+// redisThroughput pushes n tasks, batch per LPUSH (one command with many
+// values), while it collects their results: up to batch per RPOP with a
+// count, and a BRPOP when the list is empty. That is the most a user of
+// plain lists would do to go fast.
+func redisThroughput(ctx context.Context, rdb *redis.Client, batch, n int, payload []byte) (time.Duration, error) {
+	start := time.Now()
+	err := both(ctx, func(ctx context.Context) error {
+		vals := make([]any, 0, batch)
+		for sent := 0; sent < n; {
+			vals = vals[:0]
+			for i := 0; i < batch && sent+i < n; i++ {
+				vals = append(vals, redisTask(sent+i, payload))
+			}
+			if err := rdb.LPush(ctx, redisTasks, vals...).Err(); err != nil {
+				return fmt.Errorf("lpush: %w", err)
+			}
+			sent += len(vals)
+		}
+		return nil
+	}, func(ctx context.Context) error {
+		for got := 0; got < n; {
+			vs, err := rdb.RPopCount(ctx, redisResults, batch).Result()
+			if errors.Is(err, redis.Nil) {
+				if vs, err = rdb.BRPop(ctx, time.Second, redisResults).Result(); err == nil {
+					vs = vs[1:] // [key, value]
+				}
+			}
+			if errors.Is(err, redis.Nil) {
+				continue
+			}
+			if err != nil {
+				return fmt.Errorf("collect results: %w", err)
+			}
+			if got == 0 && (len(vs) == 0 || !bytes.Equal([]byte(vs[0][8:]), payload)) {
+				return errors.New("redis result is not the payload")
+			}
+			got += len(vs)
+		}
+		return nil
+	})
+	return time.Since(start), err
+}
+
+// redisRoundTrips pushes one task and pops its result, count times.
+func redisRoundTrips(ctx context.Context, rdb *redis.Client, count int, payload []byte) ([]time.Duration, error) {
+	out := make([]time.Duration, 0, count)
+	for i := range rttWarmup + count {
+		start := time.Now()
+		if err := rdb.LPush(ctx, redisTasks, redisTask(i, payload)).Err(); err != nil {
+			return nil, fmt.Errorf("lpush: %w", err)
+		}
+		if err := rdb.BRPop(ctx, 10*time.Second, redisResults).Err(); err != nil {
+			return nil, fmt.Errorf("brpop result: %w", err)
+		}
+		if i >= rttWarmup {
+			out = append(out, time.Since(start))
+		}
+	}
+	return out, nil
+}
+
+// redisMemory pushes n ready tasks of size bytes into a fresh redis-server
+// and returns its resident set then and its peak.
+func (b *bench) redisMemory(ctx context.Context, n, size int) (rss, hwm int64, err error) {
+	server, addr, err := b.startRedis(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer server.stop()
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	defer rdb.Close()
+	payload := bytes.Repeat([]byte{'x'}, size)
+	vals := make([]any, 0, 1000)
+	for sent := 0; sent < n; {
+		vals = vals[:0]
+		for i := 0; i < cap(vals) && sent+i < n; i++ {
+			vals = append(vals, redisTask(sent+i, payload))
+		}
+		if err := rdb.LPush(ctx, redisTasks, vals...).Err(); err != nil {
+			return 0, 0, fmt.Errorf("lpush: %w", err)
+		}
+		sent += len(vals)
+	}
+	if l, err := rdb.LLen(ctx, redisTasks).Result(); err != nil || l != int64(n) {
+		return 0, 0, fmt.Errorf("redis holds %d tasks (%v), want %d", l, err, n)
+	}
+	hwm, rss, err = memStatus(server.pid())
+	return rss, hwm, err
+}
+
+// redisWorker is the hidden worker-redis mode: BRPOP a task, LPUSH it back
+// as its result (an echo), until killed.
+func redisWorker(ctx context.Context, addr string) error {
+	rdb := redis.NewClient(&redis.Options{Addr: addr, PoolSize: 1})
+	defer rdb.Close()
+	if err := rdb.Ping(ctx).Err(); err != nil {
+		return err
+	}
+	fmt.Println("ready")
+	for ctx.Err() == nil {
+		vs, err := rdb.BRPop(ctx, time.Second, redisTasks).Result()
+		if errors.Is(err, redis.Nil) {
+			continue
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		if err := rdb.LPush(ctx, redisResults, vs[1]).Err(); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,258 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+)
+
+// cell is the measurement of one system at one payload size and worker count.
+type cell struct {
+	System     string
+	Size       int
+	Workers    int
+	N          int
+	Throughput float64         // tasks per second, end to end
+	RTT        []time.Duration // single-task round trips
+	PeakRSS    int64           // the master's VmHWM, bytes
+	Err        string          // why the cell has no figures
+}
+
+func (c cell) percentile(p float64) time.Duration {
+	if len(c.RTT) == 0 {
+		return 0
+	}
+	s := slices.Clone(c.RTT)
+	slices.Sort(s)
+	return s[min(len(s)-1, int(p*float64(len(s))))]
+}
+
+func (c cell) summary() string {
+	if c.Err != "" {
+		return c.Err
+	}
+	return fmt.Sprintf("%.0f tasks/s, p50 %s, p99 %s, peak RSS %s", c.Throughput,
+		fmtDur(c.percentile(0.50)), fmtDur(c.percentile(0.99)), fmtBytes(c.PeakRSS))
+}
+
+// memCell is the resident set of a master holding N ready tasks.
+type memCell struct {
+	System  string
+	N       int
+	RSS     int64
+	PeakRSS int64
+	Err     string
+}
+
+func (m memCell) summary() string {
+	if m.Err != "" {
+		return m.Err
+	}
+	return fmt.Sprintf("RSS %s, peak %s", fmtBytes(m.RSS), fmtBytes(m.PeakRSS))
+}
+
+// report is one run's results and the machine they were measured on.
+type report struct {
+	opts              *options
+	Started, Finished time.Time
+	NProc             int
+	CPU               string
+	Kernel            string
+	Redis, Python     string
+	Cells             []cell
+	Mem               []memCell
+}
+
+func (r *report) describeMachine(opts *options) {
+	r.NProc = runtime.NumCPU()
+	r.CPU = "unknown"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for line := range strings.Lines(string(b)) {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				r.CPU = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		r.Kernel = strings.TrimSpace(string(b))
+	}
+	r.Redis = firstLine(opts.RedisServer, "--version")
+	r.Python = firstLine(opts.Python, "--version")
+}
+
+// firstLine runs a command and returns the first line of its output, or
+// "not installed".
+func firstLine(name string, args ...string) string {
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		return "not installed"
+	}
+	line, _, _ := strings.Cut(string(out), "\n")
+	return strings.TrimSpace(line)
+}
+
+var systemLabels = map[string]string{
+	"qm":      "qm, batched",
+	"qm-1req": "qm, 1 request/op",
+	"redis":   "Redis lists",
+	"python":  "Python BaseManager",
+}
+
+// markdown is the results section of docs/PERFORMANCE.md.
+func (r *report) markdown() string {
+	var b strings.Builder
+	o := r.opts
+	fmt.Fprintf(&b, "## Results\n\n")
+	fmt.Fprintf(&b, "Measured %s (%s) by `%s`.\n\n", r.Started.UTC().Format("2006-01-02 15:04 MST"),
+		r.Finished.Sub(r.Started).Round(time.Second), o.Command)
+	fmt.Fprintf(&b, "- Machine: `nproc` = %d, %s, Linux %s\n", r.NProc, r.CPU, r.Kernel)
+	fmt.Fprintf(&b, "- Go %s; %s; %s\n", strings.TrimPrefix(runtime.Version(), "go"), r.Redis, r.Python)
+	fmt.Fprintf(&b, "- qm, batched: the producer puts %d tasks per call and gets up to %d results per call; qworker --builtin echo --concurrency %d.\n", o.QMBatch, o.QMBatch, o.QMConcurrency)
+	fmt.Fprintf(&b, "- qm, 1 request/op: one task per put, per get and per complete (qworker --concurrency 1, its default); the producer puts and gets concurrently.\n")
+	fmt.Fprintf(&b, "- Redis lists: LPUSH of %d values per command, results by RPOP count / BRPOP; workers BRPOP then LPUSH, one task at a time.\n", o.QMBatch)
+	fmt.Fprintf(&b, "- Python BaseManager: queue.Queue proxies, one put or get per call.\n")
+	fmt.Fprintf(&b, "- Tasks per throughput measurement: %d for the batched runs, %d for qm 1 request/op and Python.\n", o.N, o.SlowN)
+	fmt.Fprintf(&b, "- Round trip: put one task, wait for its result; %d times after 100 unmeasured. Peak RSS: the master's (redis-server's, the manager's) VmHWM.\n\n", o.RTT)
+
+	b.WriteString("| system | payload | workers | tasks | tasks/s | RTT p50 | RTT p99 | master peak RSS |\n")
+	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|\n")
+	for _, c := range r.Cells {
+		if c.Err != "" {
+			fmt.Fprintf(&b, "| %s | %s | %d | | %s | | | |\n", systemLabels[c.System], fmtBytes(int64(c.Size)), c.Workers, c.Err)
+			continue
+		}
+		fmt.Fprintf(&b, "| %s | %s | %d | %d | %s | %s | %s | %s |\n", systemLabels[c.System], fmtBytes(int64(c.Size)),
+			c.Workers, c.N, fmtRate(c.Throughput), fmtDur(c.percentile(0.50)), fmtDur(c.percentile(0.99)), fmtBytes(c.PeakRSS))
+	}
+	if len(r.Mem) > 0 {
+		fmt.Fprintf(&b, "\nMemory: %d ready 16-byte tasks held, no worker.\n\n", r.Mem[0].N)
+		b.WriteString("| system | RSS | peak RSS |\n|---|---:|---:|\n")
+		for _, m := range r.Mem {
+			if m.Err != "" {
+				fmt.Fprintf(&b, "| %s | %s | |\n", systemLabels[m.System], m.Err)
+				continue
+			}
+			fmt.Fprintf(&b, "| %s | %s | %s |\n", systemLabels[m.System], fmtBytes(m.RSS), fmtBytes(m.PeakRSS))
+		}
+	}
+	b.WriteString(r.targets())
+	return b.String()
+}
+
+// targets is issue 5's targets, as ratios of this run's S=16, W=4 cells.
+func (r *report) targets() string {
+	find := func(sys string) (cell, bool) {
+		for _, c := range r.Cells {
+			if c.System == sys && c.Size == 16 && c.Workers == 4 && c.Err == "" {
+				return c, true
+			}
+		}
+		return cell{}, false
+	}
+	qm, ok := find("qm")
+	if !ok {
+		return ""
+	}
+	var b strings.Builder
+	b.WriteString("\nTargets (issue 5), from the 16-byte, 4-worker rows of this run:\n\n")
+	b.WriteString("| target | measured | met |\n|---|---|---|\n")
+	met := func(ok bool) string {
+		if ok {
+			return "yes"
+		}
+		return "**no**"
+	}
+	qp50 := qm.percentile(0.5)
+	below := true
+	var vs []string
+	for _, sys := range []string{"python", "redis"} {
+		c, ok := find(sys)
+		if !ok {
+			fmt.Fprintf(&b, "| tasks/s vs %s | not measured | |\n", systemLabels[sys])
+			continue
+		}
+		want := map[string]float64{"python": 50, "redis": 3}[sys]
+		ratio := qm.Throughput / c.Throughput
+		fmt.Fprintf(&b, "| tasks/s ≥ %gx %s | %.1fx (%s vs %s) | %s |\n", want, systemLabels[sys], ratio,
+			fmtRate(qm.Throughput), fmtRate(c.Throughput), met(ratio >= want))
+		p := c.percentile(0.5)
+		below = below && qp50 < p
+		vs = append(vs, fmt.Sprintf("%s %s", systemLabels[sys], fmtDur(p)))
+	}
+	fmt.Fprintf(&b, "| RTT p50 ≤ 100 µs | %s | %s |\n", fmtDur(qp50), met(qp50 <= 100*time.Microsecond))
+	if len(vs) > 0 {
+		fmt.Fprintf(&b, "| RTT p50 below both baselines | %s vs %s | %s |\n", fmtDur(qp50), strings.Join(vs, ", "), met(below))
+	}
+	for _, m := range r.Mem {
+		switch {
+		case m.System != "qm" || m.Err != "":
+		case m.N < 1000000:
+			fmt.Fprintf(&b, "| 1,000,000 ready 16-byte tasks in ≤ 150 MB RSS | %s for %d (run with --mem-n 1000000) | n/a |\n", fmtBytes(m.RSS), m.N)
+		default:
+			fmt.Fprintf(&b, "| %d ready 16-byte tasks in ≤ 150 MB RSS | %s | %s |\n", m.N, fmtBytes(m.RSS), met(m.RSS <= 150e6))
+		}
+	}
+	return b.String()
+}
+
+// Markers around the part of the output file qbench owns.
+const (
+	beginMarker = "<!-- qbench:begin (written by qbench --out; edits inside are lost) -->"
+	endMarker   = "<!-- qbench:end -->"
+)
+
+// writeSection replaces the text between the markers of path with md, or
+// appends it with markers if there are none; the rest of the file stays.
+func writeSection(path, md string) error {
+	old, err := os.ReadFile(path)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	section := beginMarker + "\n" + md + endMarker + "\n"
+	var out []byte
+	i := bytes.Index(old, []byte(beginMarker))
+	j := bytes.Index(old, []byte(endMarker))
+	switch {
+	case i >= 0 && j > i:
+		out = append(out, old[:i]...)
+		out = append(out, section...)
+		rest := old[j+len(endMarker):]
+		out = append(out, bytes.TrimPrefix(rest, []byte("\n"))...)
+	case len(old) == 0:
+		out = []byte("# Performance\n\n" + section)
+	default:
+		out = append(append(old, '\n'), section...)
+	}
+	return os.WriteFile(path, out, 0o644)
+}
+
+func fmtDur(d time.Duration) string {
+	switch {
+	case d < time.Millisecond:
+		return fmt.Sprintf("%.0f µs", float64(d)/1e3)
+	case d < time.Second:
+		return fmt.Sprintf("%.2f ms", float64(d)/1e6)
+	}
+	return fmt.Sprintf("%.2f s", d.Seconds())
+}
+
+func fmtBytes(n int64) string {
+	switch {
+	case n < 1<<10:
+		return fmt.Sprintf("%d B", n)
+	case n < 1<<20:
+		return fmt.Sprintf("%d KiB", n>>10)
+	}
+	return fmt.Sprintf("%.1f MB", float64(n)/1e6)
+}
+
+func fmtRate(r float64) string {
+	return fmt.Sprintf("%.0f", r)
+}
