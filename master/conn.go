@@ -134,7 +134,7 @@ func (c *clientConn) handshake() (*yamux.Session, []byte, error) {
 	if err := c.conn.SetDeadline(time.Time{}); err != nil {
 		return nil, nil, err
 	}
-	sess, err := yamux.Server(c.conn, wire.YamuxConfig(c.s.cfg.KeepAliveInterval))
+	sess, err := wire.ServerSession(c.conn, c.s.cfg.KeepAliveInterval)
 	return sess, nil, err
 }
 

@@ -125,7 +125,7 @@ func newClient(conn net.Conn, cfg Config) (*Client, error) {
 	if err := conn.SetDeadline(time.Time{}); err != nil {
 		return nil, err
 	}
-	sess, err := yamux.Client(conn, YamuxConfig(cfg.KeepAliveInterval))
+	sess, err := ClientSession(conn, cfg.KeepAliveInterval)
 	if err != nil {
 		return nil, err
 	}

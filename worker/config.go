@@ -41,8 +41,9 @@ type Config struct {
 	// Results is the queue that receives the results of tasks put without
 	// a reply-to queue of their own; default "results".
 	Results string
-	// Concurrency is how many tasks run at once, and so also the most tasks
-	// the worker holds leased; default 1.
+	// Concurrency is how many tasks run at once; default 1. The worker
+	// holds at most twice as many leased: those running, and finished ones
+	// whose results are on their way, so that the next get overlaps them.
 	Concurrency int
 	// GetTimeout is how long one get waits at the master for a task before
 	// the worker asks again; default 5s.

@@ -75,6 +75,7 @@ type runner struct {
 
 	mu        sync.Mutex
 	inflight  int       // tasks taken and not yet completed or dropped
+	running   int       // tasks whose handler has not returned yet
 	handled   int       // tasks completed, failed ones included
 	idleSince time.Time // when inflight last became 0
 	stopping  bool      // no new goroutines
@@ -212,7 +213,10 @@ func (r *runner) serve(ctx context.Context, s *session) (stop bool, err error) {
 			r.log.Info("handled the maximum number of tasks; stopping", "max_tasks", r.cfg.MaxTasks)
 			return true, nil
 		}
-		n := r.cfg.Concurrency - inflight
+		// A slot is free once its handler returns, while its result is
+		// still on the way to the master: the next get overlaps the
+		// complete. Results waiting to be sent stay bounded by Concurrency.
+		n := min(r.cfg.Concurrency-r.runningCount(), 2*r.cfg.Concurrency-inflight)
 		if r.cfg.MaxTasks > 0 {
 			n = min(n, r.cfg.MaxTasks-handled-inflight)
 		}
@@ -277,11 +281,15 @@ func (r *runner) start(s *session, tasks []Task) {
 	for _, t := range tasks {
 		r.mu.Lock()
 		r.inflight++
+		r.running++
 		r.mu.Unlock()
 		l := s.track(t)
 		if !r.goRun(func() { r.runTask(s, l, t) }) {
 			// Unreachable: stop begins only after the last start.
 			s.untrack([]finished{{s: s, l: l}})
+			r.mu.Lock()
+			r.running--
+			r.mu.Unlock()
 			r.finish(1, 0)
 		}
 	}
@@ -294,6 +302,10 @@ func (r *runner) runTask(s *session, l *lease, t Task) {
 	log := r.log.With("queue", t.Queue, "task", t.ID, "attempt", t.Attempt)
 	log.Debug("task started")
 	v, err := r.call(ctx, t)
+	r.mu.Lock()
+	r.running--
+	r.mu.Unlock()
+	r.signal()
 	c := wire.Completion{ID: t.ID}
 	if err == nil {
 		c.Value, err = wire.Encode(v)
@@ -408,10 +420,21 @@ func (r *runner) finish(n, handled int) {
 		r.idleSince = time.Now()
 	}
 	r.mu.Unlock()
+	r.signal()
+}
+
+// signal wakes the Run goroutine to look at the counts again.
+func (r *runner) signal() {
 	select {
 	case r.changed <- struct{}{}:
 	default:
 	}
+}
+
+func (r *runner) runningCount() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.running
 }
 
 func (r *runner) counts() (inflight, handled int) {

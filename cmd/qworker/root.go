@@ -120,7 +120,7 @@ such as a rejected authkey; 2 on a usage error.`,
 	fl.StringVar(&opts.Builtin, "builtin", "", "run the built-in handler `name` on each task: "+strings.Join(worker.BuiltinNames(), ", "))
 	fl.StringVar(&opts.Tasks, "tasks", "tasks", "`queue` to take tasks from")
 	fl.StringVar(&opts.Results, "results", "results", "`queue` for the results of tasks that name no reply-to queue")
-	fl.IntVar(&opts.Concurrency, "concurrency", 1, "tasks run at once, and most tasks held leased")
+	fl.IntVar(&opts.Concurrency, "concurrency", 1, "tasks run at once (the worker holds at most twice as many leased: running ones and results on their way)")
 	fl.DurationVar(&opts.GetTimeout, "get-timeout", 5*time.Second, "how long each request for tasks waits at the master")
 	fl.DurationVar(&opts.IdleExit, "idle-exit", 0, "exit 0 after this long without a task, time unable to reach the master included (0: never)")
 	fl.IntVar(&opts.MaxTasks, "max-tasks", 0, "exit 0 after handling this many tasks, failed ones included (0: unlimited)")

@@ -1,0 +1,66 @@
+package wire
+
+import (
+	"encoding/binary"
+	"net"
+	"time"
+
+	"github.com/hashicorp/yamux"
+)
+
+// yamux frame header layout (hashicorp/yamux const.go): version, type,
+// flags, stream ID, length.
+const (
+	yamuxHeaderLen = 12
+	yamuxVersion   = 0
+	yamuxTypeData  = 0
+)
+
+// frameCoalescer joins each yamux data frame's header and body into one
+// writev. yamux's send loop writes them as two writes, so every message
+// cost two syscalls and, with TCP_NODELAY, two packets. The send loop is
+// the only writer of the conn after the handshake, so no lock is needed.
+type frameCoalescer struct {
+	net.Conn
+	hdr  [yamuxHeaderLen]byte
+	held int // body length the held header announces; 0 = none held
+	bufs net.Buffers
+}
+
+func (c *frameCoalescer) Write(p []byte) (int, error) {
+	if c.held > 0 {
+		want := c.held
+		c.held = 0
+		if len(p) == want {
+			c.bufs = append(c.bufs[:0], c.hdr[:], p)
+			if _, err := c.bufs.WriteTo(c.Conn); err != nil {
+				return 0, err
+			}
+			return len(p), nil
+		}
+		// Not the body it announced (yamux dropped it): send the header alone.
+		if _, err := c.Conn.Write(c.hdr[:]); err != nil {
+			return 0, err
+		}
+	}
+	if len(p) == yamuxHeaderLen && p[0] == yamuxVersion && p[1] == yamuxTypeData {
+		if n := binary.BigEndian.Uint32(p[8:]); n > 0 {
+			copy(c.hdr[:], p)
+			c.held = int(n)
+			return len(p), nil
+		}
+	}
+	return c.Conn.Write(p)
+}
+
+// ClientSession starts the client side of a yamux session on an
+// authenticated conn.
+func ClientSession(conn net.Conn, keepAlive time.Duration) (*yamux.Session, error) {
+	return yamux.Client(&frameCoalescer{Conn: conn}, YamuxConfig(keepAlive))
+}
+
+// ServerSession starts the master side of a yamux session on an
+// authenticated conn.
+func ServerSession(conn net.Conn, keepAlive time.Duration) (*yamux.Session, error) {
+	return yamux.Server(&frameCoalescer{Conn: conn}, YamuxConfig(keepAlive))
+}
