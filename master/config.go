@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/qm-dev/qm/master/queue"
+	"github.com/qm-dev/qm/store/seglog"
 	"github.com/qm-dev/qm/wire"
 )
 
@@ -33,6 +34,13 @@ type Config struct {
 	// answering is dropped (and its leases requeued) after about this long.
 	// Default 10s.
 	KeepAliveInterval time.Duration
+	// DataDir, if not empty, keeps the queues durable in this directory
+	// (see package store/seglog); empty keeps them in memory only.
+	DataDir string
+	// Fsync says when the data directory's log is fsynced (with DataDir).
+	Fsync seglog.FsyncMode
+	// FsyncInterval is the period of seglog.FsyncInterval; default 100ms.
+	FsyncInterval time.Duration
 	// Logger receives the server's logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -54,6 +62,8 @@ func (c *Config) Validate() error {
 		return errors.New("MaxQueueLen must not be negative")
 	case c.KeepAliveInterval < 0:
 		return errors.New("KeepAliveInterval must not be negative")
+	case c.FsyncInterval < 0:
+		return errors.New("FsyncInterval must not be negative")
 	}
 	return nil
 }

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/qm-dev/qm/master/queue"
+	"github.com/qm-dev/qm/store"
+	"github.com/qm-dev/qm/store/seglog"
 	"github.com/qm-dev/qm/wire"
 )
 
@@ -20,6 +22,7 @@ type Server struct {
 	cfg    Config
 	log    *slog.Logger
 	queues *queue.Manager
+	store  store.Store // nil without a DataDir
 
 	// ctx is cancelled when the server stops; blocked gets return at once.
 	ctx    context.Context
@@ -53,12 +56,34 @@ func New(cfg Config) (*Server, error) {
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[*clientConn]struct{}),
 	}
-	qm, err := queue.New(cfg.queueConfig(s.publishDeadResult))
+	qcfg := cfg.queueConfig(s.publishDeadResult)
+	if cfg.DataDir != "" {
+		st, err := s.openStore()
+		if err != nil {
+			cancel()
+			return nil, err
+		}
+		s.store, qcfg.Store = st, st
+	}
+	start := time.Now()
+	qm, err := queue.New(qcfg)
 	if err != nil {
 		cancel()
+		if s.store != nil {
+			s.store.Close()
+		}
 		return nil, err
 	}
 	s.queues = qm
+	if s.store != nil {
+		var tasks, queues int
+		for _, st := range qm.AllStats() {
+			tasks += st.Ready
+			queues++
+		}
+		s.log.Info("queues recovered", "data_dir", cfg.DataDir, "tasks", tasks, "queues", queues,
+			"fsync", cfg.Fsync.String(), "took", time.Since(start).Round(time.Millisecond))
+	}
 	if !s.goRun(s.reapLeases) {
 		panic("unreachable: new server already closing")
 	}
@@ -188,6 +213,27 @@ func (s *Server) closeAll() {
 	}
 	s.wg.Wait()
 	s.queues.Close()
+	if s.store != nil {
+		if err := s.store.Close(); err != nil {
+			s.log.Error("close data dir", "data_dir", s.cfg.DataDir, "err", err)
+		}
+	}
+}
+
+// openStore opens the data directory, reporting the store's events (a
+// torn tail dropped, a full disk, a compaction) in the server's log.
+func (s *Server) openStore() (store.Store, error) {
+	return seglog.Open(s.cfg.DataDir, seglog.Options{
+		Fsync:    s.cfg.Fsync,
+		Interval: s.cfg.FsyncInterval,
+		OnEvent: func(msg string, err error, attrs ...any) {
+			if err != nil {
+				s.log.Warn(msg, append(attrs, "err", err)...)
+				return
+			}
+			s.log.Info(msg, attrs...)
+		},
+	})
 }
 
 // addConn registers a connection so that Shutdown and Close reach it.

@@ -3,6 +3,8 @@ package queue
 import (
 	"fmt"
 	"time"
+
+	"github.com/qm-dev/qm/store"
 )
 
 // Stats describes one queue.
@@ -131,9 +133,17 @@ func (m *Manager) Purge(name string) (int, error) {
 		return 0, err
 	}
 	n := q.ready.len()
+	var ticket store.Ticket
+	if m.store != nil {
+		for i := range n {
+			q.logOp(store.Delete, q.ready.at(i).ID, 0)
+		}
+		ticket = q.flushOps()
+	}
 	q.ready.clear()
 	q.settle(&clock{m: m})
 	m.unlock(q)
+	m.durable(ticket)
 	return n, nil
 }
 
@@ -162,12 +172,23 @@ func (m *Manager) Delete(name string) error {
 		p.served = true
 		p.ch <- putResult{retry: true}
 	}
+	var ticket store.Ticket
+	if m.store != nil {
+		for i := range q.ready.len() {
+			q.logOp(store.Delete, q.ready.at(i).ID, 0)
+		}
+		for id := range q.leases {
+			q.logOp(store.Delete, id, 0)
+		}
+		ticket = q.flushOps()
+	}
 	q.ready.clear()
 	q.leases = nil
 	q.heap = nil
 	q.owners = nil
 	q.free = nil
 	q.mu.Unlock()
+	m.durable(ticket)
 	return nil
 }
 

@@ -3,6 +3,8 @@ package queue
 import (
 	"fmt"
 	"time"
+
+	"github.com/qm-dev/qm/store"
 )
 
 // Defaults used for zero Config fields.
@@ -32,6 +34,11 @@ type Config struct {
 	// fake clock. It is called with a queue lock held, so it must not call
 	// the Manager.
 	Now func() time.Time
+	// Store, if not nil, keeps the tasks durable: New loads them from it,
+	// every change is appended to it, and a Put (or Ack, Purge, Delete)
+	// returns only once its change is durable. nil keeps the queues in
+	// memory only, at no cost. The Manager does not close it.
+	Store store.Store
 }
 
 // Validate reports a negative field as an error naming it.

@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"slices"
@@ -8,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/qm-dev/qm/store"
 )
 
 // Manager owns a set of named queues. It starts no goroutines.
@@ -18,6 +21,9 @@ type Manager struct {
 
 	queues sync.Map // name → *queue; lock-free lookups on the hot path
 	nextID atomic.Uint64
+
+	store store.Store  // nil: in memory only
+	seq   atomic.Int64 // the last Seq given at the back of a queue
 
 	closed    atomic.Bool
 	closeOnce sync.Once
@@ -30,19 +36,114 @@ type Manager struct {
 // tasks or room in exactly that window.
 var testHookWoken func()
 
-// New returns a Manager with no queues.
+// New returns a Manager with no queues, or with the tasks of cfg.Store:
+// every stored task comes back ready (a leased one with the attempts its
+// deliveries used), each queue in its stored order.
 func New(cfg Config) (*Manager, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	return &Manager{
+	m := &Manager{
 		cfg:      cfg,
 		now:      cfg.Now,
 		epoch:    cfg.Now(),
 		closedCh: make(chan struct{}),
 		leaseCh:  make(chan struct{}, 1),
-	}, nil
+		store:    cfg.Store,
+	}
+	if m.store != nil {
+		if err := m.load(); err != nil {
+			return nil, err
+		}
+		m.store.SetDumper(m.dump)
+	}
+	return m, nil
+}
+
+// load rebuilds the queues from the store.
+func (m *Manager) load() error {
+	meta, tasks, err := m.store.Load()
+	if err != nil {
+		return err
+	}
+	// Order by queue, then Seq, through an index: cheaper to move than
+	// Tasks, and nearly sorted already in the common case.
+	order := make([]int32, len(tasks))
+	count := make(map[string]int)
+	for i := range tasks {
+		order[i] = int32(i)
+		count[tasks[i].Queue]++
+	}
+	slices.SortFunc(order, func(a, b int32) int {
+		ta, tb := &tasks[a], &tasks[b]
+		if c := strings.Compare(ta.Queue, tb.Queue); c != 0 {
+			return c
+		}
+		return cmp.Compare(ta.Seq, tb.Seq)
+	})
+	var q *queue
+	for _, i := range order {
+		t := &tasks[i]
+		if q == nil || q.name != t.Queue {
+			q = m.create(t.Queue)
+			q.ready.reserve(count[t.Queue])
+			q.frontSeq = min(0, t.Seq)
+		}
+		q.ready.pushBack(Task{
+			ID: t.ID, Payload: t.Payload, ReplyTo: t.ReplyTo, Attempts: t.Attempts,
+			LastError: t.LastError, Enqueued: t.Enqueued, seq: t.Seq,
+		})
+		*t = store.Task{} // let the payloads go with the deques only
+	}
+	m.nextID.Store(meta.MaxID)
+	m.seq.Store(max(meta.MaxSeq, 0))
+	return nil
+}
+
+// dump is the store's Dumper: every live task, ready and leased, each
+// emitted under its queue's lock.
+func (m *Manager) dump(emit func(*store.Task) error) error {
+	var st store.Task
+	put := func(q *queue, t *Task) error {
+		st = store.Task{
+			ID: t.ID, Queue: q.name, Seq: t.seq, Payload: t.Payload, ReplyTo: t.ReplyTo,
+			Attempts: t.Attempts, LastError: t.LastError, Enqueued: t.Enqueued,
+		}
+		return emit(&st)
+	}
+	for _, q := range m.snapshot() {
+		err := func() error {
+			q.mu.Lock()
+			defer q.mu.Unlock()
+			if q.deleted {
+				return nil
+			}
+			for i := range q.ready.len() {
+				if err := put(q, q.ready.at(i)); err != nil {
+					return err
+				}
+			}
+			for _, l := range q.leases {
+				if err := put(q, &l.task); err != nil {
+					return err
+				}
+			}
+			return nil
+		}()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// durable waits for t, ignoring the error: the change is made in memory
+// and the store keeps retrying to write it (see Store.Writable).
+func (m *Manager) durable(t store.Ticket) {
+	if m.store != nil && t != 0 {
+		_ = m.store.Wait(t)
+	}
 }
 
 // lookup returns the named queue, or nil.
@@ -143,6 +244,11 @@ func (m *Manager) Put(ctx context.Context, name string, items []Item, force bool
 		}
 		return []uint64{}, nil
 	}
+	if m.store != nil {
+		if err := m.store.Writable(); err != nil {
+			return nil, err
+		}
+	}
 	c := clock{m: m, t: m.now(), ok: true}
 	for {
 		q, err := m.lookupOrCreate(name)
@@ -155,9 +261,15 @@ func (m *Manager) Put(ctx context.Context, name string, items []Item, force bool
 			continue
 		}
 		if force || q.maxLen == 0 || q.putters.head == nil && q.fits(len(items)) {
-			ids := q.push(items, &c)
+			ids, ticket := q.push(items, &c)
 			q.settle(&c)
 			m.unlock(q)
+			if m.store != nil {
+				// Getters may have the tasks already: see docs/STORAGE.md.
+				if err := m.store.Wait(ticket); err != nil {
+					return nil, err
+				}
+			}
 			return ids, nil
 		}
 		if len(items) > q.maxLen || ctx.Err() != nil {
@@ -194,6 +306,11 @@ func (m *Manager) Put(ctx context.Context, name string, items []Item, force bool
 		}
 		switch {
 		case got && !r.retry:
+			if m.store != nil {
+				if err := m.store.Wait(r.ticket); err != nil {
+					return nil, err
+				}
+			}
 			return r.ids, nil
 		case m.closed.Load():
 			return nil, ErrClosed
@@ -327,12 +444,20 @@ func (m *Manager) Ack(name string, owner uint64, ids []uint64) ([]Task, error) {
 		}
 		ts = append(ts, q.unlease(l))
 	}
+	var ticket store.Ticket
+	if m.store != nil {
+		for i := range ts {
+			q.logOp(store.Delete, ts[i].ID, 0)
+		}
+		ticket = q.flushOps()
+	}
 	q.acks += uint64(len(ts))
 	q.done += uint64(len(ts))
 	if len(ts) > 0 && q.putters.head != nil {
 		q.settle(&clock{m: m})
 	}
 	m.unlock(q)
+	m.durable(ticket)
 	return ts, notLeased(bad)
 }
 
@@ -454,7 +579,14 @@ func (m *Manager) Unget(name string, owner uint64, ids []uint64) {
 		if q.gets > 0 {
 			q.gets--
 		}
+		if m.store != nil {
+			q.pushFrontStored(t, store.Requeue)
+			continue
+		}
 		q.ready.pushFront(t)
+	}
+	if m.store != nil {
+		q.flushOps()
 	}
 	q.settle(&clock{m: m})
 	m.unlock(q)
@@ -564,7 +696,14 @@ func (m *Manager) deadLetter(src string, ts []Task) {
 		}
 		q.ready.reserve(len(ts))
 		for _, t := range ts {
+			if m.store != nil {
+				t.seq = m.seq.Add(1)
+				q.logTask(store.Move, &t)
+			}
 			q.ready.pushBack(t)
+		}
+		if m.store != nil {
+			q.flushOps()
 		}
 		q.puts += uint64(len(ts))
 		q.settle(&clock{m: m})

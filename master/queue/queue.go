@@ -6,6 +6,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/qm-dev/qm/store"
 )
 
 // Task is one item in a queue. Payload is an opaque msgpack-encoded value
@@ -17,6 +19,8 @@ type Task struct {
 	Attempts  int       // deliveries so far; a Get raises it by one before handing the task out
 	LastError string    // error text of the last failed attempt (nack or lease expiry)
 	Enqueued  time.Time // when it was first put
+
+	seq int64 // order key in the store (with a Config.Store only)
 }
 
 // Item is one task to Put: its payload and the queue for its result.
@@ -48,6 +52,11 @@ type queue struct {
 	free       []*lease
 	getters    getterList
 	putters    putterList
+	// frontSeq is the lowest Seq given in this queue: a task pushed to the
+	// front gets one below it (with a Config.Store only).
+	frontSeq int64
+	// ops is scratch space for the store ops of one change.
+	ops []store.Op
 
 	done, puts, gets, acks, nacks, expired uint64
 }
@@ -92,25 +101,78 @@ func (c *clock) deadline(d time.Duration) int64 {
 	return rel + int64(d)
 }
 
-// push appends items at the back with fresh ids. Called with q.mu held;
-// the caller must settle.
-func (q *queue) push(items []Item, c *clock) []uint64 {
+// push appends items at the back with fresh ids, and returns the ticket
+// to wait on for their durability (0 without a store). Called with q.mu
+// held; the caller must settle.
+func (q *queue) push(items []Item, c *clock) ([]uint64, store.Ticket) {
 	n := len(items)
 	if n == 0 {
-		return []uint64{}
+		return []uint64{}, 0
 	}
 	ids := make([]uint64, n)
 	// Taken under q.mu, so ids increase along each queue.
 	first := q.m.nextID.Add(uint64(n)) - uint64(n) + 1
 	now := c.now()
 	q.ready.reserve(n)
+	if q.m.store != nil {
+		return ids, q.pushStored(items, ids, first, now)
+	}
 	for i := range items {
 		id := first + uint64(i)
 		ids[i] = id
 		q.ready.pushBack(Task{ID: id, Payload: items[i].Payload, ReplyTo: items[i].ReplyTo, Enqueued: now})
 	}
 	q.puts += uint64(n)
-	return ids
+	return ids, 0
+}
+
+// pushStored is push with a store: each task also gets a Seq and an Add op.
+func (q *queue) pushStored(items []Item, ids []uint64, first uint64, now time.Time) store.Ticket {
+	n := int64(len(items))
+	seq := q.m.seq.Add(n) - n + 1
+	for i := range items {
+		t := Task{ID: first + uint64(i), Payload: items[i].Payload, ReplyTo: items[i].ReplyTo, Enqueued: now, seq: seq + int64(i)}
+		ids[i] = t.ID
+		q.ready.pushBack(t)
+		q.logTask(store.Add, &t)
+	}
+	q.puts += uint64(len(items))
+	return q.flushOps()
+}
+
+// logTask adds an op about t to q.ops. Called with q.mu held.
+func (q *queue) logTask(k store.Kind, t *Task) {
+	q.ops = append(q.ops, store.Op{Kind: k, Task: store.Task{
+		ID: t.ID, Queue: q.name, Seq: t.seq, Payload: t.Payload, ReplyTo: t.ReplyTo,
+		Attempts: t.Attempts, LastError: t.LastError, Enqueued: t.Enqueued,
+	}})
+}
+
+// logOp adds an op that names a task by id to q.ops. Called with q.mu held.
+func (q *queue) logOp(k store.Kind, id uint64, attempts int) {
+	q.ops = append(q.ops, store.Op{Kind: k, Task: store.Task{ID: id, Attempts: attempts}})
+}
+
+// flushOps appends q.ops to the store and empties it. Called with q.mu
+// held, so that the store sees each queue's changes in their order.
+func (q *queue) flushOps() store.Ticket {
+	if len(q.ops) == 0 {
+		return 0
+	}
+	t := q.m.store.Append(q.ops...)
+	clear(q.ops) // drop the payload references
+	q.ops = q.ops[:0]
+	return t
+}
+
+// pushFrontStored pushes t to the front with a Seq below the head's and
+// logs it as kind (Requeue, or Add for a task its take had deleted).
+// Called with q.mu held, with a store only.
+func (q *queue) pushFrontStored(t Task, k store.Kind) {
+	q.frontSeq--
+	t.seq = q.frontSeq
+	q.ready.pushFront(t)
+	q.logTask(k, &t)
 }
 
 // take hands out up to max ready tasks: leased to owner, or gone for good
@@ -128,6 +190,18 @@ func (q *queue) take(max int, lease time.Duration, owner uint64, noAck bool, c *
 		if !noAck {
 			q.addLease(t, owner, deadline)
 		}
+	}
+	if q.m.store != nil {
+		// Not waited for: a delivery lost in a crash is only a lower
+		// attempt count (or, with noAck, a task delivered again).
+		for i := range ts {
+			if noAck {
+				q.logOp(store.Delete, ts[i].ID, 0)
+			} else {
+				q.logOp(store.Attempts, ts[i].ID, ts[i].Attempts)
+			}
+		}
+		q.flushOps()
 	}
 	q.gets += uint64(len(ts))
 	if noAck {
@@ -151,7 +225,8 @@ func (q *queue) settle(c *clock) {
 		for p := q.putters.head; p != nil && q.fits(len(p.items)); p = q.putters.head {
 			q.putters.remove(p)
 			p.served = true
-			p.ch <- putResult{ids: q.push(p.items, c)}
+			ids, ticket := q.push(p.items, c)
+			p.ch <- putResult{ids: ids, ticket: ticket}
 			served = true
 		}
 		if !served {
@@ -175,7 +250,16 @@ func (q *queue) requeueFailed(ts []Task, errText string, maxAttempts int) (dead 
 			dead = append(dead, t)
 			continue
 		}
+		if q.m.store != nil {
+			q.pushFrontStored(t, store.Requeue)
+			continue
+		}
 		q.ready.pushFront(t)
+	}
+	if q.m.store != nil {
+		// Dead tasks are logged by deadLetter, as a Move into the
+		// dead-letter queue; until then they stay in this one on disk.
+		q.flushOps()
 	}
 	slices.Reverse(dead)
 	return dead
@@ -209,6 +293,17 @@ func (q *queue) unget(ts []Task, owner uint64, noAck bool) {
 		if q.gets > 0 {
 			q.gets--
 		}
+		if q.m.store != nil {
+			k := store.Requeue
+			if noAck {
+				k = store.Add // its take deleted it
+			}
+			q.pushFrontStored(t, k)
+			continue
+		}
 		q.ready.pushFront(t)
+	}
+	if q.m.store != nil {
+		q.flushOps()
 	}
 }

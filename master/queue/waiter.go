@@ -3,6 +3,8 @@ package queue
 import (
 	"sync"
 	"time"
+
+	"github.com/qm-dev/qm/store"
 )
 
 // getter is a Get blocked on an empty queue. Whoever makes tasks ready
@@ -67,8 +69,9 @@ type putter struct {
 }
 
 type putResult struct {
-	ids   []uint64
-	retry bool // the queue was deleted: start again on a new one
+	ids    []uint64
+	ticket store.Ticket // to wait on for durability
+	retry  bool         // the queue was deleted: start again on a new one
 }
 
 // putterList is a FIFO of waiting putters.

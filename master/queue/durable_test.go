@@ -1,0 +1,130 @@
+package queue_test
+
+import (
+	"context"
+	"slices"
+	"testing"
+
+	"github.com/qm-dev/qm/master/queue"
+	"github.com/qm-dev/qm/store/seglog"
+)
+
+// openDurable returns a Manager over a segment log in dir, and a func
+// that closes both as a crash would leave them (leases not released).
+func openDurable(t *testing.T, dir string, cfg queue.Config) (*queue.Manager, func()) {
+	t.Helper()
+	st, err := seglog.Open(dir, seglog.Options{Fsync: seglog.FsyncNever})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Store = st
+	m, err := queue.New(cfg)
+	if err != nil {
+		st.Close()
+		t.Fatal(err)
+	}
+	closed := false
+	stop := func() {
+		if !closed {
+			closed = true
+			m.Close()
+			if err := st.Close(); err != nil {
+				t.Errorf("store Close: %v", err)
+			}
+		}
+	}
+	t.Cleanup(stop)
+	return m, stop
+}
+
+// TestDurableRestart: after a restart, ready tasks are ready in order,
+// leased ones are ready again with their attempts, nacked ones are at the
+// front with their error, acked ones are gone, dead ones are in the
+// dead-letter queue, and new ids are above the old ones.
+func TestDurableRestart(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	cfg := queue.Config{MaxAttempts: 2}
+	m, stop := openDurable(t, dir, cfg)
+	mustPut(t, m, "q", "a", "b", "c", "d", "e", "f")
+	mustPut(t, m, "other", "x")
+	ts, err := m.Get(ctx, "q", 3, 0, 1, false) // a b c leased
+	if err != nil || len(ts) != 3 {
+		t.Fatal(ts, err)
+	}
+	if _, err := m.Ack("q", 1, []uint64{ts[1].ID}); err != nil { // b acked
+		t.Fatal(err)
+	}
+	if err := m.Nack("q", 1, ts[2].ID, "boom"); err != nil { // c back to the front
+		t.Fatal(err)
+	}
+	// a stays leased. Now c is delivered twice more: dead.
+	c, _ := m.Get(ctx, "q", 1, 0, 1, false)
+	if len(c) != 1 || string(c[0].Payload) != "c" {
+		t.Fatalf("got %v, want c", payloads(c))
+	}
+	if err := m.Nack("q", 1, c[0].ID, "boom again"); err != nil {
+		t.Fatal(err)
+	}
+	if d, _ := m.Get(ctx, "q", 1, 0, 2, true); len(d) != 1 || string(d[0].Payload) != "d" { // d taken without ack
+		t.Fatalf("noAck get: %v", payloads(d))
+	}
+	// e is delivered and the get undone: back at the front, attempts 0.
+	e, _ := m.Get(ctx, "q", 1, 0, 3, false)
+	m.Unget("q", 3, []uint64{e[0].ID})
+	lastID := mustPut(t, m, "q", "g")[0]
+	stop()
+
+	m2, _ := openDurable(t, dir, cfg)
+	got, err := m2.Peek("q", 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// a (leased, attempts 1) keeps its place before e f g; e was pushed to
+	// the front after a's lease began, so it comes first.
+	if want := []string{"e", "a", "f", "g"}; !slices.Equal(payloads(got), want) {
+		t.Fatalf("recovered q = %v, want %v", payloads(got), want)
+	}
+	if got[0].Attempts != 0 || got[1].Attempts != 1 {
+		t.Errorf("attempts e=%d a=%d, want 0 1", got[0].Attempts, got[1].Attempts)
+	}
+	dead, _ := m2.Peek("q.dead", 10)
+	if len(dead) != 1 || string(dead[0].Payload) != "c" || dead[0].Attempts != 2 || dead[0].LastError != "boom again" {
+		t.Fatalf("recovered q.dead = %+v", dead)
+	}
+	if o, _ := m2.Peek("other", 10); !slices.Equal(payloads(o), []string{"x"}) {
+		t.Fatalf("recovered other = %v", payloads(o))
+	}
+	if id := mustPut(t, m2, "q", "h")[0]; id <= lastID {
+		t.Errorf("new id %d not above the last one before the restart, %d", id, lastID)
+	}
+	if err := m2.CheckInvariants(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestDurablePurgeDelete: purged and deleted tasks stay gone.
+func TestDurablePurgeDelete(t *testing.T) {
+	dir := t.TempDir()
+	m, stop := openDurable(t, dir, queue.Config{})
+	mustPut(t, m, "p", "1", "2")
+	mustPut(t, m, "d", "1", "2")
+	if _, err := m.Get(context.Background(), "d", 1, 0, 1, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Purge("p"); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Delete("d"); err != nil {
+		t.Fatal(err)
+	}
+	mustPut(t, m, "d", "3")
+	stop()
+	m2, _ := openDurable(t, dir, queue.Config{})
+	if p, _ := m2.Peek("p", 10); len(p) != 0 {
+		t.Errorf("purged tasks came back: %v", payloads(p))
+	}
+	if d, _ := m2.Peek("d", 10); !slices.Equal(payloads(d), []string{"3"}) {
+		t.Errorf("d = %v, want [3]", payloads(d))
+	}
+}

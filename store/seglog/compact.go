@@ -1,0 +1,144 @@
+package seglog
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/qm-dev/qm/store"
+)
+
+// maybeCompact starts a compaction when the log since the last snapshot
+// outgrew it, or when no task is live and the log grew by 1 MiB or has
+// been quiet (appended nothing) for a while. Called by the writer
+// goroutine after a successful flush: it starts a new segment, then hands
+// its number to the compactor goroutine, which snapshots the live tasks.
+func (l *Log) maybeCompact(quiet bool) {
+	if l.compacting.Load() || time.Now().Before(l.compactAfter) {
+		return
+	}
+	l.mu.Lock()
+	live, dump := l.live, l.dumper
+	l.mu.Unlock()
+	if dump == nil {
+		return
+	}
+	due := l.sinceSnap > max(l.opts.CompactMin, l.snapSize.Load()) ||
+		live <= 0 && (l.sinceSnap > drainedCompact || quiet && l.sinceSnap > 0)
+	if !due {
+		return
+	}
+	if err := l.createSegment(l.segNo + 1); err != nil {
+		l.opts.OnEvent("compaction could not start a segment; retrying later", err)
+		l.compactAfter = time.Now().Add(time.Second)
+		return
+	}
+	l.sinceSnap = 0
+	l.compacting.Store(true)
+	l.compactCh <- l.segNo // cap 1, and empty: compacting was false
+}
+
+// compactor writes the snapshots maybeCompact asks for, until Close.
+func (l *Log) compactor() {
+	defer l.wg.Done()
+	for {
+		select {
+		case <-l.stop:
+			return
+		case n := <-l.compactCh:
+			start := time.Now()
+			if err := l.snapshot(n); err != nil {
+				l.opts.OnEvent("compaction failed; the log is kept and compaction retried later", err, "segment", n)
+			} else {
+				l.opts.OnEvent("compacted", nil, "snapshot", snapName(n), "bytes", l.snapSize.Load(), "took", time.Since(start).Round(time.Millisecond))
+			}
+			l.compacting.Store(false)
+			select { // the log may have outgrown the new snapshot already
+			case l.kick <- struct{}{}:
+			default:
+			}
+		}
+	}
+}
+
+// snapshot dumps every live task into snapshot n and then deletes the
+// segments before n and the older snapshots. Every record of a segment
+// before n was appended before the dump began, so the dump reflects it;
+// records appended since are in segment n or later, and replay over it.
+func (l *Log) snapshot(n uint64) error {
+	l.mu.Lock()
+	dump := l.dumper
+	l.mu.Unlock()
+	name := filepath.Join(l.dir, snapName(n))
+	tmp := name + ".tmp"
+	f, err := os.Create(tmp)
+	if err != nil {
+		return err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	w := bufio.NewWriterSize(f, 1<<20)
+	w.WriteString(snapMagic)
+	var (
+		buf   []byte
+		count int
+		op    = store.Op{Kind: store.Add}
+	)
+	err = dump(func(t *store.Task) error {
+		op.Task = *t
+		buf = appendRecord(buf[:0], &op)
+		count++
+		_, err := w.Write(buf)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("write %s: %w", tmp, err)
+	}
+	// Read after the dump: at least the IDs and Seqs of every task in it.
+	l.mu.Lock()
+	op = store.Op{Kind: kindMeta, Task: store.Task{ID: l.maxID, Seq: l.maxSeq, Attempts: count}}
+	l.mu.Unlock()
+	if _, err := w.Write(appendRecord(buf[:0], &op)); err != nil {
+		return fmt.Errorf("write %s: %w", tmp, err)
+	}
+	if err := w.Flush(); err != nil {
+		return fmt.Errorf("write %s: %w", tmp, err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("fsync %s: %w", tmp, err)
+	}
+	size, _ := f.Seek(0, 2)
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, name); err != nil {
+		return err
+	}
+	ok = true
+	if err := syncDir(l.dir); err != nil {
+		return err
+	}
+	l.snapSize.Store(size)
+	ls, err := l.list()
+	if err != nil {
+		return err
+	}
+	for _, s := range ls.segs {
+		if s < n {
+			os.Remove(filepath.Join(l.dir, segName(s)))
+		}
+	}
+	for _, s := range ls.snaps {
+		if s < n {
+			os.Remove(filepath.Join(l.dir, snapName(s)))
+		}
+	}
+	return nil
+}

@@ -1,0 +1,320 @@
+package seglog_test
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/qm-dev/qm/store"
+	"github.com/qm-dev/qm/store/seglog"
+)
+
+// open opens dir and loads it, returning the live tasks by ID. The log is
+// closed at the end of the test unless the test closed it.
+func open(t *testing.T, dir string, opts seglog.Options) (*seglog.Log, map[uint64]store.Task, store.Meta) {
+	t.Helper()
+	l, err := seglog.Open(dir, opts)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() { l.Close() })
+	meta, tasks, err := l.Load()
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	got := make(map[uint64]store.Task)
+	for _, st := range tasks {
+		got[st.ID] = st
+	}
+	return l, got, meta
+}
+
+func add(id uint64, q string, seq int64, payload string) store.Op {
+	return store.Op{Kind: store.Add, Task: store.Task{
+		ID: id, Queue: q, Seq: seq, Payload: []byte(payload), ReplyTo: "r",
+		Enqueued: time.Unix(1700000000, int64(id)),
+	}}
+}
+
+func del(id uint64) store.Op { return store.Op{Kind: store.Delete, Task: store.Task{ID: id}} }
+
+func TestRoundTrip(t *testing.T) {
+	dir := t.TempDir()
+	l, got, _ := open(t, dir, seglog.Options{})
+	if len(got) != 0 {
+		t.Fatalf("fresh dir has %d tasks", len(got))
+	}
+	tk := l.Append(add(1, "a", 1, "one"), add(2, "a", 2, "two"), add(3, "b", 3, "three"))
+	l.Append(store.Op{Kind: store.Attempts, Task: store.Task{ID: 1, Attempts: 1}})
+	l.Append(store.Op{Kind: store.Requeue, Task: store.Task{ID: 1, Seq: -1, Attempts: 1, LastError: "boom"}})
+	l.Append(del(2))
+	t4 := l.Append(store.Op{Kind: store.Move, Task: store.Task{ID: 3, Queue: "b.dead", Seq: 4, Payload: []byte("three"), Attempts: 3, LastError: "dead"}})
+	if err := l.Wait(tk); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Wait(t4); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	_, got, meta := open(t, dir, seglog.Options{})
+	if meta.MaxID != 3 || meta.MaxSeq != 4 || meta.Tasks != 2 {
+		t.Errorf("meta = %+v", meta)
+	}
+	if g := got[1]; g.Queue != "a" || g.Seq != -1 || g.Attempts != 1 || g.LastError != "boom" || string(g.Payload) != "one" || g.ReplyTo != "r" || !g.Enqueued.Equal(time.Unix(1700000000, 1)) {
+		t.Errorf("task 1 = %+v", g)
+	}
+	if _, ok := got[2]; ok {
+		t.Errorf("deleted task 2 came back")
+	}
+	if g := got[3]; g.Queue != "b.dead" || g.Attempts != 3 || string(g.Payload) != "three" {
+		t.Errorf("task 3 = %+v", g)
+	}
+}
+
+func TestSecondOpenRefused(t *testing.T) {
+	dir := t.TempDir()
+	open(t, dir, seglog.Options{})
+	_, err := seglog.Open(dir, seglog.Options{})
+	if !errors.Is(err, store.ErrLocked) || !strings.Contains(err.Error(), filepath.Join(dir, "LOCK")) {
+		t.Fatalf("second Open: %v; want ErrLocked naming the lock file", err)
+	}
+}
+
+// segments returns the log segment files of dir, oldest first.
+func segments(t *testing.T, dir string) []string {
+	t.Helper()
+	m, err := filepath.Glob(filepath.Join(dir, "log-*"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(m)
+	return m
+}
+
+func writeN(t *testing.T, dir string, n int) {
+	t.Helper()
+	l, _, _ := open(t, dir, seglog.Options{})
+	var tk store.Ticket
+	for i := 1; i <= n; i++ {
+		tk = l.Append(add(uint64(i), "q", int64(i), fmt.Sprint("payload-", i)))
+	}
+	if err := l.Wait(tk); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestTornTailDropped(t *testing.T) {
+	for _, cut := range []int{1, 5, 9, 20} {
+		t.Run(fmt.Sprint("cut", cut), func(t *testing.T) {
+			dir := t.TempDir()
+			writeN(t, dir, 10)
+			segs := segments(t, dir)
+			last := segs[len(segs)-1]
+			fi, err := os.Stat(last)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Truncate(last, fi.Size()-int64(cut)); err != nil {
+				t.Fatal(err)
+			}
+			var events []string
+			_, got, meta := open(t, dir, seglog.Options{OnEvent: func(msg string, _ error, _ ...any) { events = append(events, msg) }})
+			if len(got) != 9 {
+				t.Errorf("%d tasks after a torn tail, want 9", len(got))
+			}
+			if _, ok := got[10]; ok {
+				t.Errorf("the torn task came back")
+			}
+			if len(meta.Warnings) != 1 || !strings.Contains(meta.Warnings[0], last) || len(events) != 1 {
+				t.Errorf("warnings %q, events %q: want one naming %s", meta.Warnings, events, last)
+			}
+		})
+	}
+}
+
+func TestGarbageTailDropped(t *testing.T) {
+	dir := t.TempDir()
+	writeN(t, dir, 10)
+	segs := segments(t, dir)
+	f, err := os.OpenFile(segs[len(segs)-1], os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write([]byte("\x10\x00\x00\x00garbage-garbage-garbage"))
+	f.Close()
+	_, got, meta := open(t, dir, seglog.Options{})
+	if len(got) != 10 || len(meta.Warnings) != 1 {
+		t.Fatalf("%d tasks, warnings %q", len(got), meta.Warnings)
+	}
+}
+
+func TestCorruptMiddleIsAnError(t *testing.T) {
+	dir := t.TempDir()
+	writeN(t, dir, 10)
+	writeN(t, dir, 0) // a second session: the first segment is no longer the newest
+	segs := segments(t, dir)
+	if len(segs) < 2 {
+		t.Fatalf("segments %v", segs)
+	}
+	b, err := os.ReadFile(segs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 0xff
+	if err := os.WriteFile(segs[0], b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	l, err := seglog.Open(dir, seglog.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	_, _, err = l.Load()
+	if !errors.Is(err, store.ErrCorrupt) || !strings.Contains(err.Error(), segs[0]) {
+		t.Fatalf("Load: %v; want ErrCorrupt naming %s", err, segs[0])
+	}
+}
+
+// tracker is a dumper over the tasks a test has appended.
+type tracker struct {
+	mu    sync.Mutex
+	tasks map[uint64]store.Task
+}
+
+func (tr *tracker) dump(emit func(*store.Task) error) error {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	for _, t := range tr.tasks {
+		if err := emit(&t); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// TestCompaction: with a small CompactMin, a long run of puts and deletes
+// keeps the directory small, and what is live survives a restart.
+func TestCompaction(t *testing.T) {
+	dir := t.TempDir()
+	opts := seglog.Options{CompactMin: 64 << 10, Fsync: seglog.FsyncNever, OnEvent: func(msg string, err error, a ...any) { t.Log(msg, err, a) }}
+	l, _, _ := open(t, dir, opts)
+	tr := &tracker{tasks: make(map[uint64]store.Task)}
+	l.SetDumper(tr.dump)
+	payload := strings.Repeat("x", 1000)
+	for i := uint64(1); i <= 5000; i++ {
+		op := add(i, "q", int64(i), payload)
+		tr.mu.Lock()
+		l.Append(op)
+		tr.tasks[i] = op.Task
+		tr.mu.Unlock()
+		if i%10 != 0 { // keep every tenth
+			tr.mu.Lock()
+			tk := l.Append(del(i))
+			delete(tr.tasks, i)
+			tr.mu.Unlock()
+			if err := l.Wait(tk); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	waitFor(t, func() bool { return dirSize(t, dir) < 2<<20 })
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	_, got, meta := open(t, dir, opts)
+	if len(got) != 500 || meta.MaxID != 5000 {
+		t.Fatalf("%d tasks, max id %d after compactions; want 500, 5000", len(got), meta.MaxID)
+	}
+	for id := range got {
+		if id%10 != 0 {
+			t.Fatalf("deleted task %d came back", id)
+		}
+	}
+}
+
+// TestDrainedGivesSpaceBack: once every task is deleted the log compacts
+// to almost nothing, and the next IDs stay above the old ones.
+func TestDrainedGivesSpaceBack(t *testing.T) {
+	dir := t.TempDir()
+	opts := seglog.Options{Fsync: seglog.FsyncNever, OnEvent: func(msg string, err error, a ...any) { t.Log(msg, err, a) }}
+	l, _, _ := open(t, dir, opts)
+	tr := &tracker{tasks: make(map[uint64]store.Task)}
+	l.SetDumper(tr.dump)
+	payload := strings.Repeat("x", 4096)
+	for i := uint64(1); i <= 2000; i++ {
+		l.Append(add(i, "q", int64(i), payload))
+	}
+	var tk store.Ticket
+	for i := uint64(1); i <= 2000; i++ {
+		tk = l.Append(del(i))
+	}
+	if err := l.Wait(tk); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return dirSize(t, dir) < 64<<10 })
+	l.Close()
+	_, got, meta := open(t, dir, opts)
+	if len(got) != 0 || meta.MaxID != 2000 {
+		t.Fatalf("%d tasks, max id %d; want 0, 2000", len(got), meta.MaxID)
+	}
+}
+
+func dirSize(t *testing.T, dir string) int64 {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int64
+	for _, e := range ents {
+		if fi, err := e.Info(); err == nil {
+			n += fi.Size()
+		}
+	}
+	return n
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 10s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestParseFsync(t *testing.T) {
+	for _, tt := range []struct {
+		in   string
+		mode seglog.FsyncMode
+		d    time.Duration
+		bad  bool
+	}{
+		{"always", seglog.FsyncAlways, 0, false},
+		{"never", seglog.FsyncNever, 0, false},
+		{"interval", seglog.FsyncInterval, seglog.DefaultInterval, false},
+		{"250ms", seglog.FsyncInterval, 250 * time.Millisecond, false},
+		{"0s", 0, 0, true},
+		{"sometimes", 0, 0, true},
+	} {
+		t.Run(tt.in, func(t *testing.T) {
+			mode, d, err := seglog.ParseFsync(tt.in)
+			if (err != nil) != tt.bad || !tt.bad && (mode != tt.mode || d != tt.d) {
+				t.Errorf("ParseFsync(%q) = %v, %v, %v", tt.in, mode, d, err)
+			}
+		})
+	}
+}

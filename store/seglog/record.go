@@ -1,0 +1,215 @@
+package seglog
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"time"
+
+	"github.com/qm-dev/qm/store"
+)
+
+// File headers: 8 magic bytes.
+const (
+	logMagic  = "QMLOG01\n"
+	snapMagic = "QMSNP01\n"
+	headerLen = 8
+)
+
+// recHeaderLen is the length and CRC in front of every record body.
+const recHeaderLen = 8
+
+// maxRecord bounds a record body, so that a corrupt length is never
+// allocated or trusted.
+const maxRecord = 1 << 30
+
+// kindMeta ends a snapshot: the highest ID and Seq and the task count.
+const kindMeta store.Kind = 100
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// Decoding errors.
+var (
+	errShort    = errors.New("truncated record")
+	errChecksum = errors.New("checksum mismatch")
+	errBadBody  = errors.New("malformed record")
+)
+
+// appendRecord appends op as a record to b.
+func appendRecord(b []byte, op *store.Op) []byte {
+	start := len(b)
+	b = append(b, 0, 0, 0, 0, 0, 0, 0, 0)
+	t := &op.Task
+	b = append(b, byte(op.Kind))
+	b = binary.AppendUvarint(b, t.ID)
+	switch op.Kind {
+	case store.Add, store.Move:
+		b = binary.AppendVarint(b, t.Seq)
+		b = binary.AppendUvarint(b, uint64(t.Attempts))
+		b = binary.AppendVarint(b, unixNano(t.Enqueued))
+		b = appendString(b, t.Queue)
+		b = appendString(b, t.ReplyTo)
+		b = appendString(b, t.LastError)
+		b = binary.AppendUvarint(b, uint64(len(t.Payload)))
+		b = append(b, t.Payload...)
+	case store.Delete:
+	case store.Attempts:
+		b = binary.AppendUvarint(b, uint64(t.Attempts))
+	case store.Requeue:
+		b = binary.AppendVarint(b, t.Seq)
+		b = binary.AppendUvarint(b, uint64(t.Attempts))
+		b = appendString(b, t.LastError)
+	case kindMeta: // ID is the max ID, Seq the max Seq, Attempts the count
+		b = binary.AppendVarint(b, t.Seq)
+		b = binary.AppendUvarint(b, uint64(t.Attempts))
+	default:
+		panic(fmt.Sprintf("seglog: append of op kind %v", op.Kind))
+	}
+	body := b[start+recHeaderLen:]
+	binary.LittleEndian.PutUint32(b[start:], uint32(len(body)))
+	binary.LittleEndian.PutUint32(b[start+4:], crc32.Checksum(body, castagnoli))
+	return b
+}
+
+func appendString(b []byte, s string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(s)))
+	return append(b, s...)
+}
+
+func unixNano(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+// decoder reads records from a buffer. Strings are interned; Payloads
+// alias the buffer.
+type decoder struct {
+	strs map[string]string
+}
+
+// decode reads the record at the start of b into op and returns its
+// length. The error is errShort if b ends inside the record, errChecksum
+// or errBadBody if it is damaged.
+func (d *decoder) decode(b []byte, op *store.Op) (int, error) {
+	if len(b) < recHeaderLen {
+		return 0, errShort
+	}
+	n := binary.LittleEndian.Uint32(b)
+	if n == 0 || n > maxRecord {
+		return 0, fmt.Errorf("%w: body length %d", errBadBody, n)
+	}
+	if uint64(len(b)-recHeaderLen) < uint64(n) {
+		return 0, errShort
+	}
+	body := b[recHeaderLen : recHeaderLen+int(n)]
+	if crc32.Checksum(body, castagnoli) != binary.LittleEndian.Uint32(b[4:]) {
+		return 0, errChecksum
+	}
+	if err := d.decodeBody(body, op); err != nil {
+		return 0, err
+	}
+	return recHeaderLen + int(n), nil
+}
+
+func (d *decoder) decodeBody(body []byte, op *store.Op) error {
+	r := reader{b: body[1:]}
+	*op = store.Op{Kind: store.Kind(body[0])}
+	t := &op.Task
+	t.ID = r.uvarint()
+	switch op.Kind {
+	case store.Add, store.Move:
+		t.Seq = r.varint()
+		t.Attempts = r.count()
+		if ns := r.varint(); ns != 0 {
+			t.Enqueued = time.Unix(0, ns)
+		}
+		t.Queue = d.intern(r.bytes())
+		t.ReplyTo = d.intern(r.bytes())
+		t.LastError = string(r.bytes())
+		t.Payload = r.bytes()
+	case store.Delete:
+	case store.Attempts:
+		t.Attempts = r.count()
+	case store.Requeue:
+		t.Seq = r.varint()
+		t.Attempts = r.count()
+		t.LastError = string(r.bytes())
+	case kindMeta:
+		t.Seq = r.varint()
+		t.Attempts = r.count()
+	default:
+		return fmt.Errorf("%w: unknown kind %d", errBadBody, body[0])
+	}
+	if r.err {
+		return fmt.Errorf("%w: %v record ends early", errBadBody, op.Kind)
+	}
+	if len(r.b) != 0 {
+		return fmt.Errorf("%w: %d bytes after a %v record", errBadBody, len(r.b), op.Kind)
+	}
+	return nil
+}
+
+// intern returns b as a string, one copy per distinct value.
+func (d *decoder) intern(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	if s, ok := d.strs[string(b)]; ok {
+		return s
+	}
+	if d.strs == nil {
+		d.strs = make(map[string]string)
+	}
+	s := string(b)
+	d.strs[s] = s
+	return s
+}
+
+// reader reads varint fields; err is set, and zeros returned, past the end.
+type reader struct {
+	b   []byte
+	err bool
+}
+
+func (r *reader) uvarint() uint64 {
+	v, n := binary.Uvarint(r.b)
+	if n <= 0 {
+		r.err, r.b = true, nil
+		return 0
+	}
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *reader) varint() int64 {
+	v, n := binary.Varint(r.b)
+	if n <= 0 {
+		r.err, r.b = true, nil
+		return 0
+	}
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *reader) count() int {
+	v := r.uvarint()
+	if v > 1<<31 {
+		r.err = true
+		return 0
+	}
+	return int(v)
+}
+
+func (r *reader) bytes() []byte {
+	n := r.uvarint()
+	if n > uint64(len(r.b)) {
+		r.err, r.b = true, nil
+		return nil
+	}
+	v := r.b[:n:n]
+	r.b = r.b[n:]
+	return v
+}

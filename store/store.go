@@ -1,0 +1,116 @@
+package store
+
+import (
+	"strconv"
+	"time"
+)
+
+// Kind is the kind of an Op.
+type Kind uint8
+
+// The kinds of Op. Which Task fields each one uses is noted; the others
+// are ignored.
+const (
+	// Add stores a new task: every field.
+	Add Kind = iota + 1
+	// Delete removes a task for good (ack, get without ack, purge, delete
+	// of its queue): ID.
+	Delete
+	// Attempts records a delivery: ID, Attempts.
+	Attempts
+	// Requeue moves a task within its queue (a failed attempt or an undone
+	// get goes back to the front): ID, Seq, Attempts, LastError.
+	Requeue
+	// Move stores a task again, whole, in another queue (its dead-letter
+	// queue), under the same ID: every field. It carries the whole task,
+	// not only the new queue, so that replaying it never depends on an
+	// earlier record.
+	Move
+)
+
+func (k Kind) String() string {
+	switch k {
+	case Add:
+		return "add"
+	case Delete:
+		return "delete"
+	case Attempts:
+		return "attempts"
+	case Requeue:
+		return "requeue"
+	case Move:
+		return "move"
+	}
+	return "kind(" + strconv.Itoa(int(k)) + ")"
+}
+
+// Task is a task as the store keeps it.
+type Task struct {
+	ID        uint64
+	Queue     string
+	Seq       int64 // order within Queue: lower is nearer the front
+	Payload   []byte
+	ReplyTo   string
+	Attempts  int
+	LastError string
+	Enqueued  time.Time
+}
+
+// Op is one change to the stored tasks.
+type Op struct {
+	Kind Kind
+	Task Task
+}
+
+// Ticket identifies a position in a store's stream of ops: everything
+// appended up to and including the Append that returned it.
+type Ticket uint64
+
+// Meta is what Load found besides the tasks.
+type Meta struct {
+	// MaxID is the highest task ID ever stored; new IDs must be above it.
+	MaxID uint64
+	// MaxSeq is the highest Seq ever stored; new back-of-queue Seqs must be
+	// above it.
+	MaxSeq int64
+	// Tasks is how many live tasks Load returned.
+	Tasks int
+	// Warnings says what recovery dropped (a torn tail), for the log.
+	Warnings []string
+}
+
+// Dumper writes every live task through emit, with its current Seq and
+// Attempts. A store calls it from its own goroutine to write a snapshot;
+// it must take the same locks as the changes it reports, so that each
+// task it emits is in a state that an Append has described (or will
+// describe after the snapshot started).
+type Dumper func(emit func(*Task) error) error
+
+// Store keeps the queue manager's tasks durable.
+//
+// Append is called with queue locks held: it must not wait for I/O. Its
+// ops are applied, on Load, in the order of the Append calls. Wait is
+// called with no lock held and returns once everything up to the ticket
+// is as durable as the store promises (for the segment log: written to
+// the kernel, and fsynced if so configured).
+type Store interface {
+	// Load returns every live task, in no particular order, and what else
+	// it found. It is called once, before any Append. The caller may keep
+	// the Tasks and their Payloads.
+	Load() (Meta, []Task, error)
+	// Writable reports why a put would not be stored now (ErrDiskFull, a
+	// write error), or nil. The queues refuse puts while it is not nil;
+	// other changes are still appended and stored when the store recovers.
+	Writable() error
+	// Append records ops, in order, and returns a ticket for Wait. It does
+	// not keep ops or their Payloads past the call.
+	Append(ops ...Op) Ticket
+	// Wait blocks until every op up to t is durable, or returns the error
+	// that keeps it from being so for now.
+	Wait(t Ticket) error
+	// SetDumper gives the store the function that dumps the live tasks,
+	// for compaction. It is called after Load.
+	SetDumper(d Dumper)
+	// Close writes and syncs what is pending and releases the store.
+	Close() error
+}
