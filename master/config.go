@@ -34,6 +34,10 @@ type Config struct {
 	// answering is dropped (and its leases requeued) after about this long.
 	// Default 10s.
 	KeepAliveInterval time.Duration
+	// PyTypeIDs maps the typeid a Python BaseManager client registered
+	// (e.g. "get_task_queue") to the queue it serves. A typeid not listed
+	// of the form get_<name>_queue serves queue <name>.
+	PyTypeIDs map[string]string
 	// DataDir, if not empty, keeps the queues durable in this directory
 	// (see package store/seglog); empty keeps them in memory only.
 	DataDir string
@@ -64,6 +68,14 @@ func (c *Config) Validate() error {
 		return errors.New("KeepAliveInterval must not be negative")
 	case c.FsyncInterval < 0:
 		return errors.New("FsyncInterval must not be negative")
+	}
+	for typeid, q := range c.PyTypeIDs {
+		if typeid == "" {
+			return errors.New("PyTypeIDs: empty typeid")
+		}
+		if err := queue.CheckName(q); err != nil {
+			return fmt.Errorf("PyTypeIDs: typeid %q: queue %q: %w", typeid, q, err)
+		}
 	}
 	return nil
 }

@@ -237,7 +237,7 @@ func (c *clientConn) roleName() string {
 func (c *clientConn) info() (wire.ClientInfo, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.closed || c.sess == nil {
+	if c.closed || c.sess == nil && c.role != pyRole {
 		return wire.ClientInfo{}, false
 	}
 	return wire.ClientInfo{

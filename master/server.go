@@ -39,6 +39,8 @@ type Server struct {
 	// resultQueues maps a task queue to the result queue its workers last
 	// named, where a dead task without a ReplyTo gets its error result.
 	resultQueues sync.Map
+
+	py pyShared // state of Python manager clients (python.go)
 }
 
 // New returns a Server for cfg.

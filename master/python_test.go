@@ -1,0 +1,578 @@
+package master_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/qm-dev/qm/internal/qmtest"
+	"github.com/qm-dev/qm/master"
+	"github.com/qm-dev/qm/wire"
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// pyPrelude connects a classic BaseManager client to the master at
+// sys.argv[1] with the key sys.argv[2]; task and result are the proxies
+// of queues "task" and "result".
+const pyPrelude = `
+import os, queue, sys, threading, time
+from multiprocessing import AuthenticationError
+from multiprocessing.managers import BaseManager, RemoteError
+class QueueManager(BaseManager): pass
+QueueManager.register('get_task_queue')
+QueueManager.register('get_result_queue')
+host, port = sys.argv[1].rsplit(':', 1)
+ADDR, KEY = (host, int(port)), sys.argv[2].encode()
+def manager():
+    m = QueueManager(address=ADDR, authkey=KEY)
+    m.connect()
+    return m
+`
+
+const pyTimeout = 60 * time.Second
+
+// forEachPython runs f, in parallel, once per interpreter, each against
+// a master of its own started with cfg.
+func forEachPython(t *testing.T, cfg master.Config, f func(t *testing.T, py qmtest.Python, addr string)) {
+	t.Helper()
+	for _, py := range qmtest.Pythons(t) {
+		t.Run(py.String(), func(t *testing.T) {
+			t.Parallel()
+			addr, _ := qmtest.StartMaster(t, cfg)
+			f(t, py, addr)
+		})
+	}
+}
+
+func runPy(t *testing.T, py qmtest.Python, addr, script string, args ...string) string {
+	t.Helper()
+	return py.Run(t, pyTimeout, pyPrelude+script, append([]string{addr, string(qmtest.Authkey)}, args...)...)
+}
+
+func putInts(t *testing.T, c *wire.Client, q string, n int, opts wire.PutOptions) []uint64 {
+	t.Helper()
+	items := make([]any, n)
+	for i := range items {
+		items[i] = i + 1
+	}
+	ids, err := c.Put(context.Background(), q, items, opts)
+	if err != nil {
+		t.Fatalf("put: %v", err)
+	}
+	return ids
+}
+
+// getValues takes n tasks from q for good and returns their values.
+func getValues(t *testing.T, c *wire.Client, q string, n int) []any {
+	t.Helper()
+	var out []any
+	for len(out) < n {
+		ts, err := c.Get(context.Background(), q, wire.GetOptions{Max: n - len(out), Timeout: 5 * time.Second, NoAck: true})
+		if err != nil {
+			t.Fatalf("get %s: %v", q, err)
+		}
+		if len(ts) == 0 {
+			t.Fatalf("get %s: %d of %d values, then nothing", q, len(out), n)
+		}
+		for _, task := range ts {
+			v, err := task.Value()
+			if err != nil {
+				t.Fatalf("value of task %d: %v", task.ID, err)
+			}
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+func stats(t *testing.T, c *wire.Client, q string) wire.QueueStats {
+	t.Helper()
+	st, err := c.Stats(context.Background(), q)
+	if err != nil || len(st) != 1 {
+		t.Fatalf("stats %s: %v, %v", q, st, err)
+	}
+	return st[0]
+}
+
+// TestPythonWorkerLoop: the classic worker squares what a Go producer put.
+func TestPythonWorkerLoop(t *testing.T) {
+	forEachPython(t, master.Config{}, func(t *testing.T, py qmtest.Python, addr string) {
+		c := qmtest.Dial(t, addr, "producer")
+		putInts(t, c, "task", 20, wire.PutOptions{})
+		out := runPy(t, py, addr, `
+m = manager()
+task = m.get_task_queue(); result = m.get_result_queue()
+done = 0
+while True:
+    try:
+        n = task.get(timeout=0.5)
+    except queue.Empty:
+        break
+    result.put(n * n)
+    done += 1
+print(done)
+`)
+		if strings.TrimSpace(out) != "20" {
+			t.Fatalf("python handled %q tasks, want 20", out)
+		}
+		got := getValues(t, c, "result", 20)
+		for i, v := range got {
+			if want := int64((i + 1) * (i + 1)); v != want {
+				t.Fatalf("result %d = %v, want %d", i, v, want)
+			}
+		}
+		if st := stats(t, c, "task"); st.Ready != 0 || st.Leased != 0 || st.Done != 20 {
+			t.Errorf("task queue after the run: %+v", st)
+		}
+	})
+}
+
+// TestPythonGetTimeout: an empty queue raises queue.Empty after the
+// timeout, at once for get_nowait and get(False); a negative timeout is
+// a ValueError, as with a Python master.
+func TestPythonGetTimeout(t *testing.T) {
+	forEachPython(t, master.Config{}, func(t *testing.T, py qmtest.Python, addr string) {
+		out := runPy(t, py, addr, `
+m = manager()
+task = m.get_task_queue()
+def check(name, f, lo, hi, exc=queue.Empty):
+    t0 = time.monotonic()
+    try:
+        f()
+    except exc as e:
+        d = time.monotonic() - t0
+        assert type(e) is exc, (name, type(e))
+        assert lo <= d < hi, (name, d)
+        print(name, 'ok')
+    else:
+        print(name, 'no exception')
+check('timeout', lambda: task.get(timeout=0.3), 0.29, 3)
+check('kw block', lambda: task.get(block=True, timeout=0.1), 0.09, 3)
+check('nowait', task.get_nowait, 0, 1)
+check('noblock', lambda: task.get(False), 0, 1)
+check('negative', lambda: task.get(timeout=-1), 0, 1, ValueError)
+print(task.qsize(), task.empty(), task.full())
+`)
+		want := "timeout ok\nkw block ok\nnowait ok\nnoblock ok\nnegative ok\n0 True False\n"
+		if out != want {
+			t.Fatalf("python printed\n%s\nwant\n%s", out, want)
+		}
+	})
+}
+
+// TestPythonValues: every value type goes from Python to a Go client and
+// from a Go client to Python; what Go cannot carry stays exact between
+// Python clients.
+func TestPythonValues(t *testing.T) {
+	forEachPython(t, master.Config{}, func(t *testing.T, py qmtest.Python, addr string) {
+		c := qmtest.Dial(t, addr, "producer")
+		goValues := []any{
+			int64(0), int64(-1), int64(1 << 40), int64(math.MinInt64), uint64(math.MaxUint64), 1.5, "h\u00e9llo",
+			[]byte{0, 0xff}, true, false, nil, []any{int64(1), "a"}, []any{int64(1), []any{int64(2)}},
+			map[string]any{"k": int64(1 << 40), "n": map[string]any{"x": []any{nil}}},
+		}
+		if _, err := c.Put(context.Background(), "back", goValues, wire.PutOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		out := runPy(t, py, addr, `
+QueueManager.register('get_back_queue')
+QueueManager.register('get_py_queue')
+m = manager()
+task = m.get_task_queue(); back = m.get_back_queue()
+values = [0, -1, 2**40, -2**63, 2**64 - 1, 1.5, 'h\u00e9llo', b'\x00\xff', True, False, None,
+          (1, 'a'), [1, [2]], {'k': 2**40, 'n': {'x': [None]}}]
+for v in values:
+    task.put(v)
+for v in values:
+    got = back.get(timeout=5)
+    want = list(v) if isinstance(v, tuple) else v
+    assert got == want and type(got) is type(want), (got, want)
+# Between Python clients: dict keys of any hashable plain type, and sizes.
+exotic = [{1: 'one', (1, (2, b'x')): 'pair', None: 0, 1.5: True, '': ''}, 'x' * 100000, b'y' * 100000, [[[[]]]]]
+py = m.get_py_queue()
+for v in exotic:
+    py.put(v)
+    got = py.get(timeout=5)
+    assert got == v, (got, v)
+print('ok')
+`)
+		if strings.TrimSpace(out) != "ok" {
+			t.Fatalf("python: %s", out)
+		}
+		ts, err := c.Get(context.Background(), "task", wire.GetOptions{Max: len(goValues), Timeout: 5 * time.Second, NoAck: true})
+		if err != nil || len(ts) != len(goValues) {
+			t.Fatalf("get: %d tasks, %v", len(ts), err)
+		}
+		for i, task := range ts {
+			if goValues[i] == nil && len(task.Payload) == 0 {
+				// The master holds None as msgpack nil, but wire's client
+				// decodes a nil Payload as empty (as for any native nil).
+				continue
+			}
+			got, err := task.Value()
+			if err != nil {
+				t.Fatalf("value %d: %v", i, err)
+			}
+			want := goValues[i]
+			if b, ok := want.([]byte); ok {
+				// Sent as msgpack bin; wire.DecodeValue reads bin as a string.
+				if task.Payload[0] != 0xc4 {
+					t.Errorf("bytes sent as %x, want msgpack bin", task.Payload)
+				}
+				want = string(b)
+			}
+			if fmt.Sprintf("%#v", got) != fmt.Sprintf("%#v", want) {
+				t.Errorf("value %d from python = %#v, want %#v", i, got, want)
+			}
+		}
+	})
+}
+
+// TestPythonWrongAuthkey: AuthenticationError in Python; the master goes on.
+func TestPythonWrongAuthkey(t *testing.T) {
+	forEachPython(t, master.Config{}, func(t *testing.T, py qmtest.Python, addr string) {
+		out := py.Run(t, pyTimeout, pyPrelude+`
+try:
+    manager()
+except AuthenticationError as e:
+    print('AuthenticationError', e)
+`, addr, "wrong-key")
+		if !strings.HasPrefix(out, "AuthenticationError") {
+			t.Fatalf("python with a wrong key: %q", out)
+		}
+		if out := runPy(t, py, addr, "print(manager().get_task_queue().qsize())"); out != "0\n" {
+			t.Fatalf("python with the key: %q", out)
+		}
+	})
+}
+
+// TestPythonManyClients: processes of several threads each (a connection
+// per thread) drain one queue together; every task is taken once.
+func TestPythonManyClients(t *testing.T) {
+	forEachPython(t, master.Config{}, func(t *testing.T, py qmtest.Python, addr string) {
+		c := qmtest.Dial(t, addr, "producer")
+		const n = 300
+		putInts(t, c, "task", n, wire.PutOptions{})
+		const script = `
+m = manager()
+task = m.get_task_queue(); result = m.get_result_queue()
+counts = []
+def work():
+    k = 0
+    while True:
+        try:
+            x = task.get(timeout=0.5)
+        except queue.Empty:
+            break
+        result.put(x)
+        k += 1
+    counts.append(k)
+ts = [threading.Thread(target=work) for _ in range(4)]
+for th in ts: th.start()
+for th in ts: th.join()
+print(sum(counts))
+`
+		outs := make(chan string, 3)
+		for range 3 {
+			go func() {
+				cmd := py.Command(t, pyTimeout, pyPrelude+script, addr, string(qmtest.Authkey))
+				b, err := cmd.CombinedOutput()
+				if err != nil {
+					b = fmt.Appendf(b, "\n%v", err)
+				}
+				outs <- string(b)
+			}()
+		}
+		total := 0
+		for range 3 {
+			out := <-outs
+			var k int
+			if _, err := fmt.Sscan(out, &k); err != nil {
+				t.Fatalf("python: %s", out)
+			}
+			total += k
+		}
+		if total != n {
+			t.Fatalf("python processes took %d tasks, want %d", total, n)
+		}
+		got := getValues(t, c, "result", n)
+		seen := map[any]bool{}
+		for _, v := range got {
+			if seen[v] {
+				t.Fatalf("task %v delivered twice", v)
+			}
+			seen[v] = true
+		}
+	})
+}
+
+// TestPythonRefusesCode: a value whose unpickling would run a command is
+// refused with a clear error, the command never runs, and the connection
+// serves on. So is such a pickle in place of a whole request.
+func TestPythonRefusesCode(t *testing.T) {
+	forEachPython(t, master.Config{}, func(t *testing.T, py qmtest.Python, addr string) {
+		marker := filepath.Join(t.TempDir(), "pwned")
+		out := runPy(t, py, addr, `
+from multiprocessing.connection import Client
+class Evil:
+    def __reduce__(self):
+        return (os.system, ('touch ' + sys.argv[3],))
+m = manager()
+task = m.get_task_queue()
+try:
+    task.put(Evil())
+except RemoteError as e:
+    print('refused:', 'refused pickle' in str(e), 'system' in str(e))
+task.put(7)
+print(task.get(timeout=5))
+c = Client(ADDR, authkey=KEY)
+c.send(Evil())
+kind, text = c.recv()
+print(kind, 'refused pickle' in text)
+c.send((None, 'dummy', (), {}))
+print(c.recv())
+`, marker)
+		want := "refused: True True\n7\n#TRACEBACK True\n('#RETURN', None)\n"
+		if out != want {
+			t.Errorf("python printed\n%s\nwant\n%s", out, want)
+		}
+		if _, err := os.Stat(marker); !os.IsNotExist(err) {
+			t.Fatalf("the refused pickle's command ran: %v", err)
+		}
+	})
+}
+
+// TestPythonTypeids: get_<name>_queue serves <name>, PyTypeIDs maps any
+// typeid, and an unknown typeid raises RemoteError naming a KeyError.
+func TestPythonTypeids(t *testing.T) {
+	cfg := master.Config{PyTypeIDs: map[string]string{"get_task_queue": "tasks", "jobs": "job-queue"}}
+	forEachPython(t, cfg, func(t *testing.T, py qmtest.Python, addr string) {
+		out := runPy(t, py, addr, `
+QueueManager.register('jobs')
+QueueManager.register('get_other_queue')
+QueueManager.register('bogus')
+m = manager()
+m.get_task_queue().put('to tasks')
+m.jobs().put('to job-queue')
+m.get_other_queue().put('to other')
+try:
+    m.bogus()
+except RemoteError as e:
+    print("KeyError: 'bogus'" in str(e), '--py-typeid' in str(e))
+`)
+		if out != "True True\n" {
+			t.Fatalf("python: %q", out)
+		}
+		c := qmtest.Dial(t, addr, "producer")
+		for q, want := range map[string]string{"tasks": "to tasks", "job-queue": "to job-queue", "other": "to other"} {
+			if got := getValues(t, c, q, 1); got[0] != want {
+				t.Errorf("queue %s holds %v, want %q", q, got[0], want)
+			}
+		}
+	})
+}
+
+// TestPythonClientListed: a Python client shows in the client list while
+// connected, with role python and its process name.
+func TestPythonClientListed(t *testing.T) {
+	forEachPython(t, master.Config{}, func(t *testing.T, py qmtest.Python, addr string) {
+		c := qmtest.Dial(t, addr, "admin")
+		cmd := py.Command(t, pyTimeout, pyPrelude+`
+m = manager()
+task = m.get_task_queue()  # its thread's connection lives as long as a proxy does
+task.qsize()
+print('ready', flush=True)
+sys.stdin.read()
+`, addr, string(qmtest.Authkey))
+		stdin, err := cmd.StdinPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		if line, _ := bufio.NewReader(stdout).ReadString('\n'); line != "ready\n" {
+			t.Fatalf("python: %q", line)
+		}
+		pythons := func() []wire.ClientInfo {
+			cs, err := c.Clients(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			return slices.DeleteFunc(cs, func(ci wire.ClientInfo) bool { return ci.Role != "python" })
+		}
+		if ps := pythons(); len(ps) != 1 || ps[0].Name != "MainProcess" {
+			t.Fatalf("python clients listed: %+v", ps)
+		}
+		stdin.Close()
+		_, _ = io.Copy(io.Discard, stdout)
+		if err := cmd.Wait(); err != nil {
+			t.Fatal(err)
+		}
+		qmtest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+			if ps := pythons(); len(ps) != 0 {
+				return fmt.Errorf("still listed after python exited: %+v", ps)
+			}
+			return nil
+		})
+	})
+}
+
+// TestPythonBlockedGetEndsWithClient: a get blocked without a timeout
+// stops waiting when its Python process dies, and takes no later task.
+func TestPythonBlockedGetEndsWithClient(t *testing.T) {
+	forEachPython(t, master.Config{}, func(t *testing.T, py qmtest.Python, addr string) {
+		c := qmtest.Dial(t, addr, "producer")
+		cmd := py.Command(t, pyTimeout, pyPrelude+"manager().get_task_queue().get()", addr, string(qmtest.Authkey))
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		qmtest.CheckFor(t, 20*time.Second, 10*time.Millisecond, func() error {
+			if st, err := c.Stats(context.Background(), "task"); err != nil || len(st) != 1 || st[0].Consumers != 1 {
+				return fmt.Errorf("no blocked get: %+v, %v", st, err)
+			}
+			return nil
+		})
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		qmtest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+			if st := stats(t, c, "task"); st.Consumers != 0 {
+				return fmt.Errorf("get still blocked after python died: %+v", st)
+			}
+			return nil
+		})
+		putInts(t, c, "task", 1, wire.PutOptions{})
+		if got := getValues(t, c, "task", 1); got[0] != int64(1) {
+			t.Fatalf("got %v", got)
+		}
+	})
+}
+
+// TestPythonResultsToReplyTo: a Python worker's put after taking a task
+// that names a reply queue publishes that task's result there, as a
+// wire.Result, so a producer such as qmaster map gets it.
+func TestPythonResultsToReplyTo(t *testing.T) {
+	forEachPython(t, master.Config{}, func(t *testing.T, py qmtest.Python, addr string) {
+		c := qmtest.Dial(t, addr, "producer")
+		ids := putInts(t, c, "task", 5, wire.PutOptions{ReplyTo: "replies"})
+		runPy(t, py, addr, `
+m = manager()
+task = m.get_task_queue(); result = m.get_result_queue()
+for _ in range(5):
+    n = task.get(timeout=5)
+    result.put(n * n)
+`)
+		ts, err := c.Get(context.Background(), "replies", wire.GetOptions{Max: 5, Timeout: 5 * time.Second, NoAck: true})
+		if err != nil || len(ts) != 5 {
+			t.Fatalf("replies: %d, %v", len(ts), err)
+		}
+		for i, task := range ts {
+			r, err := wire.DecodeResult(task.Payload)
+			if err != nil {
+				t.Fatal(err)
+			}
+			v, err := wire.DecodeValue(r.Value)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := int64((i + 1) * (i + 1))
+			if r.TaskID != ids[i] || v != want || r.Attempt != 1 || !strings.HasPrefix(r.Worker, "MainProcess@127.0.0.1:") || r.Error != "" {
+				t.Errorf("result %d = %+v value %v; want task %d value %d", i, r, v, ids[i], want)
+			}
+		}
+		if st := stats(t, c, "result"); st.Ready != 0 {
+			t.Errorf("results also went to the queue named by the put: %+v", st)
+		}
+	})
+}
+
+// TestPythonReadsWorkerResults: results published by native workers reach
+// a Python client as their values; a failed one raises RemoteError.
+func TestPythonReadsWorkerResults(t *testing.T) {
+	forEachPython(t, master.Config{}, func(t *testing.T, py qmtest.Python, addr string) {
+		c := qmtest.Dial(t, addr, "producer")
+		ok, _ := wire.Encode(wire.Result{TaskID: 1, Worker: "w1", Attempt: 1, Value: []byte{0x31}})
+		failed, _ := wire.Encode(wire.Result{TaskID: 2, Worker: "w1", Attempt: 3, Error: "failed after 3 attempts: boom"})
+		lookalike, _ := wire.Encode(map[string]any{"task_id": 3, "worker": "w", "value": 1}) // no attempt
+		if _, err := c.PutRaw(context.Background(), "result", []msgpack.RawMessage{ok, failed, lookalike}, wire.PutOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		out := runPy(t, py, addr, `
+result = manager().get_result_queue()
+print(result.get(timeout=5))
+try:
+    result.get(timeout=5)
+except RemoteError as e:
+    print('RemoteError', 'task 2 failed' in str(e), 'boom' in str(e))
+print(sorted(result.get(timeout=5).items()))
+`)
+		want := "49\nRemoteError True True\n[('task_id', 3), ('value', 1), ('worker', 'w')]\n"
+		if out != want {
+			t.Fatalf("python printed\n%s\nwant\n%s", out, want)
+		}
+	})
+}
+
+// TestPythonTaskDoneJoin: join waits for every task to be taken and
+// marked done; task_done once too often is a ValueError.
+func TestPythonTaskDoneJoin(t *testing.T) {
+	forEachPython(t, master.Config{}, func(t *testing.T, py qmtest.Python, addr string) {
+		out := runPy(t, py, addr, `
+m = manager()
+task = m.get_task_queue()
+for i in range(3):
+    task.put(i)
+done = []
+def work():
+    t = m.get_task_queue()
+    for _ in range(3):
+        t.get(timeout=5)
+        time.sleep(0.1)
+        done.append(1)
+        t.task_done()
+th = threading.Thread(target=work); th.start()
+task.join()
+print(len(done))
+th.join()
+try:
+    task.task_done()
+except ValueError as e:
+    print('ValueError', e)
+`)
+		if out != "3\nValueError task_done() called too many times\n" {
+			t.Fatalf("python: %q", out)
+		}
+	})
+}
+
+// TestPythonFullQueue: a put to a full queue raises queue.Full.
+func TestPythonFullQueue(t *testing.T) {
+	forEachPython(t, master.Config{MaxQueueLen: 1}, func(t *testing.T, py qmtest.Python, addr string) {
+		out := runPy(t, py, addr, `
+task = manager().get_task_queue()
+task.put(1)
+print(task.full())
+for f in (lambda: task.put_nowait(2), lambda: task.put(2, timeout=0.1), lambda: task.put(2, False)):
+    try:
+        f()
+    except queue.Full as e:
+        print(type(e) is queue.Full)
+print(task.get(), task.full())
+`)
+		if out != "True\nTrue\nTrue\nTrue\n1 False\n" {
+			t.Fatalf("python: %q", out)
+		}
+	})
+}

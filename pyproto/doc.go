@@ -1,0 +1,17 @@
+// Package pyproto speaks the parts of Python's multiprocessing.managers
+// protocol that the classic distributed-queue pattern uses: requests and
+// replies carried as pickles, and the conversion of their values to and
+// from the msgpack payloads qm queues hold.
+//
+// Unpickle is a restricted decoder for plain data only: None, bool, int
+// (64 bits), float, str, bytes, tuple, list and dict. It never imports,
+// looks up or calls anything: a pickle that names a global or applies a
+// callable (GLOBAL, STACK_GLOBAL, REDUCE, BUILD, INST, OBJ, NEWOBJ, EXT,
+// PERSID...) is refused with ErrUnsafePickle before any of it is acted on.
+// The encoder writes replies, including the few exception instances a
+// manager returns (queue.Empty, queue.Full, ValueError) as a global plus
+// REDUCE, which the Python client unpickles.
+//
+// The package knows nothing of queues or connections; master/python.go
+// serves the protocol with it. Framing and authentication are in auth.
+package pyproto

@@ -1,0 +1,36 @@
+package pyproto
+
+import "errors"
+
+var (
+	// ErrBadPickle is returned for input that is not a well-formed pickle:
+	// truncated, an unknown opcode, a stack underflow, a memo miss.
+	ErrBadPickle = errors.New("malformed pickle")
+
+	// ErrUnsafePickle is returned for a pickle that names a global, applies
+	// a callable or refers to external objects. Such opcodes are refused
+	// as soon as they are read; nothing they name is looked up or run.
+	ErrUnsafePickle = errors.New("refused pickle: it would import or call code, and only plain values are accepted " +
+		"(None, bool, int, float, str, bytes, tuple, list, dict)")
+
+	// ErrUnsupported is returned for a value that is well formed and safe
+	// but has no msgpack counterpart: a set, an int beyond 64 bits, an
+	// out-of-band buffer, a msgpack extension type.
+	ErrUnsupported = errors.New("unsupported value")
+
+	// ErrTooDeep is returned when containers nest deeper than MaxDepth, or
+	// refer to themselves.
+	ErrTooDeep = errors.New("value nested too deeply")
+
+	// ErrTooLarge is returned when a converted value would exceed the size
+	// limit given by the caller.
+	ErrTooLarge = errors.New("value too large")
+
+	// ErrBadMsgpack is returned for a payload that is not one well-formed
+	// msgpack value.
+	ErrBadMsgpack = errors.New("malformed msgpack")
+
+	// ErrBadRequest is returned for a pickle that is not a manager request
+	// (ident, methodname, args, kwds).
+	ErrBadRequest = errors.New("not a manager request")
+)

@@ -1,0 +1,148 @@
+package pyproto_test
+
+import (
+	"bytes"
+	"encoding/hex"
+	"math"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/qm-dev/qm/internal/qmtest"
+	"github.com/qm-dev/qm/pyproto"
+	"github.com/qm-dev/qm/wire"
+)
+
+func mp(t *testing.T, v any) pyproto.Msgpack {
+	t.Helper()
+	b, err := wire.Encode(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pyproto.Msgpack(b)
+}
+
+func toMsgpack(t *testing.T, v any) pyproto.Msgpack {
+	t.Helper()
+	b, err := pyproto.ToMsgpack(v, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pyproto.Msgpack(b)
+}
+
+// pickleCases are replies the master writes, with Python's repr of them.
+func pickleCases(t *testing.T) []struct {
+	v    any
+	repr string
+} {
+	return []struct {
+		v    any
+		repr string
+	}{
+		{pyproto.Tuple{pyproto.KindReturn, nil}, "('#RETURN', None)"},
+		{pyproto.Tuple{pyproto.KindError, pyproto.Empty}, "('#ERROR', Empty())"},
+		{pyproto.Tuple{pyproto.KindError, pyproto.Full}, "('#ERROR', Full())"},
+		{pyproto.Tuple{pyproto.KindError, pyproto.ValueError("task_done() called too many times")}, "('#ERROR', ValueError('task_done() called too many times'))"},
+		{pyproto.Tuple{pyproto.KindTraceback, "KeyError: 'x'\n"}, `('#TRACEBACK', "KeyError: 'x'\n")`},
+		{pyproto.Tuple{"qm-queue:task", pyproto.Tuple{"empty", "full", "get", "get_nowait", "join"}}, "('qm-queue:task', ('empty', 'full', 'get', 'get_nowait', 'join'))"},
+		{pyproto.Tuple{int64(0), int64(255), int64(256), int64(65536), int64(-1), int64(math.MinInt32), int64(1 << 40), int64(-1 << 40), int64(math.MinInt64), uint64(math.MaxUint64)},
+			"(0, 255, 256, 65536, -1, -2147483648, 1099511627776, -1099511627776, -9223372036854775808, 18446744073709551615)"},
+		{[]any{1.5, true, false, "h\u00e9", []byte{0, 0xff}, strings.Repeat("a", 3)}, "[1.5, True, False, 'hé', b'\\x00\\xff', 'aaa']"},
+		{mp(t, []any{int64(1), "x", []byte("y"), nil, true, 2.5, []any{}, map[string]any{}}), "[1, 'x', b'y', None, True, 2.5, [], {}]"},
+		{mp(t, map[string]any{"k": int64(1 << 40)}), "{'k': 1099511627776}"},
+		{mp(t, uint64(math.MaxUint64)), "18446744073709551615"},
+		{mp(t, float32(1.5)), "1.5"},
+		{toMsgpack(t, D(int64(1), "one", T(int64(1), T(int64(2))), "pair", "s", L(T()))), "{1: 'one', (1, (2,)): 'pair', 's': [[]]}"},
+		{pyproto.Msgpack(append(bytes.Repeat([]byte{0x91}, 49), 0x90)), strings.Repeat("[", 50) + strings.Repeat("]", 50)},
+		{strings.Repeat("s", 70000), "70000"},
+		{bytes.Repeat([]byte("b"), 300), "300"},
+	}
+}
+
+// TestPickleLoadsInPython: every interpreter reads the master's replies
+// as the values meant.
+func TestPickleLoadsInPython(t *testing.T) {
+	cases := pickleCases(t)
+	var in strings.Builder
+	for _, c := range cases {
+		b, err := pyproto.Pickle(c.v)
+		if err != nil {
+			t.Fatalf("Pickle(%v): %v", c.repr, err)
+		}
+		in.WriteString(hex.EncodeToString(b) + "\n")
+	}
+	const script = `
+import pickle, sys
+for line in sys.stdin:
+    v = pickle.loads(bytes.fromhex(line.strip()))
+    print(len(v) if isinstance(v, (str, bytes)) and len(v) > 256 else repr(v))
+`
+	for _, py := range qmtest.Pythons(t) {
+		t.Run(py.String(), func(t *testing.T) {
+			cmd := py.Command(t, 30*time.Second, script)
+			cmd.Stdin = strings.NewReader(in.String())
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Fatalf("%v: %s", err, out)
+			}
+			got := strings.Split(strings.TrimSuffix(string(out), "\n"), "\n")
+			if len(got) != len(cases) {
+				t.Fatalf("%d lines, want %d:\n%s", len(got), len(cases), out)
+			}
+			for i, c := range cases {
+				if got[i] != c.repr {
+					t.Errorf("case %d: python read %s, want %s", i, got[i], c.repr)
+				}
+			}
+		})
+	}
+}
+
+func TestPickleRefuses(t *testing.T) {
+	for name, v := range map[string]any{
+		"other global":    pyproto.Exception{Module: "os", Name: "system", Args: []any{"id"}},
+		"newline global":  pyproto.Exception{Module: "builtins", Name: "ValueError\nos"},
+		"msgpack ext":     pyproto.Msgpack{0xd4, 0x01, 0x00},
+		"msgpack map key": pyproto.Msgpack{0x81, 0x80, 0x01},
+		"msgpack bad":     pyproto.Msgpack{0xc1},
+		"msgpack trailer": pyproto.Msgpack{0x01, 0x02},
+		"msgpack short":   pyproto.Msgpack{0x92, 0x01},
+		"msgpack liar":    pyproto.Msgpack{0xdd, 0xff, 0xff, 0xff, 0xff},
+		"msgpack deep":    pyproto.Msgpack(bytes.Repeat([]byte{0x91}, 200)),
+		"go type":         struct{}{},
+	} {
+		if b, err := pyproto.Pickle(v); err == nil {
+			t.Errorf("%s: Pickle = %x, want an error", name, b)
+		}
+	}
+}
+
+// TestToMsgpackReadByGo: what Python sends reaches Go clients as the
+// values they expect.
+func TestToMsgpackReadByGo(t *testing.T) {
+	v := D("i", int64(-5), "u", uint64(math.MaxUint64), "f", 1.5, "s", "x", "b", []byte{1}, "n", nil,
+		"t", T(int64(1), "a"), "l", L(true, false), "d", D("k", L()))
+	b, err := pyproto.ToMsgpack(v, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(b, []byte{0xa1, 'b', 0xc4, 1, 1}) {
+		t.Errorf("bytes not sent as msgpack bin: %x", b)
+	}
+	got, err := wire.DecodeValue(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]any{
+		// wire.DecodeValue (msgpack's loose decoding) gives bin as a string.
+		"i": int64(-5), "u": uint64(math.MaxUint64), "f": 1.5, "s": "x", "b": "\x01", "n": nil,
+		"t": []any{int64(1), "a"}, "l": []any{true, false}, "d": map[string]any{"k": []any{}},
+	}
+	if show(got) != show(want) || len(got.(map[string]any)) != len(want) {
+		t.Fatalf("Go read %#v, want %#v", got, want)
+	}
+	if _, err := pyproto.ToMsgpack(L(strings.Repeat("x", 100)), 50); err == nil {
+		t.Fatal("ToMsgpack past its limit succeeded")
+	}
+}

@@ -1,0 +1,135 @@
+package pyproto
+
+import (
+	"fmt"
+	"math"
+	"strconv"
+)
+
+// MaxDepth bounds how deeply containers may nest in a value converted to
+// or from msgpack. Python's own pickler stops near its recursion limit of
+// 1000; qm's msgpack decoders stop at 100.
+const MaxDepth = 100
+
+// Values decoded by Unpickle and accepted by the encoder are nil, bool,
+// int64, uint64 (for ints above MaxInt64), float64, string, []byte, and
+// the containers below. Containers are pointers because a pickle may
+// refer to one container from several places, or from inside itself.
+
+// Tuple is a Python tuple.
+type Tuple []any
+
+// List is a Python list.
+type List struct {
+	Items []any
+}
+
+// Dict is a Python dict: its keys in insertion order, each with its value.
+type Dict struct {
+	Keys   []any
+	Values []any
+	index  map[string]int
+}
+
+// Set stores value under key, replacing the value of an equal key as a
+// Python dict does (1, 1.0 and True are one key). Unhashable keys (list,
+// dict) are refused.
+func (d *Dict) Set(key, value any) error {
+	h, err := hashKey(key, 0)
+	if err != nil {
+		return err
+	}
+	if d.index == nil {
+		d.index = make(map[string]int)
+	}
+	if i, ok := d.index[h]; ok {
+		d.Values[i] = value
+		return nil
+	}
+	d.index[h] = len(d.Keys)
+	d.Keys = append(d.Keys, key)
+	d.Values = append(d.Values, value)
+	return nil
+}
+
+// Get returns the value under key, if there is one.
+func (d *Dict) Get(key any) (any, bool) {
+	h, err := hashKey(key, 0)
+	if err != nil || d.index == nil {
+		return nil, false
+	}
+	i, ok := d.index[h]
+	if !ok {
+		return nil, false
+	}
+	return d.Values[i], true
+}
+
+// Len returns the number of keys.
+func (d *Dict) Len() int { return len(d.Keys) }
+
+// hashKey returns a string equal for keys Python takes as equal, or an
+// error for a key Python cannot hash.
+func hashKey(k any, depth int) (string, error) {
+	if depth > MaxDepth {
+		return "", ErrTooDeep
+	}
+	switch x := k.(type) {
+	case nil:
+		return "N", nil
+	case bool:
+		if x {
+			return "i1", nil
+		}
+		return "i0", nil
+	case int64:
+		return "i" + strconv.FormatInt(x, 10), nil
+	case uint64:
+		return "i" + strconv.FormatUint(x, 10), nil
+	case float64:
+		if x == math.Trunc(x) && math.Abs(x) < 1<<63 {
+			return "i" + strconv.FormatInt(int64(x), 10), nil
+		}
+		return "f" + strconv.FormatUint(math.Float64bits(x), 16), nil
+	case string:
+		return "s" + strconv.Itoa(len(x)) + ":" + x, nil
+	case []byte:
+		return "b" + strconv.Itoa(len(x)) + ":" + string(x), nil
+	case Tuple:
+		h := "t" + strconv.Itoa(len(x)) + "("
+		for _, e := range x {
+			eh, err := hashKey(e, depth+1)
+			if err != nil {
+				return "", err
+			}
+			h += strconv.Itoa(len(eh)) + ":" + eh
+		}
+		return h + ")", nil
+	}
+	return "", fmt.Errorf("%w: unhashable dict key of type %s", ErrBadPickle, TypeName(k))
+}
+
+// TypeName names the Python type of a decoded value, for error messages.
+func TypeName(v any) string {
+	switch v.(type) {
+	case nil:
+		return "NoneType"
+	case bool:
+		return "bool"
+	case int64, uint64:
+		return "int"
+	case float64:
+		return "float"
+	case string:
+		return "str"
+	case []byte:
+		return "bytes"
+	case Tuple:
+		return "tuple"
+	case *List, []any:
+		return "list"
+	case *Dict, map[string]any:
+		return "dict"
+	}
+	return fmt.Sprintf("%T", v)
+}
