@@ -16,10 +16,12 @@ demo: build
 	bash scripts/demo.sh
 
 # What CI runs: formatting, vet, staticcheck, the race-enabled tests (fuzz
-# seed corpora included) and a few seconds of each fuzz target.
+# seed corpora included), a few seconds of each fuzz target, and a small
+# run of the benchmark comparison so that it cannot rot.
 test: lint
 	$(GO) test -race -count=1 ./...
 	$(MAKE) fuzz-smoke
+	$(MAKE) bench-smoke
 
 lint:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

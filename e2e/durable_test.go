@@ -19,24 +19,6 @@ import (
 	"github.com/qm-dev/qm/wire"
 )
 
-var (
-	dataDirOnce sync.Once
-	dataDirOK   bool
-)
-
-// needDataDir skips the test if this qmaster predates --data-dir (while
-// the flag waits to be wired into cmd/qmaster).
-func needDataDir(t *testing.T) {
-	t.Helper()
-	dataDirOnce.Do(func() {
-		out, _ := exec.Command(filepath.Join(binDir, "qmaster"), "--help").CombinedOutput()
-		dataDirOK = strings.Contains(string(out), "--data-dir")
-	})
-	if !dataDirOK {
-		t.Skip("qmaster has no --data-dir flag yet")
-	}
-}
-
 // dial connects a wire client to the master at addr.
 func dial(t *testing.T, addr, role string) *wire.Client {
 	t.Helper()
@@ -101,7 +83,6 @@ func killRounds(t *testing.T) int {
 // dead-letter queue) unless a worker sent an ack for it, and no task
 // whose ack the master acknowledged is there.
 func TestDurableKill9(t *testing.T) {
-	needDataDir(t)
 	dir := t.TempDir()
 	var (
 		mu        sync.Mutex
@@ -232,7 +213,6 @@ func putN(t *testing.T, addr string, n int) {
 // TestDurableTornTail: a log cut in the middle of its last record (a crash
 // mid-write) loses that record only; the master says what it dropped.
 func TestDurableTornTail(t *testing.T) {
-	needDataDir(t)
 	dir := t.TempDir()
 	m, addr := startMaster(t, "--data-dir", dir)
 	putN(t, addr, 100)
@@ -258,7 +238,6 @@ func TestDurableTornTail(t *testing.T) {
 // TestDurableCorruptMiddle: damage in a segment that is not the newest is
 // an error naming the file, and the master does not start.
 func TestDurableCorruptMiddle(t *testing.T) {
-	needDataDir(t)
 	dir := t.TempDir()
 	m, addr := startMaster(t, "--data-dir", dir)
 	putN(t, addr, 50)
@@ -282,7 +261,6 @@ func TestDurableCorruptMiddle(t *testing.T) {
 
 // TestDurableLocked: a second master on a held data dir is refused.
 func TestDurableLocked(t *testing.T) {
-	needDataDir(t)
 	dir := t.TempDir()
 	startMaster(t, "--data-dir", dir)
 	_, stderr, code := run(t, "", "--addr", "127.0.0.1:0", "--data-dir", dir)
@@ -309,7 +287,6 @@ func dirSize(t *testing.T, dir string) int64 {
 // TestDurableSpaceReclaim: the space of acked tasks is given back while
 // the master runs; a drained queue leaves almost nothing on disk.
 func TestDurableSpaceReclaim(t *testing.T) {
-	needDataDir(t)
 	dir := t.TempDir()
 	_, addr := startMaster(t, "--data-dir", dir, "--fsync", "never")
 	c := dial(t, addr, "producer")
@@ -348,7 +325,6 @@ func TestDurableSpaceReclaim(t *testing.T) {
 // TestDurableDiskFull: on a full disk puts fail with "disk full", nothing
 // stored is lost, and puts work again once there is space.
 func TestDurableDiskFull(t *testing.T) {
-	needDataDir(t)
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to mount a small tmpfs (CI runs as root)")
 	}

@@ -243,4 +243,3 @@ func waitFor(t *testing.T, d time.Duration, cond func() bool) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
-

@@ -146,3 +146,32 @@ func mustMarshal(t testing.TB, v any) []byte {
 	}
 	return b
 }
+
+func TestDecodeValueTypes(t *testing.T) {
+	tests := []struct {
+		name string
+		in   any
+		want any
+	}{
+		{"nil", nil, nil},
+		{"small int", 7, int64(7)},
+		{"negative", -200, int64(-200)},
+		{"big uint", uint64(1 << 63), uint64(1 << 63)},
+		{"float32", float32(1.5), 1.5},
+		{"bytes", []byte{0, 1}, []byte{0, 1}},
+		{"string", "s", "s"},
+		{"nested", map[string]any{"a": []any{uint8(1), "x"}}, map[string]any{"a": []any{int64(1), "x"}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := mustMarshal(t, tt.in)
+			got, err := DecodeValue(b)
+			if err != nil || !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("DecodeValue(%x) = %#v, %v; want %#v", b, got, err, tt.want)
+			}
+		})
+	}
+	if v, err := DecodeValue(nil); v != nil || err != nil {
+		t.Errorf("DecodeValue(empty) = %v, %v; want nil", v, err)
+	}
+}

@@ -1,0 +1,116 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/qm-dev/qm/auth"
+	"github.com/qm-dev/qm/wire"
+	"github.com/spf13/cobra"
+)
+
+// clientOptions are the flags every subcommand that talks to a master
+// shares.
+type clientOptions struct {
+	Server         string
+	Authkey        string
+	AuthkeyFile    string
+	InsecureNoAuth bool
+	ConnectTimeout time.Duration
+}
+
+// Help texts shared by the server and its client subcommands.
+const (
+	authkeyHelp     = "the shared `key`; visible to other users in `ps`; prefer QM_AUTHKEY or --authkey-file"
+	authkeyFileHelp = "read the shared key from this `file` (trailing newlines are ignored)"
+)
+
+// addClientFlags registers the connection flags on cmd.
+func addClientFlags(cmd *cobra.Command, o *clientOptions) {
+	fl := cmd.Flags()
+	fl.StringVar(&o.Server, "server", "127.0.0.1:5000", "`host:port` of the master")
+	fl.StringVar(&o.Authkey, "authkey", "", authkeyHelp)
+	fl.StringVar(&o.AuthkeyFile, "authkey-file", "", authkeyFileHelp)
+	fl.BoolVar(&o.InsecureNoAuth, "insecure-no-auth", false, "connect to a master started with --insecure-no-auth (sends no key)")
+	fl.DurationVar(&o.ConnectTimeout, "connect-timeout", 5*time.Second, "how long to wait to connect and authenticate")
+}
+
+// validate checks the flags without side effects.
+func (o *clientOptions) validate() error {
+	if o.InsecureNoAuth && (o.Authkey != "" || o.AuthkeyFile != "") {
+		return usageErrorf("--insecure-no-auth sends no key: drop --authkey and --authkey-file")
+	}
+	if o.ConnectTimeout <= 0 {
+		return usageErrorf("--connect-timeout must be positive")
+	}
+	return nil
+}
+
+// key returns the authkey to present: nil under --insecure-no-auth, which
+// also ignores QM_AUTHKEY.
+func (o *clientOptions) key(getenv func(string) string) ([]byte, error) {
+	if o.InsecureNoAuth {
+		return nil, nil
+	}
+	key, err := auth.LoadKey(o.Authkey, o.AuthkeyFile, getenv)
+	if err != nil {
+		return nil, err
+	}
+	if key == nil {
+		return nil, errors.New("no authkey: give the master's key with --authkey-file FILE, " +
+			"the QM_AUTHKEY environment variable or --authkey KEY " +
+			"(or --insecure-no-auth if the master runs without one)")
+	}
+	return key, nil
+}
+
+// connect dials the master as role. name tells the master which command
+// this is. Connection and authentication failures are *connError.
+func (o *clientOptions) connect(ctx context.Context, f *factory, role, name string) (*wire.Client, error) {
+	key, err := o.key(f.getenv)
+	if err != nil {
+		return nil, err
+	}
+	host, _ := os.Hostname()
+	dctx, cancel := context.WithTimeout(ctx, o.ConnectTimeout)
+	defer cancel()
+	c, err := wire.Dial(dctx, wire.Config{
+		Addr:             o.Server,
+		Authkey:          key,
+		Role:             role,
+		Name:             fmt.Sprintf("qmaster %s (%s:%d)", name, host, os.Getpid()),
+		DialTimeout:      o.ConnectTimeout,
+		HandshakeTimeout: o.ConnectTimeout,
+	})
+	if err == nil {
+		return c, nil
+	}
+	switch {
+	case errors.Is(err, auth.ErrAuthFailed):
+		err = fmt.Errorf("%s (master %s; the key comes from --authkey-file, QM_AUTHKEY or --authkey)", authMessage(err), o.Server)
+	case errors.Is(err, wire.ErrBadPreamble) && key == nil:
+		err = fmt.Errorf("%w (drop --insecure-no-auth and give the key with --authkey-file, QM_AUTHKEY or --authkey)", err)
+	case ctx.Err() != nil:
+		return nil, ctx.Err()
+	case dctx.Err() != nil:
+		err = fmt.Errorf("connect %s: no answer within %s", o.Server, o.ConnectTimeout)
+	}
+	return nil, &connError{err}
+}
+
+// authMessage returns the outermost part of an authentication error that
+// starts with "authentication failed", dropping the "connect ADDR:"
+// context that the caller reports in its own words.
+func authMessage(err error) string {
+	msg := err.Error()
+	for e := err; e != nil; e = errors.Unwrap(e) {
+		if s := e.Error(); strings.HasPrefix(s, auth.ErrAuthFailed.Error()) {
+			return s
+		}
+	}
+	return auth.ErrAuthFailed.Error() + ": " + msg
+}

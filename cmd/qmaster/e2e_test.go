@@ -1,0 +1,353 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/qm-dev/qm/internal/qmtest"
+	"github.com/qm-dev/qm/wire"
+)
+
+// End-to-end tests: the qmaster binary built by TestMain, run as real
+// processes on loopback.
+
+func TestE2EPutInspect(t *testing.T) {
+	m := startMaster(t)
+	mustQmaster(t, "", "put", "--server", m.addr, "jobs", "1", "2", "3")
+	r := mustQmaster(t, "", "put", "--server", m.addr, "--ids", "emails", "hello")
+	if r.stdout != "4\n" || !strings.Contains(r.stderr, "put 1 item into emails") {
+		t.Errorf("put --ids: stdout %q, stderr %q; want the id 4 and a summary", r.stdout, r.stderr)
+	}
+
+	r = mustQmaster(t, "", "inspect", "--server", m.addr, "--json")
+	var stats []wire.QueueStats
+	if err := json.Unmarshal([]byte(r.stdout), &stats); err != nil {
+		t.Fatalf("inspect --json: %v\n%s", err, r.stdout)
+	}
+	ready := map[string]int{}
+	for _, s := range stats {
+		ready[s.Queue] = s.Ready
+	}
+	if len(stats) != 2 || ready["jobs"] != 3 || ready["emails"] != 1 {
+		t.Errorf("inspect --json: ready %v, want jobs:3 emails:1", ready)
+	}
+
+	r = mustQmaster(t, "", "inspect", "--server", m.addr)
+	checkGolden(t, "inspect.golden", normaliseAges(r.stdout))
+}
+
+func TestE2EInspectEmpty(t *testing.T) {
+	m := startMaster(t)
+	r := mustQmaster(t, "", "inspect", "--server", m.addr)
+	if !strings.HasPrefix(r.stdout, "QUEUE ") || strings.Count(r.stdout, "\n") != 1 {
+		t.Errorf("stdout %q, want the header alone", r.stdout)
+	}
+	if r.stderr != "(no queues)\n" {
+		t.Errorf("stderr %q, want (no queues)", r.stderr)
+	}
+}
+
+// ages matches the OLDEST column of an inspect table.
+var ages = regexp.MustCompile(`(?m)\b(\d+s|\d+m\d\ds|\d+h\d\dm|\d+d\d+h)$`)
+
+func normaliseAges(s string) string { return ages.ReplaceAllString(s, "AGE") }
+
+func checkGolden(t *testing.T, name, got string) {
+	t.Helper()
+	path := filepath.Join("testdata", name)
+	if *update {
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run with -update to create it)", err)
+	}
+	if got != string(want) {
+		t.Errorf("output differs from %s (run with -update if intended):\ngot:\n%s\nwant:\n%s", path, got, want)
+	}
+}
+
+func TestE2EPutStdinGet(t *testing.T) {
+	m := startMaster(t)
+	r := mustQmaster(t, "42\nhello\n\n  \n{\"a\":1}\n", "put", "--server", m.addr, "mixed")
+	if r.stdout != "" || !strings.Contains(r.stderr, "put 3 items into mixed") {
+		t.Errorf("put: stdout %q, stderr %q", r.stdout, r.stderr)
+	}
+	r = mustQmaster(t, "", "get", "--server", m.addr, "mixed", "-n", "3")
+	if want := "42\n\"hello\"\n{\"a\":1}\n"; r.stdout != want {
+		t.Errorf("get -n 3 printed %q, want %q", r.stdout, want)
+	}
+}
+
+func TestE2EGetEmpty(t *testing.T) {
+	m := startMaster(t)
+	r := qmaster(t, "", nil, "get", "--server", m.addr, "empty", "--timeout", "200ms")
+	if r.code != 1 {
+		t.Errorf("exit %d, want 1", r.code)
+	}
+	if want := "qmaster get: no item in empty within 200ms\n"; r.stderr != want {
+		t.Errorf("stderr %q, want %q", r.stderr, want)
+	}
+	if r.elapsed > 2*time.Second {
+		t.Errorf("took %s, want about 200ms", r.elapsed)
+	}
+}
+
+func TestE2EWrongAuthkey(t *testing.T) {
+	m := startMaster(t)
+	r := qmaster(t, "", env("QM_AUTHKEY=not-the-key"), "inspect", "--server", m.addr)
+	if r.code != 1 {
+		t.Errorf("exit %d, want 1", r.code)
+	}
+	if !strings.HasPrefix(r.stderr, "qmaster: authentication failed: ") {
+		t.Errorf("stderr %q, want qmaster: authentication failed: ...", r.stderr)
+	}
+	qmtest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if !regexp.MustCompile(`authentication failed.*remote=127\.0\.0\.1:\d+`).MatchString(m.stderr.String()) {
+			return fmt.Errorf("no log line naming the remote address in:\n%s", m.stderr)
+		}
+		return nil
+	})
+	for _, out := range []string{r.stdout, r.stderr, m.stderr.String()} {
+		if strings.Contains(out, "not-the-key") || strings.Contains(out, testKey) {
+			t.Errorf("output shows a key:\n%s", out)
+		}
+	}
+}
+
+func TestE2ENoAuthkey(t *testing.T) {
+	r := qmaster(t, "", env(), "--addr", "127.0.0.1:0")
+	if r.code == 0 {
+		t.Fatalf("master started without a key; stderr:\n%s", r.stderr)
+	}
+	for _, want := range []string{"no authkey", "--authkey-file", "QM_AUTHKEY", "--authkey KEY", "--insecure-no-auth"} {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("stderr %q does not mention %s", r.stderr, want)
+		}
+	}
+}
+
+func TestE2EUsageError(t *testing.T) {
+	for _, args := range [][]string{{"--bogus"}, {"put"}, {"get", "q", "-n", "x"}, {"nosuchcommand"}} {
+		r := qmaster(t, "", nil, args...)
+		if r.code != 2 || !strings.Contains(r.stderr, "--help") {
+			t.Errorf("qmaster %v: exit %d, stderr %q; want 2 and a usage hint", args, r.code, r.stderr)
+		}
+	}
+}
+
+func TestE2ESigtermWithClient(t *testing.T) {
+	m := startMaster(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := wire.Dial(ctx, wire.Config{Addr: m.addr, Authkey: []byte(testKey), Role: "worker", Name: t.Name()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// A get blocked in the master is answered, empty, at shutdown.
+	got := make(chan error, 1)
+	go func() {
+		_, err := c.Get(ctx, "idle", wire.GetOptions{Timeout: time.Minute})
+		got <- err
+	}()
+	qmtest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		st, err := c.Stats(ctx, "idle")
+		if err != nil || len(st) != 1 || st[0].Consumers != 1 {
+			return fmt.Errorf("no get waiting: %v %v", st, err)
+		}
+		return nil
+	})
+
+	start := time.Now()
+	if !m.stop(5 * time.Second) {
+		t.Fatalf("master still running 5s after SIGTERM; stderr:\n%s", m.stderr)
+	}
+	if m.err != nil {
+		t.Errorf("master exited with %v, want 0; stderr:\n%s", m.err, m.stderr)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("shutdown took %s", d)
+	}
+	if err := <-got; err != nil && !errors.Is(err, wire.ErrClosed) && !errors.Is(err, wire.ErrShuttingDown) {
+		t.Errorf("blocked get: %v", err)
+	}
+	if !strings.Contains(m.stderr.String(), "msg=stopped") {
+		t.Errorf("no stopped line in:\n%s", m.stderr)
+	}
+}
+
+// runWorker serves queue in the test process until the test ends: it
+// takes tasks in batches and completes each with f's value or error,
+// in reverse order so that results arrive out of input order.
+func runWorker(t *testing.T, addr, queue string, f func(n int64) (any, error)) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	c, err := wire.Dial(ctx, wire.Config{Addr: addr, Authkey: []byte(testKey), Role: "worker", Name: t.Name()})
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	t.Cleanup(func() {
+		cancel()
+		wg.Wait()
+		c.Close()
+	})
+	go func() {
+		defer wg.Done()
+		for ctx.Err() == nil {
+			tasks, err := c.Get(ctx, queue, wire.GetOptions{Max: 50, Timeout: 200 * time.Millisecond})
+			if err != nil {
+				if ctx.Err() == nil {
+					t.Errorf("worker get: %v", err)
+				}
+				return
+			}
+			done := make([]wire.Completion, 0, len(tasks))
+			for i := len(tasks) - 1; i >= 0; i-- {
+				task := tasks[i]
+				comp := wire.Completion{ID: task.ID}
+				v, err := task.Value()
+				n, ok := v.(int64)
+				if err != nil || !ok {
+					comp.Error = fmt.Sprintf("want an integer, got %v (%v)", v, err)
+				} else if out, err := f(n); err != nil {
+					comp.Error = err.Error()
+				} else if comp.Value, err = wire.Encode(out); err != nil {
+					comp.Error = err.Error()
+				}
+				done = append(done, comp)
+			}
+			if len(done) > 0 {
+				if err := c.Complete(ctx, queue, "", done); err != nil && ctx.Err() == nil {
+					t.Errorf("worker complete: %v", err)
+					return
+				}
+			}
+		}
+	}()
+}
+
+func seq(n int) string {
+	var b strings.Builder
+	for i := 1; i <= n; i++ {
+		fmt.Fprintln(&b, i)
+	}
+	return b.String()
+}
+
+func TestE2EMapInOrder(t *testing.T) {
+	m := startMaster(t)
+	for range 3 { // several workers, so results interleave
+		runWorker(t, m.addr, "squares", func(n int64) (any, error) { return n * n, nil })
+	}
+	r := mustQmaster(t, seq(200), "map", "--server", m.addr, "--tasks", "squares", "--batch", "37", "--timeout", "30s")
+	lines := strings.Split(strings.TrimSuffix(r.stdout, "\n"), "\n")
+	if len(lines) != 200 {
+		t.Fatalf("map printed %d lines, want 200:\n%s", len(lines), r.stdout)
+	}
+	for i, l := range lines {
+		if want := strconv.Itoa((i + 1) * (i + 1)); l != want {
+			t.Fatalf("line %d: %q, want %q", i+1, l, want)
+		}
+	}
+	if r.stderr != "" {
+		t.Errorf("stderr %q, want nothing", r.stderr)
+	}
+	// The private result queue is gone.
+	r = mustQmaster(t, "", "queues", "--server", m.addr)
+	if r.stdout != "squares\n" {
+		t.Errorf("queues after map: %q, want squares alone", r.stdout)
+	}
+}
+
+func TestE2EMapFailure(t *testing.T) {
+	m := startMaster(t, "--max-attempts", "2")
+	runWorker(t, m.addr, "tasks", func(n int64) (any, error) {
+		if n == 5 {
+			return nil, errors.New("five is right out")
+		}
+		return n * 10, nil
+	})
+	r := qmaster(t, "1\n\n5\n7\n", nil, "map", "--server", m.addr, "--timeout", "30s")
+	if r.code != 1 {
+		t.Errorf("exit %d, want 1; stderr:\n%s", r.code, r.stderr)
+	}
+	if want := "10\nnull\n70\n"; r.stdout != want {
+		t.Errorf("stdout %q, want %q", r.stdout, want)
+	}
+	re := regexp.MustCompile(`(?m)^qmaster map: task \d+ \(input line 3: 5\) failed after 2 attempts: five is right out$`)
+	if !re.MatchString(r.stderr) {
+		t.Errorf("stderr does not name the failed task:\n%s", r.stderr)
+	}
+	if !strings.Contains(r.stderr, "qmaster map: 1 of 3 tasks failed") {
+		t.Errorf("stderr has no summary:\n%s", r.stderr)
+	}
+}
+
+func TestE2EMapTimeout(t *testing.T) {
+	m := startMaster(t)
+	r := qmaster(t, "1\n2\n", nil, "map", "--server", m.addr, "--timeout", "300ms")
+	if r.code != 1 || !strings.Contains(r.stderr, "qmaster map: timed out after 300ms with 0 of 2 results") {
+		t.Errorf("exit %d, stderr %q; want a timeout", r.code, r.stderr)
+	}
+	if r.elapsed > 5*time.Second {
+		t.Errorf("took %s", r.elapsed)
+	}
+}
+
+// TestE2EMapQworker runs map against the real worker binary.
+func TestE2EMapQworker(t *testing.T) {
+	if qworkerErr != nil {
+		t.Skipf("cmd/qworker does not build yet, so map is tested with an in-test worker only: %v", qworkerErr)
+	}
+	m := startMaster(t)
+	w := exec.Command(qworkerBin, "--server", m.addr, "--builtin", "square", "--concurrency", "4")
+	w.Env = env("QM_AUTHKEY=" + testKey)
+	var wout syncBuffer
+	w.Stdout, w.Stderr = &wout, &wout
+	if err := w.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- w.Wait() }()
+	t.Cleanup(func() {
+		_ = w.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			_ = w.Process.Kill()
+			<-exited
+		}
+	})
+
+	r := qmaster(t, seq(50), nil, "map", "--server", m.addr, "--timeout", "30s")
+	if r.code != 0 {
+		t.Fatalf("map: exit %d; stderr:\n%s\nqworker:\n%s", r.code, r.stderr, wout.String())
+	}
+	lines := strings.Split(strings.TrimSuffix(r.stdout, "\n"), "\n")
+	if len(lines) != 50 {
+		t.Fatalf("map printed %d lines, want 50:\n%s", len(lines), r.stdout)
+	}
+	for i, l := range lines {
+		if want := strconv.Itoa((i + 1) * (i + 1)); l != want {
+			t.Fatalf("line %d: %q, want %q", i+1, l, want)
+		}
+	}
+}

@@ -1,0 +1,114 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+)
+
+// factory is what commands take from the process: the standard streams,
+// the environment, and whether the streams are terminals. Tests fill one in
+// with buffers.
+type factory struct {
+	In     io.Reader
+	Out    io.Writer
+	ErrOut io.Writer
+	// Getenv reads the environment; nil means os.Getenv.
+	Getenv func(string) string
+
+	StdinTTY, StdoutTTY, StderrTTY bool
+}
+
+func newFactory() *factory {
+	return &factory{
+		In:        os.Stdin,
+		Out:       os.Stdout,
+		ErrOut:    os.Stderr,
+		Getenv:    os.Getenv,
+		StdinTTY:  term.IsTerminal(int(os.Stdin.Fd())),
+		StdoutTTY: term.IsTerminal(int(os.Stdout.Fd())),
+		StderrTTY: term.IsTerminal(int(os.Stderr.Fd())),
+	}
+}
+
+func (f *factory) getenv(key string) string {
+	if f.Getenv == nil {
+		return os.Getenv(key)
+	}
+	return f.Getenv(key)
+}
+
+// Exit codes.
+const (
+	exitOK    = 0
+	exitError = 1
+	exitUsage = 2
+)
+
+// usageError is a mistake in the command line: a bad flag, a missing
+// argument, a value out of range. It exits with exitUsage.
+type usageError struct{ err error }
+
+func (e *usageError) Error() string { return e.err.Error() }
+func (e *usageError) Unwrap() error { return e.err }
+
+func usageErrorf(format string, args ...any) error {
+	return &usageError{fmt.Errorf(format, args...)}
+}
+
+// connError is a failure to reach or authenticate with the master; it is
+// reported as "qmaster: ..." whatever the subcommand.
+type connError struct{ err error }
+
+func (e *connError) Error() string { return e.err.Error() }
+func (e *connError) Unwrap() error { return e.err }
+
+// exitCode reports err on w and returns the process exit code. cmd is the
+// command that ran (or failed to parse).
+func exitCode(w io.Writer, cmd *cobra.Command, err error) int {
+	if err == nil {
+		return exitOK
+	}
+	prefix := "qmaster"
+	if cmd != nil {
+		prefix = cmd.CommandPath()
+	}
+	var ue *usageError
+	if errors.As(err, &ue) {
+		fmt.Fprintf(w, "%s: %v\nRun '%s --help' for usage.\n", prefix, err, prefix)
+		return exitUsage
+	}
+	var ce *connError
+	if errors.As(err, &ce) {
+		prefix = "qmaster"
+	}
+	msg := err.Error()
+	if errors.Is(err, context.Canceled) { // a signal, reported as such
+		msg = strings.Replace(msg, context.Canceled.Error(), "interrupted", 1)
+	}
+	fmt.Fprintf(w, "%s: %s\n", prefix, msg)
+	return exitError
+}
+
+// args returns a validator for between min and max positional arguments
+// (max < 0: no limit) whose names, for messages, are names.
+func args(min, max int, names ...string) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) < min {
+			return usageErrorf("missing %s", strings.Join(names[len(args):min], " and "))
+		}
+		if max >= 0 && len(args) > max {
+			if max == 0 && cmd.HasSubCommands() {
+				return usageErrorf("unknown command %q", args[0])
+			}
+			return usageErrorf("unexpected argument %q", args[max])
+		}
+		return nil
+	}
+}

@@ -1,0 +1,119 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/qm-dev/qm/internal/jsonval"
+	"github.com/qm-dev/qm/wire"
+	"github.com/spf13/cobra"
+)
+
+type getOptions struct {
+	IO     *factory
+	Client clientOptions
+
+	Queue   string
+	N       int
+	Timeout time.Duration
+}
+
+// errNoItem is returned by get when nothing arrived within its timeout.
+var errNoItem = errors.New("no item")
+
+func newCmdGet(f *factory, runF func(*getOptions) error) *cobra.Command {
+	opts := &getOptions{IO: f}
+	cmd := &cobra.Command{
+		Use:   "get QUEUE [flags]",
+		Short: "Take items from a queue for good and print them",
+		Long: `Take up to -n items from QUEUE and print each as one line of JSON.
+The items are removed for good: no lease, no acknowledgement, no retry.
+
+get waits up to --timeout for the first item, then takes whatever else is
+ready at once, up to -n. If nothing arrives in time it exits with status 1.`,
+		Example: `  qmaster get jobs
+  qmaster get results -n 100 --timeout 30s | jq .`,
+		Args: args(1, 1, "QUEUE"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			opts.Queue = args[0]
+			if err := opts.Client.validate(); err != nil {
+				return err
+			}
+			if opts.N < 1 {
+				return usageErrorf("-n must be at least 1")
+			}
+			if opts.Timeout < 0 {
+				return usageErrorf("--timeout must not be negative")
+			}
+			if runF != nil {
+				return runF(opts)
+			}
+			return getRun(cmd.Context(), opts)
+		},
+	}
+	addClientFlags(cmd, &opts.Client)
+	cmd.Flags().IntVarP(&opts.N, "n", "n", 1, "most items to take")
+	cmd.Flags().DurationVar(&opts.Timeout, "timeout", 5*time.Second, "how long to wait for the first item (0: do not wait)")
+	return cmd
+}
+
+// callSlack is how much longer than the master's own wait a client waits
+// for its answer before giving up on it.
+const callSlack = 10 * time.Second
+
+func getRun(ctx context.Context, opts *getOptions) error {
+	c, err := opts.Client.connect(ctx, opts.IO, "admin", "get")
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+
+	out := bufio.NewWriter(opts.IO.Out)
+	got := 0
+	for got < opts.N {
+		wait := opts.Timeout
+		if got > 0 {
+			wait = 0 // after the first item, only what is ready
+		}
+		cctx, cancel := context.WithTimeout(ctx, wait+callSlack)
+		tasks, err := c.Get(cctx, opts.Queue, wire.GetOptions{Max: opts.N - got, Timeout: wait, NoAck: true})
+		cancel()
+		for _, t := range tasks {
+			if werr := writeValue(out, t.Payload); werr != nil {
+				return werr
+			}
+		}
+		got += len(tasks)
+		if err != nil {
+			out.Flush()
+			return fmt.Errorf("get from %s: %w", opts.Queue, err)
+		}
+		if len(tasks) == 0 {
+			break
+		}
+	}
+	if err := out.Flush(); err != nil {
+		return err
+	}
+	if got == 0 {
+		return fmt.Errorf("%w in %s within %s", errNoItem, opts.Queue, opts.Timeout)
+	}
+	return nil
+}
+
+// writeValue prints a msgpack payload as one line of JSON.
+func writeValue(w *bufio.Writer, payload []byte) error {
+	v, err := wire.DecodeValue(payload)
+	if err != nil {
+		return err
+	}
+	b, err := jsonval.Marshal(v)
+	if err != nil {
+		return err
+	}
+	w.Write(b)
+	return w.WriteByte('\n')
+}

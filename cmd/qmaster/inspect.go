@@ -1,0 +1,148 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/qm-dev/qm/wire"
+	"github.com/spf13/cobra"
+)
+
+type inspectOptions struct {
+	IO     *factory
+	Client clientOptions
+
+	JSON     bool
+	Watch    bool
+	Interval time.Duration
+}
+
+func newCmdInspect(f *factory, runF func(*inspectOptions) error) *cobra.Command {
+	opts := &inspectOptions{IO: f}
+	cmd := &cobra.Command{
+		Use:   "inspect [flags]",
+		Short: "Show the queues of a master and their counts",
+		Long: `Show every queue of the master, one per line:
+
+  QUEUE      the queue's name (QUEUE.dead holds the tasks QUEUE gave up on)
+  READY      tasks waiting to be taken
+  LEASED     tasks taken by a worker and not yet acknowledged
+  DONE       tasks acknowledged, or taken for good, since the master started
+  DEAD       tasks in the queue's dead-letter queue
+  CONSUMERS  gets waiting on the queue now
+  OLDEST     age of the oldest ready task ("-" if none)
+
+With --json, print the statistics as one JSON array instead (ages in
+nanoseconds, plus running totals). With --watch, redraw every --interval
+until interrupted.`,
+		Example: `  qmaster inspect
+  qmaster inspect --server 10.0.0.5:5000 --watch
+  qmaster inspect --json | jq '.[] | select(.ready > 0) | .queue'`,
+		Args: args(0, 0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := opts.Client.validate(); err != nil {
+				return err
+			}
+			if cmd.Flags().Changed("interval") && !opts.Watch {
+				return usageErrorf("--interval needs --watch")
+			}
+			if opts.Interval <= 0 {
+				return usageErrorf("--interval must be positive")
+			}
+			if runF != nil {
+				return runF(opts)
+			}
+			return inspectRun(cmd.Context(), opts)
+		},
+	}
+	addClientFlags(cmd, &opts.Client)
+	cmd.Flags().BoolVar(&opts.JSON, "json", false, "print the statistics as a JSON array")
+	cmd.Flags().BoolVarP(&opts.Watch, "watch", "w", false, "redraw every --interval until interrupted")
+	cmd.Flags().DurationVar(&opts.Interval, "interval", time.Second, "time between redraws with --watch")
+	return cmd
+}
+
+// clearScreen moves the cursor home and clears the terminal.
+const clearScreen = "\x1b[H\x1b[2J"
+
+func inspectRun(ctx context.Context, opts *inspectOptions) error {
+	c, err := opts.Client.connect(ctx, opts.IO, "admin", "inspect")
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if !opts.Watch {
+		return inspectOnce(ctx, c, opts, opts.IO.Out)
+	}
+
+	tick := time.NewTicker(opts.Interval)
+	defer tick.Stop()
+	for first := true; ; first = false {
+		// Render into a buffer first so that a redraw replaces the screen
+		// in one write, without flicker.
+		var buf bytes.Buffer
+		if opts.IO.StdoutTTY {
+			buf.WriteString(clearScreen)
+			fmt.Fprintf(&buf, "Every %s: qmaster inspect --server %s    %s\n\n", opts.Interval, opts.Client.Server, time.Now().Format(time.TimeOnly))
+		} else if !first && !opts.JSON {
+			buf.WriteString("\n")
+		}
+		err := inspectOnce(ctx, c, opts, &buf)
+		if ctx.Err() != nil {
+			return nil // interrupted: the normal end of --watch
+		}
+		if err != nil {
+			return err
+		}
+		if _, err := opts.IO.Out.Write(buf.Bytes()); err != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+	}
+}
+
+func inspectOnce(ctx context.Context, c *wire.Client, opts *inspectOptions, w io.Writer) error {
+	stats, err := c.Stats(ctx, "")
+	if err != nil {
+		return fmt.Errorf("stats: %w", err)
+	}
+	if opts.JSON {
+		if stats == nil {
+			stats = []wire.QueueStats{}
+		}
+		return writeJSON(w, stats, opts.IO.StdoutTTY && !opts.Watch)
+	}
+	if err := writeStatsTable(w, stats); err != nil {
+		return err
+	}
+	if len(stats) == 0 {
+		// A note, not data: stderr, except in a --watch redraw, which would
+		// clear it at once.
+		note := opts.IO.ErrOut
+		if opts.Watch {
+			note = w
+		}
+		fmt.Fprintln(note, "(no queues)")
+	}
+	return nil
+}
+
+func writeStatsTable(w io.Writer, stats []wire.QueueStats) error {
+	tw := newTable(w)
+	fmt.Fprintln(tw, "QUEUE\tREADY\tLEASED\tDONE\tDEAD\tCONSUMERS\tOLDEST")
+	for _, s := range stats {
+		oldest := "-"
+		if s.Ready > 0 {
+			oldest = humanAge(s.OldestAge)
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%s\n", s.Queue, s.Ready, s.Leased, s.Done, s.Dead, s.Consumers, oldest)
+	}
+	return tw.Flush()
+}

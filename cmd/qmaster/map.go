@@ -1,0 +1,503 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/qm-dev/qm/internal/jsonval"
+	"github.com/qm-dev/qm/wire"
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+type mapOptions struct {
+	IO     *factory
+	Client clientOptions
+
+	Tasks   string
+	Results string
+	Batch   int
+	Timeout time.Duration
+}
+
+func newCmdMap(f *factory, runF func(*mapOptions) error) *cobra.Command {
+	opts := &mapOptions{IO: f}
+	cmd := &cobra.Command{
+		Use:   "map [flags] < INPUT",
+		Short: "Run every input line as a task and print the results in input order",
+		Long: `Read items from standard input, one per line (blank lines are skipped,
+each item parsed as for put), submit each as a task to --tasks, wait for
+every result and print each as one line of JSON, in input order: output
+line k is the result of the k-th item. Workers (qworker) must be serving
+--tasks.
+
+Tasks are submitted in batches as the input is read, and results are
+collected and printed at the same time, so long inputs stream through. Results go to a private queue, map-<random>, deleted
+at the end, unless --results names one; results in it of tasks this map
+did not submit are ignored (with a warning).
+
+A task that fails for good (after the master's --max-attempts) prints null
+on its line and is reported on stderr; map then exits with status 1. A
+progress bar is shown on stderr when it is a terminal.`,
+		Example: `  seq 1 100 | qmaster map --tasks squares
+  qmaster map --tasks fetch --timeout 10m < urls.txt > pages.jsonl
+  paste inputs.txt <(qmaster map < inputs.txt)   # inputs beside results (no blank lines)`,
+		Args: args(0, 0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := opts.Client.validate(); err != nil {
+				return err
+			}
+			if opts.Batch < 1 {
+				return usageErrorf("--batch must be at least 1")
+			}
+			if opts.Timeout < 0 {
+				return usageErrorf("--timeout must not be negative (0 waits forever)")
+			}
+			if opts.Tasks == "" {
+				return usageErrorf("--tasks must name a queue")
+			}
+			if opts.Results != "" && opts.Results == opts.Tasks {
+				return usageErrorf("--results must differ from --tasks")
+			}
+			if runF != nil {
+				return runF(opts)
+			}
+			return mapRun(cmd.Context(), opts)
+		},
+	}
+	addClientFlags(cmd, &opts.Client)
+	fl := cmd.Flags()
+	fl.StringVar(&opts.Tasks, "tasks", "tasks", "queue to submit the tasks to")
+	fl.StringVar(&opts.Results, "results", "", "queue to collect the results from (default: a private queue, deleted at the end)")
+	fl.IntVar(&opts.Batch, "batch", 1000, "tasks per put call")
+	fl.DurationVar(&opts.Timeout, "timeout", 0, "give up after this long overall (0: wait forever)")
+	return cmd
+}
+
+// Collecting results.
+const (
+	resultBatch = 1000
+	resultWait  = time.Second
+)
+
+// submitted reports a batch of tasks put by the producer: the i-th input
+// got ids[i].
+type submitted struct {
+	ids    []uint64
+	inputs []inputLine
+}
+
+// mapState is the collation of results into input order. It is owned by
+// the goroutine that runs mapRun.
+type mapState struct {
+	opts *mapOptions
+	out  *bufio.Writer
+	bar  *progressbar.ProgressBar
+
+	index   map[uint64]int         // task id → its position in the input
+	inputs  map[int]inputLine      // position → input, until printed
+	pending map[int]wire.Result    // position → result, until printed
+	early   map[uint64]wire.Result // results that beat their put's reply
+	total   int                    // tasks submitted so far
+	next    int                    // position of the next line to print
+	reading bool                   // the producer may submit more
+
+	failed  int
+	ignored int
+}
+
+func mapRun(ctx context.Context, opts *mapOptions) error {
+	c, err := opts.Client.connect(ctx, opts.IO, "producer", "map")
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+
+	results := opts.Results
+	if results == "" {
+		results = "map-" + randomHex(6)
+		defer func() {
+			// The run's ctx may be over; cleaning up deserves its own.
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			if err := c.Delete(dctx, results); err != nil && !errors.Is(err, wire.ErrUnknownQueue) {
+				fmt.Fprintf(opts.IO.ErrOut, "qmaster map: delete result queue %s: %v\n", results, err)
+			}
+		}()
+	}
+
+	runCtx := ctx
+	if opts.Timeout > 0 {
+		var cancel context.CancelFunc
+		runCtx, cancel = context.WithTimeout(ctx, opts.Timeout)
+		defer cancel()
+	}
+	// work ends the input reader and the producer, when done or on error.
+	work, stop := context.WithCancel(runCtx)
+	defer stop()
+	// The collector is stopped by closing finish, between two gets, rather
+	// than by cancelling a get in flight: the master would still run such
+	// a get, taking results for no one, and recreating a private result
+	// queue deleted meanwhile. killCollect is the last resort.
+	collectCtx, killCollect := context.WithCancel(context.WithoutCancel(ctx))
+	defer killCollect()
+	finish := make(chan struct{})
+
+	var (
+		wg        sync.WaitGroup
+		batches   = make(chan submitted)
+		resultsCh = make(chan []wire.Result)
+		errs      = make(chan error, 2)
+		produced  = make(chan struct{})
+		collected = make(chan struct{})
+	)
+	// The collector starts first: a result queue is created by its first
+	// get, so no result published before then is lost either way.
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		defer close(collected)
+		if err := collect(collectCtx, finish, c, results, resultsCh); err != nil {
+			errs <- err
+		}
+	}()
+	lr := readLines(work, opts.IO.In, opts.Batch, batchBytes)
+	go func() {
+		defer wg.Done()
+		defer close(produced)
+		if err := produce(work, c, opts, results, lr, batches); err != nil {
+			errs <- err
+		}
+	}()
+
+	st := newMapState(opts)
+	err = st.loop(work, batches, resultsCh, produced, errs)
+	stop()
+	close(finish)
+	if opts.Results == "" {
+		// Wake the collector's get with an item no one else will read.
+		wctx, cancel := context.WithTimeout(collectCtx, time.Second)
+		_, _ = c.PutRaw(wctx, results, []msgpack.RawMessage{msgpackNil}, wire.PutOptions{})
+		cancel()
+	}
+	select {
+	case <-collected:
+	case <-time.After(resultWait + 2*time.Second):
+		killCollect()
+	}
+	wg.Wait()
+	if st.bar != nil {
+		_ = st.bar.Exit()
+		fmt.Fprintln(opts.IO.ErrOut)
+	}
+	if ferr := st.out.Flush(); err == nil {
+		err = ferr
+	}
+	if st.ignored > 0 {
+		fmt.Fprintf(opts.IO.ErrOut, "qmaster map: ignored %d %s in %s of tasks this map did not submit\n",
+			st.ignored, plural(st.ignored, "result", "results"), results)
+	}
+	switch {
+	case err == nil && st.failed > 0:
+		return fmt.Errorf("%d of %d %s failed", st.failed, st.total, plural(st.total, "task", "tasks"))
+	case err == nil:
+		return nil
+	case ctx.Err() != nil:
+		return fmt.Errorf("interrupted with %d of %d results", st.next, st.total)
+	case runCtx.Err() != nil:
+		return fmt.Errorf("timed out after %s with %d of %d results", opts.Timeout, st.next, st.total)
+	}
+	return err
+}
+
+func newMapState(opts *mapOptions) *mapState {
+	return &mapState{
+		opts:    opts,
+		out:     bufio.NewWriter(opts.IO.Out),
+		index:   make(map[uint64]int),
+		inputs:  make(map[int]inputLine),
+		pending: make(map[int]wire.Result),
+		early:   make(map[uint64]wire.Result),
+		reading: true,
+	}
+}
+
+// loop collates until every submitted task has its result printed, or the
+// work ends.
+func (st *mapState) loop(ctx context.Context, batches <-chan submitted, results <-chan []wire.Result, produced <-chan struct{}, errs <-chan error) error {
+	for st.reading || st.next < st.total {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case err := <-errs:
+			return err
+		case b := <-batches:
+			st.submitted(b)
+			// Results that beat the put's reply can be printed now.
+			if err := st.flush(); err != nil {
+				return err
+			}
+		case <-produced:
+			// The producer has exited. Its batches are unbuffered, so all
+			// have been received, and an error it hit is already queued.
+			select {
+			case err := <-errs:
+				return err
+			default:
+			}
+			produced = nil
+			st.reading = false
+			st.ignored += len(st.early)
+			st.early = nil
+			st.setBarMax()
+		case rs := <-results:
+			for _, r := range rs {
+				st.result(r)
+			}
+			if err := st.flush(); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (st *mapState) submitted(b submitted) {
+	for i, id := range b.ids {
+		pos := st.total + i
+		st.index[id] = pos
+		st.inputs[pos] = b.inputs[i]
+		if r, ok := st.early[id]; ok {
+			delete(st.early, id)
+			st.result(r)
+		}
+	}
+	st.total += len(b.ids)
+	st.setBarMax()
+}
+
+// setBarMax sizes the progress bar to the tasks submitted, plus one while
+// more may come: a bar that reaches its max finishes for good and would
+// not move again.
+func (st *mapState) setBarMax() {
+	if !st.opts.IO.StderrTTY || st.total == 0 {
+		return
+	}
+	max := st.total
+	if st.reading {
+		max++
+	}
+	if st.bar == nil {
+		st.bar = newMapBar(st.opts.IO.ErrOut, max)
+	} else {
+		st.bar.ChangeMax(max)
+	}
+}
+
+func (st *mapState) result(r wire.Result) {
+	pos, ok := st.index[r.TaskID]
+	switch {
+	case ok:
+		delete(st.index, r.TaskID)
+		st.pending[pos] = r
+	case st.reading:
+		st.early[r.TaskID] = r
+	default:
+		st.ignored++
+	}
+}
+
+// flush prints the results that are next in input order.
+func (st *mapState) flush() error {
+	printed := 0
+	for {
+		r, ok := st.pending[st.next]
+		if !ok {
+			break
+		}
+		in := st.inputs[st.next]
+		delete(st.pending, st.next)
+		delete(st.inputs, st.next)
+		st.next++
+		printed++
+		if err := st.print(r, in); err != nil {
+			return err
+		}
+	}
+	if printed == 0 {
+		return nil
+	}
+	if st.bar != nil && st.opts.IO.StdoutTTY {
+		_ = st.bar.Clear() // results and the bar share the terminal
+	}
+	if err := st.out.Flush(); err != nil {
+		return err
+	}
+	if st.bar != nil {
+		_ = st.bar.Add(printed)
+	}
+	return nil
+}
+
+func (st *mapState) print(r wire.Result, in inputLine) error {
+	line := []byte("null")
+	reason := r.Error
+	if reason == "" {
+		v, err := wire.DecodeValue(r.Value)
+		if err == nil {
+			line, err = jsonval.Marshal(v)
+		}
+		if err != nil {
+			reason = "bad result: " + err.Error()
+			line = []byte("null")
+		}
+	}
+	if reason != "" {
+		st.failed++
+		if !strings.HasPrefix(reason, "failed") {
+			reason = fmt.Sprintf("failed after %d %s: %s", r.Attempt, plural(r.Attempt, "attempt", "attempts"), reason)
+		}
+		if st.bar != nil {
+			_ = st.bar.Clear()
+		}
+		fmt.Fprintf(st.opts.IO.ErrOut, "qmaster map: task %d (input line %d: %s) %s\n", r.TaskID, in.N, shorten(in.Text, 40), reason)
+	}
+	st.out.Write(line)
+	return st.out.WriteByte('\n')
+}
+
+// produce submits the input lines to the tasks queue as they are read.
+func produce(ctx context.Context, c *wire.Client, opts *mapOptions, results string, lr *lineReader, out chan<- submitted) error {
+	for {
+		var (
+			batch []inputLine
+			ok    bool
+		)
+		select {
+		case <-ctx.Done():
+			return nil
+		case batch, ok = <-lr.batches:
+		}
+		if !ok {
+			<-lr.done
+			if lr.err != nil {
+				return fmt.Errorf("read input: %w", lr.err)
+			}
+			return nil
+		}
+		raw := make([]msgpack.RawMessage, len(batch))
+		for i, l := range batch {
+			b, err := wire.Encode(jsonval.Parse(l.Text))
+			if err != nil {
+				return fmt.Errorf("input line %d: %w", l.N, err)
+			}
+			raw[i] = b
+		}
+		ids, err := putWaiting(ctx, c, opts.Tasks, raw, results)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("put into %s: %w", opts.Tasks, err)
+		}
+		if len(ids) != len(batch) {
+			return fmt.Errorf("put into %s: %d ids for %d tasks", opts.Tasks, len(ids), len(batch))
+		}
+		select {
+		case out <- submitted{ids: ids, inputs: batch}:
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+// putWaiting puts items, waiting for space as long as ctx allows when the
+// queue is at its maximum length.
+func putWaiting(ctx context.Context, c *wire.Client, queue string, items []msgpack.RawMessage, replyTo string) ([]uint64, error) {
+	for {
+		ids, err := c.PutRaw(ctx, queue, items, wire.PutOptions{ReplyTo: replyTo, Timeout: time.Second})
+		if !errors.Is(err, wire.ErrQueueFull) || ctx.Err() != nil {
+			return ids, err
+		}
+	}
+}
+
+// collect gets results and hands them over in batches until finish is
+// closed (checked between gets) or ctx ends.
+func collect(ctx context.Context, finish <-chan struct{}, c *wire.Client, queue string, out chan<- []wire.Result) error {
+	for {
+		select {
+		case <-finish:
+			return nil
+		default:
+		}
+		cctx, cancel := context.WithTimeout(ctx, resultWait+callSlack)
+		tasks, err := c.Get(cctx, queue, wire.GetOptions{Max: resultBatch, Timeout: resultWait, NoAck: true})
+		cancel()
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("get results from %s: %w", queue, err)
+		}
+		if len(tasks) == 0 {
+			continue
+		}
+		rs := make([]wire.Result, 0, len(tasks))
+		for _, t := range tasks {
+			r, err := wire.DecodeResult(t.Payload)
+			if err != nil {
+				r = wire.Result{} // not a result: counted as not ours
+			}
+			rs = append(rs, r)
+		}
+		select {
+		case out <- rs:
+		case <-finish:
+			return nil
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+// msgpackNil is the msgpack encoding of nil.
+var msgpackNil = msgpack.RawMessage{0xc0}
+
+func newMapBar(w io.Writer, max int) *progressbar.ProgressBar {
+	return progressbar.NewOptions(max,
+		progressbar.OptionSetWriter(w),
+		progressbar.OptionSetDescription("map"),
+		progressbar.OptionShowCount(),
+		progressbar.OptionSetItsString("tasks"),
+		progressbar.OptionShowIts(),
+		progressbar.OptionSetWidth(30),
+		progressbar.OptionThrottle(100*time.Millisecond),
+		// No spinner: it would start a ticker goroutine the bar never stops.
+		progressbar.OptionSetSpinnerChangeInterval(0),
+	)
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b) // never fails
+	return hex.EncodeToString(b)
+}
+
+// shorten cuts s to about n characters for a message.
+func shorten(s string, n int) string {
+	s = strings.TrimSpace(s)
+	if r := []rune(s); len(r) > n {
+		return string(r[:n]) + "…"
+	}
+	return s
+}

@@ -1,0 +1,53 @@
+package main
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/qm-dev/qm/wire"
+)
+
+// TestMapStateOrder drives the collation loop by hand: results that come
+// before the reply to their put, out of order, foreign and failed.
+func TestMapStateOrder(t *testing.T) {
+	f, out, errOut := testFactory("")
+	st := newMapState(&mapOptions{IO: f})
+	value := func(v any) []byte {
+		b, err := wire.Encode(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	batches := make(chan submitted)
+	results := make(chan []wire.Result)
+	produced := make(chan struct{})
+	errs := make(chan error)
+	go func() {
+		// Every result beats the reply to its put.
+		results <- []wire.Result{{TaskID: 11, Value: value("b")}, {TaskID: 10, Value: value("a")}, {TaskID: 99, Value: value("x")}}
+		batches <- submitted{ids: []uint64{10, 11}, inputs: []inputLine{{1, "a"}, {2, "b"}}}
+		results <- []wire.Result{{TaskID: 13, Value: value(4)}}
+		results <- []wire.Result{{TaskID: 12, Attempt: 3, Error: "failed after 3 attempts: boom"}, {TaskID: 98}}
+		batches <- submitted{ids: []uint64{12, 13}, inputs: []inputLine{{4, "c"}, {5, "d"}}}
+		close(produced)
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := st.loop(ctx, batches, results, produced, errs); err != nil {
+		t.Fatalf("loop: %v (printed %q)", err, out)
+	}
+	if err := st.out.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if want := "\"a\"\n\"b\"\nnull\n4\n"; out.String() != want {
+		t.Errorf("printed %q, want %q", out, want)
+	}
+	if want := "qmaster map: task 12 (input line 4: c) failed after 3 attempts: boom\n"; errOut.String() != want {
+		t.Errorf("stderr %q, want %q", errOut, want)
+	}
+	if st.failed != 1 || st.ignored != 2 {
+		t.Errorf("failed %d ignored %d, want 1 and 2", st.failed, st.ignored)
+	}
+}

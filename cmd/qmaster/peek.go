@@ -1,0 +1,94 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/qm-dev/qm/internal/jsonval"
+	"github.com/qm-dev/qm/wire"
+	"github.com/spf13/cobra"
+)
+
+type peekOptions struct {
+	IO     *factory
+	Client clientOptions
+
+	Queue string
+	N     int
+}
+
+func newCmdPeek(f *factory, runF func(*peekOptions) error) *cobra.Command {
+	opts := &peekOptions{IO: f}
+	cmd := &cobra.Command{
+		Use:   "peek QUEUE [flags]",
+		Short: "Show the first ready tasks of a queue without taking them",
+		Long: `Print the first -n ready tasks of QUEUE, one JSON object per line:
+{"id":..,"attempt":..,"enqueued":..,"payload":..}, plus "reply_to" and
+"last_error" when set. The tasks stay in the queue.`,
+		Example: `  qmaster peek jobs
+  qmaster peek jobs.dead -n 100 | jq -r .last_error`,
+		Args: args(1, 1, "QUEUE"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			opts.Queue = args[0]
+			if err := opts.Client.validate(); err != nil {
+				return err
+			}
+			if opts.N < 1 {
+				return usageErrorf("-n must be at least 1")
+			}
+			if runF != nil {
+				return runF(opts)
+			}
+			return peekRun(cmd.Context(), opts)
+		},
+	}
+	addClientFlags(cmd, &opts.Client)
+	cmd.Flags().IntVarP(&opts.N, "n", "n", 10, "most tasks to show")
+	return cmd
+}
+
+// peekedTask is how peek prints a task.
+type peekedTask struct {
+	ID        uint64          `json:"id"`
+	Attempt   int             `json:"attempt"`
+	Enqueued  time.Time       `json:"enqueued"`
+	ReplyTo   string          `json:"reply_to,omitempty"`
+	LastError string          `json:"last_error,omitempty"`
+	Payload   json.RawMessage `json:"payload"`
+}
+
+func peekRun(ctx context.Context, opts *peekOptions) error {
+	c, err := opts.Client.connect(ctx, opts.IO, "admin", "peek")
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	tasks, err := c.Peek(ctx, opts.Queue, opts.N)
+	if err != nil {
+		return fmt.Errorf("queue %s: %w", opts.Queue, err)
+	}
+	for _, t := range tasks {
+		p, err := payloadJSON(t)
+		if err != nil {
+			return fmt.Errorf("task %d: %w", t.ID, err)
+		}
+		pt := peekedTask{ID: t.ID, Attempt: t.Attempt, Enqueued: t.Enqueued, ReplyTo: t.ReplyTo, LastError: t.LastError, Payload: p}
+		if err := writeJSON(opts.IO.Out, pt, false); err != nil {
+			return err
+		}
+	}
+	if len(tasks) == 0 {
+		fmt.Fprintf(opts.IO.ErrOut, "(no ready tasks in %s)\n", opts.Queue)
+	}
+	return nil
+}
+
+func payloadJSON(t wire.Task) (json.RawMessage, error) {
+	v, err := t.Value()
+	if err != nil {
+		return nil, err
+	}
+	return jsonval.Marshal(v)
+}

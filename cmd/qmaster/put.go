@@ -1,0 +1,161 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/qm-dev/qm/internal/jsonval"
+	"github.com/qm-dev/qm/wire"
+	"github.com/spf13/cobra"
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+type putOptions struct {
+	IO     *factory
+	Client clientOptions
+
+	Queue   string
+	Items   []string
+	ReplyTo string
+	Timeout time.Duration
+	IDs     bool
+	Batch   int
+}
+
+// batchBytes bounds the input text sent in one put, well below the
+// default message size limit.
+const batchBytes = 4 << 20
+
+func newCmdPut(f *factory, runF func(*putOptions) error) *cobra.Command {
+	opts := &putOptions{IO: f}
+	cmd := &cobra.Command{
+		Use:   "put QUEUE [ITEM...]",
+		Short: "Add items to a queue",
+		Long: `Add items to QUEUE, creating it if needed. The items are the arguments
+or, if there are none, the lines of standard input (blank lines are
+skipped). Each item that is valid JSON is sent as that value (42, 1.5,
+true, null, "text", [1,2], {"a":1}); anything else as a plain string, so
+hello is "hello".
+
+Items are sent in batches of --batch. A summary goes to stderr; with --ids
+the task IDs are printed on stdout, one per line.`,
+		Example: `  qmaster put jobs 1 2 3
+  qmaster put jobs '{"url": "https://example.com"}'
+  seq 1 1000 | qmaster put jobs
+  qmaster put jobs --ids hello > ids.txt`,
+		Args: args(1, -1, "QUEUE"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			opts.Queue, opts.Items = args[0], args[1:]
+			if err := opts.Client.validate(); err != nil {
+				return err
+			}
+			if opts.Timeout < 0 {
+				return usageErrorf("--timeout must not be negative")
+			}
+			if opts.Batch < 1 {
+				return usageErrorf("--batch must be at least 1")
+			}
+			if runF != nil {
+				return runF(opts)
+			}
+			return putRun(cmd.Context(), opts)
+		},
+	}
+	addClientFlags(cmd, &opts.Client)
+	fl := cmd.Flags()
+	fl.StringVar(&opts.ReplyTo, "reply-to", "", "queue that receives the results of these tasks")
+	fl.DurationVar(&opts.Timeout, "timeout", 0, "how long to wait for space in a queue at --max-queue-len (0: fail at once)")
+	fl.BoolVar(&opts.IDs, "ids", false, "print the task IDs on stdout, one per line")
+	fl.IntVar(&opts.Batch, "batch", 1000, "items per put call")
+	return cmd
+}
+
+func putRun(ctx context.Context, opts *putOptions) error {
+	c, err := opts.Client.connect(ctx, opts.IO, "producer", "put")
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+
+	put := func(batch []inputLine) (int, error) {
+		raw := make([]msgpack.RawMessage, len(batch))
+		for i, l := range batch {
+			b, err := wire.Encode(jsonval.Parse(l.Text))
+			if err != nil {
+				return 0, fmt.Errorf("item %d: %w", l.N, err)
+			}
+			raw[i] = b
+		}
+		ids, err := c.PutRaw(ctx, opts.Queue, raw, wire.PutOptions{ReplyTo: opts.ReplyTo, Timeout: opts.Timeout})
+		if err != nil {
+			return 0, err
+		}
+		if opts.IDs {
+			for _, id := range ids {
+				if _, err := fmt.Fprintln(opts.IO.Out, id); err != nil {
+					return len(ids), err
+				}
+			}
+		}
+		return len(ids), nil
+	}
+
+	total := 0
+	var putErr error
+	if len(opts.Items) > 0 {
+		for start := 0; start < len(opts.Items) && putErr == nil; start += opts.Batch {
+			end := min(start+opts.Batch, len(opts.Items))
+			batch := make([]inputLine, 0, end-start)
+			for i, item := range opts.Items[start:end] {
+				batch = append(batch, inputLine{N: start + i + 1, Text: item})
+			}
+			var n int
+			n, putErr = put(batch)
+			total += n
+		}
+	} else {
+		if opts.IO.StdinTTY {
+			fmt.Fprintln(opts.IO.ErrOut, "Reading items from standard input, one per line; end with Ctrl-D.")
+		}
+		putErr = putLines(ctx, opts, put, &total)
+	}
+	if putErr != nil {
+		if total > 0 {
+			return fmt.Errorf("put into %s: %w (after %d items were put)", opts.Queue, putErr, total)
+		}
+		return fmt.Errorf("put into %s: %w", opts.Queue, putErr)
+	}
+	fmt.Fprintf(opts.IO.ErrOut, "put %d %s into %s\n", total, plural(total, "item", "items"), opts.Queue)
+	return nil
+}
+
+// putLines puts the lines of the input in batches as they arrive.
+func putLines(ctx context.Context, opts *putOptions, put func([]inputLine) (int, error), total *int) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	lr := readLines(ctx, opts.IO.In, opts.Batch, batchBytes)
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case batch, ok := <-lr.batches:
+			if !ok {
+				<-lr.done
+				return lr.err
+			}
+			n, err := put(batch)
+			*total += n
+			if err != nil {
+				return err // cancel stops the reader
+			}
+		}
+	}
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
+}

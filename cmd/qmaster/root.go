@@ -1,0 +1,260 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/qm-dev/qm/auth"
+	"github.com/qm-dev/qm/master"
+	"github.com/qm-dev/qm/store/seglog"
+	"github.com/qm-dev/qm/wire"
+	"github.com/spf13/cobra"
+)
+
+// serveOptions are the flags of the root command, which runs the master.
+type serveOptions struct {
+	IO *factory
+
+	Addr             string
+	Authkey          string
+	AuthkeyFile      string
+	InsecureNoAuth   bool
+	MaxAttempts      int
+	Lease            time.Duration
+	MaxQueueLen      int
+	MaxMessageSize   byteSize
+	HandshakeTimeout time.Duration
+	ShutdownTimeout  time.Duration
+	LogLevel         logLevel
+	LogFormat        *enumValue
+	DataDir          string
+	Fsync            string
+	FsyncInterval    time.Duration
+	PyTypeIDs        map[string]string
+}
+
+// errNoKey is returned when the master is started without an authkey.
+var errNoKey = errors.New("no authkey: give one with --authkey-file FILE, the QM_AUTHKEY environment variable " +
+	"or --authkey KEY; or pass --insecure-no-auth to serve without authentication on a trusted network")
+
+// newRootCmd returns the qmaster command with its subcommands. runF, if
+// not nil, replaces running the server (for tests).
+func newRootCmd(f *factory, runF func(*serveOptions) error) *cobra.Command {
+	opts := &serveOptions{
+		IO:             f,
+		MaxMessageSize: wire.DefaultMaxMessageSize,
+		LogFormat:      newEnum("text", "text", "json"),
+	}
+	cmd := &cobra.Command{
+		Use:   "qmaster [flags]",
+		Short: "Run a qm master, or inspect and use a running one",
+		Long: `qmaster runs a qm master: the server that holds named task queues for
+producers and workers. Workers lease tasks; a task not acknowledged within
+its lease goes back to its queue, and one that fails --max-attempts times
+goes to the dead-letter queue QUEUE.dead.
+
+Every client must prove it knows the authkey. Give it with --authkey-file,
+the QM_AUTHKEY environment variable, or --authkey (in that order of
+preference: --authkey is visible to other users in ps).
+
+Logs go to stderr. SIGINT or SIGTERM stops the master gracefully: it stops
+accepting, lets calls in progress finish for up to --shutdown-timeout, and
+requeues unacknowledged tasks. A second signal exits at once.
+
+Without --data-dir, queues are in memory: a restart loses them. With
+--data-dir DIR, every put is written to a log in DIR before it is
+acknowledged, and a restart (even after kill -9) finds every acknowledged
+task again; --fsync says when the log is fsynced (see docs/STORAGE.md).
+
+The subcommands talk to a running master (see --server).`,
+		Example: `  # Serve on port 5000 with the key in a file
+  qmaster --authkey-file ~/.qm/key
+
+  # Serve on loopback only, key from the environment, JSON logs
+  QM_AUTHKEY=s3cret qmaster --addr 127.0.0.1:5000 --log-format json
+
+  # What is queued?
+  QM_AUTHKEY=s3cret qmaster inspect`,
+		Args: args(0, 0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := opts.validate(); err != nil {
+				return err
+			}
+			if runF != nil {
+				return runF(opts)
+			}
+			return serveRun(cmd.Context(), opts)
+		},
+	}
+	setupRoot(cmd)
+
+	fl := cmd.Flags()
+	fl.StringVar(&opts.Addr, "addr", ":5000", "`host:port` to listen on (port 0 picks a free port; the log line \"listening\" shows it)")
+	fl.StringVar(&opts.Authkey, "authkey", "", authkeyHelp)
+	fl.StringVar(&opts.AuthkeyFile, "authkey-file", "", authkeyFileHelp)
+	fl.BoolVar(&opts.InsecureNoAuth, "insecure-no-auth", false, "serve without an authkey: anyone who can connect may read and write every queue")
+	fl.IntVar(&opts.MaxAttempts, "max-attempts", 3, "deliveries of a task before it goes to the dead-letter queue")
+	fl.DurationVar(&opts.Lease, "lease", 30*time.Second, "lease of a task taken by a worker that asks for none")
+	fl.IntVar(&opts.MaxQueueLen, "max-queue-len", 0, "most tasks a queue holds; a put waits for space (0: unlimited)")
+	fl.Var(&opts.MaxMessageSize, "max-message-size", "largest message accepted, a byte count or e.g. 16MiB")
+	fl.DurationVar(&opts.HandshakeTimeout, "handshake-timeout", 5*time.Second, "time a new connection has to authenticate")
+	fl.DurationVar(&opts.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "on SIGINT/SIGTERM, how long to wait for calls in progress (0: stop at once)")
+	opts.LogLevel.Level = slog.LevelInfo
+	fl.Var(&opts.LogLevel, "log-level", "least severe log level shown: debug, info, warn or error")
+	fl.Var(opts.LogFormat, "log-format", "log format: text or json")
+	fl.StringVar(&opts.DataDir, "data-dir", "", "keep the queues durable in `DIR` (default: in memory, lost on restart)")
+	fl.StringVar(&opts.Fsync, "fsync", "always", "with --data-dir, when to fsync the log: always (before each put is acknowledged; many puts share one fsync), interval (every --fsync-interval, or give a duration: --fsync 100ms) or never (leave it to the OS)")
+	fl.DurationVar(&opts.FsyncInterval, "fsync-interval", seglog.DefaultInterval, "the fsync period of --fsync interval")
+	fl.StringToStringVar(&opts.PyTypeIDs, "py-typeid", nil, "serve Python manager typeid `TYPEID=QUEUE` from that queue (repeatable; get_<name>_queue serves <name> without it)")
+
+	for _, sub := range []*cobra.Command{
+		newCmdInspect(f, nil),
+		newCmdPut(f, nil),
+		newCmdGet(f, nil),
+		newCmdMap(f, nil),
+		newCmdClients(f, nil),
+		newCmdPeek(f, nil),
+		newCmdPurge(f, nil),
+		newCmdDelete(f, nil),
+		newCmdQueues(f, nil),
+	} {
+		cmd.AddCommand(sub)
+	}
+	return cmd
+}
+
+// setupRoot makes cmd the root of a tree whose errors main reports (see
+// exitCode), with flag errors as usage errors.
+func setupRoot(cmd *cobra.Command) {
+	cmd.SilenceErrors = true
+	cmd.SilenceUsage = true
+	cmd.CompletionOptions.HiddenDefaultCmd = true
+	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{err} })
+}
+
+func (o *serveOptions) validate() error {
+	switch {
+	case o.InsecureNoAuth && (o.Authkey != "" || o.AuthkeyFile != ""):
+		return usageErrorf("--insecure-no-auth serves without a key: drop --authkey and --authkey-file")
+	case o.MaxAttempts < 1:
+		return usageErrorf("--max-attempts must be at least 1")
+	case o.Lease <= 0:
+		return usageErrorf("--lease must be positive")
+	case o.MaxQueueLen < 0:
+		return usageErrorf("--max-queue-len must not be negative (0 is unlimited)")
+	case o.MaxMessageSize < 1024 || o.MaxMessageSize > 1<<31-1:
+		return usageErrorf("--max-message-size must be between 1KiB and 2GiB")
+	case o.HandshakeTimeout <= 0:
+		return usageErrorf("--handshake-timeout must be positive")
+	case o.ShutdownTimeout < 0:
+		return usageErrorf("--shutdown-timeout must not be negative")
+	case o.FsyncInterval <= 0:
+		return usageErrorf("--fsync-interval must be positive")
+	}
+	if _, _, err := seglog.ParseFsync(o.Fsync); err != nil {
+		return usageErrorf("--fsync: %v", err)
+	}
+	return nil
+}
+
+func (o *serveOptions) logger(w io.Writer) *slog.Logger {
+	hopts := &slog.HandlerOptions{Level: o.LogLevel.Level}
+	if o.LogFormat.String() == "json" {
+		return slog.New(slog.NewJSONHandler(w, hopts))
+	}
+	return slog.New(slog.NewTextHandler(w, hopts))
+}
+
+// storageNote says in the listening line where the queues live.
+func storageNote(dir string, fsync seglog.FsyncMode, interval time.Duration) string {
+	switch {
+	case dir == "":
+		return "queues are in memory (no --data-dir): a restart loses them"
+	case fsync == seglog.FsyncInterval:
+		return fmt.Sprintf("durable in %s (fsync every %s)", dir, interval)
+	}
+	return fmt.Sprintf("durable in %s (fsync %s)", dir, fsync)
+}
+
+// serveRun runs the master until ctx ends, then shuts it down gracefully.
+func serveRun(ctx context.Context, opts *serveOptions) error {
+	var key []byte
+	if !opts.InsecureNoAuth {
+		var err error
+		// QM_AUTHKEY is ignored under --insecure-no-auth: the flag says no key.
+		if key, err = auth.LoadKey(opts.Authkey, opts.AuthkeyFile, opts.IO.getenv); err != nil {
+			return err
+		}
+		if key == nil {
+			return errNoKey
+		}
+	}
+	log := opts.logger(opts.IO.ErrOut)
+	fsync, interval, _ := seglog.ParseFsync(opts.Fsync) // checked by validate
+	if opts.Fsync == "interval" {
+		interval = opts.FsyncInterval
+	}
+	srv, err := master.New(master.Config{
+		DataDir:          opts.DataDir,
+		PyTypeIDs:        opts.PyTypeIDs,
+		Fsync:            fsync,
+		FsyncInterval:    interval,
+		Authkey:          key,
+		InsecureNoAuth:   opts.InsecureNoAuth,
+		HandshakeTimeout: opts.HandshakeTimeout,
+		MaxMessageSize:   int(opts.MaxMessageSize),
+		MaxAttempts:      opts.MaxAttempts,
+		DefaultLease:     opts.Lease,
+		MaxQueueLen:      opts.MaxQueueLen,
+		Logger:           log,
+	})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", opts.Addr)
+	if err != nil {
+		srv.Close()
+		return err // "listen tcp :5000: bind: address already in use"
+	}
+	authMode := "authkey"
+	if opts.InsecureNoAuth {
+		authMode = "none"
+	}
+	log.Info("listening",
+		"addr", ln.Addr().String(),
+		"auth", authMode,
+		"max_attempts", opts.MaxAttempts,
+		"lease", opts.Lease,
+		"max_queue_len", opts.MaxQueueLen,
+		"max_message_size", opts.MaxMessageSize.String(),
+		"storage", storageNote(opts.DataDir, fsync, interval))
+	if opts.InsecureNoAuth {
+		log.Warn("serving without authentication (--insecure-no-auth): anyone who can connect may read and write every queue")
+	}
+
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	select {
+	case err := <-served:
+		srv.Close()
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+
+	log.Info("shutting down", "timeout", opts.ShutdownTimeout)
+	sctx, cancel := context.WithTimeout(context.Background(), opts.ShutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		log.Warn("calls still in progress at the shutdown timeout were cut off", "err", err)
+	}
+	if err := <-served; err != nil && !errors.Is(err, master.ErrServerClosed) {
+		log.Warn("serve", "err", err)
+	}
+	log.Info("stopped")
+	return nil
+}
