@@ -40,7 +40,7 @@ func (q *queue) stats(now time.Time) Stats {
 		Expired:   q.expired,
 	}
 	if q.ready.len() > 0 {
-		s.OldestReady = max(0, now.Sub(q.ready.at(0).Enqueued))
+		s.OldestReady = max(0, now.Sub(q.ready.enqueued(0)))
 	}
 	return s
 }
@@ -116,7 +116,7 @@ func (m *Manager) Peek(name string, n int) ([]Task, error) {
 	}
 	ts := make([]Task, min(n, q.ready.len()))
 	for i := range ts {
-		ts[i] = *q.ready.at(i)
+		ts[i] = q.ready.get(i)
 	}
 	q.mu.Unlock()
 	return ts, nil
@@ -136,7 +136,7 @@ func (m *Manager) Purge(name string) (int, error) {
 	var ticket store.Ticket
 	if m.store != nil {
 		for i := range n {
-			q.logOp(store.Delete, q.ready.at(i).ID, 0)
+			q.logOp(store.Delete, q.ready.id(i), 0)
 		}
 		ticket = q.flushOps()
 	}
@@ -175,7 +175,7 @@ func (m *Manager) Delete(name string) error {
 	var ticket store.Ticket
 	if m.store != nil {
 		for i := range q.ready.len() {
-			q.logOp(store.Delete, q.ready.at(i).ID, 0)
+			q.logOp(store.Delete, q.ready.id(i), 0)
 		}
 		for id := range q.leases {
 			q.logOp(store.Delete, id, 0)

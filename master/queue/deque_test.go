@@ -2,18 +2,20 @@ package queue
 
 import (
 	"math/rand/v2"
+	"reflect"
 	"testing"
+	"time"
 )
 
-// TestDeque checks the ring buffer against a slice through random
-// pushes and pops at both ends, across growth, wrap-around and shrinking.
+// TestDeque checks the deque against a slice through random pushes and
+// pops at both ends, across block boundaries, ring growth and draining.
 func TestDeque(t *testing.T) {
 	const steps = 200_000
 	var d deque
 	// model is the deque's content: store[lo:hi], with room both ways.
 	store := make([]uint64, 2*40*steps+1)
 	lo, hi := len(store)/2, len(store)/2
-	maxCap := 0
+	maxBlocks := 0
 	rng := rand.New(rand.NewPCG(1, 2))
 	next := uint64(1)
 	for step := range steps {
@@ -55,29 +57,58 @@ func TestDeque(t *testing.T) {
 			lo++
 		}
 		model := store[lo:hi]
-		maxCap = max(maxCap, len(d.buf))
+		maxBlocks = max(maxBlocks, d.blocks)
 		if d.len() != len(model) {
 			t.Fatalf("step %d: len %d, want %d", step, d.len(), len(model))
 		}
-		if c := len(d.buf); c != 0 && c&(c-1) != 0 {
-			t.Fatalf("step %d: capacity %d is not a power of two", step, c)
+		if need := (d.head + d.n + blockLen - 1) / blockLen; d.n > 0 && d.blocks != need || d.n == 0 && d.blocks > 1 {
+			t.Fatalf("step %d: %d blocks for %d tasks from offset %d, want %d", step, d.blocks, d.n, d.head, need)
 		}
-		if len(model) > 0 && (d.at(0).ID != model[0] || d.at(len(model)-1).ID != model[len(model)-1]) {
-			t.Fatalf("step %d: ends %d..%d, want %d..%d", step, d.at(0).ID, d.at(len(model)-1).ID, model[0], model[len(model)-1])
+		if len(model) > 0 && (d.id(0) != model[0] || d.id(len(model)-1) != model[len(model)-1]) {
+			t.Fatalf("step %d: ends %d..%d, want %d..%d", step, d.id(0), d.id(len(model)-1), model[0], model[len(model)-1])
 		}
 	}
-	if maxCap <= dequeShrinkCap || len(d.buf) >= maxCap {
-		t.Fatalf("capacity peaked at %d and ended at %d: growth and shrinking not both exercised", maxCap, len(d.buf))
+	if maxBlocks < 8 || d.blocks >= maxBlocks {
+		t.Fatalf("blocks peaked at %d and ended at %d: growth and draining not both exercised", maxBlocks, d.blocks)
 	}
 	model := store[lo:hi]
 	for i := range model {
-		if d.at(i).ID != model[i] {
-			t.Fatalf("at(%d) = %d, want %d", i, d.at(i).ID, model[i])
+		if d.id(i) != model[i] {
+			t.Fatalf("id(%d) = %d, want %d", i, d.id(i), model[i])
 		}
 	}
 	d.clear()
-	if d.len() != 0 || d.buf != nil {
+	if d.len() != 0 || d.ring != nil {
 		t.Fatal("clear left tasks")
+	}
+}
+
+// TestDequeKeepsEveryField: a task comes out as it went in.
+func TestDequeKeepsEveryField(t *testing.T) {
+	var d deque
+	now := time.Now().Round(0)
+	in := []Task{
+		{ID: 1, Payload: []byte("a"), ReplyTo: "r", Attempts: 2, LastError: "boom", Enqueued: now, seq: -3},
+		{ID: 2, Payload: []byte("b"), ReplyTo: "r", Enqueued: now},
+		{ID: 3, Payload: []byte("c"), ReplyTo: "r", Enqueued: now},
+		{ID: 4},
+	}
+	for _, task := range in {
+		d.pushBack(task)
+	}
+	if d.slot(1).meta != d.slot(2).meta {
+		t.Error("tasks of one batch do not share their meta")
+	}
+	for i, want := range in {
+		var got Task
+		d.popFront(&got)
+		if !got.Enqueued.Equal(want.Enqueued) || got.Enqueued.IsZero() != want.Enqueued.IsZero() {
+			t.Errorf("task %d enqueued %v, want %v", i, got.Enqueued, want.Enqueued)
+		}
+		got.Enqueued, want.Enqueued = time.Time{}, time.Time{}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("task %d = %+v, want %+v", i, got, want)
+		}
 	}
 }
 
@@ -86,9 +117,16 @@ func TestDequePopClearsSlot(t *testing.T) {
 	d.pushBack(Task{ID: 1, Payload: []byte("x")})
 	var got Task
 	d.popFront(&got)
-	for i := range d.buf {
-		if d.buf[i].Payload != nil {
-			t.Fatal("popped slot still references the payload")
-		}
+	if d.ring[d.first][0].payload != nil {
+		t.Fatal("popped slot still references the payload")
+	}
+	for i := range blockLen + 1 {
+		d.pushBack(Task{ID: uint64(i), Payload: []byte("y")})
+	}
+	for range blockLen {
+		d.popFront(&got)
+	}
+	if d.spare == nil || d.spare[blockLen-1].payload != nil {
+		t.Fatal("the emptied block was not kept, or not clean")
 	}
 }

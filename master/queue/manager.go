@@ -120,7 +120,8 @@ func (m *Manager) dump(emit func(*store.Task) error) error {
 				return nil
 			}
 			for i := range q.ready.len() {
-				if err := put(q, q.ready.at(i)); err != nil {
+				t := q.ready.get(i)
+				if err := put(q, &t); err != nil {
 					return err
 				}
 			}
