@@ -124,6 +124,8 @@ func (c *clientConn) complete(req *wire.Request) error {
 		errs = append(errs, err)
 	}
 	worker := c.workerName()
+	results := make([]wire.Result, 0, len(acked))
+	dests := make([]string, 0, len(acked))
 	for _, t := range acked {
 		dest := t.ReplyTo
 		if dest == "" {
@@ -132,17 +134,12 @@ func (c *clientConn) complete(req *wire.Request) error {
 		if dest == "" {
 			continue
 		}
-		value := values[t.ID]
-		if len(value) == 0 {
-			value = msgpackNil
-		}
-		c.s.publish(dest, wire.Result{TaskID: t.ID, Worker: worker, Attempt: t.Attempts, Value: value})
+		results = append(results, wire.Result{TaskID: t.ID, Worker: worker, Attempt: t.Attempts, Value: values[t.ID]})
+		dests = append(dests, dest)
 	}
+	c.s.publish(dests, results)
 	return errors.Join(errs...)
 }
-
-// msgpackNil encodes nil, the value of a result that carries none.
-var msgpackNil = []byte{0xc0}
 
 func (c *clientConn) workerName() string {
 	c.mu.Lock()

@@ -449,7 +449,7 @@ func (p *pyConn) get(name string, block bool, args *pyproto.Params, timeoutArg i
 func (p *pyConn) taskReply(t queue.Task) (pyReply, string) {
 	payload := t.Payload
 	if len(payload) == 0 {
-		payload = msgpackNil // how a native client's nil may arrive
+		payload = []byte{0xc0} // a native client's nil arrives empty
 	}
 	if f, ok := pyproto.MapFields(payload); ok && isResultShape(f) {
 		if r, err := wire.DecodeResult(payload); err == nil {

@@ -308,16 +308,42 @@ func (s *Server) publishDeadResult(q string, t queue.Task) {
 		}
 		dest = rq.(string)
 	}
-	s.publish(dest, wire.Result{TaskID: t.ID, Attempt: t.Attempts, Error: deadMessage(t)})
+	s.publish([]string{dest}, []wire.Result{{TaskID: t.ID, Attempt: t.Attempts, Error: deadMessage(t)}})
 }
 
-func (s *Server) publish(q string, res wire.Result) {
-	b, err := wire.Encode(res)
-	if err == nil {
-		// force: a result is never refused for a full queue.
-		_, err = s.queues.Put(context.Background(), q, []queue.Item{{Payload: b}}, true)
+// publish puts results[i] into queue dests[i]: one put per queue, the
+// payloads encoded side by side in one buffer. A result is never refused
+// for a full queue.
+func (s *Server) publish(dests []string, results []wire.Result) {
+	if len(results) == 0 {
+		return
 	}
-	if err != nil {
-		s.log.Error("publish result", "queue", q, "task", res.TaskID, "err", err)
+	buf := make([]byte, 0, 64*len(results))
+	ends := make([]int, len(results))
+	for i := range results {
+		buf = wire.AppendResult(buf, &results[i])
+		ends[i] = len(buf)
+	}
+	var items []queue.Item
+	for first := 0; first < len(results); {
+		// Results of one complete nearly always share one queue: take the
+		// run of equal destinations.
+		last := first + 1
+		for last < len(results) && dests[last] == dests[first] {
+			last++
+		}
+		items = items[:0]
+		start := 0
+		if first > 0 {
+			start = ends[first-1]
+		}
+		for i := first; i < last; i++ {
+			items = append(items, queue.Item{Payload: buf[start:ends[i]:ends[i]]})
+			start = ends[i]
+		}
+		if _, err := s.queues.Put(context.Background(), dests[first], items, true); err != nil {
+			s.log.Error("publish results", "queue", dests[first], "results", len(items), "err", err)
+		}
+		first = last
 	}
 }
