@@ -45,6 +45,13 @@ type Config struct {
 	Fsync seglog.FsyncMode
 	// FsyncInterval is the period of seglog.FsyncInterval; default 100ms.
 	FsyncInterval time.Duration
+	// HTTPToken is the bearer token of the HTTP endpoints (ServeAdmin);
+	// empty means the Authkey. With neither, they are open to anyone who
+	// can connect.
+	HTTPToken []byte
+	// DashboardSampleEvery is the period of the dashboard's charts;
+	// default 5s.
+	DashboardSampleEvery time.Duration
 	// Logger receives the server's logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -68,6 +75,8 @@ func (c *Config) Validate() error {
 		return errors.New("KeepAliveInterval must not be negative")
 	case c.FsyncInterval < 0:
 		return errors.New("FsyncInterval must not be negative")
+	case c.DashboardSampleEvery < 0:
+		return errors.New("DashboardSampleEvery must not be negative")
 	}
 	for typeid, q := range c.PyTypeIDs {
 		if typeid == "" {

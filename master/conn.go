@@ -74,6 +74,7 @@ func (c *clientConn) serve() {
 		default:
 			log.Warn("handshake failed", "err", err)
 		}
+		c.s.metrics.handshakeFailed(err)
 		return
 	}
 	c.mu.Lock()
@@ -155,7 +156,8 @@ func (c *clientConn) serveStream(stream *yamux.Stream) {
 			return
 		}
 		c.active.Add(1)
-		c.lastSeen.Store(time.Now().UnixNano())
+		start := time.Now()
+		c.lastSeen.Store(start.UnixNano())
 		var resp *wire.Response
 		if err != nil {
 			resp = errorResponse(err)
@@ -165,6 +167,7 @@ func (c *clientConn) serveStream(stream *yamux.Stream) {
 		if werr := codec.Write(resp); werr != nil && req.Op == wire.OpGet && len(resp.Tasks) > 0 {
 			c.returnUndelivered(stream, &req, resp.Tasks)
 		}
+		c.s.metrics.observe(req.Op, start)
 		c.active.Add(-1)
 	}
 }

@@ -63,12 +63,15 @@ func (c *clientConn) handle(req *wire.Request) *wire.Response {
 		resp.Queues = q.Queues()
 	case wire.OpClients:
 		resp.Clients = c.s.clientInfos()
+	case wire.OpPause, wire.OpResume, wire.OpRequeue, wire.OpDrop:
+		resp.Count, err = c.operate(req) // admin.go
 	default:
 		err = fmt.Errorf("%w: %d", wire.ErrUnknownOp, req.Op)
 	}
 	if err != nil {
 		e := errorResponse(err)
 		e.Tasks = resp.Tasks // a get may fail after taking tasks; never lose them
+		e.Count = resp.Count // a requeue or drop may fail for some tasks only
 		return e
 	}
 	return resp
@@ -163,11 +166,7 @@ func (c *clientConn) stats(name string) ([]wire.QueueStats, error) {
 	}
 	out := make([]wire.QueueStats, len(all))
 	for i, st := range all {
-		out[i] = wire.QueueStats{
-			Queue: st.Queue, Ready: st.Ready, Leased: st.Leased, Done: st.Done, Dead: st.Dead,
-			Consumers: st.Consumers, OldestAge: st.OldestReady, MaxLen: st.MaxLen,
-			Puts: st.Puts, Gets: st.Gets, Acks: st.Acks, Nacks: st.Nacks, Expired: st.Expired,
-		}
+		out[i] = wireStats(st) // admin.go
 	}
 	return out, nil
 }
@@ -216,6 +215,8 @@ func errorResponse(err error) *wire.Response {
 		code = wire.CodeQueueFull
 	case errors.Is(err, queue.ErrNotLeased):
 		code = wire.CodeNotLeased
+	case errors.Is(err, queue.ErrNoSuchTask):
+		code = wire.CodeNoSuchTask
 	case errors.Is(err, queue.ErrBadQueueName), errors.Is(err, queue.ErrBadArgument):
 		code = wire.CodeBadRequest
 	case errors.Is(err, queue.ErrClosed):

@@ -41,6 +41,9 @@ type Server struct {
 	resultQueues sync.Map
 
 	py pyShared // state of Python manager clients (python.go)
+
+	metrics *metrics  // Prometheus metrics (metrics.go)
+	http    adminHTTP // the operators' HTTP endpoints (adminhttp.go)
 }
 
 // New returns a Server for cfg.
@@ -58,6 +61,7 @@ func New(cfg Config) (*Server, error) {
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[*clientConn]struct{}),
 	}
+	s.metrics = newMetrics(s)
 	qcfg := cfg.queueConfig(s.publishDeadResult)
 	if cfg.DataDir != "" {
 		st, err := s.openStore()
@@ -175,6 +179,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Unlock()
 
 	s.cancel() // blocked gets return now
+	s.shutdownHTTP(ctx)
 	for _, c := range conns {
 		c.goAway()
 	}
@@ -213,6 +218,7 @@ func (s *Server) closeAll() {
 	for _, c := range conns {
 		c.close()
 	}
+	s.closeHTTP()
 	s.wg.Wait()
 	s.queues.Close()
 	if s.store != nil {
@@ -228,6 +234,7 @@ func (s *Server) openStore() (store.Store, error) {
 	return seglog.Open(s.cfg.DataDir, seglog.Options{
 		Fsync:    s.cfg.Fsync,
 		Interval: s.cfg.FsyncInterval,
+		OnSync:   func(d time.Duration) { s.metrics.fsync.Observe(d.Seconds()) },
 		OnEvent: func(msg string, err error, attrs ...any) {
 			if err != nil {
 				s.log.Warn(msg, append(attrs, "err", err)...)
@@ -281,6 +288,7 @@ func (s *Server) reapLeases() {
 	for {
 		if n := s.queues.ExpireLeases(time.Now()); n > 0 {
 			s.log.Info("leases expired; tasks requeued", "count", n)
+			s.metrics.leaseExpiries.Add(float64(n))
 		}
 		wait := time.Hour
 		if next, ok := s.queues.NextDeadline(); ok {

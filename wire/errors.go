@@ -20,6 +20,7 @@ const (
 	CodeShuttingDown
 	CodeTooLarge
 	CodeUnknownOp
+	CodeNoSuchTask
 )
 
 var (
@@ -39,6 +40,9 @@ var (
 	ErrMessageTooLarge = errors.New("message too large")
 	// ErrUnknownOp is returned when a request names an operation the master does not know.
 	ErrUnknownOp = errors.New("unknown operation")
+	// ErrNoSuchTask is returned when a requeue or drop names a task that is
+	// not ready in its queue.
+	ErrNoSuchTask = errors.New("no such ready task")
 	// ErrBadPreamble is returned when a connection does not start with the qm preamble.
 	ErrBadPreamble = errors.New("not a qm client")
 	// ErrUnsupportedVersion is returned when the two sides speak different protocol versions.
@@ -56,6 +60,7 @@ var codeErrors = map[Code]error{
 	CodeShuttingDown: ErrShuttingDown,
 	CodeTooLarge:     ErrMessageTooLarge,
 	CodeUnknownOp:    ErrUnknownOp,
+	CodeNoSuchTask:   ErrNoSuchTask,
 }
 
 // CodeOf returns the wire code for err: the code of the first sentinel it

@@ -25,12 +25,17 @@ const (
 	OpDelete   Op = 11 // remove Queue and all in it
 	OpQueues   Op = 12 // names of all queues
 	OpClients  Op = 13 // connected clients
+	OpPause    Op = 14 // stop handing out the tasks of Queue
+	OpResume   Op = 15 // hand out the tasks of Queue again
+	OpRequeue  Op = 16 // move dead tasks IDs (all if none) of Queue back to it
+	OpDrop     Op = 17 // remove ready tasks IDs of Queue for good
 )
 
 var opNames = map[Op]string{
 	OpHello: "hello", OpPut: "put", OpGet: "get", OpAck: "ack", OpNack: "nack",
 	OpExtend: "extend", OpComplete: "complete", OpStats: "stats", OpPeek: "peek",
 	OpPurge: "purge", OpDelete: "delete", OpQueues: "queues", OpClients: "clients",
+	OpPause: "pause", OpResume: "resume", OpRequeue: "requeue", OpDrop: "drop",
 }
 
 func (o Op) String() string {
@@ -123,6 +128,8 @@ type QueueStats struct {
 	Acks      uint64        `msgpack:"acks" json:"acks"`
 	Nacks     uint64        `msgpack:"nacks" json:"nacks"`
 	Expired   uint64        `msgpack:"expired" json:"expired"`
+	// Paused is set while the queue hands out no task (OpPause).
+	Paused bool `msgpack:"paused,omitempty" json:"paused,omitempty"`
 }
 
 // ClientInfo describes one connected client.

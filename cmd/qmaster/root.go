@@ -36,6 +36,7 @@ type serveOptions struct {
 	Fsync            string
 	FsyncInterval    time.Duration
 	PyTypeIDs        map[string]string
+	HTTP             httpOptions // httpflags.go
 }
 
 // errNoKey is returned when the master is started without an authkey.
@@ -110,6 +111,7 @@ The subcommands talk to a running master (see --server).`,
 	fl.StringVar(&opts.DataDir, "data-dir", "", "keep the queues durable in `DIR` (default: in memory, lost on restart)")
 	fl.StringVar(&opts.Fsync, "fsync", "always", "with --data-dir, when to fsync the log: always (before each put is acknowledged; many puts share one fsync), interval (every --fsync-interval, or give a duration: --fsync 100ms) or never (leave it to the OS)")
 	fl.DurationVar(&opts.FsyncInterval, "fsync-interval", seglog.DefaultInterval, "the fsync period of --fsync interval")
+	addHTTPFlags(cmd, &opts.HTTP)
 	fl.StringToStringVar(&opts.PyTypeIDs, "py-typeid", nil, "serve Python manager typeid `TYPEID=QUEUE` from that queue (repeatable; get_<name>_queue serves <name> without it)")
 
 	for _, sub := range []*cobra.Command{
@@ -122,6 +124,11 @@ The subcommands talk to a running master (see --server).`,
 		newCmdPurge(f, nil),
 		newCmdDelete(f, nil),
 		newCmdQueues(f, nil),
+		newCmdDead(f, nil),
+		newCmdRequeue(f, nil),
+		newCmdDrop(f, nil),
+		newCmdPause(f, false, nil),
+		newCmdPause(f, true, nil),
 	} {
 		cmd.AddCommand(sub)
 	}
@@ -159,7 +166,7 @@ func (o *serveOptions) validate() error {
 	if _, _, err := seglog.ParseFsync(o.Fsync); err != nil {
 		return usageErrorf("--fsync: %v", err)
 	}
-	return nil
+	return o.HTTP.validate()
 }
 
 func (o *serveOptions) logger(w io.Writer) *slog.Logger {
@@ -194,6 +201,10 @@ func serveRun(ctx context.Context, opts *serveOptions) error {
 			return errNoKey
 		}
 	}
+	httpToken, err := opts.HTTP.token(opts.IO.getenv)
+	if err != nil {
+		return err
+	}
 	log := opts.logger(opts.IO.ErrOut)
 	fsync, interval, _ := seglog.ParseFsync(opts.Fsync) // checked by validate
 	if opts.Fsync == "interval" {
@@ -211,6 +222,7 @@ func serveRun(ctx context.Context, opts *serveOptions) error {
 		MaxAttempts:      opts.MaxAttempts,
 		DefaultLease:     opts.Lease,
 		MaxQueueLen:      opts.MaxQueueLen,
+		HTTPToken:        httpToken,
 		Logger:           log,
 	})
 	if err != nil {
@@ -237,6 +249,13 @@ func serveRun(ctx context.Context, opts *serveOptions) error {
 		log.Warn("serving without authentication (--insecure-no-auth): anyone who can connect may read and write every queue")
 	}
 
+	waitHTTP, err := opts.HTTP.serveHTTP(srv, log)
+	if err != nil {
+		ln.Close()
+		srv.Close()
+		return err
+	}
+	defer waitHTTP() // the HTTP endpoints stop with the master
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	select {

@@ -18,6 +18,7 @@ type Stats struct {
 	Producers   int           // Puts currently blocked waiting for room in this queue
 	OldestReady time.Duration // age (now - Enqueued) of the task at the front; 0 if none
 	MaxLen      int           // 0 = unlimited
+	Paused      bool          // hands out no task (Pause)
 	// Totals since the queue was created, counted in tasks. Gets counts
 	// deliveries (less those undone by Unget).
 	Puts, Gets, Acks, Nacks, Expired uint64
@@ -33,6 +34,7 @@ func (q *queue) stats(now time.Time) Stats {
 		Consumers: q.getters.n,
 		Producers: q.putters.n,
 		MaxLen:    q.maxLen,
+		Paused:    q.paused,
 		Puts:      q.puts,
 		Gets:      q.gets,
 		Acks:      q.acks,

@@ -90,6 +90,39 @@ func (d *deque) popFront(dst *Task) {
 	}
 }
 
+// removeIf takes out the tasks whose ID take accepts, in order, and keeps
+// the others in theirs.
+func (d *deque) removeIf(take func(id uint64) bool) []Task {
+	var out []Task
+	kept := 0
+	for i := range d.n {
+		e := d.slot(i)
+		if take(e.id) {
+			out = append(out, e.task())
+			continue
+		}
+		if kept != i {
+			*d.slot(kept) = *e
+		}
+		kept++
+	}
+	for i := kept; i < d.n; i++ {
+		*d.slot(i) = entry{} // drop the payload references
+	}
+	d.n = kept
+	// Drop the blocks now empty at the back.
+	need := (d.head + d.n + blockLen - 1) / blockLen
+	for d.blocks > max(need, 1) {
+		last := (d.first + d.blocks - 1) & (len(d.ring) - 1)
+		d.ring[last] = nil
+		d.blocks--
+	}
+	if d.n == 0 {
+		d.head = 0
+	}
+	return out
+}
+
 // reserve is a hint that k more tasks are coming; blocks are added as
 // needed, so there is nothing to do ahead of time.
 func (d *deque) reserve(int) {}

@@ -130,3 +130,32 @@ func TestDequePopClearsSlot(t *testing.T) {
 		t.Fatal("the emptied block was not kept, or not clean")
 	}
 }
+
+func TestDequeRemoveIf(t *testing.T) {
+	var d deque
+	const n = 3*blockLen + 7
+	d.pushFront(Task{ID: 0}) // start mid-block
+	for i := 1; i < n; i++ {
+		d.pushBack(Task{ID: uint64(i), Payload: []byte("p")})
+	}
+	got := d.removeIf(func(id uint64) bool { return id%3 != 0 })
+	if len(got) != n-(n+2)/3 || got[0].ID != 1 || got[1].ID != 2 {
+		t.Fatalf("removed %d tasks starting %v", len(got), got[:2])
+	}
+	if d.len() != (n+2)/3 || d.blocks != (d.head+d.n+blockLen-1)/blockLen {
+		t.Fatalf("%d left in %d blocks from offset %d", d.len(), d.blocks, d.head)
+	}
+	for i := range d.len() {
+		if d.id(i) != uint64(3*i) {
+			t.Fatalf("id(%d) = %d, want %d", i, d.id(i), 3*i)
+		}
+	}
+	d.removeIf(func(uint64) bool { return true })
+	if d.len() != 0 || d.blocks > 1 {
+		t.Fatalf("after removing all: %d tasks, %d blocks", d.len(), d.blocks)
+	}
+	d.pushBack(Task{ID: 9})
+	if d.id(0) != 9 {
+		t.Fatal("push after removing all")
+	}
+}

@@ -25,13 +25,18 @@ var (
 	// MaxNameLen bytes, or one holding control characters or invalid UTF-8.
 	ErrBadQueueName = errors.New("bad queue name")
 
+	// ErrNoSuchTask is returned (inside a *TaskError) when a task named by
+	// Requeue or Drop is not ready in its queue.
+	ErrNoSuchTask = errors.New("no such ready task")
+
 	// ErrBadArgument is returned (wrapped with the details) for a negative
 	// length, lease or config value, or a Get max below 1.
 	ErrBadArgument = errors.New("bad argument")
 )
 
 // TaskError reports which task an error is about, so a caller can tell
-// the client which ids of a batch failed. Err is ErrNotLeased.
+// the client which ids of a batch failed. Err is ErrNotLeased or
+// ErrNoSuchTask.
 type TaskError struct {
 	ID  uint64
 	Err error

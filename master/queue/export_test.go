@@ -22,7 +22,7 @@ func (q *queue) check() error {
 	if q.deleted {
 		return nil
 	}
-	if q.ready.len() > 0 && q.getters.n > 0 {
+	if q.ready.len() > 0 && q.getters.n > 0 && !q.paused {
 		return fmt.Errorf("%d ready tasks and %d waiting getters", q.ready.len(), q.getters.n)
 	}
 	if p := q.putters.head; p != nil && q.fits(len(p.items)) {

@@ -8,6 +8,7 @@ type lease struct {
 	task     Task
 	owner    uint64
 	deadline int64 // nanoseconds since Manager.epoch
+	start    int64 // when it was leased, in nanoseconds since Manager.epoch
 	index    int   // position in leaseHeap
 
 	prev, next *lease // owner's list
@@ -59,8 +60,9 @@ type ownerHead struct {
 // maxFreeLeases bounds the per-queue free list of lease structs.
 const maxFreeLeases = 1024
 
-// addLease leases *t to owner until deadline. Called with q.mu held.
-func (q *queue) addLease(t *Task, owner uint64, deadline int64) {
+// addLease leases *t to owner from start until deadline. Called with
+// q.mu held.
+func (q *queue) addLease(t *Task, owner uint64, start, deadline int64) {
 	var l *lease
 	if n := len(q.free); n > 0 {
 		l = q.free[n-1]
@@ -72,6 +74,7 @@ func (q *queue) addLease(t *Task, owner uint64, deadline int64) {
 	l.task = *t
 	l.owner = owner
 	l.deadline = deadline
+	l.start = start
 	q.leases[t.ID] = l
 	heap.Push(&q.heap, l)
 	if l.index == 0 {

@@ -365,7 +365,7 @@ func (m *Manager) Get(ctx context.Context, name string, max int, lease time.Dura
 		}
 		q.mu.Unlock()
 	}
-	if q.ready.len() > 0 {
+	if q.ready.len() > 0 && !q.paused {
 		ts := q.take(max, lease, owner, noAck, &c)
 		if noAck && q.putters.head != nil {
 			q.settle(&c)

@@ -32,8 +32,8 @@ type Item struct {
 // queue is one named queue. Every field below mu is guarded by it.
 //
 // Invariant, restored by settle before mu is released: no getter waits
-// while a task is ready, and no putter waits while the head putter's batch
-// fits.
+// while a task is ready and the queue is not paused, and no putter waits
+// while the head putter's batch fits.
 type queue struct {
 	m      *Manager
 	name   string
@@ -41,6 +41,7 @@ type queue struct {
 
 	mu      sync.Mutex
 	deleted bool // removed from the Manager; callers holding q start over
+	paused  bool // hands out no task (Pause); not kept by the store
 	sig     bool // a lease became the earliest of this queue: signal LeaseChanged
 	maxLen  int
 	ready   deque
@@ -179,16 +180,17 @@ func (q *queue) pushFrontStored(t Task, k store.Kind) {
 // with noAck. Called with q.mu held and at least one task ready.
 func (q *queue) take(max int, lease time.Duration, owner uint64, noAck bool, c *clock) []Task {
 	ts := make([]Task, min(max, q.ready.len()))
-	var deadline int64
+	var start, deadline int64
 	if !noAck {
 		deadline = c.deadline(lease)
+		start = int64(c.now().Sub(q.m.epoch))
 	}
 	for i := range ts {
 		t := &ts[i]
 		q.ready.popFront(t)
 		t.Attempts++
 		if !noAck {
-			q.addLease(t, owner, deadline)
+			q.addLease(t, owner, start, deadline)
 		}
 	}
 	if q.m.store != nil {
@@ -215,7 +217,7 @@ func (q *queue) take(max int, lease time.Duration, owner uint64, noAck bool, c *
 // held after any change that adds ready tasks or frees room.
 func (q *queue) settle(c *clock) {
 	for {
-		for q.getters.head != nil && q.ready.len() > 0 {
+		for q.getters.head != nil && q.ready.len() > 0 && !q.paused {
 			g := q.getters.head
 			q.getters.remove(g)
 			g.served = true

@@ -241,8 +241,12 @@ func (l *Log) flush(sync bool) error {
 		l.dirty = true
 	}
 	if l.dirty && (sync || l.opts.Fsync == FsyncAlways) {
+		start := time.Now()
 		if err := l.seg.Sync(); err != nil {
 			return l.fail(fmt.Errorf("fsync %s: %w", l.seg.Name(), err))
+		}
+		if l.opts.OnSync != nil {
+			l.opts.OnSync(time.Since(start))
 		}
 		l.dirty = false
 	}

@@ -85,6 +85,10 @@ type Options struct {
 	// recovering, a compaction failing. It is called from the store's
 	// goroutines with no lock held. attrs are slog-style key-value pairs.
 	OnEvent func(msg string, err error, attrs ...any)
+	// OnSync, if not nil, is told how long each fsync of the log's
+	// records took (for a latency metric). It is called from the writer
+	// goroutine: it must be quick.
+	OnSync func(time.Duration)
 }
 
 // Validate reports an invalid field.

@@ -1,0 +1,137 @@
+package master
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/qm-dev/qm/master/httpapi"
+	"github.com/qm-dev/qm/master/queue"
+	"github.com/qm-dev/qm/wire"
+)
+
+// The operators' view of the server, shared by the admin ops of the wire
+// protocol and the HTTP endpoints (adminBackend).
+
+// queueStats returns the figures of every queue, sorted by name.
+func (s *Server) queueStats() []wire.QueueStats {
+	all := s.queues.AllStats()
+	out := make([]wire.QueueStats, len(all))
+	for i, st := range all {
+		out[i] = wireStats(st)
+	}
+	return out
+}
+
+func wireStats(st queue.Stats) wire.QueueStats {
+	return wire.QueueStats{
+		Queue: st.Queue, Ready: st.Ready, Leased: st.Leased, Done: st.Done, Dead: st.Dead,
+		Consumers: st.Consumers, OldestAge: st.OldestReady, MaxLen: st.MaxLen,
+		Puts: st.Puts, Gets: st.Gets, Acks: st.Acks, Nacks: st.Nacks, Expired: st.Expired,
+		Paused: st.Paused,
+	}
+}
+
+// ready returns why the server cannot serve now, or nil.
+func (s *Server) ready() error {
+	s.mu.Lock()
+	closing, listening := s.closing, len(s.listeners) > 0
+	s.mu.Unlock()
+	switch {
+	case closing:
+		return errors.New("shutting down")
+	case !listening:
+		return errors.New("not listening yet")
+	}
+	if s.store != nil {
+		if err := s.store.Writable(); err != nil {
+			return fmt.Errorf("data directory: %w", err)
+		}
+	}
+	return nil
+}
+
+// adminBackend is the server as the HTTP endpoints see it.
+type adminBackend struct{ s *Server }
+
+var _ httpapi.Backend = adminBackend{}
+
+func (b adminBackend) Queues() []wire.QueueStats { return b.s.queueStats() }
+
+func (b adminBackend) Clients() []httpapi.Client {
+	infos := b.s.clientInfos()
+	leases := b.s.queues.Leases()
+	out := make([]httpapi.Client, len(infos))
+	for i, c := range infos {
+		out[i] = httpapi.Client{ClientInfo: c}
+		for _, l := range leases[c.ID] {
+			out[i].Tasks = append(out[i].Tasks, httpapi.Lease{Queue: l.Queue, ID: l.ID, Attempt: l.Attempts, Since: l.Since})
+		}
+	}
+	return out
+}
+
+func (b adminBackend) Peek(q string, n int) ([]wire.Task, error) {
+	ts, err := b.s.queues.Peek(q, n)
+	return wireTasks(q, ts), err
+}
+
+func (b adminBackend) Purge(q string) (int, error) { return b.s.queues.Purge(q) }
+
+func (b adminBackend) Pause(q string) error {
+	_, err := b.s.operate(wire.OpPause, q, nil)
+	return err
+}
+
+func (b adminBackend) Resume(q string) error {
+	_, err := b.s.operate(wire.OpResume, q, nil)
+	return err
+}
+
+func (b adminBackend) Requeue(q string, ids []uint64) (int, error) {
+	return b.s.operate(wire.OpRequeue, q, ids)
+}
+
+func (b adminBackend) Drop(q string, ids []uint64) (int, error) {
+	return b.s.operate(wire.OpDrop, q, ids)
+}
+
+func (b adminBackend) Ready() error { return b.s.ready() }
+
+// operate runs an operator's action on queue q: pause, resume, requeue
+// (of q's dead tasks ids, all if none) or drop (of q's ready tasks ids).
+// It returns how many tasks moved.
+func (s *Server) operate(op wire.Op, q string, ids []uint64) (int, error) {
+	switch op {
+	case wire.OpPause:
+		return 0, s.queues.SetPaused(q, true)
+	case wire.OpResume:
+		return 0, s.queues.SetPaused(q, false)
+	case wire.OpRequeue:
+		return s.queues.Requeue(q, ids)
+	case wire.OpDrop:
+		if len(ids) == 0 {
+			return 0, fmt.Errorf("%w: drop takes the ids of the tasks (purge drops them all)", wire.ErrBadRequest)
+		}
+		return s.queues.Drop(q, ids)
+	}
+	return 0, fmt.Errorf("%w: %s is no operator action", wire.ErrBadRequest, op)
+}
+
+// operate is Server.operate for a client's request, logged with the
+// client's ID (the HTTP endpoints log their own).
+func (c *clientConn) operate(req *wire.Request) (int, error) {
+	n, err := c.s.operate(req.Op, req.Queue, req.IDs)
+	attrs := []any{"queue", req.Queue, "client", c.id, "remote", c.addr}
+	if len(req.IDs) > 0 {
+		attrs = append(attrs, "tasks", req.IDs)
+	}
+	if req.Op == wire.OpRequeue || req.Op == wire.OpDrop {
+		attrs = append(attrs, "count", n)
+	}
+	if err != nil {
+		c.s.log.Warn("queue "+req.Op.String()+" failed", append(attrs, "err", err)...)
+	} else {
+		c.s.log.Info("queue "+req.Op.String(), attrs...)
+	}
+	return n, err
+}

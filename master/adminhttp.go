@@ -1,0 +1,140 @@
+package master
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/qm-dev/qm/master/httpapi"
+)
+
+// adminHTTP is the state of the operator HTTP endpoints (ServeAdmin).
+type adminHTTP struct {
+	once    sync.Once
+	handler *httpapi.Handler
+	err     error
+
+	// servers are the http.Servers of running ServeAdmin calls; guarded
+	// by Server.mu.
+	servers map[*http.Server]struct{}
+}
+
+// ServeAdmin serves the operators' HTTP endpoints on ln until Shutdown or
+// Close, then returns ErrServerClosed; it closes ln. The endpoints are
+// /metrics (Prometheus), the dashboard at / with its API under /api/,
+// and /healthz and /readyz. All but the health checks need
+// Config.HTTPToken (or the authkey) as a bearer token or the dashboard's
+// cookie.
+func (s *Server) ServeAdmin(ln net.Listener) error {
+	h, err := s.adminHandler()
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	hs := &http.Server{
+		Handler:           s.joinHTTP(h),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      60 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(s.log.With("http", ln.Addr().String()).Handler(), slog.LevelWarn),
+		BaseContext:       func(net.Listener) context.Context { return s.ctx },
+	}
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		ln.Close()
+		return ErrServerClosed
+	}
+	if s.http.servers == nil {
+		s.http.servers = make(map[*http.Server]struct{})
+	}
+	s.http.servers[hs] = struct{}{}
+	s.mu.Unlock()
+
+	err = hs.Serve(ln)
+	s.mu.Lock()
+	delete(s.http.servers, hs)
+	s.mu.Unlock()
+	if errors.Is(err, http.ErrServerClosed) {
+		return ErrServerClosed
+	}
+	return err
+}
+
+// joinHTTP runs each request as a goroutine the server owns, so that
+// Close and Shutdown return only once every handler has (http.Server's
+// Close does not wait for them).
+func (s *Server) joinHTTP(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.mu.Lock()
+		if s.closing {
+			s.mu.Unlock()
+			http.Error(w, "master shutting down", http.StatusServiceUnavailable)
+			return
+		}
+		s.wg.Add(1)
+		s.mu.Unlock()
+		defer s.wg.Done()
+		next.ServeHTTP(w, r)
+	})
+}
+
+// adminHandler returns the endpoints' handler, made on first use along
+// with the goroutine that samples the queues for the dashboard's charts.
+func (s *Server) adminHandler() (*httpapi.Handler, error) {
+	a := &s.http
+	a.once.Do(func() {
+		token := s.cfg.HTTPToken
+		if len(token) == 0 {
+			token = s.cfg.Authkey
+		}
+		if len(token) == 0 {
+			s.log.Warn("HTTP endpoints without authentication (--insecure-no-auth and no --http-token): anyone who can connect may purge queues")
+		}
+		a.handler, a.err = httpapi.New(httpapi.Config{
+			Backend:     adminBackend{s},
+			Token:       token,
+			Metrics:     promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}),
+			SampleEvery: s.cfg.DashboardSampleEvery,
+			Logger:      s.log,
+		})
+		if a.err == nil {
+			s.goRun(func() { a.handler.Run(s.ctx) })
+		}
+	})
+	return a.handler, a.err
+}
+
+// shutdownHTTP stops the HTTP endpoints, letting requests in progress
+// finish until ctx ends.
+func (s *Server) shutdownHTTP(ctx context.Context) {
+	for _, hs := range s.httpServers() {
+		if err := hs.Shutdown(ctx); err != nil {
+			hs.Close()
+		}
+	}
+}
+
+// closeHTTP stops the HTTP endpoints at once.
+func (s *Server) closeHTTP() {
+	for _, hs := range s.httpServers() {
+		hs.Close()
+	}
+}
+
+func (s *Server) httpServers() []*http.Server {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*http.Server, 0, len(s.http.servers))
+	for hs := range s.http.servers {
+		out = append(out, hs)
+	}
+	return out
+}

@@ -1,0 +1,276 @@
+// Package httpapi serves a master's operator endpoints over HTTP: the
+// Prometheus metrics, a live dashboard with its actions, and the health
+// checks of process supervisors. It knows the master only through
+// Backend, and the network only through net/http: the master owns the
+// listener, the http.Server and the sampler goroutine (Handler.Run).
+package httpapi
+
+import (
+	"bytes"
+	"crypto/hmac"
+	"crypto/sha256"
+	"crypto/subtle"
+	"embed"
+	"encoding/hex"
+	"errors"
+	"io/fs"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/qm-dev/qm/wire"
+)
+
+// Backend is the master as the pages see it. Its methods are safe for
+// concurrent use.
+type Backend interface {
+	// Queues returns the figures of every queue, sorted by name.
+	Queues() []wire.QueueStats
+	// Clients returns the connected clients with the tasks each holds.
+	Clients() []Client
+	// Peek returns up to n ready tasks of queue, left in place.
+	Peek(queue string, n int) ([]wire.Task, error)
+	// Purge drops the ready tasks of queue and returns how many.
+	Purge(queue string) (int, error)
+	// Pause stops queue from handing out tasks; Resume undoes it.
+	Pause(queue string) error
+	Resume(queue string) error
+	// Requeue moves the dead tasks ids (all if none) of queue's
+	// dead-letter queue back to queue, and returns how many it moved.
+	Requeue(queue string, ids []uint64) (int, error)
+	// Drop removes the ready tasks ids of queue for good, and returns how
+	// many it removed.
+	Drop(queue string, ids []uint64) (int, error)
+	// Ready returns why the master cannot serve now (shutting down, a data
+	// directory that cannot be written), or nil.
+	Ready() error
+}
+
+// Client is one connected client and the tasks it holds.
+type Client struct {
+	wire.ClientInfo
+	Tasks []Lease
+}
+
+// Lease is a task a client holds, and since when.
+type Lease struct {
+	Queue   string
+	ID      uint64
+	Attempt int
+	Since   time.Time
+}
+
+// Defaults for zero Config fields.
+const (
+	DefaultSampleEvery = 5 * time.Second
+	DefaultHistory     = 120 // ten minutes at DefaultSampleEvery
+)
+
+// Config configures a Handler. Zero values mean the defaults.
+type Config struct {
+	// Backend is the master; required.
+	Backend Backend
+	// Token is what every request but the health checks must present, as
+	// "Authorization: Bearer TOKEN" or through the dashboard's login form
+	// (then kept in an HttpOnly cookie). Empty serves everything to
+	// anyone who can connect.
+	Token []byte
+	// Metrics serves /metrics (a promhttp handler); nil serves 404.
+	Metrics http.Handler
+	// SampleEvery is the period of the dashboard's charts; default 5s.
+	SampleEvery time.Duration
+	// History is how many samples the charts keep; default 120.
+	History int
+	// Logger receives the operators' actions; nil discards them.
+	Logger *slog.Logger
+}
+
+// Handler serves the endpoints. Create it with New; run its sampler with
+// Run.
+type Handler struct {
+	cfg    Config
+	log    *slog.Logger
+	mux    *http.ServeMux
+	cookie string // the session cookie's value: a MAC of the token, never the token
+	hist   *history
+}
+
+// sessionCookie names the dashboard's cookie.
+const sessionCookie = "qm_session"
+
+//go:embed web
+var webFS embed.FS
+
+// New returns a Handler for cfg.
+func New(cfg Config) (*Handler, error) {
+	if cfg.Backend == nil {
+		return nil, errors.New("httpapi: Config.Backend is required")
+	}
+	if cfg.SampleEvery < 0 || cfg.History < 0 {
+		return nil, errors.New("httpapi: SampleEvery and History must not be negative")
+	}
+	if cfg.SampleEvery == 0 {
+		cfg.SampleEvery = DefaultSampleEvery
+	}
+	if cfg.History == 0 {
+		cfg.History = DefaultHistory
+	}
+	h := &Handler{cfg: cfg, log: cfg.Logger, hist: newHistory(cfg.History)}
+	if h.log == nil {
+		h.log = slog.New(slog.DiscardHandler)
+	}
+	if len(cfg.Token) > 0 {
+		mac := hmac.New(sha256.New, cfg.Token)
+		mac.Write([]byte("qm dashboard session v1"))
+		h.cookie = hex.EncodeToString(mac.Sum(nil))
+	}
+	static, err := fs.Sub(webFS, "web")
+	if err != nil {
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { writeText(w, http.StatusOK, "ok\n") })
+	mux.HandleFunc("GET /readyz", h.readyz)
+	mux.HandleFunc("POST /login", h.login)
+	mux.HandleFunc("POST /logout", h.logout)
+	mux.Handle("GET /metrics", h.auth(h.metrics()))
+	mux.Handle("GET /{$}", h.authPage(serveFile(static, "index.html")))
+	mux.Handle("GET /static/", h.auth(http.StripPrefix("/static/", http.FileServerFS(static))))
+	mux.Handle("GET /api/state", h.auth(http.HandlerFunc(h.state)))
+	mux.Handle("POST /api/actions", h.auth(http.HandlerFunc(h.action)))
+	h.mux = mux
+	return h, nil
+}
+
+// ServeHTTP implements http.Handler.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.Header().Set("X-Frame-Options", "DENY")
+	w.Header().Set("Referrer-Policy", "no-referrer")
+	w.Header().Set("Content-Security-Policy", "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'")
+	h.mux.ServeHTTP(w, r)
+}
+
+func (h *Handler) metrics() http.Handler {
+	if h.cfg.Metrics == nil {
+		return http.NotFoundHandler()
+	}
+	return h.cfg.Metrics
+}
+
+func (h *Handler) readyz(w http.ResponseWriter, _ *http.Request) {
+	if err := h.cfg.Backend.Ready(); err != nil {
+		writeText(w, http.StatusServiceUnavailable, "not ready: "+err.Error()+"\n")
+		return
+	}
+	writeText(w, http.StatusOK, "ready\n")
+}
+
+// authorized reports whether r carries the token (as a bearer token or
+// the session cookie), and whether through the cookie.
+func (h *Handler) authorized(r *http.Request) (ok, byCookie bool) {
+	if len(h.cfg.Token) == 0 {
+		return true, false
+	}
+	if tok, found := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); found {
+		return subtle.ConstantTimeCompare([]byte(strings.TrimSpace(tok)), h.cfg.Token) == 1, false
+	}
+	if c, err := r.Cookie(sessionCookie); err == nil {
+		return subtle.ConstantTimeCompare([]byte(c.Value), []byte(h.cookie)) == 1, true
+	}
+	return false, false
+}
+
+// auth serves next to authorized requests only. A state-changing request
+// authorized by the cookie must also carry the header the page's script
+// sets, which a form on another site cannot (SameSite=Strict is the
+// first guard against such forgeries; this is the second).
+func (h *Handler) auth(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ok, byCookie := h.authorized(r)
+		if !ok {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="qm"`)
+			writeText(w, http.StatusUnauthorized, "unauthorized: send Authorization: Bearer KEY (the master's authkey or --http-token)\n")
+			return
+		}
+		if byCookie && r.Method != http.MethodGet && r.Header.Get("X-QM-Dashboard") != "1" {
+			writeText(w, http.StatusForbidden, "forbidden: missing X-QM-Dashboard header\n")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// authPage is auth for the dashboard: an unauthorized visitor gets the
+// login form instead of a bare 401.
+func (h *Handler) authPage(next http.Handler) http.Handler {
+	login := serveFile(webFS, "web/login.html")
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if ok, _ := h.authorized(r); !ok {
+			w.Header().Set("Cache-Control", "no-store")
+			w.Header().Set("Content-Type", "text/html; charset=utf-8")
+			w.WriteHeader(http.StatusUnauthorized)
+			login.ServeHTTP(w, r)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// login checks the token of the login form and, if it is right, keeps
+// the session in an HttpOnly cookie.
+func (h *Handler) login(w http.ResponseWriter, r *http.Request) {
+	r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
+	tok := strings.TrimSpace(r.PostFormValue("token"))
+	if len(h.cfg.Token) > 0 && subtle.ConstantTimeCompare([]byte(tok), h.cfg.Token) != 1 {
+		h.log.Warn("dashboard login failed", "remote", r.RemoteAddr)
+		b, err := fs.ReadFile(webFS, "web/login.html")
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		b = bytes.Replace(b, []byte("<!--error-->"), []byte(`<p class="err" role="alert">That key is not right.</p>`), 1)
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		w.WriteHeader(http.StatusUnauthorized)
+		_, _ = w.Write(b)
+		return
+	}
+	if h.cookie != "" {
+		http.SetCookie(w, &http.Cookie{
+			Name: sessionCookie, Value: h.cookie, Path: "/",
+			HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil,
+		})
+	}
+	h.log.Info("dashboard login", "remote", r.RemoteAddr)
+	http.Redirect(w, r, "/", http.StatusSeeOther)
+}
+
+func (h *Handler) logout(w http.ResponseWriter, r *http.Request) {
+	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Path: "/", MaxAge: -1, HttpOnly: true, SameSite: http.SameSiteStrictMode})
+	http.Redirect(w, r, "/", http.StatusSeeOther)
+}
+
+// serveFile serves one file of fsys whatever the request path.
+func serveFile(fsys fs.FS, name string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, err := fs.ReadFile(fsys, name)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		if w.Header().Get("Content-Type") == "" {
+			w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		}
+		w.Header().Set("Cache-Control", "no-store")
+		_, _ = w.Write(b)
+	})
+}
+
+func writeText(w http.ResponseWriter, code int, s string) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(code)
+	_, _ = w.Write([]byte(s))
+}

@@ -1,0 +1,183 @@
+package master
+
+import (
+	"errors"
+	"io"
+	"net"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/qm-dev/qm/auth"
+	"github.com/qm-dev/qm/wire"
+)
+
+// metrics are the server's Prometheus metrics, in a registry of its own
+// (no globals: two servers in one process, as in tests, do not clash).
+//
+// The queue figures are not counted per operation: they are read from
+// the queue Manager when Prometheus scrapes (queueCollector), so the hot
+// path pays only for one histogram Observe per request.
+type metrics struct {
+	reg *prometheus.Registry
+
+	// byOp holds the request latency observer of every op number, so the
+	// hot path does no label lookup; invalid ops share "other".
+	byOp          [256]prometheus.Observer
+	handshakeFail *prometheus.CounterVec
+	leaseExpiries prometheus.Counter
+	// fsync observes the store's fsyncs; nil without a data directory.
+	fsync prometheus.Histogram
+}
+
+// requestBuckets spans a cached put (tens of µs) to a get that waited
+// out a long timeout (a get's latency includes its wait for a task).
+var requestBuckets = []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}
+
+func newMetrics(s *Server) *metrics {
+	m := &metrics{reg: prometheus.NewRegistry()}
+	reqDur := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "qm_request_duration_seconds",
+		Help:    "Time from reading a native request to writing its response, by operation; a get's includes its wait for a task.",
+		Buckets: requestBuckets,
+	}, []string{"op"})
+	other := reqDur.WithLabelValues("other")
+	for i := range m.byOp {
+		if op := wire.Op(i); op.Valid() {
+			m.byOp[i] = reqDur.WithLabelValues(op.String())
+		} else {
+			m.byOp[i] = other
+		}
+	}
+	m.handshakeFail = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "qm_handshake_failures_total",
+		Help: "Connections closed before their handshake completed, by reason: auth (wrong key), timeout, closed (the client left), protocol.",
+	}, []string{"reason"})
+	for _, r := range []string{"auth", "timeout", "closed", "protocol"} {
+		m.handshakeFail.WithLabelValues(r) // exported at 0 from the start
+	}
+	m.leaseExpiries = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "qm_lease_expiries_total",
+		Help: "Leases that ran out before their task was acked or nacked (the tasks were requeued or dead-lettered).",
+	})
+	m.reg.MustRegister(reqDur, m.handshakeFail, m.leaseExpiries, &queueCollector{s: s},
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if s.cfg.DataDir != "" {
+		m.fsync = prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "qm_store_fsync_duration_seconds",
+			Help:    "Duration of the fsyncs of the data directory's log.",
+			Buckets: prometheus.ExponentialBuckets(.0001, 2, 16), // 100µs to 3.3s
+		})
+		m.reg.MustRegister(m.fsync)
+	}
+	return m
+}
+
+// observe records the latency of one request of op that started at start.
+func (m *metrics) observe(op wire.Op, start time.Time) {
+	m.byOp[op].Observe(time.Since(start).Seconds())
+}
+
+// handshakeFailed counts a connection whose handshake failed with err.
+func (m *metrics) handshakeFailed(err error) {
+	var ne net.Error
+	reason := "protocol"
+	switch {
+	case errors.Is(err, auth.ErrAuthFailed):
+		reason = "auth"
+	case errors.As(err, &ne) && ne.Timeout():
+		reason = "timeout"
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
+		reason = "closed"
+	}
+	m.handshakeFail.WithLabelValues(reason).Inc()
+}
+
+// queueCollector reads the queue figures and the connected clients when
+// Prometheus scrapes.
+type queueCollector struct{ s *Server }
+
+var (
+	queueLabels = []string{"queue"}
+	descReady   = prometheus.NewDesc("qm_queue_ready_tasks", "Tasks ready to be handed out.", queueLabels, nil)
+	descLeased  = prometheus.NewDesc("qm_queue_leased_tasks", "Tasks leased to workers and not yet acked.", queueLabels, nil)
+	descDead    = prometheus.NewDesc("qm_queue_dead_tasks", "Tasks in the queue's dead-letter queue (QUEUE.dead).", queueLabels, nil)
+	descWaiting = prometheus.NewDesc("qm_queue_consumers", "Gets blocked waiting for a task of the queue.", queueLabels, nil)
+	descOldest  = prometheus.NewDesc("qm_queue_oldest_ready_seconds", "Age of the task at the front of the queue; 0 when none is ready.", queueLabels, nil)
+	descPaused  = prometheus.NewDesc("qm_queue_paused", "1 if the queue is paused (hands out no task), else 0.", queueLabels, nil)
+	descPuts    = prometheus.NewDesc("qm_queue_puts_total", "Tasks put into the queue.", queueLabels, nil)
+	descGets    = prometheus.NewDesc("qm_queue_gets_total", "Deliveries of the queue's tasks to workers.", queueLabels, nil)
+	descAcks    = prometheus.NewDesc("qm_queue_acks_total", "Tasks acked (done) by workers.", queueLabels, nil)
+	descNacks   = prometheus.NewDesc("qm_queue_nacks_total", "Failed attempts reported by workers.", queueLabels, nil)
+	descExpired = prometheus.NewDesc("qm_queue_expired_total", "Leases of the queue's tasks that ran out.", queueLabels, nil)
+	descDone    = prometheus.NewDesc("qm_queue_done_total", "Tasks finished for good: acked, or taken without a lease.", queueLabels, nil)
+	descClients = prometheus.NewDesc("qm_clients", "Connected clients by role: worker, producer, admin, python, none (said no role) or other.", []string{"role"}, nil)
+)
+
+// Describe implements prometheus.Collector.
+func (qc *queueCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descReady, descLeased, descDead, descWaiting, descOldest, descPaused,
+		descPuts, descGets, descAcks, descNacks, descExpired, descDone, descClients} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (qc *queueCollector) Collect(ch chan<- prometheus.Metric) {
+	gauge := func(d *prometheus.Desc, v float64, l string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, l)
+	}
+	counter := func(d *prometheus.Desc, v uint64, l string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), l)
+	}
+	for _, st := range qc.s.queueStats() {
+		q := st.Queue
+		gauge(descReady, float64(st.Ready), q)
+		gauge(descLeased, float64(st.Leased), q)
+		gauge(descDead, float64(st.Dead), q)
+		gauge(descWaiting, float64(st.Consumers), q)
+		gauge(descOldest, st.OldestAge.Seconds(), q)
+		paused := 0.0
+		if st.Paused {
+			paused = 1
+		}
+		gauge(descPaused, paused, q)
+		counter(descPuts, st.Puts, q)
+		counter(descGets, st.Gets, q)
+		counter(descAcks, st.Acks, q)
+		counter(descNacks, st.Nacks, q)
+		counter(descExpired, st.Expired, q)
+		counter(descDone, st.Done, q)
+	}
+	for role, n := range qc.s.clientRoles() {
+		gauge(descClients, float64(n), role)
+	}
+}
+
+// clientRoles counts the connected clients by role. A role a client
+// named that qm does not know counts as "other", so that no client can
+// make up label values.
+func (s *Server) clientRoles() map[string]int {
+	roles := map[string]int{"worker": 0, "producer": 0, "admin": 0, pyRole: 0, "none": 0, "other": 0}
+	s.mu.Lock()
+	conns := make([]*clientConn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		info, ok := c.info()
+		if !ok {
+			continue // still in its handshake, or gone
+		}
+		switch role := info.Role; role {
+		case "":
+			roles["none"]++
+		case "worker", "producer", "admin", pyRole:
+			roles[role]++
+		default:
+			roles["other"]++
+		}
+	}
+	return roles
+}

@@ -1,0 +1,218 @@
+package queue
+
+import (
+	"errors"
+	"slices"
+	"time"
+
+	"github.com/qm-dev/qm/store"
+)
+
+// What operators do to queues by hand: pause them, requeue or drop dead
+// tasks, and see who holds what.
+
+// SetPaused pauses the named queue, creating it if needed, or resumes
+// it. A paused queue hands out no task: Gets wait (or return empty at
+// their timeout) as if none were ready; Puts, acks and lease expiry go on.
+// Resuming hands the ready tasks to the waiting Gets at once. The pause
+// lasts while the queue does: it is not kept by the store, and a deleted
+// queue comes back unpaused.
+func (m *Manager) SetPaused(name string, paused bool) error {
+	if m.closed.Load() {
+		return ErrClosed
+	}
+	for {
+		var (
+			q   *queue
+			err error
+		)
+		if paused {
+			q, err = m.lookupOrCreate(name)
+		} else if q = m.lookup(name); q == nil {
+			err = ErrUnknownQueue
+		}
+		if err != nil {
+			return err
+		}
+		q.mu.Lock()
+		if q.deleted {
+			q.mu.Unlock()
+			if !paused {
+				return ErrUnknownQueue
+			}
+			continue
+		}
+		q.paused = paused
+		q.settle(&clock{m: m})
+		m.unlock(q)
+		return nil
+	}
+}
+
+// Requeue moves the tasks ids (all of them if ids is empty) from the
+// ready tasks of the named queue's dead-letter queue to the back of the
+// named queue, creating it if needed, ignoring its max length. Each gets
+// its attempts anew (Attempts 0) and keeps its LastError. With a store,
+// the move is durable when Requeue returns. It returns how many tasks it
+// moved; for each id not ready in the dead-letter queue, the joined error
+// holds a *TaskError wrapping ErrNoSuchTask, and the other ids still move.
+func (m *Manager) Requeue(name string, ids []uint64) (int, error) {
+	if m.closed.Load() {
+		return 0, ErrClosed
+	}
+	if IsDeadLetterName(name) {
+		return 0, errors.New("requeue: name the queue the tasks died in, not its dead-letter queue")
+	}
+	if err := CheckName(name); err != nil {
+		return 0, err
+	}
+	dq, err := m.lockLive(DeadLetterName(name))
+	if err != nil {
+		if len(ids) == 0 && errors.Is(err, ErrUnknownQueue) {
+			return 0, nil // no dead-letter queue: nothing to requeue
+		}
+		return 0, err
+	}
+	ts, missing := dq.remove(ids)
+	dq.settle(&clock{m: m}) // room for waiting Puts
+	m.unlock(dq)
+	// Between the two locks the tasks are in neither queue in memory, and
+	// still in the dead-letter queue in the store until the Move below: as
+	// in deadLetter, in the other direction.
+	for {
+		q, err := m.lookupOrCreate(name)
+		if err != nil {
+			return 0, err // unreachable: the name was checked
+		}
+		q.mu.Lock()
+		if q.deleted {
+			q.mu.Unlock()
+			continue
+		}
+		q.ready.reserve(len(ts))
+		for i := range ts {
+			t := &ts[i]
+			t.Attempts = 0
+			if m.store != nil {
+				t.seq = m.seq.Add(1)
+				q.logTask(store.Move, t)
+			}
+			q.ready.pushBack(*t)
+		}
+		var ticket store.Ticket
+		if m.store != nil {
+			ticket = q.flushOps()
+		}
+		q.puts += uint64(len(ts))
+		q.settle(&clock{m: m})
+		m.unlock(q)
+		m.durable(ticket)
+		return len(ts), noSuchTask(missing)
+	}
+}
+
+// Drop removes the ready tasks ids of the named queue for good (counted
+// neither as done nor as failed), and returns how many it removed; for
+// each id not ready there, the joined error holds a *TaskError wrapping
+// ErrNoSuchTask. With a store, the removal is durable when Drop returns.
+func (m *Manager) Drop(name string, ids []uint64) (int, error) {
+	if m.closed.Load() {
+		return 0, ErrClosed
+	}
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	q, err := m.lockLive(name)
+	if err != nil {
+		return 0, err
+	}
+	ts, missing := q.remove(ids)
+	var ticket store.Ticket
+	if m.store != nil {
+		for i := range ts {
+			q.logOp(store.Delete, ts[i].ID, 0)
+		}
+		ticket = q.flushOps()
+	}
+	q.settle(&clock{m: m}) // room for waiting Puts
+	m.unlock(q)
+	m.durable(ticket)
+	return len(ts), noSuchTask(missing)
+}
+
+// remove takes the ready tasks ids (every ready task if ids is empty) out
+// of q, in queue order, and returns them and the ids it did not find.
+// Called with q.mu held; the caller must settle.
+func (q *queue) remove(ids []uint64) (ts []Task, missing []uint64) {
+	if len(ids) == 0 {
+		ts = make([]Task, q.ready.len())
+		for i := range ts {
+			q.ready.popFront(&ts[i])
+		}
+		return ts, nil
+	}
+	want := make(map[uint64]bool, len(ids))
+	for _, id := range ids {
+		want[id] = true
+	}
+	ts = q.ready.removeIf(func(id uint64) bool {
+		if want[id] {
+			delete(want, id)
+			return true
+		}
+		return false
+	})
+	for _, id := range ids {
+		if want[id] {
+			missing = append(missing, id)
+			delete(want, id) // an id given twice is reported once
+		}
+	}
+	return ts, missing
+}
+
+func noSuchTask(ids []uint64) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	errs := make([]error, len(ids))
+	for i, id := range ids {
+		errs[i] = &TaskError{ID: id, Err: ErrNoSuchTask}
+	}
+	return errors.Join(errs...)
+}
+
+// LeaseInfo describes a leased task.
+type LeaseInfo struct {
+	Queue    string
+	ID       uint64
+	Attempts int       // counting this delivery
+	Since    time.Time // when it was handed out
+	Deadline time.Time // when the lease runs out unless extended
+}
+
+// Leases returns the leased tasks of every owner, each owner's in the
+// order they were handed out.
+func (m *Manager) Leases() map[uint64][]LeaseInfo {
+	out := make(map[uint64][]LeaseInfo)
+	if m.closed.Load() {
+		return out
+	}
+	for _, q := range m.snapshot() {
+		q.mu.Lock()
+		for owner, h := range q.owners {
+			for l := h.first; l != nil; l = l.next {
+				out[owner] = append(out[owner], LeaseInfo{
+					Queue: q.name, ID: l.task.ID, Attempts: l.task.Attempts,
+					Since:    m.epoch.Add(time.Duration(l.start)),
+					Deadline: m.epoch.Add(time.Duration(l.deadline)),
+				})
+			}
+		}
+		q.mu.Unlock()
+	}
+	for _, ls := range out {
+		slices.SortFunc(ls, func(a, b LeaseInfo) int { return a.Since.Compare(b.Since) })
+	}
+	return out
+}
