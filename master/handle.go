@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/qm-dev/qm/master/queue"
 	"github.com/qm-dev/qm/wire"
@@ -85,7 +86,7 @@ func (c *clientConn) put(req *wire.Request) ([]uint64, error) {
 	for i, p := range req.Items {
 		items[i] = queue.Item{Payload: p, ReplyTo: req.ReplyTo}
 	}
-	ctx, cancel := context.WithTimeout(c.ctx, max(req.Timeout, 0))
+	ctx, cancel := c.waitCtx(req.Timeout)
 	defer cancel()
 	return c.s.queues.Put(ctx, req.Queue, items, false)
 }
@@ -94,10 +95,27 @@ func (c *clientConn) get(req *wire.Request) ([]wire.Task, error) {
 	if req.Max < 0 || req.Lease < 0 {
 		return nil, fmt.Errorf("%w: negative max or lease", wire.ErrBadRequest)
 	}
-	ctx, cancel := context.WithTimeout(c.ctx, max(req.Timeout, 0))
+	ctx, cancel := c.waitCtx(req.Timeout)
 	defer cancel()
 	ts, err := c.s.queues.Get(ctx, req.Queue, max(req.Max, 1), req.Lease, c.id, req.NoAck)
 	return wireTasks(req.Queue, ts), err
+}
+
+// expired is a context that is already done: a put or get that may not
+// wait still takes what is ready, without a timer per call.
+var expired = func() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
+}()
+
+// waitCtx is the context a call may wait under: until timeout, or until
+// the connection or the master ends.
+func (c *clientConn) waitCtx(timeout time.Duration) (context.Context, context.CancelFunc) {
+	if timeout <= 0 {
+		return expired, func() {}
+	}
+	return context.WithTimeout(c.ctx, timeout)
 }
 
 // complete acks the tasks that succeeded and publishes their results, and

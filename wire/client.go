@@ -209,7 +209,10 @@ func (c *Client) call(ctx context.Context, req *Request, resp *Response) error {
 	}
 	// Interrupt a blocked read or write when ctx ends; the stream is then
 	// out of step and is dropped.
-	stop := context.AfterFunc(ctx, func() { _ = cs.s.SetDeadline(time.Now()) })
+	stop := noStop
+	if ctx.Done() != nil {
+		stop = context.AfterFunc(ctx, func() { _ = cs.s.SetDeadline(time.Now()) })
+	}
 	err = cs.codec.Write(req)
 	if err == nil {
 		err = cs.codec.Read(resp)
@@ -232,6 +235,9 @@ func (c *Client) call(ctx context.Context, req *Request, resp *Response) error {
 	}
 	return errorFromResponse(resp)
 }
+
+// noStop stands for context.AfterFunc's stop when ctx can never end.
+func noStop() bool { return true }
 
 // Encode turns a Go value into a msgpack payload.
 func Encode(v any) (msgpack.RawMessage, error) {
