@@ -4,7 +4,7 @@ BIN       := bin
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 FUZZTIME  ?= 5s
 
-.PHONY: all build demo test lint fuzz fuzz-smoke bench bench-smoke clean
+.PHONY: all build demo test lint fuzz fuzz-smoke bench bench-smoke soak clean
 
 all: build
 
@@ -28,6 +28,12 @@ lint:
 	if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
+
+# The soak of e2e/soak_test.go for two minutes instead of make test's 20s:
+# producers, workers killed and restarted at random, master RSS and
+# goroutines reported (docs/RELIABILITY.md).
+soak:
+	QM_SOAK=2m $(GO) test -race -run Soak -count=1 -timeout 10m -v ./e2e/
 
 # Every fuzz target for FUZZTIME (make fuzz FUZZTIME=10m for a long run).
 fuzz fuzz-smoke:

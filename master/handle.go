@@ -121,7 +121,8 @@ func (c *clientConn) waitCtx(timeout time.Duration) (context.Context, context.Ca
 // complete acks the tasks that succeeded and publishes their results, and
 // nacks those that failed. A result is published only when its ack
 // succeeds, so a task whose lease ran out and went to another worker gets
-// one result, not two.
+// one result, not two; and it is stored before the ack is, so a crash of
+// the master between the two never leaves an acked task without one.
 func (c *clientConn) complete(req *wire.Request) error {
 	q := c.s.queues
 	if req.ResultQueue != "" {
@@ -140,25 +141,26 @@ func (c *clientConn) complete(req *wire.Request) error {
 		ids = append(ids, r.ID)
 		values[r.ID] = r.Value
 	}
-	acked, err := q.Ack(req.Queue, c.id, ids)
+	worker := c.workerName()
+	_, err := q.AckThen(req.Queue, c.id, ids, func(acked []queue.Task) {
+		results := make([]wire.Result, 0, len(acked))
+		dests := make([]string, 0, len(acked))
+		for _, t := range acked {
+			dest := t.ReplyTo
+			if dest == "" {
+				dest = req.ResultQueue
+			}
+			if dest == "" {
+				continue
+			}
+			results = append(results, wire.Result{TaskID: t.ID, Worker: worker, Attempt: t.Attempts, Value: values[t.ID]})
+			dests = append(dests, dest)
+		}
+		c.s.publish(dests, results)
+	})
 	if err != nil {
 		errs = append(errs, err)
 	}
-	worker := c.workerName()
-	results := make([]wire.Result, 0, len(acked))
-	dests := make([]string, 0, len(acked))
-	for _, t := range acked {
-		dest := t.ReplyTo
-		if dest == "" {
-			dest = req.ResultQueue
-		}
-		if dest == "" {
-			continue
-		}
-		results = append(results, wire.Result{TaskID: t.ID, Worker: worker, Attempt: t.Attempts, Value: values[t.ID]})
-		dests = append(dests, dest)
-	}
-	c.s.publish(dests, results)
 	return errors.Join(errs...)
 }
 

@@ -428,6 +428,15 @@ func (m *Manager) Get(ctx context.Context, name string, max int, lease time.Dura
 // error holds a *TaskError wrapping ErrNotLeased, and the other ids still
 // succeed. Ack returns copies of the acked Tasks (to publish results).
 func (m *Manager) Ack(name string, owner uint64, ids []uint64) ([]Task, error) {
+	return m.AckThen(name, owner, ids, nil)
+}
+
+// AckThen is Ack that first calls publish (if not nil) with the tasks
+// acked, outside every lock, before their acks are logged. publish puts
+// their results; so the results reach the store ahead of the acks, and a
+// crash in between leaves a task that runs again (its result may then
+// come twice), never an acked task whose result is lost.
+func (m *Manager) AckThen(name string, owner uint64, ids []uint64, publish func([]Task)) ([]Task, error) {
 	if m.closed.Load() {
 		return nil, ErrClosed
 	}
@@ -445,19 +454,33 @@ func (m *Manager) Ack(name string, owner uint64, ids []uint64) ([]Task, error) {
 		}
 		ts = append(ts, q.unlease(l))
 	}
-	var ticket store.Ticket
-	if m.store != nil {
-		for i := range ts {
-			q.logOp(store.Delete, ts[i].ID, 0)
-		}
-		ticket = q.flushOps()
-	}
 	q.acks += uint64(len(ts))
 	q.done += uint64(len(ts))
 	if len(ts) > 0 && q.putters.head != nil {
 		q.settle(&clock{m: m})
 	}
+	var ticket store.Ticket
+	if m.store != nil && publish == nil {
+		for i := range ts {
+			q.logOp(store.Delete, ts[i].ID, 0)
+		}
+		ticket = q.flushOps()
+	}
 	m.unlock(q)
+	if publish != nil {
+		if len(ts) > 0 {
+			publish(ts)
+		}
+		if m.store != nil && len(ts) > 0 {
+			// The tasks are gone from memory, so no other op names them:
+			// their deletes may be logged outside the queue's lock.
+			ops := make([]store.Op, len(ts))
+			for i := range ts {
+				ops[i] = store.Op{Kind: store.Delete, Task: store.Task{ID: ts[i].ID}}
+			}
+			ticket = m.store.Append(ops...)
+		}
+	}
 	m.durable(ticket)
 	return ts, notLeased(bad)
 }
