@@ -1,0 +1,458 @@
+package wire
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// Hand-written msgpack for the messages of the hot path (put, get,
+// complete): msgpack's reflection spent a third of the master's time and
+// most of its allocations on them. The encodings are exactly those of the
+// struct tags in message.go, so either side may still use reflection; a
+// test checks both ways.
+
+// EncodeMsgpack implements msgpack.CustomEncoder.
+func (t Task) EncodeMsgpack(enc *msgpack.Encoder) error {
+	n := 5
+	if t.ReplyTo != "" {
+		n++
+	}
+	if t.LastError != "" {
+		n++
+	}
+	w := fieldWriter{enc: enc}
+	w.mapLen(n)
+	w.uint("id", t.ID)
+	w.str("q", t.Queue)
+	w.raw("payload", t.Payload)
+	if t.ReplyTo != "" {
+		w.str("reply_to", t.ReplyTo)
+	}
+	w.int("attempt", int64(t.Attempt))
+	if t.LastError != "" {
+		w.str("last_err", t.LastError)
+	}
+	w.key("enqueued")
+	if w.err == nil {
+		w.err = enc.EncodeTime(t.Enqueued)
+	}
+	return w.err
+}
+
+// DecodeMsgpack implements msgpack.CustomDecoder.
+func (t *Task) DecodeMsgpack(dec *msgpack.Decoder) error {
+	return decodeFields(dec, func(key []byte) error {
+		var err error
+		switch string(key) {
+		case "id":
+			t.ID, err = dec.DecodeUint64()
+		case "q":
+			t.Queue, err = dec.DecodeString()
+		case "payload":
+			t.Payload, err = decodeRaw(dec)
+		case "reply_to":
+			t.ReplyTo, err = dec.DecodeString()
+		case "attempt":
+			t.Attempt, err = dec.DecodeInt()
+		case "last_err":
+			t.LastError, err = dec.DecodeString()
+		case "enqueued":
+			t.Enqueued, err = dec.DecodeTime()
+		default:
+			err = dec.Skip()
+		}
+		return err
+	})
+}
+
+// EncodeMsgpack implements msgpack.CustomEncoder.
+func (c Completion) EncodeMsgpack(enc *msgpack.Encoder) error {
+	n := 1
+	if len(c.Value) > 0 {
+		n++
+	}
+	if c.Error != "" {
+		n++
+	}
+	w := fieldWriter{enc: enc}
+	w.mapLen(n)
+	w.uint("id", c.ID)
+	if len(c.Value) > 0 {
+		w.raw("value", c.Value)
+	}
+	if c.Error != "" {
+		w.str("err", c.Error)
+	}
+	return w.err
+}
+
+// DecodeMsgpack implements msgpack.CustomDecoder.
+func (c *Completion) DecodeMsgpack(dec *msgpack.Decoder) error {
+	return decodeFields(dec, func(key []byte) error {
+		var err error
+		switch string(key) {
+		case "id":
+			c.ID, err = dec.DecodeUint64()
+		case "value":
+			c.Value, err = decodeRaw(dec)
+		case "err":
+			c.Error, err = dec.DecodeString()
+		default:
+			err = dec.Skip()
+		}
+		return err
+	})
+}
+
+// EncodeMsgpack implements msgpack.CustomEncoder.
+func (r Request) EncodeMsgpack(enc *msgpack.Encoder) error {
+	n := 1
+	for _, set := range [...]bool{r.Queue != "", len(r.Items) > 0, r.ReplyTo != "", r.Max != 0,
+		r.Timeout != 0, r.Lease != 0, r.NoAck, len(r.IDs) > 0, r.Error != "", len(r.Results) > 0,
+		r.ResultQueue != "", r.Role != "", r.Name != ""} {
+		if set {
+			n++
+		}
+	}
+	w := fieldWriter{enc: enc}
+	w.mapLen(n)
+	w.uint("op", uint64(r.Op))
+	if r.Queue != "" {
+		w.str("q", r.Queue)
+	}
+	if len(r.Items) > 0 {
+		w.key("items")
+		w.arrayLen(len(r.Items))
+		for _, it := range r.Items {
+			w.rawValue(it)
+		}
+	}
+	if r.ReplyTo != "" {
+		w.str("reply_to", r.ReplyTo)
+	}
+	if r.Max != 0 {
+		w.int("max", int64(r.Max))
+	}
+	if r.Timeout != 0 {
+		w.int("timeout", int64(r.Timeout))
+	}
+	if r.Lease != 0 {
+		w.int("lease", int64(r.Lease))
+	}
+	if r.NoAck {
+		w.key("no_ack")
+		if w.err == nil {
+			w.err = enc.EncodeBool(true)
+		}
+	}
+	if len(r.IDs) > 0 {
+		w.uints("ids", r.IDs)
+	}
+	if r.Error != "" {
+		w.str("err", r.Error)
+	}
+	if len(r.Results) > 0 {
+		w.key("results")
+		w.arrayLen(len(r.Results))
+		for i := range r.Results {
+			if w.err == nil {
+				w.err = r.Results[i].EncodeMsgpack(enc)
+			}
+		}
+	}
+	if r.ResultQueue != "" {
+		w.str("result_q", r.ResultQueue)
+	}
+	if r.Role != "" {
+		w.str("role", r.Role)
+	}
+	if r.Name != "" {
+		w.str("name", r.Name)
+	}
+	return w.err
+}
+
+// DecodeMsgpack implements msgpack.CustomDecoder.
+func (r *Request) DecodeMsgpack(dec *msgpack.Decoder) error {
+	return decodeFields(dec, func(key []byte) error {
+		var err error
+		switch string(key) {
+		case "op":
+			var op uint8
+			op, err = dec.DecodeUint8()
+			r.Op = Op(op)
+		case "q":
+			r.Queue, err = dec.DecodeString()
+		case "items":
+			var n int
+			if n, err = dec.DecodeArrayLen(); err == nil && n > 0 {
+				r.Items = make([]msgpack.RawMessage, n)
+				for i := 0; i < n && err == nil; i++ {
+					r.Items[i], err = decodeRaw(dec)
+				}
+			}
+		case "reply_to":
+			r.ReplyTo, err = dec.DecodeString()
+		case "max":
+			r.Max, err = dec.DecodeInt()
+		case "timeout":
+			r.Timeout, err = decodeDuration(dec)
+		case "lease":
+			r.Lease, err = decodeDuration(dec)
+		case "no_ack":
+			r.NoAck, err = dec.DecodeBool()
+		case "ids":
+			r.IDs, err = decodeUints(dec)
+		case "err":
+			r.Error, err = dec.DecodeString()
+		case "results":
+			var n int
+			if n, err = dec.DecodeArrayLen(); err == nil && n > 0 {
+				r.Results = make([]Completion, n)
+				for i := 0; i < n && err == nil; i++ {
+					err = r.Results[i].DecodeMsgpack(dec)
+				}
+			}
+		case "result_q":
+			r.ResultQueue, err = dec.DecodeString()
+		case "role":
+			r.Role, err = dec.DecodeString()
+		case "name":
+			r.Name, err = dec.DecodeString()
+		default:
+			err = dec.Skip()
+		}
+		return err
+	})
+}
+
+// EncodeMsgpack implements msgpack.CustomEncoder.
+func (r Response) EncodeMsgpack(enc *msgpack.Encoder) error {
+	n := 0
+	for _, set := range [...]bool{r.Code != 0, r.Error != "", len(r.IDs) > 0, len(r.Tasks) > 0,
+		len(r.Stats) > 0, len(r.Clients) > 0, len(r.Queues) > 0, r.Count != 0, r.Lease != 0, r.ClientID != 0} {
+		if set {
+			n++
+		}
+	}
+	w := fieldWriter{enc: enc}
+	w.mapLen(n)
+	if r.Code != 0 {
+		w.uint("code", uint64(r.Code))
+	}
+	if r.Error != "" {
+		w.str("err", r.Error)
+	}
+	if len(r.IDs) > 0 {
+		w.uints("ids", r.IDs)
+	}
+	if len(r.Tasks) > 0 {
+		w.key("tasks")
+		w.arrayLen(len(r.Tasks))
+		for i := range r.Tasks {
+			if w.err == nil {
+				w.err = r.Tasks[i].EncodeMsgpack(enc)
+			}
+		}
+	}
+	// The rest are rare (admin calls): reflection is fine.
+	if len(r.Stats) > 0 {
+		w.value("stats", r.Stats)
+	}
+	if len(r.Clients) > 0 {
+		w.value("clients", r.Clients)
+	}
+	if len(r.Queues) > 0 {
+		w.value("queues", r.Queues)
+	}
+	if r.Count != 0 {
+		w.int("count", int64(r.Count))
+	}
+	if r.Lease != 0 {
+		w.int("lease", int64(r.Lease))
+	}
+	if r.ClientID != 0 {
+		w.uint("client_id", r.ClientID)
+	}
+	return w.err
+}
+
+// DecodeMsgpack implements msgpack.CustomDecoder.
+func (r *Response) DecodeMsgpack(dec *msgpack.Decoder) error {
+	return decodeFields(dec, func(key []byte) error {
+		var err error
+		switch string(key) {
+		case "code":
+			var c uint16
+			c, err = dec.DecodeUint16()
+			r.Code = Code(c)
+		case "err":
+			r.Error, err = dec.DecodeString()
+		case "ids":
+			r.IDs, err = decodeUints(dec)
+		case "tasks":
+			var n int
+			if n, err = dec.DecodeArrayLen(); err == nil && n > 0 {
+				r.Tasks = make([]Task, n)
+				for i := 0; i < n && err == nil; i++ {
+					err = r.Tasks[i].DecodeMsgpack(dec)
+				}
+			}
+		case "stats":
+			err = dec.Decode(&r.Stats)
+		case "clients":
+			err = dec.Decode(&r.Clients)
+		case "queues":
+			err = dec.Decode(&r.Queues)
+		case "count":
+			r.Count, err = dec.DecodeInt()
+		case "lease":
+			r.Lease, err = decodeDuration(dec)
+		case "client_id":
+			r.ClientID, err = dec.DecodeUint64()
+		default:
+			err = dec.Skip()
+		}
+		return err
+	})
+}
+
+// fieldWriter writes map entries and keeps the first error.
+type fieldWriter struct {
+	enc *msgpack.Encoder
+	err error
+}
+
+func (w *fieldWriter) mapLen(n int) {
+	if w.err == nil {
+		w.err = w.enc.EncodeMapLen(n)
+	}
+}
+
+func (w *fieldWriter) arrayLen(n int) {
+	if w.err == nil {
+		w.err = w.enc.EncodeArrayLen(n)
+	}
+}
+
+func (w *fieldWriter) key(k string) {
+	if w.err == nil {
+		w.err = w.enc.EncodeString(k)
+	}
+}
+
+func (w *fieldWriter) str(k, v string) {
+	w.key(k)
+	if w.err == nil {
+		w.err = w.enc.EncodeString(v)
+	}
+}
+
+func (w *fieldWriter) uint(k string, v uint64) {
+	w.key(k)
+	if w.err == nil {
+		w.err = w.enc.EncodeUint(v)
+	}
+}
+
+func (w *fieldWriter) int(k string, v int64) {
+	w.key(k)
+	if w.err == nil {
+		w.err = w.enc.EncodeInt(v)
+	}
+}
+
+func (w *fieldWriter) uints(k string, vs []uint64) {
+	w.key(k)
+	w.arrayLen(len(vs))
+	for _, v := range vs {
+		if w.err == nil {
+			w.err = w.enc.EncodeUint(v)
+		}
+	}
+}
+
+// raw writes an already encoded value; an empty one is nil, as msgpack's
+// RawMessage encodes it.
+func (w *fieldWriter) raw(k string, v msgpack.RawMessage) {
+	w.key(k)
+	w.rawValue(v)
+}
+
+func (w *fieldWriter) rawValue(v msgpack.RawMessage) {
+	if w.err != nil {
+		return
+	}
+	if len(v) == 0 {
+		w.err = w.enc.EncodeNil()
+		return
+	}
+	w.err = v.EncodeMsgpack(w.enc)
+}
+
+func (w *fieldWriter) value(k string, v any) {
+	w.key(k)
+	if w.err == nil {
+		w.err = w.enc.Encode(v)
+	}
+}
+
+// decodeFields reads a map (nil counts as empty) and hands each key to
+// field, which must consume its value.
+func decodeFields(dec *msgpack.Decoder, field func(key []byte) error) error {
+	n, err := dec.DecodeMapLen()
+	if err != nil {
+		return err
+	}
+	var buf [16]byte // every key of ours fits: read keys without allocating
+	for range n {
+		kn, err := dec.DecodeBytesLen()
+		if err != nil {
+			return err
+		}
+		var key []byte
+		if kn >= 0 && kn <= len(buf) {
+			key = buf[:kn]
+		} else if kn > 0 {
+			key = make([]byte, kn) // not ours; bounded by the frame (checkBounds)
+		}
+		if err := dec.ReadFull(key); err != nil {
+			return err
+		}
+		if err := field(key); err != nil {
+			return fmt.Errorf("field %q: %w", key, err)
+		}
+	}
+	return nil
+}
+
+// decodeRaw reads one value as raw bytes; nil reads as empty, as msgpack's
+// RawMessage decoding does.
+func decodeRaw(dec *msgpack.Decoder) (msgpack.RawMessage, error) {
+	raw, err := dec.DecodeRaw()
+	if err != nil || len(raw) == 1 && raw[0] == 0xc0 {
+		return nil, err
+	}
+	return raw, nil
+}
+
+func decodeDuration(dec *msgpack.Decoder) (time.Duration, error) {
+	n, err := dec.DecodeInt64()
+	return time.Duration(n), err
+}
+
+func decodeUints(dec *msgpack.Decoder) ([]uint64, error) {
+	n, err := dec.DecodeArrayLen()
+	if err != nil || n <= 0 {
+		return nil, err
+	}
+	out := make([]uint64, n)
+	for i := range out {
+		if out[i], err = dec.DecodeUint64(); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}

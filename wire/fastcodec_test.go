@@ -1,0 +1,131 @@
+package wire
+
+import (
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// The plain types have the fields and tags of the messages but not their
+// hand-written codecs, so msgpack encodes them by reflection.
+type (
+	plainRequest    Request
+	plainTask       Task
+	plainCompletion Completion
+)
+
+func sampleTasks() []Task {
+	at := time.Unix(1764000000, 123456789)
+	return []Task{
+		{ID: 1, Queue: "tasks", Payload: msgpack.RawMessage{0x07}, Attempt: 1, Enqueued: at},
+		{ID: 1 << 40, Queue: "q", Payload: msgpack.RawMessage{0xa2, 'h', 'i'}, ReplyTo: "results", Attempt: 3, LastError: "boom", Enqueued: at},
+		{ID: 3, Queue: "empty-payload"},
+	}
+}
+
+// sameTime makes the times of two tasks comparable with DeepEqual.
+func sameTime(ts []Task) {
+	for i := range ts {
+		if ts[i].Enqueued.IsZero() {
+			ts[i].Enqueued = time.Time{}
+		} else {
+			ts[i].Enqueued = time.Unix(0, ts[i].Enqueued.UnixNano())
+		}
+	}
+}
+
+func TestFastCodecMatchesReflection(t *testing.T) {
+	for _, want := range sampleRequests() {
+		t.Run("request "+want.Op.String(), func(t *testing.T) {
+			fast := mustMarshal(t, want)
+			var viaReflect plainRequest
+			if err := msgpack.Unmarshal(fast, &viaReflect); err != nil || !reflect.DeepEqual(Request(viaReflect), want) {
+				t.Errorf("hand-encoded, decoded by reflection: %+v, %v", viaReflect, err)
+			}
+			slow := mustMarshal(t, plainRequest(want))
+			var viaHand Request
+			if err := msgpack.Unmarshal(slow, &viaHand); err != nil || !reflect.DeepEqual(viaHand, want) {
+				t.Errorf("encoded by reflection, hand-decoded: %+v, %v", viaHand, err)
+			}
+		})
+	}
+	for _, want := range sampleTasks() {
+		fast := mustMarshal(t, want)
+		var viaReflect plainTask
+		if err := msgpack.Unmarshal(fast, &viaReflect); err != nil {
+			t.Fatal(err)
+		}
+		slow := mustMarshal(t, plainTask(want))
+		var viaHand Task
+		if err := msgpack.Unmarshal(slow, &viaHand); err != nil {
+			t.Fatal(err)
+		}
+		got := []Task{Task(viaReflect), viaHand}
+		sameTime(got)
+		w := []Task{want}
+		sameTime(w)
+		if !reflect.DeepEqual(got[0], w[0]) || !reflect.DeepEqual(got[1], w[0]) {
+			t.Errorf("task %d: reflect-decoded %+v, hand-decoded %+v, want %+v", want.ID, got[0], got[1], w[0])
+		}
+	}
+	c := Completion{ID: 9, Value: msgpack.RawMessage{0x01}, Error: "x"}
+	var pc plainCompletion
+	if err := msgpack.Unmarshal(mustMarshal(t, c), &pc); err != nil || !reflect.DeepEqual(Completion(pc), c) {
+		t.Errorf("completion: %+v, %v", pc, err)
+	}
+}
+
+func TestFastCodecResponse(t *testing.T) {
+	want := Response{
+		Code: CodeNotLeased, Error: "e", IDs: []uint64{1, 2}, Tasks: sampleTasks(),
+		Stats: []QueueStats{{Queue: "tasks", Ready: 3}}, Clients: []ClientInfo{{ID: 4, Role: "worker"}},
+		Queues: []string{"a"}, Count: -1, Lease: time.Second, ClientID: 5,
+	}
+	var got Response
+	if err := msgpack.Unmarshal(mustMarshal(t, want), &got); err != nil {
+		t.Fatal(err)
+	}
+	sameTime(got.Tasks)
+	sameTime(want.Tasks)
+	got.Clients[0].LastSeen, got.Clients[0].Since = time.Time{}, time.Time{}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("round trip:\n got %+v\nwant %+v", got, want)
+	}
+	// Unknown fields are skipped, as by reflection.
+	extra := mustMarshal(t, map[string]any{"count": 3, "future": []any{1, "x"}})
+	var r Response
+	if err := msgpack.Unmarshal(extra, &r); err != nil || r.Count != 3 {
+		t.Errorf("unknown field: %+v, %v", r, err)
+	}
+}
+
+func BenchmarkCodecGetResponse(b *testing.B) {
+	tasks := make([]Task, 32)
+	for i := range tasks {
+		tasks[i] = Task{ID: uint64(i), Queue: "tasks", Payload: msgpack.RawMessage{0xa4, 'a', 'b', 'c', 'd'}, Attempt: 1, Enqueued: time.Now()}
+	}
+	resp := Response{Tasks: tasks, Lease: 30 * time.Second}
+	var buf rwBuffer
+	c := NewCodec(&buf, 0)
+	for b.Loop() {
+		if err := c.Write(&resp); err != nil {
+			b.Fatal(err)
+		}
+		var got Response
+		if err := c.Read(&got); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// rwBuffer is a pipe in one goroutine: what is written is read back.
+type rwBuffer struct{ b []byte }
+
+func (r *rwBuffer) Write(p []byte) (int, error) { r.b = append(r.b, p...); return len(p), nil }
+func (r *rwBuffer) Read(p []byte) (int, error) {
+	n := copy(p, r.b)
+	r.b = r.b[n:]
+	return n, nil
+}
