@@ -27,7 +27,8 @@ func newCmdInspect(f *factory, runF func(*inspectOptions) error) *cobra.Command 
 		Short: "Show the queues of a master and their counts",
 		Long: `Show every queue of the master, one per line:
 
-  QUEUE      the queue's name (QUEUE.dead holds the tasks QUEUE gave up on)
+  QUEUE      the queue's name (QUEUE.dead holds the tasks QUEUE gave up on;
+             "(paused)" after it: the queue hands out nothing, see qmaster pause)
   READY      tasks waiting to be taken
   LEASED     tasks taken by a worker and not yet acknowledged
   DONE       tasks acknowledged, or taken for good, since the master started
@@ -142,7 +143,11 @@ func writeStatsTable(w io.Writer, stats []wire.QueueStats) error {
 		if s.Ready > 0 {
 			oldest = humanAge(s.OldestAge)
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%s\n", s.Queue, s.Ready, s.Leased, s.Done, s.Dead, s.Consumers, oldest)
+		name := s.Queue
+		if s.Paused {
+			name += " (paused)"
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%s\n", name, s.Ready, s.Leased, s.Done, s.Dead, s.Consumers, oldest)
 	}
 	return tw.Flush()
 }
