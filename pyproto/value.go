@@ -35,7 +35,7 @@ type Dict struct {
 // Python dict does (1, 1.0 and True are one key). Unhashable keys (list,
 // dict) are refused.
 func (d *Dict) Set(key, value any) error {
-	h, err := hashKey(key, 0)
+	h, err := hashKey(key)
 	if err != nil {
 		return err
 	}
@@ -54,7 +54,7 @@ func (d *Dict) Set(key, value any) error {
 
 // Get returns the value under key, if there is one.
 func (d *Dict) Get(key any) (any, bool) {
-	h, err := hashKey(key, 0)
+	h, err := hashKey(key)
 	if err != nil || d.index == nil {
 		return nil, false
 	}
@@ -68,11 +68,25 @@ func (d *Dict) Get(key any) (any, bool) {
 // Len returns the number of keys.
 func (d *Dict) Len() int { return len(d.Keys) }
 
+// maxKeyLen bounds the string hashKey builds for one key. Tuples that
+// share their elements (memo references) can describe a key of 2^60
+// leaves in a few hundred bytes; without a bound, hashing it would take
+// forever.
+const maxKeyLen = 1 << 16
+
 // hashKey returns a string equal for keys Python takes as equal, or an
-// error for a key Python cannot hash.
-func hashKey(k any, depth int) (string, error) {
+// error for a key Python cannot hash or that is too large.
+func hashKey(k any) (string, error) {
+	budget := maxKeyLen
+	return hashKeyWithin(k, 0, &budget)
+}
+
+func hashKeyWithin(k any, depth int, budget *int) (string, error) {
 	if depth > MaxDepth {
 		return "", ErrTooDeep
+	}
+	if *budget <= 0 {
+		return "", fmt.Errorf("%w: dict key of more than %d bytes", ErrTooLarge, maxKeyLen)
 	}
 	switch x := k.(type) {
 	case nil:
@@ -98,11 +112,14 @@ func hashKey(k any, depth int) (string, error) {
 	case Tuple:
 		h := "t" + strconv.Itoa(len(x)) + "("
 		for _, e := range x {
-			eh, err := hashKey(e, depth+1)
+			eh, err := hashKeyWithin(e, depth+1, budget)
 			if err != nil {
 				return "", err
 			}
 			h += strconv.Itoa(len(eh)) + ":" + eh
+			if *budget -= len(eh); *budget <= 0 {
+				return "", fmt.Errorf("%w: dict key of more than %d bytes", ErrTooLarge, maxKeyLen)
+			}
 		}
 		return h + ")", nil
 	}
