@@ -23,4 +23,9 @@ var (
 	// ErrEmptyKey is returned by Server and Client when the authkey is empty:
 	// anyone can compute an HMAC under an empty key, so it would prove nothing.
 	ErrEmptyKey = errors.New("empty authkey")
+
+	// ErrRefused is returned by Client when the master refused the
+	// connection before authenticating it (see Refuse), e.g. because too
+	// many connections are waiting to authenticate. Retrying later may work.
+	ErrRefused = errors.New("master refused the connection")
 )

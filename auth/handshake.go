@@ -35,7 +35,29 @@ var (
 	welcome      = []byte("#WELCOME#")
 	failure      = []byte("#FAILURE#")
 	sha256Tag    = []byte("{sha256}")
+	refusedTag   = []byte("#REFUSED#")
 )
+
+// Refuse tells a client, in place of the challenge, why the master will
+// not serve its connection: Client returns ErrRefused with reason. A
+// Python client reports it as a protocol error that shows the message.
+// The caller closes conn.
+func Refuse(w io.Writer, reason string) error {
+	return WriteMessage(w, append(refusedTag[:len(refusedTag):len(refusedTag)], reason...))
+}
+
+// printable returns b with anything but printable ASCII replaced, so that
+// a peer's text cannot forge log lines or terminal escapes.
+func printable(b []byte) string {
+	out := make([]byte, len(b))
+	for i, c := range b {
+		if c < 0x20 || c > 0x7e {
+			c = '?'
+		}
+		out[i] = c
+	}
+	return string(out)
+}
 
 // digests are the HMAC hashes that a peer's challenge may name, as Python's
 // _ALLOWED_DIGESTS; the names are Python's hashlib names.
@@ -201,6 +223,9 @@ func answerChallenge(conn net.Conn, key []byte) error {
 		return fmt.Errorf("read challenge: %w", err)
 	}
 	challenge, ok := bytes.CutPrefix(msg, challengeTag)
+	if reason, refused := bytes.CutPrefix(msg, refusedTag); !ok && refused {
+		return fmt.Errorf("%w: %s", ErrRefused, printable(reason))
+	}
 	if !ok {
 		return fmt.Errorf("%w: expected #CHALLENGE#", ErrBadHandshake)
 	}

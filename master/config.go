@@ -1,6 +1,7 @@
 package master
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -52,6 +53,30 @@ type Config struct {
 	// DashboardSampleEvery is the period of the dashboard's charts;
 	// default 5s.
 	DashboardSampleEvery time.Duration
+	// TLS, if not nil, serves every connection over TLS with this
+	// configuration (MinVersion at least TLS 1.2); the authkey handshake
+	// runs inside it. Python BaseManager clients cannot connect then.
+	TLS *tls.Config
+	// MaxUnauthConns bounds the connections still in their handshake;
+	// beyond it new connections are closed at once. Default 64.
+	MaxUnauthConns int
+	// AuthFailLimit is how many failed authentications one remote IP may
+	// have per AuthFailWindow; beyond it, its new connections are refused
+	// until the window ends. Default 10.
+	AuthFailLimit int
+	// AuthFailWindow is the window of AuthFailLimit; default 1 minute.
+	AuthFailWindow time.Duration
+	// MaxConns bounds the authenticated connections; a client beyond it is
+	// refused with wire.ErrMasterFull. Default 4096.
+	MaxConns int
+	// MaxStreams bounds the calls in progress on one connection (its yamux
+	// streams); a call beyond it fails with wire.ErrTooManyStreams.
+	// Default 256.
+	MaxStreams int
+	// MaxMemory, if positive, refuses puts with wire.ErrMasterFull while
+	// the master's heap holds more than this many bytes; gets, acks and
+	// results still go through. 0 is unlimited.
+	MaxMemory int64
 	// Logger receives the server's logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -77,6 +102,20 @@ func (c *Config) Validate() error {
 		return errors.New("FsyncInterval must not be negative")
 	case c.DashboardSampleEvery < 0:
 		return errors.New("DashboardSampleEvery must not be negative")
+	case c.MaxUnauthConns < 0:
+		return errors.New("MaxUnauthConns must not be negative")
+	case c.AuthFailLimit < 0:
+		return errors.New("AuthFailLimit must not be negative")
+	case c.AuthFailWindow < 0:
+		return errors.New("AuthFailWindow must not be negative")
+	case c.MaxConns < 0:
+		return errors.New("MaxConns must not be negative")
+	case c.MaxStreams < 0:
+		return errors.New("MaxStreams must not be negative")
+	case c.MaxMemory < 0:
+		return errors.New("MaxMemory must not be negative")
+	case c.TLS != nil && c.TLS.MinVersion != 0 && c.TLS.MinVersion < tls.VersionTLS12:
+		return errors.New("TLS: MinVersion must be TLS 1.2 or later")
 	}
 	for typeid, q := range c.PyTypeIDs {
 		if typeid == "" {
@@ -104,6 +143,25 @@ func (c *Config) setDefaults() {
 	}
 	if c.KeepAliveInterval == 0 {
 		c.KeepAliveInterval = 10 * time.Second
+	}
+	if c.MaxUnauthConns == 0 {
+		c.MaxUnauthConns = 64
+	}
+	if c.AuthFailLimit == 0 {
+		c.AuthFailLimit = 10
+	}
+	if c.AuthFailWindow == 0 {
+		c.AuthFailWindow = time.Minute
+	}
+	if c.MaxConns == 0 {
+		c.MaxConns = 4096
+	}
+	if c.MaxStreams == 0 {
+		c.MaxStreams = 256
+	}
+	if c.TLS != nil && c.TLS.MinVersion == 0 {
+		c.TLS = c.TLS.Clone()
+		c.TLS.MinVersion = tls.VersionTLS12
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

@@ -2,7 +2,9 @@ package master
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"sync"
@@ -31,6 +33,8 @@ type clientConn struct {
 	lastSeen atomic.Int64 // unix nanoseconds of the last request
 	active   atomic.Int64 // calls being handled now
 	streams  sync.WaitGroup
+	open     atomic.Int64 // streams being served, against MaxStreams
+	counted  bool         // holds a place in Server.authed
 
 	mu         sync.Mutex
 	sess       *yamux.Session
@@ -60,6 +64,10 @@ func (c *clientConn) serve() {
 	defer c.close()
 	log := c.s.log.With("remote", c.addr)
 	sess, pyFirst, err := c.handshake()
+	c.s.unauth.Add(-1)
+	if c.counted {
+		defer c.s.authed.Add(-1)
+	}
 	if err == nil && sess == nil {
 		c.servePython(pyFirst)
 		return
@@ -69,6 +77,13 @@ func (c *clientConn) serve() {
 		switch {
 		case errors.Is(err, auth.ErrAuthFailed):
 			log.Warn("authentication failed", "err", err)
+			c.s.authFails.fail(remoteIP(c.conn), time.Now())
+		case errors.Is(err, errMaxConns):
+			if c.s.fullLog.ok(time.Now()) {
+				log.Warn("too many connections; new ones are refused (logged at most once a second)", "max_conns", c.s.cfg.MaxConns)
+			}
+		case errors.Is(err, errTLS):
+			log.Warn("TLS handshake failed", "err", err)
 		case errors.Is(err, io.EOF):
 			log.Debug("client left during handshake")
 		default:
@@ -92,8 +107,13 @@ func (c *clientConn) serve() {
 		if err != nil {
 			break
 		}
+		if c.open.Load() >= int64(c.s.cfg.MaxStreams) {
+			c.refuseStream(stream)
+			continue
+		}
+		c.open.Add(1)
 		c.streams.Add(1)
-		if !c.s.goRun(func() { defer c.streams.Done(); c.serveStream(stream) }) {
+		if !c.s.goRun(func() { defer c.streams.Done(); defer c.open.Add(-1); c.serveStream(stream) }) {
 			c.streams.Done()
 			stream.Close()
 			break
@@ -114,6 +134,18 @@ func (c *clientConn) serve() {
 // those bytes, the header of its first frame.
 func (c *clientConn) handshake() (*yamux.Session, []byte, error) {
 	timeout := c.s.cfg.HandshakeTimeout
+	if c.s.cfg.TLS != nil {
+		tc := tls.Server(c.conn, c.s.cfg.TLS)
+		c.mu.Lock()
+		c.conn = tc
+		c.mu.Unlock()
+		ctx, cancel := context.WithTimeout(c.ctx, timeout)
+		err := tc.HandshakeContext(ctx)
+		cancel()
+		if err != nil {
+			return nil, nil, fmt.Errorf("%w: %w", errTLS, err)
+		}
+	}
 	if !c.s.cfg.InsecureNoAuth {
 		if err := auth.Server(c.conn, c.s.cfg.Authkey, timeout); err != nil {
 			return nil, nil, err
@@ -126,7 +158,16 @@ func (c *clientConn) handshake() (*yamux.Session, []byte, error) {
 	if _, err := io.ReadFull(c.conn, p); err != nil {
 		return nil, nil, err
 	}
-	if string(p[:len(wire.Magic)]) != wire.Magic {
+	native := string(p[:len(wire.Magic)]) == wire.Magic
+	if c.s.authed.Add(1) > int64(c.s.cfg.MaxConns) {
+		c.s.authed.Add(-1)
+		if native {
+			_ = wire.RefusePreamble(c.conn)
+		}
+		return nil, nil, errMaxConns
+	}
+	c.counted = true
+	if !native {
 		return nil, p, c.conn.SetDeadline(time.Time{})
 	}
 	if err := wire.CheckPreamble(c.conn, p); err != nil {
@@ -137,6 +178,23 @@ func (c *clientConn) handshake() (*yamux.Session, []byte, error) {
 	}
 	sess, err := wire.ServerSession(c.conn, c.s.cfg.KeepAliveInterval)
 	return sess, nil, err
+}
+
+// refuseStream answers the first call of a stream beyond MaxStreams with
+// wire.ErrTooManyStreams, without reading it, and closes the stream. It
+// runs on the session's accept loop: a new stream has its whole window,
+// so the small write does not block (and is bounded by a deadline).
+func (c *clientConn) refuseStream(stream *yamux.Stream) {
+	now := time.Now()
+	c.s.metrics.refused("max_streams")
+	if c.s.limitLog.ok(now) {
+		c.s.log.Warn("too many calls in progress on one connection; call refused (logged at most once a second)",
+			"remote", c.addr, "client", c.id, "max_streams", c.s.cfg.MaxStreams)
+	}
+	_ = stream.SetWriteDeadline(now.Add(time.Second))
+	err := fmt.Errorf("%w: more than %d in progress (--max-streams)", wire.ErrTooManyStreams, c.s.cfg.MaxStreams)
+	_ = wire.NewCodec(stream, c.s.cfg.MaxMessageSize).Write(errorResponse(err))
+	stream.Close()
 }
 
 // serveStream answers the calls on one stream in order until the client

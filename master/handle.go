@@ -82,6 +82,9 @@ func (c *clientConn) put(req *wire.Request) ([]uint64, error) {
 	if len(req.Items) == 0 {
 		return nil, fmt.Errorf("%w: put without items", wire.ErrBadRequest)
 	}
+	if err := c.s.checkMemory(); err != nil {
+		return nil, err
+	}
 	items := make([]queue.Item, len(req.Items))
 	for i, p := range req.Items {
 		items[i] = queue.Item{Payload: p, ReplyTo: req.ReplyTo}
@@ -89,6 +92,19 @@ func (c *clientConn) put(req *wire.Request) ([]uint64, error) {
 	ctx, cancel := c.waitCtx(req.Timeout)
 	defer cancel()
 	return c.s.queues.Put(ctx, req.Queue, items, false)
+}
+
+// checkMemory refuses a put while the heap is above MaxMemory.
+func (s *Server) checkMemory() error {
+	now := time.Now()
+	err := s.mem.check(now)
+	if err != nil {
+		s.metrics.refused("max_memory")
+		if s.limitLog.ok(now) {
+			s.log.Warn("put refused: master full (logged at most once a second)", "err", err)
+		}
+	}
+	return err
 }
 
 func (c *clientConn) get(req *wire.Request) ([]wire.Task, error) {

@@ -25,6 +25,7 @@ type metrics struct {
 	// hot path does no label lookup; invalid ops share "other".
 	byOp          [256]prometheus.Observer
 	handshakeFail *prometheus.CounterVec
+	refusals      *prometheus.CounterVec
 	leaseExpiries prometheus.Counter
 	// fsync observes the store's fsyncs; nil without a data directory.
 	fsync prometheus.Histogram
@@ -51,16 +52,24 @@ func newMetrics(s *Server) *metrics {
 	}
 	m.handshakeFail = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "qm_handshake_failures_total",
-		Help: "Connections closed before their handshake completed, by reason: auth (wrong key), timeout, closed (the client left), protocol.",
+		Help: "Connections closed before their handshake completed, by reason: auth (wrong key), timeout, closed (the client left), protocol, " +
+			"tls (TLS handshake failed), unauth_limit (--max-unauth-conns), auth_fail_limit (--auth-fail-limit), max_conns (--max-conns).",
 	}, []string{"reason"})
-	for _, r := range []string{"auth", "timeout", "closed", "protocol"} {
+	for _, r := range []string{"auth", "timeout", "closed", "protocol", "tls", "unauth_limit", "auth_fail_limit", "max_conns"} {
 		m.handshakeFail.WithLabelValues(r) // exported at 0 from the start
+	}
+	m.refusals = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "qm_refusals_total",
+		Help: "Calls refused at a resource limit, by limit: max_streams (--max-streams), max_memory (--max-memory).",
+	}, []string{"limit"})
+	for _, r := range []string{"max_streams", "max_memory"} {
+		m.refusals.WithLabelValues(r)
 	}
 	m.leaseExpiries = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "qm_lease_expiries_total",
 		Help: "Leases that ran out before their task was acked or nacked (the tasks were requeued or dead-lettered).",
 	})
-	m.reg.MustRegister(reqDur, m.handshakeFail, m.leaseExpiries, &queueCollector{s: s},
+	m.reg.MustRegister(reqDur, m.handshakeFail, m.refusals, m.leaseExpiries, &queueCollector{s: s},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if s.cfg.DataDir != "" {
 		m.fsync = prometheus.NewHistogram(prometheus.HistogramOpts{
@@ -83,6 +92,14 @@ func (m *metrics) handshakeFailed(err error) {
 	var ne net.Error
 	reason := "protocol"
 	switch {
+	case errors.Is(err, errTLS):
+		reason = "tls"
+	case errors.Is(err, errUnauthLimit):
+		reason = "unauth_limit"
+	case errors.Is(err, errAuthFailLimit):
+		reason = "auth_fail_limit"
+	case errors.Is(err, errMaxConns):
+		reason = "max_conns"
 	case errors.Is(err, auth.ErrAuthFailed):
 		reason = "auth"
 	case errors.As(err, &ne) && ne.Timeout():
@@ -91,6 +108,11 @@ func (m *metrics) handshakeFailed(err error) {
 		reason = "closed"
 	}
 	m.handshakeFail.WithLabelValues(reason).Inc()
+}
+
+// refused counts a call refused at limit.
+func (m *metrics) refused(limit string) {
+	m.refusals.WithLabelValues(limit).Inc()
 }
 
 // queueCollector reads the queue figures and the connected clients when

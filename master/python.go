@@ -381,6 +381,9 @@ func (p *pyConn) put(name string, item any, block bool, args *pyproto.Params, ti
 		}
 		return p.ret(nil)
 	}
+	if err := p.c.s.checkMemory(); err != nil {
+		return p.queueError("put", err)
+	}
 	ctx, cancel, err := p.waitCtx(block, args, timeoutArg)
 	if err != nil {
 		return p.errorReply(pyproto.ValueError(err.Error()))

@@ -36,6 +36,15 @@ type Server struct {
 
 	nextClientID atomic.Uint64
 
+	// Resource limits (limits.go).
+	unauth    atomic.Int64 // connections in their handshake
+	authed    atomic.Int64 // authenticated connections, counted against MaxConns
+	authFails *failTracker
+	mem       *memGauge
+	unauthLog logEvery // refusals at MaxUnauthConns
+	fullLog   logEvery // refusals at MaxConns
+	limitLog  logEvery // refused streams and puts
+
 	// resultQueues maps a task queue to the result queue its workers last
 	// named, where a dead task without a ReplyTo gets its error result.
 	resultQueues sync.Map
@@ -60,6 +69,11 @@ func New(cfg Config) (*Server, error) {
 		cancel:    cancel,
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[*clientConn]struct{}),
+		authFails: newFailTracker(cfg.AuthFailLimit, cfg.AuthFailWindow),
+		mem:       newMemGauge(cfg.MaxMemory),
+		unauthLog: logEvery{period: time.Second},
+		fullLog:   logEvery{period: time.Second},
+		limitLog:  logEvery{period: time.Second},
 	}
 	s.metrics = newMetrics(s)
 	qcfg := cfg.queueConfig(s.publishDeadResult)
@@ -147,8 +161,13 @@ func (s *Server) Serve(ln net.Listener) error {
 			return err
 		}
 		backoff = 0
+		if s.admit(conn, time.Now()) != nil {
+			continue
+		}
+		s.unauth.Add(1)
 		c := newClientConn(s, conn)
 		if !s.addConn(c) || !s.goRun(c.serve) {
+			s.unauth.Add(-1)
 			c.close()
 			s.removeConn(c)
 			return ErrServerClosed

@@ -2,12 +2,14 @@ package wire
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"math"
 	"net"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -35,6 +37,10 @@ type Config struct {
 	// KeepAliveInterval is yamux's keep-alive period; default 10s. A master
 	// that stops answering is noticed within about this long.
 	KeepAliveInterval time.Duration
+	// TLS, if not nil, runs the connection over TLS with this
+	// configuration, the authkey handshake inside it. An empty ServerName
+	// means the host of Addr.
+	TLS *tls.Config
 }
 
 func (c *Config) setDefaults() {
@@ -94,9 +100,20 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, err // net.OpError names the address already
 	}
+	if cfg.TLS != nil {
+		tc, err := tlsHandshake(ctx, conn, cfg)
+		if err != nil {
+			conn.Close()
+			return nil, fmt.Errorf("connect %s: %w", cfg.Addr, err)
+		}
+		conn = tc
+	}
 	c, err := newClient(conn, cfg)
 	if err != nil {
 		conn.Close()
+		if cfg.TLS == nil && noChallenge(err) {
+			err = fmt.Errorf("%w (does the master require TLS? see --tls and --tls-ca)", err)
+		}
 		return nil, fmt.Errorf("connect %s: %w", cfg.Addr, err)
 	}
 	if err := c.hello(ctx, cfg); err != nil {
@@ -104,6 +121,36 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		return nil, fmt.Errorf("connect %s: %w", cfg.Addr, err)
 	}
 	return c, nil
+}
+
+// tlsHandshake runs the TLS handshake on conn within the handshake
+// timeout.
+func tlsHandshake(ctx context.Context, conn net.Conn, cfg Config) (*tls.Conn, error) {
+	tcfg := cfg.TLS
+	if tcfg.ServerName == "" {
+		host, _, err := net.SplitHostPort(cfg.Addr)
+		if err != nil {
+			host = cfg.Addr
+		}
+		tcfg = tcfg.Clone()
+		tcfg.ServerName = host
+	}
+	tc := tls.Client(conn, tcfg)
+	hctx, cancel := context.WithTimeout(ctx, cfg.HandshakeTimeout)
+	defer cancel()
+	if err := tc.HandshakeContext(hctx); err != nil {
+		return nil, fmt.Errorf("tls handshake: %w", err)
+	}
+	return tc, nil
+}
+
+// noChallenge reports whether err says the master sent nothing where its
+// challenge should be: it closed the connection or stayed silent, as a
+// TLS master does with a plaintext client.
+func noChallenge(err error) bool {
+	var ne net.Error
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.As(err, &ne) && ne.Timeout()
 }
 
 func newClient(conn net.Conn, cfg Config) (*Client, error) {
@@ -228,9 +275,12 @@ func (c *Client) call(ctx context.Context, req *Request, resp *Response) error {
 		}
 		return err
 	}
-	if stopped {
+	switch {
+	case resp.Code == CodeTooManyStreams:
+		cs.s.Close() // the master closed this stream
+	case stopped:
 		c.putStream(cs)
-	} else {
+	default:
 		cs.s.Close() // its deadline fired; the response arrived anyway
 	}
 	return errorFromResponse(resp)

@@ -21,6 +21,8 @@ const (
 	CodeTooLarge
 	CodeUnknownOp
 	CodeNoSuchTask
+	CodeMasterFull
+	CodeTooManyStreams
 )
 
 var (
@@ -43,6 +45,13 @@ var (
 	// ErrNoSuchTask is returned when a requeue or drop names a task that is
 	// not ready in its queue.
 	ErrNoSuchTask = errors.New("no such ready task")
+	// ErrMasterFull is returned when the master is at a resource limit:
+	// a put when it holds --max-memory, a connection beyond --max-conns.
+	// Retrying later may succeed.
+	ErrMasterFull = errors.New("master full")
+	// ErrTooManyStreams is returned when a client has more calls in
+	// progress on one connection than the master allows (--max-streams).
+	ErrTooManyStreams = errors.New("too many concurrent calls on one connection")
 	// ErrBadPreamble is returned when a connection does not start with the qm preamble.
 	ErrBadPreamble = errors.New("not a qm client")
 	// ErrUnsupportedVersion is returned when the two sides speak different protocol versions.
@@ -52,15 +61,17 @@ var (
 )
 
 var codeErrors = map[Code]error{
-	CodeInternal:     ErrInternal,
-	CodeBadRequest:   ErrBadRequest,
-	CodeUnknownQueue: ErrUnknownQueue,
-	CodeQueueFull:    ErrQueueFull,
-	CodeNotLeased:    ErrNotLeased,
-	CodeShuttingDown: ErrShuttingDown,
-	CodeTooLarge:     ErrMessageTooLarge,
-	CodeUnknownOp:    ErrUnknownOp,
-	CodeNoSuchTask:   ErrNoSuchTask,
+	CodeInternal:       ErrInternal,
+	CodeBadRequest:     ErrBadRequest,
+	CodeUnknownQueue:   ErrUnknownQueue,
+	CodeQueueFull:      ErrQueueFull,
+	CodeNotLeased:      ErrNotLeased,
+	CodeShuttingDown:   ErrShuttingDown,
+	CodeTooLarge:       ErrMessageTooLarge,
+	CodeUnknownOp:      ErrUnknownOp,
+	CodeNoSuchTask:     ErrNoSuchTask,
+	CodeMasterFull:     ErrMasterFull,
+	CodeTooManyStreams: ErrTooManyStreams,
 }
 
 // CodeOf returns the wire code for err: the code of the first sentinel it

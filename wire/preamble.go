@@ -20,6 +20,7 @@ const PreambleLen = len(Magic) + 1
 const (
 	preambleOK          = 0
 	preambleUnsupported = 1
+	preambleFull        = 2 // the master is at --max-conns
 )
 
 // WritePreamble sends the client preamble.
@@ -43,6 +44,14 @@ func CheckPreamble(w io.Writer, p []byte) error {
 	return err
 }
 
+// RefusePreamble reads nothing more and answers a valid client preamble
+// with "master full: too many connections", which Dial reports as an
+// error wrapping ErrMasterFull. The caller closes the connection.
+func RefusePreamble(w io.Writer) error {
+	_, err := w.Write(preambleReply(preambleFull))
+	return err
+}
+
 func preambleReply(status byte) []byte {
 	return []byte{Magic[0], Magic[1], Magic[2], Version, status}
 }
@@ -59,8 +68,12 @@ func readPreambleReply(r io.Reader) error {
 		}
 		return fmt.Errorf("%w: unexpected reply from the master", ErrBadPreamble)
 	}
-	if b[PreambleLen] != preambleOK {
+	switch b[PreambleLen] {
+	case preambleOK:
+		return nil
+	case preambleFull:
+		return fmt.Errorf("%w: too many connections; try again later", ErrMasterFull)
+	default:
 		return fmt.Errorf("%w: master speaks %d, client %d", ErrUnsupportedVersion, b[len(Magic)], Version)
 	}
-	return nil
 }

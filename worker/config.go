@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -33,6 +34,9 @@ type Config struct {
 	// Authkey is the master's shared secret. Empty connects without
 	// authentication, to a master started with --insecure-no-auth.
 	Authkey []byte
+	// TLS, if not nil, connects to the master over TLS with this
+	// configuration (see wire.Config.TLS).
+	TLS *tls.Config
 	// Name identifies the worker in the master's client list and in the
 	// results it publishes; default host:pid.
 	Name string

@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -175,6 +176,7 @@ func (r *runner) connect(ctx context.Context, afterLoss bool) (*wire.Client, err
 			Authkey: r.cfg.Authkey,
 			Role:    "worker",
 			Name:    r.cfg.Name,
+			TLS:     r.cfg.TLS,
 		})
 		if err == nil {
 			return c, nil
@@ -191,9 +193,13 @@ func (r *runner) connect(ctx context.Context, afterLoss bool) (*wire.Client, err
 	}
 }
 
-// permanent reports whether a dial error is one that retrying cannot fix.
+// permanent reports whether a dial error is one that retrying cannot fix:
+// a wrong key, a master's certificate this worker does not trust, or a
+// protocol mismatch.
 func permanent(err error) bool {
+	var cve *tls.CertificateVerificationError
 	return errors.Is(err, auth.ErrAuthFailed) ||
+		errors.As(err, &cve) ||
 		errors.Is(err, auth.ErrBadHandshake) ||
 		errors.Is(err, wire.ErrBadPreamble) ||
 		errors.Is(err, wire.ErrUnsupportedVersion)

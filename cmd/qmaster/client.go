@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/qm-dev/qm/auth"
+	"github.com/qm-dev/qm/internal/tlsconfig"
 	"github.com/qm-dev/qm/wire"
 	"github.com/spf13/cobra"
 )
@@ -21,6 +22,7 @@ type clientOptions struct {
 	AuthkeyFile    string
 	InsecureNoAuth bool
 	ConnectTimeout time.Duration
+	TLS            tlsconfig.ClientOptions
 }
 
 // Help texts shared by the server and its client subcommands.
@@ -37,6 +39,7 @@ func addClientFlags(cmd *cobra.Command, o *clientOptions) {
 	fl.StringVar(&o.AuthkeyFile, "authkey-file", "", authkeyFileHelp)
 	fl.BoolVar(&o.InsecureNoAuth, "insecure-no-auth", false, "connect to a master started with --insecure-no-auth (sends no key)")
 	fl.DurationVar(&o.ConnectTimeout, "connect-timeout", 5*time.Second, "how long to wait to connect and authenticate")
+	tlsconfig.AddClientFlags(fl, &o.TLS)
 }
 
 // validate checks the flags without side effects.
@@ -46,6 +49,9 @@ func (o *clientOptions) validate() error {
 	}
 	if o.ConnectTimeout <= 0 {
 		return usageErrorf("--connect-timeout must be positive")
+	}
+	if err := o.TLS.Check(); err != nil {
+		return &usageError{err}
 	}
 	return nil
 }
@@ -75,6 +81,10 @@ func (o *clientOptions) connect(ctx context.Context, f *factory, role, name stri
 	if err != nil {
 		return nil, err
 	}
+	tcfg, err := tlsconfig.Client(o.TLS)
+	if err != nil {
+		return nil, err
+	}
 	host, _ := os.Hostname()
 	dctx, cancel := context.WithTimeout(ctx, o.ConnectTimeout)
 	defer cancel()
@@ -85,6 +95,7 @@ func (o *clientOptions) connect(ctx context.Context, f *factory, role, name stri
 		Name:             fmt.Sprintf("qmaster %s (%s:%d)", name, host, os.Getpid()),
 		DialTimeout:      o.ConnectTimeout,
 		HandshakeTimeout: o.ConnectTimeout,
+		TLS:              tcfg,
 	})
 	if err == nil {
 		return c, nil

@@ -54,7 +54,9 @@ func TestRootFlags(t *testing.T) {
 		"--lease", "1m", "--max-queue-len", "10", "--max-message-size", "16MiB", "--handshake-timeout", "2s",
 		"--shutdown-timeout", "0", "--log-level", "debug", "--log-format", "json",
 		"--data-dir", "/d", "--fsync", "interval", "--fsync-interval", "50ms",
-		"--py-typeid", "get_task_queue=tasks", "--py-typeid", "get_r=results")
+		"--py-typeid", "get_task_queue=tasks", "--py-typeid", "get_r=results",
+		"--max-unauth-conns", "8", "--auth-fail-limit", "3", "--max-conns", "100", "--max-streams", "16",
+		"--max-memory", "1GiB", "--tls-cert", "/c.pem", "--tls-key", "/k.pem", "--tls-client-ca", "/ca.pem")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, msg)
 	}
@@ -62,7 +64,9 @@ func TestRootFlags(t *testing.T) {
 		Addr: "127.0.0.1:7000", AuthkeyFile: "/k", MaxAttempts: 5, Lease: time.Minute, MaxQueueLen: 10,
 		MaxMessageSize: 16 << 20, HandshakeTimeout: 2 * time.Second, ShutdownTimeout: 0,
 		DataDir: "/d", Fsync: "interval", FsyncInterval: 50 * time.Millisecond,
-		PyTypeIDs: map[string]string{"get_task_queue": "tasks", "get_r": "results"},
+		PyTypeIDs:      map[string]string{"get_task_queue": "tasks", "get_r": "results"},
+		MaxUnauthConns: 8, AuthFailLimit: 3, MaxConns: 100, MaxStreams: 16, MaxMemory: 1 << 30,
+		TLSCert: "/c.pem", TLSKey: "/k.pem", TLSClientCA: "/ca.pem",
 	}
 	if got.LogLevel.Level != slog.LevelDebug || got.LogFormat.String() != "json" {
 		t.Errorf("log level %v format %v", got.LogLevel, got.LogFormat)
@@ -104,6 +108,12 @@ func TestUsageErrors(t *testing.T) {
 		{"root key and insecure", rootCmd, []string{"--insecure-no-auth", "--authkey", "k"}, "--insecure-no-auth"},
 		{"root zero attempts", rootCmd, []string{"--max-attempts", "0"}, "--max-attempts must be at least 1"},
 		{"root argument", rootCmd, []string{"serve"}, `unknown command "serve"`},
+		{"root tls cert without key", rootCmd, []string{"--tls-cert", "c.pem"}, "--tls-cert and --tls-key go together"},
+		{"root client ca without cert", rootCmd, []string{"--tls-client-ca", "ca.pem"}, "--tls-client-ca needs --tls-cert"},
+		{"root zero conns", rootCmd, []string{"--max-conns", "0"}, "--max-conns must be at least 1"},
+		{"put tls key without cert", func(t *testing.T) *cobra.Command {
+			return newCmdPut(&factory{}, func(o *putOptions) error { return never(t)(o) })
+		}, []string{"q", "1", "--tls-key", "k.pem"}, "--tls-cert and --tls-key go together"},
 		{"put no queue", func(t *testing.T) *cobra.Command {
 			return newCmdPut(&factory{}, func(o *putOptions) error { return never(t)(o) })
 		}, nil, "missing QUEUE"},

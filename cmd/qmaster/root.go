@@ -2,14 +2,17 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"runtime/debug"
 	"time"
 
 	"github.com/qm-dev/qm/auth"
+	"github.com/qm-dev/qm/internal/tlsconfig"
 	"github.com/qm-dev/qm/master"
 	"github.com/qm-dev/qm/store/seglog"
 	"github.com/qm-dev/qm/wire"
@@ -37,6 +40,13 @@ type serveOptions struct {
 	FsyncInterval    time.Duration
 	PyTypeIDs        map[string]string
 	HTTP             httpOptions // httpflags.go
+
+	TLSCert, TLSKey, TLSClientCA string
+	MaxUnauthConns               int
+	AuthFailLimit                int
+	MaxConns                     int
+	MaxStreams                   int
+	MaxMemory                    byteSize
 }
 
 // errNoKey is returned when the master is started without an authkey.
@@ -112,6 +122,14 @@ The subcommands talk to a running master (see --server).`,
 	fl.StringVar(&opts.Fsync, "fsync", "always", "with --data-dir, when to fsync the log: always (before each put is acknowledged; many puts share one fsync), interval (every --fsync-interval, or give a duration: --fsync 100ms) or never (leave it to the OS)")
 	fl.DurationVar(&opts.FsyncInterval, "fsync-interval", seglog.DefaultInterval, "the fsync period of --fsync interval")
 	addHTTPFlags(cmd, &opts.HTTP)
+	fl.IntVar(&opts.MaxUnauthConns, "max-unauth-conns", 64, "most connections still authenticating at once; beyond it new ones are closed at once")
+	fl.IntVar(&opts.AuthFailLimit, "auth-fail-limit", 10, "failed authentications per remote IP per minute; beyond it that IP's new connections are refused for the rest of the minute")
+	fl.IntVar(&opts.MaxConns, "max-conns", 4096, "most authenticated connections; beyond it a client is refused with \"master full: too many connections\"")
+	fl.IntVar(&opts.MaxStreams, "max-streams", 256, "most calls in progress on one connection; beyond it a call fails with \"too many concurrent calls\"")
+	fl.Var(&opts.MaxMemory, "max-memory", "refuse puts with \"master full\" while the master's heap is above this, e.g. 2GiB; gets and acks still work (0: no limit)")
+	fl.StringVar(&opts.TLSCert, "tls-cert", "", "serve over TLS (1.2 or later) with the certificate in this PEM `file` (with --tls-key); Python manager clients cannot connect then")
+	fl.StringVar(&opts.TLSKey, "tls-key", "", "private key (PEM `file`) of --tls-cert")
+	fl.StringVar(&opts.TLSClientCA, "tls-client-ca", "", "with --tls-cert, require every client to present a certificate signed by a CA in this PEM `file`")
 	fl.StringToStringVar(&opts.PyTypeIDs, "py-typeid", nil, "serve Python manager typeid `TYPEID=QUEUE` from that queue (repeatable; get_<name>_queue serves <name> without it)")
 
 	for _, sub := range []*cobra.Command{
@@ -162,6 +180,18 @@ func (o *serveOptions) validate() error {
 		return usageErrorf("--shutdown-timeout must not be negative")
 	case o.FsyncInterval <= 0:
 		return usageErrorf("--fsync-interval must be positive")
+	case o.MaxUnauthConns < 1:
+		return usageErrorf("--max-unauth-conns must be at least 1")
+	case o.AuthFailLimit < 1:
+		return usageErrorf("--auth-fail-limit must be at least 1")
+	case o.MaxConns < 1:
+		return usageErrorf("--max-conns must be at least 1")
+	case o.MaxStreams < 1:
+		return usageErrorf("--max-streams must be at least 1")
+	case (o.TLSCert == "") != (o.TLSKey == ""):
+		return usageErrorf("--tls-cert and --tls-key go together")
+	case o.TLSClientCA != "" && o.TLSCert == "":
+		return usageErrorf("--tls-client-ca needs --tls-cert and --tls-key")
 	}
 	if _, _, err := seglog.ParseFsync(o.Fsync); err != nil {
 		return usageErrorf("--fsync: %v", err)
@@ -205,6 +235,19 @@ func serveRun(ctx context.Context, opts *serveOptions) error {
 	if err != nil {
 		return err
 	}
+	var tcfg *tls.Config
+	if opts.TLSCert != "" {
+		if tcfg, err = tlsconfig.Server(opts.TLSCert, opts.TLSKey, opts.TLSClientCA); err != nil {
+			return err
+		}
+	}
+	if opts.MaxMemory > 0 {
+		// A soft limit a quarter above --max-memory makes the GC collect
+		// before garbage alone pushes the heap far past it (which would
+		// refuse puts early), yet leaves the live heap room to reach
+		// --max-memory without the GC running nonstop.
+		debug.SetMemoryLimit(int64(opts.MaxMemory) + int64(opts.MaxMemory)/4)
+	}
 	log := opts.logger(opts.IO.ErrOut)
 	fsync, interval, _ := seglog.ParseFsync(opts.Fsync) // checked by validate
 	if opts.Fsync == "interval" {
@@ -223,6 +266,12 @@ func serveRun(ctx context.Context, opts *serveOptions) error {
 		DefaultLease:     opts.Lease,
 		MaxQueueLen:      opts.MaxQueueLen,
 		HTTPToken:        httpToken,
+		TLS:              tcfg,
+		MaxUnauthConns:   opts.MaxUnauthConns,
+		AuthFailLimit:    opts.AuthFailLimit,
+		MaxConns:         opts.MaxConns,
+		MaxStreams:       opts.MaxStreams,
+		MaxMemory:        int64(opts.MaxMemory),
 		Logger:           log,
 	})
 	if err != nil {
@@ -237,9 +286,17 @@ func serveRun(ctx context.Context, opts *serveOptions) error {
 	if opts.InsecureNoAuth {
 		authMode = "none"
 	}
+	tlsMode := "off"
+	switch {
+	case opts.TLSClientCA != "":
+		tlsMode = "on, client certificates required"
+	case tcfg != nil:
+		tlsMode = "on"
+	}
 	log.Info("listening",
 		"addr", ln.Addr().String(),
 		"auth", authMode,
+		"tls", tlsMode,
 		"max_attempts", opts.MaxAttempts,
 		"lease", opts.Lease,
 		"max_queue_len", opts.MaxQueueLen,

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/qm-dev/qm/auth"
+	"github.com/qm-dev/qm/internal/tlsconfig"
 	"github.com/qm-dev/qm/worker"
 	"github.com/spf13/cobra"
 )
@@ -37,6 +38,7 @@ type options struct {
 	Name           string
 	LogLevel       logLevel
 	LogFormat      *enumValue
+	TLS            tlsconfig.ClientOptions
 }
 
 // errNoKey is returned when no authkey is given and --insecure-no-auth is
@@ -117,6 +119,7 @@ such as a rejected authkey; 2 on a usage error.`,
 	fl.StringVar(&opts.Authkey, "authkey", "", "the master's shared `key`; visible to other users in `ps`; prefer QM_AUTHKEY or --authkey-file")
 	fl.StringVar(&opts.AuthkeyFile, "authkey-file", "", "read the shared key from this `file` (trailing newlines are ignored)")
 	fl.BoolVar(&opts.InsecureNoAuth, "insecure-no-auth", false, "connect to a master started with --insecure-no-auth (sends no key)")
+	tlsconfig.AddClientFlags(fl, &opts.TLS)
 	fl.StringVar(&opts.Builtin, "builtin", "", "run the built-in handler `name` on each task: "+strings.Join(worker.BuiltinNames(), ", "))
 	fl.StringVar(&opts.Tasks, "tasks", "tasks", "`queue` to take tasks from")
 	fl.StringVar(&opts.Results, "results", "results", "`queue` for the results of tasks that name no reply-to queue")
@@ -174,6 +177,9 @@ func (o *options) validate() error {
 		return usageErrorf("--task-timeout must not be negative (0 is no limit)")
 	case o.Tasks == "" || o.Results == "":
 		return usageErrorf("--tasks and --results must not be empty")
+	}
+	if err := o.TLS.Check(); err != nil {
+		return &usageError{err}
 	}
 	if o.Builtin != "" {
 		if _, err := worker.Builtin(o.Builtin); err != nil {
@@ -248,9 +254,14 @@ func runWorker(ctx context.Context, opts *options) error {
 	if err != nil {
 		return err
 	}
+	tcfg, err := tlsconfig.Client(opts.TLS)
+	if err != nil {
+		return err
+	}
 	log := opts.logger(opts.IO.ErrOut)
 	cfg := opts.config(key, log)
 	cfg.Handler = h
+	cfg.TLS = tcfg
 
 	mode := "builtin " + opts.Builtin
 	if opts.Builtin == "" {

@@ -1,0 +1,233 @@
+package master_test
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/qm-dev/qm/auth"
+	"github.com/qm-dev/qm/internal/qmtest"
+	"github.com/qm-dev/qm/master"
+	"github.com/qm-dev/qm/wire"
+)
+
+// dialKey connects to addr with key and a short handshake timeout.
+func dialKey(t *testing.T, addr string, key []byte) (*wire.Client, error) {
+	t.Helper()
+	c, err := wire.Dial(ctxFor(t, 10*time.Second), wire.Config{
+		Addr: addr, Authkey: key, Role: "producer", Name: t.Name(), HandshakeTimeout: 5 * time.Second,
+	})
+	if err == nil {
+		t.Cleanup(func() { c.Close() })
+	}
+	return c, err
+}
+
+// served checks that c still gets answers.
+func served(t *testing.T, c *wire.Client) {
+	t.Helper()
+	if _, err := c.Stats(ctxFor(t, 5*time.Second), ""); err != nil {
+		t.Fatalf("a connected client is no longer served: %v", err)
+	}
+}
+
+// waitMetric waits for the metric to reach want: the master counts a
+// refusal around when the client sees it, not strictly before.
+func waitMetric(t *testing.T, url, name string, want float64, labels ...string) {
+	t.Helper()
+	qmtest.CheckFor(t, 5*time.Second, 20*time.Millisecond, func() error {
+		if v, _ := metricValue(scrape(t, url, string(qmtest.Authkey)), name, labels...); v != want {
+			return fmt.Errorf("%s%v = %v, want %v", name, labels, v, want)
+		}
+		return nil
+	})
+}
+
+// silentConn opens a connection that reads the master's challenge and
+// then says nothing, holding a place among the unauthenticated.
+func silentConn(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := auth.ReadMessage(conn, 256); err != nil {
+		t.Fatalf("read challenge: %v", err)
+	}
+	return conn
+}
+
+func TestMaxUnauthConns(t *testing.T) {
+	addr, url, _ := qmtest.StartMasterHTTP(t, master.Config{MaxUnauthConns: 2, HandshakeTimeout: 10 * time.Second})
+	good := qmtest.Dial(t, addr, "producer")
+	a, b := silentConn(t, addr), silentConn(t, addr)
+
+	_, err := dialKey(t, addr, qmtest.Authkey)
+	if !errors.Is(err, auth.ErrRefused) || !strings.Contains(err.Error(), "too many connections waiting to authenticate") {
+		t.Fatalf("dial beyond --max-unauth-conns: %v, want ErrRefused", err)
+	}
+	t.Logf("client error: %v", err)
+	served(t, good)
+	waitMetric(t, url, "qm_handshake_failures_total", 1, "reason", "unauth_limit")
+
+	a.Close()
+	b.Close()
+	qmtest.CheckFor(t, 5*time.Second, 20*time.Millisecond, func() error {
+		_, err := dialKey(t, addr, qmtest.Authkey)
+		return err
+	})
+}
+
+func TestAuthFailLimit(t *testing.T) {
+	const window = 700 * time.Millisecond
+	addr, url, _ := qmtest.StartMasterHTTP(t, master.Config{AuthFailLimit: 3, AuthFailWindow: window})
+	good := qmtest.Dial(t, addr, "producer")
+	start := time.Now()
+	for i := range 3 {
+		if _, err := dialKey(t, addr, []byte("wrong")); !errors.Is(err, auth.ErrAuthFailed) {
+			t.Fatalf("wrong key %d: %v, want ErrAuthFailed", i, err)
+		}
+	}
+	_, err := dialKey(t, addr, qmtest.Authkey)
+	if time.Since(start) < window {
+		if !errors.Is(err, auth.ErrRefused) || !strings.Contains(err.Error(), "too many failed authentications") {
+			t.Fatalf("dial after 3 failures: %v, want ErrRefused", err)
+		}
+		t.Logf("client error: %v", err)
+		waitMetric(t, url, "qm_handshake_failures_total", 1, "reason", "auth_fail_limit")
+	}
+	served(t, good)
+
+	// Another address is not refused: its handshake goes through.
+	conn, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}, Timeout: 5 * time.Second}).Dial("tcp", addr)
+	if err != nil {
+		t.Skipf("cannot dial from 127.0.0.2: %v", err)
+	}
+	defer conn.Close()
+	if err := auth.Client(conn, qmtest.Authkey, 5*time.Second); err != nil {
+		t.Errorf("handshake from 127.0.0.2 while 127.0.0.1 is refused: %v", err)
+	}
+
+	// The window ends: 127.0.0.1 is served again.
+	qmtest.CheckFor(t, 5*time.Second, 50*time.Millisecond, func() error {
+		_, err := dialKey(t, addr, qmtest.Authkey)
+		return err
+	})
+}
+
+func TestMaxConns(t *testing.T) {
+	addr, url, _ := qmtest.StartMasterHTTP(t, master.Config{MaxConns: 2})
+	first := qmtest.Dial(t, addr, "producer")
+	second, err := dialKey(t, addr, qmtest.Authkey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = dialKey(t, addr, qmtest.Authkey)
+	if !errors.Is(err, wire.ErrMasterFull) || !strings.Contains(err.Error(), "master full: too many connections") {
+		t.Fatalf("dial beyond --max-conns: %v, want ErrMasterFull", err)
+	}
+	t.Logf("client error: %v", err)
+	served(t, first)
+	served(t, second)
+	waitMetric(t, url, "qm_handshake_failures_total", 1, "reason", "max_conns")
+	second.Close()
+	qmtest.CheckFor(t, 5*time.Second, 20*time.Millisecond, func() error {
+		_, err := dialKey(t, addr, qmtest.Authkey)
+		return err
+	})
+}
+
+func TestMaxStreams(t *testing.T) {
+	addr, url, _ := qmtest.StartMasterHTTP(t, master.Config{MaxStreams: 2})
+	c := qmtest.Dial(t, addr, "worker")
+	other := qmtest.Dial(t, addr, "producer")
+	ctx := ctxFor(t, 20*time.Second)
+
+	var wg sync.WaitGroup
+	for range 2 { // two calls in progress: the cap
+		wg.Go(func() {
+			if _, err := c.Get(ctx, "streams", wire.GetOptions{Timeout: 10 * time.Second, NoAck: true}); err != nil {
+				t.Errorf("blocked get: %v", err)
+			}
+		})
+	}
+	qmtest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		st, err := other.Stats(ctx, "streams")
+		if err != nil || len(st) != 1 || st[0].Consumers != 2 {
+			return fmt.Errorf("stats %+v, %v; want 2 waiting gets", st, err)
+		}
+		return nil
+	})
+	_, err := c.Put(ctx, "streams", []any{1}, wire.PutOptions{})
+	if !errors.Is(err, wire.ErrTooManyStreams) || !strings.Contains(err.Error(), "--max-streams") {
+		t.Fatalf("third call: %v, want ErrTooManyStreams", err)
+	}
+	t.Logf("client error: %v", err)
+	if _, err := other.Put(ctx, "streams", []any{1, 2}, wire.PutOptions{}); err != nil {
+		t.Fatalf("another client's put: %v", err)
+	}
+	wg.Wait()
+	// The two streams are free again: the client is served.
+	if _, err := c.Put(ctx, "streams", []any{3}, wire.PutOptions{}); err != nil {
+		t.Fatalf("put once the calls ended: %v", err)
+	}
+	waitMetric(t, url, "qm_refusals_total", 1, "limit", "max_streams")
+}
+
+func TestMaxMemory(t *testing.T) {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	limit := int64(ms.HeapAlloc) + 48<<20
+	addr, url, _ := qmtest.StartMasterHTTP(t, master.Config{MaxMemory: limit})
+	producer := qmtest.Dial(t, addr, "producer")
+	worker := qmtest.Dial(t, addr, "worker")
+	ctx := ctxFor(t, 60*time.Second)
+
+	payload := make([]byte, 1<<20)
+	var err error
+	puts := 0
+	for ; puts < 500; puts++ {
+		if _, err = producer.Put(ctx, "mem", []any{payload}, wire.PutOptions{}); err != nil {
+			break
+		}
+	}
+	if !errors.Is(err, wire.ErrMasterFull) || !strings.Contains(err.Error(), "master full: memory limit reached") {
+		t.Fatalf("after %d puts of 1 MiB with --max-memory %d MiB: %v, want ErrMasterFull", puts, limit>>20, err)
+	}
+	t.Logf("after %d puts of 1 MiB: client error: %v", puts, err)
+
+	// Gets and acks still work, and free the memory.
+	for {
+		tasks, err := worker.Get(ctx, "mem", wire.GetOptions{Max: 16})
+		if err != nil {
+			t.Fatalf("get while full: %v", err)
+		}
+		if len(tasks) == 0 {
+			break
+		}
+		ids := make([]uint64, len(tasks))
+		for i, task := range tasks {
+			ids[i] = task.ID
+		}
+		if err := worker.Ack(ctx, "mem", ids...); err != nil {
+			t.Fatalf("ack while full: %v", err)
+		}
+	}
+	qmtest.CheckFor(t, 5*time.Second, 20*time.Millisecond, func() error {
+		runtime.GC()
+		_, err := producer.Put(ctx, "mem", []any{"small"}, wire.PutOptions{})
+		return err
+	})
+	v, _ := metricValue(scrape(t, url, string(qmtest.Authkey)), "qm_refusals_total", "limit", "max_memory")
+	if v < 1 {
+		t.Errorf("qm_refusals_total{limit=max_memory} = %v, want >= 1", v)
+	}
+}
