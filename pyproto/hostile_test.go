@@ -32,3 +32,21 @@ func TestHugeSharedDictKeyRefused(t *testing.T) {
 		t.Fatal("DecodeRequest accepted it")
 	}
 }
+
+// TestSharedEmptyListsBounded: found by fuzzing. 2^60 empty lists shared
+// by reference wrote only array headers, which the size bound did not
+// look at, so ToMsgpack walked every one.
+func TestSharedEmptyListsBounded(t *testing.T) {
+	data := []byte("\x80\x04]\x94")
+	for i := range 60 {
+		data = append(data, '0', ']', '(', 'h', byte(i), 'h', byte(i), 'e', 0x94)
+	}
+	data = append(data, '.')
+	v, err := pyproto.Unpickle(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pyproto.ToMsgpack(v, 1<<16); !errors.Is(err, pyproto.ErrTooLarge) {
+		t.Fatalf("ToMsgpack = %v, want ErrTooLarge", err)
+	}
+}

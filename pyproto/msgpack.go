@@ -62,6 +62,9 @@ func (e *mpEncoder) value(v any, depth int) error {
 		return e.array(x.Items, depth)
 	case *Dict:
 		e.header(len(x.Keys), 0x80, 15, 0, 0xde, 0xdf)
+		if err := e.room(0); err != nil {
+			return err
+		}
 		for i, k := range x.Keys {
 			if err := e.value(k, depth+1); err != nil {
 				return err
@@ -78,6 +81,11 @@ func (e *mpEncoder) value(v any, depth int) error {
 
 func (e *mpEncoder) array(items []any, depth int) error {
 	e.header(len(items), 0x90, 15, 0, 0xdc, 0xdd)
+	// Checked here too: a tree of empty lists shared by reference writes
+	// only headers, and would otherwise be walked leaf by leaf.
+	if err := e.room(0); err != nil {
+		return err
+	}
 	for _, it := range items {
 		if err := e.value(it, depth+1); err != nil {
 			return err
