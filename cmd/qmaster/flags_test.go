@@ -14,6 +14,8 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+
+	"github.com/qm-dev/qm/internal/cliflag"
 )
 
 // testFactory returns a factory on buffers, with an empty environment.
@@ -71,7 +73,7 @@ func TestRootFlags(t *testing.T) {
 	if got.LogLevel.Level != slog.LevelDebug || got.LogFormat.String() != "json" {
 		t.Errorf("log level %v format %v", got.LogLevel, got.LogFormat)
 	}
-	got.IO, got.LogLevel, got.LogFormat = nil, logLevel{}, nil
+	got.IO, got.LogLevel, got.LogFormat = nil, cliflag.LogLevel{}, nil
 	if !reflect.DeepEqual(want, *got) {
 		t.Errorf("options\n got %+v\nwant %+v", *got, want)
 	}

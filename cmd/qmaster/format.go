@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -56,42 +55,6 @@ func (b byteSize) String() string {
 }
 
 func (b *byteSize) Type() string { return "bytes" }
-
-// logLevel is a flag value naming a slog level: debug, info, warn or error.
-type logLevel struct{ slog.Level }
-
-func (l *logLevel) Set(s string) error {
-	if err := l.UnmarshalText([]byte(s)); err != nil {
-		return fmt.Errorf("want debug, info, warn or error")
-	}
-	return nil
-}
-
-func (l *logLevel) String() string { return strings.ToLower(l.Level.String()) }
-func (l *logLevel) Type() string   { return "level" }
-
-// enumValue is a flag value that must be one of a fixed set of words.
-type enumValue struct {
-	value   string
-	allowed []string
-}
-
-func newEnum(def string, allowed ...string) *enumValue {
-	return &enumValue{value: def, allowed: allowed}
-}
-
-func (e *enumValue) Set(s string) error {
-	for _, a := range e.allowed {
-		if s == a {
-			e.value = s
-			return nil
-		}
-	}
-	return fmt.Errorf("want %s", strings.Join(e.allowed, " or "))
-}
-
-func (e *enumValue) String() string { return e.value }
-func (e *enumValue) Type() string   { return strings.Join(e.allowed, "|") }
 
 // humanAge renders a duration briefly: "0s", "3s", "4m05s", "2h13m",
 // "3d4h". It drops what a reader of a table does not need.

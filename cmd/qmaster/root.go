@@ -11,12 +11,14 @@ import (
 	"runtime/debug"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/qm-dev/qm/auth"
+	"github.com/qm-dev/qm/internal/cliflag"
 	"github.com/qm-dev/qm/internal/tlsconfig"
 	"github.com/qm-dev/qm/master"
 	"github.com/qm-dev/qm/store/seglog"
 	"github.com/qm-dev/qm/wire"
-	"github.com/spf13/cobra"
 )
 
 // serveOptions are the flags of the root command, which runs the master.
@@ -33,8 +35,8 @@ type serveOptions struct {
 	MaxMessageSize   byteSize
 	HandshakeTimeout time.Duration
 	ShutdownTimeout  time.Duration
-	LogLevel         logLevel
-	LogFormat        *enumValue
+	LogLevel         cliflag.LogLevel
+	LogFormat        *cliflag.Enum
 	DataDir          string
 	Fsync            string
 	FsyncInterval    time.Duration
@@ -59,7 +61,7 @@ func newRootCmd(f *factory, runF func(*serveOptions) error) *cobra.Command {
 	opts := &serveOptions{
 		IO:             f,
 		MaxMessageSize: wire.DefaultMaxMessageSize,
-		LogFormat:      newEnum("text", "text", "json"),
+		LogFormat:      cliflag.NewEnum("text", "text", "json"),
 	}
 	cmd := &cobra.Command{
 		Use:   "qmaster [flags]",

@@ -11,10 +11,12 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/qm-dev/qm/auth"
+	"github.com/qm-dev/qm/internal/cliflag"
 	"github.com/qm-dev/qm/internal/tlsconfig"
 	"github.com/qm-dev/qm/worker"
-	"github.com/spf13/cobra"
 )
 
 // options are qworker's flags and arguments.
@@ -36,8 +38,8 @@ type options struct {
 	Lease          time.Duration
 	TaskTimeout    time.Duration
 	Name           string
-	LogLevel       logLevel
-	LogFormat      *enumValue
+	LogLevel       cliflag.LogLevel
+	LogFormat      *cliflag.Enum
 	TLS            tlsconfig.ClientOptions
 }
 
@@ -49,7 +51,7 @@ var errNoKey = usageErrorf("no authkey: give the master's key with --authkey-fil
 // newRootCmd returns the qworker command. runF, if not nil, replaces
 // running the worker (for tests of the flags).
 func newRootCmd(f *factory, runF func(*options) error) *cobra.Command {
-	opts := &options{IO: f, LogFormat: newEnum("text", "text", "json")}
+	opts := &options{IO: f, LogFormat: cliflag.NewEnum("text", "text", "json")}
 	cmd := &cobra.Command{
 		Use:   "qworker --server HOST:PORT [flags] (--builtin NAME | [--] COMMAND [ARG...])",
 		Short: "Run tasks from a qm master's queue",
