@@ -51,7 +51,7 @@ func (o *clientOptions) validate() error {
 		return usageErrorf("--connect-timeout must be positive")
 	}
 	if err := o.TLS.Check(); err != nil {
-		return &usageError{err}
+		return &usageError{Err: err}
 	}
 	return nil
 }

@@ -10,6 +10,8 @@ import (
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
+
+	"github.com/qm-dev/qm/internal/cliflag"
 )
 
 // factory is what commands take from the process: the standard streams,
@@ -44,23 +46,16 @@ func (f *factory) getenv(key string) string {
 	return f.Getenv(key)
 }
 
-// Exit codes.
+// The exit codes and the usage error are shared with the other tool.
 const (
-	exitOK    = 0
-	exitError = 1
-	exitUsage = 2
+	exitOK    = cliflag.ExitOK
+	exitError = cliflag.ExitError
+	exitUsage = cliflag.ExitUsage
 )
 
-// usageError is a mistake in the command line: a bad flag, a missing
-// argument, a value out of range. It exits with exitUsage.
-type usageError struct{ err error }
+type usageError = cliflag.UsageError
 
-func (e *usageError) Error() string { return e.err.Error() }
-func (e *usageError) Unwrap() error { return e.err }
-
-func usageErrorf(format string, args ...any) error {
-	return &usageError{fmt.Errorf(format, args...)}
-}
+var usageErrorf = cliflag.Usagef
 
 // connError is a failure to reach or authenticate with the master; it is
 // reported as "qmaster: ..." whatever the subcommand.

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+
+	"github.com/qm-dev/qm/internal/cliflag"
 )
 
 // factory is what the command takes from the process: its output streams
@@ -27,23 +29,16 @@ func (f *factory) getenv(key string) string {
 	return f.Getenv(key)
 }
 
-// Exit codes.
+// The exit codes and the usage error are shared with the other tool.
 const (
-	exitOK    = 0
-	exitError = 1
-	exitUsage = 2
+	exitOK    = cliflag.ExitOK
+	exitError = cliflag.ExitError
+	exitUsage = cliflag.ExitUsage
 )
 
-// usageError is a mistake in the command line: a bad flag, a missing or
-// conflicting option. It exits with exitUsage.
-type usageError struct{ err error }
+type usageError = cliflag.UsageError
 
-func (e *usageError) Error() string { return e.err.Error() }
-func (e *usageError) Unwrap() error { return e.err }
-
-func usageErrorf(format string, args ...any) error {
-	return &usageError{fmt.Errorf(format, args...)}
-}
+var usageErrorf = cliflag.Usagef
 
 // exitCode reports err on w and returns the process exit code.
 func exitCode(w io.Writer, err error) int {

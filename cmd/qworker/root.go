@@ -111,7 +111,7 @@ such as a rejected authkey; 2 on a usage error.`,
 	cmd.SilenceErrors = true
 	cmd.SilenceUsage = true
 	cmd.CompletionOptions.DisableDefaultCmd = true
-	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{err} })
+	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{Err: err} })
 
 	fl := cmd.Flags()
 	// Flags after COMMAND belong to it: "qworker --server m:5000 grep -c x".
@@ -181,18 +181,18 @@ func (o *options) validate() error {
 		return usageErrorf("--tasks and --results must not be empty")
 	}
 	if err := o.TLS.Check(); err != nil {
-		return &usageError{err}
+		return &usageError{Err: err}
 	}
 	if o.Builtin != "" {
 		if _, err := worker.Builtin(o.Builtin); err != nil {
-			return &usageError{fmt.Errorf("--builtin: %w", err)}
+			return usageErrorf("--builtin: %w", err)
 		}
 	}
 	// Whatever else the worker would refuse (e.g. a --lease too short).
 	cfg := o.config(nil, nil)
 	cfg.Handler = func(context.Context, worker.Task) (any, error) { return nil, nil }
 	if err := cfg.Validate(); err != nil {
-		return &usageError{err}
+		return &usageError{Err: err}
 	}
 	return nil
 }

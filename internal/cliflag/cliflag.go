@@ -50,3 +50,22 @@ func (e *Enum) String() string { return e.value }
 
 // Type implements pflag.Value.
 func (e *Enum) Type() string { return strings.Join(e.allowed, "|") }
+
+// Exit codes of both tools.
+const (
+	ExitOK    = 0
+	ExitError = 1
+	ExitUsage = 2
+)
+
+// UsageError is a mistake in the command line: a bad flag, a missing or
+// conflicting argument, a value out of range. It exits with ExitUsage.
+type UsageError struct{ Err error }
+
+func (e *UsageError) Error() string { return e.Err.Error() }
+func (e *UsageError) Unwrap() error { return e.Err }
+
+// Usagef returns a *UsageError with a formatted message.
+func Usagef(format string, args ...any) error {
+	return &UsageError{fmt.Errorf(format, args...)}
+}
