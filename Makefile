@@ -32,9 +32,10 @@ lint:
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
 
-# The soak of e2e/soak_test.go for two minutes instead of make test's 20s:
-# producers, workers killed and restarted at random, master RSS and
-# goroutines reported (docs/RELIABILITY.md).
+# The soaks of e2e/soak_test.go and e2e/soak_master_test.go for two minutes
+# each instead of make test's 20s: producers, workers (and, in the second,
+# the master) killed and restarted at random, master RSS and goroutines
+# reported (docs/RELIABILITY.md).
 soak:
 	QM_SOAK=2m $(GO) test -race -run Soak -count=1 -timeout 10m -v ./e2e/
 
