@@ -163,6 +163,8 @@ func (c *clientConn) handshake() (*yamux.Session, []byte, error) {
 		c.s.authed.Add(-1)
 		if native {
 			_ = wire.RefusePreamble(c.conn)
+		} else {
+			c.refusePython(p)
 		}
 		return nil, nil, errMaxConns
 	}

@@ -3,6 +3,7 @@ package master
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -139,6 +140,32 @@ func (c *clientConn) servePython(first []byte) {
 			return
 		}
 	}
+}
+
+// pyRefuseMaxRequest bounds the first request that refusePython reads
+// and discards: a manager's first request on a connection (dummy, create,
+// incref, decref, accept_connection) is a hundred bytes or so.
+const pyRefuseMaxRequest = 64 << 10
+
+// refusePython answers a Python client refused at MaxConns with a
+// '#TRACEBACK' reply, which Python raises as RemoteError with its text,
+// rather than closing on it with no word. header is the 4-byte length of
+// the client's first request, already read. The request is read and
+// discarded first, within the handshake deadline still set: closing a
+// socket with unread data resets the connection, and the client could
+// lose the reply. A request beyond pyRefuseMaxRequest, or not sent in
+// time, gets no reply.
+func (c *clientConn) refusePython(header []byte) {
+	n := binary.BigEndian.Uint32(header)
+	if n > pyRefuseMaxRequest {
+		return
+	}
+	if _, err := io.CopyN(io.Discard, c.conn, int64(n)); err != nil {
+		return
+	}
+	r := (&pyConn{c: c}).traceback("", "ConnectionRefusedError", fmt.Sprintf(
+		"%v: too many connections (qmaster --max-conns %d); try again later", wire.ErrMasterFull, c.s.cfg.MaxConns))
+	_ = auth.WriteMessage(c.conn, r.msg)
 }
 
 // read reads frames until the connection fails or ends, and hands them to
