@@ -64,11 +64,18 @@ func (l *netLab) ip(args ...string) {
 // in runs a command inside namespace ns and returns its error, with its
 // output in it.
 func (l *netLab) in(ns string, args ...string) error {
+	_, err := l.output(ns, args...)
+	return err
+}
+
+// output runs a command inside namespace ns and returns its output
+// (stdout and stderr), or an error with the output in it.
+func (l *netLab) output(ns string, args ...string) (string, error) {
 	out, err := exec.Command("ip", append([]string{"netns", "exec", ns}, args...)...).CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("in %s: %s: %v: %s", ns, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+		return "", fmt.Errorf("in %s: %s: %v: %s", ns, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
 	}
-	return nil
+	return string(out), nil
 }
 
 // must is in, failing the test on an error.

@@ -6,6 +6,8 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -173,8 +175,9 @@ func lastLines(s string, n int) string {
 
 // TestNetnsImpaired: tasks run over bad links, and every task still has
 // exactly one result. With tc netem (20 ms ± 5 ms of delay and 2% loss
-// each way) where the kernel has it; and everywhere, with a token bucket
-// of 2 Mbit/s and links going down for 50 to 400 ms at random moments.
+// each way) where the kernel has it, else with 2% loss each way from
+// iptables' statistic match; and everywhere, with a token bucket of
+// 2 Mbit/s and links going down for 50 to 400 ms at random moments.
 func TestNetnsImpaired(t *testing.T) {
 	t.Run("netem", func(t *testing.T) {
 		c := newLabCluster(t, 2)
@@ -191,6 +194,50 @@ func TestNetnsImpaired(t *testing.T) {
 			c.lab.must(k.other, "tc", "qdisc", "add", "dev", k.otherIf, "root", "netem", "delay", "20ms", "5ms", "loss", "2%")
 		}
 		runImpaired(t, c, 600, nil)
+	})
+	t.Run("iptables-loss", func(t *testing.T) {
+		// Where the kernel has no sch_netem, random loss comes from
+		// iptables' statistic match instead: 2% of the packets dropped
+		// each way on every worker's link, in the worker's namespace.
+		c := newLabCluster(t, 2)
+		if c.lab.in(c.master, "tc", "qdisc", "add", "dev", c.links[0].masterIf, "root", "netem", "loss", "2%") == nil {
+			t.Skip("skipped: tc netem is available here, and the netem subtest covers loss")
+		}
+		if _, err := exec.LookPath("iptables"); err != nil {
+			t.Skip("skipped: no `iptables` command (Debian package iptables); it makes the random loss where tc netem is missing")
+		}
+		const loss = "0.02"
+		for i, ns := range c.workers {
+			for _, rule := range [][]string{
+				{"INPUT", "-i", c.links[i].otherIf},
+				{"OUTPUT", "-o", c.links[i].otherIf},
+			} {
+				// A rule with no target only counts: every packet of the
+				// link, before the drop.
+				if err := c.lab.in(ns, append([]string{"iptables", "-w", "-A"}, rule...)...); err != nil {
+					t.Skipf("skipped: iptables does not work here: %v", err)
+				}
+				args := append([]string{"iptables", "-w", "-A"}, rule...)
+				args = append(args, "-m", "statistic", "--mode", "random", "--probability", loss, "-j", "DROP")
+				if err := c.lab.in(ns, args...); err != nil {
+					t.Skipf("skipped: iptables cannot drop packets at random here (no xt_statistic?): %v", err)
+				}
+			}
+		}
+		runImpaired(t, c, 10000, nil)
+		var dropped, seen [2]int64
+		for _, ns := range c.workers {
+			d, s := droppedPackets(t, c.lab, ns)
+			for i := range 2 {
+				dropped[i] += d[i]
+				seen[i] += s[i]
+			}
+		}
+		t.Logf("iptables statistic match, probability %s each way: %d of %d packets to the workers dropped, %d of %d from them",
+			loss, dropped[0], seen[0], dropped[1], seen[1])
+		if dropped[0] == 0 || dropped[1] == 0 {
+			t.Errorf("no packet dropped one way (%v): the loss rules did not apply", dropped)
+		}
 	})
 	t.Run("tbf-flaps", func(t *testing.T) {
 		c := newLabCluster(t, 2)
@@ -211,6 +258,37 @@ func TestNetnsImpaired(t *testing.T) {
 		})
 		t.Logf("%d link flaps", flaps)
 	})
+}
+
+// droppedPackets reads the counters of the loss rules in namespace ns:
+// packets of the link that met them, and packets dropped, each way.
+func droppedPackets(t *testing.T, l *netLab, ns string) (dropped, seen [2]int64) {
+	t.Helper()
+	for i, chain := range []string{"INPUT", "OUTPUT"} {
+		text, err := l.output(ns, "iptables", "-w", "-L", chain, "-v", "-x", "-n")
+		if err != nil {
+			t.Fatal(err)
+		}
+		// After two header lines, one rule a line: "pkts bytes target
+		// prot opt in out source destination [match]"; the counting rule
+		// has no target.
+		for line := range strings.SplitSeq(text, "\n") {
+			f := strings.Fields(line)
+			if len(f) < 3 || f[0] == "Chain" || f[0] == "pkts" {
+				continue
+			}
+			n, err := strconv.ParseInt(f[0], 10, 64)
+			if err != nil {
+				t.Fatalf("iptables -L %s in %s: %q", chain, ns, line)
+			}
+			if f[2] == "DROP" {
+				dropped[i] += n
+			} else {
+				seen[i] += n
+			}
+		}
+	}
+	return dropped, seen
 }
 
 func runImpaired(t *testing.T, c *labCluster, n int, tick func()) {
