@@ -219,15 +219,27 @@ func (c *clientConn) serveStream(stream *yamux.Stream) {
 		start := time.Now()
 		c.lastSeen.Store(start.UnixNano())
 		var resp *wire.Response
+		op := req.Op
 		if err != nil {
 			resp = errorResponse(err)
 		} else {
 			resp = c.handle(&req)
+			// A chained request runs only if the first succeeded; the
+			// decoder allows no Then of a Then. Each is timed on its own.
+			if req.Then != nil && resp.Code == wire.CodeOK {
+				c.s.metrics.observe(op, start)
+				start, op = time.Now(), req.Then.Op
+				resp.Then = c.handle(req.Then)
+			}
 		}
-		if werr := codec.Write(resp); werr != nil && req.Op == wire.OpGet && len(resp.Tasks) > 0 {
-			c.returnUndelivered(stream, &req, resp.Tasks)
+		if werr := codec.Write(resp); werr != nil {
+			for r, p := &req, resp; r != nil && p != nil; r, p = r.Then, p.Then {
+				if r.Op == wire.OpGet && len(p.Tasks) > 0 {
+					c.returnUndelivered(stream, r, p.Tasks)
+				}
+			}
 		}
-		c.s.metrics.observe(req.Op, start)
+		c.s.metrics.observe(op, start)
 		c.active.Add(-1)
 	}
 }

@@ -383,6 +383,67 @@ func (c *Client) Complete(ctx context.Context, queue, resultQueue string, done [
 	return c.call(ctx, &Request{Op: OpComplete, Queue: queue, ResultQueue: resultQueue, Results: done}, &Response{})
 }
 
+// CompleteThenGet is Complete and then, if every completion was taken,
+// Get from queue, in one round trip: a worker's finished tasks and its
+// request for more share a message each way. completeErr is the outcome
+// of the complete (as Complete returns it); when it is not nil no get was
+// made and tasks is empty. err is the get's error, or the transport's.
+func (c *Client) CompleteThenGet(ctx context.Context, queue, resultQueue string, done []Completion, opts GetOptions) (tasks []Task, completeErr, err error) {
+	if opts.Max <= 0 {
+		opts.Max = 1
+	}
+	get := &Request{Op: OpGet, Queue: queue, Max: opts.Max, Timeout: opts.Timeout, Lease: opts.Lease, NoAck: opts.NoAck}
+	var resp Response
+	completeErr, err = c.chain(ctx, &Request{Op: OpComplete, Queue: queue, ResultQueue: resultQueue, Results: done, Then: get}, &resp)
+	if completeErr != nil || err != nil {
+		return nil, completeErr, err
+	}
+	return leased(resp.Then, opts), nil, nil
+}
+
+// PutThenGet puts items to queue and then, if the put succeeded, gets
+// from the queue from, in one round trip: a producer that waits for the
+// result of what it just put saves a round trip on each. putErr is the
+// put's error; when it is not nil no get was made.
+func (c *Client) PutThenGet(ctx context.Context, queue string, items []msgpack.RawMessage, popts PutOptions, from string, gopts GetOptions) (ids []uint64, tasks []Task, putErr, err error) {
+	if gopts.Max <= 0 {
+		gopts.Max = 1
+	}
+	get := &Request{Op: OpGet, Queue: from, Max: gopts.Max, Timeout: gopts.Timeout, Lease: gopts.Lease, NoAck: gopts.NoAck}
+	var resp Response
+	putErr, err = c.chain(ctx, &Request{Op: OpPut, Queue: queue, Items: items, ReplyTo: popts.ReplyTo, Timeout: popts.Timeout, Then: get}, &resp)
+	if putErr != nil || err != nil {
+		return resp.IDs, nil, putErr, err
+	}
+	return resp.IDs, leased(resp.Then, gopts), nil, nil
+}
+
+// chain runs a request with a Then. firstErr is the first request's
+// error from the master; err is a transport error or the Then's error.
+func (c *Client) chain(ctx context.Context, req *Request, resp *Response) (firstErr, err error) {
+	if err := c.call(ctx, req, resp); err != nil {
+		var re *RemoteError
+		if errors.As(err, &re) {
+			return err, nil
+		}
+		return nil, err
+	}
+	if resp.Then == nil {
+		return nil, ErrChainIgnored
+	}
+	return nil, errorFromResponse(resp.Then)
+}
+
+// leased returns the tasks of a get response with their lease set.
+func leased(resp *Response, opts GetOptions) []Task {
+	if !opts.NoAck {
+		for i := range resp.Tasks {
+			resp.Tasks[i].Lease = resp.Lease
+		}
+	}
+	return resp.Tasks
+}
+
 // Stats describes queue, or every queue if queue is "".
 func (c *Client) Stats(ctx context.Context, queue string) ([]QueueStats, error) {
 	var resp Response

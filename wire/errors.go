@@ -56,6 +56,10 @@ var (
 	ErrBadPreamble = errors.New("not a qm client")
 	// ErrUnsupportedVersion is returned when the two sides speak different protocol versions.
 	ErrUnsupportedVersion = errors.New("unsupported protocol version")
+	// ErrChainIgnored is returned by CompleteThenGet and PutThenGet when
+	// the master ran the first request but not its Then: a master older
+	// than the client. The caller makes the second call on its own.
+	ErrChainIgnored = errors.New("the master ignored a chained request (it is older than this client)")
 	// ErrClosed is returned by calls on a closed client.
 	ErrClosed = errors.New("client closed")
 )

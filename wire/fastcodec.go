@@ -1,6 +1,7 @@
 package wire
 
 import (
+	"errors"
 	"fmt"
 	"time"
 
@@ -111,7 +112,7 @@ func (r Request) EncodeMsgpack(enc *msgpack.Encoder) error {
 	n := 1
 	for _, set := range [...]bool{r.Queue != "", len(r.Items) > 0, r.ReplyTo != "", r.Max != 0,
 		r.Timeout != 0, r.Lease != 0, r.NoAck, len(r.IDs) > 0, r.Error != "", len(r.Results) > 0,
-		r.ResultQueue != "", r.Role != "", r.Name != ""} {
+		r.ResultQueue != "", r.Role != "", r.Name != "", r.Then != nil} {
 		if set {
 			n++
 		}
@@ -171,11 +172,23 @@ func (r Request) EncodeMsgpack(enc *msgpack.Encoder) error {
 	if r.Name != "" {
 		w.str("name", r.Name)
 	}
+	if r.Then != nil {
+		w.key("then")
+		if w.err == nil {
+			w.err = r.Then.EncodeMsgpack(enc)
+		}
+	}
 	return w.err
 }
 
+// errNestedThen refuses a chain of more than two requests (or responses),
+// so that a hostile frame cannot make the decoder recurse without bound.
+var errNestedThen = errors.New("a chained request may not have a Then of its own")
+
 // DecodeMsgpack implements msgpack.CustomDecoder.
-func (r *Request) DecodeMsgpack(dec *msgpack.Decoder) error {
+func (r *Request) DecodeMsgpack(dec *msgpack.Decoder) error { return r.decode(dec, false) }
+
+func (r *Request) decode(dec *msgpack.Decoder, chained bool) error {
 	return decodeFields(dec, func(key []byte) error {
 		var err error
 		switch string(key) {
@@ -221,6 +234,12 @@ func (r *Request) DecodeMsgpack(dec *msgpack.Decoder) error {
 			r.Role, err = dec.DecodeString()
 		case "name":
 			r.Name, err = dec.DecodeString()
+		case "then":
+			if chained {
+				return errNestedThen
+			}
+			r.Then = new(Request)
+			err = r.Then.decode(dec, true)
 		default:
 			err = dec.Skip()
 		}
@@ -232,7 +251,7 @@ func (r *Request) DecodeMsgpack(dec *msgpack.Decoder) error {
 func (r Response) EncodeMsgpack(enc *msgpack.Encoder) error {
 	n := 0
 	for _, set := range [...]bool{r.Code != 0, r.Error != "", len(r.IDs) > 0, len(r.Tasks) > 0,
-		len(r.Stats) > 0, len(r.Clients) > 0, len(r.Queues) > 0, r.Count != 0, r.Lease != 0, r.ClientID != 0} {
+		len(r.Stats) > 0, len(r.Clients) > 0, len(r.Queues) > 0, r.Count != 0, r.Lease != 0, r.ClientID != 0, r.Then != nil} {
 		if set {
 			n++
 		}
@@ -276,11 +295,19 @@ func (r Response) EncodeMsgpack(enc *msgpack.Encoder) error {
 	if r.ClientID != 0 {
 		w.uint("client_id", r.ClientID)
 	}
+	if r.Then != nil {
+		w.key("then")
+		if w.err == nil {
+			w.err = r.Then.EncodeMsgpack(enc)
+		}
+	}
 	return w.err
 }
 
 // DecodeMsgpack implements msgpack.CustomDecoder.
-func (r *Response) DecodeMsgpack(dec *msgpack.Decoder) error {
+func (r *Response) DecodeMsgpack(dec *msgpack.Decoder) error { return r.decode(dec, false) }
+
+func (r *Response) decode(dec *msgpack.Decoder, chained bool) error {
 	return decodeFields(dec, func(key []byte) error {
 		var err error
 		switch string(key) {
@@ -312,6 +339,12 @@ func (r *Response) DecodeMsgpack(dec *msgpack.Decoder) error {
 			r.Lease, err = decodeDuration(dec)
 		case "client_id":
 			r.ClientID, err = dec.DecodeUint64()
+		case "then":
+			if chained {
+				return errNestedThen
+			}
+			r.Then = new(Response)
+			err = r.Then.decode(dec, true)
 		default:
 			err = dec.Skip()
 		}

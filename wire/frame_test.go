@@ -7,6 +7,7 @@ import (
 	"io"
 	"reflect"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -27,6 +28,31 @@ func sampleRequests() []Request {
 		{Op: OpNack, Queue: "tasks", IDs: []uint64{7}, Error: "boom"},
 		{Op: OpComplete, Queue: "tasks", ResultQueue: "results", Results: []Completion{{ID: 1, Value: msgpack.RawMessage{0x02}}, {ID: 2, Error: "bad"}}},
 		{Op: OpStats},
+		{Op: OpComplete, Queue: "tasks", Results: []Completion{{ID: 3, Value: msgpack.RawMessage{0x03}}},
+			Then: &Request{Op: OpGet, Queue: "tasks", Max: 4, Timeout: time.Second}},
+		{Op: OpPut, Queue: "tasks", Items: []msgpack.RawMessage{{0x04}}, ReplyTo: "r",
+			Then: &Request{Op: OpGet, Queue: "r", Max: 1, Timeout: time.Second, NoAck: true}},
+	}
+}
+
+// A chain is two requests at most: a Then of a Then is refused by the
+// decoder, so that a frame of nested maps cannot make it recurse deeply.
+func TestDecodeRefusesNestedThen(t *testing.T) {
+	req := Request{Op: OpPut, Queue: "a", Then: &Request{Op: OpGet, Queue: "b", Then: &Request{Op: OpStats}}}
+	b, err := msgpack.Marshal(&req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := DecodeRequest(b); !errors.Is(err, ErrBadRequest) || !strings.Contains(err.Error(), "Then of its own") {
+		t.Fatalf("DecodeRequest of a three-request chain: %v, want a bad request naming the nesting", err)
+	}
+	resp := Response{Then: &Response{Then: &Response{Count: 1}}}
+	if b, err = msgpack.Marshal(&resp); err != nil {
+		t.Fatal(err)
+	}
+	var got Response
+	if err := msgpack.Unmarshal(b, &got); err == nil || !strings.Contains(err.Error(), "Then of its own") {
+		t.Fatalf("decode of a three-response chain: %v, want it refused", err)
 	}
 }
 

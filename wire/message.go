@@ -65,6 +65,11 @@ type Request struct {
 	ResultQueue string `msgpack:"result_q,omitempty"`
 	Role        string `msgpack:"role,omitempty"` // hello: worker, producer, admin
 	Name        string `msgpack:"name,omitempty"` // hello: e.g. host:pid
+	// Then is a second request that the master runs in the same call if
+	// this one succeeds, answered in Response.Then: a worker's complete and
+	// its next get, or a producer's put and the get of its results, in one
+	// round trip instead of two. A Then may not have a Then of its own.
+	Then *Request `msgpack:"then,omitempty"`
 }
 
 // Completion is the outcome of one task, sent by a worker in OpComplete.
@@ -87,6 +92,9 @@ type Response struct {
 	Lease   time.Duration `msgpack:"lease,omitempty"` // get: the lease granted
 	// ClientID is the master's name for this client (hello).
 	ClientID uint64 `msgpack:"client_id,omitempty"`
+	// Then answers Request.Then; nil if it did not run because this
+	// request failed.
+	Then *Response `msgpack:"then,omitempty"`
 }
 
 // Task is a task as handed out by the master.

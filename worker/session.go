@@ -25,6 +25,9 @@ type session struct {
 
 	mu     sync.Mutex
 	leases map[uint64]*lease
+	// wakeAt is when keep next looks at the leases; track wakes it
+	// earlier only for a lease due before then, not for every task.
+	wakeAt time.Time
 }
 
 // lease is one delivery of a task to this worker. The same task may come
@@ -71,10 +74,13 @@ func (s *session) track(t Task) *lease {
 	l := &lease{id: t.ID, ctx: ctx, length: t.Lease, renewed: time.Now(), cancel: cancel}
 	s.mu.Lock()
 	s.leases[t.ID] = l
+	early := l.length > 0 && l.renewed.Add(l.length/3).Before(s.wakeAt)
 	s.mu.Unlock()
-	select {
-	case s.kick <- struct{}{}:
-	default:
+	if early {
+		select {
+		case s.kick <- struct{}{}:
+		default:
+		}
 	}
 	return l
 }
@@ -165,6 +171,11 @@ func (s *session) renewDue() time.Duration {
 		if shortest == 0 || l.length < shortest {
 			shortest = l.length
 		}
+	}
+	if len(due) == 0 {
+		s.wakeAt = now.Add(next)
+	} else {
+		s.wakeAt = now // renewing now, then looking again
 	}
 	s.mu.Unlock()
 	if len(due) == 0 {

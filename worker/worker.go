@@ -61,17 +61,24 @@ var errStop = errors.New("stop")
 
 // runner is the state of one Run. The goroutine that called Run drives it:
 // it connects, takes tasks and drains. Handlers run in goroutines started
-// by goRun; one completer goroutine sends their results.
+// by goRun. Their results go back with the Run goroutine's next get, in
+// one round trip (wire.Client.CompleteThenGet), when it is about to make
+// one; while it waits in a get, or between connections, the completer
+// goroutine sends them at once on their own.
 type runner struct {
 	cfg  Config
 	log  *slog.Logger
 	base context.Context // Run's ctx without its cancellation: handlers outlive the drain
 	bo   backoff         // used by the Run goroutine only
+	// noChain is set, by the Run goroutine, once the master has shown it
+	// does not run chained requests: completes and gets go separately.
+	noChain bool
 
-	results       chan finished // handlers to completer
+	kick          chan struct{} // buffered 1: completions wait for the completer; closed by stop
 	completerDone chan struct{}
-	// changed is signalled whenever inflight drops, so that the Run
-	// goroutine can take more tasks, or notice it is idle or done.
+	// changed is signalled whenever a handler returns or inflight drops,
+	// so that the Run goroutine can take more tasks, send results, or
+	// notice it is idle or done.
 	changed chan struct{}
 
 	mu        sync.Mutex
@@ -80,7 +87,12 @@ type runner struct {
 	handled   int       // tasks completed, failed ones included
 	idleSince time.Time // when inflight last became 0
 	stopping  bool      // no new goroutines
-	wg        sync.WaitGroup
+	// pending holds handlers' outcomes not yet sent. While collecting is
+	// set the Run goroutine sends them (it looks at pending before it
+	// next waits); otherwise the completer does.
+	pending    []finished
+	collecting bool
+	wg         sync.WaitGroup
 }
 
 // finished is one handler's outcome, to be sent on its session.
@@ -96,7 +108,7 @@ func newRunner(ctx context.Context, cfg Config) *runner {
 		log:           cfg.Logger.With("worker", cfg.Name),
 		base:          context.WithoutCancel(ctx),
 		bo:            backoff{min: cfg.ReconnectMin, max: cfg.ReconnectMax},
-		results:       make(chan finished, cfg.Concurrency),
+		kick:          make(chan struct{}, 1),
 		completerDone: make(chan struct{}),
 		changed:       make(chan struct{}, 1),
 		idleSince:     time.Now(),
@@ -120,13 +132,14 @@ func (r *runner) goRun(f func()) bool {
 	return true
 }
 
-// stop waits for every handler and then for the completer.
+// stop waits for every handler and then for the completer, which sends
+// or drops what they left.
 func (r *runner) stop() {
 	r.mu.Lock()
 	r.stopping = true
 	r.mu.Unlock()
 	r.wg.Wait()
-	close(r.results)
+	close(r.kick)
 	<-r.completerDone
 }
 
@@ -136,7 +149,7 @@ func (r *runner) run(ctx context.Context) error {
 	for {
 		c, err := r.connect(ctx, afterLoss)
 		if errors.Is(err, errStop) {
-			r.drain(ctx)
+			r.drain(ctx, nil)
 			return nil
 		}
 		if err != nil {
@@ -209,25 +222,37 @@ func permanent(err error) bool {
 // err says why if it is an error) or the connection is lost (stop is
 // false). Before it returns to stop, it drains.
 func (r *runner) serve(ctx context.Context, s *session) (stop bool, err error) {
+	r.setCollecting(true)
+	defer r.setCollecting(false)
 	for {
 		if ctx.Err() != nil {
-			r.drain(ctx)
+			r.drain(ctx, s)
 			return true, nil
 		}
-		inflight, handled := r.counts()
+		r.mu.Lock()
+		inflight, handled, running := r.inflight, r.handled, r.running
 		if r.cfg.MaxTasks > 0 && handled >= r.cfg.MaxTasks {
+			r.mu.Unlock()
 			r.log.Info("handled the maximum number of tasks; stopping", "max_tasks", r.cfg.MaxTasks)
 			return true, nil
 		}
+		fs := r.pending
+		r.pending = nil
+		r.mu.Unlock()
+		fs = r.sendOthers(s, fs)
 		// A slot is free once its handler returns, while its result is
-		// still on the way to the master: the next get overlaps the
-		// complete. Results waiting to be sent stay bounded by Concurrency.
-		n := min(r.cfg.Concurrency-r.runningCount(), 2*r.cfg.Concurrency-inflight)
+		// still on the way to the master: the next get carries it. Results
+		// waiting to be sent stay bounded by Concurrency.
+		n := min(r.cfg.Concurrency-running, 2*r.cfg.Concurrency-(inflight-len(fs)))
 		if r.cfg.MaxTasks > 0 {
 			n = min(n, r.cfg.MaxTasks-handled-inflight)
 		}
-		if n <= 0 { // every slot is busy: wait for one
-			select {
+		if n <= 0 {
+			if len(fs) > 0 {
+				r.send(s, fs)
+				continue
+			}
+			select { // every slot is busy: wait for one
 			case <-ctx.Done():
 			case <-s.ctx.Done():
 				return false, errConnLost
@@ -247,7 +272,9 @@ func (r *runner) serve(ctx context.Context, s *session) (stop bool, err error) {
 			}
 			timeout = min(timeout, left)
 		}
-		tasks, err := s.c.Get(ctx, r.cfg.Tasks, wire.GetOptions{Max: n, Timeout: timeout, Lease: r.cfg.Lease})
+		r.setCollecting(false) // results that come while the get waits go on their own
+		tasks, err := r.completeThenGet(ctx, s, fs, wire.GetOptions{Max: n, Timeout: timeout, Lease: r.cfg.Lease})
+		r.setCollecting(true)
 		r.start(s, tasks)
 		switch {
 		case err == nil:
@@ -255,7 +282,7 @@ func (r *runner) serve(ctx context.Context, s *session) (stop bool, err error) {
 		case ctx.Err() != nil:
 			// Draining; the next round says so.
 		case errors.Is(err, wire.ErrBadRequest) || errors.Is(err, wire.ErrUnknownOp):
-			r.drain(ctx)
+			r.drain(ctx, s)
 			return true, fmt.Errorf("get from queue %q: %w", r.cfg.Tasks, err)
 		default:
 			return false, err
@@ -264,9 +291,9 @@ func (r *runner) serve(ctx context.Context, s *session) (stop bool, err error) {
 }
 
 // drain waits until no task is in flight. Handlers on a live connection
-// finish and are completed; those of lost connections finish and are
-// dropped.
-func (r *runner) drain(ctx context.Context) {
+// finish and are completed (by drain itself when s is the session it
+// serves); those of lost connections finish and are dropped.
+func (r *runner) drain(ctx context.Context, s *session) {
 	inflight, _ := r.counts()
 	if inflight == 0 {
 		return
@@ -275,6 +302,13 @@ func (r *runner) drain(ctx context.Context) {
 		r.log.Info("draining: taking no new tasks, waiting for running ones", "running", inflight)
 	}
 	for {
+		if s != nil {
+			r.mu.Lock()
+			fs := r.pending
+			r.pending = nil
+			r.mu.Unlock()
+			r.sendAll(fs)
+		}
 		if n, _ := r.counts(); n == 0 {
 			return
 		}
@@ -296,7 +330,7 @@ func (r *runner) start(s *session, tasks []Task) {
 			r.mu.Lock()
 			r.running--
 			r.mu.Unlock()
-			r.finish(1, 0)
+			r.finish(1, 0, time.Now())
 		}
 	}
 }
@@ -305,13 +339,13 @@ func (r *runner) start(s *session, tasks []Task) {
 func (r *runner) runTask(s *session, l *lease, t Task) {
 	ctx := l.ctx
 	start := time.Now()
-	log := r.log.With("queue", t.Queue, "task", t.ID, "attempt", t.Attempt)
-	log.Debug("task started")
+	log := r.log
+	debug := log.Enabled(ctx, slog.LevelDebug)
+	if debug {
+		log = log.With("queue", t.Queue, "task", t.ID, "attempt", t.Attempt)
+		log.Debug("task started")
+	}
 	v, err := r.call(ctx, t)
-	r.mu.Lock()
-	r.running--
-	r.mu.Unlock()
-	r.signal()
 	c := wire.Completion{ID: t.ID}
 	if err == nil {
 		c.Value, err = wire.Encode(v)
@@ -324,11 +358,44 @@ func (r *runner) runTask(s *session, l *lease, t Task) {
 		log.Debug("task ended after its lease was lost; result dropped", "err", err)
 	case err != nil:
 		c.Value, c.Error = nil, errorText(err)
-		log.Warn("task failed", "took", time.Since(start), "err", c.Error)
-	default:
+		log.Warn("task failed", "queue", t.Queue, "task", t.ID, "attempt", t.Attempt, "took", time.Since(start), "err", c.Error)
+	case debug:
 		log.Debug("task done", "took", time.Since(start))
 	}
-	r.results <- finished{s: s, l: l, c: c}
+	r.handlerDone(finished{s: s, l: l, c: c})
+}
+
+// handlerDone queues a handler's outcome for whoever sends results now.
+func (r *runner) handlerDone(f finished) {
+	r.mu.Lock()
+	r.running--
+	r.pending = append(r.pending, f)
+	collecting := r.collecting
+	r.mu.Unlock()
+	if collecting {
+		r.signal()
+	} else {
+		r.kickCompleter()
+	}
+}
+
+// setCollecting says whether the Run goroutine sends the pending results
+// (with its next get) or the completer does.
+func (r *runner) setCollecting(on bool) {
+	r.mu.Lock()
+	r.collecting = on
+	waiting := len(r.pending) > 0
+	r.mu.Unlock()
+	if !on && waiting {
+		r.kickCompleter()
+	}
+}
+
+func (r *runner) kickCompleter() {
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
 }
 
 // call runs the handler, turning a panic into an error.
@@ -351,79 +418,163 @@ func errorText(err error) string {
 	return fmt.Sprintf("error %T", err)
 }
 
-// completer sends the handlers' outcomes to the master, batching those
-// that are ready together.
+// completer sends the handlers' outcomes that the Run goroutine will not
+// take with a get: while it waits in one, between connections, and at
+// the end.
 func (r *runner) completer() {
 	defer close(r.completerDone)
-	batch := make([]finished, 0, maxBatch)
-	for f := range r.results {
-		batch = append(batch[:0], f)
-	more:
-		for len(batch) < maxBatch {
-			select {
-			case f, ok := <-r.results:
-				if !ok {
-					break more
-				}
-				batch = append(batch, f)
-			default:
-				break more
-			}
+	for range r.kick {
+		r.mu.Lock()
+		var fs []finished
+		if !r.collecting {
+			fs = r.pending
+			r.pending = nil
 		}
-		// Completions go back on the session their tasks came from.
-		for len(batch) > 0 {
-			s := batch[0].s
-			var same []finished
-			rest := batch[:0]
-			for _, f := range batch {
-				if f.s == s {
-					same = append(same, f)
-				} else {
-					rest = append(rest, f)
-				}
-			}
-			r.send(s, same)
-			batch = rest
-		}
+		r.mu.Unlock()
+		r.sendAll(fs)
+	}
+	r.mu.Lock() // stop: every handler has returned
+	fs := r.pending
+	r.pending = nil
+	r.mu.Unlock()
+	r.sendAll(fs)
+}
+
+// sendAll completes fs, each on the session its task came from.
+func (r *runner) sendAll(fs []finished) {
+	if len(fs) > 0 {
+		s := fs[0].s
+		r.send(s, r.sendOthers(s, fs))
 	}
 }
 
-// send completes fs on s, or drops them if s has lost its connection.
+// sendOthers completes the outcomes in fs that belong to a session other
+// than s (or drops them, as that session is gone) and returns those of s.
+func (r *runner) sendOthers(s *session, fs []finished) []finished {
+	for {
+		var other *session
+		for _, f := range fs {
+			if f.s != s {
+				other = f.s
+				break
+			}
+		}
+		if other == nil {
+			return fs
+		}
+		var theirs, ours []finished
+		for _, f := range fs {
+			if f.s == other {
+				theirs = append(theirs, f)
+			} else {
+				ours = append(ours, f)
+			}
+		}
+		r.send(other, theirs)
+		fs = ours
+	}
+}
+
+// send completes fs on s, at most maxBatch per call, or drops them if s
+// has lost its connection.
 func (r *runner) send(s *session, fs []finished) {
-	handled := 0
-	if held := s.completing(fs); len(held) > 0 && !s.gone() {
-		ctx, cancel := context.WithTimeout(s.ctx, completeTimeout)
-		err := s.c.Complete(ctx, r.cfg.Tasks, r.cfg.Results, held)
-		cancel()
-		switch {
-		case err == nil:
-			handled = len(held)
-		case s.gone() || errors.Is(err, wire.ErrClosed):
-			r.log.Debug("connection lost; results dropped", "queue", r.cfg.Tasks, "tasks", len(held), "err", err)
-		case errors.Is(err, wire.ErrNotLeased):
-			// The others in the batch were completed.
-			handled = len(held)
+	for len(fs) > 0 {
+		k := min(len(fs), maxBatch)
+		sent := time.Now()
+		handled := r.completeHeld(s, s.completing(fs[:k]), false)
+		s.untrack(fs[:k])
+		r.finish(k, handled, sent)
+		fs = fs[k:]
+	}
+}
+
+// completeHeld sends the completions held, whose leases s holds, and
+// returns how many the master took. again says they may have been taken
+// already, by a chained call whose reply never came.
+func (r *runner) completeHeld(s *session, held []wire.Completion, again bool) (handled int) {
+	if len(held) == 0 {
+		return 0
+	}
+	if s.gone() {
+		r.log.Debug("connection lost; results dropped", "queue", r.cfg.Tasks, "tasks", len(held))
+		return 0
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, completeTimeout)
+	err := s.c.Complete(ctx, r.cfg.Tasks, r.cfg.Results, held)
+	cancel()
+	return r.completed(s, held, err, again)
+}
+
+// completed interprets the outcome err of completing held and returns how
+// many tasks the master took.
+func (r *runner) completed(s *session, held []wire.Completion, err error, again bool) (handled int) {
+	switch {
+	case err == nil:
+		return len(held)
+	case s.gone() || errors.Is(err, wire.ErrClosed):
+		r.log.Debug("connection lost; results dropped", "queue", r.cfg.Tasks, "tasks", len(held), "err", err)
+	case errors.Is(err, wire.ErrNotLeased):
+		// The others in the batch were completed.
+		if !again {
 			r.log.Warn("lease lost before completion; the master gave the task to another worker",
 				"queue", r.cfg.Tasks, "err", err)
-		default:
-			r.log.Warn("complete failed; the tasks will be redelivered when their leases run out",
-				"queue", r.cfg.Tasks, "tasks", len(held), "err", err)
 		}
-	} else if len(held) > 0 {
-		r.log.Debug("connection lost; results dropped", "queue", r.cfg.Tasks, "tasks", len(held))
+		return len(held)
+	default:
+		r.log.Warn("complete failed; the tasks will be redelivered when their leases run out",
+			"queue", r.cfg.Tasks, "tasks", len(held), "err", err)
+	}
+	return 0
+}
+
+// completeThenGet sends the outcomes fs (all of session s) and takes up
+// to opts.Max tasks, in one round trip when there are outcomes to send.
+func (r *runner) completeThenGet(ctx context.Context, s *session, fs []finished, opts wire.GetOptions) ([]Task, error) {
+	if len(fs) > maxBatch || r.noChain {
+		r.send(s, fs)
+		fs = nil
+	}
+	held := s.completing(fs)
+	if len(held) == 0 || s.gone() {
+		if len(fs) > 0 {
+			s.untrack(fs)
+			r.finish(len(fs), 0, time.Now())
+		}
+		return s.c.Get(ctx, r.cfg.Tasks, opts)
+	}
+	sent := time.Now()
+	tasks, completeErr, err := s.c.CompleteThenGet(ctx, r.cfg.Tasks, r.cfg.Results, held, opts)
+	handled := len(held)
+	switch {
+	case completeErr != nil:
+		handled = r.completed(s, held, completeErr, false)
+	case errors.Is(err, wire.ErrChainIgnored):
+		r.noChain = true
+		r.log.Info("the master does not take a complete and a get in one call; sending them apart")
+		err = nil
+	case err != nil && ctx.Err() != nil:
+		// Cancelled (a drain) before the reply: the master may or may not
+		// have the results. Send them again on their own; those it took
+		// already come back as not leased, and no result is published twice.
+		handled = r.completeHeld(s, held, true)
+		err = ctx.Err()
+	case err != nil && (s.gone() || errors.Is(err, wire.ErrClosed)):
+		handled = 0
 	}
 	s.untrack(fs)
-	r.finish(len(fs), handled)
+	r.finish(len(fs), handled, sent)
+	return tasks, err
 }
 
 // finish accounts for n tasks that are no longer in flight, of which
-// handled were completed.
-func (r *runner) finish(n, handled int) {
+// handled were completed; at is when their results were sent, from which
+// the worker counts as idle if nothing else is in flight.
+func (r *runner) finish(n, handled int, at time.Time) {
 	r.mu.Lock()
 	r.inflight -= n
 	r.handled += handled
 	if r.inflight == 0 {
-		r.idleSince = time.Now()
+		r.idleSince = at
 	}
 	r.mu.Unlock()
 	r.signal()
@@ -435,12 +586,6 @@ func (r *runner) signal() {
 	case r.changed <- struct{}{}:
 	default:
 	}
-}
-
-func (r *runner) runningCount() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.running
 }
 
 func (r *runner) counts() (inflight, handled int) {

@@ -194,16 +194,18 @@ func checkQMResult(t wire.Task, payload []byte) error {
 const rttWarmup = 100
 
 // qmRoundTrips puts one task and waits for its result, count times, and
-// returns each round trip.
+// returns each round trip. The put and the get of the result go in one
+// call (PutThenGet), as a producer waiting for each result would send them.
 func qmRoundTrips(ctx context.Context, c *wire.Client, count int, payload msgpack.RawMessage) ([]time.Duration, error) {
 	items := []msgpack.RawMessage{payload}
 	out := make([]time.Duration, 0, count)
 	for i := range rttWarmup + count {
 		start := time.Now()
-		if _, err := c.PutRaw(ctx, qmTasks, items, wire.PutOptions{ReplyTo: qmResults}); err != nil {
-			return nil, fmt.Errorf("put: %w", err)
+		_, ts, putErr, err := c.PutThenGet(ctx, qmTasks, items, wire.PutOptions{ReplyTo: qmResults},
+			qmResults, wire.GetOptions{Max: 1, Timeout: 10 * time.Second, NoAck: true})
+		if putErr != nil {
+			return nil, fmt.Errorf("put: %w", putErr)
 		}
-		ts, err := c.Get(ctx, qmResults, wire.GetOptions{Max: 1, Timeout: 10 * time.Second, NoAck: true})
 		if err != nil {
 			return nil, fmt.Errorf("get result: %w", err)
 		}
