@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -23,7 +24,10 @@ type metrics struct {
 
 	// byOp holds the request latency observer of every op number, so the
 	// hot path does no label lookup; invalid ops share "other".
-	byOp          [256]prometheus.Observer
+	byOp [256]prometheus.Observer
+	// byPyMethod does the same for the methods of Python manager
+	// requests, labelled py_<method>; other methods share "py_other".
+	byPyMethod    map[string]prometheus.Observer
 	handshakeFail *prometheus.CounterVec
 	refusals      *prometheus.CounterVec
 	leaseExpiries prometheus.Counter
@@ -38,8 +42,9 @@ var requestBuckets = []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .02
 func newMetrics(s *Server) *metrics {
 	m := &metrics{reg: prometheus.NewRegistry()}
 	reqDur := prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Name:    "qm_request_duration_seconds",
-		Help:    "Time from reading a native request to writing its response, by operation; a get's includes its wait for a task.",
+		Name: "qm_request_duration_seconds",
+		Help: "Time from reading a request to writing its response, by operation: a native client's op, or a Python manager client's " +
+			"method as py_<method>; a get's includes its wait for a task.",
 		Buckets: requestBuckets,
 	}, []string{"op"})
 	other := reqDur.WithLabelValues("other")
@@ -50,6 +55,11 @@ func newMetrics(s *Server) *metrics {
 			m.byOp[i] = other
 		}
 	}
+	m.byPyMethod = make(map[string]prometheus.Observer)
+	for _, method := range append(slices.Clone(pyQueueMethods), pyServerMethods...) {
+		m.byPyMethod[method] = reqDur.WithLabelValues("py_" + method)
+	}
+	m.byPyMethod[""] = reqDur.WithLabelValues("py_other")
 	m.handshakeFail = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "qm_handshake_failures_total",
 		Help: "Connections closed before their handshake completed, by reason: auth (wrong key), timeout, closed (the client left), protocol, " +
@@ -85,6 +95,16 @@ func newMetrics(s *Server) *metrics {
 // observe records the latency of one request of op that started at start.
 func (m *metrics) observe(op wire.Op, start time.Time) {
 	m.byOp[op].Observe(time.Since(start).Seconds())
+}
+
+// observePython records the latency of one Python request of method
+// that started at start.
+func (m *metrics) observePython(method string, start time.Time) {
+	o, ok := m.byPyMethod[method]
+	if !ok {
+		o = m.byPyMethod[""]
+	}
+	o.Observe(time.Since(start).Seconds())
 }
 
 // handshakeFailed counts a connection whose handshake failed with err.

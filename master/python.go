@@ -39,6 +39,10 @@ const pyJoinPoll = 20 * time.Millisecond
 // exposes those of queue.Queue.
 var pyQueueMethods = []string{"empty", "full", "get", "get_nowait", "join", "put", "put_nowait", "qsize", "task_done"}
 
+// pyServerMethods are the calls to the manager itself that serverCall
+// answers.
+var pyServerMethods = []string{"accept_connection", "create", "debug_info", "decref", "dummy", "incref", "number_of_objects", "shutdown"}
+
 // pyShared is the state Python connections share: the tasks taken by
 // Python gets and not yet marked task_done, per queue, for join().
 type pyShared struct {
@@ -99,6 +103,9 @@ type pyFrame struct {
 type pyReply struct {
 	msg   []byte
 	after func(delivered bool)
+	// method is the request's method, for the latency histogram; empty
+	// for a request that could not be decoded.
+	method string
 }
 
 // servePython serves a client that speaks Python's BaseManager protocol.
@@ -128,12 +135,14 @@ func (c *clientConn) servePython(first []byte) {
 			return
 		}
 		c.active.Add(1)
-		c.lastSeen.Store(time.Now().UnixNano())
+		start := time.Now()
+		c.lastSeen.Store(start.UnixNano())
 		r := p.handle(f.msg)
 		err := auth.WriteMessage(c.conn, r.msg)
 		if r.after != nil {
 			r.after(err == nil)
 		}
+		c.s.metrics.observePython(r.method, start)
 		c.active.Add(-1)
 		if err != nil {
 			p.log.Debug("python client: write failed", "err", err)
@@ -223,6 +232,13 @@ func (p *pyConn) handle(msg []byte) pyReply {
 		}
 		return p.traceback("", "TypeError", "request refused: "+err.Error())
 	}
+	r := p.dispatch(req)
+	r.method = req.Method
+	return r
+}
+
+// dispatch answers a decoded request.
+func (p *pyConn) dispatch(req *pyproto.Request) pyReply {
 	if p.c.s.isClosing() {
 		return p.traceback(req.Method, "RuntimeError", wire.ErrShuttingDown.Error())
 	}
