@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"runtime"
 	"runtime/debug"
 	"sync"
 	"time"
@@ -257,6 +258,9 @@ func (r *runner) serve(ctx context.Context, s *session) (stop bool, err error) {
 			case <-s.ctx.Done():
 				return false, errConnLost
 			case <-r.changed:
+				// Let the handlers that are ready to run finish first, so
+				// that their results go in one message rather than one each.
+				runtime.Gosched()
 			}
 			continue
 		}
@@ -276,6 +280,11 @@ func (r *runner) serve(ctx context.Context, s *session) (stop bool, err error) {
 		tasks, err := r.completeThenGet(ctx, s, fs, wire.GetOptions{Max: n, Timeout: timeout, Lease: r.cfg.Lease})
 		r.setCollecting(true)
 		r.start(s, tasks)
+		if len(tasks) > 0 {
+			// Let the handlers just started run first: quick ones finish,
+			// and their results go with the next get instead of one by one.
+			runtime.Gosched()
+		}
 		switch {
 		case err == nil:
 			r.bo.reset() // the connection works
@@ -424,6 +433,7 @@ func errorText(err error) string {
 func (r *runner) completer() {
 	defer close(r.completerDone)
 	for range r.kick {
+		runtime.Gosched() // let other handlers that are ready finish: one message for all
 		r.mu.Lock()
 		var fs []finished
 		if !r.collecting {

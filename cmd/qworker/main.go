@@ -6,12 +6,21 @@ import (
 	"context"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 )
 
 func main() { os.Exit(run()) }
 
 func run() int {
+	// qworker only moves tasks and results: its built-in handlers are
+	// trivial and a command runs in processes of its own. One P spares it
+	// the cross-thread wake-ups that, on a machine shared with a master
+	// and other workers, cost more than they give (docs/PERFORMANCE.md).
+	// GOMAXPROCS in the environment still wins.
+	if os.Getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(1)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	// After the first signal, which drains, restore the default handling so

@@ -80,6 +80,10 @@ The authkey comes from --authkey-file, the QM_AUTHKEY environment variable
 or --authkey, in that order of preference (--authkey is visible to other
 users in ps).
 
+qworker's own work runs on one thread at a time (GOMAXPROCS=1), which is
+fastest for moving tasks and results; set GOMAXPROCS in its environment to
+change that.
+
 SIGINT or SIGTERM drains: qworker takes no new task, lets the running ones
 finish and report their results, and exits 0. A second signal exits at
 once. Logs go to stderr.
