@@ -62,7 +62,7 @@ var errStop = errors.New("stop")
 
 // runner is the state of one Run. The goroutine that called Run drives it:
 // it connects, takes tasks and drains. Handlers run in goroutines started
-// by goRun. Their results go back with the Run goroutine's next get, in
+// by start. Their results go back with the Run goroutine's next get, in
 // one round trip (wire.Client.CompleteThenGet), when it is about to make
 // one; while it waits in a get, or between connections, the completer
 // goroutine sends them at once on their own.
@@ -75,6 +75,7 @@ type runner struct {
 	// does not run chained requests: completes and gets go separately.
 	noChain bool
 
+	jobs          chan job      // to the handler goroutines; buffered Concurrency, closed by stop
 	kick          chan struct{} // buffered 1: completions wait for the completer; closed by stop
 	completerDone chan struct{}
 	// changed is signalled whenever a handler returns or inflight drops,
@@ -87,13 +88,20 @@ type runner struct {
 	running   int       // tasks whose handler has not returned yet
 	handled   int       // tasks completed, failed ones included
 	idleSince time.Time // when inflight last became 0
-	stopping  bool      // no new goroutines
+	idle      int       // handler goroutines waiting for a job
 	// pending holds handlers' outcomes not yet sent. While collecting is
 	// set the Run goroutine sends them (it looks at pending before it
 	// next waits); otherwise the completer does.
 	pending    []finished
 	collecting bool
 	wg         sync.WaitGroup
+}
+
+// job is a task for a handler goroutine.
+type job struct {
+	s *session
+	l *lease
+	t Task
 }
 
 // finished is one handler's outcome, to be sent on its session.
@@ -109,6 +117,7 @@ func newRunner(ctx context.Context, cfg Config) *runner {
 		log:           cfg.Logger.With("worker", cfg.Name),
 		base:          context.WithoutCancel(ctx),
 		bo:            backoff{min: cfg.ReconnectMin, max: cfg.ReconnectMax},
+		jobs:          make(chan job, cfg.Concurrency),
 		kick:          make(chan struct{}, 1),
 		completerDone: make(chan struct{}),
 		changed:       make(chan struct{}, 1),
@@ -118,27 +127,10 @@ func newRunner(ctx context.Context, cfg Config) *runner {
 	return r
 }
 
-// goRun starts f as a goroutine that stop waits for, unless stop has begun.
-func (r *runner) goRun(f func()) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.stopping {
-		return false
-	}
-	r.wg.Add(1)
-	go func() {
-		defer r.wg.Done()
-		f()
-	}()
-	return true
-}
-
-// stop waits for every handler and then for the completer, which sends
-// or drops what they left.
+// stop waits for every handler goroutine and then for the completer,
+// which sends or drops what they left. Nothing is started after it.
 func (r *runner) stop() {
-	r.mu.Lock()
-	r.stopping = true
-	r.mu.Unlock()
+	close(r.jobs)
 	r.wg.Wait()
 	close(r.kick)
 	<-r.completerDone
@@ -325,22 +317,35 @@ func (r *runner) drain(ctx context.Context, s *session) {
 	}
 }
 
-// start runs a handler for each task.
+// start hands each task to a handler goroutine, starting one if none is
+// idle. Handler goroutines live until stop, so a task costs neither a new
+// goroutine nor the growth of its stack. At most Concurrency tasks run,
+// so there are at most that many goroutines and jobs never wait to be sent.
 func (r *runner) start(s *session, tasks []Task) {
 	for _, t := range tasks {
+		l := s.track(t)
 		r.mu.Lock()
 		r.inflight++
 		r.running++
-		r.mu.Unlock()
-		l := s.track(t)
-		if !r.goRun(func() { r.runTask(s, l, t) }) {
-			// Unreachable: stop begins only after the last start.
-			s.untrack([]finished{{s: s, l: l}})
-			r.mu.Lock()
-			r.running--
-			r.mu.Unlock()
-			r.finish(1, 0, time.Now())
+		spawn := r.idle == 0
+		if spawn {
+			r.wg.Add(1)
+		} else {
+			r.idle--
 		}
+		r.mu.Unlock()
+		if spawn {
+			go r.handle()
+		}
+		r.jobs <- job{s: s, l: l, t: t}
+	}
+}
+
+// handle runs jobs until stop closes the channel.
+func (r *runner) handle() {
+	defer r.wg.Done()
+	for j := range r.jobs {
+		r.runTask(j.s, j.l, j.t)
 	}
 }
 
@@ -378,6 +383,7 @@ func (r *runner) runTask(s *session, l *lease, t Task) {
 func (r *runner) handlerDone(f finished) {
 	r.mu.Lock()
 	r.running--
+	r.idle++ // its goroutine goes back for the next job
 	r.pending = append(r.pending, f)
 	collecting := r.collecting
 	r.mu.Unlock()
