@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -404,4 +405,121 @@ func TestNetnsMasterRestart(t *testing.T) {
 	settled(t, cl)
 	t.Logf("master killed with %d of %d results in and %d tasks leased; after the restart all %d have a result (%d from a later attempt, %d tasks with two equal results)",
 		resultsIn, n, leased, n, l.retried, l.duplicated())
+}
+
+// TestNetnsOneWayPartition: one worker's link loses every packet in one
+// direction only (iptables DROP in the worker's namespace), under load.
+// Neither end is told: the worker's calls reach the master and the
+// replies are lost, or the other way round. The master gives its leased
+// tasks to the other worker when the leases run out; the worker gives
+// its connection up when its keep-alive goes unanswered; when the link
+// heals it reconnects by itself and, the other worker stopped, does the
+// next tasks alone. Every task has exactly one result.
+func TestNetnsOneWayPartition(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		chain, flag string // the worker namespace's chain and interface flag
+	}{
+		{"to-worker", "INPUT", "-i"},
+		{"from-worker", "OUTPUT", "-o"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			c := newLabCluster(t, 2)
+			if _, err := exec.LookPath("iptables"); err != nil {
+				t.Skip("skipped: no `iptables` command (Debian package iptables); it makes the one-way partition")
+			}
+			startMasterIn(t, c.master, "--max-attempts", "100")
+			w1 := c.worker(t, 0, "square", "--concurrency", "2")
+			w2 := c.worker(t, 1, "square", "--concurrency", "2")
+			cl := c.client(t, "producer")
+			l := newResultLedger()
+			putSquares(t, cl, l, 1, 200)
+			waitDone(t, cl, 200, 30*time.Second, nil)
+
+			rule := []string{tc.chain, tc.flag, c.links[0].otherIf, "-j", "DROP"}
+			if err := c.lab.in(c.workers[0], append([]string{"iptables", "-w", "-A"}, rule...)...); err != nil {
+				t.Skipf("skipped: iptables does not work here: %v", err)
+			}
+			cut := time.Now()
+			// Put while w1 keeps asking for tasks it will never receive
+			// (to-worker) or cannot ask (from-worker).
+			putSquares(t, cl, l, 1001, 400)
+			waitDone(t, cl, 600, 60*time.Second, nil)
+			doneBy := time.Since(cut)
+			waitFor(t, 60*time.Second, func() bool { return strings.Contains(w1.logs(), "connection to master lost") })
+			gaveUp := time.Since(cut)
+			c.lab.must(c.workers[0], append([]string{"iptables", "-w", "-D"}, rule...)...)
+			healed := time.Now()
+			waitFor(t, 30*time.Second, func() bool { return strings.Count(w1.logs(), `msg="connected to master"`) >= 2 })
+			back := time.Since(healed)
+			// w1 is back in the work: with the other worker stopped,
+			// these tasks are its alone.
+			if err := w2.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+				t.Fatal(err)
+			}
+			if code := w2.wait(t, 20*time.Second); code != 0 {
+				t.Fatalf("w2 exited %d after SIGTERM:\n%s", code, w2.logs())
+			}
+			putSquares(t, cl, l, 2001, 200)
+			waitDone(t, cl, 800, 30*time.Second, nil)
+			drainResults(t, cl, "results", l, 500*time.Millisecond)
+			l.check(t)
+			settled(t, cl)
+			for id, rs := range l.got {
+				if sq := l.want[id]; sq > 2000*2000 && rs[0].Worker != "w1" {
+					t.Errorf("task %d (square %d), put after the heal, done by %s; want w1", id, sq, rs[0].Worker)
+				}
+			}
+			t.Logf("w1's packets %s dropped: the 400 tasks put meanwhile done %s after the cut (%d results from a later attempt); "+
+				"w1 gave its connection up after %s and was back %s after healing, then did the last 200 alone; 800 tasks, each with exactly one result",
+				map[string]string{"INPUT": "from the master", "OUTPUT": "to the master"}[tc.chain],
+				doneBy.Round(100*time.Millisecond), l.retried, gaveUp.Round(100*time.Millisecond), back.Round(100*time.Millisecond))
+		})
+	}
+}
+
+// TestNetnsShortCut: a busy worker's link is cut for 5 s, longer than
+// its 2 s leases but shorter than the keep-alive takes to give a
+// connection up. The leases run out meanwhile and the other worker does
+// those tasks; after the cut the first worker's late completions are
+// refused, and it goes on working on the same connection. Every task has
+// exactly one result.
+func TestNetnsShortCut(t *testing.T) {
+	c := newLabCluster(t, 2)
+	startMasterIn(t, c.master, "--max-attempts", "100")
+	w1 := c.worker(t, 0, "square", "--concurrency", "4")
+	c.worker(t, 1, "square", "--concurrency", "4")
+	cl := c.client(t, "producer")
+	l := newResultLedger()
+	putSquares(t, cl, l, 1, 3000)
+	waitFor(t, 10*time.Second, func() bool {
+		stats, err := cl.Stats(context.Background(), "results")
+		return err == nil && len(stats) == 1 && stats[0].Ready >= 300
+	})
+	c.lab.setLink(c.links[0], false)
+	putSquares(t, cl, l, 10001, 1000) // for w2 alone while w1 is cut off
+	time.Sleep(5 * time.Second)
+	c.lab.setLink(c.links[0], true)
+	healed := time.Now()
+	waitDone(t, cl, 4000, 30*time.Second, nil)
+	putSquares(t, cl, l, 20001, 1000)
+	waitDone(t, cl, 5000, 30*time.Second, nil)
+	drainResults(t, cl, "results", l, 500*time.Millisecond)
+	l.check(t)
+	settled(t, cl)
+	logs := w1.logs()
+	if strings.Contains(logs, "connection to master lost") || strings.Count(logs, `msg="connected to master"`) != 1 {
+		t.Errorf("w1 lost its connection over a 5 s cut; want it kept:\n%s", logs)
+	}
+	late := strings.Count(logs, "lease lost")
+	var w1Results int
+	for _, rs := range l.got {
+		if rs[0].Worker == "w1" {
+			w1Results++
+		}
+	}
+	t.Logf("w1 cut off for 5 s under load: its connection kept; %d results from a later attempt, %d 'lease lost' warnings in w1's log; "+
+		"all 5000 tasks done %s after healing, each with exactly one result (%d by w1)",
+		l.retried, late, time.Since(healed).Round(100*time.Millisecond), w1Results)
 }
