@@ -227,6 +227,7 @@ func (c *clientConn) serveStream(stream *yamux.Stream) {
 			// A chained request runs only if the first succeeded; the
 			// decoder allows no Then of a Then. Each is timed on its own.
 			if req.Then != nil && resp.Code == wire.CodeOK {
+				c.s.metrics.chained.Inc()
 				c.s.metrics.observe(op, start)
 				start, op = time.Now(), req.Then.Op
 				resp.Then = c.handle(req.Then)

@@ -31,6 +31,8 @@ type metrics struct {
 	handshakeFail *prometheus.CounterVec
 	refusals      *prometheus.CounterVec
 	leaseExpiries prometheus.Counter
+	// chained counts requests that carried a Then (wire.Request.Then).
+	chained prometheus.Counter
 	// fsync observes the store's fsyncs; nil without a data directory.
 	fsync prometheus.Histogram
 }
@@ -79,7 +81,12 @@ func newMetrics(s *Server) *metrics {
 		Name: "qm_lease_expiries_total",
 		Help: "Leases that ran out before their task was acked or nacked (the tasks were requeued or dead-lettered).",
 	})
-	m.reg.MustRegister(reqDur, m.handshakeFail, m.refusals, m.leaseExpiries, &queueCollector{s: s},
+	m.chained = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "qm_chained_requests_total",
+		Help: "Requests that carried a second one to run in the same call: a worker's complete and its next get, a producer's put and its get. " +
+			"Each op of a chain is also timed in qm_request_duration_seconds.",
+	})
+	m.reg.MustRegister(reqDur, m.handshakeFail, m.refusals, m.leaseExpiries, m.chained, &queueCollector{s: s},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if s.cfg.DataDir != "" {
 		m.fsync = prometheus.NewHistogram(prometheus.HistogramOpts{

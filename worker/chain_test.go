@@ -1,8 +1,12 @@
 package worker_test
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -11,6 +15,70 @@ import (
 	"github.com/qm-dev/qm/wire"
 	"github.com/qm-dev/qm/worker"
 )
+
+// metricCounts reads counters from the master's /metrics: requests by op
+// (as "op/get", ...) and the chained requests (as "chained").
+func metricCounts(t *testing.T, url string) map[string]int {
+	t.Helper()
+	req, err := http.NewRequest("GET", url+"/metrics", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+string(qmtest.Authkey))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	counts := map[string]int{}
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		const prefix = `qm_request_duration_seconds_count{op="`
+		line := sc.Text()
+		name, n := "", ""
+		if rest, ok := strings.CutPrefix(line, prefix); ok {
+			var op string
+			op, n, _ = strings.Cut(rest, `"} `)
+			name = "op/" + op
+		} else if rest, ok := strings.CutPrefix(line, "qm_chained_requests_total "); ok {
+			name, n = "chained", rest
+		} else {
+			continue
+		}
+		v, err := strconv.ParseFloat(n, 64)
+		if err != nil {
+			t.Fatalf("metrics line %q: %v", line, err)
+		}
+		counts[name] = int(v)
+	}
+	return counts
+}
+
+// A busy worker sends each result with its next get: one round trip per
+// task, not two. The master counts the ops it answered.
+func TestResultsRideOnGets(t *testing.T) {
+	addr, url, _ := qmtest.StartMasterHTTP(t, master.Config{})
+	c := qmtest.Dial(t, addr, "producer")
+	const n = 200
+	items := make([]any, n)
+	for i := range items {
+		items[i] = i
+	}
+	put(t, c, "tasks", items, wire.PutOptions{})
+	cfg := testConfig(t, addr, func(_ context.Context, task worker.Task) (any, error) { return task.Value() })
+	cfg.Logger = nil // 200 tasks of debug logs say nothing here
+	startWorker(t, cfg)
+	if got := len(results(t, c, "results", n, 10*time.Second)); got != n {
+		t.Fatalf("%d results, want %d", got, n)
+	}
+	m := metricCounts(t, url)
+	// With one task at a time, every result goes with the worker's next
+	// get: a complete on its own would be a second round trip.
+	if m["chained"] < n || m["op/complete"] != m["chained"] {
+		t.Fatalf("master counted %d chained requests and %d completes for %d tasks: want every complete chained to a get",
+			m["chained"], m["op/complete"], n)
+	}
+}
 
 // A worker cancelled while its get (carrying results) waits at the master
 // loses no result: the results were delivered with the get, or are sent
