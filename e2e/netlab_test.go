@@ -5,6 +5,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -143,10 +144,16 @@ func (l *netLab) setLink(k labLink, up bool) {
 // and signals reach it.
 func startIn(t *testing.T, ns, name string, args ...string) *proc {
 	t.Helper()
+	return startInIO(t, ns, nil, nil, name, args...)
+}
+
+// startInIO is startIn with the process's stdin and stdout.
+func startInIO(t *testing.T, ns string, stdin io.Reader, stdout io.Writer, name string, args ...string) *proc {
+	t.Helper()
 	argv := append([]string{"netns", "exec", ns, filepath.Join(binDir, name)}, args...)
 	p := &proc{cmd: exec.Command("ip", argv...), done: make(chan struct{})}
 	p.cmd.Env = append(os.Environ(), "QM_AUTHKEY="+authkey)
-	p.cmd.Stderr = p
+	p.cmd.Stdin, p.cmd.Stdout, p.cmd.Stderr = stdin, stdout, p
 	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("start %s in %s: %v", name, ns, err)
 	}

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -522,4 +523,100 @@ func TestNetnsShortCut(t *testing.T) {
 	t.Logf("w1 cut off for 5 s under load: its connection kept; %d results from a later attempt, %d 'lease lost' warnings in w1's log; "+
 		"all 5000 tasks done %s after healing, each with exactly one result (%d by w1)",
 		l.retried, late, time.Since(healed).Round(100*time.Millisecond), w1Results)
+}
+
+// TestNetnsProducerPartition: a producer, `qmaster map` on a host of its
+// own, loses its link to the master in the middle of a run. A 5 s cut
+// only delays it: map prints every result, in order, and exits 0. A cut
+// for good ends map, which does not reconnect: it exits 1 once its get
+// of results times out, and the tasks it had put are still done by the
+// workers, nothing left leased.
+func TestNetnsProducerPartition(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cut  time.Duration // 0: until map gives up
+	}{
+		{"short", 5 * time.Second},
+		{"long", 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			c := newLabCluster(t, 3) // the third host is the producer's
+			startMasterIn(t, c.master, "--max-attempts", "100")
+			for i := range 2 {
+				c.worker(t, i, "square", "--concurrency", "4")
+			}
+			admin := c.client(t, "admin")
+			const n = 30000
+			var out syncBuffer
+			mapper := startInIO(t, c.workers[2], strings.NewReader(seq(n)), &out, "qmaster", "map",
+				"--server", c.links[2].masterAddr+":"+labPort)
+			waitFor(t, 30*time.Second, func() bool {
+				stats, err := admin.Stats(context.Background(), "tasks")
+				return err == nil && len(stats) == 1 && stats[0].Done >= 1000
+			})
+			c.lab.setLink(c.links[2], false)
+			cut := time.Now()
+			if tc.cut > 0 {
+				time.Sleep(tc.cut)
+				c.lab.setLink(c.links[2], true)
+				if code := mapper.wait(t, 60*time.Second); code != 0 {
+					t.Fatalf("map exited %d after a %s cut:\n%s", code, tc.cut, mapper.logs())
+				}
+				lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+				if len(lines) != n {
+					t.Fatalf("map printed %d lines, want %d", len(lines), n)
+				}
+				for i, line := range lines {
+					if want := strconv.Itoa((i + 1) * (i + 1)); line != want {
+						t.Fatalf("line %d = %q, want %s", i+1, line, want)
+					}
+				}
+				t.Logf("map's link cut for %s mid-run: all %d results printed in order, exit 0, %s after the cut",
+					tc.cut, n, time.Since(cut).Round(100*time.Millisecond))
+				return
+			}
+			code := mapper.wait(t, 60*time.Second)
+			gaveUp := time.Since(cut)
+			c.lab.setLink(c.links[2], true)
+			// Its get of results times out (resultWait + callSlack in
+			// cmd/qmaster: 11 s) before any keep-alive gives up; then it
+			// tries for 5 s to delete its result queue.
+			if code != 1 || !strings.Contains(mapper.logs(), "qmaster map: get results from") {
+				t.Fatalf("map exited %d after a long cut, want 1 saying its get of results failed; stderr:\n%s\nstdout (end): %s",
+					code, mapper.logs(), lastLines(out.String(), 3))
+			}
+			var put int
+			waitFor(t, 30*time.Second, func() bool {
+				stats, err := admin.Stats(context.Background(), "tasks")
+				if err != nil || len(stats) != 1 {
+					return false
+				}
+				put = int(stats[0].Puts)
+				return stats[0].Ready+stats[0].Leased == 0 && stats[0].Done == stats[0].Puts
+			})
+			t.Logf("map's link cut for good: map gave up after %s (exit 1: %s); the %d tasks it had put were all done, nothing leased; "+
+				"their results stay in its private queue (map does not reconnect)",
+				gaveUp.Round(100*time.Millisecond), lastLines(mapper.logs(), 1), put)
+		})
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a process's writes and the test's
+// reads at once.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
