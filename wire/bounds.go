@@ -14,9 +14,23 @@ const maxNesting = 100
 // from the length header alone (v5.4.1 ignores its own limit there), so a
 // 12-byte frame could otherwise ask for gigabytes.
 func checkBounds(b []byte) error {
+	n, err := valueLen(b)
+	if err != nil {
+		return err
+	}
+	if n != len(b) {
+		return fmt.Errorf("%d trailing bytes", len(b)-n)
+	}
+	return nil
+}
+
+// valueLen is the length in bytes of the msgpack value at the start of b,
+// with the checks of checkBounds.
+func valueLen(b []byte) (int, error) {
 	pos := 0
-	pending := 1    // values still to read in the innermost open container
-	var stack []int // pending counts of the enclosing containers
+	pending := 1 // values still to read in the innermost open container
+	var shallow [8]int
+	stack := shallow[:0] // pending counts of the enclosing containers
 	for {
 		if pending == 0 {
 			if len(stack) == 0 {
@@ -28,7 +42,7 @@ func checkBounds(b []byte) error {
 		}
 		pending--
 		if pos >= len(b) {
-			return errTruncated
+			return 0, errTruncated
 		}
 		c := b[pos]
 		pos++
@@ -49,28 +63,25 @@ func checkBounds(b []byte) error {
 			var err error
 			skip, container, isCont, pos, err = lengthOf(c, b, pos)
 			if err != nil {
-				return err
+				return 0, err
 			}
 		}
 		if skip > len(b)-pos {
-			return errTruncated
+			return 0, errTruncated
 		}
 		pos += skip
 		if isCont && container > 0 {
 			if container > len(b)-pos {
-				return fmt.Errorf("container of %d elements in %d bytes", container, len(b)-pos)
+				return 0, fmt.Errorf("container of %d elements in %d bytes", container, len(b)-pos)
 			}
 			if len(stack) >= maxNesting {
-				return fmt.Errorf("nested deeper than %d", maxNesting)
+				return 0, fmt.Errorf("nested deeper than %d", maxNesting)
 			}
 			stack = append(stack, pending)
 			pending = container
 		}
 	}
-	if pos != len(b) {
-		return fmt.Errorf("%d trailing bytes", len(b)-pos)
-	}
-	return nil
+	return pos, nil
 }
 
 var errTruncated = fmt.Errorf("truncated value")

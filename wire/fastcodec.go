@@ -3,6 +3,7 @@ package wire
 import (
 	"errors"
 	"fmt"
+	"io"
 	"time"
 
 	"github.com/vmihailenco/msgpack/v5"
@@ -43,18 +44,28 @@ func (t Task) EncodeMsgpack(enc *msgpack.Encoder) error {
 }
 
 // DecodeMsgpack implements msgpack.CustomDecoder.
-func (t *Task) DecodeMsgpack(dec *msgpack.Decoder) error {
-	return decodeFields(dec, func(key []byte) error {
+func (t *Task) DecodeMsgpack(dec *msgpack.Decoder) error { return t.decode(dec, nil) }
+
+// decode decodes a task; the tasks of one response share their queue and
+// reply-to names through same instead of allocating each anew.
+func (t *Task) decode(dec *msgpack.Decoder, same *Task) error {
+	var f fields
+	f.start(dec)
+	for {
+		key, ok := f.next()
+		if !ok {
+			return f.err
+		}
 		var err error
 		switch string(key) {
 		case "id":
 			t.ID, err = dec.DecodeUint64()
 		case "q":
-			t.Queue, err = dec.DecodeString()
+			t.Queue, err = f.string(same, func(t *Task) string { return t.Queue })
 		case "payload":
 			t.Payload, err = decodeRaw(dec)
 		case "reply_to":
-			t.ReplyTo, err = dec.DecodeString()
+			t.ReplyTo, err = f.string(same, func(t *Task) string { return t.ReplyTo })
 		case "attempt":
 			t.Attempt, err = dec.DecodeInt()
 		case "last_err":
@@ -64,8 +75,10 @@ func (t *Task) DecodeMsgpack(dec *msgpack.Decoder) error {
 		default:
 			err = dec.Skip()
 		}
-		return err
-	})
+		if err != nil {
+			return fieldError(key, err)
+		}
+	}
 }
 
 // EncodeMsgpack implements msgpack.CustomEncoder.
@@ -91,7 +104,13 @@ func (c Completion) EncodeMsgpack(enc *msgpack.Encoder) error {
 
 // DecodeMsgpack implements msgpack.CustomDecoder.
 func (c *Completion) DecodeMsgpack(dec *msgpack.Decoder) error {
-	return decodeFields(dec, func(key []byte) error {
+	var f fields
+	f.start(dec)
+	for {
+		key, ok := f.next()
+		if !ok {
+			return f.err
+		}
 		var err error
 		switch string(key) {
 		case "id":
@@ -103,8 +122,10 @@ func (c *Completion) DecodeMsgpack(dec *msgpack.Decoder) error {
 		default:
 			err = dec.Skip()
 		}
-		return err
-	})
+		if err != nil {
+			return fieldError(key, err)
+		}
+	}
 }
 
 // EncodeMsgpack implements msgpack.CustomEncoder.
@@ -189,7 +210,13 @@ var errNestedThen = errors.New("a chained request may not have a Then of its own
 func (r *Request) DecodeMsgpack(dec *msgpack.Decoder) error { return r.decode(dec, false) }
 
 func (r *Request) decode(dec *msgpack.Decoder, chained bool) error {
-	return decodeFields(dec, func(key []byte) error {
+	var f fields
+	f.start(dec)
+	for {
+		key, ok := f.next()
+		if !ok {
+			return f.err
+		}
 		var err error
 		switch string(key) {
 		case "op":
@@ -243,8 +270,10 @@ func (r *Request) decode(dec *msgpack.Decoder, chained bool) error {
 		default:
 			err = dec.Skip()
 		}
-		return err
-	})
+		if err != nil {
+			return fieldError(key, err)
+		}
+	}
 }
 
 // EncodeMsgpack implements msgpack.CustomEncoder.
@@ -308,7 +337,13 @@ func (r Response) EncodeMsgpack(enc *msgpack.Encoder) error {
 func (r *Response) DecodeMsgpack(dec *msgpack.Decoder) error { return r.decode(dec, false) }
 
 func (r *Response) decode(dec *msgpack.Decoder, chained bool) error {
-	return decodeFields(dec, func(key []byte) error {
+	var f fields
+	f.start(dec)
+	for {
+		key, ok := f.next()
+		if !ok {
+			return f.err
+		}
 		var err error
 		switch string(key) {
 		case "code":
@@ -324,7 +359,11 @@ func (r *Response) decode(dec *msgpack.Decoder, chained bool) error {
 			if n, err = dec.DecodeArrayLen(); err == nil && n > 0 {
 				r.Tasks = make([]Task, n)
 				for i := 0; i < n && err == nil; i++ {
-					err = r.Tasks[i].DecodeMsgpack(dec)
+					var same *Task
+					if i > 0 {
+						same = &r.Tasks[i-1]
+					}
+					err = r.Tasks[i].decode(dec, same)
 				}
 			}
 		case "stats":
@@ -348,8 +387,10 @@ func (r *Response) decode(dec *msgpack.Decoder, chained bool) error {
 		default:
 			err = dec.Skip()
 		}
-		return err
-	})
+		if err != nil {
+			return fieldError(key, err)
+		}
+	}
 }
 
 // fieldWriter writes map entries and keeps the first error.
@@ -432,39 +473,92 @@ func (w *fieldWriter) value(k string, v any) {
 	}
 }
 
-// decodeFields reads a map (nil counts as empty) and hands each key to
-// field, which must consume its value.
-func decodeFields(dec *msgpack.Decoder, field func(key []byte) error) error {
-	n, err := dec.DecodeMapLen()
+// fields reads the entries of a map (nil counts as empty) one key at a
+// time. A decoder keeps it on its stack: from a frame (frameReader) the
+// keys are slices of the frame, and no closure or key escapes, so
+// decoding a struct allocates nothing of its own.
+type fields struct {
+	dec *msgpack.Decoder
+	fr  *frameReader // nil if dec reads from something else
+	n   int          // entries left
+	err error
+}
+
+func (f *fields) start(dec *msgpack.Decoder) {
+	f.dec = dec
+	f.fr, _ = dec.Buffered().(*frameReader)
+	f.n, f.err = dec.DecodeMapLen()
+}
+
+// next reads the next key; the caller then consumes its value. It returns
+// false at the end of the map or on an error, kept in f.err.
+func (f *fields) next() (key []byte, ok bool) {
+	if f.err != nil || f.n <= 0 {
+		return nil, false
+	}
+	f.n--
+	kn, err := f.dec.DecodeBytesLen()
+	switch {
+	case err != nil:
+	case kn <= 0:
+		return nil, true
+	case f.fr != nil:
+		if kn > f.fr.Len() {
+			err = io.ErrUnexpectedEOF
+			break
+		}
+		key = f.fr.b[f.fr.i : f.fr.i+kn]
+		f.fr.i += kn
+		return key, true
+	default:
+		key = make([]byte, kn)
+		err = f.dec.ReadFull(key)
+	}
 	if err != nil {
-		return err
+		f.err = err
+		return nil, false
 	}
-	var buf [16]byte // every key of ours fits: read keys without allocating
-	for range n {
-		kn, err := dec.DecodeBytesLen()
-		if err != nil {
-			return err
-		}
-		var key []byte
-		if kn >= 0 && kn <= len(buf) {
-			key = buf[:kn]
-		} else if kn > 0 {
-			key = make([]byte, kn) // not ours; bounded by the frame (checkBounds)
-		}
-		if err := dec.ReadFull(key); err != nil {
-			return err
-		}
-		if err := field(key); err != nil {
-			return fmt.Errorf("field %q: %w", key, err)
-		}
+	return key, true
+}
+
+// string reads a string value. If same is not nil and its field (by
+// field) holds the same text, that string is returned instead of a new one.
+func (f *fields) string(same *Task, field func(*Task) string) (string, error) {
+	if f.fr == nil || same == nil {
+		return f.dec.DecodeString()
 	}
-	return nil
+	n, err := f.dec.DecodeBytesLen()
+	if err != nil || n <= 0 {
+		return "", err
+	}
+	if n > f.fr.Len() {
+		return "", io.ErrUnexpectedEOF
+	}
+	b := f.fr.b[f.fr.i : f.fr.i+n]
+	f.fr.i += n
+	if prev := field(same); prev == string(b) {
+		return prev, nil
+	}
+	return string(b), nil
+}
+
+// fieldError names the field whose value failed to decode; it copies the
+// key, so that the key need not escape in the common case.
+func fieldError(key []byte, err error) error {
+	return fmt.Errorf("field %q: %w", string(key), err)
 }
 
 // decodeRaw reads one value as raw bytes; nil reads as empty, as msgpack's
-// RawMessage decoding does.
+// RawMessage decoding does. From a frame read by Codec (or DecodeRequest)
+// it is a slice of the frame, not a copy.
 func decodeRaw(dec *msgpack.Decoder) (msgpack.RawMessage, error) {
-	raw, err := dec.DecodeRaw()
+	var raw []byte
+	var err error
+	if fr, ok := dec.Buffered().(*frameReader); ok {
+		raw, err = fr.next()
+	} else {
+		raw, err = dec.DecodeRaw()
+	}
 	if err != nil || len(raw) == 1 && raw[0] == 0xc0 {
 		return nil, err
 	}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 
@@ -43,14 +44,13 @@ func ReadFrame(r io.Reader, buf []byte, max int) ([]byte, error) {
 // Codec reads and writes msgpack frames on one stream. It reuses its
 // buffers, so it is not safe for concurrent use: each stream has one owner.
 type Codec struct {
-	rw      io.ReadWriter
-	r       *bufio.Reader
-	max     int
-	readBuf []byte
-	wbuf    bytes.Buffer
-	enc     *msgpack.Encoder
-	dec     *msgpack.Decoder
-	body    bytes.Reader
+	rw   io.ReadWriter
+	r    *bufio.Reader
+	max  int
+	wbuf bytes.Buffer
+	enc  *msgpack.Encoder
+	dec  *msgpack.Decoder
+	body frameReader
 }
 
 // NewCodec returns a Codec on rw that refuses frames longer than max bytes.
@@ -85,13 +85,14 @@ func (c *Codec) Write(v any) error {
 // Read decodes one frame into v, which must be zeroed first. An error wrapping ErrBadRequest means the
 // frame was read whole but its body was malformed, so the stream is still
 // in step; any other error leaves the stream unusable.
+//
+// Each frame is read into a buffer of its own, which the payloads decoded
+// from it (Task.Payload, Completion.Value, Request.Items) share instead of
+// each being copied out: one allocation per frame, not per payload.
 func (c *Codec) Read(v any) error {
-	b, err := ReadFrame(c.r, c.readBuf, c.max)
+	b, err := ReadFrame(c.r, nil, c.max)
 	if err != nil {
 		return err
-	}
-	if cap(b) <= 64<<10 { // keep small buffers for reuse, let big ones go
-		c.readBuf = b
 	}
 	return decodeInto(c.dec, &c.body, b, v)
 }
@@ -99,7 +100,7 @@ func (c *Codec) Read(v any) error {
 // decodeInto decodes one msgpack value from b into v, which must be zeroed
 // first: msgpack leaves fields the frame does not name untouched. Trailing
 // bytes are an error.
-func decodeInto(dec *msgpack.Decoder, body *bytes.Reader, b []byte, v any) error {
+func decodeInto(dec *msgpack.Decoder, body *frameReader, b []byte, v any) error {
 	if err := checkBounds(b); err != nil {
 		return fmt.Errorf("%w: %v", ErrBadRequest, err)
 	}
@@ -118,11 +119,65 @@ func decodeInto(dec *msgpack.Decoder, body *bytes.Reader, b []byte, v any) error
 // on untrusted input.
 func DecodeRequest(b []byte) (*Request, error) {
 	var (
-		body bytes.Reader
+		body frameReader
 		req  Request
 	)
 	if err := decodeInto(msgpack.NewDecoder(&body), &body, b, &req); err != nil {
 		return nil, err
 	}
 	return &req, nil
+}
+
+// frameReader reads a frame body held in memory. It lets decodeRaw take a
+// payload as a slice of the frame (see Codec.Read) where msgpack's
+// DecodeRaw would copy it, growing its record byte by byte.
+type frameReader struct {
+	b []byte
+	i int
+}
+
+func (r *frameReader) Reset(b []byte) { r.b, r.i = b, 0 }
+
+// Len is how many bytes are left to read.
+func (r *frameReader) Len() int { return len(r.b) - r.i }
+
+func (r *frameReader) Read(p []byte) (int, error) {
+	if r.i >= len(r.b) {
+		if len(p) == 0 {
+			return 0, nil
+		}
+		return 0, io.EOF
+	}
+	n := copy(p, r.b[r.i:])
+	r.i += n
+	return n, nil
+}
+
+func (r *frameReader) ReadByte() (byte, error) {
+	if r.i >= len(r.b) {
+		return 0, io.EOF
+	}
+	c := r.b[r.i]
+	r.i++
+	return c, nil
+}
+
+func (r *frameReader) UnreadByte() error {
+	if r.i == 0 {
+		return errors.New("frameReader: UnreadByte at the start")
+	}
+	r.i--
+	return nil
+}
+
+// next returns the next msgpack value, whole, as a slice of the frame
+// (its capacity cut to its length, so that an append copies).
+func (r *frameReader) next() ([]byte, error) {
+	n, err := valueLen(r.b[r.i:])
+	if err != nil {
+		return nil, err
+	}
+	v := r.b[r.i : r.i+n : r.i+n]
+	r.i += n
+	return v, nil
 }
