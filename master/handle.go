@@ -146,7 +146,7 @@ func (c *clientConn) complete(req *wire.Request) error {
 	}
 	var errs []error
 	ids := make([]uint64, 0, len(req.Results))
-	values := make(map[uint64][]byte, len(req.Results))
+	values := make([][]byte, 0, len(req.Results)) // values[i] is the result of ids[i]
 	for _, r := range req.Results {
 		if r.Error != "" {
 			if err := q.Nack(req.Queue, c.id, r.ID, r.Error); err != nil {
@@ -155,13 +155,19 @@ func (c *clientConn) complete(req *wire.Request) error {
 			continue
 		}
 		ids = append(ids, r.ID)
-		values[r.ID] = r.Value
+		values = append(values, r.Value)
 	}
 	worker := c.workerName()
 	_, err := q.AckThen(req.Queue, c.id, ids, func(acked []queue.Task) {
 		results := make([]wire.Result, 0, len(acked))
 		dests := make([]string, 0, len(acked))
+		i := 0 // acked is ids in order, less those not acked
 		for _, t := range acked {
+			for ids[i] != t.ID {
+				i++
+			}
+			value := values[i]
+			i++
 			dest := t.ReplyTo
 			if dest == "" {
 				dest = req.ResultQueue
@@ -169,7 +175,7 @@ func (c *clientConn) complete(req *wire.Request) error {
 			if dest == "" {
 				continue
 			}
-			results = append(results, wire.Result{TaskID: t.ID, Worker: worker, Attempt: t.Attempts, Value: values[t.ID]})
+			results = append(results, wire.Result{TaskID: t.ID, Worker: worker, Attempt: t.Attempts, Value: value})
 			dests = append(dests, dest)
 		}
 		c.s.publish(dests, results)

@@ -435,7 +435,8 @@ func (m *Manager) Ack(name string, owner uint64, ids []uint64) ([]Task, error) {
 // acked, outside every lock, before their acks are logged. publish puts
 // their results; so the results reach the store ahead of the acks, and a
 // crash in between leaves a task that runs again (its result may then
-// come twice), never an acked task whose result is lost.
+// come twice), never an acked task whose result is lost. The tasks, given
+// to publish and returned, are in the order of ids.
 func (m *Manager) AckThen(name string, owner uint64, ids []uint64, publish func([]Task)) ([]Task, error) {
 	if m.closed.Load() {
 		return nil, ErrClosed
