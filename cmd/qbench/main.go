@@ -14,9 +14,15 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/qm-dev/qm/internal/gomaxprocs"
 )
 
 func main() {
+	// The bench's own processes (the producers of every system and the
+	// Redis workers) run as qm's commands do, so that no system gets a
+	// runtime setting the others lack.
+	gomaxprocs.OneUnlessSet()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := newRootCmd().ExecuteContext(ctx)
 	stop()

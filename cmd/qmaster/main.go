@@ -7,9 +7,12 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/qm-dev/qm/internal/gomaxprocs"
 )
 
 func main() {
+	gomaxprocs.OneUnlessSet()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	// After the first signal, restore the default handling so that a second
 	// one ends a slow shutdown at once.

@@ -84,6 +84,10 @@ Without --data-dir, queues are in memory: a restart loses them. With
 acknowledged, and a restart (even after kill -9) finds every acknowledged
 task again; --fsync says when the log is fsynced (see docs/STORAGE.md).
 
+qmaster runs its Go code on one thread at a time (GOMAXPROCS=1), which
+measured fastest for a master's short, kernel-bound work; set GOMAXPROCS
+in its environment to change that.
+
 The subcommands talk to a running master (see --server).`,
 		Example: `  # Serve on port 5000 with the key in a file
   qmaster --authkey-file ~/.qm/key

@@ -6,21 +6,17 @@ import (
 	"context"
 	"os"
 	"os/signal"
-	"runtime"
 	"syscall"
+
+	"github.com/qm-dev/qm/internal/gomaxprocs"
 )
 
 func main() { os.Exit(run()) }
 
 func run() int {
 	// qworker only moves tasks and results: its built-in handlers are
-	// trivial and a command runs in processes of its own. One P spares it
-	// the cross-thread wake-ups that, on a machine shared with a master
-	// and other workers, cost more than they give (docs/PERFORMANCE.md).
-	// GOMAXPROCS in the environment still wins.
-	if os.Getenv("GOMAXPROCS") == "" {
-		runtime.GOMAXPROCS(1)
-	}
+	// trivial and a command runs in processes of its own.
+	gomaxprocs.OneUnlessSet()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	// After the first signal, which drains, restore the default handling so
