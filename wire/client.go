@@ -539,6 +539,18 @@ func normalizeInts(v any) any {
 	return v
 }
 
+// CheckPayload reports whether b is exactly one well-formed msgpack value,
+// without decoding it.
+func CheckPayload(b []byte) error {
+	if len(b) == 0 { // a nil payload
+		return nil
+	}
+	if err := checkBounds(b); err != nil {
+		return fmt.Errorf("payload is not one msgpack value: %w", err)
+	}
+	return nil
+}
+
 // DecodeResult decodes a payload published to a result queue.
 func DecodeResult(b []byte) (Result, error) {
 	var r Result

@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/qm-dev/qm/wire"
 )
 
 // builtins are the handlers Builtin knows, with a line of help each.
@@ -120,7 +122,8 @@ func truncate(s string, n int) string {
 }
 
 func echo(_ context.Context, t Task) (any, error) {
-	if _, err := t.Value(); err != nil { // refuse what we could not decode either
+	// Refuse what is not one msgpack value, without decoding it.
+	if err := wire.CheckPayload(t.Payload); err != nil {
 		return nil, err
 	}
 	return t.Payload, nil

@@ -63,6 +63,14 @@ func TestSquare(t *testing.T) {
 	}
 }
 
+func TestEchoRefusesMalformed(t *testing.T) {
+	for _, bad := range [][]byte{{0x92, 0x01}, {0x01, 0x02}, {0xc1}, {0xd9, 0x05, 'a'}} {
+		if _, err := mustBuiltin(t, "echo")(context.Background(), wire.Task{ID: 1, Payload: bad}); err == nil {
+			t.Errorf("echo of malformed payload %x: no error", bad)
+		}
+	}
+}
+
 func TestEcho(t *testing.T) {
 	in := map[string]any{"a": []any{int64(1), "two"}, "b": nil}
 	got, err := mustBuiltin(t, "echo")(context.Background(), task(t, in))
