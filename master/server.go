@@ -247,6 +247,34 @@ func (s *Server) closeAll() {
 	}
 }
 
+// awaitWritable waits, if wait, while the data directory refuses writes,
+// and reports whether it takes them; n results for queue are held.
+func (s *Server) awaitWritable(queue string, n int, wait bool) bool {
+	for retry := time.Duration(0); s.store != nil; {
+		err := s.store.Writable()
+		if err == nil {
+			return true
+		}
+		if !wait {
+			return false
+		}
+		if retry == 0 {
+			s.log.Warn("results held until the data directory takes writes again", "queue", queue, "results", n, "err", err)
+		}
+		retry = min(max(2*retry, 10*time.Millisecond), 500*time.Millisecond)
+		select {
+		case <-s.ctx.Done():
+			// Shutdown waits for this call: give up. The acks of these
+			// tasks most likely fail to be written too, and then the
+			// tasks run again after a restart.
+			s.log.Error("publish results: master stopping; results dropped", "queue", queue, "results", n, "err", err)
+			return true
+		case <-time.After(retry):
+		}
+	}
+	return true
+}
+
 // openStore opens the data directory, reporting the store's events (a
 // torn tail dropped, a full disk, a compaction) in the server's log.
 func (s *Server) openStore() (store.Store, error) {
@@ -335,15 +363,31 @@ func (s *Server) publishDeadResult(q string, t queue.Task) {
 		}
 		dest = rq.(string)
 	}
-	s.publish([]string{dest}, []wire.Result{{TaskID: t.ID, Attempt: t.Attempts, Error: deadMessage(t)}})
+	dests, results := []string{dest}, []wire.Result{{TaskID: t.ID, Attempt: t.Attempts, Error: deadMessage(t)}}
+	if !s.putResults(dests, results, false) {
+		// The data directory refuses writes: keep trying without holding
+		// up the lease reaper, which may be the caller.
+		s.goRun(func() { s.putResults(dests, results, true) })
+	}
 }
 
 // publish puts results[i] into queue dests[i]: one put per queue, the
 // payloads encoded side by side in one buffer. A result is never refused
-// for a full queue.
+// for a full queue. While the data directory refuses writes (a full
+// disk), publish waits for it, retrying, until the results are in or the
+// master stops: its caller acked their tasks in memory already and logs
+// the acks only after it returns, so a result dropped here would be lost
+// for good, and a result held here is redone after a crash.
 func (s *Server) publish(dests []string, results []wire.Result) {
+	s.putResults(dests, results, true)
+}
+
+// putResults is publish. Without wait, it gives up at the first put the
+// store would refuse and reports false; it reports true once every
+// result is in, or an error (logged) made it drop some.
+func (s *Server) putResults(dests []string, results []wire.Result, wait bool) bool {
 	if len(results) == 0 {
-		return
+		return true
 	}
 	buf := make([]byte, 0, 64*len(results))
 	ends := make([]int, len(results))
@@ -368,9 +412,19 @@ func (s *Server) publish(dests []string, results []wire.Result) {
 			items = append(items, queue.Item{Payload: buf[start:ends[i]:ends[i]]})
 			start = ends[i]
 		}
+		if !s.awaitWritable(dests[first], len(items), wait) {
+			return false
+		}
 		if _, err := s.queues.Put(context.Background(), dests[first], items, true); err != nil {
-			s.log.Error("publish results", "queue", dests[first], "results", len(items), "err", err)
+			// A put the log fails to write has its items in the queue
+			// already, and the log retries the write, so they are not put
+			// again: a duplicate result is the likelier harm here than the
+			// small chance that the store failed between awaitWritable
+			// and the put's own check, which would drop them.
+			s.log.Warn("publish results: queued, not yet written to the data directory (its log retries the write)",
+				"queue", dests[first], "results", len(items), "err", err)
 		}
 		first = last
 	}
+	return true
 }
