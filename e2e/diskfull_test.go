@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -17,19 +18,30 @@ import (
 // tmpfs) fills up while a producer puts and two workers complete tasks.
 // Puts fail with "disk full"; the workers' results are held until space
 // returns rather than dropped (as they were: their tasks were acked and
-// their results lost). Once the tmpfs is made larger every task whose put
-// was acknowledged has exactly one result, equal to its payload, and
-// nothing is left leased or dead.
+// their results lost). Then the tmpfs is made larger: with the master
+// still running ("live"), or after it was SIGKILLed while the disk was
+// full and started again on it ("crash"). Every task whose put was
+// acknowledged has a result, equal to its payload: exactly one when the
+// master lived, at least one (equal duplicates, counted) after the
+// crash; nothing is left leased or dead.
 func TestDiskFullUnderLoad(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to mount a small tmpfs (CI runs as root)")
 	}
+	for _, crash := range []bool{false, true} {
+		name := map[bool]string{false: "live", true: "crash"}[crash]
+		t.Run(name, func(t *testing.T) { runDiskFull(t, crash) })
+	}
+}
+
+func runDiskFull(t *testing.T, crash bool) {
 	dir := t.TempDir()
 	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", dir).CombinedOutput(); err != nil {
 		t.Skipf("cannot mount a tmpfs: %v: %s", err, out)
 	}
 	t.Cleanup(func() { _ = exec.Command("umount", "-l", dir).Run() })
-	m, addr := startMaster(t, "--data-dir", dir, "--max-attempts", "1000")
+	margs := []string{"--data-dir", dir, "--max-attempts", "1000"}
+	m, addr := startMaster(t, margs...)
 	for i := range 2 {
 		start(t, nil, nil, "qworker", "--server", addr, "--builtin", "echo", "--concurrency", "2", "--lease", "2s",
 			"--name", fmt.Sprintf("w%d", i+1))
@@ -41,35 +53,57 @@ func TestDiskFullUnderLoad(t *testing.T) {
 		mu      sync.Mutex
 		want    = map[uint64]string{} // acknowledged puts
 		got     = map[uint64][]wire.Result{}
+		items   = map[uint64]bool{} // result items recorded
 		refused int
 	)
+	// The consumer takes results under a lease and acks them, so that a
+	// reply lost in the crash leaves them queued.
 	stop := make(chan struct{})
-	consumed := make(chan struct{})
+	consumed := make(chan error, 1)
 	go func() {
-		defer close(consumed)
-		cc := dial(t, addr, "producer")
+		cc, err := redial(nil, addr, "producer")
+		if err != nil {
+			consumed <- err
+			return
+		}
+		defer func() { cc.Close() }()
 		for {
 			select {
 			case <-stop:
+				consumed <- nil
 				return
 			default:
 			}
-			ts, err := cc.Get(context.Background(), "results", wire.GetOptions{Max: 256, Timeout: 200 * time.Millisecond, NoAck: true})
-			if err != nil {
+			ts, err := cc.Get(context.Background(), "results", wire.GetOptions{Max: 256, Timeout: 200 * time.Millisecond, Lease: 10 * time.Second})
+			if err == nil && len(ts) > 0 {
+				mu.Lock()
+				for _, task := range ts {
+					if items[task.ID] {
+						continue // delivered again: its ack was lost in the crash
+					}
+					items[task.ID] = true
+					if r, err := wire.DecodeResult(task.Payload); err == nil {
+						got[r.TaskID] = append(got[r.TaskID], r)
+					}
+				}
+				mu.Unlock()
+				err = cc.Ack(context.Background(), "results", taskIDs(ts)...)
+			}
+			if err == nil {
+				continue
+			}
+			if re := (*wire.RemoteError)(nil); errors.As(err, &re) && !errors.Is(err, wire.ErrNotLeased) {
+				consumed <- fmt.Errorf("consumer: %w", err)
 				return
 			}
-			mu.Lock()
-			for _, task := range ts {
-				r, err := wire.DecodeResult(task.Payload)
-				if err == nil {
-					got[r.TaskID] = append(got[r.TaskID], r)
-				}
+			if cc, err = redial(cc, addr, "producer"); err != nil {
+				consumed <- fmt.Errorf("consumer: %w", err)
+				return
 			}
-			mu.Unlock()
 		}
 	}()
 
-	// Put until the disk has been full for a while, then make room.
+	// Put until the disk has been full for 3 s.
 	var fullSince time.Time
 	for i := 0; ; i++ {
 		ps := make([]any, 20)
@@ -100,8 +134,16 @@ func TestDiskFullUnderLoad(t *testing.T) {
 			t.Fatal("the disk never filled")
 		}
 	}
+	logs := m.logs()
+	held := strings.Count(logs, "results held until the data directory")
+	if crash {
+		kill(t, m)
+	}
 	if out, err := exec.Command("mount", "-o", "remount,size=256m", dir).CombinedOutput(); err != nil {
 		t.Fatalf("remount: %v: %s", err, out)
+	}
+	if crash {
+		restartMaster(t, addr, margs...)
 	}
 	missing := func() int {
 		mu.Lock()
@@ -117,24 +159,33 @@ func TestDiskFullUnderLoad(t *testing.T) {
 	for deadline := time.Now().Add(30 * time.Second); missing() > 0 && time.Now().Before(deadline); {
 		time.Sleep(100 * time.Millisecond)
 	}
+	time.Sleep(300 * time.Millisecond) // a late duplicate would be in by now
 	close(stop)
-	<-consumed
+	if err := <-consumed; err != nil {
+		t.Fatal(err)
+	}
 	mu.Lock()
 	defer mu.Unlock()
 	var bad []string
+	dups := 0
 	for id, p := range want {
 		rs := got[id]
-		if len(rs) != 1 || rs[0].Error != "" {
-			bad = append(bad, fmt.Sprintf("task %d: %d results %+v", id, len(rs), rs))
+		if len(rs) == 0 || len(rs) > 1 && !crash {
+			bad = append(bad, fmt.Sprintf("task %d: %d results", id, len(rs)))
 			continue
 		}
-		if v, err := wire.DecodeValue(rs[0].Value); err != nil || v != p {
-			bad = append(bad, fmt.Sprintf("task %d: result %.20v (%v)", id, v, err))
+		if len(rs) > 1 {
+			dups++
+		}
+		for _, r := range rs {
+			if v, err := wire.DecodeValue(r.Value); r.Error != "" || err != nil || v != p {
+				bad = append(bad, fmt.Sprintf("task %d: result %.20v (%v, error %q)", id, v, err, r.Error))
+			}
 		}
 	}
 	if len(bad) > 0 {
-		t.Fatalf("%d of %d tasks wrong (%d puts refused with disk full over 3 s, %d 'publish results' errors logged): %s",
-			len(bad), len(want), refused, strings.Count(m.logs(), `msg="publish results"`), strings.Join(bad[:min(len(bad), 10)], "\n"))
+		t.Fatalf("%d of %d tasks wrong (%d puts refused with disk full over 3 s): %s",
+			len(bad), len(want), refused, strings.Join(bad[:min(len(bad), 10)], "\n"))
 	}
 	settled(t, dial(t, addr, "admin"), "results")
 	// A put refused with "disk full" after its tasks were queued (the log
@@ -146,8 +197,11 @@ func TestDiskFullUnderLoad(t *testing.T) {
 			unknown++
 		}
 	}
-	logs := m.logs()
-	t.Logf("%d tasks from acknowledged puts, %d puts refused with disk full over 3 s, then room made: each task exactly one result; "+
-		"%d results of tasks from puts refused; master log: %d 'results held' warnings, %d 'queued, not yet written'",
-		len(want), refused, unknown, strings.Count(logs, "results held until the data directory"), strings.Count(logs, "queued, not yet written"))
+	how := "then room made with the master running: each task exactly one result"
+	if crash {
+		how = fmt.Sprintf("then the master SIGKILLed, room made, the master restarted: each task at least one result, %d with two equal ones", dups)
+	}
+	t.Logf("%d tasks from acknowledged puts, %d puts refused with disk full over 3 s, %s; %d results of tasks from refused puts; "+
+		"master log: %d 'results held' warnings",
+		len(want), refused, how, unknown, held)
 }
