@@ -13,8 +13,10 @@ import (
 // defaultPeek is how many tasks a peek shows when it names no count.
 const defaultPeek = 10
 
-// handle runs one request and returns its response.
-func (c *clientConn) handle(req *wire.Request) *wire.Response {
+// handle runs one request and returns its response. The tasks of a get's
+// response are kept in *tasks, a buffer the caller reuses once the
+// response is written.
+func (c *clientConn) handle(req *wire.Request, tasks *[]wire.Task) *wire.Response {
 	if c.s.isClosing() && req.Op != wire.OpAck && req.Op != wire.OpComplete && req.Op != wire.OpNack {
 		// Acks still count during shutdown: they finish work already done.
 		return errorResponse(wire.ErrShuttingDown)
@@ -29,7 +31,7 @@ func (c *clientConn) handle(req *wire.Request) *wire.Response {
 	case wire.OpPut:
 		resp.IDs, err = c.put(req)
 	case wire.OpGet:
-		resp.Tasks, err = c.get(req)
+		resp.Tasks, err = c.get(req, tasks)
 		resp.Lease = c.s.cfg.DefaultLease
 		if req.Lease > 0 {
 			resp.Lease = req.Lease
@@ -107,14 +109,18 @@ func (s *Server) checkMemory() error {
 	return err
 }
 
-func (c *clientConn) get(req *wire.Request) ([]wire.Task, error) {
+func (c *clientConn) get(req *wire.Request, buf *[]wire.Task) ([]wire.Task, error) {
 	if req.Max < 0 || req.Lease < 0 {
 		return nil, fmt.Errorf("%w: negative max or lease", wire.ErrBadRequest)
 	}
 	ctx, cancel := c.waitCtx(req.Timeout)
 	defer cancel()
 	ts, err := c.s.queues.Get(ctx, req.Queue, max(req.Max, 1), req.Lease, c.id, req.NoAck)
-	return wireTasks(req.Queue, ts), err
+	if len(ts) == 0 {
+		return nil, err
+	}
+	*buf = appendWireTasks((*buf)[:0], req.Queue, ts)
+	return *buf, err
 }
 
 // expired is a context that is already done: a put or get that may not
@@ -217,12 +223,15 @@ func wireTasks(q string, ts []queue.Task) []wire.Task {
 	if len(ts) == 0 {
 		return nil
 	}
-	out := make([]wire.Task, len(ts))
-	for i, t := range ts {
-		out[i] = wire.Task{
+	return appendWireTasks(make([]wire.Task, 0, len(ts)), q, ts)
+}
+
+func appendWireTasks(out []wire.Task, q string, ts []queue.Task) []wire.Task {
+	for _, t := range ts {
+		out = append(out, wire.Task{
 			ID: t.ID, Queue: q, Payload: t.Payload, ReplyTo: t.ReplyTo,
 			Attempt: t.Attempts, LastError: t.LastError, Enqueued: t.Enqueued,
-		}
+		})
 	}
 	return out
 }
