@@ -199,18 +199,15 @@ func (c *clientConn) refuseStream(stream *yamux.Stream) {
 	stream.Close()
 }
 
-// maxReusedTasks bounds the task buffer a stream keeps between calls.
-const maxReusedTasks = 4096
-
 // serveStream answers the calls on one stream in order until the client
 // closes it. A frame that is read whole but fails to decode gets an error
 // reply and the stream goes on; anything else ends the stream.
 func (c *clientConn) serveStream(stream *yamux.Stream) {
 	defer stream.Close()
 	codec := wire.NewCodec(stream, c.s.cfg.MaxMessageSize)
-	// The tasks of get responses (of a request and of its Then), reused
-	// from call to call on this stream.
-	var tasks [2][]wire.Task
+	// The tasks of get responses (of a request and of its Then), in
+	// buffers reused from call to call on this stream.
+	var bufs [2]getBuffers
 	for {
 		var req wire.Request
 		err := codec.Read(&req)
@@ -229,14 +226,14 @@ func (c *clientConn) serveStream(stream *yamux.Stream) {
 		if err != nil {
 			resp = errorResponse(err)
 		} else {
-			resp = c.handle(&req, &tasks[0])
+			resp = c.handle(&req, &bufs[0])
 			// A chained request runs only if the first succeeded; the
 			// decoder allows no Then of a Then. Each is timed on its own.
 			if req.Then != nil && resp.Code == wire.CodeOK {
 				c.s.metrics.chained.Inc()
 				c.s.metrics.observe(op, start)
 				start, op = time.Now(), req.Then.Op
-				resp.Then = c.handle(req.Then, &tasks[1])
+				resp.Then = c.handle(req.Then, &bufs[1])
 			}
 		}
 		if werr := codec.Write(resp); werr != nil {
@@ -246,13 +243,8 @@ func (c *clientConn) serveStream(stream *yamux.Stream) {
 				}
 			}
 		}
-		for i := range tasks {
-			clear(tasks[i]) // let go of the payloads they point to
-			tasks[i] = tasks[i][:0]
-			if cap(tasks[i]) > maxReusedTasks {
-				tasks[i] = nil
-			}
-		}
+		bufs[0].reset()
+		bufs[1].reset()
 		c.s.metrics.observe(op, start)
 		c.active.Add(-1)
 	}

@@ -13,10 +13,29 @@ import (
 // defaultPeek is how many tasks a peek shows when it names no count.
 const defaultPeek = 10
 
-// handle runs one request and returns its response. The tasks of a get's
-// response are kept in *tasks, a buffer the caller reuses once the
-// response is written.
-func (c *clientConn) handle(req *wire.Request, tasks *[]wire.Task) *wire.Response {
+// getBuffers hold a get's tasks; a stream reuses them from call to call.
+type getBuffers struct {
+	taken []queue.Task
+	tasks []wire.Task // what the response carries
+}
+
+// maxReusedTasks bounds the buffers a stream keeps between calls.
+const maxReusedTasks = 4096
+
+// reset readies b for the next call: it drops the payloads the buffers
+// point to, and buffers grown too large.
+func (b *getBuffers) reset() {
+	clear(b.taken)
+	clear(b.tasks)
+	b.taken, b.tasks = b.taken[:0], b.tasks[:0]
+	if cap(b.taken) > maxReusedTasks || cap(b.tasks) > maxReusedTasks {
+		*b = getBuffers{}
+	}
+}
+
+// handle runs one request and returns its response. A get's tasks are
+// kept in buf, which the caller resets once the response is written.
+func (c *clientConn) handle(req *wire.Request, buf *getBuffers) *wire.Response {
 	if c.s.isClosing() && req.Op != wire.OpAck && req.Op != wire.OpComplete && req.Op != wire.OpNack {
 		// Acks still count during shutdown: they finish work already done.
 		return errorResponse(wire.ErrShuttingDown)
@@ -31,7 +50,7 @@ func (c *clientConn) handle(req *wire.Request, tasks *[]wire.Task) *wire.Respons
 	case wire.OpPut:
 		resp.IDs, err = c.put(req)
 	case wire.OpGet:
-		resp.Tasks, err = c.get(req, tasks)
+		resp.Tasks, err = c.get(req, buf)
 		resp.Lease = c.s.cfg.DefaultLease
 		if req.Lease > 0 {
 			resp.Lease = req.Lease
@@ -109,18 +128,19 @@ func (s *Server) checkMemory() error {
 	return err
 }
 
-func (c *clientConn) get(req *wire.Request, buf *[]wire.Task) ([]wire.Task, error) {
+func (c *clientConn) get(req *wire.Request, buf *getBuffers) ([]wire.Task, error) {
 	if req.Max < 0 || req.Lease < 0 {
 		return nil, fmt.Errorf("%w: negative max or lease", wire.ErrBadRequest)
 	}
 	ctx, cancel := c.waitCtx(req.Timeout)
 	defer cancel()
-	ts, err := c.s.queues.Get(ctx, req.Queue, max(req.Max, 1), req.Lease, c.id, req.NoAck)
+	ts, err := c.s.queues.GetInto(ctx, buf.taken, req.Queue, max(req.Max, 1), req.Lease, c.id, req.NoAck)
 	if len(ts) == 0 {
 		return nil, err
 	}
-	*buf = appendWireTasks((*buf)[:0], req.Queue, ts)
-	return *buf, err
+	buf.taken = ts
+	buf.tasks = appendWireTasks(buf.tasks[:0], req.Queue, ts)
+	return buf.tasks, err
 }
 
 // expired is a context that is already done: a put or get that may not

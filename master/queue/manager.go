@@ -338,6 +338,13 @@ func (m *Manager) Put(ctx context.Context, name string, items []Item, force bool
 // waiting Get) with Attempts untouched. A Get blocked when the queue is
 // deleted returns nil, nil; when the Manager is closed, nil, ErrClosed.
 func (m *Manager) Get(ctx context.Context, name string, max int, lease time.Duration, owner uint64, noAck bool) ([]Task, error) {
+	return m.GetInto(ctx, nil, name, max, lease, owner, noAck)
+}
+
+// GetInto is Get that returns the tasks in dst's array when it is large
+// enough, so that a caller serving gets one after another reuses one
+// buffer.
+func (m *Manager) GetInto(ctx context.Context, dst []Task, name string, max int, lease time.Duration, owner uint64, noAck bool) ([]Task, error) {
 	if max < 1 {
 		return nil, fmt.Errorf("%w: get max must be >= 1, got %d", ErrBadArgument, max)
 	}
@@ -366,7 +373,7 @@ func (m *Manager) Get(ctx context.Context, name string, max int, lease time.Dura
 		q.mu.Unlock()
 	}
 	if q.ready.len() > 0 && !q.paused {
-		ts := q.take(max, lease, owner, noAck, &c)
+		ts := q.take(dst, max, lease, owner, noAck, &c)
 		if noAck && q.putters.head != nil {
 			q.settle(&c)
 		}
@@ -378,7 +385,7 @@ func (m *Manager) Get(ctx context.Context, name string, max int, lease time.Dura
 		return nil, nil
 	}
 	g := getterPool.Get().(*getter)
-	g.max, g.lease, g.owner, g.noAck, g.served = max, lease, owner, noAck, false
+	g.max, g.lease, g.owner, g.noAck, g.served, g.dst = max, lease, owner, noAck, false, dst
 	q.getters.pushBack(g)
 	q.mu.Unlock()
 
@@ -416,6 +423,7 @@ func (m *Manager) Get(ctx context.Context, name string, max int, lease time.Dura
 		}
 		m.unlock(q)
 	}
+	g.dst = nil
 	getterPool.Put(g)
 	if ts == nil && closedWait {
 		return nil, ErrClosed

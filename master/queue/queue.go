@@ -178,8 +178,13 @@ func (q *queue) pushFrontStored(t Task, k store.Kind) {
 
 // take hands out up to max ready tasks: leased to owner, or gone for good
 // with noAck. Called with q.mu held and at least one task ready.
-func (q *queue) take(max int, lease time.Duration, owner uint64, noAck bool, c *clock) []Task {
-	ts := make([]Task, min(max, q.ready.len()))
+func (q *queue) take(dst []Task, max int, lease time.Duration, owner uint64, noAck bool, c *clock) []Task {
+	n := min(max, q.ready.len())
+	ts := dst[:0]
+	if cap(ts) < n {
+		ts = make([]Task, n)
+	}
+	ts = ts[:n]
 	var start, deadline int64
 	if !noAck {
 		deadline = c.deadline(lease)
@@ -221,7 +226,7 @@ func (q *queue) settle(c *clock) {
 			g := q.getters.head
 			q.getters.remove(g)
 			g.served = true
-			g.ch <- q.take(g.max, g.lease, g.owner, g.noAck, c)
+			g.ch <- q.take(g.dst, g.max, g.lease, g.owner, g.noAck, c)
 		}
 		served := false
 		for p := q.putters.head; p != nil && q.fits(len(p.items)); p = q.putters.head {

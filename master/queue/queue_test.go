@@ -273,3 +273,34 @@ func TestBadArguments(t *testing.T) {
 		t.Fatalf("SetMaxLen with a bad name = %v", err)
 	}
 }
+
+// GetInto takes tasks into the caller's buffer, whether they were ready
+// or came to a blocked get, and overwrites whatever it held.
+func TestGetIntoReusesBuffer(t *testing.T) {
+	m := newManager(t, queue.Config{})
+	buf := make([]queue.Task, 8)
+	buf[0] = queue.Task{ID: 999, LastError: "stale"}
+	mustPut(t, m, "q", "a")
+	mustPut(t, m, "q", "b")
+	ts, err := m.GetInto(context.Background(), buf, "q", 4, time.Minute, 1, false)
+	if err != nil || len(ts) != 2 || &ts[0] != &buf[0] {
+		t.Fatalf("GetInto of ready tasks: %d tasks, %v; want 2 in the buffer given", len(ts), err)
+	}
+	if got := payloads(ts); !slices.Equal(got, []string{"a", "b"}) || ts[0].LastError != "" {
+		t.Fatalf("GetInto gave %v (last error %q), want a and b, nothing stale", got, ts[0].LastError)
+	}
+
+	done := make(chan []queue.Task, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		ts, _ := m.GetInto(ctx, buf, "q", 4, time.Minute, 1, false)
+		done <- ts
+	}()
+	waitConsumers(t, m, "q", 1)
+	mustPut(t, m, "q", "c")
+	ts = <-done
+	if got := payloads(ts); !slices.Equal(got, []string{"c"}) || &ts[0] != &buf[0] {
+		t.Fatalf("blocked GetInto gave %v, want c in the buffer given", got)
+	}
+}

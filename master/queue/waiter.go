@@ -18,6 +18,7 @@ type getter struct {
 	owner  uint64
 	noAck  bool
 	served bool
+	dst    []Task      // the array to take the tasks into, if large enough
 	ch     chan []Task // cap 1; nil tasks mean the queue was deleted
 
 	prev, next *getter
