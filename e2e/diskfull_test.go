@@ -53,7 +53,7 @@ func runDiskFull(t *testing.T, crash bool) {
 		mu      sync.Mutex
 		want    = map[uint64]string{} // acknowledged puts
 		got     = map[uint64][]wire.Result{}
-		items   = map[uint64]bool{} // result items recorded
+		items   = map[resultItem]bool{} // result items recorded
 		refused int
 	)
 	// The consumer takes results under a lease and acks them, so that a
@@ -78,10 +78,10 @@ func runDiskFull(t *testing.T, crash bool) {
 			if err == nil && len(ts) > 0 {
 				mu.Lock()
 				for _, task := range ts {
-					if items[task.ID] {
+					if items[itemKey(task)] {
 						continue // delivered again: its ack was lost in the crash
 					}
-					items[task.ID] = true
+					items[itemKey(task)] = true
 					if r, err := wire.DecodeResult(task.Payload); err == nil {
 						got[r.TaskID] = append(got[r.TaskID], r)
 					}

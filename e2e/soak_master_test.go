@@ -344,7 +344,7 @@ type crashLedger struct {
 	want  map[uint64]int64         // task ID -> the value put, for every acknowledged put
 	maybe map[int64]bool           // values of puts whose reply was lost: they may have landed
 	got   map[uint64][]wire.Result // results by task ID
-	items map[uint64]bool          // IDs of the result items recorded
+	items map[resultItem]bool      // the result items recorded
 	nDone int                      // task IDs with a result
 	// redelivered counts result items delivered again: the consumer's
 	// ack of them was lost in a kill.
@@ -354,7 +354,7 @@ type crashLedger struct {
 
 func newCrashLedger() *crashLedger {
 	return &crashLedger{want: make(map[uint64]int64), maybe: make(map[int64]bool),
-		got: make(map[uint64][]wire.Result), items: make(map[uint64]bool)}
+		got: make(map[uint64][]wire.Result), items: make(map[resultItem]bool)}
 }
 
 func (l *crashLedger) put(ids []uint64, ns []int64) {
@@ -377,11 +377,12 @@ func (l *crashLedger) record(ts []wire.Task) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, task := range ts {
-		if l.items[task.ID] {
+		key := itemKey(task)
+		if l.items[key] {
 			l.redelivered++
 			continue
 		}
-		l.items[task.ID] = true
+		l.items[key] = true
 		r, err := wire.DecodeResult(task.Payload)
 		if err != nil {
 			l.problems = append(l.problems, fmt.Sprintf("result item %d: %v", task.ID, err))
@@ -393,6 +394,17 @@ func (l *crashLedger) record(ts []wire.Task) {
 		l.got[r.TaskID] = append(l.got[r.TaskID], r)
 	}
 }
+
+// resultItem identifies a result item delivered to the consumer: its ID
+// in the result queue and its payload. The ID alone is not enough across
+// a kill: an item delivered before it was durable is gone after the
+// restart, and the restarted master may give its ID to another result.
+type resultItem struct {
+	id      uint64
+	payload string
+}
+
+func itemKey(t wire.Task) resultItem { return resultItem{t.ID, string(t.Payload)} }
 
 // counts returns how many tasks were put and how many have a result, for
 // the producers' pacing.
