@@ -582,8 +582,8 @@ func TestNetnsProducerPartition(t *testing.T) {
 			// Its get of results times out (resultWait + callSlack in
 			// cmd/qmaster: 11 s) before any keep-alive gives up; then it
 			// tries for 5 s to delete its result queue.
-			if code != 1 || !strings.Contains(mapper.logs(), "qmaster map: get results from") {
-				t.Fatalf("map exited %d after a long cut, want 1 saying its get of results failed; stderr:\n%s\nstdout (end): %s",
+			if code != 1 || !strings.Contains(mapper.logs(), "no answer from the master in 11s (is it reachable?)") {
+				t.Fatalf("map exited %d after a long cut, want 1 saying the master did not answer; stderr:\n%s\nstdout (end): %s",
 					code, mapper.logs(), lastLines(out.String(), 3))
 			}
 			var put int

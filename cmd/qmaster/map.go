@@ -446,6 +446,13 @@ func collect(ctx context.Context, finish <-chan struct{}, c *wire.Client, queue 
 		if ctx.Err() != nil {
 			return nil
 		}
+		if errors.Is(err, context.DeadlineExceeded) {
+			// The master did not answer a get that it should have
+			// answered, empty, after resultWait: most likely the network
+			// between us is down (or the master is stuck).
+			return fmt.Errorf("get results from %s: no answer from the master in %s (is it reachable?): %w",
+				queue, resultWait+callSlack, err)
+		}
 		if err != nil {
 			return fmt.Errorf("get results from %s: %w", queue, err)
 		}
