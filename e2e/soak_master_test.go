@@ -270,7 +270,7 @@ func TestSoakMasterKills(t *testing.T) {
 		dur, sum.values, soakProducers, soakWorkers, masterKilled, leasedAtKill, (down / time.Duration(max(masterKilled, 1))).Round(time.Millisecond),
 		maxDown.Round(time.Millisecond), kills, terms)
 	t.Logf("every value has a result, none an error: %d results in all, %d from a later attempt; duplicates, all equal: "+
-		"%d tasks with two or more results (result stored, ack not, at a kill), %d values put twice that both landed (put reply lost at a kill; %d values put again), "+
+		"%d tasks with two or more results (its result stored or delivered, its ack not logged, at a kill), %d values put twice that both landed (put reply lost at a kill; %d values put again), "+
 		"%d result deliveries repeated (consumer's ack lost at a kill; not counted as results)",
 		sum.results, sum.retried, sum.dupTasks, sum.landedTwice, sum.maybe, sum.redelivered)
 	t.Logf("master goroutines: first master's start %d, peak %d, last master's end %d (bound %d); RSS: start %s, peak %s, end %s (bound %s)",
