@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
 )
 
 // WriteMessage writes msg as one multiprocessing.connection frame: a 4-byte
@@ -33,10 +34,12 @@ func appendHeader(b []byte, n int) []byte {
 // Connection.send_bytes, and returns its body.
 //
 // A frame longer than limit is refused with ErrMessageTooLarge before anything
-// is allocated for it, so a peer cannot make us allocate from a length it
-// chose. A negative length other than -1 gives ErrBadFrame. A stream that ends
-// before the frame gives io.EOF, and one that ends inside it
-// io.ErrUnexpectedEOF.
+// is allocated for it. Within the limit, the body's buffer grows as its bytes
+// arrive (doubling from readChunk), so a peer cannot make us allocate from a
+// length it chose either: a header that claims 64 MiB and sends nothing more
+// costs readChunk, not 64 MiB. A negative length other than -1 gives
+// ErrBadFrame. A stream that ends before the frame gives io.EOF, and one that
+// ends inside it io.ErrUnexpectedEOF.
 func ReadMessage(r io.Reader, limit int) ([]byte, error) {
 	var hdr [8]byte
 	if _, err := io.ReadFull(r, hdr[:4]); err != nil {
@@ -57,9 +60,26 @@ func ReadMessage(r io.Reader, limit int) ([]byte, error) {
 	if limit < 0 || size > uint64(limit) {
 		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrMessageTooLarge, size, limit)
 	}
-	msg := make([]byte, size)
-	if _, err := io.ReadFull(r, msg); err != nil {
-		return nil, midFrame(err)
+	return readBody(r, int(size))
+}
+
+// readChunk is the first buffer ReadMessage allocates for a body; a body
+// of at most this size is read in one allocation.
+const readChunk = 64 << 10
+
+// readBody reads an n-byte body into a buffer that doubles as it fills,
+// so that what is allocated follows what was received.
+func readBody(r io.Reader, n int) ([]byte, error) {
+	msg := make([]byte, 0, min(n, readChunk))
+	for len(msg) < n {
+		if len(msg) == cap(msg) {
+			msg = slices.Grow(msg, min(n-len(msg), cap(msg)))
+		}
+		m, err := io.ReadFull(r, msg[len(msg):min(n, cap(msg))])
+		msg = msg[:len(msg)+m]
+		if err != nil {
+			return nil, midFrame(err)
+		}
 	}
 	return msg, nil
 }

@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"testing/iotest"
 
 	"github.com/qm-dev/qm/auth"
 )
@@ -76,6 +77,37 @@ func TestReadMessageTooLargeDoesNotAllocate(t *testing.T) {
 				t.Fatalf("refusing the frame allocated %d bytes", n)
 			}
 		})
+	}
+}
+
+// TestReadMessageAllocatesWhatArrives: a header within the limit that
+// claims far more than is then sent costs about what was sent, not what
+// the header claimed; a body sent whole is read whole, at any size.
+func TestReadMessageAllocatesWhatArrives(t *testing.T) {
+	const claim = 64 << 20
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	_, err := auth.ReadMessage(io.MultiReader(strings.NewReader("\x04\x00\x00\x00"), strings.NewReader(strings.Repeat("x", 1000))), claim)
+	runtime.ReadMemStats(&after)
+	if !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("err = %v, want io.ErrUnexpectedEOF", err)
+	}
+	if n := after.TotalAlloc - before.TotalAlloc; n > 1<<20 {
+		t.Fatalf("a header claiming %d MiB and 1000 bytes of body allocated %d bytes", claim>>20, n)
+	}
+	for _, size := range []int{0, 1, 64<<10 - 1, 64 << 10, 64<<10 + 1, 1 << 20, 3<<20 + 7} {
+		body := make([]byte, size)
+		for i := range body {
+			body[i] = byte(i * 7)
+		}
+		var buf bytes.Buffer
+		if err := auth.WriteMessage(&buf, body); err != nil {
+			t.Fatal(err)
+		}
+		got, err := auth.ReadMessage(iotest.OneByteReader(&buf), claim)
+		if err != nil || !bytes.Equal(got, body) {
+			t.Fatalf("%d-byte body: %d bytes back, %v", size, len(got), err)
+		}
 	}
 }
 
