@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 
 	"github.com/vmihailenco/msgpack/v5"
 )
@@ -17,26 +18,39 @@ const DefaultMaxMessageSize = 64 << 20
 // frameHeaderLen is the size of the big-endian length that precedes every frame.
 const frameHeaderLen = 4
 
+// frameChunk is the most ReadFrame allocates for a frame before its bytes
+// arrive; a frame of at most this size takes one allocation.
+const frameChunk = 64 << 10
+
 // ReadFrame reads one length-prefixed frame into buf (grown as needed) and
-// returns it. A length above max is refused before anything is allocated.
+// returns it. A length above max is refused before anything is allocated;
+// below it, the buffer grows as the bytes arrive, doubling, so that a
+// header claiming 64 MiB costs memory only once 64 MiB are sent.
 func ReadFrame(r io.Reader, buf []byte, max int) ([]byte, error) {
 	var hdr [frameHeaderLen]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
 		return nil, err
 	}
-	n := binary.BigEndian.Uint32(hdr[:])
+	n := int(binary.BigEndian.Uint32(hdr[:]))
 	if uint64(n) > uint64(max) {
 		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrMessageTooLarge, n, max)
 	}
-	if cap(buf) < int(n) {
-		buf = make([]byte, n)
+	buf = buf[:0]
+	if cap(buf) < n {
+		buf = make([]byte, 0, min(n, frameChunk))
 	}
-	buf = buf[:n]
-	if _, err := io.ReadFull(r, buf); err != nil {
-		if err == io.EOF {
-			err = io.ErrUnexpectedEOF
+	for len(buf) < n {
+		if len(buf) == cap(buf) {
+			buf = slices.Grow(buf, min(n-len(buf), cap(buf)))
 		}
-		return nil, err
+		m, err := io.ReadFull(r, buf[len(buf):min(n, cap(buf))])
+		buf = buf[:len(buf)+m]
+		if err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, err
+		}
 	}
 	return buf, nil
 }

@@ -94,6 +94,31 @@ func TestReadFrameRefusesOversizeBeforeAllocating(t *testing.T) {
 	}
 }
 
+// A frame within the limit whose header claims more than is sent costs
+// memory in proportion to what arrived, not to what the header claims.
+func TestReadFrameAllocatesAsBytesArrive(t *testing.T) {
+	var hdr [4]byte
+	binary.BigEndian.PutUint32(hdr[:], 64<<20)
+	stream := append(hdr[:], make([]byte, 1000)...) // then the sender stops
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	_, err := ReadFrame(bytes.NewReader(stream), nil, 64<<20)
+	runtime.ReadMemStats(&after)
+	if !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("err = %v, want io.ErrUnexpectedEOF", err)
+	}
+	if n := after.TotalAlloc - before.TotalAlloc; n > 256<<10 {
+		t.Errorf("%d bytes allocated for a frame of which 1000 bytes came", n)
+	}
+	// A whole large frame still reads whole, across the doublings.
+	body := bytes.Repeat([]byte("0123456789"), 30000)
+	binary.BigEndian.PutUint32(hdr[:], uint32(len(body)))
+	got, err := ReadFrame(bytes.NewReader(append(hdr[:], body...)), nil, 1<<20)
+	if err != nil || !bytes.Equal(got, body) {
+		t.Fatalf("ReadFrame of a %d-byte frame: %d bytes, %v", len(body), len(got), err)
+	}
+}
+
 func TestDecodeRefusesLyingLengths(t *testing.T) {
 	// Each claims far more elements than the frame holds.
 	tests := map[string][]byte{
