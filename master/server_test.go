@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -515,5 +516,45 @@ func TestDeadTaskWithoutReplyToReportsToWorkersResultQueue(t *testing.T) {
 	}
 	if r, err := wire.DecodeResult(res[0].Payload); err != nil || r.TaskID != ids[0] || !strings.Contains(r.Error, "failed after 1 attempts: boom") {
 		t.Errorf("error result %+v, %v", r, err)
+	}
+}
+
+// Frame headers that claim the maximum size and send nothing more cost
+// the master memory in proportion to what arrived: 100 streams of 4
+// bytes each must not make it allocate 100 times --max-message-size.
+func TestFrameHeadersAloneCostLittle(t *testing.T) {
+	addr, _ := qmtest.StartMaster(t, master.Config{})
+	good := qmtest.Dial(t, addr, "producer")
+	sess, _ := rawSession(t, addr)
+	var before runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for range 100 {
+		s, err := sess.OpenStream()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Write([]byte{0x04, 0x00, 0x00, 0x00}); err != nil { // 64 MiB, the default limit
+			t.Fatal(err)
+		}
+	}
+	// Each stream's reader, once it has the header, allocates its first
+	// chunk of the body (64 KiB): wait until all have, then look at the
+	// total. Before the fix each header cost 64 MiB at once.
+	ctx := ctxFor(t, 10*time.Second)
+	var grew int64
+	qmtest.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+		var now runtime.MemStats
+		runtime.ReadMemStats(&now)
+		if grew = int64(now.TotalAlloc) - int64(before.TotalAlloc); grew < 100*64<<10 {
+			return fmt.Errorf("%d KiB allocated so far", grew>>10)
+		}
+		return nil
+	})
+	if grew > 100<<20 {
+		t.Fatalf("the master allocated %d MiB for 100 frame headers", grew>>20)
+	}
+	if _, err := good.Put(ctx, "tasks", []any{1}, wire.PutOptions{}); err != nil {
+		t.Fatalf("a good client meanwhile: %v", err)
 	}
 }
