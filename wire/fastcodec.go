@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/vmihailenco/msgpack/v5"
+	"github.com/vmihailenco/msgpack/v5/msgpcode"
 )
 
 // Hand-written msgpack for the messages of the hot path (put, get,
@@ -227,7 +228,7 @@ func (r *Request) decode(dec *msgpack.Decoder, chained bool) error {
 			r.Queue, err = dec.DecodeString()
 		case "items":
 			var n int
-			if n, err = dec.DecodeArrayLen(); err == nil && n > 0 {
+			if n, err = decodeArrayLen(dec); err == nil && n > 0 {
 				r.Items = make([]msgpack.RawMessage, n)
 				for i := 0; i < n && err == nil; i++ {
 					r.Items[i], err = decodeRaw(dec)
@@ -249,7 +250,7 @@ func (r *Request) decode(dec *msgpack.Decoder, chained bool) error {
 			r.Error, err = dec.DecodeString()
 		case "results":
 			var n int
-			if n, err = dec.DecodeArrayLen(); err == nil && n > 0 {
+			if n, err = decodeArrayLen(dec); err == nil && n > 0 {
 				r.Results = make([]Completion, n)
 				for i := 0; i < n && err == nil; i++ {
 					err = r.Results[i].DecodeMsgpack(dec)
@@ -356,7 +357,7 @@ func (r *Response) decode(dec *msgpack.Decoder, chained bool) error {
 			r.IDs, err = decodeUints(dec)
 		case "tasks":
 			var n int
-			if n, err = dec.DecodeArrayLen(); err == nil && n > 0 {
+			if n, err = decodeArrayLen(dec); err == nil && n > 0 {
 				r.Tasks = make([]Task, n)
 				for i := 0; i < n && err == nil; i++ {
 					var same *Task
@@ -487,7 +488,30 @@ type fields struct {
 func (f *fields) start(dec *msgpack.Decoder) {
 	f.dec = dec
 	f.fr, _ = dec.Buffered().(*frameReader)
+	// msgpack's DecodeMapLen reads a map inside an ext value too, whose
+	// bytes checkBounds takes as opaque: a message is a plain map.
+	if c, err := dec.PeekCode(); err == nil && msgpcode.IsExt(c) {
+		f.err = errExtMessage
+		return
+	}
 	f.n, f.err = dec.DecodeMapLen()
+}
+
+// errExtMessage refuses a message wrapped in a msgpack ext value.
+var errExtMessage = errors.New("a message must be a map, not an ext value")
+
+// decodeArrayLen reads an array's length and refuses one that claims more
+// elements than bytes are left to read: every element takes one at least,
+// so nothing is allocated from a length the data cannot back.
+func decodeArrayLen(dec *msgpack.Decoder) (int, error) {
+	n, err := dec.DecodeArrayLen()
+	if err != nil {
+		return 0, err
+	}
+	if r, ok := dec.Buffered().(interface{ Len() int }); ok && n > r.Len() {
+		return 0, fmt.Errorf("array of %d elements in %d bytes", n, r.Len())
+	}
+	return n, nil
 }
 
 // next reads the next key; the caller then consumes its value. It returns
@@ -571,7 +595,7 @@ func decodeDuration(dec *msgpack.Decoder) (time.Duration, error) {
 }
 
 func decodeUints(dec *msgpack.Decoder) ([]uint64, error) {
-	n, err := dec.DecodeArrayLen()
+	n, err := decodeArrayLen(dec)
 	if err != nil || n <= 0 {
 		return nil, err
 	}
