@@ -338,15 +338,21 @@ func TestDurableDiskFull(t *testing.T) {
 	item := strings.Repeat("y", 4096)
 	var stored []string
 	var putErr error
+	var refused string // the put whose write failed: it must leave nothing behind
 	for i := 0; i < 2000; i++ {
 		p := fmt.Sprint(i, item)
 		if _, putErr = c.Put(context.Background(), "tasks", []any{p}, wire.PutOptions{}); putErr != nil {
+			refused = p
 			break
 		}
 		stored = append(stored, p)
 	}
-	if putErr == nil || !strings.Contains(putErr.Error(), "disk full") {
-		t.Fatalf("puts on a 2 MiB disk: %v; want a disk full error", putErr)
+	if putErr == nil || !strings.Contains(putErr.Error(), "disk full") || !strings.Contains(putErr.Error(), "nothing of this put was queued") {
+		t.Fatalf("puts on a 2 MiB disk: %v; want a disk full error saying nothing was queued", putErr)
+	}
+	if got := contents(t, c, "tasks"); got[refused] != 0 || len(got) != len(stored) {
+		t.Fatalf("after the refused put the queue holds %d tasks (the refused one %d times); want the %d stored",
+			len(got), got[refused], len(stored))
 	}
 	if _, err := c.Put(context.Background(), "tasks", []any{"more"}, wire.PutOptions{}); err == nil || !strings.Contains(err.Error(), "disk full") {
 		t.Fatalf("a put while the disk is full: %v; want disk full", err)
@@ -368,5 +374,8 @@ func TestDurableDiskFull(t *testing.T) {
 		if got[p] == 0 {
 			t.Fatalf("acknowledged put %.20q… lost after a full disk", p)
 		}
+	}
+	if got[refused] != 0 {
+		t.Fatalf("the refused put %.20q… came back after a restart", refused)
 	}
 }

@@ -94,6 +94,7 @@ func (c *clientConn) handle(req *wire.Request, buf *getBuffers) *wire.Response {
 		e := errorResponse(err)
 		e.Tasks = resp.Tasks // a get may fail after taking tasks; never lose them
 		e.Count = resp.Count // a requeue or drop may fail for some tasks only
+		e.IDs = resp.IDs     // a put refused by the disk may have had some tasks taken already
 		return e
 	}
 	return resp

@@ -234,6 +234,12 @@ func (m *Manager) sortedSnapshot() []*queue {
 // the max length (used to publish results, so that a result is never
 // dropped).
 //
+// With a store, Put returns once the batch is written. If the write fails
+// (a full disk), the error says so, and Put takes back the tasks that no
+// get took meanwhile and returns the ids of those a get did (see
+// withdraw); a forced put's tasks stay queued, to be written once the
+// store can.
+//
 // Put keeps the Payload slices; the caller must not modify them afterwards.
 func (m *Manager) Put(ctx context.Context, name string, items []Item, force bool) ([]uint64, error) {
 	if m.closed.Load() {
@@ -268,7 +274,10 @@ func (m *Manager) Put(ctx context.Context, name string, items []Item, force bool
 			if m.store != nil {
 				// Getters may have the tasks already: see docs/STORAGE.md.
 				if err := m.store.Wait(ticket); err != nil {
-					return nil, err
+					if force { // results: the log writes them once it can
+						return nil, err
+					}
+					return m.withdraw(name, ids, err)
 				}
 			}
 			return ids, nil
@@ -309,7 +318,7 @@ func (m *Manager) Put(ctx context.Context, name string, items []Item, force bool
 		case got && !r.retry:
 			if m.store != nil {
 				if err := m.store.Wait(r.ticket); err != nil {
-					return nil, err
+					return m.withdraw(name, r.ids, err)
 				}
 			}
 			return r.ids, nil
@@ -321,6 +330,32 @@ func (m *Manager) Put(ctx context.Context, name string, items []Item, force bool
 		}
 		return nil, ErrQueueFull
 	}
+}
+
+// withdraw takes back what it can of a put whose write to the log failed
+// (err), so that a refused put leaves nothing behind: its tasks still
+// ready leave the queue, and their deletes follow their adds in the log's
+// buffer, to be written with them or not at all. Tasks a get took already
+// stay: they run, and are written once the log can write again. withdraw
+// returns their ids, and an error that says which of the two happened.
+func (m *Manager) withdraw(name string, ids []uint64, err error) ([]uint64, error) {
+	q, lerr := m.lockLive(name)
+	if lerr != nil { // deleted meanwhile, and the put with it
+		return nil, fmt.Errorf("%w; nothing of this put was queued", err)
+	}
+	back, out := q.remove(ids)
+	for i := range back {
+		q.logOp(store.Delete, back[i].ID, 0)
+	}
+	q.flushOps()
+	q.puts -= uint64(len(back))
+	q.settle(&clock{m: m}) // room for waiting puts
+	m.unlock(q)
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%w; nothing of this put was queued", err)
+	}
+	return out, fmt.Errorf("%w; %d of this put's %d tasks were handed out before the write failed: they run, and are stored once the log can write again; the rest were taken back",
+		err, len(out), len(ids))
 }
 
 // Get takes up to max (>= 1) ready tasks from the front of the named
