@@ -242,3 +242,30 @@ func settled(t *testing.T, c *wire.Client, keep ...string) []wire.QueueStats {
 }
 
 func mib(b int64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
+
+// soakWorkerArgs are the flags of a soak's qworker number slot, in its
+// gen-th life: the square built-in, four at a time, short leases.
+func soakWorkerArgs(addr, prefix string, slot, gen int) []string {
+	return []string{"--server", addr, "--builtin", "square", "--concurrency", "4", "--lease", "2s",
+		"--get-timeout", "1s", "--name", fmt.Sprintf("%s-w%d-%d", prefix, slot, gen)}
+}
+
+// firstError keeps the first error that a test's goroutines report.
+type firstError struct {
+	mu  sync.Mutex
+	err error
+}
+
+func (f *firstError) set(err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.err == nil {
+		f.err = err
+	}
+}
+
+func (f *firstError) get() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.err
+}

@@ -42,10 +42,7 @@ func TestSoakMasterKills(t *testing.T) {
 	haddr := httpAddr(t, m)
 	baseG, baseRSS := goroutines(t, haddr), rssBytes(t, m.cmd.Process.Pid)
 
-	workerArgs := func(slot, gen int) []string {
-		return []string{"--server", addr, "--builtin", "square", "--concurrency", "4", "--lease", "2s",
-			"--get-timeout", "1s", "--name", fmt.Sprintf("soakm-w%d-%d", slot, gen)}
-	}
+	workerArgs := func(slot, gen int) []string { return soakWorkerArgs(addr, "soakm", slot, gen) }
 	workers := make([]*proc, soakWorkers)
 	for i := range workers {
 		workers[i] = start(t, nil, nil, "qworker", workerArgs(i, 0)...)
@@ -55,22 +52,10 @@ func TestSoakMasterKills(t *testing.T) {
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
 	var (
-		bg    sync.WaitGroup
-		errMu sync.Mutex
-		bgErr error
+		bg     sync.WaitGroup
+		bgErrs firstError
 	)
-	fail := func(err error) {
-		errMu.Lock()
-		defer errMu.Unlock()
-		if bgErr == nil {
-			bgErr = err
-		}
-	}
-	failed := func() error {
-		errMu.Lock()
-		defer errMu.Unlock()
-		return bgErr
-	}
+	fail, failed := bgErrs.set, bgErrs.get
 
 	for p := range soakProducers {
 		bg.Go(func() {

@@ -51,10 +51,7 @@ func TestSoak(t *testing.T) {
 	pid := m.cmd.Process.Pid
 	baseG, baseRSS := goroutines(t, haddr), rssBytes(t, pid)
 
-	workerArgs := func(slot, gen int) []string {
-		return []string{"--server", addr, "--builtin", "square", "--concurrency", "4", "--lease", "2s",
-			"--get-timeout", "1s", "--name", fmt.Sprintf("soak-w%d-%d", slot, gen)}
-	}
+	workerArgs := func(slot, gen int) []string { return soakWorkerArgs(addr, "soak", slot, gen) }
 	workers := make([]*proc, soakWorkers)
 	for i := range workers {
 		workers[i] = start(t, nil, nil, "qworker", workerArgs(i, 0)...)
@@ -64,22 +61,10 @@ func TestSoak(t *testing.T) {
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
 	var (
-		bg    sync.WaitGroup
-		errMu sync.Mutex
-		bgErr error
+		bg     sync.WaitGroup
+		bgErrs firstError
 	)
-	fail := func(err error) {
-		errMu.Lock()
-		defer errMu.Unlock()
-		if bgErr == nil {
-			bgErr = err
-		}
-	}
-	failed := func() error {
-		errMu.Lock()
-		defer errMu.Unlock()
-		return bgErr
-	}
+	fail, failed := bgErrs.set, bgErrs.get
 	var producers []*wire.Client
 	for p := range soakProducers {
 		c := dial(t, addr, "producer")
