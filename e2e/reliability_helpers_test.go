@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"os"
 	"regexp"
@@ -12,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -268,4 +270,27 @@ func (f *firstError) get() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.err
+}
+
+// replaceWorker ends a random one of workers, by SIGTERM one time in four
+// (a drain: it finishes what it holds and must exit 0) and by SIGKILL
+// otherwise, and starts its successor, in its gen-th life, in its place.
+// It reports whether that was a drain.
+func replaceWorker(t *testing.T, workers []*proc, args func(slot, gen int) []string, gen int) (drained bool) {
+	t.Helper()
+	slot := rand.IntN(len(workers))
+	w := workers[slot]
+	drained = rand.IntN(4) == 0
+	if drained {
+		if err := w.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		if code := w.wait(t, 20*time.Second); code != 0 {
+			t.Fatalf("worker exited %d after SIGTERM:\n%s", code, w.logs())
+		}
+	} else {
+		kill(t, w)
+	}
+	workers[slot] = start(t, nil, nil, "qworker", args(slot, gen)...)
+	return drained
 }

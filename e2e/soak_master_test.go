@@ -177,21 +177,11 @@ func TestSoakMasterKills(t *testing.T) {
 			maxDown = max(maxDown, d)
 			haddr = httpAddr(t, m)
 		} else {
-			slot := rand.IntN(soakWorkers)
-			w := workers[slot]
-			if rand.IntN(4) == 0 {
-				if err := w.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-					t.Fatal(err)
-				}
-				if code := w.wait(t, 20*time.Second); code != 0 {
-					t.Fatalf("worker exited %d after SIGTERM:\n%s", code, w.logs())
-				}
+			if replaceWorker(t, workers, workerArgs, kills+terms+1) {
 				terms++
 			} else {
-				kill(t, w)
 				kills++
 			}
-			workers[slot] = start(t, nil, nil, "qworker", workerArgs(slot, kills+terms)...)
 		}
 		peakRSS = max(peakRSS, rssBytes(t, m.cmd.Process.Pid))
 		peakG = max(peakG, goroutines(t, haddr))

@@ -117,22 +117,11 @@ func TestSoak(t *testing.T) {
 	deadline := time.Now().Add(dur)
 	for time.Now().Before(deadline) {
 		time.Sleep(time.Duration(300+rand.IntN(1200)) * time.Millisecond)
-		slot := rand.IntN(soakWorkers)
-		w := workers[slot]
-		if rand.IntN(4) == 0 {
-			// A drain: it finishes what it holds and exits 0.
-			if err := w.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-				t.Fatal(err)
-			}
-			if code := w.wait(t, 20*time.Second); code != 0 {
-				t.Fatalf("worker exited %d after SIGTERM:\n%s", code, w.logs())
-			}
+		if replaceWorker(t, workers, workerArgs, kills+terms+1) {
 			terms++
 		} else {
-			kill(t, w)
 			kills++
 		}
-		workers[slot] = start(t, nil, nil, "qworker", workerArgs(slot, kills+terms)...)
 		peakRSS = max(peakRSS, rssBytes(t, pid))
 		peakG = max(peakG, goroutines(t, haddr))
 	}
