@@ -57,10 +57,16 @@ func httpAddr(t *testing.T, m *proc) string {
 	return ""
 }
 
-// goroutines reads go_goroutines from the master's /metrics. Each scrape
-// uses a new connection that is closed after it, so scrapes leave no
-// goroutine behind in the master.
+// goroutines reads go_goroutines from the master's /metrics.
 func goroutines(t *testing.T, httpAddr string) int {
+	t.Helper()
+	return int(metric(t, httpAddr, "go_goroutines"))
+}
+
+// metric reads one unlabelled sample from the master's /metrics. Each
+// scrape uses a new connection that is closed after it, so scrapes leave
+// no goroutine behind in the master.
+func metric(t *testing.T, httpAddr, name string) float64 {
 	t.Helper()
 	req, err := http.NewRequest("GET", "http://"+httpAddr+"/metrics", nil)
 	if err != nil {
@@ -81,15 +87,15 @@ func goroutines(t *testing.T, httpAddr string) int {
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "go_goroutines "); ok {
-			n, err := strconv.ParseFloat(strings.TrimSpace(rest), 64)
+		if rest, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			v, err := strconv.ParseFloat(strings.TrimSpace(rest), 64)
 			if err != nil {
-				t.Fatalf("go_goroutines %q: %v", rest, err)
+				t.Fatalf("%s %q: %v", name, rest, err)
 			}
-			return int(n)
+			return v
 		}
 	}
-	t.Fatalf("no go_goroutines in /metrics (err %v)", sc.Err())
+	t.Fatalf("no %s in /metrics (err %v)", name, sc.Err())
 	return 0
 }
 

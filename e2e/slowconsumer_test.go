@@ -1,11 +1,9 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"strconv"
 	"strings"
 	"sync"
@@ -14,35 +12,6 @@ import (
 
 	"github.com/qm-dev/qm/wire"
 )
-
-// metric reads one unlabelled sample from the master's /metrics.
-func metric(t *testing.T, httpAddr, name string) float64 {
-	t.Helper()
-	req, err := http.NewRequest("GET", "http://"+httpAddr+"/metrics", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Authorization", "Bearer "+authkey)
-	req.Close = true
-	resp, err := (&http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}).Do(req)
-	if err != nil {
-		t.Fatalf("scrape /metrics: %v", err)
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
-			v, err := strconv.ParseFloat(strings.TrimSpace(rest), 64)
-			if err != nil {
-				t.Fatalf("%s %q: %v", name, rest, err)
-			}
-			return v
-		}
-	}
-	t.Fatalf("no %s in /metrics (err %v)", name, sc.Err())
-	return 0
-}
 
 // TestSlowConsumer: the results of a busy producer pile up because its
 // consumer does not read them, at a master with --max-memory and
