@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/qm-dev/qm/internal/rawsock"
 	"github.com/qm-dev/qm/master/queue"
 	"github.com/qm-dev/qm/store"
 	"github.com/qm-dev/qm/store/seglog"
@@ -161,6 +162,7 @@ func (s *Server) Serve(ln net.Listener) error {
 			return err
 		}
 		backoff = 0
+		conn = rawsock.Wrap(conn)
 		if s.admit(conn, time.Now()) != nil {
 			continue
 		}

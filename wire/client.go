@@ -14,6 +14,7 @@ import (
 
 	"github.com/hashicorp/yamux"
 	"github.com/qm-dev/qm/auth"
+	"github.com/qm-dev/qm/internal/rawsock"
 	"github.com/vmihailenco/msgpack/v5"
 )
 
@@ -100,6 +101,7 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, err // net.OpError names the address already
 	}
+	conn = rawsock.Wrap(conn)
 	if cfg.TLS != nil {
 		tc, err := tlsHandshake(ctx, conn, cfg)
 		if err != nil {

@@ -32,8 +32,7 @@ func (c *frameCoalescer) Write(p []byte) (int, error) {
 		want := c.held
 		c.held = 0
 		if len(p) == want {
-			c.bufs = append(c.bufs[:0], c.hdr[:], p)
-			if _, err := c.bufs.WriteTo(c.Conn); err != nil {
+			if err := c.writePair(c.hdr[:], p); err != nil {
 				return 0, err
 			}
 			return len(p), nil
@@ -51,6 +50,21 @@ func (c *frameCoalescer) Write(p []byte) (int, error) {
 		}
 	}
 	return c.Conn.Write(p)
+}
+
+// pairWriter writes two buffers in one system call (rawsock.Wrap's conns).
+type pairWriter interface {
+	WritePair(a, b []byte) (int, error)
+}
+
+func (c *frameCoalescer) writePair(a, b []byte) error {
+	if pw, ok := c.Conn.(pairWriter); ok {
+		_, err := pw.WritePair(a, b)
+		return err
+	}
+	c.bufs = append(c.bufs[:0], a, b)
+	_, err := c.bufs.WriteTo(c.Conn)
+	return err
 }
 
 // ClientSession starts the client side of a yamux session on an
