@@ -24,7 +24,7 @@ func newProfileCmd() *cobra.Command {
 	opts := &options{}
 	var (
 		cpuProfile, memProfile string
-		size, workers          int
+		size, workers, rtt     int
 		oneReq                 bool
 	)
 	cmd := &cobra.Command{
@@ -33,8 +33,9 @@ func newProfileCmd() *cobra.Command {
 		Long: `profile runs a qm master inside qbench (master.New and Serve, qm's
 default settings) with a CPU profile running, starts --workers qworker
 processes and a producer process, and puts --n tasks of --size bytes through
-it, batched unless --one-req. Then it writes the allocation profile. Read
-them with go tool pprof -top.`,
+it, batched unless --one-req. With --rtt, the producer instead puts one task
+at a time and waits for its result, --rtt times. Then it writes the
+allocation profile. Read them with go tool pprof -top.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
@@ -85,13 +86,22 @@ them with go tool pprof -top.`,
 			if err := pprof.StartCPUProfile(f); err != nil {
 				return err
 			}
-			out, err := b.drive(ctx, addr, mode, opts.N, size)
+			n := opts.N
+			if rtt > 0 {
+				n = 0
+			}
+			out, err := b.drive(ctx, addr, mode, n, size, rtt)
 			pprof.StopCPUProfile()
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%d tasks of %d B, %d workers, batch %d, concurrency %d: %.0f tasks/s\n",
-				opts.N, size, workers, mode.batch, mode.concurrency, float64(opts.N)/out)
+			if rtt > 0 {
+				fmt.Fprintf(cmd.OutOrStdout(), "%d round trips of %d B, %d workers, concurrency %d: p50 %.1f µs, p99 %.1f µs\n",
+					rtt, size, workers, mode.concurrency, out.RTTP50, out.RTTP99)
+			} else {
+				fmt.Fprintf(cmd.OutOrStdout(), "%d tasks of %d B, %d workers, batch %d, concurrency %d: %.0f tasks/s\n",
+					n, size, workers, mode.batch, mode.concurrency, float64(n)/out.Seconds)
+			}
 			if memProfile != "" {
 				mf, err := os.Create(memProfile)
 				if err != nil {
@@ -108,6 +118,7 @@ them with go tool pprof -top.`,
 	fl.IntVar(&size, "size", 16, "payload bytes")
 	fl.IntVar(&workers, "workers", 4, "qworker processes")
 	fl.BoolVar(&oneReq, "one-req", false, "one request per operation instead of batches")
+	fl.IntVar(&rtt, "rtt", 0, "single-task round trips to run instead of --n tasks")
 	fl.StringVar(&opts.Bin, "bin", "bin", "`dir`ectory holding qworker")
 	fl.IntVar(&opts.QMBatch, "qm-batch", 1000, "tasks per put and per get of results")
 	fl.IntVar(&opts.QMConcurrency, "qm-concurrency", 32, "qworker --concurrency")
@@ -117,41 +128,45 @@ them with go tool pprof -top.`,
 }
 
 // drive runs qbench drive-qm against addr as a separate process, so that
-// the producer's work stays out of the master's profile, and returns the
-// seconds it took.
-func (b *bench) drive(ctx context.Context, addr string, mode qmMode, n, size int) (float64, error) {
+// the producer's work stays out of the master's profile, and returns what it
+// measured: the seconds n tasks took, then the percentiles of rtt round trips.
+func (b *bench) drive(ctx context.Context, addr string, mode qmMode, n, size, rtt int) (driveResult, error) {
 	var res driveResult
 	var perr error
 	p, err := b.procs.start("producer", []string{b.self, "drive-qm", "--addr", addr,
-		"--n", strconv.Itoa(n), "--size", strconv.Itoa(size), "--batch", strconv.Itoa(mode.batch)},
+		"--n", strconv.Itoa(n), "--size", strconv.Itoa(size), "--batch", strconv.Itoa(mode.batch),
+		"--rtt", strconv.Itoa(rtt)},
 		[]string{"QM_AUTHKEY=" + b.key}, func(line string) { perr = json.Unmarshal([]byte(line), &res) })
 	if err != nil {
-		return 0, err
+		return res, err
 	}
 	select {
 	case <-p.done:
 	case <-ctx.Done():
 		p.stop()
-		return 0, ctx.Err()
+		return res, ctx.Err()
 	}
 	if p.err != nil {
-		return 0, p.failure()
+		return res, p.failure()
 	}
-	if perr != nil || res.Seconds == 0 {
-		return 0, errors.Join(errors.New("producer printed no result"), perr)
+	if perr != nil || res.Seconds == 0 && res.RTTP50 == 0 {
+		return res, errors.Join(errors.New("producer printed no result"), perr)
 	}
-	return res.Seconds, nil
+	return res, nil
 }
 
 type driveResult struct {
 	Seconds float64 `json:"seconds"`
+	// RTTP50 and RTTP99 are set by drive-qm --rtt, in microseconds.
+	RTTP50 float64 `json:"rtt_p50_us,omitempty"`
+	RTTP99 float64 `json:"rtt_p99_us,omitempty"`
 }
 
 // newDriveCmd is the hidden producer process of the profile harness.
 func newDriveCmd() *cobra.Command {
 	var (
-		addr           string
-		n, size, batch int
+		addr                string
+		n, size, batch, rtt int
 	)
 	cmd := &cobra.Command{
 		Use:    "drive-qm --addr HOST:PORT",
@@ -169,11 +184,24 @@ func newDriveCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			took, err := qmThroughput(ctx, c, batch, n, payload)
-			if err != nil {
-				return err
+			var res driveResult
+			if n > 0 {
+				took, err := qmThroughput(ctx, c, batch, n, payload)
+				if err != nil {
+					return err
+				}
+				res.Seconds = took.Seconds()
 			}
-			return json.NewEncoder(cmd.OutOrStdout()).Encode(driveResult{Seconds: took.Seconds()})
+			if rtt > 0 {
+				trips, err := qmRoundTrips(ctx, c, rtt, payload)
+				if err != nil {
+					return err
+				}
+				rc := cell{RTT: trips}
+				res.RTTP50 = float64(rc.percentile(0.5)) / float64(time.Microsecond)
+				res.RTTP99 = float64(rc.percentile(0.99)) / float64(time.Microsecond)
+			}
+			return json.NewEncoder(cmd.OutOrStdout()).Encode(res)
 		},
 	}
 	fl := cmd.Flags()
@@ -181,5 +209,6 @@ func newDriveCmd() *cobra.Command {
 	fl.IntVar(&n, "n", 1000, "tasks")
 	fl.IntVar(&size, "size", 16, "payload bytes")
 	fl.IntVar(&batch, "batch", 1000, "tasks per put and per get")
+	fl.IntVar(&rtt, "rtt", 0, "then this many single-task round trips (p50 and p99 printed)")
 	return cmd
 }
