@@ -34,13 +34,72 @@ type session struct {
 // back on the same session (after a failed attempt) while the completion
 // of the previous delivery is still being accounted for, so a lease, not
 // a task ID, identifies a delivery.
+//
+// A lease is also its handler's context: a child of the session's, ended
+// with cause ErrLeaseLost when the lease is lost. The context.Context
+// behind it is made only when the handler first uses it, since quick
+// handlers that never look at their context are the common case and a
+// cancellable context per task was a fifth of a quick task's cost.
 type lease struct {
+	s          *session
 	id         uint64
-	ctx        context.Context // the handler's
-	length     time.Duration   // as granted by the master
-	renewed    time.Time       // when the last grant or renewal was asked for
-	cancel     context.CancelCauseFunc
-	completing bool // its completion is on the way; losing it now is no news
+	length     time.Duration // as granted by the master
+	renewed    time.Time     // when the last grant or renewal was asked for
+	completing bool          // its completion is on the way; losing it now is no news
+
+	mu     sync.Mutex
+	ctx    context.Context // made on first use
+	cancel context.CancelCauseFunc
+	ended  bool  // end was called before ctx was made
+	cause  error // end's cause then
+}
+
+// context returns the context behind l, making it on first use.
+func (l *lease) context() context.Context {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.ctx == nil {
+		l.ctx, l.cancel = context.WithCancelCause(l.s.ctx)
+		if l.ended {
+			l.cancel(l.cause)
+		}
+	}
+	return l.ctx
+}
+
+func (l *lease) Deadline() (time.Time, bool) { return l.context().Deadline() }
+func (l *lease) Done() <-chan struct{}       { return l.context().Done() }
+func (l *lease) Err() error                  { return l.context().Err() }
+func (l *lease) Value(key any) any           { return l.context().Value(key) }
+
+// end cancels the handler's context with cause (context.Canceled if nil).
+func (l *lease) end(cause error) {
+	l.mu.Lock()
+	if l.ctx == nil {
+		if !l.ended {
+			l.ended, l.cause = true, cause
+		}
+		l.mu.Unlock()
+		return
+	}
+	cancel := l.cancel
+	l.mu.Unlock()
+	cancel(cause)
+}
+
+// lost reports whether the handler's context ended because the lease
+// was lost (or the session ended), without making a context for it.
+func (l *lease) lost() bool {
+	l.mu.Lock()
+	ctx, ended, cause := l.ctx, l.ended, l.cause
+	l.mu.Unlock()
+	if ctx != nil {
+		return errors.Is(context.Cause(ctx), ErrLeaseLost)
+	}
+	if ended {
+		return errors.Is(cause, ErrLeaseLost)
+	}
+	return errors.Is(context.Cause(l.s.ctx), ErrLeaseLost)
 }
 
 func (r *runner) newSession(c *wire.Client) *session {
@@ -67,11 +126,10 @@ func (s *session) close() {
 }
 
 // track records a task just taken; its handler runs under the lease's
-// ctx. The lease counts from now, a little after the master granted it,
-// which the renewal margin covers.
-func (s *session) track(t Task) *lease {
-	ctx, cancel := context.WithCancelCause(s.ctx)
-	l := &lease{id: t.ID, ctx: ctx, length: t.Lease, renewed: time.Now(), cancel: cancel}
+// context. The lease counts from now, a little after the master granted
+// it, which the renewal margin covers.
+func (s *session) track(t Task, now time.Time) *lease {
+	l := &lease{s: s, id: t.ID, length: t.Lease, renewed: now}
 	s.mu.Lock()
 	s.leases[t.ID] = l
 	early := l.length > 0 && l.renewed.Add(l.length/3).Before(s.wakeAt)
@@ -116,7 +174,7 @@ func (s *session) untrack(fs []finished) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, f := range fs {
-		f.l.cancel(nil)
+		f.l.end(nil)
 		if s.leases[f.l.id] == f.l {
 			delete(s.leases, f.l.id)
 		}
@@ -242,7 +300,7 @@ func (s *session) lost(id uint64) {
 	if !ok {
 		return
 	}
-	l.cancel(ErrLeaseLost)
+	l.end(ErrLeaseLost)
 	// completing is written only under s.mu and while l is in the map.
 	if !l.completing {
 		s.r.log.Warn("lease lost; task cancelled, the master gives it to another worker", "queue", s.r.cfg.Tasks, "task", id)

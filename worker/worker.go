@@ -322,8 +322,12 @@ func (r *runner) drain(ctx context.Context, s *session) {
 // goroutine nor the growth of its stack. At most Concurrency tasks run,
 // so there are at most that many goroutines and jobs never wait to be sent.
 func (r *runner) start(s *session, tasks []Task) {
+	if len(tasks) == 0 {
+		return
+	}
+	now := time.Now()
 	for _, t := range tasks {
-		l := s.track(t)
+		l := s.track(t, now)
 		r.mu.Lock()
 		r.inflight++
 		r.running++
@@ -351,7 +355,7 @@ func (r *runner) handle() {
 
 // runTask runs the handler on t and hands the outcome to the completer.
 func (r *runner) runTask(s *session, l *lease, t Task) {
-	ctx := l.ctx
+	var ctx context.Context = l
 	start := time.Now()
 	log := r.log
 	debug := log.Enabled(ctx, slog.LevelDebug)
@@ -368,7 +372,7 @@ func (r *runner) runTask(s *session, l *lease, t Task) {
 		}
 	}
 	switch {
-	case errors.Is(context.Cause(ctx), ErrLeaseLost):
+	case l.lost():
 		log.Debug("task ended after its lease was lost; result dropped", "err", err)
 	case err != nil:
 		c.Value, c.Error = nil, errorText(err)

@@ -1,0 +1,86 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+)
+
+// testLease is a lease on a session that has no connection: enough for
+// the lease's context.
+func testLease(t *testing.T) (*session, *lease) {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	t.Cleanup(func() { cancel(nil) })
+	s := &session{ctx: ctx, cancel: cancel, leases: make(map[uint64]*lease), kick: make(chan struct{}, 1)}
+	return s, s.track(Task{ID: 1}, time.Now())
+}
+
+func isDone(ctx context.Context) bool {
+	select {
+	case <-ctx.Done():
+		return true
+	default:
+		return false
+	}
+}
+
+// The handler's context behaves the same whether the handler first looks
+// at it before or after its lease ends.
+func TestLeaseContext(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		end       func(s *session, l *lease)
+		wantCause error
+		wantLost  bool
+	}{
+		{"lease lost", func(_ *session, l *lease) { l.end(ErrLeaseLost) }, ErrLeaseLost, true},
+		{"session ended", func(s *session, _ *lease) { s.cancel(ErrLeaseLost) }, ErrLeaseLost, true},
+		{"completed", func(_ *session, l *lease) { l.end(nil) }, context.Canceled, false},
+	} {
+		for _, usedFirst := range []bool{false, true} {
+			name := tc.name + "/untouched"
+			if usedFirst {
+				name = tc.name + "/in use"
+			}
+			t.Run(name, func(t *testing.T) {
+				s, l := testLease(t)
+				var child context.Context
+				if usedFirst {
+					if l.Err() != nil || isDone(l) {
+						t.Fatal("the context of a held lease is done")
+					}
+					var cancel context.CancelFunc
+					child, cancel = context.WithTimeout(l, time.Hour)
+					defer cancel()
+				}
+				if l.lost() {
+					t.Fatal("lost() before the lease ended")
+				}
+				tc.end(s, l)
+				if !isDone(l) || !errors.Is(l.Err(), context.Canceled) {
+					t.Fatalf("after the end: done %v, Err %v", isDone(l), l.Err())
+				}
+				if got := context.Cause(l); !errors.Is(got, tc.wantCause) {
+					t.Errorf("Cause = %v, want %v", got, tc.wantCause)
+				}
+				if got := l.lost(); got != tc.wantLost {
+					t.Errorf("lost() = %v, want %v", got, tc.wantLost)
+				}
+				if child != nil && !isDone(child) {
+					t.Error("a context derived from the lease's was not cancelled with it")
+				}
+			})
+		}
+	}
+}
+
+// A second end keeps the first cause, as a context's cancel does.
+func TestLeaseEndKeepsFirstCause(t *testing.T) {
+	_, l := testLease(t)
+	l.end(ErrLeaseLost)
+	l.end(nil)
+	if got := context.Cause(l); !errors.Is(got, ErrLeaseLost) {
+		t.Fatalf("Cause = %v, want ErrLeaseLost", got)
+	}
+}
