@@ -133,9 +133,7 @@ func (c *clientConn) get(req *wire.Request, buf *getBuffers) ([]wire.Task, error
 	if req.Max < 0 || req.Lease < 0 {
 		return nil, fmt.Errorf("%w: negative max or lease", wire.ErrBadRequest)
 	}
-	ctx, cancel := c.waitCtx(req.Timeout)
-	defer cancel()
-	ts, err := c.s.queues.GetInto(ctx, buf.taken, req.Queue, max(req.Max, 1), req.Lease, c.id, req.NoAck)
+	ts, err := c.s.queues.GetInto(c.ctx, buf.taken, req.Queue, max(req.Max, 1), req.Lease, c.id, req.NoAck, max(req.Timeout, 0))
 	if len(ts) == 0 {
 		return nil, err
 	}
@@ -169,7 +167,10 @@ func (c *clientConn) waitCtx(timeout time.Duration) (context.Context, context.Ca
 func (c *clientConn) complete(req *wire.Request) error {
 	q := c.s.queues
 	if req.ResultQueue != "" {
-		c.s.resultQueues.Store(req.Queue, req.ResultQueue)
+		// Store only a change: a store allocates even when the value is the same.
+		if rq, ok := c.s.resultQueues.Load(req.Queue); !ok || rq.(string) != req.ResultQueue {
+			c.s.resultQueues.Store(req.Queue, req.ResultQueue)
+		}
 	}
 	var errs []error
 	ids := make([]uint64, 0, len(req.Results))

@@ -373,13 +373,15 @@ func (m *Manager) withdraw(name string, ids []uint64, err error) ([]uint64, erro
 // waiting Get) with Attempts untouched. A Get blocked when the queue is
 // deleted returns nil, nil; when the Manager is closed, nil, ErrClosed.
 func (m *Manager) Get(ctx context.Context, name string, max int, lease time.Duration, owner uint64, noAck bool) ([]Task, error) {
-	return m.GetInto(ctx, nil, name, max, lease, owner, noAck)
+	return m.GetInto(ctx, nil, name, max, lease, owner, noAck, -1)
 }
 
 // GetInto is Get that returns the tasks in dst's array when it is large
-// enough, so that a caller serving gets one after another reuses one
-// buffer.
-func (m *Manager) GetInto(ctx context.Context, dst []Task, name string, max int, lease time.Duration, owner uint64, noAck bool) ([]Task, error) {
+// enough, and that waits at most wait as well as until ctx is done: 0 does
+// not wait, a negative wait waits for ctx alone. A caller serving one get
+// after another passes a long-lived ctx and each get's timeout, and reuses
+// one buffer: no context, timer or task slice is made per get.
+func (m *Manager) GetInto(ctx context.Context, dst []Task, name string, max int, lease time.Duration, owner uint64, noAck bool, wait time.Duration) ([]Task, error) {
 	if max < 1 {
 		return nil, fmt.Errorf("%w: get max must be >= 1, got %d", ErrBadArgument, max)
 	}
@@ -415,7 +417,7 @@ func (m *Manager) GetInto(ctx context.Context, dst []Task, name string, max int,
 		m.unlock(q)
 		return ts, nil
 	}
-	if ctx.Err() != nil {
+	if wait == 0 || ctx.Err() != nil {
 		q.mu.Unlock()
 		return nil, nil
 	}
@@ -423,6 +425,10 @@ func (m *Manager) GetInto(ctx context.Context, dst []Task, name string, max int,
 	g.max, g.lease, g.owner, g.noAck, g.served, g.dst = max, lease, owner, noAck, false, dst
 	q.getters.pushBack(g)
 	q.mu.Unlock()
+	var timedOut <-chan time.Time
+	if wait > 0 {
+		timedOut = g.startTimer(wait)
+	}
 
 	var (
 		ts         []Task
@@ -435,8 +441,13 @@ func (m *Manager) GetInto(ctx context.Context, dst []Task, name string, max int,
 		got = true
 	case <-ctx.Done():
 		cancelled = true
+	case <-timedOut:
+		cancelled = true
 	case <-m.closedCh:
 		closedWait = true
+	}
+	if timedOut != nil {
+		g.timer.Stop()
 	}
 	if !got {
 		if testHookWoken != nil {

@@ -274,6 +274,34 @@ func TestBadArguments(t *testing.T) {
 	}
 }
 
+// GetInto's wait bounds a blocked get without a deadline in its ctx, and
+// a getter's timer is reused from one get to the next without a stale
+// tick cutting the next wait short.
+func TestGetIntoWait(t *testing.T) {
+	m := newManager(t, queue.Config{})
+	for i := range 3 {
+		start := time.Now()
+		ts, err := m.GetInto(context.Background(), nil, "q", 1, time.Minute, 1, false, 20*time.Millisecond)
+		if took := time.Since(start); ts != nil || err != nil || took < 20*time.Millisecond {
+			t.Fatalf("get %d of an empty queue = %v, %v after %v; want nothing after 20ms", i, ts, err, took)
+		}
+	}
+	if ts, err := m.GetInto(context.Background(), nil, "q", 1, time.Minute, 1, false, 0); ts != nil || err != nil {
+		t.Fatalf("get with no wait = %v, %v", ts, err)
+	}
+
+	done := make(chan []queue.Task, 1)
+	go func() {
+		ts, _ := m.GetInto(context.Background(), nil, "q", 1, time.Minute, 1, false, time.Minute)
+		done <- ts
+	}()
+	waitConsumers(t, m, "q", 1)
+	mustPut(t, m, "q", "a")
+	if got := payloads(<-done); !slices.Equal(got, []string{"a"}) {
+		t.Fatalf("waiting get gave %v, want a", got)
+	}
+}
+
 // GetInto takes tasks into the caller's buffer, whether they were ready
 // or came to a blocked get, and overwrites whatever it held.
 func TestGetIntoReusesBuffer(t *testing.T) {
@@ -282,7 +310,7 @@ func TestGetIntoReusesBuffer(t *testing.T) {
 	buf[0] = queue.Task{ID: 999, LastError: "stale"}
 	mustPut(t, m, "q", "a")
 	mustPut(t, m, "q", "b")
-	ts, err := m.GetInto(context.Background(), buf, "q", 4, time.Minute, 1, false)
+	ts, err := m.GetInto(context.Background(), buf, "q", 4, time.Minute, 1, false, 0)
 	if err != nil || len(ts) != 2 || &ts[0] != &buf[0] {
 		t.Fatalf("GetInto of ready tasks: %d tasks, %v; want 2 in the buffer given", len(ts), err)
 	}
@@ -294,7 +322,7 @@ func TestGetIntoReusesBuffer(t *testing.T) {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		ts, _ := m.GetInto(ctx, buf, "q", 4, time.Minute, 1, false)
+		ts, _ := m.GetInto(ctx, buf, "q", 4, time.Minute, 1, false, -1)
 		done <- ts
 	}()
 	waitConsumers(t, m, "q", 1)

@@ -20,11 +20,24 @@ type getter struct {
 	served bool
 	dst    []Task      // the array to take the tasks into, if large enough
 	ch     chan []Task // cap 1; nil tasks mean the queue was deleted
+	timer  *time.Timer // for GetInto's wait; kept with the getter in its pool
 
 	prev, next *getter
 }
 
 var getterPool = sync.Pool{New: func() any { return &getter{ch: make(chan []Task, 1)} }}
+
+// startTimer starts g's timer for d and returns its channel. Stopped timers
+// deliver no stale tick (Go 1.23 timers), so a pooled getter's timer is
+// reused as is.
+func (g *getter) startTimer(d time.Duration) <-chan time.Time {
+	if g.timer == nil {
+		g.timer = time.NewTimer(d)
+	} else {
+		g.timer.Reset(d)
+	}
+	return g.timer.C
+}
 
 // getterList is a FIFO of blocked getters.
 type getterList struct {
