@@ -100,3 +100,74 @@ func TestPercentile(t *testing.T) {
 		t.Errorf("p99 = %v", got)
 	}
 }
+
+// standIn is a system that records the round trips it is asked for and
+// fails when told to; it tests the bench's turn-taking, not a system.
+type standIn struct {
+	name   string
+	log    *[]string
+	failAt int // fail the round-trip call with this index (0: never)
+	calls  int
+	closed bool
+}
+
+func (s *standIn) throughput(context.Context, int) (time.Duration, error) { return time.Second, nil }
+
+func (s *standIn) roundTrips(_ context.Context, count int) ([]time.Duration, error) {
+	s.calls++
+	if s.calls == s.failAt {
+		return nil, fmt.Errorf("%s broke", s.name)
+	}
+	*s.log = append(*s.log, fmt.Sprintf("%s:%d", s.name, count))
+	return make([]time.Duration, count), nil
+}
+
+func (s *standIn) peakRSS() (int64, error) { return 1, nil }
+func (s *standIn) close()                  { s.closed = true }
+
+// The systems of a group take turns at the round trips, each turn led by
+// the next, and each gets --rtt of them after the warm-up; a baseline that
+// breaks gets a row saying so and the others go on.
+func TestGroupTakesTurns(t *testing.T) {
+	opts := &options{N: 10, SlowN: 10, RTT: 25, Systems: []string{"qm", "redis", "python"}}
+	var log []string
+	started := map[string]*standIn{}
+	b := &bench{opts: opts, log: new(bytes.Buffer)}
+	b.startSystem = func(_ context.Context, sys string, _, _ int) (system, error) {
+		s := &standIn{name: sys, log: &log}
+		if sys == "python" {
+			s.failAt = 4 // the warm-up, then two turns
+		}
+		started[sys] = s
+		return s, nil
+	}
+	cells, err := b.group(context.Background(), 16, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(log[:7], " "); got != "qm:100 redis:100 python:100 qm:2 redis:2 python:2 redis:3" {
+		t.Errorf("first calls: %s", got)
+	}
+	for i, want := range []struct {
+		rtt int
+		err string
+	}{{25, ""}, {25, ""}, {0, "python broke"}} {
+		if c := cells[i]; c.Err != want.err || c.Err == "" && len(c.RTT) != want.rtt {
+			t.Errorf("%s: %d round trips, err %q; want %d, %q", c.System, len(c.RTT), c.Err, want.rtt, want.err)
+		}
+	}
+	for name, s := range started {
+		if !s.closed {
+			t.Errorf("%s not closed", name)
+		}
+	}
+
+	// qm breaking fails the run.
+	opts.Systems = []string{"redis", "qm"}
+	b.startSystem = func(_ context.Context, sys string, _, _ int) (system, error) {
+		return &standIn{name: sys, log: &log, failAt: 2}, nil
+	}
+	if _, err := b.group(context.Background(), 16, 4); err == nil || !strings.Contains(err.Error(), "qm broke") {
+		t.Errorf("group with qm failing = %v", err)
+	}
+}

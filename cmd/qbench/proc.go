@@ -40,6 +40,16 @@ type procs struct {
 // to onLine (if not nil) from a goroutine that ends when the process does;
 // its stderr is kept, the last few KiB, for error messages.
 func (ps *procs) start(name string, argv []string, env []string, onLine func(string)) (*proc, error) {
+	p, _, err := ps.startCmd(name, argv, env, onLine, false)
+	return p, err
+}
+
+// startWithInput is start that also returns a pipe to the process's stdin.
+func (ps *procs) startWithInput(name string, argv []string, env []string, onLine func(string)) (*proc, io.WriteCloser, error) {
+	return ps.startCmd(name, argv, env, onLine, true)
+}
+
+func (ps *procs) startCmd(name string, argv []string, env []string, onLine func(string), input bool) (*proc, io.WriteCloser, error) {
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), env...)
 	cmd.SysProcAttr = sysProcAttr()
@@ -49,11 +59,18 @@ func (ps *procs) start(name string, argv []string, env []string, onLine func(str
 	if onLine != nil {
 		var err error
 		if out, err = cmd.StdoutPipe(); err != nil {
-			return nil, err
+			return nil, nil, err
+		}
+	}
+	var in io.WriteCloser
+	if input {
+		var err error
+		if in, err = cmd.StdinPipe(); err != nil {
+			return nil, nil, err
 		}
 	}
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", name, err)
+		return nil, nil, fmt.Errorf("start %s: %w", name, err)
 	}
 	ps.mu.Lock()
 	ps.list = append(ps.list, p)
@@ -76,7 +93,7 @@ func (ps *procs) start(name string, argv []string, env []string, onLine func(str
 		p.err = cmd.Wait()
 		close(p.done)
 	}()
-	return p, nil
+	return p, in, nil
 }
 
 // pid is the process's ID.

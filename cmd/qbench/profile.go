@@ -193,6 +193,9 @@ func newDriveCmd() *cobra.Command {
 				res.Seconds = took.Seconds()
 			}
 			if rtt > 0 {
+				if _, err := qmRoundTrips(ctx, c, rttWarmup, payload); err != nil {
+					return err
+				}
 				trips, err := qmRoundTrips(ctx, c, rtt, payload)
 				if err != nil {
 					return err

@@ -6,11 +6,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"sync"
 	"time"
 )
 
@@ -41,20 +41,37 @@ func writePyScripts(dir string) error {
 	return nil
 }
 
-// pythonCell measures the BaseManager scripts with w workers and payloads
-// of size bytes; its producer puts and gets b.opts.SlowN tasks.
-func (b *bench) pythonCell(ctx context.Context, size, w int) (cell, error) {
-	n := b.opts.SlowN
-	r := cell{N: n}
+// pythonSystem is the BaseManager manager with its workers, and the
+// producer script, which runs each measurement when told on its stdin.
+type pythonSystem struct {
+	manager  *proc
+	workers  []*proc
+	producer *proc
+	commands io.WriteCloser
+	answers  chan []byte // the producer's output lines
+}
+
+// producerTimeout bounds one command of the Python producer.
+const producerTimeout = 10 * time.Minute
+
+// startPython starts the manager, w workers and the producer, for payloads
+// of size bytes.
+func (b *bench) startPython(ctx context.Context, size, w int) (sys system, err error) {
 	py, err := exec.LookPath(b.opts.Python)
 	if err != nil {
-		return r, errNoPython
+		return nil, errNoPython
 	}
+	s := &pythonSystem{answers: make(chan []byte, 4)}
+	defer func() {
+		if err != nil {
+			s.close()
+		}
+	}()
 	env := []string{"QB_AUTHKEY=" + b.key}
 	script := func(name string) string { return filepath.Join(b.tmp, name) }
 
 	portc := make(chan int, 1)
-	manager, err := b.procs.start("python manager", []string{py, "-u", script("manager.py")}, env, func(line string) {
+	s.manager, err = b.procs.start("python manager", []string{py, "-u", script("manager.py")}, env, func(line string) {
 		if p, err := strconv.Atoi(line); err == nil {
 			select {
 			case portc <- p:
@@ -63,23 +80,20 @@ func (b *bench) pythonCell(ctx context.Context, size, w int) (cell, error) {
 		}
 	})
 	if err != nil {
-		return r, err
+		return nil, err
 	}
-	defer manager.stop()
 	var port int
 	select {
 	case port = <-portc:
-	case <-manager.done:
-		return r, manager.failure()
+	case <-s.manager.done:
+		return nil, s.manager.failure()
 	case <-time.After(10 * time.Second):
-		return r, errors.New("python manager printed no port within 10s")
+		return nil, errors.New("python manager printed no port within 10s")
 	case <-ctx.Done():
-		return r, ctx.Err()
+		return nil, ctx.Err()
 	}
 
 	ready := make(chan struct{}, w)
-	var workers []*proc
-	defer func() { stopAll(workers) }()
 	for i := range w {
 		p, err := b.procs.start("python worker "+strconv.Itoa(i), []string{py, "-u", script("worker.py"), strconv.Itoa(port)}, env,
 			func(line string) {
@@ -88,9 +102,9 @@ func (b *bench) pythonCell(ctx context.Context, size, w int) (cell, error) {
 				}
 			})
 		if err != nil {
-			return r, err
+			return nil, err
 		}
-		workers = append(workers, p)
+		s.workers = append(s.workers, p)
 	}
 	got := 0
 	err = waitFor(ctx, 20*time.Second, "python workers to connect", func() bool {
@@ -102,47 +116,94 @@ func (b *bench) pythonCell(ctx context.Context, size, w int) (cell, error) {
 				return got >= w
 			}
 		}
-	}, append(workers, manager)...)
+	}, append(s.workers, s.manager)...)
 	if err != nil {
-		return r, err
+		return nil, err
 	}
 
-	var (
-		mu  sync.Mutex
-		out []byte
-	)
-	producer, err := b.procs.start("python producer", []string{py, "-u", script("producer.py"),
-		strconv.Itoa(port), strconv.Itoa(n), strconv.Itoa(size), strconv.Itoa(b.opts.RTT)}, env,
+	s.producer, s.commands, err = b.procs.startWithInput("python producer",
+		[]string{py, "-u", script("producer.py"), strconv.Itoa(port), strconv.Itoa(size)}, env,
 		func(line string) {
-			mu.Lock()
-			out = append(out, line...)
-			mu.Unlock()
+			select {
+			case s.answers <- []byte(line):
+			default: // nobody asked (a late answer after a timeout): never block the reader
+			}
 		})
 	if err != nil {
-		return r, err
+		return nil, err
 	}
+	var hello struct {
+		Ready bool `json:"ready"`
+	}
+	if err := s.answer(ctx, 20*time.Second, &hello); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// ask sends the producer a command and decodes its answer into v.
+func (s *pythonSystem) ask(ctx context.Context, command string, v any) error {
+	if _, err := fmt.Fprintln(s.commands, command); err != nil {
+		return fmt.Errorf("python producer: %w", err)
+	}
+	return s.answer(ctx, producerTimeout, v)
+}
+
+// answer decodes the producer's next output line into v.
+func (s *pythonSystem) answer(ctx context.Context, timeout time.Duration, v any) error {
 	select {
-	case <-producer.done:
+	case line := <-s.answers:
+		if err := json.Unmarshal(line, v); err != nil {
+			return fmt.Errorf("python producer output %q: %w", line, err)
+		}
+		return nil
+	case <-s.producer.done:
+		return s.producer.failure()
+	case <-time.After(timeout):
+		return fmt.Errorf("python producer did not answer within %s", timeout)
 	case <-ctx.Done():
-		producer.stop()
-		return r, ctx.Err()
+		return ctx.Err()
 	}
-	if producer.err != nil {
-		return r, producer.failure()
-	}
+}
+
+func (s *pythonSystem) throughput(ctx context.Context, n int) (time.Duration, error) {
 	var res struct {
 		Seconds float64 `json:"seconds"`
-		RTTNs   []int64 `json:"rtt_ns"`
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if err := json.Unmarshal(out, &res); err != nil {
-		return r, fmt.Errorf("python producer output %q: %w", out, err)
+	if err := s.ask(ctx, "throughput "+strconv.Itoa(n), &res); err != nil {
+		return 0, err
 	}
-	r.Throughput = float64(n) / res.Seconds
-	for _, ns := range res.RTTNs {
-		r.RTT = append(r.RTT, time.Duration(ns))
+	return time.Duration(res.Seconds * float64(time.Second)), nil
+}
+
+func (s *pythonSystem) roundTrips(ctx context.Context, count int) ([]time.Duration, error) {
+	var res struct {
+		RTTNs []int64 `json:"rtt_ns"`
 	}
-	r.PeakRSS, _, err = memStatus(manager.pid())
-	return r, err
+	if err := s.ask(ctx, "rtt "+strconv.Itoa(count), &res); err != nil {
+		return nil, err
+	}
+	out := make([]time.Duration, len(res.RTTNs))
+	for i, ns := range res.RTTNs {
+		out[i] = time.Duration(ns)
+	}
+	return out, nil
+}
+
+func (s *pythonSystem) peakRSS() (int64, error) {
+	hwm, _, err := memStatus(s.manager.pid())
+	return hwm, err
+}
+
+func (s *pythonSystem) close() {
+	if s.commands != nil {
+		s.commands.Close() // the producer ends at the end of its input
+	}
+	if s.producer != nil {
+		s.producer.stop()
+	}
+	stopAll(s.workers)
+	if s.manager != nil {
+		s.manager.stop()
+	}
 }

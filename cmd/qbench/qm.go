@@ -97,41 +97,62 @@ func (b *bench) startQWorkers(ctx context.Context, c *wire.Client, addr string, 
 	return ps, err
 }
 
-// qmCell measures qm in mode with w workers and payloads of size bytes.
-func (b *bench) qmCell(ctx context.Context, mode qmMode, size, w int) (cell, error) {
-	r := cell{N: b.opts.N}
-	if mode.batch == 1 {
-		r.N = b.opts.SlowN
+// qmSystem is a qmaster with its qworkers and a connected producer.
+type qmSystem struct {
+	master  *proc
+	workers []*proc
+	c       *wire.Client
+	mode    qmMode
+	payload msgpack.RawMessage
+}
+
+// startQM starts a master and w workers in mode, for payloads of size bytes.
+func (b *bench) startQM(ctx context.Context, mode qmMode, size, w int) (sys system, err error) {
+	s := &qmSystem{mode: mode}
+	defer func() {
+		if err != nil {
+			s.close()
+		}
+	}()
+	if s.payload, err = qmPayload(size); err != nil {
+		return nil, err
 	}
 	master, addr, err := b.startQMaster(ctx)
 	if err != nil {
-		return r, err
+		return nil, err
 	}
-	defer master.stop()
-	c, err := b.dialQM(ctx, addr)
+	s.master = master
+	if s.c, err = b.dialQM(ctx, addr); err != nil {
+		return nil, err
+	}
+	s.workers, err = b.startQWorkers(ctx, s.c, addr, w, mode.concurrency)
 	if err != nil {
-		return r, err
+		return nil, err
 	}
-	defer c.Close()
-	workers, err := b.startQWorkers(ctx, c, addr, w, mode.concurrency)
-	defer stopAll(workers)
-	if err != nil {
-		return r, err
+	return s, nil
+}
+
+func (s *qmSystem) throughput(ctx context.Context, n int) (time.Duration, error) {
+	return qmThroughput(ctx, s.c, s.mode.batch, n, s.payload)
+}
+
+func (s *qmSystem) roundTrips(ctx context.Context, count int) ([]time.Duration, error) {
+	return qmRoundTrips(ctx, s.c, count, s.payload)
+}
+
+func (s *qmSystem) peakRSS() (int64, error) {
+	hwm, _, err := memStatus(s.master.pid())
+	return hwm, err
+}
+
+func (s *qmSystem) close() {
+	if s.c != nil {
+		s.c.Close()
 	}
-	payload, err := qmPayload(size)
-	if err != nil {
-		return r, err
+	stopAll(s.workers)
+	if s.master != nil {
+		s.master.stop()
 	}
-	took, err := qmThroughput(ctx, c, mode.batch, r.N, payload)
-	if err != nil {
-		return r, err
-	}
-	r.Throughput = float64(r.N) / took.Seconds()
-	if r.RTT, err = qmRoundTrips(ctx, c, b.opts.RTT, payload); err != nil {
-		return r, err
-	}
-	r.PeakRSS, _, err = memStatus(master.pid())
-	return r, err
 }
 
 // qmPayload is a msgpack byte string of size bytes.
@@ -199,7 +220,7 @@ const rttWarmup = 100
 func qmRoundTrips(ctx context.Context, c *wire.Client, count int, payload msgpack.RawMessage) ([]time.Duration, error) {
 	items := []msgpack.RawMessage{payload}
 	out := make([]time.Duration, 0, count)
-	for i := range rttWarmup + count {
+	for range count {
 		start := time.Now()
 		_, ts, putErr, err := c.PutThenGet(ctx, qmTasks, items, wire.PutOptions{ReplyTo: qmResults},
 			qmResults, wire.GetOptions{Max: 1, Timeout: 10 * time.Second, NoAck: true})
@@ -212,9 +233,7 @@ func qmRoundTrips(ctx context.Context, c *wire.Client, count int, payload msgpac
 		if len(ts) != 1 {
 			return nil, errors.New("no result within 10s")
 		}
-		if i >= rttWarmup {
-			out = append(out, time.Since(start))
-		}
+		out = append(out, time.Since(start))
 	}
 	return out, nil
 }

@@ -97,32 +97,57 @@ func (b *bench) startRedisWorkers(ctx context.Context, addr string, w int) ([]*p
 	return ps, err
 }
 
-// redisCell measures Redis lists with w workers and payloads of size bytes.
-func (b *bench) redisCell(ctx context.Context, size, w int) (cell, error) {
-	r := cell{N: b.opts.N}
+// redisSystem is a redis-server with its workers and a connected producer.
+type redisSystem struct {
+	server  *proc
+	workers []*proc
+	rdb     *redis.Client
+	batch   int
+	payload []byte
+}
+
+// startRedisSystem starts redis-server and w workers, for payloads of size
+// bytes.
+func (b *bench) startRedisSystem(ctx context.Context, size, w int) (sys system, err error) {
+	s := &redisSystem{batch: b.opts.QMBatch, payload: bytes.Repeat([]byte{'x'}, size)}
+	defer func() {
+		if err != nil {
+			s.close()
+		}
+	}()
 	server, addr, err := b.startRedis(ctx)
 	if err != nil {
-		return r, err
+		return nil, err
 	}
-	defer server.stop()
-	workers, err := b.startRedisWorkers(ctx, addr, w)
-	defer stopAll(workers)
-	if err != nil {
-		return r, err
+	s.server = server
+	if s.workers, err = b.startRedisWorkers(ctx, addr, w); err != nil {
+		return nil, err
 	}
-	rdb := redis.NewClient(&redis.Options{Addr: addr, PoolSize: 4})
-	defer rdb.Close()
-	payload := bytes.Repeat([]byte{'x'}, size)
-	took, err := redisThroughput(ctx, rdb, b.opts.QMBatch, b.opts.N, payload)
-	if err != nil {
-		return r, err
+	s.rdb = redis.NewClient(&redis.Options{Addr: addr, PoolSize: 4})
+	return s, nil
+}
+
+func (s *redisSystem) throughput(ctx context.Context, n int) (time.Duration, error) {
+	return redisThroughput(ctx, s.rdb, s.batch, n, s.payload)
+}
+
+func (s *redisSystem) roundTrips(ctx context.Context, count int) ([]time.Duration, error) {
+	return redisRoundTrips(ctx, s.rdb, count, s.payload)
+}
+
+func (s *redisSystem) peakRSS() (int64, error) {
+	hwm, _, err := memStatus(s.server.pid())
+	return hwm, err
+}
+
+func (s *redisSystem) close() {
+	if s.rdb != nil {
+		s.rdb.Close()
 	}
-	r.Throughput = float64(b.opts.N) / took.Seconds()
-	if r.RTT, err = redisRoundTrips(ctx, rdb, b.opts.RTT, payload); err != nil {
-		return r, err
+	stopAll(s.workers)
+	if s.server != nil {
+		s.server.stop()
 	}
-	r.PeakRSS, _, err = memStatus(server.pid())
-	return r, err
 }
 
 // redisTask is a task as the Redis runs carry it: an 8-byte ID, then the payload.
@@ -179,7 +204,7 @@ func redisThroughput(ctx context.Context, rdb *redis.Client, batch, n int, paylo
 // redisRoundTrips pushes one task and pops its result, count times.
 func redisRoundTrips(ctx context.Context, rdb *redis.Client, count int, payload []byte) ([]time.Duration, error) {
 	out := make([]time.Duration, 0, count)
-	for i := range rttWarmup + count {
+	for i := range count {
 		start := time.Now()
 		if err := rdb.LPush(ctx, redisTasks, redisTask(i, payload)).Err(); err != nil {
 			return nil, fmt.Errorf("lpush: %w", err)
@@ -187,9 +212,7 @@ func redisRoundTrips(ctx context.Context, rdb *redis.Client, count int, payload 
 		if err := rdb.BRPop(ctx, 10*time.Second, redisResults).Err(); err != nil {
 			return nil, fmt.Errorf("brpop result: %w", err)
 		}
-		if i >= rttWarmup {
-			out = append(out, time.Since(start))
-		}
+		out = append(out, time.Since(start))
 	}
 	return out, nil
 }

@@ -119,7 +119,7 @@ func (r *report) markdown() string {
 	fmt.Fprintf(&b, "- Redis lists: LPUSH of %d values per command, results by RPOP count / BRPOP; workers BRPOP then LPUSH, one task at a time.\n", o.QMBatch)
 	fmt.Fprintf(&b, "- Python BaseManager: queue.Queue proxies, one put or get per call.\n")
 	fmt.Fprintf(&b, "- Tasks per throughput measurement: %d for the batched runs, %d for qm 1 request/op and Python.\n", o.N, o.SlowN)
-	fmt.Fprintf(&b, "- Round trip: put one task, wait for its result (qm: put and get in one call, PutThenGet); %d times after 100 unmeasured. Peak RSS: the master's (redis-server's, the manager's) VmHWM.\n\n", o.RTT)
+	fmt.Fprintf(&b, "- Round trip: put one task, wait for its result (qm: put and get in one call, PutThenGet); %d times after %d unmeasured. The systems of a row group run side by side and take %d turns at it, %d round trips a turn, so that a change in the machine's load falls on all of them. Peak RSS: the master's (redis-server's, the manager's) VmHWM.\n\n", o.RTT, rttWarmup, rttRounds, o.RTT/rttRounds)
 
 	b.WriteString("| system | payload | workers | tasks | tasks/s | RTT p50 | RTT p99 | master peak RSS |\n")
 	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|\n")

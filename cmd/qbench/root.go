@@ -51,6 +51,11 @@ round trip of a single task put alone and waited for (--rtt of them); and
 the master's peak resident set (VmHWM). Then, separately, the resident set
 of a master holding --mem-n ready 16-byte tasks and no worker.
 
+The systems at one payload size and worker count run side by side: each
+measures its throughput in turn, then they take 10 turns at the round
+trips, so that a change in the machine's load (other tenants of a VM)
+falls on all of them alike.
+
 Systems (--systems):
   qm       bin/qmaster and bin/qworker --builtin echo; the producer puts
            --qm-batch tasks per call and gets results as many per call;
@@ -130,12 +135,15 @@ func (o *options) validate() error {
 
 // bench is one run: its options and every process it started.
 type bench struct {
-	opts  *options
-	procs procs
-	key   string // authkey of the masters it starts
-	self  string // this executable, for the worker-redis mode
-	tmp   string // scratch directory, for the Python scripts
-	log   io.Writer
+	// startSystem starts a system under test: b.start, or a stand-in in
+	// tests of the bench's own logic.
+	startSystem func(ctx context.Context, sys string, size, w int) (system, error)
+	opts        *options
+	procs       procs
+	key         string // authkey of the masters it starts
+	self        string // this executable, for the worker-redis mode
+	tmp         string // scratch directory, for the Python scripts
+	log         io.Writer
 }
 
 // run measures every cell and prints (and writes) the report. Whatever
@@ -150,27 +158,14 @@ func run(ctx context.Context, opts *options, stdout, stderr io.Writer) error {
 	rep.describeMachine(opts)
 	for _, size := range opts.Sizes {
 		for _, w := range opts.Workers {
-			for _, sys := range opts.Systems {
-				if ctx.Err() != nil {
-					return ctx.Err()
-				}
-				start := time.Now()
-				fmt.Fprintf(stderr, "qbench: %s S=%d W=%d ... ", sys, size, w)
-				c, err := b.cell(ctx, sys, size, w)
-				c.System, c.Size, c.Workers = sys, size, w
-				if err != nil {
-					if ctx.Err() != nil {
-						return ctx.Err()
-					}
-					c.Err = err.Error()
-					if !isSkip(err) && sys != "python" && sys != "redis" {
-						fmt.Fprintf(stderr, "failed: %v\n", err)
-						return fmt.Errorf("%s S=%d W=%d: %w", sys, size, w, err)
-					}
-				}
-				fmt.Fprintf(stderr, "%s (%.1fs)\n", c.summary(), time.Since(start).Seconds())
-				rep.Cells = append(rep.Cells, c)
+			if ctx.Err() != nil {
+				return ctx.Err()
 			}
+			cells, err := b.group(ctx, size, w)
+			if err != nil {
+				return err
+			}
+			rep.Cells = append(rep.Cells, cells...)
 		}
 	}
 	if opts.MemN > 0 {
@@ -220,6 +215,7 @@ func newBench(opts *options, log io.Writer) (*bench, error) {
 		return nil, err
 	}
 	b := &bench{opts: opts, key: hex.EncodeToString(k[:]), self: self, tmp: tmp, log: log}
+	b.startSystem = b.start
 	if slices.Contains(opts.Systems, "python") {
 		if err := writePyScripts(tmp); err != nil {
 			b.close()
@@ -234,21 +230,6 @@ func newBench(opts *options, log io.Writer) (*bench, error) {
 func (b *bench) close() {
 	b.procs.stopAll()
 	os.RemoveAll(b.tmp)
-}
-
-// cell measures one system at one payload size and worker count.
-func (b *bench) cell(ctx context.Context, sys string, size, w int) (cell, error) {
-	switch sys {
-	case "qm":
-		return b.qmCell(ctx, qmMode{batch: b.opts.QMBatch, concurrency: b.opts.QMConcurrency}, size, w)
-	case "qm-1req":
-		return b.qmCell(ctx, qmMode{batch: 1, concurrency: 1}, size, w)
-	case "redis":
-		return b.redisCell(ctx, size, w)
-	case "python":
-		return b.pythonCell(ctx, size, w)
-	}
-	return cell{}, fmt.Errorf("unknown system %q", sys)
 }
 
 func isSkip(err error) bool {

@@ -1,0 +1,152 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// system is one system under test at one payload size and worker count:
+// its server and workers running, a producer connected.
+type system interface {
+	// throughput puts n tasks through and collects their results.
+	throughput(ctx context.Context, n int) (time.Duration, error)
+	// roundTrips puts one task and waits for its result, count times.
+	roundTrips(ctx context.Context, count int) ([]time.Duration, error)
+	// peakRSS is the server's peak resident set so far.
+	peakRSS() (int64, error)
+	// close stops what the system started.
+	close()
+}
+
+// rttRounds is how many turns the systems of a group take at the round
+// trips: each measures a share of --rtt per turn, so that the machine's
+// changing load (other tenants of a VM, for one) falls on all of them
+// alike rather than on whichever ran in a bad minute.
+const rttRounds = 10
+
+// start starts sys at payload size with w workers.
+func (b *bench) start(ctx context.Context, sys string, size, w int) (system, error) {
+	switch sys {
+	case "qm":
+		return b.startQM(ctx, qmMode{batch: b.opts.QMBatch, concurrency: b.opts.QMConcurrency}, size, w)
+	case "qm-1req":
+		return b.startQM(ctx, qmMode{batch: 1, concurrency: 1}, size, w)
+	case "redis":
+		return b.startRedisSystem(ctx, size, w)
+	case "python":
+		return b.startPython(ctx, size, w)
+	}
+	return nil, fmt.Errorf("unknown system %q", sys)
+}
+
+// tasksFor is how many tasks a throughput measurement of sys puts.
+func (b *bench) tasksFor(sys string) int {
+	if sys == "qm-1req" || sys == "python" {
+		return b.opts.SlowN
+	}
+	return b.opts.N
+}
+
+// optional reports whether sys may be missing or fail without failing the
+// run: the baselines; qm failing is a bug.
+func optional(sys string) bool { return sys == "redis" || sys == "python" }
+
+// group measures every system at one payload size and worker count: each
+// starts and measures its throughput in turn, then they take turns at the
+// round trips (rttRounds turns), then they stop. A baseline that fails
+// gets a row saying why; a qm failure fails the run.
+func (b *bench) group(ctx context.Context, size, w int) ([]cell, error) {
+	cells := make([]cell, len(b.opts.Systems))
+	running := make([]system, len(b.opts.Systems))
+	defer func() {
+		for _, s := range running {
+			if s != nil {
+				s.close()
+			}
+		}
+	}()
+	// fail records err for system i: the run goes on without a baseline,
+	// and stops for qm.
+	fail := func(i int, err error) error {
+		if running[i] != nil {
+			running[i].close()
+			running[i] = nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		cells[i].Err = err.Error()
+		if isSkip(err) || optional(cells[i].System) {
+			return nil
+		}
+		return fmt.Errorf("%s S=%d W=%d: %w", cells[i].System, size, w, err)
+	}
+
+	for i, sys := range b.opts.Systems {
+		cells[i] = cell{System: sys, Size: size, Workers: w, N: b.tasksFor(sys)}
+		start := time.Now()
+		fmt.Fprintf(b.log, "qbench: %s S=%d W=%d throughput ... ", sys, size, w)
+		s, err := b.startSystem(ctx, sys, size, w)
+		var took time.Duration
+		if err == nil {
+			running[i] = s
+			took, err = s.throughput(ctx, cells[i].N)
+		}
+		if err != nil {
+			fmt.Fprintf(b.log, "%v\n", err)
+			if err := fail(i, err); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		cells[i].Throughput = float64(cells[i].N) / took.Seconds()
+		fmt.Fprintf(b.log, "%.0f tasks/s (%.1fs)\n", cells[i].Throughput, time.Since(start).Seconds())
+	}
+
+	fmt.Fprintf(b.log, "qbench: S=%d W=%d round trips, %d turns ...\n", size, w, rttRounds)
+	for i, s := range running {
+		if s == nil {
+			continue
+		}
+		if _, err := s.roundTrips(ctx, rttWarmup); err != nil {
+			if err := fail(i, err); err != nil {
+				return nil, err
+			}
+		}
+	}
+	for turn := range rttRounds {
+		count := b.opts.RTT*(turn+1)/rttRounds - b.opts.RTT*turn/rttRounds
+		for k := range running {
+			// Each turn starts with the next system, so none always goes
+			// first after another's.
+			i := (k + turn) % len(running)
+			if running[i] == nil || count == 0 {
+				continue
+			}
+			trips, err := running[i].roundTrips(ctx, count)
+			if err != nil {
+				if err := fail(i, err); err != nil {
+					return nil, err
+				}
+				continue
+			}
+			cells[i].RTT = append(cells[i].RTT, trips...)
+		}
+	}
+	for i, s := range running {
+		if s == nil {
+			continue
+		}
+		rss, err := s.peakRSS()
+		if err != nil {
+			if err := fail(i, err); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		cells[i].PeakRSS = rss
+		fmt.Fprintf(b.log, "qbench: %s S=%d W=%d: %s\n", cells[i].System, size, w, cells[i].summary())
+	}
+	return cells, nil
+}
