@@ -43,6 +43,7 @@ type session struct {
 type lease struct {
 	s          *session
 	id         uint64
+	received   time.Time     // when the worker took the task
 	length     time.Duration // as granted by the master
 	renewed    time.Time     // when the last grant or renewal was asked for
 	completing bool          // its completion is on the way; losing it now is no news
@@ -129,7 +130,7 @@ func (s *session) close() {
 // context. The lease counts from now, a little after the master granted
 // it, which the renewal margin covers.
 func (s *session) track(t Task, now time.Time) *lease {
-	l := &lease{s: s, id: t.ID, length: t.Lease, renewed: now}
+	l := &lease{s: s, id: t.ID, received: now, length: t.Lease, renewed: now}
 	s.mu.Lock()
 	s.leases[t.ID] = l
 	early := l.length > 0 && l.renewed.Add(l.length/3).Before(s.wakeAt)

@@ -110,6 +110,37 @@ func TestConcurrencyBoundsRunningAndLeased(t *testing.T) {
 	}
 }
 
+// Tasks taken in one get all run at once when their handlers block: a
+// blocked handler holds up none of the others, up to Concurrency.
+func TestBlockedHandlersHoldUpNoOther(t *testing.T) {
+	addr, _ := qmtest.StartMaster(t, master.Config{})
+	c := qmtest.Dial(t, addr, "producer")
+	const conc = 8
+	put(t, c, "tasks", ints(0, conc), wire.PutOptions{})
+
+	var started sync.WaitGroup
+	started.Add(conc)
+	all := make(chan struct{})
+	go func() { started.Wait(); close(all) }()
+	h := func(ctx context.Context, task worker.Task) (any, error) {
+		started.Done()
+		select {
+		case <-all:
+			return "ok", nil
+		case <-time.After(5 * time.Second):
+			return nil, errors.New("the other tasks did not start within 5s")
+		}
+	}
+	cfg := testConfig(t, addr, h)
+	cfg.Concurrency = conc
+	startWorker(t, cfg)
+	for _, r := range results(t, c, "results", conc, 20*time.Second) {
+		if r.Error != "" {
+			t.Errorf("task %d: %s", r.TaskID, r.Error)
+		}
+	}
+}
+
 func TestHandlerErrorIsRetried(t *testing.T) {
 	addr, _ := qmtest.StartMaster(t, master.Config{MaxAttempts: 3})
 	c := qmtest.Dial(t, addr, "producer")
