@@ -1,7 +1,10 @@
 package wire
 
 import (
+	"bytes"
+	"math"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -128,4 +131,49 @@ func (r *rwBuffer) Read(p []byte) (int, error) {
 	n := copy(p, r.b)
 	r.b = r.b[n:]
 	return n, nil
+}
+
+// plainWriter is a writer that is not a *bytes.Buffer, so that Task's
+// encoder takes its field-by-field path.
+type plainWriter struct{ b []byte }
+
+func (w *plainWriter) Write(p []byte) (int, error) { w.b = append(w.b, p...); return len(p), nil }
+func (w *plainWriter) WriteByte(c byte) error      { w.b = append(w.b, c); return nil }
+
+// appendTask writes the very bytes of the field-by-field encoder, at the
+// boundaries of every msgpack form it chooses between.
+func TestAppendTaskMatchesFieldWriter(t *testing.T) {
+	long := func(n int) string { return strings.Repeat("q", n) }
+	var tasks []Task
+	for _, id := range []uint64{0, 0x7f, 0x80, 0xff, 0x100, 0xffff, 0x10000, 0xffffffff, 0x100000000, math.MaxUint64} {
+		tasks = append(tasks, Task{ID: id, Queue: "tasks", Payload: msgpack.RawMessage{0x01}, Attempt: 1, Enqueued: time.Unix(1764000000, 0)})
+	}
+	for _, attempt := range []int{0, 1, 0x7f, 0x80, 0x10000, math.MaxInt32 + 1} {
+		tasks = append(tasks, Task{ID: 1, Queue: "q", Attempt: attempt})
+	}
+	for _, n := range []int{0, 31, 32, 255, 256, 65535, 65536} {
+		tasks = append(tasks, Task{ID: 2, Queue: long(n), ReplyTo: long(n), LastError: long(n), Payload: msgpack.RawMessage{0xc3}})
+	}
+	for _, at := range []time.Time{{}, time.Unix(0, 0), time.Unix(1, 1), time.Unix(1<<32-1, 0), time.Unix(1<<32, 0),
+		time.Unix(1<<34-1, 999999999), time.Unix(1<<34, 0), time.Unix(-1, 5), time.Now()} {
+		tasks = append(tasks, Task{ID: 3, Queue: "q", Enqueued: at})
+	}
+	for _, task := range tasks {
+		var fields plainWriter
+		if err := msgpack.NewEncoder(&fields).Encode(task); err != nil {
+			t.Fatal(err)
+		}
+		var buf bytes.Buffer
+		if err := msgpack.NewEncoder(&buf).Encode(task); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(buf.Bytes(), fields.b) {
+			t.Errorf("task %+v:\nappended % x\nfields   % x", task, buf.Bytes(), fields.b)
+		}
+		var back Task
+		if err := msgpack.Unmarshal(buf.Bytes(), &back); err != nil || back.ID != task.ID || back.Attempt != task.Attempt ||
+			!back.Enqueued.Equal(task.Enqueued) || back.Queue != task.Queue {
+			t.Errorf("task %+v decoded as %+v, %v", task, back, err)
+		}
+	}
 }
