@@ -44,11 +44,10 @@ func writePyScripts(dir string) error {
 // pythonSystem is the BaseManager manager with its workers, and the
 // producer script, which runs each measurement when told on its stdin.
 type pythonSystem struct {
-	manager  *proc
-	workers  []*proc
-	producer *proc
-	commands io.WriteCloser
-	answers  chan []byte // the producer's output lines
+	processes // the manager is the server
+	producer  *proc
+	commands  io.WriteCloser
+	answers   chan []byte // the producer's output lines
 }
 
 // producerTimeout bounds one command of the Python producer.
@@ -71,7 +70,7 @@ func (b *bench) startPython(ctx context.Context, size, w int) (sys system, err e
 	script := func(name string) string { return filepath.Join(b.tmp, name) }
 
 	portc := make(chan int, 1)
-	s.manager, err = b.procs.start("python manager", []string{py, "-u", script("manager.py")}, env, func(line string) {
+	s.server, err = b.procs.start("python manager", []string{py, "-u", script("manager.py")}, env, func(line string) {
 		if p, err := strconv.Atoi(line); err == nil {
 			select {
 			case portc <- p:
@@ -85,8 +84,8 @@ func (b *bench) startPython(ctx context.Context, size, w int) (sys system, err e
 	var port int
 	select {
 	case port = <-portc:
-	case <-s.manager.done:
-		return nil, s.manager.failure()
+	case <-s.server.done:
+		return nil, s.server.failure()
 	case <-time.After(10 * time.Second):
 		return nil, errors.New("python manager printed no port within 10s")
 	case <-ctx.Done():
@@ -116,7 +115,7 @@ func (b *bench) startPython(ctx context.Context, size, w int) (sys system, err e
 				return got >= w
 			}
 		}
-	}, append(s.workers, s.manager)...)
+	}, append(s.workers, s.server)...)
 	if err != nil {
 		return nil, err
 	}
@@ -190,11 +189,6 @@ func (s *pythonSystem) roundTrips(ctx context.Context, count int) ([]time.Durati
 	return out, nil
 }
 
-func (s *pythonSystem) peakRSS() (int64, error) {
-	hwm, _, err := memStatus(s.manager.pid())
-	return hwm, err
-}
-
 func (s *pythonSystem) close() {
 	if s.commands != nil {
 		s.commands.Close() // the producer ends at the end of its input
@@ -202,8 +196,5 @@ func (s *pythonSystem) close() {
 	if s.producer != nil {
 		s.producer.stop()
 	}
-	stopAll(s.workers)
-	if s.manager != nil {
-		s.manager.stop()
-	}
+	s.stop()
 }

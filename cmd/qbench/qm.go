@@ -99,8 +99,7 @@ func (b *bench) startQWorkers(ctx context.Context, c *wire.Client, addr string, 
 
 // qmSystem is a qmaster with its qworkers and a connected producer.
 type qmSystem struct {
-	master  *proc
-	workers []*proc
+	processes
 	c       *wire.Client
 	mode    qmMode
 	payload msgpack.RawMessage
@@ -121,7 +120,7 @@ func (b *bench) startQM(ctx context.Context, mode qmMode, size, w int) (sys syst
 	if err != nil {
 		return nil, err
 	}
-	s.master = master
+	s.server = master
 	if s.c, err = b.dialQM(ctx, addr); err != nil {
 		return nil, err
 	}
@@ -140,19 +139,11 @@ func (s *qmSystem) roundTrips(ctx context.Context, count int) ([]time.Duration, 
 	return qmRoundTrips(ctx, s.c, count, s.payload)
 }
 
-func (s *qmSystem) peakRSS() (int64, error) {
-	hwm, _, err := memStatus(s.master.pid())
-	return hwm, err
-}
-
 func (s *qmSystem) close() {
 	if s.c != nil {
 		s.c.Close()
 	}
-	stopAll(s.workers)
-	if s.master != nil {
-		s.master.stop()
-	}
+	s.stop()
 }
 
 // qmPayload is a msgpack byte string of size bytes.

@@ -99,8 +99,7 @@ func (b *bench) startRedisWorkers(ctx context.Context, addr string, w int) ([]*p
 
 // redisSystem is a redis-server with its workers and a connected producer.
 type redisSystem struct {
-	server  *proc
-	workers []*proc
+	processes
 	rdb     *redis.Client
 	batch   int
 	payload []byte
@@ -135,19 +134,11 @@ func (s *redisSystem) roundTrips(ctx context.Context, count int) ([]time.Duratio
 	return redisRoundTrips(ctx, s.rdb, count, s.payload)
 }
 
-func (s *redisSystem) peakRSS() (int64, error) {
-	hwm, _, err := memStatus(s.server.pid())
-	return hwm, err
-}
-
 func (s *redisSystem) close() {
 	if s.rdb != nil {
 		s.rdb.Close()
 	}
-	stopAll(s.workers)
-	if s.server != nil {
-		s.server.stop()
-	}
+	s.stop()
 }
 
 // redisTask is a task as the Redis runs carry it: an 8-byte ID, then the payload.

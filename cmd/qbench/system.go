@@ -19,6 +19,26 @@ type system interface {
 	close()
 }
 
+// processes are a system's server and workers.
+type processes struct {
+	server  *proc
+	workers []*proc
+}
+
+// peakRSS is the server's peak resident set so far.
+func (p *processes) peakRSS() (int64, error) {
+	hwm, _, err := memStatus(p.server.pid())
+	return hwm, err
+}
+
+// stop stops the workers, then the server.
+func (p *processes) stop() {
+	stopAll(p.workers)
+	if p.server != nil {
+		p.server.stop()
+	}
+}
+
 // rttRounds is how many turns the systems of a group take at the round
 // trips: each measures a share of --rtt per turn, so that the machine's
 // changing load (other tenants of a VM, for one) falls on all of them
