@@ -156,6 +156,36 @@ func TestCloseUnblocksRead(t *testing.T) {
 	}
 }
 
+// A write stuck on a peer that reads nothing ends at its deadline, and
+// another ends when the conn is closed.
+func TestBlockedWriteEnds(t *testing.T) {
+	big := make([]byte, 64<<20) // far more than the socket buffers hold
+
+	c, _ := pair(t)
+	c.SetWriteDeadline(time.Now().Add(50 * time.Millisecond))
+	n, err := c.Write(big)
+	if !errors.Is(err, os.ErrDeadlineExceeded) || n >= len(big) {
+		t.Errorf("write past the deadline = %d, %v; want part of it and a timeout", n, err)
+	}
+
+	c, _ = pair(t)
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Write(big)
+		done <- err
+	}()
+	time.Sleep(20 * time.Millisecond) // most likely parked by now; Close ends it either way
+	c.Close()
+	select {
+	case err := <-done:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Errorf("write on a closed conn = %v; want net.ErrClosed", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close did not end the write")
+	}
+}
+
 func TestWriteToResetPeer(t *testing.T) {
 	c, peer := pair(t)
 	peer.(*net.TCPConn).SetLinger(0) // close with a reset
