@@ -4,12 +4,13 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"syscall"
 	"unsafe"
 )
 
-// conn reads and writes a TCP socket with raw system calls, bypassing the
-// runtime's syscall bookkeeping. The socket is non-blocking, so a call
+// rawConn reads and writes a TCP socket with raw system calls, bypassing
+// the runtime's syscall bookkeeping. The socket is non-blocking, so a call
 // never blocks: when it would, the callback reports false and the runtime
 // parks the goroutine on its network poller, as for any net.Conn.
 //
@@ -17,19 +18,22 @@ import (
 // first one after the process went idle wakes the sysmon thread from its
 // deep sleep. On a queue serving one message at a time that is a second
 // thread woken, usually on the other CPU, for every message, besides the
-// one the network woke (docs/PERFORMANCE.md, "Round trip"). A raw call
+// one the network woke (docs/PERFORMANCE.md, "Why raw calls"). A raw call
 // keeps the P and wakes nobody.
 type rawConn struct {
 	*net.TCPConn
 	raw syscall.RawConn
 
-	// Read state: one reader at a time, as for any net.Conn.
+	// Read state, under rmu: like any net.Conn, it may be used by several
+	// goroutines at once.
+	rmu    sync.Mutex
 	rbuf   []byte
 	rn     int
 	rerr   error
 	readFn func(fd uintptr) bool
 
-	// Write state: one writer at a time.
+	// Write state, under wmu.
+	wmu     sync.Mutex
 	wiov    [2]syscall.Iovec
 	wvecs   []syscall.Iovec // the unwritten part of wiov
 	wleft   int
@@ -59,6 +63,8 @@ func (s *rawConn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
+	s.rmu.Lock()
+	defer s.rmu.Unlock()
 	s.rbuf, s.rn, s.rerr = p, 0, nil
 	err := s.raw.Read(s.readFn)
 	s.rbuf = nil
@@ -99,6 +105,8 @@ func (s *rawConn) Write(p []byte) (int, error) {
 
 // WritePair writes a and then b, in one system call where it can.
 func (s *rawConn) WritePair(a, b []byte) (int, error) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
 	s.wvecs = s.wiov[:0]
 	for _, p := range [2][]byte{a, b} {
 		if len(p) > 0 {

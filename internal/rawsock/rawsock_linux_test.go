@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -154,6 +155,37 @@ func TestCloseUnblocksRead(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Close did not wake the read")
 	}
+}
+
+// Like any net.Conn, a wrapped one may be written by several goroutines
+// at once; each write goes out whole.
+func TestConcurrentWrites(t *testing.T) {
+	c, peer := pair(t)
+	const writers, writes, size = 4, 500, 100
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			msg := bytes.Repeat([]byte{byte('a' + w)}, size)
+			for range writes {
+				if _, err := c.Write(msg); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	buf := make([]byte, size)
+	for i := range writers * writes {
+		if _, err := io.ReadFull(peer, buf); err != nil {
+			t.Fatalf("read %d: %v", i, err)
+		}
+		if bytes.Count(buf, buf[:1]) != size {
+			t.Fatalf("message %d is a mix of writes: %q", i, buf)
+		}
+	}
+	wg.Wait()
 }
 
 // A write stuck on a peer that reads nothing ends at its deadline, and
