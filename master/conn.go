@@ -205,9 +205,9 @@ func (c *clientConn) refuseStream(stream *yamux.Stream) {
 func (c *clientConn) serveStream(stream *yamux.Stream) {
 	defer stream.Close()
 	codec := wire.NewCodec(stream, c.s.cfg.MaxMessageSize)
-	// The tasks of get responses (of a request and of its Then), in
-	// buffers reused from call to call on this stream.
-	var bufs [2]getBuffers
+	// What gets and completes (of a request and of its Then) are built
+	// from, in buffers reused from call to call on this stream.
+	var bufs [2]callBuffers
 	for {
 		var req wire.Request
 		err := codec.Read(&req)

@@ -13,10 +13,18 @@ import (
 // defaultPeek is how many tasks a peek shows when it names no count.
 const defaultPeek = 10
 
-// getBuffers hold a get's tasks; a stream reuses them from call to call.
-type getBuffers struct {
-	taken []queue.Task
-	tasks []wire.Task // what the response carries
+// callBuffers hold what a get or a complete is built from; a stream
+// reuses them from call to call instead of allocating them for each.
+type callBuffers struct {
+	taken []queue.Task // a get's tasks
+	tasks []wire.Task  // what a get's response carries
+
+	// A complete's acks, and the results it publishes for them.
+	ids     []uint64
+	values  [][]byte // values[i] is the result of ids[i]
+	acked   []queue.Task
+	results []wire.Result
+	dests   []string // dests[i] is the queue of results[i]
 }
 
 // maxReusedTasks bounds the buffers a stream keeps between calls.
@@ -24,18 +32,23 @@ const maxReusedTasks = 4096
 
 // reset readies b for the next call: it drops the payloads the buffers
 // point to, and buffers grown too large.
-func (b *getBuffers) reset() {
+func (b *callBuffers) reset() {
 	clear(b.taken)
 	clear(b.tasks)
-	b.taken, b.tasks = b.taken[:0], b.tasks[:0]
-	if cap(b.taken) > maxReusedTasks || cap(b.tasks) > maxReusedTasks {
-		*b = getBuffers{}
+	clear(b.values)
+	clear(b.acked)
+	clear(b.results)
+	clear(b.dests)
+	*b = callBuffers{taken: b.taken[:0], tasks: b.tasks[:0], ids: b.ids[:0], values: b.values[:0],
+		acked: b.acked[:0], results: b.results[:0], dests: b.dests[:0]}
+	if max(cap(b.taken), cap(b.tasks), cap(b.ids), cap(b.acked), cap(b.results)) > maxReusedTasks {
+		*b = callBuffers{}
 	}
 }
 
 // handle runs one request and returns its response. A get's tasks are
 // kept in buf, which the caller resets once the response is written.
-func (c *clientConn) handle(req *wire.Request, buf *getBuffers) *wire.Response {
+func (c *clientConn) handle(req *wire.Request, buf *callBuffers) *wire.Response {
 	if c.s.isClosing() && req.Op != wire.OpAck && req.Op != wire.OpComplete && req.Op != wire.OpNack {
 		// Acks still count during shutdown: they finish work already done.
 		return errorResponse(wire.ErrShuttingDown)
@@ -66,7 +79,7 @@ func (c *clientConn) handle(req *wire.Request, buf *getBuffers) *wire.Response {
 	case wire.OpExtend:
 		err = q.Extend(req.Queue, c.id, req.IDs, req.Lease)
 	case wire.OpComplete:
-		err = c.complete(req)
+		err = c.complete(req, buf)
 	case wire.OpStats:
 		resp.Stats, err = c.stats(req.Queue)
 	case wire.OpPeek:
@@ -129,7 +142,7 @@ func (s *Server) checkMemory() error {
 	return err
 }
 
-func (c *clientConn) get(req *wire.Request, buf *getBuffers) ([]wire.Task, error) {
+func (c *clientConn) get(req *wire.Request, buf *callBuffers) ([]wire.Task, error) {
 	if req.Max < 0 || req.Lease < 0 {
 		return nil, fmt.Errorf("%w: negative max or lease", wire.ErrBadRequest)
 	}
@@ -164,7 +177,7 @@ func (c *clientConn) waitCtx(timeout time.Duration) (context.Context, context.Ca
 // succeeds, so a task whose lease ran out and went to another worker gets
 // one result, not two; and it is stored before the ack is, so a crash of
 // the master between the two never leaves an acked task without one.
-func (c *clientConn) complete(req *wire.Request) error {
+func (c *clientConn) complete(req *wire.Request, buf *callBuffers) error {
 	q := c.s.queues
 	if req.ResultQueue != "" {
 		// Store only a change: a store allocates even when the value is the same.
@@ -173,8 +186,7 @@ func (c *clientConn) complete(req *wire.Request) error {
 		}
 	}
 	var errs []error
-	ids := make([]uint64, 0, len(req.Results))
-	values := make([][]byte, 0, len(req.Results)) // values[i] is the result of ids[i]
+	ids, values := buf.ids[:0], buf.values[:0]
 	for _, r := range req.Results {
 		if r.Error != "" {
 			if err := q.Nack(req.Queue, c.id, r.ID, r.Error); err != nil {
@@ -185,10 +197,10 @@ func (c *clientConn) complete(req *wire.Request) error {
 		ids = append(ids, r.ID)
 		values = append(values, r.Value)
 	}
+	buf.ids, buf.values = ids, values
 	worker := c.workerName()
-	_, err := q.AckThen(req.Queue, c.id, ids, func(acked []queue.Task) {
-		results := make([]wire.Result, 0, len(acked))
-		dests := make([]string, 0, len(acked))
+	acked, err := q.AckThenInto(buf.acked, req.Queue, c.id, ids, func(acked []queue.Task) {
+		results, dests := buf.results[:0], buf.dests[:0]
 		i := 0 // acked is ids in order, less those not acked
 		for _, t := range acked {
 			for ids[i] != t.ID {
@@ -206,8 +218,12 @@ func (c *clientConn) complete(req *wire.Request) error {
 			results = append(results, wire.Result{TaskID: t.ID, Worker: worker, Attempt: t.Attempts, Value: value})
 			dests = append(dests, dest)
 		}
-		c.s.publish(dests, results)
+		buf.results, buf.dests = results, dests
+		c.s.publish(dests, results) // returns once they are in their queues
 	})
+	if acked != nil {
+		buf.acked = acked
+	}
 	if err != nil {
 		errs = append(errs, err)
 	}

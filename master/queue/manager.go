@@ -492,6 +492,13 @@ func (m *Manager) Ack(name string, owner uint64, ids []uint64) ([]Task, error) {
 // come twice), never an acked task whose result is lost. The tasks, given
 // to publish and returned, are in the order of ids.
 func (m *Manager) AckThen(name string, owner uint64, ids []uint64, publish func([]Task)) ([]Task, error) {
+	return m.AckThenInto(nil, name, owner, ids, publish)
+}
+
+// AckThenInto is AckThen that returns the acked tasks in dst's array when
+// it is large enough, so that a caller acking one batch after another
+// reuses one buffer.
+func (m *Manager) AckThenInto(dst []Task, name string, owner uint64, ids []uint64, publish func([]Task)) ([]Task, error) {
 	if m.closed.Load() {
 		return nil, ErrClosed
 	}
@@ -499,7 +506,10 @@ func (m *Manager) AckThen(name string, owner uint64, ids []uint64, publish func(
 	if err != nil {
 		return nil, err
 	}
-	ts := make([]Task, 0, len(ids))
+	ts := dst[:0]
+	if cap(ts) < len(ids) {
+		ts = make([]Task, 0, len(ids))
+	}
 	var bad []uint64
 	for _, id := range ids {
 		l := q.leases[id]

@@ -302,6 +302,30 @@ func TestGetIntoWait(t *testing.T) {
 	}
 }
 
+// AckThenInto returns the acked tasks in the caller's buffer, and what it
+// returns is what it passed to publish.
+func TestAckThenIntoReusesBuffer(t *testing.T) {
+	m := newManager(t, queue.Config{})
+	mustPut(t, m, "q", "a")
+	mustPut(t, m, "q", "b")
+	ts, err := m.Get(context.Background(), "q", 2, time.Minute, 1, false)
+	if err != nil || len(ts) != 2 {
+		t.Fatalf("get: %d tasks, %v", len(ts), err)
+	}
+	buf := make([]queue.Task, 4)
+	var published []queue.Task
+	acked, err := m.AckThenInto(buf, "q", 1, []uint64{ts[0].ID, ts[1].ID, 999}, func(a []queue.Task) { published = a })
+	if !errors.Is(err, queue.ErrNotLeased) {
+		t.Errorf("ack of an unknown id: %v, want ErrNotLeased", err)
+	}
+	if len(acked) != 2 || &acked[0] != &buf[0] || &published[0] != &buf[0] {
+		t.Fatalf("acked %d tasks, not in the buffer given (published %d)", len(acked), len(published))
+	}
+	if got := payloads(acked); !slices.Equal(got, []string{"a", "b"}) {
+		t.Fatalf("acked %v, want a and b", got)
+	}
+}
+
 // GetInto takes tasks into the caller's buffer, whether they were ready
 // or came to a blocked get, and overwrites whatever it held.
 func TestGetIntoReusesBuffer(t *testing.T) {
