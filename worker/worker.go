@@ -347,6 +347,11 @@ func (r *runner) start(s *session, tasks []Task) {
 	r.mu.Lock()
 	r.inflight += len(tasks)
 	r.running += len(tasks)
+	if r.qhead > 0 { // drop the taken ones first, so that the array stays Concurrency long
+		n := copy(r.queue, r.queue[r.qhead:])
+		clear(r.queue[n:])
+		r.queue, r.qhead = r.queue[:n], 0
+	}
 	r.queue = append(r.queue, r.started...)
 	r.dispatchLocked()
 	r.mu.Unlock()
