@@ -46,8 +46,9 @@ func (b *callBuffers) reset() {
 	}
 }
 
-// handle runs one request and returns its response. A get's tasks are
-// kept in buf, which the caller resets once the response is written.
+// handle runs one request and returns its response. What a get or a
+// complete is built from is kept in buf, which the caller resets once the
+// response is written.
 func (c *clientConn) handle(req *wire.Request, buf *callBuffers) *wire.Response {
 	if c.s.isClosing() && req.Op != wire.OpAck && req.Op != wire.OpComplete && req.Op != wire.OpNack {
 		// Acks still count during shutdown: they finish work already done.
