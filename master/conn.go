@@ -257,12 +257,8 @@ func (c *clientConn) serveStream(stream *yamux.Stream) {
 // leased one is handed back only while the session lives; if it died, the
 // connection's release requeues it with the attempt counted.
 func (c *clientConn) returnUndelivered(stream *yamux.Stream, req *wire.Request, ts []wire.Task) {
-	if req.NoAck {
-		c.s.queues.UngetNoAck(req.Queue, queueTasks(ts))
-		return
-	}
-	if !stream.Session().IsClosed() {
-		c.s.queues.Unget(req.Queue, c.id, taskIDs(ts))
+	if req.NoAck || !stream.Session().IsClosed() {
+		c.s.queues.Unget(getRequest(c.id, req), queueTasks(ts))
 	}
 }
 

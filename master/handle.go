@@ -70,7 +70,7 @@ func (c *clientConn) handle(req *wire.Request, buf *callBuffers) *wire.Response 
 			resp.Lease = req.Lease
 		}
 	case wire.OpAck:
-		_, err = q.Ack(req.Queue, c.id, req.IDs)
+		_, err = q.Ack(queue.AckRequest{Queue: req.Queue, Owner: c.id, IDs: req.IDs}, nil)
 	case wire.OpNack:
 		if len(req.IDs) != 1 {
 			err = fmt.Errorf("%w: nack takes one task id", wire.ErrBadRequest)
@@ -127,7 +127,7 @@ func (c *clientConn) put(req *wire.Request) ([]uint64, error) {
 	}
 	ctx, cancel := c.waitCtx(req.Timeout)
 	defer cancel()
-	return c.s.queues.Put(ctx, req.Queue, items, false)
+	return c.s.queues.Put(ctx, queue.PutRequest{Queue: req.Queue, Items: items})
 }
 
 // checkMemory refuses a put while the heap is above MaxMemory.
@@ -147,13 +147,25 @@ func (c *clientConn) get(req *wire.Request, buf *callBuffers) ([]wire.Task, erro
 	if req.Max < 0 || req.Lease < 0 {
 		return nil, fmt.Errorf("%w: negative max or lease", wire.ErrBadRequest)
 	}
-	ts, err := c.s.queues.GetInto(c.ctx, buf.taken, req.Queue, max(req.Max, 1), req.Lease, c.id, req.NoAck, max(req.Timeout, 0))
+	// The connection's ctx and the get's timeout as MaxWait: no context
+	// or timer is made per get.
+	ctx := c.ctx
+	if req.Timeout <= 0 {
+		ctx = expired
+	}
+	ts, err := c.s.queues.Get(ctx, getRequest(c.id, req), buf.taken)
 	if len(ts) == 0 {
 		return nil, err
 	}
 	buf.taken = ts
 	buf.tasks = appendWireTasks(buf.tasks[:0], req.Queue, ts)
 	return buf.tasks, err
+}
+
+// getRequest is the queue's form of a client's get.
+func getRequest(owner uint64, req *wire.Request) queue.GetRequest {
+	return queue.GetRequest{Queue: req.Queue, Max: max(req.Max, 1), Lease: req.Lease, Owner: owner,
+		NoAck: req.NoAck, MaxWait: max(req.Timeout, 0)}
 }
 
 // expired is a context that is already done: a put or get that may not
@@ -200,7 +212,7 @@ func (c *clientConn) complete(req *wire.Request, buf *callBuffers) error {
 	}
 	buf.ids, buf.values = ids, values
 	worker := c.workerName()
-	acked, err := q.AckThenInto(buf.acked, req.Queue, c.id, ids, func(acked []queue.Task) {
+	acked, err := q.Ack(queue.AckRequest{Queue: req.Queue, Owner: c.id, IDs: ids, Publish: func(acked []queue.Task) {
 		results, dests := buf.results[:0], buf.dests[:0]
 		i := 0 // acked is ids in order, less those not acked
 		for _, t := range acked {
@@ -221,7 +233,7 @@ func (c *clientConn) complete(req *wire.Request, buf *callBuffers) error {
 		}
 		buf.results, buf.dests = results, dests
 		c.s.publish(dests, results) // returns once they are in their queues
-	})
+	}}, buf.acked)
 	if acked != nil {
 		buf.acked = acked
 	}
@@ -284,14 +296,6 @@ func queueTasks(ts []wire.Task) []queue.Task {
 		}
 	}
 	return out
-}
-
-func taskIDs(ts []wire.Task) []uint64 {
-	ids := make([]uint64, len(ts))
-	for i, t := range ts {
-		ids[i] = t.ID
-	}
-	return ids
 }
 
 // errorResponse turns err into a response with its wire code, mapping the

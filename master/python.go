@@ -272,7 +272,7 @@ func (p *pyConn) serverCall(req *pyproto.Request) pyReply {
 				pyRepr(req.Args[0])))
 		}
 		// Create the queue now, as a Python manager creates its object.
-		if _, err := p.c.s.queues.Put(p.ctx, name, nil, false); err != nil {
+		if _, err := p.c.s.queues.Put(p.ctx, queue.PutRequest{Queue: name}); err != nil {
 			return p.queueError(req.Method, err)
 		}
 		methods := make(pyproto.Tuple, len(pyQueueMethods))
@@ -417,7 +417,7 @@ func (p *pyConn) put(name string, item any, block bool, args *pyproto.Params, ti
 		p.last = nil
 		res, err := wire.Encode(wire.Result{TaskID: t.id, Worker: p.workerName(), Attempt: t.attempt, Value: payload})
 		if err == nil {
-			_, err = p.c.s.queues.Put(context.Background(), t.replyTo, []queue.Item{{Payload: res}}, true)
+			_, err = p.c.s.queues.Put(context.Background(), queue.PutRequest{Queue: t.replyTo, Items: []queue.Item{{Payload: res}}, Results: true})
 		}
 		if err != nil {
 			return p.queueError("put", err)
@@ -432,7 +432,7 @@ func (p *pyConn) put(name string, item any, block bool, args *pyproto.Params, ti
 		return p.errorReply(pyproto.ValueError(err.Error()))
 	}
 	defer cancel()
-	if _, err := p.c.s.queues.Put(ctx, name, []queue.Item{{Payload: payload}}, false); err != nil {
+	if _, err := p.c.s.queues.Put(ctx, queue.PutRequest{Queue: name, Items: []queue.Item{{Payload: payload}}}); err != nil {
 		if errors.Is(err, queue.ErrQueueFull) && p.ctx.Err() == nil {
 			return p.errorReply(pyproto.Full)
 		}
@@ -452,7 +452,8 @@ func (p *pyConn) get(name string, block bool, args *pyproto.Params, timeoutArg i
 	}
 	defer cancel()
 	q := p.c.s.queues
-	ts, err := q.Get(ctx, name, 1, 0, p.c.id, false)
+	req := queue.GetRequest{Queue: name, Max: 1, Owner: p.c.id}
+	ts, err := q.Get(ctx, req, nil)
 	if err != nil {
 		return p.queueError("get", err)
 	}
@@ -474,10 +475,10 @@ func (p *pyConn) get(name string, block bool, args *pyproto.Params, timeoutArg i
 	}
 	reply.after = func(delivered bool) {
 		if !delivered {
-			q.Unget(name, p.c.id, []uint64{t.ID})
+			q.Unget(req, ts)
 			return
 		}
-		if _, err := q.Ack(name, p.c.id, []uint64{t.ID}); err != nil {
+		if _, err := q.Ack(queue.AckRequest{Queue: name, Owner: p.c.id, IDs: []uint64{t.ID}}, nil); err != nil {
 			p.log.Warn("python get: ack", "queue", name, "task", t.ID, "err", err)
 		}
 		_ = p.c.s.py.add(name, 1)

@@ -22,7 +22,7 @@ import (
 type Server struct {
 	cfg    Config
 	log    *slog.Logger
-	queues *queue.Manager
+	queues Queues      // *queue.Manager (queues.go)
 	store  store.Store // nil without a DataDir
 
 	// ctx is cancelled when the server stops; blocked gets return at once.
@@ -105,7 +105,7 @@ func New(cfg Config) (*Server, error) {
 		s.log.Info("queues recovered", "data_dir", cfg.DataDir, "tasks", tasks, "queues", queues,
 			"fsync", cfg.Fsync.String(), "took", time.Since(start).Round(time.Millisecond))
 	}
-	if !s.goRun(s.reapLeases) {
+	if !s.goRun(func() { qm.ReapLeases(s.ctx.Done(), s.leasesExpired) }) {
 		panic("unreachable: new server already closing")
 	}
 	return s, nil
@@ -329,28 +329,11 @@ func (s *Server) clientInfos() []wire.ClientInfo {
 	return out
 }
 
-// reapLeases requeues tasks whose lease ran out, sleeping until the next
-// deadline rather than polling.
-func (s *Server) reapLeases() {
-	timer := time.NewTimer(time.Hour)
-	defer timer.Stop()
-	for {
-		if n := s.queues.ExpireLeases(time.Now()); n > 0 {
-			s.log.Info("leases expired; tasks requeued", "count", n)
-			s.metrics.leaseExpiries.Add(float64(n))
-		}
-		wait := time.Hour
-		if next, ok := s.queues.NextDeadline(); ok {
-			wait = max(time.Until(next), time.Millisecond)
-		}
-		timer.Reset(wait)
-		select {
-		case <-s.ctx.Done():
-			return
-		case <-timer.C:
-		case <-s.queues.LeaseChanged():
-		}
-	}
+// leasesExpired reports leases that ran out, whose tasks the reaper
+// requeued (or dead-lettered).
+func (s *Server) leasesExpired(n int) {
+	s.log.Info("leases expired; tasks requeued", "count", n)
+	s.metrics.leaseExpiries.Add(float64(n))
 }
 
 // publishDeadResult publishes an error result for a task that ran out of
@@ -417,7 +400,7 @@ func (s *Server) putResults(dests []string, results []wire.Result, wait bool) bo
 		if !s.awaitWritable(dests[first], len(items), wait) {
 			return false
 		}
-		if _, err := s.queues.Put(context.Background(), dests[first], items, true); err != nil {
+		if _, err := s.queues.Put(context.Background(), queue.PutRequest{Queue: dests[first], Items: items, Results: true}); err != nil {
 			// A put the log fails to write has its items in the queue
 			// already, and the log retries the write, so they are not put
 			// again: a duplicate result is the likelier harm here than the

@@ -135,13 +135,11 @@ func (m *Manager) Purge(name string) (int, error) {
 		return 0, err
 	}
 	n := q.ready.len()
-	var ticket store.Ticket
-	if m.store != nil {
-		for i := range n {
-			q.logOp(store.Delete, q.ready.id(i), 0)
-		}
-		ticket = q.flushOps()
+	for i := range n {
+		t := q.ready.get(i)
+		q.log.record(store.Delete, t)
 	}
+	ticket := q.log.commit()
 	q.ready.clear()
 	q.settle(&clock{m: m})
 	m.unlock(q)
@@ -174,16 +172,14 @@ func (m *Manager) Delete(name string) error {
 		p.served = true
 		p.ch <- putResult{retry: true}
 	}
-	var ticket store.Ticket
-	if m.store != nil {
-		for i := range q.ready.len() {
-			q.logOp(store.Delete, q.ready.id(i), 0)
-		}
-		for id := range q.leases {
-			q.logOp(store.Delete, id, 0)
-		}
-		ticket = q.flushOps()
+	for i := range q.ready.len() {
+		t := q.ready.get(i)
+		q.log.record(store.Delete, t)
 	}
+	for _, l := range q.leases {
+		q.log.record(store.Delete, l.task)
+	}
+	ticket := q.log.commit()
 	q.ready.clear()
 	q.leases = nil
 	q.heap = nil
@@ -204,19 +200,12 @@ func (m *Manager) SetMaxLen(name string, n int) error {
 	if m.closed.Load() {
 		return ErrClosed
 	}
-	for {
-		q, err := m.lookupOrCreate(name)
-		if err != nil {
-			return err
-		}
-		q.mu.Lock()
-		if q.deleted {
-			q.mu.Unlock()
-			continue
-		}
-		q.maxLen = n
-		q.settle(&clock{m: m})
-		m.unlock(q)
-		return nil
+	q, err := m.lockOrCreate(name)
+	if err != nil {
+		return err
 	}
+	q.maxLen = n
+	q.settle(&clock{m: m})
+	m.unlock(q)
+	return nil
 }

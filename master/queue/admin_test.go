@@ -20,7 +20,10 @@ func TestUnknownQueue(t *testing.T) {
 		{"Peek", func() error { _, err := m.Peek("nope", 1); return err }},
 		{"Purge", func() error { _, err := m.Purge("nope"); return err }},
 		{"Delete", func() error { return m.Delete("nope") }},
-		{"Ack", func() error { _, err := m.Ack("nope", 1, []uint64{1}); return err }},
+		{"Ack", func() error {
+			_, err := m.Ack(queue.AckRequest{Queue: "nope", Owner: 1, IDs: []uint64{1}}, nil)
+			return err
+		}},
 		{"Nack", func() error { return m.Nack("nope", 1, 1, "x") }},
 		{"Extend", func() error { return m.Extend("nope", 1, []uint64{1}, 0) }},
 	}
@@ -43,7 +46,7 @@ func TestStats(t *testing.T) {
 	clk.Advance(3 * time.Second)
 	mustPut(t, m, "q", "e")
 	ts := mustGet(t, m, "q", 2, 1)
-	if _, err := m.Ack("q", 1, []uint64{ts[0].ID}); err != nil {
+	if _, err := m.Ack(queue.AckRequest{Queue: "q", Owner: 1, IDs: []uint64{ts[0].ID}}, nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := m.Nack("q", 1, ts[1].ID, "x"); err != nil {
@@ -94,7 +97,7 @@ func TestQueuesPeekPurgeDelete(t *testing.T) {
 	if s := mustStats(t, m, "b"); s.Ready != 0 || s.Leased != 1 {
 		t.Fatalf("after Purge stats = %+v", s)
 	}
-	if _, err := m.Ack("b", 1, []uint64{leased[0].ID}); err != nil {
+	if _, err := m.Ack(queue.AckRequest{Queue: "b", Owner: 1, IDs: []uint64{leased[0].ID}}, nil); err != nil {
 		t.Fatalf("Ack of a leased task after Purge: %v", err)
 	}
 
@@ -124,7 +127,7 @@ func TestDeleteWakesPutters(t *testing.T) {
 	mustPut(t, m, "q", "old")
 	done := make(chan error, 1)
 	go func() {
-		_, err := m.Put(context.Background(), "q", items("new"), false)
+		_, err := m.Put(context.Background(), queue.PutRequest{Queue: "q", Items: items("new")})
 		done <- err
 	}()
 	waitProducers(t, m, "q", 1)

@@ -20,15 +20,15 @@ func BenchmarkPutGetAck(b *testing.B) {
 	ack := make([]uint64, 1)
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := m.Put(ctx, "bench", its, false); err != nil {
+		if _, err := m.Put(ctx, queue.PutRequest{Queue: "bench", Items: its}); err != nil {
 			b.Fatal(err)
 		}
-		ts, err := m.Get(ctx, "bench", 1, 0, 1, false)
+		ts, err := m.Get(ctx, queue.GetRequest{Queue: "bench", Max: 1, Owner: 1}, nil)
 		if err != nil || len(ts) != 1 {
 			b.Fatal(ts, err)
 		}
 		ack[0] = ts[0].ID
-		if _, err := m.Ack("bench", 1, ack); err != nil {
+		if _, err := m.Ack(queue.AckRequest{Queue: "bench", Owner: 1, IDs: ack}, nil); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -56,17 +56,17 @@ func BenchmarkParallel(b *testing.B) {
 				its := []queue.Item{{Payload: payload16}}
 				ack := make([]uint64, 1)
 				for pb.Next() {
-					if _, err := m.Put(ctx, q, its, false); err != nil {
+					if _, err := m.Put(ctx, queue.PutRequest{Queue: q, Items: its}); err != nil {
 						b.Error(err)
 						return
 					}
-					ts, err := m.Get(ctx, q, 1, 0, owner, false)
+					ts, err := m.Get(ctx, queue.GetRequest{Queue: q, Max: 1, Owner: owner}, nil)
 					if err != nil || len(ts) != 1 {
 						b.Error(ts, err)
 						return
 					}
 					ack[0] = ts[0].ID
-					if _, err := m.Ack(q, owner, ack); err != nil {
+					if _, err := m.Ack(queue.AckRequest{Queue: q, Owner: owner, IDs: ack}, nil); err != nil {
 						b.Error(err)
 						return
 					}
@@ -89,12 +89,12 @@ func BenchmarkHandoff(b *testing.B) {
 		defer close(done)
 		ack := make([]uint64, 1)
 		for {
-			ts, err := m.Get(ctx, "bench", 1, 0, 1, false)
+			ts, err := m.Get(ctx, queue.GetRequest{Queue: "bench", Max: 1, Owner: 1}, nil)
 			if err != nil {
 				return // closed
 			}
 			ack[0] = ts[0].ID
-			if _, err := m.Ack("bench", 1, ack); err != nil {
+			if _, err := m.Ack(queue.AckRequest{Queue: "bench", Owner: 1, IDs: ack}, nil); err != nil {
 				return // closed
 			}
 			got <- struct{}{}
@@ -102,7 +102,7 @@ func BenchmarkHandoff(b *testing.B) {
 	}()
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := m.Put(ctx, "bench", its, false); err != nil {
+		if _, err := m.Put(ctx, queue.PutRequest{Queue: "bench", Items: its}); err != nil {
 			b.Fatal(err)
 		}
 		<-got

@@ -37,7 +37,7 @@ func TestGetTimeout(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
 	start := time.Now()
-	ts, err := m.Get(ctx, "q", 1, 0, 1, false)
+	ts, err := m.Get(ctx, queue.GetRequest{Queue: "q", Max: 1, Owner: 1}, nil)
 	elapsed := time.Since(start)
 	if ts != nil || err != nil {
 		t.Fatalf("Get = %v, %v; want nil, nil", ts, err)
@@ -110,7 +110,7 @@ func TestMaxLen(t *testing.T) {
 		mustPut(t, m, "a", "1", "2")
 		done := make(chan error, 1)
 		go func() {
-			_, err := m.Put(ctx, "a", items("3"), false)
+			_, err := m.Put(ctx, queue.PutRequest{Queue: "a", Items: items("3")})
 			done <- err
 		}()
 		waitProducers(t, m, "a", 1)
@@ -120,7 +120,7 @@ func TestMaxLen(t *testing.T) {
 			t.Fatalf("Put returned %v though the queue is still full", err)
 		case <-time.After(20 * time.Millisecond):
 		}
-		if _, err := m.Ack("a", 1, []uint64{ts[0].ID}); err != nil {
+		if _, err := m.Ack(queue.AckRequest{Queue: "a", Owner: 1, IDs: []uint64{ts[0].ID}}, nil); err != nil {
 			t.Fatal(err)
 		}
 		select {
@@ -140,11 +140,11 @@ func TestMaxLen(t *testing.T) {
 		mustPut(t, m, "b", "1", "2")
 		done := make(chan error, 1)
 		go func() {
-			_, err := m.Put(ctx, "b", items("3"), false)
+			_, err := m.Put(ctx, queue.PutRequest{Queue: "b", Items: items("3")})
 			done <- err
 		}()
 		checkFor(t, 5*time.Second, func() error {
-			if _, err := m.Get(doneCtx(), "b", 1, 0, 1, true); err != nil {
+			if _, err := m.Get(doneCtx(), queue.GetRequest{Queue: "b", Max: 1, Owner: 1, NoAck: true}, nil); err != nil {
 				return err
 			}
 			select {
@@ -164,7 +164,7 @@ func TestMaxLen(t *testing.T) {
 		ctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
 		defer cancel()
 		start := time.Now()
-		ids, err := m.Put(ctx, "c", items("3"), false)
+		ids, err := m.Put(ctx, queue.PutRequest{Queue: "c", Items: items("3")})
 		if !errors.Is(err, queue.ErrQueueFull) || ids != nil {
 			t.Fatalf("Put = %v, %v; want ErrQueueFull", ids, err)
 		}
@@ -178,7 +178,7 @@ func TestMaxLen(t *testing.T) {
 
 	t.Run("batch too large", func(t *testing.T) {
 		start := time.Now()
-		if _, err := m.Put(ctx, "d", items("1", "2", "3"), false); !errors.Is(err, queue.ErrQueueFull) {
+		if _, err := m.Put(ctx, queue.PutRequest{Queue: "d", Items: items("1", "2", "3")}); !errors.Is(err, queue.ErrQueueFull) {
 			t.Fatalf("Put = %v", err)
 		}
 		if time.Since(start) > time.Second {
@@ -188,7 +188,7 @@ func TestMaxLen(t *testing.T) {
 
 	t.Run("force", func(t *testing.T) {
 		mustPut(t, m, "e", "1", "2")
-		if _, err := m.Put(ctx, "e", items("3", "4"), true); err != nil {
+		if _, err := m.Put(ctx, queue.PutRequest{Queue: "e", Items: items("3", "4"), Results: true}); err != nil {
 			t.Fatalf("forced Put: %v", err)
 		}
 		if s := mustStats(t, m, "e"); s.Ready != 4 || s.MaxLen != 2 {
@@ -200,18 +200,18 @@ func TestMaxLen(t *testing.T) {
 		mustPut(t, m, "f", "1", "2")
 		big := make(chan error, 1)
 		go func() {
-			_, err := m.Put(ctx, "f", items("b1", "b2"), false)
+			_, err := m.Put(ctx, queue.PutRequest{Queue: "f", Items: items("b1", "b2")})
 			big <- err
 		}()
 		waitProducers(t, m, "f", 1)
 		small := make(chan error, 1)
 		go func() {
-			_, err := m.Put(ctx, "f", items("s"), false)
+			_, err := m.Put(ctx, queue.PutRequest{Queue: "f", Items: items("s")})
 			small <- err
 		}()
 		waitProducers(t, m, "f", 2)
 		// One slot frees: the small batch must not overtake the big one.
-		if _, err := m.Get(doneCtx(), "f", 1, 0, 1, true); err != nil {
+		if _, err := m.Get(doneCtx(), queue.GetRequest{Queue: "f", Max: 1, Owner: 1, NoAck: true}, nil); err != nil {
 			t.Fatal(err)
 		}
 		select {
@@ -219,13 +219,13 @@ func TestMaxLen(t *testing.T) {
 			t.Fatalf("small batch overtook the waiting big one: %v", err)
 		case <-time.After(20 * time.Millisecond):
 		}
-		if _, err := m.Get(doneCtx(), "f", 1, 0, 1, true); err != nil {
+		if _, err := m.Get(doneCtx(), queue.GetRequest{Queue: "f", Max: 1, Owner: 1, NoAck: true}, nil); err != nil {
 			t.Fatal(err)
 		}
 		if err := <-big; err != nil {
 			t.Fatal(err)
 		}
-		if _, err := m.Get(doneCtx(), "f", 2, 0, 1, true); err != nil {
+		if _, err := m.Get(doneCtx(), queue.GetRequest{Queue: "f", Max: 2, Owner: 1, NoAck: true}, nil); err != nil {
 			t.Fatal(err)
 		}
 		if err := <-small; err != nil {
@@ -241,13 +241,13 @@ func TestMaxLen(t *testing.T) {
 		bctx, cancel := context.WithCancel(ctx)
 		big := make(chan error, 1)
 		go func() {
-			_, err := m.Put(bctx, "h", items("b1", "b2"), false)
+			_, err := m.Put(bctx, queue.PutRequest{Queue: "h", Items: items("b1", "b2")})
 			big <- err
 		}()
 		waitProducers(t, m, "h", 1)
 		small := make(chan error, 1)
 		go func() {
-			_, err := m.Put(ctx, "h", items("s"), false)
+			_, err := m.Put(ctx, queue.PutRequest{Queue: "h", Items: items("s")})
 			small <- err
 		}()
 		waitProducers(t, m, "h", 2)
@@ -264,7 +264,7 @@ func TestMaxLen(t *testing.T) {
 		mustPut(t, m, "g", "1", "2")
 		done := make(chan error, 1)
 		go func() {
-			_, err := m.Put(ctx, "g", items("3"), false)
+			_, err := m.Put(ctx, queue.PutRequest{Queue: "g", Items: items("3")})
 			done <- err
 		}()
 		waitProducers(t, m, "g", 1)
@@ -305,7 +305,7 @@ func TestCancelAtHandoff(t *testing.T) {
 		} else if r.ts[0].ID != ids[0] || r.ts[0].Attempts != 1 {
 			t.Fatalf("round %d: got %+v", i, r.ts)
 		}
-		if _, err := m.Ack("q", owner, []uint64{r.ts[0].ID}); err != nil {
+		if _, err := m.Ack(queue.AckRequest{Queue: "q", Owner: owner, IDs: []uint64{r.ts[0].ID}}, nil); err != nil {
 			t.Fatalf("round %d: %v", i, err)
 		}
 		if s := mustStats(t, m, "q"); s.Ready+s.Leased != 0 || s.Consumers != 0 {

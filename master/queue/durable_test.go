@@ -48,30 +48,30 @@ func TestDurableRestart(t *testing.T) {
 	m, stop := openDurable(t, dir, cfg)
 	mustPut(t, m, "q", "a", "b", "c", "d", "e", "f")
 	mustPut(t, m, "other", "x")
-	ts, err := m.Get(ctx, "q", 3, 0, 1, false) // a b c leased
+	ts, err := m.Get(ctx, queue.GetRequest{Queue: "q", Max: 3, Owner: 1}, nil) // a b c leased
 	if err != nil || len(ts) != 3 {
 		t.Fatal(ts, err)
 	}
-	if _, err := m.Ack("q", 1, []uint64{ts[1].ID}); err != nil { // b acked
+	if _, err := m.Ack(queue.AckRequest{Queue: "q", Owner: 1, IDs: []uint64{ts[1].ID}}, nil); err != nil { // b acked
 		t.Fatal(err)
 	}
 	if err := m.Nack("q", 1, ts[2].ID, "boom"); err != nil { // c back to the front
 		t.Fatal(err)
 	}
 	// a stays leased. Now c is delivered twice more: dead.
-	c, _ := m.Get(ctx, "q", 1, 0, 1, false)
+	c, _ := m.Get(ctx, queue.GetRequest{Queue: "q", Max: 1, Owner: 1}, nil)
 	if len(c) != 1 || string(c[0].Payload) != "c" {
 		t.Fatalf("got %v, want c", payloads(c))
 	}
 	if err := m.Nack("q", 1, c[0].ID, "boom again"); err != nil {
 		t.Fatal(err)
 	}
-	if d, _ := m.Get(ctx, "q", 1, 0, 2, true); len(d) != 1 || string(d[0].Payload) != "d" { // d taken without ack
+	if d, _ := m.Get(ctx, queue.GetRequest{Queue: "q", Max: 1, Owner: 2, NoAck: true}, nil); len(d) != 1 || string(d[0].Payload) != "d" { // d taken without ack
 		t.Fatalf("noAck get: %v", payloads(d))
 	}
 	// e is delivered and the get undone: back at the front, attempts 0.
-	e, _ := m.Get(ctx, "q", 1, 0, 3, false)
-	m.Unget("q", 3, []uint64{e[0].ID})
+	e, _ := m.Get(ctx, queue.GetRequest{Queue: "q", Max: 1, Owner: 3}, nil)
+	m.Unget(queue.GetRequest{Queue: "q", Max: 1, Owner: 3}, e)
 	lastID := mustPut(t, m, "q", "g")[0]
 	stop()
 
@@ -109,7 +109,7 @@ func TestDurablePurgeDelete(t *testing.T) {
 	m, stop := openDurable(t, dir, queue.Config{})
 	mustPut(t, m, "p", "1", "2")
 	mustPut(t, m, "d", "1", "2")
-	if _, err := m.Get(context.Background(), "d", 1, 0, 1, false); err != nil {
+	if _, err := m.Get(context.Background(), queue.GetRequest{Queue: "d", Max: 1, Owner: 1}, nil); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := m.Purge("p"); err != nil {

@@ -60,10 +60,10 @@ func TestHandoffAfterCancel(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			m := newTestManager(t, Config{})
 			ctx := context.Background()
-			if _, err := m.Put(ctx, "q", []Item{{Payload: []byte("ahead")}}, false); err != nil {
+			if _, err := m.Put(ctx, PutRequest{Queue: "q", Items: []Item{{Payload: []byte("ahead")}}}); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := m.Get(ctx, "q", 1, 0, 9, true); err != nil { // make it empty
+			if _, err := m.Get(ctx, GetRequest{Queue: "q", Max: 1, Owner: 9, NoAck: true}, nil); err != nil { // make it empty
 				t.Fatal(err)
 			}
 			var ids []uint64
@@ -71,14 +71,14 @@ func TestHandoffAfterCancel(t *testing.T) {
 				// The first Get has been woken by its ctx but has not
 				// yet locked the queue: it is still first in line.
 				var err error
-				if ids, err = m.Put(ctx, "q", []Item{{Payload: []byte("a")}, {Payload: []byte("b")}}, false); err != nil {
+				if ids, err = m.Put(ctx, PutRequest{Queue: "q", Items: []Item{{Payload: []byte("a")}, {Payload: []byte("b")}}}); err != nil {
 					t.Error(err)
 				}
 			})
 			gctx, cancel := context.WithCancel(ctx)
 			first := make(chan []Task, 1)
 			go func() {
-				ts, err := m.Get(gctx, "q", 5, 0, 1, tt.noAck)
+				ts, err := m.Get(gctx, GetRequest{Queue: "q", Max: 5, Owner: 1, NoAck: tt.noAck}, nil)
 				if err != nil {
 					t.Error(err)
 				}
@@ -88,7 +88,7 @@ func TestHandoffAfterCancel(t *testing.T) {
 			second := make(chan []Task, 1)
 			if tt.nextWaiter {
 				go func() {
-					ts, err := m.Get(ctx, "q", 5, 0, 2, tt.noAck)
+					ts, err := m.Get(ctx, GetRequest{Queue: "q", Max: 5, Owner: 2, NoAck: tt.noAck}, nil)
 					if err != nil {
 						t.Error(err)
 					}
@@ -105,7 +105,7 @@ func TestHandoffAfterCancel(t *testing.T) {
 				ts = <-second
 			} else {
 				var err error
-				if ts, err = m.Get(ctx, "q", 5, 0, 2, tt.noAck); err != nil {
+				if ts, err = m.Get(ctx, GetRequest{Queue: "q", Max: 5, Owner: 2, NoAck: tt.noAck}, nil); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -134,11 +134,11 @@ func TestHandoffAfterCancel(t *testing.T) {
 func TestPutServedAfterCancel(t *testing.T) {
 	m := newTestManager(t, Config{MaxLen: 1})
 	ctx := context.Background()
-	if _, err := m.Put(ctx, "q", []Item{{Payload: []byte("a")}}, false); err != nil {
+	if _, err := m.Put(ctx, PutRequest{Queue: "q", Items: []Item{{Payload: []byte("a")}}}); err != nil {
 		t.Fatal(err)
 	}
 	setHook(t, func() {
-		if _, err := m.Get(ctx, "q", 1, 0, 1, true); err != nil {
+		if _, err := m.Get(ctx, GetRequest{Queue: "q", Max: 1, Owner: 1, NoAck: true}, nil); err != nil {
 			t.Error(err)
 		}
 	})
@@ -147,7 +147,7 @@ func TestPutServedAfterCancel(t *testing.T) {
 	var ids []uint64
 	go func() {
 		var err error
-		ids, err = m.Put(pctx, "q", []Item{{Payload: []byte("b")}}, false)
+		ids, err = m.Put(pctx, PutRequest{Queue: "q", Items: []Item{{Payload: []byte("b")}}})
 		done <- err
 	}()
 	waitFor(t, m, "q", func(q *queue) bool { return q.putters.n == 1 })
@@ -155,7 +155,7 @@ func TestPutServedAfterCancel(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("Put served as its ctx ended = %v", err)
 	}
-	ts, _ := m.Get(ctx, "q", 1, 0, 1, true)
+	ts, _ := m.Get(ctx, GetRequest{Queue: "q", Max: 1, Owner: 1, NoAck: true}, nil)
 	if len(ts) != 1 || ts[0].ID != ids[0] {
 		t.Fatalf("queue holds %+v, want task %v", ts, ids)
 	}
@@ -186,7 +186,7 @@ func TestGetAtClose(t *testing.T) {
 			}
 			res := make(chan result, 1)
 			go func() {
-				ts, err := m.Get(ctx, "q", 1, 0, 1, false)
+				ts, err := m.Get(ctx, GetRequest{Queue: "q", Max: 1, Owner: 1}, nil)
 				res <- result{ts, err}
 			}()
 			waitFor(t, m, "q", func(q *queue) bool { return q.getters.n == 1 })

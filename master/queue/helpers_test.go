@@ -55,7 +55,7 @@ func items(payloads ...string) []queue.Item {
 
 func mustPut(t testing.TB, m *queue.Manager, q string, payloads ...string) []uint64 {
 	t.Helper()
-	ids, err := m.Put(context.Background(), q, items(payloads...), false)
+	ids, err := m.Put(context.Background(), queue.PutRequest{Queue: q, Items: items(payloads...)})
 	if err != nil {
 		t.Fatalf("Put(%q): %v", q, err)
 	}
@@ -65,7 +65,7 @@ func mustPut(t testing.TB, m *queue.Manager, q string, payloads ...string) []uin
 // mustGet gets without blocking (a done ctx returns whatever is ready).
 func mustGet(t testing.TB, m *queue.Manager, q string, max int, owner uint64) []queue.Task {
 	t.Helper()
-	ts, err := m.Get(doneCtx(), q, max, 0, owner, false)
+	ts, err := m.Get(doneCtx(), queue.GetRequest{Queue: q, Max: max, Owner: owner}, nil)
 	if err != nil {
 		t.Fatalf("Get(%q): %v", q, err)
 	}
@@ -150,7 +150,7 @@ type getResult struct {
 func goGet(ctx context.Context, m *queue.Manager, q string, max int, owner uint64) <-chan getResult {
 	ch := make(chan getResult, 1)
 	go func() {
-		ts, err := m.Get(ctx, q, max, 0, owner, false)
+		ts, err := m.Get(ctx, queue.GetRequest{Queue: q, Max: max, Owner: owner}, nil)
 		ch <- getResult{ts, err}
 	}()
 	return ch

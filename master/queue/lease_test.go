@@ -56,7 +56,7 @@ func TestLeaseExpiry(t *testing.T) {
 	if again[0].ID != ts[0].ID || again[0].Attempts != 2 {
 		t.Fatalf("redelivered %+v", again[0])
 	}
-	if _, err := m.Ack("q", 1, []uint64{ts[1].ID}); !errors.Is(err, queue.ErrNotLeased) {
+	if _, err := m.Ack(queue.AckRequest{Queue: "q", Owner: 1, IDs: []uint64{ts[1].ID}}, nil); !errors.Is(err, queue.ErrNotLeased) {
 		t.Fatalf("Ack after expiry = %v, want ErrNotLeased", err)
 	}
 	if s := mustStats(t, m, "q"); s.Expired != 2 {
@@ -190,7 +190,7 @@ func TestLeaseChanged(t *testing.T) {
 	if changed() {
 		t.Fatal("signal for a later deadline")
 	}
-	if _, err := m.Get(doneCtx(), "q", 1, time.Second, 1, false); err != nil {
+	if _, err := m.Get(doneCtx(), queue.GetRequest{Queue: "q", Max: 1, Lease: time.Second, Owner: 1}, nil); err != nil {
 		t.Fatal(err)
 	}
 	if !changed() {
@@ -247,11 +247,11 @@ func TestUnget(t *testing.T) {
 	m := newManager(t, queue.Config{MaxAttempts: 1})
 	mustPut(t, m, "q", "a", "b", "c")
 	ts := mustGet(t, m, "q", 2, 1)
-	m.Unget("q", 2, []uint64{ts[0].ID}) // not owner 2's: ignored
+	m.Unget(queue.GetRequest{Queue: "q", Max: 2, Owner: 2}, ts[:1]) // not owner 2's: ignored
 	if s := mustStats(t, m, "q"); s.Leased != 2 {
 		t.Fatalf("Unget by wrong owner changed leases: %+v", s)
 	}
-	m.Unget("q", 1, []uint64{ts[0].ID, ts[1].ID})
+	m.Unget(queue.GetRequest{Queue: "q", Max: 2, Owner: 1}, ts)
 	again := mustGet(t, m, "q", 3, 1)
 	if got := payloads(again); !slices.Equal(got, []string{"a", "b", "c"}) {
 		t.Fatalf("after Unget got %v", got)
@@ -263,5 +263,28 @@ func TestUnget(t *testing.T) {
 	}
 	if s := mustStats(t, m, "q"); s.Gets != 3 || s.Dead != 0 {
 		t.Fatalf("stats = %+v", s)
+	}
+}
+
+// Unget puts back a leased task only for the delivery it was taken in:
+// a stale copy from before its lease expired leaves the new lease be.
+func TestUngetOfAnEarlierDelivery(t *testing.T) {
+	clk := newFakeClock()
+	m := newManager(t, queue.Config{Now: clk.Now})
+	mustPut(t, m, "q", "a")
+	req := queue.GetRequest{Queue: "q", Max: 1, Lease: time.Second, Owner: 1}
+	first, _ := m.Get(doneCtx(), req, nil)
+	m.ExpireLeases(clk.Advance(2 * time.Second))
+	second, _ := m.Get(doneCtx(), req, nil)
+	if len(first) != 1 || len(second) != 1 || second[0].Attempts != 2 {
+		t.Fatalf("deliveries %+v then %+v", first, second)
+	}
+	m.Unget(req, first)
+	if s := mustStats(t, m, "q"); s.Leased != 1 || s.Ready != 0 {
+		t.Fatalf("Unget of the first delivery changed the second's lease: %+v", s)
+	}
+	m.Unget(req, second)
+	if s := mustStats(t, m, "q"); s.Leased != 0 || s.Ready != 1 {
+		t.Fatalf("Unget of the current delivery: %+v", s)
 	}
 }

@@ -2,10 +2,9 @@ package queue
 
 import (
 	"errors"
+	"fmt"
 	"slices"
 	"time"
-
-	"github.com/qm-dev/qm/store"
 )
 
 // What operators do to queues by hand: pause them, requeue or drop dead
@@ -61,7 +60,7 @@ func (m *Manager) Requeue(name string, ids []uint64) (int, error) {
 		return 0, ErrClosed
 	}
 	if IsDeadLetterName(name) {
-		return 0, errors.New("requeue: name the queue the tasks died in, not its dead-letter queue")
+		return 0, fmt.Errorf("%w: requeue names the queue the tasks died in, not its dead-letter queue %q", ErrBadArgument, name)
 	}
 	if err := CheckName(name); err != nil {
 		return 0, err
@@ -77,38 +76,20 @@ func (m *Manager) Requeue(name string, ids []uint64) (int, error) {
 	dq.settle(&clock{m: m}) // room for waiting Puts
 	m.unlock(dq)
 	// Between the two locks the tasks are in neither queue in memory, and
-	// still in the dead-letter queue in the store until the Move below: as
+	// still in the dead-letter queue in the store until the move below: as
 	// in deadLetter, in the other direction.
-	for {
-		q, err := m.lookupOrCreate(name)
-		if err != nil {
-			return 0, err // unreachable: the name was checked
-		}
-		q.mu.Lock()
-		if q.deleted {
-			q.mu.Unlock()
-			continue
-		}
-		q.ready.reserve(len(ts))
-		for i := range ts {
-			t := &ts[i]
-			t.Attempts = 0
-			if m.store != nil {
-				t.seq = m.seq.Add(1)
-				q.logTask(store.Move, t)
-			}
-			q.ready.pushBack(*t)
-		}
-		var ticket store.Ticket
-		if m.store != nil {
-			ticket = q.flushOps()
-		}
-		q.puts += uint64(len(ts))
-		q.settle(&clock{m: m})
-		m.unlock(q)
-		m.durable(ticket)
-		return len(ts), noSuchTask(missing)
+	for i := range ts {
+		ts[i].Attempts = 0
 	}
+	q, err := m.lockOrCreate(name)
+	if err != nil {
+		return 0, err // unreachable: the name was checked
+	}
+	ticket := q.pushBackMoved(ts)
+	q.settle(&clock{m: m})
+	m.unlock(q)
+	m.durable(ticket)
+	return len(ts), noSuchTask(missing)
 }
 
 // Drop removes the ready tasks ids of the named queue for good (counted
@@ -127,13 +108,8 @@ func (m *Manager) Drop(name string, ids []uint64) (int, error) {
 		return 0, err
 	}
 	ts, missing := q.remove(ids)
-	var ticket store.Ticket
-	if m.store != nil {
-		for i := range ts {
-			q.logOp(store.Delete, ts[i].ID, 0)
-		}
-		ticket = q.flushOps()
-	}
+	q.recordDeletes(ts)
+	ticket := q.log.commit()
 	q.settle(&clock{m: m}) // room for waiting Puts
 	m.unlock(q)
 	m.durable(ticket)

@@ -28,7 +28,7 @@ func readyPayloads(t *testing.T, m *queue.Manager, q string) []string {
 // errText as their last error.
 func kill(t *testing.T, m *queue.Manager, q, errText string) {
 	t.Helper()
-	ts, err := m.Get(context.Background(), q, 1000, 0, 99, false)
+	ts, err := m.Get(context.Background(), queue.GetRequest{Queue: q, Max: 1000, Owner: 99}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,13 +51,13 @@ func TestPause(t *testing.T) {
 	}
 	short, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
 	defer cancel()
-	if ts, err := m.Get(short, "q", 1, 0, 1, false); err != nil || len(ts) != 0 {
+	if ts, err := m.Get(short, queue.GetRequest{Queue: "q", Max: 1, Owner: 1}, nil); err != nil || len(ts) != 0 {
 		t.Fatalf("Get from a paused queue: %v %v", ts, err)
 	}
 	mustPut(t, m, "q", "c") // puts go in
 	got := make(chan []queue.Task, 1)
 	go func() {
-		ts, _ := m.Get(ctx, "q", 5, 0, 1, false)
+		ts, _ := m.Get(ctx, queue.GetRequest{Queue: "q", Max: 5, Owner: 1}, nil)
 		got <- ts
 	}()
 	select {
@@ -134,7 +134,7 @@ func TestRequeueWakesGet(t *testing.T) {
 	kill(t, m, "q", "boom")
 	got := make(chan []queue.Task, 1)
 	go func() {
-		ts, _ := m.Get(context.Background(), "q", 1, 0, 1, false)
+		ts, _ := m.Get(context.Background(), queue.GetRequest{Queue: "q", Max: 1, Owner: 1}, nil)
 		got <- ts
 	}()
 	time.Sleep(20 * time.Millisecond)
@@ -175,14 +175,14 @@ func TestLeases(t *testing.T) {
 	mustPut(t, m, "q", "a", "b")
 	mustPut(t, m, "r", "c")
 	start := clock.Now()
-	if _, err := m.Get(context.Background(), "q", 1, time.Minute, 7, false); err != nil {
+	if _, err := m.Get(context.Background(), queue.GetRequest{Queue: "q", Max: 1, Lease: time.Minute, Owner: 7}, nil); err != nil {
 		t.Fatal(err)
 	}
 	clock.Advance(time.Second)
-	if _, err := m.Get(context.Background(), "r", 1, time.Minute, 7, false); err != nil {
+	if _, err := m.Get(context.Background(), queue.GetRequest{Queue: "r", Max: 1, Lease: time.Minute, Owner: 7}, nil); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m.Get(context.Background(), "q", 1, 0, 8, true); err != nil { // no lease
+	if _, err := m.Get(context.Background(), queue.GetRequest{Queue: "q", Max: 1, Owner: 8, NoAck: true}, nil); err != nil { // no lease
 		t.Fatal(err)
 	}
 	all := m.Leases()

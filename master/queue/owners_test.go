@@ -11,14 +11,14 @@ func TestIdleOwnersSwept(t *testing.T) {
 	m := newTestManager(t, Config{})
 	ctx := context.Background()
 	for owner := uint64(1); owner <= 5000; owner++ {
-		if _, err := m.Put(ctx, "q", []Item{{Payload: []byte("x")}}, false); err != nil {
+		if _, err := m.Put(ctx, PutRequest{Queue: "q", Items: []Item{{Payload: []byte("x")}}}); err != nil {
 			t.Fatal(err)
 		}
-		ts, err := m.Get(ctx, "q", 1, 0, owner, false)
+		ts, err := m.Get(ctx, GetRequest{Queue: "q", Max: 1, Owner: owner}, nil)
 		if err != nil || len(ts) != 1 {
 			t.Fatal(ts, err)
 		}
-		if _, err := m.Ack("q", owner, []uint64{ts[0].ID}); err != nil {
+		if _, err := m.Ack(AckRequest{Queue: "q", Owner: owner, IDs: []uint64{ts[0].ID}}, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -33,10 +33,10 @@ func TestIdleOwnersSwept(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Release forgets the owner entirely.
-	if _, err := m.Put(ctx, "q", []Item{{Payload: []byte("x")}}, false); err != nil {
+	if _, err := m.Put(ctx, PutRequest{Queue: "q", Items: []Item{{Payload: []byte("x")}}}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m.Get(ctx, "q", 1, 0, 99999, false); err != nil {
+	if _, err := m.Get(ctx, GetRequest{Queue: "q", Max: 1, Owner: 99999}, nil); err != nil {
 		t.Fatal(err)
 	}
 	m.Release(99999)

@@ -20,7 +20,7 @@ type Task struct {
 	LastError string    // error text of the last failed attempt (nack or lease expiry)
 	Enqueued  time.Time // when it was first put
 
-	seq int64 // order key in the store (with a Config.Store only)
+	seq int64 // order key in the store
 }
 
 // Item is one task to Put: its payload and the queue for its result.
@@ -54,10 +54,10 @@ type queue struct {
 	getters    getterList
 	putters    putterList
 	// frontSeq is the lowest Seq given in this queue: a task pushed to the
-	// front gets one below it (with a Config.Store only).
+	// front gets one below it.
 	frontSeq int64
-	// ops is scratch space for the store ops of one change.
-	ops []store.Op
+	// log records the queue's changes for the store (persist.go).
+	log journal
 
 	done, puts, gets, acks, nacks, expired uint64
 }
@@ -70,6 +70,7 @@ func newQueue(m *Manager, name string) *queue {
 		maxLen: m.cfg.MaxLen,
 		leases: make(map[uint64]*lease),
 		owners: make(map[uint64]*ownerHead),
+		log:    m.newJournal(name),
 	}
 }
 
@@ -103,115 +104,96 @@ func (c *clock) deadline(d time.Duration) int64 {
 }
 
 // push appends items at the back with fresh ids, and returns the ticket
-// to wait on for their durability (0 without a store). Called with q.mu
-// held; the caller must settle.
+// to wait on for their durability. Called with q.mu held; the caller must
+// settle.
 func (q *queue) push(items []Item, c *clock) ([]uint64, store.Ticket) {
 	n := len(items)
 	if n == 0 {
 		return []uint64{}, 0
 	}
 	ids := make([]uint64, n)
-	// Taken under q.mu, so ids increase along each queue.
+	// Taken under q.mu, so ids and seqs increase along each queue.
 	first := q.m.nextID.Add(uint64(n)) - uint64(n) + 1
+	seq := q.m.seq.Add(int64(n)) - int64(n) + 1
 	now := c.now()
 	q.ready.reserve(n)
-	if q.m.store != nil {
-		return ids, q.pushStored(items, ids, first, now)
-	}
-	for i := range items {
-		id := first + uint64(i)
-		ids[i] = id
-		q.ready.pushBack(Task{ID: id, Payload: items[i].Payload, ReplyTo: items[i].ReplyTo, Enqueued: now})
-	}
-	q.puts += uint64(n)
-	return ids, 0
-}
-
-// pushStored is push with a store: each task also gets a Seq and an Add op.
-func (q *queue) pushStored(items []Item, ids []uint64, first uint64, now time.Time) store.Ticket {
-	n := int64(len(items))
-	seq := q.m.seq.Add(n) - n + 1
 	for i := range items {
 		t := Task{ID: first + uint64(i), Payload: items[i].Payload, ReplyTo: items[i].ReplyTo, Enqueued: now, seq: seq + int64(i)}
 		ids[i] = t.ID
 		q.ready.pushBack(t)
-		q.logTask(store.Add, &t)
+		q.log.record(store.Add, t)
 	}
-	q.puts += uint64(len(items))
-	return q.flushOps()
+	q.puts += uint64(n)
+	return ids, q.log.commit()
 }
 
-// logTask adds an op about t to q.ops. Called with q.mu held.
-func (q *queue) logTask(k store.Kind, t *Task) {
-	q.ops = append(q.ops, store.Op{Kind: k, Task: store.Task{
-		ID: t.ID, Queue: q.name, Seq: t.seq, Payload: t.Payload, ReplyTo: t.ReplyTo,
-		Attempts: t.Attempts, LastError: t.LastError, Enqueued: t.Enqueued,
-	}})
-}
-
-// logOp adds an op that names a task by id to q.ops. Called with q.mu held.
-func (q *queue) logOp(k store.Kind, id uint64, attempts int) {
-	q.ops = append(q.ops, store.Op{Kind: k, Task: store.Task{ID: id, Attempts: attempts}})
-}
-
-// flushOps appends q.ops to the store and empties it. Called with q.mu
-// held, so that the store sees each queue's changes in their order.
-func (q *queue) flushOps() store.Ticket {
-	if len(q.ops) == 0 {
-		return 0
-	}
-	t := q.m.store.Append(q.ops...)
-	clear(q.ops) // drop the payload references
-	q.ops = q.ops[:0]
-	return t
-}
-
-// pushFrontStored pushes t to the front with a Seq below the head's and
-// logs it as kind (Requeue, or Add for a task its take had deleted).
-// Called with q.mu held, with a store only.
-func (q *queue) pushFrontStored(t Task, k store.Kind) {
+// pushFront puts t back at the front with a Seq below the head's, recorded
+// as kind (Requeue, or Add for a task its take had deleted). Called with
+// q.mu held; the caller commits and settles.
+func (q *queue) pushFront(t Task, kind store.Kind) {
 	q.frontSeq--
 	t.seq = q.frontSeq
 	q.ready.pushFront(t)
-	q.logTask(k, &t)
+	q.log.record(kind, t)
 }
 
-// take hands out up to max ready tasks: leased to owner, or gone for good
-// with noAck. Called with q.mu held and at least one task ready.
-func (q *queue) take(dst []Task, max int, lease time.Duration, owner uint64, noAck bool, c *clock) []Task {
-	n := min(max, q.ready.len())
+// pushBackMoved appends tasks that come from another queue (dead-lettered,
+// or requeued from a dead-letter queue) at the back, whole, under their
+// ids, and returns the ticket to wait on for the move. Called with q.mu
+// held; the caller must settle.
+func (q *queue) pushBackMoved(ts []Task) store.Ticket {
+	q.ready.reserve(len(ts))
+	for i := range ts {
+		t := &ts[i]
+		t.seq = q.m.seq.Add(1)
+		q.ready.pushBack(*t)
+		q.log.record(store.Move, *t)
+	}
+	q.puts += uint64(len(ts))
+	return q.log.commit()
+}
+
+// recordDeletes records that ts are gone for good. Called with q.mu held;
+// the caller commits.
+func (q *queue) recordDeletes(ts []Task) {
+	for i := range ts {
+		q.log.record(store.Delete, ts[i])
+	}
+}
+
+// take hands out up to req.Max ready tasks: leased to req.Owner, or gone
+// for good with req.NoAck. Called with q.mu held and at least one task
+// ready.
+func (q *queue) take(dst []Task, req *GetRequest, c *clock) []Task {
+	n := min(req.Max, q.ready.len())
 	ts := dst[:0]
 	if cap(ts) < n {
 		ts = make([]Task, n)
 	}
 	ts = ts[:n]
 	var start, deadline int64
-	if !noAck {
-		deadline = c.deadline(lease)
+	if !req.NoAck {
+		deadline = c.deadline(req.Lease)
 		start = int64(c.now().Sub(q.m.epoch))
+	}
+	kind := store.Attempts
+	if req.NoAck {
+		kind = store.Delete
 	}
 	for i := range ts {
 		t := &ts[i]
 		q.ready.popFront(t)
 		t.Attempts++
-		if !noAck {
-			q.addLease(t, owner, start, deadline)
+		if !req.NoAck {
+			q.addLease(t, req.Owner, start, deadline)
 		}
+		q.log.record(kind, *t)
 	}
-	if q.m.store != nil {
-		// Not waited for: a delivery lost in a crash is only a lower
-		// attempt count (or, with noAck, a task delivered again).
-		for i := range ts {
-			if noAck {
-				q.logOp(store.Delete, ts[i].ID, 0)
-			} else {
-				q.logOp(store.Attempts, ts[i].ID, ts[i].Attempts)
-			}
-		}
-		q.flushOps()
-	}
+	// Not waited for: a delivery lost in a crash is only a lower attempt
+	// count (or, with NoAck, a task delivered again).
+	q.log.commit()
 	q.gets += uint64(len(ts))
-	if noAck {
+	if req.NoAck {
 		q.done += uint64(len(ts))
 	}
 	return ts
@@ -226,7 +208,7 @@ func (q *queue) settle(c *clock) {
 			g := q.getters.head
 			q.getters.remove(g)
 			g.served = true
-			g.ch <- q.take(g.dst, g.max, g.lease, g.owner, g.noAck, c)
+			g.ch <- q.take(g.dst, &g.req, c)
 		}
 		served := false
 		for p := q.putters.head; p != nil && q.fits(len(p.items)); p = q.putters.head {
@@ -257,30 +239,29 @@ func (q *queue) requeueFailed(ts []Task, errText string, maxAttempts int) (dead 
 			dead = append(dead, t)
 			continue
 		}
-		if q.m.store != nil {
-			q.pushFrontStored(t, store.Requeue)
-			continue
-		}
-		q.ready.pushFront(t)
+		q.pushFront(t, store.Requeue)
 	}
-	if q.m.store != nil {
-		// Dead tasks are logged by deadLetter, as a Move into the
-		// dead-letter queue; until then they stay in this one on disk.
-		q.flushOps()
-	}
+	// Dead tasks are recorded by deadLetter, as a Move into the
+	// dead-letter queue; until then they stay in this one in the store.
+	q.log.commit()
 	slices.Reverse(dead)
 	return dead
 }
 
-// unget puts back tasks handed out by take that never reached the client:
-// to the front in their order, Attempts lowered again, counters restored.
-// A task whose lease is gone already (expired or released meanwhile) is
-// skipped: it has been requeued. Called with q.mu held; the caller must
-// settle.
-func (q *queue) unget(ts []Task, owner uint64, noAck bool) {
+// unget puts back tasks that a take for req handed out but that never
+// reached the client: to the front in their order, Attempts lowered
+// again, counters restored. A leased task is put back only while
+// req.Owner holds it for the same delivery; one whose lease is gone
+// (expired or released meanwhile) has been requeued already. Called with
+// q.mu held; the caller must settle.
+func (q *queue) unget(ts []Task, req *GetRequest) {
+	kind := store.Requeue
+	if req.NoAck {
+		kind = store.Add // its take deleted it
+	}
 	for i := len(ts) - 1; i >= 0; i-- {
 		t := ts[i]
-		if noAck {
+		if req.NoAck {
 			if _, leased := q.leases[t.ID]; leased {
 				continue // not ours: a misuse, leave the lease be
 			}
@@ -289,7 +270,7 @@ func (q *queue) unget(ts []Task, owner uint64, noAck bool) {
 			}
 		} else {
 			l := q.leases[t.ID]
-			if l == nil || l.owner != owner || l.task.Attempts != t.Attempts {
+			if l == nil || l.owner != req.Owner || l.task.Attempts != t.Attempts {
 				continue
 			}
 			t = q.unlease(l)
@@ -300,17 +281,7 @@ func (q *queue) unget(ts []Task, owner uint64, noAck bool) {
 		if q.gets > 0 {
 			q.gets--
 		}
-		if q.m.store != nil {
-			k := store.Requeue
-			if noAck {
-				k = store.Add // its take deleted it
-			}
-			q.pushFrontStored(t, k)
-			continue
-		}
-		q.ready.pushFront(t)
+		q.pushFront(t, kind)
 	}
-	if q.m.store != nil {
-		q.flushOps()
-	}
+	q.log.commit()
 }

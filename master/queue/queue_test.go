@@ -68,14 +68,14 @@ func TestQueueNames(t *testing.T) {
 			if (err == nil) != tt.ok {
 				t.Fatalf("CheckName(%q) = %v, want ok=%v", tt.name, err, tt.ok)
 			}
-			_, err = m.Put(context.Background(), tt.name, items("x"), false)
+			_, err = m.Put(context.Background(), queue.PutRequest{Queue: tt.name, Items: items("x")})
 			if tt.ok && err != nil {
 				t.Fatalf("Put: %v", err)
 			}
 			if !tt.ok && !errors.Is(err, queue.ErrBadQueueName) {
 				t.Fatalf("Put = %v, want ErrBadQueueName", err)
 			}
-			_, err = m.Get(doneCtx(), tt.name, 1, 0, 1, false)
+			_, err = m.Get(doneCtx(), queue.GetRequest{Queue: tt.name, Max: 1, Owner: 1}, nil)
 			if !tt.ok && !errors.Is(err, queue.ErrBadQueueName) {
 				t.Fatalf("Get = %v, want ErrBadQueueName", err)
 			}
@@ -104,9 +104,10 @@ func TestFIFO(t *testing.T) {
 func TestBatch(t *testing.T) {
 	clk := newFakeClock()
 	m := newManager(t, queue.Config{Now: clk.Now})
-	ids, err := m.Put(context.Background(), "q", []queue.Item{
+	ids, err := m.Put(context.Background(), queue.PutRequest{Queue: "q", Items: []queue.Item{
 		{Payload: []byte("a"), ReplyTo: "r"}, {Payload: []byte("b")}, {Payload: []byte("c")},
-	}, false)
+	}})
+
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,14 +129,14 @@ func TestBatch(t *testing.T) {
 	if ts := mustGet(t, m, "q", 10, 7); !slices.Equal(payloads(ts), []string{"c"}) {
 		t.Fatalf("max beyond ready = %v", payloads(ts))
 	}
-	if _, err := m.Get(doneCtx(), "q", 0, 0, 7, false); !errors.Is(err, queue.ErrBadArgument) {
+	if _, err := m.Get(doneCtx(), queue.GetRequest{Queue: "q", Max: 0, Owner: 7}, nil); !errors.Is(err, queue.ErrBadArgument) {
 		t.Fatalf("Get max 0 = %v, want ErrBadArgument", err)
 	}
 	s := mustStats(t, m, "q")
 	if s.Leased != 3 || s.Ready != 0 || s.Puts != 3 || s.Gets != 3 {
 		t.Fatalf("stats = %+v", s)
 	}
-	if got, err := m.Put(context.Background(), "q", nil, false); err != nil || len(got) != 0 {
+	if got, err := m.Put(context.Background(), queue.PutRequest{Queue: "q", Items: nil}); err != nil || len(got) != 0 {
 		t.Fatalf("empty Put = %v, %v", got, err)
 	}
 }
@@ -144,7 +145,7 @@ func TestAckTasks(t *testing.T) {
 	m := newManager(t, queue.Config{})
 	ids := mustPut(t, m, "q", "a", "b", "c")
 	mustGet(t, m, "q", 3, 1)
-	acked, err := m.Ack("q", 1, []uint64{ids[2], ids[0]})
+	acked, err := m.Ack(queue.AckRequest{Queue: "q", Owner: 1, IDs: []uint64{ids[2], ids[0]}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,11 +153,11 @@ func TestAckTasks(t *testing.T) {
 		t.Fatalf("acked %v", got)
 	}
 	// Acking twice, by the wrong owner, an unknown id.
-	acked, err = m.Ack("q", 2, []uint64{ids[1]})
+	acked, err = m.Ack(queue.AckRequest{Queue: "q", Owner: 2, IDs: []uint64{ids[1]}}, nil)
 	if len(acked) != 0 || !errors.Is(err, queue.ErrNotLeased) {
 		t.Fatalf("Ack by wrong owner = %v, %v; want ErrNotLeased", acked, err)
 	}
-	acked, err = m.Ack("q", 1, []uint64{ids[0], ids[1], 999})
+	acked, err = m.Ack(queue.AckRequest{Queue: "q", Owner: 1, IDs: []uint64{ids[0], ids[1], 999}}, nil)
 	if !slices.Equal(payloads(acked), []string{"b"}) {
 		t.Fatalf("acked %v, want [b]", payloads(acked))
 	}
@@ -175,7 +176,7 @@ func TestAckTasks(t *testing.T) {
 	if s.Done != 3 || s.Acks != 3 || s.Leased != 0 {
 		t.Fatalf("stats = %+v", s)
 	}
-	if _, err := m.Ack("nope", 1, ids); !errors.Is(err, queue.ErrUnknownQueue) {
+	if _, err := m.Ack(queue.AckRequest{Queue: "nope", Owner: 1, IDs: ids}, nil); !errors.Is(err, queue.ErrUnknownQueue) {
 		t.Fatalf("Ack on unknown queue = %v", err)
 	}
 }
@@ -183,7 +184,7 @@ func TestAckTasks(t *testing.T) {
 func TestNoAck(t *testing.T) {
 	m := newManager(t, queue.Config{})
 	mustPut(t, m, "q", "a", "b")
-	ts, err := m.Get(doneCtx(), "q", 1, 0, 1, true)
+	ts, err := m.Get(doneCtx(), queue.GetRequest{Queue: "q", Max: 1, Owner: 1, NoAck: true}, nil)
 	if err != nil || len(ts) != 1 || ts[0].Attempts != 1 {
 		t.Fatalf("Get noAck = %+v, %v", ts, err)
 	}
@@ -191,17 +192,17 @@ func TestNoAck(t *testing.T) {
 	if s.Done != 1 || s.Leased != 0 || s.Ready != 1 {
 		t.Fatalf("stats = %+v", s)
 	}
-	if _, err := m.Ack("q", 1, []uint64{ts[0].ID}); !errors.Is(err, queue.ErrNotLeased) {
+	if _, err := m.Ack(queue.AckRequest{Queue: "q", Owner: 1, IDs: []uint64{ts[0].ID}}, nil); !errors.Is(err, queue.ErrNotLeased) {
 		t.Fatalf("Ack of a noAck task = %v", err)
 	}
 	if m.LeasedBy(1) != 0 {
 		t.Fatal("noAck task is leased")
 	}
 	// A noAck task that could not be delivered goes back.
-	m.UngetNoAck("q", ts)
+	m.Unget(queue.GetRequest{Queue: "q", NoAck: true}, ts)
 	again := mustGet(t, m, "q", 2, 1)
 	if got := payloads(again); !slices.Equal(got, []string{"a", "b"}) || again[0].Attempts != 1 {
-		t.Fatalf("after UngetNoAck got %v (%+v)", got, again)
+		t.Fatalf("after Unget of NoAck tasks got %v (%+v)", got, again)
 	}
 }
 
@@ -211,7 +212,7 @@ func TestClose(t *testing.T) {
 	getCh := goGet(context.Background(), m, "q", 1, 1)
 	putErr := make(chan error, 1)
 	go func() {
-		_, err := m.Put(context.Background(), "full", items("y"), false)
+		_, err := m.Put(context.Background(), queue.PutRequest{Queue: "full", Items: items("y")})
 		putErr <- err
 	}()
 	waitConsumers(t, m, "q", 1)
@@ -228,13 +229,13 @@ func TestClose(t *testing.T) {
 		t.Fatal("blocked Put did not return")
 	}
 	m.Close() // idempotent
-	if _, err := m.Put(context.Background(), "q", items("a"), false); err != queue.ErrClosed {
+	if _, err := m.Put(context.Background(), queue.PutRequest{Queue: "q", Items: items("a")}); err != queue.ErrClosed {
 		t.Fatalf("Put after Close = %v", err)
 	}
-	if _, err := m.Get(context.Background(), "q", 1, 0, 1, false); err != queue.ErrClosed {
+	if _, err := m.Get(context.Background(), queue.GetRequest{Queue: "q", Max: 1, Owner: 1}, nil); err != queue.ErrClosed {
 		t.Fatalf("Get after Close = %v", err)
 	}
-	if _, err := m.Ack("q", 1, []uint64{1}); err != queue.ErrClosed {
+	if _, err := m.Ack(queue.AckRequest{Queue: "q", Owner: 1, IDs: []uint64{1}}, nil); err != queue.ErrClosed {
 		t.Fatalf("Ack after Close = %v", err)
 	}
 	if _, err := m.Stats("q"); err != queue.ErrClosed {
@@ -250,8 +251,14 @@ func TestBadArguments(t *testing.T) {
 		name string
 		call func() error
 	}{
-		{"Get max 0", func() error { _, err := m.Get(doneCtx(), "q", 0, 0, 1, false); return err }},
-		{"Get negative lease", func() error { _, err := m.Get(doneCtx(), "q", 1, -time.Second, 1, false); return err }},
+		{"Get max 0", func() error {
+			_, err := m.Get(doneCtx(), queue.GetRequest{Queue: "q", Max: 0, Owner: 1}, nil)
+			return err
+		}},
+		{"Get negative lease", func() error {
+			_, err := m.Get(doneCtx(), queue.GetRequest{Queue: "q", Max: 1, Lease: -time.Second, Owner: 1}, nil)
+			return err
+		}},
 		{"Extend negative lease", func() error { return m.Extend("q", 1, []uint64{ts[0].ID}, -time.Second) }},
 		{"Peek negative", func() error { _, err := m.Peek("q", -1); return err }},
 		{"SetMaxLen negative", func() error { return m.SetMaxLen("q", -1) }},
@@ -274,25 +281,28 @@ func TestBadArguments(t *testing.T) {
 	}
 }
 
-// GetInto's wait bounds a blocked get without a deadline in its ctx, and
-// a getter's timer is reused from one get to the next without a stale
-// tick cutting the next wait short.
-func TestGetIntoWait(t *testing.T) {
+// MaxWait bounds a blocked get without a deadline in its ctx, and a
+// getter's timer is reused from one get to the next without a stale tick
+// cutting the next wait short.
+func TestGetMaxWait(t *testing.T) {
 	m := newManager(t, queue.Config{})
 	for i := range 3 {
 		start := time.Now()
-		ts, err := m.GetInto(context.Background(), nil, "q", 1, time.Minute, 1, false, 20*time.Millisecond)
+		ts, err := m.Get(context.Background(), queue.GetRequest{Queue: "q", Max: 1, Owner: 1, MaxWait: 20 * time.Millisecond}, nil)
 		if took := time.Since(start); ts != nil || err != nil || took < 20*time.Millisecond {
 			t.Fatalf("get %d of an empty queue = %v, %v after %v; want nothing after 20ms", i, ts, err, took)
 		}
 	}
-	if ts, err := m.GetInto(context.Background(), nil, "q", 1, time.Minute, 1, false, 0); ts != nil || err != nil {
-		t.Fatalf("get with no wait = %v, %v", ts, err)
+	if ts, err := m.Get(doneCtx(), queue.GetRequest{Queue: "q", Max: 1, Owner: 1}, nil); ts != nil || err != nil {
+		t.Fatalf("get with a done ctx = %v, %v", ts, err)
+	}
+	if _, err := m.Get(doneCtx(), queue.GetRequest{Queue: "q", Max: 1, MaxWait: -time.Second}, nil); !errors.Is(err, queue.ErrBadArgument) {
+		t.Fatalf("get with a negative MaxWait = %v, want ErrBadArgument", err)
 	}
 
 	done := make(chan []queue.Task, 1)
 	go func() {
-		ts, _ := m.GetInto(context.Background(), nil, "q", 1, time.Minute, 1, false, time.Minute)
+		ts, _ := m.Get(context.Background(), queue.GetRequest{Queue: "q", Max: 1, Owner: 1, MaxWait: time.Minute}, nil)
 		done <- ts
 	}()
 	waitConsumers(t, m, "q", 1)
@@ -302,19 +312,20 @@ func TestGetIntoWait(t *testing.T) {
 	}
 }
 
-// AckThenInto returns the acked tasks in the caller's buffer, and what it
-// returns is what it passed to publish.
-func TestAckThenIntoReusesBuffer(t *testing.T) {
+// Ack returns the acked tasks in the caller's buffer, and what it returns
+// is what it passed to Publish.
+func TestAckReusesBuffer(t *testing.T) {
 	m := newManager(t, queue.Config{})
 	mustPut(t, m, "q", "a")
 	mustPut(t, m, "q", "b")
-	ts, err := m.Get(context.Background(), "q", 2, time.Minute, 1, false)
+	ts, err := m.Get(context.Background(), queue.GetRequest{Queue: "q", Max: 2, Lease: time.Minute, Owner: 1}, nil)
 	if err != nil || len(ts) != 2 {
 		t.Fatalf("get: %d tasks, %v", len(ts), err)
 	}
 	buf := make([]queue.Task, 4)
 	var published []queue.Task
-	acked, err := m.AckThenInto(buf, "q", 1, []uint64{ts[0].ID, ts[1].ID, 999}, func(a []queue.Task) { published = a })
+	acked, err := m.Ack(queue.AckRequest{Queue: "q", Owner: 1, IDs: []uint64{ts[0].ID, ts[1].ID, 999},
+		Publish: func(a []queue.Task) { published = a }}, buf)
 	if !errors.Is(err, queue.ErrNotLeased) {
 		t.Errorf("ack of an unknown id: %v, want ErrNotLeased", err)
 	}
@@ -326,33 +337,33 @@ func TestAckThenIntoReusesBuffer(t *testing.T) {
 	}
 }
 
-// GetInto takes tasks into the caller's buffer, whether they were ready
-// or came to a blocked get, and overwrites whatever it held.
-func TestGetIntoReusesBuffer(t *testing.T) {
+// Get takes tasks into the caller's buffer, whether they were ready or
+// came to a blocked get, and overwrites whatever it held.
+func TestGetReusesBuffer(t *testing.T) {
 	m := newManager(t, queue.Config{})
 	buf := make([]queue.Task, 8)
 	buf[0] = queue.Task{ID: 999, LastError: "stale"}
 	mustPut(t, m, "q", "a")
 	mustPut(t, m, "q", "b")
-	ts, err := m.GetInto(context.Background(), buf, "q", 4, time.Minute, 1, false, 0)
+	ts, err := m.Get(doneCtx(), queue.GetRequest{Queue: "q", Max: 4, Lease: time.Minute, Owner: 1}, buf)
 	if err != nil || len(ts) != 2 || &ts[0] != &buf[0] {
-		t.Fatalf("GetInto of ready tasks: %d tasks, %v; want 2 in the buffer given", len(ts), err)
+		t.Fatalf("Get of ready tasks: %d tasks, %v; want 2 in the buffer given", len(ts), err)
 	}
 	if got := payloads(ts); !slices.Equal(got, []string{"a", "b"}) || ts[0].LastError != "" {
-		t.Fatalf("GetInto gave %v (last error %q), want a and b, nothing stale", got, ts[0].LastError)
+		t.Fatalf("Get gave %v (last error %q), want a and b, nothing stale", got, ts[0].LastError)
 	}
 
 	done := make(chan []queue.Task, 1)
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		ts, _ := m.GetInto(ctx, buf, "q", 4, time.Minute, 1, false, -1)
+		ts, _ := m.Get(ctx, queue.GetRequest{Queue: "q", Max: 4, Lease: time.Minute, Owner: 1}, buf)
 		done <- ts
 	}()
 	waitConsumers(t, m, "q", 1)
 	mustPut(t, m, "q", "c")
 	ts = <-done
 	if got := payloads(ts); !slices.Equal(got, []string{"c"}) || &ts[0] != &buf[0] {
-		t.Fatalf("blocked GetInto gave %v, want c in the buffer given", got)
+		t.Fatalf("blocked Get gave %v, want c in the buffer given", got)
 	}
 }

@@ -91,7 +91,7 @@ func TestStress(t *testing.T) {
 					its[i] = queue.Item{Payload: fmt.Appendf(nil, "p%d-%d", p, seq+i)}
 				}
 				ctx, cancel := context.WithTimeout(context.Background(), time.Duration(rng.IntN(3000))*time.Microsecond)
-				ids, err := m.Put(ctx, q, its, false)
+				ids, err := m.Put(ctx, queue.PutRequest{Queue: q, Items: its})
 				cancel()
 				if errors.Is(err, queue.ErrQueueFull) {
 					continue // nothing was added: try the same batch again
@@ -122,7 +122,7 @@ func TestStress(t *testing.T) {
 			for finished.Load() < total {
 				ctx, cancel := context.WithTimeout(context.Background(), time.Duration(rng.IntN(2000))*time.Microsecond)
 				noAck := rng.IntN(20) == 0
-				ts, err := m.Get(ctx, q, 1+rng.IntN(4), 0, owner, noAck)
+				ts, err := m.Get(ctx, queue.GetRequest{Queue: q, Max: 1 + rng.IntN(4), Owner: owner, NoAck: noAck}, nil)
 				cancel()
 				if err != nil {
 					fail("Get: %v", err)
@@ -130,7 +130,7 @@ func TestStress(t *testing.T) {
 				}
 				if noAck {
 					if len(ts) > 0 && rng.IntN(5) == 0 {
-						m.UngetNoAck(q, ts) // "could not deliver"
+						m.Unget(queue.GetRequest{Queue: q, NoAck: true}, ts) // "could not deliver"
 						continue
 					}
 					markConsumed(ts)
@@ -147,13 +147,13 @@ func TestStress(t *testing.T) {
 							fail("Nack: %v", err)
 						}
 					case r < 92:
-						m.Unget(q, owner, []uint64{tk.ID})
+						m.Unget(queue.GetRequest{Queue: q, Owner: owner}, []queue.Task{tk})
 					default:
 						// Forget it: the reaper or a disconnect returns it.
 					}
 				}
 				if len(ack) > 0 {
-					acked, err := m.Ack(q, owner, ack)
+					acked, err := m.Ack(queue.AckRequest{Queue: q, Owner: owner, IDs: ack}, nil)
 					if err != nil && !errors.Is(err, queue.ErrNotLeased) {
 						fail("Ack: %v", err)
 					}
@@ -254,9 +254,9 @@ func TestChaos(t *testing.T) {
 				ctx, cancel := context.WithTimeout(context.Background(), time.Duration(rng.IntN(500))*time.Microsecond)
 				switch rng.IntN(16) {
 				case 0, 1, 2:
-					_, _ = m.Put(ctx, q, items("x", "y")[:1+rng.IntN(2)], rng.IntN(10) == 0)
+					_, _ = m.Put(ctx, queue.PutRequest{Queue: q, Items: items("x", "y")[:1+rng.IntN(2)], Results: rng.IntN(10) == 0})
 				case 3, 4, 5:
-					ts, _ := m.Get(ctx, q, 1+rng.IntN(3), 0, owner, rng.IntN(8) == 0)
+					ts, _ := m.Get(ctx, queue.GetRequest{Queue: q, Max: 1 + rng.IntN(3), Owner: owner, NoAck: rng.IntN(8) == 0}, nil)
 					for range ts {
 						heldQ = append(heldQ, q)
 					}
@@ -264,7 +264,7 @@ func TestChaos(t *testing.T) {
 				case 6, 7:
 					if len(held) > 0 {
 						i := rng.IntN(len(held))
-						_, _ = m.Ack(heldQ[i], owner, []uint64{held[i].ID})
+						_, _ = m.Ack(queue.AckRequest{Queue: heldQ[i], Owner: owner, IDs: []uint64{held[i].ID}}, nil)
 						held, heldQ = slices.Delete(held, i, i+1), slices.Delete(heldQ, i, i+1)
 					}
 				case 8:
@@ -276,7 +276,7 @@ func TestChaos(t *testing.T) {
 				case 9:
 					if len(held) > 0 {
 						_ = m.Extend(heldQ[0], owner, []uint64{held[0].ID}, time.Duration(rng.IntN(3))*time.Minute)
-						m.Unget(heldQ[0], owner, []uint64{held[0].ID})
+						m.Unget(queue.GetRequest{Queue: heldQ[0], Owner: owner}, held[:1])
 					}
 				case 10:
 					m.Release(owner)

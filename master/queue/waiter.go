@@ -13,14 +13,11 @@ import (
 // getter woken by its ctx or by Close checks served under the lock to know
 // whether tasks are on their way.
 type getter struct {
-	max    int
-	lease  time.Duration
-	owner  uint64
-	noAck  bool
+	req    GetRequest // Lease already defaulted
 	served bool
 	dst    []Task      // the array to take the tasks into, if large enough
 	ch     chan []Task // cap 1; nil tasks mean the queue was deleted
-	timer  *time.Timer // for GetInto's wait; kept with the getter in its pool
+	timer  *time.Timer // for GetRequest.MaxWait; kept with the getter in its pool
 
 	prev, next *getter
 }

@@ -69,7 +69,7 @@ func benchPuts(b *testing.B, m *queue.Manager, payload []byte, producers int) {
 	var drain sync.WaitGroup
 	drain.Go(func() {
 		for ctx.Err() == nil {
-			m.Get(ctx, "bench", 512, 0, 1, true)
+			m.Get(ctx, queue.GetRequest{Queue: "bench", Max: 512, Owner: 1, NoAck: true}, nil)
 		}
 	})
 	its := []queue.Item{{Payload: payload}}
@@ -79,7 +79,7 @@ func benchPuts(b *testing.B, m *queue.Manager, payload []byte, producers int) {
 	for range producers {
 		wg.Go(func() {
 			for range per {
-				if _, err := m.Put(context.Background(), "bench", its, false); err != nil {
+				if _, err := m.Put(context.Background(), queue.PutRequest{Queue: "bench", Items: its}); err != nil {
 					b.Error(err)
 					return
 				}
@@ -257,7 +257,7 @@ func BenchmarkRecover1M(b *testing.B) {
 			items[i].Payload = payload
 		}
 		for range n / len(items) {
-			if _, err := m.Put(context.Background(), "tasks", items, false); err != nil {
+			if _, err := m.Put(context.Background(), queue.PutRequest{Queue: "tasks", Items: items}); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -266,8 +266,8 @@ func BenchmarkRecover1M(b *testing.B) {
 		if snapshot { // reopen with a tiny CompactMin: the log is snapshotted
 			st, _ = seglog.Open(dir, seglog.Options{Fsync: seglog.FsyncNever, CompactMin: 1})
 			m, _ = queue.New(queue.Config{Store: st})
-			m.Put(context.Background(), "tasks", items[:1], false)
-			ts, _ := m.Get(context.Background(), "tasks", 1, 0, 1, true)
+			m.Put(context.Background(), queue.PutRequest{Queue: "tasks", Items: items[:1]})
+			ts, _ := m.Get(context.Background(), queue.GetRequest{Queue: "tasks", Max: 1, Owner: 1, NoAck: true}, nil)
 			_ = ts
 			deadline := time.Now().Add(30 * time.Second)
 			for time.Now().Before(deadline) {

@@ -1,0 +1,131 @@
+package queue
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/qm-dev/qm/store"
+)
+
+// AckRequest names leased tasks that succeeded.
+type AckRequest struct {
+	// Queue is the queue the tasks were taken from.
+	Queue string
+	// Owner must hold the leases of IDs.
+	Owner uint64
+	// IDs are the tasks to ack.
+	IDs []uint64
+	// Publish, if not nil, is called with the tasks acked, outside every
+	// lock, before their acks are stored. It puts their results; so the
+	// results reach the store ahead of the acks, and a crash in between
+	// leaves a task that runs again (its result may then come twice),
+	// never an acked task whose result is lost.
+	Publish func(acked []Task)
+}
+
+// Ack removes leased tasks for good (counted as done). Each id must be
+// leased by req.Owner in the named queue; for each id that is not, the
+// joined error holds a *TaskError wrapping ErrNotLeased, and the other ids
+// still succeed. Ack returns copies of the acked Tasks, in the order of
+// req.IDs, in dst's array when it is large enough (dst may be nil), so
+// that a caller acking one batch after another reuses one buffer. With a
+// store, the acks are durable when Ack returns.
+func (m *Manager) Ack(req AckRequest, dst []Task) ([]Task, error) {
+	if m.closed.Load() {
+		return nil, ErrClosed
+	}
+	q, err := m.lockLive(req.Queue)
+	if err != nil {
+		return nil, err
+	}
+	ts := dst[:0]
+	if cap(ts) < len(req.IDs) {
+		ts = make([]Task, 0, len(req.IDs))
+	}
+	var bad []uint64
+	for _, id := range req.IDs {
+		l := q.leases[id]
+		if l == nil || l.owner != req.Owner {
+			bad = append(bad, id)
+			continue
+		}
+		ts = append(ts, q.unlease(l))
+	}
+	q.acks += uint64(len(ts))
+	q.done += uint64(len(ts))
+	if len(ts) > 0 && q.putters.head != nil {
+		q.settle(&clock{m: m})
+	}
+	var ticket store.Ticket
+	if req.Publish == nil {
+		q.recordDeletes(ts)
+		ticket = q.log.commit()
+	}
+	log := q.log
+	m.unlock(q)
+	if req.Publish != nil && len(ts) > 0 {
+		req.Publish(ts)
+		// The tasks are gone from memory, so no other change names them:
+		// their deletes may be stored outside the queue's lock.
+		ticket = log.forget(ts)
+	}
+	m.durable(ticket)
+	return ts, notLeased(bad)
+}
+
+// Nack ends a failed attempt of a task leased by owner: it goes back to
+// the front of its queue with LastError set to errText or, if its Attempts
+// have reached MaxAttempts, to the dead-letter queue (then OnDead is
+// called). A *TaskError wrapping ErrNotLeased if owner does not hold it.
+func (m *Manager) Nack(name string, owner uint64, id uint64, errText string) error {
+	if m.closed.Load() {
+		return ErrClosed
+	}
+	q, err := m.lockLive(name)
+	if err != nil {
+		return err
+	}
+	l := q.leases[id]
+	if l == nil || l.owner != owner {
+		q.mu.Unlock()
+		return &TaskError{ID: id, Err: ErrNotLeased}
+	}
+	ts := [1]Task{q.unlease(l)}
+	q.nacks++
+	dead := q.requeueFailed(ts[:], errText, m.cfg.MaxAttempts)
+	q.settle(&clock{m: m})
+	m.unlock(q)
+	m.deadLetter(q.name, dead)
+	return nil
+}
+
+// Extend sets the lease deadline of each id held by owner to now+lease
+// (0 means Config.DefaultLease). Errors are as for Ack.
+func (m *Manager) Extend(name string, owner uint64, ids []uint64, lease time.Duration) error {
+	if lease < 0 {
+		return fmt.Errorf("%w: lease must be >= 0, got %v", ErrBadArgument, lease)
+	}
+	if lease == 0 {
+		lease = m.cfg.DefaultLease
+	}
+	if m.closed.Load() {
+		return ErrClosed
+	}
+	q, err := m.lockLive(name)
+	if err != nil {
+		return err
+	}
+	c := clock{m: m}
+	deadline := c.deadline(lease)
+	var bad []uint64
+	for _, id := range ids {
+		l := q.leases[id]
+		if l == nil || l.owner != owner {
+			bad = append(bad, id)
+			continue
+		}
+		q.setDeadline(l, deadline)
+	}
+	m.unlock(q)
+	return notLeased(bad)
+}

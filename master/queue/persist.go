@@ -1,0 +1,196 @@
+package queue
+
+import (
+	"cmp"
+	"slices"
+	"strings"
+
+	"github.com/qm-dev/qm/store"
+)
+
+// This file is where the queues meet their store: a put becomes durable
+// when the ticket its journal's commit returned is waited for (Put, through
+// Manager.wait), and a restart rebuilds the queues in load.
+
+// journal records one queue's changes for the Manager's store, so that each
+// operation has one path whether or not the queues persist: a Manager
+// without a store gives every queue memJournal, which does nothing.
+//
+// record and commit are called with the queue's lock held, so that the
+// store sees each queue's changes in their order. Every change that
+// moves, adds or removes a task is recorded; a commit does not wait for
+// the disk (Manager.wait does, with no lock held).
+type journal interface {
+	// record buffers one change of t for commit. The store.Kind says
+	// which of t's fields count: Add, Requeue and Move keep the whole
+	// task (with t.seq as its order), Delete its ID, Attempts its ID and
+	// Attempts.
+	record(k store.Kind, t Task)
+	// commit appends what was recorded, in order, and returns the ticket
+	// to wait on for it; 0 if there was nothing to store.
+	commit() store.Ticket
+	// forget appends deletes of tasks that are gone from every queue in
+	// memory, with no lock held: no other change can name them any more.
+	forget(ts []Task) store.Ticket
+}
+
+// memJournal is the journal of a Manager without a store.
+type memJournal struct{}
+
+func (memJournal) record(store.Kind, Task)    {}
+func (memJournal) commit() store.Ticket       { return 0 }
+func (memJournal) forget([]Task) store.Ticket { return 0 }
+
+// storeJournal is one queue's journal into a store.Store. ops is guarded
+// by the queue's lock.
+type storeJournal struct {
+	st    store.Store
+	queue string
+	ops   []store.Op
+}
+
+func (j *storeJournal) record(k store.Kind, t Task) {
+	op := store.Op{Kind: k, Task: store.Task{ID: t.ID, Attempts: t.Attempts}}
+	if k != store.Delete && k != store.Attempts {
+		op.Task = store.Task{
+			ID: t.ID, Queue: j.queue, Seq: t.seq, Payload: t.Payload, ReplyTo: t.ReplyTo,
+			Attempts: t.Attempts, LastError: t.LastError, Enqueued: t.Enqueued,
+		}
+	}
+	j.ops = append(j.ops, op)
+}
+
+func (j *storeJournal) commit() store.Ticket {
+	if len(j.ops) == 0 {
+		return 0
+	}
+	t := j.st.Append(j.ops...)
+	clear(j.ops) // drop the payload references
+	j.ops = j.ops[:0]
+	return t
+}
+
+func (j *storeJournal) forget(ts []Task) store.Ticket {
+	if len(ts) == 0 {
+		return 0
+	}
+	ops := make([]store.Op, len(ts))
+	for i := range ts {
+		ops[i] = store.Op{Kind: store.Delete, Task: store.Task{ID: ts[i].ID}}
+	}
+	return j.st.Append(ops...)
+}
+
+// newJournal returns the journal of the named queue.
+func (m *Manager) newJournal(name string) journal {
+	if m.store == nil {
+		return memJournal{}
+	}
+	return &storeJournal{st: m.store, queue: name}
+}
+
+// writable reports why a put would not be stored now (a full disk), or
+// nil. Puts are refused meanwhile; other changes are stored once it can.
+func (m *Manager) writable() error {
+	if m.store == nil {
+		return nil
+	}
+	return m.store.Writable()
+}
+
+// wait returns once the changes up to t are durable, or the error that
+// keeps them from being so for now. A zero ticket, which every memJournal
+// commit returns, is durable at once.
+func (m *Manager) wait(t store.Ticket) error {
+	if t == 0 {
+		return nil
+	}
+	return m.store.Wait(t)
+}
+
+// durable is wait for a change made in memory whatever the store says:
+// the store keeps retrying to write it (see store.Store.Writable).
+func (m *Manager) durable(t store.Ticket) { _ = m.wait(t) }
+
+// load rebuilds the queues from the store, if any, and gives the store
+// its dumper.
+func (m *Manager) load() error {
+	if m.store == nil {
+		return nil
+	}
+	meta, tasks, err := m.store.Load()
+	if err != nil {
+		return err
+	}
+	// Order by queue, then Seq, through an index: cheaper to move than
+	// Tasks, and nearly sorted already in the common case.
+	order := make([]int32, len(tasks))
+	count := make(map[string]int)
+	for i := range tasks {
+		order[i] = int32(i)
+		count[tasks[i].Queue]++
+	}
+	slices.SortFunc(order, func(a, b int32) int {
+		ta, tb := &tasks[a], &tasks[b]
+		if c := strings.Compare(ta.Queue, tb.Queue); c != 0 {
+			return c
+		}
+		return cmp.Compare(ta.Seq, tb.Seq)
+	})
+	var q *queue
+	for _, i := range order {
+		t := &tasks[i]
+		if q == nil || q.name != t.Queue {
+			q = m.create(t.Queue)
+			q.ready.reserve(count[t.Queue])
+			q.frontSeq = min(0, t.Seq)
+		}
+		q.ready.pushBack(Task{
+			ID: t.ID, Payload: t.Payload, ReplyTo: t.ReplyTo, Attempts: t.Attempts,
+			LastError: t.LastError, Enqueued: t.Enqueued, seq: t.Seq,
+		})
+		*t = store.Task{} // let the payloads go with the deques only
+	}
+	m.nextID.Store(meta.MaxID)
+	m.seq.Store(max(meta.MaxSeq, 0))
+	m.store.SetDumper(m.dump)
+	return nil
+}
+
+// dump is the store's Dumper: every live task, ready and leased, each
+// emitted under its queue's lock.
+func (m *Manager) dump(emit func(*store.Task) error) error {
+	var st store.Task
+	put := func(q *queue, t *Task) error {
+		st = store.Task{
+			ID: t.ID, Queue: q.name, Seq: t.seq, Payload: t.Payload, ReplyTo: t.ReplyTo,
+			Attempts: t.Attempts, LastError: t.LastError, Enqueued: t.Enqueued,
+		}
+		return emit(&st)
+	}
+	for _, q := range m.snapshot() {
+		err := func() error {
+			q.mu.Lock()
+			defer q.mu.Unlock()
+			if q.deleted {
+				return nil
+			}
+			for i := range q.ready.len() {
+				t := q.ready.get(i)
+				if err := put(q, &t); err != nil {
+					return err
+				}
+			}
+			for _, l := range q.leases {
+				if err := put(q, &l.task); err != nil {
+					return err
+				}
+			}
+			return nil
+		}()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}

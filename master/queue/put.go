@@ -1,0 +1,138 @@
+package queue
+
+import (
+	"context"
+	"fmt"
+)
+
+// PutRequest is what Put adds to a queue.
+type PutRequest struct {
+	// Queue is the queue's name; Put creates the queue on first use.
+	Queue string
+	// Items are the tasks to add, in order. Put keeps their Payload
+	// slices: the caller must not modify them afterwards.
+	Items []Item
+	// Results marks the items as results: they are never refused for the
+	// queue's max length, so that no result is dropped, and if their
+	// write to the store fails they stay queued, to be written once the
+	// store can.
+	Results bool
+}
+
+// Put appends req.Items to the named queue, creating it on first use, and
+// returns their new ids: unique across all queues of the Manager, and
+// increasing.
+//
+// If the queue has a max length and the batch does not fit, Put waits, in
+// FIFO order with other waiting Puts, until it fits or ctx is done; then it
+// returns ErrQueueFull and nothing of the batch is added. A batch larger
+// than the max length fails at once with ErrQueueFull.
+//
+// With a store, Put returns once the batch is written. If the write fails
+// (a full disk), the error says so, and Put takes back the tasks that no
+// get took meanwhile and returns the ids of those a get did (see
+// withdraw); results stay queued.
+func (m *Manager) Put(ctx context.Context, req PutRequest) ([]uint64, error) {
+	if m.closed.Load() {
+		return nil, ErrClosed
+	}
+	if len(req.Items) == 0 {
+		if _, err := m.lookupOrCreate(req.Queue); err != nil {
+			return nil, err
+		}
+		return []uint64{}, nil
+	}
+	if err := m.writable(); err != nil {
+		return nil, err
+	}
+	c := clock{m: m, t: m.now(), ok: true}
+	for {
+		q, err := m.lockOrCreate(req.Queue)
+		if err != nil {
+			return nil, err
+		}
+		if req.Results || q.maxLen == 0 || q.putters.head == nil && q.fits(len(req.Items)) {
+			ids, ticket := q.push(req.Items, &c)
+			q.settle(&c)
+			m.unlock(q)
+			// Getters may have the tasks already: see docs/STORAGE.md.
+			if err := m.wait(ticket); err != nil {
+				if req.Results { // the log writes them once it can
+					return nil, err
+				}
+				return m.withdraw(req.Queue, ids, err)
+			}
+			return ids, nil
+		}
+		if len(req.Items) > q.maxLen || ctx.Err() != nil {
+			q.mu.Unlock()
+			return nil, ErrQueueFull
+		}
+		p := &putter{items: req.Items, ch: make(chan putResult, 1)}
+		q.putters.pushBack(p)
+		q.mu.Unlock()
+
+		var (
+			r   putResult
+			got bool
+		)
+		select {
+		case r = <-p.ch:
+			got = true
+		case <-ctx.Done():
+		case <-m.closedCh:
+		}
+		if !got {
+			if testHookWoken != nil {
+				testHookWoken()
+			}
+			q.mu.Lock()
+			if p.served {
+				r, got = <-p.ch, true // sent before we took the lock
+				q.mu.Unlock()
+			} else {
+				q.putters.remove(p)
+				q.settle(&clock{m: m}) // p may have held back smaller batches behind it
+				m.unlock(q)
+			}
+		}
+		switch {
+		case got && !r.retry:
+			if err := m.wait(r.ticket); err != nil {
+				return m.withdraw(req.Queue, r.ids, err)
+			}
+			return r.ids, nil
+		case m.closed.Load():
+			return nil, ErrClosed
+		case got: // the queue was deleted: start over on a new one
+			c = clock{m: m, t: m.now(), ok: true}
+			continue
+		}
+		return nil, ErrQueueFull
+	}
+}
+
+// withdraw takes back what it can of a put whose write to the store
+// failed (err), so that a refused put leaves nothing behind: its tasks
+// still ready leave the queue, and their deletes follow their adds in the
+// store's buffer, to be written with them or not at all. Tasks a get took
+// already stay: they run, and are written once the store can write again.
+// withdraw returns their ids, and an error that says which of the two
+// happened.
+func (m *Manager) withdraw(name string, ids []uint64, err error) ([]uint64, error) {
+	q, lerr := m.lockLive(name)
+	if lerr != nil { // deleted meanwhile, and the put with it
+		return nil, fmt.Errorf("%w; nothing of this put was queued", err)
+	}
+	back, out := q.remove(ids)
+	q.recordDeletes(back)
+	q.log.commit()
+	q.puts -= uint64(len(back))
+	q.settle(&clock{m: m}) // room for waiting puts
+	m.unlock(q)
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%w; nothing of this put was queued", err)
+	}
+	return out, fmt.Errorf("%w; %d of this put's %d tasks were handed out before the write failed: they run, and are stored once the log can write again; the rest were taken back",
+		err, len(out), len(ids))
+}

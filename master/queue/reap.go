@@ -1,0 +1,161 @@
+package queue
+
+import "time"
+
+// ReapLeases expires leases as they run out, until done is closed: each
+// expired task is handled as ExpireLeases says. It sleeps until the next
+// deadline, or until a lease earlier than that is made, rather than
+// polling. onExpired, if not nil, is told how many leases each pass
+// expired. The caller runs it in a goroutine it owns.
+func (m *Manager) ReapLeases(done <-chan struct{}, onExpired func(n int)) {
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		if n := m.ExpireLeases(m.now()); n > 0 && onExpired != nil {
+			onExpired(n)
+		}
+		wait := time.Hour
+		if next, ok := m.NextDeadline(); ok {
+			wait = max(next.Sub(m.now()), time.Millisecond)
+		}
+		timer.Reset(wait)
+		select {
+		case <-done:
+			return
+		case <-timer.C:
+		case <-m.leaseCh:
+		}
+	}
+}
+
+// ExpireLeases handles every lease whose deadline is <= now as a Nack with
+// LastError "lease expired", and returns how many expired.
+func (m *Manager) ExpireLeases(now time.Time) int {
+	if m.closed.Load() {
+		return 0
+	}
+	cut := int64(now.Sub(m.epoch))
+	n := 0
+	for _, q := range m.snapshot() {
+		q.mu.Lock()
+		if len(q.heap) == 0 || q.heap[0].deadline > cut {
+			q.mu.Unlock()
+			continue
+		}
+		var ts []Task
+		for len(q.heap) > 0 && q.heap[0].deadline <= cut {
+			ts = append(ts, q.unlease(q.heap[0]))
+		}
+		n += len(ts)
+		q.expired += uint64(len(ts))
+		dead := q.requeueFailed(ts, "lease expired", m.cfg.MaxAttempts)
+		q.settle(&clock{m: m, t: now, ok: true})
+		m.unlock(q)
+		m.deadLetter(q.name, dead)
+	}
+	return n
+}
+
+// NextDeadline returns the earliest lease deadline over all queues;
+// ok is false if no task is leased.
+func (m *Manager) NextDeadline() (t time.Time, ok bool) {
+	if m.closed.Load() {
+		return time.Time{}, false
+	}
+	var best int64
+	for _, q := range m.snapshot() {
+		q.mu.Lock()
+		if len(q.heap) > 0 && (!ok || q.heap[0].deadline < best) {
+			best, ok = q.heap[0].deadline, true
+		}
+		q.mu.Unlock()
+	}
+	if !ok {
+		return time.Time{}, false
+	}
+	return m.epoch.Add(time.Duration(best)), true
+}
+
+// LeaseChanged returns a channel that receives (a non-blocking send,
+// buffer 1) whenever a lease deadline earlier than the previous earliest
+// may exist, so that a reaper can re-arm its timer from NextDeadline. The
+// channel is never closed.
+func (m *Manager) LeaseChanged() <-chan struct{} { return m.leaseCh }
+
+// Release returns every task leased by owner, in any queue, as if its
+// lease had expired with LastError "worker disconnected": back to the
+// front of its queue with Attempts as raised by the Get, or to the
+// dead-letter queue if Attempts >= MaxAttempts. Used when a client's
+// connection drops. It returns how many tasks it released.
+func (m *Manager) Release(owner uint64) int {
+	if m.closed.Load() {
+		return 0
+	}
+	n := 0
+	for _, q := range m.snapshot() {
+		q.mu.Lock()
+		h := q.owners[owner]
+		if h == nil || q.deleted {
+			q.mu.Unlock()
+			continue
+		}
+		ts := make([]Task, 0, h.n)
+		for l := h.first; l != nil; {
+			next := l.next
+			ts = append(ts, q.unlease(l))
+			l = next
+		}
+		if q.owners[owner] != nil { // not swept by unlease
+			delete(q.owners, owner) // the owner is gone: forget it
+			q.idleOwners--
+		}
+		n += len(ts)
+		dead := q.requeueFailed(ts, "worker disconnected", m.cfg.MaxAttempts)
+		q.settle(&clock{m: m})
+		m.unlock(q)
+		m.deadLetter(q.name, dead)
+	}
+	return n
+}
+
+// LeasedBy returns how many tasks owner holds now, over all queues.
+func (m *Manager) LeasedBy(owner uint64) int {
+	n := 0
+	for _, q := range m.snapshot() {
+		q.mu.Lock()
+		if h := q.owners[owner]; h != nil {
+			n += h.n
+		}
+		q.mu.Unlock()
+	}
+	return n
+}
+
+// deadLetter appends tasks that used up their attempts to the back of
+// src's dead-letter queue, ignoring its max length, then calls OnDead for
+// each. Called with no lock held.
+func (m *Manager) deadLetter(src string, ts []Task) {
+	if len(ts) == 0 {
+		return
+	}
+	name := DeadLetterName(src)
+	for {
+		q := m.create(name) // a valid name: src was checked, and CheckName allows the suffix
+		q.mu.Lock()
+		if q.deleted {
+			q.mu.Unlock()
+			continue
+		}
+		// Not waited for: until the move is stored, a restart finds the
+		// tasks back in src with their attempts used up.
+		q.pushBackMoved(ts)
+		q.settle(&clock{m: m})
+		m.unlock(q)
+		break
+	}
+	if f := m.cfg.OnDead; f != nil {
+		for _, t := range ts {
+			f(src, t)
+		}
+	}
+}

@@ -1,0 +1,57 @@
+package master
+
+import (
+	"context"
+	"time"
+
+	"github.com/qm-dev/qm/master/queue"
+)
+
+// Queues is everything the server asks of its queues: the calls of
+// native and Python clients, the operators' views and actions, and the
+// lease reaper. *queue.Manager implements it in this process; another
+// implementation, such as a gateway to a replicated engine, can sit
+// behind it, speaking in package queue's request and task types.
+//
+// The server passes each client connection's ID as the owner of the
+// leases that connection takes, and calls Release(owner) when it drops.
+type Queues interface {
+	// Put adds tasks (or, with Results, results) to a queue.
+	Put(ctx context.Context, req queue.PutRequest) ([]uint64, error)
+	// Get takes tasks, into dst's array when it is large enough.
+	Get(ctx context.Context, req queue.GetRequest, dst []queue.Task) ([]queue.Task, error)
+	// Unget puts back tasks a Get for req took but could not deliver.
+	Unget(req queue.GetRequest, ts []queue.Task)
+	// Ack ends leases of tasks that succeeded, publishing their results
+	// through req.Publish before the acks are stored.
+	Ack(req queue.AckRequest, dst []queue.Task) ([]queue.Task, error)
+	// Nack ends a failed attempt.
+	Nack(queue string, owner, id uint64, errText string) error
+	// Extend renews leases.
+	Extend(queue string, owner uint64, ids []uint64, lease time.Duration) error
+	// Release gives back every lease of an owner that went away.
+	Release(owner uint64) int
+	// LeasedBy counts an owner's leases.
+	LeasedBy(owner uint64) int
+	// ReapLeases expires leases as they run out, until done is closed.
+	ReapLeases(done <-chan struct{}, onExpired func(n int))
+
+	// Stats, AllStats, Queues, Peek and Leases are what operators see.
+	Stats(queue string) (queue.Stats, error)
+	AllStats() []queue.Stats
+	Queues() []string
+	Peek(queue string, n int) ([]queue.Task, error)
+	Leases() map[uint64][]queue.LeaseInfo
+
+	// Purge, Delete, SetPaused, Requeue and Drop are what operators do.
+	Purge(queue string) (int, error)
+	Delete(queue string) error
+	SetPaused(queue string, paused bool) error
+	Requeue(queue string, ids []uint64) (int, error)
+	Drop(queue string, ids []uint64) (int, error)
+
+	// Close ends every blocked call with queue.ErrClosed.
+	Close()
+}
+
+var _ Queues = (*queue.Manager)(nil)
