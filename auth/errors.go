@@ -12,14 +12,6 @@ var (
 	// response, or names a digest that the handshake does not support.
 	ErrBadHandshake = errors.New("malformed handshake")
 
-	// ErrMessageTooLarge is returned by ReadMessage when a frame is longer
-	// than the caller's limit. Nothing is allocated for such a frame.
-	ErrMessageTooLarge = errors.New("message too large")
-
-	// ErrBadFrame is returned by ReadMessage when a frame's length prefix is
-	// negative but not -1, the marker of the 8-byte form.
-	ErrBadFrame = errors.New("bad frame length")
-
 	// ErrEmptyKey is returned by Server and Client when the authkey is empty:
 	// anyone can compute an HMAC under an empty key, so it would prove nothing.
 	ErrEmptyKey = errors.New("empty authkey")

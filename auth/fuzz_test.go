@@ -9,6 +9,8 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"github.com/qm-dev/qm/pyproto"
 )
 
 // The fuzz targets replay what a peer sends, with our challenge made
@@ -66,7 +68,7 @@ func replay(t *testing.T, handshake handshakeFunc, in []byte, cut int) error {
 		}
 		return nil
 	}
-	for _, want := range []error{ErrAuthFailed, ErrBadHandshake, ErrMessageTooLarge, ErrBadFrame, io.EOF, io.ErrUnexpectedEOF} {
+	for _, want := range []error{ErrAuthFailed, ErrBadHandshake, pyproto.ErrMessageTooLarge, pyproto.ErrBadFrame, io.EOF, io.ErrUnexpectedEOF} {
 		if errors.Is(err, want) {
 			return err
 		}
@@ -79,7 +81,7 @@ func replay(t *testing.T, handshake handshakeFunc, in []byte, cut int) error {
 func frames(msgs ...[]byte) []byte {
 	var b bytes.Buffer
 	for _, m := range msgs {
-		_ = WriteMessage(&b, m)
+		_ = pyproto.WriteMessage(&b, m)
 	}
 	return b.Bytes()
 }
@@ -110,7 +112,7 @@ func transcripts(ofClient bool) []transcript {
 			{"sha3_384 client", frames(sha256Proof, cat(challengeTag, []byte("{sha3_384}"), theirs), welcome), nil},
 			{"client rejects master", frames(sha256Proof, modern, failure), ErrAuthFailed},
 			{"wrong key", frames(wrongProof), ErrAuthFailed},
-			{"oversized long form", []byte{0xff, 0xff, 0xff, 0xff, 0, 0, 0, 1, 0, 0, 0, 0}, ErrMessageTooLarge},
+			{"oversized long form", []byte{0xff, 0xff, 0xff, 0xff, 0, 0, 0, 1, 0, 0, 0, 0}, pyproto.ErrMessageTooLarge},
 		}
 	}
 	return []transcript{
@@ -120,34 +122,6 @@ func transcripts(ofClient bool) []transcript {
 		{"master rejects client", frames(modern, failure), ErrAuthFailed},
 		{"impostor master", frames(modern, welcome, wrongProof), ErrAuthFailed},
 	}
-}
-
-func FuzzReadMessage(f *testing.F) {
-	f.Add(frames(welcome))
-	f.Add(frames([]byte{}))
-	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 3, 'a', 'b', 'c'})
-	f.Add([]byte{0x40, 0, 0, 0})
-	f.Add([]byte{0xff, 0xff, 0xff, 0xfe})
-	for _, t := range transcripts(true) {
-		f.Add(t.data)
-	}
-	f.Fuzz(func(t *testing.T, data []byte) {
-		msg, err := ReadMessage(bytes.NewReader(data), maxHandshakeMessage)
-		if err != nil {
-			return
-		}
-		if len(msg) > maxHandshakeMessage {
-			t.Fatalf("read %d bytes, over the limit", len(msg))
-		}
-		var buf bytes.Buffer
-		if err := WriteMessage(&buf, msg); err != nil {
-			t.Fatal(err)
-		}
-		again, err := ReadMessage(&buf, maxHandshakeMessage)
-		if err != nil || !bytes.Equal(again, msg) {
-			t.Fatalf("re-read %q, %v; want %q", again, err, msg)
-		}
-	})
 }
 
 func FuzzServerHandshake(f *testing.F) {

@@ -13,6 +13,8 @@ import (
 	"io"
 	"net"
 	"time"
+
+	"github.com/qm-dev/qm/pyproto"
 )
 
 const (
@@ -43,7 +45,7 @@ var (
 // Python client reports it as a protocol error that shows the message.
 // The caller closes conn.
 func Refuse(w io.Writer, reason string) error {
-	return WriteMessage(w, append(refusedTag[:len(refusedTag):len(refusedTag)], reason...))
+	return pyproto.WriteMessage(w, append(refusedTag[:len(refusedTag):len(refusedTag)], reason...))
 }
 
 // printable returns b with anything but printable ASCII replaced, so that
@@ -172,10 +174,10 @@ func deliverChallenge(conn net.Conn, key []byte, rnd io.Reader, peer string, all
 	if _, err := io.ReadFull(rnd, msg[n:]); err != nil {
 		return fmt.Errorf("generate challenge: %w", err)
 	}
-	if err := WriteMessage(conn, msg); err != nil {
+	if err := pyproto.WriteMessage(conn, msg); err != nil {
 		return fmt.Errorf("send challenge: %w", err)
 	}
-	resp, err := ReadMessage(conn, maxHandshakeMessage)
+	resp, err := pyproto.ReadMessage(conn, maxHandshakeMessage)
 	if err != nil {
 		return fmt.Errorf("read %s response: %w", peer, err)
 	}
@@ -185,10 +187,10 @@ func deliverChallenge(conn net.Conn, key []byte, rnd io.Reader, peer string, all
 		// Tell the peer, as Python does, so that it reports a rejected key
 		// rather than a dropped connection. Our error matters more than a
 		// failed write.
-		_ = WriteMessage(conn, failure)
+		_ = pyproto.WriteMessage(conn, failure)
 		return err
 	}
-	if err := WriteMessage(conn, welcome); err != nil {
+	if err := pyproto.WriteMessage(conn, welcome); err != nil {
 		return fmt.Errorf("send welcome: %w", err)
 	}
 	return nil
@@ -218,7 +220,7 @@ func verifyResponse(key, challenge, resp []byte, peer string, allowLegacy bool) 
 
 // answerChallenge reads the peer's challenge and sends our response.
 func answerChallenge(conn net.Conn, key []byte) error {
-	msg, err := ReadMessage(conn, maxHandshakeMessage)
+	msg, err := pyproto.ReadMessage(conn, maxHandshakeMessage)
 	if err != nil {
 		return fmt.Errorf("read challenge: %w", err)
 	}
@@ -233,7 +235,7 @@ func answerChallenge(conn net.Conn, key []byte) error {
 	if err != nil {
 		return err
 	}
-	if err := WriteMessage(conn, resp); err != nil {
+	if err := pyproto.WriteMessage(conn, resp); err != nil {
 		return fmt.Errorf("send response: %w", err)
 	}
 	return nil
@@ -278,7 +280,7 @@ func digestName(challenge []byte) (string, error) {
 // readVerdict reads the peer's #WELCOME# or #FAILURE#. Like Python, it takes
 // anything but #WELCOME# as a rejection.
 func readVerdict(conn net.Conn) (bool, error) {
-	msg, err := ReadMessage(conn, maxHandshakeMessage)
+	msg, err := pyproto.ReadMessage(conn, maxHandshakeMessage)
 	if err != nil {
 		return false, fmt.Errorf("read verdict: %w", err)
 	}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/qm-dev/qm/auth"
+	"github.com/qm-dev/qm/pyproto"
 )
 
 const testTimeout = 5 * time.Second
@@ -59,7 +60,7 @@ type peer struct {
 
 func (p peer) send(msg []byte) {
 	p.t.Helper()
-	if err := auth.WriteMessage(p.conn, msg); err != nil {
+	if err := pyproto.WriteMessage(p.conn, msg); err != nil {
 		p.t.Fatal(err)
 	}
 }
@@ -69,7 +70,7 @@ func (p peer) recv() []byte {
 	if err := p.conn.SetReadDeadline(time.Now().Add(testTimeout)); err != nil {
 		p.t.Fatal(err)
 	}
-	msg, err := auth.ReadMessage(p.conn, 1024)
+	msg, err := pyproto.ReadMessage(p.conn, 1024)
 	if err != nil {
 		p.t.Fatal(err)
 	}
@@ -157,7 +158,7 @@ func TestHandshake(t *testing.T) {
 				return
 			}
 			// Both sides must have consumed exactly the handshake.
-			if err := auth.WriteMessage(c, []byte("ping")); err != nil {
+			if err := pyproto.WriteMessage(c, []byte("ping")); err != nil {
 				t.Fatal(err)
 			}
 			peer{t, s}.expect("ping")
@@ -291,7 +292,7 @@ func TestServerRejectsBadClient(t *testing.T) {
 			if _, err := p.conn.Write([]byte{0x40, 0, 0, 0}); err != nil {
 				p.t.Fatal(err)
 			}
-		}, auth.ErrMessageTooLarge},
+		}, pyproto.ErrMessageTooLarge},
 		{"hang up after challenge", func(p peer) {
 			p.recvChallenge()
 			_ = p.conn.Close()

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/qm-dev/qm/auth"
+	"github.com/qm-dev/qm/pyproto"
 )
 
 // python is an interpreter to test against.
@@ -166,14 +167,14 @@ func serveOne(ln net.Listener) error {
 	if err := conn.SetDeadline(time.Now().Add(testTimeout)); err != nil {
 		return err
 	}
-	msg, err := auth.ReadMessage(conn, 256)
+	msg, err := pyproto.ReadMessage(conn, 256)
 	if err != nil {
 		return err
 	}
 	if string(msg) != "ping" {
 		return fmt.Errorf("read %q, want ping", msg)
 	}
-	return auth.WriteMessage(conn, []byte("pong"))
+	return pyproto.WriteMessage(conn, []byte("pong"))
 }
 
 const pythonListener = `
@@ -263,10 +264,10 @@ func dialOne(addr string) error {
 	if err := conn.SetDeadline(time.Now().Add(testTimeout)); err != nil {
 		return err
 	}
-	if err := auth.WriteMessage(conn, []byte("ping")); err != nil {
+	if err := pyproto.WriteMessage(conn, []byte("ping")); err != nil {
 		return err
 	}
-	msg, err := auth.ReadMessage(conn, 256)
+	msg, err := pyproto.ReadMessage(conn, 256)
 	if err != nil {
 		return err
 	}

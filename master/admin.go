@@ -34,7 +34,7 @@ func wireStats(st queue.Stats) wire.QueueStats {
 // ready returns why the server cannot serve now, or nil.
 func (s *Server) ready() error {
 	s.mu.Lock()
-	closing, listening := s.closing, len(s.listeners) > 0
+	closing, listening := s.closing.Load(), len(s.listeners) > 0
 	s.mu.Unlock()
 	switch {
 	case closing:

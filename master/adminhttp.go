@@ -47,7 +47,7 @@ func (s *Server) ServeAdmin(ln net.Listener) error {
 		BaseContext:       func(net.Listener) context.Context { return s.ctx },
 	}
 	s.mu.Lock()
-	if s.closing {
+	if s.closing.Load() {
 		s.mu.Unlock()
 		ln.Close()
 		return ErrServerClosed
@@ -74,7 +74,7 @@ func (s *Server) ServeAdmin(ln net.Listener) error {
 func (s *Server) joinHTTP(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.mu.Lock()
-		if s.closing {
+		if s.closing.Load() {
 			s.mu.Unlock()
 			http.Error(w, "master shutting down", http.StatusServiceUnavailable)
 			return

@@ -130,19 +130,19 @@ func (c *Config) Validate() error {
 
 func (c *Config) setDefaults() {
 	if c.HandshakeTimeout == 0 {
-		c.HandshakeTimeout = 5 * time.Second
+		c.HandshakeTimeout = wire.DefaultHandshakeTimeout
 	}
 	if c.MaxMessageSize == 0 {
 		c.MaxMessageSize = wire.DefaultMaxMessageSize
 	}
 	if c.MaxAttempts == 0 {
-		c.MaxAttempts = 3
+		c.MaxAttempts = queue.DefaultMaxAttempts
 	}
 	if c.DefaultLease == 0 {
-		c.DefaultLease = 30 * time.Second
+		c.DefaultLease = queue.DefaultLease
 	}
 	if c.KeepAliveInterval == 0 {
-		c.KeepAliveInterval = 10 * time.Second
+		c.KeepAliveInterval = wire.DefaultKeepAliveInterval
 	}
 	if c.MaxUnauthConns == 0 {
 		c.MaxUnauthConns = 64

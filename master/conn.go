@@ -13,6 +13,7 @@ import (
 
 	"github.com/hashicorp/yamux"
 	"github.com/qm-dev/qm/auth"
+	"github.com/qm-dev/qm/master/pymanager"
 	"github.com/qm-dev/qm/wire"
 )
 
@@ -69,7 +70,7 @@ func (c *clientConn) serve() {
 		defer c.s.authed.Add(-1)
 	}
 	if err == nil && sess == nil {
-		c.servePython(pyFirst)
+		c.s.py.Serve(pyClient{c}, pyFirst)
 		return
 	}
 	if err != nil {
@@ -314,7 +315,7 @@ func (c *clientConn) roleName() string {
 func (c *clientConn) info() (wire.ClientInfo, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.closed || c.sess == nil && c.role != pyRole {
+	if c.closed || c.sess == nil && c.role != pymanager.Role {
 		return wire.ClientInfo{}, false
 	}
 	return wire.ClientInfo{

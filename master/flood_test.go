@@ -15,6 +15,7 @@ import (
 	"github.com/qm-dev/qm/auth"
 	"github.com/qm-dev/qm/internal/qmtest"
 	"github.com/qm-dev/qm/master"
+	"github.com/qm-dev/qm/pyproto"
 	"github.com/qm-dev/qm/wire"
 )
 
@@ -230,7 +231,7 @@ func TestLimitsUnderFlood(t *testing.T) {
 				}
 				conns[i] = conn
 				_ = conn.SetReadDeadline(time.Now().Add(floodHandshake + 3*time.Second))
-				msg, err := auth.ReadMessage(conn, 256)
+				msg, err := pyproto.ReadMessage(conn, 256)
 				outcomes[i].first = time.Now()
 				if err != nil {
 					outcomes[i].err = fmt.Errorf("first message: %w", err)

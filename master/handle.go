@@ -125,9 +125,7 @@ func (c *clientConn) put(req *wire.Request) ([]uint64, error) {
 	for i, p := range req.Items {
 		items[i] = queue.Item{Payload: p, ReplyTo: req.ReplyTo}
 	}
-	ctx, cancel := c.waitCtx(req.Timeout)
-	defer cancel()
-	return c.s.queues.Put(ctx, queue.PutRequest{Queue: req.Queue, Items: items})
+	return c.s.queues.Put(c.waitCtx(req.Timeout), queue.PutRequest{Queue: req.Queue, Items: items, MaxWait: max(req.Timeout, 0)})
 }
 
 // checkMemory refuses a put while the heap is above MaxMemory.
@@ -147,13 +145,7 @@ func (c *clientConn) get(req *wire.Request, buf *callBuffers) ([]wire.Task, erro
 	if req.Max < 0 || req.Lease < 0 {
 		return nil, fmt.Errorf("%w: negative max or lease", wire.ErrBadRequest)
 	}
-	// The connection's ctx and the get's timeout as MaxWait: no context
-	// or timer is made per get.
-	ctx := c.ctx
-	if req.Timeout <= 0 {
-		ctx = expired
-	}
-	ts, err := c.s.queues.Get(ctx, getRequest(c.id, req), buf.taken)
+	ts, err := c.s.queues.Get(c.waitCtx(req.Timeout), getRequest(c.id, req), buf.taken)
 	if len(ts) == 0 {
 		return nil, err
 	}
@@ -168,21 +160,14 @@ func getRequest(owner uint64, req *wire.Request) queue.GetRequest {
 		NoAck: req.NoAck, MaxWait: max(req.Timeout, 0)}
 }
 
-// expired is a context that is already done: a put or get that may not
-// wait still takes what is ready, without a timer per call.
-var expired = func() context.Context {
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	return ctx
-}()
-
-// waitCtx is the context a call may wait under: until timeout, or until
-// the connection or the master ends.
-func (c *clientConn) waitCtx(timeout time.Duration) (context.Context, context.CancelFunc) {
+// waitCtx is the context a put or get with this timeout waits under: the
+// connection's, which ends with it and with the master, with the timeout
+// as the call's MaxWait; or, if it may not wait, queue.NoWait.
+func (c *clientConn) waitCtx(timeout time.Duration) context.Context {
 	if timeout <= 0 {
-		return expired, func() {}
+		return queue.NoWait
 	}
-	return context.WithTimeout(c.ctx, timeout)
+	return c.ctx
 }
 
 // complete acks the tasks that succeeded and publishes their results, and

@@ -13,6 +13,7 @@ import (
 	"github.com/qm-dev/qm/auth"
 	"github.com/qm-dev/qm/internal/qmtest"
 	"github.com/qm-dev/qm/master"
+	"github.com/qm-dev/qm/pyproto"
 	"github.com/qm-dev/qm/wire"
 )
 
@@ -58,7 +59,7 @@ func silentConn(t *testing.T, addr string) net.Conn {
 	}
 	t.Cleanup(func() { conn.Close() })
 	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := auth.ReadMessage(conn, 256); err != nil {
+	if _, err := pyproto.ReadMessage(conn, 256); err != nil {
 		t.Fatalf("read challenge: %v", err)
 	}
 	return conn

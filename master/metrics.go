@@ -4,12 +4,12 @@ import (
 	"errors"
 	"io"
 	"net"
-	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/qm-dev/qm/auth"
+	"github.com/qm-dev/qm/master/pymanager"
 	"github.com/qm-dev/qm/wire"
 )
 
@@ -58,7 +58,7 @@ func newMetrics(s *Server) *metrics {
 		}
 	}
 	m.byPyMethod = make(map[string]prometheus.Observer)
-	for _, method := range append(slices.Clone(pyQueueMethods), pyServerMethods...) {
+	for _, method := range pymanager.Methods() {
 		m.byPyMethod[method] = reqDur.WithLabelValues("py_" + method)
 	}
 	m.byPyMethod[""] = reqDur.WithLabelValues("py_other")
@@ -207,7 +207,7 @@ func (qc *queueCollector) Collect(ch chan<- prometheus.Metric) {
 // named that qm does not know counts as "other", so that no client can
 // make up label values.
 func (s *Server) clientRoles() map[string]int {
-	roles := map[string]int{"worker": 0, "producer": 0, "admin": 0, pyRole: 0, "none": 0, "other": 0}
+	roles := map[string]int{"worker": 0, "producer": 0, "admin": 0, pymanager.Role: 0, "none": 0, "other": 0}
 	s.mu.Lock()
 	conns := make([]*clientConn, 0, len(s.conns))
 	for c := range s.conns {
@@ -222,7 +222,7 @@ func (s *Server) clientRoles() map[string]int {
 		switch role := info.Role; role {
 		case "":
 			roles["none"]++
-		case "worker", "producer", "admin", pyRole:
+		case "worker", "producer", "admin", pymanager.Role:
 			roles[role]++
 		default:
 			roles["other"]++

@@ -47,10 +47,10 @@ func pyRequest(ident any, method string, args ...any) []byte {
 // exception come back raw).
 func pyRoundTrip(t *testing.T, conn net.Conn, frame []byte) (string, any, []byte) {
 	t.Helper()
-	if err := auth.WriteMessage(conn, frame); err != nil {
+	if err := pyproto.WriteMessage(conn, frame); err != nil {
 		t.Fatalf("write: %v", err)
 	}
-	msg, err := auth.ReadMessage(conn, 1<<20)
+	msg, err := pyproto.ReadMessage(conn, 1<<20)
 	if err != nil {
 		t.Fatalf("read reply: %v", err)
 	}
@@ -161,7 +161,7 @@ func TestPythonRawOversized(t *testing.T) {
 	if _, err := conn.Write(binary.BigEndian.AppendUint32(nil, 5000)); err != nil {
 		t.Fatal(err)
 	}
-	msg, err := auth.ReadMessage(conn, 1<<20)
+	msg, err := pyproto.ReadMessage(conn, 1<<20)
 	if err != nil || !strings.Contains(string(msg), "message too large") {
 		t.Fatalf("reply %q, %v", msg, err)
 	}
@@ -187,7 +187,7 @@ func TestPythonRawShutdownEndsBlockedGet(t *testing.T) {
 	go func() { served <- srv.Serve(ln) }()
 	conn := pyDial(t, ln.Addr().String())
 	pyRoundTrip(t, conn, pyRequest(nil, "accept_connection", "MainProcess"))
-	if err := auth.WriteMessage(conn, pyRequest("qm-queue:q", "get")); err != nil {
+	if err := pyproto.WriteMessage(conn, pyRequest("qm-queue:q", "get")); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(50 * time.Millisecond) // let the get block
@@ -199,7 +199,7 @@ func TestPythonRawShutdownEndsBlockedGet(t *testing.T) {
 	if err := <-served; !errors.Is(err, master.ErrServerClosed) {
 		t.Fatalf("Serve: %v", err)
 	}
-	msg, err := auth.ReadMessage(conn, 1<<20)
+	msg, err := pyproto.ReadMessage(conn, 1<<20)
 	if err != nil || !strings.Contains(string(msg), "shutting down") {
 		t.Fatalf("reply to the blocked get: %q, %v", msg, err)
 	}

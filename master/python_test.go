@@ -136,8 +136,8 @@ print(done)
 }
 
 // TestPythonGetTimeout: an empty queue raises queue.Empty after the
-// timeout, at once for get_nowait and get(False); a negative timeout is
-// a ValueError, as with a Python master.
+// timeout, at once for get_nowait, get(False) and get(timeout=0); a
+// negative timeout is a ValueError, as with a Python master.
 func TestPythonGetTimeout(t *testing.T) {
 	forEachPython(t, master.Config{}, func(t *testing.T, py qmtest.Python, addr string) {
 		out := runPy(t, py, addr, `
@@ -158,10 +158,11 @@ check('timeout', lambda: task.get(timeout=0.3), 0.29, 3)
 check('kw block', lambda: task.get(block=True, timeout=0.1), 0.09, 3)
 check('nowait', task.get_nowait, 0, 1)
 check('noblock', lambda: task.get(False), 0, 1)
+check('zero', lambda: task.get(timeout=0), 0, 1)
 check('negative', lambda: task.get(timeout=-1), 0, 1, ValueError)
 print(task.qsize(), task.empty(), task.full())
 `)
-		want := "timeout ok\nkw block ok\nnowait ok\nnoblock ok\nnegative ok\n0 True False\n"
+		want := "timeout ok\nkw block ok\nnowait ok\nnoblock ok\nzero ok\nnegative ok\n0 True False\n"
 		if out != want {
 			t.Fatalf("python printed\n%s\nwant\n%s", out, want)
 		}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/qm-dev/qm/internal/rawsock"
+	"github.com/qm-dev/qm/master/pymanager"
 	"github.com/qm-dev/qm/master/queue"
 	"github.com/qm-dev/qm/store"
 	"github.com/qm-dev/qm/store/seglog"
@@ -32,8 +33,11 @@ type Server struct {
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
 	conns     map[*clientConn]struct{}
-	closing   bool
-	wg        sync.WaitGroup // every goroutine the server started
+	// closing is set, under mu, when Shutdown or Close begins: goRun and
+	// addConn check it under mu, so nothing starts after; every request
+	// reads it without the lock.
+	closing atomic.Bool
+	wg      sync.WaitGroup // every goroutine the server started
 
 	nextClientID atomic.Uint64
 
@@ -50,7 +54,7 @@ type Server struct {
 	// named, where a dead task without a ReplyTo gets its error result.
 	resultQueues sync.Map
 
-	py pyShared // state of Python manager clients (python.go)
+	py *pymanager.Server // serves Python BaseManager clients (python.go)
 
 	metrics *metrics  // Prometheus metrics (metrics.go)
 	http    adminHTTP // the operators' HTTP endpoints (adminhttp.go)
@@ -96,6 +100,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.queues = qm
+	s.py = s.newPyManager()
 	if s.store != nil {
 		var tasks, queues int
 		for _, st := range qm.AllStats() {
@@ -116,7 +121,7 @@ func New(cfg Config) (*Server, error) {
 func (s *Server) goRun(f func()) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closing {
+	if s.closing.Load() {
 		return false
 	}
 	s.wg.Add(1)
@@ -131,7 +136,7 @@ func (s *Server) goRun(f func()) bool {
 // returns ErrServerClosed. It closes ln.
 func (s *Server) Serve(ln net.Listener) error {
 	s.mu.Lock()
-	if s.closing {
+	if s.closing.Load() {
 		s.mu.Unlock()
 		ln.Close()
 		return ErrServerClosed
@@ -177,11 +182,7 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 }
 
-func (s *Server) isClosing() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.closing
-}
+func (s *Server) isClosing() bool { return s.closing.Load() }
 
 // Shutdown stops the server gracefully: it stops accepting, lets calls in
 // progress answer (blocked gets answer empty), requeues every unacked
@@ -189,7 +190,7 @@ func (s *Server) isClosing() bool {
 // and returns ctx.Err().
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
-	s.closing = true
+	s.closing.Store(true)
 	for ln := range s.listeners {
 		ln.Close()
 	}
@@ -219,7 +220,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // leases requeued.
 func (s *Server) Close() error {
 	s.mu.Lock()
-	s.closing = true
+	s.closing.Store(true)
 	for ln := range s.listeners {
 		ln.Close()
 	}
@@ -298,7 +299,7 @@ func (s *Server) openStore() (store.Store, error) {
 func (s *Server) addConn(c *clientConn) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closing {
+	if s.closing.Load() {
 		return false
 	}
 	s.conns[c] = struct{}{}

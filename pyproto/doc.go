@@ -12,6 +12,10 @@
 // manager returns (queue.Empty, queue.Full, ValueError) as a global plus
 // REDUCE, which the Python client unpickles.
 //
-// The package knows nothing of queues or connections; master/python.go
-// serves the protocol with it. Framing and authentication are in auth.
+// ReadMessage and WriteMessage are the framing of
+// multiprocessing.connection, which both the authentication handshake
+// (package auth) and every request after it use.
+//
+// The package knows nothing of queues or connections; package
+// master/pymanager serves the protocol with it.
 package pyproto

@@ -34,3 +34,14 @@ var (
 	// (ident, methodname, args, kwds).
 	ErrBadRequest = errors.New("not a manager request")
 )
+
+// The errors of the multiprocessing.connection framing (frame.go).
+var (
+	// ErrMessageTooLarge is returned by ReadMessage when a frame is longer
+	// than the caller's limit. Nothing is allocated for such a frame.
+	ErrMessageTooLarge = errors.New("message too large")
+
+	// ErrBadFrame is returned by ReadMessage when a frame's length prefix is
+	// negative but not -1, the marker of the 8-byte form.
+	ErrBadFrame = errors.New("bad frame length")
+)

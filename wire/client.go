@@ -49,13 +49,13 @@ func (c *Config) setDefaults() {
 		c.DialTimeout = 5 * time.Second
 	}
 	if c.HandshakeTimeout == 0 {
-		c.HandshakeTimeout = 5 * time.Second
+		c.HandshakeTimeout = DefaultHandshakeTimeout
 	}
 	if c.MaxMessageSize == 0 {
 		c.MaxMessageSize = DefaultMaxMessageSize
 	}
 	if c.KeepAliveInterval == 0 {
-		c.KeepAliveInterval = 10 * time.Second
+		c.KeepAliveInterval = DefaultKeepAliveInterval
 	}
 }
 

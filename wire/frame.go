@@ -12,9 +12,6 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 )
 
-// DefaultMaxMessageSize bounds one frame unless a Config says otherwise.
-const DefaultMaxMessageSize = 64 << 20
-
 // frameHeaderLen is the size of the big-endian length that precedes every frame.
 const frameHeaderLen = 4
 

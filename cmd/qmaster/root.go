@@ -17,6 +17,7 @@ import (
 	"github.com/qm-dev/qm/internal/cliflag"
 	"github.com/qm-dev/qm/internal/tlsconfig"
 	"github.com/qm-dev/qm/master"
+	"github.com/qm-dev/qm/master/queue"
 	"github.com/qm-dev/qm/store/seglog"
 	"github.com/qm-dev/qm/wire"
 )
@@ -115,11 +116,11 @@ The subcommands talk to a running master (see --server).`,
 	fl.StringVar(&opts.Authkey, "authkey", "", authkeyHelp)
 	fl.StringVar(&opts.AuthkeyFile, "authkey-file", "", authkeyFileHelp)
 	fl.BoolVar(&opts.InsecureNoAuth, "insecure-no-auth", false, "serve without an authkey: anyone who can connect may read and write every queue")
-	fl.IntVar(&opts.MaxAttempts, "max-attempts", 3, "deliveries of a task before it goes to the dead-letter queue")
-	fl.DurationVar(&opts.Lease, "lease", 30*time.Second, "lease of a task taken by a worker that asks for none")
+	fl.IntVar(&opts.MaxAttempts, "max-attempts", queue.DefaultMaxAttempts, "deliveries of a task before it goes to the dead-letter queue")
+	fl.DurationVar(&opts.Lease, "lease", queue.DefaultLease, "lease of a task taken by a worker that asks for none")
 	fl.IntVar(&opts.MaxQueueLen, "max-queue-len", 0, "most tasks a queue holds; a put waits for space (0: unlimited)")
 	fl.Var(&opts.MaxMessageSize, "max-message-size", "largest message accepted, a byte count or e.g. 16MiB")
-	fl.DurationVar(&opts.HandshakeTimeout, "handshake-timeout", 5*time.Second, "time a new connection has to authenticate")
+	fl.DurationVar(&opts.HandshakeTimeout, "handshake-timeout", wire.DefaultHandshakeTimeout, "time a new connection has to authenticate")
 	fl.DurationVar(&opts.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "on SIGINT/SIGTERM, how long to wait for calls in progress (0: stop at once)")
 	opts.LogLevel.Level = slog.LevelInfo
 	fl.Var(&opts.LogLevel, "log-level", "least severe log level shown: debug, info, warn or error")

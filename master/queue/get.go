@@ -26,7 +26,7 @@ type GetRequest struct {
 	// as well as ctx does; 0 means ctx alone. A caller serving one get
 	// after another passes a long-lived ctx and each get's timeout, so
 	// that no context or timer is made per get. (A get that must not wait
-	// passes a done ctx.)
+	// passes NoWait as its ctx.)
 	MaxWait time.Duration
 }
 

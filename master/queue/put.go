@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"fmt"
+	"time"
 )
 
 // PutRequest is what Put adds to a queue.
@@ -17,7 +18,18 @@ type PutRequest struct {
 	// write to the store fails they stay queued, to be written once the
 	// store can.
 	Results bool
+	// MaxWait bounds how long a Put waits for room, as well as ctx does;
+	// 0 means ctx alone.
+	MaxWait time.Duration
 }
+
+// NoWait is a context that is done already: a Get or Put under it takes
+// what it can at once and never waits.
+var NoWait = func() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
+}()
 
 // Put appends req.Items to the named queue, creating it on first use, and
 // returns their new ids: unique across all queues of the Manager, and
@@ -25,7 +37,8 @@ type PutRequest struct {
 //
 // If the queue has a max length and the batch does not fit, Put waits, in
 // FIFO order with other waiting Puts, until it fits or ctx is done; then it
-// returns ErrQueueFull and nothing of the batch is added. A batch larger
+// returns ErrQueueFull and nothing of the batch is added. req.MaxWait
+// bounds the wait as ctx does. A batch larger
 // than the max length fails at once with ErrQueueFull.
 //
 // With a store, Put returns once the batch is written. If the write fails
@@ -35,6 +48,9 @@ type PutRequest struct {
 func (m *Manager) Put(ctx context.Context, req PutRequest) ([]uint64, error) {
 	if m.closed.Load() {
 		return nil, ErrClosed
+	}
+	if req.MaxWait < 0 {
+		return nil, fmt.Errorf("%w: max wait must be >= 0, got %v", ErrBadArgument, req.MaxWait)
 	}
 	if len(req.Items) == 0 {
 		if _, err := m.lookupOrCreate(req.Queue); err != nil {
@@ -73,13 +89,20 @@ func (m *Manager) Put(ctx context.Context, req PutRequest) ([]uint64, error) {
 		q.mu.Unlock()
 
 		var (
-			r   putResult
-			got bool
+			r        putResult
+			got      bool
+			timedOut <-chan time.Time
 		)
+		if req.MaxWait > 0 {
+			timer := time.NewTimer(req.MaxWait) // a blocked put is rare: no pool
+			defer timer.Stop()
+			timedOut = timer.C
+		}
 		select {
 		case r = <-p.ch:
 			got = true
 		case <-ctx.Done():
+		case <-timedOut:
 		case <-m.closedCh:
 		}
 		if !got {

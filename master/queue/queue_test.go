@@ -367,3 +367,20 @@ func TestGetReusesBuffer(t *testing.T) {
 		t.Fatalf("blocked Get gave %v, want c in the buffer given", got)
 	}
 }
+
+// MaxWait bounds a put waiting for room as it does a get.
+func TestPutMaxWait(t *testing.T) {
+	m := newManager(t, queue.Config{MaxLen: 1})
+	mustPut(t, m, "q", "a")
+	start := time.Now()
+	_, err := m.Put(context.Background(), queue.PutRequest{Queue: "q", Items: items("b"), MaxWait: 20 * time.Millisecond})
+	if took := time.Since(start); !errors.Is(err, queue.ErrQueueFull) || took < 20*time.Millisecond || took > 5*time.Second {
+		t.Fatalf("put to a full queue = %v after %v; want ErrQueueFull after 20ms", err, took)
+	}
+	if _, err := m.Put(queue.NoWait, queue.PutRequest{Queue: "q", Items: items("b")}); !errors.Is(err, queue.ErrQueueFull) {
+		t.Fatalf("put under NoWait to a full queue = %v, want ErrQueueFull at once", err)
+	}
+	if _, err := m.Put(queue.NoWait, queue.PutRequest{Queue: "q", MaxWait: -1}); !errors.Is(err, queue.ErrBadArgument) {
+		t.Fatalf("put with a negative MaxWait = %v, want ErrBadArgument", err)
+	}
+}

@@ -1,4 +1,4 @@
-package auth
+package pyproto
 
 import (
 	"encoding/binary"

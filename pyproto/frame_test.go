@@ -1,4 +1,4 @@
-package auth_test
+package pyproto_test
 
 import (
 	"bytes"
@@ -9,19 +9,19 @@ import (
 	"testing"
 	"testing/iotest"
 
-	"github.com/qm-dev/qm/auth"
+	"github.com/qm-dev/qm/pyproto"
 )
 
 func TestMessageRoundTrip(t *testing.T) {
 	for _, msg := range [][]byte{{}, []byte("#WELCOME#"), bytes.Repeat([]byte{0xff}, 256)} {
 		var buf bytes.Buffer
-		if err := auth.WriteMessage(&buf, msg); err != nil {
+		if err := pyproto.WriteMessage(&buf, msg); err != nil {
 			t.Fatal(err)
 		}
 		if got := buf.Len(); got != 4+len(msg) {
 			t.Fatalf("frame of %d-byte message is %d bytes, want %d", len(msg), got, 4+len(msg))
 		}
-		got, err := auth.ReadMessage(&buf, 256)
+		got, err := pyproto.ReadMessage(&buf, 256)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -44,7 +44,7 @@ func (w *writeCounter) Write(p []byte) (int, error) {
 
 func TestWriteMessageSingleWrite(t *testing.T) {
 	var w writeCounter
-	if err := auth.WriteMessage(&w, []byte("#CHALLENGE#0123456789abcdefghij")); err != nil {
+	if err := pyproto.WriteMessage(&w, []byte("#CHALLENGE#0123456789abcdefghij")); err != nil {
 		t.Fatal(err)
 	}
 	if w.writes != 1 {
@@ -65,9 +65,9 @@ func TestReadMessageTooLargeDoesNotAllocate(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			var before, after runtime.MemStats
 			runtime.ReadMemStats(&before)
-			_, err := auth.ReadMessage(strings.NewReader(frame), 256)
+			_, err := pyproto.ReadMessage(strings.NewReader(frame), 256)
 			runtime.ReadMemStats(&after)
-			if !errors.Is(err, auth.ErrMessageTooLarge) {
+			if !errors.Is(err, pyproto.ErrMessageTooLarge) {
 				t.Fatalf("err = %v, want ErrMessageTooLarge", err)
 			}
 			if !strings.Contains(err.Error(), "limit 256") {
@@ -87,7 +87,7 @@ func TestReadMessageAllocatesWhatArrives(t *testing.T) {
 	const claim = 64 << 20
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
-	_, err := auth.ReadMessage(io.MultiReader(strings.NewReader("\x04\x00\x00\x00"), strings.NewReader(strings.Repeat("x", 1000))), claim)
+	_, err := pyproto.ReadMessage(io.MultiReader(strings.NewReader("\x04\x00\x00\x00"), strings.NewReader(strings.Repeat("x", 1000))), claim)
 	runtime.ReadMemStats(&after)
 	if !errors.Is(err, io.ErrUnexpectedEOF) {
 		t.Fatalf("err = %v, want io.ErrUnexpectedEOF", err)
@@ -101,10 +101,10 @@ func TestReadMessageAllocatesWhatArrives(t *testing.T) {
 			body[i] = byte(i * 7)
 		}
 		var buf bytes.Buffer
-		if err := auth.WriteMessage(&buf, body); err != nil {
+		if err := pyproto.WriteMessage(&buf, body); err != nil {
 			t.Fatal(err)
 		}
-		got, err := auth.ReadMessage(iotest.OneByteReader(&buf), claim)
+		got, err := pyproto.ReadMessage(iotest.OneByteReader(&buf), claim)
 		if err != nil || !bytes.Equal(got, body) {
 			t.Fatalf("%d-byte body: %d bytes back, %v", size, len(got), err)
 		}
@@ -114,7 +114,7 @@ func TestReadMessageAllocatesWhatArrives(t *testing.T) {
 func TestReadMessageLongForm(t *testing.T) {
 	// Python uses the -1 form only above 2 GiB, but it may carry any length.
 	r := strings.NewReader("\xff\xff\xff\xff\x00\x00\x00\x00\x00\x00\x00\x05hello")
-	msg, err := auth.ReadMessage(r, 256)
+	msg, err := pyproto.ReadMessage(r, 256)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,18 +129,18 @@ func TestReadMessageErrors(t *testing.T) {
 		input string
 		want  error
 	}{
-		{"negative length", "\xff\xff\xff\xfe", auth.ErrBadFrame},
-		{"most negative length", "\x80\x00\x00\x00", auth.ErrBadFrame},
+		{"negative length", "\xff\xff\xff\xfe", pyproto.ErrBadFrame},
+		{"most negative length", "\x80\x00\x00\x00", pyproto.ErrBadFrame},
 		{"empty stream", "", io.EOF},
 		{"short header", "\x00\x00", io.ErrUnexpectedEOF},
 		{"short long header", "\xff\xff\xff\xff\x00\x00", io.ErrUnexpectedEOF},
 		{"short body", "\x00\x00\x00\x05hel", io.ErrUnexpectedEOF},
 		{"no body", "\x00\x00\x00\x05", io.ErrUnexpectedEOF},
-		{"over limit by one", "\x00\x00\x01\x01", auth.ErrMessageTooLarge},
+		{"over limit by one", "\x00\x00\x01\x01", pyproto.ErrMessageTooLarge},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := auth.ReadMessage(strings.NewReader(tt.input), 256)
+			_, err := pyproto.ReadMessage(strings.NewReader(tt.input), 256)
 			if !errors.Is(err, tt.want) {
 				t.Fatalf("err = %v, want %v", err, tt.want)
 			}

@@ -1,0 +1,438 @@
+package pymanager
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/qm-dev/qm/master/queue"
+	"github.com/qm-dev/qm/pyproto"
+	"github.com/qm-dev/qm/wire"
+)
+
+// A Python client of multiprocessing.managers.BaseManager opens one
+// connection per server-level call (dummy, create, incref, decref) and
+// one per thread for its proxies' method calls (after accept_connection).
+// Queue objects are named by identPrefix + queue name, so any connection
+// may call any queue's methods and no table is kept.
+
+// identPrefix starts the object id of every queue given to Python.
+const identPrefix = "qm-queue:"
+
+// joinPoll is how often a Python join() looks whether its queue is done.
+const joinPoll = 20 * time.Millisecond
+
+// queueMethods are the methods of a queue proxy, as a Python manager
+// exposes those of queue.Queue.
+var queueMethods = []string{"empty", "full", "get", "get_nowait", "join", "put", "put_nowait", "qsize", "task_done"}
+
+// serverMethods are the calls to the manager itself that serverCall
+// answers.
+var serverMethods = []string{"accept_connection", "create", "debug_info", "decref", "dummy", "incref", "number_of_objects", "shutdown"}
+
+// Methods returns every method a Python client may call here, the queue
+// proxies' and the manager's own, for per-method metrics.
+func Methods() []string { return append(slices.Clone(queueMethods), serverMethods...) }
+
+// conn is the state of one Python connection.
+type conn struct {
+	s   *Server
+	c   Client
+	log *slog.Logger
+	// ctx ends when the client leaves (its connection reads EOF) or the
+	// connection is closed, so that a blocked get stops waiting.
+	ctx context.Context
+	// name is the client's process name, once accept_connection gave it.
+	name string
+	// held is the task the last get delivered, if it has a ReplyTo: see
+	// results.go.
+	held *heldTask
+}
+
+// reply is the reply to one request. after, if set, runs once the reply
+// is written (delivered) or failed to be.
+type reply struct {
+	msg   []byte
+	after func(delivered bool)
+	// method is the request's method, for the latency histogram; empty
+	// for a request that could not be decoded.
+	method string
+}
+
+// handle answers one request.
+func (p *conn) handle(msg []byte) reply {
+	req, err := pyproto.DecodeRequest(msg)
+	if err != nil {
+		if errors.Is(err, pyproto.ErrUnsafePickle) {
+			p.log.Warn("python client: refused a pickle that would run code", "err", err)
+		} else {
+			p.log.Warn("python client: bad request", "err", err)
+		}
+		return traceback("", "TypeError", "request refused: "+err.Error())
+	}
+	r := p.dispatch(req)
+	r.method = req.Method
+	return r
+}
+
+// dispatch answers a decoded request.
+func (p *conn) dispatch(req *pyproto.Request) reply {
+	if p.s.cfg.Backend.Closing() {
+		return traceback(req.Method, "RuntimeError", wire.ErrShuttingDown.Error())
+	}
+	if req.Ident == nil {
+		return p.serverCall(req)
+	}
+	ident, _ := req.Ident.(string)
+	name, ok := strings.CutPrefix(ident, identPrefix)
+	if !ok || queue.CheckName(name) != nil {
+		return traceback(req.Method, "KeyError", fmt.Sprintf("%s (no such object on this qm master)", repr(req.Ident)))
+	}
+	return p.queueCall(name, req)
+}
+
+// serverCall answers a call to the manager itself.
+func (p *conn) serverCall(req *pyproto.Request) reply {
+	p.log.Debug("python manager call", "method", req.Method)
+	switch req.Method {
+	case "dummy", "incref", "decref":
+		return p.ret(nil)
+	case "create":
+		if len(req.Args) == 0 {
+			return traceback(req.Method, "TypeError", "create() missing required argument: 'typeid'")
+		}
+		typeid, _ := req.Args[0].(string)
+		name, ok := p.s.queueName(typeid)
+		if !ok {
+			p.log.Info("python client asked for an unknown typeid", "typeid", typeid)
+			return traceback(req.Method, "KeyError", fmt.Sprintf(
+				"%s (qm master: no queue for this typeid; use get_<queue>_queue, or map it with qmaster --py-typeid TYPEID=QUEUE)",
+				repr(req.Args[0])))
+		}
+		// Create the queue now, as a Python manager creates its object.
+		if _, err := p.s.cfg.Backend.Put(p.ctx, queue.PutRequest{Queue: name}); err != nil {
+			return p.queueError(req.Method, err)
+		}
+		methods := make(pyproto.Tuple, len(queueMethods))
+		for i, m := range queueMethods {
+			methods[i] = m
+		}
+		return p.ret(pyproto.Tuple{identPrefix + name, methods})
+	case "accept_connection":
+		name := "python"
+		if len(req.Args) > 0 {
+			if s, ok := req.Args[0].(string); ok && s != "" {
+				name = s
+			}
+		}
+		p.name = name
+		p.c.Identify(name)
+		p.log.Debug("python client connected", "name", name)
+		return p.ret(nil)
+	case "number_of_objects":
+		return p.ret(int64(0))
+	case "debug_info":
+		return p.ret("qm master: queues are named objects; no per-client objects are kept\n")
+	case "shutdown":
+		return traceback(req.Method, "RuntimeError", "a qm master is not shut down by its clients")
+	}
+	return traceback(req.Method, "AssertionError", fmt.Sprintf("%s unrecognized", repr(req.Method)))
+}
+
+// queueCall answers a call to a queue proxy's method.
+func (p *conn) queueCall(name string, req *pyproto.Request) reply {
+	var (
+		args *pyproto.Params
+		err  error
+	)
+	bind := func(names []string, defaults ...any) bool {
+		args, err = req.Bind(names, defaults)
+		return err == nil
+	}
+	switch req.Method {
+	case "put":
+		if !bind([]string{"item", "block", "timeout"}, pyproto.Required, true, nil) {
+			break
+		}
+		return p.put(name, args.Value(0), args.Truth(1), args, 2)
+	case "put_nowait":
+		if !bind([]string{"item"}, pyproto.Required) {
+			break
+		}
+		return p.put(name, args.Value(0), false, nil, 0)
+	case "get":
+		if !bind([]string{"block", "timeout"}, true, nil) {
+			break
+		}
+		return p.get(name, args.Truth(0), args, 1)
+	case "get_nowait":
+		if !bind(nil) {
+			break
+		}
+		return p.get(name, false, nil, 0)
+	case "qsize", "empty", "full":
+		if !bind(nil) {
+			break
+		}
+		st, err := p.s.cfg.Backend.Stats(name)
+		if err != nil && !errors.Is(err, queue.ErrUnknownQueue) {
+			return p.queueError(req.Method, err)
+		}
+		switch req.Method {
+		case "qsize":
+			return p.ret(int64(st.Ready))
+		case "empty":
+			return p.ret(st.Ready == 0)
+		}
+		return p.ret(st.MaxLen > 0 && st.Ready+st.Leased >= st.MaxLen)
+	case "task_done":
+		if !bind(nil) {
+			break
+		}
+		if err := p.s.addUnfinished(name, -1); err != nil {
+			return p.errorReply(pyproto.ValueError(err.Error()))
+		}
+		return p.ret(nil)
+	case "join":
+		if !bind(nil) {
+			break
+		}
+		return p.join(name)
+	case "__repr__", "__str__":
+		return p.ret(fmt.Sprintf("<qm queue %q>", name))
+	default:
+		return traceback(req.Method, "AttributeError", fmt.Sprintf("method %s of qm queue %q is not exposed", repr(req.Method), name))
+	}
+	return traceback(req.Method, "TypeError", err.Error())
+}
+
+// wait says how a call may wait, from its block and timeout parameters
+// (parameter i of args): under ctx, for at most maxWait (0: as long as
+// the client stays), or not at all (queue.NoWait).
+func (p *conn) wait(block bool, args *pyproto.Params, i int) (ctx context.Context, maxWait time.Duration, err error) {
+	if !block {
+		return queue.NoWait, 0, nil
+	}
+	if args != nil {
+		d, ok, err := args.Timeout(i)
+		if err != nil {
+			return nil, 0, err
+		}
+		if ok && d <= 0 {
+			return queue.NoWait, 0, nil
+		}
+		if ok {
+			return p.ctx, d, nil
+		}
+	}
+	return p.ctx, 0, nil
+}
+
+func (p *conn) put(name string, item any, block bool, args *pyproto.Params, timeoutArg int) reply {
+	payload, err := pyproto.ToMsgpack(item, p.s.cfg.MaxMessageSize)
+	if err != nil {
+		return traceback("put", "TypeError", "value refused: "+err.Error())
+	}
+	if t := p.resultOf(name); t != nil {
+		if err := p.publishResult(t, payload); err != nil {
+			return p.queueError("put", err)
+		}
+		return p.ret(nil)
+	}
+	if err := p.s.cfg.Backend.AdmitPut(); err != nil {
+		return p.queueError("put", err)
+	}
+	ctx, maxWait, err := p.wait(block, args, timeoutArg)
+	if err != nil {
+		return p.errorReply(pyproto.ValueError(err.Error()))
+	}
+	if _, err := p.s.cfg.Backend.Put(ctx, queue.PutRequest{Queue: name, Items: []queue.Item{{Payload: payload}}, MaxWait: maxWait}); err != nil {
+		if errors.Is(err, queue.ErrQueueFull) && p.ctx.Err() == nil {
+			return p.errorReply(pyproto.Full)
+		}
+		return p.queueError("put", err)
+	}
+	return p.ret(nil)
+}
+
+// get takes one task for good. It is leased while its reply is written
+// and acked once it is, so that a task whose payload Python cannot read
+// fails an attempt (and is dead-lettered in the end) rather than being
+// lost, and a task whose reply could not be written goes back.
+func (p *conn) get(name string, block bool, args *pyproto.Params, timeoutArg int) reply {
+	ctx, maxWait, err := p.wait(block, args, timeoutArg)
+	if err != nil {
+		return p.errorReply(pyproto.ValueError(err.Error()))
+	}
+	q := p.s.cfg.Backend
+	req := queue.GetRequest{Queue: name, Max: 1, Owner: p.c.ID(), MaxWait: maxWait}
+	ts, err := q.Get(ctx, req, nil)
+	if err != nil {
+		return p.queueError("get", err)
+	}
+	if len(ts) == 0 {
+		if p.ctx.Err() != nil {
+			// The client left (no one reads the reply) or the master stops.
+			return traceback("get", "RuntimeError", wire.ErrShuttingDown.Error())
+		}
+		return p.errorReply(pyproto.Empty)
+	}
+	t := ts[0]
+	reply, failure := p.taskReply(t)
+	if failure != "" {
+		if err := q.Nack(name, p.c.ID(), t.ID, failure); err != nil {
+			p.log.Warn("python get: nack", "queue", name, "task", t.ID, "err", err)
+		}
+		p.log.Warn("python get: task not delivered", "queue", name, "task", t.ID, "err", failure)
+		return traceback("get", "TypeError", fmt.Sprintf("qm master: task %d of queue %q: %s", t.ID, name, failure))
+	}
+	reply.after = func(delivered bool) {
+		if !delivered {
+			q.Unget(req, ts)
+			return
+		}
+		if _, err := q.Ack(queue.AckRequest{Queue: name, Owner: p.c.ID(), IDs: []uint64{t.ID}}, nil); err != nil {
+			p.log.Warn("python get: ack", "queue", name, "task", t.ID, "err", err)
+		}
+		_ = p.s.addUnfinished(name, 1)
+		p.took(name, t)
+	}
+	return reply
+}
+
+// taskReply pickles the reply that delivers t, or says why it cannot. A
+// payload shaped exactly like a wire.Result (as qworker publishes) is
+// given as its value; a failed result is raised as a RemoteError.
+func (p *conn) taskReply(t queue.Task) (reply, string) {
+	payload := t.Payload
+	if len(payload) == 0 {
+		payload = []byte{0xc0} // a native client's nil arrives empty
+	}
+	if f, ok := pyproto.MapFields(payload); ok && isResultShape(f) {
+		if r, err := wire.DecodeResult(payload); err == nil {
+			if r.Error != "" {
+				return traceback("get", "RuntimeError", fmt.Sprintf("task %d failed (worker %s, attempt %d): %s", r.TaskID, r.Worker, r.Attempt, r.Error)), ""
+			}
+			payload = f["value"]
+		}
+	}
+	msg, err := pyproto.Reply(pyproto.KindReturn, pyproto.Msgpack(payload))
+	if err != nil {
+		return reply{}, "payload cannot be given to Python: " + err.Error()
+	}
+	if len(msg) > p.s.cfg.MaxMessageSize {
+		return reply{}, fmt.Sprintf("payload of %d bytes as a pickle exceeds the maximum message size", len(msg))
+	}
+	return reply{msg: msg}, ""
+}
+
+// isResultShape reports whether a map's keys are exactly those of a
+// wire.Result: task_id, worker, attempt, value and perhaps error.
+func isResultShape(f map[string][]byte) bool {
+	n := 4
+	if _, ok := f["error"]; ok {
+		n = 5
+	}
+	for _, k := range []string{"task_id", "worker", "attempt", "value"} {
+		if _, ok := f[k]; !ok {
+			return false
+		}
+	}
+	return len(f) == n
+}
+
+// join waits until the queue holds no ready or leased task and every task
+// Python clients took from it was marked task_done.
+func (p *conn) join(name string) reply {
+	tick := time.NewTicker(joinPoll)
+	defer tick.Stop()
+	for {
+		st, err := p.s.cfg.Backend.Stats(name)
+		if err != nil && !errors.Is(err, queue.ErrUnknownQueue) {
+			return p.queueError("join", err)
+		}
+		if st.Ready+st.Leased == 0 && p.s.pending(name) == 0 {
+			return p.ret(nil)
+		}
+		select {
+		case <-p.ctx.Done():
+			return traceback("join", "RuntimeError", wire.ErrShuttingDown.Error())
+		case <-tick.C:
+		}
+	}
+}
+
+func (p *conn) ret(v any) reply {
+	msg, err := pyproto.Reply(pyproto.KindReturn, v)
+	if err != nil { // a bug: every value returned here pickles
+		return traceback("", "RuntimeError", "qm master: "+err.Error())
+	}
+	return reply{msg: msg}
+}
+
+// errorReply raises exc in the client, as a Python manager does for an
+// exception of the object's method.
+func (p *conn) errorReply(exc pyproto.Exception) reply {
+	msg, err := pyproto.Reply(pyproto.KindError, exc)
+	if err != nil {
+		return traceback("", exc.Name, fmt.Sprint(exc.Args...))
+	}
+	return reply{msg: msg}
+}
+
+// traceback makes the client raise multiprocessing.managers.RemoteError
+// with a text in the form of a Python traceback, as a Python manager
+// replies to an error outside the object's method.
+func traceback(method, excType, text string) reply {
+	where := "qm master"
+	if method != "" {
+		where += ", serving " + method + "()"
+	}
+	// A tuple of two strings always pickles.
+	msg, _ := pyproto.Reply(pyproto.KindTraceback,
+		fmt.Sprintf("Traceback (most recent call last):\n  %s\n%s: %s\n", where, excType, text))
+	return reply{msg: msg}
+}
+
+// queueError reports an error of the queue manager.
+func (p *conn) queueError(method string, err error) reply {
+	if errors.Is(err, queue.ErrClosed) || p.ctx.Err() != nil {
+		return traceback(method, "RuntimeError", wire.ErrShuttingDown.Error())
+	}
+	return traceback(method, "ValueError", "qm master: "+err.Error())
+}
+
+// pyRepr renders a short value as Python's repr would, near enough.
+func repr(v any) string {
+	switch x := v.(type) {
+	case string:
+		if len(x) > 100 {
+			x = x[:100] + "..."
+		}
+		return "'" + strings.ReplaceAll(strings.ReplaceAll(x, `\`, `\\`), "'", `\'`) + "'"
+	case nil:
+		return "None"
+	}
+	return pyproto.TypeName(v) + " value"
+}
+
+// queueName maps a typeid to its queue: a --py-typeid entry, or the
+// name inside get_<name>_queue.
+func (s *Server) queueName(typeid string) (string, bool) {
+	if q, ok := s.cfg.TypeIDs[typeid]; ok {
+		return q, true
+	}
+	name, ok := strings.CutPrefix(typeid, "get_")
+	if !ok {
+		return "", false
+	}
+	name, ok = strings.CutSuffix(name, "_queue")
+	if !ok || queue.CheckName(name) != nil {
+		return "", false
+	}
+	return name, true
+}

@@ -1,0 +1,62 @@
+package pymanager
+
+import (
+	"testing"
+
+	"github.com/qm-dev/qm/master/queue"
+	"github.com/qm-dev/qm/wire"
+)
+
+// testBackend is a real queue.Manager as the Backend.
+type testBackend struct{ *queue.Manager }
+
+func (testBackend) Closing() bool   { return false }
+func (testBackend) AdmitPut() error { return nil }
+
+// testClient is the little of a Client that result routing reads.
+type testClient struct{ Client }
+
+func (testClient) Addr() string { return "127.0.0.1:4000" }
+
+// The routing rule of results.go: after a get delivers a task with a
+// reply queue, the next put to another queue is its result, in the reply
+// queue; a put to the task's own queue, and any put after that result,
+// go where they name.
+func TestResultRouting(t *testing.T) {
+	m, err := queue.New(queue.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	p := &conn{s: New(Config{Backend: testBackend{m}}), c: testClient{}, name: "worker-1"}
+
+	p.took("tasks", queue.Task{ID: 7, Attempts: 2}) // no reply queue: owes nothing
+	if r := p.resultOf("other"); r != nil {
+		t.Fatalf("a task without a reply queue made a put a result: %+v", r)
+	}
+	p.took("tasks", queue.Task{ID: 8, Attempts: 1, ReplyTo: "replies"})
+	if r := p.resultOf("tasks"); r != nil {
+		t.Fatalf("a put back to the task's own queue was taken as its result: %+v", r)
+	}
+	r := p.resultOf("results")
+	if r == nil || r.id != 8 || r.replyTo != "replies" {
+		t.Fatalf("the put after the task = %+v, want task 8's result", r)
+	}
+	if again := p.resultOf("results"); again != nil {
+		t.Fatalf("a second put was taken as the result too: %+v", again)
+	}
+	if err := p.publishResult(r, []byte{0x2a}); err != nil {
+		t.Fatal(err)
+	}
+	ts, err := m.Get(queue.NoWait, queue.GetRequest{Queue: "replies", Max: 2, NoAck: true}, nil)
+	if err != nil || len(ts) != 1 {
+		t.Fatalf("reply queue holds %d items, %v; want the one result", len(ts), err)
+	}
+	res, err := wire.DecodeResult(ts[0].Payload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.TaskID != 8 || res.Attempt != 1 || res.Worker != "worker-1@127.0.0.1:4000" || string(res.Value) != "\x2a" {
+		t.Fatalf("result = %+v", res)
+	}
+}

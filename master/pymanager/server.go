@@ -1,0 +1,231 @@
+package pymanager
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/qm-dev/qm/master/queue"
+	"github.com/qm-dev/qm/pyproto"
+)
+
+// Role is a Python client's role in the master's client list.
+const Role = "python"
+
+// Backend is the master as Python clients see it. Its methods are safe
+// for concurrent use.
+type Backend interface {
+	Put(ctx context.Context, req queue.PutRequest) ([]uint64, error)
+	Get(ctx context.Context, req queue.GetRequest, dst []queue.Task) ([]queue.Task, error)
+	Unget(req queue.GetRequest, ts []queue.Task)
+	Ack(req queue.AckRequest, dst []queue.Task) ([]queue.Task, error)
+	Nack(queue string, owner, id uint64, errText string) error
+	Stats(queue string) (queue.Stats, error)
+	// Release requeues the tasks a client still holds when it leaves.
+	Release(owner uint64) int
+	// Closing reports whether the master is shutting down: every call
+	// then fails.
+	Closing() bool
+	// AdmitPut refuses a put while the master is full, or returns nil.
+	AdmitPut() error
+}
+
+// Client is the master's side of one Python connection.
+type Client interface {
+	// Conn is the connection, authenticated.
+	Conn() net.Conn
+	// ID owns the leases the client's gets take.
+	ID() uint64
+	// Addr is the client's address, for logs and worker names.
+	Addr() string
+	// Context ends when the connection is closed or the master stops.
+	Context() context.Context
+	// Identify names the client, with Role, in the client list.
+	Identify(name string)
+	// BeginCall is called as a request arrives; the func it returns is
+	// called once the reply is written, with the request's method ("" if
+	// the request did not decode).
+	BeginCall() (end func(method string))
+	// Close closes the connection.
+	Close()
+}
+
+// Config configures a Server.
+type Config struct {
+	// Backend is the master. Required.
+	Backend Backend
+	// TypeIDs maps typeids to queues beside get_<queue>_queue.
+	TypeIDs map[string]string
+	// MaxMessageSize bounds a request, and a reply as a pickle. Required.
+	MaxMessageSize int
+	// HandshakeTimeout bounds the wait for a connection's first request.
+	// Required.
+	HandshakeTimeout time.Duration
+	// Go runs f in a goroutine the master owns, or reports false if the
+	// master is stopping. Required.
+	Go func(f func()) bool
+	// Logger; nil discards.
+	Logger *slog.Logger
+}
+
+// Server serves the Python connections of one master. It holds what they
+// share: the tasks each queue handed to Python gets and not yet marked
+// task_done, for join().
+type Server struct {
+	cfg Config
+	log *slog.Logger
+
+	mu         sync.Mutex
+	unfinished map[string]int
+}
+
+// New returns a Server for cfg.
+func New(cfg Config) *Server {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Server{cfg: cfg, log: log, unfinished: make(map[string]int)}
+}
+
+func (s *Server) addUnfinished(q string, n int) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.unfinished[q]+n < 0 {
+		return errors.New("task_done() called too many times")
+	}
+	s.unfinished[q] += n
+	if s.unfinished[q] == 0 {
+		delete(s.unfinished, q)
+	}
+	return nil
+}
+
+func (s *Server) pending(q string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.unfinished[q]
+}
+
+// frame is one frame read from a Python client, or the error that ended
+// reading.
+type frame struct {
+	msg []byte
+	err error
+}
+
+// Serve serves one client, one request and one reply at a time, until it
+// leaves or its connection fails; then its leases are released. first
+// holds the 4-byte length header of its first frame, read already.
+func (s *Server) Serve(c Client, first []byte) {
+	ctx, cancel := context.WithCancel(c.Context())
+	defer cancel()
+	p := &conn{s: s, c: c, log: s.log.With("remote", c.Addr(), "client", c.ID()), ctx: ctx}
+	frames := make(chan frame)
+	readDone := make(chan struct{})
+	if !s.cfg.Go(func() { defer close(readDone); p.read(first, frames, cancel) }) {
+		return
+	}
+	defer func() {
+		c.Close() // ends the reader
+		<-readDone
+		if n := s.cfg.Backend.Release(c.ID()); n > 0 {
+			p.log.Info("python client gone; its leased tasks requeued", "tasks", n)
+		}
+		if p.name != "" {
+			p.log.Debug("python client disconnected")
+		}
+	}()
+	for f := range frames {
+		if f.err != nil {
+			p.readFailed(f.err)
+			return
+		}
+		end := c.BeginCall()
+		r := p.handle(f.msg)
+		err := pyproto.WriteMessage(c.Conn(), r.msg)
+		if r.after != nil {
+			r.after(err == nil)
+		}
+		end(r.method)
+		if err != nil {
+			p.log.Debug("python client: write failed", "err", err)
+			return
+		}
+	}
+}
+
+// maxRefusedRequest bounds the first request that Refuse reads and
+// discards: a manager's first request on a connection (dummy, create,
+// incref, decref, accept_connection) is a hundred bytes or so.
+const maxRefusedRequest = 64 << 10
+
+// Refuse answers a Python client the master will not serve with a
+// '#TRACEBACK' reply, which Python raises as RemoteError with excType and
+// text, rather than closing on it with no word. header is the 4-byte
+// length of the client's first request, already read. The request is read
+// and discarded first, within the deadline the caller set: closing a
+// socket with unread data resets the connection, and the client could
+// lose the reply. A request beyond maxRefusedRequest, or not sent in
+// time, gets no reply.
+func Refuse(c net.Conn, header []byte, excType, text string) {
+	n := binary.BigEndian.Uint32(header)
+	if n > maxRefusedRequest {
+		return
+	}
+	if _, err := io.CopyN(io.Discard, c, int64(n)); err != nil {
+		return
+	}
+	_ = pyproto.WriteMessage(c, traceback("", excType, text).msg)
+}
+
+// read reads frames until the connection fails or ends, and hands them to
+// the serving loop. The first frame must arrive within the handshake
+// timeout. Once reading fails, cancel ends the calls the client waits on.
+func (p *conn) read(first []byte, frames chan<- frame, cancel context.CancelFunc) {
+	defer close(frames)
+	nc := p.c.Conn()
+	_ = nc.SetReadDeadline(time.Now().Add(p.s.cfg.HandshakeTimeout))
+	var r io.Reader = io.MultiReader(bytes.NewReader(first), nc)
+	for n := 0; ; n++ {
+		msg, err := pyproto.ReadMessage(r, p.s.cfg.MaxMessageSize)
+		if n == 0 && err == nil {
+			_ = nc.SetReadDeadline(time.Time{})
+			r = nc
+		}
+		if err != nil {
+			cancel()
+		}
+		select {
+		case frames <- frame{msg: msg, err: err}:
+		case <-p.c.Context().Done():
+			return
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+func (p *conn) readFailed(err error) {
+	var ne net.Error
+	switch {
+	case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
+	case errors.Is(err, pyproto.ErrMessageTooLarge):
+		p.log.Warn("python client: message too large; connection closed", "err", err)
+		r := traceback("", "ValueError", fmt.Sprintf("%v (the master's --max-message-size)", err))
+		_ = p.c.Conn().SetWriteDeadline(time.Now().Add(p.s.cfg.HandshakeTimeout))
+		_ = pyproto.WriteMessage(p.c.Conn(), r.msg)
+	case errors.As(err, &ne) && ne.Timeout():
+		p.log.Warn("python client sent no request in time; connection closed")
+	default:
+		p.log.Debug("python client: read failed", "err", err)
+	}
+}
