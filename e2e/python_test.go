@@ -156,3 +156,39 @@ sys.stdin.read()
 		t.Errorf("inspect (exit %d): %s %s", code, queues, stderr)
 	}
 }
+
+// TestClassicScriptsMeetQworker: the classic producer script, which
+// registers get_task_queue and get_result_queue, and a qworker started
+// with no queue flags, as the README shows, meet: every task is squared
+// and its result read back.
+func TestClassicScriptsMeetQworker(t *testing.T) {
+	py := qmtest.Pythons(t)[0]
+	_, addr := startMaster(t)
+	start(t, nil, nil, "qworker", "--server", addr, "--builtin", "square")
+	cmd := py.Command(t, 2*time.Minute, `
+import os, sys
+from multiprocessing.managers import BaseManager
+class QueueManager(BaseManager): pass
+QueueManager.register('get_task_queue')
+QueueManager.register('get_result_queue')
+host, port = sys.argv[1].rsplit(':', 1)
+m = QueueManager(address=(host, int(port)), authkey=os.environ['QM_AUTHKEY'].encode())
+m.connect()
+task, result = m.get_task_queue(), m.get_result_queue()
+for n in range(1, 21):
+    task.put(n)
+print(sorted(result.get(timeout=30) for _ in range(20)))
+`, addr)
+	cmd.Env = append(cmd.Env, "QM_AUTHKEY="+authkey)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s: %v\n%s", py, err, out)
+	}
+	var want []string
+	for n := 1; n <= 20; n++ {
+		want = append(want, strconv.Itoa(n*n))
+	}
+	if got := strings.TrimSpace(string(out)); got != "["+strings.Join(want, ", ")+"]" {
+		t.Fatalf("the classic producer read %s", got)
+	}
+}

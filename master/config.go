@@ -36,9 +36,16 @@ type Config struct {
 	// Default 10s.
 	KeepAliveInterval time.Duration
 	// PyTypeIDs maps the typeid a Python BaseManager client registered
-	// (e.g. "get_task_queue") to the queue it serves. A typeid not listed
-	// of the form get_<name>_queue serves queue <name>.
+	// (e.g. "get_jobs") to the queue it serves. A typeid not listed is
+	// served as pymanager.ClassicTypeIDs says (get_task_queue: tasks,
+	// get_result_queue: results), else, of the form get_<name>_queue,
+	// from queue <name>.
 	PyTypeIDs map[string]string
+	// PyResultsQueue is the workers' results queue for Python workers: a
+	// Python worker's put to it, after a get of a task that names a reply
+	// queue, is that task's result and goes to the reply queue. Default
+	// "results", qworker's --results.
+	PyResultsQueue string
 	// DataDir, if not empty, keeps the queues durable in this directory
 	// (see package store/seglog); empty keeps them in memory only.
 	DataDir string
@@ -117,6 +124,11 @@ func (c *Config) Validate() error {
 	case c.TLS != nil && c.TLS.MinVersion != 0 && c.TLS.MinVersion < tls.VersionTLS12:
 		return errors.New("TLS: MinVersion must be TLS 1.2 or later")
 	}
+	if c.PyResultsQueue != "" {
+		if err := queue.CheckName(c.PyResultsQueue); err != nil {
+			return fmt.Errorf("PyResultsQueue: %q: %w", c.PyResultsQueue, err)
+		}
+	}
 	for typeid, q := range c.PyTypeIDs {
 		if typeid == "" {
 			return errors.New("PyTypeIDs: empty typeid")
@@ -143,6 +155,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.KeepAliveInterval == 0 {
 		c.KeepAliveInterval = wire.DefaultKeepAliveInterval
+	}
+	if c.PyResultsQueue == "" {
+		c.PyResultsQueue = wire.DefaultResultQueue
 	}
 	if c.MaxUnauthConns == 0 {
 		c.MaxUnauthConns = 64

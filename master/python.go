@@ -17,6 +17,7 @@ func (s *Server) newPyManager() *pymanager.Server {
 	return pymanager.New(pymanager.Config{
 		Backend:          pyBackend{Queues: s.queues, s: s},
 		TypeIDs:          s.cfg.PyTypeIDs,
+		ResultsQueue:     s.cfg.PyResultsQueue,
 		MaxMessageSize:   s.cfg.MaxMessageSize,
 		HandshakeTimeout: s.cfg.HandshakeTimeout,
 		Go:               s.goRun,

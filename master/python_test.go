@@ -21,7 +21,7 @@ import (
 
 // pyPrelude connects a classic BaseManager client to the master at
 // sys.argv[1] with the key sys.argv[2]; task and result are the proxies
-// of queues "task" and "result".
+// of queues "tasks" and "results".
 const pyPrelude = `
 import os, queue, sys, threading, time
 from multiprocessing import AuthenticationError
@@ -106,7 +106,7 @@ func stats(t *testing.T, c *wire.Client, q string) wire.QueueStats {
 func TestPythonWorkerLoop(t *testing.T) {
 	forEachPython(t, master.Config{}, func(t *testing.T, py qmtest.Python, addr string) {
 		c := qmtest.Dial(t, addr, "producer")
-		putInts(t, c, "task", 20, wire.PutOptions{})
+		putInts(t, c, "tasks", 20, wire.PutOptions{})
 		out := runPy(t, py, addr, `
 m = manager()
 task = m.get_task_queue(); result = m.get_result_queue()
@@ -123,13 +123,13 @@ print(done)
 		if strings.TrimSpace(out) != "20" {
 			t.Fatalf("python handled %q tasks, want 20", out)
 		}
-		got := getValues(t, c, "result", 20)
+		got := getValues(t, c, "results", 20)
 		for i, v := range got {
 			if want := int64((i + 1) * (i + 1)); v != want {
 				t.Fatalf("result %d = %v, want %d", i, v, want)
 			}
 		}
-		if st := stats(t, c, "task"); st.Ready != 0 || st.Leased != 0 || st.Done != 20 {
+		if st := stats(t, c, "tasks"); st.Ready != 0 || st.Leased != 0 || st.Done != 20 {
 			t.Errorf("task queue after the run: %+v", st)
 		}
 	})
@@ -208,7 +208,7 @@ print('ok')
 		if strings.TrimSpace(out) != "ok" {
 			t.Fatalf("python: %s", out)
 		}
-		ts, err := c.Get(context.Background(), "task", wire.GetOptions{Max: len(goValues), Timeout: 5 * time.Second, NoAck: true})
+		ts, err := c.Get(context.Background(), "tasks", wire.GetOptions{Max: len(goValues), Timeout: 5 * time.Second, NoAck: true})
 		if err != nil || len(ts) != len(goValues) {
 			t.Fatalf("get: %d tasks, %v", len(ts), err)
 		}
@@ -252,7 +252,7 @@ func TestPythonManyClients(t *testing.T) {
 	forEachPython(t, master.Config{}, func(t *testing.T, py qmtest.Python, addr string) {
 		c := qmtest.Dial(t, addr, "producer")
 		const n = 300
-		putInts(t, c, "task", n, wire.PutOptions{})
+		putInts(t, c, "tasks", n, wire.PutOptions{})
 		const script = `
 m = manager()
 task = m.get_task_queue(); result = m.get_result_queue()
@@ -295,7 +295,7 @@ print(sum(counts))
 		if total != n {
 			t.Fatalf("python processes took %d tasks, want %d", total, n)
 		}
-		got := getValues(t, c, "result", n)
+		got := getValues(t, c, "results", n)
 		seen := map[any]bool{}
 		for _, v := range got {
 			if seen[v] {
@@ -342,17 +342,20 @@ print(c.recv())
 	})
 }
 
-// TestPythonTypeids: get_<name>_queue serves <name>, PyTypeIDs maps any
-// typeid, and an unknown typeid raises RemoteError naming a KeyError.
+// TestPythonTypeids: get_<name>_queue serves <name>, the classic
+// get_task_queue and get_result_queue serve tasks and results, PyTypeIDs
+// maps any typeid (a classic one too), and an unknown typeid raises
+// RemoteError naming a KeyError.
 func TestPythonTypeids(t *testing.T) {
-	cfg := master.Config{PyTypeIDs: map[string]string{"get_task_queue": "tasks", "jobs": "job-queue"}}
+	cfg := master.Config{PyTypeIDs: map[string]string{"get_task_queue": "inbox", "jobs": "job-queue"}}
 	forEachPython(t, cfg, func(t *testing.T, py qmtest.Python, addr string) {
 		out := runPy(t, py, addr, `
 QueueManager.register('jobs')
 QueueManager.register('get_other_queue')
 QueueManager.register('bogus')
 m = manager()
-m.get_task_queue().put('to tasks')
+m.get_task_queue().put('to inbox')
+m.get_result_queue().put('to results')
 m.jobs().put('to job-queue')
 m.get_other_queue().put('to other')
 try:
@@ -364,7 +367,7 @@ except RemoteError as e:
 			t.Fatalf("python: %q", out)
 		}
 		c := qmtest.Dial(t, addr, "producer")
-		for q, want := range map[string]string{"tasks": "to tasks", "job-queue": "to job-queue", "other": "to other"} {
+		for q, want := range map[string]string{"inbox": "to inbox", "results": "to results", "job-queue": "to job-queue", "other": "to other"} {
 			if got := getValues(t, c, q, 1); got[0] != want {
 				t.Errorf("queue %s holds %v, want %q", q, got[0], want)
 			}
@@ -432,7 +435,7 @@ func TestPythonBlockedGetEndsWithClient(t *testing.T) {
 			t.Fatal(err)
 		}
 		qmtest.CheckFor(t, 20*time.Second, 10*time.Millisecond, func() error {
-			if st, err := c.Stats(context.Background(), "task"); err != nil || len(st) != 1 || st[0].Consumers != 1 {
+			if st, err := c.Stats(context.Background(), "tasks"); err != nil || len(st) != 1 || st[0].Consumers != 1 {
 				return fmt.Errorf("no blocked get: %+v, %v", st, err)
 			}
 			return nil
@@ -440,13 +443,13 @@ func TestPythonBlockedGetEndsWithClient(t *testing.T) {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
 		qmtest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
-			if st := stats(t, c, "task"); st.Consumers != 0 {
+			if st := stats(t, c, "tasks"); st.Consumers != 0 {
 				return fmt.Errorf("get still blocked after python died: %+v", st)
 			}
 			return nil
 		})
-		putInts(t, c, "task", 1, wire.PutOptions{})
-		if got := getValues(t, c, "task", 1); got[0] != int64(1) {
+		putInts(t, c, "tasks", 1, wire.PutOptions{})
+		if got := getValues(t, c, "tasks", 1); got[0] != int64(1) {
 			t.Fatalf("got %v", got)
 		}
 	})
@@ -458,7 +461,7 @@ func TestPythonBlockedGetEndsWithClient(t *testing.T) {
 func TestPythonResultsToReplyTo(t *testing.T) {
 	forEachPython(t, master.Config{}, func(t *testing.T, py qmtest.Python, addr string) {
 		c := qmtest.Dial(t, addr, "producer")
-		ids := putInts(t, c, "task", 5, wire.PutOptions{ReplyTo: "replies"})
+		ids := putInts(t, c, "tasks", 5, wire.PutOptions{ReplyTo: "replies"})
 		runPy(t, py, addr, `
 m = manager()
 task = m.get_task_queue(); result = m.get_result_queue()
@@ -484,7 +487,7 @@ for _ in range(5):
 				t.Errorf("result %d = %+v value %v; want task %d value %d", i, r, v, ids[i], want)
 			}
 		}
-		if st := stats(t, c, "result"); st.Ready != 0 {
+		if st := stats(t, c, "results"); st.Ready != 0 {
 			t.Errorf("results also went to the queue named by the put: %+v", st)
 		}
 	})
@@ -498,7 +501,7 @@ func TestPythonReadsWorkerResults(t *testing.T) {
 		ok, _ := wire.Encode(wire.Result{TaskID: 1, Worker: "w1", Attempt: 1, Value: []byte{0x31}})
 		failed, _ := wire.Encode(wire.Result{TaskID: 2, Worker: "w1", Attempt: 3, Error: "failed after 3 attempts: boom"})
 		lookalike, _ := wire.Encode(map[string]any{"task_id": 3, "worker": "w", "value": 1}) // no attempt
-		if _, err := c.PutRaw(context.Background(), "result", []msgpack.RawMessage{ok, failed, lookalike}, wire.PutOptions{}); err != nil {
+		if _, err := c.PutRaw(context.Background(), "results", []msgpack.RawMessage{ok, failed, lookalike}, wire.PutOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		out := runPy(t, py, addr, `
@@ -565,6 +568,38 @@ print(task.get(), task.full())
 `)
 		if out != "True\nTrue\nTrue\nTrue\n1 False\n" {
 			t.Fatalf("python: %q", out)
+		}
+	})
+}
+
+// TestPythonPipelineStage: a Python stage that gets tasks from a and puts
+// to b fills b, as with a Python master, though the tasks name a reply
+// queue; a put to the reply queue itself is the task's result.
+func TestPythonPipelineStage(t *testing.T) {
+	forEachPython(t, master.Config{}, func(t *testing.T, py qmtest.Python, addr string) {
+		c := qmtest.Dial(t, addr, "producer")
+		ids := putInts(t, c, "a", 4, wire.PutOptions{ReplyTo: "replies"})
+		runPy(t, py, addr, `
+QueueManager.register('get_a_queue'); QueueManager.register('get_b_queue'); QueueManager.register('get_replies_queue')
+m = manager()
+a, b, replies = m.get_a_queue(), m.get_b_queue(), m.get_replies_queue()
+for _ in range(3):
+    b.put(('stage1', a.get(timeout=5)))
+replies.put(a.get(timeout=5) * 10)
+`)
+		if got := getValues(t, c, "b", 3); fmt.Sprint(got) != "[[stage1 1] [stage1 2] [stage1 3]]" {
+			t.Fatalf("b holds %v, want the stage's three puts", got)
+		}
+		ts, err := c.Get(context.Background(), "replies", wire.GetOptions{Max: 5, Timeout: 5 * time.Second, NoAck: true})
+		if err != nil || len(ts) != 1 {
+			t.Fatalf("replies holds %d items, %v; want the one result", len(ts), err)
+		}
+		r, err := wire.DecodeResult(ts[0].Payload)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v, _ := wire.DecodeValue(r.Value); r.TaskID != ids[3] || v != int64(40) {
+			t.Fatalf("result %+v (value %v), want task %d's 40", r, v, ids[3])
 		}
 	})
 }

@@ -13,3 +13,12 @@ const (
 	// stops answering is noticed within about this long.
 	DefaultKeepAliveInterval = 10 * time.Second
 )
+
+// The default queues: where qworker takes tasks and puts the results of
+// tasks that name no reply queue, where qmaster map puts its tasks, and
+// what the classic Python scripts' get_task_queue and get_result_queue
+// serve.
+const (
+	DefaultTaskQueue   = "tasks"
+	DefaultResultQueue = "results"
+)

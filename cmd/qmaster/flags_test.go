@@ -56,7 +56,7 @@ func TestRootFlags(t *testing.T) {
 		"--lease", "1m", "--max-queue-len", "10", "--max-message-size", "16MiB", "--handshake-timeout", "2s",
 		"--shutdown-timeout", "0", "--log-level", "debug", "--log-format", "json",
 		"--data-dir", "/d", "--fsync", "interval", "--fsync-interval", "50ms",
-		"--py-typeid", "get_task_queue=tasks", "--py-typeid", "get_r=results",
+		"--py-typeid", "get_task_queue=jobs", "--py-typeid", "get_r=results", "--py-results-queue", "done",
 		"--max-unauth-conns", "8", "--auth-fail-limit", "3", "--max-conns", "100", "--max-streams", "16",
 		"--max-memory", "1GiB", "--tls-cert", "/c.pem", "--tls-key", "/k.pem", "--tls-client-ca", "/ca.pem")
 	if code != 0 {
@@ -66,7 +66,7 @@ func TestRootFlags(t *testing.T) {
 		Addr: "127.0.0.1:7000", AuthkeyFile: "/k", MaxAttempts: 5, Lease: time.Minute, MaxQueueLen: 10,
 		MaxMessageSize: 16 << 20, HandshakeTimeout: 2 * time.Second, ShutdownTimeout: 0,
 		DataDir: "/d", Fsync: "interval", FsyncInterval: 50 * time.Millisecond,
-		PyTypeIDs:      map[string]string{"get_task_queue": "tasks", "get_r": "results"},
+		PyTypeIDs: map[string]string{"get_task_queue": "jobs", "get_r": "results"}, PyResultsQueue: "done",
 		MaxUnauthConns: 8, AuthFailLimit: 3, MaxConns: 100, MaxStreams: 16, MaxMemory: 1 << 30,
 		TLSCert: "/c.pem", TLSKey: "/k.pem", TLSClientCA: "/ca.pem",
 	}

@@ -76,7 +76,7 @@ progress bar is shown on stderr when it is a terminal.`,
 	}
 	addClientFlags(cmd, &opts.Client)
 	fl := cmd.Flags()
-	fl.StringVar(&opts.Tasks, "tasks", "tasks", "queue to submit the tasks to")
+	fl.StringVar(&opts.Tasks, "tasks", wire.DefaultTaskQueue, "queue to submit the tasks to")
 	fl.StringVar(&opts.Results, "results", "", "queue to collect the results from (default: a private queue, deleted at the end)")
 	fl.IntVar(&opts.Batch, "batch", 1000, "tasks per put call")
 	fl.DurationVar(&opts.Timeout, "timeout", 0, "give up after this long overall (0: wait forever)")

@@ -42,6 +42,7 @@ type serveOptions struct {
 	Fsync            string
 	FsyncInterval    time.Duration
 	PyTypeIDs        map[string]string
+	PyResultsQueue   string
 	HTTP             httpOptions // httpflags.go
 
 	TLSCert, TLSKey, TLSClientCA string
@@ -137,7 +138,8 @@ The subcommands talk to a running master (see --server).`,
 	fl.StringVar(&opts.TLSCert, "tls-cert", "", "serve over TLS (1.2 or later) with the certificate in this PEM `file` (with --tls-key); Python manager clients cannot connect then")
 	fl.StringVar(&opts.TLSKey, "tls-key", "", "private key (PEM `file`) of --tls-cert")
 	fl.StringVar(&opts.TLSClientCA, "tls-client-ca", "", "with --tls-cert, require every client to present a certificate signed by a CA in this PEM `file`")
-	fl.StringToStringVar(&opts.PyTypeIDs, "py-typeid", nil, "serve Python manager typeid `TYPEID=QUEUE` from that queue (repeatable; get_<name>_queue serves <name> without it)")
+	fl.StringToStringVar(&opts.PyTypeIDs, "py-typeid", nil, "serve Python manager typeid `TYPEID=QUEUE` from that queue (repeatable; get_<name>_queue serves <name> without it, get_task_queue and get_result_queue serve tasks and results)")
+	fl.StringVar(&opts.PyResultsQueue, "py-results-queue", wire.DefaultResultQueue, "`queue` whose puts by a Python worker are the results of the task it took last, sent to that task's reply queue")
 
 	for _, sub := range []*cobra.Command{
 		newCmdInspect(f, nil),
@@ -263,6 +265,7 @@ func serveRun(ctx context.Context, opts *serveOptions) error {
 	srv, err := master.New(master.Config{
 		DataDir:          opts.DataDir,
 		PyTypeIDs:        opts.PyTypeIDs,
+		PyResultsQueue:   opts.PyResultsQueue,
 		Fsync:            fsync,
 		FsyncInterval:    interval,
 		Authkey:          key,

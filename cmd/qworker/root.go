@@ -16,6 +16,7 @@ import (
 	"github.com/qm-dev/qm/auth"
 	"github.com/qm-dev/qm/internal/cliflag"
 	"github.com/qm-dev/qm/internal/tlsconfig"
+	"github.com/qm-dev/qm/wire"
 	"github.com/qm-dev/qm/worker"
 )
 
@@ -127,8 +128,8 @@ such as a rejected authkey; 2 on a usage error.`,
 	fl.BoolVar(&opts.InsecureNoAuth, "insecure-no-auth", false, "connect to a master started with --insecure-no-auth (sends no key)")
 	tlsconfig.AddClientFlags(fl, &opts.TLS)
 	fl.StringVar(&opts.Builtin, "builtin", "", "run the built-in handler `name` on each task: "+strings.Join(worker.BuiltinNames(), ", "))
-	fl.StringVar(&opts.Tasks, "tasks", "tasks", "`queue` to take tasks from")
-	fl.StringVar(&opts.Results, "results", "results", "`queue` for the results of tasks that name no reply-to queue")
+	fl.StringVar(&opts.Tasks, "tasks", wire.DefaultTaskQueue, "`queue` to take tasks from")
+	fl.StringVar(&opts.Results, "results", wire.DefaultResultQueue, "`queue` for the results of tasks that name no reply-to queue")
 	fl.IntVar(&opts.Concurrency, "concurrency", 1, "tasks run at once (the worker holds at most twice as many leased: running ones and results on their way)")
 	fl.DurationVar(&opts.GetTimeout, "get-timeout", 5*time.Second, "how long each request for tasks waits at the master")
 	fl.DurationVar(&opts.IdleExit, "idle-exit", 0, "exit 0 after this long without a task, time unable to reach the master included (0: never)")

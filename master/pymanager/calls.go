@@ -420,10 +420,19 @@ func repr(v any) string {
 	return pyproto.TypeName(v) + " value"
 }
 
-// queueName maps a typeid to its queue: a --py-typeid entry, or the
-// name inside get_<name>_queue.
+// ClassicTypeIDs are the typeids of the classic distributed-queue
+// scripts. They serve qm's default queues, where qworker takes tasks and
+// puts results and where qmaster map puts tasks, so that those scripts
+// and qm's commands meet with no flags.
+var ClassicTypeIDs = map[string]string{"get_task_queue": wire.DefaultTaskQueue, "get_result_queue": wire.DefaultResultQueue}
+
+// queueName maps a typeid to its queue: a --py-typeid entry, a classic
+// typeid, or the name inside get_<name>_queue.
 func (s *Server) queueName(typeid string) (string, bool) {
 	if q, ok := s.cfg.TypeIDs[typeid]; ok {
+		return q, true
+	}
+	if q, ok := ClassicTypeIDs[typeid]; ok {
 		return q, true
 	}
 	name, ok := strings.CutPrefix(typeid, "get_")

@@ -14,11 +14,14 @@ import (
 //
 //   - When a connection's get delivers a task that names a reply queue,
 //     the connection holds it (took).
-//   - The connection's next put to a queue other than the task's own is
-//     that task's result: it goes to the reply queue as a wire.Result
-//     (task ID, worker "<process name>@<addr>", attempt, value), whatever
-//     queue the script named (resultOf, publishResult).
-//   - Every other put goes to the queue it names.
+//   - The connection's next put to that reply queue, or to the workers'
+//     results queue (Config.ResultsQueue: "results", where qworker puts
+//     the results of tasks that name no reply queue, and which the
+//     classic get_result_queue serves), is that task's result: it goes to
+//     the reply queue as a wire.Result (task ID, worker
+//     "<process name>@<addr>", attempt, value) (resultOf, publishResult).
+//   - Every other put goes to the queue it names, as with a Python
+//     master: a pipeline stage that gets from a and puts to b fills b.
 
 // heldTask is a delivered task whose result this connection owes.
 type heldTask struct {
@@ -40,7 +43,7 @@ func (p *conn) took(from string, t queue.Task) {
 // forgets it, or nil if the put is an ordinary one.
 func (p *conn) resultOf(name string) *heldTask {
 	t := p.held
-	if t == nil || t.from == name {
+	if t == nil || name != t.replyTo && name != p.s.cfg.ResultsQueue {
 		return nil
 	}
 	p.held = nil

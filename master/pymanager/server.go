@@ -61,8 +61,12 @@ type Client interface {
 type Config struct {
 	// Backend is the master. Required.
 	Backend Backend
-	// TypeIDs maps typeids to queues beside get_<queue>_queue.
+	// TypeIDs maps typeids to queues, before ClassicTypeIDs and
+	// get_<queue>_queue.
 	TypeIDs map[string]string
+	// ResultsQueue is the workers' results queue: a Python worker's put
+	// to it is the result of the task it took last (results.go). Required.
+	ResultsQueue string
 	// MaxMessageSize bounds a request, and a reply as a pickle. Required.
 	MaxMessageSize int
 	// HandshakeTimeout bounds the wait for a connection's first request.
