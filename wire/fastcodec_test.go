@@ -123,6 +123,41 @@ func BenchmarkCodecGetResponse(b *testing.B) {
 	}
 }
 
+// BenchmarkCodecPut is a producer's put of 32 payloads, written and read
+// back as the master reads it.
+func BenchmarkCodecPut(b *testing.B) {
+	items := make([]msgpack.RawMessage, 32)
+	for i := range items {
+		items[i] = msgpack.RawMessage{0xa4, 'a', 'b', 'c', byte('0' + i%10)}
+	}
+	benchRequest(b, &Request{Op: OpPut, Queue: "tasks", Items: items, ReplyTo: "results"})
+}
+
+// BenchmarkCodecCompleteThenGet is a worker's complete of 32 results
+// chained to its next get: its request on every batch.
+func BenchmarkCodecCompleteThenGet(b *testing.B) {
+	results := make([]Completion, 32)
+	for i := range results {
+		results[i] = Completion{ID: uint64(1000 + i), Value: msgpack.RawMessage{0x2a}}
+	}
+	benchRequest(b, &Request{Op: OpComplete, Queue: "tasks", ResultQueue: "results", Results: results,
+		Then: &Request{Op: OpGet, Queue: "tasks", Max: 32, Timeout: time.Second}})
+}
+
+func benchRequest(b *testing.B, req *Request) {
+	var buf rwBuffer
+	c := NewCodec(&buf, 0)
+	for b.Loop() {
+		if err := c.Write(req); err != nil {
+			b.Fatal(err)
+		}
+		var got Request
+		if err := c.Read(&got); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
 // rwBuffer is a pipe in one goroutine: what is written is read back.
 type rwBuffer struct{ b []byte }
 
