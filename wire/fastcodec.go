@@ -550,7 +550,7 @@ func (f *fields) start(dec *msgpack.Decoder) {
 	f.dec = dec
 	f.fr, _ = dec.Buffered().(*frameReader)
 	// msgpack's DecodeMapLen reads a map inside an ext value too, whose
-	// bytes checkBounds takes as opaque: a message is a plain map.
+	// bytes msgp.Validate takes as opaque: a message is a plain map.
 	if c, err := dec.PeekCode(); err == nil && msgpcode.IsExt(c) {
 		f.err = errExtMessage
 		return

@@ -9,6 +9,7 @@ import (
 	"io"
 	"slices"
 
+	"github.com/qm-dev/qm/internal/msgp"
 	"github.com/vmihailenco/msgpack/v5"
 )
 
@@ -115,7 +116,7 @@ func (c *Codec) Read(v any) error {
 // first: msgpack leaves fields the frame does not name untouched. Trailing
 // bytes are an error.
 func decodeInto(dec *msgpack.Decoder, body *frameReader, b []byte, v any) error {
-	if err := checkBounds(b); err != nil {
+	if err := msgp.Validate(b); err != nil {
 		return fmt.Errorf("%w: %v", ErrBadRequest, err)
 	}
 	body.Reset(b)
@@ -187,11 +188,10 @@ func (r *frameReader) UnreadByte() error {
 // next returns the next msgpack value, whole, as a slice of the frame
 // (its capacity cut to its length, so that an append copies).
 func (r *frameReader) next() ([]byte, error) {
-	n, err := valueLen(r.b[r.i:])
+	v, err := msgp.NewReader(r.b[r.i:]).Raw()
 	if err != nil {
 		return nil, err
 	}
-	v := r.b[r.i : r.i+n : r.i+n]
-	r.i += n
+	r.i += len(v)
 	return v, nil
 }

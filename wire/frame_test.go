@@ -126,7 +126,7 @@ func TestDecodeRefusesLyingLengths(t *testing.T) {
 		"map32":          {0xdf, 0x7f, 0xff, 0xff, 0xff},
 		"str32":          {0x81, 0xa1, 'q', 0xdb, 0x7f, 0xff, 0xff, 0xff},
 		"deep nesting":   bytes.Repeat([]byte{0x91}, 1000),
-		// A map inside a fixext16, whose 16 bytes checkBounds takes as
+		// A map inside a fixext16, whose 16 bytes msgp.Validate takes as
 		// opaque, but msgpack's DecodeMapLen reads as the map (found by
 		// FuzzDecodeRequest: it asked for 51 GB).
 		"ext-wrapped map": {0xd8, 0xd8, 0x81, 0xa5, 'i', 't', 'e', 'm', 's', 0xdd, 0x7f, 0xff, 0xff, 0x7c, 0x7c, 0x7c, 0x7c, 0xff},
