@@ -2,12 +2,12 @@ package wire
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"time"
 
+	"github.com/qm-dev/qm/internal/msgp"
 	"github.com/vmihailenco/msgpack/v5"
 	"github.com/vmihailenco/msgpack/v5/msgpcode"
 )
@@ -15,18 +15,62 @@ import (
 // Hand-written msgpack for the messages of the hot path (put, get,
 // complete): msgpack's reflection spent a third of the master's time and
 // most of its allocations on them. The encodings are exactly those of the
-// struct tags in message.go, so either side may still use reflection; a
-// test checks both ways.
+// struct tags in message.go with compact ints, as a Codec has always
+// written them, so either side may still use reflection; tests check both
+// ways. The encoders append with internal/msgp (a Codec appends these
+// messages itself; EncodeMsgpack serves msgpack.Marshal); the decoders
+// read field by field through msgpack's Decoder. The admin fields of a
+// Response (stats, clients, queues) are rare and keep reflection.
 
-// EncodeMsgpack implements msgpack.CustomEncoder. Into a bytes.Buffer (a
-// Codec's), it appends the task in one write (appendTask); a get response
-// carries up to thousands, and a dozen encoder calls per task were a tenth
-// of the master's time.
-func (t Task) EncodeMsgpack(enc *msgpack.Encoder) error {
-	if buf, ok := enc.Writer().(*bytes.Buffer); ok && t.Attempt >= 0 {
-		buf.Write(appendTask(buf.AvailableBuffer(), &t))
-		return nil
+// appendMessage appends v: a Request or Response by hand, anything else
+// by reflection.
+func appendMessage(b []byte, v any) ([]byte, error) {
+	switch m := v.(type) {
+	case *Request:
+		if m != nil {
+			return appendRequest(b, m), nil
+		}
+	case *Response:
+		if m != nil {
+			return appendResponse(b, m)
+		}
 	}
+	return appendReflect(b, v)
+}
+
+// appendReflect appends v encoded by reflection, with compact ints as a
+// Codec has always written it.
+func appendReflect(b []byte, v any) ([]byte, error) {
+	buf := bytes.NewBuffer(b)
+	enc := msgpack.GetEncoder()
+	enc.Reset(buf)
+	enc.UseCompactInts(true)
+	err := enc.Encode(v)
+	msgpack.PutEncoder(enc)
+	return buf.Bytes(), err
+}
+
+// encodeTo is where an EncodeMsgpack method appends its message: in place
+// into a bytes.Buffer (msgpack.Marshal's), then written by writeEncoded.
+func encodeTo(enc *msgpack.Encoder) []byte {
+	if buf, ok := enc.Writer().(*bytes.Buffer); ok {
+		return buf.AvailableBuffer()
+	}
+	return nil
+}
+
+func writeEncoded(enc *msgpack.Encoder, b []byte) error {
+	_, err := enc.Writer().Write(b)
+	return err
+}
+
+// EncodeMsgpack implements msgpack.CustomEncoder.
+func (t Task) EncodeMsgpack(enc *msgpack.Encoder) error {
+	return writeEncoded(enc, appendTask(encodeTo(enc), &t))
+}
+
+// appendTask appends t; a get response carries up to thousands.
+func appendTask(b []byte, t *Task) []byte {
 	n := 5
 	if t.ReplyTo != "" {
 		n++
@@ -34,75 +78,24 @@ func (t Task) EncodeMsgpack(enc *msgpack.Encoder) error {
 	if t.LastError != "" {
 		n++
 	}
-	w := fieldWriter{enc: enc}
-	w.mapLen(n)
-	w.uint("id", t.ID)
-	w.str("q", t.Queue)
-	w.raw("payload", t.Payload)
+	b = msgp.AppendMapHeader(b, n)
+	b = msgp.AppendStr(b, "id")
+	b = msgp.AppendUint(b, t.ID)
+	b = msgp.AppendStr(b, "q")
+	b = msgp.AppendStr(b, t.Queue)
+	b = msgp.AppendStr(b, "payload")
+	b = msgp.AppendRaw(b, t.Payload)
 	if t.ReplyTo != "" {
-		w.str("reply_to", t.ReplyTo)
+		b = msgp.AppendStr(b, "reply_to")
+		b = msgp.AppendStr(b, t.ReplyTo)
 	}
-	w.int("attempt", int64(t.Attempt))
+	b = msgp.AppendStr(b, "attempt")
+	b = msgp.AppendInt(b, int64(t.Attempt))
 	if t.LastError != "" {
-		w.str("last_err", t.LastError)
+		b = msgp.AppendStr(b, "last_err")
+		b = msgp.AppendStr(b, t.LastError)
 	}
-	w.key("enqueued")
-	if w.err == nil {
-		w.err = enc.EncodeTime(t.Enqueued)
-	}
-	return w.err
-}
-
-// appendTask appends t with the very bytes EncodeMsgpack's field writer
-// gives it (for Attempt >= 0; a test compares them).
-func appendTask(b []byte, t *Task) []byte {
-	n := byte(5)
-	if t.ReplyTo != "" {
-		n++
-	}
-	if t.LastError != "" {
-		n++
-	}
-	b = append(b, 0x80|n)
-	b = appendStr(b, "id")
-	b = appendUint(b, t.ID)
-	b = appendStr(b, "q")
-	b = appendStr(b, t.Queue)
-	b = appendStr(b, "payload")
-	if len(t.Payload) == 0 {
-		b = append(b, msgpcode.Nil)
-	} else {
-		b = append(b, t.Payload...)
-	}
-	if t.ReplyTo != "" {
-		b = appendStr(b, "reply_to")
-		b = appendStr(b, t.ReplyTo)
-	}
-	b = appendStr(b, "attempt")
-	b = appendUint(b, uint64(t.Attempt))
-	if t.LastError != "" {
-		b = appendStr(b, "last_err")
-		b = appendStr(b, t.LastError)
-	}
-	b = appendStr(b, "enqueued")
-	return appendTime(b, t.Enqueued)
-}
-
-// appendTime appends tm as msgpack's Encoder.EncodeTime does: the
-// timestamp extension (type -1) in 4, 8 or 12 bytes.
-func appendTime(b []byte, tm time.Time) []byte {
-	const timeExt = 0xff // int8(-1)
-	secs := uint64(tm.Unix())
-	if secs>>34 == 0 {
-		data := uint64(tm.Nanosecond())<<34 | secs
-		if data&0xffffffff00000000 == 0 {
-			return binary.BigEndian.AppendUint32(append(b, msgpcode.FixExt4, timeExt), uint32(data))
-		}
-		return binary.BigEndian.AppendUint64(append(b, msgpcode.FixExt8, timeExt), data)
-	}
-	b = append(b, msgpcode.Ext8, 12, timeExt)
-	b = binary.BigEndian.AppendUint32(b, uint32(tm.Nanosecond()))
-	return binary.BigEndian.AppendUint64(b, secs)
+	return msgp.AppendTime(msgp.AppendStr(b, "enqueued"), t.Enqueued)
 }
 
 // DecodeMsgpack implements msgpack.CustomDecoder.
@@ -145,6 +138,10 @@ func (t *Task) decode(dec *msgpack.Decoder, same *Task) error {
 
 // EncodeMsgpack implements msgpack.CustomEncoder.
 func (c Completion) EncodeMsgpack(enc *msgpack.Encoder) error {
+	return writeEncoded(enc, appendCompletion(encodeTo(enc), &c))
+}
+
+func appendCompletion(b []byte, c *Completion) []byte {
 	n := 1
 	if len(c.Value) > 0 {
 		n++
@@ -152,16 +149,18 @@ func (c Completion) EncodeMsgpack(enc *msgpack.Encoder) error {
 	if c.Error != "" {
 		n++
 	}
-	w := fieldWriter{enc: enc}
-	w.mapLen(n)
-	w.uint("id", c.ID)
+	b = msgp.AppendMapHeader(b, n)
+	b = msgp.AppendStr(b, "id")
+	b = msgp.AppendUint(b, c.ID)
 	if len(c.Value) > 0 {
-		w.raw("value", c.Value)
+		b = msgp.AppendStr(b, "value")
+		b = msgp.AppendRaw(b, c.Value)
 	}
 	if c.Error != "" {
-		w.str("err", c.Error)
+		b = msgp.AppendStr(b, "err")
+		b = msgp.AppendStr(b, c.Error)
 	}
-	return w.err
+	return b
 }
 
 // DecodeMsgpack implements msgpack.CustomDecoder.
@@ -192,6 +191,10 @@ func (c *Completion) DecodeMsgpack(dec *msgpack.Decoder) error {
 
 // EncodeMsgpack implements msgpack.CustomEncoder.
 func (r Request) EncodeMsgpack(enc *msgpack.Encoder) error {
+	return writeEncoded(enc, appendRequest(encodeTo(enc), &r))
+}
+
+func appendRequest(b []byte, r *Request) []byte {
 	n := 1
 	for _, set := range [...]bool{r.Queue != "", len(r.Items) > 0, r.ReplyTo != "", r.Max != 0,
 		r.Timeout != 0, r.Lease != 0, r.NoAck, len(r.IDs) > 0, r.Error != "", len(r.Results) > 0,
@@ -200,68 +203,67 @@ func (r Request) EncodeMsgpack(enc *msgpack.Encoder) error {
 			n++
 		}
 	}
-	w := fieldWriter{enc: enc}
-	w.mapLen(n)
-	w.uint("op", uint64(r.Op))
+	b = msgp.AppendMapHeader(b, n)
+	b = msgp.AppendStr(b, "op")
+	b = msgp.AppendUint(b, uint64(r.Op))
 	if r.Queue != "" {
-		w.str("q", r.Queue)
+		b = msgp.AppendStr(b, "q")
+		b = msgp.AppendStr(b, r.Queue)
 	}
 	if len(r.Items) > 0 {
-		w.key("items")
-		w.arrayLen(len(r.Items))
+		b = msgp.AppendArrayHeader(msgp.AppendStr(b, "items"), len(r.Items))
 		for _, it := range r.Items {
-			w.rawValue(it)
+			b = msgp.AppendRaw(b, it)
 		}
 	}
 	if r.ReplyTo != "" {
-		w.str("reply_to", r.ReplyTo)
+		b = msgp.AppendStr(b, "reply_to")
+		b = msgp.AppendStr(b, r.ReplyTo)
 	}
 	if r.Max != 0 {
-		w.int("max", int64(r.Max))
+		b = msgp.AppendStr(b, "max")
+		b = msgp.AppendInt(b, int64(r.Max))
 	}
 	if r.Timeout != 0 {
-		w.int("timeout", int64(r.Timeout))
+		b = msgp.AppendStr(b, "timeout")
+		b = msgp.AppendInt(b, int64(r.Timeout))
 	}
 	if r.Lease != 0 {
-		w.int("lease", int64(r.Lease))
+		b = msgp.AppendStr(b, "lease")
+		b = msgp.AppendInt(b, int64(r.Lease))
 	}
 	if r.NoAck {
-		w.key("no_ack")
-		if w.err == nil {
-			w.err = enc.EncodeBool(true)
-		}
+		b = msgp.AppendBool(msgp.AppendStr(b, "no_ack"), true)
 	}
 	if len(r.IDs) > 0 {
-		w.uints("ids", r.IDs)
+		b = appendUints(msgp.AppendStr(b, "ids"), r.IDs)
 	}
 	if r.Error != "" {
-		w.str("err", r.Error)
+		b = msgp.AppendStr(b, "err")
+		b = msgp.AppendStr(b, r.Error)
 	}
 	if len(r.Results) > 0 {
-		w.key("results")
-		w.arrayLen(len(r.Results))
+		b = msgp.AppendArrayHeader(msgp.AppendStr(b, "results"), len(r.Results))
 		for i := range r.Results {
-			if w.err == nil {
-				w.err = r.Results[i].EncodeMsgpack(enc)
-			}
+			b = appendCompletion(b, &r.Results[i])
 		}
 	}
 	if r.ResultQueue != "" {
-		w.str("result_q", r.ResultQueue)
+		b = msgp.AppendStr(b, "result_q")
+		b = msgp.AppendStr(b, r.ResultQueue)
 	}
 	if r.Role != "" {
-		w.str("role", r.Role)
+		b = msgp.AppendStr(b, "role")
+		b = msgp.AppendStr(b, r.Role)
 	}
 	if r.Name != "" {
-		w.str("name", r.Name)
+		b = msgp.AppendStr(b, "name")
+		b = msgp.AppendStr(b, r.Name)
 	}
 	if r.Then != nil {
-		w.key("then")
-		if w.err == nil {
-			w.err = r.Then.EncodeMsgpack(enc)
-		}
+		b = appendRequest(msgp.AppendStr(b, "then"), r.Then)
 	}
-	return w.err
+	return b
 }
 
 // errNestedThen refuses a chain of more than two requests (or responses),
@@ -340,6 +342,14 @@ func (r *Request) decode(dec *msgpack.Decoder, chained bool) error {
 
 // EncodeMsgpack implements msgpack.CustomEncoder.
 func (r Response) EncodeMsgpack(enc *msgpack.Encoder) error {
+	b, err := appendResponse(encodeTo(enc), &r)
+	if err != nil {
+		return err
+	}
+	return writeEncoded(enc, b)
+}
+
+func appendResponse(b []byte, r *Response) ([]byte, error) {
 	n := 0
 	for _, set := range [...]bool{r.Code != 0, r.Error != "", len(r.IDs) > 0, len(r.Tasks) > 0,
 		len(r.Stats) > 0, len(r.Clients) > 0, len(r.Queues) > 0, r.Count != 0, r.Lease != 0, r.ClientID != 0, r.Then != nil} {
@@ -347,52 +357,66 @@ func (r Response) EncodeMsgpack(enc *msgpack.Encoder) error {
 			n++
 		}
 	}
-	w := fieldWriter{enc: enc}
-	w.mapLen(n)
+	b = msgp.AppendMapHeader(b, n)
 	if r.Code != 0 {
-		w.uint("code", uint64(r.Code))
+		b = msgp.AppendStr(b, "code")
+		b = msgp.AppendUint(b, uint64(r.Code))
 	}
 	if r.Error != "" {
-		w.str("err", r.Error)
+		b = msgp.AppendStr(b, "err")
+		b = msgp.AppendStr(b, r.Error)
 	}
 	if len(r.IDs) > 0 {
-		w.uints("ids", r.IDs)
+		b = appendUints(msgp.AppendStr(b, "ids"), r.IDs)
 	}
 	if len(r.Tasks) > 0 {
-		w.key("tasks")
-		w.arrayLen(len(r.Tasks))
+		b = msgp.AppendArrayHeader(msgp.AppendStr(b, "tasks"), len(r.Tasks))
 		for i := range r.Tasks {
-			if w.err == nil {
-				w.err = r.Tasks[i].EncodeMsgpack(enc)
-			}
+			b = appendTask(b, &r.Tasks[i])
 		}
 	}
-	// The rest are rare (admin calls): reflection is fine.
-	if len(r.Stats) > 0 {
-		w.value("stats", r.Stats)
-	}
-	if len(r.Clients) > 0 {
-		w.value("clients", r.Clients)
-	}
-	if len(r.Queues) > 0 {
-		w.value("queues", r.Queues)
+	if len(r.Stats) > 0 || len(r.Clients) > 0 || len(r.Queues) > 0 {
+		var err error
+		if b, err = appendAdmin(b, r); err != nil {
+			return b, err
+		}
 	}
 	if r.Count != 0 {
-		w.int("count", int64(r.Count))
+		b = msgp.AppendStr(b, "count")
+		b = msgp.AppendInt(b, int64(r.Count))
 	}
 	if r.Lease != 0 {
-		w.int("lease", int64(r.Lease))
+		b = msgp.AppendStr(b, "lease")
+		b = msgp.AppendInt(b, int64(r.Lease))
 	}
 	if r.ClientID != 0 {
-		w.uint("client_id", r.ClientID)
+		b = msgp.AppendStr(b, "client_id")
+		b = msgp.AppendUint(b, r.ClientID)
 	}
 	if r.Then != nil {
-		w.key("then")
-		if w.err == nil {
-			w.err = r.Then.EncodeMsgpack(enc)
+		return appendResponse(msgp.AppendStr(b, "then"), r.Then)
+	}
+	return b, nil
+}
+
+// appendAdmin appends the fields of the admin calls' responses, rare
+// enough for reflection.
+func appendAdmin(b []byte, r *Response) ([]byte, error) {
+	var err error
+	if len(r.Stats) > 0 {
+		if b, err = appendReflect(msgp.AppendStr(b, "stats"), r.Stats); err != nil {
+			return b, err
 		}
 	}
-	return w.err
+	if len(r.Clients) > 0 {
+		if b, err = appendReflect(msgp.AppendStr(b, "clients"), r.Clients); err != nil {
+			return b, err
+		}
+	}
+	if len(r.Queues) > 0 {
+		b, err = appendReflect(msgp.AppendStr(b, "queues"), r.Queues)
+	}
+	return b, err
 }
 
 // DecodeMsgpack implements msgpack.CustomDecoder.
@@ -455,84 +479,13 @@ func (r *Response) decode(dec *msgpack.Decoder, chained bool) error {
 	}
 }
 
-// fieldWriter writes map entries and keeps the first error.
-type fieldWriter struct {
-	enc *msgpack.Encoder
-	err error
-}
-
-func (w *fieldWriter) mapLen(n int) {
-	if w.err == nil {
-		w.err = w.enc.EncodeMapLen(n)
-	}
-}
-
-func (w *fieldWriter) arrayLen(n int) {
-	if w.err == nil {
-		w.err = w.enc.EncodeArrayLen(n)
-	}
-}
-
-func (w *fieldWriter) key(k string) {
-	if w.err == nil {
-		w.err = w.enc.EncodeString(k)
-	}
-}
-
-func (w *fieldWriter) str(k, v string) {
-	w.key(k)
-	if w.err == nil {
-		w.err = w.enc.EncodeString(v)
-	}
-}
-
-func (w *fieldWriter) uint(k string, v uint64) {
-	w.key(k)
-	if w.err == nil {
-		w.err = w.enc.EncodeUint(v)
-	}
-}
-
-func (w *fieldWriter) int(k string, v int64) {
-	w.key(k)
-	if w.err == nil {
-		w.err = w.enc.EncodeInt(v)
-	}
-}
-
-func (w *fieldWriter) uints(k string, vs []uint64) {
-	w.key(k)
-	w.arrayLen(len(vs))
+// appendUints appends vs as an array of integers.
+func appendUints(b []byte, vs []uint64) []byte {
+	b = msgp.AppendArrayHeader(b, len(vs))
 	for _, v := range vs {
-		if w.err == nil {
-			w.err = w.enc.EncodeUint(v)
-		}
+		b = msgp.AppendUint(b, v)
 	}
-}
-
-// raw writes an already encoded value; an empty one is nil, as msgpack's
-// RawMessage encodes it.
-func (w *fieldWriter) raw(k string, v msgpack.RawMessage) {
-	w.key(k)
-	w.rawValue(v)
-}
-
-func (w *fieldWriter) rawValue(v msgpack.RawMessage) {
-	if w.err != nil {
-		return
-	}
-	if len(v) == 0 {
-		w.err = w.enc.EncodeNil()
-		return
-	}
-	w.err = v.EncodeMsgpack(w.enc)
-}
-
-func (w *fieldWriter) value(k string, v any) {
-	w.key(k)
-	if w.err == nil {
-		w.err = w.enc.Encode(v)
-	}
+	return b
 }
 
 // fields reads the entries of a map (nil counts as empty) one key at a

@@ -2,7 +2,6 @@ package wire
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -62,8 +61,7 @@ type Codec struct {
 	rw   io.ReadWriter
 	r    *bufio.Reader
 	max  int
-	wbuf bytes.Buffer
-	enc  *msgpack.Encoder
+	wbuf []byte
 	dec  *msgpack.Decoder
 	body frameReader
 }
@@ -74,26 +72,24 @@ func NewCodec(rw io.ReadWriter, max int) *Codec {
 		max = DefaultMaxMessageSize
 	}
 	c := &Codec{rw: rw, r: bufio.NewReader(rw), max: max}
-	c.enc = msgpack.NewEncoder(&c.wbuf)
-	c.enc.UseCompactInts(true)
 	c.dec = msgpack.NewDecoder(&c.body)
 	return c
 }
 
-// Write encodes v as one frame.
+// Write encodes v as one frame: a *Request or *Response by hand, any other
+// value by reflection.
 func (c *Codec) Write(v any) error {
-	c.wbuf.Reset()
-	c.wbuf.Write([]byte{0, 0, 0, 0})
-	if err := c.enc.Encode(v); err != nil {
+	b, err := appendMessage(append(c.wbuf[:0], 0, 0, 0, 0), v)
+	c.wbuf = b
+	if err != nil {
 		return fmt.Errorf("encode: %w", err)
 	}
-	b := c.wbuf.Bytes()
 	n := len(b) - frameHeaderLen
 	if n > c.max {
 		return fmt.Errorf("%w: %d bytes, limit %d", ErrMessageTooLarge, n, c.max)
 	}
 	binary.BigEndian.PutUint32(b, uint32(n))
-	_, err := c.rw.Write(b)
+	_, err = c.rw.Write(b)
 	return err
 }
 

@@ -79,6 +79,31 @@ func TestCodecRoundTrip(t *testing.T) {
 	}
 }
 
+// Values other than a Request or Response go by reflection, with the
+// same bounds and errors.
+func TestCodecOtherTypes(t *testing.T) {
+	var buf bytes.Buffer
+	c := NewCodec(&buf, 0)
+	want := map[string]any{"a": []any{int8(1), "x"}, "b": nil}
+	if err := c.Write(want); err != nil {
+		t.Fatal(err)
+	}
+	var got map[string]any
+	if err := c.Read(&got); err != nil || !reflect.DeepEqual(got, want) {
+		t.Errorf("round trip: %#v, %v; want %#v", got, err, want)
+	}
+	if err := c.Write(make(chan int)); err == nil {
+		t.Error("a channel was encoded")
+	}
+	if err := c.Write([]any{"ok", 1}); err != nil {
+		t.Fatal(err)
+	}
+	var s string
+	if err := c.Read(&s); !errors.Is(err, ErrBadRequest) {
+		t.Errorf("an array read as a string: %v, want ErrBadRequest", err)
+	}
+}
+
 func TestReadFrameRefusesOversizeBeforeAllocating(t *testing.T) {
 	var hdr [4]byte
 	binary.BigEndian.PutUint32(hdr[:], 1<<31)
