@@ -4,23 +4,21 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"time"
 
 	"github.com/qm-dev/qm/internal/msgp"
 	"github.com/vmihailenco/msgpack/v5"
-	"github.com/vmihailenco/msgpack/v5/msgpcode"
 )
 
-// Hand-written msgpack for the messages of the hot path (put, get,
-// complete): msgpack's reflection spent a third of the master's time and
-// most of its allocations on them. The encodings are exactly those of the
-// struct tags in message.go with compact ints, as a Codec has always
-// written them, so either side may still use reflection; tests check both
-// ways. The encoders append with internal/msgp (a Codec appends these
-// messages itself; EncodeMsgpack serves msgpack.Marshal); the decoders
-// read field by field through msgpack's Decoder. The admin fields of a
-// Response (stats, clients, queues) are rare and keep reflection.
+// Hand-written msgpack, built with internal/msgp, for the messages of the
+// hot path (put, get, complete): msgpack's reflection spent a third of the
+// master's time and most of its allocations on them. The encodings are
+// exactly those of the struct tags in message.go with compact ints, as a
+// Codec has always written them, so either side may still use
+// reflection; tests check both ways. A Codec appends and reads these
+// messages itself; the EncodeMsgpack and DecodeMsgpack methods serve
+// msgpack.Marshal and msgpack.Unmarshal. The admin fields of a Response
+// (stats, clients, queues) are rare and keep reflection.
 
 // appendMessage appends v: a Request or Response by hand, anything else
 // by reflection.
@@ -36,6 +34,36 @@ func appendMessage(b []byte, v any) ([]byte, error) {
 		}
 	}
 	return appendReflect(b, v)
+}
+
+// decodeMessage decodes the frame body b into v, which must be zeroed
+// first: fields b does not name are left untouched. b must be exactly one
+// value within msgp's bounds (checked before reflection may allocate from
+// a length). A Request or Response is read by hand, anything else by
+// reflection. Every error wraps ErrBadRequest.
+func decodeMessage(b []byte, v any) error {
+	if err := msgp.Validate(b); err != nil {
+		return badRequest(err)
+	}
+	switch m := v.(type) {
+	case *Request:
+		if m != nil {
+			return badRequest(m.decode(msgp.NewReader(b), false))
+		}
+	case *Response:
+		if m != nil {
+			return badRequest(m.decode(msgp.NewReader(b), false))
+		}
+	}
+	return badRequest(msgpack.Unmarshal(b, v))
+}
+
+// badRequest wraps a decoding error in ErrBadRequest.
+func badRequest(err error) error {
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrBadRequest, err)
+	}
+	return nil
 }
 
 // appendReflect appends v encoded by reflection, with compact ints as a
@@ -62,6 +90,16 @@ func encodeTo(enc *msgpack.Encoder) []byte {
 func writeEncoded(enc *msgpack.Encoder, b []byte) error {
 	_, err := enc.Writer().Write(b)
 	return err
+}
+
+// decodeFrom reads the value at dec whole, for a DecodeMsgpack method to
+// read it as a Codec does.
+func decodeFrom(dec *msgpack.Decoder) (*msgp.Reader, error) {
+	raw, err := dec.DecodeRaw()
+	if err != nil {
+		return nil, err
+	}
+	return msgp.NewReader(raw), nil
 }
 
 // EncodeMsgpack implements msgpack.CustomEncoder.
@@ -99,36 +137,46 @@ func appendTask(b []byte, t *Task) []byte {
 }
 
 // DecodeMsgpack implements msgpack.CustomDecoder.
-func (t *Task) DecodeMsgpack(dec *msgpack.Decoder) error { return t.decode(dec, nil) }
+func (t *Task) DecodeMsgpack(dec *msgpack.Decoder) error {
+	rd, err := decodeFrom(dec)
+	if err != nil {
+		return err
+	}
+	return t.decode(rd, nil)
+}
 
-// decode decodes a task; the tasks of one response share their queue and
-// reply-to names through same instead of allocating each anew.
-func (t *Task) decode(dec *msgpack.Decoder, same *Task) error {
-	var f fields
-	f.start(dec)
+// decode reads a task. The tasks of one response mostly share their queue
+// and reply-to names: given the task before it as prev, a name equal to
+// prev's is prev's string rather than a new one.
+func (t *Task) decode(rd *msgp.Reader, prev *Task) error {
+	var prevQueue, prevReplyTo string
+	if prev != nil {
+		prevQueue, prevReplyTo = prev.Queue, prev.ReplyTo
+	}
+	f := rd.Fields()
 	for {
-		key, ok := f.next()
+		key, ok := f.Next(rd)
 		if !ok {
-			return f.err
+			return f.Err()
 		}
 		var err error
 		switch string(key) {
 		case "id":
-			t.ID, err = dec.DecodeUint64()
+			t.ID, err = rd.Uint()
 		case "q":
-			t.Queue, err = f.string(same, func(t *Task) string { return t.Queue })
+			t.Queue, err = strOrSame(rd, prevQueue)
 		case "payload":
-			t.Payload, err = decodeRaw(dec)
+			t.Payload, err = readRaw(rd)
 		case "reply_to":
-			t.ReplyTo, err = f.string(same, func(t *Task) string { return t.ReplyTo })
+			t.ReplyTo, err = strOrSame(rd, prevReplyTo)
 		case "attempt":
-			t.Attempt, err = dec.DecodeInt()
+			t.Attempt, err = readInt(rd)
 		case "last_err":
-			t.LastError, err = dec.DecodeString()
+			t.LastError, err = rd.Str()
 		case "enqueued":
-			t.Enqueued, err = dec.DecodeTime()
+			t.Enqueued, err = rd.Time()
 		default:
-			err = dec.Skip()
+			err = rd.Skip()
 		}
 		if err != nil {
 			return fieldError(key, err)
@@ -165,23 +213,30 @@ func appendCompletion(b []byte, c *Completion) []byte {
 
 // DecodeMsgpack implements msgpack.CustomDecoder.
 func (c *Completion) DecodeMsgpack(dec *msgpack.Decoder) error {
-	var f fields
-	f.start(dec)
+	rd, err := decodeFrom(dec)
+	if err != nil {
+		return err
+	}
+	return c.decode(rd)
+}
+
+func (c *Completion) decode(rd *msgp.Reader) error {
+	f := rd.Fields()
 	for {
-		key, ok := f.next()
+		key, ok := f.Next(rd)
 		if !ok {
-			return f.err
+			return f.Err()
 		}
 		var err error
 		switch string(key) {
 		case "id":
-			c.ID, err = dec.DecodeUint64()
+			c.ID, err = rd.Uint()
 		case "value":
-			c.Value, err = decodeRaw(dec)
+			c.Value, err = readRaw(rd)
 		case "err":
-			c.Error, err = dec.DecodeString()
+			c.Error, err = rd.Str()
 		default:
-			err = dec.Skip()
+			err = rd.Skip()
 		}
 		if err != nil {
 			return fieldError(key, err)
@@ -271,68 +326,73 @@ func appendRequest(b []byte, r *Request) []byte {
 var errNestedThen = errors.New("a chained request may not have a Then of its own")
 
 // DecodeMsgpack implements msgpack.CustomDecoder.
-func (r *Request) DecodeMsgpack(dec *msgpack.Decoder) error { return r.decode(dec, false) }
+func (r *Request) DecodeMsgpack(dec *msgpack.Decoder) error {
+	rd, err := decodeFrom(dec)
+	if err != nil {
+		return err
+	}
+	return r.decode(rd, false)
+}
 
-func (r *Request) decode(dec *msgpack.Decoder, chained bool) error {
-	var f fields
-	f.start(dec)
+func (r *Request) decode(rd *msgp.Reader, chained bool) error {
+	f := rd.Fields()
 	for {
-		key, ok := f.next()
+		key, ok := f.Next(rd)
 		if !ok {
-			return f.err
+			return f.Err()
 		}
 		var err error
 		switch string(key) {
 		case "op":
-			var op uint8
-			op, err = dec.DecodeUint8()
+			var op uint64
+			op, err = rd.Uint()
 			r.Op = Op(op)
 		case "q":
-			r.Queue, err = dec.DecodeString()
+			r.Queue, err = rd.Str()
 		case "items":
 			var n int
-			if n, err = decodeArrayLen(dec); err == nil && n > 0 {
+			if n, err = rd.ArrayHeader(); err == nil && n > 0 {
 				r.Items = make([]msgpack.RawMessage, n)
 				for i := 0; i < n && err == nil; i++ {
-					r.Items[i], err = decodeRaw(dec)
+					r.Items[i], err = readRaw(rd)
 				}
 			}
 		case "reply_to":
-			r.ReplyTo, err = dec.DecodeString()
+			r.ReplyTo, err = rd.Str()
 		case "max":
-			r.Max, err = dec.DecodeInt()
+			r.Max, err = readInt(rd)
 		case "timeout":
-			r.Timeout, err = decodeDuration(dec)
+			r.Timeout, err = readDuration(rd)
 		case "lease":
-			r.Lease, err = decodeDuration(dec)
+			r.Lease, err = readDuration(rd)
 		case "no_ack":
-			r.NoAck, err = dec.DecodeBool()
+			r.NoAck, err = rd.Bool()
 		case "ids":
-			r.IDs, err = decodeUints(dec)
+			r.IDs, err = readUints(rd)
 		case "err":
-			r.Error, err = dec.DecodeString()
+			r.Error, err = rd.Str()
 		case "results":
 			var n int
-			if n, err = decodeArrayLen(dec); err == nil && n > 0 {
+			if n, err = rd.ArrayHeader(); err == nil && n > 0 {
 				r.Results = make([]Completion, n)
 				for i := 0; i < n && err == nil; i++ {
-					err = r.Results[i].DecodeMsgpack(dec)
+					err = r.Results[i].decode(rd)
 				}
 			}
 		case "result_q":
-			r.ResultQueue, err = dec.DecodeString()
+			r.ResultQueue, err = rd.Str()
 		case "role":
-			r.Role, err = dec.DecodeString()
+			r.Role, err = rd.Str()
 		case "name":
-			r.Name, err = dec.DecodeString()
+			r.Name, err = rd.Str()
 		case "then":
 			if chained {
 				return errNestedThen
 			}
 			r.Then = new(Request)
-			err = r.Then.decode(dec, true)
+			err = r.Then.decode(rd, true)
 		default:
-			err = dec.Skip()
+			err = rd.Skip()
 		}
 		if err != nil {
 			return fieldError(key, err)
@@ -420,58 +480,63 @@ func appendAdmin(b []byte, r *Response) ([]byte, error) {
 }
 
 // DecodeMsgpack implements msgpack.CustomDecoder.
-func (r *Response) DecodeMsgpack(dec *msgpack.Decoder) error { return r.decode(dec, false) }
+func (r *Response) DecodeMsgpack(dec *msgpack.Decoder) error {
+	rd, err := decodeFrom(dec)
+	if err != nil {
+		return err
+	}
+	return r.decode(rd, false)
+}
 
-func (r *Response) decode(dec *msgpack.Decoder, chained bool) error {
-	var f fields
-	f.start(dec)
+func (r *Response) decode(rd *msgp.Reader, chained bool) error {
+	f := rd.Fields()
 	for {
-		key, ok := f.next()
+		key, ok := f.Next(rd)
 		if !ok {
-			return f.err
+			return f.Err()
 		}
 		var err error
 		switch string(key) {
 		case "code":
-			var c uint16
-			c, err = dec.DecodeUint16()
+			var c uint64
+			c, err = rd.Uint()
 			r.Code = Code(c)
 		case "err":
-			r.Error, err = dec.DecodeString()
+			r.Error, err = rd.Str()
 		case "ids":
-			r.IDs, err = decodeUints(dec)
+			r.IDs, err = readUints(rd)
 		case "tasks":
 			var n int
-			if n, err = decodeArrayLen(dec); err == nil && n > 0 {
+			if n, err = rd.ArrayHeader(); err == nil && n > 0 {
 				r.Tasks = make([]Task, n)
 				for i := 0; i < n && err == nil; i++ {
-					var same *Task
+					var prev *Task
 					if i > 0 {
-						same = &r.Tasks[i-1]
+						prev = &r.Tasks[i-1]
 					}
-					err = r.Tasks[i].decode(dec, same)
+					err = r.Tasks[i].decode(rd, prev)
 				}
 			}
 		case "stats":
-			err = dec.Decode(&r.Stats)
+			err = readReflect(rd, &r.Stats)
 		case "clients":
-			err = dec.Decode(&r.Clients)
+			err = readReflect(rd, &r.Clients)
 		case "queues":
-			err = dec.Decode(&r.Queues)
+			err = readReflect(rd, &r.Queues)
 		case "count":
-			r.Count, err = dec.DecodeInt()
+			r.Count, err = readInt(rd)
 		case "lease":
-			r.Lease, err = decodeDuration(dec)
+			r.Lease, err = readDuration(rd)
 		case "client_id":
-			r.ClientID, err = dec.DecodeUint64()
+			r.ClientID, err = rd.Uint()
 		case "then":
 			if chained {
 				return errNestedThen
 			}
 			r.Then = new(Response)
-			err = r.Then.decode(dec, true)
+			err = r.Then.decode(rd, true)
 		default:
-			err = dec.Skip()
+			err = rd.Skip()
 		}
 		if err != nil {
 			return fieldError(key, err)
@@ -488,134 +553,65 @@ func appendUints(b []byte, vs []uint64) []byte {
 	return b
 }
 
-// fields reads the entries of a map (nil counts as empty) one key at a
-// time. A decoder keeps it on its stack: from a frame (frameReader) the
-// keys are slices of the frame, and no closure or key escapes, so
-// decoding a struct allocates nothing of its own.
-type fields struct {
-	dec *msgpack.Decoder
-	fr  *frameReader // nil if dec reads from something else
-	n   int          // entries left
-	err error
-}
-
-func (f *fields) start(dec *msgpack.Decoder) {
-	f.dec = dec
-	f.fr, _ = dec.Buffered().(*frameReader)
-	// msgpack's DecodeMapLen reads a map inside an ext value too, whose
-	// bytes msgp.Validate takes as opaque: a message is a plain map.
-	if c, err := dec.PeekCode(); err == nil && msgpcode.IsExt(c) {
-		f.err = errExtMessage
-		return
-	}
-	f.n, f.err = dec.DecodeMapLen()
-}
-
-// errExtMessage refuses a message wrapped in a msgpack ext value.
-var errExtMessage = errors.New("a message must be a map, not an ext value")
-
-// decodeArrayLen reads an array's length and refuses one that claims more
-// elements than bytes are left to read: every element takes one at least,
-// so nothing is allocated from a length the data cannot back.
-func decodeArrayLen(dec *msgpack.Decoder) (int, error) {
-	n, err := dec.DecodeArrayLen()
-	if err != nil {
-		return 0, err
-	}
-	if r, ok := dec.Buffered().(interface{ Len() int }); ok && n > r.Len() {
-		return 0, fmt.Errorf("array of %d elements in %d bytes", n, r.Len())
-	}
-	return n, nil
-}
-
-// next reads the next key; the caller then consumes its value. It returns
-// false at the end of the map or on an error, kept in f.err.
-func (f *fields) next() (key []byte, ok bool) {
-	if f.err != nil || f.n <= 0 {
-		return nil, false
-	}
-	f.n--
-	kn, err := f.dec.DecodeBytesLen()
-	switch {
-	case err != nil:
-	case kn <= 0:
-		return nil, true
-	case f.fr != nil:
-		if kn > f.fr.Len() {
-			err = io.ErrUnexpectedEOF
-			break
-		}
-		key = f.fr.b[f.fr.i : f.fr.i+kn]
-		f.fr.i += kn
-		return key, true
-	default:
-		key = make([]byte, kn)
-		err = f.dec.ReadFull(key)
-	}
-	if err != nil {
-		f.err = err
-		return nil, false
-	}
-	return key, true
-}
-
-// string reads a string value. If same is not nil and its field (by
-// field) holds the same text, that string is returned instead of a new one.
-func (f *fields) string(same *Task, field func(*Task) string) (string, error) {
-	if f.fr == nil || same == nil {
-		return f.dec.DecodeString()
-	}
-	n, err := f.dec.DecodeBytesLen()
-	if err != nil || n <= 0 {
-		return "", err
-	}
-	if n > f.fr.Len() {
-		return "", io.ErrUnexpectedEOF
-	}
-	b := f.fr.b[f.fr.i : f.fr.i+n]
-	f.fr.i += n
-	if prev := field(same); prev == string(b) {
-		return prev, nil
-	}
-	return string(b), nil
-}
-
 // fieldError names the field whose value failed to decode; it copies the
 // key, so that the key need not escape in the common case.
 func fieldError(key []byte, err error) error {
 	return fmt.Errorf("field %q: %w", string(key), err)
 }
 
-// decodeRaw reads one value as raw bytes; nil reads as empty, as msgpack's
-// RawMessage decoding does. From a frame read by Codec (or DecodeRequest)
-// it is a slice of the frame, not a copy.
-func decodeRaw(dec *msgpack.Decoder) (msgpack.RawMessage, error) {
-	var raw []byte
-	var err error
-	if fr, ok := dec.Buffered().(*frameReader); ok {
-		raw, err = fr.next()
-	} else {
-		raw, err = dec.DecodeRaw()
+// readRaw reads one value as raw bytes, a slice of the frame rather than
+// a copy; nil reads as empty, as msgpack's RawMessage decoding does.
+func readRaw(rd *msgp.Reader) (msgpack.RawMessage, error) {
+	if rd.SkipNil() {
+		return nil, nil
 	}
-	if err != nil || len(raw) == 1 && raw[0] == 0xc0 {
-		return nil, err
-	}
-	return raw, nil
+	return rd.Raw()
 }
 
-func decodeDuration(dec *msgpack.Decoder) (time.Duration, error) {
-	n, err := dec.DecodeInt64()
+// readReflect decodes one value into v by reflection. Raw has checked the
+// value's lengths, so none can make reflection over-allocate.
+func readReflect(rd *msgp.Reader, v any) error {
+	raw, err := rd.Raw()
+	if err != nil {
+		return err
+	}
+	return msgpack.Unmarshal(raw, v)
+}
+
+// strOrSame reads a string, returning prev rather than a copy when it is
+// the same text.
+func strOrSame(rd *msgp.Reader, prev string) (string, error) {
+	b, err := rd.StrBytes()
+	if err != nil || len(b) == 0 {
+		return "", err
+	}
+	if string(b) == prev {
+		return prev, nil
+	}
+	return string(b), nil
+}
+
+func readInt(rd *msgp.Reader) (int, error) {
+	n, err := rd.Int()
+	return int(n), err
+}
+
+func readDuration(rd *msgp.Reader) (time.Duration, error) {
+	n, err := rd.Int()
 	return time.Duration(n), err
 }
 
-func decodeUints(dec *msgpack.Decoder) ([]uint64, error) {
-	n, err := decodeArrayLen(dec)
-	if err != nil || n <= 0 {
+// readUints reads an array of integers. Its length is checked against
+// the bytes left (msgp's rule), so it allocates no more than the frame's
+// size in elements.
+func readUints(rd *msgp.Reader) ([]uint64, error) {
+	n, err := rd.ArrayHeader()
+	if err != nil || n == 0 {
 		return nil, err
 	}
 	out := make([]uint64, n)
 	for i := range out {
-		if out[i], err = dec.DecodeUint64(); err != nil {
+		if out[i], err = rd.Uint(); err != nil {
 			return nil, err
 		}
 	}
