@@ -85,13 +85,13 @@ func walk(r *msgp.Reader, depth int) (any, error) {
 	case msgp.TypeNil:
 		return nil, nil
 	case msgp.TypeBool:
-		return v.Bool, nil
+		return v.Bool(), nil
 	case msgp.TypeInt:
-		return v.Int, nil
+		return v.Int(), nil
 	case msgp.TypeUint:
-		return v.Uint, nil
+		return v.Uint(), nil
 	case msgp.TypeFloat:
-		return floatBits(math.Float64bits(v.Float)), nil
+		return floatBits(math.Float64bits(v.Float())), nil
 	case msgp.TypeStr:
 		return string(v.Data), nil
 	case msgp.TypeBin:
@@ -99,11 +99,11 @@ func walk(r *msgp.Reader, depth int) (any, error) {
 	case msgp.TypeExt:
 		return ext{v.ExtType, string(v.Data)}, nil
 	}
-	if v.Len > 0 && depth == msgp.MaxDepth {
+	if v.Len() > 0 && depth == msgp.MaxDepth {
 		return nil, msgp.ErrTooDeep
 	}
 	if v.Type == msgp.TypeArray {
-		a := make([]any, v.Len)
+		a := make([]any, v.Len())
 		for i := range a {
 			if a[i], err = walk(r, depth+1); err != nil {
 				return nil, err
@@ -111,7 +111,7 @@ func walk(r *msgp.Reader, depth int) (any, error) {
 		}
 		return a, nil
 	}
-	m := make(pairs, v.Len)
+	m := make(pairs, v.Len())
 	for i := range m {
 		for j := range m[i] {
 			if m[i][j], err = walk(r, depth+1); err != nil {

@@ -24,22 +24,34 @@ func NewReader(b []byte) *Reader { return &Reader{b: b} }
 func (r *Reader) Len() int { return len(r.b) - r.pos }
 
 // Value is one value as Next reads it: a scalar whole, or the header of a
-// str, bin, ext, array or map.
+// str, bin, ext, array or map. Its methods give what its Type holds. It
+// is kept to six words, which are returned in registers: Next is the
+// inner loop of every recursive reader.
 type Value struct {
-	Type  Type
-	Bool  bool
-	Int   int64   // TypeInt
-	Uint  uint64  // TypeUint: an integer above math.MaxInt64
-	Float float64 // TypeFloat: a float 32 is widened
-	// Data is a str's, bin's or ext's data, a slice of the input.
-	Data []byte
+	Type Type
 	// ExtType is an ext's type.
 	ExtType int8
-	// Len is an array's elements or a map's pairs, which the caller reads
-	// next (a map's as key, value, key, value...). At least Len bytes are
-	// left after the header (twice Len for a map): one per element.
-	Len int
+	// Data is a str's, bin's or ext's data, a slice of the input.
+	Data []byte
+	bits uint64 // a scalar's bits, or a container's length
 }
+
+// Bool is a TypeBool's value.
+func (v Value) Bool() bool { return v.bits != 0 }
+
+// Int is a TypeInt's value.
+func (v Value) Int() int64 { return int64(v.bits) }
+
+// Uint is a TypeUint's value (above math.MaxInt64).
+func (v Value) Uint() uint64 { return v.bits }
+
+// Float is a TypeFloat's value; a float 32 is widened.
+func (v Value) Float() float64 { return math.Float64frombits(v.bits) }
+
+// Len is an array's elements or a map's pairs, which the caller reads
+// next (a map's as key, value, key, value...). At least Len bytes are
+// left after the header (twice Len for a map): one per element.
+func (v Value) Len() int { return int(v.bits) }
 
 // Next reads one value: a scalar, or the header of a container, whose
 // elements the caller reads after it. A recursive reader counts its own
@@ -50,53 +62,53 @@ func (r *Reader) Next() (Value, error) {
 		return Value{}, err
 	}
 	r.pos = pos
-	v := Value{Type: t}
+	// Each case returns its Value whole: one built field by field went
+	// through memory, and Next took a tenth longer.
 	switch t {
 	case TypeBool:
-		v.Bool = c == cTrue
-	case TypeInt:
-		v.Int, v.Uint = r.integer(c, n)
-		if v.Uint != 0 {
-			v.Type = TypeUint
+		if c == cTrue {
+			return Value{Type: t, bits: 1}, nil
 		}
+	case TypeInt:
+		bits, big := r.integer(c, n)
+		if big {
+			t = TypeUint
+		}
+		return Value{Type: t, bits: bits}, nil
 	case TypeFloat:
 		bits := r.number(n)
 		if n == 4 {
-			v.Float = float64(math.Float32frombits(uint32(bits)))
-		} else {
-			v.Float = math.Float64frombits(bits)
+			bits = math.Float64bits(float64(math.Float32frombits(uint32(bits))))
 		}
+		return Value{Type: t, bits: bits}, nil
 	case TypeStr, TypeBin:
-		v.Data = r.take(n)
+		return Value{Type: t, Data: r.take(n)}, nil
 	case TypeExt:
-		v.ExtType = int8(r.b[r.pos])
+		ext := int8(r.b[r.pos])
 		r.pos++
-		v.Data = r.take(n)
+		return Value{Type: t, ExtType: ext, Data: r.take(n)}, nil
 	case TypeArray, TypeMap:
-		v.Len = n
+		return Value{Type: t, bits: uint64(n)}, nil
 	}
-	return v, nil
+	return Value{Type: t}, nil
 }
 
 // integer decodes the integer of type byte c held in the n bytes that
-// follow (header has checked that they are there): as an int64, or, above
-// math.MaxInt64, as a uint64 with the int64 zero.
-func (r *Reader) integer(c byte, n int) (int64, uint64) {
+// follow (header has checked that they are there), as the bits of an
+// int64, or of a uint64 above math.MaxInt64 (then big is true).
+func (r *Reader) integer(c byte, n int) (bits uint64, big bool) {
 	switch {
 	case c < fixMap:
-		return int64(c), 0
+		return uint64(c), false
 	case c >= negFixMin:
-		return int64(int8(c)), 0
+		return uint64(int64(int8(c))), false
 	}
 	u := r.number(n)
 	if c <= cUint64 {
-		if u > math.MaxInt64 {
-			return 0, u
-		}
-		return int64(u), 0
+		return u, u > math.MaxInt64
 	}
 	shift := 64 - 8*n // sign-extend an int 8, 16 or 32
-	return int64(u<<shift) >> shift, 0
+	return uint64(int64(u<<shift) >> shift), false
 }
 
 // number reads n (1, 2, 4 or 8) big-endian bytes that header has checked.
@@ -138,10 +150,8 @@ func (r *Reader) Uint() (uint64, error) {
 	switch {
 	case err != nil:
 		return 0, err
-	case v.Type == TypeInt:
-		return uint64(v.Int), nil
-	case v.Type == TypeUint:
-		return v.Uint, nil
+	case v.Type == TypeInt || v.Type == TypeUint:
+		return v.bits, nil
 	case v.Type == TypeNil:
 		return 0, nil
 	}
@@ -162,7 +172,7 @@ func (r *Reader) Bool() (bool, error) {
 	case err != nil:
 		return false, err
 	case v.Type == TypeBool:
-		return v.Bool, nil
+		return v.Bool(), nil
 	case v.Type == TypeNil:
 		return false, nil
 	}
@@ -217,7 +227,7 @@ func (r *Reader) containerHeader(t Type, want string) (int, error) {
 	case err != nil:
 		return 0, err
 	case v.Type == t:
-		return v.Len, nil
+		return v.Len(), nil
 	case v.Type == TypeNil:
 		return 0, nil
 	}
