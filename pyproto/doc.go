@@ -12,6 +12,9 @@
 // manager returns (queue.Empty, queue.Full, ValueError) as a global plus
 // REDUCE, which the Python client unpickles.
 //
+// The msgpack side is read and written with internal/msgp, by its rules
+// for bounds; the conversions recurse, and stop at MaxDepth.
+//
 // The package knows nothing of queues or connections; master/python.go
 // serves the protocol with it. Framing and authentication are in auth.
 package pyproto
