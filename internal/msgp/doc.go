@@ -43,5 +43,6 @@
 // The typed reads (Uint, Int, Bool, Str, ArrayHeader, MapHeader, Time)
 // accept what vmihailenco's Decode methods of the same types accept (nil
 // as the zero value, any integer form for an integer, a bin for a str),
-// so that a hand-written decoder and reflection agree on every message.
+// within the rules above, so that a hand-written decoder and reflection
+// agree on every message that passes Validate.
 package msgp
