@@ -12,6 +12,9 @@
 // manager returns (queue.Empty, queue.Full, ValueError) as a global plus
 // REDUCE, which the Python client unpickles.
 //
+// The msgpack side is read and written with internal/msgp, by its rules
+// for bounds; the conversions recurse, and stop at MaxDepth.
+//
 // ReadMessage and WriteMessage are the framing of
 // multiprocessing.connection, which both the authentication handshake
 // (package auth) and every request after it use.

@@ -1,6 +1,10 @@
 package pyproto
 
-import "errors"
+import (
+	"errors"
+
+	"github.com/qm-dev/qm/internal/msgp"
+)
 
 var (
 	// ErrBadPickle is returned for input that is not a well-formed pickle:
@@ -27,8 +31,9 @@ var (
 	ErrTooLarge = errors.New("value too large")
 
 	// ErrBadMsgpack is returned for a payload that is not one well-formed
-	// msgpack value.
-	ErrBadMsgpack = errors.New("malformed msgpack")
+	// msgpack value. It is internal/msgp's ErrMalformed, which the errors
+	// of its reader wrap.
+	ErrBadMsgpack = msgp.ErrMalformed
 
 	// ErrBadRequest is returned for a pickle that is not a manager request
 	// (ident, methodname, args, kwds).

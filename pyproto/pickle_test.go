@@ -3,6 +3,7 @@ package pyproto_test
 import (
 	"bytes"
 	"encoding/hex"
+	"errors"
 	"math"
 	"strings"
 	"testing"
@@ -100,20 +101,26 @@ for line in sys.stdin:
 }
 
 func TestPickleRefuses(t *testing.T) {
-	for name, v := range map[string]any{
-		"other global":    pyproto.Exception{Module: "os", Name: "system", Args: []any{"id"}},
-		"newline global":  pyproto.Exception{Module: "builtins", Name: "ValueError\nos"},
-		"msgpack ext":     pyproto.Msgpack{0xd4, 0x01, 0x00},
-		"msgpack map key": pyproto.Msgpack{0x81, 0x80, 0x01},
-		"msgpack bad":     pyproto.Msgpack{0xc1},
-		"msgpack trailer": pyproto.Msgpack{0x01, 0x02},
-		"msgpack short":   pyproto.Msgpack{0x92, 0x01},
-		"msgpack liar":    pyproto.Msgpack{0xdd, 0xff, 0xff, 0xff, 0xff},
-		"msgpack deep":    pyproto.Msgpack(bytes.Repeat([]byte{0x91}, 200)),
-		"go type":         struct{}{},
+	for name, tt := range map[string]struct {
+		v    any
+		want error
+	}{
+		"other global":    {pyproto.Exception{Module: "os", Name: "system", Args: []any{"id"}}, pyproto.ErrUnsupported},
+		"newline global":  {pyproto.Exception{Module: "builtins", Name: "ValueError\nos"}, pyproto.ErrUnsupported},
+		"msgpack ext":     {pyproto.Msgpack{0xd4, 0x01, 0x00}, pyproto.ErrUnsupported},
+		"msgpack map key": {pyproto.Msgpack{0x81, 0x80, 0x01}, pyproto.ErrUnsupported},
+		"msgpack bad":     {pyproto.Msgpack{0xc1}, pyproto.ErrBadMsgpack},
+		"msgpack trailer": {pyproto.Msgpack{0x01, 0x02}, pyproto.ErrBadMsgpack},
+		"msgpack short":   {pyproto.Msgpack{0x92, 0x01}, pyproto.ErrBadMsgpack},
+		"msgpack cut str": {pyproto.Msgpack{0xa3, 'a'}, pyproto.ErrBadMsgpack},
+		"msgpack liar":    {pyproto.Msgpack{0xdd, 0xff, 0xff, 0xff, 0xff}, pyproto.ErrBadMsgpack},
+		"msgpack deep":    {pyproto.Msgpack(bytes.Repeat([]byte{0x91}, 200)), pyproto.ErrTooDeep},
+		"msgpack deep ext": {pyproto.Msgpack(append(bytes.Repeat([]byte{0x91}, pyproto.MaxDepth), 0xd4, 1, 0)),
+			pyproto.ErrUnsupported},
+		"go type": {struct{}{}, pyproto.ErrUnsupported},
 	} {
-		if b, err := pyproto.Pickle(v); err == nil {
-			t.Errorf("%s: Pickle = %x, want an error", name, b)
+		if b, err := pyproto.Pickle(tt.v); !errors.Is(err, tt.want) {
+			t.Errorf("%s: Pickle = %x, %v; want %v", name, b, err, tt.want)
 		}
 	}
 }
@@ -143,5 +150,36 @@ func TestToMsgpackReadByGo(t *testing.T) {
 	}
 	if _, err := pyproto.ToMsgpack(L(strings.Repeat("x", 100)), 50); err == nil {
 		t.Fatal("ToMsgpack past its limit succeeded")
+	}
+}
+
+func TestMapFields(t *testing.T) {
+	result := wire.AppendResult(nil, &wire.Result{TaskID: 7, Worker: "w", Attempt: 1, Value: []byte{0x92, 0x01, 0xa1, 'x'}})
+	f, ok := pyproto.MapFields(result)
+	if !ok || len(f) != 4 || !bytes.Equal(f["value"], []byte{0x92, 0x01, 0xa1, 'x'}) || !bytes.Equal(f["task_id"], []byte{0x07}) {
+		t.Errorf("MapFields(result) = %x, %v", f, ok)
+	}
+	// A map holding MaxDepth-1 nested arrays is MaxDepth deep: the limit.
+	deep := func(n int) []byte {
+		return append(append([]byte{0x81, 0xa1, 'k'}, bytes.Repeat([]byte{0x91}, n)...), 0x01)
+	}
+	for name, tt := range map[string]struct {
+		b  []byte
+		ok bool
+	}{
+		"empty map":     {[]byte{0x80}, true},
+		"at the limit":  {deep(pyproto.MaxDepth - 1), true},
+		"too deep":      {deep(pyproto.MaxDepth), false},
+		"not a map":     {[]byte{0x91, 0x01}, false},
+		"int key":       {[]byte{0x81, 0x01, 0x01}, false},
+		"bin key":       {[]byte{0x81, 0xc4, 1, 'k', 0x01}, false},
+		"trailing":      {[]byte{0x80, 0x01}, false},
+		"cut value":     {[]byte{0x81, 0xa1, 'k', 0xa2, 'x'}, false},
+		"lying length":  {[]byte{0xdf, 0xff, 0xff, 0xff, 0xff, 0xa1, 'k'}, false},
+		"invalid value": {[]byte{0x81, 0xa1, 'k', 0xc1}, false},
+	} {
+		if _, ok := pyproto.MapFields(tt.b); ok != tt.ok {
+			t.Errorf("%s: MapFields(%x) ok = %v, want %v", name, tt.b, ok, tt.ok)
+		}
 	}
 }

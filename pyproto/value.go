@@ -4,12 +4,14 @@ import (
 	"fmt"
 	"math"
 	"strconv"
+
+	"github.com/qm-dev/qm/internal/msgp"
 )
 
 // MaxDepth bounds how deeply containers may nest in a value converted to
-// or from msgpack. Python's own pickler stops near its recursion limit of
-// 1000; qm's msgpack decoders stop at 100.
-const MaxDepth = 100
+// or from msgpack: msgp's bound, that of every msgpack decoder of qm.
+// Python's own pickler stops near its recursion limit of 1000.
+const MaxDepth = msgp.MaxDepth
 
 // Values decoded by Unpickle and accepted by the encoder are nil, bool,
 // int64, uint64 (for ints above MaxInt64), float64, string, []byte, and

@@ -14,6 +14,7 @@ import (
 
 	"github.com/hashicorp/yamux"
 	"github.com/qm-dev/qm/auth"
+	"github.com/qm-dev/qm/internal/msgp"
 	"github.com/qm-dev/qm/internal/rawsock"
 	"github.com/vmihailenco/msgpack/v5"
 )
@@ -496,7 +497,7 @@ func DecodeValue(b []byte) (any, error) {
 		return nil, nil
 	}
 	var v any
-	if err := checkBounds(b); err != nil {
+	if err := msgp.Validate(b); err != nil {
 		return nil, fmt.Errorf("decode payload: %w", err)
 	}
 	if err := msgpack.Unmarshal(b, &v); err != nil {
@@ -547,7 +548,7 @@ func CheckPayload(b []byte) error {
 	if len(b) == 0 { // a nil payload
 		return nil
 	}
-	if err := checkBounds(b); err != nil {
+	if err := msgp.Validate(b); err != nil {
 		return fmt.Errorf("payload is not one msgpack value: %w", err)
 	}
 	return nil
@@ -556,7 +557,7 @@ func CheckPayload(b []byte) error {
 // DecodeResult decodes a payload published to a result queue.
 func DecodeResult(b []byte) (Result, error) {
 	var r Result
-	if err := checkBounds(b); err != nil {
+	if err := msgp.Validate(b); err != nil {
 		return r, fmt.Errorf("decode result: %w", err)
 	}
 	if err := msgpack.Unmarshal(b, &r); err != nil {

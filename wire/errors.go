@@ -64,29 +64,50 @@ var (
 	ErrClosed = errors.New("client closed")
 )
 
-var codeErrors = map[Code]error{
-	CodeInternal:       ErrInternal,
-	CodeBadRequest:     ErrBadRequest,
-	CodeUnknownQueue:   ErrUnknownQueue,
-	CodeQueueFull:      ErrQueueFull,
-	CodeNotLeased:      ErrNotLeased,
-	CodeShuttingDown:   ErrShuttingDown,
-	CodeTooLarge:       ErrMessageTooLarge,
-	CodeUnknownOp:      ErrUnknownOp,
-	CodeNoSuchTask:     ErrNoSuchTask,
-	CodeMasterFull:     ErrMasterFull,
-	CodeTooManyStreams: ErrTooManyStreams,
+// codes pairs each sentinel with its code, in the order CodeOf tries
+// them, so that an error wrapping two sentinels always gets the same
+// code. A condition of the master as a whole comes first, then one of the
+// request, then one of a queue or task it names, and ErrInternal last;
+// within each group, by code. The broader condition is the likelier
+// cause of the narrower (a queue closed by a shutdown looks unknown), and
+// the one the client can act on: retry later or elsewhere, rather than
+// give up on the request.
+var codes = []struct {
+	code     Code
+	sentinel error
+}{
+	{CodeShuttingDown, ErrShuttingDown},
+	{CodeMasterFull, ErrMasterFull},
+	{CodeTooManyStreams, ErrTooManyStreams},
+	{CodeBadRequest, ErrBadRequest},
+	{CodeTooLarge, ErrMessageTooLarge},
+	{CodeUnknownOp, ErrUnknownOp},
+	{CodeUnknownQueue, ErrUnknownQueue},
+	{CodeQueueFull, ErrQueueFull},
+	{CodeNotLeased, ErrNotLeased},
+	{CodeNoSuchTask, ErrNoSuchTask},
+	{CodeInternal, ErrInternal},
 }
 
-// CodeOf returns the wire code for err: the code of the first sentinel it
-// wraps, or CodeInternal.
+// CodeOf returns the wire code for err: the code of the sentinel it wraps,
+// by the precedence of codes when it wraps several, or CodeInternal.
 func CodeOf(err error) Code {
-	for code, sentinel := range codeErrors {
-		if errors.Is(err, sentinel) {
-			return code
+	for _, c := range codes {
+		if errors.Is(err, c.sentinel) {
+			return c.code
 		}
 	}
 	return CodeInternal
+}
+
+// sentinelOf returns the sentinel of code, or nil if it has none.
+func sentinelOf(code Code) error {
+	for _, c := range codes {
+		if c.code == code {
+			return c.sentinel
+		}
+	}
+	return nil
 }
 
 // RemoteError is an error reported by the master. It matches its code's
@@ -100,8 +121,8 @@ func (e *RemoteError) Error() string { return e.Message }
 
 // Is reports whether target is the sentinel of e's code.
 func (e *RemoteError) Is(target error) bool {
-	s, ok := codeErrors[e.Code]
-	return ok && s == target
+	s := sentinelOf(e.Code)
+	return s != nil && s == target
 }
 
 // errorFromResponse turns a response's error fields into an error, or nil.
@@ -111,7 +132,7 @@ func errorFromResponse(r *Response) error {
 	}
 	msg := r.Error
 	if msg == "" {
-		if s, ok := codeErrors[r.Code]; ok {
+		if s := sentinelOf(r.Code); s != nil {
 			msg = s.Error()
 		} else {
 			msg = fmt.Sprintf("error code %d", r.Code)

@@ -2,31 +2,113 @@ package wire
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"time"
 
+	"github.com/qm-dev/qm/internal/msgp"
 	"github.com/vmihailenco/msgpack/v5"
-	"github.com/vmihailenco/msgpack/v5/msgpcode"
 )
 
-// Hand-written msgpack for the messages of the hot path (put, get,
-// complete): msgpack's reflection spent a third of the master's time and
-// most of its allocations on them. The encodings are exactly those of the
-// struct tags in message.go, so either side may still use reflection; a
-// test checks both ways.
+// Hand-written msgpack, built with internal/msgp, for the messages of the
+// hot path (put, get, complete): msgpack's reflection spent a third of the
+// master's time and most of its allocations on them. The encodings are
+// exactly those of the struct tags in message.go with compact ints, as a
+// Codec has always written them, so either side may still use
+// reflection; tests check both ways. A Codec appends and reads these
+// messages itself; the EncodeMsgpack and DecodeMsgpack methods serve
+// msgpack.Marshal and msgpack.Unmarshal. The admin fields of a Response
+// (stats, clients, queues) are rare and keep reflection.
 
-// EncodeMsgpack implements msgpack.CustomEncoder. Into a bytes.Buffer (a
-// Codec's), it appends the task in one write (appendTask); a get response
-// carries up to thousands, and a dozen encoder calls per task were a tenth
-// of the master's time.
-func (t Task) EncodeMsgpack(enc *msgpack.Encoder) error {
-	if buf, ok := enc.Writer().(*bytes.Buffer); ok && t.Attempt >= 0 {
-		buf.Write(appendTask(buf.AvailableBuffer(), &t))
-		return nil
+// appendMessage appends v: a Request or Response by hand, anything else
+// by reflection.
+func appendMessage(b []byte, v any) ([]byte, error) {
+	switch m := v.(type) {
+	case *Request:
+		if m != nil {
+			return appendRequest(b, m), nil
+		}
+	case *Response:
+		if m != nil {
+			return appendResponse(b, m)
+		}
 	}
+	return appendReflect(b, v)
+}
+
+// decodeMessage decodes the frame body b into v, which must be zeroed
+// first: fields b does not name are left untouched. b must be exactly one
+// value within msgp's bounds (checked before reflection may allocate from
+// a length). A Request or Response is read by hand, anything else by
+// reflection. Every error wraps ErrBadRequest.
+func decodeMessage(b []byte, v any) error {
+	if err := msgp.Validate(b); err != nil {
+		return badRequest(err)
+	}
+	switch m := v.(type) {
+	case *Request:
+		if m != nil {
+			return badRequest(m.decode(msgp.NewReader(b), false))
+		}
+	case *Response:
+		if m != nil {
+			return badRequest(m.decode(msgp.NewReader(b), false))
+		}
+	}
+	return badRequest(msgpack.Unmarshal(b, v))
+}
+
+// badRequest wraps a decoding error in ErrBadRequest.
+func badRequest(err error) error {
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrBadRequest, err)
+	}
+	return nil
+}
+
+// appendReflect appends v encoded by reflection, with compact ints as a
+// Codec has always written it.
+func appendReflect(b []byte, v any) ([]byte, error) {
+	buf := bytes.NewBuffer(b)
+	enc := msgpack.GetEncoder()
+	enc.Reset(buf)
+	enc.UseCompactInts(true)
+	err := enc.Encode(v)
+	msgpack.PutEncoder(enc)
+	return buf.Bytes(), err
+}
+
+// encodeTo is where an EncodeMsgpack method appends its message: in place
+// into a bytes.Buffer (msgpack.Marshal's), then written by writeEncoded.
+func encodeTo(enc *msgpack.Encoder) []byte {
+	if buf, ok := enc.Writer().(*bytes.Buffer); ok {
+		return buf.AvailableBuffer()
+	}
+	return nil
+}
+
+func writeEncoded(enc *msgpack.Encoder, b []byte) error {
+	_, err := enc.Writer().Write(b)
+	return err
+}
+
+// decodeFrom reads the value at dec whole, for a DecodeMsgpack method to
+// read it as a Codec does.
+func decodeFrom(dec *msgpack.Decoder) (*msgp.Reader, error) {
+	raw, err := dec.DecodeRaw()
+	if err != nil {
+		return nil, err
+	}
+	return msgp.NewReader(raw), nil
+}
+
+// EncodeMsgpack implements msgpack.CustomEncoder.
+func (t Task) EncodeMsgpack(enc *msgpack.Encoder) error {
+	return writeEncoded(enc, appendTask(encodeTo(enc), &t))
+}
+
+// appendTask appends t; a get response carries up to thousands.
+func appendTask(b []byte, t *Task) []byte {
 	n := 5
 	if t.ReplyTo != "" {
 		n++
@@ -34,108 +116,67 @@ func (t Task) EncodeMsgpack(enc *msgpack.Encoder) error {
 	if t.LastError != "" {
 		n++
 	}
-	w := fieldWriter{enc: enc}
-	w.mapLen(n)
-	w.uint("id", t.ID)
-	w.str("q", t.Queue)
-	w.raw("payload", t.Payload)
+	b = msgp.AppendMapHeader(b, n)
+	b = msgp.AppendStr(b, "id")
+	b = msgp.AppendUint(b, t.ID)
+	b = msgp.AppendStr(b, "q")
+	b = msgp.AppendStr(b, t.Queue)
+	b = msgp.AppendStr(b, "payload")
+	b = msgp.AppendRaw(b, t.Payload)
 	if t.ReplyTo != "" {
-		w.str("reply_to", t.ReplyTo)
+		b = msgp.AppendStr(b, "reply_to")
+		b = msgp.AppendStr(b, t.ReplyTo)
 	}
-	w.int("attempt", int64(t.Attempt))
+	b = msgp.AppendStr(b, "attempt")
+	b = msgp.AppendInt(b, int64(t.Attempt))
 	if t.LastError != "" {
-		w.str("last_err", t.LastError)
+		b = msgp.AppendStr(b, "last_err")
+		b = msgp.AppendStr(b, t.LastError)
 	}
-	w.key("enqueued")
-	if w.err == nil {
-		w.err = enc.EncodeTime(t.Enqueued)
-	}
-	return w.err
-}
-
-// appendTask appends t with the very bytes EncodeMsgpack's field writer
-// gives it (for Attempt >= 0; a test compares them).
-func appendTask(b []byte, t *Task) []byte {
-	n := byte(5)
-	if t.ReplyTo != "" {
-		n++
-	}
-	if t.LastError != "" {
-		n++
-	}
-	b = append(b, 0x80|n)
-	b = appendStr(b, "id")
-	b = appendUint(b, t.ID)
-	b = appendStr(b, "q")
-	b = appendStr(b, t.Queue)
-	b = appendStr(b, "payload")
-	if len(t.Payload) == 0 {
-		b = append(b, msgpcode.Nil)
-	} else {
-		b = append(b, t.Payload...)
-	}
-	if t.ReplyTo != "" {
-		b = appendStr(b, "reply_to")
-		b = appendStr(b, t.ReplyTo)
-	}
-	b = appendStr(b, "attempt")
-	b = appendUint(b, uint64(t.Attempt))
-	if t.LastError != "" {
-		b = appendStr(b, "last_err")
-		b = appendStr(b, t.LastError)
-	}
-	b = appendStr(b, "enqueued")
-	return appendTime(b, t.Enqueued)
-}
-
-// appendTime appends tm as msgpack's Encoder.EncodeTime does: the
-// timestamp extension (type -1) in 4, 8 or 12 bytes.
-func appendTime(b []byte, tm time.Time) []byte {
-	const timeExt = 0xff // int8(-1)
-	secs := uint64(tm.Unix())
-	if secs>>34 == 0 {
-		data := uint64(tm.Nanosecond())<<34 | secs
-		if data&0xffffffff00000000 == 0 {
-			return binary.BigEndian.AppendUint32(append(b, msgpcode.FixExt4, timeExt), uint32(data))
-		}
-		return binary.BigEndian.AppendUint64(append(b, msgpcode.FixExt8, timeExt), data)
-	}
-	b = append(b, msgpcode.Ext8, 12, timeExt)
-	b = binary.BigEndian.AppendUint32(b, uint32(tm.Nanosecond()))
-	return binary.BigEndian.AppendUint64(b, secs)
+	return msgp.AppendTime(msgp.AppendStr(b, "enqueued"), t.Enqueued)
 }
 
 // DecodeMsgpack implements msgpack.CustomDecoder.
-func (t *Task) DecodeMsgpack(dec *msgpack.Decoder) error { return t.decode(dec, nil) }
+func (t *Task) DecodeMsgpack(dec *msgpack.Decoder) error {
+	rd, err := decodeFrom(dec)
+	if err != nil {
+		return err
+	}
+	return t.decode(rd, nil)
+}
 
-// decode decodes a task; the tasks of one response share their queue and
-// reply-to names through same instead of allocating each anew.
-func (t *Task) decode(dec *msgpack.Decoder, same *Task) error {
-	var f fields
-	f.start(dec)
+// decode reads a task. The tasks of one response mostly share their queue
+// and reply-to names: given the task before it as prev, a name equal to
+// prev's is prev's string rather than a new one.
+func (t *Task) decode(rd *msgp.Reader, prev *Task) error {
+	var prevQueue, prevReplyTo string
+	if prev != nil {
+		prevQueue, prevReplyTo = prev.Queue, prev.ReplyTo
+	}
+	f := rd.Fields()
 	for {
-		key, ok := f.next()
+		key, ok := f.Next(rd)
 		if !ok {
-			return f.err
+			return f.Err()
 		}
 		var err error
 		switch string(key) {
 		case "id":
-			t.ID, err = dec.DecodeUint64()
+			t.ID, err = rd.Uint()
 		case "q":
-			t.Queue, err = f.string(same, func(t *Task) string { return t.Queue })
+			t.Queue, err = strOrSame(rd, prevQueue)
 		case "payload":
-			t.Payload, err = decodeRaw(dec)
+			t.Payload, err = readRaw(rd)
 		case "reply_to":
-			t.ReplyTo, err = f.string(same, func(t *Task) string { return t.ReplyTo })
+			t.ReplyTo, err = strOrSame(rd, prevReplyTo)
 		case "attempt":
-			t.Attempt, err = dec.DecodeInt()
+			t.Attempt, err = readInt(rd)
 		case "last_err":
-			t.LastError, err = dec.DecodeString()
+			t.LastError, err = rd.Str()
 		case "enqueued":
-			t.Enqueued, err = dec.DecodeTime()
+			t.Enqueued, err = rd.Time()
 		default:
-			err = dec.Skip()
+			err = rd.Skip()
 		}
 		if err != nil {
 			return fieldError(key, err)
@@ -145,6 +186,10 @@ func (t *Task) decode(dec *msgpack.Decoder, same *Task) error {
 
 // EncodeMsgpack implements msgpack.CustomEncoder.
 func (c Completion) EncodeMsgpack(enc *msgpack.Encoder) error {
+	return writeEncoded(enc, appendCompletion(encodeTo(enc), &c))
+}
+
+func appendCompletion(b []byte, c *Completion) []byte {
 	n := 1
 	if len(c.Value) > 0 {
 		n++
@@ -152,37 +197,46 @@ func (c Completion) EncodeMsgpack(enc *msgpack.Encoder) error {
 	if c.Error != "" {
 		n++
 	}
-	w := fieldWriter{enc: enc}
-	w.mapLen(n)
-	w.uint("id", c.ID)
+	b = msgp.AppendMapHeader(b, n)
+	b = msgp.AppendStr(b, "id")
+	b = msgp.AppendUint(b, c.ID)
 	if len(c.Value) > 0 {
-		w.raw("value", c.Value)
+		b = msgp.AppendStr(b, "value")
+		b = msgp.AppendRaw(b, c.Value)
 	}
 	if c.Error != "" {
-		w.str("err", c.Error)
+		b = msgp.AppendStr(b, "err")
+		b = msgp.AppendStr(b, c.Error)
 	}
-	return w.err
+	return b
 }
 
 // DecodeMsgpack implements msgpack.CustomDecoder.
 func (c *Completion) DecodeMsgpack(dec *msgpack.Decoder) error {
-	var f fields
-	f.start(dec)
+	rd, err := decodeFrom(dec)
+	if err != nil {
+		return err
+	}
+	return c.decode(rd)
+}
+
+func (c *Completion) decode(rd *msgp.Reader) error {
+	f := rd.Fields()
 	for {
-		key, ok := f.next()
+		key, ok := f.Next(rd)
 		if !ok {
-			return f.err
+			return f.Err()
 		}
 		var err error
 		switch string(key) {
 		case "id":
-			c.ID, err = dec.DecodeUint64()
+			c.ID, err = rd.Uint()
 		case "value":
-			c.Value, err = decodeRaw(dec)
+			c.Value, err = readRaw(rd)
 		case "err":
-			c.Error, err = dec.DecodeString()
+			c.Error, err = rd.Str()
 		default:
-			err = dec.Skip()
+			err = rd.Skip()
 		}
 		if err != nil {
 			return fieldError(key, err)
@@ -192,6 +246,10 @@ func (c *Completion) DecodeMsgpack(dec *msgpack.Decoder) error {
 
 // EncodeMsgpack implements msgpack.CustomEncoder.
 func (r Request) EncodeMsgpack(enc *msgpack.Encoder) error {
+	return writeEncoded(enc, appendRequest(encodeTo(enc), &r))
+}
+
+func appendRequest(b []byte, r *Request) []byte {
 	n := 1
 	for _, set := range [...]bool{r.Queue != "", len(r.Items) > 0, r.ReplyTo != "", r.Max != 0,
 		r.Timeout != 0, r.Lease != 0, r.NoAck, len(r.IDs) > 0, r.Error != "", len(r.Results) > 0,
@@ -200,68 +258,67 @@ func (r Request) EncodeMsgpack(enc *msgpack.Encoder) error {
 			n++
 		}
 	}
-	w := fieldWriter{enc: enc}
-	w.mapLen(n)
-	w.uint("op", uint64(r.Op))
+	b = msgp.AppendMapHeader(b, n)
+	b = msgp.AppendStr(b, "op")
+	b = msgp.AppendUint(b, uint64(r.Op))
 	if r.Queue != "" {
-		w.str("q", r.Queue)
+		b = msgp.AppendStr(b, "q")
+		b = msgp.AppendStr(b, r.Queue)
 	}
 	if len(r.Items) > 0 {
-		w.key("items")
-		w.arrayLen(len(r.Items))
+		b = msgp.AppendArrayHeader(msgp.AppendStr(b, "items"), len(r.Items))
 		for _, it := range r.Items {
-			w.rawValue(it)
+			b = msgp.AppendRaw(b, it)
 		}
 	}
 	if r.ReplyTo != "" {
-		w.str("reply_to", r.ReplyTo)
+		b = msgp.AppendStr(b, "reply_to")
+		b = msgp.AppendStr(b, r.ReplyTo)
 	}
 	if r.Max != 0 {
-		w.int("max", int64(r.Max))
+		b = msgp.AppendStr(b, "max")
+		b = msgp.AppendInt(b, int64(r.Max))
 	}
 	if r.Timeout != 0 {
-		w.int("timeout", int64(r.Timeout))
+		b = msgp.AppendStr(b, "timeout")
+		b = msgp.AppendInt(b, int64(r.Timeout))
 	}
 	if r.Lease != 0 {
-		w.int("lease", int64(r.Lease))
+		b = msgp.AppendStr(b, "lease")
+		b = msgp.AppendInt(b, int64(r.Lease))
 	}
 	if r.NoAck {
-		w.key("no_ack")
-		if w.err == nil {
-			w.err = enc.EncodeBool(true)
-		}
+		b = msgp.AppendBool(msgp.AppendStr(b, "no_ack"), true)
 	}
 	if len(r.IDs) > 0 {
-		w.uints("ids", r.IDs)
+		b = appendUints(msgp.AppendStr(b, "ids"), r.IDs)
 	}
 	if r.Error != "" {
-		w.str("err", r.Error)
+		b = msgp.AppendStr(b, "err")
+		b = msgp.AppendStr(b, r.Error)
 	}
 	if len(r.Results) > 0 {
-		w.key("results")
-		w.arrayLen(len(r.Results))
+		b = msgp.AppendArrayHeader(msgp.AppendStr(b, "results"), len(r.Results))
 		for i := range r.Results {
-			if w.err == nil {
-				w.err = r.Results[i].EncodeMsgpack(enc)
-			}
+			b = appendCompletion(b, &r.Results[i])
 		}
 	}
 	if r.ResultQueue != "" {
-		w.str("result_q", r.ResultQueue)
+		b = msgp.AppendStr(b, "result_q")
+		b = msgp.AppendStr(b, r.ResultQueue)
 	}
 	if r.Role != "" {
-		w.str("role", r.Role)
+		b = msgp.AppendStr(b, "role")
+		b = msgp.AppendStr(b, r.Role)
 	}
 	if r.Name != "" {
-		w.str("name", r.Name)
+		b = msgp.AppendStr(b, "name")
+		b = msgp.AppendStr(b, r.Name)
 	}
 	if r.Then != nil {
-		w.key("then")
-		if w.err == nil {
-			w.err = r.Then.EncodeMsgpack(enc)
-		}
+		b = appendRequest(msgp.AppendStr(b, "then"), r.Then)
 	}
-	return w.err
+	return b
 }
 
 // errNestedThen refuses a chain of more than two requests (or responses),
@@ -269,68 +326,73 @@ func (r Request) EncodeMsgpack(enc *msgpack.Encoder) error {
 var errNestedThen = errors.New("a chained request may not have a Then of its own")
 
 // DecodeMsgpack implements msgpack.CustomDecoder.
-func (r *Request) DecodeMsgpack(dec *msgpack.Decoder) error { return r.decode(dec, false) }
+func (r *Request) DecodeMsgpack(dec *msgpack.Decoder) error {
+	rd, err := decodeFrom(dec)
+	if err != nil {
+		return err
+	}
+	return r.decode(rd, false)
+}
 
-func (r *Request) decode(dec *msgpack.Decoder, chained bool) error {
-	var f fields
-	f.start(dec)
+func (r *Request) decode(rd *msgp.Reader, chained bool) error {
+	f := rd.Fields()
 	for {
-		key, ok := f.next()
+		key, ok := f.Next(rd)
 		if !ok {
-			return f.err
+			return f.Err()
 		}
 		var err error
 		switch string(key) {
 		case "op":
-			var op uint8
-			op, err = dec.DecodeUint8()
+			var op uint64
+			op, err = rd.Uint()
 			r.Op = Op(op)
 		case "q":
-			r.Queue, err = dec.DecodeString()
+			r.Queue, err = rd.Str()
 		case "items":
 			var n int
-			if n, err = decodeArrayLen(dec); err == nil && n > 0 {
+			if n, err = rd.ArrayHeader(); err == nil && n > 0 {
 				r.Items = make([]msgpack.RawMessage, n)
 				for i := 0; i < n && err == nil; i++ {
-					r.Items[i], err = decodeRaw(dec)
+					r.Items[i], err = readRaw(rd)
 				}
 			}
 		case "reply_to":
-			r.ReplyTo, err = dec.DecodeString()
+			r.ReplyTo, err = rd.Str()
 		case "max":
-			r.Max, err = dec.DecodeInt()
+			r.Max, err = readInt(rd)
 		case "timeout":
-			r.Timeout, err = decodeDuration(dec)
+			r.Timeout, err = readDuration(rd)
 		case "lease":
-			r.Lease, err = decodeDuration(dec)
+			r.Lease, err = readDuration(rd)
 		case "no_ack":
-			r.NoAck, err = dec.DecodeBool()
+			r.NoAck, err = rd.Bool()
 		case "ids":
-			r.IDs, err = decodeUints(dec)
+			r.IDs, err = readUints(rd)
 		case "err":
-			r.Error, err = dec.DecodeString()
+			r.Error, err = rd.Str()
 		case "results":
 			var n int
-			if n, err = decodeArrayLen(dec); err == nil && n > 0 {
+			if n, err = rd.ArrayHeader(); err == nil && n > 0 {
 				r.Results = make([]Completion, n)
 				for i := 0; i < n && err == nil; i++ {
-					err = r.Results[i].DecodeMsgpack(dec)
+					err = r.Results[i].decode(rd)
 				}
 			}
 		case "result_q":
-			r.ResultQueue, err = dec.DecodeString()
+			r.ResultQueue, err = rd.Str()
 		case "role":
-			r.Role, err = dec.DecodeString()
+			r.Role, err = rd.Str()
 		case "name":
-			r.Name, err = dec.DecodeString()
+			r.Name, err = rd.Str()
 		case "then":
 			if chained {
 				return errNestedThen
 			}
 			r.Then = new(Request)
-			err = r.Then.decode(dec, true)
+			err = r.Then.decode(rd, true)
 		default:
-			err = dec.Skip()
+			err = rd.Skip()
 		}
 		if err != nil {
 			return fieldError(key, err)
@@ -340,6 +402,14 @@ func (r *Request) decode(dec *msgpack.Decoder, chained bool) error {
 
 // EncodeMsgpack implements msgpack.CustomEncoder.
 func (r Response) EncodeMsgpack(enc *msgpack.Encoder) error {
+	b, err := appendResponse(encodeTo(enc), &r)
+	if err != nil {
+		return err
+	}
+	return writeEncoded(enc, b)
+}
+
+func appendResponse(b []byte, r *Response) ([]byte, error) {
 	n := 0
 	for _, set := range [...]bool{r.Code != 0, r.Error != "", len(r.IDs) > 0, len(r.Tasks) > 0,
 		len(r.Stats) > 0, len(r.Clients) > 0, len(r.Queues) > 0, r.Count != 0, r.Lease != 0, r.ClientID != 0, r.Then != nil} {
@@ -347,107 +417,126 @@ func (r Response) EncodeMsgpack(enc *msgpack.Encoder) error {
 			n++
 		}
 	}
-	w := fieldWriter{enc: enc}
-	w.mapLen(n)
+	b = msgp.AppendMapHeader(b, n)
 	if r.Code != 0 {
-		w.uint("code", uint64(r.Code))
+		b = msgp.AppendStr(b, "code")
+		b = msgp.AppendUint(b, uint64(r.Code))
 	}
 	if r.Error != "" {
-		w.str("err", r.Error)
+		b = msgp.AppendStr(b, "err")
+		b = msgp.AppendStr(b, r.Error)
 	}
 	if len(r.IDs) > 0 {
-		w.uints("ids", r.IDs)
+		b = appendUints(msgp.AppendStr(b, "ids"), r.IDs)
 	}
 	if len(r.Tasks) > 0 {
-		w.key("tasks")
-		w.arrayLen(len(r.Tasks))
+		b = msgp.AppendArrayHeader(msgp.AppendStr(b, "tasks"), len(r.Tasks))
 		for i := range r.Tasks {
-			if w.err == nil {
-				w.err = r.Tasks[i].EncodeMsgpack(enc)
-			}
+			b = appendTask(b, &r.Tasks[i])
 		}
 	}
-	// The rest are rare (admin calls): reflection is fine.
-	if len(r.Stats) > 0 {
-		w.value("stats", r.Stats)
-	}
-	if len(r.Clients) > 0 {
-		w.value("clients", r.Clients)
-	}
-	if len(r.Queues) > 0 {
-		w.value("queues", r.Queues)
+	if len(r.Stats) > 0 || len(r.Clients) > 0 || len(r.Queues) > 0 {
+		var err error
+		if b, err = appendAdmin(b, r); err != nil {
+			return b, err
+		}
 	}
 	if r.Count != 0 {
-		w.int("count", int64(r.Count))
+		b = msgp.AppendStr(b, "count")
+		b = msgp.AppendInt(b, int64(r.Count))
 	}
 	if r.Lease != 0 {
-		w.int("lease", int64(r.Lease))
+		b = msgp.AppendStr(b, "lease")
+		b = msgp.AppendInt(b, int64(r.Lease))
 	}
 	if r.ClientID != 0 {
-		w.uint("client_id", r.ClientID)
+		b = msgp.AppendStr(b, "client_id")
+		b = msgp.AppendUint(b, r.ClientID)
 	}
 	if r.Then != nil {
-		w.key("then")
-		if w.err == nil {
-			w.err = r.Then.EncodeMsgpack(enc)
+		return appendResponse(msgp.AppendStr(b, "then"), r.Then)
+	}
+	return b, nil
+}
+
+// appendAdmin appends the fields of the admin calls' responses, rare
+// enough for reflection.
+func appendAdmin(b []byte, r *Response) ([]byte, error) {
+	var err error
+	if len(r.Stats) > 0 {
+		if b, err = appendReflect(msgp.AppendStr(b, "stats"), r.Stats); err != nil {
+			return b, err
 		}
 	}
-	return w.err
+	if len(r.Clients) > 0 {
+		if b, err = appendReflect(msgp.AppendStr(b, "clients"), r.Clients); err != nil {
+			return b, err
+		}
+	}
+	if len(r.Queues) > 0 {
+		b, err = appendReflect(msgp.AppendStr(b, "queues"), r.Queues)
+	}
+	return b, err
 }
 
 // DecodeMsgpack implements msgpack.CustomDecoder.
-func (r *Response) DecodeMsgpack(dec *msgpack.Decoder) error { return r.decode(dec, false) }
+func (r *Response) DecodeMsgpack(dec *msgpack.Decoder) error {
+	rd, err := decodeFrom(dec)
+	if err != nil {
+		return err
+	}
+	return r.decode(rd, false)
+}
 
-func (r *Response) decode(dec *msgpack.Decoder, chained bool) error {
-	var f fields
-	f.start(dec)
+func (r *Response) decode(rd *msgp.Reader, chained bool) error {
+	f := rd.Fields()
 	for {
-		key, ok := f.next()
+		key, ok := f.Next(rd)
 		if !ok {
-			return f.err
+			return f.Err()
 		}
 		var err error
 		switch string(key) {
 		case "code":
-			var c uint16
-			c, err = dec.DecodeUint16()
+			var c uint64
+			c, err = rd.Uint()
 			r.Code = Code(c)
 		case "err":
-			r.Error, err = dec.DecodeString()
+			r.Error, err = rd.Str()
 		case "ids":
-			r.IDs, err = decodeUints(dec)
+			r.IDs, err = readUints(rd)
 		case "tasks":
 			var n int
-			if n, err = decodeArrayLen(dec); err == nil && n > 0 {
+			if n, err = rd.ArrayHeader(); err == nil && n > 0 {
 				r.Tasks = make([]Task, n)
 				for i := 0; i < n && err == nil; i++ {
-					var same *Task
+					var prev *Task
 					if i > 0 {
-						same = &r.Tasks[i-1]
+						prev = &r.Tasks[i-1]
 					}
-					err = r.Tasks[i].decode(dec, same)
+					err = r.Tasks[i].decode(rd, prev)
 				}
 			}
 		case "stats":
-			err = dec.Decode(&r.Stats)
+			err = readReflect(rd, &r.Stats)
 		case "clients":
-			err = dec.Decode(&r.Clients)
+			err = readReflect(rd, &r.Clients)
 		case "queues":
-			err = dec.Decode(&r.Queues)
+			err = readReflect(rd, &r.Queues)
 		case "count":
-			r.Count, err = dec.DecodeInt()
+			r.Count, err = readInt(rd)
 		case "lease":
-			r.Lease, err = decodeDuration(dec)
+			r.Lease, err = readDuration(rd)
 		case "client_id":
-			r.ClientID, err = dec.DecodeUint64()
+			r.ClientID, err = rd.Uint()
 		case "then":
 			if chained {
 				return errNestedThen
 			}
 			r.Then = new(Response)
-			err = r.Then.decode(dec, true)
+			err = r.Then.decode(rd, true)
 		default:
-			err = dec.Skip()
+			err = rd.Skip()
 		}
 		if err != nil {
 			return fieldError(key, err)
@@ -455,176 +544,13 @@ func (r *Response) decode(dec *msgpack.Decoder, chained bool) error {
 	}
 }
 
-// fieldWriter writes map entries and keeps the first error.
-type fieldWriter struct {
-	enc *msgpack.Encoder
-	err error
-}
-
-func (w *fieldWriter) mapLen(n int) {
-	if w.err == nil {
-		w.err = w.enc.EncodeMapLen(n)
-	}
-}
-
-func (w *fieldWriter) arrayLen(n int) {
-	if w.err == nil {
-		w.err = w.enc.EncodeArrayLen(n)
-	}
-}
-
-func (w *fieldWriter) key(k string) {
-	if w.err == nil {
-		w.err = w.enc.EncodeString(k)
-	}
-}
-
-func (w *fieldWriter) str(k, v string) {
-	w.key(k)
-	if w.err == nil {
-		w.err = w.enc.EncodeString(v)
-	}
-}
-
-func (w *fieldWriter) uint(k string, v uint64) {
-	w.key(k)
-	if w.err == nil {
-		w.err = w.enc.EncodeUint(v)
-	}
-}
-
-func (w *fieldWriter) int(k string, v int64) {
-	w.key(k)
-	if w.err == nil {
-		w.err = w.enc.EncodeInt(v)
-	}
-}
-
-func (w *fieldWriter) uints(k string, vs []uint64) {
-	w.key(k)
-	w.arrayLen(len(vs))
+// appendUints appends vs as an array of integers.
+func appendUints(b []byte, vs []uint64) []byte {
+	b = msgp.AppendArrayHeader(b, len(vs))
 	for _, v := range vs {
-		if w.err == nil {
-			w.err = w.enc.EncodeUint(v)
-		}
+		b = msgp.AppendUint(b, v)
 	}
-}
-
-// raw writes an already encoded value; an empty one is nil, as msgpack's
-// RawMessage encodes it.
-func (w *fieldWriter) raw(k string, v msgpack.RawMessage) {
-	w.key(k)
-	w.rawValue(v)
-}
-
-func (w *fieldWriter) rawValue(v msgpack.RawMessage) {
-	if w.err != nil {
-		return
-	}
-	if len(v) == 0 {
-		w.err = w.enc.EncodeNil()
-		return
-	}
-	w.err = v.EncodeMsgpack(w.enc)
-}
-
-func (w *fieldWriter) value(k string, v any) {
-	w.key(k)
-	if w.err == nil {
-		w.err = w.enc.Encode(v)
-	}
-}
-
-// fields reads the entries of a map (nil counts as empty) one key at a
-// time. A decoder keeps it on its stack: from a frame (frameReader) the
-// keys are slices of the frame, and no closure or key escapes, so
-// decoding a struct allocates nothing of its own.
-type fields struct {
-	dec *msgpack.Decoder
-	fr  *frameReader // nil if dec reads from something else
-	n   int          // entries left
-	err error
-}
-
-func (f *fields) start(dec *msgpack.Decoder) {
-	f.dec = dec
-	f.fr, _ = dec.Buffered().(*frameReader)
-	// msgpack's DecodeMapLen reads a map inside an ext value too, whose
-	// bytes checkBounds takes as opaque: a message is a plain map.
-	if c, err := dec.PeekCode(); err == nil && msgpcode.IsExt(c) {
-		f.err = errExtMessage
-		return
-	}
-	f.n, f.err = dec.DecodeMapLen()
-}
-
-// errExtMessage refuses a message wrapped in a msgpack ext value.
-var errExtMessage = errors.New("a message must be a map, not an ext value")
-
-// decodeArrayLen reads an array's length and refuses one that claims more
-// elements than bytes are left to read: every element takes one at least,
-// so nothing is allocated from a length the data cannot back.
-func decodeArrayLen(dec *msgpack.Decoder) (int, error) {
-	n, err := dec.DecodeArrayLen()
-	if err != nil {
-		return 0, err
-	}
-	if r, ok := dec.Buffered().(interface{ Len() int }); ok && n > r.Len() {
-		return 0, fmt.Errorf("array of %d elements in %d bytes", n, r.Len())
-	}
-	return n, nil
-}
-
-// next reads the next key; the caller then consumes its value. It returns
-// false at the end of the map or on an error, kept in f.err.
-func (f *fields) next() (key []byte, ok bool) {
-	if f.err != nil || f.n <= 0 {
-		return nil, false
-	}
-	f.n--
-	kn, err := f.dec.DecodeBytesLen()
-	switch {
-	case err != nil:
-	case kn <= 0:
-		return nil, true
-	case f.fr != nil:
-		if kn > f.fr.Len() {
-			err = io.ErrUnexpectedEOF
-			break
-		}
-		key = f.fr.b[f.fr.i : f.fr.i+kn]
-		f.fr.i += kn
-		return key, true
-	default:
-		key = make([]byte, kn)
-		err = f.dec.ReadFull(key)
-	}
-	if err != nil {
-		f.err = err
-		return nil, false
-	}
-	return key, true
-}
-
-// string reads a string value. If same is not nil and its field (by
-// field) holds the same text, that string is returned instead of a new one.
-func (f *fields) string(same *Task, field func(*Task) string) (string, error) {
-	if f.fr == nil || same == nil {
-		return f.dec.DecodeString()
-	}
-	n, err := f.dec.DecodeBytesLen()
-	if err != nil || n <= 0 {
-		return "", err
-	}
-	if n > f.fr.Len() {
-		return "", io.ErrUnexpectedEOF
-	}
-	b := f.fr.b[f.fr.i : f.fr.i+n]
-	f.fr.i += n
-	if prev := field(same); prev == string(b) {
-		return prev, nil
-	}
-	return string(b), nil
+	return b
 }
 
 // fieldError names the field whose value failed to decode; it copies the
@@ -633,36 +559,59 @@ func fieldError(key []byte, err error) error {
 	return fmt.Errorf("field %q: %w", string(key), err)
 }
 
-// decodeRaw reads one value as raw bytes; nil reads as empty, as msgpack's
-// RawMessage decoding does. From a frame read by Codec (or DecodeRequest)
-// it is a slice of the frame, not a copy.
-func decodeRaw(dec *msgpack.Decoder) (msgpack.RawMessage, error) {
-	var raw []byte
-	var err error
-	if fr, ok := dec.Buffered().(*frameReader); ok {
-		raw, err = fr.next()
-	} else {
-		raw, err = dec.DecodeRaw()
+// readRaw reads one value as raw bytes, a slice of the frame rather than
+// a copy; nil reads as empty, as msgpack's RawMessage decoding does.
+func readRaw(rd *msgp.Reader) (msgpack.RawMessage, error) {
+	if rd.SkipNil() {
+		return nil, nil
 	}
-	if err != nil || len(raw) == 1 && raw[0] == 0xc0 {
-		return nil, err
-	}
-	return raw, nil
+	return rd.Raw()
 }
 
-func decodeDuration(dec *msgpack.Decoder) (time.Duration, error) {
-	n, err := dec.DecodeInt64()
+// readReflect decodes one value into v by reflection. Raw has checked the
+// value's lengths, so none can make reflection over-allocate.
+func readReflect(rd *msgp.Reader, v any) error {
+	raw, err := rd.Raw()
+	if err != nil {
+		return err
+	}
+	return msgpack.Unmarshal(raw, v)
+}
+
+// strOrSame reads a string, returning prev rather than a copy when it is
+// the same text.
+func strOrSame(rd *msgp.Reader, prev string) (string, error) {
+	b, err := rd.StrBytes()
+	if err != nil || len(b) == 0 {
+		return "", err
+	}
+	if string(b) == prev {
+		return prev, nil
+	}
+	return string(b), nil
+}
+
+func readInt(rd *msgp.Reader) (int, error) {
+	n, err := rd.Int()
+	return int(n), err
+}
+
+func readDuration(rd *msgp.Reader) (time.Duration, error) {
+	n, err := rd.Int()
 	return time.Duration(n), err
 }
 
-func decodeUints(dec *msgpack.Decoder) ([]uint64, error) {
-	n, err := decodeArrayLen(dec)
-	if err != nil || n <= 0 {
+// readUints reads an array of integers. Its length is checked against
+// the bytes left (msgp's rule), so it allocates no more than the frame's
+// size in elements.
+func readUints(rd *msgp.Reader) ([]uint64, error) {
+	n, err := rd.ArrayHeader()
+	if err != nil || n == 0 {
 		return nil, err
 	}
 	out := make([]uint64, n)
 	for i := range out {
-		if out[i], err = dec.DecodeUint64(); err != nil {
+		if out[i], err = rd.Uint(); err != nil {
 			return nil, err
 		}
 	}

@@ -123,6 +123,41 @@ func BenchmarkCodecGetResponse(b *testing.B) {
 	}
 }
 
+// BenchmarkCodecPut is a producer's put of 32 payloads, written and read
+// back as the master reads it.
+func BenchmarkCodecPut(b *testing.B) {
+	items := make([]msgpack.RawMessage, 32)
+	for i := range items {
+		items[i] = msgpack.RawMessage{0xa4, 'a', 'b', 'c', byte('0' + i%10)}
+	}
+	benchRequest(b, &Request{Op: OpPut, Queue: "tasks", Items: items, ReplyTo: "results"})
+}
+
+// BenchmarkCodecCompleteThenGet is a worker's complete of 32 results
+// chained to its next get: its request on every batch.
+func BenchmarkCodecCompleteThenGet(b *testing.B) {
+	results := make([]Completion, 32)
+	for i := range results {
+		results[i] = Completion{ID: uint64(1000 + i), Value: msgpack.RawMessage{0x2a}}
+	}
+	benchRequest(b, &Request{Op: OpComplete, Queue: "tasks", ResultQueue: "results", Results: results,
+		Then: &Request{Op: OpGet, Queue: "tasks", Max: 32, Timeout: time.Second}})
+}
+
+func benchRequest(b *testing.B, req *Request) {
+	var buf rwBuffer
+	c := NewCodec(&buf, 0)
+	for b.Loop() {
+		if err := c.Write(req); err != nil {
+			b.Fatal(err)
+		}
+		var got Request
+		if err := c.Read(&got); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
 // rwBuffer is a pipe in one goroutine: what is written is read back.
 type rwBuffer struct{ b []byte }
 
@@ -133,22 +168,36 @@ func (r *rwBuffer) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// plainWriter is a writer that is not a *bytes.Buffer, so that Task's
-// encoder takes its field-by-field path.
+// plainWriter is a writer that is not a *bytes.Buffer, so that the
+// EncodeMsgpack methods append into a buffer of their own.
 type plainWriter struct{ b []byte }
 
 func (w *plainWriter) Write(p []byte) (int, error) { w.b = append(w.b, p...); return len(p), nil }
 func (w *plainWriter) WriteByte(c byte) error      { w.b = append(w.b, c); return nil }
 
-// appendTask writes the very bytes of the field-by-field encoder, at the
-// boundaries of every msgpack form it chooses between.
-func TestAppendTaskMatchesFieldWriter(t *testing.T) {
+type plainResponse Response
+
+// reflected encodes v by reflection with compact ints, as a Codec has
+// always written its messages.
+func reflected(t *testing.T, v any) []byte {
+	t.Helper()
+	b, err := appendReflect(nil, v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// The hand-written encoders write the very bytes that reflection writes
+// from the struct tags, at the boundaries of every msgpack form they
+// choose between, and through EncodeMsgpack into any writer.
+func TestAppendMatchesReflection(t *testing.T) {
 	long := func(n int) string { return strings.Repeat("q", n) }
 	var tasks []Task
 	for _, id := range []uint64{0, 0x7f, 0x80, 0xff, 0x100, 0xffff, 0x10000, 0xffffffff, 0x100000000, math.MaxUint64} {
 		tasks = append(tasks, Task{ID: id, Queue: "tasks", Payload: msgpack.RawMessage{0x01}, Attempt: 1, Enqueued: time.Unix(1764000000, 0)})
 	}
-	for _, attempt := range []int{0, 1, 0x7f, 0x80, 0x10000, math.MaxInt32 + 1} {
+	for _, attempt := range []int{0, 1, 0x7f, 0x80, 0x10000, math.MaxInt32 + 1, -1, -33, -129, math.MinInt64} {
 		tasks = append(tasks, Task{ID: 1, Queue: "q", Attempt: attempt})
 	}
 	for _, n := range []int{0, 31, 32, 255, 256, 65535, 65536} {
@@ -159,21 +208,42 @@ func TestAppendTaskMatchesFieldWriter(t *testing.T) {
 		tasks = append(tasks, Task{ID: 3, Queue: "q", Enqueued: at})
 	}
 	for _, task := range tasks {
-		var fields plainWriter
-		if err := msgpack.NewEncoder(&fields).Encode(task); err != nil {
-			t.Fatal(err)
+		b := appendTask(nil, &task)
+		if want := reflected(t, plainTask(task)); !bytes.Equal(b, want) {
+			t.Errorf("task %+v:\nappended  % x\nreflected % x", task, head(b), head(want))
 		}
-		var buf bytes.Buffer
-		if err := msgpack.NewEncoder(&buf).Encode(task); err != nil {
-			t.Fatal(err)
-		}
-		if !bytes.Equal(buf.Bytes(), fields.b) {
-			t.Errorf("task %+v:\nappended % x\nfields   % x", task, buf.Bytes(), fields.b)
+		var w plainWriter
+		if err := msgpack.NewEncoder(&w).Encode(task); err != nil || !bytes.Equal(w.b, b) {
+			t.Errorf("task %+v through EncodeMsgpack: % x, %v", task, head(w.b), err)
 		}
 		var back Task
-		if err := msgpack.Unmarshal(buf.Bytes(), &back); err != nil || back.ID != task.ID || back.Attempt != task.Attempt ||
+		if err := msgpack.Unmarshal(b, &back); err != nil || back.ID != task.ID || back.Attempt != task.Attempt ||
 			!back.Enqueued.Equal(task.Enqueued) || back.Queue != task.Queue {
 			t.Errorf("task %+v decoded as %+v, %v", task, back, err)
 		}
 	}
+	for _, r := range append(sampleRequests(), Request{Op: OpPut, Items: make([]msgpack.RawMessage, 16), Max: -40, Lease: -1}) {
+		if b, want := appendRequest(nil, &r), reflected(t, plainRequest(r)); !bytes.Equal(b, want) {
+			t.Errorf("request %v:\nappended  % x\nreflected % x", r.Op, b, want)
+		}
+	}
+	resps := []Response{
+		{Code: CodeNotLeased, Error: "e", IDs: []uint64{1, 1 << 40}, Tasks: sampleTasks(), Count: -1, Lease: time.Second, ClientID: 5},
+		{Stats: []QueueStats{{Queue: "tasks", Ready: 300, OldestAge: time.Hour}}, Clients: []ClientInfo{{ID: 4, Role: "worker", LastSeen: time.Unix(5, 0)}},
+			Queues: []string{"a"}, Then: &Response{Count: 1}},
+		{},
+	}
+	for _, r := range resps {
+		b, err := appendResponse(nil, &r)
+		if want := reflected(t, plainResponse(r)); err != nil || !bytes.Equal(b, want) {
+			t.Errorf("response %+v:\nappended  % x (%v)\nreflected % x", r, b, err, want)
+		}
+	}
+	for _, r := range []Result{{TaskID: 1, Worker: "w", Attempt: -300, Value: msgpack.RawMessage{0x05}}, {TaskID: 1 << 40, Error: "x"}} {
+		if b, want := AppendResult(nil, &r), reflected(t, r); !bytes.Equal(b, want) {
+			t.Errorf("result %+v:\nappended  % x\nreflected % x", r, b, want)
+		}
+	}
 }
+
+func head(b []byte) []byte { return b[:min(len(b), 40)] }

@@ -2,14 +2,10 @@ package wire
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"slices"
-
-	"github.com/vmihailenco/msgpack/v5"
 )
 
 // frameHeaderLen is the size of the big-endian length that precedes every frame.
@@ -53,15 +49,12 @@ func ReadFrame(r io.Reader, buf []byte, max int) ([]byte, error) {
 }
 
 // Codec reads and writes msgpack frames on one stream. It reuses its
-// buffers, so it is not safe for concurrent use: each stream has one owner.
+// buffer, so it is not safe for concurrent use: each stream has one owner.
 type Codec struct {
 	rw   io.ReadWriter
 	r    *bufio.Reader
 	max  int
-	wbuf bytes.Buffer
-	enc  *msgpack.Encoder
-	dec  *msgpack.Decoder
-	body frameReader
+	wbuf []byte
 }
 
 // NewCodec returns a Codec on rw that refuses frames longer than max bytes.
@@ -69,27 +62,23 @@ func NewCodec(rw io.ReadWriter, max int) *Codec {
 	if max <= 0 {
 		max = DefaultMaxMessageSize
 	}
-	c := &Codec{rw: rw, r: bufio.NewReader(rw), max: max}
-	c.enc = msgpack.NewEncoder(&c.wbuf)
-	c.enc.UseCompactInts(true)
-	c.dec = msgpack.NewDecoder(&c.body)
-	return c
+	return &Codec{rw: rw, r: bufio.NewReader(rw), max: max}
 }
 
-// Write encodes v as one frame.
+// Write encodes v as one frame: a *Request or *Response by hand, any other
+// value by reflection.
 func (c *Codec) Write(v any) error {
-	c.wbuf.Reset()
-	c.wbuf.Write([]byte{0, 0, 0, 0})
-	if err := c.enc.Encode(v); err != nil {
+	b, err := appendMessage(append(c.wbuf[:0], 0, 0, 0, 0), v)
+	c.wbuf = b
+	if err != nil {
 		return fmt.Errorf("encode: %w", err)
 	}
-	b := c.wbuf.Bytes()
 	n := len(b) - frameHeaderLen
 	if n > c.max {
 		return fmt.Errorf("%w: %d bytes, limit %d", ErrMessageTooLarge, n, c.max)
 	}
 	binary.BigEndian.PutUint32(b, uint32(n))
-	_, err := c.rw.Write(b)
+	_, err = c.rw.Write(b)
 	return err
 }
 
@@ -105,90 +94,15 @@ func (c *Codec) Read(v any) error {
 	if err != nil {
 		return err
 	}
-	return decodeInto(c.dec, &c.body, b, v)
-}
-
-// decodeInto decodes one msgpack value from b into v, which must be zeroed
-// first: msgpack leaves fields the frame does not name untouched. Trailing
-// bytes are an error.
-func decodeInto(dec *msgpack.Decoder, body *frameReader, b []byte, v any) error {
-	if err := checkBounds(b); err != nil {
-		return fmt.Errorf("%w: %v", ErrBadRequest, err)
-	}
-	body.Reset(b)
-	dec.Reset(body)
-	if err := dec.Decode(v); err != nil {
-		return fmt.Errorf("%w: %v", ErrBadRequest, err)
-	}
-	if body.Len() != 0 {
-		return fmt.Errorf("%w: %d trailing bytes", ErrBadRequest, body.Len())
-	}
-	return nil
+	return decodeMessage(b, v)
 }
 
 // DecodeRequest decodes one request frame body. It is what the master runs
 // on untrusted input.
 func DecodeRequest(b []byte) (*Request, error) {
-	var (
-		body frameReader
-		req  Request
-	)
-	if err := decodeInto(msgpack.NewDecoder(&body), &body, b, &req); err != nil {
+	req := new(Request)
+	if err := decodeMessage(b, req); err != nil {
 		return nil, err
 	}
-	return &req, nil
-}
-
-// frameReader reads a frame body held in memory. It lets decodeRaw take a
-// payload as a slice of the frame (see Codec.Read) where msgpack's
-// DecodeRaw would copy it, growing its record byte by byte.
-type frameReader struct {
-	b []byte
-	i int
-}
-
-func (r *frameReader) Reset(b []byte) { r.b, r.i = b, 0 }
-
-// Len is how many bytes are left to read.
-func (r *frameReader) Len() int { return len(r.b) - r.i }
-
-func (r *frameReader) Read(p []byte) (int, error) {
-	if r.i >= len(r.b) {
-		if len(p) == 0 {
-			return 0, nil
-		}
-		return 0, io.EOF
-	}
-	n := copy(p, r.b[r.i:])
-	r.i += n
-	return n, nil
-}
-
-func (r *frameReader) ReadByte() (byte, error) {
-	if r.i >= len(r.b) {
-		return 0, io.EOF
-	}
-	c := r.b[r.i]
-	r.i++
-	return c, nil
-}
-
-func (r *frameReader) UnreadByte() error {
-	if r.i == 0 {
-		return errors.New("frameReader: UnreadByte at the start")
-	}
-	r.i--
-	return nil
-}
-
-// next returns the next msgpack value, whole, as a slice of the frame
-// (its capacity cut to its length, so that an append copies).
-func (r *frameReader) next() ([]byte, error) {
-	n, err := valueLen(r.b[r.i:])
-	if err != nil {
-		return nil, err
-	}
-	v := r.b[r.i : r.i+n : r.i+n]
-	r.i += n
-	return v, nil
+	return req, nil
 }

@@ -79,6 +79,31 @@ func TestCodecRoundTrip(t *testing.T) {
 	}
 }
 
+// Values other than a Request or Response go by reflection, with the
+// same bounds and errors.
+func TestCodecOtherTypes(t *testing.T) {
+	var buf bytes.Buffer
+	c := NewCodec(&buf, 0)
+	want := map[string]any{"a": []any{int8(1), "x"}, "b": nil}
+	if err := c.Write(want); err != nil {
+		t.Fatal(err)
+	}
+	var got map[string]any
+	if err := c.Read(&got); err != nil || !reflect.DeepEqual(got, want) {
+		t.Errorf("round trip: %#v, %v; want %#v", got, err, want)
+	}
+	if err := c.Write(make(chan int)); err == nil {
+		t.Error("a channel was encoded")
+	}
+	if err := c.Write([]any{"ok", 1}); err != nil {
+		t.Fatal(err)
+	}
+	var s string
+	if err := c.Read(&s); !errors.Is(err, ErrBadRequest) {
+		t.Errorf("an array read as a string: %v, want ErrBadRequest", err)
+	}
+}
+
 func TestReadFrameRefusesOversizeBeforeAllocating(t *testing.T) {
 	var hdr [4]byte
 	binary.BigEndian.PutUint32(hdr[:], 1<<31)
@@ -126,7 +151,7 @@ func TestDecodeRefusesLyingLengths(t *testing.T) {
 		"map32":          {0xdf, 0x7f, 0xff, 0xff, 0xff},
 		"str32":          {0x81, 0xa1, 'q', 0xdb, 0x7f, 0xff, 0xff, 0xff},
 		"deep nesting":   bytes.Repeat([]byte{0x91}, 1000),
-		// A map inside a fixext16, whose 16 bytes checkBounds takes as
+		// A map inside a fixext16, whose 16 bytes msgp.Validate takes as
 		// opaque, but msgpack's DecodeMapLen reads as the map (found by
 		// FuzzDecodeRequest: it asked for 51 GB).
 		"ext-wrapped map": {0xd8, 0xd8, 0x81, 0xa5, 'i', 't', 'e', 'm', 's', 0xdd, 0x7f, 0xff, 0xff, 0x7c, 0x7c, 0x7c, 0x7c, 0xff},

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/qm-dev/qm/internal/msgp"
 	"github.com/qm-dev/qm/internal/jsonval"
 	"github.com/qm-dev/qm/wire"
 	"github.com/schollz/progressbar/v3"
@@ -478,7 +479,7 @@ func collect(ctx context.Context, finish <-chan struct{}, c *wire.Client, queue 
 }
 
 // msgpackNil is the msgpack encoding of nil.
-var msgpackNil = msgpack.RawMessage{0xc0}
+var msgpackNil = msgpack.RawMessage(msgp.AppendNil(nil))
 
 func newMapBar(w io.Writer, max int) *progressbar.ProgressBar {
 	return progressbar.NewOptions(max,

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/qm-dev/qm/internal/msgp"
 	"github.com/qm-dev/qm/master/queue"
 	"github.com/qm-dev/qm/pyproto"
 	"github.com/qm-dev/qm/wire"
@@ -310,7 +311,7 @@ func (p *conn) get(name string, block bool, args *pyproto.Params, timeoutArg int
 func (p *conn) taskReply(t queue.Task) (reply, string) {
 	payload := t.Payload
 	if len(payload) == 0 {
-		payload = []byte{0xc0} // a native client's nil arrives empty
+		payload = msgp.AppendNil(nil) // a native client's nil arrives empty
 	}
 	if f, ok := pyproto.MapFields(payload); ok && isResultShape(f) {
 		if r, err := wire.DecodeResult(payload); err == nil {
