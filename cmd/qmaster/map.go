@@ -12,8 +12,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/qm-dev/qm/internal/msgp"
 	"github.com/qm-dev/qm/internal/jsonval"
+	"github.com/qm-dev/qm/internal/msgp"
 	"github.com/qm-dev/qm/wire"
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
