@@ -112,7 +112,7 @@ func runDiskFull(t *testing.T, crash bool) {
 		}
 		ids, err := c.Put(context.Background(), "tasks", ps, wire.PutOptions{ReplyTo: "results"})
 		if err != nil {
-			if !strings.Contains(err.Error(), "disk full") {
+			if !errors.Is(err, wire.ErrDiskFull) {
 				t.Fatalf("put %d: %v", i, err)
 			}
 			refused++

@@ -347,14 +347,14 @@ func TestDurableDiskFull(t *testing.T) {
 		}
 		stored = append(stored, p)
 	}
-	if putErr == nil || !strings.Contains(putErr.Error(), "disk full") || !strings.Contains(putErr.Error(), "nothing of this put was queued") {
+	if !errors.Is(putErr, wire.ErrDiskFull) || !strings.Contains(putErr.Error(), "nothing of this put was queued") {
 		t.Fatalf("puts on a 2 MiB disk: %v; want a disk full error saying nothing was queued", putErr)
 	}
 	if got := contents(t, c, "tasks"); got[refused] != 0 || len(got) != len(stored) {
 		t.Fatalf("after the refused put the queue holds %d tasks (the refused one %d times); want the %d stored",
 			len(got), got[refused], len(stored))
 	}
-	if _, err := c.Put(context.Background(), "tasks", []any{"more"}, wire.PutOptions{}); err == nil || !strings.Contains(err.Error(), "disk full") {
+	if _, err := c.Put(context.Background(), "tasks", []any{"more"}, wire.PutOptions{}); !errors.Is(err, wire.ErrDiskFull) {
 		t.Fatalf("a put while the disk is full: %v; want disk full", err)
 	}
 	if out, err := exec.Command("mount", "-o", "remount,size=64m", dir).CombinedOutput(); err != nil {

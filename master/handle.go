@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/qm-dev/qm/master/queue"
+	"github.com/qm-dev/qm/store"
 	"github.com/qm-dev/qm/wire"
 )
 
@@ -283,23 +284,28 @@ func queueTasks(ts []wire.Task) []queue.Task {
 	return out
 }
 
-// errorResponse turns err into a response with its wire code, mapping the
-// queue package's sentinels to the protocol's.
+// wireSentinels are the protocol's names for the errors of the queues and
+// the store.
+var wireSentinels = []struct{ local, wire error }{
+	{queue.ErrUnknownQueue, wire.ErrUnknownQueue},
+	{queue.ErrQueueFull, wire.ErrQueueFull},
+	{queue.ErrNotLeased, wire.ErrNotLeased},
+	{queue.ErrNoSuchTask, wire.ErrNoSuchTask},
+	{queue.ErrBadQueueName, wire.ErrBadRequest},
+	{queue.ErrBadArgument, wire.ErrBadRequest},
+	{queue.ErrClosed, wire.ErrShuttingDown},
+	{store.ErrDiskFull, wire.ErrDiskFull},
+}
+
+// errorResponse turns err into a response with its wire code: err's
+// sentinels, the queues' and the store's named as the protocol names
+// them, coded by wire.CodeOf's precedence.
 func errorResponse(err error) *wire.Response {
-	code := wire.CodeOf(err)
-	switch {
-	case errors.Is(err, queue.ErrUnknownQueue):
-		code = wire.CodeUnknownQueue
-	case errors.Is(err, queue.ErrQueueFull):
-		code = wire.CodeQueueFull
-	case errors.Is(err, queue.ErrNotLeased):
-		code = wire.CodeNotLeased
-	case errors.Is(err, queue.ErrNoSuchTask):
-		code = wire.CodeNoSuchTask
-	case errors.Is(err, queue.ErrBadQueueName), errors.Is(err, queue.ErrBadArgument):
-		code = wire.CodeBadRequest
-	case errors.Is(err, queue.ErrClosed):
-		code = wire.CodeShuttingDown
+	all := []error{err}
+	for _, s := range wireSentinels {
+		if errors.Is(err, s.local) {
+			all = append(all, s.wire)
+		}
 	}
-	return &wire.Response{Code: code, Error: err.Error()}
+	return &wire.Response{Code: wire.CodeOf(errors.Join(all...)), Error: err.Error()}
 }

@@ -23,6 +23,7 @@ const (
 	CodeNoSuchTask
 	CodeMasterFull
 	CodeTooManyStreams
+	CodeDiskFull
 )
 
 var (
@@ -49,6 +50,10 @@ var (
 	// a put when it holds --max-memory, a connection beyond --max-conns.
 	// Retrying later may succeed.
 	ErrMasterFull = errors.New("master full")
+	// ErrDiskFull is returned when the master's data directory has no
+	// room for a put. Nothing of the put was queued unless the error says
+	// so; gets, acks and results go on, and retrying later may succeed.
+	ErrDiskFull = errors.New("disk full")
 	// ErrTooManyStreams is returned when a client has more calls in
 	// progress on one connection than the master allows (--max-streams).
 	ErrTooManyStreams = errors.New("too many concurrent calls on one connection")
@@ -78,6 +83,7 @@ var codes = []struct {
 }{
 	{CodeShuttingDown, ErrShuttingDown},
 	{CodeMasterFull, ErrMasterFull},
+	{CodeDiskFull, ErrDiskFull},
 	{CodeTooManyStreams, ErrTooManyStreams},
 	{CodeBadRequest, ErrBadRequest},
 	{CodeTooLarge, ErrMessageTooLarge},
