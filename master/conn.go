@@ -196,13 +196,16 @@ func (c *clientConn) refuseStream(stream *yamux.Stream) {
 	}
 	_ = stream.SetWriteDeadline(now.Add(time.Second))
 	err := fmt.Errorf("%w: more than %d in progress (--max-streams)", wire.ErrTooManyStreams, c.s.cfg.MaxStreams)
-	_ = wire.NewCodec(stream, c.s.cfg.MaxMessageSize).Write(errorResponse(err))
+	resp := errorResponse(err)
+	resp.StreamClosed = true
+	_ = wire.NewCodec(stream, c.s.cfg.MaxMessageSize).Write(resp)
 	stream.Close()
 }
 
 // serveStream answers the calls on one stream in order until the client
-// closes it. A frame that is read whole but fails to decode gets an error
-// reply and the stream goes on; anything else ends the stream.
+// closes it. A frame that is read whole but fails to decode, or one over
+// the size limit that the codec read and dropped, gets an error reply and
+// the stream goes on; anything else ends the stream.
 func (c *clientConn) serveStream(stream *yamux.Stream) {
 	defer stream.Close()
 	codec := wire.NewCodec(stream, c.s.cfg.MaxMessageSize)
@@ -212,11 +215,18 @@ func (c *clientConn) serveStream(stream *yamux.Stream) {
 	for {
 		var req wire.Request
 		err := codec.Read(&req)
-		if err != nil && !errors.Is(err, wire.ErrBadRequest) {
-			if errors.Is(err, wire.ErrMessageTooLarge) {
+		var tooLarge *wire.TooLargeError
+		if errors.As(err, &tooLarge) {
+			err = fmt.Errorf("%w (the master's --max-message-size)", err)
+			if !tooLarge.Skipped {
 				c.s.log.Warn("message too large; stream closed", "remote", c.addr, "err", err)
-				_ = codec.Write(errorResponse(err))
+				resp := errorResponse(err)
+				resp.StreamClosed = true
+				_ = codec.Write(resp)
+				return
 			}
+			c.s.log.Warn("message too large; refused", "remote", c.addr, "err", err)
+		} else if err != nil && !errors.Is(err, wire.ErrBadRequest) {
 			return
 		}
 		c.active.Add(1)

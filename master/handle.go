@@ -62,6 +62,7 @@ func (c *clientConn) handle(req *wire.Request, buf *callBuffers) *wire.Response 
 	case wire.OpHello:
 		c.setIdentity(req.Role, req.Name)
 		resp.ClientID = c.id
+		resp.MaxMessageSize = c.s.cfg.MaxMessageSize
 	case wire.OpPut:
 		resp.IDs, err = c.put(req)
 	case wire.OpGet:

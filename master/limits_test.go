@@ -232,3 +232,23 @@ func TestMaxMemory(t *testing.T) {
 		t.Errorf("qm_refusals_total{limit=max_memory} = %v, want >= 1", v)
 	}
 }
+
+// TestOversizedPutFailsAtOnce: a client learns the master's message limit
+// when it says hello, so a put over it fails at once with a coded error
+// that names both sizes, and the client goes on working.
+func TestOversizedPutFailsAtOnce(t *testing.T) {
+	addr, _ := qmtest.StartMaster(t, master.Config{MaxMessageSize: 1 << 20})
+	c := qmtest.Dial(t, addr, "producer")
+	ctx := ctxFor(t, 10*time.Second)
+	start := time.Now()
+	_, err := c.Put(ctx, "tasks", []any{make([]byte, 2<<20)}, wire.PutOptions{})
+	if !errors.Is(err, wire.ErrMessageTooLarge) || !strings.Contains(err.Error(), "message too large (2.0 MiB > 1 MiB)") {
+		t.Fatalf("a 2 MiB put to a 1 MiB master: %v; want message too large (2.0 MiB > 1 MiB)", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("the refusal took %s", d)
+	}
+	if _, err := c.Put(ctx, "tasks", []any{1}, wire.PutOptions{}); err != nil {
+		t.Fatalf("a small put after the refusal: %v", err)
+	}
+}

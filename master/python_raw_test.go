@@ -154,18 +154,36 @@ func TestPythonRawFirstRequestDeadline(t *testing.T) {
 }
 
 // TestPythonRawOversized: a frame beyond MaxMessageSize gets an error
-// reply and the connection is closed; other clients are served.
+// reply at once and the connection goes on; one beyond what the master
+// reads and drops (1 GiB) gets the reply and the connection is closed;
+// other clients are served.
 func TestPythonRawOversized(t *testing.T) {
 	addr, _ := qmtest.StartMaster(t, master.Config{MaxMessageSize: 1024})
 	conn := pyDial(t, addr)
-	if _, err := conn.Write(binary.BigEndian.AppendUint32(nil, 5000)); err != nil {
+	start := time.Now()
+	if _, err := conn.Write(append(binary.BigEndian.AppendUint32(nil, 5000), make([]byte, 5000)...)); err != nil {
 		t.Fatal(err)
 	}
 	msg, err := pyproto.ReadMessage(conn, 1<<20)
-	if err != nil || !strings.Contains(string(msg), "message too large") {
+	if err != nil || !strings.Contains(string(msg), "message too large (4.9 KiB > 1 KiB)") {
 		t.Fatalf("reply %q, %v", msg, err)
 	}
-	wantEOF(t, conn, 5*time.Second)
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("the refusal took %s", d)
+	}
+	if kind, _, _ := pyRoundTrip(t, conn, pyRequest(nil, "dummy")); kind != pyproto.KindReturn {
+		t.Fatalf("the same connection after the refusal: %s", kind)
+	}
+
+	huge := pyDial(t, addr)
+	if _, err := huge.Write(binary.BigEndian.AppendUint32(nil, 0x7fffffff)); err != nil {
+		t.Fatal(err)
+	}
+	msg, err = pyproto.ReadMessage(huge, 1<<20)
+	if err != nil || !strings.Contains(string(msg), "message too large (2.0 GiB > 1 KiB)") {
+		t.Fatalf("reply %q, %v", msg, err)
+	}
+	wantEOF(t, huge, 5*time.Second)
 	other := pyDial(t, addr)
 	if kind, _, _ := pyRoundTrip(t, other, pyRequest(nil, "dummy")); kind != pyproto.KindReturn {
 		t.Fatalf("second client: %s", kind)

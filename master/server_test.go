@@ -3,6 +3,7 @@ package master_test
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -395,7 +396,27 @@ func TestMalformedFramesLeaveOthersServed(t *testing.T) {
 		t.Errorf("good request after bad ones: %+v, %v", resp, err)
 	}
 
-	// An oversized frame: an error reply, then that stream is closed.
+	// An oversized frame the master reads and drops: an error reply at
+	// once, and the stream goes on.
+	body := make([]byte, 100<<10)
+	if _, err := stream.Write(append(binary.BigEndian.AppendUint32(nil, uint32(len(body))), body...)); err != nil {
+		t.Fatal(err)
+	}
+	resp = wire.Response{}
+	if err := codec.Read(&resp); err != nil || resp.Code != wire.CodeTooLarge || resp.StreamClosed ||
+		!strings.Contains(resp.Error, "message too large (100 KiB > 64 KiB)") {
+		t.Errorf("oversized frame: %+v, %v; want a too-large reply that keeps the stream", resp, err)
+	}
+	resp = wire.Response{}
+	if err := codec.Write(&wire.Request{Op: wire.OpQueues}); err != nil {
+		t.Fatal(err)
+	}
+	if err := codec.Read(&resp); err != nil || resp.Code != wire.CodeOK {
+		t.Errorf("good request after an oversized one: %+v, %v", resp, err)
+	}
+
+	// An oversized frame beyond what the master drops (1 GiB): an error
+	// reply, then that stream is closed.
 	big, err := sess.OpenStream()
 	if err != nil {
 		t.Fatal(err)
@@ -405,7 +426,7 @@ func TestMalformedFramesLeaveOthersServed(t *testing.T) {
 	}
 	bigCodec := wire.NewCodec(big, 1<<16)
 	resp = wire.Response{}
-	if err := bigCodec.Read(&resp); err != nil || resp.Code != wire.CodeTooLarge {
+	if err := bigCodec.Read(&resp); err != nil || resp.Code != wire.CodeTooLarge || !resp.StreamClosed {
 		t.Errorf("oversized frame: %+v, %v", resp, err)
 	}
 	if err := bigCodec.Read(&wire.Response{}); !errors.Is(err, io.EOF) {

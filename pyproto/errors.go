@@ -2,7 +2,9 @@ package pyproto
 
 import (
 	"errors"
+	"fmt"
 
+	"github.com/qm-dev/qm/internal/bytesize"
 	"github.com/qm-dev/qm/internal/msgp"
 )
 
@@ -50,3 +52,17 @@ var (
 	// negative but not -1, the marker of the 8-byte form.
 	ErrBadFrame = errors.New("bad frame length")
 )
+
+// TooLargeError is a frame longer than ReadMessage's limit. It matches
+// ErrMessageTooLarge.
+type TooLargeError struct {
+	Size  uint64
+	Limit int
+}
+
+func (e *TooLargeError) Error() string {
+	return fmt.Sprintf("%v (%s > %s)", ErrMessageTooLarge, bytesize.Format(int64(min(e.Size, 1<<62))), bytesize.Format(int64(e.Limit)))
+}
+
+// Is reports whether target is ErrMessageTooLarge.
+func (e *TooLargeError) Is(target error) bool { return target == ErrMessageTooLarge }

@@ -33,8 +33,9 @@ func appendHeader(b []byte, n int) []byte {
 // ReadMessage reads one frame, as written by WriteMessage or by Python's
 // Connection.send_bytes, and returns its body.
 //
-// A frame longer than limit is refused with ErrMessageTooLarge before anything
-// is allocated for it. Within the limit, the body's buffer grows as its bytes
+// A frame longer than limit is refused with a *TooLargeError (it matches
+// ErrMessageTooLarge) before anything is allocated for it; its body is
+// left unread. Within the limit, the body's buffer grows as its bytes
 // arrive (doubling from readChunk), so a peer cannot make us allocate from a
 // length it chose either: a header that claims 64 MiB and sends nothing more
 // costs readChunk, not 64 MiB. A negative length other than -1 gives
@@ -58,7 +59,7 @@ func ReadMessage(r io.Reader, limit int) ([]byte, error) {
 		size = uint64(n)
 	}
 	if limit < 0 || size > uint64(limit) {
-		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrMessageTooLarge, size, limit)
+		return nil, &TooLargeError{Size: size, Limit: limit}
 	}
 	return readBody(r, int(size))
 }

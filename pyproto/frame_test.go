@@ -70,7 +70,7 @@ func TestReadMessageTooLargeDoesNotAllocate(t *testing.T) {
 			if !errors.Is(err, pyproto.ErrMessageTooLarge) {
 				t.Fatalf("err = %v, want ErrMessageTooLarge", err)
 			}
-			if !strings.Contains(err.Error(), "limit 256") {
+			if !strings.Contains(err.Error(), "> 256 B)") {
 				t.Errorf("error %q does not give the limit", err)
 			}
 			if n := after.TotalAlloc - before.TotalAlloc; n > 1<<20 {

@@ -13,8 +13,9 @@ import (
 
 // oldMaster serves one connection the way a master that predates chained
 // requests does: it answers each request and ignores the Then it does not
-// know. It reports each request it read on reqs.
-func oldMaster(t *testing.T, reqs chan<- Request) string {
+// know. It reports each request it read on reqs. With closeStreams, it
+// closes each stream after one response, saying so in it.
+func oldMaster(t *testing.T, reqs chan<- Request, closeStreams bool) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -50,11 +51,11 @@ func oldMaster(t *testing.T, reqs chan<- Request) string {
 						return
 					}
 					reqs <- req
-					resp := Response{ClientID: 1}
+					resp := Response{ClientID: 1, StreamClosed: closeStreams}
 					if req.Op == OpPut {
 						resp.IDs = []uint64{1}
 					}
-					if err := codec.Write(&resp); err != nil {
+					if err := codec.Write(&resp); err != nil || closeStreams {
 						return
 					}
 				}
@@ -68,7 +69,7 @@ func oldMaster(t *testing.T, reqs chan<- Request) string {
 // told apart from a Then that found nothing: ErrChainIgnored.
 func TestChainIgnoredByOldMaster(t *testing.T) {
 	reqs := make(chan Request, 8)
-	addr := oldMaster(t, reqs)
+	addr := oldMaster(t, reqs, false)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	c, err := Dial(ctx, Config{Addr: addr, Role: "worker"})
@@ -89,5 +90,24 @@ func TestChainIgnoredByOldMaster(t *testing.T) {
 	ids, ts, putErr, err := c.PutThenGet(ctx, "tasks", []msgpack.RawMessage{{0x02}}, PutOptions{}, "results", GetOptions{})
 	if putErr != nil || !errors.Is(err, ErrChainIgnored) || len(ids) != 1 || len(ts) != 0 {
 		t.Fatalf("PutThenGet at an old master: ids %v, tasks %v, putErr %v, err %v; want the put's id and ErrChainIgnored", ids, ts, putErr, err)
+	}
+}
+
+// A stream the master says it closes never goes back to the client's
+// pool: each call after it runs on a new stream and succeeds.
+func TestStreamClosedByMasterNotReused(t *testing.T) {
+	reqs := make(chan Request, 8)
+	addr := oldMaster(t, reqs, true)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := Dial(ctx, Config{Addr: addr, Role: "producer"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for i := range 3 {
+		if _, err := c.Queues(ctx); err != nil {
+			t.Fatalf("call %d after a stream the master closed: %v", i, err)
+		}
 	}
 }

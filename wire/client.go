@@ -80,10 +80,10 @@ const maxIdleStreams = 32
 // delays a put from another goroutine.
 type Client struct {
 	sess *yamux.Session
-	max  int
 	id   uint64
 
 	mu     sync.Mutex
+	max    int // the message size limit: ours, or the master's if lower
 	idle   []*clientStream
 	closed bool
 }
@@ -187,6 +187,19 @@ func (c *Client) hello(ctx context.Context, cfg Config) error {
 		return err
 	}
 	c.id = resp.ClientID
+	if m := resp.MaxMessageSize; m > 0 && m < c.max {
+		// Send nothing the master would refuse, and say so at once: a
+		// message it refuses costs the whole upload first. The stream of
+		// the hello has the old limit; let it go.
+		c.mu.Lock()
+		c.max = m
+		idle := c.idle
+		c.idle = nil
+		c.mu.Unlock()
+		for _, cs := range idle {
+			cs.s.Close()
+		}
+	}
 	return nil
 }
 
@@ -233,7 +246,10 @@ func (c *Client) stream() (*clientStream, error) {
 		}
 		return nil, err
 	}
-	return &clientStream{s: s, codec: NewCodec(s, c.max)}, nil
+	c.mu.Lock()
+	limit := c.max
+	c.mu.Unlock()
+	return &clientStream{s: s, codec: NewCodec(s, limit)}, nil
 }
 
 func (c *Client) putStream(cs *clientStream) {
@@ -279,7 +295,7 @@ func (c *Client) call(ctx context.Context, req *Request, resp *Response) error {
 		return err
 	}
 	switch {
-	case resp.Code == CodeTooManyStreams:
+	case resp.StreamClosed, resp.Code == CodeTooManyStreams: // the latter from masters before StreamClosed
 		cs.s.Close() // the master closed this stream
 	case stopped:
 		c.putStream(cs)

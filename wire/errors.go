@@ -3,6 +3,8 @@ package wire
 import (
 	"errors"
 	"fmt"
+
+	"github.com/qm-dev/qm/internal/bytesize"
 )
 
 // Code identifies an error both sides of the wire recognise, so that
@@ -146,3 +148,19 @@ func errorFromResponse(r *Response) error {
 	}
 	return &RemoteError{Code: r.Code, Message: msg}
 }
+
+// TooLargeError is a message longer than the size limit of the side that
+// refused it. It matches ErrMessageTooLarge.
+type TooLargeError struct {
+	Size, Limit int
+	// Skipped says that the frame's body was read and dropped, so the
+	// stream is still in step (see Codec.Read).
+	Skipped bool
+}
+
+func (e *TooLargeError) Error() string {
+	return fmt.Sprintf("%v (%s > %s)", ErrMessageTooLarge, bytesize.Format(int64(e.Size)), bytesize.Format(int64(e.Limit)))
+}
+
+// Is reports whether target is ErrMessageTooLarge.
+func (e *TooLargeError) Is(target error) bool { return target == ErrMessageTooLarge }

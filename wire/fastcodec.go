@@ -412,7 +412,8 @@ func (r Response) EncodeMsgpack(enc *msgpack.Encoder) error {
 func appendResponse(b []byte, r *Response) ([]byte, error) {
 	n := 0
 	for _, set := range [...]bool{r.Code != 0, r.Error != "", len(r.IDs) > 0, len(r.Tasks) > 0,
-		len(r.Stats) > 0, len(r.Clients) > 0, len(r.Queues) > 0, r.Count != 0, r.Lease != 0, r.ClientID != 0, r.Then != nil} {
+		len(r.Stats) > 0, len(r.Clients) > 0, len(r.Queues) > 0, r.Count != 0, r.Lease != 0, r.ClientID != 0,
+		r.MaxMessageSize != 0, r.StreamClosed, r.Then != nil} {
 		if set {
 			n++
 		}
@@ -452,6 +453,14 @@ func appendResponse(b []byte, r *Response) ([]byte, error) {
 	if r.ClientID != 0 {
 		b = msgp.AppendStr(b, "client_id")
 		b = msgp.AppendUint(b, r.ClientID)
+	}
+	if r.MaxMessageSize != 0 {
+		b = msgp.AppendStr(b, "max_msg")
+		b = msgp.AppendInt(b, int64(r.MaxMessageSize))
+	}
+	if r.StreamClosed {
+		b = msgp.AppendStr(b, "stream_closed")
+		b = msgp.AppendBool(b, true)
 	}
 	if r.Then != nil {
 		return appendResponse(msgp.AppendStr(b, "then"), r.Then)
@@ -529,6 +538,10 @@ func (r *Response) decode(rd *msgp.Reader, chained bool) error {
 			r.Lease, err = readDuration(rd)
 		case "client_id":
 			r.ClientID, err = rd.Uint()
+		case "max_msg":
+			r.MaxMessageSize, err = readInt(rd)
+		case "stream_closed":
+			r.StreamClosed, err = rd.Bool()
 		case "then":
 			if chained {
 				return errNestedThen

@@ -3,6 +3,7 @@ package wire
 import (
 	"bufio"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -10,6 +11,10 @@ import (
 
 // frameHeaderLen is the size of the big-endian length that precedes every frame.
 const frameHeaderLen = 4
+
+// maxSkippedFrame bounds the oversized frames Codec.Read reads and drops
+// to keep its stream in step; a longer one ends the stream.
+const maxSkippedFrame = 1 << 30
 
 // frameChunk is the most ReadFrame allocates for a frame before its bytes
 // arrive; a frame of at most this size takes one allocation.
@@ -26,7 +31,7 @@ func ReadFrame(r io.Reader, buf []byte, max int) ([]byte, error) {
 	}
 	n := int(binary.BigEndian.Uint32(hdr[:]))
 	if uint64(n) > uint64(max) {
-		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrMessageTooLarge, n, max)
+		return nil, &TooLargeError{Size: n, Limit: max}
 	}
 	buf = buf[:0]
 	if cap(buf) < n {
@@ -75,7 +80,7 @@ func (c *Codec) Write(v any) error {
 	}
 	n := len(b) - frameHeaderLen
 	if n > c.max {
-		return fmt.Errorf("%w: %d bytes, limit %d", ErrMessageTooLarge, n, c.max)
+		return &TooLargeError{Size: n, Limit: c.max}
 	}
 	binary.BigEndian.PutUint32(b, uint32(n))
 	_, err = c.rw.Write(b)
@@ -84,13 +89,22 @@ func (c *Codec) Write(v any) error {
 
 // Read decodes one frame into v, which must be zeroed first. An error wrapping ErrBadRequest means the
 // frame was read whole but its body was malformed, so the stream is still
-// in step; any other error leaves the stream unusable.
+// in step; so does a *TooLargeError with Skipped set: a frame over the
+// limit but within maxSkippedFrame is read and dropped, so that a peer
+// that sent it gets its answer rather than a stream that stops reading.
+// Any other error leaves the stream unusable.
 //
 // Each frame is read into a buffer of its own, which the payloads decoded
 // from it (Task.Payload, Completion.Value, Request.Items) share instead of
 // each being copied out: one allocation per frame, not per payload.
 func (c *Codec) Read(v any) error {
 	b, err := ReadFrame(c.r, nil, c.max)
+	var tl *TooLargeError
+	if errors.As(err, &tl) && tl.Size <= maxSkippedFrame {
+		_, derr := c.r.Discard(tl.Size)
+		tl.Skipped = derr == nil
+		return tl
+	}
 	if err != nil {
 		return err
 	}

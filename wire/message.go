@@ -92,6 +92,12 @@ type Response struct {
 	Lease   time.Duration `msgpack:"lease,omitempty"` // get: the lease granted
 	// ClientID is the master's name for this client (hello).
 	ClientID uint64 `msgpack:"client_id,omitempty"`
+	// MaxMessageSize is the master's limit on one message (hello): a
+	// client sends nothing larger, and says so at once.
+	MaxMessageSize int `msgpack:"max_msg,omitempty"`
+	// StreamClosed says that the master closes the stream after this
+	// response, so the client must not reuse it.
+	StreamClosed bool `msgpack:"stream_closed,omitempty"`
 	// Then answers Request.Then; nil if it did not run because this
 	// request failed.
 	Then *Response `msgpack:"then,omitempty"`

@@ -19,24 +19,26 @@ type testClient struct{ Client }
 func (testClient) Addr() string { return "127.0.0.1:4000" }
 
 // The routing rule of results.go: after a get delivers a task with a
-// reply queue, the next put to another queue is its result, in the reply
-// queue; a put to the task's own queue, and any put after that result,
-// go where they name.
+// reply queue, the next put to the results queue (or the reply queue) is
+// its result, in the reply queue; a put to any other queue, and any put
+// after that result, go where they name.
 func TestResultRouting(t *testing.T) {
 	m, err := queue.New(queue.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(m.Close)
-	p := &conn{s: New(Config{Backend: testBackend{m}}), c: testClient{}, name: "worker-1"}
+	p := &conn{s: New(Config{Backend: testBackend{m}, ResultsQueue: "results"}), c: testClient{}, name: "worker-1"}
 
 	p.took("tasks", queue.Task{ID: 7, Attempts: 2}) // no reply queue: owes nothing
 	if r := p.resultOf("other"); r != nil {
 		t.Fatalf("a task without a reply queue made a put a result: %+v", r)
 	}
 	p.took("tasks", queue.Task{ID: 8, Attempts: 1, ReplyTo: "replies"})
-	if r := p.resultOf("tasks"); r != nil {
-		t.Fatalf("a put back to the task's own queue was taken as its result: %+v", r)
+	for _, q := range []string{"tasks", "b"} {
+		if r := p.resultOf(q); r != nil {
+			t.Fatalf("a put to %s was taken as the task's result: %+v", q, r)
+		}
 	}
 	r := p.resultOf("results")
 	if r == nil || r.id != 8 || r.replyTo != "replies" {

@@ -118,12 +118,18 @@ func (s *Server) pending(q string) int {
 	return s.unfinished[q]
 }
 
-// frame is one frame read from a Python client, or the error that ended
-// reading.
+// frame is one frame read from a Python client; or one it refused whole
+// (tooLarge), to be answered with an error as the connection goes on; or
+// the error that ended reading.
 type frame struct {
-	msg []byte
-	err error
+	msg      []byte
+	tooLarge error
+	err      error
 }
+
+// maxSkippedFrame bounds the oversized frames that are read and dropped
+// so that the connection goes on; a longer one ends it.
+const maxSkippedFrame = 1 << 30
 
 // Serve serves one client, one request and one reply at a time, until it
 // leaves or its connection fails; then its leases are released. first
@@ -153,7 +159,13 @@ func (s *Server) Serve(c Client, first []byte) {
 			return
 		}
 		end := c.BeginCall()
-		r := p.handle(f.msg)
+		var r reply
+		if f.tooLarge != nil {
+			p.log.Warn("python client: message too large; refused", "err", f.tooLarge)
+			r = traceback("", "ValueError", fmt.Sprintf("%v (the master's --max-message-size)", f.tooLarge))
+		} else {
+			r = p.handle(f.msg)
+		}
 		err := pyproto.WriteMessage(c.Conn(), r.msg)
 		if r.after != nil {
 			r.after(err == nil)
@@ -199,20 +211,29 @@ func (p *conn) read(first []byte, frames chan<- frame, cancel context.CancelFunc
 	_ = nc.SetReadDeadline(time.Now().Add(p.s.cfg.HandshakeTimeout))
 	var r io.Reader = io.MultiReader(bytes.NewReader(first), nc)
 	for n := 0; ; n++ {
-		msg, err := pyproto.ReadMessage(r, p.s.cfg.MaxMessageSize)
-		if n == 0 && err == nil {
+		var f frame
+		f.msg, f.err = pyproto.ReadMessage(r, p.s.cfg.MaxMessageSize)
+		var tl *pyproto.TooLargeError
+		if errors.As(f.err, &tl) && tl.Size <= maxSkippedFrame {
+			// Drop the body, so that the client gets its answer and the
+			// connection goes on.
+			if _, err := io.CopyN(io.Discard, r, int64(tl.Size)); err == nil {
+				f.tooLarge, f.err = f.err, nil
+			}
+		}
+		if n == 0 && f.err == nil {
 			_ = nc.SetReadDeadline(time.Time{})
 			r = nc
 		}
-		if err != nil {
+		if f.err != nil {
 			cancel()
 		}
 		select {
-		case frames <- frame{msg: msg, err: err}:
+		case frames <- f:
 		case <-p.c.Context().Done():
 			return
 		}
-		if err != nil {
+		if f.err != nil {
 			return
 		}
 	}
