@@ -115,9 +115,11 @@ func (c *clientConn) serve() {
 		c.open.Add(1)
 		c.streams.Add(1)
 		if !c.s.goRun(func() { defer c.streams.Done(); defer c.open.Add(-1); c.serveStream(stream) }) {
+			// The master is stopping: refuse this call alone, so that the
+			// calls in progress on other streams are still answered.
 			c.streams.Done()
-			stream.Close()
-			break
+			c.open.Add(-1)
+			c.refuse(stream, wire.ErrShuttingDown)
 		}
 	}
 	c.close()
@@ -184,9 +186,7 @@ func (c *clientConn) handshake() (*yamux.Session, []byte, error) {
 }
 
 // refuseStream answers the first call of a stream beyond MaxStreams with
-// wire.ErrTooManyStreams, without reading it, and closes the stream. It
-// runs on the session's accept loop: a new stream has its whole window,
-// so the small write does not block (and is bounded by a deadline).
+// wire.ErrTooManyStreams.
 func (c *clientConn) refuseStream(stream *yamux.Stream) {
 	now := time.Now()
 	c.s.metrics.refused("max_streams")
@@ -194,8 +194,15 @@ func (c *clientConn) refuseStream(stream *yamux.Stream) {
 		c.s.log.Warn("too many calls in progress on one connection; call refused (logged at most once a second)",
 			"remote", c.addr, "client", c.id, "max_streams", c.s.cfg.MaxStreams)
 	}
-	_ = stream.SetWriteDeadline(now.Add(time.Second))
-	err := fmt.Errorf("%w: more than %d in progress (--max-streams)", wire.ErrTooManyStreams, c.s.cfg.MaxStreams)
+	c.refuse(stream, fmt.Errorf("%w: more than %d in progress (--max-streams)", wire.ErrTooManyStreams, c.s.cfg.MaxStreams))
+}
+
+// refuse answers the first call of a new stream with err, without
+// reading it, and closes the stream. It runs on the session's accept
+// loop: a new stream has its whole window, so the small write does not
+// block (and is bounded by a deadline).
+func (c *clientConn) refuse(stream *yamux.Stream, err error) {
+	_ = stream.SetWriteDeadline(time.Now().Add(time.Second))
 	resp := errorResponse(err)
 	resp.StreamClosed = true
 	_ = wire.NewCodec(stream, c.s.cfg.MaxMessageSize).Write(resp)
@@ -209,6 +216,15 @@ func (c *clientConn) refuseStream(stream *yamux.Stream) {
 func (c *clientConn) serveStream(stream *yamux.Stream) {
 	defer stream.Close()
 	codec := wire.NewCodec(stream, c.s.cfg.MaxMessageSize)
+	// A call counts as active from its first byte until its response is
+	// written, so that Shutdown's waitIdle never misses one half read.
+	inCall := false
+	codec.OnFrame(func() { c.active.Add(1); inCall = true })
+	defer func() {
+		if inCall {
+			c.active.Add(-1)
+		}
+	}()
 	// What gets and completes (of a request and of its Then) are built
 	// from, in buffers reused from call to call on this stream.
 	var bufs [2]callBuffers
@@ -229,7 +245,6 @@ func (c *clientConn) serveStream(stream *yamux.Stream) {
 		} else if err != nil && !errors.Is(err, wire.ErrBadRequest) {
 			return
 		}
-		c.active.Add(1)
 		start := time.Now()
 		c.lastSeen.Store(start.UnixNano())
 		var resp *wire.Response
@@ -258,6 +273,7 @@ func (c *clientConn) serveStream(stream *yamux.Stream) {
 		bufs[1].reset()
 		c.s.metrics.observe(op, start)
 		c.active.Add(-1)
+		inCall = false
 	}
 }
 

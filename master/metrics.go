@@ -86,7 +86,11 @@ func newMetrics(s *Server) *metrics {
 		Help: "Requests that carried a second one to run in the same call: a worker's complete and its next get, a producer's put and its get. " +
 			"Each op of a chain is also timed in qm_request_duration_seconds.",
 	})
-	m.reg.MustRegister(reqDur, m.handshakeFail, m.refusals, m.leaseExpiries, m.chained, &queueCollector{s: s},
+	inProgress := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "qm_calls_in_progress",
+		Help: "Calls of every client being read, handled or answered now; a shutdown waits for them.",
+	}, func() float64 { return float64(s.callsInProgress()) })
+	m.reg.MustRegister(reqDur, m.handshakeFail, m.refusals, m.leaseExpiries, m.chained, inProgress, &queueCollector{s: s},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if s.cfg.DataDir != "" {
 		m.fsync = prometheus.NewHistogram(prometheus.HistogramOpts{
@@ -201,6 +205,18 @@ func (qc *queueCollector) Collect(ch chan<- prometheus.Metric) {
 	for role, n := range qc.s.clientRoles() {
 		gauge(descClients, float64(n), role)
 	}
+}
+
+// callsInProgress counts the calls of every connection from their first
+// byte to their response.
+func (s *Server) callsInProgress() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var n int64
+	for c := range s.conns {
+		n += c.active.Load()
+	}
+	return n
 }
 
 // clientRoles counts the connected clients by role. A role a client

@@ -579,3 +579,55 @@ func TestFrameHeadersAloneCostLittle(t *testing.T) {
 		t.Fatalf("a good client meanwhile: %v", err)
 	}
 }
+
+// TestShutdownAnswersCallBeingRead: a call whose first bytes arrived
+// before Shutdown counts as in progress: Shutdown waits for the rest of
+// it and answers it, instead of closing the connection under it.
+func TestShutdownAnswersCallBeingRead(t *testing.T) {
+	addr, url, srv := qmtest.StartMasterHTTP(t, master.Config{})
+	sess, _ := rawSession(t, addr)
+	stream, err := sess.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var frame bytes.Buffer
+	if err := wire.NewCodec(&frame, 1<<16).Write(&wire.Request{Op: wire.OpQueues}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Write(frame.Bytes()[:2]); err != nil {
+		t.Fatal(err)
+	}
+	qmtest.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+		if v, _ := metricValue(scrape(t, url, string(qmtest.Authkey)), "qm_calls_in_progress"); v != 1 {
+			return fmt.Errorf("%v calls in progress, want the half-read one", v)
+		}
+		return nil
+	})
+
+	done := make(chan error, 1)
+	go func() { done <- srv.Shutdown(ctxFor(t, 10*time.Second)) }()
+	// The master's GoAway comes just before it waits for calls to end.
+	qmtest.CheckFor(t, 5*time.Second, time.Millisecond, func() error {
+		s, err := sess.OpenStream()
+		if err == nil {
+			s.Close()
+			return errors.New("no GoAway yet")
+		}
+		return nil
+	})
+	select {
+	case err := <-done:
+		t.Fatalf("Shutdown returned (%v) with a call half read", err)
+	default:
+	}
+	if _, err := stream.Write(frame.Bytes()[2:]); err != nil {
+		t.Fatal(err)
+	}
+	var resp wire.Response
+	if err := wire.NewCodec(stream, 1<<16).Read(&resp); err != nil || resp.Code != wire.CodeShuttingDown {
+		t.Fatalf("the half-read call got %+v, %v; want a shutting-down answer", resp, err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+}

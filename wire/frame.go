@@ -56,11 +56,18 @@ func ReadFrame(r io.Reader, buf []byte, max int) ([]byte, error) {
 // Codec reads and writes msgpack frames on one stream. It reuses its
 // buffer, so it is not safe for concurrent use: each stream has one owner.
 type Codec struct {
-	rw   io.ReadWriter
-	r    *bufio.Reader
-	max  int
-	wbuf []byte
+	rw      io.ReadWriter
+	r       *bufio.Reader
+	max     int
+	wbuf    []byte
+	onFrame func()
 }
+
+// OnFrame sets f to run in Read as soon as a frame's first byte has
+// arrived, before the frame is read: a server counts the call as in
+// progress from then on, so that a shutdown that waits for calls to end
+// never misses one it was reading.
+func (c *Codec) OnFrame(f func()) { c.onFrame = f }
 
 // NewCodec returns a Codec on rw that refuses frames longer than max bytes.
 func NewCodec(rw io.ReadWriter, max int) *Codec {
@@ -98,6 +105,12 @@ func (c *Codec) Write(v any) error {
 // from it (Task.Payload, Completion.Value, Request.Items) share instead of
 // each being copied out: one allocation per frame, not per payload.
 func (c *Codec) Read(v any) error {
+	if c.onFrame != nil {
+		if _, err := c.r.Peek(1); err != nil {
+			return err
+		}
+		c.onFrame()
+	}
 	b, err := ReadFrame(c.r, nil, c.max)
 	var tl *TooLargeError
 	if errors.As(err, &tl) && tl.Size <= maxSkippedFrame {

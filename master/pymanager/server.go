@@ -1,6 +1,7 @@
 package pymanager
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/binary"
@@ -125,6 +126,9 @@ type frame struct {
 	msg      []byte
 	tooLarge error
 	err      error
+	// end ends the call that Client.BeginCall began as the frame's first
+	// byte arrived; nil if none did.
+	end func(method string)
 }
 
 // maxSkippedFrame bounds the oversized frames that are read and dropped
@@ -155,10 +159,12 @@ func (s *Server) Serve(c Client, first []byte) {
 	}()
 	for f := range frames {
 		if f.err != nil {
+			if f.end != nil {
+				f.end("")
+			}
 			p.readFailed(f.err)
 			return
 		}
-		end := c.BeginCall()
 		var r reply
 		if f.tooLarge != nil {
 			p.log.Warn("python client: message too large; refused", "err", f.tooLarge)
@@ -170,7 +176,7 @@ func (s *Server) Serve(c Client, first []byte) {
 		if r.after != nil {
 			r.after(err == nil)
 		}
-		end(r.method)
+		f.end(r.method)
 		if err != nil {
 			p.log.Debug("python client: write failed", "err", err)
 			return
@@ -204,14 +210,20 @@ func Refuse(c net.Conn, header []byte, excType, text string) {
 
 // read reads frames until the connection fails or ends, and hands them to
 // the serving loop. The first frame must arrive within the handshake
-// timeout. Once reading fails, cancel ends the calls the client waits on.
+// timeout. A call begins (Client.BeginCall) as its frame's first byte
+// arrives, so that a shutdown waiting for calls to end never misses one
+// being read. Once reading fails, cancel ends the calls the client waits
+// on.
 func (p *conn) read(first []byte, frames chan<- frame, cancel context.CancelFunc) {
 	defer close(frames)
 	nc := p.c.Conn()
 	_ = nc.SetReadDeadline(time.Now().Add(p.s.cfg.HandshakeTimeout))
-	var r io.Reader = io.MultiReader(bytes.NewReader(first), nc)
+	r := bufio.NewReader(io.MultiReader(bytes.NewReader(first), nc))
 	for n := 0; ; n++ {
 		var f frame
+		if _, err := r.Peek(1); err == nil {
+			f.end = p.c.BeginCall()
+		}
 		f.msg, f.err = pyproto.ReadMessage(r, p.s.cfg.MaxMessageSize)
 		var tl *pyproto.TooLargeError
 		if errors.As(f.err, &tl) && tl.Size <= maxSkippedFrame {
@@ -223,7 +235,6 @@ func (p *conn) read(first []byte, frames chan<- frame, cancel context.CancelFunc
 		}
 		if n == 0 && f.err == nil {
 			_ = nc.SetReadDeadline(time.Time{})
-			r = nc
 		}
 		if f.err != nil {
 			cancel()
@@ -231,6 +242,9 @@ func (p *conn) read(first []byte, frames chan<- frame, cancel context.CancelFunc
 		select {
 		case frames <- f:
 		case <-p.c.Context().Done():
+			if f.end != nil {
+				f.end("")
+			}
 			return
 		}
 		if f.err != nil {
