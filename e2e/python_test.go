@@ -14,17 +14,23 @@ import (
 
 // pyClient is the prelude of the Python scripts: a classic BaseManager
 // client of the master at sys.argv[1], with the key in QM_AUTHKEY.
-const pyClient = `
+var pyClient = pyClientOf("get_tasks_queue", "get_results_queue")
+
+// pyClientOf is pyClient whose proxies tasks and results are those of the
+// typeids given.
+func pyClientOf(tasks, results string) string {
+	return fmt.Sprintf(`
 import os, queue, sys, time
 from multiprocessing.managers import BaseManager
 class QueueManager(BaseManager): pass
-QueueManager.register('get_tasks_queue')
-QueueManager.register('get_results_queue')
+QueueManager.register('%[1]s')
+QueueManager.register('%[2]s')
 host, port = sys.argv[1].rsplit(':', 1)
 m = QueueManager(address=(host, int(port)), authkey=os.environ['QM_AUTHKEY'].encode())
 m.connect()
-tasks = m.get_tasks_queue(); results = m.get_results_queue()
-`
+tasks = m.%[1]s(); results = m.%[2]s()
+`, tasks, results)
+}
 
 // startPython runs a Python client script against addr; its stdout is
 // returned by the function, once it exits.
@@ -165,19 +171,10 @@ func TestClassicScriptsMeetQworker(t *testing.T) {
 	py := qmtest.Pythons(t)[0]
 	_, addr := startMaster(t)
 	start(t, nil, nil, "qworker", "--server", addr, "--builtin", "square")
-	cmd := py.Command(t, 2*time.Minute, `
-import os, sys
-from multiprocessing.managers import BaseManager
-class QueueManager(BaseManager): pass
-QueueManager.register('get_task_queue')
-QueueManager.register('get_result_queue')
-host, port = sys.argv[1].rsplit(':', 1)
-m = QueueManager(address=(host, int(port)), authkey=os.environ['QM_AUTHKEY'].encode())
-m.connect()
-task, result = m.get_task_queue(), m.get_result_queue()
+	cmd := py.Command(t, 2*time.Minute, pyClientOf("get_task_queue", "get_result_queue")+`
 for n in range(1, 21):
-    task.put(n)
-print(sorted(result.get(timeout=30) for _ in range(20)))
+    tasks.put(n)
+print(sorted(results.get(timeout=30) for _ in range(20)))
 `, addr)
 	cmd.Env = append(cmd.Env, "QM_AUTHKEY="+authkey)
 	out, err := cmd.CombinedOutput()

@@ -191,16 +191,22 @@ func (c *Client) hello(ctx context.Context, cfg Config) error {
 		// Send nothing the master would refuse, and say so at once: a
 		// message it refuses costs the whole upload first. The stream of
 		// the hello has the old limit; let it go.
-		c.mu.Lock()
-		c.max = m
-		idle := c.idle
-		c.idle = nil
-		c.mu.Unlock()
-		for _, cs := range idle {
-			cs.s.Close()
-		}
+		c.dropIdle(func() { c.max = m })
 	}
 	return nil
+}
+
+// dropIdle runs f and takes the idle streams out of the pool under c.mu,
+// then closes them.
+func (c *Client) dropIdle(f func()) {
+	c.mu.Lock()
+	f()
+	idle := c.idle
+	c.idle = nil
+	c.mu.Unlock()
+	for _, cs := range idle {
+		cs.s.Close()
+	}
 }
 
 // ID is the master's identifier of this client.
@@ -211,17 +217,10 @@ func (c *Client) Done() <-chan struct{} { return c.sess.CloseChan() }
 
 // Close closes the connection. Calls in progress fail.
 func (c *Client) Close() error {
-	c.mu.Lock()
-	if c.closed {
-		c.mu.Unlock()
+	wasClosed := false
+	c.dropIdle(func() { wasClosed, c.closed = c.closed, true })
+	if wasClosed {
 		return nil
-	}
-	c.closed = true
-	idle := c.idle
-	c.idle = nil
-	c.mu.Unlock()
-	for _, cs := range idle {
-		cs.s.Close()
 	}
 	return c.sess.Close()
 }
