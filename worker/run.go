@@ -61,8 +61,8 @@ var errConnLost = errors.New("connection dropped")
 var errStop = errors.New("stop")
 
 // runner is the state of one Run. The goroutine that called Run drives it:
-// it connects, takes tasks and drains. Handlers run in goroutines started
-// by start. Their results go back with the Run goroutine's next get, in
+// it connects, takes tasks and drains. Handlers run on the pool's
+// goroutines. Their results go back with the Run goroutine's next get, in
 // one round trip (wire.Client.CompleteThenGet), when it is about to make
 // one; while it waits in a get, or between connections, the completer
 // goroutine sends them at once on their own.
@@ -74,6 +74,9 @@ type runner struct {
 	// noChain is set, by the Run goroutine, once the master has shown it
 	// does not run chained requests: completes and gets go separately.
 	noChain bool
+
+	pool    *pool // runs the handlers
+	started []job // start's scratch; the Run goroutine's
 
 	kick          chan struct{} // buffered 1: completions wait for the completer; closed by stop
 	completerDone chan struct{}
@@ -87,31 +90,11 @@ type runner struct {
 	running   int       // tasks whose handler has not returned yet
 	handled   int       // tasks completed, failed ones included
 	idleSince time.Time // when inflight last became 0
-	// Tasks wait in queue for a handler goroutine. idle of those wait on
-	// wake; looking is set while one has been woken (or started) and has
-	// not yet looked at the queue, so that a batch wakes one goroutine,
-	// not one per task: it takes the next task and wakes another for the
-	// rest, and a goroutine done with its task takes the next itself.
-	queue    []job // queue[qhead:] wait
-	qhead    int
-	idle     int
-	looking  bool
-	wake     sync.Cond // on mu
-	stopping bool      // set by stop: idle handler goroutines end
-	started  []job     // start's scratch; the Run goroutine's
 	// pending holds handlers' outcomes not yet sent. While collecting is
 	// set the Run goroutine sends them (it looks at pending before it
 	// next waits); otherwise the completer does.
 	pending    []finished
 	collecting bool
-	wg         sync.WaitGroup
-}
-
-// job is a task for a handler goroutine.
-type job struct {
-	s *session
-	l *lease
-	t Task
 }
 
 // finished is one handler's outcome, to be sent on its session.
@@ -132,7 +115,7 @@ func newRunner(ctx context.Context, cfg Config) *runner {
 		changed:       make(chan struct{}, 1),
 		idleSince:     time.Now(),
 	}
-	r.wake.L = &r.mu
+	r.pool = newPool(r.runTask)
 	go r.completer()
 	return r
 }
@@ -140,11 +123,7 @@ func newRunner(ctx context.Context, cfg Config) *runner {
 // stop waits for every handler goroutine and then for the completer,
 // which sends or drops what they left. Nothing is started after it.
 func (r *runner) stop() {
-	r.mu.Lock()
-	r.stopping = true
-	r.wake.Broadcast()
-	r.mu.Unlock()
-	r.wg.Wait()
+	r.pool.stop()
 	close(r.kick)
 	<-r.completerDone
 }
@@ -330,11 +309,8 @@ func (r *runner) drain(ctx context.Context, s *session) {
 	}
 }
 
-// start queues tasks for the handler goroutines. Handler goroutines live
-// until stop, so a task costs neither a new goroutine nor the growth of
-// its stack. At most Concurrency tasks run, and a goroutine is started
-// only when every other one is running a task, so there are at most that
-// many goroutines.
+// start hands tasks to the handler pool. At most Concurrency run: serve
+// takes no more than there are free slots.
 func (r *runner) start(s *session, tasks []Task) {
 	if len(tasks) == 0 {
 		return
@@ -347,65 +323,15 @@ func (r *runner) start(s *session, tasks []Task) {
 	r.mu.Lock()
 	r.inflight += len(tasks)
 	r.running += len(tasks)
-	if r.qhead > 0 { // drop the taken ones first, so that the array stays Concurrency long
-		n := copy(r.queue, r.queue[r.qhead:])
-		clear(r.queue[n:])
-		r.queue, r.qhead = r.queue[:n], 0
-	}
-	r.queue = append(r.queue, r.started...)
-	r.dispatchLocked()
 	r.mu.Unlock()
+	r.pool.add(r.started)
 	clear(r.started)
 }
 
-// dispatchLocked makes sure a handler goroutine comes for the queue: it
-// wakes an idle one, or starts one, unless one is on its way already.
-func (r *runner) dispatchLocked() {
-	if r.qhead == len(r.queue) || r.looking {
-		return
-	}
-	r.looking = true
-	if r.idle > 0 {
-		r.wake.Signal()
-		return
-	}
-	r.wg.Add(1)
-	go r.handle()
-}
-
-// handle runs queued tasks until stop. It was started or woken to look at
-// the queue; before it runs a task, it has another goroutine come for the
-// rest, so that a task that blocks holds up no other.
-func (r *runner) handle() {
-	defer r.wg.Done()
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.looking = false
-	for {
-		if r.qhead == len(r.queue) {
-			if r.stopping {
-				return
-			}
-			r.idle++
-			r.wake.Wait()
-			r.idle--
-			r.looking = false
-			continue
-		}
-		j := r.queue[r.qhead]
-		r.queue[r.qhead] = job{}
-		if r.qhead++; r.qhead == len(r.queue) {
-			r.queue, r.qhead = r.queue[:0], 0 // reuse the array
-		}
-		r.dispatchLocked()
-		r.mu.Unlock()
-		r.runTask(j.s, j.l, j.t)
-		r.mu.Lock()
-	}
-}
-
-// runTask runs the handler on t and hands the outcome to the completer.
-func (r *runner) runTask(s *session, l *lease, t Task) {
+// runTask runs the handler on a job's task, on a handler goroutine, and
+// hands the outcome on.
+func (r *runner) runTask(j job) {
+	s, l, t := j.s, j.l, j.t
 	var ctx context.Context = l
 	// "took" counts from when the task was taken, which its handler
 	// follows at once (Concurrency bounds what is taken): a clock read
