@@ -64,23 +64,32 @@ var errStop = errors.New("stop")
 // it connects, takes tasks and drains. Handlers run on the pool's
 // goroutines. Their results go back with the Run goroutine's next get, in
 // one round trip (wire.Client.CompleteThenGet), when it is about to make
-// one; while it waits in a get, or between connections, the completer
-// goroutine sends them at once on their own.
+// one; while a get waits at the master, they go at once on their own.
+//
+// The Run goroutine is the one that sends results: in serve it takes the
+// handlers' outcomes from pending and decides where each goes, with the
+// next get or on its own. It never waits on the network there: it hands
+// each get to the getter goroutine and each batch that goes on its own to
+// the completer goroutine, which make the calls, one at a time each, and
+// account for the results before they reply.
 type runner struct {
 	cfg  Config
 	log  *slog.Logger
 	base context.Context // Run's ctx without its cancellation: handlers outlive the drain
 	bo   backoff         // used by the Run goroutine only
-	// noChain is set, by the Run goroutine, once the master has shown it
-	// does not run chained requests: completes and gets go separately.
+	// noChain is set, by the getter, once the master has shown it does not
+	// run chained requests: completes and gets go separately.
 	noChain bool
 
 	pool    *pool // runs the handlers
 	started []job // start's scratch; the Run goroutine's
 
-	kick          chan struct{} // buffered 1: completions wait for the completer; closed by stop
-	completerDone chan struct{}
-	// changed is signalled whenever a handler returns or inflight drops,
+	gets      chan getCall  // to the getter; closed by stop
+	got       chan gotReply // buffered 1: from the getter
+	completes chan sendCall // to the completer; closed by stop
+	sent      chan struct{} // buffered 1: from the completer
+	callers   sync.WaitGroup
+	// changed is signalled whenever a handler returns, or drops its result,
 	// so that the Run goroutine can take more tasks, send results, or
 	// notice it is idle or done.
 	changed chan struct{}
@@ -90,11 +99,10 @@ type runner struct {
 	running   int       // tasks whose handler has not returned yet
 	handled   int       // tasks completed, failed ones included
 	idleSince time.Time // when inflight last became 0
-	// pending holds handlers' outcomes not yet sent. While collecting is
-	// set the Run goroutine sends them (it looks at pending before it
-	// next waits); otherwise the completer does.
-	pending    []finished
-	collecting bool
+	// pending holds handlers' outcomes until serve takes them. All are of
+	// the session serve is on: a handler whose session has ended drops its
+	// outcome itself.
+	pending []finished
 }
 
 // finished is one handler's outcome, to be sent on its session.
@@ -104,28 +112,55 @@ type finished struct {
 	c wire.Completion
 }
 
+// getCall is a get that serve hands the getter; fs go with it.
+type getCall struct {
+	ctx  context.Context
+	s    *session
+	fs   []finished
+	opts wire.GetOptions
+}
+
+// gotReply is the getter's reply to a getCall.
+type gotReply struct {
+	tasks []Task
+	err   error
+}
+
+// sendCall is a batch of outcomes that serve hands the completer.
+type sendCall struct {
+	s  *session
+	fs []finished
+}
+
 func newRunner(ctx context.Context, cfg Config) *runner {
 	r := &runner{
-		cfg:           cfg,
-		log:           cfg.Logger.With("worker", cfg.Name),
-		base:          context.WithoutCancel(ctx),
-		bo:            backoff{min: cfg.ReconnectMin, max: cfg.ReconnectMax},
-		kick:          make(chan struct{}, 1),
-		completerDone: make(chan struct{}),
-		changed:       make(chan struct{}, 1),
-		idleSince:     time.Now(),
+		cfg:       cfg,
+		log:       cfg.Logger.With("worker", cfg.Name),
+		base:      context.WithoutCancel(ctx),
+		bo:        backoff{min: cfg.ReconnectMin, max: cfg.ReconnectMax},
+		gets:      make(chan getCall),
+		got:       make(chan gotReply, 1),
+		completes: make(chan sendCall),
+		sent:      make(chan struct{}, 1),
+		changed:   make(chan struct{}, 1),
+		idleSince: time.Now(),
 	}
 	r.pool = newPool(r.runTask)
+	r.callers.Add(2)
+	go r.getter()
 	go r.completer()
 	return r
 }
 
-// stop waits for every handler goroutine and then for the completer,
-// which sends or drops what they left. Nothing is started after it.
+// stop waits for every handler goroutine, and then ends the getter and the
+// completer. By then no result is left to send: serve returned with none
+// in flight, or dropped them with its session, and the handlers of ended
+// sessions dropped their own.
 func (r *runner) stop() {
 	r.pool.stop()
-	close(r.kick)
-	<-r.completerDone
+	close(r.gets)
+	close(r.completes)
+	r.callers.Wait()
 }
 
 // run connects and serves sessions until the worker should stop.
@@ -134,7 +169,7 @@ func (r *runner) run(ctx context.Context) error {
 	for {
 		c, err := r.connect(ctx, afterLoss)
 		if errors.Is(err, errStop) {
-			r.drain(ctx, nil)
+			r.drain(ctx)
 			return nil
 		}
 		if err != nil {
@@ -143,9 +178,6 @@ func (r *runner) run(ctx context.Context) error {
 		s := r.newSession(c)
 		r.log.Info("connected to master", "server", r.cfg.Server, "queue", r.cfg.Tasks, "concurrency", r.cfg.Concurrency)
 		stop, err := r.serve(ctx, s)
-		if !stop {
-			r.log.Warn("connection to master lost; reconnecting", "server", r.cfg.Server, "err", err, "dropped", s.count())
-		}
 		s.close()
 		if stop {
 			return err
@@ -205,88 +237,143 @@ func permanent(err error) bool {
 
 // serve takes tasks on s until the worker should stop (stop is true, and
 // err says why if it is an error) or the connection is lost (stop is
-// false). Before it returns to stop, it drains.
+// false, see lose). Before it returns to stop, it drains.
+//
+// It is the one place results are sent from. An outcome taken from pending
+// goes with the next get if serve is about to make one; otherwise (every
+// slot is busy, a get is waiting at the master, or it drains) it goes on
+// its own, through the completer, at once unless the completer is busy
+// with a batch: then it goes with the next batch or get.
 func (r *runner) serve(ctx context.Context, s *session) (stop bool, err error) {
-	r.setCollecting(true)
-	defer r.setCollecting(false)
+	var (
+		held       []finished // taken from pending, not yet handed on
+		getting    bool       // the getter has a get of ours
+		completing bool       // the completer has a batch of ours
+		draining   bool       // no more gets: wait until nothing is in flight
+		stopErr    error      // why serve stops once drained, if for an error
+	)
+	// quit returns, once nothing is in flight, after the completer's reply.
+	quit := func(err error) (bool, error) {
+		if completing {
+			<-r.sent
+		}
+		return true, err
+	}
+	cancelled := ctx.Done()
 	for {
-		if ctx.Err() != nil {
-			r.drain(ctx, s)
-			return true, nil
-		}
 		r.mu.Lock()
+		if len(held) == 0 {
+			held, r.pending = r.pending, nil
+		} else {
+			held = append(held, r.pending...)
+			clear(r.pending)
+			r.pending = r.pending[:0]
+		}
 		inflight, handled, running := r.inflight, r.handled, r.running
-		if r.cfg.MaxTasks > 0 && handled >= r.cfg.MaxTasks {
-			r.mu.Unlock()
-			r.log.Info("handled the maximum number of tasks; stopping", "max_tasks", r.cfg.MaxTasks)
-			return true, nil
-		}
-		fs := r.pending
-		r.pending = nil
 		r.mu.Unlock()
-		fs = r.sendOthers(s, fs)
-		// A slot is free once its handler returns, while its result is
-		// still on the way to the master: the next get carries it. Results
-		// waiting to be sent stay bounded by Concurrency.
-		n := min(r.cfg.Concurrency-running, 2*r.cfg.Concurrency-(inflight-len(fs)))
-		if r.cfg.MaxTasks > 0 {
-			n = min(n, r.cfg.MaxTasks-handled-inflight)
-		}
-		if n <= 0 {
-			if len(fs) > 0 {
-				r.send(s, fs)
-				continue
+		n := 0 // tasks to get now
+		if !getting {
+			switch {
+			case draining || ctx.Err() != nil:
+				if !draining && ctx.Err() != nil && inflight > 0 {
+					r.log.Info("draining: taking no new tasks, waiting for running ones", "running", inflight)
+				}
+				draining = true
+				if inflight == 0 {
+					return quit(stopErr)
+				}
+			case r.cfg.MaxTasks > 0 && handled >= r.cfg.MaxTasks:
+				r.log.Info("handled the maximum number of tasks; stopping", "max_tasks", r.cfg.MaxTasks)
+				return quit(nil)
+			default:
+				// A slot is free once its handler returns, while its result
+				// is still on the way to the master: the next get carries
+				// it. Results waiting to be sent stay bounded by
+				// Concurrency.
+				n = min(r.cfg.Concurrency-running, 2*r.cfg.Concurrency-(inflight-len(held)))
+				if r.cfg.MaxTasks > 0 {
+					n = min(n, r.cfg.MaxTasks-handled-inflight)
+				}
 			}
-			select { // every slot is busy: wait for one
-			case <-ctx.Done():
-			case <-s.ctx.Done():
-				return false, errConnLost
-			case <-r.changed:
-				// Let the handlers that are ready to run finish first, so
-				// that their results go in one message rather than one each.
+		}
+		if n > 0 {
+			timeout := r.cfg.GetTimeout
+			if r.cfg.IdleExit > 0 {
+				left, idle := r.idleLeft()
+				if idle && left <= 0 {
+					r.log.Info("idle; stopping", "idle_exit", r.cfg.IdleExit)
+					return quit(nil)
+				}
+				if !idle {
+					left = r.cfg.IdleExit
+				}
+				timeout = min(timeout, left)
+			}
+			r.gets <- getCall{ctx: ctx, s: s, fs: held, opts: wire.GetOptions{Max: n, Timeout: timeout, Lease: r.cfg.Lease}}
+			held, getting = nil, true
+		} else if len(held) > 0 && !completing {
+			r.completes <- sendCall{s: s, fs: held}
+			held, completing = nil, true
+		}
+		var lost <-chan struct{}
+		if !getting && !draining {
+			lost = s.ctx.Done()
+		}
+		select {
+		case <-r.changed:
+			// Let the handlers that are ready to run finish first, so that
+			// their results go in one message rather than one each.
+			runtime.Gosched()
+		case <-r.sent:
+			completing = false
+		case g := <-r.got:
+			getting = false
+			r.start(s, g.tasks)
+			if len(g.tasks) > 0 {
+				// Let the handlers just started run first: quick ones
+				// finish, and their results go with the next get instead
+				// of one by one.
 				runtime.Gosched()
 			}
-			continue
-		}
-		timeout := r.cfg.GetTimeout
-		if r.cfg.IdleExit > 0 {
-			left, idle := r.idleLeft()
-			if idle && left <= 0 {
-				r.log.Info("idle; stopping", "idle_exit", r.cfg.IdleExit)
-				return true, nil
+			switch err := g.err; {
+			case err == nil:
+				r.bo.reset() // the connection works
+			case ctx.Err() != nil:
+				// Draining; the next round says so.
+			case errors.Is(err, wire.ErrBadRequest) || errors.Is(err, wire.ErrUnknownOp):
+				draining, stopErr = true, fmt.Errorf("get from queue %q: %w", r.cfg.Tasks, err)
+			default:
+				return r.lose(s, held, completing, err)
 			}
-			if !idle {
-				left = r.cfg.IdleExit
-			}
-			timeout = min(timeout, left)
-		}
-		r.setCollecting(false) // results that come while the get waits go on their own
-		tasks, err := r.completeThenGet(ctx, s, fs, wire.GetOptions{Max: n, Timeout: timeout, Lease: r.cfg.Lease})
-		r.setCollecting(true)
-		r.start(s, tasks)
-		if len(tasks) > 0 {
-			// Let the handlers just started run first: quick ones finish,
-			// and their results go with the next get instead of one by one.
-			runtime.Gosched()
-		}
-		switch {
-		case err == nil:
-			r.bo.reset() // the connection works
-		case ctx.Err() != nil:
-			// Draining; the next round says so.
-		case errors.Is(err, wire.ErrBadRequest) || errors.Is(err, wire.ErrUnknownOp):
-			r.drain(ctx, s)
-			return true, fmt.Errorf("get from queue %q: %w", r.cfg.Tasks, err)
-		default:
-			return false, err
+		case <-cancelled:
+			cancelled = nil // the next round drains
+		case <-lost:
+			return r.lose(s, held, completing, errConnLost)
 		}
 	}
 }
 
-// drain waits until no task is in flight. Handlers on a live connection
-// finish and are completed (by drain itself when s is the session it
-// serves); those of lost connections finish and are dropped.
-func (r *runner) drain(ctx context.Context, s *session) {
+// lose ends serve when s has lost its connection (err says how): it
+// cancels the session, which ends the completer's call on it at once,
+// waits for the completer, and drops the results still held. From then on
+// the handlers of s drop their own.
+func (r *runner) lose(s *session, held []finished, completing bool, err error) (stop bool, _ error) {
+	r.log.Warn("connection to master lost; reconnecting", "server", r.cfg.Server, "err", err, "dropped", s.count())
+	s.cancel(ErrLeaseLost)
+	if completing {
+		<-r.sent
+	}
+	r.mu.Lock()
+	held = append(held, r.pending...)
+	r.pending = nil
+	r.mu.Unlock()
+	r.drop(s, held)
+	return false, nil
+}
+
+// drain waits, between sessions, until no task is in flight: the handlers
+// drop their results as they return, since their sessions have ended.
+func (r *runner) drain(ctx context.Context) {
 	inflight, _ := r.counts()
 	if inflight == 0 {
 		return
@@ -295,13 +382,6 @@ func (r *runner) drain(ctx context.Context, s *session) {
 		r.log.Info("draining: taking no new tasks, waiting for running ones", "running", inflight)
 	}
 	for {
-		if s != nil {
-			r.mu.Lock()
-			fs := r.pending
-			r.pending = nil
-			r.mu.Unlock()
-			r.sendAll(fs)
-		}
 		if n, _ := r.counts(); n == 0 {
 			return
 		}
@@ -363,37 +443,21 @@ func (r *runner) runTask(j job) {
 	r.handlerDone(finished{s: s, l: l, c: c})
 }
 
-// handlerDone queues a handler's outcome for whoever sends results now.
+// handlerDone queues a handler's outcome for serve, or drops it if its
+// session has ended: serve is done with that session, and no one else
+// sends results. The check and the queueing are under mu, which lose takes
+// after it cancels the session, so that no outcome is left behind.
 func (r *runner) handlerDone(f finished) {
 	r.mu.Lock()
 	r.running--
-	r.pending = append(r.pending, f)
-	collecting := r.collecting
-	r.mu.Unlock()
-	if collecting {
-		r.signal()
+	if f.s.ctx.Err() != nil {
+		r.mu.Unlock()
+		r.drop(f.s, []finished{f})
 	} else {
-		r.kickCompleter()
+		r.pending = append(r.pending, f)
+		r.mu.Unlock()
 	}
-}
-
-// setCollecting says whether the Run goroutine sends the pending results
-// (with its next get) or the completer does.
-func (r *runner) setCollecting(on bool) {
-	r.mu.Lock()
-	r.collecting = on
-	waiting := len(r.pending) > 0
-	r.mu.Unlock()
-	if !on && waiting {
-		r.kickCompleter()
-	}
-}
-
-func (r *runner) kickCompleter() {
-	select {
-	case r.kick <- struct{}{}:
-	default:
-	}
+	r.signal()
 }
 
 // call runs the handler, turning a panic into an error.
@@ -416,66 +480,29 @@ func errorText(err error) string {
 	return fmt.Sprintf("error %T", err)
 }
 
-// completer sends the handlers' outcomes that the Run goroutine will not
-// take with a get: while it waits in one, between connections, and at
-// the end.
+// getter makes the gets serve hands it, with the results that go with
+// them, until stop.
+func (r *runner) getter() {
+	defer r.callers.Done()
+	for c := range r.gets {
+		tasks, err := r.completeThenGet(c.ctx, c.s, c.fs, c.opts)
+		r.got <- gotReply{tasks: tasks, err: err}
+	}
+}
+
+// completer sends the batches of results serve hands it, on their own,
+// until stop.
 func (r *runner) completer() {
-	defer close(r.completerDone)
-	for range r.kick {
-		runtime.Gosched() // let other handlers that are ready finish: one message for all
-		r.mu.Lock()
-		var fs []finished
-		if !r.collecting {
-			fs = r.pending
-			r.pending = nil
-		}
-		r.mu.Unlock()
-		r.sendAll(fs)
-	}
-	r.mu.Lock() // stop: every handler has returned
-	fs := r.pending
-	r.pending = nil
-	r.mu.Unlock()
-	r.sendAll(fs)
-}
-
-// sendAll completes fs, each on the session its task came from.
-func (r *runner) sendAll(fs []finished) {
-	if len(fs) > 0 {
-		s := fs[0].s
-		r.send(s, r.sendOthers(s, fs))
-	}
-}
-
-// sendOthers completes the outcomes in fs that belong to a session other
-// than s (or drops them, as that session is gone) and returns those of s.
-func (r *runner) sendOthers(s *session, fs []finished) []finished {
-	for {
-		var other *session
-		for _, f := range fs {
-			if f.s != s {
-				other = f.s
-				break
-			}
-		}
-		if other == nil {
-			return fs
-		}
-		var theirs, ours []finished
-		for _, f := range fs {
-			if f.s == other {
-				theirs = append(theirs, f)
-			} else {
-				ours = append(ours, f)
-			}
-		}
-		r.send(other, theirs)
-		fs = ours
+	defer r.callers.Done()
+	for c := range r.completes {
+		r.send(c.s, c.fs)
+		r.sent <- struct{}{}
 	}
 }
 
 // send completes fs on s, at most maxBatch per call, or drops them if s
-// has lost its connection.
+// has lost its connection, and accounts for them. It runs on the
+// completer, or on the getter for results that cannot go with a get.
 func (r *runner) send(s *session, fs []finished) {
 	for len(fs) > 0 {
 		k := min(len(fs), maxBatch)
@@ -528,6 +555,7 @@ func (r *runner) completed(s *session, held []wire.Completion, err error, again 
 
 // completeThenGet sends the outcomes fs (all of session s) and takes up
 // to opts.Max tasks, in one round trip when there are outcomes to send.
+// It runs on the getter, and accounts for fs before it returns.
 func (r *runner) completeThenGet(ctx context.Context, s *session, fs []finished, opts wire.GetOptions) ([]Task, error) {
 	if len(fs) > maxBatch || r.noChain {
 		r.send(s, fs)
@@ -535,10 +563,7 @@ func (r *runner) completeThenGet(ctx context.Context, s *session, fs []finished,
 	}
 	held := s.completing(fs)
 	if len(held) == 0 || s.gone() {
-		if len(fs) > 0 {
-			s.untrack(fs)
-			r.finish(len(fs), 0, time.Now())
-		}
+		r.drop(s, fs)
 		return s.c.Get(ctx, r.cfg.Tasks, opts)
 	}
 	sent := time.Now()
@@ -576,7 +601,14 @@ func (r *runner) finish(n, handled int, at time.Time) {
 		r.idleSince = at
 	}
 	r.mu.Unlock()
-	r.signal()
+}
+
+// drop forgets the results fs of s, whose connection is gone.
+func (r *runner) drop(s *session, fs []finished) {
+	if len(fs) > 0 {
+		s.untrack(fs)
+		r.finish(len(fs), 0, time.Now())
+	}
 }
 
 // signal wakes the Run goroutine to look at the counts again.
