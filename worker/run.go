@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"runtime"
-	"sync"
 	"time"
 
 	"github.com/qm-dev/qm/auth"
@@ -39,17 +38,10 @@ func Run(ctx context.Context, cfg Config) error {
 	err := r.run(ctx)
 	r.stop()
 	if err == nil { // an error is the caller's to report
-		r.log.Info("worker stopped", "handled", r.handledCount())
+		r.log.Info("worker stopped", "handled", r.res.counts().handled)
 	}
 	return err
 }
-
-// maxBatch bounds the completions sent in one Complete call.
-const maxBatch = 256
-
-// completeTimeout bounds one Complete call; a master that takes longer is
-// treated as gone for those tasks, whose leases then run out.
-const completeTimeout = 30 * time.Second
 
 // errConnLost is why a session ended when its connection dropped while
 // no call was in progress to report the error.
@@ -59,107 +51,46 @@ var errConnLost = errors.New("connection dropped")
 // cancelled, or IdleExit passed while it waited.
 var errStop = errors.New("stop")
 
-// runner is the state of one Run. The goroutine that called Run drives it:
-// it connects, takes tasks and drains. Handlers run on the pool's
-// goroutines. Their results go back with the Run goroutine's next get, in
-// one round trip (wire.Client.CompleteThenGet), when it is about to make
-// one; while a get waits at the master, they go at once on their own.
+// runner is one Run: the reconnect loop and the worker's lifecycle. The
+// goroutine that called Run drives it and owns its fields (those of pool
+// and res excepted): it connects, serves each session (takes tasks, and
+// decides where each result goes), drains and stops. The pool runs the
+// handlers, the result pipeline (results) carries their outcomes back,
+// and each session's keeper renews its leases; stop and session.close
+// join their goroutines.
 //
-// The Run goroutine is the one that sends results: in serve it takes the
-// handlers' outcomes from pending and decides where each goes, with the
-// next get or on its own. It never waits on the network there: it hands
-// each get to the getter goroutine and each batch that goes on its own to
-// the completer goroutine, which make the calls, one at a time each, and
-// account for the results before they reply.
+// Results go with the Run goroutine's next get, in one round trip
+// (wire.Client.CompleteThenGet), when it is about to make one; while a get
+// waits at the master, they go at once on their own.
 type runner struct {
-	cfg  Config
-	log  *slog.Logger
-	base context.Context // Run's ctx without its cancellation: handlers outlive the drain
-	bo   backoff         // used by the Run goroutine only
-	// noChain is set, by the getter, once the master has shown it does not
-	// run chained requests: completes and gets go separately.
-	noChain bool
-
-	pool    *pool // runs the handlers
-	started []job // start's scratch; the Run goroutine's
-
-	gets      chan getCall  // to the getter; closed by stop
-	got       chan gotReply // buffered 1: from the getter
-	completes chan sendCall // to the completer; closed by stop
-	sent      chan struct{} // buffered 1: from the completer
-	callers   sync.WaitGroup
-	// changed is signalled whenever a handler returns, or drops its result,
-	// so that the Run goroutine can take more tasks, send results, or
-	// notice it is idle or done.
-	changed chan struct{}
-
-	mu        sync.Mutex
-	inflight  int       // tasks taken and not yet completed or dropped
-	running   int       // tasks whose handler has not returned yet
-	handled   int       // tasks completed, failed ones included
-	idleSince time.Time // when inflight last became 0
-	// pending holds handlers' outcomes until serve takes them. All are of
-	// the session serve is on: a handler whose session has ended drops its
-	// outcome itself.
-	pending []finished
-}
-
-// finished is one handler's outcome, to be sent on its session.
-type finished struct {
-	s *session
-	l *lease
-	c wire.Completion
-}
-
-// getCall is a get that serve hands the getter; fs go with it.
-type getCall struct {
-	ctx  context.Context
-	s    *session
-	fs   []finished
-	opts wire.GetOptions
-}
-
-// gotReply is the getter's reply to a getCall.
-type gotReply struct {
-	tasks []Task
-	err   error
-}
-
-// sendCall is a batch of outcomes that serve hands the completer.
-type sendCall struct {
-	s  *session
-	fs []finished
+	cfg     Config
+	log     *slog.Logger
+	base    context.Context // Run's ctx without its cancellation: handlers outlive the drain
+	bo      backoff
+	pool    *pool    // runs the handlers
+	res     *results // takes their outcomes to the master
+	started []job    // start's scratch
 }
 
 func newRunner(ctx context.Context, cfg Config) *runner {
 	r := &runner{
-		cfg:       cfg,
-		log:       cfg.Logger.With("worker", cfg.Name),
-		base:      context.WithoutCancel(ctx),
-		bo:        backoff{min: cfg.ReconnectMin, max: cfg.ReconnectMax},
-		gets:      make(chan getCall),
-		got:       make(chan gotReply, 1),
-		completes: make(chan sendCall),
-		sent:      make(chan struct{}, 1),
-		changed:   make(chan struct{}, 1),
-		idleSince: time.Now(),
+		cfg:  cfg,
+		log:  cfg.Logger.With("worker", cfg.Name),
+		base: context.WithoutCancel(ctx),
+		bo:   backoff{min: cfg.ReconnectMin, max: cfg.ReconnectMax},
 	}
 	r.pool = newPool(r.runTask)
-	r.callers.Add(2)
-	go r.getter()
-	go r.completer()
+	r.res = newResults(&r.cfg, r.log)
 	return r
 }
 
-// stop waits for every handler goroutine, and then ends the getter and the
-// completer. By then no result is left to send: serve returned with none
-// in flight, or dropped them with its session, and the handlers of ended
-// sessions dropped their own.
+// stop waits for every handler goroutine, and then ends the result
+// pipeline's goroutines. By then no result is left to send: serve returned
+// with none in flight, or dropped them with its session, and the handlers
+// of ended sessions dropped their own.
 func (r *runner) stop() {
 	r.pool.stop()
-	close(r.gets)
-	close(r.completes)
-	r.callers.Wait()
+	r.res.stop()
 }
 
 // run connects and serves sessions until the worker should stop.
@@ -254,34 +185,26 @@ func (r *runner) serve(ctx context.Context, s *session) (stop bool, err error) {
 	// quit returns, once nothing is in flight, after the completer's reply.
 	quit := func(err error) (bool, error) {
 		if completing {
-			<-r.sent
+			<-r.res.sent
 		}
 		return true, err
 	}
 	cancelled := ctx.Done()
 	for {
-		r.mu.Lock()
-		if len(held) == 0 {
-			held, r.pending = r.pending, nil
-		} else {
-			held = append(held, r.pending...)
-			clear(r.pending)
-			r.pending = r.pending[:0]
-		}
-		inflight, handled, running := r.inflight, r.handled, r.running
-		r.mu.Unlock()
+		var t tally
+		held, t = r.res.take(held)
 		n := 0 // tasks to get now
 		if !getting {
 			switch {
 			case draining || ctx.Err() != nil:
-				if !draining && ctx.Err() != nil && inflight > 0 {
-					r.log.Info("draining: taking no new tasks, waiting for running ones", "running", inflight)
+				if !draining && ctx.Err() != nil && t.inflight > 0 {
+					r.log.Info("draining: taking no new tasks, waiting for running ones", "running", t.inflight)
 				}
 				draining = true
-				if inflight == 0 {
+				if t.inflight == 0 {
 					return quit(stopErr)
 				}
-			case r.cfg.MaxTasks > 0 && handled >= r.cfg.MaxTasks:
+			case r.cfg.MaxTasks > 0 && t.handled >= r.cfg.MaxTasks:
 				r.log.Info("handled the maximum number of tasks; stopping", "max_tasks", r.cfg.MaxTasks)
 				return quit(nil)
 			default:
@@ -289,16 +212,16 @@ func (r *runner) serve(ctx context.Context, s *session) (stop bool, err error) {
 				// is still on the way to the master: the next get carries
 				// it. Results waiting to be sent stay bounded by
 				// Concurrency.
-				n = min(r.cfg.Concurrency-running, 2*r.cfg.Concurrency-(inflight-len(held)))
+				n = min(r.cfg.Concurrency-t.running, 2*r.cfg.Concurrency-(t.inflight-len(held)))
 				if r.cfg.MaxTasks > 0 {
-					n = min(n, r.cfg.MaxTasks-handled-inflight)
+					n = min(n, r.cfg.MaxTasks-t.handled-t.inflight)
 				}
 			}
 		}
 		if n > 0 {
 			timeout := r.cfg.GetTimeout
 			if r.cfg.IdleExit > 0 {
-				left, idle := r.idleLeft()
+				left, idle := r.res.idleLeft()
 				if idle && left <= 0 {
 					r.log.Info("idle; stopping", "idle_exit", r.cfg.IdleExit)
 					return quit(nil)
@@ -308,10 +231,10 @@ func (r *runner) serve(ctx context.Context, s *session) (stop bool, err error) {
 				}
 				timeout = min(timeout, left)
 			}
-			r.gets <- getCall{ctx: ctx, s: s, fs: held, opts: wire.GetOptions{Max: n, Timeout: timeout, Lease: r.cfg.Lease}}
+			r.res.gets <- getCall{ctx: ctx, s: s, fs: held, opts: wire.GetOptions{Max: n, Timeout: timeout, Lease: r.cfg.Lease}}
 			held, getting = nil, true
 		} else if len(held) > 0 && !completing {
-			r.completes <- sendCall{s: s, fs: held}
+			r.res.completes <- sendCall{s: s, fs: held}
 			held, completing = nil, true
 		}
 		var lost <-chan struct{}
@@ -319,13 +242,13 @@ func (r *runner) serve(ctx context.Context, s *session) (stop bool, err error) {
 			lost = s.ctx.Done()
 		}
 		select {
-		case <-r.changed:
+		case <-r.res.changed:
 			// Let the handlers that are ready to run finish first, so that
 			// their results go in one message rather than one each.
 			runtime.Gosched()
-		case <-r.sent:
+		case <-r.res.sent:
 			completing = false
-		case g := <-r.got:
+		case g := <-r.res.got:
 			getting = false
 			r.start(s, g.tasks)
 			if len(g.tasks) > 0 {
@@ -360,20 +283,17 @@ func (r *runner) lose(s *session, held []finished, completing bool, err error) (
 	r.log.Warn("connection to master lost; reconnecting", "server", r.cfg.Server, "err", err, "dropped", s.count())
 	s.cancel(ErrLeaseLost)
 	if completing {
-		<-r.sent
+		<-r.res.sent
 	}
-	r.mu.Lock()
-	held = append(held, r.pending...)
-	r.pending = nil
-	r.mu.Unlock()
-	r.drop(s, held)
+	held, _ = r.res.take(held)
+	r.res.drop(s, held)
 	return false, nil
 }
 
 // drain waits, between sessions, until no task is in flight: the handlers
 // drop their results as they return, since their sessions have ended.
 func (r *runner) drain(ctx context.Context) {
-	inflight, _ := r.counts()
+	inflight := r.res.counts().inflight
 	if inflight == 0 {
 		return
 	}
@@ -381,10 +301,10 @@ func (r *runner) drain(ctx context.Context) {
 		r.log.Info("draining: taking no new tasks, waiting for running ones", "running", inflight)
 	}
 	for {
-		if n, _ := r.counts(); n == 0 {
+		if r.res.counts().inflight == 0 {
 			return
 		}
-		<-r.changed
+		<-r.res.changed
 	}
 }
 
@@ -399,190 +319,9 @@ func (r *runner) start(s *session, tasks []Task) {
 	for _, t := range tasks {
 		r.started = append(r.started, job{s: s, l: s.track(t, now), t: t})
 	}
-	r.mu.Lock()
-	r.inflight += len(tasks)
-	r.running += len(tasks)
-	r.mu.Unlock()
+	r.res.started(len(tasks))
 	r.pool.add(r.started)
 	clear(r.started)
-}
-
-// handlerDone queues a handler's outcome for serve, or drops it if its
-// session has ended: serve is done with that session, and no one else
-// sends results. The check and the queueing are under mu, which lose takes
-// after it cancels the session, so that no outcome is left behind.
-func (r *runner) handlerDone(f finished) {
-	r.mu.Lock()
-	r.running--
-	if f.s.ctx.Err() != nil {
-		r.mu.Unlock()
-		r.drop(f.s, []finished{f})
-	} else {
-		r.pending = append(r.pending, f)
-		r.mu.Unlock()
-	}
-	r.signal()
-}
-
-// getter makes the gets serve hands it, with the results that go with
-// them, until stop.
-func (r *runner) getter() {
-	defer r.callers.Done()
-	for c := range r.gets {
-		tasks, err := r.completeThenGet(c.ctx, c.s, c.fs, c.opts)
-		r.got <- gotReply{tasks: tasks, err: err}
-	}
-}
-
-// completer sends the batches of results serve hands it, on their own,
-// until stop.
-func (r *runner) completer() {
-	defer r.callers.Done()
-	for c := range r.completes {
-		r.send(c.s, c.fs)
-		r.sent <- struct{}{}
-	}
-}
-
-// send completes fs on s, at most maxBatch per call, or drops them if s
-// has lost its connection, and accounts for them. It runs on the
-// completer, or on the getter for results that cannot go with a get.
-func (r *runner) send(s *session, fs []finished) {
-	for len(fs) > 0 {
-		k := min(len(fs), maxBatch)
-		sent := time.Now()
-		handled := r.completeHeld(s, s.completing(fs[:k]), false)
-		s.untrack(fs[:k])
-		r.finish(k, handled, sent)
-		fs = fs[k:]
-	}
-}
-
-// completeHeld sends the completions held, whose leases s holds, and
-// returns how many the master took. again says they may have been taken
-// already, by a chained call whose reply never came.
-func (r *runner) completeHeld(s *session, held []wire.Completion, again bool) (handled int) {
-	if len(held) == 0 {
-		return 0
-	}
-	if s.gone() {
-		r.log.Debug("connection lost; results dropped", "queue", r.cfg.Tasks, "tasks", len(held))
-		return 0
-	}
-	ctx, cancel := context.WithTimeout(s.ctx, completeTimeout)
-	err := s.c.Complete(ctx, r.cfg.Tasks, r.cfg.Results, held)
-	cancel()
-	return r.completed(s, held, err, again)
-}
-
-// completed interprets the outcome err of completing held and returns how
-// many tasks the master took.
-func (r *runner) completed(s *session, held []wire.Completion, err error, again bool) (handled int) {
-	switch {
-	case err == nil:
-		return len(held)
-	case s.gone() || errors.Is(err, wire.ErrClosed):
-		r.log.Debug("connection lost; results dropped", "queue", r.cfg.Tasks, "tasks", len(held), "err", err)
-	case errors.Is(err, wire.ErrNotLeased):
-		// The others in the batch were completed.
-		if !again {
-			r.log.Warn("lease lost before completion; the master gave the task to another worker",
-				"queue", r.cfg.Tasks, "err", err)
-		}
-		return len(held)
-	default:
-		r.log.Warn("complete failed; the tasks will be redelivered when their leases run out",
-			"queue", r.cfg.Tasks, "tasks", len(held), "err", err)
-	}
-	return 0
-}
-
-// completeThenGet sends the outcomes fs (all of session s) and takes up
-// to opts.Max tasks, in one round trip when there are outcomes to send.
-// It runs on the getter, and accounts for fs before it returns.
-func (r *runner) completeThenGet(ctx context.Context, s *session, fs []finished, opts wire.GetOptions) ([]Task, error) {
-	if len(fs) > maxBatch || r.noChain {
-		r.send(s, fs)
-		fs = nil
-	}
-	held := s.completing(fs)
-	if len(held) == 0 || s.gone() {
-		r.drop(s, fs)
-		return s.c.Get(ctx, r.cfg.Tasks, opts)
-	}
-	sent := time.Now()
-	tasks, completeErr, err := s.c.CompleteThenGet(ctx, r.cfg.Tasks, r.cfg.Results, held, opts)
-	handled := len(held)
-	switch {
-	case completeErr != nil:
-		handled = r.completed(s, held, completeErr, false)
-	case errors.Is(err, wire.ErrChainIgnored):
-		r.noChain = true
-		r.log.Info("the master does not take a complete and a get in one call; sending them apart")
-		err = nil
-	case err != nil && ctx.Err() != nil:
-		// Cancelled (a drain) before the reply: the master may or may not
-		// have the results. Send them again on their own; those it took
-		// already come back as not leased, and no result is published twice.
-		handled = r.completeHeld(s, held, true)
-		err = ctx.Err()
-	case err != nil && (s.gone() || errors.Is(err, wire.ErrClosed)):
-		handled = 0
-	}
-	s.untrack(fs)
-	r.finish(len(fs), handled, sent)
-	return tasks, err
-}
-
-// finish accounts for n tasks that are no longer in flight, of which
-// handled were completed; at is when their results were sent, from which
-// the worker counts as idle if nothing else is in flight.
-func (r *runner) finish(n, handled int, at time.Time) {
-	r.mu.Lock()
-	r.inflight -= n
-	r.handled += handled
-	if r.inflight == 0 {
-		r.idleSince = at
-	}
-	r.mu.Unlock()
-}
-
-// drop forgets the results fs of s, whose connection is gone.
-func (r *runner) drop(s *session, fs []finished) {
-	if len(fs) > 0 {
-		s.untrack(fs)
-		r.finish(len(fs), 0, time.Now())
-	}
-}
-
-// signal wakes the Run goroutine to look at the counts again.
-func (r *runner) signal() {
-	select {
-	case r.changed <- struct{}{}:
-	default:
-	}
-}
-
-func (r *runner) counts() (inflight, handled int) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.inflight, r.handled
-}
-
-func (r *runner) handledCount() int {
-	_, h := r.counts()
-	return h
-}
-
-// idleLeft reports how long until IdleExit ends the worker; idle is false
-// while tasks are in flight.
-func (r *runner) idleLeft() (left time.Duration, idle bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.inflight > 0 {
-		return 0, false
-	}
-	return time.Until(r.idleSince.Add(r.cfg.IdleExit)), true
 }
 
 // pause waits for d and reports true if the worker should stop instead:
@@ -595,7 +334,7 @@ func (r *runner) pause(ctx context.Context, d time.Duration) (stop bool) {
 	for {
 		idle.Stop()
 		if r.cfg.IdleExit > 0 {
-			left, ok := r.idleLeft()
+			left, ok := r.res.idleLeft()
 			if ok && left <= 0 {
 				r.log.Info("idle; stopping", "idle_exit", r.cfg.IdleExit)
 				return true
@@ -609,7 +348,7 @@ func (r *runner) pause(ctx context.Context, d time.Duration) (stop bool) {
 			return true
 		case <-timer.C:
 			return false
-		case <-r.changed:
+		case <-r.res.changed:
 		case <-idle.C:
 		}
 	}

@@ -42,7 +42,7 @@ func (r *runner) runTask(j job) {
 	case debug:
 		log.Debug("task done", "took", time.Since(start))
 	}
-	r.handlerDone(finished{s: s, l: l, c: c})
+	r.res.add(finished{s: s, l: l, c: c})
 }
 
 // call runs the handler, turning a panic into an error.
