@@ -22,18 +22,20 @@ const completeTimeout = 30 * time.Second
 //
 // Who touches it:
 //   - the handler goroutines add their outcomes to pending (add);
-//   - the Run goroutine, in serve, takes them (take) and hands each batch
-//     to the getter, to go with a get, or to the completer, to go on its
-//     own. It is the one goroutine that sends results: it alone decides
-//     where each goes, and no outcome is taken by anyone else;
+//   - the Run goroutine, in serve, takes them (take) and sends them, with
+//     a get or on their own. It is the one goroutine that sends results:
+//     it alone decides where each goes, and no outcome is taken by anyone
+//     else. It makes a get itself when no handler is running;
 //   - the getter and the completer, two goroutines that results owns
-//     (newResults starts them, stop ends them), make those calls, one at a
-//     time each, so that a get waiting at the master holds up no result.
-//     Each accounts for its batch (finish) before it replies, on got or
-//     sent.
+//     (newResults starts them, stop ends them), make the calls serve hands
+//     them while handlers run, one at a time each, so that a get waiting
+//     at the master holds up no result: the getter a get, the completer a
+//     batch on its own. Each accounts for its batch (finish) before it
+//     replies, on got or sent.
 //
 // mu guards pending and the tally (count, idleSince) and is held for no
-// call. noChain is the getter's alone.
+// call. noChain belongs to whoever makes the get, serve or the getter:
+// serve makes or hands one at a time.
 type results struct {
 	cfg *Config // read only
 	log *slog.Logger
@@ -210,9 +212,15 @@ func (res *results) drop(s *session, fs []finished) {
 func (res *results) getter() {
 	defer res.wg.Done()
 	for c := range res.gets {
-		tasks, err := res.completeThenGet(c.ctx, c.s, c.fs, c.opts)
-		res.got <- gotReply{tasks: tasks, err: err}
+		res.got <- res.get(c)
 	}
+}
+
+// get makes the get c, on the getter, or on the Run goroutine when no
+// handler is running.
+func (res *results) get(c getCall) gotReply {
+	tasks, err := res.completeThenGet(c.ctx, c.s, c.fs, c.opts)
+	return gotReply{tasks: tasks, err: err}
 }
 
 // completer sends the batches of results serve hands it, on their own,
@@ -227,7 +235,7 @@ func (res *results) completer() {
 
 // send completes fs on s, at most maxBatch per call, or drops them if s
 // has lost its connection, and accounts for them. It runs on the
-// completer, or on the getter for results that cannot go with a get.
+// completer, or where a get is made for results that cannot go with it.
 func (res *results) send(s *session, fs []finished) {
 	for len(fs) > 0 {
 		k := min(len(fs), maxBatch)
@@ -280,7 +288,8 @@ func (res *results) completed(s *session, held []wire.Completion, err error, aga
 
 // completeThenGet sends the outcomes fs (all of session s) and takes up
 // to opts.Max tasks, in one round trip when there are outcomes to send.
-// It runs on the getter, and accounts for fs before it returns.
+// It runs where the get is made (see get), and accounts for fs before it
+// returns.
 func (res *results) completeThenGet(ctx context.Context, s *session, fs []finished, opts wire.GetOptions) ([]Task, error) {
 	if len(fs) > maxBatch || res.noChain {
 		res.send(s, fs)

@@ -174,6 +174,11 @@ func permanent(err error) bool {
 // slot is busy, a get is waiting at the master, or it drains) it goes on
 // its own, through the completer, at once unless the completer is busy
 // with a batch: then it goes with the next batch or get.
+//
+// serve makes a get itself when no handler is running (always at
+// Concurrency 1), since no result can come while the get waits at the
+// master. While handlers run it hands the get to the getter instead, and
+// stays free to send their results.
 func (r *runner) serve(ctx context.Context, s *session) (stop bool, err error) {
 	var (
 		held       []finished // taken from pending, not yet handed on
@@ -191,6 +196,10 @@ func (r *runner) serve(ctx context.Context, s *session) (stop bool, err error) {
 	}
 	cancelled := ctx.Done()
 	for {
+		select { // what changed so far, take sees
+		case <-r.res.changed:
+		default:
+		}
 		var t tally
 		held, t = r.res.take(held)
 		n := 0 // tasks to get now
@@ -218,6 +227,8 @@ func (r *runner) serve(ctx context.Context, s *session) (stop bool, err error) {
 				}
 			}
 		}
+		var g gotReply // the reply to a get, once got is set
+		got := false
 		if n > 0 {
 			timeout := r.cfg.GetTimeout
 			if r.cfg.IdleExit > 0 {
@@ -231,46 +242,57 @@ func (r *runner) serve(ctx context.Context, s *session) (stop bool, err error) {
 				}
 				timeout = min(timeout, left)
 			}
-			r.res.gets <- getCall{ctx: ctx, s: s, fs: held, opts: wire.GetOptions{Max: n, Timeout: timeout, Lease: r.cfg.Lease}}
-			held, getting = nil, true
+			c := getCall{ctx: ctx, s: s, fs: held, opts: wire.GetOptions{Max: n, Timeout: timeout, Lease: r.cfg.Lease}}
+			held = nil
+			if t.running == 0 {
+				g, got = r.res.get(c), true
+			} else {
+				r.res.gets <- c
+				getting = true
+			}
 		} else if len(held) > 0 && !completing {
 			r.res.completes <- sendCall{s: s, fs: held}
 			held, completing = nil, true
 		}
-		var lost <-chan struct{}
-		if !getting && !draining {
-			lost = s.ctx.Done()
-		}
-		select {
-		case <-r.res.changed:
-			// Let the handlers that are ready to run finish first, so that
-			// their results go in one message rather than one each.
-			runtime.Gosched()
-		case <-r.res.sent:
-			completing = false
-		case g := <-r.res.got:
-			getting = false
-			r.start(s, g.tasks)
-			if len(g.tasks) > 0 {
-				// Let the handlers just started run first: quick ones
-				// finish, and their results go with the next get instead
-				// of one by one.
+		if !got {
+			var lost <-chan struct{}
+			if !getting && !draining {
+				lost = s.ctx.Done()
+			}
+			select {
+			case <-r.res.changed:
+				// Let the handlers that are ready to run finish first, so
+				// that their results go in one message rather than one
+				// each.
 				runtime.Gosched()
+			case <-r.res.sent:
+				completing = false
+			case g = <-r.res.got:
+				getting, got = false, true
+			case <-cancelled:
+				cancelled = nil // the next round drains
+			case <-lost:
+				return r.lose(s, held, completing, errConnLost)
 			}
-			switch err := g.err; {
-			case err == nil:
-				r.bo.reset() // the connection works
-			case ctx.Err() != nil:
-				// Draining; the next round says so.
-			case errors.Is(err, wire.ErrBadRequest) || errors.Is(err, wire.ErrUnknownOp):
-				draining, stopErr = true, fmt.Errorf("get from queue %q: %w", r.cfg.Tasks, err)
-			default:
-				return r.lose(s, held, completing, err)
+			if !got {
+				continue
 			}
-		case <-cancelled:
-			cancelled = nil // the next round drains
-		case <-lost:
-			return r.lose(s, held, completing, errConnLost)
+		}
+		r.start(s, g.tasks)
+		if len(g.tasks) > 0 {
+			// Let the handlers just started run first: quick ones finish,
+			// and their results go with the next get instead of one by one.
+			runtime.Gosched()
+		}
+		switch err := g.err; {
+		case err == nil:
+			r.bo.reset() // the connection works
+		case ctx.Err() != nil:
+			// Draining; the next round says so.
+		case errors.Is(err, wire.ErrBadRequest) || errors.Is(err, wire.ErrUnknownOp):
+			draining, stopErr = true, fmt.Errorf("get from queue %q: %w", r.cfg.Tasks, err)
+		default:
+			return r.lose(s, held, completing, err)
 		}
 	}
 }
