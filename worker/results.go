@@ -76,7 +76,7 @@ type finished struct {
 	c wire.Completion
 }
 
-// getCall is a get that serve hands the getter; fs go with it.
+// getCall is a get, made by serve or handed to the getter; fs go with it.
 type getCall struct {
 	ctx  context.Context
 	s    *session
@@ -84,7 +84,7 @@ type getCall struct {
 	opts wire.GetOptions
 }
 
-// gotReply is the getter's reply to a getCall.
+// gotReply is the outcome of a getCall.
 type gotReply struct {
 	tasks []Task
 	err   error
@@ -199,7 +199,8 @@ func (res *results) finish(n, handled int, at time.Time) {
 	res.mu.Unlock()
 }
 
-// drop forgets the results fs of s, whose connection is gone.
+// drop forgets the results fs of s, which cannot be sent: their
+// connection is gone, or their leases.
 func (res *results) drop(s *session, fs []finished) {
 	if len(fs) > 0 {
 		s.untrack(fs)

@@ -196,7 +196,7 @@ func (r *runner) serve(ctx context.Context, s *session) (stop bool, err error) {
 	}
 	cancelled := ctx.Done()
 	for {
-		select { // what changed so far, take sees
+		select { // take sees what changed so far: no need to wake for it
 		case <-r.res.changed:
 		default:
 		}
