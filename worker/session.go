@@ -12,12 +12,19 @@ import (
 // session is one connection to the master and the leases held on it. Its
 // keeper goroutine renews the leases of running tasks and notices when the
 // connection drops; close stops and joins it.
+//
+// The Run goroutine makes it, tracks each task it takes (track) and closes
+// it. The getter and the completer mark and forget the leases of the
+// results they send (completing, untrack), and so do whoever drops
+// results (drop). mu guards leases and wakeAt, and the renewed and
+// completing fields of each lease.
 type session struct {
 	r *runner
 	c *wire.Client
 	// ctx is the parent of the handlers' contexts. It is cancelled with
-	// cause ErrLeaseLost when the connection drops, and when the session
-	// is closed.
+	// cause ErrLeaseLost when the connection drops or serve finds it lost,
+	// and when the session is closed. Once it is, the handlers of the
+	// session drop their results.
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 	kick   chan struct{} // buffered 1: a lease was added
@@ -40,6 +47,11 @@ type session struct {
 // behind it is made only when the handler first uses it, since quick
 // handlers that never look at their context are the common case and a
 // cancellable context per task was a fifth of a quick task's cost.
+//
+// Its handler's goroutine uses that context; the keeper ends it when the
+// lease is lost, and whoever sends or drops the result when it is done
+// (session.untrack). l.mu guards the context; renewed and completing are
+// under the session's mu; the rest is set by track and then only read.
 type lease struct {
 	s          *session
 	id         uint64

@@ -1,0 +1,326 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/qm-dev/qm/wire"
+)
+
+// maxBatch bounds the completions sent in one Complete call.
+const maxBatch = 256
+
+// completeTimeout bounds one Complete call; a master that takes longer is
+// treated as gone for those tasks, whose leases then run out.
+const completeTimeout = 30 * time.Second
+
+// results is the result pipeline: it carries the handlers' outcomes to the
+// master, and counts the tasks between their get and their complete.
+//
+// Who touches it:
+//   - the handler goroutines add their outcomes to pending (add);
+//   - the Run goroutine, in serve, takes them (take) and sends them, with
+//     a get or on their own. It is the one goroutine that sends results:
+//     it alone decides where each goes, and no outcome is taken by anyone
+//     else. It makes a get itself when no handler is running;
+//   - the getter and the completer, two goroutines that results owns
+//     (newResults starts them, stop ends them), make the calls serve hands
+//     them while handlers run, one at a time each, so that a get waiting
+//     at the master holds up no result: the getter a get, the completer a
+//     batch on its own. Each accounts for its batch (finish) before it
+//     replies, on got or sent.
+//
+// mu guards pending and the tally (count, idleSince) and is held for no
+// call. noChain belongs to whoever makes the get, serve or the getter:
+// serve makes or hands one at a time.
+type results struct {
+	cfg *Config // read only
+	log *slog.Logger
+	// noChain is set once the master has shown it does not run chained
+	// requests: completes and gets go separately.
+	noChain bool
+
+	gets      chan getCall  // to the getter; closed by stop
+	got       chan gotReply // buffered 1: from the getter
+	completes chan sendCall // to the completer; closed by stop
+	sent      chan struct{} // buffered 1: from the completer
+	wg        sync.WaitGroup
+	// changed is signalled whenever a handler returns, or drops its result,
+	// so that the Run goroutine can take more tasks, send results, or
+	// notice it is idle or done.
+	changed chan struct{}
+
+	mu        sync.Mutex
+	count     tally
+	idleSince time.Time // when count.inflight last became 0
+	// pending holds handlers' outcomes until serve takes them. All are of
+	// the session serve is on: a handler whose session has ended drops its
+	// outcome itself (add).
+	pending []finished
+}
+
+// tally counts tasks between their get and their complete.
+type tally struct {
+	inflight int // taken and not yet completed or dropped
+	running  int // whose handler has not returned yet
+	handled  int // completed, failed ones included
+}
+
+// finished is one handler's outcome, to be sent on its session.
+type finished struct {
+	s *session
+	l *lease
+	c wire.Completion
+}
+
+// getCall is a get, made by serve or handed to the getter; fs go with it.
+type getCall struct {
+	ctx  context.Context
+	s    *session
+	fs   []finished
+	opts wire.GetOptions
+}
+
+// gotReply is the outcome of a getCall.
+type gotReply struct {
+	tasks []Task
+	err   error
+}
+
+// sendCall is a batch of outcomes that serve hands the completer.
+type sendCall struct {
+	s  *session
+	fs []finished
+}
+
+func newResults(cfg *Config, log *slog.Logger) *results {
+	res := &results{
+		cfg:       cfg,
+		log:       log,
+		gets:      make(chan getCall),
+		got:       make(chan gotReply, 1),
+		completes: make(chan sendCall),
+		sent:      make(chan struct{}, 1),
+		changed:   make(chan struct{}, 1),
+		idleSince: time.Now(),
+	}
+	res.wg.Add(2)
+	go res.getter()
+	go res.completer()
+	return res
+}
+
+// stop ends the getter and the completer. Nothing must be in flight.
+func (res *results) stop() {
+	close(res.gets)
+	close(res.completes)
+	res.wg.Wait()
+}
+
+// started counts n tasks just taken, before their handlers run.
+func (res *results) started(n int) {
+	res.mu.Lock()
+	res.count.inflight += n
+	res.count.running += n
+	res.mu.Unlock()
+}
+
+// add queues a handler's outcome for serve, or drops it if its session
+// has ended: serve is done with that session, and no one else sends
+// results. The check and the queueing are under mu, which lose takes after
+// it cancels the session, so that no outcome is left behind.
+func (res *results) add(f finished) {
+	res.mu.Lock()
+	res.count.running--
+	if f.s.ctx.Err() != nil {
+		res.mu.Unlock()
+		res.drop(f.s, []finished{f})
+	} else {
+		res.pending = append(res.pending, f)
+		res.mu.Unlock()
+	}
+	res.signal()
+}
+
+// take appends the pending outcomes to held, and returns them with the
+// tally. Only the Run goroutine takes outcomes.
+func (res *results) take(held []finished) ([]finished, tally) {
+	res.mu.Lock()
+	defer res.mu.Unlock()
+	if len(held) == 0 {
+		held, res.pending = res.pending, nil
+	} else {
+		held = append(held, res.pending...)
+		clear(res.pending)
+		res.pending = res.pending[:0]
+	}
+	return held, res.count
+}
+
+// counts returns the tally.
+func (res *results) counts() tally {
+	res.mu.Lock()
+	defer res.mu.Unlock()
+	return res.count
+}
+
+// idleLeft reports how long until IdleExit ends the worker; idle is false
+// while tasks are in flight.
+func (res *results) idleLeft() (left time.Duration, idle bool) {
+	res.mu.Lock()
+	defer res.mu.Unlock()
+	if res.count.inflight > 0 {
+		return 0, false
+	}
+	return time.Until(res.idleSince.Add(res.cfg.IdleExit)), true
+}
+
+// signal wakes the Run goroutine to look at the counts again.
+func (res *results) signal() {
+	select {
+	case res.changed <- struct{}{}:
+	default:
+	}
+}
+
+// finish accounts for n tasks that are no longer in flight, of which
+// handled were completed; at is when their results were sent, from which
+// the worker counts as idle if nothing else is in flight.
+func (res *results) finish(n, handled int, at time.Time) {
+	res.mu.Lock()
+	res.count.inflight -= n
+	res.count.handled += handled
+	if res.count.inflight == 0 {
+		res.idleSince = at
+	}
+	res.mu.Unlock()
+}
+
+// drop forgets the results fs of s, which cannot be sent: their
+// connection is gone, or their leases.
+func (res *results) drop(s *session, fs []finished) {
+	if len(fs) > 0 {
+		s.untrack(fs)
+		res.finish(len(fs), 0, time.Now())
+	}
+}
+
+// getter makes the gets serve hands it, with the results that go with
+// them, until stop.
+func (res *results) getter() {
+	defer res.wg.Done()
+	for c := range res.gets {
+		res.got <- res.get(c)
+	}
+}
+
+// get makes the get c, on the getter, or on the Run goroutine when no
+// handler is running.
+func (res *results) get(c getCall) gotReply {
+	tasks, err := res.completeThenGet(c.ctx, c.s, c.fs, c.opts)
+	return gotReply{tasks: tasks, err: err}
+}
+
+// completer sends the batches of results serve hands it, on their own,
+// until stop.
+func (res *results) completer() {
+	defer res.wg.Done()
+	for c := range res.completes {
+		res.send(c.s, c.fs)
+		res.sent <- struct{}{}
+	}
+}
+
+// send completes fs on s, at most maxBatch per call, or drops them if s
+// has lost its connection, and accounts for them. It runs on the
+// completer, or where a get is made for results that cannot go with it.
+func (res *results) send(s *session, fs []finished) {
+	for len(fs) > 0 {
+		k := min(len(fs), maxBatch)
+		sent := time.Now()
+		handled := res.completeHeld(s, s.completing(fs[:k]), false)
+		s.untrack(fs[:k])
+		res.finish(k, handled, sent)
+		fs = fs[k:]
+	}
+}
+
+// completeHeld sends the completions held, whose leases s holds, and
+// returns how many the master took. again says they may have been taken
+// already, by a chained call whose reply never came.
+func (res *results) completeHeld(s *session, held []wire.Completion, again bool) (handled int) {
+	if len(held) == 0 {
+		return 0
+	}
+	if s.gone() {
+		res.log.Debug("connection lost; results dropped", "queue", res.cfg.Tasks, "tasks", len(held))
+		return 0
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, completeTimeout)
+	err := s.c.Complete(ctx, res.cfg.Tasks, res.cfg.Results, held)
+	cancel()
+	return res.completed(s, held, err, again)
+}
+
+// completed interprets the outcome err of completing held and returns how
+// many tasks the master took.
+func (res *results) completed(s *session, held []wire.Completion, err error, again bool) (handled int) {
+	switch {
+	case err == nil:
+		return len(held)
+	case s.gone() || errors.Is(err, wire.ErrClosed):
+		res.log.Debug("connection lost; results dropped", "queue", res.cfg.Tasks, "tasks", len(held), "err", err)
+	case errors.Is(err, wire.ErrNotLeased):
+		// The others in the batch were completed.
+		if !again {
+			res.log.Warn("lease lost before completion; the master gave the task to another worker",
+				"queue", res.cfg.Tasks, "err", err)
+		}
+		return len(held)
+	default:
+		res.log.Warn("complete failed; the tasks will be redelivered when their leases run out",
+			"queue", res.cfg.Tasks, "tasks", len(held), "err", err)
+	}
+	return 0
+}
+
+// completeThenGet sends the outcomes fs (all of session s) and takes up
+// to opts.Max tasks, in one round trip when there are outcomes to send.
+// It runs where the get is made (see get), and accounts for fs before it
+// returns.
+func (res *results) completeThenGet(ctx context.Context, s *session, fs []finished, opts wire.GetOptions) ([]Task, error) {
+	if len(fs) > maxBatch || res.noChain {
+		res.send(s, fs)
+		fs = nil
+	}
+	held := s.completing(fs)
+	if len(held) == 0 || s.gone() {
+		res.drop(s, fs)
+		return s.c.Get(ctx, res.cfg.Tasks, opts)
+	}
+	sent := time.Now()
+	tasks, completeErr, err := s.c.CompleteThenGet(ctx, res.cfg.Tasks, res.cfg.Results, held, opts)
+	handled := len(held)
+	switch {
+	case completeErr != nil:
+		handled = res.completed(s, held, completeErr, false)
+	case errors.Is(err, wire.ErrChainIgnored):
+		res.noChain = true
+		res.log.Info("the master does not take a complete and a get in one call; sending them apart")
+		err = nil
+	case err != nil && ctx.Err() != nil:
+		// Cancelled (a drain) before the reply: the master may or may not
+		// have the results. Send them again on their own; those it took
+		// already come back as not leased, and no result is published twice.
+		handled = res.completeHeld(s, held, true)
+		err = ctx.Err()
+	case err != nil && (s.gone() || errors.Is(err, wire.ErrClosed)):
+		handled = 0
+	}
+	s.untrack(fs)
+	res.finish(len(fs), handled, sent)
+	return tasks, err
+}

@@ -1,0 +1,397 @@
+package worker
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"runtime"
+	"time"
+
+	"github.com/qm-dev/qm/auth"
+	"github.com/qm-dev/qm/wire"
+)
+
+// Run takes tasks from cfg.Tasks and runs cfg.Handler on each, at most
+// cfg.Concurrency at a time, until one of:
+//
+//   - ctx is cancelled: Run drains (takes no new task, lets the running
+//     handlers finish and completes them) and returns nil;
+//   - the worker has had no task for cfg.IdleExit, or has handled
+//     cfg.MaxTasks: Run returns nil;
+//   - an error that retrying cannot fix, such as a wrong authkey (it wraps
+//     auth.ErrAuthFailed) or a bad queue name.
+//
+// Run reconnects, with exponential backoff and jitter, whenever it cannot
+// reach the master or the connection drops. The results of tasks still
+// running when a connection drops are discarded, since the master has
+// requeued those tasks; their handlers' ctx is cancelled with cause
+// ErrLeaseLost. Every goroutine Run starts has ended when it returns.
+func Run(ctx context.Context, cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	cfg.setDefaults()
+	r := newRunner(ctx, cfg)
+	err := r.run(ctx)
+	r.stop()
+	if err == nil { // an error is the caller's to report
+		r.log.Info("worker stopped", "handled", r.res.counts().handled)
+	}
+	return err
+}
+
+// errConnLost is why a session ended when its connection dropped while
+// no call was in progress to report the error.
+var errConnLost = errors.New("connection dropped")
+
+// errStop tells run that the worker should stop cleanly: ctx was
+// cancelled, or IdleExit passed while it waited.
+var errStop = errors.New("stop")
+
+// runner is one Run: the reconnect loop and the worker's lifecycle. The
+// goroutine that called Run drives it and owns its fields (those of pool
+// and res excepted): it connects, serves each session (takes tasks, and
+// decides where each result goes), drains and stops. The pool runs the
+// handlers, the result pipeline (results) carries their outcomes back,
+// and each session's keeper renews its leases; stop and session.close
+// join their goroutines.
+//
+// Results go with the Run goroutine's next get, in one round trip
+// (wire.Client.CompleteThenGet), when it is about to make one; while a get
+// waits at the master, they go at once on their own.
+type runner struct {
+	cfg     Config
+	log     *slog.Logger
+	base    context.Context // Run's ctx without its cancellation: handlers outlive the drain
+	bo      backoff
+	pool    *pool    // runs the handlers
+	res     *results // takes their outcomes to the master
+	started []job    // start's scratch
+}
+
+func newRunner(ctx context.Context, cfg Config) *runner {
+	r := &runner{
+		cfg:  cfg,
+		log:  cfg.Logger.With("worker", cfg.Name),
+		base: context.WithoutCancel(ctx),
+		bo:   backoff{min: cfg.ReconnectMin, max: cfg.ReconnectMax},
+	}
+	r.pool = newPool(r.runTask)
+	r.res = newResults(&r.cfg, r.log)
+	return r
+}
+
+// stop waits for every handler goroutine, and then ends the result
+// pipeline's goroutines. By then no result is left to send: serve returned
+// with none in flight, or dropped them with its session, and the handlers
+// of ended sessions dropped their own.
+func (r *runner) stop() {
+	r.pool.stop()
+	r.res.stop()
+}
+
+// run connects and serves sessions until the worker should stop.
+func (r *runner) run(ctx context.Context) error {
+	afterLoss := false
+	for {
+		c, err := r.connect(ctx, afterLoss)
+		if errors.Is(err, errStop) {
+			r.drain(ctx)
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		s := r.newSession(c)
+		r.log.Info("connected to master", "server", r.cfg.Server, "queue", r.cfg.Tasks, "concurrency", r.cfg.Concurrency)
+		stop, err := r.serve(ctx, s)
+		s.close()
+		if stop {
+			return err
+		}
+		afterLoss = true
+	}
+}
+
+// connect dials the master until it answers, backing off between
+// attempts. It returns errStop if the worker should stop meanwhile, and at
+// once an error that retrying cannot fix.
+func (r *runner) connect(ctx context.Context, afterLoss bool) (*wire.Client, error) {
+	var delay time.Duration
+	if afterLoss {
+		delay = r.bo.next()
+	}
+	for attempt := 1; ; attempt++ {
+		if delay > 0 && r.pause(ctx, delay) {
+			return nil, errStop
+		}
+		if ctx.Err() != nil {
+			return nil, errStop
+		}
+		c, err := wire.Dial(ctx, wire.Config{
+			Addr:    r.cfg.Server,
+			Authkey: r.cfg.Authkey,
+			Role:    "worker",
+			Name:    r.cfg.Name,
+			TLS:     r.cfg.TLS,
+		})
+		if err == nil {
+			return c, nil
+		}
+		if ctx.Err() != nil {
+			return nil, errStop
+		}
+		if permanent(err) {
+			return nil, err
+		}
+		delay = r.bo.next()
+		r.log.Warn("cannot connect to master; retrying", "server", r.cfg.Server, "attempt", attempt,
+			"retry_in", delay.Round(time.Millisecond), "err", err)
+	}
+}
+
+// permanent reports whether a dial error is one that retrying cannot fix:
+// a wrong key, a master's certificate this worker does not trust, or a
+// protocol mismatch.
+func permanent(err error) bool {
+	var cve *tls.CertificateVerificationError
+	return errors.Is(err, auth.ErrAuthFailed) ||
+		errors.As(err, &cve) ||
+		errors.Is(err, auth.ErrBadHandshake) ||
+		errors.Is(err, wire.ErrBadPreamble) ||
+		errors.Is(err, wire.ErrUnsupportedVersion)
+}
+
+// serve takes tasks on s until the worker should stop (stop is true, and
+// err says why if it is an error) or the connection is lost (stop is
+// false, see lose). Before it returns to stop, it drains.
+//
+// It is the one place results are sent from. An outcome taken from pending
+// goes with the next get if serve is about to make one; otherwise (every
+// slot is busy, a get is waiting at the master, or it drains) it goes on
+// its own, through the completer, at once unless the completer is busy
+// with a batch: then it goes with the next batch or get.
+//
+// serve makes a get itself when no handler is running (always at
+// Concurrency 1), since no result can come while the get waits at the
+// master. While handlers run it hands the get to the getter instead, and
+// stays free to send their results.
+func (r *runner) serve(ctx context.Context, s *session) (stop bool, err error) {
+	var (
+		held       []finished // taken from pending, not yet handed on
+		getting    bool       // the getter has a get of ours
+		completing bool       // the completer has a batch of ours
+		draining   bool       // no more gets: wait until nothing is in flight
+		stopErr    error      // why serve stops once drained, if for an error
+	)
+	// quit returns, once nothing is in flight, after the completer's reply.
+	quit := func(err error) (bool, error) {
+		if completing {
+			<-r.res.sent
+		}
+		return true, err
+	}
+	cancelled := ctx.Done()
+	for {
+		select { // take sees what changed so far: no need to wake for it
+		case <-r.res.changed:
+		default:
+		}
+		var t tally
+		held, t = r.res.take(held)
+		n := 0 // tasks to get now
+		if !getting {
+			switch {
+			case draining || ctx.Err() != nil:
+				if !draining && ctx.Err() != nil && t.inflight > 0 {
+					r.log.Info("draining: taking no new tasks, waiting for running ones", "running", t.inflight)
+				}
+				draining = true
+				if t.inflight == 0 {
+					return quit(stopErr)
+				}
+			case r.cfg.MaxTasks > 0 && t.handled >= r.cfg.MaxTasks:
+				r.log.Info("handled the maximum number of tasks; stopping", "max_tasks", r.cfg.MaxTasks)
+				return quit(nil)
+			default:
+				// A slot is free once its handler returns, while its result
+				// is still on the way to the master: the next get carries
+				// it. Results waiting to be sent stay bounded by
+				// Concurrency.
+				n = min(r.cfg.Concurrency-t.running, 2*r.cfg.Concurrency-(t.inflight-len(held)))
+				if r.cfg.MaxTasks > 0 {
+					n = min(n, r.cfg.MaxTasks-t.handled-t.inflight)
+				}
+			}
+		}
+		var g gotReply // the reply to a get, once got is set
+		got := false
+		if n > 0 {
+			timeout := r.cfg.GetTimeout
+			if r.cfg.IdleExit > 0 {
+				left, idle := r.res.idleLeft()
+				if idle && left <= 0 {
+					r.log.Info("idle; stopping", "idle_exit", r.cfg.IdleExit)
+					return quit(nil)
+				}
+				if !idle {
+					left = r.cfg.IdleExit
+				}
+				timeout = min(timeout, left)
+			}
+			c := getCall{ctx: ctx, s: s, fs: held, opts: wire.GetOptions{Max: n, Timeout: timeout, Lease: r.cfg.Lease}}
+			held = nil
+			if t.running == 0 {
+				g, got = r.res.get(c), true
+			} else {
+				r.res.gets <- c
+				getting = true
+			}
+		} else if len(held) > 0 && !completing {
+			r.res.completes <- sendCall{s: s, fs: held}
+			held, completing = nil, true
+		}
+		if !got {
+			var lost <-chan struct{}
+			if !getting && !draining {
+				lost = s.ctx.Done()
+			}
+			select {
+			case <-r.res.changed:
+				// Let the handlers that are ready to run finish first, so
+				// that their results go in one message rather than one
+				// each.
+				runtime.Gosched()
+			case <-r.res.sent:
+				completing = false
+			case g = <-r.res.got:
+				getting, got = false, true
+			case <-cancelled:
+				cancelled = nil // the next round drains
+			case <-lost:
+				return r.lose(s, held, completing, errConnLost)
+			}
+			if !got {
+				continue
+			}
+		}
+		r.start(s, g.tasks)
+		if len(g.tasks) > 0 {
+			// Let the handlers just started run first: quick ones finish,
+			// and their results go with the next get instead of one by one.
+			runtime.Gosched()
+		}
+		switch err := g.err; {
+		case err == nil:
+			r.bo.reset() // the connection works
+		case ctx.Err() != nil:
+			// Draining; the next round says so.
+		case errors.Is(err, wire.ErrBadRequest) || errors.Is(err, wire.ErrUnknownOp):
+			draining, stopErr = true, fmt.Errorf("get from queue %q: %w", r.cfg.Tasks, err)
+		default:
+			return r.lose(s, held, completing, err)
+		}
+	}
+}
+
+// lose ends serve when s has lost its connection (err says how): it
+// cancels the session, which ends the completer's call on it at once,
+// waits for the completer, and drops the results still held. From then on
+// the handlers of s drop their own.
+func (r *runner) lose(s *session, held []finished, completing bool, err error) (stop bool, _ error) {
+	r.log.Warn("connection to master lost; reconnecting", "server", r.cfg.Server, "err", err, "dropped", s.count())
+	s.cancel(ErrLeaseLost)
+	if completing {
+		<-r.res.sent
+	}
+	held, _ = r.res.take(held)
+	r.res.drop(s, held)
+	return false, nil
+}
+
+// drain waits, between sessions, until no task is in flight: the handlers
+// drop their results as they return, since their sessions have ended.
+func (r *runner) drain(ctx context.Context) {
+	inflight := r.res.counts().inflight
+	if inflight == 0 {
+		return
+	}
+	if ctx.Err() != nil {
+		r.log.Info("draining: taking no new tasks, waiting for running ones", "running", inflight)
+	}
+	for {
+		if r.res.counts().inflight == 0 {
+			return
+		}
+		<-r.res.changed
+	}
+}
+
+// start hands tasks to the handler pool. At most Concurrency run: serve
+// takes no more than there are free slots.
+func (r *runner) start(s *session, tasks []Task) {
+	if len(tasks) == 0 {
+		return
+	}
+	now := time.Now()
+	r.started = r.started[:0] // only the Run goroutine starts tasks
+	for _, t := range tasks {
+		r.started = append(r.started, job{s: s, l: s.track(t, now), t: t})
+	}
+	r.res.started(len(tasks))
+	r.pool.add(r.started)
+	clear(r.started)
+}
+
+// pause waits for d and reports true if the worker should stop instead:
+// ctx was cancelled, or IdleExit passed.
+func (r *runner) pause(ctx context.Context, d time.Duration) (stop bool) {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	idle := time.NewTimer(time.Hour)
+	defer idle.Stop()
+	for {
+		idle.Stop()
+		if r.cfg.IdleExit > 0 {
+			left, ok := r.res.idleLeft()
+			if ok && left <= 0 {
+				r.log.Info("idle; stopping", "idle_exit", r.cfg.IdleExit)
+				return true
+			}
+			if ok {
+				idle.Reset(left)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return true
+		case <-timer.C:
+			return false
+		case <-r.res.changed:
+		case <-idle.C:
+		}
+	}
+}
+
+// backoff yields exponentially growing delays with jitter.
+type backoff struct {
+	min, max, cur time.Duration
+}
+
+// next returns the next delay: the current one, doubled each call up to
+// max, less a random part of up to half, so that workers that lost the
+// same master do not all come back at once.
+func (b *backoff) next() time.Duration {
+	if b.cur == 0 {
+		b.cur = b.min
+	} else {
+		b.cur = min(2*b.cur, b.max)
+	}
+	half := b.cur / 2
+	return b.cur - half + rand.N(half+1)
+}
+
+func (b *backoff) reset() { b.cur = 0 }
