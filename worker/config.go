@@ -120,10 +120,10 @@ func (c *Config) setDefaults() {
 		c.Name = host + ":" + strconv.Itoa(os.Getpid())
 	}
 	if c.Tasks == "" {
-		c.Tasks = "tasks"
+		c.Tasks = wire.DefaultTaskQueue
 	}
 	if c.Results == "" {
-		c.Results = "results"
+		c.Results = wire.DefaultResultQueue
 	}
 	if c.Concurrency == 0 {
 		c.Concurrency = 1
