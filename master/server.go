@@ -1,4 +1,3 @@
-// Package master serves named queues to authenticated clients over TCP.
 package master
 
 import (

@@ -20,4 +20,10 @@
 // Cancelling ctx drains the worker: it takes no new tasks, lets the running
 // handlers finish (their ctx is not cancelled), completes them and returns
 // nil. Builtin and Command give ready-made handlers.
+//
+// The files follow the jobs: run.go is Run, the reconnect loop and serve,
+// the one goroutine that decides where each result goes; pool.go the
+// handler goroutines; task.go what a handler goroutine does with a task;
+// results.go the result pipeline between them and the master; session.go
+// one connection's leases and their renewal.
 package worker
