@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -90,7 +91,12 @@ func New(cfg Config) (*Server, error) {
 		s.store, qcfg.Store = st, st
 	}
 	start := time.Now()
+	// Recovery builds a large heap of live objects fast, with nothing to
+	// free until it ends: collecting it at the usual pace only re-marks
+	// it over and over.
+	gcPercent := debug.SetGCPercent(800)
 	qm, err := queue.New(qcfg)
+	debug.SetGCPercent(gcPercent)
 	if err != nil {
 		cancel()
 		if s.store != nil {
@@ -101,6 +107,12 @@ func New(cfg Config) (*Server, error) {
 	s.queues = qm
 	s.py = s.newPyManager()
 	if s.store != nil {
+		// Loading the log took several times the memory its tasks keep
+		// (the files, the index of live tasks, the sort). That is garbage
+		// now; give it back to the system at once rather than at the
+		// runtime's background pace, which left a restarted master at 5x
+		// the memory of one that had never stopped.
+		debug.FreeOSMemory()
 		var tasks, queues int
 		for _, st := range qm.AllStats() {
 			tasks += st.Ready

@@ -2,6 +2,7 @@ package seglog
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -124,7 +125,8 @@ func (l *Log) load() (store.Meta, []store.Task, error) {
 	for _, name := range ls.tmps {
 		os.Remove(filepath.Join(l.dir, name)) // an unfinished snapshot
 	}
-	st := &state{index: make(map[uint64]int32, l.sizeHint(ls))}
+	hint := l.sizeHint(ls)
+	st := &state{tasks: make([]store.Task, 0, hint), index: make(map[uint64]int32, hint)}
 	dec := &decoder{}
 	var base uint64 // first segment to replay
 	var replayed int64
@@ -181,20 +183,44 @@ func (l *Log) load() (store.Meta, []store.Task, error) {
 	return meta, tasks, nil
 }
 
-// sizeHint guesses how many tasks the files of ls hold, to size the index.
+// sizeHint counts the tasks the files of ls add, at most, to size the
+// state at once: growing it as the records come copied a million tasks
+// about twice over and cost a restarted master a second. It reads each
+// file's record headers only (the page cache serves the files again to
+// the replay); a file it cannot read counts as none.
 func (l *Log) sizeHint(ls listing) int {
-	var bytes int64
-	for _, n := range ls.segs {
-		if fi, err := os.Stat(filepath.Join(l.dir, segName(n))); err == nil {
-			bytes += fi.Size()
+	n := 0
+	count := func(name string) {
+		b, err := os.ReadFile(filepath.Join(l.dir, name))
+		if err != nil || len(b) < headerLen {
+			return
 		}
+		n += countAdds(b[headerLen:])
 	}
-	if n := len(ls.snaps); n > 0 {
-		if fi, err := os.Stat(filepath.Join(l.dir, snapName(ls.snaps[n-1]))); err == nil {
-			bytes += fi.Size()
+	if k := len(ls.snaps); k > 0 {
+		count(snapName(ls.snaps[k-1]))
+	}
+	for _, s := range ls.segs {
+		count(segName(s))
+	}
+	return n
+}
+
+// countAdds counts the records of b that add a task (Add or Move), up to
+// the first that is cut short or damaged in its header.
+func countAdds(b []byte) int {
+	n := 0
+	for len(b) > recHeaderLen {
+		size := binary.LittleEndian.Uint32(b)
+		if size == 0 || size > maxRecord || uint64(len(b)-recHeaderLen) < uint64(size) {
+			break
 		}
+		if k := store.Kind(b[recHeaderLen]); k == store.Add || k == store.Move {
+			n++
+		}
+		b = b[recHeaderLen+int(size):]
 	}
-	return int(min(bytes/64, 1<<24))
+	return n
 }
 
 // loadSnapshot applies snapshot n to st and returns its size. Any damage
