@@ -12,7 +12,7 @@ import (
 )
 
 func main() {
-	gomaxprocs.OneUnlessSet()
+	gomaxprocs.OneUnlessSet() // serveRun may raise it (gomaxprocs.Adapt)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	// After the first signal, restore the default handling so that a second
 	// one ends a slow shutdown at once.

@@ -15,6 +15,7 @@ import (
 
 	"github.com/qm-dev/qm/auth"
 	"github.com/qm-dev/qm/internal/cliflag"
+	"github.com/qm-dev/qm/internal/gomaxprocs"
 	"github.com/qm-dev/qm/internal/tlsconfig"
 	"github.com/qm-dev/qm/master"
 	"github.com/qm-dev/qm/master/queue"
@@ -227,6 +228,9 @@ func storageNote(dir string, fsync seglog.FsyncMode, interval time.Duration) str
 	return fmt.Sprintf("durable in %s (fsync %s)", dir, fsync)
 }
 
+// adaptPeriod is how often the master looks whether it is CPU-bound.
+const adaptPeriod = 5 * time.Second
+
 // serveRun runs the master until ctx ends, then shuts it down gracefully.
 func serveRun(ctx context.Context, opts *serveOptions) error {
 	var key []byte
@@ -316,6 +320,13 @@ func serveRun(ctx context.Context, opts *serveOptions) error {
 		log.Warn("serving without authentication (--insecure-no-auth): anyone who can connect may read and write every queue")
 	}
 
+	if opts.IO.getenv("GOMAXPROCS") == "" {
+		// main started the master on one thread (internal/gomaxprocs);
+		// one that is CPU-bound while the machine has cores to spare gets
+		// more, and says so.
+		adapter := gomaxprocs.Adapt(adaptPeriod, log)
+		defer adapter.Stop()
+	}
 	waitHTTP, err := opts.HTTP.serveHTTP(srv, log)
 	if err != nil {
 		ln.Close()
