@@ -3,9 +3,12 @@ package pyproto
 import (
 	"fmt"
 	"math"
+	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/qm-dev/qm/internal/msgp"
+	"github.com/qm-dev/qm/internal/pyext"
 )
 
 // MaxDepth bounds how deeply containers may nest in a value converted to
@@ -14,9 +17,46 @@ import (
 const MaxDepth = msgp.MaxDepth
 
 // Values decoded by Unpickle and accepted by the encoder are nil, bool,
-// int64, uint64 (for ints above MaxInt64), float64, string, []byte, and
-// the containers below. Containers are pointers because a pickle may
-// refer to one container from several places, or from inside itself.
+// int64, uint64 (for ints above MaxInt64), float64, string, []byte, Ext
+// (the Python types msgpack carries as extension types), and the
+// containers below. Containers are pointers because a pickle may refer
+// to one container from several places, or from inside itself.
+
+// Ext is a Python value that msgpack has no type for, as the extension
+// type of package internal/pyext (docs/VALUES.md) that carries it: an int
+// beyond 64 bits, a bytearray, a datetime, date, time or timedelta, a
+// Decimal or a complex. Unpickle checks Data; the encoder checks it
+// again, as it does an ext in msgpack.
+type Ext struct {
+	Type int8
+	Data []byte
+}
+
+// Set is a Python set, or a frozenset if Frozen: its elements in the
+// order they came, each once by Python's equality (as Dict's keys).
+type Set struct {
+	Items  []any
+	Frozen bool
+	index  map[string]struct{}
+}
+
+// Add adds item unless an equal one is there. Unhashable items (list,
+// dict, set, bytearray) are refused.
+func (s *Set) Add(item any) error {
+	h, err := hashKey(item)
+	if err != nil {
+		return err
+	}
+	if s.index == nil {
+		s.index = make(map[string]struct{})
+	}
+	if _, ok := s.index[h]; ok {
+		return nil
+	}
+	s.index[h] = struct{}{}
+	s.Items = append(s.Items, item)
+	return nil
+}
 
 // Tuple is a Python tuple.
 type Tuple []any
@@ -112,25 +152,53 @@ func hashKeyWithin(k any, depth int, budget *int) (string, error) {
 	case []byte:
 		return "b" + strconv.Itoa(len(x)) + ":" + string(x), nil
 	case Tuple:
-		h := "t" + strconv.Itoa(len(x)) + "("
-		for _, e := range x {
-			eh, err := hashKeyWithin(e, depth+1, budget)
+		hs, err := hashItems(x, depth, budget)
+		if err != nil {
+			return "", err
+		}
+		return "t" + strconv.Itoa(len(x)) + "(" + strings.Join(hs, "") + ")", nil
+	case Ext:
+		// Equal values of these types have equal data, but for ints (in
+		// range, they are int64s) and floats that Python takes as equal
+		// to some of them: such keys stay apart, which no pickle of a
+		// real dict or set has.
+		if x.Type != pyext.ByteArray {
+			*budget -= len(x.Data)
+			return "x" + strconv.Itoa(int(x.Type)) + ":" + string(x.Data), nil
+		}
+	case *Set:
+		if x.Frozen {
+			hs, err := hashItems(x.Items, depth, budget)
 			if err != nil {
 				return "", err
 			}
-			h += strconv.Itoa(len(eh)) + ":" + eh
-			if *budget -= len(eh); *budget <= 0 {
-				return "", fmt.Errorf("%w: dict key of more than %d bytes", ErrTooLarge, maxKeyLen)
-			}
+			slices.Sort(hs) // a frozenset equals another of the same elements in any order
+			return "F" + strconv.Itoa(len(hs)) + "(" + strings.Join(hs, "") + ")", nil
 		}
-		return h + ")", nil
 	}
-	return "", fmt.Errorf("%w: unhashable dict key of type %s", ErrBadPickle, TypeName(k))
+	return "", fmt.Errorf("%w: unhashable dict key or set element of type %s", ErrBadPickle, TypeName(k))
+}
+
+// hashItems returns the hashKey of each item, each prefixed by its
+// length, within budget.
+func hashItems(items []any, depth int, budget *int) ([]string, error) {
+	hs := make([]string, len(items))
+	for i, e := range items {
+		eh, err := hashKeyWithin(e, depth+1, budget)
+		if err != nil {
+			return nil, err
+		}
+		hs[i] = strconv.Itoa(len(eh)) + ":" + eh
+		if *budget -= len(eh); *budget <= 0 {
+			return nil, fmt.Errorf("%w: dict key of more than %d bytes", ErrTooLarge, maxKeyLen)
+		}
+	}
+	return hs, nil
 }
 
 // TypeName names the Python type of a decoded value, for error messages.
 func TypeName(v any) string {
-	switch v.(type) {
+	switch x := v.(type) {
 	case nil:
 		return "NoneType"
 	case bool:
@@ -149,6 +217,20 @@ func TypeName(v any) string {
 		return "list"
 	case *Dict, map[string]any:
 		return "dict"
+	case Ext:
+		if n := pyext.Name(x.Type); n != "" {
+			return n
+		}
+		return fmt.Sprintf("msgpack extension type %d", x.Type)
+	case *Set:
+		if x.Frozen {
+			return "frozenset"
+		}
+		return "set"
+	case *global:
+		return "the class " + x.String()
+	case timezone:
+		return "datetime.timezone"
 	}
 	return fmt.Sprintf("%T", v)
 }
