@@ -43,10 +43,11 @@ func init() {
 
 // global is a class or function a pickle named, on the stack until a
 // REDUCE applies it. It has no msgpack form: left as a value, it is
-// refused with ErrUnsupported.
+// refused with ErrUnsupported. Its reduce is given the keyer of the
+// Unpickle, for the sets it builds.
 type global struct {
 	module, name string
-	reduce       func(g *global, args Tuple) (any, error)
+	reduce       func(g *global, args Tuple, keys *keyer) (any, error)
 }
 
 func (g *global) String() string { return g.module + "." + g.name }
@@ -82,9 +83,9 @@ func valueError(g *global, err error) error {
 	return fmt.Errorf("%w: %s: %v", ErrBadPickle, g, err)
 }
 
-func reduceSet(frozen bool) func(*global, Tuple) (any, error) {
-	return func(g *global, args Tuple) (any, error) {
-		s := &Set{Frozen: frozen}
+func reduceSet(frozen bool) func(*global, Tuple, *keyer) (any, error) {
+	return func(g *global, args Tuple, keys *keyer) (any, error) {
+		s := &Set{Frozen: frozen, keys: keys}
 		if len(args) == 0 {
 			return s, nil
 		}
@@ -101,7 +102,7 @@ func reduceSet(frozen bool) func(*global, Tuple) (any, error) {
 	}
 }
 
-func reduceByteArray(g *global, args Tuple) (any, error) {
+func reduceByteArray(g *global, args Tuple, _ *keyer) (any, error) {
 	if len(args) == 0 {
 		return Ext{Type: pyext.ByteArray, Data: []byte{}}, nil
 	}
@@ -113,7 +114,7 @@ func reduceByteArray(g *global, args Tuple) (any, error) {
 }
 
 // reduceBytes is bytes(), which protocol 2 writes for b"".
-func reduceBytes(g *global, args Tuple) (any, error) {
+func reduceBytes(g *global, args Tuple, _ *keyer) (any, error) {
 	if len(args) != 0 {
 		return nil, shapeError(g, args)
 	}
@@ -122,7 +123,7 @@ func reduceBytes(g *global, args Tuple) (any, error) {
 
 // reduceEncode is _codecs.encode(s, "latin1"), which protocol 2 writes
 // for bytes: each character of s is a byte.
-func reduceEncode(g *global, args Tuple) (any, error) {
+func reduceEncode(g *global, args Tuple, _ *keyer) (any, error) {
 	if len(args) != 2 {
 		return nil, shapeError(g, args)
 	}
@@ -141,7 +142,7 @@ func reduceEncode(g *global, args Tuple) (any, error) {
 	return b, nil
 }
 
-func reduceComplex(g *global, args Tuple) (any, error) {
+func reduceComplex(g *global, args Tuple, _ *keyer) (any, error) {
 	if len(args) != 2 {
 		return nil, shapeError(g, args)
 	}
@@ -153,7 +154,7 @@ func reduceComplex(g *global, args Tuple) (any, error) {
 	return Ext{Type: pyext.Complex, Data: pyext.ComplexData(complex(re, im))}, nil
 }
 
-func reduceDecimal(g *global, args Tuple) (any, error) {
+func reduceDecimal(g *global, args Tuple, _ *keyer) (any, error) {
 	if len(args) != 1 {
 		return nil, shapeError(g, args)
 	}
@@ -167,7 +168,7 @@ func reduceDecimal(g *global, args Tuple) (any, error) {
 	return Ext{Type: pyext.Decimal, Data: []byte(s)}, nil
 }
 
-func reduceTimeDelta(g *global, args Tuple) (any, error) {
+func reduceTimeDelta(g *global, args Tuple, _ *keyer) (any, error) {
 	if len(args) != 3 {
 		return nil, shapeError(g, args)
 	}
@@ -194,7 +195,7 @@ func reduceTimeDelta(g *global, args Tuple) (any, error) {
 
 // reduceTimezone is timezone(offset) or timezone(offset, name); offset
 // is a timedelta of whole seconds within a day.
-func reduceTimezone(g *global, args Tuple) (any, error) {
+func reduceTimezone(g *global, args Tuple, _ *keyer) (any, error) {
 	if len(args) != 1 && len(args) != 2 {
 		return nil, shapeError(g, args)
 	}
@@ -245,7 +246,7 @@ func stateArgs(g *global, args Tuple, n int, tz bool) ([]byte, *pyext.Zone, erro
 	return state, (*pyext.Zone)(&z), nil
 }
 
-func reduceDate(g *global, args Tuple) (any, error) {
+func reduceDate(g *global, args Tuple, _ *keyer) (any, error) {
 	state, _, err := stateArgs(g, args, 4, false)
 	if err != nil {
 		return nil, err
@@ -256,7 +257,7 @@ func reduceDate(g *global, args Tuple) (any, error) {
 	return Ext{Type: pyext.Date, Data: append([]byte{}, state...)}, nil
 }
 
-func reduceTime(g *global, args Tuple) (any, error) {
+func reduceTime(g *global, args Tuple, _ *keyer) (any, error) {
 	state, z, err := stateArgs(g, args, 6, true)
 	if err != nil {
 		return nil, err
@@ -268,7 +269,7 @@ func reduceTime(g *global, args Tuple) (any, error) {
 	return Ext{Type: pyext.Time, Data: pyext.TimeData(c, z)}, nil
 }
 
-func reduceDateTime(g *global, args Tuple) (any, error) {
+func reduceDateTime(g *global, args Tuple, _ *keyer) (any, error) {
 	state, z, err := stateArgs(g, args, 10, true)
 	if err != nil {
 		return nil, err

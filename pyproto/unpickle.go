@@ -105,7 +105,7 @@ var textOps = map[byte]string{
 // anything else. Containers may be shared or even cyclic, as in the
 // pickle; ToMsgpack bounds them.
 func Unpickle(data []byte) (any, error) {
-	u := unpickler{data: data, memo: make(map[uint64]any)}
+	u := unpickler{data: data, memo: make(map[uint64]any), keys: newKeyer()}
 	v, err := u.run()
 	if err != nil {
 		return nil, fmt.Errorf("%w (pickle byte %d)", err, u.pos)
@@ -119,6 +119,7 @@ type unpickler struct {
 	stack []any
 	marks []int // stack lengths at each MARK
 	memo  map[uint64]any
+	keys  *keyer // of every dict and set, so that a shared key is keyed once
 }
 
 func (u *unpickler) run() (any, error) {
@@ -294,7 +295,7 @@ func (u *unpickler) step(op byte) error {
 		if !ok {
 			return fmt.Errorf("%w: opcode REDUCE of %s with a %s for arguments", ErrBadPickle, g, TypeName(args))
 		}
-		v, err := g.reduce(g, t)
+		v, err := g.reduce(g, t, u.keys)
 		if err != nil {
 			return err
 		}
@@ -345,13 +346,13 @@ func (u *unpickler) step(op byte) error {
 		}
 		l.Items = append(l.Items, items...)
 	case opEmptyDict:
-		u.push(&Dict{})
+		u.push(&Dict{keys: u.keys})
 	case opDict:
 		items, err := u.popMark()
 		if err != nil {
 			return err
 		}
-		d := &Dict{}
+		d := &Dict{keys: u.keys}
 		if err := setItems(d, items); err != nil {
 			return err
 		}
@@ -407,7 +408,7 @@ func (u *unpickler) step(op byte) error {
 		}
 		u.push(v)
 	case opEmptySet:
-		u.push(&Set{})
+		u.push(&Set{keys: u.keys})
 	case opAddItems:
 		items, err := u.popMark()
 		if err != nil {
@@ -431,7 +432,7 @@ func (u *unpickler) step(op byte) error {
 		if err != nil {
 			return err
 		}
-		s := &Set{Frozen: true}
+		s := &Set{Frozen: true, keys: u.keys}
 		for _, it := range items {
 			if err := s.Add(it); err != nil {
 				return err

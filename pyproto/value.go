@@ -2,10 +2,6 @@ package pyproto
 
 import (
 	"fmt"
-	"math"
-	"slices"
-	"strconv"
-	"strings"
 
 	"github.com/qm-dev/qm/internal/msgp"
 	"github.com/qm-dev/qm/internal/pyext"
@@ -38,12 +34,16 @@ type Set struct {
 	Items  []any
 	Frozen bool
 	index  map[string]struct{}
+	keys   *keyer
 }
 
 // Add adds item unless an equal one is there. Unhashable items (list,
 // dict, set, bytearray) are refused.
 func (s *Set) Add(item any) error {
-	h, err := hashKey(item)
+	if s.keys == nil {
+		s.keys = newKeyer()
+	}
+	h, err := s.keys.key(item, 0)
 	if err != nil {
 		return err
 	}
@@ -71,13 +71,17 @@ type Dict struct {
 	Keys   []any
 	Values []any
 	index  map[string]int
+	keys   *keyer
 }
 
 // Set stores value under key, replacing the value of an equal key as a
 // Python dict does (1, 1.0 and True are one key). Unhashable keys (list,
-// dict) are refused.
+// dict) are refused. A key, like a Python tuple, is not changed once set.
 func (d *Dict) Set(key, value any) error {
-	h, err := hashKey(key)
+	if d.keys == nil {
+		d.keys = newKeyer()
+	}
+	h, err := d.keys.key(key, 0)
 	if err != nil {
 		return err
 	}
@@ -96,8 +100,11 @@ func (d *Dict) Set(key, value any) error {
 
 // Get returns the value under key, if there is one.
 func (d *Dict) Get(key any) (any, bool) {
-	h, err := hashKey(key)
-	if err != nil || d.index == nil {
+	if d.index == nil {
+		return nil, false
+	}
+	h, err := d.keys.key(key, 0)
+	if err != nil {
 		return nil, false
 	}
 	i, ok := d.index[h]
@@ -109,92 +116,6 @@ func (d *Dict) Get(key any) (any, bool) {
 
 // Len returns the number of keys.
 func (d *Dict) Len() int { return len(d.Keys) }
-
-// maxKeyLen bounds the string hashKey builds for one key. Tuples that
-// share their elements (memo references) can describe a key of 2^60
-// leaves in a few hundred bytes; without a bound, hashing it would take
-// forever.
-const maxKeyLen = 1 << 16
-
-// hashKey returns a string equal for keys Python takes as equal, or an
-// error for a key Python cannot hash or that is too large.
-func hashKey(k any) (string, error) {
-	budget := maxKeyLen
-	return hashKeyWithin(k, 0, &budget)
-}
-
-func hashKeyWithin(k any, depth int, budget *int) (string, error) {
-	if depth > MaxDepth {
-		return "", ErrTooDeep
-	}
-	if *budget <= 0 {
-		return "", fmt.Errorf("%w: dict key of more than %d bytes", ErrTooLarge, maxKeyLen)
-	}
-	switch x := k.(type) {
-	case nil:
-		return "N", nil
-	case bool:
-		if x {
-			return "i1", nil
-		}
-		return "i0", nil
-	case int64:
-		return "i" + strconv.FormatInt(x, 10), nil
-	case uint64:
-		return "i" + strconv.FormatUint(x, 10), nil
-	case float64:
-		if x == math.Trunc(x) && math.Abs(x) < 1<<63 {
-			return "i" + strconv.FormatInt(int64(x), 10), nil
-		}
-		return "f" + strconv.FormatUint(math.Float64bits(x), 16), nil
-	case string:
-		return "s" + strconv.Itoa(len(x)) + ":" + x, nil
-	case []byte:
-		return "b" + strconv.Itoa(len(x)) + ":" + string(x), nil
-	case Tuple:
-		hs, err := hashItems(x, depth, budget)
-		if err != nil {
-			return "", err
-		}
-		return "t" + strconv.Itoa(len(x)) + "(" + strings.Join(hs, "") + ")", nil
-	case Ext:
-		// Equal values of these types have equal data, but for ints (in
-		// range, they are int64s) and floats that Python takes as equal
-		// to some of them: such keys stay apart, which no pickle of a
-		// real dict or set has.
-		if x.Type != pyext.ByteArray {
-			*budget -= len(x.Data)
-			return "x" + strconv.Itoa(int(x.Type)) + ":" + string(x.Data), nil
-		}
-	case *Set:
-		if x.Frozen {
-			hs, err := hashItems(x.Items, depth, budget)
-			if err != nil {
-				return "", err
-			}
-			slices.Sort(hs) // a frozenset equals another of the same elements in any order
-			return "F" + strconv.Itoa(len(hs)) + "(" + strings.Join(hs, "") + ")", nil
-		}
-	}
-	return "", fmt.Errorf("%w: unhashable dict key or set element of type %s", ErrBadPickle, TypeName(k))
-}
-
-// hashItems returns the hashKey of each item, each prefixed by its
-// length, within budget.
-func hashItems(items []any, depth int, budget *int) ([]string, error) {
-	hs := make([]string, len(items))
-	for i, e := range items {
-		eh, err := hashKeyWithin(e, depth+1, budget)
-		if err != nil {
-			return nil, err
-		}
-		hs[i] = strconv.Itoa(len(eh)) + ":" + eh
-		if *budget -= len(eh); *budget <= 0 {
-			return nil, fmt.Errorf("%w: dict key of more than %d bytes", ErrTooLarge, maxKeyLen)
-		}
-	}
-	return hs, nil
-}
 
 // TypeName names the Python type of a decoded value, for error messages.
 func TypeName(v any) string {
