@@ -26,12 +26,13 @@ type keyer struct {
 	seen map[ref]string    // an object keyed already → its key
 }
 
-// ref is an object by identity: its data's address, and its length. The
-// unpickler never changes a str, bytes, tuple or frozenset once built, so
-// the same address and length is the same key.
+// ref is an object by identity: its kind, its data's address and its
+// length. The unpickler never changes a str, bytes, tuple, frozenset or
+// Ext once built, so the same ref is the same key.
 type ref struct {
-	p any
-	n int
+	kind byte
+	p    any
+	n    int
 }
 
 // maxInline is the longest key kept as it is; a longer one is numbered.
@@ -69,27 +70,27 @@ func (ky *keyer) key(k any, depth int) (string, error) {
 		if len(x) < maxInline {
 			return "s" + x, nil
 		}
-		r = ref{unsafe.StringData(x), len(x)}
+		r = ref{'s', unsafe.StringData(x), len(x)}
 	case []byte:
 		if len(x) < maxInline {
 			return "b" + string(x), nil
 		}
-		r = ref{&x[0], len(x)}
+		r = ref{'b', &x[0], len(x)}
 	case Ext:
 		// Equal values of these types have equal data, but for ints (in
 		// range, they are int64s) and floats that Python takes as equal
 		// to some of them: such keys stay apart, which no pickle of a
 		// real dict or set has.
 		if x.Type != pyext.ByteArray && len(x.Data) > 0 {
-			r = ref{&x.Data[0], len(x.Data)}
+			r = ref{'x', &x.Data[0], len(x.Data)}
 		}
 	case Tuple:
 		if len(x) > 0 {
-			r = ref{&x[0], len(x)}
+			r = ref{'t', &x[0], len(x)}
 		}
 	case *Set:
 		if x.Frozen {
-			r = ref{x, 0}
+			r = ref{'F', x, 0}
 		}
 	}
 	if r.p != nil {
