@@ -325,6 +325,7 @@ func TestPythonRichValues(t *testing.T) {
 			time.Date(2024, 1, 2, 3, 4, 5, 6000, time.UTC),
 			time.Date(2024, 1, 2, 3, 4, 5, 0, time.FixedZone("", 7200)), // a time.Time crosses as an instant, in UTC
 			map[string]any{"s": wire.Set{wire.FrozenSet{int64(1)}}, "t": []any{wire.Date{Year: 1, Month: 1, Day: 1}}},
+			new(big.Int).Lsh(big.NewInt(-1), 100), complex(0.5, 1),
 		}
 		if _, err := c.Put(context.Background(), "fromgo", fromGo, wire.PutOptions{}); err != nil {
 			t.Fatal(err)
@@ -364,7 +365,8 @@ utc = dt.timezone.utc
 want = [{1, 2}, frozenset({'a'}), bytearray(b'ab'), decimal.Decimal('-1.50E+3'), dt.date(2024, 2, 29),
         dt.datetime(2024, 11, 3, 1, 30, fold=1), dt.time(1, 2, 0, 3, tzinfo=dt.timezone(dt.timedelta(hours=1), 'CET')),
         dt.timedelta(days=-1, seconds=5, microseconds=7), dt.datetime(2024, 1, 2, 3, 4, 5, 6, tzinfo=utc),
-        dt.datetime(2024, 1, 2, 1, 4, 5, tzinfo=utc), {'s': {frozenset({1})}, 't': [dt.date(1, 1, 1)]}]
+        dt.datetime(2024, 1, 2, 1, 4, 5, tzinfo=utc), {'s': {frozenset({1})}, 't': [dt.date(1, 1, 1)]},
+        -2**100, complex(0.5, 1)]
 for w in want:
     got = fromgo.get(timeout=5)
     assert same(got, w), (got, w)

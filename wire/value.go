@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"math/big"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -19,9 +20,10 @@ import (
 // datetime a time.Time (in UTC, or in a fixed zone with the datetime's
 // offset and timezone name); the others have a type here. Each of these
 // types is encoded back to its extension type by Encode and Put, so a Go
-// worker hands Python the type it was given. (A *big.Int and a complex128
-// cannot be put; a time.Time is put as a timestamp, which Python reads as
-// a datetime in UTC.)
+// worker hands Python the type it was given; so are a *big.Int (as a
+// msgpack int when it fits one) and a complex128, whose encoders this
+// package registers with github.com/vmihailenco/msgpack/v5. A time.Time
+// is put as a timestamp, which Python reads as a datetime in UTC.
 
 // Set is a Python set: its elements, each decoded as DecodeValue decodes
 // a value (a tuple is a []any).
@@ -70,6 +72,38 @@ type Time struct {
 // number of seconds, exact: -86394.999993.
 type TimeDelta struct {
 	Days, Seconds, Micros int
+}
+
+func init() {
+	// Before, vmihailenco wrote a *big.Int as the bytes of its decimal
+	// text, and refused a complex128.
+	msgpack.Register((*big.Int)(nil), encodeBigInt, nil)
+	msgpack.Register(complex128(0), encodeComplex, nil)
+}
+
+func encodeBigInt(e *msgpack.Encoder, v reflect.Value) error {
+	x := v.Interface().(*big.Int)
+	switch {
+	case x == nil:
+		return e.EncodeNil()
+	case x.IsInt64():
+		return e.EncodeInt(x.Int64())
+	case x.IsUint64():
+		return e.EncodeUint(x.Uint64())
+	}
+	return encodeExt(e, pyext.BigInt, pyext.Signed(x))
+}
+
+func encodeComplex(e *msgpack.Encoder, v reflect.Value) error {
+	return encodeExt(e, pyext.Complex, pyext.ComplexData(v.Complex()))
+}
+
+func encodeExt(e *msgpack.Encoder, typ int8, data []byte) error {
+	if err := e.EncodeExtHeader(typ, len(data)); err != nil {
+		return err
+	}
+	_, err := e.Writer().Write(data)
+	return err
 }
 
 // DecodeValue decodes a msgpack payload into nil, bool, int64 (uint64
