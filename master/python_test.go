@@ -5,7 +5,9 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"math"
+	"math/big"
 	"os"
 	"path/filepath"
 	"slices"
@@ -223,6 +225,176 @@ print('ok')
 			}
 			if fmt.Sprintf("%#v", got) != fmt.Sprintf("%#v", want) {
 				t.Errorf("value %d from python = %#v, want %#v", i, got, want)
+			}
+		}
+	})
+}
+
+// pyRichValues are Python values msgpack has no type for (docs/VALUES.md),
+// each as the Python expression and as what wire.DecodeValue gives a Go
+// client, shown by goShow.
+var pyRichValues = []struct{ py, go_ string }{
+	{"2**64 + 1", "*big.Int 18446744073709551617"},
+	{"-2**64 - 1", "*big.Int -18446744073709551617"},
+	{"10**30", "*big.Int 1000000000000000000000000000000"},
+	{"-10**30", "*big.Int -1000000000000000000000000000000"},
+	{"-2**63 - 1", "*big.Int -9223372036854775809"},
+	{"2**2100 % 10**12 + 2**2100", "*big.Int " + new(big.Int).Add(new(big.Int).Lsh(big.NewInt(1), 2100), new(big.Int).Mod(new(big.Int).Lsh(big.NewInt(1), 2100), big.NewInt(1e12))).String()},
+	{"{1, 2}", "wire.Set{int64 1, int64 2}"},
+	{"set()", "wire.Set{}"},
+	{"frozenset({1, 3})", "wire.FrozenSet{int64 1, int64 3}"},
+	{"frozenset()", "wire.FrozenSet{}"},
+	{"{(1, (2, b'x')), frozenset({3}), 'a'}", "wire.Set{[]interface {}{int64 1, []interface {}{int64 2, []uint8 [120]}}, string a, wire.FrozenSet{int64 3}}"},
+	{"{frozenset({1}): 'one'}", "error"}, // a Go client reads str keys only
+	{"bytearray(b'\\x00\\xff')", "wire.ByteArray [0 255]"},
+	{"bytearray()", "wire.ByteArray []"},
+	{"dt.datetime(2024, 1, 2, 3, 4, 5, 6)", "wire.DateTime 2024-01-02T03:04:05.000006"},
+	{"dt.datetime(2024, 11, 3, 1, 30, fold=1)", "wire.DateTime 2024-11-03T01:30:00 fold 1"},
+	{"dt.datetime(2024, 1, 2, 3, 4, 5, 6, tzinfo=dt.timezone.utc)", "time.Time 2024-01-02 03:04:05.000006 +0000 UTC"},
+	{"dt.datetime(1, 1, 1, tzinfo=dt.timezone.utc)", "time.Time 0001-01-01 00:00:00 +0000 UTC"},
+	{"dt.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=dt.timezone(dt.timedelta(hours=-5, minutes=-30), 'X'))", "time.Time 9999-12-31 23:59:59.999999 -0530 X"},
+	{"dt.datetime(2024, 1, 2, tzinfo=dt.timezone(dt.timedelta(hours=2)))", "time.Time 2024-01-02 00:00:00 +0200 +0200"},
+	{"dt.date(2024, 2, 29)", "wire.Date 2024-02-29"},
+	{"dt.date.max", "wire.Date 9999-12-31"},
+	{"dt.time(1, 2, 3, 4)", "wire.Time 01:02:03.000004"},
+	{"dt.time(23, 59, tzinfo=dt.timezone(dt.timedelta(hours=2), 'CEST'))", "wire.Time 23:59:00+02:00"},
+	{"dt.timedelta(days=-1, seconds=5, microseconds=7)", "wire.TimeDelta -86394.999993"},
+	{"dt.timedelta.max", "wire.TimeDelta 86399999999999.999999"},
+	{"decimal.Decimal('1.50')", "wire.Decimal 1.50"},
+	{"decimal.Decimal('-0')", "wire.Decimal -0"},
+	{"decimal.Decimal('-Infinity')", "wire.Decimal -Infinity"},
+	{"decimal.Decimal('1E+30')", "wire.Decimal 1E+30"},
+	{"complex(1.5, -2)", "complex128 (1.5-2i)"},
+	{"0j", "complex128 (0+0i)"},
+	{"[2**100, {'k': {1}}, [dt.date(2024, 1, 1), bytearray(b'x')]]",
+		"[]interface {}{*big.Int 1267650600228229401496703205376, map[string]interface {}{k: wire.Set{int64 1}}, []interface {}{wire.Date 2024-01-01, wire.ByteArray [120]}}"},
+}
+
+// goShow renders a value DecodeValue gave with its types, a set's
+// elements sorted (Python's order depends on its hashes).
+func goShow(v any) string {
+	items := func(xs []any, sorted bool) string {
+		s := make([]string, len(xs))
+		for i, x := range xs {
+			s[i] = goShow(x)
+		}
+		if sorted {
+			slices.Sort(s)
+		}
+		return strings.Join(s, ", ")
+	}
+	switch x := v.(type) {
+	case []any:
+		return "[]interface {}{" + items(x, false) + "}"
+	case wire.Set:
+		return "wire.Set{" + items(x, true) + "}"
+	case wire.FrozenSet:
+		return "wire.FrozenSet{" + items(x, true) + "}"
+	case map[string]any:
+		keys := slices.Sorted(maps.Keys(x))
+		s := make([]string, len(keys))
+		for i, k := range keys {
+			s[i] = k + ": " + goShow(x[k])
+		}
+		return "map[string]interface {}{" + strings.Join(s, ", ") + "}"
+	case wire.DateTime:
+		if x.Fold != 0 {
+			return fmt.Sprintf("%T %v fold %d", x, x, x.Fold)
+		}
+	case time.Time:
+		return fmt.Sprintf("%T %s", x, x.Format("2006-01-02 15:04:05.999999999 -0700 MST"))
+	}
+	return fmt.Sprintf("%T %s", v, fmt.Sprint(v))
+}
+
+// TestPythonRichValues: the Python values msgpack has no type for come
+// back to Python equal and of the same type (an aware datetime with its
+// offset, timezone name and fold), reach a Go client as the values of
+// docs/VALUES.md, and a Go client's wire types reach Python as the Python
+// types. No pickle is ever executed: the master reads them as data, and
+// refuses a datetime whose tzinfo is a class of the script's own.
+func TestPythonRichValues(t *testing.T) {
+	forEachPython(t, master.Config{}, func(t *testing.T, py qmtest.Python, addr string) {
+		c := qmtest.Dial(t, addr, "producer")
+		fromGo := []any{
+			wire.Set{int64(1), int64(2)}, wire.FrozenSet{"a"}, wire.ByteArray("ab"), wire.Decimal("-1.50E+3"),
+			wire.Date{Year: 2024, Month: 2, Day: 29},
+			wire.DateTime{Year: 2024, Month: 11, Day: 3, Hour: 1, Minute: 30, Fold: 1},
+			wire.Time{Hour: 1, Minute: 2, Micros: 3, Zone: time.FixedZone("CET", 3600)},
+			wire.TimeDelta{Days: -1, Seconds: 5, Micros: 7},
+			time.Date(2024, 1, 2, 3, 4, 5, 6000, time.UTC),
+			time.Date(2024, 1, 2, 3, 4, 5, 0, time.FixedZone("", 7200)), // a time.Time crosses as an instant, in UTC
+			map[string]any{"s": wire.Set{wire.FrozenSet{int64(1)}}, "t": []any{wire.Date{Year: 1, Month: 1, Day: 1}}},
+			new(big.Int).Lsh(big.NewInt(-1), 100), complex(0.5, 1),
+		}
+		if _, err := c.Put(context.Background(), "fromgo", fromGo, wire.PutOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		exprs := make([]string, len(pyRichValues))
+		for i, v := range pyRichValues {
+			exprs[i] = v.py
+		}
+		out := runPy(t, py, addr, `
+import datetime as dt, decimal
+QueueManager.register('get_rich_queue')
+QueueManager.register('get_py_queue')
+QueueManager.register('get_fromgo_queue')
+m = manager()
+rich = m.get_rich_queue(); pyq = m.get_py_queue(); fromgo = m.get_fromgo_queue()
+def same(a, b):
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (set, frozenset)):
+        return a == b and all(any(same(x, y) for y in b) for x in a)
+    if isinstance(a, (dt.datetime, dt.time)):
+        return a == b and repr(a) == repr(b) and a.fold == b.fold  # offset, name, fold
+    if isinstance(a, decimal.Decimal):
+        return str(a) == str(b)
+    return a == b
+values = [`+strings.Join(exprs, ",\n          ")+`]
+for v in values:
+    pyq.put(v)
+    got = pyq.get(timeout=5)
+    assert same(got, v), (got, v)
+    rich.put(v)
+utc = dt.timezone.utc
+want = [{1, 2}, frozenset({'a'}), bytearray(b'ab'), decimal.Decimal('-1.50E+3'), dt.date(2024, 2, 29),
+        dt.datetime(2024, 11, 3, 1, 30, fold=1), dt.time(1, 2, 0, 3, tzinfo=dt.timezone(dt.timedelta(hours=1), 'CET')),
+        dt.timedelta(days=-1, seconds=5, microseconds=7), dt.datetime(2024, 1, 2, 3, 4, 5, 6, tzinfo=utc),
+        dt.datetime(2024, 1, 2, 1, 4, 5, tzinfo=utc), {'s': {frozenset({1})}, 't': [dt.date(1, 1, 1)]},
+        -2**100, complex(0.5, 1)]
+for w in want:
+    got = fromgo.get(timeout=5)
+    assert same(got, w), (got, w)
+class MyTZ(dt.tzinfo):
+    def utcoffset(self, d):
+        return dt.timedelta(hours=1)
+try:
+    pyq.put(dt.datetime(2024, 1, 1, tzinfo=MyTZ()))
+except RemoteError as e:
+    assert 'refused pickle' in str(e) and 'MyTZ' in str(e), str(e)
+else:
+    raise AssertionError('a datetime with a tzinfo of a class of its own was taken')
+print('ok')
+`)
+		if strings.TrimSpace(out) != "ok" {
+			t.Fatalf("python: %s", out)
+		}
+		ts, err := c.Get(context.Background(), "rich", wire.GetOptions{Max: len(pyRichValues), Timeout: 5 * time.Second, NoAck: true})
+		if err != nil || len(ts) != len(pyRichValues) {
+			t.Fatalf("get: %d tasks, %v", len(ts), err)
+		}
+		for i, task := range ts {
+			got := "error"
+			if v, err := task.Value(); err == nil {
+				got = goShow(v)
+			}
+			if want := pyRichValues[i].go_; got != want {
+				t.Errorf("%s reached Go as\n%s\nwant\n%s", pyRichValues[i].py, got, want)
 			}
 		}
 	})

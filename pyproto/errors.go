@@ -13,15 +13,20 @@ var (
 	// truncated, an unknown opcode, a stack underflow, a memo miss.
 	ErrBadPickle = errors.New("malformed pickle")
 
-	// ErrUnsafePickle is returned for a pickle that names a global, applies
-	// a callable or refers to external objects. Such opcodes are refused
-	// as soon as they are read; nothing they name is looked up or run.
+	// ErrUnsafePickle is returned for a pickle that names a global other
+	// than those of the plain types (see the package doc), applies one to
+	// arguments of another shape than Python's pickler writes, applies
+	// anything else, or refers to external objects. Such opcodes are
+	// refused as soon as they are read; nothing they name is looked up or
+	// run.
 	ErrUnsafePickle = errors.New("refused pickle: it would import or call code, and only plain values are accepted " +
-		"(None, bool, int, float, str, bytes, tuple, list, dict)")
+		"(None, bool, int, float, complex, str, bytes, bytearray, tuple, list, dict, set, frozenset, " +
+		"decimal.Decimal, and datetime's datetime, date, time and timedelta with a datetime.timezone)")
 
 	// ErrUnsupported is returned for a value that is well formed and safe
-	// but has no msgpack counterpart: a set, an int beyond 64 bits, an
-	// out-of-band buffer, a msgpack extension type.
+	// but has no msgpack counterpart: a class as a value, a timezone
+	// offset of a fraction of a second, an out-of-band buffer, a msgpack
+	// extension type qm does not define.
 	ErrUnsupported = errors.New("unsupported value")
 
 	// ErrTooDeep is returned when containers nest deeper than MaxDepth, or

@@ -2,6 +2,7 @@ package pyproto_test
 
 import (
 	"bytes"
+	"encoding/hex"
 	"errors"
 	"testing"
 
@@ -21,6 +22,20 @@ func FuzzUnpickle(f *testing.F) {
 	f.Add([]byte("\x80\x04]\x94h\x00a.")) // a list holding itself
 	f.Add([]byte("\x80\x02cos\nsystem\nX\x02\x00\x00\x00id\x85R."))
 	f.Add([]byte("\x80\x04\x95\x05\x00\x00\x00\x00\x00\x00\x00}(K\x01K\x02u."))
+	// The allowlisted globals, applied as Python does and as it does not.
+	for _, s := range []string{
+		"\x80\x04" + sg("datetime", "datetime") + "C\x0a\x07\xe8\x01\x02\x03\x04\x05\x00\x00\x06" +
+			sg("datetime", "timezone") + sg("datetime", "timedelta") + "J\xff\xff\xff\xffJ(\x04\x01\x00K\x00\x87R\x8c\x01X\x86R\x86R.",
+		"\x80\x04" + sg("datetime", "datetime") + "C\x0a\x07\xe8\x01\x02\x03\x04\x05\x00\x00\x06" + sg("datetime", "timedelta") + "K\x00K\x00K\x00\x87R\x86R.",
+		"\x80\x02c__builtin__\nset\n](K\x01\x8f\x94e\x85R.",
+		"\x80\x04(\x8f\x94(h\x00\x90\x91.",
+		"\x80\x02c_codecs\nencode\nX\x02\x00\x00\x00\xc3\xbfX\x06\x00\x00\x00latin1\x86R.",
+		"\x80\x04" + sg("builtins", "eval") + "\x8c\x012\x85R.",
+		"\x80\x04" + sg("builtins", "set") + "\x94h\x00\x85R.",
+		"\x80\x04" + sg("decimal", "Decimal") + "\x8c\x08-1.50E+3\x85R.",
+	} {
+		f.Add([]byte(s))
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		_, _ = pyproto.DecodeRequest(data)
 		v, err := pyproto.Unpickle(data)
@@ -29,7 +44,8 @@ func FuzzUnpickle(f *testing.F) {
 		}
 		mp, err := pyproto.ToMsgpack(v, 1<<16)
 		if err != nil {
-			if !errors.Is(err, pyproto.ErrTooDeep) && !errors.Is(err, pyproto.ErrTooLarge) {
+			// A class or a timezone left as a value has no msgpack form.
+			if !errors.Is(err, pyproto.ErrTooDeep) && !errors.Is(err, pyproto.ErrTooLarge) && !errors.Is(err, pyproto.ErrUnsupported) {
 				t.Fatalf("ToMsgpack: unexpected %v", err)
 			}
 			return
@@ -65,6 +81,20 @@ func FuzzMsgpackToPickle(f *testing.F) {
 	}
 	f.Add([]byte{0x81, 0x92, 0x01, 0x02, 0xa1, 'x'}) // {[1, 2]: "x"}
 	f.Add([]byte{0xd6, 0xff, 0, 0, 0, 0})            // a timestamp extension
+	// The extension types of docs/VALUES.md.
+	for _, h := range []string{
+		"c70901010000000000000001", "c70901feffffffffffffffff", "c70302920102", "c70c0292d503910392019202c40178",
+		"c7050391d5039102", "81d5039101a36f6e65", "d5046162", "c70a0707e80102030405000006", "d7ff00005dc065937d25",
+		"c70cff00000000fffffff1886e0900", "d807270f0c1f173b3b0f423fffffb2a80058", "c70f0707e8010200000000000000000000000000",
+		"d60507e8021d", "c70a06173b3b0f423f00000000", "c70c08ffffffff0000000500000007", "c7080931452b3330",
+		"d80a3ff8000000000000c000000000000000", "81d40290c0", "d60391d40290",
+	} {
+		b, err := hex.DecodeString(h)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		pyproto.MapFields(data)
 		p, err := pyproto.Pickle(pyproto.Msgpack(data))

@@ -1,7 +1,10 @@
 package pyproto_test
 
 import (
+	"bytes"
+	"encoding/binary"
 	"errors"
+	"runtime"
 	"testing"
 
 	"github.com/qm-dev/qm/pyproto"
@@ -19,17 +22,65 @@ func sharedTupleChain() []byte {
 	return b
 }
 
-// TestHugeSharedDictKeyRefused: found by fuzzing. Hashing such a tuple as
-// a dict key walked every leaf; now it is refused once the key passes a
-// size bound. A hang here fails the test by its timeout.
-func TestHugeSharedDictKeyRefused(t *testing.T) {
+// TestHugeSharedDictKeyCheap: found by fuzzing. Hashing such a tuple as
+// a dict key walked every leaf. Now each tuple is keyed once, from its
+// elements' keys, so the key is cheap; the dict, a key of 2^60 leaves,
+// is too large for msgpack. A hang here fails the test by its timeout.
+func TestHugeSharedDictKeyCheap(t *testing.T) {
 	data := append([]byte("\x80\x04}"), sharedTupleChain()...)
 	data = append(data, "h<K\x01s."...)
-	if _, err := pyproto.Unpickle(data); !errors.Is(err, pyproto.ErrTooLarge) {
-		t.Fatalf("Unpickle = %v, want ErrTooLarge", err)
+	v, err := pyproto.Unpickle(data)
+	if err != nil {
+		t.Fatalf("Unpickle = %v", err)
+	}
+	if _, err := pyproto.ToMsgpack(v, 1<<20); !errors.Is(err, pyproto.ErrTooLarge) {
+		t.Fatalf("ToMsgpack = %v, want ErrTooLarge", err)
 	}
 	if _, err := pyproto.DecodeRequest(data); err == nil {
 		t.Fatal("DecodeRequest accepted it")
+	}
+}
+
+// TestSharedKeysKeyedOnce: a key referred to many times (a memo
+// reference costs 2 bytes) is keyed once, not once per reference: a
+// string of 64 KiB, or a tuple of 128 shared leaves, as the key of 100000
+// dicts and the element of as many sets. Keying each reference anew
+// copied gigabytes.
+func TestSharedKeysKeyedOnce(t *testing.T) {
+	const refs = 100000
+	tuple := []byte(")\x940")
+	for i := range 7 {
+		tuple = append(tuple, 'h', byte(i), 'h', byte(i), 0x86, 0x94, '0')
+	}
+	str := append([]byte("\x8d"), binary.LittleEndian.AppendUint64(nil, 1<<16)...)
+	str = append(append(str, bytes.Repeat([]byte("k"), 1<<16)...), 0x94, '0') // memo 0
+	for name, key := range map[string][]byte{"str": str, "tuple": tuple} {
+		memo := byte(0)
+		if name == "tuple" {
+			memo = 7
+		}
+		for _, container := range []string{"dict", "set"} {
+			data := append([]byte("\x80\x04"), key...)
+			data = append(data, ']', '(')
+			for range refs {
+				if container == "dict" {
+					data = append(data, '}', 'h', memo, 'K', 1, 's')
+				} else {
+					data = append(data, 0x8f, '(', 'h', memo, 0x90)
+				}
+			}
+			data = append(data, 'e', '.')
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			v, err := pyproto.Unpickle(data)
+			runtime.ReadMemStats(&after)
+			if l, ok := v.(*pyproto.List); err != nil || !ok || len(l.Items) != refs {
+				t.Fatalf("%s in %ss: Unpickle = %v", name, container, err)
+			}
+			if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 256<<20 {
+				t.Errorf("%s in %ss: %d MiB allocated for a pickle of %d KiB", name, container, alloc>>20, len(data)>>10)
+			}
+		}
 	}
 }
 

@@ -3,7 +3,10 @@ package pyproto
 import (
 	"fmt"
 	"math"
+	"strings"
 	"time"
+
+	"github.com/qm-dev/qm/internal/pyext"
 )
 
 // Request is a manager request, the pickled 4-tuple
@@ -122,6 +125,28 @@ func (p *Params) Truth(i int) bool {
 		return len(x.Items) != 0
 	case *Dict:
 		return x.Len() != 0
+	case *Set:
+		return len(x.Items) != 0
+	case Ext:
+		return extTruth(x)
+	}
+	return true
+}
+
+// extTruth is bool() of an Ext: false for an empty bytearray and the
+// zeros of complex, Decimal and timedelta.
+func extTruth(x Ext) bool {
+	switch x.Type {
+	case pyext.ByteArray:
+		return len(x.Data) != 0
+	case pyext.Complex:
+		c, err := pyext.ParseComplex(x.Data)
+		return err != nil || c != 0
+	case pyext.TimeDelta:
+		return strings.Trim(string(x.Data), "\x00") != ""
+	case pyext.Decimal:
+		mantissa, _, _ := strings.Cut(strings.TrimPrefix(string(x.Data), "-"), "E")
+		return mantissa == "" || strings.Trim(mantissa, "0.") != ""
 	}
 	return true
 }

@@ -2,12 +2,15 @@ package pyproto
 
 import (
 	"fmt"
+	"slices"
 
 	"github.com/qm-dev/qm/internal/msgp"
+	"github.com/qm-dev/qm/internal/pyext"
 )
 
 // ToMsgpack encodes a value decoded by Unpickle as msgpack: a tuple or a
-// list as an array, a dict as a map with its keys in order. It fails
+// list as an array, a dict as a map with its keys in order, an Ext as
+// itself, a set as an ext of an array of its elements (docs/VALUES.md). It fails
 // with ErrTooLarge once the encoding would pass limit bytes (so a pickle
 // whose shared references multiply its size cannot exhaust memory), and
 // with ErrTooDeep past MaxDepth levels or on a container holding itself.
@@ -66,11 +69,35 @@ func (e *mpEncoder) value(v any, depth int) error {
 				return err
 			}
 		}
+	case Ext:
+		if err := e.room(len(x.Data) + maxExtHeader); err != nil {
+			return err
+		}
+		e.buf = msgp.AppendExt(e.buf, x.Type, x.Data)
+	case *Set:
+		typ := pyext.Set
+		if x.Frozen {
+			typ = pyext.FrozenSet
+		}
+		// The elements are the ext's data, whose length its header gives:
+		// written first, then the header is put before them.
+		if err := e.room(maxExtHeader); err != nil {
+			return err
+		}
+		start := len(e.buf)
+		if err := e.array(x.Items, depth); err != nil {
+			return err
+		}
+		e.buf = slices.Insert(e.buf, start, msgp.AppendExtHeader(nil, typ, len(e.buf)-start)...)
 	default:
-		return fmt.Errorf("%w: %s", ErrUnsupported, TypeName(v))
+		return fmt.Errorf("%w: %s has no msgpack form", ErrUnsupported, TypeName(v))
 	}
 	return e.room(0)
 }
+
+// maxExtHeader is the longest header of an ext: ext 32's type byte, its
+// 4-byte length and the ext type.
+const maxExtHeader = 6
 
 func (e *mpEncoder) array(items []any, depth int) error {
 	e.buf = msgp.AppendArrayHeader(e.buf, len(items))
@@ -96,9 +123,10 @@ func (e *mpEncoder) room(n int) error {
 }
 
 // msgpack pickles one msgpack payload: an array as a list (a tuple when
-// it is, or is inside, a dict key, since a list is unhashable), a map as a
-// dict. Extension types have no Python form and are refused. msgp's
-// errors wrap ErrBadMsgpack, which is its ErrMalformed.
+// it is, or is inside, a dict key or a set, since a list is unhashable),
+// a map as a dict, the extension types of internal/pyext as the Python
+// values they carry; other extension types have no Python form and are
+// refused. msgp's errors wrap ErrBadMsgpack, which is its ErrMalformed.
 func (p *pickler) msgpack(b []byte) error {
 	r := msgp.NewReader(b)
 	if err := p.mpValue(r, 0, false); err != nil {
@@ -137,7 +165,7 @@ func (p *pickler) mpValue(r *msgp.Reader, depth int, key bool) error {
 	case msgp.TypeBin:
 		p.bytes(v.Data)
 	case msgp.TypeExt:
-		return fmt.Errorf("%w: msgpack extension type %d has no Python form", ErrUnsupported, v.ExtType)
+		return p.ext(v.ExtType, v.Data, depth, key)
 	case msgp.TypeArray:
 		if key {
 			p.op(opMark)

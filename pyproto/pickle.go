@@ -2,10 +2,14 @@ package pyproto
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math"
+	"math/big"
 	"slices"
 	"strings"
+
+	"github.com/qm-dev/qm/internal/pyext"
 )
 
 // Protocol is the pickle protocol the encoder declares. Python 3.8 and
@@ -57,7 +61,8 @@ func Reply(kind string, value any) ([]byte, error) {
 	return Pickle(Tuple{kind, value})
 }
 
-// Pickle encodes v as a pickle. v may be any value Unpickle returns, a
+// Pickle encodes v as a pickle. v may be any value Unpickle returns (but
+// the classes and timezones it holds only until a REDUCE takes them), a
 // []any, []string, map[string]any, Exception or Msgpack.
 func Pickle(v any) ([]byte, error) {
 	p := &pickler{buf: []byte{opProto, Protocol}}
@@ -156,6 +161,16 @@ func (p *pickler) value(v any, depth int) error {
 		p.op(opReduce)
 	case Msgpack:
 		return p.msgpack(x)
+	case Ext:
+		return p.ext(x.Type, x.Data, depth, false)
+	case *Set:
+		p.setStart(x.Frozen, len(x.Items))
+		for _, e := range x.Items {
+			if err := p.value(e, depth+1); err != nil {
+				return err
+			}
+		}
+		p.setEnd(x.Frozen, len(x.Items))
 	default:
 		return fmt.Errorf("%w: cannot pickle %T", ErrUnsupported, v)
 	}
@@ -263,5 +278,178 @@ func (p *pickler) counted(n int, short, normal, long byte) {
 	default:
 		p.op(long)
 		p.buf = binary.LittleEndian.AppendUint64(p.buf, uint64(n))
+	}
+}
+
+// ext pickles the value of an extension type of internal/pyext, after
+// checking its data as the Parse functions do. In a dict key or a set
+// (key), a set and a bytearray are refused: Python cannot hash them.
+func (p *pickler) ext(typ int8, data []byte, depth int, key bool) error {
+	if key && (typ == pyext.Set || typ == pyext.ByteArray) {
+		return fmt.Errorf("%w: a %s in a dict key or a set (unhashable in Python)", ErrUnsupported, pyext.Name(typ))
+	}
+	var err error
+	switch typ {
+	case pyext.BigInt:
+		var x *big.Int
+		if x, err = pyext.ParseBigInt(data); err == nil {
+			p.long(pyext.Signed(x))
+		}
+	case pyext.Set, pyext.FrozenSet:
+		return p.mpSet(typ == pyext.FrozenSet, data, depth)
+	case pyext.ByteArray:
+		p.global("builtins", "bytearray")
+		p.bytes(data)
+		p.op(opTuple1, opReduce)
+	case pyext.Complex:
+		var c complex128
+		if c, err = pyext.ParseComplex(data); err == nil {
+			p.global("builtins", "complex")
+			p.float(real(c))
+			p.float(imag(c))
+			p.op(opTuple2, opReduce)
+		}
+	case pyext.Decimal:
+		if err = pyext.CheckDecimal(data); err == nil {
+			p.global("decimal", "Decimal")
+			p.str(string(data))
+			p.op(opTuple1, opReduce)
+		}
+	case pyext.TimeDelta:
+		var d pyext.Delta
+		if d, err = pyext.ParseTimeDelta(data); err == nil {
+			p.timedelta(d)
+		}
+	case pyext.Date:
+		var c pyext.Civil
+		if c, err = pyext.ParseDate(data); err == nil {
+			p.global("datetime", "date")
+			p.bytes(pyext.DateState(c))
+			p.op(opTuple1, opReduce)
+		}
+	case pyext.Time:
+		var c pyext.Civil
+		var z *pyext.Zone
+		if c, z, err = pyext.ParseTime(data); err == nil {
+			p.global("datetime", "time")
+			p.bytes(pyext.TimeState(c))
+			p.tzinfo(z)
+		}
+	case pyext.DateTime, pyext.Timestamp:
+		var c pyext.Civil
+		var z *pyext.Zone
+		if typ == pyext.Timestamp {
+			c, err = pyext.ParseTimestamp(data)
+			z = &pyext.Zone{}
+		} else {
+			c, z, err = pyext.ParseDateTime(data)
+		}
+		if err == nil {
+			p.global("datetime", "datetime")
+			p.bytes(pyext.DateTimeState(c))
+			p.tzinfo(z)
+		}
+	default:
+		return fmt.Errorf("%w: msgpack extension type %d has no Python form", ErrUnsupported, typ)
+	}
+	switch {
+	case errors.Is(err, pyext.ErrRange):
+		return fmt.Errorf("%w: %s: %v", ErrUnsupported, pyext.Name(typ), err)
+	case err != nil:
+		return fmt.Errorf("%s: %w", pyext.Name(typ), err)
+	}
+	return nil
+}
+
+// mpSet pickles the elements of a Set or FrozenSet ext, which are
+// msgpack, as a set or frozenset (they are hashable, as dict keys are).
+func (p *pickler) mpSet(frozen bool, data []byte, depth int) error {
+	r, n, err := pyext.OpenSet(data)
+	if err != nil {
+		return err
+	}
+	p.setStart(frozen, n)
+	for range n {
+		if err := p.mpValue(r, depth+1, true); err != nil {
+			return err
+		}
+	}
+	if r.Len() != 0 {
+		return fmt.Errorf("%w: %d bytes after a set's elements", ErrBadMsgpack, r.Len())
+	}
+	p.setEnd(frozen, n)
+	return nil
+}
+
+// setStart and setEnd surround the n elements of a set: EMPTY_SET, MARK
+// and ADDITEMS, or MARK and FROZENSET, as Python's protocol 4 writes them.
+func (p *pickler) setStart(frozen bool, n int) {
+	switch {
+	case frozen:
+		p.op(opMark)
+	case n == 0:
+		p.op(opEmptySet)
+	default:
+		p.op(opEmptySet, opMark)
+	}
+}
+
+func (p *pickler) setEnd(frozen bool, n int) {
+	switch {
+	case frozen:
+		p.op(opFrozenSet)
+	case n > 0:
+		p.op(opAddItems)
+	}
+}
+
+// global writes the class or function module.name, one of those reduce.go
+// allows: the encoder writes nothing it would refuse to read.
+func (p *pickler) global(module, name string) {
+	p.op(opGlobal)
+	p.buf = append(p.buf, module+"\n"+name+"\n"...)
+}
+
+// tzinfo ends the arguments of a time or datetime after its state: with
+// timezone z, or none if z is nil; then REDUCE.
+func (p *pickler) tzinfo(z *pyext.Zone) {
+	if z == nil {
+		p.op(opTuple1, opReduce)
+		return
+	}
+	p.global("datetime", "timezone")
+	d := pyext.Delta{Seconds: z.Offset}
+	if z.Offset < 0 {
+		d = pyext.Delta{Days: -1, Seconds: 86400 + z.Offset}
+	}
+	p.timedelta(d)
+	if z.Named {
+		p.str(z.Name)
+		p.op(opTuple2, opReduce)
+	} else {
+		p.op(opTuple1, opReduce)
+	}
+	p.op(opTuple2, opReduce)
+}
+
+func (p *pickler) timedelta(d pyext.Delta) {
+	p.global("datetime", "timedelta")
+	p.int(int64(d.Days))
+	p.int(int64(d.Seconds))
+	p.int(int64(d.Microseconds))
+	p.op(opTuple3, opReduce)
+}
+
+// long writes a big-endian two's complement integer as LONG1 or LONG4,
+// which are little-endian.
+func (p *pickler) long(be []byte) {
+	if len(be) <= math.MaxUint8 {
+		p.op(opLong1, byte(len(be)))
+	} else {
+		p.op(opLong4)
+		p.buf = binary.LittleEndian.AppendUint32(p.buf, uint32(len(be)))
+	}
+	for i := len(be) - 1; i >= 0; i-- {
+		p.buf = append(p.buf, be[i])
 	}
 }

@@ -4,8 +4,9 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
-	"math/big"
 	"strings"
+
+	"github.com/qm-dev/qm/internal/pyext"
 )
 
 // Pickle opcodes (CPython's Lib/pickle.py).
@@ -84,14 +85,13 @@ const (
 // HighestProtocol is the highest pickle protocol Unpickle reads.
 const HighestProtocol = 5
 
-// maxLongBytes bounds the LONG1/LONG4 payload looked at: 9 bytes carry
-// every uint64, the rest is slack for non-minimal encodings.
-const maxLongBytes = 64
-
+// unsafeOps are refused as soon as they are read. GLOBAL, STACK_GLOBAL
+// and REDUCE are not among them: they are read for the globals of
+// reduce.go only.
 var unsafeOps = map[byte]string{
-	opPersID: "PERSID", opBinPersID: "BINPERSID", opReduce: "REDUCE", opBuild: "BUILD",
-	opGlobal: "GLOBAL", opInst: "INST", opObj: "OBJ", opNewObj: "NEWOBJ", opNewObjEx: "NEWOBJ_EX",
-	opExt1: "EXT1", opExt2: "EXT2", opExt4: "EXT4", opStackGlobal: "STACK_GLOBAL",
+	opPersID: "PERSID", opBinPersID: "BINPERSID", opBuild: "BUILD",
+	opInst: "INST", opObj: "OBJ", opNewObj: "NEWOBJ", opNewObjEx: "NEWOBJ_EX",
+	opExt1: "EXT1", opExt2: "EXT2", opExt4: "EXT4",
 }
 
 var textOps = map[byte]string{
@@ -105,7 +105,7 @@ var textOps = map[byte]string{
 // anything else. Containers may be shared or even cyclic, as in the
 // pickle; ToMsgpack bounds them.
 func Unpickle(data []byte) (any, error) {
-	u := unpickler{data: data, memo: make(map[uint64]any)}
+	u := unpickler{data: data, memo: make(map[uint64]any), keys: newKeyer()}
 	v, err := u.run()
 	if err != nil {
 		return nil, fmt.Errorf("%w (pickle byte %d)", err, u.pos)
@@ -119,6 +119,7 @@ type unpickler struct {
 	stack []any
 	marks []int // stack lengths at each MARK
 	memo  map[uint64]any
+	keys  *keyer // of every dict and set, so that a shared key is keyed once
 }
 
 func (u *unpickler) run() (any, error) {
@@ -129,7 +130,7 @@ func (u *unpickler) run() (any, error) {
 		op := u.data[u.pos]
 		u.pos++
 		if name, ok := unsafeOps[op]; ok {
-			return nil, u.unsafe(op, name)
+			return nil, fmt.Errorf("%w: opcode %s", ErrUnsafePickle, name)
 		}
 		if name, ok := textOps[op]; ok {
 			return nil, fmt.Errorf("%w: opcode %s of pickle protocols 0 and 1; use protocol 2 or later", ErrUnsupported, name)
@@ -147,29 +148,6 @@ func (u *unpickler) run() (any, error) {
 			return nil, err
 		}
 	}
-}
-
-// unsafe describes a refused opcode. For a global it reads the names the
-// pickle gives, as text only, so the error shows what it wanted to run.
-func (u *unpickler) unsafe(op byte, name string) error {
-	what := ""
-	switch op {
-	case opGlobal:
-		if mod, err := u.line(); err == nil {
-			if n, err := u.line(); err == nil {
-				what = " " + quoteName(mod+"."+n)
-			}
-		}
-	case opStackGlobal:
-		if len(u.stack) >= 2 {
-			mod, ok1 := u.stack[len(u.stack)-2].(string)
-			n, ok2 := u.stack[len(u.stack)-1].(string)
-			if ok1 && ok2 {
-				what = " " + quoteName(mod+"."+n)
-			}
-		}
-	}
-	return fmt.Errorf("%w: opcode %s%s", ErrUnsafePickle, name, what)
 }
 
 func quoteName(s string) string {
@@ -251,11 +229,7 @@ func (u *unpickler) step(op byte) error {
 		if err != nil {
 			return err
 		}
-		v, err := decodeLong(b)
-		if err != nil {
-			return err
-		}
-		u.push(v)
+		u.push(decodeLong(b))
 	case opBinFloat:
 		b, err := u.read(8)
 		if err != nil {
@@ -268,12 +242,64 @@ func (u *unpickler) step(op byte) error {
 			return err
 		}
 		u.push(string(b))
-	case opShortBinBytes, opBinBytes, opBinBytes8, opByteArray8:
+	case opShortBinBytes, opBinBytes, opBinBytes8:
 		b, err := u.counted(op, opShortBinBytes, opBinBytes)
 		if err != nil {
 			return err
 		}
 		u.push(append([]byte{}, b...))
+	case opByteArray8:
+		b, err := u.counted(op, 0, 0)
+		if err != nil {
+			return err
+		}
+		u.push(Ext{Type: pyext.ByteArray, Data: append([]byte{}, b...)})
+	case opGlobal:
+		module, err1 := u.line()
+		name, err2 := u.line()
+		if err1 != nil || err2 != nil {
+			return fmt.Errorf("%w: opcode GLOBAL", ErrUnsafePickle)
+		}
+		g, err := lookupGlobal("GLOBAL", module, name)
+		if err != nil {
+			return err
+		}
+		u.push(g)
+	case opStackGlobal:
+		name, err1 := u.pop()
+		module, err2 := u.pop()
+		m, ok1 := module.(string)
+		n, ok2 := name.(string)
+		if err1 != nil || err2 != nil || !ok1 || !ok2 {
+			return fmt.Errorf("%w: opcode STACK_GLOBAL", ErrUnsafePickle)
+		}
+		g, err := lookupGlobal("STACK_GLOBAL", m, n)
+		if err != nil {
+			return err
+		}
+		u.push(g)
+	case opReduce:
+		args, err := u.pop()
+		if err != nil {
+			return err
+		}
+		f, err := u.pop()
+		if err != nil {
+			return err
+		}
+		g, ok := f.(*global)
+		if !ok {
+			return fmt.Errorf("%w: opcode REDUCE of a %s", ErrUnsafePickle, TypeName(f))
+		}
+		t, ok := args.(Tuple)
+		if !ok {
+			return fmt.Errorf("%w: opcode REDUCE of %s with a %s for arguments", ErrBadPickle, g, TypeName(args))
+		}
+		v, err := g.reduce(g, t, u.keys)
+		if err != nil {
+			return err
+		}
+		u.push(v)
 	case opEmptyTuple:
 		u.push(Tuple{})
 	case opTuple1, opTuple2, opTuple3:
@@ -320,13 +346,13 @@ func (u *unpickler) step(op byte) error {
 		}
 		l.Items = append(l.Items, items...)
 	case opEmptyDict:
-		u.push(&Dict{})
+		u.push(&Dict{keys: u.keys})
 	case opDict:
 		items, err := u.popMark()
 		if err != nil {
 			return err
 		}
-		d := &Dict{}
+		d := &Dict{keys: u.keys}
 		if err := setItems(d, items); err != nil {
 			return err
 		}
@@ -381,8 +407,38 @@ func (u *unpickler) step(op byte) error {
 			return fmt.Errorf("%w: memo %d not found", ErrBadPickle, idx)
 		}
 		u.push(v)
-	case opEmptySet, opAddItems, opFrozenSet:
-		return fmt.Errorf("%w: set and frozenset have no msgpack form; send a list", ErrUnsupported)
+	case opEmptySet:
+		u.push(&Set{keys: u.keys})
+	case opAddItems:
+		items, err := u.popMark()
+		if err != nil {
+			return err
+		}
+		v, err := u.top()
+		if err != nil {
+			return err
+		}
+		s, ok := v.(*Set)
+		if !ok || s.Frozen {
+			return fmt.Errorf("%w: add items to a %s", ErrBadPickle, TypeName(v))
+		}
+		for _, it := range items {
+			if err := s.Add(it); err != nil {
+				return err
+			}
+		}
+	case opFrozenSet:
+		items, err := u.popMark()
+		if err != nil {
+			return err
+		}
+		s := &Set{Frozen: true, keys: u.keys}
+		for _, it := range items {
+			if err := s.Add(it); err != nil {
+				return err
+			}
+		}
+		u.push(s)
 	case opNextBuffer, opReadonlyBuffer:
 		return fmt.Errorf("%w: out-of-band buffers", ErrUnsupported)
 	default:
@@ -410,33 +466,26 @@ func setItems(d *Dict, items []any) error {
 	return nil
 }
 
-// decodeLong decodes a little-endian two's complement integer.
-func decodeLong(b []byte) (any, error) {
-	if len(b) == 0 {
-		return int64(0), nil
-	}
-	if len(b) > maxLongBytes {
-		return nil, fmt.Errorf("%w: int of %d bytes does not fit in 64 bits", ErrUnsupported, len(b))
-	}
+// decodeLong decodes a little-endian two's complement integer: an int64,
+// a uint64 above MaxInt64, or beyond both an Ext of type BigInt. Its
+// size is bounded by the pickle's, which the caller's message size limit
+// bounds.
+func decodeLong(b []byte) any {
 	be := make([]byte, len(b))
 	for i, c := range b {
 		be[len(b)-1-i] = c
 	}
-	n := new(big.Int).SetBytes(be)
-	if b[len(b)-1]&0x80 != 0 {
-		n.Sub(n, new(big.Int).Lsh(big.NewInt(1), uint(8*len(b))))
+	if len(be) == 0 {
+		return int64(0)
 	}
+	n, _ := pyext.ParseBigInt(be)
 	switch {
 	case n.IsInt64():
-		return n.Int64(), nil
+		return n.Int64()
 	case n.IsUint64():
-		return n.Uint64(), nil
+		return n.Uint64()
 	}
-	s := n.String()
-	if len(s) > 40 {
-		s = s[:37] + "..."
-	}
-	return nil, fmt.Errorf("%w: int %s does not fit in 64 bits", ErrUnsupported, s)
+	return Ext{Type: pyext.BigInt, Data: pyext.Signed(n)}
 }
 
 func (u *unpickler) push(v any) { u.stack = append(u.stack, v) }

@@ -1,6 +1,7 @@
 package pyproto_test
 
 import (
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"math"
@@ -11,6 +12,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/qm-dev/qm/internal/pyext"
 	"github.com/qm-dev/qm/pyproto"
 )
 
@@ -67,6 +69,28 @@ func show(v any) string {
 				walk(e, depth+1)
 			}
 			b.WriteString("]")
+		case pyproto.Ext:
+			if x.Type == pyext.BigInt && len(x.Data) < 64 {
+				n, err := pyext.ParseBigInt(x.Data)
+				fmt.Fprintf(&b, "int(%v, %v)", n, err)
+				break
+			}
+			fmt.Fprintf(&b, "ext%d(%x)", x.Type, x.Data[:min(len(x.Data), 64)])
+		case *pyproto.Set:
+			if x.Frozen {
+				b.WriteString("frozenset(")
+			}
+			b.WriteString("{")
+			for i, e := range x.Items {
+				if i > 0 {
+					b.WriteString(", ")
+				}
+				walk(e, depth+1)
+			}
+			b.WriteString("}")
+			if x.Frozen {
+				b.WriteString(")")
+			}
 		case *pyproto.Dict:
 			b.WriteString("{")
 			for i, k := range x.Keys {
@@ -88,9 +112,13 @@ func show(v any) string {
 
 // corpus is what Unpickle must make of each pickle written by
 // testdata/gen.py, at every protocol from minProto; below it (where Python
-// pickles the value with a global) it must refuse it as unsafe.
+// pickles the value with a global) it must refuse it as unsafe. For the
+// types carried as msgpack extensions, mp is the msgpack ToMsgpack must
+// write (mp23 at protocols 2 and 3, which drop a datetime's fold), the
+// forms of docs/VALUES.md.
 var corpus = map[string]struct {
 	want     any
+	mp, mp23 string
 	minProto int
 	err      error // from Unpickle, at every protocol
 	mpErr    error // from ToMsgpack
@@ -100,20 +128,49 @@ var corpus = map[string]struct {
 	"ints": {want: L(int64(0), int64(1), int64(-1), int64(255), int64(256), int64(65535), int64(65536),
 		int64(math.MinInt32), int64(math.MaxInt32), int64(1<<31), int64(1<<40), int64(-1<<40),
 		int64(math.MaxInt64), int64(math.MinInt64), uint64(math.MaxUint64))},
-	"floats":          {want: L(0.0, 1.5, -2.25, 1e300, math.Inf(1))},
-	"strs":            {want: L("", "x", "héllo ✓", strings.Repeat("a", 300))},
-	"bytes":           {want: L([]byte{}, []byte{0, 0xff}, []byte(strings.Repeat("y", 300))), minProto: 3},
-	"tuple":           {want: T(int64(1), "a", T(int64(2), int64(3)), T())},
-	"list":            {want: L(int64(1), L(int64(2), L(int64(3))), L())},
-	"dict":            {want: D("k", int64(1<<40), "nested", D("a", L(int64(1), int64(2))), int64(1), "one", T(int64(1), int64(2)), "pair", nil, int64(0))},
-	"shared":          {want: L("shared", "shared", L("shared"))},
-	"request_put":     {want: T("7fa939083350", "put", T(T(int64(49), "x", []byte("y"), 1.5, nil, true, L(int64(1)), D("k", int64(1<<40)))), D()), minProto: 3},
-	"request_get":     {want: T("qm-queue:task", "get", T(), D("timeout", int64(1)))},
-	"request_create":  {want: T(nil, "create", T("get_task_queue"), D())},
-	"cycle":           {mpErr: pyproto.ErrTooDeep},
-	"deep":            {mpErr: pyproto.ErrTooDeep},
-	"bigint":          {err: pyproto.ErrUnsupported},
-	"set":             {err: pyproto.ErrUnsupported, minProto: 4},
+	"floats":         {want: L(0.0, 1.5, -2.25, 1e300, math.Inf(1))},
+	"strs":           {want: L("", "x", "héllo ✓", strings.Repeat("a", 300))},
+	"bytes":          {want: L([]byte{}, []byte{0, 0xff}, []byte(strings.Repeat("y", 300)))},
+	"tuple":          {want: T(int64(1), "a", T(int64(2), int64(3)), T())},
+	"list":           {want: L(int64(1), L(int64(2), L(int64(3))), L())},
+	"dict":           {want: D("k", int64(1<<40), "nested", D("a", L(int64(1), int64(2))), int64(1), "one", T(int64(1), int64(2)), "pair", nil, int64(0))},
+	"shared":         {want: L("shared", "shared", L("shared"))},
+	"request_put":    {want: T("7fa939083350", "put", T(T(int64(49), "x", []byte("y"), 1.5, nil, true, L(int64(1)), D("k", int64(1<<40)))), D())},
+	"request_get":    {want: T("qm-queue:task", "get", T(), D("timeout", int64(1)))},
+	"request_create": {want: T(nil, "create", T("get_task_queue"), D())},
+	"cycle":          {mpErr: pyproto.ErrTooDeep},
+	"deep":           {mpErr: pyproto.ErrTooDeep},
+	"bigint":         {mp: "c70901400000000000000000"}, // 2**70
+	"bigints": {mp: "97" + // 2**64, 2**64+1, -2**64-1, -2**63-1, 10**30, -10**30, 2**2100
+		"c70901010000000000000000" + "c70901010000000000000001" + "c70901feffffffffffffffff" + "c70901ff7fffffffffffffff" +
+		"c70d010c9f2c9cd04674edea40000000" + "c70d01f360d3632fb98b1215c0000000" + "c8010701" + "10" + strings.Repeat("00", 262)},
+	"set":        {mp: "c70302920102"},                                                      // {1, 2}
+	"sets":       {mp: "93" + "d40290" + "c7030291a161" + "c70c0292d503910392019202c40178"}, // set(), {"a"}, {(1, (2, b"x")), frozenset({3})}
+	"frozensets": {mp: "93" + "d40390" + "d5039101" + "c7050391d5039102"},                   // frozenset(), ({1}), ({frozenset({2})})
+	"set_key":    {mp: "81d5039101a36f6e65"},                                                // {frozenset({1}): "one"}
+	"bytearrays": {mp: "93" + "c70004" + "d5046162" + "c8019004" + strings.Repeat("00ff", 200)},
+	"datetimes": {
+		mp: "96" +
+			"c70a0707e80102030405000006" + // naive 2024-01-02 03:04:05.000006
+			"d7ff00005dc065937d25" + // the same in UTC: a timestamp
+			"c70cff00000000fffffff1886e0900" + // 0001-01-01 UTC
+			"d807270f0c1f173b3b0f423fffffb2a80058" + // 9999-12-31 23:59:59.999999 -05:30 "X"
+			"c70a0707e88b03011e00000000" + // 2024-11-03 01:30, fold 1
+			"c70e0707e8010200000000000000001c20", // 2024-01-02 +02:00
+		mp23: "96c70a0707e80102030405000006d7ff00005dc065937d25c70cff00000000fffffff1886e0900d807270f0c1f173b3b0f423fffffb2a80058" +
+			"c70a0707e80b03011e00000000" + "c70e0707e8010200000000000000001c20",
+	},
+	"dates": {mp: "93" + "d60507e8021d" + "d60500010101" + "d605270f0c1f"},
+	"times": {
+		mp:   "94" + "c70606000000000000" + "c70606010203000004" + "c70a06173b3b0f423f00000000" + "c70606810000000000",
+		mp23: "94" + "c70606000000000000" + "c70606010203000004" + "c70a06173b3b0f423f00000000" + "c70606010000000000",
+	},
+	"timedeltas": {mp: "94" + "c70c08000000000000000000000000" + "c70c08ffffffff0000000500000007" +
+		"c70c083b9ac9ff0001517f000f423f" + "c70c08c46536010000000000000000"},
+	"decimals":        {mp: "95" + "d609312e3530" + "d5092d30" + "c703094e614e" + "c709092d496e66696e697479" + "c7050931452b3330"},
+	"complexes":       {mp: "92" + "d80a3ff8000000000000c000000000000000" + "d80a" + strings.Repeat("00", 16)},
+	"class":           {mpErr: pyproto.ErrUnsupported},
+	"evil_zoneinfo":   {err: pyproto.ErrUnsafePickle},
 	"evil_system":     {err: pyproto.ErrUnsafePickle},
 	"evil_eval":       {err: pyproto.ErrUnsafePickle},
 	"evil_object":     {err: pyproto.ErrUnsafePickle},
@@ -176,7 +233,14 @@ func TestUnpickleCorpus(t *testing.T) {
 			if err != nil {
 				t.Fatalf("ToMsgpack: %v", err)
 			}
-			if got, want := show(v), show(tc.want); got != want {
+			if want := tc.mp; want != "" {
+				if tc.mp23 != "" && proto < 4 {
+					want = tc.mp23
+				}
+				if got := hex.EncodeToString(mp); got != want {
+					t.Fatalf("decoded %s\nas msgpack %s\nwant       %s", show(v), got, want)
+				}
+			} else if got, want := show(v), show(tc.want); got != want {
 				t.Fatalf("decoded\n %s\nwant\n %s", got, want)
 			}
 			// Through msgpack and back: the same value, tuples as lists.
@@ -219,12 +283,9 @@ func TestUnpickleRefuses(t *testing.T) {
 		{"EXT4", "\x80\x02\x84\x01\x00\x00\x00.", pyproto.ErrUnsafePickle, "EXT4"},
 		{"PERSID", "P1\n.", pyproto.ErrUnsafePickle, "PERSID"},
 		{"BINPERSID", "\x80\x02K\x01Q.", pyproto.ErrUnsafePickle, "BINPERSID"},
-		{"set", "\x80\x04\x8f(K\x01\x90.", pyproto.ErrUnsupported, "set"},
-		{"frozenset", "\x80\x04(K\x01\x91.", pyproto.ErrUnsupported, "set"},
 		{"text INT", "I1\n.", pyproto.ErrUnsupported, "protocol"},
 		{"protocol 6", "\x80\x06N.", pyproto.ErrUnsupported, "protocol 6"},
 		{"out-of-band", "\x80\x05\x97.", pyproto.ErrUnsupported, "out-of-band"},
-		{"huge LONG4", "\x80\x02\x8b\x00\x00\x01\x00" + strings.Repeat("\x01", 65536) + ".", pyproto.ErrUnsupported, "64 bits"},
 		{"LONG4 beyond data", "\x80\x02\x8b\xff\xff\xff\x7f.", pyproto.ErrBadPickle, "truncated"},
 		{"BINUNICODE8 beyond data", "\x80\x04\x8d\xff\xff\xff\xff\xff\xff\xff\xff.", pyproto.ErrBadPickle, "truncated"},
 		{"unhashable key", "\x80\x04}]Ns.", pyproto.ErrBadPickle, "unhashable"},
@@ -238,6 +299,48 @@ func TestUnpickleRefuses(t *testing.T) {
 		{"empty", "", pyproto.ErrBadPickle, "STOP"},
 		{"unknown opcode", "\x80\x04\xff.", pyproto.ErrBadPickle, "0xff"},
 		{"frame beyond data", "\x80\x04\x95\x10\x00\x00\x00\x00\x00\x00\x00N.", pyproto.ErrBadPickle, "frame"},
+
+		// The allowlist of reduce.go: only its names, only the shapes
+		// Python writes, only values Python would build.
+		{"builtins eval", "\x80\x04" + sg("builtins", "eval") + "\x8c\x012\x85R.", pyproto.ErrUnsafePickle, `STACK_GLOBAL "builtins.eval"`},
+		{"builtins getattr", "\x80\x02c__builtin__\ngetattr\n.", pyproto.ErrUnsafePickle, `GLOBAL "__builtin__.getattr"`},
+		{"other name of an allowed module", "\x80\x04" + sg("datetime", "sys") + ".", pyproto.ErrUnsafePickle, `"datetime.sys"`},
+		{"module with a newline", "\x80\x04" + sg("datetime\ndatetime", "") + ".", pyproto.ErrUnsafePickle, "STACK_GLOBAL"},
+		{"STACK_GLOBAL of ints", "\x80\x04K\x01K\x02\x93.", pyproto.ErrUnsafePickle, "STACK_GLOBAL"},
+		{"GLOBAL cut", "\x80\x02cdatetime", pyproto.ErrUnsafePickle, "GLOBAL"},
+		{"REDUCE of a list", "\x80\x04])R.", pyproto.ErrUnsafePickle, "REDUCE of a list"},
+		{"REDUCE with a list for arguments", "\x80\x04" + sg("builtins", "set") + "]R.", pyproto.ErrBadPickle, "REDUCE of builtins.set with a list"},
+		{"set of an int", "\x80\x04" + sg("builtins", "set") + "K\x01\x85R.", pyproto.ErrUnsafePickle, "builtins.set with arguments (int)"},
+		{"set of a list in a list", "\x80\x04" + sg("builtins", "set") + "](]e\x85R.", pyproto.ErrBadPickle, "unhashable"},
+		{"set holding a list", "\x80\x04\x8f(]\x90.", pyproto.ErrBadPickle, "unhashable"},
+		{"frozenset holding a set", "\x80\x04(\x8f\x91.", pyproto.ErrBadPickle, "unhashable"},
+		{"frozenset holding a bytearray", "\x80\x05(\x96\x00\x00\x00\x00\x00\x00\x00\x00\x91.", pyproto.ErrBadPickle, "unhashable"},
+		{"ADDITEMS to a frozenset", "\x80\x04(\x91(K\x01\x90.", pyproto.ErrBadPickle, "add items to a frozenset"},
+		{"ADDITEMS to a list", "\x80\x04](K\x01\x90.", pyproto.ErrBadPickle, "add items to a list"},
+		{"bytes of an int", "\x80\x02c__builtin__\nbytes\nK\x01\x85R.", pyproto.ErrUnsafePickle, "__builtin__.bytes with arguments (int)"},
+		{"encode to utf-8", "\x80\x02c_codecs\nencode\n\x8c\x01a\x8c\x05utf-8\x86R.", pyproto.ErrUnsafePickle, "_codecs.encode with arguments (str, str)"},
+		{"encode beyond latin1", "\x80\x02c_codecs\nencode\n\x8c\x02\xc4\x80\x8c\x06latin1\x86R.", pyproto.ErrBadPickle, "U+0100"},
+		{"bytearray of a str", "\x80\x04" + sg("builtins", "bytearray") + "\x8c\x01a\x85R.", pyproto.ErrUnsafePickle, "bytearray with arguments (str)"},
+		{"complex of ints", "\x80\x04" + sg("builtins", "complex") + "K\x01K\x02\x86R.", pyproto.ErrUnsafePickle, "complex with arguments (int, int)"},
+		{"Decimal of a float", "\x80\x04" + sg("decimal", "Decimal") + "G?\xf8\x00\x00\x00\x00\x00\x00\x85R.", pyproto.ErrUnsafePickle, "Decimal with arguments (float)"},
+		{"Decimal not as str writes it", "\x80\x04" + sg("decimal", "Decimal") + "\x8c\x031e5\x85R.", pyproto.ErrBadPickle, `"1e5"`},
+		{"Decimal of spaces", "\x80\x04" + sg("decimal", "Decimal") + "\x8c\x03 1 \x85R.", pyproto.ErrBadPickle, "Decimal"},
+		{"timedelta of two ints", "\x80\x04" + sg("datetime", "timedelta") + "K\x01K\x02\x86R.", pyproto.ErrUnsafePickle, "timedelta with arguments (int, int)"},
+		{"timedelta not normalized", "\x80\x04" + sg("datetime", "timedelta") + "K\x00J\x80Q\x01\x00K\x00\x87R.", pyproto.ErrBadPickle, "no timedelta(0, 86400, 0)"},
+		{"timedelta of a huge int", "\x80\x04" + sg("datetime", "timedelta") + "\x8a\x05\x00\x00\x00\x00\x01K\x00K\x00\x87R.", pyproto.ErrBadPickle, "out of range"},
+		{"date of 5 bytes", "\x80\x04" + sg("datetime", "date") + "C\x05\x07\xe8\x01\x02\x00\x85R.", pyproto.ErrUnsafePickle, "date with arguments (bytes)"},
+		{"date of ints", "\x80\x04" + sg("datetime", "date") + "M\xe8\x07K\x01K\x02\x87R.", pyproto.ErrUnsafePickle, "date with arguments (int, int, int)"},
+		{"date with a tzinfo", "\x80\x04" + sg("datetime", "date") + "C\x04\x07\xe8\x01\x02N\x86R.", pyproto.ErrUnsafePickle, "date with arguments (bytes, NoneType)"},
+		{"February 30", "\x80\x04" + sg("datetime", "date") + "C\x04\x07\xe8\x02\x1e\x85R.", pyproto.ErrBadPickle, "no date 2024-02-30"},
+		{"month 13", "\x80\x04" + sg("datetime", "datetime") + "C\x0a\x07\xe8\x0d\x02\x03\x04\x05\x00\x00\x06\x85R.", pyproto.ErrBadPickle, "no date"},
+		{"hour 24", "\x80\x04" + sg("datetime", "time") + "C\x06\x18\x00\x00\x00\x00\x00\x85R.", pyproto.ErrBadPickle, "no time of day"},
+		{"tzinfo a timedelta", "\x80\x04" + sg("datetime", "datetime") + "C\x0a\x07\xe8\x01\x02\x03\x04\x05\x00\x00\x06" +
+			sg("datetime", "timedelta") + "K\x00K\x00K\x00\x87R\x86R.", pyproto.ErrUnsafePickle, "tzinfo of type datetime.timedelta"},
+		{"tzinfo an int", "\x80\x04" + sg("datetime", "time") + "C\x06\x01\x00\x00\x00\x00\x00K\x01\x86R.", pyproto.ErrUnsafePickle, "tzinfo of type int"},
+		{"timezone of an int", "\x80\x04" + sg("datetime", "timezone") + "K\x01\x85R.", pyproto.ErrUnsafePickle, "timezone with arguments (int)"},
+		{"timezone of a day", "\x80\x04" + sg("datetime", "timezone") + sg("datetime", "timedelta") + "K\x01K\x00K\x00\x87R\x85R.", pyproto.ErrBadPickle, "offset"},
+		{"timezone of a microsecond", "\x80\x04" + sg("datetime", "timezone") + sg("datetime", "timedelta") + "K\x00K\x00K\x01\x87R\x85R.", pyproto.ErrUnsupported, "fraction of a second"},
+		{"timezone named by an int", "\x80\x04" + sg("datetime", "timezone") + sg("datetime", "timedelta") + "K\x00K\x00K\x00\x87RK\x01\x86R.", pyproto.ErrUnsafePickle, "timezone with arguments (datetime.timedelta, int)"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			v, err := pyproto.Unpickle([]byte(tc.in))
@@ -245,6 +348,24 @@ func TestUnpickleRefuses(t *testing.T) {
 				t.Fatalf("Unpickle = %s, %v; want %v containing %q", show(v), err, tc.err, tc.text)
 			}
 		})
+	}
+}
+
+// sg is a STACK_GLOBAL of module.name (each name under 256 bytes).
+func sg(module, name string) string {
+	return "\x8c" + string([]byte{byte(len(module))}) + module + "\x8c" + string([]byte{byte(len(name))}) + name + "\x93"
+}
+
+// TestUnpickleHugeInt: an int is bounded by the pickle that holds it
+// (and so by the message size limit): LONG4 reads its length, checks it
+// against the bytes left, and only then copies them.
+func TestUnpickleHugeInt(t *testing.T) {
+	v, err := pyproto.Unpickle([]byte("\x80\x02\x8b\x00\x00\x01\x00" + strings.Repeat("\x01", 65536) + "."))
+	if x, ok := v.(pyproto.Ext); err != nil || !ok || x.Type != pyext.BigInt || len(x.Data) != 65536 || x.Data[0] != 1 {
+		t.Fatalf("Unpickle of a LONG4 of 64 KiB = %s, %v", show(v), err)
+	}
+	if _, err := pyproto.Unpickle([]byte("\x80\x02\x8b\xff\xff\xff\x7f\x01.")); !errors.Is(err, pyproto.ErrBadPickle) {
+		t.Fatalf("Unpickle of a LONG4 of 2 GiB with a byte = %v", err)
 	}
 }
 

@@ -2,10 +2,9 @@ package pyproto
 
 import (
 	"fmt"
-	"math"
-	"strconv"
 
 	"github.com/qm-dev/qm/internal/msgp"
+	"github.com/qm-dev/qm/internal/pyext"
 )
 
 // MaxDepth bounds how deeply containers may nest in a value converted to
@@ -14,9 +13,50 @@ import (
 const MaxDepth = msgp.MaxDepth
 
 // Values decoded by Unpickle and accepted by the encoder are nil, bool,
-// int64, uint64 (for ints above MaxInt64), float64, string, []byte, and
-// the containers below. Containers are pointers because a pickle may
-// refer to one container from several places, or from inside itself.
+// int64, uint64 (for ints above MaxInt64), float64, string, []byte, Ext
+// (the Python types msgpack carries as extension types), and the
+// containers below. Containers are pointers because a pickle may refer
+// to one container from several places, or from inside itself.
+
+// Ext is a Python value that msgpack has no type for, as the extension
+// type of package internal/pyext (docs/VALUES.md) that carries it: an int
+// beyond 64 bits, a bytearray, a datetime, date, time or timedelta, a
+// Decimal or a complex. Unpickle checks Data; the encoder checks it
+// again, as it does an ext in msgpack.
+type Ext struct {
+	Type int8
+	Data []byte
+}
+
+// Set is a Python set, or a frozenset if Frozen: its elements in the
+// order they came, each once by Python's equality (as Dict's keys).
+type Set struct {
+	Items  []any
+	Frozen bool
+	index  map[string]struct{}
+	keys   *keyer
+}
+
+// Add adds item unless an equal one is there. Unhashable items (list,
+// dict, set, bytearray) are refused.
+func (s *Set) Add(item any) error {
+	if s.keys == nil {
+		s.keys = newKeyer()
+	}
+	h, err := s.keys.key(item, 0)
+	if err != nil {
+		return err
+	}
+	if s.index == nil {
+		s.index = make(map[string]struct{})
+	}
+	if _, ok := s.index[h]; ok {
+		return nil
+	}
+	s.index[h] = struct{}{}
+	s.Items = append(s.Items, item)
+	return nil
+}
 
 // Tuple is a Python tuple.
 type Tuple []any
@@ -31,13 +71,17 @@ type Dict struct {
 	Keys   []any
 	Values []any
 	index  map[string]int
+	keys   *keyer
 }
 
 // Set stores value under key, replacing the value of an equal key as a
 // Python dict does (1, 1.0 and True are one key). Unhashable keys (list,
-// dict) are refused.
+// dict) are refused. A key, like a Python tuple, is not changed once set.
 func (d *Dict) Set(key, value any) error {
-	h, err := hashKey(key)
+	if d.keys == nil {
+		d.keys = newKeyer()
+	}
+	h, err := d.keys.key(key, 0)
 	if err != nil {
 		return err
 	}
@@ -56,8 +100,11 @@ func (d *Dict) Set(key, value any) error {
 
 // Get returns the value under key, if there is one.
 func (d *Dict) Get(key any) (any, bool) {
-	h, err := hashKey(key)
-	if err != nil || d.index == nil {
+	if d.index == nil {
+		return nil, false
+	}
+	h, err := d.keys.key(key, 0)
+	if err != nil {
 		return nil, false
 	}
 	i, ok := d.index[h]
@@ -70,67 +117,9 @@ func (d *Dict) Get(key any) (any, bool) {
 // Len returns the number of keys.
 func (d *Dict) Len() int { return len(d.Keys) }
 
-// maxKeyLen bounds the string hashKey builds for one key. Tuples that
-// share their elements (memo references) can describe a key of 2^60
-// leaves in a few hundred bytes; without a bound, hashing it would take
-// forever.
-const maxKeyLen = 1 << 16
-
-// hashKey returns a string equal for keys Python takes as equal, or an
-// error for a key Python cannot hash or that is too large.
-func hashKey(k any) (string, error) {
-	budget := maxKeyLen
-	return hashKeyWithin(k, 0, &budget)
-}
-
-func hashKeyWithin(k any, depth int, budget *int) (string, error) {
-	if depth > MaxDepth {
-		return "", ErrTooDeep
-	}
-	if *budget <= 0 {
-		return "", fmt.Errorf("%w: dict key of more than %d bytes", ErrTooLarge, maxKeyLen)
-	}
-	switch x := k.(type) {
-	case nil:
-		return "N", nil
-	case bool:
-		if x {
-			return "i1", nil
-		}
-		return "i0", nil
-	case int64:
-		return "i" + strconv.FormatInt(x, 10), nil
-	case uint64:
-		return "i" + strconv.FormatUint(x, 10), nil
-	case float64:
-		if x == math.Trunc(x) && math.Abs(x) < 1<<63 {
-			return "i" + strconv.FormatInt(int64(x), 10), nil
-		}
-		return "f" + strconv.FormatUint(math.Float64bits(x), 16), nil
-	case string:
-		return "s" + strconv.Itoa(len(x)) + ":" + x, nil
-	case []byte:
-		return "b" + strconv.Itoa(len(x)) + ":" + string(x), nil
-	case Tuple:
-		h := "t" + strconv.Itoa(len(x)) + "("
-		for _, e := range x {
-			eh, err := hashKeyWithin(e, depth+1, budget)
-			if err != nil {
-				return "", err
-			}
-			h += strconv.Itoa(len(eh)) + ":" + eh
-			if *budget -= len(eh); *budget <= 0 {
-				return "", fmt.Errorf("%w: dict key of more than %d bytes", ErrTooLarge, maxKeyLen)
-			}
-		}
-		return h + ")", nil
-	}
-	return "", fmt.Errorf("%w: unhashable dict key of type %s", ErrBadPickle, TypeName(k))
-}
-
 // TypeName names the Python type of a decoded value, for error messages.
 func TypeName(v any) string {
-	switch v.(type) {
+	switch x := v.(type) {
 	case nil:
 		return "NoneType"
 	case bool:
@@ -149,6 +138,20 @@ func TypeName(v any) string {
 		return "list"
 	case *Dict, map[string]any:
 		return "dict"
+	case Ext:
+		if n := pyext.Name(x.Type); n != "" {
+			return n
+		}
+		return fmt.Sprintf("msgpack extension type %d", x.Type)
+	case *Set:
+		if x.Frozen {
+			return "frozenset"
+		}
+		return "set"
+	case *global:
+		return "the class " + x.String()
+	case timezone:
+		return "datetime.timezone"
 	}
 	return fmt.Sprintf("%T", v)
 }

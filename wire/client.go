@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"net"
 	"sync"
 	"syscall"
@@ -504,58 +503,6 @@ func (c *Client) Clients(ctx context.Context) ([]ClientInfo, error) {
 
 // Value decodes the task's payload into a plain Go value.
 func (t *Task) Value() (any, error) { return DecodeValue(t.Payload) }
-
-// DecodeValue decodes a msgpack payload into nil, bool, int64 (uint64
-// above MaxInt64), float64, string, []byte, []any or map[string]any.
-func DecodeValue(b []byte) (any, error) {
-	if len(b) == 0 { // msgpack decodes a RawMessage holding nil as empty
-		return nil, nil
-	}
-	var v any
-	if err := msgp.Validate(b); err != nil {
-		return nil, fmt.Errorf("decode payload: %w", err)
-	}
-	if err := msgpack.Unmarshal(b, &v); err != nil {
-		return nil, fmt.Errorf("decode payload: %w", err)
-	}
-	return normalizeInts(v), nil
-}
-
-// normalizeInts makes every integer an int64, or a uint64 when it does
-// not fit, and every float a float64, whatever width the sender chose to
-// encode it with. (The decoder's loose mode would do this too, but it
-// also turns bin into string.)
-func normalizeInts(v any) any {
-	switch x := v.(type) {
-	case int8:
-		return int64(x)
-	case int16:
-		return int64(x)
-	case int32:
-		return int64(x)
-	case uint8:
-		return int64(x)
-	case uint16:
-		return int64(x)
-	case uint32:
-		return int64(x)
-	case float32:
-		return float64(x)
-	case uint64:
-		if x <= math.MaxInt64 {
-			return int64(x)
-		}
-	case []any:
-		for i := range x {
-			x[i] = normalizeInts(x[i])
-		}
-	case map[string]any:
-		for k := range x {
-			x[k] = normalizeInts(x[k])
-		}
-	}
-	return v
-}
 
 // CheckPayload reports whether b is exactly one well-formed msgpack value,
 // without decoding it.

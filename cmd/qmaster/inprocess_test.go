@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/hex"
 	"fmt"
 	"regexp"
 	"strings"
@@ -236,4 +237,63 @@ func qmtestDial(t *testing.T, addr string) *wire.Client {
 	}
 	t.Cleanup(func() { c.Close() })
 	return c
+}
+
+// pythonPayloads are what Python clients send for the types of
+// docs/VALUES.md (pyproto's corpus checks that they do).
+var pythonPayloads = []string{
+	"c70901010000000000000001",             // 2**64 + 1
+	"c70d01f360d3632fb98b1215c0000000",     // -10**30
+	"c70302920102",                         // {1, 2}
+	"d7029192019202c40178",                 // {(1, (2, b'x'))}
+	"c7050391d5039102",                     // frozenset({frozenset({2})})
+	"d5046162",                             // bytearray(b'ab')
+	"c7030400ff00",                         // bytearray(b'\x00\xff\x00')
+	"c70a0707e80102030405000006",           // datetime(2024, 1, 2, 3, 4, 5, 6)
+	"d7ff00005dc065937d25",                 // the same with tzinfo=timezone.utc
+	"d807270f0c1f173b3b0f423fffffb2a80058", // datetime(9999, 12, 31, 23, 59, 59, 999999, timezone(-5:30, 'X'))
+	"d60507e8021d",                         // date(2024, 2, 29)
+	"c70606010203000004",                   // time(1, 2, 3, 4)
+	"c70a06173b3b0f423f00001c20",           // time(23, 59, 59, 999999, tzinfo=timezone(+2:00))
+	"c70c08ffffffff0000000500000007",       // timedelta(days=-1, seconds=5, microseconds=7)
+	"d609312e3530",                         // Decimal('1.50')
+	"c703094e614e",                         // Decimal('NaN')
+	"d80a3ff8000000000000c000000000000000", // complex(1.5, -2)
+	"81a16bd5029101",                       // {'k': {1}}
+}
+
+func pythonRaw(t *testing.T) []msgpack.RawMessage {
+	t.Helper()
+	raw := make([]msgpack.RawMessage, len(pythonPayloads))
+	for i, h := range pythonPayloads {
+		b, err := hex.DecodeString(h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw[i] = b
+	}
+	return raw
+}
+
+// TestPythonValuesPrinted: qmaster get and qmaster map print the Python
+// types as docs/VALUES.md says, the same way.
+func TestPythonValuesPrinted(t *testing.T) {
+	addr := startInProcessMaster(t, master.Config{})
+	c := qmtestDial(t, addr)
+	raw := pythonRaw(t)
+	if _, err := c.PutRaw(context.Background(), "py", raw, wire.PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	f, out, errOut := testFactory("")
+	if code := runInProcess(context.Background(), f, "get", "--server", addr, "py", "-n", fmt.Sprint(len(raw))); code != 0 {
+		t.Fatalf("get: exit %d; stderr:\n%s", code, errOut)
+	}
+	checkGolden(t, "values.golden", out.String())
+
+	runWorker(t, addr, "tasks", func(n int64) (any, error) { return raw[n-1], nil })
+	f, out, errOut = testFactory(seq(len(raw)))
+	if code := runInProcess(context.Background(), f, "map", "--server", addr, "--timeout", "30s"); code != 0 {
+		t.Fatalf("map: exit %d; stderr:\n%s", code, errOut)
+	}
+	checkGolden(t, "values.golden", out.String())
 }

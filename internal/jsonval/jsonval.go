@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/qm-dev/qm/wire"
 )
 
 // Parse reads one line of user input: valid JSON is taken as that value
@@ -55,9 +57,14 @@ func normalize(v any) any {
 	return v
 }
 
-// Marshal renders a decoded payload as compact JSON on one line. Bytes
-// become a string when they are valid UTF-8 and base64 otherwise, since
-// JSON has no bytes type.
+// Marshal renders a decoded payload (wire.DecodeValue) as compact JSON on
+// one line. Bytes, and a bytearray, become a string when they are valid
+// UTF-8 and base64 otherwise, since JSON has no bytes type. The Python
+// types of docs/VALUES.md: an int beyond 64 bits is a number with all its
+// digits; a set or frozenset an array; a datetime an RFC 3339 string if
+// aware, Python's isoformat() if naive, as are a date and a time; a
+// timedelta a number of seconds; a Decimal a string, exact; a complex
+// {"real": r, "imag": i}.
 func Marshal(v any) ([]byte, error) {
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
@@ -76,6 +83,17 @@ func jsonable(v any) any {
 			return string(x)
 		}
 		return base64.StdEncoding.EncodeToString(x)
+	case wire.ByteArray:
+		return jsonable([]byte(x))
+	case wire.Set:
+		return jsonable([]any(x))
+	case wire.FrozenSet:
+		return jsonable([]any(x))
+	case complex128:
+		return struct {
+			Real float64 `json:"real"`
+			Imag float64 `json:"imag"`
+		}{real(x), imag(x)}
 	case []any:
 		out := make([]any, len(x))
 		for i, e := range x {

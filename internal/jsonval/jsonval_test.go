@@ -1,9 +1,18 @@
 package jsonval
 
 import (
+	"math/big"
 	"reflect"
 	"testing"
+	"time"
+
+	"github.com/qm-dev/qm/wire"
 )
+
+func bigInt(s string) *big.Int {
+	n, _ := new(big.Int).SetString(s, 10)
+	return n
+}
 
 func TestParse(t *testing.T) {
 	tests := []struct {
@@ -45,6 +54,21 @@ func TestMarshal(t *testing.T) {
 		{"nested", map[string]any{"a": []any{[]byte("x"), nil}}, `{"a":["x",null]}`},
 		{"any keys", map[any]any{int64(1): "one"}, `{"1":"one"}`},
 		{"no html escape", "<a>", `"<a>"`},
+
+		// The Python types of docs/VALUES.md, as wire.DecodeValue gives them.
+		{"big int", bigInt("-100000000000000000000000000000"), "-100000000000000000000000000000"},
+		{"set", wire.Set{int64(1), []byte("x"), []any{int64(2)}}, `[1,"x",[2]]`},
+		{"frozenset", wire.FrozenSet{wire.FrozenSet{}}, `[[]]`},
+		{"bytearray", wire.ByteArray{0xff, 0x00}, `"/wA="`},
+		{"utf8 bytearray", map[string]any{"b": wire.ByteArray("hi")}, `{"b":"hi"}`},
+		{"aware datetime", time.Date(2024, 1, 2, 3, 4, 5, 6000, time.UTC), `"2024-01-02T03:04:05.000006Z"`},
+		{"offset datetime", time.Date(2024, 1, 2, 3, 4, 5, 0, time.FixedZone("X", -19800)), `"2024-01-02T03:04:05-05:30"`},
+		{"naive datetime", wire.DateTime{Year: 2024, Month: 1, Day: 2, Hour: 3, Minute: 4, Second: 5, Micros: 6}, `"2024-01-02T03:04:05.000006"`},
+		{"date", wire.Date{Year: 2024, Month: 2, Day: 29}, `"2024-02-29"`},
+		{"time", wire.Time{Hour: 1, Zone: time.FixedZone("", 7200)}, `"01:00:00+02:00"`},
+		{"timedelta", wire.TimeDelta{Days: -1, Seconds: 5, Micros: 7}, `-86394.999993`},
+		{"Decimal", wire.Decimal("1.50"), `"1.50"`},
+		{"complex", complex(1.5, -2), `{"real":1.5,"imag":-2}`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

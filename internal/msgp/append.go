@@ -3,6 +3,7 @@ package msgp
 import (
 	"encoding/binary"
 	"math"
+	"math/bits"
 	"time"
 )
 
@@ -128,6 +129,23 @@ func AppendTime(b []byte, t time.Time) []byte {
 	b = append(b, cExt8, 12, timeExt)
 	b = binary.BigEndian.AppendUint32(b, uint32(t.Nanosecond()))
 	return binary.BigEndian.AppendUint64(b, secs)
+}
+
+// AppendExt appends an extension value of type typ holding data, in
+// the shortest form: a fixext when len(data) is 1, 2, 4, 8 or 16, else
+// an ext 8, 16 or 32.
+func AppendExt(b []byte, typ int8, data []byte) []byte {
+	return append(AppendExtHeader(b, typ, len(data)), data...)
+}
+
+// AppendExtHeader appends the header of an extension value of type typ
+// whose data, n bytes, the caller appends next.
+func AppendExtHeader(b []byte, typ int8, n int) []byte {
+	switch n {
+	case 1, 2, 4, 8, 16:
+		return append(b, cFixExt1+byte(bits.TrailingZeros(uint(n))), byte(typ))
+	}
+	return append(appendHeader(b, n, cExt8, cExt8+1, cExt8+2), byte(typ))
 }
 
 // AppendRaw appends raw, one value already encoded; an empty raw is nil,

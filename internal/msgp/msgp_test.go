@@ -414,6 +414,29 @@ func TestTimeRoundTrip(t *testing.T) {
 	}
 }
 
+// An ext written by AppendExt is in vmihailenco's form, and reads back
+// whole, in every width.
+func TestAppendExt(t *testing.T) {
+	for _, n := range []int{0, 1, 2, 3, 4, 8, 16, 17, 255, 256, 65535, 65536} {
+		data := bytes.Repeat([]byte{7}, n)
+		b := msgp.AppendExt(nil, 5, data)
+		want := encodeLike(t, func(e *msgpack.Encoder) error {
+			if err := e.EncodeExtHeader(5, n); err != nil {
+				return err
+			}
+			_, err := e.Writer().Write(data)
+			return err
+		})
+		if !bytes.Equal(b, want) {
+			t.Errorf("ext of %d bytes: % x, vmihailenco % x", n, b[:min(len(b), 8)], want[:min(len(want), 8)])
+		}
+		v, err := msgp.NewReader(b).Next()
+		if err != nil || v.Type != msgp.TypeExt || v.ExtType != 5 || !bytes.Equal(v.Data, data) {
+			t.Errorf("ext of %d bytes read back as %v %d %d bytes, %v", n, v.Type, v.ExtType, len(v.Data), err)
+		}
+	}
+}
+
 func TestAppendRaw(t *testing.T) {
 	if b := msgp.AppendRaw(nil, nil); !bytes.Equal(b, []byte{0xc0}) {
 		t.Errorf("AppendRaw(empty) = % x, want nil", b)

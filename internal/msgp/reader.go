@@ -262,8 +262,15 @@ func (r *Reader) Time() (time.Time, error) {
 	case v.ExtType != -1 && v.ExtType != 13: // timeExt, and NodeJS's
 		return time.Time{}, fmt.Errorf("%w: ext type %d where a time was expected", ErrType, v.ExtType)
 	}
+	return Timestamp(v.Data)
+}
+
+// Timestamp decodes the data of a timestamp extension (type -1) of 4, 8
+// or 12 bytes. A zero time is in UTC, the others in the local zone, as
+// vmihailenco's DecodeTime returns them.
+func Timestamp(d []byte) (time.Time, error) {
 	var t time.Time
-	switch d := v.Data; len(d) {
+	switch len(d) {
 	case 4:
 		t = time.Unix(int64(binary.BigEndian.Uint32(d)), 0)
 	case 8:
