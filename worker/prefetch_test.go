@@ -99,14 +99,20 @@ func TestPrefetchDrainRunsWaitingTasks(t *testing.T) {
 	cfg.Logger = nil
 	w := startWorker(t, cfg)
 	<-blocked
-	// Quick tasks before it: the worker prefetches the ones after.
-	qmtest.CheckFor(t, 5*time.Second, time.Millisecond, func() error {
-		if st := stats(t, c, "tasks"); st.Leased < 2 {
-			return fmt.Errorf("tasks queue %+v: want tasks waiting behind the blocked one", st)
+	// Quick tasks before it: the worker prefetches the ones after, until
+	// it holds as many as it wants (no get of its own is in flight then,
+	// so that every leased task but the blocked one is waiting in it).
+	last := -1
+	qmtest.CheckFor(t, 5*time.Second, 20*time.Millisecond, func() error {
+		st := stats(t, c, "tasks")
+		prev := last
+		last = st.Leased
+		if st.Leased < 2 || st.Leased != prev {
+			return fmt.Errorf("tasks queue %+v: want tasks waiting behind the blocked one, and no more taken", st)
 		}
 		return nil
 	})
-	waiting := stats(t, c, "tasks").Leased - 1
+	waiting := last - 1
 	w.cancel()
 	close(release)
 	if err := w.wait(t, 10*time.Second); err != nil {

@@ -18,7 +18,8 @@ import (
 // cfg.Concurrency at a time, until one of:
 //
 //   - ctx is cancelled: Run drains (takes no new task, lets the running
-//     handlers finish and completes them) and returns nil;
+//     handlers finish, runs the prefetched tasks, completes them all) and
+//     returns nil;
 //   - the worker has had no task for cfg.IdleExit, or has handled
 //     cfg.MaxTasks: Run returns nil;
 //   - an error that retrying cannot fix, such as a wrong authkey (it wraps
