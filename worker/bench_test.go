@@ -18,7 +18,13 @@ import (
 // and two workers running the echo built-in at concurrency 32, all in this
 // process, and collects every result: ns/op and allocs/op are per task,
 // for master, workers and producer together.
-func BenchmarkWorkerEcho(b *testing.B) {
+func BenchmarkWorkerEcho(b *testing.B) { benchEcho(b, 32) }
+
+// BenchmarkWorkerEchoConcurrency1 is BenchmarkWorkerEcho with the workers
+// at their default concurrency, 1, where the prefetch does the batching.
+func BenchmarkWorkerEchoConcurrency1(b *testing.B) { benchEcho(b, 1) }
+
+func benchEcho(b *testing.B, concurrency int) {
 	addr, _ := qmtest.StartMaster(b, master.Config{})
 	echo, err := worker.Builtin("echo")
 	if err != nil {
@@ -32,7 +38,7 @@ func BenchmarkWorkerEcho(b *testing.B) {
 		go func() {
 			ch <- worker.Run(ctx, worker.Config{
 				Server: addr, Authkey: qmtest.Authkey, Name: "bench", Handler: echo,
-				Concurrency: 32, GetTimeout: time.Second,
+				Concurrency: concurrency, GetTimeout: time.Second,
 				Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 			})
 		}()

@@ -66,7 +66,8 @@ func TestResultsRideOnGets(t *testing.T) {
 	}
 	put(t, c, "tasks", items, wire.PutOptions{})
 	cfg := testConfig(t, addr, func(_ context.Context, task worker.Task) (any, error) { return task.Value() })
-	cfg.Logger = nil // 200 tasks of debug logs say nothing here
+	cfg.Logger = nil     // 200 tasks of debug logs say nothing here
+	cfg.MaxPrefetch = -1 // one task per get, so that every result can ride on one
 	startWorker(t, cfg)
 	if got := len(results(t, c, "results", n, 10*time.Second)); got != n {
 		t.Fatalf("%d results, want %d", got, n)

@@ -45,10 +45,21 @@ type Config struct {
 	// Results is the queue that receives the results of tasks put without
 	// a reply-to queue of their own; default "results".
 	Results string
-	// Concurrency is how many tasks run at once; default 1. The worker
-	// holds at most twice as many leased: those running, and finished ones
-	// whose results are on their way, so that the next get overlaps them.
+	// Concurrency is how many tasks run at once; default 1. Besides those
+	// running, the worker holds leased at most Concurrency finished ones
+	// whose results are on their way, so that the next get overlaps them,
+	// and the tasks it prefetches (see MaxPrefetch).
 	Concurrency int
+	// MaxPrefetch bounds the tasks the worker takes beyond its free slots,
+	// to wait in the worker until a slot frees; 0 means the default, 128,
+	// and a negative value turns prefetching off. Within that bound the
+	// worker prefetches as many tasks as its slots finish during one get's
+	// round trip, Concurrency × round trip / mean handler time, rounded
+	// down: quick tasks come in batches, a slow task (one that runs longer
+	// than a round trip) only when a slot frees, so that no task waits in
+	// one worker while another is idle. Until its first tasks are measured
+	// the worker prefetches none.
+	MaxPrefetch int
 	// GetTimeout is how long one get waits at the master for a task before
 	// the worker asks again; default 5s.
 	GetTimeout time.Duration
@@ -108,6 +119,9 @@ func (c *Config) Validate() error {
 	return nil
 }
 
+// DefaultMaxPrefetch is what MaxPrefetch 0 means.
+const DefaultMaxPrefetch = 128
+
 // minLease keeps lease renewals from turning into a busy loop.
 const minLease = 10 * time.Millisecond
 
@@ -127,6 +141,12 @@ func (c *Config) setDefaults() {
 	}
 	if c.Concurrency == 0 {
 		c.Concurrency = 1
+	}
+	switch {
+	case c.MaxPrefetch == 0:
+		c.MaxPrefetch = DefaultMaxPrefetch
+	case c.MaxPrefetch < 0:
+		c.MaxPrefetch = 0
 	}
 	if c.GetTimeout == 0 {
 		c.GetTimeout = 5 * time.Second

@@ -17,9 +17,22 @@
 //		},
 //	})
 //
+// Besides the tasks it runs, a worker prefetches: it takes up to P more, to
+// wait in it until a slot frees, where P is as many as its slots finish
+// during one get's round trip, Concurrency × round trip / mean handler
+// time, at most Config.MaxPrefetch. Handler times are a moving average of
+// the handlers' run times; the round trip is the least of the last gets
+// that returned tasks (a get may have waited at the master, the least did
+// not), at least 50µs. P is 0 until both are known, and for tasks slower
+// than a round trip, which are taken only as slots free: quick tasks come
+// in batches at Concurrency 1, and a slow task never waits in one worker
+// while another is idle. Prefetched tasks are leased, and their leases
+// renewed, like running ones.
+//
 // Cancelling ctx drains the worker: it takes no new tasks, lets the running
-// handlers finish (their ctx is not cancelled), completes them and returns
-// nil. Builtin and Command give ready-made handlers.
+// handlers finish (their ctx is not cancelled), runs the tasks it has
+// prefetched, completes them all and returns nil. Builtin and Command give
+// ready-made handlers.
 //
 // The files follow the jobs: run.go is Run, the reconnect loop and serve,
 // the one goroutine that decides where each result goes; pool.go the

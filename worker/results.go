@@ -42,6 +42,10 @@ type results struct {
 	// noChain is set once the master has shown it does not run chained
 	// requests: completes and gets go separately.
 	noChain bool
+	// rtt holds the round trips of the last gets that returned tasks, for
+	// the prefetch (see runner.prefetch). Like noChain, it belongs to
+	// whoever makes the get; serve reads it between gets.
+	rtt rttWindow
 
 	gets      chan getCall  // to the getter; closed by stop
 	got       chan gotReply // buffered 1: from the getter
@@ -67,6 +71,9 @@ type tally struct {
 	inflight int // taken and not yet completed or dropped
 	running  int // whose handler has not returned yet
 	handled  int // completed, failed ones included
+	// took is a moving average of how long handlers run; 0 until the
+	// first returns.
+	took time.Duration
 }
 
 // finished is one handler's outcome, to be sent on its session.
@@ -120,10 +127,16 @@ func (res *results) stop() {
 	res.wg.Wait()
 }
 
-// started counts n tasks just taken, before their handlers run.
-func (res *results) started(n int) {
+// taken counts n tasks just taken, before they run or wait to.
+func (res *results) taken(n int) {
 	res.mu.Lock()
 	res.count.inflight += n
+	res.mu.Unlock()
+}
+
+// started counts n taken tasks whose handlers are about to run.
+func (res *results) started(n int) {
+	res.mu.Lock()
 	res.count.running += n
 	res.mu.Unlock()
 }
@@ -131,10 +144,12 @@ func (res *results) started(n int) {
 // add queues a handler's outcome for serve, or drops it if its session
 // has ended: serve is done with that session, and no one else sends
 // results. The check and the queueing are under mu, which lose takes after
-// it cancels the session, so that no outcome is left behind.
-func (res *results) add(f finished) {
+// it cancels the session, so that no outcome is left behind. took is how
+// long the handler ran.
+func (res *results) add(f finished, took time.Duration) {
 	res.mu.Lock()
 	res.count.running--
+	res.count.took = ewma(res.count.took, took)
 	if f.s.ctx.Err() != nil {
 		res.mu.Unlock()
 		res.drop(f.s, []finished{f})
@@ -299,10 +314,14 @@ func (res *results) completeThenGet(ctx context.Context, s *session, fs []finish
 	held := s.completing(fs)
 	if len(held) == 0 || s.gone() {
 		res.drop(s, fs)
-		return s.c.Get(ctx, res.cfg.Tasks, opts)
+		start := time.Now()
+		tasks, err := s.c.Get(ctx, res.cfg.Tasks, opts)
+		res.measure(start, len(tasks))
+		return tasks, err
 	}
 	sent := time.Now()
 	tasks, completeErr, err := s.c.CompleteThenGet(ctx, res.cfg.Tasks, res.cfg.Results, held, opts)
+	res.measure(sent, len(tasks))
 	handled := len(held)
 	switch {
 	case completeErr != nil:
@@ -323,4 +342,50 @@ func (res *results) completeThenGet(ctx context.Context, s *session, fs []finish
 	s.untrack(fs)
 	res.finish(len(fs), handled, sent)
 	return tasks, err
+}
+
+// measure records the round trip of a get made at start that returned n
+// tasks. One that returned none waited at the master, and says nothing of
+// the round trip.
+func (res *results) measure(start time.Time, n int) {
+	if n > 0 {
+		res.rtt.add(time.Since(start))
+	}
+}
+
+// rttWindow keeps the round trips of the last gets that returned tasks.
+// A get that returned tasks may still have waited at the master for them,
+// when the queue was empty; the least of the last few is the round trip
+// itself, as soon as one of them found tasks waiting, which is when a
+// prefetch matters.
+type rttWindow struct {
+	d [8]time.Duration
+	n int // samples taken, of which the last len(d) are kept
+}
+
+func (w *rttWindow) add(d time.Duration) {
+	w.d[w.n%len(w.d)] = d
+	w.n++
+}
+
+// min returns the least round trip kept, or 0 until there are two: the
+// first get of a worker often waits for the first tasks.
+func (w *rttWindow) min() time.Duration {
+	if w.n < 2 {
+		return 0
+	}
+	m := w.d[0]
+	for _, d := range w.d[1:min(w.n, len(w.d))] {
+		m = min(m, d)
+	}
+	return m
+}
+
+// ewma adds the sample d to the moving average avg (0 if none yet), with
+// a weight of 1/8.
+func ewma(avg, d time.Duration) time.Duration {
+	if avg == 0 {
+		return max(d, 1)
+	}
+	return avg + (d-avg)/8
 }

@@ -18,7 +18,8 @@ import (
 // cfg.Concurrency at a time, until one of:
 //
 //   - ctx is cancelled: Run drains (takes no new task, lets the running
-//     handlers finish and completes them) and returns nil;
+//     handlers finish, runs the prefetched tasks, completes them all) and
+//     returns nil;
 //   - the worker has had no task for cfg.IdleExit, or has handled
 //     cfg.MaxTasks: Run returns nil;
 //   - an error that retrying cannot fix, such as a wrong authkey (it wraps
@@ -70,6 +71,11 @@ type runner struct {
 	pool    *pool    // runs the handlers
 	res     *results // takes their outcomes to the master
 	started []job    // start's scratch
+	// waiting holds the tasks taken beyond the free slots (the prefetch),
+	// leased and counted in flight, until a slot frees. They are all of
+	// the session serve is on. waiting[whead:] wait.
+	waiting []job
+	whead   int
 }
 
 func newRunner(ctx context.Context, cfg Config) *runner {
@@ -202,6 +208,7 @@ func (r *runner) serve(ctx context.Context, s *session) (stop bool, err error) {
 		}
 		var t tally
 		held, t = r.res.take(held)
+		t.running += r.runWaiting(s, r.cfg.Concurrency-t.running)
 		n := 0 // tasks to get now
 		if !getting {
 			switch {
@@ -220,8 +227,11 @@ func (r *runner) serve(ctx context.Context, s *session) (stop bool, err error) {
 				// A slot is free once its handler returns, while its result
 				// is still on the way to the master: the next get carries
 				// it. Results waiting to be sent stay bounded by
-				// Concurrency.
-				n = min(r.cfg.Concurrency-t.running, 2*r.cfg.Concurrency-(t.inflight-len(held)))
+				// Concurrency. Beyond the free slots, the worker takes up
+				// to p tasks to wait in it.
+				p := r.prefetch(t)
+				n = min(r.cfg.Concurrency+p-t.running-(len(r.waiting)-r.whead),
+					2*r.cfg.Concurrency+p-(t.inflight-len(held)))
 				if r.cfg.MaxTasks > 0 {
 					n = min(n, r.cfg.MaxTasks-t.handled-t.inflight)
 				}
@@ -309,6 +319,7 @@ func (r *runner) lose(s *session, held []finished, completing bool, err error) (
 	}
 	held, _ = r.res.take(held)
 	r.res.drop(s, held)
+	r.dropWaiting(s)
 	return false, nil
 }
 
@@ -330,20 +341,83 @@ func (r *runner) drain(ctx context.Context) {
 	}
 }
 
-// start hands tasks to the handler pool. At most Concurrency run: serve
-// takes no more than there are free slots.
+// prefetch is how many tasks the worker should take beyond its free
+// slots, given the tally t: as many as its slots finish during one get's
+// round trip, so that the next get's reply comes before they run out, and
+// none while the handler time is unknown or longer than a round trip, so
+// that no task waits here while another worker could run it.
+func (r *runner) prefetch(t tally) int {
+	if r.cfg.MaxPrefetch == 0 || t.took == 0 {
+		return 0
+	}
+	rtt := r.res.rtt.min()
+	if rtt == 0 {
+		return 0
+	}
+	rtt = max(rtt, minRTT)
+	return int(min(int64(r.cfg.Concurrency)*int64(rtt)/int64(t.took), int64(r.cfg.MaxPrefetch)))
+}
+
+// minRTT is the least round trip the prefetch assumes, so that a quick
+// master on loopback still gets batches worth their cost.
+const minRTT = 50 * time.Microsecond
+
+// start takes the tasks of a get: it leases them on s, and hands to the
+// handler pool as many as there are free slots; the others wait.
 func (r *runner) start(s *session, tasks []Task) {
 	if len(tasks) == 0 {
 		return
 	}
-	now := time.Now()
-	r.started = r.started[:0] // only the Run goroutine starts tasks
-	for _, t := range tasks {
-		r.started = append(r.started, job{s: s, l: s.track(t, now), t: t})
+	if r.whead > 0 { // drop the started ones first, so that the array stays bounded
+		n := copy(r.waiting, r.waiting[r.whead:])
+		clear(r.waiting[n:])
+		r.waiting, r.whead = r.waiting[:n], 0
 	}
-	r.res.started(len(tasks))
-	r.pool.add(r.started)
-	clear(r.started)
+	now := time.Now()
+	for _, t := range tasks {
+		r.waiting = append(r.waiting, job{s: s, l: s.track(t, now), t: t})
+	}
+	r.res.taken(len(tasks))
+	r.runWaiting(s, r.cfg.Concurrency-r.res.counts().running)
+}
+
+// runWaiting hands up to free waiting tasks to the handler pool, in the order
+// they came, and returns how many. At most Concurrency run: serve takes
+// no more than there are free slots and the prefetch, and run fills only
+// free slots. A waiting task whose lease was lost is dropped.
+func (r *runner) runWaiting(s *session, free int) int {
+	if free <= 0 || r.whead == len(r.waiting) {
+		return 0
+	}
+	r.started = r.started[:0] // only the Run goroutine starts tasks
+	for ; r.whead < len(r.waiting) && len(r.started) < free; r.whead++ {
+		j := r.waiting[r.whead]
+		r.waiting[r.whead] = job{}
+		if j.l.lost() {
+			r.res.drop(s, []finished{{s: s, l: j.l}})
+			continue
+		}
+		r.started = append(r.started, j)
+	}
+	if r.whead == len(r.waiting) {
+		r.waiting, r.whead = r.waiting[:0], 0 // reuse the array
+	}
+	if len(r.started) > 0 {
+		r.res.started(len(r.started))
+		r.pool.add(r.started)
+		clear(r.started)
+	}
+	return len(r.started)
+}
+
+// dropWaiting forgets the waiting tasks of s, which has lost its
+// connection: the master requeues them.
+func (r *runner) dropWaiting(s *session) {
+	for _, j := range r.waiting[r.whead:] {
+		r.res.drop(s, []finished{{s: s, l: j.l}})
+	}
+	clear(r.waiting)
+	r.waiting, r.whead = r.waiting[:0], 0
 }
 
 // pause waits for d and reports true if the worker should stop instead:

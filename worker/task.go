@@ -15,10 +15,9 @@ import (
 func (r *runner) runTask(j job) {
 	s, l, t := j.s, j.l, j.t
 	var ctx context.Context = l
-	// "took" counts from when the task was taken, which its handler
-	// follows at once (Concurrency bounds what is taken): a clock read
-	// per task was 2 % of a quick task's cost.
-	start := l.received
+	// A prefetched task may have waited since it was taken: its handler
+	// time, which sets the prefetch, counts from here.
+	start := time.Now()
 	log := r.log
 	debug := log.Enabled(ctx, slog.LevelDebug)
 	if debug {
@@ -26,6 +25,7 @@ func (r *runner) runTask(j job) {
 		log.Debug("task started")
 	}
 	v, err := r.call(ctx, t)
+	took := time.Since(start)
 	c := wire.Completion{ID: t.ID}
 	if err == nil {
 		c.Value, err = wire.Encode(v)
@@ -38,11 +38,11 @@ func (r *runner) runTask(j job) {
 		log.Debug("task ended after its lease was lost; result dropped", "err", err)
 	case err != nil:
 		c.Value, c.Error = nil, errorText(err)
-		log.Warn("task failed", "queue", t.Queue, "task", t.ID, "attempt", t.Attempt, "took", time.Since(start), "err", c.Error)
+		log.Warn("task failed", "queue", t.Queue, "task", t.ID, "attempt", t.Attempt, "took", took, "err", c.Error)
 	case debug:
-		log.Debug("task done", "took", time.Since(start))
+		log.Debug("task done", "took", took)
 	}
-	r.res.add(finished{s: s, l: l, c: c})
+	r.res.add(finished{s: s, l: l, c: c}, took)
 }
 
 // call runs the handler, turning a panic into an error.

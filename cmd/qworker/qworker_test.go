@@ -97,6 +97,7 @@ func TestUsageErrors(t *testing.T) {
 		{"key and insecure", env(), []string{"--server", "h:1", "--authkey", "k", "--insecure-no-auth", "--builtin", "echo"}, "--insecure-no-auth sends no key"},
 		{"task timeout with builtin", env(keyEnv), []string{"--server", "h:1", "--builtin", "echo", "--task-timeout", "1s"}, "--task-timeout applies to a command"},
 		{"zero concurrency", env(keyEnv), []string{"--server", "h:1", "--builtin", "echo", "--concurrency", "0"}, "--concurrency must be at least 1"},
+		{"negative prefetch", env(keyEnv), []string{"--server", "h:1", "--builtin", "echo", "--prefetch", "-1"}, "--prefetch must not be negative"},
 		{"bad duration", env(keyEnv), []string{"--server", "h:1", "--builtin", "echo", "--idle-exit", "soon"}, `invalid argument "soon" for "--idle-exit"`},
 		{"bad log level", env(keyEnv), []string{"--server", "h:1", "--builtin", "echo", "--log-level", "loud"}, "want debug, info, warn or error"},
 		{"bad log format", env(keyEnv), []string{"--server", "h:1", "--builtin", "echo", "--log-format", "xml"}, "want text or json"},
@@ -213,7 +214,7 @@ func TestFlagsToConfig(t *testing.T) {
 	f := &factory{Out: &bytes.Buffer{}, ErrOut: &bytes.Buffer{}, Getenv: func(string) string { return "" }}
 	cmd := newRootCmd(f, func(o *options) error { got = o; return nil })
 	cmd.SetArgs([]string{"--server", "m:5000", "--authkey", "k", "--tasks", "in", "--results", "out",
-		"--concurrency", "4", "--get-timeout", "2s", "--idle-exit", "1m", "--max-tasks", "9", "--lease", "30s",
+		"--concurrency", "4", "--prefetch", "7", "--get-timeout", "2s", "--idle-exit", "1m", "--max-tasks", "9", "--lease", "30s",
 		"--task-timeout", "10s", "--name", "w1", "--log-level", "debug", "--log-format", "json",
 		"grep", "-c", "x"})
 	if err := cmd.Execute(); err != nil {
@@ -222,7 +223,7 @@ func TestFlagsToConfig(t *testing.T) {
 	cfg := got.config([]byte("k"), nil)
 	if cfg.Server != "m:5000" || cfg.Tasks != "in" || cfg.Results != "out" || cfg.Concurrency != 4 ||
 		cfg.GetTimeout != 2*time.Second || cfg.IdleExit != time.Minute || cfg.MaxTasks != 9 ||
-		cfg.Lease != 30*time.Second || cfg.Name != "w1" {
+		cfg.Lease != 30*time.Second || cfg.Name != "w1" || cfg.MaxPrefetch != 7 {
 		t.Errorf("config %+v", cfg)
 	}
 	if !slices.Equal(got.Command, []string{"grep", "-c", "x"}) || got.TaskTimeout != 10*time.Second {

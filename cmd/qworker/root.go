@@ -33,6 +33,7 @@ type options struct {
 	Tasks          string
 	Results        string
 	Concurrency    int
+	Prefetch       int
 	GetTimeout     time.Duration
 	IdleExit       time.Duration
 	MaxTasks       int
@@ -71,9 +72,12 @@ a command that runs too long, with every process it started. No shell is
 involved: use sh -c '...' for pipes and redirections.
 
 Results go to the task's reply-to queue if its producer named one, else to
---results. qworker runs up to --concurrency tasks at once and holds no more
-than that leased; it renews the leases of running tasks, so a long task is
-not given to another worker. When it cannot reach the master, or the
+--results. qworker runs up to --concurrency tasks at once. When tasks
+finish faster than a request to the master takes, it also takes up to
+--prefetch more, as many as it runs during one request, so that quick tasks
+come in batches; slow tasks it takes only as it runs them, so none waits in
+one worker while another is idle. It renews the leases of the tasks it
+holds, so a long task is not given to another worker. When it cannot reach the master, or the
 connection drops, it reconnects with backoff; a rejected authkey ends it
 at once.
 
@@ -130,7 +134,8 @@ such as a rejected authkey; 2 on a usage error.`,
 	fl.StringVar(&opts.Builtin, "builtin", "", "run the built-in handler `name` on each task: "+strings.Join(worker.BuiltinNames(), ", "))
 	fl.StringVar(&opts.Tasks, "tasks", wire.DefaultTaskQueue, "`queue` to take tasks from")
 	fl.StringVar(&opts.Results, "results", wire.DefaultResultQueue, "`queue` for the results of tasks that name no reply-to queue")
-	fl.IntVar(&opts.Concurrency, "concurrency", 1, "tasks run at once (the worker holds at most twice as many leased: running ones and results on their way)")
+	fl.IntVar(&opts.Concurrency, "concurrency", 1, "tasks run at once")
+	fl.IntVar(&opts.Prefetch, "prefetch", worker.DefaultMaxPrefetch, "most tasks taken beyond those running, when they finish faster than a request to the master (0: none)")
 	fl.DurationVar(&opts.GetTimeout, "get-timeout", 5*time.Second, "how long each request for tasks waits at the master")
 	fl.DurationVar(&opts.IdleExit, "idle-exit", 0, "exit 0 after this long without a task, time unable to reach the master included (0: never)")
 	fl.IntVar(&opts.MaxTasks, "max-tasks", 0, "exit 0 after handling this many tasks, failed ones included (0: unlimited)")
@@ -172,6 +177,8 @@ func (o *options) validate() error {
 		return usageErrorf("--insecure-no-auth sends no key: drop --authkey and --authkey-file")
 	case o.Concurrency < 1:
 		return usageErrorf("--concurrency must be at least 1")
+	case o.Prefetch < 0:
+		return usageErrorf("--prefetch must not be negative (0 is none)")
 	case o.GetTimeout <= 0:
 		return usageErrorf("--get-timeout must be positive")
 	case o.IdleExit < 0:
@@ -211,12 +218,22 @@ func (o *options) config(key []byte, log *slog.Logger) worker.Config {
 		Tasks:       o.Tasks,
 		Results:     o.Results,
 		Concurrency: o.Concurrency,
+		MaxPrefetch: o.maxPrefetch(),
 		GetTimeout:  o.GetTimeout,
 		Lease:       o.Lease,
 		IdleExit:    o.IdleExit,
 		MaxTasks:    o.MaxTasks,
 		Logger:      log,
 	}
+}
+
+// maxPrefetch is worker.Config.MaxPrefetch for --prefetch, whose 0 turns
+// the prefetch off.
+func (o *options) maxPrefetch() int {
+	if o.Prefetch == 0 {
+		return -1
+	}
+	return o.Prefetch
 }
 
 // handler is the handler the flags ask for.
