@@ -73,7 +73,7 @@ allocation profile. Read them with go tool pprof -top.`,
 			if oneReq {
 				mode = qmMode{batch: 1, concurrency: 1}
 			}
-			ws, err := b.startQWorkers(ctx, c, addr, workers, mode.concurrency)
+			ws, err := b.startQWorkers(ctx, c, addr, workers, mode)
 			defer stopAll(ws)
 			if err != nil {
 				return err

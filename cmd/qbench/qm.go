@@ -62,15 +62,20 @@ func (b *bench) dialQM(ctx context.Context, addr string) (*wire.Client, error) {
 }
 
 // startQWorkers starts w qworker processes running the echo built-in and
-// waits until the master sees them all.
-func (b *bench) startQWorkers(ctx context.Context, c *wire.Client, addr string, w, concurrency int) ([]*proc, error) {
+// waits until the master sees them all. With one request per operation
+// (mode.batch 1) they prefetch nothing, so that each get takes one task.
+func (b *bench) startQWorkers(ctx context.Context, c *wire.Client, addr string, w int, mode qmMode) ([]*proc, error) {
 	var ps []*proc
 	for i := range w {
-		p, err := b.procs.start("qworker "+strconv.Itoa(i), []string{
+		args := []string{
 			filepath.Join(b.opts.Bin, "qworker"), "--server", addr, "--builtin", "echo",
 			"--tasks", qmTasks, "--results", qmResults,
-			"--concurrency", strconv.Itoa(concurrency), "--log-level", "warn",
-		}, []string{"QM_AUTHKEY=" + b.key}, nil)
+			"--concurrency", strconv.Itoa(mode.concurrency), "--log-level", "warn",
+		}
+		if mode.batch == 1 {
+			args = append(args, "--prefetch", "0")
+		}
+		p, err := b.procs.start("qworker "+strconv.Itoa(i), args, []string{"QM_AUTHKEY=" + b.key}, nil)
 		if err != nil {
 			return ps, err
 		}
@@ -124,7 +129,7 @@ func (b *bench) startQM(ctx context.Context, mode qmMode, size, w int) (sys syst
 	if s.c, err = b.dialQM(ctx, addr); err != nil {
 		return nil, err
 	}
-	s.workers, err = b.startQWorkers(ctx, s.c, addr, w, mode.concurrency)
+	s.workers, err = b.startQWorkers(ctx, s.c, addr, w, mode)
 	if err != nil {
 		return nil, err
 	}

@@ -115,7 +115,7 @@ func (r *report) markdown() string {
 	fmt.Fprintf(&b, "- Machine: `nproc` = %d, %s, Linux %s\n", r.NProc, r.CPU, r.Kernel)
 	fmt.Fprintf(&b, "- Go %s; %s; %s\n", strings.TrimPrefix(runtime.Version(), "go"), r.Redis, r.Python)
 	fmt.Fprintf(&b, "- qm, batched: the producer puts %d tasks per call and gets up to %d results per call; qworker --builtin echo --concurrency %d.\n", o.QMBatch, o.QMBatch, o.QMConcurrency)
-	fmt.Fprintf(&b, "- qm, 1 request/op: one task per put, per get and per complete (qworker --concurrency 1, its default; a worker's complete rides on its next get); the producer puts and gets concurrently.\n")
+	fmt.Fprintf(&b, "- qm, 1 request/op: one task per put, per get and per complete (qworker --concurrency 1 --prefetch 0; a worker's complete rides on its next get); the producer puts and gets concurrently.\n")
 	fmt.Fprintf(&b, "- Redis lists: LPUSH of %d values per command, results by RPOP count / BRPOP; workers BRPOP then LPUSH, one task at a time.\n", o.QMBatch)
 	fmt.Fprintf(&b, "- Python BaseManager: queue.Queue proxies, one put or get per call.\n")
 	fmt.Fprintf(&b, "- Tasks per throughput measurement: %d for the batched runs, %d for qm 1 request/op and Python.\n", o.N, o.SlowN)

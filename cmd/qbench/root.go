@@ -61,7 +61,7 @@ Systems (--systems):
            --qm-batch tasks per call and gets results as many per call;
            qworker runs with --concurrency --qm-concurrency.
   qm-1req  the same binaries with one request per operation: one task per
-           put, per get and per complete (qworker --concurrency 1; its
+           put, per get and per complete (qworker --concurrency 1 --prefetch 0; its
            complete rides on its next get).
   redis    redis-server on loopback (no persistence); producer LPUSHes
            --qm-batch values per command and pops results with RPOP count
