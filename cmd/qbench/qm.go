@@ -26,9 +26,16 @@ type qmMode struct {
 	// one request per operation.
 	batch int
 	// concurrency is qworker's --concurrency: how many tasks each worker
-	// holds, so how many one get may take.
+	// runs at once.
 	concurrency int
+	// defaults runs qworker with no flag but the queues and the handler:
+	// what a user who starts as the README shows gets.
+	defaults bool
 }
+
+// mapBatch is qmaster map's default --batch: the qm-defaults row's
+// producer puts and gets as map does.
+const mapBatch = 1000
 
 var listeningRE = regexp.MustCompile(`msg=listening addr=(127\.0\.0\.1:\d+)`)
 
@@ -69,11 +76,14 @@ func (b *bench) startQWorkers(ctx context.Context, c *wire.Client, addr string, 
 	for i := range w {
 		args := []string{
 			filepath.Join(b.opts.Bin, "qworker"), "--server", addr, "--builtin", "echo",
-			"--tasks", qmTasks, "--results", qmResults,
-			"--concurrency", strconv.Itoa(mode.concurrency), "--log-level", "warn",
+			"--tasks", qmTasks, "--results", qmResults, "--log-level", "warn",
 		}
-		if mode.batch == 1 {
-			args = append(args, "--prefetch", "0")
+		switch {
+		case mode.defaults:
+		case mode.batch == 1:
+			args = append(args, "--concurrency", "1", "--prefetch", "0")
+		default:
+			args = append(args, "--concurrency", strconv.Itoa(mode.concurrency))
 		}
 		p, err := b.procs.start("qworker "+strconv.Itoa(i), args, []string{"QM_AUTHKEY=" + b.key}, nil)
 		if err != nil {

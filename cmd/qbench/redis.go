@@ -66,13 +66,14 @@ func freePort() (int, error) {
 	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
-// startRedisWorkers starts w worker processes (qbench worker-redis) and
-// waits until each says it is connected.
-func (b *bench) startRedisWorkers(ctx context.Context, addr string, w int) ([]*proc, error) {
+// startRedisWorkers starts w worker processes (qbench worker-redis) that
+// take up to batch tasks at a time, and waits until each says it is
+// connected.
+func (b *bench) startRedisWorkers(ctx context.Context, addr string, w, batch int) ([]*proc, error) {
 	ready := make(chan struct{}, w)
 	var ps []*proc
 	for i := range w {
-		p, err := b.procs.start("redis worker "+strconv.Itoa(i), []string{b.self, "worker-redis", "--addr", addr},
+		p, err := b.procs.start("redis worker "+strconv.Itoa(i), []string{b.self, "worker-redis", "--addr", addr, "--batch", strconv.Itoa(batch)},
 			nil, func(line string) {
 				if line == "ready" {
 					ready <- struct{}{}
@@ -106,9 +107,15 @@ type redisSystem struct {
 }
 
 // startRedisSystem starts redis-server and w workers, for payloads of size
-// bytes.
-func (b *bench) startRedisSystem(ctx context.Context, size, w int) (sys system, err error) {
-	s := &redisSystem{batch: b.opts.QMBatch, payload: bytes.Repeat([]byte{'x'}, size)}
+// bytes: with the batching of qm's batched run (the producer's batch, and
+// workers taking as many tasks per call as a qworker's --concurrency), or,
+// with oneByOne, one request per operation.
+func (b *bench) startRedisSystem(ctx context.Context, size, w int, oneByOne bool) (sys system, err error) {
+	batch, workerBatch := b.opts.QMBatch, b.opts.QMConcurrency
+	if oneByOne {
+		batch, workerBatch = 1, 1
+	}
+	s := &redisSystem{batch: batch, payload: bytes.Repeat([]byte{'x'}, size)}
 	defer func() {
 		if err != nil {
 			s.close()
@@ -119,7 +126,7 @@ func (b *bench) startRedisSystem(ctx context.Context, size, w int) (sys system, 
 		return nil, err
 	}
 	s.server = server
-	if s.workers, err = b.startRedisWorkers(ctx, addr, w); err != nil {
+	if s.workers, err = b.startRedisWorkers(ctx, addr, w, workerBatch); err != nil {
 		return nil, err
 	}
 	s.rdb = redis.NewClient(&redis.Options{Addr: addr, PoolSize: 4})
@@ -237,9 +244,11 @@ func (b *bench) redisMemory(ctx context.Context, n, size int) (rss, hwm int64, e
 	return rss, hwm, err
 }
 
-// redisWorker is the hidden worker-redis mode: BRPOP a task, LPUSH it back
-// as its result (an echo), until killed.
-func redisWorker(ctx context.Context, addr string) error {
+// redisWorker is the hidden worker-redis mode: take tasks and LPUSH them
+// back as their results (an echo), until killed. With batch 1 it BRPOPs
+// one task at a time; with more it takes up to batch per BLMPOP ... COUNT
+// and pushes their results in one LPUSH, the batching qm's workers get.
+func redisWorker(ctx context.Context, addr string, batch int) error {
 	rdb := redis.NewClient(&redis.Options{Addr: addr, PoolSize: 1})
 	defer rdb.Close()
 	if err := rdb.Ping(ctx).Err(); err != nil {
@@ -247,19 +256,37 @@ func redisWorker(ctx context.Context, addr string) error {
 	}
 	fmt.Println("ready")
 	for ctx.Err() == nil {
-		vs, err := rdb.BRPop(ctx, time.Second, redisTasks).Result()
-		if errors.Is(err, redis.Nil) {
+		var vals []any
+		if batch <= 1 {
+			vs, err := rdb.BRPop(ctx, time.Second, redisTasks).Result()
+			if err == nil {
+				vals = []any{vs[1]}
+			} else if !errors.Is(err, redis.Nil) {
+				return workerErr(ctx, err)
+			}
+		} else {
+			_, vs, err := rdb.BLMPop(ctx, time.Second, "RIGHT", int64(batch), redisTasks).Result()
+			if err != nil && !errors.Is(err, redis.Nil) {
+				return workerErr(ctx, err)
+			}
+			for _, v := range vs {
+				vals = append(vals, v)
+			}
+		}
+		if len(vals) == 0 {
 			continue
 		}
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return err
-		}
-		if err := rdb.LPush(ctx, redisResults, vs[1]).Err(); err != nil {
+		if err := rdb.LPush(ctx, redisResults, vals...).Err(); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// workerErr is err, or nil if the worker was stopped.
+func workerErr(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
 }

@@ -34,7 +34,7 @@ type options struct {
 }
 
 // systems the bench knows, in table order.
-var allSystems = []string{"qm", "qm-1req", "redis", "python"}
+var allSystems = []string{"qm", "qm-1req", "qm-defaults", "redis", "redis-1req", "python"}
 
 func newRootCmd() *cobra.Command {
 	opts := &options{}
@@ -61,17 +61,25 @@ Systems (--systems):
            --qm-batch tasks per call and gets results as many per call;
            qworker runs with --concurrency --qm-concurrency.
   qm-1req  the same binaries with one request per operation: one task per
-           put, per get and per complete (qworker --concurrency 1 --prefetch 0; its
-           complete rides on its next get).
-  redis    redis-server on loopback (no persistence); producer LPUSHes
-           --qm-batch values per command and pops results with RPOP count
-           or BRPOP; workers (qbench worker-redis) BRPOP a task and LPUSH
-           its result.
+           put, per get and per complete (qworker --concurrency 1
+           --prefetch 0; its complete rides on its next get).
+  qm-defaults
+           what a user who starts as the README shows gets: qworker with
+           no flag but the handler; the producer batches as qmaster map.
+  redis    redis-server on loopback (no persistence), with qm's batching:
+           the producer LPUSHes --qm-batch values per command and pops
+           results with RPOP count or BRPOP; workers (qbench worker-redis)
+           take up to --qm-concurrency tasks per BLMPOP COUNT and LPUSH
+           their results in one command.
+  redis-1req
+           the same, one request per operation: workers BRPOP a task and
+           LPUSH its result.
   python   the classic multiprocessing BaseManager scripts (stdlib only):
            a manager serving a task and a result queue, workers doing
            get(timeout=1) then put.
 
-qm-1req and python put --slow-n tasks per measurement, the others --n.
+The 1req systems and python put --slow-n tasks per measurement, the
+others --n.
 
 Build the binaries first (make build); --bin says where they are.`,
 		Args: cobra.NoArgs,
@@ -238,16 +246,20 @@ func isSkip(err error) bool {
 
 // newRedisWorkerCmd is the hidden worker process of the Redis runs.
 func newRedisWorkerCmd() *cobra.Command {
-	var addr string
+	var (
+		addr  string
+		batch int
+	)
 	cmd := &cobra.Command{
-		Use:    "worker-redis --addr HOST:PORT",
-		Short:  "BRPOP tasks and LPUSH them back as results, until killed",
+		Use:    "worker-redis --addr HOST:PORT [--batch N]",
+		Short:  "Take tasks (BRPOP, or BLMPOP COUNT N) and LPUSH them back as results, until killed",
 		Hidden: true,
 		Args:   cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return redisWorker(cmd.Context(), addr)
+			return redisWorker(cmd.Context(), addr, batch)
 		},
 	}
 	cmd.Flags().StringVar(&addr, "addr", "", "redis-server `host:port`")
+	cmd.Flags().IntVar(&batch, "batch", 1, "tasks per call: 1 BRPOPs, more BLMPOPs COUNT N")
 	return cmd
 }

@@ -52,8 +52,12 @@ func (b *bench) start(ctx context.Context, sys string, size, w int) (system, err
 		return b.startQM(ctx, qmMode{batch: b.opts.QMBatch, concurrency: b.opts.QMConcurrency}, size, w)
 	case "qm-1req":
 		return b.startQM(ctx, qmMode{batch: 1, concurrency: 1}, size, w)
+	case "qm-defaults":
+		return b.startQM(ctx, qmMode{batch: mapBatch, concurrency: 1, defaults: true}, size, w)
 	case "redis":
-		return b.startRedisSystem(ctx, size, w)
+		return b.startRedisSystem(ctx, size, w, false)
+	case "redis-1req":
+		return b.startRedisSystem(ctx, size, w, true)
 	case "python":
 		return b.startPython(ctx, size, w)
 	}
@@ -62,7 +66,7 @@ func (b *bench) start(ctx context.Context, sys string, size, w int) (system, err
 
 // tasksFor is how many tasks a throughput measurement of sys puts.
 func (b *bench) tasksFor(sys string) int {
-	if sys == "qm-1req" || sys == "python" {
+	if sys == "qm-1req" || sys == "redis-1req" || sys == "python" {
 		return b.opts.SlowN
 	}
 	return b.opts.N
@@ -70,7 +74,7 @@ func (b *bench) tasksFor(sys string) int {
 
 // optional reports whether sys may be missing or fail without failing the
 // run: the baselines; qm failing is a bug.
-func optional(sys string) bool { return sys == "redis" || sys == "python" }
+func optional(sys string) bool { return sys == "redis" || sys == "redis-1req" || sys == "python" }
 
 // group measures every system at one payload size and worker count: each
 // starts and measures its throughput in turn, then they take turns at the
