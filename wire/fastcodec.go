@@ -351,7 +351,7 @@ func (r *Request) decode(rd *msgp.Reader, chained bool) error {
 			r.Queue, err = rd.Str()
 		case "items":
 			var n int
-			if n, err = rd.ArrayHeader(); err == nil && n > 0 {
+			if n, err = arrayHeader(rd); err == nil && n > 0 {
 				r.Items = make([]msgpack.RawMessage, n)
 				for i := 0; i < n && err == nil; i++ {
 					r.Items[i], err = readRaw(rd)
@@ -373,7 +373,7 @@ func (r *Request) decode(rd *msgp.Reader, chained bool) error {
 			r.Error, err = rd.Str()
 		case "results":
 			var n int
-			if n, err = rd.ArrayHeader(); err == nil && n > 0 {
+			if n, err = arrayHeader(rd); err == nil && n > 0 {
 				r.Results = make([]Completion, n)
 				for i := 0; i < n && err == nil; i++ {
 					err = r.Results[i].decode(rd)
@@ -614,11 +614,26 @@ func readDuration(rd *msgp.Reader) (time.Duration, error) {
 	return time.Duration(n), err
 }
 
-// readUints reads an array of integers. Its length is checked against
-// the bytes left (msgp's rule), so it allocates no more than the frame's
-// size in elements.
-func readUints(rd *msgp.Reader) ([]uint64, error) {
+// MaxElements bounds the elements of any one array of a message (a put's
+// items, a complete's results, ids). msgpack lets an array claim one
+// element per byte left, and an element can take many times its encoded
+// size in memory (a one-byte nil becomes a 48-byte Completion), so a
+// 64 MiB frame could otherwise cost gigabytes to decode. At this bound a
+// message costs at most some 50 MB of elements.
+const MaxElements = 1 << 20
+
+// arrayHeader reads an array header of at most MaxElements elements.
+func arrayHeader(rd *msgp.Reader) (int, error) {
 	n, err := rd.ArrayHeader()
+	if err == nil && n > MaxElements {
+		return 0, fmt.Errorf("%w: %d elements in one array, more than %d", ErrBadRequest, n, MaxElements)
+	}
+	return n, err
+}
+
+// readUints reads an array of at most MaxElements integers.
+func readUints(rd *msgp.Reader) ([]uint64, error) {
+	n, err := arrayHeader(rd)
 	if err != nil || n == 0 {
 		return nil, err
 	}

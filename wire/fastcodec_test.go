@@ -2,12 +2,14 @@ package wire
 
 import (
 	"bytes"
+	"errors"
 	"math"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/qm-dev/qm/internal/msgp"
 	"github.com/vmihailenco/msgpack/v5"
 )
 
@@ -247,3 +249,25 @@ func TestAppendMatchesReflection(t *testing.T) {
 }
 
 func head(b []byte) []byte { return b[:min(len(b), 40)] }
+
+// An array of more than MaxElements elements is a bad request, however
+// small each element: it is refused before anything is allocated for it.
+func TestDecodeRequestElementBound(t *testing.T) {
+	frame := func(key string, n int) []byte {
+		b := msgp.AppendMapHeader(nil, 2)
+		b = msgp.AppendUint(msgp.AppendStr(b, "op"), uint64(OpPut))
+		b = msgp.AppendArrayHeader(msgp.AppendStr(b, key), n)
+		for range n {
+			b = msgp.AppendNil(b)
+		}
+		return b
+	}
+	for _, key := range []string{"items", "ids", "results"} {
+		if _, err := DecodeRequest(frame(key, MaxElements+1)); !errors.Is(err, ErrBadRequest) || !strings.Contains(err.Error(), "more than") {
+			t.Errorf("%s of %d elements: %v, want a bad request naming the bound", key, MaxElements+1, err)
+		}
+	}
+	if req, err := DecodeRequest(frame("items", MaxElements)); err != nil || len(req.Items) != MaxElements {
+		t.Errorf("items of exactly %d elements: %d, %v", MaxElements, len(req.Items), err)
+	}
+}
