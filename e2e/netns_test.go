@@ -42,12 +42,17 @@ func newLabCluster(t *testing.T, workers int) *labCluster {
 }
 
 // worker starts a qworker on worker host i, reaching the master over its
-// own link, with a 2 s lease so that redeliveries come quickly.
+// own link, with a 2 s lease so that redeliveries come quickly, and waits
+// until it is connected: a new link can be unroutable for a moment, and a
+// worker that met that backs off for seconds, past what a test does next
+// (TestNetnsShortCut once cut a worker that had never connected).
 func (c *labCluster) worker(t *testing.T, i int, builtin string, extra ...string) *proc {
 	t.Helper()
 	args := append([]string{"--server", c.links[i].masterAddr + ":" + labPort, "--builtin", builtin,
 		"--lease", "2s", "--get-timeout", "1s", "--name", fmt.Sprintf("w%d", i+1)}, extra...)
-	return startIn(t, c.workers[i], "qworker", args...)
+	p := startIn(t, c.workers[i], "qworker", args...)
+	waitFor(t, 30*time.Second, func() bool { return strings.Contains(p.logs(), `msg="connected to master"`) })
+	return p
 }
 
 // client connects from the master's own host, over its loopback.
