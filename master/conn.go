@@ -203,10 +203,16 @@ func (c *clientConn) refuseStream(stream *yamux.Stream) {
 // block (and is bounded by a deadline).
 func (c *clientConn) refuse(stream *yamux.Stream, err error) {
 	_ = stream.SetWriteDeadline(time.Now().Add(time.Second))
+	_ = wire.NewCodec(stream, c.s.cfg.MaxMessageSize).Write(closingResponse(err))
+	stream.Close()
+}
+
+// closingResponse is errorResponse for a call whose stream the master
+// closes after answering it.
+func closingResponse(err error) *wire.Response {
 	resp := errorResponse(err)
 	resp.StreamClosed = true
-	_ = wire.NewCodec(stream, c.s.cfg.MaxMessageSize).Write(resp)
-	stream.Close()
+	return resp
 }
 
 // serveStream answers the calls on one stream in order until the client
@@ -236,9 +242,7 @@ func (c *clientConn) serveStream(stream *yamux.Stream) {
 			err = fmt.Errorf("%w (the master's --max-message-size)", err)
 			if !tooLarge.Skipped {
 				c.s.log.Warn("message too large; stream closed", "remote", c.addr, "err", err)
-				resp := errorResponse(err)
-				resp.StreamClosed = true
-				_ = codec.Write(resp)
+				_ = codec.Write(closingResponse(err))
 				return
 			}
 			c.s.log.Warn("message too large; refused", "remote", c.addr, "err", err)

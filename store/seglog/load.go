@@ -125,13 +125,15 @@ func (l *Log) load() (store.Meta, []store.Task, error) {
 	for _, name := range ls.tmps {
 		os.Remove(filepath.Join(l.dir, name)) // an unfinished snapshot
 	}
-	hint := l.sizeHint(ls)
-	st := &state{tasks: make([]store.Task, 0, hint), index: make(map[uint64]int32, hint)}
-	dec := &decoder{}
 	var base uint64 // first segment to replay
-	var replayed int64
 	if n := len(ls.snaps); n > 0 {
 		base = ls.snaps[n-1]
+	}
+	hint := l.sizeHint(ls, base)
+	st := &state{tasks: make([]store.Task, 0, hint), index: make(map[uint64]int32, hint)}
+	dec := &decoder{}
+	var replayed int64
+	if len(ls.snaps) > 0 {
 		size, err := l.loadSnapshot(base, st, dec)
 		if err != nil {
 			return meta, nil, err
@@ -188,7 +190,7 @@ func (l *Log) load() (store.Meta, []store.Task, error) {
 // about twice over and cost a restarted master a second. It reads each
 // file's record headers only (the page cache serves the files again to
 // the replay); a file it cannot read counts as none.
-func (l *Log) sizeHint(ls listing) int {
+func (l *Log) sizeHint(ls listing, base uint64) int {
 	n := 0
 	count := func(name string) {
 		b, err := os.ReadFile(filepath.Join(l.dir, name))
@@ -201,7 +203,9 @@ func (l *Log) sizeHint(ls listing) int {
 		count(snapName(ls.snaps[k-1]))
 	}
 	for _, s := range ls.segs {
-		count(segName(s))
+		if s >= base { // older ones are left by a compaction and deleted unread
+			count(segName(s))
+		}
 	}
 	return n
 }
