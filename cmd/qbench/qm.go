@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -32,10 +34,6 @@ type qmMode struct {
 	// what a user who starts as the README shows gets.
 	defaults bool
 }
-
-// mapBatch is qmaster map's default --batch: the qm-defaults row's
-// producer puts and gets as map does.
-const mapBatch = 1000
 
 var listeningRE = regexp.MustCompile(`msg=listening addr=(127\.0\.0\.1:\d+)`)
 
@@ -118,11 +116,15 @@ type qmSystem struct {
 	c       *wire.Client
 	mode    qmMode
 	payload msgpack.RawMessage
+	// With mode.defaults the throughput is that of the real command: the
+	// user's `qmaster map`, run at addr with the bench's key.
+	qmaster, addr, key string
+	size               int
 }
 
 // startQM starts a master and w workers in mode, for payloads of size bytes.
 func (b *bench) startQM(ctx context.Context, mode qmMode, size, w int) (sys system, err error) {
-	s := &qmSystem{mode: mode}
+	s := &qmSystem{mode: mode, qmaster: filepath.Join(b.opts.Bin, "qmaster"), key: b.key, size: size}
 	defer func() {
 		if err != nil {
 			s.close()
@@ -135,7 +137,7 @@ func (b *bench) startQM(ctx context.Context, mode qmMode, size, w int) (sys syst
 	if err != nil {
 		return nil, err
 	}
-	s.server = master
+	s.server, s.addr = master, addr
 	if s.c, err = b.dialQM(ctx, addr); err != nil {
 		return nil, err
 	}
@@ -147,7 +149,41 @@ func (b *bench) startQM(ctx context.Context, mode qmMode, size, w int) (sys syst
 }
 
 func (s *qmSystem) throughput(ctx context.Context, n int) (time.Duration, error) {
+	if s.mode.defaults {
+		return mapThroughput(ctx, s.qmaster, s.addr, s.key, n, s.size)
+	}
 	return qmThroughput(ctx, s.c, s.mode.batch, n, s.payload)
+}
+
+// mapThroughput runs `qmaster map` at addr, as a user would, on n input
+// lines of size bytes each (each a string task), and returns how long it
+// took to print every result.
+func mapThroughput(ctx context.Context, qmaster, addr, key string, n, size int) (time.Duration, error) {
+	line := append(bytes.Repeat([]byte{'x'}, size), '\n')
+	in := bytes.Repeat(line, n)
+	cmd := exec.CommandContext(ctx, qmaster, "map", "--server", addr, "--tasks", qmTasks)
+	cmd.Env = append(os.Environ(), "QM_AUTHKEY="+key)
+	cmd.Stdin = bytes.NewReader(in)
+	var out countWriter
+	var stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &stderr
+	start := time.Now()
+	if err := cmd.Run(); err != nil {
+		return 0, fmt.Errorf("qmaster map: %w: %s", err, bytes.TrimSpace(stderr.Bytes()))
+	}
+	took := time.Since(start)
+	if out.lines != n {
+		return 0, fmt.Errorf("qmaster map printed %d results for %d inputs", out.lines, n)
+	}
+	return took, nil
+}
+
+// countWriter counts the lines written to it.
+type countWriter struct{ lines int }
+
+func (w *countWriter) Write(p []byte) (int, error) {
+	w.lines += bytes.Count(p, []byte{'\n'})
+	return len(p), nil
 }
 
 func (s *qmSystem) roundTrips(ctx context.Context, count int) ([]time.Duration, error) {

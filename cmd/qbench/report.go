@@ -118,7 +118,7 @@ func (r *report) markdown() string {
 	fmt.Fprintf(&b, "- Go %s; %s; %s\n", strings.TrimPrefix(runtime.Version(), "go"), r.Redis, r.Python)
 	fmt.Fprintf(&b, "- qm, batched: the producer puts %d tasks per call and gets up to %d results per call; qworker --builtin echo --concurrency %d.\n", o.QMBatch, o.QMBatch, o.QMConcurrency)
 	fmt.Fprintf(&b, "- qm, 1 request/op: one task per put, per get and per complete (qworker --concurrency 1 --prefetch 0; a worker's complete rides on its next get); the producer puts and gets concurrently.\n")
-	fmt.Fprintf(&b, "- qm, defaults: what a user who starts as the README shows gets: qworker --builtin echo with no other flag (concurrency 1, adaptive prefetch); the producer puts and gets %d per call, as qmaster map does.\n", mapBatch)
+	fmt.Fprintf(&b, "- qm, defaults: what a user who starts as the README shows gets: `qmaster map` itself, fed N lines of the payload size, through qworker --builtin echo with no other flag (concurrency 1, adaptive prefetch); its round trip is the producer's, as for qm.\n")
 	fmt.Fprintf(&b, "- Redis lists, batched: the batching qm's batched run has: LPUSH of %d values per command, results by RPOP count / BRPOP; workers take up to %d tasks per BLMPOP ... COUNT and push their results in one LPUSH.\n", o.QMBatch, o.QMConcurrency)
 	fmt.Fprintf(&b, "- Redis lists, 1 request/op: one LPUSH per task; workers BRPOP one task and LPUSH its result.\n")
 	fmt.Fprintf(&b, "- Python BaseManager: queue.Queue proxies, one put or get per call.\n")

@@ -64,8 +64,9 @@ Systems (--systems):
            put, per get and per complete (qworker --concurrency 1
            --prefetch 0; its complete rides on its next get).
   qm-defaults
-           what a user who starts as the README shows gets: qworker with
-           no flag but the handler; the producer batches as qmaster map.
+           what a user who starts as the README shows gets: the real
+           qmaster map, fed lines, through qworkers with no flag but the
+           handler.
   redis    redis-server on loopback (no persistence), with qm's batching:
            the producer LPUSHes --qm-batch values per command and pops
            results with RPOP count or BRPOP; workers (qbench worker-redis)

@@ -53,7 +53,7 @@ func (b *bench) start(ctx context.Context, sys string, size, w int) (system, err
 	case "qm-1req":
 		return b.startQM(ctx, qmMode{batch: 1, concurrency: 1}, size, w)
 	case "qm-defaults":
-		return b.startQM(ctx, qmMode{batch: mapBatch, concurrency: 1, defaults: true}, size, w)
+		return b.startQM(ctx, qmMode{defaults: true}, size, w)
 	case "redis":
 		return b.startRedisSystem(ctx, size, w, false)
 	case "redis-1req":
