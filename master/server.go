@@ -82,11 +82,33 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.metrics = newMetrics(s)
 	qcfg := cfg.queueConfig(s.publishDeadResult)
-	if cfg.DataDir != "" {
-		st, err := s.openStore()
+	if cfg.OpenQueues != nil {
+		qs, err := cfg.OpenQueues(qcfg)
 		if err != nil {
 			cancel()
 			return nil, err
+		}
+		s.queues = qs
+	} else if err := s.openLocalQueues(qcfg); err != nil {
+		cancel()
+		return nil, err
+	}
+	s.py = s.newPyManager()
+	qs := s.queues
+	if !s.goRun(func() { qs.ReapLeases(s.ctx.Done(), s.leasesExpired) }) {
+		panic("unreachable: new server already closing")
+	}
+	return s, nil
+}
+
+// openLocalQueues opens the queues of this process, recovering them from
+// the data directory if there is one.
+func (s *Server) openLocalQueues(qcfg queue.Config) error {
+	cfg := s.cfg
+	if cfg.DataDir != "" {
+		st, err := s.openStore()
+		if err != nil {
+			return err
 		}
 		s.store, qcfg.Store = st, st
 	}
@@ -98,14 +120,12 @@ func New(cfg Config) (*Server, error) {
 	qm, err := queue.New(qcfg)
 	debug.SetGCPercent(gcPercent)
 	if err != nil {
-		cancel()
 		if s.store != nil {
 			s.store.Close()
 		}
-		return nil, err
+		return err
 	}
 	s.queues = qm
-	s.py = s.newPyManager()
 	if s.store != nil {
 		// Loading the log took several times the memory its tasks keep
 		// (the files, the index of live tasks, the sort). That is garbage
@@ -121,10 +141,7 @@ func New(cfg Config) (*Server, error) {
 		s.log.Info("queues recovered", "data_dir", cfg.DataDir, "tasks", tasks, "queues", queues,
 			"fsync", cfg.Fsync.String(), "took", time.Since(start).Round(time.Millisecond))
 	}
-	if !s.goRun(func() { qm.ReapLeases(s.ctx.Done(), s.leasesExpired) }) {
-		panic("unreachable: new server already closing")
-	}
-	return s, nil
+	return nil
 }
 
 // goRun starts f as a goroutine the server owns, unless the server is

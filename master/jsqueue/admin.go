@@ -1,0 +1,353 @@
+package jsqueue
+
+import (
+	"cmp"
+	"errors"
+	"slices"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/qm-dev/qm/master/queue"
+)
+
+// What operators see and do. JetStream keeps the queues, so the figures
+// are the cluster's, with two exceptions kept by each gateway alone:
+// Nacks and Expired.
+
+// Stats returns a queue's figures: Ready and Leased from its consumer,
+// Puts from its stream (every task ever stored in it), Gets from the
+// consumer's deliveries, Done as Puts less what the stream holds.
+func (q *Queues) Stats(name string) (queue.Stats, error) {
+	s, err := q.open(name, false)
+	if err != nil {
+		return queue.Stats{}, err
+	}
+	ctx, cancel := q.call()
+	defer cancel()
+	si, err := s.st.Info(ctx)
+	if err != nil {
+		return queue.Stats{}, q.adminErr(name, "stats", err)
+	}
+	ci, err := s.cons.Info(ctx)
+	if err != nil {
+		return queue.Stats{}, q.adminErr(name, "stats", err)
+	}
+	st := queue.Stats{
+		Queue:     name,
+		Leased:    ci.NumAckPending,
+		Ready:     max(0, int(si.State.Msgs)-ci.NumAckPending),
+		Consumers: ci.NumWaiting,
+		Paused:    ci.Paused,
+		Puts:      si.State.LastSeq,
+		Gets:      ci.Delivered.Consumer,
+		Acks:      si.State.LastSeq - si.State.Msgs,
+	}
+	st.Done = st.Acks
+	if st.Ready > 0 && !si.State.FirstTime.IsZero() {
+		st.OldestReady = max(0, time.Since(si.State.FirstTime))
+	}
+	q.mu.Lock()
+	if c := q.stats[name]; c != nil {
+		st.Nacks, st.Expired = c.nacks, c.expired
+	}
+	q.mu.Unlock()
+	if !queue.IsDeadLetterName(name) {
+		if ds, err := q.open(queue.DeadLetterName(name), false); err == nil {
+			if di, err := ds.st.Info(ctx); err == nil {
+				st.Dead = int(di.State.Msgs)
+			}
+		}
+	}
+	return st, nil
+}
+
+func (q *Queues) adminErr(name, what string, err error) error {
+	if isGone(err) {
+		q.forget(name)
+		return queue.ErrUnknownQueue
+	}
+	return q.engineErr(what+" "+name, err)
+}
+
+// Queues returns the names of every queue in JetStream, sorted.
+func (q *Queues) Queues() []string {
+	ctx, cancel := q.call()
+	defer cancel()
+	var names []string
+	l := q.js.ListStreams(ctx, jetstream.WithStreamListSubject(subjectPrefix+">"))
+	for si := range l.Info() {
+		if name, ok := si.Config.Metadata[metaQueueName]; ok && streamName(name) == si.Config.Name {
+			names = append(names, name)
+		}
+	}
+	if err := l.Err(); err != nil {
+		q.log.Warn("listing queues failed", "err", err)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// AllStats returns the figures of every queue, sorted by name.
+func (q *Queues) AllStats() []queue.Stats {
+	var all []queue.Stats
+	for _, name := range q.Queues() {
+		if st, err := q.Stats(name); err == nil {
+			all = append(all, st)
+		}
+	}
+	return all
+}
+
+// scan calls f with each task stored in s, in order, until f returns
+// false. Tasks leased at the moment are included.
+func (q *Queues) scan(s *stream, f func(seq uint64, t queue.Task) bool) error {
+	ctx, cancel := q.call()
+	defer cancel()
+	for seq := uint64(1); ; seq++ {
+		m, err := s.st.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(s.subject))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return nil
+		}
+		if err != nil {
+			return q.adminErr(s.queue, "read", err)
+		}
+		seq = m.Sequence
+		if !f(seq, taskOf(seq, m.Time, m.Header, m.Data, 0)) {
+			return nil
+		}
+	}
+}
+
+// Peek returns the first n tasks of a queue not yet done, in order. Unlike
+// the in-process queues it includes tasks leased at the moment: the
+// stream holds both until they are acked.
+func (q *Queues) Peek(name string, n int) ([]queue.Task, error) {
+	s, err := q.open(name, false)
+	if err != nil {
+		return nil, err
+	}
+	var ts []queue.Task
+	if n <= 0 {
+		return ts, nil
+	}
+	err = q.scan(s, func(_ uint64, t queue.Task) bool {
+		ts = append(ts, t)
+		return len(ts) < n
+	})
+	return ts, err
+}
+
+// Purge drops every task of a queue not yet done and returns how many.
+// Unlike the in-process queues it drops leased tasks too (JetStream
+// purges a stream whole); their completions are then refused.
+func (q *Queues) Purge(name string) (int, error) {
+	s, err := q.open(name, false)
+	if err != nil {
+		return 0, err
+	}
+	ctx, cancel := q.call()
+	defer cancel()
+	si, err := s.st.Info(ctx)
+	if err != nil {
+		return 0, q.adminErr(name, "purge", err)
+	}
+	if err := s.st.Purge(ctx); err != nil {
+		return 0, q.adminErr(name, "purge", err)
+	}
+	q.dropLeasesOf(name)
+	return int(si.State.Msgs), nil
+}
+
+// Delete removes a queue's stream, every task in it with it (its
+// dead-letter queue stays).
+func (q *Queues) Delete(name string) error {
+	if q.closed.Load() {
+		return queue.ErrClosed
+	}
+	if err := queue.CheckName(name); err != nil {
+		return err
+	}
+	ctx, cancel := q.call()
+	defer cancel()
+	err := q.js.DeleteStream(ctx, streamName(name))
+	q.forget(name)
+	q.dropLeasesOf(name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return queue.ErrUnknownQueue
+	}
+	if err != nil {
+		return q.engineErr("delete "+name, err)
+	}
+	return nil
+}
+
+func (q *Queues) dropLeasesOf(name string) {
+	q.mu.Lock()
+	for k, l := range q.leases {
+		if k.queue == name {
+			q.dropLease(l)
+		}
+	}
+	q.mu.Unlock()
+}
+
+// pauseFor is how long a pause lasts: JetStream pauses a consumer until a
+// time, and an operator's pause lasts until resumed.
+const pauseFor = 100 * 365 * 24 * time.Hour
+
+// SetPaused pauses (creating the queue if needed) or resumes a queue, for
+// every gateway: the pause is the consumer's, kept by JetStream.
+func (q *Queues) SetPaused(name string, paused bool) error {
+	s, err := q.open(name, paused)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := q.call()
+	defer cancel()
+	if paused {
+		_, err = s.st.PauseConsumer(ctx, consumerName, time.Now().Add(pauseFor))
+	} else {
+		_, err = s.st.ResumeConsumer(ctx, consumerName)
+	}
+	if err != nil {
+		return q.adminErr(name, "pause", err)
+	}
+	return nil
+}
+
+// Requeue moves tasks ids (all if none) from the queue's dead-letter
+// queue to the back of the queue, with their attempts anew.
+func (q *Queues) Requeue(name string, ids []uint64) (int, error) {
+	if err := queue.CheckName(name); err != nil {
+		return 0, err
+	}
+	ds, err := q.open(queue.DeadLetterName(name), false)
+	if errors.Is(err, queue.ErrUnknownQueue) {
+		return 0, noSuchTasks(ids)
+	}
+	if err != nil {
+		return 0, err
+	}
+	s, err := q.open(name, true)
+	if err != nil {
+		return 0, err
+	}
+	want := idSet(ids)
+	moved := 0
+	var firstErr error
+	err = q.scan(ds, func(seq uint64, t queue.Task) bool {
+		if want != nil && !want[t.ID] {
+			return true
+		}
+		if err := q.move(ds, seq, s, t); err != nil {
+			firstErr = err
+			return false
+		}
+		delete(want, t.ID)
+		moved++
+		return want == nil || len(want) > 0
+	})
+	if err = errors.Join(err, firstErr); err != nil {
+		return moved, err
+	}
+	return moved, noSuchTasks(keys(want))
+}
+
+// move stores t at the end of to, then deletes it from from.
+func (q *Queues) move(from *stream, seq uint64, to *stream, t queue.Task) error {
+	ctx, cancel := q.call()
+	defer cancel()
+	if _, err := q.publish(ctx, []*nats.Msg{movedMsg(to.subject, t, 0)}); err != nil {
+		return err
+	}
+	if err := from.st.DeleteMsg(ctx, seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		return q.engineErr("requeue", err)
+	}
+	return nil
+}
+
+// Drop removes tasks ids of a queue for good. Tasks this gateway has
+// leased are refused, as in the in-process queues; a task leased
+// through another gateway is dropped all the same.
+func (q *Queues) Drop(name string, ids []uint64) (int, error) {
+	s, err := q.open(name, false)
+	if err != nil {
+		return 0, err
+	}
+	want := idSet(ids)
+	q.mu.Lock()
+	for id := range want {
+		if q.leases[leaseKey{name, id}] != nil {
+			delete(want, id) // reported below as not ready
+		}
+	}
+	q.mu.Unlock()
+	dropped := 0
+	var delErr error
+	ctx, cancel := q.call()
+	defer cancel()
+	err = q.scan(s, func(seq uint64, t queue.Task) bool {
+		if !want[t.ID] {
+			return true
+		}
+		if err := s.st.DeleteMsg(ctx, seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+			delErr = q.engineErr("drop", err)
+			return false
+		}
+		delete(want, t.ID)
+		dropped++
+		return len(want) > 0
+	})
+	if err = errors.Join(err, delErr); err != nil {
+		return dropped, err
+	}
+	var missing []uint64
+	for _, id := range ids {
+		if want[id] || q.isLeasedHere(name, id) {
+			missing = append(missing, id)
+		}
+	}
+	return dropped, noSuchTasks(missing)
+}
+
+func (q *Queues) isLeasedHere(name string, id uint64) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.leases[leaseKey{name, id}] != nil
+}
+
+func idSet(ids []uint64) map[uint64]bool {
+	if len(ids) == 0 {
+		return nil
+	}
+	m := make(map[uint64]bool, len(ids))
+	for _, id := range ids {
+		m[id] = true
+	}
+	return m
+}
+
+func keys(m map[uint64]bool) []uint64 {
+	ks := make([]uint64, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	slices.Sort(ks)
+	return ks
+}
+
+func noSuchTasks(ids []uint64) error {
+	errs := make([]error, len(ids))
+	for i, id := range ids {
+		errs[i] = &queue.TaskError{ID: id, Err: queue.ErrNoSuchTask}
+	}
+	return errors.Join(errs...)
+}
+
+func sortLeases(ls []queue.LeaseInfo) {
+	slices.SortFunc(ls, func(a, b queue.LeaseInfo) int {
+		return cmp.Or(a.Since.Compare(b.Since), cmp.Compare(a.Queue, b.Queue), cmp.Compare(a.ID, b.ID))
+	})
+}

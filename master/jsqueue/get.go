@@ -1,0 +1,182 @@
+package jsqueue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/qm-dev/qm/master/queue"
+)
+
+// errExpired is the last error of a task whose lease ran out where this
+// gateway could not see it: through another gateway, or one that died.
+const errExpired = "lease expired"
+
+// Get takes up to req.Max tasks, as queue.Manager.Get does. When none is
+// ready it waits for one with a single pull request (until ctx is done
+// or req.MaxWait has passed), then takes what else is ready at once, so a
+// waiting get returns as soon as one task comes.
+//
+// A task that JetStream redelivers after its last attempt (its lease ran
+// out through a gateway that died) is moved to the dead-letter queue
+// instead of being handed out.
+func (q *Queues) Get(ctx context.Context, req queue.GetRequest, dst []queue.Task) ([]queue.Task, error) {
+	if req.Max < 1 {
+		return nil, fmt.Errorf("%w: get max must be >= 1, got %d", queue.ErrBadArgument, req.Max)
+	}
+	if req.Lease < 0 || req.MaxWait < 0 {
+		return nil, fmt.Errorf("%w: lease and max wait must be >= 0", queue.ErrBadArgument)
+	}
+	if req.Lease == 0 {
+		req.Lease = q.cfg.DefaultLease
+	}
+	s, err := q.open(req.Queue, true)
+	if err != nil {
+		return nil, err
+	}
+	msgs, err := q.pull(ctx, s, req)
+	if err != nil {
+		if isGone(err) {
+			q.forget(req.Queue)
+			return nil, nil // deleted meanwhile: as a get of a deleted queue
+		}
+		return nil, err
+	}
+	return q.deliver(s, req, msgs, dst[:0])
+}
+
+// pull takes up to req.Max messages: what is there at once, or else the
+// first that comes within the wait, and what else is there then.
+func (q *Queues) pull(ctx context.Context, s *stream, req queue.GetRequest) ([]jetstream.Msg, error) {
+	msgs, err := fetch(s.cons.FetchNoWait(req.Max))
+	if err != nil || len(msgs) > 0 || ctx.Err() != nil {
+		return msgs, q.pullErr(err)
+	}
+	wait, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if req.MaxWait > 0 {
+		wait, cancel = context.WithTimeout(wait, req.MaxWait)
+		defer cancel()
+	}
+	stop := context.AfterFunc(q.ctx, cancel)
+	defer stop()
+	if _, ok := wait.Deadline(); !ok {
+		// A pull request at the server needs an expiry; a get with no
+		// bound renews its request.
+		var c2 context.CancelFunc
+		wait, c2 = context.WithTimeout(wait, time.Minute)
+		defer c2()
+	}
+	for {
+		if deadline, _ := wait.Deadline(); time.Until(deadline) < 5*time.Millisecond {
+			break // too short for another pull request
+		}
+		msgs, err = fetch(s.cons.Fetch(1, jetstream.FetchContext(wait)))
+		if len(msgs) > 0 || wait.Err() != nil {
+			err = nil // the wait is over: an empty get is no error
+			break
+		}
+		if err != nil {
+			break
+		}
+	}
+	if q.closed.Load() {
+		for _, m := range msgs {
+			_ = m.Nak()
+		}
+		return nil, queue.ErrClosed
+	}
+	if err != nil || len(msgs) == 0 {
+		return nil, q.pullErr(err)
+	}
+	if req.Max > 1 {
+		more, _ := fetch(s.cons.FetchNoWait(req.Max - 1))
+		msgs = append(msgs, more...)
+	}
+	return msgs, nil
+}
+
+func (q *Queues) pullErr(err error) error {
+	switch {
+	case err == nil, errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled) && !q.closed.Load():
+		return nil
+	case isGone(err):
+		return err
+	}
+	return q.engineErr("get", err)
+}
+
+// fetch drains one pull's messages.
+func fetch(b jetstream.MessageBatch, err error) ([]jetstream.Msg, error) {
+	if err != nil {
+		return nil, err
+	}
+	var msgs []jetstream.Msg
+	for m := range b.Messages() {
+		msgs = append(msgs, m)
+	}
+	err = b.Error()
+	if errors.Is(err, jetstream.ErrNoMessages) || errors.Is(err, nats.ErrTimeout) {
+		err = nil
+	}
+	return msgs, err
+}
+
+// deliver turns pulled messages into tasks: leased to req.Owner, or, with
+// NoAck, acked at once. Tasks that used up their attempts go to the
+// dead-letter queue instead.
+func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []jetstream.Msg, ts []queue.Task) ([]queue.Task, error) {
+	if len(msgs) == 0 {
+		return nil, nil
+	}
+	now := time.Now()
+	var dead []*lease
+	var acked []jetstream.Msg
+	q.mu.Lock()
+	for _, m := range msgs {
+		md, err := m.Metadata()
+		if err != nil {
+			q.log.Warn("jetstream message without metadata; left to redeliver", "queue", s.queue, "err", err)
+			continue
+		}
+		t := taskOf(md.Sequence.Stream, md.Timestamp, m.Headers(), m.Data(), md.NumDelivered)
+		key := leaseKey{s.queue, t.ID}
+		if md.NumDelivered > 1 {
+			if e, ok := q.lastErr[key]; ok {
+				t.LastError = e
+				delete(q.lastErr, key)
+			} else {
+				t.LastError = errExpired
+			}
+		}
+		l := &lease{key: key, s: s, msg: m, task: t, owner: req.Owner, since: now, touched: now, deadline: now.Add(req.Lease)}
+		if t.Attempts > q.cfg.MaxAttempts && !queue.IsDeadLetterName(s.queue) {
+			// Its last delivery's lease ran out unseen: it failed that one too.
+			l.task.Attempts--
+			dead = append(dead, l)
+			continue
+		}
+		if req.NoAck {
+			acked = append(acked, m)
+		} else {
+			q.addLease(l)
+		}
+		ts = append(ts, t)
+	}
+	q.mu.Unlock()
+	for _, l := range dead {
+		q.deadLetter(l, l.task.LastError)
+	}
+	if len(acked) > 0 {
+		if err := q.ackAll(acked); err != nil {
+			// Not acked: JetStream redelivers them after AckWait, so they
+			// are not lost; this get hands none of them out.
+			return nil, err
+		}
+	}
+	return ts, nil
+}

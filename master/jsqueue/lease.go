@@ -1,0 +1,331 @@
+package jsqueue
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/qm-dev/qm/master/queue"
+)
+
+// leaseKey names a task: IDs are unique within a queue.
+type leaseKey struct {
+	queue string
+	id    uint64
+}
+
+// lease is one delivery this gateway handed out. Every field but msg and
+// s is guarded by Queues.mu.
+type lease struct {
+	key      leaseKey
+	s        *stream
+	msg      jetstream.Msg
+	task     queue.Task // as handed out, Attempts counting this delivery
+	owner    uint64
+	since    time.Time
+	deadline time.Time // when the client's lease runs out
+	touched  time.Time // when JetStream's ack timer last restarted
+}
+
+// addLease records l. Called with q.mu held.
+func (q *Queues) addLease(l *lease) {
+	q.leases[l.key] = l
+	byOwner := q.owners[l.owner]
+	if byOwner == nil {
+		byOwner = make(map[leaseKey]*lease)
+		q.owners[l.owner] = byOwner
+	}
+	byOwner[l.key] = l
+}
+
+// takeLease removes and returns the lease of key if owner holds it.
+// Called with q.mu held.
+func (q *Queues) takeLease(key leaseKey, owner uint64) *lease {
+	l := q.leases[key]
+	if l == nil || l.owner != owner {
+		return nil
+	}
+	q.dropLease(l)
+	return l
+}
+
+func (q *Queues) dropLease(l *lease) {
+	delete(q.leases, l.key)
+	if byOwner := q.owners[l.owner]; byOwner != nil {
+		delete(byOwner, l.key)
+		if len(byOwner) == 0 {
+			delete(q.owners, l.owner)
+		}
+	}
+}
+
+func notLeased(bad []uint64) error {
+	if len(bad) == 0 {
+		return nil
+	}
+	errs := make([]error, len(bad))
+	for i, id := range bad {
+		errs[i] = &queue.TaskError{ID: id, Err: queue.ErrNotLeased}
+	}
+	return errors.Join(errs...)
+}
+
+// Ack ends the leases of tasks that succeeded: req.Publish puts their
+// results first, then the acks are stored in JetStream (double acks,
+// sent together). A task whose ack JetStream did not confirm is
+// redelivered later; its result may then come twice, as after a crash of
+// a single master between the two writes.
+func (q *Queues) Ack(req queue.AckRequest, dst []queue.Task) ([]queue.Task, error) {
+	if q.closed.Load() {
+		return nil, queue.ErrClosed
+	}
+	ts := dst[:0]
+	msgs := make([]jetstream.Msg, 0, len(req.IDs))
+	var bad []uint64
+	q.mu.Lock()
+	for _, id := range req.IDs {
+		l := q.takeLease(leaseKey{req.Queue, id}, req.Owner)
+		if l == nil {
+			bad = append(bad, id)
+			continue
+		}
+		ts = append(ts, l.task)
+		msgs = append(msgs, l.msg)
+	}
+	q.mu.Unlock()
+	if len(ts) > 0 && req.Publish != nil {
+		req.Publish(ts)
+	}
+	if err := q.ackAll(msgs); err != nil {
+		return ts, errors.Join(err, notLeased(bad))
+	}
+	return ts, notLeased(bad)
+}
+
+// ackAll double-acks msgs, all at once, and waits for JetStream to
+// confirm each.
+func (q *Queues) ackAll(msgs []jetstream.Msg) error {
+	switch len(msgs) {
+	case 0:
+		return nil
+	case 1:
+		ctx, cancel := q.call()
+		defer cancel()
+		return q.ackErr(msgs[0].DoubleAck(ctx))
+	}
+	ctx, cancel := q.call()
+	defer cancel()
+	errs := make([]error, len(msgs))
+	var wg sync.WaitGroup
+	for i, m := range msgs {
+		wg.Go(func() { errs[i] = q.ackErr(m.DoubleAck(ctx)) })
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+func (q *Queues) ackErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	return q.engineErr("ack", err)
+}
+
+// Nack ends a failed attempt: the task is redelivered ahead of newer
+// ones, or dead-lettered after its last attempt.
+func (q *Queues) Nack(name string, owner, id uint64, errText string) error {
+	if q.closed.Load() {
+		return queue.ErrClosed
+	}
+	q.mu.Lock()
+	l := q.takeLease(leaseKey{name, id}, owner)
+	if l != nil {
+		q.counters(name).nacks++
+	}
+	q.mu.Unlock()
+	if l == nil {
+		return &queue.TaskError{ID: id, Err: queue.ErrNotLeased}
+	}
+	return q.fail(l, errText)
+}
+
+// fail ends a failed delivery l: a nak, or the dead-letter queue after
+// the last attempt.
+func (q *Queues) fail(l *lease, errText string) error {
+	if l.task.Attempts >= q.cfg.MaxAttempts && !queue.IsDeadLetterName(l.key.queue) {
+		return q.deadLetter(l, errText)
+	}
+	q.mu.Lock()
+	q.lastErr[l.key] = errText
+	q.mu.Unlock()
+	return q.nak(l.msg)
+}
+
+// nak hands a delivered message back for redelivery ahead of newer ones,
+// and waits until JetStream has done so: a get that follows finds it.
+func (q *Queues) nak(m jetstream.Msg) error {
+	ctx, cancel := q.call()
+	defer cancel()
+	if _, err := q.cfg.Conn.RequestWithContext(ctx, m.Reply(), []byte("-NAK")); err != nil {
+		return q.engineErr("nack", err)
+	}
+	return nil
+}
+
+// Extend sets the lease deadlines of ids held by owner to now+lease.
+// JetStream's own timer is restarted by the lease reaper as needed.
+func (q *Queues) Extend(name string, owner uint64, ids []uint64, lease time.Duration) error {
+	if lease < 0 {
+		return fmt.Errorf("%w: lease must be >= 0, got %v", queue.ErrBadArgument, lease)
+	}
+	if lease == 0 {
+		lease = q.cfg.DefaultLease
+	}
+	if q.closed.Load() {
+		return queue.ErrClosed
+	}
+	deadline := time.Now().Add(lease)
+	var bad []uint64
+	q.mu.Lock()
+	for _, id := range ids {
+		l := q.leases[leaseKey{name, id}]
+		if l == nil || l.owner != owner {
+			bad = append(bad, id)
+			continue
+		}
+		l.deadline = deadline
+	}
+	q.mu.Unlock()
+	return notLeased(bad)
+}
+
+// Unget gives back tasks a Get for req took but could not deliver. Unlike
+// the in-process queues, each still counts as an attempt: JetStream
+// counts the delivery. Tasks taken with NoAck were acked already; they
+// are put back at the end of their queue.
+func (q *Queues) Unget(req queue.GetRequest, ts []queue.Task) {
+	if len(ts) == 0 || q.closed.Load() {
+		return
+	}
+	if req.NoAck {
+		s, err := q.open(req.Queue, true)
+		if err != nil {
+			q.log.Error("could not put back tasks a client never received", "queue", req.Queue, "tasks", len(ts), "err", err)
+			return
+		}
+		q.putBack(s, ts)
+		return
+	}
+	var back []*lease
+	q.mu.Lock()
+	for _, t := range ts {
+		l := q.leases[leaseKey{req.Queue, t.ID}]
+		if l != nil && l.owner == req.Owner && l.task.Attempts == t.Attempts {
+			q.dropLease(l)
+			back = append(back, l)
+		}
+	}
+	q.mu.Unlock()
+	for _, l := range back {
+		if err := q.nak(l.msg); err != nil {
+			q.log.Warn("could not give back an undelivered task; JetStream redelivers it after AckWait", "queue", l.key.queue, "task", l.key.id, "err", err)
+		}
+	}
+}
+
+// Release gives back every lease of owner, as if each had run out with
+// "worker disconnected".
+func (q *Queues) Release(owner uint64) int {
+	q.mu.Lock()
+	byOwner := q.owners[owner]
+	delete(q.owners, owner)
+	ls := make([]*lease, 0, len(byOwner))
+	for k, l := range byOwner {
+		delete(q.leases, k)
+		ls = append(ls, l)
+	}
+	q.mu.Unlock()
+	for _, l := range ls {
+		if err := q.fail(l, "worker disconnected"); err != nil {
+			q.log.Warn("could not give back a lease; JetStream redelivers it after AckWait", "queue", l.key.queue, "task", l.key.id, "err", err)
+		}
+	}
+	return len(ls)
+}
+
+// LeasedBy counts owner's leases.
+func (q *Queues) LeasedBy(owner uint64) int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.owners[owner])
+}
+
+// Leases returns the leases this gateway handed out, by owner, each
+// owner's in the order they were handed out.
+func (q *Queues) Leases() map[uint64][]queue.LeaseInfo {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	out := make(map[uint64][]queue.LeaseInfo, len(q.owners))
+	for owner, byOwner := range q.owners {
+		infos := make([]queue.LeaseInfo, 0, len(byOwner))
+		for _, l := range byOwner {
+			infos = append(infos, queue.LeaseInfo{Queue: l.key.queue, ID: l.key.id, Attempts: l.task.Attempts, Since: l.since, Deadline: l.deadline})
+		}
+		sortLeases(infos)
+		out[owner] = infos
+	}
+	return out
+}
+
+// reapEvery is how often the reaper looks at the leases: the precision
+// of lease expiry in gateway mode.
+const reapEvery = 20 * time.Millisecond
+
+// ReapLeases expires leases as they run out, and restarts JetStream's ack
+// timer of those still held every third of AckWait, until done is closed.
+func (q *Queues) ReapLeases(done <-chan struct{}, onExpired func(n int)) {
+	tick := time.NewTicker(reapEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-q.ctx.Done():
+			return
+		case now := <-tick.C:
+			if n := q.reap(now); n > 0 && onExpired != nil {
+				onExpired(n)
+			}
+		}
+	}
+}
+
+func (q *Queues) reap(now time.Time) int {
+	var expired, renew []*lease
+	renewBefore := now.Add(-q.cfg.AckWait / 3)
+	q.mu.Lock()
+	for _, l := range q.leases {
+		switch {
+		case !now.Before(l.deadline):
+			q.dropLease(l)
+			q.counters(l.key.queue).expired++
+			expired = append(expired, l)
+		case l.touched.Before(renewBefore):
+			l.touched = now
+			renew = append(renew, l)
+		}
+	}
+	q.mu.Unlock()
+	for _, l := range renew {
+		_ = l.msg.InProgress()
+	}
+	for _, l := range expired {
+		if err := q.fail(l, errExpired); err != nil {
+			q.log.Warn("could not give back an expired lease; JetStream redelivers it after AckWait", "queue", l.key.queue, "task", l.key.id, "err", err)
+		}
+	}
+	return len(expired)
+}

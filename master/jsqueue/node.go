@@ -1,0 +1,173 @@
+package jsqueue
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+)
+
+// NodeConfig configures a JetStream node embedded in qmaster.
+type NodeConfig struct {
+	// DataDir is where the node keeps its streams; required.
+	DataDir string
+	// ClusterListen is the host:port the node's cluster routes listen on;
+	// empty runs a single node, in no cluster.
+	ClusterListen string
+	// Peers are the ClusterListen addresses of every node of the cluster,
+	// this one included.
+	Peers []string
+	// Name names the node in the cluster; default its ClusterListen
+	// address. Names must differ between nodes.
+	Name string
+	// ClientListen, if set, is a host:port where other gateways (qmaster
+	// --nats) and NATS tools may connect.
+	ClientListen string
+	// Secret protects the routes between nodes and the client port: every
+	// node and gateway must have the same (qmaster derives it from the
+	// authkey). Empty leaves them open.
+	Secret string
+	// Logger receives the node's warnings and errors; nil discards them.
+	Logger *slog.Logger
+}
+
+// Node is a running embedded JetStream node.
+type Node struct {
+	srv    *server.Server
+	secret string
+	peers  int
+}
+
+// SecretFromAuthkey derives the secret of the routes and client port of
+// embedded nodes from qm's authkey, so that one key opens everything.
+// The authkey itself never goes over a NATS route.
+func SecretFromAuthkey(authkey []byte) string {
+	if len(authkey) == 0 {
+		return ""
+	}
+	mac := hmac.New(sha256.New, authkey)
+	mac.Write([]byte("qm jetstream node"))
+	return hex.EncodeToString(mac.Sum(nil))
+}
+
+// StartNode starts an embedded JetStream node and waits until it accepts
+// connections. In a cluster JetStream is ready only once a majority of
+// the peers are up: Connect's callers wait for that (see New).
+func StartNode(cfg NodeConfig) (*Node, error) {
+	if cfg.DataDir == "" {
+		return nil, errors.New("a JetStream node needs a data directory")
+	}
+	opts := &server.Options{
+		ServerName: cfg.Name,
+		JetStream:  true,
+		StoreDir:   cfg.DataDir,
+		NoSigs:     true,
+		DontListen: cfg.ClientListen == "",
+	}
+	if cfg.ClientListen != "" {
+		host, port, err := splitHostPort(cfg.ClientListen)
+		if err != nil {
+			return nil, fmt.Errorf("client listen address: %w", err)
+		}
+		opts.Host, opts.Port = host, port
+		opts.Authorization = cfg.Secret
+	}
+	if cfg.ClusterListen != "" {
+		if len(cfg.Peers) == 0 {
+			return nil, errors.New("a cluster needs its peers' addresses (all of them, this node's included)")
+		}
+		host, port, err := splitHostPort(cfg.ClusterListen)
+		if err != nil {
+			return nil, fmt.Errorf("cluster listen address: %w", err)
+		}
+		if opts.ServerName == "" {
+			opts.ServerName = cfg.ClusterListen
+		}
+		opts.Cluster = server.ClusterOpts{Name: "qm", Host: host, Port: port}
+		if cfg.Secret != "" {
+			opts.Cluster.Username, opts.Cluster.Password = "qm", cfg.Secret
+		}
+		for _, p := range cfg.Peers {
+			if _, _, err := splitHostPort(p); err != nil {
+				return nil, fmt.Errorf("cluster peer %q: %w", p, err)
+			}
+			u := &url.URL{Scheme: "nats-route", Host: p}
+			if cfg.Secret != "" {
+				u.User = url.UserPassword("qm", cfg.Secret)
+			}
+			opts.Routes = append(opts.Routes, u)
+		}
+	}
+	srv, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream node: %w", err)
+	}
+	srv.SetLoggerV2(&natsLog{log: logOrDiscard(cfg.Logger)}, false, false, false)
+	srv.Start()
+	if !srv.ReadyForConnections(10 * time.Second) {
+		srv.Shutdown()
+		return nil, errors.New("jetstream node did not start within 10s (is the cluster port free?)")
+	}
+	return &Node{srv: srv, secret: cfg.Secret, peers: max(1, len(cfg.Peers))}, nil
+}
+
+// Replicas is how many copies of each stream the node's cluster keeps:
+// three, or fewer with fewer nodes.
+func (n *Node) Replicas() int { return min(3, n.peers) }
+
+// Connect returns a connection to the node within this process.
+func (n *Node) Connect() (*nats.Conn, error) {
+	opts := []nats.Option{nats.InProcessServer(n.srv), nats.Name("qmaster"), nats.MaxReconnects(-1)}
+	if n.secret != "" {
+		opts = append(opts, nats.Token(n.secret))
+	}
+	return nats.Connect("", opts...)
+}
+
+// Shutdown stops the node.
+func (n *Node) Shutdown() {
+	n.srv.Shutdown()
+	n.srv.WaitForShutdown()
+}
+
+func splitHostPort(addr string) (string, int, error) {
+	host, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, err
+	}
+	port, err := strconv.Atoi(p)
+	if err != nil || port < 0 || port > 65535 {
+		return "", 0, fmt.Errorf("bad port in %q", addr)
+	}
+	if host == "" {
+		host = "0.0.0.0"
+	}
+	return host, port, nil
+}
+
+func logOrDiscard(l *slog.Logger) *slog.Logger {
+	if l == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return l
+}
+
+// natsLog passes the node's own log to qmaster's: its notices at debug
+// level (they are many at start-up), the rest as they are.
+type natsLog struct{ log *slog.Logger }
+
+func (l *natsLog) Noticef(format string, v ...any) { l.log.Debug("nats: " + fmt.Sprintf(format, v...)) }
+func (l *natsLog) Warnf(format string, v ...any)   { l.log.Warn("nats: " + fmt.Sprintf(format, v...)) }
+func (l *natsLog) Fatalf(format string, v ...any)  { l.log.Error("nats: " + fmt.Sprintf(format, v...)) }
+func (l *natsLog) Errorf(format string, v ...any)  { l.log.Error("nats: " + fmt.Sprintf(format, v...)) }
+func (l *natsLog) Debugf(format string, v ...any)  { l.log.Debug("nats: " + fmt.Sprintf(format, v...)) }
+func (l *natsLog) Tracef(format string, v ...any)  {}

@@ -1,0 +1,255 @@
+package jsqueue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/qm-dev/qm/master/queue"
+)
+
+// Config of Queues. Zero values mean the defaults.
+type Config struct {
+	// Conn is the connection to JetStream; required. Queues does not
+	// close it.
+	Conn *nats.Conn
+	// Replicas is how many JetStream nodes keep each queue's stream; 0
+	// means 1. Three survive the loss of any one node.
+	Replicas int
+	// MaxAttempts, DefaultLease and OnDead mean what they mean in
+	// queue.Config.
+	MaxAttempts  int
+	DefaultLease time.Duration
+	OnDead       func(queue string, t queue.Task)
+	// AckWait is how long JetStream waits for a gateway that stopped
+	// renewing a lease (it died, or lost its connection) before it
+	// redelivers the task; 0 means 30s. A live gateway renews its leases
+	// every third of it, so it bounds only the time tasks stay out after a
+	// gateway is lost, not the leases clients ask for.
+	AckWait time.Duration
+	// RequestTimeout bounds each call to JetStream that is not a blocking
+	// get; 0 means 10s.
+	RequestTimeout time.Duration
+	// Logger receives the gateway's warnings; nil discards them.
+	Logger *slog.Logger
+}
+
+func (c Config) withDefaults() Config {
+	if c.Replicas == 0 {
+		c.Replicas = 1
+	}
+	if c.MaxAttempts == 0 {
+		c.MaxAttempts = queue.DefaultMaxAttempts
+	}
+	if c.DefaultLease == 0 {
+		c.DefaultLease = queue.DefaultLease
+	}
+	if c.AckWait == 0 {
+		c.AckWait = 30 * time.Second
+	}
+	if c.RequestTimeout == 0 {
+		c.RequestTimeout = 10 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+// Queues serves qm's queues from JetStream streams. Its methods are
+// those of master.Queues, documented there and in package queue; where
+// they differ, the method says so.
+type Queues struct {
+	cfg Config
+	js  jetstream.JetStream
+	log *slog.Logger
+	// ctx ends with Close, and with it every blocked get.
+	ctx    context.Context
+	cancel context.CancelFunc
+	closed atomic.Bool
+
+	mu     sync.Mutex
+	known  map[string]*stream // streams this gateway has opened, by queue name
+	leases map[leaseKey]*lease
+	owners map[uint64]map[leaseKey]*lease
+	// lastErr holds the error of a task's failed attempt until the task is
+	// delivered again (JetStream's nak carries no text). A task
+	// redelivered through another gateway reads "lease expired" instead.
+	lastErr map[leaseKey]string
+	stats   map[string]*counters
+}
+
+// stream is one queue's stream and its consumer.
+type stream struct {
+	queue   string
+	subject string
+	st      jetstream.Stream
+	cons    jetstream.Consumer
+}
+
+// counters are what this gateway alone knows of a queue: JetStream keeps
+// no count of naks or of expired leases.
+type counters struct{ nacks, expired uint64 }
+
+// New returns Queues over cfg.Conn's JetStream.
+func New(cfg Config) (*Queues, error) {
+	if cfg.Conn == nil {
+		return nil, fmt.Errorf("%w: jsqueue needs a NATS connection", queue.ErrBadArgument)
+	}
+	if cfg.Replicas < 0 || cfg.MaxAttempts < 0 || cfg.DefaultLease < 0 || cfg.AckWait < 0 {
+		return nil, fmt.Errorf("%w: negative jsqueue setting", queue.ErrBadArgument)
+	}
+	cfg = cfg.withDefaults()
+	js, err := jetstream.New(cfg.Conn, jetstream.WithPublishAsyncTimeout(cfg.RequestTimeout))
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.RequestTimeout)
+	defer cancel()
+	if _, err := js.AccountInfo(ctx); err != nil {
+		return nil, fmt.Errorf("jetstream is not available at %s: %w", cfg.Conn.ConnectedUrlRedacted(), err)
+	}
+	q := &Queues{
+		cfg:     cfg,
+		js:      js,
+		log:     cfg.Logger,
+		known:   make(map[string]*stream),
+		leases:  make(map[leaseKey]*lease),
+		owners:  make(map[uint64]map[leaseKey]*lease),
+		lastErr: make(map[leaseKey]string),
+		stats:   make(map[string]*counters),
+	}
+	q.ctx, q.cancel = context.WithCancel(context.Background())
+	return q, nil
+}
+
+// Close ends every blocked get with queue.ErrClosed and hands the tasks
+// this gateway still leases back to JetStream at once, for other gateways
+// to deliver.
+func (q *Queues) Close() {
+	if q.closed.Swap(true) {
+		return
+	}
+	q.cancel()
+	q.mu.Lock()
+	var back []*lease
+	for k, l := range q.leases {
+		back = append(back, l)
+		delete(q.leases, k)
+	}
+	clear(q.owners)
+	q.mu.Unlock()
+	for _, l := range back {
+		_ = l.msg.Nak()
+	}
+}
+
+// call returns a context for one request to JetStream.
+func (q *Queues) call() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(q.ctx, q.cfg.RequestTimeout)
+}
+
+// open returns queue name's stream, creating the stream and its consumer
+// on first use when create is set, else queue.ErrUnknownQueue.
+func (q *Queues) open(name string, create bool) (*stream, error) {
+	if q.closed.Load() {
+		return nil, queue.ErrClosed
+	}
+	if err := queue.CheckName(name); err != nil {
+		return nil, err
+	}
+	q.mu.Lock()
+	s := q.known[name]
+	q.mu.Unlock()
+	if s != nil {
+		return s, nil
+	}
+	ctx, cancel := q.call()
+	defer cancel()
+	st, err := q.js.Stream(ctx, streamName(name))
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		if !create {
+			return nil, queue.ErrUnknownQueue
+		}
+		st, err = q.js.CreateStream(ctx, jetstream.StreamConfig{
+			Name:      streamName(name),
+			Subjects:  []string{subject(name)},
+			Retention: jetstream.WorkQueuePolicy,
+			Storage:   jetstream.FileStorage,
+			Replicas:  q.cfg.Replicas,
+			Metadata:  map[string]string{metaQueueName: name},
+		})
+		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) { // another gateway was first
+			st, err = q.js.Stream(ctx, streamName(name))
+		}
+	}
+	if err != nil {
+		return nil, q.engineErr("open queue "+name, err)
+	}
+	cons, err := st.Consumer(ctx, consumerName)
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		cons, err = st.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+			Durable:       consumerName,
+			AckPolicy:     jetstream.AckExplicitPolicy,
+			AckWait:       q.cfg.AckWait,
+			MaxDeliver:    -1,
+			MaxAckPending: -1,
+			MaxWaiting:    4096,
+			Replicas:      0, // as the stream
+		})
+	}
+	if err != nil {
+		return nil, q.engineErr("open queue "+name, err)
+	}
+	s = &stream{queue: name, subject: subject(name), st: st, cons: cons}
+	q.mu.Lock()
+	if prev := q.known[name]; prev != nil {
+		s = prev
+	} else {
+		q.known[name] = s
+	}
+	q.mu.Unlock()
+	return s, nil
+}
+
+// forget drops a queue from the cache, after its stream was deleted
+// (here or through another gateway).
+func (q *Queues) forget(name string) {
+	q.mu.Lock()
+	delete(q.known, name)
+	q.mu.Unlock()
+}
+
+// isGone reports whether err says the stream or its consumer no longer
+// exists.
+func isGone(err error) bool {
+	return errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrConsumerNotFound) ||
+		errors.Is(err, jetstream.ErrConsumerDeleted)
+}
+
+// ErrEngine wraps a failure of JetStream itself (no quorum, a timeout, a
+// lost connection): the call may be retried.
+var ErrEngine = errors.New("jetstream unavailable")
+
+func (q *Queues) engineErr(what string, err error) error {
+	if q.closed.Load() || errors.Is(err, context.Canceled) && q.ctx.Err() != nil {
+		return queue.ErrClosed
+	}
+	return fmt.Errorf("%w: %s: %w", ErrEngine, what, err)
+}
+
+func (q *Queues) counters(name string) *counters {
+	c := q.stats[name]
+	if c == nil {
+		c = &counters{}
+		q.stats[name] = c
+	}
+	return c
+}

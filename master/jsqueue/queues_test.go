@@ -1,0 +1,238 @@
+package jsqueue_test
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/qm-dev/qm/master/jsqueue"
+	"github.com/qm-dev/qm/master/queue"
+)
+
+func TestPutGetAckInOrder(t *testing.T) {
+	q := newQueues(t, startNode(t), jsqueue.Config{})
+	ids := put(t, q, "jobs", "a", "b", "c")
+	if !slices.IsSorted(ids) || len(ids) != 3 {
+		t.Fatalf("ids %v: want 3 increasing", ids)
+	}
+	ts := get(t, q, "jobs", 1, 10, 0, 0)
+	if got := payloads(ts); !slices.Equal(got, []string{"a", "b", "c"}) {
+		t.Fatalf("got %q, want a b c in order", got)
+	}
+	for i, task := range ts {
+		if task.ID != ids[i] || task.Attempts != 1 {
+			t.Errorf("task %d: id %d attempts %d, want id %d attempts 1", i, task.ID, task.Attempts, ids[i])
+		}
+	}
+	var published []uint64
+	acked, err := q.Ack(queue.AckRequest{Queue: "jobs", Owner: 1, IDs: ids, Publish: func(ts []queue.Task) {
+		for _, t := range ts {
+			published = append(published, t.ID)
+		}
+	}}, nil)
+	if err != nil || len(acked) != 3 || !slices.Equal(published, ids) {
+		t.Fatalf("ack: %d acked, published %v, err %v", len(acked), published, err)
+	}
+	st, err := q.Stats("jobs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Ready != 0 || st.Leased != 0 || st.Done != 3 || st.Puts != 3 {
+		t.Errorf("stats %+v: want 0 ready, 0 leased, 3 done, 3 puts", st)
+	}
+	if _, err := q.Ack(queue.AckRequest{Queue: "jobs", Owner: 1, IDs: ids[:1]}, nil); !errors.Is(err, queue.ErrNotLeased) {
+		t.Errorf("second ack: %v, want ErrNotLeased", err)
+	}
+}
+
+func TestGetWaitsForAPut(t *testing.T) {
+	q := newQueues(t, startNode(t), jsqueue.Config{})
+	put(t, q, "jobs") // create the queue
+	start := time.Now()
+	if ts := get(t, q, "jobs", 1, 4, 0, 300*time.Millisecond); len(ts) != 0 {
+		t.Fatalf("empty queue gave %d tasks", len(ts))
+	}
+	if waited := time.Since(start); waited < 250*time.Millisecond {
+		t.Errorf("empty get returned after %v, want about its 300ms wait", waited)
+	}
+
+	got := make(chan []queue.Task, 1)
+	go func() {
+		ts, _ := q.Get(context.Background(), queue.GetRequest{Queue: "jobs", Max: 4, Owner: 1, MaxWait: 10 * time.Second}, nil)
+		got <- ts
+	}()
+	put(t, q, "jobs", "x")
+	select {
+	case ts := <-got:
+		if len(ts) != 1 || string(ts[0].Payload) != "x" {
+			t.Fatalf("got %q, want x", payloads(ts))
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a waiting get did not return once a task came")
+	}
+}
+
+func TestFailedAttemptsThenDeadLetterAndRequeue(t *testing.T) {
+	var mu sync.Mutex
+	var dead []queue.Task
+	q := newQueues(t, startNode(t), jsqueue.Config{MaxAttempts: 2, OnDead: func(name string, task queue.Task) {
+		mu.Lock()
+		defer mu.Unlock()
+		if name == "jobs" {
+			dead = append(dead, task)
+		}
+	}})
+	ids := put(t, q, "jobs", "t", "later")
+	ts := get(t, q, "jobs", 1, 1, 0, 0)
+	if err := q.Nack("jobs", 1, ts[0].ID, "boom"); err != nil {
+		t.Fatal(err)
+	}
+	ts = get(t, q, "jobs", 1, 1, 0, 2*time.Second)
+	if len(ts) != 1 || ts[0].ID != ids[0] || ts[0].Attempts != 2 || ts[0].LastError != "boom" {
+		t.Fatalf("redelivery %+v: want task %d first again, attempt 2, error boom", ts, ids[0])
+	}
+	if err := q.Nack("jobs", 1, ts[0].ID, "boom again"); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	if len(dead) != 1 || dead[0].ID != ids[0] || dead[0].LastError != "boom again" || dead[0].Attempts != 2 {
+		t.Fatalf("dead %+v: want task %d after 2 attempts with its last error", dead, ids[0])
+	}
+	mu.Unlock()
+	st, err := q.Stats("jobs")
+	if err != nil || st.Dead != 1 || st.Ready != 1 {
+		t.Fatalf("stats %+v, %v: want 1 dead, 1 ready", st, err)
+	}
+	if n, err := q.Requeue("jobs", []uint64{ids[0], 999}); n != 1 || !errors.Is(err, queue.ErrNoSuchTask) {
+		t.Fatalf("requeue: %d, %v; want 1 moved and no such task 999", n, err)
+	}
+	ts = get(t, q, "jobs", 1, 2, 0, 2*time.Second)
+	if got := payloads(ts); !slices.Equal(got, []string{"later", "t"}) {
+		t.Fatalf("after requeue got %q, want later then t", got)
+	}
+	if ts[1].ID != ids[0] || ts[1].Attempts != 1 || ts[1].LastError != "boom again" {
+		t.Errorf("requeued task %+v: want its id, attempts anew, its last error", ts[1])
+	}
+}
+
+func TestExpiredLeaseIsRedeliveredAndLateAckRefused(t *testing.T) {
+	q := newQueues(t, startNode(t), jsqueue.Config{})
+	reaping(t, q)
+	ids := put(t, q, "jobs", "t")
+	first := get(t, q, "jobs", 1, 1, 100*time.Millisecond, 0)
+	if len(first) != 1 {
+		t.Fatal("no task")
+	}
+	again := get(t, q, "jobs", 2, 1, 0, 5*time.Second)
+	if len(again) != 1 || again[0].ID != ids[0] || again[0].Attempts != 2 || again[0].LastError != "lease expired" {
+		t.Fatalf("after the lease ran out got %+v, want the task again, attempt 2, lease expired", again)
+	}
+	if _, err := q.Ack(queue.AckRequest{Queue: "jobs", Owner: 1, IDs: ids}, nil); !errors.Is(err, queue.ErrNotLeased) {
+		t.Errorf("late ack of the superseded delivery: %v, want ErrNotLeased", err)
+	}
+	if _, err := q.Ack(queue.AckRequest{Queue: "jobs", Owner: 2, IDs: ids}, nil); err != nil {
+		t.Errorf("ack of the current delivery: %v", err)
+	}
+}
+
+func TestExtendKeepsALeaseLongerThanAckWait(t *testing.T) {
+	q := newQueues(t, startNode(t), jsqueue.Config{AckWait: 300 * time.Millisecond})
+	reaping(t, q)
+	ids := put(t, q, "jobs", "t")
+	get(t, q, "jobs", 1, 1, 2*time.Second, 0)
+	// JetStream would redeliver after 300ms unless the gateway renews.
+	if ts := get(t, q, "jobs", 2, 1, 0, time.Second); len(ts) != 0 {
+		t.Fatalf("a task leased for 2s was delivered again within 1s: %+v", ts)
+	}
+	if _, err := q.Ack(queue.AckRequest{Queue: "jobs", Owner: 1, IDs: ids}, nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestReleaseAndPause(t *testing.T) {
+	q := newQueues(t, startNode(t), jsqueue.Config{})
+	put(t, q, "jobs", "t")
+	get(t, q, "jobs", 1, 1, 0, 0)
+	if n := q.LeasedBy(1); n != 1 {
+		t.Fatalf("LeasedBy = %d, want 1", n)
+	}
+	if err := q.SetPaused("jobs", true); err != nil {
+		t.Fatal(err)
+	}
+	if n := q.Release(1); n != 1 {
+		t.Fatalf("Release = %d, want 1", n)
+	}
+	if ts := get(t, q, "jobs", 2, 1, 0, 300*time.Millisecond); len(ts) != 0 {
+		t.Fatalf("a paused queue handed out %+v", ts)
+	}
+	st, err := q.Stats("jobs")
+	if err != nil || !st.Paused {
+		t.Fatalf("stats %+v, %v: want paused", st, err)
+	}
+	if err := q.SetPaused("jobs", false); err != nil {
+		t.Fatal(err)
+	}
+	ts := get(t, q, "jobs", 2, 1, 0, 5*time.Second)
+	if len(ts) != 1 || ts[0].LastError != "worker disconnected" || ts[0].Attempts != 2 {
+		t.Fatalf("after resume got %+v, want the released task, attempt 2", ts)
+	}
+}
+
+func TestAdminViews(t *testing.T) {
+	q := newQueues(t, startNode(t), jsqueue.Config{})
+	ids := put(t, q, "b.jobs with spaces", "1", "2", "3")
+	put(t, q, "a")
+	if names := q.Queues(); !slices.Equal(names, []string{"a", "b.jobs with spaces"}) {
+		t.Fatalf("Queues() = %q", names)
+	}
+	ts, err := q.Peek("b.jobs with spaces", 2)
+	if err != nil || !slices.Equal(payloads(ts), []string{"1", "2"}) {
+		t.Fatalf("peek: %q, %v", payloads(ts), err)
+	}
+	if n, err := q.Drop("b.jobs with spaces", []uint64{ids[1]}); n != 1 || err != nil {
+		t.Fatalf("drop: %d, %v", n, err)
+	}
+	if n, err := q.Purge("b.jobs with spaces"); n != 2 || err != nil {
+		t.Fatalf("purge: %d, %v; want 2", n, err)
+	}
+	if err := q.Delete("a"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.Stats("a"); !errors.Is(err, queue.ErrUnknownQueue) {
+		t.Errorf("stats of a deleted queue: %v", err)
+	}
+	if err := q.Delete("a"); !errors.Is(err, queue.ErrUnknownQueue) {
+		t.Errorf("second delete: %v", err)
+	}
+	if _, err := q.Put(context.Background(), queue.PutRequest{Queue: "bad\x00name", Items: []queue.Item{{Payload: []byte("x")}}}); !errors.Is(err, queue.ErrBadQueueName) {
+		t.Errorf("bad name: %v", err)
+	}
+}
+
+// A gateway that dies holding a lease: JetStream hands the task to
+// another gateway once AckWait runs out, as a failed attempt.
+func TestDeadGatewaysTaskGoesToAnother(t *testing.T) {
+	n := startNode(t)
+	cfg := jsqueue.Config{AckWait: 300 * time.Millisecond}
+	a := newQueues(t, n, cfg)
+	b := newQueues(t, n, cfg)
+	ids := put(t, a, "jobs", "t")
+	cfgA := cfg
+	cfgA.Conn = connect(t, n)
+	dying, err := jsqueue.New(cfgA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ts := get(t, dying, "jobs", 1, 1, time.Minute, 0); len(ts) != 1 {
+		t.Fatal("no task")
+	}
+	cfgA.Conn.Close() // the gateway is gone without a word
+	ts := get(t, b, "jobs", 7, 1, 0, 5*time.Second)
+	if len(ts) != 1 || ts[0].ID != ids[0] || ts[0].Attempts != 2 {
+		t.Fatalf("got %+v, want the dead gateway's task at attempt 2", ts)
+	}
+	dying.Close()
+}
