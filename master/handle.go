@@ -295,6 +295,7 @@ var wireSentinels = []struct{ local, wire error }{
 	{queue.ErrBadQueueName, wire.ErrBadRequest},
 	{queue.ErrBadArgument, wire.ErrBadRequest},
 	{queue.ErrClosed, wire.ErrShuttingDown},
+	{queue.ErrUnavailable, wire.ErrUnavailable},
 	{store.ErrDiskFull, wire.ErrDiskFull},
 }
 

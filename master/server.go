@@ -278,6 +278,29 @@ func (s *Server) closeAll() {
 	}
 }
 
+// putResultItems puts results into queue. While the queues are
+// unavailable (a gateway's engine electing a leader) it tries again until
+// they take the results or the master stops: the tasks of these results
+// are acked only once they are in, so a worker's completion waits rather
+// than a result being lost.
+func (s *Server) putResultItems(q string, items []queue.Item) error {
+	for retry := time.Duration(0); ; {
+		_, err := s.queues.Put(context.Background(), queue.PutRequest{Queue: q, Items: items, Results: true})
+		if !errors.Is(err, queue.ErrUnavailable) {
+			return err
+		}
+		if retry == 0 {
+			s.log.Warn("results held until the queues are available again", "queue", q, "results", len(items), "err", err)
+		}
+		retry = min(max(2*retry, 10*time.Millisecond), 500*time.Millisecond)
+		select {
+		case <-s.ctx.Done():
+			return err
+		case <-time.After(retry):
+		}
+	}
+}
+
 // awaitWritable waits, if wait, while the data directory refuses writes,
 // and reports whether it takes them; n results for queue are held.
 func (s *Server) awaitWritable(queue string, n int, wait bool) bool {
@@ -429,7 +452,7 @@ func (s *Server) putResults(dests []string, results []wire.Result, wait bool) bo
 		if !s.awaitWritable(dests[first], len(items), wait) {
 			return false
 		}
-		if _, err := s.queues.Put(context.Background(), queue.PutRequest{Queue: dests[first], Items: items, Results: true}); err != nil {
+		if err := s.putResultItems(dests[first], items); err != nil {
 			// A put the log fails to write has its items in the queue
 			// already, and the log retries the write, so they are not put
 			// again: a duplicate result is the likelier harm here than the

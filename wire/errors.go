@@ -26,6 +26,7 @@ const (
 	CodeMasterFull
 	CodeTooManyStreams
 	CodeDiskFull
+	CodeUnavailable
 )
 
 var (
@@ -56,6 +57,10 @@ var (
 	// room for a put. Nothing of the put was queued unless the error says
 	// so; gets, acks and results go on, and retrying later may succeed.
 	ErrDiskFull = errors.New("disk full")
+	// ErrUnavailable is returned when the engine that keeps the queues
+	// behind a gateway master does not answer for now (it is electing a
+	// leader after losing a node). Retrying after a moment may succeed.
+	ErrUnavailable = errors.New("queues unavailable")
 	// ErrTooManyStreams is returned when a client has more calls in
 	// progress on one connection than the master allows (--max-streams).
 	ErrTooManyStreams = errors.New("too many concurrent calls on one connection")
@@ -86,6 +91,7 @@ var codes = []struct {
 	{CodeShuttingDown, ErrShuttingDown},
 	{CodeMasterFull, ErrMasterFull},
 	{CodeDiskFull, ErrDiskFull},
+	{CodeUnavailable, ErrUnavailable},
 	{CodeTooManyStreams, ErrTooManyStreams},
 	{CodeBadRequest, ErrBadRequest},
 	{CodeTooLarge, ErrMessageTooLarge},

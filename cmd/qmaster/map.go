@@ -421,11 +421,32 @@ func produce(ctx context.Context, c *wire.Client, opts *mapOptions, results stri
 	}
 }
 
+// unavailablePause is how long map waits before it calls again a master
+// whose queues are unavailable for now.
+const unavailablePause = 200 * time.Millisecond
+
+// pause waits for d or until ctx ends.
+func pause(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
 // putWaiting puts items, waiting for space as long as ctx allows when the
 // queue is at its maximum length.
 func putWaiting(ctx context.Context, c *wire.Client, queue string, items []msgpack.RawMessage, replyTo string) ([]uint64, error) {
 	for {
 		ids, err := c.PutRaw(ctx, queue, items, wire.PutOptions{ReplyTo: replyTo, Timeout: time.Second})
+		if errors.Is(err, wire.ErrUnavailable) && ctx.Err() == nil {
+			// A gateway's engine is electing a leader: wait a moment.
+			// (The put may have stored some tasks; their results then
+			// come for IDs map does not know and are not printed.)
+			pause(ctx, unavailablePause)
+			continue
+		}
 		if !errors.Is(err, wire.ErrQueueFull) || ctx.Err() != nil {
 			return ids, err
 		}
@@ -453,6 +474,10 @@ func collect(ctx context.Context, finish <-chan struct{}, c *wire.Client, queue 
 			// between us is down (or the master is stuck).
 			return fmt.Errorf("get results from %s: no answer from the master in %s (is it reachable?): %w",
 				queue, resultWait+callSlack, err)
+		}
+		if errors.Is(err, wire.ErrUnavailable) {
+			pause(ctx, unavailablePause) // a gateway's engine is electing a leader
+			continue
 		}
 		if err != nil {
 			return fmt.Errorf("get results from %s: %w", queue, err)

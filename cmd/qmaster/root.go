@@ -44,7 +44,8 @@ type serveOptions struct {
 	FsyncInterval    time.Duration
 	PyTypeIDs        map[string]string
 	PyResultsQueue   string
-	HTTP             httpOptions // httpflags.go
+	HTTP             httpOptions   // httpflags.go
+	Engine           engineOptions // engine.go
 
 	TLSCert, TLSKey, TLSClientCA string
 	MaxUnauthConns               int
@@ -131,6 +132,7 @@ The subcommands talk to a running master (see --server).`,
 	fl.StringVar(&opts.Fsync, "fsync", "always", "with --data-dir, when to fsync the log: always (before each put is acknowledged; many puts share one fsync), interval (every --fsync-interval, or give a duration: --fsync 100ms) or never (leave it to the OS)")
 	fl.DurationVar(&opts.FsyncInterval, "fsync-interval", seglog.DefaultInterval, "the fsync period of --fsync interval")
 	addHTTPFlags(cmd, &opts.HTTP)
+	addEngineFlags(cmd, &opts.Engine)
 	fl.IntVar(&opts.MaxUnauthConns, "max-unauth-conns", 64, "most connections still authenticating at once; beyond it new ones are closed at once")
 	fl.IntVar(&opts.AuthFailLimit, "auth-fail-limit", 10, "failed authentications per remote IP per minute; beyond it that IP's new connections are refused for the rest of the minute")
 	fl.IntVar(&opts.MaxConns, "max-conns", 4096, "most authenticated connections; beyond it a client is refused with \"master full: too many connections\"")
@@ -206,6 +208,9 @@ func (o *serveOptions) validate() error {
 	if _, _, err := seglog.ParseFsync(o.Fsync); err != nil {
 		return usageErrorf("--fsync: %v", err)
 	}
+	if err := o.Engine.validate(o); err != nil {
+		return err
+	}
 	return o.HTTP.validate()
 }
 
@@ -266,7 +271,7 @@ func serveRun(ctx context.Context, opts *serveOptions) error {
 	if opts.Fsync == "interval" {
 		interval = opts.FsyncInterval
 	}
-	srv, err := master.New(master.Config{
+	mcfg := master.Config{
 		DataDir:          opts.DataDir,
 		PyTypeIDs:        opts.PyTypeIDs,
 		PyResultsQueue:   opts.PyResultsQueue,
@@ -287,7 +292,19 @@ func serveRun(ctx context.Context, opts *serveOptions) error {
 		MaxStreams:       opts.MaxStreams,
 		MaxMemory:        int64(opts.MaxMemory),
 		Logger:           log,
-	})
+	}
+	storage := storageNote(opts.DataDir, fsync, interval)
+	if opts.Engine.enabled() {
+		eng, err := opts.Engine.open(ctx, opts, key, log)
+		if err != nil {
+			return err
+		}
+		defer eng.close()
+		mcfg.DataDir = ""
+		mcfg.OpenQueues = eng.openQueues(log)
+		storage = eng.note
+	}
+	srv, err := master.New(mcfg)
 	if err != nil {
 		return err
 	}
@@ -315,7 +332,7 @@ func serveRun(ctx context.Context, opts *serveOptions) error {
 		"lease", opts.Lease,
 		"max_queue_len", opts.MaxQueueLen,
 		"max_message_size", opts.MaxMessageSize.String(),
-		"storage", storageNote(opts.DataDir, fsync, interval))
+		"storage", storage)
 	if opts.InsecureNoAuth {
 		log.Warn("serving without authentication (--insecure-no-auth): anyone who can connect may read and write every queue")
 	}

@@ -24,7 +24,7 @@ func (q *Queues) deadLetter(l *lease, errText string) error {
 		_ = l.msg.Nak() // delivered again, it comes back here
 		return err
 	}
-	if err := l.msg.DoubleAck(ctx); err != nil {
+	if err := q.ack(l.msg); err != nil {
 		q.log.Warn("dead-lettered task not acked in its queue; it may be dead-lettered twice", "queue", l.key.queue, "task", t.ID, "err", err)
 	}
 	q.mu.Lock()

@@ -52,7 +52,10 @@ func (q *Queues) Get(ctx context.Context, req queue.GetRequest, dst []queue.Task
 // pull takes up to req.Max messages: what is there at once, or else the
 // first that comes within the wait, and what else is there then.
 func (q *Queues) pull(ctx context.Context, s *stream, req queue.GetRequest) ([]jetstream.Msg, error) {
-	msgs, err := fetch(s.cons.FetchNoWait(req.Max))
+	var msgs []jetstream.Msg
+	rctx, cancel := q.call()
+	err := retryingTransient(rctx, func() (err error) { msgs, err = fetch(s.cons.FetchNoWait(req.Max)); return err })
+	cancel()
 	if err != nil || len(msgs) > 0 || ctx.Err() != nil {
 		return msgs, q.pullErr(err)
 	}
@@ -80,6 +83,13 @@ func (q *Queues) pull(ctx context.Context, s *stream, req queue.GetRequest) ([]j
 			err = nil // the wait is over: an empty get is no error
 			break
 		}
+		if transient(err) { // no leader for a moment: wait for one
+			select {
+			case <-wait.Done():
+			case <-time.After(50 * time.Millisecond):
+			}
+			continue
+		}
 		if err != nil {
 			break
 		}
@@ -94,7 +104,7 @@ func (q *Queues) pull(ctx context.Context, s *stream, req queue.GetRequest) ([]j
 		return nil, q.pullErr(err)
 	}
 	if req.Max > 1 {
-		more, _ := fetch(s.cons.FetchNoWait(req.Max - 1))
+		more, _ := fetch(s.cons.FetchNoWait(req.Max - 1)) // at worst none
 		msgs = append(msgs, more...)
 	}
 	return msgs, nil

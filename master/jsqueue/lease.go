@@ -1,6 +1,7 @@
 package jsqueue
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sync"
@@ -112,26 +113,26 @@ func (q *Queues) ackAll(msgs []jetstream.Msg) error {
 	case 0:
 		return nil
 	case 1:
-		ctx, cancel := q.call()
-		defer cancel()
-		return q.ackErr(msgs[0].DoubleAck(ctx))
+		return q.ack(msgs[0])
 	}
-	ctx, cancel := q.call()
-	defer cancel()
 	errs := make([]error, len(msgs))
 	var wg sync.WaitGroup
 	for i, m := range msgs {
-		wg.Go(func() { errs[i] = q.ackErr(m.DoubleAck(ctx)) })
+		wg.Go(func() { errs[i] = q.ack(m) })
 	}
 	wg.Wait()
 	return errors.Join(errs...)
 }
 
-func (q *Queues) ackErr(err error) error {
-	if err == nil {
-		return nil
+// ack double-acks m, again while its consumer has no leader: an ack is
+// idempotent.
+func (q *Queues) ack(m jetstream.Msg) error {
+	ctx, cancel := q.call()
+	defer cancel()
+	if err := retrying(ctx, func(ctx context.Context) error { return m.DoubleAck(ctx) }); err != nil {
+		return q.engineErr("ack", err)
 	}
-	return q.engineErr("ack", err)
+	return nil
 }
 
 // Nack ends a failed attempt: the task is redelivered ahead of newer
@@ -169,7 +170,11 @@ func (q *Queues) fail(l *lease, errText string) error {
 func (q *Queues) nak(m jetstream.Msg) error {
 	ctx, cancel := q.call()
 	defer cancel()
-	if _, err := q.cfg.Conn.RequestWithContext(ctx, m.Reply(), []byte("-NAK")); err != nil {
+	err := retrying(ctx, func(ctx context.Context) error {
+		_, err := q.cfg.Conn.RequestWithContext(ctx, m.Reply(), []byte("-NAK"))
+		return err
+	})
+	if err != nil {
 		return q.engineErr("nack", err)
 	}
 	return nil

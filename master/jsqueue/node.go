@@ -1,6 +1,7 @@
 package jsqueue
 
 import (
+	"context"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // NodeConfig configures a JetStream node embedded in qmaster.
@@ -36,6 +38,11 @@ type NodeConfig struct {
 	// node and gateway must have the same (qmaster derives it from the
 	// authkey). Empty leaves them open.
 	Secret string
+	// SyncAlways fsyncs every write before JetStream acknowledges it;
+	// otherwise the node fsyncs every SyncInterval (0: JetStream's default,
+	// 2 minutes) and a write is safe once a majority of replicas hold it.
+	SyncAlways   bool
+	SyncInterval time.Duration
 	// Logger receives the node's warnings and errors; nil discards them.
 	Logger *slog.Logger
 }
@@ -71,14 +78,23 @@ func StartNode(cfg NodeConfig) (*Node, error) {
 		JetStream:  true,
 		StoreDir:   cfg.DataDir,
 		NoSigs:     true,
-		DontListen: cfg.ClientListen == "",
+		DontListen: cfg.ClientListen == "" && cfg.ClusterListen == "",
+		SyncAlways: cfg.SyncAlways,
 	}
-	if cfg.ClientListen != "" {
+	if cfg.SyncInterval > 0 {
+		opts.SyncInterval = cfg.SyncInterval
+	}
+	switch {
+	case cfg.ClientListen != "":
 		host, port, err := splitHostPort(cfg.ClientListen)
 		if err != nil {
 			return nil, fmt.Errorf("client listen address: %w", err)
 		}
 		opts.Host, opts.Port = host, port
+		opts.Authorization = cfg.Secret
+	case cfg.ClusterListen != "":
+		// nats-server starts its routes only once its client port listens.
+		opts.Host, opts.Port = "127.0.0.1", server.RANDOM_PORT
 		opts.Authorization = cfg.Secret
 	}
 	if cfg.ClusterListen != "" {
@@ -123,6 +139,36 @@ func StartNode(cfg NodeConfig) (*Node, error) {
 // Replicas is how many copies of each stream the node's cluster keeps:
 // three, or fewer with fewer nodes.
 func (n *Node) Replicas() int { return min(3, n.peers) }
+
+// WaitReady waits until JetStream answers on nc: in a cluster, once a
+// majority of the nodes are up and have elected a leader. It logs every
+// few seconds while it waits, and gives up when ctx ends.
+func WaitReady(ctx context.Context, nc *nats.Conn, log *slog.Logger) error {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	log = logOrDiscard(log)
+	start := time.Now()
+	lastLog := start
+	for {
+		actx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		_, err := js.AccountInfo(actx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if time.Since(lastLog) >= 5*time.Second {
+			log.Warn("waiting for JetStream (a majority of the cluster's nodes must be up)", "waited", time.Since(start).Round(time.Second), "err", err)
+			lastLog = time.Now()
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("jetstream not ready: %w (last error: %w)", ctx.Err(), err)
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
 
 // Connect returns a connection to the node within this process.
 func (n *Node) Connect() (*nats.Conn, error) {

@@ -46,13 +46,26 @@ func (q *Queues) Put(ctx context.Context, req queue.PutRequest) ([]uint64, error
 	return ids, err
 }
 
-// publish stores msgs and returns their stream sequences.
+// publish stores msgs and returns their stream sequences. While the
+// stream has no leader (no responders: nothing was stored) it tries
+// again, within the request timeout.
 func (q *Queues) publish(ctx context.Context, msgs []*nats.Msg) ([]uint64, error) {
+	rctx, cancel := context.WithTimeout(ctx, q.cfg.RequestTimeout)
+	defer cancel()
+	var ids []uint64
+	err := retryingTransient(rctx, func() (err error) { ids, err = q.publishOnce(ctx, msgs); return err })
+	if err != nil {
+		return nil, q.engineErr("put", err)
+	}
+	return ids, nil
+}
+
+func (q *Queues) publishOnce(ctx context.Context, msgs []*nats.Msg) ([]uint64, error) {
 	futures := make([]jetstream.PubAckFuture, len(msgs))
 	for i, m := range msgs {
 		f, err := q.js.PublishMsgAsync(m)
 		if err != nil {
-			return nil, q.engineErr("put", err)
+			return nil, err
 		}
 		futures[i] = f
 	}
@@ -64,13 +77,18 @@ func (q *Queues) publish(ctx context.Context, msgs []*nats.Msg) ([]uint64, error
 		case ack := <-f.Ok():
 			ids[i] = ack.Sequence
 		case err := <-f.Err():
-			return nil, q.engineErr("put", err)
+			if transient(err) && i > 0 {
+				// Some of the batch is stored: trying it all again would
+				// store those twice.
+				return nil, fmt.Errorf("%w (after %d of %d tasks were stored)", err, i, len(msgs))
+			}
+			return nil, err
 		case <-ctx.Done():
-			return nil, q.engineErr("put", ctx.Err())
+			return nil, ctx.Err()
 		case <-q.ctx.Done():
 			return nil, queue.ErrClosed
 		case <-timer.C:
-			return nil, q.engineErr("put", context.DeadlineExceeded)
+			return nil, context.DeadlineExceeded
 		}
 	}
 	return ids, nil

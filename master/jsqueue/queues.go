@@ -173,29 +173,32 @@ func (q *Queues) open(name string, create bool) (*stream, error) {
 	}
 	ctx, cancel := q.call()
 	defer cancel()
-	st, err := q.js.Stream(ctx, streamName(name))
+	var st jetstream.Stream
+	err := retrying(ctx, func(ctx context.Context) (err error) { st, err = q.js.Stream(ctx, streamName(name)); return err })
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		if !create {
 			return nil, queue.ErrUnknownQueue
 		}
-		st, err = q.js.CreateStream(ctx, jetstream.StreamConfig{
+		cfg := jetstream.StreamConfig{
 			Name:      streamName(name),
 			Subjects:  []string{subject(name)},
 			Retention: jetstream.WorkQueuePolicy,
 			Storage:   jetstream.FileStorage,
 			Replicas:  q.cfg.Replicas,
 			Metadata:  map[string]string{metaQueueName: name},
-		})
+		}
+		err = retrying(ctx, func(ctx context.Context) (err error) { st, err = q.js.CreateStream(ctx, cfg); return err })
 		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) { // another gateway was first
-			st, err = q.js.Stream(ctx, streamName(name))
+			err = retrying(ctx, func(ctx context.Context) (err error) { st, err = q.js.Stream(ctx, streamName(name)); return err })
 		}
 	}
 	if err != nil {
 		return nil, q.engineErr("open queue "+name, err)
 	}
-	cons, err := st.Consumer(ctx, consumerName)
+	var cons jetstream.Consumer
+	err = retrying(ctx, func(ctx context.Context) (err error) { cons, err = st.Consumer(ctx, consumerName); return err })
 	if errors.Is(err, jetstream.ErrConsumerNotFound) {
-		cons, err = st.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+		ccfg := jetstream.ConsumerConfig{
 			Durable:       consumerName,
 			AckPolicy:     jetstream.AckExplicitPolicy,
 			AckWait:       q.cfg.AckWait,
@@ -203,7 +206,8 @@ func (q *Queues) open(name string, create bool) (*stream, error) {
 			MaxAckPending: -1,
 			MaxWaiting:    4096,
 			Replicas:      0, // as the stream
-		})
+		}
+		err = retrying(ctx, func(ctx context.Context) (err error) { cons, err = st.CreateOrUpdateConsumer(ctx, ccfg); return err })
 	}
 	if err != nil {
 		return nil, q.engineErr("open queue "+name, err)
@@ -234,15 +238,11 @@ func isGone(err error) bool {
 		errors.Is(err, jetstream.ErrConsumerDeleted)
 }
 
-// ErrEngine wraps a failure of JetStream itself (no quorum, a timeout, a
-// lost connection): the call may be retried.
-var ErrEngine = errors.New("jetstream unavailable")
-
 func (q *Queues) engineErr(what string, err error) error {
 	if q.closed.Load() || errors.Is(err, context.Canceled) && q.ctx.Err() != nil {
 		return queue.ErrClosed
 	}
-	return fmt.Errorf("%w: %s: %w", ErrEngine, what, err)
+	return fmt.Errorf("%w: jetstream: %s: %w", queue.ErrUnavailable, what, err)
 }
 
 func (q *Queues) counters(name string) *counters {

@@ -29,6 +29,12 @@ var (
 	// Requeue or Drop is not ready in its queue.
 	ErrNoSuchTask = errors.New("no such ready task")
 
+	// ErrUnavailable is returned by queues kept in a replicated engine
+	// (package jsqueue) while it does not answer: its stream is electing a
+	// leader, or the gateway lost its connection. The call may be retried
+	// after a moment; a put that fails so may have stored its tasks.
+	ErrUnavailable = errors.New("queues unavailable for now; try again")
+
 	// ErrBadArgument is returned (wrapped with the details) for a negative
 	// length, lease or config value, or a Get max below 1.
 	ErrBadArgument = errors.New("bad argument")

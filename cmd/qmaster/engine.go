@@ -1,0 +1,162 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"path/filepath"
+	"strings"
+
+	"github.com/nats-io/nats.go"
+	"github.com/spf13/cobra"
+
+	"github.com/qm-dev/qm/master"
+	"github.com/qm-dev/qm/master/jsqueue"
+	"github.com/qm-dev/qm/master/queue"
+	"github.com/qm-dev/qm/store/seglog"
+)
+
+// engineOptions choose where the queues live beyond this process: a NATS
+// JetStream cluster reached as a gateway (--nats), or a JetStream node
+// embedded in this qmaster (--cluster-listen), one of several peers.
+type engineOptions struct {
+	NATS          string
+	ClusterListen string
+	ClusterPeers  []string
+	NodeName      string
+	NATSListen    string
+	Replicas      int
+}
+
+func addEngineFlags(cmd *cobra.Command, o *engineOptions) {
+	fl := cmd.Flags()
+	fl.StringVar(&o.NATS, "nats", "", "serve the queues of a NATS JetStream cluster at these `URLs` (comma-separated), as one of any number of stateless gateways; credentials in a URL, or else the authkey's")
+	fl.StringVar(&o.ClusterListen, "cluster-listen", "", "embed a JetStream node listening for its peers at `host:port`, keeping the queues in --data-dir, replicated on --cluster-peers")
+	fl.StringSliceVar(&o.ClusterPeers, "cluster-peers", nil, "with --cluster-listen, every node's cluster `address`, this one's included (e.g. m1:6222,m2:6222,m3:6222)")
+	fl.StringVar(&o.NodeName, "node-name", "", "with --cluster-listen, this node's name in the cluster (default: its --cluster-listen address)")
+	fl.StringVar(&o.NATSListen, "nats-listen", "", "with --cluster-listen, also accept NATS clients, such as qmaster --nats gateways, at `host:port` (they authenticate with the authkey)")
+	fl.IntVar(&o.Replicas, "replicas", 0, "copies of each queue kept by the JetStream cluster (default: 3, or the number of nodes if fewer)")
+}
+
+func (o *engineOptions) enabled() bool { return o.NATS != "" || o.ClusterListen != "" }
+
+func (o *engineOptions) validate(s *serveOptions) error {
+	switch {
+	case o.NATS != "" && o.ClusterListen != "":
+		return usageErrorf("--nats and --cluster-listen do not go together: a qmaster is either a gateway to a cluster or one of its nodes")
+	case o.NATS != "" && s.DataDir != "":
+		return usageErrorf("--data-dir does not go with --nats: the JetStream cluster keeps the tasks")
+	case o.ClusterListen != "" && s.DataDir == "":
+		return usageErrorf("--cluster-listen needs --data-dir, where this node keeps its share of the queues")
+	case o.ClusterListen != "" && len(o.ClusterPeers) == 0:
+		return usageErrorf("--cluster-listen needs --cluster-peers: every node's cluster address, this one's included")
+	case o.ClusterListen == "" && (len(o.ClusterPeers) > 0 || o.NodeName != "" || o.NATSListen != ""):
+		return usageErrorf("--cluster-peers, --node-name and --nats-listen go with --cluster-listen")
+	case o.Replicas < 0 || o.Replicas > 5:
+		return usageErrorf("--replicas must be between 1 and 5 (JetStream's limit)")
+	case o.Replicas > 0 && !o.enabled():
+		return usageErrorf("--replicas goes with --nats or --cluster-listen")
+	case o.enabled() && s.MaxQueueLen != 0:
+		return usageErrorf("--max-queue-len is not supported with JetStream (--nats, --cluster-listen) yet")
+	}
+	if o.ClusterListen != "" && o.Replicas > len(o.ClusterPeers) {
+		return usageErrorf("--replicas %d is more than the %d nodes of --cluster-peers", o.Replicas, len(o.ClusterPeers))
+	}
+	return nil
+}
+
+// engine is the JetStream the queues live in, once opened.
+type engine struct {
+	nc       *nats.Conn
+	node     *jsqueue.Node // nil for a gateway
+	replicas int
+	note     string // for the listening line
+}
+
+// openEngine connects to the cluster, or starts this qmaster's node, and
+// waits until JetStream is ready.
+func (o *engineOptions) open(ctx context.Context, s *serveOptions, authkey []byte, log *slog.Logger) (*engine, error) {
+	secret := jsqueue.SecretFromAuthkey(authkey)
+	e := &engine{}
+	if o.NATS != "" {
+		nopts := []nats.Option{nats.Name("qmaster gateway"), nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true)}
+		if secret != "" && !hasUserInfo(o.NATS) {
+			nopts = append(nopts, nats.Token(secret))
+		}
+		nc, err := nats.Connect(o.NATS, nopts...)
+		if err != nil {
+			return nil, fmt.Errorf("--nats %s: %w", o.NATS, err)
+		}
+		e.nc = nc
+		e.replicas = o.Replicas
+		if e.replicas == 0 {
+			e.replicas = min(3, max(1, len(nc.Servers())))
+		}
+		e.note = "in JetStream at " + o.NATS
+	} else {
+		fsync, interval, _ := seglog.ParseFsync(s.Fsync) // checked by validate
+		node, err := jsqueue.StartNode(jsqueue.NodeConfig{
+			DataDir:       filepath.Join(s.DataDir, "jetstream"),
+			ClusterListen: o.ClusterListen,
+			Peers:         o.ClusterPeers,
+			Name:          o.NodeName,
+			ClientListen:  o.NATSListen,
+			Secret:        secret,
+			SyncAlways:    fsync == seglog.FsyncAlways,
+			SyncInterval:  interval,
+			Logger:        log,
+		})
+		if err != nil {
+			return nil, err
+		}
+		nc, err := node.Connect()
+		if err != nil {
+			node.Shutdown()
+			return nil, err
+		}
+		e.nc, e.node = nc, node
+		e.replicas = o.Replicas
+		if e.replicas == 0 {
+			e.replicas = node.Replicas()
+		}
+		e.note = fmt.Sprintf("in the JetStream node embedded here, data in %s, cluster %s", s.DataDir, strings.Join(o.ClusterPeers, ","))
+	}
+	log.Info("waiting for JetStream", "replicas", e.replicas)
+	if err := jsqueue.WaitReady(ctx, e.nc, log); err != nil {
+		e.close()
+		return nil, err
+	}
+	e.note += fmt.Sprintf(" (%d replicas)", e.replicas)
+	return e, nil
+}
+
+// openQueues is master.Config.OpenQueues for the engine.
+func (e *engine) openQueues(log *slog.Logger) func(queue.Config) (master.Queues, error) {
+	return func(qc queue.Config) (master.Queues, error) {
+		return jsqueue.New(jsqueue.Config{
+			Conn:         e.nc,
+			Replicas:     e.replicas,
+			MaxAttempts:  qc.MaxAttempts,
+			DefaultLease: qc.DefaultLease,
+			OnDead:       qc.OnDead,
+			Logger:       log,
+		})
+	}
+}
+
+func (e *engine) close() {
+	e.nc.Close()
+	if e.node != nil {
+		e.node.Shutdown()
+	}
+}
+
+func hasUserInfo(urls string) bool {
+	for _, s := range strings.Split(urls, ",") {
+		if u, err := url.Parse(strings.TrimSpace(s)); err == nil && u.User != nil {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,73 @@
+package jsqueue
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// transient reports whether err is one JetStream gives while a stream or
+// consumer has no leader for a moment: just created, or its leader lost.
+// The call did not take effect and may be made again.
+func transient(err error) bool {
+	if err == nil {
+		return false
+	}
+	if errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoHeartbeat) ||
+		errors.Is(err, jetstream.ErrJetStreamNotEnabled) {
+		return true
+	}
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.Code == 503
+}
+
+// attemptTimeout bounds one try of a call that retrying repeats: a
+// request sent while its stream's leader is being replaced gets no
+// answer, and the new leader answers the next one.
+const attemptTimeout = 2 * time.Second
+
+// retrying calls f until it returns nil or an error that is not
+// transient, or ctx ends, backing off from 10ms to 250ms between calls.
+// Each call gets at most attemptTimeout; one that runs out is tried
+// again too, so f must be idempotent: a lookup, an ack, a nak.
+func retrying(ctx context.Context, f func(ctx context.Context) error) error {
+	backoff := 10 * time.Millisecond
+	for {
+		actx, cancel := context.WithTimeout(ctx, attemptTimeout)
+		err := f(actx)
+		timedOut := actx.Err() != nil && ctx.Err() == nil
+		cancel()
+		if err == nil || !transient(err) && !timedOut {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 250*time.Millisecond)
+	}
+}
+
+// retryingTransient calls f again only after a transient error, which
+// says that f took no effect: for calls that must not be repeated once
+// they may have taken effect, such as a publish, or a pull whose
+// messages would sit unseen until AckWait.
+func retryingTransient(ctx context.Context, f func() error) error {
+	backoff := 10 * time.Millisecond
+	for {
+		err := f()
+		if !transient(err) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 250*time.Millisecond)
+	}
+}
