@@ -6,7 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
+	"os"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -20,7 +23,11 @@ import (
 
 // Config configures a Client. Zero values mean the defaults.
 type Config struct {
-	// Addr is the master's host:port.
+	// Addr is the master's host:port, or several, comma-separated, of
+	// masters that serve the same queues (gateways to one JetStream
+	// cluster): Dial starts at a random one and moves on to the next when
+	// one cannot be reached. A host name with several addresses is tried
+	// at each, in the resolver's order.
 	Addr string
 	// Authkey is the shared secret. Empty means the master runs without
 	// authentication (--insecure-no-auth).
@@ -96,6 +103,49 @@ type clientStream struct {
 // client. A wrong authkey gives an error that wraps auth.ErrAuthFailed.
 func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	cfg.setDefaults()
+	addrs := SplitAddrs(cfg.Addr)
+	if len(addrs) <= 1 {
+		return dialOne(ctx, cfg)
+	}
+	start := rand.IntN(len(addrs))
+	var errs []error
+	for i := range addrs {
+		cfg.Addr = addrs[(start+i)%len(addrs)]
+		c, err := dialOne(ctx, cfg)
+		if err == nil {
+			return c, nil
+		}
+		errs = append(errs, err)
+		if !elsewhere(err) || ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, errors.Join(errs...)
+}
+
+// SplitAddrs returns the addresses of a comma-separated list, spaces
+// and empty entries dropped.
+func SplitAddrs(list string) []string {
+	var addrs []string
+	for _, a := range strings.Split(list, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			addrs = append(addrs, a)
+		}
+	}
+	return addrs
+}
+
+// elsewhere reports whether a failed dial may succeed at another address:
+// this master could not be reached, or would not take the client now.
+// A wrong authkey or a TLS mismatch fails the same everywhere.
+func elsewhere(err error) bool {
+	var opErr *net.OpError
+	return errors.As(err, &opErr) || errors.Is(err, ErrShuttingDown) || errors.Is(err, ErrMasterFull) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, os.ErrDeadlineExceeded)
+}
+
+// dialOne connects to the one master at cfg.Addr.
+func dialOne(ctx context.Context, cfg Config) (*Client, error) {
 	d := net.Dialer{Timeout: cfg.DialTimeout}
 	conn, err := d.DialContext(ctx, "tcp", cfg.Addr)
 	if err != nil {

@@ -29,7 +29,8 @@ type Handler func(ctx context.Context, t Task) (any, error)
 
 // Config configures Run. Zero values mean the defaults.
 type Config struct {
-	// Server is the master's host:port. Required.
+	// Server is the master's host:port, or several, comma-separated, of
+	// gateways to one cluster (see wire.Config.Addr). Required.
 	Server string
 	// Authkey is the master's shared secret. Empty connects without
 	// authentication, to a master started with --insecure-no-auth.
@@ -91,8 +92,10 @@ func (c *Config) Validate() error {
 	if c.Server == "" {
 		return errors.New("worker config: Server is required (host:port)")
 	}
-	if _, port, err := net.SplitHostPort(c.Server); err != nil || port == "" {
-		return fmt.Errorf("worker config: Server %q is not host:port", c.Server)
+	for _, addr := range wire.SplitAddrs(c.Server) {
+		if _, port, err := net.SplitHostPort(addr); err != nil || port == "" {
+			return fmt.Errorf("worker config: Server %q is not host:port", addr)
+		}
 	}
 	switch {
 	case c.Handler == nil:

@@ -34,7 +34,7 @@ const (
 // addClientFlags registers the connection flags on cmd.
 func addClientFlags(cmd *cobra.Command, o *clientOptions) {
 	fl := cmd.Flags()
-	fl.StringVar(&o.Server, "server", "127.0.0.1:5000", "`host:port` of the master")
+	fl.StringVar(&o.Server, "server", "127.0.0.1:5000", "`host:port` of the master, or several, comma-separated, of gateways to one cluster (tried from a random one)")
 	fl.StringVar(&o.Authkey, "authkey", "", authkeyHelp)
 	fl.StringVar(&o.AuthkeyFile, "authkey-file", "", authkeyFileHelp)
 	fl.BoolVar(&o.InsecureNoAuth, "insecure-no-auth", false, "connect to a master started with --insecure-no-auth (sends no key)")

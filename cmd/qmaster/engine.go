@@ -139,8 +139,11 @@ func (e *engine) openQueues(log *slog.Logger) func(queue.Config) (master.Queues,
 			Replicas:     e.replicas,
 			MaxAttempts:  qc.MaxAttempts,
 			DefaultLease: qc.DefaultLease,
-			OnDead:       qc.OnDead,
-			Logger:       log,
+			// A dead gateway's tasks come back after the default lease,
+			// as a dead worker's do.
+			AckWait: qc.DefaultLease,
+			OnDead:  qc.OnDead,
+			Logger:  log,
 		})
 	}
 }

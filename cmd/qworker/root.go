@@ -126,7 +126,7 @@ such as a rejected authkey; 2 on a usage error.`,
 	// Flags after COMMAND belong to it: "qworker --server m:5000 grep -c x".
 	fl.SetInterspersed(false)
 	fl.SortFlags = false
-	fl.StringVar(&opts.Server, "server", "", "`host:port` of the master (required)")
+	fl.StringVar(&opts.Server, "server", "", "`host:port` of the master (required), or several, comma-separated, of gateways to one cluster: the worker starts at a random one and moves on when it fails")
 	fl.StringVar(&opts.Authkey, "authkey", "", "the master's shared `key`; visible to other users in `ps`; prefer QM_AUTHKEY or --authkey-file")
 	fl.StringVar(&opts.AuthkeyFile, "authkey-file", "", "read the shared key from this `file` (trailing newlines are ignored)")
 	fl.BoolVar(&opts.InsecureNoAuth, "insecure-no-auth", false, "connect to a master started with --insecure-no-auth (sends no key)")
@@ -163,8 +163,10 @@ func (o *options) validate() error {
 	if o.Server == "" {
 		return usageErrorf("--server is required: the host:port of the master")
 	}
-	if _, port, err := net.SplitHostPort(o.Server); err != nil || port == "" {
-		return usageErrorf("--server %q is not host:port", o.Server)
+	for _, addr := range wire.SplitAddrs(o.Server) {
+		if _, port, err := net.SplitHostPort(addr); err != nil || port == "" {
+			return usageErrorf("--server %q is not host:port", addr)
+		}
 	}
 	switch {
 	case o.Builtin != "" && len(o.Command) > 0:

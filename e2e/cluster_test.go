@@ -1,0 +1,241 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/qm-dev/qm/master/jsqueue"
+)
+
+// clusterNode is one qmaster of a three-node cluster, with what it takes
+// to restart it as it was.
+type clusterNode struct {
+	name, addr, natsAddr string
+	args                 []string
+	p                    *proc
+}
+
+// lines counts the lines written so far.
+func (s *syncBuffer) lines() int {
+	return strings.Count(s.String(), "\n")
+}
+
+func freeAddrs(t *testing.T, n int) []string {
+	t.Helper()
+	addrs := make([]string, n)
+	for i := range addrs {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addrs[i] = ln.Addr().String()
+		defer ln.Close()
+	}
+	return addrs
+}
+
+// startCluster starts three qmasters, each embedding a JetStream node,
+// and waits until each listens.
+func startCluster(t *testing.T) []*clusterNode {
+	t.Helper()
+	ports := freeAddrs(t, 9)
+	peers := strings.Join(ports[3:6], ",")
+	nodes := make([]*clusterNode, 3)
+	for i := range nodes {
+		n := &clusterNode{name: fmt.Sprintf("n%d", i), addr: ports[i], natsAddr: ports[6+i]}
+		n.args = []string{"--addr", n.addr, "--data-dir", t.TempDir(), "--lease", "5s",
+			"--cluster-listen", ports[3+i], "--cluster-peers", peers, "--node-name", n.name, "--nats-listen", n.natsAddr}
+		nodes[i] = n
+	}
+	for _, n := range nodes {
+		n.start(t)
+	}
+	for _, n := range nodes {
+		n.waitListening(t)
+	}
+	return nodes
+}
+
+func (n *clusterNode) start(t *testing.T) { n.p = start(t, nil, nil, "qmaster", n.args...) }
+
+func (n *clusterNode) waitListening(t *testing.T) {
+	t.Helper()
+	waitFor(t, 60*time.Second, func() bool { return strings.Contains(n.p.logs(), "msg=listening") })
+}
+
+// streamLeader returns the name of the node leading queue name's stream,
+// asked of node n's JetStream.
+func streamLeader(t *testing.T, n *clusterNode, name string) (leader, stream string) {
+	t.Helper()
+	nc, err := nats.Connect("nats://"+n.natsAddr, nats.Token(jsqueue.SecretFromAuthkey([]byte(authkey))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	l := js.ListStreams(ctx)
+	for si := range l.Info() {
+		if si.Config.Metadata["qm.queue"] == name && si.Cluster != nil {
+			leader, stream = si.Cluster.Leader, si.Config.Name
+		}
+	}
+	if leader == "" {
+		t.Fatalf("no leader for queue %s's stream (%v)", name, l.Err())
+	}
+	return leader, stream
+}
+
+// stepDown asks the leader of stream to hand over to another node.
+func stepDown(t *testing.T, n *clusterNode, stream string) {
+	t.Helper()
+	nc, err := nats.Connect("nats://"+n.natsAddr, nats.Token(jsqueue.SecretFromAuthkey([]byte(authkey))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	_, _ = nc.Request("$JS.API.STREAM.LEADER.STEPDOWN."+stream, nil, 5*time.Second)
+}
+
+// workersOn returns the names of the workers connected to gateway n.
+func workersOn(t *testing.T, n *clusterNode) []string {
+	t.Helper()
+	out, _, code := run(t, "", "clients", "--server", n.addr, "--json")
+	if code != 0 {
+		return nil
+	}
+	var clients []struct{ Role, Name string }
+	if err := json.Unmarshal([]byte(out), &clients); err != nil {
+		t.Fatalf("clients --json: %v: %s", err, out)
+	}
+	var names []string
+	for _, c := range clients {
+		if c.Role == "worker" {
+			names = append(names, c.Name)
+		}
+	}
+	return names
+}
+
+// Three qmasters embed a JetStream cluster. A map of 2,000 tasks goes
+// through the first; two workers serve through the other two, each
+// knowing both. At 30% the gateway of a worker is killed (and restarted);
+// at 60% the node leading the tasks' stream is killed, then restarted.
+// The input is fed in thirds, so that each kill happens with tasks in
+// flight. Every input must get exactly one result line, in order, and
+// nothing may be left leased or dead once the leases of the killed
+// gateways have run out.
+func TestClusterSurvivesGatewayAndLeaderKills(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a three-node cluster")
+	}
+	nodes := startCluster(t)
+	for i := range 2 {
+		gateways := nodes[1+i].addr + "," + nodes[2-i].addr
+		start(t, nil, nil, "qworker", "--server", gateways, "--builtin", "square", "--name", fmt.Sprintf("w%d", i), "--concurrency", "4")
+	}
+	const n = 2000
+	in, feed := io.Pipe()
+	out := &syncBuffer{}
+	m := start(t, in, out, "qmaster", "map", "--server", nodes[0].addr, "--timeout", "120s")
+	write := func(from, to int) {
+		t.Helper()
+		for i := from; i <= to; i++ {
+			if _, err := fmt.Fprintln(feed, i); err != nil {
+				t.Fatalf("feed map: %v", err)
+			}
+		}
+	}
+
+	write(1, n*3/10)
+	waitFor(t, 60*time.Second, func() bool { return out.lines() >= n*3/10-100 })
+	var victim *clusterNode
+	for _, g := range nodes[1:] {
+		if len(workersOn(t, g)) > 0 {
+			victim = g
+			break
+		}
+	}
+	if victim == nil {
+		t.Fatal("no worker on the second or third gateway")
+	}
+	write(n*3/10+1, n*6/10)
+	t.Logf("at %d results: SIGKILL gateway %s (workers %v)", out.lines(), victim.name, workersOn(t, victim))
+	_ = victim.p.cmd.Process.Kill()
+	<-victim.p.done
+	victim.start(t)
+	victim.waitListening(t)
+
+	waitFor(t, 60*time.Second, func() bool { return out.lines() >= n*6/10-100 })
+	leader, stream := streamLeader(t, nodes[0], "tasks")
+	for tries := 0; leader == nodes[0].name && tries < 10; tries++ {
+		// The map goes through the first node: keep it, move the leader.
+		stepDown(t, nodes[0], stream)
+		time.Sleep(500 * time.Millisecond)
+		leader, _ = streamLeader(t, nodes[0], "tasks")
+	}
+	var lead *clusterNode
+	for _, g := range nodes[1:] {
+		if g.name == leader {
+			lead = g
+		}
+	}
+	if lead == nil {
+		t.Fatalf("the tasks stream's leader %q stayed on the map's node", leader)
+	}
+	write(n*6/10+1, n)
+	feed.Close()
+	t.Logf("at %d results: SIGKILL %s, the tasks stream's leader, then restart it", out.lines(), lead.name)
+	_ = lead.p.cmd.Process.Kill()
+	<-lead.p.done
+	lead.start(t)
+
+	if code := m.wait(t, 180*time.Second); code != 0 {
+		t.Fatalf("map exited %d: %s", code, m.logs())
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != n {
+		t.Fatalf("%d result lines, want %d", len(lines), n)
+	}
+	for i, line := range lines {
+		if want := fmt.Sprint((i + 1) * (i + 1)); line != want {
+			t.Fatalf("line %d is %q, want %s", i+1, line, want)
+		}
+	}
+	lead.waitListening(t)
+	// Tasks the killed gateways held come back after the 5s lease, run
+	// again (their results, if any, are duplicates map dropped), and are
+	// done.
+	var last string
+	waitFor(t, 60*time.Second, func() bool {
+		var stats []struct {
+			Queue               string
+			Ready, Leased, Dead int
+		}
+		outStats, _, _ := run(t, "", "inspect", "--server", nodes[0].addr, "--json")
+		if err := json.Unmarshal([]byte(outStats), &stats); err != nil {
+			t.Fatalf("inspect --json: %v: %s", err, outStats)
+		}
+		for _, s := range stats {
+			if s.Queue == "tasks" {
+				last = fmt.Sprintf("%+v", s)
+				return s.Ready == 0 && s.Leased == 0 && s.Dead == 0
+			}
+		}
+		return false
+	})
+	t.Logf("settled: %s", last)
+}
