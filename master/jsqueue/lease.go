@@ -106,14 +106,28 @@ func (q *Queues) Ack(req queue.AckRequest, dst []queue.Task) ([]queue.Task, erro
 	return ts, notLeased(bad)
 }
 
-// ackAll double-acks msgs, all at once, and waits for JetStream to
-// confirm each.
+// ackAll acks msgs and waits until JetStream has stored the acks. A
+// consumer applies the acks of one connection in order, so all but the
+// last are sent without a reply and the last is double-acked: its
+// confirmation covers the ones before it. If it fails, every ack is
+// double-acked on its own (acks are idempotent).
 func (q *Queues) ackAll(msgs []jetstream.Msg) error {
 	switch len(msgs) {
 	case 0:
 		return nil
 	case 1:
 		return q.ack(msgs[0])
+	}
+	last := len(msgs) - 1
+	sent := true
+	for _, m := range msgs[:last] {
+		if m.Ack() != nil {
+			sent = false
+			break
+		}
+	}
+	if sent && q.ack(msgs[last]) == nil {
+		return nil
 	}
 	errs := make([]error, len(msgs))
 	var wg sync.WaitGroup

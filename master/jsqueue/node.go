@@ -23,7 +23,7 @@ type NodeConfig struct {
 	// DataDir is where the node keeps its streams; required.
 	DataDir string
 	// ClusterListen is the host:port the node's cluster routes listen on;
-	// empty runs a single node, in no cluster.
+	// empty, or a cluster of one peer, runs a single node in no cluster.
 	ClusterListen string
 	// Peers are the ClusterListen addresses of every node of the cluster,
 	// this one included.
@@ -72,6 +72,11 @@ func SecretFromAuthkey(authkey []byte) string {
 func StartNode(cfg NodeConfig) (*Node, error) {
 	if cfg.DataDir == "" {
 		return nil, errors.New("a JetStream node needs a data directory")
+	}
+	if len(cfg.Peers) == 1 && cfg.Peers[0] == cfg.ClusterListen {
+		// A cluster of one: JetStream runs it best as a single server
+		// (a one-node cluster would wait for routes forever).
+		cfg.ClusterListen, cfg.Peers = "", nil
 	}
 	opts := &server.Options{
 		ServerName: cfg.Name,

@@ -19,8 +19,11 @@ import (
 // published together and their acknowledgements awaited together, so a
 // batch costs about one round trip.
 //
-// A queue's max length is not supported here (New's caller refuses it).
-func (q *Queues) Put(ctx context.Context, req queue.PutRequest) ([]uint64, error) {
+// A queue's max length is not supported here (New's caller refuses it),
+// so a put never waits for room, and ctx, which bounds only that wait
+// (it may be queue.NoWait), is not used: the request timeout bounds the
+// put.
+func (q *Queues) Put(_ context.Context, req queue.PutRequest) ([]uint64, error) {
 	if req.MaxWait < 0 {
 		return nil, fmt.Errorf("%w: max wait must be >= 0, got %v", queue.ErrBadArgument, req.MaxWait)
 	}
@@ -39,6 +42,8 @@ func (q *Queues) Put(ctx context.Context, req queue.PutRequest) ([]uint64, error
 		}
 		msgs[i] = m
 	}
+	ctx, cancel := q.call()
+	defer cancel()
 	ids, err := q.publish(ctx, msgs)
 	if isGone(err) {
 		q.forget(req.Queue)
