@@ -139,13 +139,13 @@ func TestExpiredLeaseIsRedeliveredAndLateAckRefused(t *testing.T) {
 }
 
 func TestExtendKeepsALeaseLongerThanAckWait(t *testing.T) {
-	q := newQueues(t, startNode(t), jsqueue.Config{AckWait: 300 * time.Millisecond})
+	q := newQueues(t, startNode(t), jsqueue.Config{AckWait: time.Second})
 	reaping(t, q)
 	ids := put(t, q, "jobs", "t")
-	get(t, q, "jobs", 1, 1, 2*time.Second, 0)
-	// JetStream would redeliver after 300ms unless the gateway renews.
-	if ts := get(t, q, "jobs", 2, 1, 0, time.Second); len(ts) != 0 {
-		t.Fatalf("a task leased for 2s was delivered again within 1s: %+v", ts)
+	get(t, q, "jobs", 1, 1, 4*time.Second, 0)
+	// JetStream would redeliver after 1s unless the gateway renews.
+	if ts := get(t, q, "jobs", 2, 1, 0, 2500*time.Millisecond); len(ts) != 0 {
+		t.Fatalf("a task leased for 4s was delivered again within 2.5s: %+v", ts)
 	}
 	if _, err := q.Ack(queue.AckRequest{Queue: "jobs", Owner: 1, IDs: ids}, nil); err != nil {
 		t.Fatal(err)
