@@ -239,3 +239,37 @@ func TestClusterSurvivesGatewayAndLeaderKills(t *testing.T) {
 	})
 	t.Logf("settled: %s", last)
 }
+
+// A qmaster embedding a single JetStream node, and two stateless
+// gateways on it (qmaster --nats, reached with the authkey): map goes
+// through one gateway, the worker through the other, and inspect through
+// either sees the same queues.
+func TestGatewaysOverNATS(t *testing.T) {
+	ports := freeAddrs(t, 2)
+	natsAddr, clusterAddr := ports[0], ports[1]
+	node, nodeAddr := startMaster(t, "--data-dir", t.TempDir(), "--cluster-listen", clusterAddr,
+		"--cluster-peers", clusterAddr, "--nats-listen", natsAddr)
+	_ = node
+	_, g1 := startMaster(t, "--nats", "nats://"+natsAddr)
+	_, g2 := startMaster(t, "--nats", "nats://"+natsAddr)
+	start(t, nil, nil, "qworker", "--server", g2, "--builtin", "square")
+	const n = 300
+	out, stderr, code := run(t, seq(n), "map", "--server", g1+","+nodeAddr, "--timeout", "60s")
+	if code != 0 {
+		t.Fatalf("map exited %d: %s", code, stderr)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != n || lines[n-1] != fmt.Sprint(n*n) {
+		t.Fatalf("%d result lines ending %q, want %d ending %d", len(lines), lines[len(lines)-1], n, n*n)
+	}
+	for _, addr := range []string{g1, g2, nodeAddr} {
+		stats, _, code := run(t, "", "inspect", "--server", addr, "--json")
+		if code != 0 || !strings.Contains(stats, fmt.Sprintf(`"done":%d`, n)) {
+			t.Errorf("inspect through %s: %s", addr, stats)
+		}
+	}
+	_, stderr, code = run(t, "", "inspect", "--server", g1, "--authkey", "wrong")
+	if code == 0 {
+		t.Errorf("a wrong key was let in through a gateway: %s", stderr)
+	}
+}

@@ -80,7 +80,7 @@ func (o *engineOptions) open(ctx context.Context, s *serveOptions, authkey []byt
 	secret := jsqueue.SecretFromAuthkey(authkey)
 	e := &engine{}
 	if o.NATS != "" {
-		nopts := []nats.Option{nats.Name("qmaster gateway"), nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true)}
+		nopts := []nats.Option{nats.Name("qmaster gateway"), nats.MaxReconnects(-1)}
 		if secret != "" && !hasUserInfo(o.NATS) {
 			nopts = append(nopts, nats.Token(secret))
 		}

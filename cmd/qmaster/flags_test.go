@@ -113,6 +113,14 @@ func TestUsageErrors(t *testing.T) {
 		{"root tls cert without key", rootCmd, []string{"--tls-cert", "c.pem"}, "--tls-cert and --tls-key go together"},
 		{"root client ca without cert", rootCmd, []string{"--tls-client-ca", "ca.pem"}, "--tls-client-ca needs --tls-cert"},
 		{"root zero conns", rootCmd, []string{"--max-conns", "0"}, "--max-conns must be at least 1"},
+		{"nats and cluster", rootCmd, []string{"--nats", "nats://a:4222", "--cluster-listen", ":6222", "--cluster-peers", "a:6222", "--data-dir", "d"}, "--nats and --cluster-listen do not go together"},
+		{"nats and data dir", rootCmd, []string{"--nats", "nats://a:4222", "--data-dir", "d"}, "--data-dir does not go with --nats"},
+		{"cluster without data dir", rootCmd, []string{"--cluster-listen", ":6222", "--cluster-peers", "a:6222"}, "--cluster-listen needs --data-dir"},
+		{"cluster without peers", rootCmd, []string{"--cluster-listen", ":6222", "--data-dir", "d"}, "--cluster-listen needs --cluster-peers"},
+		{"peers without cluster", rootCmd, []string{"--cluster-peers", "a:6222"}, "go with --cluster-listen"},
+		{"replicas alone", rootCmd, []string{"--replicas", "3"}, "--replicas goes with --nats or --cluster-listen"},
+		{"replicas over peers", rootCmd, []string{"--cluster-listen", "a:6222", "--cluster-peers", "a:6222,b:6222", "--data-dir", "d", "--replicas", "3"}, "more than the 2 nodes"},
+		{"max len with nats", rootCmd, []string{"--nats", "nats://a:4222", "--max-queue-len", "5"}, "--max-queue-len is not supported with JetStream"},
 		{"put tls key without cert", func(t *testing.T) *cobra.Command {
 			return newCmdPut(&factory{}, func(o *putOptions) error { return never(t)(o) })
 		}, []string{"q", "1", "--tls-key", "k.pem"}, "--tls-cert and --tls-key go together"},
