@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/url"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -213,12 +214,35 @@ func logOrDiscard(l *slog.Logger) *slog.Logger {
 }
 
 // natsLog passes the node's own log to qmaster's: its notices at debug
-// level (they are many at start-up), the rest as they are.
-type natsLog struct{ log *slog.Logger }
+// level (they are many at start-up), the rest as they are, but each kind
+// of warning or error (its format) at most once every repeatEvery: a
+// peer that is down is otherwise reported every second.
+type natsLog struct {
+	log  *slog.Logger
+	mu   sync.Mutex
+	last map[string]time.Time
+}
+
+const repeatEvery = 30 * time.Second
 
 func (l *natsLog) Noticef(format string, v ...any) { l.log.Debug("nats: " + fmt.Sprintf(format, v...)) }
-func (l *natsLog) Warnf(format string, v ...any)   { l.log.Warn("nats: " + fmt.Sprintf(format, v...)) }
+func (l *natsLog) Warnf(format string, v ...any)   { l.limited(slog.LevelWarn, format, v) }
 func (l *natsLog) Fatalf(format string, v ...any)  { l.log.Error("nats: " + fmt.Sprintf(format, v...)) }
-func (l *natsLog) Errorf(format string, v ...any)  { l.log.Error("nats: " + fmt.Sprintf(format, v...)) }
+func (l *natsLog) Errorf(format string, v ...any)  { l.limited(slog.LevelError, format, v) }
 func (l *natsLog) Debugf(format string, v ...any)  { l.log.Debug("nats: " + fmt.Sprintf(format, v...)) }
 func (l *natsLog) Tracef(format string, v ...any)  {}
+
+func (l *natsLog) limited(level slog.Level, format string, v []any) {
+	now := time.Now()
+	l.mu.Lock()
+	if l.last == nil {
+		l.last = make(map[string]time.Time)
+	}
+	if now.Sub(l.last[format]) < repeatEvery {
+		l.mu.Unlock()
+		return
+	}
+	l.last[format] = now
+	l.mu.Unlock()
+	l.log.Log(context.Background(), level, "nats: "+fmt.Sprintf(format, v...))
+}
