@@ -33,16 +33,43 @@ type qmMode struct {
 	// defaults runs qworker with no flag but the queues and the handler:
 	// what a user who starts as the README shows gets.
 	defaults bool
+	// storage says where qmaster keeps the queues: "" in memory, "disk"
+	// in --data-dir (fsync always), "jetstream" in a JetStream node
+	// embedded in it (--cluster-listen with itself as the only peer;
+	// fsync always), "jetstream-nosync" the same with --fsync never.
+	storage string
+}
+
+// storageArgs are qmaster's flags for storage, in the new directory dir.
+func storageArgs(storage, dir string) ([]string, error) {
+	switch storage {
+	case "":
+		return nil, nil
+	case "disk":
+		return []string{"--data-dir", dir}, nil
+	case "jetstream", "jetstream-nosync":
+		port, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		peer := "127.0.0.1:" + strconv.Itoa(port)
+		args := []string{"--data-dir", dir, "--cluster-listen", peer, "--cluster-peers", peer}
+		if storage == "jetstream-nosync" {
+			args = append(args, "--fsync", "never")
+		}
+		return args, nil
+	}
+	return nil, fmt.Errorf("unknown storage %q", storage)
 }
 
 var listeningRE = regexp.MustCompile(`msg=listening addr=(127\.0\.0\.1:\d+)`)
 
 // startQMaster starts bin/qmaster on a free loopback port and returns it
 // with its address once it listens.
-func (b *bench) startQMaster(ctx context.Context) (*proc, string, error) {
-	p, err := b.procs.start("qmaster", []string{
+func (b *bench) startQMaster(ctx context.Context, extra ...string) (*proc, string, error) {
+	p, err := b.procs.start("qmaster", append([]string{
 		filepath.Join(b.opts.Bin, "qmaster"), "--addr", "127.0.0.1:0", "--shutdown-timeout", "1s",
-	}, []string{"QM_AUTHKEY=" + b.key}, nil)
+	}, extra...), []string{"QM_AUTHKEY=" + b.key}, nil)
 	if err != nil {
 		return nil, "", err
 	}
@@ -120,6 +147,7 @@ type qmSystem struct {
 	// user's `qmaster map`, run at addr with the bench's key.
 	qmaster, addr, key string
 	size               int
+	dir                string // the master's data directory, if any
 }
 
 // startQM starts a master and w workers in mode, for payloads of size bytes.
@@ -133,7 +161,16 @@ func (b *bench) startQM(ctx context.Context, mode qmMode, size, w int) (sys syst
 	if s.payload, err = qmPayload(size); err != nil {
 		return nil, err
 	}
-	master, addr, err := b.startQMaster(ctx)
+	var extra []string
+	if mode.storage != "" {
+		if s.dir, err = os.MkdirTemp("", "qbench-"); err != nil {
+			return nil, err
+		}
+		if extra, err = storageArgs(mode.storage, s.dir); err != nil {
+			return nil, err
+		}
+	}
+	master, addr, err := b.startQMaster(ctx, extra...)
 	if err != nil {
 		return nil, err
 	}
@@ -195,6 +232,9 @@ func (s *qmSystem) close() {
 		s.c.Close()
 	}
 	s.stop()
+	if s.dir != "" {
+		os.RemoveAll(s.dir)
+	}
 }
 
 // qmPayload is a msgpack byte string of size bytes.

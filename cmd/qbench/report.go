@@ -99,12 +99,17 @@ func firstLine(name string, args ...string) string {
 }
 
 var systemLabels = map[string]string{
-	"qm":          "qm, batched",
-	"qm-1req":     "qm, 1 request/op",
-	"qm-defaults": "qm, defaults",
-	"redis":       "Redis lists, batched",
-	"redis-1req":  "Redis lists, 1 request/op",
-	"python":      "Python BaseManager",
+	"qm":           "qm, batched",
+	"qm-1req":      "qm, 1 request/op",
+	"qm-defaults":  "qm, defaults",
+	"redis":        "Redis lists, batched",
+	"redis-1req":   "Redis lists, 1 request/op",
+	"python":       "Python BaseManager",
+	"qm-disk":      "qm, batched, --data-dir (fsync always)",
+	"qm-js":        "qm, batched, embedded JetStream node (fsync always)",
+	"qm-js-nosync": "qm, batched, embedded JetStream node (--fsync never)",
+	"nats":         "NATS JetStream direct, batched (sync always)",
+	"nats-nosync":  "NATS JetStream direct, batched (default sync)",
 }
 
 // markdown is the results section of docs/PERFORMANCE.md.

@@ -36,6 +36,10 @@ type options struct {
 // systems the bench knows, in table order.
 var allSystems = []string{"qm", "qm-1req", "qm-defaults", "redis", "redis-1req", "python"}
 
+// moreSystems are known but not run unless named in --systems: the
+// durable and JetStream setups (docs/SCALING.md).
+var moreSystems = []string{"qm-disk", "qm-js", "qm-js-nosync", "nats", "nats-nosync"}
+
 func newRootCmd() *cobra.Command {
 	opts := &options{}
 	cmd := &cobra.Command{
@@ -100,7 +104,7 @@ Build the binaries first (make build); --bin says where they are.`,
 	fl.IntVar(&opts.MemN, "mem-n", 1000000, "ready 16-byte tasks for the memory measurement (0 skips it)")
 	fl.IntSliceVar(&opts.Sizes, "sizes", []int{16, 4096}, "payload sizes in bytes")
 	fl.IntSliceVar(&opts.Workers, "workers", []int{1, 4}, "worker process counts")
-	fl.StringSliceVar(&opts.Systems, "systems", allSystems, "systems to measure: "+strings.Join(allSystems, ", "))
+	fl.StringSliceVar(&opts.Systems, "systems", allSystems, "systems to measure: "+strings.Join(allSystems, ", ")+"; also "+strings.Join(moreSystems, ", "))
 	fl.StringVar(&opts.Bin, "bin", "bin", "`dir`ectory holding qmaster and qworker")
 	fl.IntVar(&opts.QMBatch, "qm-batch", 1000, "tasks per put and per get of results in the batched runs (qm and redis)")
 	fl.IntVar(&opts.QMConcurrency, "qm-concurrency", 32, "qworker --concurrency in the batched qm runs")
@@ -109,7 +113,7 @@ Build the binaries first (make build); --bin says where they are.`,
 	fl.StringVar(&opts.Out, "out", "", "also write the results into this markdown `file` (e.g. docs/PERFORMANCE.md), between its qbench markers")
 	opts.Command = "qbench " + strings.Join(os.Args[1:], " ")
 
-	cmd.AddCommand(newRedisWorkerCmd(), newProfileCmd(), newDriveCmd())
+	cmd.AddCommand(newRedisWorkerCmd(), newProfileCmd(), newDriveCmd(), newNATSServerCmd(), newNATSWorkerCmd())
 	return cmd
 }
 
@@ -135,8 +139,8 @@ func (o *options) validate() error {
 		}
 	}
 	for _, s := range o.Systems {
-		if !slices.Contains(allSystems, s) {
-			return fmt.Errorf("--systems: unknown system %q (want %s)", s, strings.Join(allSystems, ", "))
+		if !slices.Contains(allSystems, s) && !slices.Contains(moreSystems, s) {
+			return fmt.Errorf("--systems: unknown system %q (want %s)", s, strings.Join(append(allSystems, moreSystems...), ", "))
 		}
 	}
 	return nil

@@ -54,6 +54,16 @@ func (b *bench) start(ctx context.Context, sys string, size, w int) (system, err
 		return b.startQM(ctx, qmMode{batch: 1, concurrency: 1}, size, w)
 	case "qm-defaults":
 		return b.startQM(ctx, qmMode{defaults: true}, size, w)
+	case "qm-disk":
+		return b.startQM(ctx, qmMode{batch: b.opts.QMBatch, concurrency: b.opts.QMConcurrency, storage: "disk"}, size, w)
+	case "qm-js":
+		return b.startQM(ctx, qmMode{batch: b.opts.QMBatch, concurrency: b.opts.QMConcurrency, storage: "jetstream"}, size, w)
+	case "qm-js-nosync":
+		return b.startQM(ctx, qmMode{batch: b.opts.QMBatch, concurrency: b.opts.QMConcurrency, storage: "jetstream-nosync"}, size, w)
+	case "nats":
+		return b.startNATSSystem(ctx, size, w, true)
+	case "nats-nosync":
+		return b.startNATSSystem(ctx, size, w, false)
 	case "redis":
 		return b.startRedisSystem(ctx, size, w, false)
 	case "redis-1req":
