@@ -20,6 +20,8 @@ const (
 	// Get is getting tasks from a queue and settling them: ack, nack,
 	// extend, complete.
 	Get
+	// Use is either, or admin: what asking a queue's length needs.
+	Use
 )
 
 // Key is one entry of the file: a secret and what its holder may do.
@@ -44,6 +46,8 @@ func (k *Key) May(p Perm, queue string) bool {
 		return matchAny(k.PutPatterns, queue)
 	case Get:
 		return matchAny(k.GetPatterns, queue)
+	case Use:
+		return k.Admin || matchAny(k.PutPatterns, queue) || matchAny(k.GetPatterns, queue)
 	}
 	return false
 }
@@ -54,17 +58,11 @@ func (k *Key) Check(p Perm, queue string) error {
 		return nil
 	}
 	action := "put to " + queue
-	if p == Get {
+	switch p {
+	case Get:
 		action = "get from " + queue
-	}
-	return &DeniedError{Key: k.Name, Action: action}
-}
-
-// CheckUse returns a *DeniedError if k may neither put to nor get from
-// queue (e.g. to ask its length), else nil; action names the call.
-func (k *Key) CheckUse(action, queue string) error {
-	if k.May(Put, queue) || k.May(Get, queue) || k.Admin {
-		return nil
+	case Use:
+		action = "use " + queue
 	}
 	return &DeniedError{Key: k.Name, Action: action}
 }
@@ -80,8 +78,9 @@ func (k *Key) CheckAdmin(action string) error {
 
 // Rules are the keys of one reading of the file, in its order.
 type Rules struct {
-	keys   []*Key
-	byName map[string]*Key
+	keys    []*Key
+	byName  map[string]*Key
+	secrets [][]byte // secrets[i] is keys[i].Secret
 }
 
 // Keys returns the keys in the file's order; do not modify them.
@@ -90,14 +89,9 @@ func (r *Rules) Keys() []*Key { return r.keys }
 // Lookup returns the key named name, or nil.
 func (r *Rules) Lookup(name string) *Key { return r.byName[name] }
 
-// Secrets returns the keys' secrets, secret i being Keys()[i]'s.
-func (r *Rules) Secrets() [][]byte {
-	out := make([][]byte, len(r.keys))
-	for i, k := range r.keys {
-		out[i] = k.Secret
-	}
-	return out
-}
+// Secrets returns the keys' secrets, secret i being Keys()[i]'s; do not
+// modify them. The handshake takes them as they are, allocating nothing.
+func (r *Rules) Secrets() [][]byte { return r.secrets }
 
 // SingleKeyName names the one key of Single.
 const SingleKeyName = "authkey"
@@ -106,7 +100,7 @@ const SingleKeyName = "authkey"
 // key, named SingleKeyName, that may do everything.
 func Single(secret []byte) *Rules {
 	k := &Key{Name: SingleKeyName, Secret: secret, PutPatterns: []string{"*"}, GetPatterns: []string{"*"}, Admin: true}
-	return &Rules{keys: []*Key{k}, byName: map[string]*Key{k.Name: k}}
+	return &Rules{keys: []*Key{k}, byName: map[string]*Key{k.Name: k}, secrets: [][]byte{secret}}
 }
 
 // maxNameLen bounds a key's name, which labels metrics.
@@ -179,6 +173,7 @@ func Parse(data []byte, dir string) (*Rules, error) {
 		}
 		r.keys = append(r.keys, k)
 		r.byName[k.Name] = k
+		r.secrets = append(r.secrets, k.Secret)
 	}
 	return r, nil
 }

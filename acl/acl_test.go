@@ -78,8 +78,11 @@ func TestParse(t *testing.T) {
 	if err := ops.CheckAdmin("purge jobs"); err != nil {
 		t.Errorf("CheckAdmin of an admin: %v", err)
 	}
-	if err := worker.CheckUse("ask the length of jobs", "jobs"); err != nil {
-		t.Errorf("CheckUse: %v", err)
+	if err := worker.Check(acl.Use, "jobs"); err != nil {
+		t.Errorf("Check(Use) of a queue it may get from: %v", err)
+	}
+	if err := worker.Check(acl.Use, "payroll"); err == nil || err.Error() != "permission denied: key worker may not use payroll" {
+		t.Errorf("Check(Use): %v", err)
 	}
 	if r.Lookup("nobody") != nil {
 		t.Error("Lookup of an unknown name")

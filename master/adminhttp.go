@@ -95,6 +95,11 @@ func (s *Server) adminHandler() (*httpapi.Handler, error) {
 		if len(token) == 0 {
 			token = s.cfg.Authkey
 		}
+		if len(token) == 0 && s.cfg.ACL != nil {
+			// Never open with keys configured.
+			a.err = errors.New("HTTP endpoints: with an ACL, give an HTTP token")
+			return
+		}
 		if len(token) == 0 {
 			s.log.Warn("HTTP endpoints without authentication (--insecure-no-auth and no --http-token): anyone who can connect may purge queues")
 		}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/qm-dev/qm/acl"
 	"github.com/qm-dev/qm/master/queue"
 	"github.com/qm-dev/qm/store/seglog"
 	"github.com/qm-dev/qm/wire"
@@ -17,6 +18,10 @@ type Config struct {
 	// Authkey is the shared secret every client must prove it knows. Empty
 	// is refused unless InsecureNoAuth is set.
 	Authkey []byte
+	// ACL, if not nil, replaces Authkey: the keys a client may
+	// authenticate with, and what each may do (see package acl). Server.SetACL
+	// changes it while serving.
+	ACL *acl.Rules
 	// InsecureNoAuth serves without authentication; for trusted networks only.
 	InsecureNoAuth bool
 	// HandshakeTimeout closes a connection that has not authenticated and
@@ -91,8 +96,12 @@ type Config struct {
 // Validate reports the first invalid field.
 func (c *Config) Validate() error {
 	switch {
-	case len(c.Authkey) == 0 && !c.InsecureNoAuth:
+	case len(c.Authkey) == 0 && c.ACL == nil && !c.InsecureNoAuth:
 		return ErrNoAuthkey
+	case len(c.Authkey) > 0 && c.ACL != nil:
+		return errors.New("give Authkey or ACL, not both")
+	case c.InsecureNoAuth && c.ACL != nil:
+		return errors.New("InsecureNoAuth serves without keys: drop ACL")
 	case c.HandshakeTimeout < 0:
 		return errors.New("HandshakeTimeout must not be negative")
 	case c.MaxMessageSize < 0:

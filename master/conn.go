@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/yamux"
+	"github.com/qm-dev/qm/acl"
 	"github.com/qm-dev/qm/auth"
 	"github.com/qm-dev/qm/master/pymanager"
 	"github.com/qm-dev/qm/wire"
@@ -36,6 +37,9 @@ type clientConn struct {
 	streams  sync.WaitGroup
 	open     atomic.Int64 // streams being served, against MaxStreams
 	counted  bool         // holds a place in Server.authed
+	// key is the key the client proved, swapped by SetACL; nil without
+	// authentication.
+	key atomic.Pointer[acl.Key]
 
 	mu         sync.Mutex
 	sess       *yamux.Session
@@ -149,9 +153,13 @@ func (c *clientConn) handshake() (*yamux.Session, []byte, error) {
 			return nil, nil, fmt.Errorf("%w: %w", errTLS, err)
 		}
 	}
-	if !c.s.cfg.InsecureNoAuth {
-		if err := auth.Server(c.conn, c.s.cfg.Authkey, timeout); err != nil {
+	if rules := c.s.access.rules.Load(); rules != nil {
+		i, err := auth.ServerKeys(c.conn, auth.ServerConfig{Keys: rules.Secrets(), Timeout: timeout})
+		if err != nil {
 			return nil, nil, err
+		}
+		if name := rules.Keys()[i].Name; !c.bindKey(name) {
+			return nil, nil, fmt.Errorf("%w: key %s was removed during the handshake", auth.ErrAuthFailed, name)
 		}
 	}
 	if err := c.conn.SetDeadline(time.Now().Add(timeout)); err != nil {
