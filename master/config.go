@@ -73,11 +73,16 @@ type Config struct {
 	// beyond it new connections are closed at once. Default 64.
 	MaxUnauthConns int
 	// AuthFailLimit is how many failed authentications one remote IP may
-	// have per AuthFailWindow; beyond it, its new connections are refused
-	// until the window ends. Default 10.
+	// have per AuthFailWindow answered at once; each further one is
+	// answered after a delay, AuthFailDelay doubled with each, at most
+	// half the HandshakeTimeout, while the connection keeps its place
+	// among the MaxUnauthConns (one address at most half of them). A
+	// client proving a valid key is never refused. Default 10.
 	AuthFailLimit int
 	// AuthFailWindow is the window of AuthFailLimit; default 1 minute.
 	AuthFailWindow time.Duration
+	// AuthFailDelay is the first delay past AuthFailLimit; default 100ms.
+	AuthFailDelay time.Duration
 	// MaxConns bounds the authenticated connections; a client beyond it is
 	// refused with wire.ErrMasterFull. Default 4096.
 	MaxConns int
@@ -124,6 +129,8 @@ func (c *Config) Validate() error {
 		return errors.New("AuthFailLimit must not be negative")
 	case c.AuthFailWindow < 0:
 		return errors.New("AuthFailWindow must not be negative")
+	case c.AuthFailDelay < 0:
+		return errors.New("AuthFailDelay must not be negative")
 	case c.MaxConns < 0:
 		return errors.New("MaxConns must not be negative")
 	case c.MaxStreams < 0:
@@ -176,6 +183,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.AuthFailWindow == 0 {
 		c.AuthFailWindow = time.Minute
+	}
+	if c.AuthFailDelay == 0 {
+		c.AuthFailDelay = 100 * time.Millisecond
 	}
 	if c.MaxConns == 0 {
 		c.MaxConns = 4096

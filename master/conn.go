@@ -82,7 +82,6 @@ func (c *clientConn) serve() {
 		switch {
 		case errors.Is(err, auth.ErrAuthFailed):
 			log.Warn("authentication failed", "err", err)
-			c.s.authFails.fail(remoteIP(c.conn), time.Now())
 		case errors.Is(err, errMaxConns):
 			if c.s.fullLog.ok(time.Now()) {
 				log.Warn("too many connections; new ones are refused (logged at most once a second)", "max_conns", c.s.cfg.MaxConns)
@@ -154,7 +153,7 @@ func (c *clientConn) handshake() (*yamux.Session, []byte, error) {
 		}
 	}
 	if rules := c.s.access.rules.Load(); rules != nil {
-		i, err := auth.ServerKeys(c.conn, auth.ServerConfig{Keys: rules.Secrets(), Timeout: timeout})
+		i, err := auth.ServerKeys(c.conn, auth.ServerConfig{Keys: rules.Secrets(), Timeout: timeout, BeforeFailure: c.slowFailure})
 		if err != nil {
 			return nil, nil, err
 		}

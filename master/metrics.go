@@ -67,9 +67,9 @@ func newMetrics(s *Server) *metrics {
 	m.handshakeFail = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "qm_handshake_failures_total",
 		Help: "Connections closed before their handshake completed, by reason: auth (wrong key), timeout, closed (the client left), protocol, " +
-			"tls (TLS handshake failed), unauth_limit (--max-unauth-conns), auth_fail_limit (--auth-fail-limit), max_conns (--max-conns).",
+			"tls (TLS handshake failed), unauth_limit (--max-unauth-conns), max_conns (--max-conns).",
 	}, []string{"reason"})
-	for _, r := range []string{"auth", "timeout", "closed", "protocol", "tls", "unauth_limit", "auth_fail_limit", "max_conns"} {
+	for _, r := range []string{"auth", "timeout", "closed", "protocol", "tls", "unauth_limit", "max_conns"} {
 		m.handshakeFail.WithLabelValues(r) // exported at 0 from the start
 	}
 	m.refusals = prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -134,8 +134,6 @@ func (m *metrics) handshakeFailed(err error) {
 		reason = "tls"
 	case errors.Is(err, errUnauthLimit):
 		reason = "unauth_limit"
-	case errors.Is(err, errAuthFailLimit):
-		reason = "auth_fail_limit"
 	case errors.Is(err, errMaxConns):
 		reason = "max_conns"
 	case errors.Is(err, auth.ErrAuthFailed):

@@ -76,7 +76,7 @@ func New(cfg Config) (*Server, error) {
 		cancel:    cancel,
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[*clientConn]struct{}),
-		authFails: newFailTracker(cfg.AuthFailLimit, cfg.AuthFailWindow),
+		authFails: newFailTracker(&cfg),
 		mem:       newMemGauge(cfg.MaxMemory),
 		unauthLog: logEvery{period: time.Second},
 		fullLog:   logEvery{period: time.Second},

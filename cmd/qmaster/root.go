@@ -136,7 +136,7 @@ The subcommands talk to a running master (see --server).`,
 	fl.DurationVar(&opts.FsyncInterval, "fsync-interval", seglog.DefaultInterval, "the fsync period of --fsync interval")
 	addHTTPFlags(cmd, &opts.HTTP)
 	fl.IntVar(&opts.MaxUnauthConns, "max-unauth-conns", 64, "most connections still authenticating at once; beyond it new ones are closed at once")
-	fl.IntVar(&opts.AuthFailLimit, "auth-fail-limit", 10, "failed authentications per remote IP per minute; beyond it that IP's new connections are refused for the rest of the minute")
+	fl.IntVar(&opts.AuthFailLimit, "auth-fail-limit", 10, "failed authentications per remote IP per minute answered at once; each further one is answered after a growing delay (100ms doubling, at most half --handshake-timeout; an IP holds at most half of --max-unauth-conns in delays); a valid key is never refused")
 	fl.IntVar(&opts.MaxConns, "max-conns", 4096, "most authenticated connections; beyond it a client is refused with \"master full: too many connections\"")
 	fl.IntVar(&opts.MaxStreams, "max-streams", 256, "most calls in progress on one connection; beyond it a call fails with \"too many concurrent calls\"")
 	fl.Var(&opts.MaxMemory, "max-memory", "refuse puts with \"master full\" while the master's heap is above this, e.g. 2GiB; gets and acks still work (0: no limit)")
