@@ -3,6 +3,9 @@ package master_test
 import (
 	"context"
 	"errors"
+	"net/http"
+	"net/http/cookiejar"
+	neturl "net/url"
 	"strings"
 	"testing"
 	"time"
@@ -283,5 +286,57 @@ attempt('worker results', lambda: results.put(0))
 				t.Fatalf("jobs.replies: %+v, %v; want the python worker's result", st, err)
 			}
 		})
+	}
+}
+
+// TestACLHTTP: with an ACL, the HTTP endpoints take the secret of a key
+// with admin (and --http-token if given), as a bearer token or through
+// the dashboard's login; not a key without admin; and a key removed by
+// SetACL no longer opens them, nor does its session cookie.
+func TestACLHTTP(t *testing.T) {
+	_, url, srv := qmtest.StartMasterHTTP(t, master.Config{ACL: parseACL(t, aclFile)})
+	for _, c := range []struct {
+		token string
+		want  int
+	}{{"ops-secret", http.StatusOK}, {"worker-secret", http.StatusUnauthorized}, {"", http.StatusUnauthorized}} {
+		if code, body := httpGet(t, url+"/metrics", c.token); code != c.want {
+			t.Errorf("GET /metrics with %q: %d, want %d: %s", c.token, code, c.want, body)
+		}
+	}
+
+	jar, err := cookiejar.New(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := &http.Client{Jar: jar}
+	resp, err := client.PostForm(url+"/login", neturl.Values{"token": {"ops-secret"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	state := func() int {
+		t.Helper()
+		resp, err := client.Get(url + "/api/state")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := state(); code != http.StatusOK {
+		t.Fatalf("GET /api/state after logging in with ops: %d", code)
+	}
+
+	if _, err := srv.SetACL(parseACL(t, "[[key]]\nname = \"admin2\"\nsecret = \"admin2-secret\"\nadmin = true\n")); err != nil {
+		t.Fatal(err)
+	}
+	if code := state(); code != http.StatusUnauthorized {
+		t.Errorf("GET /api/state with ops' session after ops was removed: %d, want 401", code)
+	}
+	if code, _ := httpGet(t, url+"/metrics", "ops-secret"); code != http.StatusUnauthorized {
+		t.Errorf("GET /metrics with the removed ops key: %d, want 401", code)
+	}
+	if code, _ := httpGet(t, url+"/metrics", "admin2-secret"); code != http.StatusOK {
+		t.Errorf("GET /metrics with the new admin key: %d, want 200", code)
 	}
 }
