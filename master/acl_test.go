@@ -138,8 +138,16 @@ func TestACLDenied(t *testing.T) {
 	if n, err := ops.Purge(ctx, "jobs"); err != nil || n != 1 {
 		t.Errorf("ops purge jobs: %d, %v; want 1 task", n, err)
 	}
-	if _, err := ops.Clients(ctx); err != nil {
+	clients, err := ops.Clients(ctx)
+	if err != nil {
 		t.Errorf("ops clients: %v", err)
+	}
+	keys := map[string]string{}
+	for _, ci := range clients {
+		keys[ci.Role] = ci.Key
+	}
+	if keys["producer"] != "ingest" || keys["worker"] != "worker" || keys["admin"] != "ops" {
+		t.Errorf("client list keys by role: %v, want producer:ingest worker:worker admin:ops", keys)
 	}
 	if _, err := ops.Put(ctx, "jobs", []any{1}, wire.PutOptions{}); !errors.Is(err, wire.ErrPermissionDenied) {
 		t.Errorf("ops put: %v; admin is not put", err)

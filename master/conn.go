@@ -360,6 +360,7 @@ func (c *clientConn) info() (wire.ClientInfo, bool) {
 		Addr:     c.addr,
 		Role:     c.role,
 		Name:     c.name,
+		Key:      c.keyName(),
 		LastSeen: time.Unix(0, c.lastSeen.Load()),
 		Since:    c.since,
 	}, true
