@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -138,5 +139,148 @@ func TestE2EACLFlags(t *testing.T) {
 		if r.code == 0 || !strings.Contains(r.stderr, c.want) {
 			t.Errorf("qmaster %v: exit %d, stderr %q; want an error with %q", c.args, r.code, r.stderr, c.want)
 		}
+	}
+}
+
+// TestE2EACLReloadUnderLoad: SIGHUPs of the real binary, the file
+// alternating between two versions (a temp key added and removed, the
+// worker's permissions widened and narrowed), while a producer puts and a
+// worker completes: every result arrives, and neither connection drops.
+func TestE2EACLReloadUnderLoad(t *testing.T) {
+	const (
+		base = `
+[[key]]
+name = "ingest"
+secret = "ingest-secret"
+put = ["jobs"]
+get = ["jobs.replies"]
+
+[[key]]
+name = "worker"
+secret = "worker-secret"
+get = ["jobs"]
+`
+		temp = `
+[[key]]
+name = "temp"
+secret = "temp-secret"
+get = ["*"]
+`
+		total   = 1000
+		reloads = 20
+	)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "acl.toml")
+	if err := os.WriteFile(path, []byte(base), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	m := startMaster(t, "--acl", path)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	producer := dialSecret(t, m.addr, "ingest-secret")
+	worker := dialSecret(t, m.addr, "worker-secret")
+
+	errs := make(chan error, 3)
+	wctx, stopWorker := context.WithCancel(ctx)
+	workerDone := make(chan struct{})
+	go func() {
+		defer close(workerDone)
+		for wctx.Err() == nil {
+			ts, err := worker.Get(wctx, "jobs", wire.GetOptions{Max: 16, Timeout: 50 * time.Millisecond})
+			if err != nil {
+				if wctx.Err() == nil {
+					errs <- fmt.Errorf("worker get: %w", err)
+				}
+				return
+			}
+			done := make([]wire.Completion, len(ts))
+			for i, task := range ts {
+				done[i] = wire.Completion{ID: task.ID, Value: task.Payload}
+			}
+			if len(done) > 0 {
+				if err := worker.Complete(wctx, "jobs", "", done); err != nil {
+					errs <- fmt.Errorf("worker complete: %w", err)
+					return
+				}
+			}
+		}
+	}()
+	go func() {
+		for i := 0; i < total; i += 10 {
+			items := make([]any, 10)
+			for j := range items {
+				items[j] = i + j
+			}
+			if _, err := producer.Put(ctx, "jobs", items, wire.PutOptions{ReplyTo: "jobs.replies"}); err != nil {
+				errs <- fmt.Errorf("put: %w", err)
+				return
+			}
+			time.Sleep(time.Millisecond) // spread the puts over the reloads
+		}
+	}()
+
+	reloadsDone := make(chan struct{})
+	go func() {
+		defer close(reloadsDone)
+		for i := range reloads {
+			file := base
+			if i%2 == 0 {
+				file = strings.Replace(base, `get = ["jobs"]`, `get = ["jobs", "jobs.*"]`, 1) + temp
+			}
+			if err := os.WriteFile(path, []byte(file), 0o600); err != nil {
+				errs <- err
+				return
+			}
+			before := strings.Count(m.stderr.String(), "acl reloaded")
+			if err := m.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+				errs <- err
+				return
+			}
+			for strings.Count(m.stderr.String(), "acl reloaded") == before {
+				if ctx.Err() != nil {
+					errs <- errors.New("a reload was not logged")
+					return
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+		}
+	}()
+
+	seen := make(map[uint64]bool)
+	for len(seen) < total {
+		ts, err := producer.Get(ctx, "jobs.replies", wire.GetOptions{Max: 100, Timeout: 100 * time.Millisecond, NoAck: true})
+		if err != nil {
+			t.Fatalf("get replies after %d: %v", len(seen), err)
+		}
+		for _, task := range ts {
+			r, err := wire.DecodeResult(task.Payload)
+			if err != nil {
+				t.Fatal(err)
+			}
+			seen[r.TaskID] = true
+		}
+		select {
+		case err := <-errs:
+			t.Fatal(err)
+		default:
+		}
+	}
+	<-reloadsDone
+	stopWorker()
+	<-workerDone
+	select {
+	case err := <-errs:
+		t.Fatal(err)
+	default:
+	}
+	for name, c := range map[string]*wire.Client{"producer": producer, "worker": worker} {
+		select {
+		case <-c.Done():
+			t.Errorf("the %s's connection dropped during the reloads", name)
+		default:
+		}
+	}
+	if n := strings.Count(m.stderr.String(), "acl reloaded"); n != reloads {
+		t.Errorf("%d reloads logged, want %d", n, reloads)
 	}
 }
