@@ -240,7 +240,7 @@ func TestACLPython(t *testing.T) {
 	for _, py := range qmtest.Pythons(t) {
 		t.Run(py.String(), func(t *testing.T) {
 			t.Parallel()
-			addr, _ := startACLMaster(t, aclFile)
+			addr, url, _ := qmtest.StartMasterHTTP(t, master.Config{ACL: parseACL(t, aclFile)})
 			ingest := dialACL(t, addr, "ingest-secret", "producer")
 			ops := dialACL(t, addr, "ops-secret", "admin")
 			ctx := context.Background()
@@ -292,6 +292,12 @@ attempt('worker results', lambda: results.put(0))
 			st, err := ops.Stats(ctx, "jobs.replies")
 			if err != nil || st[0].Ready != 1 {
 				t.Fatalf("jobs.replies: %+v, %v; want the python worker's result", st, err)
+			}
+			fams := scrape(t, url, "ops-secret")
+			for _, c := range [][2]string{{"ingest", "py_get"}, {"ingest", "py_create"}, {"worker", "py_put"}} {
+				if v, ok := metricValue(fams, "qm_permission_denied_total", "key", c[0], "op", c[1]); !ok || v < 1 {
+					t.Errorf("qm_permission_denied_total{key=%s,op=%s} = %v (found %v), want at least 1", c[0], c[1], v, ok)
+				}
 			}
 		})
 	}
