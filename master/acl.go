@@ -33,17 +33,22 @@ func (a *accessControl) init(cfg *Config) {
 	}
 }
 
-// errRulesNeeded is SetACL's answer to nil rules or a master serving
-// without authentication.
-var errRulesNeeded = errors.New("acl: rules are needed, and a master serving without authentication (InsecureNoAuth) has none")
+// Errors of SetACL.
+var (
+	errNoRules = errors.New("acl: no rules")
+	errNoAuth  = errors.New("acl: the master serves without authentication (InsecureNoAuth): it has no keys to change")
+)
 
 // SetACL replaces the keys and their permissions. A connection whose key
 // remains (by name) goes on, its next call checked against the key's new
 // permissions; a connection whose key is gone is closed, its leases
 // requeued. It returns how many connections it closed.
 func (s *Server) SetACL(rules *acl.Rules) (closed int, err error) {
-	if rules == nil || s.access.rules.Load() == nil {
-		return 0, errRulesNeeded
+	switch {
+	case rules == nil:
+		return 0, errNoRules
+	case s.access.rules.Load() == nil:
+		return 0, errNoAuth
 	}
 	s.access.reloadMu.Lock()
 	defer s.access.reloadMu.Unlock()

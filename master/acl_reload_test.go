@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/qm-dev/qm/auth"
+	"github.com/qm-dev/qm/internal/qmtest"
+	"github.com/qm-dev/qm/master"
 	"github.com/qm-dev/qm/wire"
 )
 
@@ -198,5 +200,14 @@ func TestSetACLUnderLoad(t *testing.T) {
 			t.Fatal("a connection of a remaining key was closed")
 		default:
 		}
+	}
+}
+
+// TestSetACLWithoutAuth: a master serving without authentication has no
+// keys to change.
+func TestSetACLWithoutAuth(t *testing.T) {
+	_, srv := qmtest.StartMaster(t, master.Config{InsecureNoAuth: true})
+	if _, err := srv.SetACL(parseACL(t, reloadFile)); err == nil {
+		t.Fatal("SetACL on a master without authentication: no error")
 	}
 }
