@@ -26,6 +26,7 @@ type accessControl struct {
 func (a *accessControl) init(cfg *Config) {
 	a.deniedLog.period = time.Second
 	switch {
+	case cfg.InsecureNoAuth: // even with an Authkey, as before
 	case cfg.ACL != nil:
 		a.rules.Store(cfg.ACL)
 	case len(cfg.Authkey) > 0:

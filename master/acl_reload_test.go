@@ -211,3 +211,17 @@ func TestSetACLWithoutAuth(t *testing.T) {
 		t.Fatal("SetACL on a master without authentication: no error")
 	}
 }
+
+// TestInsecureNoAuthWithAuthkey: InsecureNoAuth serves without
+// authentication even if an Authkey is set, as before keys had names.
+func TestInsecureNoAuthWithAuthkey(t *testing.T) {
+	addr, _ := qmtest.StartMaster(t, master.Config{InsecureNoAuth: true, Authkey: []byte("unused")})
+	c, err := wire.Dial(ctxFor(t, 5*time.Second), wire.Config{Addr: addr})
+	if err != nil {
+		t.Fatalf("dial without a key: %v", err)
+	}
+	defer c.Close()
+	if _, err := c.Purge(ctxFor(t, 5*time.Second), "jobs"); err != nil && !errors.Is(err, wire.ErrUnknownQueue) {
+		t.Fatalf("purge without authentication: %v", err)
+	}
+}
