@@ -119,6 +119,13 @@ func (c *clientConn) authorize(req *wire.Request) error {
 	switch req.Op {
 	case wire.OpPut:
 		err = k.Check(acl.Put, q)
+		// Workers publish results to the reply queue a task names, which
+		// they need no permission for: a producer may name only a queue
+		// it could write or read itself, or it could have workers write
+		// where it may not (a confused deputy).
+		if err == nil && req.ReplyTo != "" && !k.May(acl.Put, req.ReplyTo) && !k.May(acl.Get, req.ReplyTo) {
+			err = &acl.DeniedError{Key: k.Name, Action: "name " + req.ReplyTo + " as a reply queue"}
+		}
 	case wire.OpGet, wire.OpAck, wire.OpNack, wire.OpExtend, wire.OpComplete:
 		err = k.Check(acl.Get, q)
 	case wire.OpStats:

@@ -101,6 +101,8 @@ func TestACLDenied(t *testing.T) {
 	deny("ingest complete", ingest.Complete(ctx, "jobs", "", []wire.Completion{{ID: ts[0].ID}}), "ingest may not get from jobs")
 	_, err = worker.Put(ctx, "jobs", []any{1}, wire.PutOptions{})
 	deny("worker put", err, "worker may not put to jobs")
+	_, err = ingest.Put(ctx, "jobs", []any{1}, wire.PutOptions{ReplyTo: "payroll"})
+	deny("ingest put with a reply queue it may neither put to nor get from", err, "ingest may not name payroll as a reply queue")
 	_, err = worker.Get(ctx, "jobs.urgent", wire.GetOptions{})
 	deny("worker get jobs.urgent", err, "worker may not get from jobs.urgent")
 	_, err = worker.Stats(ctx, "payroll")
