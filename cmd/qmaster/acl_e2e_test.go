@@ -199,7 +199,9 @@ get = ["*"]
 			}
 			if len(done) > 0 {
 				if err := worker.Complete(wctx, "jobs", "", done); err != nil {
-					errs <- fmt.Errorf("worker complete: %w", err)
+					if wctx.Err() == nil {
+						errs <- fmt.Errorf("worker complete: %w", err)
+					}
 					return
 				}
 			}
