@@ -51,8 +51,14 @@ type memAddr struct{}
 func (memAddr) Network() string { return "mem" }
 func (memAddr) String() string  { return "mem" }
 
-// handshakeFunc is server or client.
+// handshakeFunc is serverOneKey or client.
 type handshakeFunc func(net.Conn, []byte, time.Duration, io.Reader) error
+
+// serverOneKey is server with one key, as Server calls it.
+func serverOneKey(conn net.Conn, key []byte, timeout time.Duration, rnd io.Reader) error {
+	_, err := server(conn, ServerConfig{Keys: [][]byte{key}, Timeout: timeout}, rnd)
+	return err
+}
 
 // replay runs handshake against a peer that sends in, read in two pieces cut
 // at cut, and checks the outcome: success with the deadline cleared, or an
@@ -129,7 +135,7 @@ func FuzzServerHandshake(f *testing.F) {
 		f.Add(t.data)
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		replay(t, server, data, len(data))
+		replay(t, serverOneKey, data, len(data))
 	})
 }
 
@@ -143,8 +149,8 @@ func FuzzServerHandshakeSplit(f *testing.F) {
 		}
 	}
 	f.Fuzz(func(t *testing.T, data []byte, k uint16) {
-		whole := replay(t, server, data, len(data))
-		split := replay(t, server, data, int(k))
+		whole := replay(t, serverOneKey, data, len(data))
+		split := replay(t, serverOneKey, data, int(k))
 		if errString(whole) != errString(split) {
 			t.Fatalf("in one piece: %v; cut at %d: %v", whole, k, split)
 		}
@@ -173,7 +179,7 @@ func TestTranscripts(t *testing.T) {
 	for _, side := range []struct {
 		handshake handshakeFunc
 		peers     []transcript
-	}{{server, transcripts(true)}, {client, transcripts(false)}} {
+	}{{serverOneKey, transcripts(true)}, {client, transcripts(false)}} {
 		for _, tt := range side.peers {
 			t.Run(tt.name, func(t *testing.T) {
 				if err := replay(t, side.handshake, tt.data, len(tt.data)); !errors.Is(err, tt.want) {

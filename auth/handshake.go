@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"crypto/sha3"
 	"crypto/sha512"
+	"crypto/subtle"
 	"fmt"
 	"hash"
 	"io"
@@ -84,7 +85,27 @@ var digests = map[string]func() hash.Hash{
 // whose Timeout() is true. Server never closes conn: on error the caller
 // should.
 func Server(conn net.Conn, key []byte, timeout time.Duration) error {
-	return server(conn, key, timeout, rand.Reader)
+	_, err := server(conn, ServerConfig{Keys: [][]byte{key}, Timeout: timeout}, rand.Reader)
+	return err
+}
+
+// ServerConfig configures ServerKeys.
+type ServerConfig struct {
+	// Keys are the secrets a client may prove; none may be empty.
+	Keys [][]byte
+	// Timeout is the deadline of the whole exchange, as for Server.
+	Timeout time.Duration
+	// BeforeFailure, if not nil, is called when a client failed to prove
+	// any key, before it is told so: it may wait, to slow down guessing.
+	BeforeFailure func()
+}
+
+// ServerKeys is Server for a master with several keys: the client may
+// prove any one of cfg.Keys, and ServerKeys returns its index. Every key
+// is tried against the client's answer, in constant time each, so the
+// exchange costs the same whichever key matches, or none.
+func ServerKeys(conn net.Conn, cfg ServerConfig) (int, error) {
+	return server(conn, cfg, rand.Reader)
 }
 
 // Client runs the connecting side of the handshake on conn: it answers the
@@ -100,17 +121,25 @@ func Client(conn net.Conn, key []byte, timeout time.Duration) error {
 	return client(conn, key, timeout, rand.Reader)
 }
 
-// server is Server with the source of our challenge as a parameter, so that
-// fuzz tests can replay a recorded peer.
-func server(conn net.Conn, key []byte, timeout time.Duration, rnd io.Reader) error {
-	if len(key) == 0 {
-		return ErrEmptyKey
+// server is ServerKeys with the source of our challenge as a parameter, so
+// that fuzz tests can replay a recorded peer.
+func server(conn net.Conn, cfg ServerConfig, rnd io.Reader) (int, error) {
+	if len(cfg.Keys) == 0 {
+		return -1, ErrEmptyKey
 	}
-	return withDeadline(conn, timeout, func() error {
-		if err := deliverChallenge(conn, key, rnd, "client", true); err != nil {
+	for _, k := range cfg.Keys {
+		if len(k) == 0 {
+			return -1, ErrEmptyKey
+		}
+	}
+	which := -1
+	err := withDeadline(conn, cfg.Timeout, func() error {
+		var err error
+		which, err = deliverChallenge(conn, cfg.Keys, rnd, "client", true, cfg.BeforeFailure)
+		if err != nil {
 			return err
 		}
-		if err := answerChallenge(conn, key); err != nil {
+		if err := answerChallenge(conn, cfg.Keys[which]); err != nil {
 			return err
 		}
 		ok, err := readVerdict(conn)
@@ -122,6 +151,10 @@ func server(conn net.Conn, key []byte, timeout time.Duration, rnd io.Reader) err
 		}
 		return nil
 	})
+	if err != nil {
+		return -1, err
+	}
+	return which, nil
 }
 
 // client is Client with the source of our challenge as a parameter.
@@ -140,7 +173,8 @@ func client(conn net.Conn, key []byte, timeout time.Duration, rnd io.Reader) err
 		if !ok {
 			return fmt.Errorf("%w: master rejected the authkey", ErrAuthFailed)
 		}
-		return deliverChallenge(conn, key, rnd, "master", false)
+		_, err = deliverChallenge(conn, [][]byte{key}, rnd, "master", false, nil)
+		return err
 	})
 }
 
@@ -165,57 +199,82 @@ func withDeadline(conn net.Conn, timeout time.Duration, handshake func() error) 
 }
 
 // deliverChallenge sends "#CHALLENGE#{sha256}" and a fresh nonce, checks the
-// peer's response and sends our verdict. allowLegacy admits a raw HMAC-MD5
-// response over the same challenge bytes.
-func deliverChallenge(conn net.Conn, key []byte, rnd io.Reader, peer string, allowLegacy bool) error {
+// peer's response against each of keys and sends our verdict; it returns
+// the index of the key the peer proved. allowLegacy admits a raw HMAC-MD5
+// response over the same challenge bytes. beforeFailure, if not nil, runs
+// before a failure is sent.
+func deliverChallenge(conn net.Conn, keys [][]byte, rnd io.Reader, peer string, allowLegacy bool, beforeFailure func()) (int, error) {
 	msg := make([]byte, len(challengeTag)+len(sha256Tag)+nonceLen)
 	n := copy(msg, challengeTag)
 	n += copy(msg[n:], sha256Tag)
 	if _, err := io.ReadFull(rnd, msg[n:]); err != nil {
-		return fmt.Errorf("generate challenge: %w", err)
+		return -1, fmt.Errorf("generate challenge: %w", err)
 	}
 	if err := pyproto.WriteMessage(conn, msg); err != nil {
-		return fmt.Errorf("send challenge: %w", err)
+		return -1, fmt.Errorf("send challenge: %w", err)
 	}
 	resp, err := pyproto.ReadMessage(conn, maxHandshakeMessage)
 	if err != nil {
-		return fmt.Errorf("read %s response: %w", peer, err)
+		return -1, fmt.Errorf("read %s response: %w", peer, err)
 	}
 	// The MAC covers the digest prefix too, so a peer cannot claim that we
 	// asked for another digest.
-	if err := verifyResponse(key, msg[len(challengeTag):], resp, peer, allowLegacy); err != nil {
+	which, err := verifyResponse(keys, msg[len(challengeTag):], resp, peer, allowLegacy)
+	if err != nil {
+		if beforeFailure != nil {
+			beforeFailure()
+		}
 		// Tell the peer, as Python does, so that it reports a rejected key
 		// rather than a dropped connection. Our error matters more than a
 		// failed write.
 		_ = pyproto.WriteMessage(conn, failure)
-		return err
+		return -1, err
 	}
 	if err := pyproto.WriteMessage(conn, welcome); err != nil {
-		return fmt.Errorf("send welcome: %w", err)
+		return -1, fmt.Errorf("send welcome: %w", err)
 	}
-	return nil
+	return which, nil
 }
 
-// verifyResponse checks resp against our challenge in constant time.
-func verifyResponse(key, challenge, resp []byte, peer string, allowLegacy bool) error {
-	var want, got []byte
+// verifyResponse checks resp against our challenge under each of keys and
+// returns the index of the key it proves.
+func verifyResponse(keys [][]byte, challenge, resp []byte, peer string, allowLegacy bool) (int, error) {
+	var h func() hash.Hash
+	var got []byte
 	switch {
 	case len(resp) == md5.Size:
 		// Python's rule: a 16-byte response is a raw HMAC-MD5, the only
 		// thing a Python <= 3.11 peer can send.
 		if !allowLegacy {
-			return fmt.Errorf("%w: %s answered with legacy HMAC-MD5 (Python 3.11 or older?), HMAC-SHA256 is required", ErrAuthFailed, peer)
+			return -1, fmt.Errorf("%w: %s answered with legacy HMAC-MD5 (Python 3.11 or older?), HMAC-SHA256 is required", ErrAuthFailed, peer)
 		}
-		want, got = sign(md5.New, key, challenge), resp
+		h, got = md5.New, resp
 	case bytes.HasPrefix(resp, sha256Tag):
-		want, got = sign(sha256.New, key, challenge), resp[len(sha256Tag):]
+		h, got = sha256.New, resp[len(sha256Tag):]
 	default:
-		return fmt.Errorf("%w: %s response is neither {sha256} nor a legacy HMAC-MD5", ErrBadHandshake, peer)
+		return -1, fmt.Errorf("%w: %s response is neither {sha256} nor a legacy HMAC-MD5", ErrBadHandshake, peer)
 	}
-	if !hmac.Equal(want, got) {
-		return fmt.Errorf("%w: %s failed to prove it knows the authkey", ErrAuthFailed, peer)
+	which := matchKey(h, keys, challenge, got)
+	if which < 0 {
+		return -1, fmt.Errorf("%w: %s failed to prove it knows the authkey", ErrAuthFailed, peer)
 	}
-	return nil
+	return which, nil
+}
+
+// matchKey returns the index of the key under which got is the HMAC of
+// challenge with h, or -1. It signs with every key and compares in
+// constant time each, with no branch on a result, so its cost does not
+// tell which key matched, or whether one did. (The cost of a key depends
+// on its own length, not on the peer's answer.)
+func matchKey(h func() hash.Hash, keys [][]byte, challenge, got []byte) int {
+	which := -1
+	// Backwards, so that the first match wins; the acl package refuses
+	// two keys with one secret anyway.
+	for i := len(keys) - 1; i >= 0; i-- {
+		eq := subtle.ConstantTimeCompare(sign(h, keys[i], challenge), got)
+		which = subtle.ConstantTimeSelect(eq, i, which)
+	}
+	return which
 }
 
 // answerChallenge reads the peer's challenge and sends our response.

@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -68,8 +69,50 @@ func TestAuthkeyNeverPrinted(t *testing.T) {
 		o, e, _ := run(t, "", "inspect", "--server", addr, "--authkey", hygieneKey+"-wrong")
 		keep("inspect with a wrong key", o, e)
 	}
-	o, e, _ = run(t, "", "inspect", "--server", addr, "--authkey", hygieneKey) // refused: --auth-fail-limit
-	keep("inspect refused after failures", o, e)
+	o, e, code := run(t, "", "inspect", "--server", addr, "--authkey", hygieneKey) // served: failures only slow down the wrong keys
+	keep("inspect after failures", o, e)
+	if code != 0 {
+		t.Errorf("inspect with the right key after failures from its address: exit %d: %s", code, e)
+	}
+
+	// A master of --acl whose secrets are distinctive: a denied call, a
+	// wrong key, a reload refused on a broken secret line, a good one.
+	dir := t.TempDir()
+	aclPath := filepath.Join(dir, "acl.toml")
+	aclFile := "[[key]]\nname = \"ingest\"\nsecret = \"" + hygieneKey + "-ingest\"\nput = [\"tasks\"]\n"
+	if err := os.WriteFile(aclPath, []byte(aclFile), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ma, addrA := startMaster(t, "--acl", aclPath, "--log-level", "debug")
+	o, e, _ = run(t, "", "put", "tasks", "1", "--server", addrA, "--authkey", hygieneKey+"-ingest")
+	keep("put with an acl key", o, e)
+	o, e, code = run(t, "", "get", "tasks", "--server", addrA, "--authkey", hygieneKey+"-ingest")
+	keep("denied get with an acl key", o, e)
+	if code == 0 || !strings.Contains(e, "permission denied: key ingest may not get from tasks") {
+		t.Errorf("get with a put-only key: exit %d: %s", code, e)
+	}
+	o, e, _ = run(t, "", "inspect", "--server", addrA, "--authkey", hygieneKey+"-wrong")
+	keep("inspect with a key not in the acl", o, e)
+	for _, broken := range []string{
+		"[[key]]\nname = \"ingest\"\nsecret = \"" + hygieneKey + "-ingest\n", // unterminated
+		"[[key]]\nname = \"ingest\"\nsecret = " + hygieneKey + "\n",          // unquoted
+		"[[key]]\nname = \"ingest\"\nsecret = [\"" + hygieneKey + "\"]\n",    // wrong type
+		"[[key]]\nname = \"ingest\"\nsecret = \"" + hygieneKey + "\" junk\n", // trailing
+	} {
+		if err := os.WriteFile(aclPath, []byte(broken), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		before := strings.Count(ma.logs(), "acl reload refused")
+		_ = ma.cmd.Process.Signal(syscall.SIGHUP)
+		for deadline := time.Now().Add(10 * time.Second); strings.Count(ma.logs(), "acl reload refused") == before; {
+			if time.Now().After(deadline) {
+				t.Fatalf("no refused reload logged:\n%s", ma.logs())
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	o, e, _ = runEnv(t, nil, "qmaster", "--addr", "127.0.0.1:0", "--acl", aclPath) // refused at start
+	keep("master with a broken acl", o, e)
 	o, e, _ = runEnv(t, env, "qworker", "--server", m2addr(t, m2), "--builtin", "square")
 	keep("worker with a key the master does not have", o, e)
 	o, e, _ = runEnv(t, env, "qmaster", "get", "results", "--server", "127.0.0.1:1")
@@ -93,12 +136,12 @@ func TestAuthkeyNeverPrinted(t *testing.T) {
 	}
 
 	// Stop the masters so that their last lines are in.
-	for _, p := range []*proc{m, m2, m3.proc} {
+	for _, p := range []*proc{m, m2, m3.proc, ma} {
 		_ = p.cmd.Process.Signal(os.Interrupt)
 		p.wait(t, 15*time.Second)
 		keep("master", p.logs())
 	}
-	if !strings.Contains(m.logs(), "authentication failed") || !strings.Contains(m.logs(), "too many failed authentications") {
+	if !strings.Contains(m.logs(), "authentication failed") || !strings.Contains(m.logs(), "failed authentications from an address past the limit") {
 		t.Errorf("the master did not log the failures it was meant to:\n%s", m.logs())
 	}
 	for _, out := range outputs {

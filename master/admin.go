@@ -121,11 +121,19 @@ func (s *Server) operate(op wire.Op, q string, ids []uint64) (int, error) {
 // client's ID (the HTTP endpoints log their own).
 func (c *clientConn) operate(req *wire.Request) (int, error) {
 	n, err := c.s.operate(req.Op, req.Queue, req.IDs)
-	attrs := []any{"queue", req.Queue, "client", c.id, "remote", c.addr}
+	c.audit(req, n, err)
+	return n, err
+}
+
+// audit logs an operator's action of a client, with the name of its key:
+// the audit trail of who purged, deleted, paused, resumed, requeued or
+// dropped what. n is how many tasks moved.
+func (c *clientConn) audit(req *wire.Request, n int, err error) {
+	attrs := []any{"queue", req.Queue, "key", c.keyName(), "client", c.id, "remote", c.addr}
 	if len(req.IDs) > 0 {
 		attrs = append(attrs, "tasks", req.IDs)
 	}
-	if req.Op == wire.OpRequeue || req.Op == wire.OpDrop {
+	if req.Op == wire.OpRequeue || req.Op == wire.OpDrop || req.Op == wire.OpPurge {
 		attrs = append(attrs, "count", n)
 	}
 	if err != nil {
@@ -133,5 +141,4 @@ func (c *clientConn) operate(req *wire.Request) (int, error) {
 	} else {
 		c.s.log.Info("queue "+req.Op.String(), attrs...)
 	}
-	return n, err
 }

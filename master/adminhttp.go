@@ -95,12 +95,13 @@ func (s *Server) adminHandler() (*httpapi.Handler, error) {
 		if len(token) == 0 {
 			token = s.cfg.Authkey
 		}
-		if len(token) == 0 {
+		if len(token) == 0 && s.cfg.ACL == nil {
 			s.log.Warn("HTTP endpoints without authentication (--insecure-no-auth and no --http-token): anyone who can connect may purge queues")
 		}
 		a.handler, a.err = httpapi.New(httpapi.Config{
 			Backend:     adminBackend{s},
 			Token:       token,
+			Tokens:      s.httpTokens(),
 			Metrics:     promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}),
 			SampleEvery: s.cfg.DashboardSampleEvery,
 			Logger:      s.log,
@@ -137,4 +138,31 @@ func (s *Server) httpServers() []*http.Server {
 		out = append(out, hs)
 	}
 	return out
+}
+
+// httpTokenName names HTTPToken among the HTTP endpoints' credentials
+// when an ACL is served.
+const httpTokenName = "http-token"
+
+// httpTokens returns, with an ACL, what tells the HTTP endpoints which
+// credentials they accept: the secret of every key with admin, under
+// its name, read at each request so that SetACL takes effect at once,
+// and HTTPToken (as "http-token") if set. Without an ACL it returns nil:
+// the endpoints take HTTPToken or the Authkey.
+func (s *Server) httpTokens() func() []httpapi.Token {
+	if s.cfg.ACL == nil {
+		return nil
+	}
+	return func() []httpapi.Token {
+		var ts []httpapi.Token
+		if len(s.cfg.HTTPToken) > 0 {
+			ts = append(ts, httpapi.Token{Name: httpTokenName, Secret: s.cfg.HTTPToken})
+		}
+		for _, k := range s.access.rules.Load().Keys() {
+			if k.Admin {
+				ts = append(ts, httpapi.Token{Name: k.Name, Secret: k.Secret})
+			}
+		}
+		return ts
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/qm-dev/qm/acl"
 	"github.com/qm-dev/qm/master/queue"
 	"github.com/qm-dev/qm/store/seglog"
 	"github.com/qm-dev/qm/wire"
@@ -17,6 +18,10 @@ type Config struct {
 	// Authkey is the shared secret every client must prove it knows. Empty
 	// is refused unless InsecureNoAuth is set.
 	Authkey []byte
+	// ACL, if not nil, replaces Authkey: the keys a client may
+	// authenticate with, and what each may do (see package acl). Server.SetACL
+	// changes it while serving.
+	ACL *acl.Rules
 	// InsecureNoAuth serves without authentication; for trusted networks only.
 	InsecureNoAuth bool
 	// HandshakeTimeout closes a connection that has not authenticated and
@@ -74,11 +79,16 @@ type Config struct {
 	// beyond it new connections are closed at once. Default 64.
 	MaxUnauthConns int
 	// AuthFailLimit is how many failed authentications one remote IP may
-	// have per AuthFailWindow; beyond it, its new connections are refused
-	// until the window ends. Default 10.
+	// have per AuthFailWindow answered at once; each further one is
+	// answered after a delay, AuthFailDelay doubled with each, at most
+	// half the HandshakeTimeout, while the connection keeps its place
+	// among the MaxUnauthConns (one address at most half of them). A
+	// client proving a valid key is never refused. Default 10.
 	AuthFailLimit int
 	// AuthFailWindow is the window of AuthFailLimit; default 1 minute.
 	AuthFailWindow time.Duration
+	// AuthFailDelay is the first delay past AuthFailLimit; default 100ms.
+	AuthFailDelay time.Duration
 	// MaxConns bounds the authenticated connections; a client beyond it is
 	// refused with wire.ErrMasterFull. Default 4096.
 	MaxConns int
@@ -97,8 +107,12 @@ type Config struct {
 // Validate reports the first invalid field.
 func (c *Config) Validate() error {
 	switch {
-	case len(c.Authkey) == 0 && !c.InsecureNoAuth:
+	case len(c.Authkey) == 0 && c.ACL == nil && !c.InsecureNoAuth:
 		return ErrNoAuthkey
+	case len(c.Authkey) > 0 && c.ACL != nil:
+		return errors.New("give Authkey or ACL, not both")
+	case c.InsecureNoAuth && c.ACL != nil:
+		return errors.New("InsecureNoAuth serves without keys: drop ACL")
 	case c.HandshakeTimeout < 0:
 		return errors.New("HandshakeTimeout must not be negative")
 	case c.MaxMessageSize < 0:
@@ -121,6 +135,8 @@ func (c *Config) Validate() error {
 		return errors.New("AuthFailLimit must not be negative")
 	case c.AuthFailWindow < 0:
 		return errors.New("AuthFailWindow must not be negative")
+	case c.AuthFailDelay < 0:
+		return errors.New("AuthFailDelay must not be negative")
 	case c.MaxConns < 0:
 		return errors.New("MaxConns must not be negative")
 	case c.MaxStreams < 0:
@@ -177,6 +193,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.AuthFailWindow == 0 {
 		c.AuthFailWindow = time.Minute
+	}
+	if c.AuthFailDelay == 0 {
+		c.AuthFailDelay = 100 * time.Millisecond
 	}
 	if c.MaxConns == 0 {
 		c.MaxConns = 4096

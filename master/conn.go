@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/yamux"
+	"github.com/qm-dev/qm/acl"
 	"github.com/qm-dev/qm/auth"
 	"github.com/qm-dev/qm/master/pymanager"
 	"github.com/qm-dev/qm/wire"
@@ -36,6 +37,9 @@ type clientConn struct {
 	streams  sync.WaitGroup
 	open     atomic.Int64 // streams being served, against MaxStreams
 	counted  bool         // holds a place in Server.authed
+	// key is the key the client proved, swapped by SetACL; nil without
+	// authentication.
+	key atomic.Pointer[acl.Key]
 
 	mu         sync.Mutex
 	sess       *yamux.Session
@@ -78,7 +82,6 @@ func (c *clientConn) serve() {
 		switch {
 		case errors.Is(err, auth.ErrAuthFailed):
 			log.Warn("authentication failed", "err", err)
-			c.s.authFails.fail(remoteIP(c.conn), time.Now())
 		case errors.Is(err, errMaxConns):
 			if c.s.fullLog.ok(time.Now()) {
 				log.Warn("too many connections; new ones are refused (logged at most once a second)", "max_conns", c.s.cfg.MaxConns)
@@ -149,9 +152,13 @@ func (c *clientConn) handshake() (*yamux.Session, []byte, error) {
 			return nil, nil, fmt.Errorf("%w: %w", errTLS, err)
 		}
 	}
-	if !c.s.cfg.InsecureNoAuth {
-		if err := auth.Server(c.conn, c.s.cfg.Authkey, timeout); err != nil {
+	if rules := c.s.access.rules.Load(); rules != nil {
+		i, err := auth.ServerKeys(c.conn, auth.ServerConfig{Keys: rules.Secrets(), Timeout: timeout, BeforeFailure: c.slowFailure})
+		if err != nil {
 			return nil, nil, err
+		}
+		if name := rules.Keys()[i].Name; !c.bindKey(name) {
+			return nil, nil, fmt.Errorf("%w: key %s was removed during the handshake", auth.ErrAuthFailed, name)
 		}
 	}
 	if err := c.conn.SetDeadline(time.Now().Add(timeout)); err != nil {
@@ -353,6 +360,7 @@ func (c *clientConn) info() (wire.ClientInfo, bool) {
 		Addr:     c.addr,
 		Role:     c.role,
 		Name:     c.name,
+		Key:      c.keyName(),
 		LastSeen: time.Unix(0, c.lastSeen.Load()),
 		Since:    c.since,
 	}, true

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/qm-dev/qm/acl"
 	"github.com/qm-dev/qm/master/queue"
 	"github.com/qm-dev/qm/store"
 	"github.com/qm-dev/qm/wire"
@@ -55,6 +56,9 @@ func (c *clientConn) handle(req *wire.Request, buf *callBuffers) *wire.Response 
 		// Acks still count during shutdown: they finish work already done.
 		return errorResponse(wire.ErrShuttingDown)
 	}
+	if err := c.authorize(req); err != nil { // acl.go
+		return errorResponse(err)
+	}
 	q := c.s.queues
 	resp := &wire.Response{}
 	var err error
@@ -95,8 +99,10 @@ func (c *clientConn) handle(req *wire.Request, buf *callBuffers) *wire.Response 
 		resp.Tasks = wireTasks(req.Queue, ts)
 	case wire.OpPurge:
 		resp.Count, err = q.Purge(req.Queue)
+		c.audit(req, resp.Count, err) // admin.go
 	case wire.OpDelete:
 		err = q.Delete(req.Queue)
+		c.audit(req, 0, err)
 	case wire.OpQueues:
 		resp.Queues = q.Queues()
 	case wire.OpClients:
@@ -179,10 +185,18 @@ func (c *clientConn) waitCtx(timeout time.Duration) context.Context {
 // the master between the two never leaves an acked task without one.
 func (c *clientConn) complete(req *wire.Request, buf *callBuffers) error {
 	q := c.s.queues
-	if req.ResultQueue != "" {
+	// A key may publish results to the reply queue a task names, or to
+	// a queue it may put to: a result queue it may not put to is not
+	// used, and the results it would take are dropped, with an error.
+	resultQueue, refusedResults := req.ResultQueue, 0
+	denied := c.mayPublishTo(resultQueue) // acl.go
+	if denied != nil {
+		resultQueue = ""
+	}
+	if resultQueue != "" {
 		// Store only a change: a store allocates even when the value is the same.
-		if rq, ok := c.s.resultQueues.Load(req.Queue); !ok || rq.(string) != req.ResultQueue {
-			c.s.resultQueues.Store(req.Queue, req.ResultQueue)
+		if rq, ok := c.s.resultQueues.Load(req.Queue); !ok || rq.(string) != resultQueue {
+			c.s.resultQueues.Store(req.Queue, resultQueue)
 		}
 	}
 	var errs []error
@@ -210,7 +224,10 @@ func (c *clientConn) complete(req *wire.Request, buf *callBuffers) error {
 			i++
 			dest := t.ReplyTo
 			if dest == "" {
-				dest = req.ResultQueue
+				dest = resultQueue
+				if denied != nil {
+					refusedResults++
+				}
 			}
 			if dest == "" {
 				continue
@@ -225,6 +242,11 @@ func (c *clientConn) complete(req *wire.Request, buf *callBuffers) error {
 		buf.acked = acked
 	}
 	if err != nil {
+		errs = append(errs, err)
+	}
+	if refusedResults > 0 {
+		err := fmt.Errorf("%w (%d results dropped; their tasks are done)", denied, refusedResults)
+		c.denied(req.Op.String(), err)
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
@@ -297,6 +319,7 @@ var wireSentinels = []struct{ local, wire error }{
 	{queue.ErrClosed, wire.ErrShuttingDown},
 	{queue.ErrUnavailable, wire.ErrUnavailable},
 	{store.ErrDiskFull, wire.ErrDiskFull},
+	{acl.ErrDenied, wire.ErrPermissionDenied},
 }
 
 // errorResponse turns err into a response with its wire code: err's

@@ -16,10 +16,9 @@ import (
 // Reasons a connection is refused before it is served, as counted in
 // qm_handshake_failures_total.
 var (
-	errUnauthLimit   = errors.New("too many connections waiting to authenticate")
-	errAuthFailLimit = errors.New("too many failed authentications from this address")
-	errMaxConns      = errors.New("too many connections")
-	errTLS           = errors.New("tls handshake failed")
+	errUnauthLimit = errors.New("too many connections waiting to authenticate")
+	errMaxConns    = errors.New("too many connections")
+	errTLS         = errors.New("tls handshake failed")
 )
 
 // admit decides, at accept and before any goroutine is started for it,
@@ -35,15 +34,11 @@ func (s *Server) admit(conn net.Conn, now time.Time) error {
 	return err
 }
 
+// refusal says why conn may not try to authenticate now, or nil. An
+// address is never refused for its failed authentications: a client
+// there may hold a valid key (behind a NAT, or on a host of many
+// workers), so failures are slowed down instead (slowFailure).
 func (s *Server) refusal(conn net.Conn, now time.Time) error {
-	ip := remoteIP(conn)
-	if left, first := s.authFails.blocked(ip, now); left > 0 {
-		if first {
-			s.log.Warn("refusing connections from an address after too many failed authentications",
-				"remote", ip, "for", left.Round(time.Second), "limit", s.cfg.AuthFailLimit)
-		}
-		return fmt.Errorf("%w; try again in %s", errAuthFailLimit, left.Round(time.Second))
-	}
 	if s.unauth.Load() >= int64(s.cfg.MaxUnauthConns) {
 		if s.unauthLog.ok(now) {
 			s.log.Warn("too many connections waiting to authenticate; new ones are closed at once (logged at most once a second)",
@@ -89,13 +84,26 @@ func (l *logEvery) ok(now time.Time) bool {
 // maxTrackedAddrs bounds the addresses failTracker remembers.
 const maxTrackedAddrs = 10000
 
+// maxFailDelayShift caps the doubling of the failure delay (2^10 times
+// the base), well past any handshake timeout.
+const maxFailDelayShift = 10
+
 // failTracker counts failed authentications per remote address in fixed
-// windows; an address that reaches the limit is refused until its window
-// ends. It remembers at most maxTrackedAddrs addresses: when full it
+// windows. Past the limit, each further failure of the window is
+// answered after a delay that doubles with each one, from base up to
+// maxDelay; while it waits, the connection keeps its place among the
+// --max-unauth-conns, so a guesser's pace is bounded by those places and
+// the delay. One address may hold at most maxHeld of them in delays, so
+// that its failures never fill every place and lock out a client with a
+// valid key at the same address; its failures beyond that are answered
+// at once. It remembers at most maxTrackedAddrs addresses: when full it
 // forgets expired windows first, then arbitrary ones.
 type failTracker struct {
-	limit  int
-	window time.Duration
+	limit    int
+	window   time.Duration
+	base     time.Duration
+	maxDelay time.Duration
+	maxHeld  int
 
 	mu    sync.Mutex
 	addrs map[string]*failWindow
@@ -104,39 +112,32 @@ type failTracker struct {
 type failWindow struct {
 	start  time.Time
 	fails  int
-	logged bool // the refusal of this window was logged
+	held   int  // connections of this address waiting out a delay
+	logged bool // the slowing down of this window was logged
 }
 
-func newFailTracker(limit int, window time.Duration) *failTracker {
-	return &failTracker{limit: limit, window: window, addrs: make(map[string]*failWindow)}
-}
-
-// blocked returns how long ip is still refused (0: it is not), and
-// whether this is the first refusal of its window.
-func (f *failTracker) blocked(ip string, now time.Time) (left time.Duration, first bool) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	w := f.addrs[ip]
-	if w == nil || w.fails < f.limit {
-		return 0, false
+func newFailTracker(cfg *Config) *failTracker {
+	return &failTracker{
+		limit:    cfg.AuthFailLimit,
+		window:   cfg.AuthFailWindow,
+		base:     cfg.AuthFailDelay,
+		maxDelay: cfg.HandshakeTimeout / 2, // the reply still makes it before the deadline
+		maxHeld:  max(1, cfg.MaxUnauthConns/2),
+		addrs:    make(map[string]*failWindow),
 	}
-	left = w.start.Add(f.window).Sub(now)
-	if left <= 0 {
-		delete(f.addrs, ip)
-		return 0, false
-	}
-	first = !w.logged
-	w.logged = true
-	return left, first
 }
 
-// fail counts a failed authentication from ip.
-func (f *failTracker) fail(ip string, now time.Time) {
+// fail counts a failed authentication from ip and returns how long to
+// wait before answering it (0: at once), and whether this is the first
+// delay of the window. A positive delay holds one of ip's places until
+// release(ip).
+func (f *failTracker) fail(ip string, now time.Time) (delay time.Duration, first bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	w := f.addrs[ip]
 	if w != nil && now.Sub(w.start) >= f.window {
-		w = nil
+		// A new window; delays of the old one still hold their places.
+		w.start, w.fails, w.logged = now, 0, false
 	}
 	if w == nil {
 		if len(f.addrs) >= maxTrackedAddrs {
@@ -146,11 +147,29 @@ func (f *failTracker) fail(ip string, now time.Time) {
 		f.addrs[ip] = w
 	}
 	w.fails++
+	over := w.fails - f.limit
+	if over <= 0 || w.held >= f.maxHeld {
+		return 0, false
+	}
+	delay = min(f.base<<min(over-1, maxFailDelayShift), f.maxDelay)
+	w.held++
+	first = !w.logged
+	w.logged = true
+	return delay, first
+}
+
+// release gives back the place a delay of ip held.
+func (f *failTracker) release(ip string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if w := f.addrs[ip]; w != nil && w.held > 0 {
+		w.held--
+	}
 }
 
 func (f *failTracker) evict(now time.Time) {
 	for ip, w := range f.addrs {
-		if now.Sub(w.start) >= f.window {
+		if now.Sub(w.start) >= f.window && w.held == 0 {
 			delete(f.addrs, ip)
 		}
 	}
@@ -159,6 +178,28 @@ func (f *failTracker) evict(now time.Time) {
 			break
 		}
 		delete(f.addrs, ip)
+	}
+}
+
+// slowFailure runs before a client of c is told that it failed to
+// authenticate: it counts the failure and, past --auth-fail-limit, waits
+// (see failTracker), unless the master stops first.
+func (c *clientConn) slowFailure() {
+	ip := remoteIP(c.conn)
+	delay, first := c.s.authFails.fail(ip, time.Now())
+	if delay <= 0 {
+		return
+	}
+	defer c.s.authFails.release(ip)
+	if first {
+		c.s.log.Warn("failed authentications from an address past the limit; answering its further failures after a growing delay",
+			"remote", ip, "limit", c.s.cfg.AuthFailLimit, "delay", delay)
+	}
+	t := time.NewTimer(delay)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-c.ctx.Done():
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -86,41 +87,101 @@ func TestMaxUnauthConns(t *testing.T) {
 	})
 }
 
+// TestAuthFailLimit: past --auth-fail-limit, wrong keys are answered
+// after a delay that doubles with each; the right key from the same
+// address is served at once.
 func TestAuthFailLimit(t *testing.T) {
-	const window = 700 * time.Millisecond
-	addr, url, _ := qmtest.StartMasterHTTP(t, master.Config{AuthFailLimit: 3, AuthFailWindow: window})
+	const delay = 50 * time.Millisecond
+	addr, url, _ := qmtest.StartMasterHTTP(t, master.Config{AuthFailLimit: 3, AuthFailDelay: delay, HandshakeTimeout: 4 * time.Second})
 	good := qmtest.Dial(t, addr, "producer")
-	start := time.Now()
-	for i := range 3 {
+	for i := range 6 {
+		start := time.Now()
 		if _, err := dialKey(t, addr, []byte("wrong")); !errors.Is(err, auth.ErrAuthFailed) {
 			t.Fatalf("wrong key %d: %v, want ErrAuthFailed", i, err)
 		}
-	}
-	_, err := dialKey(t, addr, qmtest.Authkey)
-	if time.Since(start) < window {
-		if !errors.Is(err, auth.ErrRefused) || !strings.Contains(err.Error(), "too many failed authentications") {
-			t.Fatalf("dial after 3 failures: %v, want ErrRefused", err)
+		took := time.Since(start)
+		if i >= 3 {
+			if want := delay << (i - 3); took < want {
+				t.Errorf("wrong key %d answered in %s, want after at least %s", i, took, want)
+			}
 		}
-		t.Logf("client error: %v", err)
-		waitMetric(t, url, "qm_handshake_failures_total", 1, "reason", "auth_fail_limit")
+	}
+	if _, err := dialKey(t, addr, qmtest.Authkey); err != nil {
+		t.Fatalf("the right key after 6 wrong ones from its address: %v", err)
 	}
 	served(t, good)
+	waitMetric(t, url, "qm_handshake_failures_total", 6, "reason", "auth")
+}
 
-	// Another address is not refused: its handshake goes through.
-	conn, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}, Timeout: 5 * time.Second}).Dial("tcp", addr)
-	if err != nil {
-		t.Skipf("cannot dial from 127.0.0.2: %v", err)
+// TestAuthFailFloodValidWorker: while wrong-key handshakes flood from one
+// address, more at once than that address may hold in delays, a worker
+// with the right key at the same address keeps reconnecting and working,
+// never refused; the flood is slowed.
+func TestAuthFailFloodValidWorker(t *testing.T) {
+	const (
+		flooders   = 12 // beyond the 8 delays 127.0.0.1 may hold (half of 16)
+		reconnects = 20
+	)
+	addr, _ := qmtest.StartMaster(t, master.Config{AuthFailLimit: 3, AuthFailDelay: 20 * time.Millisecond,
+		HandshakeTimeout: time.Second, MaxUnauthConns: 16})
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var fails, unexpected atomic.Int64
+	for range flooders {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				_, err := dialKey(t, addr, []byte("old key"))
+				switch {
+				case errors.Is(err, auth.ErrAuthFailed):
+					fails.Add(1)
+				case err != nil:
+					unexpected.Add(1)
+				default:
+					t.Error("the wrong key was welcomed")
+				}
+			}
+		})
 	}
-	defer conn.Close()
-	if err := auth.Client(conn, qmtest.Authkey, 5*time.Second); err != nil {
-		t.Errorf("handshake from 127.0.0.2 while 127.0.0.1 is refused: %v", err)
-	}
-
-	// The window ends: 127.0.0.1 is served again.
-	qmtest.CheckFor(t, 5*time.Second, 50*time.Millisecond, func() error {
-		_, err := dialKey(t, addr, qmtest.Authkey)
-		return err
+	defer func() { close(stop); wg.Wait() }()
+	qmtest.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {
+		if n := fails.Load(); n < 20 {
+			return fmt.Errorf("%d failures so far", n)
+		}
+		return nil
 	})
+
+	var slowest time.Duration
+	for i := range reconnects {
+		start := time.Now()
+		c, err := dialKey(t, addr, qmtest.Authkey)
+		if err != nil {
+			t.Fatalf("reconnect %d with the right key during the flood: %v", i, err)
+		}
+		slowest = max(slowest, time.Since(start))
+		ctx := ctxFor(t, 5*time.Second)
+		if _, err := c.Put(ctx, "jobs", []any{i}, wire.PutOptions{}); err != nil {
+			t.Fatalf("put %d: %v", i, err)
+		}
+		ts, err := c.Get(ctx, "jobs", wire.GetOptions{Timeout: time.Second})
+		if err != nil || len(ts) != 1 {
+			t.Fatalf("get %d: %v, %v", i, ts, err)
+		}
+		if err := c.Ack(ctx, "jobs", ts[0].ID); err != nil {
+			t.Fatalf("ack %d: %v", i, err)
+		}
+		c.Close()
+	}
+	n := fails.Load()
+	if u := unexpected.Load(); u > 0 {
+		t.Errorf("%d wrong-key handshakes ended other than in a failed authentication", u)
+	}
+	t.Logf("%d reconnects with the right key, the slowest handshake %s, during %d failed wrong-key handshakes from the same address",
+		reconnects, slowest.Round(time.Millisecond), n)
 }
 
 func TestMaxConns(t *testing.T) {

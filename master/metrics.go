@@ -30,6 +30,8 @@ type metrics struct {
 	byPyMethod    map[string]prometheus.Observer
 	handshakeFail *prometheus.CounterVec
 	refusals      *prometheus.CounterVec
+	// denied counts calls refused by the key's permissions (acl.go).
+	denied        *prometheus.CounterVec
 	leaseExpiries prometheus.Counter
 	// chained counts requests that carried a Then (wire.Request.Then).
 	chained prometheus.Counter
@@ -65,9 +67,9 @@ func newMetrics(s *Server) *metrics {
 	m.handshakeFail = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "qm_handshake_failures_total",
 		Help: "Connections closed before their handshake completed, by reason: auth (wrong key), timeout, closed (the client left), protocol, " +
-			"tls (TLS handshake failed), unauth_limit (--max-unauth-conns), auth_fail_limit (--auth-fail-limit), max_conns (--max-conns).",
+			"tls (TLS handshake failed), unauth_limit (--max-unauth-conns), max_conns (--max-conns).",
 	}, []string{"reason"})
-	for _, r := range []string{"auth", "timeout", "closed", "protocol", "tls", "unauth_limit", "auth_fail_limit", "max_conns"} {
+	for _, r := range []string{"auth", "timeout", "closed", "protocol", "tls", "unauth_limit", "max_conns"} {
 		m.handshakeFail.WithLabelValues(r) // exported at 0 from the start
 	}
 	m.refusals = prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -77,6 +79,11 @@ func newMetrics(s *Server) *metrics {
 	for _, r := range []string{"max_streams", "max_memory"} {
 		m.refusals.WithLabelValues(r)
 	}
+	m.denied = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "qm_permission_denied_total",
+		Help: "Calls refused because the key the client authenticated with may not make them (qmaster --acl), by key name and " +
+			"operation: a native client's op, or a Python manager client's method as py_<method>.",
+	}, []string{"key", "op"})
 	m.leaseExpiries = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "qm_lease_expiries_total",
 		Help: "Leases that ran out before their task was acked or nacked (the tasks were requeued or dead-lettered).",
@@ -90,7 +97,7 @@ func newMetrics(s *Server) *metrics {
 		Name: "qm_calls_in_progress",
 		Help: "Calls of every client being read, handled or answered now; a shutdown waits for them.",
 	}, func() float64 { return float64(s.callsInProgress()) })
-	m.reg.MustRegister(reqDur, m.handshakeFail, m.refusals, m.leaseExpiries, m.chained, inProgress, &queueCollector{s: s},
+	m.reg.MustRegister(reqDur, m.handshakeFail, m.refusals, m.denied, m.leaseExpiries, m.chained, inProgress, &queueCollector{s: s},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if s.cfg.DataDir != "" {
 		m.fsync = prometheus.NewHistogram(prometheus.HistogramOpts{
@@ -127,8 +134,6 @@ func (m *metrics) handshakeFailed(err error) {
 		reason = "tls"
 	case errors.Is(err, errUnauthLimit):
 		reason = "unauth_limit"
-	case errors.Is(err, errAuthFailLimit):
-		reason = "auth_fail_limit"
 	case errors.Is(err, errMaxConns):
 		reason = "max_conns"
 	case errors.Is(err, auth.ErrAuthFailed):

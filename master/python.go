@@ -6,6 +6,7 @@ import (
 	"net"
 	"time"
 
+	"github.com/qm-dev/qm/acl"
 	"github.com/qm-dev/qm/master/pymanager"
 	"github.com/qm-dev/qm/wire"
 )
@@ -44,6 +45,10 @@ func (p pyClient) Addr() string             { return p.c.addr }
 func (p pyClient) Context() context.Context { return p.c.ctx }
 func (p pyClient) Identify(name string)     { p.c.setIdentity(pymanager.Role, name) }
 func (p pyClient) Close()                   { p.c.close() }
+
+func (p pyClient) Authorize(method string, perm acl.Perm, queue string) error {
+	return p.c.authorizePython(method, perm, queue)
+}
 
 func (p pyClient) BeginCall() func(method string) {
 	p.c.active.Add(1)

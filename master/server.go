@@ -56,6 +56,8 @@ type Server struct {
 
 	py *pymanager.Server // serves Python BaseManager clients (python.go)
 
+	access accessControl // the keys and what each may do (acl.go)
+
 	metrics *metrics  // Prometheus metrics (metrics.go)
 	http    adminHTTP // the operators' HTTP endpoints (adminhttp.go)
 }
@@ -74,12 +76,13 @@ func New(cfg Config) (*Server, error) {
 		cancel:    cancel,
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[*clientConn]struct{}),
-		authFails: newFailTracker(cfg.AuthFailLimit, cfg.AuthFailWindow),
+		authFails: newFailTracker(&cfg),
 		mem:       newMemGauge(cfg.MaxMemory),
 		unauthLog: logEvery{period: time.Second},
 		fullLog:   logEvery{period: time.Second},
 		limitLog:  logEvery{period: time.Second},
 	}
+	s.access.init(&s.cfg)
 	s.metrics = newMetrics(s)
 	qcfg := cfg.queueConfig(s.publishDeadResult)
 	if cfg.OpenQueues != nil {

@@ -26,6 +26,7 @@ const (
 	CodeMasterFull
 	CodeTooManyStreams
 	CodeDiskFull
+	CodePermissionDenied
 	CodeUnavailable
 )
 
@@ -64,6 +65,11 @@ var (
 	// ErrTooManyStreams is returned when a client has more calls in
 	// progress on one connection than the master allows (--max-streams).
 	ErrTooManyStreams = errors.New("too many concurrent calls on one connection")
+	// ErrPermissionDenied is returned when a call is outside the
+	// permissions of the key its client authenticated with (qmaster
+	// --acl), as in "permission denied: key ingest may not get from
+	// payroll". Retrying does not help; another key might.
+	ErrPermissionDenied = errors.New("permission denied")
 	// ErrBadPreamble is returned when a connection does not start with the qm preamble.
 	ErrBadPreamble = errors.New("not a qm client")
 	// ErrUnsupportedVersion is returned when the two sides speak different protocol versions.
@@ -96,6 +102,7 @@ var codes = []struct {
 	{CodeBadRequest, ErrBadRequest},
 	{CodeTooLarge, ErrMessageTooLarge},
 	{CodeUnknownOp, ErrUnknownOp},
+	{CodePermissionDenied, ErrPermissionDenied},
 	{CodeUnknownQueue, ErrUnknownQueue},
 	{CodeQueueFull, ErrQueueFull},
 	{CodeNotLeased, ErrNotLeased},

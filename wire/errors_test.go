@@ -22,7 +22,7 @@ func TestCodesCoverEverySentinel(t *testing.T) {
 			t.Errorf("remote error of code %d: %v, does not match %v", c.code, err, c.sentinel)
 		}
 	}
-	for code := CodeInternal; code <= CodeDiskFull; code++ {
+	for code := CodeInternal; code <= CodePermissionDenied; code++ {
 		if !seen[code] {
 			t.Errorf("code %d has no sentinel", code)
 		}

@@ -148,10 +148,13 @@ type QueueStats struct {
 
 // ClientInfo describes one connected client.
 type ClientInfo struct {
-	ID       uint64    `msgpack:"id" json:"id"`
-	Addr     string    `msgpack:"addr" json:"addr"`
-	Role     string    `msgpack:"role" json:"role"`
-	Name     string    `msgpack:"name" json:"name"`
+	ID   uint64 `msgpack:"id" json:"id"`
+	Addr string `msgpack:"addr" json:"addr"`
+	Role string `msgpack:"role" json:"role"`
+	Name string `msgpack:"name" json:"name"`
+	// Key is the name of the key the client authenticated with (qmaster
+	// --acl; "authkey" with one --authkey), empty without authentication.
+	Key      string    `msgpack:"key,omitempty" json:"key,omitempty"`
 	InFlight int       `msgpack:"in_flight" json:"in_flight"`
 	LastSeen time.Time `msgpack:"last_seen" json:"last_seen"`
 	Since    time.Time `msgpack:"since" json:"connected_since"`

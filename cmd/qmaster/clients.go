@@ -70,9 +70,9 @@ func clientsRun(ctx context.Context, opts *clientsOptions) error {
 
 func writeClientsTable(w io.Writer, clients []wire.ClientInfo, now time.Time) error {
 	tw := newTable(w)
-	fmt.Fprintln(tw, "ID\tADDR\tROLE\tNAME\tIN-FLIGHT\tLAST-SEEN\tCONNECTED")
+	fmt.Fprintln(tw, "ID\tADDR\tROLE\tNAME\tKEY\tIN-FLIGHT\tLAST-SEEN\tCONNECTED")
 	for _, c := range clients {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s ago\t%s ago\n", c.ID, c.Addr, dash(c.Role), dash(c.Name), c.InFlight,
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%s ago\t%s ago\n", c.ID, c.Addr, dash(c.Role), dash(c.Name), dash(c.Key), c.InFlight,
 			humanAge(now.Sub(c.LastSeen)), humanAge(now.Sub(c.Since)))
 	}
 	return tw.Flush()

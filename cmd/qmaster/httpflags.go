@@ -26,7 +26,7 @@ const httpTokenEnv = "QM_HTTP_TOKEN"
 func addHTTPFlags(cmd *cobra.Command, o *httpOptions) {
 	fl := cmd.Flags()
 	fl.StringVar(&o.Addr, "http-addr", "", "serve /metrics, the dashboard, /healthz and /readyz on this `host:port` (off by default; e.g. 127.0.0.1:5080)")
-	fl.StringVar(&o.Token, "http-token", "", "the bearer `token` of the HTTP endpoints instead of the authkey; visible in `ps`: prefer "+httpTokenEnv+" or --http-token-file")
+	fl.StringVar(&o.Token, "http-token", "", "the bearer `token` of the HTTP endpoints instead of the authkey (with --acl: besides the secrets of the keys with admin); visible in `ps`: prefer "+httpTokenEnv+" or --http-token-file")
 	fl.StringVar(&o.TokenFile, "http-token-file", "", "read the HTTP endpoints' token from this `file`")
 }
 

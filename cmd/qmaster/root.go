@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/qm-dev/qm/acl"
 	"github.com/qm-dev/qm/auth"
 	"github.com/qm-dev/qm/internal/cliflag"
 	"github.com/qm-dev/qm/internal/gomaxprocs"
@@ -31,6 +32,7 @@ type serveOptions struct {
 	Addr             string
 	Authkey          string
 	AuthkeyFile      string
+	ACL              string
 	InsecureNoAuth   bool
 	MaxAttempts      int
 	Lease            time.Duration
@@ -119,6 +121,8 @@ The subcommands talk to a running master (see --server).`,
 	fl.StringVar(&opts.Addr, "addr", ":5000", "`host:port` to listen on (port 0 picks a free port; the log line \"listening\" shows it)")
 	fl.StringVar(&opts.Authkey, "authkey", "", authkeyHelp)
 	fl.StringVar(&opts.AuthkeyFile, "authkey-file", "", authkeyFileHelp)
+	fl.StringVar(&opts.ACL, "acl", "", "serve the keys of this TOML `file`, each with a name and the queues it may put to and get from, "+
+		"or admin (docs/SECURITY.md); instead of --authkey. kill -HUP re-reads it")
 	fl.BoolVar(&opts.InsecureNoAuth, "insecure-no-auth", false, "serve without an authkey: anyone who can connect may read and write every queue")
 	fl.IntVar(&opts.MaxAttempts, "max-attempts", queue.DefaultMaxAttempts, "deliveries of a task before it goes to the dead-letter queue")
 	fl.DurationVar(&opts.Lease, "lease", queue.DefaultLease, "lease of a task taken by a worker that asks for none")
@@ -135,7 +139,7 @@ The subcommands talk to a running master (see --server).`,
 	addHTTPFlags(cmd, &opts.HTTP)
 	addEngineFlags(cmd, &opts.Engine)
 	fl.IntVar(&opts.MaxUnauthConns, "max-unauth-conns", 64, "most connections still authenticating at once; beyond it new ones are closed at once")
-	fl.IntVar(&opts.AuthFailLimit, "auth-fail-limit", 10, "failed authentications per remote IP per minute; beyond it that IP's new connections are refused for the rest of the minute")
+	fl.IntVar(&opts.AuthFailLimit, "auth-fail-limit", 10, "failed authentications per remote IP per minute answered at once; each further one is answered after a growing delay (100ms doubling, at most half --handshake-timeout; an IP holds at most half of --max-unauth-conns in delays); a valid key is never refused")
 	fl.IntVar(&opts.MaxConns, "max-conns", 4096, "most authenticated connections; beyond it a client is refused with \"master full: too many connections\"")
 	fl.IntVar(&opts.MaxStreams, "max-streams", 256, "most calls in progress on one connection; beyond it a call fails with \"too many concurrent calls\"")
 	fl.Var(&opts.MaxMemory, "max-memory", "refuse puts with \"master full\" while the master's heap is above this, e.g. 2GiB; gets and acks still work (0: no limit)")
@@ -177,8 +181,10 @@ func setupRoot(cmd *cobra.Command) {
 
 func (o *serveOptions) validate() error {
 	switch {
-	case o.InsecureNoAuth && (o.Authkey != "" || o.AuthkeyFile != ""):
-		return usageErrorf("--insecure-no-auth serves without a key: drop --authkey and --authkey-file")
+	case o.InsecureNoAuth && (o.Authkey != "" || o.AuthkeyFile != "" || o.ACL != ""):
+		return usageErrorf("--insecure-no-auth serves without a key: drop --authkey, --authkey-file and --acl")
+	case o.ACL != "" && (o.Authkey != "" || o.AuthkeyFile != ""):
+		return usageErrorf("--acl lists the keys: drop --authkey and --authkey-file (or make that key an entry of the file)")
 	case o.MaxAttempts < 1:
 		return usageErrorf("--max-attempts must be at least 1")
 	case o.Lease <= 0:
@@ -240,7 +246,14 @@ const adaptPeriod = 5 * time.Second
 // serveRun runs the master until ctx ends, then shuts it down gracefully.
 func serveRun(ctx context.Context, opts *serveOptions) error {
 	var key []byte
-	if !opts.InsecureNoAuth {
+	var rules *acl.Rules
+	if opts.ACL != "" {
+		// QM_AUTHKEY is ignored too: the file says which keys serve.
+		var err error
+		if rules, err = acl.Load(opts.ACL); err != nil {
+			return err
+		}
+	} else if !opts.InsecureNoAuth {
 		var err error
 		// QM_AUTHKEY is ignored under --insecure-no-auth: the flag says no key.
 		if key, err = auth.LoadKey(opts.Authkey, opts.AuthkeyFile, opts.IO.getenv); err != nil {
@@ -279,6 +292,7 @@ func serveRun(ctx context.Context, opts *serveOptions) error {
 		Fsync:            fsync,
 		FsyncInterval:    interval,
 		Authkey:          key,
+		ACL:              rules,
 		InsecureNoAuth:   opts.InsecureNoAuth,
 		HandshakeTimeout: opts.HandshakeTimeout,
 		MaxMessageSize:   int(opts.MaxMessageSize),
@@ -315,8 +329,13 @@ func serveRun(ctx context.Context, opts *serveOptions) error {
 		return err // "listen tcp :5000: bind: address already in use"
 	}
 	authMode := "authkey"
-	if opts.InsecureNoAuth {
+	switch {
+	case opts.InsecureNoAuth:
 		authMode = "none"
+	case rules != nil:
+		authMode = fmt.Sprintf("acl %s (%d keys)", opts.ACL, len(rules.Keys()))
+		stopReload := reloadOnHUP(srv, opts.ACL, log)
+		defer stopReload()
 	}
 	tlsMode := "off"
 	switch {

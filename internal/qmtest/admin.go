@@ -16,7 +16,7 @@ import (
 // down and waits for both Serve and ServeAdmin to return.
 func StartMasterHTTP(t testing.TB, cfg master.Config) (addr, url string, srv *master.Server) {
 	t.Helper()
-	if len(cfg.Authkey) == 0 && !cfg.InsecureNoAuth {
+	if len(cfg.Authkey) == 0 && cfg.ACL == nil && !cfg.InsecureNoAuth {
 		cfg.Authkey = Authkey
 	}
 	srv, err := master.New(cfg)

@@ -18,10 +18,10 @@ var Authkey = []byte("qm-test-key")
 // StartMaster starts a master on 127.0.0.1:0 and returns its address and
 // the server. The listener is open before it returns, so no readiness
 // polling is needed. Cleanup shuts the master down and waits for it.
-// An empty cfg.Authkey (without InsecureNoAuth) means Authkey.
+// An empty cfg.Authkey (without InsecureNoAuth or an ACL) means Authkey.
 func StartMaster(t testing.TB, cfg master.Config) (string, *master.Server) {
 	t.Helper()
-	if len(cfg.Authkey) == 0 && !cfg.InsecureNoAuth {
+	if len(cfg.Authkey) == 0 && cfg.ACL == nil && !cfg.InsecureNoAuth {
 		cfg.Authkey = Authkey
 	}
 	srv, err := master.New(cfg)

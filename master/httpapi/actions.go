@@ -64,7 +64,7 @@ func (h *Handler) action(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusBadRequest, actionResponse{Error: "bad request: unknown action " + req.Action})
 		return
 	}
-	log := h.log.With("action", req.Action, "queue", req.Queue, "remote", r.RemoteAddr)
+	log := h.log.With("action", req.Action, "queue", req.Queue, "key", TokenName(r.Context()), "remote", r.RemoteAddr)
 	if len(req.IDs) > 0 {
 		log = log.With("tasks", req.IDs)
 	}

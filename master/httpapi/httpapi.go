@@ -7,6 +7,7 @@ package httpapi
 
 import (
 	"bytes"
+	"context"
 	"crypto/hmac"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -76,6 +77,11 @@ type Config struct {
 	// (then kept in an HttpOnly cookie). Empty serves everything to
 	// anyone who can connect.
 	Token []byte
+	// Tokens, if not nil, supersedes Token: it returns the named
+	// credentials accepted now (a master's admin keys), and is called on
+	// each request, so that a change takes effect at once. An empty list
+	// admits no one. Actions are logged with the name of the token used.
+	Tokens func() []Token
 	// Metrics serves /metrics (a promhttp handler); nil serves 404.
 	Metrics http.Handler
 	// SampleEvery is the period of the dashboard's charts; default 5s.
@@ -89,11 +95,63 @@ type Config struct {
 // Handler serves the endpoints. Create it with New; run its sampler with
 // Run.
 type Handler struct {
-	cfg    Config
-	log    *slog.Logger
-	mux    *http.ServeMux
-	cookie string // the session cookie's value: a MAC of the token, never the token
-	hist   *history
+	cfg  Config
+	log  *slog.Logger
+	mux  *http.ServeMux
+	hist *history
+}
+
+// Token is one credential of the endpoints.
+type Token struct {
+	// Name names it in the log; letters, digits, '-', '_', '.'.
+	Name string
+	// Secret is what a request presents.
+	Secret []byte
+}
+
+// tokenName is the name of Config.Token.
+const tokenName = "token"
+
+// tokens returns the credentials accepted now; open says that none is
+// needed.
+func (h *Handler) tokens() (ts []Token, open bool) {
+	if h.cfg.Tokens != nil {
+		return h.cfg.Tokens(), false
+	}
+	if len(h.cfg.Token) == 0 {
+		return nil, true
+	}
+	return []Token{{Name: tokenName, Secret: h.cfg.Token}}, false
+}
+
+// match returns the token whose secret is secret, comparing with every
+// one in constant time so the cost tells nothing of which matched.
+func match(ts []Token, secret []byte) (Token, bool) {
+	which := -1
+	for i := len(ts) - 1; i >= 0; i-- {
+		which = subtle.ConstantTimeSelect(subtle.ConstantTimeCompare(ts[i].Secret, secret), i, which)
+	}
+	if which < 0 {
+		return Token{}, false
+	}
+	return ts[which], true
+}
+
+// sessionValue is the session cookie of t: its name and a MAC under its
+// secret, never the secret. It stays valid while t is accepted.
+func sessionValue(t Token) string {
+	mac := hmac.New(sha256.New, t.Secret)
+	mac.Write([]byte("qm dashboard session v2\x00" + t.Name))
+	return t.Name + "." + hex.EncodeToString(mac.Sum(nil))
+}
+
+type tokenNameKey struct{}
+
+// TokenName returns the name of the token that authorized the request of
+// ctx, or "" if the endpoints are open.
+func TokenName(ctx context.Context) string {
+	name, _ := ctx.Value(tokenNameKey{}).(string)
+	return name
 }
 
 // sessionCookie names the dashboard's cookie.
@@ -119,11 +177,6 @@ func New(cfg Config) (*Handler, error) {
 	h := &Handler{cfg: cfg, log: cfg.Logger, hist: newHistory(cfg.History)}
 	if h.log == nil {
 		h.log = slog.New(slog.DiscardHandler)
-	}
-	if len(cfg.Token) > 0 {
-		mac := hmac.New(sha256.New, cfg.Token)
-		mac.Write([]byte("qm dashboard session v1"))
-		h.cookie = hex.EncodeToString(mac.Sum(nil))
 	}
 	static, err := fs.Sub(webFS, "web")
 	if err != nil {
@@ -167,19 +220,26 @@ func (h *Handler) readyz(w http.ResponseWriter, _ *http.Request) {
 	writeText(w, http.StatusOK, "ready\n")
 }
 
-// authorized reports whether r carries the token (as a bearer token or
-// the session cookie), and whether through the cookie.
-func (h *Handler) authorized(r *http.Request) (ok, byCookie bool) {
-	if len(h.cfg.Token) == 0 {
-		return true, false
+// authorized reports whether r carries a token (as a bearer token or the
+// session cookie), its name, and whether through the cookie.
+func (h *Handler) authorized(r *http.Request) (name string, ok, byCookie bool) {
+	ts, open := h.tokens()
+	if open {
+		return "", true, false
 	}
 	if tok, found := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); found {
-		return subtle.ConstantTimeCompare([]byte(strings.TrimSpace(tok)), h.cfg.Token) == 1, false
+		t, ok := match(ts, []byte(strings.TrimSpace(tok)))
+		return t.Name, ok, false
 	}
 	if c, err := r.Cookie(sessionCookie); err == nil {
-		return subtle.ConstantTimeCompare([]byte(c.Value), []byte(h.cookie)) == 1, true
+		name, _, _ := strings.Cut(c.Value, ".")
+		for _, t := range ts {
+			if t.Name == name {
+				return name, subtle.ConstantTimeCompare([]byte(c.Value), []byte(sessionValue(t))) == 1, true
+			}
+		}
 	}
-	return false, false
+	return "", false, false
 }
 
 // auth serves next to authorized requests only. A state-changing request
@@ -188,17 +248,17 @@ func (h *Handler) authorized(r *http.Request) (ok, byCookie bool) {
 // first guard against such forgeries; this is the second).
 func (h *Handler) auth(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ok, byCookie := h.authorized(r)
+		name, ok, byCookie := h.authorized(r)
 		if !ok {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="qm"`)
-			writeText(w, http.StatusUnauthorized, "unauthorized: send Authorization: Bearer KEY (the master's authkey or --http-token)\n")
+			writeText(w, http.StatusUnauthorized, "unauthorized: send Authorization: Bearer KEY (the master's authkey, --http-token, or with --acl the secret of a key with admin)\n")
 			return
 		}
 		if byCookie && r.Method != http.MethodGet && r.Header.Get("X-QM-Dashboard") != "1" {
 			writeText(w, http.StatusForbidden, "forbidden: missing X-QM-Dashboard header\n")
 			return
 		}
-		next.ServeHTTP(w, r)
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), tokenNameKey{}, name)))
 	})
 }
 
@@ -207,7 +267,7 @@ func (h *Handler) auth(next http.Handler) http.Handler {
 func (h *Handler) authPage(next http.Handler) http.Handler {
 	login := serveFile(webFS, "web/login.html")
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if ok, _ := h.authorized(r); !ok {
+		if _, ok, _ := h.authorized(r); !ok {
 			w.Header().Set("Cache-Control", "no-store")
 			w.Header().Set("Content-Type", "text/html; charset=utf-8")
 			w.WriteHeader(http.StatusUnauthorized)
@@ -223,7 +283,9 @@ func (h *Handler) authPage(next http.Handler) http.Handler {
 func (h *Handler) login(w http.ResponseWriter, r *http.Request) {
 	r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
 	tok := strings.TrimSpace(r.PostFormValue("token"))
-	if len(h.cfg.Token) > 0 && subtle.ConstantTimeCompare([]byte(tok), h.cfg.Token) != 1 {
+	ts, open := h.tokens()
+	t, ok := match(ts, []byte(tok))
+	if !open && !ok {
 		h.log.Warn("dashboard login failed", "remote", r.RemoteAddr)
 		b, err := fs.ReadFile(webFS, "web/login.html")
 		if err != nil {
@@ -237,13 +299,13 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write(b)
 		return
 	}
-	if h.cookie != "" {
+	if !open {
 		http.SetCookie(w, &http.Cookie{
-			Name: sessionCookie, Value: h.cookie, Path: "/",
+			Name: sessionCookie, Value: sessionValue(t), Path: "/",
 			HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil,
 		})
 	}
-	h.log.Info("dashboard login", "remote", r.RemoteAddr)
+	h.log.Info("dashboard login", "remote", r.RemoteAddr, "key", t.Name)
 	http.Redirect(w, r, "/", http.StatusSeeOther)
 }
 

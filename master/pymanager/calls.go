@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/qm-dev/qm/acl"
 	"github.com/qm-dev/qm/internal/msgp"
 	"github.com/qm-dev/qm/master/queue"
 	"github.com/qm-dev/qm/pyproto"
@@ -114,6 +115,13 @@ func (p *conn) serverCall(req *pyproto.Request) reply {
 				"%s (qm master: no queue for this typeid; use get_<queue>_queue, or map it with qmaster --py-typeid TYPEID=QUEUE)",
 				repr(req.Args[0])))
 		}
+		// A worker whose key may not put to the results queue still
+		// needs its proxy: its puts there are its tasks' results.
+		if name != p.s.cfg.ResultsQueue {
+			if r, denied := p.authorize(req.Method, acl.Use, name); denied {
+				return r
+			}
+		}
 		// Create the queue now, as a Python manager creates its object.
 		if _, err := p.s.cfg.Backend.Put(p.ctx, queue.PutRequest{Queue: name}); err != nil {
 			return p.queueError(req.Method, err)
@@ -144,8 +152,30 @@ func (p *conn) serverCall(req *pyproto.Request) reply {
 	return traceback(req.Method, "AssertionError", fmt.Sprintf("%s unrecognized", repr(req.Method)))
 }
 
+// authorize checks the client's permission to do perm to queue, and
+// makes the reply that raises the denial in the client:
+// PermissionError, with the text a native client gets.
+func (p *conn) authorize(method string, perm acl.Perm, queue string) (reply, bool) {
+	if err := p.c.Authorize(method, perm, queue); err != nil {
+		return traceback(method, "PermissionError", err.Error()), true
+	}
+	return reply{}, false
+}
+
+// queuePerms are the permissions each queue method needs; put's is
+// Put, unless the put is a result (put, in results.go).
+var queuePerms = map[string]acl.Perm{
+	"get": acl.Get, "get_nowait": acl.Get,
+	"qsize": acl.Use, "empty": acl.Use, "full": acl.Use, "task_done": acl.Use, "join": acl.Use,
+}
+
 // queueCall answers a call to a queue proxy's method.
 func (p *conn) queueCall(name string, req *pyproto.Request) reply {
+	if perm, ok := queuePerms[req.Method]; ok {
+		if r, denied := p.authorize(req.Method, perm, name); denied {
+			return r
+		}
+	}
 	var (
 		args *pyproto.Params
 		err  error
@@ -239,10 +269,15 @@ func (p *conn) put(name string, item any, block bool, args *pyproto.Params, time
 		return traceback("put", "TypeError", "value refused: "+err.Error())
 	}
 	if t := p.resultOf(name); t != nil {
+		// A result goes to the reply queue of a task this client got,
+		// which its key need not be allowed to put to.
 		if err := p.publishResult(t, payload); err != nil {
 			return p.queueError("put", err)
 		}
 		return p.ret(nil)
+	}
+	if r, denied := p.authorize("put", acl.Put, name); denied {
+		return r
 	}
 	if err := p.s.cfg.Backend.AdmitPut(); err != nil {
 		return p.queueError("put", err)

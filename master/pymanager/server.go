@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/qm-dev/qm/acl"
 	"github.com/qm-dev/qm/master/queue"
 	"github.com/qm-dev/qm/pyproto"
 )
@@ -56,6 +57,9 @@ type Client interface {
 	BeginCall() (end func(method string))
 	// Close closes the connection.
 	Close()
+	// Authorize returns an error if the client's key may not do p to
+	// queue, for a call of method; its text is the client's to see.
+	Authorize(method string, p acl.Perm, queue string) error
 }
 
 // Config configures a Server.

@@ -122,6 +122,7 @@ function renderClients(st, now) {
       el("td", { class: "num" }, c.id),
       el("td", {}, c.name || "–"),
       el("td", {}, c.role || "–"),
+      el("td", {}, c.key || "–"),
       el("td", {}, c.addr),
       el("td", {}, ago(c.connected_since, now)),
       el("td", {}, ago(c.last_seen, now) + " ago"),
