@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/qm-dev/qm/internal/qmtest"
 	"github.com/qm-dev/qm/master/jsqueue"
 )
 
@@ -29,25 +29,11 @@ func (s *syncBuffer) lines() int {
 	return strings.Count(s.String(), "\n")
 }
 
-func freeAddrs(t *testing.T, n int) []string {
-	t.Helper()
-	addrs := make([]string, n)
-	for i := range addrs {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addrs[i] = ln.Addr().String()
-		defer ln.Close()
-	}
-	return addrs
-}
-
 // startCluster starts three qmasters, each embedding a JetStream node,
 // and waits until each listens.
 func startCluster(t *testing.T) []*clusterNode {
 	t.Helper()
-	ports := freeAddrs(t, 9)
+	ports := qmtest.FreeAddrs(t, 9)
 	peers := strings.Join(ports[3:6], ",")
 	nodes := make([]*clusterNode, 3)
 	for i := range nodes {
@@ -245,7 +231,7 @@ func TestClusterSurvivesGatewayAndLeaderKills(t *testing.T) {
 // through one gateway, the worker through the other, and inspect through
 // either sees the same queues.
 func TestGatewaysOverNATS(t *testing.T) {
-	ports := freeAddrs(t, 2)
+	ports := qmtest.FreeAddrs(t, 2)
 	natsAddr, clusterAddr := ports[0], ports[1]
 	node, nodeAddr := startMaster(t, "--data-dir", t.TempDir(), "--cluster-listen", clusterAddr,
 		"--cluster-peers", clusterAddr, "--nats-listen", natsAddr)

@@ -76,3 +76,21 @@ func CheckFor(t testing.TB, total, every time.Duration, f func() error) {
 		time.Sleep(every)
 	}
 }
+
+// FreeAddrs returns n loopback addresses free at the moment, for servers
+// that must know each other's addresses before they start (the nodes of
+// a cluster). Another process could take one meanwhile; the server that
+// then fails to bind says so.
+func FreeAddrs(t testing.TB, n int) []string {
+	t.Helper()
+	addrs := make([]string, n)
+	for i := range addrs {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addrs[i] = ln.Addr().String()
+		defer ln.Close()
+	}
+	return addrs
+}

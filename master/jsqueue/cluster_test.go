@@ -8,6 +8,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/qm-dev/qm/internal/qmtest"
 	"github.com/qm-dev/qm/master/jsqueue"
 	"github.com/qm-dev/qm/master/queue"
 )
@@ -15,7 +16,7 @@ import (
 // startCluster starts three embedded nodes that form one cluster.
 func startCluster(t testing.TB) []*jsqueue.Node {
 	t.Helper()
-	peers := freePorts(t, 3)
+	peers := qmtest.FreeAddrs(t, 3)
 	nodes := make([]*jsqueue.Node, 3)
 	for i := range nodes {
 		n, err := jsqueue.StartNode(jsqueue.NodeConfig{

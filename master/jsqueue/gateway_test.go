@@ -39,7 +39,7 @@ func startGateway(t *testing.T, natsURL string, cfg master.Config) string {
 // its URL.
 func startNodeListening(t *testing.T) string {
 	t.Helper()
-	addr := freePorts(t, 1)[0]
+	addr := qmtest.FreeAddrs(t, 1)[0]
 	n, err := jsqueue.StartNode(jsqueue.NodeConfig{DataDir: t.TempDir(), ClientListen: addr, Secret: "s3cret"})
 	if err != nil {
 		t.Fatal(err)

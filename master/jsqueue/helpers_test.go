@@ -2,7 +2,6 @@ package jsqueue_test
 
 import (
 	"context"
-	"net"
 	"testing"
 	"time"
 
@@ -84,19 +83,4 @@ func payloads(ts []queue.Task) []string {
 		out[i] = string(t.Payload)
 	}
 	return out
-}
-
-// freePorts returns n loopback addresses free at the moment.
-func freePorts(t testing.TB, n int) []string {
-	t.Helper()
-	addrs := make([]string, n)
-	for i := range addrs {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addrs[i] = ln.Addr().String()
-		defer ln.Close()
-	}
-	return addrs
 }
