@@ -213,7 +213,7 @@ func (c *clientConn) complete(req *wire.Request, buf *callBuffers) error {
 	}
 	buf.ids, buf.values = ids, values
 	worker := c.workerName()
-	acked, err := q.Ack(queue.AckRequest{Queue: req.Queue, Owner: c.id, IDs: ids, Publish: func(acked []queue.Task) {
+	acked, err := q.Ack(queue.AckRequest{Queue: req.Queue, Owner: c.id, IDs: ids, Publish: func(acked []queue.Task) error {
 		results, dests := buf.results[:0], buf.dests[:0]
 		i := 0 // acked is ids in order, less those not acked
 		for _, t := range acked {
@@ -236,7 +236,7 @@ func (c *clientConn) complete(req *wire.Request, buf *callBuffers) error {
 			dests = append(dests, dest)
 		}
 		buf.results, buf.dests = results, dests
-		c.s.publish(dests, results) // returns once they are in their queues
+		return c.s.publish(dests, results) // returns once they are in their queues
 	}}, buf.acked)
 	if acked != nil {
 		buf.acked = acked

@@ -404,10 +404,10 @@ func (s *Server) publishDeadResult(q string, t queue.Task) {
 		dest = rq.(string)
 	}
 	dests, results := []string{dest}, []wire.Result{{TaskID: t.ID, Attempt: t.Attempts, Error: deadMessage(t)}}
-	if !s.putResults(dests, results, false) {
+	if done, _ := s.putResults(dests, results, false); !done {
 		// The data directory refuses writes: keep trying without holding
 		// up the lease reaper, which may be the caller.
-		s.goRun(func() { s.putResults(dests, results, true) })
+		s.goRun(func() { _, _ = s.putResults(dests, results, true) })
 	}
 }
 
@@ -418,16 +418,22 @@ func (s *Server) publishDeadResult(q string, t queue.Task) {
 // master stops: its caller acked their tasks in memory already and logs
 // the acks only after it returns, so a result dropped here would be lost
 // for good, and a result held here is redone after a crash.
-func (s *Server) publish(dests []string, results []wire.Result) {
-	s.putResults(dests, results, true)
+//
+// It returns an error if some result is neither stored nor queued (queues
+// behind OpenQueues that stayed unavailable until the master stopped):
+// the caller must then not ack their tasks, which run again.
+func (s *Server) publish(dests []string, results []wire.Result) error {
+	_, err := s.putResults(dests, results, true)
+	return err
 }
 
 // putResults is publish. Without wait, it gives up at the first put the
 // store would refuse and reports false; it reports true once every
-// result is in, or an error (logged) made it drop some.
-func (s *Server) putResults(dests []string, results []wire.Result, wait bool) bool {
+// result is in, or an error (logged) made it drop some, and then that
+// error if the results it dropped are not queued either.
+func (s *Server) putResults(dests []string, results []wire.Result, wait bool) (bool, error) {
 	if len(results) == 0 {
-		return true
+		return true, nil
 	}
 	buf := make([]byte, 0, 64*len(results))
 	ends := make([]int, len(results))
@@ -453,9 +459,14 @@ func (s *Server) putResults(dests []string, results []wire.Result, wait bool) bo
 			start = ends[i]
 		}
 		if !s.awaitWritable(dests[first], len(items), wait) {
-			return false
+			return false, nil
 		}
-		if err := s.putResultItems(dests[first], items); err != nil {
+		err := s.putResultItems(dests[first], items)
+		if err != nil && s.cfg.OpenQueues != nil {
+			s.log.Error("publish results failed; their tasks are not acked and run again", "queue", dests[first], "results", len(items), "err", err)
+			return true, err
+		}
+		if err != nil {
 			// A put the log fails to write has its items in the queue
 			// already, and the log retries the write, so they are not put
 			// again: a duplicate result is the likelier harm here than the
@@ -466,5 +477,5 @@ func (s *Server) putResults(dests []string, results []wire.Result, wait bool) bo
 		}
 		first = last
 	}
-	return true
+	return true, nil
 }

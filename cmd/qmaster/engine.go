@@ -90,8 +90,12 @@ func (o *engineOptions) open(ctx context.Context, s *serveOptions, authkey []byt
 		}
 		e.nc = nc
 		e.replicas = o.Replicas
-		if e.replicas == 0 {
-			e.replicas = min(3, max(1, len(nc.Servers())))
+		if e.replicas == 0 && nc.ConnectedClusterName() != "" {
+			// A cluster: three copies, as the embedded nodes keep. (A
+			// cluster of fewer than three nodes needs --replicas.)
+			e.replicas = 3
+		} else if e.replicas == 0 {
+			e.replicas = 1
 		}
 		e.note = "in JetStream at " + o.NATS
 	} else {

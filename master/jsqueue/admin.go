@@ -190,6 +190,11 @@ func (q *Queues) dropLeasesOf(name string) {
 			q.dropLease(l)
 		}
 	}
+	for k := range q.lastErr {
+		if k.queue == name {
+			delete(q.lastErr, k)
+		}
+	}
 	q.mu.Unlock()
 }
 

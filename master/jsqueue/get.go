@@ -40,8 +40,8 @@ func (q *Queues) Get(ctx context.Context, req queue.GetRequest, dst []queue.Task
 	}
 	msgs, err := q.pull(ctx, s, req)
 	if err != nil {
+		q.forget(req.Queue) // deleted through another gateway, maybe: open it anew next time
 		if isGone(err) {
-			q.forget(req.Queue)
 			return nil, nil // deleted meanwhile: as a get of a deleted queue
 		}
 		return nil, err
@@ -54,7 +54,14 @@ func (q *Queues) Get(ctx context.Context, req queue.GetRequest, dst []queue.Task
 func (q *Queues) pull(ctx context.Context, s *stream, req queue.GetRequest) ([]jetstream.Msg, error) {
 	var msgs []jetstream.Msg
 	rctx, cancel := q.call()
-	err := retryingTransient(rctx, func() (err error) { msgs, err = fetch(s.cons.FetchNoWait(req.Max)); return err })
+	err := retryingTransient(rctx, func() error {
+		got, err := fetch(s.cons.FetchNoWait(req.Max))
+		msgs = append(msgs, got...)
+		if len(msgs) > 0 {
+			return nil // delivered, whatever came after: hand them out
+		}
+		return err
+	})
 	cancel()
 	if err != nil || len(msgs) > 0 || ctx.Err() != nil {
 		return msgs, q.pullErr(err)
@@ -67,21 +74,26 @@ func (q *Queues) pull(ctx context.Context, s *stream, req queue.GetRequest) ([]j
 	}
 	stop := context.AfterFunc(q.ctx, cancel)
 	defer stop()
-	if _, ok := wait.Deadline(); !ok {
-		// A pull request at the server needs an expiry; a get with no
-		// bound renews its request.
-		var c2 context.CancelFunc
-		wait, c2 = context.WithTimeout(wait, time.Minute)
-		defer c2()
-	}
+	_, bounded := wait.Deadline()
 	for {
-		if deadline, _ := wait.Deadline(); time.Until(deadline) < 5*time.Millisecond {
+		pull, endPull := wait, context.CancelFunc(func() {})
+		if !bounded {
+			// A pull request at the server needs an expiry: a get with no
+			// bound sends one request a minute until ctx ends.
+			pull, endPull = context.WithTimeout(wait, time.Minute)
+		}
+		if deadline, _ := pull.Deadline(); time.Until(deadline) < 5*time.Millisecond {
+			endPull()
 			break // too short for another pull request
 		}
-		msgs, err = fetch(s.cons.Fetch(1, jetstream.FetchContext(wait)))
+		msgs, err = fetch(s.cons.Fetch(1, jetstream.FetchContext(pull)))
+		endPull()
 		if len(msgs) > 0 || wait.Err() != nil {
-			err = nil // the wait is over: an empty get is no error
+			err = nil // a task came, or the wait is over: an empty get is no error
 			break
+		}
+		if pull.Err() != nil && err == nil {
+			continue // a minute's request ran out: send another
 		}
 		if transient(err) { // no leader for a moment: wait for one
 			select {
@@ -147,6 +159,13 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []jetstream.Msg, 
 	var dead []*lease
 	var acked []jetstream.Msg
 	q.mu.Lock()
+	if q.closed.Load() { // Close gave back the leases it found; give these back too
+		q.mu.Unlock()
+		for _, m := range msgs {
+			_ = m.Nak()
+		}
+		return nil, queue.ErrClosed
+	}
 	for _, m := range msgs {
 		md, err := m.Metadata()
 		if err != nil {

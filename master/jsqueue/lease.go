@@ -29,6 +29,10 @@ type lease struct {
 	since    time.Time
 	deadline time.Time // when the client's lease runs out
 	touched  time.Time // when JetStream's ack timer last restarted
+	// acking is set while Ack stores the task's results and ack: the
+	// lease is still renewed but no longer expires, is released or acked
+	// twice.
+	acking bool
 }
 
 // addLease records l. Called with q.mu held.
@@ -46,7 +50,7 @@ func (q *Queues) addLease(l *lease) {
 // Called with q.mu held.
 func (q *Queues) takeLease(key leaseKey, owner uint64) *lease {
 	l := q.leases[key]
-	if l == nil || l.owner != owner {
+	if l == nil || l.owner != owner || l.acking {
 		return nil
 	}
 	q.dropLease(l)
@@ -75,42 +79,74 @@ func notLeased(bad []uint64) error {
 }
 
 // Ack ends the leases of tasks that succeeded: req.Publish puts their
-// results first, then the acks are stored in JetStream (double acks,
-// sent together). A task whose ack JetStream did not confirm is
-// redelivered later; its result may then come twice, as after a crash of
-// a single master between the two writes.
+// results first, then the acks are stored in JetStream. Until then the
+// leases stay, marked acking: renewed, so that JetStream does not hand the
+// task to another worker while the results wait for their queue, and no
+// longer expirable or releasable. If Publish fails, the tasks are given
+// back (they run again) and Ack returns its error.
 func (q *Queues) Ack(req queue.AckRequest, dst []queue.Task) ([]queue.Task, error) {
 	if q.closed.Load() {
 		return nil, queue.ErrClosed
 	}
 	ts := dst[:0]
-	msgs := make([]jetstream.Msg, 0, len(req.IDs))
+	ls := make([]*lease, 0, len(req.IDs))
 	var bad []uint64
 	q.mu.Lock()
 	for _, id := range req.IDs {
-		l := q.takeLease(leaseKey{req.Queue, id}, req.Owner)
-		if l == nil {
+		l := q.leases[leaseKey{req.Queue, id}]
+		if l == nil || l.owner != req.Owner || l.acking {
 			bad = append(bad, id)
 			continue
 		}
+		l.acking = true
 		ts = append(ts, l.task)
-		msgs = append(msgs, l.msg)
+		ls = append(ls, l)
 	}
 	q.mu.Unlock()
+	var err error
 	if len(ts) > 0 && req.Publish != nil {
-		req.Publish(ts)
+		err = req.Publish(ts)
 	}
-	if err := q.ackAll(msgs); err != nil {
-		return ts, errors.Join(err, notLeased(bad))
+	msgs := make([]jetstream.Msg, len(ls))
+	for i, l := range ls {
+		msgs[i] = l.msg
 	}
-	return ts, notLeased(bad)
+	if err == nil {
+		err = q.ackAll(msgs)
+	} else {
+		for _, m := range msgs {
+			_ = q.nak(m)
+		}
+	}
+	q.mu.Lock()
+	for _, l := range ls {
+		if q.leases[l.key] == l {
+			q.dropLease(l)
+		}
+	}
+	q.mu.Unlock()
+	return ts, errors.Join(err, q.notLeased(req.Queue, bad))
+}
+
+// notLeased is the error for ids not leased by the caller: ErrNotLeased
+// for each, or ErrUnknownQueue if the queue does not exist.
+func (q *Queues) notLeased(name string, bad []uint64) error {
+	if len(bad) == 0 {
+		return nil
+	}
+	if _, err := q.open(name, false); errors.Is(err, queue.ErrUnknownQueue) {
+		return err
+	}
+	return notLeased(bad)
 }
 
 // ackAll acks msgs and waits until JetStream has stored the acks. A
-// consumer applies the acks of one connection in order, so all but the
-// last are sent without a reply and the last is double-acked: its
-// confirmation covers the ones before it. If it fails, every ack is
-// double-acked on its own (acks are idempotent).
+// consumer applies one connection's acks in order, so all but the last
+// are sent without a reply and the last is double-acked: its
+// confirmation covers the ones before it. That holds only if the consumer
+// had a leader all along: if the last ack's first try is not answered
+// (plain acks sent meanwhile may have been dropped), every ack is sent
+// again, each confirmed (acks are idempotent).
 func (q *Queues) ackAll(msgs []jetstream.Msg) error {
 	switch len(msgs) {
 	case 0:
@@ -121,13 +157,18 @@ func (q *Queues) ackAll(msgs []jetstream.Msg) error {
 	last := len(msgs) - 1
 	sent := true
 	for _, m := range msgs[:last] {
-		if m.Ack() != nil {
+		if q.cfg.Conn.Publish(m.Reply(), ackPayload) != nil {
 			sent = false
 			break
 		}
 	}
-	if sent && q.ack(msgs[last]) == nil {
-		return nil
+	if sent {
+		ctx, cancel := context.WithTimeout(q.ctx, attemptTimeout)
+		_, err := q.cfg.Conn.RequestWithContext(ctx, msgs[last].Reply(), ackPayload)
+		cancel()
+		if err == nil {
+			return nil
+		}
 	}
 	errs := make([]error, len(msgs))
 	var wg sync.WaitGroup
@@ -138,12 +179,21 @@ func (q *Queues) ackAll(msgs []jetstream.Msg) error {
 	return errors.Join(errs...)
 }
 
-// ack double-acks m, again while its consumer has no leader: an ack is
-// idempotent.
+// ackPayload is JetStream's ack. Acks are sent as plain messages to the
+// delivery's reply subject, rather than through jetstream.Msg, which
+// refuses to ack a message twice: ackAll may need to.
+var ackPayload = []byte("+ACK")
+
+// ack acks m and waits for JetStream to confirm it, trying again while
+// its consumer has no leader: an ack is idempotent.
 func (q *Queues) ack(m jetstream.Msg) error {
 	ctx, cancel := q.call()
 	defer cancel()
-	if err := retrying(ctx, func(ctx context.Context) error { return m.DoubleAck(ctx) }); err != nil {
+	err := retrying(ctx, func(ctx context.Context) error {
+		_, err := q.cfg.Conn.RequestWithContext(ctx, m.Reply(), ackPayload)
+		return err
+	})
+	if err != nil {
 		return q.engineErr("ack", err)
 	}
 	return nil
@@ -162,7 +212,7 @@ func (q *Queues) Nack(name string, owner, id uint64, errText string) error {
 	}
 	q.mu.Unlock()
 	if l == nil {
-		return &queue.TaskError{ID: id, Err: queue.ErrNotLeased}
+		return q.notLeased(name, []uint64{id})
 	}
 	return q.fail(l, errText)
 }
@@ -174,18 +224,31 @@ func (q *Queues) fail(l *lease, errText string) error {
 		return q.deadLetter(l, errText)
 	}
 	q.mu.Lock()
+	if len(q.lastErr) >= maxLastErrs {
+		// Tasks redelivered through other gateways leave theirs here:
+		// forget them all rather than grow without bound.
+		clear(q.lastErr)
+	}
 	q.lastErr[l.key] = errText
 	q.mu.Unlock()
 	return q.nak(l.msg)
 }
 
+// maxLastErrs bounds the last errors a gateway keeps.
+const maxLastErrs = 100_000
+
 // nak hands a delivered message back for redelivery ahead of newer ones,
 // and waits until JetStream has done so: a get that follows finds it.
 func (q *Queues) nak(m jetstream.Msg) error {
+	// Tried again only while no one answers: a nak resent after its reply
+	// was lost would hand back the task's next delivery, which JetStream
+	// does not tell from this one.
 	ctx, cancel := q.call()
 	defer cancel()
-	err := retrying(ctx, func(ctx context.Context) error {
-		_, err := q.cfg.Conn.RequestWithContext(ctx, m.Reply(), []byte("-NAK"))
+	err := retryingTransient(ctx, func() error {
+		rctx, cancel := context.WithTimeout(ctx, attemptTimeout)
+		defer cancel()
+		_, err := q.cfg.Conn.RequestWithContext(rctx, m.Reply(), []byte("-NAK"))
 		return err
 	})
 	if err != nil {
@@ -211,14 +274,14 @@ func (q *Queues) Extend(name string, owner uint64, ids []uint64, lease time.Dura
 	q.mu.Lock()
 	for _, id := range ids {
 		l := q.leases[leaseKey{name, id}]
-		if l == nil || l.owner != owner {
+		if l == nil || l.owner != owner || l.acking {
 			bad = append(bad, id)
 			continue
 		}
 		l.deadline = deadline
 	}
 	q.mu.Unlock()
-	return notLeased(bad)
+	return q.notLeased(name, bad)
 }
 
 // Unget gives back tasks a Get for req took but could not deliver. Unlike
@@ -263,6 +326,9 @@ func (q *Queues) Release(owner uint64) int {
 	delete(q.owners, owner)
 	ls := make([]*lease, 0, len(byOwner))
 	for k, l := range byOwner {
+		if l.acking { // its Ack ends it
+			continue
+		}
 		delete(q.leases, k)
 		ls = append(ls, l)
 	}
@@ -324,15 +390,14 @@ func (q *Queues) ReapLeases(done <-chan struct{}, onExpired func(n int)) {
 
 func (q *Queues) reap(now time.Time) int {
 	var expired, renew []*lease
-	renewBefore := now.Add(-q.cfg.AckWait / 3)
 	q.mu.Lock()
 	for _, l := range q.leases {
 		switch {
-		case !now.Before(l.deadline):
+		case !now.Before(l.deadline) && !l.acking:
 			q.dropLease(l)
 			q.counters(l.key.queue).expired++
 			expired = append(expired, l)
-		case l.touched.Before(renewBefore):
+		case now.Sub(l.touched) >= l.s.ackWait/3:
 			l.touched = now
 			renew = append(renew, l)
 		}

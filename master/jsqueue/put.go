@@ -45,7 +45,9 @@ func (q *Queues) Put(_ context.Context, req queue.PutRequest) ([]uint64, error) 
 	ctx, cancel := q.call()
 	defer cancel()
 	ids, err := q.publish(ctx, msgs)
-	if isGone(err) {
+	if err != nil {
+		// The stream may have been deleted through another gateway: open
+		// it anew next time.
 		q.forget(req.Queue)
 	}
 	return ids, err
@@ -84,8 +86,8 @@ func (q *Queues) publishOnce(ctx context.Context, msgs []*nats.Msg) ([]uint64, e
 		case err := <-f.Err():
 			if transient(err) && i > 0 {
 				// Some of the batch is stored: trying it all again would
-				// store those twice.
-				return nil, fmt.Errorf("%w (after %d of %d tasks were stored)", err, i, len(msgs))
+				// store those twice, so the error must not be transient.
+				return nil, fmt.Errorf("%v (after %d of %d tasks were stored)", err, i, len(msgs))
 			}
 			return nil, err
 		case <-ctx.Done():

@@ -92,6 +92,9 @@ type stream struct {
 	subject string
 	st      jetstream.Stream
 	cons    jetstream.Consumer
+	// ackWait is the consumer's: the first gateway to open the queue set
+	// it, so it may differ from this one's Config.AckWait.
+	ackWait time.Duration
 }
 
 // counters are what this gateway alone knows of a queue: JetStream keeps
@@ -107,7 +110,10 @@ func New(cfg Config) (*Queues, error) {
 		return nil, fmt.Errorf("%w: negative jsqueue setting", queue.ErrBadArgument)
 	}
 	cfg = cfg.withDefaults()
-	js, err := jetstream.New(cfg.Conn, jetstream.WithPublishAsyncTimeout(cfg.RequestTimeout))
+	// Puts of many producers share the async publisher: its default cap
+	// of 4,000 acks in flight would fail a put midway.
+	js, err := jetstream.New(cfg.Conn, jetstream.WithPublishAsyncTimeout(cfg.RequestTimeout),
+		jetstream.WithPublishAsyncMaxPending(1<<16))
 	if err != nil {
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
@@ -134,9 +140,12 @@ func New(cfg Config) (*Queues, error) {
 // this gateway still leases back to JetStream at once, for other gateways
 // to deliver.
 func (q *Queues) Close() {
+	q.mu.Lock() // deliver adds no lease once closed is set
 	if q.closed.Swap(true) {
+		q.mu.Unlock()
 		return
 	}
+	q.mu.Unlock()
 	q.cancel()
 	q.mu.Lock()
 	var back []*lease
@@ -212,7 +221,10 @@ func (q *Queues) open(name string, create bool) (*stream, error) {
 	if err != nil {
 		return nil, q.engineErr("open queue "+name, err)
 	}
-	s = &stream{queue: name, subject: subject(name), st: st, cons: cons}
+	s = &stream{queue: name, subject: subject(name), st: st, cons: cons, ackWait: cons.CachedInfo().Config.AckWait}
+	if s.ackWait <= 0 {
+		s.ackWait = q.cfg.AckWait
+	}
 	q.mu.Lock()
 	if prev := q.known[name]; prev != nil {
 		s = prev

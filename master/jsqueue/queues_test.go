@@ -28,10 +28,11 @@ func TestPutGetAckInOrder(t *testing.T) {
 		}
 	}
 	var published []uint64
-	acked, err := q.Ack(queue.AckRequest{Queue: "jobs", Owner: 1, IDs: ids, Publish: func(ts []queue.Task) {
+	acked, err := q.Ack(queue.AckRequest{Queue: "jobs", Owner: 1, IDs: ids, Publish: func(ts []queue.Task) error {
 		for _, t := range ts {
 			published = append(published, t.ID)
 		}
+		return nil
 	}}, nil)
 	if err != nil || len(acked) != 3 || !slices.Equal(published, ids) {
 		t.Fatalf("ack: %d acked, published %v, err %v", len(acked), published, err)
@@ -235,4 +236,41 @@ func TestDeadGatewaysTaskGoesToAnother(t *testing.T) {
 		t.Fatalf("got %+v, want the dead gateway's task at attempt 2", ts)
 	}
 	dying.Close()
+}
+
+// Results that cannot be stored leave their tasks unacked: they run
+// again rather than being lost. While results wait for their queue, the
+// lease is renewed, so no other worker gets the task meanwhile.
+func TestAckWaitsForResultsAndGivesBackOnFailure(t *testing.T) {
+	q := newQueues(t, startNode(t), jsqueue.Config{AckWait: 300 * time.Millisecond})
+	reaping(t, q)
+	ids := put(t, q, "jobs", "a", "b")
+	get(t, q, "jobs", 1, 2, 100*time.Millisecond, 0)
+	another := make(chan []queue.Task, 1)
+	_, err := q.Ack(queue.AckRequest{Queue: "jobs", Owner: 1, IDs: ids[:1], Publish: func([]queue.Task) error {
+		// Longer than the lease and than AckWait: another get must not
+		// see the task (but sees the other, whose lease ran out).
+		ts, _ := q.Get(context.Background(), queue.GetRequest{Queue: "jobs", Max: 2, Owner: 2, MaxWait: time.Second}, nil)
+		more, _ := q.Get(context.Background(), queue.GetRequest{Queue: "jobs", Max: 2, Owner: 2, MaxWait: 700 * time.Millisecond}, nil)
+		another <- append(ts, more...)
+		return nil
+	}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ts := <-another; len(ts) != 1 || ts[0].ID != ids[1] {
+		t.Fatalf("while the first task's results were stored another get took %+v, want only task %d", ts, ids[1])
+	}
+
+	more := put(t, q, "jobs", "c")
+	get(t, q, "jobs", 3, 1, time.Minute, 0)
+	if _, err := q.Ack(queue.AckRequest{Queue: "jobs", Owner: 3, IDs: more, Publish: func([]queue.Task) error {
+		return queue.ErrUnavailable
+	}}, nil); !errors.Is(err, queue.ErrUnavailable) {
+		t.Fatalf("ack whose results failed: %v", err)
+	}
+	ts := get(t, q, "jobs", 4, 1, 0, 5*time.Second)
+	if len(ts) != 1 || ts[0].ID != more[0] || ts[0].Attempts != 2 {
+		t.Fatalf("after its results failed got %+v, want task %d again", ts, more[0])
+	}
 }

@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"errors"
 	"fmt"
 	"time"
 
@@ -19,8 +20,10 @@ type AckRequest struct {
 	// lock, before their acks are stored. It puts their results; so the
 	// results reach the store ahead of the acks, and a crash in between
 	// leaves a task that runs again (its result may then come twice),
-	// never an acked task whose result is lost.
-	Publish func(acked []Task)
+	// never an acked task whose result is lost. If it fails, the acks are
+	// not stored (the tasks run again after a restart, or, in queues kept
+	// by an engine, at once) and Ack returns its error.
+	Publish func(acked []Task) error
 }
 
 // Ack removes leased tasks for good (counted as done). Each id must be
@@ -64,7 +67,9 @@ func (m *Manager) Ack(req AckRequest, dst []Task) ([]Task, error) {
 	log := q.log
 	m.unlock(q)
 	if req.Publish != nil && len(ts) > 0 {
-		req.Publish(ts)
+		if err := req.Publish(ts); err != nil {
+			return ts, errors.Join(err, notLeased(bad))
+		}
 		// The tasks are gone from memory, so no other change names them:
 		// their deletes may be stored outside the queue's lock.
 		ticket = log.forget(ts)
