@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -142,6 +143,9 @@ func TestSoak(t *testing.T) {
 		_, done = ledger.counts()
 	}
 	for _, w := range workers {
+		// A worker started a moment ago may not handle signals yet (it
+		// logs "starting" once it does): SIGTERM would kill it outright.
+		waitFor(t, 20*time.Second, func() bool { return strings.Contains(w.logs(), "msg=starting") })
 		if err := w.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 			t.Fatal(err)
 		}
