@@ -101,7 +101,6 @@ func squares(t *testing.T, n int, argv []string, env ...string) {
 	}
 }
 
-
 func TestSquareInPython(t *testing.T) {
 	py := qmtest.Pythons(t)[0]
 	helper, _ := filepath.Abs("../python")
