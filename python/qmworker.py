@@ -34,6 +34,8 @@ __version__ = "0.1.0"
 
 # A line that starts with this fails the attempt; no JSON text starts with "!".
 ERROR_PREFIX = b"!error "
+# The first line in stdio mode: this child answers every task with one line.
+PIPELINE_HELLO = b"!pipeline\n"
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
@@ -76,20 +78,34 @@ def run(fn, stdin=None, stdout=None, stderr=None):
 
 
 def _serve(fn, stdin, stdout, stderr):
-    write, flush = stdout.write, stdout.flush
-    for line in stdin:
-        try:
-            payload = json.loads(line)
-        except ValueError as exc:
-            write(ERROR_PREFIX + ("payload is not JSON: %s" % exc).encode() + b"\n")
-            flush()
-            continue
-        try:
-            answer = _dumps(fn(payload)).encode()
-        except Exception as exc:  # noqa: BLE001 - every failure is the attempt's
-            answer = ERROR_PREFIX + _error_text(exc, stderr).encode()
-        write(answer + b"\n")
-        flush()
+    # "!pipeline" promises one line per task, so qworker may write tasks
+    # ahead; answering a whole read at once then costs one write.
+    stdout.write(PIPELINE_HELLO)
+    stdout.flush()
+    read = getattr(stdin, "read1", None) or stdin.read
+    rest = b""
+    while True:
+        chunk = read(1 << 16)
+        if not chunk:
+            break
+        lines = (rest + chunk).split(b"\n")
+        rest = lines.pop()
+        stdout.write(b"".join([_answer(fn, line, stderr) for line in lines]))
+        stdout.flush()
+    if rest.strip():
+        stdout.write(_answer(fn, rest, stderr))
+        stdout.flush()
+
+
+def _answer(fn, line, stderr):
+    try:
+        payload = json.loads(line)
+    except ValueError as exc:
+        return ERROR_PREFIX + ("payload is not JSON: %s" % exc).encode() + b"\n"
+    try:
+        return _dumps(fn(payload)).encode() + b"\n"
+    except Exception as exc:  # noqa: BLE001 - every failure is the attempt's
+        return ERROR_PREFIX + _error_text(exc, stderr).encode() + b"\n"
 
 
 def _once(fn, stdin, stdout, stderr):

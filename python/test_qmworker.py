@@ -20,7 +20,9 @@ class Stdio(unittest.TestCase):
         try:
             out, err = io.BytesIO(), io.StringIO()
             code = qmworker.run(fn, io.BytesIO(data), out, err)
-            return code, out.getvalue(), err.getvalue()
+            hello, _, answers = out.getvalue().partition(b"\n")
+            self.assertEqual(hello, b"!pipeline")
+            return code, answers, err.getvalue()
         finally:
             del os.environ["QM_STDIO"]
 
@@ -49,6 +51,9 @@ class Stdio(unittest.TestCase):
             raise ValueError("two\nlines")
         _, out, _ = self.serve(fail, b"1\n")
         self.assertEqual(out, b"!error ValueError: two lines\n")
+
+    def test_last_line_without_newline(self):
+        self.assertEqual(self.serve(square, b"2\n3")[1], b"4\n9\n")
 
     def test_unicode(self):
         _, out, _ = self.serve(lambda s: s + "\u00e9\u2028", b'"caf"\n')

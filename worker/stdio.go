@@ -17,13 +17,16 @@ type StdioConfig struct {
 	// Command is the program to run, then its arguments; no shell.
 	// Required.
 	Command []string
-	// Children is how many copies of Command run; default 1. Give
-	// Config.Concurrency the same number: a handler that finds every
-	// child busy waits for one.
+	// Children is how many copies of Command run; default 1.
 	Children int
+	// Pipeline is how many tasks may be written ahead to a child that
+	// asked for it (docs/WORKERS.md); default DefaultStdioPipeline. A
+	// child that did not ask gets one task at a time.
+	Pipeline int
 	// TaskTimeout fails the attempt of a child that has not answered its
-	// task within this long, and kills and restarts the child; zero is no
-	// limit.
+	// task within this long of being given it (or of its previous answer,
+	// for a task written ahead), and kills and restarts the child; zero is
+	// no limit.
 	TaskTimeout time.Duration
 	// MaxLine bounds a result line, its '\n' excluded; default
 	// wire.DefaultMaxMessageSize. A longer line fails the attempt; the
@@ -51,6 +54,8 @@ func (c *StdioConfig) Validate() error {
 		return errors.New("stdio config: Command is required")
 	case c.Children < 0:
 		return errors.New("stdio config: Children must not be negative")
+	case c.Pipeline < 0:
+		return errors.New("stdio config: Pipeline must not be negative")
 	case c.TaskTimeout < 0:
 		return errors.New("stdio config: TaskTimeout must not be negative")
 	case c.MaxLine < 0:
@@ -67,6 +72,9 @@ func (c *StdioConfig) setDefaults() {
 	c.Command = slices.Clone(c.Command)
 	if c.Children == 0 {
 		c.Children = 1
+	}
+	if c.Pipeline == 0 {
+		c.Pipeline = DefaultStdioPipeline
 	}
 	if c.MaxLine == 0 {
 		c.MaxLine = wire.DefaultMaxMessageSize
@@ -85,23 +93,45 @@ func (c *StdioConfig) setDefaults() {
 	}
 }
 
+// DefaultStdioPipeline is what StdioConfig.Pipeline 0 means.
+const DefaultStdioPipeline = 32
+
 // Stdio runs tasks through long-lived child processes that speak the
 // line protocol of docs/WORKERS.md: a task's payload as one line of JSON
 // on the child's stdin, its result as one line of JSON on the child's
 // stdout, or "!error TEXT" to fail the attempt.
 //
-// A child is used by one handler at a time, which owns it while it runs
-// a task: it writes the task, reads the answer and, if the child exited,
-// hung past TaskTimeout or broke the protocol, stops it and fails the
-// attempt; the next handler to take that child restarts it, after a
-// backoff. Each child has one goroutine of its own, which logs its stderr
-// and keeps the end of it for errors.
+// Each child is owned by one goroutine, which alone writes to it, reads
+// from it, stops and restarts it. Handlers hand their tasks to whichever
+// owner is free, through one channel, and wait for the answer. An owner
+// writes a child one task at a time, or, once the child has sent the line
+// "!pipeline", every task waiting (up to Pipeline) in one write, and
+// reads the answers in order. A child that exits, hangs past TaskTimeout
+// or breaks the protocol fails the attempt of the task it was answering;
+// the owner restarts it, after a backoff, and writes it again the tasks
+// it had not answered. A third goroutine per child logs its stderr and
+// keeps the end of it for errors.
 type Stdio struct {
 	cfg  StdioConfig
-	free chan *child // the children no handler holds
+	reqs chan *request // to the owners
+	quit chan struct{} // closed by Close: the owners stop their children
+	wg   sync.WaitGroup
 
 	closeOnce sync.Once
 	closeErr  error
+	stopErrs  []error // one per child, set by its owner as it ends
+}
+
+// request is a task handed to an owner.
+type request struct {
+	ctx  context.Context
+	line []byte      // the task's line, '\n' included
+	done chan answer // buffered 1: the owner never waits on it
+}
+
+type answer struct {
+	v   any
+	err error
 }
 
 // NewStdio starts cfg.Children copies of cfg.Command. It fails if the
@@ -111,56 +141,73 @@ func NewStdio(cfg StdioConfig) (*Stdio, error) {
 		return nil, err
 	}
 	cfg.setDefaults()
-	s := &Stdio{cfg: cfg, free: make(chan *child, cfg.Children)}
-	for i := range cfg.Children {
+	s := &Stdio{
+		cfg:      cfg,
+		reqs:     make(chan *request),
+		quit:     make(chan struct{}),
+		stopErrs: make([]error, cfg.Children),
+	}
+	children := make([]*child, cfg.Children)
+	for i := range children {
 		c := &child{cfg: &s.cfg, id: i + 1}
 		if err := c.start(); err != nil {
-			_ = s.Close()
+			for _, c := range children[:i] {
+				c.closeInput()
+				_ = c.stopBy(time.Now())
+			}
 			return nil, err
 		}
-		s.free <- c
+		children[i] = c
+	}
+	for i, c := range children {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.stopErrs[i] = c.own(s.reqs, s.quit)
+		}()
 	}
 	return s, nil
 }
 
-// Handle is the Handler: it runs t on a free child.
+// Slots is how many tasks the children can hold at once, running or
+// written ahead: give Config.Concurrency this, so that a child that
+// answers finds its next tasks waiting.
+func (s *Stdio) Slots() int { return s.cfg.Children * s.cfg.Pipeline }
+
+// Handle is the Handler: it runs t on a free child. When ctx ends first
+// it returns at once; the child's answer, if it comes, is dropped.
 func (s *Stdio) Handle(ctx context.Context, t Task) (any, error) {
-	var c *child
+	line, err := stdioInput(t, nil)
+	if err != nil {
+		return nil, err // no child sees it
+	}
+	r := &request{ctx: ctx, line: line, done: make(chan answer, 1)}
 	select {
-	case c = <-s.free:
+	case s.reqs <- r:
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
+	case <-s.quit:
+		return nil, errStdioClosed
+	}
+	select {
+	case a := <-r.done:
+		return a.v, a.err
 	case <-ctx.Done():
 		return nil, context.Cause(ctx)
 	}
-	defer func() { s.free <- c }()
-	return c.run(ctx, t)
 }
+
+// errStdioClosed fails a task handed to a closed Stdio.
+var errStdioClosed = errors.New("stdio children stopped")
 
 // Close stops the children: it closes their stdin, which asks them to
 // exit, and kills those still running after StopTimeout. Call it after
-// Run has returned, when no handler holds a child.
+// Run has returned, when no handler waits for a child.
 func (s *Stdio) Close() error {
 	s.closeOnce.Do(func() {
-		var all []*child
-		for {
-			select {
-			case c := <-s.free:
-				all = append(all, c)
-				continue
-			default:
-			}
-			break
-		}
-		for _, c := range all {
-			c.closeInput()
-		}
-		deadline := time.Now().Add(s.cfg.StopTimeout)
-		var errs []error
-		for _, c := range all {
-			if err := c.stopBy(deadline); err != nil {
-				errs = append(errs, err)
-			}
-		}
-		s.closeErr = errors.Join(errs...)
+		close(s.quit)
+		s.wg.Wait()
+		s.closeErr = errors.Join(s.stopErrs...)
 	})
 	return s.closeErr
 }

@@ -188,7 +188,7 @@ done`
 		{name: "garbage", script: child("echo garbage"), bad: "bad",
 			want: `broke the stdio protocol: output line is not JSON: "garbage"; restarted`},
 		{name: "two lines for one task", script: child(`printf '1\n2\n'`), bad: "bad",
-			want: `more than one line for one task (the next: "2")`},
+			want: `broke the stdio protocol: more than one line for one task; restarted`},
 		{name: "empty line", script: child("echo"), bad: "bad", want: `output line is not JSON: ""`},
 		{name: "exits", script: child(`echo "cannot go on" >&2; exit 3`), bad: "bad",
 			want: "exited (exit status 3): cannot go on"},

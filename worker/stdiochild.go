@@ -3,7 +3,6 @@ package worker
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -31,9 +30,8 @@ const (
 // errLineTooLong is a result line longer than StdioConfig.MaxLine.
 var errLineTooLong = errors.New("result line too long")
 
-// child is one slot of a Stdio: a process, restarted as needed. It is
-// used by one handler goroutine at a time, the one that took it from
-// Stdio.free, and by Close; so its fields need no lock.
+// child is one slot of a Stdio: a process, restarted as needed. Its
+// fields belong to its owner goroutine (own), and to NewStdio before.
 type child struct {
 	cfg *StdioConfig
 	id  int
@@ -41,21 +39,48 @@ type child struct {
 	proc      *process // nil while stopped
 	failures  int      // stops in a row with no answer between, for the backoff
 	stoppedAt time.Time
-	in        []byte // the task line being written
-	long      []byte // a result line longer than the read buffer
+	in        []byte // the task lines being written
 }
 
 // process is one run of a child's command.
 type process struct {
-	cmd            *exec.Cmd
-	stdin, stdout  *os.File
-	stderr         *os.File
-	out            *bufio.Reader
-	tail           *lastStderr
-	exited         chan struct{} // closed once waitErr is set
-	waitErr        error
-	stderrDone     chan struct{}
-	deadlinesDirty bool // a cancellation set them; clear before the next task
+	cmd           *exec.Cmd
+	stdin, stdout *os.File
+	stderr        *os.File
+	out           *bufio.Reader
+	tail          *lastStderr
+	exited        chan struct{} // closed once waitErr is set
+	waitErr       error
+	stderrDone    chan struct{}
+	lines         chan childLine // from readLines, closed when it ends
+	pipelined     bool           // the child asked for tasks ahead
+}
+
+// childLine is what readLines makes of one line of a child's stdout, or
+// the error that ended it.
+type childLine struct {
+	v    any
+	err  error // a read error ends the lines
+	more bool  // more output was there already
+}
+
+// readLines reads the child's stdout until it ends, parsing each line.
+func (p *process) readLines(max int) {
+	defer close(p.lines)
+	lr := &lineReader{r: p.out, max: max}
+	for {
+		line, err := lr.readLine()
+		if err != nil && !errors.Is(err, errLineTooLong) {
+			p.lines <- childLine{err: err}
+			return
+		}
+		l := childLine{err: err}
+		if err == nil {
+			l.v, l.err = parseResultLine(line)
+		}
+		l.more = p.out.Buffered() > 0
+		p.lines <- l
+	}
 }
 
 // lastStderr keeps the end of what a child wrote on stderr since its last
@@ -129,12 +154,14 @@ func (c *child) start() error {
 		tail:       &lastStderr{buf: tailBuffer{max: stderrTail}},
 		exited:     make(chan struct{}),
 		stderrDone: make(chan struct{}),
+		lines:      make(chan childLine, 64),
 	}
 	go func() {
 		p.waitErr = cmd.Wait()
 		close(p.exited)
 	}()
 	go p.logStderr(c.cfg.Logger.With("child", c.id, "pid", cmd.Process.Pid))
+	go p.readLines(c.cfg.MaxLine)
 	c.proc = p
 	c.cfg.Logger.Debug("child started", "child", c.id, "pid", cmd.Process.Pid)
 	return nil
@@ -156,95 +183,30 @@ func (p *process) logStderr(log *slog.Logger) {
 	}
 }
 
-// run has the child run t and returns its answer. A child that fails the
-// protocol is stopped, and restarted on its next task.
-func (c *child) run(ctx context.Context, t Task) (any, error) {
-	in, err := stdioInput(t, c.in[:0])
-	if err != nil {
-		return nil, err // the child has not seen it
-	}
-	c.in = in
-	if c.proc == nil {
-		if err := c.restart(ctx); err != nil {
-			return nil, err
-		}
-	}
-	p := c.proc
-	if p.deadlinesDirty || c.cfg.TaskTimeout > 0 {
-		var d time.Time // none
-		if c.cfg.TaskTimeout > 0 {
-			d = time.Now().Add(c.cfg.TaskTimeout)
-		}
-		_ = p.stdin.SetWriteDeadline(d)
-		_ = p.stdout.SetReadDeadline(d)
-		p.deadlinesDirty = false
-	}
-	// A lost lease interrupts the exchange through the same deadlines.
-	interrupted := make(chan struct{})
-	stop := context.AfterFunc(ctx, func() {
-		past := time.Unix(1, 0)
-		_ = p.stdin.SetWriteDeadline(past)
-		_ = p.stdout.SetReadDeadline(past)
-		close(interrupted)
-	})
-	v, err := c.exchange(p)
-	if !stop() {
-		<-interrupted
-		p.deadlinesDirty = true
-	}
-	if err == nil || errors.Is(err, errLineTooLong) {
-		c.failures = 0
-		p.tail.reset()
-		return v, err
-	}
-	var ce *childError
-	if errors.As(err, &ce) {
-		c.failures = 0
-		p.tail.reset()
-		return nil, errors.New(ce.text)
-	}
-	return nil, c.broken(ctx, err)
+// lineReader cuts a child's stdout into lines of at most max bytes.
+type lineReader struct {
+	r    *bufio.Reader
+	max  int
+	long []byte // a line longer than the read buffer
 }
 
-// exchange writes the task line and reads the answer.
-func (c *child) exchange(p *process) (any, error) {
-	if _, err := p.stdin.Write(c.in); err != nil {
-		return nil, fmt.Errorf("write task: %w", err)
-	}
-	line, err := c.readLine(p.out)
-	if err != nil {
-		return nil, err
-	}
-	v, err := parseResultLine(line)
-	if err != nil {
-		return nil, err
-	}
-	if n := p.out.Buffered(); n > 0 {
-		next, _ := p.out.Peek(n)
-		if i := bytes.IndexByte(next, '\n'); i >= 0 {
-			next = next[:i]
-		}
-		return nil, fmt.Errorf("%w: more than one line for one task (the next: %s)", errProtocol, quoteStart(next))
-	}
-	return v, err
-}
-
-// readLine reads a line, without its '\n', of at most MaxLine bytes; a
+// readLine reads a line, without its '\n', of at most max bytes; a
 // longer one is skipped and reported as errLineTooLong.
-func (c *child) readLine(r *bufio.Reader) ([]byte, error) {
+func (lr *lineReader) readLine() ([]byte, error) {
+	r := lr.r
 	line, err := r.ReadSlice('\n')
 	if err == nil {
-		if len(line)-1 > c.cfg.MaxLine {
+		if len(line)-1 > lr.max {
 			return nil, errLineTooLong
 		}
 		return line[:len(line)-1], nil
 	}
-	c.long = c.long[:0]
+	lr.long = lr.long[:0]
 	for errors.Is(err, bufio.ErrBufferFull) {
-		if len(c.long)+len(line) <= c.cfg.MaxLine+1 {
-			c.long = append(c.long, line...)
+		if len(lr.long)+len(line) <= lr.max+1 {
+			lr.long = append(lr.long, line...)
 		} else {
-			c.long = c.long[:0]
+			lr.long = lr.long[:0]
 			for errors.Is(err, bufio.ErrBufferFull) {
 				_, err = r.ReadSlice('\n')
 			}
@@ -258,25 +220,22 @@ func (c *child) readLine(r *bufio.Reader) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	c.long = append(c.long, line...)
-	if len(c.long)-1 > c.cfg.MaxLine {
+	lr.long = append(lr.long, line...)
+	if len(lr.long)-1 > lr.max {
 		return nil, errLineTooLong
 	}
-	if cap(c.long) > 1<<20 { // keep no huge buffer for the lines to come
-		line, c.long = c.long, nil
+	if cap(lr.long) > 1<<20 { // keep no huge buffer for the lines to come
+		line, lr.long = lr.long, nil
 		return line[:len(line)-1], nil
 	}
-	return c.long[:len(c.long)-1], nil
+	return lr.long[:len(lr.long)-1], nil
 }
 
 // broken stops a child whose exchange failed with err and returns the
 // attempt's error.
-func (c *child) broken(ctx context.Context, err error) error {
+func (c *child) broken(err error) error {
 	p := c.proc
 	switch {
-	case errors.Is(err, os.ErrDeadlineExceeded) && ctx.Err() != nil:
-		c.stop(false)
-		return fmt.Errorf("child %d stopped: %w", c.id, context.Cause(ctx))
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		c.stop(true)
 		return childRestartError(c.id, fmt.Sprintf("timed out after %s; restarted", c.cfg.TaskTimeout), p.tail.take())
@@ -319,6 +278,8 @@ func (c *child) stop(failed bool) {
 	_ = killGroup(p.cmd) // also whatever it started, even if it exited
 	<-p.exited
 	p.closeFiles()
+	for range p.lines { // until readLines ends
+	}
 }
 
 // closeFiles closes the parent's ends, once the stderr reader is done or
@@ -331,21 +292,21 @@ func (p *process) closeFiles() {
 	_ = p.stderr.Close() // ends logStderr if it still waits
 	<-p.stderrDone
 	_ = p.stdin.Close()
-	_ = p.stdout.Close()
+	_ = p.stdout.Close() // ends readLines if it still waits
 }
 
 // restart starts a stopped child, after the backoff its failures call
 // for.
-func (c *child) restart(ctx context.Context) error {
+func (c *child) restart(quit <-chan struct{}) error {
 	if c.failures > 0 {
 		delay := min(c.cfg.RestartMin<<min(c.failures-1, 30), c.cfg.RestartMax)
 		if wait := time.Until(c.stoppedAt.Add(delay)); wait > 0 {
 			timer := time.NewTimer(wait)
 			select {
 			case <-timer.C:
-			case <-ctx.Done():
+			case <-quit:
 				timer.Stop()
-				return context.Cause(ctx)
+				return errStdioClosed
 			}
 		}
 	}

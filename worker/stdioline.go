@@ -16,9 +16,15 @@ const (
 	// No JSON text starts with '!', so a child that prints only JSON
 	// cannot send one by accident.
 	errorPrefix = "!error"
+	// pipelineHello is the line a child may send before its first
+	// answer to take tasks ahead: it promises exactly one line per task.
+	pipelineHello = "!pipeline"
 	// controlByte starts every line reserved for the protocol.
 	controlByte = '!'
 )
+
+// errPipelineHello is the pipelineHello line: not an answer.
+var errPipelineHello = errors.New("pipeline hello")
 
 // errProtocol is the family of outputs that break the --stdio protocol:
 // the child is restarted, since its later lines can no longer be matched
@@ -35,6 +41,9 @@ func (e *childError) Error() string { return e.text }
 func parseResultLine(line []byte) (any, error) {
 	line = bytes.TrimSuffix(line, []byte("\r"))
 	if len(line) > 0 && line[0] == controlByte {
+		if string(bytes.TrimRight(line, " \t")) == pipelineHello {
+			return nil, errPipelineHello
+		}
 		rest, ok := bytes.CutPrefix(line, []byte(errorPrefix))
 		if !ok || (len(rest) > 0 && rest[0] != ' ' && rest[0] != '\t') {
 			return nil, fmt.Errorf("%w: unknown control line %s", errProtocol, quoteStart(line))

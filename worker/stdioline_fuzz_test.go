@@ -14,16 +14,15 @@ import (
 func FuzzChildOutput(f *testing.F) {
 	for _, seed := range []string{
 		"1\n", "\"hello\"\n", "{\"a\":[1,2.5,null]}\r\n", "!error bad input\n", "!error\n",
-		"!errorx\n", "!msgpack\n", "garbage\n", "\n", "1 2\n", "[1,\n", "1\n2\n", "\"a\u2028b\"\n",
+		"!errorx\n", "!msgpack\n", "!pipeline\n1\n", "garbage\n", "\n", "1 2\n", "[1,\n", "1\n2\n", "\"a\u2028b\"\n",
 		"\"" + string(bytes.Repeat([]byte("x"), 100)) + "\"\n", "\xff\xfe\n", "!error \xff\n", "123",
 	} {
 		f.Add([]byte(seed), uint16(64))
 	}
 	f.Fuzz(func(t *testing.T, data []byte, maxLine uint16) {
-		c := &child{cfg: &StdioConfig{MaxLine: int(maxLine)}}
-		r := bufio.NewReaderSize(bytes.NewReader(data), 16)
+		lr := &lineReader{r: bufio.NewReaderSize(bytes.NewReader(data), 16), max: int(maxLine)}
 		for {
-			line, err := c.readLine(r)
+			line, err := lr.readLine()
 			if errors.Is(err, errLineTooLong) {
 				continue
 			}
@@ -38,7 +37,7 @@ func FuzzChildOutput(f *testing.F) {
 			switch {
 			case err == nil && len(line) > 0 && line[0] == controlByte:
 				t.Fatalf("control line %q taken for the result %#v", line, v)
-			case err != nil && !errors.Is(err, errProtocol) && !errors.As(err, &ce):
+			case err != nil && !errors.Is(err, errProtocol) && !errors.As(err, &ce) && !errors.Is(err, errPipelineHello):
 				t.Fatalf("line %q: error %v is neither a protocol error nor the child's", line, err)
 			case err == nil && v != nil && bytes.Equal(bytes.TrimSpace(line), []byte("null")):
 				t.Fatalf("null read as %#v", v)

@@ -324,6 +324,7 @@ func runWorker(ctx context.Context, opts *options) error {
 			}
 		}()
 		cfg.Handler = children.Handle
+		cfg.Concurrency = children.Slots() // tasks wait at the children, not at the master
 	default:
 		if opts.Builtin == "" {
 			mode = "command " + strings.Join(opts.Command, " ")
