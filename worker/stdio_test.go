@@ -146,7 +146,7 @@ func stdioRun(t *testing.T, mcfg master.Config, script string, scfg worker.Stdio
 	scfg.Children = 2
 	s := startStdio(t, script, scfg)
 	cfg := testConfig(t, addr, s.Handle)
-	cfg.Concurrency = 2
+	cfg.Concurrency = s.Slots()
 	startWorker(t, cfg)
 	got := map[uint64]wire.Result{}
 	for _, r := range results(t, c, "replies", len(items), 20*time.Second) {
@@ -156,8 +156,17 @@ func stdioRun(t *testing.T, mcfg master.Config, script string, scfg worker.Stdio
 }
 
 func TestStdioThroughRun(t *testing.T) {
+	for _, tt := range []struct{ name, script string }{
+		{"lockstep", `while read -r x; do echo $((x*x)); done`},
+		{"pipelined", `echo '!pipeline'; while read -r x; do echo $((x*x)); done`},
+	} {
+		t.Run(tt.name, func(t *testing.T) { squaresThroughRun(t, tt.script) })
+	}
+}
+
+func squaresThroughRun(t *testing.T, script string) {
 	items := ints(0, 200)
-	ids, got, c := stdioRun(t, master.Config{}, `while read -r x; do echo $((x*x)); done`, worker.StdioConfig{}, items)
+	ids, got, c := stdioRun(t, master.Config{}, script, worker.StdioConfig{}, items)
 	for i, id := range ids {
 		if r := got[id]; r.Error != "" || value(t, r) != int64(i*i) {
 			t.Fatalf("task %d: %+v, want %d", i, r, i*i)
@@ -201,21 +210,30 @@ done`
 		{name: "payload that is not JSON", script: echoChild, bad: math.NaN(),
 			want: "payload cannot be sent as JSON"},
 	} {
-		t.Run(tt.name, func(t *testing.T) {
-			items := []any{1, tt.bad, 2, 3}
-			ids, got, c := stdioRun(t, tt.mcfg, tt.script, tt.scfg, items)
-			for i, want := range map[int]int64{0: 1, 2: 2, 3: 3} {
-				if r := got[ids[i]]; r.Error != "" || value(t, r) != want {
-					t.Errorf("task %d: %+v, want %d", i, r, want)
+		for _, pipelined := range []bool{false, true} {
+			script, name := tt.script, tt.name
+			if pipelined {
+				if strings.HasPrefix(name, "two lines") {
+					continue // a pipelined child promises one line per task
 				}
+				script, name = `echo '!pipeline'; `+script, name+" pipelined"
 			}
-			if r := got[ids[1]]; !strings.Contains(r.Error, tt.want) || r.Attempt != 2 {
-				t.Errorf("bad task: %+v, want error with %q after 2 attempts", r, tt.want)
-			}
-			if st := stats(t, c, "tasks"); st.Dead != 1 || st.Done != 3 {
-				t.Errorf("tasks queue: %+v, want 3 done and 1 dead", st)
-			}
-		})
+			t.Run(name, func(t *testing.T) {
+				items := []any{1, tt.bad, 2, 3}
+				ids, got, c := stdioRun(t, tt.mcfg, script, tt.scfg, items)
+				for i, want := range map[int]int64{0: 1, 2: 2, 3: 3} {
+					if r := got[ids[i]]; r.Error != "" || value(t, r) != want {
+						t.Errorf("task %d: %+v, want %d", i, r, want)
+					}
+				}
+				if r := got[ids[1]]; !strings.Contains(r.Error, tt.want) || r.Attempt != 2 {
+					t.Errorf("bad task: %+v, want error with %q after 2 attempts", r, tt.want)
+				}
+				if st := stats(t, c, "tasks"); st.Dead != 1 || st.Done != 3 {
+					t.Errorf("tasks queue: %+v, want 3 done and 1 dead", st)
+				}
+			})
+		}
 	}
 }
 
