@@ -54,6 +54,10 @@ func (b *bench) start(ctx context.Context, sys string, size, w int) (system, err
 		return b.startQM(ctx, qmMode{batch: 1, concurrency: 1}, size, w)
 	case "qm-defaults":
 		return b.startQM(ctx, qmMode{defaults: true}, size, w)
+	case "qm-stdio":
+		return b.startQM(ctx, qmMode{python: pyStdio}, size, w)
+	case "qm-command":
+		return b.startQM(ctx, qmMode{python: pyCommand}, size, w)
 	case "redis":
 		return b.startRedisSystem(ctx, size, w, false)
 	case "redis-1req":
@@ -68,6 +72,9 @@ func (b *bench) start(ctx context.Context, sys string, size, w int) (system, err
 func (b *bench) tasksFor(sys string) int {
 	if sys == "qm-1req" || sys == "redis-1req" || sys == "python" {
 		return b.opts.SlowN
+	}
+	if sys == "qm-command" { // a Python start per task: about 10 tasks/s per core
+		return max(b.opts.SlowN/50, 10)
 	}
 	return b.opts.N
 }
