@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -115,4 +116,90 @@ func TestSquareInShell(t *testing.T) {
 
 func TestGoWorker(t *testing.T) {
 	squares(t, 50, []string{filepath.Join(bin, "goworker")})
+}
+
+// background runs argv until the test ends, then stops it with SIGINT
+// (qworker drains) and reports how it ended.
+func background(t *testing.T, argv []string, env ...string) {
+	t.Helper()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = append(os.Environ(), env...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("%s: %v; stderr:\n%s", argv[0], err, stderr.String())
+			}
+		case <-time.After(20 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+			t.Errorf("%s still running 20s after SIGINT", argv[0])
+		}
+	})
+}
+
+// runPython runs a script to its end and returns its output.
+func runPython(t *testing.T, py qmtest.Python, env []string, script string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(py.Path, append([]string{script}, args...)...)
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s: %v:\n%s", script, err, out)
+	}
+	return string(out)
+}
+
+// The classic BaseManager producer, with the classic worker and then with
+// the same work as a --stdio worker.
+func TestClassic(t *testing.T) {
+	py := qmtest.Pythons(t)[0]
+	helper, _ := filepath.Abs("../python")
+	for _, workers := range []string{"classic", "stdio"} {
+		t.Run(workers, func(t *testing.T) {
+			addr, _ := qmtest.StartMaster(t, master.Config{})
+			env := []string{"QM_ADDR=" + addr, "QM_AUTHKEY=" + string(qmtest.Authkey), "PYTHONPATH=" + helper, "PYTHONDONTWRITEBYTECODE=1"}
+			if workers == "classic" {
+				for range 2 {
+					cmd := exec.Command(py.Path, "classic/worker.py")
+					cmd.Env = append(os.Environ(), env...)
+					if err := cmd.Start(); err != nil {
+						t.Fatal(err)
+					}
+					t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+				}
+			} else {
+				background(t, []string{filepath.Join(bin, "qworker"), "--server", addr, "--stdio", "--concurrency", "2",
+					"--", py.Path, "square/square.py"}, env...)
+			}
+			out := runPython(t, py, env, "classic/producer.py", "100")
+			if want := "sum of the squares of 1..100 = 338350"; !strings.Contains(out, want) {
+				t.Fatalf("producer printed %q, want %q", out, want)
+			}
+		})
+	}
+}
+
+func TestWordCount(t *testing.T) {
+	py := qmtest.Pythons(t)[0]
+	helper, _ := filepath.Abs("../python")
+	addr, _ := qmtest.StartMaster(t, master.Config{})
+	env := []string{"QM_ADDR=" + addr, "QM_AUTHKEY=" + string(qmtest.Authkey), "PYTHONPATH=" + helper, "PYTHONDONTWRITEBYTECODE=1"}
+	qworker := filepath.Join(bin, "qworker")
+	background(t, []string{qworker, "--server", addr, "--stdio", "--concurrency", "2", "--tasks", "map", "--results", "shuffled",
+		"--", py.Path, "wordcount/mapper.py"}, env...)
+	background(t, []string{qworker, "--server", addr, "--stdio", "--concurrency", "2", "--tasks", "reduce", "--results", "counted",
+		"--", py.Path, "wordcount/reducer.py"}, env...)
+	out := runPython(t, py, env, "wordcount/driver.py", "200", "4")
+	if !strings.Contains(out, "the same as a local count") || !strings.HasPrefix(out, "the ") {
+		t.Fatalf("driver printed:\n%s", out)
+	}
 }
