@@ -353,10 +353,38 @@ func stdioInput(t Task, buf []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	if b, ok := appendSimpleJSON(buf, v); ok {
+		return append(b, '\n'), nil
+	}
 	b, err := jsonval.Marshal(v)
 	if err != nil {
 		return nil, fmt.Errorf("payload cannot be sent as JSON: %w", err)
 	}
 	buf = append(buf, b...)
 	return append(buf, '\n'), nil
+}
+
+// appendSimpleJSON appends the JSON of an integer, or of a string that
+// needs no escape, as jsonval.Marshal would write it; the commonest
+// payloads then cost no encoder.
+func appendSimpleJSON(buf []byte, v any) ([]byte, bool) {
+	switch v := v.(type) {
+	case int64:
+		return strconv.AppendInt(buf, v, 10), true
+	case uint64:
+		return strconv.AppendUint(buf, v, 10), true
+	case string:
+		if len(v) > 256 {
+			return buf, false
+		}
+		for i := range len(v) {
+			if c := v[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' {
+				return buf, false
+			}
+		}
+		buf = append(buf, '"')
+		buf = append(buf, v...)
+		return append(buf, '"'), true
+	}
+	return buf, false
 }

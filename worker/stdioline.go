@@ -57,6 +57,9 @@ func parseResultLine(line []byte) (any, error) {
 		}
 		return nil, &childError{text: text}
 	}
+	if v, ok := parseInt(line); ok {
+		return v, nil
+	}
 	v, err := jsonval.ParseStrict(line)
 	if err != nil {
 		return nil, fmt.Errorf("%w: output line is not JSON: %s", errProtocol, quoteStart(line))
@@ -75,4 +78,27 @@ func quoteStart(line []byte) string {
 		cut--
 	}
 	return fmt.Sprintf("%q... (%d bytes)", line[:cut], len(line))
+}
+
+// parseInt reads a line that is only a JSON integer that fits in 18
+// digits, the commonest result, without a JSON decoder.
+func parseInt(line []byte) (int64, bool) {
+	digits := line
+	if len(digits) > 0 && digits[0] == '-' {
+		digits = digits[1:]
+	}
+	if len(digits) == 0 || len(digits) > 18 || (digits[0] == '0' && len(digits) > 1) {
+		return 0, false
+	}
+	var n int64
+	for _, c := range digits {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(c-'0')
+	}
+	if len(line) > len(digits) {
+		n = -n
+	}
+	return n, true
 }

@@ -5,6 +5,8 @@ import (
 	"bytes"
 	"errors"
 	"testing"
+
+	"github.com/qm-dev/qm/internal/jsonval"
 )
 
 // FuzzChildOutput reads a child's stdout as the stdio handler does, cut
@@ -32,6 +34,11 @@ func FuzzChildOutput(f *testing.F) {
 			if len(line) > int(maxLine) {
 				t.Fatalf("line of %d bytes, over %d", len(line), maxLine)
 			}
+			if n, ok := parseInt(line); ok {
+				if v, err := jsonval.ParseStrict(line); err != nil || v != n {
+					t.Fatalf("line %q: fast path %d, decoder %#v, %v", line, n, v, err)
+				}
+			}
 			v, err := parseResultLine(line)
 			var ce *childError
 			switch {
@@ -41,6 +48,26 @@ func FuzzChildOutput(f *testing.F) {
 				t.Fatalf("line %q: error %v is neither a protocol error nor the child's", line, err)
 			case err == nil && v != nil && bytes.Equal(bytes.TrimSpace(line), []byte("null")):
 				t.Fatalf("null read as %#v", v)
+			}
+		}
+	})
+}
+
+// FuzzSimpleJSON checks that the fast path of a task line writes what
+// jsonval.Marshal writes.
+func FuzzSimpleJSON(f *testing.F) {
+	for _, s := range []string{"", "hello", "a\"b", "tab\there", "é", "<&>", "x\\y"} {
+		f.Add(s, int64(-42), uint64(1<<63))
+	}
+	f.Fuzz(func(t *testing.T, s string, i int64, u uint64) {
+		for _, v := range []any{s, i, u} {
+			got, ok := appendSimpleJSON(nil, v)
+			if !ok {
+				continue
+			}
+			want, err := jsonval.Marshal(v)
+			if err != nil || !bytes.Equal(got, want) {
+				t.Fatalf("%#v: fast path %q, Marshal %q, %v", v, got, want, err)
 			}
 		}
 	})

