@@ -74,7 +74,8 @@ Systems (--systems):
            size does not apply.
   qm-command
            the same script in command mode: a Python process per task,
-           W at once; it puts --slow-n/50 tasks.
+           W at once; it puts --slow-n/50 tasks and runs a twentieth of
+           the round trips.
   redis    redis-server on loopback (no persistence), with qm's batching:
            the producer LPUSHes --qm-batch values per command and pops
            results with RPOP count or BRPOP; workers (qbench worker-redis)
