@@ -115,7 +115,7 @@ func (o *owner) writePending() bool {
 		_ = o.proc.stdin.SetWriteDeadline(time.Now().Add(o.cfg.TaskTimeout))
 	}
 	if _, err := o.proc.stdin.Write(o.in); err != nil {
-		o.fail(fmt.Errorf("write task: %w", err))
+		o.writeFailed(fmt.Errorf("write task: %w", err))
 		return true
 	}
 	if wasIdle {
@@ -185,11 +185,38 @@ func (o *owner) answer(l childLine) {
 	}
 }
 
+// writeFailed handles a write to the child that failed, most likely
+// because it exited: the answers it wrote before are taken first, so that
+// no answered task runs again, and its exit fails the task it was on.
+func (o *owner) writeFailed(err error) {
+	p := o.proc
+	grace := time.NewTimer(exitGrace)
+	defer grace.Stop()
+	for o.proc == p {
+		select {
+		case l, ok := <-p.lines:
+			if !ok {
+				o.fail(err)
+				return
+			}
+			o.answer(l)
+		case <-grace.C:
+			o.fail(err)
+			return
+		}
+	}
+}
+
 // fail stops a child that failed with err while answering the oldest task
 // in flight, fails that task, and makes the others pending again, to be
 // written to the child once restarted.
 func (o *owner) fail(err error) {
 	o.stopTimer()
+	if len(o.inflight) == 0 { // it answered all it held (after a partial write)
+		o.stop(true)
+		o.cfg.Logger.Warn("child stopped; it will be restarted", "child", o.id, "err", err)
+		return
+	}
 	culprit := o.inflight[0]
 	culprit.done <- answer{err: o.broken(err)}
 	rest := append(o.inflight[1:len(o.inflight):len(o.inflight)], o.pending...)
