@@ -261,6 +261,14 @@ func (c *Client) dropIdle(f func()) {
 // ID is the master's identifier of this client.
 func (c *Client) ID() uint64 { return c.id }
 
+// MaxMessageSize is the largest message this client sends: its own
+// limit, or the master's if that is lower.
+func (c *Client) MaxMessageSize() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.max
+}
+
 // Done is closed when the connection to the master is gone.
 func (c *Client) Done() <-chan struct{} { return c.sess.CloseChan() }
 

@@ -21,6 +21,9 @@ import (
 type session struct {
 	r *runner
 	c *wire.Client
+	// maxValue bounds an encoded result: the master refuses a larger
+	// message.
+	maxValue int
 	// ctx is the parent of the handlers' contexts. It is cancelled with
 	// cause ErrLeaseLost when the connection drops or serve finds it lost,
 	// and when the session is closed. Once it is, the handlers of the
@@ -118,13 +121,15 @@ func (l *lease) lost() bool {
 func (r *runner) newSession(c *wire.Client) *session {
 	ctx, cancel := context.WithCancelCause(r.base)
 	s := &session{
-		r:      r,
-		c:      c,
-		ctx:    ctx,
-		cancel: cancel,
-		kick:   make(chan struct{}, 1),
-		done:   make(chan struct{}),
-		leases: make(map[uint64]*lease),
+		r:   r,
+		c:   c,
+		ctx: ctx,
+		// What a completion carries besides its value is far below this.
+		maxValue: c.MaxMessageSize() - 4<<10,
+		cancel:   cancel,
+		kick:     make(chan struct{}, 1),
+		done:     make(chan struct{}),
+		leases:   make(map[uint64]*lease),
 	}
 	go s.keep()
 	return s

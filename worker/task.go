@@ -7,6 +7,7 @@ import (
 	"runtime/debug"
 	"time"
 
+	"github.com/qm-dev/qm/internal/bytesize"
 	"github.com/qm-dev/qm/wire"
 )
 
@@ -29,8 +30,12 @@ func (r *runner) runTask(j job) {
 	c := wire.Completion{ID: t.ID}
 	if err == nil {
 		c.Value, err = wire.Encode(v)
-		if err != nil {
+		switch {
+		case err != nil:
 			err = fmt.Errorf("result: %w", err)
+		case len(c.Value) > s.maxValue:
+			err = fmt.Errorf("result of %s is over the largest the master takes (%s)",
+				bytesize.Format(int64(len(c.Value))), bytesize.Format(int64(s.maxValue)))
 		}
 	}
 	switch {

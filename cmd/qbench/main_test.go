@@ -49,8 +49,8 @@ func TestSmoke(t *testing.T) {
 	}
 	opts := &options{
 		N: 300, SlowN: 100, RTT: 20, MemN: 1000, Sizes: []int{16, 4096}, Workers: []int{1, 4},
-		Systems: []string{"qm", "qm-1req", "qm-defaults"}, Bin: binDir, QMBatch: 100, QMConcurrency: 4,
-		Python: "python3", RedisServer: "redis-server", Out: out, Command: "qbench (test)",
+		Systems: []string{"qm", "qm-1req", "qm-defaults", "qm-stdio"}, Bin: binDir, QMBatch: 100, QMConcurrency: 4,
+		Python: "python3", PythonHelper: "../../python", RedisServer: "redis-server", Out: out, Command: "qbench (test)",
 	}
 	if err := opts.validate(); err != nil {
 		t.Fatal(err)
@@ -60,6 +60,9 @@ func TestSmoke(t *testing.T) {
 		t.Fatalf("run: %v\nstderr:\n%s", err, stderr.String())
 	}
 	table := stdout.String()
+	if _, err := exec.LookPath("python3"); err == nil && !strings.Contains(table, "| qm --stdio, Python x*x | 16 B | 4 | 300 |") {
+		t.Errorf("table lacks the qm --stdio row:\n%s", table)
+	}
 	for _, want := range []string{"| qm, batched | 16 B | 1 | 300 |", "| qm, 1 request/op | 4 KiB | 4 | 100 |", "| qm, defaults | 16 B | 4 | 300 |",
 		"Targets (issue 14)", "| qm batched ≥ 1.0x Redis batched, 16 B | not measured |", "Memory: 1000 ready"} {
 		if !strings.Contains(table, want) {

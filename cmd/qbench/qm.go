@@ -38,6 +38,11 @@ type qmMode struct {
 	// embedded in it (--cluster-listen with itself as the only peer;
 	// fsync always), "jetstream-nosync" the same with --fsync never.
 	storage string
+	// python, if not "", runs one qworker whose handler is the Python
+	// script sq.py (x * x, through the qmworker helper), with --stdio or
+	// in command mode, --concurrency W; its tasks are numbers, put by the
+	// real qmaster map.
+	python string
 }
 
 // storageArgs are qmaster's flags for storage, in the new directory dir.
@@ -61,6 +66,21 @@ func storageArgs(storage, dir string) ([]string, error) {
 	}
 	return nil, fmt.Errorf("unknown storage %q", storage)
 }
+
+// Python handler modes of qmMode.python.
+const (
+	pyStdio   = "stdio"
+	pyCommand = "command"
+)
+
+// sqScript is the handler of the Python qworker rows.
+const sqScript = `from qmworker import task
+
+
+@task
+def square(x):
+    return x * x
+`
 
 var listeningRE = regexp.MustCompile(`msg=listening addr=(127\.0\.0\.1:\d+)`)
 
@@ -98,19 +118,49 @@ func (b *bench) dialQM(ctx context.Context, addr string) (*wire.Client, error) {
 // (mode.batch 1) they prefetch nothing, so that each get takes one task.
 func (b *bench) startQWorkers(ctx context.Context, c *wire.Client, addr string, w int, mode qmMode) ([]*proc, error) {
 	var ps []*proc
+	env := []string{"QM_AUTHKEY=" + b.key}
+	var handler []string
+	if mode.python != "" {
+		py, err := exec.LookPath(b.opts.Python)
+		if err != nil {
+			return nil, errNoPython
+		}
+		script := filepath.Join(b.tmp, "sq.py")
+		if err := os.WriteFile(script, []byte(sqScript), 0o644); err != nil {
+			return nil, err
+		}
+		helper, err := filepath.Abs(b.opts.PythonHelper)
+		if err != nil {
+			return nil, err
+		}
+		env = append(env, "PYTHONPATH="+helper, "PYTHONDONTWRITEBYTECODE=1")
+		if mode.python == pyStdio {
+			handler = append(handler, "--stdio")
+		}
+		// One qworker, with W children (or W commands at once): as many
+		// Python processes as the BaseManager row has workers.
+		handler = append(handler, "--concurrency", strconv.Itoa(w), "--", py, script)
+		w = 1
+	}
 	for i := range w {
 		args := []string{
-			filepath.Join(b.opts.Bin, "qworker"), "--server", addr, "--builtin", "echo",
+			filepath.Join(b.opts.Bin, "qworker"), "--server", addr,
 			"--tasks", qmTasks, "--results", qmResults, "--log-level", "warn",
 		}
 		switch {
+		case mode.python != "":
 		case mode.defaults:
 		case mode.batch == 1:
 			args = append(args, "--concurrency", "1", "--prefetch", "0")
 		default:
 			args = append(args, "--concurrency", strconv.Itoa(mode.concurrency))
 		}
-		p, err := b.procs.start("qworker "+strconv.Itoa(i), args, []string{"QM_AUTHKEY=" + b.key}, nil)
+		if handler != nil {
+			args = append(args, handler...)
+		} else {
+			args = append(args, "--builtin", "echo")
+		}
+		p, err := b.procs.start("qworker "+strconv.Itoa(i), args, env, nil)
 		if err != nil {
 			return ps, err
 		}
@@ -148,6 +198,8 @@ type qmSystem struct {
 	qmaster, addr, key string
 	size               int
 	dir                string // the master's data directory, if any
+	// numeric: the tasks are numbers, for the Python square handler.
+	numeric bool
 }
 
 // startQM starts a master and w workers in mode, for payloads of size bytes.
@@ -158,7 +210,13 @@ func (b *bench) startQM(ctx context.Context, mode qmMode, size, w int) (sys syst
 			s.close()
 		}
 	}()
-	if s.payload, err = qmPayload(size); err != nil {
+	s.numeric = mode.python != ""
+	if s.numeric {
+		s.payload, err = msgpack.Marshal(12)
+	} else {
+		s.payload, err = qmPayload(size)
+	}
+	if err != nil {
 		return nil, err
 	}
 	var extra []string
@@ -182,22 +240,38 @@ func (b *bench) startQM(ctx context.Context, mode qmMode, size, w int) (sys syst
 	if err != nil {
 		return nil, err
 	}
+	if mode.python != "" {
+		// The workers are connected but their Python processes may still
+		// be starting (a second or more through a version manager's shim
+		// on a busy machine): a few tasks first, as a worker pool that
+		// has been up a while would have run.
+		if _, err := mapThroughput(ctx, s.qmaster, s.addr, s.key, 2*w, size, true); err != nil {
+			return nil, fmt.Errorf("warm-up: %w", err)
+		}
+	}
 	return s, nil
 }
 
 func (s *qmSystem) throughput(ctx context.Context, n int) (time.Duration, error) {
-	if s.mode.defaults {
-		return mapThroughput(ctx, s.qmaster, s.addr, s.key, n, s.size)
+	if s.mode.defaults || s.numeric {
+		return mapThroughput(ctx, s.qmaster, s.addr, s.key, n, s.size, s.numeric)
 	}
 	return qmThroughput(ctx, s.c, s.mode.batch, n, s.payload)
 }
 
 // mapThroughput runs `qmaster map` at addr, as a user would, on n input
-// lines of size bytes each (each a string task), and returns how long it
-// took to print every result.
-func mapThroughput(ctx context.Context, qmaster, addr, key string, n, size int) (time.Duration, error) {
+// lines of size bytes each (each a string task), or of the numbers 1 to n,
+// and returns how long it took to print every result.
+func mapThroughput(ctx context.Context, qmaster, addr, key string, n, size int, numeric bool) (time.Duration, error) {
 	line := append(bytes.Repeat([]byte{'x'}, size), '\n')
 	in := bytes.Repeat(line, n)
+	if numeric {
+		in = in[:0]
+		for i := 1; i <= n; i++ {
+			in = strconv.AppendInt(in, int64(i), 10)
+			in = append(in, '\n')
+		}
+	}
 	cmd := exec.CommandContext(ctx, qmaster, "map", "--server", addr, "--tasks", qmTasks)
 	cmd.Env = append(os.Environ(), "QM_AUTHKEY="+key)
 	cmd.Stdin = bytes.NewReader(in)
@@ -224,8 +298,16 @@ func (w *countWriter) Write(p []byte) (int, error) {
 }
 
 func (s *qmSystem) roundTrips(ctx context.Context, count int) ([]time.Duration, error) {
+	if s.mode.python == pyCommand {
+		// A Python start per task: a twentieth of the round trips (at
+		// least one a turn) already takes longer than all the others.
+		count = max(count/commandRTTShare, 1)
+	}
 	return qmRoundTrips(ctx, s.c, count, s.payload)
 }
+
+// commandRTTShare is the share of the round trips the qm-command row runs.
+const commandRTTShare = 20
 
 func (s *qmSystem) close() {
 	if s.c != nil {

@@ -110,6 +110,8 @@ var systemLabels = map[string]string{
 	"qm-js-nosync": "qm, batched, embedded JetStream node (--fsync never)",
 	"nats":         "NATS JetStream direct, batched (sync always)",
 	"nats-nosync":  "NATS JetStream direct, batched (default sync)",
+	"qm-stdio":     "qm --stdio, Python x*x",
+	"qm-command":   "qm command mode, Python x*x",
 }
 
 // markdown is the results section of docs/PERFORMANCE.md.
@@ -189,6 +191,13 @@ func (r *report) targets() string {
 	ratio("qm batched ≥ 1.0x Redis batched, 16 B", 1, "qm", "redis", 16)
 	ratio("qm batched ≥ 1.5x Redis batched, 4 KiB", 1.5, "qm", "redis", 4096)
 	ratio("qm 1 request/op ≥ 1.0x Redis 1 request/op, 16 B", 1, "qm-1req", "redis-1req", 16)
+	if x, ok := find("qm-stdio", 16); ok {
+		fmt.Fprintf(&b, "| issue 17: qm --stdio, 4 Python children ≥ 20k tasks/s | %s | %s |\n", fmtRate(x.Throughput), met(x.Throughput >= 20000))
+	} else {
+		fmt.Fprintf(&b, "| issue 17: qm --stdio, 4 Python children ≥ 20k tasks/s | not measured | |\n")
+	}
+	ratio("issue 17: qm --stdio ≥ 1000x command mode, Python", 1000, "qm-stdio", "qm-command", 16)
+	ratio("issue 17: qm --stdio ≥ 5x the BaseManager worker loop", 5, "qm-stdio", "python", 16)
 	if q, ok := find("qm", 16); ok {
 		if rd, ok := find("redis", 16); ok {
 			qp, rp := q.percentile(0.5), rd.percentile(0.5)

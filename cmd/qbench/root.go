@@ -28,13 +28,14 @@ type options struct {
 	QMBatch       int
 	QMConcurrency int
 	Python        string
+	PythonHelper  string
 	RedisServer   string
 	Out           string
 	Command       string
 }
 
 // systems the bench knows, in table order.
-var allSystems = []string{"qm", "qm-1req", "qm-defaults", "redis", "redis-1req", "python"}
+var allSystems = []string{"qm", "qm-1req", "qm-defaults", "qm-stdio", "qm-command", "redis", "redis-1req", "python"}
 
 // moreSystems are known but not run unless named in --systems: the
 // durable and JetStream setups (docs/SCALING.md).
@@ -71,6 +72,14 @@ Systems (--systems):
            what a user who starts as the README shows gets: the real
            qmaster map, fed lines, through qworkers with no flag but the
            handler.
+  qm-stdio one qworker --stdio with W children of a Python handler,
+           return x * x through the qmworker helper (--python-helper),
+           fed the numbers 1 to N by the real qmaster map; the payload
+           size does not apply.
+  qm-command
+           the same script in command mode: a Python process per task,
+           W at once; it puts --slow-n/50 tasks and runs a twentieth of
+           the round trips.
   redis    redis-server on loopback (no persistence), with qm's batching:
            the producer LPUSHes --qm-batch values per command and pops
            results with RPOP count or BRPOP; workers (qbench worker-redis)
@@ -109,6 +118,7 @@ Build the binaries first (make build); --bin says where they are.`,
 	fl.IntVar(&opts.QMBatch, "qm-batch", 1000, "tasks per put and per get of results in the batched runs (qm and redis)")
 	fl.IntVar(&opts.QMConcurrency, "qm-concurrency", 32, "qworker --concurrency in the batched qm runs")
 	fl.StringVar(&opts.Python, "python", "python3", "Python interpreter")
+	fl.StringVar(&opts.PythonHelper, "python-helper", "python", "`dir`ectory holding qmworker.py, the Python helper of the qm-stdio and qm-command rows")
 	fl.StringVar(&opts.RedisServer, "redis-server", "redis-server", "redis-server binary")
 	fl.StringVar(&opts.Out, "out", "", "also write the results into this markdown `file` (e.g. docs/PERFORMANCE.md), between its qbench markers")
 	opts.Command = "qbench " + strings.Join(os.Args[1:], " ")

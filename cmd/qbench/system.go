@@ -64,6 +64,10 @@ func (b *bench) start(ctx context.Context, sys string, size, w int) (system, err
 		return b.startNATSSystem(ctx, size, w, true)
 	case "nats-nosync":
 		return b.startNATSSystem(ctx, size, w, false)
+	case "qm-stdio":
+		return b.startQM(ctx, qmMode{python: pyStdio}, size, w)
+	case "qm-command":
+		return b.startQM(ctx, qmMode{python: pyCommand}, size, w)
 	case "redis":
 		return b.startRedisSystem(ctx, size, w, false)
 	case "redis-1req":
@@ -78,6 +82,9 @@ func (b *bench) start(ctx context.Context, sys string, size, w int) (system, err
 func (b *bench) tasksFor(sys string) int {
 	if sys == "qm-1req" || sys == "redis-1req" || sys == "python" {
 		return b.opts.SlowN
+	}
+	if sys == "qm-command" { // a Python start per task: about 10 tasks/s per core
+		return max(b.opts.SlowN/50, 10)
 	}
 	return b.opts.N
 }

@@ -96,6 +96,8 @@ func TestUsageErrors(t *testing.T) {
 		{"no key", env(), []string{"--server", "h:1", "--builtin", "echo"}, "no authkey"},
 		{"key and insecure", env(), []string{"--server", "h:1", "--authkey", "k", "--insecure-no-auth", "--builtin", "echo"}, "--insecure-no-auth sends no key"},
 		{"task timeout with builtin", env(keyEnv), []string{"--server", "h:1", "--builtin", "echo", "--task-timeout", "1s"}, "--task-timeout applies to a command"},
+		{"stdio without command", env(keyEnv), []string{"--server", "h:1", "--stdio"}, "--stdio needs a command"},
+		{"stdio with builtin", env(keyEnv), []string{"--server", "h:1", "--stdio", "--builtin", "echo"}, "--stdio needs a command"},
 		{"zero concurrency", env(keyEnv), []string{"--server", "h:1", "--builtin", "echo", "--concurrency", "0"}, "--concurrency must be at least 1"},
 		{"negative prefetch", env(keyEnv), []string{"--server", "h:1", "--builtin", "echo", "--prefetch", "-1"}, "--prefetch must not be negative"},
 		{"bad duration", env(keyEnv), []string{"--server", "h:1", "--builtin", "echo", "--idle-exit", "soon"}, `invalid argument "soon" for "--idle-exit"`},
@@ -245,5 +247,40 @@ func TestInsecureNoAuthIgnoresEnvKey(t *testing.T) {
 	code, p := runQworker(t, env(keyEnv), "--server", addr, "--insecure-no-auth", "--builtin", "echo", "--idle-exit", "200ms")
 	if code != 0 {
 		t.Fatalf("exit %d, want 0; stderr:\n%s", code, p.stderr.String())
+	}
+}
+
+func TestStdioMode(t *testing.T) {
+	addr, _ := qmtest.StartMaster(t, master.Config{MaxAttempts: 1})
+	c := qmtest.Dial(t, addr, "producer")
+	ids := put(t, c, "tasks", []any{1, 2, 3, "oops"})
+	p := start(t, env(keyEnv), "--server", addr, "--stdio", "--concurrency", "2", "--get-timeout", "200ms",
+		"--", "sh", "-c", `echo "child $QM_CHILD up" >&2
+while read -r x; do
+	case $x in *[!0-9]*) echo "!error not a number: $x"; continue;; esac
+	echo $((x*x))
+done`)
+	got := map[uint64]wire.Result{}
+	for _, r := range results(t, c, "results", 4, 10*time.Second) {
+		got[r.TaskID] = r
+	}
+	for i, want := range []int64{1, 4, 9} {
+		if v, err := wire.DecodeValue(got[ids[i]].Value); err != nil || v != want {
+			t.Errorf("task %d: %v, %v; want %d", ids[i], v, err, want)
+		}
+	}
+	if r := got[ids[3]]; !strings.HasSuffix(r.Error, `: not a number: "oops"`) {
+		t.Errorf("failing task: %+v", r)
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := p.wait(t, 10*time.Second); code != 0 {
+		t.Fatalf("exit %d after SIGTERM, want 0; stderr:\n%s", code, p.stderr.String())
+	}
+	for _, want := range []string{`run="stdio sh -c`, `line="child 1 up"`, `line="child 2 up"`} {
+		if !strings.Contains(p.stderr.String(), want) {
+			t.Errorf("stderr lacks %s:\n%s", want, p.stderr.String())
+		}
 	}
 }

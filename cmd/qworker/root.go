@@ -30,6 +30,7 @@ type options struct {
 	InsecureNoAuth bool
 	Builtin        string
 	Command        []string // the arguments: a command to run per task
+	Stdio          bool     // run Command as long-lived children instead
 	Tasks          string
 	Results        string
 	Concurrency    int
@@ -55,7 +56,7 @@ var errNoKey = usageErrorf("no authkey: give the master's key with --authkey-fil
 func newRootCmd(f *factory, runF func(*options) error) *cobra.Command {
 	opts := &options{IO: f, LogFormat: cliflag.NewEnum("text", "text", "json")}
 	cmd := &cobra.Command{
-		Use:   "qworker --server HOST:PORT [flags] (--builtin NAME | [--] COMMAND [ARG...])",
+		Use:   "qworker --server HOST:PORT [flags] (--builtin NAME | [--stdio] [--] COMMAND [ARG...])",
 		Short: "Run tasks from a qm master's queue",
 		Long: `qworker takes tasks from a queue of a qm master and runs each one, with a
 built-in handler (--builtin NAME) or by running COMMAND once per task.
@@ -70,6 +71,16 @@ fails the attempt, with the end of stderr as the error; the master retries
 the task, and dead-letters it after its last attempt. --task-timeout kills
 a command that runs too long, with every process it started. No shell is
 involved: use sh -c '...' for pipes and redirections.
+
+With --stdio, qworker starts --concurrency copies of COMMAND once and keeps
+them: it writes each task's payload to a child's stdin as one line of JSON,
+and the child answers with one line on stdout, the result as JSON, or
+"!error TEXT" to fail the attempt (docs/WORKERS.md has the exact bytes). A
+child's stderr goes to the log. A child that exits, hangs past
+--task-timeout or breaks the protocol is stopped, the attempt it held
+fails with the end of its stderr, and it is restarted with backoff. The
+children's environment adds QM_STDIO=1, QM_CHILD (1 to N) and, unless
+set, PYTHONUNBUFFERED=1.
 
 Results go to the task's reply-to queue if its producer named one, else to
 --results. qworker runs up to --concurrency tasks at once. When tasks
@@ -102,6 +113,11 @@ such as a rejected authkey; 2 on a usage error.`,
   qworker --server master:5000 --authkey-file ~/.qm/key --concurrency 8 \
       --task-timeout 1m -- python3 process.py --verbose
 
+  # Keep 4 Python processes running; each reads tasks and prints results
+  qworker --server master:5000 --authkey-file ~/.qm/key --stdio --concurrency 4 \
+      -- python3 -c 'import json,sys
+  for line in sys.stdin: print(json.dumps(json.loads(line) ** 2))'
+
   # Work through a batch and exit once the queue has been empty for 10s
   qworker --server master:5000 --authkey-file ~/.qm/key --tasks thumbs \
       --idle-exit 10s -- sh -c 'convert "$(cat)" -resize 128x128 "thumb-$QM_TASK_ID.png"'`,
@@ -132,6 +148,7 @@ such as a rejected authkey; 2 on a usage error.`,
 	fl.BoolVar(&opts.InsecureNoAuth, "insecure-no-auth", false, "connect to a master started with --insecure-no-auth (sends no key)")
 	tlsconfig.AddClientFlags(fl, &opts.TLS)
 	fl.StringVar(&opts.Builtin, "builtin", "", "run the built-in handler `name` on each task: "+strings.Join(worker.BuiltinNames(), ", "))
+	fl.BoolVar(&opts.Stdio, "stdio", false, "start --concurrency long-lived copies of COMMAND and pass them tasks, a line each, on stdin (see docs/WORKERS.md)")
 	fl.StringVar(&opts.Tasks, "tasks", wire.DefaultTaskQueue, "`queue` to take tasks from")
 	fl.StringVar(&opts.Results, "results", wire.DefaultResultQueue, "`queue` for the results of tasks that name no reply-to queue")
 	fl.IntVar(&opts.Concurrency, "concurrency", 1, "tasks run at once")
@@ -140,7 +157,7 @@ such as a rejected authkey; 2 on a usage error.`,
 	fl.DurationVar(&opts.IdleExit, "idle-exit", 0, "exit 0 after this long without a task, time unable to reach the master included (0: never)")
 	fl.IntVar(&opts.MaxTasks, "max-tasks", 0, "exit 0 after handling this many tasks, failed ones included (0: unlimited)")
 	fl.DurationVar(&opts.Lease, "lease", 0, "lease asked for each task; renewed every third of it while the task runs (0: the master's default)")
-	fl.DurationVar(&opts.TaskTimeout, "task-timeout", 0, "kill COMMAND, and all it started, after this long; the attempt fails (0: no limit; command mode only)")
+	fl.DurationVar(&opts.TaskTimeout, "task-timeout", 0, "kill COMMAND, and all it started, after this long on one task; the attempt fails; a --stdio child is restarted (0: no limit)")
 	fl.StringVar(&opts.Name, "name", "", "`name` of this worker in the master's client list and in results (default host:pid)")
 	opts.LogLevel.Level = slog.LevelInfo
 	fl.Var(&opts.LogLevel, "log-level", "least severe log level shown: debug, info, warn or error")
@@ -169,6 +186,8 @@ func (o *options) validate() error {
 		}
 	}
 	switch {
+	case o.Stdio && len(o.Command) == 0:
+		return usageErrorf("--stdio needs a command to run after --")
 	case o.Builtin != "" && len(o.Command) > 0:
 		return usageErrorf("give --builtin or a command to run, not both (got --builtin %s and %q)", o.Builtin, o.Command[0])
 	case o.Builtin == "" && len(o.Command) == 0:
@@ -246,6 +265,16 @@ func (o *options) handler() (worker.Handler, error) {
 	return worker.Command(o.Command, o.TaskTimeout), nil
 }
 
+// stdioConfig is the configuration of the --stdio children.
+func (o *options) stdioConfig(log *slog.Logger) worker.StdioConfig {
+	return worker.StdioConfig{
+		Command:     o.Command,
+		Children:    o.Concurrency,
+		TaskTimeout: o.TaskTimeout,
+		Logger:      log,
+	}
+}
+
 // key loads the authkey, or nil under --insecure-no-auth.
 func (o *options) key() ([]byte, error) {
 	if o.InsecureNoAuth {
@@ -276,22 +305,35 @@ func runWorker(ctx context.Context, opts *options) error {
 	if err != nil {
 		return err
 	}
-	h, err := opts.handler()
-	if err != nil {
-		return err
-	}
 	tcfg, err := tlsconfig.Client(opts.TLS)
 	if err != nil {
 		return err
 	}
 	log := opts.logger(opts.IO.ErrOut)
 	cfg := opts.config(key, log)
-	cfg.Handler = h
 	cfg.TLS = tcfg
-
 	mode := "builtin " + opts.Builtin
-	if opts.Builtin == "" {
-		mode = "command " + strings.Join(opts.Command, " ")
+	switch {
+	case opts.Stdio:
+		mode = "stdio " + strings.Join(opts.Command, " ")
+		children, err := worker.NewStdio(opts.stdioConfig(log))
+		if err != nil {
+			return err
+		}
+		defer func() {
+			if err := children.Close(); err != nil {
+				log.Warn("stopping children", "err", err)
+			}
+		}()
+		cfg.Handler = children.Handle
+		cfg.Concurrency = children.Slots() // tasks wait at the children, not at the master
+	default:
+		if opts.Builtin == "" {
+			mode = "command " + strings.Join(opts.Command, " ")
+		}
+		if cfg.Handler, err = opts.handler(); err != nil {
+			return err
+		}
 	}
 	log.Info("starting", "server", opts.Server, "queue", opts.Tasks, "run", mode, "concurrency", opts.Concurrency)
 	stopLog := context.AfterFunc(ctx, func() {

@@ -6,7 +6,9 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"unicode/utf8"
 
@@ -114,4 +116,24 @@ func jsonable(v any) any {
 		return out
 	}
 	return v
+}
+
+// ErrNotJSON is returned by ParseStrict for text that is not one JSON
+// value.
+var ErrNotJSON = errors.New("not one JSON value")
+
+// ParseStrict reads text that must be exactly one JSON value (integers as
+// int64 when they fit, as Parse does), with nothing but white space
+// around it.
+func ParseStrict(b []byte) (any, error) {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrNotJSON, err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("%w: data after the value", ErrNotJSON)
+	}
+	return normalize(v), nil
 }

@@ -79,3 +79,25 @@ func TestMarshal(t *testing.T) {
 		})
 	}
 }
+
+func TestParseStrict(t *testing.T) {
+	for _, tt := range []struct {
+		in   string
+		want any
+		ok   bool
+	}{
+		{"42", int64(42), true},
+		{" [1, \"a\"] ", []any{int64(1), "a"}, true},
+		{"null", nil, true},
+		{"hello", nil, false},
+		{"1 2", nil, false},
+		{"[1]]", nil, false},
+		{"", nil, false},
+		{"{", nil, false},
+	} {
+		got, err := ParseStrict([]byte(tt.in))
+		if (err == nil) != tt.ok || !reflect.DeepEqual(got, tt.want) {
+			t.Errorf("ParseStrict(%q) = %#v, %v; want %#v (ok %v)", tt.in, got, err, tt.want, tt.ok)
+		}
+	}
+}

@@ -1,0 +1,133 @@
+"""Write a qm worker in Python as a plain function.
+
+    from qmworker import task
+
+    @task
+    def square(x):
+        return x * x
+
+Run it under qworker, either way:
+
+    qworker --server master:5000 --stdio --concurrency 4 -- python3 square.py
+    qworker --server master:5000 -- python3 square.py     # a process per task
+
+The function gets the task's payload, decoded from JSON, and returns the
+result, which must be JSON-serialisable. An exception fails the attempt:
+its traceback goes to stderr (qworker logs it) and its last line is the
+attempt's error. print() inside the function writes to stderr, so that it
+cannot break the protocol on stdout.
+
+@task runs the worker when the script's top level has finished, if the
+function is defined in the script itself (__main__); elsewhere, call
+run(fn). The protocol is docs/WORKERS.md of the qm repository. This module
+uses only the standard library: copy it, or `pip install ./python`.
+"""
+
+import atexit
+import json
+import os
+import sys
+import traceback
+
+__all__ = ["task", "run", "ERROR_PREFIX"]
+__version__ = "0.1.0"
+
+# A line that starts with this fails the attempt; no JSON text starts with "!".
+ERROR_PREFIX = b"!error "
+# The first line in stdio mode: this child answers every task with one line.
+PIPELINE_HELLO = b"!pipeline\n"
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+def task(fn):
+    """Make fn the worker's handler; in a script, run it once the script's top level is done."""
+    if getattr(fn, "__module__", None) == "__main__":
+        atexit.register(_run_at_exit, fn)
+    return fn
+
+
+def _run_at_exit(fn):
+    if sys.exc_info()[0] is None:
+        code = run(fn)
+        if code:
+            # atexit cannot change the exit status another way.
+            sys.stdout.flush()
+            os._exit(code)
+
+
+def run(fn, stdin=None, stdout=None, stderr=None):
+    """Run fn on the tasks qworker gives this process and return an exit status.
+
+    Under qworker --stdio (QM_STDIO=1) it answers tasks, a line each, until
+    stdin ends; otherwise it runs one task, read whole from stdin (command
+    mode), and returns 1 if fn failed.
+    """
+    stdin = stdin if stdin is not None else sys.stdin.buffer
+    stdout = stdout if stdout is not None else sys.stdout.buffer
+    stderr = stderr if stderr is not None else sys.stderr
+    saved = sys.stdout
+    sys.stdout = stderr  # the handler's print() must not reach the protocol
+    try:
+        if os.environ.get("QM_STDIO") == "1":
+            _serve(fn, stdin, stdout, stderr)
+            return 0
+        return _once(fn, stdin, stdout, stderr)
+    finally:
+        sys.stdout = saved
+
+
+def _serve(fn, stdin, stdout, stderr):
+    # "!pipeline" promises one line per task, so qworker may write tasks
+    # ahead; answering a whole read at once then costs one write.
+    stdout.write(PIPELINE_HELLO)
+    stdout.flush()
+    read = getattr(stdin, "read1", None) or stdin.read
+    rest = b""
+    while True:
+        chunk = read(1 << 16)
+        if not chunk:
+            break
+        lines = (rest + chunk).split(b"\n")
+        rest = lines.pop()
+        stdout.write(b"".join([_answer(fn, line, stderr) for line in lines]))
+        stdout.flush()
+    if rest.strip():
+        stdout.write(_answer(fn, rest, stderr))
+        stdout.flush()
+
+
+def _answer(fn, line, stderr):
+    try:
+        payload = json.loads(line)
+    except ValueError as exc:
+        return ERROR_PREFIX + ("payload is not JSON: %s" % exc).encode() + b"\n"
+    try:
+        return _dumps(fn(payload)).encode() + b"\n"
+    except Exception as exc:  # noqa: BLE001 - every failure is the attempt's
+        return ERROR_PREFIX + _error_text(exc, stderr).encode() + b"\n"
+
+
+def _once(fn, stdin, stdout, stderr):
+    data = stdin.read().decode("utf-8", "replace")
+    try:
+        payload = json.loads(data)
+    except ValueError:
+        payload = data  # command mode sends a string payload as its raw text
+    try:
+        answer = _dumps(fn(payload))
+    except Exception as exc:  # noqa: BLE001
+        _error_text(exc, stderr)
+        return 1
+    stdout.write(answer.encode() + b"\n")
+    stdout.flush()
+    return 0
+
+
+def _error_text(exc, stderr):
+    """Log the traceback and return the error line's text: its last line."""
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    stderr.write(text)
+    stderr.flush()
+    last = traceback.format_exception_only(type(exc), exc)[-1].strip()
+    return " ".join(last.split())  # one line

@@ -1,0 +1,82 @@
+"""Unit tests of qmworker; cmd/qworker's Go tests run them with real python3."""
+
+import io
+import os
+import sys
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import qmworker  # noqa: E402
+
+
+def square(x):
+    print("squaring", x)  # must go to stderr
+    return x * x
+
+
+class Stdio(unittest.TestCase):
+    def serve(self, fn, data):
+        os.environ["QM_STDIO"] = "1"
+        try:
+            out, err = io.BytesIO(), io.StringIO()
+            code = qmworker.run(fn, io.BytesIO(data), out, err)
+            hello, _, answers = out.getvalue().partition(b"\n")
+            self.assertEqual(hello, b"!pipeline")
+            return code, answers, err.getvalue()
+        finally:
+            del os.environ["QM_STDIO"]
+
+    def test_answers_a_line_per_task(self):
+        code, out, err = self.serve(square, b'2\n3\r\n1.5\n')
+        self.assertEqual(code, 0)
+        self.assertEqual(out, b"4\n9\n2.25\n")
+        self.assertIn("squaring 2", err)
+
+    def test_exception_is_an_error_line(self):
+        code, out, err = self.serve(square, b'"x"\n4\n')
+        self.assertEqual(out, b"!error TypeError: can't multiply sequence by non-int of type 'str'\n16\n")
+        self.assertIn("Traceback", err)
+
+    def test_payload_not_json(self):
+        _, out, _ = self.serve(square, b"garbage\n5\n")
+        self.assertTrue(out.startswith(b"!error payload is not JSON: Expecting value"), out)
+        self.assertTrue(out.endswith(b"\n25\n"), out)
+
+    def test_result_not_json(self):
+        _, out, _ = self.serve(lambda x: {1, 2}, b"1\n")
+        self.assertTrue(out.startswith(b"!error TypeError: Object of type set"), out)
+
+    def test_multiline_error_is_one_line(self):
+        def fail(x):
+            raise ValueError("two\nlines")
+        _, out, _ = self.serve(fail, b"1\n")
+        self.assertEqual(out, b"!error ValueError: two lines\n")
+
+    def test_last_line_without_newline(self):
+        self.assertEqual(self.serve(square, b"2\n3")[1], b"4\n9\n")
+
+    def test_unicode(self):
+        _, out, _ = self.serve(lambda s: s + "\u00e9\u2028", b'"caf"\n')
+        self.assertEqual(out.decode(), "\"caf\u00e9\u2028\"\n")
+
+
+class Command(unittest.TestCase):
+    def once(self, fn, data):
+        out, err = io.BytesIO(), io.StringIO()
+        code = qmworker.run(fn, io.BytesIO(data), out, err)
+        return code, out.getvalue(), err.getvalue()
+
+    def test_json_payload(self):
+        self.assertEqual(self.once(square, b"7\n")[:2], (0, b"49\n"))
+
+    def test_raw_string_payload(self):
+        self.assertEqual(self.once(lambda s: s.upper(), b"hello world")[:2], (0, b'"HELLO WORLD"\n'))
+
+    def test_failure_exits_1(self):
+        code, out, err = self.once(square, b"oops")
+        self.assertEqual((code, out), (1, b""))
+        self.assertIn("TypeError", err)
+
+
+if __name__ == "__main__":
+    unittest.main()

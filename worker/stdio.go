@@ -1,0 +1,222 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/qm-dev/qm/wire"
+)
+
+// StdioConfig configures Stdio. Zero values mean the defaults.
+type StdioConfig struct {
+	// Command is the program to run, then its arguments; no shell.
+	// Required.
+	Command []string
+	// Children is how many copies of Command run; default 1.
+	Children int
+	// Pipeline is how many tasks may be written ahead to a child that
+	// asked for it (docs/WORKERS.md); default DefaultStdioPipeline. A
+	// child that did not ask gets one task at a time.
+	Pipeline int
+	// TaskTimeout fails the attempt of a child that has not answered its
+	// task within this long of being given it (or of its previous answer,
+	// for a task written ahead), and kills and restarts the child; zero is
+	// no limit.
+	TaskTimeout time.Duration
+	// MaxLine bounds a result line, its '\n' excluded; default
+	// wire.DefaultMaxMessageSize. A longer line fails the attempt; the
+	// rest of it is skipped and the child goes on.
+	MaxLine int
+	// RestartMin is the delay before restarting a child that exited or
+	// broke the protocol; default 100ms. It doubles for each failure in a
+	// row, up to RestartMax (default 5s), and starts again once a child
+	// answers a task.
+	RestartMin time.Duration
+	// RestartMax bounds the delay between restarts; default 5s.
+	RestartMax time.Duration
+	// StopTimeout is how long Close lets a child run after closing its
+	// stdin before it kills it; default 5s.
+	StopTimeout time.Duration
+	// Logger receives the children's stderr, a line a record, and their
+	// restarts; nil discards them.
+	Logger *slog.Logger
+}
+
+// Validate reports the first invalid field of c, by name.
+func (c *StdioConfig) Validate() error {
+	switch {
+	case len(c.Command) == 0 || c.Command[0] == "":
+		return errors.New("stdio config: Command is required")
+	case c.Children < 0:
+		return errors.New("stdio config: Children must not be negative")
+	case c.Pipeline < 0:
+		return errors.New("stdio config: Pipeline must not be negative")
+	case c.TaskTimeout < 0:
+		return errors.New("stdio config: TaskTimeout must not be negative")
+	case c.MaxLine < 0:
+		return errors.New("stdio config: MaxLine must not be negative")
+	case c.RestartMin < 0 || c.RestartMax < 0:
+		return errors.New("stdio config: RestartMin and RestartMax must not be negative")
+	case c.StopTimeout < 0:
+		return errors.New("stdio config: StopTimeout must not be negative")
+	}
+	return nil
+}
+
+func (c *StdioConfig) setDefaults() {
+	c.Command = slices.Clone(c.Command)
+	if c.Children == 0 {
+		c.Children = 1
+	}
+	if c.Pipeline == 0 {
+		c.Pipeline = DefaultStdioPipeline
+	}
+	if c.MaxLine == 0 {
+		c.MaxLine = wire.DefaultMaxMessageSize
+	}
+	if c.RestartMin == 0 {
+		c.RestartMin = 100 * time.Millisecond
+	}
+	if c.RestartMax == 0 {
+		c.RestartMax = max(5*time.Second, c.RestartMin)
+	}
+	if c.StopTimeout == 0 {
+		c.StopTimeout = 5 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// DefaultStdioPipeline is what StdioConfig.Pipeline 0 means.
+const DefaultStdioPipeline = 32
+
+// Stdio runs tasks through long-lived child processes that speak the
+// line protocol of docs/WORKERS.md: a task's payload as one line of JSON
+// on the child's stdin, its result as one line of JSON on the child's
+// stdout, or "!error TEXT" to fail the attempt.
+//
+// Each child is owned by one goroutine, which alone writes to it, reads
+// from it, stops and restarts it. Handlers hand their tasks to whichever
+// owner is free, through one channel, and wait for the answer. An owner
+// writes a child one task at a time, or, once the child has sent the line
+// "!pipeline", every task waiting (up to Pipeline) in one write, and
+// reads the answers in order. A child that exits, hangs past TaskTimeout
+// or breaks the protocol fails the attempt of the task it was answering;
+// the owner restarts it, after a backoff, and writes it again the tasks
+// it had not answered. A third goroutine per child logs its stderr and
+// keeps the end of it for errors.
+type Stdio struct {
+	cfg  StdioConfig
+	reqs chan *request // to the owners
+	quit chan struct{} // closed by Close: the owners stop their children
+	wg   sync.WaitGroup
+
+	closeOnce sync.Once
+	closeErr  error
+	stopErrs  []error // one per child, set by its owner as it ends
+}
+
+// request is a task handed to an owner.
+type request struct {
+	ctx  context.Context
+	line []byte      // the task's line, '\n' included
+	done chan answer // buffered 1: the owner never waits on it
+}
+
+type answer struct {
+	v   any
+	err error
+}
+
+// NewStdio starts cfg.Children copies of cfg.Command. It fails if the
+// command cannot be started at all. Close stops the children.
+func NewStdio(cfg StdioConfig) (*Stdio, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg.setDefaults()
+	s := &Stdio{
+		cfg:      cfg,
+		reqs:     make(chan *request),
+		quit:     make(chan struct{}),
+		stopErrs: make([]error, cfg.Children),
+	}
+	children := make([]*child, cfg.Children)
+	for i := range children {
+		c := &child{cfg: &s.cfg, id: i + 1}
+		if err := c.start(); err != nil {
+			for _, c := range children[:i] {
+				c.closeInput()
+				_ = c.stopBy(time.Now())
+			}
+			return nil, err
+		}
+		children[i] = c
+	}
+	for i, c := range children {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.stopErrs[i] = c.own(s.reqs, s.quit)
+		}()
+	}
+	return s, nil
+}
+
+// Slots is how many tasks the children can hold at once, running or
+// written ahead: give Config.Concurrency this, so that a child that
+// answers finds its next tasks waiting.
+func (s *Stdio) Slots() int { return s.cfg.Children * s.cfg.Pipeline }
+
+// Handle is the Handler: it runs t on a free child. When ctx ends first
+// it returns at once; the child's answer, if it comes, is dropped.
+func (s *Stdio) Handle(ctx context.Context, t Task) (any, error) {
+	line, err := stdioInput(t, nil)
+	if err != nil {
+		return nil, err // no child sees it
+	}
+	r := &request{ctx: ctx, line: line, done: make(chan answer, 1)}
+	select {
+	case s.reqs <- r:
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
+	case <-s.quit:
+		return nil, errStdioClosed
+	}
+	select {
+	case a := <-r.done:
+		return a.v, a.err
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
+	}
+}
+
+// errStdioClosed fails a task handed to a closed Stdio.
+var errStdioClosed = errors.New("stdio children stopped")
+
+// Close stops the children: it closes their stdin, which asks them to
+// exit, and kills those still running after StopTimeout. Call it after
+// Run has returned, when no handler waits for a child.
+func (s *Stdio) Close() error {
+	s.closeOnce.Do(func() {
+		close(s.quit)
+		s.wg.Wait()
+		s.closeErr = errors.Join(s.stopErrs...)
+	})
+	return s.closeErr
+}
+
+// childRestartError is a child that had to be stopped; the attempt it held
+// fails with it.
+func childRestartError(id int, what string, tail string) error {
+	if tail == "" {
+		return fmt.Errorf("child %d %s", id, what)
+	}
+	return fmt.Errorf("child %d %s: %s", id, what, tail)
+}

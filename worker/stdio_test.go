@@ -1,0 +1,271 @@
+package worker_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"math"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/qm-dev/qm/internal/qmtest"
+	"github.com/qm-dev/qm/master"
+	"github.com/qm-dev/qm/wire"
+	"github.com/qm-dev/qm/worker"
+)
+
+// startStdio starts children running the shell script, stopped at cleanup.
+func startStdio(t *testing.T, script string, cfg worker.StdioConfig) *worker.Stdio {
+	t.Helper()
+	cfg.Command = []string{"sh", "-c", script}
+	if cfg.RestartMin == 0 {
+		cfg.RestartMin = 10 * time.Millisecond
+		cfg.RestartMax = 50 * time.Millisecond
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	s, err := worker.NewStdio(cfg)
+	if err != nil {
+		t.Fatalf("NewStdio: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Errorf("close: %v", err)
+		}
+	})
+	return s
+}
+
+// echoChild answers each task with its own line.
+const echoChild = `while IFS= read -r x; do printf '%s\n' "$x"; done`
+
+func TestStdioRoundTrip(t *testing.T) {
+	s := startStdio(t, echoChild, worker.StdioConfig{})
+	for _, tt := range []struct {
+		name    string
+		payload any
+		want    any
+	}{
+		{"number", 42, int64(42)},
+		{"string is JSON", "hello \"world\"\n", "hello \"world\"\n"},
+		{"map", map[string]any{"a": []any{1, "x"}}, map[string]any{"a": []any{int64(1), "x"}}},
+		{"null", nil, nil},
+		{"bytes as text", []byte("raw"), "raw"},
+		{"line separator", "a\u2028b", "a\u2028b"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := s.Handle(context.Background(), task(t, tt.payload))
+			if err != nil || !reflect.DeepEqual(got, tt.want) {
+				t.Fatalf("got %#v, %v; want %#v", got, err, tt.want)
+			}
+		})
+	}
+}
+
+func TestStdioErrorLine(t *testing.T) {
+	s := startStdio(t, `while read -r x; do
+	case $x in
+	*[!0-9]*) echo "!error cannot parse $x" ;;
+	*) echo $((x*2)) ;;
+	esac
+done`, worker.StdioConfig{})
+	for range 2 { // the child goes on after an error
+		if _, err := s.Handle(context.Background(), task(t, "x")); err == nil || err.Error() != `cannot parse "x"` {
+			t.Fatalf("error %v, want cannot parse \"x\"", err)
+		}
+		if v, err := s.Handle(context.Background(), task(t, 21)); err != nil || v != int64(42) {
+			t.Fatalf("got %v, %v; want 42", v, err)
+		}
+	}
+}
+
+func TestStdioLongLine(t *testing.T) {
+	s := startStdio(t, `while read -r x; do
+	if [ "$x" = '"long"' ]; then printf '"%0100000d"\n' 0; else echo "$x"; fi
+done`, worker.StdioConfig{MaxLine: 1000})
+	if _, err := s.Handle(context.Background(), task(t, "long")); err == nil || !strings.Contains(err.Error(), "too long") {
+		t.Fatalf("error %v, want result line too long", err)
+	}
+	// The rest of the line was skipped: the child still answers in step.
+	if v, err := s.Handle(context.Background(), task(t, 7)); err != nil || v != int64(7) {
+		t.Fatalf("got %v, %v; want 7", v, err)
+	}
+}
+
+func TestStdioStderrIsLogged(t *testing.T) {
+	logs := &syncBuffer{}
+	s := startStdio(t, `echo "hello from child $QM_CHILD" >&2; `+echoChild, worker.StdioConfig{
+		Logger: slog.New(slog.NewTextHandler(logs, nil)),
+	})
+	if _, err := s.Handle(context.Background(), task(t, 1)); err != nil {
+		t.Fatal(err)
+	}
+	qmtest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if !strings.Contains(logs.String(), `line="hello from child 1"`) {
+			return fmt.Errorf("logs %q lack the child's stderr", logs.String())
+		}
+		return nil
+	})
+}
+
+func TestStdioCloseKillsChildThatStays(t *testing.T) {
+	s, err := worker.NewStdio(worker.StdioConfig{
+		Command:     []string{"sh", "-c", `trap '' TERM; while :; do sleep 1; done`},
+		StopTimeout: 100 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := s.Close(); err == nil || !strings.Contains(err.Error(), "killed") {
+		t.Errorf("close: %v, want killed", err)
+	}
+	if took := time.Since(start); took > 3*time.Second {
+		t.Errorf("close took %s", took)
+	}
+}
+
+func TestStdioStartFails(t *testing.T) {
+	_, err := worker.NewStdio(worker.StdioConfig{Command: []string{"/nonexistent/qm-child"}})
+	if err == nil || !strings.Contains(err.Error(), "/nonexistent/qm-child") {
+		t.Fatalf("NewStdio: %v, want an error naming the program", err)
+	}
+}
+
+// stdioRun runs a worker with children of script against a master of
+// MaxAttempts 2, and returns its results of the tasks items, by ID.
+func stdioRun(t *testing.T, mcfg master.Config, script string, scfg worker.StdioConfig, items []any) ([]uint64, map[uint64]wire.Result, *wire.Client) {
+	t.Helper()
+	mcfg.MaxAttempts = 2
+	addr, _ := qmtest.StartMaster(t, mcfg)
+	c := qmtest.Dial(t, addr, "producer")
+	ids := put(t, c, "tasks", items, wire.PutOptions{ReplyTo: "replies"})
+	scfg.Children = 2
+	s := startStdio(t, script, scfg)
+	cfg := testConfig(t, addr, s.Handle)
+	cfg.Concurrency = s.Slots()
+	startWorker(t, cfg)
+	got := map[uint64]wire.Result{}
+	for _, r := range results(t, c, "replies", len(items), 20*time.Second) {
+		got[r.TaskID] = r
+	}
+	return ids, got, c
+}
+
+func TestStdioThroughRun(t *testing.T) {
+	for _, tt := range []struct{ name, script string }{
+		{"lockstep", `while read -r x; do echo $((x*x)); done`},
+		{"pipelined", `echo '!pipeline'; while read -r x; do echo $((x*x)); done`},
+	} {
+		t.Run(tt.name, func(t *testing.T) { squaresThroughRun(t, tt.script) })
+	}
+}
+
+func squaresThroughRun(t *testing.T, script string) {
+	items := ints(0, 200)
+	ids, got, c := stdioRun(t, master.Config{}, script, worker.StdioConfig{}, items)
+	for i, id := range ids {
+		if r := got[id]; r.Error != "" || value(t, r) != int64(i*i) {
+			t.Fatalf("task %d: %+v, want %d", i, r, i*i)
+		}
+	}
+	if st := stats(t, c, "tasks"); st.Done != 200 || st.Nacks != 0 {
+		t.Errorf("tasks queue: %+v, want 200 done", st)
+	}
+}
+
+// Each bad input fails the attempts of the task it hits, with a clear
+// error, and loses no other task.
+func TestStdioBadInput(t *testing.T) {
+	// The children answer 1, 2 and 3 in kind and misbehave on "bad".
+	child := func(onBad string) string {
+		return `while IFS= read -r x; do
+	if [ "$x" = '"bad"' ]; then ` + onBad + `; else printf '%s\n' "$x"; fi
+done`
+	}
+	for _, tt := range []struct {
+		name   string
+		mcfg   master.Config
+		script string
+		scfg   worker.StdioConfig
+		bad    any
+		want   string
+	}{
+		{name: "garbage", script: child("echo garbage"), bad: "bad",
+			want: `broke the stdio protocol: output line is not JSON: "garbage"; restarted`},
+		{name: "two lines for one task", script: child(`printf '1\n2\n'`), bad: "bad",
+			want: `broke the stdio protocol: more than one line for one task; restarted`},
+		{name: "empty line", script: child("echo"), bad: "bad", want: `output line is not JSON: ""`},
+		{name: "exits", script: child(`echo "cannot go on" >&2; exit 3`), bad: "bad",
+			want: "exited (exit status 3): cannot go on"},
+		{name: "hangs", script: child("sleep 60"), bad: "bad", scfg: worker.StdioConfig{TaskTimeout: 300 * time.Millisecond},
+			want: "timed out after 300ms; restarted"},
+		{name: "result larger than the master takes", mcfg: master.Config{MaxMessageSize: 64 << 10},
+			script: child(`printf '"%0100000d"\n' 0`), bad: "bad", want: "is over the largest the master takes"},
+		{name: "payload the child cannot parse", script: child(`echo "!error cannot parse $x"`), bad: "bad",
+			want: `cannot parse "bad"`},
+		{name: "payload that is not JSON", script: echoChild, bad: math.NaN(),
+			want: "payload cannot be sent as JSON"},
+	} {
+		for _, pipelined := range []bool{false, true} {
+			script, name := tt.script, tt.name
+			if pipelined {
+				if strings.HasPrefix(name, "two lines") {
+					continue // a pipelined child promises one line per task
+				}
+				script, name = `echo '!pipeline'; `+script, name+" pipelined"
+			}
+			t.Run(name, func(t *testing.T) {
+				items := []any{1, tt.bad, 2, 3}
+				ids, got, c := stdioRun(t, tt.mcfg, script, tt.scfg, items)
+				for i, want := range map[int]int64{0: 1, 2: 2, 3: 3} {
+					if r := got[ids[i]]; r.Error != "" || value(t, r) != want {
+						t.Errorf("task %d: %+v, want %d", i, r, want)
+					}
+				}
+				if r := got[ids[1]]; !strings.Contains(r.Error, tt.want) || r.Attempt != 2 {
+					t.Errorf("bad task: %+v, want error with %q after 2 attempts", r, tt.want)
+				}
+				if st := stats(t, c, "tasks"); st.Dead != 1 || st.Done != 3 {
+					t.Errorf("tasks queue: %+v, want 3 done and 1 dead", st)
+				}
+			})
+		}
+	}
+}
+
+// A child that exits at start-up fails the attempts of the tasks it is
+// given, with its stderr, and is restarted with backoff.
+func TestStdioChildExitsAtStart(t *testing.T) {
+	items := []any{1, 2}
+	ids, got, _ := stdioRun(t, master.Config{}, `echo "ImportError: no module named foo" >&2; exit 1`, worker.StdioConfig{}, items)
+	for _, id := range ids {
+		if r := got[id]; !strings.Contains(r.Error, "exited (exit status 1): ImportError: no module named foo") {
+			t.Errorf("task %d: %+v, want the child's exit and stderr", id, r)
+		}
+	}
+}
+
+func TestStdioDrain(t *testing.T) {
+	addr, _ := qmtest.StartMaster(t, master.Config{})
+	c := qmtest.Dial(t, addr, "producer")
+	put(t, c, "tasks", ints(1, 3), wire.PutOptions{})
+	s := startStdio(t, `while read -r x; do sleep 0.2; echo "$x"; done`, worker.StdioConfig{})
+	r := startWorker(t, testConfig(t, addr, s.Handle))
+	results(t, c, "results", 1, 10*time.Second)
+	r.cancel()
+	if err := r.wait(t, 10*time.Second); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	// The master releases what the worker held when the connection ends.
+	qmtest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		st := stats(t, c, "tasks")
+		if st.Leased != 0 || int(st.Done)+st.Ready != 3 || st.Nacks != 0 {
+			return fmt.Errorf("tasks queue after the drain: %+v, want every task done or ready", st)
+		}
+		return nil
+	})
+}
