@@ -83,8 +83,12 @@ func (p *process) readLines(max int) {
 	}
 }
 
-// lastStderr keeps the end of what a child wrote on stderr since its last
-// answer, for the error of an attempt it fails by exiting.
+// lastStderr keeps the end of what a child wrote on stderr, for the error
+// of an attempt it fails by exiting. It is not cleared at each answer:
+// stdout and stderr are separate pipes, so a line the child wrote on
+// stderr after an answer can be read before that answer, and clearing
+// there lost the reason of a child that answered, then wrote why it
+// stops and exited.
 type lastStderr struct {
 	mu  sync.Mutex
 	buf tailBuffer
@@ -102,12 +106,6 @@ func (s *lastStderr) take() string {
 	out := strings.TrimSpace(s.buf.String())
 	s.buf.buf, s.buf.cut = s.buf.buf[:0], false
 	return out
-}
-
-func (s *lastStderr) reset() {
-	s.mu.Lock()
-	s.buf.buf, s.buf.cut = s.buf.buf[:0], false
-	s.mu.Unlock()
 }
 
 // start starts the child's command.

@@ -174,7 +174,6 @@ func (o *owner) answer(l childLine) {
 		l.err = errors.New(ce.text)
 	}
 	o.failures = 0
-	o.proc.tail.reset()
 	o.inflight[0].done <- answer{v: l.v, err: l.err}
 	o.inflight[0] = nil
 	o.inflight = o.inflight[1:]
