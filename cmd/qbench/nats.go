@@ -63,24 +63,12 @@ func (b *bench) startNATSSystem(ctx context.Context, size, w int, syncAlways boo
 		return nil, err
 	}
 	url := "nats://127.0.0.1:" + strconv.Itoa(port)
-	ready := make(chan struct{}, 1)
-	onLine := func(line string) {
-		if line == "ready" {
-			ready <- struct{}{}
-		}
+	servers, err := b.startReady(ctx, "nats-server", 1, []string{b.self, "nats-server", "--port", strconv.Itoa(port), "--dir", s.dir,
+		"--sync-always=" + strconv.FormatBool(syncAlways)})
+	if len(servers) > 0 {
+		s.server = servers[0]
 	}
-	if s.server, err = b.procs.start("nats-server", []string{b.self, "nats-server", "--port", strconv.Itoa(port), "--dir", s.dir,
-		"--sync-always=" + strconv.FormatBool(syncAlways)}, nil, onLine); err != nil {
-		return nil, err
-	}
-	if err := waitFor(ctx, 10*time.Second, "nats-server to start", func() bool {
-		select {
-		case <-ready:
-			return true
-		default:
-			return false
-		}
-	}, s.server); err != nil {
+	if err != nil {
 		return nil, err
 	}
 	if s.nc, err = nats.Connect(url); err != nil {
@@ -104,30 +92,7 @@ func (b *bench) startNATSSystem(ctx context.Context, size, w int, syncAlways boo
 	if s.results, err = s.js.CreateConsumer(ctx, natsResults, consumer); err != nil {
 		return nil, err
 	}
-	started := make(chan struct{}, w)
-	for i := range w {
-		p, err := b.procs.start("nats worker "+strconv.Itoa(i), []string{b.self, "worker-nats", "--url", url, "--batch", strconv.Itoa(b.opts.QMConcurrency)},
-			nil, func(line string) {
-				if line == "ready" {
-					started <- struct{}{}
-				}
-			})
-		if err != nil {
-			return nil, err
-		}
-		s.workers = append(s.workers, p)
-	}
-	n := 0
-	err = waitFor(ctx, 10*time.Second, "nats workers to connect", func() bool {
-		for {
-			select {
-			case <-started:
-				n++
-			default:
-				return n >= w
-			}
-		}
-	}, s.workers...)
+	s.workers, err = b.startReady(ctx, "nats worker", w, []string{b.self, "worker-nats", "--url", url, "--batch", strconv.Itoa(b.opts.QMConcurrency)})
 	if err != nil {
 		return nil, err
 	}

@@ -70,28 +70,34 @@ func freePort() (int, error) {
 // take up to batch tasks at a time, and waits until each says it is
 // connected.
 func (b *bench) startRedisWorkers(ctx context.Context, addr string, w, batch int) ([]*proc, error) {
-	ready := make(chan struct{}, w)
+	argv := []string{b.self, "worker-redis", "--addr", addr, "--batch", strconv.Itoa(batch)}
+	return b.startReady(ctx, "redis worker", w, argv)
+}
+
+// startReady starts n copies of argv, named name 0, name 1 ..., and waits
+// until each has printed the line "ready".
+func (b *bench) startReady(ctx context.Context, name string, n int, argv []string) ([]*proc, error) {
+	ready := make(chan struct{}, n)
 	var ps []*proc
-	for i := range w {
-		p, err := b.procs.start("redis worker "+strconv.Itoa(i), []string{b.self, "worker-redis", "--addr", addr, "--batch", strconv.Itoa(batch)},
-			nil, func(line string) {
-				if line == "ready" {
-					ready <- struct{}{}
-				}
-			})
+	for i := range n {
+		p, err := b.procs.start(name+" "+strconv.Itoa(i), argv, nil, func(line string) {
+			if line == "ready" {
+				ready <- struct{}{}
+			}
+		})
 		if err != nil {
 			return ps, err
 		}
 		ps = append(ps, p)
 	}
-	n := 0
-	err := waitFor(ctx, 10*time.Second, "redis workers to connect", func() bool {
+	got := 0
+	err := waitFor(ctx, 10*time.Second, name+"s to be ready", func() bool {
 		for {
 			select {
 			case <-ready:
-				n++
+				got++
 			default:
-				return n >= w
+				return got >= n
 			}
 		}
 	}, ps...)

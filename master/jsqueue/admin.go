@@ -3,6 +3,7 @@ package jsqueue
 import (
 	"cmp"
 	"errors"
+	"maps"
 	"slices"
 	"time"
 
@@ -30,36 +31,46 @@ func (q *Queues) Stats(name string) (queue.Stats, error) {
 	if err != nil {
 		return queue.Stats{}, q.adminErr(name, "stats", err)
 	}
-	ci, err := s.cons.Info(ctx)
-	if err != nil {
-		return queue.Stats{}, q.adminErr(name, "stats", err)
-	}
-	st := queue.Stats{
-		Queue:     name,
-		Leased:    ci.NumAckPending,
-		Ready:     max(0, int(si.State.Msgs)-ci.NumAckPending),
-		Consumers: ci.NumWaiting,
-		Paused:    ci.Paused,
-		Puts:      si.State.LastSeq,
-		Gets:      ci.Delivered.Consumer,
-		Acks:      si.State.LastSeq - si.State.Msgs,
-	}
-	st.Done = st.Acks
-	if st.Ready > 0 && !si.State.FirstTime.IsZero() {
-		st.OldestReady = max(0, time.Since(si.State.FirstTime))
-	}
-	q.mu.Lock()
-	if c := q.stats[name]; c != nil {
-		st.Nacks, st.Expired = c.nacks, c.expired
-	}
-	q.mu.Unlock()
+	dead := 0
 	if !queue.IsDeadLetterName(name) {
 		if ds, err := q.open(queue.DeadLetterName(name), false); err == nil {
 			if di, err := ds.st.Info(ctx); err == nil {
-				st.Dead = int(di.State.Msgs)
+				dead = int(di.State.Msgs)
 			}
 		}
 	}
+	return q.figures(s, si.State, dead)
+}
+
+// figures makes a queue's figures from its stream's state, asking only its
+// consumer.
+func (q *Queues) figures(s *stream, state jetstream.StreamState, dead int) (queue.Stats, error) {
+	ctx, cancel := q.call()
+	defer cancel()
+	ci, err := s.cons.Info(ctx)
+	if err != nil {
+		return queue.Stats{}, q.adminErr(s.queue, "stats", err)
+	}
+	st := queue.Stats{
+		Queue:     s.queue,
+		Leased:    ci.NumAckPending,
+		Ready:     max(0, int(state.Msgs)-ci.NumAckPending),
+		Dead:      dead,
+		Consumers: ci.NumWaiting,
+		Paused:    ci.Paused,
+		Puts:      state.LastSeq,
+		Gets:      ci.Delivered.Consumer,
+		Acks:      state.LastSeq - state.Msgs,
+	}
+	st.Done = st.Acks
+	if st.Ready > 0 && !state.FirstTime.IsZero() {
+		st.OldestReady = max(0, time.Since(state.FirstTime))
+	}
+	q.mu.Lock()
+	if c := q.stats[s.queue]; c != nil {
+		st.Nacks, st.Expired = c.nacks, c.expired
+	}
+	q.mu.Unlock()
 	return st, nil
 }
 
@@ -71,29 +82,46 @@ func (q *Queues) adminErr(name, what string, err error) error {
 	return q.engineErr(what+" "+name, err)
 }
 
-// Queues returns the names of every queue in JetStream, sorted.
-func (q *Queues) Queues() []string {
+// list returns the state of every queue's stream, by queue name: one
+// listing of the streams, which carries their state.
+func (q *Queues) list() map[string]jetstream.StreamState {
 	ctx, cancel := q.call()
 	defer cancel()
-	var names []string
+	states := make(map[string]jetstream.StreamState)
 	l := q.js.ListStreams(ctx, jetstream.WithStreamListSubject(subjectPrefix+">"))
 	for si := range l.Info() {
 		if name, ok := si.Config.Metadata[metaQueueName]; ok && streamName(name) == si.Config.Name {
-			names = append(names, name)
+			states[name] = si.State
 		}
 	}
 	if err := l.Err(); err != nil {
 		q.log.Warn("listing queues failed", "err", err)
 	}
-	slices.Sort(names)
-	return names
+	return states
 }
 
-// AllStats returns the figures of every queue, sorted by name.
+// Queues returns the names of every queue in JetStream, sorted.
+func (q *Queues) Queues() []string {
+	return slices.Sorted(maps.Keys(q.list()))
+}
+
+// AllStats returns the figures of every queue, sorted by name. The
+// streams' state comes from one listing; each queue's consumer is asked
+// for the rest.
 func (q *Queues) AllStats() []queue.Stats {
-	var all []queue.Stats
-	for _, name := range q.Queues() {
-		if st, err := q.Stats(name); err == nil {
+	states := q.list()
+	names := slices.Sorted(maps.Keys(states))
+	all := make([]queue.Stats, 0, len(names))
+	for _, name := range names {
+		s, err := q.open(name, false)
+		if err != nil {
+			continue // deleted meanwhile
+		}
+		dead := 0
+		if !queue.IsDeadLetterName(name) {
+			dead = int(states[queue.DeadLetterName(name)].Msgs)
+		}
+		if st, err := q.figures(s, states[name], dead); err == nil {
 			all = append(all, st)
 		}
 	}

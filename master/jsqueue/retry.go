@@ -33,35 +33,35 @@ const attemptTimeout = 2 * time.Second
 // retrying calls f until it returns nil or an error that is not
 // transient, or ctx ends, backing off from 10ms to 250ms between calls.
 // Each call gets at most attemptTimeout; one that runs out is tried
-// again too, so f must be idempotent: a lookup, an ack, a nak.
+// again too, so f must be idempotent: a lookup, an ack.
 func retrying(ctx context.Context, f func(ctx context.Context) error) error {
-	backoff := 10 * time.Millisecond
-	for {
+	return retry(ctx, func() (bool, error) {
 		actx, cancel := context.WithTimeout(ctx, attemptTimeout)
+		defer cancel()
 		err := f(actx)
 		timedOut := actx.Err() != nil && ctx.Err() == nil
-		cancel()
-		if err == nil || !transient(err) && !timedOut {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return err
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, 250*time.Millisecond)
-	}
+		return transient(err) || err != nil && timedOut, err
+	})
 }
 
 // retryingTransient calls f again only after a transient error, which
 // says that f took no effect: for calls that must not be repeated once
-// they may have taken effect, such as a publish, or a pull whose
+// they may have taken effect, such as a publish, a nak, or a pull whose
 // messages would sit unseen until AckWait.
 func retryingTransient(ctx context.Context, f func() error) error {
+	return retry(ctx, func() (bool, error) {
+		err := f()
+		return transient(err), err
+	})
+}
+
+// retry calls try until it says not to try again, or ctx ends, backing
+// off from 10ms to 250ms between calls, and returns its last error.
+func retry(ctx context.Context, try func() (again bool, err error)) error {
 	backoff := 10 * time.Millisecond
 	for {
-		err := f()
-		if !transient(err) {
+		again, err := try()
+		if !again {
 			return err
 		}
 		select {
