@@ -134,13 +134,14 @@ func (c *clientConn) authorize(req *wire.Request) error {
 		} else {
 			err = k.CheckAdmin("inspect every queue")
 		}
-	case wire.OpPeek:
+	case wire.OpPeek, wire.OpDelayed:
 		err = k.CheckAdmin("peek at " + q)
 	case wire.OpQueues:
 		err = k.CheckAdmin("list the queues")
 	case wire.OpClients:
 		err = k.CheckAdmin("list the clients")
-	case wire.OpPurge, wire.OpDelete, wire.OpPause, wire.OpResume, wire.OpRequeue, wire.OpDrop:
+	case wire.OpPurge, wire.OpDelete, wire.OpPause, wire.OpResume, wire.OpRequeue, wire.OpDrop,
+		wire.OpConfig, wire.OpRunNow:
 		err = k.CheckAdmin(req.Op.String() + " " + q)
 	}
 	if err != nil {

@@ -27,7 +27,8 @@ func wireStats(st queue.Stats) wire.QueueStats {
 		Queue: st.Queue, Ready: st.Ready, Leased: st.Leased, Done: st.Done, Dead: st.Dead,
 		Consumers: st.Consumers, OldestAge: st.OldestReady, MaxLen: st.MaxLen,
 		Puts: st.Puts, Gets: st.Gets, Acks: st.Acks, Nacks: st.Nacks, Expired: st.Expired,
-		Paused: st.Paused,
+		Paused: st.Paused, Delayed: st.Delayed, Retrying: st.Retrying, NextDue: st.NextDue,
+		MaxAttempts: st.Policy.MaxAttempts, BackoffMin: st.Policy.BackoffMin, BackoffMax: st.Policy.BackoffMax,
 	}
 }
 
@@ -108,6 +109,8 @@ func (s *Server) operate(op wire.Op, q string, ids []uint64) (int, error) {
 		return 0, s.queues.SetPaused(q, false)
 	case wire.OpRequeue:
 		return s.queues.Requeue(q, ids)
+	case wire.OpRunNow:
+		return s.queues.RunNow(q, ids)
 	case wire.OpDrop:
 		if len(ids) == 0 {
 			return 0, fmt.Errorf("%w: drop takes the ids of the tasks (purge drops them all)", wire.ErrBadRequest)
@@ -133,8 +136,11 @@ func (c *clientConn) audit(req *wire.Request, n int, err error) {
 	if len(req.IDs) > 0 {
 		attrs = append(attrs, "tasks", req.IDs)
 	}
-	if req.Op == wire.OpRequeue || req.Op == wire.OpDrop || req.Op == wire.OpPurge {
+	if req.Op == wire.OpRequeue || req.Op == wire.OpDrop || req.Op == wire.OpPurge || req.Op == wire.OpRunNow {
 		attrs = append(attrs, "count", n)
+	}
+	if req.Op == wire.OpConfig {
+		attrs = append(attrs, "max_attempts", req.MaxAttempts, "backoff_min", req.BackoffMin, "backoff_max", req.BackoffMax)
 	}
 	if err != nil {
 		c.s.log.Warn("queue "+req.Op.String()+" failed", append(attrs, "err", err)...)

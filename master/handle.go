@@ -82,7 +82,7 @@ func (c *clientConn) handle(req *wire.Request, buf *callBuffers) *wire.Response 
 			err = fmt.Errorf("%w: nack takes one task id", wire.ErrBadRequest)
 			break
 		}
-		err = q.Nack(req.Queue, c.id, req.IDs[0], req.Error)
+		err = q.Nack(queue.NackRequest{Queue: req.Queue, Owner: c.id, ID: req.IDs[0], Error: req.Error, RetryAfter: req.RetryAfter})
 	case wire.OpExtend:
 		err = q.Extend(req.Queue, c.id, req.IDs, req.Lease)
 	case wire.OpComplete:
@@ -97,6 +97,14 @@ func (c *clientConn) handle(req *wire.Request, buf *callBuffers) *wire.Response 
 		var ts []queue.Task
 		ts, err = q.Peek(req.Queue, n)
 		resp.Tasks = wireTasks(req.Queue, ts)
+	case wire.OpDelayed:
+		n := req.Max
+		if n <= 0 {
+			n = defaultPeek
+		}
+		var ts []queue.Task
+		ts, err = q.PeekDelayed(req.Queue, n)
+		resp.Tasks = wireTasks(req.Queue, ts)
 	case wire.OpPurge:
 		resp.Count, err = q.Purge(req.Queue)
 		c.audit(req, resp.Count, err) // admin.go
@@ -107,8 +115,11 @@ func (c *clientConn) handle(req *wire.Request, buf *callBuffers) *wire.Response 
 		resp.Queues = q.Queues()
 	case wire.OpClients:
 		resp.Clients = c.s.clientInfos()
-	case wire.OpPause, wire.OpResume, wire.OpRequeue, wire.OpDrop:
+	case wire.OpPause, wire.OpResume, wire.OpRequeue, wire.OpDrop, wire.OpRunNow:
 		resp.Count, err = c.operate(req) // admin.go
+	case wire.OpConfig:
+		err = q.SetPolicy(req.Queue, queue.Policy{MaxAttempts: req.MaxAttempts, BackoffMin: req.BackoffMin, BackoffMax: req.BackoffMax})
+		c.audit(req, 0, err)
 	default:
 		err = fmt.Errorf("%w: %d", wire.ErrUnknownOp, req.Op)
 	}
@@ -131,9 +142,38 @@ func (c *clientConn) put(req *wire.Request) ([]uint64, error) {
 	}
 	items := make([]queue.Item, len(req.Items))
 	for i, p := range req.Items {
-		items[i] = queue.Item{Payload: p, ReplyTo: req.ReplyTo}
+		items[i] = queue.Item{Payload: p, ReplyTo: req.ReplyTo, Priority: req.Priority}
+	}
+	if err := putOptions(req, items); err != nil {
+		return nil, err
 	}
 	return c.s.queues.Put(c.waitCtx(req.Timeout), queue.PutRequest{Queue: req.Queue, Items: items, MaxWait: max(req.Timeout, 0)})
+}
+
+// putOptions sets the due time and keys of a put's items from req, or
+// says what is wrong with them.
+func putOptions(req *wire.Request, items []queue.Item) error {
+	switch {
+	case req.Delay < 0:
+		return fmt.Errorf("%w: a delay must be >= 0, got %v", wire.ErrBadRequest, req.Delay)
+	case req.Delay > 0 && !req.At.IsZero():
+		return fmt.Errorf("%w: a put takes a delay or a time to run at, not both", wire.ErrBadRequest)
+	case req.Keys != nil && len(req.Keys) != len(items):
+		return fmt.Errorf("%w: a put of %d items has %d idempotency keys; give one per item (\"\" for none)", wire.ErrBadRequest, len(items), len(req.Keys))
+	}
+	var due time.Time
+	if req.Delay > 0 {
+		due = time.Now().Add(req.Delay)
+	} else if !req.At.IsZero() {
+		due = req.At // a past time runs now
+	}
+	for i := range items {
+		items[i].Due = due
+		if req.Keys != nil {
+			items[i].Key = req.Keys[i]
+		}
+	}
+	return nil
 }
 
 // checkMemory refuses a put while the heap is above MaxMemory.
@@ -203,7 +243,7 @@ func (c *clientConn) complete(req *wire.Request, buf *callBuffers) error {
 	ids, values := buf.ids[:0], buf.values[:0]
 	for _, r := range req.Results {
 		if r.Error != "" {
-			if err := q.Nack(req.Queue, c.id, r.ID, r.Error); err != nil {
+			if err := q.Nack(queue.NackRequest{Queue: req.Queue, Owner: c.id, ID: r.ID, Error: r.Error, RetryAfter: r.RetryAfter}); err != nil {
 				errs = append(errs, err)
 			}
 			continue
@@ -291,6 +331,7 @@ func appendWireTasks(out []wire.Task, q string, ts []queue.Task) []wire.Task {
 		out = append(out, wire.Task{
 			ID: t.ID, Queue: q, Payload: t.Payload, ReplyTo: t.ReplyTo,
 			Attempt: t.Attempts, LastError: t.LastError, Enqueued: t.Enqueued,
+			Priority: t.Priority, Due: t.Due,
 		})
 	}
 	return out
@@ -302,6 +343,7 @@ func queueTasks(ts []wire.Task) []queue.Task {
 		out[i] = queue.Task{
 			ID: t.ID, Payload: t.Payload, ReplyTo: t.ReplyTo,
 			Attempts: t.Attempt, LastError: t.LastError, Enqueued: t.Enqueued,
+			Priority: t.Priority,
 		}
 	}
 	return out

@@ -26,14 +26,15 @@ type Queues interface {
 	// through req.Publish before the acks are stored.
 	Ack(req queue.AckRequest, dst []queue.Task) ([]queue.Task, error)
 	// Nack ends a failed attempt.
-	Nack(queue string, owner, id uint64, errText string) error
+	Nack(req queue.NackRequest) error
 	// Extend renews leases.
 	Extend(queue string, owner uint64, ids []uint64, lease time.Duration) error
 	// Release gives back every lease of an owner that went away.
 	Release(owner uint64) int
 	// LeasedBy counts an owner's leases.
 	LeasedBy(owner uint64) int
-	// ReapLeases expires leases as they run out, until done is closed.
+	// ReapLeases expires leases as they run out, and makes delayed tasks
+	// ready as they fall due, until done is closed.
 	ReapLeases(done <-chan struct{}, onExpired func(n int))
 
 	// Stats, AllStats, Queues, Peek and Leases are what operators see.
@@ -41,14 +42,18 @@ type Queues interface {
 	AllStats() []queue.Stats
 	Queues() []string
 	Peek(queue string, n int) ([]queue.Task, error)
+	PeekDelayed(queue string, n int) ([]queue.Task, error)
 	Leases() map[uint64][]queue.LeaseInfo
 
-	// Purge, Delete, SetPaused, Requeue and Drop are what operators do.
+	// Purge, Delete, SetPaused, Requeue, Drop, RunNow and SetPolicy are
+	// what operators do.
 	Purge(queue string) (int, error)
 	Delete(queue string) error
 	SetPaused(queue string, paused bool) error
 	Requeue(queue string, ids []uint64) (int, error)
 	Drop(queue string, ids []uint64) (int, error)
+	RunNow(queue string, ids []uint64) (int, error)
+	SetPolicy(queue string, p queue.Policy) error
 
 	// Close ends every blocked call with queue.ErrClosed.
 	Close()

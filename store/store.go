@@ -19,13 +19,21 @@ const (
 	// Attempts records a delivery: ID, Attempts.
 	Attempts
 	// Requeue moves a task within its queue (a failed attempt or an undone
-	// get goes back to the front): ID, Seq, Attempts, LastError.
+	// get goes back to the front, a delayed task becomes ready): ID, Seq,
+	// Attempts, LastError, Due.
 	Requeue
 	// Move stores a task again, whole, in another queue (its dead-letter
 	// queue), under the same ID: every field. It carries the whole task,
 	// not only the new queue, so that replaying it never depends on an
 	// earlier record.
 	Move
+	// Key remembers an idempotency key after its task is gone, for the
+	// rest of the dedup window: Queue, Key, ID, Enqueued (when the keyed
+	// put was made). An Add with a Key remembers it too.
+	Key
+	// SetPolicy sets a queue's retry policy (Op.Policy; the zero Policy
+	// goes back to the master's defaults): Queue.
+	SetPolicy
 )
 
 func (k Kind) String() string {
@@ -40,6 +48,10 @@ func (k Kind) String() string {
 		return "requeue"
 	case Move:
 		return "move"
+	case Key:
+		return "key"
+	case SetPolicy:
+		return "policy"
 	}
 	return "kind(" + strconv.Itoa(int(k)) + ")"
 }
@@ -54,12 +66,32 @@ type Task struct {
 	Attempts  int
 	LastError string
 	Enqueued  time.Time
+	// Due is when a delayed task, or one waiting out its retry backoff,
+	// may be handed out; zero means now.
+	Due time.Time
+	// Priority is 0 to 9, higher first.
+	Priority int
+	// Key is the idempotency key the task was put with, if any.
+	Key string
+}
+
+// Policy is a queue's retry policy. Zero fields mean the master's
+// defaults.
+type Policy struct {
+	// MaxAttempts is how many deliveries a task gets before a failed one
+	// is dead-lettered.
+	MaxAttempts int
+	// BackoffMin and BackoffMax bound the wait before a failed task is
+	// delivered again: BackoffMin after the first failure, doubling with
+	// each, up to BackoffMax.
+	BackoffMin, BackoffMax time.Duration
 }
 
 // Op is one change to the stored tasks.
 type Op struct {
-	Kind Kind
-	Task Task
+	Kind   Kind
+	Task   Task
+	Policy Policy // SetPolicy only
 }
 
 // Ticket identifies a position in a store's stream of ops: everything
@@ -75,16 +107,24 @@ type Meta struct {
 	MaxSeq int64
 	// Tasks is how many live tasks Load returned.
 	Tasks int
+	// Keys are the idempotency keys remembered (Kind Key), in no order,
+	// whether or not their tasks are live; the caller drops those past
+	// its dedup window.
+	Keys []Task
+	// Policies are the queues' retry policies, by queue name.
+	Policies map[string]Policy
 	// Warnings says what recovery dropped (a torn tail), for the log.
 	Warnings []string
 }
 
-// Dumper writes every live task through emit, with its current Seq and
-// Attempts. A store calls it from its own goroutine to write a snapshot;
-// it must take the same locks as the changes it reports, so that each
-// task it emits is in a state that an Append has described (or will
-// describe after the snapshot started).
-type Dumper func(emit func(*Task) error) error
+// Dumper writes the state to keep through emit: every live task as an
+// Add, with its current Seq, Attempts and Due, every idempotency key still
+// in its window as a Key, and every queue's policy as a SetPolicy. A
+// store calls it from its own goroutine to write a snapshot; it must take
+// the same locks as the changes it reports, so that each task it emits is
+// in a state that an Append has described (or will describe after the
+// snapshot started).
+type Dumper func(emit func(*Op) error) error
 
 // Store keeps the queue manager's tasks durable.
 //

@@ -1,6 +1,9 @@
 package wire
 
-import "context"
+import (
+	"context"
+	"time"
+)
 
 // The operators' calls: pause and resume a queue, requeue or drop dead
 // tasks. Dead tasks are listed with Peek on the dead-letter queue.
@@ -33,5 +36,35 @@ func (c *Client) Requeue(ctx context.Context, queue string, ids ...uint64) (int,
 func (c *Client) Drop(ctx context.Context, queue string, ids ...uint64) (int, error) {
 	var resp Response
 	err := c.call(ctx, &Request{Op: OpDrop, Queue: queue, IDs: ids}, &resp)
+	return resp.Count, err
+}
+
+// Policy is a queue's retry policy (Client.Config). MaxAttempts 0 and
+// BackoffMin 0 take the master's defaults; BackoffMin -1 means no backoff.
+type Policy struct {
+	MaxAttempts            int
+	BackoffMin, BackoffMax time.Duration
+}
+
+// Config sets the retry policy of queue; the zero Policy goes back to the
+// master's defaults. Stats shows the policy in effect.
+func (c *Client) Config(ctx context.Context, queue string, p Policy) error {
+	return c.call(ctx, &Request{Op: OpConfig, Queue: queue, MaxAttempts: p.MaxAttempts,
+		BackoffMin: p.BackoffMin, BackoffMax: p.BackoffMax}, &Response{})
+}
+
+// Delayed returns the first n delayed tasks of queue, by due time (each
+// with its Due): delayed puts and failed tasks waiting out their backoff.
+func (c *Client) Delayed(ctx context.Context, queue string, n int) ([]Task, error) {
+	var resp Response
+	err := c.call(ctx, &Request{Op: OpDelayed, Queue: queue, Max: n}, &resp)
+	return resp.Tasks, err
+}
+
+// RunNow makes the delayed tasks ids of queue (all of them if none) ready
+// at once, and returns how many it moved. Errors are as for Requeue.
+func (c *Client) RunNow(ctx context.Context, queue string, ids ...uint64) (int, error) {
+	var resp Response
+	err := c.call(ctx, &Request{Op: OpRunNow, Queue: queue, IDs: ids}, &resp)
 	return resp.Count, err
 }

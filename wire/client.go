@@ -383,6 +383,24 @@ type PutOptions struct {
 	// Timeout is how long to wait for space in a queue at its maximum
 	// length before failing with ErrQueueFull; 0 fails at once.
 	Timeout time.Duration
+	// Delay hides the tasks from gets for that long (>= 0), or At until
+	// then; a past At runs them now. At most one of the two.
+	Delay time.Duration
+	At    time.Time
+	// Priority is 0 (the default) to 9; higher ones are handed out first.
+	Priority int
+	// Keys, if not nil, has one idempotency key per item ("" for none):
+	// an item whose key its queue saw within the master's dedup window
+	// (qmaster --dedup-window, 2m by default) adds nothing and gets the
+	// first task's ID, so a put retried after a timeout adds no
+	// duplicates.
+	Keys []string
+}
+
+// request fills a put request with the options.
+func (o *PutOptions) request(queue string, items []msgpack.RawMessage) *Request {
+	return &Request{Op: OpPut, Queue: queue, Items: items, ReplyTo: o.ReplyTo, Timeout: o.Timeout,
+		Delay: o.Delay, At: o.At, Priority: o.Priority, Keys: o.Keys}
 }
 
 // Put appends items (any msgpack-encodable values, or msgpack.RawMessage)
@@ -402,7 +420,7 @@ func (c *Client) Put(ctx context.Context, queue string, items []any, opts PutOpt
 // PutRaw is Put for payloads already encoded.
 func (c *Client) PutRaw(ctx context.Context, queue string, items []msgpack.RawMessage, opts PutOptions) ([]uint64, error) {
 	var resp Response
-	err := c.call(ctx, &Request{Op: OpPut, Queue: queue, Items: items, ReplyTo: opts.ReplyTo, Timeout: opts.Timeout}, &resp)
+	err := c.call(ctx, opts.request(queue, items), &resp)
 	return resp.IDs, err
 }
 
@@ -443,6 +461,12 @@ func (c *Client) Ack(ctx context.Context, queue string, ids ...uint64) error {
 // dead-letters it.
 func (c *Client) Nack(ctx context.Context, queue string, id uint64, reason string) error {
 	return c.call(ctx, &Request{Op: OpNack, Queue: queue, IDs: []uint64{id}, Error: reason}, &Response{})
+}
+
+// NackAfter is Nack with the time the task waits before its next
+// delivery, instead of its queue's retry backoff.
+func (c *Client) NackAfter(ctx context.Context, queue string, id uint64, reason string, retryAfter time.Duration) error {
+	return c.call(ctx, &Request{Op: OpNack, Queue: queue, IDs: []uint64{id}, Error: reason, RetryAfter: retryAfter}, &Response{})
 }
 
 // Extend renews the leases of tasks this client holds for lease (0: the
@@ -486,7 +510,9 @@ func (c *Client) PutThenGet(ctx context.Context, queue string, items []msgpack.R
 	}
 	get := &Request{Op: OpGet, Queue: from, Max: gopts.Max, Timeout: gopts.Timeout, Lease: gopts.Lease, NoAck: gopts.NoAck}
 	var resp Response
-	putErr, err = c.chain(ctx, &Request{Op: OpPut, Queue: queue, Items: items, ReplyTo: popts.ReplyTo, Timeout: popts.Timeout, Then: get}, &resp)
+	put := popts.request(queue, items)
+	put.Then = get
+	putErr, err = c.chain(ctx, put, &resp)
 	if putErr != nil || err != nil {
 		return resp.IDs, nil, putErr, err
 	}

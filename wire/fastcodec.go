@@ -116,6 +116,12 @@ func appendTask(b []byte, t *Task) []byte {
 	if t.LastError != "" {
 		n++
 	}
+	if t.Priority != 0 {
+		n++
+	}
+	if !t.Due.IsZero() {
+		n++
+	}
 	b = msgp.AppendMapHeader(b, n)
 	b = msgp.AppendStr(b, "id")
 	b = msgp.AppendUint(b, t.ID)
@@ -132,6 +138,12 @@ func appendTask(b []byte, t *Task) []byte {
 	if t.LastError != "" {
 		b = msgp.AppendStr(b, "last_err")
 		b = msgp.AppendStr(b, t.LastError)
+	}
+	if t.Priority != 0 {
+		b = msgp.AppendInt(msgp.AppendStr(b, "pri"), int64(t.Priority))
+	}
+	if !t.Due.IsZero() {
+		b = msgp.AppendTime(msgp.AppendStr(b, "due"), t.Due)
 	}
 	return msgp.AppendTime(msgp.AppendStr(b, "enqueued"), t.Enqueued)
 }
@@ -175,6 +187,10 @@ func (t *Task) decode(rd *msgp.Reader, prev *Task) error {
 			t.LastError, err = rd.Str()
 		case "enqueued":
 			t.Enqueued, err = rd.Time()
+		case "pri":
+			t.Priority, err = readInt(rd)
+		case "due":
+			t.Due, err = rd.Time()
 		default:
 			err = rd.Skip()
 		}
@@ -197,6 +213,9 @@ func appendCompletion(b []byte, c *Completion) []byte {
 	if c.Error != "" {
 		n++
 	}
+	if c.RetryAfter != 0 {
+		n++
+	}
 	b = msgp.AppendMapHeader(b, n)
 	b = msgp.AppendStr(b, "id")
 	b = msgp.AppendUint(b, c.ID)
@@ -207,6 +226,9 @@ func appendCompletion(b []byte, c *Completion) []byte {
 	if c.Error != "" {
 		b = msgp.AppendStr(b, "err")
 		b = msgp.AppendStr(b, c.Error)
+	}
+	if c.RetryAfter != 0 {
+		b = msgp.AppendInt(msgp.AppendStr(b, "retry_after"), int64(c.RetryAfter))
 	}
 	return b
 }
@@ -235,6 +257,8 @@ func (c *Completion) decode(rd *msgp.Reader) error {
 			c.Value, err = readRaw(rd)
 		case "err":
 			c.Error, err = rd.Str()
+		case "retry_after":
+			c.RetryAfter, err = readDuration(rd)
 		default:
 			err = rd.Skip()
 		}
@@ -253,7 +277,9 @@ func appendRequest(b []byte, r *Request) []byte {
 	n := 1
 	for _, set := range [...]bool{r.Queue != "", len(r.Items) > 0, r.ReplyTo != "", r.Max != 0,
 		r.Timeout != 0, r.Lease != 0, r.NoAck, len(r.IDs) > 0, r.Error != "", len(r.Results) > 0,
-		r.ResultQueue != "", r.Role != "", r.Name != "", r.Then != nil} {
+		r.ResultQueue != "", r.Role != "", r.Name != "", r.Then != nil,
+		r.Delay != 0, !r.At.IsZero(), r.Priority != 0, len(r.Keys) > 0, r.RetryAfter != 0,
+		r.MaxAttempts != 0, r.BackoffMin != 0, r.BackoffMax != 0} {
 		if set {
 			n++
 		}
@@ -314,6 +340,33 @@ func appendRequest(b []byte, r *Request) []byte {
 	if r.Name != "" {
 		b = msgp.AppendStr(b, "name")
 		b = msgp.AppendStr(b, r.Name)
+	}
+	if r.Delay != 0 {
+		b = msgp.AppendInt(msgp.AppendStr(b, "delay"), int64(r.Delay))
+	}
+	if !r.At.IsZero() {
+		b = msgp.AppendTime(msgp.AppendStr(b, "at"), r.At)
+	}
+	if r.Priority != 0 {
+		b = msgp.AppendInt(msgp.AppendStr(b, "pri"), int64(r.Priority))
+	}
+	if len(r.Keys) > 0 {
+		b = msgp.AppendArrayHeader(msgp.AppendStr(b, "keys"), len(r.Keys))
+		for _, k := range r.Keys {
+			b = msgp.AppendStr(b, k)
+		}
+	}
+	if r.RetryAfter != 0 {
+		b = msgp.AppendInt(msgp.AppendStr(b, "retry_after"), int64(r.RetryAfter))
+	}
+	if r.MaxAttempts != 0 {
+		b = msgp.AppendInt(msgp.AppendStr(b, "max_attempts"), int64(r.MaxAttempts))
+	}
+	if r.BackoffMin != 0 {
+		b = msgp.AppendInt(msgp.AppendStr(b, "backoff_min"), int64(r.BackoffMin))
+	}
+	if r.BackoffMax != 0 {
+		b = msgp.AppendInt(msgp.AppendStr(b, "backoff_max"), int64(r.BackoffMax))
 	}
 	if r.Then != nil {
 		b = appendRequest(msgp.AppendStr(b, "then"), r.Then)
@@ -385,6 +438,28 @@ func (r *Request) decode(rd *msgp.Reader, chained bool) error {
 			r.Role, err = rd.Str()
 		case "name":
 			r.Name, err = rd.Str()
+		case "delay":
+			r.Delay, err = readDuration(rd)
+		case "at":
+			r.At, err = rd.Time()
+		case "pri":
+			r.Priority, err = readInt(rd)
+		case "keys":
+			var n int
+			if n, err = arrayHeader(rd); err == nil && n > 0 {
+				r.Keys = make([]string, n)
+				for i := 0; i < n && err == nil; i++ {
+					r.Keys[i], err = rd.Str()
+				}
+			}
+		case "retry_after":
+			r.RetryAfter, err = readDuration(rd)
+		case "max_attempts":
+			r.MaxAttempts, err = readInt(rd)
+		case "backoff_min":
+			r.BackoffMin, err = readDuration(rd)
+		case "backoff_max":
+			r.BackoffMax, err = readDuration(rd)
 		case "then":
 			if chained {
 				return errNestedThen

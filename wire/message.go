@@ -29,6 +29,9 @@ const (
 	OpResume   Op = 15 // hand out the tasks of Queue again
 	OpRequeue  Op = 16 // move dead tasks IDs (all if none) of Queue back to it
 	OpDrop     Op = 17 // remove ready tasks IDs of Queue for good
+	OpConfig   Op = 18 // set the retry policy of Queue (MaxAttempts, BackoffMin, BackoffMax)
+	OpDelayed  Op = 19 // the first Max delayed tasks of Queue, by due time
+	OpRunNow   Op = 20 // make the delayed tasks IDs (all if none) of Queue ready now
 )
 
 var opNames = map[Op]string{
@@ -36,6 +39,7 @@ var opNames = map[Op]string{
 	OpExtend: "extend", OpComplete: "complete", OpStats: "stats", OpPeek: "peek",
 	OpPurge: "purge", OpDelete: "delete", OpQueues: "queues", OpClients: "clients",
 	OpPause: "pause", OpResume: "resume", OpRequeue: "requeue", OpDrop: "drop",
+	OpConfig: "config", OpDelayed: "delayed", OpRunNow: "run-now",
 }
 
 func (o Op) String() string {
@@ -65,6 +69,24 @@ type Request struct {
 	ResultQueue string `msgpack:"result_q,omitempty"`
 	Role        string `msgpack:"role,omitempty"` // hello: worker, producer, admin
 	Name        string `msgpack:"name,omitempty"` // hello: e.g. host:pid
+	// Put options, for every item of the put. Delay hides the tasks from
+	// gets for that long, or At until then (a past At is now); Priority is
+	// 0 (the default) to 9, higher first; Keys, one per item ("" for
+	// none), make the put idempotent: an item whose key the queue saw
+	// within the master's dedup window adds nothing and gets the first
+	// task's ID.
+	Delay    time.Duration `msgpack:"delay,omitempty"`
+	At       time.Time     `msgpack:"at,omitempty"`
+	Priority int           `msgpack:"pri,omitempty"`
+	Keys     []string      `msgpack:"keys,omitempty"`
+	// RetryAfter (nack) is how long the task waits before its next
+	// delivery, instead of its queue's backoff.
+	RetryAfter time.Duration `msgpack:"retry_after,omitempty"`
+	// Retry policy (config): 0 leaves the master's default; BackoffMin -1
+	// means no backoff.
+	MaxAttempts int           `msgpack:"max_attempts,omitempty"`
+	BackoffMin  time.Duration `msgpack:"backoff_min,omitempty"`
+	BackoffMax  time.Duration `msgpack:"backoff_max,omitempty"`
 	// Then is a second request that the master runs in the same call if
 	// this one succeeds, answered in Response.Then: a worker's complete and
 	// its next get, or a producer's put and the get of its results, in one
@@ -77,6 +99,9 @@ type Completion struct {
 	ID    uint64             `msgpack:"id"`
 	Value msgpack.RawMessage `msgpack:"value,omitempty"`
 	Error string             `msgpack:"err,omitempty"` // non-empty: the attempt failed (a nack)
+	// RetryAfter, with an Error, is how long the task waits before its
+	// next delivery, instead of its queue's backoff.
+	RetryAfter time.Duration `msgpack:"retry_after,omitempty"`
 }
 
 // Response is every master message.
@@ -112,6 +137,9 @@ type Task struct {
 	Attempt   int                `msgpack:"attempt"`
 	LastError string             `msgpack:"last_err,omitempty"`
 	Enqueued  time.Time          `msgpack:"enqueued"`
+	Priority  int                `msgpack:"pri,omitempty"`
+	// Due is when a delayed task becomes ready (OpDelayed); zero otherwise.
+	Due time.Time `msgpack:"due,omitempty"`
 	// Lease is how long the master leased the task for, counted from the
 	// get; zero for a task taken with NoAck or peeked.
 	Lease time.Duration `msgpack:"-"`
@@ -144,6 +172,16 @@ type QueueStats struct {
 	Expired   uint64        `msgpack:"expired" json:"expired"`
 	// Paused is set while the queue hands out no task (OpPause).
 	Paused bool `msgpack:"paused,omitempty" json:"paused,omitempty"`
+	// Delayed counts the tasks not yet due: delayed puts and, of them,
+	// Retrying, failed tasks waiting out their backoff; NextDue is when
+	// the first is due.
+	Delayed  int       `msgpack:"delayed,omitempty" json:"delayed"`
+	Retrying int       `msgpack:"retrying,omitempty" json:"retrying"`
+	NextDue  time.Time `msgpack:"next_due,omitempty" json:"next_due,omitzero"`
+	// The retry policy in effect.
+	MaxAttempts int           `msgpack:"max_attempts,omitempty" json:"max_attempts"`
+	BackoffMin  time.Duration `msgpack:"backoff_min,omitempty" json:"backoff_min_ns"`
+	BackoffMax  time.Duration `msgpack:"backoff_max,omitempty" json:"backoff_max_ns"`
 }
 
 // ClientInfo describes one connected client.

@@ -115,7 +115,7 @@ func (q *Queues) Ack(req queue.AckRequest, dst []queue.Task) ([]queue.Task, erro
 		err = q.ackAll(msgs)
 	} else {
 		for _, m := range msgs {
-			_ = q.nak(m)
+			_ = q.nak(m, 0)
 		}
 	}
 	q.mu.Lock()
@@ -201,7 +201,11 @@ func (q *Queues) ack(m jetstream.Msg) error {
 
 // Nack ends a failed attempt: the task is redelivered ahead of newer
 // ones, or dead-lettered after its last attempt.
-func (q *Queues) Nack(name string, owner, id uint64, errText string) error {
+func (q *Queues) Nack(req queue.NackRequest) error {
+	name, owner, id, errText := req.Queue, req.Owner, req.ID, req.Error
+	if req.RetryAfter < 0 {
+		return fmt.Errorf("%w: retry after must be >= 0, got %v", queue.ErrBadArgument, req.RetryAfter)
+	}
 	if q.closed.Load() {
 		return queue.ErrClosed
 	}
@@ -214,12 +218,12 @@ func (q *Queues) Nack(name string, owner, id uint64, errText string) error {
 	if l == nil {
 		return q.notLeased(name, []uint64{id})
 	}
-	return q.fail(l, errText)
+	return q.fail(l, errText, req.RetryAfter)
 }
 
-// fail ends a failed delivery l: a nak, or the dead-letter queue after
-// the last attempt.
-func (q *Queues) fail(l *lease, errText string) error {
+// fail ends a failed delivery l: a nak (delayed by retryAfter if > 0), or
+// the dead-letter queue after the last attempt.
+func (q *Queues) fail(l *lease, errText string, retryAfter time.Duration) error {
 	if l.task.Attempts >= q.cfg.MaxAttempts && !queue.IsDeadLetterName(l.key.queue) {
 		return q.deadLetter(l, errText)
 	}
@@ -231,15 +235,20 @@ func (q *Queues) fail(l *lease, errText string) error {
 	}
 	q.lastErr[l.key] = errText
 	q.mu.Unlock()
-	return q.nak(l.msg)
+	return q.nak(l.msg, retryAfter)
 }
 
 // maxLastErrs bounds the last errors a gateway keeps.
 const maxLastErrs = 100_000
 
-// nak hands a delivered message back for redelivery ahead of newer ones,
-// and waits until JetStream has done so: a get that follows finds it.
-func (q *Queues) nak(m jetstream.Msg) error {
+// nak hands a delivered message back for redelivery ahead of newer ones
+// (after delay, if > 0), and waits until JetStream has done so: a get
+// that follows finds it.
+func (q *Queues) nak(m jetstream.Msg, delay time.Duration) error {
+	body := []byte("-NAK")
+	if delay > 0 {
+		body = fmt.Appendf(nil, `-NAK {"delay": %d}`, delay.Nanoseconds())
+	}
 	// Tried again only while no one answers: a nak resent after its reply
 	// was lost would hand back the task's next delivery, which JetStream
 	// does not tell from this one.
@@ -248,7 +257,7 @@ func (q *Queues) nak(m jetstream.Msg) error {
 	err := retryingTransient(ctx, func() error {
 		rctx, cancel := context.WithTimeout(ctx, attemptTimeout)
 		defer cancel()
-		_, err := q.cfg.Conn.RequestWithContext(rctx, m.Reply(), []byte("-NAK"))
+		_, err := q.cfg.Conn.RequestWithContext(rctx, m.Reply(), body)
 		return err
 	})
 	if err != nil {
@@ -312,7 +321,7 @@ func (q *Queues) Unget(req queue.GetRequest, ts []queue.Task) {
 	}
 	q.mu.Unlock()
 	for _, l := range back {
-		if err := q.nak(l.msg); err != nil {
+		if err := q.nak(l.msg, 0); err != nil {
 			q.log.Warn("could not give back an undelivered task; JetStream redelivers it after AckWait", "queue", l.key.queue, "task", l.key.id, "err", err)
 		}
 	}
@@ -334,7 +343,7 @@ func (q *Queues) Release(owner uint64) int {
 	}
 	q.mu.Unlock()
 	for _, l := range ls {
-		if err := q.fail(l, "worker disconnected"); err != nil {
+		if err := q.fail(l, "worker disconnected", 0); err != nil {
 			q.log.Warn("could not give back a lease; JetStream redelivers it after AckWait", "queue", l.key.queue, "task", l.key.id, "err", err)
 		}
 	}
@@ -407,7 +416,7 @@ func (q *Queues) reap(now time.Time) int {
 		_ = l.msg.InProgress()
 	}
 	for _, l := range expired {
-		if err := q.fail(l, errExpired); err != nil {
+		if err := q.fail(l, errExpired, 0); err != nil {
 			q.log.Warn("could not give back an expired lease; JetStream redelivers it after AckWait", "queue", l.key.queue, "task", l.key.id, "err", err)
 		}
 	}

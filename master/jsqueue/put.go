@@ -27,6 +27,9 @@ func (q *Queues) Put(_ context.Context, req queue.PutRequest) ([]uint64, error) 
 	if req.MaxWait < 0 {
 		return nil, fmt.Errorf("%w: max wait must be >= 0, got %v", queue.ErrBadArgument, req.MaxWait)
 	}
+	if err := checkItems(req.Items); err != nil {
+		return nil, err
+	}
 	s, err := q.open(req.Queue, true)
 	if err != nil {
 		return nil, err

@@ -88,14 +88,14 @@ func TestFailedAttemptsThenDeadLetterAndRequeue(t *testing.T) {
 	}})
 	ids := put(t, q, "jobs", "t", "later")
 	ts := get(t, q, "jobs", 1, 1, 0, 0)
-	if err := q.Nack("jobs", 1, ts[0].ID, "boom"); err != nil {
+	if err := q.Nack(queue.NackRequest{Queue: "jobs", Owner: 1, ID: ts[0].ID, Error: "boom"}); err != nil {
 		t.Fatal(err)
 	}
 	ts = get(t, q, "jobs", 1, 1, 0, 2*time.Second)
 	if len(ts) != 1 || ts[0].ID != ids[0] || ts[0].Attempts != 2 || ts[0].LastError != "boom" {
 		t.Fatalf("redelivery %+v: want task %d first again, attempt 2, error boom", ts, ids[0])
 	}
-	if err := q.Nack("jobs", 1, ts[0].ID, "boom again"); err != nil {
+	if err := q.Nack(queue.NackRequest{Queue: "jobs", Owner: 1, ID: ts[0].ID, Error: "boom again"}); err != nil {
 		t.Fatal(err)
 	}
 	mu.Lock()

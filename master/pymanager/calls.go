@@ -320,7 +320,7 @@ func (p *conn) get(name string, block bool, args *pyproto.Params, timeoutArg int
 	t := ts[0]
 	reply, failure := p.taskReply(t)
 	if failure != "" {
-		if err := q.Nack(name, p.c.ID(), t.ID, failure); err != nil {
+		if err := q.Nack(queue.NackRequest{Queue: name, Owner: p.c.ID(), ID: t.ID, Error: failure}); err != nil {
 			p.log.Warn("python get: nack", "queue", name, "task", t.ID, "err", err)
 		}
 		p.log.Warn("python get: task not delivered", "queue", name, "task", t.ID, "err", failure)

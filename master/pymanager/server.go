@@ -28,7 +28,7 @@ type Backend interface {
 	Get(ctx context.Context, req queue.GetRequest, dst []queue.Task) ([]queue.Task, error)
 	Unget(req queue.GetRequest, ts []queue.Task)
 	Ack(req queue.AckRequest, dst []queue.Task) ([]queue.Task, error)
-	Nack(queue string, owner, id uint64, errText string) error
+	Nack(req queue.NackRequest) error
 	Stats(queue string) (queue.Stats, error)
 	// Release requeues the tasks a client still holds when it leaves.
 	Release(owner uint64) int

@@ -78,27 +78,44 @@ func (m *Manager) Ack(req AckRequest, dst []Task) ([]Task, error) {
 	return ts, notLeased(bad)
 }
 
-// Nack ends a failed attempt of a task leased by owner: it goes back to
-// the front of its queue with LastError set to errText or, if its Attempts
-// have reached MaxAttempts, to the dead-letter queue (then OnDead is
-// called). A *TaskError wrapping ErrNotLeased if owner does not hold it.
-func (m *Manager) Nack(name string, owner uint64, id uint64, errText string) error {
+// NackRequest names a leased task whose attempt failed.
+type NackRequest struct {
+	Queue string
+	Owner uint64 // must hold the lease
+	ID    uint64
+	Error string // why the attempt failed: the task's LastError
+	// RetryAfter, if > 0, is how long the task waits before its next
+	// delivery, instead of its queue's backoff.
+	RetryAfter time.Duration
+}
+
+// Nack ends a failed attempt of a task leased by req.Owner: it goes back
+// to the front of its queue with LastError set to req.Error, after its
+// retry backoff (or req.RetryAfter) if there is one, or, if its Attempts
+// have reached its queue's max attempts, to the dead-letter queue (then
+// OnDead is called). A *TaskError wrapping ErrNotLeased if the owner does
+// not hold it.
+func (m *Manager) Nack(req NackRequest) error {
+	if req.RetryAfter < 0 {
+		return fmt.Errorf("%w: retry after must be >= 0, got %v", ErrBadArgument, req.RetryAfter)
+	}
 	if m.closed.Load() {
 		return ErrClosed
 	}
-	q, err := m.lockLive(name)
+	q, err := m.lockLive(req.Queue)
 	if err != nil {
 		return err
 	}
-	l := q.leases[id]
-	if l == nil || l.owner != owner {
+	l := q.leases[req.ID]
+	if l == nil || l.owner != req.Owner {
 		q.mu.Unlock()
-		return &TaskError{ID: id, Err: ErrNotLeased}
+		return &TaskError{ID: req.ID, Err: ErrNotLeased}
 	}
 	ts := [1]Task{q.unlease(l)}
 	q.nacks++
-	dead := q.requeueFailed(ts[:], errText, m.cfg.MaxAttempts)
-	q.settle(&clock{m: m})
+	c := clock{m: m}
+	dead := q.requeueFailed(ts[:], req.Error, req.RetryAfter, &c)
+	q.settle(&c)
 	m.unlock(q)
 	m.deadLetter(q.name, dead)
 	return nil

@@ -2,6 +2,7 @@ package queue
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/qm-dev/qm/store"
@@ -19,6 +20,13 @@ type Stats struct {
 	OldestReady time.Duration // age (now - Enqueued) of the task at the front; 0 if none
 	MaxLen      int           // 0 = unlimited
 	Paused      bool          // hands out no task (Pause)
+	// Delayed counts the tasks not yet due: delayed puts and, of them,
+	// Retrying, failed tasks waiting out their backoff. NextDue is when
+	// the first is due; zero if none.
+	Delayed, Retrying int
+	NextDue           time.Time
+	// Policy is the queue's retry policy in effect, defaults filled in.
+	Policy Policy
 	// Totals since the queue was created, counted in tasks. Gets counts
 	// deliveries (less those undone by Unget).
 	Puts, Gets, Acks, Nacks, Expired uint64
@@ -29,6 +37,9 @@ func (q *queue) stats(now time.Time) Stats {
 	s := Stats{
 		Queue:     q.name,
 		Ready:     q.ready.len(),
+		Delayed:   len(q.delayed),
+		Retrying:  q.retrying,
+		Policy:    q.m.effective(q.policy),
 		Leased:    len(q.leases),
 		Done:      q.done,
 		Consumers: q.getters.n,
@@ -42,7 +53,10 @@ func (q *queue) stats(now time.Time) Stats {
 		Expired:   q.expired,
 	}
 	if q.ready.len() > 0 {
-		s.OldestReady = max(0, now.Sub(q.ready.enqueued(0)))
+		s.OldestReady = max(0, now.Sub(q.ready.oldest()))
+	}
+	if due, ok := q.nextDue(); ok {
+		s.NextDue = time.Unix(0, due)
 	}
 	return s
 }
@@ -124,8 +138,50 @@ func (m *Manager) Peek(name string, n int) ([]Task, error) {
 	return ts, nil
 }
 
-// Purge drops the ready tasks of the named queue (leased ones stay) and
-// returns how many it dropped.
+// PeekDelayed returns copies of the first n delayed tasks of the named
+// queue, by due time (each with its Due), without removing them.
+func (m *Manager) PeekDelayed(name string, n int) ([]Task, error) {
+	if n < 0 {
+		return nil, fmt.Errorf("%w: peek count must be >= 0, got %d", ErrBadArgument, n)
+	}
+	if m.closed.Load() {
+		return nil, ErrClosed
+	}
+	q, err := m.lockLive(name)
+	if err != nil {
+		return nil, err
+	}
+	defer q.mu.Unlock()
+	// The first n of a heap, in order, without copying it: a heap of
+	// candidate positions, starting from the root; each one taken offers
+	// its children.
+	h := q.delayed
+	ts := make([]Task, 0, min(n, len(h)))
+	cand := []int{0}
+	less := func(i, j int) bool { return h.less(cand[i], cand[j]) }
+	for len(ts) < n && len(h) > 0 && len(cand) > 0 {
+		best := 0
+		for i := range cand {
+			if less(i, best) {
+				best = i
+			}
+		}
+		at := cand[best]
+		cand = slices.Delete(cand, best, best+1)
+		t := h[at].e.task()
+		t.Due = time.Unix(0, h[at].due)
+		ts = append(ts, t)
+		for _, c := range [2]int{2*at + 1, 2*at + 2} {
+			if c < len(h) {
+				cand = append(cand, c)
+			}
+		}
+	}
+	return ts, nil
+}
+
+// Purge drops the ready and delayed tasks of the named queue (leased ones
+// stay) and returns how many it dropped.
 func (m *Manager) Purge(name string) (int, error) {
 	if m.closed.Load() {
 		return 0, ErrClosed
@@ -139,6 +195,7 @@ func (m *Manager) Purge(name string) (int, error) {
 		t := q.ready.get(i)
 		q.log.record(store.Delete, t)
 	}
+	n += q.dropDelayed()
 	ticket := q.log.commit()
 	q.ready.clear()
 	q.settle(&clock{m: m})
@@ -179,6 +236,7 @@ func (m *Manager) Delete(name string) error {
 	for _, l := range q.leases {
 		q.log.record(store.Delete, l.task)
 	}
+	q.dropDelayed()
 	ticket := q.log.commit()
 	q.ready.clear()
 	q.leases = nil
@@ -188,6 +246,17 @@ func (m *Manager) Delete(name string) error {
 	q.mu.Unlock()
 	m.durable(ticket)
 	return nil
+}
+
+// dropDelayed records the deletes of every delayed task and empties the
+// delay heap. Called with q.mu held; the caller commits.
+func (q *queue) dropDelayed() int {
+	n := len(q.delayed)
+	for i := range q.delayed {
+		q.log.record(store.Delete, Task{ID: q.delayed[i].e.id})
+	}
+	q.delayed, q.retrying = nil, 0
+	return n
 }
 
 // SetMaxLen sets the max length (ready+leased) of the named queue,

@@ -24,7 +24,7 @@ func TestUnknownQueue(t *testing.T) {
 			_, err := m.Ack(queue.AckRequest{Queue: "nope", Owner: 1, IDs: []uint64{1}}, nil)
 			return err
 		}},
-		{"Nack", func() error { return m.Nack("nope", 1, 1, "x") }},
+		{"Nack", func() error { return m.Nack(queue.NackRequest{Queue: "nope", Owner: 1, ID: 1, Error: "x"}) }},
 		{"Extend", func() error { return m.Extend("nope", 1, []uint64{1}, 0) }},
 	}
 	for _, tt := range tests {
@@ -49,7 +49,7 @@ func TestStats(t *testing.T) {
 	if _, err := m.Ack(queue.AckRequest{Queue: "q", Owner: 1, IDs: []uint64{ts[0].ID}}, nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := m.Nack("q", 1, ts[1].ID, "x"); err != nil {
+	if err := m.Nack(queue.NackRequest{Queue: "q", Owner: 1, ID: ts[1].ID, Error: "x"}); err != nil {
 		t.Fatal(err)
 	}
 	mustGet(t, m, "q", 1, 2)
@@ -59,6 +59,7 @@ func TestStats(t *testing.T) {
 		Queue: "q", Ready: 3, Leased: 1, Done: 1, MaxLen: 10,
 		OldestReady: 5 * time.Second,
 		Puts:        5, Gets: 3, Acks: 1, Nacks: 1,
+		Policy: queue.Policy{MaxAttempts: queue.DefaultMaxAttempts},
 	}
 	if got != want {
 		t.Fatalf("Stats =\n%+v, want\n%+v", got, want)

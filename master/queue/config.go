@@ -21,6 +21,13 @@ type Config struct {
 	// DefaultLease is the lease when a Get or Extend passes 0; 0 means
 	// DefaultLease (30s).
 	DefaultLease time.Duration
+	// RetryBackoffMin and RetryBackoffMax are the default retry backoff
+	// of every queue (see Policy); 0 means none: a failed task is
+	// delivered again at once.
+	RetryBackoffMin, RetryBackoffMax time.Duration
+	// DedupWindow is how long a put's idempotency key is remembered; 0
+	// means DefaultDedupWindow.
+	DedupWindow time.Duration
 	// MaxLen is the initial max length (ready+leased) of every queue,
 	// changed per queue with SetMaxLen; 0 means unlimited.
 	MaxLen int
@@ -49,6 +56,12 @@ func (c Config) Validate() error {
 	if c.DefaultLease < 0 {
 		return fmt.Errorf("%w: DefaultLease must be >= 0, got %v", ErrBadArgument, c.DefaultLease)
 	}
+	if c.DedupWindow < 0 {
+		return fmt.Errorf("%w: DedupWindow must be >= 0, got %v", ErrBadArgument, c.DedupWindow)
+	}
+	if err := checkPolicy(Policy{MaxAttempts: min(c.MaxAttempts, MaxMaxAttempts), BackoffMin: c.RetryBackoffMin, BackoffMax: c.RetryBackoffMax}); err != nil {
+		return err
+	}
 	if c.MaxLen < 0 {
 		return fmt.Errorf("%w: MaxLen must be >= 0, got %d", ErrBadArgument, c.MaxLen)
 	}
@@ -61,6 +74,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.DefaultLease == 0 {
 		c.DefaultLease = DefaultLease
+	}
+	if c.DedupWindow == 0 {
+		c.DedupWindow = DefaultDedupWindow
 	}
 	if c.Now == nil {
 		c.Now = time.Now

@@ -13,6 +13,7 @@ type entry struct {
 	enqueued int64 // unix nanoseconds; 0 is the zero time
 	seq      int64
 	attempts int32
+	priority uint8
 }
 
 type entryMeta struct {
@@ -168,7 +169,7 @@ func (d *deque) dropFirstBlock() {
 
 // entry packs t, sharing the previous push's meta when it is the same.
 func (d *deque) entry(t *Task) entry {
-	e := entry{payload: t.Payload, id: t.ID, seq: t.seq, attempts: int32(t.Attempts)}
+	e := entry{payload: t.Payload, id: t.ID, seq: t.seq, attempts: int32(t.Attempts), priority: uint8(t.Priority)}
 	if !t.Enqueued.IsZero() {
 		e.enqueued = t.Enqueued.UnixNano()
 	}
@@ -184,7 +185,7 @@ func (d *deque) entry(t *Task) entry {
 }
 
 func (e *entry) task() Task {
-	t := Task{ID: e.id, Payload: e.payload, Attempts: int(e.attempts), Enqueued: unixTime(e.enqueued), seq: e.seq}
+	t := Task{ID: e.id, Payload: e.payload, Attempts: int(e.attempts), Priority: int(e.priority), Enqueued: unixTime(e.enqueued), seq: e.seq}
 	if e.meta != nil {
 		t.ReplyTo, t.LastError = e.meta.replyTo, e.meta.lastError
 	}

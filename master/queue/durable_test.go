@@ -55,7 +55,7 @@ func TestDurableRestart(t *testing.T) {
 	if _, err := m.Ack(queue.AckRequest{Queue: "q", Owner: 1, IDs: []uint64{ts[1].ID}}, nil); err != nil { // b acked
 		t.Fatal(err)
 	}
-	if err := m.Nack("q", 1, ts[2].ID, "boom"); err != nil { // c back to the front
+	if err := m.Nack(queue.NackRequest{Queue: "q", Owner: 1, ID: ts[2].ID, Error: "boom"}); err != nil { // c back to the front
 		t.Fatal(err)
 	}
 	// a stays leased. Now c is delivered twice more: dead.
@@ -63,7 +63,7 @@ func TestDurableRestart(t *testing.T) {
 	if len(c) != 1 || string(c[0].Payload) != "c" {
 		t.Fatalf("got %v, want c", payloads(c))
 	}
-	if err := m.Nack("q", 1, c[0].ID, "boom again"); err != nil {
+	if err := m.Nack(queue.NackRequest{Queue: "q", Owner: 1, ID: c[0].ID, Error: "boom again"}); err != nil {
 		t.Fatal(err)
 	}
 	if d, _ := m.Get(ctx, queue.GetRequest{Queue: "q", Max: 1, Owner: 2, NoAck: true}, nil); len(d) != 1 || string(d[0].Payload) != "d" { // d taken without ack

@@ -97,7 +97,7 @@ func TestDeadLetter(t *testing.T) {
 
 	// A dead-letter queue has no dead-letter queue of its own.
 	d := mustGet(t, m, "tasks.dead", 1, 1)
-	if err := m.Nack("tasks.dead", 1, d[0].ID, "still broken"); err != nil {
+	if err := m.Nack(queue.NackRequest{Queue: "tasks.dead", Owner: 1, ID: d[0].ID, Error: "still broken"}); err != nil {
 		t.Fatal(err)
 	}
 	if got := payloads(mustGet(t, m, "tasks.dead", 1, 1)); !slices.Equal(got, []string{"a"}) {
@@ -113,17 +113,17 @@ func TestNack(t *testing.T) {
 	m := newManager(t, queue.Config{MaxAttempts: 2, OnDead: rec.onDead})
 	mustPut(t, m, "q", "a", "b")
 	ts := mustGet(t, m, "q", 1, 1)
-	if err := m.Nack("q", 2, ts[0].ID, "boom"); !errors.Is(err, queue.ErrNotLeased) {
+	if err := m.Nack(queue.NackRequest{Queue: "q", Owner: 2, ID: ts[0].ID, Error: "boom"}); !errors.Is(err, queue.ErrNotLeased) {
 		t.Fatalf("Nack by wrong owner = %v", err)
 	}
-	if err := m.Nack("q", 1, ts[0].ID, "boom"); err != nil {
+	if err := m.Nack(queue.NackRequest{Queue: "q", Owner: 1, ID: ts[0].ID, Error: "boom"}); err != nil {
 		t.Fatal(err)
 	}
 	again := mustGet(t, m, "q", 1, 1)
 	if again[0].ID != ts[0].ID || again[0].Attempts != 2 || again[0].LastError != "boom" {
 		t.Fatalf("after nack got %+v", again[0])
 	}
-	if err := m.Nack("q", 1, again[0].ID, "boom 2"); err != nil {
+	if err := m.Nack(queue.NackRequest{Queue: "q", Owner: 1, ID: again[0].ID, Error: "boom 2"}); err != nil {
 		t.Fatal(err)
 	}
 	if got := rec.get(); !slices.Equal(got, []string{"q:a:2:boom 2"}) {
@@ -132,7 +132,7 @@ func TestNack(t *testing.T) {
 	if s := mustStats(t, m, "q"); s.Nacks != 2 || s.Dead != 1 || s.Ready != 1 || s.Leased != 0 {
 		t.Fatalf("stats = %+v", s)
 	}
-	if err := m.Nack("q", 1, again[0].ID, "x"); !errors.Is(err, queue.ErrNotLeased) {
+	if err := m.Nack(queue.NackRequest{Queue: "q", Owner: 1, ID: again[0].ID, Error: "x"}); !errors.Is(err, queue.ErrNotLeased) {
 		t.Fatalf("second Nack = %v", err)
 	}
 }

@@ -26,6 +26,9 @@ type Manager struct {
 
 	store store.Store // nil: in memory only; used by persist.go alone
 
+	policyMu sync.Mutex
+	policies map[string]Policy // set by SetPolicy, by queue name
+
 	closed    atomic.Bool
 	closeOnce sync.Once
 	closedCh  chan struct{}
@@ -52,6 +55,7 @@ func New(cfg Config) (*Manager, error) {
 		closedCh: make(chan struct{}),
 		leaseCh:  make(chan struct{}, 1),
 		store:    cfg.Store,
+		policies: make(map[string]Policy),
 	}
 	if err := m.load(); err != nil {
 		return nil, err

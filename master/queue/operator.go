@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"slices"
@@ -90,6 +91,62 @@ func (m *Manager) Requeue(name string, ids []uint64) (int, error) {
 	m.unlock(q)
 	m.durable(ticket)
 	return len(ts), noSuchTask(missing)
+}
+
+// RunNow makes the delayed tasks ids of the named queue (all of them if
+// ids is empty) ready at once, as if they had fallen due: a retrying one
+// to the front, a delayed put to the back. It returns how many it moved;
+// for each id not delayed there, the joined error holds a *TaskError
+// wrapping ErrNoSuchTask. With a store, the move is durable when RunNow
+// returns.
+func (m *Manager) RunNow(name string, ids []uint64) (int, error) {
+	if m.closed.Load() {
+		return 0, ErrClosed
+	}
+	q, err := m.lockLive(name)
+	if err != nil {
+		return 0, err
+	}
+	var take func(uint64) bool
+	want := make(map[uint64]bool, len(ids))
+	if len(ids) > 0 {
+		for _, id := range ids {
+			want[id] = true
+		}
+		take = func(id uint64) bool {
+			if want[id] {
+				delete(want, id)
+				return true
+			}
+			return false
+		}
+	}
+	var moved []delayed
+	q.delayed.removeIf(take, &moved)
+	slices.SortFunc(moved, func(a, b delayed) int { return cmp.Compare(a.e.seq, b.e.seq) })
+	// Retries go to the front in reverse, so that they end up in order.
+	for i := len(moved) - 1; i >= 0; i-- {
+		if moved[i].retry() {
+			q.makeReady(&moved[i])
+		}
+	}
+	for i := range moved {
+		if !moved[i].retry() {
+			q.makeReady(&moved[i])
+		}
+	}
+	ticket := q.log.commit()
+	q.settle(&clock{m: m})
+	m.unlock(q)
+	m.durable(ticket)
+	var missing []uint64
+	for _, id := range ids {
+		if want[id] {
+			missing = append(missing, id)
+			delete(want, id)
+		}
+	}
+	return len(moved), noSuchTask(missing)
 }
 
 // Drop removes the ready tasks ids of the named queue for good (counted

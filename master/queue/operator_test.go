@@ -33,7 +33,7 @@ func kill(t *testing.T, m *queue.Manager, q, errText string) {
 		t.Fatal(err)
 	}
 	for _, task := range ts {
-		if err := m.Nack(q, 99, task.ID, errText); err != nil {
+		if err := m.Nack(queue.NackRequest{Queue: q, Owner: 99, ID: task.ID, Error: errText}); err != nil {
 			t.Fatal(err)
 		}
 	}

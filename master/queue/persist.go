@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/qm-dev/qm/store"
 )
@@ -52,12 +53,17 @@ type storeJournal struct {
 func (j *storeJournal) record(k store.Kind, t Task) {
 	op := store.Op{Kind: k, Task: store.Task{ID: t.ID, Attempts: t.Attempts}}
 	if k != store.Delete && k != store.Attempts {
-		op.Task = store.Task{
-			ID: t.ID, Queue: j.queue, Seq: t.seq, Payload: t.Payload, ReplyTo: t.ReplyTo,
-			Attempts: t.Attempts, LastError: t.LastError, Enqueued: t.Enqueued,
-		}
+		op.Task = j.storeTask(&t)
 	}
 	j.ops = append(j.ops, op)
+}
+
+func (j *storeJournal) storeTask(t *Task) store.Task {
+	return store.Task{
+		ID: t.ID, Queue: j.queue, Seq: t.seq, Payload: t.Payload, ReplyTo: t.ReplyTo,
+		Attempts: t.Attempts, LastError: t.LastError, Enqueued: t.Enqueued,
+		Due: t.Due, Priority: t.Priority, Key: t.Key,
+	}
 }
 
 func (j *storeJournal) commit() store.Ticket {
@@ -113,7 +119,8 @@ func (m *Manager) wait(t store.Ticket) error {
 func (m *Manager) durable(t store.Ticket) { _ = m.wait(t) }
 
 // load rebuilds the queues from the store, if any, and gives the store
-// its dumper.
+// its dumper. A task stored with a due time still ahead waits in its
+// queue's delay heap; one whose time has passed is ready in its place.
 func (m *Manager) load() error {
 	if m.store == nil {
 		return nil
@@ -122,13 +129,14 @@ func (m *Manager) load() error {
 	if err != nil {
 		return err
 	}
+	for name, p := range meta.Policies {
+		m.policies[name] = p
+	}
 	// Order by queue, then Seq, through an index: cheaper to move than
 	// Tasks, and nearly sorted already in the common case.
 	order := make([]int32, len(tasks))
-	count := make(map[string]int)
 	for i := range tasks {
 		order[i] = int32(i)
-		count[tasks[i].Queue]++
 	}
 	slices.SortFunc(order, func(a, b int32) int {
 		ta, tb := &tasks[a], &tasks[b]
@@ -137,36 +145,59 @@ func (m *Manager) load() error {
 		}
 		return cmp.Compare(ta.Seq, tb.Seq)
 	})
+	now := m.now()
 	var q *queue
 	for _, i := range order {
 		t := &tasks[i]
 		if q == nil || q.name != t.Queue {
 			q = m.create(t.Queue)
-			q.ready.reserve(count[t.Queue])
 			q.frontSeq = min(0, t.Seq)
 		}
-		q.ready.pushBack(Task{
+		task := Task{
 			ID: t.ID, Payload: t.Payload, ReplyTo: t.ReplyTo, Attempts: t.Attempts,
-			LastError: t.LastError, Enqueued: t.Enqueued, seq: t.Seq,
-		})
+			LastError: t.LastError, Enqueued: t.Enqueued, Priority: min(max(t.Priority, 0), MaxPriority), seq: t.Seq,
+		}
+		if t.Due.After(now) {
+			q.delay(&task, t.Due)
+		} else {
+			q.ready.pushBack(task)
+		}
 		*t = store.Task{} // let the payloads go with the deques only
 	}
+	m.loadKeys(meta.Keys, now)
 	m.nextID.Store(meta.MaxID)
 	m.seq.Store(max(meta.MaxSeq, 0))
 	m.store.SetDumper(m.dump)
 	return nil
 }
 
-// dump is the store's Dumper: every live task, ready and leased, each
-// emitted under its queue's lock.
-func (m *Manager) dump(emit func(*store.Task) error) error {
-	var st store.Task
+// loadKeys remembers again the stored idempotency keys still within the
+// dedup window, oldest first, as keyTable expects.
+func (m *Manager) loadKeys(keys []store.Task, now time.Time) {
+	cut := now.Add(-m.cfg.DedupWindow)
+	slices.SortFunc(keys, func(a, b store.Task) int { return a.Enqueued.Compare(b.Enqueued) })
+	for i := range keys {
+		k := &keys[i]
+		if !k.Enqueued.After(cut) || CheckName(k.Queue) != nil {
+			continue
+		}
+		q := m.create(k.Queue)
+		q.keys.add(k.Key, k.ID, k.Enqueued.UnixNano())
+	}
+}
+
+// dump is the store's Dumper: every live task, ready, delayed and leased,
+// and every remembered key, each queue's under its lock; then the
+// policies.
+func (m *Manager) dump(emit func(*store.Op) error) error {
+	op := store.Op{Kind: store.Add}
 	put := func(q *queue, t *Task) error {
-		st = store.Task{
+		op.Task = store.Task{
 			ID: t.ID, Queue: q.name, Seq: t.seq, Payload: t.Payload, ReplyTo: t.ReplyTo,
 			Attempts: t.Attempts, LastError: t.LastError, Enqueued: t.Enqueued,
+			Due: t.Due, Priority: t.Priority,
 		}
-		return emit(&st)
+		return emit(&op)
 	}
 	for _, q := range m.snapshot() {
 		err := func() error {
@@ -181,14 +212,30 @@ func (m *Manager) dump(emit func(*store.Task) error) error {
 					return err
 				}
 			}
+			for i := range q.delayed {
+				d := &q.delayed[i]
+				t := d.e.task()
+				t.Due = time.Unix(0, d.due)
+				if err := put(q, &t); err != nil {
+					return err
+				}
+			}
 			for _, l := range q.leases {
 				if err := put(q, &l.task); err != nil {
 					return err
 				}
 			}
-			return nil
+			return q.keys.dump(q.name, emit)
 		}()
 		if err != nil {
+			return err
+		}
+	}
+	m.policyMu.Lock()
+	defer m.policyMu.Unlock()
+	for name, p := range m.policies {
+		op := store.Op{Kind: store.SetPolicy, Task: store.Task{Queue: name}, Policy: p}
+		if err := emit(&op); err != nil {
 			return err
 		}
 	}

@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -52,6 +53,9 @@ func (m *Manager) Put(ctx context.Context, req PutRequest) ([]uint64, error) {
 	if req.MaxWait < 0 {
 		return nil, fmt.Errorf("%w: max wait must be >= 0, got %v", ErrBadArgument, req.MaxWait)
 	}
+	if err := checkItems(req.Items); err != nil {
+		return nil, err
+	}
 	if len(req.Items) == 0 {
 		if _, err := m.lookupOrCreate(req.Queue); err != nil {
 			return nil, err
@@ -68,7 +72,7 @@ func (m *Manager) Put(ctx context.Context, req PutRequest) ([]uint64, error) {
 			return nil, err
 		}
 		if req.Results || q.maxLen == 0 || q.putters.head == nil && q.fits(len(req.Items)) {
-			ids, ticket := q.push(req.Items, &c)
+			ids, first, ticket := q.push(req.Items, &c)
 			q.settle(&c)
 			m.unlock(q)
 			// Getters may have the tasks already: see docs/STORAGE.md.
@@ -76,7 +80,7 @@ func (m *Manager) Put(ctx context.Context, req PutRequest) ([]uint64, error) {
 				if req.Results { // the log writes them once it can
 					return nil, err
 				}
-				return m.withdraw(req.Queue, ids, err)
+				return m.withdraw(req.Queue, ids, first, err)
 			}
 			return ids, nil
 		}
@@ -122,7 +126,7 @@ func (m *Manager) Put(ctx context.Context, req PutRequest) ([]uint64, error) {
 		switch {
 		case got && !r.retry:
 			if err := m.wait(r.ticket); err != nil {
-				return m.withdraw(req.Queue, r.ids, err)
+				return m.withdraw(req.Queue, r.ids, r.first, err)
 			}
 			return r.ids, nil
 		case m.closed.Load():
@@ -135,6 +139,21 @@ func (m *Manager) Put(ctx context.Context, req PutRequest) ([]uint64, error) {
 	}
 }
 
+// checkItems reports the first item whose priority or key is out of
+// bounds.
+func checkItems(items []Item) error {
+	for i := range items {
+		it := &items[i]
+		if it.Priority < 0 || it.Priority > MaxPriority {
+			return fmt.Errorf("%w: priority must be 0 to %d, got %d", ErrBadArgument, MaxPriority, it.Priority)
+		}
+		if len(it.Key) > MaxKeyLen {
+			return fmt.Errorf("%w: an idempotency key is at most %d bytes, got %d", ErrBadArgument, MaxKeyLen, len(it.Key))
+		}
+	}
+	return nil
+}
+
 // withdraw takes back what it can of a put whose write to the store
 // failed (err), so that a refused put leaves nothing behind: its tasks
 // still ready leave the queue, and their deletes follow their adds in the
@@ -142,12 +161,18 @@ func (m *Manager) Put(ctx context.Context, req PutRequest) ([]uint64, error) {
 // already stay: they run, and are written once the store can write again.
 // withdraw returns their ids, and an error that says which of the two
 // happened.
-func (m *Manager) withdraw(name string, ids []uint64, err error) ([]uint64, error) {
+func (m *Manager) withdraw(name string, ids []uint64, first uint64, err error) ([]uint64, error) {
 	q, lerr := m.lockLive(name)
 	if lerr != nil { // deleted meanwhile, and the put with it
 		return nil, fmt.Errorf("%w; nothing of this put was queued", err)
 	}
+	// An id below first is an earlier put's task, named again by its
+	// idempotency key: not this put's to take back.
+	ids = slices.DeleteFunc(slices.Clone(ids), func(id uint64) bool { return id < first })
 	back, out := q.remove(ids)
+	if len(out) > 0 && len(q.delayed) > 0 {
+		out = q.removeDelayed(out, &back)
+	}
 	q.recordDeletes(back)
 	q.log.commit()
 	q.puts -= uint64(len(back))

@@ -19,14 +19,33 @@ type Task struct {
 	Attempts  int       // deliveries so far; a Get raises it by one before handing the task out
 	LastError string    // error text of the last failed attempt (nack or lease expiry)
 	Enqueued  time.Time // when it was first put
+	Priority  int       // 0 to MaxPriority, higher first
+	// Due is when a delayed task becomes ready (PeekDelayed); zero for a
+	// ready or leased task.
+	Due time.Time
+	// Key is the idempotency key it was put with; set only on its way to
+	// the store.
+	Key string
 
 	seq int64 // order key in the store
 }
 
-// Item is one task to Put: its payload and the queue for its result.
+// Item is one task to Put: its payload and the queue for its result, and
+// optionally when it may run, its priority and its idempotency key.
 type Item struct {
 	Payload []byte
 	ReplyTo string
+	// Due delays the task until then: it is invisible to gets until
+	// that time, then joins the back of its queue. A zero or past time
+	// means now.
+	Due time.Time
+	// Priority is 0 (the default) to MaxPriority; higher ones are handed
+	// out first, in order within each priority.
+	Priority int
+	// Key, if not empty, makes the put idempotent: a put with the same
+	// key in the same queue within the dedup window adds nothing and
+	// returns the first task's ID. At most MaxKeyLen bytes.
+	Key string
 }
 
 // queue is one named queue. Every field below mu is guarded by it.
@@ -44,10 +63,16 @@ type queue struct {
 	paused  bool // hands out no task (Pause); not kept by the store
 	sig     bool // a lease became the earliest of this queue: signal LeaseChanged
 	maxLen  int
-	ready   deque
-	leases  map[uint64]*lease
-	heap    leaseHeap
-	owners  map[uint64]*ownerHead
+	ready   readySet
+	// delayed holds the tasks not yet due: delayed puts and failed tasks
+	// waiting out their backoff (retrying of them).
+	delayed  delayHeap
+	retrying int
+	policy   Policy   // as set for this queue; Manager.effective fills it in
+	keys     keyTable // idempotency keys within the dedup window
+	leases   map[uint64]*lease
+	heap     leaseHeap
+	owners   map[uint64]*ownerHead
 	// idleOwners counts owners entries with no lease.
 	idleOwners int
 	free       []*lease
@@ -68,14 +93,15 @@ func newQueue(m *Manager, name string) *queue {
 		name:   name,
 		isDead: IsDeadLetterName(name),
 		maxLen: m.cfg.MaxLen,
+		policy: m.policyOf(name),
 		leases: make(map[uint64]*lease),
 		owners: make(map[uint64]*ownerHead),
 		log:    m.newJournal(name),
 	}
 }
 
-// length is what MaxLen bounds: ready plus leased tasks.
-func (q *queue) length() int { return q.ready.len() + len(q.leases) }
+// length is what MaxLen bounds: ready, delayed and leased tasks.
+func (q *queue) length() int { return q.ready.len() + len(q.delayed) + len(q.leases) }
 
 func (q *queue) fits(n int) bool { return q.maxLen == 0 || q.length()+n <= q.maxLen }
 
@@ -103,28 +129,50 @@ func (c *clock) deadline(d time.Duration) int64 {
 	return rel + int64(d)
 }
 
-// push appends items at the back with fresh ids, and returns the ticket
-// to wait on for their durability. Called with q.mu held; the caller must
-// settle.
-func (q *queue) push(items []Item, c *clock) ([]uint64, store.Ticket) {
+// push appends items at the back (a delayed one to the delay heap) with
+// fresh ids, and returns the ticket to wait on for their durability. An
+// item whose key is remembered adds nothing and gets its first task's id,
+// which is below first, the lowest id this push gives. Called with q.mu
+// held; the caller must settle.
+func (q *queue) push(items []Item, c *clock) (ids []uint64, first uint64, ticket store.Ticket) {
 	n := len(items)
 	if n == 0 {
-		return []uint64{}, 0
+		return []uint64{}, 0, 0
 	}
-	ids := make([]uint64, n)
+	ids = make([]uint64, n)
 	// Taken under q.mu, so ids and seqs increase along each queue.
-	first := q.m.nextID.Add(uint64(n)) - uint64(n) + 1
+	first = q.m.nextID.Add(uint64(n)) - uint64(n) + 1
 	seq := q.m.seq.Add(int64(n)) - int64(n) + 1
 	now := c.now()
-	q.ready.reserve(n)
+	if q.keys.len() > 0 {
+		q.keys.expire(now.Add(-q.m.cfg.DedupWindow).UnixNano())
+	}
+	added := 0
 	for i := range items {
-		t := Task{ID: first + uint64(i), Payload: items[i].Payload, ReplyTo: items[i].ReplyTo, Enqueued: now, seq: seq + int64(i)}
+		it := &items[i]
+		if it.Key != "" {
+			if id, ok := q.keys.lookup(it.Key); ok {
+				ids[i] = id
+				continue
+			}
+		}
+		t := Task{ID: first + uint64(i), Payload: it.Payload, ReplyTo: it.ReplyTo, Enqueued: now, Priority: it.Priority, Key: it.Key, seq: seq + int64(i)}
 		ids[i] = t.ID
+		added++
+		if it.Key != "" {
+			q.keys.add(it.Key, t.ID, now.UnixNano())
+		}
+		if it.Due.After(now) {
+			t.Due = it.Due
+			q.log.record(store.Add, t)
+			q.delay(&t, it.Due)
+			continue
+		}
 		q.ready.pushBack(t)
 		q.log.record(store.Add, t)
 	}
-	q.puts += uint64(n)
-	return ids, q.log.commit()
+	q.puts += uint64(added)
+	return ids, first, q.log.commit()
 }
 
 // pushFront puts t back at the front with a Seq below the head's, recorded
@@ -142,7 +190,6 @@ func (q *queue) pushFront(t Task, kind store.Kind) {
 // ids, and returns the ticket to wait on for the move. Called with q.mu
 // held; the caller must settle.
 func (q *queue) pushBackMoved(ts []Task) store.Ticket {
-	q.ready.reserve(len(ts))
 	for i := range ts {
 		t := &ts[i]
 		t.seq = q.m.seq.Add(1)
@@ -214,8 +261,8 @@ func (q *queue) settle(c *clock) {
 		for p := q.putters.head; p != nil && q.fits(len(p.items)); p = q.putters.head {
 			q.putters.remove(p)
 			p.served = true
-			ids, ticket := q.push(p.items, c)
-			p.ch <- putResult{ids: ids, ticket: ticket}
+			ids, first, ticket := q.push(p.items, c)
+			p.ch <- putResult{ids: ids, first: first, ticket: ticket}
 			served = true
 		}
 		if !served {
@@ -226,20 +273,36 @@ func (q *queue) settle(c *clock) {
 
 // requeueFailed ends failed attempts of tasks already unleased: each goes
 // back to the front, in id order, with LastError set, or is returned to be
-// dead-lettered if it has used up its attempts. Called with q.mu held; the
-// caller must settle.
-func (q *queue) requeueFailed(ts []Task, errText string, maxAttempts int) (dead []Task) {
+// dead-lettered if it has used up its attempts. One that must wait first,
+// retryAfter if it is > 0 or else its queue's backoff, waits in the delay
+// heap. Called with q.mu held; the caller must settle.
+func (q *queue) requeueFailed(ts []Task, errText string, retryAfter time.Duration, c *clock) (dead []Task) {
 	if len(ts) > 1 {
 		slices.SortFunc(ts, func(a, b Task) int { return cmp.Compare(a.ID, b.ID) })
 	}
+	p := q.m.effective(q.policy)
 	for i := len(ts) - 1; i >= 0; i-- {
 		t := ts[i]
 		t.LastError = errText
-		if !q.isDead && t.Attempts >= maxAttempts {
+		if q.isDead {
+			q.pushFront(t, store.Requeue)
+			continue
+		}
+		if t.Attempts >= p.MaxAttempts {
 			dead = append(dead, t)
 			continue
 		}
-		q.pushFront(t, store.Requeue)
+		wait := retryAfter
+		if wait <= 0 {
+			wait = backoff(p, t.Attempts)
+		}
+		if wait <= 0 {
+			q.pushFront(t, store.Requeue)
+			continue
+		}
+		t.Due = c.now().Add(wait)
+		q.log.record(store.Requeue, t)
+		q.delay(&t, t.Due)
 	}
 	// Dead tasks are recorded by deadLetter, as a Move into the
 	// dead-letter queue; until then they stay in this one in the store.

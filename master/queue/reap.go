@@ -2,16 +2,19 @@ package queue
 
 import "time"
 
-// ReapLeases expires leases as they run out, until done is closed: each
-// expired task is handled as ExpireLeases says. It sleeps until the next
-// deadline, or until a lease earlier than that is made, rather than
-// polling. onExpired, if not nil, is told how many leases each pass
-// expired. The caller runs it in a goroutine it owns.
+// ReapLeases is the Manager's one timer, until done is closed: it expires
+// leases as they run out (as ExpireLeases says) and makes delayed tasks
+// ready as they fall due (ReleaseDue). It sleeps until the next deadline
+// or due time, or until an earlier one is made, rather than polling.
+// onExpired, if not nil, is told how many leases each pass expired. The
+// caller runs it in a goroutine it owns.
 func (m *Manager) ReapLeases(done <-chan struct{}, onExpired func(n int)) {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
-		if n := m.ExpireLeases(m.now()); n > 0 && onExpired != nil {
+		now := m.now()
+		m.ReleaseDue(now)
+		if n := m.ExpireLeases(now); n > 0 && onExpired != nil {
 			onExpired(n)
 		}
 		wait := time.Hour
@@ -48,32 +51,66 @@ func (m *Manager) ExpireLeases(now time.Time) int {
 		}
 		n += len(ts)
 		q.expired += uint64(len(ts))
-		dead := q.requeueFailed(ts, "lease expired", m.cfg.MaxAttempts)
-		q.settle(&clock{m: m, t: now, ok: true})
+		c := clock{m: m, t: now, ok: true}
+		dead := q.requeueFailed(ts, "lease expired", 0, &c)
+		q.settle(&c)
 		m.unlock(q)
 		m.deadLetter(q.name, dead)
 	}
 	return n
 }
 
-// NextDeadline returns the earliest lease deadline over all queues;
-// ok is false if no task is leased.
+// ReleaseDue makes ready every delayed task due at or before now, and
+// forgets the idempotency keys older than the dedup window. It returns how
+// many tasks it made ready.
+func (m *Manager) ReleaseDue(now time.Time) int {
+	if m.closed.Load() {
+		return 0
+	}
+	cut := now.UnixNano()
+	keyCut := now.Add(-m.cfg.DedupWindow).UnixNano()
+	n := 0
+	for _, q := range m.snapshot() {
+		q.mu.Lock()
+		if q.keys.len() > 0 {
+			q.keys.expire(keyCut)
+		}
+		if due, ok := q.nextDue(); !ok || due > cut || q.deleted {
+			q.mu.Unlock()
+			continue
+		}
+		n += q.promote(cut)
+		q.settle(&clock{m: m, t: now, ok: true})
+		m.unlock(q)
+	}
+	return n
+}
+
+// NextDeadline returns the earliest lease deadline or due time of a
+// delayed task over all queues; ok is false if there is neither.
 func (m *Manager) NextDeadline() (t time.Time, ok bool) {
 	if m.closed.Load() {
 		return time.Time{}, false
 	}
-	var best int64
+	var lease, due int64
+	var leased, delayed bool
 	for _, q := range m.snapshot() {
 		q.mu.Lock()
-		if len(q.heap) > 0 && (!ok || q.heap[0].deadline < best) {
-			best, ok = q.heap[0].deadline, true
+		if len(q.heap) > 0 && (!leased || q.heap[0].deadline < lease) {
+			lease, leased = q.heap[0].deadline, true
+		}
+		if d, ok := q.nextDue(); ok && (!delayed || d < due) {
+			due, delayed = d, true
 		}
 		q.mu.Unlock()
 	}
-	if !ok {
-		return time.Time{}, false
+	if leased {
+		t, ok = m.epoch.Add(time.Duration(lease)), true
 	}
-	return m.epoch.Add(time.Duration(best)), true
+	if delayed && (!ok || time.Unix(0, due).Before(t)) {
+		t, ok = time.Unix(0, due), true
+	}
+	return t, ok
 }
 
 // LeaseChanged returns a channel that receives (a non-blocking send,
@@ -110,8 +147,9 @@ func (m *Manager) Release(owner uint64) int {
 			q.idleOwners--
 		}
 		n += len(ts)
-		dead := q.requeueFailed(ts, "worker disconnected", m.cfg.MaxAttempts)
-		q.settle(&clock{m: m})
+		c := clock{m: m}
+		dead := q.requeueFailed(ts, "worker disconnected", 0, &c)
+		q.settle(&c)
 		m.unlock(q)
 		m.deadLetter(q.name, dead)
 	}

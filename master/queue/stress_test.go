@@ -143,7 +143,7 @@ func TestStress(t *testing.T) {
 						ack = append(ack, tk.ID)
 					case r < 85:
 						// A lease may expire meanwhile: then ErrNotLeased is right.
-						if err := m.Nack(q, owner, tk.ID, "failed"); err != nil && !errors.Is(err, queue.ErrNotLeased) {
+						if err := m.Nack(queue.NackRequest{Queue: q, Owner: owner, ID: tk.ID, Error: "failed"}); err != nil && !errors.Is(err, queue.ErrNotLeased) {
 							fail("Nack: %v", err)
 						}
 					case r < 92:
@@ -270,7 +270,7 @@ func TestChaos(t *testing.T) {
 				case 8:
 					if len(held) > 0 {
 						i := rng.IntN(len(held))
-						_ = m.Nack(heldQ[i], owner, held[i].ID, "e")
+						_ = m.Nack(queue.NackRequest{Queue: heldQ[i], Owner: owner, ID: held[i].ID, Error: "e"})
 						held, heldQ = slices.Delete(held, i, i+1), slices.Delete(heldQ, i, i+1)
 					}
 				case 9:

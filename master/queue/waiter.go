@@ -81,6 +81,7 @@ type putter struct {
 
 type putResult struct {
 	ids    []uint64
+	first  uint64       // the lowest id the put gave (see push)
 	ticket store.Ticket // to wait on for durability
 	retry  bool         // the queue was deleted: start again on a new one
 }

@@ -179,7 +179,7 @@ func BenchmarkChurnDisk(b *testing.B) {
 				b.Fatal(err)
 			}
 			st.Load()
-			st.SetDumper(func(func(*store.Task) error) error { return nil }) // nothing is live at the end
+			st.SetDumper(func(func(*store.Op) error) error { return nil }) // nothing is live at the end
 			var t store.Ticket
 			for i := uint64(1); i <= n; i++ {
 				st.Append(store.Op{Kind: store.Add, Task: store.Task{ID: i, Queue: "q", Seq: int64(i), Payload: payload}})

@@ -89,12 +89,17 @@ func (l *Log) snapshot(n uint64) error {
 	var (
 		buf   []byte
 		count int
-		op    = store.Op{Kind: store.Add}
+		op    store.Op
 	)
-	err = dump(func(t *store.Task) error {
-		op.Task = *t
-		buf = appendRecord(buf[:0], &op)
-		count++
+	err = dump(func(o *store.Op) error {
+		switch o.Kind {
+		case store.Add:
+			count++
+		case store.Key, store.SetPolicy:
+		default:
+			return fmt.Errorf("seglog: a dump emitted a %v op", o.Kind)
+		}
+		buf = appendRecord(buf[:0], o)
 		_, err := w.Write(buf)
 		return err
 	})

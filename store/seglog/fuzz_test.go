@@ -16,6 +16,11 @@ func seedRecords() [][]byte {
 		{Kind: store.Requeue, Task: store.Task{ID: 1, Seq: -3, Attempts: 2, LastError: "lease expired"}},
 		{Kind: store.Move, Task: store.Task{ID: 9, Queue: "tasks.dead", Seq: 8, Payload: []byte{0xc0}, Attempts: 3, LastError: "boom"}},
 		{Kind: kindMeta, Task: store.Task{ID: 9, Seq: 8, Attempts: 1}},
+		{Kind: store.Add, Task: store.Task{ID: 2, Queue: "tasks", Seq: 9, Payload: []byte{0x01}, Enqueued: time.Unix(1700000000, 0),
+			Due: time.Unix(1700000060, 0), Priority: 7, Key: "order-17"}},
+		{Kind: store.Requeue, Task: store.Task{ID: 2, Seq: -4, Attempts: 1, LastError: "503", Due: time.Unix(1700000090, 0)}},
+		{Kind: store.Key, Task: store.Task{ID: 2, Queue: "tasks", Key: "order-17", Enqueued: time.Unix(1700000000, 0)}},
+		{Kind: store.SetPolicy, Task: store.Task{Queue: "tasks"}, Policy: store.Policy{MaxAttempts: 10, BackoffMin: time.Second, BackoffMax: time.Hour}},
 	}
 	var seeds [][]byte
 	var all []byte

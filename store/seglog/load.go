@@ -15,11 +15,23 @@ import (
 
 // state is the set of live tasks being rebuilt by Load.
 type state struct {
-	tasks  []store.Task // by index; deleted ones have ID 0
-	index  map[uint64]int32
-	maxID  uint64
-	maxSeq int64
-	arena  []byte // payload copies are carved from here
+	tasks    []store.Task // by index; deleted ones have ID 0
+	index    map[uint64]int32
+	keys     map[keyName]store.Task // idempotency keys, live tasks' or not
+	policies map[string]store.Policy
+	maxID    uint64
+	maxSeq   int64
+	arena    []byte // payload copies are carved from here
+}
+
+// keyName is an idempotency key within its queue.
+type keyName struct{ queue, key string }
+
+func (s *state) remember(t *store.Task) {
+	if s.keys == nil {
+		s.keys = make(map[keyName]store.Task)
+	}
+	s.keys[keyName{t.Queue, t.Key}] = store.Task{ID: t.ID, Queue: t.Queue, Key: t.Key, Enqueued: t.Enqueued}
 }
 
 func (s *state) apply(op *store.Op) {
@@ -29,6 +41,9 @@ func (s *state) apply(op *store.Op) {
 		s.maxID = max(s.maxID, t.ID)
 		s.maxSeq = max(s.maxSeq, t.Seq)
 		t.Payload = s.copyPayload(t.Payload)
+		if t.Key != "" && op.Kind == store.Add {
+			s.remember(t)
+		}
 		if i, ok := s.index[t.ID]; ok {
 			s.tasks[i] = *t
 			return
@@ -45,9 +60,21 @@ func (s *state) apply(op *store.Op) {
 			s.tasks[i].Attempts = t.Attempts
 		}
 	case store.Requeue:
+		s.maxSeq = max(s.maxSeq, t.Seq)
 		if i, ok := s.index[t.ID]; ok {
 			p := &s.tasks[i]
-			p.Seq, p.Attempts, p.LastError = t.Seq, t.Attempts, t.LastError
+			p.Seq, p.Attempts, p.LastError, p.Due = t.Seq, t.Attempts, t.LastError, t.Due
+		}
+	case store.Key:
+		s.remember(t)
+	case store.SetPolicy:
+		if s.policies == nil {
+			s.policies = make(map[string]store.Policy)
+		}
+		if op.Policy == (store.Policy{}) {
+			delete(s.policies, t.Queue)
+		} else {
+			s.policies[t.Queue] = op.Policy
 		}
 	}
 }
@@ -181,6 +208,10 @@ func (l *Log) load() (store.Meta, []store.Task, error) {
 	}
 	clear(st.tasks[len(tasks):])
 	meta.Tasks = len(tasks)
+	for _, k := range st.keys {
+		meta.Keys = append(meta.Keys, k)
+	}
+	meta.Policies = st.policies
 	l.live = int64(meta.Tasks)
 	return meta, tasks, nil
 }
@@ -235,7 +266,7 @@ func (l *Log) loadSnapshot(n uint64, st *state, dec *decoder) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	if len(b) < headerLen || string(b[:headerLen]) != snapMagic {
+	if len(b) < headerLen || !isSnapMagic(string(b[:headerLen])) {
 		return 0, fmt.Errorf("%w: %s: not a qm snapshot (bad header)", store.ErrCorrupt, name)
 	}
 	var op store.Op
@@ -257,10 +288,13 @@ func (l *Log) loadSnapshot(n uint64, st *state, dec *decoder) (int64, error) {
 			st.maxSeq = max(st.maxSeq, op.Task.Seq)
 			return int64(len(b)), nil
 		}
-		if op.Kind != store.Add {
+		switch op.Kind {
+		case store.Add:
+			count++
+		case store.Key, store.SetPolicy:
+		default:
 			return 0, fmt.Errorf("%w: %s at offset %d: %v record in a snapshot", store.ErrCorrupt, name, off-k, op.Kind)
 		}
-		count++
 		st.apply(&op)
 	}
 }
@@ -274,7 +308,7 @@ func (l *Log) replay(n uint64, last bool, st *state, dec *decoder) (size int64, 
 	if err != nil {
 		return 0, nil, err
 	}
-	if len(b) < headerLen || string(b[:headerLen]) != logMagic {
+	if len(b) < headerLen || !isLogMagic(string(b[:headerLen])) {
 		if last && (len(b) < headerLen && bytes.HasPrefix([]byte(logMagic), b) || isZero(b)) {
 			// Created, header not yet on disk: nothing in it.
 			if err := os.Remove(name); err != nil {

@@ -102,7 +102,7 @@ func (l *Log) Append(ops ...store.Op) store.Ticket {
 			l.live++
 			l.maxID = max(l.maxID, op.Task.ID)
 			l.maxSeq = max(l.maxSeq, op.Task.Seq)
-		case store.Move:
+		case store.Move, store.Requeue:
 			l.maxSeq = max(l.maxSeq, op.Task.Seq)
 		case store.Delete:
 			l.live--

@@ -3,6 +3,7 @@ package seglog_test
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -192,11 +193,11 @@ type tracker struct {
 	tasks map[uint64]store.Task
 }
 
-func (tr *tracker) dump(emit func(*store.Task) error) error {
+func (tr *tracker) dump(emit func(*store.Op) error) error {
 	tr.mu.Lock()
 	defer tr.mu.Unlock()
 	for _, t := range tr.tasks {
-		if err := emit(&t); err != nil {
+		if err := emit(&store.Op{Kind: store.Add, Task: t}); err != nil {
 			return err
 		}
 	}
@@ -316,5 +317,71 @@ func TestParseFsync(t *testing.T) {
 				t.Errorf("ParseFsync(%q) = %v, %v, %v", tt.in, mode, d, err)
 			}
 		})
+	}
+}
+
+// TestScheduledRoundTrip: a task's due time, priority and idempotency
+// key, a requeue's due time, a key kept after its task, and a queue's
+// policy come back from the log; the zero policy removes one.
+func TestScheduledRoundTrip(t *testing.T) {
+	dir := t.TempDir()
+	l, _, _ := open(t, dir, seglog.Options{})
+	due := time.Unix(1800000000, 0)
+	a := add(1, "q", 1, "one")
+	a.Task.Due, a.Task.Priority, a.Task.Key = due, 7, "k1"
+	b := add(2, "q", 2, "two")
+	b.Task.Key = "k2"
+	l.Append(a, b, del(2))
+	l.Append(store.Op{Kind: store.Requeue, Task: store.Task{ID: 1, Seq: 5, Attempts: 1, LastError: "503", Due: due.Add(time.Minute)}})
+	l.Append(store.Op{Kind: store.Key, Task: store.Task{ID: 9, Queue: "r", Key: "k9", Enqueued: due}})
+	l.Append(store.Op{Kind: store.SetPolicy, Task: store.Task{Queue: "q"}, Policy: store.Policy{MaxAttempts: 10, BackoffMin: time.Second, BackoffMax: time.Hour}})
+	l.Append(store.Op{Kind: store.SetPolicy, Task: store.Task{Queue: "r"}, Policy: store.Policy{MaxAttempts: 4}})
+	tk := l.Append(store.Op{Kind: store.SetPolicy, Task: store.Task{Queue: "r"}})
+	if err := l.Wait(tk); err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	_, got, meta := open(t, dir, seglog.Options{})
+	one := got[1]
+	if len(got) != 1 || !one.Due.Equal(due.Add(time.Minute)) || one.Priority != 7 || one.Key != "k1" || one.Seq != 5 {
+		t.Fatalf("tasks = %+v", got)
+	}
+	keys := make(map[string]uint64)
+	for _, k := range meta.Keys {
+		keys[k.Queue+"/"+k.Key] = k.ID
+	}
+	if want := map[string]uint64{"q/k1": 1, "q/k2": 2, "r/k9": 9}; !maps.Equal(keys, want) {
+		t.Fatalf("keys = %v, want %v", keys, want)
+	}
+	if want := map[string]store.Policy{"q": {MaxAttempts: 10, BackoffMin: time.Second, BackoffMax: time.Hour}}; !maps.Equal(meta.Policies, want) {
+		t.Fatalf("policies = %v, want %v", meta.Policies, want)
+	}
+}
+
+// TestLoadsFormat1: a log written before format 02 (header QMLOG01)
+// loads as it is.
+func TestLoadsFormat1(t *testing.T) {
+	dir := t.TempDir()
+	l, _, _ := open(t, dir, seglog.Options{})
+	if err := l.Wait(l.Append(add(1, "q", 1, "one"), add(2, "q", 2, "two"), del(1))); err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	segs, _ := filepath.Glob(filepath.Join(dir, "log-*"))
+	for _, s := range segs {
+		b, err := os.ReadFile(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(b) >= 8 {
+			copy(b, "QMLOG01\n")
+			if err := os.WriteFile(s, b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	_, got, _ := open(t, dir, seglog.Options{})
+	if len(got) != 1 || string(got[2].Payload) != "two" {
+		t.Fatalf("tasks = %+v, want task 2", got)
 	}
 }

@@ -10,11 +10,29 @@ import (
 	"github.com/qm-dev/qm/store"
 )
 
-// File headers: 8 magic bytes.
+// File headers: 8 magic bytes. Format 02 adds optional fields at the end
+// of Add, Move and Requeue records (due time, priority, idempotency key)
+// and the Key and SetPolicy records. Files of format 01 load as they are;
+// a qm that knows only 01 refuses 02 files, where it would misread their
+// records as a torn tail.
 const (
-	logMagic  = "QMLOG01\n"
-	snapMagic = "QMSNP01\n"
-	headerLen = 8
+	logMagic    = "QMLOG02\n"
+	snapMagic   = "QMSNP02\n"
+	logMagicV1  = "QMLOG01\n"
+	snapMagicV1 = "QMSNP01\n"
+	headerLen   = 8
+)
+
+// isLogMagic and isSnapMagic accept every format this package reads.
+func isLogMagic(h string) bool  { return h == logMagic || h == logMagicV1 }
+func isSnapMagic(h string) bool { return h == snapMagic || h == snapMagicV1 }
+
+// Bits of the extension of an Add, Move or Requeue record: which optional
+// fields follow, in this order.
+const (
+	extDue      = 1 << iota // varint: unix nanoseconds
+	extPriority             // uvarint
+	extKey                  // string
 )
 
 // recHeaderLen is the length and CRC in front of every record body.
@@ -53,6 +71,7 @@ func appendRecord(b []byte, op *store.Op) []byte {
 		b = appendString(b, t.LastError)
 		b = binary.AppendUvarint(b, uint64(len(t.Payload)))
 		b = append(b, t.Payload...)
+		b = appendExt(b, t, true)
 	case store.Delete:
 	case store.Attempts:
 		b = binary.AppendUvarint(b, uint64(t.Attempts))
@@ -60,6 +79,17 @@ func appendRecord(b []byte, op *store.Op) []byte {
 		b = binary.AppendVarint(b, t.Seq)
 		b = binary.AppendUvarint(b, uint64(t.Attempts))
 		b = appendString(b, t.LastError)
+		b = appendExt(b, t, false)
+	case store.Key:
+		b = binary.AppendVarint(b, unixNano(t.Enqueued))
+		b = appendString(b, t.Queue)
+		b = appendString(b, t.Key)
+	case store.SetPolicy:
+		p := &op.Policy
+		b = appendString(b, t.Queue)
+		b = binary.AppendUvarint(b, uint64(p.MaxAttempts))
+		b = binary.AppendVarint(b, int64(p.BackoffMin))
+		b = binary.AppendVarint(b, int64(p.BackoffMax))
 	case kindMeta: // ID is the max ID, Seq the max Seq, Attempts the count
 		b = binary.AppendVarint(b, t.Seq)
 		b = binary.AppendUvarint(b, uint64(t.Attempts))
@@ -69,6 +99,36 @@ func appendRecord(b []byte, op *store.Op) []byte {
 	body := b[start+recHeaderLen:]
 	binary.LittleEndian.PutUint32(b[start:], uint32(len(body)))
 	binary.LittleEndian.PutUint32(b[start+4:], crc32.Checksum(body, castagnoli))
+	return b
+}
+
+// appendExt appends the optional fields of t that are set, behind a byte
+// of bits saying which; nothing when none is, so that a plain task's
+// record is as it was in format 01. A Requeue carries the due time only.
+func appendExt(b []byte, t *store.Task, whole bool) []byte {
+	var bits byte
+	if !t.Due.IsZero() {
+		bits |= extDue
+	}
+	if whole && t.Priority != 0 {
+		bits |= extPriority
+	}
+	if whole && t.Key != "" {
+		bits |= extKey
+	}
+	if bits == 0 {
+		return b
+	}
+	b = append(b, bits)
+	if bits&extDue != 0 {
+		b = binary.AppendVarint(b, t.Due.UnixNano())
+	}
+	if bits&extPriority != 0 {
+		b = binary.AppendUvarint(b, uint64(t.Priority))
+	}
+	if bits&extKey != 0 {
+		b = appendString(b, t.Key)
+	}
 	return b
 }
 
@@ -130,6 +190,7 @@ func (d *decoder) decodeBody(body []byte, op *store.Op) error {
 		t.ReplyTo = d.intern(r.bytes())
 		t.LastError = string(r.bytes())
 		t.Payload = r.bytes()
+		d.ext(&r, t, true)
 	case store.Delete:
 	case store.Attempts:
 		t.Attempts = r.count()
@@ -137,6 +198,18 @@ func (d *decoder) decodeBody(body []byte, op *store.Op) error {
 		t.Seq = r.varint()
 		t.Attempts = r.count()
 		t.LastError = string(r.bytes())
+		d.ext(&r, t, false)
+	case store.Key:
+		if ns := r.varint(); ns != 0 {
+			t.Enqueued = time.Unix(0, ns)
+		}
+		t.Queue = d.intern(r.bytes())
+		t.Key = string(r.bytes())
+	case store.SetPolicy:
+		t.Queue = d.intern(r.bytes())
+		op.Policy.MaxAttempts = r.count()
+		op.Policy.BackoffMin = time.Duration(r.varint())
+		op.Policy.BackoffMax = time.Duration(r.varint())
 	case kindMeta:
 		t.Seq = r.varint()
 		t.Attempts = r.count()
@@ -150,6 +223,32 @@ func (d *decoder) decodeBody(body []byte, op *store.Op) error {
 		return fmt.Errorf("%w: %d bytes after a %v record", errBadBody, len(r.b), op.Kind)
 	}
 	return nil
+}
+
+// ext reads the optional fields appendExt wrote, if any; whole as there.
+func (d *decoder) ext(r *reader, t *store.Task, whole bool) {
+	if len(r.b) == 0 || r.err {
+		return
+	}
+	bits := r.b[0]
+	r.b = r.b[1:]
+	known := byte(extDue)
+	if whole {
+		known |= extPriority | extKey
+	}
+	if bits == 0 || bits&^known != 0 {
+		r.err = true
+		return
+	}
+	if bits&extDue != 0 {
+		t.Due = time.Unix(0, r.varint())
+	}
+	if bits&extPriority != 0 {
+		t.Priority = r.count()
+	}
+	if bits&extKey != 0 {
+		t.Key = string(r.bytes())
+	}
 }
 
 // intern returns b as a string, one copy per distinct value.

@@ -1,0 +1,205 @@
+package queue
+
+import (
+	"math/rand/v2"
+	"time"
+
+	"github.com/qm-dev/qm/store"
+)
+
+// A delayed task waits in its queue's delay heap, invisible to gets,
+// until it is due: a task put with a delay, or a failed one waiting out
+// its retry backoff. One heap per queue and the Manager's one timer
+// (ReapLeases) serve them all: no goroutine or timer per task.
+
+// delayed is a task in the delay heap: 80 bytes, so that a million fit in
+// a small master.
+type delayed struct {
+	due int64 // unix nanoseconds
+	e   entry
+}
+
+// retry reports whether the task is waiting out a backoff after a failed
+// attempt (it goes back to the front of its queue when due), not a
+// delayed put (it joins the back). A failed task has had a delivery; a
+// delayed put has not.
+func (d *delayed) retry() bool { return d.e.attempts > 0 }
+
+// delayHeap is a min-heap by due time, then Seq.
+type delayHeap []delayed
+
+func (h delayHeap) less(i, j int) bool {
+	if h[i].due != h[j].due {
+		return h[i].due < h[j].due
+	}
+	return h[i].e.seq < h[j].e.seq
+}
+
+func (h *delayHeap) push(d delayed) {
+	*h = append(*h, d)
+	s := *h
+	for i := len(s) - 1; i > 0; {
+		parent := (i - 1) / 2
+		if !s.less(i, parent) {
+			break
+		}
+		s[i], s[parent] = s[parent], s[i]
+		i = parent
+	}
+}
+
+// pop removes and returns the earliest; the heap must not be empty.
+func (h *delayHeap) pop() delayed {
+	s := *h
+	d := s[0]
+	last := len(s) - 1
+	s[0] = s[last]
+	s[last] = delayed{} // drop the payload reference
+	s = s[:last]
+	s.down(0)
+	*h = s
+	return d
+}
+
+func (h delayHeap) down(i int) {
+	for {
+		l := 2*i + 1
+		if l >= len(h) {
+			return
+		}
+		m := l
+		if r := l + 1; r < len(h) && h.less(r, l) {
+			m = r
+		}
+		if !h.less(m, i) {
+			return
+		}
+		h[i], h[m] = h[m], h[i]
+		i = m
+	}
+}
+
+// removeIf moves the tasks whose ID take accepts (all if take is nil) to
+// *out and keeps the heap order of the others.
+func (h *delayHeap) removeIf(take func(id uint64) bool, out *[]delayed) {
+	s := *h
+	kept := s[:0]
+	for _, d := range s {
+		if take == nil || take(d.e.id) {
+			*out = append(*out, d)
+			continue
+		}
+		kept = append(kept, d)
+	}
+	clear(s[len(kept):])
+	for i := len(kept)/2 - 1; i >= 0; i-- {
+		kept.down(i)
+	}
+	*h = kept
+}
+
+// delay puts t in the delay heap until due. Called with q.mu held; the
+// caller records the change.
+func (q *queue) delay(t *Task, due time.Time) {
+	d := delayed{due: due.UnixNano(), e: q.delayEntry(t)}
+	if d.retry() {
+		q.retrying++
+	}
+	if len(q.delayed) == 0 || d.due < q.delayed[0].due {
+		q.sig = true // the reaper's timer may have to fire sooner
+	}
+	q.delayed.push(d)
+}
+
+// delayEntry packs t for the heap. Entries there do not share metas as
+// the deque's do: their order is not their put order.
+func (q *queue) delayEntry(t *Task) entry {
+	var d deque
+	return d.entry(t)
+}
+
+// promote makes ready every delayed task due at or before now (unix
+// nanoseconds): a retry goes back to the front of its queue, a delayed put
+// joins the back, each as it would have without its delay. Called with
+// q.mu held; the caller must settle.
+func (q *queue) promote(now int64) int {
+	n := 0
+	for len(q.delayed) > 0 && q.delayed[0].due <= now {
+		d := q.delayed.pop()
+		q.makeReady(&d)
+		n++
+	}
+	if n > 0 {
+		// Not waited for: after a crash the task is found delayed with a
+		// due time that has passed, and is made ready again.
+		q.log.commit()
+	}
+	return n
+}
+
+// makeReady moves d, out of the heap already, to the ready tasks: a retry
+// to the front, a delayed put to the back. Called with q.mu held; the
+// caller commits and settles.
+func (q *queue) makeReady(d *delayed) {
+	t := d.e.task()
+	if d.retry() {
+		q.retrying--
+		q.pushFront(t, store.Requeue)
+		return
+	}
+	t.seq = q.m.seq.Add(1)
+	q.ready.pushBack(t)
+	q.log.record(store.Requeue, t)
+}
+
+// nextDue is the due time of the earliest delayed task, in unix
+// nanoseconds; ok is false if none is delayed. Called with q.mu held.
+func (q *queue) nextDue() (due int64, ok bool) {
+	if len(q.delayed) == 0 {
+		return 0, false
+	}
+	return q.delayed[0].due, true
+}
+
+// backoff is how long a task that failed its attempt-th delivery waits
+// before the next: none without a backoff policy; else BackoffMin after
+// the first failure, doubling with each to at most BackoffMax, and then
+// drawn at random from its upper half, so that tasks that failed together
+// do not all come back at once.
+func backoff(p store.Policy, attempt int) time.Duration {
+	if p.BackoffMin <= 0 {
+		return 0
+	}
+	d := p.BackoffMin
+	for i := 1; i < attempt && d < p.BackoffMax; i++ {
+		d *= 2
+	}
+	d = min(d, max(p.BackoffMax, p.BackoffMin))
+	half := d / 2
+	return d - half + rand.N(half+1)
+}
+
+// removeDelayed takes the delayed tasks ids out of the heap, appending
+// them to *ts, and returns the ids it did not find. Called with q.mu
+// held.
+func (q *queue) removeDelayed(ids []uint64, ts *[]Task) (missing []uint64) {
+	want := make(map[uint64]bool, len(ids))
+	for _, id := range ids {
+		want[id] = true
+	}
+	var out []delayed
+	q.delayed.removeIf(func(id uint64) bool { return want[id] }, &out)
+	for i := range out {
+		if out[i].retry() {
+			q.retrying--
+		}
+		delete(want, out[i].e.id)
+		*ts = append(*ts, out[i].e.task())
+	}
+	for _, id := range ids {
+		if want[id] {
+			missing = append(missing, id)
+		}
+	}
+	return missing
+}

@@ -1,0 +1,106 @@
+package queue
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/qm-dev/qm/store"
+)
+
+// Policy is a queue's retry policy: how many deliveries a task gets and
+// how long a failed one waits before the next. Zero fields take the
+// Manager's defaults (Config); a negative BackoffMin means no backoff
+// whatever the default.
+type Policy = store.Policy
+
+// Bounds of a Policy.
+const (
+	MaxMaxAttempts = 1000
+	MaxBackoff     = 365 * 24 * time.Hour
+)
+
+// checkPolicy reports what is wrong with p, or nil.
+func checkPolicy(p Policy) error {
+	switch {
+	case p.MaxAttempts < 0 || p.MaxAttempts > MaxMaxAttempts:
+		return fmt.Errorf("%w: max attempts must be 0 (the default) to %d, got %d", ErrBadArgument, MaxMaxAttempts, p.MaxAttempts)
+	case p.BackoffMin < 0 && (p.BackoffMin != -1 || p.BackoffMax != 0):
+		return fmt.Errorf("%w: a negative backoff must be -1 (none) with no maximum, got %v..%v", ErrBadArgument, p.BackoffMin, p.BackoffMax)
+	case p.BackoffMax < 0 || p.BackoffMax > MaxBackoff || p.BackoffMin > MaxBackoff:
+		return fmt.Errorf("%w: backoff must be between 0 and %v, got %v..%v", ErrBadArgument, MaxBackoff, p.BackoffMin, p.BackoffMax)
+	case p.BackoffMin == 0 && p.BackoffMax != 0:
+		return fmt.Errorf("%w: a backoff maximum (%v) needs a minimum", ErrBadArgument, p.BackoffMax)
+	case p.BackoffMax != 0 && p.BackoffMax < p.BackoffMin:
+		return fmt.Errorf("%w: backoff maximum %v is below its minimum %v", ErrBadArgument, p.BackoffMax, p.BackoffMin)
+	}
+	return nil
+}
+
+// effective fills p's zero fields from the Manager's defaults.
+func (m *Manager) effective(p Policy) Policy {
+	if p.MaxAttempts == 0 {
+		p.MaxAttempts = m.cfg.MaxAttempts
+	}
+	if p.BackoffMin == 0 {
+		p.BackoffMin, p.BackoffMax = m.cfg.RetryBackoffMin, m.cfg.RetryBackoffMax
+	}
+	if p.BackoffMin < 0 {
+		p.BackoffMin, p.BackoffMax = 0, 0
+	}
+	if p.BackoffMax < p.BackoffMin {
+		p.BackoffMax = p.BackoffMin
+	}
+	return p
+}
+
+// SetPolicy sets the retry policy of the named queue, creating it if
+// needed; the zero Policy goes back to the Manager's defaults. It applies
+// to the attempts that fail from now on. With a store, it is durable when
+// SetPolicy returns.
+func (m *Manager) SetPolicy(name string, p Policy) error {
+	if err := checkPolicy(p); err != nil {
+		return err
+	}
+	if IsDeadLetterName(name) {
+		return fmt.Errorf("%w: %q is a dead-letter queue: its tasks are not retried", ErrBadArgument, name)
+	}
+	if err := CheckName(name); err != nil {
+		return err
+	}
+	if m.closed.Load() {
+		return ErrClosed
+	}
+	if err := m.writable(); err != nil {
+		return err
+	}
+	// Made first: making a queue reads the policies (policyOf).
+	q, err := m.lookupOrCreate(name)
+	if err != nil {
+		return err
+	}
+	// Held across the queue's update too, so that racing SetPolicys leave
+	// the map, the queue and the store agreeing. A queue deleted and made
+	// anew meanwhile reads the map once this is released.
+	m.policyMu.Lock()
+	if p == (Policy{}) {
+		delete(m.policies, name)
+	} else {
+		m.policies[name] = p
+	}
+	var ticket store.Ticket
+	if m.store != nil {
+		ticket = m.store.Append(store.Op{Kind: store.SetPolicy, Task: store.Task{Queue: name}, Policy: p})
+	}
+	q.mu.Lock()
+	q.policy = p
+	q.mu.Unlock()
+	m.policyMu.Unlock()
+	return m.wait(ticket)
+}
+
+// policyOf returns the policy set for the named queue (zero if none).
+func (m *Manager) policyOf(name string) Policy {
+	m.policyMu.Lock()
+	defer m.policyMu.Unlock()
+	return m.policies[name]
+}

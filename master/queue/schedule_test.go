@@ -1,0 +1,427 @@
+package queue_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/qm-dev/qm/master/queue"
+)
+
+// put adds its items to q, failing the test on an error.
+func put(t testing.TB, m *queue.Manager, q string, its ...queue.Item) []uint64 {
+	t.Helper()
+	ids, err := m.Put(context.Background(), queue.PutRequest{Queue: q, Items: its})
+	if err != nil {
+		t.Fatalf("Put(%q): %v", q, err)
+	}
+	return ids
+}
+
+func item(payload string) queue.Item { return queue.Item{Payload: []byte(payload)} }
+
+func delayedItem(payload string, due time.Time) queue.Item {
+	return queue.Item{Payload: []byte(payload), Due: due}
+}
+
+// TestDelayedPut: a delayed task is invisible to gets until its time,
+// not a moment earlier, then joins the back of its queue.
+func TestDelayedPut(t *testing.T) {
+	clk := newFakeClock()
+	m := newManager(t, queue.Config{Now: clk.Now})
+	start := clk.Now()
+	put(t, m, "q", delayedItem("late", start.Add(30*time.Second)), item("a"))
+	if got := payloads(mustGet(t, m, "q", 10, 1)); !slices.Equal(got, []string{"a"}) {
+		t.Fatalf("get before the due time = %v, want [a]", got)
+	}
+	put(t, m, "q", item("b"))
+	st := mustStats(t, m, "q")
+	if st.Delayed != 1 || st.Retrying != 0 || !st.NextDue.Equal(start.Add(30*time.Second)) || st.Ready != 1 {
+		t.Fatalf("stats = %+v, want 1 delayed due at +30s and 1 ready", st)
+	}
+	if next, ok := m.NextDeadline(); !ok || !next.Equal(start.Add(30*time.Second)) {
+		t.Fatalf("NextDeadline = %v, %v; want the due time", next, ok)
+	}
+	if n := m.ReleaseDue(start.Add(30*time.Second - time.Nanosecond)); n != 0 {
+		t.Fatalf("ReleaseDue a nanosecond early made %d ready", n)
+	}
+	if n := m.ReleaseDue(clk.Advance(30 * time.Second)); n != 1 {
+		t.Fatalf("ReleaseDue at the due time made %d ready, want 1", n)
+	}
+	put(t, m, "q", item("c"))
+	if got := payloads(mustGet(t, m, "q", 10, 1)); !slices.Equal(got, []string{"b", "late", "c"}) {
+		t.Fatalf("get after the due time = %v, want [b late c]", got)
+	}
+}
+
+// TestDelayedWakesWaitingGet: a get blocked on an empty queue gets a
+// delayed task as soon as the Manager's timer makes it ready.
+func TestDelayedWakesWaitingGet(t *testing.T) {
+	m := newManager(t, queue.Config{})
+	done := make(chan struct{})
+	reaped := make(chan struct{})
+	go func() {
+		defer close(reaped)
+		m.ReapLeases(done, nil)
+	}()
+	defer func() { close(done); <-reaped }()
+	due := time.Now().Add(50 * time.Millisecond)
+	put(t, m, "q", delayedItem("x", due))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ts, err := m.Get(ctx, queue.GetRequest{Queue: "q", Max: 1, Owner: 1}, nil)
+	if err != nil || len(ts) != 1 {
+		t.Fatalf("Get = %v, %v; want the delayed task", ts, err)
+	}
+	if now := time.Now(); now.Before(due) {
+		t.Fatalf("delayed task handed out %v early", due.Sub(now))
+	}
+}
+
+// TestDelayedSurvivesRestart: delayed and retrying tasks come back from
+// the store still delayed, with their due times and priorities; one whose
+// time passed while the master was down is ready at once.
+func TestDelayedSurvivesRestart(t *testing.T) {
+	dir := t.TempDir()
+	clk := newFakeClock()
+	cfg := queue.Config{Now: clk.Now, MaxAttempts: 5}
+	m, stop := openDurable(t, dir, cfg)
+	start := clk.Now()
+	put(t, m, "q",
+		delayedItem("soon", start.Add(time.Minute)),
+		delayedItem("later", start.Add(time.Hour)),
+		queue.Item{Payload: []byte("urgent-later"), Due: start.Add(time.Hour), Priority: 7},
+		item("now"))
+	if err := m.SetPolicy("q", queue.Policy{BackoffMin: 10 * time.Minute, BackoffMax: 10 * time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	ts := mustGet(t, m, "q", 1, 1)
+	if err := m.Nack(queue.NackRequest{Queue: "q", Owner: 1, ID: ts[0].ID, Error: "down"}); err != nil {
+		t.Fatal(err)
+	}
+	stop()
+
+	clk.Advance(2 * time.Minute) // "soon" fell due while the master was down
+	m, stop = openDurable(t, dir, cfg)
+	defer stop()
+	st := mustStats(t, m, "q")
+	if st.Ready != 1 || st.Delayed != 3 || st.Retrying != 1 {
+		t.Fatalf("after restart: %+v; want 1 ready (soon), 3 delayed of which 1 retrying", st)
+	}
+	if st.Policy.BackoffMin != 10*time.Minute {
+		t.Fatalf("policy after restart = %+v", st.Policy)
+	}
+	if got := payloads(mustGet(t, m, "q", 10, 2)); !slices.Equal(got, []string{"soon"}) {
+		t.Fatalf("ready after restart = %v, want [soon]", got)
+	}
+	peek, err := m.PeekDelayed("q", 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seen []string
+	for _, p := range peek {
+		seen = append(seen, fmt.Sprintf("%s@%v/p%d", p.Payload, p.Due.Sub(start), p.Priority))
+	}
+	// The nacked task waits its 5..10 minutes from the nack.
+	if len(peek) != 3 || string(peek[0].Payload) != "now" || peek[0].Due.Before(start.Add(5*time.Minute)) || peek[0].Due.After(start.Add(10*time.Minute)) ||
+		!slices.Equal(seen[1:], []string{"later@1h0m0s/p0", "urgent-later@1h0m0s/p7"}) {
+		t.Fatalf("delayed after restart = %v", seen)
+	}
+	m.ReleaseDue(clk.Advance(time.Hour))
+	if got := payloads(mustGet(t, m, "q", 10, 2)); !slices.Equal(got, []string{"urgent-later", "now", "later"}) {
+		t.Fatalf("after the due times = %v, want [urgent-later now later]", got)
+	}
+}
+
+// TestBackoffSequence: each failed attempt, nack or expired lease, waits
+// out the queue's backoff, doubling from its minimum up to its maximum,
+// drawn from the upper half of each step; the task is not handed out a
+// moment earlier. The last attempt goes to the dead-letter queue at once.
+func TestBackoffSequence(t *testing.T) {
+	clk := newFakeClock()
+	m := newManager(t, queue.Config{Now: clk.Now, MaxAttempts: 3})
+	const attempts = 7
+	if err := m.SetPolicy("q", queue.Policy{MaxAttempts: attempts, BackoffMin: time.Second, BackoffMax: 10 * time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	put(t, m, "q", item("flaky"))
+	want := []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 10 * time.Second, 10 * time.Second}
+	for i := range attempts {
+		ts := mustGet(t, m, "q", 1, 1)
+		if len(ts) != 1 || ts[0].Attempts != i+1 {
+			t.Fatalf("attempt %d: got %+v", i+1, ts)
+		}
+		if i%2 == 0 {
+			if err := m.Nack(queue.NackRequest{Queue: "q", Owner: 1, ID: ts[0].ID, Error: "503"}); err != nil {
+				t.Fatal(err)
+			}
+		} else if err := m.Extend("q", 1, []uint64{ts[0].ID}, time.Second); err != nil {
+			t.Fatal(err)
+		} else if n := m.ExpireLeases(clk.Advance(time.Second)); n != 1 {
+			t.Fatalf("attempt %d: %d leases expired, want 1", i+1, n)
+		}
+		if i == attempts-1 {
+			break
+		}
+		now := clk.Now()
+		st := mustStats(t, m, "q")
+		wait := st.NextDue.Sub(now)
+		if st.Retrying != 1 || wait < want[i]/2 || wait > want[i] {
+			t.Fatalf("after failure %d: retrying %d, waits %v; want 1 waiting %v..%v", i+1, st.Retrying, wait, want[i]/2, want[i])
+		}
+		m.ReleaseDue(now.Add(wait - time.Nanosecond))
+		if ts := mustGet(t, m, "q", 1, 1); len(ts) != 0 {
+			t.Fatalf("after failure %d: handed out %v before its backoff ran out", i+1, wait)
+		}
+		m.ReleaseDue(clk.Advance(wait))
+	}
+	if st := mustStats(t, m, "q"); st.Dead != 1 || st.Delayed != 0 || st.Ready != 0 {
+		t.Fatalf("after the last attempt: %+v; want it dead", st)
+	}
+}
+
+// TestNackRetryAfter: a worker's retry-after overrides the queue's
+// backoff, even when the queue has none.
+func TestNackRetryAfter(t *testing.T) {
+	clk := newFakeClock()
+	m := newManager(t, queue.Config{Now: clk.Now})
+	put(t, m, "q", item("x"))
+	ts := mustGet(t, m, "q", 1, 1)
+	if err := m.Nack(queue.NackRequest{Queue: "q", Owner: 1, ID: ts[0].ID, Error: "rate limited", RetryAfter: 42 * time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	if st := mustStats(t, m, "q"); !st.NextDue.Equal(clk.Now().Add(42*time.Second)) || st.Retrying != 1 {
+		t.Fatalf("stats = %+v; want retrying, due in 42s", st)
+	}
+	if err := m.Nack(queue.NackRequest{Queue: "q", Owner: 1, ID: ts[0].ID, RetryAfter: -time.Second}); !errors.Is(err, queue.ErrBadArgument) {
+		t.Fatalf("negative retry after: %v, want ErrBadArgument", err)
+	}
+}
+
+// TestRunNow: run-now makes delayed and retrying tasks ready at once, a
+// retry at the front and a delayed put at the back.
+func TestRunNow(t *testing.T) {
+	clk := newFakeClock()
+	m := newManager(t, queue.Config{Now: clk.Now, RetryBackoffMin: time.Hour})
+	far := clk.Now().Add(24 * time.Hour)
+	ids := put(t, m, "q", item("failing"), delayedItem("d1", far), delayedItem("d2", far), item("plain"))
+	ts := mustGet(t, m, "q", 1, 1)
+	if err := m.Nack(queue.NackRequest{Queue: "q", Owner: 1, ID: ts[0].ID, Error: "x"}); err != nil {
+		t.Fatal(err)
+	}
+	n, err := m.RunNow("q", []uint64{ids[0], ids[2], 999})
+	if n != 2 || !errors.Is(err, queue.ErrNoSuchTask) {
+		t.Fatalf("RunNow = %d, %v; want 2 and ErrNoSuchTask for 999", n, err)
+	}
+	if got := payloads(mustGet(t, m, "q", 10, 1)); !slices.Equal(got, []string{"failing", "plain", "d2"}) {
+		t.Fatalf("after RunNow = %v, want [failing plain d2]", got)
+	}
+	if n, err := m.RunNow("q", nil); n != 1 || err != nil {
+		t.Fatalf("RunNow(all) = %d, %v; want 1", n, err)
+	}
+}
+
+// TestPriorities: higher priorities first, FIFO within each, and a failed
+// task goes back to the front of its own priority.
+func TestPriorities(t *testing.T) {
+	m := newManager(t, queue.Config{})
+	pri := func(p string, n int) queue.Item { return queue.Item{Payload: []byte(p), Priority: n} }
+	put(t, m, "q", pri("a0", 0), pri("b9", 9), pri("c5", 5), pri("d0", 0), pri("e9", 9))
+	peek, _ := m.Peek("q", 10)
+	if got := payloads(peek); !slices.Equal(got, []string{"b9", "e9", "c5", "a0", "d0"}) {
+		t.Fatalf("peek = %v", got)
+	}
+	ts := mustGet(t, m, "q", 2, 1)
+	if got := payloads(ts); !slices.Equal(got, []string{"b9", "e9"}) {
+		t.Fatalf("first get = %v", got)
+	}
+	if err := m.Nack(queue.NackRequest{Queue: "q", Owner: 1, ID: ts[1].ID, Error: "x"}); err != nil {
+		t.Fatal(err)
+	}
+	put(t, m, "q", pri("f5", 5))
+	if got := payloads(mustGet(t, m, "q", 10, 1)); !slices.Equal(got, []string{"e9", "c5", "f5", "a0", "d0"}) {
+		t.Fatalf("second get = %v", got)
+	}
+}
+
+// TestPrioritiesConcurrentGets: getters racing with a producer each see
+// their batches in priority order, FIFO within a priority, and together
+// get every task once.
+func TestPrioritiesConcurrentGets(t *testing.T) {
+	m := newManager(t, queue.Config{})
+	const perPriority = 300
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for i := range perPriority {
+			var its []queue.Item
+			for p := range queue.MaxPriority + 1 {
+				its = append(its, queue.Item{Payload: fmt.Appendf(nil, "%d/%05d", p, i), Priority: p})
+			}
+			put(t, m, "q", its...)
+		}
+	})
+	var mu sync.Mutex
+	got := make(map[string]bool)
+	for g := range 4 {
+		wg.Go(func() {
+			for {
+				ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+				ts, err := m.Get(ctx, queue.GetRequest{Queue: "q", Max: 7, Owner: uint64(g + 1), NoAck: true}, nil)
+				cancel()
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if len(ts) == 0 {
+					return
+				}
+				for i := 1; i < len(ts); i++ {
+					a, b := string(ts[i-1].Payload), string(ts[i].Payload)
+					if a[0] < b[0] || a[0] == b[0] && a > b {
+						t.Errorf("getter %d: %s before %s in one batch", g, a, b)
+					}
+				}
+				mu.Lock()
+				for _, tk := range ts {
+					if got[string(tk.Payload)] {
+						t.Errorf("%s handed out twice", tk.Payload)
+					}
+					got[string(tk.Payload)] = true
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if len(got) != perPriority*(queue.MaxPriority+1) {
+		t.Fatalf("got %d tasks, want %d", len(got), perPriority*(queue.MaxPriority+1))
+	}
+}
+
+// TestIdempotentPut: a put with a key seen within the dedup window adds
+// nothing and returns the first task's ID, even after that task is done;
+// past the window the key is new again. Keys are per queue.
+func TestIdempotentPut(t *testing.T) {
+	clk := newFakeClock()
+	m := newManager(t, queue.Config{Now: clk.Now, DedupWindow: time.Minute})
+	keyed := func(p, k string) queue.Item { return queue.Item{Payload: []byte(p), Key: k} }
+	first := put(t, m, "q", keyed("a", "k1"), keyed("b", ""), keyed("c", "k1"))
+	if first[2] != first[0] {
+		t.Fatalf("a key repeated in one put: ids %v, want the third to be the first's", first)
+	}
+	again := put(t, m, "q", keyed("a again", "k1"), keyed("d", "k2"))
+	if again[0] != first[0] {
+		t.Fatalf("repeated key: id %d, want %d", again[0], first[0])
+	}
+	if other := put(t, m, "other", keyed("a", "k1")); other[0] == first[0] {
+		t.Fatal("a key of another queue deduplicated")
+	}
+	ts := mustGet(t, m, "q", 10, 1)
+	if got := payloads(ts); !slices.Equal(got, []string{"a", "b", "d"}) {
+		t.Fatalf("queue holds %v, want [a b d]", got)
+	}
+	if _, err := m.Ack(queue.AckRequest{Queue: "q", Owner: 1, IDs: []uint64{ts[0].ID}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	clk.Advance(59 * time.Second)
+	if ids := put(t, m, "q", keyed("a late retry", "k1")); ids[0] != first[0] {
+		t.Fatalf("retry within the window after the ack: id %d, want %d", ids[0], first[0])
+	}
+	clk.Advance(time.Second)
+	if ids := put(t, m, "q", keyed("a new one", "k1")); ids[0] == first[0] {
+		t.Fatal("a key past its window still deduplicated")
+	}
+	if st := mustStats(t, m, "q"); st.Puts != 4 {
+		t.Fatalf("puts = %d, want 4 (a, b, d, a new one)", st.Puts)
+	}
+}
+
+// TestIdempotentPutSurvivesRestart: keys are remembered across a restart,
+// those of tasks done before it too, and forgotten after their window.
+func TestIdempotentPutSurvivesRestart(t *testing.T) {
+	dir := t.TempDir()
+	clk := newFakeClock()
+	cfg := queue.Config{Now: clk.Now, DedupWindow: time.Minute}
+	m, stop := openDurable(t, dir, cfg)
+	keyed := func(p, k string) queue.Item { return queue.Item{Payload: []byte(p), Key: k} }
+	ids := put(t, m, "q", keyed("live", "k-live"), keyed("done", "k-done"))
+	ts := mustGet(t, m, "q", 2, 1)
+	if _, err := m.Ack(queue.AckRequest{Queue: "q", Owner: 1, IDs: []uint64{ts[1].ID}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	stop()
+	clk.Advance(30 * time.Second)
+	m, stop = openDurable(t, dir, cfg)
+	again := put(t, m, "q", keyed("live", "k-live"), keyed("done", "k-done"))
+	if !slices.Equal(again, ids) {
+		t.Fatalf("after restart: ids %v, want %v", again, ids)
+	}
+	if st := mustStats(t, m, "q"); st.Ready != 1 {
+		t.Fatalf("after restart: %d ready, want 1", st.Ready)
+	}
+	stop()
+	clk.Advance(31 * time.Second)
+	m, stop = openDurable(t, dir, cfg)
+	defer stop()
+	if later := put(t, m, "q", keyed("done", "k-done")); later[0] == ids[1] {
+		t.Fatal("a key past its window was remembered across a restart")
+	}
+}
+
+// TestScheduleBadInput: out-of-range priorities, long keys and bad
+// policies are refused with ErrBadArgument, and change nothing.
+func TestScheduleBadInput(t *testing.T) {
+	m := newManager(t, queue.Config{})
+	for _, it := range []queue.Item{
+		{Payload: []byte("x"), Priority: 10},
+		{Payload: []byte("x"), Priority: -1},
+		{Payload: []byte("x"), Key: strings.Repeat("k", queue.MaxKeyLen+1)},
+	} {
+		if _, err := m.Put(context.Background(), queue.PutRequest{Queue: "q", Items: []queue.Item{item("ok"), it}}); !errors.Is(err, queue.ErrBadArgument) {
+			t.Errorf("Put(%+v): %v, want ErrBadArgument", it, err)
+		}
+	}
+	if _, err := m.Stats("q"); !errors.Is(err, queue.ErrUnknownQueue) {
+		t.Errorf("a refused put left a queue: %v", err)
+	}
+	put(t, m, "q", queue.Item{Payload: []byte("x"), Key: strings.Repeat("k", queue.MaxKeyLen)})
+	for _, p := range []queue.Policy{
+		{MaxAttempts: -1},
+		{MaxAttempts: queue.MaxMaxAttempts + 1},
+		{BackoffMin: -2},
+		{BackoffMin: time.Minute, BackoffMax: time.Second},
+		{BackoffMax: time.Second},
+		{BackoffMin: time.Second, BackoffMax: queue.MaxBackoff + 1},
+	} {
+		if err := m.SetPolicy("q", p); !errors.Is(err, queue.ErrBadArgument) {
+			t.Errorf("SetPolicy(%+v): %v, want ErrBadArgument", p, err)
+		}
+	}
+	if err := m.SetPolicy("q.dead", queue.Policy{MaxAttempts: 2}); !errors.Is(err, queue.ErrBadArgument) {
+		t.Errorf("SetPolicy on a dead-letter queue: %v, want ErrBadArgument", err)
+	}
+	if st := mustStats(t, m, "q"); st.Policy != (queue.Policy{MaxAttempts: queue.DefaultMaxAttempts}) {
+		t.Errorf("refused policies changed it: %+v", st.Policy)
+	}
+}
+
+// TestPurgeDropsDelayed: purge and delete take the delayed tasks too.
+func TestPurgeDropsDelayed(t *testing.T) {
+	clk := newFakeClock()
+	m := newManager(t, queue.Config{Now: clk.Now})
+	put(t, m, "q", item("a"), delayedItem("b", clk.Now().Add(time.Hour)))
+	if n, err := m.Purge("q"); n != 2 || err != nil {
+		t.Fatalf("Purge = %d, %v; want 2", n, err)
+	}
+	if st := mustStats(t, m, "q"); st.Delayed != 0 || !st.NextDue.IsZero() {
+		t.Fatalf("after purge: %+v", st)
+	}
+	if n := m.ReleaseDue(clk.Advance(2 * time.Hour)); n != 0 {
+		t.Fatalf("a purged delayed task came back: %d", n)
+	}
+}
