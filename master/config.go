@@ -34,6 +34,12 @@ type Config struct {
 	MaxAttempts int
 	// DefaultLease is the lease of a get that asks for none; default 30s.
 	DefaultLease time.Duration
+	// RetryBackoffMin and RetryBackoffMax are every queue's default
+	// retry backoff (queue.Config); 0 means none.
+	RetryBackoffMin, RetryBackoffMax time.Duration
+	// DedupWindow is how long a put's idempotency key is remembered;
+	// default 2m.
+	DedupWindow time.Duration
 	// MaxQueueLen is the maximum length of every queue; 0 is unlimited.
 	MaxQueueLen int
 	// KeepAliveInterval is the yamux keep-alive period; a client that stops
@@ -214,13 +220,17 @@ func (c *Config) setDefaults() {
 
 func (c *Config) queueConfig(onDead func(string, queue.Task)) queue.Config {
 	return queue.Config{
-		MaxAttempts:  c.MaxAttempts,
-		DefaultLease: c.DefaultLease,
-		MaxLen:       c.MaxQueueLen,
-		OnDead:       onDead,
+		MaxAttempts:     c.MaxAttempts,
+		DefaultLease:    c.DefaultLease,
+		RetryBackoffMin: c.RetryBackoffMin,
+		RetryBackoffMax: c.RetryBackoffMax,
+		DedupWindow:     c.DedupWindow,
+		MaxLen:          c.MaxQueueLen,
+		OnDead:          onDead,
 	}
 }
 
 func (c *Config) String() string {
-	return fmt.Sprintf("max-attempts=%d lease=%s max-queue-len=%d max-message=%d", c.MaxAttempts, c.DefaultLease, c.MaxQueueLen, c.MaxMessageSize)
+	return fmt.Sprintf("max-attempts=%d lease=%s retry-backoff=%s..%s max-queue-len=%d max-message=%d",
+		c.MaxAttempts, c.DefaultLease, c.RetryBackoffMin, c.RetryBackoffMax, c.MaxQueueLen, c.MaxMessageSize)
 }

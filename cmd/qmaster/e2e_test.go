@@ -26,9 +26,10 @@ import (
 func TestE2EPutInspect(t *testing.T) {
 	m := startMaster(t)
 	mustQmaster(t, "", "put", "--server", m.addr, "jobs", "1", "2", "3")
+	mustQmaster(t, "", "put", "--server", m.addr, "--delay", "1h", "jobs", "later")
 	r := mustQmaster(t, "", "put", "--server", m.addr, "--ids", "emails", "hello")
-	if r.stdout != "4\n" || !strings.Contains(r.stderr, "put 1 item into emails") {
-		t.Errorf("put --ids: stdout %q, stderr %q; want the id 4 and a summary", r.stdout, r.stderr)
+	if r.stdout != "5\n" || !strings.Contains(r.stderr, "put 1 item into emails") {
+		t.Errorf("put --ids: stdout %q, stderr %q; want the id 5 and a summary", r.stdout, r.stderr)
 	}
 
 	r = mustQmaster(t, "", "inspect", "--server", m.addr, "--json")
@@ -59,8 +60,8 @@ func TestE2EInspectEmpty(t *testing.T) {
 	}
 }
 
-// ages matches the OLDEST column of an inspect table.
-var ages = regexp.MustCompile(`(?m)\b(\d+s|\d+m\d\ds|\d+h\d\dm|\d+d\d+h)$`)
+// ages matches the ages of an inspect table (OLDEST, NEXT DUE).
+var ages = regexp.MustCompile(`\b(\d+s|\d+m\d\ds|\d+h\d\dm|\d+d\d+h)\b`)
 
 func normaliseAges(s string) string { return ages.ReplaceAllString(s, "AGE") }
 

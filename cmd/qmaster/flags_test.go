@@ -58,7 +58,8 @@ func TestRootFlags(t *testing.T) {
 		"--data-dir", "/d", "--fsync", "interval", "--fsync-interval", "50ms",
 		"--py-typeid", "get_task_queue=jobs", "--py-typeid", "get_r=results", "--py-results-queue", "done",
 		"--max-unauth-conns", "8", "--auth-fail-limit", "3", "--max-conns", "100", "--max-streams", "16",
-		"--max-memory", "1GiB", "--tls-cert", "/c.pem", "--tls-key", "/k.pem", "--tls-client-ca", "/ca.pem")
+		"--max-memory", "1GiB", "--tls-cert", "/c.pem", "--tls-key", "/k.pem", "--tls-client-ca", "/ca.pem",
+		"--retry-backoff", "1s..1h", "--dedup-window", "5m")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, msg)
 	}
@@ -69,6 +70,7 @@ func TestRootFlags(t *testing.T) {
 		PyTypeIDs: map[string]string{"get_task_queue": "jobs", "get_r": "results"}, PyResultsQueue: "done",
 		MaxUnauthConns: 8, AuthFailLimit: 3, MaxConns: 100, MaxStreams: 16, MaxMemory: 1 << 30,
 		TLSCert: "/c.pem", TLSKey: "/k.pem", TLSClientCA: "/ca.pem",
+		RetryBackoff: "1s..1h", DedupWindow: 5 * time.Minute,
 	}
 	if got.LogLevel.Level != slog.LevelDebug || got.LogFormat.String() != "json" {
 		t.Errorf("log level %v format %v", got.LogLevel, got.LogFormat)
@@ -109,6 +111,8 @@ func TestUsageErrors(t *testing.T) {
 		{"root bad size", rootCmd, []string{"--max-message-size", "12XB"}, "want a byte count"},
 		{"root key and insecure", rootCmd, []string{"--insecure-no-auth", "--authkey", "k"}, "--insecure-no-auth"},
 		{"root zero attempts", rootCmd, []string{"--max-attempts", "0"}, "--max-attempts must be at least 1"},
+		{"root bad backoff", rootCmd, []string{"--retry-backoff", "soon"}, "--retry-backoff: \"soon\""},
+		{"root zero dedup window", rootCmd, []string{"--dedup-window", "0"}, "--dedup-window must be positive"},
 		{"root argument", rootCmd, []string{"serve"}, `unknown command "serve"`},
 		{"root tls cert without key", rootCmd, []string{"--tls-cert", "c.pem"}, "--tls-cert and --tls-key go together"},
 		{"root client ca without cert", rootCmd, []string{"--tls-client-ca", "ca.pem"}, "--tls-client-ca needs --tls-cert"},

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"strconv"
 	"time"
 
 	"github.com/qm-dev/qm/wire"
@@ -137,17 +138,24 @@ func inspectOnce(ctx context.Context, c *wire.Client, opts *inspectOptions, w io
 
 func writeStatsTable(w io.Writer, stats []wire.QueueStats) error {
 	tw := newTable(w)
-	fmt.Fprintln(tw, "QUEUE\tREADY\tLEASED\tDONE\tDEAD\tCONSUMERS\tOLDEST")
+	fmt.Fprintln(tw, "QUEUE\tREADY\tDELAYED\tLEASED\tDONE\tDEAD\tCONSUMERS\tOLDEST\tNEXT DUE")
 	for _, s := range stats {
 		oldest := "-"
 		if s.Ready > 0 {
 			oldest = humanAge(s.OldestAge)
 		}
+		delayed, due := strconv.Itoa(s.Delayed), "-"
+		if s.Retrying > 0 {
+			delayed += fmt.Sprintf(" (%d retrying)", s.Retrying)
+		}
+		if !s.NextDue.IsZero() {
+			due = "in " + humanAge(max(time.Until(s.NextDue), 0))
+		}
 		name := s.Queue
 		if s.Paused {
 			name += " (paused)"
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%s\n", name, s.Ready, s.Leased, s.Done, s.Dead, s.Consumers, oldest)
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%d\t%d\t%d\t%s\t%s\n", name, s.Ready, delayed, s.Leased, s.Done, s.Dead, s.Consumers, oldest, due)
 	}
 	return tw.Flush()
 }

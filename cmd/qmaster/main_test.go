@@ -106,6 +106,14 @@ type masterProc struct {
 	stderr *syncBuffer
 	done   chan struct{} // closed when the process has exited
 	err    error         // Wait's result, once done is closed
+	killed bool          // by kill, as a crash would
+}
+
+// kill ends the master with SIGKILL, as a crash would, and waits for it.
+func (p *masterProc) kill() {
+	p.killed = true
+	_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.done
 }
 
 var listeningAddr = regexp.MustCompile(`msg=listening addr=(127\.0\.0\.1:\d+)`)
@@ -127,7 +135,7 @@ func startMaster(t *testing.T, args ...string) *masterProc {
 		close(p.done)
 	}()
 	t.Cleanup(func() {
-		if p.stop(10*time.Second) && p.err != nil {
+		if p.stop(10*time.Second) && p.err != nil && !p.killed {
 			t.Errorf("master exited with %v; stderr:\n%s", p.err, p.stderr)
 		}
 	})

@@ -15,8 +15,9 @@ type peekOptions struct {
 	IO     *factory
 	Client clientOptions
 
-	Queue string
-	N     int
+	Queue   string
+	N       int
+	Delayed bool
 }
 
 func newCmdPeek(f *factory, runF func(*peekOptions) error) *cobra.Command {
@@ -26,9 +27,14 @@ func newCmdPeek(f *factory, runF func(*peekOptions) error) *cobra.Command {
 		Short: "Show the first ready tasks of a queue without taking them",
 		Long: `Print the first -n ready tasks of QUEUE, one JSON object per line:
 {"id":..,"attempt":..,"enqueued":..,"payload":..}, plus "reply_to" and
-"last_error" when set. The tasks stay in the queue.`,
+"last_error" when set. The tasks stay in the queue.
+
+With --delayed, the first -n tasks not yet due instead, by due time, each
+with its "due" time: delayed puts, and failed tasks waiting out their
+retry backoff ("attempt" > 0).`,
 		Example: `  qmaster peek jobs
-  qmaster peek jobs.dead -n 100 | jq -r .last_error`,
+  qmaster peek jobs.dead -n 100 | jq -r .last_error
+  qmaster peek jobs --delayed`,
 		Args: args(1, 1, "QUEUE"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts.Queue = args[0]
@@ -46,6 +52,7 @@ func newCmdPeek(f *factory, runF func(*peekOptions) error) *cobra.Command {
 	}
 	addClientFlags(cmd, &opts.Client)
 	cmd.Flags().IntVarP(&opts.N, "n", "n", 10, "most tasks to show")
+	cmd.Flags().BoolVar(&opts.Delayed, "delayed", false, "show the tasks not yet due, by due time")
 	return cmd
 }
 
@@ -56,6 +63,8 @@ type peekedTask struct {
 	Enqueued  time.Time       `json:"enqueued"`
 	ReplyTo   string          `json:"reply_to,omitempty"`
 	LastError string          `json:"last_error,omitempty"`
+	Priority  int             `json:"priority,omitempty"`
+	Due       time.Time       `json:"due,omitzero"`
 	Payload   json.RawMessage `json:"payload"`
 }
 
@@ -65,7 +74,11 @@ func peekRun(ctx context.Context, opts *peekOptions) error {
 		return err
 	}
 	defer c.Close()
-	tasks, err := c.Peek(ctx, opts.Queue, opts.N)
+	peek := c.Peek
+	if opts.Delayed {
+		peek = c.Delayed
+	}
+	tasks, err := peek(ctx, opts.Queue, opts.N)
 	if err != nil {
 		return fmt.Errorf("queue %s: %w", opts.Queue, err)
 	}
@@ -74,7 +87,8 @@ func peekRun(ctx context.Context, opts *peekOptions) error {
 		if err != nil {
 			return fmt.Errorf("task %d: %w", t.ID, err)
 		}
-		pt := peekedTask{ID: t.ID, Attempt: t.Attempt, Enqueued: t.Enqueued, ReplyTo: t.ReplyTo, LastError: t.LastError, Payload: p}
+		pt := peekedTask{ID: t.ID, Attempt: t.Attempt, Enqueued: t.Enqueued, ReplyTo: t.ReplyTo, LastError: t.LastError,
+			Priority: t.Priority, Due: t.Due, Payload: p}
 		if err := writeJSON(opts.IO.Out, pt, false); err != nil {
 			return err
 		}

@@ -18,9 +18,10 @@ func newCmdPurge(f *factory, runF func(*purgeOptions) error) *cobra.Command {
 	opts := &purgeOptions{IO: f}
 	cmd := &cobra.Command{
 		Use:   "purge QUEUE",
-		Short: "Drop the ready tasks of a queue",
-		Long: `Drop every ready task of QUEUE. Tasks leased to workers are not
-touched, and the queue itself stays.`,
+		Short: "Drop the ready and delayed tasks of a queue",
+		Long: `Drop every ready task of QUEUE, and every task not yet due (delayed, or
+retrying after a failure). Tasks leased to workers are not touched, and
+the queue itself stays.`,
 		Example: `  qmaster purge jobs
   qmaster purge jobs.dead`,
 		Args: args(1, 1, "QUEUE"),

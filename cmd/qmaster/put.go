@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/qm-dev/qm/internal/jsonval"
+	"github.com/qm-dev/qm/master/queue"
 	"github.com/qm-dev/qm/wire"
 	"github.com/spf13/cobra"
 	"github.com/vmihailenco/msgpack/v5"
@@ -21,6 +22,12 @@ type putOptions struct {
 	Timeout time.Duration
 	IDs     bool
 	Batch   int
+
+	Delay    time.Duration
+	At       string
+	Priority int
+	Key      string
+	at       time.Time
 }
 
 // batchBytes bounds the input text sent in one put, well below the
@@ -39,11 +46,23 @@ true, null, "text", [1,2], {"a":1}); anything else as a plain string, so
 hello is "hello".
 
 Items are sent in batches of --batch. A summary goes to stderr; with --ids
-the task IDs are printed on stdout, one per line.`,
+the task IDs are printed on stdout, one per line.
+
+--delay or --at hides the tasks from workers until then (an --at in the
+past runs them at once); they join the back of the queue when due.
+--priority 0-9 hands them out before lower priorities (strictly: a steady
+stream of high-priority tasks keeps lower ones waiting). --key makes a
+put of one item idempotent: a second put with the same key within the
+master's --dedup-window (2m by default) adds nothing and prints the first
+task's ID, so a put retried after a timeout never runs twice.`,
 		Example: `  qmaster put jobs 1 2 3
   qmaster put jobs '{"url": "https://example.com"}'
   seq 1 1000 | qmaster put jobs
-  qmaster put jobs --ids hello > ids.txt`,
+  qmaster put jobs --ids hello > ids.txt
+  qmaster put reminders --delay 30s '{"to": "ann"}'
+  qmaster put reports --at 2026-12-24T10:00:00Z xmas
+  qmaster put jobs --priority 9 urgent
+  qmaster put payments --key order-1017 '{"order": 1017}'`,
 		Args: args(1, -1, "QUEUE"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts.Queue, opts.Items = args[0], args[1:]
@@ -55,6 +74,9 @@ the task IDs are printed on stdout, one per line.`,
 			}
 			if opts.Batch < 1 {
 				return usageErrorf("--batch must be at least 1")
+			}
+			if err := opts.checkSchedule(); err != nil {
+				return err
 			}
 			if runF != nil {
 				return runF(opts)
@@ -68,7 +90,35 @@ the task IDs are printed on stdout, one per line.`,
 	fl.DurationVar(&opts.Timeout, "timeout", 0, "how long to wait for space in a queue at --max-queue-len (0: fail at once)")
 	fl.BoolVar(&opts.IDs, "ids", false, "print the task IDs on stdout, one per line")
 	fl.IntVar(&opts.Batch, "batch", 1000, "items per put call")
+	fl.DurationVar(&opts.Delay, "delay", 0, "hide the tasks from workers for this long (e.g. 30s, 2h)")
+	fl.StringVar(&opts.At, "at", "", "hide the tasks from workers until this time (RFC 3339, e.g. 2026-12-24T10:00:00Z)")
+	fl.IntVar(&opts.Priority, "priority", 0, "0 to 9; higher priorities are handed out first")
+	fl.StringVar(&opts.Key, "key", "", "idempotency key of a put of one item (at most 256 bytes)")
 	return cmd
+}
+
+// checkSchedule checks --delay, --at, --priority and --key.
+func (o *putOptions) checkSchedule() error {
+	switch {
+	case o.Delay < 0:
+		return usageErrorf("--delay must not be negative")
+	case o.Delay > 0 && o.At != "":
+		return usageErrorf("give --delay or --at, not both")
+	case o.Priority < 0 || o.Priority > queue.MaxPriority:
+		return usageErrorf("--priority must be 0 to %d, got %d", queue.MaxPriority, o.Priority)
+	case len(o.Key) > queue.MaxKeyLen:
+		return usageErrorf("--key is at most %d bytes, got %d", queue.MaxKeyLen, len(o.Key))
+	case o.Key != "" && len(o.Items) != 1:
+		return usageErrorf("--key makes a put of one item idempotent: give exactly one ITEM")
+	}
+	if o.At != "" {
+		t, err := time.Parse(time.RFC3339, o.At)
+		if err != nil {
+			return usageErrorf("--at %q: want an RFC 3339 time such as 2026-12-24T10:00:00Z", o.At)
+		}
+		o.at = t
+	}
+	return nil
 }
 
 func putRun(ctx context.Context, opts *putOptions) error {
@@ -87,7 +137,11 @@ func putRun(ctx context.Context, opts *putOptions) error {
 			}
 			raw[i] = b
 		}
-		ids, err := c.PutRaw(ctx, opts.Queue, raw, wire.PutOptions{ReplyTo: opts.ReplyTo, Timeout: opts.Timeout})
+		popts := wire.PutOptions{ReplyTo: opts.ReplyTo, Timeout: opts.Timeout, Delay: opts.Delay, At: opts.at, Priority: opts.Priority}
+		if opts.Key != "" {
+			popts.Keys = []string{opts.Key}
+		}
+		ids, err := c.PutRaw(ctx, opts.Queue, raw, popts)
 		if err != nil {
 			return 0, err
 		}

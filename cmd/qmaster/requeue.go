@@ -21,22 +21,28 @@ type deadTaskOptions struct {
 	Queue string
 	IDs   []uint64
 	All   bool
+	Now   bool // requeue: delayed and retrying tasks, made ready now
 }
 
 func newCmdRequeue(f *factory, runF func(*deadTaskOptions) error) *cobra.Command {
 	opts := &deadTaskOptions{IO: f}
 	cmd := &cobra.Command{
-		Use:   "requeue QUEUE (ID... | --all) [flags]",
-		Short: "Move dead tasks back to their queue",
+		Use:   "requeue QUEUE (ID... | --all) [--now] [flags]",
+		Short: "Move dead tasks back to their queue, or run delayed ones now",
 		Long: `Move dead tasks of QUEUE, named by their IDs (see qmaster dead QUEUE) or
 all of them with --all, from its dead-letter queue QUEUE.dead back to the
 end of QUEUE. Each gets its attempts anew and keeps its last error until
 it fails again.
 
 A producer waiting for their results has had an error result for each
-already; a requeued task that succeeds publishes a second result.`,
+already; a requeued task that succeeds publishes a second result.
+
+With --now, the tasks named are instead delayed or retrying tasks of QUEUE
+(see qmaster peek QUEUE --delayed), made ready at once: a retrying task
+goes to the front, a delayed put to the back.`,
 		Example: `  qmaster requeue jobs 1041 1077
-  qmaster requeue jobs --all`,
+  qmaster requeue jobs --all
+  qmaster requeue jobs --now --all`,
 		Args: args(1, -1, "QUEUE"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := opts.parse(args, true); err != nil {
@@ -49,7 +55,8 @@ already; a requeued task that succeeds publishes a second result.`,
 		},
 	}
 	addClientFlags(cmd, &opts.Client)
-	cmd.Flags().BoolVar(&opts.All, "all", false, "requeue every dead task of QUEUE")
+	cmd.Flags().BoolVar(&opts.All, "all", false, "requeue every dead task of QUEUE (with --now: every delayed one)")
+	cmd.Flags().BoolVar(&opts.Now, "now", false, "make delayed or retrying tasks of QUEUE ready now, instead of requeueing dead ones")
 	return cmd
 }
 
@@ -95,6 +102,8 @@ func (o *deadTaskOptions) parse(args []string, allowAll bool) error {
 	switch {
 	case o.All && len(o.IDs) > 0:
 		return usageErrorf("give task IDs or --all, not both")
+	case len(o.IDs) == 0 && !o.All && allowAll && o.Now:
+		return usageErrorf("missing task IDs (or --all for every delayed task of %s)", o.Queue)
 	case len(o.IDs) == 0 && !o.All && allowAll:
 		return usageErrorf("missing task IDs (or --all for every dead task of %s)", o.Queue)
 	case len(o.IDs) == 0 && !allowAll:
@@ -109,6 +118,14 @@ func requeueRun(ctx context.Context, opts *deadTaskOptions) error {
 		return err
 	}
 	defer c.Close()
+	if opts.Now {
+		n, err := c.RunNow(ctx, opts.Queue, opts.IDs...)
+		fmt.Fprintf(opts.IO.ErrOut, "made %d delayed %s of %s ready\n", n, plural(n, "task", "tasks"), opts.Queue)
+		if errors.Is(err, wire.ErrNoSuchTask) {
+			return fmt.Errorf("not delayed tasks of %s: %w", opts.Queue, err)
+		}
+		return deadTaskError(opts.Queue, err)
+	}
 	n, err := c.Requeue(ctx, opts.Queue, opts.IDs...)
 	fmt.Fprintf(opts.IO.ErrOut, "requeued %d dead %s to %s\n", n, plural(n, "task", "tasks"), opts.Queue)
 	return deadTaskError(opts.Queue, err)

@@ -36,6 +36,8 @@ type serveOptions struct {
 	InsecureNoAuth   bool
 	MaxAttempts      int
 	Lease            time.Duration
+	RetryBackoff     string
+	DedupWindow      time.Duration
 	MaxQueueLen      int
 	MaxMessageSize   byteSize
 	HandshakeTimeout time.Duration
@@ -126,6 +128,8 @@ The subcommands talk to a running master (see --server).`,
 	fl.BoolVar(&opts.InsecureNoAuth, "insecure-no-auth", false, "serve without an authkey: anyone who can connect may read and write every queue")
 	fl.IntVar(&opts.MaxAttempts, "max-attempts", queue.DefaultMaxAttempts, "deliveries of a task before it goes to the dead-letter queue")
 	fl.DurationVar(&opts.Lease, "lease", queue.DefaultLease, "lease of a task taken by a worker that asks for none")
+	fl.StringVar(&opts.RetryBackoff, "retry-backoff", "none", "default wait before a failed task is delivered again, `MIN..MAX`: MIN after the first failure, doubling up to MAX, with jitter (e.g. 1s..1h); none retries at once; qmaster config sets it per queue")
+	fl.DurationVar(&opts.DedupWindow, "dedup-window", queue.DefaultDedupWindow, "how long a put's idempotency key (put --key) is remembered")
 	fl.IntVar(&opts.MaxQueueLen, "max-queue-len", 0, "most tasks a queue holds; a put waits for space (0: unlimited)")
 	fl.Var(&opts.MaxMessageSize, "max-message-size", "largest message accepted, a byte count or e.g. 16MiB")
 	fl.DurationVar(&opts.HandshakeTimeout, "handshake-timeout", wire.DefaultHandshakeTimeout, "time a new connection has to authenticate")
@@ -157,6 +161,7 @@ The subcommands talk to a running master (see --server).`,
 		newCmdClients(f, nil),
 		newCmdPeek(f, nil),
 		newCmdPurge(f, nil),
+		newCmdConfig(f, nil),
 		newCmdDelete(f, nil),
 		newCmdQueues(f, nil),
 		newCmdDead(f, nil),
@@ -189,6 +194,10 @@ func (o *serveOptions) validate() error {
 		return usageErrorf("--max-attempts must be at least 1")
 	case o.Lease <= 0:
 		return usageErrorf("--lease must be positive")
+	case o.DedupWindow <= 0:
+		return usageErrorf("--dedup-window must be positive")
+	case badBackoff(o.RetryBackoff) != nil:
+		return usageErrorf("--retry-backoff: %v", badBackoff(o.RetryBackoff))
 	case o.MaxQueueLen < 0:
 		return usageErrorf("--max-queue-len must not be negative (0 is unlimited)")
 	case o.MaxMessageSize < 1024 || o.MaxMessageSize > 1<<31-1:
@@ -285,6 +294,7 @@ func serveRun(ctx context.Context, opts *serveOptions) error {
 	if opts.Fsync == "interval" {
 		interval = opts.FsyncInterval
 	}
+	backoff, _ := parseBackoff(opts.RetryBackoff) // checked by validate
 	mcfg := master.Config{
 		DataDir:          opts.DataDir,
 		PyTypeIDs:        opts.PyTypeIDs,
@@ -298,6 +308,9 @@ func serveRun(ctx context.Context, opts *serveOptions) error {
 		MaxMessageSize:   int(opts.MaxMessageSize),
 		MaxAttempts:      opts.MaxAttempts,
 		DefaultLease:     opts.Lease,
+		RetryBackoffMin:  backoff.BackoffMin,
+		RetryBackoffMax:  backoff.BackoffMax,
+		DedupWindow:      opts.DedupWindow,
 		MaxQueueLen:      opts.MaxQueueLen,
 		HTTPToken:        httpToken,
 		TLS:              tcfg,
