@@ -16,7 +16,10 @@ func TestE2ESchedule(t *testing.T) {
 	dir := t.TempDir()
 	m := startMaster(t, "--data-dir", dir, "--fsync", "never")
 	srv := []string{"--server", m.addr}
-	run := func(args ...string) result { t.Helper(); return mustQmaster(t, "", append(args[:1:1], append(srv, args[1:]...)...)...) }
+	run := func(args ...string) result {
+		t.Helper()
+		return mustQmaster(t, "", append(args[:1:1], append(srv, args[1:]...)...)...)
+	}
 
 	run("put", "--delay", "1h", "jobs", "later")
 	run("put", "jobs", "plain")
