@@ -181,6 +181,9 @@ func TestMetricsScrape(t *testing.T) {
 	if _, err := prod.Put(ctx, "jobs", []any{1, 2, 3, 4, 5}, wire.PutOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := prod.Put(ctx, "later", []any{1, 2}, wire.PutOptions{Delay: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
 	ts, err := w.Get(ctx, "jobs", wire.GetOptions{Max: 2})
 	if err != nil || len(ts) != 2 {
 		t.Fatalf("get: %v %v", ts, err)
@@ -223,10 +226,13 @@ func TestMetricsScrape(t *testing.T) {
 		{"qm_queue_nacks_total", []string{"queue", "jobs"}, 1},
 		{"qm_queue_expired_total", []string{"queue", "jobs"}, 1},
 		{"qm_queue_paused", []string{"queue", "jobs"}, 0},
+		{"qm_queue_delayed_tasks", []string{"queue", "later"}, 2},
+		{"qm_queue_retrying_tasks", []string{"queue", "later"}, 0},
+		{"qm_queue_ready_tasks", []string{"queue", "later"}, 0},
 		{"qm_clients", []string{"role", "worker"}, 2},
 		{"qm_clients", []string{"role", "producer"}, 1},
 		{"qm_handshake_failures_total", []string{"reason", "auth"}, 1},
-		{"qm_request_duration_seconds", []string{"op", "put"}, 1},
+		{"qm_request_duration_seconds", []string{"op", "put"}, 2},
 		{"qm_request_duration_seconds", []string{"op", "get"}, 2},
 		{"qm_request_duration_seconds", []string{"op", "nack"}, 1},
 		{"qm_lease_expiries_total", nil, 1},
@@ -235,6 +241,12 @@ func TestMetricsScrape(t *testing.T) {
 		if !ok || got != tc.want {
 			t.Errorf("%s%v = %v (found %v), want %v", tc.name, tc.labels, got, ok, tc.want)
 		}
+	}
+	if due, ok := metricValue(fams, "qm_queue_next_due_seconds", "queue", "later"); !ok || due < 3500 || due > 3600 {
+		t.Errorf("qm_queue_next_due_seconds{queue=later} = %v (found %v), want about 3600", due, ok)
+	}
+	if _, ok := metricValue(fams, "qm_queue_next_due_seconds", "queue", "jobs"); ok {
+		t.Error("qm_queue_next_due_seconds is set for a queue with no delayed task")
 	}
 	for _, name := range []string{"go_goroutines", "process_open_fds"} {
 		if fams[name] == nil {

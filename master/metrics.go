@@ -163,6 +163,9 @@ var (
 	descWaiting = prometheus.NewDesc("qm_queue_consumers", "Gets blocked waiting for a task of the queue.", queueLabels, nil)
 	descOldest  = prometheus.NewDesc("qm_queue_oldest_ready_seconds", "Age of the task at the front of the queue; 0 when none is ready.", queueLabels, nil)
 	descPaused  = prometheus.NewDesc("qm_queue_paused", "1 if the queue is paused (hands out no task), else 0.", queueLabels, nil)
+	descDelayed = prometheus.NewDesc("qm_queue_delayed_tasks", "Tasks not yet due: delayed puts and failed tasks waiting out their retry backoff.", queueLabels, nil)
+	descRetry   = prometheus.NewDesc("qm_queue_retrying_tasks", "Failed tasks waiting out their retry backoff (counted in qm_queue_delayed_tasks too).", queueLabels, nil)
+	descNextDue = prometheus.NewDesc("qm_queue_next_due_seconds", "Seconds until the first delayed task is due (0 if it is due); absent when none is delayed.", queueLabels, nil)
 	descPuts    = prometheus.NewDesc("qm_queue_puts_total", "Tasks put into the queue.", queueLabels, nil)
 	descGets    = prometheus.NewDesc("qm_queue_gets_total", "Deliveries of the queue's tasks to workers.", queueLabels, nil)
 	descAcks    = prometheus.NewDesc("qm_queue_acks_total", "Tasks acked (done) by workers.", queueLabels, nil)
@@ -175,7 +178,7 @@ var (
 // Describe implements prometheus.Collector.
 func (qc *queueCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descReady, descLeased, descDead, descWaiting, descOldest, descPaused,
-		descPuts, descGets, descAcks, descNacks, descExpired, descDone, descClients} {
+		descDelayed, descRetry, descNextDue, descPuts, descGets, descAcks, descNacks, descExpired, descDone, descClients} {
 		ch <- d
 	}
 }
@@ -200,6 +203,11 @@ func (qc *queueCollector) Collect(ch chan<- prometheus.Metric) {
 			paused = 1
 		}
 		gauge(descPaused, paused, q)
+		gauge(descDelayed, float64(st.Delayed), q)
+		gauge(descRetry, float64(st.Retrying), q)
+		if !st.NextDue.IsZero() {
+			gauge(descNextDue, max(time.Until(st.NextDue), 0).Seconds(), q)
+		}
 		counter(descPuts, st.Puts, q)
 		counter(descGets, st.Gets, q)
 		counter(descAcks, st.Acks, q)

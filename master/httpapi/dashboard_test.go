@@ -62,6 +62,9 @@ func TestDashboardInBrowser(t *testing.T) {
 	if err := c.Nack(ctx, "jobs", dead, "it went wrong <b>badly</b>"); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := c.Put(ctx, "jobs", []any{"later", "later too"}, wire.PutOptions{Delay: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
 	if st := stats(t, c, "jobs"); st.Ready != 3 || st.Dead != 1 {
 		t.Fatalf("before: %+v", st)
 	}
@@ -73,6 +76,9 @@ func TestDashboardInBrowser(t *testing.T) {
 	errText := text(t, b, 10*time.Second, row+` td.wrap`)
 	if ready != "3" {
 		t.Errorf("the page shows %q ready in jobs, want 3", ready)
+	}
+	if delayed := text(t, b, 10*time.Second, `tr[data-queue="jobs"] td.delayed`); delayed != "2" {
+		t.Errorf("the page shows %q delayed in jobs, want 2", delayed)
 	}
 	if errText != "it went wrong <b>badly</b>" { // as text, not markup
 		t.Errorf("the dead task's error shows as %q", errText)

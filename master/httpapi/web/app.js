@@ -77,6 +77,13 @@ const css = (name) => getComputedStyle(document.documentElement).getPropertyValu
 const last = (a) => (a && a.length ? a[a.length - 1] : 0);
 const fmtRate = (r) => (r >= 100 ? r.toFixed(0) : r >= 10 ? r.toFixed(1) : r.toFixed(2));
 
+// delayedTitle says when a queue's first delayed task is due.
+function delayedTitle(q, now) {
+  if (!q.delayed || !q.next_due) return "no task waiting for its time";
+  const secs = Math.max(0, (Date.parse(q.next_due) - now) / 1000);
+  return `next due in ${dur(secs)}; ${q.retrying} of them retrying after a failure`;
+}
+
 function renderQueues(st, now) {
   const body = $("#queues tbody");
   const rows = [];
@@ -94,6 +101,7 @@ function renderQueues(st, now) {
       el("td", {}, el("code", {}, q.queue)),
       el("td", {}, state),
       el("td", { class: "num ready" }, q.ready),
+      el("td", { class: "num delayed", title: delayedTitle(q, now) }, q.retrying ? `${q.delayed} (${q.retrying} retrying)` : q.delayed),
       el("td", { class: "num leased" }, q.leased),
       el("td", { class: "num dead" }, q.dead),
       el("td", { class: "num" }, q.consumers),
