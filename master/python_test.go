@@ -775,3 +775,35 @@ replies.put(a.get(timeout=5) * 10)
 		}
 	})
 }
+
+// TestPythonPutWith: put_with gives a Python producer delays, priorities
+// and idempotency keys, and refuses bad ones with ValueError.
+func TestPythonPutWith(t *testing.T) {
+	forEachPython(t, master.Config{}, func(t *testing.T, py qmtest.Python, addr string) {
+		out := runPy(t, py, addr, `
+m = manager()
+task = m.get_task_queue()
+task.put('plain')
+task.put_with('later', delay=3600)
+task.put_with('at', at=time.time() + 3600)
+task.put_with('urgent', priority=9)
+task.put_with('once', key='order-17')
+task.put_with('once again', key='order-17')
+for kw in [dict(priority=10), dict(delay=-1), dict(delay=1, at=time.time()), dict(key='k' * 257), dict(priority='high')]:
+    try:
+        task.put_with('bad', **kw)
+        print('accepted', kw)
+    except ValueError:
+        pass
+print(task.get(timeout=5), task.get(timeout=5), task.get(timeout=5))
+print(task.qsize())
+`)
+		if want := "urgent plain once\n0\n"; out != want {
+			t.Fatalf("python printed\n%s\nwant\n%s", out, want)
+		}
+		c := qmtest.Dial(t, addr, "admin")
+		if st := stats(t, c, "tasks"); st.Delayed != 2 || st.Ready != 0 || st.Puts != 5 {
+			t.Fatalf("tasks queue: %+v; want 2 delayed and 5 puts", st)
+		}
+	})
+}

@@ -1,6 +1,9 @@
 package worker
 
-import "errors"
+import (
+	"errors"
+	"time"
+)
 
 var (
 	// ErrUnknownBuiltin is returned by Builtin for a name it does not know.
@@ -11,3 +14,33 @@ var (
 	// to another worker and this result would be discarded.
 	ErrLeaseLost = errors.New("task lease lost")
 )
+
+// RetryAfter wraps err, a handler's failure, with how long the task should
+// wait before its next delivery, instead of its queue's retry backoff:
+// for a service that said when to come back (HTTP 429 or 503 with a
+// Retry-After header, say).
+//
+//	return nil, worker.RetryAfter(30*time.Second, err)
+func RetryAfter(d time.Duration, err error) error {
+	if err == nil {
+		err = errors.New("retry later")
+	}
+	return &retryAfterError{after: max(d, 0), err: err}
+}
+
+type retryAfterError struct {
+	after time.Duration
+	err   error
+}
+
+func (e *retryAfterError) Error() string { return e.err.Error() }
+func (e *retryAfterError) Unwrap() error { return e.err }
+
+// retryAfterOf returns the wait a handler's error asks for, or 0.
+func retryAfterOf(err error) time.Duration {
+	var ra *retryAfterError
+	if errors.As(err, &ra) {
+		return ra.after
+	}
+	return 0
+}

@@ -42,7 +42,7 @@ func (r *runner) runTask(j job) {
 	case l.lost():
 		log.Debug("task ended after its lease was lost; result dropped", "err", err)
 	case err != nil:
-		c.Value, c.Error = nil, errorText(err)
+		c.Value, c.Error, c.RetryAfter = nil, errorText(err), retryAfterOf(err)
 		log.Warn("task failed", "queue", t.Queue, "task", t.ID, "attempt", t.Attempt, "took", took, "err", c.Error)
 	case debug:
 		log.Debug("task done", "took", took)

@@ -172,6 +172,36 @@ func TestHandlerErrorIsRetried(t *testing.T) {
 	}
 }
 
+// TestRetryAfter: a handler's worker.RetryAfter holds its task back for
+// that long before the next attempt, with the error as its LastError.
+func TestRetryAfter(t *testing.T) {
+	addr, _ := qmtest.StartMaster(t, master.Config{MaxAttempts: 3})
+	c := qmtest.Dial(t, addr, "producer")
+	put(t, c, "tasks", []any{"x"}, wire.PutOptions{})
+	const wait = 300 * time.Millisecond
+	var mu sync.Mutex
+	var starts []time.Time
+	h := func(ctx context.Context, task worker.Task) (any, error) {
+		mu.Lock()
+		starts = append(starts, time.Now())
+		mu.Unlock()
+		if task.Attempt < 2 {
+			return nil, worker.RetryAfter(wait, errors.New("429 too many requests"))
+		}
+		return task.LastError, nil
+	}
+	startWorker(t, testConfig(t, addr, h))
+	r := results(t, c, "results", 1, 10*time.Second)[0]
+	if r.Error != "" || r.Attempt != 2 || value(t, r) != "429 too many requests" {
+		t.Fatalf("result %+v (value %v), want the error text at attempt 2", r, value(t, r))
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(starts) != 2 || starts[1].Sub(starts[0]) < wait {
+		t.Fatalf("attempts started at %v; want the second %v after the first", starts, wait)
+	}
+}
+
 func TestFailingTaskIsDeadLettered(t *testing.T) {
 	for _, tt := range []struct {
 		name    string

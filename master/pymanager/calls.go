@@ -30,7 +30,9 @@ const joinPoll = 20 * time.Millisecond
 
 // queueMethods are the methods of a queue proxy, as a Python manager
 // exposes those of queue.Queue.
-var queueMethods = []string{"empty", "full", "get", "get_nowait", "join", "put", "put_nowait", "qsize", "task_done"}
+// put_with is qm's own: a put with a delay, a time, a priority or an
+// idempotency key, which queue.Queue has no way to say.
+var queueMethods = []string{"empty", "full", "get", "get_nowait", "join", "put", "put_nowait", "put_with", "qsize", "task_done"}
 
 // serverMethods are the calls to the manager itself that serverCall
 // answers.
@@ -189,12 +191,22 @@ func (p *conn) queueCall(name string, req *pyproto.Request) reply {
 		if !bind([]string{"item", "block", "timeout"}, pyproto.Required, true, nil) {
 			break
 		}
-		return p.put(name, args.Value(0), args.Truth(1), args, 2)
+		return p.put(name, args.Value(0), args.Truth(1), args, 2, queue.Item{})
 	case "put_nowait":
 		if !bind([]string{"item"}, pyproto.Required) {
 			break
 		}
-		return p.put(name, args.Value(0), false, nil, 0)
+		return p.put(name, args.Value(0), false, nil, 0, queue.Item{})
+	case "put_with":
+		if !bind([]string{"item", "delay", "at", "priority", "key", "block", "timeout"},
+			pyproto.Required, nil, nil, int64(0), nil, true, nil) {
+			break
+		}
+		sched, err := scheduleArgs(args, 1)
+		if err != nil {
+			return p.errorReply(pyproto.ValueError(err.Error()))
+		}
+		return p.put(name, args.Value(0), args.Truth(5), args, 6, sched)
 	case "get":
 		if !bind([]string{"block", "timeout"}, true, nil) {
 			break
@@ -263,7 +275,52 @@ func (p *conn) wait(block bool, args *pyproto.Params, i int) (ctx context.Contex
 	return p.ctx, 0, nil
 }
 
-func (p *conn) put(name string, item any, block bool, args *pyproto.Params, timeoutArg int) reply {
+// scheduleArgs reads put_with's delay, at, priority and key, parameters
+// i to i+3: seconds from now, a Unix time in seconds, 0 to 9, a string.
+func scheduleArgs(args *pyproto.Params, i int) (queue.Item, error) {
+	var it queue.Item
+	delay, hasDelay, err := args.Timeout(i)
+	if err != nil {
+		return it, fmt.Errorf("delay: %w", err)
+	}
+	var at float64
+	switch x := args.Value(i + 1).(type) {
+	case nil:
+	case int64:
+		at = float64(x)
+	case float64:
+		at = x
+	default:
+		return it, fmt.Errorf("at must be a Unix time in seconds (time.time()), not %s", pyproto.TypeName(x))
+	}
+	switch {
+	case hasDelay && at != 0:
+		return it, errors.New("give delay or at, not both")
+	case hasDelay:
+		it.Due = time.Now().Add(delay)
+	case at != 0:
+		it.Due = time.Unix(0, int64(at*1e9)) // a past time runs now
+	}
+	pri, ok := args.Value(i + 2).(int64)
+	if !ok || pri < 0 || pri > queue.MaxPriority {
+		return it, fmt.Errorf("priority must be an int from 0 to %d, got %v", queue.MaxPriority, args.Value(i+2))
+	}
+	it.Priority = int(pri)
+	switch k := args.Value(i + 3).(type) {
+	case nil:
+	case string:
+		if len(k) > queue.MaxKeyLen {
+			return it, fmt.Errorf("key is at most %d bytes, got %d", queue.MaxKeyLen, len(k))
+		}
+		it.Key = k
+	default:
+		return it, fmt.Errorf("key must be a str, not %s", pyproto.TypeName(k))
+	}
+	return it, nil
+}
+
+// put puts item, with sched's due time, priority and key.
+func (p *conn) put(name string, item any, block bool, args *pyproto.Params, timeoutArg int, sched queue.Item) reply {
 	payload, err := pyproto.ToMsgpack(item, p.s.cfg.MaxMessageSize)
 	if err != nil {
 		return traceback("put", "TypeError", "value refused: "+err.Error())
@@ -286,7 +343,8 @@ func (p *conn) put(name string, item any, block bool, args *pyproto.Params, time
 	if err != nil {
 		return p.errorReply(pyproto.ValueError(err.Error()))
 	}
-	if _, err := p.s.cfg.Backend.Put(ctx, queue.PutRequest{Queue: name, Items: []queue.Item{{Payload: payload}}, MaxWait: maxWait}); err != nil {
+	sched.Payload = payload
+	if _, err := p.s.cfg.Backend.Put(ctx, queue.PutRequest{Queue: name, Items: []queue.Item{sched}, MaxWait: maxWait}); err != nil {
 		if errors.Is(err, queue.ErrQueueFull) && p.ctx.Err() == nil {
 			return p.errorReply(pyproto.Full)
 		}
