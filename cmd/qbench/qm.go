@@ -402,9 +402,11 @@ func qmRoundTrips(ctx context.Context, c *wire.Client, count int, payload msgpac
 	return out, nil
 }
 
-// qmMemory puts n ready tasks of size bytes into a fresh master, with no
-// worker, and returns its resident set then and its peak.
-func (b *bench) qmMemory(ctx context.Context, n, size int) (rss, hwm int64, err error) {
+// qmMemory puts n tasks of size bytes into a fresh master, with no
+// worker, and returns its resident set then and its peak. With a delay
+// the tasks are put delayed by that long (held in the delay heap, not
+// ready).
+func (b *bench) qmMemory(ctx context.Context, n, size int, delay time.Duration) (rss, hwm int64, err error) {
 	master, addr, err := b.startQMaster(ctx)
 	if err != nil {
 		return 0, 0, err
@@ -425,7 +427,7 @@ func (b *bench) qmMemory(ctx context.Context, n, size int) (rss, hwm int64, err 
 	}
 	for sent := 0; sent < n; {
 		k := min(len(items), n-sent)
-		if _, err := c.PutRaw(ctx, qmTasks, items[:k], wire.PutOptions{ReplyTo: qmResults}); err != nil {
+		if _, err := c.PutRaw(ctx, qmTasks, items[:k], wire.PutOptions{ReplyTo: qmResults, Delay: delay}); err != nil {
 			return 0, 0, fmt.Errorf("put: %w", err)
 		}
 		sent += k
@@ -434,8 +436,8 @@ func (b *bench) qmMemory(ctx context.Context, n, size int) (rss, hwm int64, err 
 	if err != nil {
 		return 0, 0, err
 	}
-	if len(st) != 1 || st[0].Ready != n {
-		return 0, 0, fmt.Errorf("master holds %v, want %d ready", st, n)
+	if held := st[0].Ready + st[0].Delayed; len(st) != 1 || held != n || delay > 0 && st[0].Delayed != n {
+		return 0, 0, fmt.Errorf("master holds %+v, want %d tasks (delayed: %v)", st, n, delay > 0)
 	}
 	hwm, rss, err = memStatus(master.pid())
 	return rss, hwm, err

@@ -192,16 +192,20 @@ func run(ctx context.Context, opts *options, stdout, stderr io.Writer) error {
 		}
 	}
 	if opts.MemN > 0 {
-		for _, sys := range []string{"qm", "redis"} {
-			if !slices.Contains(opts.Systems, sys) && (sys != "qm" || !slices.Contains(opts.Systems, "qm-1req")) {
+		for _, sys := range []string{"qm", "qm-delayed", "redis"} {
+			want := strings.TrimSuffix(sys, "-delayed")
+			if !slices.Contains(opts.Systems, want) && (want != "qm" || !slices.Contains(opts.Systems, "qm-1req")) {
 				continue
 			}
-			fmt.Fprintf(stderr, "qbench: memory %s, %d ready 16-byte tasks ... ", sys, opts.MemN)
+			fmt.Fprintf(stderr, "qbench: memory %s, %d 16-byte tasks ... ", sys, opts.MemN)
 			m := memCell{System: sys, N: opts.MemN}
 			var err error
-			if sys == "qm" {
-				m.RSS, m.PeakRSS, err = b.qmMemory(ctx, opts.MemN, 16)
-			} else {
+			switch sys {
+			case "qm":
+				m.RSS, m.PeakRSS, err = b.qmMemory(ctx, opts.MemN, 16, 0)
+			case "qm-delayed":
+				m.RSS, m.PeakRSS, err = b.qmMemory(ctx, opts.MemN, 16, time.Hour)
+			default:
 				m.RSS, m.PeakRSS, err = b.redisMemory(ctx, opts.MemN, 16)
 			}
 			if err != nil {

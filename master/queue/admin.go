@@ -37,7 +37,7 @@ func (q *queue) stats(now time.Time) Stats {
 	s := Stats{
 		Queue:     q.name,
 		Ready:     q.ready.len(),
-		Delayed:   len(q.delayed),
+		Delayed:   q.delayed.len(),
 		Retrying:  q.retrying,
 		Policy:    q.m.effective(q.policy),
 		Leased:    len(q.leases),
@@ -155,11 +155,11 @@ func (m *Manager) PeekDelayed(name string, n int) ([]Task, error) {
 	// The first n of a heap, in order, without copying it: a heap of
 	// candidate positions, starting from the root; each one taken offers
 	// its children.
-	h := q.delayed
-	ts := make([]Task, 0, min(n, len(h)))
+	h := &q.delayed
+	ts := make([]Task, 0, min(n, h.len()))
 	cand := []int{0}
 	less := func(i, j int) bool { return h.less(cand[i], cand[j]) }
-	for len(ts) < n && len(h) > 0 && len(cand) > 0 {
+	for len(ts) < n && h.len() > 0 && len(cand) > 0 {
 		best := 0
 		for i := range cand {
 			if less(i, best) {
@@ -168,11 +168,11 @@ func (m *Manager) PeekDelayed(name string, n int) ([]Task, error) {
 		}
 		at := cand[best]
 		cand = slices.Delete(cand, best, best+1)
-		t := h[at].e.task()
-		t.Due = time.Unix(0, h[at].due)
+		t := h.at(at).e.task()
+		t.Due = time.Unix(0, h.at(at).due)
 		ts = append(ts, t)
 		for _, c := range [2]int{2*at + 1, 2*at + 2} {
-			if c < len(h) {
+			if c < h.len() {
 				cand = append(cand, c)
 			}
 		}
@@ -251,11 +251,12 @@ func (m *Manager) Delete(name string) error {
 // dropDelayed records the deletes of every delayed task and empties the
 // delay heap. Called with q.mu held; the caller commits.
 func (q *queue) dropDelayed() int {
-	n := len(q.delayed)
-	for i := range q.delayed {
-		q.log.record(store.Delete, Task{ID: q.delayed[i].e.id})
+	n := q.delayed.len()
+	for i := range n {
+		q.log.record(store.Delete, Task{ID: q.delayed.at(i).e.id})
 	}
-	q.delayed, q.retrying = nil, 0
+	q.delayed.clear()
+	q.retrying = 0
 	return n
 }
 

@@ -25,56 +25,97 @@ type delayed struct {
 // delayed put has not.
 func (d *delayed) retry() bool { return d.e.attempts > 0 }
 
-// delayHeap is a min-heap by due time, then Seq.
-type delayHeap []delayed
+// delayHeap is a min-heap by due time, then Seq, kept in fixed-size
+// blocks: growing it adds a block instead of copying the heap into an
+// array a quarter larger, which with a million tasks left several
+// hundred MB of old arrays for the GC.
+type delayHeap struct {
+	blocks []*delayBlock
+	n      int
+	meta   *entryMeta // the meta of the last push, shared when the next one matches
+}
 
-func (h delayHeap) less(i, j int) bool {
-	if h[i].due != h[j].due {
-		return h[i].due < h[j].due
+// delayBlockLen is how many tasks one block holds (40 KiB).
+const delayBlockLen = 512
+
+type delayBlock [delayBlockLen]delayed
+
+func (h *delayHeap) len() int { return h.n }
+
+// at returns the i-th element of the heap's array; 0 <= i < h.n.
+func (h *delayHeap) at(i int) *delayed { return &h.blocks[i/delayBlockLen][i%delayBlockLen] }
+
+func (h *delayHeap) less(i, j int) bool {
+	a, b := h.at(i), h.at(j)
+	if a.due != b.due {
+		return a.due < b.due
 	}
-	return h[i].e.seq < h[j].e.seq
+	return a.e.seq < b.e.seq
+}
+
+func (h *delayHeap) swap(i, j int) {
+	a, b := h.at(i), h.at(j)
+	*a, *b = *b, *a
 }
 
 func (h *delayHeap) push(d delayed) {
-	*h = append(*h, d)
-	s := *h
-	for i := len(s) - 1; i > 0; {
+	if h.n == len(h.blocks)*delayBlockLen {
+		h.blocks = append(h.blocks, new(delayBlock))
+	}
+	*h.at(h.n) = d
+	h.n++
+	h.up(h.n - 1)
+}
+
+func (h *delayHeap) up(i int) {
+	for i > 0 {
 		parent := (i - 1) / 2
-		if !s.less(i, parent) {
-			break
+		if !h.less(i, parent) {
+			return
 		}
-		s[i], s[parent] = s[parent], s[i]
+		h.swap(i, parent)
 		i = parent
 	}
 }
 
 // pop removes and returns the earliest; the heap must not be empty.
 func (h *delayHeap) pop() delayed {
-	s := *h
-	d := s[0]
-	last := len(s) - 1
-	s[0] = s[last]
-	s[last] = delayed{} // drop the payload reference
-	s = s[:last]
-	s.down(0)
-	*h = s
+	d := *h.at(0)
+	h.n--
+	*h.at(0) = *h.at(h.n)
+	*h.at(h.n) = delayed{} // drop the payload reference
+	h.shrink()
+	h.down(0)
 	return d
 }
 
-func (h delayHeap) down(i int) {
+// shrink drops the blocks past the end but one, so that a heap that
+// drained gives its memory back.
+func (h *delayHeap) shrink() {
+	need := (h.n + delayBlockLen - 1) / delayBlockLen
+	for len(h.blocks) > need+1 {
+		h.blocks[len(h.blocks)-1] = nil
+		h.blocks = h.blocks[:len(h.blocks)-1]
+	}
+	if h.n == 0 {
+		h.meta = nil
+	}
+}
+
+func (h *delayHeap) down(i int) {
 	for {
 		l := 2*i + 1
-		if l >= len(h) {
+		if l >= h.n {
 			return
 		}
 		m := l
-		if r := l + 1; r < len(h) && h.less(r, l) {
+		if r := l + 1; r < h.n && h.less(r, l) {
 			m = r
 		}
 		if !h.less(m, i) {
 			return
 		}
-		h[i], h[m] = h[m], h[i]
+		h.swap(i, m)
 		i = m
 	}
 }
@@ -82,40 +123,42 @@ func (h delayHeap) down(i int) {
 // removeIf moves the tasks whose ID take accepts (all if take is nil) to
 // *out and keeps the heap order of the others.
 func (h *delayHeap) removeIf(take func(id uint64) bool, out *[]delayed) {
-	s := *h
-	kept := s[:0]
-	for _, d := range s {
+	kept := 0
+	for i := range h.n {
+		d := h.at(i)
 		if take == nil || take(d.e.id) {
-			*out = append(*out, d)
+			*out = append(*out, *d)
 			continue
 		}
-		kept = append(kept, d)
+		if kept != i {
+			*h.at(kept) = *d
+		}
+		kept++
 	}
-	clear(s[len(kept):])
-	for i := len(kept)/2 - 1; i >= 0; i-- {
-		kept.down(i)
+	for i := kept; i < h.n; i++ {
+		*h.at(i) = delayed{}
 	}
-	*h = kept
+	h.n = kept
+	h.shrink()
+	for i := kept/2 - 1; i >= 0; i-- {
+		h.down(i)
+	}
 }
+
+// clear drops every task and releases the blocks.
+func (h *delayHeap) clear() { *h = delayHeap{} }
 
 // delay puts t in the delay heap until due. Called with q.mu held; the
 // caller records the change.
 func (q *queue) delay(t *Task, due time.Time) {
-	d := delayed{due: due.UnixNano(), e: q.delayEntry(t)}
+	d := delayed{due: due.UnixNano(), e: packEntry(t, &q.delayed.meta)}
 	if d.retry() {
 		q.retrying++
 	}
-	if len(q.delayed) == 0 || d.due < q.delayed[0].due {
+	if q.delayed.len() == 0 || d.due < q.delayed.at(0).due {
 		q.sig = true // the reaper's timer may have to fire sooner
 	}
 	q.delayed.push(d)
-}
-
-// delayEntry packs t for the heap. Entries there do not share metas as
-// the deque's do: their order is not their put order.
-func (q *queue) delayEntry(t *Task) entry {
-	var d deque
-	return d.entry(t)
 }
 
 // promote makes ready every delayed task due at or before now (unix
@@ -124,7 +167,7 @@ func (q *queue) delayEntry(t *Task) entry {
 // q.mu held; the caller must settle.
 func (q *queue) promote(now int64) int {
 	n := 0
-	for len(q.delayed) > 0 && q.delayed[0].due <= now {
+	for q.delayed.len() > 0 && q.delayed.at(0).due <= now {
 		d := q.delayed.pop()
 		q.makeReady(&d)
 		n++
@@ -155,10 +198,10 @@ func (q *queue) makeReady(d *delayed) {
 // nextDue is the due time of the earliest delayed task, in unix
 // nanoseconds; ok is false if none is delayed. Called with q.mu held.
 func (q *queue) nextDue() (due int64, ok bool) {
-	if len(q.delayed) == 0 {
+	if q.delayed.len() == 0 {
 		return 0, false
 	}
-	return q.delayed[0].due, true
+	return q.delayed.at(0).due, true
 }
 
 // backoff is how long a task that failed its attempt-th delivery waits

@@ -168,17 +168,21 @@ func (d *deque) dropFirstBlock() {
 }
 
 // entry packs t, sharing the previous push's meta when it is the same.
-func (d *deque) entry(t *Task) entry {
+func (d *deque) entry(t *Task) entry { return packEntry(t, &d.lastMeta) }
+
+// packEntry packs t, sharing *last, the meta of the previous entry packed
+// for the same container, when it is the same; else *last becomes t's.
+func packEntry(t *Task, last **entryMeta) entry {
 	e := entry{payload: t.Payload, id: t.ID, seq: t.seq, attempts: int32(t.Attempts), priority: uint8(t.Priority)}
 	if !t.Enqueued.IsZero() {
 		e.enqueued = t.Enqueued.UnixNano()
 	}
 	if t.ReplyTo != "" || t.LastError != "" {
-		if m := d.lastMeta; m != nil && m.replyTo == t.ReplyTo && m.lastError == t.LastError {
+		if m := *last; m != nil && m.replyTo == t.ReplyTo && m.lastError == t.LastError {
 			e.meta = m
 		} else {
 			e.meta = &entryMeta{replyTo: t.ReplyTo, lastError: t.LastError}
-			d.lastMeta = e.meta
+			*last = e.meta
 		}
 	}
 	return e

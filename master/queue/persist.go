@@ -212,8 +212,8 @@ func (m *Manager) dump(emit func(*store.Op) error) error {
 					return err
 				}
 			}
-			for i := range q.delayed {
-				d := &q.delayed[i]
+			for i := range q.delayed.len() {
+				d := q.delayed.at(i)
 				t := d.e.task()
 				t.Due = time.Unix(0, d.due)
 				if err := put(q, &t); err != nil {

@@ -170,7 +170,7 @@ func (m *Manager) withdraw(name string, ids []uint64, first uint64, err error) (
 	// idempotency key: not this put's to take back.
 	ids = slices.DeleteFunc(slices.Clone(ids), func(id uint64) bool { return id < first })
 	back, out := q.remove(ids)
-	if len(out) > 0 && len(q.delayed) > 0 {
+	if len(out) > 0 && q.delayed.len() > 0 {
 		out = q.removeDelayed(out, &back)
 	}
 	q.recordDeletes(back)

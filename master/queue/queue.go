@@ -101,7 +101,7 @@ func newQueue(m *Manager, name string) *queue {
 }
 
 // length is what MaxLen bounds: ready, delayed and leased tasks.
-func (q *queue) length() int { return q.ready.len() + len(q.delayed) + len(q.leases) }
+func (q *queue) length() int { return q.ready.len() + q.delayed.len() + len(q.leases) }
 
 func (q *queue) fits(n int) bool { return q.maxLen == 0 || q.length()+n <= q.maxLen }
 
