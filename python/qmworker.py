@@ -15,7 +15,9 @@ The function gets the task's payload, decoded from JSON, and returns the
 result, which must be JSON-serialisable. An exception fails the attempt:
 its traceback goes to stderr (qworker logs it) and its last line is the
 attempt's error. print() inside the function writes to stderr, so that it
-cannot break the protocol on stdout.
+cannot break the protocol on stdout. Raise Retry(seconds, "why") to fail
+the attempt and have the task wait that long before its next delivery
+(a service that said "come back in a minute"); it counts as an attempt.
 
 @task runs the worker when the script's top level has finished, if the
 function is defined in the script itself (__main__); elsewhere, call
@@ -29,11 +31,14 @@ import os
 import sys
 import traceback
 
-__all__ = ["task", "run", "ERROR_PREFIX"]
+__all__ = ["task", "run", "Retry", "ERROR_PREFIX"]
 __version__ = "0.1.0"
 
 # A line that starts with this fails the attempt; no JSON text starts with "!".
 ERROR_PREFIX = b"!error "
+# A line that starts with this fails the attempt and says when to retry:
+# "!retry SECONDS TEXT".
+RETRY_PREFIX = b"!retry "
 # The first line in stdio mode: this child answers every task with one line.
 PIPELINE_HELLO = b"!pipeline\n"
 
@@ -97,6 +102,16 @@ def _serve(fn, stdin, stdout, stderr):
         stdout.flush()
 
 
+class Retry(Exception):
+    """Fail this attempt; deliver the task again after `seconds` (>= 0)."""
+
+    def __init__(self, seconds, message="retry later"):
+        if not 0 <= seconds < float("inf"):
+            raise ValueError("Retry seconds must be a finite number >= 0, got %r" % (seconds,))
+        super().__init__(message)
+        self.seconds = float(seconds)
+
+
 def _answer(fn, line, stderr):
     try:
         payload = json.loads(line)
@@ -104,6 +119,9 @@ def _answer(fn, line, stderr):
         return ERROR_PREFIX + ("payload is not JSON: %s" % exc).encode() + b"\n"
     try:
         return _dumps(fn(payload)).encode() + b"\n"
+    except Retry as exc:
+        text = " ".join(str(exc).split()) or "retry later"
+        return RETRY_PREFIX + ("%r %s" % (exc.seconds, text)).encode() + b"\n"
     except Exception as exc:  # noqa: BLE001 - every failure is the attempt's
         return ERROR_PREFIX + _error_text(exc, stderr).encode() + b"\n"
 

@@ -52,6 +52,14 @@ class Stdio(unittest.TestCase):
         _, out, _ = self.serve(fail, b"1\n")
         self.assertEqual(out, b"!error ValueError: two lines\n")
 
+    def test_retry_is_a_retry_line(self):
+        def busy(x):
+            raise qmworker.Retry(2.5, "rate\nlimited")
+        _, out, _ = self.serve(busy, b"1\n")
+        self.assertEqual(out, b"!retry 2.5 rate limited\n")
+        with self.assertRaises(ValueError):
+            qmworker.Retry(-1)
+
     def test_last_line_without_newline(self):
         self.assertEqual(self.serve(square, b"2\n3")[1], b"4\n9\n")
 

@@ -36,7 +36,8 @@ type retryAfterError struct {
 func (e *retryAfterError) Error() string { return e.err.Error() }
 func (e *retryAfterError) Unwrap() error { return e.err }
 
-// retryAfterOf returns the wait a handler's error asks for, or 0.
+// retryAfterOf returns the wait a handler's error asks for (RetryAfter;
+// a --stdio child's retry line becomes one), or 0.
 func retryAfterOf(err error) time.Duration {
 	var ra *retryAfterError
 	if errors.As(err, &ra) {

@@ -7,6 +7,7 @@ import (
 	"math"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -79,6 +80,44 @@ done`, worker.StdioConfig{})
 		if v, err := s.Handle(context.Background(), task(t, 21)); err != nil || v != int64(42) {
 			t.Fatalf("got %v, %v; want 42", v, err)
 		}
+	}
+}
+
+// TestStdioRetryLine: "!retry SECONDS TEXT" fails the attempt with TEXT
+// and holds the task back SECONDS before its next delivery.
+func TestStdioRetryLine(t *testing.T) {
+	s := startStdio(t, `while read -r x; do
+	if [ "$x" = '"busy"' ]; then echo "!retry 0.4 rate limited"; else echo "$x"; fi
+done`, worker.StdioConfig{})
+	if _, err := s.Handle(context.Background(), task(t, "busy")); err == nil || err.Error() != "rate limited" {
+		t.Fatalf("error %v, want rate limited", err)
+	}
+	if v, err := s.Handle(context.Background(), task(t, 5)); err != nil || v != int64(5) {
+		t.Fatalf("after a retry line: %v, %v; want 5", v, err)
+	}
+	addr, _ := qmtest.StartMaster(t, master.Config{})
+	c := qmtest.Dial(t, addr, "producer")
+	put(t, c, "tasks", []any{7}, wire.PutOptions{})
+	var mu sync.Mutex
+	var starts []time.Time
+	h := func(ctx context.Context, tk worker.Task) (any, error) {
+		mu.Lock()
+		starts = append(starts, time.Now())
+		mu.Unlock()
+		if tk.Attempt == 1 {
+			return s.Handle(ctx, task(t, "busy"))
+		}
+		return tk.LastError, nil
+	}
+	startWorker(t, testConfig(t, addr, h))
+	r := results(t, c, "results", 1, 10*time.Second)[0]
+	if r.Error != "" || value(t, r) != "rate limited" {
+		t.Fatalf("result %+v, want the retry's text as the second attempt's LastError", r)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(starts) != 2 || starts[1].Sub(starts[0]) < 400*time.Millisecond {
+		t.Fatalf("attempts at %v; want the second 400ms after the first", starts)
 	}
 }
 

@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"math"
+	"strconv"
+	"time"
 	"unicode/utf8"
 
 	"github.com/qm-dev/qm/internal/jsonval"
@@ -16,6 +19,9 @@ const (
 	// No JSON text starts with '!', so a child that prints only JSON
 	// cannot send one by accident.
 	errorPrefix = "!error"
+	// retryPrefix starts a line that fails the attempt and says when to
+	// try again: "!retry SECONDS TEXT" (worker.RetryAfter).
+	retryPrefix = "!retry"
 	// pipelineHello is the line a child may send before its first
 	// answer to take tasks ahead: it promises exactly one line per task.
 	pipelineHello = "!pipeline"
@@ -31,10 +37,17 @@ var errPipelineHello = errors.New("pipeline hello")
 // with tasks.
 var errProtocol = errors.New("broke the stdio protocol")
 
-// childError is an attempt failed by the child itself, with an error line.
-type childError struct{ text string }
+// childError is an attempt failed by the child itself, with an error
+// line, or a retry line that also says how long to wait.
+type childError struct {
+	text       string
+	retryAfter time.Duration
+}
 
 func (e *childError) Error() string { return e.text }
+
+// maxRetryAfter bounds a child's retry-after, as a queue's backoff is.
+const maxRetryAfter = 365 * 24 * time.Hour
 
 // parseResultLine reads one line of a child's output, without its '\n':
 // the task's result, a *childError, or an error that wraps errProtocol.
@@ -44,7 +57,16 @@ func parseResultLine(line []byte) (any, error) {
 		if string(bytes.TrimRight(line, " \t")) == pipelineHello {
 			return nil, errPipelineHello
 		}
+		var retryAfter time.Duration
 		rest, ok := bytes.CutPrefix(line, []byte(errorPrefix))
+		if !ok {
+			if rest, ok = bytes.CutPrefix(line, []byte(retryPrefix)); ok {
+				var err error
+				if retryAfter, rest, err = parseRetry(rest); err != nil {
+					return nil, fmt.Errorf("%w: %v in %s", errProtocol, err, quoteStart(line))
+				}
+			}
+		}
 		if !ok || (len(rest) > 0 && rest[0] != ' ' && rest[0] != '\t') {
 			return nil, fmt.Errorf("%w: unknown control line %s", errProtocol, quoteStart(line))
 		}
@@ -55,7 +77,7 @@ func parseResultLine(line []byte) (any, error) {
 		if text == "" {
 			text = "the child reported an error"
 		}
-		return nil, &childError{text: text}
+		return nil, &childError{text: text, retryAfter: retryAfter}
 	}
 	if v, ok := parseInt(line); ok {
 		return v, nil
@@ -65,6 +87,28 @@ func parseResultLine(line []byte) (any, error) {
 		return nil, fmt.Errorf("%w: output line is not JSON: %s", errProtocol, quoteStart(line))
 	}
 	return v, nil
+}
+
+// parseRetry reads the seconds of a retry line, " SECONDS[ TEXT]", and
+// returns them and the rest of the line.
+func parseRetry(rest []byte) (time.Duration, []byte, error) {
+	if len(rest) == 0 || rest[0] != ' ' && rest[0] != '\t' {
+		return 0, nil, errors.New("a retry line without its seconds")
+	}
+	rest = bytes.TrimLeft(rest, " \t")
+	end := bytes.IndexAny(rest, " \t")
+	if end < 0 {
+		end = len(rest)
+	}
+	secs, err := strconv.ParseFloat(string(rest[:end]), 64)
+	if err != nil || secs < 0 || math.IsNaN(secs) || math.IsInf(secs, 0) {
+		return 0, nil, fmt.Errorf("retry seconds %q are not a number >= 0", rest[:end])
+	}
+	d := min(time.Duration(min(secs, maxRetryAfter.Seconds())*float64(time.Second)), maxRetryAfter)
+	if end == len(rest) {
+		return d, nil, nil
+	}
+	return d, rest[end:], nil
 }
 
 // quoteStart quotes the start of a line for an error message.

@@ -170,6 +170,8 @@ func (o *owner) answer(l childLine) {
 		// this one, and its next answers would not match their tasks.
 		o.fail(fmt.Errorf("%w: more than one line for one task", errProtocol))
 		return
+	case ce != nil && ce.retryAfter > 0:
+		l.err = RetryAfter(ce.retryAfter, errors.New(ce.text))
 	case ce != nil:
 		l.err = errors.New(ce.text)
 	}
