@@ -64,7 +64,8 @@ func TestSmoke(t *testing.T) {
 		t.Errorf("table lacks the qm --stdio row:\n%s", table)
 	}
 	for _, want := range []string{"| qm, batched | 16 B | 1 | 300 |", "| qm, 1 request/op | 4 KiB | 4 | 100 |", "| qm, defaults | 16 B | 4 | 300 |",
-		"Targets (issue 14)", "| qm batched ≥ 1.0x Redis batched, 16 B | not measured |", "Memory: 1000 ready"} {
+		"Targets (issue 14)", "| qm batched ≥ 1.0x Redis batched, 16 B | not measured |", "Memory: 1000 16-byte tasks held",
+		"| qm, delayed 1h | "} {
 		if !strings.Contains(table, want) {
 			t.Errorf("table lacks %q:\n%s", want, table)
 		}
