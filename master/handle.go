@@ -89,21 +89,17 @@ func (c *clientConn) handle(req *wire.Request, buf *callBuffers) *wire.Response 
 		err = c.complete(req, buf)
 	case wire.OpStats:
 		resp.Stats, err = c.stats(req.Queue)
-	case wire.OpPeek:
+	case wire.OpPeek, wire.OpDelayed:
 		n := req.Max
 		if n <= 0 {
 			n = defaultPeek
 		}
-		var ts []queue.Task
-		ts, err = q.Peek(req.Queue, n)
-		resp.Tasks = wireTasks(req.Queue, ts)
-	case wire.OpDelayed:
-		n := req.Max
-		if n <= 0 {
-			n = defaultPeek
+		peek := q.Peek
+		if req.Op == wire.OpDelayed {
+			peek = q.PeekDelayed
 		}
 		var ts []queue.Task
-		ts, err = q.PeekDelayed(req.Queue, n)
+		ts, err = peek(req.Queue, n)
 		resp.Tasks = wireTasks(req.Queue, ts)
 	case wire.OpPurge:
 		resp.Count, err = q.Purge(req.Queue)

@@ -117,16 +117,22 @@ func (m *Manager) Queues() []string {
 	return names
 }
 
-// Peek returns copies of the first n ready tasks of the named queue,
-// without removing them.
-func (m *Manager) Peek(name string, n int) ([]Task, error) {
+// lockForPeek checks a peek of n tasks and returns the named queue
+// locked.
+func (m *Manager) lockForPeek(name string, n int) (*queue, error) {
 	if n < 0 {
 		return nil, fmt.Errorf("%w: peek count must be >= 0, got %d", ErrBadArgument, n)
 	}
 	if m.closed.Load() {
 		return nil, ErrClosed
 	}
-	q, err := m.lockLive(name)
+	return m.lockLive(name)
+}
+
+// Peek returns copies of the first n ready tasks of the named queue,
+// without removing them.
+func (m *Manager) Peek(name string, n int) ([]Task, error) {
+	q, err := m.lockForPeek(name, n)
 	if err != nil {
 		return nil, err
 	}
@@ -141,13 +147,7 @@ func (m *Manager) Peek(name string, n int) ([]Task, error) {
 // PeekDelayed returns copies of the first n delayed tasks of the named
 // queue, by due time (each with its Due), without removing them.
 func (m *Manager) PeekDelayed(name string, n int) ([]Task, error) {
-	if n < 0 {
-		return nil, fmt.Errorf("%w: peek count must be >= 0, got %d", ErrBadArgument, n)
-	}
-	if m.closed.Load() {
-		return nil, ErrClosed
-	}
-	q, err := m.lockLive(name)
+	q, err := m.lockForPeek(name, n)
 	if err != nil {
 		return nil, err
 	}
