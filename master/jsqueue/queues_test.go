@@ -274,3 +274,32 @@ func TestAckWaitsForResultsAndGivesBackOnFailure(t *testing.T) {
 		t.Fatalf("after its results failed got %+v, want task %d again", ts, more[0])
 	}
 }
+
+// An admin walk gives each request the request timeout, not the walk as
+// a whole: a dead-letter queue that takes longer than one timeout to
+// walk is requeued whole, in one call.
+func TestRequeueOfALongDeadLetterQueue(t *testing.T) {
+	node := startNode(t)
+	q := newQueues(t, node, jsqueue.Config{RequestTimeout: 100 * time.Millisecond})
+	const n = 400
+	items := make([]string, n)
+	for i := range items {
+		items[i] = "t"
+	}
+	// Put through a gateway with the default timeout: 400 at once may
+	// take longer than 100ms here.
+	put(t, newQueues(t, node, jsqueue.Config{}), queue.DeadLetterName("jobs"), items...)
+	start := time.Now()
+	moved, err := q.Requeue("jobs", nil)
+	took := time.Since(start)
+	if err != nil || moved != n {
+		t.Fatalf("requeue in %v: %d moved, %v; want all %d", took, moved, err, n)
+	}
+	st, err := q.Stats("jobs")
+	if err != nil || st.Ready != n || st.Dead != 0 {
+		t.Fatalf("stats %+v, %v: want %d ready, none dead", st, err, n)
+	}
+	if took < 100*time.Millisecond {
+		t.Logf("the walk took %v, less than one request timeout: this run did not test what it means to", took)
+	}
+}
