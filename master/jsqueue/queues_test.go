@@ -275,6 +275,81 @@ func TestAckWaitsForResultsAndGivesBackOnFailure(t *testing.T) {
 	}
 }
 
+// A delivery that never reached its client (Unget) goes back ahead of
+// newer tasks, counted as an attempt by JetStream; on the last attempt it
+// is stored again instead, uncounted, so that it runs rather than going
+// to the dead-letter queue.
+func TestUngetOnTheLastAttemptRunsAgain(t *testing.T) {
+	q := newQueues(t, startNode(t), jsqueue.Config{MaxAttempts: 2})
+	ids := put(t, q, "jobs", "t", "later")
+	req := queue.GetRequest{Queue: "jobs", Max: 1, Owner: 1}
+	ts := get(t, q, "jobs", 1, 1, 0, 0)
+	q.Unget(req, ts)
+	ts = get(t, q, "jobs", 1, 1, 0, 2*time.Second)
+	if len(ts) != 1 || ts[0].ID != ids[0] || ts[0].Attempts != 2 {
+		t.Fatalf("after an unget got %+v, want task %d first again, attempt 2", ts, ids[0])
+	}
+	q.Unget(req, ts) // its last attempt
+	ts = get(t, q, "jobs", 1, 2, 0, 2*time.Second)
+	if got := payloads(ts); !slices.Equal(got, []string{"later", "t"}) {
+		t.Fatalf("after an unget of the last attempt got %q, want later then t", got)
+	}
+	if ts[1].ID != ids[0] || ts[1].Attempts != 2 {
+		t.Errorf("task ungot on its last attempt came back as %+v, want id %d, attempt 2 again", ts[1], ids[0])
+	}
+	if _, err := q.Ack(queue.AckRequest{Queue: "jobs", Owner: 1, IDs: ids}, nil); err != nil {
+		t.Fatal(err)
+	}
+	st, err := q.Stats("jobs")
+	if err != nil || st.Dead != 0 || st.Ready != 0 || st.Leased != 0 {
+		t.Fatalf("stats %+v, %v: want nothing dead, ready or leased", st, err)
+	}
+}
+
+// A NoAck get's tasks are taken for good once the server says their reply
+// was written (Delivered); a reply that was not goes back ahead of newer
+// tasks (Unget); and a delivery the server says nothing of is taken when
+// its lease runs out.
+func TestNoAckTakenOnceDelivered(t *testing.T) {
+	q := newQueues(t, startNode(t), jsqueue.Config{})
+	reaping(t, q)
+	put(t, q, "results", "a", "b")
+	req := queue.GetRequest{Queue: "results", Max: 2, Owner: 1, NoAck: true}
+	ts, err := q.Get(context.Background(), req, nil)
+	if err != nil || len(ts) != 2 {
+		t.Fatalf("get: %v, %v", ts, err)
+	}
+	put(t, q, "results", "c")
+	q.Unget(req, ts)
+	req.Max = 3
+	ts, err = q.Get(context.Background(), req, nil)
+	if got := payloads(ts); err != nil || !slices.Equal(got, []string{"a", "b", "c"}) {
+		t.Fatalf("after an unget got %q (%v), want a b c: a and b back in front", got, err)
+	}
+	q.Delivered(req, ts)
+	st, err := q.Stats("results")
+	if err != nil || st.Ready != 0 || st.Leased != 0 || st.Done != 3 {
+		t.Fatalf("stats %+v, %v: want all 3 taken, none leased", st, err)
+	}
+
+	put(t, q, "results", "d")
+	req.Lease = 100 * time.Millisecond
+	if ts, err := q.Get(context.Background(), req, nil); err != nil || len(ts) != 1 {
+		t.Fatalf("get: %v, %v", ts, err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st, err := q.Stats("results")
+		if err == nil && st.Leased == 0 && st.Done == 4 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("stats %+v, %v: a NoAck delivery never confirmed still not taken after its 100ms lease", st, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // An admin walk gives each request the request timeout, not the walk as
 // a whole: a dead-letter queue that takes longer than one timeout to
 // walk is requeued whole, in one call.
