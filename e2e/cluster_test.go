@@ -22,6 +22,8 @@ type clusterNode struct {
 	name, addr, natsAddr string
 	args                 []string
 	p                    *proc
+	// dialer, if set, reaches natsAddr (a node inside a netLab).
+	dialer nats.CustomDialer
 }
 
 // lines counts the lines written so far.
@@ -58,14 +60,26 @@ func (n *clusterNode) waitListening(t *testing.T) {
 	waitFor(t, 60*time.Second, func() bool { return strings.Contains(n.p.logs(), "msg=listening") })
 }
 
+// natsConn connects to node n's NATS port with the secret derived from
+// the authkey.
+func (n *clusterNode) natsConn(t *testing.T) *nats.Conn {
+	t.Helper()
+	opts := []nats.Option{nats.Token(jsqueue.SecretFromAuthkey([]byte(authkey))), nats.Timeout(5 * time.Second)}
+	if n.dialer != nil {
+		opts = append(opts, nats.SetCustomDialer(n.dialer))
+	}
+	nc, err := nats.Connect("nats://"+n.natsAddr, opts...)
+	if err != nil {
+		t.Fatalf("connect to node %s's NATS port: %v", n.name, err)
+	}
+	return nc
+}
+
 // streamLeader returns the name of the node leading queue name's stream,
 // asked of node n's JetStream.
 func streamLeader(t *testing.T, n *clusterNode, name string) (leader, stream string) {
 	t.Helper()
-	nc, err := nats.Connect("nats://"+n.natsAddr, nats.Token(jsqueue.SecretFromAuthkey([]byte(authkey))))
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc := n.natsConn(t)
 	defer nc.Close()
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -88,10 +102,7 @@ func streamLeader(t *testing.T, n *clusterNode, name string) (leader, stream str
 // stepDown asks the leader of stream to hand over to another node.
 func stepDown(t *testing.T, n *clusterNode, stream string) {
 	t.Helper()
-	nc, err := nats.Connect("nats://"+n.natsAddr, nats.Token(jsqueue.SecretFromAuthkey([]byte(authkey))))
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc := n.natsConn(t)
 	defer nc.Close()
 	_, _ = nc.Request("$JS.API.STREAM.LEADER.STEPDOWN."+stream, nil, 5*time.Second)
 }
