@@ -247,7 +247,8 @@ func TestGatewaysOverNATS(t *testing.T) {
 	node, nodeAddr := startMaster(t, "--data-dir", t.TempDir(), "--cluster-listen", clusterAddr,
 		"--cluster-peers", clusterAddr, "--nats-listen", natsAddr)
 	_ = node
-	_, g1 := startMaster(t, "--nats", "nats://"+natsAddr)
+	// The map's gateway holds each queue to 50 tasks: map waits for room.
+	_, g1 := startMaster(t, "--nats", "nats://"+natsAddr, "--max-queue-len", "50")
 	_, g2 := startMaster(t, "--nats", "nats://"+natsAddr)
 	start(t, nil, nil, "qworker", "--server", g2, "--builtin", "square")
 	const n = 300

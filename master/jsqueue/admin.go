@@ -63,6 +63,9 @@ func (q *Queues) figures(s *stream, state jetstream.StreamState, dead int) (queu
 		Acks:      state.LastSeq - state.Msgs,
 	}
 	st.Done = st.Acks
+	if !queue.IsDeadLetterName(s.queue) {
+		st.MaxLen = q.cfg.MaxLen
+	}
 	if st.Ready > 0 && !state.FirstTime.IsZero() {
 		st.OldestReady = max(0, time.Since(state.FirstTime))
 	}

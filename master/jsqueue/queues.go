@@ -25,7 +25,11 @@ type Config struct {
 	Replicas int
 	// MaxAttempts, DefaultLease and OnDead mean what they mean in
 	// queue.Config.
-	MaxAttempts  int
+	MaxAttempts int
+	// MaxLen, if not 0, is the most tasks (ready and leased) a queue
+	// holds: a put waits for room (see Put). Results and dead-letter
+	// queues' tasks are never refused.
+	MaxLen       int
 	DefaultLease time.Duration
 	OnDead       func(queue string, t queue.Task)
 	// AckWait is how long JetStream waits for a gateway that stopped
@@ -105,6 +109,9 @@ type stream struct {
 	// ackWait is the consumer's: the first gateway to open the queue set
 	// it, so it may differ from this one's Config.AckWait.
 	ackWait time.Duration
+	// putMu makes this gateway's puts to a queue with a max length check
+	// its length and publish one at a time.
+	putMu sync.Mutex
 }
 
 // counters are what this gateway alone knows of a queue: JetStream keeps
@@ -116,7 +123,7 @@ func New(cfg Config) (*Queues, error) {
 	if cfg.Conn == nil {
 		return nil, fmt.Errorf("%w: jsqueue needs a NATS connection", queue.ErrBadArgument)
 	}
-	if cfg.Replicas < 0 || cfg.MaxAttempts < 0 || cfg.DefaultLease < 0 || cfg.AckWait < 0 {
+	if cfg.Replicas < 0 || cfg.MaxAttempts < 0 || cfg.MaxLen < 0 || cfg.DefaultLease < 0 || cfg.AckWait < 0 {
 		return nil, fmt.Errorf("%w: negative jsqueue setting", queue.ErrBadArgument)
 	}
 	cfg = cfg.withDefaults()

@@ -378,3 +378,50 @@ func TestRequeueOfALongDeadLetterQueue(t *testing.T) {
 		t.Logf("the walk took %v, less than one request timeout: this run did not test what it means to", took)
 	}
 }
+
+// With a max length a put waits until its batch fits, or fails with
+// ErrQueueFull having added nothing; results are never refused.
+func TestMaxLen(t *testing.T) {
+	q := newQueues(t, startNode(t), jsqueue.Config{MaxLen: 2})
+	reaping(t, q)
+	put(t, q, "jobs", "a", "b")
+	one := []queue.Item{{Payload: []byte("c")}}
+	if _, err := q.Put(queue.NoWait, queue.PutRequest{Queue: "jobs", Items: one}); !errors.Is(err, queue.ErrQueueFull) {
+		t.Fatalf("put into a full queue without waiting: %v, want ErrQueueFull", err)
+	}
+	start := time.Now()
+	if _, err := q.Put(context.Background(), queue.PutRequest{Queue: "jobs", Items: one, MaxWait: 200 * time.Millisecond}); !errors.Is(err, queue.ErrQueueFull) {
+		t.Fatalf("put into a full queue: %v, want ErrQueueFull", err)
+	}
+	if waited := time.Since(start); waited < 150*time.Millisecond || waited > 5*time.Second {
+		t.Errorf("a put with 200ms to wait gave up after %v", waited)
+	}
+	three := []queue.Item{{Payload: []byte("x")}, {Payload: []byte("y")}, {Payload: []byte("z")}}
+	if _, err := q.Put(context.Background(), queue.PutRequest{Queue: "jobs", Items: three, MaxWait: time.Minute}); !errors.Is(err, queue.ErrQueueFull) {
+		t.Fatalf("a batch longer than the max length: %v, want ErrQueueFull at once", err)
+	}
+	if _, err := q.Put(queue.NoWait, queue.PutRequest{Queue: "jobs", Items: one, Results: true}); err != nil {
+		t.Fatalf("results into a full queue: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := q.Put(context.Background(), queue.PutRequest{Queue: "jobs", Items: one, MaxWait: 10 * time.Second})
+		done <- err
+	}()
+	ts := get(t, q, "jobs", 1, 2, 0, 0)
+	if _, err := q.Ack(queue.AckRequest{Queue: "jobs", Owner: 1, IDs: []uint64{ts[0].ID, ts[1].ID}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("a waiting put once there was room: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a waiting put did not go in once there was room")
+	}
+	st, err := q.Stats("jobs")
+	if err != nil || st.Ready != 2 || st.MaxLen != 2 || st.Puts != 4 {
+		t.Fatalf("stats %+v, %v: want 2 ready (the result and the waiting put), max length 2, 4 puts", st, err)
+	}
+}
