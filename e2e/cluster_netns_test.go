@@ -64,6 +64,9 @@ func TestClusterPartition(t *testing.T) {
 	in, feed := io.Pipe()
 	out := &syncBuffer{}
 	m := startInIO(t, hub, in, out, "qmaster", "map", "--server", nodes[0].addr, "--timeout", "120s")
+	// Run before the map's cleanup: its Wait waits for the copy of its
+	// input, which ends only once the feed does.
+	t.Cleanup(func() { feed.Close() })
 	write := func(from, to int) {
 		t.Helper()
 		for i := from; i <= to; i++ {

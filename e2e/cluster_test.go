@@ -76,7 +76,8 @@ func (n *clusterNode) natsConn(t *testing.T) *nats.Conn {
 }
 
 // streamLeader returns the name of the node leading queue name's stream,
-// asked of node n's JetStream.
+// asked of node n's JetStream. While the stream has no leader (one is
+// being elected) it asks again, for up to 30s.
 func streamLeader(t *testing.T, n *clusterNode, name string) (leader, stream string) {
 	t.Helper()
 	nc := n.natsConn(t)
@@ -85,18 +86,24 @@ func streamLeader(t *testing.T, n *clusterNode, name string) (leader, stream str
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	l := js.ListStreams(ctx)
-	for si := range l.Info() {
-		if si.Config.Metadata["qm.queue"] == name && si.Cluster != nil {
-			leader, stream = si.Cluster.Leader, si.Config.Name
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		l := js.ListStreams(ctx)
+		for si := range l.Info() {
+			if si.Config.Metadata["qm.queue"] == name && si.Cluster != nil {
+				leader, stream = si.Cluster.Leader, si.Config.Name
+			}
 		}
+		cancel()
+		if leader != "" {
+			return leader, stream
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no leader for queue %s's stream within 30s (%v)", name, l.Err())
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
-	if leader == "" {
-		t.Fatalf("no leader for queue %s's stream (%v)", name, l.Err())
-	}
-	return leader, stream
 }
 
 // stepDown asks the leader of stream to hand over to another node.
@@ -148,6 +155,9 @@ func TestClusterSurvivesGatewayAndLeaderKills(t *testing.T) {
 	in, feed := io.Pipe()
 	out := &syncBuffer{}
 	m := start(t, in, out, "qmaster", "map", "--server", nodes[0].addr, "--timeout", "120s")
+	// Run before the map's cleanup: its Wait waits for the copy of its
+	// input, which ends only once the feed does.
+	t.Cleanup(func() { feed.Close() })
 	write := func(from, to int) {
 		t.Helper()
 		for i := from; i <= to; i++ {
