@@ -22,6 +22,8 @@ type clusterNode struct {
 	name, addr, natsAddr string
 	args                 []string
 	p                    *proc
+	// dialer, if set, reaches natsAddr (a node inside a netLab).
+	dialer nats.CustomDialer
 }
 
 // lines counts the lines written so far.
@@ -58,40 +60,56 @@ func (n *clusterNode) waitListening(t *testing.T) {
 	waitFor(t, 60*time.Second, func() bool { return strings.Contains(n.p.logs(), "msg=listening") })
 }
 
+// natsConn connects to node n's NATS port with the secret derived from
+// the authkey.
+func (n *clusterNode) natsConn(t *testing.T) *nats.Conn {
+	t.Helper()
+	opts := []nats.Option{nats.Token(jsqueue.SecretFromAuthkey([]byte(authkey))), nats.Timeout(5 * time.Second)}
+	if n.dialer != nil {
+		opts = append(opts, nats.SetCustomDialer(n.dialer))
+	}
+	nc, err := nats.Connect("nats://"+n.natsAddr, opts...)
+	if err != nil {
+		t.Fatalf("connect to node %s's NATS port: %v", n.name, err)
+	}
+	return nc
+}
+
 // streamLeader returns the name of the node leading queue name's stream,
-// asked of node n's JetStream.
+// asked of node n's JetStream. While the stream has no leader (one is
+// being elected) it asks again, for up to 30s.
 func streamLeader(t *testing.T, n *clusterNode, name string) (leader, stream string) {
 	t.Helper()
-	nc, err := nats.Connect("nats://"+n.natsAddr, nats.Token(jsqueue.SecretFromAuthkey([]byte(authkey))))
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc := n.natsConn(t)
 	defer nc.Close()
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	l := js.ListStreams(ctx)
-	for si := range l.Info() {
-		if si.Config.Metadata["qm.queue"] == name && si.Cluster != nil {
-			leader, stream = si.Cluster.Leader, si.Config.Name
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		l := js.ListStreams(ctx)
+		for si := range l.Info() {
+			if si.Config.Metadata["qm.queue"] == name && si.Cluster != nil {
+				leader, stream = si.Cluster.Leader, si.Config.Name
+			}
 		}
+		cancel()
+		if leader != "" {
+			return leader, stream
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no leader for queue %s's stream within 30s (%v)", name, l.Err())
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
-	if leader == "" {
-		t.Fatalf("no leader for queue %s's stream (%v)", name, l.Err())
-	}
-	return leader, stream
 }
 
 // stepDown asks the leader of stream to hand over to another node.
 func stepDown(t *testing.T, n *clusterNode, stream string) {
 	t.Helper()
-	nc, err := nats.Connect("nats://"+n.natsAddr, nats.Token(jsqueue.SecretFromAuthkey([]byte(authkey))))
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc := n.natsConn(t)
 	defer nc.Close()
 	_, _ = nc.Request("$JS.API.STREAM.LEADER.STEPDOWN."+stream, nil, 5*time.Second)
 }
@@ -137,6 +155,9 @@ func TestClusterSurvivesGatewayAndLeaderKills(t *testing.T) {
 	in, feed := io.Pipe()
 	out := &syncBuffer{}
 	m := start(t, in, out, "qmaster", "map", "--server", nodes[0].addr, "--timeout", "120s")
+	// Run before the map's cleanup: its Wait waits for the copy of its
+	// input, which ends only once the feed does.
+	t.Cleanup(func() { feed.Close() })
 	write := func(from, to int) {
 		t.Helper()
 		for i := from; i <= to; i++ {
@@ -236,7 +257,8 @@ func TestGatewaysOverNATS(t *testing.T) {
 	node, nodeAddr := startMaster(t, "--data-dir", t.TempDir(), "--cluster-listen", clusterAddr,
 		"--cluster-peers", clusterAddr, "--nats-listen", natsAddr)
 	_ = node
-	_, g1 := startMaster(t, "--nats", "nats://"+natsAddr)
+	// The map's gateway holds each queue to 50 tasks: map waits for room.
+	_, g1 := startMaster(t, "--nats", "nats://"+natsAddr, "--max-queue-len", "50")
 	_, g2 := startMaster(t, "--nats", "nats://"+natsAddr)
 	start(t, nil, nil, "qworker", "--server", g2, "--builtin", "square")
 	const n = 300

@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -185,48 +186,67 @@ func startMasterIn(t *testing.T, ns string, args ...string) *proc {
 // talks through ns's interfaces while the test itself stays where it is.
 func dialIn(t *testing.T, ns, addr, role string) *wire.Client {
 	t.Helper()
-	type dialed struct {
-		c   *wire.Client
-		err error
+	var c *wire.Client
+	var dialErr error
+	err := inNetns(ns, func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c, dialErr = wire.Dial(ctx, wire.Config{Addr: addr, Authkey: []byte(authkey), Role: role})
+	})
+	if err == nil {
+		err = dialErr
 	}
-	ch := make(chan dialed, 1)
-	go func() {
-		runtime.LockOSThread()
-		c, err := dialFromNetns(ns, addr, role)
-		ch <- dialed{c, err}
-	}()
-	d := <-ch
-	if d.err != nil {
-		t.Fatalf("dial %s from %s: %v", addr, ns, d.err)
+	if err != nil {
+		t.Fatalf("dial %s from %s: %v", addr, ns, err)
 	}
-	t.Cleanup(func() { d.c.Close() })
-	return d.c
+	t.Cleanup(func() { c.Close() })
+	return c
 }
 
-// dialFromNetns runs on a locked thread. It unlocks the thread only once
-// the thread is back in its own namespace; otherwise the runtime ends the
-// thread with the goroutine, and no other goroutine runs in ns.
-func dialFromNetns(ns, addr, role string) (*wire.Client, error) {
-	home, err := os.Open("/proc/thread-self/ns/net")
-	if err != nil {
+// netnsDialer dials TCP from inside a namespace, as dialIn does; it is a
+// nats.CustomDialer, for NATS connections to nodes inside a lab.
+type netnsDialer struct{ ns string }
+
+func (d netnsDialer) Dial(network, address string) (net.Conn, error) {
+	var c net.Conn
+	var dialErr error
+	if err := inNetns(d.ns, func() { c, dialErr = net.DialTimeout(network, address, 5*time.Second) }); err != nil {
 		return nil, err
-	}
-	defer home.Close()
-	target, err := os.Open("/var/run/netns/" + ns)
-	if err != nil {
-		return nil, err
-	}
-	defer target.Close()
-	if err := setns(target); err != nil {
-		return nil, fmt.Errorf("setns %s: %w", ns, err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, dialErr := wire.Dial(ctx, wire.Config{Addr: addr, Authkey: []byte(authkey), Role: role})
-	if err := setns(home); err == nil {
-		runtime.UnlockOSThread()
 	}
 	return c, dialErr
+}
+
+// inNetns runs f on a thread of its own inside namespace ns, and returns
+// once f has. Sockets f opens stay in ns. The thread is given back to the
+// runtime only once it is back in its own namespace; otherwise the
+// runtime ends it with the goroutine, and no other goroutine runs in ns.
+func inNetns(ns string, f func()) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		home, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer home.Close()
+		target, err := os.Open("/var/run/netns/" + ns)
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer target.Close()
+		if err := setns(target); err != nil {
+			errc <- fmt.Errorf("setns %s: %w", ns, err)
+			return
+		}
+		f()
+		if err := setns(home); err == nil {
+			runtime.UnlockOSThread()
+		}
+		errc <- nil
+	}()
+	return <-errc
 }
 
 // setnsTrap is setns(2)'s number: package syscall does not name it, and

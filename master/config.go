@@ -63,8 +63,8 @@ type Config struct {
 	// OpenQueues, if not nil, opens the queues the server serves, instead
 	// of queues in this process: a gateway to a replicated engine, such as
 	// package jsqueue's. It is given the queue settings, with the callback
-	// that publishes dead tasks' error results. DataDir and MaxQueueLen
-	// must then be unset: the engine keeps the tasks.
+	// that publishes dead tasks' error results (and MaxQueueLen, as
+	// MaxLen). DataDir must then be unset: the engine keeps the tasks.
 	OpenQueues func(queue.Config) (Queues, error)
 	// Fsync says when the data directory's log is fsynced (with DataDir).
 	Fsync seglog.FsyncMode
@@ -153,8 +153,6 @@ func (c *Config) Validate() error {
 		return errors.New("TLS: MinVersion must be TLS 1.2 or later")
 	case c.OpenQueues != nil && c.DataDir != "":
 		return errors.New("DataDir does not go with OpenQueues: the queues' engine keeps the tasks")
-	case c.OpenQueues != nil && c.MaxQueueLen != 0:
-		return errors.New("MaxQueueLen is not supported with OpenQueues (a gateway to JetStream) yet")
 	}
 	if c.PyResultsQueue != "" {
 		if err := queue.CheckName(c.PyResultsQueue); err != nil {

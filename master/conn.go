@@ -279,6 +279,12 @@ func (c *clientConn) serveStream(stream *yamux.Stream) {
 					c.returnUndelivered(stream, r, p.Tasks)
 				}
 			}
+		} else if c.s.confirmer != nil {
+			for r, p := &req, resp; r != nil && p != nil; r, p = r.Then, p.Then {
+				if r.Op == wire.OpGet && r.NoAck && len(p.Tasks) > 0 {
+					c.s.confirmer.Delivered(getRequest(c.id, r), queueTasks(p.Tasks))
+				}
+			}
 		}
 		bufs[0].reset()
 		bufs[1].reset()

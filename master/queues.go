@@ -60,3 +60,16 @@ type Queues interface {
 }
 
 var _ Queues = (*queue.Manager)(nil)
+
+// DeliveryConfirmer is implemented by Queues that take a NoAck get's
+// tasks for good only once the reply carrying them is written, so that a
+// reply that is lost puts them back where they were. The server calls
+// Delivered after writing such a reply; if the write fails it calls
+// Unget, as for any get. The in-process queues take NoAck tasks at once
+// and put them back themselves; they do not implement it, so a
+// single master does no work for it.
+type DeliveryConfirmer interface {
+	// Delivered says that ts, taken by a NoAck Get for req, reached the
+	// client (as far as the server can tell: its reply was written).
+	Delivered(req queue.GetRequest, ts []queue.Task)
+}

@@ -25,6 +25,8 @@ type Server struct {
 	log    *slog.Logger
 	queues Queues      // *queue.Manager (queues.go)
 	store  store.Store // nil without a DataDir
+	// confirmer is queues, if it is told of NoAck replies written.
+	confirmer DeliveryConfirmer
 
 	// ctx is cancelled when the server stops; blocked gets return at once.
 	ctx    context.Context
@@ -96,6 +98,7 @@ func New(cfg Config) (*Server, error) {
 		cancel()
 		return nil, err
 	}
+	s.confirmer, _ = s.queues.(DeliveryConfirmer)
 	s.py = s.newPyManager()
 	qs := s.queues
 	if !s.goRun(func() { qs.ReapLeases(s.ctx.Done(), s.leasesExpired) }) {

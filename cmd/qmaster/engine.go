@@ -57,8 +57,6 @@ func (o *engineOptions) validate(s *serveOptions) error {
 		return usageErrorf("--replicas must be between 1 and 5 (JetStream's limit)")
 	case o.Replicas > 0 && !o.enabled():
 		return usageErrorf("--replicas goes with --nats or --cluster-listen")
-	case o.enabled() && s.MaxQueueLen != 0:
-		return usageErrorf("--max-queue-len is not supported with JetStream (--nats, --cluster-listen) yet")
 	}
 	if o.ClusterListen != "" && o.Replicas > len(o.ClusterPeers) {
 		return usageErrorf("--replicas %d is more than the %d nodes of --cluster-peers", o.Replicas, len(o.ClusterPeers))
@@ -142,6 +140,7 @@ func (e *engine) openQueues(log *slog.Logger) func(queue.Config) (master.Queues,
 			Conn:         e.nc,
 			Replicas:     e.replicas,
 			MaxAttempts:  qc.MaxAttempts,
+			MaxLen:       qc.MaxLen,
 			DefaultLease: qc.DefaultLease,
 			// A dead gateway's tasks come back after the default lease,
 			// as a dead worker's do.

@@ -124,7 +124,6 @@ func TestUsageErrors(t *testing.T) {
 		{"peers without cluster", rootCmd, []string{"--cluster-peers", "a:6222"}, "go with --cluster-listen"},
 		{"replicas alone", rootCmd, []string{"--replicas", "3"}, "--replicas goes with --nats or --cluster-listen"},
 		{"replicas over peers", rootCmd, []string{"--cluster-listen", "a:6222", "--cluster-peers", "a:6222,b:6222", "--data-dir", "d", "--replicas", "3"}, "more than the 2 nodes"},
-		{"max len with nats", rootCmd, []string{"--nats", "nats://a:4222", "--max-queue-len", "5"}, "--max-queue-len is not supported with JetStream"},
 		{"put tls key without cert", func(t *testing.T) *cobra.Command {
 			return newCmdPut(&factory{}, func(o *putOptions) error { return never(t)(o) })
 		}, []string{"q", "1", "--tls-key", "k.pem"}, "--tls-cert and --tls-key go together"},

@@ -63,6 +63,9 @@ func (q *Queues) figures(s *stream, state jetstream.StreamState, dead int) (queu
 		Acks:      state.LastSeq - state.Msgs,
 	}
 	st.Done = st.Acks
+	if !queue.IsDeadLetterName(s.queue) {
+		st.MaxLen = q.cfg.MaxLen
+	}
 	if st.Ready > 0 && !state.FirstTime.IsZero() {
 		st.OldestReady = max(0, time.Since(state.FirstTime))
 	}
@@ -129,12 +132,13 @@ func (q *Queues) AllStats() []queue.Stats {
 }
 
 // scan calls f with each task stored in s, in order, until f returns
-// false. Tasks leased at the moment are included.
+// false. Tasks leased at the moment are included. Each read has the
+// request timeout to itself, so a long queue is walked to its end.
 func (q *Queues) scan(s *stream, f func(seq uint64, t queue.Task) bool) error {
-	ctx, cancel := q.call()
-	defer cancel()
 	for seq := uint64(1); ; seq++ {
+		ctx, cancel := q.call()
 		m, err := s.st.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(s.subject))
+		cancel()
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			return nil
 		}
@@ -319,12 +323,12 @@ func (q *Queues) Drop(name string, ids []uint64) (int, error) {
 	q.mu.Unlock()
 	dropped := 0
 	var delErr error
-	ctx, cancel := q.call()
-	defer cancel()
 	err = q.scan(s, func(seq uint64, t queue.Task) bool {
 		if !want[t.ID] {
 			return true
 		}
+		ctx, cancel := q.call()
+		defer cancel()
 		if err := s.st.DeleteMsg(ctx, seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
 			delErr = q.engineErr("drop", err)
 			return false

@@ -149,7 +149,8 @@ func fetch(b jetstream.MessageBatch, err error) ([]jetstream.Msg, error) {
 }
 
 // deliver turns pulled messages into tasks: leased to req.Owner, or, with
-// NoAck, acked at once. Tasks that used up their attempts go to the
+// NoAck, held unacked until the server says whether their reply was
+// written (Delivered, Unget). Tasks that used up their attempts go to the
 // dead-letter queue instead.
 func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []jetstream.Msg, ts []queue.Task) ([]queue.Task, error) {
 	if len(msgs) == 0 {
@@ -157,7 +158,6 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []jetstream.Msg, 
 	}
 	now := time.Now()
 	var dead []*lease
-	var acked []jetstream.Msg
 	q.mu.Lock()
 	if q.closed.Load() { // Close gave back the leases it found; give these back too
 		q.mu.Unlock()
@@ -182,7 +182,7 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []jetstream.Msg, 
 				t.LastError = errExpired
 			}
 		}
-		l := &lease{key: key, s: s, msg: m, task: t, owner: req.Owner, since: now, touched: now, deadline: now.Add(req.Lease)}
+		l := &lease{key: key, s: s, msg: m, task: t, owner: req.Owner, since: now, touched: now, confirmed: now, deadline: now.Add(req.Lease)}
 		if t.Attempts > q.cfg.MaxAttempts && !queue.IsDeadLetterName(s.queue) {
 			// Its last delivery's lease ran out unseen: it failed that one too.
 			l.task.Attempts--
@@ -190,7 +190,7 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []jetstream.Msg, 
 			continue
 		}
 		if req.NoAck {
-			acked = append(acked, m)
+			q.unconfirmed[key] = l
 		} else {
 			q.addLease(l)
 		}
@@ -199,13 +199,6 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []jetstream.Msg, 
 	q.mu.Unlock()
 	for _, l := range dead {
 		q.deadLetter(l, l.task.LastError)
-	}
-	if len(acked) > 0 {
-		if err := q.ackAll(acked); err != nil {
-			// Not acked: JetStream redelivers them after AckWait, so they
-			// are not lost; this get hands none of them out.
-			return nil, err
-		}
 	}
 	return ts, nil
 }

@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/qm-dev/qm/master/queue"
@@ -28,11 +31,20 @@ type lease struct {
 	owner    uint64
 	since    time.Time
 	deadline time.Time // when the client's lease runs out
-	touched  time.Time // when JetStream's ack timer last restarted
+	touched  time.Time // when a renewal of JetStream's ack timer was last sent
+	// confirmed is when the last renewal that JetStream confirmed was
+	// sent (at first, when the task was delivered). Once AckWait has
+	// passed since, JetStream may have handed the task to someone else,
+	// and an ack or nak of this delivery would apply to theirs (JetStream
+	// tells deliveries apart only by stream sequence): the lease is lost.
+	confirmed time.Time
 	// acking is set while Ack stores the task's results and ack: the
 	// lease is still renewed but no longer expires, is released or acked
 	// twice.
 	acking bool
+	// lost is set when the lease is dropped for want of confirmed
+	// renewals: an Ack under way must not ack the delivery.
+	lost bool
 }
 
 // addLease records l. Called with q.mu held.
@@ -107,10 +119,14 @@ func (q *Queues) Ack(req queue.AckRequest, dst []queue.Task) ([]queue.Task, erro
 	if len(ts) > 0 && req.Publish != nil {
 		err = req.Publish(ts)
 	}
-	msgs := make([]jetstream.Msg, len(ls))
-	for i, l := range ls {
-		msgs[i] = l.msg
+	msgs := make([]jetstream.Msg, 0, len(ls))
+	q.mu.Lock()
+	for _, l := range ls {
+		if !l.lost { // else JetStream may have handed it to another worker
+			msgs = append(msgs, l.msg)
+		}
 	}
+	q.mu.Unlock()
 	if err == nil {
 		err = q.ackAll(msgs)
 	} else {
@@ -293,27 +309,35 @@ func (q *Queues) Extend(name string, owner uint64, ids []uint64, lease time.Dura
 	return q.notLeased(name, bad)
 }
 
-// Unget gives back tasks a Get for req took but could not deliver. Unlike
-// the in-process queues, each still counts as an attempt: JetStream
-// counts the delivery. Tasks taken with NoAck were acked already; they
-// are put back at the end of their queue.
+// Unget gives back tasks a Get for req took but could not deliver.
+// JetStream counts every delivery, so, unlike the in-process queues, a
+// task given back with a nak (ahead of newer ones) has used an attempt.
+// A task on its last attempt would then be dead-lettered without having
+// run: it is stored again at the end of its queue instead, its count
+// lowered by this delivery, and the delivery acked.
+//
+// Tasks taken with NoAck are given back the same way while they wait for
+// Delivered. One acked already (Delivered was not called in time, see
+// ReapLeases) is stored again at the end of its queue.
 func (q *Queues) Unget(req queue.GetRequest, ts []queue.Task) {
 	if len(ts) == 0 || q.closed.Load() {
 		return
 	}
-	if req.NoAck {
-		s, err := q.open(req.Queue, true)
-		if err != nil {
-			q.log.Error("could not put back tasks a client never received", "queue", req.Queue, "tasks", len(ts), "err", err)
-			return
-		}
-		q.putBack(s, ts)
-		return
-	}
 	var back []*lease
+	var gone []queue.Task
 	q.mu.Lock()
 	for _, t := range ts {
-		l := q.leases[leaseKey{req.Queue, t.ID}]
+		key := leaseKey{req.Queue, t.ID}
+		if req.NoAck {
+			if l := q.unconfirmed[key]; l != nil && l.owner == req.Owner && l.task.Attempts == t.Attempts {
+				delete(q.unconfirmed, key)
+				back = append(back, l)
+			} else {
+				gone = append(gone, t)
+			}
+			continue
+		}
+		l := q.leases[key]
 		if l != nil && l.owner == req.Owner && l.task.Attempts == t.Attempts {
 			q.dropLease(l)
 			back = append(back, l)
@@ -321,10 +345,59 @@ func (q *Queues) Unget(req queue.GetRequest, ts []queue.Task) {
 	}
 	q.mu.Unlock()
 	for _, l := range back {
-		if err := q.nak(l.msg, 0); err != nil {
+		var err error
+		if l.task.Attempts >= q.cfg.MaxAttempts && !queue.IsDeadLetterName(l.key.queue) {
+			err = q.uncount(l)
+		} else {
+			err = q.nak(l.msg, 0)
+		}
+		if err != nil {
 			q.log.Warn("could not give back an undelivered task; JetStream redelivers it after AckWait", "queue", l.key.queue, "task", l.key.id, "err", err)
 		}
 	}
+	if len(gone) > 0 {
+		s, err := q.open(req.Queue, true)
+		if err != nil {
+			q.log.Error("could not put back tasks a client never received", "queue", req.Queue, "tasks", len(gone), "err", err)
+			return
+		}
+		q.putBack(s, gone)
+	}
+}
+
+// Delivered acks the deliveries of ts, taken by a NoAck get for req, now
+// that the reply carrying them was written: they are taken for good.
+func (q *Queues) Delivered(req queue.GetRequest, ts []queue.Task) {
+	msgs := make([]jetstream.Msg, 0, len(ts))
+	q.mu.Lock()
+	for _, t := range ts {
+		key := leaseKey{req.Queue, t.ID}
+		if l := q.unconfirmed[key]; l != nil && l.owner == req.Owner && l.task.Attempts == t.Attempts {
+			delete(q.unconfirmed, key)
+			msgs = append(msgs, l.msg)
+		}
+	}
+	q.mu.Unlock()
+	if err := q.ackAll(msgs); err != nil {
+		q.log.Warn("tasks a client received not acked; JetStream delivers them again after AckWait", "queue", req.Queue, "tasks", len(msgs), "err", err)
+	}
+}
+
+// uncount gives back the task of l, a delivery that never reached its
+// client, without counting that delivery: it is stored again at the end
+// of its queue with the attempts before this one, then l is acked. (Stored
+// first, so a failure in between leaves two copies, never none.)
+func (q *Queues) uncount(l *lease) error {
+	ctx, cancel := q.call()
+	defer cancel()
+	if _, err := q.publish(ctx, []*nats.Msg{movedMsg(l.s.subject, l.task, l.task.Attempts-1)}); err != nil {
+		_ = q.nak(l.msg, 0) // delivered again, it is dead-lettered: better than lost
+		return err
+	}
+	q.mu.Lock()
+	delete(q.lastErr, l.key)
+	q.mu.Unlock()
+	return q.ack(l.msg)
 }
 
 // Release gives back every lease of owner, as if each had run out with
@@ -380,6 +453,8 @@ const reapEvery = 20 * time.Millisecond
 
 // ReapLeases expires leases as they run out, and restarts JetStream's ack
 // timer of those still held every third of AckWait, until done is closed.
+// NoAck deliveries whose Delivered has not come by their lease's end are
+// acked: taken for good, as with a server that does not confirm them.
 func (q *Queues) ReapLeases(done <-chan struct{}, onExpired func(n int)) {
 	tick := time.NewTicker(reapEvery)
 	defer tick.Stop()
@@ -398,27 +473,95 @@ func (q *Queues) ReapLeases(done <-chan struct{}, onExpired func(n int)) {
 }
 
 func (q *Queues) reap(now time.Time) int {
-	var expired, renew []*lease
+	var expired, lost []*lease
+	var renew []renewal
+	var taken []jetstream.Msg
 	q.mu.Lock()
 	for _, l := range q.leases {
 		switch {
+		case now.Sub(l.confirmed) >= l.s.ackWait:
+			q.dropLease(l)
+			l.lost = true
+			q.counters(l.key.queue).expired++
+			lost = append(lost, l)
 		case !now.Before(l.deadline) && !l.acking:
 			q.dropLease(l)
 			q.counters(l.key.queue).expired++
 			expired = append(expired, l)
 		case now.Sub(l.touched) >= l.s.ackWait/3:
-			l.touched = now
-			renew = append(renew, l)
+			renew = append(renew, q.renewal(l, now))
+		}
+	}
+	for k, l := range q.unconfirmed {
+		switch {
+		case now.Sub(l.confirmed) >= l.s.ackWait:
+			delete(q.unconfirmed, k)
+			lost = append(lost, l)
+		case !now.Before(l.deadline):
+			delete(q.unconfirmed, k)
+			taken = append(taken, l.msg)
+		case now.Sub(l.touched) >= l.s.ackWait/3:
+			renew = append(renew, q.renewal(l, now))
+		}
+	}
+	for token, r := range q.renewals {
+		if now.Sub(r.sent) >= r.l.s.ackWait {
+			delete(q.renewals, token) // unanswered
 		}
 	}
 	q.mu.Unlock()
-	for _, l := range renew {
-		_ = l.msg.InProgress()
+	for _, r := range renew {
+		_ = q.cfg.Conn.PublishRequest(r.l.msg.Reply(), r.reply, progressPayload)
+	}
+	for _, l := range lost {
+		q.log.Warn("lease lost: JetStream did not confirm its renewals within AckWait, and may have handed the task to another worker",
+			"queue", l.key.queue, "task", l.key.id)
 	}
 	for _, l := range expired {
 		if err := q.fail(l, errExpired, 0); err != nil {
 			q.log.Warn("could not give back an expired lease; JetStream redelivers it after AckWait", "queue", l.key.queue, "task", l.key.id, "err", err)
 		}
 	}
-	return len(expired)
+	if err := q.ackAll(taken); err != nil {
+		q.log.Warn("tasks taken with NoAck not acked; JetStream delivers them again after AckWait", "tasks", len(taken), "err", err)
+	}
+	return len(expired) + len(lost)
+}
+
+// progressPayload is JetStream's "in progress": it restarts the ack timer
+// of a delivery.
+var progressPayload = []byte("+WPI")
+
+// renewal is a renewal of l's ack timer sent at sent, awaiting
+// JetStream's confirmation on reply.
+type renewal struct {
+	l     *lease
+	sent  time.Time
+	reply string
+}
+
+// renewal records a renewal of l about to be sent. Called with q.mu held.
+func (q *Queues) renewal(l *lease, now time.Time) renewal {
+	l.touched = now
+	q.renewSeq++
+	token := strconv.FormatUint(q.renewSeq, 36)
+	r := renewal{l: l, sent: now, reply: q.renewInbox + token}
+	q.renewals[token] = r
+	return r
+}
+
+// renewed takes JetStream's confirmation of a renewal: the lease's ack
+// timer restarted no earlier than the renewal was sent.
+func (q *Queues) renewed(m *nats.Msg) {
+	token := strings.TrimPrefix(m.Subject, q.renewInbox)
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	r, ok := q.renewals[token]
+	if !ok {
+		return
+	}
+	delete(q.renewals, token)
+	if r.sent.After(r.l.confirmed) {
+		r.l.confirmed = r.sent
+	}
 }

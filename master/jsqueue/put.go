@@ -19,11 +19,15 @@ import (
 // published together and their acknowledgements awaited together, so a
 // batch costs about one round trip.
 //
-// A queue's max length is not supported here (New's caller refuses it),
-// so a put never waits for room, and ctx, which bounds only that wait
-// (it may be queue.NoWait), is not used: the request timeout bounds the
-// put.
-func (q *Queues) Put(_ context.Context, req queue.PutRequest) ([]uint64, error) {
+// With a max length (Config.MaxLen), a put of tasks (not results) waits
+// until the batch fits, as queue.Manager.Put does, bounded by ctx (which
+// may be queue.NoWait) and req.MaxWait, then returns queue.ErrQueueFull
+// with nothing added. The gateway checks the stream's length before it
+// publishes, and one gateway publishes one batch at a time per queue;
+// puts through several gateways at once may overshoot the max length by
+// the batches in flight. A waiting put polls; puts do not queue for room
+// in FIFO order.
+func (q *Queues) Put(ctx context.Context, req queue.PutRequest) ([]uint64, error) {
 	if req.MaxWait < 0 {
 		return nil, fmt.Errorf("%w: max wait must be >= 0, got %v", queue.ErrBadArgument, req.MaxWait)
 	}
@@ -36,6 +40,13 @@ func (q *Queues) Put(_ context.Context, req queue.PutRequest) ([]uint64, error) 
 	}
 	if len(req.Items) == 0 {
 		return []uint64{}, nil
+	}
+	if q.cfg.MaxLen > 0 && !req.Results && !queue.IsDeadLetterName(req.Queue) {
+		unlock, err := q.waitRoom(ctx, s, req)
+		if err != nil {
+			return nil, err
+		}
+		defer unlock()
 	}
 	msgs := make([]*nats.Msg, len(req.Items))
 	for i, it := range req.Items {
@@ -54,6 +65,51 @@ func (q *Queues) Put(_ context.Context, req queue.PutRequest) ([]uint64, error) 
 		q.forget(req.Queue)
 	}
 	return ids, err
+}
+
+// waitRoom waits until req's batch fits in s's max length, and returns
+// with s's put lock held, to be released once the batch is published.
+func (q *Queues) waitRoom(ctx context.Context, s *stream, req queue.PutRequest) (unlock func(), err error) {
+	if len(req.Items) > q.cfg.MaxLen {
+		return nil, queue.ErrQueueFull
+	}
+	var timedOut <-chan time.Time
+	if req.MaxWait > 0 {
+		timer := time.NewTimer(req.MaxWait)
+		defer timer.Stop()
+		timedOut = timer.C
+	}
+	backoff := 10 * time.Millisecond
+	for {
+		s.putMu.Lock()
+		rctx, cancel := q.call()
+		si, err := s.st.Info(rctx)
+		cancel()
+		if err != nil {
+			s.putMu.Unlock()
+			if isGone(err) {
+				q.forget(req.Queue)
+			}
+			return nil, q.engineErr("put "+req.Queue, err)
+		}
+		if int(si.State.Msgs)+len(req.Items) <= q.cfg.MaxLen {
+			return s.putMu.Unlock, nil
+		}
+		s.putMu.Unlock()
+		if ctx.Err() != nil {
+			return nil, queue.ErrQueueFull
+		}
+		select {
+		case <-ctx.Done():
+			return nil, queue.ErrQueueFull
+		case <-timedOut:
+			return nil, queue.ErrQueueFull
+		case <-q.ctx.Done():
+			return nil, queue.ErrClosed
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 250*time.Millisecond)
+	}
 }
 
 // publish stores msgs and returns their stream sequences. While the

@@ -25,7 +25,11 @@ type Config struct {
 	Replicas int
 	// MaxAttempts, DefaultLease and OnDead mean what they mean in
 	// queue.Config.
-	MaxAttempts  int
+	MaxAttempts int
+	// MaxLen, if not 0, is the most tasks (ready and leased) a queue
+	// holds: a put waits for room (see Put). Results and dead-letter
+	// queues' tasks are never refused.
+	MaxLen       int
 	DefaultLease time.Duration
 	OnDead       func(queue string, t queue.Task)
 	// AckWait is how long JetStream waits for a gateway that stopped
@@ -79,11 +83,21 @@ type Queues struct {
 	known  map[string]*stream // streams this gateway has opened, by queue name
 	leases map[leaseKey]*lease
 	owners map[uint64]map[leaseKey]*lease
+	// unconfirmed holds the deliveries of NoAck gets until the server
+	// says their reply was written (Delivered) or not (Unget).
+	unconfirmed map[leaseKey]*lease
 	// lastErr holds the error of a task's failed attempt until the task is
 	// delivered again (JetStream's nak carries no text). A task
 	// redelivered through another gateway reads "lease expired" instead.
 	lastErr map[leaseKey]string
 	stats   map[string]*counters
+	// renewals are the renewals of ack timers awaiting JetStream's
+	// confirmation, by the token ending their reply subject, which starts
+	// with renewInbox; renewSub takes the confirmations.
+	renewals   map[string]renewal
+	renewSeq   uint64
+	renewInbox string
+	renewSub   *nats.Subscription
 }
 
 // stream is one queue's stream and its consumer.
@@ -95,6 +109,9 @@ type stream struct {
 	// ackWait is the consumer's: the first gateway to open the queue set
 	// it, so it may differ from this one's Config.AckWait.
 	ackWait time.Duration
+	// putMu makes this gateway's puts to a queue with a max length check
+	// its length and publish one at a time.
+	putMu sync.Mutex
 }
 
 // counters are what this gateway alone knows of a queue: JetStream keeps
@@ -106,7 +123,7 @@ func New(cfg Config) (*Queues, error) {
 	if cfg.Conn == nil {
 		return nil, fmt.Errorf("%w: jsqueue needs a NATS connection", queue.ErrBadArgument)
 	}
-	if cfg.Replicas < 0 || cfg.MaxAttempts < 0 || cfg.DefaultLease < 0 || cfg.AckWait < 0 {
+	if cfg.Replicas < 0 || cfg.MaxAttempts < 0 || cfg.MaxLen < 0 || cfg.DefaultLease < 0 || cfg.AckWait < 0 {
 		return nil, fmt.Errorf("%w: negative jsqueue setting", queue.ErrBadArgument)
 	}
 	cfg = cfg.withDefaults()
@@ -123,22 +140,31 @@ func New(cfg Config) (*Queues, error) {
 		return nil, fmt.Errorf("jetstream is not available at %s: %w", cfg.Conn.ConnectedUrlRedacted(), err)
 	}
 	q := &Queues{
-		cfg:     cfg,
-		js:      js,
-		log:     cfg.Logger,
-		known:   make(map[string]*stream),
-		leases:  make(map[leaseKey]*lease),
-		owners:  make(map[uint64]map[leaseKey]*lease),
-		lastErr: make(map[leaseKey]string),
-		stats:   make(map[string]*counters),
+		cfg:         cfg,
+		js:          js,
+		log:         cfg.Logger,
+		known:       make(map[string]*stream),
+		leases:      make(map[leaseKey]*lease),
+		owners:      make(map[uint64]map[leaseKey]*lease),
+		unconfirmed: make(map[leaseKey]*lease),
+		lastErr:     make(map[leaseKey]string),
+		stats:       make(map[string]*counters),
+		renewals:    make(map[string]renewal),
+		// The inbox ends with a token of its own: renewals are told
+		// apart by what follows it.
+		renewInbox: cfg.Conn.NewInbox() + ".",
+	}
+	q.renewSub, err = cfg.Conn.Subscribe(q.renewInbox+"*", q.renewed)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: subscribe to renewals' confirmations: %w", err)
 	}
 	q.ctx, q.cancel = context.WithCancel(context.Background())
 	return q, nil
 }
 
 // Close ends every blocked get with queue.ErrClosed and hands the tasks
-// this gateway still leases back to JetStream at once, for other gateways
-// to deliver.
+// this gateway still leases, or has delivered with NoAck unconfirmed,
+// back to JetStream at once, for other gateways to deliver.
 func (q *Queues) Close() {
 	q.mu.Lock() // deliver adds no lease once closed is set
 	if q.closed.Swap(true) {
@@ -147,6 +173,7 @@ func (q *Queues) Close() {
 	}
 	q.mu.Unlock()
 	q.cancel()
+	_ = q.renewSub.Unsubscribe()
 	q.mu.Lock()
 	var back []*lease
 	for k, l := range q.leases {
@@ -154,6 +181,10 @@ func (q *Queues) Close() {
 		delete(q.leases, k)
 	}
 	clear(q.owners)
+	for k, l := range q.unconfirmed {
+		back = append(back, l)
+		delete(q.unconfirmed, k)
+	}
 	q.mu.Unlock()
 	for _, l := range back {
 		_ = l.msg.Nak()

@@ -274,3 +274,154 @@ func TestAckWaitsForResultsAndGivesBackOnFailure(t *testing.T) {
 		t.Fatalf("after its results failed got %+v, want task %d again", ts, more[0])
 	}
 }
+
+// A delivery that never reached its client (Unget) goes back ahead of
+// newer tasks, counted as an attempt by JetStream; on the last attempt it
+// is stored again instead, uncounted, so that it runs rather than going
+// to the dead-letter queue.
+func TestUngetOnTheLastAttemptRunsAgain(t *testing.T) {
+	q := newQueues(t, startNode(t), jsqueue.Config{MaxAttempts: 2})
+	ids := put(t, q, "jobs", "t", "later")
+	req := queue.GetRequest{Queue: "jobs", Max: 1, Owner: 1}
+	ts := get(t, q, "jobs", 1, 1, 0, 0)
+	q.Unget(req, ts)
+	ts = get(t, q, "jobs", 1, 1, 0, 2*time.Second)
+	if len(ts) != 1 || ts[0].ID != ids[0] || ts[0].Attempts != 2 {
+		t.Fatalf("after an unget got %+v, want task %d first again, attempt 2", ts, ids[0])
+	}
+	q.Unget(req, ts) // its last attempt
+	ts = get(t, q, "jobs", 1, 2, 0, 2*time.Second)
+	if got := payloads(ts); !slices.Equal(got, []string{"later", "t"}) {
+		t.Fatalf("after an unget of the last attempt got %q, want later then t", got)
+	}
+	if ts[1].ID != ids[0] || ts[1].Attempts != 2 {
+		t.Errorf("task ungot on its last attempt came back as %+v, want id %d, attempt 2 again", ts[1], ids[0])
+	}
+	if _, err := q.Ack(queue.AckRequest{Queue: "jobs", Owner: 1, IDs: ids}, nil); err != nil {
+		t.Fatal(err)
+	}
+	st, err := q.Stats("jobs")
+	if err != nil || st.Dead != 0 || st.Ready != 0 || st.Leased != 0 {
+		t.Fatalf("stats %+v, %v: want nothing dead, ready or leased", st, err)
+	}
+}
+
+// A NoAck get's tasks are taken for good once the server says their reply
+// was written (Delivered); a reply that was not goes back ahead of newer
+// tasks (Unget); and a delivery the server says nothing of is taken when
+// its lease runs out.
+func TestNoAckTakenOnceDelivered(t *testing.T) {
+	q := newQueues(t, startNode(t), jsqueue.Config{})
+	reaping(t, q)
+	put(t, q, "results", "a", "b")
+	req := queue.GetRequest{Queue: "results", Max: 2, Owner: 1, NoAck: true}
+	ts, err := q.Get(context.Background(), req, nil)
+	if err != nil || len(ts) != 2 {
+		t.Fatalf("get: %v, %v", ts, err)
+	}
+	put(t, q, "results", "c")
+	q.Unget(req, ts)
+	req.Max = 3
+	ts, err = q.Get(context.Background(), req, nil)
+	if got := payloads(ts); err != nil || !slices.Equal(got, []string{"a", "b", "c"}) {
+		t.Fatalf("after an unget got %q (%v), want a b c: a and b back in front", got, err)
+	}
+	q.Delivered(req, ts)
+	st, err := q.Stats("results")
+	if err != nil || st.Ready != 0 || st.Leased != 0 || st.Done != 3 {
+		t.Fatalf("stats %+v, %v: want all 3 taken, none leased", st, err)
+	}
+
+	put(t, q, "results", "d")
+	req.Lease = 100 * time.Millisecond
+	if ts, err := q.Get(context.Background(), req, nil); err != nil || len(ts) != 1 {
+		t.Fatalf("get: %v, %v", ts, err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st, err := q.Stats("results")
+		if err == nil && st.Leased == 0 && st.Done == 4 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("stats %+v, %v: a NoAck delivery never confirmed still not taken after its 100ms lease", st, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// An admin walk gives each request the request timeout, not the walk as
+// a whole: a dead-letter queue that takes longer than one timeout to
+// walk is requeued whole, in one call.
+func TestRequeueOfALongDeadLetterQueue(t *testing.T) {
+	node := startNode(t)
+	q := newQueues(t, node, jsqueue.Config{RequestTimeout: 100 * time.Millisecond})
+	const n = 400
+	items := make([]string, n)
+	for i := range items {
+		items[i] = "t"
+	}
+	// Put through a gateway with the default timeout: 400 at once may
+	// take longer than 100ms here.
+	put(t, newQueues(t, node, jsqueue.Config{}), queue.DeadLetterName("jobs"), items...)
+	start := time.Now()
+	moved, err := q.Requeue("jobs", nil)
+	took := time.Since(start)
+	if err != nil || moved != n {
+		t.Fatalf("requeue in %v: %d moved, %v; want all %d", took, moved, err, n)
+	}
+	st, err := q.Stats("jobs")
+	if err != nil || st.Ready != n || st.Dead != 0 {
+		t.Fatalf("stats %+v, %v: want %d ready, none dead", st, err, n)
+	}
+	if took < 100*time.Millisecond {
+		t.Logf("the walk took %v, less than one request timeout: this run did not test what it means to", took)
+	}
+}
+
+// With a max length a put waits until its batch fits, or fails with
+// ErrQueueFull having added nothing; results are never refused.
+func TestMaxLen(t *testing.T) {
+	q := newQueues(t, startNode(t), jsqueue.Config{MaxLen: 2})
+	reaping(t, q)
+	put(t, q, "jobs", "a", "b")
+	one := []queue.Item{{Payload: []byte("c")}}
+	if _, err := q.Put(queue.NoWait, queue.PutRequest{Queue: "jobs", Items: one}); !errors.Is(err, queue.ErrQueueFull) {
+		t.Fatalf("put into a full queue without waiting: %v, want ErrQueueFull", err)
+	}
+	start := time.Now()
+	if _, err := q.Put(context.Background(), queue.PutRequest{Queue: "jobs", Items: one, MaxWait: 200 * time.Millisecond}); !errors.Is(err, queue.ErrQueueFull) {
+		t.Fatalf("put into a full queue: %v, want ErrQueueFull", err)
+	}
+	if waited := time.Since(start); waited < 150*time.Millisecond || waited > 5*time.Second {
+		t.Errorf("a put with 200ms to wait gave up after %v", waited)
+	}
+	three := []queue.Item{{Payload: []byte("x")}, {Payload: []byte("y")}, {Payload: []byte("z")}}
+	if _, err := q.Put(context.Background(), queue.PutRequest{Queue: "jobs", Items: three, MaxWait: time.Minute}); !errors.Is(err, queue.ErrQueueFull) {
+		t.Fatalf("a batch longer than the max length: %v, want ErrQueueFull at once", err)
+	}
+	if _, err := q.Put(queue.NoWait, queue.PutRequest{Queue: "jobs", Items: one, Results: true}); err != nil {
+		t.Fatalf("results into a full queue: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := q.Put(context.Background(), queue.PutRequest{Queue: "jobs", Items: one, MaxWait: 10 * time.Second})
+		done <- err
+	}()
+	ts := get(t, q, "jobs", 1, 2, 0, 0)
+	if _, err := q.Ack(queue.AckRequest{Queue: "jobs", Owner: 1, IDs: []uint64{ts[0].ID, ts[1].ID}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("a waiting put once there was room: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a waiting put did not go in once there was room")
+	}
+	st, err := q.Stats("jobs")
+	if err != nil || st.Ready != 2 || st.MaxLen != 2 || st.Puts != 4 {
+		t.Fatalf("stats %+v, %v: want 2 ready (the result and the waiting put), max length 2, 4 puts", st, err)
+	}
+}
