@@ -154,7 +154,7 @@ func putOptions(req *wire.Request, items []queue.Item) error {
 		return fmt.Errorf("%w: a delay must be >= 0, got %v", wire.ErrBadRequest, req.Delay)
 	case req.Delay > 0 && !req.At.IsZero():
 		return fmt.Errorf("%w: a put takes a delay or a time to run at, not both", wire.ErrBadRequest)
-	case req.Keys != nil && len(req.Keys) != len(items):
+	case len(req.Keys) > 0 && len(req.Keys) != len(items):
 		return fmt.Errorf("%w: a put of %d items has %d idempotency keys; give one per item (\"\" for none)", wire.ErrBadRequest, len(items), len(req.Keys))
 	}
 	var due time.Time
@@ -165,7 +165,7 @@ func putOptions(req *wire.Request, items []queue.Item) error {
 	}
 	for i := range items {
 		items[i].Due = due
-		if req.Keys != nil {
+		if len(req.Keys) > 0 {
 			items[i].Key = req.Keys[i]
 		}
 	}

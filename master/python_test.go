@@ -789,7 +789,8 @@ task.put_with('at', at=time.time() + 3600)
 task.put_with('urgent', priority=9)
 task.put_with('once', key='order-17')
 task.put_with('once again', key='order-17')
-for kw in [dict(priority=10), dict(delay=-1), dict(delay=1, at=time.time()), dict(key='k' * 257), dict(priority='high')]:
+for kw in [dict(priority=10), dict(delay=-1), dict(delay=1, at=time.time()), dict(key='k' * 257), dict(priority='high'),
+           dict(delay=1e12), dict(at=float('nan')), dict(at=time.time() + 1e10)]:
     try:
         task.put_with('bad', **kw)
         print('accepted', kw)

@@ -34,6 +34,9 @@ const (
 	// SetPolicy sets a queue's retry policy (Op.Policy; the zero Policy
 	// goes back to the master's defaults): Queue.
 	SetPolicy
+	// ForgetKeys forgets every idempotency key of a queue (it was
+	// deleted): Queue.
+	ForgetKeys
 )
 
 func (k Kind) String() string {
@@ -52,6 +55,8 @@ func (k Kind) String() string {
 		return "key"
 	case SetPolicy:
 		return "policy"
+	case ForgetKeys:
+		return "forget-keys"
 	}
 	return "kind(" + strconv.Itoa(int(k)) + ")"
 }

@@ -21,11 +21,14 @@ var (
 // Retry-After header, say).
 //
 //	return nil, worker.RetryAfter(30*time.Second, err)
+//
+// d is taken between 0 and a year (maxRetryAfter), the most a master
+// accepts.
 func RetryAfter(d time.Duration, err error) error {
 	if err == nil {
 		err = errors.New("retry later")
 	}
-	return &retryAfterError{after: max(d, 0), err: err}
+	return &retryAfterError{after: min(max(d, 0), maxRetryAfter), err: err}
 }
 
 type retryAfterError struct {

@@ -219,8 +219,8 @@ func (q *Queues) ack(m jetstream.Msg) error {
 // ones, or dead-lettered after its last attempt.
 func (q *Queues) Nack(req queue.NackRequest) error {
 	name, owner, id, errText := req.Queue, req.Owner, req.ID, req.Error
-	if req.RetryAfter < 0 {
-		return fmt.Errorf("%w: retry after must be >= 0, got %v", queue.ErrBadArgument, req.RetryAfter)
+	if req.RetryAfter < 0 || req.RetryAfter > queue.MaxBackoff {
+		return fmt.Errorf("%w: retry after must be 0 to %v, got %v", queue.ErrBadArgument, queue.MaxBackoff, req.RetryAfter)
 	}
 	if q.closed.Load() {
 		return queue.ErrClosed

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"slices"
 	"strings"
 	"time"
@@ -231,7 +232,7 @@ func (p *conn) queueCall(name string, req *pyproto.Request) reply {
 		case "empty":
 			return p.ret(st.Ready == 0)
 		}
-		return p.ret(st.MaxLen > 0 && st.Ready+st.Leased >= st.MaxLen)
+		return p.ret(st.MaxLen > 0 && st.Ready+st.Delayed+st.Leased >= st.MaxLen)
 	case "task_done":
 		if !bind(nil) {
 			break
@@ -280,8 +281,11 @@ func (p *conn) wait(block bool, args *pyproto.Params, i int) (ctx context.Contex
 func scheduleArgs(args *pyproto.Params, i int) (queue.Item, error) {
 	var it queue.Item
 	delay, hasDelay, err := args.Timeout(i)
-	if err != nil {
-		return it, fmt.Errorf("delay: %w", err)
+	switch {
+	case err != nil:
+		return it, fmt.Errorf("delay must be a number of seconds >= 0, got %v", args.Value(i))
+	case !hasDelay && args.Value(i) != nil:
+		return it, fmt.Errorf("delay of %v seconds is too far ahead", args.Value(i))
 	}
 	var at float64
 	switch x := args.Value(i + 1).(type) {
@@ -293,13 +297,20 @@ func scheduleArgs(args *pyproto.Params, i int) (queue.Item, error) {
 	default:
 		return it, fmt.Errorf("at must be a Unix time in seconds (time.time()), not %s", pyproto.TypeName(x))
 	}
+	if math.IsNaN(at) || math.Abs(at) > 1e11 {
+		return it, fmt.Errorf("at must be a Unix time in seconds (time.time()), got %v", at)
+	}
 	switch {
 	case hasDelay && at != 0:
 		return it, errors.New("give delay or at, not both")
 	case hasDelay:
 		it.Due = time.Now().Add(delay)
 	case at != 0:
-		it.Due = time.Unix(0, int64(at*1e9)) // a past time runs now
+		sec := math.Floor(at)
+		it.Due = time.Unix(int64(sec), int64((at-sec)*1e9)) // a past time runs now
+	}
+	if time.Until(it.Due) > queue.MaxDelay {
+		return it, fmt.Errorf("a task may be put at most %v ahead", queue.MaxDelay)
 	}
 	pri, ok := args.Value(i + 2).(int64)
 	if !ok || pri < 0 || pri > queue.MaxPriority {
@@ -439,7 +450,7 @@ func isResultShape(f map[string][]byte) bool {
 	return len(f) == n
 }
 
-// join waits until the queue holds no ready or leased task and every task
+// join waits until the queue holds no ready, delayed or leased task and every task
 // Python clients took from it was marked task_done.
 func (p *conn) join(name string) reply {
 	tick := time.NewTicker(joinPoll)
@@ -449,7 +460,7 @@ func (p *conn) join(name string) reply {
 		if err != nil && !errors.Is(err, queue.ErrUnknownQueue) {
 			return p.queueError("join", err)
 		}
-		if st.Ready+st.Leased == 0 && p.s.pending(name) == 0 {
+		if st.Ready+st.Delayed+st.Leased == 0 && p.s.pending(name) == 0 {
 			return p.ret(nil)
 		}
 		select {

@@ -96,8 +96,8 @@ type NackRequest struct {
 // OnDead is called). A *TaskError wrapping ErrNotLeased if the owner does
 // not hold it.
 func (m *Manager) Nack(req NackRequest) error {
-	if req.RetryAfter < 0 {
-		return fmt.Errorf("%w: retry after must be >= 0, got %v", ErrBadArgument, req.RetryAfter)
+	if req.RetryAfter < 0 || req.RetryAfter > MaxBackoff {
+		return fmt.Errorf("%w: retry after must be 0 to %v, got %v", ErrBadArgument, MaxBackoff, req.RetryAfter)
 	}
 	if m.closed.Load() {
 		return ErrClosed

@@ -1,8 +1,8 @@
 package queue
 
 import (
+	"container/heap"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/qm-dev/qm/store"
@@ -117,6 +117,22 @@ func (m *Manager) Queues() []string {
 	return names
 }
 
+// candidates is a heap of positions in a delayHeap, for PeekDelayed.
+type candidates struct {
+	h   *delayHeap
+	pos []int
+}
+
+func (c *candidates) Len() int           { return len(c.pos) }
+func (c *candidates) Less(i, j int) bool { return c.h.less(c.pos[i], c.pos[j]) }
+func (c *candidates) Swap(i, j int)      { c.pos[i], c.pos[j] = c.pos[j], c.pos[i] }
+func (c *candidates) Push(x any)         { c.pos = append(c.pos, x.(int)) }
+func (c *candidates) Pop() any {
+	x := c.pos[len(c.pos)-1]
+	c.pos = c.pos[:len(c.pos)-1]
+	return x
+}
+
 // lockForPeek checks a peek of n tasks and returns the named queue
 // locked.
 func (m *Manager) lockForPeek(name string, n int) (*queue, error) {
@@ -152,28 +168,24 @@ func (m *Manager) PeekDelayed(name string, n int) ([]Task, error) {
 		return nil, err
 	}
 	defer q.mu.Unlock()
-	// The first n of a heap, in order, without copying it: a heap of
-	// candidate positions, starting from the root; each one taken offers
-	// its children.
+	// The first n of a heap, in order, without copying it: a second heap
+	// of candidate positions, starting from the root; each one taken
+	// offers its children. O(n log n) under the lock.
 	h := &q.delayed
-	ts := make([]Task, 0, min(n, h.len()))
-	cand := []int{0}
-	less := func(i, j int) bool { return h.less(cand[i], cand[j]) }
-	for len(ts) < n && h.len() > 0 && len(cand) > 0 {
-		best := 0
-		for i := range cand {
-			if less(i, best) {
-				best = i
-			}
-		}
-		at := cand[best]
-		cand = slices.Delete(cand, best, best+1)
+	n = min(n, h.len())
+	ts := make([]Task, 0, n)
+	cand := candidates{h: h, pos: make([]int, 0, n+1)}
+	if n > 0 {
+		heap.Push(&cand, 0)
+	}
+	for len(ts) < n {
+		at := heap.Pop(&cand).(int)
 		t := h.at(at).e.task()
 		t.Due = time.Unix(0, h.at(at).due)
 		ts = append(ts, t)
 		for _, c := range [2]int{2*at + 1, 2*at + 2} {
 			if c < h.len() {
-				cand = append(cand, c)
+				heap.Push(&cand, c)
 			}
 		}
 	}
@@ -237,8 +249,13 @@ func (m *Manager) Delete(name string) error {
 		q.log.record(store.Delete, l.task)
 	}
 	q.dropDelayed()
+	if q.keys.len() > 0 {
+		// Else a restart would remember them from the tasks' adds.
+		q.log.forgetKeys()
+	}
 	ticket := q.log.commit()
 	q.ready.clear()
+	q.keys = keyTable{}
 	q.leases = nil
 	q.heap = nil
 	q.owners = nil

@@ -25,8 +25,9 @@ type keyTable struct {
 }
 
 type keyEntry struct {
-	id uint64
-	at int64 // when the key was put, unix nanoseconds
+	id     uint64
+	at     int64        // when the key was put, unix nanoseconds
+	ticket store.Ticket // the store's ticket of that put: a repeat waits for it
 }
 
 type keyRef struct {
@@ -40,6 +41,34 @@ func (k *keyTable) len() int { return len(k.ids) }
 func (k *keyTable) lookup(key string) (uint64, bool) {
 	e, ok := k.ids[key]
 	return e.id, ok
+}
+
+// ticket returns the store ticket of the put that added key.
+func (k *keyTable) ticket(key string) store.Ticket { return k.ids[key].ticket }
+
+// setTicket records the store ticket of the put that added key.
+func (k *keyTable) setTicket(key string, t store.Ticket) {
+	if e, ok := k.ids[key]; ok {
+		e.ticket = t
+		k.ids[key] = e
+	}
+}
+
+// forget drops the keys of ts, tasks a failed put takes back. Rare (a
+// full disk), so a walk over the table is fine.
+func (k *keyTable) forget(ts []Task) {
+	if len(k.ids) == 0 || len(ts) == 0 {
+		return
+	}
+	gone := make(map[uint64]bool, len(ts))
+	for i := range ts {
+		gone[ts[i].ID] = true
+	}
+	for key, e := range k.ids {
+		if gone[e.id] {
+			delete(k.ids, key)
+		}
+	}
 }
 
 // add remembers key for the task id, put at at.

@@ -120,13 +120,13 @@ func (h *delayHeap) down(i int) {
 	}
 }
 
-// removeIf moves the tasks whose ID take accepts (all if take is nil) to
-// *out and keeps the heap order of the others.
-func (h *delayHeap) removeIf(take func(id uint64) bool, out *[]delayed) {
+// removeIf moves the tasks take accepts (all if take is nil) to *out and
+// keeps the heap order of the others.
+func (h *delayHeap) removeIf(take func(d *delayed) bool, out *[]delayed) {
 	kept := 0
 	for i := range h.n {
 		d := h.at(i)
-		if take == nil || take(d.e.id) {
+		if take == nil || take(d) {
 			*out = append(*out, *d)
 			continue
 		}
@@ -222,7 +222,8 @@ func backoff(p store.Policy, attempt int) time.Duration {
 	return d - half + rand.N(half+1)
 }
 
-// removeDelayed takes the delayed tasks ids out of the heap, appending
+// removeDelayed takes the delayed puts ids (never handed out: a task
+// waiting out its backoff has run, and stays) out of the heap, appending
 // them to *ts, and returns the ids it did not find. Called with q.mu
 // held.
 func (q *queue) removeDelayed(ids []uint64, ts *[]Task) (missing []uint64) {
@@ -231,11 +232,8 @@ func (q *queue) removeDelayed(ids []uint64, ts *[]Task) (missing []uint64) {
 		want[id] = true
 	}
 	var out []delayed
-	q.delayed.removeIf(func(id uint64) bool { return want[id] }, &out)
+	q.delayed.removeIf(func(d *delayed) bool { return want[d.e.id] && !d.retry() }, &out)
 	for i := range out {
-		if out[i].retry() {
-			q.retrying--
-		}
 		delete(want, out[i].e.id)
 		*ts = append(*ts, out[i].e.task())
 	}

@@ -107,15 +107,15 @@ func (m *Manager) RunNow(name string, ids []uint64) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	var take func(uint64) bool
+	var take func(*delayed) bool
 	want := make(map[uint64]bool, len(ids))
 	if len(ids) > 0 {
 		for _, id := range ids {
 			want[id] = true
 		}
-		take = func(id uint64) bool {
-			if want[id] {
-				delete(want, id)
+		take = func(d *delayed) bool {
+			if want[d.e.id] {
+				delete(want, d.e.id)
 				return true
 			}
 			return false

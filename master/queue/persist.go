@@ -33,6 +33,9 @@ type journal interface {
 	// forget appends deletes of tasks that are gone from every queue in
 	// memory, with no lock held: no other change can name them any more.
 	forget(ts []Task) store.Ticket
+	// forgetKeys buffers, for commit, that the queue's idempotency keys
+	// are gone (it was deleted).
+	forgetKeys()
 }
 
 // memJournal is the journal of a Manager without a store.
@@ -41,6 +44,7 @@ type memJournal struct{}
 func (memJournal) record(store.Kind, Task)    {}
 func (memJournal) commit() store.Ticket       { return 0 }
 func (memJournal) forget([]Task) store.Ticket { return 0 }
+func (memJournal) forgetKeys()                {}
 
 // storeJournal is one queue's journal into a store.Store. ops is guarded
 // by the queue's lock.
@@ -64,6 +68,10 @@ func (j *storeJournal) storeTask(t *Task) store.Task {
 		Attempts: t.Attempts, LastError: t.LastError, Enqueued: t.Enqueued,
 		Due: t.Due, Priority: t.Priority, Key: t.Key,
 	}
+}
+
+func (j *storeJournal) forgetKeys() {
+	j.ops = append(j.ops, store.Op{Kind: store.ForgetKeys, Task: store.Task{Queue: j.queue}})
 }
 
 func (j *storeJournal) commit() store.Ticket {

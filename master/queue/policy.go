@@ -73,14 +73,9 @@ func (m *Manager) SetPolicy(name string, p Policy) error {
 	if err := m.writable(); err != nil {
 		return err
 	}
-	// Made first: making a queue reads the policies (policyOf).
-	q, err := m.lookupOrCreate(name)
-	if err != nil {
-		return err
-	}
 	// Held across the queue's update too, so that racing SetPolicys leave
-	// the map, the queue and the store agreeing. A queue deleted and made
-	// anew meanwhile reads the map once this is released.
+	// the map, the queue and the store agreeing. A queue made anew while
+	// it is held reads the map once it is released.
 	m.policyMu.Lock()
 	if p == (Policy{}) {
 		delete(m.policies, name)
@@ -91,10 +86,22 @@ func (m *Manager) SetPolicy(name string, p Policy) error {
 	if m.store != nil {
 		ticket = m.store.Append(store.Op{Kind: store.SetPolicy, Task: store.Task{Queue: name}, Policy: p})
 	}
-	q.mu.Lock()
-	q.policy = p
-	q.mu.Unlock()
 	m.policyMu.Unlock()
+	for {
+		// Made outside policyMu: making a queue reads the policies.
+		q, err := m.lookupOrCreate(name)
+		if err != nil {
+			return err
+		}
+		q.mu.Lock()
+		if q.deleted { // made anew meanwhile, maybe with the old policy
+			q.mu.Unlock()
+			continue
+		}
+		q.policy = m.policyOf(name) // the latest, should another SetPolicy have come between
+		q.mu.Unlock()
+		break
+	}
 	return m.wait(ticket)
 }
 

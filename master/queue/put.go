@@ -53,7 +53,7 @@ func (m *Manager) Put(ctx context.Context, req PutRequest) ([]uint64, error) {
 	if req.MaxWait < 0 {
 		return nil, fmt.Errorf("%w: max wait must be >= 0, got %v", ErrBadArgument, req.MaxWait)
 	}
-	if err := checkItems(req.Items); err != nil {
+	if err := checkItems(req.Items, m.now()); err != nil {
 		return nil, err
 	}
 	if len(req.Items) == 0 {
@@ -71,7 +71,7 @@ func (m *Manager) Put(ctx context.Context, req PutRequest) ([]uint64, error) {
 		if err != nil {
 			return nil, err
 		}
-		if req.Results || q.maxLen == 0 || q.putters.head == nil && q.fits(len(req.Items)) {
+		if req.Results || q.maxLen == 0 || q.putters.head == nil && q.fits(q.adds(req.Items)) {
 			ids, first, ticket := q.push(req.Items, &c)
 			q.settle(&c)
 			m.unlock(q)
@@ -84,7 +84,7 @@ func (m *Manager) Put(ctx context.Context, req PutRequest) ([]uint64, error) {
 			}
 			return ids, nil
 		}
-		if len(req.Items) > q.maxLen || ctx.Err() != nil {
+		if q.adds(req.Items) > q.maxLen || ctx.Err() != nil {
 			q.mu.Unlock()
 			return nil, ErrQueueFull
 		}
@@ -139,11 +139,17 @@ func (m *Manager) Put(ctx context.Context, req PutRequest) ([]uint64, error) {
 	}
 }
 
-// checkItems reports the first item whose priority or key is out of
-// bounds.
-func checkItems(items []Item) error {
+// MaxDelay bounds how far ahead a task may be put (Item.Due).
+const MaxDelay = 10 * 365 * 24 * time.Hour
+
+// checkItems reports the first item whose priority, key or due time is
+// out of bounds.
+func checkItems(items []Item, now time.Time) error {
 	for i := range items {
 		it := &items[i]
+		if !it.Due.IsZero() && it.Due.Sub(now) > MaxDelay {
+			return fmt.Errorf("%w: a task may be put at most %v ahead, got one due at %v", ErrBadArgument, MaxDelay, it.Due.UTC().Format(time.RFC3339))
+		}
 		if it.Priority < 0 || it.Priority > MaxPriority {
 			return fmt.Errorf("%w: priority must be 0 to %d, got %d", ErrBadArgument, MaxPriority, it.Priority)
 		}
@@ -169,10 +175,15 @@ func (m *Manager) withdraw(name string, ids []uint64, first uint64, err error) (
 	// An id below first is an earlier put's task, named again by its
 	// idempotency key: not this put's to take back.
 	ids = slices.DeleteFunc(slices.Clone(ids), func(id uint64) bool { return id < first })
+	if len(ids) == 0 {
+		m.unlock(q)
+		return nil, fmt.Errorf("%w; nothing of this put was queued", err)
+	}
 	back, out := q.remove(ids)
 	if len(out) > 0 && q.delayed.len() > 0 {
 		out = q.removeDelayed(out, &back)
 	}
+	q.keys.forget(back) // a retry of the put must add them again
 	q.recordDeletes(back)
 	q.log.commit()
 	q.puts -= uint64(len(back))

@@ -105,6 +105,24 @@ func (q *queue) length() int { return q.ready.len() + q.delayed.len() + len(q.le
 
 func (q *queue) fits(n int) bool { return q.maxLen == 0 || q.length()+n <= q.maxLen }
 
+// adds is how many tasks a put of items would add: an item whose key is
+// remembered adds none, so a retried put never waits for room it does
+// not take. Called with q.mu held.
+func (q *queue) adds(items []Item) int {
+	if q.keys.len() == 0 {
+		return len(items)
+	}
+	n := 0
+	for i := range items {
+		if k := items[i].Key; k == "" {
+			n++
+		} else if _, ok := q.keys.lookup(k); !ok {
+			n++ // a key twice in one batch counts twice: an upper bound
+		}
+	}
+	return n
+}
+
 // clock reads the Manager's clock at most once per operation.
 type clock struct {
 	m  *Manager
@@ -148,11 +166,14 @@ func (q *queue) push(items []Item, c *clock) (ids []uint64, first uint64, ticket
 		q.keys.expire(now.Add(-q.m.cfg.DedupWindow).UnixNano())
 	}
 	added := 0
+	var seen store.Ticket // the latest ticket of a put whose key an item repeats
+	var keyed []string    // the keys this push adds
 	for i := range items {
 		it := &items[i]
 		if it.Key != "" {
 			if id, ok := q.keys.lookup(it.Key); ok {
 				ids[i] = id
+				seen = max(seen, q.keys.ticket(it.Key))
 				continue
 			}
 		}
@@ -161,6 +182,7 @@ func (q *queue) push(items []Item, c *clock) (ids []uint64, first uint64, ticket
 		added++
 		if it.Key != "" {
 			q.keys.add(it.Key, t.ID, now.UnixNano())
+			keyed = append(keyed, it.Key)
 		}
 		if it.Due.After(now) {
 			t.Due = it.Due
@@ -172,7 +194,13 @@ func (q *queue) push(items []Item, c *clock) (ids []uint64, first uint64, ticket
 		q.log.record(store.Add, t)
 	}
 	q.puts += uint64(added)
-	return ids, first, q.log.commit()
+	ticket = q.log.commit()
+	// A repeat is answered once the put it repeats is durable, not
+	// before: else a crash could lose a task both calls said was stored.
+	for _, k := range keyed {
+		q.keys.setTicket(k, ticket)
+	}
+	return ids, first, max(ticket, seen)
 }
 
 // pushFront puts t back at the front with a Seq below the head's, recorded
@@ -258,7 +286,7 @@ func (q *queue) settle(c *clock) {
 			g.ch <- q.take(g.dst, &g.req, c)
 		}
 		served := false
-		for p := q.putters.head; p != nil && q.fits(len(p.items)); p = q.putters.head {
+		for p := q.putters.head; p != nil && q.fits(q.adds(p.items)); p = q.putters.head {
 			q.putters.remove(p)
 			p.served = true
 			ids, first, ticket := q.push(p.items, c)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/qm-dev/qm/master/queue"
+	"github.com/qm-dev/qm/store"
 )
 
 // put adds its items to q, failing the test on an error.
@@ -423,5 +424,150 @@ func TestPurgeDropsDelayed(t *testing.T) {
 	}
 	if n := m.ReleaseDue(clk.Advance(2 * time.Hour)); n != 0 {
 		t.Fatalf("a purged delayed task came back: %d", n)
+	}
+}
+
+// heldStore is a store whose writes are durable only once the test says
+// so (release), or never with a full disk (failing): puts wait on it.
+type heldStore struct {
+	mu      sync.Mutex
+	waiters int
+	release chan struct{}
+	failing bool
+}
+
+func (s *heldStore) Load() (store.Meta, []store.Task, error) { return store.Meta{}, nil, nil }
+func (s *heldStore) Writable() error                         { return nil }
+func (s *heldStore) Append(ops ...store.Op) store.Ticket     { return 1 }
+func (s *heldStore) SetDumper(store.Dumper)                  {}
+func (s *heldStore) Close() error                            { return nil }
+func (s *heldStore) Wait(store.Ticket) error {
+	if s.failing {
+		return store.ErrDiskFull
+	}
+	s.mu.Lock()
+	s.waiters++
+	s.mu.Unlock()
+	<-s.release
+	return nil
+}
+
+func (s *heldStore) waiting() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.waiters
+}
+
+// TestRepeatedKeyWaitsForDurability: a put that repeats a key returns
+// only once the first put is durable, and a put whose write failed
+// forgets its keys, so that its retry adds the task.
+func TestRepeatedKeyWaitsForDurability(t *testing.T) {
+	st := &heldStore{release: make(chan struct{})}
+	m := newManager(t, queue.Config{Store: st})
+	keyed := queue.Item{Payload: []byte("x"), Key: "k"}
+	done := make(chan []uint64, 2)
+	for range 2 {
+		go func() {
+			ids, err := m.Put(context.Background(), queue.PutRequest{Queue: "q", Items: []queue.Item{keyed}})
+			if err != nil {
+				t.Error(err)
+			}
+			done <- ids
+		}()
+	}
+	checkFor(t, 5*time.Second, func() error {
+		if n := st.waiting(); n != 2 {
+			return fmt.Errorf("%d puts wait for the store, want both", n)
+		}
+		return nil
+	})
+	close(st.release)
+	a, b := <-done, <-done
+	if !slices.Equal(a, b) {
+		t.Fatalf("ids %v and %v, want the same", a, b)
+	}
+
+	failing := &heldStore{failing: true}
+	m = newManager(t, queue.Config{Store: failing})
+	if _, err := m.Put(context.Background(), queue.PutRequest{Queue: "q", Items: []queue.Item{keyed}}); !errors.Is(err, store.ErrDiskFull) {
+		t.Fatalf("put on a full disk: %v", err)
+	}
+	failing.failing = false
+	failing.release = make(chan struct{})
+	close(failing.release)
+	if _, err := m.Put(context.Background(), queue.PutRequest{Queue: "q", Items: []queue.Item{keyed}}); err != nil {
+		t.Fatal(err)
+	}
+	if st := mustStats(t, m, "q"); st.Ready != 1 {
+		t.Fatalf("the retry of a refused keyed put left %d ready, want 1", st.Ready)
+	}
+}
+
+// TestRepeatedKeyInFullQueue: a put that only repeats known keys needs no
+// room: it adds nothing.
+func TestRepeatedKeyInFullQueue(t *testing.T) {
+	m := newManager(t, queue.Config{MaxLen: 1})
+	keyed := queue.Item{Payload: []byte("x"), Key: "k"}
+	first := put(t, m, "q", keyed)
+	ids, err := m.Put(queue.NoWait, queue.PutRequest{Queue: "q", Items: []queue.Item{keyed}})
+	if err != nil || !slices.Equal(ids, first) {
+		t.Fatalf("repeat into a full queue: %v, %v; want %v", ids, err, first)
+	}
+}
+
+// TestDueTooFar: a due time or a retry-after past the bounds is refused,
+// not wrapped around into "now".
+func TestDueTooFar(t *testing.T) {
+	m := newManager(t, queue.Config{})
+	far := time.Now().Add(queue.MaxDelay + time.Hour)
+	if _, err := m.Put(context.Background(), queue.PutRequest{Queue: "q", Items: []queue.Item{delayedItem("x", far)}}); !errors.Is(err, queue.ErrBadArgument) {
+		t.Fatalf("put due at %v: %v, want ErrBadArgument", far, err)
+	}
+	put(t, m, "q", item("x"))
+	ts := mustGet(t, m, "q", 1, 1)
+	err := m.Nack(queue.NackRequest{Queue: "q", Owner: 1, ID: ts[0].ID, RetryAfter: queue.MaxBackoff + time.Second})
+	if !errors.Is(err, queue.ErrBadArgument) {
+		t.Fatalf("nack with a retry-after past MaxBackoff: %v, want ErrBadArgument", err)
+	}
+}
+
+// TestDeleteForgetsKeysAcrossRestart: a deleted queue's keys are not
+// remembered after a restart.
+func TestDeleteForgetsKeysAcrossRestart(t *testing.T) {
+	dir := t.TempDir()
+	m, stop := openDurable(t, dir, queue.Config{})
+	put(t, m, "q", queue.Item{Payload: []byte("x"), Key: "k"})
+	if err := m.Delete("q"); err != nil {
+		t.Fatal(err)
+	}
+	stop()
+	m, stop = openDurable(t, dir, queue.Config{})
+	defer stop()
+	if qs := m.Queues(); len(qs) != 0 {
+		t.Fatalf("queues after the restart: %v, want none", qs)
+	}
+	put(t, m, "q", queue.Item{Payload: []byte("x"), Key: "k"})
+	if st := mustStats(t, m, "q"); st.Ready != 1 {
+		t.Fatalf("a put with a deleted queue's key added %d, want 1", st.Ready)
+	}
+}
+
+// TestPeekDelayedMany: peeking at many delayed tasks lists them by due
+// time, quickly.
+func TestPeekDelayedMany(t *testing.T) {
+	clk := newFakeClock()
+	m := newManager(t, queue.Config{Now: clk.Now})
+	const n = 50000
+	its := make([]queue.Item, n)
+	for i := range its {
+		its[i] = delayedItem(fmt.Sprint(i), clk.Now().Add(time.Duration((i*7919)%n+1)*time.Second))
+	}
+	put(t, m, "q", its...)
+	ts, err := m.PeekDelayed("q", n)
+	if err != nil || len(ts) != n {
+		t.Fatalf("PeekDelayed: %d tasks, %v", len(ts), err)
+	}
+	if !slices.IsSortedFunc(ts, func(a, b queue.Task) int { return a.Due.Compare(b.Due) }) {
+		t.Fatal("delayed tasks not listed by due time")
 	}
 }

@@ -21,6 +21,7 @@ func seedRecords() [][]byte {
 		{Kind: store.Requeue, Task: store.Task{ID: 2, Seq: -4, Attempts: 1, LastError: "503", Due: time.Unix(1700000090, 0)}},
 		{Kind: store.Key, Task: store.Task{ID: 2, Queue: "tasks", Key: "order-17", Enqueued: time.Unix(1700000000, 0)}},
 		{Kind: store.SetPolicy, Task: store.Task{Queue: "tasks"}, Policy: store.Policy{MaxAttempts: 10, BackoffMin: time.Second, BackoffMax: time.Hour}},
+		{Kind: store.ForgetKeys, Task: store.Task{Queue: "tasks"}},
 	}
 	var seeds [][]byte
 	var all []byte

@@ -67,6 +67,12 @@ func (s *state) apply(op *store.Op) {
 		}
 	case store.Key:
 		s.remember(t)
+	case store.ForgetKeys:
+		for k := range s.keys {
+			if k.queue == t.Queue {
+				delete(s.keys, k)
+			}
+		}
 	case store.SetPolicy:
 		if s.policies == nil {
 			s.policies = make(map[string]store.Policy)

@@ -334,6 +334,8 @@ func TestScheduledRoundTrip(t *testing.T) {
 	l.Append(a, b, del(2))
 	l.Append(store.Op{Kind: store.Requeue, Task: store.Task{ID: 1, Seq: 5, Attempts: 1, LastError: "503", Due: due.Add(time.Minute)}})
 	l.Append(store.Op{Kind: store.Key, Task: store.Task{ID: 9, Queue: "r", Key: "k9", Enqueued: due}})
+	l.Append(store.Op{Kind: store.Key, Task: store.Task{ID: 8, Queue: "gone", Key: "k8", Enqueued: due}})
+	l.Append(store.Op{Kind: store.ForgetKeys, Task: store.Task{Queue: "gone"}})
 	l.Append(store.Op{Kind: store.SetPolicy, Task: store.Task{Queue: "q"}, Policy: store.Policy{MaxAttempts: 10, BackoffMin: time.Second, BackoffMax: time.Hour}})
 	l.Append(store.Op{Kind: store.SetPolicy, Task: store.Task{Queue: "r"}, Policy: store.Policy{MaxAttempts: 4}})
 	tk := l.Append(store.Op{Kind: store.SetPolicy, Task: store.Task{Queue: "r"}})

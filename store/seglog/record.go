@@ -12,7 +12,7 @@ import (
 
 // File headers: 8 magic bytes. Format 02 adds optional fields at the end
 // of Add, Move and Requeue records (due time, priority, idempotency key)
-// and the Key and SetPolicy records. Files of format 01 load as they are;
+// and the Key, SetPolicy and ForgetKeys records. Files of format 01 load as they are;
 // a qm that knows only 01 refuses 02 files, where it would misread their
 // records as a torn tail.
 const (
@@ -84,6 +84,8 @@ func appendRecord(b []byte, op *store.Op) []byte {
 		b = binary.AppendVarint(b, unixNano(t.Enqueued))
 		b = appendString(b, t.Queue)
 		b = appendString(b, t.Key)
+	case store.ForgetKeys:
+		b = appendString(b, t.Queue)
 	case store.SetPolicy:
 		p := &op.Policy
 		b = appendString(b, t.Queue)
@@ -205,6 +207,8 @@ func (d *decoder) decodeBody(body []byte, op *store.Op) error {
 		}
 		t.Queue = d.intern(r.bytes())
 		t.Key = string(r.bytes())
+	case store.ForgetKeys:
+		t.Queue = d.intern(r.bytes())
 	case store.SetPolicy:
 		t.Queue = d.intern(r.bytes())
 		op.Policy.MaxAttempts = r.count()
