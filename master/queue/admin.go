@@ -14,7 +14,7 @@ type Stats struct {
 	Ready       int
 	Leased      int
 	Done        uint64        // acked or taken with noAck
-	Dead        int           // tasks now in this queue's dead-letter queue (ready+leased)
+	Dead        int           // tasks now in this queue's dead-letter queue (ready, delayed and leased)
 	Consumers   int           // Gets currently blocked waiting on this queue
 	Producers   int           // Puts currently blocked waiting for room in this queue
 	OldestReady time.Duration // age (now - Enqueued) of the task at the front; 0 if none
@@ -277,7 +277,7 @@ func (q *queue) dropDelayed() int {
 	return n
 }
 
-// SetMaxLen sets the max length (ready+leased) of the named queue,
+// SetMaxLen sets the max length (ready, delayed and leased) of the named queue,
 // creating it if needed; 0 means unlimited. Lowering it below the
 // current length drops nothing: Puts wait until the queue drains below it.
 func (m *Manager) SetMaxLen(name string, n int) error {

@@ -28,7 +28,7 @@ type Config struct {
 	// DedupWindow is how long a put's idempotency key is remembered; 0
 	// means DefaultDedupWindow.
 	DedupWindow time.Duration
-	// MaxLen is the initial max length (ready+leased) of every queue,
+	// MaxLen is the initial max length (ready, delayed and leased) of every queue,
 	// changed per queue with SetMaxLen; 0 means unlimited.
 	MaxLen int
 	// OnDead is called for each task moved to a dead-letter queue, with the
