@@ -142,6 +142,7 @@ func (e *engine) openQueues(log *slog.Logger) func(queue.Config) (master.Queues,
 			MaxAttempts:  qc.MaxAttempts,
 			MaxLen:       qc.MaxLen,
 			DefaultLease: qc.DefaultLease,
+			DedupWindow:  qc.DedupWindow,
 			// A dead gateway's tasks come back after the default lease,
 			// as a dead worker's do.
 			AckWait: qc.DefaultLease,

@@ -54,6 +54,15 @@ func (q *Queues) Put(ctx context.Context, req queue.PutRequest) ([]uint64, error
 		if it.ReplyTo != "" {
 			m.Header = nats.Header{hdrReplyTo: []string{it.ReplyTo}}
 		}
+		if it.Key != "" {
+			// JetStream stores a message with an ID it saw within the
+			// stream's Duplicates window once, and answers a repeat with
+			// the first one's sequence: the task's ID.
+			if m.Header == nil {
+				m.Header = nats.Header{}
+			}
+			m.Header.Set(jetstream.MsgIDHeader, it.Key)
+		}
 		msgs[i] = m
 	}
 	ctx, cancel := q.call()
@@ -143,9 +152,10 @@ func (q *Queues) publishOnce(ctx context.Context, msgs []*nats.Msg) ([]uint64, e
 		case ack := <-f.Ok():
 			ids[i] = ack.Sequence
 		case err := <-f.Err():
-			if transient(err) && i > 0 {
+			if transient(err) && i > 0 && !allKeyed(msgs) {
 				// Some of the batch is stored: trying it all again would
-				// store those twice, so the error must not be transient.
+				// store those twice (unless every one has an ID JetStream
+				// deduplicates), so the error must not be transient.
 				return nil, fmt.Errorf("%v (after %d of %d tasks were stored)", err, i, len(msgs))
 			}
 			return nil, err
@@ -158,6 +168,17 @@ func (q *Queues) publishOnce(ctx context.Context, msgs []*nats.Msg) ([]uint64, e
 		}
 	}
 	return ids, nil
+}
+
+// allKeyed reports whether every message has an ID (Nats-Msg-Id), so
+// that JetStream stores each once however often it is published.
+func allKeyed(msgs []*nats.Msg) bool {
+	for _, m := range msgs {
+		if m.Header.Get(jetstream.MsgIDHeader) == "" {
+			return false
+		}
+	}
+	return true
 }
 
 // movedMsg is the message that carries t, taken from a queue, into

@@ -32,6 +32,10 @@ type Config struct {
 	MaxLen       int
 	DefaultLease time.Duration
 	OnDead       func(queue string, t queue.Task)
+	// DedupWindow is how long a put's idempotency key (queue.Item.Key,
+	// JetStream's Nats-Msg-Id) is remembered: the Duplicates window of the
+	// streams this gateway creates; 0 means queue.DefaultDedupWindow.
+	DedupWindow time.Duration
 	// AckWait is how long JetStream waits for a gateway that stopped
 	// renewing a lease (it died, or lost its connection) before it
 	// redelivers the task; 0 means 30s. A live gateway renews its leases
@@ -46,6 +50,9 @@ type Config struct {
 }
 
 func (c Config) withDefaults() Config {
+	if c.DedupWindow == 0 {
+		c.DedupWindow = queue.DefaultDedupWindow
+	}
 	if c.Replicas == 0 {
 		c.Replicas = 1
 	}
@@ -222,9 +229,10 @@ func (q *Queues) open(name string, create bool) (*stream, error) {
 		cfg := jetstream.StreamConfig{
 			Name:      streamName(name),
 			Subjects:  []string{subject(name)},
-			Retention: jetstream.WorkQueuePolicy,
-			Storage:   jetstream.FileStorage,
-			Replicas:  q.cfg.Replicas,
+			Retention:  jetstream.WorkQueuePolicy,
+			Storage:    jetstream.FileStorage,
+			Replicas:   q.cfg.Replicas,
+			Duplicates: q.cfg.DedupWindow,
 			Metadata:  map[string]string{metaQueueName: name},
 		}
 		err = retrying(ctx, func(ctx context.Context) (err error) { st, err = q.js.CreateStream(ctx, cfg); return err })

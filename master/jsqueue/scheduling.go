@@ -6,9 +6,10 @@ import (
 	"github.com/qm-dev/qm/master/queue"
 )
 
-// Delayed puts, priorities, idempotency keys and per-queue retry
-// policies are kept by the in-process queues only so far: JetStream
-// queues refuse them with a clear error rather than ignore them.
+// Delayed puts, priorities and per-queue retry policies are kept by the
+// in-process queues only so far: JetStream queues refuse them with a
+// clear error rather than ignore them. Idempotency keys are JetStream's
+// own Nats-Msg-Id (put.go).
 
 // errScheduling says what JetStream queues refuse.
 func errScheduling(what string) error {
@@ -23,8 +24,8 @@ func checkItems(items []queue.Item) error {
 			return errScheduling("a delayed put")
 		case it.Priority != 0:
 			return errScheduling("a put with a priority")
-		case it.Key != "":
-			return errScheduling("a put with an idempotency key")
+		case len(it.Key) > queue.MaxKeyLen:
+			return fmt.Errorf("%w: an idempotency key is at most %d bytes, got %d", queue.ErrBadArgument, queue.MaxKeyLen, len(it.Key))
 		}
 	}
 	return nil
