@@ -43,7 +43,9 @@ type lease struct {
 	// twice.
 	acking bool
 	// lost is set when the lease is dropped for want of confirmed
-	// renewals: an Ack under way must not ack the delivery.
+	// renewals: an Ack under way must not ack the delivery. (A NoAck
+	// delivery stays in Queues.unconfirmed, marked, until its Delivered or
+	// Unget, which then neither ack nor give it back.)
 	lost bool
 }
 
@@ -329,11 +331,15 @@ func (q *Queues) Unget(req queue.GetRequest, ts []queue.Task) {
 	for _, t := range ts {
 		key := leaseKey{req.Queue, t.ID}
 		if req.NoAck {
-			if l := q.unconfirmed[key]; l != nil && l.owner == req.Owner && l.task.Attempts == t.Attempts {
+			l := q.unconfirmed[key]
+			switch {
+			case l == nil || l.owner != req.Owner || l.task.Attempts != t.Attempts:
+				gone = append(gone, t)
+			case l.lost: // JetStream delivers it again: nothing to give back
+				delete(q.unconfirmed, key)
+			default:
 				delete(q.unconfirmed, key)
 				back = append(back, l)
-			} else {
-				gone = append(gone, t)
 			}
 			continue
 		}
@@ -374,7 +380,9 @@ func (q *Queues) Delivered(req queue.GetRequest, ts []queue.Task) {
 		key := leaseKey{req.Queue, t.ID}
 		if l := q.unconfirmed[key]; l != nil && l.owner == req.Owner && l.task.Attempts == t.Attempts {
 			delete(q.unconfirmed, key)
-			msgs = append(msgs, l.msg)
+			if !l.lost { // else JetStream may have handed it to someone else
+				msgs = append(msgs, l.msg)
+			}
 		}
 	}
 	q.mu.Unlock()
@@ -494,8 +502,14 @@ func (q *Queues) reap(now time.Time) int {
 	}
 	for k, l := range q.unconfirmed {
 		switch {
+		case l.lost:
+			if !now.Before(l.deadline) {
+				delete(q.unconfirmed, k)
+			}
 		case now.Sub(l.confirmed) >= l.s.ackWait:
-			delete(q.unconfirmed, k)
+			// Kept, marked, until the server says what became of its
+			// reply: neither acked nor given back.
+			l.lost = true
 			lost = append(lost, l)
 		case !now.Before(l.deadline):
 			delete(q.unconfirmed, k)

@@ -1,8 +1,10 @@
 package jsqueue_test
 
 import (
+	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"strings"
 	"sync"
@@ -154,5 +156,74 @@ func TestUnconfirmedRenewalsLoseTheLease(t *testing.T) {
 	}
 	if _, err := b.Ack(queue.AckRequest{Queue: "jobs", Owner: 2, IDs: ids}, nil); err != nil {
 		t.Fatalf("ack of the current delivery: %v", err)
+	}
+}
+
+// logBuffer collects a logger's output for a test to read.
+type logBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// The same for a NoAck delivery waiting for its reply to be written: once
+// its renewals are no longer confirmed it is neither acked (Delivered)
+// nor stored again (Unget), since JetStream delivers it again.
+func TestUnconfirmedRenewalsOfANoAckDelivery(t *testing.T) {
+	url := startNodeListening(t)
+	f := startFreezer(t, strings.TrimPrefix(url, "nats://"))
+	ncA, err := nats.Connect("nats://"+f.addr(), nats.Token("s3cret"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ncA.Close)
+	ncB, err := nats.Connect(url, nats.Token("s3cret"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ncB.Close)
+	const ackWait = 500 * time.Millisecond
+	var logs logBuffer
+	a := newQueues(t, nil, jsqueue.Config{Conn: ncA, AckWait: ackWait, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	b := newQueues(t, nil, jsqueue.Config{Conn: ncB, AckWait: ackWait})
+	reaping(t, a)
+	reaping(t, b)
+	ids := put(t, b, "results", "r")
+	req := queue.GetRequest{Queue: "results", Max: 1, Owner: 1, NoAck: true, Lease: time.Minute}
+	ts, err := a.Get(context.Background(), req, nil)
+	if err != nil || len(ts) != 1 {
+		t.Fatalf("get: %v, %v", ts, err)
+	}
+	f.set(true)
+	again := get(t, b, "results", 2, 1, time.Minute, 10*ackWait)
+	if len(again) != 1 || again[0].ID != ids[0] {
+		t.Fatalf("with the first gateway's renewals lost got %+v, want task %d again", again, ids[0])
+	}
+	deadline := time.Now().Add(5 * ackWait)
+	for !strings.Contains(logs.String(), "lease lost") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no lease lost %s after the renewals stopped being confirmed; log:\n%s", 5*ackWait, logs.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	f.set(false)
+	a.Unget(req, ts) // its reply was not written
+	if _, err := b.Ack(queue.AckRequest{Queue: "results", Owner: 2, IDs: ids}, nil); err != nil {
+		t.Fatalf("ack of the current delivery: %v", err)
+	}
+	st, err := b.Stats("results")
+	if err != nil || st.Ready != 0 || st.Leased != 0 || st.Puts != 1 {
+		t.Fatalf("stats %+v, %v: want the one task done, none stored again", st, err)
 	}
 }

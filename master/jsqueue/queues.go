@@ -189,7 +189,9 @@ func (q *Queues) Close() {
 	}
 	clear(q.owners)
 	for k, l := range q.unconfirmed {
-		back = append(back, l)
+		if !l.lost { // else JetStream may have handed it to someone else
+			back = append(back, l)
+		}
 		delete(q.unconfirmed, k)
 	}
 	q.mu.Unlock()
