@@ -229,13 +229,13 @@ func (q *Queues) open(name string, create bool) (*stream, error) {
 			return nil, queue.ErrUnknownQueue
 		}
 		cfg := jetstream.StreamConfig{
-			Name:      streamName(name),
-			Subjects:  []string{subject(name)},
+			Name:       streamName(name),
+			Subjects:   []string{subject(name)},
 			Retention:  jetstream.WorkQueuePolicy,
 			Storage:    jetstream.FileStorage,
 			Replicas:   q.cfg.Replicas,
 			Duplicates: q.cfg.DedupWindow,
-			Metadata:  map[string]string{metaQueueName: name},
+			Metadata:   map[string]string{metaQueueName: name},
 		}
 		err = retrying(ctx, func(ctx context.Context) (err error) { st, err = q.js.CreateStream(ctx, cfg); return err })
 		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) { // another gateway was first
