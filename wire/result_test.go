@@ -17,6 +17,9 @@ func TestAppendResultDecodes(t *testing.T) {
 	}
 	for _, want := range tests {
 		b := AppendResult(nil, &want)
+		if len(b) > ResultSize(&want) {
+			t.Errorf("AppendResult(%d) appended %d bytes, ResultSize says at most %d", want.TaskID, len(b), ResultSize(&want))
+		}
 		got, err := DecodeResult(b)
 		if len(got.Value) == 0 { // msgpack decodes a raw nil as empty
 			got.Value = nil
