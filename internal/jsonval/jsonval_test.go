@@ -1,6 +1,9 @@
 package jsonval
 
 import (
+	"bytes"
+	"encoding/json"
+	"math"
 	"math/big"
 	"reflect"
 	"strings"
@@ -51,6 +54,22 @@ func TestParseShortcutsAsDecoder(t *testing.T) {
 		"xxxxxxxxxxxxxxxx", "héllo", "+1", ".5", "t", "true", "nul", "[", "{}", "\"", "1 2", "\u00a0"} {
 		if got, want := Parse(in), decode(in); !reflect.DeepEqual(got, want) {
 			t.Errorf("Parse(%q) = %#v, the decoder gives %#v", in, got, want)
+		}
+	}
+}
+
+// Marshal's shortcuts for integers and plain strings give what the
+// encoder gives.
+func TestMarshalShortcutsAsEncoder(t *testing.T) {
+	for _, v := range []any{int64(0), int64(-5), int64(math.MaxInt64), int64(math.MinInt64), uint64(math.MaxUint64),
+		"", "abc", "a<b>&c", "quote\"", "back\\slash", "tab\t", "\x7f", "é", "\u2028", "\xff"} {
+		got, err := Marshal(v)
+		var buf bytes.Buffer
+		enc := json.NewEncoder(&buf)
+		enc.SetEscapeHTML(false)
+		werr := enc.Encode(v)
+		if err != nil || werr != nil || string(got) != strings.TrimSuffix(buf.String(), "\n") {
+			t.Errorf("Marshal(%#v) = %s, %v; the encoder gives %q, %v", v, got, err, buf.String(), werr)
 		}
 	}
 }
