@@ -53,3 +53,22 @@ func contains(ids []uint64, id uint64) bool {
 	}
 	return false
 }
+
+// prefault leaves what is in the memory it maps in as it was.
+func TestPrefaultKeepsContents(t *testing.T) {
+	s := make([]uint64, 1<<16, 1<<17)
+	for i := range s {
+		s[i] = uint64(i) * 7
+	}
+	prefault(s)
+	prefault(s[:0:0])
+	for i := range s {
+		if s[i] != uint64(i)*7 {
+			t.Fatalf("s[%d] = %d after prefault, want %d", i, s[i], i*7)
+		}
+	}
+	s = append(s, 1) // the rest of the capacity is usable
+	if s[len(s)-1] != 1 {
+		t.Fatal("append after prefault lost its value")
+	}
+}

@@ -238,6 +238,7 @@ func (l *Log) load() (store.Meta, []store.Task, error) {
 		sc.file(b)
 	}
 	st := &state{tasks: make([]store.Task, 0, sc.adds), index: newIDIndex(sc.adds, sc.lo, sc.hi)}
+	prefault(st.tasks)
 	dec := &decoder{}
 	var replayed int64
 	if len(ls.snaps) > 0 {
