@@ -229,6 +229,10 @@ func closingResponse(err error) *wire.Response {
 func (c *clientConn) serveStream(stream *yamux.Stream) {
 	defer stream.Close()
 	codec := wire.NewCodec(stream, c.s.cfg.MaxMessageSize)
+	// Gets and completes are read into one buffer, reused: what they
+	// carry is copied out (a complete's values into its results) before
+	// they are answered. A put's items stay in the queue, in their frame.
+	codec.ReuseReads()
 	// A call counts as active from its first byte until its response is
 	// written, so that Shutdown's waitIdle never misses one half read.
 	inCall := false
@@ -244,6 +248,9 @@ func (c *clientConn) serveStream(stream *yamux.Stream) {
 	for {
 		var req wire.Request
 		err := codec.Read(&req)
+		if err == nil && keepsFrame(&req) {
+			codec.Keep()
+		}
 		var tooLarge *wire.TooLargeError
 		if errors.As(err, &tooLarge) {
 			err = fmt.Errorf("%w (the master's --max-message-size)", err)
@@ -292,6 +299,20 @@ func (c *clientConn) serveStream(stream *yamux.Stream) {
 		c.active.Add(-1)
 		inCall = false
 	}
+}
+
+// keepsFrame reports whether req, or its Then, may keep slices of the
+// frame it was read from beyond its answer: all but the calls of the hot
+// path known not to (a complete's values are copied into its results).
+func keepsFrame(req *wire.Request) bool {
+	for r := req; r != nil; r = r.Then {
+		switch r.Op {
+		case wire.OpGet, wire.OpComplete, wire.OpAck, wire.OpNack, wire.OpExtend:
+		default:
+			return true
+		}
+	}
+	return false
 }
 
 // returnUndelivered puts back tasks whose get reply could not be written.

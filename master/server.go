@@ -438,7 +438,11 @@ func (s *Server) putResults(dests []string, results []wire.Result, wait bool) (b
 	if len(results) == 0 {
 		return true, nil
 	}
-	buf := make([]byte, 0, 64*len(results))
+	size := 0
+	for i := range results {
+		size += wire.ResultSize(&results[i])
+	}
+	buf := make([]byte, 0, size)
 	ends := make([]int, len(results))
 	for i := range results {
 		buf = wire.AppendResult(buf, &results[i])

@@ -606,8 +606,46 @@ func DecodeResult(b []byte) (Result, error) {
 	if err := msgp.Validate(b); err != nil {
 		return r, fmt.Errorf("decode result: %w", err)
 	}
-	if err := msgpack.Unmarshal(b, &r); err != nil {
-		return r, fmt.Errorf("decode result: %w", err)
+	if len(b) == 0 || !msgp.IsMap(b[0]) {
+		// Not as the master writes results: reflection decodes the rest
+		// as it always has (a struct from an array, say).
+		if err := msgpack.Unmarshal(b, &r); err != nil {
+			return r, fmt.Errorf("decode result: %w", err)
+		}
+		return r, nil
+	}
+	if err := r.decode(msgp.NewReader(b)); err != nil {
+		return Result{}, fmt.Errorf("decode result: %w", err)
 	}
 	return r, nil
+}
+
+// decode reads a result written as a map, by hand: a producer collecting
+// 100,000 results spent a sixth of its time in msgpack's reflection.
+func (r *Result) decode(rd *msgp.Reader) error {
+	f := rd.Fields()
+	for {
+		key, ok := f.Next(rd)
+		if !ok {
+			return f.Err()
+		}
+		var err error
+		switch string(key) {
+		case "task_id":
+			r.TaskID, err = rd.Uint()
+		case "worker":
+			r.Worker, err = rd.Str()
+		case "attempt":
+			r.Attempt, err = readInt(rd)
+		case "value":
+			r.Value, err = readRaw(rd)
+		case "error":
+			r.Error, err = rd.Str()
+		default:
+			err = rd.Skip()
+		}
+		if err != nil {
+			return fieldError(key, err)
+		}
+	}
 }

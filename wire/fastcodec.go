@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/qm-dev/qm/internal/msgp"
@@ -26,14 +27,46 @@ func appendMessage(b []byte, v any) ([]byte, error) {
 	switch m := v.(type) {
 	case *Request:
 		if m != nil {
-			return appendRequest(b, m), nil
+			return appendRequest(slices.Grow(b, m.payloadSize()), m), nil
 		}
 	case *Response:
 		if m != nil {
-			return appendResponse(b, m)
+			return appendResponse(slices.Grow(b, m.payloadSize()), m)
 		}
 	}
 	return appendReflect(b, v)
+}
+
+// payloadSize is a little more than the bytes r's items and results take
+// encoded: appendMessage grows its buffer by that much at once, so that a
+// put of 1,000 4 KiB items is appended with no copy as the buffer grows.
+func (r *Request) payloadSize() int {
+	n := 0
+	for r != nil {
+		for _, it := range r.Items {
+			n += len(it)
+		}
+		for i := range r.Results {
+			n += len(r.Results[i].Value) + len(r.Results[i].Error) + 24
+		}
+		n += 9*len(r.IDs) + 64
+		r = r.Then
+	}
+	return n
+}
+
+// payloadSize is a little more than the bytes r's tasks take encoded.
+func (r *Response) payloadSize() int {
+	n := 0
+	for r != nil {
+		for i := range r.Tasks {
+			t := &r.Tasks[i]
+			n += len(t.Payload) + len(t.Queue) + len(t.ReplyTo) + len(t.LastError) + 100
+		}
+		n += 9*len(r.IDs) + 64
+		r = r.Then
+	}
+	return n
 }
 
 // decodeMessage decodes the frame body b into v, which must be zeroed

@@ -146,9 +146,39 @@ func BenchmarkCodecCompleteThenGet(b *testing.B) {
 		Then: &Request{Op: OpGet, Queue: "tasks", Max: 32, Timeout: time.Second}})
 }
 
-func benchRequest(b *testing.B, req *Request) {
+// BenchmarkCodecPut4KiB is a producer's put of 1,000 payloads of 4 KiB,
+// written and read back as the master reads it: into a buffer of its own.
+func BenchmarkCodecPut4KiB(b *testing.B) {
+	items := make([]msgpack.RawMessage, 1000)
+	for i := range items {
+		items[i] = payload4KiB
+	}
+	b.SetBytes(int64(len(items) * len(payload4KiB)))
+	benchRequest(b, &Request{Op: OpPut, Queue: "tasks", Items: items, ReplyTo: "results"})
+}
+
+// BenchmarkCodecComplete4KiB is a worker's complete of 32 results of 4 KiB
+// chained to its next get, written and read back as the master reads it:
+// into the buffer of the one before.
+func BenchmarkCodecComplete4KiB(b *testing.B) {
+	results := make([]Completion, 32)
+	for i := range results {
+		results[i] = Completion{ID: uint64(1000 + i), Value: payload4KiB}
+	}
+	b.SetBytes(int64(len(results) * len(payload4KiB)))
+	benchRequest(b, &Request{Op: OpComplete, Queue: "tasks", ResultQueue: "results", Results: results,
+		Then: &Request{Op: OpGet, Queue: "tasks", Max: 32, Timeout: time.Second}}, (*Codec).ReuseReads)
+}
+
+// payload4KiB is a msgpack string of 4,096 bytes.
+var payload4KiB = append(msgpack.RawMessage{0xda, 0x10, 0x00}, bytes.Repeat([]byte{'x'}, 4096)...)
+
+func benchRequest(b *testing.B, req *Request, opts ...func(*Codec)) {
 	var buf rwBuffer
 	c := NewCodec(&buf, 0)
+	for _, o := range opts {
+		o(c)
+	}
 	for b.Loop() {
 		if err := c.Write(req); err != nil {
 			b.Fatal(err)

@@ -256,3 +256,86 @@ func TestDecodeValueTypes(t *testing.T) {
 		t.Errorf("DecodeValue(empty) = %v, %v; want nil", v, err)
 	}
 }
+
+// With ReuseReads, a frame whose payloads are dropped before the next
+// Read costs no allocation, and Keep leaves a frame's payloads intact.
+func TestCodecReuseReads(t *testing.T) {
+	var buf bytes.Buffer
+	c := NewCodec(&buf, 0)
+	c.ReuseReads()
+	put := func(payload msgpack.RawMessage) {
+		t.Helper()
+		if err := c.Write(&Request{Op: OpPut, Queue: "q", Items: []msgpack.RawMessage{payload}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	read := func() *Request {
+		t.Helper()
+		var req Request
+		if err := c.Read(&req); err != nil {
+			t.Fatal(err)
+		}
+		return &req
+	}
+	put(msgpack.RawMessage("\xa5first"))
+	first := read()
+	c.Keep()
+	put(msgpack.RawMessage("\xa6second"))
+	second := read()
+	put(msgpack.RawMessage("\xa5third"))
+	read()
+	if got := string(first.Items[0]); got != "\xa5first" {
+		t.Errorf("a kept frame's item reads %q after two more reads", got)
+	}
+	if got := string(second.Items[0]); !strings.HasPrefix(got, "\xa5third") {
+		t.Errorf("the item of a frame not kept reads %q, want the next frame's bytes in its place", got)
+	}
+	big := msgpack.RawMessage("\xda\x80\x00" + strings.Repeat("x", 32<<10))
+	put(big) // the buffers grow
+	read()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for range 10 {
+		put(big)
+		read()
+	}
+	runtime.ReadMemStats(&after)
+	if n := (after.TotalAlloc - before.TotalAlloc) / 10; n > 4<<10 {
+		t.Errorf("%d bytes allocated per read of a 32 KiB put, want its frame's buffer reused", n)
+	}
+}
+
+// A stream of large frames reads each into one allocation of its size:
+// the frame before tells how large to start.
+func TestCodecLargeFramesTakeOneAllocation(t *testing.T) {
+	var buf bytes.Buffer
+	c := NewCodec(&buf, 0)
+	items := make([]msgpack.RawMessage, 256)
+	for i := range items {
+		items[i] = mustMarshal(t, bytes.Repeat([]byte{'x'}, 4096))
+	}
+	req := &Request{Op: OpPut, Queue: "q", Items: items}
+	var got Request
+	if err := c.Write(req); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Read(&got); err != nil {
+		t.Fatal(err)
+	}
+	var before, after runtime.MemStats
+	if err := c.Write(req); err != nil {
+		t.Fatal(err)
+	}
+	runtime.ReadMemStats(&before)
+	got = Request{}
+	err := c.Read(&got)
+	runtime.ReadMemStats(&after)
+	if err != nil || len(got.Items) != len(items) {
+		t.Fatalf("read %d items, %v", len(got.Items), err)
+	}
+	// The frame, and the Items slice (24 bytes an item); doubling from
+	// 64 KiB took twice the frame.
+	if n := after.TotalAlloc - before.TotalAlloc; n > uint64(len(items))*(4105+24)+16<<10 {
+		t.Errorf("%d bytes allocated reading a frame of %d items of 4 KiB", n, len(items))
+	}
+}

@@ -26,6 +26,12 @@ type job struct {
 // idle or on its way, so there are never more of them than jobs queued
 // or running at once, which the Run goroutine keeps within Concurrency.
 //
+// With max set, at most max jobs run at once and the rest wait in the
+// queue, each goroutine taking the next when done: at Concurrency 1 the
+// Run goroutine hands the pool every prefetched task at once (see
+// runner.runWaiting), and they run one after another on one goroutine
+// instead of each being handed over when the one before returns.
+//
 // The simpler pools are slower. BenchmarkPool (pool_test.go) runs 16-byte
 // echo tasks, in batches of 28, through this pool, through Concurrency
 // goroutines that take jobs from a channel, and on a goroutine each;
@@ -35,19 +41,21 @@ type job struct {
 // of its own grows a fresh stack for every job.
 type pool struct {
 	run func(job) // what a handler goroutine does with a job
+	max int       // most jobs run at once; 0: as many as are added
 
 	mu       sync.Mutex
 	queue    []job // queue[qhead:] wait
 	qhead    int
 	idle     int
 	looking  bool
+	busy     int       // goroutines running a job
 	wake     sync.Cond // on mu
 	stopping bool      // set by stop: idle goroutines end
 	wg       sync.WaitGroup
 }
 
-func newPool(run func(job)) *pool {
-	p := &pool{run: run}
+func newPool(run func(job), max int) *pool {
+	p := &pool{run: run, max: max}
 	p.wake.L = &p.mu
 	return p
 }
@@ -69,7 +77,7 @@ func (p *pool) add(jobs []job) {
 // dispatchLocked makes sure a handler goroutine comes for the queue: it
 // wakes an idle one, or starts one, unless one is on its way already.
 func (p *pool) dispatchLocked() {
-	if p.qhead == len(p.queue) || p.looking {
+	if p.qhead == len(p.queue) || p.looking || p.max > 0 && p.busy >= p.max {
 		return
 	}
 	p.looking = true
@@ -105,10 +113,12 @@ func (p *pool) handle() {
 		if p.qhead++; p.qhead == len(p.queue) {
 			p.queue, p.qhead = p.queue[:0], 0 // reuse the array
 		}
+		p.busy++
 		p.dispatchLocked()
 		p.mu.Unlock()
 		p.run(j)
 		p.mu.Lock()
+		p.busy--
 	}
 }
 

@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"runtime"
 	"sync"
 	"testing"
 
@@ -86,7 +87,7 @@ func BenchmarkPool(b *testing.B) {
 		name string
 		make func(run func(job)) jobRunner
 	}{
-		{"queue", func(run func(job)) jobRunner { return newPool(run) }},
+		{"queue", func(run func(job)) jobRunner { return newPool(run, concurrency) }},
 		{"channel", func(run func(job)) jobRunner { return newChanPool(concurrency, run) }},
 		{"goroutine", func(run func(job)) jobRunner { return &goPerJob{run: run} }},
 	} {
@@ -111,5 +112,51 @@ func BenchmarkPool(b *testing.B) {
 				done.Wait()
 			}
 		})
+	}
+}
+
+// A pool with max runs no more jobs than that at once, and with max 1
+// runs them in the order they were added, however many are queued.
+func TestPoolMax(t *testing.T) {
+	for _, limit := range []int{1, 3} {
+		var (
+			mu        sync.Mutex
+			now, most int
+			order     []uint64
+			wg        sync.WaitGroup
+			jobs      []job
+		)
+		p := newPool(func(j job) {
+			mu.Lock()
+			now++
+			most = max(most, now)
+			order = append(order, j.t.ID)
+			mu.Unlock()
+			for range 100 {
+				runtime.Gosched()
+			}
+			mu.Lock()
+			now--
+			mu.Unlock()
+			wg.Done()
+		}, limit)
+		for i := range 50 {
+			jobs = append(jobs, job{t: Task{ID: uint64(i)}})
+		}
+		wg.Add(len(jobs))
+		p.add(jobs[:20])
+		p.add(jobs[20:])
+		wg.Wait()
+		p.stop()
+		if most > limit {
+			t.Errorf("max %d: %d jobs ran at once", limit, most)
+		}
+		if limit == 1 {
+			for i, id := range order {
+				if id != uint64(i) {
+					t.Fatalf("max 1: job %d ran %dth", id, i)
+				}
+			}
+		}
 	}
 }

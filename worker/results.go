@@ -214,6 +214,16 @@ func (res *results) finish(n, handled int, at time.Time) {
 	res.mu.Unlock()
 }
 
+// dropUnrun forgets a task of s that was counted as running but never
+// ran: it waited in the handler pool while its lease was lost.
+func (res *results) dropUnrun(s *session, l *lease) {
+	res.mu.Lock()
+	res.count.running--
+	res.mu.Unlock()
+	res.drop(s, []finished{{s: s, l: l}})
+	res.signal()
+}
+
 // drop forgets the results fs of s, which cannot be sent: their
 // connection is gone, or their leases.
 func (res *results) drop(s *session, fs []finished) {

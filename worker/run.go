@@ -85,7 +85,9 @@ func newRunner(ctx context.Context, cfg Config) *runner {
 		base: context.WithoutCancel(ctx),
 		bo:   backoff{min: cfg.ReconnectMin, max: cfg.ReconnectMax},
 	}
-	r.pool = newPool(r.runTask)
+	// At Concurrency 1 the pool takes the prefetched tasks too (see
+	// runWaiting), and runs them one at a time.
+	r.pool = newPool(r.runTask, r.cfg.Concurrency)
 	r.res = newResults(&r.cfg, r.log)
 	return r
 }
@@ -385,7 +387,18 @@ func (r *runner) start(s *session, tasks []Task) {
 // they came, and returns how many. At most Concurrency run: serve takes
 // no more than there are free slots and the prefetch, and run fills only
 // free slots. A waiting task whose lease was lost is dropped.
+//
+// At Concurrency 1 it hands every waiting task at once, whatever free
+// is: the pool runs them one after another on its one goroutine (it runs
+// at most Concurrency jobs at once), as handing each over when the one
+// before returned would, but without waking the Run goroutine and a
+// handler goroutine for every task, which was most of a default worker's
+// cost per quick task. They count as running from then on; one whose lease
+// is lost while it waits in the pool is dropped there (runTask).
 func (r *runner) runWaiting(s *session, free int) int {
+	if r.cfg.Concurrency == 1 {
+		free = len(r.waiting) - r.whead
+	}
 	if free <= 0 || r.whead == len(r.waiting) {
 		return 0
 	}

@@ -15,6 +15,12 @@ import (
 // hands the outcome on.
 func (r *runner) runTask(j job) {
 	s, l, t := j.s, j.l, j.t
+	if r.cfg.Concurrency == 1 && l.lost() {
+		// It waited in the pool (runWaiting) while its lease, or its
+		// connection, was lost: the master gives it to another worker.
+		r.res.dropUnrun(s, l)
+		return
+	}
 	var ctx context.Context = l
 	// A prefetched task may have waited since it was taken: its handler
 	// time, which sets the prefetch, counts from here.

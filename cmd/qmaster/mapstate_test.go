@@ -1,10 +1,13 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/qm-dev/qm/internal/jsonval"
 	"github.com/qm-dev/qm/wire"
 )
 
@@ -49,5 +52,27 @@ func TestMapStateOrder(t *testing.T) {
 	}
 	if st.failed != 1 || st.ignored != 2 {
 		t.Errorf("failed %d ignored %d, want 1 and 2", st.failed, st.ignored)
+	}
+}
+
+// encodeLines writes each line's value as wire.Encode does.
+func TestEncodeLinesAsEncode(t *testing.T) {
+	var batch []inputLine
+	for i, text := range []string{"1", "-1", "9223372036854775807", "-9223372036854775808", "1.5", "word",
+		strings.Repeat("x", 40), strings.Repeat("y", 300), strings.Repeat("z", 70000), "[1,\"a\"]", `{"k":null}`, "true", "null", `"q"`} {
+		batch = append(batch, inputLine{N: i + 1, Text: text})
+	}
+	raw, err := encodeLines(batch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, l := range batch {
+		want, err := wire.Encode(jsonval.Parse(l.Text))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(raw[i], want) {
+			t.Errorf("line %q encoded as %x, wire.Encode gives %x", shorten(l.Text, 20), raw[i], want)
+		}
 	}
 }

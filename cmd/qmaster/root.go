@@ -332,7 +332,7 @@ func serveRun(ctx context.Context, opts *serveOptions) error {
 		mcfg.OpenQueues = eng.openQueues(log)
 		storage = eng.note
 	}
-	srv, err := master.New(mcfg)
+	srv, err := newMaster(mcfg, opts.IO.getenv("GOMAXPROCS") == "")
 	if err != nil {
 		return err
 	}
@@ -409,4 +409,19 @@ func serveRun(ctx context.Context, opts *serveOptions) error {
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// newMaster is master.New, which recovers the queues of a data directory.
+// Recovery is all this process does until it listens, so, unless the
+// user set GOMAXPROCS, it runs on every core rather than main's one
+// thread: the collector's marking of the rebuilt queues then runs beside
+// the replay instead of taking turns with it. The thread count is put back
+// before anything is served (the adapter may raise it later).
+func newMaster(cfg master.Config, adapt bool) (*master.Server, error) {
+	if !adapt || cfg.DataDir == "" {
+		return master.New(cfg)
+	}
+	prev := runtime.GOMAXPROCS(runtime.NumCPU())
+	defer runtime.GOMAXPROCS(prev)
+	return master.New(cfg)
 }

@@ -1,8 +1,12 @@
 package jsonval
 
 import (
+	"bytes"
+	"encoding/json"
+	"math"
 	"math/big"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -40,6 +44,49 @@ func TestParse(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Parse's shortcuts for words and integers give what the JSON decoder
+// gives.
+func TestParseShortcutsAsDecoder(t *testing.T) {
+	for _, in := range []string{"0", "-0", "-", "--1", "01", "-01", "00", "7", "-12", "9223372036854775807",
+		"9223372036854775808", "-9223372036854775808", "-9223372036854775809", "1.0", "1e3", "12a", "x12",
+		"xxxxxxxxxxxxxxxx", "héllo", "+1", ".5", "t", "true", "nul", "[", "{}", "\"", "1 2", "\u00a0"} {
+		if got, want := Parse(in), decode(in); !reflect.DeepEqual(got, want) {
+			t.Errorf("Parse(%q) = %#v, the decoder gives %#v", in, got, want)
+		}
+	}
+}
+
+// Marshal's shortcuts for integers and plain strings give what the
+// encoder gives.
+func TestMarshalShortcutsAsEncoder(t *testing.T) {
+	for _, v := range []any{int64(0), int64(-5), int64(math.MaxInt64), int64(math.MinInt64), uint64(math.MaxUint64),
+		"", "abc", "a<b>&c", "quote\"", "back\\slash", "tab\t", "\x7f", "é", "\u2028", "\xff"} {
+		got, err := Marshal(v)
+		var buf bytes.Buffer
+		enc := json.NewEncoder(&buf)
+		enc.SetEscapeHTML(false)
+		werr := enc.Encode(v)
+		if err != nil || werr != nil || string(got) != strings.TrimSuffix(buf.String(), "\n") {
+			t.Errorf("Marshal(%#v) = %s, %v; the encoder gives %q, %v", v, got, err, buf.String(), werr)
+		}
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	for _, seed := range []string{"42", "-0", "01", "hello", "[1]", "9223372036854775808"} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, in string) {
+		s := strings.TrimSpace(in)
+		if s == "" {
+			return
+		}
+		if got, want := Parse(in), decode(s); !reflect.DeepEqual(got, want) {
+			t.Errorf("Parse(%q) = %#v, the decoder gives %#v", in, got, want)
+		}
+	})
 }
 
 func TestMarshal(t *testing.T) {

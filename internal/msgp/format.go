@@ -169,3 +169,8 @@ func header(b []byte, pos int) (c byte, t Type, n, next int, err error) {
 	}
 	return c, t, int(length), pos, nil
 }
+
+// IsMap reports whether c, a value's first byte, starts a map.
+func IsMap(c byte) bool {
+	return c>>4 == fixMap>>4 || c == cMap16 || c == cMap32
+}
