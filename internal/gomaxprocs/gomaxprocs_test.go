@@ -64,17 +64,24 @@ func TestAdapterRaisesAfterTwoPeriods(t *testing.T) {
 	}
 }
 
-// On Linux a sample sees this process's CPU: a goroutine spinning for
-// 200 ms shows as busy.
+// On Linux a sample sees this process's CPU: a goroutine that spins
+// until the process has used 100 ms of CPU shows that much as busy. (Not
+// 200 ms of wall time: on a loaded machine that was a quarter as much
+// CPU, and the test failed.)
 func TestReadCPU(t *testing.T) {
 	prev, ok := readCPU()
 	if !ok {
 		t.Skip("no /proc/stat here")
 	}
-	for end := time.Now().Add(200 * time.Millisecond); time.Now().Before(end); {
+	deadline := time.Now().Add(10 * time.Second)
+	cur := prev
+	for cur.proc-prev.proc < 100*time.Millisecond && time.Now().Before(deadline) {
+		for end := time.Now().Add(10 * time.Millisecond); time.Now().Before(end); {
+		}
+		cur, _ = readCPU()
 	}
-	cur, _ := readCPU()
-	if l := cur.since(prev); l.Busy < 0.3 || l.Idle < 0 {
-		t.Fatalf("after 200 ms of spinning: %+v", l)
+	l := cur.since(prev)
+	if used := time.Duration(l.Busy * float64(cur.at.Sub(prev.at))); used < 99*time.Millisecond || l.Idle < 0 {
+		t.Fatalf("after spinning for 100 ms of CPU (%v of it seen in 10 s): %+v", cur.proc-prev.proc, l)
 	}
 }
