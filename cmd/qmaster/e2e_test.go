@@ -278,6 +278,18 @@ func TestE2EMapInOrder(t *testing.T) {
 	}
 }
 
+// TestE2EMapBatchOverMaxQueueLen: a batch larger than the queue's max
+// length is put in parts instead of refused for ever.
+func TestE2EMapBatchOverMaxQueueLen(t *testing.T) {
+	m := startMaster(t, "--max-queue-len", "20")
+	runWorker(t, m.addr, "tasks", func(n int64) (any, error) { return n * 2, nil })
+	r := mustQmaster(t, seq(300), "map", "--server", m.addr, "--batch", "1000", "--timeout", "30s")
+	lines := strings.Split(strings.TrimSuffix(r.stdout, "\n"), "\n")
+	if len(lines) != 300 || lines[299] != "600" {
+		t.Fatalf("map printed %d lines ending %q, want 300 ending 600", len(lines), lines[len(lines)-1])
+	}
+}
+
 func TestE2EMapFailure(t *testing.T) {
 	m := startMaster(t, "--max-attempts", "2")
 	runWorker(t, m.addr, "tasks", func(n int64) (any, error) {

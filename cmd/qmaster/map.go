@@ -473,7 +473,10 @@ func pause(ctx context.Context, d time.Duration) {
 }
 
 // putWaiting puts items, waiting for space as long as ctx allows when the
-// queue is at its maximum length.
+// queue is at its maximum length. A batch that the queue refuses as full
+// is put again in halves: one larger than the queue's max length would
+// never fit (and map does not know that length), and smaller puts fit
+// sooner into a queue being drained.
 func putWaiting(ctx context.Context, c *wire.Client, queue string, items []msgpack.RawMessage, replyTo string) ([]uint64, error) {
 	for {
 		ids, err := c.PutRaw(ctx, queue, items, wire.PutOptions{ReplyTo: replyTo, Timeout: time.Second})
@@ -486,6 +489,15 @@ func putWaiting(ctx context.Context, c *wire.Client, queue string, items []msgpa
 		}
 		if !errors.Is(err, wire.ErrQueueFull) || ctx.Err() != nil {
 			return ids, err
+		}
+		if len(items) > 1 {
+			half := len(items) / 2
+			first, err := putWaiting(ctx, c, queue, items[:half], replyTo)
+			if err != nil {
+				return first, err
+			}
+			rest, err := putWaiting(ctx, c, queue, items[half:], replyTo)
+			return append(first, rest...), err
 		}
 	}
 }

@@ -161,9 +161,9 @@ func TestMaxLen(t *testing.T) {
 
 	t.Run("full at deadline", func(t *testing.T) {
 		mustPut(t, m, "c", "1", "2")
+		start := time.Now() // before the deadline is set: it counts from then
 		ctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
 		defer cancel()
-		start := time.Now()
 		ids, err := m.Put(ctx, queue.PutRequest{Queue: "c", Items: items("3")})
 		if !errors.Is(err, queue.ErrQueueFull) || ids != nil {
 			t.Fatalf("Put = %v, %v; want ErrQueueFull", ids, err)
