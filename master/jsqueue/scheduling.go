@@ -2,6 +2,7 @@ package jsqueue
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/qm-dev/qm/master/queue"
 )
@@ -16,16 +17,18 @@ func errScheduling(what string) error {
 	return fmt.Errorf("%w: %s is not supported by queues on NATS JetStream (qmaster --nats or --cluster-*) yet", queue.ErrBadArgument, what)
 }
 
-// checkItems refuses the put options JetStream queues do not keep.
+// checkItems checks items as the in-process queues do, then refuses the
+// put options JetStream queues do not keep.
 func checkItems(items []queue.Item) error {
+	if err := queue.CheckItems(items, time.Now()); err != nil {
+		return err
+	}
 	for i := range items {
 		switch it := &items[i]; {
 		case !it.Due.IsZero():
 			return errScheduling("a delayed put")
 		case it.Priority != 0:
 			return errScheduling("a put with a priority")
-		case len(it.Key) > queue.MaxKeyLen:
-			return fmt.Errorf("%w: an idempotency key is at most %d bytes, got %d", queue.ErrBadArgument, queue.MaxKeyLen, len(it.Key))
 		}
 	}
 	return nil

@@ -309,23 +309,22 @@ func scheduleArgs(args *pyproto.Params, i int) (queue.Item, error) {
 		sec := math.Floor(at)
 		it.Due = time.Unix(int64(sec), int64((at-sec)*1e9)) // a past time runs now
 	}
-	if time.Until(it.Due) > queue.MaxDelay {
-		return it, fmt.Errorf("a task may be put at most %v ahead", queue.MaxDelay)
-	}
 	pri, ok := args.Value(i + 2).(int64)
-	if !ok || pri < 0 || pri > queue.MaxPriority {
-		return it, fmt.Errorf("priority must be an int from 0 to %d, got %v", queue.MaxPriority, args.Value(i+2))
+	if !ok {
+		return it, fmt.Errorf("priority must be an int, not %s", pyproto.TypeName(args.Value(i+2)))
 	}
-	it.Priority = int(pri)
+	it.Priority = int(max(min(pri, math.MaxInt32), math.MinInt32)) // the range is CheckItems's to refuse
 	switch k := args.Value(i + 3).(type) {
 	case nil:
 	case string:
-		if len(k) > queue.MaxKeyLen {
-			return it, fmt.Errorf("key is at most %d bytes, got %d", queue.MaxKeyLen, len(k))
-		}
 		it.Key = k
 	default:
 		return it, fmt.Errorf("key must be a str, not %s", pyproto.TypeName(k))
+	}
+	// The bounds are the queues' own: refused here, as a ValueError, with
+	// their words.
+	if err := queue.CheckItems([]queue.Item{it}, time.Now()); err != nil {
+		return it, err
 	}
 	return it, nil
 }

@@ -53,7 +53,7 @@ func (m *Manager) Put(ctx context.Context, req PutRequest) ([]uint64, error) {
 	if req.MaxWait < 0 {
 		return nil, fmt.Errorf("%w: max wait must be >= 0, got %v", ErrBadArgument, req.MaxWait)
 	}
-	if err := checkItems(req.Items, m.now()); err != nil {
+	if err := CheckItems(req.Items, m.now()); err != nil {
 		return nil, err
 	}
 	if len(req.Items) == 0 {
@@ -142,9 +142,11 @@ func (m *Manager) Put(ctx context.Context, req PutRequest) ([]uint64, error) {
 // MaxDelay bounds how far ahead a task may be put (Item.Due).
 const MaxDelay = 10 * 365 * 24 * time.Hour
 
-// checkItems reports the first item whose priority, key or due time is
-// out of bounds.
-func checkItems(items []Item, now time.Time) error {
+// CheckItems reports, wrapping ErrBadArgument, the first item whose
+// priority, key or due time (against now) is out of bounds. Put checks
+// its items with it; so may another implementation of the queues, or a
+// client front end that wants the error before it calls Put.
+func CheckItems(items []Item, now time.Time) error {
 	for i := range items {
 		it := &items[i]
 		if !it.Due.IsZero() && it.Due.Sub(now) > MaxDelay {
