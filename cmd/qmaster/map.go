@@ -107,6 +107,42 @@ type pendingLine struct {
 	done   bool // result is set
 }
 
+// lineRing is a FIFO of pending lines in a ring that doubles when full,
+// so that each line is copied only when the ring grows past its size.
+type lineRing struct {
+	buf  []pendingLine // len is 0 or a power of two
+	head int           // index in buf of the front
+	n    int
+}
+
+func (r *lineRing) len() int { return r.n }
+
+// at is the i-th line from the front, 0 <= i < r.len().
+func (r *lineRing) at(i int) *pendingLine {
+	return &r.buf[(r.head+i)&(len(r.buf)-1)]
+}
+
+func (r *lineRing) push(p pendingLine) {
+	if r.n == len(r.buf) {
+		grown := make([]pendingLine, max(2*len(r.buf), 64))
+		k := copy(grown, r.buf[r.head:])
+		copy(grown[k:], r.buf[:r.head])
+		r.buf, r.head = grown, 0
+	}
+	r.buf[(r.head+r.n)&(len(r.buf)-1)] = p
+	r.n++
+}
+
+// popFront removes the front line and returns it; the ring lets go of its
+// text and value.
+func (r *lineRing) popFront() pendingLine {
+	p := r.buf[r.head]
+	r.buf[r.head] = pendingLine{}
+	r.head = (r.head + 1) & (len(r.buf) - 1)
+	r.n--
+	return p
+}
+
 type mapState struct {
 	opts *mapOptions
 	out  *bufio.Writer
@@ -114,9 +150,11 @@ type mapState struct {
 
 	index map[uint64]int // task id → its position in the input
 	// window holds the inputs from position next on, each with its
-	// result once it came, until printed: a slice rather than maps keyed
-	// by position, which were a tenth of map's time.
-	window  []pendingLine
+	// result once it came, until printed: a ring rather than maps keyed
+	// by position, which were a tenth of map's time, or a slice appended
+	// to at the back and cut at the front, whose regrowth copied the
+	// whole window over and over (a third of map's time).
+	window  lineRing
 	early   map[uint64]wire.Result // results that beat their put's reply
 	total   int                    // tasks submitted so far
 	next    int                    // position of the next line to print
@@ -284,7 +322,7 @@ func (st *mapState) submitted(b submitted) {
 	for i, id := range b.ids {
 		pos := st.total + i
 		st.index[id] = pos
-		st.window = append(st.window, pendingLine{in: b.inputs[i]})
+		st.window.push(pendingLine{in: b.inputs[i]})
 		if r, ok := st.early[id]; ok {
 			delete(st.early, id)
 			st.result(r)
@@ -317,7 +355,8 @@ func (st *mapState) result(r wire.Result) {
 	switch {
 	case ok:
 		delete(st.index, r.TaskID)
-		st.window[pos-st.next] = pendingLine{in: st.window[pos-st.next].in, result: r, done: true}
+		p := st.window.at(pos - st.next)
+		p.result, p.done = r, true
 	case st.reading:
 		st.early[r.TaskID] = r
 	default:
@@ -328,10 +367,8 @@ func (st *mapState) result(r wire.Result) {
 // flush prints the results that are next in input order.
 func (st *mapState) flush() error {
 	printed := 0
-	for len(st.window) > 0 && st.window[0].done {
-		p := st.window[0]
-		st.window[0] = pendingLine{} // printed: let go of its text and value
-		st.window = st.window[1:]
+	for st.window.len() > 0 && st.window.at(0).done {
+		p := st.window.popFront()
 		st.next++
 		printed++
 		if err := st.print(p.result, p.in); err != nil {

@@ -76,3 +76,44 @@ func TestEncodeLinesAsEncode(t *testing.T) {
 		}
 	}
 }
+
+// TestLineRing pushes and pops across the ring's wrap and its growth, and
+// checks that every line comes out once, in order.
+func TestLineRing(t *testing.T) {
+	var r lineRing
+	pushed, popped := 0, 0
+	for round := range 50 {
+		for range round * 7 % 150 {
+			pushed++
+			r.push(pendingLine{in: inputLine{N: pushed}})
+		}
+		if r.len() != pushed-popped {
+			t.Fatalf("len %d, want %d", r.len(), pushed-popped)
+		}
+		for i := range r.len() {
+			if n := r.at(i).in.N; n != popped+i+1 {
+				t.Fatalf("at(%d) is line %d, want %d", i, n, popped+i+1)
+			}
+		}
+		for range (round * 5 % 120) % (r.len() + 1) {
+			popped++
+			if p := r.popFront(); p.in.N != popped {
+				t.Fatalf("popped line %d, want %d", p.in.N, popped)
+			}
+		}
+	}
+	for r.len() > 0 {
+		popped++
+		if p := r.popFront(); p.in.N != popped {
+			t.Fatalf("popped line %d, want %d", p.in.N, popped)
+		}
+	}
+	if popped != pushed {
+		t.Fatalf("popped %d of %d", popped, pushed)
+	}
+	for _, p := range r.buf {
+		if p.in.N != 0 {
+			t.Fatalf("ring still holds line %d after it was popped", p.in.N)
+		}
+	}
+}
