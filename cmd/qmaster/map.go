@@ -148,7 +148,7 @@ type mapState struct {
 	out  *bufio.Writer
 	bar  *progressbar.ProgressBar
 
-	index map[uint64]int // task id → its position in the input
+	index idIndex // task id → its position in the input
 	// window holds the inputs from position next on, each with its
 	// result once it came, until printed: a ring rather than maps keyed
 	// by position, which were a tenth of map's time, or a slice appended
@@ -272,7 +272,6 @@ func newMapState(opts *mapOptions) *mapState {
 	return &mapState{
 		opts:    opts,
 		out:     bufio.NewWriter(opts.IO.Out),
-		index:   make(map[uint64]int),
 		early:   make(map[uint64]wire.Result),
 		reading: true,
 	}
@@ -319,13 +318,16 @@ func (st *mapState) loop(ctx context.Context, batches <-chan submitted, results 
 }
 
 func (st *mapState) submitted(b submitted) {
-	for i, id := range b.ids {
-		pos := st.total + i
-		st.index[id] = pos
+	st.index.add(b.ids, st.total)
+	for i := range b.ids {
 		st.window.push(pendingLine{in: b.inputs[i]})
-		if r, ok := st.early[id]; ok {
-			delete(st.early, id)
-			st.result(r)
+	}
+	if len(st.early) > 0 {
+		for _, id := range b.ids {
+			if r, ok := st.early[id]; ok {
+				delete(st.early, id)
+				st.result(r)
+			}
 		}
 	}
 	st.total += len(b.ids)
@@ -350,13 +352,19 @@ func (st *mapState) setBarMax() {
 	}
 }
 
+// result records r for its line, if it is the first result of a task
+// map submitted and has not printed.
 func (st *mapState) result(r wire.Result) {
-	pos, ok := st.index[r.TaskID]
-	switch {
-	case ok:
-		delete(st.index, r.TaskID)
+	pos, ok := st.index.lookup(r.TaskID)
+	if ok && pos >= st.next && !st.window.at(pos-st.next).done {
+		st.index.forget(r.TaskID)
 		p := st.window.at(pos - st.next)
 		p.result, p.done = r, true
+		return
+	}
+	switch {
+	case ok: // a second result, or one for a line printed already
+		st.ignored++
 	case st.reading:
 		st.early[r.TaskID] = r
 	default:
@@ -378,6 +386,7 @@ func (st *mapState) flush() error {
 	if printed == 0 {
 		return nil
 	}
+	st.index.forgetBefore(st.next)
 	if st.bar != nil && st.opts.IO.StdoutTTY {
 		_ = st.bar.Clear() // results and the bar share the terminal
 	}

@@ -117,3 +117,43 @@ func TestLineRing(t *testing.T) {
 		}
 	}
 }
+
+// TestMapStateDuplicates sends a second result for a task, before and
+// after its line is printed, and a put whose IDs are not in order: each
+// line is printed once, with its first result.
+func TestMapStateDuplicates(t *testing.T) {
+	f, out, _ := testFactory("")
+	st := newMapState(&mapOptions{IO: f})
+	value := func(v any) []byte {
+		b, err := wire.Encode(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	batches := make(chan submitted)
+	results := make(chan []wire.Result)
+	produced := make(chan struct{})
+	go func() {
+		batches <- submitted{ids: []uint64{7, 8}, inputs: []inputLine{{1, "a"}, {2, "b"}}}
+		results <- []wire.Result{{TaskID: 8, Value: value("b")}, {TaskID: 8, Value: value("b again")}}
+		results <- []wire.Result{{TaskID: 7, Value: value("a")}, {TaskID: 7, Value: value("a again")}}
+		batches <- submitted{ids: []uint64{4, 3}, inputs: []inputLine{{3, "c"}, {4, "d"}}}
+		results <- []wire.Result{{TaskID: 3, Value: value("d")}, {TaskID: 4, Value: value("c")}, {TaskID: 8, Value: value("late")}}
+		close(produced)
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := st.loop(ctx, batches, results, produced, make(chan error)); err != nil {
+		t.Fatalf("loop: %v (printed %q)", err, out)
+	}
+	if err := st.out.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if want := "\"a\"\n\"b\"\n\"c\"\n\"d\"\n"; out.String() != want {
+		t.Errorf("printed %q, want %q", out, want)
+	}
+	if st.ignored != 3 {
+		t.Errorf("ignored %d, want 3", st.ignored)
+	}
+}
