@@ -164,6 +164,13 @@ func TestClusterPartition(t *testing.T) {
 	})
 	if !agreed {
 		t.Logf("KNOWN ISSUE: inspect through %s: %+v, through %s: %+v, after 60 s", cutOff.name, got, nodes[0].name, want)
+		// What each node's JetStream answers about the stream, every
+		// answer: two nodes answering as its leader would explain it.
+		for _, n := range nodes {
+			for _, a := range streamInfoAnswers(t, n, stream) {
+				t.Logf("stream info asked through %s: %s", n.name, a)
+			}
+		}
 	}
 	if want.Puts != n {
 		// A put retried after a timeout during the leader's election may
@@ -175,8 +182,60 @@ func TestClusterPartition(t *testing.T) {
 		cutOff.name, time.Since(healed).Round(100*time.Millisecond), got)
 }
 
-// waitUntil is waitFor with cond saying, when the time is up, what it
-// last saw.
+// streamInfoAnswers asks node n's JetStream for the stream's info and
+// returns a summary of every answer that comes within a second, not only
+// the first as a request would.
+func streamInfoAnswers(t *testing.T, n *clusterNode, stream string) []string {
+	t.Helper()
+	nc := n.natsConn(t)
+	defer nc.Close()
+	inbox := nc.NewInbox()
+	sub, err := nc.SubscribeSync(inbox)
+	if err != nil {
+		return []string{"subscribe: " + err.Error()}
+	}
+	defer sub.Unsubscribe()
+	if err := nc.PublishRequest("$JS.API.STREAM.INFO."+stream, inbox, nil); err != nil {
+		return []string{"request: " + err.Error()}
+	}
+	var answers []string
+	deadline := time.Now().Add(time.Second)
+	for {
+		m, err := sub.NextMsg(time.Until(deadline))
+		if err != nil {
+			break
+		}
+		var si struct {
+			Created time.Time
+			Cluster *struct {
+				Leader   string
+				Replicas []struct {
+					Name    string
+					Current bool
+					Offline bool
+					Lag     uint64
+				}
+			}
+			State struct {
+				FirstSeq uint64 `json:"first_seq"`
+				LastSeq  uint64 `json:"last_seq"`
+				Msgs     uint64 `json:"messages"`
+			}
+			Error *struct{ Description string }
+		}
+		if err := json.Unmarshal(m.Data, &si); err != nil {
+			answers = append(answers, fmt.Sprintf("undecodable (%v): %.200s", err, m.Data))
+			continue
+		}
+		answers = append(answers, fmt.Sprintf("created %s, state %+v, cluster %+v, error %+v",
+			si.Created.Format(time.RFC3339Nano), si.State, si.Cluster, si.Error))
+	}
+	if len(answers) == 0 {
+		answers = []string{"no answer within 1s"}
+	}
+	return answers
+}
+
 // holdsWithin is waitUntil that reports, instead of failing, whether cond
 // held within d.
 func holdsWithin(d time.Duration, cond func() (bool, string)) bool {
@@ -192,6 +251,8 @@ func holdsWithin(d time.Duration, cond func() (bool, string)) bool {
 	}
 }
 
+// waitUntil is waitFor with cond saying, when the time is up, what it
+// last saw.
 func waitUntil(t *testing.T, d time.Duration, cond func() (bool, string)) {
 	t.Helper()
 	deadline := time.Now().Add(d)
