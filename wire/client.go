@@ -26,8 +26,9 @@ type Config struct {
 	// Addr is the master's host:port, or several, comma-separated, of
 	// masters that serve the same queues (gateways to one JetStream
 	// cluster): Dial starts at a random one and moves on to the next when
-	// one cannot be reached. A host name with several addresses is tried
-	// at each, in the resolver's order.
+	// one cannot be reached or will not take the client now. A host name
+	// with several addresses counts as that many masters, so that clients
+	// given one name spread over all of them.
 	Addr string
 	// Authkey is the shared secret. Empty means the master runs without
 	// authentication (--insecure-no-auth).
@@ -38,6 +39,9 @@ type Config struct {
 	Name string
 	// DialTimeout bounds the TCP connect; default 5s.
 	DialTimeout time.Duration
+	// LookupHost resolves the host names in Addr; nil means the system's
+	// resolver (net.DefaultResolver.LookupHost).
+	LookupHost func(ctx context.Context, host string) ([]string, error)
 	// HandshakeTimeout bounds authentication and the preamble; default 5s.
 	HandshakeTimeout time.Duration
 	// MaxMessageSize bounds one frame in either direction; default 64 MiB.
@@ -103,15 +107,16 @@ type clientStream struct {
 // client. A wrong authkey gives an error that wraps auth.ErrAuthFailed.
 func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	cfg.setDefaults()
-	addrs := SplitAddrs(cfg.Addr)
-	if len(addrs) <= 1 {
-		return dialOne(ctx, cfg)
+	targets, errs := resolve(ctx, cfg.LookupHost, SplitAddrs(cfg.Addr))
+	if len(targets) == 0 && len(errs) == 0 {
+		targets = []dialTarget{{name: cfg.Addr, addr: cfg.Addr}} // as net.Dial sees it: its error says what is wrong
 	}
-	start := rand.IntN(len(addrs))
-	var errs []error
-	for i := range addrs {
-		cfg.Addr = addrs[(start+i)%len(addrs)]
-		c, err := dialOne(ctx, cfg)
+	start := 0
+	if len(targets) > 1 {
+		start = rand.IntN(len(targets))
+	}
+	for i := range targets {
+		c, err := dialOne(ctx, cfg, targets[(start+i)%len(targets)])
 		if err == nil {
 			return c, nil
 		}
@@ -121,6 +126,40 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		}
 	}
 	return nil, errors.Join(errs...)
+}
+
+// dialTarget is one master to dial: addr, an IP address and port, or the
+// host:port as given when it could not be resolved here; name is the
+// host:port as given, for TLS and errors.
+type dialTarget struct{ name, addr string }
+
+// resolve turns the addresses given into targets, one per IP address of
+// each host name. A name that does not resolve gives an error; the other
+// addresses are still dialled.
+func resolve(ctx context.Context, lookupHost func(context.Context, string) ([]string, error), addrs []string) ([]dialTarget, []error) {
+	if lookupHost == nil {
+		lookupHost = net.DefaultResolver.LookupHost
+	}
+	var (
+		targets []dialTarget
+		errs    []error
+	)
+	for _, a := range addrs {
+		host, port, err := net.SplitHostPort(a)
+		if err != nil || host == "" || net.ParseIP(host) != nil {
+			targets = append(targets, dialTarget{name: a, addr: a}) // net.Dial says what is wrong, if anything
+			continue
+		}
+		ips, err := lookupHost(ctx, host)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("connect %s: %w", a, err))
+			continue
+		}
+		for _, ip := range ips {
+			targets = append(targets, dialTarget{name: a, addr: net.JoinHostPort(ip, port)})
+		}
+	}
+	return targets, errs
 }
 
 // SplitAddrs returns the addresses of a comma-separated list, spaces
@@ -144,11 +183,19 @@ func elsewhere(err error) bool {
 		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, os.ErrDeadlineExceeded)
 }
 
-// dialOne connects to the one master at cfg.Addr.
-func dialOne(ctx context.Context, cfg Config) (*Client, error) {
+// dialOne connects to the one master at t.
+func dialOne(ctx context.Context, cfg Config, t dialTarget) (*Client, error) {
+	cfg.Addr = t.name // the TLS server name is the name as given
+	where := t.name
+	if t.addr != t.name {
+		where += " (" + t.addr + ")"
+	}
 	d := net.Dialer{Timeout: cfg.DialTimeout}
-	conn, err := d.DialContext(ctx, "tcp", cfg.Addr)
+	conn, err := d.DialContext(ctx, "tcp", t.addr)
 	if err != nil {
+		if t.addr != t.name {
+			return nil, fmt.Errorf("connect %s: %w", t.name, err) // err names the address dialled
+		}
 		return nil, err // net.OpError names the address already
 	}
 	conn = rawsock.Wrap(conn)
@@ -156,7 +203,7 @@ func dialOne(ctx context.Context, cfg Config) (*Client, error) {
 		tc, err := tlsHandshake(ctx, conn, cfg)
 		if err != nil {
 			conn.Close()
-			return nil, fmt.Errorf("connect %s: %w", cfg.Addr, err)
+			return nil, fmt.Errorf("connect %s: %w", where, err)
 		}
 		conn = tc
 	}
@@ -166,11 +213,11 @@ func dialOne(ctx context.Context, cfg Config) (*Client, error) {
 		if cfg.TLS == nil && noChallenge(err) {
 			err = fmt.Errorf("%w (does the master require TLS? see --tls and --tls-ca)", err)
 		}
-		return nil, fmt.Errorf("connect %s: %w", cfg.Addr, err)
+		return nil, fmt.Errorf("connect %s: %w", where, err)
 	}
 	if err := c.hello(ctx, cfg); err != nil {
 		c.Close()
-		return nil, fmt.Errorf("connect %s: %w", cfg.Addr, err)
+		return nil, fmt.Errorf("connect %s: %w", where, err)
 	}
 	return c, nil
 }

@@ -21,16 +21,24 @@ var Authkey = []byte("qm-test-key")
 // An empty cfg.Authkey (without InsecureNoAuth or an ACL) means Authkey.
 func StartMaster(t testing.TB, cfg master.Config) (string, *master.Server) {
 	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	return StartMasterOn(t, cfg, ln)
+}
+
+// StartMasterOn is StartMaster on a listener of the caller's; the master
+// closes it.
+func StartMasterOn(t testing.TB, cfg master.Config, ln net.Listener) (string, *master.Server) {
+	t.Helper()
 	if len(cfg.Authkey) == 0 && cfg.ACL == nil && !cfg.InsecureNoAuth {
 		cfg.Authkey = Authkey
 	}
 	srv, err := master.New(cfg)
 	if err != nil {
+		ln.Close()
 		t.Fatalf("master.New: %v", err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("listen: %v", err)
 	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
