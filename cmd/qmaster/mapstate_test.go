@@ -11,18 +11,25 @@ import (
 	"github.com/qm-dev/qm/wire"
 )
 
+// encoder returns a function that encodes a value as a result carries it.
+// It may be called from any goroutine: it reports a failure with
+// t.Error, not t.Fatal.
+func encoder(t *testing.T) func(any) []byte {
+	return func(v any) []byte {
+		b, err := wire.Encode(v)
+		if err != nil {
+			t.Error(err)
+		}
+		return b
+	}
+}
+
 // TestMapStateOrder drives the collation loop by hand: results that come
 // before the reply to their put, out of order, foreign and failed.
 func TestMapStateOrder(t *testing.T) {
 	f, out, errOut := testFactory("")
 	st := newMapState(&mapOptions{IO: f})
-	value := func(v any) []byte {
-		b, err := wire.Encode(v)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return b
-	}
+	value := encoder(t)
 	batches := make(chan submitted)
 	results := make(chan []wire.Result)
 	produced := make(chan struct{})
@@ -124,13 +131,7 @@ func TestLineRing(t *testing.T) {
 func TestMapStateDuplicates(t *testing.T) {
 	f, out, _ := testFactory("")
 	st := newMapState(&mapOptions{IO: f})
-	value := func(v any) []byte {
-		b, err := wire.Encode(v)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return b
-	}
+	value := encoder(t)
 	batches := make(chan submitted)
 	results := make(chan []wire.Result)
 	produced := make(chan struct{})
