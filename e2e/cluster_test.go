@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -252,14 +253,14 @@ func TestClusterSurvivesGatewayAndLeaderKills(t *testing.T) {
 // through one gateway, the worker through the other, and inspect through
 // either sees the same queues.
 func TestGatewaysOverNATS(t *testing.T) {
-	ports := qmtest.FreeAddrs(t, 2)
-	natsAddr, clusterAddr := ports[0], ports[1]
+	ports := qmtest.FreeAddrs(t, 3)
+	natsAddr, clusterAddr, httpAddr := ports[0], ports[1], ports[2]
 	node, nodeAddr := startMaster(t, "--data-dir", t.TempDir(), "--cluster-listen", clusterAddr,
 		"--cluster-peers", clusterAddr, "--nats-listen", natsAddr)
 	_ = node
 	// The map's gateway holds each queue to 50 tasks: map waits for room.
 	_, g1 := startMaster(t, "--nats", "nats://"+natsAddr, "--max-queue-len", "50")
-	_, g2 := startMaster(t, "--nats", "nats://"+natsAddr)
+	_, g2 := startMaster(t, "--nats", "nats://"+natsAddr, "--http-addr", httpAddr)
 	start(t, nil, nil, "qworker", "--server", g2, "--builtin", "square")
 	const n = 300
 	out, stderr, code := run(t, seq(n), "map", "--server", g1+","+nodeAddr, "--timeout", "60s")
@@ -280,4 +281,49 @@ func TestGatewaysOverNATS(t *testing.T) {
 	if code == 0 {
 		t.Errorf("a wrong key was let in through a gateway: %s", stderr)
 	}
+
+	// The operators' HTTP endpoints of a gateway show the cluster's
+	// figures, whichever gateway the work went through.
+	metrics := httpGet(t, "http://"+httpAddr+"/metrics", authkey)
+	if want := fmt.Sprintf("qm_queue_done_total{queue=%q} %d", "tasks", n); !strings.Contains(metrics, want) {
+		t.Errorf("gateway's /metrics lacks %q:\n%s", want, metrics)
+	}
+	var state struct {
+		Queues []struct {
+			Queue string
+			Done  uint64
+		}
+	}
+	if err := json.Unmarshal([]byte(httpGet(t, "http://"+httpAddr+"/api/state", authkey)), &state); err != nil {
+		t.Fatalf("gateway's /api/state: %v", err)
+	}
+	found := false
+	for _, q := range state.Queues {
+		found = found || q.Queue == "tasks" && q.Done == n
+	}
+	if !found {
+		t.Errorf("gateway's dashboard state shows no tasks queue with %d done: %+v", n, state)
+	}
+}
+
+// httpGet gets url with the bearer token and returns the body; any
+// status but 200 fails the test.
+func httpGet(t *testing.T, url, token string) string {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	client := http.Client{Timeout: 10 * time.Second}
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %d %v: %s", url, resp.StatusCode, err, b)
+	}
+	return string(b)
 }
