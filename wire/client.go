@@ -37,7 +37,8 @@ type Config struct {
 	Role string
 	// Name identifies this client in the master's client list; default host:pid.
 	Name string
-	// DialTimeout bounds the TCP connect; default 5s.
+	// DialTimeout bounds the TCP connect; default 5s. A host name with
+	// several addresses splits it between them (at least 2s each).
 	DialTimeout time.Duration
 	// LookupHost resolves the host names in Addr; nil means the system's
 	// resolver (net.DefaultResolver.LookupHost).
@@ -130,8 +131,23 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 
 // dialTarget is one master to dial: addr, an IP address and port, or the
 // host:port as given when it could not be resolved here; name is the
-// host:port as given, for TLS and errors.
-type dialTarget struct{ name, addr string }
+// host:port as given, for TLS and errors; shares is how many addresses
+// name has.
+type dialTarget struct {
+	name, addr string
+	shares     int
+}
+
+// connectTimeout is how long t's TCP connect may take: the whole
+// DialTimeout for an address given as such, a share of it (at least 2s,
+// as Go's dialer gives) for one of a name's several addresses, so that an
+// address that drops packets leaves time for the others.
+func (t dialTarget) connectTimeout(dialTimeout time.Duration) time.Duration {
+	if t.shares <= 1 {
+		return dialTimeout
+	}
+	return min(dialTimeout, max(dialTimeout/time.Duration(t.shares), 2*time.Second))
+}
 
 // resolve turns the addresses given into targets, one per IP address of
 // each host name. A name that does not resolve gives an error; the other
@@ -156,7 +172,7 @@ func resolve(ctx context.Context, lookupHost func(context.Context, string) ([]st
 			continue
 		}
 		for _, ip := range ips {
-			targets = append(targets, dialTarget{name: a, addr: net.JoinHostPort(ip, port)})
+			targets = append(targets, dialTarget{name: a, addr: net.JoinHostPort(ip, port), shares: len(ips)})
 		}
 	}
 	return targets, errs
@@ -190,7 +206,7 @@ func dialOne(ctx context.Context, cfg Config, t dialTarget) (*Client, error) {
 	if t.addr != t.name {
 		where += " (" + t.addr + ")"
 	}
-	d := net.Dialer{Timeout: cfg.DialTimeout}
+	d := net.Dialer{Timeout: t.connectTimeout(cfg.DialTimeout)}
 	conn, err := d.DialContext(ctx, "tcp", t.addr)
 	if err != nil {
 		if t.addr != t.name {

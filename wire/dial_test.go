@@ -1,0 +1,54 @@
+package wire
+
+import (
+	"context"
+	"errors"
+	"net"
+	"reflect"
+	"testing"
+	"time"
+)
+
+func TestResolve(t *testing.T) {
+	lookup := func(_ context.Context, host string) ([]string, error) {
+		if host == "gw.test" {
+			return []string{"10.0.0.1", "10.0.0.2", "fd00::3"}, nil
+		}
+		return nil, &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}
+	}
+	targets, errs := resolve(context.Background(), lookup, []string{"gw.test:5000", "127.0.0.1:5001", "[::1]:5002", "nosuch.test:5003", "noport"})
+	want := []dialTarget{
+		{name: "gw.test:5000", addr: "10.0.0.1:5000", shares: 3},
+		{name: "gw.test:5000", addr: "10.0.0.2:5000", shares: 3},
+		{name: "gw.test:5000", addr: "[fd00::3]:5000", shares: 3},
+		{name: "127.0.0.1:5001", addr: "127.0.0.1:5001"},
+		{name: "[::1]:5002", addr: "[::1]:5002"},
+		{name: "noport", addr: "noport"}, // net.Dial's error will say what is wrong
+	}
+	if !reflect.DeepEqual(targets, want) {
+		t.Errorf("targets %+v\nwant %+v", targets, want)
+	}
+	var dnsErr *net.DNSError
+	if len(errs) != 1 || !errors.As(errs[0], &dnsErr) || dnsErr.Name != "nosuch.test" {
+		t.Errorf("errors %v, want one lookup error for nosuch.test", errs)
+	}
+}
+
+func TestConnectTimeout(t *testing.T) {
+	for _, tc := range []struct {
+		shares      int
+		dialTimeout time.Duration
+		want        time.Duration
+	}{
+		{0, 5 * time.Second, 5 * time.Second}, // an address as given: all of it
+		{1, 5 * time.Second, 5 * time.Second},
+		{2, 5 * time.Second, 2500 * time.Millisecond},
+		{5, 5 * time.Second, 2 * time.Second},  // at least 2s each
+		{3, time.Second, time.Second},          // never more than the whole
+		{2, 10 * time.Second, 5 * time.Second}, // a share of a longer one
+	} {
+		if got := (dialTarget{shares: tc.shares}).connectTimeout(tc.dialTimeout); got != tc.want {
+			t.Errorf("%d shares of %v: %v, want %v", tc.shares, tc.dialTimeout, got, tc.want)
+		}
+	}
+}
