@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -118,7 +119,14 @@ func stepDown(t *testing.T, n *clusterNode, stream string) {
 // workersOn returns the names of the workers connected to gateway n.
 func workersOn(t *testing.T, n *clusterNode) []string {
 	t.Helper()
-	out, _, code := run(t, "", "clients", "--server", n.addr, "--json")
+	return clientsOf(t, n.addr, "worker")
+}
+
+// clientsOf returns the names of the clients of role connected to the
+// master at addr.
+func clientsOf(t *testing.T, addr, role string) []string {
+	t.Helper()
+	out, _, code := run(t, "", "clients", "--server", addr, "--json")
 	if code != 0 {
 		return nil
 	}
@@ -128,7 +136,7 @@ func workersOn(t *testing.T, n *clusterNode) []string {
 	}
 	var names []string
 	for _, c := range clients {
-		if c.Role == "worker" {
+		if c.Role == role {
 			names = append(names, c.Name)
 		}
 	}
@@ -326,4 +334,92 @@ func httpGet(t *testing.T, url, token string) string {
 		t.Fatalf("GET %s: %d %v: %s", url, resp.StatusCode, err, b)
 	}
 	return string(b)
+}
+
+// TestMapGoesOnThroughAnotherGateway: map, given two gateways, loses the
+// one it uses (SIGKILL) while half its tasks wait in the queue, put
+// through that gateway, and carries on through the other: every input
+// gets its result line, in order, and map exits 0.
+func TestMapGoesOnThroughAnotherGateway(t *testing.T) {
+	ports := qmtest.FreeAddrs(t, 2)
+	natsAddr, clusterAddr := ports[0], ports[1]
+	_, nodeAddr := startMaster(t, "--data-dir", t.TempDir(), "--cluster-listen", clusterAddr,
+		"--cluster-peers", clusterAddr, "--nats-listen", natsAddr)
+	gateways := map[string]*proc{}
+	var addrs []string
+	for range 2 {
+		p, addr := startMaster(t, "--nats", "nats://"+natsAddr)
+		gateways[addr] = p
+		addrs = append(addrs, addr)
+	}
+	worker := start(t, nil, nil, "qworker", "--server", nodeAddr, "--builtin", "square", "--concurrency", "4")
+
+	const n = 600
+	in, feed := io.Pipe()
+	out := &syncBuffer{}
+	m := start(t, in, out, "qmaster", "map", "--server", strings.Join(addrs, ","), "--batch", "50", "--timeout", "90s")
+	t.Cleanup(func() { feed.Close() })
+	write := func(from, to int) {
+		t.Helper()
+		for i := from; i <= to; i++ {
+			if _, err := fmt.Fprintln(feed, i); err != nil {
+				t.Fatalf("feed map: %v", err)
+			}
+		}
+	}
+	write(1, n/2)
+	waitFor(t, 60*time.Second, func() bool { return out.lines() >= n/2 })
+
+	// The second half waits in the queue, put through map's gateway,
+	// while the worker is stopped; then that gateway dies.
+	if err := worker.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	write(n/2+1, n)
+	feed.Close()
+	waitFor(t, 60*time.Second, func() bool {
+		outStats, _, _ := run(t, "", "inspect", "--server", nodeAddr, "--json")
+		var stats []struct {
+			Queue         string
+			Ready, Leased int
+		}
+		_ = json.Unmarshal([]byte(outStats), &stats)
+		for _, s := range stats {
+			if s.Queue == "tasks" {
+				return s.Ready+s.Leased >= n/2
+			}
+		}
+		return false
+	})
+	var victim string
+	for _, addr := range addrs {
+		if len(clientsOf(t, addr, "producer")) > 0 {
+			victim = addr
+		}
+	}
+	if victim == "" {
+		t.Fatal("map is on neither gateway")
+	}
+	t.Logf("at %d results, %d tasks waiting: SIGKILL map's gateway %s", out.lines(), n/2, victim)
+	_ = gateways[victim].cmd.Process.Kill()
+	<-gateways[victim].done
+	if err := worker.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+
+	if code := m.wait(t, 120*time.Second); code != 0 {
+		t.Fatalf("map exited %d: %s", code, m.logs())
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != n {
+		t.Fatalf("%d result lines, want %d: %s", len(lines), n, m.logs())
+	}
+	for i, line := range lines {
+		if want := fmt.Sprint((i + 1) * (i + 1)); line != want {
+			t.Fatalf("line %d is %q, want %s", i+1, line, want)
+		}
+	}
+	if !strings.Contains(m.logs(), "connecting again") {
+		t.Errorf("map did not say it connected again: %s", m.logs())
+	}
 }

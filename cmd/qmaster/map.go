@@ -49,7 +49,13 @@ did not submit are ignored (with a warning).
 
 A task that fails for good (after the master's --max-attempts) prints null
 on its line and is reported on stderr; map then exits with status 1. A
-progress bar is shown on stderr when it is a terminal.`,
+progress bar is shown on stderr when it is a terminal.
+
+Given several --server addresses (gateways to one cluster), map carries on
+through another when the one it uses dies, trying for up to a minute: the
+cluster keeps the tasks and results. A batch whose put was cut off is put
+again, so some of its tasks may run twice; each line still gets one
+result (the first), and map counts the others as ignored.`,
 		Example: `  seq 1 100 | qmaster map --tasks squares
   qmaster map --tasks fetch --timeout 10m < urls.txt > pages.jsonl
   paste inputs.txt <(qmaster map < inputs.txt)   # inputs beside results (no blank lines)`,
@@ -165,11 +171,16 @@ type mapState struct {
 }
 
 func mapRun(ctx context.Context, opts *mapOptions) error {
-	c, err := opts.Client.connect(ctx, opts.IO, "producer", "map")
+	dial := func(ctx context.Context) (*wire.Client, error) {
+		return opts.Client.connect(ctx, opts.IO, "producer", "map")
+	}
+	c, err := dial(ctx)
 	if err != nil {
 		return err
 	}
-	defer c.Close()
+	conn := &mapConn{dial: dial, c: c, errOut: opts.IO.ErrOut,
+		reconnect: len(wire.SplitAddrs(opts.Client.Server)) > 1}
+	defer conn.close()
 
 	results := opts.Results
 	if results == "" {
@@ -178,6 +189,7 @@ func mapRun(ctx context.Context, opts *mapOptions) error {
 			// The run's ctx may be over; cleaning up deserves its own.
 			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 			defer cancel()
+			c, _ := conn.client()
 			if err := c.Delete(dctx, results); err != nil && !errors.Is(err, wire.ErrUnknownQueue) {
 				fmt.Fprintf(opts.IO.ErrOut, "qmaster map: delete result queue %s: %v\n", results, err)
 			}
@@ -215,7 +227,7 @@ func mapRun(ctx context.Context, opts *mapOptions) error {
 	go func() {
 		defer wg.Done()
 		defer close(collected)
-		if err := collect(collectCtx, finish, c, results, resultsCh); err != nil {
+		if err := collect(collectCtx, finish, conn, results, resultsCh); err != nil {
 			errs <- err
 		}
 	}()
@@ -223,7 +235,7 @@ func mapRun(ctx context.Context, opts *mapOptions) error {
 	go func() {
 		defer wg.Done()
 		defer close(produced)
-		if err := produce(work, c, opts, results, lr, batches); err != nil {
+		if err := produce(work, conn, opts, results, lr, batches); err != nil {
 			errs <- err
 		}
 	}()
@@ -235,6 +247,7 @@ func mapRun(ctx context.Context, opts *mapOptions) error {
 	if opts.Results == "" {
 		// Wake the collector's get with an item no one else will read.
 		wctx, cancel := context.WithTimeout(collectCtx, time.Second)
+		c, _ := conn.client()
 		_, _ = c.PutRaw(wctx, results, []msgpack.RawMessage{msgpackNil}, wire.PutOptions{})
 		cancel()
 	}
@@ -427,7 +440,7 @@ func (st *mapState) print(r wire.Result, in inputLine) error {
 }
 
 // produce submits the input lines to the tasks queue as they are read.
-func produce(ctx context.Context, c *wire.Client, opts *mapOptions, results string, lr *lineReader, out chan<- submitted) error {
+func produce(ctx context.Context, conn *mapConn, opts *mapOptions, results string, lr *lineReader, out chan<- submitted) error {
 	for {
 		var (
 			batch []inputLine
@@ -449,7 +462,15 @@ func produce(ctx context.Context, c *wire.Client, opts *mapOptions, results stri
 		if err != nil {
 			return err
 		}
+		c, gen := conn.client()
 		ids, err := putWaiting(ctx, c, opts.Tasks, raw, results)
+		for err != nil && conn.lost(err) && ctx.Err() == nil {
+			// Stored or not, the batch is put again through another
+			// gateway (see mapConn).
+			if c, gen, err = conn.replace(ctx, gen, err); err == nil {
+				ids, err = putWaiting(ctx, c, opts.Tasks, raw, results)
+			}
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -550,7 +571,8 @@ func putWaiting(ctx context.Context, c *wire.Client, queue string, items []msgpa
 
 // collect gets results and hands them over in batches until finish is
 // closed (checked between gets) or ctx ends.
-func collect(ctx context.Context, finish <-chan struct{}, c *wire.Client, queue string, out chan<- []wire.Result) error {
+func collect(ctx context.Context, finish <-chan struct{}, conn *mapConn, queue string, out chan<- []wire.Result) error {
+	c, gen := conn.client()
 	for {
 		select {
 		case <-finish:
@@ -562,6 +584,14 @@ func collect(ctx context.Context, finish <-chan struct{}, c *wire.Client, queue 
 		cancel()
 		if ctx.Err() != nil {
 			return nil
+		}
+		if conn.lost(err) || conn.reconnect && errors.Is(err, context.DeadlineExceeded) {
+			// Go on through another gateway: the results wait in the
+			// cluster (see mapConn).
+			if c, gen, err = conn.replace(ctx, gen, err); err != nil {
+				return fmt.Errorf("get results from %s: %w", queue, err)
+			}
+			continue
 		}
 		if errors.Is(err, context.DeadlineExceeded) {
 			// The master did not answer a get that it should have
