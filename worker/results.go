@@ -166,7 +166,9 @@ func (res *results) take(held []finished) ([]finished, tally) {
 	res.mu.Lock()
 	defer res.mu.Unlock()
 	if len(held) == 0 {
-		held, res.pending = res.pending, nil
+		// The next batch is likely as large: one allocation of its size
+		// rather than growing from nothing by doubling.
+		held, res.pending = res.pending, make([]finished, 0, cap(res.pending))
 	} else {
 		held = append(held, res.pending...)
 		clear(res.pending)

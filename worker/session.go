@@ -167,7 +167,7 @@ func (s *session) track(t Task, now time.Time) *lease {
 func (s *session) completing(fs []finished) []wire.Completion {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var held []wire.Completion
+	held := make([]wire.Completion, 0, len(fs))
 	for _, f := range fs {
 		if s.leases[f.l.id] == f.l {
 			f.l.completing = true
