@@ -18,6 +18,7 @@ const defaultPeek = 10
 // callBuffers hold what a get or a complete is built from; a stream
 // reuses them from call to call instead of allocating them for each.
 type callBuffers struct {
+	items []queue.Item // a put's items
 	taken []queue.Task // a get's tasks
 	tasks []wire.Task  // what a get's response carries
 
@@ -35,15 +36,16 @@ const maxReusedTasks = 4096
 // reset readies b for the next call: it drops the payloads the buffers
 // point to, and buffers grown too large.
 func (b *callBuffers) reset() {
+	clear(b.items)
 	clear(b.taken)
 	clear(b.tasks)
 	clear(b.values)
 	clear(b.acked)
 	clear(b.results)
 	clear(b.dests)
-	*b = callBuffers{taken: b.taken[:0], tasks: b.tasks[:0], ids: b.ids[:0], values: b.values[:0],
+	*b = callBuffers{items: b.items[:0], taken: b.taken[:0], tasks: b.tasks[:0], ids: b.ids[:0], values: b.values[:0],
 		acked: b.acked[:0], results: b.results[:0], dests: b.dests[:0]}
-	if max(cap(b.taken), cap(b.tasks), cap(b.ids), cap(b.acked), cap(b.results)) > maxReusedTasks {
+	if max(cap(b.items), cap(b.taken), cap(b.tasks), cap(b.ids), cap(b.acked), cap(b.results)) > maxReusedTasks {
 		*b = callBuffers{}
 	}
 }
@@ -68,7 +70,7 @@ func (c *clientConn) handle(req *wire.Request, buf *callBuffers) *wire.Response 
 		resp.ClientID = c.id
 		resp.MaxMessageSize = c.s.cfg.MaxMessageSize
 	case wire.OpPut:
-		resp.IDs, err = c.put(req)
+		resp.IDs, err = c.put(req, buf)
 	case wire.OpGet:
 		resp.Tasks, err = c.get(req, buf)
 		resp.Lease = c.s.cfg.DefaultLease
@@ -129,17 +131,19 @@ func (c *clientConn) handle(req *wire.Request, buf *callBuffers) *wire.Response 
 	return resp
 }
 
-func (c *clientConn) put(req *wire.Request) ([]uint64, error) {
+// put puts req's items, built in buf: the queues copy what they keep.
+func (c *clientConn) put(req *wire.Request, buf *callBuffers) ([]uint64, error) {
 	if len(req.Items) == 0 {
 		return nil, fmt.Errorf("%w: put without items", wire.ErrBadRequest)
 	}
 	if err := c.s.checkMemory(); err != nil {
 		return nil, err
 	}
-	items := make([]queue.Item, len(req.Items))
-	for i, p := range req.Items {
-		items[i] = queue.Item{Payload: p, ReplyTo: req.ReplyTo, Priority: req.Priority}
+	items := buf.items[:0]
+	for _, p := range req.Items {
+		items = append(items, queue.Item{Payload: p, ReplyTo: req.ReplyTo, Priority: req.Priority})
 	}
+	buf.items = items
 	if err := putOptions(req, items); err != nil {
 		return nil, err
 	}
