@@ -97,12 +97,10 @@ run. Everything it started is stopped at the end, on error and on Ctrl-C.`,
 				return err
 			}
 			rep, err := runFailover(cmd.Context(), o, cmd.ErrOrStderr())
-			if rep != nil {
-				fmt.Fprint(cmd.OutOrStdout(), rep.markdown())
-			}
 			if err != nil {
-				return err
+				return err // the cycles done so far are in the progress lines
 			}
+			fmt.Fprint(cmd.OutOrStdout(), rep.markdown())
 			return rep.check()
 		},
 		SilenceUsage: true, SilenceErrors: true,
@@ -160,8 +158,8 @@ type failoverClock struct {
 	put      int // tasks whose put was acknowledged
 }
 
-// runFailover runs the failover benchmark. The report it returns, even
-// with an error, holds the cycles done so far.
+// runFailover runs the failover benchmark. Whatever happens, the
+// processes it started are stopped before it returns.
 func runFailover(ctx context.Context, o *failoverOptions, log io.Writer) (rep *failoverReport, err error) {
 	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
 	defer cancel()
