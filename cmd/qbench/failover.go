@@ -88,7 +88,9 @@ and results streams are current again. After the last cycle tasks flow for
 Reported per cycle: the gap, the longest stretch with no result arriving
 from the last result before the kill until the next kill (or the end); the
 time from the kill to the first result after it, and to the first result of
-a task put after it. Then the median and max gap, and whether every task
+a task put after it; the longest a batch of the producer took to be put
+(from its first send, failed sends retried, from a second before the kill
+on). Then the median and max gap, and whether every task
 had exactly one result. A task lost or run twice (two results) fails the
 run. Everything it started is stopped at the end, on error and on Ctrl-C.`,
 		Args: cobra.NoArgs,
@@ -126,6 +128,9 @@ type failoverCycle struct {
 	FirstResult time.Duration // kill to the first result after it
 	FirstNew    time.Duration // kill to the first result of a task put after it
 	Current     time.Duration // restart to its replicas current again
+	LongestPut  time.Duration // the longest a batch took to be put, retries included
+	FailedPuts  int           // sends of a batch that failed and were sent again
+	PutErrors   []string      // the first few failed sends, with how long each took
 	NoResult    bool          // no result came in the cycle's window
 
 	kill, restart, end time.Time
@@ -156,6 +161,16 @@ type failoverClock struct {
 	twice    []string    // for each further result, its task and both results' worker and attempt
 	failed   int
 	put      int // tasks whose put was acknowledged
+	puts     []putCall
+}
+
+// putCall is one batch the producer put: when it was first sent, how long
+// until the gateway took it, and how many sends failed before.
+type putCall struct {
+	at     time.Time
+	took   time.Duration
+	failed int
+	errs   []string // each failed send: how long it took, and its error
 }
 
 // runFailover runs the failover benchmark. Whatever happens, the
@@ -423,13 +438,17 @@ func (fc *failoverClock) produce(ctx context.Context, c *wire.Client, rate int, 
 				fc.first = append(fc.first, "")
 			}
 			fc.mu.Unlock()
+			call := putCall{at: now}
 			for {
+				sent := time.Now()
 				pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 				_, err := c.PutRaw(pctx, qmTasks, items, wire.PutOptions{ReplyTo: qmResults, Keys: keys})
 				cancel()
 				if err == nil {
 					break
 				}
+				call.failed++
+				call.errs = append(call.errs, fmt.Sprintf("after %s: %v", fmtSecs(time.Since(sent)), err))
 				if ctx.Err() != nil {
 					return nil
 				}
@@ -441,8 +460,10 @@ func (fc *failoverClock) produce(ctx context.Context, c *wire.Client, rate int, 
 				}
 			}
 			next += k
+			call.took = time.Since(now)
 			fc.mu.Lock()
 			fc.put = next
+			fc.puts = append(fc.puts, call)
 			fc.mu.Unlock()
 		}
 	}
@@ -548,6 +569,18 @@ func (r *failoverReport) fill(fc *failoverClock, putsEnded time.Time) {
 			cy.end = r.Cycles[i+1].kill
 		}
 		cy.Gap, cy.NoResult = stretch(fc.arrivals, cy.kill, cy.end)
+		for _, p := range fc.puts {
+			// A put sent shortly before the kill may be the one it holds up.
+			if p.at.After(cy.kill.Add(-time.Second)) && p.at.Before(cy.end) {
+				cy.LongestPut = max(cy.LongestPut, p.took)
+				cy.FailedPuts += p.failed
+				for _, e := range p.errs {
+					if len(cy.PutErrors) < 3 {
+						cy.PutErrors = append(cy.PutErrors, e)
+					}
+				}
+			}
+		}
 		for k, at := range fc.arrivals {
 			if !at.After(cy.kill) {
 				continue
@@ -600,8 +633,8 @@ func (r *failoverReport) markdown() string {
 	fmt.Fprintf(&b, "Failover: three qmasters embedding a JetStream cluster (fsync always), %d qworker --builtin echo, "+
 		"%d tasks/s put through one qmaster, lease %s; the node leading the tasks stream SIGKILLed and restarted %s later, "+
 		"%d times (`%s`).\n\n", o.Workers, o.Rate, o.Lease, o.Down, o.Cycles, o.Command)
-	b.WriteString("| cycle | killed | gap | kill → first result | kill → first result of a task put after it | restart → replicas current |\n")
-	b.WriteString("|---:|---|---:|---:|---:|---:|\n")
+	b.WriteString("| cycle | killed | gap | kill → first result | kill → first result of a task put after it | longest put (failed sends) | restart → replicas current |\n")
+	b.WriteString("|---:|---|---:|---:|---:|---:|---:|\n")
 	for i, cy := range r.Cycles {
 		victim := cy.Victim + " (tasks)"
 		if cy.LedResults {
@@ -615,8 +648,15 @@ func (r *failoverReport) markdown() string {
 		if cy.FirstNew == 0 {
 			firstNew = "none"
 		}
-		fmt.Fprintf(&b, "| %d | %s | %s | %s | %s | %s |\n", i+1, victim, gap, fmtSecs(cy.FirstResult), firstNew, fmtSecs(cy.Current))
+		fmt.Fprintf(&b, "| %d | %s | %s | %s | %s | %s (%d) | %s |\n", i+1, victim, gap, fmtSecs(cy.FirstResult), firstNew,
+			fmtSecs(cy.LongestPut), cy.FailedPuts, fmtSecs(cy.Current))
 	}
+	for i, cy := range r.Cycles {
+		if len(cy.PutErrors) > 0 {
+			fmt.Fprintf(&b, "\nCycle %d, failed puts: %s.", i+1, strings.Join(cy.PutErrors, "; "))
+		}
+	}
+	b.WriteString("\n")
 	if g := r.gaps(); len(g) > 0 {
 		med, worst := g[len(g)/2], g[len(g)-1]
 		if len(g)%2 == 0 {
