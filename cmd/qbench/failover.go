@@ -130,7 +130,7 @@ type failoverCycle struct {
 	Current     time.Duration // restart to its replicas current again
 	LongestPut  time.Duration // the longest a batch took to be put, retries included
 	FailedPuts  int           // sends of a batch that failed and were sent again
-	PutErrors   []string      // the first few failed sends, with how long each took
+	PutErrors   []string      // the first few failed sends: when (from the kill), how long each took, why
 	NoResult    bool          // no result came in the cycle's window
 
 	kill, restart, end time.Time
@@ -170,7 +170,15 @@ type putCall struct {
 	at     time.Time
 	took   time.Duration
 	failed int
-	errs   []string // each failed send: how long it took, and its error
+	errs   []failedSend
+}
+
+// failedSend is a send of a batch that failed: when it was sent, how long
+// it took to fail, and why.
+type failedSend struct {
+	at   time.Time
+	took time.Duration
+	err  string
 }
 
 // runFailover runs the failover benchmark. Whatever happens, the
@@ -448,7 +456,7 @@ func (fc *failoverClock) produce(ctx context.Context, c *wire.Client, rate int, 
 					break
 				}
 				call.failed++
-				call.errs = append(call.errs, fmt.Sprintf("after %s: %v", fmtSecs(time.Since(sent)), err))
+				call.errs = append(call.errs, failedSend{at: sent, took: time.Since(sent), err: err.Error()})
 				if ctx.Err() != nil {
 					return nil
 				}
@@ -570,13 +578,16 @@ func (r *failoverReport) fill(fc *failoverClock, putsEnded time.Time) {
 		}
 		cy.Gap, cy.NoResult = stretch(fc.arrivals, cy.kill, cy.end)
 		for _, p := range fc.puts {
-			// A put sent shortly before the kill may be the one it holds up.
-			if p.at.After(cy.kill.Add(-time.Second)) && p.at.Before(cy.end) {
+			// A put sent shortly before the kill may be the one it holds
+			// up, so a cycle's puts start a second before it (and end a
+			// second before the next).
+			if p.at.After(cy.kill.Add(-time.Second)) && p.at.Before(cy.end.Add(-time.Second)) {
 				cy.LongestPut = max(cy.LongestPut, p.took)
 				cy.FailedPuts += p.failed
 				for _, e := range p.errs {
 					if len(cy.PutErrors) < 3 {
-						cy.PutErrors = append(cy.PutErrors, e)
+						cy.PutErrors = append(cy.PutErrors, fmt.Sprintf("sent at %+.2f s, failed after %s: %s",
+							e.at.Sub(cy.kill).Seconds(), fmtSecs(e.took), e.err))
 					}
 				}
 			}
