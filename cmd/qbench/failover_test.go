@@ -9,8 +9,8 @@ import (
 )
 
 // One cycle of the failover benchmark on real processes: a node was
-// killed, results stopped and came back, and every task had exactly one
-// result. It checks that the figures make sense, not how good they are.
+// killed, results stopped and came back, and every task had a result. It
+// checks that the figures make sense, not how good they are.
 func TestFailover(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a three-node cluster and kills a node")
@@ -33,6 +33,10 @@ func TestFailover(t *testing.T) {
 	if err := rep.check(); err != nil {
 		t.Fatal(err)
 	}
+	if rep.Dup > 0 {
+		// At least once, not a fault: see qbench failover --help.
+		t.Logf("%d tasks had a second result", rep.Dup)
+	}
 	if len(rep.Cycles) != 1 {
 		t.Fatalf("%d cycles, want 1", len(rep.Cycles))
 	}
@@ -44,7 +48,7 @@ func TestFailover(t *testing.T) {
 		t.Errorf("gap %s, with %s before the kill: no failover seen, or a nonsense figure", cy.Gap, rep.Baseline)
 	case cy.FirstResult <= 0 || cy.FirstNew < cy.FirstResult || cy.NoResult:
 		t.Errorf("first result %s, first of a new task %s (none: %v)", cy.FirstResult, cy.FirstNew, cy.NoResult)
-	case rep.Put < o.Rate*2 || rep.Results != rep.Put:
+	case rep.Put < o.Rate*2 || rep.Results != rep.Put+len(rep.Twice):
 		t.Errorf("%d tasks put, %d results", rep.Put, rep.Results)
 	}
 	if !strings.Contains(md, "| 1 | "+cy.Victim) || !strings.Contains(md, "Gap: median") {
