@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -232,7 +233,7 @@ func runFailover(ctx context.Context, o *failoverOptions, log io.Writer) (rep *f
 	defer func() { stopAll(workers) }()
 	for i := range o.Workers {
 		p, err := b.procs.start("qworker "+strconv.Itoa(i), []string{
-			b.opts.Bin + "/qworker", "--server", all, "--tasks", qmTasks, "--results", qmResults,
+			filepath.Join(b.opts.Bin, "qworker"), "--server", all, "--tasks", qmTasks, "--results", qmResults,
 			"--log-level", "warn", "--name", "w" + strconv.Itoa(i), "--builtin", "echo",
 		}, []string{"QM_AUTHKEY=" + b.key}, nil)
 		if err != nil {
