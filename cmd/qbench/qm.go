@@ -36,7 +36,9 @@ type qmMode struct {
 	// storage says where qmaster keeps the queues: "" in memory, "disk"
 	// in --data-dir (fsync always), "jetstream" in a JetStream node
 	// embedded in it (--cluster-listen with itself as the only peer;
-	// fsync always), "jetstream-nosync" the same with --fsync never.
+	// fsync always), "jetstream-nosync" the same with --fsync never,
+	// "jetstream3" in a cluster of three such qmasters (fsync always),
+	// the producer through the first and the workers through the second.
 	storage string
 	// python, if not "", runs one qworker whose handler is the Python
 	// script sq.py (x * x, through the qmworker helper), with --stdio or
@@ -198,6 +200,9 @@ type qmSystem struct {
 	qmaster, addr, key string
 	size               int
 	dir                string // the master's data directory, if any
+	// nodes are the three qmasters of the jetstream3 storage; server is
+	// the first, the producer's.
+	nodes []*clusterNode
 	// numeric: the tasks are numbers, for the Python square handler.
 	numeric bool
 }
@@ -219,14 +224,20 @@ func (b *bench) startQM(ctx context.Context, mode qmMode, size, w int) (sys syst
 	if err != nil {
 		return nil, err
 	}
-	var extra []string
 	if mode.storage != "" {
 		if s.dir, err = os.MkdirTemp("", "qbench-"); err != nil {
 			return nil, err
 		}
-		if extra, err = storageArgs(mode.storage, s.dir); err != nil {
+	}
+	if mode.storage == "jetstream3" {
+		if err := b.startQMCluster(ctx, s, w); err != nil {
 			return nil, err
 		}
+		return s, nil
+	}
+	extra, err := storageArgs(mode.storage, s.dir)
+	if err != nil {
+		return nil, err
 	}
 	master, addr, err := b.startQMaster(ctx, extra...)
 	if err != nil {
@@ -250,6 +261,31 @@ func (b *bench) startQM(ctx context.Context, mode qmMode, size, w int) (sys syst
 		}
 	}
 	return s, nil
+}
+
+// startQMCluster starts the jetstream3 setup of s: three qmasters, each
+// embedding a node of one JetStream cluster (queues kept by all three,
+// fsync always), the producer connected to the first and w workers to the
+// second. The first is s.server, whose peak RSS the report shows.
+func (b *bench) startQMCluster(ctx context.Context, s *qmSystem, w int) error {
+	nodes, err := b.startCluster(ctx, s.dir, false)
+	s.nodes = nodes
+	if err != nil {
+		return err
+	}
+	s.server, s.addr = nodes[0].p, nodes[0].addr
+	if s.c, err = b.dialQM(ctx, s.addr); err != nil {
+		return err
+	}
+	// A gateway lists only its own clients: count the workers through
+	// theirs.
+	wc, err := b.dialQM(ctx, nodes[1].addr)
+	if err != nil {
+		return err
+	}
+	defer wc.Close()
+	s.workers, err = b.startQWorkers(ctx, wc, nodes[1].addr, w, s.mode)
+	return err
 }
 
 func (s *qmSystem) throughput(ctx context.Context, n int) (time.Duration, error) {
@@ -313,7 +349,12 @@ func (s *qmSystem) close() {
 	if s.c != nil {
 		s.c.Close()
 	}
-	s.stop()
+	if s.nodes != nil {
+		stopAll(s.workers)
+		stopNodes(s.nodes)
+	} else {
+		s.stop()
+	}
 	if s.dir != "" {
 		os.RemoveAll(s.dir)
 	}

@@ -109,6 +109,7 @@ var systemLabels = map[string]string{
 	"qm-disk":      "qm, batched, --data-dir (fsync always)",
 	"qm-js":        "qm, batched, embedded JetStream node (fsync always)",
 	"qm-js-nosync": "qm, batched, embedded JetStream node (--fsync never)",
+	"qm-js3":       "qm, batched, two gateways on three JetStream nodes (fsync always)",
 	"nats":         "NATS JetStream direct, batched (sync always)",
 	"nats-nosync":  "NATS JetStream direct, batched (default sync)",
 	"qm-stdio":     "qm --stdio, Python x*x",

@@ -39,7 +39,7 @@ var allSystems = []string{"qm", "qm-1req", "qm-defaults", "qm-stdio", "qm-comman
 
 // moreSystems are known but not run unless named in --systems: the
 // durable and JetStream setups (docs/SCALING.md).
-var moreSystems = []string{"qm-disk", "qm-js", "qm-js-nosync", "nats", "nats-nosync"}
+var moreSystems = []string{"qm-disk", "qm-js", "qm-js3", "qm-js-nosync", "nats", "nats-nosync"}
 
 func newRootCmd() *cobra.Command {
 	opts := &options{}
@@ -92,6 +92,18 @@ Systems (--systems):
            a manager serving a task and a result queue, workers doing
            get(timeout=1) then put.
 
+Run only when named (docs/SCALING.md), all batched as qm:
+  qm-disk  qmaster --data-dir (fsync always).
+  qm-js, qm-js-nosync
+           one qmaster embedding a single JetStream node (--cluster-listen
+           with itself as the only peer), fsync always or --fsync never.
+  qm-js3   three such qmasters forming one JetStream cluster (each queue
+           on all three, fsync always): the producer through the first,
+           the workers through the second.
+  nats, nats-nosync
+           JetStream used directly, as its users would at their best (a
+           nats-server in its own process; workers qbench worker-nats).
+
 The 1req systems and python put --slow-n tasks per measurement, the
 others --n.
 
@@ -123,7 +135,7 @@ Build the binaries first (make build); --bin says where they are.`,
 	fl.StringVar(&opts.Out, "out", "", "also write the results into this markdown `file` (e.g. docs/PERFORMANCE.md), between its qbench markers")
 	opts.Command = "qbench " + strings.Join(os.Args[1:], " ")
 
-	cmd.AddCommand(newRedisWorkerCmd(), newProfileCmd(), newDriveCmd(), newNATSServerCmd(), newNATSWorkerCmd())
+	cmd.AddCommand(newRedisWorkerCmd(), newProfileCmd(), newDriveCmd(), newNATSServerCmd(), newNATSWorkerCmd(), newFailoverCmd())
 	return cmd
 }
 
