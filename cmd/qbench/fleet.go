@@ -104,6 +104,7 @@ type fleetStats struct {
 	start     time.Time
 	done      int
 	rtts      []time.Duration
+	waits     []time.Duration // put to handler start
 	killed    time.Time
 	redeliver []time.Duration // since the kill, of each redelivered task
 }
@@ -114,6 +115,15 @@ func (s *fleetStats) result(put time.Time) {
 	if s.measuring {
 		s.done++
 		s.rtts = append(s.rtts, now.Sub(put))
+	}
+	s.mu.Unlock()
+}
+
+func (s *fleetStats) started(put time.Time) {
+	now := time.Now()
+	s.mu.Lock()
+	if s.measuring {
+		s.waits = append(s.waits, now.Sub(put))
 	}
 	s.mu.Unlock()
 }
@@ -201,6 +211,10 @@ func runFleet(ctx context.Context, o *fleetOptions, stdout, log io.Writer) error
 				if t.Attempt > 1 {
 					st.redelivered()
 				}
+				var at int64
+				if err := msgpack.Unmarshal(t.Payload, &at); err == nil {
+					st.started(time.Unix(0, at))
+				}
 				if o.Compute > 0 {
 					select {
 					case <-time.After(o.Compute):
@@ -216,6 +230,20 @@ func runFleet(ctx context.Context, o *fleetOptions, stdout, log io.Writer) error
 			}
 		})
 	}
+	// The background: what the processes use with every worker waiting
+	// and no task, measured before the producers start.
+	const idleFor = 3 * time.Second
+	time.Sleep(time.Second)
+	idle0, err := fleetCPU(nodes, gws)
+	if err != nil {
+		return err
+	}
+	time.Sleep(idleFor)
+	idle1, err := fleetCPU(nodes, gws)
+	if err != nil {
+		return err
+	}
+	idleCPU := idle1.sub(idle0)
 	for q := range o.Queues {
 		// Producers on the first gateways: the killed one is the last.
 		addr := addrs[q%max(1, o.Gateways-1)]
@@ -281,6 +309,7 @@ func runFleet(ctx context.Context, o *fleetOptions, stdout, log io.Writer) error
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	slices.Sort(st.rtts)
+	slices.Sort(st.waits)
 	n := float64(st.done)
 	perTask := func(d time.Duration) string {
 		if n == 0 {
@@ -297,6 +326,9 @@ func runFleet(ctx context.Context, o *fleetOptions, stdout, log io.Writer) error
 	fmt.Fprintf(stdout, "| %.0f | %s | %s | %s | %s | %s | %s | %s | %s |\n", n/took.Seconds(),
 		fmtDur(percentile(st.rtts, 0.50)), fmtDur(percentile(st.rtts, 0.99)),
 		perTask(d.nodes), perTask(d.gateways), perTask(d.self), cores(d.nodes), cores(d.gateways), cores(d.self))
+	fmt.Fprintf(stdout, "\nput to handler start: p50 %s, p99 %s\n", fmtDur(percentile(st.waits, 0.50)), fmtDur(percentile(st.waits, 0.99)))
+	idle := func(d time.Duration) string { return fmt.Sprintf("%.3f", d.Seconds()/idleFor.Seconds()) }
+	fmt.Fprintf(stdout, "idle (workers waiting, no task), cores: nodes %s, gateways %s, client %s\n", idle(idleCPU.nodes), idle(idleCPU.gateways), idle(idleCPU.self))
 	if !st.killed.IsZero() {
 		fmt.Fprintf(stdout, "\nredelivered after the kill: %d\n", len(st.redeliver))
 		fmt.Fprint(stdout, burstProfile(st.redeliver))
