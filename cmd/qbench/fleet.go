@@ -278,6 +278,10 @@ func runFleet(ctx context.Context, o *fleetOptions, stdout, log io.Writer) error
 	if err != nil {
 		return err
 	}
+	mach0, err := machineBusy()
+	if err != nil {
+		return err
+	}
 	st.mu.Lock()
 	st.measuring, st.start = true, time.Now()
 	st.mu.Unlock()
@@ -300,6 +304,10 @@ func runFleet(ctx context.Context, o *fleetOptions, stdout, log io.Writer) error
 	took := time.Since(st.start)
 	st.mu.Unlock()
 	cpu1, err := fleetCPU(nodes, gws)
+	if err != nil {
+		return err
+	}
+	mach1, err := machineBusy()
 	if err != nil {
 		return err
 	}
@@ -329,6 +337,8 @@ func runFleet(ctx context.Context, o *fleetOptions, stdout, log io.Writer) error
 	fmt.Fprintf(stdout, "\nput to handler start: p50 %s, p99 %s\n", fmtDur(percentile(st.waits, 0.50)), fmtDur(percentile(st.waits, 0.99)))
 	idle := func(d time.Duration) string { return fmt.Sprintf("%.3f", d.Seconds()/idleFor.Seconds()) }
 	fmt.Fprintf(stdout, "idle (workers waiting, no task), cores: nodes %s, gateways %s, client %s\n", idle(idleCPU.nodes), idle(idleCPU.gateways), idle(idleCPU.self))
+	ours := d.nodes + d.gateways + d.self
+	fmt.Fprintf(stdout, "machine: %s cores busy, %s of them other processes'\n", cores(mach1-mach0), cores(mach1-mach0-ours))
 	if !st.killed.IsZero() {
 		fmt.Fprintf(stdout, "\nredelivered after the kill: %d\n", len(st.redeliver))
 		fmt.Fprint(stdout, burstProfile(st.redeliver))
@@ -479,4 +489,31 @@ func dialable(addr string) bool {
 	}
 	c.Close()
 	return true
+}
+
+// machineBusy is the CPU time the machine's CPUs have spent on anything
+// but idling, from /proc/stat's first line (clock ticks of 1/100 s).
+func machineBusy() (time.Duration, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, err
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return 0, errors.New("/proc/stat: no cpu line")
+	}
+	var busy int64
+	// user nice system idle iowait irq softirq steal: all but idle and iowait.
+	for i, v := range f[1:9] {
+		if i == 3 || i == 4 {
+			continue
+		}
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return 0, err
+		}
+		busy += n
+	}
+	return time.Duration(busy) * 10 * time.Millisecond, nil
 }
