@@ -1,0 +1,101 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/qm-dev/qm/sim"
+	"github.com/spf13/cobra"
+)
+
+// Measured costs, the defaults of qbench simulate: qbench fleet on this
+// repository's 2-core machine (docs/SCALING.md, "A simulator").
+const (
+	measuredGatewayCost = 280 * time.Microsecond
+	measuredNodeCost    = 160 * time.Microsecond
+	measuredClientCost  = 80 * time.Microsecond
+	measuredFollower    = 0.5
+	measuredGatewayFixed = 0.02 // per gateway, with 50 workers waiting each
+	measuredNodeFixed    = 0.06
+	measuredClientFixed  = 0.09 // 1,000 workers
+)
+
+func newSimulateCmd() *cobra.Command {
+	cfg := sim.Config{}
+	var kill bool
+	cmd := &cobra.Command{
+		Use:   "simulate [flags]",
+		Short: "Simulate qm's gateways over JetStream (package sim) and print throughput, round trip and the redelivery burst after a gateway kill",
+		Long: `qbench simulate runs the seeded discrete-event simulator of package sim:
+gateways, JetStream nodes (a stream per queue, its leader and followers
+placed round-robin), worker goroutines (get, compute, complete) and one
+producer per queue keeping --window tasks in flight. The CPU costs per task
+default to those measured by qbench fleet (docs/SCALING.md).
+
+With --shared-cores every process shares one host of that many cores (the
+validation against qbench fleet on one machine); otherwise each gateway and
+node has a host of its own.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if !kill {
+				cfg.KillAt = 0
+			}
+			r, err := sim.Run(cfg)
+			if err != nil {
+				return err
+			}
+			printSim(cmd.OutOrStdout(), &cfg, r)
+			return nil
+		},
+		SilenceUsage: true, SilenceErrors: true,
+	}
+	fl := cmd.Flags()
+	fl.IntVar(&cfg.Gateways, "gateways", 20, "gateways")
+	fl.IntVar(&cfg.Workers, "workers", 1000, "worker goroutines (Concurrency 1 each)")
+	fl.IntVar(&cfg.Queues, "queues", 1, "queues, one producer each")
+	fl.IntVar(&cfg.Nodes, "nodes", 1, "JetStream nodes")
+	fl.IntVar(&cfg.Replicas, "replicas", 0, "replicas per stream (default min(3, nodes))")
+	fl.IntVar(&cfg.Window, "window", 2000, "tasks in flight over all producers")
+	fl.DurationVar(&cfg.Compute, "compute", 100*time.Millisecond, "a handler's run time")
+	fl.Uint64Var(&cfg.Seed, "seed", 1, "random seed")
+	fl.DurationVar(&cfg.Warmup, "warmup", 5*time.Second, "simulated time before the measurement")
+	fl.DurationVar(&cfg.Duration, "duration", 15*time.Second, "simulated time measured")
+	fl.DurationVar(&cfg.KillAt, "kill-at", 5*time.Second, "kill the last gateway this long into the measurement (with --kill)")
+	fl.BoolVar(&kill, "kill", false, "kill a gateway at --kill-at")
+	fl.DurationVar(&cfg.AckWait, "ack-wait", 5*time.Second, "JetStream AckWait (the lease)")
+	fl.DurationVar(&cfg.Latency, "latency", 50*time.Microsecond, "one-way network latency")
+	fl.IntVar(&cfg.SharedCores, "shared-cores", 0, "put every process on one host of this many cores")
+	fl.IntVar(&cfg.GatewayCores, "gateway-cores", 1, "cores of each gateway's host")
+	fl.IntVar(&cfg.NodeCores, "node-cores", 1, "cores of each node's host")
+	fl.IntVar(&cfg.ClientCores, "client-cores", 1, "cores of each worker process's host")
+	fl.IntVar(&cfg.ClientProcs, "client-procs", 0, "worker processes (default workers/1000)")
+	fl.IntVar(&cfg.Threads, "threads", 1, "operations one process runs at once (its GOMAXPROCS), at most its host's cores")
+	fl.DurationVar(&cfg.Costs.Gateway, "gateway-cost", measuredGatewayCost, "gateway CPU per task")
+	fl.DurationVar(&cfg.Costs.Node, "node-cost", measuredNodeCost, "stream leader's CPU per task")
+	fl.DurationVar(&cfg.Costs.Client, "client-cost", measuredClientCost, "worker process's CPU per task")
+	fl.Float64Var(&cfg.Costs.Follower, "follower", measuredFollower, "a follower's CPU per task, as a share of --node-cost")
+	fl.Float64Var(&cfg.Costs.GatewayWorkerShare, "gateway-worker-share", 0.6, "share of --gateway-cost spent on workers' calls")
+	fl.Float64Var(&cfg.Costs.GatewayFixed, "gateway-fixed", measuredGatewayFixed, "each gateway's load whatever the task rate, in cores")
+	fl.Float64Var(&cfg.Costs.NodeFixed, "node-fixed", measuredNodeFixed, "each node's load whatever the task rate, in cores")
+	fl.Float64Var(&cfg.Costs.ClientFixed, "client-fixed", measuredClientFixed, "each worker process's load whatever the task rate, in cores")
+	fl.Float64Var(&cfg.External, "external", 0, "with --shared-cores, other programs' load on the host, in cores")
+	return cmd
+}
+
+func printSim(w io.Writer, cfg *sim.Config, r *sim.Result) {
+	fmt.Fprintf(w, "qbench simulate: %d gateways, %d workers, %d queues, %d nodes, window %d, compute %s, seed %d, %s measured\n\n",
+		cfg.Gateways, cfg.Workers, cfg.Queues, cfg.Nodes, cfg.Window, cfg.Compute, cfg.Seed, cfg.Duration)
+	fmt.Fprintf(w, "| tasks/s | RTT p50 | RTT p99 | RTT mean | put→handler p50 | p99 | gateway cores | node cores (busiest) | client cores |\n")
+	fmt.Fprintf(w, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	fmt.Fprintf(w, "| %.0f | %s | %s | %s | %s | %s | %.2f | %.2f (%.2f) | %.2f |\n", r.Throughput, fmtDur(r.P50), fmtDur(r.P99), fmtDur(r.Mean),
+		fmtDur(r.WaitP50), fmtDur(r.WaitP99), r.GatewayBusy, r.NodeBusy, r.MaxNode, r.ClientBusy)
+	if cfg.KillAt > 0 {
+		fmt.Fprintf(w, "\nkilled the last gateway at %s: %d tasks leased through it, %d redelivered\n", cfg.KillAt, r.Orphaned, len(r.Redelivered))
+		for s, c := range r.Burst(time.Second) {
+			if c > 0 {
+				fmt.Fprintf(w, "  %2d–%2d s after the kill: %d\n", s, s+1, c)
+			}
+		}
+	}
+}
