@@ -56,7 +56,7 @@ type Config struct {
 	// node has a host of its own with GatewayCores and NodeCores (default
 	// 1), and the workers are spread over ClientProcs processes (default
 	// Workers/1000, at least 1), each alone on a host of ClientCores.
-	SharedCores                                     int
+	SharedCores                                       int
 	GatewayCores, NodeCores, ClientCores, ClientProcs int
 	// External is the load of other programs on the shared host, in
 	// cores, run in slices of ExternalSlice (default 3ms, about a Linux

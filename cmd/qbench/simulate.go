@@ -12,10 +12,10 @@ import (
 // Measured costs, the defaults of qbench simulate: qbench fleet on this
 // repository's 2-core machine (docs/SCALING.md, "A simulator").
 const (
-	measuredGatewayCost = 280 * time.Microsecond
-	measuredNodeCost    = 160 * time.Microsecond
-	measuredClientCost  = 80 * time.Microsecond
-	measuredFollower    = 0.5
+	measuredGatewayCost  = 280 * time.Microsecond
+	measuredNodeCost     = 160 * time.Microsecond
+	measuredClientCost   = 80 * time.Microsecond
+	measuredFollower     = 0.5
 	measuredGatewayFixed = 0.02 // per gateway, with 50 workers waiting each
 	measuredNodeFixed    = 0.06
 	measuredClientFixed  = 0.09 // 1,000 workers
