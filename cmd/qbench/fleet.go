@@ -105,6 +105,9 @@ type fleetStats struct {
 	done      int
 	rtts      []time.Duration
 	waits     []time.Duration // put to handler start
+	batches   []int           // results per get of a producer
+	putTimes  []time.Duration // how long each put took
+	getTimes  []time.Duration // how long each get of results took
 	killed    time.Time
 	redeliver []time.Duration // since the kill, of each redelivered task
 }
@@ -337,6 +340,15 @@ func runFleet(ctx context.Context, o *fleetOptions, stdout, log io.Writer) error
 	fmt.Fprintf(stdout, "\nput to handler start: p50 %s, p99 %s\n", fmtDur(percentile(st.waits, 0.50)), fmtDur(percentile(st.waits, 0.99)))
 	idle := func(d time.Duration) string { return fmt.Sprintf("%.3f", d.Seconds()/idleFor.Seconds()) }
 	fmt.Fprintf(stdout, "idle (workers waiting, no task), cores: nodes %s, gateways %s, client %s\n", idle(idleCPU.nodes), idle(idleCPU.gateways), idle(idleCPU.self))
+	slices.Sort(st.getTimes)
+	slices.Sort(st.putTimes)
+	sum := 0
+	for _, b := range st.batches {
+		sum += b
+	}
+	fmt.Fprintf(stdout, "producers: %d loops, %.0f results per get; get p50 %s p99 %s; put p50 %s p99 %s\n", len(st.batches),
+		float64(sum)/float64(max(1, len(st.batches))), fmtDur(percentile(st.getTimes, 0.5)), fmtDur(percentile(st.getTimes, 0.99)),
+		fmtDur(percentile(st.putTimes, 0.5)), fmtDur(percentile(st.putTimes, 0.99)))
 	ours := d.nodes + d.gateways + d.self
 	fmt.Fprintf(stdout, "machine: %s cores busy, %s of them other processes'\n", cores(mach1-mach0), cores(mach1-mach0-ours))
 	if !st.killed.IsZero() {
@@ -403,10 +415,12 @@ func fleetProducer(ctx context.Context, b *bench, addr, q string, window int, st
 		return err
 	}
 	for {
+		t0 := time.Now()
 		ts, err := c.Get(ctx, "r"+q, wire.GetOptions{Max: 1000, Timeout: time.Second, NoAck: true})
 		if err != nil {
 			return fmt.Errorf("get results: %w", err)
 		}
+		t1 := time.Now()
 		for _, t := range ts {
 			var res wire.Result
 			var at int64
@@ -421,6 +435,13 @@ func fleetProducer(ctx context.Context, b *bench, addr, q string, window int, st
 		if err := put(len(ts)); err != nil {
 			return err
 		}
+		st.mu.Lock()
+		if st.measuring {
+			st.batches = append(st.batches, len(ts))
+			st.getTimes = append(st.getTimes, t1.Sub(t0))
+			st.putTimes = append(st.putTimes, time.Since(t1))
+		}
+		st.mu.Unlock()
 	}
 }
 
