@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"slices"
 	"errors"
 	"fmt"
 	"time"
@@ -63,6 +64,16 @@ type Config struct {
 	// time slice on a busy 2-core machine). Only with SharedCores.
 	External      float64
 	ExternalSlice time.Duration
+	// ExternalTrace, if not empty, replaces External by a measured trace
+	// (qbench fleet's): the load in cores during each ExternalPeriod
+	// (default 500ms) from the start of the measurement; the warmup gets
+	// the trace's mean, and the last value holds after its end.
+	ExternalTrace  []float64
+	ExternalPeriod time.Duration
+	// Quantum is the longest an operation holds a core before the next in
+	// line gets it; longer ones are cut in pieces of Quantum. Default
+	// 100µs, about the work of one message; negative never cuts.
+	Quantum time.Duration
 	// Threads is how many operations one process runs at once, at most
 	// its host's cores; default 1 (qm's GOMAXPROCS=1 on a busy host).
 	Threads int
@@ -125,6 +136,12 @@ func (c *Config) setDefaults() {
 	if c.ReconnectMin == 0 {
 		c.ReconnectMin = 100 * time.Millisecond
 	}
+	if c.ExternalPeriod == 0 {
+		c.ExternalPeriod = 500 * time.Millisecond
+	}
+	if c.Quantum == 0 {
+		c.Quantum = 100 * time.Microsecond
+	}
 	if c.ExternalSlice == 0 {
 		c.ExternalSlice = 3 * time.Millisecond
 	}
@@ -152,7 +169,8 @@ func (c *Config) Validate() error {
 	case c.KillAt > 0 && c.Gateways == 1:
 		return errors.New("sim config: KillAt needs at least 2 Gateways")
 	case c.Costs.Gateway < 0 || c.Costs.Node < 0 || c.Costs.Client < 0 || c.Costs.Follower < 0 ||
-		c.Costs.GatewayFixed < 0 || c.Costs.NodeFixed < 0 || c.Costs.ClientFixed < 0 || c.External < 0 || c.ExternalSlice < 0:
+		c.Costs.GatewayFixed < 0 || c.Costs.NodeFixed < 0 || c.Costs.ClientFixed < 0 || c.External < 0 || c.ExternalSlice < 0 ||
+		slices.ContainsFunc(c.ExternalTrace, func(v float64) bool { return v < 0 }):
 		return errors.New("sim config: costs must not be negative")
 	case c.Costs.GatewayWorkerShare < 0 || c.Costs.GatewayWorkerShare > 1:
 		return errors.New("sim config: Costs.GatewayWorkerShare must be within [0, 1]")

@@ -10,11 +10,18 @@ import "time"
 type host struct {
 	c     *clock
 	free  int
+	// quantum is the longest an operation runs before the core goes to
+	// the next in line; a longer one (a put of a thousand tasks) goes on
+	// when its process's turn comes again, as a process that does its work
+	// message by message gets only its share of a busy machine.
+	quantum time.Duration
 	line  []*process
 	inUse time.Duration // CPU time given to operations
 }
 
-func newHost(c *clock, cores int) *host { return &host{c: c, free: cores} }
+func newHost(c *clock, cores int, quantum time.Duration) *host {
+	return &host{c: c, free: cores, quantum: quantum}
+}
 
 // process is one OS process (a gateway, a node, a client) on a host, with
 // at most threads operations running at once.
@@ -25,6 +32,7 @@ type process struct {
 	ops     []op
 	inLine  bool
 	dead    bool
+	whole   bool          // its operations are never cut (see host.quantum)
 	busy    time.Duration // CPU time used
 }
 
@@ -74,14 +82,24 @@ func (h *host) dispatch() {
 		}
 		o := p.ops[0]
 		p.ops = p.ops[1:]
+		run := o.cost
+		if h.quantum > 0 && run > h.quantum && !p.whole {
+			run = h.quantum
+		}
 		h.free--
 		p.running++
-		p.busy += o.cost
-		h.inUse += o.cost
-		h.c.after(o.cost, func() {
+		p.busy += run
+		h.inUse += run
+		h.c.after(run, func() {
 			h.free++
 			p.running--
-			if !p.dead {
+			switch {
+			case p.dead:
+			case run < o.cost:
+				// The rest waits behind the process's other operations,
+				// as a goroutine does behind the others of one thread.
+				p.ops = append(p.ops, op{o.cost - run, o.done})
+			default:
 				o.done()
 			}
 			h.enqueue(p)

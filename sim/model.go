@@ -81,11 +81,11 @@ func newModel(cfg Config) *model {
 	hostOf := func(cores int) *host {
 		if cfg.SharedCores > 0 {
 			if shared == nil {
-				shared = newHost(m.c, cfg.SharedCores)
+				shared = newHost(m.c, cfg.SharedCores, cfg.Quantum)
 			}
 			return shared
 		}
-		return newHost(m.c, cores)
+		return newHost(m.c, cores, cfg.Quantum)
 	}
 	threads := func(cores int) int {
 		if cfg.SharedCores > 0 {
@@ -108,11 +108,8 @@ func newModel(cfg Config) *model {
 		m.clients = append(m.clients, p)
 		m.background(p, cfg.Costs.ClientFixed)
 	}
-	if shared != nil && cfg.External > 0 {
-		// Other programs: as many single-threaded ones as the load needs.
-		for left := cfg.External; left > 0; left-- {
-			m.load(shared.newProcess(1), min(left, 1), cfg.ExternalSlice, 10*cfg.ExternalSlice)
-		}
+	if shared != nil && (cfg.External > 0 || len(cfg.ExternalTrace) > 0) {
+		m.external(shared)
 	}
 	for q := range cfg.Queues {
 		s := &stream{leader: m.nodes[q%cfg.Nodes]}
@@ -162,6 +159,42 @@ func (m *model) load(p *process, cores float64, slice, period time.Duration) {
 		m.c.after(period, tick)
 	}
 	m.c.after(time.Duration(m.rng.Int64N(int64(period))), tick)
+}
+
+// external runs other programs' load on the shared host h: as many
+// single-threaded programs as the load needs, each a time slice at a time.
+func (m *model) external(h *host) {
+	cfg := m.cfg
+	level := func(time.Duration) float64 { return cfg.External }
+	peak := cfg.External
+	if tr := cfg.ExternalTrace; len(tr) > 0 {
+		var sum float64
+		for _, v := range tr {
+			sum += v
+		}
+		mean := sum / float64(len(tr))
+		peak = max(mean, slices.Max(tr))
+		level = func(now time.Duration) float64 {
+			if now < cfg.Warmup {
+				return mean
+			}
+			return tr[min(len(tr)-1, int((now-cfg.Warmup)/cfg.ExternalPeriod))]
+		}
+	}
+	period := 10 * cfg.ExternalSlice
+	for k := 0; float64(k) < peak; k++ {
+		p := h.newProcess(1)
+		p.whole = true
+		var tick func()
+		tick = func() {
+			each := time.Duration(min(1, max(0, level(m.c.now)-float64(k))) * float64(period))
+			for left := each; left > 0; left -= cfg.ExternalSlice {
+				p.do(min(left, cfg.ExternalSlice), func() {})
+			}
+			m.c.after(period, tick)
+		}
+		m.c.after(time.Duration(m.rng.Int64N(int64(period))), tick)
+	}
 }
 
 // dial picks a gateway as wire.Dial does: a random one of the list, or the
@@ -335,7 +368,13 @@ func (m *model) put(pr *producer, n int) {
 					m.replicate(s, k.Node/6*time.Duration(n), func() {
 						m.ready(s, ts, false)
 						m.send(func() {
-							m.send(func() { m.getResults(pr) })
+							m.send(func() {
+								if m.measuring(now) {
+									m.res.puts = append(m.res.puts, m.c.now-now)
+									m.res.batched += n
+								}
+								m.getResults(pr)
+							})
 						})
 					})
 				})

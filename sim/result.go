@@ -30,7 +30,15 @@ type Result struct {
 	// is the busiest node's.
 	GatewayBusy, NodeBusy, ClientBusy, MaxNode float64
 
-	rtts, waits []time.Duration
+	// Loops is how many times the producers got results and put as many
+	// tasks during the measurement, Batch their mean results per get, and
+	// PutP50, PutP99 percentiles of how long a put took.
+	Loops          int
+	Batch          float64
+	PutP50, PutP99 time.Duration
+
+	rtts, waits, puts []time.Duration
+	batched           int
 }
 
 // Burst counts Redelivered by period after the kill.
@@ -65,6 +73,12 @@ func Run(cfg Config) (*Result, error) {
 	r := m.res
 	slices.Sort(r.rtts)
 	slices.Sort(r.waits)
+	slices.Sort(r.puts)
+	r.Loops = len(r.puts)
+	if r.Loops > 0 {
+		r.Batch = float64(r.batched) / float64(r.Loops)
+	}
+	r.PutP50, r.PutP99 = percentile(r.puts, 0.50), percentile(r.puts, 0.99)
 	r.Tasks = len(r.rtts)
 	r.Throughput = float64(r.Tasks) / cfg.Duration.Seconds()
 	r.P50, r.P99 = percentile(r.rtts, 0.50), percentile(r.rtts, 0.99)

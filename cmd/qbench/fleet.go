@@ -97,6 +97,10 @@ func (o *fleetOptions) validate() error {
 	return nil
 }
 
+// sampleEvery is the period of qbench fleet's load trace; qbench simulate
+// replays it at the same period.
+const sampleEvery = 500 * time.Millisecond
+
 // fleetStats is what the workers and producers record during a run.
 type fleetStats struct {
 	mu        sync.Mutex
@@ -288,6 +292,41 @@ func runFleet(ctx context.Context, o *fleetOptions, stdout, log io.Writer) error
 	st.mu.Lock()
 	st.measuring, st.start = true, time.Now()
 	st.mu.Unlock()
+	// The other programs' load and the task rate, every sampleEvery: the
+	// trace qbench simulate --external-trace replays.
+	var (
+		external []float64
+		rates    []float64
+	)
+	sampleDone := make(chan struct{})
+	sampleCtx, stopSampling := context.WithCancel(ctx)
+	defer func() { stopSampling(); <-sampleDone }()
+	go func() {
+		defer close(sampleDone)
+		prevCPU, prevMach, prevDone := cpu0, mach0, 0
+		tick := time.NewTicker(sampleEvery)
+		defer tick.Stop()
+		for {
+			select {
+			case <-sampleCtx.Done():
+				return
+			case <-tick.C:
+			}
+			c, err1 := fleetCPU(nodes, gws)
+			m, err2 := machineBusy()
+			if err1 != nil || err2 != nil {
+				continue
+			}
+			st.mu.Lock()
+			done := st.done
+			st.mu.Unlock()
+			d := c.sub(prevCPU)
+			other := (m - prevMach - d.nodes - d.gateways - d.self).Seconds() / sampleEvery.Seconds()
+			external = append(external, max(0, other))
+			rates = append(rates, float64(done-prevDone)/sampleEvery.Seconds())
+			prevCPU, prevMach, prevDone = c, m, done
+		}
+	}()
 	if o.KillAt > 0 {
 		if err := wait(min(o.KillAt, o.Duration)); err != nil {
 			return err
@@ -314,6 +353,8 @@ func runFleet(ctx context.Context, o *fleetOptions, stdout, log io.Writer) error
 	if err != nil {
 		return err
 	}
+	stopSampling()
+	<-sampleDone
 	stopWorkers()
 	wg.Wait()
 
@@ -349,6 +390,14 @@ func runFleet(ctx context.Context, o *fleetOptions, stdout, log io.Writer) error
 	fmt.Fprintf(stdout, "producers: %d loops, %.0f results per get; get p50 %s p99 %s; put p50 %s p99 %s\n", len(st.batches),
 		float64(sum)/float64(max(1, len(st.batches))), fmtDur(percentile(st.getTimes, 0.5)), fmtDur(percentile(st.getTimes, 0.99)),
 		fmtDur(percentile(st.putTimes, 0.5)), fmtDur(percentile(st.putTimes, 0.99)))
+	if len(rates) > 0 {
+		fmt.Fprintf(stdout, "tasks/s every %s: min %.0f, max %.0f\n", sampleEvery, slices.Min(rates), slices.Max(rates))
+		tr := make([]string, len(external))
+		for i, e := range external {
+			tr[i] = strconv.FormatFloat(e, 'f', 2, 64)
+		}
+		fmt.Fprintf(stdout, "other programs' cores every %s (qbench simulate --external-trace): %s\n", sampleEvery, strings.Join(tr, ","))
+	}
 	ours := d.nodes + d.gateways + d.self
 	fmt.Fprintf(stdout, "machine: %s cores busy, %s of them other processes'\n", cores(mach1-mach0), cores(mach1-mach0-ours))
 	if !st.killed.IsZero() {

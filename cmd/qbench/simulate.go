@@ -80,6 +80,7 @@ node has a host of its own.`,
 	fl.Float64Var(&cfg.Costs.NodeFixed, "node-fixed", measuredNodeFixed, "each node's load whatever the task rate, in cores")
 	fl.Float64Var(&cfg.Costs.ClientFixed, "client-fixed", measuredClientFixed, "each worker process's load whatever the task rate, in cores")
 	fl.Float64Var(&cfg.External, "external", 0, "with --shared-cores, other programs' load on the host, in cores")
+	fl.Float64SliceVar(&cfg.ExternalTrace, "external-trace", nil, "with --shared-cores, other programs' load in cores every 500ms from the measurement's start, as qbench fleet prints it (replaces --external)")
 	return cmd
 }
 
@@ -90,6 +91,7 @@ func printSim(w io.Writer, cfg *sim.Config, r *sim.Result) {
 	fmt.Fprintf(w, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	fmt.Fprintf(w, "| %.0f | %s | %s | %s | %s | %s | %.2f | %.2f (%.2f) | %.2f |\n", r.Throughput, fmtDur(r.P50), fmtDur(r.P99), fmtDur(r.Mean),
 		fmtDur(r.WaitP50), fmtDur(r.WaitP99), r.GatewayBusy, r.NodeBusy, r.MaxNode, r.ClientBusy)
+	fmt.Fprintf(w, "\nproducers: %d loops, %.0f results per get; put p50 %s p99 %s\n", r.Loops, r.Batch, fmtDur(r.PutP50), fmtDur(r.PutP99))
 	if cfg.KillAt > 0 {
 		fmt.Fprintf(w, "\nkilled the last gateway at %s: %d tasks leased through it, %d redelivered\n", cfg.KillAt, r.Orphaned, len(r.Redelivered))
 		for s, c := range r.Burst(time.Second) {
