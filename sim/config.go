@@ -1,9 +1,9 @@
 package sim
 
 import (
-	"slices"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 )
 

@@ -8,15 +8,15 @@ import "time"
 // more (round-robin, as the kernel shares cores among processes that each
 // run short bursts).
 type host struct {
-	c     *clock
-	free  int
+	c    *clock
+	free int
 	// quantum is the longest an operation runs before the core goes to
 	// the next in line; a longer one (a put of a thousand tasks) goes on
 	// when its process's turn comes again, as a process that does its work
 	// message by message gets only its share of a busy machine.
 	quantum time.Duration
-	line  []*process
-	inUse time.Duration // CPU time given to operations
+	line    []*process
+	inUse   time.Duration // CPU time given to operations
 }
 
 func newHost(c *clock, cores int, quantum time.Duration) *host {
