@@ -19,10 +19,13 @@ type Costs struct {
 	// producer's put and get of results, half each. Default 0.6.
 	GatewayWorkerShare float64
 	// Node is a stream leader's CPU per task: it stores the task and its
-	// result, delivers both and deletes both when acked. A sixth goes to
-	// the put, half to a worker's call (ack, store the result, deliver the
-	// next task), a third to the get of results.
+	// result, delivers both and deletes both when acked.
 	Node time.Duration
+	// NodeWorkerShare is the part of Node spent on workers' calls (two
+	// thirds on storing the result and the ack, a third on the get); of
+	// the rest a third goes to the put, two thirds to the get of results.
+	// Default 0.5: one message stored, delivered and acked each way.
+	NodeWorkerShare float64
 	// Follower is what each other replica of a stream spends per task, as
 	// a share of Node. Zero with one replica.
 	Follower float64
@@ -121,6 +124,9 @@ func (c *Config) setDefaults() {
 	if c.Costs.GatewayWorkerShare == 0 {
 		c.Costs.GatewayWorkerShare = 0.6
 	}
+	if c.Costs.NodeWorkerShare == 0 {
+		c.Costs.NodeWorkerShare = 0.5
+	}
 	if c.Latency == 0 {
 		c.Latency = 50 * time.Microsecond
 	}
@@ -172,8 +178,8 @@ func (c *Config) Validate() error {
 		c.Costs.GatewayFixed < 0 || c.Costs.NodeFixed < 0 || c.Costs.ClientFixed < 0 || c.External < 0 || c.ExternalSlice < 0 ||
 		slices.ContainsFunc(c.ExternalTrace, func(v float64) bool { return v < 0 }):
 		return errors.New("sim config: costs must not be negative")
-	case c.Costs.GatewayWorkerShare < 0 || c.Costs.GatewayWorkerShare > 1:
-		return errors.New("sim config: Costs.GatewayWorkerShare must be within [0, 1]")
+	case c.Costs.GatewayWorkerShare < 0 || c.Costs.GatewayWorkerShare > 1 || c.Costs.NodeWorkerShare < 0 || c.Costs.NodeWorkerShare > 1:
+		return errors.New("sim config: Costs.GatewayWorkerShare and NodeWorkerShare must be within [0, 1]")
 	}
 	return nil
 }

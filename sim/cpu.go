@@ -96,9 +96,10 @@ func (h *host) dispatch() {
 			switch {
 			case p.dead:
 			case run < o.cost:
-				// The rest waits behind the process's other operations,
-				// as a goroutine does behind the others of one thread.
-				p.ops = append(p.ops, op{o.cost - run, o.done})
+				// The rest goes on at the process's next turn: the kernel
+				// preempts the thread, not the goroutine within it (Go
+				// preempts a goroutine only after 10ms).
+				p.ops = append([]op{{o.cost - run, o.done}}, p.ops...)
 			default:
 				o.done()
 			}

@@ -243,7 +243,7 @@ func (m *model) call(w *worker, done *task) {
 		g.p.do(gwHalf, func() {
 			m.send(func() {
 				get := func() {
-					s.leader.p.do(k.Node/6, func() {
+					s.leader.p.do(m.frac(k.Node, k.NodeWorkerShare/3), func() {
 						m.pull(s, pull{gw: g, deliver: func(t *task) {
 							m.send(func() {
 								g.p.do(gwHalf, func() {
@@ -261,8 +261,8 @@ func (m *model) call(w *worker, done *task) {
 				}
 				// Store the result and ack the task (the gateway waits for
 				// both to be confirmed), then the get.
-				s.leader.p.do(k.Node/3, func() {
-					m.replicate(s, k.Node/3, func() {
+				s.leader.p.do(m.frac(k.Node, k.NodeWorkerShare*2/3), func() {
+					m.replicate(s, m.frac(k.Node, k.NodeWorkerShare*2/3), func() {
 						m.complete(g, s, done)
 						m.send(func() { m.send(get) })
 					})
@@ -364,8 +364,8 @@ func (m *model) put(pr *producer, n int) {
 	m.send(func() {
 		pr.gw.p.do(gwShare*time.Duration(n), func() {
 			m.send(func() {
-				s.leader.p.do(k.Node/6*time.Duration(n), func() {
-					m.replicate(s, k.Node/6*time.Duration(n), func() {
+				s.leader.p.do(m.frac(k.Node, (1-k.NodeWorkerShare)/3)*time.Duration(n), func() {
+					m.replicate(s, m.frac(k.Node, (1-k.NodeWorkerShare)/3)*time.Duration(n), func() {
 						m.ready(s, ts, false)
 						m.send(func() {
 							m.send(func() {
@@ -404,7 +404,7 @@ func (m *model) takeResults(pr *producer) {
 	puts := slices.Clone(s.results[:n])
 	s.results = s.results[n:]
 	gwShare := m.frac(k.Gateway, (1-k.GatewayWorkerShare)/2)
-	s.leader.p.do(k.Node/3*time.Duration(n), func() {
+	s.leader.p.do(m.frac(k.Node, (1-k.NodeWorkerShare)*2/3)*time.Duration(n), func() {
 		m.send(func() {
 			pr.gw.p.do(gwShare*time.Duration(n), func() {
 				m.send(func() {
