@@ -414,6 +414,11 @@ func (m *model) takeResults(pr *producer) {
 							for _, p := range puts {
 								m.res.rtts = append(m.res.rtts, now-p)
 							}
+							sec := int((now - m.measure[0]) / time.Second)
+							for len(m.res.PerSecond) <= sec {
+								m.res.PerSecond = append(m.res.PerSecond, 0)
+							}
+							m.res.PerSecond[sec] += n
 						}
 						m.put(pr, n)
 					})

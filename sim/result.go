@@ -22,7 +22,8 @@ type Result struct {
 	WaitP50, WaitP99 time.Duration
 	// Orphaned is how many tasks the killed gateway had leased, and
 	// Redelivered when each redelivered task reached a worker, counted
-	// from the kill.
+	// from the kill. Orphans whose completion the gateway had sent on
+	// before it died are done, not redelivered.
 	Orphaned    int
 	Redelivered []time.Duration
 	// GatewayBusy, NodeBusy and ClientBusy are the cores each kind of
@@ -30,6 +31,9 @@ type Result struct {
 	// is the busiest node's.
 	GatewayBusy, NodeBusy, ClientBusy, MaxNode float64
 
+	// PerSecond counts the results received in each second of the
+	// measurement.
+	PerSecond []int
 	// Loops is how many times the producers got results and put as many
 	// tasks during the measurement, Batch their mean results per get, and
 	// PutP50, PutP99 percentiles of how long a put took.

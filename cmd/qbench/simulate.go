@@ -96,6 +96,7 @@ func printSim(w io.Writer, cfg *sim.Config, r *sim.Result) {
 	fmt.Fprintf(w, "\nproducers: %d loops, %.0f results per get; put p50 %s p99 %s\n", r.Loops, r.Batch, fmtDur(r.PutP50), fmtDur(r.PutP99))
 	if cfg.KillAt > 0 {
 		fmt.Fprintf(w, "\nkilled the last gateway at %s: %d tasks leased through it, %d redelivered\n", cfg.KillAt, r.Orphaned, len(r.Redelivered))
+		fmt.Fprintf(w, "results per second of the measurement: %v\n", r.PerSecond)
 		for s, c := range r.Burst(time.Second) {
 			if c > 0 {
 				fmt.Fprintf(w, "  %2d–%2d s after the kill: %d\n", s, s+1, c)
