@@ -26,9 +26,11 @@ type Costs struct {
 	// the rest a third goes to the put, two thirds to the get of results.
 	// Default 0.5: one message stored, delivered and acked each way.
 	NodeWorkerShare float64
-	// Follower is what each other replica of a stream spends per task, as
-	// a share of Node. Zero with one replica.
-	Follower float64
+	// Replicated is, with Replicas > 1, what the leader and each follower
+	// of a stream spend per task, as a multiple of Node (measured with one
+	// replica); default 1. Raft and the routes between nodes cost more
+	// than the copy itself.
+	Replicated float64
 	// Client is the worker-and-producer process's CPU per task: a worker's
 	// call and its handler's bookkeeping, and the producer's share. Half
 	// goes to the worker's call, half to the producer.
@@ -124,6 +126,9 @@ func (c *Config) setDefaults() {
 	if c.Costs.GatewayWorkerShare == 0 {
 		c.Costs.GatewayWorkerShare = 0.6
 	}
+	if c.Costs.Replicated == 0 {
+		c.Costs.Replicated = 1
+	}
 	if c.Costs.NodeWorkerShare == 0 {
 		c.Costs.NodeWorkerShare = 0.5
 	}
@@ -174,7 +179,7 @@ func (c *Config) Validate() error {
 		return errors.New("sim config: durations must not be negative")
 	case c.KillAt > 0 && c.Gateways == 1:
 		return errors.New("sim config: KillAt needs at least 2 Gateways")
-	case c.Costs.Gateway < 0 || c.Costs.Node < 0 || c.Costs.Client < 0 || c.Costs.Follower < 0 ||
+	case c.Costs.Gateway < 0 || c.Costs.Node < 0 || c.Costs.Client < 0 || c.Costs.Replicated < 0 ||
 		c.Costs.GatewayFixed < 0 || c.Costs.NodeFixed < 0 || c.Costs.ClientFixed < 0 || c.External < 0 || c.ExternalSlice < 0 ||
 		slices.ContainsFunc(c.ExternalTrace, func(v float64) bool { return v < 0 }):
 		return errors.New("sim config: costs must not be negative")

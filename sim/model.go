@@ -75,6 +75,9 @@ type model struct {
 }
 
 func newModel(cfg Config) *model {
+	if cfg.Replicas > 1 {
+		cfg.Costs.Node = time.Duration(float64(cfg.Costs.Node) * cfg.Costs.Replicated)
+	}
 	m := &model{cfg: cfg, c: &clock{}, rng: rand.New(rand.NewPCG(cfg.Seed, 0x9e3779b97f4a7c15)), res: &Result{}}
 	m.measure = [2]time.Duration{cfg.Warmup, cfg.Warmup + cfg.Duration}
 	var shared *host
@@ -214,7 +217,7 @@ func (m *model) send(fn func()) { m.c.after(m.cfg.Latency, fn) }
 
 func (m *model) frac(d time.Duration, f float64) time.Duration { return time.Duration(float64(d) * f) }
 
-// replicate runs a store or ack's share on the followers and calls done
+// replicate runs a store or ack's cost on the followers and calls done
 // once a quorum (the leader and half the followers, rounded down) has it.
 func (m *model) replicate(s *stream, cost time.Duration, done func()) {
 	need := (len(s.follow) + 1) / 2 // a majority of R counts the leader: R=3 needs 1 follower
@@ -224,7 +227,7 @@ func (m *model) replicate(s *stream, cost time.Duration, done func()) {
 	got := 0
 	for _, f := range s.follow {
 		m.send(func() {
-			f.p.do(m.frac(cost, m.cfg.Costs.Follower), func() {
+			f.p.do(cost, func() {
 				got++
 				if got == need {
 					m.send(done)

@@ -9,16 +9,20 @@ import (
 	"github.com/spf13/cobra"
 )
 
-// Measured costs, the defaults of qbench simulate: qbench fleet on this
-// repository's 2-core machine (docs/SCALING.md, "A simulator").
+// Measured costs, the defaults of qbench simulate: two qbench fleet runs
+// on this repository's 2-core machine (20 gateways, 1,000 workers, one
+// node), at 419 and 2,280 tasks/s; each kind of process's CPU is fitted
+// as a fixed load plus a cost per task (docs/SCALING.md, "A simulator").
+// Replicated: one run of 3 nodes against one of 1 (4 gateways, 200
+// workers): 3.55 times the nodes' CPU per task, 1.18 per replica.
 const (
-	measuredGatewayCost  = 280 * time.Microsecond
-	measuredNodeCost     = 160 * time.Microsecond
-	measuredClientCost   = 80 * time.Microsecond
-	measuredFollower     = 0.5
-	measuredGatewayFixed = 0.02 // per gateway, with 50 workers waiting each
-	measuredNodeFixed    = 0.06
-	measuredClientFixed  = 0.09 // 1,000 workers
+	measuredGatewayCost  = 210 * time.Microsecond
+	measuredNodeCost     = 107 * time.Microsecond
+	measuredClientCost   = 48 * time.Microsecond
+	measuredReplicated   = 1.18
+	measuredGatewayFixed = 0.0286 // cores, per gateway
+	measuredNodeFixed    = 0.145  // cores, per node
+	measuredClientFixed  = 0.12   // cores, per 1,000 workers
 )
 
 func newSimulateCmd() *cobra.Command {
@@ -75,7 +79,7 @@ node has a host of its own.`,
 	fl.DurationVar(&cfg.Costs.Gateway, "gateway-cost", measuredGatewayCost, "gateway CPU per task")
 	fl.DurationVar(&cfg.Costs.Node, "node-cost", measuredNodeCost, "stream leader's CPU per task")
 	fl.DurationVar(&cfg.Costs.Client, "client-cost", measuredClientCost, "worker process's CPU per task")
-	fl.Float64Var(&cfg.Costs.Follower, "follower", measuredFollower, "a follower's CPU per task, as a share of --node-cost")
+	fl.Float64Var(&cfg.Costs.Replicated, "replicated", measuredReplicated, "with --replicas over 1, each replica's CPU per task as a multiple of --node-cost")
 	fl.Float64Var(&cfg.Costs.NodeWorkerShare, "node-worker-share", 0.5, "share of --node-cost spent on workers' calls")
 	fl.Float64Var(&cfg.Costs.GatewayWorkerShare, "gateway-worker-share", 0.6, "share of --gateway-cost spent on workers' calls")
 	fl.Float64Var(&cfg.Costs.GatewayFixed, "gateway-fixed", measuredGatewayFixed, "each gateway's load whatever the task rate, in cores")
