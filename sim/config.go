@@ -26,10 +26,11 @@ type Costs struct {
 	// the rest a third goes to the put, two thirds to the get of results.
 	// Default 0.5: one message stored, delivered and acked each way.
 	NodeWorkerShare float64
-	// Replicated is, with Replicas > 1, what the leader and each follower
-	// of a stream spend per task, as a multiple of Node (measured with one
-	// replica); default 1. Raft and the routes between nodes cost more
-	// than the copy itself.
+	// Replicated is, with Replicas > 1, the multiple of Node (measured
+	// with one replica) that the leader's operations cost; each follower
+	// repeats the stores and acks (not the deliveries) at that cost too.
+	// Default 1. Raft and the routes between nodes cost more than the copy
+	// itself.
 	Replicated float64
 	// Client is the worker-and-producer process's CPU per task: a worker's
 	// call and its handler's bookkeeping, and the producer's share. Half
