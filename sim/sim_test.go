@@ -30,7 +30,7 @@ func measured() Config {
 	return Config{
 		Gateways: 4, Workers: 200, Queues: 2, Window: 400, Compute: 20 * time.Millisecond, SharedCores: 2,
 		Costs:  Costs{Gateway: 200 * time.Microsecond, Node: 100 * time.Microsecond, Client: 60 * time.Microsecond, GatewayFixed: 0.02},
-		Warmup: time.Second, Duration: 2 * time.Second, Seed: 7,
+		Warmup: 500 * time.Millisecond, Duration: 1500 * time.Millisecond, Seed: 7,
 	}
 }
 
@@ -128,5 +128,22 @@ func TestValidate(t *testing.T) {
 		if _, err := Run(cfg); err == nil {
 			t.Errorf("%s: no error", name)
 		}
+	}
+}
+
+// Three replicas: the leader does all of a task's node work, each of the
+// two followers the stores and acks (half of it), so the nodes together
+// spend twice Node per task (times Replicated).
+func TestReplicationCost(t *testing.T) {
+	for _, rep := range []float64{1, 1.5} {
+		r := run(t, Config{
+			Nodes: 3, Queues: 3, Workers: 30, Window: 30, Compute: 10 * time.Millisecond,
+			Costs:  Costs{Node: 100 * time.Microsecond, Replicated: rep},
+			Warmup: 200 * time.Millisecond, Duration: 2 * time.Second,
+		})
+		// Cores over the whole run, tasks/s over the measurement: the
+		// rate is steady after the first few ms.
+		perTask := r.NodeBusy / r.Throughput
+		within(t, "node CPU per task (µs)", perTask*1e6, 200*rep, 0.05)
 	}
 }
