@@ -292,18 +292,21 @@ func runFleet(ctx context.Context, o *fleetOptions, stdout, log io.Writer) error
 	st.mu.Lock()
 	st.measuring, st.start = true, time.Now()
 	st.mu.Unlock()
-	// The other programs' load and the task rate, every sampleEvery: the
-	// trace qbench simulate --external-trace replays.
-	var (
-		external []float64
-		rates    []float64
-	)
+	// The other programs' load and the task rate, sampled every
+	// sampleEvery (or later: this process may not get the CPU in time),
+	// then resampled to exact periods: the trace qbench simulate
+	// --external-trace replays.
+	type sample struct {
+		at    time.Duration // since the measurement's start
+		other time.Duration // the other programs' CPU so far
+		done  int
+	}
+	samples := []sample{{}}
 	sampleDone := make(chan struct{})
 	sampleCtx, stopSampling := context.WithCancel(ctx)
 	defer func() { stopSampling(); <-sampleDone }()
 	go func() {
 		defer close(sampleDone)
-		prevCPU, prevMach, prevDone := cpu0, mach0, 0
 		tick := time.NewTicker(sampleEvery)
 		defer tick.Stop()
 		for {
@@ -318,13 +321,10 @@ func runFleet(ctx context.Context, o *fleetOptions, stdout, log io.Writer) error
 				continue
 			}
 			st.mu.Lock()
-			done := st.done
+			done, at := st.done, time.Since(st.start)
 			st.mu.Unlock()
-			d := c.sub(prevCPU)
-			other := (m - prevMach - d.nodes - d.gateways - d.self).Seconds() / sampleEvery.Seconds()
-			external = append(external, max(0, other))
-			rates = append(rates, float64(done-prevDone)/sampleEvery.Seconds())
-			prevCPU, prevMach, prevDone = c, m, done
+			d := c.sub(cpu0)
+			samples = append(samples, sample{at, m - mach0 - d.nodes - d.gateways - d.self, done})
 		}
 	}()
 	if o.KillAt > 0 {
@@ -356,6 +356,7 @@ func runFleet(ctx context.Context, o *fleetOptions, stdout, log io.Writer) error
 	stopSampling()
 	<-sampleDone
 	stopWorkers()
+	external, rates, stall := resample(samples, func(s sample) (time.Duration, time.Duration, int) { return s.at, s.other, s.done })
 	wg.Wait()
 
 	st.mu.Lock()
@@ -391,7 +392,7 @@ func runFleet(ctx context.Context, o *fleetOptions, stdout, log io.Writer) error
 		float64(sum)/float64(max(1, len(st.batches))), fmtDur(percentile(st.getTimes, 0.5)), fmtDur(percentile(st.getTimes, 0.99)),
 		fmtDur(percentile(st.putTimes, 0.5)), fmtDur(percentile(st.putTimes, 0.99)))
 	if len(rates) > 0 {
-		fmt.Fprintf(stdout, "tasks/s every %s: min %.0f, max %.0f\n", sampleEvery, slices.Min(rates), slices.Max(rates))
+		fmt.Fprintf(stdout, "tasks/s every %s: min %.0f, max %.0f; longest gap between samples %s\n", sampleEvery, slices.Min(rates), slices.Max(rates), fmtDur(stall))
 		tr := make([]string, len(external))
 		for i, e := range external {
 			tr[i] = strconv.FormatFloat(e, 'f', 2, 64)
@@ -586,4 +587,46 @@ func machineBusy() (time.Duration, error) {
 		busy += n
 	}
 	return time.Duration(busy) * 10 * time.Millisecond, nil
+}
+
+// resample turns samples of cumulative CPU time and results, taken at
+// uneven times, into the other programs' cores and the task rate over
+// each sampleEvery from the start (linear between samples), and returns
+// the longest gap between two samples.
+func resample[S any](samples []S, get func(S) (at, cpu time.Duration, done int)) (cores, rates []float64, gap time.Duration) {
+	type point struct {
+		at   time.Duration
+		cpu  float64
+		done float64
+	}
+	ps := make([]point, len(samples))
+	for i, s := range samples {
+		at, cpu, done := get(s)
+		ps[i] = point{at, cpu.Seconds(), float64(done)}
+		if i > 0 {
+			gap = max(gap, at-ps[i-1].at)
+		}
+	}
+	if len(ps) < 2 {
+		return nil, nil, gap
+	}
+	at := func(t time.Duration) point {
+		i := 1
+		for i < len(ps)-1 && ps[i].at < t {
+			i++
+		}
+		a, b := ps[i-1], ps[i]
+		f := 0.0
+		if b.at > a.at {
+			f = float64(t-a.at) / float64(b.at-a.at)
+		}
+		return point{t, a.cpu + f*(b.cpu-a.cpu), a.done + f*(b.done-a.done)}
+	}
+	end := ps[len(ps)-1].at
+	for t := time.Duration(0); t+sampleEvery <= end; t += sampleEvery {
+		a, b := at(t), at(t+sampleEvery)
+		cores = append(cores, max(0, (b.cpu-a.cpu)/sampleEvery.Seconds()))
+		rates = append(rates, (b.done-a.done)/sampleEvery.Seconds())
+	}
+	return cores, rates, gap
 }
