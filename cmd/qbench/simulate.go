@@ -29,7 +29,6 @@ const (
 
 func newSimulateCmd() *cobra.Command {
 	cfg := sim.Config{}
-	var kill bool
 	cmd := &cobra.Command{
 		Use:   "simulate [flags]",
 		Short: "Simulate qm's gateways over JetStream (package sim) and print throughput, round trip and the redelivery burst after a gateway kill",
@@ -44,9 +43,6 @@ validation against qbench fleet on one machine); otherwise each gateway and
 node has a host of its own.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if !kill {
-				cfg.KillAt = 0
-			}
 			r, err := sim.Run(cfg)
 			if err != nil {
 				return err
@@ -67,8 +63,7 @@ node has a host of its own.`,
 	fl.Uint64Var(&cfg.Seed, "seed", 1, "random seed")
 	fl.DurationVar(&cfg.Warmup, "warmup", 5*time.Second, "simulated time before the measurement")
 	fl.DurationVar(&cfg.Duration, "duration", 15*time.Second, "simulated time measured")
-	fl.DurationVar(&cfg.KillAt, "kill-at", 5*time.Second, "kill the last gateway this long into the measurement (with --kill)")
-	fl.BoolVar(&kill, "kill", false, "kill a gateway at --kill-at")
+	fl.DurationVar(&cfg.KillAt, "kill-at", 0, "kill the last gateway this long into the measurement (0: never)")
 	fl.DurationVar(&cfg.AckWait, "ack-wait", 5*time.Second, "JetStream AckWait (the lease)")
 	fl.DurationVar(&cfg.Latency, "latency", 50*time.Microsecond, "one-way network latency")
 	fl.IntVar(&cfg.SharedCores, "shared-cores", 0, "put every process on one host of this many cores")
