@@ -9,22 +9,22 @@ import (
 	"github.com/spf13/cobra"
 )
 
-// Measured costs, the defaults of qbench simulate: two qbench fleet runs
+// Measured costs, the defaults of qbench simulate: 13 qbench fleet runs
 // on this repository's 2-core machine (20 gateways, 1,000 workers, one
-// node), at 419 and 2,280 tasks/s; each kind of process's CPU is fitted
-// as a fixed load plus a cost per task (docs/SCALING.md, "A simulator").
-// Replicated: one run of 3 nodes against one of 1 (4 gateways, 200
-// workers) used 3.55 times the nodes' CPU per task; in the model a
-// follower repeats the stores and acks, half the leader's work, so each
-// replica costs 3.55 / 2 = 1.78 times a lone node.
+// node, 507 to 2,280 tasks/s), each kind of process's CPU fitted by least
+// squares as a fixed load plus a cost per task (docs/SCALING.md, "Beyond
+// one machine, by simulation"). Replicated: one run of 3 nodes against
+// one of 1 (4 gateways, 200 workers) used 3.55 times the nodes' CPU per
+// task; in the model a follower repeats the stores and acks, half the
+// leader's work, so each replica costs 3.55 / 2 = 1.78 times a lone node.
 const (
-	measuredGatewayCost  = 210 * time.Microsecond
-	measuredNodeCost     = 107 * time.Microsecond
-	measuredClientCost   = 48 * time.Microsecond
+	measuredGatewayCost  = 148 * time.Microsecond
+	measuredNodeCost     = 95 * time.Microsecond
+	measuredClientCost   = 43 * time.Microsecond
 	measuredReplicated   = 1.78
-	measuredGatewayFixed = 0.0286 // cores, per gateway
-	measuredNodeFixed    = 0.145  // cores, per node
-	measuredClientFixed  = 0.12   // cores, per 1,000 workers
+	measuredGatewayFixed = 0.0365 // cores, per gateway (0.73 over 20)
+	measuredNodeFixed    = 0.188  // cores, per node
+	measuredClientFixed  = 0.144  // cores, per 1,000 workers
 )
 
 func newSimulateCmd() *cobra.Command {
