@@ -135,7 +135,7 @@ Build the binaries first (make build); --bin says where they are.`,
 	fl.StringVar(&opts.Out, "out", "", "also write the results into this markdown `file` (e.g. docs/PERFORMANCE.md), between its qbench markers")
 	opts.Command = "qbench " + strings.Join(os.Args[1:], " ")
 
-	cmd.AddCommand(newRedisWorkerCmd(), newProfileCmd(), newDriveCmd(), newNATSServerCmd(), newNATSWorkerCmd(), newFailoverCmd())
+	cmd.AddCommand(newRedisWorkerCmd(), newProfileCmd(), newDriveCmd(), newNATSServerCmd(), newNATSWorkerCmd(), newFailoverCmd(), newFleetCmd(), newSimulateCmd())
 	return cmd
 }
 

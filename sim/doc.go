@@ -1,0 +1,23 @@
+// Package sim is a seeded discrete-event simulator of qm on NATS
+// JetStream (docs/SCALING.md): stateless gateways (qmaster --nats),
+// JetStream nodes holding one stream per queue with its leader on one node
+// and its replicas on others, worker goroutines doing get, compute,
+// complete under leases, and one producer per queue keeping a window of
+// tasks in flight.
+//
+// Every process is a server of CPU: an operation costs a measured CPU
+// time (Costs) and runs on one of the process's threads, and a thread
+// runs only on a free core of its host. Processes share a host's cores
+// round-robin, one operation at a time, as the kernel shares them among
+// qm's single-threaded processes. Messages between processes take a fixed
+// network latency. The same Config and Seed give the same Result.
+//
+// A gateway can be killed: its workers reconnect to another gateway after
+// a reconnect delay, and the tasks it had leased come back to the front of
+// their queue when JetStream's AckWait runs out after their last renewal
+// (the gateway renews every third of AckWait), as qm does today.
+//
+// The files follow the jobs: config.go the inputs, event.go the clock and
+// event heap, cpu.go hosts and processes, model.go gateways, nodes,
+// streams, workers and producers, result.go the outputs.
+package sim

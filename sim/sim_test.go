@@ -1,0 +1,149 @@
+package sim
+
+import (
+	"math"
+	"reflect"
+	"testing"
+	"time"
+)
+
+// within fails t unless got is within tol (a fraction) of want.
+func within(t *testing.T, what string, got, want, tol float64) {
+	t.Helper()
+	if math.Abs(got-want) > tol*want {
+		t.Errorf("%s = %.4g, want %.4g ±%.0f%%", what, got, want, tol*100)
+	}
+}
+
+func run(t *testing.T, cfg Config) *Result {
+	t.Helper()
+	r, err := Run(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// measured is a topology like the validation's, with the measured costs,
+// small enough to run in a moment.
+func measured() Config {
+	return Config{
+		Gateways: 4, Workers: 200, Queues: 2, Window: 400, Compute: 20 * time.Millisecond, SharedCores: 2,
+		Costs:  Costs{Gateway: 200 * time.Microsecond, Node: 100 * time.Microsecond, Client: 60 * time.Microsecond, GatewayFixed: 0.02},
+		Warmup: 500 * time.Millisecond, Duration: 1500 * time.Millisecond, Seed: 7,
+	}
+}
+
+func TestSameSeedSameResult(t *testing.T) {
+	cfg := measured()
+	cfg.KillAt, cfg.AckWait = 500*time.Millisecond, time.Second
+	a, b := run(t, cfg), run(t, cfg)
+	if !reflect.DeepEqual(a, b) {
+		t.Errorf("same seed, different results:\n%+v\n%+v", a, b)
+	}
+	cfg.Seed++
+	if c := run(t, cfg); reflect.DeepEqual(a.rtts, c.rtts) {
+		t.Error("another seed gave the very same round trips")
+	}
+}
+
+// One gateway that costs 1 ms per worker call, and nothing else that
+// costs: it saturates at 1,000 tasks/s, and is busy all the time.
+func TestOneServerSaturatesAtOneOverCost(t *testing.T) {
+	r := run(t, Config{
+		Workers: 50, Window: 100, Costs: Costs{Gateway: time.Millisecond, GatewayWorkerShare: 1},
+		Latency: time.Microsecond, Warmup: time.Second, Duration: 4 * time.Second,
+	})
+	within(t, "tasks/s", r.Throughput, 1000, 0.01)
+	within(t, "gateway cores", r.GatewayBusy, 1, 0.01)
+}
+
+// Two such gateways on two cores do twice as much; on one shared core,
+// the same as one.
+func TestCoresBound(t *testing.T) {
+	cfg := Config{
+		Gateways: 2, Workers: 50, Window: 100, Costs: Costs{Gateway: time.Millisecond, GatewayWorkerShare: 1},
+		Latency: time.Microsecond, Warmup: time.Second, Duration: 4 * time.Second, Seed: 3,
+	}
+	within(t, "tasks/s, 2 hosts", run(t, cfg).Throughput, 2000, 0.03)
+	cfg.SharedCores = 1
+	within(t, "tasks/s, 1 shared core", run(t, cfg).Throughput, 1000, 0.01)
+}
+
+// With no CPU cost, workers bound the rate: W / (compute + the call's
+// six network hops), and the round trip is that of a window of W tasks.
+func TestWorkerBound(t *testing.T) {
+	r := run(t, Config{
+		Workers: 10, Window: 10, Compute: 100 * time.Millisecond, Latency: 100 * time.Microsecond,
+		Warmup: time.Second, Duration: 10 * time.Second,
+	})
+	within(t, "tasks/s", r.Throughput, 10/0.1006, 0.01)
+	if r.P50 < 100*time.Millisecond || r.P99 > 110*time.Millisecond {
+		t.Errorf("round trip p50 %s, p99 %s: want just over the 100ms compute", r.P50, r.P99)
+	}
+}
+
+// Little's law: the tasks in flight (the window) are the rate times the
+// mean round trip.
+func TestLittlesLaw(t *testing.T) {
+	for _, window := range []int{100, 400, 1000} {
+		cfg := measured()
+		cfg.Window = window
+		r := run(t, cfg)
+		within(t, "window/tasks per s", r.Mean.Seconds(), float64(window)/r.Throughput, 0.03)
+	}
+}
+
+// A killed gateway's leases come back between 2/3 and 1 AckWait after the
+// kill (the last renewal was at most a third of AckWait before it), and
+// its workers go on through the other gateway.
+func TestKillRedeliversAfterAckWait(t *testing.T) {
+	cfg := Config{
+		Gateways: 2, Workers: 40, Window: 80, Compute: 200 * time.Millisecond,
+		Costs:  Costs{Gateway: 50 * time.Microsecond, Node: 50 * time.Microsecond},
+		Warmup: time.Second, Duration: 6 * time.Second, KillAt: time.Second, AckWait: 3 * time.Second, Seed: 5,
+	}
+	r := run(t, cfg)
+	if r.Orphaned < 5 || len(r.Redelivered) != r.Orphaned {
+		t.Fatalf("%d tasks orphaned, %d redelivered: want several, all redelivered", r.Orphaned, len(r.Redelivered))
+	}
+	for _, d := range r.Redelivered {
+		if d < 2*time.Second || d > 3*time.Second+10*time.Millisecond {
+			t.Errorf("redelivered %s after the kill, want within [2s, 3s]", d)
+		}
+	}
+	// Workers all back at work: the rate after the burst is the rate
+	// before it.
+	within(t, "tasks/s", r.Throughput, 40/0.2, 0.05)
+}
+
+func TestValidate(t *testing.T) {
+	for name, cfg := range map[string]Config{
+		"negative workers": {Workers: -1},
+		"replicas":         {Nodes: 2, Replicas: 3},
+		"window":           {Queues: 4, Window: 2},
+		"kill one":         {KillAt: time.Second},
+		"share":            {Costs: Costs{GatewayWorkerShare: 2}},
+	} {
+		if _, err := Run(cfg); err == nil {
+			t.Errorf("%s: no error", name)
+		}
+	}
+}
+
+// Three replicas: the leader does all of a task's node work, each of the
+// two followers the stores and acks (half of it), so the nodes together
+// spend twice Node per task (times Replicated).
+func TestReplicationCost(t *testing.T) {
+	for _, rep := range []float64{1, 1.5} {
+		r := run(t, Config{
+			Nodes: 3, Queues: 3, Workers: 30, Window: 30, Compute: 10 * time.Millisecond,
+			Costs:  Costs{Node: 100 * time.Microsecond, Replicated: rep},
+			Warmup: 200 * time.Millisecond, Duration: 2 * time.Second,
+		})
+		// Cores over the whole run, tasks/s over the measurement: the
+		// rate is steady after the first few ms.
+		perTask := r.NodeBusy / r.Throughput
+		within(t, "node CPU per task (µs)", perTask*1e6, 200*rep, 0.05)
+	}
+}
