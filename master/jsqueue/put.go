@@ -124,50 +124,75 @@ func (q *Queues) waitRoom(ctx context.Context, s *stream, req queue.PutRequest) 
 // publish stores msgs and returns their stream sequences. While the
 // stream has no leader (no responders: nothing was stored) it tries
 // again, within the request timeout.
+//
+// A batch whose every message has an ID (a key) is also sent again when
+// its acks stop coming for attemptTimeout: its leader died with them, and
+// JetStream stores each message once however often it is sent, so the
+// successor takes the batch at once instead of the put waiting out the
+// whole request timeout (the failover gap's largest part; qbench
+// failover). Without IDs a second send could store the tasks twice, so
+// the put waits, and then fails.
 func (q *Queues) publish(ctx context.Context, msgs []*nats.Msg) ([]uint64, error) {
 	rctx, cancel := context.WithTimeout(ctx, q.cfg.RequestTimeout)
 	defer cancel()
-	var ids []uint64
-	err := retryingTransient(rctx, func() (err error) { ids, err = q.publishOnce(ctx, msgs); return err })
+	var (
+		ids []uint64
+		err error
+	)
+	if allKeyed(msgs) {
+		err = retry(rctx, func() (bool, error) {
+			var stalled bool
+			ids, stalled, err = q.publishOnce(rctx, msgs, attemptTimeout)
+			return transient(err) || stalled && rctx.Err() == nil, err
+		})
+	} else {
+		err = retryingTransient(rctx, func() (err error) {
+			ids, _, err = q.publishOnce(rctx, msgs, q.cfg.RequestTimeout)
+			return err
+		})
+	}
 	if err != nil {
 		return nil, q.engineErr("put", err)
 	}
 	return ids, nil
 }
 
-func (q *Queues) publishOnce(ctx context.Context, msgs []*nats.Msg) ([]uint64, error) {
+// publishOnce sends msgs and waits for their acks, for at most idle
+// between two (stalled says it stopped for that).
+func (q *Queues) publishOnce(ctx context.Context, msgs []*nats.Msg, idle time.Duration) (ids []uint64, stalled bool, err error) {
 	futures := make([]jetstream.PubAckFuture, len(msgs))
 	for i, m := range msgs {
 		f, err := q.js.PublishMsgAsync(m)
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		futures[i] = f
 	}
-	timer := time.NewTimer(q.cfg.RequestTimeout)
+	timer := time.NewTimer(idle)
 	defer timer.Stop()
-	ids := make([]uint64, len(msgs))
+	ids = make([]uint64, len(msgs))
 	for i, f := range futures {
 		select {
 		case ack := <-f.Ok():
 			ids[i] = ack.Sequence
+			timer.Reset(idle)
 		case err := <-f.Err():
 			if transient(err) && i > 0 && !allKeyed(msgs) {
 				// Some of the batch is stored: trying it all again would
 				// store those twice (unless every one has an ID JetStream
 				// deduplicates), so the error must not be transient.
-				return nil, fmt.Errorf("%v (after %d of %d tasks were stored)", err, i, len(msgs))
+				return nil, false, fmt.Errorf("%v (after %d of %d tasks were stored)", err, i, len(msgs))
 			}
-			return nil, err
+			return nil, false, err
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return nil, false, ctx.Err()
 		case <-q.ctx.Done():
-			return nil, queue.ErrClosed
+			return nil, false, queue.ErrClosed
 		case <-timer.C:
-			return nil, context.DeadlineExceeded
+			return nil, true, context.DeadlineExceeded
 		}
 	}
-	return ids, nil
+	return ids, false, nil
 }
 
 // allKeyed reports whether every message has an ID (Nats-Msg-Id), so
