@@ -7,7 +7,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"strings"
 	"testing"
 	"time"
@@ -61,22 +60,12 @@ func TestClusterPartition(t *testing.T) {
 			"--name", fmt.Sprintf("w%d", i), "--concurrency", "4")
 	}
 	const n = 1500
-	in, feed := io.Pipe()
+	feed := newSeqFeed(t)
 	out := &syncBuffer{}
-	m := startInIO(t, hub, in, out, "qmaster", "map", "--server", nodes[0].addr, "--timeout", "120s")
-	// Run before the map's cleanup: its Wait waits for the copy of its
-	// input, which ends only once the feed does.
-	t.Cleanup(func() { feed.Close() })
-	write := func(from, to int) {
-		t.Helper()
-		for i := from; i <= to; i++ {
-			if _, err := fmt.Fprintln(feed, i); err != nil {
-				t.Fatalf("feed map: %v", err)
-			}
-		}
-	}
+	m := startInIO(t, hub, feed.r, out, "qmaster", "map", "--server", nodes[0].addr, "--timeout", "120s")
+	t.Cleanup(feed.close) // before the map's own: see newSeqFeed
 
-	write(1, n/3)
+	feed.write(1, n/3)
 	waitFor(t, 60*time.Second, func() bool { return out.lines() >= n/3-100 })
 	// The node to cut off is the one leading the tasks' stream: not the
 	// map's, and, if one can be found, a worker's gateway.
@@ -113,7 +102,7 @@ func TestClusterPartition(t *testing.T) {
 	// The second third is put and done through the majority. The cut
 	// lasts at least two leases, so that the leases the cut-off gateway
 	// held have run out and their tasks gone to the other worker.
-	write(n/3+1, n*2/3)
+	feed.write(n/3+1, n*2/3)
 	waitFor(t, 90*time.Second, func() bool { return out.lines() >= n*2/3 })
 	doneCut := time.Since(cut)
 	waitFor(t, 30*time.Second, func() bool { return time.Since(cut) >= 10*time.Second })
@@ -124,8 +113,8 @@ func TestClusterPartition(t *testing.T) {
 	t.Logf("the second third done through the majority %s after the cut; healed after %s (%s's replica then: %s)",
 		doneCut.Round(100*time.Millisecond), healed.Sub(cut).Round(100*time.Millisecond), cutOff.name, before)
 
-	write(n*2/3+1, n)
-	feed.Close()
+	feed.write(n*2/3+1, n)
+	feed.close()
 	if code := m.wait(t, 120*time.Second); code != 0 {
 		t.Fatalf("map exited %d: %s", code, m.logs())
 	}

@@ -161,24 +161,14 @@ func TestClusterSurvivesGatewayAndLeaderKills(t *testing.T) {
 		start(t, nil, nil, "qworker", "--server", gateways, "--builtin", "square", "--name", fmt.Sprintf("w%d", i), "--concurrency", "4")
 	}
 	const n = 2000
-	in, feed := io.Pipe()
+	feed := newSeqFeed(t)
 	out := &syncBuffer{}
 	// The map knows two gateways, as the issue has it: if the one it
 	// uses is killed, it carries on through the other.
-	m := start(t, in, out, "qmaster", "map", "--server", nodes[0].addr+","+nodes[1].addr, "--timeout", "120s")
-	// Run before the map's cleanup: its Wait waits for the copy of its
-	// input, which ends only once the feed does.
-	t.Cleanup(func() { feed.Close() })
-	write := func(from, to int) {
-		t.Helper()
-		for i := from; i <= to; i++ {
-			if _, err := fmt.Fprintln(feed, i); err != nil {
-				t.Fatalf("feed map: %v", err)
-			}
-		}
-	}
+	m := start(t, feed.r, out, "qmaster", "map", "--server", nodes[0].addr+","+nodes[1].addr, "--timeout", "120s")
+	t.Cleanup(feed.close) // before the map's own: see newSeqFeed
 
-	write(1, n*3/10)
+	feed.write(1, n*3/10)
 	waitFor(t, 60*time.Second, func() bool { return out.lines() >= n*3/10-100 })
 	var victim *clusterNode
 	for _, g := range nodes[1:] {
@@ -190,7 +180,7 @@ func TestClusterSurvivesGatewayAndLeaderKills(t *testing.T) {
 	if victim == nil {
 		t.Fatal("no worker on the second or third gateway")
 	}
-	write(n*3/10+1, n*6/10)
+	feed.write(n*3/10+1, n*6/10)
 	t.Logf("at %d results: SIGKILL gateway %s (workers %v, the map too: %v)", out.lines(), victim.name,
 		workersOn(t, victim), len(clientsOf(t, victim.addr, "producer")) > 0)
 	_ = victim.p.cmd.Process.Kill()
@@ -216,8 +206,8 @@ func TestClusterSurvivesGatewayAndLeaderKills(t *testing.T) {
 	if lead == nil {
 		t.Fatalf("the tasks stream's leader %q stayed on the map's node", leader)
 	}
-	write(n*6/10+1, n)
-	feed.Close()
+	feed.write(n*6/10+1, n)
+	feed.close()
 	t.Logf("at %d results: SIGKILL %s, the tasks stream's leader, then restart it", out.lines(), lead.name)
 	_ = lead.p.cmd.Process.Kill()
 	<-lead.p.done
@@ -359,19 +349,11 @@ func TestMapGoesOnThroughAnotherGateway(t *testing.T) {
 	worker := start(t, nil, nil, "qworker", "--server", nodeAddr, "--builtin", "square", "--concurrency", "4")
 
 	const n = 600
-	in, feed := io.Pipe()
+	feed := newSeqFeed(t)
 	out := &syncBuffer{}
-	m := start(t, in, out, "qmaster", "map", "--server", strings.Join(addrs, ","), "--batch", "50", "--timeout", "90s")
-	t.Cleanup(func() { feed.Close() })
-	write := func(from, to int) {
-		t.Helper()
-		for i := from; i <= to; i++ {
-			if _, err := fmt.Fprintln(feed, i); err != nil {
-				t.Fatalf("feed map: %v", err)
-			}
-		}
-	}
-	write(1, n/2)
+	m := start(t, feed.r, out, "qmaster", "map", "--server", strings.Join(addrs, ","), "--batch", "50", "--timeout", "90s")
+	t.Cleanup(feed.close) // before the map's own: see newSeqFeed
+	feed.write(1, n/2)
 	waitFor(t, 60*time.Second, func() bool { return out.lines() >= n/2 })
 
 	// The second half waits in the queue, put through map's gateway,
@@ -379,8 +361,8 @@ func TestMapGoesOnThroughAnotherGateway(t *testing.T) {
 	if err := worker.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
-	write(n/2+1, n)
-	feed.Close()
+	feed.write(n/2+1, n)
+	feed.close()
 	waitFor(t, 60*time.Second, func() bool {
 		outStats, _, _ := run(t, "", "inspect", "--server", nodeAddr, "--json")
 		var stats []struct {
@@ -427,3 +409,31 @@ func TestMapGoesOnThroughAnotherGateway(t *testing.T) {
 		t.Errorf("map did not say it connected again: %s", m.logs())
 	}
 }
+
+// seqFeed is a map's input, fed numbers a range at a time, so that a test
+// chooses what is in flight when it kills something.
+type seqFeed struct {
+	t *testing.T
+	r *io.PipeReader
+	w *io.PipeWriter
+}
+
+// newSeqFeed makes a feed. Its close must be registered with t.Cleanup
+// after the map is started, so that it runs before the map's cleanup,
+// whose Wait waits for the copy of the map's input to end.
+func newSeqFeed(t *testing.T) *seqFeed {
+	r, w := io.Pipe()
+	return &seqFeed{t: t, r: r, w: w}
+}
+
+// write feeds the numbers from to to, one a line.
+func (f *seqFeed) write(from, to int) {
+	f.t.Helper()
+	for i := from; i <= to; i++ {
+		if _, err := fmt.Fprintln(f.w, i); err != nil {
+			f.t.Fatalf("feed map: %v", err)
+		}
+	}
+}
+
+func (f *seqFeed) close() { f.w.Close() }
