@@ -1,6 +1,7 @@
 package master
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/qm-dev/qm/auth"
+	"github.com/qm-dev/qm/internal/rawsock"
 	"github.com/qm-dev/qm/wire"
 )
 
@@ -57,8 +59,9 @@ func (s *Server) refuse(conn net.Conn, reason error) {
 	if s.cfg.TLS != nil || s.cfg.InsecureNoAuth {
 		return
 	}
-	_ = conn.SetWriteDeadline(time.Now().Add(50 * time.Millisecond))
-	_ = auth.Refuse(conn, reason.Error())
+	var msg bytes.Buffer
+	_ = auth.Refuse(&msg, reason.Error())
+	rawsock.TryWrite(conn, msg.Bytes())
 }
 
 func remoteIP(conn net.Conn) string {

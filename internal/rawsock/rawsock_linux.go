@@ -172,3 +172,26 @@ func (s *rawConn) opError(op string, err error) error {
 	}
 	return &net.OpError{Op: op, Net: "tcp", Source: s.LocalAddr(), Addr: s.RemoteAddr(), Err: err}
 }
+
+// TryWrite makes one attempt to write b to conn's socket and never waits:
+// what the socket cannot take at once is dropped, and so is the error. It
+// is for a few bytes to a new connection, whose empty send buffer takes
+// them whole, from a loop that must not stall on one client (a refusal
+// from the accept loop). A write deadline cannot promise that: one set
+// just before the write has often passed by the time the write starts on
+// a busy machine, and then the write is not even tried.
+func TryWrite(conn net.Conn, b []byte) {
+	sc, ok := conn.(syscall.Conn)
+	if !ok {
+		tryWriteWithDeadline(conn, b)
+		return
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return
+	}
+	_ = raw.Write(func(fd uintptr) bool {
+		_, _, _ = syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
+		return true // written or not: done
+	})
+}

@@ -275,3 +275,31 @@ func BenchmarkPingPong(b *testing.B) {
 		})
 	}
 }
+
+// TryWrite writes a few bytes to a fresh connection at once, and returns
+// at once, having written what it could, when the socket's buffers are
+// full and the peer reads nothing.
+func TestTryWrite(t *testing.T) {
+	c, peer := pairWith(t, func(c net.Conn) net.Conn { return c }) // as accepted: a plain *net.TCPConn
+	TryWrite(c, []byte("#REFUSED#busy"))
+	_ = peer.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got := make([]byte, 64)
+	n, err := peer.Read(got)
+	if err != nil || string(got[:n]) != "#REFUSED#busy" {
+		t.Fatalf("peer read %q, %v; want the bytes written", got[:n], err)
+	}
+
+	// Fill the socket until a write would wait, then try once more.
+	c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+	for {
+		if _, err := c.Write(make([]byte, 1<<20)); err != nil {
+			break
+		}
+	}
+	c.SetWriteDeadline(time.Time{})
+	start := time.Now()
+	TryWrite(c, make([]byte, 1<<20))
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("TryWrite to a full socket took %s; want it to return at once", took)
+	}
+}
