@@ -6,11 +6,9 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/qm-dev/qm/master/queue"
 )
@@ -26,7 +24,7 @@ type leaseKey struct {
 type lease struct {
 	key      leaseKey
 	s        *stream
-	msg      jetstream.Msg
+	msg      *nats.Msg
 	task     queue.Task // as handed out, Attempts counting this delivery
 	owner    uint64
 	since    time.Time
@@ -121,16 +119,18 @@ func (q *Queues) Ack(req queue.AckRequest, dst []queue.Task) ([]queue.Task, erro
 	if len(ts) > 0 && req.Publish != nil {
 		err = req.Publish(ts)
 	}
-	msgs := make([]jetstream.Msg, 0, len(ls))
+	msgs := make([]*nats.Msg, 0, len(ls))
+	var s *stream
 	q.mu.Lock()
 	for _, l := range ls {
 		if !l.lost { // else JetStream may have handed it to another worker
 			msgs = append(msgs, l.msg)
+			s = l.s
 		}
 	}
 	q.mu.Unlock()
 	if err == nil {
-		err = q.ackAll(msgs)
+		err = q.ackAll(s, msgs)
 	} else {
 		for _, m := range msgs {
 			_ = q.nak(m, 0)
@@ -158,57 +158,18 @@ func (q *Queues) notLeased(name string, bad []uint64) error {
 	return notLeased(bad)
 }
 
-// ackAll acks msgs and waits until JetStream has stored the acks. A
-// consumer applies one connection's acks in order, so all but the last
-// are sent without a reply and the last is double-acked: its
-// confirmation covers the ones before it. That holds only if the consumer
-// had a leader all along: if the last ack's first try is not answered
-// (plain acks sent meanwhile may have been dropped), every ack is sent
-// again, each confirmed (acks are idempotent).
-func (q *Queues) ackAll(msgs []jetstream.Msg) error {
-	switch len(msgs) {
-	case 0:
-		return nil
-	case 1:
-		return q.ack(msgs[0])
-	}
-	last := len(msgs) - 1
-	sent := true
-	for _, m := range msgs[:last] {
-		if q.cfg.Conn.Publish(m.Reply(), ackPayload) != nil {
-			sent = false
-			break
-		}
-	}
-	if sent {
-		ctx, cancel := context.WithTimeout(q.ctx, attemptTimeout)
-		_, err := q.cfg.Conn.RequestWithContext(ctx, msgs[last].Reply(), ackPayload)
-		cancel()
-		if err == nil {
-			return nil
-		}
-	}
-	errs := make([]error, len(msgs))
-	var wg sync.WaitGroup
-	for i, m := range msgs {
-		wg.Go(func() { errs[i] = q.ack(m) })
-	}
-	wg.Wait()
-	return errors.Join(errs...)
-}
-
 // ackPayload is JetStream's ack. Acks are sent as plain messages to the
-// delivery's reply subject, rather than through jetstream.Msg, which
+// delivery's reply subject, rather than through nats.Msg's Ack, which
 // refuses to ack a message twice: ackAll may need to.
 var ackPayload = []byte("+ACK")
 
 // ack acks m and waits for JetStream to confirm it, trying again while
 // its consumer has no leader: an ack is idempotent.
-func (q *Queues) ack(m jetstream.Msg) error {
+func (q *Queues) ack(m *nats.Msg) error {
 	ctx, cancel := q.call()
 	defer cancel()
 	err := retrying(ctx, func(ctx context.Context) error {
-		_, err := q.cfg.Conn.RequestWithContext(ctx, m.Reply(), ackPayload)
+		_, err := q.cfg.Conn.RequestWithContext(ctx, m.Reply, ackPayload)
 		return err
 	})
 	if err != nil {
@@ -262,7 +223,7 @@ const maxLastErrs = 100_000
 // nak hands a delivered message back for redelivery ahead of newer ones
 // (after delay, if > 0), and waits until JetStream has done so: a get
 // that follows finds it.
-func (q *Queues) nak(m jetstream.Msg, delay time.Duration) error {
+func (q *Queues) nak(m *nats.Msg, delay time.Duration) error {
 	body := []byte("-NAK")
 	if delay > 0 {
 		body = fmt.Appendf(nil, `-NAK {"delay": %d}`, delay.Nanoseconds())
@@ -275,7 +236,7 @@ func (q *Queues) nak(m jetstream.Msg, delay time.Duration) error {
 	err := retryingTransient(ctx, func() error {
 		rctx, cancel := context.WithTimeout(ctx, attemptTimeout)
 		defer cancel()
-		_, err := q.cfg.Conn.RequestWithContext(rctx, m.Reply(), body)
+		_, err := q.cfg.Conn.RequestWithContext(rctx, m.Reply, body)
 		return err
 	})
 	if err != nil {
@@ -374,7 +335,8 @@ func (q *Queues) Unget(req queue.GetRequest, ts []queue.Task) {
 // Delivered acks the deliveries of ts, taken by a NoAck get for req, now
 // that the reply carrying them was written: they are taken for good.
 func (q *Queues) Delivered(req queue.GetRequest, ts []queue.Task) {
-	msgs := make([]jetstream.Msg, 0, len(ts))
+	msgs := make([]*nats.Msg, 0, len(ts))
+	var s *stream
 	q.mu.Lock()
 	for _, t := range ts {
 		key := leaseKey{req.Queue, t.ID}
@@ -382,11 +344,12 @@ func (q *Queues) Delivered(req queue.GetRequest, ts []queue.Task) {
 			delete(q.unconfirmed, key)
 			if !l.lost { // else JetStream may have handed it to someone else
 				msgs = append(msgs, l.msg)
+				s = l.s
 			}
 		}
 	}
 	q.mu.Unlock()
-	if err := q.ackAll(msgs); err != nil {
+	if err := q.ackAll(s, msgs); err != nil {
 		q.log.Warn("tasks a client received not acked; JetStream delivers them again after AckWait", "queue", req.Queue, "tasks", len(msgs), "err", err)
 	}
 }
@@ -483,7 +446,7 @@ func (q *Queues) ReapLeases(done <-chan struct{}, onExpired func(n int)) {
 func (q *Queues) reap(now time.Time) int {
 	var expired, lost []*lease
 	var renew []renewal
-	var taken []jetstream.Msg
+	taken := make(map[*stream][]*nats.Msg)
 	q.mu.Lock()
 	for _, l := range q.leases {
 		switch {
@@ -513,7 +476,7 @@ func (q *Queues) reap(now time.Time) int {
 			lost = append(lost, l)
 		case !now.Before(l.deadline):
 			delete(q.unconfirmed, k)
-			taken = append(taken, l.msg)
+			taken[l.s] = append(taken[l.s], l.msg)
 		case now.Sub(l.touched) >= l.s.ackWait/3:
 			renew = append(renew, q.renewal(l, now))
 		}
@@ -525,7 +488,7 @@ func (q *Queues) reap(now time.Time) int {
 	}
 	q.mu.Unlock()
 	for _, r := range renew {
-		_ = q.cfg.Conn.PublishRequest(r.l.msg.Reply(), r.reply, progressPayload)
+		_ = q.cfg.Conn.PublishRequest(r.l.msg.Reply, r.reply, progressPayload)
 	}
 	for _, l := range lost {
 		q.log.Warn("lease lost: JetStream did not confirm its renewals within AckWait, and may have handed the task to another worker",
@@ -536,8 +499,10 @@ func (q *Queues) reap(now time.Time) int {
 			q.log.Warn("could not give back an expired lease; JetStream redelivers it after AckWait", "queue", l.key.queue, "task", l.key.id, "err", err)
 		}
 	}
-	if err := q.ackAll(taken); err != nil {
-		q.log.Warn("tasks taken with NoAck not acked; JetStream delivers them again after AckWait", "tasks", len(taken), "err", err)
+	for s, msgs := range taken {
+		if err := q.ackAll(s, msgs); err != nil {
+			q.log.Warn("tasks taken with NoAck not acked; JetStream delivers them again after AckWait", "queue", s.queue, "tasks", len(msgs), "err", err)
+		}
 	}
 	return len(expired) + len(lost)
 }
