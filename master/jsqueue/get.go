@@ -77,19 +77,23 @@ func (q *Queues) pull(ctx context.Context, s *stream, req queue.GetRequest) ([]*
 	}
 	stop := context.AfterFunc(q.ctx, cancel)
 	defer stop()
-	for {
+	for sent := 0; ; {
 		// A pull request at the server needs an expiry: a get with no
 		// bound sends one request a minute until ctx ends. The request
 		// expires a little before the get's wait does, so that JetStream
-		// does not deliver a task just as the get gives up.
+		// ends it (and the get keeps its inbox) and does not deliver a
+		// task just as the get gives up.
 		expires := time.Minute
 		if deadline, ok := wait.Deadline(); ok {
 			left := time.Until(deadline)
-			if left < 5*time.Millisecond {
-				break // too short for another pull request
+			if left < 5*time.Millisecond || sent > 0 && left < 20*time.Millisecond {
+				// Too short for another pull request: the get would
+				// likely give up before JetStream ends it.
+				break
 			}
-			expires = min(expires, left-left/20)
+			expires = min(expires, left-min(left/10, 50*time.Millisecond))
 		}
+		sent++
 		msgs, err = q.pulls.pull(wait, s, 1, expires)
 		if len(msgs) > 0 || wait.Err() != nil {
 			err = nil // a task came, or the wait is over: an empty get is no error

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -20,35 +21,38 @@ import (
 // the messages with their own subjects, so requests cannot share one
 // wildcard subscription: each takes an idle inbox (a subscription) from
 // a pool, and gives it back once JetStream has finished answering it.
+// Each request gets a reply subject of its own under its inbox, so that
+// a status JetStream sends after a batch is full (for a request already
+// answered) is not taken for the end of the inbox's next request.
 //
 // Nothing is prefetched: a pull request asks for what one get may take,
 // so no task waits in a gateway for a client while another gateway's
-// worker is idle. A message that comes for a pull request whose get has
-// given up (its client went away, or its wait ended as the message was
-// sent) is handed back at once with a nak, where with Fetch it waited
-// for AckWait; JetStream counts that delivery as an attempt, as it counts
-// an Unget's.
+// worker is idle. A get that gives up before JetStream has answered its
+// request (its client went away, or its wait ended first) drops its
+// inbox, as Fetch did: JetStream then drops the request for want of
+// interest rather than deliver to it. A message that still comes to an
+// inbox no get awaits is handed back at once with a nak (JetStream counts
+// that delivery as an attempt, as it counts an Unget's).
 
 // pulls routes the messages that answer pull requests to their gets.
 type pulls struct {
 	nc *nats.Conn
 
-	mu        sync.Mutex
-	idle      []*pullSlot
-	bySub     map[*nats.Subscription]*pullSlot
-	abandoned map[*pullSlot]time.Time // slots whose get gave up, until when they may be answered
-	closed    bool
+	mu     sync.Mutex
+	idle   []*pullSlot
+	bySub  map[*nats.Subscription]*pullSlot
+	closed bool
 }
 
 // pullSlot is an inbox that pull requests are answered on, one at a
 // time. Its fields but sub and inbox are guarded by pulls.mu.
 type pullSlot struct {
 	sub   *nats.Subscription
-	inbox string
+	inbox string   // ends in "."
+	n     uint64   // requests sent through it
+	reply string   // the reply subject of r
 	r     *pullReq // the request it answers; nil when idle
 	left  int      // messages JetStream may still send for r
-	// gone is set when r's get has given up: what comes is handed back.
-	gone bool
 }
 
 // pullReq is one pull request awaiting its messages.
@@ -75,7 +79,7 @@ const (
 var nakPayload = []byte("-NAK")
 
 func newPulls(nc *nats.Conn) *pulls {
-	return &pulls{nc: nc, bySub: make(map[*nats.Subscription]*pullSlot), abandoned: make(map[*pullSlot]time.Time)}
+	return &pulls{nc: nc, bySub: make(map[*nats.Subscription]*pullSlot)}
 }
 
 // close ends every inbox's subscription: a message that comes later for
@@ -90,7 +94,6 @@ func (p *pulls) close() {
 	}
 	clear(p.bySub)
 	p.idle = nil
-	clear(p.abandoned)
 	p.mu.Unlock()
 	for _, sub := range subs {
 		_ = sub.Unsubscribe()
@@ -104,28 +107,15 @@ func (p *pulls) take(r *pullReq, batch int) (*pullSlot, error) {
 		p.mu.Unlock()
 		return nil, context.Canceled
 	}
-	now := time.Now()
-	var drop []*pullSlot
-	for sl, until := range p.abandoned {
-		// Never answered in time (its request was lost): no longer used.
-		if now.After(until) {
-			delete(p.abandoned, sl)
-			delete(p.bySub, sl.sub)
-			drop = append(drop, sl)
-		}
-	}
 	var sl *pullSlot
 	if n := len(p.idle); n > 0 {
 		sl = p.idle[n-1]
 		p.idle = p.idle[:n-1]
 	}
 	p.mu.Unlock()
-	for _, d := range drop {
-		_ = d.sub.Unsubscribe()
-	}
 	if sl == nil {
-		sl = &pullSlot{inbox: p.nc.NewInbox()}
-		sub, err := p.nc.Subscribe(sl.inbox, p.received)
+		sl = &pullSlot{inbox: p.nc.NewInbox() + "."}
+		sub, err := p.nc.Subscribe(sl.inbox+"*", p.received)
 		if err != nil {
 			return nil, err
 		}
@@ -138,18 +128,9 @@ func (p *pulls) take(r *pullReq, batch int) (*pullSlot, error) {
 		return nil, context.Canceled
 	}
 	p.bySub[sl.sub] = sl
-	sl.r, sl.left, sl.gone = r, batch, false
+	sl.n++
+	sl.r, sl.left, sl.reply = r, batch, sl.inbox+strconv.FormatUint(sl.n, 36)
 	return sl, nil
-}
-
-// answered makes sl idle again once JetStream has finished with its
-// request, if its get is done with it too. Called with p.mu held.
-func (p *pulls) answered(sl *pullSlot) {
-	sl.r = nil
-	if sl.gone {
-		delete(p.abandoned, sl)
-		p.idle = append(p.idle, sl)
-	}
 }
 
 // received takes a message that answers a pull request.
@@ -174,20 +155,16 @@ func (p *pulls) received(m *nats.Msg) {
 	}
 	r := sl.r
 	if status != "" {
-		if !sl.gone {
-			r.end <- statusErr(status, m.Header.Get("Description")) // the request's only end
+		if m.Subject != sl.reply {
+			return // a status for an earlier request, answered already
 		}
-		p.answered(sl)
+		r.end <- statusErr(status, m.Header.Get("Description")) // the request's only end
+		sl.r = nil
 		return
 	}
-	sl.left--
-	if sl.gone {
-		_ = p.nc.Publish(m.Reply, nakPayload)
-	} else {
-		r.msgs <- m
-	}
-	if sl.left <= 0 {
-		p.answered(sl)
+	r.msgs <- m
+	if sl.left--; sl.left <= 0 {
+		sl.r = nil // answered in full
 	}
 }
 
@@ -215,7 +192,7 @@ func statusErr(status, descr string) error {
 // if wait is 0, else the first that comes within wait (then batch must
 // be 1). It returns what came, and the error that ended the request, if
 // any. A request ended by ctx or by its time running out returns what
-// came meanwhile; messages that come later are handed back.
+// came meanwhile, and its inbox is dropped.
 func (p *pulls) pull(ctx context.Context, s *stream, batch int, wait time.Duration) ([]*nats.Msg, error) {
 	r := &pullReq{msgs: make(chan *nats.Msg, batch), end: make(chan error, 1)}
 	sl, err := p.take(r, batch)
@@ -231,7 +208,7 @@ func (p *pulls) pull(ctx context.Context, s *stream, batch int, wait time.Durati
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
 	var msgs []*nats.Msg
-	err = p.nc.PublishRequest(s.next, sl.inbox, body)
+	err = p.nc.PublishRequest(s.next, sl.reply, body)
 	for err == nil && len(msgs) < batch {
 		select {
 		case m := <-r.msgs:
@@ -246,14 +223,19 @@ func (p *pulls) pull(ctx context.Context, s *stream, batch int, wait time.Durati
 		break
 	}
 	p.mu.Lock()
-	if !p.closed && sl.r == r { // still at the server: answered later
-		sl.gone = true
-		until := time.Now().Add(timeout)
-		p.abandoned[sl] = until
-	} else if !p.closed {
+	abandoned := sl.r == r // still at the server
+	switch {
+	case p.closed:
+	case abandoned:
+		sl.r = nil
+		delete(p.bySub, sl.sub)
+	default:
 		p.idle = append(p.idle, sl)
 	}
 	p.mu.Unlock()
+	if abandoned {
+		_ = sl.sub.Unsubscribe()
+	}
 	for { // what came before the get gave up is its own
 		select {
 		case m := <-r.msgs:

@@ -425,3 +425,46 @@ func TestMaxLen(t *testing.T) {
 		t.Fatalf("stats %+v, %v: want 2 ready (the result and the waiting put), max length 2, 4 puts", st, err)
 	}
 }
+
+// TestGetsKeepTheirSubscriptions: gets pull through inboxes that outlive
+// them, not through a subscription made and dropped per get (as
+// jetstream's Fetch does), which changes the server's subject index and
+// flushes its cache every time. A get that gives up before JetStream has
+// answered drops its inbox, so that JetStream drops its request too, and
+// the task that comes next is delivered to the next get, its first
+// attempt.
+func TestGetsKeepTheirSubscriptions(t *testing.T) {
+	node := startNode(t)
+	q := newQueues(t, node, jsqueue.Config{})
+	put(t, q, "jobs", "warm")
+	get(t, q, "jobs", 1, 1, 0, 0)
+	before := node.SubscriptionsMade()
+	for i := range 20 {
+		put(t, q, "jobs", "a", "b")
+		if ts := get(t, q, "jobs", 1, 10, 0, time.Second); len(ts) == 0 {
+			t.Fatalf("get %d: nothing", i)
+		}
+		if ts, err := q.Get(queue.NoWait, queue.GetRequest{Queue: "jobs", Max: 10, Owner: 1}, nil); len(ts) != 0 || err != nil {
+			t.Fatalf("get of an empty queue: %v, %v", payloads(ts), err)
+		}
+		get(t, q, "jobs", 1, 10, 0, 100*time.Millisecond) // empty, waits
+	}
+	if made := node.SubscriptionsMade() - before; made > 10 {
+		t.Fatalf("60 gets made %d subscriptions, want a few at most", made)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	gave := make(chan struct{})
+	go func() {
+		defer close(gave)
+		_, _ = q.Get(ctx, queue.GetRequest{Queue: "jobs", Max: 1, Owner: 2, MaxWait: time.Minute}, nil)
+	}()
+	time.Sleep(50 * time.Millisecond) // its request is at the server
+	cancel()
+	<-gave
+	put(t, q, "jobs", "late")
+	ts := get(t, q, "jobs", 3, 1, 0, 2*time.Second)
+	if len(ts) != 1 || string(ts[0].Payload) != "late" || ts[0].Attempts != 1 {
+		t.Fatalf("after a get gave up, the next got %v (%+v), want the task on its first attempt", payloads(ts), ts)
+	}
+}
