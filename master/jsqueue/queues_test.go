@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -466,5 +468,50 @@ func TestGetsKeepTheirSubscriptions(t *testing.T) {
 	ts := get(t, q, "jobs", 3, 1, 0, 2*time.Second)
 	if len(ts) != 1 || string(ts[0].Payload) != "late" || ts[0].Attempts != 1 {
 		t.Fatalf("after a get gave up, the next got %v (%+v), want the task on its first attempt", payloads(ts), ts)
+	}
+}
+
+// TestConcurrentAcksShareConfirmations: acks of many clients at once,
+// confirmed in shared rounds, each return once their own acks are stored:
+// every task is done once, and none is left ready or leased.
+func TestConcurrentAcksShareConfirmations(t *testing.T) {
+	q := newQueues(t, startNode(t), jsqueue.Config{})
+	const n, clients = 400, 8
+	items := make([]string, n)
+	for i := range items {
+		items[i] = strconv.Itoa(i)
+	}
+	put(t, q, "jobs", items...)
+	var wg sync.WaitGroup
+	var done atomic.Int64
+	for c := range clients {
+		owner := uint64(c + 1)
+		wg.Go(func() {
+			for {
+				ts, err := q.Get(queue.NoWait, queue.GetRequest{Queue: "jobs", Max: 1 + c%4, Owner: owner}, nil)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if len(ts) == 0 {
+					return
+				}
+				ids := make([]uint64, len(ts))
+				for i, task := range ts {
+					ids[i] = task.ID
+				}
+				acked, err := q.Ack(queue.AckRequest{Queue: "jobs", Owner: owner, IDs: ids}, nil)
+				if err != nil || len(acked) != len(ids) {
+					t.Errorf("ack of %d: %d acked, %v", len(ids), len(acked), err)
+					return
+				}
+				done.Add(int64(len(acked)))
+			}
+		})
+	}
+	wg.Wait()
+	st, err := q.Stats("jobs")
+	if err != nil || done.Load() != n || st.Ready != 0 || st.Leased != 0 || st.Done != n {
+		t.Fatalf("%d acked; stats %+v, %v; want all %d done, none ready or leased", done.Load(), st, err, n)
 	}
 }
