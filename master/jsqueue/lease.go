@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -120,17 +121,15 @@ func (q *Queues) Ack(req queue.AckRequest, dst []queue.Task) ([]queue.Task, erro
 		err = req.Publish(ts)
 	}
 	msgs := make([]*nats.Msg, 0, len(ls))
-	var s *stream
 	q.mu.Lock()
 	for _, l := range ls {
 		if !l.lost { // else JetStream may have handed it to another worker
 			msgs = append(msgs, l.msg)
-			s = l.s
 		}
 	}
 	q.mu.Unlock()
 	if err == nil {
-		err = q.ackAll(s, msgs)
+		err = q.ackAll(msgs)
 	} else {
 		for _, m := range msgs {
 			_ = q.nak(m, 0)
@@ -156,6 +155,48 @@ func (q *Queues) notLeased(name string, bad []uint64) error {
 		return err
 	}
 	return notLeased(bad)
+}
+
+// ackAll acks msgs and waits until JetStream has stored the acks. A
+// consumer applies one connection's acks in order, so all but the last
+// are sent without a reply and the last is double-acked: its
+// confirmation covers the ones before it. That holds only if the consumer
+// had a leader all along: if the last ack's first try is not answered
+// (plain acks sent meanwhile may have been dropped), every ack is sent
+// again, each confirmed (acks are idempotent).
+//
+// (Confirming the last acks of concurrent calls together, in rounds, was
+// tried for issue 15 and gained nothing measurable: see docs/SCALING.md.)
+func (q *Queues) ackAll(msgs []*nats.Msg) error {
+	switch len(msgs) {
+	case 0:
+		return nil
+	case 1:
+		return q.ack(msgs[0])
+	}
+	last := len(msgs) - 1
+	sent := true
+	for _, m := range msgs[:last] {
+		if q.cfg.Conn.Publish(m.Reply, ackPayload) != nil {
+			sent = false
+			break
+		}
+	}
+	if sent {
+		ctx, cancel := context.WithTimeout(q.ctx, attemptTimeout)
+		_, err := q.cfg.Conn.RequestWithContext(ctx, msgs[last].Reply, ackPayload)
+		cancel()
+		if err == nil {
+			return nil
+		}
+	}
+	errs := make([]error, len(msgs))
+	var wg sync.WaitGroup
+	for i, m := range msgs {
+		wg.Go(func() { errs[i] = q.ack(m) })
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 // ackPayload is JetStream's ack. Acks are sent as plain messages to the
@@ -336,7 +377,6 @@ func (q *Queues) Unget(req queue.GetRequest, ts []queue.Task) {
 // that the reply carrying them was written: they are taken for good.
 func (q *Queues) Delivered(req queue.GetRequest, ts []queue.Task) {
 	msgs := make([]*nats.Msg, 0, len(ts))
-	var s *stream
 	q.mu.Lock()
 	for _, t := range ts {
 		key := leaseKey{req.Queue, t.ID}
@@ -344,12 +384,11 @@ func (q *Queues) Delivered(req queue.GetRequest, ts []queue.Task) {
 			delete(q.unconfirmed, key)
 			if !l.lost { // else JetStream may have handed it to someone else
 				msgs = append(msgs, l.msg)
-				s = l.s
 			}
 		}
 	}
 	q.mu.Unlock()
-	if err := q.ackAll(s, msgs); err != nil {
+	if err := q.ackAll(msgs); err != nil {
 		q.log.Warn("tasks a client received not acked; JetStream delivers them again after AckWait", "queue", req.Queue, "tasks", len(msgs), "err", err)
 	}
 }
@@ -446,7 +485,7 @@ func (q *Queues) ReapLeases(done <-chan struct{}, onExpired func(n int)) {
 func (q *Queues) reap(now time.Time) int {
 	var expired, lost []*lease
 	var renew []renewal
-	taken := make(map[*stream][]*nats.Msg)
+	var taken []*nats.Msg
 	q.mu.Lock()
 	for _, l := range q.leases {
 		switch {
@@ -476,7 +515,7 @@ func (q *Queues) reap(now time.Time) int {
 			lost = append(lost, l)
 		case !now.Before(l.deadline):
 			delete(q.unconfirmed, k)
-			taken[l.s] = append(taken[l.s], l.msg)
+			taken = append(taken, l.msg)
 		case now.Sub(l.touched) >= l.s.ackWait/3:
 			renew = append(renew, q.renewal(l, now))
 		}
@@ -499,10 +538,8 @@ func (q *Queues) reap(now time.Time) int {
 			q.log.Warn("could not give back an expired lease; JetStream redelivers it after AckWait", "queue", l.key.queue, "task", l.key.id, "err", err)
 		}
 	}
-	for s, msgs := range taken {
-		if err := q.ackAll(s, msgs); err != nil {
-			q.log.Warn("tasks taken with NoAck not acked; JetStream delivers them again after AckWait", "queue", s.queue, "tasks", len(msgs), "err", err)
-		}
+	if err := q.ackAll(taken); err != nil {
+		q.log.Warn("tasks taken with NoAck not acked; JetStream delivers them again after AckWait", "tasks", len(taken), "err", err)
 	}
 	return len(expired) + len(lost)
 }

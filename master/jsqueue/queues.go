@@ -120,8 +120,6 @@ type stream struct {
 	// ackWait is the consumer's: the first gateway to open the queue set
 	// it, so it may differ from this one's Config.AckWait.
 	ackWait time.Duration
-	// acks confirms this gateway's acks of the consumer's deliveries.
-	acks ackRounds
 	// putMu makes this gateway's puts to a queue with a max length check
 	// its length and publish one at a time.
 	putMu sync.Mutex

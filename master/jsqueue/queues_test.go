@@ -471,10 +471,11 @@ func TestGetsKeepTheirSubscriptions(t *testing.T) {
 	}
 }
 
-// TestConcurrentAcksShareConfirmations: acks of many clients at once,
-// confirmed in shared rounds, each return once their own acks are stored:
-// every task is done once, and none is left ready or leased.
-func TestConcurrentAcksShareConfirmations(t *testing.T) {
+// TestConcurrentAcks: acks of many clients at once, on one connection,
+// each confirmed by its last ack's answer, each return once their own
+// acks are stored: every task is done once, and none is left ready or
+// leased.
+func TestConcurrentAcks(t *testing.T) {
 	q := newQueues(t, startNode(t), jsqueue.Config{})
 	const n, clients = 400, 8
 	items := make([]string, n)
