@@ -2,6 +2,8 @@ package jsqueue_test
 
 import (
 	"context"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -55,4 +57,81 @@ func BenchmarkPutGetAck(b *testing.B) {
 	b.ReportMetric(float64(tGet.Nanoseconds())/n, "get-ns/task")
 	b.ReportMetric(float64(tAck.Nanoseconds())/n, "ack-ns/task")
 	b.ReportMetric(float64(gets)*batch/n, "gets/batch")
+}
+
+// BenchmarkWorkers is qbench's batched run inside one process: a
+// producer puts batches of 1,000 and takes the results (NoAck, then
+// Delivered) while 4 workers of 4 loops each get up to 8 tasks and ack
+// them, publishing a result each. b.N counts tasks; cpu-µs/task is the
+// whole process's (the node's included), the figure that bounds
+// throughput on a busy machine.
+func BenchmarkWorkers(b *testing.B) {
+	q := newQueues(b, startNode(b), jsqueue.Config{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	put(b, q, "bench")
+	put(b, q, "results")
+	var wg sync.WaitGroup
+	for w := range 4 * 4 {
+		owner := uint64(w + 1)
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				ts, err := q.Get(ctx, queue.GetRequest{Queue: "bench", Max: 8, Owner: owner, MaxWait: 100 * time.Millisecond}, nil)
+				if err != nil || len(ts) == 0 {
+					continue
+				}
+				ids := make([]uint64, len(ts))
+				for i, t := range ts {
+					ids[i] = t.ID
+				}
+				_, err = q.Ack(queue.AckRequest{Queue: "bench", Owner: owner, IDs: ids, Publish: func(acked []queue.Task) error {
+					items := make([]queue.Item, len(acked))
+					for i, t := range acked {
+						items[i] = queue.Item{Payload: t.Payload}
+					}
+					_, err := q.Put(ctx, queue.PutRequest{Queue: "results", Items: items, Results: true})
+					return err
+				}}, nil)
+				if err != nil && ctx.Err() == nil {
+					b.Error(err)
+				}
+			}
+		})
+	}
+	items := make([]queue.Item, 1000)
+	for i := range items {
+		items[i] = queue.Item{Payload: []byte("0123456789abcdef")}
+	}
+	cpu0 := cpuTime()
+	b.ResetTimer()
+	start := time.Now()
+	for done := 0; done < b.N; {
+		n := min(len(items), b.N-done)
+		if _, err := q.Put(ctx, queue.PutRequest{Queue: "bench", Items: items[:n]}); err != nil {
+			b.Fatal(err)
+		}
+		for got := 0; got < n; {
+			req := queue.GetRequest{Queue: "results", Max: n - got, Owner: 1000, NoAck: true, MaxWait: 5 * time.Second}
+			ts, err := q.Get(ctx, req, nil)
+			if err != nil || len(ts) == 0 {
+				b.Fatalf("results: %d, %v", len(ts), err)
+			}
+			q.Delivered(req, ts)
+			got += len(ts)
+		}
+		done += n
+	}
+	b.StopTimer()
+	took, cpu := time.Since(start), cpuTime()-cpu0
+	cancel()
+	wg.Wait()
+	b.ReportMetric(float64(b.N)/took.Seconds(), "tasks/s")
+	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/task")
+}
+
+// cpuTime is the CPU time this process has used.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

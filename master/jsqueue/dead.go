@@ -15,13 +15,13 @@ func (q *Queues) deadLetter(l *lease, errText string) error {
 	t.LastError = errText
 	dq, err := q.open(queue.DeadLetterName(l.key.queue), true)
 	if err != nil {
-		_ = l.msg.Nak()
+		q.giveBack([]*nats.Msg{l.msg})
 		return err
 	}
 	ctx, cancel := q.call()
 	defer cancel()
 	if _, err := q.publish(ctx, []*nats.Msg{movedMsg(dq.subject, t, t.Attempts)}); err != nil {
-		_ = l.msg.Nak() // delivered again, it comes back here
+		q.giveBack([]*nats.Msg{l.msg}) // delivered again, it comes back here
 		return err
 	}
 	if err := q.ack(l.msg); err != nil {

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/qm-dev/qm/master/queue"
 )
@@ -51,11 +50,11 @@ func (q *Queues) Get(ctx context.Context, req queue.GetRequest, dst []queue.Task
 
 // pull takes up to req.Max messages: what is there at once, or else the
 // first that comes within the wait, and what else is there then.
-func (q *Queues) pull(ctx context.Context, s *stream, req queue.GetRequest) ([]jetstream.Msg, error) {
-	var msgs []jetstream.Msg
+func (q *Queues) pull(ctx context.Context, s *stream, req queue.GetRequest) ([]*nats.Msg, error) {
+	var msgs []*nats.Msg
 	rctx, cancel := q.call()
 	err := retryingTransient(rctx, func() error {
-		got, err := fetch(s.cons.FetchNoWait(req.Max))
+		got, err := q.pulls.pull(rctx, s, req.Max, 0)
 		msgs = append(msgs, got...)
 		if len(msgs) > 0 {
 			return nil // delivered, whatever came after: hand them out
@@ -64,6 +63,10 @@ func (q *Queues) pull(ctx context.Context, s *stream, req queue.GetRequest) ([]j
 	})
 	cancel()
 	if err != nil || len(msgs) > 0 || ctx.Err() != nil {
+		if q.closed.Load() {
+			q.giveBack(msgs)
+			return nil, queue.ErrClosed
+		}
 		return msgs, q.pullErr(err)
 	}
 	wait, cancel := context.WithCancel(ctx)
@@ -74,26 +77,30 @@ func (q *Queues) pull(ctx context.Context, s *stream, req queue.GetRequest) ([]j
 	}
 	stop := context.AfterFunc(q.ctx, cancel)
 	defer stop()
-	_, bounded := wait.Deadline()
-	for {
-		pull, endPull := wait, context.CancelFunc(func() {})
-		if !bounded {
-			// A pull request at the server needs an expiry: a get with no
-			// bound sends one request a minute until ctx ends.
-			pull, endPull = context.WithTimeout(wait, time.Minute)
+	for sent := 0; ; {
+		// A pull request at the server needs an expiry: a get with no
+		// bound sends one request a minute until ctx ends. The request
+		// expires a little before the get's wait does, so that JetStream
+		// ends it (and the get keeps its inbox) and does not deliver a
+		// task just as the get gives up.
+		expires := time.Minute
+		if deadline, ok := wait.Deadline(); ok {
+			left := time.Until(deadline)
+			if left < 5*time.Millisecond || sent > 0 && left < 20*time.Millisecond {
+				// Too short for another pull request: the get would
+				// likely give up before JetStream ends it.
+				break
+			}
+			expires = min(expires, left-min(left/10, 50*time.Millisecond))
 		}
-		if deadline, _ := pull.Deadline(); time.Until(deadline) < 5*time.Millisecond {
-			endPull()
-			break // too short for another pull request
-		}
-		msgs, err = fetch(s.cons.Fetch(1, jetstream.FetchContext(pull)))
-		endPull()
+		sent++
+		msgs, err = q.pulls.pull(wait, s, 1, expires)
 		if len(msgs) > 0 || wait.Err() != nil {
 			err = nil // a task came, or the wait is over: an empty get is no error
 			break
 		}
-		if pull.Err() != nil && err == nil {
-			continue // a minute's request ran out: send another
+		if err == nil {
+			continue // the request expired: send another
 		}
 		if transient(err) { // no leader for a moment: wait for one
 			select {
@@ -102,24 +109,31 @@ func (q *Queues) pull(ctx context.Context, s *stream, req queue.GetRequest) ([]j
 			}
 			continue
 		}
-		if err != nil {
-			break
-		}
+		break
 	}
 	if q.closed.Load() {
-		for _, m := range msgs {
-			_ = m.Nak()
-		}
+		q.giveBack(msgs)
 		return nil, queue.ErrClosed
 	}
 	if err != nil || len(msgs) == 0 {
 		return nil, q.pullErr(err)
 	}
 	if req.Max > 1 {
-		more, _ := fetch(s.cons.FetchNoWait(req.Max - 1)) // at worst none
+		rctx, cancel := q.call()
+		more, _ := q.pulls.pull(rctx, s, req.Max-1, 0) // at worst none
+		cancel()
 		msgs = append(msgs, more...)
 	}
 	return msgs, nil
+}
+
+// giveBack hands delivered messages back to JetStream at once, without
+// waiting for its confirmation: they are delivered again ahead of newer
+// ones.
+func (q *Queues) giveBack(msgs []*nats.Msg) {
+	for _, m := range msgs {
+		_ = q.cfg.Conn.Publish(m.Reply, nakPayload)
+	}
 }
 
 func (q *Queues) pullErr(err error) error {
@@ -132,27 +146,11 @@ func (q *Queues) pullErr(err error) error {
 	return q.engineErr("get", err)
 }
 
-// fetch drains one pull's messages.
-func fetch(b jetstream.MessageBatch, err error) ([]jetstream.Msg, error) {
-	if err != nil {
-		return nil, err
-	}
-	var msgs []jetstream.Msg
-	for m := range b.Messages() {
-		msgs = append(msgs, m)
-	}
-	err = b.Error()
-	if errors.Is(err, jetstream.ErrNoMessages) || errors.Is(err, nats.ErrTimeout) {
-		err = nil
-	}
-	return msgs, err
-}
-
 // deliver turns pulled messages into tasks: leased to req.Owner, or, with
 // NoAck, held unacked until the server says whether their reply was
 // written (Delivered, Unget). Tasks that used up their attempts go to the
 // dead-letter queue instead.
-func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []jetstream.Msg, ts []queue.Task) ([]queue.Task, error) {
+func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts []queue.Task) ([]queue.Task, error) {
 	if len(msgs) == 0 {
 		return nil, nil
 	}
@@ -161,9 +159,7 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []jetstream.Msg, 
 	q.mu.Lock()
 	if q.closed.Load() { // Close gave back the leases it found; give these back too
 		q.mu.Unlock()
-		for _, m := range msgs {
-			_ = m.Nak()
-		}
+		q.giveBack(msgs)
 		return nil, queue.ErrClosed
 	}
 	for _, m := range msgs {
@@ -172,7 +168,7 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []jetstream.Msg, 
 			q.log.Warn("jetstream message without metadata; left to redeliver", "queue", s.queue, "err", err)
 			continue
 		}
-		t := taskOf(md.Sequence.Stream, md.Timestamp, m.Headers(), m.Data(), md.NumDelivered)
+		t := taskOf(md.Sequence.Stream, md.Timestamp, m.Header, m.Data, md.NumDelivered)
 		key := leaseKey{s.queue, t.ID}
 		if md.NumDelivered > 1 {
 			if e, ok := q.lastErr[key]; ok {

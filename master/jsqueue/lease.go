@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/qm-dev/qm/master/queue"
 )
@@ -26,7 +25,7 @@ type leaseKey struct {
 type lease struct {
 	key      leaseKey
 	s        *stream
-	msg      jetstream.Msg
+	msg      *nats.Msg
 	task     queue.Task // as handed out, Attempts counting this delivery
 	owner    uint64
 	since    time.Time
@@ -121,7 +120,7 @@ func (q *Queues) Ack(req queue.AckRequest, dst []queue.Task) ([]queue.Task, erro
 	if len(ts) > 0 && req.Publish != nil {
 		err = req.Publish(ts)
 	}
-	msgs := make([]jetstream.Msg, 0, len(ls))
+	msgs := make([]*nats.Msg, 0, len(ls))
 	q.mu.Lock()
 	for _, l := range ls {
 		if !l.lost { // else JetStream may have handed it to another worker
@@ -165,7 +164,10 @@ func (q *Queues) notLeased(name string, bad []uint64) error {
 // had a leader all along: if the last ack's first try is not answered
 // (plain acks sent meanwhile may have been dropped), every ack is sent
 // again, each confirmed (acks are idempotent).
-func (q *Queues) ackAll(msgs []jetstream.Msg) error {
+//
+// (Confirming the last acks of concurrent calls together, in rounds, was
+// tried for issue 15 and gained nothing measurable: see docs/SCALING.md.)
+func (q *Queues) ackAll(msgs []*nats.Msg) error {
 	switch len(msgs) {
 	case 0:
 		return nil
@@ -175,14 +177,14 @@ func (q *Queues) ackAll(msgs []jetstream.Msg) error {
 	last := len(msgs) - 1
 	sent := true
 	for _, m := range msgs[:last] {
-		if q.cfg.Conn.Publish(m.Reply(), ackPayload) != nil {
+		if q.cfg.Conn.Publish(m.Reply, ackPayload) != nil {
 			sent = false
 			break
 		}
 	}
 	if sent {
 		ctx, cancel := context.WithTimeout(q.ctx, attemptTimeout)
-		_, err := q.cfg.Conn.RequestWithContext(ctx, msgs[last].Reply(), ackPayload)
+		_, err := q.cfg.Conn.RequestWithContext(ctx, msgs[last].Reply, ackPayload)
 		cancel()
 		if err == nil {
 			return nil
@@ -198,17 +200,17 @@ func (q *Queues) ackAll(msgs []jetstream.Msg) error {
 }
 
 // ackPayload is JetStream's ack. Acks are sent as plain messages to the
-// delivery's reply subject, rather than through jetstream.Msg, which
+// delivery's reply subject, rather than through nats.Msg's Ack, which
 // refuses to ack a message twice: ackAll may need to.
 var ackPayload = []byte("+ACK")
 
 // ack acks m and waits for JetStream to confirm it, trying again while
 // its consumer has no leader: an ack is idempotent.
-func (q *Queues) ack(m jetstream.Msg) error {
+func (q *Queues) ack(m *nats.Msg) error {
 	ctx, cancel := q.call()
 	defer cancel()
 	err := retrying(ctx, func(ctx context.Context) error {
-		_, err := q.cfg.Conn.RequestWithContext(ctx, m.Reply(), ackPayload)
+		_, err := q.cfg.Conn.RequestWithContext(ctx, m.Reply, ackPayload)
 		return err
 	})
 	if err != nil {
@@ -262,7 +264,7 @@ const maxLastErrs = 100_000
 // nak hands a delivered message back for redelivery ahead of newer ones
 // (after delay, if > 0), and waits until JetStream has done so: a get
 // that follows finds it.
-func (q *Queues) nak(m jetstream.Msg, delay time.Duration) error {
+func (q *Queues) nak(m *nats.Msg, delay time.Duration) error {
 	body := []byte("-NAK")
 	if delay > 0 {
 		body = fmt.Appendf(nil, `-NAK {"delay": %d}`, delay.Nanoseconds())
@@ -275,7 +277,7 @@ func (q *Queues) nak(m jetstream.Msg, delay time.Duration) error {
 	err := retryingTransient(ctx, func() error {
 		rctx, cancel := context.WithTimeout(ctx, attemptTimeout)
 		defer cancel()
-		_, err := q.cfg.Conn.RequestWithContext(rctx, m.Reply(), body)
+		_, err := q.cfg.Conn.RequestWithContext(rctx, m.Reply, body)
 		return err
 	})
 	if err != nil {
@@ -374,7 +376,7 @@ func (q *Queues) Unget(req queue.GetRequest, ts []queue.Task) {
 // Delivered acks the deliveries of ts, taken by a NoAck get for req, now
 // that the reply carrying them was written: they are taken for good.
 func (q *Queues) Delivered(req queue.GetRequest, ts []queue.Task) {
-	msgs := make([]jetstream.Msg, 0, len(ts))
+	msgs := make([]*nats.Msg, 0, len(ts))
 	q.mu.Lock()
 	for _, t := range ts {
 		key := leaseKey{req.Queue, t.ID}
@@ -483,7 +485,7 @@ func (q *Queues) ReapLeases(done <-chan struct{}, onExpired func(n int)) {
 func (q *Queues) reap(now time.Time) int {
 	var expired, lost []*lease
 	var renew []renewal
-	var taken []jetstream.Msg
+	var taken []*nats.Msg
 	q.mu.Lock()
 	for _, l := range q.leases {
 		switch {
@@ -525,7 +527,7 @@ func (q *Queues) reap(now time.Time) int {
 	}
 	q.mu.Unlock()
 	for _, r := range renew {
-		_ = q.cfg.Conn.PublishRequest(r.l.msg.Reply(), r.reply, progressPayload)
+		_ = q.cfg.Conn.PublishRequest(r.l.msg.Reply, r.reply, progressPayload)
 	}
 	for _, l := range lost {
 		q.log.Warn("lease lost: JetStream did not confirm its renewals within AckWait, and may have handed the task to another worker",

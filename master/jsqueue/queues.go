@@ -105,6 +105,8 @@ type Queues struct {
 	renewSeq   uint64
 	renewInbox string
 	renewSub   *nats.Subscription
+	// pulls routes the answers to the gets' pull requests.
+	pulls *pulls
 }
 
 // stream is one queue's stream and its consumer.
@@ -113,6 +115,8 @@ type stream struct {
 	subject string
 	st      jetstream.Stream
 	cons    jetstream.Consumer
+	// next is the subject of the consumer's pull requests.
+	next string
 	// ackWait is the consumer's: the first gateway to open the queue set
 	// it, so it may differ from this one's Config.AckWait.
 	ackWait time.Duration
@@ -165,6 +169,7 @@ func New(cfg Config) (*Queues, error) {
 	if err != nil {
 		return nil, fmt.Errorf("jetstream: subscribe to renewals' confirmations: %w", err)
 	}
+	q.pulls = newPulls(cfg.Conn)
 	q.ctx, q.cancel = context.WithCancel(context.Background())
 	return q, nil
 }
@@ -181,6 +186,7 @@ func (q *Queues) Close() {
 	q.mu.Unlock()
 	q.cancel()
 	_ = q.renewSub.Unsubscribe()
+	q.pulls.close()
 	q.mu.Lock()
 	var back []*lease
 	for k, l := range q.leases {
@@ -196,7 +202,7 @@ func (q *Queues) Close() {
 	}
 	q.mu.Unlock()
 	for _, l := range back {
-		_ = l.msg.Nak()
+		q.giveBack([]*nats.Msg{l.msg})
 	}
 }
 
@@ -262,7 +268,8 @@ func (q *Queues) open(name string, create bool) (*stream, error) {
 	if err != nil {
 		return nil, q.engineErr("open queue "+name, err)
 	}
-	s = &stream{queue: name, subject: subject(name), st: st, cons: cons, ackWait: cons.CachedInfo().Config.AckWait}
+	s = &stream{queue: name, subject: subject(name), st: st, cons: cons, ackWait: cons.CachedInfo().Config.AckWait,
+		next: "$JS.API.CONSUMER.MSG.NEXT." + streamName(name) + "." + consumerName}
 	if s.ackWait <= 0 {
 		s.ackWait = q.cfg.AckWait
 	}

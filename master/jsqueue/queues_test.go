@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -423,5 +425,94 @@ func TestMaxLen(t *testing.T) {
 	st, err := q.Stats("jobs")
 	if err != nil || st.Ready != 2 || st.MaxLen != 2 || st.Puts != 4 {
 		t.Fatalf("stats %+v, %v: want 2 ready (the result and the waiting put), max length 2, 4 puts", st, err)
+	}
+}
+
+// TestGetsKeepTheirSubscriptions: gets pull through inboxes that outlive
+// them, not through a subscription made and dropped per get (as
+// jetstream's Fetch does), which changes the server's subject index and
+// flushes its cache every time. A get that gives up before JetStream has
+// answered drops its inbox, so that JetStream drops its request too, and
+// the task that comes next is delivered to the next get, its first
+// attempt.
+func TestGetsKeepTheirSubscriptions(t *testing.T) {
+	node := startNode(t)
+	q := newQueues(t, node, jsqueue.Config{})
+	put(t, q, "jobs", "warm")
+	get(t, q, "jobs", 1, 1, 0, 0)
+	before := node.SubscriptionsMade()
+	for i := range 20 {
+		put(t, q, "jobs", "a", "b")
+		if ts := get(t, q, "jobs", 1, 10, 0, time.Second); len(ts) == 0 {
+			t.Fatalf("get %d: nothing", i)
+		}
+		if ts, err := q.Get(queue.NoWait, queue.GetRequest{Queue: "jobs", Max: 10, Owner: 1}, nil); len(ts) != 0 || err != nil {
+			t.Fatalf("get of an empty queue: %v, %v", payloads(ts), err)
+		}
+		get(t, q, "jobs", 1, 10, 0, 100*time.Millisecond) // empty, waits
+	}
+	if made := node.SubscriptionsMade() - before; made > 10 {
+		t.Fatalf("60 gets made %d subscriptions, want a few at most", made)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	gave := make(chan struct{})
+	go func() {
+		defer close(gave)
+		_, _ = q.Get(ctx, queue.GetRequest{Queue: "jobs", Max: 1, Owner: 2, MaxWait: time.Minute}, nil)
+	}()
+	time.Sleep(50 * time.Millisecond) // its request is at the server
+	cancel()
+	<-gave
+	put(t, q, "jobs", "late")
+	ts := get(t, q, "jobs", 3, 1, 0, 2*time.Second)
+	if len(ts) != 1 || string(ts[0].Payload) != "late" || ts[0].Attempts != 1 {
+		t.Fatalf("after a get gave up, the next got %v (%+v), want the task on its first attempt", payloads(ts), ts)
+	}
+}
+
+// TestConcurrentAcks: acks of many clients at once, on one connection,
+// each confirmed by its last ack's answer, each return once their own
+// acks are stored: every task is done once, and none is left ready or
+// leased.
+func TestConcurrentAcks(t *testing.T) {
+	q := newQueues(t, startNode(t), jsqueue.Config{})
+	const n, clients = 400, 8
+	items := make([]string, n)
+	for i := range items {
+		items[i] = strconv.Itoa(i)
+	}
+	put(t, q, "jobs", items...)
+	var wg sync.WaitGroup
+	var done atomic.Int64
+	for c := range clients {
+		owner := uint64(c + 1)
+		wg.Go(func() {
+			for {
+				ts, err := q.Get(queue.NoWait, queue.GetRequest{Queue: "jobs", Max: 1 + c%4, Owner: owner}, nil)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if len(ts) == 0 {
+					return
+				}
+				ids := make([]uint64, len(ts))
+				for i, task := range ts {
+					ids[i] = task.ID
+				}
+				acked, err := q.Ack(queue.AckRequest{Queue: "jobs", Owner: owner, IDs: ids}, nil)
+				if err != nil || len(acked) != len(ids) {
+					t.Errorf("ack of %d: %d acked, %v", len(ids), len(acked), err)
+					return
+				}
+				done.Add(int64(len(acked)))
+			}
+		})
+	}
+	wg.Wait()
+	st, err := q.Stats("jobs")
+	if err != nil || done.Load() != n || st.Ready != 0 || st.Leased != 0 || st.Done != n {
+		t.Fatalf("%d acked; stats %+v, %v; want all %d done, none ready or leased", done.Load(), st, err, n)
 	}
 }

@@ -1,0 +1,13 @@
+package jsqueue
+
+import "github.com/nats-io/nats-server/v2/server"
+
+// SubscriptionsMade is how many subscriptions have been made on n's
+// server, in every account, since it started.
+func (n *Node) SubscriptionsMade() uint64 {
+	sz, err := n.srv.Subsz(&server.SubszOptions{})
+	if err != nil {
+		return 0
+	}
+	return sz.NumInserts
+}

@@ -1,0 +1,252 @@
+package jsqueue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// A gateway's gets pull from JetStream through long-lived subscriptions,
+// rather than through jetstream.Consumer's Fetch, which opens and closes
+// a subscription for every call: a SUB and an UNSUB sent, and the
+// server's subject index changed (and its cache flushed) twice, per get.
+// A pull request is answered on its reply subject, but JetStream sends
+// the messages with their own subjects, so requests cannot share one
+// wildcard subscription: each takes an idle inbox (a subscription) from
+// a pool, and gives it back once JetStream has finished answering it.
+// Each request gets a reply subject of its own under its inbox, so that
+// a status JetStream sends after a batch is full (for a request already
+// answered) is not taken for the end of the inbox's next request.
+//
+// Nothing is prefetched: a pull request asks for what one get may take,
+// so no task waits in a gateway for a client while another gateway's
+// worker is idle. A get that gives up before JetStream has answered its
+// request (its client went away, or its wait ended first) drops its
+// inbox, as Fetch did: JetStream then drops the request for want of
+// interest rather than deliver to it. A message that still comes to an
+// inbox no get awaits is handed back at once with a nak (JetStream counts
+// that delivery as an attempt, as it counts an Unget's).
+
+// pulls routes the messages that answer pull requests to their gets.
+type pulls struct {
+	nc *nats.Conn
+
+	mu     sync.Mutex
+	idle   []*pullSlot
+	bySub  map[*nats.Subscription]*pullSlot
+	closed bool
+}
+
+// pullSlot is an inbox that pull requests are answered on, one at a
+// time. Its fields but sub and inbox are guarded by pulls.mu.
+type pullSlot struct {
+	sub   *nats.Subscription
+	inbox string   // ends in "."
+	n     uint64   // requests sent through it
+	reply string   // the reply subject of r
+	r     *pullReq // the request it answers; nil when idle
+	left  int      // messages JetStream may still send for r
+}
+
+// pullReq is one pull request awaiting its messages.
+type pullReq struct {
+	// msgs receives the messages; it holds the whole batch, so the
+	// subscriptions' callback never blocks.
+	msgs chan *nats.Msg
+	// end receives the status that ends the request before its batch is
+	// full: nil for none left or expired, else the error.
+	end chan error
+}
+
+// Pull statuses JetStream answers a pull request with (headers Status
+// and Description, no data).
+const (
+	statusNoMessages  = "404"
+	statusTimeout     = "408"
+	statusConflict    = "409"
+	statusNoResponder = "503"
+	statusControl     = "100"
+)
+
+// nakPayload is JetStream's nak.
+var nakPayload = []byte("-NAK")
+
+func newPulls(nc *nats.Conn) *pulls {
+	return &pulls{nc: nc, bySub: make(map[*nats.Subscription]*pullSlot)}
+}
+
+// close ends every inbox's subscription: a message that comes later for
+// a pull request still at the server waits for AckWait, as a dead
+// gateway's do.
+func (p *pulls) close() {
+	p.mu.Lock()
+	p.closed = true
+	subs := make([]*nats.Subscription, 0, len(p.bySub))
+	for sub := range p.bySub {
+		subs = append(subs, sub)
+	}
+	clear(p.bySub)
+	p.idle = nil
+	p.mu.Unlock()
+	for _, sub := range subs {
+		_ = sub.Unsubscribe()
+	}
+}
+
+// take returns an idle slot for r, which may ask for batch messages.
+func (p *pulls) take(r *pullReq, batch int) (*pullSlot, error) {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil, context.Canceled
+	}
+	var sl *pullSlot
+	if n := len(p.idle); n > 0 {
+		sl = p.idle[n-1]
+		p.idle = p.idle[:n-1]
+	}
+	p.mu.Unlock()
+	if sl == nil {
+		sl = &pullSlot{inbox: p.nc.NewInbox() + "."}
+		sub, err := p.nc.Subscribe(sl.inbox+"*", p.received)
+		if err != nil {
+			return nil, err
+		}
+		sl.sub = sub
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		_ = sl.sub.Unsubscribe()
+		return nil, context.Canceled
+	}
+	p.bySub[sl.sub] = sl
+	sl.n++
+	sl.r, sl.left, sl.reply = r, batch, sl.inbox+strconv.FormatUint(sl.n, 36)
+	return sl, nil
+}
+
+// received takes a message that answers a pull request.
+func (p *pulls) received(m *nats.Msg) {
+	status := ""
+	if len(m.Data) == 0 && len(m.Header) > 0 {
+		status = m.Header.Get("Status")
+	}
+	if status == statusControl { // heartbeats are not asked for
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	sl := p.bySub[m.Sub]
+	if sl == nil || sl.r == nil {
+		// Not (or no longer) awaited: hand it back rather than leave it
+		// until AckWait.
+		if status == "" && m.Reply != "" {
+			_ = p.nc.Publish(m.Reply, nakPayload)
+		}
+		return
+	}
+	r := sl.r
+	if status != "" {
+		if m.Subject != sl.reply {
+			return // a status for an earlier request, answered already
+		}
+		r.end <- statusErr(status, m.Header.Get("Description")) // the request's only end
+		sl.r = nil
+		return
+	}
+	r.msgs <- m
+	if sl.left--; sl.left <= 0 {
+		sl.r = nil // answered in full
+	}
+}
+
+// statusErr is the error a pull status stands for: nil for the end of a
+// request (no messages left, or it expired).
+func statusErr(status, descr string) error {
+	switch status {
+	case statusNoMessages, statusTimeout:
+		return nil
+	case statusNoResponder:
+		return nats.ErrNoResponders
+	case statusConflict:
+		d := strings.ToLower(descr)
+		switch {
+		case strings.Contains(d, "consumer deleted"):
+			return jetstream.ErrConsumerDeleted
+		case strings.Contains(d, "leadership change"):
+			return jetstream.ErrConsumerLeadershipChanged
+		}
+	}
+	return fmt.Errorf("pull request: %s %s", status, descr)
+}
+
+// pull asks s's consumer for up to batch messages: those there at once
+// if wait is 0, else the first that comes within wait (then batch must
+// be 1). It returns what came, and the error that ended the request, if
+// any. A request ended by ctx or by its time running out returns what
+// came meanwhile, and its inbox is dropped.
+func (p *pulls) pull(ctx context.Context, s *stream, batch int, wait time.Duration) ([]*nats.Msg, error) {
+	r := &pullReq{msgs: make(chan *nats.Msg, batch), end: make(chan error, 1)}
+	sl, err := p.take(r, batch)
+	if err != nil {
+		return nil, err
+	}
+	body := fmt.Appendf(nil, `{"batch":%d,"no_wait":true}`, batch)
+	timeout := attemptTimeout
+	if wait > 0 {
+		body = fmt.Appendf(nil, `{"batch":%d,"expires":%d}`, batch, wait.Nanoseconds())
+		timeout = wait + attemptTimeout // the server ends it with a status
+	}
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	var msgs []*nats.Msg
+	err = p.nc.PublishRequest(s.next, sl.reply, body)
+	for err == nil && len(msgs) < batch {
+		select {
+		case m := <-r.msgs:
+			msgs = append(msgs, m)
+			continue
+		case err = <-r.end:
+		case <-ctx.Done():
+			err = ctx.Err()
+		case <-timer.C:
+			err = nats.ErrTimeout
+		}
+		break
+	}
+	p.mu.Lock()
+	abandoned := sl.r == r // still at the server
+	switch {
+	case p.closed:
+	case abandoned:
+		sl.r = nil
+		delete(p.bySub, sl.sub)
+	default:
+		p.idle = append(p.idle, sl)
+	}
+	p.mu.Unlock()
+	if abandoned {
+		_ = sl.sub.Unsubscribe()
+	}
+	for { // what came before the get gave up is its own
+		select {
+		case m := <-r.msgs:
+			msgs = append(msgs, m)
+			continue
+		default:
+		}
+		break
+	}
+	if errors.Is(err, nats.ErrTimeout) {
+		err = nil // unanswered, as during a leader change: as none there
+	}
+	return msgs, err
+}
