@@ -357,14 +357,17 @@ func TestNoAckTakenOnceDelivered(t *testing.T) {
 // walk is requeued whole, in one call.
 func TestRequeueOfALongDeadLetterQueue(t *testing.T) {
 	node := startNode(t)
-	q := newQueues(t, node, jsqueue.Config{RequestTimeout: 100 * time.Millisecond})
-	const n = 400
+	// Each request of the walk has 300ms, which a busy machine can take
+	// (at 100ms it failed at load 10); the walk takes a few of them.
+	const timeout = 300 * time.Millisecond
+	q := newQueues(t, node, jsqueue.Config{RequestTimeout: timeout})
+	const n = 1000
 	items := make([]string, n)
 	for i := range items {
 		items[i] = "t"
 	}
-	// Put through a gateway with the default timeout: 400 at once may
-	// take longer than 100ms here.
+	// Put through a gateway with the default timeout: 1,000 at once may
+	// take longer than the walk's here.
 	put(t, newQueues(t, node, jsqueue.Config{}), queue.DeadLetterName("jobs"), items...)
 	start := time.Now()
 	moved, err := q.Requeue("jobs", nil)
@@ -376,7 +379,7 @@ func TestRequeueOfALongDeadLetterQueue(t *testing.T) {
 	if err != nil || st.Ready != n || st.Dead != 0 {
 		t.Fatalf("stats %+v, %v: want %d ready, none dead", st, err, n)
 	}
-	if took < 100*time.Millisecond {
+	if took < timeout {
 		t.Logf("the walk took %v, less than one request timeout: this run did not test what it means to", took)
 	}
 }
