@@ -118,15 +118,7 @@ func TestClusterPartition(t *testing.T) {
 	if code := m.wait(t, 120*time.Second); code != 0 {
 		t.Fatalf("map exited %d: %s", code, m.logs())
 	}
-	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
-	if len(lines) != n {
-		t.Fatalf("%d result lines, want %d", len(lines), n)
-	}
-	for i, line := range lines {
-		if want := fmt.Sprint((i + 1) * (i + 1)); line != want {
-			t.Fatalf("line %d is %q, want %s", i+1, line, want)
-		}
-	}
+	wantSquares(t, out.String(), n)
 
 	// Nothing left ready, leased or dead, as the majority sees it; then
 	// the healed node's replica is current and inspect through it agrees.

@@ -216,15 +216,7 @@ func TestClusterSurvivesGatewayAndLeaderKills(t *testing.T) {
 	if code := m.wait(t, 180*time.Second); code != 0 {
 		t.Fatalf("map exited %d: %s", code, m.logs())
 	}
-	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
-	if len(lines) != n {
-		t.Fatalf("%d result lines, want %d", len(lines), n)
-	}
-	for i, line := range lines {
-		if want := fmt.Sprint((i + 1) * (i + 1)); line != want {
-			t.Fatalf("line %d is %q, want %s", i+1, line, want)
-		}
-	}
+	wantSquares(t, out.String(), n)
 	lead.waitListening(t)
 	// Tasks the killed gateways held come back after the 5s lease, run
 	// again (their results, if any, are duplicates map dropped), and are
@@ -396,15 +388,7 @@ func TestMapGoesOnThroughAnotherGateway(t *testing.T) {
 	if code := m.wait(t, 120*time.Second); code != 0 {
 		t.Fatalf("map exited %d: %s", code, m.logs())
 	}
-	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
-	if len(lines) != n {
-		t.Fatalf("%d result lines, want %d: %s", len(lines), n, m.logs())
-	}
-	for i, line := range lines {
-		if want := fmt.Sprint((i + 1) * (i + 1)); line != want {
-			t.Fatalf("line %d is %q, want %s", i+1, line, want)
-		}
-	}
+	wantSquares(t, out.String(), n)
 	if !strings.Contains(m.logs(), "connecting again") {
 		t.Errorf("map did not say it connected again: %s", m.logs())
 	}
@@ -437,3 +421,18 @@ func (f *seqFeed) write(from, to int) {
 }
 
 func (f *seqFeed) close() { f.w.Close() }
+
+// wantSquares checks map's output for the input 1 to n through
+// --builtin square: exactly n lines, the k-th k*k.
+func wantSquares(t *testing.T, out string, n int) {
+	t.Helper()
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != n {
+		t.Fatalf("%d result lines, want %d", len(lines), n)
+	}
+	for i, line := range lines {
+		if want := fmt.Sprint((i + 1) * (i + 1)); line != want {
+			t.Fatalf("line %d is %q, want %s", i+1, line, want)
+		}
+	}
+}
