@@ -444,18 +444,26 @@ func TestGetsKeepTheirSubscriptions(t *testing.T) {
 	put(t, q, "jobs", "warm")
 	get(t, q, "jobs", 1, 1, 0, 0)
 	before := node.SubscriptionsMade()
+	gets := 0
 	for i := range 20 {
 		put(t, q, "jobs", "a", "b")
-		if ts := get(t, q, "jobs", 1, 10, 0, time.Second); len(ts) == 0 {
-			t.Fatalf("get %d: nothing", i)
+		// A get returns once one task comes, with what else is there
+		// then: the second may not be yet, on a busy machine.
+		for got := 0; got < 2; gets++ {
+			ts := get(t, q, "jobs", 1, 10, 0, time.Second)
+			if len(ts) == 0 {
+				t.Fatalf("round %d: nothing after %d of 2 tasks", i, got)
+			}
+			got += len(ts)
 		}
 		if ts, err := q.Get(queue.NoWait, queue.GetRequest{Queue: "jobs", Max: 10, Owner: 1}, nil); len(ts) != 0 || err != nil {
 			t.Fatalf("get of an empty queue: %v, %v", payloads(ts), err)
 		}
 		get(t, q, "jobs", 1, 10, 0, 100*time.Millisecond) // empty, waits
+		gets += 2
 	}
 	if made := node.SubscriptionsMade() - before; made > 10 {
-		t.Fatalf("60 gets made %d subscriptions, want a few at most", made)
+		t.Fatalf("%d gets made %d subscriptions, want a few at most", gets, made)
 	}
 
 	ctx, cancel := context.WithCancel(context.Background())
