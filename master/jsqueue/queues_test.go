@@ -496,17 +496,25 @@ func TestConcurrentAcks(t *testing.T) {
 	put(t, q, "jobs", items...)
 	var wg sync.WaitGroup
 	var done atomic.Int64
+	deadline := time.Now().Add(30 * time.Second)
 	for c := range clients {
 		owner := uint64(c + 1)
 		wg.Go(func() {
-			for {
+			for done.Load() < n {
 				ts, err := q.Get(queue.NoWait, queue.GetRequest{Queue: "jobs", Max: 1 + c%4, Owner: owner}, nil)
 				if err != nil {
 					t.Error(err)
 					return
 				}
 				if len(ts) == 0 {
-					return
+					// The others hold the rest, or a get found none at
+					// the moment: only the count says when all are done.
+					if time.Now().After(deadline) {
+						t.Errorf("client %d: %d of %d acked after 30s", owner, done.Load(), n)
+						return
+					}
+					time.Sleep(5 * time.Millisecond)
+					continue
 				}
 				ids := make([]uint64, len(ts))
 				for i, task := range ts {
