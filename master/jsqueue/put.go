@@ -140,10 +140,18 @@ func (q *Queues) publish(ctx context.Context, msgs []*nats.Msg) ([]uint64, error
 		err error
 	)
 	if allKeyed(msgs) {
+		// Each send leaves its futures pending in the client's bounded
+		// async-publish window until they time out: the third send waits
+		// out the rest of the request timeout instead of sending again.
+		sends := 0
 		err = retry(rctx, func() (bool, error) {
 			var stalled bool
-			ids, stalled, err = q.publishOnce(rctx, msgs, attemptTimeout)
-			return transient(err) || stalled && rctx.Err() == nil, err
+			idle := attemptTimeout
+			if sends++; sends >= maxKeyedSends {
+				idle = q.cfg.RequestTimeout
+			}
+			ids, stalled, err = q.publishOnce(rctx, msgs, idle)
+			return transient(err) || stalled && rctx.Err() == nil && sends < maxKeyedSends, err
 		})
 	} else {
 		err = retryingTransient(rctx, func() (err error) {
@@ -156,6 +164,9 @@ func (q *Queues) publish(ctx context.Context, msgs []*nats.Msg) ([]uint64, error
 	}
 	return ids, nil
 }
+
+// maxKeyedSends bounds how often publish sends a stalled keyed batch.
+const maxKeyedSends = 3
 
 // publishOnce sends msgs and waits for their acks, for at most idle
 // between two (stalled says it stopped for that).
