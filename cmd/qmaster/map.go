@@ -54,8 +54,10 @@ progress bar is shown on stderr when it is a terminal.
 Given several --server addresses (gateways to one cluster), map carries on
 through another when the one it uses dies, trying for up to a minute: the
 cluster keeps the tasks and results. A batch whose put was cut off is put
-again, so some of its tasks may run twice; each line still gets one
-result (the first), and map counts the others as ignored.`,
+again under the same idempotency keys, so the master stores none of
+its tasks twice (within its --dedup-window). Results are taken under a
+lease and acked once received, so none is lost with a connection; one
+received twice is ignored.`,
 		Example: `  seq 1 100 | qmaster map --tasks squares
   qmaster map --tasks fetch --timeout 10m < urls.txt > pages.jsonl
   paste inputs.txt <(qmaster map < inputs.txt)   # inputs beside results (no blank lines)`,
@@ -178,8 +180,11 @@ func mapRun(ctx context.Context, opts *mapOptions) error {
 	if err != nil {
 		return err
 	}
-	conn := &mapConn{dial: dial, c: c, errOut: opts.IO.ErrOut,
-		reconnect: len(wire.SplitAddrs(opts.Client.Server)) > 1}
+	conn := &mapConn{dial: dial, c: c, errOut: opts.IO.ErrOut}
+	if len(wire.SplitAddrs(opts.Client.Server)) > 1 {
+		conn.reconnect = true
+		conn.keyPrefix = "map-" + randomHex(8) + "-"
+	}
 	defer conn.close()
 
 	results := opts.Results
@@ -265,8 +270,12 @@ func mapRun(ctx context.Context, opts *mapOptions) error {
 		err = ferr
 	}
 	if st.ignored > 0 {
-		fmt.Fprintf(opts.IO.ErrOut, "qmaster map: ignored %d %s in %s of tasks this map did not submit\n",
-			st.ignored, plural(st.ignored, "result", "results"), results)
+		why := "of tasks this map did not submit"
+		if _, gen := conn.client(); gen > 0 {
+			why += ", or received again after connecting again"
+		}
+		fmt.Fprintf(opts.IO.ErrOut, "qmaster map: ignored %d %s in %s %s\n",
+			st.ignored, plural(st.ignored, "result", "results"), results, why)
 	}
 	switch {
 	case err == nil && st.failed > 0:
@@ -462,13 +471,14 @@ func produce(ctx context.Context, conn *mapConn, opts *mapOptions, results strin
 		if err != nil {
 			return err
 		}
+		keys := conn.keys(batch)
 		c, gen := conn.client()
-		ids, err := putWaiting(ctx, c, opts.Tasks, raw, results)
+		ids, err := putWaiting(ctx, c, opts.Tasks, raw, keys, results)
 		for err != nil && conn.lost(err) && ctx.Err() == nil {
 			// Stored or not, the batch is put again through another
-			// gateway (see mapConn).
+			// gateway, under the same keys (see mapConn).
 			if c, gen, err = conn.replace(ctx, gen, err); err == nil {
-				ids, err = putWaiting(ctx, c, opts.Tasks, raw, results)
+				ids, err = putWaiting(ctx, c, opts.Tasks, raw, keys, results)
 			}
 		}
 		if err != nil {
@@ -544,13 +554,18 @@ func pause(ctx context.Context, d time.Duration) {
 // is put again in halves: one larger than the queue's max length would
 // never fit (and map does not know that length), and smaller puts fit
 // sooner into a queue being drained.
-func putWaiting(ctx context.Context, c *wire.Client, queue string, items []msgpack.RawMessage, replyTo string) ([]uint64, error) {
+//
+// keys, if not nil, are the items' idempotency keys: a put stored before
+// its answer was lost adds nothing when it is put again, and gets the IDs
+// of the tasks it stored.
+func putWaiting(ctx context.Context, c *wire.Client, queue string, items []msgpack.RawMessage, keys []string, replyTo string) ([]uint64, error) {
 	for {
-		ids, err := c.PutRaw(ctx, queue, items, wire.PutOptions{ReplyTo: replyTo, Timeout: time.Second})
+		ids, err := c.PutRaw(ctx, queue, items, wire.PutOptions{ReplyTo: replyTo, Timeout: time.Second, Keys: keys})
 		if errors.Is(err, wire.ErrUnavailable) && ctx.Err() == nil {
 			// A gateway's engine is electing a leader: wait a moment.
-			// (The put may have stored some tasks; their results then
-			// come for IDs map does not know and are not printed.)
+			// (The put may have stored some tasks. Under keys, putting
+			// them again adds nothing; without, they run twice and the
+			// results of the first are not printed.)
 			pause(ctx, unavailablePause)
 			continue
 		}
@@ -559,11 +574,15 @@ func putWaiting(ctx context.Context, c *wire.Client, queue string, items []msgpa
 		}
 		if len(items) > 1 {
 			half := len(items) / 2
-			first, err := putWaiting(ctx, c, queue, items[:half], replyTo)
+			var firstKeys, restKeys []string
+			if keys != nil {
+				firstKeys, restKeys = keys[:half], keys[half:]
+			}
+			first, err := putWaiting(ctx, c, queue, items[:half], firstKeys, replyTo)
 			if err != nil {
 				return first, err
 			}
-			rest, err := putWaiting(ctx, c, queue, items[half:], replyTo)
+			rest, err := putWaiting(ctx, c, queue, items[half:], restKeys, replyTo)
 			return append(first, rest...), err
 		}
 	}
@@ -580,7 +599,11 @@ func collect(ctx context.Context, finish <-chan struct{}, conn *mapConn, queue s
 		default:
 		}
 		cctx, cancel := context.WithTimeout(ctx, resultWait+callSlack)
-		tasks, err := c.Get(cctx, queue, wire.GetOptions{Max: resultBatch, Timeout: resultWait, NoAck: true})
+		// Given other gateways to go on through, map takes results under
+		// a lease and acks them once it has them: an answer lost with its
+		// connection would lose results taken for good, whereas leased
+		// ones come back (and any that were received twice are ignored).
+		tasks, err := c.Get(cctx, queue, wire.GetOptions{Max: resultBatch, Timeout: resultWait, NoAck: !conn.reconnect})
 		cancel()
 		if ctx.Err() != nil {
 			return nil
@@ -624,6 +647,23 @@ func collect(ctx context.Context, finish <-chan struct{}, conn *mapConn, queue s
 			return nil
 		case <-ctx.Done():
 			return nil
+		}
+		if conn.reconnect {
+			ids := make([]uint64, len(tasks))
+			for i, t := range tasks {
+				ids[i] = t.ID
+			}
+			cctx, cancel := context.WithTimeout(ctx, resultWait+callSlack)
+			err := c.Ack(cctx, queue, ids...)
+			cancel()
+			// Results whose ack is lost come again and are ignored; only
+			// a lost connection needs seeing to here, the next get
+			// reports anything else.
+			if conn.lost(err) || errors.Is(err, context.DeadlineExceeded) {
+				if c, gen, err = conn.replace(ctx, gen, err); err != nil {
+					return fmt.Errorf("get results from %s: %w", queue, err)
+				}
+			}
 		}
 	}
 }

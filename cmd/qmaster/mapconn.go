@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"sync"
 	"time"
 
@@ -15,9 +16,12 @@ import (
 // (gateways to one cluster, or a name of several), map carries on through
 // another when its gateway dies: the cluster keeps the queues, so the
 // results of tasks put through the dead gateway still come. A batch whose
-// put was in flight then is put again, since it may not have been stored;
-// if it was, its tasks run twice and map prints the first result of each
-// line, ignoring the other (and says how many it ignored).
+// put was in flight then is put again, since it may not have been stored.
+// Its tasks carry idempotency keys, the run's and the line's, so a batch
+// that was stored is not stored twice: the put again gets the first tasks'
+// IDs (within the master's --dedup-window). Should a task still run twice,
+// map prints the first result of its line, ignoring the other (and says
+// how many it ignored).
 //
 // With one address it does not reconnect: a lone master that comes back
 // may have lost the tasks (without --data-dir), and map would wait for
@@ -28,6 +32,9 @@ import (
 type mapConn struct {
 	dial      func(context.Context) (*wire.Client, error)
 	reconnect bool
+	// keyPrefix, with reconnect, starts the idempotency key of each
+	// task: unique to the run, followed by the input line's number.
+	keyPrefix string
 	errOut    io.Writer
 
 	mu  sync.Mutex
@@ -39,6 +46,19 @@ type mapConn struct {
 // mapRedialFor is how long map tries to reach another gateway before it
 // gives up: long enough for a node's restart or a leader's election.
 const mapRedialFor = time.Minute
+
+// keys returns the idempotency keys of batch's tasks, or nil when map
+// does not reconnect (and so never puts a batch twice).
+func (m *mapConn) keys(batch []inputLine) []string {
+	if m.keyPrefix == "" {
+		return nil
+	}
+	keys := make([]string, len(batch))
+	for i, l := range batch {
+		keys[i] = m.keyPrefix + strconv.Itoa(l.N)
+	}
+	return keys
+}
 
 func (m *mapConn) client() (*wire.Client, int) {
 	m.mu.Lock()

@@ -1,0 +1,154 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/qm-dev/qm/master"
+)
+
+// TestMapPutAgainAddsNoTasks: map's first put reaches the master, which
+// stores it, but the answer is lost with the connection. Map, given two
+// addresses, puts the batch again through the other; its idempotency keys
+// make the master answer with the first tasks' IDs and store nothing new,
+// so no task runs twice.
+func TestMapPutAgainAddsNoTasks(t *testing.T) {
+	addr := startInProcessMaster(t, master.Config{})
+	var runs atomic.Int64
+	runWorker(t, addr, "tasks", func(n int64) (any, error) {
+		runs.Add(1)
+		return n * n, nil
+	})
+	cut := &answerCutter{target: addr, after: 2000}
+	a, b := cut.listen(t), cut.listen(t)
+
+	const n = 300
+	f, out, errOut := testFactory(seq(n))
+	code := runInProcess(context.Background(), f, "map", "--server", a+","+b, "--timeout", "60s")
+	if code != 0 {
+		t.Fatalf("exit %d; stderr:\n%s", code, errOut)
+	}
+	if !cut.cut.Load() {
+		t.Fatal("no connection was cut: the test did not test anything")
+	}
+	lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
+	if len(lines) != n {
+		t.Fatalf("%d result lines, want %d; stderr:\n%s", len(lines), n, errOut)
+	}
+	if got := runs.Load(); got != n {
+		t.Errorf("the worker ran %d tasks for %d lines: the put again stored the batch twice", got, n)
+	}
+	if !strings.Contains(errOut.String(), "connecting again") || strings.Contains(errOut.String(), "ignored") {
+		t.Errorf("stderr:\n%s", errOut)
+	}
+}
+
+// answerCutter is a TCP proxy to target that, once, on the first
+// connection whose client has sent more than after bytes (a put, past the
+// handshake), forwards nothing more to the client and closes the
+// connection shortly after: the master gets the request, the client never
+// gets the answer.
+type answerCutter struct {
+	target string
+	after  int64
+	cut    atomic.Bool
+}
+
+// listen starts a listener that proxies to c.target until the test ends,
+// and returns its address.
+func (c *answerCutter) listen(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []net.Conn
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, cn := range conns {
+			cn.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Go(func() {
+		for {
+			client, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			server, err := net.Dial("tcp", c.target)
+			if err != nil {
+				client.Close()
+				continue
+			}
+			mu.Lock()
+			conns = append(conns, client, server)
+			mu.Unlock()
+			wg.Go(func() { c.proxy(client, server) })
+		}
+	})
+	return ln.Addr().String()
+}
+
+func (c *answerCutter) proxy(client, server net.Conn) {
+	defer client.Close()
+	defer server.Close()
+	var sent atomic.Int64
+	cutting := make(chan struct{})
+	go func() {
+		buf := make([]byte, 32<<10)
+		for {
+			m, err := client.Read(buf)
+			if m > 0 {
+				if _, werr := server.Write(buf[:m]); werr != nil {
+					return
+				}
+				if sent.Add(int64(m)) > c.after && c.cut.CompareAndSwap(false, true) {
+					close(cutting)
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	buf := make([]byte, 32<<10)
+	for {
+		select {
+		case <-cutting:
+			// Let the master read and store the request, then close.
+			time.Sleep(300 * time.Millisecond)
+			return
+		default:
+		}
+		_ = server.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+		m, err := server.Read(buf)
+		select {
+		case <-cutting:
+			continue // the answer is dropped
+		default:
+		}
+		if m > 0 {
+			if _, werr := client.Write(buf[:m]); werr != nil {
+				return
+			}
+		}
+		if err != nil && !isTimeout(err) {
+			return
+		}
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
