@@ -535,6 +535,12 @@ func appendPayload(b []byte, v any) ([]byte, error) {
 	return append(b, raw...), err
 }
 
+// resultLease is the lease map takes results under when it may go on
+// through another gateway: short, as map acks them the moment they
+// arrive, so that results leased through a gateway that died come back
+// soon.
+const resultLease = 10 * time.Second
+
 // unavailablePause is how long map waits before it calls again a master
 // whose queues are unavailable for now.
 const unavailablePause = 200 * time.Millisecond
@@ -603,7 +609,7 @@ func collect(ctx context.Context, finish <-chan struct{}, conn *mapConn, queue s
 		// a lease and acks them once it has them: an answer lost with its
 		// connection would lose results taken for good, whereas leased
 		// ones come back (and any that were received twice are ignored).
-		tasks, err := c.Get(cctx, queue, wire.GetOptions{Max: resultBatch, Timeout: resultWait, NoAck: !conn.reconnect})
+		tasks, err := c.Get(cctx, queue, wire.GetOptions{Max: resultBatch, Timeout: resultWait, NoAck: !conn.reconnect, Lease: resultLease})
 		cancel()
 		if ctx.Err() != nil {
 			return nil
@@ -633,22 +639,9 @@ func collect(ctx context.Context, finish <-chan struct{}, conn *mapConn, queue s
 		if len(tasks) == 0 {
 			continue
 		}
-		rs := make([]wire.Result, 0, len(tasks))
-		for _, t := range tasks {
-			r, err := wire.DecodeResult(t.Payload)
-			if err != nil {
-				r = wire.Result{} // not a result: counted as not ours
-			}
-			rs = append(rs, r)
-		}
-		select {
-		case out <- rs:
-		case <-finish:
-			return nil
-		case <-ctx.Done():
-			return nil
-		}
 		if conn.reconnect {
+			// Acked as soon as they are here, so that their lease need
+			// not outlast a slow reader of map's output.
 			ids := make([]uint64, len(tasks))
 			for i, t := range tasks {
 				ids[i] = t.ID
@@ -664,6 +657,21 @@ func collect(ctx context.Context, finish <-chan struct{}, conn *mapConn, queue s
 					return fmt.Errorf("get results from %s: %w", queue, err)
 				}
 			}
+		}
+		rs := make([]wire.Result, 0, len(tasks))
+		for _, t := range tasks {
+			r, err := wire.DecodeResult(t.Payload)
+			if err != nil {
+				r = wire.Result{} // not a result: counted as not ours
+			}
+			rs = append(rs, r)
+		}
+		select {
+		case out <- rs:
+		case <-finish:
+			return nil
+		case <-ctx.Done():
+			return nil
 		}
 	}
 }
