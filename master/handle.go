@@ -24,6 +24,7 @@ type callBuffers struct {
 
 	// A complete's acks, and the results it publishes for them.
 	ids     []uint64
+	tokens  []string // tokens[i] is the delivery token of ids[i], if any has one
 	values  [][]byte // values[i] is the result of ids[i]
 	acked   []queue.Task
 	results []wire.Result
@@ -43,7 +44,8 @@ func (b *callBuffers) reset() {
 	clear(b.acked)
 	clear(b.results)
 	clear(b.dests)
-	*b = callBuffers{items: b.items[:0], taken: b.taken[:0], tasks: b.tasks[:0], ids: b.ids[:0], values: b.values[:0],
+	clear(b.tokens)
+	*b = callBuffers{items: b.items[:0], taken: b.taken[:0], tasks: b.tasks[:0], ids: b.ids[:0], tokens: b.tokens[:0], values: b.values[:0],
 		acked: b.acked[:0], results: b.results[:0], dests: b.dests[:0]}
 	if max(cap(b.items), cap(b.taken), cap(b.tasks), cap(b.ids), cap(b.acked), cap(b.results)) > maxReusedTasks {
 		*b = callBuffers{}
@@ -240,7 +242,7 @@ func (c *clientConn) complete(req *wire.Request, buf *callBuffers) error {
 		}
 	}
 	var errs []error
-	ids, values := buf.ids[:0], buf.values[:0]
+	ids, values, tokens := buf.ids[:0], buf.values[:0], buf.tokens[:0]
 	for _, r := range req.Results {
 		if r.Error != "" {
 			if err := q.Nack(queue.NackRequest{Queue: req.Queue, Owner: c.id, ID: r.ID, Error: r.Error, RetryAfter: r.RetryAfter}); err != nil {
@@ -248,12 +250,22 @@ func (c *clientConn) complete(req *wire.Request, buf *callBuffers) error {
 			}
 			continue
 		}
+		if r.Token != "" && len(tokens) < len(ids) {
+			// The first token: the ones before it had none.
+			tokens = append(tokens, make([]string, len(ids)-len(tokens))...)
+		}
+		if r.Token != "" || len(tokens) > 0 {
+			tokens = append(tokens, r.Token)
+		}
 		ids = append(ids, r.ID)
 		values = append(values, r.Value)
 	}
-	buf.ids, buf.values = ids, values
+	buf.ids, buf.values, buf.tokens = ids, values, tokens
+	if len(tokens) == 0 {
+		tokens = nil
+	}
 	worker := c.workerName()
-	acked, err := q.Ack(queue.AckRequest{Queue: req.Queue, Owner: c.id, IDs: ids, Publish: func(acked []queue.Task) error {
+	acked, err := q.Ack(queue.AckRequest{Queue: req.Queue, Owner: c.id, IDs: ids, Tokens: tokens, Publish: func(acked []queue.Task) error {
 		results, dests := buf.results[:0], buf.dests[:0]
 		i := 0 // acked is ids in order, less those not acked
 		for _, t := range acked {
@@ -331,7 +343,7 @@ func appendWireTasks(out []wire.Task, q string, ts []queue.Task) []wire.Task {
 		out = append(out, wire.Task{
 			ID: t.ID, Queue: q, Payload: t.Payload, ReplyTo: t.ReplyTo,
 			Attempt: t.Attempts, LastError: t.LastError, Enqueued: t.Enqueued,
-			Priority: t.Priority, Due: t.Due,
+			Priority: t.Priority, Due: t.Due, Token: t.Token,
 		})
 	}
 	return out

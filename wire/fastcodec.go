@@ -155,6 +155,9 @@ func appendTask(b []byte, t *Task) []byte {
 	if !t.Due.IsZero() {
 		n++
 	}
+	if t.Token != "" {
+		n++
+	}
 	b = msgp.AppendMapHeader(b, n)
 	b = msgp.AppendStr(b, "id")
 	b = msgp.AppendUint(b, t.ID)
@@ -177,6 +180,9 @@ func appendTask(b []byte, t *Task) []byte {
 	}
 	if !t.Due.IsZero() {
 		b = msgp.AppendTime(msgp.AppendStr(b, "due"), t.Due)
+	}
+	if t.Token != "" {
+		b = msgp.AppendStr(msgp.AppendStr(b, "tok"), t.Token)
 	}
 	return msgp.AppendTime(msgp.AppendStr(b, "enqueued"), t.Enqueued)
 }
@@ -224,6 +230,8 @@ func (t *Task) decode(rd *msgp.Reader, prev *Task) error {
 			t.Priority, err = readInt(rd)
 		case "due":
 			t.Due, err = rd.Time()
+		case "tok":
+			t.Token, err = rd.Str()
 		default:
 			err = rd.Skip()
 		}
@@ -249,6 +257,9 @@ func appendCompletion(b []byte, c *Completion) []byte {
 	if c.RetryAfter != 0 {
 		n++
 	}
+	if c.Token != "" {
+		n++
+	}
 	b = msgp.AppendMapHeader(b, n)
 	b = msgp.AppendStr(b, "id")
 	b = msgp.AppendUint(b, c.ID)
@@ -262,6 +273,9 @@ func appendCompletion(b []byte, c *Completion) []byte {
 	}
 	if c.RetryAfter != 0 {
 		b = msgp.AppendInt(msgp.AppendStr(b, "retry_after"), int64(c.RetryAfter))
+	}
+	if c.Token != "" {
+		b = msgp.AppendStr(msgp.AppendStr(b, "tok"), c.Token)
 	}
 	return b
 }
@@ -292,6 +306,8 @@ func (c *Completion) decode(rd *msgp.Reader) error {
 			c.Error, err = rd.Str()
 		case "retry_after":
 			c.RetryAfter, err = readDuration(rd)
+		case "tok":
+			c.Token, err = rd.Str()
 		default:
 			err = rd.Skip()
 		}

@@ -27,6 +27,7 @@ func sampleTasks() []Task {
 		{ID: 1, Queue: "tasks", Payload: msgpack.RawMessage{0x07}, Attempt: 1, Enqueued: at},
 		{ID: 1 << 40, Queue: "q", Payload: msgpack.RawMessage{0xa2, 'h', 'i'}, ReplyTo: "results", Attempt: 3, LastError: "boom", Enqueued: at},
 		{ID: 3, Queue: "empty-payload"},
+		{ID: 4, Queue: "tasks", Payload: msgpack.RawMessage{0x01}, Attempt: 2, Enqueued: at, Token: "$JS.ACK.QM_tasks.qm.2.4.9.1764000000123456789.0"},
 	}
 }
 
@@ -75,10 +76,18 @@ func TestFastCodecMatchesReflection(t *testing.T) {
 			t.Errorf("task %d: reflect-decoded %+v, hand-decoded %+v, want %+v", want.ID, got[0], got[1], w[0])
 		}
 	}
-	c := Completion{ID: 9, Value: msgpack.RawMessage{0x01}, Error: "x"}
-	var pc plainCompletion
-	if err := msgpack.Unmarshal(mustMarshal(t, c), &pc); err != nil || !reflect.DeepEqual(Completion(pc), c) {
-		t.Errorf("completion: %+v, %v", pc, err)
+	for _, c := range []Completion{
+		{ID: 9, Value: msgpack.RawMessage{0x01}, Error: "x"},
+		{ID: 10, Value: msgpack.RawMessage{0x02}, Token: "tok"},
+	} {
+		var pc plainCompletion
+		if err := msgpack.Unmarshal(mustMarshal(t, c), &pc); err != nil || !reflect.DeepEqual(Completion(pc), c) {
+			t.Errorf("completion: %+v, %v", pc, err)
+		}
+		var hand Completion
+		if err := msgpack.Unmarshal(mustMarshal(t, plainCompletion(c)), &hand); err != nil || !reflect.DeepEqual(hand, c) {
+			t.Errorf("completion, hand-decoded: %+v, %v", hand, err)
+		}
 	}
 }
 

@@ -102,6 +102,10 @@ type Completion struct {
 	// RetryAfter, with an Error, is how long the task waits before its
 	// next delivery, instead of its queue's backoff.
 	RetryAfter time.Duration `msgpack:"retry_after,omitempty"`
+	// Token is the Token of the task's delivery, when it had one: it lets
+	// another gateway than the one that handed the task out complete it
+	// (see Task.Token).
+	Token string `msgpack:"tok,omitempty"`
 }
 
 // Response is every master message.
@@ -143,6 +147,13 @@ type Task struct {
 	// Lease is how long the master leased the task for, counted from the
 	// get; zero for a task taken with NoAck or peeked.
 	Lease time.Duration `msgpack:"-"`
+	// Token names this delivery of the task to a gateway of a cluster
+	// (qmaster --nats or --cluster-*); a single master sets none. A worker
+	// whose gateway died completes the task through another by sending
+	// the token back with its Completion, within the lease; a delivery
+	// since superseded is refused as not leased, as on a single master.
+	// It is opaque to clients.
+	Token string `msgpack:"tok,omitempty"`
 }
 
 // Result is the payload the master publishes to a result queue for each

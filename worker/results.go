@@ -142,7 +142,8 @@ func (res *results) started(n int) {
 }
 
 // add queues a handler's outcome for serve, or drops it if its session
-// has ended: serve is done with that session, and no one else sends
+// has ended (unless its lease is handed over to the next: see
+// lease.handover): serve is done with that session, and no one else sends
 // results. The check and the queueing are under mu, which lose takes after
 // it cancels the session, so that no outcome is left behind. took is how
 // long the handler ran.
@@ -150,7 +151,7 @@ func (res *results) add(f finished, took time.Duration) {
 	res.mu.Lock()
 	res.count.running--
 	res.count.took = ewma(res.count.took, took)
-	if f.s.ctx.Err() != nil {
+	if f.s.ctx.Err() != nil && !f.l.handover {
 		res.mu.Unlock()
 		res.drop(f.s, []finished{f})
 	} else {
@@ -158,6 +159,17 @@ func (res *results) add(f finished, took time.Duration) {
 		res.mu.Unlock()
 	}
 	res.signal()
+}
+
+// putBack returns outcomes taken from pending, to be sent through the
+// next session.
+func (res *results) putBack(fs []finished) {
+	if len(fs) == 0 {
+		return
+	}
+	res.mu.Lock()
+	res.pending = append(res.pending, fs...)
+	res.mu.Unlock()
 }
 
 // take appends the pending outcomes to held, and returns them with the
@@ -269,10 +281,32 @@ func (res *results) send(s *session, fs []finished) {
 		k := min(len(fs), maxBatch)
 		sent := time.Now()
 		handled := res.completeHeld(s, s.completing(fs[:k]), false)
-		s.untrack(fs[:k])
-		res.finish(k, handled, sent)
+		batch := fs[:k]
+		if handled == 0 && s.gone() {
+			batch = res.keepForNext(batch)
+		}
+		s.untrack(batch)
+		res.finish(len(batch), handled, sent)
 		fs = fs[k:]
 	}
+}
+
+// keepForNext puts back the outcomes of fs whose leases go over to the
+// next session (lease.handover), since the connection of their session
+// is gone, and returns the others, in fs's array. Sent again, one the
+// master took before the connection went is refused as not leased.
+func (res *results) keepForNext(fs []finished) []finished {
+	rest := fs[:0]
+	var kept []finished
+	for _, f := range fs {
+		if f.l.handover {
+			kept = append(kept, f)
+		} else {
+			rest = append(rest, f)
+		}
+	}
+	res.putBack(kept)
+	return rest
 }
 
 // completeHeld sends the completions held, whose leases s holds, and
@@ -325,6 +359,9 @@ func (res *results) completeThenGet(ctx context.Context, s *session, fs []finish
 	}
 	held := s.completing(fs)
 	if len(held) == 0 || s.gone() {
+		if s.gone() {
+			fs = res.keepForNext(fs)
+		}
 		res.drop(s, fs)
 		start := time.Now()
 		tasks, err := s.c.Get(ctx, res.cfg.Tasks, opts)
@@ -350,6 +387,9 @@ func (res *results) completeThenGet(ctx context.Context, s *session, fs []finish
 		err = ctx.Err()
 	case err != nil && (s.gone() || errors.Is(err, wire.ErrClosed)):
 		handled = 0
+	}
+	if handled == 0 && s.gone() {
+		fs = res.keepForNext(fs)
 	}
 	s.untrack(fs)
 	res.finish(len(fs), handled, sent)

@@ -27,9 +27,13 @@ import (
 //
 // Run reconnects, with exponential backoff and jitter, whenever it cannot
 // reach the master or the connection drops. The results of tasks still
-// running when a connection drops are discarded, since the master has
-// requeued those tasks; their handlers' ctx is cancelled with cause
-// ErrLeaseLost. Every goroutine Run starts has ended when it returns.
+// running when a connection to a single master drops are discarded, since
+// the master has requeued those tasks; their handlers' ctx is cancelled
+// with cause ErrLeaseLost. Tasks handed out by a gateway of a cluster
+// (they carry a Token) are not: their handlers run on, and their results
+// go through the next connection, to whichever gateway it reaches, which
+// takes them while the delivery is still the task's current one. Every
+// goroutine Run starts has ended when it returns.
 func Run(ctx context.Context, cfg Config) error {
 	if err := cfg.Validate(); err != nil {
 		return err
@@ -76,6 +80,9 @@ type runner struct {
 	// the session serve is on. waiting[whead:] wait.
 	waiting []job
 	whead   int
+	// handedOver are the leases of a lost session whose tasks another
+	// gateway can complete (lease.handover), for the next session.
+	handedOver []*lease
 }
 
 func newRunner(ctx context.Context, cfg Config) *runner {
@@ -114,6 +121,11 @@ func (r *runner) run(ctx context.Context) error {
 			return err
 		}
 		s := r.newSession(c)
+		if len(r.handedOver) > 0 {
+			s.adopt(r.handedOver)
+			r.log.Info("completing the tasks of the lost connection through this one", "tasks", len(r.handedOver))
+			r.handedOver = nil
+		}
 		r.log.Info("connected to master", "server", r.cfg.Server, "queue", r.cfg.Tasks, "concurrency", r.cfg.Concurrency)
 		stop, err := r.serve(ctx, s)
 		s.close()
@@ -314,20 +326,34 @@ func (r *runner) serve(ctx context.Context, s *session) (stop bool, err error) {
 // waits for the completer, and drops the results still held. From then on
 // the handlers of s drop their own.
 func (r *runner) lose(s *session, held []finished, completing bool, err error) (stop bool, _ error) {
-	r.log.Warn("connection to master lost; reconnecting", "server", r.cfg.Server, "err", err, "dropped", s.count())
+	r.handedOver = append(r.handedOver, s.handOver()...)
+	r.log.Warn("connection to master lost; reconnecting", "server", r.cfg.Server, "err", err,
+		"dropped", s.count(), "kept", len(r.handedOver))
 	s.cancel(ErrLeaseLost)
 	if completing {
 		<-r.res.sent
 	}
 	held, _ = r.res.take(held)
-	r.res.drop(s, held)
-	r.dropWaiting(s)
+	var kept []finished
+	for _, f := range held {
+		if f.l.handover {
+			kept = append(kept, f)
+		} else {
+			r.res.drop(f.s, []finished{f})
+		}
+	}
+	r.res.putBack(kept)
+	r.dropWaiting(false)
 	return false, nil
 }
 
 // drain waits, between sessions, until no task is in flight: the handlers
 // drop their results as they return, since their sessions have ended.
 func (r *runner) drain(ctx context.Context) {
+	// With no session to send them through, the results of handed-over
+	// leases are dropped too.
+	r.dropWaiting(true)
+	r.handedOver = nil
 	inflight := r.res.counts().inflight
 	if inflight == 0 {
 		return
@@ -336,7 +362,11 @@ func (r *runner) drain(ctx context.Context) {
 		r.log.Info("draining: taking no new tasks, waiting for running ones", "running", inflight)
 	}
 	for {
-		if r.res.counts().inflight == 0 {
+		held, t := r.res.take(nil)
+		for _, f := range held {
+			r.res.drop(f.s, []finished{f})
+		}
+		if t.inflight-len(held) == 0 {
 			return
 		}
 		<-r.res.changed
@@ -423,14 +453,20 @@ func (r *runner) runWaiting(s *session, free int) int {
 	return len(r.started)
 }
 
-// dropWaiting forgets the waiting tasks of s, which has lost its
-// connection: the master requeues them.
-func (r *runner) dropWaiting(s *session) {
+// dropWaiting forgets the waiting tasks, whose session has lost its
+// connection: the master requeues them. Unless all is set, it keeps
+// those whose leases go over to the next session.
+func (r *runner) dropWaiting(all bool) {
+	kept := r.waiting[:0]
 	for _, j := range r.waiting[r.whead:] {
-		r.res.drop(s, []finished{{s: s, l: j.l}})
+		if j.l.handover && !all {
+			kept = append(kept, j)
+			continue
+		}
+		r.res.drop(j.s, []finished{{s: j.s, l: j.l}})
 	}
-	clear(r.waiting)
-	r.waiting, r.whead = r.waiting[:0], 0
+	clear(r.waiting[len(kept):])
+	r.waiting, r.whead = kept, 0
 }
 
 // pause waits for d and reports true if the worker should stop instead:

@@ -62,6 +62,14 @@ type lease struct {
 	length     time.Duration // as granted by the master
 	renewed    time.Time     // when the last grant or renewal was asked for
 	completing bool          // its completion is on the way; losing it now is no news
+	// handover is set for a delivery with a token (wire.Task.Token): a
+	// gateway of a cluster handed it out, and another can take its
+	// completion. Such a lease outlives its session: when the connection
+	// drops, its handler runs on and its result goes through the next
+	// session (session.handOver, adopt). adopted is set once it has moved:
+	// the next gateway cannot renew it, so it runs on the lease it had.
+	handover bool
+	adopted  bool
 
 	mu     sync.Mutex
 	ctx    context.Context // made on first use
@@ -75,7 +83,12 @@ func (l *lease) context() context.Context {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.ctx == nil {
-		l.ctx, l.cancel = context.WithCancelCause(l.s.ctx)
+		parent := l.s.ctx
+		if l.handover {
+			// Not ended with its session: see handover.
+			parent = l.s.r.base
+		}
+		l.ctx, l.cancel = context.WithCancelCause(parent)
 		if l.ended {
 			l.cancel(l.cause)
 		}
@@ -115,6 +128,9 @@ func (l *lease) lost() bool {
 	if ended {
 		return errors.Is(cause, ErrLeaseLost)
 	}
+	if l.handover {
+		return false // ended only by end
+	}
 	return errors.Is(context.Cause(l.s.ctx), ErrLeaseLost)
 }
 
@@ -147,7 +163,7 @@ func (s *session) close() {
 // context. The lease counts from now, a little after the master granted
 // it, which the renewal margin covers.
 func (s *session) track(t Task, now time.Time) *lease {
-	l := &lease{s: s, id: t.ID, received: now, length: t.Lease, renewed: now}
+	l := &lease{s: s, id: t.ID, received: now, length: t.Lease, renewed: now, handover: t.Token != ""}
 	s.mu.Lock()
 	s.leases[t.ID] = l
 	early := l.length > 0 && l.renewed.Add(l.length/3).Before(s.wakeAt)
@@ -199,6 +215,33 @@ func (s *session) untrack(fs []finished) {
 	}
 }
 
+// handOver removes from s, whose connection is gone, the leases that can
+// be completed through another session, and returns them.
+func (s *session) handOver() []*lease {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var ls []*lease
+	for id, l := range s.leases {
+		if l.handover {
+			ls = append(ls, l)
+			delete(s.leases, id)
+		}
+	}
+	return ls
+}
+
+// adopt takes over leases handed over by an earlier session: their
+// results go through s.
+func (s *session) adopt(ls []*lease) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, l := range ls {
+		l.adopted = true
+		l.completing = false
+		s.leases[l.id] = l
+	}
+}
+
 // count is how many tasks s holds.
 func (s *session) count() int {
 	s.mu.Lock()
@@ -235,7 +278,7 @@ func (s *session) renewDue() time.Duration {
 	var shortest time.Duration
 	s.mu.Lock()
 	for id, l := range s.leases {
-		if l.length <= 0 {
+		if l.length <= 0 || l.adopted {
 			continue
 		}
 		at := l.renewed.Add(l.length / 3)

@@ -33,7 +33,7 @@ func (r *runner) runTask(j job) {
 	}
 	v, err := r.call(ctx, t)
 	took := time.Since(start)
-	c := wire.Completion{ID: t.ID}
+	c := wire.Completion{ID: t.ID, Token: t.Token}
 	if err == nil {
 		c.Value, err = wire.Encode(v)
 		switch {

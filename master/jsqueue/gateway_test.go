@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -176,5 +177,190 @@ print(sorted(results.get(timeout=30) for _ in range(20)))
 				t.Fatalf("python read %s", got)
 			}
 		})
+	}
+}
+
+// A worker's gateway dies (its connection to JetStream closes, so it gives
+// nothing back) while the worker holds two tasks. The worker completes
+// them through another gateway: the one it sends the delivery's token with
+// gets its result, once; the one without is not leased there, and comes
+// back when its ack wait runs out.
+func TestCompleteThroughAnotherGatewayOverTheWire(t *testing.T) {
+	url := startNodeListening(t)
+	ncA, err := nats.Connect(url, nats.Token("s3cret"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ncA.Close)
+	a, _ := qmtest.StartMaster(t, master.Config{OpenQueues: func(qc queue.Config) (master.Queues, error) {
+		return jsqueue.New(jsqueue.Config{Conn: ncA, MaxAttempts: qc.MaxAttempts, DefaultLease: qc.DefaultLease, AckWait: qc.DefaultLease, OnDead: qc.OnDead})
+	}})
+	b := startGateway(t, url, master.Config{})
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	p := qmtest.Dial(t, b, "producer")
+	ids, err := p.Put(ctx, "tasks", []any{int64(3), int64(4)}, wire.PutOptions{ReplyTo: "mine"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := qmtest.Dial(t, a, "worker")
+	tasks, err := w.Get(ctx, "tasks", wire.GetOptions{Max: 2, Timeout: 5 * time.Second})
+	if err != nil || len(tasks) != 2 || tasks[0].Token == "" {
+		t.Fatalf("get through the first gateway: %+v, %v; want two tasks with tokens", tasks, err)
+	}
+	ncA.Close()
+
+	w2 := qmtest.Dial(t, b, "worker")
+	nine, _ := wire.Encode(int64(9))
+	sixteen, _ := wire.Encode(int64(16))
+	err = w2.Complete(ctx, "tasks", "", []wire.Completion{
+		{ID: tasks[0].ID, Value: nine, Token: tasks[0].Token},
+		{ID: tasks[1].ID, Value: sixteen},
+	})
+	if !errors.Is(err, wire.ErrNotLeased) || !strings.Contains(err.Error(), fmt.Sprint(tasks[1].ID)) {
+		t.Fatalf("complete through the second gateway: %v; want the tokenless one not leased", err)
+	}
+	results, err := p.Get(ctx, "mine", wire.GetOptions{Max: 2, Timeout: 2 * time.Second, NoAck: true})
+	if err != nil || len(results) != 1 {
+		t.Fatalf("results %+v, %v; want one", results, err)
+	}
+	r, err := wire.DecodeResult(results[0].Payload)
+	if err != nil || r.TaskID != ids[0] {
+		t.Fatalf("result %+v, %v; want task %d's", r, err, ids[0])
+	}
+	if v, _ := wire.DecodeValue(r.Value); v != any(int64(9)) {
+		t.Fatalf("result value %v, want 9", v)
+	}
+	// Completing it again through either gateway is refused.
+	if err := w2.Complete(ctx, "tasks", "", []wire.Completion{{ID: tasks[0].ID, Value: nine, Token: tasks[0].Token}}); !errors.Is(err, wire.ErrNotLeased) {
+		t.Fatalf("second completion: %v, want not leased", err)
+	}
+}
+
+// startClosableGateway is startGateway with its own NATS connection, which
+// the test closes to kill the gateway without its giving anything back.
+func startClosableGateway(t *testing.T, natsURL string) (string, *nats.Conn, *master.Server) {
+	t.Helper()
+	nc, err := nats.Connect(natsURL, nats.Token("s3cret"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	addr, srv := qmtest.StartMaster(t, master.Config{OpenQueues: func(qc queue.Config) (master.Queues, error) {
+		return jsqueue.New(jsqueue.Config{Conn: nc, MaxAttempts: qc.MaxAttempts, DefaultLease: qc.DefaultLease, AckWait: qc.DefaultLease, OnDead: qc.OnDead})
+	}})
+	return addr, nc, srv
+}
+
+// A worker's gateway dies while its handler runs. The handler is not
+// cancelled; the worker reconnects to the other gateway and completes the
+// task through it: one run, one result, at once rather than after the
+// dead gateway's ack wait (30s).
+func TestWorkerCompletesThroughAnotherGateway(t *testing.T) {
+	url := startNodeListening(t)
+	addrs := make([]string, 2)
+	ncs := make([]*nats.Conn, 2)
+	srvs := make([]*master.Server, 2)
+	for i := range 2 {
+		addrs[i], ncs[i], srvs[i] = startClosableGateway(t, url)
+	}
+	started := make(chan struct{}, 1)
+	release := make(chan struct{})
+	var runs, cancelled atomic.Int32
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- worker.Run(ctx, worker.Config{
+			Server: strings.Join(addrs, ","), Authkey: qmtest.Authkey, Name: "w",
+			ReconnectMin: 10 * time.Millisecond, ReconnectMax: 50 * time.Millisecond,
+			Handler: func(hctx context.Context, task worker.Task) (any, error) {
+				runs.Add(1)
+				started <- struct{}{}
+				select {
+				case <-release:
+					return "done", nil
+				case <-hctx.Done():
+					cancelled.Add(1)
+					return nil, context.Cause(hctx)
+				}
+			},
+		})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("worker: %v", err)
+		}
+	})
+
+	// The producer uses the gateway the worker is not on.
+	var on int
+	waitUntil(t, 10*time.Second, "the worker to connect", func() bool {
+		for i, a := range addrs {
+			if workersOn(t, a) > 0 {
+				on = i
+				return true
+			}
+		}
+		return false
+	})
+	survivor := addrs[1-on]
+	p := qmtest.Dial(t, survivor, "producer")
+	pctx, pcancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer pcancel()
+	ids, err := p.Put(pctx, "tasks", []any{"x"}, wire.PutOptions{ReplyTo: "mine"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-started
+	ncs[on].Close() // the worker's gateway dies, giving nothing back
+	srvs[on].Close()
+	waitUntil(t, 10*time.Second, "the worker to reconnect", func() bool { return workersOn(t, survivor) > 0 })
+	close(release)
+
+	results, err := p.Get(pctx, "mine", wire.GetOptions{Max: 2, Timeout: 5 * time.Second, NoAck: true})
+	if err != nil || len(results) != 1 {
+		t.Fatalf("results %+v, %v; want one within 5s, not after the dead gateway's ack wait", results, err)
+	}
+	if r, err := wire.DecodeResult(results[0].Payload); err != nil || r.TaskID != ids[0] || r.Error != "" {
+		t.Fatalf("result %+v, %v", r, err)
+	}
+	if runs.Load() != 1 || cancelled.Load() != 0 {
+		t.Fatalf("%d runs, %d cancelled; want one run, not cancelled", runs.Load(), cancelled.Load())
+	}
+	st, err := p.Stats(pctx, "tasks")
+	if err != nil || st[0].Ready != 0 || st[0].Leased != 0 {
+		t.Fatalf("stats %+v, %v: want the task done", st, err)
+	}
+}
+
+func workersOn(t *testing.T, addr string) int {
+	c, err := wire.Dial(context.Background(), wire.Config{Addr: addr, Authkey: qmtest.Authkey, Role: "admin", Name: "probe"})
+	if err != nil {
+		return 0
+	}
+	defer c.Close()
+	cs, err := c.Clients(context.Background())
+	if err != nil {
+		return 0
+	}
+	n := 0
+	for _, ci := range cs {
+		if ci.Role == "worker" {
+			n++
+		}
+	}
+	return n
+}
+
+func waitUntil(t *testing.T, d time.Duration, what string, f func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !f() {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited %s for %s", d, what)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -154,6 +154,7 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts [
 	if len(msgs) == 0 {
 		return nil, nil
 	}
+	msgs = q.claimRedeliveries(s, msgs)
 	now := time.Now()
 	var dead []*lease
 	q.mu.Lock()
@@ -169,6 +170,9 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts [
 			continue
 		}
 		t := taskOf(md.Sequence.Stream, md.Timestamp, m.Header, m.Data, md.NumDelivered)
+		if !req.NoAck {
+			t.Token = m.Reply
+		}
 		key := leaseKey{s.queue, t.ID}
 		if md.NumDelivered > 1 {
 			if e, ok := q.lastErr[key]; ok {
@@ -197,4 +201,19 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts [
 		q.deadLetter(l, l.task.LastError)
 	}
 	return ts, nil
+}
+
+// claimRedeliveries records the redeliveries among msgs (handover.go) and
+// returns msgs less those not to hand out: tasks being completed through
+// another gateway.
+func (q *Queues) claimRedeliveries(s *stream, msgs []*nats.Msg) []*nats.Msg {
+	kept := msgs[:0]
+	for _, m := range msgs {
+		md, err := m.Metadata()
+		if err == nil && md.NumDelivered > 1 && !q.claimRedelivery(s, md.Sequence.Stream, md.NumDelivered) {
+			continue
+		}
+		kept = append(kept, m)
+	}
+	return kept
 }

@@ -103,10 +103,17 @@ func (q *Queues) Ack(req queue.AckRequest, dst []queue.Task) ([]queue.Task, erro
 	}
 	ts := dst[:0]
 	ls := make([]*lease, 0, len(req.IDs))
-	var bad []uint64
+	var (
+		bad     []uint64
+		orphans []int // indexes in req.IDs of deliveries another gateway handed out
+	)
 	q.mu.Lock()
-	for _, id := range req.IDs {
+	for i, id := range req.IDs {
 		l := q.leases[leaseKey{req.Queue, id}]
+		if l == nil && i < len(req.Tokens) && req.Tokens[i] != "" {
+			orphans = append(orphans, i)
+			continue
+		}
 		if l == nil || l.owner != req.Owner || l.acking {
 			bad = append(bad, id)
 			continue
@@ -116,9 +123,29 @@ func (q *Queues) Ack(req queue.AckRequest, dst []queue.Task) ([]queue.Task, erro
 		ls = append(ls, l)
 	}
 	q.mu.Unlock()
+	var adopted []orphan
+	if len(orphans) > 0 {
+		var err error
+		adopted, bad, err = q.adoptOrphans(req, orphans, bad)
+		if err != nil {
+			q.releaseAcking(ls)
+			return nil, err
+		}
+		ts = mergeInOrder(ts, req.IDs, adopted)
+	}
 	var err error
 	if len(ts) > 0 && req.Publish != nil {
 		err = req.Publish(ts)
+	}
+	var orphanErr error // their results are stored: the others are acked all the same
+	if err != nil {
+		for _, o := range adopted {
+			q.disown(o)
+		}
+	} else {
+		for _, o := range adopted {
+			orphanErr = errors.Join(orphanErr, q.ack(o.msg))
+		}
 	}
 	msgs := make([]*nats.Msg, 0, len(ls))
 	q.mu.Lock()
@@ -142,7 +169,65 @@ func (q *Queues) Ack(req queue.AckRequest, dst []queue.Task) ([]queue.Task, erro
 		}
 	}
 	q.mu.Unlock()
-	return ts, errors.Join(err, q.notLeased(req.Queue, bad))
+	return ts, errors.Join(err, orphanErr, q.notLeased(req.Queue, bad))
+}
+
+// adoptOrphans takes the completions at orphans (indexes in req.IDs) of
+// deliveries this gateway did not hand out, as far as they are the
+// current deliveries of their tasks (adoptOrphan); the others join bad.
+func (q *Queues) adoptOrphans(req queue.AckRequest, orphans []int, bad []uint64) ([]orphan, []uint64, error) {
+	s, err := q.open(req.Queue, false)
+	if err != nil {
+		return nil, bad, err
+	}
+	var adopted []orphan
+	for _, i := range orphans {
+		o, ok, err := q.adoptOrphan(s, req.IDs[i], req.Tokens[i])
+		if err != nil {
+			for _, o := range adopted {
+				q.disown(o)
+			}
+			return nil, bad, err
+		}
+		if !ok {
+			bad = append(bad, req.IDs[i])
+			continue
+		}
+		o.index = i
+		adopted = append(adopted, o)
+	}
+	return adopted, bad, nil
+}
+
+// mergeInOrder returns held, the tasks of this gateway's leases in the
+// order of ids, with the adopted ones in their places among them.
+func mergeInOrder(held []queue.Task, ids []uint64, adopted []orphan) []queue.Task {
+	if len(adopted) == 0 {
+		return held
+	}
+	out := make([]queue.Task, 0, len(held)+len(adopted))
+	h, a := 0, 0
+	for i, id := range ids {
+		switch {
+		case a < len(adopted) && adopted[a].index == i:
+			out = append(out, adopted[a].task)
+			a++
+		case h < len(held) && held[h].ID == id:
+			out = append(out, held[h])
+			h++
+		}
+	}
+	return out
+}
+
+// releaseAcking undoes Ack's marking of ls, for an Ack that stopped
+// before it published anything.
+func (q *Queues) releaseAcking(ls []*lease) {
+	q.mu.Lock()
+	for _, l := range ls {
+		l.acking = false
+	}
+	q.mu.Unlock()
 }
 
 // notLeased is the error for ids not leased by the caller: ErrNotLeased

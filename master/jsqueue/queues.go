@@ -107,6 +107,11 @@ type Queues struct {
 	renewSub   *nats.Subscription
 	// pulls routes the answers to the gets' pull requests.
 	pulls *pulls
+
+	// kv is the record of deliveries (handover.go), opened on first use
+	// under kvMu.
+	kvMu sync.Mutex
+	kv   jetstream.KeyValue
 }
 
 // stream is one queue's stream and its consumer.

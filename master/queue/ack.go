@@ -16,6 +16,11 @@ type AckRequest struct {
 	Owner uint64
 	// IDs are the tasks to ack.
 	IDs []uint64
+	// Tokens, if not nil, are the tokens of the deliveries of IDs, in the
+	// same order ("" for none): queues kept by an engine ack through them
+	// deliveries that another server handed out (Task.Token). These
+	// queues ignore them: a lease is the owner's, on this master.
+	Tokens []string
 	// Publish, if not nil, is called with the tasks acked, outside every
 	// lock, before their acks are stored. It puts their results; so the
 	// results reach the store ahead of the acks, and a crash in between

@@ -26,6 +26,9 @@ type Task struct {
 	// Key is the idempotency key it was put with; set only on its way to
 	// the store.
 	Key string
+	// Token names the delivery, for queues kept by an engine that lets
+	// another server complete it (wire.Task.Token); these queues set none.
+	Token string
 
 	seq int64 // order key in the store
 }

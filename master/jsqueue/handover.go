@@ -1,0 +1,240 @@
+package jsqueue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/qm-dev/qm/master/queue"
+)
+
+// A worker whose gateway dies goes on through another, and completes the
+// task it was running there, within its lease. Each task a gateway hands
+// out carries a token (queue.Task.Token): the reply subject of its
+// JetStream delivery, through which any gateway can ack it. What JetStream
+// cannot tell is whether that delivery is still the current one: it acks a
+// redelivery as readily as the delivery it replaced. So the gateways keep
+// a record of their own, in the KV bucket deliveriesBucket, one key per
+// task that needs one:
+//
+//   - before a gateway hands out a redelivery, it records its delivery
+//     count there, by compare-and-set;
+//   - a gateway given a completion of a delivery it did not hand out (an
+//     orphan) refuses it if a later delivery is recorded, else records
+//     the task as done, by compare-and-set, and then stores the results
+//     and acks the delivery;
+//   - a gateway that finds a task recorded as done less than an ack wait
+//     ago does not hand out its redelivery: the completion is under way.
+//
+// Only redeliveries and orphans pay for the record; a task delivered once
+// and completed through its own gateway never touches it.
+
+// deliveriesBucket is the KV bucket of the record.
+const deliveriesBucket = "qm_deliveries"
+
+// deliveriesTTL is how long an entry is kept: far longer than any lease
+// is left unrenewed, so that an entry is gone only when no delivery it
+// speaks of can still be completed.
+const deliveriesTTL = 24 * time.Hour
+
+// doneMark starts the value of a task completed through another gateway.
+const doneMark = "done "
+
+// ackToken is what a delivery token names.
+type ackToken struct {
+	stream, consumer string
+	delivered, seq   uint64
+}
+
+// parseToken reads a JetStream ack subject, in either of its forms:
+// $JS.ACK.<stream>.<consumer>.<delivered>.<seq>.<cseq>.<time>.<pending>,
+// or with a domain and an account hash after ACK (and a trailing token).
+// Every token must be a plain one, since a gateway publishes to it.
+func parseToken(tok string) (ackToken, bool) {
+	parts := strings.Split(tok, ".")
+	if len(parts) < 9 || parts[0] != "$JS" || parts[1] != "ACK" {
+		return ackToken{}, false
+	}
+	for _, p := range parts {
+		if p == "" || strings.ContainsAny(p, "*> \t\r\n") {
+			return ackToken{}, false
+		}
+	}
+	var at int // where the stream's name is
+	switch len(parts) {
+	case 9:
+		at = 2
+	case 11, 12:
+		at = 4
+	default:
+		return ackToken{}, false
+	}
+	delivered, err1 := strconv.ParseUint(parts[at+2], 10, 64)
+	seq, err2 := strconv.ParseUint(parts[at+3], 10, 64)
+	if err1 != nil || err2 != nil || delivered == 0 || seq == 0 {
+		return ackToken{}, false
+	}
+	return ackToken{stream: parts[at], consumer: parts[at+1], delivered: delivered, seq: seq}, true
+}
+
+// deliveries returns the record, creating the bucket on first use.
+func (q *Queues) deliveries(ctx context.Context) (jetstream.KeyValue, error) {
+	q.kvMu.Lock()
+	defer q.kvMu.Unlock()
+	if q.kv != nil {
+		return q.kv, nil
+	}
+	kv, err := q.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:   deliveriesBucket,
+		TTL:      deliveriesTTL,
+		Replicas: q.cfg.Replicas,
+		Storage:  jetstream.FileStorage,
+	})
+	if err != nil {
+		return nil, q.engineErr("open the deliveries' record", err)
+	}
+	q.kv = kv
+	return kv, nil
+}
+
+func deliveryKey(stream string, seq uint64) string {
+	return stream + "." + strconv.FormatUint(seq, 10)
+}
+
+// claimRedelivery records that this gateway hands out delivery number
+// delivered of the message at seq of s, unless the task was completed
+// through another gateway less than an ack wait ago (false: leave the
+// message be; the completion acks it). If the record cannot be reached,
+// the task is handed out all the same, and said so: at worst it runs
+// twice, where refusing would stall it.
+func (q *Queues) claimRedelivery(s *stream, seq, delivered uint64) bool {
+	ctx, cancel := q.call()
+	defer cancel()
+	kv, err := q.deliveries(ctx)
+	if err == nil {
+		var ok bool
+		ok, err = q.claim(ctx, kv, s, deliveryKey(streamName(s.queue), seq), delivered)
+		if err == nil {
+			return ok
+		}
+	}
+	q.log.Warn("redelivery not recorded; a completion of its previous delivery through another gateway may then be taken too",
+		"queue", s.queue, "seq", seq, "err", err)
+	return true
+}
+
+func (q *Queues) claim(ctx context.Context, kv jetstream.KeyValue, s *stream, key string, delivered uint64) (bool, error) {
+	value := []byte(strconv.FormatUint(delivered, 10))
+	for range 3 {
+		e, err := kv.Get(ctx, key)
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+			_, err = kv.Create(ctx, key, value)
+		case err != nil:
+			return false, err
+		case strings.HasPrefix(string(e.Value()), doneMark) && time.Since(e.Created()) < s.ackWait:
+			return false, nil
+		default:
+			if n, perr := strconv.ParseUint(string(e.Value()), 10, 64); perr == nil && n >= delivered {
+				return true, nil // recorded already (this gateway's earlier try)
+			}
+			_, err = kv.Update(ctx, key, value, e.Revision())
+		}
+		if err == nil {
+			return true, nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) && !isWrongSequence(err) {
+			return false, err
+		}
+		// Someone wrote it meanwhile: look again.
+	}
+	return false, fmt.Errorf("the record of %s kept changing", key)
+}
+
+// isWrongSequence reports a compare-and-set that lost the race.
+func isWrongSequence(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
+}
+
+// orphan is a completion of a delivery this gateway did not hand out.
+type orphan struct {
+	task  queue.Task
+	msg   *nats.Msg // for its ack: Reply is the token
+	key   string
+	index int // in the AckRequest's IDs
+}
+
+// adoptOrphan checks that token names the current delivery of task id of
+// s, and records the task as done so that no gateway hands it out again.
+// It returns the task as that delivery handed it out, or ok false if the
+// delivery is not the current one (or no longer pending).
+func (q *Queues) adoptOrphan(s *stream, id uint64, token string) (o orphan, ok bool, err error) {
+	tok, valid := parseToken(token)
+	stream := streamName(s.queue)
+	if !valid || tok.stream != stream || tok.consumer != consumerName {
+		return orphan{}, false, nil
+	}
+	ctx, cancel := q.call()
+	defer cancel()
+	raw, err := s.st.GetMsg(ctx, tok.seq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return orphan{}, false, nil // acked already: work-queue streams keep no acked message
+	}
+	if err != nil {
+		return orphan{}, false, q.engineErr("read a task", err)
+	}
+	t := taskOf(tok.seq, raw.Time, raw.Header, raw.Data, tok.delivered)
+	if t.ID != id {
+		return orphan{}, false, nil
+	}
+	kv, err := q.deliveries(ctx)
+	if err != nil {
+		return orphan{}, false, err
+	}
+	key := deliveryKey(stream, tok.seq)
+	done := []byte(doneMark + strconv.FormatUint(tok.delivered, 10))
+	for range 3 {
+		e, err := kv.Get(ctx, key)
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+			_, err = kv.Create(ctx, key, done)
+		case err != nil:
+			return orphan{}, false, q.engineErr("read the deliveries' record", err)
+		case strings.HasPrefix(string(e.Value()), doneMark):
+			return orphan{}, false, nil // completed through another gateway already
+		default:
+			n, perr := strconv.ParseUint(string(e.Value()), 10, 64)
+			if perr == nil && n > tok.delivered {
+				return orphan{}, false, nil // redelivered since
+			}
+			_, err = kv.Update(ctx, key, done, e.Revision())
+		}
+		if err == nil {
+			t.Token = token
+			return orphan{task: t, msg: &nats.Msg{Reply: token}, key: key}, true, nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) && !isWrongSequence(err) {
+			return orphan{}, false, q.engineErr("record a completion", err)
+		}
+	}
+	return orphan{}, false, q.engineErr("record a completion", fmt.Errorf("the record of %s kept changing", key))
+}
+
+// disown undoes adoptOrphan for a task whose results could not be stored:
+// the task runs again, at once, through any gateway.
+func (q *Queues) disown(o orphan) {
+	ctx, cancel := q.call()
+	defer cancel()
+	if kv, err := q.deliveries(ctx); err == nil {
+		_ = kv.Delete(ctx, o.key)
+	}
+	_ = q.nak(o.msg, 0)
+}

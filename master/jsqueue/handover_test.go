@@ -1,0 +1,143 @@
+package jsqueue_test
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/qm-dev/qm/master/jsqueue"
+	"github.com/qm-dev/qm/master/queue"
+)
+
+// ackThrough completes ts through q for owner, with their delivery tokens,
+// and returns the tasks whose results were published.
+func ackThrough(q *jsqueue.Queues, owner uint64, ts ...queue.Task) ([]queue.Task, error) {
+	req := queue.AckRequest{Queue: "jobs", Owner: owner}
+	for _, t := range ts {
+		req.IDs = append(req.IDs, t.ID)
+		req.Tokens = append(req.Tokens, t.Token)
+	}
+	var published []queue.Task
+	req.Publish = func(acked []queue.Task) error {
+		published = append(published, acked...)
+		return nil
+	}
+	_, err := q.Ack(req, nil)
+	return published, err
+}
+
+// A task handed out by a gateway that then dies (its connection closes,
+// nothing is given back) is completed through another gateway, with its
+// token, within its lease: its result is published once, the task is
+// done, and neither that gateway nor a third takes the same completion
+// again.
+func TestCompletionThroughAnotherGateway(t *testing.T) {
+	n := startNode(t)
+	ncA := connect(t, n)
+	a := newQueues(t, n, jsqueue.Config{Conn: ncA})
+	b := newQueues(t, n, jsqueue.Config{})
+	c := newQueues(t, n, jsqueue.Config{})
+	ids := put(t, b, "jobs", "x", "y")
+	got := get(t, a, "jobs", 1, 2, time.Minute, time.Second)
+	if len(got) != 2 || got[0].Token == "" {
+		t.Fatalf("got %+v, want two tasks with tokens", got)
+	}
+	ncA.Close() // the gateway dies, holding both leases
+
+	// The worker, reconnected to b, completes the second, then both.
+	published, err := ackThrough(b, 7, got[1])
+	if err != nil || len(published) != 1 || published[0].ID != ids[1] || string(published[0].Payload) != "y" {
+		t.Fatalf("completion through another gateway: published %+v, %v", published, err)
+	}
+	published, err = ackThrough(b, 7, got[0], got[1])
+	if !errors.Is(err, queue.ErrNotLeased) || len(published) != 1 || published[0].ID != ids[0] {
+		t.Fatalf("the first, and the second again: published %+v, %v; want only the first, and the second not leased", published, err)
+	}
+	if published, err = ackThrough(c, 8, got[0]); !errors.Is(err, queue.ErrNotLeased) || len(published) != 0 {
+		t.Fatalf("the same completion through a third gateway: published %+v, %v; want ErrNotLeased", published, err)
+	}
+	st, err := b.Stats("jobs")
+	if err != nil || st.Ready != 0 || st.Leased != 0 {
+		t.Fatalf("stats %+v, %v: want nothing left", st, err)
+	}
+	if ts := get(t, c, "jobs", 9, 2, time.Minute, 300*time.Millisecond); len(ts) != 0 {
+		t.Fatalf("a completed task came again: %+v", ts)
+	}
+}
+
+// Once JetStream has handed a task out again (the first gateway died and
+// its ack wait ran out), a completion of the first delivery is refused
+// through any gateway, and the second delivery's completes the task, also
+// through a gateway that did not hand it out.
+func TestSupersededDeliveryIsRefused(t *testing.T) {
+	n := startNode(t)
+	ncA := connect(t, n)
+	const ackWait = 500 * time.Millisecond
+	a := newQueues(t, n, jsqueue.Config{Conn: ncA, AckWait: ackWait})
+	b := newQueues(t, n, jsqueue.Config{AckWait: ackWait})
+	c := newQueues(t, n, jsqueue.Config{AckWait: ackWait})
+	reaping(t, b)
+	ids := put(t, b, "jobs", "x")
+	first := get(t, a, "jobs", 1, 1, time.Minute, time.Second)
+	if len(first) != 1 {
+		t.Fatal("no task")
+	}
+	ncA.Close()
+	second := get(t, b, "jobs", 2, 1, time.Minute, 20*ackWait)
+	if len(second) != 1 || second[0].ID != ids[0] || second[0].Attempts != 2 || second[0].Token == first[0].Token {
+		t.Fatalf("after the first gateway died got %+v, want task %d at attempt 2 with a token of its own", second, ids[0])
+	}
+	for _, q := range []*jsqueue.Queues{b, c} {
+		if published, err := ackThrough(q, 7, first[0]); !errors.Is(err, queue.ErrNotLeased) || len(published) != 0 {
+			t.Fatalf("completion of the superseded delivery: published %+v, %v; want ErrNotLeased", published, err)
+		}
+	}
+	published, err := ackThrough(c, 7, second[0])
+	if err != nil || len(published) != 1 || published[0].Attempts != 2 {
+		t.Fatalf("completion of the current delivery through another gateway: published %+v, %v", published, err)
+	}
+	// b still holds the lease it gave out, but the task is done: its own
+	// completion of it finds nothing to ack.
+	if _, err := b.Ack(queue.AckRequest{Queue: "jobs", Owner: 2, IDs: ids, Publish: func([]queue.Task) error { return nil }}, nil); err != nil {
+		t.Logf("the holder's late ack: %v", err)
+	}
+	st, err := c.Stats("jobs")
+	if err != nil || st.Ready != 0 {
+		t.Fatalf("stats %+v, %v: want nothing ready", st, err)
+	}
+}
+
+// A token that does not name a delivery of the queue's stream, or names
+// another task, completes nothing.
+func TestForeignTokensAreRefused(t *testing.T) {
+	n := startNode(t)
+	a := newQueues(t, n, jsqueue.Config{})
+	b := newQueues(t, n, jsqueue.Config{})
+	ids := put(t, a, "jobs", "x")
+	put(t, a, "other", "y")
+	got := get(t, a, "jobs", 1, 1, time.Minute, time.Second)
+	other := get(t, a, "other", 1, 1, time.Minute, time.Second)
+	if len(got) != 1 || len(other) != 1 {
+		t.Fatal("no tasks")
+	}
+	for _, tok := range []string{
+		other[0].Token,              // another queue's delivery
+		"$JS.ACK.QM_x.qm.1.1.1.1.0", // another stream
+		"nonsense",
+		"$JS.ACK.*.qm.1.1.1.1.0",
+	} {
+		bad := got[0]
+		bad.Token = tok
+		if published, err := ackThrough(b, 7, bad); !errors.Is(err, queue.ErrNotLeased) || len(published) != 0 {
+			t.Errorf("token %q: published %+v, %v; want ErrNotLeased", tok, published, err)
+		}
+	}
+	wrongID := got[0]
+	wrongID.ID = ids[0] + 100
+	if published, err := ackThrough(b, 7, wrongID); !errors.Is(err, queue.ErrNotLeased) || len(published) != 0 {
+		t.Errorf("another task's ID: published %+v, %v; want ErrNotLeased", published, err)
+	}
+	if published, err := ackThrough(b, 7, got[0]); err != nil || len(published) != 1 {
+		t.Fatalf("the real completion: published %+v, %v", published, err)
+	}
+}
