@@ -88,6 +88,10 @@ func (c *clientConn) handle(req *wire.Request, buf *callBuffers) *wire.Response 
 		}
 		err = q.Nack(queue.NackRequest{Queue: req.Queue, Owner: c.id, ID: req.IDs[0], Error: req.Error, RetryAfter: req.RetryAfter})
 	case wire.OpExtend:
+		if len(req.Tokens) > 0 {
+			err = c.extendDeliveries(req)
+			break
+		}
 		err = q.Extend(req.Queue, c.id, req.IDs, req.Lease)
 	case wire.OpComplete:
 		err = c.complete(req, buf)
@@ -245,7 +249,7 @@ func (c *clientConn) complete(req *wire.Request, buf *callBuffers) error {
 	ids, values, tokens := buf.ids[:0], buf.values[:0], buf.tokens[:0]
 	for _, r := range req.Results {
 		if r.Error != "" {
-			if err := q.Nack(queue.NackRequest{Queue: req.Queue, Owner: c.id, ID: r.ID, Error: r.Error, RetryAfter: r.RetryAfter}); err != nil {
+			if err := q.Nack(queue.NackRequest{Queue: req.Queue, Owner: c.id, ID: r.ID, Error: r.Error, RetryAfter: r.RetryAfter, Token: r.Token}); err != nil {
 				errs = append(errs, err)
 			}
 			continue
@@ -300,6 +304,22 @@ func (c *clientConn) complete(req *wire.Request, buf *callBuffers) error {
 		err := fmt.Errorf("%w (%d results dropped; their tasks are done)", denied, refusedResults)
 		c.denied(req.Op.String(), err)
 		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// extendDeliveries renews leases named by their delivery tokens: queues
+// that cannot take such renewals (a single master's) hold none of them.
+func (c *clientConn) extendDeliveries(req *wire.Request) error {
+	if len(req.Tokens) != len(req.IDs) {
+		return fmt.Errorf("%w: %d tokens for %d tasks", wire.ErrBadRequest, len(req.Tokens), len(req.IDs))
+	}
+	if ext, ok := c.s.queues.(DeliveryExtender); ok {
+		return ext.ExtendDeliveries(req.Queue, req.IDs, req.Tokens)
+	}
+	errs := make([]error, len(req.IDs))
+	for i, id := range req.IDs {
+		errs[i] = &queue.TaskError{ID: id, Err: queue.ErrNotLeased}
 	}
 	return errors.Join(errs...)
 }

@@ -61,6 +61,16 @@ type Queues interface {
 
 var _ Queues = (*queue.Manager)(nil)
 
+// DeliveryExtender is implemented by Queues whose deliveries another
+// server may have handed out (a gateway of a cluster): a worker whose
+// gateway died renews through the next one the leases of the tasks it
+// still runs, naming each by its token.
+type DeliveryExtender interface {
+	// ExtendDeliveries renews the deliveries of ids, named by tokens
+	// (queue.Task.Token), which another server handed out.
+	ExtendDeliveries(queue string, ids []uint64, tokens []string) error
+}
+
 // DeliveryConfirmer is implemented by Queues that take a NoAck get's
 // tasks for good only once the reply carrying them is written, so that a
 // reply that is lost puts them back where they were. The server calls

@@ -538,6 +538,15 @@ func (c *Client) Extend(ctx context.Context, queue string, lease time.Duration, 
 	return c.call(ctx, &Request{Op: OpExtend, Queue: queue, IDs: ids, Lease: lease}, &Response{})
 }
 
+// ExtendDeliveries renews the leases of ids, tasks handed out by another
+// gateway of the same cluster (whose connection was lost), naming each
+// delivery by its token (Task.Token). A gateway renews those that are
+// still their tasks' current deliveries, for its JetStream ack wait; a
+// single master renews none.
+func (c *Client) ExtendDeliveries(ctx context.Context, queue string, ids []uint64, tokens []string) error {
+	return c.call(ctx, &Request{Op: OpExtend, Queue: queue, IDs: ids, Tokens: tokens}, &Response{})
+}
+
 // Complete acks tasks and publishes their results in one call: a
 // completion with an Error is a nack instead. Results of tasks without a
 // ReplyTo go to resultQueue ("" drops them).

@@ -328,7 +328,7 @@ func appendRequest(b []byte, r *Request) []byte {
 		r.Timeout != 0, r.Lease != 0, r.NoAck, len(r.IDs) > 0, r.Error != "", len(r.Results) > 0,
 		r.ResultQueue != "", r.Role != "", r.Name != "", r.Then != nil,
 		r.Delay != 0, !r.At.IsZero(), r.Priority != 0, len(r.Keys) > 0, r.RetryAfter != 0,
-		r.MaxAttempts != 0, r.BackoffMin != 0, r.BackoffMax != 0} {
+		r.MaxAttempts != 0, r.BackoffMin != 0, r.BackoffMax != 0, len(r.Tokens) > 0} {
 		if set {
 			n++
 		}
@@ -398,6 +398,12 @@ func appendRequest(b []byte, r *Request) []byte {
 	}
 	if r.Priority != 0 {
 		b = msgp.AppendInt(msgp.AppendStr(b, "pri"), int64(r.Priority))
+	}
+	if len(r.Tokens) > 0 {
+		b = msgp.AppendArrayHeader(msgp.AppendStr(b, "toks"), len(r.Tokens))
+		for _, t := range r.Tokens {
+			b = msgp.AppendStr(b, t)
+		}
 	}
 	if len(r.Keys) > 0 {
 		b = msgp.AppendArrayHeader(msgp.AppendStr(b, "keys"), len(r.Keys))
@@ -499,6 +505,14 @@ func (r *Request) decode(rd *msgp.Reader, chained bool) error {
 				r.Keys = make([]string, n)
 				for i := 0; i < n && err == nil; i++ {
 					r.Keys[i], err = rd.Str()
+				}
+			}
+		case "toks":
+			var n int
+			if n, err = arrayHeader(rd); err == nil && n > 0 {
+				r.Tokens = make([]string, n)
+				for i := 0; i < n && err == nil; i++ {
+					r.Tokens[i], err = rd.Str()
 				}
 			}
 		case "retry_after":

@@ -82,6 +82,9 @@ type Request struct {
 	// RetryAfter (nack) is how long the task waits before its next
 	// delivery, instead of its queue's backoff.
 	RetryAfter time.Duration `msgpack:"retry_after,omitempty"`
+	// Tokens (extend) are the tokens of the deliveries of IDs, in the same
+	// order, when another gateway handed them out (Task.Token).
+	Tokens []string `msgpack:"toks,omitempty"`
 	// Retry policy (config): 0 leaves the master's default; BackoffMin -1
 	// means no backoff.
 	MaxAttempts int           `msgpack:"max_attempts,omitempty"`

@@ -67,9 +67,10 @@ type lease struct {
 	// completion. Such a lease outlives its session: when the connection
 	// drops, its handler runs on and its result goes through the next
 	// session (session.handOver, adopt). adopted is set once it has moved:
-	// the next gateway cannot renew it, so it runs on the lease it had.
+	// the next gateway renews it by its token.
 	handover bool
 	adopted  bool
+	token    string
 
 	mu     sync.Mutex
 	ctx    context.Context // made on first use
@@ -163,7 +164,7 @@ func (s *session) close() {
 // context. The lease counts from now, a little after the master granted
 // it, which the renewal margin covers.
 func (s *session) track(t Task, now time.Time) *lease {
-	l := &lease{s: s, id: t.ID, received: now, length: t.Lease, renewed: now, handover: t.Token != ""}
+	l := &lease{s: s, id: t.ID, received: now, length: t.Lease, renewed: now, handover: t.Token != "", token: t.Token}
 	s.mu.Lock()
 	s.leases[t.ID] = l
 	early := l.length > 0 && l.renewed.Add(l.length/3).Before(s.wakeAt)
@@ -274,11 +275,12 @@ func (s *session) keep() {
 func (s *session) renewDue() time.Duration {
 	now := time.Now()
 	next := time.Hour
-	var due []uint64
+	var due, dueMoved []uint64
+	var tokens []string
 	var shortest time.Duration
 	s.mu.Lock()
 	for id, l := range s.leases {
-		if l.length <= 0 || l.adopted {
+		if l.length <= 0 {
 			continue
 		}
 		at := l.renewed.Add(l.length / 3)
@@ -286,11 +288,16 @@ func (s *session) renewDue() time.Duration {
 			next = min(next, at.Sub(now))
 			continue
 		}
-		due = append(due, id)
+		if l.adopted {
+			dueMoved, tokens = append(dueMoved, id), append(tokens, l.token)
+		} else {
+			due = append(due, id)
+		}
 		if shortest == 0 || l.length < shortest {
 			shortest = l.length
 		}
 	}
+	due = append(due, dueMoved...) // for the wake-up and the message below
 	if len(due) == 0 {
 		s.wakeAt = now.Add(next)
 	} else {
@@ -300,7 +307,11 @@ func (s *session) renewDue() time.Duration {
 	if len(due) == 0 {
 		return next
 	}
-	if err := s.extend(due, shortest); err != nil {
+	err := s.extend(due[:len(due)-len(dueMoved)], shortest)
+	if err == nil {
+		err = s.extendMoved(dueMoved, tokens, shortest)
+	}
+	if err != nil {
 		if !s.gone() {
 			s.r.log.Warn("lease renewal failed; retrying", "queue", s.r.cfg.Tasks, "tasks", len(due), "err", err)
 		}
@@ -314,6 +325,9 @@ func (s *session) renewDue() time.Duration {
 // holds some of them for us, it renews them one by one to find those, and
 // cancels their handlers.
 func (s *session) extend(ids []uint64, length time.Duration) error {
+	if len(ids) == 0 {
+		return nil
+	}
 	ctx, cancel := context.WithTimeout(s.ctx, length)
 	defer cancel()
 	sent := time.Now()
@@ -328,6 +342,39 @@ func (s *session) extend(ids []uint64, length time.Duration) error {
 	for _, id := range ids {
 		sent := time.Now()
 		err := s.c.Extend(ctx, s.r.cfg.Tasks, s.r.cfg.Lease, id)
+		switch {
+		case err == nil:
+			s.renewed([]uint64{id}, sent)
+		case errors.Is(err, wire.ErrNotLeased):
+			s.lost(id)
+		default:
+			return err
+		}
+	}
+	return nil
+}
+
+// extendMoved renews, by their tokens, the leases that came over from a
+// lost session (adopt); a gateway refuses those whose tasks it has since
+// handed out again, and their handlers are cancelled.
+func (s *session) extendMoved(ids []uint64, tokens []string, length time.Duration) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, length)
+	defer cancel()
+	sent := time.Now()
+	err := s.c.ExtendDeliveries(ctx, s.r.cfg.Tasks, ids, tokens)
+	if err == nil {
+		s.renewed(ids, sent)
+		return nil
+	}
+	if !errors.Is(err, wire.ErrNotLeased) {
+		return err
+	}
+	for i, id := range ids {
+		sent := time.Now()
+		err := s.c.ExtendDeliveries(ctx, s.r.cfg.Tasks, ids[i:i+1], tokens[i:i+1])
 		switch {
 		case err == nil:
 			s.renewed([]uint64{id}, sent)

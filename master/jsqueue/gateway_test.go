@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -240,16 +241,17 @@ func TestCompleteThroughAnotherGatewayOverTheWire(t *testing.T) {
 
 // startClosableGateway is startGateway with its own NATS connection, which
 // the test closes to kill the gateway without its giving anything back.
-func startClosableGateway(t *testing.T, natsURL string) (string, *nats.Conn, *master.Server) {
+func startClosableGateway(t *testing.T, natsURL string, cfg master.Config) (string, *nats.Conn, *master.Server) {
 	t.Helper()
 	nc, err := nats.Connect(natsURL, nats.Token("s3cret"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	addr, srv := qmtest.StartMaster(t, master.Config{OpenQueues: func(qc queue.Config) (master.Queues, error) {
+	cfg.OpenQueues = func(qc queue.Config) (master.Queues, error) {
 		return jsqueue.New(jsqueue.Config{Conn: nc, MaxAttempts: qc.MaxAttempts, DefaultLease: qc.DefaultLease, AckWait: qc.DefaultLease, OnDead: qc.OnDead})
-	}})
+	}
+	addr, srv := qmtest.StartMaster(t, cfg)
 	return addr, nc, srv
 }
 
@@ -258,12 +260,24 @@ func startClosableGateway(t *testing.T, natsURL string) (string, *nats.Conn, *ma
 // task through it: one run, one result, at once rather than after the
 // dead gateway's ack wait (30s).
 func TestWorkerCompletesThroughAnotherGateway(t *testing.T) {
+	testWorkerCompletesThroughAnotherGateway(t, master.Config{}, 0)
+}
+
+// The same with a lease of 600ms, the gateways' ack wait, and a handler
+// that runs on for five times that after its gateway died: the worker
+// renews the lease through the other gateway, by the delivery's token.
+func TestWorkerRenewsThroughAnotherGateway(t *testing.T) {
+	const lease = 600 * time.Millisecond
+	testWorkerCompletesThroughAnotherGateway(t, master.Config{DefaultLease: lease}, 5*lease)
+}
+
+func testWorkerCompletesThroughAnotherGateway(t *testing.T, cfg master.Config, runOn time.Duration) {
 	url := startNodeListening(t)
 	addrs := make([]string, 2)
 	ncs := make([]*nats.Conn, 2)
 	srvs := make([]*master.Server, 2)
 	for i := range 2 {
-		addrs[i], ncs[i], srvs[i] = startClosableGateway(t, url)
+		addrs[i], ncs[i], srvs[i] = startClosableGateway(t, url, cfg)
 	}
 	started := make(chan struct{}, 1)
 	release := make(chan struct{})
@@ -293,6 +307,9 @@ func TestWorkerCompletesThroughAnotherGateway(t *testing.T) {
 			t.Errorf("worker: %v", err)
 		}
 	})
+	var releaseOnce sync.Once
+	letGo := func() { releaseOnce.Do(func() { close(release) }) }
+	t.Cleanup(letGo) // first: a test that fails early lets the handler end
 
 	// The producer uses the gateway the worker is not on.
 	var on int
@@ -317,7 +334,14 @@ func TestWorkerCompletesThroughAnotherGateway(t *testing.T) {
 	ncs[on].Close() // the worker's gateway dies, giving nothing back
 	srvs[on].Close()
 	waitUntil(t, 10*time.Second, "the worker to reconnect", func() bool { return workersOn(t, survivor) > 0 })
-	close(release)
+	if runOn > 0 {
+		// Meanwhile nobody else gets the task: its lease is renewed.
+		other := qmtest.Dial(t, survivor, "worker")
+		if ts, err := other.Get(pctx, "tasks", wire.GetOptions{Max: 1, Timeout: runOn}); err != nil || len(ts) != 0 {
+			t.Fatalf("while the moved task ran, another worker got %+v, %v", ts, err)
+		}
+	}
+	letGo()
 
 	results, err := p.Get(pctx, "mine", wire.GetOptions{Max: 2, Timeout: 5 * time.Second, NoAck: true})
 	if err != nil || len(results) != 1 {

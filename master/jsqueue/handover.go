@@ -172,60 +172,129 @@ type orphan struct {
 	index int // in the AckRequest's IDs
 }
 
-// adoptOrphan checks that token names the current delivery of task id of
-// s, and records the task as done so that no gateway hands it out again.
-// It returns the task as that delivery handed it out, or ok false if the
-// delivery is not the current one (or no longer pending).
-func (q *Queues) adoptOrphan(s *stream, id uint64, token string) (o orphan, ok bool, err error) {
+// current checks that token names the current delivery of task id of s:
+// a delivery of the queue's stream, of that task, still pending, and with
+// no later one recorded (nor a completion through another gateway). It
+// returns the task as that delivery handed it out, and the record's entry
+// (nil if there is none), or ok false.
+func (q *Queues) current(ctx context.Context, s *stream, id uint64, token string) (t queue.Task, e jetstream.KeyValueEntry, ok bool, err error) {
 	tok, valid := parseToken(token)
 	stream := streamName(s.queue)
 	if !valid || tok.stream != stream || tok.consumer != consumerName {
-		return orphan{}, false, nil
+		return t, nil, false, nil
 	}
-	ctx, cancel := q.call()
-	defer cancel()
 	raw, err := s.st.GetMsg(ctx, tok.seq)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return orphan{}, false, nil // acked already: work-queue streams keep no acked message
+		return t, nil, false, nil // acked already: work-queue streams keep no acked message
 	}
 	if err != nil {
-		return orphan{}, false, q.engineErr("read a task", err)
+		return t, nil, false, q.engineErr("read a task", err)
 	}
-	t := taskOf(tok.seq, raw.Time, raw.Header, raw.Data, tok.delivered)
+	t = taskOf(tok.seq, raw.Time, raw.Header, raw.Data, tok.delivered)
 	if t.ID != id {
-		return orphan{}, false, nil
+		return t, nil, false, nil
 	}
+	t.Token = token
+	kv, err := q.deliveries(ctx)
+	if err != nil {
+		return t, nil, false, err
+	}
+	e, err = kv.Get(ctx, deliveryKey(stream, tok.seq))
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		return t, nil, true, nil
+	case err != nil:
+		return t, nil, false, q.engineErr("read the deliveries' record", err)
+	case strings.HasPrefix(string(e.Value()), doneMark):
+		return t, nil, false, nil // completed through another gateway already
+	}
+	if n, perr := strconv.ParseUint(string(e.Value()), 10, 64); perr == nil && n > tok.delivered {
+		return t, nil, false, nil // redelivered since
+	}
+	return t, e, true, nil
+}
+
+// adoptOrphan checks that token names the current delivery of task id of
+// s (current), and records the task as done so that no gateway hands it
+// out again. It returns the task as that delivery handed it out, or ok
+// false if the delivery is not the current one.
+func (q *Queues) adoptOrphan(s *stream, id uint64, token string) (o orphan, ok bool, err error) {
+	ctx, cancel := q.call()
+	defer cancel()
 	kv, err := q.deliveries(ctx)
 	if err != nil {
 		return orphan{}, false, err
 	}
-	key := deliveryKey(stream, tok.seq)
-	done := []byte(doneMark + strconv.FormatUint(tok.delivered, 10))
 	for range 3 {
-		e, err := kv.Get(ctx, key)
-		switch {
-		case errors.Is(err, jetstream.ErrKeyNotFound):
+		t, e, ok, err := q.current(ctx, s, id, token)
+		if err != nil || !ok {
+			return orphan{}, false, err
+		}
+		tok, _ := parseToken(token) // current checked it
+		key := deliveryKey(streamName(s.queue), tok.seq)
+		done := []byte(doneMark + strconv.FormatUint(tok.delivered, 10))
+		if e == nil {
 			_, err = kv.Create(ctx, key, done)
-		case err != nil:
-			return orphan{}, false, q.engineErr("read the deliveries' record", err)
-		case strings.HasPrefix(string(e.Value()), doneMark):
-			return orphan{}, false, nil // completed through another gateway already
-		default:
-			n, perr := strconv.ParseUint(string(e.Value()), 10, 64)
-			if perr == nil && n > tok.delivered {
-				return orphan{}, false, nil // redelivered since
-			}
+		} else {
 			_, err = kv.Update(ctx, key, done, e.Revision())
 		}
 		if err == nil {
-			t.Token = token
 			return orphan{task: t, msg: &nats.Msg{Reply: token}, key: key}, true, nil
 		}
 		if !errors.Is(err, jetstream.ErrKeyExists) && !isWrongSequence(err) {
 			return orphan{}, false, q.engineErr("record a completion", err)
 		}
+		// Someone wrote the record meanwhile: look again.
 	}
-	return orphan{}, false, q.engineErr("record a completion", fmt.Errorf("the record of %s kept changing", key))
+	return orphan{}, false, q.engineErr("record a completion", errors.New("the record kept changing"))
+}
+
+// renewMoved restarts JetStream's ack timer of deliveries another gateway
+// handed out, named by tokens, as far as they are their tasks' current
+// ones; the others are not leased.
+func (q *Queues) renewMoved(name string, ids []uint64, tokens []string) error {
+	s, err := q.open(name, false)
+	if err != nil {
+		return err
+	}
+	var bad []uint64
+	for i, id := range ids {
+		ctx, cancel := q.call()
+		_, _, ok, err := q.current(ctx, s, id, tokens[i])
+		if err == nil && ok {
+			_, err = q.cfg.Conn.RequestWithContext(ctx, tokens[i], progressPayload)
+		}
+		cancel()
+		if err != nil {
+			return q.engineErr("renew a lease", err)
+		}
+		if !ok {
+			bad = append(bad, id)
+		}
+	}
+	return notLeased(bad)
+}
+
+// nackMoved ends a failed attempt of a delivery another gateway handed
+// out, named by token, if it is its task's current one.
+func (q *Queues) nackMoved(req queue.NackRequest) error {
+	s, err := q.open(req.Queue, false)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := q.call()
+	t, _, ok, err := q.current(ctx, s, req.ID, req.Token)
+	cancel()
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return notLeased([]uint64{req.ID})
+	}
+	q.mu.Lock()
+	q.counters(req.Queue).nacks++
+	q.mu.Unlock()
+	return q.fail(&lease{key: leaseKey{req.Queue, req.ID}, s: s, msg: &nats.Msg{Reply: req.Token}, task: t}, req.Error, req.RetryAfter)
 }
 
 // disown undoes adoptOrphan for a task whose results could not be stored:

@@ -141,3 +141,60 @@ func TestForeignTokensAreRefused(t *testing.T) {
 		t.Fatalf("the real completion: published %+v, %v", published, err)
 	}
 }
+
+// A delivery that moved to another gateway is renewed there by its token:
+// it outlives its ack wait, and is then completed through a third.
+func TestMovedDeliveryIsRenewed(t *testing.T) {
+	n := startNode(t)
+	ncA := connect(t, n)
+	const ackWait = 400 * time.Millisecond
+	a := newQueues(t, n, jsqueue.Config{Conn: ncA, AckWait: ackWait})
+	b := newQueues(t, n, jsqueue.Config{AckWait: ackWait})
+	c := newQueues(t, n, jsqueue.Config{AckWait: ackWait})
+	put(t, b, "jobs", "x")
+	got := get(t, a, "jobs", 1, 1, time.Minute, time.Second)
+	if len(got) != 1 {
+		t.Fatal("no task")
+	}
+	ncA.Close()
+	deadline := time.Now().Add(4 * ackWait)
+	for time.Now().Before(deadline) {
+		if err := b.ExtendDeliveries("jobs", []uint64{got[0].ID}, []string{got[0].Token}); err != nil {
+			t.Fatalf("renewal through another gateway: %v", err)
+		}
+		if ts := get(t, c, "jobs", 2, 1, time.Minute, ackWait/4); len(ts) != 0 {
+			t.Fatalf("a renewed delivery was handed out again: %+v", ts)
+		}
+	}
+	if published, err := ackThrough(c, 7, got[0]); err != nil || len(published) != 1 {
+		t.Fatalf("completion after the renewals: published %+v, %v", published, err)
+	}
+	if err := b.ExtendDeliveries("jobs", []uint64{got[0].ID}, []string{got[0].Token}); !errors.Is(err, queue.ErrNotLeased) {
+		t.Fatalf("renewal of a completed task: %v, want ErrNotLeased", err)
+	}
+}
+
+// A failed attempt of a moved delivery is taken through another gateway:
+// the task comes again at once, with the error and the next attempt.
+func TestMovedDeliveryIsNacked(t *testing.T) {
+	n := startNode(t)
+	ncA := connect(t, n)
+	a := newQueues(t, n, jsqueue.Config{Conn: ncA})
+	b := newQueues(t, n, jsqueue.Config{})
+	put(t, b, "jobs", "x")
+	got := get(t, a, "jobs", 1, 1, time.Minute, time.Second)
+	if len(got) != 1 {
+		t.Fatal("no task")
+	}
+	ncA.Close()
+	if err := b.Nack(queue.NackRequest{Queue: "jobs", Owner: 7, ID: got[0].ID, Error: "boom", Token: got[0].Token}); err != nil {
+		t.Fatalf("nack through another gateway: %v", err)
+	}
+	again := get(t, b, "jobs", 7, 1, time.Minute, 5*time.Second)
+	if len(again) != 1 || again[0].ID != got[0].ID || again[0].Attempts != 2 || again[0].LastError != "boom" {
+		t.Fatalf("after the nack got %+v, want the task at attempt 2 with its error", again)
+	}
+	if err := b.Nack(queue.NackRequest{Queue: "jobs", Owner: 8, ID: got[0].ID, Error: "late", Token: got[0].Token}); !errors.Is(err, queue.ErrNotLeased) {
+		t.Fatalf("nack of the superseded delivery: %v, want ErrNotLeased", err)
+	}
+}

@@ -315,15 +315,32 @@ func (q *Queues) Nack(req queue.NackRequest) error {
 		return queue.ErrClosed
 	}
 	q.mu.Lock()
+	held := q.leases[leaseKey{name, id}] != nil
 	l := q.takeLease(leaseKey{name, id}, owner)
 	if l != nil {
 		q.counters(name).nacks++
 	}
 	q.mu.Unlock()
+	if l == nil && !held && req.Token != "" {
+		return q.nackMoved(req) // handover.go
+	}
 	if l == nil {
 		return q.notLeased(name, []uint64{id})
 	}
 	return q.fail(l, errText, req.RetryAfter)
+}
+
+// ExtendDeliveries renews deliveries named by their tokens, which another
+// gateway handed out (see handover.go): a worker whose gateway died
+// renews through this one the leases of the tasks it still runs.
+func (q *Queues) ExtendDeliveries(name string, ids []uint64, tokens []string) error {
+	if len(tokens) != len(ids) {
+		return fmt.Errorf("%w: %d tokens for %d tasks", queue.ErrBadArgument, len(tokens), len(ids))
+	}
+	if q.closed.Load() {
+		return queue.ErrClosed
+	}
+	return q.renewMoved(name, ids, tokens)
 }
 
 // fail ends a failed delivery l: a nak (delayed by retryAfter if > 0), or

@@ -92,6 +92,8 @@ type NackRequest struct {
 	// RetryAfter, if > 0, is how long the task waits before its next
 	// delivery, instead of its queue's backoff.
 	RetryAfter time.Duration
+	// Token is the delivery's token, if it had one (see AckRequest.Tokens).
+	Token string
 }
 
 // Nack ends a failed attempt of a task leased by req.Owner: it goes back
