@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -205,15 +206,32 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts [
 
 // claimRedeliveries records the redeliveries among msgs (handover.go) and
 // returns msgs less those not to hand out: tasks being completed through
-// another gateway.
+// another gateway. The records are written concurrently, a few at a time:
+// a dead worker's prefetched tasks come back together.
 func (q *Queues) claimRedeliveries(s *stream, msgs []*nats.Msg) []*nats.Msg {
-	kept := msgs[:0]
-	for _, m := range msgs {
+	hold := make([]bool, len(msgs))
+	sem := make(chan struct{}, maxConcurrentClaims)
+	var wg sync.WaitGroup
+	for i, m := range msgs {
 		md, err := m.Metadata()
-		if err == nil && md.NumDelivered > 1 && !q.claimRedelivery(s, md.Sequence.Stream, md.NumDelivered) {
+		if err != nil || md.NumDelivered <= 1 {
 			continue
 		}
-		kept = append(kept, m)
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			hold[i] = !q.claimRedelivery(s, md.Sequence.Stream, md.NumDelivered)
+		})
+	}
+	wg.Wait()
+	kept := msgs[:0]
+	for i, m := range msgs {
+		if !hold[i] {
+			kept = append(kept, m)
+		}
 	}
 	return kept
 }
+
+// maxConcurrentClaims bounds the redelivery records one get writes at once.
+const maxConcurrentClaims = 16

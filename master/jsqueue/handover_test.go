@@ -198,3 +198,37 @@ func TestMovedDeliveryIsNacked(t *testing.T) {
 		t.Fatalf("nack of the superseded delivery: %v, want ErrNotLeased", err)
 	}
 }
+
+// A dead gateway's many leases come back together, each recorded as
+// redelivered, and are all handed out again.
+func TestManyRedeliveriesAreRecorded(t *testing.T) {
+	n := startNode(t)
+	ncA := connect(t, n)
+	const ackWait = 300 * time.Millisecond
+	a := newQueues(t, n, jsqueue.Config{Conn: ncA, AckWait: ackWait})
+	b := newQueues(t, n, jsqueue.Config{AckWait: ackWait})
+	c := newQueues(t, n, jsqueue.Config{AckWait: ackWait})
+	payloads := make([]string, 100)
+	for i := range payloads {
+		payloads[i] = "x"
+	}
+	put(t, b, "jobs", payloads...)
+	first := get(t, a, "jobs", 1, 100, time.Minute, time.Second)
+	if len(first) != 100 {
+		t.Fatalf("got %d tasks, want 100", len(first))
+	}
+	ncA.Close()
+	var again []queue.Task
+	deadline := time.Now().Add(20 * ackWait)
+	for len(again) < 100 && time.Now().Before(deadline) {
+		again = append(again, get(t, b, "jobs", 2, 100, time.Minute, ackWait)...)
+	}
+	if len(again) != 100 {
+		t.Fatalf("%d of 100 tasks came back", len(again))
+	}
+	for i := range first {
+		if published, err := ackThrough(c, 7, first[i]); !errors.Is(err, queue.ErrNotLeased) || len(published) != 0 {
+			t.Fatalf("the first delivery of task %d: published %+v, %v; want ErrNotLeased", first[i].ID, published, err)
+		}
+	}
+}
