@@ -156,9 +156,10 @@ func TestClusterSurvivesGatewayAndLeaderKills(t *testing.T) {
 		t.Skip("runs a three-node cluster")
 	}
 	nodes := startCluster(t)
+	var workers []*proc
 	for i := range 2 {
 		gateways := nodes[1+i].addr + "," + nodes[2-i].addr
-		start(t, nil, nil, "qworker", "--server", gateways, "--builtin", "square", "--name", fmt.Sprintf("w%d", i), "--concurrency", "4")
+		workers = append(workers, start(t, nil, nil, "qworker", "--server", gateways, "--builtin", "square", "--name", fmt.Sprintf("w%d", i), "--concurrency", "4"))
 	}
 	const n = 2000
 	feed := newSeqFeed(t)
@@ -217,6 +218,14 @@ func TestClusterSurvivesGatewayAndLeaderKills(t *testing.T) {
 		t.Fatalf("map exited %d: %s", code, m.logs())
 	}
 	wantSquares(t, out.String(), n)
+	for i, w := range workers {
+		// What the workers carried over to another gateway, for the record.
+		for _, line := range strings.Split(w.logs(), "\n") {
+			if strings.Contains(line, "completing the tasks of the lost connection") {
+				t.Logf("worker w%d: %s", i, line)
+			}
+		}
+	}
 	lead.waitListening(t)
 	// Tasks the killed gateways held come back after the 5s lease, run
 	// again (their results, if any, are duplicates map dropped), and are
