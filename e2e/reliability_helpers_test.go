@@ -288,6 +288,9 @@ func replaceWorker(t *testing.T, workers []*proc, args func(slot, gen int) []str
 	w := workers[slot]
 	drained = rand.IntN(4) == 0
 	if drained {
+		// One started a moment ago may not handle signals yet (it logs
+		// "starting" once it does): SIGTERM would kill it outright.
+		waitFor(t, 20*time.Second, func() bool { return strings.Contains(w.logs(), "msg=starting") })
 		if err := w.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 			t.Fatal(err)
 		}

@@ -205,6 +205,9 @@ func TestSoakMasterKills(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	for _, w := range workers {
+		// A worker started a moment ago may not handle signals yet (it
+		// logs "starting" once it does): SIGTERM would kill it outright.
+		waitFor(t, 20*time.Second, func() bool { return strings.Contains(w.logs(), "msg=starting") })
 		if err := w.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 			t.Fatal(err)
 		}
