@@ -307,9 +307,9 @@ func (s *session) renewDue() time.Duration {
 	if len(due) == 0 {
 		return next
 	}
-	err := s.extend(due[:len(due)-len(dueMoved)], shortest)
+	err := s.extend(due[:len(due)-len(dueMoved)], nil, shortest)
 	if err == nil {
-		err = s.extendMoved(dueMoved, tokens, shortest)
+		err = s.extend(dueMoved, tokens, shortest)
 	}
 	if err != nil {
 		if !s.gone() {
@@ -321,50 +321,25 @@ func (s *session) renewDue() time.Duration {
 	return 0 // recompute from the new renewal times
 }
 
-// extend renews the leases of ids in one call. If the master no longer
-// holds some of them for us, it renews them one by one to find those, and
-// cancels their handlers.
-func (s *session) extend(ids []uint64, length time.Duration) error {
+// extend renews the leases of ids in one call: by their tokens if tokens
+// is not nil, for leases that came over from a lost session (adopt). If
+// the master no longer holds some of them for us (or a gateway has since
+// handed their tasks out again), it renews them one by one to find those,
+// and cancels their handlers.
+func (s *session) extend(ids []uint64, tokens []string, length time.Duration) error {
 	if len(ids) == 0 {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, length)
 	defer cancel()
-	sent := time.Now()
-	err := s.c.Extend(ctx, s.r.cfg.Tasks, s.r.cfg.Lease, ids...)
-	if err == nil {
-		s.renewed(ids, sent)
-		return nil
-	}
-	if !errors.Is(err, wire.ErrNotLeased) {
-		return err
-	}
-	for _, id := range ids {
-		sent := time.Now()
-		err := s.c.Extend(ctx, s.r.cfg.Tasks, s.r.cfg.Lease, id)
-		switch {
-		case err == nil:
-			s.renewed([]uint64{id}, sent)
-		case errors.Is(err, wire.ErrNotLeased):
-			s.lost(id)
-		default:
-			return err
+	call := func(ids []uint64, tokens []string) error {
+		if tokens != nil {
+			return s.c.ExtendDeliveries(ctx, s.r.cfg.Tasks, ids, tokens)
 		}
+		return s.c.Extend(ctx, s.r.cfg.Tasks, s.r.cfg.Lease, ids...)
 	}
-	return nil
-}
-
-// extendMoved renews, by their tokens, the leases that came over from a
-// lost session (adopt); a gateway refuses those whose tasks it has since
-// handed out again, and their handlers are cancelled.
-func (s *session) extendMoved(ids []uint64, tokens []string, length time.Duration) error {
-	if len(ids) == 0 {
-		return nil
-	}
-	ctx, cancel := context.WithTimeout(s.ctx, length)
-	defer cancel()
 	sent := time.Now()
-	err := s.c.ExtendDeliveries(ctx, s.r.cfg.Tasks, ids, tokens)
+	err := call(ids, tokens)
 	if err == nil {
 		s.renewed(ids, sent)
 		return nil
@@ -373,8 +348,12 @@ func (s *session) extendMoved(ids []uint64, tokens []string, length time.Duratio
 		return err
 	}
 	for i, id := range ids {
+		var tok []string
+		if tokens != nil {
+			tok = tokens[i : i+1]
+		}
 		sent := time.Now()
-		err := s.c.ExtendDeliveries(ctx, s.r.cfg.Tasks, ids[i:i+1], tokens[i:i+1])
+		err := call(ids[i:i+1], tok)
 		switch {
 		case err == nil:
 			s.renewed([]uint64{id}, sent)
