@@ -99,6 +99,12 @@ type Config struct {
 	// dies; it waits a uniform draw in [ReconnectMin, 2×ReconnectMin).
 	// Default 100ms, as the worker package.
 	ReconnectMin time.Duration
+	// NoHandover models workers that drop the task they were running when
+	// their gateway died, as qm's did before a task could move to another
+	// gateway: it comes back when AckWait runs out. By default a worker
+	// completes it through the gateway it reconnects to, once its handler
+	// is done, if it was not redelivered meanwhile.
+	NoHandover bool
 	// ResultBatch is the most results one get of the producer takes;
 	// default 1000.
 	ResultBatch int

@@ -13,9 +13,11 @@
 // network latency. The same Config and Seed give the same Result.
 //
 // A gateway can be killed: its workers reconnect to another gateway after
-// a reconnect delay, and the tasks it had leased come back to the front of
+// a reconnect delay and complete there the task each was running, as qm's
+// workers do (with Config.NoHandover they drop it, as qm's did before).
+// Tasks it had leased that no worker completes come back to the front of
 // their queue when JetStream's AckWait runs out after their last renewal
-// (the gateway renews every third of AckWait), as qm does today.
+// (the gateway renews every third of AckWait).
 //
 // The files follow the jobs: config.go the inputs, event.go the clock and
 // event heap, cpu.go hosts and processes, model.go gateways, nodes,

@@ -50,6 +50,10 @@ type worker struct {
 	gw     *gateway
 	client *process
 	epoch  int // bumped when its connection is lost
+	// task is the last task it started, and taskDone when its handler
+	// ends: the task it completes through another gateway if its own dies.
+	task     *task
+	taskDone time.Duration
 }
 
 type producer struct {
@@ -125,7 +129,7 @@ func newModel(cfg Config) *model {
 		w := &worker{q: i % cfg.Queues, client: m.clients[i%cfg.ClientProcs]}
 		w.gw = m.dial()
 		m.workers = append(m.workers, w)
-		m.c.after(time.Duration(m.rng.Int64N(int64(10*time.Millisecond))), func() { m.call(w, nil) })
+		m.c.after(time.Duration(m.rng.Int64N(int64(10*time.Millisecond))), func() { m.call(w, nil, nil) })
 	}
 	for q := range cfg.Queues {
 		// Producers on the first gateways: the one killed is the last.
@@ -238,8 +242,10 @@ func (m *model) replicate(s *stream, cost time.Duration, done func()) {
 }
 
 // call is a worker's CompleteThenGet: complete done (if not nil), then
-// get the next task, through its gateway.
-func (m *model) call(w *worker, done *task) {
+// get the next task, through its gateway. from is the gateway that handed
+// done out: another one when its worker moved (see kill), which costs
+// the leader a read of the deliveries' record besides.
+func (m *model) call(w *worker, done *task, from *gateway) {
 	g, epoch, s, k := w.gw, w.epoch, m.streams[w.q], m.cfg.Costs
 	gwHalf := m.frac(k.Gateway, k.GatewayWorkerShare/2)
 	m.send(func() {
@@ -264,12 +270,19 @@ func (m *model) call(w *worker, done *task) {
 				}
 				// Store the result and ack the task (the gateway waits for
 				// both to be confirmed), then the get.
-				s.leader.p.do(m.frac(k.Node, k.NodeWorkerShare*2/3), func() {
-					m.replicate(s, m.frac(k.Node, k.NodeWorkerShare*2/3), func() {
-						m.complete(g, s, done)
-						m.send(func() { m.send(get) })
+				store := func() {
+					s.leader.p.do(m.frac(k.Node, k.NodeWorkerShare*2/3), func() {
+						m.replicate(s, m.frac(k.Node, k.NodeWorkerShare*2/3), func() {
+							m.complete(from, s, done)
+							m.send(func() { m.send(get) })
+						})
 					})
-				})
+				}
+				if from == g {
+					store()
+					return
+				}
+				s.leader.p.do(m.frac(k.Node, k.NodeWorkerShare/3), func() { m.send(func() { m.send(store) }) })
 			})
 		})
 	})
@@ -282,6 +295,9 @@ func (m *model) complete(g *gateway, s *stream, t *task) {
 	}
 	if _, ok := g.leases[t]; !ok {
 		return
+	}
+	if !g.alive {
+		m.res.Moved++
 	}
 	delete(g.leases, t)
 	t.gw = nil
@@ -346,9 +362,10 @@ func (m *model) start(w *worker, epoch int, t *task) {
 	if t.attempt > 1 && m.killedAt > 0 {
 		m.res.Redelivered = append(m.res.Redelivered, now-m.killedAt)
 	}
+	w.task, w.taskDone = t, now+m.cfg.Compute
 	m.c.after(m.cfg.Compute, func() {
 		if w.epoch == epoch {
-			m.call(w, t)
+			m.call(w, t, w.gw)
 		}
 	})
 }
@@ -447,10 +464,25 @@ func (m *model) kill(g *gateway) {
 		}
 		w.epoch++
 		w.gw = nil
+		// The task it runs, or whose completion died with the gateway,
+		// goes with it unless it is done.
+		moved := w.task
+		if m.cfg.NoHandover || moved == nil || moved.gw != g {
+			moved = nil
+		}
 		delay := m.cfg.ReconnectMin + time.Duration(m.rng.Int64N(int64(max(1, m.cfg.ReconnectMin))))
 		m.c.after(m.cfg.Latency+delay, func() {
 			w.gw = m.dial()
-			m.call(w, nil)
+			if moved == nil {
+				m.call(w, nil, nil)
+				return
+			}
+			epoch := w.epoch
+			m.c.after(max(0, w.taskDone-m.c.now), func() {
+				if w.epoch == epoch {
+					m.call(w, moved, g)
+				}
+			})
 		})
 	}
 	renew := m.cfg.AckWait / 3

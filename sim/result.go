@@ -26,6 +26,9 @@ type Result struct {
 	// before it died are done, not redelivered.
 	Orphaned    int
 	Redelivered []time.Duration
+	// Moved is how many of the orphans their workers completed through
+	// another gateway.
+	Moved int
 	// GatewayBusy, NodeBusy and ClientBusy are the cores each kind of
 	// process used over the whole run, summed over the processes; MaxNode
 	// is the busiest node's.

@@ -94,15 +94,12 @@ func TestLittlesLaw(t *testing.T) {
 	}
 }
 
-// A killed gateway's leases come back between 2/3 and 1 AckWait after the
-// kill (the last renewal was at most a third of AckWait before it), and
-// its workers go on through the other gateway.
+// With NoHandover, a killed gateway's leases come back between 2/3 and 1
+// AckWait after the kill (the last renewal was at most a third of AckWait
+// before it), and its workers go on through the other gateway.
 func TestKillRedeliversAfterAckWait(t *testing.T) {
-	cfg := Config{
-		Gateways: 2, Workers: 40, Window: 80, Compute: 200 * time.Millisecond,
-		Costs:  Costs{Gateway: 50 * time.Microsecond, Node: 50 * time.Microsecond},
-		Warmup: time.Second, Duration: 6 * time.Second, KillAt: time.Second, AckWait: 3 * time.Second, Seed: 5,
-	}
+	cfg := killConfig()
+	cfg.NoHandover = true
 	r := run(t, cfg)
 	if r.Orphaned < 5 || len(r.Redelivered) != r.Orphaned {
 		t.Fatalf("%d tasks orphaned, %d redelivered: want several, all redelivered", r.Orphaned, len(r.Redelivered))
@@ -114,6 +111,25 @@ func TestKillRedeliversAfterAckWait(t *testing.T) {
 	}
 	// Workers all back at work: the rate after the burst is the rate
 	// before it.
+	within(t, "tasks/s", r.Throughput, 40/0.2, 0.05)
+}
+
+func killConfig() Config {
+	return Config{
+		Gateways: 2, Workers: 40, Window: 80, Compute: 200 * time.Millisecond,
+		Costs:  Costs{Gateway: 50 * time.Microsecond, Node: 50 * time.Microsecond},
+		Warmup: time.Second, Duration: 6 * time.Second, KillAt: time.Second, AckWait: 3 * time.Second, Seed: 5,
+	}
+}
+
+// By default the killed gateway's workers complete their tasks through the
+// other gateway: none is redelivered, and the rate does not dip for
+// AckWait.
+func TestKillMovesTasksToAnotherGateway(t *testing.T) {
+	r := run(t, killConfig())
+	if r.Orphaned < 5 || r.Moved != r.Orphaned || len(r.Redelivered) != 0 {
+		t.Fatalf("%d tasks orphaned, %d moved, %d redelivered: want several, all moved", r.Orphaned, r.Moved, len(r.Redelivered))
+	}
 	within(t, "tasks/s", r.Throughput, 40/0.2, 0.05)
 }
 

@@ -64,6 +64,7 @@ node has a host of its own.`,
 	fl.DurationVar(&cfg.Warmup, "warmup", 5*time.Second, "simulated time before the measurement")
 	fl.DurationVar(&cfg.Duration, "duration", 15*time.Second, "simulated time measured")
 	fl.DurationVar(&cfg.KillAt, "kill-at", 0, "kill the last gateway this long into the measurement (0: never)")
+	fl.BoolVar(&cfg.NoHandover, "no-handover", false, "a killed gateway's workers drop their tasks, which come back after the ack wait (as before tasks could move)")
 	fl.DurationVar(&cfg.AckWait, "ack-wait", 5*time.Second, "JetStream AckWait (the lease)")
 	fl.DurationVar(&cfg.Latency, "latency", 50*time.Microsecond, "one-way network latency")
 	fl.IntVar(&cfg.SharedCores, "shared-cores", 0, "put every process on one host of this many cores")
@@ -96,7 +97,8 @@ func printSim(w io.Writer, cfg *sim.Config, r *sim.Result) {
 		fmtDur(r.WaitP50), fmtDur(r.WaitP99), r.GatewayBusy, r.NodeBusy, r.MaxNode, r.ClientBusy)
 	fmt.Fprintf(w, "\nproducers: %d loops, %.0f results per get; put p50 %s p99 %s\n", r.Loops, r.Batch, fmtDur(r.PutP50), fmtDur(r.PutP99))
 	if cfg.KillAt > 0 {
-		fmt.Fprintf(w, "\nkilled the last gateway at %s: %d tasks leased through it, %d redelivered\n", cfg.KillAt, r.Orphaned, len(r.Redelivered))
+		fmt.Fprintf(w, "\nkilled the last gateway at %s: %d tasks leased through it, %d completed through another gateway, %d redelivered\n",
+			cfg.KillAt, r.Orphaned, r.Moved, len(r.Redelivered))
 		fmt.Fprintf(w, "results per second of the measurement: %v\n", r.PerSecond)
 		for s, c := range r.Burst(time.Second) {
 			if c > 0 {
