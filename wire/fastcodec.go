@@ -500,21 +500,9 @@ func (r *Request) decode(rd *msgp.Reader, chained bool) error {
 		case "pri":
 			r.Priority, err = readInt(rd)
 		case "keys":
-			var n int
-			if n, err = arrayHeader(rd); err == nil && n > 0 {
-				r.Keys = make([]string, n)
-				for i := 0; i < n && err == nil; i++ {
-					r.Keys[i], err = rd.Str()
-				}
-			}
+			r.Keys, err = readStrs(rd)
 		case "toks":
-			var n int
-			if n, err = arrayHeader(rd); err == nil && n > 0 {
-				r.Tokens = make([]string, n)
-				for i := 0; i < n && err == nil; i++ {
-					r.Tokens[i], err = rd.Str()
-				}
-			}
+			r.Tokens, err = readStrs(rd)
 		case "retry_after":
 			r.RetryAfter, err = readDuration(rd)
 		case "max_attempts":
@@ -767,6 +755,21 @@ func arrayHeader(rd *msgp.Reader) (int, error) {
 		return 0, fmt.Errorf("%w: %d elements in one array, more than %d", ErrBadRequest, n, MaxElements)
 	}
 	return n, err
+}
+
+// readStrs reads an array of at most MaxElements strings; nil if empty.
+func readStrs(rd *msgp.Reader) ([]string, error) {
+	n, err := arrayHeader(rd)
+	if err != nil || n == 0 {
+		return nil, err
+	}
+	out := make([]string, n)
+	for i := range out {
+		if out[i], err = rd.Str(); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
 }
 
 // readUints reads an array of at most MaxElements integers.
