@@ -280,11 +280,12 @@ func (res *results) send(s *session, fs []finished) {
 	for len(fs) > 0 {
 		k := min(len(fs), maxBatch)
 		sent := time.Now()
-		handled := res.completeHeld(s, s.completing(fs[:k]), false)
 		batch := fs[:k]
-		if handled == 0 && s.gone() {
+		if s.gone() {
+			// Not sent: they go through the next session, if they can.
 			batch = res.keepForNext(batch)
 		}
+		handled := res.completeHeld(s, s.completing(batch), false)
 		s.untrack(batch)
 		res.finish(len(batch), handled, sent)
 		fs = fs[k:]
@@ -293,8 +294,11 @@ func (res *results) send(s *session, fs []finished) {
 
 // keepForNext puts back the outcomes of fs whose leases go over to the
 // next session (lease.handover), since the connection of their session
-// is gone, and returns the others, in fs's array. Sent again, one the
-// master took before the connection went is refused as not leased.
+// is gone and they were not sent, and returns the others, in fs's array.
+// Outcomes whose call was cut off are not kept: the gateway may be storing
+// them still, and the next gateway could not tell, and would store them
+// too. Their tasks come back after the ack wait if it was not.
+
 func (res *results) keepForNext(fs []finished) []finished {
 	rest := fs[:0]
 	var kept []finished
@@ -387,9 +391,6 @@ func (res *results) completeThenGet(ctx context.Context, s *session, fs []finish
 		err = ctx.Err()
 	case err != nil && (s.gone() || errors.Is(err, wire.ErrClosed)):
 		handled = 0
-	}
-	if handled == 0 && s.gone() {
-		fs = res.keepForNext(fs)
 	}
 	s.untrack(fs)
 	res.finish(len(fs), handled, sent)

@@ -118,6 +118,7 @@ func (r *runner) run(ctx context.Context) error {
 			return nil
 		}
 		if err != nil {
+			r.endHandedOver()
 			return err
 		}
 		s := r.newSession(c)
@@ -351,9 +352,9 @@ func (r *runner) lose(s *session, held []finished, completing bool, err error) (
 // drop their results as they return, since their sessions have ended.
 func (r *runner) drain(ctx context.Context) {
 	// With no session to send them through, the results of handed-over
-	// leases are dropped too.
+	// leases are dropped too, and their handlers told so.
 	r.dropWaiting(true)
-	r.handedOver = nil
+	r.endHandedOver()
 	inflight := r.res.counts().inflight
 	if inflight == 0 {
 		return
@@ -451,6 +452,15 @@ func (r *runner) runWaiting(s *session, free int) int {
 		clear(r.started)
 	}
 	return len(r.started)
+}
+
+// endHandedOver cancels the handlers of the leases kept for a next
+// session that will not come.
+func (r *runner) endHandedOver() {
+	for _, l := range r.handedOver {
+		l.end(ErrLeaseLost)
+	}
+	r.handedOver = nil
 }
 
 // dropWaiting forgets the waiting tasks, whose session has lost its

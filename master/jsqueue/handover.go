@@ -142,7 +142,9 @@ func (q *Queues) claim(ctx context.Context, kv jetstream.KeyValue, s *stream, ke
 			return false, nil
 		default:
 			if n, perr := strconv.ParseUint(string(e.Value()), 10, 64); perr == nil && n >= delivered {
-				return true, nil // recorded already (this gateway's earlier try)
+				// Recorded already (this gateway's earlier try), or a later
+				// delivery is: then this one is stale.
+				return n == delivered, nil
 			}
 			_, err = kv.Update(ctx, key, value, e.Revision())
 		}

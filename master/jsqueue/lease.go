@@ -349,15 +349,21 @@ func (q *Queues) fail(l *lease, errText string, retryAfter time.Duration) error 
 	if l.task.Attempts >= q.cfg.MaxAttempts && !queue.IsDeadLetterName(l.key.queue) {
 		return q.deadLetter(l, errText)
 	}
+	q.noteLastErr(l.key, errText)
+	return q.nak(l.msg, retryAfter)
+}
+
+// noteLastErr keeps a failed attempt's error for the task's next delivery
+// through this gateway.
+func (q *Queues) noteLastErr(key leaseKey, errText string) {
 	q.mu.Lock()
+	defer q.mu.Unlock()
 	if len(q.lastErr) >= maxLastErrs {
 		// Tasks redelivered through other gateways leave theirs here:
 		// forget them all rather than grow without bound.
 		clear(q.lastErr)
 	}
-	q.lastErr[l.key] = errText
-	q.mu.Unlock()
-	return q.nak(l.msg, retryAfter)
+	q.lastErr[key] = errText
 }
 
 // maxLastErrs bounds the last errors a gateway keeps.
@@ -528,7 +534,12 @@ func (q *Queues) Release(owner uint64) int {
 	}
 	q.mu.Unlock()
 	for _, l := range ls {
-		if err := q.fail(l, "worker disconnected", 0); err != nil {
+		// Given back, not dead-lettered on its last attempt: the worker
+		// may complete it through another gateway (handover.go), and a
+		// redelivery past the last attempt is dead-lettered when it is
+		// fetched, after the deliveries' record says it was not.
+		q.noteLastErr(l.key, "worker disconnected")
+		if err := q.nak(l.msg, 0); err != nil {
 			q.log.Warn("could not give back a lease; JetStream redelivers it after AckWait", "queue", l.key.queue, "task", l.key.id, "err", err)
 		}
 	}
