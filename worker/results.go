@@ -280,12 +280,11 @@ func (res *results) send(s *session, fs []finished) {
 	for len(fs) > 0 {
 		k := min(len(fs), maxBatch)
 		sent := time.Now()
+		handled := res.completeHeld(s, s.completing(fs[:k]), false)
 		batch := fs[:k]
-		if s.gone() {
-			// Not sent: they go through the next session, if they can.
+		if handled == 0 && s.gone() {
 			batch = res.keepForNext(batch)
 		}
-		handled := res.completeHeld(s, s.completing(batch), false)
 		s.untrack(batch)
 		res.finish(len(batch), handled, sent)
 		fs = fs[k:]
@@ -294,10 +293,12 @@ func (res *results) send(s *session, fs []finished) {
 
 // keepForNext puts back the outcomes of fs whose leases go over to the
 // next session (lease.handover), since the connection of their session
-// is gone and they were not sent, and returns the others, in fs's array.
-// Outcomes whose call was cut off are not kept: the gateway may be storing
-// them still, and the next gateway could not tell, and would store them
-// too. Their tasks come back after the ack wait if it was not.
+// is gone, and returns the others, in fs's array. That includes outcomes
+// whose call was cut off: sent again, one the old gateway acked is
+// refused as not leased. (One it was still storing when the next gateway
+// took it again, a reconnect delay later, gets two results; dropping it
+// would instead hold the task for the ack wait, 30s by default, whenever
+// a gateway dies with completions on the way.)
 
 func (res *results) keepForNext(fs []finished) []finished {
 	rest := fs[:0]
@@ -391,6 +392,9 @@ func (res *results) completeThenGet(ctx context.Context, s *session, fs []finish
 		err = ctx.Err()
 	case err != nil && (s.gone() || errors.Is(err, wire.ErrClosed)):
 		handled = 0
+	}
+	if handled == 0 && s.gone() {
+		fs = res.keepForNext(fs)
 	}
 	s.untrack(fs)
 	res.finish(len(fs), handled, sent)
