@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -155,7 +156,11 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts [
 	if len(msgs) == 0 {
 		return nil, nil
 	}
-	msgs = q.claimRedeliveries(s, msgs)
+	mds := make([]*nats.MsgMetadata, len(msgs)) // nil where a message has none
+	for i, m := range msgs {
+		mds[i], _ = m.Metadata()
+	}
+	msgs, mds = q.claimRedeliveries(s, msgs, mds)
 	now := time.Now()
 	var dead []*lease
 	q.mu.Lock()
@@ -164,10 +169,10 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts [
 		q.giveBack(msgs)
 		return nil, queue.ErrClosed
 	}
-	for _, m := range msgs {
-		md, err := m.Metadata()
-		if err != nil {
-			q.log.Warn("jetstream message without metadata; left to redeliver", "queue", s.queue, "err", err)
+	for i, m := range msgs {
+		md := mds[i]
+		if md == nil {
+			q.log.Warn("jetstream message without metadata; left to redeliver", "queue", s.queue)
 			continue
 		}
 		t := taskOf(md.Sequence.Stream, md.Timestamp, m.Header, m.Data, md.NumDelivered)
@@ -205,16 +210,20 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts [
 }
 
 // claimRedeliveries records the redeliveries among msgs (handover.go) and
-// returns msgs less those not to hand out: tasks being completed through
-// another gateway. The records are written concurrently, a few at a time:
-// a dead worker's prefetched tasks come back together.
-func (q *Queues) claimRedeliveries(s *stream, msgs []*nats.Msg) []*nats.Msg {
+// returns msgs and their metadata mds less those not to hand out: tasks
+// being completed through another gateway. The records are written
+// concurrently, a few at a time: a dead worker's prefetched tasks come
+// back together. A get with no redelivery costs nothing here.
+func (q *Queues) claimRedeliveries(s *stream, msgs []*nats.Msg, mds []*nats.MsgMetadata) ([]*nats.Msg, []*nats.MsgMetadata) {
+	redelivered := func(md *nats.MsgMetadata) bool { return md != nil && md.NumDelivered > 1 }
+	if !slices.ContainsFunc(mds, redelivered) {
+		return msgs, mds
+	}
 	hold := make([]bool, len(msgs))
 	sem := make(chan struct{}, maxConcurrentClaims)
 	var wg sync.WaitGroup
-	for i, m := range msgs {
-		md, err := m.Metadata()
-		if err != nil || md.NumDelivered <= 1 {
+	for i, md := range mds {
+		if !redelivered(md) {
 			continue
 		}
 		sem <- struct{}{}
@@ -224,13 +233,13 @@ func (q *Queues) claimRedeliveries(s *stream, msgs []*nats.Msg) []*nats.Msg {
 		})
 	}
 	wg.Wait()
-	kept := msgs[:0]
-	for i, m := range msgs {
+	keptMsgs, keptMds := msgs[:0], mds[:0]
+	for i := range msgs {
 		if !hold[i] {
-			kept = append(kept, m)
+			keptMsgs, keptMds = append(keptMsgs, msgs[i]), append(keptMds, mds[i])
 		}
 	}
-	return kept
+	return keptMsgs, keptMds
 }
 
 // maxConcurrentClaims bounds the redelivery records one get writes at once.

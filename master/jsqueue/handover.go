@@ -135,7 +135,7 @@ func (q *Queues) claim(ctx context.Context, kv jetstream.KeyValue, s *stream, ke
 		e, err := kv.Get(ctx, key)
 		switch {
 		case errors.Is(err, jetstream.ErrKeyNotFound):
-			_, err = kv.Create(ctx, key, value)
+			e = nil
 		case err != nil:
 			return false, err
 		case strings.HasPrefix(string(e.Value()), doneMark) && time.Since(e.Created()) < s.ackWait:
@@ -146,17 +146,27 @@ func (q *Queues) claim(ctx context.Context, kv jetstream.KeyValue, s *stream, ke
 				// delivery is: then this one is stale.
 				return n == delivered, nil
 			}
-			_, err = kv.Update(ctx, key, value, e.Revision())
 		}
-		if err == nil {
-			return true, nil
-		}
-		if !errors.Is(err, jetstream.ErrKeyExists) && !isWrongSequence(err) {
-			return false, err
+		if again, err := casPut(ctx, kv, key, e, value); !again {
+			return err == nil, err
 		}
 		// Someone wrote it meanwhile: look again.
 	}
 	return false, fmt.Errorf("the record of %s kept changing", key)
+}
+
+// casPut writes value at key if the entry there is still e (nil: none).
+// again reports that someone wrote it since e was read.
+func casPut(ctx context.Context, kv jetstream.KeyValue, key string, e jetstream.KeyValueEntry, value []byte) (again bool, err error) {
+	if e == nil {
+		_, err = kv.Create(ctx, key, value)
+	} else {
+		_, err = kv.Update(ctx, key, value, e.Revision())
+	}
+	if err != nil && (errors.Is(err, jetstream.ErrKeyExists) || isWrongSequence(err)) {
+		return true, nil
+	}
+	return false, err
 }
 
 // isWrongSequence reports a compare-and-set that lost the race.
@@ -234,17 +244,12 @@ func (q *Queues) adoptOrphan(s *stream, id uint64, token string) (o orphan, ok b
 		}
 		tok, _ := parseToken(token) // current checked it
 		key := deliveryKey(streamName(s.queue), tok.seq)
-		done := []byte(doneMark + strconv.FormatUint(tok.delivered, 10))
-		if e == nil {
-			_, err = kv.Create(ctx, key, done)
-		} else {
-			_, err = kv.Update(ctx, key, done, e.Revision())
-		}
-		if err == nil {
-			return orphan{task: t, msg: &nats.Msg{Reply: token}, key: key}, true, nil
-		}
-		if !errors.Is(err, jetstream.ErrKeyExists) && !isWrongSequence(err) {
+		again, err := casPut(ctx, kv, key, e, []byte(doneMark+strconv.FormatUint(tok.delivered, 10)))
+		if err != nil {
 			return orphan{}, false, q.engineErr("record a completion", err)
+		}
+		if !again {
+			return orphan{task: t, msg: &nats.Msg{Reply: token}, key: key}, true, nil
 		}
 		// Someone wrote the record meanwhile: look again.
 	}
