@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -444,4 +445,80 @@ func wantSquares(t *testing.T, out string, n int) {
 			t.Fatalf("line %d is %q, want %s", i+1, line, want)
 		}
 	}
+}
+
+// A worker runs four slow tasks through one gateway, which is killed
+// while they run. The worker moves to the other gateway and completes
+// them there, by their deliveries' tokens: each task runs once, and its
+// result arrives long before JetStream would redeliver it (the gateways'
+// --lease, JetStream's AckWait, is 40s; map gives up after 25s).
+func TestSlowTasksCompleteThroughAnotherGateway(t *testing.T) {
+	ports := qmtest.FreeAddrs(t, 2)
+	natsAddr, clusterAddr := ports[0], ports[1]
+	_, nodeAddr := startMaster(t, "--data-dir", t.TempDir(), "--cluster-listen", clusterAddr,
+		"--cluster-peers", clusterAddr, "--nats-listen", natsAddr, "--lease", "40s")
+	gateways := map[string]*proc{}
+	var addrs []string
+	for range 2 {
+		p, addr := startMaster(t, "--nats", "nats://"+natsAddr, "--lease", "40s")
+		gateways[addr] = p
+		addrs = append(addrs, addr)
+	}
+	// Each run is logged; a task waits for the gate file, so that every
+	// task is running when the gateway dies and finishes after.
+	dir := t.TempDir()
+	runs, gate := dir+"/runs", dir+"/gate"
+	script := `echo "$QM_TASK_ID $QM_ATTEMPT" >> ` + runs + `; while [ ! -e ` + gate + ` ]; do sleep 0.05; done; read x; echo $((x*x))`
+	worker := start(t, nil, nil, "qworker", "--server", strings.Join(addrs, ","), "--concurrency", "4", "--", "sh", "-c", script)
+
+	const n = 4
+	out := &syncBuffer{}
+	m := start(t, strings.NewReader(seq(n)), out, "qmaster", "map", "--server", nodeAddr, "--timeout", "25s")
+	waitFor(t, 20*time.Second, func() bool {
+		b, _ := os.ReadFile(runs)
+		return strings.Count(string(b), "\n") == n
+	})
+	var victim string
+	for _, addr := range addrs {
+		if len(clientsOf(t, addr, "worker")) > 0 {
+			victim = addr
+		}
+	}
+	if victim == "" {
+		t.Fatal("the worker is on neither gateway")
+	}
+	t.Logf("%d tasks running: SIGKILL the worker's gateway %s", n, victim)
+	_ = gateways[victim].cmd.Process.Kill()
+	<-gateways[victim].done
+	waitFor(t, 20*time.Second, func() bool { return strings.Contains(worker.logs(), "completing the tasks of the lost connection") })
+	if err := os.WriteFile(gate, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	if code := m.wait(t, 60*time.Second); code != 0 {
+		t.Fatalf("map exited %d: %s", code, m.logs())
+	}
+	wantSquares(t, out.String(), n)
+	b, err := os.ReadFile(runs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lines := strings.Split(strings.TrimSpace(string(b)), "\n"); len(lines) != n {
+		t.Errorf("%d runs of %d tasks, want one each:\n%s", len(lines), n, b)
+	}
+	// The results are stored before the tasks are acked: wait for the acks.
+	waitFor(t, 20*time.Second, func() bool {
+		outStats, _, _ := run(t, "", "inspect", "--server", nodeAddr, "--json")
+		var stats []struct {
+			Queue                     string
+			Ready, Leased, Dead, Done int
+		}
+		_ = json.Unmarshal([]byte(outStats), &stats)
+		for _, s := range stats {
+			if s.Queue == "tasks" {
+				return s.Ready == 0 && s.Leased == 0 && s.Dead == 0 && s.Done == n
+			}
+		}
+		return false
+	})
 }
