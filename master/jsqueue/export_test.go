@@ -11,3 +11,6 @@ func (n *Node) SubscriptionsMade() uint64 {
 	}
 	return sz.NumInserts
 }
+
+// Reaps is how many times q's reaper has looked at its leases.
+func (q *Queues) Reaps() int64 { return q.reaps.Load() }

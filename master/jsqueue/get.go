@@ -197,6 +197,7 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts [
 		}
 		if req.NoAck {
 			q.unconfirmed[key] = l
+			q.wakeReaper()
 		} else {
 			q.addLease(l)
 		}

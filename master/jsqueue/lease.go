@@ -51,6 +51,7 @@ type lease struct {
 // addLease records l. Called with q.mu held.
 func (q *Queues) addLease(l *lease) {
 	q.leases[l.key] = l
+	q.wakeReaper()
 	byOwner := q.owners[l.owner]
 	if byOwner == nil {
 		byOwner = make(map[leaseKey]*lease)
@@ -578,6 +579,7 @@ const reapEvery = 20 * time.Millisecond
 // timer of those still held every third of AckWait, until done is closed.
 // NoAck deliveries whose Delivered has not come by their lease's end are
 // acked: taken for good, as with a server that does not confirm them.
+// While nothing is held it sleeps until something is.
 func (q *Queues) ReapLeases(done <-chan struct{}, onExpired func(n int)) {
 	tick := time.NewTicker(reapEvery)
 	defer tick.Stop()
@@ -588,14 +590,40 @@ func (q *Queues) ReapLeases(done <-chan struct{}, onExpired func(n int)) {
 		case <-q.ctx.Done():
 			return
 		case now := <-tick.C:
-			if n := q.reap(now); n > 0 && onExpired != nil {
+			n, held := q.reap(now)
+			if n > 0 && onExpired != nil {
 				onExpired(n)
 			}
+			if held {
+				continue
+			}
+			tick.Stop()
+			select {
+			case <-done:
+				return
+			case <-q.ctx.Done():
+				return
+			case <-q.held:
+			}
+			tick.Reset(reapEvery)
 		}
 	}
 }
 
-func (q *Queues) reap(now time.Time) int {
+// wakeReaper wakes ReapLeases if it sleeps; a wake-up that finds it awake
+// costs it one needless look. Called with q.mu held, after the addition,
+// so that a reap that saw nothing held is woken.
+func (q *Queues) wakeReaper() {
+	select {
+	case q.held <- struct{}{}:
+	default:
+	}
+}
+
+// reap expires, drops or renews what has come due at now, and reports how
+// many leases expired and whether anything is still held.
+func (q *Queues) reap(now time.Time) (n int, held bool) {
+	q.reaps.Add(1)
 	var expired, lost []*lease
 	var renew []renewal
 	var taken []*nats.Msg
@@ -638,6 +666,7 @@ func (q *Queues) reap(now time.Time) int {
 			delete(q.renewals, token) // unanswered
 		}
 	}
+	held = len(q.leases)+len(q.unconfirmed)+len(q.renewals) > 0
 	q.mu.Unlock()
 	for _, r := range renew {
 		_ = q.cfg.Conn.PublishRequest(r.l.msg.Reply, r.reply, progressPayload)
@@ -654,7 +683,7 @@ func (q *Queues) reap(now time.Time) int {
 	if err := q.ackAll(taken); err != nil {
 		q.log.Warn("tasks taken with NoAck not acked; JetStream delivers them again after AckWait", "tasks", len(taken), "err", err)
 	}
-	return len(expired) + len(lost)
+	return len(expired) + len(lost), held
 }
 
 // progressPayload is JetStream's "in progress": it restarts the ack timer

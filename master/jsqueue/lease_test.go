@@ -227,3 +227,32 @@ func TestUnconfirmedRenewalsOfANoAckDelivery(t *testing.T) {
 		t.Fatalf("stats %+v, %v: want the one task done, none stored again", st, err)
 	}
 }
+
+// An idle gateway's reaper sleeps while nothing is held, instead of
+// looking every 20ms, and a lease wakes it: the lease still expires, and
+// its task is handed out again.
+func TestReaperSleepsWhileNothingIsHeld(t *testing.T) {
+	q := newQueues(t, startNode(t), jsqueue.Config{})
+	reaping(t, q)
+	put(t, q, "jobs", "t")
+	deadline := time.Now().Add(10 * time.Second)
+	for q.Reaps() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the reaper never looked")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	before := q.Reaps()
+	// A reaper that kept ticking would look ten times meanwhile.
+	time.Sleep(200 * time.Millisecond)
+	if n := q.Reaps() - before; n > 1 {
+		t.Errorf("the reaper looked %d times in 200ms with nothing held", n)
+	}
+	if ts := get(t, q, "jobs", 1, 1, 100*time.Millisecond, 0); len(ts) != 1 {
+		t.Fatal("no task")
+	}
+	ts := get(t, q, "jobs", 2, 1, time.Minute, 10*time.Second)
+	if len(ts) != 1 || ts[0].Attempts != 2 {
+		t.Fatalf("the expired lease's task was not handed out again: %+v", ts)
+	}
+}

@@ -101,7 +101,12 @@ type Queues struct {
 	// renewals are the renewals of ack timers awaiting JetStream's
 	// confirmation, by the token ending their reply subject, which starts
 	// with renewInbox; renewSub takes the confirmations.
-	renewals   map[string]renewal
+	renewals map[string]renewal
+	// held wakes the reaper, asleep while nothing is held (so that an
+	// idle gateway does not wake every reapEvery), when a lease or an
+	// unconfirmed delivery is added.
+	held       chan struct{}
+	reaps      atomic.Int64 // reaps made, for the tests
 	renewSeq   uint64
 	renewInbox string
 	renewSub   *nats.Subscription
@@ -166,6 +171,7 @@ func New(cfg Config) (*Queues, error) {
 		lastErr:     make(map[leaseKey]string),
 		stats:       make(map[string]*counters),
 		renewals:    make(map[string]renewal),
+		held:        make(chan struct{}, 1),
 		// The inbox ends with a token of its own: renewals are told
 		// apart by what follows it.
 		renewInbox: cfg.Conn.NewInbox() + ".",
