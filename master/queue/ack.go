@@ -153,7 +153,7 @@ func (m *Manager) Extend(name string, owner uint64, ids []uint64, lease time.Dur
 			bad = append(bad, id)
 			continue
 		}
-		q.setDeadline(l, deadline)
+		q.setDeadline(l, deadline, int64(lease))
 	}
 	m.unlock(q)
 	return notLeased(bad)

@@ -257,7 +257,7 @@ func (m *Manager) Delete(name string) error {
 	q.ready.clear()
 	q.keys = keyTable{}
 	q.leases = nil
-	q.heap = nil
+	q.order = leaseOrder{}
 	q.owners = nil
 	q.free = nil
 	q.mu.Unlock()

@@ -110,3 +110,44 @@ func BenchmarkHandoff(b *testing.B) {
 	m.Close()
 	<-done
 }
+
+// BenchmarkBatch256 is a master's queue work at 256 tasks a call, as in
+// qbench's B=256 rows: four owners each hold a batch while it is worked
+// on; each loop puts 256 tasks, gets 256 for the next owner and acks
+// the batch that owner held.
+func BenchmarkBatch256(b *testing.B) {
+	m := newManager(b, queue.Config{})
+	ctx := context.Background()
+	const batch, owners = 256, 4
+	items := make([]queue.Item, batch)
+	for i := range items {
+		items[i] = queue.Item{Payload: payload16}
+	}
+	held := make([][]uint64, owners)
+	var ts, acked []queue.Task
+	tasks := 0
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		if _, err := m.Put(ctx, queue.PutRequest{Queue: "bench", Items: items}); err != nil {
+			b.Fatal(err)
+		}
+		owner := i % owners
+		if len(held[owner]) > 0 {
+			var err error
+			if acked, err = m.Ack(queue.AckRequest{Queue: "bench", Owner: uint64(owner + 1), IDs: held[owner]}, acked); err != nil {
+				b.Fatal(err)
+			}
+		}
+		var err error
+		ts, err = m.Get(ctx, queue.GetRequest{Queue: "bench", Max: batch, Owner: uint64(owner + 1)}, ts)
+		if err != nil || len(ts) != batch {
+			b.Fatal(len(ts), err)
+		}
+		held[owner] = held[owner][:0]
+		for _, t := range ts {
+			held[owner] = append(held[owner], t.ID)
+		}
+		tasks += batch
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(tasks), "ns/task")
+}

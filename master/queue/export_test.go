@@ -28,19 +28,31 @@ func (q *queue) check() error {
 	if p := q.putters.head; p != nil && q.fits(len(p.items)) {
 		return errors.New("head putter fits but waits")
 	}
-	if len(q.heap) != len(q.leases) {
-		return fmt.Errorf("heap has %d leases, map %d", len(q.heap), len(q.leases))
+	if q.order.len() != len(q.leases) {
+		return fmt.Errorf("deadline order has %d leases, map %d", q.order.len(), len(q.leases))
 	}
-	for i, l := range q.heap {
-		if l.index != i {
-			return fmt.Errorf("lease %d at heap %d says index %d", l.task.ID, i, l.index)
+	inLists := 0
+	for _, ll := range q.order.lists {
+		var before *lease
+		for l := ll.first; l != nil; l = l.after {
+			if l.before != before || l.list != ll {
+				return fmt.Errorf("deadline list broken at task %d", l.task.ID)
+			}
+			if q.leases[l.task.ID] != l {
+				return fmt.Errorf("lease %d in deadline list, not in map", l.task.ID)
+			}
+			if before != nil && earlier(l, before) {
+				return fmt.Errorf("deadline order broken at task %d", l.task.ID)
+			}
+			before = l
+			inLists++
 		}
-		if q.leases[l.task.ID] != l {
-			return fmt.Errorf("lease %d in heap, not in map", l.task.ID)
+		if ll.last != before {
+			return fmt.Errorf("deadline list's last is not its end")
 		}
-		if i > 0 && q.heap.Less(i, (i-1)/2) {
-			return fmt.Errorf("heap order broken at %d", i)
-		}
+	}
+	if inLists != len(q.leases) {
+		return fmt.Errorf("deadline lists hold %d leases, map %d", inLists, len(q.leases))
 	}
 	total, idle := 0, 0
 	for owner, h := range q.owners {

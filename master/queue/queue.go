@@ -74,7 +74,7 @@ type queue struct {
 	policy   Policy   // as set for this queue; Manager.effective fills it in
 	keys     keyTable // idempotency keys within the dedup window
 	leases   map[uint64]*lease
-	heap     leaseHeap
+	order    leaseOrder
 	owners   map[uint64]*ownerHead
 	// idleOwners counts owners entries with no lease.
 	idleOwners int

@@ -41,13 +41,13 @@ func (m *Manager) ExpireLeases(now time.Time) int {
 	n := 0
 	for _, q := range m.snapshot() {
 		q.mu.Lock()
-		if len(q.heap) == 0 || q.heap[0].deadline > cut {
+		if f := q.order.first(); f == nil || f.deadline > cut {
 			q.mu.Unlock()
 			continue
 		}
 		var ts []Task
-		for len(q.heap) > 0 && q.heap[0].deadline <= cut {
-			ts = append(ts, q.unlease(q.heap[0]))
+		for f := q.order.first(); f != nil && f.deadline <= cut; f = q.order.first() {
+			ts = append(ts, q.unlease(f))
 		}
 		n += len(ts)
 		q.expired += uint64(len(ts))
@@ -96,8 +96,8 @@ func (m *Manager) NextDeadline() (t time.Time, ok bool) {
 	var leased, delayed bool
 	for _, q := range m.snapshot() {
 		q.mu.Lock()
-		if len(q.heap) > 0 && (!leased || q.heap[0].deadline < lease) {
-			lease, leased = q.heap[0].deadline, true
+		if f := q.order.first(); f != nil && (!leased || f.deadline < lease) {
+			lease, leased = f.deadline, true
 		}
 		if d, ok := q.nextDue(); ok && (!delayed || d < due) {
 			due, delayed = d, true
