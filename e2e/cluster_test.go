@@ -379,15 +379,7 @@ func TestMapGoesOnThroughAnotherGateway(t *testing.T) {
 		}
 		return false
 	})
-	var victim string
-	for _, addr := range addrs {
-		if len(clientsOf(t, addr, "producer")) > 0 {
-			victim = addr
-		}
-	}
-	if victim == "" {
-		t.Fatal("map is on neither gateway")
-	}
+	victim := gatewayWith(t, addrs, "producer")
 	t.Logf("at %d results, %d tasks waiting: SIGKILL map's gateway %s", out.lines(), n/2, victim)
 	_ = gateways[victim].cmd.Process.Kill()
 	<-gateways[victim].done
@@ -402,6 +394,19 @@ func TestMapGoesOnThroughAnotherGateway(t *testing.T) {
 	if !strings.Contains(m.logs(), "connecting again") {
 		t.Errorf("map did not say it connected again: %s", m.logs())
 	}
+}
+
+// gatewayWith returns the one of addrs that a client of role is
+// connected to.
+func gatewayWith(t *testing.T, addrs []string, role string) string {
+	t.Helper()
+	for _, addr := range addrs {
+		if len(clientsOf(t, addr, role)) > 0 {
+			return addr
+		}
+	}
+	t.Fatalf("no %s on any of the gateways %v", role, addrs)
+	return ""
 }
 
 // seqFeed is a map's input, fed numbers a range at a time, so that a test
@@ -478,15 +483,7 @@ func TestSlowTasksCompleteThroughAnotherGateway(t *testing.T) {
 		b, _ := os.ReadFile(runs)
 		return strings.Count(string(b), "\n") == n
 	})
-	var victim string
-	for _, addr := range addrs {
-		if len(clientsOf(t, addr, "worker")) > 0 {
-			victim = addr
-		}
-	}
-	if victim == "" {
-		t.Fatal("the worker is on neither gateway")
-	}
+	victim := gatewayWith(t, addrs, "worker")
 	t.Logf("%d tasks running: SIGKILL the worker's gateway %s", n, victim)
 	_ = gateways[victim].cmd.Process.Kill()
 	<-gateways[victim].done
