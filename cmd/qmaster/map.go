@@ -173,17 +173,9 @@ type mapState struct {
 }
 
 func mapRun(ctx context.Context, opts *mapOptions) error {
-	dial := func(ctx context.Context) (*wire.Client, error) {
-		return opts.Client.connect(ctx, opts.IO, "producer", "map")
-	}
-	c, err := dial(ctx)
+	conn, err := dialProducer(ctx, &opts.Client, opts.IO, "map")
 	if err != nil {
 		return err
-	}
-	conn := &mapConn{dial: dial, c: c, errOut: opts.IO.ErrOut}
-	if len(wire.SplitAddrs(opts.Client.Server)) > 1 {
-		conn.reconnect = true
-		conn.keyPrefix = "map-" + randomHex(8) + "-"
 	}
 	defer conn.close()
 
@@ -449,7 +441,7 @@ func (st *mapState) print(r wire.Result, in inputLine) error {
 }
 
 // produce submits the input lines to the tasks queue as they are read.
-func produce(ctx context.Context, conn *mapConn, opts *mapOptions, results string, lr *lineReader, out chan<- submitted) error {
+func produce(ctx context.Context, conn *producerConn, opts *mapOptions, results string, lr *lineReader, out chan<- submitted) error {
 	for {
 		var (
 			batch []inputLine
@@ -476,7 +468,7 @@ func produce(ctx context.Context, conn *mapConn, opts *mapOptions, results strin
 		ids, err := putWaiting(ctx, c, opts.Tasks, raw, keys, results)
 		for err != nil && conn.lost(err) && ctx.Err() == nil {
 			// Stored or not, the batch is put again through another
-			// gateway, under the same keys (see mapConn).
+			// gateway, under the same keys (see producerConn).
 			if c, gen, err = conn.replace(ctx, gen, err); err == nil {
 				ids, err = putWaiting(ctx, c, opts.Tasks, raw, keys, results)
 			}
@@ -596,7 +588,7 @@ func putWaiting(ctx context.Context, c *wire.Client, queue string, items []msgpa
 
 // collect gets results and hands them over in batches until finish is
 // closed (checked between gets) or ctx ends.
-func collect(ctx context.Context, finish <-chan struct{}, conn *mapConn, queue string, out chan<- []wire.Result) error {
+func collect(ctx context.Context, finish <-chan struct{}, conn *producerConn, queue string, out chan<- []wire.Result) error {
 	c, gen := conn.client()
 	for {
 		select {
@@ -616,7 +608,7 @@ func collect(ctx context.Context, finish <-chan struct{}, conn *mapConn, queue s
 		}
 		if conn.lost(err) || conn.reconnect && errors.Is(err, context.DeadlineExceeded) {
 			// Go on through another gateway: the results wait in the
-			// cluster (see mapConn).
+			// cluster (see producerConn).
 			if c, gen, err = conn.replace(ctx, gen, err); err != nil {
 				return fmt.Errorf("get results from %s: %w", queue, err)
 			}

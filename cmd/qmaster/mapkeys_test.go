@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"strings"
 	"sync"
@@ -151,4 +152,33 @@ func (c *answerCutter) proxy(client, server net.Conn) {
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// TestPutAgainAddsNoTasks: as for map, put's batch reaches the master but
+// its answer is lost with the connection; put, given two addresses, puts
+// it again through the other, and the keys it gave each item make the
+// master store nothing new.
+func TestPutAgainAddsNoTasks(t *testing.T) {
+	addr := startInProcessMaster(t, master.Config{})
+	cut := &answerCutter{target: addr, after: 2000}
+	a, b := cut.listen(t), cut.listen(t)
+
+	const n = 300
+	f, _, errOut := testFactory(seq(n))
+	if code := runInProcess(context.Background(), f, "put", "jobs", "--server", a+","+b, "--batch", "50"); code != 0 {
+		t.Fatalf("exit %d; stderr:\n%s", code, errOut)
+	}
+	if !cut.cut.Load() {
+		t.Fatal("no connection was cut: the test did not test anything")
+	}
+	if !strings.Contains(errOut.String(), "connecting again") || !strings.Contains(errOut.String(), fmt.Sprintf("put %d items into jobs", n)) {
+		t.Errorf("stderr:\n%s", errOut)
+	}
+	f, out, errOut := testFactory("")
+	if code := runInProcess(context.Background(), f, "inspect", "--server", addr, "--json"); code != 0 {
+		t.Fatalf("inspect exit %d; stderr:\n%s", code, errOut)
+	}
+	if want := fmt.Sprintf(`"ready":%d`, n); !strings.Contains(out.String(), want) {
+		t.Errorf("the queue does not hold %d tasks: %s", n, out)
+	}
 }

@@ -54,7 +54,13 @@ past runs them at once); they join the back of the queue when due.
 stream of high-priority tasks keeps lower ones waiting). --key makes a
 put of one item idempotent: a second put with the same key within the
 master's --dedup-window (2m by default) adds nothing and prints the first
-task's ID, so a put retried after a timeout never runs twice.`,
+task's ID, so a put retried after a timeout never runs twice.
+
+Given several --server addresses (gateways to one cluster), put carries
+on through another when the one it uses dies, trying for up to a minute.
+Each item then gets an idempotency key of its own, unique to the run
+(unless --key names one), so a batch whose put was cut off is put again
+and stored once (within the master's --dedup-window).`,
 		Example: `  qmaster put jobs 1 2 3
   qmaster put jobs '{"url": "https://example.com"}'
   seq 1 1000 | qmaster put jobs
@@ -122,11 +128,11 @@ func (o *putOptions) checkSchedule() error {
 }
 
 func putRun(ctx context.Context, opts *putOptions) error {
-	c, err := opts.Client.connect(ctx, opts.IO, "producer", "put")
+	conn, err := dialProducer(ctx, &opts.Client, opts.IO, "put")
 	if err != nil {
 		return err
 	}
-	defer c.Close()
+	defer conn.close()
 
 	put := func(batch []inputLine) (int, error) {
 		raw := make([]msgpack.RawMessage, len(batch))
@@ -137,11 +143,20 @@ func putRun(ctx context.Context, opts *putOptions) error {
 			}
 			raw[i] = b
 		}
-		popts := wire.PutOptions{ReplyTo: opts.ReplyTo, Timeout: opts.Timeout, Delay: opts.Delay, At: opts.at, Priority: opts.Priority}
+		popts := wire.PutOptions{ReplyTo: opts.ReplyTo, Timeout: opts.Timeout, Delay: opts.Delay, At: opts.at, Priority: opts.Priority,
+			Keys: conn.keys(batch)}
 		if opts.Key != "" {
 			popts.Keys = []string{opts.Key}
 		}
+		c, gen := conn.client()
 		ids, err := c.PutRaw(ctx, opts.Queue, raw, popts)
+		for err != nil && conn.lost(err) && ctx.Err() == nil {
+			// Stored or not, the batch is put again through another
+			// gateway, under the same keys (see producerConn).
+			if c, gen, err = conn.replace(ctx, gen, err); err == nil {
+				ids, err = c.PutRaw(ctx, opts.Queue, raw, popts)
+			}
+		}
 		if err != nil {
 			return 0, err
 		}

@@ -1,0 +1,136 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/qm-dev/qm/wire"
+)
+
+// producerConn is the connection of a producer command, map or put, to
+// the master. Given several addresses (gateways to one cluster, or a name
+// of several), it carries on through another when its gateway dies: the
+// cluster keeps the queues, so the results of tasks put through the dead
+// gateway still come. A batch whose put was in flight then is put again,
+// since it may not have been stored. Its tasks carry idempotency keys, the
+// run's and the line's, so a batch that was stored is not stored twice:
+// the put again gets the first tasks' IDs (within the master's
+// --dedup-window). Should a task still run twice, map prints the first
+// result of its line, ignoring the other (and says how many it ignored).
+//
+// With one address it does not reconnect: a lone master that comes back
+// may have lost the tasks (without --data-dir), and map would wait for
+// their results for ever.
+//
+// map's producer and collector share it; each asks for a new connection
+// when a call fails on the one it has, and the first to ask makes it.
+type producerConn struct {
+	name      string // the command, for its messages: "qmaster map"
+	dial      func(context.Context) (*wire.Client, error)
+	reconnect bool
+	// keyPrefix, with reconnect, starts the idempotency key of each
+	// task: unique to the run, followed by the input line's number.
+	keyPrefix string
+	errOut    io.Writer
+
+	mu  sync.Mutex
+	c   *wire.Client
+	gen int   // which connection c is, counted from 0
+	err error // why connecting again failed, once it has: map ends
+}
+
+// dialProducer connects for the producer command cmd ("map", "put"). With
+// several addresses the connection it returns reconnects, and gives the
+// tasks keys unique to the run.
+func dialProducer(ctx context.Context, co *clientOptions, f *factory, cmd string) (*producerConn, error) {
+	dial := func(ctx context.Context) (*wire.Client, error) {
+		return co.connect(ctx, f, "producer", cmd)
+	}
+	c, err := dial(ctx)
+	if err != nil {
+		return nil, err
+	}
+	conn := &producerConn{name: "qmaster " + cmd, dial: dial, c: c, errOut: f.ErrOut}
+	if len(wire.SplitAddrs(co.Server)) > 1 {
+		conn.reconnect = true
+		conn.keyPrefix = cmd + "-" + randomHex(8) + "-"
+	}
+	return conn, nil
+}
+
+// redialFor is how long a producer tries to reach another gateway before it
+// gives up: long enough for a node's restart or a leader's election.
+const redialFor = time.Minute
+
+// keys returns the idempotency keys of batch's tasks, or nil when the
+// command does not reconnect (and so never puts a batch twice).
+func (m *producerConn) keys(batch []inputLine) []string {
+	if m.keyPrefix == "" {
+		return nil
+	}
+	keys := make([]string, len(batch))
+	for i, l := range batch {
+		keys[i] = m.keyPrefix + strconv.Itoa(l.N)
+	}
+	return keys
+}
+
+func (m *producerConn) client() (*wire.Client, int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.c, m.gen
+}
+
+// lost reports whether err says the connection is gone, and the command
+// may go on through another.
+func (m *producerConn) lost(err error) bool {
+	return m.reconnect && (errors.Is(err, wire.ErrClosed) || errors.Is(err, wire.ErrShuttingDown))
+}
+
+// replace returns a working connection in place of connection gen, which
+// failed with cause: a new one, made now unless another caller made it
+// already.
+func (m *producerConn) replace(ctx context.Context, gen int, cause error) (*wire.Client, int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	switch {
+	case m.err != nil:
+		return nil, m.gen, m.err
+	case gen != m.gen:
+		return m.c, m.gen, nil
+	}
+	m.c.Close()
+	fmt.Fprintf(m.errOut, "%s: connection lost (%v); connecting again\n", m.name, cause)
+	deadline := time.Now().Add(redialFor)
+	delay := 100 * time.Millisecond
+	for {
+		c, err := m.dial(ctx)
+		if err == nil {
+			m.c = c
+			m.gen++
+			return c, m.gen, nil
+		}
+		if ctx.Err() != nil || time.Now().Add(delay).After(deadline) {
+			m.err = fmt.Errorf("connect again after %v: %w", cause, err)
+			return nil, m.gen, m.err
+		}
+		select {
+		case <-ctx.Done():
+			m.err = ctx.Err()
+			return nil, m.gen, m.err
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 2*time.Second)
+	}
+}
+
+func (m *producerConn) close() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.c.Close()
+}
