@@ -38,29 +38,36 @@ type leaseList struct {
 	first, last *lease
 }
 
-// maxLeaseLists bounds the lists: leases of further lengths share the
-// last list, which stays in order (an insertion then walks back from its
-// tail).
-const maxLeaseLists = 8
+// maxLeaseLists bounds the lists. A list no lease is in any more takes
+// the next new length; past the bound, leases of further lengths share
+// the last list, which stays in order (an insertion then walks back from
+// its tail).
+const maxLeaseLists = 16
 
 func (o *leaseOrder) len() int { return o.n }
 
 // add puts l, leased for length, in order.
 func (o *leaseOrder) add(l *lease, length int64) {
-	var ll *leaseList
+	var ll, empty *leaseList
 	for _, c := range o.lists {
 		if c.length == length {
 			ll = c
 			break
 		}
-	}
-	if ll == nil {
-		if len(o.lists) < maxLeaseLists {
-			ll = &leaseList{length: length}
-			o.lists = append(o.lists, ll)
-		} else {
-			ll = o.lists[len(o.lists)-1]
+		if empty == nil && c.first == nil {
+			empty = c
 		}
+	}
+	switch {
+	case ll != nil:
+	case empty != nil: // a length no lease has any more
+		ll = empty
+		ll.length = length
+	case len(o.lists) < maxLeaseLists:
+		ll = &leaseList{length: length}
+		o.lists = append(o.lists, ll)
+	default:
+		ll = o.lists[len(o.lists)-1]
 	}
 	// Walk back past the leases that expire after l: none, but for a
 	// clock read before another caller took the lock, or a shared list.

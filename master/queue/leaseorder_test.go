@@ -8,12 +8,16 @@ import (
 
 // TestLeaseOrder checks the deadline order against a sorted slice through
 // random adds (of more lengths than it has lists, with clocks that
-// sometimes run back), removes and moves of deadlines.
+// sometimes run back), removes and moves of deadlines; lists emptied on
+// the way are taken by new lengths.
 func TestLeaseOrder(t *testing.T) {
 	var o leaseOrder
 	var held []*lease
 	rng := rand.New(rand.NewPCG(3, 4))
-	lengths := []int64{30, 5, 300, 1, 60, 7, 11, 13, 17, 19, 23} // more than maxLeaseLists
+	var lengths []int64 // more than maxLeaseLists
+	for i := range maxLeaseLists + 4 {
+		lengths = append(lengths, int64(1+i*i))
+	}
 	now := int64(1000)
 	id := uint64(0)
 	for step := range 20_000 {
