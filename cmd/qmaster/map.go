@@ -464,15 +464,13 @@ func produce(ctx context.Context, conn *producerConn, opts *mapOptions, results 
 			return err
 		}
 		keys := conn.keys(batch)
-		c, gen := conn.client()
-		ids, err := putWaiting(ctx, c, opts.Tasks, raw, keys, results)
-		for err != nil && conn.lost(err) && ctx.Err() == nil {
-			// Stored or not, the batch is put again through another
-			// gateway, under the same keys (see producerConn).
-			if c, gen, err = conn.replace(ctx, gen, err); err == nil {
-				ids, err = putWaiting(ctx, c, opts.Tasks, raw, keys, results)
-			}
-		}
+		// Stored or not, a batch cut off with its connection is put again
+		// through another gateway, under the same keys (see producerConn).
+		var ids []uint64
+		err = conn.call(ctx, func(c *wire.Client) (err error) {
+			ids, err = putWaiting(ctx, c, opts.Tasks, raw, keys, results)
+			return err
+		})
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/qm-dev/qm/master"
+	"github.com/qm-dev/qm/wire"
 )
 
 // TestMapPutAgainAddsNoTasks: map's first put reaches the master, which
@@ -180,5 +181,43 @@ func TestPutAgainAddsNoTasks(t *testing.T) {
 	}
 	if want := fmt.Sprintf(`"ready":%d`, n); !strings.Contains(out.String(), want) {
 		t.Errorf("the queue does not hold %d tasks: %s", n, out)
+	}
+}
+
+// A producer whose connection is lost, and whose every attempt to connect
+// again meets a gateway shutting down, gives up once its redial time is
+// over, with the reason: it does not take the failed reconnection for
+// another lost connection and try again for ever.
+func TestProducerGivesUpWhenNoGatewayTakesIt(t *testing.T) {
+	addr := startInProcessMaster(t, master.Config{})
+	f, _, errOut := testFactory("")
+	co := clientOptions{Server: addr + "," + addr, Authkey: testKey, ConnectTimeout: 5 * time.Second}
+	conn, err := dialProducer(context.Background(), &co, f, "put")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.close()
+	conn.redial = 200 * time.Millisecond
+	conn.dial = func(context.Context) (*wire.Client, error) {
+		return nil, fmt.Errorf("hello: %w", wire.ErrShuttingDown)
+	}
+	calls := 0
+	done := make(chan error, 1)
+	go func() {
+		done <- conn.call(context.Background(), func(*wire.Client) error {
+			calls++
+			return wire.ErrClosed
+		})
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "connect again") {
+			t.Errorf("call: %v, want the reason it could not connect again", err)
+		}
+		if calls != 1 {
+			t.Errorf("%d calls, want 1", calls)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("call still going 10s after its 200ms of redialling; stderr:\n%s", errOut)
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -13,8 +14,8 @@ import (
 )
 
 // producerConn is the connection of a producer command, map or put, to
-// the master. Given several addresses (gateways to one cluster, or a name
-// of several), it carries on through another when its gateway dies: the
+// the master. Given several comma-separated addresses (gateways to one
+// cluster), it carries on through another when its gateway dies: the
 // cluster keeps the queues, so the results of tasks put through the dead
 // gateway still come. A batch whose put was in flight then is put again,
 // since it may not have been stored. Its tasks carry idempotency keys, the
@@ -23,9 +24,10 @@ import (
 // --dedup-window). Should a task still run twice, map prints the first
 // result of its line, ignoring the other (and says how many it ignored).
 //
-// With one address it does not reconnect: a lone master that comes back
-// may have lost the tasks (without --data-dir), and map would wait for
-// their results for ever.
+// With one address it does not reconnect, even a name that resolves to
+// several (localhost often does): a lone master that comes back may have
+// lost the tasks (without --data-dir), and map would wait for their
+// results for ever.
 //
 // map's producer and collector share it; each asks for a new connection
 // when a call fails on the one it has, and the first to ask makes it.
@@ -37,6 +39,7 @@ type producerConn struct {
 	// task: unique to the run, followed by the input line's number.
 	keyPrefix string
 	errOut    io.Writer
+	redial    time.Duration // how long replace tries; 0: redialFor
 
 	mu  sync.Mutex
 	c   *wire.Client
@@ -106,7 +109,7 @@ func (m *producerConn) replace(ctx context.Context, gen int, cause error) (*wire
 	}
 	m.c.Close()
 	fmt.Fprintf(m.errOut, "%s: connection lost (%v); connecting again\n", m.name, cause)
-	deadline := time.Now().Add(redialFor)
+	deadline := time.Now().Add(cmp.Or(m.redial, redialFor))
 	delay := 100 * time.Millisecond
 	for {
 		c, err := m.dial(ctx)
@@ -127,6 +130,22 @@ func (m *producerConn) replace(ctx context.Context, gen int, cause error) (*wire
 		}
 		delay = min(2*delay, 2*time.Second)
 	}
+}
+
+// call makes a call on the connection, and, as long as it fails because
+// the connection was lost, again on a new one. It returns the last call's
+// error, or why no new connection could be made.
+func (m *producerConn) call(ctx context.Context, call func(*wire.Client) error) error {
+	c, gen := m.client()
+	err := call(c)
+	for err != nil && m.lost(err) && ctx.Err() == nil {
+		var rerr error
+		if c, gen, rerr = m.replace(ctx, gen, err); rerr != nil {
+			return rerr
+		}
+		err = call(c)
+	}
+	return err
 }
 
 func (m *producerConn) close() {

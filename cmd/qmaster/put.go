@@ -59,8 +59,8 @@ task's ID, so a put retried after a timeout never runs twice.
 Given several --server addresses (gateways to one cluster), put carries
 on through another when the one it uses dies, trying for up to a minute.
 Each item then gets an idempotency key of its own, unique to the run
-(unless --key names one), so a batch whose put was cut off is put again
-and stored once (within the master's --dedup-window).`,
+(unless --key names one; the master keeps each for its --dedup-window),
+so a batch whose put was cut off is put again and stored once.`,
 		Example: `  qmaster put jobs 1 2 3
   qmaster put jobs '{"url": "https://example.com"}'
   seq 1 1000 | qmaster put jobs
@@ -148,15 +148,13 @@ func putRun(ctx context.Context, opts *putOptions) error {
 		if opts.Key != "" {
 			popts.Keys = []string{opts.Key}
 		}
-		c, gen := conn.client()
-		ids, err := c.PutRaw(ctx, opts.Queue, raw, popts)
-		for err != nil && conn.lost(err) && ctx.Err() == nil {
-			// Stored or not, the batch is put again through another
-			// gateway, under the same keys (see producerConn).
-			if c, gen, err = conn.replace(ctx, gen, err); err == nil {
-				ids, err = c.PutRaw(ctx, opts.Queue, raw, popts)
-			}
-		}
+		// Stored or not, a batch cut off with its connection is put again
+		// through another gateway, under the same keys (see producerConn).
+		var ids []uint64
+		err := conn.call(ctx, func(c *wire.Client) (err error) {
+			ids, err = c.PutRaw(ctx, opts.Queue, raw, popts)
+			return err
+		})
 		if err != nil {
 			return 0, err
 		}

@@ -51,8 +51,16 @@ func (q *queue) check() error {
 			return fmt.Errorf("deadline list's last is not its end")
 		}
 	}
-	if inLists != len(q.leases) {
-		return fmt.Errorf("deadline lists hold %d leases, map %d", inLists, len(q.leases))
+	for i, l := range q.order.spill {
+		if l.index != i || l.list != nil || q.leases[l.task.ID] != l {
+			return fmt.Errorf("spilled lease %d at %d broken", l.task.ID, i)
+		}
+		if i > 0 && q.order.spill.Less(i, (i-1)/2) {
+			return fmt.Errorf("spill heap order broken at %d", i)
+		}
+	}
+	if inLists+len(q.order.spill) != len(q.leases) {
+		return fmt.Errorf("deadline lists hold %d leases and the spill %d, map %d", inLists, len(q.order.spill), len(q.leases))
 	}
 	total, idle := 0, 0
 	for owner, h := range q.owners {

@@ -1,5 +1,7 @@
 package queue
 
+import "container/heap"
+
 // lease is one leased task. It sits in three indexes of its queue: the
 // id map, the deadline order and its owner's list.
 type lease struct {
@@ -10,7 +12,8 @@ type lease struct {
 
 	prev, next    *lease     // owner's list
 	before, after *lease     // its deadline list, earlier and later
-	list          *leaseList // the deadline list it is in
+	list          *leaseList // the deadline list it is in, or nil: in spill
+	index         int        // its place in leaseOrder.spill, if there
 }
 
 // earlier reports whether a expires before b (by deadline, then ID).
@@ -29,7 +32,34 @@ func earlier(a, b *lease) bool {
 // lease, which at 256 tasks a get was a tenth of the master's time.
 type leaseOrder struct {
 	lists []*leaseList
+	// spill is a heap of the leases whose length found no list: all
+	// lists were taken by other lengths still held.
+	spill spillHeap
 	n     int
+}
+
+// spillHeap is a min-heap of leases by deadline (then ID), for
+// container/heap.
+type spillHeap []*lease
+
+func (h spillHeap) Len() int           { return len(h) }
+func (h spillHeap) Less(i, j int) bool { return earlier(h[i], h[j]) }
+func (h spillHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].index = i
+	h[j].index = j
+}
+func (h *spillHeap) Push(x any) {
+	l := x.(*lease)
+	l.index = len(*h)
+	*h = append(*h, l)
+}
+func (h *spillHeap) Pop() any {
+	old := *h
+	l := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	return l
 }
 
 // leaseList is the leases of one length, in order of deadline.
@@ -39,9 +69,8 @@ type leaseList struct {
 }
 
 // maxLeaseLists bounds the lists. A list no lease is in any more takes
-// the next new length; past the bound, leases of further lengths share
-// the last list, which stays in order (an insertion then walks back from
-// its tail).
+// the next new length; past the bound, leases of further lengths go to a
+// heap (a list shared by lengths would have to be walked).
 const maxLeaseLists = 16
 
 func (o *leaseOrder) len() int { return o.n }
@@ -67,10 +96,12 @@ func (o *leaseOrder) add(l *lease, length int64) {
 		ll = &leaseList{length: length}
 		o.lists = append(o.lists, ll)
 	default:
-		ll = o.lists[len(o.lists)-1]
+		heap.Push(&o.spill, l)
+		o.n++
+		return
 	}
 	// Walk back past the leases that expire after l: none, but for a
-	// clock read before another caller took the lock, or a shared list.
+	// clock read before another caller took the lock.
 	p := ll.last
 	for p != nil && earlier(l, p) {
 		p = p.before
@@ -94,7 +125,12 @@ func (o *leaseOrder) add(l *lease, length int64) {
 
 // remove takes l out of the order.
 func (o *leaseOrder) remove(l *lease) {
+	o.n--
 	ll := l.list
+	if ll == nil {
+		heap.Remove(&o.spill, l.index)
+		return
+	}
 	if l.before == nil {
 		ll.first = l.after
 	} else {
@@ -106,12 +142,14 @@ func (o *leaseOrder) remove(l *lease) {
 		l.after.before = l.before
 	}
 	l.before, l.after, l.list = nil, nil, nil
-	o.n--
 }
 
 // first returns the lease that expires first, or nil.
 func (o *leaseOrder) first() *lease {
 	var f *lease
+	if len(o.spill) > 0 {
+		f = o.spill[0]
+	}
 	for _, ll := range o.lists {
 		if h := ll.first; h != nil && (f == nil || earlier(h, f)) {
 			f = h
@@ -131,9 +169,9 @@ type ownerHead struct {
 // maxFreeLeases bounds the per-queue free list of lease structs.
 const maxFreeLeases = 1024
 
-// addLease leases *t to owner from start until deadline. Called with
-// q.mu held.
-func (q *queue) addLease(t *Task, owner uint64, start, deadline int64) {
+// addLease leases *t to owner from start until deadline, a lease of
+// length. Called with q.mu held.
+func (q *queue) addLease(t *Task, owner uint64, start, deadline, length int64) {
 	var l *lease
 	if n := len(q.free); n > 0 {
 		l = q.free[n-1]
@@ -147,7 +185,7 @@ func (q *queue) addLease(t *Task, owner uint64, start, deadline int64) {
 	l.deadline = deadline
 	l.start = start
 	q.leases[t.ID] = l
-	q.order.add(l, deadline-start)
+	q.order.add(l, length)
 	if l.before == nil && q.order.first() == l {
 		q.sig = true // a new earliest deadline in this queue
 	}

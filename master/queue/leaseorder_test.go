@@ -9,7 +9,8 @@ import (
 // TestLeaseOrder checks the deadline order against a sorted slice through
 // random adds (of more lengths than it has lists, with clocks that
 // sometimes run back), removes and moves of deadlines; lists emptied on
-// the way are taken by new lengths.
+// the way are taken by new lengths, and lengths beyond the lists spill
+// to a heap.
 func TestLeaseOrder(t *testing.T) {
 	var o leaseOrder
 	var held []*lease
@@ -19,6 +20,7 @@ func TestLeaseOrder(t *testing.T) {
 		lengths = append(lengths, int64(1+i*i))
 	}
 	now := int64(1000)
+	spilled := false
 	id := uint64(0)
 	for step := range 20_000 {
 		now += rng.Int64N(3)
@@ -59,9 +61,15 @@ func TestLeaseOrder(t *testing.T) {
 			}
 			return 0
 		})
+		if len(o.spill) > 0 {
+			spilled = true
+		}
 		if got := o.first(); got != want {
 			t.Fatalf("step %d: first is task %d, want %d", step, got.task.ID, want.task.ID)
 		}
+	}
+	if !spilled {
+		t.Error("no lease spilled to the heap: the test did not test it")
 	}
 	// Drained in order.
 	var prev *lease

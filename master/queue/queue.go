@@ -263,7 +263,7 @@ func (q *queue) take(dst []Task, req *GetRequest, c *clock) []Task {
 		q.ready.popFront(t)
 		t.Attempts++
 		if !req.NoAck {
-			q.addLease(t, req.Owner, start, deadline)
+			q.addLease(t, req.Owner, start, deadline, int64(req.Lease))
 		}
 		q.log.record(kind, *t)
 	}
