@@ -54,8 +54,8 @@ func TestMapPutAgainAddsNoTasks(t *testing.T) {
 // answerCutter is a TCP proxy to target that, once, on the first
 // connection whose client has sent more than after bytes (a put, past the
 // handshake), forwards nothing more to the client and closes the
-// connection shortly after: the master gets the request, the client never
-// gets the answer.
+// connection once the master has answered (or after 5s): the master gets
+// the request, the client never gets the answer.
 type answerCutter struct {
 	target string
 	after  int64
@@ -124,18 +124,26 @@ func (c *answerCutter) proxy(client, server net.Conn) {
 		}
 	}()
 	buf := make([]byte, 32<<10)
+	var closeAt time.Time // once cut: when to close
+	answered := false     // once cut: the master has sent something since
 	for {
 		select {
 		case <-cutting:
-			// Let the master read and store the request, then close.
-			time.Sleep(300 * time.Millisecond)
-			return
+			// Let the master store the request and answer it (the answer
+			// is dropped), then close: at least 300ms, at most 5s.
+			if closeAt.IsZero() {
+				closeAt = time.Now().Add(300 * time.Millisecond)
+			}
+			if answered && !time.Now().Before(closeAt) || time.Now().After(closeAt.Add(5*time.Second)) {
+				return
+			}
 		default:
 		}
 		_ = server.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
 		m, err := server.Read(buf)
 		select {
 		case <-cutting:
+			answered = answered || m > 0
 			continue // the answer is dropped
 		default:
 		}
