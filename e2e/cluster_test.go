@@ -519,3 +519,77 @@ func TestSlowTasksCompleteThroughAnotherGateway(t *testing.T) {
 		return false
 	})
 }
+
+// qmaster put, given two gateways, goes on through the other when the one
+// it puts through is killed while it puts: every line is stored once (a
+// batch cut off is put again under the same keys).
+func TestPutGoesOnThroughAnotherGateway(t *testing.T) {
+	ports := qmtest.FreeAddrs(t, 2)
+	natsAddr, clusterAddr := ports[0], ports[1]
+	_, nodeAddr := startMaster(t, "--data-dir", t.TempDir(), "--cluster-listen", clusterAddr,
+		"--cluster-peers", clusterAddr, "--nats-listen", natsAddr)
+	gateways := map[string]*proc{}
+	var addrs []string
+	for range 2 {
+		p, addr := startMaster(t, "--nats", "nats://"+natsAddr)
+		gateways[addr] = p
+		addrs = append(addrs, addr)
+	}
+	const n = 20000
+	feed := newSeqFeed(t)
+	p := start(t, feed.r, nil, "qmaster", "put", "jobs", "--server", strings.Join(addrs, ","), "--batch", "100")
+	t.Cleanup(feed.close) // before the put's own: see newSeqFeed
+	// The first half is fed all at once, so that the kill most likely
+	// comes while put is putting; the second half after the kill, so
+	// that put cannot be done before it.
+	fed, killed := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(fed)
+		defer feed.close()
+		for i := 1; i <= n; i++ {
+			if i == n/2+1 {
+				<-killed
+			}
+			if _, err := fmt.Fprintln(feed.w, i); err != nil {
+				return
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-killed:
+		default:
+			close(killed) // the test failed before the kill: let the feed end
+		}
+	})
+	ready := func() int {
+		out, _, _ := run(t, "", "inspect", "--server", nodeAddr, "--json")
+		var stats []struct {
+			Queue string
+			Ready int
+		}
+		_ = json.Unmarshal([]byte(out), &stats)
+		for _, s := range stats {
+			if s.Queue == "jobs" {
+				return s.Ready
+			}
+		}
+		return 0
+	}
+	waitFor(t, 60*time.Second, func() bool { return ready() >= n/10 })
+	victim := gatewayWith(t, addrs, "producer")
+	_ = gateways[victim].cmd.Process.Kill()
+	<-gateways[victim].done
+	close(killed)
+	t.Logf("%d stored: SIGKILLed put's gateway %s", ready(), victim)
+	<-fed
+	if code := p.wait(t, 120*time.Second); code != 0 {
+		t.Fatalf("put exited %d: %s", code, p.logs())
+	}
+	if got := ready(); got != n {
+		t.Fatalf("%d tasks stored for %d lines; put's stderr:\n%s", got, n, p.logs())
+	}
+	if !strings.Contains(p.logs(), "connecting again") {
+		t.Errorf("put did not say it connected again: %s", p.logs())
+	}
+}
