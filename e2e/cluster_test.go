@@ -337,17 +337,7 @@ func httpGet(t *testing.T, url, token string) string {
 // through that gateway, and carries on through the other: every input
 // gets its result line, in order, and map exits 0.
 func TestMapGoesOnThroughAnotherGateway(t *testing.T) {
-	ports := qmtest.FreeAddrs(t, 2)
-	natsAddr, clusterAddr := ports[0], ports[1]
-	_, nodeAddr := startMaster(t, "--data-dir", t.TempDir(), "--cluster-listen", clusterAddr,
-		"--cluster-peers", clusterAddr, "--nats-listen", natsAddr)
-	gateways := map[string]*proc{}
-	var addrs []string
-	for range 2 {
-		p, addr := startMaster(t, "--nats", "nats://"+natsAddr)
-		gateways[addr] = p
-		addrs = append(addrs, addr)
-	}
+	nodeAddr, gateways, addrs := startNodeAndGateways(t)
 	worker := start(t, nil, nil, "qworker", "--server", nodeAddr, "--builtin", "square", "--concurrency", "4")
 
 	const n = 600
@@ -394,6 +384,26 @@ func TestMapGoesOnThroughAnotherGateway(t *testing.T) {
 	if !strings.Contains(m.logs(), "connecting again") {
 		t.Errorf("map did not say it connected again: %s", m.logs())
 	}
+}
+
+// startNodeAndGateways starts a qmaster embedding a single JetStream node
+// and two stateless gateways on it (qmaster --nats), each with args. It
+// returns the node's address, the gateways by address and their
+// addresses.
+func startNodeAndGateways(t *testing.T, args ...string) (string, map[string]*proc, []string) {
+	t.Helper()
+	ports := qmtest.FreeAddrs(t, 2)
+	natsAddr, clusterAddr := ports[0], ports[1]
+	_, nodeAddr := startMaster(t, append([]string{"--data-dir", t.TempDir(), "--cluster-listen", clusterAddr,
+		"--cluster-peers", clusterAddr, "--nats-listen", natsAddr}, args...)...)
+	gateways := map[string]*proc{}
+	var addrs []string
+	for range 2 {
+		p, addr := startMaster(t, append([]string{"--nats", "nats://" + natsAddr}, args...)...)
+		gateways[addr] = p
+		addrs = append(addrs, addr)
+	}
+	return nodeAddr, gateways, addrs
 }
 
 // gatewayWith returns the one of addrs that a client of role is
@@ -458,17 +468,7 @@ func wantSquares(t *testing.T, out string, n int) {
 // result arrives long before JetStream would redeliver it (the gateways'
 // --lease, JetStream's AckWait, is 40s; map gives up after 25s).
 func TestSlowTasksCompleteThroughAnotherGateway(t *testing.T) {
-	ports := qmtest.FreeAddrs(t, 2)
-	natsAddr, clusterAddr := ports[0], ports[1]
-	_, nodeAddr := startMaster(t, "--data-dir", t.TempDir(), "--cluster-listen", clusterAddr,
-		"--cluster-peers", clusterAddr, "--nats-listen", natsAddr, "--lease", "40s")
-	gateways := map[string]*proc{}
-	var addrs []string
-	for range 2 {
-		p, addr := startMaster(t, "--nats", "nats://"+natsAddr, "--lease", "40s")
-		gateways[addr] = p
-		addrs = append(addrs, addr)
-	}
+	nodeAddr, gateways, addrs := startNodeAndGateways(t, "--lease", "40s")
 	// Each run is logged; a task waits for the gate file, so that every
 	// task is running when the gateway dies and finishes after.
 	dir := t.TempDir()
@@ -524,17 +524,7 @@ func TestSlowTasksCompleteThroughAnotherGateway(t *testing.T) {
 // it puts through is killed while it puts: every line is stored once (a
 // batch cut off is put again under the same keys).
 func TestPutGoesOnThroughAnotherGateway(t *testing.T) {
-	ports := qmtest.FreeAddrs(t, 2)
-	natsAddr, clusterAddr := ports[0], ports[1]
-	_, nodeAddr := startMaster(t, "--data-dir", t.TempDir(), "--cluster-listen", clusterAddr,
-		"--cluster-peers", clusterAddr, "--nats-listen", natsAddr)
-	gateways := map[string]*proc{}
-	var addrs []string
-	for range 2 {
-		p, addr := startMaster(t, "--nats", "nats://"+natsAddr)
-		gateways[addr] = p
-		addrs = append(addrs, addr)
-	}
+	nodeAddr, gateways, addrs := startNodeAndGateways(t)
 	const n = 20000
 	feed := newSeqFeed(t)
 	p := start(t, feed.r, nil, "qmaster", "put", "jobs", "--server", strings.Join(addrs, ","), "--batch", "100")
