@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -39,6 +40,13 @@ type natsSystem struct {
 	batch   int
 	payload []byte
 	dir     string
+
+	// pack is the most tasks one message carries (1: a message a task).
+	// Packed, a worker fetches one message, runs its tasks and publishes
+	// their results as one message: the records JetStream writes per task
+	// (store and delete, of the task and of its result) are divided by
+	// the pack's size, which is what a gateway that packed could gain.
+	pack int
 }
 
 // startNATSSystem starts a JetStream server in its own process and w
@@ -48,8 +56,14 @@ type natsSystem struct {
 // as qmaster --fsync always (its default) has its embedded node do;
 // without, it fsyncs every 2 minutes (JetStream's default), as with
 // qmaster --fsync never.
-func (b *bench) startNATSSystem(ctx context.Context, size, w int, syncAlways bool) (sys system, err error) {
-	s := &natsSystem{batch: b.opts.QMBatch, payload: bytes.Repeat([]byte{'x'}, size)}
+//
+// With packed, each message carries up to --qm-concurrency tasks (see
+// natsSystem.pack).
+func (b *bench) startNATSSystem(ctx context.Context, size, w int, syncAlways, packed bool) (sys system, err error) {
+	s := &natsSystem{batch: b.opts.QMBatch, payload: bytes.Repeat([]byte{'x'}, size), pack: 1}
+	if packed {
+		s.pack = b.opts.QMConcurrency
+	}
 	defer func() {
 		if err != nil {
 			s.close()
@@ -92,7 +106,8 @@ func (b *bench) startNATSSystem(ctx context.Context, size, w int, syncAlways boo
 	if s.results, err = s.js.CreateConsumer(ctx, natsResults, consumer); err != nil {
 		return nil, err
 	}
-	s.workers, err = b.startReady(ctx, "nats worker", w, []string{b.self, "worker-nats", "--url", url, "--batch", strconv.Itoa(b.opts.QMConcurrency)})
+	s.workers, err = b.startReady(ctx, "nats worker", w, []string{b.self, "worker-nats", "--url", url, "--batch", strconv.Itoa(b.opts.QMConcurrency),
+		"--packed=" + strconv.FormatBool(packed)})
 	if err != nil {
 		return nil, err
 	}
@@ -104,9 +119,9 @@ func (s *natsSystem) throughput(ctx context.Context, n int) (time.Duration, erro
 	err := both(ctx, func(gctx context.Context) error {
 		for sent := 0; sent < n; {
 			k := min(s.batch, n-sent)
-			futures := make([]jetstream.PubAckFuture, k)
+			futures := make([]jetstream.PubAckFuture, (k+s.pack-1)/s.pack)
 			for i := range futures {
-				f, err := s.js.PublishAsync(natsTaskSubj, s.payload)
+				f, err := s.js.PublishAsync(natsTaskSubj, s.message(min(s.pack, k-i*s.pack)))
 				if err != nil {
 					return fmt.Errorf("publish: %w", err)
 				}
@@ -126,18 +141,22 @@ func (s *natsSystem) throughput(ctx context.Context, n int) (time.Duration, erro
 		return nil
 	}, func(gctx context.Context) error {
 		for got := 0; got < n; {
-			batch, err := s.results.Fetch(min(s.batch, n-got), jetstream.FetchMaxWait(time.Second))
+			batch, err := s.results.Fetch(max(1, min(s.batch, n-got)/s.pack), jetstream.FetchMaxWait(time.Second))
 			if err != nil {
 				return fmt.Errorf("fetch results: %w", err)
 			}
 			for m := range batch.Messages() {
-				if got == 0 && !bytes.Equal(m.Data(), s.payload) {
+				results, err := s.unpack(m.Data())
+				if err != nil {
+					return err
+				}
+				if got == 0 && !bytes.Equal(results[0], s.payload) {
 					return errors.New("a result is not the task's payload")
 				}
 				if err := m.Ack(); err != nil {
 					return err
 				}
-				got++
+				got += len(results)
 			}
 			if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
 				return fmt.Errorf("fetch results: %w", err)
@@ -155,7 +174,7 @@ func (s *natsSystem) roundTrips(ctx context.Context, count int) ([]time.Duration
 	out := make([]time.Duration, 0, count)
 	for range count {
 		start := time.Now()
-		if _, err := s.js.Publish(ctx, natsTaskSubj, s.payload); err != nil {
+		if _, err := s.js.Publish(ctx, natsTaskSubj, s.message(1)); err != nil {
 			return nil, fmt.Errorf("publish: %w", err)
 		}
 		m, err := s.results.Next(jetstream.FetchMaxWait(10 * time.Second))
@@ -166,6 +185,49 @@ func (s *natsSystem) roundTrips(ctx context.Context, count int) ([]time.Duration
 			return nil, err
 		}
 		out = append(out, time.Since(start))
+	}
+	return out, nil
+}
+
+// message is a task message carrying k tasks: the payload itself
+// unpacked, else a pack of k.
+func (s *natsSystem) message(k int) []byte {
+	if s.pack == 1 {
+		return s.payload
+	}
+	var b []byte
+	for range k {
+		b = appendPacked(b, s.payload)
+	}
+	return b
+}
+
+// unpack is the payloads a message carries.
+func (s *natsSystem) unpack(data []byte) ([][]byte, error) {
+	if s.pack == 1 {
+		return [][]byte{data}, nil
+	}
+	return unpackPayloads(data)
+}
+
+// appendPacked appends p to a pack: its length as a uvarint, then p.
+func appendPacked(b, p []byte) []byte {
+	return append(binary.AppendUvarint(b, uint64(len(p))), p...)
+}
+
+// unpackPayloads splits a pack into its payloads.
+func unpackPayloads(b []byte) ([][]byte, error) {
+	var out [][]byte
+	for len(b) > 0 {
+		n, w := binary.Uvarint(b)
+		if w <= 0 || n > uint64(len(b)-w) {
+			return nil, errors.New("a packed message is malformed")
+		}
+		out = append(out, b[w:w+int(n)])
+		b = b[w+int(n):]
+	}
+	if len(out) == 0 {
+		return nil, errors.New("a packed message is empty")
 	}
 	return out, nil
 }
@@ -218,24 +280,26 @@ func newNATSServerCmd() *cobra.Command {
 // newNATSWorkerCmd is the hidden worker process of the JetStream runs.
 func newNATSWorkerCmd() *cobra.Command {
 	var (
-		url   string
-		batch int
+		url    string
+		batch  int
+		packed bool
 	)
 	cmd := &cobra.Command{
-		Use:    "worker-nats --url URL [--batch N]",
+		Use:    "worker-nats --url URL [--batch N] [--packed]",
 		Short:  "Pull up to N tasks, publish each back as its result, ack the tasks, until killed",
 		Hidden: true,
 		Args:   cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return natsWorker(cmd.Context(), url, batch)
+			return natsWorker(cmd.Context(), url, batch, packed)
 		},
 	}
 	cmd.Flags().StringVar(&url, "url", "", "JetStream server URL")
 	cmd.Flags().IntVar(&batch, "batch", 1, "tasks per fetch")
+	cmd.Flags().BoolVar(&packed, "packed", false, "each message is a pack of up to N tasks: fetch one, publish their results as one message")
 	return cmd
 }
 
-func natsWorker(ctx context.Context, url string, batch int) error {
+func natsWorker(ctx context.Context, url string, batch int, packed bool) error {
 	nc, err := nats.Connect(url)
 	if err != nil {
 		return err
@@ -250,15 +314,32 @@ func natsWorker(ctx context.Context, url string, batch int) error {
 		return err
 	}
 	fmt.Println("ready")
-	msgs := make([]jetstream.Msg, 0, batch)
+	fetch := batch
+	if packed {
+		fetch = 1
+	}
+	msgs := make([]jetstream.Msg, 0, fetch)
 	for ctx.Err() == nil {
-		b, err := cons.Fetch(batch, jetstream.FetchMaxWait(time.Second))
+		b, err := cons.Fetch(fetch, jetstream.FetchMaxWait(time.Second))
 		if err != nil {
 			return err
 		}
 		msgs = msgs[:0]
 		for m := range b.Messages() {
-			if _, err := js.PublishAsync(natsResultSubj, m.Data()); err != nil {
+			result := m.Data()
+			if packed {
+				// Each task's result is its payload, echoed: the pack of
+				// results is built anew, as a real worker's would be.
+				tasks, err := unpackPayloads(m.Data())
+				if err != nil {
+					return err
+				}
+				result = nil
+				for _, t := range tasks {
+					result = appendPacked(result, t)
+				}
+			}
+			if _, err := js.PublishAsync(natsResultSubj, result); err != nil {
 				return err
 			}
 			msgs = append(msgs, m)

@@ -99,21 +99,23 @@ func firstLine(name string, args ...string) string {
 }
 
 var systemLabels = map[string]string{
-	"qm":           "qm, batched",
-	"qm-1req":      "qm, 1 request/op",
-	"qm-delayed":   "qm, delayed 1h",
-	"qm-defaults":  "qm, defaults",
-	"redis":        "Redis lists, batched",
-	"redis-1req":   "Redis lists, 1 request/op",
-	"python":       "Python BaseManager",
-	"qm-disk":      "qm, batched, --data-dir (fsync always)",
-	"qm-js":        "qm, batched, embedded JetStream node (fsync always)",
-	"qm-js-nosync": "qm, batched, embedded JetStream node (--fsync never)",
-	"qm-js3":       "qm, batched, two gateways on three JetStream nodes (fsync always)",
-	"nats":         "NATS JetStream direct, batched (sync always)",
-	"nats-nosync":  "NATS JetStream direct, batched (default sync)",
-	"qm-stdio":     "qm --stdio, Python x*x",
-	"qm-command":   "qm command mode, Python x*x",
+	"qm":                 "qm, batched",
+	"qm-1req":            "qm, 1 request/op",
+	"qm-delayed":         "qm, delayed 1h",
+	"qm-defaults":        "qm, defaults",
+	"redis":              "Redis lists, batched",
+	"redis-1req":         "Redis lists, 1 request/op",
+	"python":             "Python BaseManager",
+	"qm-disk":            "qm, batched, --data-dir (fsync always)",
+	"qm-js":              "qm, batched, embedded JetStream node (fsync always)",
+	"qm-js-nosync":       "qm, batched, embedded JetStream node (--fsync never)",
+	"qm-js3":             "qm, batched, two gateways on three JetStream nodes (fsync always)",
+	"nats":               "NATS JetStream direct, batched (sync always)",
+	"nats-nosync":        "NATS JetStream direct, batched (default sync)",
+	"nats-packed":        "NATS JetStream direct, --qm-concurrency tasks a message (sync always)",
+	"nats-packed-nosync": "NATS JetStream direct, --qm-concurrency tasks a message (default sync)",
+	"qm-stdio":           "qm --stdio, Python x*x",
+	"qm-command":         "qm command mode, Python x*x",
 }
 
 // markdown is the results section of docs/PERFORMANCE.md.

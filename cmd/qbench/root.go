@@ -39,7 +39,7 @@ var allSystems = []string{"qm", "qm-1req", "qm-defaults", "qm-stdio", "qm-comman
 
 // moreSystems are known but not run unless named in --systems: the
 // durable and JetStream setups (docs/SCALING.md).
-var moreSystems = []string{"qm-disk", "qm-js", "qm-js3", "qm-js-nosync", "nats", "nats-nosync"}
+var moreSystems = []string{"qm-disk", "qm-js", "qm-js3", "qm-js-nosync", "nats", "nats-nosync", "nats-packed", "nats-packed-nosync"}
 
 func newRootCmd() *cobra.Command {
 	opts := &options{}
@@ -103,6 +103,11 @@ Run only when named (docs/SCALING.md), all batched as qm:
   nats, nats-nosync
            JetStream used directly, as its users would at their best (a
            nats-server in its own process; workers qbench worker-nats).
+  nats-packed, nats-packed-nosync
+           the same with up to --qm-concurrency tasks in one message:
+           the producer packs its puts, a worker fetches one message and
+           publishes its results as one. Not qm's mapping (a message is
+           a task there); what packing would gain (docs/SCALING.md).
 
 The 1req systems and python put --slow-n tasks per measurement, the
 others --n.

@@ -63,9 +63,13 @@ func (b *bench) start(ctx context.Context, sys string, size, w int) (system, err
 	case "qm-js-nosync":
 		return b.startQM(ctx, qmMode{batch: b.opts.QMBatch, concurrency: b.opts.QMConcurrency, storage: "jetstream-nosync"}, size, w)
 	case "nats":
-		return b.startNATSSystem(ctx, size, w, true)
+		return b.startNATSSystem(ctx, size, w, true, false)
 	case "nats-nosync":
-		return b.startNATSSystem(ctx, size, w, false)
+		return b.startNATSSystem(ctx, size, w, false, false)
+	case "nats-packed":
+		return b.startNATSSystem(ctx, size, w, true, true)
+	case "nats-packed-nosync":
+		return b.startNATSSystem(ctx, size, w, false, true)
 	case "qm-stdio":
 		return b.startQM(ctx, qmMode{python: pyStdio}, size, w)
 	case "qm-command":
