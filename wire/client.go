@@ -178,6 +178,41 @@ func resolve(ctx context.Context, lookupHost func(context.Context, string) ([]st
 	return targets, errs
 }
 
+// Masters returns how many masters addr (a Config.Addr) names, as Dial
+// counts them: each address given, and each address a host name resolves
+// to, except that a name's loopback addresses count as one (localhost
+// often resolves to both 127.0.0.1 and ::1: one machine, one port, one
+// master). A name that does not resolve counts once. A producer that
+// reconnects only when there is another master to reach asks this;
+// lookupHost nil means the system's resolver.
+func Masters(ctx context.Context, addr string, lookupHost func(context.Context, string) ([]string, error)) int {
+	n := 0
+	for _, a := range SplitAddrs(addr) {
+		host, _, err := net.SplitHostPort(a)
+		if err != nil || host == "" || net.ParseIP(host) != nil {
+			n++
+			continue
+		}
+		if lookupHost == nil {
+			lookupHost = net.DefaultResolver.LookupHost
+		}
+		ips, err := lookupHost(ctx, host)
+		if err != nil || len(ips) == 0 {
+			n++
+			continue
+		}
+		distinct := make(map[string]bool, len(ips))
+		for _, s := range ips {
+			if ip := net.ParseIP(s); ip != nil && ip.IsLoopback() {
+				s = "loopback"
+			}
+			distinct[s] = true
+		}
+		n += len(distinct)
+	}
+	return n
+}
+
 // SplitAddrs returns the addresses of a comma-separated list, spaces
 // and empty entries dropped.
 func SplitAddrs(list string) []string {

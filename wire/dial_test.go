@@ -34,6 +34,40 @@ func TestResolve(t *testing.T) {
 	}
 }
 
+// A name with several addresses is that many masters, but its loopback
+// addresses are one: localhost resolving to 127.0.0.1 and ::1 is one
+// master, and a producer given it must not reconnect as if to a cluster.
+func TestMasters(t *testing.T) {
+	lookup := func(_ context.Context, host string) ([]string, error) {
+		switch host {
+		case "gw.test":
+			return []string{"10.0.0.1", "10.0.0.2", "fd00::3"}, nil
+		case "localhost":
+			return []string{"127.0.0.1", "::1"}, nil
+		case "both.test":
+			return []string{"::1", "10.0.0.1", "10.0.0.1"}, nil
+		}
+		return nil, &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}
+	}
+	for _, tc := range []struct {
+		addr string
+		want int
+	}{
+		{"127.0.0.1:5000", 1},
+		{"127.0.0.1:5000,127.0.0.1:5001", 2},
+		{"localhost:5000", 1},
+		{"gw.test:5000", 3},
+		{"both.test:5000", 2}, // a loopback and an external address, the latter twice
+		{"nosuch.test:5000", 1},
+		{"localhost:5000, gw.test:5000,,", 4},
+		{"", 0},
+	} {
+		if got := Masters(context.Background(), tc.addr, lookup); got != tc.want {
+			t.Errorf("Masters(%q) = %d, want %d", tc.addr, got, tc.want)
+		}
+	}
+}
+
 func TestConnectTimeout(t *testing.T) {
 	for _, tc := range []struct {
 		shares      int

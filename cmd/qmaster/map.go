@@ -51,7 +51,8 @@ A task that fails for good (after the master's --max-attempts) prints null
 on its line and is reported on stderr; map then exits with status 1. A
 progress bar is shown on stderr when it is a terminal.
 
-Given several --server addresses (gateways to one cluster), map carries on
+Given several --server addresses (gateways to one cluster), or a host name
+with several addresses (its loopback ones counting once), map carries on
 through another when the one it uses dies, trying for up to a minute: the
 cluster keeps the tasks and results. A batch whose put was cut off is put
 again under the same idempotency keys, so the master stores none of

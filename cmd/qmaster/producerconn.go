@@ -24,10 +24,11 @@ import (
 // --dedup-window). Should a task still run twice, map prints the first
 // result of its line, ignoring the other (and says how many it ignored).
 //
-// With one address it does not reconnect, even a name that resolves to
-// several (localhost often does): a lone master that comes back may have
-// lost the tasks (without --data-dir), and map would wait for their
-// results for ever.
+// A host name that resolves to several addresses counts as that many
+// gateways, but not its loopback addresses (wire.Masters): localhost often
+// resolves to two, and with one master it does not reconnect, since a
+// lone master that comes back may have lost the tasks (without
+// --data-dir), and map would wait for their results for ever.
 //
 // map's producer and collector share it; each asks for a new connection
 // when a call fails on the one it has, and the first to ask makes it.
@@ -48,8 +49,8 @@ type producerConn struct {
 }
 
 // dialProducer connects for the producer command cmd ("map", "put"). With
-// several addresses the connection it returns reconnects, and gives the
-// tasks keys unique to the run.
+// several masters to reach the connection it returns reconnects, and
+// gives the tasks keys unique to the run.
 func dialProducer(ctx context.Context, co *clientOptions, f *factory, cmd string) (*producerConn, error) {
 	dial := func(ctx context.Context) (*wire.Client, error) {
 		return co.connect(ctx, f, "producer", cmd)
@@ -59,7 +60,7 @@ func dialProducer(ctx context.Context, co *clientOptions, f *factory, cmd string
 		return nil, err
 	}
 	conn := &producerConn{name: "qmaster " + cmd, dial: dial, c: c, errOut: f.ErrOut}
-	if len(wire.SplitAddrs(co.Server)) > 1 {
+	if wire.Masters(ctx, co.Server, nil) > 1 {
 		conn.reconnect = true
 		conn.keyPrefix = cmd + "-" + randomHex(8) + "-"
 	}

@@ -56,7 +56,8 @@ put of one item idempotent: a second put with the same key within the
 master's --dedup-window (2m by default) adds nothing and prints the first
 task's ID, so a put retried after a timeout never runs twice.
 
-Given several --server addresses (gateways to one cluster), put carries
+Given several --server addresses (gateways to one cluster), or a host name
+with several addresses (its loopback ones counting once), put carries
 on through another when the one it uses dies, trying for up to a minute.
 Each item then gets an idempotency key of its own, unique to the run
 (unless --key names one; the master keeps each for its --dedup-window),
