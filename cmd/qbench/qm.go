@@ -34,7 +34,8 @@ type qmMode struct {
 	// what a user who starts as the README shows gets.
 	defaults bool
 	// storage says where qmaster keeps the queues: "" in memory, "disk"
-	// in --data-dir (fsync always), "jetstream" in a JetStream node
+	// in --data-dir (fsync always), "disk-interval" there with --fsync
+	// interval (every 100 ms), "jetstream" in a JetStream node
 	// embedded in it (--cluster-listen with itself as the only peer;
 	// fsync always), "jetstream-nosync" the same with --fsync never,
 	// "jetstream3" in a cluster of three such qmasters (fsync always),
@@ -54,6 +55,8 @@ func storageArgs(storage, dir string) ([]string, error) {
 		return nil, nil
 	case "disk":
 		return []string{"--data-dir", dir}, nil
+	case "disk-interval":
+		return []string{"--data-dir", dir, "--fsync", "interval"}, nil
 	case "jetstream", "jetstream-nosync":
 		port, err := freePort()
 		if err != nil {

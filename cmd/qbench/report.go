@@ -107,6 +107,7 @@ var systemLabels = map[string]string{
 	"redis-1req":         "Redis lists, 1 request/op",
 	"python":             "Python BaseManager",
 	"qm-disk":            "qm, batched, --data-dir (fsync always)",
+	"qm-disk-interval":   "qm, batched, --data-dir --fsync interval (100 ms)",
 	"qm-js":              "qm, batched, embedded JetStream node (fsync always)",
 	"qm-js-nosync":       "qm, batched, embedded JetStream node (--fsync never)",
 	"qm-js3":             "qm, batched, two gateways on three JetStream nodes (fsync always)",

@@ -39,7 +39,7 @@ var allSystems = []string{"qm", "qm-1req", "qm-defaults", "qm-stdio", "qm-comman
 
 // moreSystems are known but not run unless named in --systems: the
 // durable and JetStream setups (docs/SCALING.md).
-var moreSystems = []string{"qm-disk", "qm-js", "qm-js3", "qm-js-nosync", "nats", "nats-nosync", "nats-packed", "nats-packed-nosync"}
+var moreSystems = []string{"qm-disk", "qm-disk-interval", "qm-js", "qm-js3", "qm-js-nosync", "nats", "nats-nosync", "nats-packed", "nats-packed-nosync"}
 
 func newRootCmd() *cobra.Command {
 	opts := &options{}
@@ -93,7 +93,8 @@ Systems (--systems):
            get(timeout=1) then put.
 
 Run only when named (docs/SCALING.md), all batched as qm:
-  qm-disk  qmaster --data-dir (fsync always).
+  qm-disk, qm-disk-interval
+           qmaster --data-dir, fsync always or --fsync interval (100 ms).
   qm-js, qm-js-nosync
            one qmaster embedding a single JetStream node (--cluster-listen
            with itself as the only peer), fsync always or --fsync never.

@@ -56,6 +56,8 @@ func (b *bench) start(ctx context.Context, sys string, size, w int) (system, err
 		return b.startQM(ctx, qmMode{defaults: true}, size, w)
 	case "qm-disk":
 		return b.startQM(ctx, qmMode{batch: b.opts.QMBatch, concurrency: b.opts.QMConcurrency, storage: "disk"}, size, w)
+	case "qm-disk-interval":
+		return b.startQM(ctx, qmMode{batch: b.opts.QMBatch, concurrency: b.opts.QMConcurrency, storage: "disk-interval"}, size, w)
 	case "qm-js":
 		return b.startQM(ctx, qmMode{batch: b.opts.QMBatch, concurrency: b.opts.QMConcurrency, storage: "jetstream"}, size, w)
 	case "qm-js3":
