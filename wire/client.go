@@ -178,14 +178,19 @@ func resolve(ctx context.Context, lookupHost func(context.Context, string) ([]st
 	return targets, errs
 }
 
-// Masters returns how many masters addr (a Config.Addr) names, as Dial
-// counts them: each address given, and each address a host name resolves
-// to, except that a name's loopback addresses count as one (localhost
-// often resolves to both 127.0.0.1 and ::1: one machine, one port, one
-// master). A name that does not resolve counts once. A producer that
-// reconnects only when there is another master to reach asks this;
-// lookupHost nil means the system's resolver.
+// Masters returns how many masters addr (a Config.Addr) names: each
+// address given, and for a host name the number of its addresses, counted
+// as one host would have them. A host often has an IPv4 and an IPv6
+// address, and loopback besides (localhost resolves to 127.0.0.1 and
+// ::1), so a name counts its distinct IPv4 or IPv6 addresses, whichever
+// are more, and its loopback ones only where a family has no other. A
+// name that does not resolve counts once. A producer that reconnects only
+// when there is another master to reach asks this; lookupHost nil means
+// the system's resolver.
 func Masters(ctx context.Context, addr string, lookupHost func(context.Context, string) ([]string, error)) int {
+	if lookupHost == nil {
+		lookupHost = net.DefaultResolver.LookupHost
+	}
 	n := 0
 	for _, a := range SplitAddrs(addr) {
 		host, _, err := net.SplitHostPort(a)
@@ -193,24 +198,48 @@ func Masters(ctx context.Context, addr string, lookupHost func(context.Context, 
 			n++
 			continue
 		}
-		if lookupHost == nil {
-			lookupHost = net.DefaultResolver.LookupHost
-		}
 		ips, err := lookupHost(ctx, host)
 		if err != nil || len(ips) == 0 {
 			n++
 			continue
 		}
-		distinct := make(map[string]bool, len(ips))
-		for _, s := range ips {
-			if ip := net.ParseIP(s); ip != nil && ip.IsLoopback() {
-				s = "loopback"
-			}
-			distinct[s] = true
-		}
-		n += len(distinct)
+		n += max(1, hostsIn(ips))
 	}
 	return n
+}
+
+// hostsIn counts the hosts a name's addresses stand for (see Masters).
+func hostsIn(addrs []string) int {
+	var v4, v6 map[string]bool
+	loop4, loop6 := false, false
+	for _, s := range addrs {
+		ip := net.ParseIP(s)
+		switch {
+		case ip == nil:
+		case ip.To4() != nil && ip.IsLoopback():
+			loop4 = true
+		case ip.To4() != nil:
+			if v4 == nil {
+				v4 = map[string]bool{}
+			}
+			v4[ip.String()] = true
+		case ip.IsLoopback():
+			loop6 = true
+		default:
+			if v6 == nil {
+				v6 = map[string]bool{}
+			}
+			v6[ip.String()] = true
+		}
+	}
+	n4, n6 := len(v4), len(v6)
+	if n4 == 0 && loop4 {
+		n4 = 1
+	}
+	if n6 == 0 && loop6 {
+		n6 = 1
+	}
+	return max(n4, n6)
 }
 
 // SplitAddrs returns the addresses of a comma-separated list, spaces

@@ -34,18 +34,27 @@ func TestResolve(t *testing.T) {
 	}
 }
 
-// A name with several addresses is that many masters, but its loopback
-// addresses are one: localhost resolving to 127.0.0.1 and ::1 is one
-// master, and a producer given it must not reconnect as if to a cluster.
+// A name with several addresses is that many masters, counted as hosts
+// have them: a host's IPv4 and IPv6 addresses are one master, and so are
+// its loopback ones, so that a producer given localhost or a dual-stack
+// name of one master does not reconnect as if to a cluster.
 func TestMasters(t *testing.T) {
 	lookup := func(_ context.Context, host string) ([]string, error) {
 		switch host {
 		case "gw.test":
-			return []string{"10.0.0.1", "10.0.0.2", "fd00::3"}, nil
+			return []string{"10.0.0.1", "10.0.0.2", "10.0.0.3"}, nil
+		case "dual.test": // three gateways, each with an A and an AAAA record
+			return []string{"10.0.0.1", "fd00::1", "10.0.0.2", "fd00::2", "10.0.0.3", "fd00::3"}, nil
+		case "one.test": // one master, dual-stack
+			return []string{"10.0.0.1", "fd00::1"}, nil
 		case "localhost":
 			return []string{"127.0.0.1", "::1"}, nil
-		case "both.test":
-			return []string{"::1", "10.0.0.1", "10.0.0.1"}, nil
+		case "self.test": // a machine's own name: loopback and its LAN address
+			return []string{"127.0.1.1", "10.0.0.9", "::1"}, nil
+		case "twice.test":
+			return []string{"10.0.0.1", "10.0.0.1"}, nil
+		case "empty.test":
+			return nil, nil
 		}
 		return nil, &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}
 	}
@@ -55,9 +64,14 @@ func TestMasters(t *testing.T) {
 	}{
 		{"127.0.0.1:5000", 1},
 		{"127.0.0.1:5000,127.0.0.1:5001", 2},
-		{"localhost:5000", 1},
+		{"[::1]:5000", 1},
 		{"gw.test:5000", 3},
-		{"both.test:5000", 2}, // a loopback and an external address, the latter twice
+		{"dual.test:5000", 3},
+		{"one.test:5000", 1},
+		{"localhost:5000", 1},
+		{"self.test:5000", 1},
+		{"twice.test:5000", 1},
+		{"empty.test:5000", 1},
 		{"nosuch.test:5000", 1},
 		{"localhost:5000, gw.test:5000,,", 4},
 		{"", 0},

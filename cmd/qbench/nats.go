@@ -41,12 +41,14 @@ type natsSystem struct {
 	payload []byte
 	dir     string
 
-	// pack is the most tasks one message carries (1: a message a task).
-	// Packed, a worker fetches one message, runs its tasks and publishes
-	// their results as one message: the records JetStream writes per task
-	// (store and delete, of the task and of its result) are divided by
-	// the pack's size, which is what a gateway that packed could gain.
-	pack int
+	// packed says each message carries a pack of up to pack tasks (else
+	// one task, and pack is 1). A worker fetches one pack, runs its tasks
+	// and publishes their results as one message: the records JetStream
+	// writes per task (store and delete, of the task and of its result)
+	// are divided by the pack's size, which is what a gateway that packed
+	// could gain.
+	packed bool
+	pack   int
 }
 
 // startNATSSystem starts a JetStream server in its own process and w
@@ -57,12 +59,12 @@ type natsSystem struct {
 // without, it fsyncs every 2 minutes (JetStream's default), as with
 // qmaster --fsync never.
 //
-// With packed, each message carries up to --qm-concurrency tasks (see
-// natsSystem.pack).
+// With packed, each message carries up to --qm-concurrency tasks, and at
+// most --qm-batch, the tasks of one put (see natsSystem.packed).
 func (b *bench) startNATSSystem(ctx context.Context, size, w int, syncAlways, packed bool) (sys system, err error) {
 	s := &natsSystem{batch: b.opts.QMBatch, payload: bytes.Repeat([]byte{'x'}, size), pack: 1}
 	if packed {
-		s.pack = b.opts.QMConcurrency
+		s.packed, s.pack = true, min(b.opts.QMConcurrency, b.opts.QMBatch)
 	}
 	defer func() {
 		if err != nil {
@@ -192,7 +194,7 @@ func (s *natsSystem) roundTrips(ctx context.Context, count int) ([]time.Duration
 // message is a task message carrying k tasks: the payload itself
 // unpacked, else a pack of k.
 func (s *natsSystem) message(k int) []byte {
-	if s.pack == 1 {
+	if !s.packed {
 		return s.payload
 	}
 	var b []byte
@@ -204,7 +206,7 @@ func (s *natsSystem) message(k int) []byte {
 
 // unpack is the payloads a message carries.
 func (s *natsSystem) unpack(data []byte) ([][]byte, error) {
-	if s.pack == 1 {
+	if !s.packed {
 		return [][]byte{data}, nil
 	}
 	return unpackPayloads(data)
@@ -286,7 +288,7 @@ func newNATSWorkerCmd() *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:    "worker-nats --url URL [--batch N] [--packed]",
-		Short:  "Pull up to N tasks, publish each back as its result, ack the tasks, until killed",
+		Short:  "Pull up to N tasks (one pack of them with --packed), publish each back as its result, ack the tasks, until killed",
 		Hidden: true,
 		Args:   cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -295,7 +297,7 @@ func newNATSWorkerCmd() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&url, "url", "", "JetStream server URL")
 	cmd.Flags().IntVar(&batch, "batch", 1, "tasks per fetch")
-	cmd.Flags().BoolVar(&packed, "packed", false, "each message is a pack of up to N tasks: fetch one, publish their results as one message")
+	cmd.Flags().BoolVar(&packed, "packed", false, "each message is a pack of tasks: fetch one message, publish their results as one")
 	return cmd
 }
 

@@ -113,8 +113,8 @@ var systemLabels = map[string]string{
 	"qm-js3":             "qm, batched, two gateways on three JetStream nodes (fsync always)",
 	"nats":               "NATS JetStream direct, batched (sync always)",
 	"nats-nosync":        "NATS JetStream direct, batched (default sync)",
-	"nats-packed":        "NATS JetStream direct, --qm-concurrency tasks a message (sync always)",
-	"nats-packed-nosync": "NATS JetStream direct, --qm-concurrency tasks a message (default sync)",
+	"nats-packed":        "NATS JetStream direct, tasks packed --qm-concurrency a message (sync always)",
+	"nats-packed-nosync": "NATS JetStream direct, tasks packed --qm-concurrency a message (default sync)",
 	"qm-stdio":           "qm --stdio, Python x*x",
 	"qm-command":         "qm command mode, Python x*x",
 }

@@ -105,7 +105,8 @@ Run only when named (docs/SCALING.md), all batched as qm:
            JetStream used directly, as its users would at their best (a
            nats-server in its own process; workers qbench worker-nats).
   nats-packed, nats-packed-nosync
-           the same with up to --qm-concurrency tasks in one message:
+           the same with up to --qm-concurrency tasks in one message (at
+           most --qm-batch):
            the producer packs its puts, a worker fetches one message and
            publishes its results as one. Not qm's mapping (a message is
            a task there); what packing would gain (docs/SCALING.md).
@@ -134,7 +135,7 @@ Build the binaries first (make build); --bin says where they are.`,
 	fl.StringSliceVar(&opts.Systems, "systems", allSystems, "systems to measure: "+strings.Join(allSystems, ", ")+"; also "+strings.Join(moreSystems, ", "))
 	fl.StringVar(&opts.Bin, "bin", "bin", "`dir`ectory holding qmaster and qworker")
 	fl.IntVar(&opts.QMBatch, "qm-batch", 1000, "tasks per put and per get of results in the batched runs (qm and redis)")
-	fl.IntVar(&opts.QMConcurrency, "qm-concurrency", 32, "qworker --concurrency in the batched qm runs")
+	fl.IntVar(&opts.QMConcurrency, "qm-concurrency", 32, "qworker --concurrency in the batched qm runs; also the most tasks a message of nats-packed carries")
 	fl.StringVar(&opts.Python, "python", "python3", "Python interpreter")
 	fl.StringVar(&opts.PythonHelper, "python-helper", "python", "`dir`ectory holding qmworker.py, the Python helper of the qm-stdio and qm-command rows")
 	fl.StringVar(&opts.RedisServer, "redis-server", "redis-server", "redis-server binary")

@@ -52,9 +52,9 @@ on its line and is reported on stderr; map then exits with status 1. A
 progress bar is shown on stderr when it is a terminal.
 
 Given several --server addresses (gateways to one cluster), or a host name
-with several addresses (its loopback ones counting once), map carries on
-through another when the one it uses dies, trying for up to a minute: the
-cluster keeps the tasks and results. A batch whose put was cut off is put
+with the addresses of several hosts (an IPv4 and an IPv6 address are one
+host), map carries on through another when the one it uses dies, trying
+for up to a minute: the cluster keeps the tasks and results. A batch whose put was cut off is put
 again under the same idempotency keys, so the master stores none of
 its tasks twice (within its --dedup-window). Results are taken under a
 lease and acked once received, so none is lost with a connection; one

@@ -25,10 +25,11 @@ import (
 // result of its line, ignoring the other (and says how many it ignored).
 //
 // A host name that resolves to several addresses counts as that many
-// gateways, but not its loopback addresses (wire.Masters): localhost often
-// resolves to two, and with one master it does not reconnect, since a
-// lone master that comes back may have lost the tasks (without
-// --data-dir), and map would wait for their results for ever.
+// gateways, as one host would have them (wire.Masters): an IPv4 and an
+// IPv6 address, or localhost's two, are one master. With one master it
+// does not reconnect, since a lone master that comes back may have lost
+// the tasks (without --data-dir), and map would wait for their results
+// for ever.
 //
 // map's producer and collector share it; each asks for a new connection
 // when a call fails on the one it has, and the first to ask makes it.
@@ -60,7 +61,10 @@ func dialProducer(ctx context.Context, co *clientOptions, f *factory, cmd string
 		return nil, err
 	}
 	conn := &producerConn{name: "qmaster " + cmd, dial: dial, c: c, errOut: f.ErrOut}
-	if wire.Masters(ctx, co.Server, nil) > 1 {
+	lctx, cancel := context.WithTimeout(ctx, co.ConnectTimeout)
+	several := wire.Masters(lctx, co.Server, nil) > 1
+	cancel()
+	if several {
 		conn.reconnect = true
 		conn.keyPrefix = cmd + "-" + randomHex(8) + "-"
 	}
