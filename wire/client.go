@@ -93,11 +93,21 @@ type Client struct {
 	sess *yamux.Session
 	id   uint64
 
+	// masters is how many masters the address dialled names (Masters).
+	masters int
+
 	mu     sync.Mutex
 	max    int // the message size limit: ours, or the master's if lower
 	idle   []*clientStream
 	closed bool
 }
+
+// Masters returns how many masters the address the client was dialled
+// with names: each address given, and for a host name the hosts its
+// addresses stand for (a host often has an IPv4 and an IPv6 address, and
+// loopback besides: see countMasters). A producer that reconnects only
+// when there is another master to reach asks this.
+func (c *Client) Masters() int { return c.masters }
 
 type clientStream struct {
 	s     *yamux.Stream
@@ -109,6 +119,7 @@ type clientStream struct {
 func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	cfg.setDefaults()
 	targets, errs := resolve(ctx, cfg.LookupHost, SplitAddrs(cfg.Addr))
+	masters := countMasters(targets, errs)
 	if len(targets) == 0 && len(errs) == 0 {
 		targets = []dialTarget{{name: cfg.Addr, addr: cfg.Addr}} // as net.Dial sees it: its error says what is wrong
 	}
@@ -119,6 +130,7 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	for i := range targets {
 		c, err := dialOne(ctx, cfg, targets[(start+i)%len(targets)])
 		if err == nil {
+			c.masters = masters
 			return c, nil
 		}
 		errs = append(errs, err)
@@ -171,6 +183,10 @@ func resolve(ctx context.Context, lookupHost func(context.Context, string) ([]st
 			errs = append(errs, fmt.Errorf("connect %s: %w", a, err))
 			continue
 		}
+		if len(ips) == 0 {
+			targets = append(targets, dialTarget{name: a, addr: a}) // as net.Dial sees it
+			continue
+		}
 		for _, ip := range ips {
 			targets = append(targets, dialTarget{name: a, addr: net.JoinHostPort(ip, port), shares: len(ips)})
 		}
@@ -178,68 +194,57 @@ func resolve(ctx context.Context, lookupHost func(context.Context, string) ([]st
 	return targets, errs
 }
 
-// Masters returns how many masters addr (a Config.Addr) names: each
-// address given, and for a host name the number of its addresses, counted
-// as one host would have them. A host often has an IPv4 and an IPv6
-// address, and loopback besides (localhost resolves to 127.0.0.1 and
-// ::1), so a name counts its distinct IPv4 or IPv6 addresses, whichever
-// are more, and its loopback ones only where a family has no other. A
-// name that does not resolve counts once. A producer that reconnects only
-// when there is another master to reach asks this; lookupHost nil means
-// the system's resolver.
-func Masters(ctx context.Context, addr string, lookupHost func(context.Context, string) ([]string, error)) int {
-	if lookupHost == nil {
-		lookupHost = net.DefaultResolver.LookupHost
+// countMasters counts the masters that resolve found: each address given
+// as such, each name that did not resolve (an error) once, and for each
+// name that did the hosts its addresses stand for. A name counts its
+// distinct IPv4 or IPv6 addresses, whichever are more, and its loopback
+// ones only where a family has no other: localhost's 127.0.0.1 and ::1, a
+// dual-stack host's A and AAAA records, and a machine's own name
+// (loopback and a LAN address) are each one master.
+func countMasters(targets []dialTarget, errs []error) int {
+	n := len(errs)
+	type family struct {
+		addrs    map[string]bool
+		loopback bool
 	}
-	n := 0
-	for _, a := range SplitAddrs(addr) {
-		host, _, err := net.SplitHostPort(a)
-		if err != nil || host == "" || net.ParseIP(host) != nil {
-			n++
+	byName := map[string]*[2]family{} // [IPv4, IPv6] of each name resolved
+	for _, t := range targets {
+		host, _, err := net.SplitHostPort(t.addr)
+		ip := net.ParseIP(host)
+		if t.shares == 0 || err != nil || ip == nil {
+			n++ // an address given as such
 			continue
 		}
-		ips, err := lookupHost(ctx, host)
-		if err != nil || len(ips) == 0 {
-			n++
-			continue
+		fams := byName[t.name]
+		if fams == nil {
+			fams = &[2]family{}
+			byName[t.name] = fams
 		}
-		n += max(1, hostsIn(ips))
+		f := &fams[1]
+		if ip.To4() != nil {
+			f = &fams[0]
+		}
+		switch {
+		case ip.IsLoopback():
+			f.loopback = true
+		case f.addrs == nil:
+			f.addrs = map[string]bool{ip.String(): true}
+		default:
+			f.addrs[ip.String()] = true
+		}
+	}
+	for _, fams := range byName {
+		hosts := 0
+		for _, f := range fams {
+			k := len(f.addrs)
+			if k == 0 && f.loopback {
+				k = 1
+			}
+			hosts = max(hosts, k)
+		}
+		n += hosts
 	}
 	return n
-}
-
-// hostsIn counts the hosts a name's addresses stand for (see Masters).
-func hostsIn(addrs []string) int {
-	var v4, v6 map[string]bool
-	loop4, loop6 := false, false
-	for _, s := range addrs {
-		ip := net.ParseIP(s)
-		switch {
-		case ip == nil:
-		case ip.To4() != nil && ip.IsLoopback():
-			loop4 = true
-		case ip.To4() != nil:
-			if v4 == nil {
-				v4 = map[string]bool{}
-			}
-			v4[ip.String()] = true
-		case ip.IsLoopback():
-			loop6 = true
-		default:
-			if v6 == nil {
-				v6 = map[string]bool{}
-			}
-			v6[ip.String()] = true
-		}
-	}
-	n4, n6 := len(v4), len(v6)
-	if n4 == 0 && loop4 {
-		n4 = 1
-	}
-	if n6 == 0 && loop6 {
-		n6 = 1
-	}
-	return max(n4, n6)
 }
 
 // SplitAddrs returns the addresses of a comma-separated list, spaces

@@ -58,6 +58,10 @@ func TestMasters(t *testing.T) {
 		}
 		return nil, &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}
 	}
+	masters := func(addr string) int {
+		targets, errs := resolve(context.Background(), lookup, SplitAddrs(addr))
+		return countMasters(targets, errs)
+	}
 	for _, tc := range []struct {
 		addr string
 		want int
@@ -76,7 +80,7 @@ func TestMasters(t *testing.T) {
 		{"localhost:5000, gw.test:5000,,", 4},
 		{"", 0},
 	} {
-		if got := Masters(context.Background(), tc.addr, lookup); got != tc.want {
+		if got := masters(tc.addr); got != tc.want {
 			t.Errorf("Masters(%q) = %d, want %d", tc.addr, got, tc.want)
 		}
 	}

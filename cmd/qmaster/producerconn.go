@@ -25,7 +25,7 @@ import (
 // result of its line, ignoring the other (and says how many it ignored).
 //
 // A host name that resolves to several addresses counts as that many
-// gateways, as one host would have them (wire.Masters): an IPv4 and an
+// gateways, as one host would have them (wire.Client.Masters): an IPv4 and an
 // IPv6 address, or localhost's two, are one master. With one master it
 // does not reconnect, since a lone master that comes back may have lost
 // the tasks (without --data-dir), and map would wait for their results
@@ -61,10 +61,7 @@ func dialProducer(ctx context.Context, co *clientOptions, f *factory, cmd string
 		return nil, err
 	}
 	conn := &producerConn{name: "qmaster " + cmd, dial: dial, c: c, errOut: f.ErrOut}
-	lctx, cancel := context.WithTimeout(ctx, co.ConnectTimeout)
-	several := wire.Masters(lctx, co.Server, nil) > 1
-	cancel()
-	if several {
+	if c.Masters() > 1 {
 		conn.reconnect = true
 		conn.keyPrefix = cmd + "-" + randomHex(8) + "-"
 	}
