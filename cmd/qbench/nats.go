@@ -14,6 +14,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
+
+	"github.com/qm-dev/qm/master/jsqueue"
 )
 
 // The streams and consumers of the JetStream runs: JetStream used
@@ -59,12 +61,12 @@ type natsSystem struct {
 // without, it fsyncs every 2 minutes (JetStream's default), as with
 // qmaster --fsync never.
 //
-// With packed, each message carries up to --qm-concurrency tasks, and at
-// most --qm-batch, the tasks of one put (see natsSystem.packed).
+// With packed, each message carries up to packSize tasks (see
+// natsSystem.packed).
 func (b *bench) startNATSSystem(ctx context.Context, size, w int, syncAlways, packed bool) (sys system, err error) {
 	s := &natsSystem{batch: b.opts.QMBatch, payload: bytes.Repeat([]byte{'x'}, size), pack: 1}
 	if packed {
-		s.packed, s.pack = true, min(b.opts.QMConcurrency, b.opts.QMBatch)
+		s.packed, s.pack = true, b.packSize()
 	}
 	defer func() {
 		if err != nil {
@@ -361,4 +363,11 @@ func natsWorker(ctx context.Context, url string, batch int, packed bool) error {
 		}
 	}
 	return nil
+}
+
+// packSize is the tasks a pack carries in the packed systems, JetStream's
+// and qm's alike: --qm-concurrency, the tasks a worker runs at once, at
+// most --qm-batch, the tasks of one put, and at most qmaster's limit.
+func (b *bench) packSize() int {
+	return min(b.opts.QMConcurrency, b.opts.QMBatch, jsqueue.MaxPack)
 }

@@ -41,6 +41,8 @@ type qmMode struct {
 	// "jetstream3" in a cluster of three such qmasters (fsync always),
 	// the producer through the first and the workers through the second.
 	storage string
+	// pack, if over 1, is the JetStream setups' qmaster --pack.
+	pack int
 	// python, if not "", runs one qworker whose handler is the Python
 	// script sq.py (x * x, through the qmworker helper), with --stdio or
 	// in command mode, --concurrency W; its tasks are numbers, put by the
@@ -70,6 +72,14 @@ func storageArgs(storage, dir string) ([]string, error) {
 		return args, nil
 	}
 	return nil, fmt.Errorf("unknown storage %q", storage)
+}
+
+// packArgs are qmaster's flags for mode.pack.
+func packArgs(mode qmMode) []string {
+	if mode.pack <= 1 {
+		return nil
+	}
+	return []string{"--pack", strconv.Itoa(mode.pack)}
 }
 
 // Python handler modes of qmMode.python.
@@ -242,6 +252,7 @@ func (b *bench) startQM(ctx context.Context, mode qmMode, size, w int) (sys syst
 	if err != nil {
 		return nil, err
 	}
+	extra = append(extra, packArgs(mode)...)
 	master, addr, err := b.startQMaster(ctx, extra...)
 	if err != nil {
 		return nil, err
@@ -271,7 +282,7 @@ func (b *bench) startQM(ctx context.Context, mode qmMode, size, w int) (sys syst
 // fsync always), the producer connected to the first and w workers to the
 // second. The first is s.server, whose peak RSS the report shows.
 func (b *bench) startQMCluster(ctx context.Context, s *qmSystem, w int) error {
-	nodes, err := b.startCluster(ctx, s.dir, false)
+	nodes, err := b.startCluster(ctx, s.dir, false, packArgs(s.mode)...)
 	s.nodes = nodes
 	if err != nil {
 		return err

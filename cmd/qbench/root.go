@@ -39,7 +39,7 @@ var allSystems = []string{"qm", "qm-1req", "qm-defaults", "qm-stdio", "qm-comman
 
 // moreSystems are known but not run unless named in --systems: the
 // durable and JetStream setups (docs/SCALING.md).
-var moreSystems = []string{"qm-disk", "qm-disk-interval", "qm-js", "qm-js3", "qm-js-nosync", "nats", "nats-nosync", "nats-packed", "nats-packed-nosync"}
+var moreSystems = []string{"qm-disk", "qm-disk-interval", "qm-js", "qm-js3", "qm-js-nosync", "qm-js-packed", "qm-js-packed-nosync", "qm-js3-packed", "nats", "nats-nosync", "nats-packed", "nats-packed-nosync"}
 
 func newRootCmd() *cobra.Command {
 	opts := &options{}
@@ -101,12 +101,16 @@ Run only when named (docs/SCALING.md), all batched as qm:
   qm-js3   three such qmasters forming one JetStream cluster (each queue
            on all three, fsync always): the producer through the first,
            the workers through the second.
+  qm-js-packed, qm-js-packed-nosync, qm-js3-packed
+           the same with qmaster --pack (the tasks of a pack as in
+           nats-packed): a put's tasks, and a completion's results, are
+           stored up to a pack in one JetStream message.
   nats, nats-nosync
            JetStream used directly, as its users would at their best (a
            nats-server in its own process; workers qbench worker-nats).
   nats-packed, nats-packed-nosync
            the same with up to --qm-concurrency tasks in one message (at
-           most --qm-batch):
+           most --qm-batch and 64):
            the producer packs its puts, a worker fetches one message and
            publishes its results as one. Not qm's mapping (a message is
            a task there); what packing would gain (docs/SCALING.md).

@@ -64,6 +64,12 @@ func (b *bench) start(ctx context.Context, sys string, size, w int) (system, err
 		return b.startQM(ctx, qmMode{batch: b.opts.QMBatch, concurrency: b.opts.QMConcurrency, storage: "jetstream3"}, size, w)
 	case "qm-js-nosync":
 		return b.startQM(ctx, qmMode{batch: b.opts.QMBatch, concurrency: b.opts.QMConcurrency, storage: "jetstream-nosync"}, size, w)
+	case "qm-js-packed":
+		return b.startQM(ctx, qmMode{batch: b.opts.QMBatch, concurrency: b.opts.QMConcurrency, storage: "jetstream", pack: b.packSize()}, size, w)
+	case "qm-js-packed-nosync":
+		return b.startQM(ctx, qmMode{batch: b.opts.QMBatch, concurrency: b.opts.QMConcurrency, storage: "jetstream-nosync", pack: b.packSize()}, size, w)
+	case "qm-js3-packed":
+		return b.startQM(ctx, qmMode{batch: b.opts.QMBatch, concurrency: b.opts.QMConcurrency, storage: "jetstream3", pack: b.packSize()}, size, w)
 	case "nats":
 		return b.startNATSSystem(ctx, size, w, true, false)
 	case "nats-nosync":

@@ -27,6 +27,7 @@ type engineOptions struct {
 	NodeName      string
 	NATSListen    string
 	Replicas      int
+	Pack          int
 }
 
 func addEngineFlags(cmd *cobra.Command, o *engineOptions) {
@@ -37,6 +38,7 @@ func addEngineFlags(cmd *cobra.Command, o *engineOptions) {
 	fl.StringVar(&o.NodeName, "node-name", "", "with --cluster-listen, this node's name in the cluster (default: its --cluster-listen address)")
 	fl.StringVar(&o.NATSListen, "nats-listen", "", "with --cluster-listen, also accept NATS clients, such as qmaster --nats gateways, at `host:port` (they authenticate with the authkey)")
 	fl.IntVar(&o.Replicas, "replicas", 0, "copies of each queue kept by the JetStream cluster (default: 3, or the number of nodes if fewer)")
+	fl.IntVar(&o.Pack, "pack", 1, fmt.Sprintf("store up to `N` tasks of one put (or results of one completion) in one JetStream message, 1 to %d: fewer writes for JetStream, but a gateway that dies mid-pack runs its done tasks again (see docs/SCALING.md)", jsqueue.MaxPack))
 }
 
 func (o *engineOptions) enabled() bool { return o.NATS != "" || o.ClusterListen != "" }
@@ -57,6 +59,10 @@ func (o *engineOptions) validate(s *serveOptions) error {
 		return usageErrorf("--replicas must be between 1 and 5 (JetStream's limit)")
 	case o.Replicas > 0 && !o.enabled():
 		return usageErrorf("--replicas goes with --nats or --cluster-listen")
+	case o.Pack < 1 || o.Pack > jsqueue.MaxPack:
+		return usageErrorf("--pack must be between 1 and %d", jsqueue.MaxPack)
+	case o.Pack > 1 && !o.enabled():
+		return usageErrorf("--pack goes with --nats or --cluster-listen")
 	}
 	if o.ClusterListen != "" && o.Replicas > len(o.ClusterPeers) {
 		return usageErrorf("--replicas %d is more than the %d nodes of --cluster-peers", o.Replicas, len(o.ClusterPeers))
@@ -69,6 +75,7 @@ type engine struct {
 	nc       *nats.Conn
 	node     *jsqueue.Node // nil for a gateway
 	replicas int
+	pack     int
 	note     string // for the listening line
 }
 
@@ -76,7 +83,7 @@ type engine struct {
 // waits until JetStream is ready.
 func (o *engineOptions) open(ctx context.Context, s *serveOptions, authkey []byte, log *slog.Logger) (*engine, error) {
 	secret := jsqueue.SecretFromAuthkey(authkey)
-	e := &engine{}
+	e := &engine{pack: o.Pack}
 	if o.NATS != "" {
 		nopts := []nats.Option{nats.Name("qmaster gateway"), nats.MaxReconnects(-1)}
 		if secret != "" && !hasUserInfo(o.NATS) {
@@ -147,6 +154,7 @@ func (e *engine) openQueues(log *slog.Logger) func(queue.Config) (master.Queues,
 			// as a dead worker's do.
 			AckWait: qc.DefaultLease,
 			OnDead:  qc.OnDead,
+			Pack:    e.pack,
 			Logger:  log,
 		})
 	}

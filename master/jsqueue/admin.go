@@ -3,6 +3,7 @@ package jsqueue
 import (
 	"cmp"
 	"errors"
+	"fmt"
 	"maps"
 	"slices"
 	"time"
@@ -146,6 +147,21 @@ func (q *Queues) scan(s *stream, f func(seq uint64, t queue.Task) bool) error {
 			return q.adminErr(s.queue, "read", err)
 		}
 		seq = m.Sequence
+		if n := m.Header.Get(hdrPack); n != "" {
+			payloads, err := decodePack(m.Data, n)
+			if err != nil {
+				q.log.Warn("malformed pack skipped", "queue", s.queue, "seq", seq, "err", err)
+				continue
+			}
+			for i, pl := range payloads {
+				t := taskOf(seq, m.Time, m.Header, pl, 0)
+				t.ID = packedID(seq, i)
+				if !f(seq, t) {
+					return nil
+				}
+			}
+			continue
+		}
 		if !f(seq, taskOf(seq, m.Time, m.Header, m.Data, 0)) {
 			return nil
 		}
@@ -217,6 +233,7 @@ func (q *Queues) Delete(name string) error {
 
 func (q *Queues) dropLeasesOf(name string) {
 	q.mu.Lock()
+	q.dropPacksLocked(name)
 	for k, l := range q.leases {
 		if k.queue == name {
 			q.dropLease(l)
@@ -251,6 +268,14 @@ func (q *Queues) SetPaused(name string, paused bool) error {
 	if err != nil {
 		return q.adminErr(name, "pause", err)
 	}
+	// The tasks of packs this gateway holds wait too. (Those held by
+	// other gateways are handed out by them until they have none left.)
+	q.mu.Lock()
+	s.paused = paused
+	if !paused {
+		s.wakeGets()
+	}
+	q.mu.Unlock()
 	return nil
 }
 
@@ -312,6 +337,12 @@ func (q *Queues) Drop(name string, ids []uint64) (int, error) {
 	s, err := q.open(name, false)
 	if err != nil {
 		return 0, err
+	}
+	for _, id := range ids {
+		if id&packedIDBit != 0 {
+			// Its message carries other tasks too.
+			return 0, fmt.Errorf("%w: task %d is stored packed with others (qmaster --pack) and cannot be dropped alone", queue.ErrBadArgument, id)
+		}
 	}
 	want := idSet(ids)
 	q.mu.Lock()

@@ -1,6 +1,8 @@
 package jsqueue
 
 import (
+	"time"
+
 	"github.com/nats-io/nats.go"
 
 	"github.com/qm-dev/qm/master/queue"
@@ -14,18 +16,29 @@ func (q *Queues) deadLetter(l *lease, errText string) error {
 	t := l.task
 	t.LastError = errText
 	dq, err := q.open(queue.DeadLetterName(l.key.queue), true)
+	if err == nil {
+		ctx, cancel := q.call()
+		_, err = q.publish(ctx, []*nats.Msg{movedMsg(dq.subject, t, t.Attempts)})
+		cancel()
+	}
 	if err != nil {
-		q.giveBack([]*nats.Msg{l.msg})
+		// Delivered again, it comes back here.
+		if l.pack != nil {
+			q.mu.Lock()
+			q.requeueLocked(l, true, errText, time.Time{})
+			q.mu.Unlock()
+		} else {
+			q.giveBack([]*nats.Msg{l.msg})
+		}
 		return err
 	}
-	ctx, cancel := q.call()
-	defer cancel()
-	if _, err := q.publish(ctx, []*nats.Msg{movedMsg(dq.subject, t, t.Attempts)}); err != nil {
-		q.giveBack([]*nats.Msg{l.msg}) // delivered again, it comes back here
-		return err
-	}
-	if err := q.ack(l.msg); err != nil {
-		q.log.Warn("dead-lettered task not acked in its queue; it may be dead-lettered twice", "queue", l.key.queue, "task", t.ID, "err", err)
+	q.mu.Lock()
+	m := q.settleLocked(l)
+	q.mu.Unlock()
+	if m != nil {
+		if err := q.ack(m); err != nil {
+			q.log.Warn("dead-lettered task not acked in its queue; it may be dead-lettered twice", "queue", l.key.queue, "task", t.ID, "err", err)
+		}
 	}
 	q.mu.Lock()
 	delete(q.lastErr, l.key)

@@ -25,13 +25,19 @@ import (
 // natsURL, as qmaster --nats does, and returns its address.
 func startGateway(t *testing.T, natsURL string, cfg master.Config) string {
 	t.Helper()
+	return startPackingGateway(t, natsURL, cfg, 0)
+}
+
+// startPackingGateway is startGateway with qmaster --pack.
+func startPackingGateway(t *testing.T, natsURL string, cfg master.Config, pack int) string {
+	t.Helper()
 	nc, err := nats.Connect(natsURL, nats.Token("s3cret"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close) // after the master's shutdown, registered below
 	cfg.OpenQueues = func(qc queue.Config) (master.Queues, error) {
-		return jsqueue.New(jsqueue.Config{Conn: nc, MaxAttempts: qc.MaxAttempts, DefaultLease: qc.DefaultLease, AckWait: qc.DefaultLease, OnDead: qc.OnDead})
+		return jsqueue.New(jsqueue.Config{Conn: nc, MaxAttempts: qc.MaxAttempts, DefaultLease: qc.DefaultLease, AckWait: qc.DefaultLease, OnDead: qc.OnDead, Pack: pack})
 	}
 	addr, _ := qmtest.StartMaster(t, cfg)
 	return addr
@@ -81,10 +87,15 @@ func runWorker(t *testing.T, addrs string) {
 
 // A producer on one gateway, a worker on another (given a dead address
 // first), one JetStream: every result comes back once.
-func TestGatewaysShareQueues(t *testing.T) {
+func TestGatewaysShareQueues(t *testing.T) { testGatewaysShareQueues(t, 0) }
+
+// The same with packs of 8: tasks and results.
+func TestPackingGatewaysShareQueues(t *testing.T) { testGatewaysShareQueues(t, 8) }
+
+func testGatewaysShareQueues(t *testing.T, pack int) {
 	url := startNodeListening(t)
-	a := startGateway(t, url, master.Config{})
-	b := startGateway(t, url, master.Config{})
+	a := startPackingGateway(t, url, master.Config{}, pack)
+	b := startPackingGateway(t, url, master.Config{}, pack)
 	runWorker(t, "127.0.0.1:1,"+a)
 
 	c := qmtest.Dial(t, b, "producer")
@@ -130,11 +141,15 @@ func TestGatewaysShareQueues(t *testing.T) {
 		deadline := time.Now().Add(5 * time.Second)
 		for {
 			stats, err := c.Stats(ctx, name)
-			if err == nil && len(stats) == 1 && stats[0].Ready == 0 && stats[0].Leased == 0 && stats[0].Done == n {
+			// Figures count packs, not tasks.
+			if err == nil && len(stats) == 1 && stats[0].Ready == 0 && stats[0].Leased == 0 && (stats[0].Done == n || pack > 1) {
 				break
 			}
 			if time.Now().After(deadline) {
 				t.Fatalf("%s stats %+v, %v: want all %d done within 5s", name, stats, err, n)
+			}
+			if pack > 1 && err == nil && len(stats) == 1 && stats[0].Puts >= n {
+				t.Fatalf("%s: %d messages stored for %d tasks: not packed", name, stats[0].Puts, n)
 			}
 			time.Sleep(20 * time.Millisecond)
 		}

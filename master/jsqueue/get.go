@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"sync"
 	"time"
@@ -39,15 +40,156 @@ func (q *Queues) Get(ctx context.Context, req queue.GetRequest, dst []queue.Task
 	if err != nil {
 		return nil, err
 	}
-	msgs, err := q.pull(ctx, s, req)
-	if err != nil {
-		q.forget(req.Queue) // deleted through another gateway, maybe: open it anew next time
-		if isGone(err) {
-			return nil, nil // deleted meanwhile: as a get of a deleted queue
-		}
-		return nil, err
+	if req.MaxWait > 0 {
+		// One deadline for the whole get, which may pull more than once.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, req.MaxWait)
+		defer cancel()
+		req.MaxWait = 0
 	}
-	return q.deliver(s, req, msgs, dst[:0])
+	for {
+		// Tasks of packs this gateway holds go first, in their order.
+		ts, err := q.takeHeld(s, req, dst[:0])
+		if err != nil {
+			return nil, err
+		}
+		if len(ts) > 0 {
+			return q.topUp(s, req, ts, 1, 1) // and what else is there at once
+		}
+		// Wait for JetStream, and for a task held meanwhile (or due).
+		pctx, wake := context.WithCancel(ctx)
+		wait := &getWait{wake: wake}
+		now := time.Now()
+		q.mu.Lock()
+		var next time.Time // when the first held task not yet due is
+		dueNow := false
+		for _, h := range s.held {
+			if s.paused {
+				break // resuming wakes the gets
+			}
+			if !h.due.After(now) {
+				dueNow = true
+			} else if next.IsZero() || h.due.Before(next) {
+				next = h.due
+			}
+		}
+		if !dueNow {
+			if s.waiting == nil {
+				s.waiting = make(map[*getWait]struct{})
+			}
+			s.waiting[wait] = struct{}{}
+		}
+		q.mu.Unlock()
+		if dueNow {
+			wake()
+			continue // held since takeHeld looked
+		}
+		timer := time.AfterFunc(time.Until(next), wake)
+		if next.IsZero() {
+			timer.Stop()
+		}
+		preq := req
+		preq.Max = q.msgsFor(s, req.Max)
+		msgs, err := q.pull(pctx, s, preq)
+		timer.Stop()
+		q.mu.Lock()
+		delete(s.waiting, wait)
+		q.mu.Unlock()
+		woken := pctx.Err() != nil && ctx.Err() == nil
+		wake()
+		if err != nil {
+			q.forget(req.Queue) // deleted through another gateway, maybe: open it anew next time
+			if isGone(err) {
+				return nil, nil // deleted meanwhile: as a get of a deleted queue
+			}
+			return nil, err
+		}
+		if len(msgs) > 0 || !woken {
+			ts, err := q.deliver(s, req, msgs, dst[:0])
+			if err != nil || len(msgs) == 0 {
+				return ts, err
+			}
+			return q.topUp(s, req, ts, preq.Max, len(msgs))
+		}
+		// Woken: a task was held while this get waited.
+	}
+}
+
+// topUp adds to ts, a get's tasks, what else is there at once, while the
+// last pull brought all the messages it asked for (asked, got) and the
+// tasks fall short of req.Max: the first pulls of a queue guess how many
+// tasks its messages carry (msgsFor), and may guess high.
+func (q *Queues) topUp(s *stream, req queue.GetRequest, ts []queue.Task, asked, got int) ([]queue.Task, error) {
+	for range 4 {
+		if len(ts) >= req.Max || got < asked {
+			break
+		}
+		asked = q.msgsFor(s, req.Max-len(ts))
+		rctx, cancel := q.call()
+		msgs, _ := q.pulls.pull(rctx, s, asked, 0) // at worst none
+		cancel()
+		got = len(msgs)
+		var err error
+		if ts, err = q.deliver(s, req, msgs, ts); err != nil {
+			return ts, err
+		}
+	}
+	return ts, nil
+}
+
+// msgsFor is how many messages of s to pull for n tasks. With packing a
+// message may carry up to a pack of tasks, and what it brings beyond n is
+// held here, waiting, when other gateways' workers may be idle; so pulls
+// follow how many tasks the queue's messages carried lately, starting
+// from a full pack each.
+func (q *Queues) msgsFor(s *stream, n int) int {
+	if q.cfg.Pack <= 1 {
+		return n
+	}
+	q.mu.Lock()
+	per := s.perMsg
+	q.mu.Unlock()
+	if per < 1 {
+		per = float64(q.cfg.Pack)
+	}
+	return max(1, int(math.Ceil(float64(n)/per)))
+}
+
+// notePerMsg updates s's tasks per message with msgs, a delivery of
+// tasks. Called with q.mu held.
+func (q *Queues) notePerMsgLocked(s *stream, msgs, tasks int) {
+	if q.cfg.Pack <= 1 || msgs == 0 {
+		return
+	}
+	seen := float64(tasks) / float64(msgs)
+	if s.perMsg < 1 {
+		s.perMsg = seen
+		return
+	}
+	s.perMsg = (3*s.perMsg + seen) / 4
+}
+
+// takeHeld hands out held tasks of s, as many as req takes, and
+// dead-letters those past their last attempt.
+func (q *Queues) takeHeld(s *stream, req queue.GetRequest, ts []queue.Task) ([]queue.Task, error) {
+	q.mu.Lock()
+	if len(s.held) == 0 {
+		q.mu.Unlock()
+		return ts, nil
+	}
+	if q.closed.Load() {
+		q.mu.Unlock()
+		return nil, queue.ErrClosed
+	}
+	ts, dead := q.takeHeldLocked(s, req, time.Now(), ts)
+	if len(ts) > 0 && req.NoAck {
+		q.wakeReaper()
+	}
+	q.mu.Unlock()
+	for _, l := range dead {
+		q.deadLetter(l, l.task.LastError)
+	}
+	return ts, nil
 }
 
 // pull takes up to req.Max messages: what is there at once, or else the
@@ -154,7 +296,7 @@ func (q *Queues) pullErr(err error) error {
 // dead-letter queue instead.
 func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts []queue.Task) ([]queue.Task, error) {
 	if len(msgs) == 0 {
-		return nil, nil
+		return ts, nil
 	}
 	mds := make([]*nats.MsgMetadata, len(msgs)) // nil where a message has none
 	for i, m := range msgs {
@@ -169,12 +311,24 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts [
 		q.giveBack(msgs)
 		return nil, queue.ErrClosed
 	}
+	packed, tasks := false, 0
 	for i, m := range msgs {
 		md := mds[i]
 		if md == nil {
 			q.log.Warn("jetstream message without metadata; left to redeliver", "queue", s.queue)
 			continue
 		}
+		if m.Header.Get(hdrPack) != "" {
+			// Its tasks are held, then handed out from there with the
+			// others held, in order, below.
+			n, err := q.unpackLocked(s, m, md, now)
+			if err != nil {
+				q.log.Warn("malformed pack; left to redeliver", "queue", s.queue, "seq", md.Sequence.Stream, "err", err)
+			}
+			packed, tasks = true, tasks+n
+			continue
+		}
+		tasks++
 		t := taskOf(md.Sequence.Stream, md.Timestamp, m.Header, m.Data, md.NumDelivered)
 		if !req.NoAck {
 			t.Token = m.Reply
@@ -203,6 +357,13 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts [
 		}
 		ts = append(ts, t)
 	}
+	q.notePerMsgLocked(s, len(msgs), tasks)
+	if packed {
+		var heldDead []*lease
+		ts, heldDead = q.takeHeldLocked(s, req, now, ts)
+		dead = append(dead, heldDead...)
+		q.wakeReaper()
+	}
 	q.mu.Unlock()
 	for _, l := range dead {
 		q.deadLetter(l, l.task.LastError)
@@ -216,6 +377,8 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts [
 // concurrently, a few at a time: a dead worker's prefetched tasks come
 // back together. A get with no redelivery costs nothing here.
 func (q *Queues) claimRedeliveries(s *stream, msgs []*nats.Msg, mds []*nats.MsgMetadata) ([]*nats.Msg, []*nats.MsgMetadata) {
+	// A pack carries no token: nobody completes its tasks through
+	// another gateway.
 	redelivered := func(md *nats.MsgMetadata) bool { return md != nil && md.NumDelivered > 1 }
 	if !slices.ContainsFunc(mds, redelivered) {
 		return msgs, mds
@@ -224,7 +387,7 @@ func (q *Queues) claimRedeliveries(s *stream, msgs []*nats.Msg, mds []*nats.MsgM
 	sem := make(chan struct{}, maxConcurrentClaims)
 	var wg sync.WaitGroup
 	for i, md := range mds {
-		if !redelivered(md) {
+		if !redelivered(md) || msgs[i].Header.Get(hdrPack) != "" {
 			continue
 		}
 		sem <- struct{}{}

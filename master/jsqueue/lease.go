@@ -46,6 +46,11 @@ type lease struct {
 	// delivery stays in Queues.unconfirmed, marked, until its Delivered or
 	// Unget, which then neither ack nor give it back.)
 	lost bool
+	// pack, for a packed task (pack.go), is the pack it is task index of;
+	// msg is then nil, and the pack's delivery is renewed and acked, not
+	// this lease's.
+	pack  *pack
+	index int
 }
 
 // addLease records l. Called with q.mu held.
@@ -151,8 +156,17 @@ func (q *Queues) Ack(req queue.AckRequest, dst []queue.Task) ([]queue.Task, erro
 	msgs := make([]*nats.Msg, 0, len(ls))
 	q.mu.Lock()
 	for _, l := range ls {
-		if !l.lost { // else JetStream may have handed it to another worker
-			msgs = append(msgs, l.msg)
+		switch {
+		case err != nil && l.pack != nil:
+			q.requeueLocked(l, true, "results not stored", time.Time{})
+		case err != nil:
+			if !l.lost { // else JetStream may have handed it to another worker
+				msgs = append(msgs, l.msg)
+			}
+		default:
+			if m := q.settleLocked(l); m != nil {
+				msgs = append(msgs, m)
+			}
 		}
 	}
 	q.mu.Unlock()
@@ -350,6 +364,16 @@ func (q *Queues) fail(l *lease, errText string, retryAfter time.Duration) error 
 	if l.task.Attempts >= q.cfg.MaxAttempts && !queue.IsDeadLetterName(l.key.queue) {
 		return q.deadLetter(l, errText)
 	}
+	if l.pack != nil {
+		var due time.Time
+		if retryAfter > 0 {
+			due = time.Now().Add(retryAfter)
+		}
+		q.mu.Lock()
+		q.requeueLocked(l, true, errText, due)
+		q.mu.Unlock()
+		return nil
+	}
 	q.noteLastErr(l.key, errText)
 	return q.nak(l.msg, retryAfter)
 }
@@ -448,6 +472,9 @@ func (q *Queues) Unget(req queue.GetRequest, ts []queue.Task) {
 				gone = append(gone, t)
 			case l.lost: // JetStream delivers it again: nothing to give back
 				delete(q.unconfirmed, key)
+			case l.pack != nil: // back in front, not counted
+				delete(q.unconfirmed, key)
+				q.requeueLocked(l, false, "", time.Time{})
 			default:
 				delete(q.unconfirmed, key)
 				back = append(back, l)
@@ -457,6 +484,10 @@ func (q *Queues) Unget(req queue.GetRequest, ts []queue.Task) {
 		l := q.leases[key]
 		if l != nil && l.owner == req.Owner && l.task.Attempts == t.Attempts {
 			q.dropLease(l)
+			if l.pack != nil {
+				q.requeueLocked(l, false, "", time.Time{})
+				continue
+			}
 			back = append(back, l)
 		}
 	}
@@ -491,8 +522,8 @@ func (q *Queues) Delivered(req queue.GetRequest, ts []queue.Task) {
 		key := leaseKey{req.Queue, t.ID}
 		if l := q.unconfirmed[key]; l != nil && l.owner == req.Owner && l.task.Attempts == t.Attempts {
 			delete(q.unconfirmed, key)
-			if !l.lost { // else JetStream may have handed it to someone else
-				msgs = append(msgs, l.msg)
+			if m := q.settleLocked(l); m != nil {
+				msgs = append(msgs, m)
 			}
 		}
 	}
@@ -526,11 +557,17 @@ func (q *Queues) Release(owner uint64) int {
 	byOwner := q.owners[owner]
 	delete(q.owners, owner)
 	ls := make([]*lease, 0, len(byOwner))
+	packed := 0
 	for k, l := range byOwner {
 		if l.acking { // its Ack ends it
 			continue
 		}
 		delete(q.leases, k)
+		if l.pack != nil {
+			q.requeueLocked(l, true, "worker disconnected", time.Time{})
+			packed++
+			continue
+		}
 		ls = append(ls, l)
 	}
 	q.mu.Unlock()
@@ -544,7 +581,7 @@ func (q *Queues) Release(owner uint64) int {
 			q.log.Warn("could not give back a lease; JetStream redelivers it after AckWait", "queue", l.key.queue, "task", l.key.id, "err", err)
 		}
 	}
-	return len(ls)
+	return len(ls) + packed
 }
 
 // LeasedBy counts owner's leases.
@@ -630,6 +667,12 @@ func (q *Queues) reap(now time.Time) (n int, held bool) {
 	q.mu.Lock()
 	for _, l := range q.leases {
 		switch {
+		case l.pack != nil: // its pack's delivery is renewed, below
+			if !now.Before(l.deadline) && !l.acking {
+				q.dropLease(l)
+				q.counters(l.key.queue).expired++
+				expired = append(expired, l)
+			}
 		case now.Sub(l.confirmed) >= l.s.ackWait:
 			q.dropLease(l)
 			l.lost = true
@@ -645,6 +688,13 @@ func (q *Queues) reap(now time.Time) (n int, held bool) {
 	}
 	for k, l := range q.unconfirmed {
 		switch {
+		case l.pack != nil:
+			if !now.Before(l.deadline) {
+				delete(q.unconfirmed, k)
+				if m := q.settleLocked(l); m != nil {
+					taken = append(taken, m)
+				}
+			}
 		case l.lost:
 			if !now.Before(l.deadline) {
 				delete(q.unconfirmed, k)
@@ -661,12 +711,22 @@ func (q *Queues) reap(now time.Time) (n int, held bool) {
 			renew = append(renew, q.renewal(l, now))
 		}
 	}
+	var lostPacks []*pack
+	for _, p := range q.packs {
+		switch {
+		case now.Sub(p.del.confirmed) >= p.del.s.ackWait:
+			q.loseLocked(p)
+			lostPacks = append(lostPacks, p)
+		case now.Sub(p.del.touched) >= p.del.s.ackWait/3:
+			renew = append(renew, q.renewal(p.del, now))
+		}
+	}
 	for token, r := range q.renewals {
 		if now.Sub(r.sent) >= r.l.s.ackWait {
 			delete(q.renewals, token) // unanswered
 		}
 	}
-	held = len(q.leases)+len(q.unconfirmed)+len(q.renewals) > 0
+	held = len(q.leases)+len(q.unconfirmed)+len(q.renewals)+len(q.packs) > 0
 	q.mu.Unlock()
 	for _, r := range renew {
 		_ = q.cfg.Conn.PublishRequest(r.l.msg.Reply, r.reply, progressPayload)
@@ -674,6 +734,10 @@ func (q *Queues) reap(now time.Time) (n int, held bool) {
 	for _, l := range lost {
 		q.log.Warn("lease lost: JetStream did not confirm its renewals within AckWait, and may have handed the task to another worker",
 			"queue", l.key.queue, "task", l.key.id)
+	}
+	for _, p := range lostPacks {
+		q.log.Warn("pack lost: JetStream did not confirm its renewals within AckWait, and may have handed it to another gateway",
+			"queue", p.del.key.queue, "tasks", len(p.tasks), "left", p.left)
 	}
 	for _, l := range expired {
 		if err := q.fail(l, errExpired, 0); err != nil {
@@ -683,7 +747,7 @@ func (q *Queues) reap(now time.Time) (n int, held bool) {
 	if err := q.ackAll(taken); err != nil {
 		q.log.Warn("tasks taken with NoAck not acked; JetStream delivers them again after AckWait", "tasks", len(taken), "err", err)
 	}
-	return len(expired) + len(lost), held
+	return len(expired) + len(lost) + len(lostPacks), held
 }
 
 // progressPayload is JetStream's "in progress": it restarts the ack timer

@@ -65,6 +65,10 @@ func (q *Queues) Put(ctx context.Context, req queue.PutRequest) ([]uint64, error
 		}
 		msgs[i] = m
 	}
+	var counts []int
+	if q.cfg.Pack > 1 && len(msgs) > 1 && !queue.IsDeadLetterName(req.Queue) {
+		msgs, counts = packMsgs(s.subject, msgs, q.cfg.Pack)
+	}
 	ctx, cancel := q.call()
 	defer cancel()
 	ids, err := q.publish(ctx, msgs)
@@ -72,8 +76,12 @@ func (q *Queues) Put(ctx context.Context, req queue.PutRequest) ([]uint64, error
 		// The stream may have been deleted through another gateway: open
 		// it anew next time.
 		q.forget(req.Queue)
+		return nil, err
 	}
-	return ids, err
+	if counts != nil {
+		ids = packedIDs(ids, counts, len(req.Items))
+	}
+	return ids, nil
 }
 
 // waitRoom waits until req's batch fits in s's max length, and returns

@@ -45,6 +45,10 @@ type Config struct {
 	// RequestTimeout bounds each call to JetStream that is not a blocking
 	// get; 0 means 10s.
 	RequestTimeout time.Duration
+	// Pack, if over 1, is the most tasks of one put stored in one
+	// JetStream message (pack.go), at most MaxPack; 0 or 1 stores each
+	// task in a message of its own.
+	Pack int
 	// Logger receives the gateway's warnings; nil discards them.
 	Logger *slog.Logger
 }
@@ -93,6 +97,9 @@ type Queues struct {
 	// unconfirmed holds the deliveries of NoAck gets until the server
 	// says their reply was written (Delivered) or not (Unget).
 	unconfirmed map[leaseKey]*lease
+	// packs are the packs this gateway holds (pack.go), by queue and
+	// stream sequence.
+	packs map[leaseKey]*pack
 	// lastErr holds the error of a task's failed attempt until the task is
 	// delivered again (JetStream's nak carries no text). A task
 	// redelivered through another gateway reads "lease expired" instead.
@@ -133,6 +140,30 @@ type stream struct {
 	// putMu makes this gateway's puts to a queue with a max length check
 	// its length and publish one at a time.
 	putMu sync.Mutex
+
+	// Guarded by Queues.mu:
+	// held are the tasks of held packs waiting to be handed out, in order.
+	held []heldTask
+	// paused is set while this gateway has paused the queue: held tasks
+	// are not handed out.
+	paused bool
+	// waiting are the gets waiting for a task, woken when one is held.
+	waiting map[*getWait]struct{}
+	// perMsg is about how many tasks a message of the queue carries
+	// lately (packs and plain messages may mix), for the size of pulls.
+	perMsg float64
+}
+
+// getWait is a get waiting on a stream: wake cancels its pull.
+type getWait struct{ wake context.CancelFunc }
+
+// wakeGets wakes the gets waiting on s: a task was held. Called with
+// Queues.mu held.
+func (s *stream) wakeGets() {
+	for w := range s.waiting {
+		w.wake()
+		delete(s.waiting, w)
+	}
 }
 
 // counters are what this gateway alone knows of a queue: JetStream keeps
@@ -146,6 +177,9 @@ func New(cfg Config) (*Queues, error) {
 	}
 	if cfg.Replicas < 0 || cfg.MaxAttempts < 0 || cfg.MaxLen < 0 || cfg.DefaultLease < 0 || cfg.AckWait < 0 {
 		return nil, fmt.Errorf("%w: negative jsqueue setting", queue.ErrBadArgument)
+	}
+	if cfg.Pack < 0 || cfg.Pack > MaxPack {
+		return nil, fmt.Errorf("%w: pack must be 0 to %d tasks, got %d", queue.ErrBadArgument, MaxPack, cfg.Pack)
 	}
 	cfg = cfg.withDefaults()
 	// Puts of many producers share the async publisher: its default cap
@@ -168,6 +202,7 @@ func New(cfg Config) (*Queues, error) {
 		leases:      make(map[leaseKey]*lease),
 		owners:      make(map[uint64]map[leaseKey]*lease),
 		unconfirmed: make(map[leaseKey]*lease),
+		packs:       make(map[leaseKey]*pack),
 		lastErr:     make(map[leaseKey]string),
 		stats:       make(map[string]*counters),
 		renewals:    make(map[string]renewal),
@@ -195,18 +230,21 @@ func (q *Queues) Close() {
 		return
 	}
 	q.mu.Unlock()
+	q.closePacks() // before cancel, which would end its puts
 	q.cancel()
 	_ = q.renewSub.Unsubscribe()
 	q.pulls.close()
 	q.mu.Lock()
 	var back []*lease
 	for k, l := range q.leases {
-		back = append(back, l)
+		if l.pack == nil { // packs are handed back whole, below
+			back = append(back, l)
+		}
 		delete(q.leases, k)
 	}
 	clear(q.owners)
 	for k, l := range q.unconfirmed {
-		if !l.lost { // else JetStream may have handed it to someone else
+		if !l.lost && l.pack == nil { // else JetStream may have handed it to someone else
 			back = append(back, l)
 		}
 		delete(q.unconfirmed, k)

@@ -1,0 +1,352 @@
+package jsqueue
+
+import (
+	"encoding/binary"
+	"errors"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/qm-dev/qm/master/queue"
+)
+
+// Packing (Config.Pack): a put of several tasks stores up to Pack of them
+// in one JetStream message, a pack, so that JetStream writes (and, with
+// fsync always, syncs) one message, one delivery and one ack for them
+// instead of one each. The gateway that fetches a pack hands its tasks out
+// one by one, each under a lease of its own, and keeps the rest of the
+// pack (held) for its next gets. A task that fails, whose lease runs out
+// or whose worker leaves goes back to the front of the held tasks. The
+// pack's message stays delivered to this gateway, renewed, until every
+// one of its tasks is done: completed, or dead-lettered. Then it is acked.
+//
+// What a pack gives up, for now (docs/SCALING.md, "Packing"): a gateway
+// that dies with a pack partly done loses which of its tasks were done,
+// and JetStream delivers the whole pack again after AckWait, so the done
+// ones run again and have a second result; a packed task carries no
+// delivery token, so a worker whose gateway died cannot complete it
+// through another; and a queue's figures count packs, not tasks.
+
+// hdrPack is set on a pack: how many tasks it carries.
+const hdrPack = "Qm-Pack"
+
+// MaxPack is the most tasks a pack carries: a packed task's ID keeps its
+// index in the pack in six bits.
+const MaxPack = 64
+
+// packedIDBit marks a packed task's ID: 1<<52 | the pack's stream
+// sequence<<6 | the task's index. Unpacked tasks' IDs are stream
+// sequences, far below 1<<52; a pack's sequence must stay below 1<<46,
+// seventy trillion messages in one queue.
+const packedIDBit = 1 << 52
+
+func packedID(seq uint64, i int) uint64 { return packedIDBit | seq<<6 | uint64(i) }
+
+// encodePack lays payloads out as a pack's body: each one's length as a
+// uvarint, then its bytes.
+func encodePack(payloads [][]byte) []byte {
+	size := 0
+	for _, p := range payloads {
+		size += binary.MaxVarintLen32 + len(p)
+	}
+	b := make([]byte, 0, size)
+	for _, p := range payloads {
+		b = binary.AppendUvarint(b, uint64(len(p)))
+		b = append(b, p...)
+	}
+	return b
+}
+
+var errBadPack = errors.New("malformed pack")
+
+// decodePack splits a pack's body into its count payloads, which alias b.
+func decodePack(b []byte, count string) ([][]byte, error) {
+	n, err := strconv.Atoi(count)
+	if err != nil || n < 1 || n > MaxPack {
+		return nil, errBadPack
+	}
+	payloads := make([][]byte, 0, n)
+	var scratch [binary.MaxVarintLen64]byte
+	for len(b) > 0 {
+		size, w := binary.Uvarint(b)
+		if w <= 0 || size > uint64(len(b)-w) || len(payloads) == n || w != binary.PutUvarint(scratch[:], size) {
+			return nil, errBadPack
+		}
+		payloads = append(payloads, b[w:w+int(size):w+int(size)])
+		b = b[w+int(size):]
+	}
+	if len(payloads) != n {
+		return nil, errBadPack
+	}
+	return payloads, nil
+}
+
+// packMsgs returns the messages that carry msgs, the messages of one
+// put: runs of messages that may share one (no idempotency key, the same
+// reply queue, no other header) go up to size to a pack; the others stay
+// as they are. counts[i] is how many tasks out[i] carries, 0 for a plain
+// message.
+func packMsgs(subject string, msgs []*nats.Msg, size int) (out []*nats.Msg, counts []int) {
+	packable := func(m *nats.Msg) bool {
+		return len(m.Header) == 0 || len(m.Header) == 1 && m.Header.Get(hdrReplyTo) != ""
+	}
+	replyTo := func(m *nats.Msg) string { return m.Header.Get(hdrReplyTo) }
+	for i := 0; i < len(msgs); {
+		j := i + 1
+		if packable(msgs[i]) {
+			for j < len(msgs) && j-i < size && packable(msgs[j]) && replyTo(msgs[j]) == replyTo(msgs[i]) {
+				j++
+			}
+		}
+		if j-i == 1 {
+			out, counts = append(out, msgs[i]), append(counts, 0)
+			i = j
+			continue
+		}
+		payloads := make([][]byte, j-i)
+		for k, m := range msgs[i:j] {
+			payloads[k] = m.Data
+		}
+		h := nats.Header{hdrPack: []string{strconv.Itoa(j - i)}}
+		if rt := replyTo(msgs[i]); rt != "" {
+			h.Set(hdrReplyTo, rt)
+		}
+		out = append(out, &nats.Msg{Subject: subject, Header: h, Data: encodePack(payloads)})
+		counts = append(counts, j-i)
+		i = j
+	}
+	return out, counts
+}
+
+// packedIDs returns the tasks' IDs of messages stored at seqs, carrying
+// counts tasks each (0: a plain message).
+func packedIDs(seqs []uint64, counts []int, tasks int) []uint64 {
+	ids := make([]uint64, 0, tasks)
+	for i, seq := range seqs {
+		if counts[i] == 0 {
+			ids = append(ids, seq)
+			continue
+		}
+		for j := range counts[i] {
+			ids = append(ids, packedID(seq, j))
+		}
+	}
+	return ids
+}
+
+// pack is a delivered pack this gateway holds. Its fields are guarded by
+// Queues.mu.
+type pack struct {
+	// del is the message's delivery: renewed by the reaper while the pack
+	// is held, acked when left reaches 0. It is in no lease map.
+	del *lease
+	// tasks are the pack's tasks as each is handed out next: Attempts
+	// counts that delivery.
+	tasks []queue.Task
+	done  []bool
+	out   []bool // handed out, not yet done or back
+	left  int    // tasks not done
+}
+
+// heldTask is a task of a held pack waiting to be handed out (not before
+// due, if set).
+type heldTask struct {
+	p   *pack
+	i   int
+	due time.Time
+}
+
+// unpackLocked takes delivered pack m of stream s: its tasks go to the
+// back of s's held tasks. It returns how many. Called with q.mu held.
+func (q *Queues) unpackLocked(s *stream, m *nats.Msg, md *nats.MsgMetadata, now time.Time) (int, error) {
+	payloads, err := decodePack(m.Data, m.Header.Get(hdrPack))
+	if err != nil {
+		return 0, err
+	}
+	seq := md.Sequence.Stream
+	p := &pack{
+		del:   &lease{key: leaseKey{s.queue, seq}, s: s, msg: m, since: now, touched: now, confirmed: now},
+		tasks: make([]queue.Task, len(payloads)),
+		done:  make([]bool, len(payloads)),
+		out:   make([]bool, len(payloads)),
+		left:  len(payloads),
+	}
+	for i, pl := range payloads {
+		t := taskOf(seq, md.Timestamp, m.Header, pl, md.NumDelivered)
+		t.ID = packedID(seq, i)
+		if md.NumDelivered > 1 {
+			t.LastError = errExpired // the gateway that held it died or lost it
+		}
+		p.tasks[i] = t
+		s.held = append(s.held, heldTask{p: p, i: i})
+	}
+	q.packs[p.del.key] = p
+	q.wakeReaper()
+	return len(payloads), nil
+}
+
+// takeHeldLocked hands out up to req.Max-len(ts) held tasks of s that are
+// due, front first, appending them to ts. Those past their last attempt
+// are returned in dead instead, to be dead-lettered. Called with q.mu
+// held.
+func (q *Queues) takeHeldLocked(s *stream, req queue.GetRequest, now time.Time, ts []queue.Task) (_ []queue.Task, dead []*lease) {
+	if s.paused {
+		return ts, nil
+	}
+	kept := s.held[:0]
+	for _, h := range s.held {
+		if len(ts) >= req.Max || now.Before(h.due) {
+			kept = append(kept, h)
+			continue
+		}
+		t := h.p.tasks[h.i]
+		l := &lease{key: leaseKey{s.queue, t.ID}, s: s, task: t, owner: req.Owner, since: now, touched: now, confirmed: now, deadline: now.Add(req.Lease), pack: h.p, index: h.i}
+		if t.Attempts > q.cfg.MaxAttempts && !queue.IsDeadLetterName(s.queue) {
+			l.task.Attempts--
+			dead = append(dead, l)
+			continue
+		}
+		h.p.out[h.i] = true
+		if req.NoAck {
+			q.unconfirmed[l.key] = l
+		} else {
+			q.addLease(l)
+		}
+		ts = append(ts, t)
+	}
+	clear(s.held[len(kept):])
+	s.held = kept
+	return ts, dead
+}
+
+// settleLocked records l's task as done and returns the message to ack
+// now: l's own, or its pack's once every task of it is done; nil if there
+// is none (the delivery was lost, or the pack has tasks left). Called
+// with q.mu held.
+func (q *Queues) settleLocked(l *lease) *nats.Msg {
+	p := l.pack
+	if p == nil {
+		if l.lost { // JetStream may have handed it to another worker
+			return nil
+		}
+		return l.msg
+	}
+	if p.done[l.index] {
+		return nil
+	}
+	p.done[l.index], p.out[l.index] = true, false
+	p.left--
+	if p.left > 0 {
+		return nil
+	}
+	delete(q.packs, p.del.key)
+	if p.del.lost {
+		return nil
+	}
+	return p.del.msg
+}
+
+// requeueLocked puts the task of l, a packed task's delivery, back in
+// front of its stream's held tasks, due at due. A failed attempt
+// (failed) counts, with errText as the task's last error; a delivery that
+// never reached its client does not. Called with q.mu held.
+func (q *Queues) requeueLocked(l *lease, failed bool, errText string, due time.Time) {
+	p := l.pack
+	if p.del.lost || p.done[l.index] || q.packs[p.del.key] != p {
+		return // JetStream delivers the pack again, or it was purged
+	}
+	p.out[l.index] = false
+	if failed {
+		t := &p.tasks[l.index]
+		t.Attempts = l.task.Attempts + 1
+		t.LastError = errText
+	}
+	s := l.s
+	s.held = slices.Insert(s.held, 0, heldTask{p: p, i: l.index, due: due})
+	s.wakeGets()
+}
+
+// loseLocked drops pack p, whose renewals JetStream did not confirm
+// within AckWait: it may have delivered it to another gateway. Its
+// leases are dropped (their completions are refused) and its held tasks
+// forgotten. Called with q.mu held.
+func (q *Queues) loseLocked(p *pack) {
+	p.del.lost = true
+	delete(q.packs, p.del.key)
+	s := p.del.s
+	s.held = slices.DeleteFunc(s.held, func(h heldTask) bool { return h.p == p })
+	for _, l := range q.leases {
+		if l.pack == p {
+			q.dropLease(l)
+		}
+	}
+	for k, l := range q.unconfirmed {
+		if l.pack == p {
+			delete(q.unconfirmed, k)
+		}
+	}
+}
+
+// dropPacksLocked forgets the packs of queue name, purged or deleted.
+// Called with q.mu held.
+func (q *Queues) dropPacksLocked(name string) {
+	for k, p := range q.packs {
+		if k.queue == name {
+			delete(q.packs, k)
+			p.del.lost = true // nothing of it to ack
+			p.del.s.held = nil
+		}
+	}
+}
+
+// closePacks hands back the packs this gateway holds, as Close ends it: a
+// pack none of whose tasks is done goes back whole (a nak); the tasks of
+// one partly done that are not are stored again, each alone, at the end
+// of their queue, and the pack is acked. The tasks still leased count the
+// attempt they were in.
+func (q *Queues) closePacks() {
+	q.mu.Lock()
+	type move struct {
+		p    *pack
+		msgs []*nats.Msg
+	}
+	var whole []*nats.Msg
+	var moves []move
+	for k, p := range q.packs {
+		delete(q.packs, k)
+		if p.left == len(p.tasks) {
+			whole = append(whole, p.del.msg)
+			continue
+		}
+		mv := move{p: p}
+		for i, t := range p.tasks {
+			if p.done[i] {
+				continue
+			}
+			before := t.Attempts - 1
+			if p.out[i] {
+				before++
+			}
+			mv.msgs = append(mv.msgs, movedMsg(p.del.s.subject, t, before))
+		}
+		moves = append(moves, mv)
+	}
+	for _, s := range q.known {
+		s.held = nil
+	}
+	q.mu.Unlock()
+	q.giveBack(whole)
+	for _, mv := range moves {
+		ctx, cancel := q.call()
+		_, err := q.publish(ctx, mv.msgs)
+		cancel()
+		if err != nil {
+			q.log.Warn("could not store a pack's remaining tasks apart; JetStream delivers the pack again, and its done tasks run again", "queue", mv.p.del.s.queue, "err", err)
+			q.giveBack([]*nats.Msg{mv.p.del.msg})
+			continue
+		}
+		_ = q.cfg.Conn.Publish(mv.p.del.msg.Reply, ackPayload)
+	}
+}

@@ -1,0 +1,321 @@
+package jsqueue_test
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/qm-dev/qm/master/jsqueue"
+	"github.com/qm-dev/qm/master/queue"
+)
+
+// ack acks ids for owner and fails the test on an error.
+func ackIDs(t *testing.T, q *jsqueue.Queues, name string, owner uint64, ids ...uint64) {
+	t.Helper()
+	if _, err := q.Ack(queue.AckRequest{Queue: name, Owner: owner, IDs: ids}, nil); err != nil {
+		t.Fatalf("ack %v: %v", ids, err)
+	}
+}
+
+func ids(ts []queue.Task) []uint64 {
+	out := make([]uint64, len(ts))
+	for i, t := range ts {
+		out[i] = t.ID
+	}
+	return out
+}
+
+// stored is how many messages the queue's stream holds: a pack is acked,
+// and leaves it, once all its tasks are done.
+func stored(t *testing.T, q *jsqueue.Queues, name string) int {
+	t.Helper()
+	st, err := q.Stats(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.Ready + st.Leased
+}
+
+// Tasks of one put are packed, and gets of fewer tasks than a pack holds
+// take them in order, the pack's rest first.
+func TestPackedTasksInOrder(t *testing.T) {
+	q := newQueues(t, startNode(t), jsqueue.Config{Pack: 4})
+	putIDs := put(t, q, "jobs", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10")
+	if len(putIDs) != 10 || len(slices.Compact(slices.Clone(putIDs))) != 10 {
+		t.Fatalf("ids %v: want 10 distinct", putIDs)
+	}
+	if n := stored(t, q, "jobs"); n != 3 {
+		t.Fatalf("%d messages stored, want 3 packs (4, 4 and 2)", n)
+	}
+	var got []queue.Task
+	for _, max := range []int{3, 1, 5, 4} {
+		ts := get(t, q, "jobs", 1, max, 0, time.Second)
+		if len(ts) > max {
+			t.Fatalf("a get of %d took %d", max, len(ts))
+		}
+		got = append(got, ts...)
+	}
+	if want := []string{"1", "2", "3", "4", "5", "6", "7", "8", "9", "10"}; !slices.Equal(payloads(got), want) {
+		t.Fatalf("got %q, want %q", payloads(got), want)
+	}
+	if !slices.Equal(ids(got), putIDs) {
+		t.Fatalf("ids %v, want the put's %v", ids(got), putIDs)
+	}
+	ackIDs(t, q, "jobs", 1, putIDs[:3]...)
+	if n := stored(t, q, "jobs"); n != 3 {
+		t.Fatalf("%d messages stored after 3 of the first pack's 4 tasks, want 3", n)
+	}
+	ackIDs(t, q, "jobs", 1, putIDs[3])
+	if n := stored(t, q, "jobs"); n != 2 {
+		t.Fatalf("%d messages stored after the first pack was done, want 2", n)
+	}
+	ackIDs(t, q, "jobs", 1, putIDs[4:]...)
+	if n := stored(t, q, "jobs"); n != 0 {
+		t.Fatalf("%d messages stored after every task was done", n)
+	}
+	if _, err := q.Ack(queue.AckRequest{Queue: "jobs", Owner: 1, IDs: putIDs[:1]}, nil); !errors.Is(err, queue.ErrNotLeased) {
+		t.Errorf("second ack of a packed task: %v, want ErrNotLeased", err)
+	}
+}
+
+// A packed task that fails goes back in front, counting the attempt,
+// then to the dead-letter queue; one whose lease runs out or whose worker
+// leaves comes back the same way; one never delivered comes back without
+// an attempt counted.
+func TestPackedTaskFailures(t *testing.T) {
+	var mu sync.Mutex
+	var dead []queue.Task
+	q := newQueues(t, startNode(t), jsqueue.Config{Pack: 8, MaxAttempts: 2, OnDead: func(name string, task queue.Task) {
+		mu.Lock()
+		defer mu.Unlock()
+		dead = append(dead, task)
+	}})
+	reaping(t, q)
+	putIDs := put(t, q, "jobs", "a", "b", "c", "d")
+	ts := get(t, q, "jobs", 1, 2, 0, time.Second) // a, b; c, d held
+	if err := q.Nack(queue.NackRequest{Queue: "jobs", Owner: 1, ID: ts[0].ID, Error: "boom"}); err != nil {
+		t.Fatal(err)
+	}
+	again := get(t, q, "jobs", 2, 1, 0, time.Second)
+	if len(again) != 1 || again[0].ID != putIDs[0] || again[0].Attempts != 2 || again[0].LastError != "boom" {
+		t.Fatalf("after a nack got %+v, want task a in front, attempt 2, error boom", again)
+	}
+	if err := q.Nack(queue.NackRequest{Queue: "jobs", Owner: 2, ID: again[0].ID, Error: "boom again"}); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	if len(dead) != 1 || dead[0].ID != putIDs[0] || dead[0].Attempts != 2 || dead[0].LastError != "boom again" {
+		t.Fatalf("dead %+v: want task a after 2 attempts", dead)
+	}
+	mu.Unlock()
+	if dts, err := q.Peek(queue.DeadLetterName("jobs"), 10); err != nil || len(dts) != 1 || dts[0].ID != putIDs[0] {
+		t.Fatalf("dead-letter queue %+v, %v: want task a, with its ID", dts, err)
+	}
+
+	// c is handed out and never delivered: back in front, not counted.
+	c := get(t, q, "jobs", 3, 1, 0, time.Second)
+	q.Unget(queue.GetRequest{Queue: "jobs", Owner: 3}, c)
+	c = get(t, q, "jobs", 3, 1, 100*time.Millisecond, time.Second)
+	if len(c) != 1 || c[0].ID != putIDs[2] || c[0].Attempts != 1 {
+		t.Fatalf("after an unget got %+v, want task c at attempt 1", c)
+	}
+	d := get(t, q, "jobs", 4, 1, 0, time.Second)
+	if len(d) != 1 || d[0].ID != putIDs[3] {
+		t.Fatalf("got %+v, want task d", d)
+	}
+	// c's lease runs out: back, attempt 2.
+	c = get(t, q, "jobs", 5, 1, 0, 5*time.Second)
+	if len(c) != 1 || c[0].ID != putIDs[2] || c[0].Attempts != 2 || c[0].LastError != "lease expired" {
+		t.Fatalf("after its lease ran out got %+v, want task c at attempt 2", c)
+	}
+	if _, err := q.Ack(queue.AckRequest{Queue: "jobs", Owner: 3, IDs: ids(c)}, nil); !errors.Is(err, queue.ErrNotLeased) {
+		t.Errorf("late ack of the expired delivery: %v, want ErrNotLeased", err)
+	}
+	// Worker 1 leaves holding b: back, attempt 2.
+	if n := q.Release(1); n != 1 {
+		t.Fatalf("Release = %d, want 1", n)
+	}
+	b := get(t, q, "jobs", 6, 4, 0, time.Second)
+	if len(b) != 1 || b[0].ID != putIDs[1] || b[0].LastError != "worker disconnected" || b[0].Attempts != 2 {
+		t.Fatalf("after a release got %+v, want b at attempt 2", b)
+	}
+	if n := stored(t, q, "jobs"); n != 1 {
+		t.Fatalf("%d messages stored with tasks out, want the pack", n)
+	}
+	ackIDs(t, q, "jobs", 5, c[0].ID)
+	ackIDs(t, q, "jobs", 4, d[0].ID)
+	ackIDs(t, q, "jobs", 6, b[0].ID)
+	if n := stored(t, q, "jobs"); n != 0 {
+		t.Fatalf("%d messages stored after every task was done or dead", n)
+	}
+}
+
+// A get waiting on an empty queue takes a packed task that comes back
+// meanwhile, at once.
+func TestWaitingGetTakesARequeuedPackedTask(t *testing.T) {
+	q := newQueues(t, startNode(t), jsqueue.Config{Pack: 4})
+	put(t, q, "jobs", "a", "b")
+	ts := get(t, q, "jobs", 1, 2, 0, time.Second)
+	got := make(chan []queue.Task, 1)
+	go func() {
+		ts, _ := q.Get(context.Background(), queue.GetRequest{Queue: "jobs", Max: 4, Owner: 2, MaxWait: 20 * time.Second}, nil)
+		got <- ts
+	}()
+	time.Sleep(100 * time.Millisecond) // let the get wait (it may also see the nack first)
+	if err := q.Nack(queue.NackRequest{Queue: "jobs", Owner: 1, ID: ts[1].ID, Error: "x"}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case again := <-got:
+		if len(again) != 1 || again[0].ID != ts[1].ID {
+			t.Fatalf("the waiting get took %+v, want task b", again)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the waiting get did not take the task that came back")
+	}
+}
+
+// Results taken with NoAck: a pack leaves the stream once every task of
+// it is delivered.
+func TestPackedNoAckGets(t *testing.T) {
+	q := newQueues(t, startNode(t), jsqueue.Config{Pack: 4})
+	reaping(t, q)
+	put(t, q, "results", "1", "2", "3")
+	req := queue.GetRequest{Queue: "results", Max: 2, Owner: 1, NoAck: true}
+	first, err := q.Get(context.Background(), req, nil)
+	if err != nil || len(first) != 2 {
+		t.Fatalf("get: %+v, %v", first, err)
+	}
+	q.Delivered(req, first)
+	// The third is given back undelivered, then taken again.
+	third, err := q.Get(context.Background(), req, nil)
+	if err != nil || len(third) != 1 || string(third[0].Payload) != "3" {
+		t.Fatalf("get: %+v, %v", third, err)
+	}
+	q.Unget(req, third)
+	if n := stored(t, q, "results"); n != 1 {
+		t.Fatalf("%d messages stored with a task undelivered, want 1", n)
+	}
+	third, err = q.Get(context.Background(), req, nil)
+	if err != nil || len(third) != 1 || string(third[0].Payload) != "3" {
+		t.Fatalf("get after unget: %+v, %v", third, err)
+	}
+	q.Delivered(req, third)
+	if n := stored(t, q, "results"); n != 0 {
+		t.Fatalf("%d messages stored after every task was delivered", n)
+	}
+}
+
+// A gateway that closes with a pack partly done stores its tasks not done
+// again, each alone, keeping their IDs: another gateway runs only those.
+func TestClosingGatewayHandsOverAPartlyDonePack(t *testing.T) {
+	n := startNode(t)
+	a := newQueues(t, n, jsqueue.Config{Pack: 8})
+	b := newQueues(t, n, jsqueue.Config{Pack: 8})
+	putIDs := put(t, a, "jobs", "1", "2", "3", "4")
+	ts := get(t, a, "jobs", 1, 2, 0, time.Second) // 3 and 4 held
+	ackIDs(t, a, "jobs", 1, ts[0].ID)             // 2 still leased
+	a.Close()
+	rest := get(t, b, "jobs", 7, 8, 0, 5*time.Second)
+	if got := payloads(rest); !slices.Equal(got, []string{"2", "3", "4"}) {
+		t.Fatalf("after the close got %q, want 2 3 4", got)
+	}
+	if !slices.Equal(ids(rest), putIDs[1:]) {
+		t.Errorf("ids %v, want %v", ids(rest), putIDs[1:])
+	}
+	if rest[0].Attempts != 2 || rest[1].Attempts != 1 {
+		t.Errorf("attempts %d and %d: want 2 for the task that was out, 1 for one held", rest[0].Attempts, rest[1].Attempts)
+	}
+	ackIDs(t, b, "jobs", 7, ids(rest)...)
+	if n := stored(t, b, "jobs"); n != 0 {
+		t.Fatalf("%d messages stored after every task was done", n)
+	}
+
+	// A pack none of whose tasks is done goes back whole.
+	c := newQueues(t, n, jsqueue.Config{Pack: 8})
+	put(t, c, "whole", "x", "y")
+	get(t, c, "whole", 1, 1, 0, time.Second)
+	c.Close()
+	if got := payloads(get(t, b, "whole", 7, 8, 0, 5*time.Second)); !slices.Equal(got, []string{"x", "y"}) {
+		t.Fatalf("after the close got %q, want x y", got)
+	}
+}
+
+// A gateway that dies holding a pack: JetStream hands the whole pack to
+// another gateway after AckWait, done tasks included (what packing gives
+// up, see pack.go).
+func TestDeadGatewaysPackGoesToAnother(t *testing.T) {
+	n := startNode(t)
+	cfg := jsqueue.Config{Pack: 8, AckWait: 300 * time.Millisecond}
+	b := newQueues(t, n, cfg)
+	cfgA := cfg
+	cfgA.Conn = connect(t, n)
+	dying, err := jsqueue.New(cfgA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	putIDs := put(t, b, "jobs", "1", "2")
+	if ts := get(t, dying, "jobs", 1, 1, time.Minute, 0); len(ts) != 1 {
+		t.Fatal("no task")
+	}
+	cfgA.Conn.Close()
+	ts := get(t, b, "jobs", 7, 8, 0, 5*time.Second)
+	if !slices.Equal(ids(ts), putIDs) || ts[0].Attempts != 2 || ts[1].Attempts != 2 || ts[0].LastError != "lease expired" {
+		t.Fatalf("got %+v, want both tasks at attempt 2", ts)
+	}
+	dying.Close()
+}
+
+// Peek lists packed tasks one by one; drop refuses them (their message
+// carries others); purge drops what this gateway holds of them.
+func TestPackedAdmin(t *testing.T) {
+	q := newQueues(t, startNode(t), jsqueue.Config{Pack: 4})
+	putIDs := put(t, q, "jobs", "1", "2", "3")
+	ts, err := q.Peek("jobs", 2)
+	if err != nil || !slices.Equal(payloads(ts), []string{"1", "2"}) || !slices.Equal(ids(ts), putIDs[:2]) {
+		t.Fatalf("peek: %+v, %v", ts, err)
+	}
+	if _, err := q.Drop("jobs", putIDs[1:2]); !errors.Is(err, queue.ErrBadArgument) {
+		t.Errorf("drop of a packed task: %v, want ErrBadArgument", err)
+	}
+	get(t, q, "jobs", 1, 1, 0, time.Second) // 2 and 3 held
+	if _, err := q.Purge("jobs"); err != nil {
+		t.Fatal(err)
+	}
+	if ts := get(t, q, "jobs", 1, 4, 0, 200*time.Millisecond); len(ts) != 0 {
+		t.Fatalf("after a purge got %+v", ts)
+	}
+}
+
+// While this gateway has paused a queue, it hands out none of the tasks
+// it holds.
+func TestPausedQueueHoldsPackedTasks(t *testing.T) {
+	q := newQueues(t, startNode(t), jsqueue.Config{Pack: 4})
+	put(t, q, "jobs", "1", "2")
+	get(t, q, "jobs", 1, 1, 0, time.Second)
+	if err := q.SetPaused("jobs", true); err != nil {
+		t.Fatal(err)
+	}
+	if ts := get(t, q, "jobs", 2, 1, 0, 300*time.Millisecond); len(ts) != 0 {
+		t.Fatalf("a paused queue handed out %+v", ts)
+	}
+	got := make(chan []queue.Task, 1)
+	go func() {
+		ts, _ := q.Get(context.Background(), queue.GetRequest{Queue: "jobs", Max: 1, Owner: 2, MaxWait: 20 * time.Second}, nil)
+		got <- ts
+	}()
+	if err := q.SetPaused("jobs", false); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case ts := <-got:
+		if len(ts) != 1 || string(ts[0].Payload) != "2" {
+			t.Fatalf("after resume got %+v, want task 2", ts)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("resuming did not wake the waiting get")
+	}
+}
