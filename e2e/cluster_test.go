@@ -35,8 +35,8 @@ func (s *syncBuffer) lines() int {
 }
 
 // startCluster starts three qmasters, each embedding a JetStream node,
-// and waits until each listens.
-func startCluster(t *testing.T) []*clusterNode {
+// with the extra flags, and waits until each listens.
+func startCluster(t *testing.T, extra ...string) []*clusterNode {
 	t.Helper()
 	ports := qmtest.FreeAddrs(t, 9)
 	peers := strings.Join(ports[3:6], ",")
@@ -45,6 +45,7 @@ func startCluster(t *testing.T) []*clusterNode {
 		n := &clusterNode{name: fmt.Sprintf("n%d", i), addr: ports[i], natsAddr: ports[6+i]}
 		n.args = []string{"--addr", n.addr, "--data-dir", t.TempDir(), "--lease", "5s",
 			"--cluster-listen", ports[3+i], "--cluster-peers", peers, "--node-name", n.name, "--nats-listen", n.natsAddr}
+		n.args = append(n.args, extra...)
 		nodes[i] = n
 	}
 	for _, n := range nodes {
@@ -153,10 +154,20 @@ func clientsOf(t *testing.T, addr, role string) []string {
 // nothing may be left leased or dead once the leases of the killed
 // gateways have run out.
 func TestClusterSurvivesGatewayAndLeaderKills(t *testing.T) {
+	testClusterSurvivesKills(t)
+}
+
+// The same with --pack 32: a killed gateway's packs come back whole, and
+// map drops the second results of their done tasks.
+func TestPackingClusterSurvivesGatewayAndLeaderKills(t *testing.T) {
+	testClusterSurvivesKills(t, "--pack", "32")
+}
+
+func testClusterSurvivesKills(t *testing.T, extra ...string) {
 	if testing.Short() {
 		t.Skip("runs a three-node cluster")
 	}
-	nodes := startCluster(t)
+	nodes := startCluster(t, extra...)
 	var workers []*proc
 	for i := range 2 {
 		gateways := nodes[1+i].addr + "," + nodes[2-i].addr

@@ -71,6 +71,7 @@ func TestRootFlags(t *testing.T) {
 		MaxUnauthConns: 8, AuthFailLimit: 3, MaxConns: 100, MaxStreams: 16, MaxMemory: 1 << 30,
 		TLSCert: "/c.pem", TLSKey: "/k.pem", TLSClientCA: "/ca.pem",
 		RetryBackoff: "1s..1h", DedupWindow: 5 * time.Minute,
+		Engine: engineOptions{Pack: 1},
 	}
 	if got.LogLevel.Level != slog.LevelDebug || got.LogFormat.String() != "json" {
 		t.Errorf("log level %v format %v", got.LogLevel, got.LogFormat)
@@ -123,6 +124,9 @@ func TestUsageErrors(t *testing.T) {
 		{"cluster without peers", rootCmd, []string{"--cluster-listen", ":6222", "--data-dir", "d"}, "--cluster-listen needs --cluster-peers"},
 		{"peers without cluster", rootCmd, []string{"--cluster-peers", "a:6222"}, "go with --cluster-listen"},
 		{"replicas alone", rootCmd, []string{"--replicas", "3"}, "--replicas goes with --nats or --cluster-listen"},
+		{"pack alone", rootCmd, []string{"--pack", "8"}, "--pack goes with --nats or --cluster-listen"},
+		{"pack too big", rootCmd, []string{"--nats", "nats://a:4222", "--pack", "65"}, "--pack must be between 1 and 64"},
+		{"pack and max length", rootCmd, []string{"--nats", "nats://a:4222", "--pack", "8", "--max-queue-len", "10"}, "--pack does not go with --max-queue-len"},
 		{"replicas over peers", rootCmd, []string{"--cluster-listen", "a:6222", "--cluster-peers", "a:6222,b:6222", "--data-dir", "d", "--replicas", "3"}, "more than the 2 nodes"},
 		{"put tls key without cert", func(t *testing.T) *cobra.Command {
 			return newCmdPut(&factory{}, func(o *putOptions) error { return never(t)(o) })

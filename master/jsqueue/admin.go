@@ -135,7 +135,10 @@ func (q *Queues) AllStats() []queue.Stats {
 // scan calls f with each task stored in s, in order, until f returns
 // false. Tasks leased at the moment are included. Each read has the
 // request timeout to itself, so a long queue is walked to its end.
-func (q *Queues) scan(s *stream, f func(seq uint64, t queue.Task) bool) error {
+//
+// A pack's tasks come one by one, each with packed set: they share the
+// message at seq.
+func (q *Queues) scan(s *stream, f func(seq uint64, t queue.Task, packed bool) bool) error {
 	for seq := uint64(1); ; seq++ {
 		ctx, cancel := q.call()
 		m, err := s.st.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(s.subject))
@@ -156,13 +159,13 @@ func (q *Queues) scan(s *stream, f func(seq uint64, t queue.Task) bool) error {
 			for i, pl := range payloads {
 				t := taskOf(seq, m.Time, m.Header, pl, 0)
 				t.ID = packedID(seq, i)
-				if !f(seq, t) {
+				if !f(seq, t, true) {
 					return nil
 				}
 			}
 			continue
 		}
-		if !f(seq, taskOf(seq, m.Time, m.Header, m.Data, 0)) {
+		if !f(seq, taskOf(seq, m.Time, m.Header, m.Data, 0), false) {
 			return nil
 		}
 	}
@@ -180,7 +183,7 @@ func (q *Queues) Peek(name string, n int) ([]queue.Task, error) {
 	if n <= 0 {
 		return ts, nil
 	}
-	err = q.scan(s, func(_ uint64, t queue.Task) bool {
+	err = q.scan(s, func(_ uint64, t queue.Task, _ bool) bool {
 		ts = append(ts, t)
 		return len(ts) < n
 	})
@@ -273,7 +276,7 @@ func (q *Queues) SetPaused(name string, paused bool) error {
 	q.mu.Lock()
 	s.paused = paused
 	if !paused {
-		s.wakeGets()
+		s.wakeGets(len(s.held))
 	}
 	q.mu.Unlock()
 	return nil
@@ -299,7 +302,7 @@ func (q *Queues) Requeue(name string, ids []uint64) (int, error) {
 	want := idSet(ids)
 	moved := 0
 	var firstErr error
-	err = q.scan(ds, func(seq uint64, t queue.Task) bool {
+	err = q.scan(ds, func(seq uint64, t queue.Task, _ bool) bool {
 		if want != nil && !want[t.ID] {
 			return true
 		}
@@ -338,12 +341,6 @@ func (q *Queues) Drop(name string, ids []uint64) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	for _, id := range ids {
-		if id&packedIDBit != 0 {
-			// Its message carries other tasks too.
-			return 0, fmt.Errorf("%w: task %d is stored packed with others (qmaster --pack) and cannot be dropped alone", queue.ErrBadArgument, id)
-		}
-	}
 	want := idSet(ids)
 	q.mu.Lock()
 	for id := range want {
@@ -354,9 +351,13 @@ func (q *Queues) Drop(name string, ids []uint64) (int, error) {
 	q.mu.Unlock()
 	dropped := 0
 	var delErr error
-	err = q.scan(s, func(seq uint64, t queue.Task) bool {
+	err = q.scan(s, func(seq uint64, t queue.Task, packed bool) bool {
 		if !want[t.ID] {
 			return true
+		}
+		if packed { // its message carries other tasks too
+			delErr = fmt.Errorf("%w: task %d is stored packed with others (qmaster --pack) and cannot be dropped alone", queue.ErrBadArgument, t.ID)
+			return false
 		}
 		ctx, cancel := q.call()
 		defer cancel()

@@ -22,10 +22,11 @@ func (q *Queues) deadLetter(l *lease, errText string) error {
 		cancel()
 	}
 	if err != nil {
-		// Delivered again, it comes back here.
+		// Delivered again, it comes back here: a packed task after a
+		// while, not at once to a get that would try it again and again.
 		if l.pack != nil {
 			q.mu.Lock()
-			q.requeueLocked(l, true, errText, time.Time{})
+			q.requeueLocked(l, true, errText, time.Now().Add(deadLetterRetry))
 			q.mu.Unlock()
 		} else {
 			q.giveBack([]*nats.Msg{l.msg})
@@ -48,6 +49,10 @@ func (q *Queues) deadLetter(l *lease, errText string) error {
 	}
 	return nil
 }
+
+// deadLetterRetry is how long a packed task whose move to the dead-letter
+// queue failed waits before it is tried again.
+const deadLetterRetry = time.Second
 
 // putBack stores again, at the end of s's queue, tasks taken for good that
 // never reached their client.

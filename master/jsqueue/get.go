@@ -82,16 +82,21 @@ func (q *Queues) Get(ctx context.Context, req queue.GetRequest, dst []queue.Task
 		q.mu.Unlock()
 		if dueNow {
 			wake()
+			if ctx.Err() != nil {
+				return nil, nil
+			}
 			continue // held since takeHeld looked
 		}
-		timer := time.AfterFunc(time.Until(next), wake)
-		if next.IsZero() {
-			timer.Stop()
+		var timer *time.Timer
+		if !next.IsZero() {
+			timer = time.AfterFunc(time.Until(next), wake)
 		}
 		preq := req
 		preq.Max = q.msgsFor(s, req.Max)
 		msgs, err := q.pull(pctx, s, preq)
-		timer.Stop()
+		if timer != nil {
+			timer.Stop()
+		}
 		q.mu.Lock()
 		delete(s.waiting, wait)
 		q.mu.Unlock()
@@ -363,6 +368,7 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts [
 		ts, heldDead = q.takeHeldLocked(s, req, now, ts)
 		dead = append(dead, heldDead...)
 		q.wakeReaper()
+		s.wakeGets(len(s.held)) // gets waiting meanwhile take the rest
 	}
 	q.mu.Unlock()
 	for _, l := range dead {

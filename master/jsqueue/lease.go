@@ -158,6 +158,9 @@ func (q *Queues) Ack(req queue.AckRequest, dst []queue.Task) ([]queue.Task, erro
 	for _, l := range ls {
 		switch {
 		case err != nil && l.pack != nil:
+			if q.leases[l.key] == l {
+				q.dropLease(l) // before another get takes the task again
+			}
 			q.requeueLocked(l, true, "results not stored", time.Time{})
 		case err != nil:
 			if !l.lost { // else JetStream may have handed it to another worker
@@ -711,12 +714,16 @@ func (q *Queues) reap(now time.Time) (n int, held bool) {
 			renew = append(renew, q.renewal(l, now))
 		}
 	}
-	var lostPacks []*pack
+	type lostPack struct {
+		queue       string
+		tasks, left int
+	}
+	var lostPacks []lostPack
 	for _, p := range q.packs {
 		switch {
 		case now.Sub(p.del.confirmed) >= p.del.s.ackWait:
 			q.loseLocked(p)
-			lostPacks = append(lostPacks, p)
+			lostPacks = append(lostPacks, lostPack{p.del.key.queue, len(p.tasks), p.left})
 		case now.Sub(p.del.touched) >= p.del.s.ackWait/3:
 			renew = append(renew, q.renewal(p.del, now))
 		}
@@ -737,7 +744,7 @@ func (q *Queues) reap(now time.Time) (n int, held bool) {
 	}
 	for _, p := range lostPacks {
 		q.log.Warn("pack lost: JetStream did not confirm its renewals within AckWait, and may have handed it to another gateway",
-			"queue", p.del.key.queue, "tasks", len(p.tasks), "left", p.left)
+			"queue", p.queue, "tasks", p.tasks, "left", p.left)
 	}
 	for _, l := range expired {
 		if err := q.fail(l, errExpired, 0); err != nil {

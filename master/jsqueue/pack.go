@@ -238,7 +238,9 @@ func (q *Queues) settleLocked(l *lease) *nats.Msg {
 	}
 	p.done[l.index], p.out[l.index] = true, false
 	p.left--
-	if p.left > 0 {
+	if p.left > 0 || q.packs[p.del.key] != p {
+		// Tasks left; or the pack was lost, purged or handed back on
+		// Close, and its key may name its next delivery by now.
 		return nil
 	}
 	delete(q.packs, p.del.key)
@@ -265,7 +267,9 @@ func (q *Queues) requeueLocked(l *lease, failed bool, errText string, due time.T
 	}
 	s := l.s
 	s.held = slices.Insert(s.held, 0, heldTask{p: p, i: l.index, due: due})
-	s.wakeGets()
+	if due.IsZero() {
+		s.wakeGets(1)
+	}
 }
 
 // loseLocked drops pack p, whose renewals JetStream did not confirm
@@ -296,8 +300,10 @@ func (q *Queues) dropPacksLocked(name string) {
 		if k.queue == name {
 			delete(q.packs, k)
 			p.del.lost = true // nothing of it to ack
-			p.del.s.held = nil
 		}
+	}
+	if l := q.locals[name]; l != nil {
+		l.held = nil
 	}
 }
 
@@ -316,6 +322,7 @@ func (q *Queues) closePacks() {
 	var moves []move
 	for k, p := range q.packs {
 		delete(q.packs, k)
+		p.del.lost = true // an Ack under way must not ack it now
 		if p.left == len(p.tasks) {
 			whole = append(whole, p.del.msg)
 			continue
@@ -333,8 +340,8 @@ func (q *Queues) closePacks() {
 		}
 		moves = append(moves, mv)
 	}
-	for _, s := range q.known {
-		s.held = nil
+	for _, l := range q.locals {
+		l.held = nil
 	}
 	q.mu.Unlock()
 	q.giveBack(whole)

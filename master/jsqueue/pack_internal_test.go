@@ -2,11 +2,16 @@ package jsqueue
 
 import (
 	"bytes"
+	"context"
 	"slices"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/qm-dev/qm/master/queue"
 )
 
 func TestPackCodec(t *testing.T) {
@@ -101,4 +106,135 @@ func FuzzDecodePack(f *testing.F) {
 			t.Fatalf("%q decoded to %q, which encodes differently", body, payloads)
 		}
 	})
+}
+
+// packQueues opens a gateway with cfg on a node of its own, reaping.
+func packQueues(t *testing.T, cfg Config) *Queues {
+	t.Helper()
+	n, err := StartNode(NodeConfig{DataDir: t.TempDir(), Secret: "s3cret"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(n.Shutdown)
+	if cfg.Conn, err = n.Connect(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cfg.Conn.Close)
+	q, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(q.Close)
+	done, stopped := make(chan struct{}), make(chan struct{})
+	go func() { defer close(stopped); q.ReapLeases(done, nil) }()
+	t.Cleanup(func() { close(done); <-stopped })
+	return q
+}
+
+func putN(t *testing.T, q *Queues, name string, n int) []uint64 {
+	t.Helper()
+	items := make([]queue.Item, n)
+	for i := range items {
+		items[i] = queue.Item{Payload: []byte{byte('a' + i)}}
+	}
+	ids, err := q.Put(context.Background(), queue.PutRequest{Queue: name, Items: items})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ids
+}
+
+func getN(t *testing.T, q *Queues, name string, owner uint64, max int, wait time.Duration) []queue.Task {
+	t.Helper()
+	ts, err := q.Get(context.Background(), queue.GetRequest{Queue: name, Max: max, Owner: owner, MaxWait: wait}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ts
+}
+
+// A queue's stream is opened anew after an error (forget): the tasks the
+// gateway holds of it are still handed out.
+func TestHeldTasksOutliveAReopenedStream(t *testing.T) {
+	q := packQueues(t, Config{Pack: 4})
+	putN(t, q, "jobs", 4)
+	if ts := getN(t, q, "jobs", 1, 1, time.Second); len(ts) != 1 {
+		t.Fatalf("got %d tasks", len(ts))
+	}
+	q.forget("jobs") // as a failed pull or put does
+	if ts := getN(t, q, "jobs", 1, 3, time.Second); len(ts) != 3 {
+		t.Fatalf("after the stream was opened anew got %d of the 3 held tasks", len(ts))
+	}
+}
+
+// A pack lost (or purged, or handed back) while an Ack of its tasks was
+// under way: that Ack's settle must leave alone the pack's next delivery,
+// taken by this gateway meanwhile under the same key.
+func TestStaleSettleLeavesTheNextDelivery(t *testing.T) {
+	q := packQueues(t, Config{Pack: 2, AckWait: time.Second})
+	putN(t, q, "jobs", 2)
+	ts := getN(t, q, "jobs", 1, 2, time.Second)
+	if len(ts) != 2 {
+		t.Fatalf("got %d tasks", len(ts))
+	}
+	release, acked := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(acked)
+		_, _ = q.Ack(queue.AckRequest{Queue: "jobs", Owner: 1, IDs: []uint64{ts[0].ID, ts[1].ID}, Publish: func([]queue.Task) error { <-release; return nil }}, nil)
+	}()
+	time.Sleep(100 * time.Millisecond) // the Ack is publishing
+	q.mu.Lock()
+	for _, p := range q.packs {
+		q.loseLocked(p) // as the reaper does when renewals go unconfirmed
+	}
+	q.mu.Unlock()
+	again := getN(t, q, "jobs", 2, 1, 5*time.Second) // JetStream's next delivery
+	if len(again) != 1 {
+		t.Fatalf("the pack was not delivered again: %+v", again)
+	}
+	close(release)
+	<-acked
+	q.mu.Lock()
+	packs := len(q.packs)
+	q.mu.Unlock()
+	if packs != 1 {
+		t.Fatalf("%d packs held after the stale Ack, want the next delivery", packs)
+	}
+	if err := q.Nack(queue.NackRequest{Queue: "jobs", Owner: 2, ID: again[0].ID, Error: "x"}); err != nil {
+		t.Fatal(err)
+	}
+	if ts := getN(t, q, "jobs", 3, 2, time.Second); len(ts) != 2 {
+		t.Fatalf("after a nack got %d tasks, want both of the pack", len(ts))
+	}
+}
+
+// A held task whose move to the dead-letter queue fails waits a while: a
+// get does not try it again and again past its own wait.
+func TestFailingDeadLetterDoesNotHoldAGet(t *testing.T) {
+	q := packQueues(t, Config{Pack: 2, MaxAttempts: 1, RequestTimeout: 200 * time.Millisecond})
+	putN(t, q, "jobs", 2)
+	ctx := context.Background()
+	// The dead-letter queue's stream takes nothing on its subject.
+	if _, err := q.js.CreateStream(ctx, jetstream.StreamConfig{Name: streamName(queue.DeadLetterName("jobs")), Subjects: []string{"elsewhere"}}); err != nil {
+		t.Fatal(err)
+	}
+	ts := getN(t, q, "jobs", 1, 1, time.Second)
+	if len(ts) != 1 {
+		t.Fatalf("got %d tasks", len(ts))
+	}
+	if err := q.Nack(queue.NackRequest{Queue: "jobs", Owner: 1, ID: ts[0].ID, Error: "x"}); err == nil {
+		t.Fatal("the dead-letter move succeeded")
+	}
+	for range 2 {
+		start := time.Now()
+		got := getN(t, q, "jobs", 2, 2, 500*time.Millisecond)
+		if waited := time.Since(start); waited > 3*time.Second {
+			t.Fatalf("a get with a 500ms wait took %v", waited)
+		}
+		for _, task := range got {
+			if task.ID == ts[0].ID {
+				t.Fatalf("the task past its last attempt was handed out: %+v", task)
+			}
+		}
+	}
 }

@@ -319,3 +319,79 @@ func TestPausedQueueHoldsPackedTasks(t *testing.T) {
 		t.Fatal("resuming did not wake the waiting get")
 	}
 }
+
+// Gets waiting when one of them takes a pack take its other tasks at once.
+func TestWaitingGetsShareAPack(t *testing.T) {
+	q := newQueues(t, startNode(t), jsqueue.Config{Pack: 8})
+	put(t, q, "jobs") // create the queue
+	const waiting = 3
+	var wg sync.WaitGroup
+	counts := make([]int, waiting)
+	for i := range waiting {
+		wg.Go(func() {
+			ts, _ := q.Get(context.Background(), queue.GetRequest{Queue: "jobs", Max: 1, Owner: uint64(i + 1), MaxWait: 20 * time.Second}, nil)
+			counts[i] = len(ts)
+		})
+	}
+	time.Sleep(200 * time.Millisecond) // let them wait (one may take the pack at once)
+	put(t, q, "jobs", "1", "2", "3", "4", "5", "6", "7", "8")
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("gets waited on while the pack's tasks were held")
+	}
+	if !slices.Equal(counts, []int{1, 1, 1}) {
+		t.Fatalf("the waiting gets took %v tasks, want one each", counts)
+	}
+}
+
+// A task back in front wakes one waiting get, not all of them: each one
+// woken drops its pull request's subscription.
+func TestRequeueWakesOneGet(t *testing.T) {
+	n := startNode(t)
+	q := newQueues(t, n, jsqueue.Config{Pack: 2})
+	put(t, q, "jobs", "a", "b")
+	ts := get(t, q, "jobs", 1, 2, 0, time.Second)
+	var wg sync.WaitGroup
+	got := make(chan int, 20)
+	for i := range 20 {
+		wg.Go(func() {
+			ts, _ := q.Get(context.Background(), queue.GetRequest{Queue: "jobs", Max: 1, Owner: uint64(10 + i), MaxWait: 2 * time.Second}, nil)
+			got <- len(ts)
+		})
+	}
+	time.Sleep(300 * time.Millisecond) // let them wait
+	before := n.SubscriptionsMade()
+	if err := q.Nack(queue.NackRequest{Queue: "jobs", Owner: 1, ID: ts[0].ID, Error: "x"}); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	close(got)
+	took := 0
+	for k := range got {
+		took += k
+	}
+	if took != 1 {
+		t.Fatalf("%d gets took the task", took)
+	}
+	// The woken get's subscription, and at most a few more.
+	if made := n.SubscriptionsMade() - before; made > 4 {
+		t.Errorf("one task back in front made %d subscriptions: it woke many gets", made)
+	}
+}
+
+// A packed task in the dead-letter queue is stored alone there: it can be
+// dropped.
+func TestDeadPackedTaskCanBeDropped(t *testing.T) {
+	q := newQueues(t, startNode(t), jsqueue.Config{Pack: 2, MaxAttempts: 1})
+	put(t, q, "jobs", "a", "b")
+	ts := get(t, q, "jobs", 1, 1, 0, time.Second)
+	if err := q.Nack(queue.NackRequest{Queue: "jobs", Owner: 1, ID: ts[0].ID, Error: "x"}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := q.Drop(queue.DeadLetterName("jobs"), ids(ts)); n != 1 || err != nil {
+		t.Fatalf("drop from the dead-letter queue: %d, %v", n, err)
+	}
+}

@@ -100,6 +100,8 @@ type Queues struct {
 	// packs are the packs this gateway holds (pack.go), by queue and
 	// stream sequence.
 	packs map[leaseKey]*pack
+	// locals are what this gateway keeps of each queue it opened.
+	locals map[string]*local
 	// lastErr holds the error of a task's failed attempt until the task is
 	// delivered again (JetStream's nak carries no text). A task
 	// redelivered through another gateway reads "lease expired" instead.
@@ -140,8 +142,14 @@ type stream struct {
 	// putMu makes this gateway's puts to a queue with a max length check
 	// its length and publish one at a time.
 	putMu sync.Mutex
+	// local is what this gateway keeps of the queue, shared by every
+	// stream value it opens for it (a stream is opened anew after errors).
+	*local
+}
 
-	// Guarded by Queues.mu:
+// local is what a gateway keeps of a queue besides JetStream's stream
+// and consumer, guarded by Queues.mu.
+type local struct {
 	// held are the tasks of held packs waiting to be handed out, in order.
 	held []heldTask
 	// paused is set while this gateway has paused the queue: held tasks
@@ -157,12 +165,17 @@ type stream struct {
 // getWait is a get waiting on a stream: wake cancels its pull.
 type getWait struct{ wake context.CancelFunc }
 
-// wakeGets wakes the gets waiting on s: a task was held. Called with
-// Queues.mu held.
-func (s *stream) wakeGets() {
-	for w := range s.waiting {
+// wakeGets wakes up to n of the gets waiting on the queue: n tasks were
+// held. A woken get drops its pull request's inbox, so no more are woken
+// than there are tasks. Called with Queues.mu held.
+func (l *local) wakeGets(n int) {
+	for w := range l.waiting {
+		if n <= 0 {
+			return
+		}
 		w.wake()
-		delete(s.waiting, w)
+		delete(l.waiting, w)
+		n--
 	}
 }
 
@@ -180,6 +193,10 @@ func New(cfg Config) (*Queues, error) {
 	}
 	if cfg.Pack < 0 || cfg.Pack > MaxPack {
 		return nil, fmt.Errorf("%w: pack must be 0 to %d tasks, got %d", queue.ErrBadArgument, MaxPack, cfg.Pack)
+	}
+	if cfg.Pack > 1 && cfg.MaxLen > 0 {
+		// The length checked is the stream's, in messages.
+		return nil, fmt.Errorf("%w: a max queue length does not go with packing yet", queue.ErrBadArgument)
 	}
 	cfg = cfg.withDefaults()
 	// Puts of many producers share the async publisher: its default cap
@@ -203,6 +220,7 @@ func New(cfg Config) (*Queues, error) {
 		owners:      make(map[uint64]map[leaseKey]*lease),
 		unconfirmed: make(map[leaseKey]*lease),
 		packs:       make(map[leaseKey]*pack),
+		locals:      make(map[string]*local),
 		lastErr:     make(map[leaseKey]string),
 		stats:       make(map[string]*counters),
 		renewals:    make(map[string]renewal),
@@ -326,6 +344,11 @@ func (q *Queues) open(name string, create bool) (*stream, error) {
 	if prev := q.known[name]; prev != nil {
 		s = prev
 	} else {
+		s.local = q.locals[name]
+		if s.local == nil {
+			s.local = &local{}
+			q.locals[name] = s.local
+		}
 		q.known[name] = s
 	}
 	q.mu.Unlock()
