@@ -158,10 +158,16 @@ func testGatewaysShareQueues(t *testing.T, pack int) {
 
 // An unmodified Python BaseManager client puts through one gateway and
 // reads results through it; the worker sits behind another.
-func TestPythonThroughAGateway(t *testing.T) {
+func TestPythonThroughAGateway(t *testing.T) { testPythonThroughAGateway(t, 0) }
+
+// The same with packs of 8: the worker's results come packed, and the
+// Python client's gets take them one by one.
+func TestPythonThroughAPackingGateway(t *testing.T) { testPythonThroughAGateway(t, 8) }
+
+func testPythonThroughAGateway(t *testing.T, pack int) {
 	url := startNodeListening(t)
-	a := startGateway(t, url, master.Config{})
-	b := startGateway(t, url, master.Config{})
+	a := startPackingGateway(t, url, master.Config{}, pack)
+	b := startPackingGateway(t, url, master.Config{}, pack)
 	runWorker(t, a)
 	for _, py := range qmtest.Pythons(t) {
 		t.Run(py.String(), func(t *testing.T) {

@@ -623,6 +623,23 @@ const reapEvery = 20 * time.Millisecond
 func (q *Queues) ReapLeases(done <-chan struct{}, onExpired func(n int)) {
 	tick := time.NewTicker(reapEvery)
 	defer tick.Stop()
+	// Held tasks that waited too long are stored apart by a goroutine of
+	// their own, one batch at a time: the reaper must go on renewing.
+	moves := make(chan []heldMove)
+	moved := make(chan struct{}, 1)
+	var mover sync.WaitGroup
+	mover.Go(func() {
+		for batch := range moves {
+			q.moveHeld(batch)
+			select {
+			case moved <- struct{}{}:
+			default: // never full: one batch at a time
+			}
+		}
+	})
+	defer mover.Wait()
+	defer close(moves)
+	moving := false
 	for {
 		select {
 		case <-done:
@@ -633,6 +650,20 @@ func (q *Queues) ReapLeases(done <-chan struct{}, onExpired func(n int)) {
 			n, held := q.reap(now)
 			if n > 0 && onExpired != nil {
 				onExpired(n)
+			}
+			select {
+			case <-moved:
+				moving = false
+			default:
+			}
+			if !moving {
+				q.mu.Lock()
+				batch := q.overdueLocked(now)
+				q.mu.Unlock()
+				if len(batch) > 0 {
+					moving = true
+					moves <- batch
+				}
 			}
 			if held {
 				continue

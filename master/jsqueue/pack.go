@@ -151,11 +151,11 @@ type pack struct {
 }
 
 // heldTask is a task of a held pack waiting to be handed out (not before
-// due, if set).
+// due, if set) since since.
 type heldTask struct {
-	p   *pack
-	i   int
-	due time.Time
+	p          *pack
+	i          int
+	due, since time.Time
 }
 
 // unpackLocked takes delivered pack m of stream s: its tasks go to the
@@ -180,7 +180,7 @@ func (q *Queues) unpackLocked(s *stream, m *nats.Msg, md *nats.MsgMetadata, now 
 			t.LastError = errExpired // the gateway that held it died or lost it
 		}
 		p.tasks[i] = t
-		s.held = append(s.held, heldTask{p: p, i: i})
+		s.held = append(s.held, heldTask{p: p, i: i, since: now})
 	}
 	q.packs[p.del.key] = p
 	q.wakeReaper()
@@ -266,7 +266,7 @@ func (q *Queues) requeueLocked(l *lease, failed bool, errText string, due time.T
 		t.LastError = errText
 	}
 	s := l.s
-	s.held = slices.Insert(s.held, 0, heldTask{p: p, i: l.index, due: due})
+	s.held = slices.Insert(s.held, 0, heldTask{p: p, i: l.index, due: due, since: time.Now()})
 	if due.IsZero() {
 		s.wakeGets(1)
 	}
@@ -304,6 +304,68 @@ func (q *Queues) dropPacksLocked(name string) {
 	}
 	if l := q.locals[name]; l != nil {
 		l.held = nil
+	}
+}
+
+// heldMove is a held task taken out of its pack to be stored alone.
+type heldMove struct {
+	p   *pack
+	i   int
+	msg *nats.Msg
+}
+
+// overdueLocked takes out of the held tasks those that waited
+// Config.HoldFor (since they were held, or came due), to be stored again
+// alone (moveHeld): a task must not wait in one gateway while another's
+// workers are idle. Called with q.mu held.
+func (q *Queues) overdueLocked(now time.Time) []heldMove {
+	var moves []heldMove
+	hold := q.cfg.HoldFor
+	for _, l := range q.locals {
+		l.held = slices.DeleteFunc(l.held, func(h heldTask) bool {
+			if now.Sub(h.since) < hold || now.Sub(h.due) < hold {
+				return false
+			}
+			h.p.out[h.i] = true // neither held nor done, until moved
+			t := h.p.tasks[h.i]
+			moves = append(moves, heldMove{p: h.p, i: h.i, msg: movedMsg(h.p.del.s.subject, t, t.Attempts-1)})
+			return true
+		})
+	}
+	return moves
+}
+
+// moveHeld stores the tasks of moves again, each alone, at the end of its
+// queue, keeping its ID, then counts it done in its pack (acking a pack
+// with none left). Tasks that could not be stored are held again.
+func (q *Queues) moveHeld(moves []heldMove) {
+	msgs := make([]*nats.Msg, len(moves))
+	for i, mv := range moves {
+		msgs[i] = mv.msg
+	}
+	ctx, cancel := q.call()
+	_, err := q.publish(ctx, msgs)
+	cancel()
+	var acks []*nats.Msg
+	q.mu.Lock()
+	for _, mv := range moves {
+		l := &lease{s: mv.p.del.s, pack: mv.p, index: mv.i, task: mv.p.tasks[mv.i]}
+		l.task.Attempts-- // not a failed attempt: requeueLocked counts one
+		if err != nil {
+			q.requeueLocked(l, true, mv.p.tasks[mv.i].LastError, time.Time{})
+			continue
+		}
+		if m := q.settleLocked(l); m != nil {
+			acks = append(acks, m)
+		}
+	}
+	q.mu.Unlock()
+	if err != nil {
+		q.log.Warn("could not store held tasks apart; they stay held", "tasks", len(moves), "err", err)
+		return
+	}
+	if err := q.ackAll(acks); err != nil {
+		q.log.Warn("packs whose tasks were all done or stored apart not acked; JetStream delivers them again after AckWait", "packs", len(acks), "err", err)
 	}
 }
 

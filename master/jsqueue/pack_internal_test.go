@@ -111,6 +111,9 @@ func FuzzDecodePack(f *testing.F) {
 // packQueues opens a gateway with cfg on a node of its own, reaping.
 func packQueues(t *testing.T, cfg Config) *Queues {
 	t.Helper()
+	if cfg.HoldFor == 0 {
+		cfg.HoldFor = time.Minute
+	}
 	n, err := StartNode(NodeConfig{DataDir: t.TempDir(), Secret: "s3cret"})
 	if err != nil {
 		t.Fatal(err)

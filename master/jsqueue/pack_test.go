@@ -42,7 +42,7 @@ func stored(t *testing.T, q *jsqueue.Queues, name string) int {
 // Tasks of one put are packed, and gets of fewer tasks than a pack holds
 // take them in order, the pack's rest first.
 func TestPackedTasksInOrder(t *testing.T) {
-	q := newQueues(t, startNode(t), jsqueue.Config{Pack: 4})
+	q := newQueues(t, startNode(t), jsqueue.Config{HoldFor: time.Minute, Pack: 4})
 	putIDs := put(t, q, "jobs", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10")
 	if len(putIDs) != 10 || len(slices.Compact(slices.Clone(putIDs))) != 10 {
 		t.Fatalf("ids %v: want 10 distinct", putIDs)
@@ -88,7 +88,7 @@ func TestPackedTasksInOrder(t *testing.T) {
 func TestPackedTaskFailures(t *testing.T) {
 	var mu sync.Mutex
 	var dead []queue.Task
-	q := newQueues(t, startNode(t), jsqueue.Config{Pack: 8, MaxAttempts: 2, OnDead: func(name string, task queue.Task) {
+	q := newQueues(t, startNode(t), jsqueue.Config{HoldFor: time.Minute, Pack: 8, MaxAttempts: 2, OnDead: func(name string, task queue.Task) {
 		mu.Lock()
 		defer mu.Unlock()
 		dead = append(dead, task)
@@ -156,7 +156,7 @@ func TestPackedTaskFailures(t *testing.T) {
 // A get waiting on an empty queue takes a packed task that comes back
 // meanwhile, at once.
 func TestWaitingGetTakesARequeuedPackedTask(t *testing.T) {
-	q := newQueues(t, startNode(t), jsqueue.Config{Pack: 4})
+	q := newQueues(t, startNode(t), jsqueue.Config{HoldFor: time.Minute, Pack: 4})
 	put(t, q, "jobs", "a", "b")
 	ts := get(t, q, "jobs", 1, 2, 0, time.Second)
 	got := make(chan []queue.Task, 1)
@@ -181,7 +181,7 @@ func TestWaitingGetTakesARequeuedPackedTask(t *testing.T) {
 // Results taken with NoAck: a pack leaves the stream once every task of
 // it is delivered.
 func TestPackedNoAckGets(t *testing.T) {
-	q := newQueues(t, startNode(t), jsqueue.Config{Pack: 4})
+	q := newQueues(t, startNode(t), jsqueue.Config{HoldFor: time.Minute, Pack: 4})
 	reaping(t, q)
 	put(t, q, "results", "1", "2", "3")
 	req := queue.GetRequest{Queue: "results", Max: 2, Owner: 1, NoAck: true}
@@ -213,8 +213,8 @@ func TestPackedNoAckGets(t *testing.T) {
 // again, each alone, keeping their IDs: another gateway runs only those.
 func TestClosingGatewayHandsOverAPartlyDonePack(t *testing.T) {
 	n := startNode(t)
-	a := newQueues(t, n, jsqueue.Config{Pack: 8})
-	b := newQueues(t, n, jsqueue.Config{Pack: 8})
+	a := newQueues(t, n, jsqueue.Config{HoldFor: time.Minute, Pack: 8})
+	b := newQueues(t, n, jsqueue.Config{HoldFor: time.Minute, Pack: 8})
 	putIDs := put(t, a, "jobs", "1", "2", "3", "4")
 	ts := get(t, a, "jobs", 1, 2, 0, time.Second) // 3 and 4 held
 	ackIDs(t, a, "jobs", 1, ts[0].ID)             // 2 still leased
@@ -235,7 +235,7 @@ func TestClosingGatewayHandsOverAPartlyDonePack(t *testing.T) {
 	}
 
 	// A pack none of whose tasks is done goes back whole.
-	c := newQueues(t, n, jsqueue.Config{Pack: 8})
+	c := newQueues(t, n, jsqueue.Config{HoldFor: time.Minute, Pack: 8})
 	put(t, c, "whole", "x", "y")
 	get(t, c, "whole", 1, 1, 0, time.Second)
 	c.Close()
@@ -249,7 +249,7 @@ func TestClosingGatewayHandsOverAPartlyDonePack(t *testing.T) {
 // up, see pack.go).
 func TestDeadGatewaysPackGoesToAnother(t *testing.T) {
 	n := startNode(t)
-	cfg := jsqueue.Config{Pack: 8, AckWait: 300 * time.Millisecond}
+	cfg := jsqueue.Config{HoldFor: time.Minute, Pack: 8, AckWait: 300 * time.Millisecond}
 	b := newQueues(t, n, cfg)
 	cfgA := cfg
 	cfgA.Conn = connect(t, n)
@@ -272,7 +272,7 @@ func TestDeadGatewaysPackGoesToAnother(t *testing.T) {
 // Peek lists packed tasks one by one; drop refuses them (their message
 // carries others); purge drops what this gateway holds of them.
 func TestPackedAdmin(t *testing.T) {
-	q := newQueues(t, startNode(t), jsqueue.Config{Pack: 4})
+	q := newQueues(t, startNode(t), jsqueue.Config{HoldFor: time.Minute, Pack: 4})
 	putIDs := put(t, q, "jobs", "1", "2", "3")
 	ts, err := q.Peek("jobs", 2)
 	if err != nil || !slices.Equal(payloads(ts), []string{"1", "2"}) || !slices.Equal(ids(ts), putIDs[:2]) {
@@ -293,7 +293,7 @@ func TestPackedAdmin(t *testing.T) {
 // While this gateway has paused a queue, it hands out none of the tasks
 // it holds.
 func TestPausedQueueHoldsPackedTasks(t *testing.T) {
-	q := newQueues(t, startNode(t), jsqueue.Config{Pack: 4})
+	q := newQueues(t, startNode(t), jsqueue.Config{HoldFor: time.Minute, Pack: 4})
 	put(t, q, "jobs", "1", "2")
 	get(t, q, "jobs", 1, 1, 0, time.Second)
 	if err := q.SetPaused("jobs", true); err != nil {
@@ -322,7 +322,7 @@ func TestPausedQueueHoldsPackedTasks(t *testing.T) {
 
 // Gets waiting when one of them takes a pack take its other tasks at once.
 func TestWaitingGetsShareAPack(t *testing.T) {
-	q := newQueues(t, startNode(t), jsqueue.Config{Pack: 8})
+	q := newQueues(t, startNode(t), jsqueue.Config{HoldFor: time.Minute, Pack: 8})
 	put(t, q, "jobs") // create the queue
 	const waiting = 3
 	var wg sync.WaitGroup
@@ -351,7 +351,7 @@ func TestWaitingGetsShareAPack(t *testing.T) {
 // woken drops its pull request's subscription.
 func TestRequeueWakesOneGet(t *testing.T) {
 	n := startNode(t)
-	q := newQueues(t, n, jsqueue.Config{Pack: 2})
+	q := newQueues(t, n, jsqueue.Config{HoldFor: time.Minute, Pack: 2})
 	put(t, q, "jobs", "a", "b")
 	ts := get(t, q, "jobs", 1, 2, 0, time.Second)
 	var wg sync.WaitGroup
@@ -385,7 +385,7 @@ func TestRequeueWakesOneGet(t *testing.T) {
 // A packed task in the dead-letter queue is stored alone there: it can be
 // dropped.
 func TestDeadPackedTaskCanBeDropped(t *testing.T) {
-	q := newQueues(t, startNode(t), jsqueue.Config{Pack: 2, MaxAttempts: 1})
+	q := newQueues(t, startNode(t), jsqueue.Config{HoldFor: time.Minute, Pack: 2, MaxAttempts: 1})
 	put(t, q, "jobs", "a", "b")
 	ts := get(t, q, "jobs", 1, 1, 0, time.Second)
 	if err := q.Nack(queue.NackRequest{Queue: "jobs", Owner: 1, ID: ts[0].ID, Error: "x"}); err != nil {
@@ -393,5 +393,34 @@ func TestDeadPackedTaskCanBeDropped(t *testing.T) {
 	}
 	if n, err := q.Drop(queue.DeadLetterName("jobs"), ids(ts)); n != 1 || err != nil {
 		t.Fatalf("drop from the dead-letter queue: %d, %v", n, err)
+	}
+}
+
+// A pack's tasks that no get through its gateway takes within HoldFor are
+// stored again, alone, for every gateway: another gateway's worker takes
+// them, with their IDs, and the pack is acked once its tasks are done or
+// moved.
+func TestHeldTasksMoveToAnotherGateway(t *testing.T) {
+	n := startNode(t)
+	a := newQueues(t, n, jsqueue.Config{Pack: 8, HoldFor: 200 * time.Millisecond})
+	reaping(t, a)
+	b := newQueues(t, n, jsqueue.Config{Pack: 8, HoldFor: time.Minute})
+	putIDs := put(t, a, "jobs", "1", "2", "3", "4")
+	first := get(t, a, "jobs", 1, 1, 0, time.Second)
+	var rest []queue.Task
+	deadline := time.Now().Add(10 * time.Second)
+	for len(rest) < 3 && time.Now().Before(deadline) {
+		rest = append(rest, get(t, b, "jobs", 2, 8, 0, time.Until(deadline))...)
+	}
+	if got := payloads(rest); !slices.Equal(got, []string{"2", "3", "4"}) {
+		t.Fatalf("the other gateway got %q, want the held 2 3 4", got)
+	}
+	if !slices.Equal(ids(rest), putIDs[1:]) || rest[0].Attempts != 1 {
+		t.Fatalf("moved tasks %+v: want their IDs %v, attempt 1", rest, putIDs[1:])
+	}
+	ackIDs(t, a, "jobs", 1, first[0].ID)
+	ackIDs(t, b, "jobs", 2, ids(rest)...)
+	if n := stored(t, a, "jobs"); n != 0 {
+		t.Fatalf("%d messages stored after every task was done", n)
 	}
 }

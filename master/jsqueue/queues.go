@@ -49,6 +49,10 @@ type Config struct {
 	// JetStream message (pack.go), at most MaxPack; 0 or 1 stores each
 	// task in a message of its own.
 	Pack int
+	// HoldFor is how long the tasks of a pack wait in this gateway for
+	// its gets; then they are stored again, alone, at the end of their
+	// queue, for every gateway. 0 means 1s.
+	HoldFor time.Duration
 	// Logger receives the gateway's warnings; nil discards them.
 	Logger *slog.Logger
 }
@@ -68,6 +72,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.AckWait == 0 {
 		c.AckWait = 30 * time.Second
+	}
+	if c.HoldFor == 0 {
+		c.HoldFor = time.Second
 	}
 	if c.RequestTimeout == 0 {
 		c.RequestTimeout = 10 * time.Second
@@ -188,7 +195,7 @@ func New(cfg Config) (*Queues, error) {
 	if cfg.Conn == nil {
 		return nil, fmt.Errorf("%w: jsqueue needs a NATS connection", queue.ErrBadArgument)
 	}
-	if cfg.Replicas < 0 || cfg.MaxAttempts < 0 || cfg.MaxLen < 0 || cfg.DefaultLease < 0 || cfg.AckWait < 0 {
+	if cfg.Replicas < 0 || cfg.MaxAttempts < 0 || cfg.MaxLen < 0 || cfg.DefaultLease < 0 || cfg.AckWait < 0 || cfg.HoldFor < 0 {
 		return nil, fmt.Errorf("%w: negative jsqueue setting", queue.ErrBadArgument)
 	}
 	if cfg.Pack < 0 || cfg.Pack > MaxPack {
