@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/qm-dev/qm/master/queue"
 )
@@ -146,8 +147,21 @@ type pack struct {
 	// counts that delivery.
 	tasks []queue.Task
 	done  []bool
-	out   []bool // handed out, not yet done or back
+	out   []bool // handed out (or being moved), not yet done or back
 	left  int    // tasks not done
+	// delivery is JetStream's count of the pack's deliveries: a task
+	// stored apart is so once per delivery (movedMsgOf).
+	delivery uint64
+}
+
+// movedMsgOf is the message that stores task i of p apart, at the end of
+// its queue: its ID and the attempts before its next delivery go with it,
+// and a message ID, so that a move sent again (a resend, or Close and the
+// mover both) stores it once.
+func movedMsgOf(p *pack, i int, attemptsBefore int) *nats.Msg {
+	m := movedMsg(p.del.s.subject, p.tasks[i], attemptsBefore)
+	m.Header.Set(jetstream.MsgIDHeader, "qm-moved-"+strconv.FormatUint(p.tasks[i].ID, 36)+"-"+strconv.FormatUint(p.delivery, 36))
+	return m
 }
 
 // heldTask is a task of a held pack waiting to be handed out (not before
@@ -167,7 +181,8 @@ func (q *Queues) unpackLocked(s *stream, m *nats.Msg, md *nats.MsgMetadata, now 
 	}
 	seq := md.Sequence.Stream
 	p := &pack{
-		del:   &lease{key: leaseKey{s.queue, seq}, s: s, msg: m, since: now, touched: now, confirmed: now},
+		delivery: md.NumDelivered,
+		del:      &lease{key: leaseKey{s.queue, seq}, s: s, msg: m, since: now, touched: now, confirmed: now},
 		tasks: make([]queue.Task, len(payloads)),
 		done:  make([]bool, len(payloads)),
 		out:   make([]bool, len(payloads)),
@@ -327,8 +342,7 @@ func (q *Queues) overdueLocked(now time.Time) []heldMove {
 				return false
 			}
 			h.p.out[h.i] = true // neither held nor done, until moved
-			t := h.p.tasks[h.i]
-			moves = append(moves, heldMove{p: h.p, i: h.i, msg: movedMsg(h.p.del.s.subject, t, t.Attempts-1)})
+			moves = append(moves, heldMove{p: h.p, i: h.i, msg: movedMsgOf(h.p, h.i, h.p.tasks[h.i].Attempts-1)})
 			return true
 		})
 	}
@@ -337,35 +351,48 @@ func (q *Queues) overdueLocked(now time.Time) []heldMove {
 
 // moveHeld stores the tasks of moves again, each alone, at the end of its
 // queue, keeping its ID, then counts it done in its pack (acking a pack
-// with none left). Tasks that could not be stored are held again.
+// with none left). Tasks that could not be stored are held again. Each
+// queue's are published apart: a failure of one is no failure of another.
 func (q *Queues) moveHeld(moves []heldMove) {
-	msgs := make([]*nats.Msg, len(moves))
-	for i, mv := range moves {
-		msgs[i] = mv.msg
-	}
-	ctx, cancel := q.call()
-	_, err := q.publish(ctx, msgs)
-	cancel()
-	var acks []*nats.Msg
+	byQueue := make(map[string][]heldMove)
 	q.mu.Lock()
 	for _, mv := range moves {
-		l := &lease{s: mv.p.del.s, pack: mv.p, index: mv.i, task: mv.p.tasks[mv.i]}
-		l.task.Attempts-- // not a failed attempt: requeueLocked counts one
-		if err != nil {
-			q.requeueLocked(l, true, mv.p.tasks[mv.i].LastError, time.Time{})
-			continue
-		}
-		if m := q.settleLocked(l); m != nil {
-			acks = append(acks, m)
+		// A pack lost, purged or closed since: nothing of it to move.
+		if q.packs[mv.p.del.key] == mv.p {
+			byQueue[mv.p.del.key.queue] = append(byQueue[mv.p.del.key.queue], mv)
 		}
 	}
 	q.mu.Unlock()
-	if err != nil {
-		q.log.Warn("could not store held tasks apart; they stay held", "tasks", len(moves), "err", err)
-		return
-	}
-	if err := q.ackAll(acks); err != nil {
-		q.log.Warn("packs whose tasks were all done or stored apart not acked; JetStream delivers them again after AckWait", "packs", len(acks), "err", err)
+	for name, mvs := range byQueue {
+		msgs := make([]*nats.Msg, len(mvs))
+		for i, mv := range mvs {
+			msgs[i] = mv.msg
+		}
+		ctx, cancel := q.call()
+		_, err := q.publish(ctx, msgs) // each has an ID: sent again, stored once
+		cancel()
+		var acks []*nats.Msg
+		q.mu.Lock()
+		for i := range mvs {
+			mv := mvs[len(mvs)-1-i] // back in front in their order
+			l := &lease{s: mv.p.del.s, pack: mv.p, index: mv.i, task: mv.p.tasks[mv.i]}
+			l.task.Attempts-- // not a failed attempt: requeueLocked counts one
+			if err != nil {
+				q.requeueLocked(l, true, mv.p.tasks[mv.i].LastError, time.Time{})
+				continue
+			}
+			if m := q.settleLocked(l); m != nil {
+				acks = append(acks, m)
+			}
+		}
+		q.mu.Unlock()
+		if err != nil {
+			q.log.Warn("could not store held tasks apart; they stay held", "queue", name, "tasks", len(mvs), "err", err)
+			continue
+		}
+		if err := q.ackAll(acks); err != nil {
+			q.log.Warn("packs whose tasks were all done or stored apart not acked; JetStream delivers them again after AckWait", "queue", name, "packs", len(acks), "err", err)
+		}
 	}
 }
 
@@ -398,7 +425,7 @@ func (q *Queues) closePacks() {
 			if p.out[i] {
 				before++
 			}
-			mv.msgs = append(mv.msgs, movedMsg(p.del.s.subject, t, before))
+			mv.msgs = append(mv.msgs, movedMsgOf(p, i, before))
 		}
 		moves = append(moves, mv)
 	}

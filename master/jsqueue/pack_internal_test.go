@@ -241,3 +241,36 @@ func TestFailingDeadLetterDoesNotHoldAGet(t *testing.T) {
 		}
 	}
 }
+
+// Held tasks of two queues are moved apart when one queue's stream is
+// gone (deleted through another gateway): the other's are stored once.
+func TestMovesOfOneQueueDoNotRepeatAnother(t *testing.T) {
+	q := packQueues(t, Config{Pack: 4, HoldFor: 200 * time.Millisecond, RequestTimeout: time.Second})
+	putN(t, q, "a", 4)
+	putN(t, q, "b", 4)
+	getN(t, q, "a", 1, 1, time.Second)
+	getN(t, q, "b", 1, 1, time.Second)
+	if err := q.js.DeleteStream(context.Background(), streamName("a")); err != nil {
+		t.Fatal(err)
+	}
+	s, err := q.open("b", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored := func() uint64 {
+		si, err := s.st.Info(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return si.State.Msgs
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for stored() < 4 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	// Several more rounds of moves, which must store nothing more.
+	time.Sleep(4 * q.cfg.HoldFor)
+	if n := stored(); n != 4 {
+		t.Fatalf("queue b stores %d messages, want its pack and the 3 tasks moved apart", n)
+	}
+}
