@@ -183,10 +183,10 @@ func (q *Queues) unpackLocked(s *stream, m *nats.Msg, md *nats.MsgMetadata, now 
 	p := &pack{
 		delivery: md.NumDelivered,
 		del:      &lease{key: leaseKey{s.queue, seq}, s: s, msg: m, since: now, touched: now, confirmed: now},
-		tasks: make([]queue.Task, len(payloads)),
-		done:  make([]bool, len(payloads)),
-		out:   make([]bool, len(payloads)),
-		left:  len(payloads),
+		tasks:    make([]queue.Task, len(payloads)),
+		done:     make([]bool, len(payloads)),
+		out:      make([]bool, len(payloads)),
+		left:     len(payloads),
 	}
 	for i, pl := range payloads {
 		t := taskOf(seq, md.Timestamp, m.Header, pl, md.NumDelivered)
