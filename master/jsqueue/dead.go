@@ -33,6 +33,7 @@ func (q *Queues) deadLetter(l *lease, errText string) error {
 		}
 		return err
 	}
+	q.recordDone([]*lease{l})
 	q.mu.Lock()
 	m := q.settleLocked(l)
 	q.mu.Unlock()

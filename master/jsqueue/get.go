@@ -308,8 +308,21 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts [
 		mds[i], _ = m.Metadata()
 	}
 	msgs, mds = q.claimRedeliveries(s, msgs, mds)
+	// What the gateway that held a redelivered pack recorded done.
+	type record struct{ done, rev uint64 }
+	var records map[int]record
+	for i, m := range msgs {
+		if md := mds[i]; md != nil && md.NumDelivered > 1 && m.Header.Get(hdrPack) != "" {
+			if records == nil {
+				records = make(map[int]record)
+			}
+			done, rev := q.recordedDone(s, md.Sequence.Stream)
+			records[i] = record{done, rev}
+		}
+	}
 	now := time.Now()
 	var dead []*lease
+	var doneAlready []*nats.Msg
 	q.mu.Lock()
 	if q.closed.Load() { // Close gave back the leases it found; give these back too
 		q.mu.Unlock()
@@ -326,9 +339,12 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts [
 		if m.Header.Get(hdrPack) != "" {
 			// Its tasks are held, then handed out from there with the
 			// others held, in order, below.
-			n, err := q.unpackLocked(s, m, md, now)
+			n, ack, err := q.unpackLocked(s, m, md, now, records[i].done, records[i].rev)
 			if err != nil {
 				q.log.Warn("malformed pack; left to redeliver", "queue", s.queue, "seq", md.Sequence.Stream, "err", err)
+			}
+			if ack != nil {
+				doneAlready = append(doneAlready, ack)
 			}
 			packed, tasks = true, tasks+n
 			continue
@@ -373,6 +389,9 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts [
 	q.mu.Unlock()
 	for _, l := range dead {
 		q.deadLetter(l, l.task.LastError)
+	}
+	if err := q.ackAll(doneAlready); err != nil {
+		q.log.Warn("packs whose tasks were all recorded done not acked; JetStream delivers them again after AckWait", "queue", s.queue, "err", err)
 	}
 	return ts, nil
 }

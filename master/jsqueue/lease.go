@@ -143,6 +143,9 @@ func (q *Queues) Ack(req queue.AckRequest, dst []queue.Task) ([]queue.Task, erro
 	if len(ts) > 0 && req.Publish != nil {
 		err = req.Publish(ts)
 	}
+	if err == nil {
+		q.recordDone(ls) // packs these tasks leave with tasks to do
+	}
 	var orphanErr error // their results are stored: the others are acked all the same
 	if err != nil {
 		for _, o := range adopted {
@@ -625,12 +628,22 @@ func (q *Queues) ReapLeases(done <-chan struct{}, onExpired func(n int)) {
 	defer tick.Stop()
 	// Held tasks that waited too long are stored apart by a goroutine of
 	// their own, one batch at a time: the reaper must go on renewing.
-	moves := make(chan []heldMove)
+	// It also deletes the records of packs acked.
+	type chores struct {
+		moves []heldMove
+		drops []uint64
+	}
+	moves := make(chan chores)
 	moved := make(chan struct{}, 1)
 	var mover sync.WaitGroup
 	mover.Go(func() {
 		for batch := range moves {
-			q.moveHeld(batch)
+			if len(batch.moves) > 0 {
+				q.moveHeld(batch.moves)
+			}
+			if len(batch.drops) > 0 {
+				q.dropRecords(batch.drops)
+			}
 			select {
 			case moved <- struct{}{}:
 			default: // never full: one batch at a time
@@ -658,9 +671,10 @@ func (q *Queues) ReapLeases(done <-chan struct{}, onExpired func(n int)) {
 			}
 			if !moving {
 				q.mu.Lock()
-				batch := q.overdueLocked(now)
+				batch := chores{moves: q.overdueLocked(now), drops: q.staleRecords}
+				q.staleRecords = nil
 				q.mu.Unlock()
-				if len(batch) > 0 {
+				if len(batch.moves) > 0 || len(batch.drops) > 0 {
 					moving = true
 					moves <- batch
 				}
@@ -764,7 +778,7 @@ func (q *Queues) reap(now time.Time) (n int, held bool) {
 			delete(q.renewals, token) // unanswered
 		}
 	}
-	held = len(q.leases)+len(q.unconfirmed)+len(q.renewals)+len(q.packs) > 0
+	held = len(q.leases)+len(q.unconfirmed)+len(q.renewals)+len(q.packs)+len(q.staleRecords) > 0
 	q.mu.Unlock()
 	for _, r := range renew {
 		_ = q.cfg.Conn.PublishRequest(r.l.msg.Reply, r.reply, progressPayload)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -152,6 +153,11 @@ type pack struct {
 	// delivery is JetStream's count of the pack's deliveries: a task
 	// stored apart is so once per delivery (movedMsgOf).
 	delivery uint64
+	// recorded is the mask of tasks recorded done (packrecord.go), in
+	// the record's entry at revision recordRev (0: none); recordMu makes
+	// its writes one at a time.
+	recorded, recordRev uint64
+	recordMu            sync.Mutex
 }
 
 // movedMsgOf is the message that stores task i of p apart, at the end of
@@ -173,11 +179,14 @@ type heldTask struct {
 }
 
 // unpackLocked takes delivered pack m of stream s: its tasks go to the
-// back of s's held tasks. It returns how many. Called with q.mu held.
-func (q *Queues) unpackLocked(s *stream, m *nats.Msg, md *nats.MsgMetadata, now time.Time) (int, error) {
+// back of s's held tasks, less those recorded done (the mask done, at
+// revision rev, read from the record by the caller for a redelivery). It
+// returns how many tasks m carries, and m itself if all of them are done
+// already (to be acked). Called with q.mu held.
+func (q *Queues) unpackLocked(s *stream, m *nats.Msg, md *nats.MsgMetadata, now time.Time, done, rev uint64) (int, *nats.Msg, error) {
 	payloads, err := decodePack(m.Data, m.Header.Get(hdrPack))
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	seq := md.Sequence.Stream
 	p := &pack{
@@ -195,11 +204,23 @@ func (q *Queues) unpackLocked(s *stream, m *nats.Msg, md *nats.MsgMetadata, now 
 			t.LastError = errExpired // the gateway that held it died or lost it
 		}
 		p.tasks[i] = t
+		if done&(1<<i) != 0 {
+			p.done[i] = true
+			p.left--
+			continue
+		}
 		s.held = append(s.held, heldTask{p: p, i: i, since: now})
+	}
+	p.recorded, p.recordRev = done, rev
+	if p.left == 0 { // done but not acked: its gateway died in between
+		if rev != 0 {
+			q.staleRecords = append(q.staleRecords, rev)
+		}
+		return len(payloads), m, nil
 	}
 	q.packs[p.del.key] = p
 	q.wakeReaper()
-	return len(payloads), nil
+	return len(payloads), nil, nil
 }
 
 // takeHeldLocked hands out up to req.Max-len(ts) held tasks of s that are
@@ -261,6 +282,12 @@ func (q *Queues) settleLocked(l *lease) *nats.Msg {
 	delete(q.packs, p.del.key)
 	if p.del.lost {
 		return nil
+	}
+	if p.recordRev != 0 {
+		// Deleted by the reaper's helper, after this ack is (normally)
+		// through: a record deleted before an ack that then fails lets
+		// the done tasks run again.
+		q.staleRecords = append(q.staleRecords, p.recordRev)
 	}
 	return p.del.msg
 }
@@ -371,11 +398,19 @@ func (q *Queues) moveHeld(moves []heldMove) {
 		ctx, cancel := q.call()
 		_, err := q.publish(ctx, msgs) // each has an ID: sent again, stored once
 		cancel()
+		ls := make([]*lease, len(mvs))
+		q.mu.Lock()
+		for i, mv := range mvs {
+			ls[i] = &lease{s: mv.p.del.s, pack: mv.p, index: mv.i, task: mv.p.tasks[mv.i]}
+		}
+		q.mu.Unlock()
+		if err == nil {
+			q.recordDone(ls)
+		}
 		var acks []*nats.Msg
 		q.mu.Lock()
 		for i := range mvs {
-			mv := mvs[len(mvs)-1-i] // back in front in their order
-			l := &lease{s: mv.p.del.s, pack: mv.p, index: mv.i, task: mv.p.tasks[mv.i]}
+			mv, l := mvs[len(mvs)-1-i], ls[len(mvs)-1-i] // back in front in their order
 			l.task.Attempts-- // not a failed attempt: requeueLocked counts one
 			if err != nil {
 				q.requeueLocked(l, true, mv.p.tasks[mv.i].LastError, time.Time{})

@@ -3,6 +3,7 @@ package jsqueue
 import (
 	"bytes"
 	"context"
+	"errors"
 	"slices"
 	"strconv"
 	"testing"
@@ -272,5 +273,78 @@ func TestMovesOfOneQueueDoNotRepeatAnother(t *testing.T) {
 	time.Sleep(4 * q.cfg.HoldFor)
 	if n := stored(); n != 4 {
 		t.Fatalf("queue b stores %d messages, want its pack and the 3 tasks moved apart", n)
+	}
+}
+
+// A gateway that dies with a pack partly done: the gateway JetStream
+// delivers the pack to next runs only the tasks not done, and deletes the
+// pack's record once the pack is acked.
+func TestDeadGatewaysDoneTasksDoNotRunAgain(t *testing.T) {
+	n, err := StartNode(NodeConfig{DataDir: t.TempDir(), Secret: "s3cret"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(n.Shutdown)
+	open := func(cfg Config) *Queues {
+		if cfg.Conn, err = n.Connect(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(cfg.Conn.Close)
+		q, err := New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(q.Close)
+		return q
+	}
+	cfg := Config{Pack: 8, AckWait: 300 * time.Millisecond, HoldFor: time.Minute}
+	dying := open(cfg)
+	next := open(cfg)
+	done, stopped := make(chan struct{}), make(chan struct{})
+	go func() { defer close(stopped); next.ReapLeases(done, nil) }()
+	t.Cleanup(func() { close(done); <-stopped })
+
+	putIDs := putN(t, dying, "jobs", 4)
+	ts := getN(t, dying, "jobs", 1, 4, time.Second)
+	if len(ts) != 4 {
+		t.Fatalf("got %d tasks", len(ts))
+	}
+	for _, id := range []uint64{ts[0].ID, ts[2].ID} { // two completions, each leaving tasks to do
+		if _, err := dying.Ack(queue.AckRequest{Queue: "jobs", Owner: 1, IDs: []uint64{id}}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dying.cfg.Conn.Close() // gone without a word
+
+	again := getN(t, next, "jobs", 7, 8, 5*time.Second)
+	if got := []uint64{again[0].ID, again[len(again)-1].ID}; len(again) != 2 || got[0] != putIDs[1] || got[1] != putIDs[3] {
+		t.Fatalf("after the gateway died got %+v, want tasks 2 and 4 only", again)
+	}
+	if again[0].Attempts != 2 {
+		t.Errorf("attempt %d, want 2", again[0].Attempts)
+	}
+	if _, err := next.Ack(queue.AckRequest{Queue: "jobs", Owner: 7, IDs: []uint64{again[0].ID, again[1].ID}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	recs, err := next.records(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := packRecordKey(streamName("jobs"), (putIDs[0]&^packedIDBit)>>6)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, err := recs.GetLastMsgForSubject(ctx, key)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the acked pack's record is still there 5s later: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	s, _ := next.open("jobs", false)
+	if si, err := s.st.Info(ctx); err != nil || si.State.Msgs != 0 {
+		t.Fatalf("stream state %+v, %v: want the pack acked", si, err)
 	}
 }

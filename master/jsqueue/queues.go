@@ -109,6 +109,9 @@ type Queues struct {
 	packs map[leaseKey]*pack
 	// locals are what this gateway keeps of each queue it opened.
 	locals map[string]*local
+	// staleRecords are the revisions of the records of packs acked
+	// (packrecord.go), for the reaper to delete.
+	staleRecords []uint64
 	// lastErr holds the error of a task's failed attempt until the task is
 	// delivered again (JetStream's nak carries no text). A task
 	// redelivered through another gateway reads "lease expired" instead.
@@ -133,6 +136,9 @@ type Queues struct {
 	// under kvMu.
 	kvMu sync.Mutex
 	kv   jetstream.KeyValue
+	// recs is the stream of the packs' records (packrecord.go), opened
+	// on first use under kvMu.
+	recs jetstream.Stream
 }
 
 // stream is one queue's stream and its consumer.
