@@ -411,7 +411,7 @@ func (q *Queues) moveHeld(moves []heldMove) {
 		q.mu.Lock()
 		for i := range mvs {
 			mv, l := mvs[len(mvs)-1-i], ls[len(mvs)-1-i] // back in front in their order
-			l.task.Attempts-- // not a failed attempt: requeueLocked counts one
+			l.task.Attempts--                            // not a failed attempt: requeueLocked counts one
 			if err != nil {
 				q.requeueLocked(l, true, mv.p.tasks[mv.i].LastError, time.Time{})
 				continue
