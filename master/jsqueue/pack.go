@@ -410,8 +410,9 @@ func (q *Queues) moveHeld(moves []heldMove) {
 		var acks []*nats.Msg
 		q.mu.Lock()
 		for i := range mvs {
-			mv, l := mvs[len(mvs)-1-i], ls[len(mvs)-1-i] // back in front in their order
-			l.task.Attempts--                            // not a failed attempt: requeueLocked counts one
+			// Last first: back in front of the held tasks in their order.
+			mv, l := mvs[len(mvs)-1-i], ls[len(mvs)-1-i]
+			l.task.Attempts-- // not a failed attempt: requeueLocked counts one
 			if err != nil {
 				q.requeueLocked(l, true, mv.p.tasks[mv.i].LastError, time.Time{})
 				continue
