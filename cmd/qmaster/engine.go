@@ -38,7 +38,7 @@ func addEngineFlags(cmd *cobra.Command, o *engineOptions) {
 	fl.StringVar(&o.NodeName, "node-name", "", "with --cluster-listen, this node's name in the cluster (default: its --cluster-listen address)")
 	fl.StringVar(&o.NATSListen, "nats-listen", "", "with --cluster-listen, also accept NATS clients, such as qmaster --nats gateways, at `host:port` (they authenticate with the authkey)")
 	fl.IntVar(&o.Replicas, "replicas", 0, "copies of each queue kept by the JetStream cluster (default: 3, or the number of nodes if fewer)")
-	fl.IntVar(&o.Pack, "pack", 1, fmt.Sprintf("store up to `N` tasks of one put (or results of one completion) in one JetStream message, 1 to %d: fewer writes for JetStream, but a gateway that dies mid-pack runs its done tasks again (see docs/SCALING.md)", jsqueue.MaxPack))
+	fl.IntVar(&o.Pack, "pack", 1, fmt.Sprintf("store up to `N` tasks of one put (or results of one completion) in one JetStream message, 1 to %d: fewer writes for JetStream, but a worker whose gateway dies cannot complete packed tasks through another (see docs/SCALING.md)", jsqueue.MaxPack))
 }
 
 func (o *engineOptions) enabled() bool { return o.NATS != "" || o.ClusterListen != "" }

@@ -24,12 +24,14 @@ import (
 // pack's message stays delivered to this gateway, renewed, until every
 // one of its tasks is done: completed, or dead-lettered. Then it is acked.
 //
-// What a pack gives up, for now (docs/SCALING.md, "Packing"): a gateway
-// that dies with a pack partly done loses which of its tasks were done,
-// and JetStream delivers the whole pack again after AckWait, so the done
-// ones run again and have a second result; a packed task carries no
-// delivery token, so a worker whose gateway died cannot complete it
-// through another; and a queue's figures count packs, not tasks.
+// A completion that leaves a pack with tasks to do records which are done
+// (packrecord.go): a gateway that dies mid-pack leaves that record to the
+// next one, which runs only the others.
+//
+// What a pack gives up, for now (docs/SCALING.md, "Packing"): a packed
+// task carries no delivery token, so a worker whose gateway died cannot
+// complete it through another; and a queue's figures count packs, not
+// tasks.
 
 // hdrPack is set on a pack: how many tasks it carries.
 const hdrPack = "Qm-Pack"
