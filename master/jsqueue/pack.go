@@ -217,6 +217,7 @@ func (q *Queues) unpackLocked(s *stream, m *nats.Msg, md *nats.MsgMetadata, now 
 	if p.left == 0 { // done but not acked: its gateway died in between
 		if rev != 0 {
 			q.staleRecords = append(q.staleRecords, rev)
+			q.wakeReaper()
 		}
 		return len(payloads), m, nil
 	}
