@@ -316,7 +316,7 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts [
 			if records == nil {
 				records = make(map[int]record)
 			}
-			done, rev := q.recordedDone(s, md.Sequence.Stream)
+			done, rev := q.recordedDone(s, md.Sequence.Stream, md.Timestamp)
 			records[i] = record{done, rev}
 		}
 	}

@@ -160,6 +160,7 @@ type pack struct {
 	// its writes one at a time.
 	recorded, recordRev uint64
 	recordMu            sync.Mutex
+	stored              time.Time // when JetStream stored the pack
 }
 
 // movedMsgOf is the message that stores task i of p apart, at the end of
@@ -193,6 +194,7 @@ func (q *Queues) unpackLocked(s *stream, m *nats.Msg, md *nats.MsgMetadata, now 
 	seq := md.Sequence.Stream
 	p := &pack{
 		delivery: md.NumDelivered,
+		stored:   md.Timestamp,
 		del:      &lease{key: leaseKey{s.queue, seq}, s: s, msg: m, since: now, touched: now, confirmed: now},
 		tasks:    make([]queue.Task, len(payloads)),
 		done:     make([]bool, len(payloads)),

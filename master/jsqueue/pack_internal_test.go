@@ -348,3 +348,36 @@ func TestDeadGatewaysDoneTasksDoNotRunAgain(t *testing.T) {
 		t.Fatalf("stream state %+v, %v: want the pack acked", si, err)
 	}
 }
+
+// A record left by a pack of an earlier stream of the queue (deleted and
+// made anew, so sequences start again) is not taken for the new pack's.
+func TestStaleRecordOfAnEarlierStreamIsIgnored(t *testing.T) {
+	q := packQueues(t, Config{Pack: 4})
+	ctx := context.Background()
+	if _, err := q.records(ctx); err != nil {
+		t.Fatal(err)
+	}
+	key := packRecordKey(streamName("jobs"), 1)
+	if _, err := q.js.Publish(ctx, key, recordValue(0b1111, time.Unix(1, 0))); err != nil {
+		t.Fatal(err)
+	}
+	putN(t, q, "jobs", 4) // a pack at sequence 1
+	s, err := q.open("jobs", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := s.st.GetMsg(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mask, _ := q.recordedDone(s, 1, m.Time); mask != 0 {
+		t.Fatalf("the stale record read as mask %b for the new pack", mask)
+	}
+	ts := getN(t, q, "jobs", 1, 4, time.Second)
+	if _, err := q.Ack(queue.AckRequest{Queue: "jobs", Owner: 1, IDs: []uint64{ts[1].ID}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if mask, _ := q.recordedDone(s, 1, m.Time); mask != 0b10 {
+		t.Fatalf("the new pack's record reads %b, want its task 2 done, written over the stale one", mask)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math/bits"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -101,11 +102,21 @@ func (q *Queues) recordPack(ctx context.Context, p *pack, m uint64) error {
 	if last {
 		return nil // the pack is acked with them
 	}
-	if _, err := q.records(ctx); err != nil {
+	st, err := q.records(ctx)
+	if err != nil {
 		return err
 	}
 	key := packRecordKey(streamName(p.del.s.queue), p.del.key.id)
-	ack, err := q.js.Publish(ctx, key, []byte(strconv.FormatUint(mask, 10)), jetstream.WithExpectLastSequencePerSubject(rev))
+	ack, err := q.js.Publish(ctx, key, recordValue(mask, p.stored), jetstream.WithExpectLastSequencePerSubject(rev))
+	if isWrongSequence(err) {
+		// A record this gateway did not write: another pack's, at the same
+		// sequence of an earlier stream of the queue (recordedDone), left
+		// there. Written over.
+		var last *jetstream.RawStreamMsg
+		if last, err = st.GetLastMsgForSubject(ctx, key); err == nil {
+			ack, err = q.js.Publish(ctx, key, recordValue(mask, p.stored), jetstream.WithExpectLastSequencePerSubject(last.Sequence))
+		}
+	}
 	if err != nil {
 		return err
 	}
@@ -115,11 +126,18 @@ func (q *Queues) recordPack(ctx context.Context, p *pack, m uint64) error {
 	return nil
 }
 
-// recordedDone reads which tasks of the pack delivered at seq of s were
-// recorded done by the gateway that held it before: a mask, and the
-// entry's revision (0: none). A failure to read is logged, and counts as
+// recordValue is a record's value: the mask, and when the pack was stored,
+// which tells it from a pack stored at the same sequence of a queue
+// deleted and made anew meanwhile.
+func recordValue(mask uint64, stored time.Time) []byte {
+	return []byte(strconv.FormatUint(mask, 10) + " " + strconv.FormatInt(stored.UnixNano(), 10))
+}
+
+// recordedDone reads which tasks of the pack stored at seq of s at stored
+// were recorded done by the gateway that held it before: a mask, and the
+// record's revision (0: none). A failure to read is logged, and counts as
 // none: at worst those tasks run again.
-func (q *Queues) recordedDone(s *stream, seq uint64) (mask, rev uint64) {
+func (q *Queues) recordedDone(s *stream, seq uint64, stored time.Time) (mask, rev uint64) {
 	ctx, cancel := q.call()
 	defer cancel()
 	st, err := q.records(ctx)
@@ -134,9 +152,13 @@ func (q *Queues) recordedDone(s *stream, seq uint64) (mask, rev uint64) {
 		q.log.Warn("a redelivered pack's record not read; its done tasks may run again", "queue", s.queue, "seq", seq, "err", err)
 		return 0, 0
 	}
-	mask, err = strconv.ParseUint(string(m.Data), 10, 64)
-	if err != nil {
-		return 0, 0
+	maskText, at, _ := strings.Cut(string(m.Data), " ")
+	mask, err = strconv.ParseUint(maskText, 10, 64)
+	if err != nil || at != strconv.FormatInt(stored.UnixNano(), 10) {
+		// Another pack's, at the same sequence of an earlier stream of
+		// the queue: its own record is the one this pack's gateway
+		// writes over (its last sequence).
+		return 0, m.Sequence
 	}
 	return mask, m.Sequence
 }
