@@ -293,6 +293,7 @@ func (q *Queues) ackAll(msgs []*nats.Msg) error {
 		_, err := q.cfg.Conn.RequestWithContext(ctx, msgs[last].Reply, ackPayload)
 		cancel()
 		if err == nil {
+			q.packsAcked(msgs, true)
 			return nil
 		}
 	}
@@ -319,6 +320,7 @@ func (q *Queues) ack(m *nats.Msg) error {
 		_, err := q.cfg.Conn.RequestWithContext(ctx, m.Reply, ackPayload)
 		return err
 	})
+	q.packsAcked([]*nats.Msg{m}, err == nil)
 	if err != nil {
 		return q.engineErr("ack", err)
 	}
@@ -631,7 +633,7 @@ func (q *Queues) ReapLeases(done <-chan struct{}, onExpired func(n int)) {
 	// It also deletes the records of packs acked.
 	type chores struct {
 		moves []heldMove
-		drops []uint64
+		drops []string
 	}
 	moves := make(chan chores)
 	moved := make(chan struct{}, 1)
@@ -778,7 +780,7 @@ func (q *Queues) reap(now time.Time) (n int, held bool) {
 			delete(q.renewals, token) // unanswered
 		}
 	}
-	held = len(q.leases)+len(q.unconfirmed)+len(q.renewals)+len(q.packs)+len(q.staleRecords) > 0
+	held = len(q.leases)+len(q.unconfirmed)+len(q.renewals)+len(q.packs)+len(q.staleRecords)+len(q.recordOf) > 0
 	q.mu.Unlock()
 	for _, r := range renew {
 		_ = q.cfg.Conn.PublishRequest(r.l.msg.Reply, r.reply, progressPayload)

@@ -217,10 +217,7 @@ func (q *Queues) unpackLocked(s *stream, m *nats.Msg, md *nats.MsgMetadata, now 
 	}
 	p.recorded, p.recordRev = done, rev
 	if p.left == 0 { // done but not acked: its gateway died in between
-		if rev != 0 {
-			q.staleRecords = append(q.staleRecords, rev)
-			q.wakeReaper()
-		}
+		q.recordOfLocked(p)
 		return len(payloads), m, nil
 	}
 	q.packs[p.del.key] = p
@@ -288,12 +285,7 @@ func (q *Queues) settleLocked(l *lease) *nats.Msg {
 	if p.del.lost {
 		return nil
 	}
-	if p.recordRev != 0 {
-		// Deleted by the reaper's helper, after this ack is (normally)
-		// through: a record deleted before an ack that then fails lets
-		// the done tasks run again.
-		q.staleRecords = append(q.staleRecords, p.recordRev)
-	}
+	q.recordOfLocked(p)
 	return p.del.msg
 }
 

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -109,12 +110,26 @@ func (q *Queues) recordPack(ctx context.Context, p *pack, m uint64) error {
 	key := packRecordKey(streamName(p.del.s.queue), p.del.key.id)
 	ack, err := q.js.Publish(ctx, key, recordValue(mask, p.stored), jetstream.WithExpectLastSequencePerSubject(rev))
 	if isWrongSequence(err) {
-		// A record this gateway did not write: another pack's, at the same
-		// sequence of an earlier stream of the queue (recordedDone), left
-		// there. Written over.
+		// A record this gateway did not write last: another pack's, at the
+		// same sequence of an earlier stream of the queue, left there
+		// (written over); or this pack's, written by a gateway that held
+		// it before, unread (recordedDone failed) or late: its tasks are
+		// done too, every bit meaning a stored result.
+		// Or none at all: it aged out (recordsTTL).
 		var last *jetstream.RawStreamMsg
-		if last, err = st.GetLastMsgForSubject(ctx, key); err == nil {
-			ack, err = q.js.Publish(ctx, key, recordValue(mask, p.stored), jetstream.WithExpectLastSequencePerSubject(last.Sequence))
+		var lastSeq uint64
+		last, err = st.GetLastMsgForSubject(ctx, key)
+		switch {
+		case err == nil:
+			if theirs, ok := parseRecord(last.Data, p.stored); ok {
+				mask |= theirs
+			}
+			lastSeq = last.Sequence
+		case errors.Is(err, jetstream.ErrMsgNotFound):
+			err = nil
+		}
+		if err == nil {
+			ack, err = q.js.Publish(ctx, key, recordValue(mask, p.stored), jetstream.WithExpectLastSequencePerSubject(lastSeq))
 		}
 	}
 	if err != nil {
@@ -152,33 +167,76 @@ func (q *Queues) recordedDone(s *stream, seq uint64, stored time.Time) (mask, re
 		q.log.Warn("a redelivered pack's record not read; its done tasks may run again", "queue", s.queue, "seq", seq, "err", err)
 		return 0, 0
 	}
-	maskText, at, _ := strings.Cut(string(m.Data), " ")
-	mask, err = strconv.ParseUint(maskText, 10, 64)
-	if err != nil || at != strconv.FormatInt(stored.UnixNano(), 10) {
+	mask, ok := parseRecord(m.Data, stored)
+	if !ok {
 		// Another pack's, at the same sequence of an earlier stream of
-		// the queue: its own record is the one this pack's gateway
-		// writes over (its last sequence).
+		// the queue: this pack's gateway writes its own over it (its last
+		// sequence).
 		return 0, m.Sequence
 	}
 	return mask, m.Sequence
 }
 
-// dropRecords deletes the records of packs acked. Run by the reaper's
-// helper goroutine; a failure leaves the record to recordsTTL.
-func (q *Queues) dropRecords(revs []uint64) {
+// parseRecord reads a record's value (recordValue), if it is of the pack
+// stored at stored.
+func parseRecord(data []byte, stored time.Time) (mask uint64, ok bool) {
+	maskText, at, _ := strings.Cut(string(data), " ")
+	mask, err := strconv.ParseUint(maskText, 10, 64)
+	if err != nil || at != strconv.FormatInt(stored.UnixNano(), 10) {
+		return 0, false
+	}
+	return mask, true
+}
+
+// recordOfLocked notes the record of p, done, to be deleted once p's ack
+// is through (packsAcked): a record deleted before an ack that then
+// fails would let the done tasks run again. Called with q.mu held.
+func (q *Queues) recordOfLocked(p *pack) {
+	if p.recordRev == 0 {
+		return
+	}
+	q.recordOf[p.del.msg] = packRecordKey(streamName(p.del.s.queue), p.del.key.id)
+	q.recordsPending.Store(int64(len(q.recordOf)))
+}
+
+// packsAcked takes the outcome of the acks of msgs: the records of the
+// packs among them, acked, are left to the reaper to delete; those of
+// packs not acked stay, for their next delivery.
+func (q *Queues) packsAcked(msgs []*nats.Msg, acked bool) {
+	if q.recordsPending.Load() == 0 {
+		return
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for _, m := range msgs {
+		if key, ok := q.recordOf[m]; ok {
+			delete(q.recordOf, m)
+			if acked {
+				q.staleRecords = append(q.staleRecords, key)
+				q.wakeReaper()
+			}
+		}
+	}
+	q.recordsPending.Store(int64(len(q.recordOf)))
+}
+
+// dropRecords deletes the records of packs acked (each subject's whole
+// content: a record is of no use once its pack is acked). Run by the
+// reaper's helper goroutine; a failure leaves the record to recordsTTL.
+func (q *Queues) dropRecords(keys []string) {
 	ctx, cancel := q.call()
 	defer cancel()
 	st, err := q.records(ctx)
-	for _, rev := range revs {
-		if err != nil {
-			break
-		}
-		err = st.DeleteMsg(ctx, rev)
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			err = nil // replaced since by a later delivery's gateway
+	if err != nil {
+		return
+	}
+	failed := 0
+	for _, key := range keys {
+		if err := st.Purge(ctx, jetstream.WithPurgeSubject(key)); err != nil {
+			failed++
 		}
 	}
-	if err != nil && !errors.Is(err, context.Canceled) {
-		q.log.Warn("records of acked packs not deleted; the bucket's TTL removes them", "records", len(revs), "err", err)
+	if failed > 0 {
+		q.log.Warn("records of acked packs not deleted; recordsTTL removes them", "records", failed)
 	}
 }

@@ -109,9 +109,13 @@ type Queues struct {
 	packs map[leaseKey]*pack
 	// locals are what this gateway keeps of each queue it opened.
 	locals map[string]*local
-	// staleRecords are the revisions of the records of packs acked
-	// (packrecord.go), for the reaper to delete.
-	staleRecords []uint64
+	// recordOf holds the keys of the records of packs done, whose acks
+	// are being sent (packrecord.go); staleRecords those of packs acked,
+	// for the reaper to delete. recordsPending counts recordOf's entries,
+	// so that acks of unpacked tasks look at neither.
+	recordOf       map[*nats.Msg]string
+	staleRecords   []string
+	recordsPending atomic.Int64
 	// lastErr holds the error of a task's failed attempt until the task is
 	// delivered again (JetStream's nak carries no text). A task
 	// redelivered through another gateway reads "lease expired" instead.
@@ -234,6 +238,7 @@ func New(cfg Config) (*Queues, error) {
 		unconfirmed: make(map[leaseKey]*lease),
 		packs:       make(map[leaseKey]*pack),
 		locals:      make(map[string]*local),
+		recordOf:    make(map[*nats.Msg]string),
 		lastErr:     make(map[leaseKey]string),
 		stats:       make(map[string]*counters),
 		renewals:    make(map[string]renewal),
