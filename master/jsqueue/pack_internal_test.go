@@ -112,14 +112,26 @@ func FuzzDecodePack(f *testing.F) {
 // packQueues opens a gateway with cfg on a node of its own, reaping.
 func packQueues(t *testing.T, cfg Config) *Queues {
 	t.Helper()
-	if cfg.HoldFor == 0 {
-		cfg.HoldFor = time.Minute
-	}
 	n, err := StartNode(NodeConfig{DataDir: t.TempDir(), Secret: "s3cret"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(n.Shutdown)
+	q := openQueues(t, n, cfg)
+	done, stopped := make(chan struct{}), make(chan struct{})
+	go func() { defer close(stopped); q.ReapLeases(done, nil) }()
+	t.Cleanup(func() { close(done); <-stopped })
+	return q
+}
+
+// openQueues opens a gateway with cfg (HoldFor a minute unless set) on
+// n, over a connection of its own.
+func openQueues(t *testing.T, n *Node, cfg Config) *Queues {
+	t.Helper()
+	if cfg.HoldFor == 0 {
+		cfg.HoldFor = time.Minute
+	}
+	var err error
 	if cfg.Conn, err = n.Connect(); err != nil {
 		t.Fatal(err)
 	}
@@ -129,9 +141,6 @@ func packQueues(t *testing.T, cfg Config) *Queues {
 		t.Fatal(err)
 	}
 	t.Cleanup(q.Close)
-	done, stopped := make(chan struct{}), make(chan struct{})
-	go func() { defer close(stopped); q.ReapLeases(done, nil) }()
-	t.Cleanup(func() { close(done); <-stopped })
 	return q
 }
 
@@ -285,21 +294,9 @@ func TestDeadGatewaysDoneTasksDoNotRunAgain(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(n.Shutdown)
-	open := func(cfg Config) *Queues {
-		if cfg.Conn, err = n.Connect(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(cfg.Conn.Close)
-		q, err := New(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(q.Close)
-		return q
-	}
-	cfg := Config{Pack: 8, AckWait: 300 * time.Millisecond, HoldFor: time.Minute}
-	dying := open(cfg)
-	next := open(cfg)
+	cfg := Config{Pack: 8, AckWait: 300 * time.Millisecond}
+	dying := openQueues(t, n, cfg)
+	next := openQueues(t, n, cfg)
 	done, stopped := make(chan struct{}), make(chan struct{})
 	go func() { defer close(stopped); next.ReapLeases(done, nil) }()
 	t.Cleanup(func() { close(done); <-stopped })
