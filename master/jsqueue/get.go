@@ -48,44 +48,22 @@ func (q *Queues) Get(ctx context.Context, req queue.GetRequest, dst []queue.Task
 		req.MaxWait = 0
 	}
 	for {
-		// Tasks of packs this gateway holds go first, in their order.
-		ts, err := q.takeHeld(s, req, dst[:0])
-		if err != nil {
-			return nil, err
-		}
-		if len(ts) > 0 {
-			return q.topUp(s, req, ts, 1, 1) // and what else is there at once
-		}
-		// Wait for JetStream, and for a task held meanwhile (or due).
+		// Tasks of packs this gateway holds go first, in their order;
+		// else wait for JetStream, and for a task held meanwhile (or due).
 		pctx, wake := context.WithCancel(ctx)
 		wait := &getWait{wake: wake}
-		now := time.Now()
-		q.mu.Lock()
-		var next time.Time // when the first held task not yet due is
-		dueNow := false
-		for _, h := range s.held {
-			if s.paused {
-				break // resuming wakes the gets
-			}
-			if !h.due.After(now) {
-				dueNow = true
-			} else if next.IsZero() || h.due.Before(next) {
-				next = h.due
-			}
-		}
-		if !dueNow {
-			if s.waiting == nil {
-				s.waiting = make(map[*getWait]struct{})
-			}
-			s.waiting[wait] = struct{}{}
-		}
-		q.mu.Unlock()
-		if dueNow {
+		ts, again, next, err := q.takeHeldOrWait(s, req, dst[:0], wait)
+		if err != nil || len(ts) > 0 || again {
 			wake()
-			if ctx.Err() != nil {
+			switch {
+			case err != nil:
+				return nil, err
+			case len(ts) > 0:
+				return q.topUp(s, req, ts, 1, 1) // and what else is there at once
+			case ctx.Err() != nil:
 				return nil, nil
 			}
-			continue // held since takeHeld looked
+			continue
 		}
 		var timer *time.Timer
 		if !next.IsZero() {
@@ -174,27 +152,50 @@ func (q *Queues) notePerMsgLocked(s *stream, msgs, tasks int) {
 	s.perMsg = (3*s.perMsg + seen) / 4
 }
 
-// takeHeld hands out held tasks of s, as many as req takes, and
-// dead-letters those past their last attempt.
-func (q *Queues) takeHeld(s *stream, req queue.GetRequest, ts []queue.Task) ([]queue.Task, error) {
+// takeHeldOrWait hands out held tasks of s, as many as req takes, and
+// dead-letters those past their last attempt. If it hands out none, it
+// registers wait, to be woken when a task is held, and returns when the
+// first held task not yet due will be (next, zero if none); or, if one is
+// due already or some were dead-lettered, again: the caller looks again.
+// Taking and registering are one critical section, so that a task held in
+// between is not missed.
+func (q *Queues) takeHeldOrWait(s *stream, req queue.GetRequest, ts []queue.Task, wait *getWait) (_ []queue.Task, again bool, next time.Time, err error) {
+	now := time.Now()
+	var dead []*lease
 	q.mu.Lock()
-	if len(s.held) == 0 {
-		q.mu.Unlock()
-		return ts, nil
+	if len(s.held) > 0 {
+		if q.closed.Load() {
+			q.mu.Unlock()
+			return nil, false, next, queue.ErrClosed
+		}
+		ts, dead = q.takeHeldLocked(s, req, now, ts)
+		if len(ts) > 0 && req.NoAck {
+			q.wakeReaper()
+		}
 	}
-	if q.closed.Load() {
-		q.mu.Unlock()
-		return nil, queue.ErrClosed
-	}
-	ts, dead := q.takeHeldLocked(s, req, time.Now(), ts)
-	if len(ts) > 0 && req.NoAck {
-		q.wakeReaper()
+	if len(ts) == 0 && len(dead) == 0 {
+		for _, h := range s.held {
+			if s.paused {
+				break // resuming wakes the gets
+			}
+			if !h.due.After(now) {
+				again = true
+			} else if next.IsZero() || h.due.Before(next) {
+				next = h.due
+			}
+		}
+		if !again {
+			if s.waiting == nil {
+				s.waiting = make(map[*getWait]struct{})
+			}
+			s.waiting[wait] = struct{}{}
+		}
 	}
 	q.mu.Unlock()
 	for _, l := range dead {
 		q.deadLetter(l, l.task.LastError)
 	}
-	return ts, nil
+	return ts, again || len(dead) > 0, next, nil
 }
 
 // pull takes up to req.Max messages: what is there at once, or else the

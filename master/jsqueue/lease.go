@@ -715,15 +715,11 @@ func (q *Queues) reap(now time.Time) (n int, held bool) {
 	var renew []renewal
 	var taken []*nats.Msg
 	q.mu.Lock()
+	// A packed task's lease only expires: its pack's delivery is the one
+	// renewed, and lost, below.
 	for _, l := range q.leases {
 		switch {
-		case l.pack != nil: // its pack's delivery is renewed, below
-			if !now.Before(l.deadline) && !l.acking {
-				q.dropLease(l)
-				q.counters(l.key.queue).expired++
-				expired = append(expired, l)
-			}
-		case now.Sub(l.confirmed) >= l.s.ackWait:
+		case l.pack == nil && now.Sub(l.confirmed) >= l.s.ackWait:
 			q.dropLease(l)
 			l.lost = true
 			q.counters(l.key.queue).expired++
@@ -732,32 +728,27 @@ func (q *Queues) reap(now time.Time) (n int, held bool) {
 			q.dropLease(l)
 			q.counters(l.key.queue).expired++
 			expired = append(expired, l)
-		case now.Sub(l.touched) >= l.s.ackWait/3:
+		case l.pack == nil && now.Sub(l.touched) >= l.s.ackWait/3:
 			renew = append(renew, q.renewal(l, now))
 		}
 	}
 	for k, l := range q.unconfirmed {
 		switch {
-		case l.pack != nil:
-			if !now.Before(l.deadline) {
-				delete(q.unconfirmed, k)
-				if m := q.settleLocked(l); m != nil {
-					taken = append(taken, m)
-				}
-			}
 		case l.lost:
 			if !now.Before(l.deadline) {
 				delete(q.unconfirmed, k)
 			}
-		case now.Sub(l.confirmed) >= l.s.ackWait:
+		case l.pack == nil && now.Sub(l.confirmed) >= l.s.ackWait:
 			// Kept, marked, until the server says what became of its
 			// reply: neither acked nor given back.
 			l.lost = true
 			lost = append(lost, l)
 		case !now.Before(l.deadline):
 			delete(q.unconfirmed, k)
-			taken = append(taken, l.msg)
-		case now.Sub(l.touched) >= l.s.ackWait/3:
+			if m := q.settleLocked(l); m != nil { // its own, or its pack's if done
+				taken = append(taken, m)
+			}
+		case l.pack == nil && now.Sub(l.touched) >= l.s.ackWait/3:
 			renew = append(renew, q.renewal(l, now))
 		}
 	}
