@@ -15,13 +15,35 @@ import (
 func (q *Queues) deadLetter(l *lease, errText string) error {
 	t := l.task
 	t.LastError = errText
-	dq, err := q.open(queue.DeadLetterName(l.key.queue), true)
+	// A packed task handed out before in this delivery is marked done in
+	// its pack first (packhandover.go): it may have been completed through
+	// another gateway meanwhile, and then it is done, not dead.
+	var taken map[*pack]uint64
+	var err error
+	if l.pack != nil {
+		q.mu.Lock()
+		reissued := l.pack.reissued[l.index]
+		q.mu.Unlock()
+		if reissued {
+			var doneAlready []bool
+			doneAlready, taken, err = q.takeRefs([]taskRef{{l.pack, l.index}})
+			if err == nil && doneAlready[0] {
+				q.settleDone(l)
+				return nil
+			}
+		}
+	}
+	var dq *stream
+	if err == nil {
+		dq, err = q.open(queue.DeadLetterName(l.key.queue), true)
+	}
 	if err == nil {
 		ctx, cancel := q.call()
 		_, err = q.publish(ctx, []*nats.Msg{movedMsg(dq.subject, t, t.Attempts)})
 		cancel()
 	}
 	if err != nil {
+		q.untakeRefs(taken)
 		// Delivered again, it comes back here: a packed task after a
 		// while, not at once to a get that would try it again and again.
 		if l.pack != nil {
@@ -34,14 +56,7 @@ func (q *Queues) deadLetter(l *lease, errText string) error {
 		return err
 	}
 	q.recordDone([]*lease{l})
-	q.mu.Lock()
-	m := q.settleLocked(l)
-	q.mu.Unlock()
-	if m != nil {
-		if err := q.ack(m); err != nil {
-			q.log.Warn("dead-lettered task not acked in its queue; it may be dead-lettered twice", "queue", l.key.queue, "task", t.ID, "err", err)
-		}
-	}
+	q.settleDone(l)
 	q.mu.Lock()
 	delete(q.lastErr, l.key)
 	q.mu.Unlock()
@@ -66,5 +81,18 @@ func (q *Queues) putBack(s *stream, ts []queue.Task) {
 	defer cancel()
 	if _, err := q.publish(ctx, msgs); err != nil {
 		q.log.Error("could not put back tasks a client never received", "queue", s.queue, "tasks", len(ts), "err", err)
+	}
+}
+
+// settleDone counts the task of l done (settleLocked), and acks its
+// delivery, or its pack's if that was its last task.
+func (q *Queues) settleDone(l *lease) {
+	q.mu.Lock()
+	m := q.settleLocked(l)
+	q.mu.Unlock()
+	if m != nil {
+		if err := q.ack(m); err != nil {
+			q.log.Warn("a done task not acked in its queue; it may be done twice", "queue", l.key.queue, "task", l.task.ID, "err", err)
+		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -262,7 +263,7 @@ func TestCompleteThroughAnotherGatewayOverTheWire(t *testing.T) {
 
 // startClosableGateway is startGateway with its own NATS connection, which
 // the test closes to kill the gateway without its giving anything back.
-func startClosableGateway(t *testing.T, natsURL string, cfg master.Config) (string, *nats.Conn, *master.Server) {
+func startClosableGateway(t *testing.T, natsURL string, cfg master.Config, pack int) (string, *nats.Conn, *master.Server) {
 	t.Helper()
 	nc, err := nats.Connect(natsURL, nats.Token("s3cret"))
 	if err != nil {
@@ -270,7 +271,7 @@ func startClosableGateway(t *testing.T, natsURL string, cfg master.Config) (stri
 	}
 	t.Cleanup(nc.Close)
 	cfg.OpenQueues = func(qc queue.Config) (master.Queues, error) {
-		return jsqueue.New(jsqueue.Config{Conn: nc, MaxAttempts: qc.MaxAttempts, DefaultLease: qc.DefaultLease, AckWait: qc.DefaultLease, OnDead: qc.OnDead})
+		return jsqueue.New(jsqueue.Config{Conn: nc, MaxAttempts: qc.MaxAttempts, DefaultLease: qc.DefaultLease, AckWait: qc.DefaultLease, OnDead: qc.OnDead, Pack: pack})
 	}
 	addr, srv := qmtest.StartMaster(t, cfg)
 	return addr, nc, srv
@@ -281,7 +282,13 @@ func startClosableGateway(t *testing.T, natsURL string, cfg master.Config) (stri
 // task through it: one run, one result, at once rather than after the
 // dead gateway's ack wait (30s).
 func TestWorkerCompletesThroughAnotherGateway(t *testing.T) {
-	testWorkerCompletesThroughAnotherGateway(t, master.Config{}, 0)
+	testWorkerCompletesThroughAnotherGateway(t, master.Config{}, 0, 0)
+}
+
+// The same with packing gateways (--pack): the worker's two tasks share a
+// pack, and each carries a token of its own.
+func TestWorkerCompletesPackedTasksThroughAnotherGateway(t *testing.T) {
+	testWorkerCompletesThroughAnotherGateway(t, master.Config{}, 0, 8)
 }
 
 // The same with a lease of 1.5s, the gateways' ack wait, and a handler
@@ -291,25 +298,38 @@ func TestWorkerCompletesThroughAnotherGateway(t *testing.T) {
 // second late; 600ms (400ms of slack) failed under CI's load.
 func TestWorkerRenewsThroughAnotherGateway(t *testing.T) {
 	const lease = 1500 * time.Millisecond
-	testWorkerCompletesThroughAnotherGateway(t, master.Config{DefaultLease: lease}, 3*lease)
+	testWorkerCompletesThroughAnotherGateway(t, master.Config{DefaultLease: lease}, 3*lease, 0)
 }
 
-func testWorkerCompletesThroughAnotherGateway(t *testing.T, cfg master.Config, runOn time.Duration) {
+// The same with packing gateways: the renewals through the other gateway
+// keep the pack from being delivered again.
+func TestWorkerRenewsPackedTasksThroughAnotherGateway(t *testing.T) {
+	const lease = 1500 * time.Millisecond
+	testWorkerCompletesThroughAnotherGateway(t, master.Config{DefaultLease: lease}, 3*lease, 8)
+}
+
+// testWorkerCompletesThroughAnotherGateway runs one task, or with pack
+// (gateways packing that many) two tasks of one put at once.
+func testWorkerCompletesThroughAnotherGateway(t *testing.T, cfg master.Config, runOn time.Duration, pack int) {
+	tasks := 1
+	if pack > 0 {
+		tasks = 2
+	}
 	url := startNodeListening(t)
 	addrs := make([]string, 2)
 	ncs := make([]*nats.Conn, 2)
 	srvs := make([]*master.Server, 2)
 	for i := range 2 {
-		addrs[i], ncs[i], srvs[i] = startClosableGateway(t, url, cfg)
+		addrs[i], ncs[i], srvs[i] = startClosableGateway(t, url, cfg, pack)
 	}
-	started := make(chan struct{}, 1)
+	started := make(chan struct{}, tasks)
 	release := make(chan struct{})
 	var runs, cancelled atomic.Int32
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
 		done <- worker.Run(ctx, worker.Config{
-			Server: strings.Join(addrs, ","), Authkey: qmtest.Authkey, Name: "w",
+			Server: strings.Join(addrs, ","), Authkey: qmtest.Authkey, Name: "w", Concurrency: tasks,
 			ReconnectMin: 10 * time.Millisecond, ReconnectMax: 50 * time.Millisecond,
 			Handler: func(hctx context.Context, task worker.Task) (any, error) {
 				runs.Add(1)
@@ -349,11 +369,13 @@ func testWorkerCompletesThroughAnotherGateway(t *testing.T, cfg master.Config, r
 	p := qmtest.Dial(t, survivor, "producer")
 	pctx, pcancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer pcancel()
-	ids, err := p.Put(pctx, "tasks", []any{"x"}, wire.PutOptions{ReplyTo: "mine"})
+	ids, err := p.Put(pctx, "tasks", []any{"x", "y"}[:tasks], wire.PutOptions{ReplyTo: "mine"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	<-started
+	for range tasks {
+		<-started
+	}
 	ncs[on].Close() // the worker's gateway dies, giving nothing back
 	srvs[on].Close()
 	waitUntil(t, 10*time.Second, "the worker to reconnect", func() bool { return workersOn(t, survivor) > 0 })
@@ -366,15 +388,30 @@ func testWorkerCompletesThroughAnotherGateway(t *testing.T, cfg master.Config, r
 	}
 	letGo()
 
-	results, err := p.Get(pctx, "mine", wire.GetOptions{Max: 2, Timeout: 5 * time.Second, NoAck: true})
-	if err != nil || len(results) != 1 {
-		t.Fatalf("results %+v, %v; want one within 5s, not after the dead gateway's ack wait", results, err)
+	var results []wire.Task
+	for len(results) < tasks {
+		rs, err := p.Get(pctx, "mine", wire.GetOptions{Max: tasks + 1, Timeout: 5 * time.Second, NoAck: true})
+		if err != nil || len(rs) == 0 {
+			t.Fatalf("results %+v then %v; want %d within 5s, not after the dead gateway's ack wait", results, err, tasks)
+		}
+		results = append(results, rs...)
 	}
-	if r, err := wire.DecodeResult(results[0].Payload); err != nil || r.TaskID != ids[0] || r.Error != "" {
-		t.Fatalf("result %+v, %v", r, err)
+	if rs, err := p.Get(pctx, "mine", wire.GetOptions{Max: 1, Timeout: 300 * time.Millisecond, NoAck: true}); err != nil || len(rs) != 0 {
+		t.Fatalf("more results: %+v, %v", rs, err)
 	}
-	if runs.Load() != 1 || cancelled.Load() != 0 {
-		t.Fatalf("%d runs, %d cancelled; want one run, not cancelled", runs.Load(), cancelled.Load())
+	var resultIDs []uint64 // in the order the handlers finished
+	for _, res := range results {
+		r, err := wire.DecodeResult(res.Payload)
+		if err != nil || r.Error != "" {
+			t.Fatalf("result %+v, %v", r, err)
+		}
+		resultIDs = append(resultIDs, r.TaskID)
+	}
+	if slices.Sort(resultIDs); !slices.Equal(resultIDs, ids) {
+		t.Fatalf("results of tasks %v, want one of each of %v", resultIDs, ids)
+	}
+	if runs.Load() != int32(tasks) || cancelled.Load() != 0 {
+		t.Fatalf("%d runs, %d cancelled; want %d, not cancelled", runs.Load(), cancelled.Load(), tasks)
 	}
 	// The result is stored before the ack: the ack may still be on its way.
 	waitUntil(t, 5*time.Second, "the task to be done", func() bool {

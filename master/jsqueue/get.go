@@ -309,16 +309,15 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts [
 		mds[i], _ = m.Metadata()
 	}
 	msgs, mds = q.claimRedeliveries(s, msgs, mds)
-	// What the gateway that held a redelivered pack recorded done.
-	type record struct{ done, rev uint64 }
-	var records map[int]record
+	// A redelivered pack is recorded as this gateway's, and the record
+	// says which of its tasks are done.
+	var records map[int]recordState
 	for i, m := range msgs {
 		if md := mds[i]; md != nil && md.NumDelivered > 1 && m.Header.Get(hdrPack) != "" {
 			if records == nil {
-				records = make(map[int]record)
+				records = make(map[int]recordState)
 			}
-			done, rev := q.recordedDone(s, md.Sequence.Stream, md.Timestamp)
-			records[i] = record{done, rev}
+			records[i] = q.claimPack(s, md.Sequence.Stream, md.NumDelivered, md.Timestamp)
 		}
 	}
 	now := time.Now()
@@ -340,7 +339,7 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts [
 		if m.Header.Get(hdrPack) != "" {
 			// Its tasks are held, then handed out from there with the
 			// others held, in order, below.
-			n, ack, err := q.unpackLocked(s, m, md, now, records[i].done, records[i].rev)
+			n, ack, err := q.unpackLocked(s, m, md, now, records[i])
 			if err != nil {
 				q.log.Warn("malformed pack; left to redeliver", "queue", s.queue, "seq", md.Sequence.Stream, "err", err)
 			}
@@ -403,8 +402,7 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts [
 // concurrently, a few at a time: a dead worker's prefetched tasks come
 // back together. A get with no redelivery costs nothing here.
 func (q *Queues) claimRedeliveries(s *stream, msgs []*nats.Msg, mds []*nats.MsgMetadata) ([]*nats.Msg, []*nats.MsgMetadata) {
-	// A pack carries no token: nobody completes its tasks through
-	// another gateway.
+	// A pack's redelivery is recorded in its own record (claimPack).
 	redelivered := func(md *nats.MsgMetadata) bool { return md != nil && md.NumDelivered > 1 }
 	if !slices.ContainsFunc(mds, redelivered) {
 		return msgs, mds

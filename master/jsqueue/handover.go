@@ -35,6 +35,9 @@ import (
 // Only redeliveries and orphans pay for the record; a task delivered once
 // and completed through its own gateway never touches it.
 
+// A packed task's token is of another form, and its handover works
+// through its pack's record instead (packhandover.go).
+
 // deliveriesBucket is the KV bucket of the record.
 const deliveriesBucket = "qm_deliveries"
 
@@ -182,6 +185,10 @@ type orphan struct {
 	msg   *nats.Msg // for its ack: Reply is the token
 	key   string
 	index int // in the AckRequest's IDs
+	// packed is set for a packed task's (packhandover.go), and packDone
+	// if it was the last of its pack to do.
+	packed   *packedHandout
+	packDone bool
 }
 
 // current checks that token names the current delivery of task id of s:
@@ -231,6 +238,9 @@ func (q *Queues) current(ctx context.Context, s *stream, id uint64, token string
 // out again. It returns the task as that delivery handed it out, or ok
 // false if the delivery is not the current one.
 func (q *Queues) adoptOrphan(s *stream, id uint64, token string) (o orphan, ok bool, err error) {
+	if isPackToken(token) {
+		return q.adoptPacked(s, id, token)
+	}
 	ctx, cancel := q.call()
 	defer cancel()
 	kv, err := q.deliveries(ctx)
@@ -267,8 +277,10 @@ func (q *Queues) renewMoved(name string, ids []uint64, tokens []string) error {
 	var bad []uint64
 	for i, id := range ids {
 		ctx, cancel := q.call()
-		_, _, ok, err := q.current(ctx, s, id, tokens[i])
-		if err == nil && ok {
+		var ok bool
+		if isPackToken(tokens[i]) {
+			ok, err = q.renewPacked(ctx, s, id, tokens[i])
+		} else if _, _, ok, err = q.current(ctx, s, id, tokens[i]); err == nil && ok {
 			_, err = q.cfg.Conn.RequestWithContext(ctx, tokens[i], progressPayload)
 		}
 		cancel()
@@ -289,6 +301,9 @@ func (q *Queues) nackMoved(req queue.NackRequest) error {
 	if err != nil {
 		return err
 	}
+	if isPackToken(req.Token) {
+		return q.failPacked(s, req)
+	}
 	ctx, cancel := q.call()
 	t, _, ok, err := q.current(ctx, s, req.ID, req.Token)
 	cancel()
@@ -307,6 +322,10 @@ func (q *Queues) nackMoved(req queue.NackRequest) error {
 // disown undoes adoptOrphan for a task whose results could not be stored:
 // the task runs again, at once, through any gateway.
 func (q *Queues) disown(o orphan) {
+	if o.packed != nil {
+		q.untakeHandout(o.packed)
+		return
+	}
 	ctx, cancel := q.call()
 	defer cancel()
 	if kv, err := q.deliveries(ctx); err == nil {

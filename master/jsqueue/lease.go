@@ -110,8 +110,10 @@ func (q *Queues) Ack(req queue.AckRequest, dst []queue.Task) ([]queue.Task, erro
 	ts := dst[:0]
 	ls := make([]*lease, 0, len(req.IDs))
 	var (
-		bad     []uint64
-		orphans []int // indexes in req.IDs of deliveries another gateway handed out
+		bad       []uint64
+		orphans   []int     // indexes in req.IDs of deliveries another gateway handed out
+		reissued  []taskRef // packed tasks handed out before in their pack's delivery
+		reissuedL []*lease
 	)
 	q.mu.Lock()
 	for i, id := range req.IDs {
@@ -125,15 +127,27 @@ func (q *Queues) Ack(req queue.AckRequest, dst []queue.Task) ([]queue.Task, erro
 			continue
 		}
 		l.acking = true
+		if l.pack != nil && l.pack.reissued[l.index] {
+			reissued, reissuedL = append(reissued, taskRef{l.pack, l.index}), append(reissuedL, l)
+		}
 		ts = append(ts, l.task)
 		ls = append(ls, l)
 	}
 	q.mu.Unlock()
+	var taken map[*pack]uint64
+	if len(reissued) > 0 {
+		var err error
+		if ls, ts, bad, taken, err = q.takeReissued(ls, ts, bad, reissued, reissuedL); err != nil {
+			q.releaseAcking(ls)
+			return nil, err
+		}
+	}
 	var adopted []orphan
 	if len(orphans) > 0 {
 		var err error
 		adopted, bad, err = q.adoptOrphans(req, orphans, bad)
 		if err != nil {
+			q.untakeRefs(taken)
 			q.releaseAcking(ls)
 			return nil, err
 		}
@@ -148,12 +162,17 @@ func (q *Queues) Ack(req queue.AckRequest, dst []queue.Task) ([]queue.Task, erro
 	}
 	var orphanErr error // their results are stored: the others are acked all the same
 	if err != nil {
+		q.untakeRefs(taken) // before their tasks are handed out again
 		for _, o := range adopted {
 			q.disown(o)
 		}
 	} else {
 		for _, o := range adopted {
-			orphanErr = errors.Join(orphanErr, q.ack(o.msg))
+			if o.packed != nil {
+				orphanErr = errors.Join(orphanErr, q.settlePacked(o))
+			} else {
+				orphanErr = errors.Join(orphanErr, q.ack(o.msg))
+			}
 		}
 	}
 	msgs := make([]*nats.Msg, 0, len(ls))
@@ -191,6 +210,47 @@ func (q *Queues) Ack(req queue.AckRequest, dst []queue.Task) ([]queue.Task, erro
 	}
 	q.mu.Unlock()
 	return ts, errors.Join(err, orphanErr, q.notLeased(req.Queue, bad))
+}
+
+// takeReissued marks done in their packs' records the tasks of reissued
+// (leases rl, among ls, whose tasks ts they are) before their results are
+// stored (takeRefs). Those done already, through another gateway, leave
+// ls and ts for bad, and are settled here: their completion is refused.
+func (q *Queues) takeReissued(ls []*lease, ts []queue.Task, bad []uint64, reissued []taskRef, rl []*lease) ([]*lease, []queue.Task, []uint64, map[*pack]uint64, error) {
+	doneAlready, taken, err := q.takeRefs(reissued)
+	if err != nil {
+		return ls, ts, bad, nil, err
+	}
+	refused := make(map[*lease]bool)
+	for k, l := range rl {
+		if doneAlready[k] {
+			refused[l] = true
+			bad = append(bad, l.key.id)
+		}
+	}
+	if len(refused) == 0 {
+		return ls, ts, bad, taken, nil
+	}
+	keptL, keptT := ls[:0], ts[:0]
+	var acks []*nats.Msg
+	q.mu.Lock()
+	for k, l := range ls {
+		if !refused[l] {
+			keptL, keptT = append(keptL, l), append(keptT, ts[k])
+			continue
+		}
+		if q.leases[l.key] == l {
+			q.dropLease(l)
+		}
+		if m := q.settleLocked(l); m != nil {
+			acks = append(acks, m)
+		}
+	}
+	q.mu.Unlock()
+	if err := q.ackAll(acks); err != nil {
+		q.log.Warn("packs whose tasks were all done not acked; JetStream delivers them again after AckWait", "packs", len(acks), "err", err)
+	}
+	return keptL, keptT, bad, taken, nil
 }
 
 // adoptOrphans takes the completions at orphans (indexes in req.IDs) of

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -28,10 +29,12 @@ import (
 // (packrecord.go): a gateway that dies mid-pack leaves that record to the
 // next one, which runs only the others.
 //
-// What a pack gives up, for now (docs/SCALING.md, "Packing"): a packed
-// task carries no delivery token, so a worker whose gateway died cannot
-// complete it through another; and a queue's figures count packs, not
-// tasks.
+// Each packed task handed out carries a token (packToken), through which
+// a worker whose gateway died completes, renews or fails it through
+// another gateway (packhandover.go).
+//
+// What a pack gives up, for now (docs/SCALING.md, "Packing"): a queue's
+// figures count packs, not tasks.
 
 // hdrPack is set on a pack: how many tasks it carries.
 const hdrPack = "Qm-Pack"
@@ -47,6 +50,40 @@ const MaxPack = 64
 const packedIDBit = 1 << 52
 
 func packedID(seq uint64, i int) uint64 { return packedIDBit | seq<<6 | uint64(i) }
+
+// packOf returns the stream sequence of the pack of packed task id, and
+// the task's index in it; ok is false for an unpacked task's ID.
+func packOf(id uint64) (seq uint64, i int, ok bool) {
+	if id&packedIDBit == 0 {
+		return 0, 0, false
+	}
+	return (id &^ packedIDBit) >> 6, int(id & (MaxPack - 1)), true
+}
+
+// packToken is the token of a packed task handed out at attempt
+// attempts of its pack's delivery whose ack subject is reply: a worker
+// completes it through any gateway with it (adoptPacked). The attempt
+// tells a failure reported that way how many it has had.
+func packToken(reply string, attempts int) string {
+	return reply + "#" + strconv.Itoa(attempts)
+}
+
+// isPackToken tells a packToken from an unpacked task's token.
+func isPackToken(token string) bool { return strings.Contains(token, "#") }
+
+// parsePackToken reads a packToken.
+func parsePackToken(token string) (tok ackToken, reply string, attempts int, ok bool) {
+	reply, n, found := strings.Cut(token, "#")
+	if !found {
+		return ackToken{}, "", 0, false
+	}
+	attempts, err := strconv.Atoi(n)
+	if err != nil || attempts < 1 {
+		return ackToken{}, "", 0, false
+	}
+	tok, ok = parseToken(reply)
+	return tok, reply, attempts, ok
+}
 
 // encodePack lays payloads out as a pack's body: each one's length as a
 // uvarint, then its bytes.
@@ -155,12 +192,16 @@ type pack struct {
 	// delivery is JetStream's count of the pack's deliveries: a task
 	// stored apart is so once per delivery (movedMsgOf).
 	delivery uint64
-	// recorded is the mask of tasks recorded done (packrecord.go), in
-	// the record's entry at revision recordRev (0: none); recordMu makes
-	// its writes one at a time.
-	recorded, recordRev uint64
-	recordMu            sync.Mutex
-	stored              time.Time // when JetStream stored the pack
+	// reissued marks tasks handed out again in this delivery: the worker
+	// of an earlier handout may complete them through another gateway,
+	// with this delivery's token, so this gateway marks them done in the
+	// record before it stores their results (takeTasks).
+	reissued []bool
+	// rec is the pack's record (packrecord.go) as this gateway last read
+	// or wrote it; recordMu makes its writes one at a time.
+	rec      recordState
+	recordMu sync.Mutex
+	stored   time.Time // when JetStream stored the pack
 }
 
 // movedMsgOf is the message that stores task i of p apart, at the end of
@@ -182,11 +223,11 @@ type heldTask struct {
 }
 
 // unpackLocked takes delivered pack m of stream s: its tasks go to the
-// back of s's held tasks, less those recorded done (the mask done, at
-// revision rev, read from the record by the caller for a redelivery). It
-// returns how many tasks m carries, and m itself if all of them are done
-// already (to be acked). Called with q.mu held.
-func (q *Queues) unpackLocked(s *stream, m *nats.Msg, md *nats.MsgMetadata, now time.Time, done, rev uint64) (int, *nats.Msg, error) {
+// back of s's held tasks, less those recorded done (in rec, claimed by
+// the caller for a redelivery). It returns how many tasks m carries, and
+// m itself if all of them are done already (to be acked). Called with
+// q.mu held.
+func (q *Queues) unpackLocked(s *stream, m *nats.Msg, md *nats.MsgMetadata, now time.Time, rec recordState) (int, *nats.Msg, error) {
 	payloads, err := decodePack(m.Data, m.Header.Get(hdrPack))
 	if err != nil {
 		return 0, nil, err
@@ -199,7 +240,9 @@ func (q *Queues) unpackLocked(s *stream, m *nats.Msg, md *nats.MsgMetadata, now 
 		tasks:    make([]queue.Task, len(payloads)),
 		done:     make([]bool, len(payloads)),
 		out:      make([]bool, len(payloads)),
+		reissued: make([]bool, len(payloads)),
 		left:     len(payloads),
+		rec:      rec,
 	}
 	for i, pl := range payloads {
 		t := taskOf(seq, md.Timestamp, m.Header, pl, md.NumDelivered)
@@ -208,14 +251,13 @@ func (q *Queues) unpackLocked(s *stream, m *nats.Msg, md *nats.MsgMetadata, now 
 			t.LastError = errExpired // the gateway that held it died or lost it
 		}
 		p.tasks[i] = t
-		if done&(1<<i) != 0 {
+		if rec.done&(1<<i) != 0 {
 			p.done[i] = true
 			p.left--
 			continue
 		}
 		s.held = append(s.held, heldTask{p: p, i: i, since: now})
 	}
-	p.recorded, p.recordRev = done, rev
 	if p.left == 0 { // done but not acked: its gateway died in between
 		q.recordOfLocked(p)
 		return len(payloads), m, nil
@@ -250,6 +292,7 @@ func (q *Queues) takeHeldLocked(s *stream, req queue.GetRequest, now time.Time, 
 		if req.NoAck {
 			q.unconfirmed[l.key] = l
 		} else {
+			t.Token = packToken(h.p.del.msg.Reply, t.Attempts)
 			q.addLease(l)
 		}
 		ts = append(ts, t)
@@ -300,6 +343,7 @@ func (q *Queues) requeueLocked(l *lease, failed bool, errText string, due time.T
 	}
 	p.out[l.index] = false
 	if failed {
+		p.reissued[l.index] = true // its worker had its token
 		t := &p.tasks[l.index]
 		t.Attempts = l.task.Attempts + 1
 		t.LastError = errText
@@ -388,13 +432,22 @@ func (q *Queues) moveHeld(moves []heldMove) {
 	}
 	q.mu.Unlock()
 	for name, mvs := range byQueue {
-		msgs := make([]*nats.Msg, len(mvs))
-		for i, mv := range mvs {
-			msgs[i] = mv.msg
+		mvs, taken, err := q.takeMoves(mvs)
+		if err == nil && len(mvs) == 0 {
+			continue
 		}
-		ctx, cancel := q.call()
-		_, err := q.publish(ctx, msgs) // each has an ID: sent again, stored once
-		cancel()
+		if err == nil {
+			msgs := make([]*nats.Msg, len(mvs))
+			for i, mv := range mvs {
+				msgs[i] = mv.msg
+			}
+			ctx, cancel := q.call()
+			_, err = q.publish(ctx, msgs) // each has an ID: sent again, stored once
+			cancel()
+			if err != nil {
+				q.untakeRefs(taken)
+			}
+		}
 		ls := make([]*lease, len(mvs))
 		q.mu.Lock()
 		for i, mv := range mvs {
@@ -429,6 +482,54 @@ func (q *Queues) moveHeld(moves []heldMove) {
 	}
 }
 
+// takeMoves marks done in their packs' records the tasks of mvs handed
+// out before in their pack's delivery (takeRefs), before they are stored
+// apart. Those done already, through another gateway, are settled here
+// and left out of the moves returned.
+func (q *Queues) takeMoves(mvs []heldMove) ([]heldMove, map[*pack]uint64, error) {
+	var refs []taskRef
+	q.mu.Lock()
+	for _, mv := range mvs {
+		if mv.p.reissued[mv.i] {
+			refs = append(refs, taskRef{mv.p, mv.i})
+		}
+	}
+	q.mu.Unlock()
+	if len(refs) == 0 {
+		return mvs, nil, nil
+	}
+	doneAlready, taken, err := q.takeRefs(refs)
+	if err != nil {
+		return mvs, nil, err
+	}
+	skip := make(map[taskRef]bool)
+	for k, r := range refs {
+		if doneAlready[k] {
+			skip[r] = true
+		}
+	}
+	if len(skip) == 0 {
+		return mvs, taken, nil
+	}
+	kept := mvs[:0]
+	var acks []*nats.Msg
+	q.mu.Lock()
+	for _, mv := range mvs {
+		if !skip[taskRef{mv.p, mv.i}] {
+			kept = append(kept, mv)
+			continue
+		}
+		if m := q.settleLocked(&lease{s: mv.p.del.s, pack: mv.p, index: mv.i}); m != nil {
+			acks = append(acks, m)
+		}
+	}
+	q.mu.Unlock()
+	if err := q.ackAll(acks); err != nil {
+		q.log.Warn("packs whose tasks were all done not acked; JetStream delivers them again after AckWait", "packs", len(acks), "err", err)
+	}
+	return kept, taken, nil
+}
+
 // closePacks hands back the packs this gateway holds, as Close ends it: a
 // pack none of whose tasks is done goes back whole (a nak); the tasks of
 // one partly done that are not are stored again, each alone, at the end
@@ -439,9 +540,11 @@ func (q *Queues) closePacks() {
 	type move struct {
 		p    *pack
 		msgs []*nats.Msg
+		is   []int // msgs[k] stores task is[k]
 	}
 	var whole []*nats.Msg
 	var moves []move
+	var refs []taskRef
 	for k, p := range q.packs {
 		delete(q.packs, k)
 		p.del.lost = true // an Ack under way must not ack it now
@@ -458,7 +561,10 @@ func (q *Queues) closePacks() {
 			if p.out[i] {
 				before++
 			}
-			mv.msgs = append(mv.msgs, movedMsgOf(p, i, before))
+			mv.msgs, mv.is = append(mv.msgs, movedMsgOf(p, i, before)), append(mv.is, i)
+			if p.out[i] || p.reissued[i] { // its worker holds a token for it
+				refs = append(refs, taskRef{p, i})
+			}
 		}
 		moves = append(moves, mv)
 	}
@@ -467,12 +573,35 @@ func (q *Queues) closePacks() {
 	}
 	q.mu.Unlock()
 	q.giveBack(whole)
+	// Tasks whose workers hold tokens are marked done before they are
+	// stored apart: a completion through another gateway is refused
+	// from then on, and those completed that way already are not stored.
+	doneAlready, taken, err := q.takeRefs(refs)
+	if err != nil {
+		q.log.Warn("tasks handed out not marked done before they are stored apart; a completion of one through another gateway may then give it two results", "err", err)
+	}
+	skip := make(map[taskRef]bool)
+	for k, r := range refs {
+		if err == nil && doneAlready[k] {
+			skip[r] = true
+		}
+	}
 	for _, mv := range moves {
-		ctx, cancel := q.call()
-		_, err := q.publish(ctx, mv.msgs)
-		cancel()
+		msgs := mv.msgs[:0]
+		for k, m := range mv.msgs {
+			if !skip[taskRef{mv.p, mv.is[k]}] {
+				msgs = append(msgs, m)
+			}
+		}
+		var err error
+		if len(msgs) > 0 {
+			ctx, cancel := q.call()
+			_, err = q.publish(ctx, msgs)
+			cancel()
+		}
 		if err != nil {
 			q.log.Warn("could not store a pack's remaining tasks apart; JetStream delivers the pack again, and its done tasks run again", "queue", mv.p.del.s.queue, "err", err)
+			q.untakeRefs(map[*pack]uint64{mv.p: taken[mv.p]})
 			q.giveBack([]*nats.Msg{mv.p.del.msg})
 			continue
 		}

@@ -355,7 +355,7 @@ func TestStaleRecordOfAnEarlierStreamIsIgnored(t *testing.T) {
 		t.Fatal(err)
 	}
 	key := packRecordKey(streamName("jobs"), 1)
-	if _, err := q.js.Publish(ctx, key, recordValue(0b1111, time.Unix(1, 0))); err != nil {
+	if _, err := q.js.Publish(ctx, key, recordValue(packRecord{done: 0b1111}, time.Unix(1, 0))); err != nil {
 		t.Fatal(err)
 	}
 	putN(t, q, "jobs", 4) // a pack at sequence 1
@@ -367,14 +367,14 @@ func TestStaleRecordOfAnEarlierStreamIsIgnored(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if mask, _ := q.recordedDone(s, 1, m.Time); mask != 0 {
-		t.Fatalf("the stale record read as mask %b for the new pack", mask)
+	if r, err := q.readRecord(ctx, key, m.Time); err != nil || r.done != 0 {
+		t.Fatalf("the stale record read as %+v, %v for the new pack", r, err)
 	}
 	ts := getN(t, q, "jobs", 1, 4, time.Second)
 	if _, err := q.Ack(queue.AckRequest{Queue: "jobs", Owner: 1, IDs: []uint64{ts[1].ID}}, nil); err != nil {
 		t.Fatal(err)
 	}
-	if mask, _ := q.recordedDone(s, 1, m.Time); mask != 0b10 {
-		t.Fatalf("the new pack's record reads %b, want its task 2 done, written over the stale one", mask)
+	if r, err := q.readRecord(ctx, key, m.Time); err != nil || r.done != 0b10 {
+		t.Fatalf("the new pack's record reads %+v, %v; want its task 2 done, written over the stale one", r, err)
 	}
 }

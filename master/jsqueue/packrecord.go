@@ -3,6 +3,7 @@ package jsqueue
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/bits"
 	"strconv"
 	"strings"
@@ -17,12 +18,14 @@ import (
 // the done ones run again when JetStream delivers the pack to another,
 // each completion that leaves a pack with tasks still to do first records
 // which of its tasks are done: one message per pack in the stream
-// recordsStream, on a subject of its own, a mask of its indexes, written
-// by compare-and-set (the subject's last sequence) by the one gateway that
-// holds the pack. The gateway that fetches a redelivered pack reads it,
-// and counts those tasks done. The message is deleted once the pack is
-// acked. A completion that finishes its pack (the common case with
-// batched workers) writes nothing.
+// recordsStream, on a subject of its own, a mask of its indexes and the
+// latest delivery of the pack a gateway took, written by compare-and-set
+// (the subject's last sequence). The gateway that fetches a redelivered
+// pack records its delivery there (claimPack), and counts the tasks
+// marked done. Gateways completing packed tasks through tokens write it
+// too (packhandover.go). The message is deleted once the pack is acked.
+// A completion that finishes its pack (the common case with batched
+// workers) writes nothing.
 //
 // A stream rather than a KV bucket: a bucket refuses to delete a message,
 // and its delete markers would stay for the bucket's whole TTL, one per
@@ -39,6 +42,11 @@ const (
 // packRecordKey is the subject of the record of the pack at seq of stream.
 func packRecordKey(stream string, seq uint64) string {
 	return recordsSubject + stream + "." + strconv.FormatUint(seq, 10)
+}
+
+// recordKey is the subject of p's record.
+func (p *pack) recordKey() string {
+	return packRecordKey(streamName(p.del.s.queue), p.del.key.id)
 }
 
 // records returns the records' stream, creating it on first use.
@@ -98,104 +106,209 @@ func (q *Queues) recordPack(ctx context.Context, p *pack, m uint64) error {
 	defer p.recordMu.Unlock()
 	q.mu.Lock()
 	last := p.left <= bits.OnesCount64(m)
-	mask, rev := p.recorded|m, p.recordRev
+	cur := p.rec
 	q.mu.Unlock()
-	if last {
-		return nil // the pack is acked with them
+	if last || m&^cur.done == 0 {
+		return nil // the pack is acked with them; or they are recorded
 	}
-	st, err := q.records(ctx)
+	r, err := q.updateRecord(ctx, p.recordKey(), p.stored, &cur, func(r packRecord) (packRecord, bool) {
+		// Bits another gateway set mean stored results too: kept.
+		return packRecord{done: r.done | m, delivered: max(r.delivered, p.delivery)}, true
+	})
 	if err != nil {
 		return err
 	}
-	key := packRecordKey(streamName(p.del.s.queue), p.del.key.id)
-	ack, err := q.js.Publish(ctx, key, recordValue(mask, p.stored), jetstream.WithExpectLastSequencePerSubject(rev))
-	if isWrongSequence(err) {
-		// A record this gateway did not write last: another pack's, at the
-		// same sequence of an earlier stream of the queue, left there
-		// (written over); or this pack's, written by a gateway that held
-		// it before, unread (recordedDone failed) or late: its tasks are
-		// done too, every bit meaning a stored result.
-		// Or none at all: it aged out (recordsTTL).
-		var last *jetstream.RawStreamMsg
-		var lastSeq uint64
-		last, err = st.GetLastMsgForSubject(ctx, key)
-		switch {
-		case err == nil:
-			if theirs, ok := parseRecord(last.Data, p.stored); ok {
-				mask |= theirs
-			}
-			lastSeq = last.Sequence
-		case errors.Is(err, jetstream.ErrMsgNotFound):
-			err = nil
-		}
-		if err == nil {
-			ack, err = q.js.Publish(ctx, key, recordValue(mask, p.stored), jetstream.WithExpectLastSequencePerSubject(lastSeq))
-		}
-	}
-	if err != nil {
-		return err
-	}
-	q.mu.Lock()
-	p.recorded, p.recordRev = mask, ack.Sequence
-	q.mu.Unlock()
+	q.keepRecord(p, r)
 	return nil
 }
 
-// recordValue is a record's value: the mask, and when the pack was stored,
-// which tells it from a pack stored at the same sequence of a queue
-// deleted and made anew meanwhile.
-func recordValue(mask uint64, stored time.Time) []byte {
-	return []byte(strconv.FormatUint(mask, 10) + " " + strconv.FormatInt(stored.UnixNano(), 10))
+// takeTasks marks the tasks of mask of p done in its record before this
+// gateway stores their results (or stores them apart): tasks handed out
+// before in this delivery of p, whose earlier worker may have completed
+// them through another gateway with that delivery's token (adoptPacked).
+// It returns the tasks it marked; the others are done already.
+func (q *Queues) takeTasks(ctx context.Context, p *pack, m uint64) (taken uint64, err error) {
+	p.recordMu.Lock()
+	defer p.recordMu.Unlock()
+	q.mu.Lock()
+	cur := p.rec
+	q.mu.Unlock()
+	r, err := q.updateRecord(ctx, p.recordKey(), p.stored, &cur, func(r packRecord) (packRecord, bool) {
+		taken = 0
+		if r.delivered > p.delivery { // delivered again since: not this gateway's
+			return r, false
+		}
+		if taken = m &^ r.done; taken == 0 {
+			return r, false
+		}
+		return packRecord{done: r.done | taken, delivered: max(r.delivered, p.delivery)}, true
+	})
+	if err != nil {
+		return 0, err
+	}
+	q.keepRecord(p, r)
+	return taken, nil
 }
 
-// recordedDone reads which tasks of the pack stored at seq of s at stored
-// were recorded done by the gateway that held it before: a mask, and the
-// record's revision (0: none). A failure to read is logged, and counts as
-// none: at worst those tasks run again.
-func (q *Queues) recordedDone(s *stream, seq uint64, stored time.Time) (mask, rev uint64) {
-	ctx, cancel := q.call()
-	defer cancel()
-	st, err := q.records(ctx)
-	var m *jetstream.RawStreamMsg
-	if err == nil {
-		m, err = st.GetLastMsgForSubject(ctx, packRecordKey(streamName(s.queue), seq))
+// untakeTasks undoes takeTasks for tasks whose results (or copies) could
+// not be stored: they are to do again.
+func (q *Queues) untakeTasks(ctx context.Context, p *pack, m uint64) {
+	p.recordMu.Lock()
+	defer p.recordMu.Unlock()
+	q.mu.Lock()
+	cur := p.rec
+	q.mu.Unlock()
+	r, err := q.updateRecord(ctx, p.recordKey(), p.stored, &cur, func(r packRecord) (packRecord, bool) {
+		return packRecord{done: r.done &^ m, delivered: r.delivered}, r.done&m != 0
+	})
+	if err != nil {
+		q.log.Warn("tasks marked done but not stored are still marked; they run again only if their gateway holds them on",
+			"queue", p.del.s.queue, "err", err)
+		return
 	}
+	q.keepRecord(p, r)
+}
+
+// keepRecord keeps r, p's record as this gateway last read or wrote
+// it. A record of a later delivery means that p is not this gateway's any
+// more: it is dropped, as when its renewals go unconfirmed.
+func (q *Queues) keepRecord(p *pack, r recordState) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	p.rec = r
+	if r.delivered > p.delivery && q.packs[p.del.key] == p {
+		q.loseLocked(p)
+	}
+}
+
+// packRecord is what the record of a pack says: which of its tasks are
+// done, and the latest delivery of the pack a gateway took (0: none was
+// recorded).
+type packRecord struct {
+	done, delivered uint64
+}
+
+// recordState is a record as last read or written: its content, and its
+// revision (the subject's last sequence; 0: there is none). A record of
+// another pack (of an earlier stream of the queue) reads as empty, at its
+// revision, to be written over.
+type recordState struct {
+	packRecord
+	rev uint64
+}
+
+// recordValue is a record's value: the mask of tasks done, when the pack
+// was stored (which tells it from a pack stored at the same sequence of a
+// queue deleted and made anew meanwhile), and the delivery.
+func recordValue(r packRecord, stored time.Time) []byte {
+	return fmt.Appendf(nil, "%d %d %d", r.done, stored.UnixNano(), r.delivered)
+}
+
+// parseRecord reads a record's value (recordValue; gateways before
+// deliveries were recorded wrote the first two fields), if it is of the
+// pack stored at stored.
+func parseRecord(data []byte, stored time.Time) (packRecord, bool) {
+	f := strings.Fields(string(data))
+	if len(f) < 2 || len(f) > 3 || f[1] != strconv.FormatInt(stored.UnixNano(), 10) {
+		return packRecord{}, false
+	}
+	var r packRecord
+	var err error
+	if r.done, err = strconv.ParseUint(f[0], 10, 64); err != nil {
+		return packRecord{}, false
+	}
+	if len(f) == 3 {
+		if r.delivered, err = strconv.ParseUint(f[2], 10, 64); err != nil {
+			return packRecord{}, false
+		}
+	}
+	return r, true
+}
+
+// readRecord reads the record at key of the pack stored at stored.
+func (q *Queues) readRecord(ctx context.Context, key string, stored time.Time) (recordState, error) {
+	st, err := q.records(ctx)
+	if err != nil {
+		return recordState{}, err
+	}
+	m, err := st.GetLastMsgForSubject(ctx, key)
 	switch {
 	case errors.Is(err, jetstream.ErrMsgNotFound):
-		return 0, 0
+		return recordState{}, nil // none, or aged out (recordsTTL)
 	case err != nil:
-		q.log.Warn("a redelivered pack's record not read; its done tasks may run again", "queue", s.queue, "seq", seq, "err", err)
-		return 0, 0
+		return recordState{}, err
 	}
-	mask, ok := parseRecord(m.Data, stored)
-	if !ok {
-		// Another pack's, at the same sequence of an earlier stream of
-		// the queue: this pack's gateway writes its own over it (its last
-		// sequence).
-		return 0, m.Sequence
-	}
-	return mask, m.Sequence
+	r, _ := parseRecord(m.Data, stored) // another pack's reads as empty
+	return recordState{r, m.Sequence}, nil
 }
 
-// parseRecord reads a record's value (recordValue), if it is of the pack
-// stored at stored.
-func parseRecord(data []byte, stored time.Time) (mask uint64, ok bool) {
-	maskText, at, _ := strings.Cut(string(data), " ")
-	mask, err := strconv.ParseUint(maskText, 10, 64)
-	if err != nil || at != strconv.FormatInt(stored.UnixNano(), 10) {
-		return 0, false
+// updateRecord changes the record at key of the pack stored at stored, by
+// compare-and-set on its revision: change gets the record as it is (cur,
+// if the caller knows it, else read) and returns it as it is to be, or
+// false to leave it. If another gateway wrote it meanwhile, it is read
+// again and change applied to that. It returns the record as it is now.
+func (q *Queues) updateRecord(ctx context.Context, key string, stored time.Time, cur *recordState, change func(packRecord) (packRecord, bool)) (recordState, error) {
+	if _, err := q.records(ctx); err != nil {
+		return recordState{}, err
 	}
-	return mask, true
+	var r recordState
+	if cur != nil {
+		r = *cur
+	} else {
+		var err error
+		if r, err = q.readRecord(ctx, key, stored); err != nil {
+			return r, err
+		}
+	}
+	for range maxRecordTries {
+		next, write := change(r.packRecord)
+		if !write {
+			return r, nil
+		}
+		ack, err := q.js.Publish(ctx, key, recordValue(next, stored), jetstream.WithExpectLastSequencePerSubject(r.rev))
+		if err == nil {
+			return recordState{next, ack.Sequence}, nil
+		}
+		if !isWrongSequence(err) {
+			return r, err
+		}
+		if r, err = q.readRecord(ctx, key, stored); err != nil {
+			return r, err
+		}
+	}
+	return r, fmt.Errorf("the record %s kept changing", key)
+}
+
+// maxRecordTries bounds the compare-and-sets of one update of a record:
+// each lost one means that another gateway wrote it meanwhile, and few
+// gateways ever write one pack's.
+const maxRecordTries = 8
+
+// claimPack records that this gateway holds delivery delivered of the
+// pack at seq of s, stored at stored, and returns its record: which of
+// its tasks are done. From then on no completion through a token of an
+// earlier delivery is taken (adoptPacked). A failure is logged: what was
+// read counts, at worst nothing, and those tasks run again.
+func (q *Queues) claimPack(s *stream, seq, delivered uint64, stored time.Time) recordState {
+	ctx, cancel := q.call()
+	defer cancel()
+	r, err := q.updateRecord(ctx, packRecordKey(streamName(s.queue), seq), stored, nil, func(r packRecord) (packRecord, bool) {
+		return packRecord{done: r.done, delivered: delivered}, r.delivered < delivered
+	})
+	if err != nil {
+		q.log.Warn("a redelivered pack not recorded as taken; its done tasks may run again", "queue", s.queue, "seq", seq, "err", err)
+	}
+	return r
 }
 
 // recordOfLocked notes the record of p, done, to be deleted once p's ack
 // is through (packsAcked): a record deleted before an ack that then
 // fails would let the done tasks run again. Called with q.mu held.
 func (q *Queues) recordOfLocked(p *pack) {
-	if p.recordRev == 0 {
+	if p.rec.rev == 0 {
 		return
 	}
-	q.recordOf[p.del.msg] = packRecordKey(streamName(p.del.s.queue), p.del.key.id)
+	q.recordOf[p.del.msg] = p.recordKey()
 	q.recordsPending.Store(int64(len(q.recordOf)))
 }
 

@@ -1,0 +1,253 @@
+package jsqueue
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/qm-dev/qm/master/queue"
+)
+
+// A packed task carries a token too (packToken): its pack's delivery's
+// ack subject, and its attempt. A worker whose gateway died completes,
+// renews or fails it through another gateway with it, as an unpacked
+// task's (handover.go). The pack's record (packrecord.go) is where the
+// gateways agree on who does what:
+//
+//   - a gateway taking a completion (or failure) through a token marks
+//     the task done in the record, by compare-and-set, unless it is done
+//     already or a later delivery of the pack is recorded, and only then
+//     stores its results (adoptPacked);
+//   - the gateway that fetches a redelivered pack records its delivery
+//     there before it hands out any of its tasks (claimPack): tokens of
+//     earlier deliveries are refused from then on;
+//   - the gateway that holds the pack marks a task done there before it
+//     stores its results, or stores it apart, when that task was handed
+//     out before in this delivery (pack.reissued): its earlier worker
+//     holds a token for it. Then one of the two completions is refused.
+//     A task handed out once needs no mark: only its worker holds its
+//     token.
+
+// packedHandout is a packed task as a token names it: a handout in a
+// delivery of its pack.
+type packedHandout struct {
+	s      *stream
+	tok    ackToken // the pack's delivery
+	reply  string   // its ack subject
+	index  int
+	tasks  int // in the pack
+	stored time.Time
+	task   queue.Task // as handed out
+}
+
+func (h *packedHandout) key() string { return packRecordKey(streamName(h.s.queue), h.tok.seq) }
+func (h *packedHandout) bit() uint64 { return 1 << h.index }
+
+// currentIn reports whether record r leaves h the current handout of its
+// task: no later delivery of its pack taken, and the task not done.
+func (h *packedHandout) currentIn(r packRecord) bool {
+	return r.delivered <= h.tok.delivered && r.done&h.bit() == 0
+}
+
+// allTasks is the mask of every task of a pack of n.
+func allTasks(n int) uint64 { return uint64(1)<<n - 1 }
+
+// packedHandoutOf reads packed task id as token, a packToken of a
+// delivery of one of s's packs, handed it out; ok is false if the token
+// is not one, or the pack is acked.
+func (q *Queues) packedHandoutOf(ctx context.Context, s *stream, id uint64, token string) (h *packedHandout, ok bool, err error) {
+	tok, reply, attempts, valid := parsePackToken(token)
+	seq, i, packed := packOf(id)
+	if !valid || !packed || tok.stream != streamName(s.queue) || tok.consumer != consumerName || tok.seq != seq {
+		return nil, false, nil
+	}
+	raw, err := s.st.GetMsg(ctx, seq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, false, nil // acked already
+	}
+	if err != nil {
+		return nil, false, q.engineErr("read a task", err)
+	}
+	payloads, err := decodePack(raw.Data, raw.Header.Get(hdrPack))
+	if err != nil || i >= len(payloads) {
+		return nil, false, nil
+	}
+	t := taskOf(seq, raw.Time, raw.Header, payloads[i], tok.delivered)
+	t.ID, t.Attempts, t.Token = id, attempts, token
+	return &packedHandout{s: s, tok: tok, reply: reply, index: i, tasks: len(payloads), stored: raw.Time, task: t}, true, nil
+}
+
+// takeHandout marks h's task done in its pack's record if h is its
+// current handout; ok is false if it is not. r is the record after.
+func (q *Queues) takeHandout(ctx context.Context, h *packedHandout) (r recordState, ok bool, err error) {
+	r, err = q.updateRecord(ctx, h.key(), h.stored, nil, func(r packRecord) (packRecord, bool) {
+		ok = h.currentIn(r)
+		return packRecord{done: r.done | h.bit(), delivered: max(r.delivered, h.tok.delivered)}, ok
+	})
+	if err != nil {
+		return r, false, q.engineErr("record a completion", err)
+	}
+	return r, ok, nil
+}
+
+// untakeHandout undoes takeHandout, for a task whose results could not
+// be stored: it is to do again, by whoever holds its pack.
+func (q *Queues) untakeHandout(h *packedHandout) {
+	ctx, cancel := q.call()
+	defer cancel()
+	_, err := q.updateRecord(ctx, h.key(), h.stored, nil, func(r packRecord) (packRecord, bool) {
+		return packRecord{done: r.done &^ h.bit(), delivered: r.delivered}, r.done&h.bit() != 0
+	})
+	if err != nil {
+		q.log.Warn("a packed task whose results were not stored is still marked done; it does not run again",
+			"queue", h.s.queue, "task", h.task.ID, "err", err)
+	}
+}
+
+// adoptPacked takes a completion of packed task id of s through token, a
+// delivery another gateway handed out, if it is its task's current one
+// (takeHandout). The pack is acked when that completes it.
+func (q *Queues) adoptPacked(s *stream, id uint64, token string) (orphan, bool, error) {
+	ctx, cancel := q.call()
+	defer cancel()
+	h, ok, err := q.packedHandoutOf(ctx, s, id, token)
+	if err != nil || !ok {
+		return orphan{}, false, err
+	}
+	r, ok, err := q.takeHandout(ctx, h)
+	if err != nil || !ok {
+		return orphan{}, false, err
+	}
+	return orphan{task: h.task, msg: &nats.Msg{Reply: h.reply}, packed: h, packDone: r.done == allTasks(h.tasks)}, true, nil
+}
+
+// settlePacked acks the pack of h, an adopted handout whose results are
+// stored, if that left none of its tasks to do; its record is then of no
+// use.
+func (q *Queues) settlePacked(o orphan) error {
+	if !o.packDone {
+		return nil // the gateway that holds the pack, or fetches it next, acks it
+	}
+	if err := q.ack(o.msg); err != nil {
+		return err
+	}
+	q.mu.Lock()
+	q.staleRecords = append(q.staleRecords, o.packed.key())
+	q.wakeReaper()
+	q.mu.Unlock()
+	return nil
+}
+
+// renewPacked restarts JetStream's ack timer of the pack of packed task
+// id of s, named by token, if the token names its current handout.
+func (q *Queues) renewPacked(ctx context.Context, s *stream, id uint64, token string) (bool, error) {
+	h, ok, err := q.packedHandoutOf(ctx, s, id, token)
+	if err != nil || !ok {
+		return false, err
+	}
+	r, err := q.readRecord(ctx, h.key(), h.stored)
+	if err != nil {
+		return false, q.engineErr("read a pack's record", err)
+	}
+	if !h.currentIn(r.packRecord) {
+		return false, nil
+	}
+	_, err = q.cfg.Conn.RequestWithContext(ctx, h.reply, progressPayload)
+	return err == nil, err
+}
+
+// failPacked ends a failed attempt of a packed task reported through a
+// token another gateway handed out: once marked done in its pack, the
+// task is stored again alone, at the end of its queue (at once: a retry
+// delay is not kept), or in its dead-letter queue after its last attempt.
+func (q *Queues) failPacked(s *stream, req queue.NackRequest) error {
+	ctx, cancel := q.call()
+	defer cancel()
+	h, ok, err := q.packedHandoutOf(ctx, s, req.ID, req.Token)
+	if err == nil && ok {
+		var r recordState
+		if r, ok, err = q.takeHandout(ctx, h); err == nil && ok {
+			return q.storeFailed(ctx, h, r, req.Error)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	return notLeased([]uint64{req.ID})
+}
+
+func (q *Queues) storeFailed(ctx context.Context, h *packedHandout, r recordState, errText string) error {
+	q.mu.Lock()
+	q.counters(h.s.queue).nacks++
+	q.mu.Unlock()
+	t := h.task
+	t.LastError = errText
+	dead := t.Attempts >= q.cfg.MaxAttempts && !queue.IsDeadLetterName(h.s.queue)
+	to, err := h.s, error(nil)
+	if dead {
+		to, err = q.open(queue.DeadLetterName(h.s.queue), true)
+	}
+	if err == nil {
+		m := movedMsg(to.subject, t, t.Attempts)
+		// Reported again (its reply lost), it is stored once.
+		m.Header.Set(jetstream.MsgIDHeader, "qm-failed-"+strconv.FormatUint(t.ID, 36)+"-"+strconv.FormatUint(h.tok.delivered, 36)+"-"+strconv.Itoa(t.Attempts))
+		_, err = q.publish(ctx, []*nats.Msg{m})
+	}
+	if err != nil {
+		q.untakeHandout(h)
+		return err
+	}
+	if dead && q.cfg.OnDead != nil {
+		q.cfg.OnDead(h.s.queue, t)
+	}
+	return q.settlePacked(orphan{msg: &nats.Msg{Reply: h.reply}, packed: h, packDone: r.done == allTasks(h.tasks)})
+}
+
+// taskRef names task i of pack p.
+type taskRef struct {
+	p *pack
+	i int
+}
+
+// takeRefs marks the tasks of refs done in their packs' records
+// (takeTasks), before this gateway stores their results or copies. It
+// returns which of them were done already (through another gateway: this
+// gateway must not store them too), and the tasks it marked, for
+// untakeRefs if the storing fails.
+func (q *Queues) takeRefs(refs []taskRef) (doneAlready []bool, taken map[*pack]uint64, err error) {
+	byPack := make(map[*pack]uint64)
+	for _, r := range refs {
+		byPack[r.p] |= 1 << r.i
+	}
+	ctx, cancel := q.call()
+	defer cancel()
+	taken = make(map[*pack]uint64, len(byPack))
+	for p, m := range byPack {
+		t, err := q.takeTasks(ctx, p, m)
+		if err != nil {
+			q.untakeRefs(taken)
+			return nil, nil, q.engineErr("record a completion", err)
+		}
+		taken[p] = t
+	}
+	doneAlready = make([]bool, len(refs))
+	for k, r := range refs {
+		doneAlready[k] = taken[r.p]&(1<<r.i) == 0
+	}
+	return doneAlready, taken, nil
+}
+
+// untakeRefs undoes takeRefs's marks.
+func (q *Queues) untakeRefs(taken map[*pack]uint64) {
+	ctx, cancel := q.call()
+	defer cancel()
+	for p, m := range taken {
+		if m != 0 {
+			q.untakeTasks(ctx, p, m)
+		}
+	}
+}

@@ -1,0 +1,271 @@
+package jsqueue_test
+
+import (
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/qm-dev/qm/master/jsqueue"
+	"github.com/qm-dev/qm/master/queue"
+)
+
+// packCfg is a packing gateway's configuration for these tests: packs of
+// 4, held tasks kept (not moved apart during a test).
+func packCfg(ackWait time.Duration) jsqueue.Config {
+	return jsqueue.Config{Pack: 4, HoldFor: time.Minute, AckWait: ackWait}
+}
+
+// getAll takes tasks through q until it has want or wait has passed.
+func getAll(t *testing.T, q *jsqueue.Queues, owner uint64, want int, wait time.Duration) []queue.Task {
+	t.Helper()
+	var got []queue.Task
+	deadline := time.Now().Add(wait)
+	for len(got) < want && time.Now().Before(deadline) {
+		got = append(got, get(t, q, "jobs", owner, want-len(got), time.Minute, time.Until(deadline))...)
+	}
+	return got
+}
+
+// A packed task handed out by a gateway that then dies is completed
+// through another with its token: its result is published once, and when
+// JetStream delivers the pack again, only its other tasks run.
+func TestPackedTaskCompletesThroughAnotherGateway(t *testing.T) {
+	n := startNode(t)
+	ncA := connect(t, n)
+	const ackWait = 500 * time.Millisecond
+	cfgA := packCfg(ackWait)
+	cfgA.Conn = ncA
+	a := newQueues(t, n, cfgA)
+	b := newQueues(t, n, packCfg(ackWait))
+	c := newQueues(t, n, packCfg(ackWait))
+	ids := put(t, b, "jobs", "w", "x", "y", "z")
+	got := get(t, a, "jobs", 1, 2, time.Minute, time.Second)
+	if len(got) != 2 || !strings.Contains(got[1].Token, "#") {
+		t.Fatalf("got %+v, want two packed tasks with tokens", got)
+	}
+	ncA.Close() // the gateway dies, holding the pack
+
+	published, err := ackThrough(b, 7, got[1])
+	if err != nil || len(published) != 1 || published[0].ID != ids[1] || string(published[0].Payload) != "x" {
+		t.Fatalf("completion through another gateway: published %+v, %v", published, err)
+	}
+	for _, q := range []*jsqueue.Queues{b, c} {
+		if published, err := ackThrough(q, 7, got[1]); !errors.Is(err, queue.ErrNotLeased) || len(published) != 0 {
+			t.Fatalf("the same completion again: published %+v, %v; want ErrNotLeased", published, err)
+		}
+	}
+	reaping(t, c)
+	again := getAll(t, c, 9, 4, 20*ackWait)
+	if want := []uint64{ids[0], ids[2], ids[3]}; !slices.Equal(ids0(again), want) {
+		t.Fatalf("after the gateway died got %v, want %v: the pack less the task completed", ids0(again), want)
+	}
+	if again[0].Attempts != 2 {
+		t.Errorf("attempt %d, want 2", again[0].Attempts)
+	}
+	if published, err := ackThrough(c, 9, again...); err != nil || len(published) != 3 {
+		t.Fatalf("the rest: published %d, %v", len(published), err)
+	}
+	if n := stored(t, c, "jobs"); n != 0 {
+		t.Fatalf("%d messages stored once every task was done", n)
+	}
+}
+
+func ids0(ts []queue.Task) []uint64 {
+	out := make([]uint64, len(ts))
+	for i, t := range ts {
+		out[i] = t.ID
+	}
+	return out
+}
+
+// Once a gateway has taken the pack's next delivery, completions through
+// tokens of the earlier one are refused, through any gateway.
+func TestRedeliveredPackRefusesEarlierTokens(t *testing.T) {
+	n := startNode(t)
+	ncA := connect(t, n)
+	const ackWait = 500 * time.Millisecond
+	cfgA := packCfg(ackWait)
+	cfgA.Conn = ncA
+	a := newQueues(t, n, cfgA)
+	b := newQueues(t, n, packCfg(ackWait))
+	c := newQueues(t, n, packCfg(ackWait))
+	reaping(t, b)
+	ids := put(t, b, "jobs", "w", "x")
+	first := get(t, a, "jobs", 1, 1, time.Minute, time.Second)
+	if len(first) != 1 {
+		t.Fatal("no task")
+	}
+	ncA.Close()
+	second := getAll(t, b, 2, 2, 20*ackWait)
+	if !slices.Equal(ids0(second), ids) || second[0].Attempts != 2 || second[0].Token == first[0].Token {
+		t.Fatalf("after the first gateway died got %+v, want both tasks at attempt 2, with tokens of their own", second)
+	}
+	for _, q := range []*jsqueue.Queues{b, c} {
+		if published, err := ackThrough(q, 7, first[0]); !errors.Is(err, queue.ErrNotLeased) || len(published) != 0 {
+			t.Fatalf("completion of the earlier delivery: published %+v, %v; want ErrNotLeased", published, err)
+		}
+	}
+	if published, err := ackThrough(c, 7, second[0]); err != nil || len(published) != 1 || published[0].Attempts != 2 {
+		t.Fatalf("completion of the current delivery through another gateway: published %+v, %v", published, err)
+	}
+}
+
+// A packed task handed out again by a live gateway (its first worker
+// left) gets one result, whichever of its two workers completes first:
+// the first through another gateway, with its token, or the second.
+func TestReissuedPackedTaskHasOneResult(t *testing.T) {
+	for _, firstWins := range []bool{true, false} {
+		t.Run(map[bool]string{true: "first worker", false: "second worker"}[firstWins], func(t *testing.T) {
+			n := startNode(t)
+			a := newQueues(t, n, packCfg(0))
+			b := newQueues(t, n, packCfg(0))
+			reaping(t, a)
+			ids := put(t, a, "jobs", "x", "y")
+			first := get(t, a, "jobs", 1, 1, time.Minute, time.Second)
+			if len(first) != 1 {
+				t.Fatal("no task")
+			}
+			a.Release(1) // its worker left a, for b
+			second := get(t, a, "jobs", 2, 1, time.Minute, time.Second)
+			if len(second) != 1 || second[0].ID != ids[0] || second[0].Token == first[0].Token {
+				t.Fatalf("got %+v, want task %d again, with a token of its own", second, ids[0])
+			}
+			firstAck := func() ([]queue.Task, error) { return ackThrough(b, 1, first[0]) }
+			secondAck := func() ([]queue.Task, error) { return ackThrough(a, 2, second[0]) }
+			if !firstWins {
+				firstAck, secondAck = secondAck, firstAck
+			}
+			if published, err := firstAck(); err != nil || len(published) != 1 {
+				t.Fatalf("the first completion: published %+v, %v", published, err)
+			}
+			if published, err := secondAck(); !errors.Is(err, queue.ErrNotLeased) || len(published) != 0 {
+				t.Fatalf("the second completion: published %+v, %v; want ErrNotLeased", published, err)
+			}
+			rest := get(t, a, "jobs", 3, 2, time.Minute, time.Second)
+			if !slices.Equal(ids0(rest), ids[1:]) {
+				t.Fatalf("then got %v, want only %d", ids0(rest), ids[1])
+			}
+			if published, err := ackThrough(a, 3, rest...); err != nil || len(published) != 1 {
+				t.Fatalf("the other task: published %+v, %v", published, err)
+			}
+			if n := stored(t, a, "jobs"); n != 0 {
+				t.Fatalf("%d messages stored once both tasks were done", n)
+			}
+		})
+	}
+}
+
+// A packed task whose gateway died is renewed through another by its
+// token: its pack outlives its ack wait, and is delivered again only
+// after the task is completed, less that task.
+func TestPackedTaskRenewsThroughAnotherGateway(t *testing.T) {
+	n := startNode(t)
+	ncA := connect(t, n)
+	const ackWait = 400 * time.Millisecond
+	cfgA := packCfg(ackWait)
+	cfgA.Conn = ncA
+	a := newQueues(t, n, cfgA)
+	b := newQueues(t, n, packCfg(ackWait))
+	c := newQueues(t, n, packCfg(ackWait))
+	ids := put(t, b, "jobs", "x", "y")
+	got := get(t, a, "jobs", 1, 1, time.Minute, time.Second)
+	if len(got) != 1 {
+		t.Fatal("no task")
+	}
+	ncA.Close()
+	deadline := time.Now().Add(4 * ackWait)
+	for time.Now().Before(deadline) {
+		if err := b.ExtendDeliveries("jobs", []uint64{got[0].ID}, []string{got[0].Token}); err != nil {
+			t.Fatalf("renewal through another gateway: %v", err)
+		}
+		if ts := get(t, c, "jobs", 2, 1, time.Minute, ackWait/4); len(ts) != 0 {
+			t.Fatalf("a renewed pack was handed out again: %+v", ts)
+		}
+	}
+	if published, err := ackThrough(c, 7, got[0]); err != nil || len(published) != 1 {
+		t.Fatalf("completion after the renewals: published %+v, %v", published, err)
+	}
+	if err := b.ExtendDeliveries("jobs", []uint64{got[0].ID}, []string{got[0].Token}); !errors.Is(err, queue.ErrNotLeased) {
+		t.Fatalf("renewal of a completed task: %v, want ErrNotLeased", err)
+	}
+	reaping(t, c)
+	if rest := getAll(t, c, 8, 2, 20*ackWait); !slices.Equal(ids0(rest), ids[1:]) {
+		t.Fatalf("then got %v, want only %d", ids0(rest), ids[1])
+	}
+}
+
+// A failed attempt of a packed task is reported through another gateway
+// by its token: the task comes again alone, with the error and the next
+// attempt, or goes to the dead-letter queue after its last.
+func TestPackedTaskFailsThroughAnotherGateway(t *testing.T) {
+	for _, maxAttempts := range []int{3, 1} {
+		n := startNode(t)
+		ncA := connect(t, n)
+		cfgA := packCfg(time.Minute)
+		cfgA.Conn, cfgA.MaxAttempts = ncA, maxAttempts
+		a := newQueues(t, n, cfgA)
+		cfgB := packCfg(time.Minute)
+		cfgB.MaxAttempts = maxAttempts
+		b := newQueues(t, n, cfgB)
+		put(t, b, "jobs", "x", "y")
+		got := get(t, a, "jobs", 1, 1, time.Minute, time.Second)
+		if len(got) != 1 {
+			t.Fatal("no task")
+		}
+		ncA.Close()
+		nack := queue.NackRequest{Queue: "jobs", Owner: 7, ID: got[0].ID, Error: "boom", Token: got[0].Token}
+		if err := b.Nack(nack); err != nil {
+			t.Fatalf("nack through another gateway: %v", err)
+		}
+		if err := b.Nack(nack); !errors.Is(err, queue.ErrNotLeased) {
+			t.Fatalf("the same nack again: %v, want ErrNotLeased", err)
+		}
+		if maxAttempts == 1 {
+			st, err := b.Stats(queue.DeadLetterName("jobs"))
+			if err != nil || st.Ready != 1 {
+				t.Fatalf("dead-letter queue %+v, %v: want the task there", st, err)
+			}
+			continue
+		}
+		again := get(t, b, "jobs", 7, 1, time.Minute, 5*time.Second)
+		if len(again) != 1 || again[0].ID != got[0].ID || again[0].Attempts != 2 || again[0].LastError != "boom" {
+			t.Fatalf("after the nack got %+v, want the task alone at attempt 2 with its error", again)
+		}
+	}
+}
+
+// A held task handed out before, and completed meanwhile through another
+// gateway by its first worker's token, is not stored apart when held
+// tasks move on: it is done.
+func TestHeldTaskCompletedElsewhereIsNotMoved(t *testing.T) {
+	n := startNode(t)
+	a := newQueues(t, n, jsqueue.Config{Pack: 4, HoldFor: 200 * time.Millisecond})
+	b := newQueues(t, n, packCfg(0))
+	reaping(t, a)
+	ids := put(t, a, "jobs", "x", "y")
+	first := get(t, a, "jobs", 1, 1, time.Minute, time.Second)
+	if len(first) != 1 {
+		t.Fatal("no task")
+	}
+	a.Release(1) // its worker left a for b: the task is held again
+	if published, err := ackThrough(b, 1, first[0]); err != nil || len(published) != 1 {
+		t.Fatalf("completion through another gateway: published %+v, %v", published, err)
+	}
+	// a moves both held tasks apart after HoldFor: y only is stored.
+	moved := getAll(t, b, 2, 2, 1500*time.Millisecond)
+	if !slices.Equal(ids0(moved), ids[1:]) {
+		t.Fatalf("got %v, want only %d stored apart", ids0(moved), ids[1])
+	}
+	if published, err := ackThrough(b, 2, moved...); err != nil || len(published) != 1 {
+		t.Fatalf("the moved task: published %+v, %v", published, err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for stored(t, b, "jobs") != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d messages still stored 5s after every task was done", stored(t, b, "jobs"))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
