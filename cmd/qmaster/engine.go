@@ -63,8 +63,6 @@ func (o *engineOptions) validate(s *serveOptions) error {
 		return usageErrorf("--pack must be between 1 and %d", jsqueue.MaxPack)
 	case o.Pack > 1 && !o.enabled():
 		return usageErrorf("--pack goes with --nats or --cluster-listen")
-	case o.Pack > 1 && s.MaxQueueLen > 0:
-		return usageErrorf("--pack does not go with --max-queue-len yet: the length checked would count packs, not tasks")
 	}
 	if o.ClusterListen != "" && o.Replicas > len(o.ClusterPeers) {
 		return usageErrorf("--replicas %d is more than the %d nodes of --cluster-peers", o.Replicas, len(o.ClusterPeers))

@@ -126,7 +126,6 @@ func TestUsageErrors(t *testing.T) {
 		{"replicas alone", rootCmd, []string{"--replicas", "3"}, "--replicas goes with --nats or --cluster-listen"},
 		{"pack alone", rootCmd, []string{"--pack", "8"}, "--pack goes with --nats or --cluster-listen"},
 		{"pack too big", rootCmd, []string{"--nats", "nats://a:4222", "--pack", "65"}, "--pack must be between 1 and 64"},
-		{"pack and max length", rootCmd, []string{"--nats", "nats://a:4222", "--pack", "8", "--max-queue-len", "10"}, "--pack does not go with --max-queue-len"},
 		{"replicas over peers", rootCmd, []string{"--cluster-listen", "a:6222", "--cluster-peers", "a:6222,b:6222", "--data-dir", "d", "--replicas", "3"}, "more than the 2 nodes"},
 		{"put tls key without cert", func(t *testing.T) *cobra.Command {
 			return newCmdPut(&factory{}, func(o *putOptions) error { return never(t)(o) })

@@ -20,7 +20,11 @@ import (
 
 // Stats returns a queue's figures: Ready and Leased from its consumer,
 // Puts from its stream (every task ever stored in it), Gets from the
-// consumer's deliveries, Done as Puts less what the stream holds.
+// consumer's deliveries, Done as Puts less what the stream holds. Packed
+// tasks count one by one (packcount.go), except in Gets, which counts
+// deliveries of messages; and Leased counts the tasks of packs delivered
+// and not yet acked as the stream's mean per message, exact when no pack
+// or every stored one is delivered.
 func (q *Queues) Stats(name string) (queue.Stats, error) {
 	s, err := q.open(name, false)
 	if err != nil {
@@ -28,7 +32,7 @@ func (q *Queues) Stats(name string) (queue.Stats, error) {
 	}
 	ctx, cancel := q.call()
 	defer cancel()
-	si, err := s.st.Info(ctx)
+	si, err := s.st.Info(ctx, jetstream.WithSubjectFilter(packSubjects(s.subject)))
 	if err != nil {
 		return queue.Stats{}, q.adminErr(name, "stats", err)
 	}
@@ -52,16 +56,28 @@ func (q *Queues) figures(s *stream, state jetstream.StreamState, dead int) (queu
 	if err != nil {
 		return queue.Stats{}, q.adminErr(s.queue, "stats", err)
 	}
+	stored, puts := storedTasks(state), state.LastSeq
+	if q.cfg.Pack > 1 || len(state.Subjects) > 0 {
+		extra, err := q.packedExtra(ctx, s.queue)
+		if err != nil {
+			return queue.Stats{}, q.adminErr(s.queue, "stats", err)
+		}
+		puts += extra
+	}
+	leased := uint64(ci.NumAckPending)
+	if stored != state.Msgs && state.Msgs > 0 { // packs: their mean size
+		leased = min(stored, (leased*stored+state.Msgs/2)/state.Msgs)
+	}
 	st := queue.Stats{
 		Queue:     s.queue,
-		Leased:    ci.NumAckPending,
-		Ready:     max(0, int(state.Msgs)-ci.NumAckPending),
+		Leased:    int(leased),
+		Ready:     int(stored - min(leased, stored)),
 		Dead:      dead,
 		Consumers: ci.NumWaiting,
 		Paused:    ci.Paused,
-		Puts:      state.LastSeq,
+		Puts:      max(puts, stored),
 		Gets:      ci.Delivered.Consumer,
-		Acks:      state.LastSeq - state.Msgs,
+		Acks:      max(puts, stored) - stored,
 	}
 	st.Done = st.Acks
 	if !queue.IsDeadLetterName(s.queue) {
@@ -125,7 +141,17 @@ func (q *Queues) AllStats() []queue.Stats {
 		if !queue.IsDeadLetterName(name) {
 			dead = int(states[queue.DeadLetterName(name)].Msgs)
 		}
-		if st, err := q.figures(s, states[name], dead); err == nil {
+		state := states[name]
+		if state.Msgs > 0 && (state.NumSubjects > 1 || q.cfg.Pack > 1) { // packs: counted by subject
+			ctx, cancel := q.call()
+			si, err := s.st.Info(ctx, jetstream.WithSubjectFilter(packSubjects(s.subject)))
+			cancel()
+			if err != nil {
+				continue
+			}
+			state = si.State
+		}
+		if st, err := q.figures(s, state, dead); err == nil {
 			all = append(all, st)
 		}
 	}
@@ -141,7 +167,9 @@ func (q *Queues) AllStats() []queue.Stats {
 func (q *Queues) scan(s *stream, f func(seq uint64, t queue.Task, packed bool) bool) error {
 	for seq := uint64(1); ; seq++ {
 		ctx, cancel := q.call()
-		m, err := s.st.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(s.subject))
+		// The next message at or after seq: the stream holds only its
+		// queue's, plain and packs.
+		m, err := s.st.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(">"))
 		cancel()
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			return nil
@@ -230,6 +258,11 @@ func (q *Queues) Delete(name string) error {
 	}
 	if err != nil {
 		return q.engineErr("delete "+name, err)
+	}
+	if q.cfg.Pack > 1 {
+		if err := q.dropCount(ctx, name); err != nil {
+			q.log.Warn("a deleted queue's count of packed tasks not deleted; a queue made anew under its name counts them among its Puts", "queue", name, "err", err)
+		}
 	}
 	return nil
 }

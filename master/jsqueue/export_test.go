@@ -1,6 +1,10 @@
 package jsqueue
 
-import "github.com/nats-io/nats-server/v2/server"
+import (
+	"context"
+
+	"github.com/nats-io/nats-server/v2/server"
+)
 
 // SubscriptionsMade is how many subscriptions have been made on n's
 // server, in every account, since it started.
@@ -14,3 +18,17 @@ func (n *Node) SubscriptionsMade() uint64 {
 
 // Reaps is how many times q's reaper has looked at its leases.
 func (q *Queues) Reaps() int64 { return q.reaps.Load() }
+
+// StoredMessages is how many messages the stream of queue name holds: a
+// pack is one, and leaves it once all its tasks are done.
+func StoredMessages(q *Queues, name string) (int, error) {
+	s, err := q.open(name, false)
+	if err != nil {
+		return 0, err
+	}
+	si, err := s.st.Info(context.Background())
+	if err != nil {
+		return 0, err
+	}
+	return int(si.State.Msgs), nil
+}

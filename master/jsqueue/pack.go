@@ -33,8 +33,7 @@ import (
 // a worker whose gateway died completes, renews or fails it through
 // another gateway (packhandover.go).
 //
-// What a pack gives up, for now (docs/SCALING.md, "Packing"): a queue's
-// figures count packs, not tasks.
+// A queue's figures count packed tasks one by one (packcount.go).
 
 // hdrPack is set on a pack: how many tasks it carries.
 const hdrPack = "Qm-Pack"
@@ -154,7 +153,7 @@ func packMsgs(subject string, msgs []*nats.Msg, size int) (out []*nats.Msg, coun
 		if rt := replyTo(msgs[i]); rt != "" {
 			h.Set(hdrReplyTo, rt)
 		}
-		out = append(out, &nats.Msg{Subject: subject, Header: h, Data: encodePack(payloads)})
+		out = append(out, &nats.Msg{Subject: packSubject(subject, j-i), Header: h, Data: encodePack(payloads)})
 		counts = append(counts, j-i)
 		i = j
 	}

@@ -378,3 +378,83 @@ func TestStaleRecordOfAnEarlierStreamIsIgnored(t *testing.T) {
 		t.Fatalf("the new pack's record reads %+v, %v; want its task 2 done, written over the stale one", r, err)
 	}
 }
+
+// A packed queue's figures count tasks, not packs, through Stats and
+// AllStats.
+func TestPackedQueueCountsTasks(t *testing.T) {
+	q := packQueues(t, Config{Pack: 4})
+	check := func(when string, ready, leased int, puts, done uint64) {
+		t.Helper()
+		st, err := q.Stats("jobs")
+		if err != nil {
+			t.Fatal(err)
+		}
+		all := q.AllStats()
+		if len(all) == 1 {
+			all[0].OldestReady = st.OldestReady
+		}
+		if len(all) != 1 || all[0] != st {
+			t.Fatalf("%s: AllStats %+v, Stats %+v", when, all, st)
+		}
+		if st.Ready != ready || st.Leased != leased || st.Puts != puts || st.Done != done {
+			t.Fatalf("%s: ready %d, leased %d, puts %d, done %d; want %d, %d, %d, %d",
+				when, st.Ready, st.Leased, st.Puts, st.Done, ready, leased, puts, done)
+		}
+	}
+	putN(t, q, "jobs", 10) // packs of 4, 4 and 2
+	putN(t, q, "jobs", 1)  // alone
+	check("after the puts", 11, 0, 11, 0)
+	ts := getN(t, q, "jobs", 1, 11, time.Second)
+	for len(ts) < 11 {
+		ts = append(ts, getN(t, q, "jobs", 1, 11-len(ts), time.Second)...)
+	}
+	check("all delivered", 0, 11, 11, 0)
+	ids := make([]uint64, len(ts))
+	for i, task := range ts {
+		ids[i] = task.ID
+	}
+	if _, err := q.Ack(queue.AckRequest{Queue: "jobs", Owner: 1, IDs: ids}, nil); err != nil {
+		t.Fatal(err)
+	}
+	check("all done", 0, 0, 11, 11)
+}
+
+// A max queue length counts packed tasks one by one.
+func TestMaxLenCountsPackedTasks(t *testing.T) {
+	q := packQueues(t, Config{Pack: 4, MaxLen: 10})
+	putN(t, q, "jobs", 8)
+	items := make([]queue.Item, 4)
+	for i := range items {
+		items[i] = queue.Item{Payload: []byte("x")}
+	}
+	if _, err := q.Put(queue.NoWait, queue.PutRequest{Queue: "jobs", Items: items}); !errors.Is(err, queue.ErrQueueFull) {
+		t.Fatalf("a put of 4 onto 8 of at most 10: %v, want ErrQueueFull", err)
+	}
+	if _, err := q.Put(queue.NoWait, queue.PutRequest{Queue: "jobs", Items: items[:2]}); err != nil {
+		t.Fatalf("a put of 2 onto 8 of at most 10: %v", err)
+	}
+}
+
+// A queue's stream made before packs had subjects of their own takes
+// packs once a packing gateway opens it.
+func TestStreamOfBeforePacksTakesPacks(t *testing.T) {
+	q := packQueues(t, Config{Pack: 4})
+	ctx := context.Background()
+	if _, err := q.js.CreateStream(ctx, jetstream.StreamConfig{
+		Name:      streamName("old"),
+		Subjects:  []string{subject("old")},
+		Retention: jetstream.WorkQueuePolicy,
+		Metadata:  map[string]string{metaQueueName: "old"},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if ids := putN(t, q, "old", 4); len(ids) != 4 {
+		t.Fatalf("ids %v", ids)
+	}
+	if st, err := q.Stats("old"); err != nil || st.Ready != 4 {
+		t.Fatalf("stats %+v, %v; want 4 ready", st, err)
+	}
+	if ts := getN(t, q, "old", 1, 4, time.Second); len(ts) != 4 {
+		t.Fatalf("got %d tasks, want the pack's 4", len(ts))
+	}
+}

@@ -32,11 +32,11 @@ func ids(ts []queue.Task) []uint64 {
 // and leaves it, once all its tasks are done.
 func stored(t *testing.T, q *jsqueue.Queues, name string) int {
 	t.Helper()
-	st, err := q.Stats(name)
+	n, err := jsqueue.StoredMessages(q, name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return st.Ready + st.Leased
+	return n
 }
 
 // Tasks of one put are packed, and gets of fewer tasks than a pack holds

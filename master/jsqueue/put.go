@@ -79,6 +79,9 @@ func (q *Queues) Put(ctx context.Context, req queue.PutRequest) ([]uint64, error
 		return nil, err
 	}
 	if counts != nil {
+		if extra := len(req.Items) - len(msgs); extra > 0 {
+			q.countPacked(s, extra)
+		}
 		ids = packedIDs(ids, counts, len(req.Items))
 	}
 	return ids, nil
@@ -100,7 +103,7 @@ func (q *Queues) waitRoom(ctx context.Context, s *stream, req queue.PutRequest) 
 	for {
 		s.putMu.Lock()
 		rctx, cancel := q.call()
-		si, err := s.st.Info(rctx)
+		si, err := s.st.Info(rctx, jetstream.WithSubjectFilter(packSubjects(s.subject)))
 		cancel()
 		if err != nil {
 			s.putMu.Unlock()
@@ -109,7 +112,7 @@ func (q *Queues) waitRoom(ctx context.Context, s *stream, req queue.PutRequest) 
 			}
 			return nil, q.engineErr("put "+req.Queue, err)
 		}
-		if int(si.State.Msgs)+len(req.Items) <= q.cfg.MaxLen {
+		if int(storedTasks(si.State))+len(req.Items) <= q.cfg.MaxLen {
 			return s.putMu.Unlock, nil
 		}
 		s.putMu.Unlock()

@@ -143,6 +143,9 @@ type Queues struct {
 	// recs is the stream of the packs' records (packrecord.go), opened
 	// on first use under kvMu.
 	recs jetstream.Stream
+	// cnts is the stream of the packs' counters (packcount.go), opened
+	// on first use under kvMu.
+	cnts jetstream.Stream
 }
 
 // stream is one queue's stream and its consumer.
@@ -210,10 +213,6 @@ func New(cfg Config) (*Queues, error) {
 	}
 	if cfg.Pack < 0 || cfg.Pack > MaxPack {
 		return nil, fmt.Errorf("%w: pack must be 0 to %d tasks, got %d", queue.ErrBadArgument, MaxPack, cfg.Pack)
-	}
-	if cfg.Pack > 1 && cfg.MaxLen > 0 {
-		// The length checked is the stream's, in messages.
-		return nil, fmt.Errorf("%w: a max queue length does not go with packing yet", queue.ErrBadArgument)
 	}
 	cfg = cfg.withDefaults()
 	// Puts of many producers share the async publisher: its default cap
@@ -321,7 +320,7 @@ func (q *Queues) open(name string, create bool) (*stream, error) {
 		}
 		cfg := jetstream.StreamConfig{
 			Name:       streamName(name),
-			Subjects:   []string{subject(name)},
+			Subjects:   []string{subject(name), packSubjects(subject(name))},
 			Retention:  jetstream.WorkQueuePolicy,
 			Storage:    jetstream.FileStorage,
 			Replicas:   q.cfg.Replicas,
@@ -332,6 +331,9 @@ func (q *Queues) open(name string, create bool) (*stream, error) {
 		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) { // another gateway was first
 			err = retrying(ctx, func(ctx context.Context) (err error) { st, err = q.js.Stream(ctx, streamName(name)); return err })
 		}
+	}
+	if err == nil && q.cfg.Pack > 1 {
+		st, err = q.withPackSubjects(ctx, st, subject(name))
 	}
 	if err != nil {
 		return nil, q.engineErr("open queue "+name, err)

@@ -1,0 +1,136 @@
+package jsqueue
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// A queue's figures count tasks, packed or not. JetStream counts
+// messages, so each pack is published on a subject that says how many
+// tasks it carries (packSubject): the stream's count of messages per
+// subject then tells how many tasks it holds (storedTasks). How many were
+// ever put is the stream's last sequence plus the tasks packs carried
+// beyond one each, which the gateways add up in a JetStream counter, one
+// per queue (countsStream), as they put packs.
+
+// packSubject is the subject of a pack of n tasks of the queue whose
+// tasks are published on subj.
+func packSubject(subj string, n int) string { return subj + "." + strconv.Itoa(n) }
+
+// packSubjects matches every packSubject of the queue on subj.
+func packSubjects(subj string) string { return subj + ".*" }
+
+// storedTasks is how many tasks the messages of state carry, state being
+// a stream's, read with its subjects filtered by packSubjects.
+func storedTasks(state jetstream.StreamState) uint64 {
+	n := state.Msgs
+	for subj, msgs := range state.Subjects {
+		_, size, _ := cutLast(subj, ".")
+		if k, err := strconv.ParseUint(size, 10, 8); err == nil && k > 1 {
+			n += (k - 1) * msgs
+		}
+	}
+	return n
+}
+
+func cutLast(s, sep string) (before, after string, found bool) {
+	if i := strings.LastIndex(s, sep); i >= 0 {
+		return s[:i], s[i+len(sep):], true
+	}
+	return s, "", false
+}
+
+// withPackSubjects makes sure a queue's stream takes packs: a stream made
+// before packs had subjects of their own takes its queue's subject only.
+func (q *Queues) withPackSubjects(ctx context.Context, st jetstream.Stream, subj string) (jetstream.Stream, error) {
+	cfg := st.CachedInfo().Config
+	if slices.Contains(cfg.Subjects, packSubjects(subj)) {
+		return st, nil
+	}
+	cfg.Subjects = append(cfg.Subjects, packSubjects(subj))
+	return q.js.UpdateStream(ctx, cfg)
+}
+
+// countsStream keeps, per queue, the tasks its packs carried beyond one
+// each: a JetStream counter (Nats-Incr), so that gateways add to it at
+// once without reading it.
+const (
+	countsStream  = "QM_PACKED_COUNTS"
+	countsSubject = "qm.packed."
+)
+
+// counts returns the counters' stream, creating it on first use.
+func (q *Queues) counts(ctx context.Context) (jetstream.Stream, error) {
+	q.kvMu.Lock()
+	defer q.kvMu.Unlock()
+	if q.cnts != nil {
+		return q.cnts, nil
+	}
+	st, err := q.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:              countsStream,
+		Subjects:          []string{countsSubject + ">"},
+		Storage:           jetstream.FileStorage,
+		Replicas:          q.cfg.Replicas,
+		AllowMsgCounter:   true,
+		MaxMsgsPerSubject: 1,
+	})
+	if err != nil {
+		return nil, q.engineErr("open the packs' counters", err)
+	}
+	q.cnts = st
+	return st, nil
+}
+
+// countPacked adds extra, the tasks a put's packs carried beyond one
+// each, to s's counter. It does not wait for JetStream's answer: a lost
+// addition makes the queue's Puts and Done figures short, nothing else.
+func (q *Queues) countPacked(s *stream, extra int) {
+	ctx, cancel := q.call()
+	defer cancel()
+	if _, err := q.counts(ctx); err != nil {
+		q.log.Warn("packed tasks not counted; the queue's figures count them short", "queue", s.queue, "err", err)
+		return
+	}
+	m := nats.NewMsg(countsSubject + streamName(s.queue))
+	m.Header.Set("Nats-Incr", "+"+strconv.Itoa(extra))
+	_ = q.cfg.Conn.PublishMsg(m)
+}
+
+// packedExtra reads the tasks packs of queue name carried beyond one
+// each, 0 if none were counted.
+func (q *Queues) packedExtra(ctx context.Context, name string) (uint64, error) {
+	st, err := q.counts(ctx)
+	if err != nil {
+		return 0, err
+	}
+	m, err := st.GetLastMsgForSubject(ctx, countsSubject+streamName(name))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	var v struct {
+		Val string `json:"val"`
+	}
+	if err := json.Unmarshal(m.Data, &v); err != nil {
+		return 0, err
+	}
+	return strconv.ParseUint(v.Val, 10, 64)
+}
+
+// dropCount deletes queue name's counter, with its queue.
+func (q *Queues) dropCount(ctx context.Context, name string) error {
+	st, err := q.counts(ctx)
+	if err != nil {
+		return err
+	}
+	return st.Purge(ctx, jetstream.WithPurgeSubject(countsSubject+streamName(name)))
+}
