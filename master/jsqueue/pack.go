@@ -60,28 +60,47 @@ func packOf(id uint64) (seq uint64, i int, ok bool) {
 }
 
 // packToken is the token of a packed task handed out at attempt
-// attempts of its pack's delivery whose ack subject is reply: a worker
-// completes it through any gateway with it (adoptPacked). The attempt
-// tells a failure reported that way how many it has had.
-func packToken(reply string, attempts int) string {
-	return reply + "#" + strconv.Itoa(attempts)
+// attempts of delivery delivered of its pack, the consumer's delivery
+// dseq: "#<delivered>.<dseq>.<attempts>". A worker completes the task
+// through any gateway with it (adoptPacked), which makes the pack's ack
+// subject from it (packAckSubject) and the task's ID (the pack's stream
+// sequence). It is short: every packed task carries it both ways.
+func packToken(delivered, dseq uint64, attempts int) string {
+	b := make([]byte, 0, 32)
+	b = append(b, '#')
+	b = strconv.AppendUint(b, delivered, 10)
+	b = append(b, '.')
+	b = strconv.AppendUint(b, dseq, 10)
+	b = append(b, '.')
+	b = strconv.AppendInt(b, int64(attempts), 10)
+	return string(b)
 }
 
-// isPackToken tells a packToken from an unpacked task's token.
-func isPackToken(token string) bool { return strings.Contains(token, "#") }
+// isPackToken tells a packToken from an unpacked task's token (a
+// JetStream ack subject).
+func isPackToken(token string) bool { return strings.HasPrefix(token, "#") }
 
 // parsePackToken reads a packToken.
-func parsePackToken(token string) (tok ackToken, reply string, attempts int, ok bool) {
-	reply, n, found := strings.Cut(token, "#")
-	if !found {
-		return ackToken{}, "", 0, false
+func parsePackToken(token string) (delivered, dseq uint64, attempts int, ok bool) {
+	f := strings.Split(strings.TrimPrefix(token, "#"), ".")
+	if !isPackToken(token) || len(f) != 3 {
+		return 0, 0, 0, false
 	}
-	attempts, err := strconv.Atoi(n)
-	if err != nil || attempts < 1 {
-		return ackToken{}, "", 0, false
+	delivered, err1 := strconv.ParseUint(f[0], 10, 64)
+	dseq, err2 := strconv.ParseUint(f[1], 10, 64)
+	a, err3 := strconv.Atoi(f[2])
+	if err1 != nil || err2 != nil || err3 != nil || delivered == 0 || dseq == 0 || a < 1 {
+		return 0, 0, 0, false
 	}
-	tok, ok = parseToken(reply)
-	return tok, reply, attempts, ok
+	return delivered, dseq, a, true
+}
+
+// packAckSubject is the ack subject of delivery delivered (the
+// consumer's dseq) of the message at seq of stream: JetStream reads the
+// stream, consumer and the three numbers of it, not the two after.
+func packAckSubject(stream string, delivered, seq, dseq uint64) string {
+	return "$JS.ACK." + stream + "." + consumerName + "." + strconv.FormatUint(delivered, 10) + "." +
+		strconv.FormatUint(seq, 10) + "." + strconv.FormatUint(dseq, 10) + ".0.0"
 }
 
 // encodePack lays payloads out as a pack's body: each one's length as a
@@ -189,8 +208,9 @@ type pack struct {
 	out   []bool // handed out (or being moved), not yet done or back
 	left  int    // tasks not done
 	// delivery is JetStream's count of the pack's deliveries: a task
-	// stored apart is so once per delivery (movedMsgOf).
-	delivery uint64
+	// stored apart is so once per delivery (movedMsgOf); dseq is the
+	// consumer's sequence of this delivery (for packToken).
+	delivery, dseq uint64
 	// reissued marks tasks handed out again in this delivery: the worker
 	// of an earlier handout may complete them through another gateway,
 	// with this delivery's token, so this gateway marks them done in the
@@ -234,6 +254,7 @@ func (q *Queues) unpackLocked(s *stream, m *nats.Msg, md *nats.MsgMetadata, now 
 	seq := md.Sequence.Stream
 	p := &pack{
 		delivery: md.NumDelivered,
+		dseq:     md.Sequence.Consumer,
 		stored:   md.Timestamp,
 		del:      &lease{key: leaseKey{s.queue, seq}, s: s, msg: m, since: now, touched: now, confirmed: now},
 		tasks:    make([]queue.Task, len(payloads)),
@@ -291,7 +312,7 @@ func (q *Queues) takeHeldLocked(s *stream, req queue.GetRequest, now time.Time, 
 		if req.NoAck {
 			q.unconfirmed[l.key] = l
 		} else {
-			t.Token = packToken(h.p.del.msg.Reply, t.Attempts)
+			t.Token = packToken(h.p.delivery, h.p.dseq, t.Attempts)
 			q.addLease(l)
 		}
 		ts = append(ts, t)

@@ -458,3 +458,30 @@ func TestStreamOfBeforePacksTakesPacks(t *testing.T) {
 		t.Fatalf("got %d tasks, want the pack's 4", len(ts))
 	}
 }
+
+// FuzzParseTokens: a delivery token a client sends, of either form, is
+// read without a panic; what a packed task's reads as is what it was
+// made of, and every packed token made is read back the same.
+func FuzzParseTokens(f *testing.F) {
+	f.Add(packToken(1, 7, 2))
+	f.Add("$JS.ACK.QM_jobs_0123456789abcdef.qm.1.5.5.1796296663243060815.0")
+	f.Add("#0.1.1")
+	f.Add("#1.2")
+	f.Add("$JS.ACK.d.h.S.qm.1.2.3.4.5.x")
+	f.Fuzz(func(t *testing.T, token string) {
+		if tok, ok := parseToken(token); ok && (tok.delivered == 0 || tok.seq == 0) {
+			t.Fatalf("%q read as %+v", token, tok)
+		}
+		delivered, dseq, attempts, ok := parsePackToken(token)
+		if !ok {
+			return
+		}
+		if delivered == 0 || dseq == 0 || attempts < 1 {
+			t.Fatalf("%q read as %d, %d, %d", token, delivered, dseq, attempts)
+		}
+		d2, s2, a2, ok2 := parsePackToken(packToken(delivered, dseq, attempts))
+		if !ok2 || d2 != delivered || s2 != dseq || a2 != attempts {
+			t.Fatalf("%q: made again, reads %d, %d, %d, %v", token, d2, s2, a2, ok2)
+		}
+	})
+}

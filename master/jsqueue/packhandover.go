@@ -12,8 +12,8 @@ import (
 	"github.com/qm-dev/qm/master/queue"
 )
 
-// A packed task carries a token too (packToken): its pack's delivery's
-// ack subject, and its attempt. A worker whose gateway died completes,
+// A packed task carries a token too (packToken): its pack's delivery,
+// and its attempt. A worker whose gateway died completes,
 // renews or fails it through another gateway with it, as an unpacked
 // task's (handover.go). The pack's record (packrecord.go) is where the
 // gateways agree on who does what:
@@ -60,11 +60,14 @@ func allTasks(n int) uint64 { return uint64(1)<<n - 1 }
 // delivery of one of s's packs, handed it out; ok is false if the token
 // is not one, or the pack is acked.
 func (q *Queues) packedHandoutOf(ctx context.Context, s *stream, id uint64, token string) (h *packedHandout, ok bool, err error) {
-	tok, reply, attempts, valid := parsePackToken(token)
+	delivered, dseq, attempts, valid := parsePackToken(token)
 	seq, i, packed := packOf(id)
-	if !valid || !packed || tok.stream != streamName(s.queue) || tok.consumer != consumerName || tok.seq != seq {
+	if !valid || !packed {
 		return nil, false, nil
 	}
+	stream := streamName(s.queue)
+	tok := ackToken{stream: stream, consumer: consumerName, delivered: delivered, seq: seq}
+	reply := packAckSubject(stream, delivered, seq, dseq)
 	raw, err := s.st.GetMsg(ctx, seq)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return nil, false, nil // acked already

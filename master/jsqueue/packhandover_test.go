@@ -269,3 +269,28 @@ func TestHeldTaskCompletedElsewhereIsNotMoved(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// A pack whose every task is completed through another gateway is acked
+// by that gateway, at once.
+func TestPackCompletedThroughAnotherGatewayIsAcked(t *testing.T) {
+	n := startNode(t)
+	ncA := connect(t, n)
+	cfgA := packCfg(time.Minute)
+	cfgA.Conn = ncA
+	a := newQueues(t, n, cfgA)
+	b := newQueues(t, n, packCfg(time.Minute))
+	put(t, b, "jobs", "x", "y")
+	got := getAll(t, a, 1, 2, time.Second)
+	if len(got) != 2 {
+		t.Fatalf("got %d tasks", len(got))
+	}
+	ncA.Close()
+	for _, task := range got {
+		if published, err := ackThrough(b, 1, task); err != nil || len(published) != 1 {
+			t.Fatalf("completion through another gateway: published %+v, %v", published, err)
+		}
+	}
+	if n := stored(t, b, "jobs"); n != 0 {
+		t.Fatalf("%d messages stored once the pack's tasks were done, want it acked", n)
+	}
+}
