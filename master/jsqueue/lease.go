@@ -688,20 +688,20 @@ const reapEvery = 20 * time.Millisecond
 func (q *Queues) ReapLeases(done <-chan struct{}, onExpired func(n int)) {
 	tick := time.NewTicker(reapEvery)
 	defer tick.Stop()
-	// Held tasks that waited too long are stored apart by a goroutine of
-	// their own, one batch at a time: the reaper must go on renewing.
-	// It also deletes the records of packs acked.
+	// Held tasks that waited too long are looked at, and stored apart,
+	// by a goroutine of its own, one batch at a time: the reaper must go
+	// on renewing. It also deletes the records of packs acked.
 	type chores struct {
-		moves []heldMove
-		drops []string
+		overdue []string // queues
+		drops   []string
 	}
 	moves := make(chan chores)
 	moved := make(chan struct{}, 1)
 	var mover sync.WaitGroup
 	mover.Go(func() {
 		for batch := range moves {
-			if len(batch.moves) > 0 {
-				q.moveHeld(batch.moves)
+			if len(batch.overdue) > 0 {
+				q.moveOverdue(batch.overdue)
 			}
 			if len(batch.drops) > 0 {
 				q.dropRecords(batch.drops)
@@ -733,10 +733,10 @@ func (q *Queues) ReapLeases(done <-chan struct{}, onExpired func(n int)) {
 			}
 			if !moving {
 				q.mu.Lock()
-				batch := chores{moves: q.overdueLocked(now), drops: q.staleRecords}
+				batch := chores{overdue: q.overdueQueuesLocked(now), drops: q.staleRecords}
 				q.staleRecords = nil
 				q.mu.Unlock()
-				if len(batch.moves) > 0 || len(batch.drops) > 0 {
+				if len(batch.overdue) > 0 || len(batch.drops) > 0 {
 					moving = true
 					moves <- batch
 				}

@@ -417,23 +417,75 @@ type heldMove struct {
 	msg *nats.Msg
 }
 
-// overdueLocked takes out of the held tasks those that waited
-// Config.HoldFor (since they were held, or came due), to be stored again
-// alone (moveHeld): a task must not wait in one gateway while another's
-// workers are idle. Called with q.mu held.
-func (q *Queues) overdueLocked(now time.Time) []heldMove {
-	var moves []heldMove
-	hold := q.cfg.HoldFor
-	for _, l := range q.locals {
-		l.held = slices.DeleteFunc(l.held, func(h heldTask) bool {
-			if now.Sub(h.since) < hold || now.Sub(h.due) < hold {
-				return false
-			}
-			h.p.out[h.i] = true // neither held nor done, until moved
-			moves = append(moves, heldMove{p: h.p, i: h.i, msg: movedMsgOf(h.p, h.i, h.p.tasks[h.i].Attempts-1)})
-			return true
-		})
+// overdue reports whether held task h waited Config.HoldFor at now,
+// since it was held or came due.
+func (q *Queues) overdue(h heldTask, now time.Time) bool {
+	return now.Sub(h.since) >= q.cfg.HoldFor && now.Sub(h.due) >= q.cfg.HoldFor
+}
+
+// overdueQueuesLocked returns the queues some of whose held tasks are
+// overdue, and which were not looked at in the last half of HoldFor: they
+// are stored apart if another gateway's workers wait (moveOverdue).
+// Called with q.mu held.
+func (q *Queues) overdueQueuesLocked(now time.Time) []string {
+	var names []string
+	for name, l := range q.locals {
+		if l.paused || now.Sub(l.lookedAt) < q.cfg.HoldFor/2 {
+			continue
+		}
+		if slices.ContainsFunc(l.held, func(h heldTask) bool { return q.overdue(h, now) }) {
+			l.lookedAt = now
+			names = append(names, name)
+		}
 	}
+	return names
+}
+
+// moveOverdue stores apart (moveHeld) the overdue held tasks of those
+// queues of names whose tasks another gateway's workers wait for: a task
+// must not wait in one gateway while another's workers are idle. They
+// wait if JetStream holds pull requests on the queue's consumer, which
+// this gateway's own gets do not leave while it holds tasks due. Held
+// tasks nobody else waits for stay, in order: stored apart, they would go
+// behind tasks put after them.
+func (q *Queues) moveOverdue(names []string) {
+	var moves []heldMove
+	for _, name := range names {
+		s, err := q.open(name, false)
+		if err != nil {
+			continue // gone: its held tasks went with it
+		}
+		ctx, cancel := q.call()
+		ci, err := s.cons.Info(ctx)
+		cancel()
+		if err != nil || ci.NumWaiting == 0 {
+			continue
+		}
+		q.mu.Lock()
+		moves = append(moves, q.overdueLocked(name, time.Now())...)
+		q.mu.Unlock()
+	}
+	if len(moves) > 0 {
+		q.moveHeld(moves)
+	}
+}
+
+// overdueLocked takes the overdue tasks out of queue name's held tasks,
+// to be stored again alone (moveHeld). Called with q.mu held.
+func (q *Queues) overdueLocked(name string, now time.Time) []heldMove {
+	l := q.locals[name]
+	if l == nil || l.paused {
+		return nil
+	}
+	var moves []heldMove
+	l.held = slices.DeleteFunc(l.held, func(h heldTask) bool {
+		if !q.overdue(h, now) {
+			return false
+		}
+		h.p.out[h.i] = true // neither held nor done, until moved
+		moves = append(moves, heldMove{p: h.p, i: h.i, msg: movedMsgOf(h.p, h.i, h.p.tasks[h.i].Attempts-1)})
+		return true
+	})
 	return moves
 }
 

@@ -274,6 +274,13 @@ func TestMovesOfOneQueueDoNotRepeatAnother(t *testing.T) {
 		}
 		return si.State.Msgs
 	}
+	// A worker of another gateway waits for b's tasks: they are moved.
+	fetched := make(chan error, 1)
+	go func() {
+		_, err := s.cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
+		fetched <- err
+	}()
+	defer func() { <-fetched }()
 	deadline := time.Now().Add(10 * time.Second)
 	for stored() < 4 && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)
@@ -484,4 +491,45 @@ func FuzzParseTokens(f *testing.F) {
 			t.Fatalf("%q: made again, reads %d, %d, %d, %v", token, d2, s2, a2, ok2)
 		}
 	})
+}
+
+// Held tasks that no other gateway's workers wait for stay held past
+// HoldFor, in order: stored apart, they would go behind tasks put after
+// them.
+func TestHeldTasksNobodyElseWaitsForStayInOrder(t *testing.T) {
+	q := packQueues(t, Config{Pack: 4, HoldFor: 100 * time.Millisecond})
+	ids := putN(t, q, "jobs", 8) // two packs
+	first := getN(t, q, "jobs", 1, 1, time.Second)
+	if len(first) != 1 || first[0].ID != ids[0] {
+		t.Fatalf("got %+v, want the first task", first)
+	}
+	// Wait until the reaper has looked at the overdue tasks twice: the
+	// mover handles one look at a time, so the first one's is done.
+	lookedAt := func() time.Time {
+		q.mu.Lock()
+		defer q.mu.Unlock()
+		return q.locals["jobs"].lookedAt
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	var looks []time.Time
+	for len(looks) < 2 {
+		if at := lookedAt(); !at.IsZero() && (len(looks) == 0 || at != looks[len(looks)-1]) {
+			looks = append(looks, at)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the reaper looked at the held tasks %d times in 5s", len(looks))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	var rest []queue.Task
+	for len(rest) < 7 && time.Now().Before(deadline) {
+		rest = append(rest, getN(t, q, "jobs", 1, 7-len(rest), time.Second)...)
+	}
+	got := make([]uint64, len(rest))
+	for i, task := range rest {
+		got[i] = task.ID
+	}
+	if !slices.Equal(got, ids[1:]) {
+		t.Fatalf("then got %v, want %v: in the order put", got, ids[1:])
+	}
 }

@@ -180,6 +180,9 @@ type local struct {
 	// perMsg is about how many tasks a message of the queue carries
 	// lately (packs and plain messages may mix), for the size of pulls.
 	perMsg float64
+	// lookedAt is when overdue held tasks were last looked at
+	// (overdueQueuesLocked).
+	lookedAt time.Time
 }
 
 // getWait is a get waiting on a stream: wake cancels its pull.
