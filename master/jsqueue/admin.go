@@ -304,8 +304,9 @@ func (q *Queues) SetPaused(name string, paused bool) error {
 	if err != nil {
 		return q.adminErr(name, "pause", err)
 	}
-	// The tasks of packs this gateway holds wait too. (Those held by
-	// other gateways are handed out by them until they have none left.)
+	// The tasks of packs this gateway holds wait too. Other gateways
+	// see it when they look at the consumer (moveOverdue): until then
+	// they may hand out what they hold.
 	q.mu.Lock()
 	s.paused = paused
 	if !paused {

@@ -430,7 +430,7 @@ func (q *Queues) overdue(h heldTask, now time.Time) bool {
 func (q *Queues) overdueQueuesLocked(now time.Time) []string {
 	var names []string
 	for name, l := range q.locals {
-		if l.paused || now.Sub(l.lookedAt) < q.cfg.HoldFor/2 {
+		if now.Sub(l.lookedAt) < q.cfg.HoldFor/2 {
 			continue
 		}
 		if slices.ContainsFunc(l.held, func(h heldTask) bool { return q.overdue(h, now) }) {
@@ -441,13 +441,15 @@ func (q *Queues) overdueQueuesLocked(now time.Time) []string {
 	return names
 }
 
-// moveOverdue stores apart (moveHeld) the overdue held tasks of those
-// queues of names whose tasks another gateway's workers wait for: a task
-// must not wait in one gateway while another's workers are idle. They
-// wait if JetStream holds pull requests on the queue's consumer, which
-// this gateway's own gets do not leave while it holds tasks due. Held
-// tasks nobody else waits for stay, in order: stored apart, they would go
-// behind tasks put after them.
+// moveOverdue looks at the consumers of the queues of names, whose held
+// tasks are overdue. A queue paused or resumed through another gateway is
+// so here too, from then on. The overdue held tasks of a queue whose
+// tasks another gateway's workers wait for are stored apart (moveHeld):
+// a task must not wait in one gateway while another's workers are idle.
+// They wait if JetStream holds pull requests on the queue's consumer,
+// which this gateway's own gets do not leave while it holds tasks due.
+// Held tasks nobody else waits for stay, in order: stored apart, they
+// would go behind tasks put after them.
 func (q *Queues) moveOverdue(names []string) {
 	var moves []heldMove
 	for _, name := range names {
@@ -458,11 +460,19 @@ func (q *Queues) moveOverdue(names []string) {
 		ctx, cancel := q.call()
 		ci, err := s.cons.Info(ctx)
 		cancel()
-		if err != nil || ci.NumWaiting == 0 {
+		if err != nil {
 			continue
 		}
 		q.mu.Lock()
-		moves = append(moves, q.overdueLocked(name, time.Now())...)
+		if s.paused != ci.Paused {
+			s.paused = ci.Paused
+			if !s.paused {
+				s.wakeGets(len(s.held))
+			}
+		}
+		if !s.paused && ci.NumWaiting > 0 {
+			moves = append(moves, q.overdueLocked(name, time.Now())...)
+		}
 		q.mu.Unlock()
 	}
 	if len(moves) > 0 {

@@ -533,3 +533,50 @@ func TestHeldTasksNobodyElseWaitsForStayInOrder(t *testing.T) {
 		t.Fatalf("then got %v, want %v: in the order put", got, ids[1:])
 	}
 }
+
+// A pause, and a resume, through another gateway stop and restart the
+// handing out of the tasks this gateway holds, once it has looked.
+func TestPauseThroughAnotherGatewayHoldsHeldTasks(t *testing.T) {
+	n, err := StartNode(NodeConfig{DataDir: t.TempDir(), Secret: "s3cret"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(n.Shutdown)
+	a := openQueues(t, n, Config{Pack: 4, HoldFor: 100 * time.Millisecond})
+	b := openQueues(t, n, Config{Pack: 4})
+	done, stopped := make(chan struct{}), make(chan struct{})
+	go func() { defer close(stopped); a.ReapLeases(done, nil) }()
+	t.Cleanup(func() { close(done); <-stopped })
+	ids := putN(t, a, "jobs", 4)
+	getN(t, a, "jobs", 1, 1, time.Second) // the rest held by a
+	pausedAtA := func(want bool) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			a.mu.Lock()
+			paused := a.locals["jobs"].paused
+			a.mu.Unlock()
+			if paused == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("a did not see the queue paused %v within 5s", want)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	if err := b.SetPaused("jobs", true); err != nil {
+		t.Fatal(err)
+	}
+	pausedAtA(true)
+	if ts := getN(t, a, "jobs", 2, 1, 300*time.Millisecond); len(ts) != 0 {
+		t.Fatalf("a paused queue handed out %+v", ts)
+	}
+	if err := b.SetPaused("jobs", false); err != nil {
+		t.Fatal(err)
+	}
+	pausedAtA(false)
+	if ts := getN(t, a, "jobs", 2, 1, time.Second); len(ts) != 1 || ts[0].ID != ids[1] {
+		t.Fatalf("after the resume got %+v, want task 2", ts)
+	}
+}

@@ -172,8 +172,9 @@ type stream struct {
 type local struct {
 	// held are the tasks of held packs waiting to be handed out, in order.
 	held []heldTask
-	// paused is set while this gateway has paused the queue: held tasks
-	// are not handed out.
+	// paused is set while the queue is paused, as this gateway last saw:
+	// its own SetPaused, or a look at the consumer (moveOverdue). Held
+	// tasks are not handed out.
 	paused bool
 	// waiting are the gets waiting for a task, woken when one is held.
 	waiting map[*getWait]struct{}
