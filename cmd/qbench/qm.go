@@ -41,7 +41,8 @@ type qmMode struct {
 	// "jetstream3" in a cluster of three such qmasters (fsync always),
 	// the producer through the first and the workers through the second.
 	storage string
-	// pack, if over 1, is the JetStream setups' qmaster --pack.
+	// pack, if set, is the JetStream setups' qmaster --pack (0: its
+	// default, 32; 1: off).
 	pack int
 	// python, if not "", runs one qworker whose handler is the Python
 	// script sq.py (x * x, through the qmworker helper), with --stdio or
@@ -76,7 +77,7 @@ func storageArgs(storage, dir string) ([]string, error) {
 
 // packArgs are qmaster's flags for mode.pack.
 func packArgs(mode qmMode) []string {
-	if mode.pack <= 1 {
+	if mode.pack == 0 {
 		return nil
 	}
 	return []string{"--pack", strconv.Itoa(mode.pack)}

@@ -39,7 +39,7 @@ var allSystems = []string{"qm", "qm-1req", "qm-defaults", "qm-stdio", "qm-comman
 
 // moreSystems are known but not run unless named in --systems: the
 // durable and JetStream setups (docs/SCALING.md).
-var moreSystems = []string{"qm-disk", "qm-disk-interval", "qm-js", "qm-js3", "qm-js-nosync", "qm-js-packed", "qm-js-packed-nosync", "qm-js3-packed", "nats", "nats-nosync", "nats-packed", "nats-packed-nosync"}
+var moreSystems = []string{"qm-disk", "qm-disk-interval", "qm-js", "qm-js3", "qm-js-nosync", "qm-js-unpacked", "qm-js-unpacked-nosync", "qm-js3-unpacked", "qm-js-packed", "qm-js-packed-nosync", "qm-js3-packed", "nats", "nats-nosync", "nats-packed", "nats-packed-nosync"}
 
 func newRootCmd() *cobra.Command {
 	opts := &options{}
@@ -97,14 +97,17 @@ Run only when named (docs/SCALING.md), all batched as qm:
            qmaster --data-dir, fsync always or --fsync interval (100 ms).
   qm-js, qm-js-nosync
            one qmaster embedding a single JetStream node (--cluster-listen
-           with itself as the only peer), fsync always or --fsync never.
+           with itself as the only peer), fsync always or --fsync never;
+           its other flags the defaults (--pack 32: a put's tasks, and a
+           completion's results, stored up to 32 in a JetStream message).
   qm-js3   three such qmasters forming one JetStream cluster (each queue
            on all three, fsync always): the producer through the first,
            the workers through the second.
+  qm-js-unpacked, qm-js-unpacked-nosync, qm-js3-unpacked
+           the same with qmaster --pack 1: a task a message.
   qm-js-packed, qm-js-packed-nosync, qm-js3-packed
-           the same with qmaster --pack (the tasks of a pack as in
-           nats-packed): a put's tasks, and a completion's results, are
-           stored up to a pack in one JetStream message.
+           the same with qmaster --pack set to the tasks of a pack in
+           nats-packed (32 unless --qm-batch or --qm-concurrency is less).
   nats, nats-nosync
            JetStream used directly, as its users would at their best (a
            nats-server in its own process; workers qbench worker-nats).

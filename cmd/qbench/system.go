@@ -64,6 +64,12 @@ func (b *bench) start(ctx context.Context, sys string, size, w int) (system, err
 		return b.startQM(ctx, qmMode{batch: b.opts.QMBatch, concurrency: b.opts.QMConcurrency, storage: "jetstream3"}, size, w)
 	case "qm-js-nosync":
 		return b.startQM(ctx, qmMode{batch: b.opts.QMBatch, concurrency: b.opts.QMConcurrency, storage: "jetstream-nosync"}, size, w)
+	case "qm-js-unpacked":
+		return b.startQM(ctx, qmMode{batch: b.opts.QMBatch, concurrency: b.opts.QMConcurrency, storage: "jetstream", pack: 1}, size, w)
+	case "qm-js-unpacked-nosync":
+		return b.startQM(ctx, qmMode{batch: b.opts.QMBatch, concurrency: b.opts.QMConcurrency, storage: "jetstream-nosync", pack: 1}, size, w)
+	case "qm-js3-unpacked":
+		return b.startQM(ctx, qmMode{batch: b.opts.QMBatch, concurrency: b.opts.QMConcurrency, storage: "jetstream3", pack: 1}, size, w)
 	case "qm-js-packed":
 		return b.startQM(ctx, qmMode{batch: b.opts.QMBatch, concurrency: b.opts.QMConcurrency, storage: "jetstream", pack: b.packSize()}, size, w)
 	case "qm-js-packed-nosync":

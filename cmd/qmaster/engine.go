@@ -38,10 +38,22 @@ func addEngineFlags(cmd *cobra.Command, o *engineOptions) {
 	fl.StringVar(&o.NodeName, "node-name", "", "with --cluster-listen, this node's name in the cluster (default: its --cluster-listen address)")
 	fl.StringVar(&o.NATSListen, "nats-listen", "", "with --cluster-listen, also accept NATS clients, such as qmaster --nats gateways, at `host:port` (they authenticate with the authkey)")
 	fl.IntVar(&o.Replicas, "replicas", 0, "copies of each queue kept by the JetStream cluster (default: 3, or the number of nodes if fewer)")
-	fl.IntVar(&o.Pack, "pack", 1, fmt.Sprintf("store up to `N` tasks of one put (or results of one completion) in one JetStream message, 1 to %d: fewer writes for JetStream, but a worker whose gateway dies cannot complete packed tasks through another (see docs/SCALING.md)", jsqueue.MaxPack))
+	fl.IntVar(&o.Pack, "pack", 0, fmt.Sprintf("with --nats or --cluster-listen, store up to `N` tasks of one put (or results of one completion) in one JetStream message, 1 (off) to %d: far fewer JetStream writes (see docs/SCALING.md) (default %d)", jsqueue.MaxPack, defaultPack))
 }
 
 func (o *engineOptions) enabled() bool { return o.NATS != "" || o.ClusterListen != "" }
+
+// defaultPack is --pack's default: as many tasks as a batched worker
+// takes at once (qworker --concurrency 32), so that a pack is one get.
+const defaultPack = 32
+
+// pack is the pack size in effect.
+func (o *engineOptions) pack() int {
+	if o.Pack == 0 {
+		return defaultPack
+	}
+	return o.Pack
+}
 
 func (o *engineOptions) validate(s *serveOptions) error {
 	switch {
@@ -59,7 +71,7 @@ func (o *engineOptions) validate(s *serveOptions) error {
 		return usageErrorf("--replicas must be between 1 and 5 (JetStream's limit)")
 	case o.Replicas > 0 && !o.enabled():
 		return usageErrorf("--replicas goes with --nats or --cluster-listen")
-	case o.Pack < 1 || o.Pack > jsqueue.MaxPack:
+	case o.Pack < 0 || o.Pack > jsqueue.MaxPack:
 		return usageErrorf("--pack must be between 1 and %d", jsqueue.MaxPack)
 	case o.Pack > 1 && !o.enabled():
 		return usageErrorf("--pack goes with --nats or --cluster-listen")
@@ -83,7 +95,7 @@ type engine struct {
 // waits until JetStream is ready.
 func (o *engineOptions) open(ctx context.Context, s *serveOptions, authkey []byte, log *slog.Logger) (*engine, error) {
 	secret := jsqueue.SecretFromAuthkey(authkey)
-	e := &engine{pack: o.Pack}
+	e := &engine{pack: o.pack()}
 	if o.NATS != "" {
 		nopts := []nats.Option{nats.Name("qmaster gateway"), nats.MaxReconnects(-1)}
 		if secret != "" && !hasUserInfo(o.NATS) {

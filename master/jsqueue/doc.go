@@ -19,7 +19,14 @@
 //     redelivered ahead of newer ones. The gateway counts attempts from
 //     JetStream's delivery count and moves a task that used its last one
 //     to the queue's dead-letter queue, another stream.
-//   - Only the gateway that handed a task out can ack it, and only for the
-//     delivery it handed out: a late completion of a superseded delivery
-//     is refused, which JetStream alone would accept.
+//   - A completion is taken only for the delivery it names: a late
+//     completion of a superseded delivery is refused, which JetStream
+//     alone would accept. A worker whose gateway died completes, renews
+//     or fails its tasks through another, by their delivery's token
+//     (handover.go).
+//   - With Config.Pack (qmaster's default, 32), a put's tasks are stored
+//     up to Pack to a message, and handed out one by one by the gateway
+//     that fetches it (pack.go): one JetStream write, delivery and ack
+//     for many tasks. Their tokens, records and counts are in
+//     packhandover.go, packrecord.go and packcount.go.
 package jsqueue
