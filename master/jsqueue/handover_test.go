@@ -157,20 +157,28 @@ func TestMovedDeliveryIsRenewed(t *testing.T) {
 		t.Fatal("no task")
 	}
 	ncA.Close()
-	deadline := time.Now().Add(4 * ackWait)
-	for time.Now().Before(deadline) {
-		if err := b.ExtendDeliveries("jobs", []uint64{got[0].ID}, []string{got[0].Token}); err != nil {
-			t.Fatalf("renewal through another gateway: %v", err)
-		}
-		if ts := get(t, c, "jobs", 2, 1, time.Minute, ackWait/4); len(ts) != 0 {
-			t.Fatalf("a renewed delivery was handed out again: %+v", ts)
-		}
-	}
+	renewThrough(t, b, c, got[0], ackWait)
 	if published, err := ackThrough(c, 7, got[0]); err != nil || len(published) != 1 {
 		t.Fatalf("completion after the renewals: published %+v, %v", published, err)
 	}
 	if err := b.ExtendDeliveries("jobs", []uint64{got[0].ID}, []string{got[0].Token}); !errors.Is(err, queue.ErrNotLeased) {
 		t.Fatalf("renewal of a completed task: %v, want ErrNotLeased", err)
+	}
+}
+
+// renewThrough renews task's delivery through b, by its token, for four
+// times ackWait, while gets through c find nothing: it is not handed out
+// again.
+func renewThrough(t *testing.T, b, c *jsqueue.Queues, task queue.Task, ackWait time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(4 * ackWait)
+	for time.Now().Before(deadline) {
+		if err := b.ExtendDeliveries("jobs", []uint64{task.ID}, []string{task.Token}); err != nil {
+			t.Fatalf("renewal through another gateway: %v", err)
+		}
+		if ts := get(t, c, "jobs", 2, 1, time.Minute, ackWait/4); len(ts) != 0 {
+			t.Fatalf("a renewed delivery was handed out again: %+v", ts)
+		}
 	}
 }
 

@@ -17,6 +17,17 @@ func packCfg(ackWait time.Duration) jsqueue.Config {
 	return jsqueue.Config{Pack: 4, HoldFor: time.Minute, AckWait: ackWait}
 }
 
+// packingGateways opens three packing gateways with cfg on one node: a,
+// whose connection kill closes (it dies without a word), b and c.
+func packingGateways(t *testing.T, cfg jsqueue.Config) (a, b, c *jsqueue.Queues, kill func()) {
+	t.Helper()
+	n := startNode(t)
+	ncA := connect(t, n)
+	cfgA := cfg
+	cfgA.Conn = ncA
+	return newQueues(t, n, cfgA), newQueues(t, n, cfg), newQueues(t, n, cfg), ncA.Close
+}
+
 // getAll takes tasks through q until it has want or wait has passed.
 func getAll(t *testing.T, q *jsqueue.Queues, owner uint64, want int, wait time.Duration) []queue.Task {
 	t.Helper()
@@ -32,20 +43,14 @@ func getAll(t *testing.T, q *jsqueue.Queues, owner uint64, want int, wait time.D
 // through another with its token: its result is published once, and when
 // JetStream delivers the pack again, only its other tasks run.
 func TestPackedTaskCompletesThroughAnotherGateway(t *testing.T) {
-	n := startNode(t)
-	ncA := connect(t, n)
 	const ackWait = 500 * time.Millisecond
-	cfgA := packCfg(ackWait)
-	cfgA.Conn = ncA
-	a := newQueues(t, n, cfgA)
-	b := newQueues(t, n, packCfg(ackWait))
-	c := newQueues(t, n, packCfg(ackWait))
+	a, b, c, killA := packingGateways(t, packCfg(ackWait))
 	ids := put(t, b, "jobs", "w", "x", "y", "z")
 	got := get(t, a, "jobs", 1, 2, time.Minute, time.Second)
 	if len(got) != 2 || !strings.Contains(got[1].Token, "#") {
 		t.Fatalf("got %+v, want two packed tasks with tokens", got)
 	}
-	ncA.Close() // the gateway dies, holding the pack
+	killA() // the gateway dies, holding the pack
 
 	published, err := ackThrough(b, 7, got[1])
 	if err != nil || len(published) != 1 || published[0].ID != ids[1] || string(published[0].Payload) != "x" {
@@ -83,21 +88,15 @@ func ids0(ts []queue.Task) []uint64 {
 // Once a gateway has taken the pack's next delivery, completions through
 // tokens of the earlier one are refused, through any gateway.
 func TestRedeliveredPackRefusesEarlierTokens(t *testing.T) {
-	n := startNode(t)
-	ncA := connect(t, n)
 	const ackWait = 500 * time.Millisecond
-	cfgA := packCfg(ackWait)
-	cfgA.Conn = ncA
-	a := newQueues(t, n, cfgA)
-	b := newQueues(t, n, packCfg(ackWait))
-	c := newQueues(t, n, packCfg(ackWait))
+	a, b, c, killA := packingGateways(t, packCfg(ackWait))
 	reaping(t, b)
 	ids := put(t, b, "jobs", "w", "x")
 	first := get(t, a, "jobs", 1, 1, time.Minute, time.Second)
 	if len(first) != 1 {
 		t.Fatal("no task")
 	}
-	ncA.Close()
+	killA()
 	second := getAll(t, b, 2, 2, 20*ackWait)
 	if !slices.Equal(ids0(second), ids) || second[0].Attempts != 2 || second[0].Token == first[0].Token {
 		t.Fatalf("after the first gateway died got %+v, want both tasks at attempt 2, with tokens of their own", second)
@@ -161,29 +160,15 @@ func TestReissuedPackedTaskHasOneResult(t *testing.T) {
 // token: its pack outlives its ack wait, and is delivered again only
 // after the task is completed, less that task.
 func TestPackedTaskRenewsThroughAnotherGateway(t *testing.T) {
-	n := startNode(t)
-	ncA := connect(t, n)
 	const ackWait = 400 * time.Millisecond
-	cfgA := packCfg(ackWait)
-	cfgA.Conn = ncA
-	a := newQueues(t, n, cfgA)
-	b := newQueues(t, n, packCfg(ackWait))
-	c := newQueues(t, n, packCfg(ackWait))
+	a, b, c, killA := packingGateways(t, packCfg(ackWait))
 	ids := put(t, b, "jobs", "x", "y")
 	got := get(t, a, "jobs", 1, 1, time.Minute, time.Second)
 	if len(got) != 1 {
 		t.Fatal("no task")
 	}
-	ncA.Close()
-	deadline := time.Now().Add(4 * ackWait)
-	for time.Now().Before(deadline) {
-		if err := b.ExtendDeliveries("jobs", []uint64{got[0].ID}, []string{got[0].Token}); err != nil {
-			t.Fatalf("renewal through another gateway: %v", err)
-		}
-		if ts := get(t, c, "jobs", 2, 1, time.Minute, ackWait/4); len(ts) != 0 {
-			t.Fatalf("a renewed pack was handed out again: %+v", ts)
-		}
-	}
+	killA()
+	renewThrough(t, b, c, got[0], ackWait)
 	if published, err := ackThrough(c, 7, got[0]); err != nil || len(published) != 1 {
 		t.Fatalf("completion after the renewals: published %+v, %v", published, err)
 	}
@@ -201,20 +186,15 @@ func TestPackedTaskRenewsThroughAnotherGateway(t *testing.T) {
 // attempt, or goes to the dead-letter queue after its last.
 func TestPackedTaskFailsThroughAnotherGateway(t *testing.T) {
 	for _, maxAttempts := range []int{3, 1} {
-		n := startNode(t)
-		ncA := connect(t, n)
-		cfgA := packCfg(time.Minute)
-		cfgA.Conn, cfgA.MaxAttempts = ncA, maxAttempts
-		a := newQueues(t, n, cfgA)
-		cfgB := packCfg(time.Minute)
-		cfgB.MaxAttempts = maxAttempts
-		b := newQueues(t, n, cfgB)
+		cfg := packCfg(time.Minute)
+		cfg.MaxAttempts = maxAttempts
+		a, b, _, killA := packingGateways(t, cfg)
 		put(t, b, "jobs", "x", "y")
 		got := get(t, a, "jobs", 1, 1, time.Minute, time.Second)
 		if len(got) != 1 {
 			t.Fatal("no task")
 		}
-		ncA.Close()
+		killA()
 		nack := queue.NackRequest{Queue: "jobs", Owner: 7, ID: got[0].ID, Error: "boom", Token: got[0].Token}
 		if err := b.Nack(nack); err != nil {
 			t.Fatalf("nack through another gateway: %v", err)
@@ -273,18 +253,13 @@ func TestHeldTaskCompletedElsewhereIsNotMoved(t *testing.T) {
 // A pack whose every task is completed through another gateway is acked
 // by that gateway, at once.
 func TestPackCompletedThroughAnotherGatewayIsAcked(t *testing.T) {
-	n := startNode(t)
-	ncA := connect(t, n)
-	cfgA := packCfg(time.Minute)
-	cfgA.Conn = ncA
-	a := newQueues(t, n, cfgA)
-	b := newQueues(t, n, packCfg(time.Minute))
+	a, b, _, killA := packingGateways(t, packCfg(time.Minute))
 	put(t, b, "jobs", "x", "y")
 	got := getAll(t, a, 1, 2, time.Second)
 	if len(got) != 2 {
 		t.Fatalf("got %d tasks", len(got))
 	}
-	ncA.Close()
+	killA()
 	for _, task := range got {
 		if published, err := ackThrough(b, 1, task); err != nil || len(published) != 1 {
 			t.Fatalf("completion through another gateway: published %+v, %v", published, err)

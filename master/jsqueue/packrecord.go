@@ -99,27 +99,18 @@ func (q *Queues) recordDone(ls []*lease) {
 }
 
 // recordPack adds the tasks of mask to p's record, unless they are the
-// last of p to be done. One write at a time per pack (p.recordMu), so that
-// completions of one pack through concurrent calls keep each other's.
+// last of p to be done.
 func (q *Queues) recordPack(ctx context.Context, p *pack, m uint64) error {
-	p.recordMu.Lock()
-	defer p.recordMu.Unlock()
 	q.mu.Lock()
 	last := p.left <= bits.OnesCount64(m)
-	cur := p.rec
 	q.mu.Unlock()
-	if last || m&^cur.done == 0 {
-		return nil // the pack is acked with them; or they are recorded
+	if last {
+		return nil // the pack is acked with them
 	}
-	r, err := q.updateRecord(ctx, p.recordKey(), p.stored, &cur, func(r packRecord) (packRecord, bool) {
+	return q.changeRecord(ctx, p, func(r packRecord) (packRecord, bool) {
 		// Bits another gateway set mean stored results too: kept.
-		return packRecord{done: r.done | m, delivered: max(r.delivered, p.delivery)}, true
+		return packRecord{done: r.done | m, delivered: max(r.delivered, p.delivery)}, m&^r.done != 0
 	})
-	if err != nil {
-		return err
-	}
-	q.keepRecord(p, r)
-	return nil
 }
 
 // takeTasks marks the tasks of mask of p done in its record before this
@@ -128,12 +119,7 @@ func (q *Queues) recordPack(ctx context.Context, p *pack, m uint64) error {
 // them through another gateway with that delivery's token (adoptPacked).
 // It returns the tasks it marked; the others are done already.
 func (q *Queues) takeTasks(ctx context.Context, p *pack, m uint64) (taken uint64, err error) {
-	p.recordMu.Lock()
-	defer p.recordMu.Unlock()
-	q.mu.Lock()
-	cur := p.rec
-	q.mu.Unlock()
-	r, err := q.updateRecord(ctx, p.recordKey(), p.stored, &cur, func(r packRecord) (packRecord, bool) {
+	err = q.changeRecord(ctx, p, func(r packRecord) (packRecord, bool) {
 		taken = 0
 		if r.delivered > p.delivery { // delivered again since: not this gateway's
 			return r, false
@@ -146,27 +132,36 @@ func (q *Queues) takeTasks(ctx context.Context, p *pack, m uint64) (taken uint64
 	if err != nil {
 		return 0, err
 	}
-	q.keepRecord(p, r)
 	return taken, nil
 }
 
 // untakeTasks undoes takeTasks for tasks whose results (or copies) could
 // not be stored: they are to do again.
 func (q *Queues) untakeTasks(ctx context.Context, p *pack, m uint64) {
-	p.recordMu.Lock()
-	defer p.recordMu.Unlock()
-	q.mu.Lock()
-	cur := p.rec
-	q.mu.Unlock()
-	r, err := q.updateRecord(ctx, p.recordKey(), p.stored, &cur, func(r packRecord) (packRecord, bool) {
+	err := q.changeRecord(ctx, p, func(r packRecord) (packRecord, bool) {
 		return packRecord{done: r.done &^ m, delivered: r.delivered}, r.done&m != 0
 	})
 	if err != nil {
 		q.log.Warn("tasks marked done but not stored are still marked; they run again only if their gateway holds them on",
 			"queue", p.del.s.queue, "err", err)
-		return
+	}
+}
+
+// changeRecord changes p's record (updateRecord), from what this gateway
+// last read or wrote of it, one change at a time per pack (p.recordMu),
+// so that concurrent completions of one pack keep each other's.
+func (q *Queues) changeRecord(ctx context.Context, p *pack, change func(packRecord) (packRecord, bool)) error {
+	p.recordMu.Lock()
+	defer p.recordMu.Unlock()
+	q.mu.Lock()
+	cur := p.rec
+	q.mu.Unlock()
+	r, err := q.updateRecord(ctx, p.recordKey(), p.stored, &cur, change)
+	if err != nil {
+		return err
 	}
 	q.keepRecord(p, r)
+	return nil
 }
 
 // keepRecord keeps r, p's record as this gateway last read or wrote
