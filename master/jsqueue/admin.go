@@ -57,7 +57,7 @@ func (q *Queues) figures(s *stream, state jetstream.StreamState, dead int) (queu
 		return queue.Stats{}, q.adminErr(s.queue, "stats", err)
 	}
 	stored, puts := storedTasks(state), state.LastSeq
-	if q.cfg.Pack > 1 || len(state.Subjects) > 0 {
+	if !queue.IsDeadLetterName(s.queue) { // never packed
 		extra, err := q.packedExtra(ctx, s.queue)
 		if err != nil {
 			return queue.Stats{}, q.adminErr(s.queue, "stats", err)
@@ -142,7 +142,7 @@ func (q *Queues) AllStats() []queue.Stats {
 			dead = int(states[queue.DeadLetterName(name)].Msgs)
 		}
 		state := states[name]
-		if state.Msgs > 0 && (state.NumSubjects > 1 || q.cfg.Pack > 1) { // packs: counted by subject
+		if state.Msgs > 0 { // packs, if any, counted by subject
 			ctx, cancel := q.call()
 			si, err := s.st.Info(ctx, jetstream.WithSubjectFilter(packSubjects(s.subject)))
 			cancel()
@@ -259,7 +259,7 @@ func (q *Queues) Delete(name string) error {
 	if err != nil {
 		return q.engineErr("delete "+name, err)
 	}
-	if q.cfg.Pack > 1 {
+	if !queue.IsDeadLetterName(name) {
 		if err := q.dropCount(ctx, name); err != nil {
 			q.log.Warn("a deleted queue's count of packed tasks not deleted; a queue made anew under its name counts them among its Puts", "queue", name, "err", err)
 		}

@@ -311,13 +311,18 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts [
 	msgs, mds = q.claimRedeliveries(s, msgs, mds)
 	// A redelivered pack is recorded as this gateway's, and the record
 	// says which of its tasks are done.
-	var records map[int]recordState
+	type claim struct {
+		rec     recordState
+		claimed bool
+	}
+	var claims map[int]claim
 	for i, m := range msgs {
 		if md := mds[i]; md != nil && md.NumDelivered > 1 && m.Header.Get(hdrPack) != "" {
-			if records == nil {
-				records = make(map[int]recordState)
+			if claims == nil {
+				claims = make(map[int]claim)
 			}
-			records[i] = q.claimPack(s, md.Sequence.Stream, md.NumDelivered, md.Timestamp)
+			rec, claimed := q.claimPack(s, md.Sequence.Stream, md.NumDelivered, md.Timestamp)
+			claims[i] = claim{rec, claimed}
 		}
 	}
 	now := time.Now()
@@ -339,7 +344,7 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts [
 		if m.Header.Get(hdrPack) != "" {
 			// Its tasks are held, then handed out from there with the
 			// others held, in order, below.
-			n, ack, err := q.unpackLocked(s, m, md, now, records[i])
+			n, ack, err := q.unpackLocked(s, m, md, now, claims[i].rec, md.NumDelivered > 1 && !claims[i].claimed)
 			if err != nil {
 				q.log.Warn("malformed pack; left to redeliver", "queue", s.queue, "seq", md.Sequence.Stream, "err", err)
 			}

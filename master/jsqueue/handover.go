@@ -323,7 +323,15 @@ func (q *Queues) nackMoved(req queue.NackRequest) error {
 // the task runs again, at once, through any gateway.
 func (q *Queues) disown(o orphan) {
 	if o.packed != nil {
-		q.untakeHandout(o.packed)
+		// Not unmarked: the gateway holding the pack, or one fetching it
+		// again, may have counted it done meanwhile, and would not run it.
+		// It runs again stored alone.
+		ctx, cancel := q.call()
+		defer cancel()
+		if err := q.storeFailed(ctx, o.packed, o.packDone, "results not stored"); err != nil {
+			q.log.Warn("a packed task whose results were not stored is not stored again either; it runs again if its pack is delivered again",
+				"queue", o.packed.s.queue, "task", o.task.ID, "err", err)
+		}
 		return
 	}
 	ctx, cancel := q.call()

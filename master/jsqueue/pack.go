@@ -243,10 +243,12 @@ type heldTask struct {
 
 // unpackLocked takes delivered pack m of stream s: its tasks go to the
 // back of s's held tasks, less those recorded done (in rec, claimed by
-// the caller for a redelivery). It returns how many tasks m carries, and
-// m itself if all of them are done already (to be acked). Called with
-// q.mu held.
-func (q *Queues) unpackLocked(s *stream, m *nats.Msg, md *nats.MsgMetadata, now time.Time, rec recordState) (int, *nats.Msg, error) {
+// the caller for a redelivery). unclaimed says the claim of a redelivery
+// failed: tokens of an earlier delivery may still be taken, so each task
+// is marked done in the record before its results are stored, as a
+// reissued one. It returns how many tasks m carries, and m itself if all
+// of them are done already (to be acked). Called with q.mu held.
+func (q *Queues) unpackLocked(s *stream, m *nats.Msg, md *nats.MsgMetadata, now time.Time, rec recordState, unclaimed bool) (int, *nats.Msg, error) {
 	payloads, err := decodePack(m.Data, m.Header.Get(hdrPack))
 	if err != nil {
 		return 0, nil, err
@@ -271,6 +273,7 @@ func (q *Queues) unpackLocked(s *stream, m *nats.Msg, md *nats.MsgMetadata, now 
 			t.LastError = errExpired // the gateway that held it died or lost it
 		}
 		p.tasks[i] = t
+		p.reissued[i] = unclaimed
 		if rec.done&(1<<i) != 0 {
 			p.done[i] = true
 			p.left--
@@ -546,7 +549,9 @@ func (q *Queues) moveHeld(moves []heldMove) {
 			mv, l := mvs[len(mvs)-1-i], ls[len(mvs)-1-i]
 			l.task.Attempts-- // not a failed attempt: requeueLocked counts one
 			if err != nil {
+				reissued := mv.p.reissued[mv.i] // nor a handout
 				q.requeueLocked(l, true, mv.p.tasks[mv.i].LastError, time.Time{})
+				mv.p.reissued[mv.i] = reissued
 				continue
 			}
 			if m := q.settleLocked(l); m != nil {

@@ -103,11 +103,30 @@ func (q *Queues) countPacked(s *stream, extra int) {
 	_ = q.cfg.Conn.PublishMsg(m)
 }
 
+// countsIfAny returns the counters' stream if it exists (nil if not): a
+// gateway that does not pack does not make it.
+func (q *Queues) countsIfAny(ctx context.Context) (jetstream.Stream, error) {
+	q.kvMu.Lock()
+	defer q.kvMu.Unlock()
+	if q.cnts != nil {
+		return q.cnts, nil
+	}
+	st, err := q.js.Stream(ctx, countsStream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	q.cnts = st
+	return st, nil
+}
+
 // packedExtra reads the tasks packs of queue name carried beyond one
 // each, 0 if none were counted.
 func (q *Queues) packedExtra(ctx context.Context, name string) (uint64, error) {
-	st, err := q.counts(ctx)
-	if err != nil {
+	st, err := q.countsIfAny(ctx)
+	if st == nil || err != nil {
 		return 0, err
 	}
 	m, err := st.GetLastMsgForSubject(ctx, countsSubject+streamName(name))
@@ -128,8 +147,8 @@ func (q *Queues) packedExtra(ctx context.Context, name string) (uint64, error) {
 
 // dropCount deletes queue name's counter, with its queue.
 func (q *Queues) dropCount(ctx context.Context, name string) error {
-	st, err := q.counts(ctx)
-	if err != nil {
+	st, err := q.countsIfAny(ctx)
+	if st == nil || err != nil {
 		return err
 	}
 	return st.Purge(ctx, jetstream.WithPurgeSubject(countsSubject+streamName(name)))

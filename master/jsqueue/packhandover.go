@@ -3,6 +3,7 @@ package jsqueue
 import (
 	"context"
 	"errors"
+	"slices"
 	"strconv"
 	"time"
 
@@ -91,6 +92,13 @@ func (q *Queues) takeHandout(ctx context.Context, h *packedHandout) (r recordSta
 		ok = h.currentIn(r)
 		return packRecord{done: r.done | h.bit(), delivered: max(r.delivered, h.tok.delivered)}, ok
 	})
+	if err == nil && ok && r.fresh {
+		// Acked meanwhile, its record deleted?
+		var gone bool
+		if gone, err = q.packGone(ctx, h.s, h.tok.seq); gone {
+			ok = false
+		}
+	}
 	if err != nil {
 		return r, false, q.engineErr("record a completion", err)
 	}
@@ -125,6 +133,7 @@ func (q *Queues) adoptPacked(s *stream, id uint64, token string) (orphan, bool, 
 	if err != nil || !ok {
 		return orphan{}, false, err
 	}
+	q.doneHere(h)
 	return orphan{task: h.task, msg: &nats.Msg{Reply: h.reply}, packed: h, packDone: r.done == allTasks(h.tasks)}, true, nil
 }
 
@@ -174,7 +183,7 @@ func (q *Queues) failPacked(s *stream, req queue.NackRequest) error {
 	if err == nil && ok {
 		var r recordState
 		if r, ok, err = q.takeHandout(ctx, h); err == nil && ok {
-			return q.storeFailed(ctx, h, r, req.Error)
+			return q.storeFailed(ctx, h, r.done == allTasks(h.tasks), req.Error)
 		}
 	}
 	if err != nil {
@@ -183,7 +192,32 @@ func (q *Queues) failPacked(s *stream, req queue.NackRequest) error {
 	return notLeased([]uint64{req.ID})
 }
 
-func (q *Queues) storeFailed(ctx context.Context, h *packedHandout, r recordState, errText string) error {
+// doneHere counts h's task done in its pack if this gateway holds that
+// delivery of it (the task's lease here ran out, and its worker came back
+// with its token): it is not to be handed out again from the held tasks.
+// Leased again here, its completion is refused (takeTasks).
+func (q *Queues) doneHere(h *packedHandout) {
+	q.mu.Lock()
+	p := q.packs[leaseKey{h.s.queue, h.tok.seq}]
+	if p == nil || p.delivery != h.tok.delivered || p.done[h.index] || p.out[h.index] {
+		q.mu.Unlock()
+		return
+	}
+	s := p.del.s
+	s.held = slices.DeleteFunc(s.held, func(x heldTask) bool { return x.p == p && x.i == h.index })
+	m := q.settleLocked(&lease{s: s, pack: p, index: h.index})
+	q.mu.Unlock()
+	if m != nil {
+		_ = q.ack(m) // acked already by the completion that finished it
+	}
+}
+
+// storeFailed stores the task of h, marked done in its pack
+// (takeHandout), again alone after a failed attempt: at the end of its
+// queue, or in its dead-letter queue after its last attempt. If it cannot
+// be, the mark is taken back. packDone says the mark finished the pack,
+// to be acked.
+func (q *Queues) storeFailed(ctx context.Context, h *packedHandout, packDone bool, errText string) error {
 	q.mu.Lock()
 	q.counters(h.s.queue).nacks++
 	q.mu.Unlock()
@@ -204,10 +238,11 @@ func (q *Queues) storeFailed(ctx context.Context, h *packedHandout, r recordStat
 		q.untakeHandout(h)
 		return err
 	}
+	q.doneHere(h)
 	if dead && q.cfg.OnDead != nil {
 		q.cfg.OnDead(h.s.queue, t)
 	}
-	return q.settlePacked(orphan{msg: &nats.Msg{Reply: h.reply}, packed: h, packDone: r.done == allTasks(h.tasks)})
+	return q.settlePacked(orphan{msg: &nats.Msg{Reply: h.reply}, packed: h, packDone: packDone})
 }
 
 // taskRef names task i of pack p.

@@ -269,3 +269,31 @@ func TestPackCompletedThroughAnotherGatewayIsAcked(t *testing.T) {
 		t.Fatalf("%d messages stored once the pack's tasks were done, want it acked", n)
 	}
 }
+
+// A completion through a token whose results cannot be stored leaves the
+// task marked done in its pack, and stores it again alone: unmarking it
+// would lose it if a gateway had counted it done meanwhile.
+func TestPackedTaskWhoseResultsFailRunsAgainAlone(t *testing.T) {
+	a, b, _, killA := packingGateways(t, packCfg(time.Minute))
+	ids := put(t, b, "jobs", "x", "y")
+	got := getAll(t, a, 1, 2, time.Second)
+	if len(got) != 2 {
+		t.Fatalf("got %d tasks", len(got))
+	}
+	killA()
+	req := queue.AckRequest{Queue: "jobs", Owner: 7, IDs: []uint64{got[0].ID}, Tokens: []string{got[0].Token},
+		Publish: func([]queue.Task) error { return errors.New("results queue down") }}
+	if _, err := b.Ack(req, nil); err == nil {
+		t.Fatal("a completion whose results failed went through")
+	}
+	again := get(t, b, "jobs", 8, 2, time.Minute, 5*time.Second)
+	if len(again) != 1 || again[0].ID != ids[0] || again[0].Attempts != 2 || again[0].LastError != "results not stored" {
+		t.Fatalf("then got %+v, want task %d alone at attempt 2, its results not stored", again, ids[0])
+	}
+	if published, err := ackThrough(b, 7, got[0]); !errors.Is(err, queue.ErrNotLeased) || len(published) != 0 {
+		t.Fatalf("the first delivery's completion again: published %+v, %v; want ErrNotLeased", published, err)
+	}
+	if published, err := ackThrough(b, 8, again[0]); err != nil || len(published) != 1 {
+		t.Fatalf("the task stored alone: published %+v, %v", published, err)
+	}
+}

@@ -107,10 +107,11 @@ func (q *Queues) recordPack(ctx context.Context, p *pack, m uint64) error {
 	if last {
 		return nil // the pack is acked with them
 	}
-	return q.changeRecord(ctx, p, func(r packRecord) (packRecord, bool) {
+	_, err := q.changeRecord(ctx, p, func(r packRecord) (packRecord, bool) {
 		// Bits another gateway set mean stored results too: kept.
 		return packRecord{done: r.done | m, delivered: max(r.delivered, p.delivery)}, m&^r.done != 0
 	})
+	return err
 }
 
 // takeTasks marks the tasks of mask of p done in its record before this
@@ -119,7 +120,7 @@ func (q *Queues) recordPack(ctx context.Context, p *pack, m uint64) error {
 // them through another gateway with that delivery's token (adoptPacked).
 // It returns the tasks it marked; the others are done already.
 func (q *Queues) takeTasks(ctx context.Context, p *pack, m uint64) (taken uint64, err error) {
-	err = q.changeRecord(ctx, p, func(r packRecord) (packRecord, bool) {
+	r, err := q.changeRecord(ctx, p, func(r packRecord) (packRecord, bool) {
 		taken = 0
 		if r.delivered > p.delivery { // delivered again since: not this gateway's
 			return r, false
@@ -129,6 +130,18 @@ func (q *Queues) takeTasks(ctx context.Context, p *pack, m uint64) (taken uint64
 		}
 		return packRecord{done: r.done | taken, delivered: max(r.delivered, p.delivery)}, true
 	})
+	if err == nil && taken != 0 && r.fresh {
+		// Acked through another gateway's token, its record deleted?
+		var gone bool
+		if gone, err = q.packGone(ctx, p.del.s, p.del.key.id); gone {
+			taken = 0
+			q.mu.Lock()
+			if q.packs[p.del.key] == p {
+				q.loseLocked(p) // nothing of it is left to do, or to ack
+			}
+			q.mu.Unlock()
+		}
+	}
 	if err != nil {
 		return 0, err
 	}
@@ -138,7 +151,7 @@ func (q *Queues) takeTasks(ctx context.Context, p *pack, m uint64) (taken uint64
 // untakeTasks undoes takeTasks for tasks whose results (or copies) could
 // not be stored: they are to do again.
 func (q *Queues) untakeTasks(ctx context.Context, p *pack, m uint64) {
-	err := q.changeRecord(ctx, p, func(r packRecord) (packRecord, bool) {
+	_, err := q.changeRecord(ctx, p, func(r packRecord) (packRecord, bool) {
 		return packRecord{done: r.done &^ m, delivered: r.delivered}, r.done&m != 0
 	})
 	if err != nil {
@@ -150,7 +163,7 @@ func (q *Queues) untakeTasks(ctx context.Context, p *pack, m uint64) {
 // changeRecord changes p's record (updateRecord), from what this gateway
 // last read or wrote of it, one change at a time per pack (p.recordMu),
 // so that concurrent completions of one pack keep each other's.
-func (q *Queues) changeRecord(ctx context.Context, p *pack, change func(packRecord) (packRecord, bool)) error {
+func (q *Queues) changeRecord(ctx context.Context, p *pack, change func(packRecord) (packRecord, bool)) (recordState, error) {
 	p.recordMu.Lock()
 	defer p.recordMu.Unlock()
 	q.mu.Lock()
@@ -158,10 +171,10 @@ func (q *Queues) changeRecord(ctx context.Context, p *pack, change func(packReco
 	q.mu.Unlock()
 	r, err := q.updateRecord(ctx, p.recordKey(), p.stored, &cur, change)
 	if err != nil {
-		return err
+		return r, err
 	}
 	q.keepRecord(p, r)
-	return nil
+	return r, nil
 }
 
 // keepRecord keeps r, p's record as this gateway last read or wrote
@@ -190,6 +203,21 @@ type packRecord struct {
 type recordState struct {
 	packRecord
 	rev uint64
+	// fresh is set on a record this gateway just wrote where there was
+	// none: the pack may have been acked, and its record deleted, since
+	// it was read (packGone).
+	fresh bool
+}
+
+// packGone reports whether the pack at seq of s is acked (every task of
+// it done), after a change that found no record of it (recordState.fresh):
+// a deleted record reads as none.
+func (q *Queues) packGone(ctx context.Context, s *stream, seq uint64) (bool, error) {
+	_, err := s.st.GetMsg(ctx, seq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return true, nil
+	}
+	return false, err
 }
 
 // recordValue is a record's value: the mask of tasks done, when the pack
@@ -234,7 +262,7 @@ func (q *Queues) readRecord(ctx context.Context, key string, stored time.Time) (
 		return recordState{}, err
 	}
 	r, _ := parseRecord(m.Data, stored) // another pack's reads as empty
-	return recordState{r, m.Sequence}, nil
+	return recordState{packRecord: r, rev: m.Sequence}, nil
 }
 
 // updateRecord changes the record at key of the pack stored at stored, by
@@ -262,7 +290,7 @@ func (q *Queues) updateRecord(ctx context.Context, key string, stored time.Time,
 		}
 		ack, err := q.js.Publish(ctx, key, recordValue(next, stored), jetstream.WithExpectLastSequencePerSubject(r.rev))
 		if err == nil {
-			return recordState{next, ack.Sequence}, nil
+			return recordState{packRecord: next, rev: ack.Sequence, fresh: r.rev == 0}, nil
 		}
 		if !isWrongSequence(err) {
 			return r, err
@@ -282,9 +310,10 @@ const maxRecordTries = 8
 // claimPack records that this gateway holds delivery delivered of the
 // pack at seq of s, stored at stored, and returns its record: which of
 // its tasks are done. From then on no completion through a token of an
-// earlier delivery is taken (adoptPacked). A failure is logged: what was
-// read counts, at worst nothing, and those tasks run again.
-func (q *Queues) claimPack(s *stream, seq, delivered uint64, stored time.Time) recordState {
+// earlier delivery is taken (adoptPacked). A failure is logged and
+// reported (ok false): what was read counts, at worst nothing, and those
+// tasks run again.
+func (q *Queues) claimPack(s *stream, seq, delivered uint64, stored time.Time) (r recordState, ok bool) {
 	ctx, cancel := q.call()
 	defer cancel()
 	r, err := q.updateRecord(ctx, packRecordKey(streamName(s.queue), seq), stored, nil, func(r packRecord) (packRecord, bool) {
@@ -293,7 +322,7 @@ func (q *Queues) claimPack(s *stream, seq, delivered uint64, stored time.Time) r
 	if err != nil {
 		q.log.Warn("a redelivered pack not recorded as taken; its done tasks may run again", "queue", s.queue, "seq", seq, "err", err)
 	}
-	return r
+	return r, err == nil
 }
 
 // recordOfLocked notes the record of p, done, to be deleted once p's ack
