@@ -71,7 +71,7 @@ func TestRootFlags(t *testing.T) {
 		MaxUnauthConns: 8, AuthFailLimit: 3, MaxConns: 100, MaxStreams: 16, MaxMemory: 1 << 30,
 		TLSCert: "/c.pem", TLSKey: "/k.pem", TLSClientCA: "/ca.pem",
 		RetryBackoff: "1s..1h", DedupWindow: 5 * time.Minute,
-		Engine: engineOptions{Pack: 1},
+		Engine: engineOptions{}, // --pack unset: its default
 	}
 	if got.LogLevel.Level != slog.LevelDebug || got.LogFormat.String() != "json" {
 		t.Errorf("log level %v format %v", got.LogLevel, got.LogFormat)
@@ -292,5 +292,19 @@ func TestHumanAge(t *testing.T) {
 		if got := humanAge(d); got != want {
 			t.Errorf("humanAge(%s) = %q, want %q", d, got, want)
 		}
+	}
+}
+
+// --pack unset packs 32 tasks a message; --pack 1 turns packing off.
+func TestPackDefault(t *testing.T) {
+	for _, c := range []struct {
+		set, want int
+	}{{0, defaultPack}, {1, 1}, {8, 8}} {
+		if got := (&engineOptions{Pack: c.set}).pack(); got != c.want {
+			t.Errorf("--pack %d: packs %d, want %d", c.set, got, c.want)
+		}
+	}
+	if defaultPack != 32 {
+		t.Errorf("default pack %d, documented as 32", defaultPack)
 	}
 }
