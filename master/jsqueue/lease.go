@@ -694,6 +694,7 @@ func (q *Queues) ReapLeases(done <-chan struct{}, onExpired func(n int)) {
 	type chores struct {
 		overdue []string // queues
 		drops   []string
+		counts  map[string]int
 	}
 	moves := make(chan chores)
 	moved := make(chan struct{}, 1)
@@ -706,6 +707,7 @@ func (q *Queues) ReapLeases(done <-chan struct{}, onExpired func(n int)) {
 			if len(batch.drops) > 0 {
 				q.dropRecords(batch.drops)
 			}
+			q.sendCounts(batch.counts)
 			select {
 			case moved <- struct{}{}:
 			default: // never full: one batch at a time
@@ -736,7 +738,8 @@ func (q *Queues) ReapLeases(done <-chan struct{}, onExpired func(n int)) {
 				batch := chores{overdue: q.overdueQueuesLocked(now), drops: q.staleRecords}
 				q.staleRecords = nil
 				q.mu.Unlock()
-				if len(batch.overdue) > 0 || len(batch.drops) > 0 {
+				batch.counts = q.takeCounts(now)
+				if len(batch.overdue) > 0 || len(batch.drops) > 0 || len(batch.counts) > 0 {
 					moving = true
 					moves <- batch
 				}
@@ -831,7 +834,7 @@ func (q *Queues) reap(now time.Time) (n int, held bool) {
 			delete(q.renewals, token) // unanswered
 		}
 	}
-	held = len(q.leases)+len(q.unconfirmed)+len(q.renewals)+len(q.packs)+len(q.staleRecords)+len(q.recordOf) > 0
+	held = len(q.leases)+len(q.unconfirmed)+len(q.renewals)+len(q.packs)+len(q.staleRecords)+len(q.recordOf)+len(q.packedCounts) > 0
 	q.mu.Unlock()
 	for _, r := range renew {
 		_ = q.cfg.Conn.PublishRequest(r.l.msg.Reply, r.reply, progressPayload)

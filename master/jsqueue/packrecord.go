@@ -51,8 +51,8 @@ func (p *pack) recordKey() string {
 
 // records returns the records' stream, creating it on first use.
 func (q *Queues) records(ctx context.Context) (jetstream.Stream, error) {
-	q.kvMu.Lock()
-	defer q.kvMu.Unlock()
+	q.recsMu.Lock()
+	defer q.recsMu.Unlock()
 	if q.recs != nil {
 		return q.recs, nil
 	}

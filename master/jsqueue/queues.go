@@ -116,6 +116,11 @@ type Queues struct {
 	recordOf       map[*nats.Msg]string
 	staleRecords   []string
 	recordsPending atomic.Int64
+	// packedCounts are the tasks packs carried beyond one each, by
+	// stream, not yet added to the queues' counters (packcount.go);
+	// countsSent is when they last were.
+	packedCounts map[string]int
+	countsSent   time.Time
 	// lastErr holds the error of a task's failed attempt until the task is
 	// delivered again (JetStream's nak carries no text). A task
 	// redelivered through another gateway reads "lease expired" instead.
@@ -137,15 +142,17 @@ type Queues struct {
 	pulls *pulls
 
 	// kv is the record of deliveries (handover.go), opened on first use
-	// under kvMu.
-	kvMu sync.Mutex
-	kv   jetstream.KeyValue
-	// recs is the stream of the packs' records (packrecord.go), opened
-	// on first use under kvMu.
-	recs jetstream.Stream
-	// cnts is the stream of the packs' counters (packcount.go), opened
-	// on first use under kvMu.
-	cnts jetstream.Stream
+	// under kvMu. recs, the stream of the packs' records (packrecord.go),
+	// and cnts, the stream of the packs' counters (packcount.go), are
+	// opened by a packing gateway's New, or on first use, each under a
+	// lock of its own: the creation of a replicated stream in a busy
+	// cluster can take seconds, and must hold up nothing else.
+	kvMu   sync.Mutex
+	kv     jetstream.KeyValue
+	recsMu sync.Mutex
+	recs   jetstream.Stream
+	cntsMu sync.Mutex
+	cnts   jetstream.Stream
 }
 
 // stream is one queue's stream and its consumer.
@@ -256,6 +263,16 @@ func New(cfg Config) (*Queues, error) {
 	}
 	q.pulls = newPulls(cfg.Conn)
 	q.ctx, q.cancel = context.WithCancel(context.Background())
+	if cfg.Pack > 1 {
+		// Made now, while the cluster is likely idle, rather than under
+		// load at their first use; if they cannot be yet, they are then.
+		if _, err := q.records(ctx); err != nil {
+			q.log.Warn("the packs' records not opened yet", "err", err)
+		}
+		if _, err := q.counts(ctx); err != nil {
+			q.log.Warn("the packs' counters not opened yet", "err", err)
+		}
+	}
 	return q, nil
 }
 
@@ -270,6 +287,7 @@ func (q *Queues) Close() {
 	}
 	q.mu.Unlock()
 	q.closePacks() // before cancel, which would end its puts
+	q.sendCounts(q.takeCounts(time.Time{}))
 	q.cancel()
 	_ = q.renewSub.Unsubscribe()
 	q.pulls.close()
