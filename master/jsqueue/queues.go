@@ -149,6 +149,7 @@ type Queues struct {
 	// cluster can take seconds, and must hold up nothing else.
 	kvMu   sync.Mutex
 	kv     jetstream.KeyValue
+	bg     sync.WaitGroup // New's opening of recs and cnts
 	recsMu sync.Mutex
 	recs   jetstream.Stream
 	cntsMu sync.Mutex
@@ -266,12 +267,17 @@ func New(cfg Config) (*Queues, error) {
 	if cfg.Pack > 1 {
 		// Made now, while the cluster is likely idle, rather than under
 		// load at their first use; if they cannot be yet, they are then.
-		if _, err := q.records(ctx); err != nil {
-			q.log.Warn("the packs' records not opened yet", "err", err)
-		}
-		if _, err := q.counts(ctx); err != nil {
-			q.log.Warn("the packs' counters not opened yet", "err", err)
-		}
+		// Not waited for: a node that restarts may not answer for a while.
+		q.bg.Go(func() {
+			ctx, cancel := q.call()
+			defer cancel()
+			if _, err := q.records(ctx); err != nil {
+				q.log.Warn("the packs' records not opened yet", "err", err)
+			}
+			if _, err := q.counts(ctx); err != nil {
+				q.log.Warn("the packs' counters not opened yet", "err", err)
+			}
+		})
 	}
 	return q, nil
 }
@@ -289,6 +295,7 @@ func (q *Queues) Close() {
 	q.closePacks() // before cancel, which would end its puts
 	q.sendCounts(q.takeCounts(time.Time{}))
 	q.cancel()
+	q.bg.Wait()
 	_ = q.renewSub.Unsubscribe()
 	q.pulls.close()
 	q.mu.Lock()
