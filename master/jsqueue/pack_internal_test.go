@@ -646,3 +646,42 @@ func TestPackFinishedThroughATokenRefusesTheReissuedTask(t *testing.T) {
 		t.Fatalf("the second worker's completion: %v, %d results through a; want ErrNotLeased and only task 2's", err, byA)
 	}
 }
+
+// A gateway that closes sends the counts it had not sent yet: without a
+// reaper running, only Close sends them.
+func TestClosingGatewaySendsItsCounts(t *testing.T) {
+	n, err := StartNode(NodeConfig{DataDir: t.TempDir(), Secret: "s3cret"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(n.Shutdown)
+	a := openQueues(t, n, Config{Pack: 4})
+	b := openQueues(t, n, Config{Pack: 4})
+	ids := putN(t, a, "jobs", 8) // two packs: 6 tasks beyond one each
+	a.Close()
+	var got []queue.Task
+	for len(got) < 8 {
+		ts := getN(t, b, "jobs", 1, 8-len(got), time.Second)
+		if len(ts) == 0 {
+			t.Fatalf("got %d of the 8 tasks", len(got))
+		}
+		got = append(got, ts...)
+	}
+	if _, err := b.Ack(queue.AckRequest{Queue: "jobs", Owner: 1, IDs: ids}, nil); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st, err := b.Stats("jobs")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Puts == 8 && st.Done == 8 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("puts %d, done %d 5s after the gateway closed, want 8 and 8", st.Puts, st.Done)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

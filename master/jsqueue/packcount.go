@@ -113,7 +113,7 @@ const countsEvery = 100 * time.Millisecond
 func (q *Queues) takeCounts(now time.Time) map[string]int {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if len(q.packedCounts) == 0 || now.Sub(q.countsSent) < countsEvery {
+	if len(q.packedCounts) == 0 || !now.IsZero() && now.Sub(q.countsSent) < countsEvery {
 		return nil
 	}
 	counts := q.packedCounts
