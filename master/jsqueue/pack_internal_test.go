@@ -112,16 +112,27 @@ func FuzzDecodePack(f *testing.F) {
 // packQueues opens a gateway with cfg on a node of its own, reaping.
 func packQueues(t *testing.T, cfg Config) *Queues {
 	t.Helper()
+	q := openQueues(t, startTestNode(t), cfg)
+	reap(t, q)
+	return q
+}
+
+// startTestNode starts a JetStream node of the test's own.
+func startTestNode(t *testing.T) *Node {
+	t.Helper()
 	n, err := StartNode(NodeConfig{DataDir: t.TempDir(), Secret: "s3cret"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(n.Shutdown)
-	q := openQueues(t, n, cfg)
+	return n
+}
+
+// reap runs q's reaper until the test ends.
+func reap(t *testing.T, q *Queues) {
 	done, stopped := make(chan struct{}), make(chan struct{})
 	go func() { defer close(stopped); q.ReapLeases(done, nil) }()
 	t.Cleanup(func() { close(done); <-stopped })
-	return q
 }
 
 // openQueues opens a gateway with cfg (HoldFor a minute unless set) on
@@ -296,17 +307,11 @@ func TestMovesOfOneQueueDoNotRepeatAnother(t *testing.T) {
 // delivers the pack to next runs only the tasks not done, and deletes the
 // pack's record once the pack is acked.
 func TestDeadGatewaysDoneTasksDoNotRunAgain(t *testing.T) {
-	n, err := StartNode(NodeConfig{DataDir: t.TempDir(), Secret: "s3cret"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(n.Shutdown)
+	n := startTestNode(t)
 	cfg := Config{Pack: 8, AckWait: 300 * time.Millisecond}
 	dying := openQueues(t, n, cfg)
 	next := openQueues(t, n, cfg)
-	done, stopped := make(chan struct{}), make(chan struct{})
-	go func() { defer close(stopped); next.ReapLeases(done, nil) }()
-	t.Cleanup(func() { close(done); <-stopped })
+	reap(t, next)
 
 	putIDs := putN(t, dying, "jobs", 4)
 	ts := getN(t, dying, "jobs", 1, 4, time.Second)
@@ -543,16 +548,10 @@ func TestHeldTasksNobodyElseWaitsForStayInOrder(t *testing.T) {
 // A pause, and a resume, through another gateway stop and restart the
 // handing out of the tasks this gateway holds, once it has looked.
 func TestPauseThroughAnotherGatewayHoldsHeldTasks(t *testing.T) {
-	n, err := StartNode(NodeConfig{DataDir: t.TempDir(), Secret: "s3cret"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(n.Shutdown)
+	n := startTestNode(t)
 	a := openQueues(t, n, Config{Pack: 4, HoldFor: 100 * time.Millisecond})
 	b := openQueues(t, n, Config{Pack: 4})
-	done, stopped := make(chan struct{}), make(chan struct{})
-	go func() { defer close(stopped); a.ReapLeases(done, nil) }()
-	t.Cleanup(func() { close(done); <-stopped })
+	reap(t, a)
 	ids := putN(t, a, "jobs", 4)
 	getN(t, a, "jobs", 1, 1, time.Second) // the rest held by a
 	pausedAtA := func(want bool) {
@@ -592,18 +591,11 @@ func TestPauseThroughAnotherGatewayHoldsHeldTasks(t *testing.T) {
 // again, then refuses that delivery's completion: a record that reads as
 // none is not taken for a pack with nothing done.
 func TestPackFinishedThroughATokenRefusesTheReissuedTask(t *testing.T) {
-	n, err := StartNode(NodeConfig{DataDir: t.TempDir(), Secret: "s3cret"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(n.Shutdown)
+	n := startTestNode(t)
 	a := openQueues(t, n, Config{Pack: 4})
 	b := openQueues(t, n, Config{Pack: 4})
-	for _, q := range []*Queues{a, b} {
-		done, stopped := make(chan struct{}), make(chan struct{})
-		go func() { defer close(stopped); q.ReapLeases(done, nil) }()
-		t.Cleanup(func() { close(done); <-stopped })
-	}
+	reap(t, a)
+	reap(t, b)
 	ids := putN(t, a, "jobs", 2)
 	first := getN(t, a, "jobs", 1, 2, time.Second)
 	for len(first) < 2 {
@@ -650,11 +642,7 @@ func TestPackFinishedThroughATokenRefusesTheReissuedTask(t *testing.T) {
 // A gateway that closes sends the counts it had not sent yet: without a
 // reaper running, only Close sends them.
 func TestClosingGatewaySendsItsCounts(t *testing.T) {
-	n, err := StartNode(NodeConfig{DataDir: t.TempDir(), Secret: "s3cret"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(n.Shutdown)
+	n := startTestNode(t)
 	a := openQueues(t, n, Config{Pack: 4})
 	b := openQueues(t, n, Config{Pack: 4})
 	ids := putN(t, a, "jobs", 8) // two packs: 6 tasks beyond one each

@@ -271,10 +271,10 @@ func New(cfg Config) (*Queues, error) {
 		q.bg.Go(func() {
 			ctx, cancel := q.call()
 			defer cancel()
-			if _, err := q.records(ctx); err != nil {
+			if _, err := q.records(ctx); err != nil && ctx.Err() == nil {
 				q.log.Warn("the packs' records not opened yet", "err", err)
 			}
-			if _, err := q.counts(ctx); err != nil {
+			if _, err := q.counts(ctx); err != nil && ctx.Err() == nil {
 				q.log.Warn("the packs' counters not opened yet", "err", err)
 			}
 		})
