@@ -546,12 +546,9 @@ func (q *Queues) moveHeld(moves []heldMove) {
 		q.mu.Lock()
 		for i := range mvs {
 			// Last first: back in front of the held tasks in their order.
-			mv, l := mvs[len(mvs)-1-i], ls[len(mvs)-1-i]
-			l.task.Attempts-- // not a failed attempt: requeueLocked counts one
+			l := ls[len(mvs)-1-i]
 			if err != nil {
-				reissued := mv.p.reissued[mv.i] // nor a handout
-				q.requeueLocked(l, true, mv.p.tasks[mv.i].LastError, time.Time{})
-				mv.p.reissued[mv.i] = reissued
+				q.requeueLocked(l, false, "", time.Time{}) // neither an attempt nor a handout
 				continue
 			}
 			if m := q.settleLocked(l); m != nil {

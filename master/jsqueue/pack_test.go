@@ -20,7 +20,8 @@ func ackIDs(t *testing.T, q *jsqueue.Queues, name string, owner uint64, ids ...u
 	}
 }
 
-func ids(ts []queue.Task) []uint64 {
+// taskIDs returns the IDs of ts.
+func taskIDs(ts []queue.Task) []uint64 {
 	out := make([]uint64, len(ts))
 	for i, t := range ts {
 		out[i] = t.ID
@@ -61,8 +62,8 @@ func TestPackedTasksInOrder(t *testing.T) {
 	if want := []string{"1", "2", "3", "4", "5", "6", "7", "8", "9", "10"}; !slices.Equal(payloads(got), want) {
 		t.Fatalf("got %q, want %q", payloads(got), want)
 	}
-	if !slices.Equal(ids(got), putIDs) {
-		t.Fatalf("ids %v, want the put's %v", ids(got), putIDs)
+	if !slices.Equal(taskIDs(got), putIDs) {
+		t.Fatalf("ids %v, want the put's %v", taskIDs(got), putIDs)
 	}
 	ackIDs(t, q, "jobs", 1, putIDs[:3]...)
 	if n := stored(t, q, "jobs"); n != 3 {
@@ -131,7 +132,7 @@ func TestPackedTaskFailures(t *testing.T) {
 	if len(c) != 1 || c[0].ID != putIDs[2] || c[0].Attempts != 2 || c[0].LastError != "lease expired" {
 		t.Fatalf("after its lease ran out got %+v, want task c at attempt 2", c)
 	}
-	if _, err := q.Ack(queue.AckRequest{Queue: "jobs", Owner: 3, IDs: ids(c)}, nil); !errors.Is(err, queue.ErrNotLeased) {
+	if _, err := q.Ack(queue.AckRequest{Queue: "jobs", Owner: 3, IDs: taskIDs(c)}, nil); !errors.Is(err, queue.ErrNotLeased) {
 		t.Errorf("late ack of the expired delivery: %v, want ErrNotLeased", err)
 	}
 	// Worker 1 leaves holding b: back, attempt 2.
@@ -223,13 +224,13 @@ func TestClosingGatewayHandsOverAPartlyDonePack(t *testing.T) {
 	if got := payloads(rest); !slices.Equal(got, []string{"2", "3", "4"}) {
 		t.Fatalf("after the close got %q, want 2 3 4", got)
 	}
-	if !slices.Equal(ids(rest), putIDs[1:]) {
-		t.Errorf("ids %v, want %v", ids(rest), putIDs[1:])
+	if !slices.Equal(taskIDs(rest), putIDs[1:]) {
+		t.Errorf("ids %v, want %v", taskIDs(rest), putIDs[1:])
 	}
 	if rest[0].Attempts != 2 || rest[1].Attempts != 1 {
 		t.Errorf("attempts %d and %d: want 2 for the task that was out, 1 for one held", rest[0].Attempts, rest[1].Attempts)
 	}
-	ackIDs(t, b, "jobs", 7, ids(rest)...)
+	ackIDs(t, b, "jobs", 7, taskIDs(rest)...)
 	if n := stored(t, b, "jobs"); n != 0 {
 		t.Fatalf("%d messages stored after every task was done", n)
 	}
@@ -263,7 +264,7 @@ func TestDeadGatewaysPackGoesToAnother(t *testing.T) {
 	}
 	cfgA.Conn.Close()
 	ts := get(t, b, "jobs", 7, 8, 0, 5*time.Second)
-	if !slices.Equal(ids(ts), putIDs) || ts[0].Attempts != 2 || ts[1].Attempts != 2 || ts[0].LastError != "lease expired" {
+	if !slices.Equal(taskIDs(ts), putIDs) || ts[0].Attempts != 2 || ts[1].Attempts != 2 || ts[0].LastError != "lease expired" {
 		t.Fatalf("got %+v, want both tasks at attempt 2", ts)
 	}
 	dying.Close()
@@ -275,7 +276,7 @@ func TestPackedAdmin(t *testing.T) {
 	q := newQueues(t, startNode(t), jsqueue.Config{HoldFor: time.Minute, Pack: 4})
 	putIDs := put(t, q, "jobs", "1", "2", "3")
 	ts, err := q.Peek("jobs", 2)
-	if err != nil || !slices.Equal(payloads(ts), []string{"1", "2"}) || !slices.Equal(ids(ts), putIDs[:2]) {
+	if err != nil || !slices.Equal(payloads(ts), []string{"1", "2"}) || !slices.Equal(taskIDs(ts), putIDs[:2]) {
 		t.Fatalf("peek: %+v, %v", ts, err)
 	}
 	if _, err := q.Drop("jobs", putIDs[1:2]); !errors.Is(err, queue.ErrBadArgument) {
@@ -391,7 +392,7 @@ func TestDeadPackedTaskCanBeDropped(t *testing.T) {
 	if err := q.Nack(queue.NackRequest{Queue: "jobs", Owner: 1, ID: ts[0].ID, Error: "x"}); err != nil {
 		t.Fatal(err)
 	}
-	if n, err := q.Drop(queue.DeadLetterName("jobs"), ids(ts)); n != 1 || err != nil {
+	if n, err := q.Drop(queue.DeadLetterName("jobs"), taskIDs(ts)); n != 1 || err != nil {
 		t.Fatalf("drop from the dead-letter queue: %d, %v", n, err)
 	}
 }
@@ -415,11 +416,11 @@ func TestHeldTasksMoveToAnotherGateway(t *testing.T) {
 	if got := payloads(rest); !slices.Equal(got, []string{"2", "3", "4"}) {
 		t.Fatalf("the other gateway got %q, want the held 2 3 4", got)
 	}
-	if !slices.Equal(ids(rest), putIDs[1:]) || rest[0].Attempts != 1 {
+	if !slices.Equal(taskIDs(rest), putIDs[1:]) || rest[0].Attempts != 1 {
 		t.Fatalf("moved tasks %+v: want their IDs %v, attempt 1", rest, putIDs[1:])
 	}
 	ackIDs(t, a, "jobs", 1, first[0].ID)
-	ackIDs(t, b, "jobs", 2, ids(rest)...)
+	ackIDs(t, b, "jobs", 2, taskIDs(rest)...)
 	// The pack is acked by its last task's settle: the ack, or the move,
 	// which may count its tasks done just after b took them.
 	deadline = time.Now().Add(5 * time.Second)

@@ -63,8 +63,8 @@ func TestPackedTaskCompletesThroughAnotherGateway(t *testing.T) {
 	}
 	reaping(t, c)
 	again := getAll(t, c, 9, 4, 20*ackWait)
-	if want := []uint64{ids[0], ids[2], ids[3]}; !slices.Equal(ids0(again), want) {
-		t.Fatalf("after the gateway died got %v, want %v: the pack less the task completed", ids0(again), want)
+	if want := []uint64{ids[0], ids[2], ids[3]}; !slices.Equal(taskIDs(again), want) {
+		t.Fatalf("after the gateway died got %v, want %v: the pack less the task completed", taskIDs(again), want)
 	}
 	if again[0].Attempts != 2 {
 		t.Errorf("attempt %d, want 2", again[0].Attempts)
@@ -75,14 +75,6 @@ func TestPackedTaskCompletesThroughAnotherGateway(t *testing.T) {
 	if n := stored(t, c, "jobs"); n != 0 {
 		t.Fatalf("%d messages stored once every task was done", n)
 	}
-}
-
-func ids0(ts []queue.Task) []uint64 {
-	out := make([]uint64, len(ts))
-	for i, t := range ts {
-		out[i] = t.ID
-	}
-	return out
 }
 
 // Once a gateway has taken the pack's next delivery, completions through
@@ -98,7 +90,7 @@ func TestRedeliveredPackRefusesEarlierTokens(t *testing.T) {
 	}
 	killA()
 	second := getAll(t, b, 2, 2, 20*ackWait)
-	if !slices.Equal(ids0(second), ids) || second[0].Attempts != 2 || second[0].Token == first[0].Token {
+	if !slices.Equal(taskIDs(second), ids) || second[0].Attempts != 2 || second[0].Token == first[0].Token {
 		t.Fatalf("after the first gateway died got %+v, want both tasks at attempt 2, with tokens of their own", second)
 	}
 	for _, q := range []*jsqueue.Queues{b, c} {
@@ -143,8 +135,8 @@ func TestReissuedPackedTaskHasOneResult(t *testing.T) {
 				t.Fatalf("the second completion: published %+v, %v; want ErrNotLeased", published, err)
 			}
 			rest := get(t, a, "jobs", 3, 2, time.Minute, time.Second)
-			if !slices.Equal(ids0(rest), ids[1:]) {
-				t.Fatalf("then got %v, want only %d", ids0(rest), ids[1])
+			if !slices.Equal(taskIDs(rest), ids[1:]) {
+				t.Fatalf("then got %v, want only %d", taskIDs(rest), ids[1])
 			}
 			if published, err := ackThrough(a, 3, rest...); err != nil || len(published) != 1 {
 				t.Fatalf("the other task: published %+v, %v", published, err)
@@ -176,8 +168,8 @@ func TestPackedTaskRenewsThroughAnotherGateway(t *testing.T) {
 		t.Fatalf("renewal of a completed task: %v, want ErrNotLeased", err)
 	}
 	reaping(t, c)
-	if rest := getAll(t, c, 8, 2, 20*ackWait); !slices.Equal(ids0(rest), ids[1:]) {
-		t.Fatalf("then got %v, want only %d", ids0(rest), ids[1])
+	if rest := getAll(t, c, 8, 2, 20*ackWait); !slices.Equal(taskIDs(rest), ids[1:]) {
+		t.Fatalf("then got %v, want only %d", taskIDs(rest), ids[1])
 	}
 }
 
@@ -235,8 +227,8 @@ func TestHeldTaskCompletedElsewhereIsNotMoved(t *testing.T) {
 	}
 	// a moves both held tasks apart after HoldFor: y only is stored.
 	moved := getAll(t, b, 2, 2, 1500*time.Millisecond)
-	if !slices.Equal(ids0(moved), ids[1:]) {
-		t.Fatalf("got %v, want only %d stored apart", ids0(moved), ids[1])
+	if !slices.Equal(taskIDs(moved), ids[1:]) {
+		t.Fatalf("got %v, want only %d stored apart", taskIDs(moved), ids[1])
 	}
 	if published, err := ackThrough(b, 2, moved...); err != nil || len(published) != 1 {
 		t.Fatalf("the moved task: published %+v, %v", published, err)
