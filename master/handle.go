@@ -153,7 +153,7 @@ func (c *clientConn) put(req *wire.Request, buf *callBuffers) ([]uint64, error) 
 	if err := putOptions(req, items); err != nil {
 		return nil, err
 	}
-	return c.s.queues.Put(c.waitCtx(req.Timeout), queue.PutRequest{Queue: req.Queue, Items: items, MaxWait: max(req.Timeout, 0)})
+	return c.s.queues.Put(c.waitCtx(req.Timeout), queue.PutRequest{Queue: req.Queue, Items: items, MaxWait: max(req.Timeout, 0), RequestID: req.RequestID})
 }
 
 // putOptions sets the due time and keys of a put's items from req, or
@@ -166,6 +166,8 @@ func putOptions(req *wire.Request, items []queue.Item) error {
 		return fmt.Errorf("%w: a put takes a delay or a time to run at, not both", wire.ErrBadRequest)
 	case len(req.Keys) > 0 && len(req.Keys) != len(items):
 		return fmt.Errorf("%w: a put of %d items has %d idempotency keys; give one per item (\"\" for none)", wire.ErrBadRequest, len(items), len(req.Keys))
+	case len(req.Keys) > 0 && req.RequestID != "":
+		return fmt.Errorf("%w: a put takes idempotency keys or a request ID, not both", wire.ErrBadRequest)
 	}
 	var due time.Time
 	if req.Delay > 0 {

@@ -22,6 +22,7 @@ func TestPutOptionsRefused(t *testing.T) {
 		{Delay: -time.Second},
 		{Delay: time.Second, At: time.Now().Add(time.Hour)},
 		{Keys: []string{"a"}},
+		{Keys: []string{"a", "b"}, RequestID: "r"},
 		{Priority: 10},
 		{Priority: -1},
 	} {

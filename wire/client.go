@@ -527,12 +527,20 @@ type PutOptions struct {
 	// first task's ID, so a put retried after a timeout adds no
 	// duplicates.
 	Keys []string
+	// RequestID, if not empty, makes the whole put idempotent instead:
+	// the same put (the same items, in the same order) sent again with
+	// the same ID within the master's dedup window adds nothing and gets
+	// the first send's IDs. It costs the master one entry per put where
+	// Keys cost one per item, and a gateway still packs its tasks. It
+	// must be unique to the put (a producer's run and its batch, say), at
+	// most 256 bytes, and not given with Keys.
+	RequestID string
 }
 
 // request fills a put request with the options.
 func (o *PutOptions) request(queue string, items []msgpack.RawMessage) *Request {
 	return &Request{Op: OpPut, Queue: queue, Items: items, ReplyTo: o.ReplyTo, Timeout: o.Timeout,
-		Delay: o.Delay, At: o.At, Priority: o.Priority, Keys: o.Keys}
+		Delay: o.Delay, At: o.At, Priority: o.Priority, Keys: o.Keys, RequestID: o.RequestID}
 }
 
 // Put appends items (any msgpack-encodable values, or msgpack.RawMessage)

@@ -327,7 +327,7 @@ func appendRequest(b []byte, r *Request) []byte {
 	for _, set := range [...]bool{r.Queue != "", len(r.Items) > 0, r.ReplyTo != "", r.Max != 0,
 		r.Timeout != 0, r.Lease != 0, r.NoAck, len(r.IDs) > 0, r.Error != "", len(r.Results) > 0,
 		r.ResultQueue != "", r.Role != "", r.Name != "", r.Then != nil,
-		r.Delay != 0, !r.At.IsZero(), r.Priority != 0, len(r.Keys) > 0, r.RetryAfter != 0,
+		r.Delay != 0, !r.At.IsZero(), r.Priority != 0, len(r.Keys) > 0, r.RequestID != "", r.RetryAfter != 0,
 		r.MaxAttempts != 0, r.BackoffMin != 0, r.BackoffMax != 0, len(r.Tokens) > 0} {
 		if set {
 			n++
@@ -410,6 +410,9 @@ func appendRequest(b []byte, r *Request) []byte {
 		for _, k := range r.Keys {
 			b = msgp.AppendStr(b, k)
 		}
+	}
+	if r.RequestID != "" {
+		b = msgp.AppendStr(msgp.AppendStr(b, "rid"), r.RequestID)
 	}
 	if r.RetryAfter != 0 {
 		b = msgp.AppendInt(msgp.AppendStr(b, "retry_after"), int64(r.RetryAfter))
@@ -501,6 +504,8 @@ func (r *Request) decode(rd *msgp.Reader, chained bool) error {
 			r.Priority, err = readInt(rd)
 		case "keys":
 			r.Keys, err = readStrs(rd)
+		case "rid":
+			r.RequestID, err = rd.Str()
 		case "toks":
 			r.Tokens, err = readStrs(rd)
 		case "retry_after":

@@ -79,6 +79,11 @@ type Request struct {
 	At       time.Time     `msgpack:"at,omitempty"`
 	Priority int           `msgpack:"pri,omitempty"`
 	Keys     []string      `msgpack:"keys,omitempty"`
+	// RequestID (put) makes the whole put idempotent instead: the same
+	// put sent again with the same ID within the dedup window adds
+	// nothing and gets the first send's IDs. One entry per put, where
+	// Keys cost one per item. Not with Keys.
+	RequestID string `msgpack:"rid,omitempty"`
 	// RetryAfter (nack) is how long the task waits before its next
 	// delivery, instead of its queue's backoff.
 	RetryAfter time.Duration `msgpack:"retry_after,omitempty"`

@@ -55,8 +55,8 @@ Given several --server addresses (gateways to one cluster), or a host name
 with the addresses of several hosts (an IPv4 and an IPv6 address are one
 host), map carries on through another when the one it uses dies, trying
 for up to a minute: the cluster keeps the tasks and results. A batch whose put was cut off is put
-again under the same idempotency keys, so the master stores none of
-its tasks twice (within its --dedup-window). Results are taken under a
+again under the same request ID, so the master stores none of its
+tasks twice (within its --dedup-window). Results are taken under a
 lease and acked once received, so none is lost with a connection; one
 received twice is ignored.`,
 		Example: `  seq 1 100 | qmaster map --tasks squares
@@ -464,12 +464,13 @@ func produce(ctx context.Context, conn *producerConn, opts *mapOptions, results 
 		if err != nil {
 			return err
 		}
-		keys := conn.keys(batch)
+		rid := conn.requestID(batch)
 		// Stored or not, a batch cut off with its connection is put again
-		// through another gateway, under the same keys (see producerConn).
+		// through another gateway, under the same request ID (see
+		// producerConn).
 		var ids []uint64
 		err = conn.call(ctx, func(c *wire.Client) (err error) {
-			ids, err = putWaiting(ctx, c, opts.Tasks, raw, keys, results)
+			ids, err = putWaiting(ctx, c, opts.Tasks, raw, rid, results)
 			return err
 		})
 		if err != nil {
@@ -552,17 +553,17 @@ func pause(ctx context.Context, d time.Duration) {
 // never fit (and map does not know that length), and smaller puts fit
 // sooner into a queue being drained.
 //
-// keys, if not nil, are the items' idempotency keys: a put stored before
-// its answer was lost adds nothing when it is put again, and gets the IDs
-// of the tasks it stored.
-func putWaiting(ctx context.Context, c *wire.Client, queue string, items []msgpack.RawMessage, keys []string, replyTo string) ([]uint64, error) {
+// rid, if not empty, is the put's request ID: a put stored before its
+// answer was lost adds nothing when it is put again, and gets the IDs of
+// the tasks it stored. Its halves get IDs of their own.
+func putWaiting(ctx context.Context, c *wire.Client, queue string, items []msgpack.RawMessage, rid, replyTo string) ([]uint64, error) {
 	for {
-		ids, err := c.PutRaw(ctx, queue, items, wire.PutOptions{ReplyTo: replyTo, Timeout: time.Second, Keys: keys})
+		ids, err := c.PutRaw(ctx, queue, items, wire.PutOptions{ReplyTo: replyTo, Timeout: time.Second, RequestID: rid})
 		if errors.Is(err, wire.ErrUnavailable) && ctx.Err() == nil {
 			// A gateway's engine is electing a leader: wait a moment.
-			// (The put may have stored some tasks. Under keys, putting
-			// them again adds nothing; without, they run twice and the
-			// results of the first are not printed.)
+			// (The put may have stored some tasks. Under a request ID,
+			// putting them again adds nothing; without, they run twice
+			// and the results of the first are not printed.)
 			pause(ctx, unavailablePause)
 			continue
 		}
@@ -571,15 +572,17 @@ func putWaiting(ctx context.Context, c *wire.Client, queue string, items []msgpa
 		}
 		if len(items) > 1 {
 			half := len(items) / 2
-			var firstKeys, restKeys []string
-			if keys != nil {
-				firstKeys, restKeys = keys[:half], keys[half:]
+			// The whole put was refused, so none of it is stored: its
+			// halves are new puts.
+			var firstID, restID string
+			if rid != "" {
+				firstID, restID = rid+"a", rid+"b"
 			}
-			first, err := putWaiting(ctx, c, queue, items[:half], firstKeys, replyTo)
+			first, err := putWaiting(ctx, c, queue, items[:half], firstID, replyTo)
 			if err != nil {
 				return first, err
 			}
-			rest, err := putWaiting(ctx, c, queue, items[half:], restKeys, replyTo)
+			rest, err := putWaiting(ctx, c, queue, items[half:], restID, replyTo)
 			return append(first, rest...), err
 		}
 	}

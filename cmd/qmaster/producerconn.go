@@ -18,10 +18,13 @@ import (
 // cluster), it carries on through another when its gateway dies: the
 // cluster keeps the queues, so the results of tasks put through the dead
 // gateway still come. A batch whose put was in flight then is put again,
-// since it may not have been stored. Its tasks carry idempotency keys, the
-// run's and the line's, so a batch that was stored is not stored twice:
-// the put again gets the first tasks' IDs (within the master's
-// --dedup-window). Should a task still run twice, map prints the first
+// since it may not have been stored. Each put carries a request ID, the
+// run's and its first line's, so a batch that was stored is not stored
+// twice: the put again gets the first tasks' IDs (within the master's
+// --dedup-window). A request ID costs the master one entry per put, and
+// a gateway packs the put's tasks as it packs any others; idempotency
+// keys would cost one per task, and a gateway stores keyed tasks a
+// message each. Should a task still run twice, map prints the first
 // result of its line, ignoring the other (and says how many it ignored).
 //
 // A host name that resolves to several addresses counts as that many
@@ -37,11 +40,11 @@ type producerConn struct {
 	name      string // the command, for its messages: "qmaster map"
 	dial      func(context.Context) (*wire.Client, error)
 	reconnect bool
-	// keyPrefix, with reconnect, starts the idempotency key of each
-	// task: unique to the run, followed by the input line's number.
-	keyPrefix string
-	errOut    io.Writer
-	redial    time.Duration // how long replace tries; 0: redialFor
+	// idPrefix, with reconnect, starts the request ID of each put:
+	// unique to the run, followed by its first input line's number.
+	idPrefix string
+	errOut   io.Writer
+	redial   time.Duration // how long replace tries; 0: redialFor
 
 	mu  sync.Mutex
 	c   *wire.Client
@@ -51,7 +54,7 @@ type producerConn struct {
 
 // dialProducer connects for the producer command cmd ("map", "put"). With
 // several masters to reach the connection it returns reconnects, and
-// gives the tasks keys unique to the run.
+// gives the puts request IDs unique to the run.
 func dialProducer(ctx context.Context, co *clientOptions, f *factory, cmd string) (*producerConn, error) {
 	dial := func(ctx context.Context) (*wire.Client, error) {
 		return co.connect(ctx, f, "producer", cmd)
@@ -63,7 +66,7 @@ func dialProducer(ctx context.Context, co *clientOptions, f *factory, cmd string
 	conn := &producerConn{name: "qmaster " + cmd, dial: dial, c: c, errOut: f.ErrOut}
 	if c.Masters() > 1 {
 		conn.reconnect = true
-		conn.keyPrefix = cmd + "-" + randomHex(8) + "-"
+		conn.idPrefix = cmd + "-" + randomHex(8) + "-"
 	}
 	return conn, nil
 }
@@ -72,17 +75,13 @@ func dialProducer(ctx context.Context, co *clientOptions, f *factory, cmd string
 // gives up: long enough for a node's restart or a leader's election.
 const redialFor = time.Minute
 
-// keys returns the idempotency keys of batch's tasks, or nil when the
+// requestID returns the request ID of batch's put, or "" when the
 // command does not reconnect (and so never puts a batch twice).
-func (m *producerConn) keys(batch []inputLine) []string {
-	if m.keyPrefix == "" {
-		return nil
+func (m *producerConn) requestID(batch []inputLine) string {
+	if m.idPrefix == "" || len(batch) == 0 {
+		return ""
 	}
-	keys := make([]string, len(batch))
-	for i, l := range batch {
-		keys[i] = m.keyPrefix + strconv.Itoa(l.N)
-	}
-	return keys
+	return m.idPrefix + strconv.Itoa(batch[0].N)
 }
 
 func (m *producerConn) client() (*wire.Client, int) {

@@ -146,12 +146,13 @@ func putRun(ctx context.Context, opts *putOptions) error {
 			raw[i] = b
 		}
 		popts := wire.PutOptions{ReplyTo: opts.ReplyTo, Timeout: opts.Timeout, Delay: opts.Delay, At: opts.at, Priority: opts.Priority,
-			Keys: conn.keys(batch)}
+			RequestID: conn.requestID(batch)}
 		if opts.Key != "" {
-			popts.Keys = []string{opts.Key}
+			popts.Keys, popts.RequestID = []string{opts.Key}, ""
 		}
 		// Stored or not, a batch cut off with its connection is put again
-		// through another gateway, under the same keys (see producerConn).
+		// through another gateway, under the same request ID or key (see
+		// producerConn).
 		var ids []uint64
 		err := conn.call(ctx, func(c *wire.Client) (err error) {
 			ids, err = c.PutRaw(ctx, opts.Queue, raw, popts)

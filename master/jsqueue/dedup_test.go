@@ -55,3 +55,54 @@ func TestIdempotentPut(t *testing.T) {
 		}
 	}
 }
+
+// TestRequestIDPacksAndPutsOnce: a put with a request ID is packed, and
+// sent again through another gateway it adds nothing and gets the first
+// send's IDs; sent again through a gateway that packs otherwise it is
+// stored again, whole, rather than taken for other tasks.
+func TestRequestIDPacksAndPutsOnce(t *testing.T) {
+	node := startNode(t)
+	a := newQueues(t, node, jsqueue.Config{Pack: 32})
+	b := newQueues(t, node, jsqueue.Config{Pack: 32})
+	unpacked := newQueues(t, node, jsqueue.Config{Pack: 1})
+	ctx := context.Background()
+	const n = 70 // two full packs and a part
+	items := make([]queue.Item, n)
+	for i := range items {
+		items[i] = queue.Item{Payload: []byte{byte(i)}}
+	}
+	req := queue.PutRequest{Queue: "jobs", Items: items, RequestID: "run-1/line-1"}
+	first, err := a.Put(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first[0] < 1<<52 {
+		t.Fatalf("first ID %d: the put was not packed", first[0])
+	}
+	again, err := b.Put(ctx, req)
+	if err != nil || !slices.Equal(again, first) {
+		t.Fatalf("the put again through another gateway: IDs from %d (%v); want the first's, from %d", again[0], err, first[0])
+	}
+	if st, err := a.Stats("jobs"); err != nil || st.Ready != n {
+		t.Fatalf("after the repeat: %+v, %v; want %d ready", st, err, n)
+	}
+	other, err := unpacked.Put(ctx, req)
+	if err != nil || len(other) != n || slices.Contains(first, other[0]) {
+		t.Fatalf("the put again, unpacked: %v, %v; want %d new IDs", other, err, n)
+	}
+	ts := getAll(t, a, 1, 2*n, 10*time.Second)
+	seen := make(map[string]int)
+	for _, p := range payloads(ts) {
+		seen[p]++
+	}
+	for i := range n {
+		if c := seen[string([]byte{byte(i)})]; c != 2 {
+			t.Fatalf("task %d is stored %d times, want twice (packed, then unpacked)", i, c)
+		}
+	}
+	bad := req
+	bad.Items = []queue.Item{{Payload: []byte("x"), Key: "k"}}
+	if _, err := a.Put(ctx, bad); !errors.Is(err, queue.ErrBadArgument) {
+		t.Fatalf("a request ID with item keys: %v, want ErrBadArgument", err)
+	}
+}

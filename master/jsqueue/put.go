@@ -34,6 +34,9 @@ func (q *Queues) Put(ctx context.Context, req queue.PutRequest) ([]uint64, error
 	if err := checkItems(req.Items); err != nil {
 		return nil, err
 	}
+	if err := queue.CheckRequestID(req); err != nil {
+		return nil, err
+	}
 	s, err := q.open(req.Queue, true)
 	if err != nil {
 		return nil, err
@@ -69,6 +72,9 @@ func (q *Queues) Put(ctx context.Context, req queue.PutRequest) ([]uint64, error
 	if q.cfg.Pack > 1 && len(msgs) > 1 && !queue.IsDeadLetterName(req.Queue) {
 		msgs, counts = packMsgs(s.subject, msgs, q.cfg.Pack)
 	}
+	if req.RequestID != "" {
+		requestMsgIDs(msgs, counts, req.RequestID)
+	}
 	ctx, cancel := q.call()
 	defer cancel()
 	ids, err := q.publish(ctx, msgs)
@@ -85,6 +91,28 @@ func (q *Queues) Put(ctx context.Context, req queue.PutRequest) ([]uint64, error
 		ids = packedIDs(ids, counts, len(req.Items))
 	}
 	return ids, nil
+}
+
+// requestMsgIDs gives each message of a put with the request ID rid a
+// Nats-Msg-Id: the ID and the range of the put's items it carries. The
+// put sent again, packed alike, has the same IDs, and JetStream stores
+// none of it twice; packed otherwise (through a gateway with another
+// --pack), its ranges differ, and it is stored again rather than taken
+// for messages that carry other items. counts are packMsgs' (nil: none
+// packed).
+func requestMsgIDs(msgs []*nats.Msg, counts []int, rid string) {
+	start := 0
+	for i, m := range msgs {
+		n := 1
+		if counts != nil && counts[i] > 0 {
+			n = counts[i]
+		}
+		if m.Header == nil {
+			m.Header = nats.Header{}
+		}
+		m.Header.Set(jetstream.MsgIDHeader, rid+"/"+strconv.Itoa(start)+"+"+strconv.Itoa(n))
+		start += n
+	}
 }
 
 // waitRoom waits until req's batch fits in s's max length, and returns

@@ -71,6 +71,9 @@ func (k *keyTable) forget(ts []Task) {
 	}
 }
 
+// drop forgets key.
+func (k *keyTable) drop(key string) { delete(k.ids, key) }
+
 // add remembers key for the task id, put at at.
 func (k *keyTable) add(key string, id uint64, at int64) {
 	if k.ids == nil {

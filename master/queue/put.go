@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -22,6 +23,57 @@ type PutRequest struct {
 	// MaxWait bounds how long a Put waits for room, as well as ctx does;
 	// 0 means ctx alone.
 	MaxWait time.Duration
+	// RequestID, if not empty, makes the whole put idempotent: a put
+	// with the same ID in the same queue within the dedup window adds
+	// nothing and returns the first one's IDs. It is remembered as one
+	// key, its first task's, so it costs one entry per put where item
+	// keys cost one per item. At most MaxKeyLen bytes; the items may
+	// not have keys of their own.
+	RequestID string
+}
+
+// requestKeyPrefix starts the key that stands for a whole put with a
+// request ID. Item keys may not start with it (CheckItems), so neither
+// can be taken for the other.
+const requestKeyPrefix = "\x00request\x00"
+
+// requestKey is the key a put with the request ID id is remembered by.
+func requestKey(id string) string { return requestKeyPrefix + id }
+
+// isRequestKey reports whether key stands for a whole put (requestKey).
+func isRequestKey(key string) bool { return strings.HasPrefix(key, requestKeyPrefix) }
+
+// CheckRequestID reports, wrapping ErrBadArgument, what is wrong with
+// req's request ID: too long, or given with item keys. Put checks it; so
+// may another implementation of the queues.
+func CheckRequestID(req PutRequest) error {
+	if req.RequestID == "" {
+		return nil
+	}
+	if len(req.RequestID) > MaxKeyLen {
+		return fmt.Errorf("%w: a request ID is at most %d bytes, got %d", ErrBadArgument, MaxKeyLen, len(req.RequestID))
+	}
+	for i := range req.Items {
+		if req.Items[i].Key != "" {
+			return fmt.Errorf("%w: a put takes idempotency keys or a request ID, not both", ErrBadArgument)
+		}
+	}
+	return nil
+}
+
+// requestItems returns req's items, the first with the key that stands
+// for the whole put when req has a request ID, or says what is wrong
+// with the ID.
+func requestItems(req PutRequest) ([]Item, error) {
+	if err := CheckRequestID(req); err != nil {
+		return nil, err
+	}
+	if req.RequestID == "" || len(req.Items) == 0 {
+		return req.Items, nil
+	}
+	items := slices.Clone(req.Items)
+	items[0].Key = requestKey(req.RequestID)
+	return items, nil
 }
 
 // NoWait is a context that is done already: a Get or Put under it takes
@@ -56,6 +108,11 @@ func (m *Manager) Put(ctx context.Context, req PutRequest) ([]uint64, error) {
 	if err := CheckItems(req.Items, m.now()); err != nil {
 		return nil, err
 	}
+	items, err := requestItems(req)
+	if err != nil {
+		return nil, err
+	}
+	req.Items = items
 	if len(req.Items) == 0 {
 		if _, err := m.lookupOrCreate(req.Queue); err != nil {
 			return nil, err
@@ -80,7 +137,7 @@ func (m *Manager) Put(ctx context.Context, req PutRequest) ([]uint64, error) {
 				if req.Results { // the log writes them once it can
 					return nil, err
 				}
-				return m.withdraw(req.Queue, ids, first, err)
+				return m.withdraw(req.Queue, req.Items[0].Key, ids, first, err)
 			}
 			return ids, nil
 		}
@@ -126,7 +183,7 @@ func (m *Manager) Put(ctx context.Context, req PutRequest) ([]uint64, error) {
 		switch {
 		case got && !r.retry:
 			if err := m.wait(r.ticket); err != nil {
-				return m.withdraw(req.Queue, r.ids, r.first, err)
+				return m.withdraw(req.Queue, req.Items[0].Key, r.ids, r.first, err)
 			}
 			return r.ids, nil
 		case m.closed.Load():
@@ -158,6 +215,9 @@ func CheckItems(items []Item, now time.Time) error {
 		if len(it.Key) > MaxKeyLen {
 			return fmt.Errorf("%w: an idempotency key is at most %d bytes, got %d", ErrBadArgument, MaxKeyLen, len(it.Key))
 		}
+		if isRequestKey(it.Key) {
+			return fmt.Errorf("%w: an idempotency key may not start with %q", ErrBadArgument, requestKeyPrefix)
+		}
 	}
 	return nil
 }
@@ -168,8 +228,9 @@ func CheckItems(items []Item, now time.Time) error {
 // store's buffer, to be written with them or not at all. Tasks a get took
 // already stay: they run, and are written once the store can write again.
 // withdraw returns their ids, and an error that says which of the two
-// happened.
-func (m *Manager) withdraw(name string, ids []uint64, first uint64, err error) ([]uint64, error) {
+// happened. firstKey is the key of the put's first item, which for a put
+// with a request ID stands for it all.
+func (m *Manager) withdraw(name, firstKey string, ids []uint64, first uint64, err error) ([]uint64, error) {
 	q, lerr := m.lockLive(name)
 	if lerr != nil { // deleted meanwhile, and the put with it
 		return nil, fmt.Errorf("%w; nothing of this put was queued", err)
@@ -186,6 +247,12 @@ func (m *Manager) withdraw(name string, ids []uint64, first uint64, err error) (
 		out = q.removeDelayed(out, &back)
 	}
 	q.keys.forget(back) // a retry of the put must add them again
+	if len(back) > 0 && isRequestKey(firstKey) {
+		// Its first task may have been handed out, and so not forgotten
+		// above: a retry that found its key would be told that all were
+		// stored.
+		q.keys.drop(firstKey)
+	}
 	q.recordDeletes(back)
 	q.log.commit()
 	q.puts -= uint64(len(back))

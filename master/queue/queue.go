@@ -115,6 +115,12 @@ func (q *queue) adds(items []Item) int {
 	if q.keys.len() == 0 {
 		return len(items)
 	}
+	if k := items[0].Key; isRequestKey(k) {
+		if _, ok := q.keys.lookup(k); ok {
+			return 0 // the whole put is a repeat
+		}
+		return len(items)
+	}
 	n := 0
 	for i := range items {
 		if k := items[i].Key; k == "" {
@@ -167,6 +173,16 @@ func (q *queue) push(items []Item, c *clock) (ids []uint64, first uint64, ticket
 	now := c.now()
 	if q.keys.len() > 0 {
 		q.keys.expire(now.Add(-q.m.cfg.DedupWindow).UnixNano())
+	}
+	if k := items[0].Key; isRequestKey(k) {
+		// A put with a request ID: its first item's key stands for it
+		// all, and its tasks' IDs follow the first one's.
+		if id, ok := q.keys.lookup(k); ok {
+			for i := range ids {
+				ids[i] = id + uint64(i)
+			}
+			return ids, first, q.keys.ticket(k)
+		}
 	}
 	added := 0
 	var seen store.Ticket // the latest ticket of a put whose key an item repeats

@@ -434,6 +434,9 @@ type heldStore struct {
 	waiters int
 	release chan struct{}
 	failing bool
+	// failsOnRelease makes a write fail once released, so that gets may
+	// take tasks of a put whose write then fails.
+	failsOnRelease bool
 }
 
 func (s *heldStore) Load() (store.Meta, []store.Task, error) { return store.Meta{}, nil, nil }
@@ -449,6 +452,9 @@ func (s *heldStore) Wait(store.Ticket) error {
 	s.waiters++
 	s.mu.Unlock()
 	<-s.release
+	if s.failsOnRelease {
+		return store.ErrDiskFull
+	}
 	return nil
 }
 
@@ -569,5 +575,134 @@ func TestPeekDelayedMany(t *testing.T) {
 	}
 	if !slices.IsSortedFunc(ts, func(a, b queue.Task) int { return a.Due.Compare(b.Due) }) {
 		t.Fatal("delayed tasks not listed by due time")
+	}
+}
+
+// putRequest puts items under the request ID rid.
+func putRequest(t *testing.T, m *queue.Manager, name, rid string, items ...queue.Item) []uint64 {
+	t.Helper()
+	ids, err := m.Put(context.Background(), queue.PutRequest{Queue: name, Items: items, RequestID: rid})
+	if err != nil {
+		t.Fatalf("put %s under request %q: %v", name, rid, err)
+	}
+	return ids
+}
+
+// TestRequestIDPutsOnce: a put sent again with its request ID within the
+// dedup window adds nothing and gets the first send's IDs, even after its
+// tasks are done and across a restart; another ID, another queue, or the
+// window's end, and the put is new.
+func TestRequestIDPutsOnce(t *testing.T) {
+	dir := t.TempDir()
+	clk := newFakeClock()
+	cfg := queue.Config{Now: clk.Now, DedupWindow: time.Minute}
+	m, stop := openDurable(t, dir, cfg)
+	batch := []queue.Item{item("a"), item("b"), item("c")}
+	ids := putRequest(t, m, "q", "r1", batch...)
+	if again := putRequest(t, m, "q", "r1", batch...); !slices.Equal(again, ids) {
+		t.Fatalf("the same put again: ids %v, want %v", again, ids)
+	}
+	other := putRequest(t, m, "q", "r2", batch...)
+	if slices.Contains(ids, other[0]) {
+		t.Fatalf("another request ID got the first put's IDs: %v", other)
+	}
+	if o := putRequest(t, m, "other", "r1", batch...); slices.Contains(ids, o[0]) {
+		t.Fatal("a request ID of another queue deduplicated")
+	}
+	ts := mustGet(t, m, "q", 10, 1)
+	if got := payloads(ts); len(got) != 6 {
+		t.Fatalf("queue holds %v, want the two puts' six tasks", got)
+	}
+	if _, err := m.Ack(queue.AckRequest{Queue: "q", Owner: 1, IDs: ids}, nil); err != nil {
+		t.Fatal(err)
+	}
+	stop()
+	clk.Advance(30 * time.Second)
+	m, stop = openDurable(t, dir, cfg)
+	if again := putRequest(t, m, "q", "r1", batch...); !slices.Equal(again, ids) {
+		t.Fatalf("after its tasks were done and a restart: ids %v, want %v", again, ids)
+	}
+	if st := mustStats(t, m, "q"); st.Puts != 0 || st.Ready != 3 {
+		t.Fatalf("after the repeat: puts %d, ready %d; want 0 since the restart, and r2's 3 (leased before it)", st.Puts, st.Ready)
+	}
+	stop()
+	clk.Advance(31 * time.Second)
+	m, stop = openDurable(t, dir, cfg)
+	defer stop()
+	if later := putRequest(t, m, "q", "r1", batch...); slices.Contains(ids, later[0]) {
+		t.Fatal("a request ID past its window was remembered across a restart")
+	}
+}
+
+// TestRequestIDBadInput: a request ID with item keys, a long one, and an
+// item key that could pass for one are refused, and add nothing.
+func TestRequestIDBadInput(t *testing.T) {
+	m := newManager(t, queue.Config{})
+	for _, req := range []queue.PutRequest{
+		{Queue: "q", Items: []queue.Item{item("a"), {Payload: []byte("b"), Key: "k"}}, RequestID: "r"},
+		{Queue: "q", Items: []queue.Item{item("a")}, RequestID: strings.Repeat("r", queue.MaxKeyLen+1)},
+		{Queue: "q", Items: []queue.Item{{Payload: []byte("a"), Key: "\x00request\x00r"}}},
+	} {
+		if _, err := m.Put(context.Background(), req); !errors.Is(err, queue.ErrBadArgument) {
+			t.Errorf("Put(%+v): %v, want ErrBadArgument", req, err)
+		}
+	}
+	if _, err := m.Stats("q"); !errors.Is(err, queue.ErrUnknownQueue) {
+		t.Errorf("a refused put left a queue: %v", err)
+	}
+}
+
+// TestRequestIDInFullQueue: a repeated put needs no room, and a put whose
+// write failed is forgotten, so that its retry adds its tasks.
+func TestRequestIDInFullQueue(t *testing.T) {
+	m := newManager(t, queue.Config{MaxLen: 2})
+	batch := []queue.Item{item("a"), item("b")}
+	first := putRequest(t, m, "q", "r", batch...)
+	ids, err := m.Put(queue.NoWait, queue.PutRequest{Queue: "q", Items: batch, RequestID: "r"})
+	if err != nil || !slices.Equal(ids, first) {
+		t.Fatalf("repeat into a full queue: %v, %v; want %v", ids, err, first)
+	}
+
+	failing := &heldStore{failing: true}
+	m = newManager(t, queue.Config{Store: failing})
+	if _, err := m.Put(context.Background(), queue.PutRequest{Queue: "q", Items: batch, RequestID: "r"}); !errors.Is(err, store.ErrDiskFull) {
+		t.Fatalf("put on a full disk: %v", err)
+	}
+	failing.failing = false
+	failing.release = make(chan struct{})
+	close(failing.release)
+	putRequest(t, m, "q", "r", batch...)
+	if st := mustStats(t, m, "q"); st.Ready != 2 {
+		t.Fatalf("the retry of a refused put left %d ready, want 2", st.Ready)
+	}
+
+	// The first task is handed out before the write fails: it runs, the
+	// second is taken back, and a retry must add the second again, not
+	// be told that both were stored.
+	held := &heldStore{release: make(chan struct{}), failsOnRelease: true}
+	m = newManager(t, queue.Config{Store: held})
+	failed := make(chan error, 1)
+	go func() {
+		_, err := m.Put(context.Background(), queue.PutRequest{Queue: "q", Items: batch, RequestID: "r"})
+		failed <- err
+	}()
+	checkFor(t, 5*time.Second, func() error {
+		if n := held.waiting(); n != 1 {
+			return fmt.Errorf("%d puts wait for the store, want 1", n)
+		}
+		return nil
+	})
+	taken := mustGet(t, m, "q", 1, 1)
+	close(held.release)
+	if err := <-failed; !errors.Is(err, store.ErrDiskFull) {
+		t.Fatalf("put whose write failed: %v", err)
+	}
+	held.failsOnRelease = false
+	retry := putRequest(t, m, "q", "r", batch...)
+	if slices.Contains(retry, taken[0].ID+1) {
+		t.Fatalf("the retry got the taken-back task's ID: %v", retry)
+	}
+	if st := mustStats(t, m, "q"); st.Ready != 2 {
+		t.Fatalf("after the retry: %d ready, want its 2", st.Ready)
 	}
 }
