@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/qm-dev/qm/internal/freeport"
 )
 
 // Keys of the Redis runs.
@@ -54,17 +56,10 @@ func (b *bench) startRedis(ctx context.Context) (*proc, string, error) {
 	return p, addr, nil
 }
 
-// freePort asks the kernel for a free loopback port. Another process could
-// take it before redis-server binds it; redis-server then fails to start
-// and the run says so.
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
-}
+// freePort returns a loopback port that was free a moment ago, below the
+// kernel's ephemeral range (freeport.Port), so that no connection takes
+// it before the server it is for binds it.
+func freePort() (int, error) { return freeport.Port() }
 
 // startRedisWorkers starts w worker processes (qbench worker-redis) that
 // take up to batch tasks at a time, and waits until each says it is

@@ -5,9 +5,11 @@ import (
 	"context"
 	"errors"
 	"net"
+	"slices"
 	"testing"
 	"time"
 
+	"github.com/qm-dev/qm/internal/freeport"
 	"github.com/qm-dev/qm/master"
 	"github.com/qm-dev/qm/wire"
 )
@@ -87,18 +89,21 @@ func CheckFor(t testing.TB, total, every time.Duration, f func() error) {
 
 // FreeAddrs returns n loopback addresses free at the moment, for servers
 // that must know each other's addresses before they start (the nodes of
-// a cluster). Another process could take one meanwhile; the server that
-// then fails to bind says so.
+// a cluster), below the kernel's ephemeral range (package freeport), so
+// that no connection takes one meanwhile. A test that picks the same
+// port at the same moment could; the server that then fails to bind
+// says so.
 func FreeAddrs(t testing.TB, n int) []string {
 	t.Helper()
-	addrs := make([]string, n)
-	for i := range addrs {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addrs := make([]string, 0, n)
+	for len(addrs) < n {
+		addr, err := freeport.Loopback()
 		if err != nil {
 			t.Fatal(err)
 		}
-		addrs[i] = ln.Addr().String()
-		defer ln.Close()
+		if !slices.Contains(addrs, addr) {
+			addrs = append(addrs, addr)
+		}
 	}
 	return addrs
 }
