@@ -6,6 +6,7 @@ import (
 	"errors"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -671,5 +672,56 @@ func TestClosingGatewaySendsItsCounts(t *testing.T) {
 			t.Fatalf("puts %d, done %d 5s after the gateway closed, want 8 and 8", st.Puts, st.Done)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestPackedPutIsStoredOnceSentAgain: a packed put without keys carries
+// message IDs of the gateway's own, so that publish may send it again
+// when its leader dies with the acks: sent again, JetStream stores none
+// of it twice. A put a message a task carries none (their cost).
+func TestPackedPutIsStoredOnceSentAgain(t *testing.T) {
+	q := packQueues(t, Config{Pack: 32})
+	items := make([]queue.Item, 70)
+	for i := range items {
+		items[i] = queue.Item{Payload: []byte{byte(i)}}
+	}
+	if _, err := q.Put(context.Background(), queue.PutRequest{Queue: "jobs", Items: items}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.Put(context.Background(), queue.PutRequest{Queue: "jobs", Items: items[:1]}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := q.open("jobs", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	var ids []string
+	for seq := uint64(1); seq <= 4; seq++ {
+		m, err := s.st.GetMsg(ctx, seq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		id := m.Header.Get(jetstream.MsgIDHeader)
+		ids = append(ids, id)
+		if seq == 4 {
+			if id != "" {
+				t.Errorf("a put of one task has the ID %q", id)
+			}
+			break
+		}
+		// Sent again as publish would: the same subject, headers and data.
+		ack, err := q.js.PublishMsg(ctx, &nats.Msg{Subject: m.Subject, Header: m.Header, Data: m.Data})
+		if err != nil || !ack.Duplicate || ack.Sequence != seq {
+			t.Fatalf("message %d (ID %q) sent again: %+v, %v; want a duplicate of %d", seq, id, ack, err, seq)
+		}
+	}
+	for i, want := range []string{"/0+32", "/32+32", "/64+6"} {
+		if !strings.HasPrefix(ids[i], q.putIDs) || !strings.HasSuffix(ids[i], want) {
+			t.Errorf("message %d has the ID %q, want %q...%q", i+1, ids[i], q.putIDs, want)
+		}
+	}
+	if st, err := q.Stats("jobs"); err != nil || st.Ready != 71 {
+		t.Fatalf("after the packs were sent again: %+v, %v; want 71 ready", st, err)
 	}
 }

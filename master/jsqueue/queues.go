@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -133,8 +134,12 @@ type Queues struct {
 	// held wakes the reaper, asleep while nothing is held (so that an
 	// idle gateway does not wake every reapEvery), when a lease or an
 	// unconfirmed delivery is added.
-	held       chan struct{}
-	reaps      atomic.Int64 // reaps made, for the tests
+	held  chan struct{}
+	reaps atomic.Int64 // reaps made, for the tests
+	// putIDs starts the request IDs this gateway gives puts without keys
+	// (put.go), and puts counts them.
+	putIDs     string
+	puts       atomic.Uint64
 	renewSeq   uint64
 	renewInbox string
 	renewSub   *nats.Subscription
@@ -257,6 +262,7 @@ func New(cfg Config) (*Queues, error) {
 		// The inbox ends with a token of its own: renewals are told
 		// apart by what follows it.
 		renewInbox: cfg.Conn.NewInbox() + ".",
+		putIDs:     "qm." + strings.TrimPrefix(nats.NewInbox(), nats.InboxPrefix) + ".",
 	}
 	q.renewSub, err = cfg.Conn.Subscribe(q.renewInbox+"*", q.renewed)
 	if err != nil {
