@@ -369,7 +369,7 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts [
 			}
 		}
 		l := &lease{key: key, s: s, msg: m, task: t, owner: req.Owner, since: now, touched: now, confirmed: now, deadline: now.Add(req.Lease)}
-		if t.Attempts > q.cfg.MaxAttempts && !queue.IsDeadLetterName(s.queue) {
+		if pastLastAttempt(t, s, req, q.cfg.MaxAttempts) {
 			// Its last delivery's lease ran out unseen: it failed that one too.
 			l.task.Attempts--
 			dead = append(dead, l)
@@ -399,6 +399,16 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts [
 		q.log.Warn("packs whose tasks were all recorded done not acked; JetStream delivers them again after AckWait", "queue", s.queue, "err", err)
 	}
 	return ts, nil
+}
+
+// pastLastAttempt reports whether t, delivered again for req, is past its
+// last attempt, to be dead-lettered rather than handed out. A get that
+// takes tasks for good (NoAck: map's results, qmaster get) takes it
+// whatever its count: only a lease can fail, and JetStream counts as a
+// delivery each one whose ack it did not see, as when a consumer's leader
+// is cut off with the acks of a results queue's deliveries.
+func pastLastAttempt(t queue.Task, s *stream, req queue.GetRequest, maxAttempts int) bool {
+	return !req.NoAck && t.Attempts > maxAttempts && !queue.IsDeadLetterName(s.queue)
 }
 
 // claimRedeliveries records the redeliveries among msgs (handover.go) and

@@ -267,7 +267,12 @@ func (q *Queues) unpackLocked(s *stream, m *nats.Msg, md *nats.MsgMetadata, now 
 		rec:      rec,
 	}
 	for i, pl := range payloads {
-		t := taskOf(seq, md.Timestamp, m.Header, pl, md.NumDelivered)
+		// One attempt, whatever JetStream's count: that counts the
+		// pack's deliveries, and each of its gateway's deaths or lost
+		// acks would cost all its tasks an attempt, those never handed
+		// out too, and dead-letter them unrun. A task's failed attempts
+		// are counted by the gateway holding its pack.
+		t := taskOf(seq, md.Timestamp, m.Header, pl, 1)
 		t.ID = packedID(seq, i)
 		if md.NumDelivered > 1 {
 			t.LastError = errExpired // the gateway that held it died or lost it
@@ -306,7 +311,7 @@ func (q *Queues) takeHeldLocked(s *stream, req queue.GetRequest, now time.Time, 
 		}
 		t := h.p.tasks[h.i]
 		l := &lease{key: leaseKey{s.queue, t.ID}, s: s, task: t, owner: req.Owner, since: now, touched: now, confirmed: now, deadline: now.Add(req.Lease), pack: h.p, index: h.i}
-		if t.Attempts > q.cfg.MaxAttempts && !queue.IsDeadLetterName(s.queue) {
+		if pastLastAttempt(t, s, req, q.cfg.MaxAttempts) {
 			l.task.Attempts--
 			dead = append(dead, l)
 			continue

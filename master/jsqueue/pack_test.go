@@ -3,6 +3,7 @@ package jsqueue_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"testing"
@@ -247,10 +248,12 @@ func TestClosingGatewayHandsOverAPartlyDonePack(t *testing.T) {
 
 // A gateway that dies holding a pack: JetStream hands the whole pack to
 // another gateway after AckWait, done tasks included (what packing gives
-// up, see pack.go).
+// up, see pack.go). The pack's redelivery costs its tasks no attempt: with
+// one attempt allowed, neither is dead-lettered, though only one was
+// handed out.
 func TestDeadGatewaysPackGoesToAnother(t *testing.T) {
 	n := startNode(t)
-	cfg := jsqueue.Config{HoldFor: time.Minute, Pack: 8, AckWait: 300 * time.Millisecond}
+	cfg := jsqueue.Config{HoldFor: time.Minute, Pack: 8, AckWait: 300 * time.Millisecond, MaxAttempts: 1}
 	b := newQueues(t, n, cfg)
 	cfgA := cfg
 	cfgA.Conn = connect(t, n)
@@ -264,8 +267,8 @@ func TestDeadGatewaysPackGoesToAnother(t *testing.T) {
 	}
 	cfgA.Conn.Close()
 	ts := get(t, b, "jobs", 7, 8, 0, 5*time.Second)
-	if !slices.Equal(taskIDs(ts), putIDs) || ts[0].Attempts != 2 || ts[1].Attempts != 2 || ts[0].LastError != "lease expired" {
-		t.Fatalf("got %+v, want both tasks at attempt 2", ts)
+	if !slices.Equal(taskIDs(ts), putIDs) || ts[0].Attempts != 1 || ts[1].Attempts != 1 || ts[0].LastError != "lease expired" {
+		t.Fatalf("got %+v, want both tasks at attempt 1", ts)
 	}
 	dying.Close()
 }
@@ -429,5 +432,40 @@ func TestHeldTasksMoveToAnotherGateway(t *testing.T) {
 			t.Fatalf("%d messages stored 5s after every task was done", stored(t, a, "jobs"))
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// A get that takes tasks for good (map's results) takes a task JetStream
+// delivered past its last attempt rather than dead-letter it: its count
+// is of deliveries whose acks JetStream did not see, and only a lease can
+// fail. A leased get dead-letters it.
+func TestTakingForGoodIgnoresAttempts(t *testing.T) {
+	n := startNode(t)
+	cfg := jsqueue.Config{Pack: 1, AckWait: 300 * time.Millisecond, MaxAttempts: 1}
+	b := newQueues(t, n, cfg)
+	for _, noAck := range []bool{true, false} {
+		cfgA := cfg
+		cfgA.Conn = connect(t, n)
+		dying, err := jsqueue.New(cfgA)
+		if err != nil {
+			t.Fatal(err)
+		}
+		name := fmt.Sprintf("results-%v", noAck)
+		ids := put(t, b, name, "r")
+		if ts := get(t, dying, name, 1, 1, time.Minute, time.Second); len(ts) != 1 {
+			t.Fatal("no task")
+		}
+		cfgA.Conn.Close() // its ack never comes
+		ts, err := b.Get(context.Background(), queue.GetRequest{Queue: name, Max: 1, Owner: 7, NoAck: noAck, Lease: time.Minute, MaxWait: 5 * time.Second}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if noAck && (len(ts) != 1 || ts[0].ID != ids[0]) {
+			t.Fatalf("taken for good after its holder died: %+v, want task %d", ts, ids[0])
+		}
+		if !noAck && len(ts) != 0 {
+			t.Fatalf("leased after its last attempt: %+v, want it dead-lettered", ts)
+		}
+		dying.Close()
 	}
 }
