@@ -2,6 +2,7 @@ package jsqueue
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -87,6 +88,18 @@ func (q *Queues) Put(ctx context.Context, req queue.PutRequest) ([]uint64, error
 	ctx, cancel := q.call()
 	defer cancel()
 	ids, err := q.publish(ctx, msgs)
+	for req.Results && errors.Is(err, queue.ErrUnavailable) && allKeyed(msgs) && q.ctx.Err() == nil {
+		// Results are never dropped: the server would put them again as
+		// a new put, under new IDs, and so store twice those the first
+		// one stored. Sent again here under theirs, none is.
+		select {
+		case <-q.ctx.Done():
+		case <-time.After(unavailablePause):
+		}
+		rctx, rcancel := q.call()
+		ids, err = q.publish(rctx, msgs)
+		rcancel()
+	}
 	if err != nil {
 		// The stream may have been deleted through another gateway: open
 		// it anew next time.
@@ -101,6 +114,10 @@ func (q *Queues) Put(ctx context.Context, req queue.PutRequest) ([]uint64, error
 	}
 	return ids, nil
 }
+
+// unavailablePause is how long a put of results waits before it is sent
+// again after the queues were unavailable for a whole request timeout.
+const unavailablePause = 250 * time.Millisecond
 
 // requestMsgIDs gives each message of a put with the request ID rid
 // that has no key a Nats-Msg-Id: the ID and the range of the put's items
@@ -202,7 +219,9 @@ func (q *Queues) publish(ctx context.Context, msgs []*nats.Msg) ([]uint64, error
 				idle = q.cfg.RequestTimeout
 			}
 			ids, stalled, err = q.publishOnce(rctx, msgs, idle)
-			return transient(err) || stalled && rctx.Err() == nil && sends < maxKeyedSends, err
+			// A message sent before and still being stored is stored
+			// once: sent again after it is, it gets its sequence.
+			return transient(err) || idInProcess(err) || stalled && rctx.Err() == nil && sends < maxKeyedSends, err
 		})
 	} else {
 		err = retryingTransient(rctx, func() (err error) {

@@ -25,6 +25,18 @@ func transient(err error) bool {
 	return errors.As(err, &apiErr) && apiErr.Code == 503
 }
 
+// errCodeIDInProcess is JetStream's answer (409) to a message whose ID a
+// message being stored has: the first send of a put sent again, still in
+// its stream's log. Sent again once that one is stored, it is answered
+// with the first one's sequence.
+const errCodeIDInProcess jetstream.ErrorCode = 10158
+
+// idInProcess reports whether err is that answer.
+func idInProcess(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == errCodeIDInProcess
+}
+
 // attemptTimeout bounds one try of a call that retrying repeats: a
 // request sent while its stream's leader is being replaced gets no
 // answer, and the new leader answers the next one.
