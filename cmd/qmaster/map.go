@@ -464,15 +464,10 @@ func produce(ctx context.Context, conn *producerConn, opts *mapOptions, results 
 		if err != nil {
 			return err
 		}
-		rid := conn.requestID(batch)
 		// Stored or not, a batch cut off with its connection is put again
 		// through another gateway, under the same request ID (see
-		// producerConn).
-		var ids []uint64
-		err = conn.call(ctx, func(c *wire.Client) (err error) {
-			ids, err = putWaiting(ctx, c, opts.Tasks, raw, rid, results)
-			return err
-		})
+		// producerConn and putWaiting).
+		ids, err := putWaiting(ctx, conn, opts.Tasks, raw, conn.requestID(batch), results)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -547,45 +542,71 @@ func pause(ctx context.Context, d time.Duration) {
 	}
 }
 
-// putWaiting puts items, waiting for space as long as ctx allows when the
-// queue is at its maximum length. A batch that the queue refuses as full
-// is put again in halves: one larger than the queue's max length would
+// putWaiting puts items through conn, waiting for space as long as ctx
+// allows when the queue is at its maximum length, and through another
+// gateway when conn's is lost. A batch that the queue refuses as full is
+// put again in halves: one larger than the queue's max length would
 // never fit (and map does not know that length), and smaller puts fit
 // sooner into a queue being drained.
 //
 // rid, if not empty, is the put's request ID: a put stored before its
 // answer was lost adds nothing when it is put again, and gets the IDs of
-// the tasks it stored. Its halves get IDs of their own.
-func putWaiting(ctx context.Context, c *wire.Client, queue string, items []msgpack.RawMessage, rid, replyTo string) ([]uint64, error) {
+// the tasks it stored. Its halves get IDs of their own, and so are new
+// puts: a batch sent once without an answer (its connection lost, or the
+// queues unavailable) may be stored, so it is not split, but put again
+// whole until it fits, unless the queue's max length shows it never could.
+func putWaiting(ctx context.Context, conn *producerConn, queue string, items []msgpack.RawMessage, rid, replyTo string) ([]uint64, error) {
+	unanswered := false // a send of items went unanswered: it may be stored
 	for {
-		ids, err := c.PutRaw(ctx, queue, items, wire.PutOptions{ReplyTo: replyTo, Timeout: time.Second, RequestID: rid})
+		var ids []uint64
+		sends := 0
+		err := conn.call(ctx, func(c *wire.Client) (err error) {
+			if sends++; sends > 1 {
+				unanswered = true // the one before was cut off
+			}
+			ids, err = c.PutRaw(ctx, queue, items, wire.PutOptions{ReplyTo: replyTo, Timeout: time.Second, RequestID: rid})
+			return err
+		})
 		if errors.Is(err, wire.ErrUnavailable) && ctx.Err() == nil {
 			// A gateway's engine is electing a leader: wait a moment.
 			// (The put may have stored some tasks. Under a request ID,
 			// putting them again adds nothing; without, they run twice
 			// and the results of the first are not printed.)
+			unanswered = true
 			pause(ctx, unavailablePause)
 			continue
 		}
 		if !errors.Is(err, wire.ErrQueueFull) || ctx.Err() != nil {
 			return ids, err
 		}
-		if len(items) > 1 {
+		if len(items) > 1 && (!unanswered || rid == "" || neverFits(ctx, conn, queue, len(items))) {
 			half := len(items) / 2
-			// The whole put was refused, so none of it is stored: its
-			// halves are new puts.
 			var firstID, restID string
 			if rid != "" {
 				firstID, restID = rid+"a", rid+"b"
 			}
-			first, err := putWaiting(ctx, c, queue, items[:half], firstID, replyTo)
+			first, err := putWaiting(ctx, conn, queue, items[:half], firstID, replyTo)
 			if err != nil {
 				return first, err
 			}
-			rest, err := putWaiting(ctx, c, queue, items[half:], restID, replyTo)
+			rest, err := putWaiting(ctx, conn, queue, items[half:], restID, replyTo)
 			return append(first, rest...), err
 		}
 	}
+}
+
+// neverFits reports whether a put of n tasks is longer than queue's max
+// length, so that the queue refused it at once and stored none of it. If
+// the length cannot be read (a key that may not inspect), it says so too:
+// splitting risks a batch stored twice, where waiting for a batch that
+// never fits would wait for ever.
+func neverFits(ctx context.Context, conn *producerConn, queue string, n int) bool {
+	var stats []wire.QueueStats
+	err := conn.call(ctx, func(c *wire.Client) (err error) {
+		stats, err = c.Stats(ctx, queue)
+		return err
+	})
+	return err != nil || len(stats) != 1 || stats[0].MaxLen > 0 && n > stats[0].MaxLen
 }
 
 // collect gets results and hands them over in batches until finish is

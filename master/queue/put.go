@@ -128,7 +128,9 @@ func (m *Manager) Put(ctx context.Context, req PutRequest) ([]uint64, error) {
 		if err != nil {
 			return nil, err
 		}
-		if req.Results || q.maxLen == 0 || q.putters.head == nil && q.fits(q.adds(req.Items)) {
+		// A put that only repeats keys adds nothing: it need not wait
+		// behind others for room it does not take.
+		if req.Results || q.maxLen == 0 || q.putters.head == nil && q.fits(q.adds(req.Items)) || q.adds(req.Items) == 0 {
 			ids, first, ticket := q.push(req.Items, &c)
 			q.settle(&c)
 			m.unlock(q)

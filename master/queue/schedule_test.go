@@ -662,6 +662,22 @@ func TestRequestIDInFullQueue(t *testing.T) {
 	if err != nil || !slices.Equal(ids, first) {
 		t.Fatalf("repeat into a full queue: %v, %v; want %v", ids, err, first)
 	}
+	// Nor does it wait behind a put that waits for room.
+	ctx, cancel := context.WithCancel(context.Background())
+	waiting := make(chan error, 1)
+	go func() {
+		_, err := m.Put(ctx, queue.PutRequest{Queue: "q", Items: []queue.Item{item("c")}})
+		waiting <- err
+	}()
+	waitProducers(t, m, "q", 1)
+	ids, err = m.Put(queue.NoWait, queue.PutRequest{Queue: "q", Items: batch, RequestID: "r"})
+	if err != nil || !slices.Equal(ids, first) {
+		t.Fatalf("repeat behind a waiting put: %v, %v; want %v", ids, err, first)
+	}
+	cancel()
+	if err := <-waiting; !errors.Is(err, queue.ErrQueueFull) {
+		t.Fatalf("the waiting put, cancelled: %v", err)
+	}
 
 	failing := &heldStore{failing: true}
 	m = newManager(t, queue.Config{Store: failing})
