@@ -291,7 +291,7 @@ func (s *Server) closeAll() {
 // than a result being lost.
 func (s *Server) putResultItems(q string, items []queue.Item) error {
 	for retry := time.Duration(0); ; {
-		_, err := s.queues.Put(context.Background(), queue.PutRequest{Queue: q, Items: items, Results: true})
+		_, err := s.queues.Put(s.ctx, queue.PutRequest{Queue: q, Items: items, Results: true})
 		if !errors.Is(err, queue.ErrUnavailable) {
 			return err
 		}

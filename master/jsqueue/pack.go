@@ -233,6 +233,11 @@ func movedMsgOf(p *pack, i int, attemptsBefore int) *nats.Msg {
 	return m
 }
 
+// packDeliveries bounds, as a multiple of the attempts allowed, how often
+// a pack is delivered before its deliveries count as its tasks' attempts
+// (unpackLocked).
+const packDeliveries = 3
+
 // heldTask is a task of a held pack waiting to be handed out (not before
 // due, if set) since since.
 type heldTask struct {
@@ -266,13 +271,19 @@ func (q *Queues) unpackLocked(s *stream, m *nats.Msg, md *nats.MsgMetadata, now 
 		left:     len(payloads),
 		rec:      rec,
 	}
+	// One attempt, whatever JetStream's count: that counts the pack's
+	// deliveries, and each of its gateway's deaths or lost acks would
+	// cost all its tasks an attempt, those never handed out too, and
+	// dead-letter them unrun. A task's failed attempts are counted by the
+	// gateway holding its pack. Past packDeliveries times the attempts
+	// allowed, every delivery counts: a task that brings down each gateway
+	// that holds it is then dead-lettered, not passed on for ever.
+	attempts := uint64(1)
+	if md.NumDelivered > uint64(packDeliveries*q.cfg.MaxAttempts) {
+		attempts = md.NumDelivered
+	}
 	for i, pl := range payloads {
-		// One attempt, whatever JetStream's count: that counts the
-		// pack's deliveries, and each of its gateway's deaths or lost
-		// acks would cost all its tasks an attempt, those never handed
-		// out too, and dead-letter them unrun. A task's failed attempts
-		// are counted by the gateway holding its pack.
-		t := taskOf(seq, md.Timestamp, m.Header, pl, 1)
+		t := taskOf(seq, md.Timestamp, m.Header, pl, attempts)
 		t.ID = packedID(seq, i)
 		if md.NumDelivered > 1 {
 			t.LastError = errExpired // the gateway that held it died or lost it

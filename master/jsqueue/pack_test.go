@@ -469,3 +469,33 @@ func TestTakingForGoodIgnoresAttempts(t *testing.T) {
 		dying.Close()
 	}
 }
+
+// A pack delivered more than three times the attempts allowed counts
+// every delivery: a task that brings down each gateway holding it is
+// dead-lettered rather than passed on for ever.
+func TestPackDeliveredTooOftenIsDeadLettered(t *testing.T) {
+	n := startNode(t)
+	cfg := jsqueue.Config{HoldFor: time.Minute, Pack: 8, AckWait: 300 * time.Millisecond, MaxAttempts: 1}
+	b := newQueues(t, n, cfg)
+	put(t, b, "jobs", "1", "2")
+	for i := range 3 { // deliveries 1 to 3, each to a gateway that dies holding it
+		cfgA := cfg
+		cfgA.Conn = connect(t, n)
+		dying, err := jsqueue.New(cfgA)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ts := get(t, dying, "jobs", 1, 1, time.Minute, 5*time.Second); len(ts) != 1 || ts[0].Attempts != 1 {
+			t.Fatalf("delivery %d: got %+v, want a task at attempt 1", i+1, ts)
+		}
+		cfgA.Conn.Close()
+		dying.Close()
+	}
+	if ts := get(t, b, "jobs", 7, 8, time.Minute, 5*time.Second); len(ts) != 0 {
+		t.Fatalf("the fourth delivery handed out %+v, want its tasks dead-lettered", ts)
+	}
+	st, err := b.Stats(queue.DeadLetterName("jobs"))
+	if err != nil || st.Ready != 2 {
+		t.Fatalf("dead letters: %+v, %v; want both tasks", st, err)
+	}
+}

@@ -85,16 +85,27 @@ func (q *Queues) Put(ctx context.Context, req queue.PutRequest) ([]uint64, error
 	if rid != "" {
 		requestMsgIDs(msgs, counts, rid)
 	}
-	ctx, cancel := q.call()
+	pctx, cancel := q.call()
 	defer cancel()
-	ids, err := q.publish(ctx, msgs)
-	for req.Results && errors.Is(err, queue.ErrUnavailable) && allKeyed(msgs) && q.ctx.Err() == nil {
+	ids, err := q.publish(pctx, msgs)
+	for round := 1; req.Results && errors.Is(err, queue.ErrUnavailable) && allKeyed(msgs) && ctx.Err() == nil && q.ctx.Err() == nil; round++ {
 		// Results are never dropped: the server would put them again as
 		// a new put, under new IDs, and so store twice those the first
-		// one stored. Sent again here under theirs, none is.
+		// one stored. Sent again here under theirs, none is, until ctx
+		// (the server's) ends.
+		if round == 1 {
+			q.log.Warn("results held until their queue takes them", "queue", req.Queue, "messages", len(msgs), "err", err)
+		}
 		select {
+		case <-ctx.Done():
 		case <-q.ctx.Done():
 		case <-time.After(unavailablePause):
+		}
+		// Its stream may have been deleted (a map's results queue, when
+		// it ends): made anew, as the server's next put would.
+		q.forget(req.Queue)
+		if _, err = q.open(req.Queue, true); err != nil {
+			continue
 		}
 		rctx, rcancel := q.call()
 		ids, err = q.publish(rctx, msgs)

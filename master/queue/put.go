@@ -129,7 +129,11 @@ func (m *Manager) Put(ctx context.Context, req PutRequest) ([]uint64, error) {
 			return nil, err
 		}
 		// A put that only repeats keys adds nothing: it need not wait
-		// behind others for room it does not take.
+		// behind others for room it does not take. (Keys past the window
+		// are dropped first: they no longer make a put a repeat.)
+		if q.keys.len() > 0 {
+			q.keys.expire(c.now().Add(-m.cfg.DedupWindow).UnixNano())
+		}
 		if req.Results || q.maxLen == 0 || q.putters.head == nil && q.fits(q.adds(req.Items)) || q.adds(req.Items) == 0 {
 			ids, first, ticket := q.push(req.Items, &c)
 			q.settle(&c)

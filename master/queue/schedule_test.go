@@ -722,3 +722,16 @@ func TestRequestIDInFullQueue(t *testing.T) {
 		t.Fatalf("after the retry: %d ready, want its 2", st.Ready)
 	}
 }
+
+// TestStaleRequestIDWaitsForRoom: a request ID past its window, not yet
+// swept, no longer makes its put a repeat: the put needs room as a new one.
+func TestStaleRequestIDWaitsForRoom(t *testing.T) {
+	clk := newFakeClock()
+	m := newManager(t, queue.Config{Now: clk.Now, DedupWindow: time.Minute, MaxLen: 2})
+	batch := []queue.Item{item("a"), item("b")}
+	putRequest(t, m, "q", "r", batch...)
+	clk.Advance(61 * time.Second)
+	if ids, err := m.Put(queue.NoWait, queue.PutRequest{Queue: "q", Items: batch, RequestID: "r"}); !errors.Is(err, queue.ErrQueueFull) {
+		t.Fatalf("a put past its request ID's window into a full queue: %v, %v; want ErrQueueFull", ids, err)
+	}
+}
