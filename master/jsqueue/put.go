@@ -98,7 +98,9 @@ func (q *Queues) Put(ctx context.Context, req queue.PutRequest) ([]uint64, error
 		}
 		select {
 		case <-ctx.Done():
+			continue
 		case <-q.ctx.Done():
+			continue
 		case <-time.After(unavailablePause):
 		}
 		// Its stream may have been deleted (a map's results queue, when
@@ -130,14 +132,13 @@ func (q *Queues) Put(ctx context.Context, req queue.PutRequest) ([]uint64, error
 // again after the queues were unavailable for a whole request timeout.
 const unavailablePause = 250 * time.Millisecond
 
-// requestMsgIDs gives each message of a put with the request ID rid
-// that has no key a Nats-Msg-Id: the ID and the range of the put's items
-// it carries. The
-// put sent again, packed alike, has the same IDs, and JetStream stores
-// none of it twice; packed otherwise (through a gateway with another
-// --pack), its ranges differ, and it is stored again rather than taken
-// for messages that carry other items. counts are packMsgs' (nil: none
-// packed).
+// requestMsgIDs gives each message of a put with the request ID rid that
+// has no key a Nats-Msg-Id: the ID and the range of the put's items it
+// carries. The put sent again, packed alike, has the same IDs, and
+// JetStream stores none of it twice; packed otherwise (through a gateway
+// with another --pack), its ranges differ, and it is stored again rather
+// than taken for messages that carry other items. counts are packMsgs'
+// (nil: none packed).
 func requestMsgIDs(msgs []*nats.Msg, counts []int, rid string) {
 	start := 0
 	for i, m := range msgs {
