@@ -107,3 +107,108 @@ func TestClusterKeepsQueuesWhenTheLeaderDies(t *testing.T) {
 		t.Fatalf("after failover got %q, want 1 2 3 4 in order with their ids", got)
 	}
 }
+
+// consumerLeader returns the name of the node that leads queue name's
+// consumer.
+func consumerLeader(t testing.TB, n *jsqueue.Node, name string) string {
+	t.Helper()
+	js, err := jetstream.New(connect(t, n))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	l := js.ListStreams(ctx)
+	for si := range l.Info() {
+		if si.Config.Metadata["qm.queue"] != name {
+			continue
+		}
+		c, err := js.Consumer(ctx, si.Config.Name, "qm")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ci := c.CachedInfo(); ci.Cluster != nil && ci.Cluster.Leader != "" {
+			return ci.Cluster.Leader
+		}
+	}
+	t.Fatalf("no consumer leader for queue %s", name)
+	return ""
+}
+
+// TestGetOutlivesItsConsumersLeader: a get waiting when its consumer's
+// leader's node stops asks the new leader once it is elected, and takes a
+// task put then, rather than fail (the stopping node answers its request
+// "409 Server Shutdown"). A node that dies without a word answers nothing:
+// the advisory of the new leader ends such a request (pulls.leaderElected),
+// which an in-process node cannot show, and qbench failover measures.
+func TestGetOutlivesItsConsumersLeader(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a three-node cluster")
+	}
+	nodes := startCluster(t)
+	gw := make([]*jsqueue.Queues, 3)
+	for i, n := range nodes {
+		gw[i] = newQueues(t, n, jsqueue.Config{Replicas: 3})
+	}
+	put(t, gw[0], "jobs", "warm-up")
+	if ts := get(t, gw[0], "jobs", 1, 1, 0, 5*time.Second); len(ts) != 1 {
+		t.Fatal("no warm-up task")
+	}
+	var dead int
+	fmt.Sscanf(consumerLeader(t, nodes[0], "jobs"), "n%d", &dead)
+	waiter, putter := gw[(dead+1)%3], gw[(dead+2)%3]
+
+	const wait = 40 * time.Second
+	got := make(chan []queue.Task, 1)
+	go func() {
+		ts, err := waiter.Get(context.Background(), queue.GetRequest{Queue: "jobs", Max: 1, Owner: 2, Lease: time.Minute, MaxWait: wait}, nil)
+		if err != nil {
+			t.Error(err)
+		}
+		got <- ts
+	}()
+	// The get's request is at the leader once the consumer counts it.
+	js, err := jetstream.New(connect(t, nodes[dead]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkWaiting := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		for si := range js.ListStreams(ctx).Info() {
+			if si.Config.Metadata["qm.queue"] != "jobs" {
+				continue
+			}
+			c, err := js.Consumer(ctx, si.Config.Name, "qm")
+			if err != nil {
+				return err
+			}
+			if n := c.CachedInfo().NumWaiting; n < 1 {
+				return fmt.Errorf("%d pull requests waiting", n)
+			}
+			return nil
+		}
+		return fmt.Errorf("no stream")
+	}
+	qmtest.CheckFor(t, 10*time.Second, 20*time.Millisecond, checkWaiting)
+	gw[dead].Close()
+	nodes[dead].Shutdown()
+	killed := time.Now()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for {
+		if _, err := putter.Put(ctx, queue.PutRequest{Queue: "jobs", Items: []queue.Item{{Payload: []byte("after")}}}); err == nil {
+			break
+		} else if ctx.Err() != nil {
+			t.Fatalf("no put succeeded within 30s of the leader's loss: %v", err)
+		}
+	}
+	t.Logf("put taken %v after the kill", time.Since(killed).Round(time.Millisecond))
+	ts := <-got
+	took := time.Since(killed)
+	if len(ts) != 1 || string(ts[0].Payload) != "after" || took > wait/2 {
+		t.Fatalf("the waiting get returned %q %v after the kill; want the task put after it, well within its %v wait", payloads(ts), took.Round(time.Millisecond), wait)
+	}
+	t.Logf("the waiting get took it %v after the kill", took.Round(time.Millisecond))
+}

@@ -37,6 +37,8 @@ import (
 // pulls routes the messages that answer pull requests to their gets.
 type pulls struct {
 	nc *nats.Conn
+	// elected takes JetStream's advisories of consumers' new leaders.
+	elected *nats.Subscription
 
 	mu     sync.Mutex
 	idle   []*pullSlot
@@ -49,6 +51,7 @@ type pulls struct {
 type pullSlot struct {
 	sub   *nats.Subscription
 	inbox string   // ends in "."
+	next  string   // the pull subject of r (stream.next)
 	n     uint64   // requests sent through it
 	reply string   // the reply subject of r
 	r     *pullReq // the request it answers; nil when idle
@@ -79,13 +82,52 @@ const (
 var nakPayload = []byte("-NAK")
 
 func newPulls(nc *nats.Conn) *pulls {
-	return &pulls{nc: nc, bySub: make(map[*nats.Subscription]*pullSlot)}
+	p := &pulls{nc: nc, bySub: make(map[*nats.Subscription]*pullSlot)}
+	// Without them, a get whose request went to a consumer's leader that
+	// then died waits out its whole wait (a worker's, 5s by default)
+	// before it asks the new leader: a failover's gap grew by that much.
+	// A client not allowed to read advisories just goes without.
+	p.elected, _ = nc.Subscribe(consumerElectedPrefix+".>", p.leaderElected)
+	return p
+}
+
+// consumerElectedPrefix starts the subject of JetStream's advisory that a
+// consumer has a new leader: <prefix>.<stream>.<consumer>.
+const consumerElectedPrefix = "$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED"
+
+// leaderElected ends the requests still awaited from the consumer that an
+// advisory says has a new leader: pull requests are not replicated, so
+// the new leader knows none of them, and the old one (dead, or cut off)
+// answers none. Each get sends its request again at once. Their inboxes
+// are dropped: a message the old leader still sends to one is naked, and
+// is not taken for a later request of that inbox.
+func (p *pulls) leaderElected(m *nats.Msg) {
+	rest, ok := strings.CutPrefix(m.Subject, consumerElectedPrefix+".")
+	if !ok {
+		return
+	}
+	next := "$JS.API.CONSUMER.MSG.NEXT." + rest
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for sub, sl := range p.bySub {
+		if sl.r == nil || sl.next != next {
+			continue
+		}
+		delete(p.bySub, sub) // pull sees its request still out, and unsubscribes
+		select {
+		case sl.r.end <- jetstream.ErrConsumerLeadershipChanged:
+		default:
+		}
+	}
 }
 
 // close ends every inbox's subscription: a message that comes later for
 // a pull request still at the server waits for AckWait, as a dead
 // gateway's do.
 func (p *pulls) close() {
+	if p.elected != nil {
+		_ = p.elected.Unsubscribe()
+	}
 	p.mu.Lock()
 	p.closed = true
 	subs := make([]*nats.Subscription, 0, len(p.bySub))
@@ -101,7 +143,7 @@ func (p *pulls) close() {
 }
 
 // take returns an idle slot for r, which may ask for batch messages.
-func (p *pulls) take(r *pullReq, batch int) (*pullSlot, error) {
+func (p *pulls) take(r *pullReq, next string, batch int) (*pullSlot, error) {
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
@@ -129,7 +171,7 @@ func (p *pulls) take(r *pullReq, batch int) (*pullSlot, error) {
 	}
 	p.bySub[sl.sub] = sl
 	sl.n++
-	sl.r, sl.left, sl.reply = r, batch, sl.inbox+strconv.FormatUint(sl.n, 36)
+	sl.r, sl.next, sl.left, sl.reply = r, next, batch, sl.inbox+strconv.FormatUint(sl.n, 36)
 	return sl, nil
 }
 
@@ -181,7 +223,9 @@ func statusErr(status, descr string) error {
 		switch {
 		case strings.Contains(d, "consumer deleted"):
 			return jetstream.ErrConsumerDeleted
-		case strings.Contains(d, "leadership change"):
+		case strings.Contains(d, "leadership change"), strings.Contains(d, "server shutdown"):
+			// The consumer's leader stepped down, or its node is
+			// stopping: the next leader takes the request sent again.
 			return jetstream.ErrConsumerLeadershipChanged
 		}
 	}
@@ -195,7 +239,7 @@ func statusErr(status, descr string) error {
 // came meanwhile, and its inbox is dropped.
 func (p *pulls) pull(ctx context.Context, s *stream, batch int, wait time.Duration) ([]*nats.Msg, error) {
 	r := &pullReq{msgs: make(chan *nats.Msg, batch), end: make(chan error, 1)}
-	sl, err := p.take(r, batch)
+	sl, err := p.take(r, s.next, batch)
 	if err != nil {
 		return nil, err
 	}
