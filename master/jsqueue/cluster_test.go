@@ -42,23 +42,62 @@ func startCluster(t testing.TB) []*jsqueue.Node {
 	return nodes
 }
 
-// streamLeader returns the name of the node that leads queue name's stream.
-func streamLeader(t testing.TB, n *jsqueue.Node, name string) string {
+// queueStream finds queue name's stream by its metadata.
+func queueStream(ctx context.Context, js jetstream.JetStream, name string) (*jetstream.StreamInfo, error) {
+	for si := range js.ListStreams(ctx).Info() {
+		if si.Config.Metadata["qm.queue"] == name {
+			return si, nil
+		}
+	}
+	return nil, fmt.Errorf("no stream for queue %s", name)
+}
+
+// queueConsumer returns the info of queue name's consumer, read now.
+func queueConsumer(ctx context.Context, js jetstream.JetStream, name string) (*jetstream.ConsumerInfo, error) {
+	si, err := queueStream(ctx, js, name)
+	if err != nil {
+		return nil, err
+	}
+	c, err := js.Consumer(ctx, si.Config.Name, "qm")
+	if err != nil {
+		return nil, err
+	}
+	return c.CachedInfo(), nil
+}
+
+// nodeJS is JetStream through a new connection to n.
+func nodeJS(t testing.TB, n *jsqueue.Node) jetstream.JetStream {
 	t.Helper()
 	js, err := jetstream.New(connect(t, n))
 	if err != nil {
 		t.Fatal(err)
 	}
+	return js
+}
+
+// streamLeader returns the name of the node that leads queue name's stream.
+func streamLeader(t testing.TB, n *jsqueue.Node, name string) string {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	l := js.ListStreams(ctx)
-	for si := range l.Info() {
-		if si.Config.Metadata["qm.queue"] == name && si.Cluster != nil {
-			return si.Cluster.Leader
-		}
+	si, err := queueStream(ctx, nodeJS(t, n), name)
+	if err != nil || si.Cluster == nil {
+		t.Fatalf("no replicated stream for queue %s: %v", name, err)
 	}
-	t.Fatalf("no stream for queue %s", name)
-	return ""
+	return si.Cluster.Leader
+}
+
+// consumerLeader returns the name of the node that leads queue name's
+// consumer.
+func consumerLeader(t testing.TB, n *jsqueue.Node, name string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ci, err := queueConsumer(ctx, nodeJS(t, n), name)
+	if err != nil || ci.Cluster == nil || ci.Cluster.Leader == "" {
+		t.Fatalf("no consumer leader for queue %s: %v", name, err)
+	}
+	return ci.Cluster.Leader
 }
 
 func TestClusterKeepsQueuesWhenTheLeaderDies(t *testing.T) {
@@ -108,33 +147,6 @@ func TestClusterKeepsQueuesWhenTheLeaderDies(t *testing.T) {
 	}
 }
 
-// consumerLeader returns the name of the node that leads queue name's
-// consumer.
-func consumerLeader(t testing.TB, n *jsqueue.Node, name string) string {
-	t.Helper()
-	js, err := jetstream.New(connect(t, n))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	l := js.ListStreams(ctx)
-	for si := range l.Info() {
-		if si.Config.Metadata["qm.queue"] != name {
-			continue
-		}
-		c, err := js.Consumer(ctx, si.Config.Name, "qm")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if ci := c.CachedInfo(); ci.Cluster != nil && ci.Cluster.Leader != "" {
-			return ci.Cluster.Leader
-		}
-	}
-	t.Fatalf("no consumer leader for queue %s", name)
-	return ""
-}
-
 // TestGetOutlivesItsConsumersLeader: a get waiting when its consumer's
 // leader's node stops asks the new leader once it is elected, and takes a
 // task put then, rather than fail (the stopping node answers its request
@@ -168,27 +180,18 @@ func TestGetOutlivesItsConsumersLeader(t *testing.T) {
 		got <- ts
 	}()
 	// The get's request is at the leader once the consumer counts it.
-	js, err := jetstream.New(connect(t, nodes[dead]))
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := nodeJS(t, nodes[dead])
 	checkWaiting := func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
-		for si := range js.ListStreams(ctx).Info() {
-			if si.Config.Metadata["qm.queue"] != "jobs" {
-				continue
-			}
-			c, err := js.Consumer(ctx, si.Config.Name, "qm")
-			if err != nil {
-				return err
-			}
-			if n := c.CachedInfo().NumWaiting; n < 1 {
-				return fmt.Errorf("%d pull requests waiting", n)
-			}
-			return nil
+		ci, err := queueConsumer(ctx, js, "jobs")
+		if err != nil {
+			return err
 		}
-		return fmt.Errorf("no stream")
+		if ci.NumWaiting < 1 {
+			return fmt.Errorf("%d pull requests waiting", ci.NumWaiting)
+		}
+		return nil
 	}
 	qmtest.CheckFor(t, 10*time.Second, 20*time.Millisecond, checkWaiting)
 	gw[dead].Close()
