@@ -100,7 +100,10 @@ func consumerLeader(t testing.TB, n *jsqueue.Node, name string) string {
 	return ci.Cluster.Leader
 }
 
-func TestClusterKeepsQueuesWhenTheLeaderDies(t *testing.T) {
+// clusterGateways starts a three-node cluster and a gateway on each node,
+// keeping queues on all three; with -short it skips the test.
+func clusterGateways(t *testing.T) ([]*jsqueue.Node, []*jsqueue.Queues) {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("starts a three-node cluster")
 	}
@@ -109,6 +112,11 @@ func TestClusterKeepsQueuesWhenTheLeaderDies(t *testing.T) {
 	for i, n := range nodes {
 		gw[i] = newQueues(t, n, jsqueue.Config{Replicas: 3})
 	}
+	return nodes, gw
+}
+
+func TestClusterKeepsQueuesWhenTheLeaderDies(t *testing.T) {
+	nodes, gw := clusterGateways(t)
 	ids := put(t, gw[0], "jobs", "1", "2", "3")
 	leader := streamLeader(t, nodes[0], "jobs")
 	var dead int
@@ -154,14 +162,7 @@ func TestClusterKeepsQueuesWhenTheLeaderDies(t *testing.T) {
 // the advisory of the new leader ends such a request (pulls.leaderElected),
 // which an in-process node cannot show, and qbench failover measures.
 func TestGetOutlivesItsConsumersLeader(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a three-node cluster")
-	}
-	nodes := startCluster(t)
-	gw := make([]*jsqueue.Queues, 3)
-	for i, n := range nodes {
-		gw[i] = newQueues(t, n, jsqueue.Config{Replicas: 3})
-	}
+	nodes, gw := clusterGateways(t)
 	put(t, gw[0], "jobs", "warm-up")
 	if ts := get(t, gw[0], "jobs", 1, 1, 0, 5*time.Second); len(ts) != 1 {
 		t.Fatal("no warm-up task")
