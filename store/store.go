@@ -29,7 +29,9 @@ const (
 	Move
 	// Key remembers an idempotency key after its task is gone, for the
 	// rest of the dedup window: Queue, Key, ID, Enqueued (when the keyed
-	// put was made). An Add with a Key remembers it too.
+	// put was made). An Add with a Key remembers it too. A zero Enqueued
+	// forgets the key: its put was taken back (a write that failed), so
+	// that a retry must add its tasks again.
 	Key
 	// SetPolicy sets a queue's retry policy (Op.Policy; the zero Policy
 	// goes back to the master's defaults): Queue.

@@ -54,25 +54,32 @@ func (k *keyTable) setTicket(key string, t store.Ticket) {
 	}
 }
 
-// forget drops the keys of ts, tasks a failed put takes back. Rare (a
-// full disk), so a walk over the table is fine.
-func (k *keyTable) forget(ts []Task) {
+// forget drops the keys of ts, tasks a failed put takes back, and
+// returns them. Rare (a full disk), so a walk over the table is fine.
+func (k *keyTable) forget(ts []Task) []string {
 	if len(k.ids) == 0 || len(ts) == 0 {
-		return
+		return nil
 	}
 	gone := make(map[uint64]bool, len(ts))
 	for i := range ts {
 		gone[ts[i].ID] = true
 	}
+	var keys []string
 	for key, e := range k.ids {
 		if gone[e.id] {
 			delete(k.ids, key)
+			keys = append(keys, key)
 		}
 	}
+	return keys
 }
 
-// drop forgets key.
-func (k *keyTable) drop(key string) { delete(k.ids, key) }
+// drop forgets key, and reports whether it was remembered.
+func (k *keyTable) drop(key string) bool {
+	_, ok := k.ids[key]
+	delete(k.ids, key)
+	return ok
+}
 
 // add remembers key for the task id, put at at.
 func (k *keyTable) add(key string, id uint64, at int64) {

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/qm-dev/qm/store"
 )
 
 // PutRequest is what Put adds to a queue.
@@ -252,14 +254,19 @@ func (m *Manager) withdraw(name, firstKey string, ids []uint64, first uint64, er
 	if len(out) > 0 && q.delayed.len() > 0 {
 		out = q.removeDelayed(out, &back)
 	}
-	q.keys.forget(back) // a retry of the put must add them again
-	if len(back) > 0 && isRequestKey(firstKey) {
+	forgotten := q.keys.forget(back) // a retry of the put must add them again
+	if len(back) > 0 && isRequestKey(firstKey) && q.keys.drop(firstKey) {
 		// Its first task may have been handed out, and so not forgotten
 		// above: a retry that found its key would be told that all were
 		// stored.
-		q.keys.drop(firstKey)
+		forgotten = append(forgotten, firstKey)
 	}
 	q.recordDeletes(back)
+	for _, key := range forgotten {
+		// The store writes the put's adds, keys with them, once it can:
+		// after a restart, the keys must stay forgotten there too.
+		q.log.record(store.Key, Task{Key: key})
+	}
 	q.log.commit()
 	q.puts -= uint64(len(back))
 	q.settle(&clock{m: m}) // room for waiting puts

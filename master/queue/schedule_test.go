@@ -12,6 +12,7 @@ import (
 
 	"github.com/qm-dev/qm/master/queue"
 	"github.com/qm-dev/qm/store"
+	"github.com/qm-dev/qm/store/seglog"
 )
 
 // put adds its items to q, failing the test on an error.
@@ -437,13 +438,19 @@ type heldStore struct {
 	// failsOnRelease makes a write fail once released, so that gets may
 	// take tasks of a put whose write then fails.
 	failsOnRelease bool
+	ops            []store.Op // every op appended, in order
 }
 
 func (s *heldStore) Load() (store.Meta, []store.Task, error) { return store.Meta{}, nil, nil }
 func (s *heldStore) Writable() error                         { return nil }
-func (s *heldStore) Append(ops ...store.Op) store.Ticket     { return 1 }
-func (s *heldStore) SetDumper(store.Dumper)                  {}
-func (s *heldStore) Close() error                            { return nil }
+func (s *heldStore) Append(ops ...store.Op) store.Ticket {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ops = append(s.ops, ops...)
+	return 1
+}
+func (s *heldStore) SetDumper(store.Dumper) {}
+func (s *heldStore) Close() error           { return nil }
 func (s *heldStore) Wait(store.Ticket) error {
 	if s.failing {
 		return store.ErrDiskFull
@@ -720,6 +727,71 @@ func TestRequestIDInFullQueue(t *testing.T) {
 	}
 	if st := mustStats(t, m, "q"); st.Ready != 2 {
 		t.Fatalf("after the retry: %d ready, want its 2", st.Ready)
+	}
+}
+
+// TestTakenBackKeysStayForgotten: the keys of a put taken back after its
+// write failed are forgotten on disk as in memory. The store writes the
+// put's adds, with their keys, once the disk has room: after a restart, a
+// retry must still add the tasks taken back.
+func TestTakenBackKeysStayForgotten(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		req   queue.PutRequest
+		ready int // after the restart and the retry
+	}{
+		// The first task, handed out, runs; the retry adds the whole put.
+		{"request ID", queue.PutRequest{Queue: "q", Items: []queue.Item{item("a"), item("b")}, RequestID: "r"}, 3},
+		// The first key names the task handed out; the second is added.
+		{"keys", queue.PutRequest{Queue: "q", Items: []queue.Item{{Payload: []byte("a"), Key: "ka"}, {Payload: []byte("b"), Key: "kb"}}}, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			held := &heldStore{release: make(chan struct{}), failsOnRelease: true}
+			m := newManager(t, queue.Config{Store: held})
+			failed := make(chan error, 1)
+			go func() {
+				_, err := m.Put(context.Background(), tc.req)
+				failed <- err
+			}()
+			checkFor(t, 5*time.Second, func() error {
+				if n := held.waiting(); n != 1 {
+					return fmt.Errorf("%d puts wait for the store, want 1", n)
+				}
+				return nil
+			})
+			mustGet(t, m, "q", 1, 1)
+			close(held.release)
+			if err := <-failed; !errors.Is(err, store.ErrDiskFull) {
+				t.Fatalf("put whose write failed: %v", err)
+			}
+			m.Close()
+
+			// What the store writes once it can, then a restart.
+			dir := t.TempDir()
+			st, err := seglog.Open(dir, seglog.Options{Fsync: seglog.FsyncNever})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := st.Load(); err != nil { // starts its writer
+				t.Fatal(err)
+			}
+			held.mu.Lock()
+			ops := held.ops
+			held.mu.Unlock()
+			if err := st.Wait(st.Append(ops...)); err != nil {
+				t.Fatal(err)
+			}
+			if err := st.Close(); err != nil {
+				t.Fatal(err)
+			}
+			m, _ = openDurable(t, dir, queue.Config{})
+			if _, err := m.Put(context.Background(), tc.req); err != nil {
+				t.Fatal(err)
+			}
+			if st := mustStats(t, m, "q"); st.Ready != tc.ready {
+				t.Fatalf("after the restart and the retry: %d ready, want %d", st.Ready, tc.ready)
+			}
+		})
 	}
 }
 

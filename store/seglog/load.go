@@ -66,7 +66,11 @@ func (s *state) apply(op *store.Op) {
 			p.Seq, p.Attempts, p.LastError, p.Due = t.Seq, t.Attempts, t.LastError, t.Due
 		}
 	case store.Key:
-		s.remember(t)
+		if t.Enqueued.IsZero() {
+			delete(s.keys, keyName{t.Queue, t.Key})
+		} else {
+			s.remember(t)
+		}
 	case store.ForgetKeys:
 		for k := range s.keys {
 			if k.queue == t.Queue {

@@ -322,7 +322,8 @@ func TestParseFsync(t *testing.T) {
 
 // TestScheduledRoundTrip: a task's due time, priority and idempotency
 // key, a requeue's due time, a key kept after its task, and a queue's
-// policy come back from the log; the zero policy removes one.
+// policy come back from the log; the zero policy removes one, and a Key
+// with a zero Enqueued a key.
 func TestScheduledRoundTrip(t *testing.T) {
 	dir := t.TempDir()
 	l, _, _ := open(t, dir, seglog.Options{})
@@ -331,7 +332,9 @@ func TestScheduledRoundTrip(t *testing.T) {
 	a.Task.Due, a.Task.Priority, a.Task.Key = due, 7, "k1"
 	b := add(2, "q", 2, "two")
 	b.Task.Key = "k2"
-	l.Append(a, b, del(2))
+	c := add(3, "q", 3, "three")
+	c.Task.Key = "k3" // its put taken back
+	l.Append(a, b, c, del(2), del(3), store.Op{Kind: store.Key, Task: store.Task{Queue: "q", Key: "k3"}})
 	l.Append(store.Op{Kind: store.Requeue, Task: store.Task{ID: 1, Seq: 5, Attempts: 1, LastError: "503", Due: due.Add(time.Minute)}})
 	l.Append(store.Op{Kind: store.Key, Task: store.Task{ID: 9, Queue: "r", Key: "k9", Enqueued: due}})
 	l.Append(store.Op{Kind: store.Key, Task: store.Task{ID: 8, Queue: "gone", Key: "k8", Enqueued: due}})
