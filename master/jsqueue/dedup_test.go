@@ -72,6 +72,11 @@ func TestRequestIDPacksAndPutsOnce(t *testing.T) {
 		items[i] = queue.Item{Payload: []byte{byte(i)}}
 	}
 	req := queue.PutRequest{Queue: "jobs", Items: items, RequestID: "run-1/line-1"}
+	// A task whose key reads as the ID of the put's first pack does not
+	// take its place.
+	if _, err := a.Put(ctx, queue.PutRequest{Queue: "jobs", Items: []queue.Item{{Payload: []byte("keyed"), Key: req.RequestID + "/0+32"}}}); err != nil {
+		t.Fatal(err)
+	}
 	first, err := a.Put(ctx, req)
 	if err != nil {
 		t.Fatal(err)
@@ -83,14 +88,14 @@ func TestRequestIDPacksAndPutsOnce(t *testing.T) {
 	if err != nil || !slices.Equal(again, first) {
 		t.Fatalf("the put again through another gateway: IDs from %d (%v); want the first's, from %d", again[0], err, first[0])
 	}
-	if st, err := a.Stats("jobs"); err != nil || st.Ready != n {
-		t.Fatalf("after the repeat: %+v, %v; want %d ready", st, err, n)
+	if st, err := a.Stats("jobs"); err != nil || st.Ready != n+1 {
+		t.Fatalf("after the repeat: %+v, %v; want %d ready", st, err, n+1)
 	}
 	other, err := unpacked.Put(ctx, req)
 	if err != nil || len(other) != n || slices.Contains(first, other[0]) {
 		t.Fatalf("the put again, unpacked: %v, %v; want %d new IDs", other, err, n)
 	}
-	ts := getAll(t, a, 1, 2*n, 10*time.Second)
+	ts := getAll(t, a, 1, 2*n+1, 10*time.Second)
 	seen := make(map[string]int)
 	for _, p := range payloads(ts) {
 		seen[p]++

@@ -438,6 +438,28 @@ func TestPackedQueueCountsTasks(t *testing.T) {
 	check("all done", 0, 0, 11, 11)
 }
 
+// TestRepeatedPutIsNotCounted: a put sent again, which JetStream stores
+// none of, adds nothing to the queue's count of tasks put.
+func TestRepeatedPutIsNotCounted(t *testing.T) {
+	q := packQueues(t, Config{Pack: 4})
+	q.mu.Lock()
+	q.countsSent = time.Now().Add(time.Hour) // the reaper sends none meanwhile
+	q.mu.Unlock()
+	items := make([]queue.Item, 10) // packs of 4, 4 and 2
+	for i := range items {
+		items[i] = queue.Item{Payload: []byte{byte(i)}}
+	}
+	req := queue.PutRequest{Queue: "jobs", Items: items, RequestID: "r"}
+	for range 2 {
+		if _, err := q.Put(context.Background(), req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, want := q.takeCounts(time.Time{})[streamName("jobs")], 3+3+1; got != want {
+		t.Fatalf("the packs carried %d tasks beyond one each by the counts, want %d", got, want)
+	}
+}
+
 // A max queue length counts packed tasks one by one.
 func TestMaxLenCountsPackedTasks(t *testing.T) {
 	q := packQueues(t, Config{Pack: 4, MaxLen: 10})
@@ -717,8 +739,8 @@ func TestPackedPutIsStoredOnceSentAgain(t *testing.T) {
 		}
 	}
 	for i, want := range []string{"/0+32", "/32+32", "/64+6"} {
-		if !strings.HasPrefix(ids[i], q.putIDs) || !strings.HasSuffix(ids[i], want) {
-			t.Errorf("message %d has the ID %q, want %q...%q", i+1, ids[i], q.putIDs, want)
+		if prefix := queue.RequestKey(q.putIDs); !strings.HasPrefix(ids[i], prefix) || !strings.HasSuffix(ids[i], want) {
+			t.Errorf("message %d has the ID %q, want %q...%q", i+1, ids[i], prefix, want)
 		}
 	}
 	if st, err := q.Stats("jobs"); err != nil || st.Ready != 71 {

@@ -87,7 +87,7 @@ func (q *Queues) Put(ctx context.Context, req queue.PutRequest) ([]uint64, error
 	}
 	pctx, cancel := q.call()
 	defer cancel()
-	ids, err := q.publish(pctx, msgs)
+	ids, dup, err := q.publishDedup(pctx, msgs)
 	for round := 1; req.Results && errors.Is(err, queue.ErrUnavailable) && allKeyed(msgs) && ctx.Err() == nil && q.ctx.Err() == nil; round++ {
 		// Results are never dropped: the server would put them again as
 		// a new put, under new IDs, and so store twice those the first
@@ -110,7 +110,7 @@ func (q *Queues) Put(ctx context.Context, req queue.PutRequest) ([]uint64, error
 			continue
 		}
 		rctx, rcancel := q.call()
-		ids, err = q.publish(rctx, msgs)
+		ids, dup, err = q.publishDedup(rctx, msgs)
 		rcancel()
 	}
 	if err != nil {
@@ -120,12 +120,26 @@ func (q *Queues) Put(ctx context.Context, req queue.PutRequest) ([]uint64, error
 		return nil, err
 	}
 	if counts != nil {
-		if extra := len(req.Items) - len(msgs); extra > 0 {
+		if extra := packedExtra(counts, dup); extra > 0 {
 			q.countPacked(s, extra)
 		}
 		ids = packedIDs(ids, counts, len(req.Items))
 	}
 	return ids, nil
+}
+
+// packedExtra returns the tasks that the packs among a put's messages
+// carried beyond one each (counts are packMsgs'), but for the messages
+// JetStream had stored before this put (dup, as publish says): a put
+// sent again adds nothing to the queue's Puts.
+func packedExtra(counts []int, dup []bool) int {
+	extra := 0
+	for i, n := range counts {
+		if n > 1 && (dup == nil || !dup[i]) {
+			extra += n - 1
+		}
+	}
+	return extra
 }
 
 // unavailablePause is how long a put of results waits before it is sent
@@ -134,12 +148,14 @@ const unavailablePause = 250 * time.Millisecond
 
 // requestMsgIDs gives each message of a put with the request ID rid that
 // has no key a Nats-Msg-Id: the ID and the range of the put's items it
-// carries. The put sent again, packed alike, has the same IDs, and
+// carries, after queue.RequestKey's prefix, which no item key has (each
+// key is its task's Nats-Msg-Id). The put sent again, packed alike, has the same IDs, and
 // JetStream stores none of it twice; packed otherwise (through a gateway
 // with another --pack), its ranges differ, and it is stored again rather
 // than taken for messages that carry other items. counts are packMsgs'
 // (nil: none packed).
 func requestMsgIDs(msgs []*nats.Msg, counts []int, rid string) {
+	rid = queue.RequestKey(rid)
 	start := 0
 	for i, m := range msgs {
 		n := 1
@@ -213,51 +229,61 @@ func (q *Queues) waitRoom(ctx context.Context, s *stream, req queue.PutRequest) 
 // failover). Without IDs a second send could store the tasks twice, so
 // the put waits, and then fails.
 func (q *Queues) publish(ctx context.Context, msgs []*nats.Msg) ([]uint64, error) {
+	ids, _, err := q.publishDedup(ctx, msgs)
+	return ids, err
+}
+
+// publishDedup is publish, and also says which messages JetStream had
+// stored before this call, by their IDs (dup[i]; nil: none).
+func (q *Queues) publishDedup(ctx context.Context, msgs []*nats.Msg) (ids []uint64, dup []bool, err error) {
 	rctx, cancel := context.WithTimeout(ctx, q.cfg.RequestTimeout)
 	defer cancel()
-	var (
-		ids []uint64
-		err error
-	)
+	sends := 0
 	if allKeyed(msgs) {
 		// Each send leaves its futures pending in the client's bounded
 		// async-publish window until they time out: the third send waits
 		// out the rest of the request timeout instead of sending again.
-		sends := 0
 		err = retry(rctx, func() (bool, error) {
 			var stalled bool
 			idle := attemptTimeout
 			if sends++; sends >= maxKeyedSends {
 				idle = q.cfg.RequestTimeout
 			}
-			ids, stalled, err = q.publishOnce(rctx, msgs, idle)
+			ids, dup, stalled, err = q.publishOnce(rctx, msgs, idle)
 			// A message sent before and still being stored is stored
 			// once: sent again after it is, it gets its sequence.
 			return transient(err) || idInProcess(err) || stalled && rctx.Err() == nil && sends < maxKeyedSends, err
 		})
 	} else {
 		err = retryingTransient(rctx, func() (err error) {
-			ids, _, err = q.publishOnce(rctx, msgs, q.cfg.RequestTimeout)
+			ids, dup, _, err = q.publishOnce(rctx, msgs, q.cfg.RequestTimeout)
 			return err
 		})
 	}
 	if err != nil {
-		return nil, q.engineErr("put", err)
+		return nil, nil, q.engineErr("put", err)
 	}
-	return ids, nil
+	if sends > 1 {
+		// A message an earlier send of this put stored, its ack lost, is
+		// a duplicate now: this put's, not an earlier one's. (Which, it
+		// cannot tell: it counts all as its own.)
+		dup = nil
+	}
+	return ids, dup, nil
 }
 
 // maxKeyedSends bounds how often publish sends a stalled keyed batch.
 const maxKeyedSends = 3
 
 // publishOnce sends msgs and waits for their acks, for at most idle
-// between two (stalled says it stopped for that).
-func (q *Queues) publishOnce(ctx context.Context, msgs []*nats.Msg, idle time.Duration) (ids []uint64, stalled bool, err error) {
+// between two (stalled says it stopped for that). dup[i] says JetStream
+// had stored msgs[i] before, by its ID (nil: none).
+func (q *Queues) publishOnce(ctx context.Context, msgs []*nats.Msg, idle time.Duration) (ids []uint64, dup []bool, stalled bool, err error) {
 	futures := make([]jetstream.PubAckFuture, len(msgs))
 	for i, m := range msgs {
 		f, err := q.js.PublishMsgAsync(m)
 		if err != nil {
-			return nil, false, err
+			return nil, nil, false, err
 		}
 		futures[i] = f
 	}
@@ -268,24 +294,30 @@ func (q *Queues) publishOnce(ctx context.Context, msgs []*nats.Msg, idle time.Du
 		select {
 		case ack := <-f.Ok():
 			ids[i] = ack.Sequence
+			if ack.Duplicate {
+				if dup == nil {
+					dup = make([]bool, len(msgs))
+				}
+				dup[i] = true
+			}
 			timer.Reset(idle)
 		case err := <-f.Err():
 			if transient(err) && i > 0 && !allKeyed(msgs) {
 				// Some of the batch is stored: trying it all again would
 				// store those twice (unless every one has an ID JetStream
 				// deduplicates), so the error must not be transient.
-				return nil, false, fmt.Errorf("%v (after %d of %d tasks were stored)", err, i, len(msgs))
+				return nil, nil, false, fmt.Errorf("%v (after %d of %d tasks were stored)", err, i, len(msgs))
 			}
-			return nil, false, err
+			return nil, nil, false, err
 		case <-ctx.Done():
-			return nil, false, ctx.Err()
+			return nil, nil, false, ctx.Err()
 		case <-q.ctx.Done():
-			return nil, false, queue.ErrClosed
+			return nil, nil, false, queue.ErrClosed
 		case <-timer.C:
-			return nil, true, context.DeadlineExceeded
+			return nil, nil, true, context.DeadlineExceeded
 		}
 	}
-	return ids, false, nil
+	return ids, dup, false, nil
 }
 
 // allKeyed reports whether every message has an ID (Nats-Msg-Id), so

@@ -274,8 +274,11 @@ func New(cfg Config) (*Queues, error) {
 		// Made now, while the cluster is likely idle, rather than under
 		// load at their first use; if they cannot be yet, they are then.
 		// Not waited for: a node that restarts may not answer for a while.
+		// Not cut short by Close either: the node would go on creating a
+		// stream the gateway stopped waiting for, and one created while
+		// the node shuts down is never stopped (its goroutines leak).
 		q.bg.Go(func() {
-			ctx, cancel := q.call()
+			ctx, cancel := context.WithTimeout(context.Background(), q.cfg.RequestTimeout)
 			defer cancel()
 			if _, err := q.records(ctx); err != nil && ctx.Err() == nil {
 				q.log.Warn("the packs' records not opened yet", "err", err)

@@ -39,10 +39,12 @@ type PutRequest struct {
 // can be taken for the other.
 const requestKeyPrefix = "\x00request\x00"
 
-// requestKey is the key a put with the request ID id is remembered by.
-func requestKey(id string) string { return requestKeyPrefix + id }
+// RequestKey is the key a put with the request ID id is remembered by.
+// No item key starts as it does (CheckItems), so another implementation
+// of the queues may build IDs from it that no item key can take.
+func RequestKey(id string) string { return requestKeyPrefix + id }
 
-// isRequestKey reports whether key stands for a whole put (requestKey).
+// isRequestKey reports whether key stands for a whole put (RequestKey).
 func isRequestKey(key string) bool { return strings.HasPrefix(key, requestKeyPrefix) }
 
 // CheckRequestID reports, wrapping ErrBadArgument, what is wrong with
@@ -74,7 +76,7 @@ func requestItems(req PutRequest) ([]Item, error) {
 		return req.Items, nil
 	}
 	items := slices.Clone(req.Items)
-	items[0].Key = requestKey(req.RequestID)
+	items[0].Key = RequestKey(req.RequestID)
 	return items, nil
 }
 
