@@ -281,7 +281,10 @@ func (r *runner) serve(ctx context.Context, s *session) (stop bool, err error) {
 		}
 		if !got {
 			var lost <-chan struct{}
-			if !getting && !draining {
+			if !getting {
+				// Draining too: results kept for the next connection
+				// (lease.handover) would otherwise go round between
+				// pending and the completer for ever, as none comes.
 				lost = s.ctx.Done()
 			}
 			select {
