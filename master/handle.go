@@ -29,6 +29,9 @@ type callBuffers struct {
 	acked   []queue.Task
 	results []wire.Result
 	dests   []string // dests[i] is the queue of results[i]
+	// resultsOf[i] is the task of results[i], if every one has a
+	// delivery token (queue.PutRequest.ResultsOf).
+	resultsOf []queue.Task
 }
 
 // maxReusedTasks bounds the buffers a stream keeps between calls.
@@ -45,8 +48,9 @@ func (b *callBuffers) reset() {
 	clear(b.results)
 	clear(b.dests)
 	clear(b.tokens)
+	clear(b.resultsOf)
 	*b = callBuffers{items: b.items[:0], taken: b.taken[:0], tasks: b.tasks[:0], ids: b.ids[:0], tokens: b.tokens[:0], values: b.values[:0],
-		acked: b.acked[:0], results: b.results[:0], dests: b.dests[:0]}
+		acked: b.acked[:0], results: b.results[:0], dests: b.dests[:0], resultsOf: b.resultsOf[:0]}
 	if max(cap(b.items), cap(b.taken), cap(b.tasks), cap(b.ids), cap(b.acked), cap(b.results)) > maxReusedTasks {
 		*b = callBuffers{}
 	}
@@ -272,7 +276,7 @@ func (c *clientConn) complete(req *wire.Request, buf *callBuffers) error {
 	}
 	worker := c.workerName()
 	acked, err := q.Ack(queue.AckRequest{Queue: req.Queue, Owner: c.id, IDs: ids, Tokens: tokens, Publish: func(acked []queue.Task) error {
-		results, dests := buf.results[:0], buf.dests[:0]
+		results, dests, of := buf.results[:0], buf.dests[:0], buf.resultsOf[:0]
 		i := 0 // acked is ids in order, less those not acked
 		for _, t := range acked {
 			for ids[i] != t.ID {
@@ -292,9 +296,15 @@ func (c *clientConn) complete(req *wire.Request, buf *callBuffers) error {
 			}
 			results = append(results, wire.Result{TaskID: t.ID, Worker: worker, Attempt: t.Attempts, Value: value})
 			dests = append(dests, dest)
+			if t.Token != "" {
+				of = append(of, t)
+			}
 		}
-		buf.results, buf.dests = results, dests
-		return c.s.publish(dests, results) // returns once they are in their queues
+		buf.results, buf.dests, buf.resultsOf = results, dests, of
+		if len(of) != len(results) {
+			of = nil
+		}
+		return c.s.publish(dests, results, of) // returns once they are in their queues
 	}}, buf.acked)
 	if acked != nil {
 		buf.acked = acked

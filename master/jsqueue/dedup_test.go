@@ -3,6 +3,7 @@ package jsqueue_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -109,5 +110,56 @@ func TestRequestIDPacksAndPutsOnce(t *testing.T) {
 	bad.Items = []queue.Item{{Payload: []byte("x"), Key: "k"}}
 	if _, err := a.Put(ctx, bad); !errors.Is(err, queue.ErrBadArgument) {
 		t.Fatalf("a request ID with item keys: %v, want ErrBadArgument", err)
+	}
+}
+
+// TestResultsOfTheSameDeliveriesAreStoredOnce: the results of the same
+// deliveries, put again through another gateway (a completion that
+// reached two), are stored once, packed or not; those of other
+// deliveries of the same tasks (their tasks run again), or of tasks with
+// the same IDs and tokens in a queue made again, are not taken for them.
+func TestResultsOfTheSameDeliveriesAreStoredOnce(t *testing.T) {
+	node := startNode(t)
+	a := newQueues(t, node, jsqueue.Config{Pack: 32})
+	b := newQueues(t, node, jsqueue.Config{Pack: 32})
+	ctx := context.Background()
+	// results of the tasks ids, in their delivery at (a count), of
+	// messages stored at stored.
+	stored := time.Now()
+	results := func(stored time.Time, at int, ids ...uint64) queue.PutRequest {
+		items := make([]queue.Item, len(ids))
+		of := make([]queue.Task, len(ids))
+		for i, id := range ids {
+			items[i] = queue.Item{Payload: []byte{byte(id)}}
+			of[i] = queue.Task{ID: id, Token: fmt.Sprintf("#%d.%d.1", at, id), Enqueued: stored}
+		}
+		return queue.PutRequest{Queue: "mine", Items: items, Results: true, ResultsOf: of}
+	}
+	ready := 0
+	for _, c := range []struct {
+		name string
+		req  queue.PutRequest
+		adds int
+	}{
+		{"a completion of three", results(stored, 1, 1, 2, 3), 3},
+		{"the same again", results(stored, 1, 1, 2, 3), 0},
+		{"a completion of one", results(stored, 1, 4), 1},
+		{"the same again", results(stored, 1, 4), 0},
+		{"the first two", results(stored, 1, 1, 2), 2},
+		{"another delivery of the three", results(stored, 2, 1, 2, 3), 3},
+		{"the three, in a queue deleted and made again", results(stored.Add(time.Second), 1, 1, 2, 3), 3},
+	} {
+		first, err := a.Put(ctx, c.req)
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		again, err := b.Put(ctx, c.req)
+		if err != nil || !slices.Equal(again, first) {
+			t.Fatalf("%s, through another gateway: %v, %v; want the first's IDs %v", c.name, again, err, first)
+		}
+		ready += c.adds
+		if st, err := a.Stats("mine"); err != nil || st.Ready != ready {
+			t.Fatalf("%s: %+v, %v; want %d results", c.name, st, err, ready)
+		}
 	}
 }

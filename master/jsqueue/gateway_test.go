@@ -458,3 +458,140 @@ func waitUntil(t *testing.T, d time.Duration, what string, f func() bool) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// diesAfterStoring is a gateway's queues that die, as their process
+// would, after storing a completion's results and before acking its
+// tasks: their connection to the node closes there.
+type diesAfterStoring struct {
+	*gatewayQueues
+	conn *nats.Conn
+}
+
+// gatewayQueues is jsqueue.Queues under a name that, embedded, leaves
+// the method Queues to it.
+type gatewayQueues = jsqueue.Queues
+
+func (q diesAfterStoring) Ack(req queue.AckRequest, dst []queue.Task) ([]queue.Task, error) {
+	publish := req.Publish
+	req.Publish = func(ts []queue.Task) error {
+		if err := publish(ts); err != nil {
+			return err
+		}
+		q.conn.Close()
+		return errors.New("died after storing the results")
+	}
+	return q.gatewayQueues.Ack(req, dst)
+}
+
+// A gateway stores a completion's results and dies before it acks. The
+// worker sends the completion again through another gateway, which takes
+// it (the deliveries are still current): the results are stored once,
+// packed or not.
+func TestCompletionSentAgainStoresItsResultsOnce(t *testing.T) {
+	for _, pack := range []int{1, 32} {
+		t.Run(fmt.Sprintf("pack %d", pack), func(t *testing.T) {
+			url := startNodeListening(t)
+			ncA, err := nats.Connect(url, nats.Token("s3cret"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(ncA.Close)
+			a, _ := qmtest.StartMaster(t, master.Config{OpenQueues: func(qc queue.Config) (master.Queues, error) {
+				q, err := jsqueue.New(jsqueue.Config{Conn: ncA, MaxAttempts: qc.MaxAttempts, DefaultLease: qc.DefaultLease, AckWait: qc.DefaultLease, OnDead: qc.OnDead, Pack: pack})
+				if err != nil {
+					return nil, err
+				}
+				return diesAfterStoring{q, ncA}, nil
+			}})
+			b := startPackingGateway(t, url, master.Config{}, pack)
+
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			p := qmtest.Dial(t, b, "producer")
+			if _, err := p.Put(ctx, "tasks", []any{int64(3), int64(4)}, wire.PutOptions{ReplyTo: "mine"}); err != nil {
+				t.Fatal(err)
+			}
+			w := qmtest.Dial(t, a, "worker")
+			var tasks []wire.Task
+			for len(tasks) < 2 { // a get may return as soon as it has one
+				more, err := w.Get(ctx, "tasks", wire.GetOptions{Max: 2 - len(tasks), Timeout: 5 * time.Second})
+				if err != nil || len(more) == 0 {
+					t.Fatalf("get through the first gateway: %+v then %+v, %v", tasks, more, err)
+				}
+				tasks = append(tasks, more...)
+			}
+			done := make([]wire.Completion, len(tasks))
+			for i, task := range tasks {
+				v, _ := wire.Encode(int64(i))
+				done[i] = wire.Completion{ID: task.ID, Value: v, Token: task.Token}
+			}
+			if err := w.Complete(ctx, "tasks", "", done); err == nil {
+				t.Fatal("the completion through the dying gateway succeeded")
+			}
+			w2 := qmtest.Dial(t, b, "worker")
+			if err := w2.Complete(ctx, "tasks", "", done); err != nil {
+				t.Fatalf("the completion sent again through the other gateway: %v", err)
+			}
+			var results []wire.Task
+			for {
+				more, err := p.Get(ctx, "mine", wire.GetOptions{Max: 10, Timeout: 500 * time.Millisecond, NoAck: true})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(more) == 0 {
+					break
+				}
+				results = append(results, more...)
+			}
+			if len(results) != 2 {
+				t.Fatalf("%d results, want 2", len(results))
+			}
+		})
+	}
+}
+
+// A worker told to stop waits for its running handler; meanwhile its
+// gateway dies. The handler's result cannot go anywhere (there is no
+// next connection to complete it through): the worker drops it and
+// stops, rather than passing it round for ever.
+func TestDrainingWorkerWhoseGatewayDiesStops(t *testing.T) {
+	url := startNodeListening(t)
+	addr, nc, srv := startClosableGateway(t, url, master.Config{}, 0)
+	started, release := make(chan struct{}, 1), make(chan struct{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		done <- worker.Run(ctx, worker.Config{
+			Server: addr, Authkey: qmtest.Authkey, Name: "w",
+			ReconnectMin: 10 * time.Millisecond, ReconnectMax: 50 * time.Millisecond,
+			Handler: func(context.Context, worker.Task) (any, error) {
+				started <- struct{}{}
+				<-release
+				return "done", nil
+			},
+		})
+	}()
+	var releaseOnce sync.Once
+	letGo := func() { releaseOnce.Do(func() { close(release) }) }
+	defer letGo()
+	p := qmtest.Dial(t, addr, "producer")
+	pctx, pcancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer pcancel()
+	if _, err := p.Put(pctx, "tasks", []any{"x"}, wire.PutOptions{ReplyTo: "mine"}); err != nil {
+		t.Fatal(err)
+	}
+	<-started
+	cancel() // the worker drains: it waits for the handler
+	nc.Close()
+	srv.Close() // and its gateway dies, giving nothing back
+	letGo()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("worker: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the worker did not stop within 10s of its handler's return")
+	}
+}

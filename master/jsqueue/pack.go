@@ -332,6 +332,7 @@ func (q *Queues) takeHeldLocked(s *stream, req queue.GetRequest, now time.Time, 
 			q.unconfirmed[l.key] = l
 		} else {
 			t.Token = packToken(h.p.delivery, h.p.dseq, t.Attempts)
+			l.task.Token = t.Token // its results are stored under it (resultsRequestID)
 			q.addLease(l)
 		}
 		ts = append(ts, t)

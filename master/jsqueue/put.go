@@ -2,6 +2,9 @@ package jsqueue
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"strconv"
@@ -74,6 +77,9 @@ func (q *Queues) Put(ctx context.Context, req queue.PutRequest) ([]uint64, error
 		msgs, counts = packMsgs(s.subject, msgs, q.cfg.Pack)
 	}
 	rid := req.RequestID
+	if rid == "" && req.Results && len(req.ResultsOf) > 0 {
+		rid = resultsRequestID(req.ResultsOf)
+	}
 	if rid == "" && counts != nil {
 		// A packed put gets IDs of the gateway's own: it may then be sent
 		// again when its stream's leader dies with its acks (publish),
@@ -140,6 +146,32 @@ func packedExtra(counts []int, dup []bool) int {
 		}
 	}
 	return extra
+}
+
+// resultsRequestID returns the request ID of a put of the results of the
+// deliveries of, the same through every gateway, so that JetStream stores
+// them once within the dedup window: a completion sent again through
+// another gateway (the worker's connection lost after the first stored
+// its results, and before it acked) adds none. It hashes each task's ID,
+// delivery token and the time its message was stored, in order: a packed
+// task's token names its delivery only within its stream, and a queue
+// deleted and made again numbers its tasks and deliveries from 1 again.
+// "" if a task has no token.
+func resultsRequestID(of []queue.Task) string {
+	h := sha256.New()
+	var b []byte
+	for i := range of {
+		t := &of[i]
+		if t.Token == "" {
+			return ""
+		}
+		b = binary.BigEndian.AppendUint64(b[:0], t.ID)
+		b = binary.BigEndian.AppendUint64(b, uint64(t.Enqueued.UnixNano()))
+		b = binary.AppendUvarint(b, uint64(len(t.Token)))
+		b = append(b, t.Token...)
+		h.Write(b)
+	}
+	return "results:" + base64.RawURLEncoding.EncodeToString(h.Sum(nil)[:16])
 }
 
 // unavailablePause is how long a put of results waits before it is sent

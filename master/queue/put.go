@@ -32,6 +32,15 @@ type PutRequest struct {
 	// keys cost one per item. At most MaxKeyLen bytes; the items may
 	// not have keys of their own.
 	RequestID string
+	// ResultsOf, with Results, are the tasks the items are the results
+	// of, in the items' order, as handed out: their ID, Token and
+	// Enqueued name the delivery. Queues whose tasks carry delivery
+	// tokens (a gateway's) store the results of the same deliveries once
+	// within the dedup window, for a completion may reach two gateways:
+	// the worker's connection lost after the first stored its results,
+	// and before it acked. Queues that set no tokens (a single master's,
+	// which a completion reaches once) ignore it.
+	ResultsOf []Task
 }
 
 // requestKeyPrefix starts the key that stands for a whole put with a
