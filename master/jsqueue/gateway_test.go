@@ -595,3 +595,84 @@ func TestDrainingWorkerWhoseGatewayDiesStops(t *testing.T) {
 		t.Fatal("the worker did not stop within 10s of its handler's return")
 	}
 }
+
+// slowResults is a gateway's queues whose results take delay to store
+// (their queue unavailable meanwhile, say).
+type slowResults struct {
+	*gatewayQueues
+	delay time.Duration
+}
+
+func (q slowResults) Ack(req queue.AckRequest, dst []queue.Task) ([]queue.Task, error) {
+	publish := req.Publish
+	req.Publish = func(ts []queue.Task) error {
+		time.Sleep(q.delay)
+		return publish(ts)
+	}
+	return q.gatewayQueues.Ack(req, dst)
+}
+
+// A worker completes through another gateway the task its dead gateway
+// handed out, and storing the results takes three ack waits: meanwhile
+// JetStream hands the task to nobody else, and it has one result.
+func TestSlowResultsOfAnAdoptedDeliveryKeepItsTask(t *testing.T) {
+	const ackWait = time.Second
+	url := startNodeListening(t)
+	cfg := master.Config{DefaultLease: ackWait}
+	a, ncA, srvA := startClosableGateway(t, url, cfg, 0)
+	ncB, err := nats.Connect(url, nats.Token("s3cret"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ncB.Close)
+	cfg.OpenQueues = func(qc queue.Config) (master.Queues, error) {
+		q, err := jsqueue.New(jsqueue.Config{Conn: ncB, MaxAttempts: qc.MaxAttempts, DefaultLease: qc.DefaultLease, AckWait: qc.DefaultLease, OnDead: qc.OnDead})
+		if err != nil {
+			return nil, err
+		}
+		return slowResults{q, 3 * ackWait}, nil
+	}
+	b, _ := qmtest.StartMaster(t, cfg)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	p := qmtest.Dial(t, b, "producer")
+	if _, err := p.Put(ctx, "tasks", []any{int64(3)}, wire.PutOptions{ReplyTo: "mine"}); err != nil {
+		t.Fatal(err)
+	}
+	w := qmtest.Dial(t, a, "worker")
+	tasks, err := w.Get(ctx, "tasks", wire.GetOptions{Max: 1, Timeout: 5 * time.Second})
+	if err != nil || len(tasks) != 1 || tasks[0].Token == "" {
+		t.Fatalf("get through the first gateway: %+v, %v; want a task with a token", tasks, err)
+	}
+	ncA.Close() // the worker's gateway dies, giving nothing back
+	srvA.Close()
+
+	other := make(chan []wire.Task, 1)
+	go func() {
+		o := qmtest.Dial(t, b, "other worker")
+		deadline := time.Now().Add(4 * ackWait)
+		var ts []wire.Task
+		for len(ts) == 0 && time.Until(deadline) > 0 {
+			var err error
+			ts, err = o.Get(ctx, "tasks", wire.GetOptions{Max: 1, Timeout: time.Until(deadline)})
+			if err != nil {
+				t.Errorf("the other worker's get: %v", err)
+				break
+			}
+		}
+		other <- ts
+	}()
+	nine, _ := wire.Encode(int64(9))
+	w2 := qmtest.Dial(t, b, "worker")
+	if err := w2.Complete(ctx, "tasks", "", []wire.Completion{{ID: tasks[0].ID, Value: nine, Token: tasks[0].Token}}); err != nil {
+		t.Fatalf("complete through the second gateway: %v", err)
+	}
+	if ts := <-other; len(ts) != 0 {
+		t.Fatalf("while its results were stored, the task was handed out again: %+v", ts)
+	}
+	results, err := p.Get(ctx, "mine", wire.GetOptions{Max: 2, Timeout: time.Second, NoAck: true})
+	if err != nil || len(results) != 1 {
+		t.Fatalf("results %+v, %v; want one", results, err)
+	}
+}

@@ -155,7 +155,9 @@ func (q *Queues) Ack(req queue.AckRequest, dst []queue.Task) ([]queue.Task, erro
 	}
 	var err error
 	if len(ts) > 0 && req.Publish != nil {
+		stop := q.renewAdopted(req.Queue, adopted)
 		err = req.Publish(ts)
+		stop()
 	}
 	if err == nil {
 		q.recordDone(ls) // packs these tasks leave with tasks to do
@@ -278,6 +280,50 @@ func (q *Queues) adoptOrphans(req queue.AckRequest, orphans []int, bad []uint64)
 		adopted = append(adopted, o)
 	}
 	return adopted, bad, nil
+}
+
+// renewAdopted keeps JetStream from handing out again the deliveries of
+// queue name's tasks adopted (unpacked ones) while their results are
+// stored, which may take longer than an ack wait when the results' queue
+// is unavailable: it sends each "in progress" every third of the queue's
+// AckWait until stop, which waits for it. Such a delivery is recorded done
+// for one AckWait only (claim), so that its task runs again if this
+// gateway dies before it acks. A packed task's record keeps it done, and
+// this gateway's own leases are renewed by the reaper.
+func (q *Queues) renewAdopted(name string, adopted []orphan) (stop func()) {
+	var subjects []string
+	for _, o := range adopted {
+		if o.packed == nil {
+			subjects = append(subjects, o.msg.Reply)
+		}
+	}
+	if len(subjects) == 0 {
+		return func() {}
+	}
+	every := q.cfg.AckWait / 3
+	if s, err := q.open(name, false); err == nil && s.ackWait > 0 {
+		every = s.ackWait / 3
+	}
+	done, stopped := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(stopped)
+		tick := time.NewTicker(every)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+			}
+			for _, subj := range subjects {
+				_ = q.cfg.Conn.Publish(subj, progressPayload)
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		<-stopped
+	}
 }
 
 // mergeInOrder returns held, the tasks of this gateway's leases in the
