@@ -228,14 +228,7 @@ func TestCompleteThroughAnotherGatewayOverTheWire(t *testing.T) {
 		t.Fatal(err)
 	}
 	w := qmtest.Dial(t, a, "worker")
-	var tasks []wire.Task
-	for len(tasks) < 2 { // a get may return as soon as it has one
-		more, err := w.Get(ctx, "tasks", wire.GetOptions{Max: 2 - len(tasks), Timeout: 5 * time.Second})
-		if err != nil || len(more) == 0 {
-			t.Fatalf("get through the first gateway: %+v then %+v, %v", tasks, more, err)
-		}
-		tasks = append(tasks, more...)
-	}
+	tasks := getTasks(ctx, t, w, 2)
 	if len(tasks) != 2 || tasks[0].Token == "" {
 		t.Fatalf("get through the first gateway: %+v, %v; want two tasks with tokens", tasks, err)
 	}
@@ -266,6 +259,21 @@ func TestCompleteThroughAnotherGatewayOverTheWire(t *testing.T) {
 	if err := w2.Complete(ctx, "tasks", "", []wire.Completion{{ID: tasks[0].ID, Value: nine, Token: tasks[0].Token}}); !errors.Is(err, wire.ErrNotLeased) {
 		t.Fatalf("second completion: %v, want not leased", err)
 	}
+}
+
+// getTasks gets n tasks of queue "tasks" through w, by as many gets as
+// it takes: a get may return as soon as it has one.
+func getTasks(ctx context.Context, t *testing.T, w *wire.Client, n int) []wire.Task {
+	t.Helper()
+	var tasks []wire.Task
+	for len(tasks) < n {
+		more, err := w.Get(ctx, "tasks", wire.GetOptions{Max: n - len(tasks), Timeout: 5 * time.Second})
+		if err != nil || len(more) == 0 {
+			t.Fatalf("get: %+v then %+v, %v", tasks, more, err)
+		}
+		tasks = append(tasks, more...)
+	}
+	return tasks
 }
 
 // startClosableGateway is startGateway with its own NATS connection, which
@@ -512,14 +520,7 @@ func TestCompletionSentAgainStoresItsResultsOnce(t *testing.T) {
 				t.Fatal(err)
 			}
 			w := qmtest.Dial(t, a, "worker")
-			var tasks []wire.Task
-			for len(tasks) < 2 { // a get may return as soon as it has one
-				more, err := w.Get(ctx, "tasks", wire.GetOptions{Max: 2 - len(tasks), Timeout: 5 * time.Second})
-				if err != nil || len(more) == 0 {
-					t.Fatalf("get through the first gateway: %+v then %+v, %v", tasks, more, err)
-				}
-				tasks = append(tasks, more...)
-			}
+			tasks := getTasks(ctx, t, w, 2)
 			done := make([]wire.Completion, len(tasks))
 			for i, task := range tasks {
 				v, _ := wire.Encode(int64(i))
