@@ -29,8 +29,8 @@ type callBuffers struct {
 	acked   []queue.Task
 	results []wire.Result
 	dests   []string // dests[i] is the queue of results[i]
-	// resultsOf[i] is the task of results[i], if every one has a
-	// delivery token (queue.PutRequest.ResultsOf).
+	// resultsOf[i] is the task of results[i], if it has a delivery token
+	// (queue.PutRequest.ResultsOf): passed on if all have.
 	resultsOf []queue.Task
 }
 
@@ -304,7 +304,7 @@ func (c *clientConn) complete(req *wire.Request, buf *callBuffers) error {
 		if len(of) != len(results) {
 			of = nil
 		}
-		return c.s.publish(dests, results, of) // returns once they are in their queues
+		return c.s.publish(dests, results, queue.ResultsOf{Queue: req.Queue, Tasks: of}) // returns once they are in their queues
 	}}, buf.acked)
 	if acked != nil {
 		buf.acked = acked

@@ -289,7 +289,7 @@ func (s *Server) closeAll() {
 // they take the results or the master stops: the tasks of these results
 // are acked only once they are in, so a worker's completion waits rather
 // than a result being lost.
-func (s *Server) putResultItems(q string, items []queue.Item, of []queue.Task) error {
+func (s *Server) putResultItems(q string, items []queue.Item, of queue.ResultsOf) error {
 	for retry := time.Duration(0); ; {
 		_, err := s.queues.Put(s.ctx, queue.PutRequest{Queue: q, Items: items, Results: true, ResultsOf: of})
 		if !errors.Is(err, queue.ErrUnavailable) {
@@ -407,16 +407,17 @@ func (s *Server) publishDeadResult(q string, t queue.Task) {
 		dest = rq.(string)
 	}
 	dests, results := []string{dest}, []wire.Result{{TaskID: t.ID, Attempt: t.Attempts, Error: deadMessage(t)}}
-	if done, _ := s.putResults(dests, results, nil, false); !done {
+	if done, _ := s.putResults(dests, results, queue.ResultsOf{}, false); !done {
 		// The data directory refuses writes: keep trying without holding
 		// up the lease reaper, which may be the caller.
-		s.goRun(func() { _, _ = s.putResults(dests, results, nil, true) })
+		s.goRun(func() { _, _ = s.putResults(dests, results, queue.ResultsOf{}, true) })
 	}
 }
 
 // publish puts results[i] into queue dests[i]: one put per queue, the
-// payloads encoded side by side in one buffer. of[i], if of is not nil,
-// is the task results[i] is of, as handed out (queue.PutRequest.ResultsOf). A result is never refused
+// payloads encoded side by side in one buffer. of.Tasks[i], if of.Tasks
+// is not nil, is the task results[i] is of, as handed out, of queue
+// of.Queue (queue.PutRequest.ResultsOf). A result is never refused
 // for a full queue. While the data directory refuses writes (a full
 // disk), publish waits for it, retrying, until the results are in or the
 // master stops: its caller acked their tasks in memory already and logs
@@ -426,7 +427,7 @@ func (s *Server) publishDeadResult(q string, t queue.Task) {
 // It returns an error if some result is neither stored nor queued (queues
 // behind OpenQueues that stayed unavailable until the master stopped):
 // the caller must then not ack their tasks, which run again.
-func (s *Server) publish(dests []string, results []wire.Result, of []queue.Task) error {
+func (s *Server) publish(dests []string, results []wire.Result, of queue.ResultsOf) error {
 	_, err := s.putResults(dests, results, of, true)
 	return err
 }
@@ -435,7 +436,7 @@ func (s *Server) publish(dests []string, results []wire.Result, of []queue.Task)
 // store would refuse and reports false; it reports true once every
 // result is in, or an error (logged) made it drop some, and then that
 // error if the results it dropped are not queued either.
-func (s *Server) putResults(dests []string, results []wire.Result, of []queue.Task, wait bool) (bool, error) {
+func (s *Server) putResults(dests []string, results []wire.Result, of queue.ResultsOf, wait bool) (bool, error) {
 	if len(results) == 0 {
 		return true, nil
 	}
@@ -471,9 +472,9 @@ func (s *Server) putResults(dests []string, results []wire.Result, of []queue.Ta
 		if !s.awaitWritable(dests[first], len(items), wait) {
 			return false, nil
 		}
-		var resultsOf []queue.Task
-		if of != nil {
-			resultsOf = of[first:last]
+		resultsOf := queue.ResultsOf{Queue: of.Queue}
+		if of.Tasks != nil {
+			resultsOf.Tasks = of.Tasks[first:last]
 		}
 		err := s.putResultItems(dests[first], items, resultsOf)
 		if err != nil && s.cfg.OpenQueues != nil {

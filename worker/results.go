@@ -64,6 +64,11 @@ type results struct {
 	// the session serve is on: a handler whose session has ended drops its
 	// outcome itself (add).
 	pending []finished
+	// again holds batches whose completion was cut off with its
+	// connection, to be sent through the next as they were: the old
+	// gateway may have stored their results, and the next one stores
+	// them once only if it packs them alike (keepForNext).
+	again [][]finished
 }
 
 // tally counts tasks between their get and their complete.
@@ -97,10 +102,12 @@ type gotReply struct {
 	err   error
 }
 
-// sendCall is a batch of outcomes that serve hands the completer.
+// sendCall is a batch of outcomes that serve hands the completer, or
+// batches to send again, each as it was (results.again).
 type sendCall struct {
-	s  *session
-	fs []finished
+	s     *session
+	fs    []finished
+	again [][]finished
 }
 
 func newResults(cfg *Config, log *slog.Logger) *results {
@@ -268,6 +275,9 @@ func (res *results) get(c getCall) gotReply {
 func (res *results) completer() {
 	defer res.wg.Done()
 	for c := range res.completes {
+		for _, fs := range c.again {
+			res.send(c.s, fs)
+		}
 		res.send(c.s, c.fs)
 		res.sent <- struct{}{}
 	}
@@ -283,7 +293,7 @@ func (res *results) send(s *session, fs []finished) {
 		handled := res.completeHeld(s, s.completing(fs[:k]), false)
 		batch := fs[:k]
 		if handled == 0 && s.gone() {
-			batch = res.keepForNext(batch)
+			batch = res.keepForNext(batch, true)
 		}
 		s.untrack(batch)
 		res.finish(len(batch), handled, sent)
@@ -291,16 +301,17 @@ func (res *results) send(s *session, fs []finished) {
 	}
 }
 
-// keepForNext puts back the outcomes of fs whose leases go over to the
-// next session (lease.handover), since the connection of their session
-// is gone, and returns the others, in fs's array. That includes outcomes
-// whose call was cut off: sent again, one the old gateway acked is
-// refused as not leased. (One it was still storing when the next gateway
-// took it again, a reconnect delay later, gets two results; dropping it
-// would instead hold the task for the ack wait, 30s by default, whenever
-// a gateway dies with completions on the way.)
-
-func (res *results) keepForNext(fs []finished) []finished {
+// keepForNext keeps the outcomes of fs whose leases go over to the next
+// session (lease.handover), since the connection of their session is
+// gone, and returns the others, in fs's array. If fs was sent (its call
+// cut off), they are kept as a batch, to be sent again as it was; else
+// they go back to pending. Sent again, one the old gateway acked is
+// refused as not leased; one it stored and did not ack is stored once
+// more by the next gateway, which JetStream keeps once if both packed
+// the batch alike. (Dropping them instead would hold their tasks for the
+// ack wait, 30s by default, whenever a gateway dies with completions on
+// the way.)
+func (res *results) keepForNext(fs []finished, sent bool) []finished {
 	rest := fs[:0]
 	var kept []finished
 	for _, f := range fs {
@@ -310,8 +321,23 @@ func (res *results) keepForNext(fs []finished) []finished {
 			rest = append(rest, f)
 		}
 	}
-	res.putBack(kept)
+	if !sent {
+		res.putBack(kept)
+	} else if len(kept) > 0 {
+		res.mu.Lock()
+		res.again = append(res.again, kept)
+		res.mu.Unlock()
+	}
 	return rest
+}
+
+// takeAgain returns the batches to send again as they were.
+func (res *results) takeAgain() [][]finished {
+	res.mu.Lock()
+	defer res.mu.Unlock()
+	again := res.again
+	res.again = nil
+	return again
 }
 
 // completeHeld sends the completions held, whose leases s holds, and
@@ -365,7 +391,7 @@ func (res *results) completeThenGet(ctx context.Context, s *session, fs []finish
 	held := s.completing(fs)
 	if len(held) == 0 || s.gone() {
 		if s.gone() {
-			fs = res.keepForNext(fs)
+			fs = res.keepForNext(fs, false)
 		}
 		res.drop(s, fs)
 		start := time.Now()
@@ -394,7 +420,7 @@ func (res *results) completeThenGet(ctx context.Context, s *session, fs []finish
 		handled = 0
 	}
 	if handled == 0 && s.gone() {
-		fs = res.keepForNext(fs)
+		fs = res.keepForNext(fs, true)
 	}
 	s.untrack(fs)
 	res.finish(len(fs), handled, sent)

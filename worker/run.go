@@ -224,6 +224,14 @@ func (r *runner) serve(ctx context.Context, s *session) (stop bool, err error) {
 		var t tally
 		held, t = r.res.take(held)
 		t.running += r.runWaiting(s, r.cfg.Concurrency-t.running)
+		if !completing {
+			if again := r.res.takeAgain(); again != nil {
+				// Cut off with the last connection: each sent again alone,
+				// as it was (keepForNext).
+				r.res.completes <- sendCall{s: s, again: again}
+				completing = true
+			}
+		}
 		n := 0 // tasks to get now
 		if !getting {
 			switch {
@@ -300,7 +308,14 @@ func (r *runner) serve(ctx context.Context, s *session) (stop bool, err error) {
 			case <-cancelled:
 				cancelled = nil // the next round drains
 			case <-lost:
-				return r.lose(s, held, completing, errConnLost)
+				stop, err := r.lose(s, held, completing, errConnLost)
+				if draining && stopErr != nil {
+					// Stopping for an error: not to connect again. What
+					// was kept for the next connection goes too.
+					r.endHandedOver()
+					return true, stopErr
+				}
+				return stop, err
 			}
 			if !got {
 				continue
@@ -366,6 +381,9 @@ func (r *runner) drain(ctx context.Context) {
 		r.log.Info("draining: taking no new tasks, waiting for running ones", "running", inflight)
 	}
 	for {
+		for _, batch := range r.res.takeAgain() {
+			r.res.drop(batch[0].s, batch)
+		}
 		held, t := r.res.take(nil)
 		for _, f := range held {
 			r.res.drop(f.s, []finished{f})

@@ -115,51 +115,58 @@ func TestRequestIDPacksAndPutsOnce(t *testing.T) {
 
 // TestResultsOfTheSameDeliveriesAreStoredOnce: the results of the same
 // deliveries, put again through another gateway (a completion that
-// reached two), are stored once, packed or not; those of other
-// deliveries of the same tasks (their tasks run again), or of tasks with
-// the same IDs and tokens in a queue made again, are not taken for them.
+// reached two), are stored once, packed alike or not packed; those of
+// other deliveries of the same tasks (their tasks run again), of another
+// queue's tasks, or of tasks with the same IDs and tokens in a queue
+// made again, are not taken for them.
 func TestResultsOfTheSameDeliveriesAreStoredOnce(t *testing.T) {
 	node := startNode(t)
-	a := newQueues(t, node, jsqueue.Config{Pack: 32})
-	b := newQueues(t, node, jsqueue.Config{Pack: 32})
 	ctx := context.Background()
-	// results of the tasks ids, in their delivery at (a count), of
+	// results of tasks ids of queue from, in their delivery at (a count), of
 	// messages stored at stored.
 	stored := time.Now()
-	results := func(stored time.Time, at int, ids ...uint64) queue.PutRequest {
+	results := func(from string, stored time.Time, at int, ids ...uint64) queue.PutRequest {
 		items := make([]queue.Item, len(ids))
-		of := make([]queue.Task, len(ids))
+		of := queue.ResultsOf{Queue: from, Tasks: make([]queue.Task, len(ids))}
 		for i, id := range ids {
 			items[i] = queue.Item{Payload: []byte{byte(id)}}
-			of[i] = queue.Task{ID: id, Token: fmt.Sprintf("#%d.%d.1", at, id), Enqueued: stored}
+			of.Tasks[i] = queue.Task{ID: id, Token: fmt.Sprintf("#%d.%d.1", at, id), Enqueued: stored}
 		}
 		return queue.PutRequest{Queue: "mine", Items: items, Results: true, ResultsOf: of}
 	}
-	ready := 0
-	for _, c := range []struct {
-		name string
-		req  queue.PutRequest
-		adds int
-	}{
-		{"a completion of three", results(stored, 1, 1, 2, 3), 3},
-		{"the same again", results(stored, 1, 1, 2, 3), 0},
-		{"a completion of one", results(stored, 1, 4), 1},
-		{"the same again", results(stored, 1, 4), 0},
-		{"the first two", results(stored, 1, 1, 2), 2},
-		{"another delivery of the three", results(stored, 2, 1, 2, 3), 3},
-		{"the three, in a queue deleted and made again", results(stored.Add(time.Second), 1, 1, 2, 3), 3},
-	} {
-		first, err := a.Put(ctx, c.req)
-		if err != nil {
-			t.Fatalf("%s: %v", c.name, err)
+	for _, pack := range []int{32, 1} {
+		a := newQueues(t, node, jsqueue.Config{Pack: pack})
+		b := newQueues(t, node, jsqueue.Config{Pack: pack})
+		if err := a.Delete("mine"); err != nil && !errors.Is(err, queue.ErrUnknownQueue) {
+			t.Fatal(err)
 		}
-		again, err := b.Put(ctx, c.req)
-		if err != nil || !slices.Equal(again, first) {
-			t.Fatalf("%s, through another gateway: %v, %v; want the first's IDs %v", c.name, again, err, first)
-		}
-		ready += c.adds
-		if st, err := a.Stats("mine"); err != nil || st.Ready != ready {
-			t.Fatalf("%s: %+v, %v; want %d results", c.name, st, err, ready)
+		ready := 0
+		for _, c := range []struct {
+			name        string
+			first, next queue.PutRequest // through a, then through b
+			adds        int
+		}{
+			{"a completion of three", results("jobs", stored, 1, 1, 2, 3), results("jobs", stored, 1, 1, 2, 3), 3},
+			{"a completion of one", results("jobs", stored, 1, 4), results("jobs", stored, 1, 4), 1},
+			{"another delivery of the three", results("jobs", stored, 2, 1, 2, 3), results("jobs", stored, 2, 1, 2, 3), 3},
+			{"the three of another queue", results("other", stored, 1, 1, 2, 3), results("other", stored, 1, 1, 2, 3), 3},
+			{"the three, in a queue deleted and made again", results("jobs", stored.Add(time.Second), 1, 1, 2, 3), results("jobs", stored.Add(time.Second), 1, 1, 2, 3), 3},
+			// Sent again along with another: stored once unpacked; packed
+			// otherwise, the pack is another message.
+			{"three, then again after a fourth", results("jobs", stored, 3, 1, 2, 3), results("jobs", stored, 3, 5, 1, 2, 3), map[int]int{1: 4, 32: 7}[pack]},
+		} {
+			first, err := a.Put(ctx, c.first)
+			if err != nil {
+				t.Fatalf("pack %d, %s: %v", pack, c.name, err)
+			}
+			again, err := b.Put(ctx, c.next)
+			if err != nil || len(c.next.Items) == len(c.first.Items) && !slices.Equal(again, first) {
+				t.Fatalf("pack %d, %s, through another gateway: %v, %v; want the first's IDs %v", pack, c.name, again, err, first)
+			}
+			ready += c.adds
+			if st, err := a.Stats("mine"); err != nil || st.Ready != ready {
+				t.Fatalf("pack %d, %s: %+v, %v; want %d results", pack, c.name, st, err, ready)
+			}
 		}
 	}
 }

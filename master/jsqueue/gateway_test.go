@@ -677,3 +677,136 @@ func TestSlowResultsOfAnAdoptedDeliveryKeepItsTask(t *testing.T) {
 		t.Fatalf("results %+v, %v; want one", results, err)
 	}
 }
+
+// firstToStoreDies is a gateway's queues of which the first, of all the
+// gateways sharing die, to store a completion's results dies then, before
+// it acks (die returns true to it; it blocks until the test lets the
+// dead gateway's handler end).
+type firstToStoreDies struct {
+	*gatewayQueues
+	die func() bool
+}
+
+func (q firstToStoreDies) Ack(req queue.AckRequest, dst []queue.Task) ([]queue.Task, error) {
+	publish := req.Publish
+	req.Publish = func(ts []queue.Task) error {
+		if err := publish(ts); err != nil {
+			return err
+		}
+		if q.die() {
+			return errors.New("died after storing the results")
+		}
+		return nil
+	}
+	return q.gatewayQueues.Ack(req, dst)
+}
+
+// A worker's gateway stores the results of its first completion and
+// dies before it acks; the worker's other handlers finish while it
+// reconnects. The worker sends the cut-off completion again alone, as it
+// was, so the next gateway packs its results alike and JetStream keeps
+// them once: every task has one result.
+func TestWorkerSendsACutOffCompletionAgainAsItWas(t *testing.T) {
+	url := startNodeListening(t)
+	var (
+		addrs   [2]string
+		srvs    [2]*master.Server
+		dieOnce sync.Once
+	)
+	release, unblock := make(chan struct{}), make(chan struct{})
+	var unblockOnce sync.Once
+	t.Cleanup(func() { unblockOnce.Do(func() { close(unblock) }) })
+	for i := range 2 {
+		nc, err := nats.Connect(url, nats.Token("s3cret"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+		die := func() bool {
+			first := false
+			dieOnce.Do(func() { first = true })
+			if !first {
+				return false
+			}
+			nc.Close()         // it cannot ack
+			go srvs[i].Close() // and its clients' connections drop
+			close(release)     // the worker's other handlers finish meanwhile
+			<-unblock
+			return true
+		}
+		addrs[i], srvs[i] = qmtest.StartMaster(t, master.Config{OpenQueues: func(qc queue.Config) (master.Queues, error) {
+			q, err := jsqueue.New(jsqueue.Config{Conn: nc, MaxAttempts: qc.MaxAttempts, DefaultLease: qc.DefaultLease, AckWait: qc.DefaultLease, OnDead: qc.OnDead, Pack: 32})
+			if err != nil {
+				return nil, err
+			}
+			return firstToStoreDies{q, die}, nil
+		}})
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- worker.Run(ctx, worker.Config{
+			Server: strings.Join(addrs[:], ","), Authkey: qmtest.Authkey, Name: "w", Concurrency: 4,
+			// Long enough for the held handlers to finish before it reconnects.
+			ReconnectMin: 300 * time.Millisecond, ReconnectMax: 300 * time.Millisecond,
+			Handler: func(_ context.Context, task worker.Task) (any, error) {
+				v, err := wire.DecodeValue(task.Payload)
+				if err != nil {
+					return nil, err
+				}
+				if v == "c" || v == "d" {
+					<-release
+				}
+				return v, nil
+			},
+		})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("worker: %v", err)
+		}
+	})
+	var on int
+	waitUntil(t, 10*time.Second, "the worker to connect", func() bool {
+		for i, a := range addrs {
+			if workersOn(t, a) > 0 {
+				on = i
+				return true
+			}
+		}
+		return false
+	})
+	survivor := addrs[1-on]
+	p := qmtest.Dial(t, survivor, "producer")
+	pctx, pcancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer pcancel()
+	if _, err := p.Put(pctx, "tasks", []any{"a", "b", "c", "d"}, wire.PutOptions{ReplyTo: "mine"}); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 10*time.Second, "the worker to reconnect", func() bool { return workersOn(t, survivor) > 0 })
+	unblockOnce.Do(func() { close(unblock) })
+
+	var results []wire.Task
+	for {
+		more, err := p.Get(pctx, "mine", wire.GetOptions{Max: 10, Timeout: time.Second, NoAck: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(more) == 0 {
+			break
+		}
+		results = append(results, more...)
+	}
+	seen := make(map[uint64]int)
+	for _, r := range results {
+		res, err := wire.DecodeResult(r.Payload)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen[res.TaskID]++
+	}
+	if len(results) != 4 || len(seen) != 4 {
+		t.Fatalf("%d results of %d tasks (%v), want one of each of 4", len(results), len(seen), seen)
+	}
+}

@@ -77,10 +77,11 @@ func (q *Queues) Put(ctx context.Context, req queue.PutRequest) ([]uint64, error
 		msgs, counts = packMsgs(s.subject, msgs, q.cfg.Pack)
 	}
 	rid := req.RequestID
-	if rid == "" && req.Results && len(req.ResultsOf) > 0 {
-		rid = resultsRequestID(req.ResultsOf)
-	}
-	if rid == "" && counts != nil {
+	switch {
+	case rid != "":
+	case req.Results && resultsMsgIDs(msgs, counts, len(req.Items), req.ResultsOf):
+		// Each message has the ID of its results' deliveries.
+	case counts != nil:
 		// A packed put gets IDs of the gateway's own: it may then be sent
 		// again when its stream's leader dies with its acks (publish),
 		// and JetStream stores none of it twice. What they cost: each
@@ -94,6 +95,7 @@ func (q *Queues) Put(ctx context.Context, req queue.PutRequest) ([]uint64, error
 	pctx, cancel := q.call()
 	defer cancel()
 	ids, dup, err := q.publishDedup(pctx, msgs)
+	resent := false
 	for round := 1; req.Results && errors.Is(err, queue.ErrUnavailable) && allKeyed(msgs) && ctx.Err() == nil && q.ctx.Err() == nil; round++ {
 		// Results are never dropped: the server would put them again as
 		// a new put, under new IDs, and so store twice those the first
@@ -118,6 +120,10 @@ func (q *Queues) Put(ctx context.Context, req queue.PutRequest) ([]uint64, error
 		rctx, rcancel := q.call()
 		ids, dup, err = q.publishDedup(rctx, msgs)
 		rcancel()
+		resent = true
+	}
+	if resent {
+		dup = nil // what an earlier round stored is this put's (publishDedup)
 	}
 	if err != nil {
 		// The stream may have been deleted through another gateway: open
@@ -148,30 +154,52 @@ func packedExtra(counts []int, dup []bool) int {
 	return extra
 }
 
-// resultsRequestID returns the request ID of a put of the results of the
-// deliveries of, the same through every gateway, so that JetStream stores
-// them once within the dedup window: a completion sent again through
-// another gateway (the worker's connection lost after the first stored
-// its results, and before it acked) adds none. It hashes each task's ID,
-// delivery token and the time its message was stored, in order: a packed
+// resultsIDPrefix starts the message IDs of results (resultsMsgIDs).
+const resultsIDPrefix = queue.ReservedKeyPrefix + "results\x00"
+
+// resultsMsgIDs gives each message of a put of the results of of.Tasks
+// (items of them), packed as counts say (nil: none), an ID every gateway derives alike
+// from the deliveries whose results it carries, and reports whether it
+// did: not if a task has no delivery token. A result stored through two
+// gateways (the worker's connection lost after the first stored it, and
+// before it acked; the worker then sends it again through the next) is
+// so kept once within the dedup window, as long as both pack it alike:
+// alone, or with the same others. The ID hashes the tasks' queue, and
+// each task's ID, delivery token and stored time, in order: a packed
 // task's token names its delivery only within its stream, and a queue
 // deleted and made again numbers its tasks and deliveries from 1 again.
-// "" if a task has no token.
-func resultsRequestID(of []queue.Task) string {
-	h := sha256.New()
-	var b []byte
-	for i := range of {
-		t := &of[i]
-		if t.Token == "" {
-			return ""
-		}
-		b = binary.BigEndian.AppendUint64(b[:0], t.ID)
-		b = binary.BigEndian.AppendUint64(b, uint64(t.Enqueued.UnixNano()))
-		b = binary.AppendUvarint(b, uint64(len(t.Token)))
-		b = append(b, t.Token...)
-		h.Write(b)
+func resultsMsgIDs(msgs []*nats.Msg, counts []int, items int, of queue.ResultsOf) bool {
+	if len(of.Tasks) != items {
+		return false
 	}
-	return "results:" + base64.RawURLEncoding.EncodeToString(h.Sum(nil)[:16])
+	for i := range of.Tasks {
+		if of.Tasks[i].Token == "" {
+			return false
+		}
+	}
+	var b []byte
+	start := 0
+	for i, m := range msgs {
+		n := 1
+		if counts != nil && counts[i] > 0 {
+			n = counts[i]
+		}
+		h := sha256.New()
+		b = binary.AppendUvarint(b[:0], uint64(len(of.Queue)))
+		h.Write(append(b, of.Queue...))
+		for _, t := range of.Tasks[start : start+n] {
+			b = binary.BigEndian.AppendUint64(b[:0], t.ID)
+			b = binary.BigEndian.AppendUint64(b, uint64(t.Enqueued.UnixNano()))
+			b = binary.AppendUvarint(b, uint64(len(t.Token)))
+			h.Write(append(b, t.Token...))
+		}
+		if m.Header == nil {
+			m.Header = nats.Header{}
+		}
+		m.Header.Set(jetstream.MsgIDHeader, resultsIDPrefix+base64.RawURLEncoding.EncodeToString(h.Sum(nil)[:16]))
+		start += n
+	}
+	return true
 }
 
 // unavailablePause is how long a put of results waits before it is sent

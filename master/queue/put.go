@@ -32,21 +32,33 @@ type PutRequest struct {
 	// keys cost one per item. At most MaxKeyLen bytes; the items may
 	// not have keys of their own.
 	RequestID string
-	// ResultsOf, with Results, are the tasks the items are the results
-	// of, in the items' order, as handed out: their ID, Token and
-	// Enqueued name the delivery. Queues whose tasks carry delivery
-	// tokens (a gateway's) store the results of the same deliveries once
-	// within the dedup window, for a completion may reach two gateways:
-	// the worker's connection lost after the first stored its results,
-	// and before it acked. Queues that set no tokens (a single master's,
-	// which a completion reaches once) ignore it.
-	ResultsOf []Task
+	// ResultsOf, with Results, says whose results the items are: the
+	// queue and the tasks, as handed out, in the items' order. Queues
+	// whose tasks carry delivery tokens (a gateway's) store the result of
+	// the same delivery once within the dedup window, for a completion
+	// may reach two gateways: the worker's connection lost after the
+	// first stored its results, and before it acked. Queues that set no
+	// tokens (a single master's, which a completion reaches once) ignore
+	// it.
+	ResultsOf ResultsOf
 }
+
+// ResultsOf names the tasks a put's results are of.
+type ResultsOf struct {
+	Queue string
+	Tasks []Task
+}
+
+// ReservedKeyPrefix starts every key the queues make themselves (a
+// request's, and those another implementation of the queues makes); no
+// item key may start with it (CheckItems), so that none can be taken for
+// another.
+const ReservedKeyPrefix = "\x00"
 
 // requestKeyPrefix starts the key that stands for a whole put with a
 // request ID. Item keys may not start with it (CheckItems), so neither
 // can be taken for the other.
-const requestKeyPrefix = "\x00request\x00"
+const requestKeyPrefix = ReservedKeyPrefix + "request\x00"
 
 // RequestKey is the key a put with the request ID id is remembered by.
 // No item key starts as it does (CheckItems), so another implementation
@@ -234,8 +246,8 @@ func CheckItems(items []Item, now time.Time) error {
 		if len(it.Key) > MaxKeyLen {
 			return fmt.Errorf("%w: an idempotency key is at most %d bytes, got %d", ErrBadArgument, MaxKeyLen, len(it.Key))
 		}
-		if isRequestKey(it.Key) {
-			return fmt.Errorf("%w: an idempotency key may not start with %q", ErrBadArgument, requestKeyPrefix)
+		if strings.HasPrefix(it.Key, ReservedKeyPrefix) {
+			return fmt.Errorf("%w: an idempotency key may not start with %q (reserved)", ErrBadArgument, ReservedKeyPrefix)
 		}
 	}
 	return nil
