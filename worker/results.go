@@ -276,9 +276,9 @@ func (res *results) completer() {
 	defer res.wg.Done()
 	for c := range res.completes {
 		for _, fs := range c.again {
-			res.send(c.s, fs)
+			res.send(c.s, fs, true)
 		}
-		res.send(c.s, c.fs)
+		res.send(c.s, c.fs, false)
 		res.sent <- struct{}{}
 	}
 }
@@ -286,11 +286,13 @@ func (res *results) completer() {
 // send completes fs on s, at most maxBatch per call, or drops them if s
 // has lost its connection, and accounts for them. It runs on the
 // completer, or where a get is made for results that cannot go with it.
-func (res *results) send(s *session, fs []finished) {
+// again says fs were sent before, their call cut off: one the master took
+// then comes back as not leased, which is no news.
+func (res *results) send(s *session, fs []finished, again bool) {
 	for len(fs) > 0 {
 		k := min(len(fs), maxBatch)
 		sent := time.Now()
-		handled := res.completeHeld(s, s.completing(fs[:k]), false)
+		handled := res.completeHeld(s, s.completing(fs[:k]), again)
 		batch := fs[:k]
 		if handled == 0 && s.gone() {
 			batch = res.keepForNext(batch, true)
@@ -385,7 +387,7 @@ func (res *results) completed(s *session, held []wire.Completion, err error, aga
 // returns.
 func (res *results) completeThenGet(ctx context.Context, s *session, fs []finished, opts wire.GetOptions) ([]Task, error) {
 	if len(fs) > maxBatch || res.noChain {
-		res.send(s, fs)
+		res.send(s, fs, false)
 		fs = nil
 	}
 	held := s.completing(fs)
