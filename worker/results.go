@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/qm-dev/qm/wire"
@@ -69,6 +70,9 @@ type results struct {
 	// gateway may have stored their results, and the next one stores
 	// them once only if it packs them alike (keepForNext).
 	again [][]finished
+	// hasAgain is set while again holds batches, so that serve need not
+	// take mu each round to find none.
+	hasAgain atomic.Bool
 }
 
 // tally counts tasks between their get and their complete.
@@ -328,6 +332,7 @@ func (res *results) keepForNext(fs []finished, sent bool) []finished {
 	} else if len(kept) > 0 {
 		res.mu.Lock()
 		res.again = append(res.again, kept)
+		res.hasAgain.Store(true)
 		res.mu.Unlock()
 	}
 	return rest
@@ -335,10 +340,14 @@ func (res *results) keepForNext(fs []finished, sent bool) []finished {
 
 // takeAgain returns the batches to send again as they were.
 func (res *results) takeAgain() [][]finished {
+	if !res.hasAgain.Load() {
+		return nil
+	}
 	res.mu.Lock()
 	defer res.mu.Unlock()
 	again := res.again
 	res.again = nil
+	res.hasAgain.Store(false)
 	return again
 }
 
