@@ -332,7 +332,7 @@ func (q *Queues) takeHeldLocked(s *stream, req queue.GetRequest, now time.Time, 
 			q.unconfirmed[l.key] = l
 		} else {
 			t.Token = packToken(h.p.delivery, h.p.dseq, t.Attempts)
-			l.task.Token = t.Token // its results are stored under it (resultsRequestID)
+			l.task.Token = t.Token // its results' message IDs are made from it (resultsMsgIDs)
 			q.addLease(l)
 		}
 		ts = append(ts, t)

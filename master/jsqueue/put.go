@@ -158,13 +158,13 @@ func packedExtra(counts []int, dup []bool) int {
 const resultsIDPrefix = queue.ReservedKeyPrefix + "results\x00"
 
 // resultsMsgIDs gives each message of a put of the results of of.Tasks
-// (items of them), packed as counts say (nil: none), an ID every gateway derives alike
-// from the deliveries whose results it carries, and reports whether it
-// did: not if a task has no delivery token. A result stored through two
-// gateways (the worker's connection lost after the first stored it, and
-// before it acked; the worker then sends it again through the next) is
-// so kept once within the dedup window, as long as both pack it alike:
-// alone, or with the same others. The ID hashes the tasks' queue, and
+// (items of them), packed as counts say (nil: none), an ID every gateway
+// derives alike from the deliveries whose results it carries, and
+// reports whether it did: not if a task has no delivery token. A result
+// stored through two gateways (the worker's connection lost after the
+// first stored it, and before it acked; the worker then sends it again
+// through the next) is so kept once within the dedup window, as long as
+// both pack it alike: alone, or with the same others. The ID hashes the tasks' queue, and
 // each task's ID, delivery token and stored time, in order: a packed
 // task's token names its delivery only within its stream, and a queue
 // deleted and made again numbers its tasks and deliveries from 1 again.
@@ -209,8 +209,8 @@ const unavailablePause = 250 * time.Millisecond
 // requestMsgIDs gives each message of a put with the request ID rid that
 // has no key a Nats-Msg-Id: the ID and the range of the put's items it
 // carries, after queue.RequestKey's prefix, which no item key has (each
-// key is its task's Nats-Msg-Id). The put sent again, packed alike, has the same IDs, and
-// JetStream stores none of it twice; packed otherwise (through a gateway
+// key is its task's Nats-Msg-Id). The put sent again, packed alike, has
+// the same IDs, and JetStream stores none of it twice; packed otherwise (through a gateway
 // with another --pack), its ranges differ, and it is stored again rather
 // than taken for messages that carry other items. counts are packMsgs'
 // (nil: none packed).
