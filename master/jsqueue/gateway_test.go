@@ -372,16 +372,7 @@ func testWorkerCompletesThroughAnotherGateway(t *testing.T, cfg master.Config, r
 	t.Cleanup(letGo) // first: a test that fails early lets the handler end
 
 	// The producer uses the gateway the worker is not on.
-	var on int
-	waitUntil(t, 10*time.Second, "the worker to connect", func() bool {
-		for i, a := range addrs {
-			if workersOn(t, a) > 0 {
-				on = i
-				return true
-			}
-		}
-		return false
-	})
+	on := workerGateway(t, addrs[:])
 	survivor := addrs[1-on]
 	p := qmtest.Dial(t, survivor, "producer")
 	pctx, pcancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -454,6 +445,23 @@ func workersOn(t *testing.T, addr string) int {
 		}
 	}
 	return n
+}
+
+// workerGateway waits until a worker is connected to one of the gateways
+// at addrs, and returns that one's index.
+func workerGateway(t *testing.T, addrs []string) int {
+	t.Helper()
+	on := -1
+	waitUntil(t, 10*time.Second, "the worker to connect", func() bool {
+		for i, a := range addrs {
+			if workersOn(t, a) > 0 {
+				on = i
+				return true
+			}
+		}
+		return false
+	})
+	return on
 }
 
 func waitUntil(t *testing.T, d time.Duration, what string, f func() bool) {
@@ -767,16 +775,7 @@ func TestWorkerSendsACutOffCompletionAgainAsItWas(t *testing.T) {
 			t.Errorf("worker: %v", err)
 		}
 	})
-	var on int
-	waitUntil(t, 10*time.Second, "the worker to connect", func() bool {
-		for i, a := range addrs {
-			if workersOn(t, a) > 0 {
-				on = i
-				return true
-			}
-		}
-		return false
-	})
+	on := workerGateway(t, addrs[:])
 	survivor := addrs[1-on]
 	p := qmtest.Dial(t, survivor, "producer")
 	pctx, pcancel := context.WithTimeout(context.Background(), 30*time.Second)
