@@ -32,15 +32,7 @@ func startGateway(t *testing.T, natsURL string, cfg master.Config) string {
 // startPackingGateway is startGateway with qmaster --pack.
 func startPackingGateway(t *testing.T, natsURL string, cfg master.Config, pack int) string {
 	t.Helper()
-	nc, err := nats.Connect(natsURL, nats.Token("s3cret"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close) // after the master's shutdown, registered below
-	cfg.OpenQueues = func(qc queue.Config) (master.Queues, error) {
-		return jsqueue.New(jsqueue.Config{Conn: nc, MaxAttempts: qc.MaxAttempts, DefaultLease: qc.DefaultLease, AckWait: qc.DefaultLease, OnDead: qc.OnDead, Pack: pack})
-	}
-	addr, _ := qmtest.StartMaster(t, cfg)
+	addr, _, _ := startClosableGateway(t, natsURL, cfg, pack)
 	return addr
 }
 
@@ -280,13 +272,25 @@ func getTasks(ctx context.Context, t *testing.T, w *wire.Client, n int) []wire.T
 // the test closes to kill the gateway without its giving anything back.
 func startClosableGateway(t *testing.T, natsURL string, cfg master.Config, pack int) (string, *nats.Conn, *master.Server) {
 	t.Helper()
+	return startWrappedGateway(t, natsURL, cfg, pack, nil)
+}
+
+// startWrappedGateway is startClosableGateway whose master serves the
+// queues wrap makes of the gateway's (nil: those themselves), and nc, the
+// gateway's connection to JetStream.
+func startWrappedGateway(t *testing.T, natsURL string, cfg master.Config, pack int, wrap func(q *jsqueue.Queues, nc *nats.Conn) master.Queues) (string, *nats.Conn, *master.Server) {
+	t.Helper()
 	nc, err := nats.Connect(natsURL, nats.Token("s3cret"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(nc.Close)
+	t.Cleanup(nc.Close) // after the master's shutdown, registered below
 	cfg.OpenQueues = func(qc queue.Config) (master.Queues, error) {
-		return jsqueue.New(jsqueue.Config{Conn: nc, MaxAttempts: qc.MaxAttempts, DefaultLease: qc.DefaultLease, AckWait: qc.DefaultLease, OnDead: qc.OnDead, Pack: pack})
+		q, err := jsqueue.New(jsqueue.Config{Conn: nc, MaxAttempts: qc.MaxAttempts, DefaultLease: qc.DefaultLease, AckWait: qc.DefaultLease, OnDead: qc.OnDead, Pack: pack})
+		if err != nil || wrap == nil {
+			return q, err
+		}
+		return wrap(q, nc), nil
 	}
 	addr, srv := qmtest.StartMaster(t, cfg)
 	return addr, nc, srv
@@ -507,18 +511,9 @@ func TestCompletionSentAgainStoresItsResultsOnce(t *testing.T) {
 	for _, pack := range []int{1, 32} {
 		t.Run(fmt.Sprintf("pack %d", pack), func(t *testing.T) {
 			url := startNodeListening(t)
-			ncA, err := nats.Connect(url, nats.Token("s3cret"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(ncA.Close)
-			a, _ := qmtest.StartMaster(t, master.Config{OpenQueues: func(qc queue.Config) (master.Queues, error) {
-				q, err := jsqueue.New(jsqueue.Config{Conn: ncA, MaxAttempts: qc.MaxAttempts, DefaultLease: qc.DefaultLease, AckWait: qc.DefaultLease, OnDead: qc.OnDead, Pack: pack})
-				if err != nil {
-					return nil, err
-				}
-				return diesAfterStoring{q, ncA}, nil
-			}})
+			a, _, _ := startWrappedGateway(t, url, master.Config{}, pack, func(q *jsqueue.Queues, nc *nats.Conn) master.Queues {
+				return diesAfterStoring{q, nc}
+			})
 			b := startPackingGateway(t, url, master.Config{}, pack)
 
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -629,19 +624,9 @@ func TestSlowResultsOfAnAdoptedDeliveryKeepItsTask(t *testing.T) {
 	url := startNodeListening(t)
 	cfg := master.Config{DefaultLease: ackWait}
 	a, ncA, srvA := startClosableGateway(t, url, cfg, 0)
-	ncB, err := nats.Connect(url, nats.Token("s3cret"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(ncB.Close)
-	cfg.OpenQueues = func(qc queue.Config) (master.Queues, error) {
-		q, err := jsqueue.New(jsqueue.Config{Conn: ncB, MaxAttempts: qc.MaxAttempts, DefaultLease: qc.DefaultLease, AckWait: qc.DefaultLease, OnDead: qc.OnDead})
-		if err != nil {
-			return nil, err
-		}
-		return slowResults{q, 3 * ackWait}, nil
-	}
-	b, _ := qmtest.StartMaster(t, cfg)
+	b, _, _ := startWrappedGateway(t, url, cfg, 0, func(q *jsqueue.Queues, _ *nats.Conn) master.Queues {
+		return slowResults{q, 3 * ackWait}
+	})
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -725,30 +710,20 @@ func TestWorkerSendsACutOffCompletionAgainAsItWas(t *testing.T) {
 	var unblockOnce sync.Once
 	t.Cleanup(func() { unblockOnce.Do(func() { close(unblock) }) })
 	for i := range 2 {
-		nc, err := nats.Connect(url, nats.Token("s3cret"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(nc.Close)
-		die := func() bool {
-			first := false
-			dieOnce.Do(func() { first = true })
-			if !first {
-				return false
-			}
-			nc.Close()         // it cannot ack
-			go srvs[i].Close() // and its clients' connections drop
-			close(release)     // the worker's other handlers finish meanwhile
-			<-unblock
-			return true
-		}
-		addrs[i], srvs[i] = qmtest.StartMaster(t, master.Config{OpenQueues: func(qc queue.Config) (master.Queues, error) {
-			q, err := jsqueue.New(jsqueue.Config{Conn: nc, MaxAttempts: qc.MaxAttempts, DefaultLease: qc.DefaultLease, AckWait: qc.DefaultLease, OnDead: qc.OnDead, Pack: 32})
-			if err != nil {
-				return nil, err
-			}
-			return firstToStoreDies{q, die}, nil
-		}})
+		addrs[i], _, srvs[i] = startWrappedGateway(t, url, master.Config{}, 32, func(q *jsqueue.Queues, nc *nats.Conn) master.Queues {
+			return firstToStoreDies{q, func() bool {
+				first := false
+				dieOnce.Do(func() { first = true })
+				if !first {
+					return false
+				}
+				nc.Close()         // it cannot ack
+				go srvs[i].Close() // and its clients' connections drop
+				close(release)     // the worker's other handlers finish meanwhile
+				<-unblock
+				return true
+			}}
+		})
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
