@@ -87,12 +87,23 @@ func (q *Queues) Get(ctx context.Context, req queue.GetRequest, dst []queue.Task
 			}
 			return nil, err
 		}
-		if len(msgs) > 0 || !woken {
+		if len(msgs) == 0 && !woken {
+			return nil, nil // the wait is over
+		}
+		if len(msgs) > 0 {
 			ts, err := q.deliver(s, req, msgs, dst[:0])
-			if err != nil || len(msgs) == 0 {
+			if err != nil {
 				return ts, err
 			}
-			return q.topUp(s, req, ts, preq.Max, len(msgs))
+			if len(ts) > 0 {
+				return q.topUp(s, req, ts, preq.Max, len(msgs))
+			}
+			// None to hand out: redeliveries being completed through
+			// another gateway, or dead-lettered. Wait on for the rest
+			// of the get's time.
+			if ctx.Err() != nil {
+				return nil, nil
+			}
 		}
 		// Woken: a task was held while this get waited.
 	}

@@ -456,15 +456,30 @@ func TestTakingForGoodIgnoresAttempts(t *testing.T) {
 			t.Fatal("no task")
 		}
 		cfgA.Conn.Close() // its ack never comes
-		ts, err := b.Get(context.Background(), queue.GetRequest{Queue: name, Max: 1, Owner: 7, NoAck: noAck, Lease: time.Minute, MaxWait: 5 * time.Second}, nil)
+		wait := 5 * time.Second
+		if !noAck {
+			wait = 1500 * time.Millisecond // all of it waited: see below
+		}
+		start := time.Now()
+		ts, err := b.Get(context.Background(), queue.GetRequest{Queue: name, Max: 1, Owner: 7, NoAck: noAck, Lease: time.Minute, MaxWait: wait}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if noAck && (len(ts) != 1 || ts[0].ID != ids[0]) {
 			t.Fatalf("taken for good after its holder died: %+v, want task %d", ts, ids[0])
 		}
-		if !noAck && len(ts) != 0 {
-			t.Fatalf("leased after its last attempt: %+v, want it dead-lettered", ts)
+		if !noAck {
+			if len(ts) != 0 {
+				t.Fatalf("leased after its last attempt: %+v, want it dead-lettered", ts)
+			}
+			// Dead-lettering the redelivery does not end the get: it
+			// waits on for a task to hand out.
+			if took := time.Since(start); took < wait-50*time.Millisecond {
+				t.Fatalf("the get returned empty after %v, before its wait of %v", took, wait)
+			}
+			if st, err := b.Stats(queue.DeadLetterName(name)); err != nil || st.Ready != 1 {
+				t.Fatalf("dead letters: %+v, %v; want the task", st, err)
+			}
 		}
 		dying.Close()
 	}
@@ -491,7 +506,7 @@ func TestPackDeliveredTooOftenIsDeadLettered(t *testing.T) {
 		cfgA.Conn.Close()
 		dying.Close()
 	}
-	if ts := get(t, b, "jobs", 7, 8, time.Minute, 5*time.Second); len(ts) != 0 {
+	if ts := get(t, b, "jobs", 7, 8, time.Minute, 1500*time.Millisecond); len(ts) != 0 {
 		t.Fatalf("the fourth delivery handed out %+v, want its tasks dead-lettered", ts)
 	}
 	st, err := b.Stats(queue.DeadLetterName("jobs"))
