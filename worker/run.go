@@ -334,6 +334,9 @@ func (r *runner) serve(ctx context.Context, s *session) (stop bool, err error) {
 			// Draining; the next round says so.
 		case errors.Is(err, wire.ErrBadRequest) || errors.Is(err, wire.ErrUnknownOp):
 			draining, stopErr = true, fmt.Errorf("get from queue %q: %w", r.cfg.Tasks, err)
+			if t.inflight > 0 {
+				r.log.Error("get refused; taking no new tasks, stopping once the running ones end", "err", err, "running", t.inflight)
+			}
 		default:
 			return r.lose(s, held, completing, err)
 		}

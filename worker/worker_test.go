@@ -15,6 +15,7 @@ import (
 	"github.com/qm-dev/qm/auth"
 	"github.com/qm-dev/qm/internal/qmtest"
 	"github.com/qm-dev/qm/master"
+	"github.com/qm-dev/qm/master/queue"
 	"github.com/qm-dev/qm/wire"
 	"github.com/qm-dev/qm/worker"
 )
@@ -569,5 +570,66 @@ func TestConnectionLossCancelsRunningTasks(t *testing.T) {
 	w.cancel()
 	if err := w.wait(t, 5*time.Second); err != nil {
 		t.Fatalf("Run = %v", err)
+	}
+}
+
+// refusingGets is a master's queues that refuse every get of tasks after
+// the first, as a master does a get it cannot serve (wire.ErrBadRequest).
+type refusingGets struct {
+	*queue.Manager
+	gets atomic.Int32
+}
+
+func (q *refusingGets) Get(ctx context.Context, req queue.GetRequest, dst []queue.Task) ([]queue.Task, error) {
+	if req.Queue == "tasks" && q.gets.Add(1) > 1 {
+		return nil, fmt.Errorf("%w: refused by the test", queue.ErrBadArgument)
+	}
+	return q.Manager.Get(ctx, req, dst)
+}
+
+// A worker whose get is refused stops taking tasks and waits for its
+// running handler. If its connection is lost meanwhile, it stops with the
+// get's error rather than connect again.
+func TestWorkerStoppingForARefusedGetDoesNotReconnect(t *testing.T) {
+	addr := qmtest.FreeAddrs(t, 1)[0]
+	m := startMasterOn(t, addr, master.Config{OpenQueues: func(qc queue.Config) (master.Queues, error) {
+		q, err := queue.New(qc)
+		if err != nil {
+			return nil, err
+		}
+		return &refusingGets{Manager: q}, nil
+	}})
+	started, release := make(chan struct{}, 1), make(chan struct{})
+	logs := &syncBuffer{}
+	cfg := testConfig(t, addr, func(ctx context.Context, _ worker.Task) (any, error) {
+		started <- struct{}{}
+		select {
+		case <-release:
+			return "done", nil
+		case <-ctx.Done(): // the lease is lost with the connection
+			return nil, ctx.Err()
+		}
+	})
+	cfg.Concurrency = 2 // a second get goes out while the handler runs
+	cfg.Logger = slog.New(slog.NewTextHandler(logs, nil))
+	defer close(release)
+	c := qmtest.Dial(t, addr, "producer")
+	put(t, c, "tasks", []any{"x"}, wire.PutOptions{})
+	w := startWorker(t, cfg)
+	<-started
+	qmtest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if !strings.Contains(logs.String(), "get refused") {
+			return errors.New("the refused get is not logged")
+		}
+		return nil
+	})
+	c.Close()
+	m.stop(t) // the connection is lost while the worker waits for its handler
+	err := w.wait(t, 10*time.Second)
+	if !errors.Is(err, wire.ErrBadRequest) {
+		t.Fatalf("Run = %v, want the refused get's error; logs:\n%s", err, logs)
+	}
+	if strings.Contains(logs.String(), "retrying") {
+		t.Errorf("the worker connected again:\n%s", logs)
 	}
 }
