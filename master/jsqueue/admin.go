@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -158,45 +160,98 @@ func (q *Queues) AllStats() []queue.Stats {
 	return all
 }
 
-// scan calls f with each task stored in s, in order, until f returns
-// false. Tasks leased at the moment are included. Each read has the
-// request timeout to itself, so a long queue is walked to its end.
+// scan calls f with each task stored in s when it starts, in order, until
+// f returns false. Tasks leased at the moment are included. It reads up to
+// window messages at once (at most scanWindow), each read with the request
+// timeout to itself, so a long queue is walked to its end in about one
+// round trip per window.
 //
 // A pack's tasks come one by one, each with packed set: they share the
 // message at seq.
-func (q *Queues) scan(s *stream, f func(seq uint64, t queue.Task, packed bool) bool) error {
-	for seq := uint64(1); ; seq++ {
-		ctx, cancel := q.call()
-		// The next message at or after seq: the stream holds only its
-		// queue's, plain and packs.
-		m, err := s.st.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(">"))
-		cancel()
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			return nil
-		}
+func (q *Queues) scan(s *stream, window int, f func(seq uint64, t queue.Task, packed bool) bool) error {
+	ctx, cancel := q.call()
+	info, err := s.st.Info(ctx)
+	cancel()
+	if err != nil {
+		return q.adminErr(s.queue, "read", err)
+	}
+	last := info.State.LastSeq // tasks stored after the walk began are not in it
+	window = max(1, min(window, scanWindow))
+	for from := max(1, info.State.FirstSeq); from <= last; {
+		msgs, err := q.readFrom(s, from, window, last)
 		if err != nil {
 			return q.adminErr(s.queue, "read", err)
 		}
-		seq = m.Sequence
-		if n := m.Header.Get(hdrPack); n != "" {
-			payloads, err := decodePack(m.Data, n)
-			if err != nil {
-				q.log.Warn("malformed pack skipped", "queue", s.queue, "seq", seq, "err", err)
-				continue
-			}
-			for i, pl := range payloads {
-				t := taskOf(seq, m.Time, m.Header, pl, 0)
-				t.ID = packedID(seq, i)
-				if !f(seq, t, true) {
-					return nil
-				}
-			}
-			continue
-		}
-		if !f(seq, taskOf(seq, m.Time, m.Header, m.Data, 0), false) {
+		if len(msgs) == 0 {
 			return nil
 		}
+		for _, m := range msgs {
+			if !q.scanMsg(s, m, f) {
+				return nil
+			}
+		}
+		from = msgs[len(msgs)-1].Sequence + 1
 	}
+	return nil
+}
+
+// scanWindow bounds the reads of a walk (scan) in flight at once.
+const scanWindow = 64
+
+// readFrom reads the messages of s at or after sequences from to
+// from+n-1, at once, and returns those up to last, in order and each once.
+// Where the stream is dense each read finds its own message; where it has
+// gaps (tasks done out of order) several find the same next one.
+func (q *Queues) readFrom(s *stream, from uint64, n int, last uint64) ([]*jetstream.RawStreamMsg, error) {
+	n = int(min(uint64(n), last-from+1))
+	got := make([]*jetstream.RawStreamMsg, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			ctx, cancel := q.call()
+			defer cancel()
+			// The next message at or after the sequence: the stream holds
+			// only its queue's, plain and packs.
+			got[i], errs[i] = s.st.GetMsg(ctx, from+uint64(i), jetstream.WithGetMsgSubject(">"))
+		})
+	}
+	wg.Wait()
+	msgs := got[:0]
+	for i, m := range got {
+		if errors.Is(errs[i], jetstream.ErrMsgNotFound) {
+			continue // none at or after it
+		}
+		if errs[i] != nil {
+			return nil, errs[i]
+		}
+		if m.Sequence <= last && (len(msgs) == 0 || m.Sequence > msgs[len(msgs)-1].Sequence) {
+			msgs = append(msgs, m)
+		}
+	}
+	return msgs, nil
+}
+
+// scanMsg calls f with the task, or each task of the pack, that m holds,
+// and returns false if f did.
+func (q *Queues) scanMsg(s *stream, m *jetstream.RawStreamMsg, f func(seq uint64, t queue.Task, packed bool) bool) bool {
+	seq := m.Sequence
+	if n := m.Header.Get(hdrPack); n != "" {
+		payloads, err := decodePack(m.Data, n)
+		if err != nil {
+			q.log.Warn("malformed pack skipped", "queue", s.queue, "seq", seq, "err", err)
+			return true
+		}
+		for i, pl := range payloads {
+			t := taskOf(seq, m.Time, m.Header, pl, 0)
+			t.ID = packedID(seq, i)
+			if !f(seq, t, true) {
+				return false
+			}
+		}
+		return true
+	}
+	return f(seq, taskOf(seq, m.Time, m.Header, m.Data, 0), false)
 }
 
 // Peek returns the first n tasks of a queue not yet done, in order. Unlike
@@ -211,7 +266,7 @@ func (q *Queues) Peek(name string, n int) ([]queue.Task, error) {
 	if n <= 0 {
 		return ts, nil
 	}
-	err = q.scan(s, func(_ uint64, t queue.Task, _ bool) bool {
+	err = q.scan(s, n, func(_ uint64, t queue.Task, _ bool) bool {
 		ts = append(ts, t)
 		return len(ts) < n
 	})
@@ -335,36 +390,95 @@ func (q *Queues) Requeue(name string, ids []uint64) (int, error) {
 	}
 	want := idSet(ids)
 	moved := 0
-	var firstErr error
-	err = q.scan(ds, func(seq uint64, t queue.Task, _ bool) bool {
-		if want != nil && !want[t.ID] {
+	var batch []deadMsg
+	var moveErr error
+	flush := func() bool {
+		if len(batch) == 0 {
 			return true
 		}
-		if err := q.move(ds, seq, s, t); err != nil {
-			firstErr = err
-			return false
+		n, err := q.move(ds, s, batch)
+		moved += n
+		batch = batch[:0]
+		moveErr = err
+		return err == nil
+	}
+	err = q.scan(ds, scanWindow, func(seq uint64, t queue.Task, _ bool) bool {
+		if want != nil {
+			if !want[t.ID] {
+				return true
+			}
+			delete(want, t.ID)
 		}
-		delete(want, t.ID)
-		moved++
-		return want == nil || len(want) > 0
+		batch = append(batch, deadMsg{seq, t})
+		if want != nil && len(want) == 0 {
+			return false // every one named is found
+		}
+		return len(batch) < moveBatch || flush()
 	})
-	if err = errors.Join(err, firstErr); err != nil {
+	if moveErr == nil {
+		flush()
+	}
+	if err = errors.Join(err, moveErr); err != nil {
 		return moved, err
 	}
 	return moved, noSuchTasks(keys(want))
 }
 
-// move stores t at the end of to, then deletes it from from.
-func (q *Queues) move(from *stream, seq uint64, to *stream, t queue.Task) error {
+// deadMsg is a task of a dead-letter queue and its message's sequence.
+type deadMsg struct {
+	seq  uint64
+	task queue.Task
+}
+
+// moveBatch is how many tasks a requeue moves at once.
+const moveBatch = 256
+
+// move stores the tasks of batch at the end of to, in order, then deletes
+// them from from, and returns how many it moved: all, or those before the
+// first it could not delete. Each stored copy has an ID of its dead
+// message's, so a requeue that fails after storing it and is tried again
+// within the dedup window does not store it twice.
+func (q *Queues) move(from, to *stream, batch []deadMsg) (int, error) {
+	msgs := make([]*nats.Msg, len(batch))
+	for i, d := range batch {
+		msgs[i] = movedMsg(to.subject, d.task, 0)
+		msgs[i].Header.Set(jetstream.MsgIDHeader, requeuedID(from, d))
+	}
 	ctx, cancel := q.call()
-	defer cancel()
-	if _, err := q.publish(ctx, []*nats.Msg{movedMsg(to.subject, t, 0)}); err != nil {
-		return err
+	_, err := q.publish(ctx, msgs)
+	cancel()
+	if err != nil {
+		return 0, err
 	}
-	if err := from.st.DeleteMsg(ctx, seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
-		return q.engineErr("requeue", err)
+	errs := make([]error, len(batch))
+	sem := make(chan struct{}, scanWindow)
+	var wg sync.WaitGroup
+	for i, d := range batch {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			ctx, cancel := q.call()
+			defer cancel()
+			if err := from.st.DeleteMsg(ctx, d.seq); err != nil && !deletedAlready(err) {
+				errs[i] = q.engineErr("requeue", err)
+			}
+		})
 	}
-	return nil
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			return i, err
+		}
+	}
+	return len(batch), nil
+}
+
+// requeuedID is the message ID of dead task d of stream from, stored again
+// by a requeue: the sequence of its dead message and the time its task was
+// first stored, which no other dead task of the queue has had.
+func requeuedID(from *stream, d deadMsg) string {
+	return queue.ReservedKeyPrefix + "requeued\x00" + streamName(from.queue) + "/" +
+		strconv.FormatUint(d.seq, 10) + "/" + strconv.FormatInt(d.task.Enqueued.UnixNano(), 10)
 }
 
 // Drop removes tasks ids of a queue for good. Tasks this gateway has
@@ -385,7 +499,7 @@ func (q *Queues) Drop(name string, ids []uint64) (int, error) {
 	q.mu.Unlock()
 	dropped := 0
 	var delErr error
-	err = q.scan(s, func(seq uint64, t queue.Task, packed bool) bool {
+	err = q.scan(s, scanWindow, func(seq uint64, t queue.Task, packed bool) bool {
 		if !want[t.ID] {
 			return true
 		}
@@ -395,7 +509,7 @@ func (q *Queues) Drop(name string, ids []uint64) (int, error) {
 		}
 		ctx, cancel := q.call()
 		defer cancel()
-		if err := s.st.DeleteMsg(ctx, seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		if err := s.st.DeleteMsg(ctx, seq); err != nil && !deletedAlready(err) {
 			delErr = q.engineErr("drop", err)
 			return false
 		}

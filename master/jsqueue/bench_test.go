@@ -2,6 +2,7 @@ package jsqueue_test
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"syscall"
 	"testing"
@@ -134,4 +135,41 @@ func cpuTime() time.Duration {
 	var ru syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkRequeue moves 1,000 dead tasks back to their queue per
+// operation (each is put into the dead-letter queue again between
+// operations, untimed), and peeks at them first. b.N counts requeues.
+func BenchmarkRequeue(b *testing.B) {
+	q := newQueues(b, startNode(b), jsqueue.Config{})
+	const n = 1000
+	items := make([]queue.Item, n)
+	for i := range items {
+		items[i] = queue.Item{Payload: []byte("0123456789abcdef")}
+	}
+	dead := queue.DeadLetterName("jobs")
+	ctx := context.Background()
+	var peek, requeue time.Duration
+	for b.Loop() {
+		b.StopTimer()
+		if _, err := q.Purge("jobs"); err != nil && !errors.Is(err, queue.ErrUnknownQueue) {
+			b.Fatal(err)
+		}
+		if _, err := q.Put(ctx, queue.PutRequest{Queue: dead, Items: items}); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		t0 := time.Now()
+		if ts, err := q.Peek(dead, n); err != nil || len(ts) != n {
+			b.Fatalf("peek: %d tasks, %v", len(ts), err)
+		}
+		t1 := time.Now()
+		if moved, err := q.Requeue("jobs", nil); err != nil || moved != n {
+			b.Fatalf("requeue: %d moved, %v", moved, err)
+		}
+		peek += t1.Sub(t0)
+		requeue += time.Since(t1)
+	}
+	b.ReportMetric(float64(peek.Microseconds())/float64(b.N*n), "peek-µs/task")
+	b.ReportMetric(float64(requeue.Microseconds())/float64(b.N*n), "requeue-µs/task")
 }

@@ -361,12 +361,14 @@ func TestRequeueOfALongDeadLetterQueue(t *testing.T) {
 	// (at 100ms it failed at load 10); the walk takes a few of them.
 	const timeout = 300 * time.Millisecond
 	q := newQueues(t, node, jsqueue.Config{RequestTimeout: timeout})
-	const n = 1000
+	// A walk reads 64 messages at once and moves 256 at a time: 4,000
+	// took about 0.5 s here.
+	const n = 4000
 	items := make([]string, n)
 	for i := range items {
 		items[i] = "t"
 	}
-	// Put through a gateway with the default timeout: 1,000 at once may
+	// Put through a gateway with the default timeout: 4,000 at once may
 	// take longer than the walk's here.
 	put(t, newQueues(t, node, jsqueue.Config{}), queue.DeadLetterName("jobs"), items...)
 	start := time.Now()
@@ -533,5 +535,65 @@ func TestConcurrentAcks(t *testing.T) {
 	st, err := q.Stats("jobs")
 	if err != nil || done.Load() != n || st.Ready != 0 || st.Leased != 0 || st.Done != n {
 		t.Fatalf("%d acked; stats %+v, %v; want all %d done, none ready or leased", done.Load(), st, err, n)
+	}
+}
+
+// A walk of a queue reads many messages at once, and steps over gaps
+// wider than that: peek and requeue keep the tasks' order, across gaps
+// and requeues of more than one batch.
+func TestWalksKeepOrderAcrossGaps(t *testing.T) {
+	q := newQueues(t, startNode(t), jsqueue.Config{})
+	dead := queue.DeadLetterName("jobs")
+	items := make([]string, 700)
+	for i := range items {
+		items[i] = strconv.Itoa(i)
+	}
+	ids := put(t, q, dead, items...)
+	// Gaps: 200 tasks in a row (wider than a walk reads at once) and
+	// every third of the last hundred.
+	var gone []uint64
+	want := []string{}
+	for i, id := range ids {
+		if i >= 100 && i < 300 || i >= 600 && i%3 == 0 {
+			gone = append(gone, id)
+		} else {
+			want = append(want, items[i])
+		}
+	}
+	if n, err := q.Drop(dead, gone); err != nil || n != len(gone) {
+		t.Fatalf("drop: %d, %v; want %d", n, err, len(gone))
+	}
+	peeked, err := q.Peek(dead, len(items))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := payloads(peeked); !slices.Equal(got, want) {
+		t.Fatalf("peek: %d tasks %v...; want %d %v...", len(got), got[:min(5, len(got))], len(want), want[:5])
+	}
+	if first, err := q.Peek(dead, 3); err != nil || !slices.Equal(payloads(first), want[:3]) {
+		t.Fatalf("peek of 3: %v, %v; want %v", payloads(first), err, want[:3])
+	}
+	// Two named tasks, on either side of the wide gap, then the rest.
+	if n, err := q.Requeue("jobs", []uint64{ids[99], ids[300]}); err != nil || n != 2 {
+		t.Fatalf("requeue of two: %d, %v", n, err)
+	}
+	moved, err := q.Requeue("jobs", nil)
+	if err != nil || moved != len(want)-2 {
+		t.Fatalf("requeue: %d, %v; want %d", moved, err, len(want)-2)
+	}
+	wantOrder := append([]string{"99", "300"}, slices.DeleteFunc(slices.Clone(want), func(s string) bool { return s == "99" || s == "300" })...)
+	var got []string
+	for len(got) < len(wantOrder) {
+		ts := get(t, q, "jobs", 1, 1000, time.Minute, time.Second)
+		if len(ts) == 0 {
+			break
+		}
+		got = append(got, payloads(ts)...)
+	}
+	if !slices.Equal(got, wantOrder) {
+		t.Fatalf("requeued in the order %v; want %v", got, wantOrder)
+	}
+	if st, err := q.Stats(dead); err != nil || st.Ready != 0 {
+		t.Fatalf("dead letters left: %+v, %v", st, err)
 	}
 }

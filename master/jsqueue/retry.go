@@ -3,6 +3,7 @@ package jsqueue
 import (
 	"context"
 	"errors"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -30,6 +31,15 @@ func transient(err error) bool {
 // its stream's log. Sent again once that one is stored, it is answered
 // with the first one's sequence.
 const errCodeIDInProcess jetstream.ErrorCode = 10158
+
+// deletedAlready reports whether err, from a delete of a message, says
+// that the message is not stored (anymore): deleted or acked meanwhile.
+// The client gives JetStream's answer (10057, "no message found") as text
+// only.
+func deletedAlready(err error) bool {
+	return errors.Is(err, jetstream.ErrMsgNotFound) ||
+		errors.Is(err, jetstream.ErrMsgDeleteUnsuccessful) && strings.Contains(err.Error(), "no message found")
+}
 
 // idInProcess reports whether err is that answer.
 func idInProcess(err error) bool {
