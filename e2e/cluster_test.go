@@ -320,6 +320,23 @@ func TestGatewaysOverNATS(t *testing.T) {
 	if !found {
 		t.Errorf("gateway's dashboard state shows no tasks queue with %d done: %+v", n, state)
 	}
+
+	// A delayed put through one gateway is delayed for every gateway, and
+	// taken through another once due.
+	put := time.Now()
+	if _, stderr, code := run(t, "", "put", "later", "--server", g1, "--delay", "2s", `"soon"`); code != 0 {
+		t.Fatalf("delayed put exited %d: %s", code, stderr)
+	}
+	if stats, _, code := run(t, "", "inspect", "--server", g2, "--json"); code != 0 || !strings.Contains(stats, `"queue":"later"`) || !strings.Contains(stats, `"delayed":1`) {
+		t.Errorf("inspect of the delayed put through the other gateway: %s", stats)
+	}
+	out, stderr, code = run(t, "", "get", "later", "--server", g2, "--timeout", "20s")
+	if code != 0 || !strings.Contains(out, `"soon"`) {
+		t.Fatalf("get of the delayed task exited %d: %s%s", code, out, stderr)
+	}
+	if took := time.Since(put); took < 2*time.Second {
+		t.Errorf("the delayed task was taken %v after its put, before its delay of 2s", took)
+	}
 }
 
 // httpGet gets url with the bearer token and returns the body; any

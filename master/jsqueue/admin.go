@@ -66,10 +66,27 @@ func (q *Queues) figures(s *stream, state jetstream.StreamState, dead int) (queu
 		}
 		puts += extra
 	}
-	leased := uint64(ci.NumAckPending)
-	if stored != state.Msgs && state.Msgs > 0 { // packs: their mean size
-		leased = min(stored, (leased*stored+state.Msgs/2)/state.Msgs)
+	// Delayed tasks: the messages the consumer, which takes only tasks
+	// once the stream takes delayed ones, does not count (enableSchedules).
+	// Each that came due was stored twice, as a schedule and as a task.
+	msgs, delayed := state.Msgs, uint64(0)
+	if len(ci.Config.FilterSubjects) > 0 {
+		if taken := ci.NumPending + uint64(ci.NumAckPending); msgs > taken {
+			delayed = msgs - taken
+		}
+		ever, err := q.delayedEver(ctx, s.queue)
+		if err != nil {
+			return queue.Stats{}, q.adminErr(s.queue, "stats", err)
+		}
+		puts -= min(puts, ever-min(ever, delayed))
+		stored -= min(stored, delayed)
+		msgs -= delayed
 	}
+	leased := uint64(ci.NumAckPending)
+	if stored != msgs && msgs > 0 { // packs: their mean size
+		leased = min(stored, (leased*stored+msgs/2)/msgs)
+	}
+	puts = max(puts, stored+delayed)
 	st := queue.Stats{
 		Queue:     s.queue,
 		Leased:    int(leased),
@@ -77,9 +94,10 @@ func (q *Queues) figures(s *stream, state jetstream.StreamState, dead int) (queu
 		Dead:      dead,
 		Consumers: ci.NumWaiting,
 		Paused:    ci.Paused,
-		Puts:      max(puts, stored),
+		Delayed:   int(delayed),
+		Puts:      puts,
 		Gets:      ci.Delivered.Consumer,
-		Acks:      max(puts, stored) - stored,
+		Acks:      puts - stored - delayed,
 	}
 	st.Done = st.Acks
 	if !queue.IsDeadLetterName(s.queue) {
@@ -169,6 +187,14 @@ func (q *Queues) AllStats() []queue.Stats {
 // A pack's tasks come one by one, each with packed set: they share the
 // message at seq.
 func (q *Queues) scan(s *stream, window int, f func(seq uint64, t queue.Task, packed bool) bool) error {
+	return q.scanAll(s, window, func(seq uint64, t queue.Task, packed bool, due time.Time) bool {
+		return !due.IsZero() || f(seq, t, packed)
+	})
+}
+
+// scanAll is scan with the delayed tasks not yet due too, each with the
+// time it is due (zero for the others).
+func (q *Queues) scanAll(s *stream, window int, f func(seq uint64, t queue.Task, packed bool, due time.Time) bool) error {
 	ctx, cancel := q.call()
 	info, err := s.st.Info(ctx)
 	cancel()
@@ -234,8 +260,11 @@ func (q *Queues) readFrom(s *stream, from uint64, n int, last uint64) ([]*jetstr
 
 // scanMsg calls f with the task, or each task of the pack, that m holds,
 // and returns false if f did.
-func (q *Queues) scanMsg(s *stream, m *jetstream.RawStreamMsg, f func(seq uint64, t queue.Task, packed bool) bool) bool {
+func (q *Queues) scanMsg(s *stream, m *jetstream.RawStreamMsg, f func(seq uint64, t queue.Task, packed bool, due time.Time) bool) bool {
 	seq := m.Sequence
+	if isScheduled(m.Header) {
+		return f(seq, taskOf(seq, m.Time, m.Header, m.Data, 0), false, scheduledDue(m.Header))
+	}
 	if n := m.Header.Get(hdrPack); n != "" {
 		payloads, err := decodePack(m.Data, n)
 		if err != nil {
@@ -245,13 +274,13 @@ func (q *Queues) scanMsg(s *stream, m *jetstream.RawStreamMsg, f func(seq uint64
 		for i, pl := range payloads {
 			t := taskOf(seq, m.Time, m.Header, pl, 0)
 			t.ID = packedID(seq, i)
-			if !f(seq, t, true) {
+			if !f(seq, t, true, time.Time{}) {
 				return false
 			}
 		}
 		return true
 	}
-	return f(seq, taskOf(seq, m.Time, m.Header, m.Data, 0), false)
+	return f(seq, taskOf(seq, m.Time, m.Header, m.Data, 0), false, time.Time{})
 }
 
 // Peek returns the first n tasks of a queue not yet done, in order. Unlike
@@ -499,7 +528,7 @@ func (q *Queues) Drop(name string, ids []uint64) (int, error) {
 	q.mu.Unlock()
 	dropped := 0
 	var delErr error
-	err = q.scan(s, scanWindow, func(seq uint64, t queue.Task, packed bool) bool {
+	err = q.scanAll(s, scanWindow, func(seq uint64, t queue.Task, packed bool, _ time.Time) bool {
 		if !want[t.ID] {
 			return true
 		}

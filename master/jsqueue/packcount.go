@@ -162,11 +162,26 @@ func (q *Queues) countsIfAny(ctx context.Context) (jetstream.Stream, error) {
 // packedExtra reads the tasks packs of queue name carried beyond one
 // each, 0 if none were counted.
 func (q *Queues) packedExtra(ctx context.Context, name string) (uint64, error) {
+	return q.counterValue(ctx, countsSubject+streamName(name))
+}
+
+// delayedEver returns how many delayed tasks queue name has had
+// (delayedIDs).
+func (q *Queues) delayedEver(ctx context.Context, name string) (uint64, error) {
+	return q.counterValue(ctx, idsSubject(name))
+}
+
+// idsSubject is the subject of the counter that numbers the delayed
+// tasks of queue name.
+func idsSubject(name string) string { return countsSubject + "ids." + streamName(name) }
+
+// counterValue returns the value of the counter on subj, 0 if it has none.
+func (q *Queues) counterValue(ctx context.Context, subj string) (uint64, error) {
 	st, err := q.countsIfAny(ctx)
 	if st == nil || err != nil {
 		return 0, err
 	}
-	m, err := st.GetLastMsgForSubject(ctx, countsSubject+streamName(name))
+	m, err := st.GetLastMsgForSubject(ctx, subj)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return 0, nil
 	}
@@ -188,5 +203,8 @@ func (q *Queues) dropCount(ctx context.Context, name string) error {
 	if st == nil || err != nil {
 		return err
 	}
-	return st.Purge(ctx, jetstream.WithPurgeSubject(countsSubject+streamName(name)))
+	if err := st.Purge(ctx, jetstream.WithPurgeSubject(countsSubject+streamName(name))); err != nil {
+		return err
+	}
+	return st.Purge(ctx, jetstream.WithPurgeSubject(idsSubject(name)))
 }

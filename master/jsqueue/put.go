@@ -55,6 +55,9 @@ func (q *Queues) Put(ctx context.Context, req queue.PutRequest) ([]uint64, error
 		}
 		defer unlock()
 	}
+	if due := dueLater(req.Items, time.Now()); !due.IsZero() && !req.Results {
+		return q.putDelayed(s, req, due)
+	}
 	msgs := make([]*nats.Msg, len(req.Items))
 	for i, it := range req.Items {
 		m := &nats.Msg{Subject: s.subject, Data: it.Payload}

@@ -175,6 +175,9 @@ type stream struct {
 	// putMu makes this gateway's puts to a queue with a max length check
 	// its length and publish one at a time.
 	putMu sync.Mutex
+	// schedules is set once the stream is known to take delayed tasks
+	// (enableSchedules).
+	schedules atomic.Bool
 	// local is what this gateway keeps of the queue, shared by every
 	// stream value it opens for it (a stream is opened anew after errors).
 	*local

@@ -1,16 +1,54 @@
 package jsqueue
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"slices"
+	"strconv"
+	"strings"
 	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/qm-dev/qm/master/queue"
 )
 
-// Delayed puts, priorities and per-queue retry policies are kept by the
-// in-process queues only so far: JetStream queues refuse them with a
-// clear error rather than ignore them. Idempotency keys are JetStream's
-// own Nats-Msg-Id (put.go).
+// A delayed put is kept by JetStream's own message scheduling (nats-server
+// 2.12 and later): each delayed task is a schedule message on a subject of
+// its own in its queue's stream, which the stream's leader publishes to
+// the queue's subject when it is due, headers and payload as they were,
+// and then deletes. The queue's consumer takes only the queue's subject
+// and its packs', so a schedule message is never handed out. A stream
+// takes schedules once the first delayed put comes (enableSchedules).
+//
+// A delayed task's ID cannot be its message's sequence, as the message it
+// runs as is stored when due, under another. Its ID comes from a counter
+// kept in JetStream, per queue, and is carried in the Qm-Id header.
+//
+// Priorities and per-queue retry policies are kept by the in-process
+// queues only so far: JetStream queues refuse them with a clear error
+// rather than ignore them. Idempotency keys are JetStream's own
+// Nats-Msg-Id (put.go).
+
+// Headers of JetStream's message scheduling.
+const (
+	hdrSchedule       = "Nats-Schedule"
+	hdrScheduleTarget = "Nats-Schedule-Target"
+)
+
+// delayedIDBit marks the IDs of delayed tasks, below packed tasks' bit
+// (packedIDBit): a stream's sequences stay far below it.
+const delayedIDBit = 1 << 51
+
+// schedSubjects are the subjects of the schedule messages of the queue
+// whose tasks are published on subj, one each.
+func schedSubjects(subj string) string { return subj + ".at.*" }
+
+func schedSubject(subj string, id uint64) string {
+	return subj + ".at." + strconv.FormatUint(id&^delayedIDBit, 36)
+}
 
 // errScheduling says what JetStream queues refuse.
 func errScheduling(what string) error {
@@ -24,28 +62,191 @@ func checkItems(items []queue.Item) error {
 		return err
 	}
 	for i := range items {
-		switch it := &items[i]; {
-		case !it.Due.IsZero():
-			return errScheduling("a delayed put")
-		case it.Priority != 0:
+		if items[i].Priority != 0 {
 			return errScheduling("a put with a priority")
 		}
 	}
 	return nil
 }
 
-// PeekDelayed lists no task: JetStream queues hold no delayed tasks.
+// dueLater returns the time the items of a put are due, if it is later
+// than now (a put's items share it): zero for a put to run now.
+func dueLater(items []queue.Item, now time.Time) time.Time {
+	if len(items) == 0 || !items[0].Due.After(now) {
+		return time.Time{}
+	}
+	return items[0].Due
+}
+
+// putDelayed stores req, whose items are due at due, as schedule messages
+// of s, and returns their tasks' IDs. A repeat of a put with keys or a
+// request ID (its messages stored before, as JetStream says) gets the
+// first one's IDs, read from its schedule messages: if they have been
+// published as due meanwhile, the put fails, saying so.
+func (q *Queues) putDelayed(s *stream, req queue.PutRequest, due time.Time) ([]uint64, error) {
+	ctx, cancel := q.call()
+	defer cancel()
+	if err := q.enableSchedules(ctx, s); err != nil {
+		return nil, err
+	}
+	ids, err := q.delayedIDs(ctx, s, len(req.Items))
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now().UTC().Format(time.RFC3339Nano)
+	at := "@at " + due.UTC().Format(time.RFC3339Nano)
+	msgs := make([]*nats.Msg, len(req.Items))
+	for i, it := range req.Items {
+		m := nats.NewMsg(schedSubject(s.subject, ids[i]))
+		m.Data = it.Payload
+		m.Header.Set(hdrID, strconv.FormatUint(ids[i], 10))
+		m.Header.Set(hdrEnqueued, now)
+		m.Header.Set(hdrSchedule, at)
+		m.Header.Set(hdrScheduleTarget, s.subject)
+		if it.ReplyTo != "" {
+			m.Header.Set(hdrReplyTo, it.ReplyTo)
+		}
+		if it.Key != "" {
+			m.Header.Set(jetstream.MsgIDHeader, it.Key)
+		}
+		msgs[i] = m
+	}
+	if req.RequestID != "" {
+		requestMsgIDs(msgs, nil, req.RequestID)
+	}
+	seqs, dup, err := q.publishDedup(ctx, msgs)
+	if err != nil {
+		q.forget(req.Queue)
+		return nil, err
+	}
+	for i := range dup {
+		if !dup[i] {
+			continue
+		}
+		// Stored before, under the first put's ID.
+		m, err := s.st.GetMsg(ctx, seqs[i])
+		if errors.Is(err, jetstream.ErrMsgNotFound) || err == nil && m.Subject == s.subject {
+			return nil, fmt.Errorf("%w: this delayed put was stored before, and its tasks are due already: their IDs are not known here", queue.ErrBadArgument)
+		}
+		if err != nil {
+			return nil, q.engineErr("put "+req.Queue, err)
+		}
+		if ids[i], err = strconv.ParseUint(m.Header.Get(hdrID), 10, 64); err != nil {
+			return nil, q.engineErr("put "+req.Queue, fmt.Errorf("a stored delayed task has no ID: %w", err))
+		}
+	}
+	return ids, nil
+}
+
+// delayedIDs takes n IDs for delayed tasks of s from its counter.
+func (q *Queues) delayedIDs(ctx context.Context, s *stream, n int) ([]uint64, error) {
+	if _, err := q.counts(ctx); err != nil {
+		return nil, err
+	}
+	m := nats.NewMsg(idsSubject(s.queue))
+	m.Header.Set("Nats-Incr", "+"+strconv.Itoa(n))
+	var ack *jetstream.PubAck
+	err := retryingTransient(ctx, func() (err error) { ack, err = q.js.PublishMsg(ctx, m); return err })
+	if err != nil {
+		return nil, q.engineErr("number delayed tasks", err)
+	}
+	last, err := strconv.ParseUint(ack.Value, 10, 64)
+	if err != nil || last < uint64(n) || last >= delayedIDBit {
+		return nil, q.engineErr("number delayed tasks", fmt.Errorf("counter at %q after adding %d", ack.Value, n))
+	}
+	ids := make([]uint64, n)
+	for i := range ids {
+		ids[i] = delayedIDBit | (last - uint64(n) + 1 + uint64(i))
+	}
+	return ids, nil
+}
+
+// enableSchedules makes s's stream take schedule messages, once: its
+// consumer first takes only the queue's subject and its packs', so that
+// it never hands a schedule message out; then the stream takes the
+// schedules' subjects and allows schedules.
+func (q *Queues) enableSchedules(ctx context.Context, s *stream) error {
+	if s.schedules.Load() {
+		return nil
+	}
+	fail := func(err error) error { return q.engineErr("open queue "+s.queue+" for delayed tasks", err) }
+	si, err := s.st.Info(ctx)
+	if err != nil {
+		return fail(err)
+	}
+	cfg := si.Config
+	if !slices.Contains(cfg.Subjects, packSubjects(s.subject)) {
+		// A stream made before packs: it takes them first, so that the
+		// consumer's filter, below, covers every subject of tasks.
+		cfg.Subjects = append(cfg.Subjects, packSubjects(s.subject))
+		if _, err := q.js.UpdateStream(ctx, cfg); err != nil {
+			return fail(err)
+		}
+	}
+	filter := []string{s.subject, packSubjects(s.subject)}
+	ci, err := s.cons.Info(ctx)
+	if err != nil {
+		return fail(err)
+	}
+	if ccfg := ci.Config; !slices.Equal(ccfg.FilterSubjects, filter) {
+		ccfg.FilterSubject, ccfg.FilterSubjects = "", filter
+		if _, err := s.st.UpdateConsumer(ctx, ccfg); err != nil {
+			return fail(err)
+		}
+	}
+	if !cfg.AllowMsgSchedules || !slices.Contains(cfg.Subjects, schedSubjects(s.subject)) {
+		cfg.AllowMsgSchedules = true
+		if !slices.Contains(cfg.Subjects, schedSubjects(s.subject)) {
+			cfg.Subjects = append(cfg.Subjects, schedSubjects(s.subject))
+		}
+		if _, err := q.js.UpdateStream(ctx, cfg); err != nil {
+			return fail(err)
+		}
+	}
+	s.schedules.Store(true)
+	return nil
+}
+
+// isScheduled reports whether m is a schedule message: a delayed task not
+// yet due.
+func isScheduled(h nats.Header) bool { return h.Get(hdrSchedule) != "" }
+
+// scheduledDue returns the time a schedule message is due.
+func scheduledDue(h nats.Header) time.Time {
+	at, ok := strings.CutPrefix(h.Get(hdrSchedule), "@at ")
+	if !ok {
+		return time.Time{}
+	}
+	t, _ := time.Parse(time.RFC3339Nano, at)
+	return t
+}
+
+// PeekDelayed returns the first n delayed tasks of a queue, not yet due,
+// in the order they were put (not by due time, as the in-process queues
+// give them), each with its Due.
 func (q *Queues) PeekDelayed(name string, n int) ([]queue.Task, error) {
 	if n < 0 {
 		return nil, fmt.Errorf("%w: peek count must be >= 0, got %d", queue.ErrBadArgument, n)
 	}
-	if _, err := q.Stats(name); err != nil {
+	s, err := q.open(name, false)
+	if err != nil {
 		return nil, err
 	}
-	return nil, nil
+	var ts []queue.Task
+	if n == 0 {
+		return ts, nil
+	}
+	err = q.scanAll(s, scanWindow, func(_ uint64, t queue.Task, _ bool, due time.Time) bool {
+		if !due.IsZero() {
+			t.Due = due
+			ts = append(ts, t)
+		}
+		return len(ts) < n
+	})
+	return ts, err
 }
 
-// RunNow refuses: JetStream queues hold no delayed tasks to move.
+// RunNow refuses: a delayed task in JetStream is run when due.
 func (q *Queues) RunNow(string, []uint64) (int, error) {
 	return 0, errScheduling("run-now of delayed tasks")
 }

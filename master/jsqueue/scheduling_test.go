@@ -1,0 +1,89 @@
+package jsqueue_test
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/qm-dev/qm/master/jsqueue"
+	"github.com/qm-dev/qm/master/queue"
+)
+
+// A delayed put is handed out once due, not before, with the IDs its put
+// returned; meanwhile it is counted and listed as delayed, not ready.
+func TestDelayedPut(t *testing.T) {
+	for _, pack := range []int{1, 8} {
+		q := newQueues(t, startNode(t), jsqueue.Config{Pack: pack})
+		reaping(t, q)
+		ctx := context.Background()
+		put(t, q, "jobs", "first") // a stream made before any delayed put
+		due := time.Now().Add(time.Second)
+		late := []queue.Item{{Payload: []byte("late-1"), Due: due}, {Payload: []byte("late-2"), Due: due, ReplyTo: "mine"}}
+		ids, err := q.Put(ctx, queue.PutRequest{Queue: "jobs", Items: late})
+		if err != nil || len(ids) != 2 || ids[0] == ids[1] {
+			t.Fatalf("pack %d: delayed put: %v, %v", pack, ids, err)
+		}
+		put(t, q, "jobs", "now")
+		st, err := q.Stats("jobs")
+		if err != nil || st.Delayed != 2 || st.Ready != 2 || st.Puts != 4 {
+			t.Fatalf("pack %d: stats before due: %+v, %v; want 2 delayed, 2 ready, 4 puts", pack, st, err)
+		}
+		if ts, err := q.PeekDelayed("jobs", 10); err != nil || !slices.Equal(payloads(ts), []string{"late-1", "late-2"}) || ts[0].ID != ids[0] || !ts[0].Due.Equal(due) {
+			t.Fatalf("pack %d: peek delayed: %+v, %v", pack, ts, err)
+		}
+		if ts, err := q.Peek("jobs", 10); err != nil || !slices.Equal(payloads(ts), []string{"first", "now"}) {
+			t.Fatalf("pack %d: peek: %v, %v; want the two ready ones", pack, payloads(ts), err)
+		}
+		if ts := get(t, q, "jobs", 1, 10, time.Minute, 200*time.Millisecond); !slices.Equal(payloads(ts), []string{"first", "now"}) {
+			t.Fatalf("pack %d: before due: got %v; want the two ready ones", pack, payloads(ts))
+		}
+		var got []queue.Task
+		for len(got) < 2 {
+			ts := get(t, q, "jobs", 1, 10, time.Minute, 5*time.Second)
+			if len(ts) == 0 {
+				t.Fatalf("pack %d: the delayed tasks did not come within 5s of their time", pack)
+			}
+			if now := time.Now(); now.Before(due) {
+				t.Fatalf("pack %d: handed out at %v, before their time %v", pack, now, due)
+			}
+			got = append(got, ts...)
+		}
+		if !slices.Equal(payloads(got), []string{"late-1", "late-2"}) || got[0].ID != ids[0] || got[1].ID != ids[1] ||
+			got[1].ReplyTo != "mine" || got[0].Attempts != 1 || got[0].Enqueued.After(due.Add(-500*time.Millisecond)) {
+			t.Fatalf("pack %d: delayed tasks as handed out: %+v; want IDs %v, attempt 1, reply-to kept, enqueued at the put", pack, got, ids)
+		}
+		if _, err := q.Ack(queue.AckRequest{Queue: "jobs", Owner: 1, IDs: ids}, nil); err != nil {
+			t.Fatalf("pack %d: ack: %v", pack, err)
+		}
+		st, err = q.Stats("jobs")
+		if err != nil || st.Delayed != 0 || st.Leased != 2 || st.Puts != 4 {
+			t.Fatalf("pack %d: stats after: %+v, %v; want none delayed, the first two leased, 4 puts", pack, st, err)
+		}
+	}
+}
+
+// A repeated delayed put with keys is stored once and gets the first
+// one's IDs; a delayed task can be dropped before it is due.
+func TestDelayedPutRepeatedAndDropped(t *testing.T) {
+	q := newQueues(t, startNode(t), jsqueue.Config{})
+	ctx := context.Background()
+	items := []queue.Item{{Payload: []byte("a"), Key: "k1", Due: time.Now().Add(time.Hour)}, {Payload: []byte("b"), Key: "k2", Due: time.Now().Add(time.Hour)}}
+	first, err := q.Put(ctx, queue.PutRequest{Queue: "jobs", Items: items})
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := q.Put(ctx, queue.PutRequest{Queue: "jobs", Items: items})
+	if err != nil || !slices.Equal(again, first) {
+		t.Fatalf("repeat: %v, %v; want the first IDs %v", again, err, first)
+	}
+	if st, err := q.Stats("jobs"); err != nil || st.Delayed != 2 || st.Puts != 2 {
+		t.Fatalf("stats: %+v, %v; want 2 delayed, 2 puts", st, err)
+	}
+	if n, err := q.Drop("jobs", first[:1]); err != nil || n != 1 {
+		t.Fatalf("drop of a delayed task: %d, %v", n, err)
+	}
+	if ts, err := q.PeekDelayed("jobs", 10); err != nil || !slices.Equal(payloads(ts), []string{"b"}) {
+		t.Fatalf("after the drop: %v, %v; want b", payloads(ts), err)
+	}
+}
