@@ -187,14 +187,14 @@ func (q *Queues) AllStats() []queue.Stats {
 // A pack's tasks come one by one, each with packed set: they share the
 // message at seq.
 func (q *Queues) scan(s *stream, window int, f func(seq uint64, t queue.Task, packed bool) bool) error {
-	return q.scanAll(s, window, func(seq uint64, t queue.Task, packed bool, due time.Time) bool {
-		return !due.IsZero() || f(seq, t, packed)
+	return q.scanAll(s, window, func(seq uint64, t queue.Task, packed bool, at msgTimes) bool {
+		return !at.due.IsZero() || f(seq, t, packed)
 	})
 }
 
-// scanAll is scan with the delayed tasks not yet due too, each with the
-// time it is due (zero for the others).
-func (q *Queues) scanAll(s *stream, window int, f func(seq uint64, t queue.Task, packed bool, due time.Time) bool) error {
+// scanAll is scan with the delayed tasks not yet due too, and each
+// task's message's times.
+func (q *Queues) scanAll(s *stream, window int, f func(seq uint64, t queue.Task, packed bool, at msgTimes) bool) error {
 	ctx, cancel := q.call()
 	info, err := s.st.Info(ctx)
 	cancel()
@@ -260,10 +260,12 @@ func (q *Queues) readFrom(s *stream, from uint64, n int, last uint64) ([]*jetstr
 
 // scanMsg calls f with the task, or each task of the pack, that m holds,
 // and returns false if f did.
-func (q *Queues) scanMsg(s *stream, m *jetstream.RawStreamMsg, f func(seq uint64, t queue.Task, packed bool, due time.Time) bool) bool {
+func (q *Queues) scanMsg(s *stream, m *jetstream.RawStreamMsg, f func(seq uint64, t queue.Task, packed bool, at msgTimes) bool) bool {
 	seq := m.Sequence
+	at := msgTimes{stored: m.Time}
 	if isScheduled(m.Header) {
-		return f(seq, taskOf(seq, m.Time, m.Header, m.Data, 0), false, scheduledDue(m.Header))
+		at.due = scheduledDue(m.Header)
+		return f(seq, taskOf(seq, m.Time, m.Header, m.Data, 0), false, at)
 	}
 	if n := m.Header.Get(hdrPack); n != "" {
 		payloads, err := decodePack(m.Data, n)
@@ -274,13 +276,19 @@ func (q *Queues) scanMsg(s *stream, m *jetstream.RawStreamMsg, f func(seq uint64
 		for i, pl := range payloads {
 			t := taskOf(seq, m.Time, m.Header, pl, 0)
 			t.ID = packedID(seq, i)
-			if !f(seq, t, true, time.Time{}) {
+			if !f(seq, t, true, at) {
 				return false
 			}
 		}
 		return true
 	}
-	return f(seq, taskOf(seq, m.Time, m.Header, m.Data, 0), false, time.Time{})
+	return f(seq, taskOf(seq, m.Time, m.Header, m.Data, 0), false, at)
+}
+
+// msgTimes are the times of a scanned task's message: when it was stored,
+// and, for a delayed task not yet due, when it is due (else zero).
+type msgTimes struct {
+	stored, due time.Time
 }
 
 // Peek returns the first n tasks of a queue not yet done, in order. Unlike
@@ -431,14 +439,17 @@ func (q *Queues) Requeue(name string, ids []uint64) (int, error) {
 		moveErr = err
 		return err == nil
 	}
-	err = q.scan(ds, scanWindow, func(seq uint64, t queue.Task, _ bool) bool {
+	err = q.scanAll(ds, scanWindow, func(seq uint64, t queue.Task, _ bool, at msgTimes) bool {
+		if !at.due.IsZero() {
+			return true // not a dead task
+		}
 		if want != nil {
 			if !want[t.ID] {
 				return true
 			}
 			delete(want, t.ID)
 		}
-		batch = append(batch, deadMsg{seq, t})
+		batch = append(batch, deadMsg{seq, at.stored, t})
 		if want != nil && len(want) == 0 {
 			return false // every one named is found
 		}
@@ -453,18 +464,20 @@ func (q *Queues) Requeue(name string, ids []uint64) (int, error) {
 	return moved, noSuchTasks(keys(want))
 }
 
-// deadMsg is a task of a dead-letter queue and its message's sequence.
+// deadMsg is a task of a dead-letter queue, with its message's sequence
+// and the time it was stored.
 type deadMsg struct {
-	seq  uint64
-	task queue.Task
+	seq    uint64
+	stored time.Time
+	task   queue.Task
 }
 
 // moveBatch is how many tasks a requeue moves at once.
 const moveBatch = 256
 
 // move stores the tasks of batch at the end of to, in order, then deletes
-// them from from, and returns how many it moved: all, or those before the
-// first it could not delete. Each stored copy has an ID of its dead
+// them from from, and returns how many it moved: those it could delete
+// (the others are in both queues). Each stored copy has an ID of its dead
 // message's, so a requeue that fails after storing it and is tried again
 // within the dedup window does not store it twice.
 func (q *Queues) move(from, to *stream, batch []deadMsg) (int, error) {
@@ -494,20 +507,28 @@ func (q *Queues) move(from, to *stream, batch []deadMsg) (int, error) {
 		})
 	}
 	wg.Wait()
-	for i, err := range errs {
-		if err != nil {
-			return i, err
+	moved, failed := 0, 0
+	var firstErr error
+	for _, err := range errs {
+		if err == nil {
+			moved++
+		} else if failed++; firstErr == nil {
+			firstErr = err
 		}
 	}
-	return len(batch), nil
+	if firstErr != nil {
+		return moved, fmt.Errorf("%d requeued tasks are also still dead: %w", failed, firstErr)
+	}
+	return moved, nil
 }
 
 // requeuedID is the message ID of dead task d of stream from, stored again
-// by a requeue: the sequence of its dead message and the time its task was
-// first stored, which no other dead task of the queue has had.
+// by a requeue: its ID, and its dead message's sequence and the time it
+// was stored, which a message of a dead-letter queue deleted and made
+// anew does not have again.
 func requeuedID(from *stream, d deadMsg) string {
-	return queue.ReservedKeyPrefix + "requeued\x00" + streamName(from.queue) + "/" +
-		strconv.FormatUint(d.seq, 10) + "/" + strconv.FormatInt(d.task.Enqueued.UnixNano(), 10)
+	return queue.ReservedKeyPrefix + "requeued\x00" + streamName(from.queue) + "/" + strconv.FormatUint(d.seq, 10) + "/" +
+		strconv.FormatInt(d.stored.UnixNano(), 10) + "/" + strconv.FormatUint(d.task.ID, 10)
 }
 
 // Drop removes tasks ids of a queue for good. Tasks this gateway has
@@ -528,7 +549,7 @@ func (q *Queues) Drop(name string, ids []uint64) (int, error) {
 	q.mu.Unlock()
 	dropped := 0
 	var delErr error
-	err = q.scanAll(s, scanWindow, func(seq uint64, t queue.Task, packed bool, _ time.Time) bool {
+	err = q.scanAll(s, scanWindow, func(seq uint64, t queue.Task, packed bool, _ msgTimes) bool {
 		if !want[t.ID] {
 			return true
 		}

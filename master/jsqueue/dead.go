@@ -1,6 +1,7 @@
 package jsqueue
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -44,14 +45,14 @@ func (q *Queues) deadLetter(l *lease, errText string) error {
 	}
 	if err != nil {
 		q.untakeRefs(taken)
-		// Delivered again, it comes back here: a packed task after a
-		// while, not at once to a get that would try it again and again.
+		// Delivered again, it comes back here, after a while: not at once
+		// to a get that would try it again and again.
 		if l.pack != nil {
 			q.mu.Lock()
 			q.requeueLocked(l, true, errText, time.Now().Add(deadLetterRetry))
 			q.mu.Unlock()
 		} else {
-			q.giveBack([]*nats.Msg{l.msg})
+			_ = q.cfg.Conn.Publish(l.msg.Reply, fmt.Appendf(nil, `-NAK {"delay": %d}`, deadLetterRetry.Nanoseconds()))
 		}
 		return err
 	}
@@ -66,8 +67,8 @@ func (q *Queues) deadLetter(l *lease, errText string) error {
 	return nil
 }
 
-// deadLetterRetry is how long a packed task whose move to the dead-letter
-// queue failed waits before it is tried again.
+// deadLetterRetry is how long a task whose move to the dead-letter queue
+// failed waits before it is tried again.
 const deadLetterRetry = time.Second
 
 // putBack stores again, at the end of s's queue, tasks taken for good that

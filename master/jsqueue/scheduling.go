@@ -236,9 +236,9 @@ func (q *Queues) PeekDelayed(name string, n int) ([]queue.Task, error) {
 	if n == 0 {
 		return ts, nil
 	}
-	err = q.scanAll(s, scanWindow, func(_ uint64, t queue.Task, _ bool, due time.Time) bool {
-		if !due.IsZero() {
-			t.Due = due
+	err = q.scanAll(s, scanWindow, func(_ uint64, t queue.Task, _ bool, at msgTimes) bool {
+		if !at.due.IsZero() {
+			t.Due = at.due
 			ts = append(ts, t)
 		}
 		return len(ts) < n
