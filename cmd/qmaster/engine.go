@@ -156,12 +156,14 @@ func (o *engineOptions) open(ctx context.Context, s *serveOptions, authkey []byt
 func (e *engine) openQueues(log *slog.Logger) func(queue.Config) (master.Queues, error) {
 	return func(qc queue.Config) (master.Queues, error) {
 		return jsqueue.New(jsqueue.Config{
-			Conn:         e.nc,
-			Replicas:     e.replicas,
-			MaxAttempts:  qc.MaxAttempts,
-			MaxLen:       qc.MaxLen,
-			DefaultLease: qc.DefaultLease,
-			DedupWindow:  qc.DedupWindow,
+			Conn:            e.nc,
+			Replicas:        e.replicas,
+			MaxAttempts:     qc.MaxAttempts,
+			RetryBackoffMin: qc.RetryBackoffMin,
+			RetryBackoffMax: qc.RetryBackoffMax,
+			MaxLen:          qc.MaxLen,
+			DefaultLease:    qc.DefaultLease,
+			DedupWindow:     qc.DedupWindow,
 			// A dead gateway's tasks come back after the default lease,
 			// as a dead worker's do.
 			AckWait: qc.DefaultLease,

@@ -478,6 +478,9 @@ func (q *Queues) fail(l *lease, errText string, retryAfter time.Duration) error 
 	if l.task.Attempts >= q.cfg.MaxAttempts && !queue.IsDeadLetterName(l.key.queue) {
 		return q.deadLetter(l, errText)
 	}
+	if retryAfter <= 0 && !queue.IsDeadLetterName(l.key.queue) {
+		retryAfter = queue.Backoff(queue.Policy{BackoffMin: q.cfg.RetryBackoffMin, BackoffMax: q.cfg.RetryBackoffMax}, l.task.Attempts)
+	}
 	if l.pack != nil {
 		var due time.Time
 		if retryAfter > 0 {

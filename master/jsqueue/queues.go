@@ -24,9 +24,10 @@ type Config struct {
 	// Replicas is how many JetStream nodes keep each queue's stream; 0
 	// means 1. Three survive the loss of any one node.
 	Replicas int
-	// MaxAttempts, DefaultLease and OnDead mean what they mean in
-	// queue.Config.
-	MaxAttempts int
+	// MaxAttempts, DefaultLease, OnDead and the retry backoff mean what
+	// they mean in queue.Config.
+	MaxAttempts                      int
+	RetryBackoffMin, RetryBackoffMax time.Duration
 	// MaxLen, if not 0, is the most tasks (ready and leased) a queue
 	// holds: a put waits for room (see Put). Results and dead-letter
 	// queues' tasks are never refused.

@@ -87,3 +87,34 @@ func TestDelayedPutRepeatedAndDropped(t *testing.T) {
 		t.Fatalf("after the drop: %v, %v; want b", payloads(ts), err)
 	}
 }
+
+// A gateway's default retry backoff (qmaster --retry-backoff) holds a
+// failed task back before its next delivery, packed or not; a worker's
+// retry-after overrides it.
+func TestRetryBackoff(t *testing.T) {
+	const wait = 400 * time.Millisecond
+	for _, pack := range []int{1, 8} {
+		q := newQueues(t, startNode(t), jsqueue.Config{Pack: pack, RetryBackoffMin: wait, RetryBackoffMax: wait})
+		reaping(t, q)
+		put(t, q, "jobs", "a", "b")
+		ts := get(t, q, "jobs", 1, 2, time.Minute, time.Second)
+		if len(ts) != 2 {
+			t.Fatalf("pack %d: got %d tasks", pack, len(ts))
+		}
+		failed := time.Now()
+		if err := q.Nack(queue.NackRequest{Queue: "jobs", Owner: 1, ID: ts[0].ID, Error: "boom"}); err != nil {
+			t.Fatal(err)
+		}
+		if err := q.Nack(queue.NackRequest{Queue: "jobs", Owner: 1, ID: ts[1].ID, Error: "boom", RetryAfter: time.Hour}); err != nil {
+			t.Fatal(err)
+		}
+		again := get(t, q, "jobs", 1, 2, time.Minute, 3*time.Second)
+		// The backoff is drawn from the upper half of its length.
+		if took := time.Since(failed); len(again) != 1 || again[0].ID != ts[0].ID || took < wait/2 {
+			t.Fatalf("pack %d: after a failure: %v after %v; want task %d back after at least %v", pack, payloads(again), took, ts[0].ID, wait/2)
+		}
+		if again[0].Attempts != 2 || again[0].LastError != "boom" {
+			t.Fatalf("pack %d: the retried task: %+v", pack, again[0])
+		}
+	}
+}

@@ -204,12 +204,12 @@ func (q *queue) nextDue() (due int64, ok bool) {
 	return q.delayed.at(0).due, true
 }
 
-// backoff is how long a task that failed its attempt-th delivery waits
-// before the next: none without a backoff policy; else BackoffMin after
+// Backoff is how long a task that failed its attempt-th delivery waits
+// before the next under policy p: none without a backoff; else BackoffMin after
 // the first failure, doubling with each to at most BackoffMax, and then
 // drawn at random from its upper half, so that tasks that failed together
 // do not all come back at once.
-func backoff(p store.Policy, attempt int) time.Duration {
+func Backoff(p Policy, attempt int) time.Duration {
 	if p.BackoffMin <= 0 {
 		return 0
 	}

@@ -341,7 +341,7 @@ func (q *queue) requeueFailed(ts []Task, errText string, retryAfter time.Duratio
 		}
 		wait := retryAfter
 		if wait <= 0 {
-			wait = backoff(p, t.Attempts)
+			wait = Backoff(p, t.Attempts)
 		}
 		if wait <= 0 {
 			q.pushFront(t, store.Requeue)
