@@ -337,6 +337,16 @@ func TestGatewaysOverNATS(t *testing.T) {
 	if took := time.Since(put); took < 2*time.Second {
 		t.Errorf("the delayed task was taken %v after its put, before its delay of 2s", took)
 	}
+
+	// A queue's retry policy set through one gateway holds for another.
+	if _, stderr, code := run(t, "", "config", "later", "--server", g1, "--max-attempts", "7", "--retry-backoff", "1s..1m"); code != 0 {
+		t.Fatalf("config exited %d: %s", code, stderr)
+	}
+	waitUntil(t, 15*time.Second, func() (bool, string) {
+		stats, _, code := run(t, "", "inspect", "--server", g2, "--json")
+		return code == 0 && strings.Contains(stats, `"max_attempts":7`) && strings.Contains(stats, `"backoff_min_ns":1000000000`),
+			"inspect through the other gateway after config: " + stats
+	})
 }
 
 // httpGet gets url with the bearer token and returns the body; any

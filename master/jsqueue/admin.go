@@ -102,6 +102,8 @@ func (q *Queues) figures(s *stream, state jetstream.StreamState, dead int) (queu
 	st.Done = st.Acks
 	if !queue.IsDeadLetterName(s.queue) {
 		st.MaxLen = q.cfg.MaxLen
+		q.lookForPolicies(ctx)
+		st.Policy = q.policy(s.queue)
 	}
 	if st.Ready > 0 && !state.FirstTime.IsZero() {
 		st.OldestReady = max(0, time.Since(state.FirstTime))

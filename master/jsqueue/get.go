@@ -380,7 +380,7 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts [
 			}
 		}
 		l := &lease{key: key, s: s, msg: m, task: t, owner: req.Owner, since: now, touched: now, confirmed: now, deadline: now.Add(req.Lease)}
-		if pastLastAttempt(t, s, req, q.cfg.MaxAttempts) {
+		if t.Attempts > 1 && pastLastAttempt(t, s, req, q.policy(s.queue).MaxAttempts) {
 			// Its last delivery's lease ran out unseen: it failed that one too.
 			l.task.Attempts--
 			dead = append(dead, l)

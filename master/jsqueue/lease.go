@@ -475,11 +475,12 @@ func (q *Queues) ExtendDeliveries(name string, ids []uint64, tokens []string) er
 // fail ends a failed delivery l: a nak (delayed by retryAfter if > 0), or
 // the dead-letter queue after the last attempt.
 func (q *Queues) fail(l *lease, errText string, retryAfter time.Duration) error {
-	if l.task.Attempts >= q.cfg.MaxAttempts && !queue.IsDeadLetterName(l.key.queue) {
+	p := q.policy(l.key.queue)
+	if l.task.Attempts >= p.MaxAttempts && !queue.IsDeadLetterName(l.key.queue) {
 		return q.deadLetter(l, errText)
 	}
 	if retryAfter <= 0 && !queue.IsDeadLetterName(l.key.queue) {
-		retryAfter = queue.Backoff(queue.Policy{BackoffMin: q.cfg.RetryBackoffMin, BackoffMax: q.cfg.RetryBackoffMax}, l.task.Attempts)
+		retryAfter = queue.Backoff(p, l.task.Attempts)
 	}
 	if l.pack != nil {
 		var due time.Time
@@ -611,7 +612,7 @@ func (q *Queues) Unget(req queue.GetRequest, ts []queue.Task) {
 	q.mu.Unlock()
 	for _, l := range back {
 		var err error
-		if l.task.Attempts >= q.cfg.MaxAttempts && !queue.IsDeadLetterName(l.key.queue) {
+		if l.task.Attempts >= q.policy(l.key.queue).MaxAttempts && !queue.IsDeadLetterName(l.key.queue) {
 			err = q.uncount(l)
 		} else {
 			err = q.nak(l.msg, 0)

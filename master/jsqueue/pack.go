@@ -279,7 +279,7 @@ func (q *Queues) unpackLocked(s *stream, m *nats.Msg, md *nats.MsgMetadata, now 
 	// allowed, every delivery counts: a task that brings down each gateway
 	// that holds it is then dead-lettered, not passed on for ever.
 	attempts := uint64(1)
-	if md.NumDelivered > uint64(packDeliveries*q.cfg.MaxAttempts) {
+	if md.NumDelivered > uint64(packDeliveries*q.policy(s.queue).MaxAttempts) {
 		attempts = md.NumDelivered
 	}
 	for i, pl := range payloads {
@@ -322,7 +322,7 @@ func (q *Queues) takeHeldLocked(s *stream, req queue.GetRequest, now time.Time, 
 		}
 		t := h.p.tasks[h.i]
 		l := &lease{key: leaseKey{s.queue, t.ID}, s: s, task: t, owner: req.Owner, since: now, touched: now, confirmed: now, deadline: now.Add(req.Lease), pack: h.p, index: h.i}
-		if pastLastAttempt(t, s, req, q.cfg.MaxAttempts) {
+		if t.Attempts > 1 && pastLastAttempt(t, s, req, q.policy(s.queue).MaxAttempts) {
 			l.task.Attempts--
 			dead = append(dead, l)
 			continue

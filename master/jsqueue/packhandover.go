@@ -223,7 +223,7 @@ func (q *Queues) storeFailed(ctx context.Context, h *packedHandout, packDone boo
 	q.mu.Unlock()
 	t := h.task
 	t.LastError = errText
-	dead := t.Attempts >= q.cfg.MaxAttempts && !queue.IsDeadLetterName(h.s.queue)
+	dead := t.Attempts >= q.policy(h.s.queue).MaxAttempts && !queue.IsDeadLetterName(h.s.queue)
 	to, err := h.s, error(nil)
 	if dead {
 		to, err = q.open(queue.DeadLetterName(h.s.queue), true)

@@ -160,6 +160,16 @@ type Queues struct {
 	recs   jetstream.Stream
 	cntsMu sync.Mutex
 	cnts   jetstream.Stream
+
+	// policies are the queues' retry policies, by queue, as the bucket
+	// polKV had them (policy.go); policyKeys names the queue of each of
+	// its keys. Under polMu, which is taken with q.mu held, never the
+	// other way round.
+	polMu      sync.Mutex
+	policies   map[string]queue.Policy
+	policyKeys map[string]string
+	polKV      jetstream.KeyValue
+	polMade    chan struct{} // the bucket is there: watch it
 }
 
 // stream is one queue's stream and its consumer.
@@ -274,6 +284,8 @@ func New(cfg Config) (*Queues, error) {
 	}
 	q.pulls = newPulls(cfg.Conn)
 	q.ctx, q.cancel = context.WithCancel(context.Background())
+	q.polMade = make(chan struct{}, 1)
+	q.bg.Go(q.watchPolicies)
 	if cfg.Pack > 1 {
 		// Made now, while the cluster is likely idle, rather than under
 		// load at their first use; if they cannot be yet, they are then.

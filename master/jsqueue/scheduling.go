@@ -27,9 +27,8 @@ import (
 // runs as is stored when due, under another. Its ID comes from a counter
 // kept in JetStream, per queue, and is carried in the Qm-Id header.
 //
-// Priorities and per-queue retry policies are kept by the in-process
-// queues only so far: JetStream queues refuse them with a clear error
-// rather than ignore them. Idempotency keys are JetStream's own
+// Priorities are kept by the in-process queues only so far: JetStream
+// queues refuse them with a clear error rather than ignore them. Idempotency keys are JetStream's own
 // Nats-Msg-Id (put.go).
 
 // Headers of JetStream's message scheduling.
@@ -249,9 +248,4 @@ func (q *Queues) PeekDelayed(name string, n int) ([]queue.Task, error) {
 // RunNow refuses: a delayed task in JetStream is run when due.
 func (q *Queues) RunNow(string, []uint64) (int, error) {
 	return 0, errScheduling("run-now of delayed tasks")
-}
-
-// SetPolicy refuses: the retry policy is the gateway's --max-attempts.
-func (q *Queues) SetPolicy(string, queue.Policy) error {
-	return errScheduling("a per-queue retry policy")
 }

@@ -2,10 +2,13 @@ package jsqueue_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"slices"
 	"testing"
 	"time"
 
+	"github.com/qm-dev/qm/internal/qmtest"
 	"github.com/qm-dev/qm/master/jsqueue"
 	"github.com/qm-dev/qm/master/queue"
 )
@@ -117,4 +120,52 @@ func TestRetryBackoff(t *testing.T) {
 			t.Fatalf("pack %d: the retried task: %+v", pack, again[0])
 		}
 	}
+}
+
+// A queue's retry policy set through one gateway holds for another: its
+// max attempts and its backoff. The zero policy goes back to the defaults.
+func TestRetryPolicyHoldsForEveryGateway(t *testing.T) {
+	node := startNode(t)
+	a := newQueues(t, node, jsqueue.Config{MaxAttempts: 5})
+	b := newQueues(t, node, jsqueue.Config{MaxAttempts: 5})
+	reaping(t, b)
+	const wait = 300 * time.Millisecond
+	if err := a.SetPolicy("jobs", queue.Policy{MaxAttempts: 2, BackoffMin: wait, BackoffMax: wait}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.SetPolicy("jobs.dead", queue.Policy{MaxAttempts: 2}); !errors.Is(err, queue.ErrBadArgument) {
+		t.Errorf("policy of a dead-letter queue: %v, want ErrBadArgument", err)
+	}
+	policyIs := func(want queue.Policy) func() error {
+		return func() error {
+			st, err := b.Stats("jobs")
+			if err != nil || st.Policy != want {
+				return fmt.Errorf("policy through the other gateway: %+v, %v; want %+v", st.Policy, err, want)
+			}
+			return nil
+		}
+	}
+	qmtest.CheckFor(t, 5*time.Second, 10*time.Millisecond, policyIs(queue.Policy{MaxAttempts: 2, BackoffMin: wait, BackoffMax: wait}))
+	put(t, b, "jobs", "x")
+	ts := get(t, b, "jobs", 1, 1, time.Minute, 3*time.Second)
+	failed := time.Now()
+	if err := b.Nack(queue.NackRequest{Queue: "jobs", Owner: 1, ID: ts[0].ID, Error: "boom"}); err != nil {
+		t.Fatal(err)
+	}
+	again := get(t, b, "jobs", 1, 1, time.Minute, 3*time.Second)
+	if took := time.Since(failed); len(again) != 1 || again[0].Attempts != 2 || took < wait/2 {
+		t.Fatalf("after the first failure: %+v after %v; want attempt 2 after its backoff", again, took)
+	}
+	if err := b.Nack(queue.NackRequest{Queue: "jobs", Owner: 1, ID: again[0].ID, Error: "boom"}); err != nil {
+		t.Fatal(err)
+	}
+	// Two attempts of two: dead, where the gateways' default (5) would
+	// have given it three more.
+	if st, err := b.Stats(queue.DeadLetterName("jobs")); err != nil || st.Ready != 1 {
+		t.Fatalf("dead letters after two failures: %+v, %v; want the task", st, err)
+	}
+	if err := a.SetPolicy("jobs", queue.Policy{}); err != nil {
+		t.Fatal(err)
+	}
+	qmtest.CheckFor(t, 5*time.Second, 10*time.Millisecond, policyIs(queue.Policy{MaxAttempts: 5}))
 }

@@ -59,7 +59,7 @@ func (c Config) Validate() error {
 	if c.DedupWindow < 0 {
 		return fmt.Errorf("%w: DedupWindow must be >= 0, got %v", ErrBadArgument, c.DedupWindow)
 	}
-	if err := checkPolicy(Policy{MaxAttempts: min(c.MaxAttempts, MaxMaxAttempts), BackoffMin: c.RetryBackoffMin, BackoffMax: c.RetryBackoffMax}); err != nil {
+	if err := CheckPolicy(Policy{MaxAttempts: min(c.MaxAttempts, MaxMaxAttempts), BackoffMin: c.RetryBackoffMin, BackoffMax: c.RetryBackoffMax}); err != nil {
 		return err
 	}
 	if c.MaxLen < 0 {

@@ -19,8 +19,8 @@ const (
 	MaxBackoff     = 365 * 24 * time.Hour
 )
 
-// checkPolicy reports what is wrong with p, or nil.
-func checkPolicy(p Policy) error {
+// CheckPolicy reports what is wrong with p, or nil.
+func CheckPolicy(p Policy) error {
 	switch {
 	case p.MaxAttempts < 0 || p.MaxAttempts > MaxMaxAttempts:
 		return fmt.Errorf("%w: max attempts must be 0 (the default) to %d, got %d", ErrBadArgument, MaxMaxAttempts, p.MaxAttempts)
@@ -38,11 +38,17 @@ func checkPolicy(p Policy) error {
 
 // effective fills p's zero fields from the Manager's defaults.
 func (m *Manager) effective(p Policy) Policy {
+	return Effective(p, Policy{MaxAttempts: m.cfg.MaxAttempts, BackoffMin: m.cfg.RetryBackoffMin, BackoffMax: m.cfg.RetryBackoffMax})
+}
+
+// Effective is policy p in effect where defaults are the defaults: its
+// zero fields filled from them, a negative BackoffMin as no backoff.
+func Effective(p, defaults Policy) Policy {
 	if p.MaxAttempts == 0 {
-		p.MaxAttempts = m.cfg.MaxAttempts
+		p.MaxAttempts = defaults.MaxAttempts
 	}
 	if p.BackoffMin == 0 {
-		p.BackoffMin, p.BackoffMax = m.cfg.RetryBackoffMin, m.cfg.RetryBackoffMax
+		p.BackoffMin, p.BackoffMax = defaults.BackoffMin, defaults.BackoffMax
 	}
 	if p.BackoffMin < 0 {
 		p.BackoffMin, p.BackoffMax = 0, 0
@@ -58,7 +64,7 @@ func (m *Manager) effective(p Policy) Policy {
 // to the attempts that fail from now on. With a store, it is durable when
 // SetPolicy returns.
 func (m *Manager) SetPolicy(name string, p Policy) error {
-	if err := checkPolicy(p); err != nil {
+	if err := CheckPolicy(p); err != nil {
 		return err
 	}
 	if IsDeadLetterName(name) {
