@@ -46,12 +46,13 @@ func (q *Queues) Stats(name string) (queue.Stats, error) {
 			}
 		}
 	}
-	return q.figures(s, si.State, dead)
+	return q.figures(s, si.State, si.Config.AllowMsgSchedules, dead)
 }
 
-// figures makes a queue's figures from its stream's state, asking only its
+// figures makes a queue's figures from its stream's state (and whether
+// the stream takes delayed tasks), asking only its
 // consumer.
-func (q *Queues) figures(s *stream, state jetstream.StreamState, dead int) (queue.Stats, error) {
+func (q *Queues) figures(s *stream, state jetstream.StreamState, schedules bool, dead int) (queue.Stats, error) {
 	ctx, cancel := q.call()
 	defer cancel()
 	ci, err := s.cons.Info(ctx)
@@ -64,22 +65,18 @@ func (q *Queues) figures(s *stream, state jetstream.StreamState, dead int) (queu
 		if err != nil {
 			return queue.Stats{}, q.adminErr(s.queue, "stats", err)
 		}
-		puts += extra
+		puts = uint64(max(0, int64(puts)+extra))
 	}
-	// Delayed tasks: the messages the consumer, which takes only tasks
-	// once the stream takes delayed ones, does not count (enableSchedules).
-	// Each that came due was stored twice, as a schedule and as a task.
+	// Delayed tasks: the schedules among the stream's messages, which the
+	// consumer, taking only tasks, does not count (scheduling.go). The
+	// stream's state and the consumer's are read one after the other, so
+	// on a busy queue the figure is only near.
 	msgs, delayed := state.Msgs, uint64(0)
-	if len(ci.Config.FilterSubjects) > 0 {
+	if schedules && msgs > 0 && q.hasSchedules(ctx, s) {
 		if taken := ci.NumPending + uint64(ci.NumAckPending); msgs > taken {
-			delayed = msgs - taken
+			delayed = min(msgs-taken, stored)
 		}
-		ever, err := q.delayedEver(ctx, s.queue)
-		if err != nil {
-			return queue.Stats{}, q.adminErr(s.queue, "stats", err)
-		}
-		puts -= min(puts, ever-min(ever, delayed))
-		stored -= min(stored, delayed)
+		stored -= delayed
 		msgs -= delayed
 	}
 	leased := uint64(ci.NumAckPending)
@@ -163,7 +160,7 @@ func (q *Queues) AllStats() []queue.Stats {
 		if !queue.IsDeadLetterName(name) {
 			dead = int(states[queue.DeadLetterName(name)].Msgs)
 		}
-		state := states[name]
+		state, schedules := states[name], false
 		if state.Msgs > 0 { // packs, if any, counted by subject
 			ctx, cancel := q.call()
 			si, err := s.st.Info(ctx, jetstream.WithSubjectFilter(packSubjects(s.subject)))
@@ -171,9 +168,9 @@ func (q *Queues) AllStats() []queue.Stats {
 			if err != nil {
 				continue
 			}
-			state = si.State
+			state, schedules = si.State, si.Config.AllowMsgSchedules
 		}
-		if st, err := q.figures(s, state, dead); err == nil {
+		if st, err := q.figures(s, state, schedules, dead); err == nil {
 			all = append(all, st)
 		}
 	}

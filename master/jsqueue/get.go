@@ -345,7 +345,7 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts [
 		q.giveBack(msgs)
 		return nil, queue.ErrClosed
 	}
-	packed, tasks := false, 0
+	packed, tasks, fired := false, 0, 0
 	for i, m := range msgs {
 		md := mds[i]
 		if md == nil {
@@ -366,6 +366,9 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts [
 			continue
 		}
 		tasks++
+		if md.NumDelivered == 1 && m.Header.Get(hdrScheduler) != "" {
+			fired++ // a delayed task come due: stored twice (figures)
+		}
 		t := taskOf(md.Sequence.Stream, md.Timestamp, m.Header, m.Data, md.NumDelivered)
 		if !req.NoAck {
 			t.Token = m.Reply
@@ -403,6 +406,9 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts [
 		s.wakeGets(len(s.held)) // gets waiting meanwhile take the rest
 	}
 	q.mu.Unlock()
+	if fired > 0 {
+		q.countPacked(s, -fired)
+	}
 	for _, l := range dead {
 		q.deadLetter(l, l.task.LastError)
 	}

@@ -90,7 +90,8 @@ func (q *Queues) counts(ctx context.Context) (jetstream.Stream, error) {
 }
 
 // countPacked notes extra, the tasks a put's packs carried beyond one
-// each, for s's counter. The reaper adds them up there every
+// each, for s's counter; or, negative, delayed tasks come due, each
+// stored a second time (as a schedule, then as the task). The reaper adds them up there every
 // countsEvery (sendCounts): a counter's additions are written one after
 // another, through consensus with replicas, and one per put of results
 // slowed a three-node cluster fourfold. A gateway that dies loses what it
@@ -135,7 +136,11 @@ func (q *Queues) sendCounts(counts map[string]int) {
 	}
 	for stream, n := range counts {
 		m := nats.NewMsg(countsSubject + stream)
-		m.Header.Set("Nats-Incr", "+"+strconv.Itoa(n))
+		incr := strconv.Itoa(n)
+		if n >= 0 {
+			incr = "+" + incr
+		}
+		m.Header.Set("Nats-Incr", incr)
 		_ = q.cfg.Conn.PublishMsg(m)
 	}
 }
@@ -160,15 +165,11 @@ func (q *Queues) countsIfAny(ctx context.Context) (jetstream.Stream, error) {
 }
 
 // packedExtra reads the tasks packs of queue name carried beyond one
-// each, 0 if none were counted.
-func (q *Queues) packedExtra(ctx context.Context, name string) (uint64, error) {
+// each, less its delayed tasks that came due (countPacked), 0 if none
+// were counted: what its stream's last sequence counts short of the
+// tasks ever put in it.
+func (q *Queues) packedExtra(ctx context.Context, name string) (int64, error) {
 	return q.counterValue(ctx, countsSubject+streamName(name))
-}
-
-// delayedEver returns how many delayed tasks queue name has had
-// (delayedIDs).
-func (q *Queues) delayedEver(ctx context.Context, name string) (uint64, error) {
-	return q.counterValue(ctx, idsSubject(name))
 }
 
 // idsSubject is the subject of the counter that numbers the delayed
@@ -176,7 +177,7 @@ func (q *Queues) delayedEver(ctx context.Context, name string) (uint64, error) {
 func idsSubject(name string) string { return countsSubject + "ids." + streamName(name) }
 
 // counterValue returns the value of the counter on subj, 0 if it has none.
-func (q *Queues) counterValue(ctx context.Context, subj string) (uint64, error) {
+func (q *Queues) counterValue(ctx context.Context, subj string) (int64, error) {
 	st, err := q.countsIfAny(ctx)
 	if st == nil || err != nil {
 		return 0, err
@@ -194,7 +195,7 @@ func (q *Queues) counterValue(ctx context.Context, subj string) (uint64, error) 
 	if err := json.Unmarshal(m.Data, &v); err != nil {
 		return 0, err
 	}
-	return strconv.ParseUint(v.Val, 10, 64)
+	return strconv.ParseInt(v.Val, 10, 64)
 }
 
 // dropCount deletes queue name's counter, with its queue.
@@ -203,8 +204,8 @@ func (q *Queues) dropCount(ctx context.Context, name string) error {
 	if st == nil || err != nil {
 		return err
 	}
-	if err := st.Purge(ctx, jetstream.WithPurgeSubject(countsSubject+streamName(name))); err != nil {
-		return err
-	}
-	return st.Purge(ctx, jetstream.WithPurgeSubject(idsSubject(name)))
+	// Not the counter of delayed tasks' IDs (idsSubject): a queue made
+	// anew meanwhile, through another gateway, may have taken some, and
+	// numbering from 1 again would give a schedule's subject twice.
+	return st.Purge(ctx, jetstream.WithPurgeSubject(countsSubject+streamName(name)))
 }

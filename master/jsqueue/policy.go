@@ -46,16 +46,22 @@ func (q *Queues) policy(name string) queue.Policy {
 	return queue.Effective(p, queue.Policy{MaxAttempts: q.cfg.MaxAttempts, BackoffMin: q.cfg.RetryBackoffMin, BackoffMax: q.cfg.RetryBackoffMax})
 }
 
-// setCachedPolicy notes p as the policy of queue name, kept under key.
-func (q *Queues) setCachedPolicy(key, name string, p queue.Policy) {
+// setCachedPolicy notes p as the policy of queue name, kept under key at
+// revision rev of the bucket, unless a later one is noted already (the
+// watch may bring another gateway's before this one's SetPolicy notes
+// its own).
+func (q *Queues) setCachedPolicy(key, name string, p queue.Policy, rev uint64) {
 	q.polMu.Lock()
 	defer q.polMu.Unlock()
 	if q.policies == nil {
-		q.policies, q.policyKeys = make(map[string]queue.Policy), make(map[string]string)
+		q.policies, q.policyKeys, q.policyRevs = make(map[string]queue.Policy), make(map[string]string), make(map[string]uint64)
 	}
+	if rev < q.policyRevs[key] {
+		return
+	}
+	q.policyRevs[key] = rev
 	if p == (queue.Policy{}) {
 		delete(q.policies, name)
-		delete(q.policyKeys, key)
 		return
 	}
 	q.policies[name], q.policyKeys[key] = p, name
@@ -84,37 +90,62 @@ func (q *Queues) watchPolicies() {
 		case <-time.After(policyLookEvery):
 		}
 	}
+	for wait := time.Second; ; wait = min(2*wait, policyLookEvery) {
+		if q.watch(kv) {
+			wait = time.Second // it ran: the next failure starts over
+		}
+		select {
+		case <-q.ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+// watch keeps the gateway's copy of the policies current from kv until
+// the gateway closes or the watch fails (a node lost, say), and reports
+// whether it got as far as the policies there were when it began.
+func (q *Queues) watch(kv jetstream.KeyValue) (ran bool) {
 	w, err := kv.WatchAll(q.ctx)
 	if err != nil {
 		if q.ctx.Err() == nil {
-			q.log.Warn("the queues' retry policies not watched; the defaults hold", "err", err)
+			q.log.Warn("the queues' retry policies not watched; trying again", "err", err)
 		}
-		return
+		return false
 	}
 	defer func() { _ = w.Stop() }()
 	for {
 		select {
 		case <-q.ctx.Done():
-			return
+			return ran
 		case e, ok := <-w.Updates():
 			if !ok {
-				return
+				if q.ctx.Err() == nil {
+					q.log.Warn("the watch of the queues' retry policies ended; watching again")
+				}
+				return ran
 			}
-			if e != nil { // nil: the values there were when the watch began are in
-				q.notePolicy(e)
+			if e == nil { // the values there were when the watch began are in
+				ran = true
+				continue
 			}
+			q.notePolicy(e)
 		}
 	}
 }
 
-// lookForPolicies looks for the bucket now, if it was not found yet, and
-// has the watch take it at once: called for a queue's figures, so that
-// they show a policy set through another gateway.
+// lookForPolicies looks for the bucket now, if it was not found yet (at
+// most once a second), and has the watch take it at once: called for a
+// queue's figures, so that they show a policy set through another
+// gateway.
 func (q *Queues) lookForPolicies(ctx context.Context) {
 	q.polMu.Lock()
-	known := q.polKV != nil
+	skip := q.polKV != nil || time.Since(q.polLooked) < time.Second
+	if !skip {
+		q.polLooked = time.Now()
+	}
 	q.polMu.Unlock()
-	if known {
+	if skip {
 		return
 	}
 	if kv, _ := q.policiesKV(ctx, false); kv != nil {
@@ -132,7 +163,7 @@ func (q *Queues) notePolicy(e jetstream.KeyValueEntry) {
 		name, ok := q.policyKeys[e.Key()]
 		q.polMu.Unlock()
 		if ok {
-			q.setCachedPolicy(e.Key(), name, queue.Policy{})
+			q.setCachedPolicy(e.Key(), name, queue.Policy{}, e.Revision())
 		}
 		return
 	}
@@ -141,7 +172,7 @@ func (q *Queues) notePolicy(e jetstream.KeyValueEntry) {
 		q.log.Warn("a malformed retry policy ignored", "key", e.Key(), "err", err)
 		return
 	}
-	q.setCachedPolicy(e.Key(), sp.Queue, queue.Policy{MaxAttempts: sp.MaxAttempts, BackoffMin: sp.BackoffMin, BackoffMax: sp.BackoffMax})
+	q.setCachedPolicy(e.Key(), sp.Queue, queue.Policy{MaxAttempts: sp.MaxAttempts, BackoffMin: sp.BackoffMin, BackoffMax: sp.BackoffMax}, e.Revision())
 }
 
 // policiesKV returns the bucket, creating it if create is set; else nil
@@ -200,17 +231,16 @@ func (q *Queues) SetPolicy(name string, p queue.Policy) error {
 	default:
 	}
 	key := streamName(name)
-	if p == (queue.Policy{}) {
-		err = kv.Delete(ctx, key)
-	} else {
-		var b []byte
-		if b, err = json.Marshal(storedPolicy{Queue: name, MaxAttempts: p.MaxAttempts, BackoffMin: p.BackoffMin, BackoffMax: p.BackoffMax}); err == nil {
-			_, err = kv.Put(ctx, key, b)
-		}
+	// The zero policy is put too, rather than the key deleted: its
+	// revision then orders it as any other (setCachedPolicy).
+	var rev uint64
+	b, err := json.Marshal(storedPolicy{Queue: name, MaxAttempts: p.MaxAttempts, BackoffMin: p.BackoffMin, BackoffMax: p.BackoffMax})
+	if err == nil {
+		rev, err = kv.Put(ctx, key, b)
 	}
 	if err != nil {
 		return q.engineErr("set the policy of "+name, err)
 	}
-	q.setCachedPolicy(key, name, p) // the watch brings it too, a little later
+	q.setCachedPolicy(key, name, p, rev) // the watch brings it too, a little later
 	return nil
 }

@@ -299,9 +299,22 @@ func (q *Queues) publish(ctx context.Context, msgs []*nats.Msg) ([]uint64, error
 // publishDedup is publish, and also says which messages JetStream had
 // stored before this call, by their IDs (dup[i]; nil: none).
 func (q *Queues) publishDedup(ctx context.Context, msgs []*nats.Msg) (ids []uint64, dup []bool, err error) {
+	ids, dup, sends, err := q.publishSends(ctx, msgs)
+	if sends > 1 {
+		// A message an earlier send of this put stored, its ack lost, is
+		// a duplicate now: this put's, not an earlier one's. (Which, it
+		// cannot tell: it counts all as its own.)
+		dup = nil
+	}
+	return ids, dup, err
+}
+
+// publishSends is publish, and also says which messages JetStream had
+// stored before the last of its sends, by their IDs (dup[i]; nil: none):
+// before this call, or by an earlier send of it (sends > 1).
+func (q *Queues) publishSends(ctx context.Context, msgs []*nats.Msg) (ids []uint64, dup []bool, sends int, err error) {
 	rctx, cancel := context.WithTimeout(ctx, q.cfg.RequestTimeout)
 	defer cancel()
-	sends := 0
 	if allKeyed(msgs) {
 		// Each send leaves its futures pending in the client's bounded
 		// async-publish window until they time out: the third send waits
@@ -324,15 +337,9 @@ func (q *Queues) publishDedup(ctx context.Context, msgs []*nats.Msg) (ids []uint
 		})
 	}
 	if err != nil {
-		return nil, nil, q.engineErr("put", err)
+		return nil, nil, sends, q.engineErr("put", err)
 	}
-	if sends > 1 {
-		// A message an earlier send of this put stored, its ack lost, is
-		// a duplicate now: this put's, not an earlier one's. (Which, it
-		// cannot tell: it counts all as its own.)
-		dup = nil
-	}
-	return ids, dup, nil
+	return ids, dup, sends, nil
 }
 
 // maxKeyedSends bounds how often publish sends a stalled keyed batch.

@@ -168,7 +168,9 @@ type Queues struct {
 	polMu      sync.Mutex
 	policies   map[string]queue.Policy
 	policyKeys map[string]string
+	policyRevs map[string]uint64 // by key: the bucket's revision noted last
 	polKV      jetstream.KeyValue
+	polLooked  time.Time     // when lookForPolicies last looked for polKV
 	polMade    chan struct{} // the bucket is there: watch it
 }
 
@@ -403,8 +405,19 @@ func (q *Queues) open(name string, create bool) (*stream, error) {
 			MaxAckPending: -1,
 			MaxWaiting:    4096,
 			Replicas:      0, // as the stream
+			// Tasks only: never the schedules of delayed tasks
+			// (scheduling.go).
+			FilterSubjects: taskSubjects(st.CachedInfo().Config.Subjects, subject(name)),
 		}
-		err = retrying(ctx, func(ctx context.Context) (err error) { cons, err = st.CreateOrUpdateConsumer(ctx, ccfg); return err })
+		// Created, never updated: a gateway that made the consumer a
+		// moment before may have changed it since (enableSchedules).
+		err = retrying(ctx, func(ctx context.Context) (err error) { cons, err = st.CreateConsumer(ctx, ccfg); return err })
+		if errors.Is(err, jetstream.ErrConsumerExists) {
+			err = retrying(ctx, func(ctx context.Context) (err error) { cons, err = st.Consumer(ctx, consumerName); return err })
+		}
+	}
+	if err == nil {
+		cons, err = q.withTaskFilter(ctx, st, cons, subject(name))
 	}
 	if err != nil {
 		return nil, q.engineErr("open queue "+name, err)

@@ -35,6 +35,7 @@ import (
 const (
 	hdrSchedule       = "Nats-Schedule"
 	hdrScheduleTarget = "Nats-Schedule-Target"
+	hdrScheduler      = "Nats-Scheduler" // on a task published when due: its schedule's subject
 )
 
 // delayedIDBit marks the IDs of delayed tasks, below packed tasks' bit
@@ -113,7 +114,9 @@ func (q *Queues) putDelayed(s *stream, req queue.PutRequest, due time.Time) ([]u
 	if req.RequestID != "" {
 		requestMsgIDs(msgs, nil, req.RequestID)
 	}
-	seqs, dup, err := q.publishDedup(ctx, msgs)
+	// Duplicates as the last send saw them: stored by an earlier put, or
+	// by an earlier send of this one, whichever IDs they carry.
+	seqs, dup, _, err := q.publishSends(ctx, msgs)
 	if err != nil {
 		q.forget(req.Queue)
 		return nil, err
@@ -122,7 +125,7 @@ func (q *Queues) putDelayed(s *stream, req queue.PutRequest, due time.Time) ([]u
 		if !dup[i] {
 			continue
 		}
-		// Stored before, under the first put's ID.
+		// Stored before, under the ID it was stored with.
 		m, err := s.st.GetMsg(ctx, seqs[i])
 		if errors.Is(err, jetstream.ErrMsgNotFound) || err == nil && m.Subject == s.subject {
 			return nil, fmt.Errorf("%w: this delayed put was stored before, and its tasks are due already: their IDs are not known here", queue.ErrBadArgument)
@@ -204,6 +207,36 @@ func (q *Queues) enableSchedules(ctx context.Context, s *stream) error {
 	}
 	s.schedules.Store(true)
 	return nil
+}
+
+// taskSubjects returns the subjects among a stream's subjects that carry
+// the tasks of the queue published on subj: its own and its packs'.
+func taskSubjects(subjects []string, subj string) []string {
+	out := []string{subj}
+	if slices.Contains(subjects, packSubjects(subj)) {
+		out = append(out, packSubjects(subj))
+	}
+	return out
+}
+
+// withTaskFilter makes sure that cons, the consumer of stream st whose
+// tasks are published on subj, takes every subject of tasks, if it is
+// filtered: a stream made before packs that has taken them since.
+func (q *Queues) withTaskFilter(ctx context.Context, st jetstream.Stream, cons jetstream.Consumer, subj string) (jetstream.Consumer, error) {
+	ccfg := cons.CachedInfo().Config
+	want := taskSubjects(st.CachedInfo().Config.Subjects, subj)
+	if len(ccfg.FilterSubjects) == 0 || slices.Equal(ccfg.FilterSubjects, want) {
+		return cons, nil
+	}
+	ccfg.FilterSubject, ccfg.FilterSubjects = "", want
+	return st.UpdateConsumer(ctx, ccfg)
+}
+
+// hasSchedules reports whether s's stream holds a delayed task not yet
+// due: one read of its last schedule.
+func (q *Queues) hasSchedules(ctx context.Context, s *stream) bool {
+	_, err := s.st.GetLastMsgForSubject(ctx, schedSubjects(s.subject))
+	return err == nil
 }
 
 // isScheduled reports whether m is a schedule message: a delayed task not
