@@ -1,7 +1,6 @@
 package jsqueue
 
 import (
-	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -52,7 +51,7 @@ func (q *Queues) deadLetter(l *lease, errText string) error {
 			q.requeueLocked(l, true, errText, time.Now().Add(deadLetterRetry))
 			q.mu.Unlock()
 		} else {
-			_ = q.cfg.Conn.Publish(l.msg.Reply, fmt.Appendf(nil, `-NAK {"delay": %d}`, deadLetterRetry.Nanoseconds()))
+			_ = q.cfg.Conn.Publish(l.msg.Reply, nakBody(deadLetterRetry))
 		}
 		return err
 	}

@@ -512,14 +512,20 @@ func (q *Queues) noteLastErr(key leaseKey, errText string) {
 // maxLastErrs bounds the last errors a gateway keeps.
 const maxLastErrs = 100_000
 
+// nakBody is JetStream's nak, with a delay before the redelivery if
+// delay > 0.
+func nakBody(delay time.Duration) []byte {
+	if delay <= 0 {
+		return nakPayload
+	}
+	return fmt.Appendf(nil, `-NAK {"delay": %d}`, delay.Nanoseconds())
+}
+
 // nak hands a delivered message back for redelivery ahead of newer ones
 // (after delay, if > 0), and waits until JetStream has done so: a get
 // that follows finds it.
 func (q *Queues) nak(m *nats.Msg, delay time.Duration) error {
-	body := []byte("-NAK")
-	if delay > 0 {
-		body = fmt.Appendf(nil, `-NAK {"delay": %d}`, delay.Nanoseconds())
-	}
+	body := nakBody(delay)
 	// Tried again only while no one answers: a nak resent after its reply
 	// was lost would hand back the task's next delivery, which JetStream
 	// does not tell from this one.
