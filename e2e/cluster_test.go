@@ -338,6 +338,19 @@ func TestGatewaysOverNATS(t *testing.T) {
 		t.Errorf("the delayed task was taken %v after its put, before its delay of 2s", took)
 	}
 
+	// Run-now through one gateway makes a task delayed by an hour due at
+	// once for every gateway.
+	if _, stderr, code := run(t, "", "put", "later", "--server", g1, "--delay", "1h", `"now"`); code != 0 {
+		t.Fatalf("delayed put exited %d: %s", code, stderr)
+	}
+	if out, stderr, code := run(t, "", "requeue", "later", "--now", "--all", "--server", g2); code != 0 {
+		t.Fatalf("requeue --now exited %d: %s%s", code, out, stderr)
+	}
+	out, stderr, code = run(t, "", "get", "later", "--server", g1, "--timeout", "20s")
+	if code != 0 || !strings.Contains(out, `"now"`) {
+		t.Fatalf("get of the task run now exited %d: %s%s", code, out, stderr)
+	}
+
 	// A queue's retry policy set through one gateway holds for another.
 	if _, stderr, code := run(t, "", "config", "later", "--server", g1, "--max-attempts", "7", "--retry-backoff", "1s..1m"); code != 0 {
 		t.Fatalf("config exited %d: %s", code, stderr)

@@ -278,7 +278,99 @@ func (q *Queues) PeekDelayed(name string, n int) ([]queue.Task, error) {
 	return ts, err
 }
 
-// RunNow refuses: a delayed task in JetStream is run when due.
-func (q *Queues) RunNow(string, []uint64) (int, error) {
-	return 0, errScheduling("run-now of delayed tasks")
+// RunNow makes delayed tasks ids of a queue (all of them if ids is empty)
+// due now, and returns how many it moved. Each schedule is replaced by
+// one due at once, on the condition that it is still the one stored: a
+// task that came due meanwhile is not run twice, and is reported as not
+// delayed. JetStream's scheduler publishes the tasks within about a
+// quarter of a second (its shortest timer), in the order they were made
+// due. A failed task waiting out a backoff is held by JetStream's
+// redelivery, which has no run-now: it is not a delayed task here.
+func (q *Queues) RunNow(name string, ids []uint64) (int, error) {
+	s, err := q.open(name, false)
+	if err != nil {
+		return 0, err
+	}
+	var missing []uint64
+	var scheds []uint64 // the delayed tasks' IDs
+	if len(ids) == 0 {
+		err := q.scanAll(s, scanWindow, func(_ uint64, t queue.Task, _ bool, at msgTimes) bool {
+			if !at.due.IsZero() {
+				scheds = append(scheds, t.ID)
+			}
+			return true
+		})
+		if err != nil {
+			return 0, err
+		}
+	} else {
+		for _, id := range ids {
+			if id&delayedIDBit == 0 || id&packedIDBit != 0 {
+				missing = append(missing, id)
+				continue
+			}
+			scheds = append(scheds, id)
+		}
+	}
+	moved := 0
+	for _, id := range scheds {
+		ok, err := q.runNow(s, id)
+		if err != nil {
+			return moved, err
+		}
+		if !ok {
+			missing = append(missing, id)
+			continue
+		}
+		moved++
+	}
+	return moved, noSuchTasks(missing)
+}
+
+// runNow replaces the schedule of delayed task id of s with one due now,
+// and reports whether there was one. JetStream stores a schedule as a
+// roll-up of its subject: the old one is gone as the new one is stored.
+func (q *Queues) runNow(s *stream, id uint64) (bool, error) {
+	ctx, cancel := q.call()
+	defer cancel()
+	fail := func(err error) (bool, error) { return false, q.engineErr("run-now in "+s.queue, err) }
+	old, err := s.st.GetLastMsgForSubject(ctx, schedSubject(s.subject, id))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return fail(err)
+	}
+	if !isScheduled(old.Header) {
+		return false, nil
+	}
+	m := nats.NewMsg(old.Subject)
+	m.Data = old.Data
+	for k, v := range old.Header {
+		m.Header[k] = v
+	}
+	// Not a repeat of the put: stored anew, under no key.
+	m.Header.Del(jetstream.MsgIDHeader)
+	at := "@at " + time.Now().UTC().Format(time.RFC3339Nano)
+	m.Header.Set(hdrSchedule, at)
+	err = retryingTransient(ctx, func() error {
+		_, err := q.js.PublishMsg(ctx, m, jetstream.WithExpectLastSequencePerSubject(old.Sequence))
+		return err
+	})
+	if isWrongSequence(err) {
+		// It came due, or was dropped, meanwhile; or an earlier send of
+		// this publish was stored.
+		now, err := s.st.GetLastMsgForSubject(ctx, old.Subject)
+		if err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+			return fail(err)
+		}
+		if err != nil || now.Header.Get(hdrSchedule) != at {
+			return false, nil
+		}
+	} else if err != nil {
+		return fail(err)
+	}
+	// Stored again: a put more in the stream's count, which is not one.
+	q.countPacked(s, -1)
+	return true, nil
 }

@@ -178,3 +178,65 @@ func TestRetryPolicyHoldsForEveryGateway(t *testing.T) {
 	}
 	qmtest.CheckFor(t, 5*time.Second, 10*time.Millisecond, policyIs(queue.Policy{MaxAttempts: 5}))
 }
+
+// Run-now makes delayed tasks due at once, by ID or all of them; a task
+// not delayed is reported, and a task made due is handed out once.
+func TestRunNow(t *testing.T) {
+	q := newQueues(t, startNode(t), jsqueue.Config{})
+	reaping(t, q)
+	ctx := context.Background()
+	later := time.Now().Add(time.Hour)
+	items := []queue.Item{{Payload: []byte("a"), Due: later, Key: "ka"}, {Payload: []byte("b"), Due: later}, {Payload: []byte("c"), Due: later}}
+	ids, err := q.Put(ctx, queue.PutRequest{Queue: "jobs", Items: items})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ready := put(t, q, "jobs", "ready")
+	n, err := q.RunNow("jobs", []uint64{ids[1], ready[0]})
+	var te *queue.TaskError
+	if n != 1 || !errors.As(err, &te) || te.ID != ready[0] || !errors.Is(err, queue.ErrNoSuchTask) {
+		t.Fatalf("run-now of b and a ready task: %d, %v; want 1 moved and the ready one reported", n, err)
+	}
+	// Until JetStream publishes it, b is listed as delayed, due now.
+	ts, err := q.PeekDelayed("jobs", 10)
+	ts = slices.DeleteFunc(ts, func(t queue.Task) bool { return t.Due.Before(later) })
+	if err != nil || !slices.Equal(payloads(ts), []string{"a", "c"}) {
+		t.Fatalf("delayed after run-now of b: %v, %v; want a and c still due later", payloads(ts), err)
+	}
+	var got []queue.Task
+	deadline := time.Now().Add(5 * time.Second)
+	for len(got) < 2 && time.Now().Before(deadline) {
+		got = append(got, get(t, q, "jobs", 1, 10, time.Minute, time.Second)...)
+	}
+	if !slices.Equal(payloads(got), []string{"ready", "b"}) || got[1].ID != ids[1] || got[1].Attempts != 1 {
+		t.Fatalf("handed out: %+v; want ready, then b under ID %d", got, ids[1])
+	}
+	if n, err := q.RunNow("jobs", ids[1:2]); n != 0 || !errors.Is(err, queue.ErrNoSuchTask) {
+		t.Fatalf("run-now of b again: %d, %v; want it reported as not delayed", n, err)
+	}
+	if n, err := q.RunNow("jobs", nil); n != 2 || err != nil {
+		t.Fatalf("run-now of all: %d, %v; want 2", n, err)
+	}
+	got = got[:0]
+	deadline = time.Now().Add(5 * time.Second)
+	for len(got) < 2 && time.Now().Before(deadline) {
+		got = append(got, get(t, q, "jobs", 1, 10, time.Minute, time.Second)...)
+	}
+	if !slices.Equal(payloads(got), []string{"a", "c"}) || got[0].ID != ids[0] || got[1].ID != ids[2] {
+		t.Fatalf("handed out after run-now of all: %+v; want a and c under IDs %v", got, []uint64{ids[0], ids[2]})
+	}
+	// The key of a is still the put's: a repeat is refused, not stored.
+	if again, err := q.Put(ctx, queue.PutRequest{Queue: "jobs", Items: items[:1]}); !errors.Is(err, queue.ErrBadArgument) {
+		t.Fatalf("repeat of a's put after it ran: %v, %v; want it refused as due already", again, err)
+	}
+	if ts := get(t, q, "jobs", 1, 10, time.Minute, 300*time.Millisecond); len(ts) != 0 {
+		t.Fatalf("a task handed out twice: %+v", ts)
+	}
+	qmtest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		st, err := q.Stats("jobs")
+		if err != nil || st.Delayed != 0 || st.Leased != 4 || st.Puts != 4 || st.Done != 0 {
+			return fmt.Errorf("stats: %+v, %v; want none delayed, 4 leased, 4 puts, none done", st, err)
+		}
+		return nil
+	})
+}
