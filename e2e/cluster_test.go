@@ -351,6 +351,18 @@ func TestGatewaysOverNATS(t *testing.T) {
 		t.Fatalf("get of the task run now exited %d: %s%s", code, out, stderr)
 	}
 
+	// A task with a priority put through one gateway goes before an
+	// older one without, through another.
+	for _, args := range [][]string{{`"plain"`}, {"--priority", "9", `"urgent"`}} {
+		if _, stderr, code := run(t, "", append([]string{"put", "ordered", "--server", g1}, args...)...); code != 0 {
+			t.Fatalf("put %v exited %d: %s", args, code, stderr)
+		}
+	}
+	out, stderr, code = run(t, "", "get", "ordered", "--server", g2, "-n", "2", "--timeout", "5s")
+	if i, j := strings.Index(out, `"urgent"`), strings.Index(out, `"plain"`); code != 0 || i < 0 || j < 0 || i > j {
+		t.Fatalf("get of the queue with a priority exited %d: %s%s; want urgent, then plain", code, out, stderr)
+	}
+
 	// A queue's retry policy set through one gateway holds for another.
 	if _, stderr, code := run(t, "", "config", "later", "--server", g1, "--max-attempts", "7", "--retry-backoff", "1s..1m"); code != 0 {
 		t.Fatalf("config exited %d: %s", code, stderr)

@@ -59,6 +59,15 @@ func (q *Queues) figures(s *stream, state jetstream.StreamState, schedules bool,
 	if err != nil {
 		return queue.Stats{}, q.adminErr(s.queue, "stats", err)
 	}
+	for _, lv := range s.levelsDesc() { // the levels' consumers count too
+		li, err := lv.cons.Info(ctx)
+		if err != nil {
+			return queue.Stats{}, q.adminErr(s.queue, "stats", err)
+		}
+		ci.NumPending += li.NumPending
+		ci.NumAckPending += li.NumAckPending
+		ci.Delivered.Consumer += li.Delivered.Consumer
+	}
 	stored, puts := storedTasks(state), state.LastSeq
 	if !queue.IsDeadLetterName(s.queue) { // never packed
 		extra, err := q.packedExtra(ctx, s.queue)
@@ -302,6 +311,9 @@ func (q *Queues) Peek(name string, n int) ([]queue.Task, error) {
 	if n <= 0 {
 		return ts, nil
 	}
+	if len(s.levelsDesc()) > 0 {
+		return q.peekLevels(s, n)
+	}
 	err = q.scan(s, n, func(_ uint64, t queue.Task, _ bool) bool {
 		ts = append(ts, t)
 		return len(ts) < n
@@ -387,13 +399,24 @@ func (q *Queues) SetPaused(name string, paused bool) error {
 	}
 	ctx, cancel := q.call()
 	defer cancel()
-	if paused {
-		_, err = s.st.PauseConsumer(ctx, consumerName, time.Now().Add(pauseFor))
-	} else {
-		_, err = s.st.ResumeConsumer(ctx, consumerName)
+	// Level 0 last when pausing, first when resuming: a level made
+	// meanwhile takes level 0's state (levelConsumerOf).
+	names := []string{consumerName}
+	for _, lv := range s.levelsDesc() {
+		names = append(names, levelConsumer(lv.p))
 	}
-	if err != nil {
-		return q.adminErr(name, "pause", err)
+	if paused {
+		slices.Reverse(names)
+	}
+	for _, c := range names {
+		if paused {
+			_, err = s.st.PauseConsumer(ctx, c, time.Now().Add(pauseFor))
+		} else {
+			_, err = s.st.ResumeConsumer(ctx, c)
+		}
+		if err != nil {
+			return q.adminErr(name, "pause", err)
+		}
 	}
 	// The tasks of packs this gateway holds wait too. Other gateways
 	// see it when they look at the consumer (moveOverdue): until then
@@ -480,9 +503,16 @@ const moveBatch = 256
 // message's, so a requeue that fails after storing it and is tried again
 // within the dedup window does not store it twice.
 func (q *Queues) move(from, to *stream, batch []deadMsg) (int, error) {
+	items := make([]queue.Item, len(batch))
+	for i, d := range batch {
+		items[i].Priority = d.task.Priority
+	}
+	if err := q.openLevelsOf(to, items); err != nil {
+		return 0, err
+	}
 	msgs := make([]*nats.Msg, len(batch))
 	for i, d := range batch {
-		msgs[i] = movedMsg(to.subject, d.task, 0)
+		msgs[i] = movedMsg(taskSubject(to, d.task), d.task, 0)
 		msgs[i].Header.Set(jetstream.MsgIDHeader, requeuedID(from, d))
 	}
 	ctx, cancel := q.call()

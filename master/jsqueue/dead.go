@@ -75,7 +75,7 @@ const deadLetterRetry = time.Second
 func (q *Queues) putBack(s *stream, ts []queue.Task) {
 	msgs := make([]*nats.Msg, len(ts))
 	for i, t := range ts {
-		msgs[i] = movedMsg(s.subject, t, t.Attempts-1)
+		msgs[i] = movedMsg(taskSubject(s, t), t, t.Attempts-1)
 	}
 	ctx, cancel := q.call()
 	defer cancel()

@@ -47,7 +47,9 @@ func TestIdempotentPut(t *testing.T) {
 	if ts := get(t, a, "jobs", 1, 10, 0, 300*time.Millisecond); len(ts) != 0 {
 		t.Fatalf("the late retry added %v", payloads(ts))
 	}
-	prio := queue.Item{Payload: []byte("x"), Priority: 3} // delays are kept: scheduling_test.go
+	// Delays and priorities are kept (scheduling_test.go,
+	// priority_test.go); a priority out of range is refused.
+	prio := queue.Item{Payload: []byte("x"), Priority: queue.MaxPriority + 1}
 	if _, err := a.Put(ctx, queue.PutRequest{Queue: "jobs", Items: []queue.Item{prio}}); !errors.Is(err, queue.ErrBadArgument) {
 		t.Errorf("put %+v: %v, want ErrBadArgument", prio, err)
 	}

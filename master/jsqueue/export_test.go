@@ -32,3 +32,10 @@ func StoredMessages(q *Queues, name string) (int, error) {
 	}
 	return int(si.State.Msgs), nil
 }
+
+// IsOpen reports whether q has the stream of queue name open.
+func (q *Queues) IsOpen(name string) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.known[name] != nil
+}

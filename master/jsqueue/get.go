@@ -48,8 +48,16 @@ func (q *Queues) Get(ctx context.Context, req queue.GetRequest, dst []queue.Task
 		req.MaxWait = 0
 	}
 	for {
-		// Tasks of packs this gateway holds go first, in their order;
-		// else wait for JetStream, and for a task held meanwhile (or due).
+		// Tasks with a priority go first, highest first (priority.go);
+		// then tasks of packs this gateway holds, in their order; else
+		// wait for JetStream, and for a task held meanwhile (or due).
+		levels := s.levelsDesc()
+		if len(levels) > 0 {
+			ts, err := q.takeLevels(s, levels, req, dst[:0])
+			if err != nil || len(ts) > 0 {
+				return ts, err
+			}
+		}
 		pctx, wake := context.WithCancel(ctx)
 		wait := &getWait{wake: wake}
 		ts, again, next, err := q.takeHeldOrWait(s, req, dst[:0], wait)
@@ -71,9 +79,24 @@ func (q *Queues) Get(ctx context.Context, req queue.GetRequest, dst []queue.Task
 		}
 		preq := req
 		preq.Max = q.msgsFor(s, req.Max)
-		msgs, err := q.pull(pctx, s, preq)
+		var watch *levelWatch
+		var blocking func()
+		if len(levels) > 0 {
+			// While it waits on level 0, a task of another level wakes it.
+			blocking = func() { watch = q.watchLevels(pctx, levels, wake) }
+		}
+		msgs, err := q.pull(pctx, s, preq, blocking)
 		if timer != nil {
 			timer.Stop()
+		}
+		if watch != nil {
+			if lmsgs := watch.stop(); len(lmsgs) > 0 {
+				q.mu.Lock()
+				delete(s.waiting, wait)
+				q.mu.Unlock()
+				wake()
+				return q.deliverLevels(s, req, lmsgs, msgs, dst[:0])
+			}
 		}
 		q.mu.Lock()
 		delete(s.waiting, wait)
@@ -120,7 +143,7 @@ func (q *Queues) topUp(s *stream, req queue.GetRequest, ts []queue.Task, asked, 
 		}
 		asked = q.msgsFor(s, req.Max-len(ts))
 		rctx, cancel := q.call()
-		msgs, _ := q.pulls.pull(rctx, s, asked, 0) // at worst none
+		msgs, _ := q.pulls.pull(rctx, s.next, asked, 0) // at worst none
 		cancel()
 		got = len(msgs)
 		var err error
@@ -210,12 +233,13 @@ func (q *Queues) takeHeldOrWait(s *stream, req queue.GetRequest, ts []queue.Task
 }
 
 // pull takes up to req.Max messages: what is there at once, or else the
-// first that comes within the wait, and what else is there then.
-func (q *Queues) pull(ctx context.Context, s *stream, req queue.GetRequest) ([]*nats.Msg, error) {
+// first that comes within the wait, and what else is there then. It
+// calls blocking, if not nil, before it waits.
+func (q *Queues) pull(ctx context.Context, s *stream, req queue.GetRequest, blocking func()) ([]*nats.Msg, error) {
 	var msgs []*nats.Msg
 	rctx, cancel := q.call()
 	err := retryingTransient(rctx, func() error {
-		got, err := q.pulls.pull(rctx, s, req.Max, 0)
+		got, err := q.pulls.pull(rctx, s.next, req.Max, 0)
 		msgs = append(msgs, got...)
 		if len(msgs) > 0 {
 			return nil // delivered, whatever came after: hand them out
@@ -238,24 +262,16 @@ func (q *Queues) pull(ctx context.Context, s *stream, req queue.GetRequest) ([]*
 	}
 	stop := context.AfterFunc(q.ctx, cancel)
 	defer stop()
+	if blocking != nil {
+		blocking()
+	}
 	for sent := 0; ; {
-		// A pull request at the server needs an expiry: a get with no
-		// bound sends one request a minute until ctx ends. The request
-		// expires a little before the get's wait does, so that JetStream
-		// ends it (and the get keeps its inbox) and does not deliver a
-		// task just as the get gives up.
-		expires := time.Minute
-		if deadline, ok := wait.Deadline(); ok {
-			left := time.Until(deadline)
-			if left < 5*time.Millisecond || sent > 0 && left < 20*time.Millisecond {
-				// Too short for another pull request: the get would
-				// likely give up before JetStream ends it.
-				break
-			}
-			expires = min(expires, left-min(left/10, 50*time.Millisecond))
+		expires, ok := pullExpiry(wait, sent)
+		if !ok {
+			break
 		}
 		sent++
-		msgs, err = q.pulls.pull(wait, s, 1, expires)
+		msgs, err = q.pulls.pull(wait, s.next, 1, expires)
 		if len(msgs) > 0 || wait.Err() != nil {
 			err = nil // a task came, or the wait is over: an empty get is no error
 			break
@@ -281,11 +297,31 @@ func (q *Queues) pull(ctx context.Context, s *stream, req queue.GetRequest) ([]*
 	}
 	if req.Max > 1 {
 		rctx, cancel := q.call()
-		more, _ := q.pulls.pull(rctx, s, req.Max-1, 0) // at worst none
+		more, _ := q.pulls.pull(rctx, s.next, req.Max-1, 0) // at worst none
 		cancel()
 		msgs = append(msgs, more...)
 	}
 	return msgs, nil
+}
+
+// pullExpiry returns the expiry of the next pull request of a get waiting
+// until wait ends, having sent sent requests, or false if there is too
+// little time left for one: the get would likely give up before JetStream
+// ends it. A pull request at the server needs an expiry: a get with no
+// bound sends one request a minute until wait ends. The request expires
+// a little before the get's wait does, so that JetStream ends it (and
+// the get keeps its inbox) and does not deliver a task just as the get
+// gives up.
+func pullExpiry(wait context.Context, sent int) (time.Duration, bool) {
+	expires := time.Minute
+	if deadline, ok := wait.Deadline(); ok {
+		left := time.Until(deadline)
+		if left < 5*time.Millisecond || sent > 0 && left < 20*time.Millisecond {
+			return 0, false
+		}
+		expires = min(expires, left-min(left/10, 50*time.Millisecond))
+	}
+	return expires, true
 }
 
 // giveBack hands delivered messages back to JetStream at once, without

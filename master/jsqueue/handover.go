@@ -199,7 +199,7 @@ type orphan struct {
 func (q *Queues) current(ctx context.Context, s *stream, id uint64, token string) (t queue.Task, e jetstream.KeyValueEntry, ok bool, err error) {
 	tok, valid := parseToken(token)
 	stream := streamName(s.queue)
-	if !valid || tok.stream != stream || tok.consumer != consumerName {
+	if !valid || tok.stream != stream || !isTaskConsumer(tok.consumer) {
 		return t, nil, false, nil
 	}
 	raw, err := s.st.GetMsg(ctx, tok.seq)

@@ -664,7 +664,7 @@ func (q *Queues) Delivered(req queue.GetRequest, ts []queue.Task) {
 func (q *Queues) uncount(l *lease) error {
 	ctx, cancel := q.call()
 	defer cancel()
-	if _, err := q.publish(ctx, []*nats.Msg{movedMsg(l.s.subject, l.task, l.task.Attempts-1)}); err != nil {
+	if _, err := q.publish(ctx, []*nats.Msg{movedMsg(taskSubject(l.s, l.task), l.task, l.task.Attempts-1)}); err != nil {
 		_ = q.nak(l.msg, 0) // delivered again, it is dead-lettered: better than lost
 		return err
 	}

@@ -232,14 +232,14 @@ func statusErr(status, descr string) error {
 	return fmt.Errorf("pull request: %s %s", status, descr)
 }
 
-// pull asks s's consumer for up to batch messages: those there at once
+// pull asks the consumer whose pull subject is next for up to batch messages: those there at once
 // if wait is 0, else the first that comes within wait (then batch must
 // be 1). It returns what came, and the error that ended the request, if
 // any. A request ended by ctx or by its time running out returns what
 // came meanwhile, and its inbox is dropped.
-func (p *pulls) pull(ctx context.Context, s *stream, batch int, wait time.Duration) ([]*nats.Msg, error) {
+func (p *pulls) pull(ctx context.Context, next string, batch int, wait time.Duration) ([]*nats.Msg, error) {
 	r := &pullReq{msgs: make(chan *nats.Msg, batch), end: make(chan error, 1)}
-	sl, err := p.take(r, s.next, batch)
+	sl, err := p.take(r, next, batch)
 	if err != nil {
 		return nil, err
 	}
@@ -252,7 +252,7 @@ func (p *pulls) pull(ctx context.Context, s *stream, batch int, wait time.Durati
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
 	var msgs []*nats.Msg
-	err = p.nc.PublishRequest(s.next, sl.reply, body)
+	err = p.nc.PublishRequest(next, sl.reply, body)
 	for err == nil && len(msgs) < batch {
 		select {
 		case m := <-r.msgs:

@@ -55,6 +55,9 @@ func (q *Queues) Put(ctx context.Context, req queue.PutRequest) ([]uint64, error
 		}
 		defer unlock()
 	}
+	if err := q.openLevelsOf(s, req.Items); err != nil {
+		return nil, err
+	}
 	if due := dueLater(req.Items, time.Now()); !due.IsZero() && !req.Results {
 		return q.putDelayed(s, req, due)
 	}
@@ -63,6 +66,13 @@ func (q *Queues) Put(ctx context.Context, req queue.PutRequest) ([]uint64, error
 		m := &nats.Msg{Subject: s.subject, Data: it.Payload}
 		if it.ReplyTo != "" {
 			m.Header = nats.Header{hdrReplyTo: []string{it.ReplyTo}}
+		}
+		if it.Priority > 0 { // its header keeps it out of packs
+			m.Subject = levelSubject(s.subject, it.Priority)
+			if m.Header == nil {
+				m.Header = nats.Header{}
+			}
+			m.Header.Set(hdrPriority, strconv.Itoa(it.Priority))
 		}
 		if it.Key != "" {
 			// JetStream stores a message with an ID it saw within the
@@ -418,6 +428,9 @@ func movedMsg(subj string, t queue.Task, attempts int) *nats.Msg {
 	if attempts > 0 {
 		h.Set(hdrAttempts, strconv.Itoa(attempts))
 	}
+	if t.Priority > 0 {
+		h.Set(hdrPriority, strconv.Itoa(t.Priority))
+	}
 	return &nats.Msg{Subject: subj, Header: h, Data: t.Payload}
 }
 
@@ -445,5 +458,10 @@ func taskOf(seq uint64, stored time.Time, h nats.Header, data []byte, delivered 
 	}
 	t.ReplyTo = h.Get(hdrReplyTo)
 	t.LastError = h.Get(hdrError)
+	if v := h.Get(hdrPriority); v != "" {
+		if p, err := strconv.Atoi(v); err == nil && p > 0 && p <= queue.MaxPriority {
+			t.Priority = p
+		}
+	}
 	return t
 }

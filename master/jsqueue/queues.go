@@ -115,6 +115,8 @@ type Queues struct {
 	// are being sent (packrecord.go); staleRecords those of packs acked,
 	// for the reaper to delete. recordsPending counts recordOf's entries,
 	// so that acks of unpacked tasks look at neither.
+	// advisories follow JetStream's news of queues (followAdvisories).
+	advisories     []*nats.Subscription
 	recordOf       map[*nats.Msg]string
 	staleRecords   []string
 	recordsPending atomic.Int64
@@ -191,6 +193,10 @@ type stream struct {
 	// schedules is set once the stream is known to take delayed tasks
 	// (enableSchedules).
 	schedules atomic.Bool
+	// levels are the queue's priority levels above 0, highest first
+	// (priority.go); levelMu makes one at a time.
+	levels  atomic.Pointer[[]*level]
+	levelMu sync.Mutex
 	// local is what this gateway keeps of the queue, shared by every
 	// stream value it opens for it (a stream is opened anew after errors).
 	*local
@@ -285,6 +291,7 @@ func New(cfg Config) (*Queues, error) {
 		return nil, fmt.Errorf("jetstream: subscribe to renewals' confirmations: %w", err)
 	}
 	q.pulls = newPulls(cfg.Conn)
+	q.followAdvisories()
 	q.ctx, q.cancel = context.WithCancel(context.Background())
 	q.polMade = make(chan struct{}, 1)
 	q.bg.Go(q.watchPolicies)
@@ -324,6 +331,9 @@ func (q *Queues) Close() {
 	q.cancel()
 	q.bg.Wait()
 	_ = q.renewSub.Unsubscribe()
+	for _, sub := range q.advisories {
+		_ = sub.Unsubscribe()
+	}
 	q.pulls.close()
 	q.mu.Lock()
 	var back []*lease
@@ -426,6 +436,9 @@ func (q *Queues) open(name string, create bool) (*stream, error) {
 		next: "$JS.API.CONSUMER.MSG.NEXT." + streamName(name) + "." + consumerName}
 	if s.ackWait <= 0 {
 		s.ackWait = q.cfg.AckWait
+	}
+	if err := q.openLevels(ctx, s); err != nil {
+		return nil, q.engineErr("open queue "+name, err)
 	}
 	q.mu.Lock()
 	if prev := q.known[name]; prev != nil {

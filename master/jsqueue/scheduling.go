@@ -27,9 +27,8 @@ import (
 // runs as is stored when due, under another. Its ID comes from a counter
 // kept in JetStream, per queue, and is carried in the Qm-Id header.
 //
-// Priorities are kept by the in-process queues only so far: JetStream
-// queues refuse them with a clear error rather than ignore them. Idempotency keys are JetStream's own
-// Nats-Msg-Id (put.go).
+// Priorities have a subject and a consumer each (priority.go).
+// Idempotency keys are JetStream's own Nats-Msg-Id (put.go).
 
 // Headers of JetStream's message scheduling.
 const (
@@ -50,23 +49,10 @@ func schedSubject(subj string, id uint64) string {
 	return subj + ".at." + strconv.FormatUint(id&^delayedIDBit, 36)
 }
 
-// errScheduling says what JetStream queues refuse.
-func errScheduling(what string) error {
-	return fmt.Errorf("%w: %s is not supported by queues on NATS JetStream (qmaster --nats or --cluster-*) yet", queue.ErrBadArgument, what)
-}
-
-// checkItems checks items as the in-process queues do, then refuses the
-// put options JetStream queues do not keep.
+// checkItems checks items as the in-process queues do: JetStream queues
+// keep every put option.
 func checkItems(items []queue.Item) error {
-	if err := queue.CheckItems(items, time.Now()); err != nil {
-		return err
-	}
-	for i := range items {
-		if items[i].Priority != 0 {
-			return errScheduling("a put with a priority")
-		}
-	}
-	return nil
+	return queue.CheckItems(items, time.Now())
 }
 
 // dueLater returns the time the items of a put are due, if it is later
@@ -102,7 +88,10 @@ func (q *Queues) putDelayed(s *stream, req queue.PutRequest, due time.Time) ([]u
 		m.Header.Set(hdrID, strconv.FormatUint(ids[i], 10))
 		m.Header.Set(hdrEnqueued, now)
 		m.Header.Set(hdrSchedule, at)
-		m.Header.Set(hdrScheduleTarget, s.subject)
+		m.Header.Set(hdrScheduleTarget, levelSubject(s.subject, it.Priority))
+		if it.Priority > 0 {
+			m.Header.Set(hdrPriority, strconv.Itoa(it.Priority))
+		}
 		if it.ReplyTo != "" {
 			m.Header.Set(hdrReplyTo, it.ReplyTo)
 		}

@@ -240,3 +240,34 @@ func TestRunNow(t *testing.T) {
 		return nil
 	})
 }
+
+// A gateway that made a queue take delayed tasks takes them again after
+// another gateway deleted the queue and made it anew, without them.
+func TestDelayedPutAfterTheQueueIsMadeAnew(t *testing.T) {
+	node := startNode(t)
+	a := newQueues(t, node, jsqueue.Config{RequestTimeout: 2 * time.Second})
+	b := newQueues(t, node, jsqueue.Config{})
+	ctx := context.Background()
+	later := []queue.Item{{Payload: []byte("later"), Due: time.Now().Add(time.Hour)}}
+	if _, err := a.Put(ctx, queue.PutRequest{Queue: "jobs", Items: later}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Delete("jobs"); err != nil {
+		t.Fatal(err)
+	}
+	put(t, b, "jobs", "plain")
+	// JetStream's advisory of the deletion reaches a: until then, its
+	// delayed puts would wait for a stream that takes them, and fail.
+	qmtest.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+		if a.IsOpen("jobs") {
+			return errors.New("a still has the deleted queue's stream open")
+		}
+		return nil
+	})
+	if _, err := a.Put(ctx, queue.PutRequest{Queue: "jobs", Items: later}); err != nil {
+		t.Fatal(err)
+	}
+	if ts, err := b.PeekDelayed("jobs", 10); err != nil || !slices.Equal(payloads(ts), []string{"later"}) {
+		t.Fatalf("delayed after the queue was made anew: %v, %v", payloads(ts), err)
+	}
+}

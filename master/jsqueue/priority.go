@@ -1,0 +1,402 @@
+package jsqueue
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/qm-dev/qm/master/queue"
+)
+
+// A task with a priority (1 to queue.MaxPriority; 0 is the default) is
+// stored in its queue's stream, one to a message (never packed), on a
+// subject of its level (levelSubject), which a consumer of that level
+// alone takes: JetStream hands out each consumer's messages in order,
+// and a work-queue stream allows one consumer per subject. A get takes
+// from the highest level that has a task ready, and waits on every level
+// at once. A task's ID is its message's sequence, as at level 0, so IDs,
+// leases, acks and tokens need nothing more.
+//
+// A level is made when the first task of that priority is put: the stream
+// takes its subject, then its consumer is created (paused if the queue
+// is). Other gateways learn of it from JetStream's advisory of the new
+// consumer (levelAdvisories), or when they next open the stream.
+
+// hdrPriority carries a task's priority on its message, and on its copy
+// in the dead-letter queue, so that a requeue puts it back at its level.
+const hdrPriority = "Qm-Priority"
+
+// level is the consumer of one priority level of a queue.
+type level struct {
+	p    int
+	cons jetstream.Consumer
+	next string // the subject of its pull requests
+}
+
+// levelSubject is the subject of the tasks of priority p of the queue on
+// subj: subj itself for 0. Two tokens, so that it matches neither the
+// queue's packs' subjects (packSubjects) nor its schedules'.
+func levelSubject(subj string, p int) string {
+	if p == 0 {
+		return subj
+	}
+	return subj + ".p." + strconv.Itoa(p)
+}
+
+// levelConsumer is the name of the consumer of priority p.
+func levelConsumer(p int) string {
+	if p == 0 {
+		return consumerName
+	}
+	return consumerName + "-p" + strconv.Itoa(p)
+}
+
+// isTaskConsumer reports whether name is a consumer of a queue's tasks,
+// at any level.
+func isTaskConsumer(name string) bool {
+	if name == consumerName {
+		return true
+	}
+	d, ok := strings.CutPrefix(name, consumerName+"-p")
+	p, err := strconv.Atoi(d)
+	return ok && err == nil && p >= 1 && p <= queue.MaxPriority && d == strconv.Itoa(p)
+}
+
+// levelsOf returns the priorities above 0 whose subjects a stream with
+// the given subjects takes, for the queue on subj, in ascending order.
+func levelsOf(subjects []string, subj string) []int {
+	var ps []int
+	for p := 1; p <= queue.MaxPriority; p++ {
+		if slices.Contains(subjects, levelSubject(subj, p)) {
+			ps = append(ps, p)
+		}
+	}
+	return ps
+}
+
+// levelsDesc returns s's levels above 0, highest first; nil if the queue
+// has had no task with a priority.
+func (s *stream) levelsDesc() []*level {
+	if l := s.levels.Load(); l != nil {
+		return *l
+	}
+	return nil
+}
+
+// openLevel makes sure s has level p (above 0): the stream takes its
+// subject, and its consumer exists and is s's.
+func (q *Queues) openLevel(ctx context.Context, s *stream, p int) error {
+	s.levelMu.Lock()
+	defer s.levelMu.Unlock()
+	for _, lv := range s.levelsDesc() {
+		if lv.p == p {
+			return nil
+		}
+	}
+	fail := func(err error) error { return q.engineErr("open queue "+s.queue+" for priority "+strconv.Itoa(p), err) }
+	si, err := s.st.Info(ctx)
+	if err != nil {
+		return fail(err)
+	}
+	if cfg := si.Config; !slices.Contains(cfg.Subjects, levelSubject(s.subject, p)) {
+		cfg.Subjects = append(cfg.Subjects, levelSubject(s.subject, p))
+		if _, err := q.js.UpdateStream(ctx, cfg); err != nil {
+			return fail(err)
+		}
+	}
+	lv, err := q.levelConsumerOf(ctx, s, p)
+	if err != nil {
+		return fail(err)
+	}
+	s.addLevelLocked(lv)
+	return nil
+}
+
+// levelConsumerOf opens the consumer of level p of s, creating it (paused
+// if the queue's level 0 is) if it does not exist yet.
+func (q *Queues) levelConsumerOf(ctx context.Context, s *stream, p int) (*level, error) {
+	name := levelConsumer(p)
+	var cons jetstream.Consumer
+	err := retrying(ctx, func(ctx context.Context) (err error) { cons, err = s.st.Consumer(ctx, name); return err })
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		ccfg := jetstream.ConsumerConfig{
+			Durable:        name,
+			AckPolicy:      jetstream.AckExplicitPolicy,
+			AckWait:        s.ackWait,
+			MaxDeliver:     -1,
+			MaxAckPending:  -1,
+			MaxWaiting:     4096,
+			FilterSubjects: []string{levelSubject(s.subject, p)},
+		}
+		if ci, err := s.cons.Info(ctx); err != nil {
+			return nil, err
+		} else if ci.Paused {
+			ccfg.PauseUntil = ci.Config.PauseUntil
+		}
+		err = retrying(ctx, func(ctx context.Context) (err error) { cons, err = s.st.CreateConsumer(ctx, ccfg); return err })
+		if errors.Is(err, jetstream.ErrConsumerExists) { // another gateway was first
+			err = retrying(ctx, func(ctx context.Context) (err error) { cons, err = s.st.Consumer(ctx, name); return err })
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &level{p: p, cons: cons, next: "$JS.API.CONSUMER.MSG.NEXT." + streamName(s.queue) + "." + name}, nil
+}
+
+// addLevelLocked adds lv to s's levels, kept highest first. Called with
+// s.levelMu held; the slice is replaced, never changed, so that gets read
+// it without a lock.
+func (s *stream) addLevelLocked(lv *level) {
+	levels := append(slices.Clone(s.levelsDesc()), lv)
+	slices.SortFunc(levels, func(a, b *level) int { return b.p - a.p })
+	s.levels.Store(&levels)
+}
+
+// openLevels opens the levels above 0 that s's stream takes, when a
+// gateway opens it.
+func (q *Queues) openLevels(ctx context.Context, s *stream) error {
+	for _, p := range levelsOf(s.st.CachedInfo().Config.Subjects, s.subject) {
+		lv, err := q.levelConsumerOf(ctx, s, p)
+		if err != nil {
+			return err
+		}
+		s.levelMu.Lock()
+		s.addLevelLocked(lv)
+		s.levelMu.Unlock()
+	}
+	return nil
+}
+
+// takeLevels takes, at once, up to req.Max tasks of s's levels above 0,
+// highest first.
+func (q *Queues) takeLevels(s *stream, levels []*level, req queue.GetRequest, ts []queue.Task) ([]queue.Task, error) {
+	for _, lv := range levels {
+		if len(ts) >= req.Max {
+			break
+		}
+		rctx, cancel := q.call()
+		msgs, err := q.pulls.pull(rctx, lv.next, req.Max-len(ts), 0)
+		cancel()
+		if err != nil && len(msgs) == 0 {
+			if isGone(err) {
+				q.forget(s.queue) // its levels are read anew
+			}
+			continue // at worst, none of this level now
+		}
+		if ts, err = q.deliver(s, req, msgs, ts); err != nil {
+			return ts, err
+		}
+	}
+	return ts, nil
+}
+
+// levelWatch waits for a task of any of a queue's levels above 0 while a
+// get waits on level 0: one pull request per level, each for one message.
+// The first message to come wakes the get.
+type levelWatch struct {
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	msgs   []*nats.Msg
+}
+
+// watchLevels starts a levelWatch on levels, calling wake when a message
+// comes; it ends with ctx, or with stop.
+func (q *Queues) watchLevels(ctx context.Context, levels []*level, wake func()) *levelWatch {
+	ctx, cancel := context.WithCancel(ctx)
+	w := &levelWatch{cancel: cancel}
+	for _, lv := range levels {
+		w.wg.Go(func() {
+			for sent := 0; ctx.Err() == nil; sent++ {
+				expires, ok := pullExpiry(ctx, sent)
+				if !ok {
+					return
+				}
+				msgs, err := q.pulls.pull(ctx, lv.next, 1, expires)
+				if len(msgs) > 0 {
+					w.mu.Lock()
+					w.msgs = append(w.msgs, msgs...)
+					w.mu.Unlock()
+					wake()
+					return
+				}
+				if err != nil && !transient(err) {
+					return // the level is gone, or the gateway closing: level 0 goes on
+				}
+				if err != nil {
+					select {
+					case <-ctx.Done():
+					case <-time.After(50 * time.Millisecond):
+					}
+				}
+			}
+		})
+	}
+	return w
+}
+
+// stop ends the watch and returns what came, highest level first.
+func (w *levelWatch) stop() []*nats.Msg {
+	w.cancel()
+	w.wg.Wait()
+	slices.SortStableFunc(w.msgs, func(a, b *nats.Msg) int { return msgPriority(b) - msgPriority(a) })
+	return w.msgs
+}
+
+func msgPriority(m *nats.Msg) int {
+	p, _ := strconv.Atoi(m.Header.Get(hdrPriority))
+	return p
+}
+
+// taskSubject is the subject a task of s is stored on again (put back,
+// requeued): its level's, if s has it. A dead-letter queue has none: its
+// tasks keep their priority in their header only.
+func taskSubject(s *stream, t queue.Task) string {
+	for _, lv := range s.levelsDesc() {
+		if lv.p == t.Priority {
+			return levelSubject(s.subject, t.Priority)
+		}
+	}
+	return s.subject
+}
+
+// Advisories of JetStream that gateways follow: a consumer created (a new
+// level of a queue), a stream deleted (a queue made anew is opened anew).
+const (
+	consumerCreatedPrefix = "$JS.EVENT.ADVISORY.CONSUMER.CREATED."
+	streamDeletedPrefix   = "$JS.EVENT.ADVISORY.STREAM.DELETED."
+)
+
+// followAdvisories subscribes to the advisories gateways follow. A client
+// not allowed to read them goes without: it learns of a new level when it
+// next opens the queue's stream, and of a deleted stream when a call to
+// it fails.
+func (q *Queues) followAdvisories() {
+	if sub, err := q.cfg.Conn.Subscribe(consumerCreatedPrefix+"*.*", func(m *nats.Msg) {
+		stream, cons, ok := strings.Cut(strings.TrimPrefix(m.Subject, consumerCreatedPrefix), ".")
+		if ok && cons != consumerName && isTaskConsumer(cons) {
+			p, _ := strconv.Atoi(strings.TrimPrefix(cons, consumerName+"-p"))
+			q.levelMade(stream, p)
+		}
+	}); err == nil {
+		q.advisories = append(q.advisories, sub)
+	}
+	if sub, err := q.cfg.Conn.Subscribe(streamDeletedPrefix+"*", func(m *nats.Msg) {
+		if s := q.knownStream(strings.TrimPrefix(m.Subject, streamDeletedPrefix)); s != nil {
+			q.forget(s.queue)
+		}
+	}); err == nil {
+		q.advisories = append(q.advisories, sub)
+	}
+}
+
+// knownStream returns the stream this gateway has open whose JetStream
+// name is name, if any.
+func (q *Queues) knownStream(name string) *stream {
+	if !strings.HasPrefix(name, streamPrefix) {
+		return nil
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for qn, s := range q.known {
+		if streamName(qn) == name {
+			return s
+		}
+	}
+	return nil
+}
+
+// levelMade opens level p of stream name, made through another gateway
+// (or this one), if this gateway has the stream open, and wakes the gets
+// waiting on it: they wait on that level too from then on.
+func (q *Queues) levelMade(name string, p int) {
+	s := q.knownStream(name)
+	if s == nil || q.closed.Load() {
+		return
+	}
+	ctx, cancel := q.call()
+	err := q.openLevel(ctx, s, p)
+	cancel()
+	if err != nil {
+		q.log.Warn("a new priority of a queue not followed; its tasks are handed out through this gateway once the queue is opened again", "queue", s.queue, "priority", p, "err", err)
+		q.forget(s.queue)
+	}
+	q.mu.Lock()
+	s.wakeGets(len(s.waiting))
+	q.mu.Unlock()
+}
+
+// openLevelsOf opens the levels of s that items' priorities need.
+func (q *Queues) openLevelsOf(s *stream, items []queue.Item) error {
+	var done [queue.MaxPriority + 1]bool
+	for _, it := range items {
+		if it.Priority == 0 || done[it.Priority] {
+			continue
+		}
+		done[it.Priority] = true
+		ctx, cancel := q.call()
+		err := q.openLevel(ctx, s, it.Priority)
+		cancel()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// deliverLevels hands out lmsgs, tasks of levels above 0 that woke a get
+// for req, then as many of base, what its wait on level 0 brought
+// meanwhile, as req takes; those left over (seldom: both came at once)
+// are handed back to JetStream, which counts that delivery as an attempt.
+// A pack's tasks left over are held, as ever.
+func (q *Queues) deliverLevels(s *stream, req queue.GetRequest, lmsgs, base []*nats.Msg, ts []queue.Task) ([]queue.Task, error) {
+	var over []*nats.Msg
+	if n := max(0, req.Max-len(ts)); len(lmsgs) > n {
+		lmsgs, over = lmsgs[:n], lmsgs[n:]
+	}
+	ts, err := q.deliver(s, req, lmsgs, ts)
+	if err != nil {
+		q.giveBack(append(over, base...))
+		return ts, err
+	}
+	room := req.Max - len(ts)
+	kept := base[:0]
+	for _, m := range base {
+		if m.Header.Get(hdrPack) == "" {
+			if room <= 0 {
+				over = append(over, m)
+				continue
+			}
+			room--
+		}
+		kept = append(kept, m)
+	}
+	q.giveBack(over)
+	return q.deliver(s, req, kept, ts)
+}
+
+// peekLevels returns the first n tasks of s, a queue with levels, in the
+// order gets take them: highest priority first, then in order. It walks
+// the whole stream, keeping the first n of each level.
+func (q *Queues) peekLevels(s *stream, n int) ([]queue.Task, error) {
+	var byLevel [queue.MaxPriority + 1][]queue.Task
+	err := q.scan(s, scanWindow, func(_ uint64, t queue.Task, _ bool) bool {
+		if l := &byLevel[t.Priority]; len(*l) < n {
+			*l = append(*l, t)
+		}
+		return true
+	})
+	var ts []queue.Task
+	for p := queue.MaxPriority; p >= 0 && len(ts) < n; p-- {
+		ts = append(ts, byLevel[p][:min(n-len(ts), len(byLevel[p]))]...)
+	}
+	return ts, err
+}

@@ -1,0 +1,139 @@
+package jsqueue_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/qm-dev/qm/internal/qmtest"
+	"github.com/qm-dev/qm/master/jsqueue"
+	"github.com/qm-dev/qm/master/queue"
+)
+
+func putAt(t testing.TB, q *jsqueue.Queues, name string, priority int, payloads ...string) []uint64 {
+	t.Helper()
+	items := make([]queue.Item, len(payloads))
+	for i, p := range payloads {
+		items[i] = queue.Item{Payload: []byte(p), Priority: priority}
+	}
+	ids, err := q.Put(context.Background(), queue.PutRequest{Queue: name, Items: items})
+	if err != nil {
+		t.Fatalf("put at priority %d: %v", priority, err)
+	}
+	return ids
+}
+
+// Tasks with a higher priority are handed out first, in order within
+// each priority, packed or not; they are counted, listed in that order,
+// and keep their priority through a failure, the dead-letter queue and a
+// requeue.
+func TestPriorities(t *testing.T) {
+	for _, pack := range []int{1, 8} {
+		q := newQueues(t, startNode(t), jsqueue.Config{Pack: pack, MaxAttempts: 2})
+		reaping(t, q)
+		put(t, q, "jobs", "low-1", "low-2")
+		putAt(t, q, "jobs", 5, "mid-1")
+		putAt(t, q, "jobs", 9, "high")
+		ctx := context.Background()
+		if _, err := q.Put(ctx, queue.PutRequest{Queue: "jobs", Items: []queue.Item{{Payload: []byte("mid-2"), Priority: 5}, {Payload: []byte("low-3")}}}); err != nil {
+			t.Fatal(err)
+		}
+		want := []string{"high", "mid-1", "mid-2", "low-1", "low-2", "low-3"}
+		if ts, err := q.Peek("jobs", 10); err != nil || !slices.Equal(payloads(ts), want) {
+			t.Fatalf("pack %d: peek: %v, %v; want %v", pack, payloads(ts), err, want)
+		}
+		if st, err := q.Stats("jobs"); err != nil || st.Ready != 6 || st.Puts != 6 {
+			t.Fatalf("pack %d: stats: %+v, %v; want 6 ready, 6 puts", pack, st, err)
+		}
+		var got []queue.Task
+		for range want {
+			got = append(got, get(t, q, "jobs", 1, 1, time.Minute, time.Second)...)
+		}
+		if !slices.Equal(payloads(got), want) || got[0].Priority != 9 || got[1].Priority != 5 || got[3].Priority != 0 {
+			t.Fatalf("pack %d: handed out %v (priorities %d %d %d); want %v", pack, payloads(got), got[0].Priority, got[1].Priority, got[3].Priority, want)
+		}
+		// high fails twice: dead, then requeued at its priority.
+		if err := q.Nack(queue.NackRequest{Queue: "jobs", Owner: 1, ID: got[0].ID, Error: "boom"}); err != nil {
+			t.Fatal(err)
+		}
+		again := get(t, q, "jobs", 1, 1, time.Minute, 2*time.Second)
+		if len(again) != 1 || again[0].ID != got[0].ID || again[0].Priority != 9 || again[0].Attempts != 2 {
+			t.Fatalf("pack %d: after a failure: %+v; want high again, attempt 2", pack, again)
+		}
+		if err := q.Nack(queue.NackRequest{Queue: "jobs", Owner: 1, ID: got[0].ID, Error: "boom"}); err != nil {
+			t.Fatal(err)
+		}
+		qmtest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+			if ts, err := q.Peek("jobs.dead", 10); err != nil || len(ts) != 1 || ts[0].Priority != 9 {
+				return fmt.Errorf("dead-letter queue: %+v, %v; want high, priority 9", ts, err)
+			}
+			return nil
+		})
+		putAt(t, q, "jobs", 0, "low-4")
+		if n, err := q.Requeue("jobs", nil); n != 1 || err != nil {
+			t.Fatalf("pack %d: requeue: %d, %v", pack, n, err)
+		}
+		if ts := get(t, q, "jobs", 1, 1, time.Minute, time.Second); len(ts) != 1 || string(ts[0].Payload) != "high" || ts[0].Priority != 9 {
+			t.Fatalf("pack %d: after the requeue: %+v; want high first", pack, ts)
+		}
+		// A delayed task comes due at its priority.
+		if _, err := q.Put(ctx, queue.PutRequest{Queue: "jobs", Items: []queue.Item{{Payload: []byte("later"), Priority: 4, Due: time.Now().Add(300 * time.Millisecond)}}}); err != nil {
+			t.Fatal(err)
+		}
+		qmtest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+			// Peek lists leased tasks too (their messages are stored).
+			ps, err := q.Peek("jobs", 10)
+			if i := slices.Index(payloads(ps), "later"); err != nil || i < 0 || i > slices.Index(payloads(ps), "low-4") {
+				return fmt.Errorf("peek: %v, %v; want later (come due) before low-4", payloads(ps), err)
+			}
+			return nil
+		})
+		if ts := get(t, q, "jobs", 1, 1, time.Minute, time.Second); len(ts) != 1 || string(ts[0].Payload) != "later" || ts[0].Priority != 4 {
+			t.Fatalf("pack %d: the delayed task at priority 4: %+v", pack, ts)
+		}
+	}
+}
+
+// A get waiting on a queue with priorities is woken by a task of any
+// priority; another gateway hands out a priority made through the first.
+func TestPriorityWakesWaitingGets(t *testing.T) {
+	node := startNode(t)
+	a := newQueues(t, node, jsqueue.Config{})
+	b := newQueues(t, node, jsqueue.Config{})
+	reaping(t, a)
+	reaping(t, b)
+	put(t, b, "jobs", "first") // b opens the queue before it has priorities
+	if ts := get(t, b, "jobs", 1, 1, time.Minute, time.Second); len(ts) != 1 {
+		t.Fatalf("b: got %v", payloads(ts))
+	}
+	putAt(t, a, "jobs", 3, "urgent")
+	qmtest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if ts := get(t, b, "jobs", 1, 1, time.Minute, 100*time.Millisecond); len(ts) != 1 || string(ts[0].Payload) != "urgent" || ts[0].Priority != 3 {
+			return fmt.Errorf("b took %+v; want urgent", ts)
+		}
+		return nil
+	})
+	for _, p := range []int{3, 7, 0} { // 3 made before the get waits, 7 while it waits
+		woke := make(chan []queue.Task, 1)
+		go func() {
+			ts, _ := a.Get(context.Background(), queue.GetRequest{Queue: "jobs", Max: 4, Owner: 2, Lease: time.Minute, MaxWait: 10 * time.Second}, nil)
+			woke <- ts
+		}()
+		time.Sleep(200 * time.Millisecond) // the get waits meanwhile
+		start := time.Now()
+		putAt(t, b, "jobs", p, fmt.Sprint("p", p))
+		select {
+		case ts := <-woke:
+			if len(ts) != 1 || string(ts[0].Payload) != fmt.Sprint("p", p) {
+				t.Fatalf("woken by priority %d: %+v", p, ts)
+			}
+			if took := time.Since(start); took > 2*time.Second {
+				t.Errorf("woken by priority %d after %v", p, took)
+			}
+		case <-time.After(8 * time.Second):
+			t.Fatalf("a get waiting was not woken by a task of priority %d", p)
+		}
+	}
+}
