@@ -399,22 +399,26 @@ func (q *Queues) SetPaused(name string, paused bool) error {
 	}
 	ctx, cancel := q.call()
 	defer cancel()
-	// Level 0 last when pausing, first when resuming: a level made
-	// meanwhile takes level 0's state (levelConsumerOf).
-	names := []string{consumerName}
-	for _, lv := range s.levelsDesc() {
-		names = append(names, levelConsumer(lv.p))
-	}
-	if paused {
-		slices.Reverse(names)
-	}
-	for _, c := range names {
+	setPaused := func(cons string) (err error) {
 		if paused {
-			_, err = s.st.PauseConsumer(ctx, c, time.Now().Add(pauseFor))
+			_, err = s.st.PauseConsumer(ctx, cons, time.Now().Add(pauseFor))
 		} else {
-			_, err = s.st.ResumeConsumer(ctx, c)
+			_, err = s.st.ResumeConsumer(ctx, cons)
 		}
-		if err != nil {
+		return err
+	}
+	// Level 0 first: a priority level made from then on takes its state
+	// (levelConsumerOf); then every level the stream has, as JetStream
+	// lists them, whether this gateway has seen them or not.
+	if err := setPaused(consumerName); err != nil {
+		return q.adminErr(name, "pause", err)
+	}
+	ps, err := q.levelNames(ctx, s)
+	if err != nil {
+		return q.adminErr(name, "pause", err)
+	}
+	for _, p := range ps {
+		if err := setPaused(levelConsumer(p)); err != nil {
 			return q.adminErr(name, "pause", err)
 		}
 	}

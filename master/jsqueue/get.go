@@ -73,6 +73,15 @@ func (q *Queues) Get(ctx context.Context, req queue.GetRequest, dst []queue.Task
 			}
 			continue
 		}
+		if len(s.levelsDesc()) != len(levels) {
+			// A level made since this get looked (openLevel wakes only the
+			// gets it finds waiting): look again, at it too.
+			q.mu.Lock()
+			delete(s.waiting, wait)
+			q.mu.Unlock()
+			wake()
+			continue
+		}
 		var timer *time.Timer
 		if !next.IsZero() {
 			timer = time.AfterFunc(time.Until(next), wake)

@@ -25,9 +25,10 @@ import (
 // leases, acks and tokens need nothing more.
 //
 // A level is made when the first task of that priority is put: the stream
-// takes its subject, then its consumer is created (paused if the queue
-// is). Other gateways learn of it from JetStream's advisory of the new
-// consumer (levelAdvisories), or when they next open the stream.
+// takes the subjects of every level (once), then the level's consumer is
+// created (paused if the queue is). Other gateways learn of it from
+// JetStream's advisory of the new consumer (followAdvisories), or when
+// they next open the stream.
 
 // hdrPriority carries a task's priority on its message, and on its copy
 // in the dead-letter queue, so that a requeue puts it back at its level.
@@ -69,17 +70,10 @@ func isTaskConsumer(name string) bool {
 	return ok && err == nil && p >= 1 && p <= queue.MaxPriority && d == strconv.Itoa(p)
 }
 
-// levelsOf returns the priorities above 0 whose subjects a stream with
-// the given subjects takes, for the queue on subj, in ascending order.
-func levelsOf(subjects []string, subj string) []int {
-	var ps []int
-	for p := 1; p <= queue.MaxPriority; p++ {
-		if slices.Contains(subjects, levelSubject(subj, p)) {
-			ps = append(ps, p)
-		}
-	}
-	return ps
-}
+// levelsSubjects matches the subjects of every level above 0 of the queue
+// on subj: the stream takes them all at once, when the first level is
+// made, so that levels made later change only consumers.
+func levelsSubjects(subj string) string { return subj + ".p.*" }
 
 // levelsDesc returns s's levels above 0, highest first; nil if the queue
 // has had no task with a priority.
@@ -90,23 +84,30 @@ func (s *stream) levelsDesc() []*level {
 	return nil
 }
 
-// openLevel makes sure s has level p (above 0): the stream takes its
-// subject, and its consumer exists and is s's.
+func (s *stream) hasLevel(p int) bool {
+	return slices.ContainsFunc(s.levelsDesc(), func(lv *level) bool { return lv.p == p })
+}
+
+// openLevel makes sure s has level p (above 0): its level-0 consumer
+// takes only level 0 (filterTasks), the stream takes the levels'
+// subjects, and the level's consumer exists and is s's. Gets waiting on s
+// here are woken, to wait on the new level too.
 func (q *Queues) openLevel(ctx context.Context, s *stream, p int) error {
+	if s.hasLevel(p) {
+		return nil
+	}
 	s.levelMu.Lock()
 	defer s.levelMu.Unlock()
-	for _, lv := range s.levelsDesc() {
-		if lv.p == p {
-			return nil
-		}
+	if s.hasLevel(p) {
+		return nil
 	}
 	fail := func(err error) error { return q.engineErr("open queue "+s.queue+" for priority "+strconv.Itoa(p), err) }
-	si, err := s.st.Info(ctx)
+	cfg, err := q.filterTasks(ctx, s)
 	if err != nil {
 		return fail(err)
 	}
-	if cfg := si.Config; !slices.Contains(cfg.Subjects, levelSubject(s.subject, p)) {
-		cfg.Subjects = append(cfg.Subjects, levelSubject(s.subject, p))
+	if !slices.Contains(cfg.Subjects, levelsSubjects(s.subject)) {
+		cfg.Subjects = append(cfg.Subjects, levelsSubjects(s.subject))
 		if _, err := q.js.UpdateStream(ctx, cfg); err != nil {
 			return fail(err)
 		}
@@ -116,7 +117,25 @@ func (q *Queues) openLevel(ctx context.Context, s *stream, p int) error {
 		return fail(err)
 	}
 	s.addLevelLocked(lv)
+	q.mu.Lock()
+	s.wakeGets(len(s.waiting))
+	q.mu.Unlock()
 	return nil
+}
+
+// levelNames returns the levels above 0 whose consumers s's stream has,
+// ascending.
+func (q *Queues) levelNames(ctx context.Context, s *stream) ([]int, error) {
+	var ps []int
+	names := s.st.ConsumerNames(ctx)
+	for name := range names.Name() {
+		if name != consumerName && isTaskConsumer(name) {
+			p, _ := strconv.Atoi(strings.TrimPrefix(name, consumerName+"-p"))
+			ps = append(ps, p)
+		}
+	}
+	slices.Sort(ps)
+	return ps, names.Err()
 }
 
 // levelConsumerOf opens the consumer of level p of s, creating it (paused
@@ -160,19 +179,27 @@ func (s *stream) addLevelLocked(lv *level) {
 	s.levels.Store(&levels)
 }
 
-// openLevels opens the levels above 0 that s's stream takes, when a
-// gateway opens it.
-func (q *Queues) openLevels(ctx context.Context, s *stream) error {
-	for _, p := range levelsOf(s.st.CachedInfo().Config.Subjects, s.subject) {
+// openLevels opens the levels above 0 of s, if its stream takes them,
+// when a gateway opens it. A level that cannot be opened is left out (its
+// tasks wait for a gateway that opens it), not the whole queue.
+func (q *Queues) openLevels(ctx context.Context, s *stream) {
+	if !slices.Contains(s.st.CachedInfo().Config.Subjects, levelsSubjects(s.subject)) {
+		return
+	}
+	ps, err := q.levelNames(ctx, s)
+	if err != nil {
+		q.log.Warn("the priorities of a queue not read; it is opened without them", "queue", s.queue, "err", err)
+	}
+	s.levelMu.Lock()
+	defer s.levelMu.Unlock()
+	for _, p := range ps {
 		lv, err := q.levelConsumerOf(ctx, s, p)
 		if err != nil {
-			return err
+			q.log.Warn("a priority of a queue not opened; its tasks are handed out by other gateways", "queue", s.queue, "priority", p, "err", err)
+			continue
 		}
-		s.levelMu.Lock()
 		s.addLevelLocked(lv)
-		s.levelMu.Unlock()
 	}
-	return nil
 }
 
 // takeLevels takes, at once, up to req.Max tasks of s's levels above 0,
@@ -301,15 +328,10 @@ func (q *Queues) followAdvisories() {
 // knownStream returns the stream this gateway has open whose JetStream
 // name is name, if any.
 func (q *Queues) knownStream(name string) *stream {
-	if !strings.HasPrefix(name, streamPrefix) {
-		return nil
-	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	for qn, s := range q.known {
-		if streamName(qn) == name {
-			return s
-		}
+	if qn, ok := q.queueOf[name]; ok {
+		return q.known[qn]
 	}
 	return nil
 }
@@ -355,8 +377,7 @@ func (q *Queues) openLevelsOf(s *stream, items []queue.Item) error {
 // deliverLevels hands out lmsgs, tasks of levels above 0 that woke a get
 // for req, then as many of base, what its wait on level 0 brought
 // meanwhile, as req takes; those left over (seldom: both came at once)
-// are handed back to JetStream, which counts that delivery as an attempt.
-// A pack's tasks left over are held, as ever.
+// are handed back (handBack). A pack's tasks left over are held, as ever.
 func (q *Queues) deliverLevels(s *stream, req queue.GetRequest, lmsgs, base []*nats.Msg, ts []queue.Task) ([]queue.Task, error) {
 	var over []*nats.Msg
 	if n := max(0, req.Max-len(ts)); len(lmsgs) > n {
@@ -364,7 +385,7 @@ func (q *Queues) deliverLevels(s *stream, req queue.GetRequest, lmsgs, base []*n
 	}
 	ts, err := q.deliver(s, req, lmsgs, ts)
 	if err != nil {
-		q.giveBack(append(over, base...))
+		q.handBack(s, append(over, base...))
 		return ts, err
 	}
 	room := req.Max - len(ts)
@@ -379,8 +400,33 @@ func (q *Queues) deliverLevels(s *stream, req queue.GetRequest, lmsgs, base []*n
 		}
 		kept = append(kept, m)
 	}
-	q.giveBack(over)
+	q.handBack(s, over)
 	return q.deliver(s, req, kept, ts)
+}
+
+// handBack gives back delivered messages of s that no get takes, as Unget
+// does: a nak, so that each is delivered again first, which JetStream
+// counts as an attempt; or, for one on its last attempt, stored again at
+// the end of its level with its count as it was (uncount), so that it is
+// not dead-lettered without having run.
+func (q *Queues) handBack(s *stream, msgs []*nats.Msg) {
+	maxAttempts := q.policy(s.queue).MaxAttempts
+	for _, m := range msgs {
+		md, err := m.Metadata()
+		if err != nil {
+			_ = q.nak(m, 0)
+			continue
+		}
+		t := taskOf(md.Sequence.Stream, md.Timestamp, m.Header, m.Data, md.NumDelivered)
+		if t.Attempts >= maxAttempts && !queue.IsDeadLetterName(s.queue) {
+			err = q.uncount(&lease{key: leaseKey{s.queue, t.ID}, s: s, msg: m, task: t})
+		} else {
+			err = q.nak(m, 0)
+		}
+		if err != nil {
+			q.log.Warn("could not give back a task no get took; JetStream redelivers it after AckWait", "queue", s.queue, "task", t.ID, "err", err)
+		}
+	}
 }
 
 // peekLevels returns the first n tasks of s, a queue with levels, in the

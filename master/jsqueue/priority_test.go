@@ -137,3 +137,42 @@ func TestPriorityWakesWaitingGets(t *testing.T) {
 		}
 	}
 }
+
+// Pause holds every priority, one made while paused too; resume through
+// another gateway frees them all. A task given back on its last attempt
+// goes back to its priority.
+func TestPrioritiesPausedAndGivenBack(t *testing.T) {
+	node := startNode(t)
+	a := newQueues(t, node, jsqueue.Config{MaxAttempts: 1})
+	b := newQueues(t, node, jsqueue.Config{MaxAttempts: 1})
+	reaping(t, a)
+	putAt(t, a, "jobs", 2, "two")
+	if err := a.SetPaused("jobs", true); err != nil {
+		t.Fatal(err)
+	}
+	putAt(t, a, "jobs", 6, "six") // a level made while paused
+	put(t, a, "jobs", "zero")
+	if ts := get(t, a, "jobs", 1, 3, time.Minute, 300*time.Millisecond); len(ts) != 0 {
+		t.Fatalf("paused, handed out %v", payloads(ts))
+	}
+	if err := b.SetPaused("jobs", false); err != nil {
+		t.Fatal(err)
+	}
+	var got []queue.Task
+	deadline := time.Now().Add(5 * time.Second)
+	for len(got) < 3 && time.Now().Before(deadline) {
+		got = append(got, get(t, a, "jobs", 1, 1, time.Minute, time.Second)...)
+	}
+	if !slices.Equal(payloads(got), []string{"six", "two", "zero"}) {
+		t.Fatalf("resumed, handed out %v; want six, two, zero", payloads(got))
+	}
+	// six, on its last attempt, never reached its client: it goes back
+	// to priority 6, ahead of a task of priority 0.
+	put(t, a, "jobs", "zero-2")
+	req := queue.GetRequest{Queue: "jobs", Owner: 1}
+	a.Unget(req, got[:1])
+	ts := get(t, a, "jobs", 1, 1, time.Minute, time.Second)
+	if len(ts) != 1 || string(ts[0].Payload) != "six" || ts[0].Priority != 6 || ts[0].Attempts != 1 {
+		t.Fatalf("after the unget: %+v; want six again, at priority 6, attempt 1", ts)
+	}
+}

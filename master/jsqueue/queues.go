@@ -99,10 +99,13 @@ type Queues struct {
 	cancel context.CancelFunc
 	closed atomic.Bool
 
-	mu     sync.Mutex
-	known  map[string]*stream // streams this gateway has opened, by queue name
-	leases map[leaseKey]*lease
-	owners map[uint64]map[leaseKey]*lease
+	mu    sync.Mutex
+	known map[string]*stream // streams this gateway has opened, by queue name
+	// queueOf names the queues of known by their streams' names, for
+	// JetStream's advisories (followAdvisories).
+	queueOf map[string]string
+	leases  map[leaseKey]*lease
+	owners  map[uint64]map[leaseKey]*lease
 	// unconfirmed holds the deliveries of NoAck gets until the server
 	// says their reply was written (Delivered) or not (Unget).
 	unconfirmed map[leaseKey]*lease
@@ -271,6 +274,7 @@ func New(cfg Config) (*Queues, error) {
 		js:          js,
 		log:         cfg.Logger,
 		known:       make(map[string]*stream),
+		queueOf:     make(map[string]string),
 		leases:      make(map[leaseKey]*lease),
 		owners:      make(map[uint64]map[leaseKey]*lease),
 		unconfirmed: make(map[leaseKey]*lease),
@@ -437,9 +441,7 @@ func (q *Queues) open(name string, create bool) (*stream, error) {
 	if s.ackWait <= 0 {
 		s.ackWait = q.cfg.AckWait
 	}
-	if err := q.openLevels(ctx, s); err != nil {
-		return nil, q.engineErr("open queue "+name, err)
-	}
+	q.openLevels(ctx, s)
 	q.mu.Lock()
 	if prev := q.known[name]; prev != nil {
 		s = prev
@@ -450,6 +452,7 @@ func (q *Queues) open(name string, create bool) (*stream, error) {
 			q.locals[name] = s.local
 		}
 		q.known[name] = s
+		q.queueOf[streamName(name)] = name
 	}
 	q.mu.Unlock()
 	return s, nil
@@ -460,6 +463,7 @@ func (q *Queues) open(name string, create bool) (*stream, error) {
 func (q *Queues) forget(name string) {
 	q.mu.Lock()
 	delete(q.known, name)
+	delete(q.queueOf, streamName(name))
 	q.mu.Unlock()
 }
 

@@ -161,29 +161,9 @@ func (q *Queues) enableSchedules(ctx context.Context, s *stream) error {
 		return nil
 	}
 	fail := func(err error) error { return q.engineErr("open queue "+s.queue+" for delayed tasks", err) }
-	si, err := s.st.Info(ctx)
+	cfg, err := q.filterTasks(ctx, s)
 	if err != nil {
 		return fail(err)
-	}
-	cfg := si.Config
-	if !slices.Contains(cfg.Subjects, packSubjects(s.subject)) {
-		// A stream made before packs: it takes them first, so that the
-		// consumer's filter, below, covers every subject of tasks.
-		cfg.Subjects = append(cfg.Subjects, packSubjects(s.subject))
-		if _, err := q.js.UpdateStream(ctx, cfg); err != nil {
-			return fail(err)
-		}
-	}
-	filter := []string{s.subject, packSubjects(s.subject)}
-	ci, err := s.cons.Info(ctx)
-	if err != nil {
-		return fail(err)
-	}
-	if ccfg := ci.Config; !slices.Equal(ccfg.FilterSubjects, filter) {
-		ccfg.FilterSubject, ccfg.FilterSubjects = "", filter
-		if _, err := s.st.UpdateConsumer(ctx, ccfg); err != nil {
-			return fail(err)
-		}
 	}
 	if !cfg.AllowMsgSchedules || !slices.Contains(cfg.Subjects, schedSubjects(s.subject)) {
 		cfg.AllowMsgSchedules = true
@@ -196,6 +176,38 @@ func (q *Queues) enableSchedules(ctx context.Context, s *stream) error {
 	}
 	s.schedules.Store(true)
 	return nil
+}
+
+// filterTasks makes s's level-0 consumer take only the queue's subject
+// and its packs', before its stream takes other subjects (schedules,
+// priorities): a consumer made before delayed puts takes every subject of
+// the stream. It returns the stream's configuration.
+func (q *Queues) filterTasks(ctx context.Context, s *stream) (jetstream.StreamConfig, error) {
+	si, err := s.st.Info(ctx)
+	if err != nil {
+		return jetstream.StreamConfig{}, err
+	}
+	cfg := si.Config
+	if !slices.Contains(cfg.Subjects, packSubjects(s.subject)) {
+		// A stream made before packs: it takes them first, so that the
+		// consumer's filter, below, covers every subject of tasks.
+		cfg.Subjects = append(cfg.Subjects, packSubjects(s.subject))
+		if _, err := q.js.UpdateStream(ctx, cfg); err != nil {
+			return cfg, err
+		}
+	}
+	filter := []string{s.subject, packSubjects(s.subject)}
+	ci, err := s.cons.Info(ctx)
+	if err != nil {
+		return cfg, err
+	}
+	if ccfg := ci.Config; !slices.Equal(ccfg.FilterSubjects, filter) {
+		ccfg.FilterSubject, ccfg.FilterSubjects = "", filter
+		if _, err := s.st.UpdateConsumer(ctx, ccfg); err != nil {
+			return cfg, err
+		}
+	}
+	return cfg, nil
 }
 
 // taskSubjects returns the subjects among a stream's subjects that carry

@@ -1,0 +1,56 @@
+package jsqueue
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/qm-dev/qm/master/queue"
+)
+
+// A queue made before delayed puts and priorities, whose consumer takes
+// every subject of its stream, takes tasks with a priority: its consumer
+// is limited to level 0 first (a work-queue stream allows no other
+// consumer beside an unfiltered one).
+func TestStreamOfBeforePrioritiesTakesThem(t *testing.T) {
+	q := packQueues(t, Config{})
+	ctx := context.Background()
+	st, err := q.js.CreateStream(ctx, jetstream.StreamConfig{
+		Name:      streamName("old"),
+		Subjects:  []string{subject("old")},
+		Retention: jetstream.WorkQueuePolicy,
+		Metadata:  map[string]string{metaQueueName: "old"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.CreateConsumer(ctx, jetstream.ConsumerConfig{Durable: consumerName, AckPolicy: jetstream.AckExplicitPolicy}); err != nil {
+		t.Fatal(err)
+	}
+	putN(t, q, "old", 1)
+	if _, err := q.Put(ctx, queue.PutRequest{Queue: "old", Items: []queue.Item{{Payload: []byte("urgent"), Priority: 2}}}); err != nil {
+		t.Fatalf("put with a priority: %v", err)
+	}
+	ts := getN(t, q, "old", 1, 2, time.Second)
+	if len(ts) != 1 || string(ts[0].Payload) != "urgent" {
+		t.Fatalf("got %+v; want the task with a priority first", ts)
+	}
+	if ts := getN(t, q, "old", 1, 2, time.Second); len(ts) != 1 {
+		t.Fatalf("then got %d tasks; want the other", len(ts))
+	}
+	q.forget("old") // opened anew, as by another gateway
+	if st, err := q.Stats("old"); err != nil || st.Leased != 2 || st.Ready != 0 {
+		t.Fatalf("stats: %+v, %v; want both leased", st, err)
+	}
+	s, err := q.open("old", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps, err := q.levelNames(ctx, s)
+	if err != nil || !slices.Equal(ps, []int{2}) {
+		t.Fatalf("levels: %v, %v; want [2]", ps, err)
+	}
+}
