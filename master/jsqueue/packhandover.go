@@ -174,8 +174,8 @@ func (q *Queues) renewPacked(ctx context.Context, s *stream, id uint64, token st
 
 // failPacked ends a failed attempt of a packed task reported through a
 // token another gateway handed out: once marked done in its pack, the
-// task is stored again alone, at the end of its queue (at once: a retry
-// delay is not kept), or in its dead-letter queue after its last attempt.
+// task is stored again alone, at the end of its queue after its retry
+// delay (storeFailed), or in its dead-letter queue after its last attempt.
 func (q *Queues) failPacked(s *stream, req queue.NackRequest) error {
 	ctx, cancel := q.call()
 	defer cancel()
@@ -183,7 +183,7 @@ func (q *Queues) failPacked(s *stream, req queue.NackRequest) error {
 	if err == nil && ok {
 		var r recordState
 		if r, ok, err = q.takeHandout(ctx, h); err == nil && ok {
-			return q.storeFailed(ctx, h, r.done == allTasks(h.tasks), req.Error)
+			return q.storeFailed(ctx, h, r.done == allTasks(h.tasks), req.Error, req.RetryAfter)
 		}
 	}
 	if err != nil {
@@ -216,8 +216,9 @@ func (q *Queues) doneHere(h *packedHandout) {
 // (takeHandout), again alone after a failed attempt: at the end of its
 // queue, or in its dead-letter queue after its last attempt. If it cannot
 // be, the mark is taken back. packDone says the mark finished the pack,
-// to be acked.
-func (q *Queues) storeFailed(ctx context.Context, h *packedHandout, packDone bool, errText string) error {
+// to be acked. A retry waits retryAfter, if > 0, else the queue's
+// backoff: it is stored as a delayed task (scheduling.go), due then.
+func (q *Queues) storeFailed(ctx context.Context, h *packedHandout, packDone bool, errText string, retryAfter time.Duration) error {
 	q.mu.Lock()
 	q.counters(h.s.queue).nacks++
 	q.mu.Unlock()
@@ -228,10 +229,22 @@ func (q *Queues) storeFailed(ctx context.Context, h *packedHandout, packDone boo
 	if dead {
 		to, err = q.open(queue.DeadLetterName(h.s.queue), true)
 	}
+	var m *nats.Msg
 	if err == nil {
-		m := movedMsg(to.subject, t, t.Attempts)
+		m = movedMsg(to.subject, t, t.Attempts)
 		// Reported again (its reply lost), it is stored once.
 		m.Header.Set(jetstream.MsgIDHeader, "qm-failed-"+strconv.FormatUint(t.ID, 36)+"-"+strconv.FormatUint(h.tok.delivered, 36)+"-"+strconv.Itoa(t.Attempts))
+		if retryAfter <= 0 && !dead && !queue.IsDeadLetterName(h.s.queue) {
+			retryAfter = queue.Backoff(q.policy(h.s.queue), t.Attempts)
+		}
+		if retryAfter > 0 && !dead {
+			err = q.enableSchedules(ctx, to)
+			m.Subject = schedSubject(to.subject, t.ID)
+			m.Header.Set(hdrSchedule, "@at "+time.Now().Add(retryAfter).UTC().Format(time.RFC3339Nano))
+			m.Header.Set(hdrScheduleTarget, to.subject)
+		}
+	}
+	if err == nil {
 		_, err = q.publish(ctx, []*nats.Msg{m})
 	}
 	if err != nil {

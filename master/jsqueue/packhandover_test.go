@@ -289,3 +289,38 @@ func TestPackedTaskWhoseResultsFailRunsAgainAlone(t *testing.T) {
 		t.Fatalf("the task stored alone: published %+v, %v", published, err)
 	}
 }
+
+// A packed task failed through another gateway waits out its retry
+// delay before it runs again: the worker's retry-after, else the
+// queue's backoff.
+func TestPackedTaskFailedThroughAnotherGatewayBacksOff(t *testing.T) {
+	const wait = 600 * time.Millisecond
+	for _, retryAfter := range []time.Duration{0, wait} {
+		cfg := packCfg(time.Minute)
+		if retryAfter == 0 {
+			cfg.RetryBackoffMin, cfg.RetryBackoffMax = wait, wait
+		}
+		a, b, _, killA := packingGateways(t, cfg)
+		reaping(t, b)
+		put(t, b, "jobs", "x", "y")
+		got := get(t, a, "jobs", 1, 1, time.Minute, time.Second)
+		if len(got) != 1 {
+			t.Fatal("no task")
+		}
+		killA()
+		failed := time.Now()
+		nack := queue.NackRequest{Queue: "jobs", Owner: 7, ID: got[0].ID, Error: "boom", Token: got[0].Token, RetryAfter: retryAfter}
+		if err := b.Nack(nack); err != nil {
+			t.Fatalf("nack through another gateway: %v", err)
+		}
+		var again []queue.Task
+		for len(again) == 0 && time.Since(failed) < 5*time.Second {
+			ts := get(t, b, "jobs", 7, 2, time.Minute, time.Second)
+			again = slices.DeleteFunc(ts, func(t queue.Task) bool { return string(t.Payload) != "x" })
+		}
+		// A backoff is drawn from the upper half of its length.
+		if took := time.Since(failed); len(again) != 1 || again[0].ID != got[0].ID || again[0].Attempts != 2 || took < wait/2 {
+			t.Fatalf("retry after %v: got %+v after %v; want the task at attempt 2 after at least %v", retryAfter, again, took, wait/2)
+		}
+	}
+}

@@ -286,7 +286,8 @@ func (q *Queues) PeekDelayed(name string, n int) ([]queue.Task, error) {
 // delayed. JetStream's scheduler publishes the tasks within about a
 // quarter of a second (its shortest timer), in the order they were made
 // due. A failed task waiting out a backoff is held by JetStream's
-// redelivery, which has no run-now: it is not a delayed task here.
+// redelivery, which has no run-now, unless it was packed and failed
+// through another gateway (a schedule then, run now like the others).
 func (q *Queues) RunNow(name string, ids []uint64) (int, error) {
 	s, err := q.open(name, false)
 	if err != nil {
@@ -306,7 +307,9 @@ func (q *Queues) RunNow(name string, ids []uint64) (int, error) {
 		}
 	} else {
 		for _, id := range ids {
-			if id&delayedIDBit == 0 || id&packedIDBit != 0 {
+			// A plain task waiting out a backoff is a NAK with a delay;
+			// a delayed or packed one may be a schedule.
+			if id&(delayedIDBit|packedIDBit) == 0 {
 				missing = append(missing, id)
 				continue
 			}
