@@ -66,7 +66,13 @@ func BenchmarkPutGetAck(b *testing.B) {
 // them, publishing a result each. b.N counts tasks; cpu-µs/task is the
 // whole process's (the node's included), the figure that bounds
 // throughput on a busy machine.
-func BenchmarkWorkers(b *testing.B) {
+func BenchmarkWorkers(b *testing.B) { benchWorkers(b, 0) }
+
+// BenchmarkWorkersWithPriorities is BenchmarkWorkers with every other
+// task put at priority 5: the queue has two levels.
+func BenchmarkWorkersWithPriorities(b *testing.B) { benchWorkers(b, 5) }
+
+func benchWorkers(b *testing.B, priority int) {
 	q := newQueues(b, startNode(b), jsqueue.Config{})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -102,6 +108,9 @@ func BenchmarkWorkers(b *testing.B) {
 	items := make([]queue.Item, 1000)
 	for i := range items {
 		items[i] = queue.Item{Payload: []byte("0123456789abcdef")}
+		if i%2 == 1 {
+			items[i].Priority = priority
+		}
 	}
 	cpu0 := cpuTime()
 	b.ResetTimer()

@@ -193,6 +193,43 @@ print(sorted(results.get(timeout=30) for _ in range(20)))
 	}
 }
 
+// An unmodified Python BaseManager client's put_with works through a
+// gateway as with a single master: a delay, a priority, a key.
+func TestPythonPutWithThroughAGateway(t *testing.T) {
+	url := startNodeListening(t)
+	a := startPackingGateway(t, url, master.Config{}, 8)
+	for _, py := range qmtest.Pythons(t) {
+		t.Run(py.String(), func(t *testing.T) {
+			script := `
+import os, sys
+from multiprocessing.managers import BaseManager
+class QueueManager(BaseManager): pass
+QueueManager.register('get_task_queue')
+host, port = sys.argv[1].rsplit(':', 1)
+m = QueueManager(address=(host, int(port)), authkey=os.environ['QM_AUTHKEY'].encode())
+m.connect()
+task = m.get_task_queue()
+task.put('plain')
+task.put_with('later', delay=3600)
+task.put_with('urgent', priority=9)
+task.put_with('once', key='order-17')
+task.put_with('once again', key='order-17')
+print(task.get(timeout=5), task.get(timeout=5), task.get(timeout=5))
+print(task.qsize())
+`
+			cmd := py.Command(t, time.Minute, script, a)
+			cmd.Env = append(os.Environ(), "QM_AUTHKEY="+string(qmtest.Authkey))
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Fatalf("%v: %s", err, out)
+			}
+			if want := "urgent plain once\n0\n"; string(out) != want {
+				t.Fatalf("python printed\n%s\nwant\n%s", out, want)
+			}
+		})
+	}
+}
+
 // A worker's gateway dies (its connection to JetStream closes, so it gives
 // nothing back) while the worker holds two tasks. The worker completes
 // them through another gateway: the one it sends the delivery's token with

@@ -74,8 +74,7 @@ func (q *Queues) Get(ctx context.Context, req queue.GetRequest, dst []queue.Task
 			continue
 		}
 		if len(s.levelsDesc()) != len(levels) {
-			// A level made since this get looked (openLevel wakes only the
-			// gets it finds waiting): look again, at it too.
+			// A level made since this get looked: look again, at it too.
 			q.mu.Lock()
 			delete(s.waiting, wait)
 			q.mu.Unlock()
@@ -88,24 +87,15 @@ func (q *Queues) Get(ctx context.Context, req queue.GetRequest, dst []queue.Task
 		}
 		preq := req
 		preq.Max = q.msgsFor(s, req.Max)
-		var watch *levelWatch
-		var blocking func()
+		var slice time.Duration
 		if len(levels) > 0 {
-			// While it waits on level 0, a task of another level wakes it.
-			blocking = func() { watch = q.watchLevels(pctx, levels, wake) }
+			// It waits on level 0 a slice at a time, and looks at the
+			// other levels in between (priority.go).
+			slice = levelSlice
 		}
-		msgs, err := q.pull(pctx, s, preq, blocking)
+		msgs, err := q.pull(pctx, s, preq, slice)
 		if timer != nil {
 			timer.Stop()
-		}
-		if watch != nil {
-			if lmsgs := watch.stop(); len(lmsgs) > 0 {
-				q.mu.Lock()
-				delete(s.waiting, wait)
-				q.mu.Unlock()
-				wake()
-				return q.deliverLevels(s, req, lmsgs, msgs, dst[:0])
-			}
 		}
 		q.mu.Lock()
 		delete(s.waiting, wait)
@@ -120,6 +110,9 @@ func (q *Queues) Get(ctx context.Context, req queue.GetRequest, dst []queue.Task
 			return nil, err
 		}
 		if len(msgs) == 0 && !woken {
+			if len(levels) > 0 && waitLeft(ctx) {
+				continue // a slice is over: look at every level again
+			}
 			return nil, nil // the wait is over
 		}
 		if len(msgs) > 0 {
@@ -242,9 +235,10 @@ func (q *Queues) takeHeldOrWait(s *stream, req queue.GetRequest, ts []queue.Task
 }
 
 // pull takes up to req.Max messages: what is there at once, or else the
-// first that comes within the wait, and what else is there then. It
-// calls blocking, if not nil, before it waits.
-func (q *Queues) pull(ctx context.Context, s *stream, req queue.GetRequest, blocking func()) ([]*nats.Msg, error) {
+// first that comes within the wait, and what else is there then. With a
+// slice over 0 it waits that long at most, with requests that JetStream
+// ends (never given up, which could lose a task in flight for AckWait).
+func (q *Queues) pull(ctx context.Context, s *stream, req queue.GetRequest, slice time.Duration) ([]*nats.Msg, error) {
 	var msgs []*nats.Msg
 	rctx, cancel := q.call()
 	err := retryingTransient(rctx, func() error {
@@ -271,13 +265,16 @@ func (q *Queues) pull(ctx context.Context, s *stream, req queue.GetRequest, bloc
 	}
 	stop := context.AfterFunc(q.ctx, cancel)
 	defer stop()
-	if blocking != nil {
-		blocking()
-	}
 	for sent := 0; ; {
 		expires, ok := pullExpiry(wait, sent)
 		if !ok {
 			break
+		}
+		if slice > 0 {
+			if sent > 0 {
+				break // the slice is over
+			}
+			expires = min(expires, slice)
 		}
 		sent++
 		msgs, err = q.pulls.pull(wait, s.next, 1, expires)

@@ -6,7 +6,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -91,7 +90,9 @@ func (s *stream) hasLevel(p int) bool {
 // openLevel makes sure s has level p (above 0): its level-0 consumer
 // takes only level 0 (filterTasks), the stream takes the levels'
 // subjects, and the level's consumer exists and is s's. Gets waiting on s
-// here are woken, to wait on the new level too.
+// here look at it after their slice (levelSlice): woken, they would give
+// up their pull requests, and a task in flight to one would wait for
+// AckWait.
 func (q *Queues) openLevel(ctx context.Context, s *stream, p int) error {
 	if s.hasLevel(p) {
 		return nil
@@ -117,9 +118,6 @@ func (q *Queues) openLevel(ctx context.Context, s *stream, p int) error {
 		return fail(err)
 	}
 	s.addLevelLocked(lv)
-	q.mu.Lock()
-	s.wakeGets(len(s.waiting))
-	q.mu.Unlock()
 	return nil
 }
 
@@ -225,62 +223,21 @@ func (q *Queues) takeLevels(s *stream, levels []*level, req queue.GetRequest, ts
 	return ts, nil
 }
 
-// levelWatch waits for a task of any of a queue's levels above 0 while a
-// get waits on level 0: one pull request per level, each for one message.
-// The first message to come wakes the get.
-type levelWatch struct {
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	mu     sync.Mutex
-	msgs   []*nats.Msg
-}
+// levelSlice is the longest a get waits on level 0 of a queue with
+// levels before it looks at the others again: a task of another level
+// put meanwhile waits that long at most for a get already waiting. (A
+// pull request per level, given up when another level's task comes,
+// could lose a task then in flight to it until AckWait.)
+const levelSlice = time.Second
 
-// watchLevels starts a levelWatch on levels, calling wake when a message
-// comes; it ends with ctx, or with stop.
-func (q *Queues) watchLevels(ctx context.Context, levels []*level, wake func()) *levelWatch {
-	ctx, cancel := context.WithCancel(ctx)
-	w := &levelWatch{cancel: cancel}
-	for _, lv := range levels {
-		w.wg.Go(func() {
-			for sent := 0; ctx.Err() == nil; sent++ {
-				expires, ok := pullExpiry(ctx, sent)
-				if !ok {
-					return
-				}
-				msgs, err := q.pulls.pull(ctx, lv.next, 1, expires)
-				if len(msgs) > 0 {
-					w.mu.Lock()
-					w.msgs = append(w.msgs, msgs...)
-					w.mu.Unlock()
-					wake()
-					return
-				}
-				if err != nil && !transient(err) {
-					return // the level is gone, or the gateway closing: level 0 goes on
-				}
-				if err != nil {
-					select {
-					case <-ctx.Done():
-					case <-time.After(50 * time.Millisecond):
-					}
-				}
-			}
-		})
+// waitLeft reports whether a get's wait, ending with ctx, has time left
+// for another pull request.
+func waitLeft(ctx context.Context) bool {
+	if ctx.Err() != nil {
+		return false
 	}
-	return w
-}
-
-// stop ends the watch and returns what came, highest level first.
-func (w *levelWatch) stop() []*nats.Msg {
-	w.cancel()
-	w.wg.Wait()
-	slices.SortStableFunc(w.msgs, func(a, b *nats.Msg) int { return msgPriority(b) - msgPriority(a) })
-	return w.msgs
-}
-
-func msgPriority(m *nats.Msg) int {
-	p, _ := strconv.Atoi(m.Header.Get(hdrPriority))
-	return p
+	deadline, ok := ctx.Deadline()
+	return !ok || time.Until(deadline) > 20*time.Millisecond
 }
 
 // taskSubject is the subject a task of s is stored on again (put back,
@@ -337,8 +294,8 @@ func (q *Queues) knownStream(name string) *stream {
 }
 
 // levelMade opens level p of stream name, made through another gateway
-// (or this one), if this gateway has the stream open, and wakes the gets
-// waiting on it: they wait on that level too from then on.
+// (or this one), if this gateway has the stream open: its gets take from
+// that level too from then on.
 func (q *Queues) levelMade(name string, p int) {
 	s := q.knownStream(name)
 	if s == nil || q.closed.Load() {
@@ -351,9 +308,6 @@ func (q *Queues) levelMade(name string, p int) {
 		q.log.Warn("a new priority of a queue not followed; its tasks are handed out through this gateway once the queue is opened again", "queue", s.queue, "priority", p, "err", err)
 		q.forget(s.queue)
 	}
-	q.mu.Lock()
-	s.wakeGets(len(s.waiting))
-	q.mu.Unlock()
 }
 
 // openLevelsOf opens the levels of s that items' priorities need.
@@ -372,61 +326,6 @@ func (q *Queues) openLevelsOf(s *stream, items []queue.Item) error {
 		}
 	}
 	return nil
-}
-
-// deliverLevels hands out lmsgs, tasks of levels above 0 that woke a get
-// for req, then as many of base, what its wait on level 0 brought
-// meanwhile, as req takes; those left over (seldom: both came at once)
-// are handed back (handBack). A pack's tasks left over are held, as ever.
-func (q *Queues) deliverLevels(s *stream, req queue.GetRequest, lmsgs, base []*nats.Msg, ts []queue.Task) ([]queue.Task, error) {
-	var over []*nats.Msg
-	if n := max(0, req.Max-len(ts)); len(lmsgs) > n {
-		lmsgs, over = lmsgs[:n], lmsgs[n:]
-	}
-	ts, err := q.deliver(s, req, lmsgs, ts)
-	if err != nil {
-		q.handBack(s, append(over, base...))
-		return ts, err
-	}
-	room := req.Max - len(ts)
-	kept := base[:0]
-	for _, m := range base {
-		if m.Header.Get(hdrPack) == "" {
-			if room <= 0 {
-				over = append(over, m)
-				continue
-			}
-			room--
-		}
-		kept = append(kept, m)
-	}
-	q.handBack(s, over)
-	return q.deliver(s, req, kept, ts)
-}
-
-// handBack gives back delivered messages of s that no get takes, as Unget
-// does: a nak, so that each is delivered again first, which JetStream
-// counts as an attempt; or, for one on its last attempt, stored again at
-// the end of its level with its count as it was (uncount), so that it is
-// not dead-lettered without having run.
-func (q *Queues) handBack(s *stream, msgs []*nats.Msg) {
-	maxAttempts := q.policy(s.queue).MaxAttempts
-	for _, m := range msgs {
-		md, err := m.Metadata()
-		if err != nil {
-			_ = q.nak(m, 0)
-			continue
-		}
-		t := taskOf(md.Sequence.Stream, md.Timestamp, m.Header, m.Data, md.NumDelivered)
-		if t.Attempts >= maxAttempts && !queue.IsDeadLetterName(s.queue) {
-			err = q.uncount(&lease{key: leaseKey{s.queue, t.ID}, s: s, msg: m, task: t})
-		} else {
-			err = q.nak(m, 0)
-		}
-		if err != nil {
-			q.log.Warn("could not give back a task no get took; JetStream redelivers it after AckWait", "queue", s.queue, "task", t.ID, "err", err)
-		}
-	}
 }
 
 // peekLevels returns the first n tasks of s, a queue with levels, in the

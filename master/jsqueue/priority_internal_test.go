@@ -2,12 +2,14 @@ package jsqueue
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/qm-dev/qm/internal/qmtest"
 	"github.com/qm-dev/qm/master/queue"
 )
 
@@ -34,6 +36,19 @@ func TestStreamOfBeforePrioritiesTakesThem(t *testing.T) {
 	if _, err := q.Put(ctx, queue.PutRequest{Queue: "old", Items: []queue.Item{{Payload: []byte("urgent"), Priority: 2}}}); err != nil {
 		t.Fatalf("put with a priority: %v", err)
 	}
+	// A pull that does not wait finds what its consumer has counted: a
+	// task put a moment before may not be yet.
+	s, err := q.open("old", false)
+	if err != nil || len(s.levelsDesc()) != 1 {
+		t.Fatalf("levels after the put: %v, %v", s.levelsDesc(), err)
+	}
+	qmtest.CheckFor(t, 5*time.Second, time.Millisecond, func() error {
+		ci, err := s.levelsDesc()[0].cons.Info(ctx)
+		if err != nil || ci.NumPending != 1 {
+			return fmt.Errorf("level 2's consumer: %v", err)
+		}
+		return nil
+	})
 	ts := getN(t, q, "old", 1, 2, time.Second)
 	if len(ts) != 1 || string(ts[0].Payload) != "urgent" {
 		t.Fatalf("got %+v; want the task with a priority first", ts)
@@ -45,8 +60,7 @@ func TestStreamOfBeforePrioritiesTakesThem(t *testing.T) {
 	if st, err := q.Stats("old"); err != nil || st.Leased != 2 || st.Ready != 0 {
 		t.Fatalf("stats: %+v, %v; want both leased", st, err)
 	}
-	s, err := q.open("old", false)
-	if err != nil {
+	if s, err = q.open("old", false); err != nil {
 		t.Fatal(err)
 	}
 	ps, err := q.levelNames(ctx, s)
