@@ -87,10 +87,10 @@ func (q *Queues) Get(ctx context.Context, req queue.GetRequest, dst []queue.Task
 		}
 		preq := req
 		preq.Max = q.msgsFor(s, req.Max)
-		var slice time.Duration
+		// It waits on level 0 a slice at a time, and looks at the other
+		// levels in between (priority.go), or at a level made meanwhile.
+		slice := newLevelSlice
 		if len(levels) > 0 {
-			// It waits on level 0 a slice at a time, and looks at the
-			// other levels in between (priority.go).
 			slice = levelSlice
 		}
 		msgs, err := q.pull(pctx, s, preq, slice)
@@ -110,7 +110,7 @@ func (q *Queues) Get(ctx context.Context, req queue.GetRequest, dst []queue.Task
 			return nil, err
 		}
 		if len(msgs) == 0 && !woken {
-			if len(levels) > 0 && waitLeft(ctx) {
+			if waitLeft(ctx) {
 				continue // a slice is over: look at every level again
 			}
 			return nil, nil // the wait is over
@@ -272,7 +272,8 @@ func (q *Queues) pull(ctx context.Context, s *stream, req queue.GetRequest, slic
 		}
 		if slice > 0 {
 			if sent > 0 {
-				break // the slice is over
+				err = nil // the slice is over, or a request failed for a moment: the caller asks again
+				break
 			}
 			expires = min(expires, slice)
 		}

@@ -328,7 +328,7 @@ func (q *Queues) disown(o orphan) {
 		// It runs again stored alone.
 		ctx, cancel := q.call()
 		defer cancel()
-		if err := q.storeFailed(ctx, o.packed, o.packDone, "results not stored", 0); err != nil {
+		if err := q.storeFailed(ctx, o.packed, o.packDone, "results not stored", -1); err != nil {
 			q.log.Warn("a packed task whose results were not stored is not stored again either; it runs again if its pack is delivered again",
 				"queue", o.packed.s.queue, "task", o.task.ID, "err", err)
 		}

@@ -216,8 +216,9 @@ func (q *Queues) doneHere(h *packedHandout) {
 // (takeHandout), again alone after a failed attempt: at the end of its
 // queue, or in its dead-letter queue after its last attempt. If it cannot
 // be, the mark is taken back. packDone says the mark finished the pack,
-// to be acked. A retry waits retryAfter, if > 0, else the queue's
-// backoff: it is stored as a delayed task (scheduling.go), due then.
+// to be acked. A retry waits retryAfter, if > 0, or none if < 0, else
+// the queue's backoff: it is stored as a delayed task (scheduling.go),
+// due then.
 func (q *Queues) storeFailed(ctx context.Context, h *packedHandout, packDone bool, errText string, retryAfter time.Duration) error {
 	q.mu.Lock()
 	q.counters(h.s.queue).nacks++
@@ -234,7 +235,7 @@ func (q *Queues) storeFailed(ctx context.Context, h *packedHandout, packDone boo
 		m = movedMsg(to.subject, t, t.Attempts)
 		// Reported again (its reply lost), it is stored once.
 		m.Header.Set(jetstream.MsgIDHeader, "qm-failed-"+strconv.FormatUint(t.ID, 36)+"-"+strconv.FormatUint(h.tok.delivered, 36)+"-"+strconv.Itoa(t.Attempts))
-		if retryAfter <= 0 && !dead && !queue.IsDeadLetterName(h.s.queue) {
+		if retryAfter == 0 && !dead && !queue.IsDeadLetterName(h.s.queue) {
 			retryAfter = queue.Backoff(q.policy(h.s.queue), t.Attempts)
 		}
 		if retryAfter > 0 && !dead {
