@@ -88,7 +88,9 @@ func (q *Queues) Get(ctx context.Context, req queue.GetRequest, dst []queue.Task
 		preq := req
 		preq.Max = q.msgsFor(s, req.Max)
 		// It waits on level 0 a slice at a time, and looks at the other
-		// levels in between (priority.go), or at a level made meanwhile.
+		// levels in between (priority.go), or at a level made meanwhile:
+		// a get that gave up its pull request to look could lose a task
+		// in flight to it.
 		slice := newLevelSlice
 		if len(levels) > 0 {
 			slice = levelSlice
@@ -235,9 +237,10 @@ func (q *Queues) takeHeldOrWait(s *stream, req queue.GetRequest, ts []queue.Task
 }
 
 // pull takes up to req.Max messages: what is there at once, or else the
-// first that comes within the wait, and what else is there then. With a
-// slice over 0 it waits that long at most, with requests that JetStream
-// ends (never given up, which could lose a task in flight for AckWait).
+// first that comes within the wait, but within slice at most, and what
+// else is there then. It waits with one pull request, which JetStream
+// ends (a request given up could lose a task in flight to it until
+// AckWait); if none came, the caller asks again.
 func (q *Queues) pull(ctx context.Context, s *stream, req queue.GetRequest, slice time.Duration) ([]*nats.Msg, error) {
 	var msgs []*nats.Msg
 	rctx, cancel := q.call()
@@ -265,35 +268,14 @@ func (q *Queues) pull(ctx context.Context, s *stream, req queue.GetRequest, slic
 	}
 	stop := context.AfterFunc(q.ctx, cancel)
 	defer stop()
-	for sent := 0; ; {
-		expires, ok := pullExpiry(wait, sent)
-		if !ok {
-			break
+	if expires, ok := pullExpiry(wait); ok {
+		msgs, err = q.pulls.pull(wait, s.next, 1, min(expires, slice))
+		if len(msgs) > 0 || wait.Err() != nil || transient(err) {
+			// A task came, or the wait is over (an empty get is no
+			// error), or there was no leader for a moment (the caller
+			// asks again, and its first pull waits for one).
+			err = nil
 		}
-		if slice > 0 {
-			if sent > 0 {
-				err = nil // the slice is over, or a request failed for a moment: the caller asks again
-				break
-			}
-			expires = min(expires, slice)
-		}
-		sent++
-		msgs, err = q.pulls.pull(wait, s.next, 1, expires)
-		if len(msgs) > 0 || wait.Err() != nil {
-			err = nil // a task came, or the wait is over: an empty get is no error
-			break
-		}
-		if err == nil {
-			continue // the request expired: send another
-		}
-		if transient(err) { // no leader for a moment: wait for one
-			select {
-			case <-wait.Done():
-			case <-time.After(50 * time.Millisecond):
-			}
-			continue
-		}
-		break
 	}
 	if q.closed.Load() {
 		q.giveBack(msgs)
@@ -311,19 +293,17 @@ func (q *Queues) pull(ctx context.Context, s *stream, req queue.GetRequest, slic
 	return msgs, nil
 }
 
-// pullExpiry returns the expiry of the next pull request of a get waiting
-// until wait ends, having sent sent requests, or false if there is too
-// little time left for one: the get would likely give up before JetStream
-// ends it. A pull request at the server needs an expiry: a get with no
-// bound sends one request a minute until wait ends. The request expires
-// a little before the get's wait does, so that JetStream ends it (and
-// the get keeps its inbox) and does not deliver a task just as the get
-// gives up.
-func pullExpiry(wait context.Context, sent int) (time.Duration, bool) {
+// pullExpiry returns the expiry of a pull request of a get waiting until
+// wait ends, or false if there is too little time left for one: the get
+// would likely give up before JetStream ends it. The request expires a
+// little before the get's wait does, so that JetStream ends it (and the
+// get keeps its inbox) and does not deliver a task just as the get gives
+// up.
+func pullExpiry(wait context.Context) (time.Duration, bool) {
 	expires := time.Minute
 	if deadline, ok := wait.Deadline(); ok {
 		left := time.Until(deadline)
-		if left < 5*time.Millisecond || sent > 0 && left < 20*time.Millisecond {
+		if left < 5*time.Millisecond {
 			return 0, false
 		}
 		expires = min(expires, left-min(left/10, 50*time.Millisecond))
