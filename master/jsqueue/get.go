@@ -87,11 +87,10 @@ func (q *Queues) Get(ctx context.Context, req queue.GetRequest, dst []queue.Task
 		}
 		preq := req
 		preq.Max = q.msgsFor(s, req.Max)
-		// It waits on level 0 a slice at a time, and looks at the other
-		// levels in between (priority.go), or at a level made meanwhile:
-		// a get that gave up its pull request to look could lose a task
-		// in flight to it.
-		slice := newLevelSlice
+		// With levels, it waits on level 0 a slice at a time, and looks
+		// at the other levels in between (priority.go): a get that gave
+		// up its pull request to look could lose a task in flight to it.
+		var slice time.Duration
 		if len(levels) > 0 {
 			slice = levelSlice
 		}
@@ -112,7 +111,7 @@ func (q *Queues) Get(ctx context.Context, req queue.GetRequest, dst []queue.Task
 			return nil, err
 		}
 		if len(msgs) == 0 && !woken {
-			if waitLeft(ctx) {
+			if len(levels) > 0 && waitLeft(ctx) {
 				continue // a slice is over: look at every level again
 			}
 			return nil, nil // the wait is over
@@ -237,10 +236,10 @@ func (q *Queues) takeHeldOrWait(s *stream, req queue.GetRequest, ts []queue.Task
 }
 
 // pull takes up to req.Max messages: what is there at once, or else the
-// first that comes within the wait, but within slice at most, and what
-// else is there then. It waits with one pull request, which JetStream
-// ends (a request given up could lose a task in flight to it until
-// AckWait); if none came, the caller asks again.
+// first that comes within the wait (within slice, if over 0), and what
+// else is there then. Its requests expire before the wait (or the slice)
+// ends, so that JetStream ends them: a request given up could lose a task
+// in flight to it until AckWait.
 func (q *Queues) pull(ctx context.Context, s *stream, req queue.GetRequest, slice time.Duration) ([]*nats.Msg, error) {
 	var msgs []*nats.Msg
 	rctx, cancel := q.call()
@@ -268,14 +267,32 @@ func (q *Queues) pull(ctx context.Context, s *stream, req queue.GetRequest, slic
 	}
 	stop := context.AfterFunc(q.ctx, cancel)
 	defer stop()
-	if expires, ok := pullExpiry(wait); ok {
-		msgs, err = q.pulls.pull(wait, s.next, 1, min(expires, slice))
-		if len(msgs) > 0 || wait.Err() != nil || transient(err) {
-			// A task came, or the wait is over (an empty get is no
-			// error), or there was no leader for a moment (the caller
-			// asks again, and its first pull waits for one).
-			err = nil
+	if slice > 0 {
+		wait, cancel = context.WithTimeout(wait, slice)
+		defer cancel()
+	}
+	for sent := 0; ; {
+		expires, ok := pullExpiry(wait, sent)
+		if !ok {
+			break
 		}
+		sent++
+		msgs, err = q.pulls.pull(wait, s.next, 1, expires)
+		if len(msgs) > 0 || wait.Err() != nil {
+			err = nil // a task came, or the wait is over: an empty get is no error
+			break
+		}
+		if err == nil {
+			continue // the request expired: send another
+		}
+		if transient(err) { // no leader for a moment: wait for one
+			select {
+			case <-wait.Done():
+			case <-time.After(50 * time.Millisecond):
+			}
+			continue
+		}
+		break
 	}
 	if q.closed.Load() {
 		q.giveBack(msgs)
@@ -293,17 +310,19 @@ func (q *Queues) pull(ctx context.Context, s *stream, req queue.GetRequest, slic
 	return msgs, nil
 }
 
-// pullExpiry returns the expiry of a pull request of a get waiting until
-// wait ends, or false if there is too little time left for one: the get
-// would likely give up before JetStream ends it. The request expires a
-// little before the get's wait does, so that JetStream ends it (and the
-// get keeps its inbox) and does not deliver a task just as the get gives
-// up.
-func pullExpiry(wait context.Context) (time.Duration, bool) {
+// pullExpiry returns the expiry of the next pull request of a get waiting
+// until wait ends, having sent sent requests, or false if there is too
+// little time left for one: the get would likely give up before JetStream
+// ends it. A pull request at the server needs an expiry: a get with no
+// bound sends one request a minute until wait ends. The request expires
+// a little before the get's wait does, so that JetStream ends it (and
+// the get keeps its inbox) and does not deliver a task just as the get
+// gives up.
+func pullExpiry(wait context.Context, sent int) (time.Duration, bool) {
 	expires := time.Minute
 	if deadline, ok := wait.Deadline(); ok {
 		left := time.Until(deadline)
-		if left < 5*time.Millisecond {
+		if left < 5*time.Millisecond || sent > 0 && left < 20*time.Millisecond {
 			return 0, false
 		}
 		expires = min(expires, left-min(left/10, 50*time.Millisecond))

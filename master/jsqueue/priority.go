@@ -230,10 +230,6 @@ func (q *Queues) takeLevels(s *stream, levels []*level, req queue.GetRequest, ts
 // could lose a task then in flight to it until AckWait.)
 const levelSlice = time.Second
 
-// newLevelSlice is the same for a queue with no level above 0 yet: a get
-// waiting on it takes the first task of a new level within it.
-const newLevelSlice = 5 * time.Second
-
 // waitLeft reports whether a get's wait, ending with ctx, has time left
 // for another pull request.
 func waitLeft(ctx context.Context) bool {

@@ -176,29 +176,3 @@ func TestPrioritiesPausedAndGivenBack(t *testing.T) {
 		t.Fatalf("after the unget: %+v; want six again, at priority 6, attempt 1", ts)
 	}
 }
-
-// A get waiting on a queue with no priority yet takes the first task of
-// a new priority, made through another gateway, within newLevelSlice.
-func TestFirstPriorityReachesAWaitingGet(t *testing.T) {
-	node := startNode(t)
-	a := newQueues(t, node, jsqueue.Config{})
-	b := newQueues(t, node, jsqueue.Config{})
-	reaping(t, a)
-	put(t, a, "fresh") // opened by a, with no priority
-	woke := make(chan []queue.Task, 1)
-	go func() {
-		ts, _ := a.Get(context.Background(), queue.GetRequest{Queue: "fresh", Max: 1, Owner: 2, Lease: time.Minute, MaxWait: 20 * time.Second}, nil)
-		woke <- ts
-	}()
-	start := time.Now()
-	putAt(t, b, "fresh", 4, "first")
-	select {
-	case ts := <-woke:
-		if len(ts) != 1 || string(ts[0].Payload) != "first" || ts[0].Priority != 4 {
-			t.Fatalf("got %+v; want first, at priority 4", ts)
-		}
-		t.Logf("taken after %v", time.Since(start))
-	case <-time.After(10 * time.Second):
-		t.Fatal("a get waiting since before the queue had a priority did not take its first task within 10s")
-	}
-}
