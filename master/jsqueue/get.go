@@ -272,9 +272,20 @@ func (q *Queues) pull(ctx context.Context, s *stream, req queue.GetRequest, slic
 		defer cancel()
 	}
 	for sent := 0; ; {
-		expires, ok := pullExpiry(wait, sent)
-		if !ok {
-			break
+		// A pull request at the server needs an expiry: a get with no
+		// bound sends one request a minute until ctx ends. The request
+		// expires a little before the get's wait does, so that JetStream
+		// ends it (and the get keeps its inbox) and does not deliver a
+		// task just as the get gives up.
+		expires := time.Minute
+		if deadline, ok := wait.Deadline(); ok {
+			left := time.Until(deadline)
+			if left < 5*time.Millisecond || sent > 0 && left < 20*time.Millisecond {
+				// Too short for another pull request: the get would
+				// likely give up before JetStream ends it.
+				break
+			}
+			expires = min(expires, left-min(left/10, 50*time.Millisecond))
 		}
 		sent++
 		msgs, err = q.pulls.pull(wait, s.next, 1, expires)
@@ -308,26 +319,6 @@ func (q *Queues) pull(ctx context.Context, s *stream, req queue.GetRequest, slic
 		msgs = append(msgs, more...)
 	}
 	return msgs, nil
-}
-
-// pullExpiry returns the expiry of the next pull request of a get waiting
-// until wait ends, having sent sent requests, or false if there is too
-// little time left for one: the get would likely give up before JetStream
-// ends it. A pull request at the server needs an expiry: a get with no
-// bound sends one request a minute until wait ends. The request expires
-// a little before the get's wait does, so that JetStream ends it (and
-// the get keeps its inbox) and does not deliver a task just as the get
-// gives up.
-func pullExpiry(wait context.Context, sent int) (time.Duration, bool) {
-	expires := time.Minute
-	if deadline, ok := wait.Deadline(); ok {
-		left := time.Until(deadline)
-		if left < 5*time.Millisecond || sent > 0 && left < 20*time.Millisecond {
-			return 0, false
-		}
-		expires = min(expires, left-min(left/10, 50*time.Millisecond))
-	}
-	return expires, true
 }
 
 // giveBack hands delivered messages back to JetStream at once, without
