@@ -520,11 +520,12 @@ func (q *Queues) move(from, to *stream, batch []deadMsg) (int, error) {
 		msgs[i].Header.Set(jetstream.MsgIDHeader, requeuedID(from, d))
 	}
 	ctx, cancel := q.call()
-	_, err := q.publish(ctx, msgs)
+	ids, err := q.publish(ctx, msgs)
 	cancel()
 	if err != nil {
 		return 0, err
 	}
+	to.notePuts(msgs, ids)
 	errs := make([]error, len(batch))
 	sem := make(chan struct{}, scanWindow)
 	var wg sync.WaitGroup

@@ -79,9 +79,12 @@ func (q *Queues) putBack(s *stream, ts []queue.Task) {
 	}
 	ctx, cancel := q.call()
 	defer cancel()
-	if _, err := q.publish(ctx, msgs); err != nil {
+	ids, err := q.publish(ctx, msgs)
+	if err != nil {
 		q.log.Error("could not put back tasks a client never received", "queue", s.queue, "tasks", len(ts), "err", err)
+		return
 	}
+	s.notePuts(msgs, ids)
 }
 
 // settleDone counts the task of l done (settleLocked), and acks its

@@ -664,10 +664,13 @@ func (q *Queues) Delivered(req queue.GetRequest, ts []queue.Task) {
 func (q *Queues) uncount(l *lease) error {
 	ctx, cancel := q.call()
 	defer cancel()
-	if _, err := q.publish(ctx, []*nats.Msg{movedMsg(taskSubject(l.s, l.task), l.task, l.task.Attempts-1)}); err != nil {
+	msgs := []*nats.Msg{movedMsg(taskSubject(l.s, l.task), l.task, l.task.Attempts-1)}
+	ids, err := q.publish(ctx, msgs)
+	if err != nil {
 		_ = q.nak(l.msg, 0) // delivered again, it is dead-lettered: better than lost
 		return err
 	}
+	l.s.notePuts(msgs, ids)
 	q.mu.Lock()
 	delete(q.lastErr, l.key)
 	q.mu.Unlock()

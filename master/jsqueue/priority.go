@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -19,8 +20,9 @@ import (
 // subject of its level (levelSubject), which a consumer of that level
 // alone takes: JetStream hands out each consumer's messages in order,
 // and a work-queue stream allows one consumer per subject. A get takes
-// from the highest level that has a task ready, and waits on every level
-// at once. A task's ID is its message's sequence, as at level 0, so IDs,
+// from the highest level that has a task ready; if none has, it waits on
+// level 0 a slice at a time (levelSlice), looking at the others between
+// slices. A task's ID is its message's sequence, as at level 0, so IDs,
 // leases, acks and tokens need nothing more.
 //
 // A level is made when the first task of that priority is put: the stream
@@ -35,9 +37,18 @@ const hdrPriority = "Qm-Priority"
 
 // level is the consumer of one priority level of a queue.
 type level struct {
-	p    int
-	cons jetstream.Consumer
-	next string // the subject of its pull requests
+	p       int
+	cons    jetstream.Consumer
+	next    string // the subject of its pull requests
+	subject string
+
+	// JetStream acks a message before it tells the stream's consumers of
+	// it, so a pull that does not wait, sent just after a put, may find
+	// none. put is the last sequence this gateway stored on the level,
+	// counted the last its consumer is known to have taken in (handed
+	// out, or waited for): a get that finds the level empty while put is
+	// ahead of counted waits a moment for it (takeLevels).
+	put, counted atomic.Uint64
 }
 
 // levelSubject is the subject of the tasks of priority p of the queue on
@@ -165,7 +176,7 @@ func (q *Queues) levelConsumerOf(ctx context.Context, s *stream, p int) (*level,
 	if err != nil {
 		return nil, err
 	}
-	return &level{p: p, cons: cons, next: "$JS.API.CONSUMER.MSG.NEXT." + streamName(s.queue) + "." + name}, nil
+	return &level{p: p, cons: cons, subject: levelSubject(s.subject, p), next: "$JS.API.CONSUMER.MSG.NEXT." + streamName(s.queue) + "." + name}, nil
 }
 
 // addLevelLocked adds lv to s's levels, kept highest first. Called with
@@ -207,8 +218,16 @@ func (q *Queues) takeLevels(s *stream, levels []*level, req queue.GetRequest, ts
 		if len(ts) >= req.Max {
 			break
 		}
+		put := lv.put.Load()
 		rctx, cancel := q.call()
 		msgs, err := q.pulls.pull(rctx, lv.next, req.Max-len(ts), 0)
+		if err == nil && len(msgs) == 0 && put > lv.counted.Load() {
+			// A task this gateway just put may not be counted yet.
+			msgs, err = q.pulls.pullSoon(rctx, lv.next, req.Max-len(ts), levelCatchUp)
+			if err == nil && len(msgs) == 0 {
+				raise(&lv.counted, put) // taken through another gateway
+			}
+		}
 		cancel()
 		if err != nil && len(msgs) == 0 {
 			if isGone(err) {
@@ -216,11 +235,52 @@ func (q *Queues) takeLevels(s *stream, levels []*level, req queue.GetRequest, ts
 			}
 			continue // at worst, none of this level now
 		}
+		if put > lv.counted.Load() {
+			for _, m := range msgs {
+				if md, err := m.Metadata(); err == nil {
+					raise(&lv.counted, md.Sequence.Stream)
+				}
+			}
+		}
 		if ts, err = q.deliver(s, req, msgs, ts); err != nil {
 			return ts, err
 		}
 	}
 	return ts, nil
+}
+
+// levelCatchUp is how long a get waits for a level's consumer to count a
+// task this gateway put on it a moment before (level.put).
+const levelCatchUp = 50 * time.Millisecond
+
+// notePuts records, on s's levels, the sequences (ids) of msgs stored on
+// their subjects through this gateway.
+func (s *stream) notePuts(msgs []*nats.Msg, ids []uint64) {
+	levels := s.levelsDesc()
+	if len(levels) == 0 {
+		return
+	}
+	for i, m := range msgs {
+		if i >= len(ids) {
+			break
+		}
+		for _, lv := range levels {
+			if lv.subject == m.Subject {
+				raise(&lv.put, ids[i])
+				break
+			}
+		}
+	}
+}
+
+// raise sets v to n if n is higher.
+func raise(v *atomic.Uint64, n uint64) {
+	for {
+		old := v.Load()
+		if n <= old || v.CompareAndSwap(old, n) {
+			return
+		}
+	}
 }
 
 // levelSlice is the longest a get waits on level 0 of a queue with
@@ -246,7 +306,7 @@ func waitLeft(ctx context.Context) bool {
 func taskSubject(s *stream, t queue.Task) string {
 	for _, lv := range s.levelsDesc() {
 		if lv.p == t.Priority {
-			return levelSubject(s.subject, t.Priority)
+			return lv.subject
 		}
 	}
 	return s.subject

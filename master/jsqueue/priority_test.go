@@ -176,3 +176,33 @@ func TestPrioritiesPausedAndGivenBack(t *testing.T) {
 		t.Fatalf("after the unget: %+v; want six again, at priority 6, attempt 1", ts)
 	}
 }
+
+// A task put with a priority is the next get's, even a moment after the
+// put (JetStream acks a message before its consumer counts it), and one
+// taken through another gateway costs a get of this one no more than a
+// short wait.
+func TestPriorityPutThenGet(t *testing.T) {
+	node := startNode(t)
+	a := newQueues(t, node, jsqueue.Config{})
+	b := newQueues(t, node, jsqueue.Config{})
+	put(t, a, "jobs", "zero")
+	for i := range 100 {
+		putAt(t, a, "jobs", 5, fmt.Sprint("high-", i))
+		ts := get(t, a, "jobs", 1, 1, time.Minute, time.Second)
+		if len(ts) != 1 || string(ts[0].Payload) != fmt.Sprint("high-", i) {
+			t.Fatalf("round %d: took %v; want high-%d", i, payloads(ts), i)
+		}
+		ackIDs(t, a, "jobs", 1, ts[0].ID)
+	}
+	putAt(t, a, "jobs", 5, "high-b")
+	if ts := get(t, b, "jobs", 2, 1, time.Minute, time.Second); len(ts) != 1 || string(ts[0].Payload) != "high-b" {
+		t.Fatalf("b took %v; want high-b", payloads(ts))
+	}
+	start := time.Now()
+	if ts := get(t, a, "jobs", 1, 1, time.Minute, time.Second); len(ts) != 1 || string(ts[0].Payload) != "zero" {
+		t.Fatalf("took %v; want zero", payloads(ts))
+	}
+	if took := time.Since(start); took > 500*time.Millisecond {
+		t.Errorf("a get that found the level taken took %v", took)
+	}
+}

@@ -232,22 +232,32 @@ func statusErr(status, descr string) error {
 	return fmt.Errorf("pull request: %s %s", status, descr)
 }
 
-// pull asks the consumer whose pull subject is next for up to batch messages: those there at once
-// if wait is 0, else the first that comes within wait (then batch must
-// be 1). It returns what came, and the error that ended the request, if
-// any. A request ended by ctx or by its time running out returns what
-// came meanwhile, and its inbox is dropped.
+// pull asks the consumer whose pull subject is next for up to batch
+// messages: those there at once if wait is 0, else the first that comes
+// within wait (then batch must be 1). It returns what came, and the error
+// that ended the request, if any. A request ended by ctx or by its time
+// running out returns what came meanwhile, and its inbox is dropped.
 func (p *pulls) pull(ctx context.Context, next string, batch int, wait time.Duration) ([]*nats.Msg, error) {
+	if wait > 0 {
+		// The server ends it with a status.
+		return p.request(ctx, next, batch, fmt.Appendf(nil, `{"batch":%d,"expires":%d}`, batch, wait.Nanoseconds()), wait+attemptTimeout)
+	}
+	return p.request(ctx, next, batch, fmt.Appendf(nil, `{"batch":%d,"no_wait":true}`, batch), attemptTimeout)
+}
+
+// pullSoon is pull for up to batch messages there at once, or, if the
+// consumer counts none, those that come first within wait.
+func (p *pulls) pullSoon(ctx context.Context, next string, batch int, wait time.Duration) ([]*nats.Msg, error) {
+	return p.request(ctx, next, batch, fmt.Appendf(nil, `{"batch":%d,"no_wait":true,"expires":%d}`, batch, wait.Nanoseconds()), wait+attemptTimeout)
+}
+
+// request sends the pull request body to next, and waits for up to batch
+// messages, or for its end, for at most timeout.
+func (p *pulls) request(ctx context.Context, next string, batch int, body []byte, timeout time.Duration) ([]*nats.Msg, error) {
 	r := &pullReq{msgs: make(chan *nats.Msg, batch), end: make(chan error, 1)}
 	sl, err := p.take(r, next, batch)
 	if err != nil {
 		return nil, err
-	}
-	body := fmt.Appendf(nil, `{"batch":%d,"no_wait":true}`, batch)
-	timeout := attemptTimeout
-	if wait > 0 {
-		body = fmt.Appendf(nil, `{"batch":%d,"expires":%d}`, batch, wait.Nanoseconds())
-		timeout = wait + attemptTimeout // the server ends it with a status
 	}
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()

@@ -144,6 +144,7 @@ func (q *Queues) Put(ctx context.Context, req queue.PutRequest) ([]uint64, error
 		q.forget(req.Queue)
 		return nil, err
 	}
+	s.notePuts(msgs, ids)
 	if counts != nil {
 		if extra := packedExtra(counts, dup); extra > 0 {
 			q.countPacked(s, extra)
