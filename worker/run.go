@@ -121,9 +121,8 @@ func (r *runner) run(ctx context.Context) error {
 			r.endHandedOver()
 			return err
 		}
-		s := r.newSession(c)
+		s := r.newSession(c, r.handedOver)
 		if len(r.handedOver) > 0 {
-			s.adopt(r.handedOver)
 			r.log.Info("completing the tasks of the lost connection through this one", "tasks", len(r.handedOver))
 			r.handedOver = nil
 		}

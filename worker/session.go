@@ -135,7 +135,10 @@ func (l *lease) lost() bool {
 	return errors.Is(context.Cause(l.s.ctx), ErrLeaseLost)
 }
 
-func (r *runner) newSession(c *wire.Client) *session {
+// newSession starts a session on c that takes over the leases handed over
+// by an earlier one. They are its before its keeper starts: a keeper that
+// looked first would find no lease, and sleep until a new task came.
+func (r *runner) newSession(c *wire.Client, handedOver []*lease) *session {
 	ctx, cancel := context.WithCancelCause(r.base)
 	s := &session{
 		r:   r,
@@ -148,6 +151,7 @@ func (r *runner) newSession(c *wire.Client) *session {
 		done:     make(chan struct{}),
 		leases:   make(map[uint64]*lease),
 	}
+	s.adopt(handedOver)
 	go s.keep()
 	return s
 }
