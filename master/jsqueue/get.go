@@ -88,8 +88,8 @@ func (q *Queues) Get(ctx context.Context, req queue.GetRequest, dst []queue.Task
 		preq := req
 		preq.Max = q.msgsFor(s, req.Max)
 		// With levels, it waits on level 0 a slice at a time, and looks
-		// at the other levels in between (priority.go): a get that gave
-		// up its pull request to look could lose a task in flight to it.
+		// at the other levels in between (priority.go): a task put on
+		// another level through another gateway gives it no sign.
 		var slice time.Duration
 		if len(levels) > 0 {
 			slice = levelSlice
@@ -238,8 +238,8 @@ func (q *Queues) takeHeldOrWait(s *stream, req queue.GetRequest, ts []queue.Task
 // pull takes up to req.Max messages: what is there at once, or else the
 // first that comes within the wait (within slice, if over 0), and what
 // else is there then. Its requests expire before the wait (or the slice)
-// ends, so that JetStream ends them: a request given up could lose a task
-// in flight to it until AckWait.
+// ends, so that JetStream ends them: a task in flight to a request given
+// up costs an attempt (pull.go).
 func (q *Queues) pull(ctx context.Context, s *stream, req queue.GetRequest, slice time.Duration) ([]*nats.Msg, error) {
 	var msgs []*nats.Msg
 	rctx, cancel := q.call()

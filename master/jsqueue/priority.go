@@ -101,9 +101,9 @@ func (s *stream) hasLevel(p int) bool {
 // openLevel makes sure s has level p (above 0): its level-0 consumer
 // takes only level 0 (filterTasks), the stream takes the levels'
 // subjects, and the level's consumer exists and is s's. Gets waiting on s
-// here look at it after their slice (levelSlice): woken, they would give
-// up their pull requests, and a task in flight to one would wait for
-// AckWait.
+// here look at it after their slice (levelSlice). Those that began to wait
+// before s had any level wait on level 0 for their whole wait: they are
+// woken to look (giving up their pull requests, see pull.go).
 func (q *Queues) openLevel(ctx context.Context, s *stream, p int) error {
 	if s.hasLevel(p) {
 		return nil
@@ -128,7 +128,13 @@ func (q *Queues) openLevel(ctx context.Context, s *stream, p int) error {
 	if err != nil {
 		return fail(err)
 	}
+	first := len(s.levelsDesc()) == 0
 	s.addLevelLocked(lv)
+	if first {
+		q.mu.Lock()
+		s.wakeGets(len(s.waiting))
+		q.mu.Unlock()
+	}
 	return nil
 }
 
@@ -286,8 +292,8 @@ func raise(v *atomic.Uint64, n uint64) {
 // levelSlice is the longest a get waits on level 0 of a queue with
 // levels before it looks at the others again: a task of another level
 // put meanwhile waits that long at most for a get already waiting. (A
-// pull request per level, given up when another level's task comes,
-// could lose a task then in flight to it until AckWait.)
+// pull request per level, the others given up when one level's task
+// came, would cost a task then in flight to one of those an attempt.)
 const levelSlice = time.Second
 
 // waitLeft reports whether a get's wait, ending with ctx, has time left

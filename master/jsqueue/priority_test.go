@@ -104,6 +104,34 @@ func TestPriorityWakesWaitingGets(t *testing.T) {
 	b := newQueues(t, node, jsqueue.Config{})
 	reaping(t, a)
 	reaping(t, b)
+	// A get waiting since before the queue had any priority.
+	if ts := get(t, a, "jobs", 1, 1, time.Minute, 10*time.Millisecond); len(ts) != 0 {
+		t.Fatalf("a: took %v from a new queue", payloads(ts))
+	}
+	first := make(chan []queue.Task, 1)
+	go func() {
+		ts, _ := a.Get(context.Background(), queue.GetRequest{Queue: "jobs", Max: 1, Owner: 3, Lease: time.Minute, MaxWait: 10 * time.Second}, nil)
+		first <- ts
+	}()
+	qmtest.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+		if w, _, err := jsqueue.Waiting(a, "jobs"); err != nil || w != 1 {
+			return fmt.Errorf("%d pull requests waiting, %v", w, err)
+		}
+		return nil
+	})
+	start := time.Now()
+	putAt(t, b, "jobs", 4, "first priority")
+	select {
+	case ts := <-first:
+		if len(ts) != 1 || string(ts[0].Payload) != "first priority" {
+			t.Fatalf("a get waiting before the first priority took %+v", ts)
+		}
+		if took := time.Since(start); took > 2*time.Second {
+			t.Errorf("a get waiting before the first priority took it after %v", took)
+		}
+	case <-time.After(8 * time.Second):
+		t.Fatal("a get waiting before the first priority did not take it")
+	}
 	put(t, b, "jobs", "first") // b opens the queue before it has priorities
 	if ts := get(t, b, "jobs", 1, 1, time.Minute, time.Second); len(ts) != 1 {
 		t.Fatalf("b: got %v", payloads(ts))
