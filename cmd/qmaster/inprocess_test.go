@@ -7,11 +7,13 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/qm-dev/qm/internal/qmtest"
 	"github.com/qm-dev/qm/master"
+	"github.com/qm-dev/qm/master/queue"
 	"github.com/qm-dev/qm/wire"
 	"github.com/vmihailenco/msgpack/v5"
 )
@@ -296,4 +298,54 @@ func TestPythonValuesPrinted(t *testing.T) {
 		t.Fatalf("map: exit %d; stderr:\n%s", code, errOut)
 	}
 	checkGolden(t, "values.golden", out.String())
+}
+
+// unavailableOnce is queues whose first put stores its tasks and then
+// answers, as a gateway may while its engine elects a leader, that the
+// queues are unavailable.
+type unavailableOnce struct {
+	*queue.Manager
+	refused atomic.Bool
+}
+
+func (q *unavailableOnce) Put(ctx context.Context, req queue.PutRequest) ([]uint64, error) {
+	ids, err := q.Manager.Put(ctx, req)
+	if err == nil && !req.Results && q.refused.CompareAndSwap(false, true) {
+		return nil, queue.ErrUnavailable
+	}
+	return ids, err
+}
+
+// A map through one master puts a batch again when it is told the queues
+// are unavailable, under the same request ID: the batch, stored the first
+// time, is stored once, and no result is ignored as foreign.
+func TestMapPutAgainAfterUnavailableStoresOnce(t *testing.T) {
+	var qs *unavailableOnce
+	addr := startInProcessMaster(t, master.Config{OpenQueues: func(qc queue.Config) (master.Queues, error) {
+		m, err := queue.New(qc)
+		qs = &unavailableOnce{Manager: m}
+		return qs, err
+	}})
+	runWorker(t, addr, "tasks", func(n int64) (any, error) { return n * n, nil })
+	f, out, errOut := testFactory(seq(100))
+	if code := runInProcess(context.Background(), f, "map", "--server", addr, "--timeout", "30s"); code != 0 {
+		t.Fatalf("exit %d; stderr:\n%s", code, errOut)
+	}
+	if !qs.refused.Load() {
+		t.Fatal("no put was refused")
+	}
+	if errOut.Len() != 0 {
+		t.Errorf("stderr %q, want nothing", errOut)
+	}
+	var want strings.Builder
+	for n := 1; n <= 100; n++ {
+		fmt.Fprintln(&want, n*n)
+	}
+	if out.String() != want.String() {
+		t.Errorf("stdout %q", out)
+	}
+	st, err := qmtestDial(t, addr).Stats(context.Background(), "tasks")
+	if err != nil || len(st) != 1 || st[0].Puts != 100 {
+		t.Fatalf("tasks: %+v, %v; want 100 puts", st, err)
+	}
 }

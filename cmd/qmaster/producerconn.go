@@ -40,8 +40,11 @@ type producerConn struct {
 	name      string // the command, for its messages: "qmaster map"
 	dial      func(context.Context) (*wire.Client, error)
 	reconnect bool
-	// idPrefix, with reconnect, starts the request ID of each put:
-	// unique to the run, followed by its first input line's number.
+	// idPrefix starts the request ID of each put: unique to the run,
+	// followed by its first input line's number. A put is sent again
+	// through another gateway, and also through the same one after it
+	// answered that its engine was electing a leader (wire.ErrUnavailable)
+	// when the put may be stored already: under its ID it adds nothing.
 	idPrefix string
 	errOut   io.Writer
 	redial   time.Duration // how long replace tries; 0: redialFor
@@ -53,8 +56,8 @@ type producerConn struct {
 }
 
 // dialProducer connects for the producer command cmd ("map", "put"). With
-// several masters to reach the connection it returns reconnects, and
-// gives the puts request IDs unique to the run.
+// several masters to reach the connection it returns reconnects. It gives
+// the puts request IDs unique to the run.
 func dialProducer(ctx context.Context, co *clientOptions, f *factory, cmd string) (*producerConn, error) {
 	dial := func(ctx context.Context) (*wire.Client, error) {
 		return co.connect(ctx, f, "producer", cmd)
@@ -63,11 +66,8 @@ func dialProducer(ctx context.Context, co *clientOptions, f *factory, cmd string
 	if err != nil {
 		return nil, err
 	}
-	conn := &producerConn{name: "qmaster " + cmd, dial: dial, c: c, errOut: f.ErrOut}
-	if c.Masters() > 1 {
-		conn.reconnect = true
-		conn.idPrefix = cmd + "-" + randomHex(8) + "-"
-	}
+	conn := &producerConn{name: "qmaster " + cmd, dial: dial, c: c, errOut: f.ErrOut, idPrefix: cmd + "-" + randomHex(8) + "-"}
+	conn.reconnect = c.Masters() > 1
 	return conn, nil
 }
 
@@ -75,10 +75,9 @@ func dialProducer(ctx context.Context, co *clientOptions, f *factory, cmd string
 // gives up: long enough for a node's restart or a leader's election.
 const redialFor = time.Minute
 
-// requestID returns the request ID of batch's put, or "" when the
-// command does not reconnect (and so never puts a batch twice).
+// requestID returns the request ID of batch's put.
 func (m *producerConn) requestID(batch []inputLine) string {
-	if m.idPrefix == "" || len(batch) == 0 {
+	if len(batch) == 0 {
 		return ""
 	}
 	return m.idPrefix + strconv.Itoa(batch[0].N)
