@@ -35,7 +35,10 @@ import (
 // learnt of that still comes to it (until the server answers a ping sent
 // after the unsubscription), and is handed back at once with a nak
 // (JetStream counts that delivery as an attempt, as it counts an
-// Unget's). Dropped at once, such a message was lost until AckWait.
+// Unget's). Dropped at once, such a message was lost until AckWait. (In a
+// cluster, one still on a route from the consumer leader's server when
+// the gateway's server has taken the unsubscription is dropped there, and
+// still waits for AckWait: the drain narrows that window, no more.)
 
 // pulls routes the messages that answer pull requests to their gets.
 type pulls struct {
