@@ -41,6 +41,24 @@ func stored(t *testing.T, q *jsqueue.Queues, name string) int {
 	return n
 }
 
+// storedBecomes waits for queue name to hold want messages, as it does
+// once acks have been taken: JetStream answers an ack before it removes
+// the message of a work-queue stream. what says when, for the failure.
+func storedBecomes(t *testing.T, q *jsqueue.Queues, name string, want int, what string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		n := stored(t, q, name)
+		if n == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d messages stored %s, want %d", n, what, want)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 // Tasks of one put are packed, and gets of fewer tasks than a pack holds
 // take them in order, the pack's rest first.
 func TestPackedTasksInOrder(t *testing.T) {
@@ -71,13 +89,9 @@ func TestPackedTasksInOrder(t *testing.T) {
 		t.Fatalf("%d messages stored after 3 of the first pack's 4 tasks, want 3", n)
 	}
 	ackIDs(t, q, "jobs", 1, putIDs[3])
-	if n := stored(t, q, "jobs"); n != 2 {
-		t.Fatalf("%d messages stored after the first pack was done, want 2", n)
-	}
+	storedBecomes(t, q, "jobs", 2, "after the first pack was done")
 	ackIDs(t, q, "jobs", 1, putIDs[4:]...)
-	if n := stored(t, q, "jobs"); n != 0 {
-		t.Fatalf("%d messages stored after every task was done", n)
-	}
+	storedBecomes(t, q, "jobs", 0, "after every task was done")
 	if _, err := q.Ack(queue.AckRequest{Queue: "jobs", Owner: 1, IDs: putIDs[:1]}, nil); !errors.Is(err, queue.ErrNotLeased) {
 		t.Errorf("second ack of a packed task: %v, want ErrNotLeased", err)
 	}
@@ -150,9 +164,7 @@ func TestPackedTaskFailures(t *testing.T) {
 	ackIDs(t, q, "jobs", 5, c[0].ID)
 	ackIDs(t, q, "jobs", 4, d[0].ID)
 	ackIDs(t, q, "jobs", 6, b[0].ID)
-	if n := stored(t, q, "jobs"); n != 0 {
-		t.Fatalf("%d messages stored after every task was done or dead", n)
-	}
+	storedBecomes(t, q, "jobs", 0, "after every task was done or dead")
 }
 
 // A get waiting on an empty queue takes a packed task that comes back
@@ -206,9 +218,7 @@ func TestPackedNoAckGets(t *testing.T) {
 		t.Fatalf("get after unget: %+v, %v", third, err)
 	}
 	q.Delivered(req, third)
-	if n := stored(t, q, "results"); n != 0 {
-		t.Fatalf("%d messages stored after every task was delivered", n)
-	}
+	storedBecomes(t, q, "results", 0, "after every task was delivered")
 }
 
 // A gateway that closes with a pack partly done stores its tasks not done
@@ -232,9 +242,7 @@ func TestClosingGatewayHandsOverAPartlyDonePack(t *testing.T) {
 		t.Errorf("attempts %d and %d: want 2 for the task that was out, 1 for one held", rest[0].Attempts, rest[1].Attempts)
 	}
 	ackIDs(t, b, "jobs", 7, taskIDs(rest)...)
-	if n := stored(t, b, "jobs"); n != 0 {
-		t.Fatalf("%d messages stored after every task was done", n)
-	}
+	storedBecomes(t, b, "jobs", 0, "after every task was done")
 
 	// A pack none of whose tasks is done goes back whole.
 	c := newQueues(t, n, jsqueue.Config{HoldFor: time.Minute, Pack: 8})

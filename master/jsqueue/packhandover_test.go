@@ -72,9 +72,7 @@ func TestPackedTaskCompletesThroughAnotherGateway(t *testing.T) {
 	if published, err := ackThrough(c, 9, again...); err != nil || len(published) != 3 {
 		t.Fatalf("the rest: published %d, %v", len(published), err)
 	}
-	if n := stored(t, c, "jobs"); n != 0 {
-		t.Fatalf("%d messages stored once every task was done", n)
-	}
+	storedBecomes(t, c, "jobs", 0, "once every task was done")
 }
 
 // Once a gateway has taken the pack's next delivery, completions through
@@ -141,9 +139,7 @@ func TestReissuedPackedTaskHasOneResult(t *testing.T) {
 			if published, err := ackThrough(a, 3, rest...); err != nil || len(published) != 1 {
 				t.Fatalf("the other task: published %+v, %v", published, err)
 			}
-			if n := stored(t, a, "jobs"); n != 0 {
-				t.Fatalf("%d messages stored once both tasks were done", n)
-			}
+			storedBecomes(t, a, "jobs", 0, "once both tasks were done")
 		})
 	}
 }
@@ -257,9 +253,7 @@ func TestPackCompletedThroughAnotherGatewayIsAcked(t *testing.T) {
 			t.Fatalf("completion through another gateway: published %+v, %v", published, err)
 		}
 	}
-	if n := stored(t, b, "jobs"); n != 0 {
-		t.Fatalf("%d messages stored once the pack's tasks were done, want it acked", n)
-	}
+	storedBecomes(t, b, "jobs", 0, "once the pack's tasks were done")
 }
 
 // A completion through a token whose results cannot be stored leaves the
