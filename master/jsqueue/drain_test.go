@@ -3,9 +3,7 @@ package jsqueue_test
 import (
 	"context"
 	"fmt"
-	"io"
-	"net"
-	"sync"
+	"strings"
 	"testing"
 	"time"
 
@@ -19,12 +17,11 @@ import (
 // AckWait (30 s): its inbox is drained, and the task that came to it is
 // handed back at once, for the next get (its second attempt: JetStream
 // counted the first delivery). The gateway's connection goes through a
-// proxy that holds what the server sends, so that the task is on its way
-// while the get gives up.
+// proxy frozen while the get gives up, with the task on its way to it.
 func TestGivenUpGetLeavesNoTask(t *testing.T) {
 	url := startNodeListening(t)
-	px := startHoldingProxy(t, url)
-	gc, err := nats.Connect(px.url(), nats.Token("s3cret"))
+	px := startFreezer(t, strings.TrimPrefix(url, "nats://"))
+	gc, err := nats.Connect("nats://"+px.addr(), nats.Token("s3cret"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,7 +43,7 @@ func TestGivenUpGetLeavesNoTask(t *testing.T) {
 			w, _, err := jsqueue.Waiting(p, "jobs")
 			return err == nil && w == 1
 		})
-		px.hold(true)
+		px.set(true)
 		payload := fmt.Sprint("task-", round)
 		put(t, p, "jobs", payload)
 		waitFor(t, "the task to be sent", func() bool {
@@ -57,7 +54,7 @@ func TestGivenUpGetLeavesNoTask(t *testing.T) {
 		if ts := <-gave; len(ts) != 0 {
 			t.Fatalf("a get given up took %v", payloads(ts))
 		}
-		px.hold(false)
+		px.set(false)
 		ts := get(t, g, "jobs", 2, 1, time.Minute, 5*time.Second)
 		if len(ts) != 1 || string(ts[0].Payload) != payload || ts[0].Attempts != 2 {
 			t.Fatalf("round %d: the next get took %+v; want %s, at its second attempt", round, ts, payload)
@@ -87,93 +84,4 @@ func waitFor(t *testing.T, what string, ok func() bool) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-}
-
-// holdingProxy forwards TCP connections to a NATS server, and can hold
-// what the server sends until it is let go.
-type holdingProxy struct {
-	ln     net.Listener
-	target string
-
-	mu      sync.Mutex
-	holding bool
-	let     *sync.Cond
-	conns   []net.Conn
-	wg      sync.WaitGroup
-}
-
-func startHoldingProxy(t *testing.T, natsURL string) *holdingProxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	px := &holdingProxy{ln: ln, target: natsURL[len("nats://"):]}
-	px.let = sync.NewCond(&px.mu)
-	px.wg.Add(1)
-	go px.accept()
-	t.Cleanup(px.close)
-	return px
-}
-
-func (px *holdingProxy) url() string { return "nats://" + px.ln.Addr().String() }
-
-func (px *holdingProxy) hold(on bool) {
-	px.mu.Lock()
-	px.holding = on
-	px.mu.Unlock()
-	px.let.Broadcast()
-}
-
-func (px *holdingProxy) accept() {
-	defer px.wg.Done()
-	for {
-		c, err := px.ln.Accept()
-		if err != nil {
-			return
-		}
-		s, err := net.Dial("tcp", px.target)
-		if err != nil {
-			c.Close()
-			continue
-		}
-		px.mu.Lock()
-		px.conns = append(px.conns, c, s)
-		px.mu.Unlock()
-		px.wg.Add(2)
-		go func() { defer px.wg.Done(); _, _ = io.Copy(s, c); s.Close() }()
-		go func() { defer px.wg.Done(); px.copyHeld(c, s); c.Close() }()
-	}
-}
-
-// copyHeld copies from the server to the client, waiting while held.
-func (px *holdingProxy) copyHeld(dst, src net.Conn) {
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := src.Read(buf)
-		px.mu.Lock()
-		for px.holding {
-			px.let.Wait()
-		}
-		px.mu.Unlock()
-		if n > 0 {
-			if _, werr := dst.Write(buf[:n]); werr != nil {
-				return
-			}
-		}
-		if err != nil {
-			return
-		}
-	}
-}
-
-func (px *holdingProxy) close() {
-	px.ln.Close()
-	px.hold(false)
-	px.mu.Lock()
-	for _, c := range px.conns {
-		c.Close()
-	}
-	px.mu.Unlock()
-	px.wg.Wait()
 }
