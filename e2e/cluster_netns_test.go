@@ -116,6 +116,10 @@ func TestClusterPartition(t *testing.T) {
 	feed.write(n*2/3+1, n)
 	feed.close()
 	if code := m.wait(t, 120*time.Second); code != 0 {
+		for _, n := range nodes { // where the tasks the map waited for are
+			out, stderr, code := runIn(t, hub, "inspect", "--server", n.addr, "--json")
+			t.Logf("inspect through %s (exit %d): %s %s", n.name, code, out, stderr)
+		}
 		t.Fatalf("map exited %d: %s", code, m.logs())
 	}
 	wantSquares(t, out.String(), n)

@@ -188,7 +188,7 @@ func (q *Queues) levelConsumerOf(ctx context.Context, s *stream, p int) (*level,
 	if err != nil {
 		return nil, err
 	}
-	return &level{p: p, cons: cons, subject: levelSubject(s.subject, p), next: "$JS.API.CONSUMER.MSG.NEXT." + streamName(s.queue) + "." + name}, nil
+	return &level{p: p, cons: cons, subject: levelSubject(s.subject, p), next: pullPrefix + streamName(s.queue) + "." + name}, nil
 }
 
 // addLevelLocked adds lv to s's levels, kept highest first. Called with

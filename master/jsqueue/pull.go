@@ -56,8 +56,11 @@ type pulls struct {
 // time. Its fields but sub and inbox are guarded by pulls.mu.
 type pullSlot struct {
 	sub   *nats.Subscription
-	inbox string   // ends in "."
-	next  string   // the pull subject of r (stream.next)
+	inbox string // ends in "."
+	next  string // the pull subject of r (stream.next)
+	// acks is what the ack subject of every message of next's consumer
+	// holds: ".<stream>.<consumer>.".
+	acks  string
 	n     uint64   // requests sent through it
 	reply string   // the reply subject of r
 	r     *pullReq // the request it answers; nil when idle
@@ -112,7 +115,7 @@ func (p *pulls) leaderElected(m *nats.Msg) {
 	if !ok {
 		return
 	}
-	next := "$JS.API.CONSUMER.MSG.NEXT." + rest
+	next := pullPrefix + rest
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for sub, sl := range p.bySub {
@@ -178,6 +181,7 @@ func (p *pulls) take(r *pullReq, next string, batch int) (*pullSlot, error) {
 	p.bySub[sl.sub] = sl
 	sl.n++
 	sl.r, sl.next, sl.left, sl.reply = r, next, batch, sl.inbox+strconv.FormatUint(sl.n, 36)
+	sl.acks = "." + strings.TrimPrefix(next, pullPrefix) + "."
 	return sl, nil
 }
 
@@ -202,6 +206,16 @@ func (p *pulls) received(m *nats.Msg) {
 		return
 	}
 	r := sl.r
+	if status == "" && !isAckOf(m.Reply, sl.acks) {
+		// Another consumer's message, sent to a request this inbox had
+		// before: one a consumer's new leader still answers after the
+		// old one had ended it. Not this request's (another queue's,
+		// maybe): hand it back.
+		if m.Reply != "" {
+			_ = p.nc.Publish(m.Reply, nakPayload)
+		}
+		return
+	}
 	if status != "" {
 		if m.Subject != sl.reply {
 			return // a status for an earlier request, answered already
@@ -214,6 +228,16 @@ func (p *pulls) received(m *nats.Msg) {
 	if sl.left--; sl.left <= 0 {
 		sl.r = nil // answered in full
 	}
+}
+
+// pullPrefix starts the pull subject of every consumer:
+// <prefix><stream>.<consumer>.
+const pullPrefix = "$JS.API.CONSUMER.MSG.NEXT."
+
+// isAckOf reports whether reply, a JetStream message's ack subject, names
+// the stream and consumer in acks (pullSlot.acks).
+func isAckOf(reply, acks string) bool {
+	return strings.HasPrefix(reply, "$JS.ACK.") && strings.Contains(reply, acks)
 }
 
 // statusErr is the error a pull status stands for: nil for the end of a

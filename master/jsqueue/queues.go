@@ -438,7 +438,7 @@ func (q *Queues) open(name string, create bool) (*stream, error) {
 		return nil, q.engineErr("open queue "+name, err)
 	}
 	s = &stream{queue: name, subject: subject(name), st: st, cons: cons, ackWait: cons.CachedInfo().Config.AckWait,
-		next: "$JS.API.CONSUMER.MSG.NEXT." + streamName(name) + "." + consumerName}
+		next: pullPrefix + streamName(name) + "." + consumerName}
 	if s.ackWait <= 0 {
 		s.ackWait = q.cfg.AckWait
 	}
