@@ -511,12 +511,8 @@ func (q *Queues) move(from, to *stream, batch []deadMsg) (int, error) {
 	for i, d := range batch {
 		items[i].Priority = d.task.Priority
 	}
-	firstLevel, err := q.openLevelsOf(to, items)
-	if err != nil {
+	if err := q.openLevelsOf(to, items); err != nil {
 		return 0, err
-	}
-	if firstLevel {
-		defer q.wakeAll(to) // once the tasks are stored
 	}
 	msgs := make([]*nats.Msg, len(batch))
 	for i, d := range batch {

@@ -238,8 +238,8 @@ func (q *Queues) takeHeldOrWait(s *stream, req queue.GetRequest, ts []queue.Task
 // pull takes up to req.Max messages: what is there at once, or else the
 // first that comes within the wait (within slice, if over 0), and what
 // else is there then. Its requests expire before the wait (or the slice)
-// ends, so that JetStream ends them: a task in flight to a request given
-// up costs an attempt (pull.go).
+// ends, so that JetStream ends them: a request given up could lose a task
+// in flight to it until AckWait.
 func (q *Queues) pull(ctx context.Context, s *stream, req queue.GetRequest, slice time.Duration) ([]*nats.Msg, error) {
 	var msgs []*nats.Msg
 	rctx, cancel := q.call()

@@ -28,17 +28,14 @@ import (
 // Nothing is prefetched: a pull request asks for what one get may take,
 // so no task waits in a gateway for a client while another gateway's
 // worker is idle. A get that gives up before JetStream has answered its
-// request (its client went away, it was woken to take tasks held here, or
-// its wait ended first) drops its inbox, as Fetch did: JetStream then
-// drops the request for want of interest rather than deliver to it. The
-// inbox is drained, not just dropped: a message JetStream sent before it
-// learnt of that still comes to it (until the server answers a ping sent
-// after the unsubscription), and is handed back at once with a nak
-// (JetStream counts that delivery as an attempt, as it counts an
-// Unget's). Dropped at once, such a message was lost until AckWait. (In a
-// cluster, one still on a route from the consumer leader's server when
-// the gateway's server has taken the unsubscription is dropped there, and
-// still waits for AckWait: the drain narrows that window, no more.)
+// request (its client went away, or its wait ended first) drops its
+// inbox, as Fetch did: JetStream then drops the request for want of
+// interest rather than deliver to it. A message that still comes to an
+// inbox no get awaits is handed back at once with a nak (JetStream counts
+// that delivery as an attempt, as it counts an Unget's). (One JetStream
+// sent in the instant before the drop is lost until AckWait. Draining
+// the inbox instead was tried in the fourteenth session, and dropped:
+// TestClusterPartition then failed 3 runs in about 25; see SCALING.md.)
 
 // pulls routes the messages that answer pull requests to their gets.
 type pulls struct {
@@ -318,7 +315,7 @@ func (p *pulls) request(ctx context.Context, next string, batch int, body []byte
 	}
 	p.mu.Unlock()
 	if abandoned {
-		_ = sl.sub.Drain()
+		_ = sl.sub.Unsubscribe()
 	}
 	for { // what came before the get gave up is its own
 		select {

@@ -228,9 +228,8 @@ type local struct {
 type getWait struct{ wake context.CancelFunc }
 
 // wakeGets wakes up to n of the gets waiting on the queue: n tasks were
-// held. A woken get gives up its pull request (pull.go), and a task then
-// in flight to it is handed back at the cost of an attempt, so no more are
-// woken than there are tasks. Called with Queues.mu held.
+// held. A woken get drops its pull request's inbox, so no more are woken
+// than there are tasks. Called with Queues.mu held.
 func (l *local) wakeGets(n int) {
 	for w := range l.waiting {
 		if n <= 0 {
