@@ -53,11 +53,8 @@ type pulls struct {
 // time. Its fields but sub and inbox are guarded by pulls.mu.
 type pullSlot struct {
 	sub   *nats.Subscription
-	inbox string // ends in "."
-	next  string // the pull subject of r (stream.next)
-	// acks is what the ack subject of every message of next's consumer
-	// holds: ".<stream>.<consumer>.".
-	acks  string
+	inbox string   // ends in "."
+	next  string   // the pull subject of r (stream.next)
 	n     uint64   // requests sent through it
 	reply string   // the reply subject of r
 	r     *pullReq // the request it answers; nil when idle
@@ -178,7 +175,6 @@ func (p *pulls) take(r *pullReq, next string, batch int) (*pullSlot, error) {
 	p.bySub[sl.sub] = sl
 	sl.n++
 	sl.r, sl.next, sl.left, sl.reply = r, next, batch, sl.inbox+strconv.FormatUint(sl.n, 36)
-	sl.acks = "." + strings.TrimPrefix(next, pullPrefix) + "."
 	return sl, nil
 }
 
@@ -203,7 +199,7 @@ func (p *pulls) received(m *nats.Msg) {
 		return
 	}
 	r := sl.r
-	if status == "" && !isAckOf(m.Reply, sl.acks) {
+	if status == "" && !isAckOf(m.Reply, sl.next) {
 		// Another consumer's message, sent to a request this inbox had
 		// before: one a consumer's new leader still answers after the
 		// old one had ended it. Not this request's (another queue's,
@@ -232,9 +228,23 @@ func (p *pulls) received(m *nats.Msg) {
 const pullPrefix = "$JS.API.CONSUMER.MSG.NEXT."
 
 // isAckOf reports whether reply, a JetStream message's ack subject, names
-// the stream and consumer in acks (pullSlot.acks).
-func isAckOf(reply, acks string) bool {
-	return strings.HasPrefix(reply, "$JS.ACK.") && strings.Contains(reply, acks)
+// the stream and consumer whose pull subject is next: it holds
+// ".<stream>.<consumer>." (without allocating, as it runs per message).
+func isAckOf(reply, next string) bool {
+	rest, ok := strings.CutPrefix(reply, "$JS.ACK.")
+	sc := strings.TrimPrefix(next, pullPrefix) // <stream>.<consumer>
+	for ok {
+		i := strings.Index(rest, sc)
+		if i < 0 {
+			return false
+		}
+		end := i + len(sc)
+		if (i == 0 || rest[i-1] == '.') && end < len(rest) && rest[end] == '.' {
+			return true
+		}
+		rest = rest[i+1:]
+	}
+	return false
 }
 
 // statusErr is the error a pull status stands for: nil for the end of a
