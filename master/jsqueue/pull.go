@@ -35,7 +35,8 @@ import (
 // that delivery as an attempt, as it counts an Unget's). (One JetStream
 // sent in the instant before the drop is lost until AckWait. Draining
 // the inbox instead was tried in the fourteenth session, and dropped:
-// TestClusterPartition then failed 3 runs in about 25; see SCALING.md.)
+// TestClusterPartition then failed 2 runs in 25 by hand, and two CI
+// runs; see SCALING.md.)
 
 // pulls routes the messages that answer pull requests to their gets.
 type pulls struct {
