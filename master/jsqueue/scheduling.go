@@ -345,7 +345,10 @@ func (q *Queues) runNow(s *stream, id uint64) (bool, error) {
 	if err != nil {
 		return fail(err)
 	}
-	if !isScheduled(old.Header) {
+	if !isScheduled(old.Header) || !scheduledDue(old.Header).After(time.Now()) {
+		// Due already: JetStream's scheduler publishes it, or has (its
+		// message may outlive that for a moment). Stored again due now,
+		// it would run twice.
 		return false, nil
 	}
 	m := nats.NewMsg(old.Subject)
