@@ -37,6 +37,7 @@ type fleetOptions struct {
 	KillAt   time.Duration
 	Lease    time.Duration
 	Fsync    string
+	Pack     int
 }
 
 func newFleetCmd() *cobra.Command {
@@ -80,6 +81,7 @@ second in which a worker got them.`,
 	fl.DurationVar(&o.KillAt, "kill-at", 0, "SIGKILL the last gateway this long into the measurement (0: never)")
 	fl.DurationVar(&o.Lease, "lease", 5*time.Second, "qmaster --lease, and so JetStream's AckWait")
 	fl.StringVar(&o.Fsync, "fsync", "never", "the nodes' --fsync")
+	fl.IntVar(&o.Pack, "pack", 0, "the gateways' --pack (0: qmaster's default)")
 	return cmd
 }
 
@@ -91,6 +93,8 @@ func (o *fleetOptions) validate() error {
 		return errors.New("--window must be at least --queues")
 	case o.Duration <= 0 || o.Warmup < 0 || o.Compute < 0 || o.KillAt < 0:
 		return errors.New("--duration must be positive, --warmup, --compute and --kill-at not negative")
+	case o.Pack < 0:
+		return errors.New("--pack must not be negative")
 	case o.KillAt > 0 && o.Gateways < 2:
 		return errors.New("--kill-at needs at least 2 gateways")
 	}
@@ -114,6 +118,7 @@ type fleetStats struct {
 	getTimes  []time.Duration // how long each get of results took
 	killed    time.Time
 	redeliver []time.Duration // since the kill, of each redelivered task
+	again     int             // tasks measured that ran at attempt > 1
 }
 
 func (s *fleetStats) result(put time.Time) {
@@ -138,6 +143,9 @@ func (s *fleetStats) started(put time.Time) {
 func (s *fleetStats) redelivered() {
 	now := time.Now()
 	s.mu.Lock()
+	if s.measuring {
+		s.again++
+	}
 	if !s.killed.IsZero() {
 		s.redeliver = append(s.redeliver, now.Sub(s.killed))
 	}
@@ -195,7 +203,11 @@ func runFleet(ctx context.Context, o *fleetOptions, stdout, log io.Writer) error
 	var gws []*proc
 	var addrs []string
 	for i := range o.Gateways {
-		p, addr, err := b.startQMaster(ctx, "--nats", natsURLs[i%o.Nodes], "--lease", lease, "--replicas", replicas)
+		args := []string{"--nats", natsURLs[i%o.Nodes], "--lease", lease, "--replicas", replicas}
+		if o.Pack > 0 {
+			args = append(args, "--pack", strconv.Itoa(o.Pack))
+		}
+		p, addr, err := b.startQMaster(ctx, args...)
 		if err != nil {
 			return fmt.Errorf("gateway %d: %w", i, err)
 		}
@@ -379,7 +391,8 @@ func runFleet(ctx context.Context, o *fleetOptions, stdout, log io.Writer) error
 	fmt.Fprintf(stdout, "| %.0f | %s | %s | %s | %s | %s | %s | %s | %s |\n", n/took.Seconds(),
 		fmtDur(percentile(st.rtts, 0.50)), fmtDur(percentile(st.rtts, 0.99)),
 		perTask(d.nodes), perTask(d.gateways), perTask(d.self), cores(d.nodes), cores(d.gateways), cores(d.self))
-	fmt.Fprintf(stdout, "\nput to handler start: p50 %s, p99 %s\n", fmtDur(percentile(st.waits, 0.50)), fmtDur(percentile(st.waits, 0.99)))
+	fmt.Fprintf(stdout, "\nput to handler start: p50 %s, p99 %s; %d tasks started at attempt > 1\n",
+		fmtDur(percentile(st.waits, 0.50)), fmtDur(percentile(st.waits, 0.99)), st.again)
 	idle := func(d time.Duration) string { return fmt.Sprintf("%.3f", d.Seconds()/idleFor.Seconds()) }
 	fmt.Fprintf(stdout, "idle (workers waiting, no task), cores: nodes %s, gateways %s, client %s\n", idle(idleCPU.nodes), idle(idleCPU.gateways), idle(idleCPU.self))
 	slices.Sort(st.getTimes)
