@@ -39,3 +39,18 @@ func (q *Queues) IsOpen(name string) bool {
 	defer q.mu.Unlock()
 	return q.known[name] != nil
 }
+
+// Waiting returns how many pull requests the consumer of queue name's
+// tasks (priority 0) has waiting, and how many of its deliveries await
+// their acks.
+func Waiting(q *Queues, name string) (waiting, ackPending int, err error) {
+	s, err := q.open(name, false)
+	if err != nil {
+		return 0, 0, err
+	}
+	ci, err := s.cons.Info(context.Background())
+	if err != nil {
+		return 0, 0, err
+	}
+	return ci.NumWaiting, ci.NumAckPending, nil
+}

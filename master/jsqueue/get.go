@@ -58,7 +58,8 @@ func (q *Queues) Get(ctx context.Context, req queue.GetRequest, dst []queue.Task
 				return ts, err
 			}
 		}
-		pctx, wake := context.WithCancel(ctx)
+		pctx, cancelPull := context.WithCancelCause(ctx)
+		wake := func() { cancelPull(errWoken) }
 		wait := &getWait{wake: wake}
 		ts, again, next, err := q.takeHeldOrWait(s, req, dst[:0], wait)
 		if err != nil || len(ts) > 0 || again {

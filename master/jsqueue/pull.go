@@ -28,15 +28,24 @@ import (
 // Nothing is prefetched: a pull request asks for what one get may take,
 // so no task waits in a gateway for a client while another gateway's
 // worker is idle. A get that gives up before JetStream has answered its
-// request (its client went away, or its wait ended first) drops its
-// inbox, as Fetch did: JetStream then drops the request for want of
-// interest rather than deliver to it. A message that still comes to an
-// inbox no get awaits is handed back at once with a nak (JetStream counts
-// that delivery as an attempt, as it counts an Unget's). (One JetStream
-// sent in the instant before the drop is lost until AckWait. Draining
-// the inbox instead was tried in the fourteenth session, and dropped:
-// TestClusterPartition then failed 2 runs in 25 by hand, and two CI
-// runs; see SCALING.md.)
+// request drops its inbox, as Fetch did: JetStream then drops the request
+// for want of interest rather than deliver to it. A message that still
+// comes to an inbox no get awaits is handed back at once with a nak
+// (JetStream counts that delivery as an attempt, as it counts an Unget's).
+//
+// How it drops the inbox depends on why the get gave up. A get woken
+// because a task was held for it (errWoken: the tasks of a pack another
+// get fetched) drains it: the client library keeps taking what JetStream
+// sent before it learnt of the unsubscription, until the server answers
+// a ping sent after it, and each such message is naked. Such wakes come
+// by the thousand a second with many single-task workers, and a task
+// dropped in the instant of one waited for AckWait: `qbench fleet` (20
+// gateways, 1,000 workers) had a p99 of 5.5 s at a 5 s AckWait, against
+// 1.5 s with the drain (SCALING.md). Any other end (the client went
+// away, the wait ran out, the consumer's leader changed) unsubscribes at
+// once, and a message sent in that instant is lost until AckWait: those
+// ends are rare, and draining at every end came with TestClusterPartition
+// failures in the fourteenth session, whose cause was not found.
 
 // pulls routes the messages that answer pull requests to their gets.
 type pulls struct {
@@ -326,7 +335,11 @@ func (p *pulls) request(ctx context.Context, next string, batch int, body []byte
 	}
 	p.mu.Unlock()
 	if abandoned {
-		_ = sl.sub.Unsubscribe()
+		if errors.Is(context.Cause(ctx), errWoken) {
+			_ = sl.sub.Drain()
+		} else {
+			_ = sl.sub.Unsubscribe()
+		}
 	}
 	for { // what came before the get gave up is its own
 		select {

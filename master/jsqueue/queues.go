@@ -224,8 +224,14 @@ type local struct {
 	lookedAt time.Time
 }
 
-// getWait is a get waiting on a stream: wake cancels its pull.
-type getWait struct{ wake context.CancelFunc }
+// getWait is a get waiting on a stream: wake cancels its pull, with
+// errWoken as the cause.
+type getWait struct{ wake func() }
+
+// errWoken is the cause that ends a waiting get's pull when a task is
+// held for it: its pull request is given up with the inbox drained
+// (pulls.request).
+var errWoken = errors.New("woken: a task is held for the get")
 
 // wakeGets wakes up to n of the gets waiting on the queue: n tasks were
 // held. A woken get drops its pull request's inbox, so no more are woken
