@@ -511,8 +511,12 @@ func (q *Queues) move(from, to *stream, batch []deadMsg) (int, error) {
 	for i, d := range batch {
 		items[i].Priority = d.task.Priority
 	}
-	if err := q.openLevelsOf(to, items); err != nil {
+	firstLevel, err := q.openLevelsOf(to, items)
+	if err != nil {
 		return 0, err
+	}
+	if firstLevel {
+		defer q.wakeAll(to) // once the tasks are stored
 	}
 	msgs := make([]*nats.Msg, len(batch))
 	for i, d := range batch {

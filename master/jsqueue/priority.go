@@ -101,20 +101,22 @@ func (s *stream) hasLevel(p int) bool {
 // openLevel makes sure s has level p (above 0): its level-0 consumer
 // takes only level 0 (filterTasks), the stream takes the levels'
 // subjects, and the level's consumer exists and is s's. Gets waiting on s
-// here look at it after their slice (levelSlice): woken, they would give
-// up their pull requests, and a task in flight to one would wait for
-// AckWait. (Those that began to wait before s had any level wait on level
-// 0 for their whole wait.)
-func (q *Queues) openLevel(ctx context.Context, s *stream, p int) error {
+// here look at it after their slice (levelSlice). Those that began to wait
+// before s had any level wait on level 0 for their whole wait: first says
+// the level made is s's first, and the caller is to wake them (wakeAll),
+// once the task it was made for is stored.
+func (q *Queues) openLevel(ctx context.Context, s *stream, p int) (first bool, err error) {
 	if s.hasLevel(p) {
-		return nil
+		return false, nil
 	}
 	s.levelMu.Lock()
 	defer s.levelMu.Unlock()
 	if s.hasLevel(p) {
-		return nil
+		return false, nil
 	}
-	fail := func(err error) error { return q.engineErr("open queue "+s.queue+" for priority "+strconv.Itoa(p), err) }
+	fail := func(err error) (bool, error) {
+		return false, q.engineErr("open queue "+s.queue+" for priority "+strconv.Itoa(p), err)
+	}
 	cfg, err := q.filterTasks(ctx, s)
 	if err != nil {
 		return fail(err)
@@ -129,8 +131,17 @@ func (q *Queues) openLevel(ctx context.Context, s *stream, p int) error {
 	if err != nil {
 		return fail(err)
 	}
+	first = len(s.levelsDesc()) == 0
 	s.addLevelLocked(lv)
-	return nil
+	return first, nil
+}
+
+// wakeAll wakes every get waiting on s: it has its first level, and its
+// gets that waited on level 0 alone are to look at it.
+func (q *Queues) wakeAll(s *stream) {
+	q.mu.Lock()
+	s.wakeGets(len(s.waiting))
+	q.mu.Unlock()
 }
 
 // levelNames returns the levels above 0 whose consumers s's stream has,
@@ -287,8 +298,8 @@ func raise(v *atomic.Uint64, n uint64) {
 // levelSlice is the longest a get waits on level 0 of a queue with
 // levels before it looks at the others again: a task of another level
 // put meanwhile waits that long at most for a get already waiting. (A
-// pull request per level, given up when another level's task comes,
-// could lose a task then in flight to it until AckWait.)
+// pull request per level, the others given up when one level's task
+// came, would cost a task then in flight to one of those an attempt.)
 const levelSlice = time.Second
 
 // waitLeft reports whether a get's wait, ending with ctx, has time left
@@ -363,16 +374,23 @@ func (q *Queues) levelMade(name string, p int) {
 		return
 	}
 	ctx, cancel := q.call()
-	err := q.openLevel(ctx, s, p)
+	first, err := q.openLevel(ctx, s, p)
 	cancel()
+	if first {
+		// Its first task, put through the gateway that made it, comes
+		// after this advisory: a woken get looks for it a second at a
+		// time from now on (levelSlice).
+		q.wakeAll(s)
+	}
 	if err != nil {
 		q.log.Warn("a new priority of a queue not followed; its tasks are handed out through this gateway once the queue is opened again", "queue", s.queue, "priority", p, "err", err)
 		q.forget(s.queue)
 	}
 }
 
-// openLevelsOf opens the levels of s that items' priorities need.
-func (q *Queues) openLevelsOf(s *stream, items []queue.Item) error {
+// openLevelsOf opens the levels of s that items' priorities need; first
+// says one of them is s's first (openLevel).
+func (q *Queues) openLevelsOf(s *stream, items []queue.Item) (first bool, err error) {
 	var done [queue.MaxPriority + 1]bool
 	for _, it := range items {
 		if it.Priority == 0 || done[it.Priority] {
@@ -380,13 +398,14 @@ func (q *Queues) openLevelsOf(s *stream, items []queue.Item) error {
 		}
 		done[it.Priority] = true
 		ctx, cancel := q.call()
-		err := q.openLevel(ctx, s, it.Priority)
+		made, err := q.openLevel(ctx, s, it.Priority)
 		cancel()
 		if err != nil {
-			return err
+			return first, err
 		}
+		first = first || made
 	}
-	return nil
+	return first, nil
 }
 
 // peekLevels returns the first n tasks of s, a queue with levels, in the

@@ -104,7 +104,46 @@ func TestPriorityWakesWaitingGets(t *testing.T) {
 	b := newQueues(t, node, jsqueue.Config{})
 	reaping(t, a)
 	reaping(t, b)
-	put(t, b, "jobs", "first") // b opens the queue before it has priorities
+	// Gets waiting since before their queue had any priority: its first
+	// is made through the other gateway (JetStream's advisory), or through
+	// the get's own.
+	for _, tc := range []struct {
+		queue  string
+		via    *jsqueue.Queues
+		within time.Duration
+	}{
+		{"jobs", b, 2 * time.Second}, // the task comes after the advisory: a slice
+		{"local", a, 700 * time.Millisecond},
+	} {
+		if ts := get(t, a, tc.queue, 1, 1, time.Minute, 10*time.Millisecond); len(ts) != 0 {
+			t.Fatalf("a: took %v from a new queue", payloads(ts))
+		}
+		first := make(chan []queue.Task, 1)
+		go func() {
+			ts, _ := a.Get(context.Background(), queue.GetRequest{Queue: tc.queue, Max: 1, Owner: 3, Lease: time.Minute, MaxWait: 10 * time.Second}, nil)
+			first <- ts
+		}()
+		qmtest.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+			if w, _, err := jsqueue.Waiting(a, tc.queue); err != nil || w != 1 {
+				return fmt.Errorf("%d pull requests waiting, %v", w, err)
+			}
+			return nil
+		})
+		start := time.Now()
+		putAt(t, tc.via, tc.queue, 4, "first priority")
+		select {
+		case ts := <-first:
+			if len(ts) != 1 || string(ts[0].Payload) != "first priority" {
+				t.Fatalf("%s: a get waiting before the first priority took %+v", tc.queue, ts)
+			}
+			if took := time.Since(start); took > tc.within {
+				t.Errorf("%s: a get waiting before the first priority took it after %v", tc.queue, took)
+			}
+		case <-time.After(8 * time.Second):
+			t.Fatalf("%s: a get waiting before the first priority did not take it", tc.queue)
+		}
+	}
+	put(t, b, "jobs", "first")
 	if ts := get(t, b, "jobs", 1, 1, time.Minute, time.Second); len(ts) != 1 {
 		t.Fatalf("b: got %v", payloads(ts))
 	}

@@ -33,9 +33,9 @@ import (
 // comes to an inbox no get awaits is handed back at once with a nak
 // (JetStream counts that delivery as an attempt, as it counts an Unget's).
 //
-// How it drops the inbox depends on why the get gave up. A get woken
-// because a task was held for it (errWoken: the tasks of a pack another
-// get fetched) drains it: the client library keeps taking what JetStream
+// How it drops the inbox depends on why the get gave up. A get woken to
+// look again (errWoken: a task held for it, such as the tasks of a pack
+// another get fetched, or its queue's first priority) drains it: the client library keeps taking what JetStream
 // sent before it learnt of the unsubscription, until the server answers
 // a ping sent after it, and each such message is naked. Such wakes come
 // by the thousand a second with many single-task workers, and a task

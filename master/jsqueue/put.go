@@ -55,8 +55,12 @@ func (q *Queues) Put(ctx context.Context, req queue.PutRequest) ([]uint64, error
 		}
 		defer unlock()
 	}
-	if err := q.openLevelsOf(s, req.Items); err != nil {
+	firstLevel, err := q.openLevelsOf(s, req.Items)
+	if err != nil {
 		return nil, err
+	}
+	if firstLevel {
+		defer q.wakeAll(s) // once the task is stored
 	}
 	if due := dueLater(req.Items, time.Now()); !due.IsZero() && !req.Results {
 		return q.putDelayed(s, req, due)

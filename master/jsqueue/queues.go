@@ -228,10 +228,10 @@ type local struct {
 // errWoken as the cause.
 type getWait struct{ wake func() }
 
-// errWoken is the cause that ends a waiting get's pull when a task is
-// held for it: its pull request is given up with the inbox drained
-// (pulls.request).
-var errWoken = errors.New("woken: a task is held for the get")
+// errWoken is the cause that ends a waiting get's pull when it is woken
+// to look again (a task held for it, or its queue's first priority): its
+// pull request is given up with the inbox drained (pulls.request).
+var errWoken = errors.New("get woken to look again")
 
 // wakeGets wakes up to n of the gets waiting on the queue: n tasks were
 // held. A woken get drops its pull request's inbox, so no more are woken
