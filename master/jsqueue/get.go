@@ -60,7 +60,7 @@ func (q *Queues) Get(ctx context.Context, req queue.GetRequest, dst []queue.Task
 		}
 		pctx, cancelPull := context.WithCancelCause(ctx)
 		wake := func() { cancelPull(errWoken) }
-		wait := &getWait{wake: wake}
+		wait := &getWait{wake: wake, want: req.Max}
 		ts, again, next, err := q.takeHeldOrWait(s, req, dst[:0], wait)
 		if err != nil || len(ts) > 0 || again {
 			wake()
@@ -86,6 +86,29 @@ func (q *Queues) Get(ctx context.Context, req queue.GetRequest, dst []queue.Task
 		if !next.IsZero() {
 			timer = time.AfterFunc(time.Until(next), wake)
 		}
+		pulling := len(levels) == 0
+		if pulling && !q.pullOrWaitHere(s, wait, ctx.Err() == nil) {
+			// Other gets' pulls bring enough for every get waiting: wait
+			// for their tasks, or their end, rather than pull a pack more.
+			stop := context.AfterFunc(q.ctx, wake)
+			<-pctx.Done()
+			stop()
+			if timer != nil {
+				timer.Stop()
+			}
+			q.mu.Lock()
+			delete(s.waiting, wait)
+			q.mu.Unlock()
+			woken := ctx.Err() == nil
+			wake()
+			switch {
+			case q.closed.Load():
+				return nil, queue.ErrClosed
+			case !woken:
+				return nil, nil // the wait is over
+			}
+			continue
+		}
 		preq := req
 		preq.Max = q.msgsFor(s, req.Max)
 		// With levels, it waits on level 0 a slice at a time, and looks
@@ -98,6 +121,9 @@ func (q *Queues) Get(ctx context.Context, req queue.GetRequest, dst []queue.Task
 		msgs, err := q.pull(pctx, s, preq, slice)
 		if timer != nil {
 			timer.Stop()
+		}
+		if pulling && len(msgs) == 0 {
+			q.pulled(s)
 		}
 		q.mu.Lock()
 		delete(s.waiting, wait)
@@ -119,6 +145,9 @@ func (q *Queues) Get(ctx context.Context, req queue.GetRequest, dst []queue.Task
 		}
 		if len(msgs) > 0 {
 			ts, err := q.deliver(s, req, msgs, dst[:0])
+			if pulling {
+				q.pulled(s) // after its tasks are held, for the gets waiting here
+			}
 			if err != nil {
 				return ts, err
 			}
@@ -134,6 +163,48 @@ func (q *Queues) Get(ctx context.Context, req queue.GetRequest, dst []queue.Task
 		}
 		// Woken: a task was held while this get waited.
 	}
+}
+
+// pullOrWaitHere says whether the get of wait, registered as waiting on
+// s, is to pull: yes, unless it may wait (a get that must not wait takes
+// what JetStream has at once) and the queue is packed and the pulls other gets
+// of this gateway have out bring enough tasks for every get waiting (at
+// the tasks a message carried lately). Then it is to wait here, woken by
+// the tasks those pulls hold or by their end. Without this, every get
+// that found nothing held pulled a pack of its own: with many
+// single-task workers a gateway held hundreds of tasks for over a
+// second, and moved them to the end of the queue (moveOverdue). A get
+// that is to pull is counted as pulling until it calls pulled.
+func (q *Queues) pullOrWaitHere(s *stream, wait *getWait, mayWait bool) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if mayWait && q.cfg.Pack > 1 && s.pulling > 0 {
+		if _, ok := s.waiting[wait]; ok {
+			per := s.perMsg
+			if per < 1 {
+				per = float64(q.cfg.Pack)
+			}
+			want := 0
+			for w := range s.waiting {
+				want += w.want
+			}
+			if float64(s.pulling)*per >= float64(want) {
+				wait.here = true
+				return false
+			}
+		}
+	}
+	s.pulling++
+	return true
+}
+
+// pulled ends a pull counted by pullOrWaitHere, once what it brought is
+// held: the gets waiting here look again, and pull if none is left to.
+func (q *Queues) pulled(s *stream) {
+	q.mu.Lock()
+	s.pulling--
+	s.wakeHere()
+	q.mu.Unlock()
 }
 
 // topUp adds to ts, a get's tasks, what else is there at once, while the

@@ -522,3 +522,50 @@ func TestPackDeliveredTooOftenIsDeadLettered(t *testing.T) {
 		t.Fatalf("dead letters: %+v, %v; want both tasks", st, err)
 	}
 }
+
+// Gets of a packed queue waiting on one gateway send only as many pull
+// requests as the packs they need: the others wait for the tasks those
+// bring. Each pulled a pack of its own before, and with many single-task
+// workers a gateway held hundreds of tasks for over a second.
+func TestWaitingGetsPullOnlyThePacksTheyNeed(t *testing.T) {
+	node := startNode(t)
+	g := newQueues(t, node, jsqueue.Config{Pack: 4, HoldFor: time.Minute})
+	reaping(t, g)
+	p := newQueues(t, node, jsqueue.Config{Pack: 4})
+	if ts := get(t, g, "jobs", 1, 1, time.Minute, 10*time.Millisecond); len(ts) != 0 {
+		t.Fatalf("took %v from a new queue", payloads(ts))
+	}
+	const gets = 6
+	took := make(chan []queue.Task, gets)
+	for i := range gets {
+		go func() {
+			ts, _ := g.Get(context.Background(), queue.GetRequest{Queue: "jobs", Max: 1, Owner: uint64(i + 1), Lease: time.Minute, MaxWait: 10 * time.Second}, nil)
+			took <- ts
+		}()
+	}
+	waitFor(t, "two pull requests for six gets, packs of four", func() bool {
+		w, _, err := jsqueue.Waiting(p, "jobs")
+		return err == nil && w == 2
+	})
+	time.Sleep(50 * time.Millisecond) // no more come
+	if w, _, err := jsqueue.Waiting(p, "jobs"); err != nil || w != 2 {
+		t.Fatalf("%d pull requests waiting for six gets, %v; want 2", w, err)
+	}
+	put(t, p, "jobs", "1", "2", "3", "4", "5", "6") // two packs: 4 and 2
+	var got []string
+	for range gets {
+		select {
+		case ts := <-took:
+			if len(ts) != 1 {
+				t.Fatalf("a get took %v, want one task", payloads(ts))
+			}
+			got = append(got, string(ts[0].Payload))
+		case <-time.After(5 * time.Second):
+			t.Fatalf("only %v taken within 5s by %d gets", got, gets)
+		}
+	}
+	slices.Sort(got)
+	if want := []string{"1", "2", "3", "4", "5", "6"}; !slices.Equal(got, want) {
+		t.Fatalf("the gets took %v, want %v", got, want)
+	}
+}

@@ -216,6 +216,10 @@ type local struct {
 	paused bool
 	// waiting are the gets waiting for a task, woken when one is held.
 	waiting map[*getWait]struct{}
+	// pulling is how many of them have a pull of the queue's tasks out
+	// (priority 0, in a queue without priorities): with packing, the
+	// others may wait here for what those bring (waitHere).
+	pulling int
 	// perMsg is about how many tasks a message of the queue carries
 	// lately (packs and plain messages may mix), for the size of pulls.
 	perMsg float64
@@ -225,8 +229,13 @@ type local struct {
 }
 
 // getWait is a get waiting on a stream: wake cancels its pull, with
-// errWoken as the cause.
-type getWait struct{ wake func() }
+// errWoken as the cause. want is how many tasks it takes; here is set
+// while it waits here, with no pull of its own (waitHere).
+type getWait struct {
+	wake func()
+	want int
+	here bool
+}
 
 // errWoken is the cause that ends a waiting get's pull when it is woken
 // to look again (a task held for it, or its queue's first priority): its
@@ -237,13 +246,31 @@ var errWoken = errors.New("get woken to look again")
 // held. A woken get drops its pull request's inbox, so no more are woken
 // than there are tasks. Called with Queues.mu held.
 func (l *local) wakeGets(n int) {
-	for w := range l.waiting {
-		if n <= 0 {
-			return
+	// Gets waiting here first: they have no pull request to give up.
+	for _, here := range []bool{true, false} {
+		for w := range l.waiting {
+			if n <= 0 {
+				return
+			}
+			if w.here != here {
+				continue
+			}
+			w.wake()
+			delete(l.waiting, w)
+			n--
 		}
-		w.wake()
-		delete(l.waiting, w)
-		n--
+	}
+}
+
+// wakeHere wakes every get waiting here for the pulls of others: one of
+// those pulls ended, and they look again (and may pull themselves).
+// Called with Queues.mu held.
+func (l *local) wakeHere() {
+	for w := range l.waiting {
+		if w.here {
+			w.wake()
+			delete(l.waiting, w)
+		}
 	}
 }
 
