@@ -86,8 +86,13 @@ func (q *Queues) Get(ctx context.Context, req queue.GetRequest, dst []queue.Task
 		if !next.IsZero() {
 			timer = time.AfterFunc(time.Until(next), wake)
 		}
-		pulling := len(levels) == 0
-		if pulling && !q.pullOrWaitHere(s, wait, ctx.Err() == nil) {
+		// counted says this get's pull is counted in s.surplus.
+		waitHere, counted, surplus := false, false, 0.0
+		if len(levels) == 0 && q.cfg.Pack > 1 {
+			waitHere, surplus = q.waitHere(s, wait, ctx.Err() == nil)
+			counted = !waitHere
+		}
+		if waitHere {
 			// Other gets' pulls bring enough for every get waiting: wait
 			// for their tasks, or their end, rather than pull a pack more.
 			stop := context.AfterFunc(q.ctx, wake)
@@ -122,8 +127,8 @@ func (q *Queues) Get(ctx context.Context, req queue.GetRequest, dst []queue.Task
 		if timer != nil {
 			timer.Stop()
 		}
-		if pulling && len(msgs) == 0 {
-			q.pulled(s)
+		if counted && len(msgs) == 0 {
+			q.pulled(s, surplus)
 		}
 		q.mu.Lock()
 		delete(s.waiting, wait)
@@ -145,8 +150,8 @@ func (q *Queues) Get(ctx context.Context, req queue.GetRequest, dst []queue.Task
 		}
 		if len(msgs) > 0 {
 			ts, err := q.deliver(s, req, msgs, dst[:0])
-			if pulling {
-				q.pulled(s) // after its tasks are held, for the gets waiting here
+			if counted {
+				q.pulled(s, surplus) // after its tasks are held, for the gets waiting here
 			}
 			if err != nil {
 				return ts, err
@@ -165,44 +170,55 @@ func (q *Queues) Get(ctx context.Context, req queue.GetRequest, dst []queue.Task
 	}
 }
 
-// pullOrWaitHere says whether the get of wait, registered as waiting on
-// s, is to pull: yes, unless it may wait (a get that must not wait takes
-// what JetStream has at once) and the queue is packed and the pulls other gets
-// of this gateway have out bring enough tasks for every get waiting (at
-// the tasks a message carried lately). Then it is to wait here, woken by
-// the tasks those pulls hold or by their end. Without this, every get
-// that found nothing held pulled a pack of its own: with many
-// single-task workers a gateway held hundreds of tasks for over a
-// second, and moved them to the end of the queue (moveOverdue). A get
-// that is to pull is counted as pulling until it calls pulled.
-func (q *Queues) pullOrWaitHere(s *stream, wait *getWait, mayWait bool) bool {
+// waitHere says whether the get of wait, registered as waiting on s, a
+// packed queue, is to wait here rather than pull; if it is to pull, it
+// returns how many tasks beyond its own its pull is expected to bring (a
+// get of fewer tasks than a message carried lately pulls one, a whole
+// pack), counted in s.surplus until the
+// caller passes it to pulled. A get waits here if it may wait (one that
+// must not takes what JetStream has at once) and the pulls other gets of
+// this gateway have out are expected to bring enough beyond their own for
+// it and every other get waiting here, at the tasks a message carried
+// lately: it is woken by the tasks those pulls hold, or by their end.
+// Without this, every get of one task that found none held pulled a pack
+// of its own: with many single-task workers a gateway held hundreds of
+// tasks for over a second, and moved them to the end of the queue
+// (moveOverdue).
+func (q *Queues) waitHere(s *stream, wait *getWait, mayWait bool) (here bool, surplus float64) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if mayWait && q.cfg.Pack > 1 && s.pulling > 0 {
-		if _, ok := s.waiting[wait]; ok {
-			per := s.perMsg
-			if per < 1 {
-				per = float64(q.cfg.Pack)
-			}
-			want := 0
-			for w := range s.waiting {
+	if _, ok := s.waiting[wait]; ok && mayWait && s.surplus > 0 {
+		want := wait.want
+		for w := range s.waiting {
+			if w.here {
 				want += w.want
 			}
-			if float64(s.pulling)*per >= float64(want) {
-				wait.here = true
-				return false
-			}
+		}
+		if float64(want) <= s.surplus {
+			wait.here = true
+			return true, 0
 		}
 	}
-	s.pulling++
-	return true
+	per := s.perMsg
+	if per < 1 {
+		per = float64(q.cfg.Pack)
+	}
+	if w := float64(wait.want); w < per {
+		surplus = per - w // one message, a pack with more than it takes
+	}
+	s.surplus += surplus
+	return false, surplus
 }
 
-// pulled ends a pull counted by pullOrWaitHere, once what it brought is
-// held: the gets waiting here look again, and pull if none is left to.
-func (q *Queues) pulled(s *stream) {
+// pulled ends a pull counted by waitHere, once what it brought is
+// held: the gets waiting here look again, and pull if none is left to
+// bring their tasks.
+func (q *Queues) pulled(s *stream, surplus float64) {
 	q.mu.Lock()
-	s.pulling--
+	s.surplus -= surplus
+	if s.surplus < 0.5 {
+		s.surplus = 0 // no float residue
+	}
 	s.wakeHere()
 	q.mu.Unlock()
 }

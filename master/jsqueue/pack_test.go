@@ -568,4 +568,29 @@ func TestWaitingGetsPullOnlyThePacksTheyNeed(t *testing.T) {
 	if want := []string{"1", "2", "3", "4", "5", "6"}; !slices.Equal(got, want) {
 		t.Fatalf("the gets took %v, want %v", got, want)
 	}
+
+	// Gets of a whole pack each leave nothing for others: each pulls.
+	for i := range 3 {
+		go func() {
+			ts, _ := g.Get(context.Background(), queue.GetRequest{Queue: "jobs", Max: 4, Owner: uint64(10 + i), Lease: time.Minute, MaxWait: 10 * time.Second}, nil)
+			took <- ts
+		}()
+	}
+	waitFor(t, "three pull requests for three gets of a pack", func() bool {
+		w, _, err := jsqueue.Waiting(p, "jobs")
+		return err == nil && w == 3
+	})
+	for range 3 {
+		put(t, p, "jobs", "a", "b", "c", "d")
+	}
+	for range 3 {
+		select {
+		case ts := <-took:
+			if len(ts) != 4 {
+				t.Fatalf("a get of four took %v", payloads(ts))
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("a get of four took nothing within 5s")
+		}
+	}
 }

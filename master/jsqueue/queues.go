@@ -216,10 +216,11 @@ type local struct {
 	paused bool
 	// waiting are the gets waiting for a task, woken when one is held.
 	waiting map[*getWait]struct{}
-	// pulling is how many of them have a pull of the queue's tasks out
-	// (priority 0, in a queue without priorities): with packing, the
-	// others may wait here for what those bring (waitHere).
-	pulling int
+	// surplus is how many tasks the pulls of those with one out (of
+	// priority 0, in a queue without priorities) are expected to bring
+	// beyond their own gets' (waitHere): with packing, other gets
+	// may wait here for them.
+	surplus float64
 	// perMsg is about how many tasks a message of the queue carries
 	// lately (packs and plain messages may mix), for the size of pulls.
 	perMsg float64
