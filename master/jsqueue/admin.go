@@ -512,11 +512,11 @@ func (q *Queues) move(from, to *stream, batch []deadMsg) (int, error) {
 		items[i].Priority = d.task.Priority
 	}
 	firstLevel, err := q.openLevelsOf(to, items)
+	if firstLevel {
+		defer q.wakeAll(to) // once the tasks are stored, or the move failed after making it
+	}
 	if err != nil {
 		return 0, err
-	}
-	if firstLevel {
-		defer q.wakeAll(to) // once the tasks are stored
 	}
 	msgs := make([]*nats.Msg, len(batch))
 	for i, d := range batch {

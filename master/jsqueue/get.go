@@ -21,7 +21,8 @@ const errExpired = "lease expired"
 // Get takes up to req.Max tasks, as queue.Manager.Get does. When none is
 // ready it waits for one with a single pull request (until ctx is done
 // or req.MaxWait has passed), then takes what else is ready at once, so a
-// waiting get returns as soon as one task comes.
+// waiting get returns as soon as one task comes. Of a packed queue, it
+// may instead wait for the tasks other gets' pulls bring (waitHere).
 //
 // A task that JetStream redelivers after its last attempt (its lease ran
 // out through a gateway that died) is moved to the dead-letter queue

@@ -335,7 +335,10 @@ func (p *pulls) request(ctx context.Context, next string, batch int, body []byte
 	}
 	p.mu.Unlock()
 	if abandoned {
-		if errors.Is(context.Cause(ctx), errWoken) {
+		// Not while reconnecting: the client library would subscribe the
+		// draining inbox again on reconnecting, and forget it after the
+		// drain without unsubscribing, leaving the server's interest.
+		if errors.Is(context.Cause(ctx), errWoken) && p.nc.IsConnected() {
 			_ = sl.sub.Drain()
 		} else {
 			_ = sl.sub.Unsubscribe()

@@ -56,11 +56,11 @@ func (q *Queues) Put(ctx context.Context, req queue.PutRequest) ([]uint64, error
 		defer unlock()
 	}
 	firstLevel, err := q.openLevelsOf(s, req.Items)
+	if firstLevel {
+		defer q.wakeAll(s) // once the task is stored, or the put failed after making it
+	}
 	if err != nil {
 		return nil, err
-	}
-	if firstLevel {
-		defer q.wakeAll(s) // once the task is stored
 	}
 	if due := dueLater(req.Items, time.Now()); !due.IsZero() && !req.Results {
 		return q.putDelayed(s, req, due)
