@@ -20,12 +20,7 @@ import (
 func TestWokenGetLeavesNoTask(t *testing.T) {
 	url := startNodeListening(t)
 	px := startFreezer(t, strings.TrimPrefix(url, "nats://"))
-	gc, err := nats.Connect("nats://"+px.addr(), nats.Token("s3cret"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(gc.Close)
-	g := newQueues(t, nil, jsqueue.Config{Conn: gc, Pack: 4, HoldFor: time.Minute})
+	g := newQueues(t, nil, jsqueue.Config{Conn: connectTo(t, "nats://"+px.addr()), Pack: 4, HoldFor: time.Minute})
 	reaping(t, g)
 	p := newQueues(t, nil, jsqueue.Config{Conn: connectTo(t, url), Pack: 4})
 
