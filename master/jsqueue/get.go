@@ -175,8 +175,8 @@ func (q *Queues) Get(ctx context.Context, req queue.GetRequest, dst []queue.Task
 // packed queue, is to wait here rather than pull; if it is to pull, it
 // returns how many tasks beyond its own its pull is expected to bring (a
 // get of fewer tasks than a message carried lately pulls one, a whole
-// pack), counted in s.surplus until the
-// caller passes it to pulled. A get waits here if it may wait (one that
+// pack), counted in s.surplus until the caller passes it to pulled. A
+// get waits here if it may wait (one that
 // must not takes what JetStream has at once) and the pulls other gets of
 // this gateway have out are expected to bring enough beyond their own for
 // it and every other get waiting here, at the tasks a message carried

@@ -35,17 +35,19 @@ import (
 //
 // How it drops the inbox depends on why the get gave up. A get woken to
 // look again (errWoken: a task held for it, such as the tasks of a pack
-// another get fetched, or its queue's first priority) drains it: the client library keeps taking what JetStream
-// sent before it learnt of the unsubscription, until the server answers
-// a ping sent after it, and each such message is naked. Such wakes come
-// by the thousand a second with many single-task workers, and a task
-// dropped in the instant of one waited for AckWait: `qbench fleet` (20
-// gateways, 1,000 workers) had a p99 of 5.5 s at a 5 s AckWait, against
-// 1.5 s with the drain (SCALING.md). Any other end (the client went
-// away, the wait ran out, the consumer's leader changed) unsubscribes at
-// once, and a message sent in that instant is lost until AckWait: those
-// ends are rare, and draining at every end came with TestClusterPartition
-// failures in the fourteenth session, whose cause was not found.
+// another get fetched, or its queue's first priority) drains it: the
+// client library keeps taking what JetStream sent before it learnt of the
+// unsubscription, until the server answers a ping sent after it, and
+// each such message is naked. Such wakes come by the thousand a second
+// with many single-task workers, and a task dropped in the instant of one
+// waited for AckWait: `qbench fleet` (20 gateways, 1,000 workers) had a
+// p99 of 5.5 s at a 5 s AckWait, against 1.5 s with the drain
+// (SCALING.md). Any other end (the client went away, the wait ran out,
+// the consumer's leader changed, the connection is reconnecting)
+// unsubscribes at once, and a message sent in that instant is lost until
+// AckWait: those ends are rare, and draining at every end came with
+// TestClusterPartition failures in the fourteenth session, whose cause
+// was not found.
 
 // pulls routes the messages that answer pull requests to their gets.
 type pulls struct {
