@@ -77,9 +77,7 @@ func (q *Queues) Get(ctx context.Context, req queue.GetRequest, dst []queue.Task
 		}
 		if len(s.levelsDesc()) != len(levels) {
 			// A level made since this get looked: look again, at it too.
-			q.mu.Lock()
-			delete(s.waiting, wait)
-			q.mu.Unlock()
+			q.unwait(s, wait)
 			wake()
 			continue
 		}
@@ -102,9 +100,7 @@ func (q *Queues) Get(ctx context.Context, req queue.GetRequest, dst []queue.Task
 			if timer != nil {
 				timer.Stop()
 			}
-			q.mu.Lock()
-			delete(s.waiting, wait)
-			q.mu.Unlock()
+			q.unwait(s, wait)
 			woken := ctx.Err() == nil
 			wake()
 			switch {
@@ -131,9 +127,7 @@ func (q *Queues) Get(ctx context.Context, req queue.GetRequest, dst []queue.Task
 		if counted && len(msgs) == 0 {
 			q.pulled(s, surplus)
 		}
-		q.mu.Lock()
-		delete(s.waiting, wait)
-		q.mu.Unlock()
+		q.unwait(s, wait)
 		woken := pctx.Err() != nil && ctx.Err() == nil
 		wake()
 		if err != nil {
@@ -169,6 +163,13 @@ func (q *Queues) Get(ctx context.Context, req queue.GetRequest, dst []queue.Task
 		}
 		// Woken: a task was held while this get waited.
 	}
+}
+
+// unwait takes wait off the gets waiting on s, if a wake has not.
+func (q *Queues) unwait(s *stream, wait *getWait) {
+	q.mu.Lock()
+	delete(s.waiting, wait)
+	q.mu.Unlock()
 }
 
 // waitHere says whether the get of wait, registered as waiting on s, a
