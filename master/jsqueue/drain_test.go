@@ -2,6 +2,7 @@ package jsqueue_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -63,6 +64,46 @@ func TestWokenGetLeavesNoTask(t *testing.T) {
 	ts := get(t, g, "jobs", 3, 2, time.Minute, 5*time.Second)
 	if got := strings.Join(payloads(ts), ","); got != "c,d" {
 		t.Fatalf("the next get took %q within 5s, want c,d", got)
+	}
+}
+
+// A get given up because its client went away, while JetStream was
+// sending it a pack, leaves that pack for no AckWait either: a worker
+// stopped while it waits costs the next worker nothing.
+func TestAbandonedGetLeavesNoTask(t *testing.T) {
+	url := startNodeListening(t)
+	px := startFreezer(t, strings.TrimPrefix(url, "nats://"))
+	g := newQueues(t, nil, jsqueue.Config{Conn: connectTo(t, "nats://"+px.addr()), Pack: 4})
+	reaping(t, g)
+	p := newQueues(t, nil, jsqueue.Config{Conn: connectTo(t, url), Pack: 4})
+
+	ctx, goAway := context.WithCancel(context.Background())
+	gave := make(chan error, 1)
+	go func() {
+		ts, err := g.Get(ctx, queue.GetRequest{Queue: "jobs", Max: 1, Owner: 1, Lease: time.Minute, MaxWait: 10 * time.Second}, nil)
+		if len(ts) > 0 {
+			err = fmt.Errorf("took %v after its client went away", payloads(ts))
+		}
+		gave <- err
+	}()
+	waitFor(t, "the get's pull request", func() bool {
+		w, _, err := jsqueue.Waiting(p, "jobs")
+		return err == nil && w == 1
+	})
+	px.set(true)
+	put(t, p, "jobs", "a", "b") // one pack, sent to the waiting get
+	waitFor(t, "the pack to be sent", func() bool {
+		_, pending, err := jsqueue.Waiting(p, "jobs")
+		return err == nil && pending == 1
+	})
+	goAway()
+	if err := <-gave; err != nil {
+		t.Fatal(err)
+	}
+	px.set(false)
+	ts := get(t, g, "jobs", 2, 2, time.Minute, 5*time.Second)
+	if got := strings.Join(payloads(ts), ","); got != "a,b" {
+		t.Fatalf("the next get took %q within 5s, want a,b", got)
 	}
 }
 

@@ -59,8 +59,7 @@ func (q *Queues) Get(ctx context.Context, req queue.GetRequest, dst []queue.Task
 				return ts, err
 			}
 		}
-		pctx, cancelPull := context.WithCancelCause(ctx)
-		wake := func() { cancelPull(errWoken) }
+		pctx, wake := context.WithCancel(ctx)
 		wait := &getWait{wake: wake, want: req.Max}
 		ts, again, next, err := q.takeHeldOrWait(s, req, dst[:0], wait)
 		if err != nil || len(ts) > 0 || again {

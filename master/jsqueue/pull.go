@@ -33,21 +33,18 @@ import (
 // comes to an inbox no get awaits is handed back at once with a nak
 // (JetStream counts that delivery as an attempt, as it counts an Unget's).
 //
-// How it drops the inbox depends on why the get gave up. A get woken to
-// look again (errWoken: a task held for it, such as the tasks of a pack
-// another get fetched, or its queue's first priority) drains it: the
-// client library keeps taking what JetStream sent before it learnt of the
-// unsubscription, until the server answers a ping sent after it, and
-// each such message is naked. Such wakes come by the thousand a second
-// with many single-task workers, and a task dropped in the instant of one
-// waited for AckWait: `qbench fleet` (20 gateways, 1,000 workers) had a
-// p99 of 5.5 s at a 5 s AckWait, against 1.5 s with the drain
-// (SCALING.md). Any other end (the client went away, the wait ran out,
-// the consumer's leader changed, the connection is reconnecting)
-// unsubscribes at once, and a message sent in that instant is lost until
-// AckWait: those ends are rare, and draining at every end came with
-// TestClusterPartition failures in the fourteenth session, whose cause
-// was not found.
+// A get that gives up drains its inbox: the client library keeps taking
+// what JetStream sent before it learnt of the unsubscription, until the
+// server answers a ping sent after it, and each such message is naked.
+// Gets give up by the thousand a second with many single-task workers
+// (woken to look again: a task held for it, such as the tasks of a pack
+// another get fetched, or its queue's first priority), and a task dropped
+// in the instant of one waited for AckWait: `qbench fleet` (20 gateways,
+// 1,000 workers) had a p99 of 5.5 s at a 5 s AckWait, against 1.5 s with
+// the drain (SCALING.md). A worker stopped while its get waits gave up
+// the same way. Only a get whose connection is reconnecting unsubscribes
+// at once (see request), and a message sent in that instant waits for
+// AckWait, as a dead gateway's do.
 
 // pulls routes the messages that answer pull requests to their gets.
 type pulls struct {
@@ -340,7 +337,7 @@ func (p *pulls) request(ctx context.Context, next string, batch int, body []byte
 		// Not while reconnecting: the client library would subscribe the
 		// draining inbox again on reconnecting, and forget it after the
 		// drain without unsubscribing, leaving the server's interest.
-		if errors.Is(context.Cause(ctx), errWoken) && p.nc.IsConnected() {
+		if p.nc.IsConnected() {
 			_ = sl.sub.Drain()
 		} else {
 			_ = sl.sub.Unsubscribe()

@@ -229,19 +229,15 @@ type local struct {
 	lookedAt time.Time
 }
 
-// getWait is a get waiting on a stream: wake cancels its pull, with
-// errWoken as the cause. want is how many tasks it takes; here is set
-// while it waits here, with no pull of its own (waitHere).
+// getWait is a get waiting on a stream: wake cancels its pull (whose
+// inbox is then drained: pulls.request). want is how many tasks it
+// takes; here is set while it waits here, with no pull of its own
+// (waitHere).
 type getWait struct {
 	wake func()
 	want int
 	here bool
 }
-
-// errWoken is the cause that ends a waiting get's pull when it is woken
-// to look again (a task held for it, or its queue's first priority): its
-// pull request is given up with the inbox drained (pulls.request).
-var errWoken = errors.New("get woken to look again")
 
 // wakeGets wakes up to n of the gets waiting on the queue: n tasks were
 // held. A woken get drops its pull request's inbox, so no more are woken
