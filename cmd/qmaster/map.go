@@ -287,7 +287,7 @@ func mapRun(ctx context.Context, opts *mapOptions) error {
 func newMapState(opts *mapOptions) *mapState {
 	return &mapState{
 		opts:    opts,
-		out:     bufio.NewWriter(opts.IO.Out),
+		out:     bufio.NewWriterSize(opts.IO.Out, outBufferSize),
 		early:   make(map[uint64]wire.Result),
 		reading: true,
 	}
