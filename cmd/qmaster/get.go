@@ -112,11 +112,7 @@ const outBufferSize = 64 << 10
 
 // writeValue prints a msgpack payload as one line of JSON.
 func writeValue(w *bufio.Writer, payload []byte) error {
-	v, err := wire.DecodeValue(payload)
-	if err != nil {
-		return err
-	}
-	b, err := jsonval.Marshal(v)
+	b, err := jsonval.AppendPayload(w.AvailableBuffer(), payload)
 	if err != nil {
 		return err
 	}

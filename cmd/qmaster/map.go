@@ -416,17 +416,18 @@ func (st *mapState) flush() error {
 }
 
 func (st *mapState) print(r wire.Result, in inputLine) error {
-	line := []byte("null")
+	// The line is rendered into the output's buffer, which takes it
+	// without another copy when it fits.
+	line := st.out.AvailableBuffer()
 	reason := r.Error
 	if reason == "" {
-		v, err := wire.DecodeValue(r.Value)
-		if err == nil {
-			line, err = jsonval.Marshal(v)
-		}
-		if err != nil {
+		var err error
+		if line, err = jsonval.AppendPayload(line, r.Value); err != nil {
 			reason = "bad result: " + err.Error()
-			line = []byte("null")
 		}
+	}
+	if reason != "" {
+		line = append(line[:0], "null"...)
 	}
 	if reason != "" {
 		st.failed++

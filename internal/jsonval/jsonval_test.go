@@ -148,3 +148,50 @@ func TestParseStrict(t *testing.T) {
 		}
 	}
 }
+
+// appendByDecoding is what AppendPayload must give: the payload decoded,
+// then marshalled.
+func appendByDecoding(payload []byte) (string, error) {
+	v, err := wire.DecodeValue(payload)
+	if err != nil {
+		return "", err
+	}
+	b, err := Marshal(v)
+	return string(b), err
+}
+
+func TestAppendPayload(t *testing.T) {
+	long := strings.Repeat("x", 5000)
+	for _, v := range []any{"", "abc", long, "quote\"", "é", "\xff", []byte("bytes"), int64(-3), nil,
+		map[string]any{"a": "b"}, []any{"x", int64(1)}, wire.Decimal("1.5")} {
+		payload, err := wire.Encode(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, werr := appendByDecoding(payload)
+		got, err := AppendPayload([]byte("prefix:"), payload)
+		if err != nil || werr != nil || string(got) != "prefix:"+want {
+			t.Errorf("AppendPayload(%#v) = %.40q, %v; decoding gives %.40q, %v", v, got, err, want, werr)
+		}
+	}
+	// A str followed by more bytes is not one value: decoding refuses it.
+	payload, _ := wire.Encode("abc")
+	if _, err := AppendPayload(nil, append(payload, 0xc0)); err == nil {
+		t.Error("AppendPayload took a str with trailing bytes")
+	}
+}
+
+func FuzzAppendPayload(f *testing.F) {
+	for _, v := range []any{"abc", "a\"b", int64(7), []any{"x"}, map[string]any{"k": nil}} {
+		b, _ := wire.Encode(v)
+		f.Add([]byte(b))
+	}
+	f.Add([]byte{0xa3, 'a', 'b'}) // a str cut short
+	f.Fuzz(func(t *testing.T, payload []byte) {
+		want, werr := appendByDecoding(payload)
+		got, err := AppendPayload(nil, payload)
+		if (err != nil) != (werr != nil) || err == nil && string(got) != want {
+			t.Errorf("AppendPayload(%x) = %q, %v; decoding gives %q, %v", payload, got, err, want, werr)
+		}
+	})
+}
