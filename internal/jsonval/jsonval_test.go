@@ -174,8 +174,14 @@ func TestAppendPayload(t *testing.T) {
 			t.Errorf("AppendPayload(%#v) = %.40q, %v; decoding gives %.40q, %v", v, got, err, want, werr)
 		}
 	}
+	// A plain string is copied into dst, and nowhere else.
+	payload, _ := wire.Encode(long)
+	dst := make([]byte, 0, len(payload)+8)
+	if n := testing.AllocsPerRun(100, func() { _, _ = AppendPayload(dst, payload) }); n != 0 {
+		t.Errorf("AppendPayload of a plain string allocated %v times", n)
+	}
 	// A str followed by more bytes is not one value: decoding refuses it.
-	payload, _ := wire.Encode("abc")
+	payload, _ = wire.Encode("abc")
 	if _, err := AppendPayload(nil, append(payload, 0xc0)); err == nil {
 		t.Error("AppendPayload took a str with trailing bytes")
 	}
