@@ -147,6 +147,26 @@ func TestReadFrameAllocatesAsBytesArrive(t *testing.T) {
 	}
 }
 
+// A frame a little over a growth step (a get of 1,000 results of 4 KiB:
+// 4 MiB and some) is read into buffers of 1.5 times its size in all,
+// not into one more step of its whole size and a copy of it.
+func TestReadFrameJustOverAStepGrowsOnce(t *testing.T) {
+	body := bytes.Repeat([]byte{'x'}, 4<<20+100<<10)
+	var hdr [4]byte
+	binary.BigEndian.PutUint32(hdr[:], uint32(len(body)))
+	stream := append(hdr[:], body...)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	got, err := ReadFrame(bytes.NewReader(stream), nil, 64<<20)
+	runtime.ReadMemStats(&after)
+	if err != nil || !bytes.Equal(got, body) {
+		t.Fatalf("ReadFrame: %d bytes, %v", len(got), err)
+	}
+	if n := after.TotalAlloc - before.TotalAlloc; n > uint64(len(body))*3/2 {
+		t.Errorf("%d bytes allocated for a frame of %d", n, len(body))
+	}
+}
+
 func TestDecodeRefusesLyingLengths(t *testing.T) {
 	// Each claims far more elements than the frame holds.
 	tests := map[string][]byte{
