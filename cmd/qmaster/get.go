@@ -83,6 +83,7 @@ func getRun(ctx context.Context, opts *getOptions) error {
 		cancel()
 		for _, t := range tasks {
 			if werr := writeValue(out, t.Payload); werr != nil {
+				out.Flush() // the items before it are taken for good: print them
 				return werr
 			}
 		}
