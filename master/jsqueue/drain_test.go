@@ -19,11 +19,7 @@ import (
 // next get. The gateway's connection goes through a proxy frozen while
 // the get is woken, with the pack on its way to it.
 func TestWokenGetLeavesNoTask(t *testing.T) {
-	url := startNodeListening(t)
-	px := startFreezer(t, strings.TrimPrefix(url, "nats://"))
-	g := newQueues(t, nil, jsqueue.Config{Conn: connectTo(t, "nats://"+px.addr()), Pack: 4, HoldFor: time.Minute})
-	reaping(t, g)
-	p := newQueues(t, nil, jsqueue.Config{Conn: connectTo(t, url), Pack: 4})
+	px, g, p := gatewayThroughFreezer(t, jsqueue.Config{Pack: 4, HoldFor: time.Minute})
 
 	// Two tasks leased through g, none held: the get below waits at
 	// JetStream.
@@ -71,11 +67,7 @@ func TestWokenGetLeavesNoTask(t *testing.T) {
 // sending it a pack, leaves that pack for no AckWait either: a worker
 // stopped while it waits costs the next worker nothing.
 func TestAbandonedGetLeavesNoTask(t *testing.T) {
-	url := startNodeListening(t)
-	px := startFreezer(t, strings.TrimPrefix(url, "nats://"))
-	g := newQueues(t, nil, jsqueue.Config{Conn: connectTo(t, "nats://"+px.addr()), Pack: 4})
-	reaping(t, g)
-	p := newQueues(t, nil, jsqueue.Config{Conn: connectTo(t, url), Pack: 4})
+	px, g, p := gatewayThroughFreezer(t, jsqueue.Config{Pack: 4})
 
 	ctx, goAway := context.WithCancel(context.Background())
 	gave := make(chan error, 1)
@@ -105,6 +97,21 @@ func TestAbandonedGetLeavesNoTask(t *testing.T) {
 	if got := strings.Join(payloads(ts), ","); got != "a,b" {
 		t.Fatalf("the next get took %q within 5s, want a,b", got)
 	}
+}
+
+// gatewayThroughFreezer starts a node and two gateways on it with cfg:
+// g, whose connection goes through the freezing proxy px, and p, the
+// producer, connected directly.
+func gatewayThroughFreezer(t *testing.T, cfg jsqueue.Config) (px *freezer, g, p *jsqueue.Queues) {
+	t.Helper()
+	url := startNodeListening(t)
+	px = startFreezer(t, strings.TrimPrefix(url, "nats://"))
+	gcfg := cfg
+	gcfg.Conn = connectTo(t, "nats://"+px.addr())
+	g = newQueues(t, nil, gcfg)
+	reaping(t, g)
+	pcfg := jsqueue.Config{Conn: connectTo(t, url), Pack: cfg.Pack}
+	return px, g, newQueues(t, nil, pcfg)
 }
 
 func connectTo(t *testing.T, url string) *nats.Conn {
