@@ -13,12 +13,16 @@
 package freeport
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"math/rand/v2"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // lowest is the lowest port Loopback picks: above the well-known and most
@@ -34,7 +38,11 @@ const tries = 100
 func Loopback() (string, error) {
 	if first := ephemeralStart(); first-lowest >= 1000 {
 		for range tries {
-			addr := "127.0.0.1:" + strconv.Itoa(lowest+rand.IntN(first-lowest))
+			port := lowest + rand.IntN(first-lowest)
+			if !claim(port) {
+				continue
+			}
+			addr := "127.0.0.1:" + strconv.Itoa(port)
 			if ln, err := net.Listen("tcp", addr); err == nil {
 				ln.Close()
 				return addr, nil
@@ -57,6 +65,40 @@ func Port() (int, error) {
 	}
 	_, p, _ := net.SplitHostPort(addr)
 	return strconv.Atoi(p)
+}
+
+// claimFor is how long a port Loopback returned is not returned again by
+// it, in this or another process of the same machine: long enough for
+// the server it was picked for to bind it. Two test packages run at once
+// picked the same port (CI, 2026-12-04: "bind: address already in use"
+// for a JetStream node of qbench's failover test).
+const claimFor = 2 * time.Minute
+
+// claim records port as picked, in a file of its own under the temporary
+// directory, unless another pick holds it (its file is younger than
+// claimFor). Without the directory, every port may be picked.
+func claim(port int) bool {
+	dir := filepath.Join(os.TempDir(), "qm-freeport")
+	if err := os.MkdirAll(dir, 0o777); err != nil {
+		return true
+	}
+	name := filepath.Join(dir, strconv.Itoa(port))
+	for range 2 {
+		f, err := os.OpenFile(name, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o666)
+		if err == nil {
+			f.Close()
+			return true
+		}
+		if !errors.Is(err, fs.ErrExist) {
+			return true
+		}
+		fi, err := os.Stat(name)
+		if err != nil || time.Since(fi.ModTime()) < claimFor {
+			return false
+		}
+		_ = os.Remove(name) // an old claim: taken anew, by one process
+	}
+	return false
 }
 
 // ephemeralStart is the first port of the kernel's ephemeral range, or 0

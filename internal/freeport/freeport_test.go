@@ -2,8 +2,11 @@ package freeport
 
 import (
 	"net"
+	"os"
+	"path/filepath"
 	"strconv"
 	"testing"
+	"time"
 )
 
 // TestLoopbackIsBelowTheEphemeralRange: the port is free, and below the
@@ -28,5 +31,27 @@ func TestLoopbackIsBelowTheEphemeralRange(t *testing.T) {
 			t.Fatalf("the port picked is not free: %v", err)
 		}
 		ln.Close()
+	}
+}
+
+// A port picked is not picked again within claimFor, by this process or
+// another (the claim is a file), and an old claim is taken anew.
+func TestClaimedPortIsNotPickedAgain(t *testing.T) {
+	port := lowest + 1 + int(time.Now().UnixNano()%1000)
+	name := filepath.Join(os.TempDir(), "qm-freeport", strconv.Itoa(port))
+	_ = os.Remove(name)
+	t.Cleanup(func() { _ = os.Remove(name) })
+	if !claim(port) {
+		t.Fatalf("port %d unclaimed, but claim refused it", port)
+	}
+	if claim(port) {
+		t.Fatalf("port %d claimed twice", port)
+	}
+	old := time.Now().Add(-claimFor - time.Second)
+	if err := os.Chtimes(name, old, old); err != nil {
+		t.Fatal(err)
+	}
+	if !claim(port) {
+		t.Fatalf("an old claim of port %d was not taken anew", port)
 	}
 }
