@@ -61,6 +61,11 @@ func (s *Server) SetACL(rules *acl.Rules) (closed int, err error) {
 	}
 	s.mu.Unlock()
 	for _, c := range conns {
+		if c.ctx.Err() != nil {
+			// Closed already (by an earlier SetACL, say), and not yet
+			// gone from s.conns: not closed, or counted, again.
+			continue
+		}
 		old := c.key.Load()
 		if old == nil {
 			continue // in its handshake: bindKey reads the new rules
