@@ -82,8 +82,7 @@ func readFrame(r io.Reader, buf []byte, limit, hint int) ([]byte, error) {
 // than half as much again to come. Growing by a fixed factor alone made
 // a frame just over a step (4 MiB and a little: a get of 1,000 results
 // of 4 KiB) take one more step, a copy of all it had and a buffer of
-// 1.25 times the frame; such gets made qbench's 4 KiB run a fifth
-// slower than gets of 960.
+// 1.25 times the frame.
 func growFrame(buf []byte, n int) []byte {
 	next := min(n, max(frameGrowth*cap(buf), frameChunk))
 	if n-next < next/2 {
