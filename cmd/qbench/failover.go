@@ -33,6 +33,9 @@ type failoverOptions struct {
 	Cycles int
 	// Rate is the producer's pace, in tasks per second.
 	Rate int
+	// Single puts one task a call, without an idempotency key, as a
+	// Python client's put does.
+	Single bool
 	// Workers is how many qworker processes run.
 	Workers int
 	// Lease is each qmaster's --lease, JetStream's AckWait: how long the
@@ -116,6 +119,7 @@ qmaster map, which drops the second result, expects. Everything it started is st
 	fl.StringVar(&o.Bin, "bin", "bin", "`dir`ectory holding qmaster and qworker")
 	fl.IntVar(&o.Cycles, "cycles", 3, "how many times the tasks stream's leader is killed")
 	fl.IntVar(&o.Rate, "rate", 200, "tasks put per second")
+	fl.BoolVar(&o.Single, "single", false, "put one task a call, without an idempotency key (as a Python client's put does)")
 	fl.IntVar(&o.Workers, "workers", 2, "qworker processes")
 	fl.DurationVar(&o.Lease, "lease", 5*time.Second, "qmaster --lease (JetStream's AckWait)")
 	fl.DurationVar(&o.Steady, "steady", 5*time.Second, "how long tasks flow before each kill, and after the last")
@@ -248,7 +252,7 @@ func runFailover(ctx context.Context, o *failoverOptions, log io.Writer) (rep *f
 	var wg sync.WaitGroup
 	putErr := make(chan error, 1)
 	wg.Add(2)
-	go func() { defer wg.Done(); putErr <- clock.produce(flowCtx, c, o.Rate, stopPuts) }()
+	go func() { defer wg.Done(); putErr <- clock.produce(flowCtx, c, o.Rate, o.Single, stopPuts) }()
 	go func() { defer wg.Done(); clock.collect(flowCtx, c) }()
 	defer func() {
 		stopFlow()
@@ -423,9 +427,13 @@ func replicasCurrent(ctx context.Context, js jetstream.JetStream) (bool, error) 
 // produce puts tasks at rate a second, until stop is closed: each a
 // number, its idempotency key that number, its results to qmResults. A put
 // that fails is sent again, the same tasks with the same keys, until it is
-// taken; tasks that fell due meanwhile go in the next put.
-func (fc *failoverClock) produce(ctx context.Context, c *wire.Client, rate int, stop <-chan struct{}) error {
-	const maxBatch = 500
+// taken; tasks that fell due meanwhile go in the next put. With single,
+// each put is of one task, without a key.
+func (fc *failoverClock) produce(ctx context.Context, c *wire.Client, rate int, single bool, stop <-chan struct{}) error {
+	maxBatch := 500
+	if single {
+		maxBatch = 1
+	}
 	tick := max(time.Second/time.Duration(rate), 10*time.Millisecond)
 	t := time.NewTicker(tick)
 	defer t.Stop()
@@ -462,7 +470,11 @@ func (fc *failoverClock) produce(ctx context.Context, c *wire.Client, rate int, 
 			for {
 				sent := time.Now()
 				pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-				_, err := c.PutRaw(pctx, qmTasks, items, wire.PutOptions{ReplyTo: qmResults, Keys: keys})
+				opts := wire.PutOptions{ReplyTo: qmResults, Keys: keys}
+				if single {
+					opts.Keys = nil
+				}
+				_, err := c.PutRaw(pctx, qmTasks, items, opts)
 				cancel()
 				if err == nil {
 					break
@@ -667,9 +679,13 @@ func (r *failoverReport) check() error {
 func (r *failoverReport) markdown() string {
 	var b strings.Builder
 	o := r.opts
+	puts := " (each put with an idempotency key a task)"
+	if o.Single {
+		puts = " (a task a put, without a key)"
+	}
 	fmt.Fprintf(&b, "Failover: three qmasters embedding a JetStream cluster (fsync always), %d qworker --builtin echo, "+
-		"%d tasks/s put through one qmaster, lease %s; the node leading the tasks stream SIGKILLed and restarted %s later, "+
-		"%d times (`%s`).\n\n", o.Workers, o.Rate, o.Lease, o.Down, o.Cycles, o.Command)
+		"%d tasks/s put through one qmaster%s, lease %s; the node leading the tasks stream SIGKILLed and restarted %s later, "+
+		"%d times (`%s`).\n\n", o.Workers, o.Rate, puts, o.Lease, o.Down, o.Cycles, o.Command)
 	b.WriteString("| cycle | killed | gap | kill → first result | kill → first result of a task put after it | longest put (failed sends) | restart → replicas current | second results |\n")
 	b.WriteString("|---:|---|---:|---:|---:|---:|---:|---:|\n")
 	for i, cy := range r.Cycles {

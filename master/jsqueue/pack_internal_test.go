@@ -697,10 +697,11 @@ func TestClosingGatewaySendsItsCounts(t *testing.T) {
 	}
 }
 
-// TestPackedPutIsStoredOnceSentAgain: a packed put without keys carries
-// message IDs of the gateway's own, so that publish may send it again
-// when its leader dies with the acks: sent again, JetStream stores none
-// of it twice. A put a message a task carries none (their cost).
+// TestPackedPutIsStoredOnceSentAgain: a packed put without keys, and a
+// put of one task, carry message IDs of the gateway's own, so that
+// publish may send them again when their leader dies with the acks: sent
+// again, JetStream stores none of it twice. A batched put of a message a
+// task (--pack 1) carries none (their cost).
 func TestPackedPutIsStoredOnceSentAgain(t *testing.T) {
 	q := packQueues(t, Config{Pack: 32})
 	items := make([]queue.Item, 70)
@@ -726,21 +727,36 @@ func TestPackedPutIsStoredOnceSentAgain(t *testing.T) {
 		}
 		id := m.Header.Get(jetstream.MsgIDHeader)
 		ids = append(ids, id)
-		if seq == 4 {
-			if id != "" {
-				t.Errorf("a put of one task has the ID %q", id)
-			}
-			break
-		}
 		// Sent again as publish would: the same subject, headers and data.
 		ack, err := q.js.PublishMsg(ctx, &nats.Msg{Subject: m.Subject, Header: m.Header, Data: m.Data})
 		if err != nil || !ack.Duplicate || ack.Sequence != seq {
 			t.Fatalf("message %d (ID %q) sent again: %+v, %v; want a duplicate of %d", seq, id, ack, err, seq)
 		}
 	}
-	for i, want := range []string{"/0+32", "/32+32", "/64+6"} {
+	for i, want := range []string{"/0+32", "/32+32", "/64+6", "/0+1"} {
 		if prefix := queue.RequestKey(q.putIDs); !strings.HasPrefix(ids[i], prefix) || !strings.HasSuffix(ids[i], want) {
 			t.Errorf("message %d has the ID %q, want %q...%q", i+1, ids[i], prefix, want)
+		}
+	}
+	if strings.TrimSuffix(ids[3], "/0+1") == strings.TrimSuffix(ids[0], "/0+32") {
+		t.Errorf("the put of one task has the first put's request ID: %q and %q", ids[3], ids[0])
+	}
+
+	unpacked := packQueues(t, Config{Pack: 1})
+	if _, err := unpacked.Put(ctx, queue.PutRequest{Queue: "jobs", Items: items[:2]}); err != nil {
+		t.Fatal(err)
+	}
+	us, err := unpacked.open("jobs", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for seq := uint64(1); seq <= 2; seq++ {
+		m, err := us.st.GetMsg(ctx, seq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if id := m.Header.Get(jetstream.MsgIDHeader); id != "" {
+			t.Errorf("message %d of a put of two with --pack 1 has the ID %q", seq, id)
 		}
 	}
 	if st, err := q.Stats("jobs"); err != nil || st.Ready != 71 {

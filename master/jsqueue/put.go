@@ -98,12 +98,14 @@ func (q *Queues) Put(ctx context.Context, req queue.PutRequest) ([]uint64, error
 	case rid != "":
 	case req.Results && resultsMsgIDs(msgs, counts, len(req.Items), req.ResultsOf):
 		// Each message has the ID of its results' deliveries.
-	case counts != nil:
-		// A packed put gets IDs of the gateway's own: it may then be sent
-		// again when its stream's leader dies with its acks (publish),
-		// and JetStream stores none of it twice. What they cost: each
-		// node remembers each message's ID for the dedup window, which
-		// for a message a task (--pack 1) cost 12% of the tasks/s.
+	case counts != nil || len(msgs) == 1:
+		// A packed put, or a put of one message, gets IDs of the
+		// gateway's own: it may then be sent again when its stream's
+		// leader dies with its acks (publish), and JetStream stores none
+		// of it twice. What they cost: each node remembers each
+		// message's ID for the dedup window, which for a message a task
+		// of a batched put (--pack 1) cost 12% of the tasks/s; a put of
+		// one message pays a round trip for it as well.
 		rid = q.putIDs + strconv.FormatUint(q.puts.Add(1), 36)
 	}
 	if rid != "" {
