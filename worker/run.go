@@ -287,12 +287,17 @@ func (r *runner) serve(ctx context.Context, s *session) (stop bool, err error) {
 			held, completing = nil, true
 		}
 		if !got {
-			var lost <-chan struct{}
+			var lost, closed <-chan struct{}
 			if !getting {
 				// Draining too: results kept for the next connection
 				// (lease.handover) would otherwise go round between
 				// pending and the completer for ever, as none comes.
-				lost = s.ctx.Done()
+				// The connection's own end as well as the session's:
+				// the keeper cancels the session once it sees the
+				// connection closed, but serve and the completer passing
+				// such results round kept the only thread busy, and the
+				// keeper never ran (a qworker used a core for minutes).
+				lost, closed = s.ctx.Done(), s.c.Done()
 			}
 			select {
 			case <-r.res.changed:
@@ -307,14 +312,9 @@ func (r *runner) serve(ctx context.Context, s *session) (stop bool, err error) {
 			case <-cancelled:
 				cancelled = nil // the next round drains
 			case <-lost:
-				stop, err := r.lose(s, held, completing, errConnLost)
-				if draining && stopErr != nil {
-					// Stopping for an error: not to connect again. What
-					// was kept for the next connection goes too.
-					r.endHandedOver()
-					return true, stopErr
-				}
-				return stop, err
+				return r.connectionLost(s, held, completing, draining, stopErr)
+			case <-closed:
+				return r.connectionLost(s, held, completing, draining, stopErr)
 			}
 			if !got {
 				continue
@@ -340,6 +340,18 @@ func (r *runner) serve(ctx context.Context, s *session) (stop bool, err error) {
 			return r.lose(s, held, completing, err)
 		}
 	}
+}
+
+// connectionLost ends serve when its session's connection is gone and no
+// call is in progress to report it: as lose, but a worker draining to stop
+// for an error stops, and what was kept for the next connection goes too.
+func (r *runner) connectionLost(s *session, held []finished, completing, draining bool, stopErr error) (stop bool, _ error) {
+	stop, err := r.lose(s, held, completing, errConnLost)
+	if draining && stopErr != nil {
+		r.endHandedOver()
+		return true, stopErr
+	}
+	return stop, err
 }
 
 // lose ends serve when s has lost its connection (err says how): it
