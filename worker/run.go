@@ -223,7 +223,10 @@ func (r *runner) serve(ctx context.Context, s *session) (stop bool, err error) {
 		var t tally
 		held, t = r.res.take(held)
 		t.running += r.runWaiting(s, r.cfg.Concurrency-t.running)
-		if !completing {
+		// Not on a session that is gone: they would come straight back,
+		// and serve and the completer would pass them round (with a get
+		// at the getter, until the getter's call fails).
+		if !completing && !s.gone() {
 			if again := r.res.takeAgain(); again != nil {
 				// Cut off with the last connection: each sent again alone,
 				// as it was (keepForNext).

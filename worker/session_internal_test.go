@@ -80,6 +80,9 @@ func TestServeEndsWhenItsConnectionCloses(t *testing.T) {
 		if got.stop || got.err != nil {
 			t.Fatalf("serve returned %v, %v; want to reconnect (false, nil)", got.stop, got.err)
 		}
+		if again := r.res.takeAgain(); len(again) != 1 || len(again[0]) != 1 || again[0][0].l != l {
+			t.Fatalf("kept for the next connection: %v; want the cut-off completion", again)
+		}
 	case <-time.After(5 * time.Second):
 		cancel(ErrLeaseLost) // as the keeper would: serve then ends
 		<-done
