@@ -41,6 +41,10 @@ type clientConn struct {
 	// authentication.
 	key atomic.Pointer[acl.Key]
 
+	// ledger counts what the session wrote for each stream (set with
+	// the session, before any stream is served).
+	ledger *wire.SendLedger
+
 	mu         sync.Mutex
 	sess       *yamux.Session
 	role, name string
@@ -188,7 +192,8 @@ func (c *clientConn) handshake() (*yamux.Session, []byte, error) {
 	if err := c.conn.SetDeadline(time.Time{}); err != nil {
 		return nil, nil, err
 	}
-	sess, err := wire.ServerSession(c.conn, c.s.cfg.KeepAliveInterval)
+	sess, ledger, err := wire.ServerSession(c.conn, c.s.cfg.KeepAliveInterval)
+	c.ledger = ledger
 	return sess, nil, err
 }
 
@@ -228,6 +233,9 @@ func closingResponse(err error) *wire.Response {
 // the stream goes on; anything else ends the stream.
 func (c *clientConn) serveStream(stream *yamux.Stream) {
 	defer stream.Close()
+	id := stream.StreamID()
+	c.ledger.Track(id)
+	defer c.ledger.Untrack(id)
 	codec := wire.NewCodec(stream, c.s.cfg.MaxMessageSize)
 	// Gets and completes are read into one buffer, reused: what they
 	// carry is copied out (a complete's values into its results) before
@@ -280,7 +288,8 @@ func (c *clientConn) serveStream(stream *yamux.Stream) {
 				resp.Then = c.handle(req.Then, &bufs[1])
 			}
 		}
-		if werr := codec.Write(resp); werr != nil {
+		sentBefore := c.ledger.Written(id)
+		if werr := codec.Write(resp); werr != nil && c.ledger.Written(id)-sentBefore < uint64(codec.LastWriteSize()) {
 			for r, p := &req, resp; r != nil && p != nil; r, p = r.Then, p.Then {
 				if r.Op == wire.OpGet && len(p.Tasks) > 0 {
 					c.returnUndelivered(stream, r, p.Tasks)
@@ -316,11 +325,14 @@ func keepsFrame(req *wire.Request) bool {
 }
 
 // returnUndelivered puts back tasks whose get reply could not be written.
-// A failed write does not prove the client missed them: yamux may report
-// an error for bytes already sent when the session closes at that moment.
-// So a task taken for good is put back (a duplicate beats a loss), and a
-// leased one is handed back only while the session lives; if it died, the
-// connection's release requeues it with the attempt counted.
+// A write that failed although the session had written the reply (yamux
+// reports one when the session shuts down at that moment, as when a
+// client reads its answer and hangs up) is found by the ledger and counts
+// as written: the reply reached the socket. Any other failed write may
+// still have sent part of it, so a task taken for good is put back (a
+// duplicate beats a loss), and a leased one is handed back only while the
+// session lives; if it died, the connection's release requeues it with
+// the attempt counted.
 func (c *clientConn) returnUndelivered(stream *yamux.Stream, req *wire.Request, ts []wire.Task) {
 	if req.NoAck || !stream.Session().IsClosed() {
 		c.s.queues.Unget(getRequest(c.id, req), queueTasks(ts))

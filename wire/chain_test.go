@@ -32,7 +32,7 @@ func oldMaster(t *testing.T, reqs chan<- Request, closeStreams bool) string {
 		if _, err := io.ReadFull(conn, p); err != nil || CheckPreamble(conn, p) != nil {
 			return
 		}
-		sess, err := ServerSession(conn, time.Second)
+		sess, _, err := ServerSession(conn, time.Second)
 		if err != nil {
 			return
 		}

@@ -3,6 +3,7 @@ package wire
 import (
 	"encoding/binary"
 	"net"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -25,6 +26,8 @@ type frameCoalescer struct {
 	hdr  [yamuxHeaderLen]byte
 	held int // body length the held header announces; 0 = none held
 	bufs net.Buffers
+	// ledger, if not nil, counts the data written for streams.
+	ledger *SendLedger
 }
 
 func (c *frameCoalescer) Write(p []byte) (int, error) {
@@ -32,7 +35,11 @@ func (c *frameCoalescer) Write(p []byte) (int, error) {
 		want := c.held
 		c.held = 0
 		if len(p) == want {
-			if err := c.writePair(c.hdr[:], p); err != nil {
+			id := binary.BigEndian.Uint32(c.hdr[4:8])
+			c.ledger.begin(id, len(p))
+			err := c.writePair(c.hdr[:], p)
+			c.ledger.end(id, len(p), err == nil)
+			if err != nil {
 				return 0, err
 			}
 			return len(p), nil
@@ -88,7 +95,101 @@ func ClientSession(conn net.Conn, keepAlive time.Duration) (*yamux.Session, erro
 }
 
 // ServerSession starts the master side of a yamux session on an
-// authenticated conn.
-func ServerSession(conn net.Conn, keepAlive time.Duration) (*yamux.Session, error) {
-	return yamux.Server(&frameCoalescer{Conn: conn}, YamuxConfig(keepAlive))
+// authenticated conn, and returns it with the ledger of what it sends.
+func ServerSession(conn net.Conn, keepAlive time.Duration) (*yamux.Session, *SendLedger, error) {
+	ledger := newSendLedger()
+	sess, err := yamux.Server(&frameCoalescer{Conn: conn, ledger: ledger}, YamuxConfig(keepAlive))
+	return sess, ledger, err
+}
+
+// A SendLedger counts the data bytes a session has written to its
+// connection for each stream it tracks. A stream's Write fails with
+// yamux.ErrSessionShutdown when the session shuts down while the writer
+// waits for the send loop, even if the send loop had written it: the
+// writer's wait picks either at random. A client that reads its answer
+// and hangs up at once makes that race, and a master that took the
+// answer for undelivered would hand its tasks out again. The ledger
+// tells it that the answer reached the socket, as a successful Write
+// would have.
+type SendLedger struct {
+	mu      sync.Mutex
+	settled sync.Cond // on mu; signalled when a write ends
+	streams map[uint32]streamSends
+}
+
+// streamSends are a tracked stream's data bytes written, and being
+// written now.
+type streamSends struct{ sent, writing uint64 }
+
+func newSendLedger() *SendLedger {
+	l := &SendLedger{streams: make(map[uint32]streamSends)}
+	l.settled.L = &l.mu
+	return l
+}
+
+// Track starts counting what is sent on stream id. A nil ledger counts
+// nothing.
+func (l *SendLedger) Track(id uint32) {
+	if l == nil {
+		return
+	}
+	l.mu.Lock()
+	l.streams[id] = streamSends{}
+	l.mu.Unlock()
+}
+
+// Untrack stops counting what is sent on stream id.
+func (l *SendLedger) Untrack(id uint32) {
+	if l == nil {
+		return
+	}
+	l.mu.Lock()
+	delete(l.streams, id)
+	l.mu.Unlock()
+}
+
+// Written is how many data bytes were written for stream id since Track,
+// once a write of its data under way has ended: the writer that was told
+// of a shutdown may have been told before the send loop, preempted right
+// after its system call, counted what it wrote.
+func (l *SendLedger) Written(id uint32) uint64 {
+	if l == nil {
+		return 0
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for l.streams[id].writing > 0 {
+		l.settled.Wait()
+	}
+	return l.streams[id].sent
+}
+
+// begin notes that n data bytes of stream id are being written; end,
+// that the write ended, and whether it wrote them.
+func (l *SendLedger) begin(id uint32, n int) {
+	if l == nil {
+		return
+	}
+	l.mu.Lock()
+	if st, ok := l.streams[id]; ok {
+		st.writing += uint64(n)
+		l.streams[id] = st
+	}
+	l.mu.Unlock()
+}
+
+func (l *SendLedger) end(id uint32, n int, written bool) {
+	if l == nil {
+		return
+	}
+	l.mu.Lock()
+	if st, ok := l.streams[id]; ok {
+		st.writing -= uint64(n)
+		if written {
+			st.sent += uint64(n)
+		}
+		l.streams[id] = st
+	}
+	l.mu.Unlock()
+	l.settled.Broadcast()
 }

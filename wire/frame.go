@@ -152,6 +152,10 @@ func (c *Codec) Write(v any) error {
 	return err
 }
 
+// LastWriteSize is how many bytes the last Write gave the stream (or
+// would have): its frame, header included.
+func (c *Codec) LastWriteSize() int { return len(c.wbuf) }
+
 // Read decodes one frame into v, which must be zeroed first. An error wrapping ErrBadRequest means the
 // frame was read whole but its body was malformed, so the stream is still
 // in step; so does a *TooLargeError with Skipped set: a frame over the

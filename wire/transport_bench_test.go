@@ -49,7 +49,7 @@ func connect(mode string, c net.Conn, dialer bool) (io.ReadWriteCloser, error) {
 		}
 		return s.OpenStream()
 	}
-	s, err := wire.ServerSession(rawsock.Wrap(c), time.Minute)
+	s, _, err := wire.ServerSession(rawsock.Wrap(c), time.Minute)
 	if err != nil {
 		return nil, err
 	}
