@@ -288,8 +288,8 @@ func (c *clientConn) serveStream(stream *yamux.Stream) {
 				resp.Then = c.handle(req.Then, &bufs[1])
 			}
 		}
-		sentBefore := c.ledger.Written(id)
-		if werr := codec.Write(resp); werr != nil && c.ledger.Written(id)-sentBefore < uint64(codec.LastWriteSize()) {
+		mark := c.ledger.Handed(id)
+		if werr := codec.Write(resp); werr != nil && !c.wroteAnyway(werr, id, mark, codec.LastWriteSize()) {
 			for r, p := &req, resp; r != nil && p != nil; r, p = r.Then, p.Then {
 				if r.Op == wire.OpGet && len(p.Tasks) > 0 {
 					c.returnUndelivered(stream, r, p.Tasks)
@@ -322,6 +322,16 @@ func keepsFrame(req *wire.Request) bool {
 		}
 	}
 	return false
+}
+
+// wroteAnyway reports whether a Write on stream id that failed with err
+// had its size bytes written all the same, after mark (the ledger's
+// Handed before it): yamux reports a write as failed when the session
+// shuts down while the writer waits, even if its send loop had written
+// it. The shutdown closes the connection, so a write under way ends at
+// once.
+func (c *clientConn) wroteAnyway(err error, id uint32, mark uint64, size int) bool {
+	return errors.Is(err, yamux.ErrSessionShutdown) && c.ledger.Written(id) >= mark+uint64(size)
 }
 
 // returnUndelivered puts back tasks whose get reply could not be written.

@@ -148,10 +148,25 @@ func (l *SendLedger) Untrack(id uint32) {
 	l.mu.Unlock()
 }
 
+// Handed is how many data bytes of stream id have been written since
+// Track, or are being written now: the mark to measure a Write's bytes
+// from with Written.
+func (l *SendLedger) Handed(id uint32) uint64 {
+	if l == nil {
+		return 0
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	st := l.streams[id]
+	return st.sent + st.writing
+}
+
 // Written is how many data bytes were written for stream id since Track,
 // once a write of its data under way has ended: the writer that was told
 // of a shutdown may have been told before the send loop, preempted right
-// after its system call, counted what it wrote.
+// after its system call, counted what it wrote. A write under way ends
+// soon only when the connection is closed (as a session shutting down
+// closes it) or the peer reads.
 func (l *SendLedger) Written(id uint32) uint64 {
 	if l == nil {
 		return 0
