@@ -853,3 +853,48 @@ func TestCompletionsOfAPackShareARecordWrite(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// A task whose record write failed is settled all the same, and its bit
+// waits in the pack for the next write: the next completion counts only
+// the tasks not yet settled when it tells whether it is the pack's last.
+// (It once counted that bit too, took itself for the last, and wrote
+// nothing: a gateway dying before the pack's last task then left the
+// completed ones to run again.)
+func TestRecordWriteAfterAFailedOneIsNotTakenForTheLast(t *testing.T) {
+	q := packQueues(t, Config{Pack: 4})
+	ctx := context.Background()
+	putN(t, q, "jobs", 4)
+	var ts []queue.Task
+	for owner := uint64(1); owner <= 4; owner++ {
+		ts = append(ts, getN(t, q, "jobs", owner, 1, time.Second)...)
+	}
+	if len(ts) != 4 {
+		t.Fatalf("got %d tasks, want 4", len(ts))
+	}
+	ack := func(i int) {
+		t.Helper()
+		if _, err := q.Ack(queue.AckRequest{Queue: "jobs", Owner: uint64(i + 1), IDs: []uint64{ts[i].ID}}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ack(0)
+	q.mu.Lock()
+	var p *pack
+	for _, held := range q.packs {
+		p = held
+	}
+	// Task 1 as a failed record write leaves it: settled, its bit waiting.
+	l := q.leases[leaseKey{queue: "jobs", id: ts[1].ID}]
+	if p == nil || l == nil || l.pack != p {
+		q.mu.Unlock()
+		t.Fatalf("pack %v, lease of task 2 %v", p, l)
+	}
+	p.toRecord |= 1 << l.index
+	q.settleLocked(l)
+	q.mu.Unlock()
+
+	ack(2) // two tasks left before it (2 and 3): not the last
+	if r, err := q.readRecord(ctx, p.recordKey(), p.stored); err != nil || r.done != 0b111 {
+		t.Fatalf("the record reads %+v, %v; want tasks 1 to 3 done", r, err)
+	}
+}

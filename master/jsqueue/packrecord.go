@@ -114,7 +114,7 @@ func (q *Queues) recordPack(ctx context.Context, p *pack, m uint64) error {
 	defer p.recordMu.Unlock()
 	q.mu.Lock()
 	m, p.toRecord = p.toRecord, 0
-	last := p.left <= bits.OnesCount64(m)
+	last := p.left <= unsettled(p, m)
 	q.mu.Unlock()
 	if m == 0 || last {
 		return nil // written by the write before, or the pack is acked with them
@@ -129,6 +129,19 @@ func (q *Queues) recordPack(ctx context.Context, p *pack, m uint64) error {
 		q.mu.Unlock()
 	}
 	return err
+}
+
+// unsettled counts the tasks of mask m that p has not settled yet: the
+// tasks a failed write left in p.toRecord were settled by their
+// completions all the same, and p.left counts them no more. Under q.mu.
+func unsettled(p *pack, m uint64) int {
+	n := 0
+	for x := m; x != 0; x &= x - 1 {
+		if !p.done[bits.TrailingZeros64(x)] {
+			n++
+		}
+	}
+	return n
 }
 
 // takeTasks marks the tasks of mask of p done in its record before this
