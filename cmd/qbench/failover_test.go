@@ -17,7 +17,11 @@ func TestFailover(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Second)
 	defer cancel()
-	o := &failoverOptions{Bin: binDir, Cycles: 1, Rate: 50, Workers: 2, Lease: 3 * time.Second,
+	// The lease is qbench failover's default: an unpacked task's deliveries
+	// count as attempts, and at 3s a gap of 10s (once, with every test
+	// package running under -race) dead-lettered a task that had also been
+	// completed: an error result beside its own.
+	o := &failoverOptions{Bin: binDir, Cycles: 1, Rate: 50, Workers: 2, Lease: 5 * time.Second,
 		Steady: 2 * time.Second, Down: time.Second, Timeout: 50 * time.Second, Command: "qbench failover (test)"}
 	if err := o.validate(); err != nil {
 		t.Fatal(err)
