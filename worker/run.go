@@ -223,10 +223,13 @@ func (r *runner) serve(ctx context.Context, s *session) (stop bool, err error) {
 		var t tally
 		held, t = r.res.take(held)
 		t.running += r.runWaiting(s, r.cfg.Concurrency-t.running)
-		// Not on a session that is gone: they would come straight back,
-		// and serve and the completer would pass them round (with a get
-		// at the getter, until the getter's call fails).
-		if !completing && !s.gone() {
+		// Nothing goes to the completer on a session that is gone: results
+		// kept for the next connection would come straight back, and serve
+		// and the completer would pass them round (with a get at the
+		// getter, until the getter's call fails); held ones stay held,
+		// for lose to keep for the next session as they are.
+		gone := s.gone()
+		if !completing && !gone {
 			if again := r.res.takeAgain(); again != nil {
 				// Cut off with the last connection: each sent again alone,
 				// as it was (keepForNext).
@@ -285,7 +288,7 @@ func (r *runner) serve(ctx context.Context, s *session) (stop bool, err error) {
 				r.res.gets <- c
 				getting = true
 			}
-		} else if len(held) > 0 && !completing {
+		} else if len(held) > 0 && !completing && !gone {
 			r.res.completes <- sendCall{s: s, fs: held}
 			held, completing = nil, true
 		}
