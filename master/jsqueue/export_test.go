@@ -33,11 +33,12 @@ func StoredMessages(q *Queues, name string) (int, error) {
 	return int(si.State.Msgs), nil
 }
 
-// IsOpen reports whether q has the stream of queue name open.
-func (q *Queues) IsOpen(name string) bool {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	return q.known[name] != nil
+// IgnoreAdvisories makes q miss JetStream's advisories from now on, as
+// when JetStream drops them.
+func (q *Queues) IgnoreAdvisories() {
+	for _, sub := range q.advisories {
+		_ = sub.Unsubscribe()
+	}
 }
 
 // Waiting returns how many pull requests the consumer of queue name's

@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 
@@ -32,6 +33,17 @@ import (
 // the batches in flight. A waiting put polls; puts do not queue for room
 // in FIFO order.
 func (q *Queues) Put(ctx context.Context, req queue.PutRequest) ([]uint64, error) {
+	ids, err := q.put(ctx, req)
+	if errors.Is(err, errRemade) {
+		// Deleted, or made anew through another gateway, and JetStream's
+		// advisory of it never came (followAdvisories): put again, into
+		// the stream opened anew. Nothing of the first put was stored.
+		ids, err = q.put(ctx, req)
+	}
+	return ids, err
+}
+
+func (q *Queues) put(ctx context.Context, req queue.PutRequest) ([]uint64, error) {
 	if req.MaxWait < 0 {
 		return nil, fmt.Errorf("%w: max wait must be >= 0, got %v", queue.ErrBadArgument, req.MaxWait)
 	}
@@ -113,7 +125,14 @@ func (q *Queues) Put(ctx context.Context, req queue.PutRequest) ([]uint64, error
 	}
 	pctx, cancel := q.call()
 	defer cancel()
-	ids, dup, err := q.publishDedup(pctx, msgs)
+	var replaced func() bool
+	if slices.ContainsFunc(req.Items, func(it queue.Item) bool { return it.Priority > 0 }) {
+		// A stream made anew takes a level's subject once a gateway
+		// opens the level in it (openLevel); the queue's own subjects it
+		// always takes.
+		replaced = q.replacedSince(pctx, s)
+	}
+	ids, dup, err := q.publishDedup(pctx, msgs, replaced)
 	resent := false
 	for round := 1; req.Results && errors.Is(err, queue.ErrUnavailable) && allKeyed(msgs) && ctx.Err() == nil && q.ctx.Err() == nil; round++ {
 		// Results are never dropped: the server would put them again as
@@ -137,7 +156,7 @@ func (q *Queues) Put(ctx context.Context, req queue.PutRequest) ([]uint64, error
 			continue
 		}
 		rctx, rcancel := q.call()
-		ids, dup, err = q.publishDedup(rctx, msgs)
+		ids, dup, err = q.publishDedup(rctx, msgs, nil)
 		rcancel()
 		resent = true
 	}
@@ -309,14 +328,14 @@ func (q *Queues) waitRoom(ctx context.Context, s *stream, req queue.PutRequest) 
 // failover). Without IDs a second send could store the tasks twice, so
 // the put waits, and then fails.
 func (q *Queues) publish(ctx context.Context, msgs []*nats.Msg) ([]uint64, error) {
-	ids, _, err := q.publishDedup(ctx, msgs)
+	ids, _, err := q.publishDedup(ctx, msgs, nil)
 	return ids, err
 }
 
 // publishDedup is publish, and also says which messages JetStream had
 // stored before this call, by their IDs (dup[i]; nil: none).
-func (q *Queues) publishDedup(ctx context.Context, msgs []*nats.Msg) (ids []uint64, dup []bool, err error) {
-	ids, dup, sends, err := q.publishSends(ctx, msgs)
+func (q *Queues) publishDedup(ctx context.Context, msgs []*nats.Msg, replaced func() bool) (ids []uint64, dup []bool, err error) {
+	ids, dup, sends, err := q.publishSends(ctx, msgs, replaced)
 	if sends > 1 {
 		// A message an earlier send of this put stored, its ack lost, is
 		// a duplicate now: this put's, not an earlier one's. (Which, it
@@ -329,9 +348,23 @@ func (q *Queues) publishDedup(ctx context.Context, msgs []*nats.Msg) (ids []uint
 // publishSends is publish, and also says which messages JetStream had
 // stored before the last of its sends, by their IDs (dup[i]; nil: none):
 // before this call, or by an earlier send of it (sends > 1).
-func (q *Queues) publishSends(ctx context.Context, msgs []*nats.Msg) (ids []uint64, dup []bool, sends int, err error) {
+//
+// replaced, if not nil, is asked once, at the first send that no stream
+// answered, whether the queue's stream is gone or was made anew since it
+// was opened (replacedSince): then publishSends returns errRemade at once
+// rather than wait out the request timeout for a stream that takes
+// subjects the new one may not.
+func (q *Queues) publishSends(ctx context.Context, msgs []*nats.Msg, replaced func() bool) (ids []uint64, dup []bool, sends int, err error) {
 	rctx, cancel := context.WithTimeout(ctx, q.cfg.RequestTimeout)
 	defer cancel()
+	gone := func(err error) bool {
+		if replaced == nil || !noStream(err) {
+			return false
+		}
+		check := replaced
+		replaced = nil
+		return check()
+	}
 	if allKeyed(msgs) {
 		// Each send leaves its futures pending in the client's bounded
 		// async-publish window until they time out: the third send waits
@@ -343,14 +376,20 @@ func (q *Queues) publishSends(ctx context.Context, msgs []*nats.Msg) (ids []uint
 				idle = q.cfg.RequestTimeout
 			}
 			ids, dup, stalled, err = q.publishOnce(rctx, msgs, idle)
+			if gone(err) {
+				return false, errRemade
+			}
 			// A message sent before and still being stored is stored
 			// once: sent again after it is, it gets its sequence.
 			return transient(err) || idInProcess(err) || stalled && rctx.Err() == nil && sends < maxKeyedSends, err
 		})
 	} else {
-		err = retryingTransient(rctx, func() (err error) {
+		err = retry(rctx, func() (bool, error) {
 			ids, dup, _, err = q.publishOnce(rctx, msgs, q.cfg.RequestTimeout)
-			return err
+			if gone(err) {
+				return false, errRemade
+			}
+			return transient(err), err
 		})
 	}
 	if err != nil {
@@ -358,6 +397,41 @@ func (q *Queues) publishSends(ctx context.Context, msgs []*nats.Msg) (ids []uint
 	}
 	return ids, dup, sends, nil
 }
+
+// errRemade says that a put found no stream for its messages because the
+// queue's stream was deleted, and maybe made anew, since this gateway
+// opened it: nothing was stored.
+var errRemade = errors.New("the queue's stream was deleted or made anew")
+
+// noStream reports whether err says that no stream took a message: none
+// takes its subject, or its stream has no leader at the moment.
+func noStream(err error) bool {
+	return errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse)
+}
+
+// replacedSince returns a check of whether s's stream is gone, or is
+// another stream of the same name (made anew), since s was opened. The
+// gateway learns of a deleted stream from JetStream's advisory, but
+// JetStream can drop that advisory: the deleted stream's loop may quit
+// before it sends it. A stream that does not answer within
+// replacedCheckTimeout (it has no leader at the moment) counts as the
+// same. Puts of delayed tasks and of priorities ask it, as their subjects
+// are not those of every stream of the queue.
+func (q *Queues) replacedSince(ctx context.Context, s *stream) func() bool {
+	return func() bool {
+		actx, cancel := context.WithTimeout(ctx, replacedCheckTimeout)
+		defer cancel()
+		st, err := q.js.Stream(actx, streamName(s.queue))
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			return true
+		}
+		return err == nil && !st.CachedInfo().Created.Equal(s.st.CachedInfo().Created)
+	}
+}
+
+// replacedCheckTimeout bounds replacedSince's look at the stream, which a
+// healthy node answers in about a millisecond.
+const replacedCheckTimeout = 250 * time.Millisecond
 
 // maxKeyedSends bounds how often publish sends a stalled keyed batch.
 const maxKeyedSends = 3

@@ -105,7 +105,7 @@ func (q *Queues) putDelayed(s *stream, req queue.PutRequest, due time.Time) ([]u
 	}
 	// Duplicates as the last send saw them: stored by an earlier put, or
 	// by an earlier send of this one, whichever IDs they carry.
-	seqs, dup, _, err := q.publishSends(ctx, msgs)
+	seqs, dup, _, err := q.publishSends(ctx, msgs, q.replacedSince(ctx, s))
 	if err != nil {
 		q.forget(req.Queue)
 		return nil, err
