@@ -33,17 +33,23 @@ import (
 // the batches in flight. A waiting put polls; puts do not queue for room
 // in FIFO order.
 func (q *Queues) Put(ctx context.Context, req queue.PutRequest) ([]uint64, error) {
-	ids, err := q.put(ctx, req)
+	gatewayID := q.putIDs + strconv.FormatUint(q.puts.Add(1), 36)
+	ids, err := q.put(ctx, req, gatewayID)
 	if errors.Is(err, errRemade) {
 		// Deleted, or made anew through another gateway, and JetStream's
 		// advisory of it never came (followAdvisories): put again, into
-		// the stream opened anew. Nothing of the first put was stored.
-		ids, err = q.put(ctx, req)
+		// the stream opened anew. The first stored nothing: a stream
+		// takes every level's subject or none, and every schedule's or
+		// none. (A put of priorities alone carries the same message IDs
+		// in both, besides.)
+		ids, err = q.put(ctx, req, gatewayID)
 	}
 	return ids, err
 }
 
-func (q *Queues) put(ctx context.Context, req queue.PutRequest) ([]uint64, error) {
+// put is Put; gatewayID is the ID its messages carry when they carry the
+// gateway's own (below).
+func (q *Queues) put(ctx context.Context, req queue.PutRequest, gatewayID string) ([]uint64, error) {
 	if req.MaxWait < 0 {
 		return nil, fmt.Errorf("%w: max wait must be >= 0, got %v", queue.ErrBadArgument, req.MaxWait)
 	}
@@ -105,20 +111,23 @@ func (q *Queues) put(ctx context.Context, req queue.PutRequest) ([]uint64, error
 	if q.cfg.Pack > 1 && len(msgs) > 1 && !queue.IsDeadLetterName(req.Queue) {
 		msgs, counts = packMsgs(s.subject, msgs, q.cfg.Pack)
 	}
+	// Priorities alone, not results: the put may be made again (Put).
+	allLevels := !req.Results && !slices.ContainsFunc(req.Items, func(it queue.Item) bool { return it.Priority == 0 })
 	rid := req.RequestID
 	switch {
 	case rid != "":
 	case req.Results && resultsMsgIDs(msgs, counts, len(req.Items), req.ResultsOf):
 		// Each message has the ID of its results' deliveries.
-	case counts != nil || len(msgs) == 1:
+	case counts != nil || len(msgs) == 1 || allLevels:
 		// A packed put, or a put of one message, gets IDs of the
 		// gateway's own: it may then be sent again when its stream's
 		// leader dies with its acks (publish), and JetStream stores none
 		// of it twice. What they cost: each node remembers each
 		// message's ID for the dedup window, which for a message a task
 		// of a batched put (--pack 1) cost 12% of the tasks/s; a put of
-		// one message pays a round trip for it as well.
-		rid = q.putIDs + strconv.FormatUint(q.puts.Add(1), 36)
+		// one message pays a round trip for it as well. A put of
+		// priorities alone may be made again (Put).
+		rid = gatewayID
 	}
 	if rid != "" {
 		requestMsgIDs(msgs, counts, rid)
@@ -126,10 +135,11 @@ func (q *Queues) put(ctx context.Context, req queue.PutRequest) ([]uint64, error
 	pctx, cancel := q.call()
 	defer cancel()
 	var replaced func() bool
-	if slices.ContainsFunc(req.Items, func(it queue.Item) bool { return it.Priority > 0 }) {
+	if allLevels {
 		// A stream made anew takes a level's subject once a gateway
-		// opens the level in it (openLevel); the queue's own subjects it
-		// always takes.
+		// opens the level in it (openLevel). A put with tasks of level 0
+		// too, which every stream of the queue takes, is not made again:
+		// it waits out the request timeout as before.
 		replaced = q.replacedSince(pctx, s)
 	}
 	ids, dup, err := q.publishDedup(pctx, msgs, replaced)
