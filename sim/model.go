@@ -60,6 +60,7 @@ type producer struct {
 	q      int
 	gw     *gateway
 	client *process
+	getAt  time.Duration // when its get of results began
 }
 
 // model is one run's state.
@@ -407,6 +408,7 @@ func (m *model) put(pr *producer, n int) {
 // one, then takes every one there is, up to ResultBatch.
 func (m *model) getResults(pr *producer) {
 	s := m.streams[pr.q]
+	pr.getAt = m.c.now
 	m.send(func() {
 		m.send(func() {
 			if len(s.results) == 0 {
@@ -428,6 +430,9 @@ func (m *model) takeResults(pr *producer) {
 		m.send(func() {
 			pr.gw.p.do(gwShare*time.Duration(n), func() {
 				m.send(func() {
+					if m.measuring(m.c.now) {
+						m.res.gets = append(m.res.gets, m.c.now-pr.getAt)
+					}
 					pr.client.do(k.Client/2*time.Duration(n), func() {
 						now := m.c.now
 						if m.measuring(now) {

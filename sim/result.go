@@ -39,13 +39,16 @@ type Result struct {
 	PerSecond []int
 	// Loops is how many times the producers got results and put as many
 	// tasks during the measurement, Batch their mean results per get, and
-	// PutP50, PutP99 percentiles of how long a put took.
+	// PutP50, PutP99 percentiles of how long a put took; GetP50, GetP99
+	// those of a get of results, from its call to the results' arrival in
+	// the producer's process (as qbench fleet measures them).
 	Loops          int
 	Batch          float64
 	PutP50, PutP99 time.Duration
+	GetP50, GetP99 time.Duration
 
-	rtts, waits, puts []time.Duration
-	batched           int
+	rtts, waits, puts, gets []time.Duration
+	batched                 int
 }
 
 // Burst counts Redelivered by period after the kill.
@@ -81,11 +84,13 @@ func Run(cfg Config) (*Result, error) {
 	slices.Sort(r.rtts)
 	slices.Sort(r.waits)
 	slices.Sort(r.puts)
+	slices.Sort(r.gets)
 	r.Loops = len(r.puts)
 	if r.Loops > 0 {
 		r.Batch = float64(r.batched) / float64(r.Loops)
 	}
 	r.PutP50, r.PutP99 = percentile(r.puts, 0.50), percentile(r.puts, 0.99)
+	r.GetP50, r.GetP99 = percentile(r.gets, 0.50), percentile(r.gets, 0.99)
 	r.Tasks = len(r.rtts)
 	r.Throughput = float64(r.Tasks) / cfg.Duration.Seconds()
 	r.P50, r.P99 = percentile(r.rtts, 0.50), percentile(r.rtts, 0.99)

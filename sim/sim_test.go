@@ -163,3 +163,18 @@ func TestReplicationCost(t *testing.T) {
 		within(t, "node CPU per task (µs)", perTask*1e6, 200*rep, 0.05)
 	}
 }
+
+// With one task in flight and nothing that costs CPU, the producer's
+// loop is its put (four one-way latencies: to the gateway, the node and
+// back) and its get, which waits for the handler and the result's way
+// back: 1 ms latencies and a 10 ms handler make a 4 ms put and a 14 ms
+// get.
+func TestProducerLoopIsItsPutAndItsGet(t *testing.T) {
+	cfg := Config{Workers: 1, Window: 1, Compute: 10 * time.Millisecond, Latency: time.Millisecond,
+		Warmup: 100 * time.Millisecond, Duration: 2 * time.Second}
+	r := run(t, cfg)
+	if r.PutP50 != 4*time.Millisecond || r.GetP50 != 14*time.Millisecond || r.GetP99 != r.GetP50 {
+		t.Errorf("put p50 %v, get p50 %v p99 %v; want 4ms, 14ms, 14ms", r.PutP50, r.GetP50, r.GetP99)
+	}
+	within(t, "loops", float64(r.Loops), cfg.Duration.Seconds()/(r.PutP50+r.GetP50).Seconds(), 0.02)
+}
