@@ -33,8 +33,8 @@ import (
 // the batches in flight. A waiting put polls; puts do not queue for room
 // in FIFO order.
 func (q *Queues) Put(ctx context.Context, req queue.PutRequest) ([]uint64, error) {
-	gatewayID := q.putIDs + strconv.FormatUint(q.puts.Add(1), 36)
-	ids, err := q.put(ctx, req, gatewayID)
+	putNo := q.puts.Add(1)
+	ids, err := q.put(ctx, req, putNo)
 	if errors.Is(err, errRemade) {
 		// Deleted, or made anew through another gateway, and JetStream's
 		// advisory of it never came (followAdvisories): put again, into
@@ -42,14 +42,14 @@ func (q *Queues) Put(ctx context.Context, req queue.PutRequest) ([]uint64, error
 		// takes every level's subject or none, and every schedule's or
 		// none. (A put of priorities alone carries the same message IDs
 		// in both, besides.)
-		ids, err = q.put(ctx, req, gatewayID)
+		ids, err = q.put(ctx, req, putNo)
 	}
 	return ids, err
 }
 
-// put is Put; gatewayID is the ID its messages carry when they carry the
-// gateway's own (below).
-func (q *Queues) put(ctx context.Context, req queue.PutRequest, gatewayID string) ([]uint64, error) {
+// put is Put; putNo numbers the ID its messages carry when they carry
+// the gateway's own (below), made only then.
+func (q *Queues) put(ctx context.Context, req queue.PutRequest, putNo uint64) ([]uint64, error) {
 	if req.MaxWait < 0 {
 		return nil, fmt.Errorf("%w: max wait must be >= 0, got %v", queue.ErrBadArgument, req.MaxWait)
 	}
@@ -127,7 +127,7 @@ func (q *Queues) put(ctx context.Context, req queue.PutRequest, gatewayID string
 		// of a batched put (--pack 1) cost 12% of the tasks/s; a put of
 		// one message pays a round trip for it as well. A put of
 		// priorities alone may be made again (Put).
-		rid = gatewayID
+		rid = q.putIDs + strconv.FormatUint(putNo, 36)
 	}
 	if rid != "" {
 		requestMsgIDs(msgs, counts, rid)
