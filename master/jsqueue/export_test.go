@@ -2,6 +2,7 @@ package jsqueue
 
 import (
 	"context"
+	"strings"
 
 	"github.com/nats-io/nats-server/v2/server"
 )
@@ -38,6 +39,16 @@ func StoredMessages(q *Queues, name string) (int, error) {
 func (q *Queues) IgnoreAdvisories() {
 	for _, sub := range q.advisories {
 		_ = sub.Unsubscribe()
+	}
+}
+
+// IgnoreDeletions makes q miss JetStream's advisories of deleted streams
+// from now on, as when JetStream drops them, and follow the others.
+func (q *Queues) IgnoreDeletions() {
+	for _, sub := range q.advisories {
+		if strings.HasPrefix(sub.Subject, streamDeletedPrefix) {
+			_ = sub.Unsubscribe()
+		}
 	}
 }
 

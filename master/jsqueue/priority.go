@@ -338,7 +338,11 @@ const (
 func (q *Queues) followAdvisories() {
 	if sub, err := q.cfg.Conn.Subscribe(consumerCreatedPrefix+"*.*", func(m *nats.Msg) {
 		stream, cons, ok := strings.Cut(strings.TrimPrefix(m.Subject, consumerCreatedPrefix), ".")
-		if ok && cons != consumerName && isTaskConsumer(cons) {
+		switch {
+		case !ok:
+		case cons == consumerName:
+			q.queueMade(stream)
+		case isTaskConsumer(cons):
 			p, _ := strconv.Atoi(strings.TrimPrefix(cons, consumerName+"-p"))
 			q.levelMade(stream, p)
 		}
@@ -363,6 +367,46 @@ func (q *Queues) knownStream(name string) *stream {
 		return q.known[qn]
 	}
 	return nil
+}
+
+// queueMade follows the making of stream name's consumer of tasks, which
+// a gateway makes with the stream. If this gateway has a stream of that
+// name open and it is not that one (it missed JetStream's advisory of its
+// deletion, which JetStream can drop), it opens the queue anew, with the
+// levels it had open: a put of one of them through this gateway may have
+// been stored in the new stream meanwhile, and would wait there with no
+// consumer to hand it out.
+func (q *Queues) queueMade(name string) {
+	old := q.knownStream(name)
+	if old == nil || q.closed.Load() {
+		return
+	}
+	ctx, cancel := q.call()
+	defer cancel()
+	if !q.replaced(ctx, old) {
+		return // made with the stream this gateway has open
+	}
+	q.forget(old.queue)
+	levels := old.levelsDesc()
+	if len(levels) == 0 {
+		return
+	}
+	s, err := q.open(old.queue, false)
+	if errors.Is(err, queue.ErrUnknownQueue) {
+		return // deleted again
+	}
+	if err != nil {
+		q.log.Warn("a queue made anew not opened; tasks of its priorities put through this gateway meanwhile wait for a gateway that opens their levels", "queue", old.queue, "err", err)
+		return
+	}
+	if !slices.Contains(s.st.CachedInfo().Config.Subjects, levelsSubjects(s.subject)) {
+		return // the new stream took none of the stale puts
+	}
+	for _, lv := range levels {
+		if _, err := q.openLevel(ctx, s, lv.p); err != nil {
+			q.log.Warn("a priority of a queue made anew not opened; its tasks put through this gateway meanwhile wait for a gateway that opens it", "queue", s.queue, "priority", lv.p, "err", err)
+		}
+	}
 }
 
 // levelMade opens level p of stream name, made through another gateway

@@ -68,3 +68,47 @@ func TestStreamOfBeforePrioritiesTakesThem(t *testing.T) {
 		t.Fatalf("levels: %v, %v; want [2]", ps, err)
 	}
 }
+
+// A put of an old level, through a gateway that missed the queue's
+// deletion, can reach the new stream before the gateway learns of it
+// (queueMade, from the advisory of the new stream's consumer): the
+// gateway then opens its old levels in the new stream, and the task is
+// handed out. queueMade is called here as the advisory would, after the
+// put, which the test cannot order otherwise.
+func TestStalePutBeforeTheNewQueueIsKnown(t *testing.T) {
+	n := startTestNode(t)
+	a := openQueues(t, n, Config{})
+	b := openQueues(t, n, Config{})
+	for _, sub := range a.advisories {
+		_ = sub.Unsubscribe()
+	}
+	ctx := context.Background()
+	putAt := func(q *Queues, p int, payload string) {
+		t.Helper()
+		if _, err := q.Put(ctx, queue.PutRequest{Queue: "rush", Items: []queue.Item{{Payload: []byte(payload), Priority: p}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	putAt(a, 3, "old")
+	if err := b.Delete("rush"); err != nil {
+		t.Fatal(err)
+	}
+	putAt(b, 0, "plain")
+	putAt(b, 7, "seven")
+	putAt(a, 3, "urgent") // stored with no consumer: a counts level 3 open
+	a.queueMade(streamName("rush"))
+
+	c := openQueues(t, n, Config{})
+	var got []queue.Task
+	for deadline := time.Now().Add(5 * time.Second); len(got) < 3 && time.Now().Before(deadline); {
+		got = append(got, getN(t, c, "rush", 1, 3, time.Second)...)
+	}
+	got = append(got, getN(t, c, "rush", 1, 3, 300*time.Millisecond)...) // and no more
+	var payloads []string
+	for _, t := range got {
+		payloads = append(payloads, string(t.Payload))
+	}
+	if want := []string{"seven", "urgent", "plain"}; !slices.Equal(payloads, want) {
+		t.Fatalf("handed out after the queue was made anew: %v; want %v", payloads, want)
+	}
+}

@@ -254,3 +254,37 @@ func TestPriorityPutThenGet(t *testing.T) {
 		t.Errorf("a get that found the level taken took %v", took)
 	}
 }
+
+// A gateway that missed JetStream's advisory of a queue's deletion still
+// had the old stream's levels open. Once another gateway had made the
+// queue anew and opened a level of its own in it, the new stream took
+// every level's subject: the first gateway's puts of its old levels were
+// stored with no consumer, and no gateway that opened the queue later
+// handed them out. It now learns of the new stream from the advisory of
+// its new consumer, and opens its old levels in it, whether its put came
+// before that advisory or after.
+func TestStaleLevelsAfterTheQueueIsMadeAnew(t *testing.T) {
+	node := startNode(t)
+	a := newQueues(t, node, jsqueue.Config{RequestTimeout: 2 * time.Second})
+	b := newQueues(t, node, jsqueue.Config{})
+	a.IgnoreDeletions()
+	putAt(t, a, "rush", 3, "old-3")
+	putAt(t, a, "rush", 5, "old-5")
+	if err := b.Delete("rush"); err != nil {
+		t.Fatal(err)
+	}
+	put(t, b, "rush", "plain")
+	putAt(t, b, "rush", 7, "seven")
+	putAt(t, a, "rush", 3, "urgent-1")
+	putAt(t, a, "rush", 5, "urgent-2")
+
+	c := newQueues(t, node, jsqueue.Config{})
+	var got []queue.Task
+	for deadline := time.Now().Add(5 * time.Second); len(got) < 4 && time.Now().Before(deadline); {
+		got = append(got, get(t, c, "rush", 1, 4, time.Minute, time.Second)...)
+	}
+	got = append(got, get(t, c, "rush", 1, 4, time.Minute, 300*time.Millisecond)...) // and no more
+	if want := []string{"seven", "urgent-2", "urgent-1", "plain"}; !slices.Equal(payloads(got), want) {
+		t.Fatalf("handed out after the queue was made anew: %v; want %v", payloads(got), want)
+	}
+}

@@ -431,12 +431,19 @@ func (q *Queues) replacedSince(ctx context.Context, s *stream) func() bool {
 	return func() bool {
 		actx, cancel := context.WithTimeout(ctx, replacedCheckTimeout)
 		defer cancel()
-		st, err := q.js.Stream(actx, streamName(s.queue))
-		if errors.Is(err, jetstream.ErrStreamNotFound) {
-			return true
-		}
-		return err == nil && !st.CachedInfo().Created.Equal(s.st.CachedInfo().Created)
+		return q.replaced(actx, s)
 	}
+}
+
+// replaced reports whether s's stream is gone, or is another stream of
+// the same name, since s was opened; false if JetStream does not answer
+// within ctx.
+func (q *Queues) replaced(ctx context.Context, s *stream) bool {
+	st, err := q.js.Stream(ctx, streamName(s.queue))
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return true
+	}
+	return err == nil && !st.CachedInfo().Created.Equal(s.st.CachedInfo().Created)
 }
 
 // replacedCheckTimeout bounds replacedSince's look at the stream, which a
