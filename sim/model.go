@@ -12,6 +12,7 @@ type task struct {
 	id      uint64
 	q       int
 	put     time.Duration // when the producer put it
+	ended   time.Duration // when its last handler ended
 	attempt int
 	// The delivery that counts: through which gateway, and when.
 	gw      *gateway
@@ -24,8 +25,8 @@ type task struct {
 type stream struct {
 	ready   []*task
 	pulls   []pull
-	results []time.Duration // put times of the results not yet taken
-	waiting *producer       // the producer's get, if it waits
+	results []*task   // the tasks whose results are not yet taken
+	waiting *producer // the producer's get, if it waits
 	leader  *node
 	follow  []*node
 }
@@ -248,6 +249,9 @@ func (m *model) replicate(s *stream, cost time.Duration, done func()) {
 // the leader a read of the deliveries' record besides.
 func (m *model) call(w *worker, done *task, from *gateway) {
 	g, epoch, s, k := w.gw, w.epoch, m.streams[w.q], m.cfg.Costs
+	if done != nil {
+		done.ended = m.c.now
+	}
 	gwHalf := m.frac(k.Gateway, k.GatewayWorkerShare/2)
 	m.send(func() {
 		g.p.do(gwHalf, func() {
@@ -302,7 +306,7 @@ func (m *model) complete(g *gateway, s *stream, t *task) {
 	}
 	delete(g.leases, t)
 	t.gw = nil
-	s.results = append(s.results, t.put)
+	s.results = append(s.results, t)
 	if pr := s.waiting; pr != nil {
 		s.waiting = nil
 		m.takeResults(pr)
@@ -423,7 +427,7 @@ func (m *model) getResults(pr *producer) {
 func (m *model) takeResults(pr *producer) {
 	s, k := m.streams[pr.q], m.cfg.Costs
 	n := min(len(s.results), m.cfg.ResultBatch)
-	puts := slices.Clone(s.results[:n])
+	done := slices.Clone(s.results[:n])
 	s.results = s.results[n:]
 	gwShare := m.frac(k.Gateway, (1-k.GatewayWorkerShare)/2)
 	s.leader.p.do(m.frac(k.Node, (1-k.NodeWorkerShare)*2/3)*time.Duration(n), func() {
@@ -436,8 +440,9 @@ func (m *model) takeResults(pr *producer) {
 					pr.client.do(k.Client/2*time.Duration(n), func() {
 						now := m.c.now
 						if m.measuring(now) {
-							for _, p := range puts {
-								m.res.rtts = append(m.res.rtts, now-p)
+							for _, t := range done {
+								m.res.rtts = append(m.res.rtts, now-t.put)
+								m.res.backs = append(m.res.backs, now-t.ended)
 							}
 							sec := int((now - m.measure[0]) / time.Second)
 							for len(m.res.PerSecond) <= sec {

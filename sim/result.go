@@ -20,6 +20,9 @@ type Result struct {
 	// WaitP50 and WaitP99 are percentiles of the time from a task's put to
 	// the start of its handler.
 	WaitP50, WaitP99 time.Duration
+	// BackP50 and BackP99 are percentiles of the time from the end of a
+	// task's handler to its result's arrival at the producer.
+	BackP50, BackP99 time.Duration
 	// Orphaned is how many tasks the killed gateway had leased, and
 	// Redelivered when each redelivered task reached a worker, counted
 	// from the kill. Orphans whose completion the gateway had sent on
@@ -47,8 +50,8 @@ type Result struct {
 	PutP50, PutP99 time.Duration
 	GetP50, GetP99 time.Duration
 
-	rtts, waits, puts, gets []time.Duration
-	batched                 int
+	rtts, waits, backs, puts, gets []time.Duration
+	batched                        int
 }
 
 // Burst counts Redelivered by period after the kill.
@@ -83,6 +86,7 @@ func Run(cfg Config) (*Result, error) {
 	r := m.res
 	slices.Sort(r.rtts)
 	slices.Sort(r.waits)
+	slices.Sort(r.backs)
 	slices.Sort(r.puts)
 	slices.Sort(r.gets)
 	r.Loops = len(r.puts)
@@ -95,6 +99,7 @@ func Run(cfg Config) (*Result, error) {
 	r.Throughput = float64(r.Tasks) / cfg.Duration.Seconds()
 	r.P50, r.P99 = percentile(r.rtts, 0.50), percentile(r.rtts, 0.99)
 	r.WaitP50, r.WaitP99 = percentile(r.waits, 0.50), percentile(r.waits, 0.99)
+	r.BackP50, r.BackP99 = percentile(r.backs, 0.50), percentile(r.backs, 0.99)
 	var sum time.Duration
 	for _, d := range r.rtts {
 		sum += d

@@ -177,4 +177,9 @@ func TestProducerLoopIsItsPutAndItsGet(t *testing.T) {
 		t.Errorf("put p50 %v, get p50 %v p99 %v; want 4ms, 14ms, 14ms", r.PutP50, r.GetP50, r.GetP99)
 	}
 	within(t, "loops", float64(r.Loops), cfg.Duration.Seconds()/(r.PutP50+r.GetP50).Seconds(), 0.02)
+	// The task reaches its worker 4 ms after the put, its result the
+	// producer 4 ms after its handler's 10: a round trip of 18 ms.
+	if r.WaitP50 != 4*time.Millisecond || r.BackP50 != 4*time.Millisecond || r.BackP99 != r.BackP50 || r.P50 != 18*time.Millisecond {
+		t.Errorf("put to handler %v, handler end to result p50 %v p99 %v, round trip %v; want 4ms, 4ms, 4ms, 18ms", r.WaitP50, r.BackP50, r.BackP99, r.P50)
+	}
 }

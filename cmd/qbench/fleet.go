@@ -113,6 +113,7 @@ type fleetStats struct {
 	done      int
 	rtts      []time.Duration
 	waits     []time.Duration // put to handler start
+	backs     []time.Duration // handler end to the result's arrival at the producer
 	batches   []int           // results per get of a producer
 	putTimes  []time.Duration // how long each put took
 	getTimes  []time.Duration // how long each get of results took
@@ -121,12 +122,13 @@ type fleetStats struct {
 	again     int             // tasks measured that ran at attempt > 1
 }
 
-func (s *fleetStats) result(put time.Time) {
+func (s *fleetStats) result(put, ended time.Time) {
 	now := time.Now()
 	s.mu.Lock()
 	if s.measuring {
 		s.done++
 		s.rtts = append(s.rtts, now.Sub(put))
+		s.backs = append(s.backs, now.Sub(ended))
 	}
 	s.mu.Unlock()
 }
@@ -241,7 +243,9 @@ func runFleet(ctx context.Context, o *fleetOptions, stdout, log io.Writer) error
 						return nil, ctx.Err()
 					}
 				}
-				return msgpack.RawMessage(t.Payload), nil
+				// The put time and the handler's end, so that the
+				// producer tells the result's way back from the rest.
+				return []int64{at, time.Now().UnixNano()}, nil
 			}}
 		wg.Go(func() {
 			if err := worker.Run(wctx, cfg); err != nil && wctx.Err() == nil {
@@ -249,26 +253,25 @@ func runFleet(ctx context.Context, o *fleetOptions, stdout, log io.Writer) error
 			}
 		})
 	}
+	// The producers put and get through the first gateways (the last is
+	// the one --kill-at kills).
+	producing := min(o.Queues, max(1, o.Gateways-1))
 	// The background: what the processes use with every worker waiting
 	// and no task, measured before the producers start.
 	const idleFor = 3 * time.Second
 	time.Sleep(time.Second)
-	idle0, err := fleetCPU(nodes, gws)
+	idle0, err := fleetCPU(nodes, gws, producing)
 	if err != nil {
 		return err
 	}
 	time.Sleep(idleFor)
-	idle1, err := fleetCPU(nodes, gws)
+	idle1, err := fleetCPU(nodes, gws, producing)
 	if err != nil {
 		return err
 	}
 	idleCPU := idle1.sub(idle0)
 	for q := range o.Queues {
-		// Producers on the first gateways: the killed one is the last.
-		addr := addrs[q%max(1, o.Gateways-1)]
-		if o.Gateways == 1 {
-			addr = addrs[0]
-		}
+		addr := addrs[q%producing]
 		window := o.Window / o.Queues
 		if q < o.Window%o.Queues {
 			window++
@@ -293,7 +296,7 @@ func runFleet(ctx context.Context, o *fleetOptions, stdout, log io.Writer) error
 	if err := wait(o.Warmup); err != nil {
 		return err
 	}
-	cpu0, err := fleetCPU(nodes, gws)
+	cpu0, err := fleetCPU(nodes, gws, producing)
 	if err != nil {
 		return err
 	}
@@ -327,7 +330,7 @@ func runFleet(ctx context.Context, o *fleetOptions, stdout, log io.Writer) error
 				return
 			case <-tick.C:
 			}
-			c, err1 := fleetCPU(nodes, gws)
+			c, err1 := fleetCPU(nodes, gws, producing)
 			m, err2 := machineBusy()
 			if err1 != nil || err2 != nil {
 				continue
@@ -357,7 +360,7 @@ func runFleet(ctx context.Context, o *fleetOptions, stdout, log io.Writer) error
 	st.measuring = false
 	took := time.Since(st.start)
 	st.mu.Unlock()
-	cpu1, err := fleetCPU(nodes, gws)
+	cpu1, err := fleetCPU(nodes, gws, producing)
 	if err != nil {
 		return err
 	}
@@ -375,6 +378,7 @@ func runFleet(ctx context.Context, o *fleetOptions, stdout, log io.Writer) error
 	defer st.mu.Unlock()
 	slices.Sort(st.rtts)
 	slices.Sort(st.waits)
+	slices.Sort(st.backs)
 	n := float64(st.done)
 	perTask := func(d time.Duration) string {
 		if n == 0 {
@@ -393,6 +397,15 @@ func runFleet(ctx context.Context, o *fleetOptions, stdout, log io.Writer) error
 		perTask(d.nodes), perTask(d.gateways), perTask(d.self), cores(d.nodes), cores(d.gateways), cores(d.self))
 	fmt.Fprintf(stdout, "\nput to handler start: p50 %s, p99 %s; %d tasks started at attempt > 1\n",
 		fmtDur(percentile(st.waits, 0.50)), fmtDur(percentile(st.waits, 0.99)), st.again)
+	fmt.Fprintf(stdout, "handler end to the result at the producer: p50 %s, p99 %s\n",
+		fmtDur(percentile(st.backs, 0.50)), fmtDur(percentile(st.backs, 0.99)))
+	if others := o.Gateways - producing; others > 0 && n > 0 {
+		// A gateway the producers use serves its share of the workers
+		// too, which the other gateways' mean stands for.
+		workers := (d.gateways - d.producing) / time.Duration(others) * time.Duration(producing)
+		fmt.Fprintf(stdout, "the producers' part of the gateways' CPU: %s a task, %.0f%% of it (simulate's --gateway-worker-share %.2f)\n",
+			perTask(d.producing-workers), 100*float64(d.producing-workers)/float64(d.gateways), 1-float64(d.producing-workers)/float64(d.gateways))
+	}
 	idle := func(d time.Duration) string { return fmt.Sprintf("%.3f", d.Seconds()/idleFor.Seconds()) }
 	fmt.Fprintf(stdout, "idle (workers waiting, no task), cores: nodes %s, gateways %s, client %s\n", idle(idleCPU.nodes), idle(idleCPU.gateways), idle(idleCPU.self))
 	slices.Sort(st.getTimes)
@@ -486,14 +499,14 @@ func fleetProducer(ctx context.Context, b *bench, addr, q string, window int, st
 		t1 := time.Now()
 		for _, t := range ts {
 			var res wire.Result
-			var at int64
+			var at []int64 // put, handler end
 			if err := msgpack.Unmarshal(t.Payload, &res); err != nil {
 				return fmt.Errorf("decode result: %w", err)
 			}
-			if err := msgpack.Unmarshal(res.Value, &at); err != nil {
-				return fmt.Errorf("decode result value: %w", err)
+			if err := msgpack.Unmarshal(res.Value, &at); err != nil || len(at) != 2 {
+				return fmt.Errorf("decode result value %v: %w", at, err)
 			}
-			st.result(time.Unix(0, at))
+			st.result(time.Unix(0, at[0]), time.Unix(0, at[1]))
 		}
 		if err := put(len(ts)); err != nil {
 			return err
@@ -508,17 +521,19 @@ func fleetProducer(ctx context.Context, b *bench, addr, q string, window int, st
 	}
 }
 
-// fleetCPUTimes are the CPU times used so far by each kind of process.
-type fleetCPUTimes struct{ nodes, gateways, self time.Duration }
+// fleetCPUTimes are the CPU times used so far by each kind of process;
+// producing is the part of gateways used by the gateways the producers
+// put and get through (which serve workers too).
+type fleetCPUTimes struct{ nodes, gateways, producing, self time.Duration }
 
 func (a fleetCPUTimes) sub(b fleetCPUTimes) fleetCPUTimes {
-	return fleetCPUTimes{a.nodes - b.nodes, a.gateways - b.gateways, a.self - b.self}
+	return fleetCPUTimes{a.nodes - b.nodes, a.gateways - b.gateways, a.producing - b.producing, a.self - b.self}
 }
 
 // fleetCPU reads the user and system time of the nodes, of the gateways
 // still running, and of this process. A killed gateway's time is lost, so
 // a run with --kill-at reports its gateways' CPU low.
-func fleetCPU(nodes, gws []*proc) (fleetCPUTimes, error) {
+func fleetCPU(nodes, gws []*proc, producing int) (fleetCPUTimes, error) {
 	var t fleetCPUTimes
 	for _, p := range nodes {
 		d, err := procCPU(p.pid())
@@ -527,13 +542,16 @@ func fleetCPU(nodes, gws []*proc) (fleetCPUTimes, error) {
 		}
 		t.nodes += d
 	}
-	for _, p := range gws {
+	for i, p := range gws {
 		if p.exited() {
 			continue
 		}
 		d, err := procCPU(p.pid())
 		if err == nil {
 			t.gateways += d
+			if i < producing {
+				t.producing += d
+			}
 		}
 	}
 	var ru syscall.Rusage

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"slices"
 	"strings"
 	"testing"
@@ -54,5 +55,32 @@ func TestFleetValidate(t *testing.T) {
 		if err := o.validate(); err == nil {
 			t.Errorf("%s: no error", name)
 		}
+	}
+}
+
+// qbench fleet runs, small, on real gateways and a node, and reports
+// every part of a round trip, so that it cannot rot.
+func TestFleetSmoke(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a node and two gateways")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	o := &fleetOptions{Bin: binDir, Nodes: 1, Gateways: 2, Workers: 20, Queues: 1, Window: 40, Compute: 10 * time.Millisecond,
+		Warmup: 500 * time.Millisecond, Duration: time.Second, Lease: 5 * time.Second, Fsync: "never"}
+	if err := o.validate(); err != nil {
+		t.Fatal(err)
+	}
+	var out, log bytes.Buffer
+	if err := runFleet(ctx, o, &out, &log); err != nil {
+		t.Fatalf("fleet: %v\n%s", err, log.String())
+	}
+	for _, want := range []string{"| tasks/s | RTT p50 | RTT p99 |", "put to handler start: p50", "handler end to the result at the producer: p50", "producers: "} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, out.String())
+		}
+	}
+	if strings.Contains(out.String(), "handler end to the result at the producer: p50 0 µs") {
+		t.Errorf("no result measured:\n%s", out.String())
 	}
 }

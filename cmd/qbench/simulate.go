@@ -95,7 +95,8 @@ func printSim(w io.Writer, cfg *sim.Config, r *sim.Result) {
 	fmt.Fprintf(w, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	fmt.Fprintf(w, "| %.0f | %s | %s | %s | %s | %s | %.2f | %.2f (%.2f) | %.2f |\n", r.Throughput, fmtDur(r.P50), fmtDur(r.P99), fmtDur(r.Mean),
 		fmtDur(r.WaitP50), fmtDur(r.WaitP99), r.GatewayBusy, r.NodeBusy, r.MaxNode, r.ClientBusy)
-	fmt.Fprintf(w, "\nproducers: %d loops, %.0f results per get; get p50 %s p99 %s; put p50 %s p99 %s\n", r.Loops, r.Batch,
+	fmt.Fprintf(w, "\nhandler end to the result at the producer: p50 %s, p99 %s\n", fmtDur(r.BackP50), fmtDur(r.BackP99))
+	fmt.Fprintf(w, "producers: %d loops, %.0f results per get; get p50 %s p99 %s; put p50 %s p99 %s\n", r.Loops, r.Batch,
 		fmtDur(r.GetP50), fmtDur(r.GetP99), fmtDur(r.PutP50), fmtDur(r.PutP99))
 	if cfg.KillAt > 0 {
 		fmt.Fprintf(w, "\nkilled the last gateway at %s: %d tasks leased through it, %d completed through another gateway, %d redelivered\n",
