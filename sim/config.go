@@ -108,6 +108,14 @@ type Config struct {
 	// ResultBatch is the most results one get of the producer takes;
 	// default 1000.
 	ResultBatch int
+	// Pack is the most tasks of one put stored in one message (qmaster's
+	// --pack); default 1, none packed. A gateway that fetches a pack for
+	// a get holds the pack's other tasks for its next gets; those held
+	// HoldFor (default 1s) are stored again alone at the end of their
+	// queue if another gateway's gets wait at the stream, as qmaster
+	// --nats does.
+	Pack    int
+	HoldFor time.Duration
 	// Seed seeds the random choices (which gateway a worker dials).
 	Seed uint64
 }
@@ -166,13 +174,19 @@ func (c *Config) setDefaults() {
 	if c.ResultBatch == 0 {
 		c.ResultBatch = 1000
 	}
+	if c.Pack == 0 {
+		c.Pack = 1
+	}
+	if c.HoldFor == 0 {
+		c.HoldFor = time.Second
+	}
 }
 
 // Validate reports the first invalid field of c, by name.
 func (c *Config) Validate() error {
 	for name, v := range map[string]int{"Gateways": c.Gateways, "Workers": c.Workers, "Queues": c.Queues, "Nodes": c.Nodes,
 		"Replicas": c.Replicas, "Window": c.Window, "SharedCores": c.SharedCores, "GatewayCores": c.GatewayCores,
-		"NodeCores": c.NodeCores, "ClientCores": c.ClientCores, "ClientProcs": c.ClientProcs, "Threads": c.Threads, "ResultBatch": c.ResultBatch} {
+		"NodeCores": c.NodeCores, "ClientCores": c.ClientCores, "ClientProcs": c.ClientProcs, "Threads": c.Threads, "ResultBatch": c.ResultBatch, "Pack": c.Pack} {
 		if v < 0 {
 			return fmt.Errorf("sim config: %s must not be negative", name)
 		}
@@ -182,7 +196,7 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("sim config: Replicas %d is more than the %d Nodes", c.Replicas, c.Nodes)
 	case c.Window > 0 && c.Window < c.Queues:
 		return errors.New("sim config: Window must be at least Queues (one task per producer)")
-	case c.Compute < 0 || c.Latency < 0 || c.Warmup < 0 || c.Duration < 0 || c.KillAt < 0 || c.AckWait < 0 || c.ReconnectMin < 0:
+	case c.Compute < 0 || c.Latency < 0 || c.Warmup < 0 || c.Duration < 0 || c.KillAt < 0 || c.AckWait < 0 || c.ReconnectMin < 0 || c.HoldFor < 0:
 		return errors.New("sim config: durations must not be negative")
 	case c.KillAt > 0 && c.Gateways == 1:
 		return errors.New("sim config: KillAt needs at least 2 Gateways")

@@ -12,12 +12,19 @@
 // qm's single-threaded processes. Messages between processes take a fixed
 // network latency. The same Config and Seed give the same Result.
 //
+// With Config.Pack a put's tasks are stored up to Pack to a message, as
+// qmaster --nats packs them: a gateway whose get fetches a pack hands its
+// other tasks to its own next gets (held), and stores again those held
+// HoldFor for other gateways' gets waiting at the stream. Its pull
+// requests stand each for as many gets as its messages carried tasks
+// lately.
+//
 // A gateway can be killed: its workers reconnect to another gateway after
 // a reconnect delay and complete there the task each was running, as qm's
 // workers do (with Config.NoHandover they drop it, as qm's did before).
-// Tasks it had leased that no worker completes come back to the front of
-// their queue when JetStream's AckWait runs out after their last renewal
-// (the gateway renews every third of AckWait).
+// Tasks it had leased or held that no worker completes come back to the
+// front of their queue when JetStream's AckWait runs out after their
+// last renewal (the gateway renews every third of AckWait).
 //
 // The files follow the jobs: config.go the inputs, event.go the clock and
 // event heap, cpu.go hosts and processes, model.go gateways, nodes,

@@ -21,9 +21,10 @@ type task struct {
 }
 
 // stream is a queue's JetStream stream (and its results stream): its
-// ready tasks in order, the pulls waiting for one, and where it is kept.
+// ready messages in order (each a pack of one task or more), the pulls
+// waiting for one, and where it is kept.
 type stream struct {
-	ready   []*task
+	ready   [][]*task
 	pulls   []pull
 	results []*task   // the tasks whose results are not yet taken
 	waiting *producer // the producer's get, if it waits
@@ -31,10 +32,10 @@ type stream struct {
 	follow  []*node
 }
 
-// pull is a worker's get waiting at a stream, through a gateway.
+// pull is a gateway's pull request waiting at a stream, for its gets.
 type pull struct {
 	gw      *gateway
-	deliver func(*task)
+	deliver func(pack []*task)
 }
 
 type gateway struct {
@@ -42,6 +43,20 @@ type gateway struct {
 	p      *process
 	alive  bool
 	leases map[*task]struct{}
+	// By queue: the tasks of packs it fetched that no get has taken yet,
+	// its workers' gets waiting for a task, the pull requests it has at
+	// the stream for them, and how many tasks its messages carried lately
+	// (how many gets one pull request stands for).
+	held    [][]heldTask
+	gets    [][]func(*task)
+	pulling []int
+	perMsg  []float64
+}
+
+// heldTask is a task a gateway holds, since when.
+type heldTask struct {
+	t     *task
+	since time.Duration
 }
 
 type node struct{ p *process }
@@ -103,7 +118,11 @@ func newModel(cfg Config) *model {
 		return min(cfg.Threads, cores)
 	}
 	for i := range cfg.Gateways {
-		g := &gateway{i: i, p: hostOf(cfg.GatewayCores).newProcess(threads(cfg.GatewayCores)), alive: true, leases: map[*task]struct{}{}}
+		g := &gateway{i: i, p: hostOf(cfg.GatewayCores).newProcess(threads(cfg.GatewayCores)), alive: true, leases: map[*task]struct{}{},
+			held: make([][]heldTask, cfg.Queues), gets: make([][]func(*task), cfg.Queues), pulling: make([]int, cfg.Queues), perMsg: make([]float64, cfg.Queues)}
+		for q := range g.perMsg {
+			g.perMsg[q] = float64(cfg.Pack)
+		}
 		m.gateways = append(m.gateways, g)
 		m.background(g.p, cfg.Costs.GatewayFixed)
 	}
@@ -144,6 +163,9 @@ func newModel(cfg Config) *model {
 	}
 	if cfg.KillAt > 0 {
 		m.c.after(cfg.Warmup+cfg.KillAt, func() { m.kill(m.gateways[len(m.gateways)-1]) })
+	}
+	if cfg.Pack > 1 {
+		m.c.after(cfg.HoldFor/2, m.moveOverdue)
 	}
 	return m
 }
@@ -253,33 +275,31 @@ func (m *model) call(w *worker, done *task, from *gateway) {
 		done.ended = m.c.now
 	}
 	gwHalf := m.frac(k.Gateway, k.GatewayWorkerShare/2)
+	// get runs at the gateway: it hands out a task it holds, or waits for
+	// one from the stream.
+	get := func() {
+		m.gatewayGet(g, w.q, func(t *task) {
+			g.p.do(gwHalf, func() {
+				m.send(func() {
+					w.client.do(k.Client/2, func() { m.start(w, epoch, t) })
+				})
+			})
+		})
+	}
 	m.send(func() {
 		g.p.do(gwHalf, func() {
+			if done == nil {
+				get()
+				return
+			}
 			m.send(func() {
-				get := func() {
-					s.leader.p.do(m.frac(k.Node, k.NodeWorkerShare/3), func() {
-						m.pull(s, pull{gw: g, deliver: func(t *task) {
-							m.send(func() {
-								g.p.do(gwHalf, func() {
-									m.send(func() {
-										w.client.do(k.Client/2, func() { m.start(w, epoch, t) })
-									})
-								})
-							})
-						}})
-					})
-				}
-				if done == nil {
-					get()
-					return
-				}
 				// Store the result and ack the task (the gateway waits for
 				// both to be confirmed), then the get.
 				store := func() {
 					s.leader.p.do(m.frac(k.Node, k.NodeWorkerShare*2/3), func() {
 						m.replicate(s, m.frac(k.Node, k.NodeWorkerShare*2/3), func() {
 							m.complete(from, s, done)
-							m.send(func() { m.send(get) })
+							m.send(get)
 						})
 					})
 				}
@@ -313,7 +333,70 @@ func (m *model) complete(g *gateway, s *stream, t *task) {
 	}
 }
 
-// pull hands the first ready task to p, or waits for one.
+// gatewayGet is a worker's get reaching gateway g: hand gets a task
+// the gateway holds, or the first of the next pack it fetches for its
+// waiting gets.
+func (m *model) gatewayGet(g *gateway, q int, hand func(*task)) {
+	if !g.alive {
+		return
+	}
+	if h := g.held[q]; len(h) > 0 {
+		g.held[q] = h[1:]
+		m.lease(h[0].t, g)
+		hand(h[0].t)
+		return
+	}
+	g.gets[q] = append(g.gets[q], hand)
+	m.pullFor(g, q)
+}
+
+// pullFor sends g's pull requests for its gets waiting on queue q: one
+// for as many gets as its messages carried tasks lately, as a gateway
+// keeps.
+func (m *model) pullFor(g *gateway, q int) {
+	s, k := m.streams[q], m.cfg.Costs
+	get := m.frac(k.Node, k.NodeWorkerShare/3) // the node's part of a get, per task
+	for float64(g.pulling[q])*max(1, g.perMsg[q]) < float64(len(g.gets[q])) {
+		g.pulling[q]++
+		m.send(func() {
+			s.leader.p.do(get, func() {
+				m.pull(s, pull{gw: g, deliver: func(pack []*task) {
+					arrive := func() { m.send(func() { m.arrive(g, q, pack) }) }
+					if len(pack) == 1 {
+						arrive()
+						return
+					}
+					s.leader.p.do(get*time.Duration(len(pack)-1), arrive)
+				}})
+			})
+		})
+	}
+}
+
+// arrive is a pack reaching gateway g: its tasks go to g's waiting gets
+// in order, and g holds the rest.
+func (m *model) arrive(g *gateway, q int, pack []*task) {
+	g.pulling[q]--
+	if !g.alive {
+		// Fetched by a gateway that died meanwhile: back after AckWait.
+		m.c.after(m.cfg.AckWait, func() { m.comeBack(q, pack) })
+		return
+	}
+	// A moving average, as qmaster's (notePerMsgLocked).
+	g.perMsg[q] = (3*g.perMsg[q] + float64(len(pack))) / 4
+	for _, t := range pack {
+		if gets := g.gets[q]; len(gets) > 0 {
+			g.gets[q] = gets[1:]
+			m.lease(t, g)
+			gets[0](t)
+			continue
+		}
+		g.held[q] = append(g.held[q], heldTask{t, m.c.now})
+	}
+	m.pullFor(g, q)
+}
+
+// pull hands the first ready pack to p, or waits for one.
 func (m *model) pull(s *stream, p pull) {
 	if !p.gw.alive {
 		return
@@ -322,25 +405,24 @@ func (m *model) pull(s *stream, p pull) {
 		s.pulls = append(s.pulls, p)
 		return
 	}
-	t := s.ready[0]
+	pack := s.ready[0]
 	s.ready = s.ready[1:]
-	m.lease(t, p)
+	p.deliver(pack)
 }
 
-func (m *model) lease(t *task, p pull) {
-	t.gw, t.leased = p.gw, m.c.now
+func (m *model) lease(t *task, g *gateway) {
+	t.gw, t.leased = g, m.c.now
 	t.current++
-	p.gw.leases[t] = struct{}{}
-	p.deliver(t)
+	g.leases[t] = struct{}{}
 }
 
-// ready adds tasks to a stream, at the front for redeliveries, and serves
+// ready adds packs to a stream, at the front for redeliveries, and serves
 // the waiting pulls.
-func (m *model) ready(s *stream, ts []*task, front bool) {
+func (m *model) ready(s *stream, packs [][]*task, front bool) {
 	if front {
-		s.ready = append(slices.Clone(ts), s.ready...)
+		s.ready = append(slices.Clone(packs), s.ready...)
 	} else {
-		s.ready = append(s.ready, ts...)
+		s.ready = append(s.ready, packs...)
 	}
 	for len(s.pulls) > 0 && len(s.ready) > 0 {
 		p := s.pulls[0]
@@ -348,10 +430,71 @@ func (m *model) ready(s *stream, ts []*task, front bool) {
 		if !p.gw.alive {
 			continue
 		}
-		t := s.ready[0]
+		pack := s.ready[0]
 		s.ready = s.ready[1:]
-		m.lease(t, p)
+		p.deliver(pack)
 	}
+}
+
+// packsOf splits ts into packs of at most n.
+func packsOf(ts []*task, n int) [][]*task {
+	var packs [][]*task
+	for len(ts) > 0 {
+		k := min(n, len(ts))
+		packs = append(packs, ts[:k:k])
+		ts = ts[k:]
+	}
+	return packs
+}
+
+// comeBack puts tasks back at the front of queue q's stream, each alone,
+// for their next attempt: JetStream redelivers a pack whole, but the
+// tasks of a pack none of whose tasks ran are few here.
+func (m *model) comeBack(q int, ts []*task) {
+	for _, t := range ts {
+		t.attempt++
+	}
+	m.ready(m.streams[q], packsOf(ts, 1), true)
+}
+
+// moveOverdue stores again, alone at the end of their queue, the tasks
+// each gateway has held for HoldFor, where another gateway's gets wait
+// at the stream (the gateway's mover, every half HoldFor).
+func (m *model) moveOverdue() {
+	now, k := m.c.now, m.cfg.Costs
+	for _, g := range m.gateways {
+		if !g.alive {
+			continue
+		}
+		for q, held := range g.held {
+			s := m.streams[q]
+			if len(held) == 0 || !slices.ContainsFunc(s.pulls, func(p pull) bool { return p.gw != g && p.gw.alive }) {
+				continue
+			}
+			var moved []*task
+			g.held[q] = slices.DeleteFunc(held, func(h heldTask) bool {
+				if now-h.since < m.cfg.HoldFor {
+					return false
+				}
+				moved = append(moved, h.t)
+				return true
+			})
+			if len(moved) == 0 {
+				continue
+			}
+			m.res.Moves += len(moved)
+			n := time.Duration(len(moved))
+			store := m.frac(k.Node, (1-k.NodeWorkerShare)/3) * n
+			g.p.do(m.frac(k.Gateway, (1-k.GatewayWorkerShare)/2)*n, func() {
+				m.send(func() {
+					s.leader.p.do(store, func() {
+						m.replicate(s, store, func() { m.ready(s, packsOf(moved, 1), false) })
+					})
+				})
+			})
+		}
+	}
+	m.c.after(m.cfg.HoldFor/2, m.moveOverdue)
 }
 
 // start runs the handler of t on w, unless w lost its connection since it
@@ -391,7 +534,7 @@ func (m *model) put(pr *producer, n int) {
 			m.send(func() {
 				s.leader.p.do(m.frac(k.Node, (1-k.NodeWorkerShare)/3)*time.Duration(n), func() {
 					m.replicate(s, m.frac(k.Node, (1-k.NodeWorkerShare)/3)*time.Duration(n), func() {
-						m.ready(s, ts, false)
+						m.ready(s, packsOf(ts, m.cfg.Pack), false)
 						m.send(func() {
 							m.send(func() {
 								if m.measuring(now) {
@@ -468,6 +611,24 @@ func (m *model) kill(g *gateway) {
 	for _, s := range m.streams {
 		s.pulls = slices.DeleteFunc(s.pulls, func(p pull) bool { return p.gw == g })
 	}
+	renew := m.cfg.AckWait / 3
+	// The time AckWait runs out for a delivery of at, renewed every third
+	// of AckWait until now.
+	expiry := func(at time.Duration) time.Duration {
+		last := at
+		if renew > 0 {
+			last += (now - at) / renew * renew
+		}
+		return last + m.cfg.AckWait
+	}
+	for q, held := range g.held {
+		// Its packs come back with the tasks it held of them.
+		for _, h := range held {
+			m.c.after(expiry(h.since)-now, func() { m.comeBack(q, []*task{h.t}) })
+		}
+		m.res.Orphaned += len(held)
+		g.held[q], g.gets[q] = nil, nil
+	}
 	for _, w := range m.workers {
 		if w.gw != g {
 			continue
@@ -495,28 +656,22 @@ func (m *model) kill(g *gateway) {
 			})
 		})
 	}
-	renew := m.cfg.AckWait / 3
 	leased := make([]*task, 0, len(g.leases))
 	for t := range g.leases {
 		leased = append(leased, t)
 	}
 	// Map order is random: sort for a deterministic run.
 	slices.SortFunc(leased, func(a, b *task) int { return cmp.Compare(a.id, b.id) })
-	m.res.Orphaned = len(leased)
+	m.res.Orphaned += len(leased)
 	for _, t := range leased {
-		last := t.leased
-		if renew > 0 {
-			last += (now - t.leased) / renew * renew
-		}
 		cur := t.current
-		m.c.after(last+m.cfg.AckWait-now, func() {
+		m.c.after(expiry(t.leased)-now, func() {
 			if t.gw != g || t.current != cur {
 				return
 			}
 			delete(g.leases, t)
 			t.gw = nil
-			t.attempt++
-			m.ready(m.streams[t.q], []*task{t}, true)
+			m.comeBack(t.q, []*task{t})
 		})
 	}
 }

@@ -32,6 +32,9 @@ type Result struct {
 	// Moved is how many of the orphans their workers completed through
 	// another gateway.
 	Moved int
+	// Moves is how many held tasks gateways stored again for others'
+	// gets (Config.HoldFor).
+	Moves int
 	// GatewayBusy, NodeBusy and ClientBusy are the cores each kind of
 	// process used over the whole run, summed over the processes; MaxNode
 	// is the busiest node's.

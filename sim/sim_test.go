@@ -183,3 +183,42 @@ func TestProducerLoopIsItsPutAndItsGet(t *testing.T) {
 		t.Errorf("put to handler %v, handler end to result p50 %v p99 %v, round trip %v; want 4ms, 4ms, 4ms, 18ms", r.WaitP50, r.BackP50, r.BackP99, r.P50)
 	}
 }
+
+// A gateway that fetches a pack for one get holds its other tasks for its
+// own next gets, as qmaster --nats does: with fewer tasks in flight than
+// workers, a task waits for a worker of that gateway to finish while
+// other gateways' workers are idle, until HoldFor runs out and the
+// gateway stores it again for them. Unpacked, every task starts at once.
+func TestPackedTasksWaitInTheirGateway(t *testing.T) {
+	cfg := Config{Gateways: 20, Workers: 1000, Window: 300, Compute: 100 * time.Millisecond,
+		Warmup: 3 * time.Second, Duration: 5 * time.Second}
+	cfg.Pack = 1
+	if r := run(t, cfg); r.WaitP99 > 10*time.Millisecond || r.Moves != 0 {
+		t.Errorf("unpacked: put to handler p99 %v, %d moved; want under 10ms, none", r.WaitP99, r.Moves)
+	}
+	cfg.Pack, cfg.HoldFor = 32, 2*time.Second
+	if r := run(t, cfg); r.WaitP99 < cfg.Compute || r.Moves != 0 {
+		t.Errorf("packed, held 2s: put to handler p99 %v, %d moved; want at least a handler's %v, none", r.WaitP99, r.Moves, cfg.Compute)
+	}
+	cfg.HoldFor = 50 * time.Millisecond
+	if r := run(t, cfg); r.Moves == 0 {
+		t.Errorf("packed, held 50ms: none moved to the idle workers")
+	}
+}
+
+// The tasks a killed gateway held come back with its leases, AckWait
+// after its last renewal. Killed just after the first put, it holds most
+// of the pack it fetched: its 10 workers take 600ms to run 32 tasks.
+func TestKilledGatewaysHeldTasksComeBack(t *testing.T) {
+	cfg := Config{Gateways: 4, Workers: 40, Window: 200, Compute: 200 * time.Millisecond, Pack: 32, HoldFor: time.Minute,
+		AckWait: time.Second, KillAt: 50 * time.Millisecond, NoHandover: true, Warmup: 100 * time.Millisecond, Duration: 3 * time.Second}
+	r := run(t, cfg)
+	if r.Orphaned == 0 || len(r.Redelivered) != r.Orphaned {
+		t.Fatalf("%d orphaned, %d redelivered; want some, all of them", r.Orphaned, len(r.Redelivered))
+	}
+	for _, d := range r.Redelivered {
+		if d < cfg.AckWait*2/3 || d > cfg.AckWait+100*time.Millisecond {
+			t.Errorf("a task came back %v after the kill; want within AckWait %v after its last renewal", d, cfg.AckWait)
+		}
+	}
+}

@@ -66,6 +66,8 @@ node has a host of its own.`,
 	fl.DurationVar(&cfg.KillAt, "kill-at", 0, "kill the last gateway this long into the measurement (0: never)")
 	fl.BoolVar(&cfg.NoHandover, "no-handover", false, "a killed gateway's workers drop their tasks, which come back after the ack wait (as before tasks could move)")
 	fl.DurationVar(&cfg.AckWait, "ack-wait", 5*time.Second, "JetStream AckWait (the lease)")
+	fl.IntVar(&cfg.Pack, "pack", 32, "the gateways' --pack: the most tasks of a put in one message (1: none packed; 32 is qmaster's default)")
+	fl.DurationVar(&cfg.HoldFor, "hold-for", time.Second, "how long a gateway holds a pack's tasks for its own gets before it stores them again for others' (qmaster's, 1s)")
 	fl.DurationVar(&cfg.Latency, "latency", 50*time.Microsecond, "one-way network latency")
 	fl.IntVar(&cfg.SharedCores, "shared-cores", 0, "put every process on one host of this many cores")
 	fl.IntVar(&cfg.GatewayCores, "gateway-cores", 1, "cores of each gateway's host")
@@ -96,6 +98,9 @@ func printSim(w io.Writer, cfg *sim.Config, r *sim.Result) {
 	fmt.Fprintf(w, "| %.0f | %s | %s | %s | %s | %s | %.2f | %.2f (%.2f) | %.2f |\n", r.Throughput, fmtDur(r.P50), fmtDur(r.P99), fmtDur(r.Mean),
 		fmtDur(r.WaitP50), fmtDur(r.WaitP99), r.GatewayBusy, r.NodeBusy, r.MaxNode, r.ClientBusy)
 	fmt.Fprintf(w, "\nhandler end to the result at the producer: p50 %s, p99 %s\n", fmtDur(r.BackP50), fmtDur(r.BackP99))
+	if cfg.Pack > 1 {
+		fmt.Fprintf(w, "held tasks stored again for other gateways' gets: %d\n", r.Moves)
+	}
 	fmt.Fprintf(w, "producers: %d loops, %.0f results per get; get p50 %s p99 %s; put p50 %s p99 %s\n", r.Loops, r.Batch,
 		fmtDur(r.GetP50), fmtDur(r.GetP99), fmtDur(r.PutP50), fmtDur(r.PutP99))
 	if cfg.KillAt > 0 {
