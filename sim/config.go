@@ -198,6 +198,8 @@ func (c *Config) Validate() error {
 		return errors.New("sim config: Window must be at least Queues (one task per producer)")
 	case c.Compute < 0 || c.Latency < 0 || c.Warmup < 0 || c.Duration < 0 || c.KillAt < 0 || c.AckWait < 0 || c.ReconnectMin < 0 || c.HoldFor < 0:
 		return errors.New("sim config: durations must not be negative")
+	case c.HoldFor > 0 && c.HoldFor < time.Millisecond:
+		return errors.New("sim config: HoldFor must be at least 1ms")
 	case c.KillAt > 0 && c.Gateways == 1:
 		return errors.New("sim config: KillAt needs at least 2 Gateways")
 	case c.Costs.Gateway < 0 || c.Costs.Node < 0 || c.Costs.Client < 0 || c.Costs.Replicated < 0 ||

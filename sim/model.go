@@ -48,6 +48,7 @@ type gateway struct {
 	// the stream for them, and how many tasks its messages carried lately
 	// (how many gets one pull request stands for).
 	held    [][]heldTask
+	moving  [][]heldTask // held tasks taken out to be stored again, until the gateway sends them
 	gets    [][]func(*task)
 	pulling []int
 	perMsg  []float64
@@ -119,7 +120,7 @@ func newModel(cfg Config) *model {
 	}
 	for i := range cfg.Gateways {
 		g := &gateway{i: i, p: hostOf(cfg.GatewayCores).newProcess(threads(cfg.GatewayCores)), alive: true, leases: map[*task]struct{}{},
-			held: make([][]heldTask, cfg.Queues), gets: make([][]func(*task), cfg.Queues), pulling: make([]int, cfg.Queues), perMsg: make([]float64, cfg.Queues)}
+			held: make([][]heldTask, cfg.Queues), moving: make([][]heldTask, cfg.Queues), gets: make([][]func(*task), cfg.Queues), pulling: make([]int, cfg.Queues), perMsg: make([]float64, cfg.Queues)}
 		for q := range g.perMsg {
 			g.perMsg[q] = float64(cfg.Pack)
 		}
@@ -271,9 +272,6 @@ func (m *model) replicate(s *stream, cost time.Duration, done func()) {
 // the leader a read of the deliveries' record besides.
 func (m *model) call(w *worker, done *task, from *gateway) {
 	g, epoch, s, k := w.gw, w.epoch, m.streams[w.q], m.cfg.Costs
-	if done != nil {
-		done.ended = m.c.now
-	}
 	gwHalf := m.frac(k.Gateway, k.GatewayWorkerShare/2)
 	// get runs at the gateway: it hands out a task it holds, or waits for
 	// one from the stream.
@@ -379,6 +377,7 @@ func (m *model) arrive(g *gateway, q int, pack []*task) {
 	g.pulling[q]--
 	if !g.alive {
 		// Fetched by a gateway that died meanwhile: back after AckWait.
+		m.res.Orphaned += len(pack)
 		m.c.after(m.cfg.AckWait, func() { m.comeBack(q, pack) })
 		return
 	}
@@ -477,6 +476,7 @@ func (m *model) moveOverdue() {
 					return false
 				}
 				moved = append(moved, h.t)
+				g.moving[q] = append(g.moving[q], h)
 				return true
 			})
 			if len(moved) == 0 {
@@ -486,6 +486,8 @@ func (m *model) moveOverdue() {
 			n := time.Duration(len(moved))
 			store := m.frac(k.Node, (1-k.NodeWorkerShare)/3) * n
 			g.p.do(m.frac(k.Gateway, (1-k.GatewayWorkerShare)/2)*n, func() {
+				// Sent: no longer the gateway's to lose if it dies.
+				g.moving[q] = slices.DeleteFunc(g.moving[q], func(h heldTask) bool { return slices.Contains(moved, h.t) })
 				m.send(func() {
 					s.leader.p.do(store, func() {
 						m.replicate(s, store, func() { m.ready(s, packsOf(moved, 1), false) })
@@ -511,6 +513,7 @@ func (m *model) start(w *worker, epoch int, t *task) {
 		m.res.Redelivered = append(m.res.Redelivered, now-m.killedAt)
 	}
 	w.task, w.taskDone = t, now+m.cfg.Compute
+	t.ended = w.taskDone
 	m.c.after(m.cfg.Compute, func() {
 		if w.epoch == epoch {
 			m.call(w, t, w.gw)
@@ -622,12 +625,14 @@ func (m *model) kill(g *gateway) {
 		return last + m.cfg.AckWait
 	}
 	for q, held := range g.held {
-		// Its packs come back with the tasks it held of them.
+		// Its packs come back with the tasks it held of them, and with
+		// those it had not sent on to be stored again yet.
+		held = append(held, g.moving[q]...)
 		for _, h := range held {
 			m.c.after(expiry(h.since)-now, func() { m.comeBack(q, []*task{h.t}) })
 		}
 		m.res.Orphaned += len(held)
-		g.held[q], g.gets[q] = nil, nil
+		g.held[q], g.moving[q], g.gets[q] = nil, nil, nil
 	}
 	for _, w := range m.workers {
 		if w.gw != g {

@@ -23,7 +23,8 @@ type Result struct {
 	// BackP50 and BackP99 are percentiles of the time from the end of a
 	// task's handler to its result's arrival at the producer.
 	BackP50, BackP99 time.Duration
-	// Orphaned is how many tasks the killed gateway had leased, and
+	// Orphaned is how many tasks the killed gateway had leased or held
+	// (or had on their way to it), and
 	// Redelivered when each redelivered task reached a worker, counted
 	// from the kill. Orphans whose completion the gateway had sent on
 	// before it died are done, not redelivered.

@@ -213,8 +213,9 @@ func TestKilledGatewaysHeldTasksComeBack(t *testing.T) {
 	cfg := Config{Gateways: 4, Workers: 40, Window: 200, Compute: 200 * time.Millisecond, Pack: 32, HoldFor: time.Minute,
 		AckWait: time.Second, KillAt: 50 * time.Millisecond, NoHandover: true, Warmup: 100 * time.Millisecond, Duration: 3 * time.Second}
 	r := run(t, cfg)
-	if r.Orphaned == 0 || len(r.Redelivered) != r.Orphaned {
-		t.Fatalf("%d orphaned, %d redelivered; want some, all of them", r.Orphaned, len(r.Redelivered))
+	// Its leases alone are at most its workers' (about 10).
+	if r.Orphaned <= 2*cfg.Workers/cfg.Gateways || len(r.Redelivered) != r.Orphaned {
+		t.Fatalf("%d orphaned, %d redelivered; want more than its workers had leased, all of them", r.Orphaned, len(r.Redelivered))
 	}
 	for _, d := range r.Redelivered {
 		if d < cfg.AckWait*2/3 || d > cfg.AckWait+100*time.Millisecond {

@@ -233,9 +233,10 @@ func runFleet(ctx context.Context, o *fleetOptions, stdout, log io.Writer) error
 					st.redelivered()
 				}
 				var at int64
-				if err := msgpack.Unmarshal(t.Payload, &at); err == nil {
-					st.started(time.Unix(0, at))
+				if err := msgpack.Unmarshal(t.Payload, &at); err != nil {
+					return nil, fmt.Errorf("task payload: %w", err)
 				}
+				st.started(time.Unix(0, at))
 				if o.Compute > 0 {
 					select {
 					case <-time.After(o.Compute):
@@ -399,9 +400,11 @@ func runFleet(ctx context.Context, o *fleetOptions, stdout, log io.Writer) error
 		fmtDur(percentile(st.waits, 0.50)), fmtDur(percentile(st.waits, 0.99)), st.again)
 	fmt.Fprintf(stdout, "handler end to the result at the producer: p50 %s, p99 %s\n",
 		fmtDur(percentile(st.backs, 0.50)), fmtDur(percentile(st.backs, 0.99)))
-	if others := o.Gateways - producing; others > 0 && n > 0 {
+	if others := o.Gateways - producing; others > 0 && n > 0 && o.KillAt == 0 {
 		// A gateway the producers use serves its share of the workers
-		// too, which the other gateways' mean stands for.
+		// too, which the other gateways' mean stands for (the workers
+		// dial gateways at random: about evenly, with many). A killed
+		// gateway's time is lost, so runs with --kill-at go without.
 		workers := (d.gateways - d.producing) / time.Duration(others) * time.Duration(producing)
 		fmt.Fprintf(stdout, "the producers' part of the gateways' CPU: %s a task, %.0f%% of it (simulate's --gateway-worker-share %.2f)\n",
 			perTask(d.producing-workers), 100*float64(d.producing-workers)/float64(d.gateways), 1-float64(d.producing-workers)/float64(d.gateways))
@@ -503,8 +506,11 @@ func fleetProducer(ctx context.Context, b *bench, addr, q string, window int, st
 			if err := msgpack.Unmarshal(t.Payload, &res); err != nil {
 				return fmt.Errorf("decode result: %w", err)
 			}
-			if err := msgpack.Unmarshal(res.Value, &at); err != nil || len(at) != 2 {
-				return fmt.Errorf("decode result value %v: %w", at, err)
+			if err := msgpack.Unmarshal(res.Value, &at); err != nil {
+				return fmt.Errorf("decode result value: %w", err)
+			}
+			if len(at) != 2 {
+				return fmt.Errorf("result value %v: want the put time and the handler's end", at)
 			}
 			st.result(time.Unix(0, at[0]), time.Unix(0, at[1]))
 		}

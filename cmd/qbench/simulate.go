@@ -104,7 +104,7 @@ func printSim(w io.Writer, cfg *sim.Config, r *sim.Result) {
 	fmt.Fprintf(w, "producers: %d loops, %.0f results per get; get p50 %s p99 %s; put p50 %s p99 %s\n", r.Loops, r.Batch,
 		fmtDur(r.GetP50), fmtDur(r.GetP99), fmtDur(r.PutP50), fmtDur(r.PutP99))
 	if cfg.KillAt > 0 {
-		fmt.Fprintf(w, "\nkilled the last gateway at %s: %d tasks leased through it, %d completed through another gateway, %d redelivered\n",
+		fmt.Fprintf(w, "\nkilled the last gateway at %s: %d tasks leased or held through it, %d completed through another gateway, %d redelivered\n",
 			cfg.KillAt, r.Orphaned, r.Moved, len(r.Redelivered))
 		fmt.Fprintf(w, "results per second of the measurement: %v\n", r.PerSecond)
 		for s, c := range r.Burst(time.Second) {

@@ -382,11 +382,12 @@ func (q *Queues) queueMade(name string) {
 		return
 	}
 	ctx, cancel := q.call()
-	defer cancel()
-	if !q.replaced(ctx, old) {
+	replaced := q.replaced(ctx, old)
+	cancel()
+	if !replaced {
 		return // made with the stream this gateway has open
 	}
-	q.forget(old.queue)
+	q.forgetStream(old)
 	levels := old.levelsDesc()
 	if len(levels) == 0 {
 		return
@@ -403,7 +404,13 @@ func (q *Queues) queueMade(name string) {
 		return // the new stream took none of the stale puts
 	}
 	for _, lv := range levels {
-		if _, err := q.openLevel(ctx, s, lv.p); err != nil {
+		ctx, cancel := q.call()
+		first, err := q.openLevel(ctx, s, lv.p)
+		cancel()
+		if first {
+			q.wakeAll(s) // gets that began on s before it had a level
+		}
+		if err != nil {
 			q.log.Warn("a priority of a queue made anew not opened; its tasks put through this gateway meanwhile wait for a gateway that opens it", "queue", s.queue, "priority", lv.p, "err", err)
 		}
 	}

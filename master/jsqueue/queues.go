@@ -497,6 +497,17 @@ func (q *Queues) forget(name string) {
 	q.mu.Unlock()
 }
 
+// forgetStream drops s from the cache if it is still the queue's entry:
+// not a stream of the queue opened again meanwhile.
+func (q *Queues) forgetStream(s *stream) {
+	q.mu.Lock()
+	if q.known[s.queue] == s {
+		delete(q.known, s.queue)
+		delete(q.queueOf, streamName(s.queue))
+	}
+	q.mu.Unlock()
+}
+
 // isGone reports whether err says the stream or its consumer no longer
 // exists.
 func isGone(err error) bool {
