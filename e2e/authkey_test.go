@@ -162,6 +162,7 @@ type envMaster struct {
 func startEnvMaster(t *testing.T, env []string) envMaster {
 	t.Helper()
 	p := &proc{cmd: exec.Command(filepath.Join(binDir, "qmaster"), "--addr", "127.0.0.1:0", "--log-level", "debug"), done: make(chan struct{})}
+	dieWithTests(p.cmd)
 	p.cmd.Env = append(os.Environ(), env...)
 	p.cmd.Stderr = p
 	if err := p.cmd.Start(); err != nil {

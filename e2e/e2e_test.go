@@ -83,6 +83,7 @@ func (p *proc) wait(t *testing.T, d time.Duration) int {
 func start(t *testing.T, stdin io.Reader, stdout io.Writer, name string, args ...string) *proc {
 	t.Helper()
 	p := &proc{cmd: exec.Command(filepath.Join(binDir, name), args...), done: make(chan struct{})}
+	dieWithTests(p.cmd)
 	p.cmd.Env = append(os.Environ(), "QM_AUTHKEY="+authkey)
 	p.cmd.Stdin, p.cmd.Stdout, p.cmd.Stderr = stdin, stdout, p
 	if err := p.cmd.Start(); err != nil {

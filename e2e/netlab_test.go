@@ -11,7 +11,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -32,7 +34,41 @@ type netLab struct {
 	links  int
 }
 
-var labSeq atomic.Int64
+var (
+	labSeq         atomic.Int64
+	sweepStaleLabs sync.Once
+)
+
+// sweepLabs deletes the namespaces of labs whose test binary is gone: one
+// that dies (a test timeout panics) runs no cleanup. Its processes die
+// with it (dieWithTests); the namespaces, named qm-PID-..., stay.
+func sweepLabs() {
+	out, err := exec.Command("ip", "netns", "list").Output()
+	if err != nil {
+		return
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		ns, _, _ := strings.Cut(line, " ")
+		pid, ok := labPID(ns)
+		if !ok || pid == os.Getpid() {
+			continue
+		}
+		if _, err := os.Stat("/proc/" + strconv.Itoa(pid)); os.IsNotExist(err) {
+			_ = exec.Command("ip", "netns", "del", ns).Run()
+		}
+	}
+}
+
+// labPID is the PID in a lab's namespace name, qm-PID-N-...
+func labPID(ns string) (int, bool) {
+	rest, ok := strings.CutPrefix(ns, "qm-")
+	if !ok {
+		return 0, false
+	}
+	d, _, ok := strings.Cut(rest, "-")
+	pid, err := strconv.Atoi(d)
+	return pid, ok && err == nil && pid > 0
+}
 
 // newNetLab skips t, saying why, unless this process can make network
 // namespaces: root (or CAP_SYS_ADMIN and CAP_NET_ADMIN) and iproute2.
@@ -44,6 +80,7 @@ func newNetLab(t *testing.T) *netLab {
 	if _, err := exec.LookPath("ip"); err != nil {
 		t.Skip("skipped: no `ip` command; install iproute2 to run the multi-host tests")
 	}
+	sweepStaleLabs.Do(sweepLabs)
 	l := &netLab{t: t, prefix: fmt.Sprintf("qm-%d-%d", os.Getpid(), labSeq.Add(1))}
 	probe := l.prefix + "-probe"
 	if out, err := exec.Command("ip", "netns", "add", probe).CombinedOutput(); err != nil {
@@ -153,6 +190,7 @@ func startInIO(t *testing.T, ns string, stdin io.Reader, stdout io.Writer, name 
 	t.Helper()
 	argv := append([]string{"netns", "exec", ns, filepath.Join(binDir, name)}, args...)
 	p := &proc{cmd: exec.Command("ip", argv...), done: make(chan struct{})}
+	dieWithTests(p.cmd) // kept across ip's exec of the binary
 	p.cmd.Env = append(os.Environ(), "QM_AUTHKEY="+authkey)
 	p.cmd.Stdin, p.cmd.Stdout, p.cmd.Stderr = stdin, stdout, p
 	if err := p.cmd.Start(); err != nil {
