@@ -256,12 +256,19 @@ func (d netnsDialer) Dial(network, address string) (net.Conn, error) {
 
 // inNetns runs f on a thread of its own inside namespace ns, and returns
 // once f has. Sockets f opens stay in ns. The thread is given back to the
-// runtime only once it is back in its own namespace; otherwise the
-// runtime ends it with the goroutine, and no other goroutine runs in ns.
+// runtime whenever it is in its own namespace; otherwise the runtime ends
+// it with the goroutine, and no other goroutine runs in ns. Ending it
+// kills the children forked on it (dieWithTests), so only that case does.
 func inNetns(ns string, f func()) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
+		atHome := true
+		defer func() {
+			if atHome {
+				runtime.UnlockOSThread()
+			}
+		}()
 		home, err := os.Open("/proc/thread-self/ns/net")
 		if err != nil {
 			errc <- err
@@ -278,10 +285,9 @@ func inNetns(ns string, f func()) error {
 			errc <- fmt.Errorf("setns %s: %w", ns, err)
 			return
 		}
+		atHome = false
 		f()
-		if err := setns(home); err == nil {
-			runtime.UnlockOSThread()
-		}
+		atHome = setns(home) == nil
 		errc <- nil
 	}()
 	return <-errc
