@@ -460,7 +460,7 @@ func (m *model) comeBack(q int, ts []*task) {
 // each gateway has held for HoldFor, where another gateway's gets wait
 // at the stream (the gateway's mover, every half HoldFor).
 func (m *model) moveOverdue() {
-	now, k := m.c.now, m.cfg.Costs
+	now := m.c.now
 	for _, g := range m.gateways {
 		if !g.alive {
 			continue
@@ -483,17 +483,10 @@ func (m *model) moveOverdue() {
 				continue
 			}
 			m.res.Moves += len(moved)
-			n := time.Duration(len(moved))
-			store := m.frac(k.Node, (1-k.NodeWorkerShare)/3) * n
-			g.p.do(m.frac(k.Gateway, (1-k.GatewayWorkerShare)/2)*n, func() {
+			m.store(g, s, moved, 1, func() {
 				// Sent: no longer the gateway's to lose if it dies.
 				g.moving[q] = slices.DeleteFunc(g.moving[q], func(h heldTask) bool { return slices.Contains(moved, h.t) })
-				m.send(func() {
-					s.leader.p.do(store, func() {
-						m.replicate(s, store, func() { m.ready(s, packsOf(moved, 1), false) })
-					})
-				})
-			})
+			}, func() {})
 		}
 	}
 	m.c.after(m.cfg.HoldFor/2, m.moveOverdue)
@@ -525,33 +518,51 @@ func (m *model) measuring(t time.Duration) bool { return t >= m.measure[0] && t 
 
 // put is the producer putting n new tasks, then getting results.
 func (m *model) put(pr *producer, n int) {
-	s, k, now := m.streams[pr.q], m.cfg.Costs, m.c.now
+	s, now := m.streams[pr.q], m.c.now
 	ts := make([]*task, n)
 	for i := range ts {
 		m.ids++
 		ts[i] = &task{id: m.ids, q: pr.q, put: now, attempt: 1}
 	}
-	gwShare := m.frac(k.Gateway, (1-k.GatewayWorkerShare)/2)
 	m.send(func() {
-		pr.gw.p.do(gwShare*time.Duration(n), func() {
+		m.store(pr.gw, s, ts, m.cfg.Pack, func() {}, func() {
 			m.send(func() {
-				s.leader.p.do(m.frac(k.Node, (1-k.NodeWorkerShare)/3)*time.Duration(n), func() {
-					m.replicate(s, m.frac(k.Node, (1-k.NodeWorkerShare)/3)*time.Duration(n), func() {
-						m.ready(s, packsOf(ts, m.cfg.Pack), false)
-						m.send(func() {
-							m.send(func() {
-								if m.measuring(now) {
-									m.res.puts = append(m.res.puts, m.c.now-now)
-									m.res.batched += n
-								}
-								m.getResults(pr)
-							})
-						})
-					})
+				m.send(func() {
+					if m.measuring(now) {
+						m.res.puts = append(m.res.puts, m.c.now-now)
+						m.res.batched += n
+					}
+					m.getResults(pr)
 				})
 			})
 		})
 	})
+}
+
+// store puts ts through gateway g into s's stream, in packs of at most
+// pack: the gateway's share of a producer's put (then sent runs), the
+// leader's and the followers' stores; done runs at the leader once the
+// tasks are ready.
+func (m *model) store(g *gateway, s *stream, ts []*task, pack int, sent, done func()) {
+	n := time.Duration(len(ts))
+	node := m.frac(m.cfg.Costs.Node, (1-m.cfg.Costs.NodeWorkerShare)/3) * n
+	g.p.do(m.producerGateway()*n, func() {
+		sent()
+		m.send(func() {
+			s.leader.p.do(node, func() {
+				m.replicate(s, node, func() {
+					m.ready(s, packsOf(ts, pack), false)
+					done()
+				})
+			})
+		})
+	})
+}
+
+// producerGateway is a gateway's CPU per task of a producer's put, and of
+// its get of results.
+func (m *model) producerGateway() time.Duration {
+	return m.frac(m.cfg.Costs.Gateway, (1-m.cfg.Costs.GatewayWorkerShare)/2)
 }
 
 // getResults is the producer's get of results: it waits at the stream for
@@ -575,10 +586,9 @@ func (m *model) takeResults(pr *producer) {
 	n := min(len(s.results), m.cfg.ResultBatch)
 	done := slices.Clone(s.results[:n])
 	s.results = s.results[n:]
-	gwShare := m.frac(k.Gateway, (1-k.GatewayWorkerShare)/2)
 	s.leader.p.do(m.frac(k.Node, (1-k.NodeWorkerShare)*2/3)*time.Duration(n), func() {
 		m.send(func() {
-			pr.gw.p.do(gwShare*time.Duration(n), func() {
+			pr.gw.p.do(m.producerGateway()*time.Duration(n), func() {
 				m.send(func() {
 					if m.measuring(m.c.now) {
 						m.res.gets = append(m.res.gets, m.c.now-pr.getAt)

@@ -492,8 +492,7 @@ func (q *Queues) open(name string, create bool) (*stream, error) {
 // (here or through another gateway).
 func (q *Queues) forget(name string) {
 	q.mu.Lock()
-	delete(q.known, name)
-	delete(q.queueOf, streamName(name))
+	q.forgetLocked(name)
 	q.mu.Unlock()
 }
 
@@ -502,10 +501,14 @@ func (q *Queues) forget(name string) {
 func (q *Queues) forgetStream(s *stream) {
 	q.mu.Lock()
 	if q.known[s.queue] == s {
-		delete(q.known, s.queue)
-		delete(q.queueOf, streamName(s.queue))
+		q.forgetLocked(s.queue)
 	}
 	q.mu.Unlock()
+}
+
+func (q *Queues) forgetLocked(name string) {
+	delete(q.known, name)
+	delete(q.queueOf, streamName(name))
 }
 
 // isGone reports whether err says the stream or its consumer no longer
