@@ -52,6 +52,16 @@ func (q *Queues) IgnoreDeletions() {
 	}
 }
 
+// LevelConsumers returns the priority levels above 0 whose consumers
+// the stream of queue name has in JetStream, ascending.
+func LevelConsumers(q *Queues, name string) ([]int, error) {
+	s, err := q.open(name, false)
+	if err != nil {
+		return nil, err
+	}
+	return q.levelNames(context.Background(), s)
+}
+
 // Waiting returns how many pull requests the consumer of queue name's
 // tasks (priority 0) has waiting, and how many of its deliveries await
 // their acks.

@@ -277,6 +277,14 @@ func TestStaleLevelsAfterTheQueueIsMadeAnew(t *testing.T) {
 	putAt(t, b, "rush", 7, "seven")
 	putAt(t, a, "rush", 3, "urgent-1")
 	putAt(t, a, "rush", 5, "urgent-2")
+	// If the advisory reached a after its puts, a opens their levels
+	// meanwhile; c, opened after, takes in priority order once they are.
+	qmtest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if ps, err := jsqueue.LevelConsumers(b, "rush"); err != nil || !slices.Equal(ps, []int{3, 5, 7}) {
+			return fmt.Errorf("levels with consumers: %v, %v; want 3, 5 and 7", ps, err)
+		}
+		return nil
+	})
 
 	c := newQueues(t, node, jsqueue.Config{})
 	var got []queue.Task
