@@ -116,6 +116,12 @@ type Config struct {
 	// --nats does.
 	Pack    int
 	HoldFor time.Duration
+	// PackSpan, if over 0, makes packs follow the gateways' gets, as
+	// qmaster's --pack-span: every second each gateway says a pack size,
+	// what its gets took of the queue in PackSpan at their recent rate
+	// (or its waiting gets want, if more), and puts pack no bigger than
+	// the least size said. 0 keeps every pack at Pack.
+	PackSpan time.Duration
 	// Seed seeds the random choices (which gateway a worker dials).
 	Seed uint64
 }
@@ -196,7 +202,7 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("sim config: Replicas %d is more than the %d Nodes", c.Replicas, c.Nodes)
 	case c.Window > 0 && c.Window < c.Queues:
 		return errors.New("sim config: Window must be at least Queues (one task per producer)")
-	case c.Compute < 0 || c.Latency < 0 || c.Warmup < 0 || c.Duration < 0 || c.KillAt < 0 || c.AckWait < 0 || c.ReconnectMin < 0 || c.HoldFor < 0:
+	case c.Compute < 0 || c.Latency < 0 || c.Warmup < 0 || c.Duration < 0 || c.KillAt < 0 || c.AckWait < 0 || c.ReconnectMin < 0 || c.HoldFor < 0 || c.PackSpan < 0:
 		return errors.New("sim config: durations must not be negative")
 	case c.HoldFor > 0 && c.HoldFor < time.Millisecond:
 		return errors.New("sim config: HoldFor must be at least 1ms")

@@ -2,6 +2,7 @@ package sim
 
 import (
 	"cmp"
+	"math/bits"
 	"math/rand/v2"
 	"slices"
 	"time"
@@ -52,6 +53,12 @@ type gateway struct {
 	gets    [][]func(*task)
 	pulling []int
 	perMsg  []float64
+	// By queue: the tasks its gets took since its last look, their rate,
+	// and the pack size it said last and when (Config.PackSpan).
+	handed []int
+	rate   []float64
+	said   []int
+	saidAt []time.Duration
 }
 
 // heldTask is a task a gateway holds, since when.
@@ -120,7 +127,8 @@ func newModel(cfg Config) *model {
 	}
 	for i := range cfg.Gateways {
 		g := &gateway{i: i, p: hostOf(cfg.GatewayCores).newProcess(threads(cfg.GatewayCores)), alive: true, leases: map[*task]struct{}{},
-			held: make([][]heldTask, cfg.Queues), moving: make([][]heldTask, cfg.Queues), gets: make([][]func(*task), cfg.Queues), pulling: make([]int, cfg.Queues), perMsg: make([]float64, cfg.Queues)}
+			held: make([][]heldTask, cfg.Queues), moving: make([][]heldTask, cfg.Queues), gets: make([][]func(*task), cfg.Queues), pulling: make([]int, cfg.Queues), perMsg: make([]float64, cfg.Queues),
+			handed: make([]int, cfg.Queues), rate: make([]float64, cfg.Queues), said: make([]int, cfg.Queues), saidAt: make([]time.Duration, cfg.Queues)}
 		for q := range g.perMsg {
 			g.perMsg[q] = float64(cfg.Pack)
 		}
@@ -167,6 +175,9 @@ func newModel(cfg Config) *model {
 	}
 	if cfg.Pack > 1 {
 		m.c.after(cfg.HoldFor/2, m.moveOverdue)
+	}
+	if cfg.Pack > 1 && cfg.PackSpan > 0 {
+		m.c.after(sizeEvery, m.sayPackSizes)
 	}
 	return m
 }
@@ -340,6 +351,7 @@ func (m *model) gatewayGet(g *gateway, q int, hand func(*task)) {
 	}
 	if h := g.held[q]; len(h) > 0 {
 		g.held[q] = h[1:]
+		g.handed[q]++
 		m.lease(h[0].t, g)
 		hand(h[0].t)
 		return
@@ -386,6 +398,7 @@ func (m *model) arrive(g *gateway, q int, pack []*task) {
 	for _, t := range pack {
 		if gets := g.gets[q]; len(gets) > 0 {
 			g.gets[q] = gets[1:]
+			g.handed[q]++
 			m.lease(t, g)
 			gets[0](t)
 			continue
@@ -525,7 +538,7 @@ func (m *model) put(pr *producer, n int) {
 		ts[i] = &task{id: m.ids, q: pr.q, put: now, attempt: 1}
 	}
 	m.send(func() {
-		m.store(pr.gw, s, ts, m.cfg.Pack, func() {}, func() {
+		m.store(pr.gw, s, ts, m.packSize(pr.q), func() {}, func() {
 			m.send(func() {
 				m.send(func() {
 					if m.measuring(now) {
@@ -689,4 +702,58 @@ func (m *model) kill(g *gateway) {
 			m.comeBack(t.q, []*task{t})
 		})
 	}
+}
+
+// The gateways' pack sizes, as qmaster's (master/jsqueue/packsize.go).
+const (
+	sizeEvery = time.Second
+	sizeTTL   = 15 * time.Second
+)
+
+// sayPackSizes is each gateway's look at its gets of each queue, every
+// sizeEvery: the size it says, as qmaster's sayPackSizesOnce. What a
+// gateway says is heard at once, and said anew at every look.
+func (m *model) sayPackSizes() {
+	for _, g := range m.gateways {
+		if !g.alive {
+			continue
+		}
+		for q := range g.handed {
+			handed := g.handed[q]
+			g.rate[q] = (g.rate[q] + float64(handed)/sizeEvery.Seconds()) / 2
+			g.handed[q] = 0
+			waiting := len(g.gets[q])
+			if handed == 0 && waiting == 0 && g.rate[q] < 0.5 {
+				g.rate[q] = 0
+				continue
+			}
+			g.said[q], g.saidAt[q] = packSizeFor(g.rate[q], m.cfg.PackSpan, waiting, m.cfg.Pack), m.c.now
+		}
+	}
+	m.c.after(sizeEvery, m.sayPackSizes)
+}
+
+// packSizeFor is qmaster's: a pack of span's worth of tasks at rate, or
+// of what the gets waiting want, a power of two from 1 to most.
+func packSizeFor(rate float64, span time.Duration, waiting, most int) int {
+	n := max(1+int(rate*span.Seconds()), waiting)
+	if n >= most {
+		return most
+	}
+	return 1 << (bits.Len(uint(n)) - 1)
+}
+
+// packSize is the most tasks a put of queue q's packs: the least size
+// the gateways said in the last sizeTTL, or Config.Pack.
+func (m *model) packSize(q int) int {
+	size := m.cfg.Pack
+	if m.cfg.PackSpan <= 0 {
+		return size
+	}
+	for _, g := range m.gateways {
+		if g.said[q] > 0 && m.c.now-g.saidAt[q] <= sizeTTL {
+			size = min(size, g.said[q])
+		}
+	}
+	return size
 }

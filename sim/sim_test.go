@@ -223,3 +223,20 @@ func TestKilledGatewaysHeldTasksComeBack(t *testing.T) {
 		}
 	}
 }
+
+// With a worker of each queue on each gateway, fixed packs wait in the
+// gateway that fetched them, behind its one busy worker; packs that
+// follow the gateways shrink to one task, and a task waits only for a
+// worker, a handler's time (the window is two tasks a worker).
+func TestPacksFollowTheGateways(t *testing.T) {
+	cfg := Config{Gateways: 10, Workers: 50, Queues: 5, Window: 100, Compute: 500 * time.Millisecond,
+		Pack: 32, HoldFor: time.Second, Warmup: 5 * time.Second, Duration: 10 * time.Second}
+	bound := cfg.Compute + cfg.Compute/2
+	fixed := run(t, cfg)
+	cfg.PackSpan = 250 * time.Millisecond
+	following := run(t, cfg)
+	if fixed.WaitP99 <= bound || following.WaitP99 > bound {
+		t.Errorf("put to handler p99: fixed packs %v, packs following the gateways %v; want over %v, then at most",
+			fixed.WaitP99, following.WaitP99, bound)
+	}
+}

@@ -38,6 +38,7 @@ type fleetOptions struct {
 	Lease    time.Duration
 	Fsync    string
 	Pack     int
+	PackSpan string
 }
 
 func newFleetCmd() *cobra.Command {
@@ -82,6 +83,7 @@ second in which a worker got them.`,
 	fl.DurationVar(&o.Lease, "lease", 5*time.Second, "qmaster --lease, and so JetStream's AckWait")
 	fl.StringVar(&o.Fsync, "fsync", "never", "the nodes' --fsync")
 	fl.IntVar(&o.Pack, "pack", 0, "the gateways' --pack (0: qmaster's default)")
+	fl.StringVar(&o.PackSpan, "pack-span", "", "the gateways' --pack-span (empty: qmaster's default; 0: fixed packs)")
 	return cmd
 }
 
@@ -208,6 +210,9 @@ func runFleet(ctx context.Context, o *fleetOptions, stdout, log io.Writer) error
 		args := []string{"--nats", natsURLs[i%o.Nodes], "--lease", lease, "--replicas", replicas}
 		if o.Pack > 0 {
 			args = append(args, "--pack", strconv.Itoa(o.Pack))
+		}
+		if o.PackSpan != "" {
+			args = append(args, "--pack-span", o.PackSpan)
 		}
 		p, addr, err := b.startQMaster(ctx, args...)
 		if err != nil {

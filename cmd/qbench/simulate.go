@@ -67,6 +67,7 @@ node has a host of its own.`,
 	fl.BoolVar(&cfg.NoHandover, "no-handover", false, "a killed gateway's workers drop their tasks, which come back after the ack wait (as before tasks could move)")
 	fl.DurationVar(&cfg.AckWait, "ack-wait", 5*time.Second, "JetStream AckWait (the lease)")
 	fl.IntVar(&cfg.Pack, "pack", 32, "the gateways' --pack: the most tasks of a put in one message (1: none packed; 32 is qmaster's default)")
+	fl.DurationVar(&cfg.PackSpan, "pack-span", 250*time.Millisecond, "the gateways' --pack-span: packs no bigger than the gateways handing the queue's tasks out took in it lately (0: every pack --pack)")
 	fl.DurationVar(&cfg.HoldFor, "hold-for", time.Second, "how long a gateway holds a pack's tasks for its own gets before it stores them again for others' (qmaster's, 1s)")
 	fl.DurationVar(&cfg.Latency, "latency", 50*time.Microsecond, "one-way network latency")
 	fl.IntVar(&cfg.SharedCores, "shared-cores", 0, "put every process on one host of this many cores")

@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/spf13/cobra"
@@ -28,6 +29,7 @@ type engineOptions struct {
 	NATSListen    string
 	Replicas      int
 	Pack          int
+	PackSpan      time.Duration
 }
 
 func addEngineFlags(cmd *cobra.Command, o *engineOptions) {
@@ -39,6 +41,7 @@ func addEngineFlags(cmd *cobra.Command, o *engineOptions) {
 	fl.StringVar(&o.NATSListen, "nats-listen", "", "with --cluster-listen, also accept NATS clients, such as qmaster --nats gateways, at `host:port` (they authenticate with the authkey)")
 	fl.IntVar(&o.Replicas, "replicas", 0, "copies of each queue kept by the JetStream cluster (default: 3, or the number of nodes if fewer)")
 	fl.IntVar(&o.Pack, "pack", 0, fmt.Sprintf("with --nats or --cluster-listen, store up to `N` tasks of one put (or results of one completion) in one JetStream message, 1 (off) to %d: far fewer JetStream writes (see docs/SCALING.md) (default %d)", jsqueue.MaxPack, defaultPack))
+	fl.DurationVar(&o.PackSpan, "pack-span", jsqueue.DefaultPackSpan, "with packing, make no pack bigger than the gateways handing out the queue's tasks took in this `duration` lately, so that a pack's tasks do not wait in a gateway with few workers; 0 keeps every pack at --pack")
 }
 
 func (o *engineOptions) enabled() bool { return o.NATS != "" || o.ClusterListen != "" }
@@ -75,6 +78,8 @@ func (o *engineOptions) validate(s *serveOptions) error {
 		return usageErrorf("--pack must be between 1 and %d", jsqueue.MaxPack)
 	case o.Pack > 1 && !o.enabled():
 		return usageErrorf("--pack goes with --nats or --cluster-listen")
+	case o.PackSpan < 0:
+		return usageErrorf("--pack-span must be >= 0")
 	}
 	if o.ClusterListen != "" && o.Replicas > len(o.ClusterPeers) {
 		return usageErrorf("--replicas %d is more than the %d nodes of --cluster-peers", o.Replicas, len(o.ClusterPeers))
@@ -88,6 +93,7 @@ type engine struct {
 	node     *jsqueue.Node // nil for a gateway
 	replicas int
 	pack     int
+	packSpan time.Duration
 	note     string // for the listening line
 }
 
@@ -95,7 +101,10 @@ type engine struct {
 // waits until JetStream is ready.
 func (o *engineOptions) open(ctx context.Context, s *serveOptions, authkey []byte, log *slog.Logger) (*engine, error) {
 	secret := jsqueue.SecretFromAuthkey(authkey)
-	e := &engine{pack: o.pack()}
+	e := &engine{pack: o.pack(), packSpan: o.PackSpan}
+	if e.packSpan == 0 {
+		e.packSpan = -1 // jsqueue's "fixed packs"
+	}
 	if o.NATS != "" {
 		nopts := []nats.Option{nats.Name("qmaster gateway"), nats.MaxReconnects(-1)}
 		if secret != "" && !hasUserInfo(o.NATS) {
@@ -166,10 +175,11 @@ func (e *engine) openQueues(log *slog.Logger) func(queue.Config) (master.Queues,
 			DedupWindow:     qc.DedupWindow,
 			// A dead gateway's tasks come back after the default lease,
 			// as a dead worker's do.
-			AckWait: qc.DefaultLease,
-			OnDead:  qc.OnDead,
-			Pack:    e.pack,
-			Logger:  log,
+			AckWait:  qc.DefaultLease,
+			OnDead:   qc.OnDead,
+			Pack:     e.pack,
+			PackSpan: e.packSpan,
+			Logger:   log,
 		})
 	}
 }

@@ -2,6 +2,7 @@ package jsqueue
 
 import (
 	"context"
+	"slices"
 	"strings"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -75,4 +76,21 @@ func Waiting(q *Queues, name string) (waiting, ackPending int, err error) {
 		return 0, 0, err
 	}
 	return ci.NumWaiting, ci.NumAckPending, nil
+}
+
+// PackSize is the most tasks q packs in one message of queue name's
+// tasks now: the least size the gateways said, or its Config.Pack.
+func PackSize(q *Queues, name string) int { return q.packSize(name) }
+
+// PackSizesHeard returns the sizes the gateways said lately of queue
+// name's packs, as q heard them, ascending.
+func PackSizesHeard(q *Queues, name string) []int {
+	q.sizeMu.Lock()
+	defer q.sizeMu.Unlock()
+	var sizes []int
+	for _, s := range q.sizes[token(name)] {
+		sizes = append(sizes, s.size)
+	}
+	slices.Sort(sizes)
+	return sizes
 }

@@ -28,6 +28,15 @@ const errExpired = "lease expired"
 // out through a gateway that died) is moved to the dead-letter queue
 // instead of being handed out.
 func (q *Queues) Get(ctx context.Context, req queue.GetRequest, dst []queue.Task) ([]queue.Task, error) {
+	ts, err := q.get(ctx, req, dst)
+	if len(ts) > 0 && q.sizeSub != nil {
+		q.noteHanded(req.Queue, len(ts))
+	}
+	return ts, err
+}
+
+// get is Get.
+func (q *Queues) get(ctx context.Context, req queue.GetRequest, dst []queue.Task) ([]queue.Task, error) {
 	if req.Max < 1 {
 		return nil, fmt.Errorf("%w: get max must be >= 1, got %d", queue.ErrBadArgument, req.Max)
 	}

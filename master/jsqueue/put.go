@@ -109,7 +109,21 @@ func (q *Queues) put(ctx context.Context, req queue.PutRequest, putNo uint64) ([
 	}
 	var counts []int
 	if q.cfg.Pack > 1 && len(msgs) > 1 && !queue.IsDeadLetterName(req.Queue) {
-		msgs, counts = packMsgs(s.subject, msgs, q.cfg.Pack)
+		size := q.cfg.Pack
+		if !req.Results { // results keep Pack (packsize.go)
+			size = q.packSize(req.Queue)
+			if req.RequestID != "" && q.sizeSub != nil {
+				lctx, cancel := q.call()
+				size, err = q.layoutOf(lctx, req.Queue, req.RequestID, size)
+				cancel()
+				if err != nil {
+					return nil, err
+				}
+			}
+		}
+		if size > 1 {
+			msgs, counts = packMsgs(s.subject, msgs, size)
+		}
 	}
 	// Priorities alone, not results: the put may be made again (Put).
 	allLevels := !req.Results && !slices.ContainsFunc(req.Items, func(it queue.Item) bool { return it.Priority == 0 })

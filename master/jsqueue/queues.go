@@ -55,6 +55,11 @@ type Config struct {
 	// its gets; then they are stored again, alone, at the end of their
 	// queue, for every gateway. 0 means 1s.
 	HoldFor time.Duration
+	// PackSpan bounds the packs of a queue's tasks by the gateways that
+	// hand them out: none makes a pack bigger than its gets took in
+	// PackSpan lately (packsize.go). 0 means 250ms; negative keeps every
+	// pack at Pack.
+	PackSpan time.Duration
 	// Logger receives the gateway's warnings; nil discards them.
 	Logger *slog.Logger
 }
@@ -77,6 +82,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.HoldFor == 0 {
 		c.HoldFor = time.Second
+	}
+	if c.PackSpan == 0 {
+		c.PackSpan = DefaultPackSpan
 	}
 	if c.RequestTimeout == 0 {
 		c.RequestTimeout = 10 * time.Second
@@ -177,6 +185,17 @@ type Queues struct {
 	polKV      jetstream.KeyValue
 	polLooked  time.Time     // when lookForPolicies last looked for polKV
 	polMade    chan struct{} // the bucket is there: watch it
+
+	// sizes are the pack sizes gateways said (packsize.go), by the
+	// queue's token, then by gateway; under sizeMu, taken with q.mu
+	// held, never the other way round.
+	sizeMu  sync.Mutex
+	sizes   map[string]map[string]sizeSaid
+	sizeSub *nats.Subscription
+	// layoutKV keeps the pack sizes of puts with request IDs, opened on
+	// first use under layoutMu.
+	layoutMu sync.Mutex
+	layoutKV jetstream.KeyValue
 }
 
 // stream is one queue's stream and its consumer.
@@ -227,6 +246,8 @@ type local struct {
 	// lookedAt is when overdue held tasks were last looked at
 	// (overdueQueuesLocked).
 	lookedAt time.Time
+	// demand is what the pack size this gateway says is made of.
+	demand demand
 }
 
 // getWait is a get waiting on a stream: wake cancels its pull (whose
@@ -324,11 +345,22 @@ func New(cfg Config) (*Queues, error) {
 	if err != nil {
 		return nil, fmt.Errorf("jetstream: subscribe to renewals' confirmations: %w", err)
 	}
+	if cfg.Pack > 1 && cfg.PackSpan > 0 {
+		q.sizes = make(map[string]map[string]sizeSaid)
+		q.sizeSub, err = cfg.Conn.Subscribe(sizeSubjects+"*", q.heardPackSize)
+		if err != nil {
+			_ = q.renewSub.Unsubscribe()
+			return nil, fmt.Errorf("jetstream: subscribe to the gateways' pack sizes: %w", err)
+		}
+	}
 	q.pulls = newPulls(cfg.Conn)
 	q.followAdvisories()
 	q.ctx, q.cancel = context.WithCancel(context.Background())
 	q.polMade = make(chan struct{}, 1)
 	q.bg.Go(q.watchPolicies)
+	if q.sizeSub != nil {
+		q.bg.Go(q.sayPackSizes)
+	}
 	if cfg.Pack > 1 {
 		// Made now, while the cluster is likely idle, rather than under
 		// load at their first use; if they cannot be yet, they are then.
@@ -365,6 +397,9 @@ func (q *Queues) Close() {
 	q.cancel()
 	q.bg.Wait()
 	_ = q.renewSub.Unsubscribe()
+	if q.sizeSub != nil {
+		_ = q.sizeSub.Unsubscribe()
+	}
 	for _, sub := range q.advisories {
 		_ = sub.Unsubscribe()
 	}

@@ -1,0 +1,234 @@
+package jsqueue
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"errors"
+	"math/bits"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Pack sizes follow the gateways that hand the tasks out.
+//
+// A pack goes whole to the gateway whose get fetched it, and what that
+// get does not take waits there for the gateway's next gets (pack.go).
+// With few workers of a queue on each gateway, those tasks wait behind
+// busy workers while other gateways' workers take newer ones: with one
+// worker of a queue a gateway and 1 s handlers, packs of 2 lengthened
+// the round trip's p99 by half and packs of 4 or more by two and a half
+// times (docs/SCALING.md).
+//
+// So every gateway that hands out a queue's tasks says, on a core NATS
+// subject of the queue, how big a pack it would hand out within
+// Config.PackSpan at the rate its gets took the queue's tasks lately (or
+// as many as its waiting gets want, if more), as a power of two up to
+// Config.Pack. It says it when it changes and every sizeRefresh while it
+// hands out tasks. A gateway putting tasks packs them no bigger than the
+// least size said in the last sizeTTL; none said, Config.Pack. Results
+// keep Config.Pack: their store through two gateways is one only when
+// both pack them alike (resultsMsgIDs).
+
+const (
+	// DefaultPackSpan is Config.PackSpan's default: a quarter of the
+	// default HoldFor. With it, one queue's 50 workers a gateway running
+	// 1 s tasks get packs of 8, and CPU-bound ones full packs.
+	DefaultPackSpan = 250 * time.Millisecond
+	sizeEvery       = time.Second
+	sizeRefresh     = 5 * time.Second
+	sizeTTL         = 3 * sizeRefresh
+	// sizeSubjects is the subjects' prefix; the queue's token follows.
+	sizeSubjects = "qm.packsize."
+	// layoutsBucket keeps, for a put with a request ID, the pack size
+	// its first send used (layoutOf).
+	layoutsBucket = "qm_layouts"
+)
+
+// demand is what a gateway measures of its gets of a queue, under
+// Queues.mu.
+type demand struct {
+	handed int     // tasks handed out since the last look
+	rate   float64 // tasks a second, a moving average
+	said   int     // the size last said, 0 for none
+	saidAt time.Time
+}
+
+// sizeSaid is a gateway's size for a queue, and when it came.
+type sizeSaid struct {
+	size int
+	at   time.Time
+}
+
+// packSizeFor is the size a pack of span's worth of tasks at rate has,
+// or of what the gets waiting want: a power of two, at least 1, at most
+// most.
+func packSizeFor(rate float64, span time.Duration, waiting, most int) int {
+	n := max(1+int(rate*span.Seconds()), waiting)
+	if n >= most {
+		return most
+	}
+	return 1 << (bits.Len(uint(n)) - 1)
+}
+
+// noteHanded counts n tasks of queue name handed out by a get.
+func (q *Queues) noteHanded(name string, n int) {
+	q.mu.Lock()
+	if l := q.locals[name]; l != nil {
+		l.demand.handed += n
+	}
+	q.mu.Unlock()
+}
+
+// sayPackSizes says, every sizeEvery until Close, the pack size of each
+// queue this gateway hands out tasks of (see the top of the file).
+func (q *Queues) sayPackSizes() {
+	t := time.NewTicker(sizeEvery)
+	defer t.Stop()
+	last := time.Now()
+	for {
+		select {
+		case <-q.ctx.Done():
+			return
+		case now := <-t.C:
+			q.sayPackSizesOnce(now, now.Sub(last))
+			last = now
+		}
+	}
+}
+
+// sayPackSizesOnce is a look of sayPackSizes, over elapsed.
+func (q *Queues) sayPackSizesOnce(now time.Time, elapsed time.Duration) {
+	type said struct {
+		queue string
+		size  int
+	}
+	var says []said
+	q.mu.Lock()
+	for name, l := range q.locals {
+		d := &l.demand
+		handed := d.handed
+		d.rate = (d.rate + float64(handed)/elapsed.Seconds()) / 2
+		d.handed = 0
+		waiting := 0
+		for w := range l.waiting {
+			waiting += w.want
+		}
+		if handed == 0 && waiting == 0 && d.rate < 0.5 {
+			d.rate = 0 // no demand: nothing to say, what was said expires
+			continue
+		}
+		size := packSizeFor(d.rate, q.cfg.PackSpan, waiting, q.cfg.Pack)
+		if size != d.said || now.Sub(d.saidAt) >= sizeRefresh {
+			d.said, d.saidAt = size, now
+			says = append(says, said{name, size})
+		}
+	}
+	q.mu.Unlock()
+	q.sizeMu.Lock()
+	for tok, byGateway := range q.sizes {
+		for from, s := range byGateway {
+			if now.Sub(s.at) > sizeTTL {
+				delete(byGateway, from) // a gateway gone, or with no demand now
+			}
+		}
+		if len(byGateway) == 0 {
+			delete(q.sizes, tok)
+		}
+	}
+	q.sizeMu.Unlock()
+	for _, s := range says {
+		// Lost, it is said again at the next refresh; until then packs
+		// follow what the other gateways said.
+		_ = q.cfg.Conn.Publish(sizeSubjects+token(s.queue), []byte(strconv.Itoa(s.size)+" "+q.putIDs))
+	}
+}
+
+// heardPackSize takes a gateway's size for a queue.
+func (q *Queues) heardPackSize(m *nats.Msg) {
+	size, from, ok := strings.Cut(string(m.Data), " ")
+	n, err := strconv.Atoi(size)
+	if !ok || err != nil || n < 1 {
+		return
+	}
+	tok := strings.TrimPrefix(m.Subject, sizeSubjects)
+	q.sizeMu.Lock()
+	defer q.sizeMu.Unlock()
+	byGateway := q.sizes[tok]
+	if byGateway == nil {
+		byGateway = make(map[string]sizeSaid)
+		q.sizes[tok] = byGateway
+	}
+	byGateway[from] = sizeSaid{size: n, at: time.Now()}
+}
+
+// packSize is the most tasks a put of queue name's tasks packs in one
+// message: the least size said lately, or Config.Pack.
+func (q *Queues) packSize(name string) int {
+	size := q.cfg.Pack
+	if q.cfg.PackSpan < 0 {
+		return size
+	}
+	now := time.Now()
+	q.sizeMu.Lock()
+	defer q.sizeMu.Unlock()
+	for _, s := range q.sizes[token(name)] {
+		if now.Sub(s.at) <= sizeTTL { // else swept by sayPackSizesOnce
+			size = min(size, s.size)
+		}
+	}
+	return size
+}
+
+// layoutOf returns the pack size of a put with request ID rid into queue
+// name: size, if this is the put's first send, else the first send's.
+// A put sent again is stored once only if its messages are those of the
+// first send (requestMsgIDs), and the size said may have changed in
+// between, or differ at another gateway.
+func (q *Queues) layoutOf(ctx context.Context, name, rid string, size int) (int, error) {
+	kv, err := q.layouts(ctx)
+	if err != nil {
+		return 0, err
+	}
+	sum := sha256.Sum256([]byte(name + "\x00" + rid))
+	key := base64.RawURLEncoding.EncodeToString(sum[:16])
+	_, err = kv.Create(ctx, key, []byte(strconv.Itoa(size)))
+	if !errors.Is(err, jetstream.ErrKeyExists) {
+		return size, err
+	}
+	e, err := kv.Get(ctx, key)
+	if err != nil {
+		return 0, err
+	}
+	n, err := strconv.Atoi(string(e.Value()))
+	if err != nil || n < 1 || n > MaxPack {
+		return size, nil // not ours: the first send's is unknown
+	}
+	return n, nil
+}
+
+// layouts returns the bucket of the layouts of puts with request IDs,
+// creating it on first use. Its entries last the dedup window, as the
+// messages' IDs do.
+func (q *Queues) layouts(ctx context.Context) (jetstream.KeyValue, error) {
+	q.layoutMu.Lock()
+	defer q.layoutMu.Unlock()
+	if q.layoutKV != nil {
+		return q.layoutKV, nil
+	}
+	kv, err := q.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:   layoutsBucket,
+		TTL:      q.cfg.DedupWindow,
+		Replicas: q.cfg.Replicas,
+		Storage:  jetstream.FileStorage,
+	})
+	if err != nil {
+		return nil, q.engineErr("open the layouts of puts with request IDs", err)
+	}
+	q.layoutKV = kv
+	return kv, nil
+}
