@@ -157,7 +157,7 @@ func (c *clientConn) put(req *wire.Request, buf *callBuffers) ([]uint64, error) 
 	if err := putOptions(req, items); err != nil {
 		return nil, err
 	}
-	return c.s.queues.Put(c.waitCtx(req.Timeout), queue.PutRequest{Queue: req.Queue, Items: items, MaxWait: max(req.Timeout, 0), RequestID: req.RequestID})
+	return c.s.queues.Put(c.waitCtx(req.Timeout), queue.PutRequest{Queue: req.Queue, Items: items, MaxWait: max(req.Timeout, 0), RequestID: req.RequestID, Resent: req.Resent})
 }
 
 // putOptions sets the due time and keys of a put's items from req, or

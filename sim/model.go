@@ -722,12 +722,11 @@ func (m *model) sayPackSizes() {
 			handed := g.handed[q]
 			g.rate[q] = (g.rate[q] + float64(handed)/sizeEvery.Seconds()) / 2
 			g.handed[q] = 0
-			waiting := len(g.gets[q])
-			if handed == 0 && waiting == 0 && g.rate[q] < 0.5 {
-				g.rate[q] = 0
+			if handed == 0 && g.rate[q] < 0.5 {
+				g.rate[q], g.said[q] = 0, 0 // nothing to say; taken back
 				continue
 			}
-			g.said[q], g.saidAt[q] = packSizeFor(g.rate[q], m.cfg.PackSpan, waiting, m.cfg.Pack), m.c.now
+			g.said[q], g.saidAt[q] = packSizeFor(g.rate[q], m.cfg.PackSpan, len(g.gets[q]), m.cfg.Pack), m.c.now
 		}
 	}
 	m.c.after(sizeEvery, m.sayPackSizes)

@@ -535,12 +535,18 @@ type PutOptions struct {
 	// must be unique to the put (a producer's run and its batch, say), at
 	// most 256 bytes, and not given with Keys.
 	RequestID string
+	// Resent, with RequestID, says this put may have been sent before,
+	// and its answer was lost (a connection cut off, a timeout): a
+	// gateway stores it as it stored the first send, so that none of it
+	// is stored twice. Without it a gateway that packs differently now
+	// may store it anew.
+	Resent bool
 }
 
 // request fills a put request with the options.
 func (o *PutOptions) request(queue string, items []msgpack.RawMessage) *Request {
 	return &Request{Op: OpPut, Queue: queue, Items: items, ReplyTo: o.ReplyTo, Timeout: o.Timeout,
-		Delay: o.Delay, At: o.At, Priority: o.Priority, Keys: o.Keys, RequestID: o.RequestID}
+		Delay: o.Delay, At: o.At, Priority: o.Priority, Keys: o.Keys, RequestID: o.RequestID, Resent: o.Resent}
 }
 
 // Put appends items (any msgpack-encodable values, or msgpack.RawMessage)

@@ -327,7 +327,7 @@ func appendRequest(b []byte, r *Request) []byte {
 	for _, set := range [...]bool{r.Queue != "", len(r.Items) > 0, r.ReplyTo != "", r.Max != 0,
 		r.Timeout != 0, r.Lease != 0, r.NoAck, len(r.IDs) > 0, r.Error != "", len(r.Results) > 0,
 		r.ResultQueue != "", r.Role != "", r.Name != "", r.Then != nil,
-		r.Delay != 0, !r.At.IsZero(), r.Priority != 0, len(r.Keys) > 0, r.RequestID != "", r.RetryAfter != 0,
+		r.Delay != 0, !r.At.IsZero(), r.Priority != 0, len(r.Keys) > 0, r.RequestID != "", r.Resent, r.RetryAfter != 0,
 		r.MaxAttempts != 0, r.BackoffMin != 0, r.BackoffMax != 0, len(r.Tokens) > 0} {
 		if set {
 			n++
@@ -413,6 +413,9 @@ func appendRequest(b []byte, r *Request) []byte {
 	}
 	if r.RequestID != "" {
 		b = msgp.AppendStr(msgp.AppendStr(b, "rid"), r.RequestID)
+	}
+	if r.Resent {
+		b = msgp.AppendBool(msgp.AppendStr(b, "resent"), true)
 	}
 	if r.RetryAfter != 0 {
 		b = msgp.AppendInt(msgp.AppendStr(b, "retry_after"), int64(r.RetryAfter))
@@ -506,6 +509,8 @@ func (r *Request) decode(rd *msgp.Reader, chained bool) error {
 			r.Keys, err = readStrs(rd)
 		case "rid":
 			r.RequestID, err = rd.Str()
+		case "resent":
+			r.Resent, err = rd.Bool()
 		case "toks":
 			r.Tokens, err = readStrs(rd)
 		case "retry_after":

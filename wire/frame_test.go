@@ -30,6 +30,7 @@ func sampleRequests() []Request {
 		{Op: OpComplete, Queue: "tasks", ResultQueue: "results", Results: []Completion{{ID: 1, Value: msgpack.RawMessage{0x02}}, {ID: 2, Error: "bad"}}},
 		{Op: OpStats},
 		{Op: OpPut, Queue: "tasks", Items: []msgpack.RawMessage{{0x05}, {0x06}}, RequestID: "map-1f2e-1+2"},
+		{Op: OpPut, Queue: "tasks", Items: []msgpack.RawMessage{{0x05}, {0x06}}, RequestID: "map-1f2e-1+2", Resent: true},
 		{Op: OpPut, Queue: "tasks", Items: []msgpack.RawMessage{{0x07}}, Keys: []string{"k"}, Priority: 3},
 		{Op: OpComplete, Queue: "tasks", Results: []Completion{{ID: 3, Value: msgpack.RawMessage{0x03}, Token: "t"}},
 			Then: &Request{Op: OpGet, Queue: "tasks", Max: 4, Timeout: time.Second}},

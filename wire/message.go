@@ -84,6 +84,10 @@ type Request struct {
 	// nothing and gets the first send's IDs. One entry per put, where
 	// Keys cost one per item. Not with Keys.
 	RequestID string `msgpack:"rid,omitempty"`
+	// Resent (put, with RequestID) says the put may have been sent
+	// before, its answer lost: a gateway then stores it as that first
+	// send did, whatever it would do with a new put (its pack size).
+	Resent bool `msgpack:"resent,omitempty"`
 	// RetryAfter (nack) is how long the task waits before its next
 	// delivery, instead of its queue's backoff.
 	RetryAfter time.Duration `msgpack:"retry_after,omitempty"`

@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/qm-dev/qm/internal/cliflag"
+	"github.com/qm-dev/qm/master/jsqueue"
 )
 
 // testFactory returns a factory on buffers, with an empty environment.
@@ -71,7 +72,7 @@ func TestRootFlags(t *testing.T) {
 		MaxUnauthConns: 8, AuthFailLimit: 3, MaxConns: 100, MaxStreams: 16, MaxMemory: 1 << 30,
 		TLSCert: "/c.pem", TLSKey: "/k.pem", TLSClientCA: "/ca.pem",
 		RetryBackoff: "1s..1h", DedupWindow: 5 * time.Minute,
-		Engine: engineOptions{}, // --pack unset: its default
+		Engine: engineOptions{PackSpan: jsqueue.DefaultPackSpan}, // --pack unset: its default
 	}
 	if got.LogLevel.Level != slog.LevelDebug || got.LogFormat.String() != "json" {
 		t.Errorf("log level %v format %v", got.LogLevel, got.LogFormat)
@@ -126,6 +127,7 @@ func TestUsageErrors(t *testing.T) {
 		{"replicas alone", rootCmd, []string{"--replicas", "3"}, "--replicas goes with --nats or --cluster-listen"},
 		{"pack alone", rootCmd, []string{"--pack", "8"}, "--pack goes with --nats or --cluster-listen"},
 		{"pack too big", rootCmd, []string{"--nats", "nats://a:4222", "--pack", "65"}, "--pack must be between 1 and 64"},
+		{"pack span negative", rootCmd, []string{"--nats", "nats://a:4222", "--pack-span", "-1s"}, "--pack-span must be >= 0"},
 		{"replicas over peers", rootCmd, []string{"--cluster-listen", "a:6222", "--cluster-peers", "a:6222,b:6222", "--data-dir", "d", "--replicas", "3"}, "more than the 2 nodes"},
 		{"put tls key without cert", func(t *testing.T) *cobra.Command {
 			return newCmdPut(&factory{}, func(o *putOptions) error { return never(t)(o) })

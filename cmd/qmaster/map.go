@@ -566,7 +566,7 @@ func putWaiting(ctx context.Context, conn *producerConn, queue string, items []m
 			if sends++; sends > 1 {
 				unanswered = true // the one before was cut off
 			}
-			ids, err = c.PutRaw(ctx, queue, items, wire.PutOptions{ReplyTo: replyTo, Timeout: time.Second, RequestID: rid})
+			ids, err = c.PutRaw(ctx, queue, items, wire.PutOptions{ReplyTo: replyTo, Timeout: time.Second, RequestID: rid, Resent: unanswered})
 			return err
 		})
 		if errors.Is(err, wire.ErrUnavailable) && ctx.Err() == nil {

@@ -154,7 +154,10 @@ func putRun(ctx context.Context, opts *putOptions) error {
 		// through another gateway, under the same request ID or key (see
 		// producerConn).
 		var ids []uint64
+		sends := 0
 		err := conn.call(ctx, func(c *wire.Client) (err error) {
+			sends++
+			popts.Resent = sends > 1 && popts.RequestID != ""
 			ids, err = c.PutRaw(ctx, opts.Queue, raw, popts)
 			return err
 		})

@@ -3,9 +3,11 @@ package jsqueue
 import (
 	"context"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 )
 
 // SubscriptionsMade is how many subscriptions have been made on n's
@@ -93,4 +95,10 @@ func PackSizesHeard(q *Queues, name string) []int {
 	}
 	slices.Sort(sizes)
 	return sizes
+}
+
+// HearPackSize makes q hear, from a gateway of the test's, that it would
+// take packs of size tasks of queue name.
+func HearPackSize(q *Queues, name string, size int) {
+	q.heardPackSize(&nats.Msg{Subject: sizeSubjects + token(name), Data: []byte(strconv.Itoa(size) + " test")})
 }

@@ -820,3 +820,35 @@ func TestWorkerSendsACutOffCompletionAgainAsItWas(t *testing.T) {
 		t.Fatalf("%d results of %d tasks (%v), want one of each of 4", len(results), len(seen), seen)
 	}
 }
+
+// A put with a request ID sent again (wire.PutOptions.Resent) through a
+// gateway that packs smaller now is stored as the first send was: the
+// same IDs, no task twice.
+func TestResentPutOverTheWireKeepsItsLayout(t *testing.T) {
+	url := startNodeListening(t)
+	a := startPackingGateway(t, url, master.Config{}, 8)
+	b, _, _ := startWrappedGateway(t, url, master.Config{}, 8, func(q *jsqueue.Queues, _ *nats.Conn) master.Queues {
+		jsqueue.HearPackSize(q, "tasks", 1) // its gateways' workers take a task at a time
+		return q
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	items := []any{int64(1), int64(2), int64(3), int64(4), int64(5), int64(6), int64(7), int64(8)}
+	opts := wire.PutOptions{RequestID: "map-1/1"}
+	first, err := qmtest.Dial(t, a, "producer").Put(ctx, "tasks", items, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts.Resent = true
+	again, err := qmtest.Dial(t, b, "producer").Put(ctx, "tasks", items, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(again, first) {
+		t.Fatalf("sent again: ids %v, want the first send's %v", again, first)
+	}
+	tasks, err := qmtest.Dial(t, a, "worker").Get(ctx, "tasks", wire.GetOptions{Max: 100, Timeout: 500 * time.Millisecond})
+	if err != nil || len(tasks) != len(items) {
+		t.Fatalf("the queue holds %d tasks (%v), want %d", len(tasks), err, len(items))
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"math/bits"
 	"strconv"
 	"strings"
@@ -12,6 +13,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/qm-dev/qm/master/queue"
 )
 
 // Pack sizes follow the gateways that hand the tasks out.
@@ -29,10 +32,13 @@ import (
 // Config.PackSpan at the rate its gets took the queue's tasks lately (or
 // as many as its waiting gets want, if more), as a power of two up to
 // Config.Pack. It says it when it changes and every sizeRefresh while it
-// hands out tasks. A gateway putting tasks packs them no bigger than the
-// least size said in the last sizeTTL; none said, Config.Pack. Results
-// keep Config.Pack: their store through two gateways is one only when
-// both pack them alike (resultsMsgIDs).
+// hands out tasks, and takes it back (a size of 0) when it has handed
+// out none lately. A gateway putting tasks packs them no bigger than the
+// least size said in the last sizeTTL; none said, Config.Pack (so the
+// first puts of a queue, before its workers' gateways said a size, are
+// packed fully). Results keep Config.Pack: their store through two
+// gateways is one only when both pack them alike (resultsMsgIDs). Puts
+// with request IDs: packSizeOf.
 
 const (
 	// DefaultPackSpan is Config.PackSpan's default: a quarter of the
@@ -118,8 +124,17 @@ func (q *Queues) sayPackSizesOnce(now time.Time, elapsed time.Duration) {
 		for w := range l.waiting {
 			waiting += w.want
 		}
-		if handed == 0 && waiting == 0 && d.rate < 0.5 {
-			d.rate = 0 // no demand: nothing to say, what was said expires
+		if handed == 0 && d.rate < 0.5 {
+			// None handed out lately: nothing to say, and what was said
+			// is taken back. Gets waiting alone say nothing: idle
+			// workers tell nothing of how soon they would run a pack's
+			// tasks, and saying what they want made the first seconds of
+			// a burst through idle workers pack their tasks two by two.
+			d.rate = 0
+			if d.said != 0 {
+				d.said = 0
+				says = append(says, said{name, 0})
+			}
 			continue
 		}
 		size := packSizeFor(d.rate, q.cfg.PackSpan, waiting, q.cfg.Pack)
@@ -152,7 +167,7 @@ func (q *Queues) sayPackSizesOnce(now time.Time, elapsed time.Duration) {
 func (q *Queues) heardPackSize(m *nats.Msg) {
 	size, from, ok := strings.Cut(string(m.Data), " ")
 	n, err := strconv.Atoi(size)
-	if !ok || err != nil || n < 1 {
+	if !ok || err != nil || n < 0 {
 		return
 	}
 	tok := strings.TrimPrefix(m.Subject, sizeSubjects)
@@ -162,6 +177,10 @@ func (q *Queues) heardPackSize(m *nats.Msg) {
 	if byGateway == nil {
 		byGateway = make(map[string]sizeSaid)
 		q.sizes[tok] = byGateway
+	}
+	if n == 0 {
+		delete(byGateway, from) // taken back
+		return
 	}
 	byGateway[from] = sizeSaid{size: n, at: time.Now()}
 }
@@ -184,45 +203,86 @@ func (q *Queues) packSize(name string) int {
 	return size
 }
 
-// layoutOf returns the pack size of a put with request ID rid into queue
-// name: size, if this is the put's first send, else the first send's.
-// A put sent again is stored once only if its messages are those of the
-// first send (requestMsgIDs), and the size said may have changed in
-// between, or differ at another gateway.
-func (q *Queues) layoutOf(ctx context.Context, name, rid string, size int) (int, error) {
+// packSizeOf returns the most tasks put req packs in one message: 1 for
+// none. A put with a request ID is stored once however often it is sent
+// only if every send is laid out alike (requestMsgIDs), and the size said
+// may have changed in between, or differ at another gateway. So a first
+// send that packs smaller than Config.Pack records its size, and a send
+// again (req.Resent) takes the size recorded, or, if none is, records
+// Config.Pack's, which the first send then had: the record is made at
+// most once, by whichever send comes first, so sends racing each other
+// agree too. A first send at Config.Pack, the usual case, costs nothing.
+func (q *Queues) packSizeOf(req queue.PutRequest) (int, error) {
+	if q.cfg.Pack <= 1 || len(req.Items) <= 1 || queue.IsDeadLetterName(req.Queue) {
+		return 1, nil
+	}
+	if req.Results {
+		return q.cfg.Pack, nil // see the top of the file
+	}
+	size := q.packSize(req.Queue)
+	if req.RequestID == "" || size == q.cfg.Pack && !req.Resent {
+		return size, nil
+	}
+	if req.Resent {
+		size = q.cfg.Pack
+	}
+	ctx, cancel := q.call()
+	defer cancel()
 	kv, err := q.layouts(ctx)
 	if err != nil {
 		return 0, err
 	}
-	sum := sha256.Sum256([]byte(name + "\x00" + rid))
+	sum := sha256.Sum256([]byte(req.Queue + "\x00" + req.RequestID))
 	key := base64.RawURLEncoding.EncodeToString(sum[:16])
-	_, err = kv.Create(ctx, key, []byte(strconv.Itoa(size)))
-	if !errors.Is(err, jetstream.ErrKeyExists) {
-		return size, err
+	for {
+		_, err := kv.Create(ctx, key, []byte(strconv.Itoa(size)))
+		if !errors.Is(err, jetstream.ErrKeyExists) {
+			if err != nil {
+				return 0, q.engineErr("record the layout of put "+req.Queue, err)
+			}
+			return size, nil
+		}
+		e, err := kv.Get(ctx, key)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue // expired in between: record it now
+		}
+		if err != nil {
+			return 0, q.engineErr("read the layout of put "+req.Queue, err)
+		}
+		n, err := strconv.Atoi(string(e.Value()))
+		if err != nil || n < 1 || n > MaxPack {
+			return 0, fmt.Errorf("the layout of put %s recorded in %s is %q, not a pack size", req.Queue, layoutsBucket, e.Value())
+		}
+		return n, nil
 	}
-	e, err := kv.Get(ctx, key)
-	if err != nil {
-		return 0, err
-	}
-	n, err := strconv.Atoi(string(e.Value()))
-	if err != nil || n < 1 || n > MaxPack {
-		return size, nil // not ours: the first send's is unknown
-	}
-	return n, nil
 }
 
 // layouts returns the bucket of the layouts of puts with request IDs,
-// creating it on first use. Its entries last the dedup window, as the
-// messages' IDs do.
+// creating it on first use. Its entries must last as long as the IDs of
+// the messages they lay out: the dedup window, from the publish, which
+// may come a request's time after the record. A gateway with a longer
+// window than the bucket's lengthens it; none shortens it.
 func (q *Queues) layouts(ctx context.Context) (jetstream.KeyValue, error) {
 	q.layoutMu.Lock()
 	defer q.layoutMu.Unlock()
 	if q.layoutKV != nil {
 		return q.layoutKV, nil
 	}
-	kv, err := q.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	ttl := q.cfg.DedupWindow + q.cfg.RequestTimeout
+	kv, err := q.js.KeyValue(ctx, layoutsBucket)
+	if err == nil {
+		var st jetstream.KeyValueStatus
+		if st, err = kv.Status(ctx); err == nil && st.TTL() >= ttl {
+			q.layoutKV = kv
+			return kv, nil
+		}
+	}
+	if err != nil && !errors.Is(err, jetstream.ErrBucketNotFound) {
+		return nil, q.engineErr("open the layouts of puts with request IDs", err)
+	}
+	kv, err = q.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:   layoutsBucket,
-		TTL:      q.cfg.DedupWindow,
+		TTL:      ttl,
 		Replicas: q.cfg.Replicas,
 		Storage:  jetstream.FileStorage,
 	})

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -49,6 +50,10 @@ func TestPacksFollowAGatewayOfOneWorker(t *testing.T) {
 	if got := jsqueue.PackSize(producer, "jobs"); got != 8 {
 		t.Fatalf("pack size %d before any gateway said one, want --pack's 8", got)
 	}
+	// Its worker runs a task, then waits for the next: its gateway says
+	// 1 at its next look.
+	put(t, producer, "jobs", "0")
+	ackIDs(t, one, "jobs", 1, taskIDs(get(t, one, "jobs", 1, 1, 0, 5*time.Second))...)
 	got := waitGetting(t, one, "jobs", 1, 20*time.Second)
 	packSizeBecomes(t, producer, "jobs", 1)
 	put(t, producer, "jobs", "1", "2", "3", "4", "5", "6", "7", "8")
@@ -63,22 +68,34 @@ func TestPacksFollowAGatewayOfOneWorker(t *testing.T) {
 	if want := []string{"2", "3", "4", "5", "6", "7", "8"}; !slices.Equal(payloads(rest), want) {
 		t.Fatalf("the other gateway got %q, want %q", payloads(rest), want)
 	}
+	// Handing out none, the gateways take their sizes back.
+	packSizeBecomes(t, producer, "jobs", 8)
 }
 
-// TestBusyGatewaysKeepFullPacks: gets that want many tasks at once say a
-// full pack, and puts stay packed.
+// TestBusyGatewaysKeepFullPacks: a gateway whose gets take many tasks at
+// once says a full pack, and puts stay packed; an idle gateway says
+// nothing.
 func TestBusyGatewaysKeepFullPacks(t *testing.T) {
 	n := startNode(t)
 	producer := newQueues(t, n, jsqueue.Config{Pack: 8})
 	busy := newQueues(t, n, jsqueue.Config{Pack: 8})
-	gets := make(chan []queue.Task, 1)
-	go func() {
-		ts, err := busy.Get(context.Background(), queue.GetRequest{Queue: "jobs", Max: 8, Owner: 2, MaxWait: 20 * time.Second}, nil)
-		if err != nil {
-			t.Errorf("get: %v", err)
-		}
-		gets <- ts
-	}()
+	idle := newQueues(t, n, jsqueue.Config{Pack: 8})
+	items := make([]string, 8)
+	for i := range items {
+		items[i] = fmt.Sprint(i)
+	}
+	put(t, producer, "jobs", items...)
+	ackIDs(t, busy, "jobs", 1, taskIDs(get(t, busy, "jobs", 1, 8, 0, 5*time.Second))...)
+	var gets sync.WaitGroup
+	defer gets.Wait() // before the gateways close
+	for _, q := range []*jsqueue.Queues{busy, idle} {
+		gets.Go(func() {
+			_, err := q.Get(context.Background(), queue.GetRequest{Queue: "jobs", Max: 8, Owner: 2, MaxWait: 3 * time.Second}, nil)
+			if err != nil {
+				t.Errorf("get: %v", err)
+			}
+		})
+	}
 	deadline := time.Now().Add(10 * time.Second)
 	for !slices.Equal(jsqueue.PackSizesHeard(producer, "jobs"), []int{8}) {
 		if time.Now().After(deadline) {
@@ -86,60 +103,50 @@ func TestBusyGatewaysKeepFullPacks(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	items := make([]string, 8)
-	for i := range items {
-		items[i] = fmt.Sprint(i)
-	}
 	put(t, producer, "jobs", items...)
 	if m := stored(t, producer, "jobs"); m != 1 {
 		t.Fatalf("%d messages stored for 8 tasks, want 1 pack", m)
 	}
-	if got := <-gets; len(got) != 8 {
-		t.Fatalf("busy get took %d tasks, want 8", len(got))
-	}
 }
 
 // TestRequestIDPutKeepsItsFirstLayout: a put with a request ID sent again
-// through a gateway that packs smaller now (its one worker takes a task
-// at a time) is laid out as its first send was, and so stored once.
+// through a gateway that packs otherwise now is laid out as its first
+// send was, and so stored once: a full pack sent again through a gateway
+// that packs one task a message now, and single-task messages sent again
+// through a gateway of fixed packs.
 func TestRequestIDPutKeepsItsFirstLayout(t *testing.T) {
 	n := startNode(t)
-	first := newQueues(t, n, jsqueue.Config{Pack: 8})
-	second := newQueues(t, n, jsqueue.Config{Pack: 8, HoldFor: time.Minute})
+	full := newQueues(t, n, jsqueue.Config{Pack: 8, PackSpan: -1})
+	thin := newQueues(t, n, jsqueue.Config{Pack: 8})
+	jsqueue.HearPackSize(thin, "jobs", 1)
+	jsqueue.HearPackSize(thin, "other", 1)
 	items := make([]queue.Item, 8)
 	for i := range items {
 		items[i] = queue.Item{Payload: []byte(fmt.Sprint(i))}
 	}
-	req := queue.PutRequest{Queue: "jobs", Items: items, RequestID: "run-1/line-1"}
 	ctx := context.Background()
-	ids, err := first.Put(ctx, req)
-	if err != nil {
-		t.Fatal(err)
+	sendTwice := func(name, rid string, first, again *jsqueue.Queues, wantStored int) {
+		t.Helper()
+		req := queue.PutRequest{Queue: name, Items: items, RequestID: rid}
+		ids, err := first.Put(ctx, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m := stored(t, first, name); m != wantStored {
+			t.Fatalf("%s: %d messages stored, want %d", name, m, wantStored)
+		}
+		req.Resent = true
+		resent, err := again.Put(ctx, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(resent, ids) {
+			t.Fatalf("%s sent again: ids %v, want the first send's %v", name, resent, ids)
+		}
+		if m := stored(t, again, name); m != wantStored {
+			t.Fatalf("%s: %d messages stored after the put was sent again, want %d", name, m, wantStored)
+		}
 	}
-	if m := stored(t, first, "jobs"); m != 1 {
-		t.Fatalf("%d messages stored, want 1 pack", m)
-	}
-	// The second gateway's worker waits for one task: it says 1, and its
-	// other puts are stored one a message.
-	got := waitGetting(t, second, "other", 1, 20*time.Second)
-	packSizeBecomes(t, second, "other", 1)
-	put(t, second, "other", "a", "b")
-	if m := stored(t, second, "other"); m != 2 {
-		t.Fatalf("%d messages stored for 2 tasks after a size of 1 was said, want 2", m)
-	}
-	<-got
-	// Said of its queue too, the put sent again keeps its pack.
-	got = waitGetting(t, second, "jobs", 2, 20*time.Second)
-	packSizeBecomes(t, second, "jobs", 1)
-	<-got // took the pack's first task: the pack's 7 others are held
-	again, err := second.Put(ctx, req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !slices.Equal(again, ids) {
-		t.Fatalf("sent again: ids %v, want the first send's %v", again, ids)
-	}
-	if m := stored(t, second, "jobs"); m != 1 {
-		t.Fatalf("%d messages stored after the put was sent again, want the 1 pack", m)
-	}
+	sendTwice("jobs", "run-1/line-1", full, thin, 1)
+	sendTwice("other", "run-1/line-1", thin, full, 8)
 }

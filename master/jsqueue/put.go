@@ -34,7 +34,8 @@ import (
 // in FIFO order.
 func (q *Queues) Put(ctx context.Context, req queue.PutRequest) ([]uint64, error) {
 	putNo := q.puts.Add(1)
-	ids, err := q.put(ctx, req, putNo)
+	size := 0 // the pack size, decided once (packSizeOf)
+	ids, err := q.put(ctx, req, putNo, &size)
 	if errors.Is(err, errRemade) {
 		// Deleted, or made anew through another gateway, and JetStream's
 		// advisory of it never came (followAdvisories): put again, into
@@ -42,14 +43,15 @@ func (q *Queues) Put(ctx context.Context, req queue.PutRequest) ([]uint64, error
 		// takes every level's subject or none, and every schedule's or
 		// none. (A put of priorities alone carries the same message IDs
 		// in both, besides.)
-		ids, err = q.put(ctx, req, putNo)
+		ids, err = q.put(ctx, req, putNo, &size)
 	}
 	return ids, err
 }
 
 // put is Put; putNo numbers the ID its messages carry when they carry
-// the gateway's own (below), made only then.
-func (q *Queues) put(ctx context.Context, req queue.PutRequest, putNo uint64) ([]uint64, error) {
+// the gateway's own (below), made only then. size is the most tasks it
+// packs in a message, decided by the first call (0: not yet).
+func (q *Queues) put(ctx context.Context, req queue.PutRequest, putNo uint64, size *int) ([]uint64, error) {
 	if req.MaxWait < 0 {
 		return nil, fmt.Errorf("%w: max wait must be >= 0, got %v", queue.ErrBadArgument, req.MaxWait)
 	}
@@ -65,6 +67,11 @@ func (q *Queues) put(ctx context.Context, req queue.PutRequest, putNo uint64) ([
 	}
 	if len(req.Items) == 0 {
 		return []uint64{}, nil
+	}
+	if *size == 0 {
+		if *size, err = q.packSizeOf(req); err != nil {
+			return nil, err
+		}
 	}
 	if q.cfg.MaxLen > 0 && !req.Results && !queue.IsDeadLetterName(req.Queue) {
 		unlock, err := q.waitRoom(ctx, s, req)
@@ -108,22 +115,8 @@ func (q *Queues) put(ctx context.Context, req queue.PutRequest, putNo uint64) ([
 		msgs[i] = m
 	}
 	var counts []int
-	if q.cfg.Pack > 1 && len(msgs) > 1 && !queue.IsDeadLetterName(req.Queue) {
-		size := q.cfg.Pack
-		if !req.Results { // results keep Pack (packsize.go)
-			size = q.packSize(req.Queue)
-			if req.RequestID != "" && q.sizeSub != nil {
-				lctx, cancel := q.call()
-				size, err = q.layoutOf(lctx, req.Queue, req.RequestID, size)
-				cancel()
-				if err != nil {
-					return nil, err
-				}
-			}
-		}
-		if size > 1 {
-			msgs, counts = packMsgs(s.subject, msgs, size)
-		}
+	if *size > 1 && len(msgs) > 1 {
+		msgs, counts = packMsgs(s.subject, msgs, *size)
 	}
 	// Priorities alone, not results: the put may be made again (Put).
 	allLevels := !req.Results && !slices.ContainsFunc(req.Items, func(it queue.Item) bool { return it.Priority == 0 })

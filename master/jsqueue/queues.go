@@ -187,8 +187,8 @@ type Queues struct {
 	polMade    chan struct{} // the bucket is there: watch it
 
 	// sizes are the pack sizes gateways said (packsize.go), by the
-	// queue's token, then by gateway; under sizeMu, taken with q.mu
-	// held, never the other way round.
+	// queue's token, then by gateway; under sizeMu, never held with
+	// q.mu.
 	sizeMu  sync.Mutex
 	sizes   map[string]map[string]sizeSaid
 	sizeSub *nats.Subscription

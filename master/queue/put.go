@@ -32,6 +32,10 @@ type PutRequest struct {
 	// keys cost one per item. At most MaxKeyLen bytes; the items may
 	// not have keys of their own.
 	RequestID string
+	// Resent, with RequestID, says the put may have been sent before
+	// (wire.PutOptions.Resent). A Manager stores a put once whatever it
+	// says; a gateway lays the put out as the first send did.
+	Resent bool
 	// ResultsOf, with Results, says whose results the items are: the
 	// queue and the tasks, as handed out, in the items' order. Queues
 	// whose tasks carry delivery tokens (a gateway's) store the result of
