@@ -17,7 +17,9 @@
 // other tasks to its own next gets (held), and stores again those held
 // HoldFor for other gateways' gets waiting at the stream. Its pull
 // requests stand each for as many gets as its messages carried tasks
-// lately.
+// lately. With Config.PackSpan packs follow the gateways: every second
+// each gateway says what its gets took of a queue in PackSpan at their
+// recent rate, and puts pack no bigger than the least size said.
 //
 // A gateway can be killed: its workers reconnect to another gateway after
 // a reconnect delay and complete there the task each was running, as qm's

@@ -718,12 +718,16 @@ func (m *model) sayPackSizes() {
 		if !g.alive {
 			continue
 		}
+		leased := make([]int, len(g.handed))
+		for t := range g.leases {
+			leased[t.q]++
+		}
 		for q := range g.handed {
 			handed := g.handed[q]
 			g.rate[q] = (g.rate[q] + float64(handed)/sizeEvery.Seconds()) / 2
 			g.handed[q] = 0
-			if handed == 0 && g.rate[q] < 0.5 {
-				g.rate[q], g.said[q] = 0, 0 // nothing to say; taken back
+			if handed == 0 && leased[q] == 0 {
+				g.said[q] = 0 // nothing to say; taken back
 				continue
 			}
 			g.said[q], g.saidAt[q] = packSizeFor(g.rate[q], m.cfg.PackSpan, len(g.gets[q]), m.cfg.Pack), m.c.now

@@ -530,16 +530,19 @@ type PutOptions struct {
 	// RequestID, if not empty, makes the whole put idempotent instead:
 	// the same put (the same items, in the same order) sent again with
 	// the same ID within the master's dedup window adds nothing and gets
-	// the first send's IDs. It costs the master one entry per put where
-	// Keys cost one per item, and a gateway still packs its tasks. It
-	// must be unique to the put (a producer's run and its batch, say), at
-	// most 256 bytes, and not given with Keys.
+	// the first send's IDs, provided that every send after the first is
+	// marked Resent. It costs the master one entry per put where Keys
+	// cost one per item, and a gateway still packs its tasks. It must be
+	// unique to the put (a producer's run and its batch, say), at most
+	// 256 bytes, and not given with Keys.
 	RequestID string
 	// Resent, with RequestID, says this put may have been sent before,
 	// and its answer was lost (a connection cut off, a timeout): a
 	// gateway stores it as it stored the first send, so that none of it
-	// is stored twice. Without it a gateway that packs differently now
-	// may store it anew.
+	// is stored twice. Unmarked, a send again through a gateway that
+	// packs the queue's tasks smaller or larger now (its workers'
+	// gateways said so) may store them anew. A single master needs no
+	// mark.
 	Resent bool
 }
 

@@ -32,8 +32,8 @@ import (
 // Config.PackSpan at the rate its gets took the queue's tasks lately (or
 // as many as its waiting gets want, if more), as a power of two up to
 // Config.Pack. It says it when it changes and every sizeRefresh while it
-// hands out tasks, and takes it back (a size of 0) when it has handed
-// out none lately. A gateway putting tasks packs them no bigger than the
+// hands out tasks or holds leases of them, and takes it back (a size of
+// 0) when it did neither since its last look. A gateway putting tasks packs them no bigger than the
 // least size said in the last sizeTTL; none said, Config.Pack (so the
 // first puts of a queue, before its workers' gateways said a size, are
 // packed fully). Results keep Config.Pack: their store through two
@@ -115,6 +115,10 @@ func (q *Queues) sayPackSizesOnce(now time.Time, elapsed time.Duration) {
 	}
 	var says []said
 	q.mu.Lock()
+	leased := make(map[string]int)
+	for k := range q.leases {
+		leased[k.queue]++
+	}
 	for name, l := range q.locals {
 		d := &l.demand
 		handed := d.handed
@@ -124,13 +128,14 @@ func (q *Queues) sayPackSizesOnce(now time.Time, elapsed time.Duration) {
 		for w := range l.waiting {
 			waiting += w.want
 		}
-		if handed == 0 && d.rate < 0.5 {
-			// None handed out lately: nothing to say, and what was said
-			// is taken back. Gets waiting alone say nothing: idle
-			// workers tell nothing of how soon they would run a pack's
-			// tasks, and saying what they want made the first seconds of
-			// a burst through idle workers pack their tasks two by two.
-			d.rate = 0
+		if handed == 0 && leased[name] == 0 {
+			// None handed out since the last look, and none running:
+			// nothing to say, and what was said is taken back. Gets
+			// waiting alone say nothing: idle workers tell nothing of how
+			// soon they would run a pack's tasks, and saying what they
+			// want made the first second of a burst through idle workers
+			// pack its tasks two by two. Workers running long tasks are
+			// not idle: their gateway goes on saying.
 			if d.said != 0 {
 				d.said = 0
 				says = append(says, said{name, 0})
@@ -212,7 +217,7 @@ func (q *Queues) packSize(name string) int {
 // Config.Pack's, which the first send then had: the record is made at
 // most once, by whichever send comes first, so sends racing each other
 // agree too. A first send at Config.Pack, the usual case, costs nothing.
-func (q *Queues) packSizeOf(req queue.PutRequest) (int, error) {
+func (q *Queues) packSizeOf(req queue.PutRequest, s *stream) (int, error) {
 	if q.cfg.Pack <= 1 || len(req.Items) <= 1 || queue.IsDeadLetterName(req.Queue) {
 		return 1, nil
 	}
@@ -228,7 +233,13 @@ func (q *Queues) packSizeOf(req queue.PutRequest) (int, error) {
 	}
 	ctx, cancel := q.call()
 	defer cancel()
-	kv, err := q.layouts(ctx)
+	// The record must last as long as the IDs: the stream's dedup window,
+	// which the gateway that made it chose.
+	ttl := q.cfg.DedupWindow
+	if info := s.st.CachedInfo(); info != nil {
+		ttl = max(ttl, info.Config.Duplicates)
+	}
+	kv, err := q.layouts(ctx, ttl+q.cfg.RequestTimeout)
 	if err != nil {
 		return 0, err
 	}
@@ -238,6 +249,7 @@ func (q *Queues) packSizeOf(req queue.PutRequest) (int, error) {
 		_, err := kv.Create(ctx, key, []byte(strconv.Itoa(size)))
 		if !errors.Is(err, jetstream.ErrKeyExists) {
 			if err != nil {
+				q.forgetLayouts(kv) // deleted, maybe: opened anew next time
 				return 0, q.engineErr("record the layout of put "+req.Queue, err)
 			}
 			return size, nil
@@ -247,6 +259,7 @@ func (q *Queues) packSizeOf(req queue.PutRequest) (int, error) {
 			continue // expired in between: record it now
 		}
 		if err != nil {
+			q.forgetLayouts(kv)
 			return 0, q.engineErr("read the layout of put "+req.Queue, err)
 		}
 		n, err := strconv.Atoi(string(e.Value()))
@@ -258,22 +271,19 @@ func (q *Queues) packSizeOf(req queue.PutRequest) (int, error) {
 }
 
 // layouts returns the bucket of the layouts of puts with request IDs,
-// creating it on first use. Its entries must last as long as the IDs of
-// the messages they lay out: the dedup window, from the publish, which
-// may come a request's time after the record. A gateway with a longer
-// window than the bucket's lengthens it; none shortens it.
-func (q *Queues) layouts(ctx context.Context) (jetstream.KeyValue, error) {
+// creating it on first use, its entries lasting at least ttl. A gateway
+// needing a longer ttl than the bucket's lengthens it; none shortens it.
+func (q *Queues) layouts(ctx context.Context, ttl time.Duration) (jetstream.KeyValue, error) {
 	q.layoutMu.Lock()
 	defer q.layoutMu.Unlock()
-	if q.layoutKV != nil {
+	if q.layoutKV != nil && q.layoutTTL >= ttl {
 		return q.layoutKV, nil
 	}
-	ttl := q.cfg.DedupWindow + q.cfg.RequestTimeout
 	kv, err := q.js.KeyValue(ctx, layoutsBucket)
 	if err == nil {
 		var st jetstream.KeyValueStatus
 		if st, err = kv.Status(ctx); err == nil && st.TTL() >= ttl {
-			q.layoutKV = kv
+			q.layoutKV, q.layoutTTL = kv, st.TTL()
 			return kv, nil
 		}
 	}
@@ -289,6 +299,16 @@ func (q *Queues) layouts(ctx context.Context) (jetstream.KeyValue, error) {
 	if err != nil {
 		return nil, q.engineErr("open the layouts of puts with request IDs", err)
 	}
-	q.layoutKV = kv
+	q.layoutKV, q.layoutTTL = kv, ttl
 	return kv, nil
+}
+
+// forgetLayouts drops kv, the bucket of layouts, after an error: if it was
+// deleted, the next put makes it anew.
+func (q *Queues) forgetLayouts(kv jetstream.KeyValue) {
+	q.layoutMu.Lock()
+	if q.layoutKV == kv {
+		q.layoutKV = nil
+	}
+	q.layoutMu.Unlock()
 }

@@ -50,15 +50,22 @@ func TestPacksFollowAGatewayOfOneWorker(t *testing.T) {
 	if got := jsqueue.PackSize(producer, "jobs"); got != 8 {
 		t.Fatalf("pack size %d before any gateway said one, want --pack's 8", got)
 	}
-	// Its worker runs a task, then waits for the next: its gateway says
-	// 1 at its next look.
+	// Its gateway has one task running and a get waiting: it says 1 at
+	// its next look, and goes on saying it while the task runs.
 	put(t, producer, "jobs", "0")
-	ackIDs(t, one, "jobs", 1, taskIDs(get(t, one, "jobs", 1, 1, 0, 5*time.Second))...)
+	running := get(t, one, "jobs", 1, 1, time.Minute, 5*time.Second)
 	got := waitGetting(t, one, "jobs", 1, 20*time.Second)
 	packSizeBecomes(t, producer, "jobs", 1)
+	// It hands out nothing while its task runs, and says 1 all the same.
+	for end := time.Now().Add(2500 * time.Millisecond); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if got := jsqueue.PackSize(producer, "jobs"); got != 1 {
+			t.Fatalf("pack size %d while the one worker's task runs, want 1", got)
+		}
+	}
 	put(t, producer, "jobs", "1", "2", "3", "4", "5", "6", "7", "8")
-	if ts := <-got; !slices.Equal(payloads(ts), []string{"1"}) {
-		t.Fatalf("the one worker got %q, want [1]", payloads(ts))
+	first := <-got
+	if !slices.Equal(payloads(first), []string{"1"}) {
+		t.Fatalf("the one worker got %q, want [1]", payloads(first))
 	}
 	var rest []queue.Task
 	deadline := time.Now().Add(2 * time.Second) // well within HoldFor
@@ -68,7 +75,10 @@ func TestPacksFollowAGatewayOfOneWorker(t *testing.T) {
 	if want := []string{"2", "3", "4", "5", "6", "7", "8"}; !slices.Equal(payloads(rest), want) {
 		t.Fatalf("the other gateway got %q, want %q", payloads(rest), want)
 	}
-	// Handing out none, the gateways take their sizes back.
+	// Their tasks done, handing out none, the gateways take their sizes
+	// back.
+	ackIDs(t, one, "jobs", 1, taskIDs(append(running, first...))...)
+	ackIDs(t, other, "jobs", 2, taskIDs(rest)...)
 	packSizeBecomes(t, producer, "jobs", 8)
 }
 

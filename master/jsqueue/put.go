@@ -68,11 +68,6 @@ func (q *Queues) put(ctx context.Context, req queue.PutRequest, putNo uint64, si
 	if len(req.Items) == 0 {
 		return []uint64{}, nil
 	}
-	if *size == 0 {
-		if *size, err = q.packSizeOf(req); err != nil {
-			return nil, err
-		}
-	}
 	if q.cfg.MaxLen > 0 && !req.Results && !queue.IsDeadLetterName(req.Queue) {
 		unlock, err := q.waitRoom(ctx, s, req)
 		if err != nil {
@@ -115,6 +110,13 @@ func (q *Queues) put(ctx context.Context, req queue.PutRequest, putNo uint64, si
 		msgs[i] = m
 	}
 	var counts []int
+	if *size == 0 && len(msgs) > 1 {
+		// Decided now, just before the publish: a record of it
+		// (packSizeOf) must last as long as the messages' IDs.
+		if *size, err = q.packSizeOf(req, s); err != nil {
+			return nil, err
+		}
+	}
 	if *size > 1 && len(msgs) > 1 {
 		msgs, counts = packMsgs(s.subject, msgs, *size)
 	}

@@ -194,8 +194,9 @@ type Queues struct {
 	sizeSub *nats.Subscription
 	// layoutKV keeps the pack sizes of puts with request IDs, opened on
 	// first use under layoutMu.
-	layoutMu sync.Mutex
-	layoutKV jetstream.KeyValue
+	layoutMu  sync.Mutex
+	layoutKV  jetstream.KeyValue
+	layoutTTL time.Duration
 }
 
 // stream is one queue's stream and its consumer.
