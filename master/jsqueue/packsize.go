@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math/bits"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -224,6 +225,9 @@ func (q *Queues) packSizeOf(req queue.PutRequest, s *stream) (int, error) {
 	if req.Results {
 		return q.cfg.Pack, nil // see the top of the file
 	}
+	if !slices.ContainsFunc(req.Items, func(it queue.Item) bool { return it.Priority == 0 }) {
+		return 1, nil // tasks with a priority are never packed
+	}
 	size := q.packSize(req.Queue)
 	if req.RequestID == "" || size == q.cfg.Pack && !req.Resent {
 		return size, nil
@@ -249,7 +253,7 @@ func (q *Queues) packSizeOf(req queue.PutRequest, s *stream) (int, error) {
 		_, err := kv.Create(ctx, key, []byte(strconv.Itoa(size)))
 		if !errors.Is(err, jetstream.ErrKeyExists) {
 			if err != nil {
-				q.forgetLayouts(kv) // deleted, maybe: opened anew next time
+				q.forgetLayouts(kv, err)
 				return 0, q.engineErr("record the layout of put "+req.Queue, err)
 			}
 			return size, nil
@@ -259,7 +263,7 @@ func (q *Queues) packSizeOf(req queue.PutRequest, s *stream) (int, error) {
 			continue // expired in between: record it now
 		}
 		if err != nil {
-			q.forgetLayouts(kv)
+			q.forgetLayouts(kv, err)
 			return 0, q.engineErr("read the layout of put "+req.Queue, err)
 		}
 		n, err := strconv.Atoi(string(e.Value()))
@@ -290,22 +294,36 @@ func (q *Queues) layouts(ctx context.Context, ttl time.Duration) (jetstream.KeyV
 	if err != nil && !errors.Is(err, jetstream.ErrBucketNotFound) {
 		return nil, q.engineErr("open the layouts of puts with request IDs", err)
 	}
-	kv, err = q.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:   layoutsBucket,
-		TTL:      ttl,
-		Replicas: q.cfg.Replicas,
-		Storage:  jetstream.FileStorage,
-	})
-	if err != nil {
-		return nil, q.engineErr("open the layouts of puts with request IDs", err)
+	// Another gateway may shorten it in between, to a TTL it needs: look
+	// again, and lengthen it again.
+	for range 3 {
+		kv, err = q.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket:   layoutsBucket,
+			TTL:      ttl,
+			Replicas: q.cfg.Replicas,
+			Storage:  jetstream.FileStorage,
+		})
+		if err != nil {
+			return nil, q.engineErr("open the layouts of puts with request IDs", err)
+		}
+		st, err := kv.Status(ctx)
+		if err != nil {
+			return nil, q.engineErr("open the layouts of puts with request IDs", err)
+		}
+		if st.TTL() >= ttl {
+			q.layoutKV, q.layoutTTL = kv, st.TTL()
+			return kv, nil
+		}
 	}
-	q.layoutKV, q.layoutTTL = kv, ttl
-	return kv, nil
+	return nil, fmt.Errorf("%w: jetstream: the layouts of puts with request IDs keep a TTL under %v: gateways with other dedup windows change it", queue.ErrUnavailable, ttl)
 }
 
-// forgetLayouts drops kv, the bucket of layouts, after an error: if it was
-// deleted, the next put makes it anew.
-func (q *Queues) forgetLayouts(kv jetstream.KeyValue) {
+// forgetLayouts drops kv, the bucket of layouts, after err, if err says it
+// may be gone: the next put makes it anew.
+func (q *Queues) forgetLayouts(kv jetstream.KeyValue, err error) {
+	if !noStream(err) && !isGone(err) && !errors.Is(err, jetstream.ErrBucketNotFound) {
+		return
+	}
 	q.layoutMu.Lock()
 	if q.layoutKV == kv {
 		q.layoutKV = nil
