@@ -34,12 +34,12 @@ import (
 // as many as its waiting gets want, if more), as a power of two up to
 // Config.Pack. It says it when it changes and every sizeRefresh while it
 // hands out tasks or holds leases of them, and takes it back (a size of
-// 0) when it did neither since its last look. A gateway putting tasks packs them no bigger than the
-// least size said in the last sizeTTL; none said, Config.Pack (so the
-// first puts of a queue, before its workers' gateways said a size, are
-// packed fully). Results keep Config.Pack: their store through two
-// gateways is one only when both pack them alike (resultsMsgIDs). Puts
-// with request IDs: packSizeOf.
+// 0) when it did neither since its last look. A gateway putting tasks
+// packs them no bigger than the least size said in the last sizeTTL;
+// none said, Config.Pack (so the first puts of a queue, before its
+// workers' gateways said a size, are packed fully). Results keep
+// Config.Pack: their store through two gateways is one only when both
+// pack them alike (resultsMsgIDs). Puts with request IDs: packSizeOf.
 
 const (
 	// DefaultPackSpan is Config.PackSpan's default: a quarter of the
@@ -52,8 +52,9 @@ const (
 	// sizeSubjects is the subjects' prefix; the queue's token follows.
 	sizeSubjects = "qm.packsize."
 	// layoutsBucket keeps, for a put with a request ID, the pack size
-	// its first send used (layoutOf).
+	// its first send used (packSizeOf).
 	layoutsBucket = "qm_layouts"
+	layoutsLook   = time.Minute
 )
 
 // demand is what a gateway measures of its gets of a queue, under
@@ -276,13 +277,16 @@ func (q *Queues) packSizeOf(req queue.PutRequest, s *stream) (int, error) {
 
 // layouts returns the bucket of the layouts of puts with request IDs,
 // creating it on first use, its entries lasting at least ttl. A gateway
-// needing a longer ttl than the bucket's lengthens it; none shortens it.
+// needing a longer ttl than the bucket's lengthens it; none shortens it
+// but in a race (two gateways lengthening it at once, the later to the
+// shorter), so the TTL is looked at again every layoutsLook.
 func (q *Queues) layouts(ctx context.Context, ttl time.Duration) (jetstream.KeyValue, error) {
 	q.layoutMu.Lock()
 	defer q.layoutMu.Unlock()
-	if q.layoutKV != nil && q.layoutTTL >= ttl {
+	if q.layoutKV != nil && q.layoutTTL >= ttl && time.Since(q.layoutLooked) < layoutsLook {
 		return q.layoutKV, nil
 	}
+	q.layoutLooked = time.Now()
 	kv, err := q.js.KeyValue(ctx, layoutsBucket)
 	if err == nil {
 		var st jetstream.KeyValueStatus

@@ -194,9 +194,10 @@ type Queues struct {
 	sizeSub *nats.Subscription
 	// layoutKV keeps the pack sizes of puts with request IDs, opened on
 	// first use under layoutMu.
-	layoutMu  sync.Mutex
-	layoutKV  jetstream.KeyValue
-	layoutTTL time.Duration
+	layoutMu     sync.Mutex
+	layoutKV     jetstream.KeyValue
+	layoutTTL    time.Duration
+	layoutLooked time.Time
 }
 
 // stream is one queue's stream and its consumer.
