@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
@@ -101,4 +102,12 @@ func PackSizesHeard(q *Queues, name string) []int {
 // take packs of size tasks of queue name.
 func HearPackSize(q *Queues, name string, size int) {
 	q.heardPackSize(&nats.Msg{Subject: sizeSubjects + token(name), Data: []byte(strconv.Itoa(size) + " test")})
+}
+
+// LookAtLevelsEvery makes gateways opened from now on look at their
+// queues with levels every d (levelsLookEvery), until the test ends.
+func LookAtLevelsEvery(t interface{ Cleanup(func()) }, d time.Duration) {
+	old := levelsLookEvery
+	levelsLookEvery = d
+	t.Cleanup(func() { levelsLookEvery = old })
 }

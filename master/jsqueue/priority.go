@@ -159,6 +159,28 @@ func (q *Queues) levelNames(ctx context.Context, s *stream) ([]int, error) {
 	return ps, names.Err()
 }
 
+// heldLevels returns the levels above 0 of which s's stream holds tasks.
+// Tasks of a level with no consumer were put through a gateway that had
+// the level open in an earlier stream of the queue (it missed JetStream's
+// advisories of the queue made anew: see queueMade): a gateway opening the
+// queue opens their levels too, so that they are handed out.
+func (q *Queues) heldLevels(ctx context.Context, s *stream) ([]int, error) {
+	si, err := s.st.Info(ctx, jetstream.WithSubjectFilter(levelsSubjects(s.subject)))
+	if err != nil {
+		return nil, err
+	}
+	var ps []int
+	for subj, n := range si.State.Subjects {
+		d, ok := strings.CutPrefix(subj, s.subject+".p.")
+		p, err := strconv.Atoi(d)
+		if ok && err == nil && n > 0 && p >= 1 && p <= queue.MaxPriority {
+			ps = append(ps, p)
+		}
+	}
+	slices.Sort(ps)
+	return ps, nil
+}
+
 // levelConsumerOf opens the consumer of level p of s, creating it (paused
 // if the queue's level 0 is) if it does not exist yet.
 func (q *Queues) levelConsumerOf(ctx context.Context, s *stream, p int) (*level, error) {
@@ -210,6 +232,15 @@ func (q *Queues) openLevels(ctx context.Context, s *stream) {
 	ps, err := q.levelNames(ctx, s)
 	if err != nil {
 		q.log.Warn("the priorities of a queue not read; it is opened without them", "queue", s.queue, "err", err)
+	}
+	held, err := q.heldLevels(ctx, s)
+	if err != nil {
+		q.log.Warn("the priorities holding tasks of a queue not read; those with no consumer wait for a gateway that opens them", "queue", s.queue, "err", err)
+	}
+	for _, p := range held {
+		if !slices.Contains(ps, p) {
+			ps = append(ps, p)
+		}
 	}
 	s.levelMu.Lock()
 	defer s.levelMu.Unlock()
@@ -377,8 +408,54 @@ func (q *Queues) knownStream(name string) *stream {
 // been stored in the new stream meanwhile, and would wait there with no
 // consumer to hand it out.
 func (q *Queues) queueMade(name string) {
-	old := q.knownStream(name)
-	if old == nil || q.closed.Load() {
+	if old := q.knownStream(name); old != nil {
+		q.reopenIfReplaced(old)
+	}
+}
+
+// levelsLookEvery is how often a gateway looks whether the streams of its
+// queues with levels were made anew: JetStream can drop both advisories
+// that tell it so (the old stream's deletion and the new one's consumer),
+// and its puts of their levels would wait in the new stream with no
+// consumer.
+var levelsLookEvery = 30 * time.Second
+
+// watchLevels opens anew, every levelsLookEvery until Close, the queues
+// with levels whose streams were made anew since this gateway opened them
+// (reopenIfReplaced): one look at a stream per such queue.
+func (q *Queues) watchLevels() {
+	t := time.NewTicker(levelsLookEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-q.ctx.Done():
+			return
+		case <-t.C:
+		}
+		for _, s := range q.streamsWithLevels() {
+			q.reopenIfReplaced(s)
+		}
+	}
+}
+
+// streamsWithLevels returns the streams this gateway has open whose
+// queues have levels above 0.
+func (q *Queues) streamsWithLevels() []*stream {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	var out []*stream
+	for _, s := range q.known {
+		if len(s.levelsDesc()) > 0 {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// reopenIfReplaced opens old's queue anew, with the levels old had open,
+// if its stream is no longer old's (queueMade).
+func (q *Queues) reopenIfReplaced(old *stream) {
+	if q.closed.Load() {
 		return
 	}
 	ctx, cancel := q.call()

@@ -296,3 +296,63 @@ func TestStaleLevelsAfterTheQueueIsMadeAnew(t *testing.T) {
 		t.Fatalf("handed out after the queue was made anew: %v; want %v", payloads(got), want)
 	}
 }
+
+// missedBothAdvisories makes queue "rush" anew through b while a, which
+// had its level 3 open, misses both JetStream advisories that say so (the
+// old stream's deletion, the new one's consumer), and has a put a task of
+// level 3 into the new stream, where b opened level 7 only. Before the
+// twenty-first session that task had no consumer, and no gateway handed
+// it out until one put a task of level 3 again.
+func missedBothAdvisories(t *testing.T, a, b *jsqueue.Queues) {
+	t.Helper()
+	a.IgnoreAdvisories()
+	putAt(t, a, "rush", 3, "old-3")
+	if err := b.Delete("rush"); err != nil {
+		t.Fatal(err)
+	}
+	put(t, b, "rush", "plain")
+	putAt(t, b, "rush", 7, "seven")
+	putAt(t, a, "rush", 3, "urgent")
+}
+
+// checkHandsOut checks that q hands out want, and nothing more.
+func checkHandsOut(t *testing.T, q *jsqueue.Queues, want ...string) {
+	t.Helper()
+	var got []queue.Task
+	for deadline := time.Now().Add(5 * time.Second); len(got) < len(want) && time.Now().Before(deadline); {
+		got = append(got, get(t, q, "rush", 1, len(want), time.Minute, time.Second)...)
+	}
+	got = append(got, get(t, q, "rush", 1, len(want), time.Minute, 300*time.Millisecond)...) // and no more
+	if !slices.Equal(payloads(got), want) {
+		t.Fatalf("handed out: %v; want %v", payloads(got), want)
+	}
+}
+
+// A gateway that opens a queue opens the levels that hold tasks, consumer
+// or not: the stale gateway's task is handed out.
+func TestOpeningAQueueOpensLevelsHoldingTasks(t *testing.T) {
+	node := startNode(t)
+	a := newQueues(t, node, jsqueue.Config{})
+	b := newQueues(t, node, jsqueue.Config{})
+	missedBothAdvisories(t, a, b)
+	c := newQueues(t, node, jsqueue.Config{})
+	checkHandsOut(t, c, "seven", "urgent", "plain")
+}
+
+// The stale gateway finds the new stream itself, within a look at its
+// queues with levels, and opens its old levels in it; the other gateway
+// follows the new level's advisory and hands the task out.
+func TestGatewayFindsItsQueueMadeAnew(t *testing.T) {
+	node := startNode(t)
+	jsqueue.LookAtLevelsEvery(t, 100*time.Millisecond)
+	a := newQueues(t, node, jsqueue.Config{})
+	b := newQueues(t, node, jsqueue.Config{})
+	missedBothAdvisories(t, a, b)
+	qmtest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if ps, err := jsqueue.LevelConsumers(b, "rush"); err != nil || !slices.Equal(ps, []int{3, 7}) {
+			return fmt.Errorf("levels with consumers: %v, %v; want 3 and 7", ps, err)
+		}
+		return nil
+	})
+	checkHandsOut(t, b, "seven", "urgent", "plain")
+}

@@ -360,6 +360,7 @@ func New(cfg Config) (*Queues, error) {
 	q.ctx, q.cancel = context.WithCancel(context.Background())
 	q.polMade = make(chan struct{}, 1)
 	q.bg.Go(q.watchPolicies)
+	q.bg.Go(q.watchLevels)
 	if q.sizeSub != nil {
 		q.bg.Go(q.sayPackSizes)
 	}
