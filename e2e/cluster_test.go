@@ -450,6 +450,46 @@ func TestMapGoesOnThroughAnotherGateway(t *testing.T) {
 	}
 }
 
+// A map through a gateway whose node is down waits for the node, and says
+// so: before the twenty-first session it waited without a word, for as
+// long as the engine was unavailable.
+func TestMapSaysWhileQueuesAreUnavailable(t *testing.T) {
+	ports := qmtest.FreeAddrs(t, 2)
+	natsAddr, clusterAddr := ports[0], ports[1]
+	nodeArgs := []string{"--data-dir", t.TempDir(), "--cluster-listen", clusterAddr,
+		"--cluster-peers", clusterAddr, "--nats-listen", natsAddr}
+	node, _ := startMaster(t, nodeArgs...)
+	_, gateway := startMaster(t, "--nats", "nats://"+natsAddr)
+	start(t, nil, nil, "qworker", "--server", gateway, "--builtin", "square", "--concurrency", "4")
+
+	const n = 100
+	feed := newSeqFeed(t)
+	out := &syncBuffer{}
+	m := start(t, feed.r, out, "qmaster", "map", "--server", gateway, "--batch", "10", "--timeout", "150s")
+	t.Cleanup(feed.close) // before the map's own: see newSeqFeed
+	feed.write(1, n/2)
+	waitFor(t, 60*time.Second, func() bool { return out.lines() >= n/2 })
+
+	_ = node.cmd.Process.Kill()
+	<-node.done
+	feed.write(n/2+1, n)
+	feed.close()
+	waitFor(t, 60*time.Second, func() bool { return strings.Contains(m.logs(), "unavailable for") })
+	if got := out.lines(); got != n/2 {
+		t.Fatalf("%d results printed with the node down, want %d", got, n/2)
+	}
+
+	startMaster(t, nodeArgs...) // the same node again, with its data
+	if code := m.wait(t, 120*time.Second); code != 0 {
+		t.Fatalf("map exited %d: %s", code, m.logs())
+	}
+	wantSquares(t, out.String(), n)
+	if !strings.Contains(m.logs(), "the queues are available again") {
+		t.Errorf("map did not say the queues came back: %s", m.logs())
+	}
+	t.Logf("map said:\n%s", m.logs())
+}
+
 // startNodeAndGateways starts a qmaster embedding a single JetStream node
 // and two stateless gateways on it (qmaster --nats), each with args. It
 // returns the node's address, the gateways by address and their

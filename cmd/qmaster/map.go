@@ -562,6 +562,7 @@ func putWaiting(ctx context.Context, conn *producerConn, queue string, items []m
 	for {
 		var ids []uint64
 		sends := 0
+		start := time.Now()
 		err := conn.call(ctx, func(c *wire.Client) (err error) {
 			if sends++; sends > 1 {
 				unanswered = true // the one before was cut off
@@ -575,8 +576,12 @@ func putWaiting(ctx context.Context, conn *producerConn, queue string, items []m
 			// putting them again adds nothing; without, they run twice
 			// and the results of the first are not printed.)
 			unanswered = true
+			conn.unavailable(err, start)
 			pause(ctx, unavailablePause)
 			continue
+		}
+		if err == nil || errors.Is(err, wire.ErrQueueFull) {
+			conn.available()
 		}
 		if !errors.Is(err, wire.ErrQueueFull) || ctx.Err() != nil {
 			return ids, err
@@ -622,6 +627,7 @@ func collect(ctx context.Context, finish <-chan struct{}, conn *producerConn, qu
 		default:
 		}
 		cctx, cancel := context.WithTimeout(ctx, resultWait+callSlack)
+		start := time.Now()
 		// Given other gateways to go on through, map takes results under
 		// a lease and acks them once it has them: an answer lost with its
 		// connection would lose results taken for good, whereas leased
@@ -647,6 +653,7 @@ func collect(ctx context.Context, finish <-chan struct{}, conn *producerConn, qu
 				queue, resultWait+callSlack, err)
 		}
 		if errors.Is(err, wire.ErrUnavailable) {
+			conn.unavailable(err, start)
 			pause(ctx, unavailablePause) // a gateway's engine is electing a leader
 			continue
 		}
@@ -656,6 +663,7 @@ func collect(ctx context.Context, finish <-chan struct{}, conn *producerConn, qu
 		if len(tasks) == 0 {
 			continue
 		}
+		conn.available()
 		if conn.reconnect {
 			// Acked as soon as they are here, so that their lease need
 			// not outlast a slow reader of map's output.

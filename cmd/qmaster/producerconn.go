@@ -8,6 +8,7 @@ import (
 	"io"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/qm-dev/qm/wire"
@@ -53,6 +54,12 @@ type producerConn struct {
 	c   *wire.Client
 	gen int   // which connection c is, counted from 0
 	err error // why connecting again failed, once it has: map ends
+
+	// Since when calls are answered that the queues are unavailable, and
+	// when that was last said on errOut (unavailable, available).
+	waiting                  atomic.Bool // unavailableSince is set: a quick look for available
+	noticeMu                 sync.Mutex
+	unavailableSince, toldAt time.Time
 }
 
 // dialProducer connects for the producer command cmd ("map", "put"). With
@@ -152,4 +159,48 @@ func (m *producerConn) close() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.c.Close()
+}
+
+// The notices of a wait for unavailable queues: the first once the wait
+// has lasted unavailableNoticeAfter (a leader's election takes a few
+// seconds, and needs no word), then one every unavailableNoticeEvery.
+const (
+	unavailableNoticeAfter = 5 * time.Second
+	unavailableNoticeEvery = 30 * time.Second
+)
+
+// unavailable notes a call begun at start and answered that the queues
+// are unavailable (err): a gateway's engine is electing a leader, or has
+// lost its quorum or its nodes. The command waits for them as long as it
+// takes, but says so on errOut, with the gateway's reason, once the wait
+// is long enough to notice.
+func (m *producerConn) unavailable(err error, start time.Time) {
+	m.noticeMu.Lock()
+	defer m.noticeMu.Unlock()
+	if !m.waiting.Load() {
+		m.unavailableSince, m.toldAt = start, time.Time{}
+		m.waiting.Store(true)
+	}
+	now := time.Now()
+	waited := now.Sub(m.unavailableSince)
+	if m.toldAt.IsZero() && waited >= unavailableNoticeAfter || !m.toldAt.IsZero() && now.Sub(m.toldAt) >= unavailableNoticeEvery {
+		fmt.Fprintf(m.errOut, "%s: the queues have been unavailable for %s (%v); waiting for them\n", m.name, waited.Round(time.Second), err)
+		m.toldAt = now
+	}
+}
+
+// available notes a call that the queues answered (a put stored, or
+// refused as full; a get handed results): a wait for unavailable queues,
+// if one was said, is said to be over. (A get answered empty proves
+// nothing: a gateway whose engine is down may answer so.)
+func (m *producerConn) available() {
+	if !m.waiting.Load() {
+		return
+	}
+	m.noticeMu.Lock()
+	defer m.noticeMu.Unlock()
+	if m.waiting.Load() && !m.toldAt.IsZero() {
+		fmt.Fprintf(m.errOut, "%s: the queues are available again, after %s\n", m.name, time.Since(m.unavailableSince).Round(time.Second))
+	}
+	m.waiting.Store(false)
 }
