@@ -38,6 +38,19 @@ func (s *syncBuffer) lines() int {
 // with the extra flags, and waits until each listens.
 func startCluster(t *testing.T, extra ...string) []*clusterNode {
 	t.Helper()
+	nodes := clusterNodes(t, extra...)
+	for _, n := range nodes {
+		n.start(t)
+	}
+	for _, n := range nodes {
+		n.waitListening(t)
+	}
+	return nodes
+}
+
+// clusterNodes makes the three qmasters startCluster starts, unstarted.
+func clusterNodes(t *testing.T, extra ...string) []*clusterNode {
+	t.Helper()
 	ports := qmtest.FreeAddrs(t, 9)
 	peers := strings.Join(ports[3:6], ",")
 	nodes := make([]*clusterNode, 3)
@@ -47,12 +60,6 @@ func startCluster(t *testing.T, extra ...string) []*clusterNode {
 			"--cluster-listen", ports[3+i], "--cluster-peers", peers, "--node-name", n.name, "--nats-listen", n.natsAddr}
 		n.args = append(n.args, extra...)
 		nodes[i] = n
-	}
-	for _, n := range nodes {
-		n.start(t)
-	}
-	for _, n := range nodes {
-		n.waitListening(t)
 	}
 	return nodes
 }
@@ -474,7 +481,7 @@ func TestMapSaysWhileQueuesAreUnavailable(t *testing.T) {
 	<-node.done
 	feed.write(n/2+1, n)
 	feed.close()
-	waitFor(t, 60*time.Second, func() bool { return strings.Contains(m.logs(), "unavailable for") })
+	waitFor(t, 60*time.Second, func() bool { return strings.Contains(m.logs(), `puts of tasks have been answered "unavailable" for`) })
 	if got := out.lines(); got != n/2 {
 		t.Fatalf("%d results printed with the node down, want %d", got, n/2)
 	}
@@ -484,7 +491,7 @@ func TestMapSaysWhileQueuesAreUnavailable(t *testing.T) {
 		t.Fatalf("map exited %d: %s", code, m.logs())
 	}
 	wantSquares(t, out.String(), n)
-	if !strings.Contains(m.logs(), "the queues are available again") {
+	if !strings.Contains(m.logs(), "puts of tasks are answered again") {
 		t.Errorf("map did not say the queues came back: %s", m.logs())
 	}
 	t.Logf("map said:\n%s", m.logs())

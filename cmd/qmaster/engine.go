@@ -180,8 +180,17 @@ func (e *engine) openQueues(log *slog.Logger) func(queue.Config) (master.Queues,
 			Pack:     e.pack,
 			PackSpan: e.packSpan,
 			Logger:   log,
+			Writable: e.writable(),
 		})
 	}
+}
+
+// writable is jsqueue.Config.Writable: the embedded node's, if any.
+func (e *engine) writable() func() error {
+	if e.node == nil {
+		return nil
+	}
+	return e.node.Writable
 }
 
 func (e *engine) close() {

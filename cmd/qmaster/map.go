@@ -576,12 +576,12 @@ func putWaiting(ctx context.Context, conn *producerConn, queue string, items []m
 			// putting them again adds nothing; without, they run twice
 			// and the results of the first are not printed.)
 			unanswered = true
-			conn.unavailable(err, start)
+			conn.putUnavailable(err, start)
 			pause(ctx, unavailablePause)
 			continue
 		}
 		if err == nil || errors.Is(err, wire.ErrQueueFull) {
-			conn.available()
+			conn.putAnswered()
 		}
 		if !errors.Is(err, wire.ErrQueueFull) || ctx.Err() != nil {
 			return ids, err
@@ -653,7 +653,7 @@ func collect(ctx context.Context, finish <-chan struct{}, conn *producerConn, qu
 				queue, resultWait+callSlack, err)
 		}
 		if errors.Is(err, wire.ErrUnavailable) {
-			conn.unavailable(err, start)
+			conn.getUnavailable(err, start)
 			pause(ctx, unavailablePause) // a gateway's engine is electing a leader
 			continue
 		}
@@ -663,7 +663,7 @@ func collect(ctx context.Context, finish <-chan struct{}, conn *producerConn, qu
 		if len(tasks) == 0 {
 			continue
 		}
-		conn.available()
+		conn.resultsGot()
 		if conn.reconnect {
 			// Acked as soon as they are here, so that their lease need
 			// not outlast a slow reader of map's output.

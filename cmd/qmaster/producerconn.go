@@ -55,11 +55,9 @@ type producerConn struct {
 	gen int   // which connection c is, counted from 0
 	err error // why connecting again failed, once it has: map ends
 
-	// Since when calls are answered that the queues are unavailable, and
-	// when that was last said on errOut (unavailable, available).
-	waiting                  atomic.Bool // unavailableSince is set: a quick look for available
-	noticeMu                 sync.Mutex
-	unavailableSince, toldAt time.Time
+	// The waits of puts of tasks and of gets of results for unavailable
+	// queues (the two streams can lose their quorum apart).
+	putWait, getWait unavailableWait
 }
 
 // dialProducer connects for the producer command cmd ("map", "put"). With
@@ -169,38 +167,65 @@ const (
 	unavailableNoticeEvery = 30 * time.Second
 )
 
-// unavailable notes a call begun at start and answered that the queues
-// are unavailable (err): a gateway's engine is electing a leader, or has
+// unavailableWait is a wait of one kind of call (what: "puts of tasks")
+// for unavailable queues: a gateway's engine is electing a leader, or has
 // lost its quorum or its nodes. The command waits for them as long as it
-// takes, but says so on errOut, with the gateway's reason, once the wait
-// is long enough to notice.
-func (m *producerConn) unavailable(err error, start time.Time) {
-	m.noticeMu.Lock()
-	defer m.noticeMu.Unlock()
-	if !m.waiting.Load() {
-		m.unavailableSince, m.toldAt = start, time.Time{}
-		m.waiting.Store(true)
+// takes, but says so on out, with the gateway's reason, once the wait is
+// long enough to notice, and says when it is over.
+type unavailableWait struct {
+	waiting     atomic.Bool // since is set: a quick look for over
+	mu          sync.Mutex
+	since, told time.Time
+}
+
+// unavailable notes a call begun at start and answered that the queues
+// are unavailable (err).
+func (w *unavailableWait) unavailable(out io.Writer, name, what string, err error, start time.Time) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.waiting.Load() {
+		w.since, w.told = start, time.Time{}
+		w.waiting.Store(true)
 	}
 	now := time.Now()
-	waited := now.Sub(m.unavailableSince)
-	if m.toldAt.IsZero() && waited >= unavailableNoticeAfter || !m.toldAt.IsZero() && now.Sub(m.toldAt) >= unavailableNoticeEvery {
-		fmt.Fprintf(m.errOut, "%s: the queues have been unavailable for %s (%v); waiting for them\n", m.name, waited.Round(time.Second), err)
-		m.toldAt = now
+	waited := now.Sub(w.since)
+	if w.told.IsZero() && waited >= unavailableNoticeAfter || !w.told.IsZero() && now.Sub(w.told) >= unavailableNoticeEvery {
+		fmt.Fprintf(out, "%s: %s have been answered \"unavailable\" for %s (%v); waiting for the queues\n", name, what, waited.Round(time.Second), err)
+		w.told = now
 	}
 }
 
-// available notes a call that the queues answered (a put stored, or
-// refused as full; a get handed results): a wait for unavailable queues,
-// if one was said, is said to be over. (A get answered empty proves
-// nothing: a gateway whose engine is down may answer so.)
-func (m *producerConn) available() {
-	if !m.waiting.Load() {
+// over notes a call of the kind that the queues answered: the wait, if
+// one was said, is said to be over.
+func (w *unavailableWait) over(out io.Writer, name, what string) {
+	if !w.waiting.Load() {
 		return
 	}
-	m.noticeMu.Lock()
-	defer m.noticeMu.Unlock()
-	if m.waiting.Load() && !m.toldAt.IsZero() {
-		fmt.Fprintf(m.errOut, "%s: the queues are available again, after %s\n", m.name, time.Since(m.unavailableSince).Round(time.Second))
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.waiting.Load() && !w.told.IsZero() {
+		fmt.Fprintf(out, "%s: %s are answered again, after %s\n", name, what, time.Since(w.since).Round(time.Second))
 	}
-	m.waiting.Store(false)
+	w.waiting.Store(false)
 }
+
+// Kinds of calls whose waits for unavailable queues are told apart.
+const (
+	putsOfTasks   = "puts of tasks"
+	getsOfResults = "gets of results"
+)
+
+// putUnavailable and putAnswered note puts of tasks (putWaiting): a put
+// stored, or refused as full, is answered.
+func (m *producerConn) putUnavailable(err error, start time.Time) {
+	m.putWait.unavailable(m.errOut, m.name, putsOfTasks, err, start)
+}
+func (m *producerConn) putAnswered() { m.putWait.over(m.errOut, m.name, putsOfTasks) }
+
+// getUnavailable and resultsGot note gets of results (collect). A get
+// answered empty proves nothing: a gateway whose engine is down may
+// answer so; one that hands results over does.
+func (m *producerConn) getUnavailable(err error, start time.Time) {
+	m.getWait.unavailable(m.errOut, m.name, getsOfResults, err, start)
+}
+func (m *producerConn) resultsGot() { m.getWait.over(m.errOut, m.name, getsOfResults) }

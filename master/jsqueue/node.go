@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -53,6 +54,18 @@ type Node struct {
 	srv    *server.Server
 	secret string
 	peers  int
+
+	// The store's watch (watchStore): how to start JetStream again, what
+	// the node logged, and its goroutine's end.
+	dataDir  string
+	jsConfig server.JetStreamConfig
+	natsLog  *natsLog
+	log      *slog.Logger
+	// unwritable is why puts are refused, while the store cannot write.
+	unwritable atomic.Pointer[error]
+	stop       chan struct{}
+	stopOnce   sync.Once // Shutdown may be called again
+	watching   sync.WaitGroup
 }
 
 // SecretFromAuthkey derives the secret of the routes and client port of
@@ -135,13 +148,20 @@ func StartNode(cfg NodeConfig) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("jetstream node: %w", err)
 	}
-	srv.SetLoggerV2(&natsLog{log: logOrDiscard(cfg.Logger)}, false, false, false)
+	nl := &natsLog{log: logOrDiscard(cfg.Logger)}
+	srv.SetLoggerV2(nl, false, false, false)
 	srv.Start()
 	if !srv.ReadyForConnections(10 * time.Second) {
 		srv.Shutdown()
 		return nil, errors.New("jetstream node did not start within 10s (is the cluster port free?)")
 	}
-	return &Node{srv: srv, secret: cfg.Secret, peers: max(1, len(cfg.Peers))}, nil
+	n := &Node{srv: srv, secret: cfg.Secret, peers: max(1, len(cfg.Peers)),
+		dataDir: cfg.DataDir, natsLog: nl, log: logOrDiscard(cfg.Logger), stop: make(chan struct{})}
+	if jc := srv.JetStreamConfig(); jc != nil {
+		n.jsConfig = *jc
+	}
+	n.watching.Go(n.watchStore)
+	return n, nil
 }
 
 // Replicas is how many copies of each stream the node's cluster keeps:
@@ -191,6 +211,8 @@ func (n *Node) Connect() (*nats.Conn, error) {
 
 // Shutdown stops the node.
 func (n *Node) Shutdown() {
+	n.stopOnce.Do(func() { close(n.stop) })
+	n.watching.Wait()
 	n.srv.Shutdown()
 	n.srv.WaitForShutdown()
 }
@@ -222,9 +244,10 @@ func logOrDiscard(l *slog.Logger) *slog.Logger {
 // of warning or error (its format) at most once every repeatEvery: a
 // peer that is down is otherwise reported every second.
 type natsLog struct {
-	log  *slog.Logger
-	mu   sync.Mutex
-	last map[string]time.Time
+	log    *slog.Logger
+	errors atomic.Int64 // errors logged, shown or not: the store's watch looks after one
+	mu     sync.Mutex
+	last   map[string]time.Time
 }
 
 const repeatEvery = 30 * time.Second
@@ -232,9 +255,12 @@ const repeatEvery = 30 * time.Second
 func (l *natsLog) Noticef(format string, v ...any) { l.log.Debug("nats: " + fmt.Sprintf(format, v...)) }
 func (l *natsLog) Warnf(format string, v ...any)   { l.limited(slog.LevelWarn, format, v) }
 func (l *natsLog) Fatalf(format string, v ...any)  { l.log.Error("nats: " + fmt.Sprintf(format, v...)) }
-func (l *natsLog) Errorf(format string, v ...any)  { l.limited(slog.LevelError, format, v) }
-func (l *natsLog) Debugf(format string, v ...any)  { l.log.Debug("nats: " + fmt.Sprintf(format, v...)) }
-func (l *natsLog) Tracef(format string, v ...any)  {}
+func (l *natsLog) Errorf(format string, v ...any) {
+	l.errors.Add(1)
+	l.limited(slog.LevelError, format, v)
+}
+func (l *natsLog) Debugf(format string, v ...any) { l.log.Debug("nats: " + fmt.Sprintf(format, v...)) }
+func (l *natsLog) Tracef(format string, v ...any) {}
 
 func (l *natsLog) limited(level slog.Level, format string, v []any) {
 	now := time.Now()

@@ -33,6 +33,11 @@ import (
 // the batches in flight. A waiting put polls; puts do not queue for room
 // in FIFO order.
 func (q *Queues) Put(ctx context.Context, req queue.PutRequest) ([]uint64, error) {
+	if q.cfg.Writable != nil && !req.Results {
+		if err := q.cfg.Writable(); err != nil {
+			return nil, err
+		}
+	}
 	putNo := q.puts.Add(1)
 	size := 0 // the pack size, decided once (packSizeOf)
 	ids, err := q.put(ctx, req, putNo, &size)

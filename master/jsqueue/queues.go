@@ -62,6 +62,11 @@ type Config struct {
 	PackSpan time.Duration
 	// Logger receives the gateway's warnings; nil discards them.
 	Logger *slog.Logger
+	// Writable, if set, reports why a put of tasks would not be stored
+	// now, or nil: the embedded node's store is full (Node.Writable).
+	// Such puts are refused at once, and no queue is made meanwhile;
+	// results are put all the same.
+	Writable func() error
 }
 
 func (c Config) withDefaults() Config {
@@ -455,6 +460,13 @@ func (q *Queues) open(name string, create bool) (*stream, error) {
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		if !create {
 			return nil, queue.ErrUnknownQueue
+		}
+		if q.cfg.Writable != nil {
+			// Not while the embedded node's store is broken: it may be
+			// reading its streams again, this one among them.
+			if err := q.cfg.Writable(); err != nil {
+				return nil, err
+			}
 		}
 		cfg := jetstream.StreamConfig{
 			Name:       streamName(name),

@@ -1,0 +1,180 @@
+//go:build linux
+
+package e2e
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/qm-dev/qm/internal/qmtest"
+)
+
+// A node of a cluster whose disk fills: JetStream shuts itself down on
+// that node, the cluster goes on through the other two (the node's own
+// gateway included), and the node starts its JetStream again by itself
+// once its disk has room, and catches up: with another node killed then,
+// puts through it still go through, and every task is there. Before the
+// twenty-first session the node stayed without JetStream until qmaster
+// was restarted.
+func TestClusterNodeWithAFullDisk(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a small tmpfs (CI runs as root)")
+	}
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a tmpfs: %v: %s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("umount", "-l", dir).Run() })
+	nodes := clusterNodes(t)
+	full := nodes[0]
+	for i, a := range full.args {
+		if a == "--data-dir" {
+			full.args[i+1] = filepath.Join(dir, "data")
+		}
+	}
+	for _, n := range nodes {
+		n.start(t)
+	}
+	for _, n := range nodes {
+		n.waitListening(t)
+	}
+
+	batch := strings.Repeat(strings.Repeat("x", 2000)+"\n", 200)
+	put := func() {
+		t.Helper()
+		if out, errOut, code := run(t, batch, "put", "big", "--server", full.addr); code != 0 {
+			t.Fatalf("put through the full node's gateway: exit %d: %s%s", code, out, errOut)
+		}
+	}
+	puts := 0
+	put()
+	puts++
+	filler := fillDisk(t, dir, 1<<20)
+	waitFor(t, 60*time.Second, func() bool {
+		put()
+		puts++
+		return strings.Contains(full.p.logs(), "JetStream out of File resources")
+	})
+	put() // the cluster goes on without the node's JetStream
+	puts++
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	_, stream := streamLeader(t, nodes[1], "big")
+	waitFor(t, 60*time.Second, func() bool {
+		r := replica(t, nodes[1], stream, full.name)
+		return r == "leader" || strings.HasPrefix(r, "current, lag 0")
+	})
+
+	// Without one of the two others, the stream needs the node's replica.
+	other := nodes[1]
+	if leader, _ := streamLeader(t, nodes[2], "big"); leader == nodes[2].name {
+		other = nodes[2]
+	}
+	_ = other.p.cmd.Process.Kill()
+	<-other.p.done
+	put()
+	puts++
+	out, errOut, code := run(t, "", "get", "big", "-n", "100000", "--timeout", "30s", "--server", full.addr)
+	if code != 0 {
+		t.Fatalf("get: exit %d: %s", code, errOut)
+	}
+	if got, want := strings.Count(out, "\n"), 200*puts; got != want {
+		t.Fatalf("got %d tasks back, want %d (%d puts of 200)", got, want, puts)
+	}
+	for _, said := range []string{"this node's JetStream stopped storing", "this node's JetStream started again"} {
+		if !strings.Contains(full.p.logs(), said) {
+			t.Errorf("the node did not log %q", said)
+		}
+	}
+}
+
+// fillDisk fills the file system of dir but for about leave bytes, with
+// a file it returns.
+func fillDisk(t *testing.T, dir string, leave int64) string {
+	t.Helper()
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		t.Fatal(err)
+	}
+	name := filepath.Join(dir, "filler")
+	f, err := os.Create(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	chunk := make([]byte, 1<<20)
+	for left := int64(st.Bavail)*int64(st.Bsize) - leave; left > 0; left -= int64(len(chunk)) {
+		if _, err := f.Write(chunk[:min(int64(len(chunk)), left)]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return name
+}
+
+// A node alone (a cluster of one) whose disk fills keeps its JetStream
+// running, but the stream whose write failed stores nothing more, and
+// answers none of its puts, until JetStream is started again. Before the
+// twenty-first session every later put through it waited 10 s and failed
+// as "unavailable", until qmaster was restarted. Now they are refused at
+// once as "disk full", and taken again once the disk has room.
+func TestNodeAloneWithAFullDisk(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a small tmpfs (CI runs as root)")
+	}
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a tmpfs: %v: %s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("umount", "-l", dir).Run() })
+	cluster := qmtest.FreeAddrs(t, 1)[0]
+	node, addr := startMaster(t, "--data-dir", filepath.Join(dir, "data"), "--cluster-listen", cluster, "--cluster-peers", cluster)
+
+	batch := strings.Repeat(strings.Repeat("x", 2000)+"\n", 200)
+	put := func() (string, time.Duration, bool) {
+		start := time.Now()
+		_, errOut, code := run(t, batch, "put", "big", "--server", addr)
+		return errOut, time.Since(start), code == 0
+	}
+	stored := 0
+	if _, _, ok := put(); !ok {
+		t.Fatal("the first put failed")
+	}
+	stored++
+	filler := fillDisk(t, dir, 1<<20)
+	waitFor(t, 90*time.Second, func() bool {
+		errOut, _, ok := put()
+		if ok {
+			stored++
+		}
+		return strings.Contains(errOut, "disk full")
+	})
+	errOut, took, ok := put()
+	if ok || !strings.Contains(errOut, "disk full") || took > 5*time.Second {
+		t.Fatalf("a put on the full disk: stored %v after %v: %s; want refused at once as disk full", ok, took, errOut)
+	}
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 60*time.Second, func() bool {
+		_, _, ok := put()
+		return ok
+	})
+	stored++
+	out, errOut, code := run(t, "", "get", "big", "-n", "100000", "--timeout", "30s", "--server", addr)
+	if code != 0 {
+		t.Fatalf("get: exit %d: %s", code, errOut)
+	}
+	// A put cut short by the full disk may have stored part of its tasks.
+	if got := strings.Count(out, "\n"); got < 200*stored {
+		t.Fatalf("got %d tasks back, want at least the %d of %d puts", got, 200*stored, stored)
+	}
+	if !strings.Contains(node.logs(), "this node's JetStream started again") {
+		t.Errorf("the node did not say it started JetStream again")
+	}
+}
