@@ -51,14 +51,19 @@ func TestClusterNodeWithAFullDisk(t *testing.T) {
 			t.Fatalf("put through the full node's gateway: exit %d: %s%s", code, out, errOut)
 		}
 	}
-	puts := 0
+	puts, failed := 0, 0
 	put()
 	puts++
 	filler := fillDisk(t, dir, 1<<20)
 	waitFor(t, 60*time.Second, func() bool {
-		put()
-		puts++
-		return strings.Contains(full.p.logs(), "JetStream out of File resources")
+		// A put may fail while the stream's leader moves off the node.
+		if _, _, code := run(t, batch, "put", "big", "--server", full.addr); code == 0 {
+			puts++
+		} else {
+			failed++
+		}
+		// Out of room for a stream's store, or for a Raft log.
+		return strings.Contains(full.p.logs(), "will be DISABLED")
 	})
 	put() // the cluster goes on without the node's JetStream
 	puts++
@@ -84,8 +89,10 @@ func TestClusterNodeWithAFullDisk(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("get: exit %d: %s", code, errOut)
 	}
-	if got, want := strings.Count(out, "\n"), 200*puts; got != want {
-		t.Fatalf("got %d tasks back, want %d (%d puts of 200)", got, want, puts)
+	// A put that failed may have stored its tasks, or part of them.
+	if got := strings.Count(out, "\n"); got < 200*puts || got > 200*(puts+failed) {
+		t.Fatalf("got %d tasks back, want those of the %d puts of 200 that went through, and of the %d that failed at most",
+			got, puts, failed)
 	}
 	for _, said := range []string{"this node's JetStream stopped storing", "this node's JetStream started again"} {
 		if !strings.Contains(full.p.logs(), said) {

@@ -1,6 +1,7 @@
 package jsqueue
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -52,8 +53,11 @@ func (n *Node) watchStore() {
 			if errs == seen && n.srv.JetStreamEnabled() {
 				continue
 			}
-			seen = errs
-			if broken = n.storeBroken(); broken == "" {
+			why, sure := n.storeBroken()
+			if sure {
+				seen = errs // else look again: the report may not have reached the streams
+			}
+			if broken = why; broken == "" {
 				continue
 			}
 			brokeAt, offLooks = time.Now(), 0
@@ -88,10 +92,13 @@ func (n *Node) watchStore() {
 			continue // where room is not known, the backoff paces the starts
 		}
 		before := n.natsLog.errors.Load()
-		if err := n.restartJetStream(); err != nil {
-			n.log.Warn("this node's JetStream not started again; trying again later", "err", err, "in", max(2*wait, storeLookEvery))
-			brokeAt, offLooks = time.Now(), 0
+		if err := n.restartJetStream(); errors.Is(err, errShutFirst) {
+			offLooks = 0 // started on a later look, once it is all down
+			continue
+		} else if err != nil {
 			backOff()
+			n.log.Warn("this node's JetStream not started again; trying again later", "err", err, "in", wait)
+			brokeAt, offLooks = time.Now(), 0
 			continue
 		}
 		n.log.Info("this node's JetStream started again", "free", free)
@@ -119,17 +126,20 @@ func (n *Node) Writable() error {
 }
 
 // storeBroken says why the node's JetStream stopped storing, if it did.
-func (n *Node) storeBroken() string {
+// sure says the answer covers every stream: a cluster's health report
+// stops at its meta layer's trouble (no leader, or behind) without
+// looking at them.
+func (n *Node) storeBroken() (why string, sure bool) {
 	if !n.srv.JetStreamEnabled() {
-		return "JetStream shut down (its store ran out of room, or could not write)"
+		return "JetStream shut down (its store ran out of room, or could not write)", true
 	}
 	h := n.srv.Healthz(&server.HealthzOptions{Details: true})
 	for _, e := range h.Errors {
 		if strings.Contains(e.Error, "write error") {
-			return e.Error
+			return e.Error, true
 		}
 	}
-	return ""
+	return "", len(h.Errors) == 0
 }
 
 // restartJetStream starts the node's JetStream again, as it was started,
@@ -140,6 +150,11 @@ func (n *Node) restartJetStream() error {
 		if err := n.srv.ShutdownJetStream(); err != nil {
 			return err
 		}
+		if n.peers > 1 {
+			// Its Raft groups finish stopping after it returns, and a
+			// new group of the same name must not meet an old one.
+			return errShutFirst
+		}
 	}
 	cfg := n.jsConfig
 	cfg.StoreDir = n.dataDir // JetStream adds its own directory
@@ -149,6 +164,10 @@ func (n *Node) restartJetStream() error {
 	}
 	return nil
 }
+
+// errShutFirst says restartJetStream shut JetStream down, and leaves its
+// start to a later look.
+var errShutFirst = errors.New("jetstream shut down, to be started on a later look")
 
 // roomNeeded is the free space of a file system of size bytes at which a
 // broken store is started again: a tenth of it, at most 256 MiB.

@@ -65,7 +65,7 @@ type Config struct {
 	// Writable, if set, reports why a put of tasks would not be stored
 	// now, or nil: the embedded node's store is full (Node.Writable).
 	// Such puts are refused at once, and no queue is made meanwhile;
-	// results are put all the same.
+	// results are put all the same into queues that exist.
 	Writable func() error
 }
 
