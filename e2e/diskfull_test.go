@@ -35,11 +35,7 @@ func TestDiskFullUnderLoad(t *testing.T) {
 }
 
 func runDiskFull(t *testing.T, crash bool) {
-	dir := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", dir).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount a tmpfs: %v: %s", err, out)
-	}
-	t.Cleanup(func() { _ = exec.Command("umount", "-l", dir).Run() })
+	dir := smallDisk(t, "3m")
 	margs := []string{"--data-dir", dir, "--max-attempts", "1000"}
 	m, addr := startMaster(t, margs...)
 	for i := range 2 {
@@ -204,4 +200,17 @@ func runDiskFull(t *testing.T, crash bool) {
 	t.Logf("%d tasks from acknowledged puts, %d puts refused with disk full over 3 s, %s; %d results of tasks from refused puts; "+
 		"master log: %d 'results held' warnings",
 		len(want), refused, how, unknown, held)
+}
+
+// smallDisk mounts a tmpfs of size (mount's -o size) on a directory of
+// the test's, unmounted when it ends, and returns the directory. The
+// caller must be root; a test that cannot mount one is skipped.
+func smallDisk(t *testing.T, size string) string {
+	t.Helper()
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a tmpfs: %v: %s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("umount", "-l", dir).Run() })
+	return dir
 }
