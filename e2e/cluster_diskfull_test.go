@@ -3,6 +3,8 @@
 package e2e
 
 import (
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -130,8 +132,20 @@ func TestNodeAloneWithAFullDisk(t *testing.T) {
 		t.Skip("needs root to mount a small tmpfs (CI runs as root)")
 	}
 	dir := smallDisk(t, "24m")
-	cluster := qmtest.FreeAddrs(t, 1)[0]
-	node, addr := startMaster(t, "--data-dir", filepath.Join(dir, "data"), "--cluster-listen", cluster, "--cluster-peers", cluster)
+	ports := qmtest.FreeAddrs(t, 2)
+	cluster, httpAddr := ports[0], ports[1]
+	node, addr := startMaster(t, "--data-dir", filepath.Join(dir, "data"), "--cluster-listen", cluster, "--cluster-peers", cluster,
+		"--http-addr", httpAddr)
+	readyz := func() (int, string) {
+		t.Helper()
+		resp, err := http.Get("http://" + httpAddr + "/readyz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
 
 	batch := strings.Repeat(strings.Repeat("x", 2000)+"\n", 200)
 	put := func() (string, time.Duration, bool) {
@@ -156,6 +170,9 @@ func TestNodeAloneWithAFullDisk(t *testing.T) {
 	if ok || !strings.Contains(errOut, "disk full") || took > 5*time.Second {
 		t.Fatalf("a put on the full disk: stored %v after %v: %s; want refused at once as disk full", ok, took, errOut)
 	}
+	if code, body := readyz(); code != http.StatusServiceUnavailable || !strings.Contains(body, "disk full") {
+		t.Errorf("/readyz on the full disk: %d %s; want 503, disk full", code, body)
+	}
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)
 	}
@@ -164,6 +181,9 @@ func TestNodeAloneWithAFullDisk(t *testing.T) {
 		return ok
 	})
 	stored++
+	if code, body := readyz(); code != http.StatusOK {
+		t.Errorf("/readyz once the disk has room: %d %s; want 200", code, body)
+	}
 	out, errOut, code := run(t, "", "get", "big", "-n", "100000", "--timeout", "30s", "--server", addr)
 	if code != 0 {
 		t.Fatalf("get: exit %d: %s", code, errOut)

@@ -48,6 +48,13 @@ func (s *Server) ready() error {
 			return fmt.Errorf("data directory: %w", err)
 		}
 	}
+	// Queues in an engine with a store of its own (a JetStream node
+	// embedded here, alone) say whether it takes puts.
+	if w, ok := s.queues.(interface{ Writable() error }); ok {
+		if err := w.Writable(); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 

@@ -17,6 +17,15 @@ import (
 	"github.com/qm-dev/qm/master/queue"
 )
 
+// Writable reports why puts of tasks are refused now (Config.Writable),
+// or nil: the server's readiness (/readyz) says it too.
+func (q *Queues) Writable() error {
+	if q.cfg.Writable == nil {
+		return nil
+	}
+	return q.cfg.Writable()
+}
+
 // Put publishes req.Items to the queue's stream and returns their IDs,
 // the stream sequences JetStream stored them at: increasing within a
 // queue, not across queues. It returns once JetStream has stored every
