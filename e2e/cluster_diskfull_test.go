@@ -160,9 +160,14 @@ func TestNodeAloneWithAFullDisk(t *testing.T) {
 	stored++
 	filler := fillDisk(t, dir, 1<<20)
 	waitFor(t, 90*time.Second, func() bool {
-		errOut, _, ok := put()
+		errOut, took, ok := put()
 		if ok {
 			stored++
+		} else if took > 8*time.Second {
+			// The put that met the full disk stalls; it is refused once
+			// the node has seen its store break, not after the 10 s
+			// request timeout.
+			t.Errorf("a put failed after %v: %s", took, errOut)
 		}
 		return strings.Contains(errOut, "disk full")
 	})

@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/qm-dev/qm/master/queue"
+	"github.com/qm-dev/qm/store"
 )
 
 // Writable reports why puts of tasks are refused now (Config.Writable),
@@ -412,6 +413,11 @@ func (q *Queues) publishSends(ctx context.Context, msgs []*nats.Msg, replaced fu
 			if gone(err) {
 				return false, errRemade
 			}
+			if stalled && q.cfg.Writable != nil {
+				if werr := q.cfg.Writable(); werr != nil {
+					return false, werr // the embedded node's store broke under it
+				}
+			}
 			// A message sent before and still being stored is stored
 			// once: sent again after it is, it gets its sequence.
 			return transient(err) || idInProcess(err) || stalled && rctx.Err() == nil && sends < maxKeyedSends, err
@@ -424,6 +430,9 @@ func (q *Queues) publishSends(ctx context.Context, msgs []*nats.Msg, replaced fu
 			}
 			return transient(err), err
 		})
+	}
+	if errors.Is(err, store.ErrDiskFull) {
+		return nil, nil, sends, err
 	}
 	if err != nil {
 		return nil, nil, sends, q.engineErr("put", err)
