@@ -34,6 +34,24 @@ func TestClusterNodeWithAFullDisk(t *testing.T) {
 			full.args[i+1] = filepath.Join(dir, "data")
 		}
 	}
+	httpAddr := qmtest.FreeAddrs(t, 1)[0]
+	full.args = append(full.args, "--http-addr", httpAddr)
+	storing := func(want string) func() bool {
+		return func() bool {
+			// /metrics reads every queue's figures, each within the
+			// request timeout (10 s): a scrape while a stream's leader
+			// changes can outlast a client's timeout. Asked again then.
+			req, _ := http.NewRequest(http.MethodGet, "http://"+httpAddr+"/metrics", nil)
+			req.Header.Set("Authorization", "Bearer "+authkey)
+			resp, err := (&http.Client{Timeout: 30 * time.Second}).Do(req)
+			if err != nil {
+				return false
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			return strings.Contains(string(b), "\nqm_jetstream_node_storing "+want+"\n")
+		}
+	}
 	for _, n := range nodes {
 		n.start(t)
 	}
@@ -62,11 +80,13 @@ func TestClusterNodeWithAFullDisk(t *testing.T) {
 		// Out of room for a stream's store, or for a Raft log.
 		return strings.Contains(full.p.logs(), "will be DISABLED")
 	})
+	waitFor(t, 30*time.Second, storing("0"))
 	put() // the cluster goes on without the node's JetStream
 	puts++
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)
 	}
+	waitFor(t, 60*time.Second, storing("1"))
 	_, stream := streamLeader(t, nodes[1], "big")
 	waitFor(t, 60*time.Second, func() bool {
 		r := replica(t, nodes[1], stream, full.name)
@@ -178,6 +198,9 @@ func TestNodeAloneWithAFullDisk(t *testing.T) {
 	if code, body := readyz(); code != http.StatusServiceUnavailable || !strings.Contains(body, "disk full") {
 		t.Errorf("/readyz on the full disk: %d %s; want 503, disk full", code, body)
 	}
+	if m := httpGet(t, "http://"+httpAddr+"/metrics", authkey); !strings.Contains(m, "\nqm_jetstream_node_storing 0\n") {
+		t.Errorf("/metrics on the full disk does not say qm_jetstream_node_storing 0")
+	}
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)
 	}
@@ -188,6 +211,9 @@ func TestNodeAloneWithAFullDisk(t *testing.T) {
 	stored++
 	if code, body := readyz(); code != http.StatusOK {
 		t.Errorf("/readyz once the disk has room: %d %s; want 200", code, body)
+	}
+	if m := httpGet(t, "http://"+httpAddr+"/metrics", authkey); !strings.Contains(m, "\nqm_jetstream_node_storing 1\n") {
+		t.Errorf("/metrics once the disk has room does not say qm_jetstream_node_storing 1")
 	}
 	out, errOut, code := run(t, "", "get", "big", "-n", "100000", "--timeout", "30s", "--server", addr)
 	if code != 0 {

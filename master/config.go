@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/qm-dev/qm/acl"
 	"github.com/qm-dev/qm/master/queue"
 	"github.com/qm-dev/qm/store/seglog"
@@ -66,6 +68,9 @@ type Config struct {
 	// that publishes dead tasks' error results (and MaxQueueLen, as
 	// MaxLen). DataDir must then be unset: the engine keeps the tasks.
 	OpenQueues func(queue.Config) (Queues, error)
+	// Collectors are more metrics served on /metrics: those of what
+	// OpenQueues opens (the JetStream node embedded in this process).
+	Collectors []prometheus.Collector
 	// Fsync says when the data directory's log is fsynced (with DataDir).
 	Fsync seglog.FsyncMode
 	// FsyncInterval is the period of seglog.FsyncInterval; default 100ms.

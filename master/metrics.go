@@ -99,6 +99,7 @@ func newMetrics(s *Server) *metrics {
 	}, func() float64 { return float64(s.callsInProgress()) })
 	m.reg.MustRegister(reqDur, m.handshakeFail, m.refusals, m.denied, m.leaseExpiries, m.chained, inProgress, &queueCollector{s: s},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.reg.MustRegister(s.cfg.Collectors...)
 	if s.cfg.DataDir != "" {
 		m.fsync = prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "qm_store_fsync_duration_seconds",

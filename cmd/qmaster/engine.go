@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
 	"github.com/qm-dev/qm/master"
@@ -183,6 +184,23 @@ func (e *engine) openQueues(log *slog.Logger) func(queue.Config) (master.Queues,
 			Writable: e.writable(),
 		})
 	}
+}
+
+// collectors are the engine's metrics: whether the node embedded here,
+// if any, stores.
+func (e *engine) collectors() []prometheus.Collector {
+	if e.node == nil {
+		return nil
+	}
+	return []prometheus.Collector{prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "qm_jetstream_node_storing",
+		Help: "1 while the JetStream node embedded in this qmaster stores; 0 from when its store broke (its disk full) until it starts JetStream again, once its data directory has room.",
+	}, func() float64 {
+		if e.node.Storing() {
+			return 1
+		}
+		return 0
+	})}
 }
 
 // writable is jsqueue.Config.Writable: the embedded node's, if any.

@@ -330,6 +330,7 @@ func serveRun(ctx context.Context, opts *serveOptions) error {
 		defer eng.close()
 		mcfg.DataDir = ""
 		mcfg.OpenQueues = eng.openQueues(log)
+		mcfg.Collectors = eng.collectors()
 		storage = eng.note
 	}
 	srv, err := newMaster(mcfg, opts.IO.getenv("GOMAXPROCS") == "")

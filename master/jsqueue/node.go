@@ -63,6 +63,7 @@ type Node struct {
 	log      *slog.Logger
 	// unwritable is why puts are refused, while the store cannot write.
 	unwritable atomic.Pointer[error]
+	broken     atomic.Bool // the store broke and JetStream waits to start again
 	stop       chan struct{}
 	stopOnce   sync.Once // Shutdown may be called again
 	watching   sync.WaitGroup

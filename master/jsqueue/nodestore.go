@@ -61,6 +61,7 @@ func (n *Node) watchStore() {
 				continue
 			}
 			brokeAt, offLooks = time.Now(), 0
+			n.broken.Store(true)
 			if !restarted.IsZero() && brokeAt.Sub(restarted) < restartQuiet {
 				backOff()
 			} else {
@@ -103,6 +104,7 @@ func (n *Node) watchStore() {
 		}
 		n.log.Info("this node's JetStream started again", "free", free)
 		n.unwritable.Store(nil)
+		n.broken.Store(false)
 		broken, restarted, seen = "", time.Now(), before // errors logged while it started are looked at
 	}
 }
@@ -124,6 +126,10 @@ func (n *Node) Writable() error {
 	}
 	return nil
 }
+
+// Storing reports whether the node's JetStream stores: false from when
+// its store broke until it is started again (watchStore).
+func (n *Node) Storing() bool { return !n.broken.Load() }
 
 // storeBroken says why the node's JetStream stopped storing, if it did.
 // sure says the answer covers every stream: a cluster's health report
