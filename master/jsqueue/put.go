@@ -43,8 +43,8 @@ func (q *Queues) Writable() error {
 // the batches in flight. A waiting put polls; puts do not queue for room
 // in FIFO order.
 func (q *Queues) Put(ctx context.Context, req queue.PutRequest) ([]uint64, error) {
-	if q.cfg.Writable != nil && !req.Results {
-		if err := q.cfg.Writable(); err != nil {
+	if !req.Results {
+		if err := q.Writable(); err != nil {
 			return nil, err
 		}
 	}
@@ -413,8 +413,8 @@ func (q *Queues) publishSends(ctx context.Context, msgs []*nats.Msg, replaced fu
 			if gone(err) {
 				return false, errRemade
 			}
-			if stalled && q.cfg.Writable != nil {
-				if werr := q.cfg.Writable(); werr != nil {
+			if stalled {
+				if werr := q.Writable(); werr != nil {
 					return false, werr // the embedded node's store broke under it
 				}
 			}

@@ -461,12 +461,10 @@ func (q *Queues) open(name string, create bool) (*stream, error) {
 		if !create {
 			return nil, queue.ErrUnknownQueue
 		}
-		if q.cfg.Writable != nil {
-			// Not while the embedded node's store is broken: it may be
-			// reading its streams again, this one among them.
-			if err := q.cfg.Writable(); err != nil {
-				return nil, err
-			}
+		// Not while the embedded node's store is broken: it may be
+		// reading its streams again, this one among them.
+		if err := q.Writable(); err != nil {
+			return nil, err
 		}
 		cfg := jetstream.StreamConfig{
 			Name:       streamName(name),
