@@ -23,9 +23,6 @@ import (
 // twenty-first session the node stayed without JetStream until qmaster
 // was restarted.
 func TestClusterNodeWithAFullDisk(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount a small tmpfs (CI runs as root)")
-	}
 	dir := smallDisk(t, "64m")
 	nodes := clusterNodes(t)
 	full := nodes[0]
@@ -148,9 +145,6 @@ func fillDisk(t *testing.T, dir string, leave int64) string {
 // as "unavailable", until qmaster was restarted. Now they are refused at
 // once as "disk full", and taken again once the disk has room.
 func TestNodeAloneWithAFullDisk(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount a small tmpfs (CI runs as root)")
-	}
 	dir := smallDisk(t, "24m")
 	ports := qmtest.FreeAddrs(t, 2)
 	cluster, httpAddr := ports[0], ports[1]

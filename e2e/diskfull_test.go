@@ -25,9 +25,6 @@ import (
 // master lived, at least one (equal duplicates, counted) after the
 // crash; nothing is left leased or dead.
 func TestDiskFullUnderLoad(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount a small tmpfs (CI runs as root)")
-	}
 	for _, crash := range []bool{false, true} {
 		name := map[bool]string{false: "live", true: "crash"}[crash]
 		t.Run(name, func(t *testing.T) { runDiskFull(t, crash) })
@@ -203,10 +200,13 @@ func runDiskFull(t *testing.T, crash bool) {
 }
 
 // smallDisk mounts a tmpfs of size (mount's -o size) on a directory of
-// the test's, unmounted when it ends, and returns the directory. The
-// caller must be root; a test that cannot mount one is skipped.
+// the test's, unmounted when it ends, and returns the directory. A test
+// not run by root, or that cannot mount one, is skipped.
 func smallDisk(t *testing.T, size string) string {
 	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a small tmpfs (CI runs as root)")
+	}
 	dir := t.TempDir()
 	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput(); err != nil {
 		t.Skipf("cannot mount a tmpfs: %v: %s", err, out)

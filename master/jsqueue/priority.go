@@ -159,7 +159,8 @@ func (q *Queues) levelNames(ctx context.Context, s *stream) ([]int, error) {
 	return ps, names.Err()
 }
 
-// heldLevels returns the levels above 0 of which s's stream holds tasks.
+// heldLevels returns the levels above 0 of which s's stream holds tasks,
+// in no order.
 // Tasks of a level with no consumer were put through a gateway that had
 // the level open in an earlier stream of the queue (it missed JetStream's
 // advisories of the queue made anew: see queueMade): a gateway opening the
@@ -177,7 +178,6 @@ func (q *Queues) heldLevels(ctx context.Context, s *stream) ([]int, error) {
 			ps = append(ps, p)
 		}
 	}
-	slices.Sort(ps)
 	return ps, nil
 }
 
