@@ -97,8 +97,16 @@ func TestClusterNodeWithAFullDisk(t *testing.T) {
 	}
 	_ = other.p.cmd.Process.Kill()
 	<-other.p.done
-	put()
-	puts++
+	// Puts go through once the two left have a leader (a put in flight
+	// when the leader died may wait out the request timeout and fail).
+	waitFor(t, 60*time.Second, func() bool {
+		if _, _, code := run(t, batch, "put", "big", "--server", full.addr); code != 0 {
+			failed++
+			return false
+		}
+		puts++
+		return true
+	})
 	out, errOut, code := run(t, "", "get", "big", "-n", "100000", "--timeout", "30s", "--server", full.addr)
 	if code != 0 {
 		t.Fatalf("get: exit %d: %s", code, errOut)
