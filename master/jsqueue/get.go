@@ -46,9 +46,16 @@ func (q *Queues) get(ctx context.Context, req queue.GetRequest, dst []queue.Task
 	if req.Lease == 0 {
 		req.Lease = q.cfg.DefaultLease
 	}
-	s, err := q.open(req.Queue, true)
-	if err != nil {
-		return nil, err
+	// A get with a bounded wait makes its calls to JetStream by the wait's
+	// end, or by half the request timeout if that is later: its client
+	// allows it the wait and a few seconds more. Calls each bounded by the
+	// request timeout alone, one after another, take longer while
+	// JetStream is slow to answer (a node down, a leader being elected),
+	// and the client gives up on the gateway as dead. (A get with no
+	// bound, as a Python client's blocking get, keeps them.)
+	var by time.Time
+	if req.MaxWait > 0 || ctx.Err() != nil {
+		by = time.Now().Add(max(req.MaxWait, q.cfg.RequestTimeout/2))
 	}
 	if req.MaxWait > 0 {
 		// One deadline for the whole get, which may pull more than once.
@@ -57,13 +64,17 @@ func (q *Queues) get(ctx context.Context, req queue.GetRequest, dst []queue.Task
 		defer cancel()
 		req.MaxWait = 0
 	}
+	s, err := q.openBy(by, req.Queue, true)
+	if err != nil {
+		return nil, err
+	}
 	for {
 		// Tasks with a priority go first, highest first (priority.go);
 		// then tasks of packs this gateway holds, in their order; else
 		// wait for JetStream, and for a task held meanwhile (or due).
 		levels := s.levelsDesc()
 		if len(levels) > 0 {
-			ts, err := q.takeLevels(s, levels, req, dst[:0])
+			ts, err := q.takeLevels(s, levels, req, dst[:0], by)
 			if err != nil || len(ts) > 0 {
 				return ts, err
 			}
@@ -128,7 +139,7 @@ func (q *Queues) get(ctx context.Context, req queue.GetRequest, dst []queue.Task
 		if len(levels) > 0 {
 			slice = levelSlice
 		}
-		msgs, err := q.pull(pctx, s, preq, slice)
+		msgs, err := q.pull(pctx, s, preq, slice, by)
 		if timer != nil {
 			timer.Stop()
 		}
@@ -338,9 +349,9 @@ func (q *Queues) takeHeldOrWait(s *stream, req queue.GetRequest, ts []queue.Task
 // else is there then. Its requests expire before the wait (or the slice)
 // ends, so that JetStream ends them: a request given up could lose a task
 // in flight to it until AckWait.
-func (q *Queues) pull(ctx context.Context, s *stream, req queue.GetRequest, slice time.Duration) ([]*nats.Msg, error) {
+func (q *Queues) pull(ctx context.Context, s *stream, req queue.GetRequest, slice time.Duration, by time.Time) ([]*nats.Msg, error) {
 	var msgs []*nats.Msg
-	rctx, cancel := q.call()
+	rctx, cancel := q.callBy(by)
 	err := retryingTransient(rctx, func() error {
 		got, err := q.pulls.pull(rctx, s.next, req.Max, 0)
 		msgs = append(msgs, got...)

@@ -639,6 +639,11 @@ func (q *Queues) Unget(req queue.GetRequest, ts []queue.Task) {
 
 // Delivered acks the deliveries of ts, taken by a NoAck get for req, now
 // that the reply carrying them was written: they are taken for good.
+//
+// The acks go in the background: the server calls Delivered before it
+// reads the client's next call, which would otherwise wait for them, up
+// to the request timeout while JetStream is slow to answer, and outlast
+// what the client allows that call.
 func (q *Queues) Delivered(req queue.GetRequest, ts []queue.Task) {
 	msgs := make([]*nats.Msg, 0, len(ts))
 	q.mu.Lock()
@@ -651,10 +656,24 @@ func (q *Queues) Delivered(req queue.GetRequest, ts []queue.Task) {
 			}
 		}
 	}
-	q.mu.Unlock()
-	if err := q.ackAll(msgs); err != nil {
-		q.log.Warn("tasks a client received not acked; JetStream delivers them again after AckWait", "queue", req.Queue, "tasks", len(msgs), "err", err)
+	background := len(msgs) > 0 && !q.closed.Load()
+	if background {
+		q.bg.Add(1) // under mu, which Close takes before its Wait
 	}
+	q.mu.Unlock()
+	ack := func() {
+		if err := q.ackAll(msgs); err != nil {
+			q.log.Warn("tasks a client received not acked; JetStream delivers them again after AckWait", "queue", req.Queue, "tasks", len(msgs), "err", err)
+		}
+	}
+	if !background {
+		ack() // none, or closing: tried at once, as Close ends
+		return
+	}
+	go func() {
+		defer q.bg.Done()
+		ack()
+	}()
 }
 
 // uncount gives back the task of l, a delivery that never reached its

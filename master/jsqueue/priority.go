@@ -256,13 +256,13 @@ func (q *Queues) openLevels(ctx context.Context, s *stream) {
 
 // takeLevels takes, at once, up to req.Max tasks of s's levels above 0,
 // highest first.
-func (q *Queues) takeLevels(s *stream, levels []*level, req queue.GetRequest, ts []queue.Task) ([]queue.Task, error) {
+func (q *Queues) takeLevels(s *stream, levels []*level, req queue.GetRequest, ts []queue.Task, by time.Time) ([]queue.Task, error) {
 	for _, lv := range levels {
 		if len(ts) >= req.Max {
 			break
 		}
 		put := lv.put.Load()
-		rctx, cancel := q.call()
+		rctx, cancel := q.callBy(by)
 		msgs, err := q.pulls.pull(rctx, lv.next, req.Max-len(ts), 0)
 		if err == nil && len(msgs) == 0 && put > lv.counted.Load() {
 			// A task this gateway just put may not be counted yet.

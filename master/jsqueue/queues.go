@@ -438,9 +438,23 @@ func (q *Queues) call() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(q.ctx, q.cfg.RequestTimeout)
 }
 
+// callBy is call, ending at by if that comes first (a zero by adds no
+// bound).
+func (q *Queues) callBy(by time.Time) (context.Context, context.CancelFunc) {
+	if end := time.Now().Add(q.cfg.RequestTimeout); by.IsZero() || end.Before(by) {
+		by = end
+	}
+	return context.WithDeadline(q.ctx, by)
+}
+
 // open returns queue name's stream, creating the stream and its consumer
 // on first use when create is set, else queue.ErrUnknownQueue.
 func (q *Queues) open(name string, create bool) (*stream, error) {
+	return q.openBy(time.Time{}, name, create)
+}
+
+// openBy is open, its calls to JetStream bounded by by as well (callBy).
+func (q *Queues) openBy(by time.Time, name string, create bool) (*stream, error) {
 	if q.closed.Load() {
 		return nil, queue.ErrClosed
 	}
@@ -453,7 +467,7 @@ func (q *Queues) open(name string, create bool) (*stream, error) {
 	if s != nil {
 		return s, nil
 	}
-	ctx, cancel := q.call()
+	ctx, cancel := q.callBy(by)
 	defer cancel()
 	var st jetstream.Stream
 	err := retrying(ctx, func(ctx context.Context) (err error) { st, err = q.js.Stream(ctx, streamName(name)); return err })

@@ -328,11 +328,12 @@ func TestNoAckTakenOnceDelivered(t *testing.T) {
 	if got := payloads(ts); err != nil || !slices.Equal(got, []string{"a", "b", "c"}) {
 		t.Fatalf("after an unget got %q (%v), want a b c: a and b back in front", got, err)
 	}
-	q.Delivered(req, ts)
-	st, err := q.Stats("results")
-	if err != nil || st.Ready != 0 || st.Leased != 0 || st.Done != 3 {
-		t.Fatalf("stats %+v, %v: want all 3 taken, none leased", st, err)
-	}
+	q.Delivered(req, ts) // acked in the background
+	var st queue.Stats
+	waitFor(t, "all 3 taken, none leased", func() bool {
+		st, err = q.Stats("results")
+		return err == nil && st.Ready == 0 && st.Leased == 0 && st.Done == 3
+	})
 
 	put(t, q, "results", "d")
 	req.Lease = 100 * time.Millisecond
@@ -595,5 +596,64 @@ func TestWalksKeepOrderAcrossGaps(t *testing.T) {
 	}
 	if st, err := q.Stats(dead); err != nil || st.Ready != 0 {
 		t.Fatalf("dead letters left: %+v, %v", st, err)
+	}
+}
+
+// A get with a bounded wait answers by its wait's end, or by half the
+// request timeout if that is later, while its node is down: its client
+// allows it only a few seconds over its wait. Each call to JetStream
+// bounded by the request timeout alone took it longer (opening the queue
+// took the whole timeout, and the wait came on top), and so did the acks
+// of the tasks its client's call before took with NoAck.
+func TestGetsAnswerInTimeWhileTheNodeIsDown(t *testing.T) {
+	const requestTimeout = 4 * time.Second
+	n := startNode(t)
+	q := newQueues(t, n, jsqueue.Config{RequestTimeout: requestTimeout})
+	put(t, q, "known", "1")
+	if _, err := q.Put(context.Background(), queue.PutRequest{Queue: "levels",
+		Items: []queue.Item{{Payload: []byte("urgent"), Priority: 7}}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"known", "levels"} {
+		if ts := get(t, q, name, 1, 1, time.Minute, time.Second); len(ts) != 1 {
+			t.Fatalf("get from %s: %d tasks; want 1", name, len(ts))
+		}
+	}
+	put(t, q, "results", "r")
+	noAck := queue.GetRequest{Queue: "results", Max: 1, Owner: 3, NoAck: true}
+	received, err := q.Get(context.Background(), noAck, nil)
+	if err != nil || len(received) != 1 {
+		t.Fatalf("NoAck get: %d tasks, %v; want 1", len(received), err)
+	}
+	n.Shutdown()
+
+	// The server says a NoAck get's tasks were delivered before it reads
+	// the client's next call: that must not wait for their acks.
+	start := time.Now()
+	q.Delivered(noAck, received)
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("Delivered took %v with the node down; want at once", took)
+	}
+
+	// The answer is due by half the request timeout: allow a second more.
+	const due = requestTimeout/2 + time.Second
+	for _, c := range []struct {
+		name string
+		ctx  context.Context
+		wait time.Duration
+	}{
+		{"unopened", context.Background(), 300 * time.Millisecond},
+		{"known", context.Background(), 300 * time.Millisecond},
+		{"levels", context.Background(), 300 * time.Millisecond},
+		{"known", queue.NoWait, 0},
+	} {
+		start := time.Now()
+		ts, err := q.Get(c.ctx, queue.GetRequest{Queue: c.name, Max: 4, Owner: 2, MaxWait: c.wait}, nil)
+		if took := time.Since(start); took > due {
+			t.Errorf("get from %s (wait %v) answered after %v; want by %v", c.name, c.wait, took, due)
+		}
+		if len(ts) > 0 || err != nil && !errors.Is(err, queue.ErrUnavailable) {
+			t.Errorf("get from %s (wait %v): %d tasks, %v; want none, and no error but unavailable", c.name, c.wait, len(ts), err)
+		}
 	}
 }
