@@ -2,6 +2,7 @@ package jsqueue
 
 import (
 	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"maps"
@@ -46,15 +47,12 @@ func (q *Queues) Stats(name string) (queue.Stats, error) {
 			}
 		}
 	}
-	return q.figures(s, si.State, si.Config.AllowMsgSchedules, dead)
+	return q.figures(ctx, s, si.State, si.Config.AllowMsgSchedules, dead)
 }
 
 // figures makes a queue's figures from its stream's state (and whether
-// the stream takes delayed tasks), asking only its
-// consumer.
-func (q *Queues) figures(s *stream, state jetstream.StreamState, schedules bool, dead int) (queue.Stats, error) {
-	ctx, cancel := q.call()
-	defer cancel()
+// the stream takes delayed tasks), asking only its consumer, within ctx.
+func (q *Queues) figures(ctx context.Context, s *stream, state jetstream.StreamState, schedules bool, dead int) (queue.Stats, error) {
 	ci, err := s.cons.Info(ctx)
 	if err != nil {
 		return queue.Stats{}, q.adminErr(s.queue, "stats", err)
@@ -131,9 +129,10 @@ func (q *Queues) adminErr(name, what string, err error) error {
 }
 
 // list returns the state of every queue's stream, by queue name: one
-// listing of the streams, which carries their state.
-func (q *Queues) list() map[string]jetstream.StreamState {
-	ctx, cancel := q.call()
+// listing of the streams, which carries their state. It ends by by, if
+// that comes before the request timeout (a zero by adds no bound).
+func (q *Queues) list(by time.Time) map[string]jetstream.StreamState {
+	ctx, cancel := q.callBy(by)
 	defer cancel()
 	states := make(map[string]jetstream.StreamState)
 	l := q.js.ListStreams(ctx, jetstream.WithStreamListSubject(subjectPrefix+">"))
@@ -150,40 +149,73 @@ func (q *Queues) list() map[string]jetstream.StreamState {
 
 // Queues returns the names of every queue in JetStream, sorted.
 func (q *Queues) Queues() []string {
-	return slices.Sorted(maps.Keys(q.list()))
+	return slices.Sorted(maps.Keys(q.list(time.Time{})))
 }
+
+// statsReaders is how many queues AllStats reads at once.
+const statsReaders = 8
 
 // AllStats returns the figures of every queue, sorted by name. The
 // streams' state comes from one listing; each queue's consumer is asked
-// for the rest.
+// for the rest, statsReaders queues at a time.
+//
+// It answers within half the request timeout, with the figures of the
+// queues read by then: a scrape of /metrics or an inspect must answer
+// within its own timeout (Prometheus's is 10 s by default), whatever the
+// number of queues and however slowly JetStream answers (a stream's
+// leader being elected). Queues deleted meanwhile are left out too.
 func (q *Queues) AllStats() []queue.Stats {
-	states := q.list()
+	by := time.Now().Add(q.cfg.RequestTimeout / 2)
+	states := q.list(by)
 	names := slices.Sorted(maps.Keys(states))
-	all := make([]queue.Stats, 0, len(names))
-	for _, name := range names {
-		s, err := q.open(name, false)
-		if err != nil {
-			continue // deleted meanwhile
-		}
-		dead := 0
-		if !queue.IsDeadLetterName(name) {
-			dead = int(states[queue.DeadLetterName(name)].Msgs)
-		}
-		state, schedules := states[name], false
-		if state.Msgs > 0 { // packs, if any, counted by subject
-			ctx, cancel := q.call()
-			si, err := s.st.Info(ctx, jetstream.WithSubjectFilter(packSubjects(s.subject)))
-			cancel()
-			if err != nil {
-				continue
-			}
-			state, schedules = si.State, si.Config.AllowMsgSchedules
-		}
-		if st, err := q.figures(s, state, schedules, dead); err == nil {
-			all = append(all, st)
+	all := make([]queue.Stats, len(names))
+	read := make([]bool, len(names))
+	turns := make(chan struct{}, statsReaders)
+	var wg sync.WaitGroup
+	for i, name := range names {
+		turns <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-turns }()
+			all[i], read[i] = q.statsOf(by, name, states)
+		})
+	}
+	wg.Wait()
+	n := 0
+	for i := range all {
+		if read[i] {
+			all[n] = all[i]
+			n++
 		}
 	}
-	return all
+	if missed := len(all) - n; missed > 0 {
+		q.log.Warn("figures of some queues not read in time; left out", "queues", missed, "of", len(all))
+	}
+	return all[:n]
+}
+
+// statsOf returns queue name's figures, read by by, from its stream's
+// state in states; false if they could not be.
+func (q *Queues) statsOf(by time.Time, name string, states map[string]jetstream.StreamState) (queue.Stats, bool) {
+	s, err := q.openBy(by, name, false)
+	if err != nil {
+		return queue.Stats{}, false // deleted meanwhile, or not in time
+	}
+	ctx, cancel := q.callBy(by)
+	defer cancel()
+	dead := 0
+	if !queue.IsDeadLetterName(name) {
+		dead = int(states[queue.DeadLetterName(name)].Msgs)
+	}
+	state, schedules := states[name], false
+	if state.Msgs > 0 { // packs, if any, counted by subject
+		si, err := s.st.Info(ctx, jetstream.WithSubjectFilter(packSubjects(s.subject)))
+		if err != nil {
+			return queue.Stats{}, false
+		}
+		state, schedules = si.State, si.Config.AllowMsgSchedules
+	}
+	st, err := q.figures(ctx, s, state, schedules, dead)
+	return st, err == nil
 }
 
 // scan calls f with each task stored in s when it starts, in order, until

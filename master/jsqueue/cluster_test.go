@@ -3,6 +3,7 @@ package jsqueue_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -16,8 +17,14 @@ import (
 // startCluster starts three embedded nodes that form one cluster.
 func startCluster(t testing.TB) []*jsqueue.Node {
 	t.Helper()
-	peers := qmtest.FreeAddrs(t, 3)
-	nodes := make([]*jsqueue.Node, 3)
+	return startClusterOf(t, 3)
+}
+
+// startClusterOf starts size embedded nodes that form one cluster.
+func startClusterOf(t testing.TB, size int) []*jsqueue.Node {
+	t.Helper()
+	peers := qmtest.FreeAddrs(t, size)
+	nodes := make([]*jsqueue.Node, size)
 	for i := range nodes {
 		n, err := jsqueue.StartNode(jsqueue.NodeConfig{
 			DataDir:       t.TempDir(),
@@ -219,4 +226,90 @@ func TestGetOutlivesItsConsumersLeader(t *testing.T) {
 		t.Fatalf("the waiting get returned %q %v after the kill; want the task put after it, well within its %v wait", payloads(ts), took.Round(time.Millisecond), wait)
 	}
 	t.Logf("the waiting get took it %v after the kill", took.Round(time.Millisecond))
+}
+
+// AllStats answers within half the request timeout, with the figures of
+// the queues that could be read, when a queue has lost two of its three
+// replicas, and with them its leader. It read the queues in turn, each call
+// within the request timeout: a scrape of /metrics could outlast
+// Prometheus's own timeout.
+func TestAllStatsAnswersInTimeWhenAQueueCannotBeRead(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a five-node cluster")
+	}
+	const requestTimeout = 4 * time.Second
+	nodes := startClusterOf(t, 5)
+	replicated := newQueues(t, nodes[0], jsqueue.Config{Replicas: 3})
+	names := []string{"a", "b", "c", "d", "e"}
+	for _, name := range names {
+		put(t, replicated, name, "x")
+	}
+	// Two of the nodes that keep "a", and a gateway on another; the
+	// cluster keeps its quorum (three nodes of five).
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	js := nodeJS(t, nodes[0])
+	peers := map[string][]string{}
+	for _, name := range names {
+		si, err := queueStream(ctx, js, name)
+		if err != nil || si.Cluster == nil || len(si.Cluster.Replicas) != 2 {
+			t.Fatalf("stream of %s: %+v, %v; want a leader and two replicas", name, si, err)
+		}
+		peers[name] = []string{si.Cluster.Leader, si.Cluster.Replicas[0].Name, si.Cluster.Replicas[1].Name}
+	}
+	// Of the pairs of a's nodes, the one that leaves most other queues
+	// two replicas: those queues can be read.
+	var killed, readable []string
+	for skip := range 3 {
+		pair := slices.Delete(slices.Clone(peers["a"]), skip, skip+1)
+		var left []string
+		for _, name := range names[1:] {
+			if !slices.Contains(peers[name], pair[0]) || !slices.Contains(peers[name], pair[1]) {
+				left = append(left, name)
+			}
+		}
+		if len(left) > len(readable) || killed == nil {
+			killed, readable = pair, left
+		}
+	}
+	if len(readable) == 0 {
+		t.Fatalf("queues by nodes %v: no two nodes of a leave another queue readable", peers)
+	}
+	var q *jsqueue.Queues
+	for i, n := range nodes {
+		if name := fmt.Sprintf("n%d", i); !slices.Contains(killed, name) && q == nil {
+			q = newQueues(t, n, jsqueue.Config{Replicas: 3, RequestTimeout: requestTimeout})
+		}
+	}
+	if _, err := q.Stats("a"); err != nil { // open here
+		t.Fatal(err)
+	}
+	for _, name := range killed {
+		var i int
+		fmt.Sscanf(name, "n%d", &i)
+		nodes[i].Shutdown()
+	}
+	// Every answer comes in time, and once the cluster has settled, they
+	// have the queues that can be read.
+	const due = requestTimeout/2 + time.Second
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		start := time.Now()
+		all := q.AllStats()
+		if took := time.Since(start); took > due {
+			t.Fatalf("AllStats answered after %v; want by %v", took, due)
+		}
+		var got []string
+		for _, st := range all {
+			got = append(got, st.Queue)
+		}
+		if slices.Equal(got, readable) {
+			t.Logf("%v down: read %v in %v", killed, got, time.Since(start))
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%v down: read %v; want %v, within 60s", killed, got, readable)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
