@@ -18,8 +18,8 @@ import (
 // A node of a cluster whose disk fills: JetStream shuts itself down on
 // that node, the cluster goes on through the other two (the node's own
 // gateway included), and the node starts its JetStream again by itself
-// once its disk has room, and catches up: its replica is current again,
-// and every task is there. Before the
+// once its disk has room, and catches up: with another node killed then,
+// puts through it still go through, and every task is there. Before the
 // twenty-first session the node stayed without JetStream until qmaster
 // was restarted.
 func TestClusterNodeWithAFullDisk(t *testing.T) {
@@ -83,6 +83,12 @@ func TestClusterNodeWithAFullDisk(t *testing.T) {
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)
 	}
+	// Storing again means current again: JetStream wipes the Raft log of
+	// a stream whose write failed, and a node whose log is empty counts
+	// for nothing in an election until its leader has sent it the state.
+	// (The leader's view of the replica below can be from before the
+	// failure: killing the leader on it alone left, once in five runs,
+	// two nodes that could never elect one.)
 	waitFor(t, 60*time.Second, storing("1"))
 	_, stream := streamLeader(t, nodes[1], "big")
 	waitFor(t, 60*time.Second, func() bool {
@@ -90,6 +96,23 @@ func TestClusterNodeWithAFullDisk(t *testing.T) {
 		return r == "leader" || strings.HasPrefix(r, "current, lag 0")
 	})
 
+	// Without one of the two others, the stream needs the node's replica.
+	other := nodes[1]
+	if leader, _ := streamLeader(t, nodes[2], "big"); leader == nodes[2].name {
+		other = nodes[2]
+	}
+	_ = other.p.cmd.Process.Kill()
+	<-other.p.done
+	// Puts go through once the two left have a leader (a put in flight
+	// when the leader died may wait out the request timeout and fail).
+	waitFor(t, 60*time.Second, func() bool {
+		if _, _, code := run(t, batch, "put", "big", "--server", full.addr); code != 0 {
+			failed++
+			return false
+		}
+		puts++
+		return true
+	})
 	out, errOut, code := run(t, "", "get", "big", "-n", "100000", "--timeout", "30s", "--server", full.addr)
 	if code != 0 {
 		t.Fatalf("get: exit %d: %s", code, errOut)
@@ -99,9 +122,12 @@ func TestClusterNodeWithAFullDisk(t *testing.T) {
 		t.Fatalf("got %d tasks back, want those of the %d puts of 200 that went through, and of the %d that failed at most",
 			got, puts, failed)
 	}
-	for _, said := range []string{"this node's JetStream stopped storing", "this node's JetStream started again"} {
-		if !strings.Contains(full.p.logs(), said) {
+	for _, said := range []string{"this node's JetStream stopped storing", "this node's JetStream started again", "this node's JetStream is current again"} {
+		if i := strings.Index(full.p.logs(), said); i < 0 {
 			t.Errorf("the node did not log %q", said)
+		} else {
+			line, _, _ := strings.Cut(full.p.logs()[i:], "\n")
+			t.Log(line)
 		}
 	}
 }

@@ -194,7 +194,7 @@ func (e *engine) collectors() []prometheus.Collector {
 	}
 	return []prometheus.Collector{prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "qm_jetstream_node_storing",
-		Help: "1 while the JetStream node embedded in this qmaster stores; 0 from when its store broke (its disk full) until it starts JetStream again, once its data directory has room.",
+		Help: "1 while the JetStream node embedded in this qmaster stores; 0 from when its store broke (its disk full) until it starts JetStream again, once its data directory has room, and in a cluster until its replicas have caught up again.",
 	}, func() float64 {
 		if e.node.Storing() {
 			return 1

@@ -88,7 +88,7 @@ func (q *Queues) get(ctx context.Context, req queue.GetRequest, dst []queue.Task
 			case err != nil:
 				return nil, err
 			case len(ts) > 0:
-				return q.topUp(s, req, ts, 1, 1) // and what else is there at once
+				return q.topUp(s, req, ts, 1, 1, by) // and what else is there at once
 			case ctx.Err() != nil:
 				return nil, nil
 			}
@@ -163,7 +163,7 @@ func (q *Queues) get(ctx context.Context, req queue.GetRequest, dst []queue.Task
 			return nil, nil // the wait is over
 		}
 		if len(msgs) > 0 {
-			ts, err := q.deliver(s, req, msgs, dst[:0])
+			ts, err := q.deliver(s, req, msgs, dst[:0], by)
 			if counted {
 				q.pulled(s, surplus) // after its tasks are held, for the gets waiting here
 			}
@@ -171,7 +171,7 @@ func (q *Queues) get(ctx context.Context, req queue.GetRequest, dst []queue.Task
 				return ts, err
 			}
 			if len(ts) > 0 {
-				return q.topUp(s, req, ts, preq.Max, len(msgs))
+				return q.topUp(s, req, ts, preq.Max, len(msgs), by)
 			}
 			// None to hand out: redeliveries being completed through
 			// another gateway, or dead-lettered. Wait on for the rest
@@ -248,18 +248,18 @@ func (q *Queues) pulled(s *stream, surplus float64) {
 // last pull brought all the messages it asked for (asked, got) and the
 // tasks fall short of req.Max: the first pulls of a queue guess how many
 // tasks its messages carry (msgsFor), and may guess high.
-func (q *Queues) topUp(s *stream, req queue.GetRequest, ts []queue.Task, asked, got int) ([]queue.Task, error) {
+func (q *Queues) topUp(s *stream, req queue.GetRequest, ts []queue.Task, asked, got int, by time.Time) ([]queue.Task, error) {
 	for range 4 {
 		if len(ts) >= req.Max || got < asked {
 			break
 		}
 		asked = q.msgsFor(s, req.Max-len(ts))
-		rctx, cancel := q.call()
+		rctx, cancel := q.callBy(by)
 		msgs, _ := q.pulls.pull(rctx, s.next, asked, 0) // at worst none
 		cancel()
 		got = len(msgs)
 		var err error
-		if ts, err = q.deliver(s, req, msgs, ts); err != nil {
+		if ts, err = q.deliver(s, req, msgs, ts, by); err != nil {
 			return ts, err
 		}
 	}
@@ -422,7 +422,7 @@ func (q *Queues) pull(ctx context.Context, s *stream, req queue.GetRequest, slic
 		return nil, q.pullErr(err)
 	}
 	if req.Max > 1 {
-		rctx, cancel := q.call()
+		rctx, cancel := q.callBy(by)
 		more, _ := q.pulls.pull(rctx, s.next, req.Max-1, 0) // at worst none
 		cancel()
 		msgs = append(msgs, more...)
@@ -453,7 +453,7 @@ func (q *Queues) pullErr(err error) error {
 // NoAck, held unacked until the server says whether their reply was
 // written (Delivered, Unget). Tasks that used up their attempts go to the
 // dead-letter queue instead.
-func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts []queue.Task) ([]queue.Task, error) {
+func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts []queue.Task, by time.Time) ([]queue.Task, error) {
 	if len(msgs) == 0 {
 		return ts, nil
 	}
@@ -461,7 +461,18 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts [
 	for i, m := range msgs {
 		mds[i], _ = m.Metadata()
 	}
-	msgs, mds = q.claimRedeliveries(s, msgs, mds)
+	// Claims of redeliveries end by the get's end, or a quarter of the
+	// request timeout from now if that is later: the get still answers
+	// in time, and a claim made at the end of a long wait has time to go
+	// through (one that does not hands its task out all the same).
+	var claimBy time.Time
+	if !by.IsZero() {
+		claimBy = time.Now().Add(q.cfg.RequestTimeout / 4)
+		if by.After(claimBy) {
+			claimBy = by
+		}
+	}
+	msgs, mds = q.claimRedeliveries(s, msgs, mds, claimBy)
 	// A redelivered pack is recorded as this gateway's, and the record
 	// says which of its tasks are done.
 	type claim struct {
@@ -474,7 +485,7 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts [
 			if claims == nil {
 				claims = make(map[int]claim)
 			}
-			rec, claimed := q.claimPack(s, md.Sequence.Stream, md.NumDelivered, md.Timestamp)
+			rec, claimed := q.claimPack(s, md.Sequence.Stream, md.NumDelivered, md.Timestamp, claimBy)
 			claims[i] = claim{rec, claimed}
 		}
 	}
@@ -575,7 +586,7 @@ func pastLastAttempt(t queue.Task, s *stream, req queue.GetRequest, maxAttempts 
 // being completed through another gateway. The records are written
 // concurrently, a few at a time: a dead worker's prefetched tasks come
 // back together. A get with no redelivery costs nothing here.
-func (q *Queues) claimRedeliveries(s *stream, msgs []*nats.Msg, mds []*nats.MsgMetadata) ([]*nats.Msg, []*nats.MsgMetadata) {
+func (q *Queues) claimRedeliveries(s *stream, msgs []*nats.Msg, mds []*nats.MsgMetadata, by time.Time) ([]*nats.Msg, []*nats.MsgMetadata) {
 	// A pack's redelivery is recorded in its own record (claimPack).
 	redelivered := func(md *nats.MsgMetadata) bool { return md != nil && md.NumDelivered > 1 }
 	if !slices.ContainsFunc(mds, redelivered) {
@@ -591,7 +602,7 @@ func (q *Queues) claimRedeliveries(s *stream, msgs []*nats.Msg, mds []*nats.MsgM
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			hold[i] = !q.claimRedelivery(s, md.Sequence.Stream, md.NumDelivered)
+			hold[i] = !q.claimRedelivery(s, md.Sequence.Stream, md.NumDelivered, by)
 		})
 	}
 	wg.Wait()

@@ -116,8 +116,8 @@ func deliveryKey(stream string, seq uint64) string {
 // message be; the completion acks it). If the record cannot be reached,
 // the task is handed out all the same, and said so: at worst it runs
 // twice, where refusing would stall it.
-func (q *Queues) claimRedelivery(s *stream, seq, delivered uint64) bool {
-	ctx, cancel := q.call()
+func (q *Queues) claimRedelivery(s *stream, seq, delivered uint64, by time.Time) bool {
+	ctx, cancel := q.callBy(by)
 	defer cancel()
 	kv, err := q.deliveries(ctx)
 	if err == nil {

@@ -658,7 +658,7 @@ func (q *Queues) Delivered(req queue.GetRequest, ts []queue.Task) {
 	}
 	background := len(msgs) > 0 && !q.closed.Load()
 	if background {
-		q.bg.Add(1) // under mu, which Close takes before its Wait
+		q.acking.Add(1) // under mu, which Close takes before its Wait
 	}
 	q.mu.Unlock()
 	ack := func() {
@@ -671,7 +671,7 @@ func (q *Queues) Delivered(req queue.GetRequest, ts []queue.Task) {
 		return
 	}
 	go func() {
-		defer q.bg.Done()
+		defer q.acking.Done()
 		ack()
 	}()
 }

@@ -40,6 +40,7 @@ func (n *Node) watchStore() {
 		restarted time.Time     // when JetStream was last started again
 		wait      time.Duration // from brokeAt to the next start
 		offLooks  int           // looks in a row with JetStream off and gone
+		catching  bool          // started again in a cluster, not yet current
 	)
 	backOff := func() { wait = min(max(2*wait, storeLookEvery), restartMaxWait) }
 	for {
@@ -49,6 +50,11 @@ func (n *Node) watchStore() {
 		case <-t.C:
 		}
 		if broken == "" {
+			if catching && n.current() {
+				catching = false
+				n.broken.Store(false)
+				n.log.Info("this node's JetStream is current again: its replicas count towards its streams' quorums", "after", time.Since(restarted).Round(time.Millisecond))
+			}
 			errs := n.natsLog.errors.Load()
 			if errs == seen && n.srv.JetStreamEnabled() {
 				continue
@@ -60,7 +66,7 @@ func (n *Node) watchStore() {
 			if broken = why; broken == "" {
 				continue
 			}
-			brokeAt, offLooks = time.Now(), 0
+			brokeAt, offLooks, catching = time.Now(), 0, false
 			n.broken.Store(true)
 			if !restarted.IsZero() && brokeAt.Sub(restarted) < restartQuiet {
 				backOff()
@@ -104,9 +110,21 @@ func (n *Node) watchStore() {
 		}
 		n.log.Info("this node's JetStream started again", "free", free)
 		n.unwritable.Store(nil)
-		n.broken.Store(false)
+		// A node of a cluster stores again once it is current: JetStream
+		// may have wiped the Raft logs of the streams whose writes failed,
+		// and until their leaders have sent it their state again its
+		// votes count for nothing, so the other nodes alone make the
+		// quorum.
+		catching = n.peers > 1
+		n.broken.Store(catching)
 		broken, restarted, seen = "", time.Now(), before // errors logged while it started are looked at
 	}
+}
+
+// current reports whether the node's JetStream is current: its meta layer
+// and every replica it holds caught up with their leaders.
+func (n *Node) current() bool {
+	return n.srv.Healthz(&server.HealthzOptions{}).Status == "ok"
 }
 
 // A store broken again within restartQuiet of its start waits longer
@@ -128,7 +146,8 @@ func (n *Node) Writable() error {
 }
 
 // Storing reports whether the node's JetStream stores: false from when
-// its store broke until it is started again (watchStore).
+// its store broke until it is started again (watchStore), and in a
+// cluster until it is current again.
 func (n *Node) Storing() bool { return !n.broken.Load() }
 
 // storeBroken says why the node's JetStream stopped storing, if it did.

@@ -348,8 +348,8 @@ const maxRecordTries = 8
 // earlier delivery is taken (adoptPacked). A failure is logged and
 // reported (ok false): what was read counts, at worst nothing, and those
 // tasks run again.
-func (q *Queues) claimPack(s *stream, seq, delivered uint64, stored time.Time) (r recordState, ok bool) {
-	ctx, cancel := q.call()
+func (q *Queues) claimPack(s *stream, seq, delivered uint64, stored time.Time, by time.Time) (r recordState, ok bool) {
+	ctx, cancel := q.callBy(by)
 	defer cancel()
 	r, err := q.updateRecord(ctx, packRecordKey(streamName(s.queue), seq), stored, nil, func(r packRecord) (packRecord, bool) {
 		return packRecord{done: r.done, delivered: delivered}, r.delivered < delivered

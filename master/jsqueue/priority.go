@@ -222,20 +222,25 @@ func (s *stream) addLevelLocked(lv *level) {
 	s.levels.Store(&levels)
 }
 
-// openLevels opens the levels above 0 of s, if its stream takes them,
-// when a gateway opens it. A level that cannot be opened is left out (its
-// tasks wait for a gateway that opens it), not the whole queue.
-func (q *Queues) openLevels(ctx context.Context, s *stream) {
+// openLevels opens the levels above 0 of s not open yet, if its stream
+// takes them: when a gateway opens it, and again while some could not be
+// (s.levelsUnread, watchLevels). A level that cannot be opened is left
+// out for the while, not the whole queue. It reports whether it opened
+// them all.
+func (q *Queues) openLevels(ctx context.Context, s *stream) (all bool) {
 	if !slices.Contains(s.st.CachedInfo().Config.Subjects, levelsSubjects(s.subject)) {
-		return
+		return true
 	}
+	all = true
 	ps, err := q.levelNames(ctx, s)
 	if err != nil {
-		q.log.Warn("the priorities of a queue not read; it is opened without them", "queue", s.queue, "err", err)
+		all = false
+		q.log.Warn("the priorities of a queue not read; it is opened without them for now", "queue", s.queue, "err", err)
 	}
 	held, err := q.heldLevels(ctx, s)
 	if err != nil {
-		q.log.Warn("the priorities holding tasks of a queue not read; those with no consumer wait for a gateway that opens them", "queue", s.queue, "err", err)
+		all = false
+		q.log.Warn("the priorities holding tasks of a queue not read; read again within "+levelsLookEvery.String(), "queue", s.queue, "err", err)
 	}
 	for _, p := range held {
 		if !slices.Contains(ps, p) {
@@ -245,13 +250,18 @@ func (q *Queues) openLevels(ctx context.Context, s *stream) {
 	s.levelMu.Lock()
 	defer s.levelMu.Unlock()
 	for _, p := range ps {
+		if s.hasLevel(p) {
+			continue
+		}
 		lv, err := q.levelConsumerOf(ctx, s, p)
 		if err != nil {
-			q.log.Warn("a priority of a queue not opened; its tasks are handed out by other gateways", "queue", s.queue, "priority", p, "err", err)
+			all = false
+			q.log.Warn("a priority of a queue not opened; opened again within "+levelsLookEvery.String(), "queue", s.queue, "priority", p, "err", err)
 			continue
 		}
 		s.addLevelLocked(lv)
 	}
+	return all
 }
 
 // takeLevels takes, at once, up to req.Max tasks of s's levels above 0,
@@ -285,7 +295,7 @@ func (q *Queues) takeLevels(s *stream, levels []*level, req queue.GetRequest, ts
 				}
 			}
 		}
-		if ts, err = q.deliver(s, req, msgs, ts); err != nil {
+		if ts, err = q.deliver(s, req, msgs, ts, by); err != nil {
 			return ts, err
 		}
 	}
@@ -435,6 +445,40 @@ func (q *Queues) watchLevels() {
 		for _, s := range q.streamsWithLevels() {
 			q.reopenIfReplaced(s)
 		}
+		for _, s := range q.streamsWithLevelsUnread() {
+			q.openLevelsAgain(s)
+		}
+	}
+}
+
+// streamsWithLevelsUnread returns the streams this gateway has open whose
+// levels could not all be opened when they were.
+func (q *Queues) streamsWithLevelsUnread() []*stream {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	var out []*stream
+	for _, s := range q.known {
+		if s.levelsUnread.Load() {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// openLevelsAgain opens the levels of s that could not be opened before,
+// and wakes the gets waiting on s if it had none.
+func (q *Queues) openLevelsAgain(s *stream) {
+	if q.closed.Load() {
+		return
+	}
+	ctx, cancel := q.call()
+	defer cancel()
+	before := len(s.levelsDesc())
+	if q.openLevels(ctx, s) {
+		s.levelsUnread.Store(false)
+	}
+	if before == 0 && len(s.levelsDesc()) > 0 {
+		q.wakeAll(s) // gets that began on s before it had a level
 	}
 }
 

@@ -112,3 +112,32 @@ func TestStalePutBeforeTheNewQueueIsKnown(t *testing.T) {
 		t.Fatalf("handed out after the queue was made anew: %v; want %v", payloads, want)
 	}
 }
+
+// A gateway that could not open a queue's levels when it opened the queue
+// (JetStream slow to answer within a get's time) opens them again within
+// levelsLookEvery, and its gets then take their tasks. Without that they
+// waited for a put of that priority through this gateway.
+func TestLevelsNotOpenedAreOpenedLater(t *testing.T) {
+	LookAtLevelsEvery(t, 50*time.Millisecond)
+	n := startTestNode(t)
+	a, b := openQueues(t, n, Config{}), openQueues(t, n, Config{})
+	ctx := context.Background()
+	if _, err := a.Put(ctx, queue.PutRequest{Queue: "jobs", Items: []queue.Item{{Payload: []byte("urgent"), Priority: 7}}}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := b.open("jobs", false)
+	if err != nil || len(s.levelsDesc()) != 1 {
+		t.Fatalf("levels of jobs opened through b: %v, %v; want level 7", s.levelsDesc(), err)
+	}
+	// As openLevels leaves it when its calls fail.
+	s.levels.Store(nil)
+	s.levelsUnread.Store(true)
+
+	ts := getN(t, b, "jobs", 1, 1, 5*time.Second)
+	if len(ts) != 1 || string(ts[0].Payload) != "urgent" {
+		t.Fatalf("got %+v through b; want the task of priority 7", ts)
+	}
+	if s.levelsUnread.Load() {
+		t.Error("levels still marked unread once opened")
+	}
+}

@@ -171,9 +171,13 @@ type Queues struct {
 	// opened by a packing gateway's New, or on first use, each under a
 	// lock of its own: the creation of a replicated stream in a busy
 	// cluster can take seconds, and must hold up nothing else.
-	kvMu   sync.Mutex
-	kv     jetstream.KeyValue
-	bg     sync.WaitGroup // New's opening of recs and cnts
+	kvMu sync.Mutex
+	kv   jetstream.KeyValue
+	bg   sync.WaitGroup // New's opening of recs and cnts
+	// acking counts the acks of NoAck deliveries in flight (Delivered),
+	// which Close waits for before it ends q.ctx. Added to under mu while
+	// closed is not set.
+	acking sync.WaitGroup
 	recsMu sync.Mutex
 	recs   jetstream.Stream
 	cntsMu sync.Mutex
@@ -226,6 +230,9 @@ type stream struct {
 	// (priority.go); levelMu makes one at a time.
 	levels  atomic.Pointer[[]*level]
 	levelMu sync.Mutex
+	// levelsUnread says that some levels could not be opened when s was
+	// (JetStream slow to answer): watchLevels opens them.
+	levelsUnread atomic.Bool
 	// local is what this gateway keeps of the queue, shared by every
 	// stream value it opens for it (a stream is opened anew after errors).
 	*local
@@ -402,6 +409,7 @@ func (q *Queues) Close() {
 	q.mu.Unlock()
 	q.closePacks() // before cancel, which would end its puts
 	q.sendCounts(q.takeCounts(time.Time{}))
+	q.acking.Wait() // its tasks' leases are gone: acked, or delivered twice
 	q.cancel()
 	q.bg.Wait()
 	_ = q.renewSub.Unsubscribe()
@@ -533,7 +541,9 @@ func (q *Queues) openBy(by time.Time, name string, create bool) (*stream, error)
 	if s.ackWait <= 0 {
 		s.ackWait = q.cfg.AckWait
 	}
-	q.openLevels(ctx, s)
+	if !q.openLevels(ctx, s) {
+		s.levelsUnread.Store(true) // opened again by watchLevels
+	}
 	q.mu.Lock()
 	if prev := q.known[name]; prev != nil {
 		s = prev
