@@ -237,7 +237,7 @@ func TestAllStatsAnswersInTimeWhenAQueueCannotBeRead(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a five-node cluster")
 	}
-	const requestTimeout = 4 * time.Second
+	const requestTimeout = 6 * time.Second
 	nodes := startClusterOf(t, 5)
 	replicated := newQueues(t, nodes[0], jsqueue.Config{Replicas: 3})
 	names := []string{"a", "b", "c", "d", "e"}
@@ -291,7 +291,7 @@ func TestAllStatsAnswersInTimeWhenAQueueCannotBeRead(t *testing.T) {
 	}
 	// Every answer comes in time, and once the cluster has settled, they
 	// have the queues that can be read.
-	const due = requestTimeout/2 + time.Second
+	const due = requestTimeout/2 + 1500*time.Millisecond
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		start := time.Now()
