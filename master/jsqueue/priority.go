@@ -442,27 +442,15 @@ func (q *Queues) watchLevels() {
 			return
 		case <-t.C:
 		}
-		for _, s := range q.streamsWithLevels() {
+		// Queues with levels made anew, and queues whose levels could
+		// not all be opened when they were.
+		for _, s := range q.openStreams(func(s *stream) bool { return len(s.levelsDesc()) > 0 }) {
 			q.reopenIfReplaced(s)
 		}
-		for _, s := range q.streamsWithLevelsUnread() {
+		for _, s := range q.openStreams(func(s *stream) bool { return s.levelsUnread.Load() }) {
 			q.openLevelsAgain(s)
 		}
 	}
-}
-
-// streamsWithLevelsUnread returns the streams this gateway has open whose
-// levels could not all be opened when they were.
-func (q *Queues) streamsWithLevelsUnread() []*stream {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	var out []*stream
-	for _, s := range q.known {
-		if s.levelsUnread.Load() {
-			out = append(out, s)
-		}
-	}
-	return out
 }
 
 // openLevelsAgain opens the levels of s that could not be opened before,
@@ -482,14 +470,14 @@ func (q *Queues) openLevelsAgain(s *stream) {
 	}
 }
 
-// streamsWithLevels returns the streams this gateway has open whose
-// queues have levels above 0.
-func (q *Queues) streamsWithLevels() []*stream {
+// openStreams returns the streams this gateway has open of which keep
+// reports true.
+func (q *Queues) openStreams(keep func(*stream) bool) []*stream {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	var out []*stream
 	for _, s := range q.known {
-		if len(s.levelsDesc()) > 0 {
+		if keep(s) {
 			out = append(out, s)
 		}
 	}
