@@ -254,7 +254,7 @@ func (q *Queues) topUp(s *stream, req queue.GetRequest, ts []queue.Task, asked, 
 			break
 		}
 		asked = q.msgsFor(s, req.Max-len(ts))
-		rctx, cancel := q.callBy(by)
+		rctx, cancel := q.callBy(atLeast(by, topUpFloor))
 		msgs, _ := q.pulls.pull(rctx, s.next, asked, 0) // at worst none
 		cancel()
 		got = len(msgs)
@@ -422,12 +422,27 @@ func (q *Queues) pull(ctx context.Context, s *stream, req queue.GetRequest, slic
 		return nil, q.pullErr(err)
 	}
 	if req.Max > 1 {
-		rctx, cancel := q.callBy(by)
+		rctx, cancel := q.callBy(atLeast(by, topUpFloor))
 		more, _ := q.pulls.pull(rctx, s.next, req.Max-1, 0) // at worst none
 		cancel()
 		msgs = append(msgs, more...)
 	}
 	return msgs, nil
+}
+
+// topUpFloor is the least time a get's pull of more tasks, once some
+// came, is given, however late in the get's wait they came: a pull given
+// up after its request went out costs the tasks JetStream then sends it a
+// delivery (pulls.dispatch naks them).
+const topUpFloor = 250 * time.Millisecond
+
+// atLeast returns by, or d from now if that is later; a zero by (no
+// bound) stays zero.
+func atLeast(by time.Time, d time.Duration) time.Time {
+	if floor := time.Now().Add(d); !by.IsZero() && by.Before(floor) {
+		return floor
+	}
+	return by
 }
 
 // giveBack hands delivered messages back to JetStream at once, without
@@ -465,13 +480,7 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts [
 	// request timeout from now if that is later: the get still answers
 	// in time, and a claim made at the end of a long wait has time to go
 	// through (one that does not hands its task out all the same).
-	var claimBy time.Time
-	if !by.IsZero() {
-		claimBy = time.Now().Add(q.cfg.RequestTimeout / 4)
-		if by.After(claimBy) {
-			claimBy = by
-		}
-	}
+	claimBy := atLeast(by, q.cfg.RequestTimeout/4)
 	msgs, mds = q.claimRedeliveries(s, msgs, mds, claimBy)
 	// A redelivered pack is recorded as this gateway's, and the record
 	// says which of its tasks are done.
