@@ -41,6 +41,7 @@ func (n *Node) watchStore() {
 		wait      time.Duration // from brokeAt to the next start
 		offLooks  int           // looks in a row with JetStream off and gone
 		catching  bool          // started again in a cluster, not yet current
+		slowSaid  bool          // a slow catch-up was logged
 	)
 	backOff := func() { wait = min(max(2*wait, storeLookEvery), restartMaxWait) }
 	for {
@@ -50,10 +51,16 @@ func (n *Node) watchStore() {
 		case <-t.C:
 		}
 		if broken == "" {
-			if catching && n.current() {
-				catching = false
-				n.broken.Store(false)
-				n.log.Info("this node's JetStream is current again: its replicas count towards its streams' quorums", "after", time.Since(restarted).Round(time.Millisecond))
+			if catching {
+				switch behind := n.behind(); {
+				case behind == "":
+					catching = false
+					n.broken.Store(false)
+					n.log.Info("this node's JetStream is current again: its replicas count towards its streams' quorums", "after", time.Since(restarted).Round(time.Millisecond))
+				case !slowSaid && time.Since(restarted) > catchUpSlow:
+					slowSaid = true
+					n.log.Warn("this node's JetStream is not current yet since it was started again; until it is, taking another node down can leave streams without a leader", "for", time.Since(restarted).Round(time.Second), "behind", behind)
+				}
 			}
 			errs := n.natsLog.errors.Load()
 			if errs == seen && n.srv.JetStreamEnabled() {
@@ -115,17 +122,33 @@ func (n *Node) watchStore() {
 		// and until their leaders have sent it their state again its
 		// votes count for nothing, so the other nodes alone make the
 		// quorum.
-		catching = n.peers > 1
+		catching, slowSaid = n.peers > 1, false
 		n.broken.Store(catching)
 		broken, restarted, seen = "", time.Now(), before // errors logged while it started are looked at
 	}
 }
 
-// current reports whether the node's JetStream is current: its meta layer
-// and every replica it holds caught up with their leaders.
-func (n *Node) current() bool {
-	return n.srv.Healthz(&server.HealthzOptions{}).Status == "ok"
+// behind says what of the node's JetStream is not current, "" once it
+// is: its meta layer and every replica it holds caught up with their
+// leaders.
+func (n *Node) behind() string {
+	h := n.srv.Healthz(&server.HealthzOptions{Details: true})
+	if h.Status == "ok" {
+		return ""
+	}
+	var errs []string
+	for _, e := range h.Errors {
+		errs = append(errs, e.Error)
+	}
+	if len(errs) == 0 {
+		return h.Error
+	}
+	return strings.Join(errs, "; ")
 }
+
+// catchUpSlow is how long a node started again may take to be current
+// before it says so.
+const catchUpSlow = time.Minute
 
 // A store broken again within restartQuiet of its start waits longer
 // before the next, up to restartMaxWait.
