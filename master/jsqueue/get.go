@@ -254,7 +254,7 @@ func (q *Queues) topUp(s *stream, req queue.GetRequest, ts []queue.Task, asked, 
 			break
 		}
 		asked = q.msgsFor(s, req.Max-len(ts))
-		rctx, cancel := q.callBy(atLeast(by, topUpFloor))
+		rctx, cancel := q.callBy(atLeast(by, pullFloor))
 		msgs, _ := q.pulls.pull(rctx, s.next, asked, 0) // at worst none
 		cancel()
 		got = len(msgs)
@@ -351,7 +351,7 @@ func (q *Queues) takeHeldOrWait(s *stream, req queue.GetRequest, ts []queue.Task
 // in flight to it until AckWait.
 func (q *Queues) pull(ctx context.Context, s *stream, req queue.GetRequest, slice time.Duration, by time.Time) ([]*nats.Msg, error) {
 	var msgs []*nats.Msg
-	rctx, cancel := q.callBy(by)
+	rctx, cancel := q.callBy(atLeast(by, pullFloor))
 	err := retryingTransient(rctx, func() error {
 		got, err := q.pulls.pull(rctx, s.next, req.Max, 0)
 		msgs = append(msgs, got...)
@@ -422,7 +422,7 @@ func (q *Queues) pull(ctx context.Context, s *stream, req queue.GetRequest, slic
 		return nil, q.pullErr(err)
 	}
 	if req.Max > 1 {
-		rctx, cancel := q.callBy(atLeast(by, topUpFloor))
+		rctx, cancel := q.callBy(atLeast(by, pullFloor))
 		more, _ := q.pulls.pull(rctx, s.next, req.Max-1, 0) // at worst none
 		cancel()
 		msgs = append(msgs, more...)
@@ -430,11 +430,11 @@ func (q *Queues) pull(ctx context.Context, s *stream, req queue.GetRequest, slic
 	return msgs, nil
 }
 
-// topUpFloor is the least time a get's pull of more tasks, once some
-// came, is given, however late in the get's wait they came: a pull given
-// up after its request went out costs the tasks JetStream then sends it a
-// delivery (pulls.dispatch naks them).
-const topUpFloor = 250 * time.Millisecond
+// pullFloor is the least time a get's pull of what is there at once is
+// given, however late in the get's wait it is sent: a pull given up after
+// its request went out costs the tasks JetStream then sends it a delivery
+// (pulls.dispatch naks them).
+const pullFloor = 250 * time.Millisecond
 
 // atLeast returns by, or d from now if that is later; a zero by (no
 // bound) stays zero.
