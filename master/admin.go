@@ -12,12 +12,16 @@ import (
 // The operators' view of the server, shared by the admin ops of the wire
 // protocol and the HTTP endpoints (adminBackend).
 
-// queueStats returns the figures of every queue, sorted by name.
+// queueStats returns the figures of every queue, sorted by name, less
+// those not read in time (Stats.Unread): /metrics and the dashboard show
+// no figure rather than zeros for them.
 func (s *Server) queueStats() []wire.QueueStats {
 	all := s.queues.AllStats()
-	out := make([]wire.QueueStats, len(all))
-	for i, st := range all {
-		out[i] = wireStats(st)
+	out := make([]wire.QueueStats, 0, len(all))
+	for _, st := range all {
+		if !st.Unread {
+			out = append(out, wireStats(st))
+		}
 	}
 	return out
 }
@@ -29,6 +33,7 @@ func wireStats(st queue.Stats) wire.QueueStats {
 		Puts: st.Puts, Gets: st.Gets, Acks: st.Acks, Nacks: st.Nacks, Expired: st.Expired,
 		Paused: st.Paused, Delayed: st.Delayed, Retrying: st.Retrying, NextDue: st.NextDue,
 		MaxAttempts: st.Policy.MaxAttempts, BackoffMin: st.Policy.BackoffMin, BackoffMax: st.Policy.BackoffMax,
+		Unread: st.Unread,
 	}
 }
 

@@ -205,6 +205,9 @@ type QueueStats struct {
 	MaxAttempts int           `msgpack:"max_attempts,omitempty" json:"max_attempts"`
 	BackoffMin  time.Duration `msgpack:"backoff_min,omitempty" json:"backoff_min_ns"`
 	BackoffMax  time.Duration `msgpack:"backoff_max,omitempty" json:"backoff_max_ns"`
+	// Unread says the queue's figures could not be read in time (a
+	// gateway whose JetStream is slow to answer): only Queue is set.
+	Unread bool `msgpack:"unread,omitempty" json:"unread,omitempty"`
 }
 
 // ClientInfo describes one connected client.

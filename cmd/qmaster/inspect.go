@@ -140,6 +140,10 @@ func writeStatsTable(w io.Writer, stats []wire.QueueStats) error {
 	tw := newTable(w)
 	fmt.Fprintln(tw, "QUEUE\tREADY\tDELAYED\tLEASED\tDONE\tDEAD\tCONSUMERS\tOLDEST\tNEXT DUE")
 	for _, s := range stats {
+		if s.Unread {
+			fmt.Fprintf(tw, "%s (not read in time)\t-\t-\t-\t-\t-\t-\t-\t-\n", s.Queue)
+			continue
+		}
 		oldest := "-"
 		if s.Ready > 0 {
 			oldest = humanAge(s.OldestAge)

@@ -17,3 +17,13 @@ func TestStatsTableMarksPausedQueues(t *testing.T) {
 		t.Errorf("table:\n%s", b.String())
 	}
 }
+
+func TestStatsTableMarksQueuesNotRead(t *testing.T) {
+	var b bytes.Buffer
+	if err := writeStatsTable(&b, []wire.QueueStats{{Queue: "jobs", Ready: 2}, {Queue: "mail", Unread: true}}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "mail (not read in time)") || strings.Contains(b.String(), "jobs (not read") {
+		t.Errorf("table:\n%s", b.String())
+	}
+}

@@ -160,45 +160,52 @@ const statsReaders = 8
 // for the rest, statsReaders queues at a time.
 //
 // It answers within half the request timeout, with the figures of the
-// queues read by then: a scrape of /metrics or an inspect must answer
-// within its own timeout (Prometheus's is 10 s by default), whatever the
-// number of queues and however slowly JetStream answers (a stream's
-// leader being elected). Queues deleted meanwhile are left out too.
+// queues read by then, and the others marked Unread: a scrape of /metrics
+// or an inspect must answer within its own timeout (Prometheus's is 10 s
+// by default), whatever the number of queues and however slowly JetStream
+// answers (a stream's leader being elected). Queues deleted meanwhile are
+// left out.
 func (q *Queues) AllStats() []queue.Stats {
 	by := time.Now().Add(q.cfg.RequestTimeout / 2)
 	states := q.list(by)
 	names := slices.Sorted(maps.Keys(states))
-	all := make([]queue.Stats, len(names))
-	read := make([]bool, len(names))
+	all := make([]queue.Stats, len(names)) // a deleted queue's stays zero
 	turns := make(chan struct{}, statsReaders)
 	var wg sync.WaitGroup
 	for i, name := range names {
 		turns <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-turns }()
-			all[i], read[i] = q.statsOf(by, name, states)
+			st, err := q.statsOf(by, name, states)
+			switch {
+			case errors.Is(err, queue.ErrUnknownQueue): // deleted meanwhile
+			case err != nil:
+				all[i] = queue.Stats{Queue: name, Unread: true}
+			default:
+				all[i] = st
+			}
 		})
 	}
 	wg.Wait()
-	n := 0
-	for i := range all {
-		if read[i] {
-			all[n] = all[i]
-			n++
+	all = slices.DeleteFunc(all, func(st queue.Stats) bool { return st.Queue == "" })
+	unread := 0
+	for _, st := range all {
+		if st.Unread {
+			unread++
 		}
 	}
-	if missed := len(all) - n; missed > 0 {
-		q.log.Warn("figures of some queues not read in time; left out", "queues", missed, "of", len(all))
+	if unread > 0 {
+		q.log.Warn("figures of some queues not read in time", "queues", unread, "of", len(all))
 	}
-	return all[:n]
+	return all
 }
 
 // statsOf returns queue name's figures, read by by, from its stream's
-// state in states; false if they could not be.
-func (q *Queues) statsOf(by time.Time, name string, states map[string]jetstream.StreamState) (queue.Stats, bool) {
+// state in states; queue.ErrUnknownQueue if it was deleted meanwhile.
+func (q *Queues) statsOf(by time.Time, name string, states map[string]jetstream.StreamState) (queue.Stats, error) {
 	s, err := q.openBy(by, name, false)
 	if err != nil {
-		return queue.Stats{}, false // deleted meanwhile, or not in time
+		return queue.Stats{}, err
 	}
 	ctx, cancel := q.callBy(by)
 	defer cancel()
@@ -210,12 +217,11 @@ func (q *Queues) statsOf(by time.Time, name string, states map[string]jetstream.
 	if state.Msgs > 0 { // packs, if any, counted by subject
 		si, err := s.st.Info(ctx, jetstream.WithSubjectFilter(packSubjects(s.subject)))
 		if err != nil {
-			return queue.Stats{}, false
+			return queue.Stats{}, q.adminErr(name, "stats", err)
 		}
 		state, schedules = si.State, si.Config.AllowMsgSchedules
 	}
-	st, err := q.figures(ctx, s, state, schedules, dead)
-	return st, err == nil
+	return q.figures(ctx, s, state, schedules, dead)
 }
 
 // scan calls f with each task stored in s when it starts, in order, until

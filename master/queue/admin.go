@@ -30,6 +30,9 @@ type Stats struct {
 	// Totals since the queue was created, counted in tasks. Gets counts
 	// deliveries (less those undone by Unget).
 	Puts, Gets, Acks, Nacks, Expired uint64
+	// Unread says the queue's figures could not be read in time (a
+	// gateway whose JetStream is slow to answer): only Queue is set.
+	Unread bool
 }
 
 // stats fills everything but Dead. Called with q.mu held.
