@@ -35,9 +35,8 @@ func TestClusterNodeWithAFullDisk(t *testing.T) {
 	full.args = append(full.args, "--http-addr", httpAddr)
 	storing := func(want string) func() bool {
 		return func() bool {
-			// /metrics reads every queue's figures, each within the
-			// request timeout (10 s): a scrape while a stream's leader
-			// changes can outlast a client's timeout. Asked again then.
+			// A scrape that fails (the gateway shutting a connection, a
+			// node restarting) is made again on the next look.
 			req, _ := http.NewRequest(http.MethodGet, "http://"+httpAddr+"/metrics", nil)
 			req.Header.Set("Authorization", "Bearer "+authkey)
 			resp, err := (&http.Client{Timeout: 30 * time.Second}).Do(req)
