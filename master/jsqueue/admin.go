@@ -132,7 +132,7 @@ func (q *Queues) adminErr(name, what string, err error) error {
 // listing of the streams, which carries their state. It ends by by, if
 // that comes before the request timeout (a zero by adds no bound).
 func (q *Queues) list(by time.Time) map[string]jetstream.StreamState {
-	ctx, cancel := q.callBy(by)
+	ctx, cancel := q.callBy(by, 0)
 	defer cancel()
 	states := make(map[string]jetstream.StreamState)
 	l := q.js.ListStreams(ctx, jetstream.WithStreamListSubject(subjectPrefix+">"))
@@ -207,7 +207,7 @@ func (q *Queues) statsOf(by time.Time, name string, states map[string]jetstream.
 	if err != nil {
 		return queue.Stats{}, err
 	}
-	ctx, cancel := q.callBy(by)
+	ctx, cancel := q.callBy(by, 0)
 	defer cancel()
 	dead := 0
 	if !queue.IsDeadLetterName(name) {

@@ -254,7 +254,7 @@ func (q *Queues) topUp(s *stream, req queue.GetRequest, ts []queue.Task, asked, 
 			break
 		}
 		asked = q.msgsFor(s, req.Max-len(ts))
-		rctx, cancel := q.callBy(atLeast(by, pullFloor))
+		rctx, cancel := q.callBy(by, pullFloor)
 		msgs, _ := q.pulls.pull(rctx, s.next, asked, 0) // at worst none
 		cancel()
 		got = len(msgs)
@@ -351,7 +351,7 @@ func (q *Queues) takeHeldOrWait(s *stream, req queue.GetRequest, ts []queue.Task
 // in flight to it until AckWait.
 func (q *Queues) pull(ctx context.Context, s *stream, req queue.GetRequest, slice time.Duration, by time.Time) ([]*nats.Msg, error) {
 	var msgs []*nats.Msg
-	rctx, cancel := q.callBy(atLeast(by, pullFloor))
+	rctx, cancel := q.callBy(by, pullFloor)
 	err := retryingTransient(rctx, func() error {
 		got, err := q.pulls.pull(rctx, s.next, req.Max, 0)
 		msgs = append(msgs, got...)
@@ -422,7 +422,7 @@ func (q *Queues) pull(ctx context.Context, s *stream, req queue.GetRequest, slic
 		return nil, q.pullErr(err)
 	}
 	if req.Max > 1 {
-		rctx, cancel := q.callBy(atLeast(by, pullFloor))
+		rctx, cancel := q.callBy(by, pullFloor)
 		more, _ := q.pulls.pull(rctx, s.next, req.Max-1, 0) // at worst none
 		cancel()
 		msgs = append(msgs, more...)
@@ -435,15 +435,6 @@ func (q *Queues) pull(ctx context.Context, s *stream, req queue.GetRequest, slic
 // its request went out costs the tasks JetStream then sends it a delivery
 // (pulls.dispatch naks them).
 const pullFloor = 250 * time.Millisecond
-
-// atLeast returns by, or d from now if that is later; a zero by (no
-// bound) stays zero.
-func atLeast(by time.Time, d time.Duration) time.Time {
-	if floor := time.Now().Add(d); !by.IsZero() && by.Before(floor) {
-		return floor
-	}
-	return by
-}
 
 // giveBack hands delivered messages back to JetStream at once, without
 // waiting for its confirmation: they are delivered again ahead of newer
@@ -480,7 +471,12 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts [
 	// request timeout from now if that is later: the get still answers
 	// in time, and a claim made at the end of a long wait has time to go
 	// through (one that does not hands its task out all the same).
-	claimBy := atLeast(by, q.cfg.RequestTimeout/4)
+	claimBy := by
+	if !by.IsZero() && slices.ContainsFunc(mds, redelivered) {
+		if least := time.Now().Add(q.cfg.RequestTimeout / 4); by.Before(least) {
+			claimBy = least
+		}
+	}
 	msgs, mds = q.claimRedeliveries(s, msgs, mds, claimBy)
 	// A redelivered pack is recorded as this gateway's, and the record
 	// says which of its tasks are done.
@@ -590,6 +586,9 @@ func pastLastAttempt(t queue.Task, s *stream, req queue.GetRequest, maxAttempts 
 	return !req.NoAck && t.Attempts > maxAttempts && !queue.IsDeadLetterName(s.queue)
 }
 
+// redelivered reports whether a message was delivered before.
+func redelivered(md *nats.MsgMetadata) bool { return md != nil && md.NumDelivered > 1 }
+
 // claimRedeliveries records the redeliveries among msgs (handover.go) and
 // returns msgs and their metadata mds less those not to hand out: tasks
 // being completed through another gateway. The records are written
@@ -597,7 +596,6 @@ func pastLastAttempt(t queue.Task, s *stream, req queue.GetRequest, maxAttempts 
 // back together. A get with no redelivery costs nothing here.
 func (q *Queues) claimRedeliveries(s *stream, msgs []*nats.Msg, mds []*nats.MsgMetadata, by time.Time) ([]*nats.Msg, []*nats.MsgMetadata) {
 	// A pack's redelivery is recorded in its own record (claimPack).
-	redelivered := func(md *nats.MsgMetadata) bool { return md != nil && md.NumDelivered > 1 }
 	if !slices.ContainsFunc(mds, redelivered) {
 		return msgs, mds
 	}

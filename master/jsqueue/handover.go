@@ -115,9 +115,10 @@ func deliveryKey(stream string, seq uint64) string {
 // through another gateway less than an ack wait ago (false: leave the
 // message be; the completion acks it). If the record cannot be reached,
 // the task is handed out all the same, and said so: at worst it runs
-// twice, where refusing would stall it.
+// twice, where refusing would stall it. It ends by by, if that comes
+// before the request timeout (deliver).
 func (q *Queues) claimRedelivery(s *stream, seq, delivered uint64, by time.Time) bool {
-	ctx, cancel := q.callBy(by)
+	ctx, cancel := q.callBy(by, 0)
 	defer cancel()
 	kv, err := q.deliveries(ctx)
 	if err == nil {

@@ -347,9 +347,9 @@ const maxRecordTries = 8
 // its tasks are done. From then on no completion through a token of an
 // earlier delivery is taken (adoptPacked). A failure is logged and
 // reported (ok false): what was read counts, at worst nothing, and those
-// tasks run again.
+// tasks run again. It ends as claimRedelivery does.
 func (q *Queues) claimPack(s *stream, seq, delivered uint64, stored time.Time, by time.Time) (r recordState, ok bool) {
-	ctx, cancel := q.callBy(by)
+	ctx, cancel := q.callBy(by, 0)
 	defer cancel()
 	r, err := q.updateRecord(ctx, packRecordKey(streamName(s.queue), seq), stored, nil, func(r packRecord) (packRecord, bool) {
 		return packRecord{done: r.done, delivered: delivered}, r.delivered < delivered

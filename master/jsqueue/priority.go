@@ -272,7 +272,7 @@ func (q *Queues) takeLevels(s *stream, levels []*level, req queue.GetRequest, ts
 			break
 		}
 		put := lv.put.Load()
-		rctx, cancel := q.callBy(atLeast(by, pullFloor))
+		rctx, cancel := q.callBy(by, pullFloor)
 		msgs, err := q.pulls.pull(rctx, lv.next, req.Max-len(ts), 0)
 		if err == nil && len(msgs) == 0 && put > lv.counted.Load() {
 			// A task this gateway just put may not be counted yet.

@@ -447,13 +447,20 @@ func (q *Queues) call() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(q.ctx, q.cfg.RequestTimeout)
 }
 
-// callBy is call, ending at by if that comes first (a zero by adds no
-// bound).
-func (q *Queues) callBy(by time.Time) (context.Context, context.CancelFunc) {
-	if end := time.Now().Add(q.cfg.RequestTimeout); by.IsZero() || end.Before(by) {
-		by = end
+// callBy is call, ending at by if that comes first, but no sooner than
+// floor from now (a zero by adds no bound).
+func (q *Queues) callBy(by time.Time, floor time.Duration) (context.Context, context.CancelFunc) {
+	now := time.Now()
+	end := now.Add(q.cfg.RequestTimeout)
+	if !by.IsZero() {
+		if least := now.Add(floor); by.Before(least) {
+			by = least
+		}
+		if by.Before(end) {
+			end = by
+		}
 	}
-	return context.WithDeadline(q.ctx, by)
+	return context.WithDeadline(q.ctx, end)
 }
 
 // open returns queue name's stream, creating the stream and its consumer
@@ -476,7 +483,7 @@ func (q *Queues) openBy(by time.Time, name string, create bool) (*stream, error)
 	if s != nil {
 		return s, nil
 	}
-	ctx, cancel := q.callBy(by)
+	ctx, cancel := q.callBy(by, 0)
 	defer cancel()
 	var st jetstream.Stream
 	err := retrying(ctx, func(ctx context.Context) (err error) { st, err = q.js.Stream(ctx, streamName(name)); return err })
