@@ -79,6 +79,14 @@ func TestClusterNodeWithAFullDisk(t *testing.T) {
 	waitFor(t, 30*time.Second, storing("0"))
 	put() // the cluster goes on without the node's JetStream
 	puts++
+	// Its gateway serves through the other nodes, but its node is not
+	// current: a rolling restart would wait.
+	if code, body := readyz(t, httpAddr, ""); code != http.StatusOK {
+		t.Errorf("/readyz while the node's JetStream is down: %d %s; want 200", code, body)
+	}
+	if code, body := readyz(t, httpAddr, "?current"); code != http.StatusServiceUnavailable || !strings.Contains(body, "JetStream") {
+		t.Errorf("/readyz?current while the node's JetStream is down: %d %s; want 503 with the reason", code, body)
+	}
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)
 	}
@@ -89,6 +97,10 @@ func TestClusterNodeWithAFullDisk(t *testing.T) {
 	// failure: killing the leader on it alone left, once in five runs,
 	// two nodes that could never elect one.)
 	waitFor(t, 60*time.Second, storing("1"))
+	waitFor(t, 30*time.Second, func() bool {
+		code, _ := readyz(t, httpAddr, "?current")
+		return code == http.StatusOK
+	})
 	_, stream := streamLeader(t, nodes[1], "big")
 	waitFor(t, 60*time.Second, func() bool {
 		r := replica(t, nodes[1], stream, full.name)
@@ -166,16 +178,6 @@ func TestNodeAloneWithAFullDisk(t *testing.T) {
 	cluster, httpAddr := ports[0], ports[1]
 	node, addr := startMaster(t, "--data-dir", filepath.Join(dir, "data"), "--cluster-listen", cluster, "--cluster-peers", cluster,
 		"--http-addr", httpAddr)
-	readyz := func() (int, string) {
-		t.Helper()
-		resp, err := http.Get("http://" + httpAddr + "/readyz")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
-	}
 
 	batch := strings.Repeat(strings.Repeat("x", 2000)+"\n", 200)
 	put := func() (string, time.Duration, bool) {
@@ -205,7 +207,7 @@ func TestNodeAloneWithAFullDisk(t *testing.T) {
 	if ok || !strings.Contains(errOut, "disk full") || took > 5*time.Second {
 		t.Fatalf("a put on the full disk: stored %v after %v: %s; want refused at once as disk full", ok, took, errOut)
 	}
-	if code, body := readyz(); code != http.StatusServiceUnavailable || !strings.Contains(body, "disk full") {
+	if code, body := readyz(t, httpAddr, ""); code != http.StatusServiceUnavailable || !strings.Contains(body, "disk full") {
 		t.Errorf("/readyz on the full disk: %d %s; want 503, disk full", code, body)
 	}
 	if m := httpGet(t, "http://"+httpAddr+"/metrics", authkey); !strings.Contains(m, "\nqm_jetstream_node_storing 0\n") {
@@ -219,7 +221,7 @@ func TestNodeAloneWithAFullDisk(t *testing.T) {
 		return ok
 	})
 	stored++
-	if code, body := readyz(); code != http.StatusOK {
+	if code, body := readyz(t, httpAddr, ""); code != http.StatusOK {
 		t.Errorf("/readyz once the disk has room: %d %s; want 200", code, body)
 	}
 	if m := httpGet(t, "http://"+httpAddr+"/metrics", authkey); !strings.Contains(m, "\nqm_jetstream_node_storing 1\n") {
@@ -236,4 +238,17 @@ func TestNodeAloneWithAFullDisk(t *testing.T) {
 	if !strings.Contains(node.logs(), "this node's JetStream started again") {
 		t.Errorf("the node did not say it started JetStream again")
 	}
+}
+
+// readyz gets /readyz with query from the HTTP endpoint at addr, and
+// returns its status and body.
+func readyz(t *testing.T, addr, query string) (int, string) {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/readyz" + query)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
 }

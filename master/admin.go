@@ -63,6 +63,18 @@ func (s *Server) ready() error {
 	return nil
 }
 
+// current returns why the server is not ready (ready), or not caught up
+// with its cluster (Config.Current), or nil.
+func (s *Server) current() error {
+	if err := s.ready(); err != nil {
+		return err
+	}
+	if s.cfg.Current != nil {
+		return s.cfg.Current()
+	}
+	return nil
+}
+
 // adminBackend is the server as the HTTP endpoints see it.
 type adminBackend struct{ s *Server }
 
@@ -109,6 +121,8 @@ func (b adminBackend) Drop(q string, ids []uint64) (int, error) {
 }
 
 func (b adminBackend) Ready() error { return b.s.ready() }
+
+func (b adminBackend) Current() error { return b.s.current() }
 
 // operate runs an operator's action on queue q: pause, resume, requeue
 // (of q's dead tasks ids, all if none) or drop (of q's ready tasks ids).

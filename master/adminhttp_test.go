@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -74,6 +75,27 @@ func TestHTTPAuth(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+func TestReadyzCurrentWaitsForTheCluster(t *testing.T) {
+	var behind atomic.Pointer[error]
+	notCurrent := errors.New("stream jobs is catching up")
+	behind.Store(&notCurrent)
+	_, url, _ := qmtest.StartMasterHTTP(t, master.Config{Current: func() error { return *behind.Load() }})
+	qmtest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if code, body := httpGet(t, url+"/readyz", ""); code != http.StatusOK {
+			return fmt.Errorf("readyz: %d %s", code, body)
+		}
+		return nil
+	})
+	// Ready to serve, not yet current: only ?current says so.
+	if code, body := httpGet(t, url+"/readyz?current", ""); code != http.StatusServiceUnavailable || !strings.Contains(body, "catching up") {
+		t.Errorf("readyz?current while behind: %d %q; want 503 with the reason", code, body)
+	}
+	behind.Store(new(error))
+	if code, body := httpGet(t, url+"/readyz?current", ""); code != http.StatusOK {
+		t.Errorf("readyz?current once current: %d %q; want 200", code, body)
+	}
 }
 
 func TestHTTPAuthkeyIsDefaultToken(t *testing.T) {

@@ -71,6 +71,11 @@ type Config struct {
 	// Collectors are more metrics served on /metrics: those of what
 	// OpenQueues opens (the JetStream node embedded in this process).
 	Collectors []prometheus.Collector
+	// Current, if not nil, returns why what OpenQueues opens is not
+	// caught up with its cluster (the JetStream node embedded in this
+	// process, after a start), or nil: /readyz?current waits for it, and
+	// for all /readyz waits for.
+	Current func() error
 	// Fsync says when the data directory's log is fsynced (with DataDir).
 	Fsync seglog.FsyncMode
 	// FsyncInterval is the period of seglog.FsyncInterval; default 100ms.

@@ -211,6 +211,15 @@ func (e *engine) writable() func() error {
 	return e.node.Writable
 }
 
+// current is master.Config.Current: whether the embedded node, if any, is
+// current with its cluster. A gateway has no node of its own to wait for.
+func (e *engine) current() func() error {
+	if e.node == nil {
+		return nil
+	}
+	return e.node.Current
+}
+
 func (e *engine) close() {
 	e.nc.Close()
 	if e.node != nil {

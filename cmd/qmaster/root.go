@@ -331,6 +331,7 @@ func serveRun(ctx context.Context, opts *serveOptions) error {
 		mcfg.DataDir = ""
 		mcfg.OpenQueues = eng.openQueues(log)
 		mcfg.Collectors = eng.collectors()
+		mcfg.Current = eng.current()
 		storage = eng.note
 	}
 	srv, err := newMaster(mcfg, opts.IO.getenv("GOMAXPROCS") == "")

@@ -46,6 +46,10 @@ type Backend interface {
 	// Ready returns why the master cannot serve now (shutting down, a data
 	// directory that cannot be written), or nil.
 	Ready() error
+	// Current returns what Ready does, or else why the engine under the
+	// queues is not caught up with its cluster (a JetStream node embedded
+	// here after a start), or nil.
+	Current() error
 }
 
 // Client is one connected client and the tasks it holds.
@@ -212,8 +216,16 @@ func (h *Handler) metrics() http.Handler {
 	return h.cfg.Metrics
 }
 
-func (h *Handler) readyz(w http.ResponseWriter, _ *http.Request) {
-	if err := h.cfg.Backend.Ready(); err != nil {
+// readyz answers whether the master serves (Backend.Ready), or with
+// ?current whether it is also caught up with its cluster
+// (Backend.Current): the check a rolling restart waits for before it
+// takes the next node down.
+func (h *Handler) readyz(w http.ResponseWriter, r *http.Request) {
+	ready := h.cfg.Backend.Ready
+	if r.URL.Query().Has("current") {
+		ready = h.cfg.Backend.Current
+	}
+	if err := ready(); err != nil {
 		writeText(w, http.StatusServiceUnavailable, "not ready: "+err.Error()+"\n")
 		return
 	}

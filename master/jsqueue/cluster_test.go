@@ -2,8 +2,10 @@ package jsqueue_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 
@@ -23,16 +25,33 @@ func startCluster(t testing.TB) []*jsqueue.Node {
 // startClusterOf starts size embedded nodes that form one cluster.
 func startClusterOf(t testing.TB, size int) []*jsqueue.Node {
 	t.Helper()
+	return startNodes(t, clusterConfigs(t, size))
+}
+
+// clusterConfigs returns the configurations of size nodes of one cluster.
+func clusterConfigs(t testing.TB, size int) []jsqueue.NodeConfig {
+	t.Helper()
 	peers := qmtest.FreeAddrs(t, size)
-	nodes := make([]*jsqueue.Node, size)
-	for i := range nodes {
-		n, err := jsqueue.StartNode(jsqueue.NodeConfig{
+	cfgs := make([]jsqueue.NodeConfig, size)
+	for i := range cfgs {
+		cfgs[i] = jsqueue.NodeConfig{
 			DataDir:       t.TempDir(),
 			ClusterListen: peers[i],
 			Peers:         peers,
 			Name:          fmt.Sprintf("n%d", i),
 			Secret:        "s3cret",
-		})
+		}
+	}
+	return cfgs
+}
+
+// startNodes starts a node of each of cfgs and waits until JetStream
+// answers on every one.
+func startNodes(t testing.TB, cfgs []jsqueue.NodeConfig) []*jsqueue.Node {
+	t.Helper()
+	nodes := make([]*jsqueue.Node, len(cfgs))
+	for i, cfg := range cfgs {
+		n, err := jsqueue.StartNode(cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -160,6 +179,51 @@ func TestClusterKeepsQueuesWhenTheLeaderDies(t *testing.T) {
 	if got := payloads(ts); len(got) != 4 || got[0] != "1" || got[3] != "4" || ts[0].ID != ids[0] || ts[3].ID != more[0] {
 		t.Fatalf("after failover got %q, want 1 2 3 4 in order with their ids", got)
 	}
+}
+
+// TestNodeIsCurrentOnlyWithItsCluster: a node started again is current
+// (what /readyz?current waits for) once it has caught up with what was
+// put while it was down, and a node is not current while its cluster has
+// no quorum.
+func TestNodeIsCurrentOnlyWithItsCluster(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a three-node cluster")
+	}
+	cfgs := clusterConfigs(t, 3)
+	nodes := startNodes(t, cfgs)
+	gw := newQueues(t, nodes[0], jsqueue.Config{Replicas: 3})
+	put(t, gw, "jobs", "1", "2", "3")
+	current := func(n *jsqueue.Node) func() error { return n.Current }
+	for _, n := range nodes {
+		qmtest.CheckFor(t, 30*time.Second, 50*time.Millisecond, current(n))
+	}
+
+	nodes[2].Shutdown()
+	if err := nodes[2].Current(); err == nil {
+		t.Error("a node shut down says it is current")
+	}
+	for i := range 100 {
+		put(t, gw, "jobs", strconv.Itoa(i))
+	}
+	again, err := jsqueue.StartNode(cfgs[2])
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(again.Shutdown)
+	started := time.Now()
+	t.Logf("started again: %v", again.Current())
+	qmtest.CheckFor(t, 30*time.Second, 50*time.Millisecond, current(again))
+	t.Logf("current %v after the start", time.Since(started).Round(time.Millisecond))
+
+	nodes[1].Shutdown()
+	nodes[0].Shutdown()
+	qmtest.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+		if again.Current() == nil {
+			return errors.New("current with two nodes of its three down")
+		}
+		return nil
+	})
+	t.Logf("alone: %v", again.Current())
 }
 
 // TestGetOutlivesItsConsumersLeader: a get waiting when its consumer's

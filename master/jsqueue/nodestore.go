@@ -173,6 +173,25 @@ func (n *Node) Writable() error {
 // cluster until it is current again.
 func (n *Node) Storing() bool { return !n.broken.Load() }
 
+// Current returns why the node is not current with its cluster, or nil:
+// it is once its JetStream stores, with its meta layer and every replica
+// it holds caught up with their leaders. After a start (of the process,
+// or of JetStream by watchStore) that takes seconds, and until then
+// taking another node down can leave streams without a leader: a rolling
+// restart waits for it (/readyz?current).
+func (n *Node) Current() error {
+	if !n.srv.JetStreamEnabled() {
+		return errors.New("this node's JetStream is not running")
+	}
+	if !n.Storing() {
+		return errors.New("this node's JetStream does not store yet (its data directory was full)")
+	}
+	if behind := n.behind(); behind != "" {
+		return fmt.Errorf("this node's JetStream is not current yet: %s", behind)
+	}
+	return nil
+}
+
 // storeBroken says why the node's JetStream stopped storing, if it did.
 // sure says the answer covers every stream: a cluster's health report
 // stops at its meta layer's trouble (no leader, or behind) without
