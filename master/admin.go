@@ -12,18 +12,20 @@ import (
 // The operators' view of the server, shared by the admin ops of the wire
 // protocol and the HTTP endpoints (adminBackend).
 
-// queueStats returns the figures of every queue, sorted by name, less
-// those not read in time (Stats.Unread): /metrics and the dashboard show
-// no figure rather than zeros for them.
-func (s *Server) queueStats() []wire.QueueStats {
+// queueStats returns the figures of every queue read in time, sorted by
+// name, and how many were not (Stats.Unread): /metrics and the dashboard
+// show no figure rather than zeros for those, and /metrics their count.
+func (s *Server) queueStats() (read []wire.QueueStats, unread int) {
 	all := s.queues.AllStats()
-	out := make([]wire.QueueStats, 0, len(all))
+	read = make([]wire.QueueStats, 0, len(all))
 	for _, st := range all {
-		if !st.Unread {
-			out = append(out, wireStats(st))
+		if st.Unread {
+			unread++
+			continue
 		}
+		read = append(read, wireStats(st))
 	}
-	return out
+	return read, unread
 }
 
 func wireStats(st queue.Stats) wire.QueueStats {
@@ -80,7 +82,10 @@ type adminBackend struct{ s *Server }
 
 var _ httpapi.Backend = adminBackend{}
 
-func (b adminBackend) Queues() []wire.QueueStats { return b.s.queueStats() }
+func (b adminBackend) Queues() []wire.QueueStats {
+	read, _ := b.s.queueStats()
+	return read
+}
 
 func (b adminBackend) Clients() []httpapi.Client {
 	infos := b.s.clientInfos()
