@@ -146,12 +146,15 @@ func (q *Queues) sendCounts(counts map[string]int) {
 }
 
 // countsIfAny returns the counters' stream if it exists (nil if not): a
-// gateway that does not pack does not make it.
+// gateway that does not pack does not make it. Until it is found, each
+// call looks it up, without the lock: AllStats reads several queues at
+// once, and they would take turns for the lookup.
 func (q *Queues) countsIfAny(ctx context.Context) (jetstream.Stream, error) {
 	q.cntsMu.Lock()
-	defer q.cntsMu.Unlock()
-	if q.cnts != nil {
-		return q.cnts, nil
+	st := q.cnts
+	q.cntsMu.Unlock()
+	if st != nil {
+		return st, nil
 	}
 	st, err := q.js.Stream(ctx, countsStream)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
@@ -160,8 +163,12 @@ func (q *Queues) countsIfAny(ctx context.Context) (jetstream.Stream, error) {
 	if err != nil {
 		return nil, err
 	}
-	q.cnts = st
-	return st, nil
+	q.cntsMu.Lock()
+	defer q.cntsMu.Unlock()
+	if q.cnts == nil {
+		q.cnts = st
+	}
+	return q.cnts, nil
 }
 
 // packedExtra reads the tasks packs of queue name carried beyond one
