@@ -125,6 +125,57 @@ func stepDown(t *testing.T, n *clusterNode, stream string) {
 	_, _ = nc.Request("$JS.API.STREAM.LEADER.STEPDOWN."+stream, nil, 5*time.Second)
 }
 
+// leadAllOn moves, asking through node n, the leadership of every stream
+// and consumer there is to node to: the harshest place for it to die.
+// (The meta layer's is asked of the system account, which the nodes'
+// client port does not serve.)
+func leadAllOn(t *testing.T, n, to *clusterNode) {
+	t.Helper()
+	nc := n.natsConn(t)
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	preferred := []byte(`{"placement":{"preferred":"` + to.name + `"}}`)
+	stepDown := func(subj string) {
+		// One not answered (mid-election) is asked again by the loop below.
+		_, _ = nc.Request(subj, preferred, 5*time.Second)
+	}
+	var streams []string
+	for name := range js.StreamNames(ctx).Name() {
+		streams = append(streams, name)
+	}
+	// Every leader is to's once each says so; a stepdown that did not
+	// take (the leader moved elsewhere meanwhile) is asked again.
+	waitFor(t, 60*time.Second, func() bool {
+		moved := true
+		for _, name := range streams {
+			st, err := js.Stream(ctx, name)
+			if err != nil {
+				return false
+			}
+			if si := st.CachedInfo(); si.Cluster == nil || si.Cluster.Leader != to.name {
+				moved = false
+				stepDown("$JS.API.STREAM.LEADER.STEPDOWN." + name)
+			}
+			for ci := range st.ListConsumers(ctx).Info() {
+				if ci.Cluster == nil || ci.Cluster.Leader != to.name {
+					moved = false
+					stepDown("$JS.API.CONSUMER.LEADER.STEPDOWN." + name + "." + ci.Name)
+				}
+			}
+		}
+		if !moved {
+			time.Sleep(time.Second)
+		}
+		return moved
+	})
+	t.Logf("%d streams and their consumers led by %s", len(streams), to.name)
+}
+
 // workersOn returns the names of the workers connected to gateway n.
 func workersOn(t *testing.T, n *clusterNode) []string {
 	t.Helper()
@@ -632,6 +683,103 @@ func TestSlowTasksCompleteThroughAnotherGateway(t *testing.T) {
 		}
 		return false
 	})
+}
+
+// A worker's running tasks complete through another gateway when the
+// gateway they came from dies with its node, the leader of their queue's
+// stream: the new gateway's calls to JetStream that went to the dead
+// leader are made again until the stream's new leader answers, within
+// the request timeout. Before, the completion failed after the timeout
+// ("read a task: context deadline exceeded") and each task ran again
+// once its lease ran out.
+func TestRunningTasksCompleteWhenTheirGatewaysNodeDies(t *testing.T) {
+	testRunningTasksCompleteWhenTheirGatewaysNodeDies(t)
+}
+
+func TestRunningUnpackedTasksCompleteWhenTheirGatewaysNodeDies(t *testing.T) {
+	testRunningTasksCompleteWhenTheirGatewaysNodeDies(t, "--pack", "1")
+}
+
+func testRunningTasksCompleteWhenTheirGatewaysNodeDies(t *testing.T, extra ...string) {
+	nodes := startCluster(t, append([]string{"--lease", "40s"}, extra...)...)
+	var addrs []string
+	for _, n := range nodes {
+		addrs = append(addrs, n.addr)
+	}
+	// The queue exists, so that its stream's leader can be moved to the
+	// worker's gateway.
+	if _, errOut, code := run(t, "0\n", "put", "tasks", "--server", addrs[0]); code != 0 {
+		t.Fatalf("put: %s", errOut)
+	}
+	if _, errOut, code := run(t, "", "get", "tasks", "--server", addrs[0]); code != 0 {
+		t.Fatalf("get: %s", errOut)
+	}
+	dir := t.TempDir()
+	runs, gate := dir+"/runs", dir+"/gate"
+	script := `echo "$QM_TASK_ID $QM_ATTEMPT" >> ` + runs + `; while [ ! -e ` + gate + ` ]; do sleep 0.05; done; read x; echo $((x*x))`
+	worker := start(t, nil, nil, "qworker", "--server", strings.Join(addrs, ","), "--concurrency", "4", "--", "sh", "-c", script)
+	waitFor(t, 20*time.Second, func() bool { return strings.Contains(worker.logs(), "connected to master") })
+	var victim *clusterNode
+	for _, n := range nodes {
+		if len(workersOn(t, n)) > 0 {
+			victim = n
+		}
+	}
+	if victim == nil {
+		t.Fatal("the worker is on no gateway")
+	}
+	// The record of deliveries, as a gateway makes it on its first
+	// redelivery or completion through another gateway (jsqueue's
+	// deliveries), made now so that its leader dies too.
+	nc := nodes[0].natsConn(t)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	_, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "qm_deliveries", TTL: 24 * time.Hour, Replicas: 3, Storage: jetstream.FileStorage})
+	cancel()
+	nc.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	leadAllOn(t, nodes[0], victim)
+	if leader, _ := streamLeader(t, nodes[0], "tasks"); leader != victim.name {
+		t.Fatalf("the queue's stream is led by %s, want %s", leader, victim.name)
+	}
+
+	const n = 4
+	other := nodes[0]
+	if other == victim {
+		other = nodes[1]
+	}
+	out := &syncBuffer{}
+	m := start(t, strings.NewReader(seq(n)), out, "qmaster", "map", "--server", other.addr, "--timeout", "35s")
+	waitFor(t, 20*time.Second, func() bool {
+		b, _ := os.ReadFile(runs)
+		return strings.Count(string(b), "\n") == n
+	})
+	t.Logf("%d tasks running: SIGKILL their gateway %s, the stream's leader", n, victim.name)
+	_ = victim.p.cmd.Process.Kill()
+	<-victim.p.done
+	waitFor(t, 20*time.Second, func() bool { return strings.Contains(worker.logs(), "completing the tasks of the lost connection") })
+	if err := os.WriteFile(gate, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if code := m.wait(t, 60*time.Second); code != 0 {
+		t.Fatalf("map exited %d: %s", code, m.logs())
+	}
+	wantSquares(t, out.String(), n)
+	b, err := os.ReadFile(runs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lines := strings.Split(strings.TrimSpace(string(b)), "\n"); len(lines) != n {
+		t.Errorf("%d runs of %d tasks, want one each:\n%s", len(lines), n, b)
+	}
+	if strings.Contains(worker.logs(), "complete failed") {
+		t.Errorf("a completion failed:\n%s", worker.logs())
+	}
 }
 
 // qmaster put, given two gateways, goes on through the other when the one

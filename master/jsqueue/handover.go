@@ -93,16 +93,25 @@ func (q *Queues) deliveries(ctx context.Context) (jetstream.KeyValue, error) {
 	if q.kv != nil {
 		return q.kv, nil
 	}
-	kv, err := q.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:   deliveriesBucket,
-		TTL:      deliveriesTTL,
-		Replicas: q.cfg.Replicas,
-		Storage:  jetstream.FileStorage,
+	var kv jetstream.KeyValue
+	err := retrying(ctx, func(ctx context.Context) (err error) {
+		kv, err = q.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket:   deliveriesBucket,
+			TTL:      deliveriesTTL,
+			Replicas: q.cfg.Replicas,
+			Storage:  jetstream.FileStorage,
+		})
+		return err
 	})
 	if err != nil {
 		return nil, q.engineErr("open the deliveries' record", err)
 	}
-	q.kv = kv
+	var st jetstream.Stream
+	err = retrying(ctx, func(ctx context.Context) (err error) { st, err = q.js.Stream(ctx, deliveriesStream); return err })
+	if err != nil {
+		return nil, q.engineErr("open the deliveries' record", err)
+	}
+	q.kv, q.kvStream = kv, st
 	return kv, nil
 }
 
@@ -136,7 +145,8 @@ func (q *Queues) claimRedelivery(s *stream, seq, delivered uint64, by time.Time)
 func (q *Queues) claim(ctx context.Context, kv jetstream.KeyValue, s *stream, key string, delivered uint64) (bool, error) {
 	value := []byte(strconv.FormatUint(delivered, 10))
 	for range 3 {
-		e, err := kv.Get(ctx, key)
+		var e jetstream.KeyValueEntry
+		err := retrying(ctx, func(ctx context.Context) (err error) { e, err = kv.Get(ctx, key); return err })
 		switch {
 		case errors.Is(err, jetstream.ErrKeyNotFound):
 			e = nil
@@ -151,7 +161,7 @@ func (q *Queues) claim(ctx context.Context, kv jetstream.KeyValue, s *stream, ke
 				return n == delivered, nil
 			}
 		}
-		if again, err := casPut(ctx, kv, key, e, value); !again {
+		if again, err := q.casPut(ctx, key, e, value, newWriteID()); !again {
 			return err == nil, err
 		}
 		// Someone wrote it meanwhile: look again.
@@ -159,19 +169,57 @@ func (q *Queues) claim(ctx context.Context, kv jetstream.KeyValue, s *stream, ke
 	return false, fmt.Errorf("the record of %s kept changing", key)
 }
 
-// casPut writes value at key if the entry there is still e (nil: none).
-// again reports that someone wrote it since e was read.
-func casPut(ctx context.Context, kv jetstream.KeyValue, key string, e jetstream.KeyValueEntry, value []byte) (again bool, err error) {
-	if e == nil {
-		_, err = kv.Create(ctx, key, value)
-	} else {
-		_, err = kv.Update(ctx, key, value, e.Revision())
+// casPut writes value at key of the deliveries' record if the entry there
+// is still e (nil: none, or a deleted one), under message ID id
+// (newWriteID). again reports that someone wrote it since e was read. A
+// write that gets no answer is sent again (publishIf); one that then
+// finds the entry moved on looks whether that was itself.
+func (q *Queues) casPut(ctx context.Context, key string, e jetstream.KeyValueEntry, value []byte, id string) (again bool, err error) {
+	subj := deliveriesSubject + key
+	var rev uint64
+	if e != nil {
+		rev = e.Revision()
 	}
-	if err != nil && (errors.Is(err, jetstream.ErrKeyExists) || isWrongSequence(err)) {
+	for range 2 {
+		_, err := q.publishIf(ctx, subj, value, rev, id)
+		if err == nil || !isWrongSequence(err) {
+			return false, err
+		}
+		var last *jetstream.RawStreamMsg
+		err = retrying(ctx, func(ctx context.Context) (err error) {
+			last, err = q.kvStream.GetLastMsgForSubject(ctx, subj)
+			return err
+		})
+		switch {
+		case errors.Is(err, jetstream.ErrMsgNotFound):
+			return true, nil
+		case err != nil:
+			return false, err
+		case last.Header.Get(jetstream.MsgIDHeader) == id:
+			return false, nil // this write, sent again
+		case e == nil && isKVDelete(last.Header) && last.Sequence != rev:
+			rev = last.Sequence // a deleted entry's marker: written over, as kv.Create does
+			continue
+		}
 		return true, nil
 	}
-	return false, err
+	return true, nil
 }
+
+// isKVDelete reports whether h is the header of a KV entry's delete or
+// purge marker.
+func isKVDelete(h nats.Header) bool {
+	op := h.Get(kvOperationHeader)
+	return op == "DEL" || op == "PURGE"
+}
+
+// The deliveries' record as a stream: its entries' subjects, and the
+// header that marks deleted ones (the KV layout JetStream's clients use).
+const (
+	deliveriesSubject = "$KV." + deliveriesBucket + "."
+	deliveriesStream  = "KV_" + deliveriesBucket
+	kvOperationHeader = "KV-Operation"
+)
 
 // isWrongSequence reports a compare-and-set that lost the race.
 func isWrongSequence(err error) bool {
@@ -203,7 +251,8 @@ func (q *Queues) current(ctx context.Context, s *stream, id uint64, token string
 	if !valid || tok.stream != stream || !isTaskConsumer(tok.consumer) {
 		return t, nil, false, nil
 	}
-	raw, err := s.st.GetMsg(ctx, tok.seq)
+	var raw *jetstream.RawStreamMsg
+	err = retrying(ctx, func(ctx context.Context) (err error) { raw, err = s.st.GetMsg(ctx, tok.seq); return err })
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return t, nil, false, nil // acked already: work-queue streams keep no acked message
 	}
@@ -219,7 +268,7 @@ func (q *Queues) current(ctx context.Context, s *stream, id uint64, token string
 	if err != nil {
 		return t, nil, false, err
 	}
-	e, err = kv.Get(ctx, deliveryKey(stream, tok.seq))
+	err = retrying(ctx, func(ctx context.Context) (err error) { e, err = kv.Get(ctx, deliveryKey(stream, tok.seq)); return err })
 	switch {
 	case errors.Is(err, jetstream.ErrKeyNotFound):
 		return t, nil, true, nil
@@ -244,8 +293,7 @@ func (q *Queues) adoptOrphan(s *stream, id uint64, token string) (o orphan, ok b
 	}
 	ctx, cancel := q.call()
 	defer cancel()
-	kv, err := q.deliveries(ctx)
-	if err != nil {
+	if _, err := q.deliveries(ctx); err != nil { // for casPut
 		return orphan{}, false, err
 	}
 	for range 3 {
@@ -255,7 +303,7 @@ func (q *Queues) adoptOrphan(s *stream, id uint64, token string) (o orphan, ok b
 		}
 		tok, _ := parseToken(token) // current checked it
 		key := deliveryKey(streamName(s.queue), tok.seq)
-		again, err := casPut(ctx, kv, key, e, []byte(doneMark+strconv.FormatUint(tok.delivered, 10)))
+		again, err := q.casPut(ctx, key, e, []byte(doneMark+strconv.FormatUint(tok.delivered, 10)), newWriteID())
 		if err != nil {
 			return orphan{}, false, q.engineErr("record a completion", err)
 		}

@@ -69,7 +69,8 @@ func (q *Queues) packedHandoutOf(ctx context.Context, s *stream, id uint64, toke
 	stream := streamName(s.queue)
 	tok := ackToken{stream: stream, consumer: consumerName, delivered: delivered, seq: seq}
 	reply := packAckSubject(stream, delivered, seq, dseq)
-	raw, err := s.st.GetMsg(ctx, seq)
+	var raw *jetstream.RawStreamMsg
+	err = retrying(ctx, func(ctx context.Context) (err error) { raw, err = s.st.GetMsg(ctx, seq); return err })
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return nil, false, nil // acked already
 	}
@@ -88,7 +89,7 @@ func (q *Queues) packedHandoutOf(ctx context.Context, s *stream, id uint64, toke
 // takeHandout marks h's task done in its pack's record if h is its
 // current handout; ok is false if it is not. r is the record after.
 func (q *Queues) takeHandout(ctx context.Context, h *packedHandout) (r recordState, ok bool, err error) {
-	r, err = q.updateRecord(ctx, h.key(), h.stored, nil, func(r packRecord) (packRecord, bool) {
+	r, err = q.updateRecord(ctx, h.key(), h.stored, nil, newWriteID(), func(r packRecord) (packRecord, bool) {
 		ok = h.currentIn(r)
 		return packRecord{done: r.done | h.bit(), delivered: max(r.delivered, h.tok.delivered)}, ok
 	})
@@ -110,7 +111,7 @@ func (q *Queues) takeHandout(ctx context.Context, h *packedHandout) (r recordSta
 func (q *Queues) untakeHandout(h *packedHandout) {
 	ctx, cancel := q.call()
 	defer cancel()
-	_, err := q.updateRecord(ctx, h.key(), h.stored, nil, func(r packRecord) (packRecord, bool) {
+	_, err := q.updateRecord(ctx, h.key(), h.stored, nil, newWriteID(), func(r packRecord) (packRecord, bool) {
 		return packRecord{done: r.done &^ h.bit(), delivered: r.delivered}, r.done&h.bit() != 0
 	})
 	if err != nil {

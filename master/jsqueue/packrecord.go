@@ -56,13 +56,17 @@ func (q *Queues) records(ctx context.Context) (jetstream.Stream, error) {
 	if q.recs != nil {
 		return q.recs, nil
 	}
-	st, err := q.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:              recordsStream,
-		Subjects:          []string{recordsSubject + ">"},
-		Storage:           jetstream.FileStorage,
-		Replicas:          q.cfg.Replicas,
-		MaxMsgsPerSubject: 1,
-		MaxAge:            recordsTTL,
+	var st jetstream.Stream
+	err := retrying(ctx, func(ctx context.Context) (err error) {
+		st, err = q.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+			Name:              recordsStream,
+			Subjects:          []string{recordsSubject + ">"},
+			Storage:           jetstream.FileStorage,
+			Replicas:          q.cfg.Replicas,
+			MaxMsgsPerSubject: 1,
+			MaxAge:            recordsTTL,
+		})
+		return err
 	})
 	if err != nil {
 		return nil, q.engineErr("open the packs' records", err)
@@ -204,7 +208,7 @@ func (q *Queues) changeRecordLocked(ctx context.Context, p *pack, change func(pa
 	q.mu.Lock()
 	cur := p.rec
 	q.mu.Unlock()
-	r, err := q.updateRecord(ctx, p.recordKey(), p.stored, &cur, change)
+	r, err := q.updateRecord(ctx, p.recordKey(), p.stored, &cur, "", change)
 	if err != nil {
 		return r, err
 	}
@@ -242,13 +246,15 @@ type recordState struct {
 	// none: the pack may have been acked, and its record deleted, since
 	// it was read (packGone).
 	fresh bool
+	// id is the message ID the record's last write carried, if any.
+	id string
 }
 
 // packGone reports whether the pack at seq of s is acked (every task of
 // it done), after a change that found no record of it (recordState.fresh):
 // a deleted record reads as none.
 func (q *Queues) packGone(ctx context.Context, s *stream, seq uint64) (bool, error) {
-	_, err := s.st.GetMsg(ctx, seq)
+	err := retrying(ctx, func(ctx context.Context) error { _, err := s.st.GetMsg(ctx, seq); return err })
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return true, nil
 	}
@@ -289,7 +295,8 @@ func (q *Queues) readRecord(ctx context.Context, key string, stored time.Time) (
 	if err != nil {
 		return recordState{}, err
 	}
-	m, err := st.GetLastMsgForSubject(ctx, key)
+	var m *jetstream.RawStreamMsg
+	err = retrying(ctx, func(ctx context.Context) (err error) { m, err = st.GetLastMsgForSubject(ctx, key); return err })
 	switch {
 	case errors.Is(err, jetstream.ErrMsgNotFound):
 		return recordState{}, nil // none, or aged out (recordsTTL)
@@ -297,7 +304,7 @@ func (q *Queues) readRecord(ctx context.Context, key string, stored time.Time) (
 		return recordState{}, err
 	}
 	r, _ := parseRecord(m.Data, stored) // another pack's reads as empty
-	return recordState{packRecord: r, rev: m.Sequence}, nil
+	return recordState{packRecord: r, rev: m.Sequence, id: m.Header.Get(jetstream.MsgIDHeader)}, nil
 }
 
 // updateRecord changes the record at key of the pack stored at stored, by
@@ -305,7 +312,17 @@ func (q *Queues) readRecord(ctx context.Context, key string, stored time.Time) (
 // if the caller knows it, else read) and returns it as it is to be, or
 // false to leave it. If another gateway wrote it meanwhile, it is read
 // again and change applied to that. It returns the record as it is now.
-func (q *Queues) updateRecord(ctx context.Context, key string, stored time.Time, cur *recordState, change func(packRecord) (packRecord, bool)) (recordState, error) {
+//
+// With an id (newWriteID), a write that gets no answer, as while the
+// records' stream elects a new leader, is sent again under that message
+// ID until one answers, within ctx: JetStream stores it once, and answers
+// a send again of a write it stored as a duplicate, or (a node alone,
+// which compares the revision first) as a lost race, which the record's
+// ID then shows to be this write. Without one, such a write fails: the
+// writes of a gateway's own packs, frequent, are not worth the entries
+// of JetStream's duplicate window, and what they record is recorded
+// again by the next.
+func (q *Queues) updateRecord(ctx context.Context, key string, stored time.Time, cur *recordState, id string, change func(packRecord) (packRecord, bool)) (recordState, error) {
 	if _, err := q.records(ctx); err != nil {
 		return recordState{}, err
 	}
@@ -323,15 +340,19 @@ func (q *Queues) updateRecord(ctx context.Context, key string, stored time.Time,
 		if !write {
 			return r, nil
 		}
-		ack, err := q.js.Publish(ctx, key, recordValue(next, stored), jetstream.WithExpectLastSequencePerSubject(r.rev))
+		from := r.rev
+		seq, err := q.publishIf(ctx, key, recordValue(next, stored), from, id)
 		if err == nil {
-			return recordState{packRecord: next, rev: ack.Sequence, fresh: r.rev == 0}, nil
+			return recordState{packRecord: next, rev: seq, fresh: from == 0, id: id}, nil
 		}
 		if !isWrongSequence(err) {
 			return r, err
 		}
 		if r, err = q.readRecord(ctx, key, stored); err != nil {
 			return r, err
+		}
+		if id != "" && r.id == id {
+			return recordState{packRecord: r.packRecord, rev: r.rev, fresh: from == 0, id: id}, nil // this write, sent again
 		}
 	}
 	return r, fmt.Errorf("the record %s kept changing", key)
@@ -351,7 +372,7 @@ const maxRecordTries = 8
 func (q *Queues) claimPack(s *stream, seq, delivered uint64, stored time.Time, by time.Time) (r recordState, ok bool) {
 	ctx, cancel := q.callBy(by, 0)
 	defer cancel()
-	r, err := q.updateRecord(ctx, packRecordKey(streamName(s.queue), seq), stored, nil, func(r packRecord) (packRecord, bool) {
+	r, err := q.updateRecord(ctx, packRecordKey(streamName(s.queue), seq), stored, nil, newWriteID(), func(r packRecord) (packRecord, bool) {
 		return packRecord{done: r.done, delivered: delivered}, r.delivered < delivered
 	})
 	if err != nil {

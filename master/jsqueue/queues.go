@@ -171,13 +171,14 @@ type Queues struct {
 	// opened by a packing gateway's New, or on first use, each under a
 	// lock of its own: the creation of a replicated stream in a busy
 	// cluster can take seconds, and must hold up nothing else.
-	kvMu   sync.Mutex
-	kv     jetstream.KeyValue
-	bg     sync.WaitGroup // New's opening of recs and cnts
-	recsMu sync.Mutex
-	recs   jetstream.Stream
-	cntsMu sync.Mutex
-	cnts   jetstream.Stream
+	kvMu     sync.Mutex
+	kv       jetstream.KeyValue
+	kvStream jetstream.Stream // kv's stream, for its entries' headers
+	bg       sync.WaitGroup   // New's opening of recs and cnts
+	recsMu   sync.Mutex
+	recs     jetstream.Stream
+	cntsMu   sync.Mutex
+	cnts     jetstream.Stream
 
 	// acking counts the acks of NoAck deliveries in flight (Delivered),
 	// which Close waits for before it ends q.ctx. Added to under mu while

@@ -2,6 +2,7 @@ package jsqueue
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"strings"
 	"time"
@@ -94,3 +95,41 @@ func retry(ctx context.Context, try func() (again bool, err error)) error {
 		backoff = min(2*backoff, 250*time.Millisecond)
 	}
 }
+
+// publishIf publishes value on subj if the subject's last message is
+// still at rev (0: there is none), and returns the new message's
+// sequence. With an id it sends the message again, under that message
+// ID, while it gets no answer, as while the stream elects a new leader:
+// JetStream stores it once, and answers a send again of one it stored as
+// a duplicate with its sequence, or (a node alone, which compares the
+// sequence first) as a lost race, which its caller tells from a real one
+// by the message ID of the subject's last message. Without an id a send
+// that gets no answer fails: it may have been stored.
+func (q *Queues) publishIf(ctx context.Context, subj string, value []byte, rev uint64, id string) (uint64, error) {
+	opts := []jetstream.PublishOpt{jetstream.WithExpectLastSequencePerSubject(rev)}
+	if id == "" {
+		ack, err := q.js.Publish(ctx, subj, value, opts...)
+		if err != nil {
+			return 0, err
+		}
+		return ack.Sequence, nil
+	}
+	opts = append(opts, jetstream.WithMsgID(id))
+	var seq uint64
+	err := retry(ctx, func() (bool, error) {
+		actx, cancel := context.WithTimeout(ctx, attemptTimeout)
+		defer cancel()
+		ack, err := q.js.Publish(actx, subj, value, opts...)
+		if err == nil {
+			seq = ack.Sequence
+			return false, nil
+		}
+		noAnswer := actx.Err() != nil && ctx.Err() == nil
+		return transient(err) || idInProcess(err) || noAnswer, err
+	})
+	return seq, err
+}
+
+// newWriteID returns a message ID for one compare-and-set write, which
+// its sends again share (publishIf).
+func newWriteID() string { return "qm-w-" + rand.Text() }

@@ -1,0 +1,101 @@
+package jsqueue
+
+import (
+	"context"
+	"testing"
+	"time"
+)
+
+// internalQueues opens queues over a single node of their own.
+func internalQueues(t *testing.T) *Queues {
+	t.Helper()
+	n, err := StartNode(NodeConfig{DataDir: t.TempDir(), Secret: "s3cret"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(n.Shutdown)
+	nc, err := n.Connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	q, err := New(Config{Conn: nc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(q.Close)
+	return q
+}
+
+// A write of a record sent again after its answer was lost (the stream's
+// leader died just after storing it) is taken as itself: not as another
+// gateway's write that won the race, which would refuse the completion
+// that made it, its task marked done with no result stored. Here the
+// second call stands for the send again: the same write, from the same
+// revision, under the same message ID. A node alone compares the revision
+// first, and answers that race lost; a cluster answers it as a duplicate.
+func TestRecordWriteSentAgainIsItself(t *testing.T) {
+	q := internalQueues(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	key, stored := packRecordKey("jobs", 7), time.Now()
+	// As takeHandout's: the task not done yet, or the completion refused.
+	var refused bool
+	markFirst := func(r packRecord) (packRecord, bool) {
+		if refused = r.done&1 != 0; refused {
+			return r, false
+		}
+		return packRecord{done: r.done | 1, delivered: 1}, true
+	}
+
+	id := newWriteID()
+	first, err := q.updateRecord(ctx, key, stored, nil, id, markFirst)
+	if err != nil || first.rev == 0 || first.done != 1 {
+		t.Fatalf("first write: %+v, %v", first, err)
+	}
+	again, err := q.updateRecord(ctx, key, stored, &recordState{}, id, markFirst)
+	if err != nil || refused || again.rev != first.rev || again.done != 1 || !again.fresh {
+		t.Fatalf("the write sent again: %+v (refused %v), %v; want it taken as the first, at revision %d", again, refused, err, first.rev)
+	}
+	// Another write from the same old revision lost the race: it is
+	// applied to what is there, a write of its own.
+	other, err := q.updateRecord(ctx, key, stored, &recordState{}, newWriteID(), func(r packRecord) (packRecord, bool) {
+		return packRecord{done: r.done | 2, delivered: r.delivered}, true
+	})
+	if err != nil || other.rev <= first.rev || other.done != 3 {
+		t.Fatalf("another gateway's write: %+v, %v; want both tasks done, after revision %d", other, err, first.rev)
+	}
+}
+
+// The same for the record of deliveries (a key-value bucket): a write
+// sent again is itself, another from the same revision lost the race, and
+// one over a deleted entry writes over its marker.
+func TestDeliveryWriteSentAgainIsItself(t *testing.T) {
+	q := internalQueues(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	kv, err := q.deliveries(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const key = "JOBS.7"
+	id := newWriteID()
+	if again, err := q.casPut(ctx, key, nil, []byte("1"), id); again || err != nil {
+		t.Fatalf("first write: again %v, %v", again, err)
+	}
+	if again, err := q.casPut(ctx, key, nil, []byte("1"), id); again || err != nil {
+		t.Fatalf("the write sent again: again %v, %v; want it taken as the first", again, err)
+	}
+	if again, err := q.casPut(ctx, key, nil, []byte("2"), newWriteID()); !again || err != nil {
+		t.Fatalf("another write from no entry: again %v, %v; want the race lost", again, err)
+	}
+	if err := kv.Delete(ctx, key); err != nil {
+		t.Fatal(err)
+	}
+	if again, err := q.casPut(ctx, key, nil, []byte("3"), newWriteID()); again || err != nil {
+		t.Fatalf("a write over the deleted entry: again %v, %v", again, err)
+	}
+	if e, err := kv.Get(ctx, key); err != nil || string(e.Value()) != "3" {
+		t.Fatalf("the entry: %v, %v; want 3", e, err)
+	}
+}
