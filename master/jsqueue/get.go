@@ -7,6 +7,7 @@ import (
 	"math"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -444,6 +445,41 @@ func (q *Queues) giveBack(msgs []*nats.Msg) {
 		_ = q.cfg.Conn.Publish(m.Reply, nakPayload)
 	}
 }
+
+// answerAll sends payload (a nak, an ack) for each of msgs, and waits
+// until JetStream has taken each, or for the request timeout: what Close
+// sends, as its connection and the node in its process go down right
+// after, where one sent without waiting could be lost with them, and its
+// message wait for AckWait (25-29 s holding up a map's ordered output,
+// by hand, before the twenty-third session).
+func (q *Queues) answerAll(msgs []*nats.Msg, payload []byte) {
+	if len(msgs) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), q.cfg.RequestTimeout)
+	defer cancel()
+	var (
+		wg     sync.WaitGroup
+		failed atomic.Int64
+	)
+	slots := make(chan struct{}, answersAtOnce)
+	for _, m := range msgs {
+		slots <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-slots }()
+			if _, err := q.cfg.Conn.RequestWithContext(ctx, m.Reply, payload); err != nil {
+				failed.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if n := failed.Load(); n > 0 {
+		q.log.Warn("deliveries not confirmed handed back or acked as the gateway closed; JetStream may deliver them again after AckWait", "deliveries", n, "of", len(msgs))
+	}
+}
+
+// answersAtOnce bounds the answers answerAll has in flight.
+const answersAtOnce = 64
 
 func (q *Queues) pullErr(err error) error {
 	switch {

@@ -161,7 +161,7 @@ func (q *Queues) claim(ctx context.Context, kv jetstream.KeyValue, s *stream, ke
 				return n == delivered, nil
 			}
 		}
-		if again, err := q.casPut(ctx, key, e, value, newWriteID()); !again {
+		if again, err := q.casPut(ctx, key, e, value); !again {
 			return err == nil, err
 		}
 		// Someone wrote it meanwhile: look again.
@@ -170,17 +170,18 @@ func (q *Queues) claim(ctx context.Context, kv jetstream.KeyValue, s *stream, ke
 }
 
 // casPut writes value at key of the deliveries' record if the entry there
-// is still e (nil: none, or a deleted one), under message ID id
-// (newWriteID). again reports that someone wrote it since e was read. A
-// write that gets no answer is sent again (publishIf); one that then
-// finds the entry moved on looks whether that was itself.
-func (q *Queues) casPut(ctx context.Context, key string, e jetstream.KeyValueEntry, value []byte, id string) (again bool, err error) {
+// is still e (nil: none, or a deleted one). again reports that someone
+// wrote it since e was read. Each write carries a message ID of its own
+// (newWriteID): one that gets no answer is sent again (publishIf), and
+// one that then finds the entry moved on looks whether that was itself.
+func (q *Queues) casPut(ctx context.Context, key string, e jetstream.KeyValueEntry, value []byte) (again bool, err error) {
 	subj := deliveriesSubject + key
 	var rev uint64
 	if e != nil {
 		rev = e.Revision()
 	}
 	for range 2 {
+		id := q.writeID()
 		_, err := q.publishIf(ctx, subj, value, rev, id)
 		if err == nil || !isWrongSequence(err) {
 			return false, err
@@ -303,7 +304,7 @@ func (q *Queues) adoptOrphan(s *stream, id uint64, token string) (o orphan, ok b
 		}
 		tok, _ := parseToken(token) // current checked it
 		key := deliveryKey(streamName(s.queue), tok.seq)
-		again, err := q.casPut(ctx, key, e, []byte(doneMark+strconv.FormatUint(tok.delivered, 10)), newWriteID())
+		again, err := q.casPut(ctx, key, e, []byte(doneMark+strconv.FormatUint(tok.delivered, 10)))
 		if err != nil {
 			return orphan{}, false, q.engineErr("record a completion", err)
 		}

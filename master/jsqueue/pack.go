@@ -634,21 +634,25 @@ func (q *Queues) takeMoves(mvs []heldMove) ([]heldMove, map[*pack]uint64, error)
 	return kept, taken, nil
 }
 
-// closePacks hands back the packs this gateway holds, as Close ends it: a
-// pack none of whose tasks is done goes back whole (a nak); the tasks of
-// one partly done that are not are stored again, each alone, at the end
-// of their queue, and the pack is acked. The tasks still leased count the
-// attempt they were in.
+// closePacks hands back the packs this gateway holds, as Close ends it,
+// each with a nak: JetStream delivers it again at once, ahead of the tasks
+// put after it, so its tasks keep their place in their queue. Of a pack
+// partly done, the done tasks are recorded first (its record), and the
+// gateway that fetches it next runs only the others, as after a gateway's
+// death; until then, a worker holding one of its tasks' tokens may still
+// complete it through another gateway. A pack whose record cannot be
+// written has its tasks not done stored again apart (movePacksApart).
+// Until the twenty-third session every partly done pack's were: behind
+// the whole backlog of their queue, they held up a map's ordered output
+// until it had drained (25-29 s after a SIGTERM of a gateway, by hand).
 func (q *Queues) closePacks() {
 	q.mu.Lock()
-	type move struct {
-		p    *pack
-		msgs []*nats.Msg
-		is   []int // msgs[k] stores task is[k]
-	}
 	var whole []*nats.Msg
-	var moves []move
-	var refs []taskRef
+	type partly struct {
+		p    *pack
+		done uint64
+	}
+	var partlyDone []partly
 	for k, p := range q.packs {
 		delete(q.packs, k)
 		p.del.lost = true // an Ack under way must not ack it now
@@ -656,6 +660,54 @@ func (q *Queues) closePacks() {
 			whole = append(whole, p.del.msg)
 			continue
 		}
+		var done uint64
+		for i, d := range p.done {
+			if d {
+				done |= 1 << i
+			}
+		}
+		partlyDone = append(partlyDone, partly{p, done})
+	}
+	for _, l := range q.locals {
+		l.held = nil
+	}
+	q.mu.Unlock()
+	back := whole
+	var apart []*pack
+	for _, pd := range partlyDone {
+		ctx, cancel := q.call()
+		_, err := q.changeRecord(ctx, pd.p, func(r packRecord) (packRecord, bool) {
+			next := packRecord{done: r.done | pd.done, delivered: max(r.delivered, pd.p.delivery)}
+			return next, next != r
+		})
+		cancel()
+		if err != nil {
+			q.log.Warn("a partly done pack's record not written; its tasks not done are stored again apart", "queue", pd.p.del.s.queue, "err", err)
+			apart = append(apart, pd.p)
+			continue
+		}
+		back = append(back, pd.p.del.msg)
+	}
+	q.answerAll(back, nakPayload)
+	q.movePacksApart(apart)
+}
+
+// movePacksApart stores the tasks not done of packs ps, taken from this
+// gateway's, again, each alone, at the end of their queue, and acks the
+// packs. The tasks still leased count the attempt they were in.
+func (q *Queues) movePacksApart(ps []*pack) {
+	if len(ps) == 0 {
+		return
+	}
+	q.mu.Lock()
+	type move struct {
+		p    *pack
+		msgs []*nats.Msg
+		is   []int // msgs[k] stores task is[k]
+	}
+	var moves []move
+	var refs []taskRef
+	for _, p := range ps {
 		mv := move{p: p}
 		for i, t := range p.tasks {
 			if p.done[i] {
@@ -672,11 +724,7 @@ func (q *Queues) closePacks() {
 		}
 		moves = append(moves, mv)
 	}
-	for _, l := range q.locals {
-		l.held = nil
-	}
 	q.mu.Unlock()
-	q.giveBack(whole)
 	// Tasks whose workers hold tokens are marked done before they are
 	// stored apart: a completion through another gateway is refused
 	// from then on, and those completed that way already are not stored.
@@ -690,6 +738,7 @@ func (q *Queues) closePacks() {
 			skip[r] = true
 		}
 	}
+	var back, acks []*nats.Msg
 	for _, mv := range moves {
 		msgs := mv.msgs[:0]
 		for k, m := range mv.msgs {
@@ -706,9 +755,11 @@ func (q *Queues) closePacks() {
 		if err != nil {
 			q.log.Warn("could not store a pack's remaining tasks apart; JetStream delivers the pack again, and its done tasks run again", "queue", mv.p.del.s.queue, "err", err)
 			q.untakeRefs(map[*pack]uint64{mv.p: taken[mv.p]})
-			q.giveBack([]*nats.Msg{mv.p.del.msg})
+			back = append(back, mv.p.del.msg)
 			continue
 		}
-		_ = q.cfg.Conn.Publish(mv.p.del.msg.Reply, ackPayload)
+		acks = append(acks, mv.p.del.msg)
 	}
+	q.answerAll(back, nakPayload)
+	q.answerAll(acks, ackPayload)
 }

@@ -89,7 +89,7 @@ func (q *Queues) packedHandoutOf(ctx context.Context, s *stream, id uint64, toke
 // takeHandout marks h's task done in its pack's record if h is its
 // current handout; ok is false if it is not. r is the record after.
 func (q *Queues) takeHandout(ctx context.Context, h *packedHandout) (r recordState, ok bool, err error) {
-	r, err = q.updateRecord(ctx, h.key(), h.stored, nil, newWriteID(), func(r packRecord) (packRecord, bool) {
+	r, err = q.updateRecord(ctx, h.key(), h.stored, nil, true, func(r packRecord) (packRecord, bool) {
 		ok = h.currentIn(r)
 		return packRecord{done: r.done | h.bit(), delivered: max(r.delivered, h.tok.delivered)}, ok
 	})
@@ -111,7 +111,7 @@ func (q *Queues) takeHandout(ctx context.Context, h *packedHandout) (r recordSta
 func (q *Queues) untakeHandout(h *packedHandout) {
 	ctx, cancel := q.call()
 	defer cancel()
-	_, err := q.updateRecord(ctx, h.key(), h.stored, nil, newWriteID(), func(r packRecord) (packRecord, bool) {
+	_, err := q.updateRecord(ctx, h.key(), h.stored, nil, true, func(r packRecord) (packRecord, bool) {
 		return packRecord{done: r.done &^ h.bit(), delivered: r.delivered}, r.done&h.bit() != 0
 	})
 	if err != nil {

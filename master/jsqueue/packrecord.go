@@ -208,7 +208,7 @@ func (q *Queues) changeRecordLocked(ctx context.Context, p *pack, change func(pa
 	q.mu.Lock()
 	cur := p.rec
 	q.mu.Unlock()
-	r, err := q.updateRecord(ctx, p.recordKey(), p.stored, &cur, "", change)
+	r, err := q.updateRecord(ctx, p.recordKey(), p.stored, &cur, false, change)
 	if err != nil {
 		return r, err
 	}
@@ -313,16 +313,16 @@ func (q *Queues) readRecord(ctx context.Context, key string, stored time.Time) (
 // false to leave it. If another gateway wrote it meanwhile, it is read
 // again and change applied to that. It returns the record as it is now.
 //
-// With an id (newWriteID), a write that gets no answer, as while the
-// records' stream elects a new leader, is sent again under that message
-// ID until one answers, within ctx: JetStream stores it once, and answers
-// a send again of a write it stored as a duplicate, or (a node alone,
-// which compares the revision first) as a lost race, which the record's
-// ID then shows to be this write. Without one, such a write fails: the
-// writes of a gateway's own packs, frequent, are not worth the entries
-// of JetStream's duplicate window, and what they record is recorded
-// again by the next.
-func (q *Queues) updateRecord(ctx context.Context, key string, stored time.Time, cur *recordState, id string, change func(packRecord) (packRecord, bool)) (recordState, error) {
+// With resend, each write carries a message ID of its own (newWriteID),
+// and one that gets no answer, as while the records' stream elects a new
+// leader, is sent again under that ID until one answers, within ctx:
+// JetStream stores it once, and answers a send again of a write it
+// stored as a duplicate, or (a node alone, which compares the revision
+// first) as a lost race, which the record's ID then shows to be this
+// write. Without, such a write fails: the writes of a gateway's own
+// packs, frequent, are not worth the entries of JetStream's duplicate
+// window, and what they record is recorded again by the next.
+func (q *Queues) updateRecord(ctx context.Context, key string, stored time.Time, cur *recordState, resend bool, change func(packRecord) (packRecord, bool)) (recordState, error) {
 	if _, err := q.records(ctx); err != nil {
 		return recordState{}, err
 	}
@@ -340,7 +340,10 @@ func (q *Queues) updateRecord(ctx context.Context, key string, stored time.Time,
 		if !write {
 			return r, nil
 		}
-		from := r.rev
+		from, id := r.rev, ""
+		if resend {
+			id = q.writeID()
+		}
 		seq, err := q.publishIf(ctx, key, recordValue(next, stored), from, id)
 		if err == nil {
 			return recordState{packRecord: next, rev: seq, fresh: from == 0, id: id}, nil
@@ -372,7 +375,7 @@ const maxRecordTries = 8
 func (q *Queues) claimPack(s *stream, seq, delivered uint64, stored time.Time, by time.Time) (r recordState, ok bool) {
 	ctx, cancel := q.callBy(by, 0)
 	defer cancel()
-	r, err := q.updateRecord(ctx, packRecordKey(streamName(s.queue), seq), stored, nil, newWriteID(), func(r packRecord) (packRecord, bool) {
+	r, err := q.updateRecord(ctx, packRecordKey(streamName(s.queue), seq), stored, nil, true, func(r packRecord) (packRecord, bool) {
 		return packRecord{done: r.done, delivered: delivered}, r.delivered < delivered
 	})
 	if err != nil {

@@ -174,11 +174,13 @@ type Queues struct {
 	kvMu     sync.Mutex
 	kv       jetstream.KeyValue
 	kvStream jetstream.Stream // kv's stream, for its entries' headers
-	bg       sync.WaitGroup   // New's opening of recs and cnts
-	recsMu   sync.Mutex
-	recs     jetstream.Stream
-	cntsMu   sync.Mutex
-	cnts     jetstream.Stream
+	// writeID is newWriteID; a test makes two writes one sent again.
+	writeID func() string
+	bg      sync.WaitGroup // New's opening of recs and cnts
+	recsMu  sync.Mutex
+	recs    jetstream.Stream
+	cntsMu  sync.Mutex
+	cnts    jetstream.Stream
 
 	// acking counts the acks of NoAck deliveries in flight (Delivered),
 	// which Close waits for before it ends q.ctx. Added to under mu while
@@ -338,6 +340,7 @@ func New(cfg Config) (*Queues, error) {
 	}
 	q := &Queues{
 		cfg:         cfg,
+		writeID:     newWriteID,
 		js:          js,
 		log:         cfg.Logger,
 		known:       make(map[string]*stream),
@@ -438,9 +441,11 @@ func (q *Queues) Close() {
 		delete(q.unconfirmed, k)
 	}
 	q.mu.Unlock()
-	for _, l := range back {
-		q.giveBack([]*nats.Msg{l.msg})
+	msgs := make([]*nats.Msg, len(back))
+	for i, l := range back {
+		msgs[i] = l.msg
 	}
+	q.answerAll(msgs, nakPayload)
 }
 
 // call returns a context for one request to JetStream.

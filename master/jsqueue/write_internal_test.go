@@ -48,18 +48,20 @@ func TestRecordWriteSentAgainIsItself(t *testing.T) {
 		return packRecord{done: r.done | 1, delivered: 1}, true
 	}
 
-	id := newWriteID()
-	first, err := q.updateRecord(ctx, key, stored, nil, id, markFirst)
+	// Both writes below carry one ID, as one write and its send again do.
+	q.writeID = func() string { return "qm-w-test-1" }
+	first, err := q.updateRecord(ctx, key, stored, nil, true, markFirst)
 	if err != nil || first.rev == 0 || first.done != 1 {
 		t.Fatalf("first write: %+v, %v", first, err)
 	}
-	again, err := q.updateRecord(ctx, key, stored, &recordState{}, id, markFirst)
+	again, err := q.updateRecord(ctx, key, stored, &recordState{}, true, markFirst)
 	if err != nil || refused || again.rev != first.rev || again.done != 1 || !again.fresh {
 		t.Fatalf("the write sent again: %+v (refused %v), %v; want it taken as the first, at revision %d", again, refused, err, first.rev)
 	}
 	// Another write from the same old revision lost the race: it is
 	// applied to what is there, a write of its own.
-	other, err := q.updateRecord(ctx, key, stored, &recordState{}, newWriteID(), func(r packRecord) (packRecord, bool) {
+	q.writeID = newWriteID
+	other, err := q.updateRecord(ctx, key, stored, &recordState{}, true, func(r packRecord) (packRecord, bool) {
 		return packRecord{done: r.done | 2, delivered: r.delivered}, true
 	})
 	if err != nil || other.rev <= first.rev || other.done != 3 {
@@ -79,20 +81,21 @@ func TestDeliveryWriteSentAgainIsItself(t *testing.T) {
 		t.Fatal(err)
 	}
 	const key = "JOBS.7"
-	id := newWriteID()
-	if again, err := q.casPut(ctx, key, nil, []byte("1"), id); again || err != nil {
+	q.writeID = func() string { return "qm-w-test-2" }
+	if again, err := q.casPut(ctx, key, nil, []byte("1")); again || err != nil {
 		t.Fatalf("first write: again %v, %v", again, err)
 	}
-	if again, err := q.casPut(ctx, key, nil, []byte("1"), id); again || err != nil {
+	if again, err := q.casPut(ctx, key, nil, []byte("1")); again || err != nil {
 		t.Fatalf("the write sent again: again %v, %v; want it taken as the first", again, err)
 	}
-	if again, err := q.casPut(ctx, key, nil, []byte("2"), newWriteID()); !again || err != nil {
+	q.writeID = newWriteID
+	if again, err := q.casPut(ctx, key, nil, []byte("2")); !again || err != nil {
 		t.Fatalf("another write from no entry: again %v, %v; want the race lost", again, err)
 	}
 	if err := kv.Delete(ctx, key); err != nil {
 		t.Fatal(err)
 	}
-	if again, err := q.casPut(ctx, key, nil, []byte("3"), newWriteID()); again || err != nil {
+	if again, err := q.casPut(ctx, key, nil, []byte("3")); again || err != nil {
 		t.Fatalf("a write over the deleted entry: again %v, %v", again, err)
 	}
 	if e, err := kv.Get(ctx, key); err != nil || string(e.Value()) != "3" {
