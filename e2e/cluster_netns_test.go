@@ -10,8 +10,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/nats-io/nats.go/jetstream"
 )
 
 // TestClusterPartition: three qmasters embedding a JetStream cluster,
@@ -327,12 +325,8 @@ func workersOnIn(t *testing.T, ns string, n *clusterNode) []string {
 // leader reports it when asked through node n.
 func replica(t *testing.T, n *clusterNode, stream, peer string) string {
 	t.Helper()
-	nc := n.natsConn(t)
+	nc, js := n.jetStream(t)
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	st, err := js.Stream(ctx, stream)

@@ -86,17 +86,26 @@ func (n *clusterNode) natsConn(t *testing.T) *nats.Conn {
 	return nc
 }
 
+// jetStream connects to node n's NATS port (natsConn) and returns the
+// connection, for the caller to close, with its JetStream.
+func (n *clusterNode) jetStream(t *testing.T) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	nc := n.natsConn(t)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		t.Fatal(err)
+	}
+	return nc, js
+}
+
 // streamLeader returns the name of the node leading queue name's stream,
 // asked of node n's JetStream. While the stream has no leader (one is
 // being elected) it asks again, for up to 30s.
 func streamLeader(t *testing.T, n *clusterNode, name string) (leader, stream string) {
 	t.Helper()
-	nc := n.natsConn(t)
+	nc, js := n.jetStream(t)
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -131,12 +140,8 @@ func stepDown(t *testing.T, n *clusterNode, stream string) {
 // client port does not serve.)
 func leadAllOn(t *testing.T, n, to *clusterNode) {
 	t.Helper()
-	nc := n.natsConn(t)
+	nc, js := n.jetStream(t)
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	preferred := []byte(`{"placement":{"preferred":"` + to.name + `"}}`)
@@ -712,13 +717,9 @@ func testRunningTasksCompleteWhenTheirGatewaysNodeDies(t *testing.T, extra ...st
 	// The record of deliveries, as a gateway makes it on its first
 	// redelivery or completion through another gateway (jsqueue's
 	// deliveries), made now so that its leader dies too.
-	nc := nodes[0].natsConn(t)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, js := nodes[0].jetStream(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	_, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "qm_deliveries", TTL: 24 * time.Hour, Replicas: 3, Storage: jetstream.FileStorage})
+	_, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "qm_deliveries", TTL: 24 * time.Hour, Replicas: 3, Storage: jetstream.FileStorage})
 	cancel()
 	nc.Close()
 	if err != nil {

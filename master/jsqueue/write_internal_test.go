@@ -6,27 +6,6 @@ import (
 	"time"
 )
 
-// internalQueues opens queues over a single node of their own.
-func internalQueues(t *testing.T) *Queues {
-	t.Helper()
-	n, err := StartNode(NodeConfig{DataDir: t.TempDir(), Secret: "s3cret"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(n.Shutdown)
-	nc, err := n.Connect()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	q, err := New(Config{Conn: nc})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(q.Close)
-	return q
-}
-
 // A write of a record sent again after its answer was lost (the stream's
 // leader died just after storing it) is taken as itself: not as another
 // gateway's write that won the race, which would refuse the completion
@@ -35,7 +14,7 @@ func internalQueues(t *testing.T) *Queues {
 // revision, under the same message ID. A node alone compares the revision
 // first, and answers that race lost; a cluster answers it as a duplicate.
 func TestRecordWriteSentAgainIsItself(t *testing.T) {
-	q := internalQueues(t)
+	q := openQueues(t, startTestNode(t), Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	key, stored := packRecordKey("jobs", 7), time.Now()
@@ -73,7 +52,7 @@ func TestRecordWriteSentAgainIsItself(t *testing.T) {
 // sent again is itself, another from the same revision lost the race, and
 // one over a deleted entry writes over its marker.
 func TestDeliveryWriteSentAgainIsItself(t *testing.T) {
-	q := internalQueues(t)
+	q := openQueues(t, startTestNode(t), Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	kv, err := q.deliveries(ctx)
