@@ -447,17 +447,15 @@ func (q *Queues) giveBack(msgs []*nats.Msg) {
 }
 
 // answerAll sends payload (a nak, an ack) for each of msgs, and waits
-// until JetStream has taken each, or for the request timeout: what Close
-// sends, as its connection and the node in its process go down right
-// after, where one sent without waiting could be lost with them, and its
-// message wait for AckWait (25-29 s holding up a map's ordered output,
-// by hand, before the twenty-third session).
+// until JetStream has taken each, or for attemptTimeout: what Close sends,
+// as its connection and the node in its process go down right after,
+// where one sent without waiting could be lost with them, and its message
+// wait for AckWait. Each request has a timeout of its own, so that every
+// one is sent however slow JetStream is.
 func (q *Queues) answerAll(msgs []*nats.Msg, payload []byte) {
 	if len(msgs) == 0 {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), q.cfg.RequestTimeout)
-	defer cancel()
 	var (
 		wg     sync.WaitGroup
 		failed atomic.Int64
@@ -467,6 +465,8 @@ func (q *Queues) answerAll(msgs []*nats.Msg, payload []byte) {
 		slots <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-slots }()
+			ctx, cancel := context.WithTimeout(context.Background(), attemptTimeout)
+			defer cancel()
 			if _, err := q.cfg.Conn.RequestWithContext(ctx, m.Reply, payload); err != nil {
 				failed.Add(1)
 			}

@@ -672,21 +672,29 @@ func (q *Queues) closePacks() {
 		l.held = nil
 	}
 	q.mu.Unlock()
-	back := whole
+	q.answerAll(whole, nakPayload) // first: these packs are renewed no more
+	// One deadline for every record: a pack not renewed meanwhile must be
+	// handed back well within its ack wait, before JetStream hands it to
+	// another gateway, whose delivery a late nak would cut short.
+	ctx, cancel := q.call()
+	defer cancel()
+	var back []*nats.Msg
 	var apart []*pack
 	for _, pd := range partlyDone {
-		ctx, cancel := q.call()
-		_, err := q.changeRecord(ctx, pd.p, func(r packRecord) (packRecord, bool) {
+		r, err := q.changeRecord(ctx, pd.p, func(r packRecord) (packRecord, bool) {
 			next := packRecord{done: r.done | pd.done, delivered: max(r.delivered, pd.p.delivery)}
 			return next, next != r
 		})
-		cancel()
-		if err != nil {
+		switch {
+		case err != nil:
 			q.log.Warn("a partly done pack's record not written; its tasks not done are stored again apart", "queue", pd.p.del.s.queue, "err", err)
 			apart = append(apart, pd.p)
-			continue
+		case r.delivered > pd.p.delivery:
+			// Another gateway took a later delivery of it: not ours to
+			// hand back.
+		default:
+			back = append(back, pd.p.del.msg)
 		}
-		back = append(back, pd.p.del.msg)
 	}
 	q.answerAll(back, nakPayload)
 	q.movePacksApart(apart)

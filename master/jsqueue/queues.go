@@ -428,7 +428,7 @@ func (q *Queues) Close() {
 	q.mu.Lock()
 	var back []*lease
 	for k, l := range q.leases {
-		if l.pack == nil { // packs are handed back whole, below
+		if l.pack == nil { // packs were handed back whole, by closePacks
 			back = append(back, l)
 		}
 		delete(q.leases, k)
