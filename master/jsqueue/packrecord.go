@@ -314,14 +314,14 @@ func (q *Queues) readRecord(ctx context.Context, key string, stored time.Time) (
 // again and change applied to that. It returns the record as it is now.
 //
 // With resend, each write carries a message ID of its own (newWriteID),
-// and one that gets no answer, as while the records' stream elects a new
-// leader, is sent again under that ID until one answers, within ctx:
-// JetStream stores it once, and answers a send again of a write it
-// stored as a duplicate, or (a node alone, which compares the revision
-// first) as a lost race, which the record's ID then shows to be this
-// write. Without, such a write fails: the writes of a gateway's own
-// packs, frequent, are not worth the entries of JetStream's duplicate
-// window, and what they record is recorded again by the next.
+// and on replicated streams one that gets no answer, as while the
+// records' stream elects a new leader, is sent again under that ID until
+// one answers, within ctx (publishIf): JetStream stores it once, and
+// answers a send again of a write it stored as a duplicate. A lost race
+// whose record carries this write's ID is this write too. Without, such
+// a write fails: the writes of a gateway's own packs, frequent, are not
+// worth the entries of JetStream's duplicate window, and what they
+// record is recorded again by the next.
 func (q *Queues) updateRecord(ctx context.Context, key string, stored time.Time, cur *recordState, resend bool, change func(packRecord) (packRecord, bool)) (recordState, error) {
 	if _, err := q.records(ctx); err != nil {
 		return recordState{}, err
