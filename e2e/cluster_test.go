@@ -759,6 +759,76 @@ func testRunningTasksCompleteWhenTheirGatewaysNodeDies(t *testing.T, extra ...st
 	}
 }
 
+// A worker whose completion its gateway answers "unavailable" sends it
+// again until the gateway's node answers: each task runs once, and map
+// prints the squares long before the leases (40s) would run out. The
+// worker's first gateway is killed while its tasks run, so that it
+// completes them through the other by their tokens, which that gateway
+// must read from the node; the node is stopped (SIGSTOP) past the
+// gateway's request timeout (10s), as a node is while its streams elect
+// a leader. Before, the worker dropped the completion ("complete
+// failed"), and its tasks ran again once their leases ran out.
+func TestWorkerSendsACompletionAnsweredUnavailableAgain(t *testing.T) {
+	ports := qmtest.FreeAddrs(t, 2)
+	natsAddr, clusterAddr := ports[0], ports[1]
+	node, _ := startMaster(t, "--data-dir", t.TempDir(), "--cluster-listen", clusterAddr,
+		"--cluster-peers", clusterAddr, "--nats-listen", natsAddr, "--lease", "40s")
+	gateways := map[string]*proc{}
+	var addrs []string
+	for range 3 {
+		p, addr := startMaster(t, "--nats", "nats://"+natsAddr, "--lease", "40s")
+		gateways[addr] = p
+		addrs = append(addrs, addr)
+	}
+	runs, gate, script := gatedSquares(t)
+	worker := start(t, nil, nil, "qworker", "--server", addrs[0]+","+addrs[1], "--concurrency", "4", "--", "sh", "-c", script)
+
+	const n = 4
+	out := &syncBuffer{}
+	m := start(t, strings.NewReader(seq(n)), out, "qmaster", "map", "--server", addrs[2], "--timeout", "35s")
+	waitFor(t, 20*time.Second, func() bool {
+		b, _ := os.ReadFile(runs)
+		return strings.Count(string(b), "\n") == n
+	})
+	if err := node.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	victim := gatewayWith(t, addrs[:2], "worker")
+	_ = gateways[victim].cmd.Process.Kill()
+	<-gateways[victim].done
+	waitFor(t, 20*time.Second, func() bool { return strings.Contains(worker.logs(), "completing the tasks of the lost connection") })
+	if err := os.WriteFile(gate, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, func() bool {
+		logs := worker.logs()
+		return strings.Contains(logs, "complete answered unavailable") || strings.Contains(logs, "complete failed")
+	})
+	if err := node.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	if code := m.wait(t, 60*time.Second); code != 0 {
+		t.Fatalf("map exited %d: %s", code, m.logs())
+	}
+	wantSquares(t, out.String(), n)
+	wantOneRunEach(t, runs, n)
+	if strings.Contains(worker.logs(), "complete failed") {
+		t.Errorf("a completion was dropped:\n%s", worker.logs())
+	}
+}
+
+// wantOneRunEach checks that gatedSquares's runs logged n runs.
+func wantOneRunEach(t *testing.T, runs string, n int) {
+	t.Helper()
+	b, err := os.ReadFile(runs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lines := strings.Split(strings.TrimSpace(string(b)), "\n"); len(lines) != n {
+		t.Errorf("%d runs of %d tasks, want one each:\n%s", len(lines), n, b)
+	}
+}
+
 // gatedSquares returns a handler script that logs each run of a task
 // (its ID and attempt) to runs, waits for the file gate, then squares its
 // input: every task is still running when a test kills something.
@@ -782,13 +852,7 @@ func finishGatedMap(t *testing.T, worker, m *proc, out *syncBuffer, runs, gate s
 		t.Fatalf("map exited %d: %s", code, m.logs())
 	}
 	wantSquares(t, out.String(), n)
-	b, err := os.ReadFile(runs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if lines := strings.Split(strings.TrimSpace(string(b)), "\n"); len(lines) != n {
-		t.Errorf("%d runs of %d tasks, want one each:\n%s", len(lines), n, b)
-	}
+	wantOneRunEach(t, runs, n)
 }
 
 // qmaster put, given two gateways, goes on through the other when the one

@@ -362,10 +362,54 @@ func (res *results) completeHeld(s *session, held []wire.Completion, again bool)
 		res.log.Debug("connection lost; results dropped", "queue", res.cfg.Tasks, "tasks", len(held))
 		return 0
 	}
-	ctx, cancel := context.WithTimeout(s.ctx, completeTimeout)
-	err := s.c.Complete(ctx, res.cfg.Tasks, res.cfg.Results, held)
-	cancel()
+	err := res.complete(s, held)
+	if errors.Is(err, wire.ErrUnavailable) {
+		err = res.completeWhileUnavailable(s, held, err)
+		again = true
+	}
 	return res.completed(s, held, err, again)
+}
+
+func (res *results) complete(s *session, held []wire.Completion) error {
+	ctx, cancel := context.WithTimeout(s.ctx, completeTimeout)
+	defer cancel()
+	return s.c.Complete(ctx, res.cfg.Tasks, res.cfg.Results, held)
+}
+
+// Pauses between the sends of a completion answered "unavailable".
+const (
+	firstUnavailablePause = 250 * time.Millisecond
+	maxUnavailablePause   = 2 * time.Second
+)
+
+// completeWhileUnavailable sends held again, whose completion was answered
+// err, "unavailable" (a cluster's gateway whose queues' engine is electing
+// a leader or out of its reach), for as long as their leases last, and
+// returns the last answer. Dropped, they would wait out their leases and
+// run again. A completion sent again counts once: the master refuses a
+// task it took already as not leased, and a gateway stores its results
+// under the IDs it stored them by before (see keepForNext).
+func (res *results) completeWhileUnavailable(s *session, held []wire.Completion, err error) error {
+	pause := firstUnavailablePause
+	for errors.Is(err, wire.ErrUnavailable) && time.Until(s.leasedUntil(held)) > pause {
+		if pause == firstUnavailablePause {
+			res.log.Warn("complete answered unavailable; sending it again while the leases last",
+				"queue", res.cfg.Tasks, "tasks", len(held), "err", err)
+		}
+		t := time.NewTimer(pause)
+		select {
+		case <-s.ctx.Done():
+			t.Stop()
+			return err
+		case <-s.c.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+		pause = min(2*pause, maxUnavailablePause)
+		err = res.complete(s, held)
+	}
+	return err
 }
 
 // completed interprets the outcome err of completing held and returns how
@@ -415,6 +459,8 @@ func (res *results) completeThenGet(ctx context.Context, s *session, fs []finish
 	res.measure(sent, len(tasks))
 	handled := len(held)
 	switch {
+	case errors.Is(completeErr, wire.ErrUnavailable):
+		handled = res.completed(s, held, res.completeWhileUnavailable(s, held, completeErr), true)
 	case completeErr != nil:
 		handled = res.completed(s, held, completeErr, false)
 	case errors.Is(err, wire.ErrChainIgnored):

@@ -198,6 +198,24 @@ func (s *session) completing(fs []finished) []wire.Completion {
 	return held
 }
 
+// leasedUntil returns when the first of the leases of held runs out, as
+// last granted or renewed: the zero time if s holds none of them.
+func (s *session) leasedUntil(held []wire.Completion) time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var until time.Time
+	for _, c := range held {
+		l, ok := s.leases[c.ID]
+		if !ok || l.length <= 0 {
+			continue
+		}
+		if end := l.renewed.Add(l.length); until.IsZero() || end.Before(until) {
+			until = end
+		}
+	}
+	return until
+}
+
 // gone reports whether the connection has dropped or the session ended.
 func (s *session) gone() bool {
 	select {
