@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/qm-dev/qm/internal/qmtest"
 )
 
 var binDir string
@@ -105,7 +107,14 @@ var listenRE = regexp.MustCompile(`msg=listening.* addr=(127\.0\.0\.1:\d+)`)
 // startMaster runs qmaster on a free loopback port and returns its address.
 func startMaster(t *testing.T, args ...string) (*proc, string) {
 	t.Helper()
-	m := start(t, nil, nil, "qmaster", append([]string{"--addr", "127.0.0.1:0"}, args...)...)
+	return startMasterAt(t, "127.0.0.1:0", args...)
+}
+
+// startMasterAt runs qmaster on addr and returns the address it listens
+// on, once it does.
+func startMasterAt(t *testing.T, addr string, args ...string) (*proc, string) {
+	t.Helper()
+	m := start(t, nil, nil, "qmaster", append([]string{"--addr", addr}, args...)...)
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
 		if sub := listenRE.FindStringSubmatch(m.logs()); sub != nil {
@@ -158,6 +167,49 @@ func TestClassicFlow(t *testing.T) {
 	stats, _, code := run(t, "", "inspect", "--server", addr, "--json")
 	if code != 0 || !strings.Contains(stats, `"queue":"tasks"`) || !strings.Contains(stats, `"done":1000`) {
 		t.Errorf("inspect after the run (exit %d): %s", code, stats)
+	}
+}
+
+// A master with --data-dir restarted (SIGTERM, then started again on the
+// same address) in the middle of a map: map, given that one address,
+// connects again, since the master said its queues outlive it, and
+// prints every result, in order. Before, it exited on "master shutting
+// down": it reconnected only when given several addresses.
+func TestMapGoesOnThroughARestartedMaster(t *testing.T) {
+	addr := qmtest.FreeAddrs(t, 1)[0]
+	args := []string{"--data-dir", t.TempDir()}
+	m, _ := startMasterAt(t, addr, args...)
+	for range 2 {
+		start(t, nil, nil, "qworker", "--server", addr, "--builtin", "square", "--concurrency", "4")
+	}
+	const n = 2000
+	feed := newSeqFeed(t)
+	out := &syncBuffer{}
+	mapper := start(t, feed.r, out, "qmaster", "map", "--server", addr, "--batch", "10")
+	t.Cleanup(feed.close) // before the map's own: see newSeqFeed
+	feed.write(1, n/2)
+	waitFor(t, 60*time.Second, func() bool { return out.lines() >= n/4 })
+	if err := m.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := m.wait(t, 30*time.Second); code != 0 {
+		t.Fatalf("master exited %d on SIGTERM: %s", code, m.logs())
+	}
+	startMasterAt(t, addr, args...)
+	go func() { // not feed.write: a map that exited would block it
+		for i := n/2 + 1; i <= n; i++ {
+			if _, err := fmt.Fprintln(feed.w, i); err != nil {
+				return
+			}
+		}
+		feed.close()
+	}()
+	if code := mapper.wait(t, 120*time.Second); code != 0 {
+		t.Fatalf("map exited %d: %s", code, mapper.logs())
+	}
+	wantSquares(t, out.String(), n)
+	if !strings.Contains(mapper.logs(), "connecting again") {
+		t.Errorf("map did not say it connected again: %s", mapper.logs())
 	}
 }
 

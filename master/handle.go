@@ -75,6 +75,7 @@ func (c *clientConn) handle(req *wire.Request, buf *callBuffers) *wire.Response 
 		c.setIdentity(req.Role, req.Name)
 		resp.ClientID = c.id
 		resp.MaxMessageSize = c.s.cfg.MaxMessageSize
+		resp.QueuesOutlive = c.s.cfg.DataDir != "" || c.s.cfg.OpenQueues != nil
 	case wire.OpPut:
 		resp.IDs, err = c.put(req, buf)
 	case wire.OpGet:

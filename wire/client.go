@@ -95,6 +95,8 @@ type Client struct {
 
 	// masters is how many masters the address dialled names (Masters).
 	masters int
+	// queuesOutlive is the master's hello's QueuesOutlive.
+	queuesOutlive bool
 
 	mu     sync.Mutex
 	max    int // the message size limit: ours, or the master's if lower
@@ -108,6 +110,11 @@ type Client struct {
 // loopback besides: see countMasters). A producer that reconnects only
 // when there is another master to reach asks this.
 func (c *Client) Masters() int { return c.masters }
+
+// QueuesOutliveMaster reports whether the master said its queues outlive
+// it (Response.QueuesOutlive): a client that loses it may connect again
+// to the same address and find its tasks.
+func (c *Client) QueuesOutliveMaster() bool { return c.queuesOutlive }
 
 type clientStream struct {
 	s     *yamux.Stream
@@ -368,6 +375,7 @@ func (c *Client) hello(ctx context.Context, cfg Config) error {
 		return err
 	}
 	c.id = resp.ClientID
+	c.queuesOutlive = resp.QueuesOutlive
 	if m := resp.MaxMessageSize; m > 0 && m < c.max {
 		// Send nothing the master would refuse, and say so at once: a
 		// message it refuses costs the whole upload first. The stream of

@@ -549,7 +549,7 @@ func appendResponse(b []byte, r *Response) ([]byte, error) {
 	n := 0
 	for _, set := range [...]bool{r.Code != 0, r.Error != "", len(r.IDs) > 0, len(r.Tasks) > 0,
 		len(r.Stats) > 0, len(r.Clients) > 0, len(r.Queues) > 0, r.Count != 0, r.Lease != 0, r.ClientID != 0,
-		r.MaxMessageSize != 0, r.StreamClosed, r.Then != nil} {
+		r.MaxMessageSize != 0, r.QueuesOutlive, r.StreamClosed, r.Then != nil} {
 		if set {
 			n++
 		}
@@ -593,6 +593,10 @@ func appendResponse(b []byte, r *Response) ([]byte, error) {
 	if r.MaxMessageSize != 0 {
 		b = msgp.AppendStr(b, "max_msg")
 		b = msgp.AppendInt(b, int64(r.MaxMessageSize))
+	}
+	if r.QueuesOutlive {
+		b = msgp.AppendStr(b, "outlive")
+		b = msgp.AppendBool(b, true)
 	}
 	if r.StreamClosed {
 		b = msgp.AppendStr(b, "stream_closed")
@@ -676,6 +680,8 @@ func (r *Response) decode(rd *msgp.Reader, chained bool) error {
 			r.ClientID, err = rd.Uint()
 		case "max_msg":
 			r.MaxMessageSize, err = readInt(rd)
+		case "outlive":
+			r.QueuesOutlive, err = rd.Bool()
 		case "stream_closed":
 			r.StreamClosed, err = rd.Bool()
 		case "then":

@@ -95,7 +95,7 @@ func TestFastCodecResponse(t *testing.T) {
 	want := Response{
 		Code: CodeNotLeased, Error: "e", IDs: []uint64{1, 2}, Tasks: sampleTasks(),
 		Stats: []QueueStats{{Queue: "tasks", Ready: 3}}, Clients: []ClientInfo{{ID: 4, Role: "worker"}},
-		Queues: []string{"a"}, Count: -1, Lease: time.Second, ClientID: 5, MaxMessageSize: 1 << 20, StreamClosed: true,
+		Queues: []string{"a"}, Count: -1, Lease: time.Second, ClientID: 5, MaxMessageSize: 1 << 20, QueuesOutlive: true, StreamClosed: true,
 	}
 	var got Response
 	if err := msgpack.Unmarshal(mustMarshal(t, want), &got); err != nil {
@@ -269,7 +269,7 @@ func TestAppendMatchesReflection(t *testing.T) {
 		}
 	}
 	resps := []Response{
-		{Code: CodeNotLeased, Error: "e", IDs: []uint64{1, 1 << 40}, Tasks: sampleTasks(), Count: -1, Lease: time.Second, ClientID: 5, MaxMessageSize: 1 << 20, StreamClosed: true},
+		{Code: CodeNotLeased, Error: "e", IDs: []uint64{1, 1 << 40}, Tasks: sampleTasks(), Count: -1, Lease: time.Second, ClientID: 5, MaxMessageSize: 1 << 20, QueuesOutlive: true, StreamClosed: true},
 		{Stats: []QueueStats{{Queue: "tasks", Ready: 300, OldestAge: time.Hour}}, Clients: []ClientInfo{{ID: 4, Role: "worker", LastSeen: time.Unix(5, 0)}},
 			Queues: []string{"a"}, Then: &Response{Count: 1}},
 		{},

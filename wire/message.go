@@ -136,6 +136,11 @@ type Response struct {
 	// MaxMessageSize is the master's limit on one message (hello): a
 	// client sends nothing larger, and says so at once.
 	MaxMessageSize int `msgpack:"max_msg,omitempty"`
+	// QueuesOutlive says that the master's queues outlive it (hello): it
+	// keeps them in a data directory or a cluster, so a client that
+	// loses it may connect again, to it restarted or to another gateway,
+	// and find its tasks there.
+	QueuesOutlive bool `msgpack:"outlive,omitempty"`
 	// StreamClosed says that the master closes the stream after this
 	// response, so the client must not reuse it.
 	StreamClosed bool `msgpack:"stream_closed,omitempty"`

@@ -31,8 +31,10 @@ import (
 // A host name that resolves to several addresses counts as that many
 // gateways, as one host would have them (wire.Client.Masters): an IPv4 and an
 // IPv6 address, or localhost's two, are one master. With one master it
-// does not reconnect, since a lone master that comes back may have lost
-// the tasks (without --data-dir), and map would wait for their results
+// reconnects only if the master said its queues outlive it (a
+// --data-dir, or a gateway of a cluster, which an address in front of
+// several gateways may reach): a lone master without --data-dir that
+// comes back has lost the tasks, and map would wait for their results
 // for ever.
 //
 // map's producer and collector share it; each asks for a new connection
@@ -61,8 +63,9 @@ type producerConn struct {
 }
 
 // dialProducer connects for the producer command cmd ("map", "put"). With
-// several masters to reach the connection it returns reconnects. It gives
-// the puts request IDs unique to the run.
+// several masters to reach, or one whose queues outlive it, the
+// connection it returns reconnects. It gives the puts request IDs unique
+// to the run.
 func dialProducer(ctx context.Context, co *clientOptions, f *factory, cmd string) (*producerConn, error) {
 	dial := func(ctx context.Context) (*wire.Client, error) {
 		return co.connect(ctx, f, "producer", cmd)
@@ -72,7 +75,7 @@ func dialProducer(ctx context.Context, co *clientOptions, f *factory, cmd string
 		return nil, err
 	}
 	conn := &producerConn{name: "qmaster " + cmd, dial: dial, c: c, errOut: f.ErrOut, idPrefix: cmd + "-" + randomHex(8) + "-"}
-	conn.reconnect = c.Masters() > 1
+	conn.reconnect = c.Masters() > 1 || c.QueuesOutliveMaster()
 	return conn, nil
 }
 
