@@ -229,3 +229,31 @@ func TestProducerGivesUpWhenNoGatewayTakesIt(t *testing.T) {
 		t.Fatalf("call still going 10s after its 200ms of redialling; stderr:\n%s", errOut)
 	}
 }
+
+// A producer given one address reconnects only to a master whose queues
+// outlive it: one without a data directory loses them when it stops, and
+// map would wait for its results for ever.
+func TestProducerReconnectsOnlyWhenTheQueuesOutliveTheMaster(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cfg  master.Config
+		want bool
+	}{
+		{"in memory", master.Config{}, false},
+		{"data dir", master.Config{DataDir: t.TempDir()}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			addr := startInProcessMaster(t, tc.cfg)
+			f, _, _ := testFactory("")
+			co := clientOptions{Server: addr, Authkey: testKey, ConnectTimeout: 5 * time.Second}
+			conn, err := dialProducer(context.Background(), &co, f, "map")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.close()
+			if conn.reconnect != tc.want {
+				t.Errorf("reconnect = %v, want %v", conn.reconnect, tc.want)
+			}
+		})
+	}
+}
