@@ -96,13 +96,14 @@ type engine struct {
 	pack     int
 	packSpan time.Duration
 	note     string // for the listening line
+	log      *slog.Logger
 }
 
 // openEngine connects to the cluster, or starts this qmaster's node, and
 // waits until JetStream is ready.
 func (o *engineOptions) open(ctx context.Context, s *serveOptions, authkey []byte, log *slog.Logger) (*engine, error) {
 	secret := jsqueue.SecretFromAuthkey(authkey)
-	e := &engine{pack: o.pack(), packSpan: o.PackSpan}
+	e := &engine{pack: o.pack(), packSpan: o.PackSpan, log: log}
 	if e.packSpan == 0 {
 		e.packSpan = -1 // jsqueue's "fixed packs"
 	}
@@ -218,6 +219,27 @@ func (e *engine) current() func() error {
 		return nil
 	}
 	return e.node.Current
+}
+
+// handOverFor bounds the hand-over of a stopping node's leaderships; it
+// takes one round trip per stream or consumer, unless a peer is down.
+const handOverFor = 5 * time.Second
+
+// handOver moves the leaderships of the embedded node, if any, to the
+// other nodes, before the gateway hands its tasks back (see
+// jsqueue.Node.HandOver), within ctx and handOverFor.
+func (e *engine) handOver(ctx context.Context) {
+	if e.node == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, handOverFor)
+	defer cancel()
+	start := time.Now()
+	if err := e.node.HandOver(ctx); err != nil {
+		e.log.Warn("leaderships not all handed over to the other nodes; theirs wait for an election", "err", err)
+		return
+	}
+	e.log.Info("leaderships handed over to the other nodes", "took", time.Since(start).Round(time.Millisecond))
 }
 
 func (e *engine) close() {

@@ -322,12 +322,14 @@ func serveRun(ctx context.Context, opts *serveOptions) error {
 		Logger:           log,
 	}
 	storage := storageNote(opts.DataDir, fsync, interval)
+	var handOver func(context.Context)
 	if opts.Engine.enabled() {
 		eng, err := opts.Engine.open(ctx, opts, key, log)
 		if err != nil {
 			return err
 		}
 		defer eng.close()
+		handOver = eng.handOver
 		mcfg.DataDir = ""
 		mcfg.OpenQueues = eng.openQueues(log)
 		mcfg.Collectors = eng.collectors()
@@ -403,6 +405,9 @@ func serveRun(ctx context.Context, opts *serveOptions) error {
 	log.Info("shutting down", "timeout", opts.ShutdownTimeout)
 	sctx, cancel := context.WithTimeout(context.Background(), opts.ShutdownTimeout)
 	defer cancel()
+	if handOver != nil {
+		handOver(sctx)
+	}
 	if err := srv.Shutdown(sctx); err != nil {
 		log.Warn("calls still in progress at the shutdown timeout were cut off", "err", err)
 	}

@@ -230,6 +230,43 @@ func TestNodeIsCurrentOnlyWithItsCluster(t *testing.T) {
 	t.Logf("alone: %v", again.Current())
 }
 
+// A node that hands its leaderships over before its gateway closes (as a
+// stopping qmaster does) has its gateway's tasks given back to the
+// others at once: the gateway's naks go to the queue's consumer's new
+// leader, which stays. Naks to a leader that then stops are lost, and the
+// task waits out its ack wait: another gateway then gets task 2 first.
+func TestHandedOverNodesTasksComeBackAtOnce(t *testing.T) {
+	nodes, gw := clusterGateways(t)
+	put(t, gw[0], "jobs", "1", "2", "3")
+	var leader int
+	fmt.Sscanf(consumerLeader(t, nodes[0], "jobs"), "n%d", &leader)
+	if ts := get(t, gw[leader], "jobs", 1, 1, time.Minute, 5*time.Second); len(ts) != 1 || string(ts[0].Payload) != "1" {
+		t.Fatalf("got %q, want task 1", payloads(ts))
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := nodes[leader].HandOver(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("handed over in %v", time.Since(start).Round(time.Millisecond))
+	other := (leader + 1) % 3
+	if now := consumerLeader(t, nodes[other], "jobs"); now == fmt.Sprintf("n%d", leader) {
+		t.Fatalf("the consumer is still led by n%d", leader)
+	}
+	if now := streamLeader(t, nodes[other], "jobs"); now == fmt.Sprintf("n%d", leader) {
+		t.Fatalf("the stream is still led by n%d", leader)
+	}
+	gw[leader].Close()
+	nodes[leader].Shutdown()
+
+	ts := get(t, gw[other], "jobs", 2, 1, time.Minute, 10*time.Second)
+	if len(ts) != 1 || string(ts[0].Payload) != "1" || ts[0].Attempts != 2 {
+		t.Fatalf("after the stop got %q, want task 1 again, at its second attempt", payloads(ts))
+	}
+}
+
 // TestGetOutlivesItsConsumersLeader: a get waiting when its consumer's
 // leader's node stops asks the new leader once it is elected, and takes a
 // task put then, rather than fail (the stopping node answers its request
