@@ -296,7 +296,8 @@ func (res *results) send(s *session, fs []finished, again bool) {
 	for len(fs) > 0 {
 		k := min(len(fs), maxBatch)
 		sent := time.Now()
-		handled := res.completeHeld(s, s.completing(fs[:k]), again)
+		held, until := s.completing(fs[:k])
+		handled := res.completeHeld(s, held, until, again)
 		batch := fs[:k]
 		if handled == 0 && s.gone() {
 			batch = res.keepForNext(batch, true)
@@ -351,10 +352,10 @@ func (res *results) takeAgain() [][]finished {
 	return again
 }
 
-// completeHeld sends the completions held, whose leases s holds, and
-// returns how many the master took. again says they may have been taken
-// already, by a chained call whose reply never came.
-func (res *results) completeHeld(s *session, held []wire.Completion, again bool) (handled int) {
+// completeHeld sends the completions held, whose leases s holds until
+// until, and returns how many the master took. again says they may have
+// been taken already, by a chained call whose reply never came.
+func (res *results) completeHeld(s *session, held []wire.Completion, until time.Time, again bool) (handled int) {
 	if len(held) == 0 {
 		return 0
 	}
@@ -364,7 +365,7 @@ func (res *results) completeHeld(s *session, held []wire.Completion, again bool)
 	}
 	err := res.complete(s, held)
 	if errors.Is(err, wire.ErrUnavailable) {
-		err = res.completeWhileUnavailable(s, held, err)
+		err = res.completeWhileUnavailable(s, held, until, err)
 		again = true
 	}
 	return res.completed(s, held, err, again)
@@ -382,19 +383,31 @@ const (
 	maxUnavailablePause   = 2 * time.Second
 )
 
-// completeWhileUnavailable sends held again, whose completion was answered
-// err, "unavailable" (a cluster's gateway whose queues' engine is electing
-// a leader or out of its reach), for as long as their leases last, and
-// returns the last answer. Dropped, they would wait out their leases and
-// run again. A completion sent again counts once: the master refuses a
-// task it took already as not leased, and a gateway stores its results
-// under the IDs it stored them by before (see keepForNext).
-func (res *results) completeWhileUnavailable(s *session, held []wire.Completion, err error) error {
+// completeWhileUnavailable sends the results of held again, whose
+// completion was answered err, "unavailable" (a cluster's gateway whose
+// queues' engine is electing a leader or out of its reach), until the
+// first of their leases would run out, as they stood before the first
+// send (until), and returns the last answer. Dropped, they would wait out
+// their leases and run again. A completion sent again counts once: the
+// master refuses a task it took already as not leased, and a gateway
+// stores its results under the IDs it stored them by before (see
+// keepForNext). Failed attempts are not sent again: the master takes
+// them first, and one sent again could fail the task's next delivery.
+func (res *results) completeWhileUnavailable(s *session, held []wire.Completion, until time.Time, err error) error {
+	var results []wire.Completion
+	for _, c := range held {
+		if c.Error == "" {
+			results = append(results, c)
+		}
+	}
+	if len(results) == 0 {
+		return err
+	}
 	pause := firstUnavailablePause
-	for errors.Is(err, wire.ErrUnavailable) && time.Until(s.leasedUntil(held)) > pause {
+	for errors.Is(err, wire.ErrUnavailable) && time.Until(until) > pause {
 		if pause == firstUnavailablePause {
 			res.log.Warn("complete answered unavailable; sending it again while the leases last",
-				"queue", res.cfg.Tasks, "tasks", len(held), "err", err)
+				"queue", res.cfg.Tasks, "tasks", len(results), "err", err)
 		}
 		t := time.NewTimer(pause)
 		select {
@@ -407,7 +420,7 @@ func (res *results) completeWhileUnavailable(s *session, held []wire.Completion,
 		case <-t.C:
 		}
 		pause = min(2*pause, maxUnavailablePause)
-		err = res.complete(s, held)
+		err = res.complete(s, results)
 	}
 	return err
 }
@@ -443,7 +456,7 @@ func (res *results) completeThenGet(ctx context.Context, s *session, fs []finish
 		res.send(s, fs, false)
 		fs = nil
 	}
-	held := s.completing(fs)
+	held, until := s.completing(fs)
 	if len(held) == 0 || s.gone() {
 		if s.gone() {
 			fs = res.keepForNext(fs, false)
@@ -460,7 +473,7 @@ func (res *results) completeThenGet(ctx context.Context, s *session, fs []finish
 	handled := len(held)
 	switch {
 	case errors.Is(completeErr, wire.ErrUnavailable):
-		handled = res.completed(s, held, res.completeWhileUnavailable(s, held, completeErr), true)
+		handled = res.completed(s, held, res.completeWhileUnavailable(s, held, until, completeErr), true)
 	case completeErr != nil:
 		handled = res.completed(s, held, completeErr, false)
 	case errors.Is(err, wire.ErrChainIgnored):
@@ -471,7 +484,7 @@ func (res *results) completeThenGet(ctx context.Context, s *session, fs []finish
 		// Cancelled (a drain) before the reply: the master may or may not
 		// have the results. Send them again on their own; those it took
 		// already come back as not leased, and no result is published twice.
-		handled = res.completeHeld(s, held, true)
+		handled = res.completeHeld(s, held, until, true)
 		err = ctx.Err()
 	case err != nil && (s.gone() || errors.Is(err, wire.ErrClosed)):
 		handled = 0

@@ -182,38 +182,27 @@ func (s *session) track(t Task, now time.Time) *lease {
 	return l
 }
 
-// completing returns the completions of fs whose leases s still holds and
-// marks those as being sent. The others were lost: another worker has
-// their tasks now.
-func (s *session) completing(fs []finished) []wire.Completion {
+// completing returns the completions of those of fs whose leases s still
+// holds, and marks those as being sent, and when the first of these
+// leases runs out, as last granted or renewed (the zero time for none).
+// The others were lost: another worker has their tasks now.
+func (s *session) completing(fs []finished) (held []wire.Completion, until time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	held := make([]wire.Completion, 0, len(fs))
+	held = make([]wire.Completion, 0, len(fs))
 	for _, f := range fs {
 		if s.leases[f.l.id] == f.l {
 			f.l.completing = true
 			held = append(held, f.c)
+			if f.l.length <= 0 {
+				continue
+			}
+			if end := f.l.renewed.Add(f.l.length); until.IsZero() || end.Before(until) {
+				until = end
+			}
 		}
 	}
-	return held
-}
-
-// leasedUntil returns when the first of the leases of held runs out, as
-// last granted or renewed: the zero time if s holds none of them.
-func (s *session) leasedUntil(held []wire.Completion) time.Time {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var until time.Time
-	for _, c := range held {
-		l, ok := s.leases[c.ID]
-		if !ok || l.length <= 0 {
-			continue
-		}
-		if end := l.renewed.Add(l.length); until.IsZero() || end.Before(until) {
-			until = end
-		}
-	}
-	return until
+	return held, until
 }
 
 // gone reports whether the connection has dropped or the session ended.
