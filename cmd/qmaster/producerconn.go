@@ -43,6 +43,11 @@ type producerConn struct {
 	name      string // the command, for its messages: "qmaster map"
 	dial      func(context.Context) (*wire.Client, error)
 	reconnect bool
+	// others says the address names several masters: one that does not
+	// answer in time is given up for another. A lone master that does
+	// not answer is most likely cut off or stuck, and the command says
+	// so rather than connect to it again and again.
+	others bool
 	// idPrefix starts the request ID of each put: unique to the run,
 	// followed by its first input line's number. A put is sent again
 	// through another gateway, and also through the same one after it
@@ -75,7 +80,8 @@ func dialProducer(ctx context.Context, co *clientOptions, f *factory, cmd string
 		return nil, err
 	}
 	conn := &producerConn{name: "qmaster " + cmd, dial: dial, c: c, errOut: f.ErrOut, idPrefix: cmd + "-" + randomHex(8) + "-"}
-	conn.reconnect = c.Masters() > 1 || c.QueuesOutliveMaster()
+	conn.others = c.Masters() > 1
+	conn.reconnect = conn.others || c.QueuesOutliveMaster()
 	return conn, nil
 }
 
