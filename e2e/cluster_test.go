@@ -817,6 +817,47 @@ func TestWorkerSendsACompletionAnsweredUnavailableAgain(t *testing.T) {
 	}
 }
 
+// A qmaster stopped with SIGTERM hands its node's leaderships over before
+// its gateway gives back the tasks it holds, so that they come back at
+// once. Its node leads every stream and consumer, and its gateway holds a
+// pack of eight tasks, one of them running at a worker that knows only
+// that gateway. After the SIGTERM a worker on another gateway must run
+// all eight within 20s; the lease (40s) would bring them back later.
+// Before the hand-over, the gateway's nak went to the queue's consumer's
+// leader on its own node, which then stopped and forgot it.
+func TestStoppedNodesTasksComeBackAtOnce(t *testing.T) {
+	nodes := startCluster(t, "--lease", "40s")
+	victim, other := nodes[0], nodes[1]
+	if _, errOut, code := run(t, seq(8), "put", "tasks", "--server", victim.addr); code != 0 {
+		t.Fatalf("put: %s", errOut)
+	}
+	leadAllOn(t, other, victim)
+	runs, _, script := gatedSquares(t) // its gate stays shut
+	start(t, nil, nil, "qworker", "--server", victim.addr, "--concurrency", "1", "--", "sh", "-c", script)
+	waitFor(t, 20*time.Second, func() bool {
+		b, _ := os.ReadFile(runs)
+		return strings.Count(string(b), "\n") == 1
+	})
+	doneRuns := t.TempDir() + "/runs"
+	start(t, nil, nil, "qworker", "--server", other.addr, "--", "sh", "-c", `echo "$QM_TASK_ID" >> `+doneRuns+`; cat`)
+
+	if err := victim.p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	stopped := time.Now()
+	if code := victim.p.wait(t, 20*time.Second); code != 0 {
+		t.Fatalf("qmaster exited %d on SIGTERM: %s", code, victim.p.logs())
+	}
+	if !strings.Contains(victim.p.logs(), "leaderships handed over") {
+		t.Errorf("the stopped qmaster did not say it handed its leaderships over:\n%s", victim.p.logs())
+	}
+	waitFor(t, 20*time.Second, func() bool {
+		b, _ := os.ReadFile(doneRuns)
+		return strings.Count(string(b), "\n") == 8
+	})
+	t.Logf("the eight tasks ran on the other gateway %v after the SIGTERM", time.Since(stopped).Round(100*time.Millisecond))
+}
+
 // wantOneRunEach checks that gatedSquares's runs logged n runs.
 func wantOneRunEach(t *testing.T, runs string, n int) {
 	t.Helper()

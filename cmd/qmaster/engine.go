@@ -227,12 +227,17 @@ const handOverFor = 5 * time.Second
 
 // handOver moves the leaderships of the embedded node, if any, to the
 // other nodes, before the gateway hands its tasks back (see
-// jsqueue.Node.HandOver), within ctx and handOverFor.
+// jsqueue.Node.HandOver), within handOverFor and half of what is left of
+// ctx: the gateway's shutdown has the rest.
 func (e *engine) handOver(ctx context.Context) {
 	if e.node == nil {
 		return
 	}
-	ctx, cancel := context.WithTimeout(ctx, handOverFor)
+	budget := handOverFor
+	if deadline, ok := ctx.Deadline(); ok {
+		budget = min(budget, time.Until(deadline)/2)
+	}
+	ctx, cancel := context.WithTimeout(ctx, budget)
 	defer cancel()
 	start := time.Now()
 	if err := e.node.HandOver(ctx); err != nil {

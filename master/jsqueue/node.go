@@ -268,15 +268,15 @@ func (n *Node) led() (streams, consumers []leadership, err error) {
 			if st.Config != nil {
 				replicas = st.Config.Replicas
 			}
-			if replicas > 1 && n.srv.JetStreamIsStreamLeader(a.Name, st.Name) {
-				streams = append(streams, leadership{account: a.Name, stream: st.Name})
+			if replicas > 1 && n.srv.JetStreamIsStreamLeader(a.Id, st.Name) {
+				streams = append(streams, leadership{account: a.Id, stream: st.Name})
 			}
 			for _, c := range st.Consumer {
 				if c == nil || c.Config == nil || cmp.Or(c.Config.Replicas, replicas) <= 1 {
 					continue // one replica: no other node to lead it
 				}
-				if n.srv.JetStreamIsConsumerLeader(a.Name, st.Name, c.Name) {
-					consumers = append(consumers, leadership{a.Name, st.Name, c.Name})
+				if n.srv.JetStreamIsConsumerLeader(a.Id, st.Name, c.Name) {
+					consumers = append(consumers, leadership{a.Id, st.Name, c.Name})
 				}
 			}
 		}
