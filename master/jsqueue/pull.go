@@ -68,7 +68,18 @@ type pullSlot struct {
 	reply string   // the reply subject of r
 	r     *pullReq // the request it answers; nil when idle
 	left  int      // messages JetStream may still send for r
+	// retired is set when the consumer of r has a new leader: the slot
+	// is kept a while, then dropped (see leaderChangeGrace).
+	retired bool
 }
+
+// leaderChangeGrace is how long an inbox whose request a consumer's new
+// leader ended (leaderElected) is kept, each message still sent to it
+// naked. The old leader may still be alive, stepped down (a stopping
+// qmaster hands its leaderships over), and its last messages come by
+// another route than the new leader's advisory, sometimes after it: an
+// inbox dropped at once lost them, and they waited out AckWait.
+const leaderChangeGrace = attemptTimeout
 
 // pullReq is one pull request awaiting its messages.
 type pullReq struct {
@@ -109,10 +120,11 @@ const consumerElectedPrefix = "$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED"
 
 // leaderElected ends the requests still awaited from the consumer that an
 // advisory says has a new leader: pull requests are not replicated, so
-// the new leader knows none of them, and the old one (dead, or cut off)
-// answers none. Each get sends its request again at once. Their inboxes
-// are dropped: a message the old leader still sends to one is naked, and
-// is not taken for a later request of that inbox.
+// the new leader knows none of them, and the old one (dead, cut off, or
+// stepped down) answers none. Each get sends its request again at once.
+// Their inboxes are dropped after leaderChangeGrace: a message the old
+// leader still sends to one is naked, and is not taken for a later
+// request of that inbox.
 func (p *pulls) leaderElected(m *nats.Msg) {
 	rest, ok := strings.CutPrefix(m.Subject, consumerElectedPrefix+".")
 	if !ok {
@@ -121,15 +133,15 @@ func (p *pulls) leaderElected(m *nats.Msg) {
 	next := pullPrefix + rest
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for sub, sl := range p.bySub {
+	for _, sl := range p.bySub {
 		if sl.r == nil || sl.next != next {
 			continue
 		}
-		delete(p.bySub, sub) // pull sees its request still out, and unsubscribes
 		select {
 		case sl.r.end <- jetstream.ErrConsumerLeadershipChanged:
 		default:
 		}
+		sl.r, sl.retired = nil, true // request drops the slot
 	}
 }
 
@@ -232,6 +244,31 @@ func (p *pulls) received(m *nats.Msg) {
 	}
 }
 
+// unsubscribe drains sub, an inbox no get awaits any longer: what
+// JetStream sent before the server learnt of it is naked (received).
+// Not while reconnecting: the client library would subscribe the
+// draining inbox again on reconnecting, and forget it after the drain
+// without unsubscribing, leaving the server's interest.
+func (p *pulls) unsubscribe(sub *nats.Subscription) {
+	if p.nc.IsConnected() {
+		_ = sub.Drain()
+	} else {
+		_ = sub.Unsubscribe()
+	}
+}
+
+// drop ends the subscription of sl, retired, unless close has ended it.
+func (p *pulls) drop(sl *pullSlot) {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return
+	}
+	delete(p.bySub, sl.sub)
+	p.mu.Unlock()
+	p.unsubscribe(sl.sub)
+}
+
 // pullPrefix starts the pull subject of every consumer:
 // <prefix><stream>.<consumer>.
 const pullPrefix = "$JS.API.CONSUMER.MSG.NEXT."
@@ -326,6 +363,9 @@ func (p *pulls) request(ctx context.Context, next string, batch int, body []byte
 	abandoned := sl.r == r // still at the server
 	switch {
 	case p.closed:
+	case sl.retired:
+		// What still comes is naked (received) until the slot is dropped.
+		time.AfterFunc(leaderChangeGrace, func() { p.drop(sl) })
 	case abandoned:
 		sl.r = nil
 		delete(p.bySub, sl.sub)
@@ -334,14 +374,7 @@ func (p *pulls) request(ctx context.Context, next string, batch int, body []byte
 	}
 	p.mu.Unlock()
 	if abandoned {
-		// Not while reconnecting: the client library would subscribe the
-		// draining inbox again on reconnecting, and forget it after the
-		// drain without unsubscribing, leaving the server's interest.
-		if p.nc.IsConnected() {
-			_ = sl.sub.Drain()
-		} else {
-			_ = sl.sub.Unsubscribe()
-		}
+		p.unsubscribe(sl.sub)
 	}
 	for { // what came before the get gave up is its own
 		select {

@@ -1,6 +1,14 @@
 package jsqueue
 
-import "testing"
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
 
 // A pull tells its consumer's messages by their ack subject, in both
 // layouts JetStream uses, and no other consumer's.
@@ -18,5 +26,73 @@ func TestIsAckOf(t *testing.T) {
 		if got := isAckOf(reply, next); got != want {
 			t.Errorf("%s: %v", reply, got)
 		}
+	}
+}
+
+// A message a consumer's old leader sends after its new leader's advisory
+// (the old one alive, stepped down, its last messages on another route)
+// is naked, so that the new leader sends it again at once: the inbox of
+// the request the advisory ended is kept leaderChangeGrace. Dropped at
+// once, it lost the message, which waited out AckWait. The test stands
+// for the consumer's leader: it takes the pull request, and answers it
+// once the request has ended and its inbox would have been dropped.
+func TestOldLeadersLateMessageIsNaked(t *testing.T) {
+	nc, err := startTestNode(t).Connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	p := newPulls(nc)
+	defer p.close()
+	const next = pullPrefix + "S.C"
+	reqs, err := nc.SubscribeSync(next)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The ack subject is the test's own: a client may not publish with
+	// a reply subject of JetStream's.
+	naks, err := nc.SubscribeSync("test.ack")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+
+	ended := make(chan error, 1)
+	go func() {
+		_, err := p.pull(context.Background(), next, 1, 10*time.Second)
+		ended <- err
+	}()
+	req, err := reqs.NextMsg(5 * time.Second)
+	if err != nil {
+		t.Fatalf("no pull request: %v", err)
+	}
+	if err := nc.Publish(consumerElectedPrefix+".S.C", []byte("{}")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-ended:
+		if !errors.Is(err, jetstream.ErrConsumerLeadershipChanged) {
+			t.Fatalf("the pull ended with %v, want a leadership change", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the pull did not end on the advisory")
+	}
+	// Past a drain of the inbox: it is sent before this flush's ping.
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	late := nats.NewMsg(req.Reply)
+	late.Reply, late.Data = "test.ack", []byte("late")
+	if err := nc.PublishMsg(late); err != nil {
+		t.Fatal(err)
+	}
+	nak, err := naks.NextMsg(5 * time.Second)
+	if err != nil {
+		t.Fatalf("the late message was not naked: %v", err)
+	}
+	if nak.Subject != late.Reply || string(nak.Data) != string(nakPayload) {
+		t.Fatalf("got %q on %s, want a nak on %s", nak.Data, nak.Subject, late.Reply)
 	}
 }
