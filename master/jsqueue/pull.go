@@ -79,7 +79,7 @@ type pullSlot struct {
 // qmaster hands its leaderships over), and its last messages come by
 // another route than the new leader's advisory, sometimes after it: an
 // inbox dropped at once lost them, and they waited out AckWait.
-const leaderChangeGrace = attemptTimeout
+const leaderChangeGrace = 2 * time.Second
 
 // pullReq is one pull request awaiting its messages.
 type pullReq struct {
