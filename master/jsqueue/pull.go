@@ -73,9 +73,9 @@ type pullSlot struct {
 	retired bool
 }
 
-// leaderChangeGrace is how long an inbox whose request a consumer's new
-// leader ended (leaderElected) is kept, each message still sent to it
-// naked. The old leader may still be alive, stepped down (a stopping
+// leaderChangeGrace is how long at least an inbox whose request a
+// consumer's new leader ended (leaderElected) is kept, each message
+// still sent to it naked. The old leader may still be alive, stepped down (a stopping
 // qmaster hands its leaderships over), and its last messages come by
 // another route than the new leader's advisory, sometimes after it: an
 // inbox dropped at once lost them, and they waited out AckWait.
@@ -342,6 +342,7 @@ func (p *pulls) request(ctx context.Context, next string, batch int, body []byte
 	if err != nil {
 		return nil, err
 	}
+	expires := time.Now().Add(timeout) // at JetStream, a little before
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
 	var msgs []*nats.Msg
@@ -364,8 +365,10 @@ func (p *pulls) request(ctx context.Context, next string, batch int, body []byte
 	switch {
 	case p.closed:
 	case sl.retired:
-		// What still comes is naked (received) until the slot is dropped.
-		time.AfterFunc(leaderChangeGrace, func() { p.drop(sl) })
+		// What still comes is naked (received) until the slot is dropped:
+		// after the grace, or after the request expires, if later, in
+		// case it went to the new leader before the advisory came.
+		time.AfterFunc(max(leaderChangeGrace, time.Until(expires)), func() { p.drop(sl) })
 	case abandoned:
 		sl.r = nil
 		delete(p.bySub, sl.sub)

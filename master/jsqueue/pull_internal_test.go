@@ -96,3 +96,56 @@ func TestOldLeadersLateMessageIsNaked(t *testing.T) {
 		t.Fatalf("got %q on %s, want a nak on %s", nak.Data, nak.Subject, late.Reply)
 	}
 }
+
+// A request the new leader took before its advisory came is ended by the
+// advisory all the same: its inbox is kept until the request expires, so
+// that a message the new leader sends it after the grace is naked too.
+func TestLateAnswerOfANewLeaderIsNaked(t *testing.T) {
+	nc, err := startTestNode(t).Connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	p := newPulls(nc)
+	defer p.close()
+	const next = pullPrefix + "S.C"
+	reqs, err := nc.SubscribeSync(next)
+	if err != nil {
+		t.Fatal(err)
+	}
+	naks, err := nc.SubscribeSync("test.ack")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	ended := make(chan error, 1)
+	go func() {
+		_, err := p.pull(context.Background(), next, 1, 3*leaderChangeGrace)
+		ended <- err
+	}()
+	req, err := reqs.NextMsg(5 * time.Second)
+	if err != nil {
+		t.Fatalf("no pull request: %v", err)
+	}
+	if err := nc.Publish(consumerElectedPrefix+".S.C", []byte("{}")); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-ended; !errors.Is(err, jetstream.ErrConsumerLeadershipChanged) {
+		t.Fatalf("the pull ended with %v, want a leadership change", err)
+	}
+	// The new leader answers once a message comes: after the grace,
+	// within the request's expiry.
+	answer := time.NewTimer(leaderChangeGrace + 500*time.Millisecond)
+	<-answer.C
+	late := nats.NewMsg(req.Reply)
+	late.Reply, late.Data = "test.ack", []byte("late")
+	if err := nc.PublishMsg(late); err != nil {
+		t.Fatal(err)
+	}
+	nak, err := naks.NextMsg(5 * time.Second)
+	if err != nil || string(nak.Data) != string(nakPayload) {
+		t.Fatalf("the answer after the grace was not naked: %v", err)
+	}
+}
