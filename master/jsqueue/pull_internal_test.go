@@ -37,20 +37,45 @@ func TestIsAckOf(t *testing.T) {
 // for the consumer's leader: it takes the pull request, and answers it
 // once the request has ended and its inbox would have been dropped.
 func TestOldLeadersLateMessageIsNaked(t *testing.T) {
+	nc, req, naks := pullEndedByAnAdvisory(t, 10*time.Second)
+	// Past a drain of the inbox: it is sent before this flush's ping.
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	wantNaked(t, nc, req, naks)
+}
+
+// A request the new leader took before its advisory came is ended by the
+// advisory all the same: its inbox is kept until the request expires, so
+// that a message the new leader sends it after the grace is naked too.
+func TestLateAnswerOfANewLeaderIsNaked(t *testing.T) {
+	nc, req, naks := pullEndedByAnAdvisory(t, 3*leaderChangeGrace)
+	// The new leader answers once a message comes: after the grace,
+	// within the request's expiry.
+	answer := time.NewTimer(leaderChangeGrace + 500*time.Millisecond)
+	<-answer.C
+	wantNaked(t, nc, req, naks)
+}
+
+// pullEndedByAnAdvisory sends a pull request of wait, which the test
+// takes as its consumer's leader would, then ends it with an advisory of
+// the consumer's new leader. It returns the request and the subscription
+// that sees the naks of answers to it (test.ack: a client may not publish
+// with a reply subject of JetStream's).
+func pullEndedByAnAdvisory(t *testing.T, wait time.Duration) (*nats.Conn, *nats.Msg, *nats.Subscription) {
+	t.Helper()
 	nc, err := startTestNode(t).Connect()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer nc.Close()
+	t.Cleanup(nc.Close)
 	p := newPulls(nc)
-	defer p.close()
+	t.Cleanup(p.close)
 	const next = pullPrefix + "S.C"
 	reqs, err := nc.SubscribeSync(next)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The ack subject is the test's own: a client may not publish with
-	// a reply subject of JetStream's.
 	naks, err := nc.SubscribeSync("test.ack")
 	if err != nil {
 		t.Fatal(err)
@@ -58,10 +83,9 @@ func TestOldLeadersLateMessageIsNaked(t *testing.T) {
 	if err := nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
-
 	ended := make(chan error, 1)
 	go func() {
-		_, err := p.pull(context.Background(), next, 1, 10*time.Second)
+		_, err := p.pull(context.Background(), next, 1, wait)
 		ended <- err
 	}()
 	req, err := reqs.NextMsg(5 * time.Second)
@@ -79,10 +103,12 @@ func TestOldLeadersLateMessageIsNaked(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the pull did not end on the advisory")
 	}
-	// Past a drain of the inbox: it is sent before this flush's ping.
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	return nc, req, naks
+}
+
+// wantNaked answers req now and checks that the answer is naked.
+func wantNaked(t *testing.T, nc *nats.Conn, req *nats.Msg, naks *nats.Subscription) {
+	t.Helper()
 	late := nats.NewMsg(req.Reply)
 	late.Reply, late.Data = "test.ack", []byte("late")
 	if err := nc.PublishMsg(late); err != nil {
@@ -90,62 +116,9 @@ func TestOldLeadersLateMessageIsNaked(t *testing.T) {
 	}
 	nak, err := naks.NextMsg(5 * time.Second)
 	if err != nil {
-		t.Fatalf("the late message was not naked: %v", err)
+		t.Fatalf("the late answer was not naked: %v", err)
 	}
 	if nak.Subject != late.Reply || string(nak.Data) != string(nakPayload) {
 		t.Fatalf("got %q on %s, want a nak on %s", nak.Data, nak.Subject, late.Reply)
-	}
-}
-
-// A request the new leader took before its advisory came is ended by the
-// advisory all the same: its inbox is kept until the request expires, so
-// that a message the new leader sends it after the grace is naked too.
-func TestLateAnswerOfANewLeaderIsNaked(t *testing.T) {
-	nc, err := startTestNode(t).Connect()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	p := newPulls(nc)
-	defer p.close()
-	const next = pullPrefix + "S.C"
-	reqs, err := nc.SubscribeSync(next)
-	if err != nil {
-		t.Fatal(err)
-	}
-	naks, err := nc.SubscribeSync("test.ack")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	ended := make(chan error, 1)
-	go func() {
-		_, err := p.pull(context.Background(), next, 1, 3*leaderChangeGrace)
-		ended <- err
-	}()
-	req, err := reqs.NextMsg(5 * time.Second)
-	if err != nil {
-		t.Fatalf("no pull request: %v", err)
-	}
-	if err := nc.Publish(consumerElectedPrefix+".S.C", []byte("{}")); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-ended; !errors.Is(err, jetstream.ErrConsumerLeadershipChanged) {
-		t.Fatalf("the pull ended with %v, want a leadership change", err)
-	}
-	// The new leader answers once a message comes: after the grace,
-	// within the request's expiry.
-	answer := time.NewTimer(leaderChangeGrace + 500*time.Millisecond)
-	<-answer.C
-	late := nats.NewMsg(req.Reply)
-	late.Reply, late.Data = "test.ack", []byte("late")
-	if err := nc.PublishMsg(late); err != nil {
-		t.Fatal(err)
-	}
-	nak, err := naks.NextMsg(5 * time.Second)
-	if err != nil || string(nak.Data) != string(nakPayload) {
-		t.Fatalf("the answer after the grace was not naked: %v", err)
 	}
 }
