@@ -647,10 +647,7 @@ func TestSlowTasksCompleteThroughAnotherGateway(t *testing.T) {
 	const n = 4
 	out := &syncBuffer{}
 	m := start(t, strings.NewReader(seq(n)), out, "qmaster", "map", "--server", nodeAddr, "--timeout", "25s")
-	waitFor(t, 20*time.Second, func() bool {
-		b, _ := os.ReadFile(runs)
-		return strings.Count(string(b), "\n") == n
-	})
+	waitFor(t, 20*time.Second, func() bool { return linesIn(runs) == n })
 	victim := gatewayWith(t, addrs, "worker")
 	t.Logf("%d tasks running: SIGKILL the worker's gateway %s", n, victim)
 	_ = gateways[victim].cmd.Process.Kill()
@@ -746,10 +743,7 @@ func testRunningTasksCompleteWhenTheirGatewaysNodeDies(t *testing.T, extra ...st
 	}
 	out := &syncBuffer{}
 	m := start(t, strings.NewReader(seq(n)), out, "qmaster", "map", "--server", other.addr, "--timeout", "35s")
-	waitFor(t, 20*time.Second, func() bool {
-		b, _ := os.ReadFile(runs)
-		return strings.Count(string(b), "\n") == n
-	})
+	waitFor(t, 20*time.Second, func() bool { return linesIn(runs) == n })
 	t.Logf("%d tasks running: SIGKILL their gateway %s, the stream's leader", n, victim.name)
 	_ = victim.p.cmd.Process.Kill()
 	<-victim.p.done
@@ -786,10 +780,7 @@ func TestWorkerSendsACompletionAnsweredUnavailableAgain(t *testing.T) {
 	const n = 4
 	out := &syncBuffer{}
 	m := start(t, strings.NewReader(seq(n)), out, "qmaster", "map", "--server", addrs[2], "--timeout", "35s")
-	waitFor(t, 20*time.Second, func() bool {
-		b, _ := os.ReadFile(runs)
-		return strings.Count(string(b), "\n") == n
-	})
+	waitFor(t, 20*time.Second, func() bool { return linesIn(runs) == n })
 	if err := node.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
@@ -834,10 +825,7 @@ func TestStoppedNodesTasksComeBackAtOnce(t *testing.T) {
 	leadAllOn(t, other, victim)
 	runs, _, script := gatedSquares(t) // its gate stays shut
 	start(t, nil, nil, "qworker", "--server", victim.addr, "--concurrency", "1", "--", "sh", "-c", script)
-	waitFor(t, 20*time.Second, func() bool {
-		b, _ := os.ReadFile(runs)
-		return strings.Count(string(b), "\n") == 1
-	})
+	waitFor(t, 20*time.Second, func() bool { return linesIn(runs) == 1 })
 	doneRuns := t.TempDir() + "/runs"
 	start(t, nil, nil, "qworker", "--server", other.addr, "--", "sh", "-c", `echo "$QM_TASK_ID" >> `+doneRuns+`; cat`)
 
@@ -851,11 +839,14 @@ func TestStoppedNodesTasksComeBackAtOnce(t *testing.T) {
 	if !strings.Contains(victim.p.logs(), "leaderships handed over") {
 		t.Errorf("the stopped qmaster did not say it handed its leaderships over:\n%s", victim.p.logs())
 	}
-	waitFor(t, 20*time.Second, func() bool {
-		b, _ := os.ReadFile(doneRuns)
-		return strings.Count(string(b), "\n") == 8
-	})
+	waitFor(t, 20*time.Second, func() bool { return linesIn(doneRuns) == 8 })
 	t.Logf("the eight tasks ran on the other gateway %v after the SIGTERM", time.Since(stopped).Round(100*time.Millisecond))
+}
+
+// linesIn counts the lines of the file at path: 0 if it cannot be read.
+func linesIn(path string) int {
+	b, _ := os.ReadFile(path)
+	return strings.Count(string(b), "\n")
 }
 
 // wantOneRunEach checks that gatedSquares's runs logged n runs.
