@@ -520,10 +520,7 @@ func TestMapGoesOnThroughAnotherGateway(t *testing.T) {
 // wait, outlast map's 11 s wait for an answer, and end the map as one
 // whose master is unreachable (once in six runs).
 func TestMapSaysWhileQueuesAreUnavailable(t *testing.T) {
-	ports := qmtest.FreeAddrs(t, 2)
-	natsAddr, clusterAddr := ports[0], ports[1]
-	nodeArgs := []string{"--data-dir", t.TempDir(), "--cluster-listen", clusterAddr,
-		"--cluster-peers", clusterAddr, "--nats-listen", natsAddr}
+	nodeArgs, natsAddr := singleNodeArgs(t)
 	node, _ := startMaster(t, nodeArgs...)
 	_, gateway := startMaster(t, "--nats", "nats://"+natsAddr)
 	start(t, nil, nil, "qworker", "--server", gateway, "--builtin", "square", "--concurrency", "4")
@@ -562,18 +559,34 @@ func TestMapSaysWhileQueuesAreUnavailable(t *testing.T) {
 // addresses.
 func startNodeAndGateways(t *testing.T, args ...string) (string, map[string]*proc, []string) {
 	t.Helper()
+	nodeArgs, natsAddr := singleNodeArgs(t)
+	_, nodeAddr := startMaster(t, append(nodeArgs, args...)...)
+	gateways, addrs := startGateways(t, natsAddr, 2, args...)
+	return nodeAddr, gateways, addrs
+}
+
+// singleNodeArgs returns the flags of a qmaster that embeds a JetStream
+// node alone in its cluster, and the address of the node's NATS port.
+func singleNodeArgs(t *testing.T) (args []string, natsAddr string) {
 	ports := qmtest.FreeAddrs(t, 2)
 	natsAddr, clusterAddr := ports[0], ports[1]
-	_, nodeAddr := startMaster(t, append([]string{"--data-dir", t.TempDir(), "--cluster-listen", clusterAddr,
-		"--cluster-peers", clusterAddr, "--nats-listen", natsAddr}, args...)...)
+	return []string{"--data-dir", t.TempDir(), "--cluster-listen", clusterAddr,
+		"--cluster-peers", clusterAddr, "--nats-listen", natsAddr}, natsAddr
+}
+
+// startGateways starts n stateless gateways (qmaster --nats) on the node
+// whose NATS port is natsAddr, each with args. It returns them by address,
+// and their addresses.
+func startGateways(t *testing.T, natsAddr string, n int, args ...string) (map[string]*proc, []string) {
+	t.Helper()
 	gateways := map[string]*proc{}
 	var addrs []string
-	for range 2 {
+	for range n {
 		p, addr := startMaster(t, append([]string{"--nats", "nats://" + natsAddr}, args...)...)
 		gateways[addr] = p
 		addrs = append(addrs, addr)
 	}
-	return nodeAddr, gateways, addrs
+	return gateways, addrs
 }
 
 // gatewayWith returns the one of addrs that a client of role is
@@ -763,17 +776,9 @@ func testRunningTasksCompleteWhenTheirGatewaysNodeDies(t *testing.T, extra ...st
 // a leader. Before, the worker dropped the completion ("complete
 // failed"), and its tasks ran again once their leases ran out.
 func TestWorkerSendsACompletionAnsweredUnavailableAgain(t *testing.T) {
-	ports := qmtest.FreeAddrs(t, 2)
-	natsAddr, clusterAddr := ports[0], ports[1]
-	node, _ := startMaster(t, "--data-dir", t.TempDir(), "--cluster-listen", clusterAddr,
-		"--cluster-peers", clusterAddr, "--nats-listen", natsAddr, "--lease", "40s")
-	gateways := map[string]*proc{}
-	var addrs []string
-	for range 3 {
-		p, addr := startMaster(t, "--nats", "nats://"+natsAddr, "--lease", "40s")
-		gateways[addr] = p
-		addrs = append(addrs, addr)
-	}
+	nodeArgs, natsAddr := singleNodeArgs(t)
+	node, _ := startMaster(t, append(nodeArgs, "--lease", "40s")...)
+	gateways, addrs := startGateways(t, natsAddr, 3, "--lease", "40s")
 	runs, gate, script := gatedSquares(t)
 	worker := start(t, nil, nil, "qworker", "--server", addrs[0]+","+addrs[1], "--concurrency", "4", "--", "sh", "-c", script)
 

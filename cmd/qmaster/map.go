@@ -637,7 +637,7 @@ func collect(ctx context.Context, finish <-chan struct{}, conn *producerConn, qu
 		if ctx.Err() != nil {
 			return nil
 		}
-		if conn.lost(err) || conn.others && errors.Is(err, context.DeadlineExceeded) {
+		if conn.goElsewhere(err) {
 			// Go on through another gateway: the results wait in the
 			// cluster (see producerConn).
 			if c, gen, err = conn.replace(ctx, gen, err); err != nil {
@@ -677,7 +677,7 @@ func collect(ctx context.Context, finish <-chan struct{}, conn *producerConn, qu
 			// Results whose ack is lost come again and are ignored; only
 			// a lost connection needs seeing to here, the next get
 			// reports anything else.
-			if conn.lost(err) || conn.others && errors.Is(err, context.DeadlineExceeded) {
+			if conn.goElsewhere(err) {
 				if c, gen, err = conn.replace(ctx, gen, err); err != nil {
 					return fmt.Errorf("get results from %s: %w", queue, err)
 				}

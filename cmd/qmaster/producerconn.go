@@ -109,6 +109,13 @@ func (m *producerConn) lost(err error) bool {
 	return m.reconnect && (errors.Is(err, wire.ErrClosed) || errors.Is(err, wire.ErrShuttingDown))
 }
 
+// goElsewhere reports whether err says the connection is gone, or, given
+// several masters, that the one it reaches did not answer in time: the
+// command goes on through another (replace).
+func (m *producerConn) goElsewhere(err error) bool {
+	return m.lost(err) || m.others && errors.Is(err, context.DeadlineExceeded)
+}
+
 // replace returns a working connection in place of connection gen, which
 // failed with cause: a new one, made now unless another caller made it
 // already.
