@@ -451,7 +451,10 @@ func (q *Queues) giveBack(msgs []*nats.Msg) {
 // as its connection and the node in its process go down right after,
 // where one sent without waiting could be lost with them, and its message
 // wait for AckWait. Each request has a timeout of its own, so that every
-// one is sent however slow JetStream is.
+// one is sent however slow JetStream is. One answered that nobody takes
+// it is sent again: a consumer's new leader, just handed the leadership
+// by this node (Node.HandOver), takes acks only once its interest has
+// reached this node.
 func (q *Queues) answerAll(msgs []*nats.Msg, payload []byte) {
 	if len(msgs) == 0 {
 		return
@@ -459,6 +462,7 @@ func (q *Queues) answerAll(msgs []*nats.Msg, payload []byte) {
 	var (
 		wg     sync.WaitGroup
 		failed atomic.Int64
+		last   atomic.Pointer[error]
 	)
 	slots := make(chan struct{}, answersAtOnce)
 	for _, m := range msgs {
@@ -467,14 +471,20 @@ func (q *Queues) answerAll(msgs []*nats.Msg, payload []byte) {
 			defer func() { <-slots }()
 			ctx, cancel := context.WithTimeout(context.Background(), attemptTimeout)
 			defer cancel()
-			if _, err := q.cfg.Conn.RequestWithContext(ctx, m.Reply, payload); err != nil {
+			err := retryingTransient(ctx, func() error {
+				_, err := q.cfg.Conn.RequestWithContext(ctx, m.Reply, payload)
+				return err
+			})
+			if err != nil {
 				failed.Add(1)
+				last.Store(&err)
 			}
 		})
 	}
 	wg.Wait()
 	if n := failed.Load(); n > 0 {
-		q.log.Warn("deliveries not confirmed handed back or acked as the gateway closed; JetStream may deliver them again after AckWait", "deliveries", n, "of", len(msgs))
+		q.log.Warn("deliveries not confirmed handed back or acked as the gateway closed; JetStream may deliver them again after AckWait",
+			"deliveries", n, "of", len(msgs), "err", *last.Load())
 	}
 }
 
