@@ -111,3 +111,17 @@ func LookAtLevelsEvery(t interface{ Cleanup(func()) }, d time.Duration) {
 	levelsLookEvery = d
 	t.Cleanup(func() { levelsLookEvery = old })
 }
+
+// RecordWrites is how many times the packs' records have been written,
+// on every gateway of q's node (0 before the first).
+func RecordWrites(q *Queues) (uint64, error) {
+	st, err := q.js.Stream(context.Background(), recordsStream)
+	if err != nil {
+		return 0, err
+	}
+	si, err := st.Info(context.Background())
+	if err != nil {
+		return 0, err
+	}
+	return si.State.LastSeq, nil
+}

@@ -289,9 +289,6 @@ func (q *Queues) current(ctx context.Context, s *stream, id uint64, token string
 // out again. It returns the task as that delivery handed it out, or ok
 // false if the delivery is not the current one.
 func (q *Queues) adoptOrphan(s *stream, id uint64, token string) (o orphan, ok bool, err error) {
-	if isPackToken(token) {
-		return q.adoptPacked(s, id, token)
-	}
 	ctx, cancel := q.call()
 	defer cancel()
 	if _, err := q.deliveries(ctx); err != nil { // for casPut

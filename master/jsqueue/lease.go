@@ -1,9 +1,11 @@
 package jsqueue
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -165,9 +167,7 @@ func (q *Queues) Ack(req queue.AckRequest, dst []queue.Task) ([]queue.Task, erro
 	var orphanErr error // their results are stored: the others are acked all the same
 	if err != nil {
 		q.untakeRefs(taken) // before their tasks are handed out again
-		for _, o := range adopted {
-			q.disown(o)
-		}
+		q.disownAll(adopted)
 	} else {
 		for _, o := range adopted {
 			if o.packed != nil {
@@ -257,19 +257,34 @@ func (q *Queues) takeReissued(ls []*lease, ts []queue.Task, bad []uint64, reissu
 
 // adoptOrphans takes the completions at orphans (indexes in req.IDs) of
 // deliveries this gateway did not hand out, as far as they are the
-// current deliveries of their tasks (adoptOrphan); the others join bad.
+// current deliveries of their tasks (adoptOrphan, adoptPacked); the
+// others join bad. Packed tasks are taken a pack at a time.
 func (q *Queues) adoptOrphans(req queue.AckRequest, orphans []int, bad []uint64) ([]orphan, []uint64, error) {
 	s, err := q.open(req.Queue, false)
 	if err != nil {
 		return nil, bad, err
 	}
 	var adopted []orphan
+	type packDelivery struct{ seq, delivered uint64 }
+	packs := make(map[packDelivery][]int) // indexes in req.IDs
+	var order []packDelivery
 	for _, i := range orphans {
+		if isPackToken(req.Tokens[i]) {
+			seq, delivered, ok := packDeliveryOf(req.IDs[i], req.Tokens[i])
+			if !ok {
+				bad = append(bad, req.IDs[i])
+				continue
+			}
+			pd := packDelivery{seq, delivered}
+			if packs[pd] == nil {
+				order = append(order, pd)
+			}
+			packs[pd] = append(packs[pd], i)
+			continue
+		}
 		o, ok, err := q.adoptOrphan(s, req.IDs[i], req.Tokens[i])
 		if err != nil {
-			for _, o := range adopted {
-				q.disown(o)
-			}
+			q.disownAll(adopted)
 			return nil, bad, err
 		}
 		if !ok {
@@ -279,7 +294,35 @@ func (q *Queues) adoptOrphans(req queue.AckRequest, orphans []int, bad []uint64)
 		o.index = i
 		adopted = append(adopted, o)
 	}
+	for _, pd := range order {
+		at := packs[pd]
+		ids, tokens := make([]uint64, len(at)), make([]string, len(at))
+		for k, i := range at {
+			ids[k], tokens[k] = req.IDs[i], req.Tokens[i]
+		}
+		os, err := q.adoptPacked(s, ids, tokens)
+		if err != nil {
+			q.disownAll(adopted)
+			return nil, bad, err
+		}
+		for k, o := range os {
+			if o.msg == nil {
+				bad = append(bad, ids[k])
+				continue
+			}
+			o.index = at[k]
+			adopted = append(adopted, o)
+		}
+	}
+	slices.SortFunc(adopted, func(a, b orphan) int { return cmp.Compare(a.index, b.index) }) // as mergeInOrder needs
 	return adopted, bad, nil
+}
+
+// disownAll undoes the adoption of each of adopted.
+func (q *Queues) disownAll(adopted []orphan) {
+	for _, o := range adopted {
+		q.disown(o)
+	}
 }
 
 // renewAdopted keeps JetStream from handing out again the deliveries of

@@ -61,49 +61,101 @@ func allTasks(n int) uint64 { return uint64(1)<<n - 1 }
 // delivery of one of s's packs, handed it out; ok is false if the token
 // is not one, or the pack is acked.
 func (q *Queues) packedHandoutOf(ctx context.Context, s *stream, id uint64, token string) (h *packedHandout, ok bool, err error) {
-	delivered, dseq, attempts, valid := parsePackToken(token)
-	seq, i, packed := packOf(id)
-	if !valid || !packed {
-		return nil, false, nil
+	hs, err := q.packedHandoutsOf(ctx, s, []uint64{id}, []string{token})
+	if err != nil || hs[0] == nil {
+		return nil, false, err
+	}
+	return hs[0], true, nil
+}
+
+// packedHandoutsOf reads packed tasks ids as tokens named them, all of
+// one delivery of one pack (packDeliveryOf), with one read of the pack:
+// hs[i] is nil where tokens[i] is not such a token, or the pack is acked.
+func (q *Queues) packedHandoutsOf(ctx context.Context, s *stream, ids []uint64, tokens []string) (hs []*packedHandout, err error) {
+	hs = make([]*packedHandout, len(ids))
+	seq, delivered, ok := packDeliveryOf(ids[0], tokens[0])
+	if !ok {
+		return hs, nil
 	}
 	stream := streamName(s.queue)
-	tok := ackToken{stream: stream, consumer: consumerName, delivered: delivered, seq: seq}
-	reply := packAckSubject(stream, delivered, seq, dseq)
 	var raw *jetstream.RawStreamMsg
 	err = retrying(ctx, func(ctx context.Context) (err error) { raw, err = s.st.GetMsg(ctx, seq); return err })
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return nil, false, nil // acked already
+		return hs, nil // acked already
 	}
 	if err != nil {
-		return nil, false, q.engineErr("read a task", err)
+		return hs, q.engineErr("read a task", err)
 	}
 	payloads, err := decodePack(raw.Data, raw.Header.Get(hdrPack))
-	if err != nil || i >= len(payloads) {
-		return nil, false, nil
+	if err != nil {
+		return hs, nil
 	}
-	t := taskOf(seq, raw.Time, raw.Header, payloads[i], tok.delivered)
-	t.ID, t.Attempts, t.Token = id, attempts, token
-	return &packedHandout{s: s, tok: tok, reply: reply, index: i, tasks: len(payloads), stored: raw.Time, task: t}, true, nil
+	tok := ackToken{stream: stream, consumer: consumerName, delivered: delivered, seq: seq}
+	for k, id := range ids {
+		d, dseq, attempts, valid := parsePackToken(tokens[k])
+		pseq, i, packed := packOf(id)
+		if !valid || !packed || pseq != seq || d != delivered || i >= len(payloads) {
+			continue
+		}
+		t := taskOf(seq, raw.Time, raw.Header, payloads[i], delivered)
+		t.ID, t.Attempts, t.Token = id, attempts, tokens[k]
+		hs[k] = &packedHandout{s: s, tok: tok, reply: packAckSubject(stream, delivered, seq, dseq),
+			index: i, tasks: len(payloads), stored: raw.Time, task: t}
+	}
+	return hs, nil
+}
+
+// packDeliveryOf returns the pack and its delivery that packed task id's
+// token names, or ok false if it names none.
+func packDeliveryOf(id uint64, token string) (seq, delivered uint64, ok bool) {
+	delivered, _, _, valid := parsePackToken(token)
+	seq, _, packed := packOf(id)
+	return seq, delivered, valid && packed
 }
 
 // takeHandout marks h's task done in its pack's record if h is its
 // current handout; ok is false if it is not. r is the record after.
 func (q *Queues) takeHandout(ctx context.Context, h *packedHandout) (r recordState, ok bool, err error) {
+	taken, r, err := q.takeHandouts(ctx, []*packedHandout{h})
+	return r, taken[0], err
+}
+
+// takeHandouts marks the tasks of hs, handouts of one delivery of one
+// pack, done in its record, with one write, as far as each is its task's
+// current handout (taken[i]). r is the record after. One write for all
+// of a completion's tasks of the pack, rather than one each, keeps the
+// record's compare-and-sets from losing to each other when the workers
+// of a dead gateway complete its packs through another all at once.
+func (q *Queues) takeHandouts(ctx context.Context, hs []*packedHandout) (taken []bool, r recordState, err error) {
+	h := hs[0]
+	var want uint64
+	for _, h := range hs {
+		want |= h.bit()
+	}
+	var got uint64
 	r, err = q.updateRecord(ctx, h.key(), h.stored, nil, true, func(r packRecord) (packRecord, bool) {
-		ok = h.currentIn(r)
-		return packRecord{done: r.done | h.bit(), delivered: max(r.delivered, h.tok.delivered)}, ok
+		got = 0
+		if r.delivered <= h.tok.delivered { // else a later delivery was taken
+			got = want &^ r.done
+		}
+		return packRecord{done: r.done | got, delivered: max(r.delivered, h.tok.delivered)}, got != 0
 	})
-	if err == nil && ok && r.fresh {
+	if err == nil && got != 0 && r.fresh {
 		// Acked meanwhile, its record deleted?
 		var gone bool
 		if gone, err = q.packGone(ctx, h.s, h.tok.seq); gone {
-			ok = false
+			got = 0
 		}
 	}
+	taken = make([]bool, len(hs))
 	if err != nil {
-		return r, false, q.engineErr("record a completion", err)
+		return taken, r, q.engineErr("record a completion", err)
 	}
-	return r, ok, nil
+	for i, h := range hs {
+		taken[i] = got&h.bit() != 0
+		got &^= h.bit() // a task named twice is taken once
+	}
+	return taken, r, nil
 }
 
 // untakeHandout undoes takeHandout, for a task whose results could not
@@ -120,22 +172,46 @@ func (q *Queues) untakeHandout(h *packedHandout) {
 	}
 }
 
-// adoptPacked takes a completion of packed task id of s through token, a
-// delivery another gateway handed out, if it is its task's current one
-// (takeHandout). The pack is acked when that completes it.
-func (q *Queues) adoptPacked(s *stream, id uint64, token string) (orphan, bool, error) {
+// adoptPacked takes the completions of packed tasks ids through tokens,
+// deliveries another gateway handed out, all of one delivery of one pack
+// (packDeliveryOf), as far as each is its task's current one
+// (takeHandouts): adopted[i] is the zero orphan where it is not. The pack
+// is acked when that completes it.
+func (q *Queues) adoptPacked(s *stream, ids []uint64, tokens []string) (adopted []orphan, err error) {
 	ctx, cancel := q.call()
 	defer cancel()
-	h, ok, err := q.packedHandoutOf(ctx, s, id, token)
-	if err != nil || !ok {
-		return orphan{}, false, err
+	adopted = make([]orphan, len(ids))
+	hs, err := q.packedHandoutsOf(ctx, s, ids, tokens)
+	if err != nil {
+		return nil, err
 	}
-	r, ok, err := q.takeHandout(ctx, h)
-	if err != nil || !ok {
-		return orphan{}, false, err
+	var named []*packedHandout
+	var at []int
+	for i, h := range hs {
+		if h != nil {
+			named, at = append(named, h), append(at, i)
+		}
 	}
-	q.doneHere(h)
-	return orphan{task: h.task, msg: &nats.Msg{Reply: h.reply}, packed: h, packDone: r.done == allTasks(h.tasks)}, true, nil
+	if len(named) == 0 {
+		return adopted, nil
+	}
+	taken, r, err := q.takeHandouts(ctx, named)
+	if err != nil {
+		return nil, err
+	}
+	last := -1
+	for k, h := range named {
+		if !taken[k] {
+			continue
+		}
+		q.doneHere(h)
+		adopted[at[k]] = orphan{task: h.task, msg: &nats.Msg{Reply: h.reply}, packed: h}
+		last = at[k]
+	}
+	if last >= 0 {
+		adopted[last].packDone = r.done == allTasks(named[0].tasks) // acked once, by the last
+	}
+	return adopted, nil
 }
 
 // settlePacked acks the pack of h, an adopted handout whose results are

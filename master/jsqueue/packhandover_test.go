@@ -3,7 +3,9 @@ package jsqueue_test
 import (
 	"errors"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -317,4 +319,59 @@ func TestPackedTaskFailedThroughAnotherGatewayBacksOff(t *testing.T) {
 			t.Fatalf("retry after %v: got %+v after %v; want the task at attempt 2 after at least %v", retryAfter, again, took, wait/2)
 		}
 	}
+}
+
+// The workers of a dead gateway complete its pack's tasks through the
+// other gateways all at once, each worker all its tasks in one call:
+// every task gets one result, the pack is acked, and each completion
+// writes the pack's record once. Written once a task, as before, the
+// writes (compare-and-sets on one record) lost to each other, and a
+// completion could fail after too many losses.
+func TestWorkersOfADeadGatewayCompleteItsPackAtOnce(t *testing.T) {
+	const workers, each = 4, 8
+	a, b, c, killA := packingGateways(t, jsqueue.Config{Pack: workers * each, HoldFor: time.Minute, AckWait: time.Minute})
+	ps := make([]string, workers*each)
+	for i := range ps {
+		ps[i] = strconv.Itoa(i)
+	}
+	ids := put(t, b, "jobs", ps...)
+	held := make([][]queue.Task, workers)
+	for w := range held {
+		if held[w] = getAll(t, a, uint64(w+1), each, time.Second); len(held[w]) != each {
+			t.Fatalf("worker %d got %d tasks, want %d", w+1, len(held[w]), each)
+		}
+	}
+	killA()
+	before, err := jsqueue.RecordWrites(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	published := make([][]queue.Task, workers)
+	errs := make([]error, workers)
+	var wg sync.WaitGroup
+	for w := range held {
+		through := []*jsqueue.Queues{b, c}[w%2]
+		wg.Go(func() { published[w], errs[w] = ackThrough(through, uint64(w+1), held[w]...) })
+	}
+	wg.Wait()
+	var got []uint64
+	for w := range held {
+		if errs[w] != nil || len(published[w]) != each {
+			t.Errorf("worker %d's completion through another gateway: published %d of %d, %v", w+1, len(published[w]), each, errs[w])
+		}
+		got = append(got, taskIDs(published[w])...)
+	}
+	slices.Sort(got)
+	if !slices.Equal(got, ids) {
+		t.Fatalf("results of %v, want one of each of %v", got, ids)
+	}
+	after, err := jsqueue.RecordWrites(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after-before > workers {
+		t.Errorf("%d writes of the pack's record for %d completions", after-before, workers)
+	}
+	storedBecomes(t, b, "jobs", 0, "once every task was done")
 }
