@@ -37,7 +37,9 @@ const (
 // A non-zero exit fails the task with "exit status N: " and the last 2 KiB
 // of stderr. A timeout (0 is none) fails it with "timed out after D". On a
 // timeout, or when ctx ends, the command's whole process group is killed,
-// so that nothing it started outlives it.
+// so that nothing it started outlives it. On Linux the command is killed
+// too if the worker dies without stopping it (SIGKILL, a crash), as its
+// task then runs again elsewhere.
 func Command(argv []string, timeout time.Duration) Handler {
 	argv = slices.Clone(argv)
 	return func(ctx context.Context, t Task) (any, error) {
@@ -66,7 +68,10 @@ func Command(argv []string, timeout time.Duration) Handler {
 		stdout := &limitedBuffer{max: maxOutput}
 		stderr := &tailBuffer{max: stderrTail}
 		cmd.Stdout, cmd.Stderr = stdout, stderr
-		err = cmd.Run()
+		exited, err := startOwned(cmd)
+		if err == nil {
+			err = <-exited
+		}
 		switch {
 		case err == nil && stdout.overflow:
 			return nil, fmt.Errorf("%s: output longer than %d bytes", argv[0], maxOutput)

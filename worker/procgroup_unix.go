@@ -17,9 +17,13 @@ func ownProcessGroup(cmd *exec.Cmd) {
 	cmd.Cancel = func() error { return killGroup(cmd) }
 }
 
-// inNewGroup starts cmd in a process group of its own, for killGroup.
+// inNewGroup starts cmd in a process group of its own, for killGroup,
+// and where the kernel can, has it killed when the worker dies without
+// stopping it (SIGKILL, a crash; see startOwned): its task runs again
+// elsewhere, and a command left running would go on with it too.
 func inNewGroup(cmd *exec.Cmd) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	dieWithWorker(cmd.SysProcAttr)
 }
 
 // killGroup kills the process group of a command started with

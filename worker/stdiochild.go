@@ -131,9 +131,10 @@ func (c *child) start() error {
 	outR, outW, err2 := pipe()
 	errR, errW, err3 := pipe()
 	err := errors.Join(err1, err2, err3)
+	var exited <-chan error
 	if err == nil {
 		cmd.Stdin, cmd.Stdout, cmd.Stderr = inR, outW, errW
-		err = cmd.Start()
+		exited, err = startOwned(cmd)
 	}
 	if err != nil {
 		for _, f := range files {
@@ -155,7 +156,7 @@ func (c *child) start() error {
 		lines:      make(chan childLine, 64),
 	}
 	go func() {
-		p.waitErr = cmd.Wait()
+		p.waitErr = <-exited
 		close(p.exited)
 	}()
 	go p.logStderr(c.cfg.Logger.With("child", c.id, "pid", cmd.Process.Pid))
