@@ -440,6 +440,11 @@ func (res *results) completed(s *session, held []wire.Completion, err error, aga
 				"queue", res.cfg.Tasks, "err", err)
 		}
 		return len(held)
+	case errors.Is(err, context.DeadlineExceeded):
+		// A cluster's gateway that cannot store the results yet holds
+		// them and keeps their leases, and may store them after this.
+		res.log.Warn("complete not answered in time; the master may still store the results, else the tasks are redelivered when their leases run out",
+			"queue", res.cfg.Tasks, "tasks", len(held), "timeout", completeTimeout)
 	default:
 		res.log.Warn("complete failed; the tasks will be redelivered when their leases run out",
 			"queue", res.cfg.Tasks, "tasks", len(held), "err", err)
