@@ -140,15 +140,29 @@ func (q *Queues) takeHandouts(ctx context.Context, hs []*packedHandout) (taken [
 		}
 		return packRecord{done: r.done | got, delivered: max(r.delivered, h.tok.delivered)}, got != 0
 	})
+	// unsure is the ID of a write that may have been stored although the
+	// call fails (its answer lost, or packGone failing after it): its
+	// marks would stand for tasks whose results are not stored, which
+	// nobody would run, so they are taken back (undoWrite).
+	var unsure string
+	if mw := (*maybeWrittenError)(nil); errors.As(err, &mw) {
+		unsure = mw.id
+	}
 	if err == nil && got != 0 && r.fresh {
 		// Acked meanwhile, its record deleted?
 		var gone bool
 		if gone, err = q.packGone(ctx, h.s, h.tok.seq); gone {
 			got = 0
 		}
+		if err != nil {
+			unsure = r.id
+		}
 	}
 	taken = make([]bool, len(hs))
 	if err != nil {
+		if unsure != "" && got != 0 {
+			q.undoWrite(h, unsure, got)
+		}
 		return taken, r, q.engineErr("record a completion", err)
 	}
 	for i, h := range hs {
@@ -160,15 +174,41 @@ func (q *Queues) takeHandouts(ctx context.Context, hs []*packedHandout) (taken [
 
 // untakeHandout undoes takeHandout, for a task whose results could not
 // be stored: it is to do again, by whoever holds its pack.
-func (q *Queues) untakeHandout(h *packedHandout) {
+func (q *Queues) untakeHandout(h *packedHandout) { q.untakeBits(h, h.bit()) }
+
+// untakeBits clears the marks bits in the record of h's pack.
+func (q *Queues) untakeBits(h *packedHandout, bits uint64) {
 	ctx, cancel := q.call()
 	defer cancel()
-	_, err := q.updateRecord(ctx, h.key(), h.stored, nil, true, func(r packRecord) (packRecord, bool) {
-		return packRecord{done: r.done &^ h.bit(), delivered: r.delivered}, r.done&h.bit() != 0
+	q.untakeFrom(ctx, h, nil, bits)
+}
+
+// untakeFrom clears the marks bits in the record of h's pack, as it is
+// at cur (nil: read it).
+func (q *Queues) untakeFrom(ctx context.Context, h *packedHandout, cur *recordState, bits uint64) {
+	_, err := q.updateRecord(ctx, h.key(), h.stored, cur, true, func(r packRecord) (packRecord, bool) {
+		return packRecord{done: r.done &^ bits, delivered: r.delivered}, r.done&bits != 0
 	})
 	if err != nil {
-		q.log.Warn("a packed task whose results were not stored is still marked done; it does not run again",
-			"queue", h.s.queue, "task", h.task.ID, "err", err)
+		q.log.Warn("packed tasks whose results were not stored are still marked done; they do not run again",
+			"queue", h.s.queue, "pack", h.tok.seq, "tasks", bits, "err", err)
+	}
+}
+
+// undoWrite clears the marks bits that the write with ID id made, a
+// write of the record of h's pack whose outcome is not known, if it is
+// the record's last write: after another, the marks may have been
+// counted, and stay.
+func (q *Queues) undoWrite(h *packedHandout, id string, bits uint64) {
+	ctx, cancel := q.call()
+	defer cancel()
+	cur, err := q.readRecord(ctx, h.key(), h.stored)
+	switch {
+	case err != nil:
+		q.log.Warn("packed tasks may stay marked done with their results not stored; they would not run again",
+			"queue", h.s.queue, "pack", h.tok.seq, "tasks", bits, "err", err)
+	case cur.id == id:
+		q.untakeFrom(ctx, h, &cur, bits)
 	}
 }
 

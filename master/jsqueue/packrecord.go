@@ -349,7 +349,7 @@ func (q *Queues) updateRecord(ctx context.Context, key string, stored time.Time,
 			return recordState{packRecord: next, rev: seq, fresh: from == 0, id: id}, nil
 		}
 		if !isWrongSequence(err) {
-			return r, err
+			return r, &maybeWrittenError{id: id, err: err} // unanswered, it may have been stored
 		}
 		if r, err = q.readRecord(ctx, key, stored); err != nil {
 			return r, err
@@ -360,6 +360,16 @@ func (q *Queues) updateRecord(ctx context.Context, key string, stored time.Time,
 	}
 	return r, fmt.Errorf("the record %s kept changing", key)
 }
+
+// maybeWrittenError is an error of updateRecord whose last write, under
+// ID id ("" if none), may have been stored all the same.
+type maybeWrittenError struct {
+	id  string
+	err error
+}
+
+func (e *maybeWrittenError) Error() string { return e.err.Error() }
+func (e *maybeWrittenError) Unwrap() error { return e.err }
 
 // maxRecordTries bounds the compare-and-sets of one update of a record:
 // each lost one means that another gateway wrote it meanwhile, and few

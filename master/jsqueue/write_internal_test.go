@@ -81,3 +81,51 @@ func TestDeliveryWriteSentAgainIsItself(t *testing.T) {
 		t.Fatalf("the entry: %v, %v; want 3", e, err)
 	}
 }
+
+// A write of marks whose outcome is not known (its answer lost) is taken
+// back if it was stored and is still the record's last write: its tasks'
+// results were not stored, and marked done nobody would run them. After
+// another write, the marks may have been counted, and stay.
+func TestUnconfirmedMarksAreTakenBack(t *testing.T) {
+	q := openQueues(t, startTestNode(t), Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s := &stream{queue: "jobs"}
+	h := &packedHandout{s: s, tok: ackToken{seq: 7, delivered: 1}, index: 0, tasks: 4, stored: time.Now()}
+	mark := func(bits uint64) func(packRecord) (packRecord, bool) {
+		return func(r packRecord) (packRecord, bool) {
+			return packRecord{done: r.done | bits, delivered: 1}, true
+		}
+	}
+	done := func() uint64 {
+		t.Helper()
+		r, err := q.readRecord(ctx, h.key(), h.stored)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.done
+	}
+
+	q.writeID = func() string { return "qm-w-test-3" }
+	if _, err := q.updateRecord(ctx, h.key(), h.stored, nil, true, mark(0b011)); err != nil {
+		t.Fatal(err)
+	}
+	q.writeID = newWriteID
+	q.undoWrite(h, "qm-w-test-3", 0b011)
+	if got := done(); got != 0 {
+		t.Fatalf("marks %b after the write was taken back, want none", got)
+	}
+
+	q.writeID = func() string { return "qm-w-test-4" }
+	if _, err := q.updateRecord(ctx, h.key(), h.stored, nil, true, mark(0b011)); err != nil {
+		t.Fatal(err)
+	}
+	q.writeID = newWriteID
+	if _, err := q.updateRecord(ctx, h.key(), h.stored, nil, true, mark(0b100)); err != nil {
+		t.Fatal(err)
+	}
+	q.undoWrite(h, "qm-w-test-4", 0b011)
+	if got := done(); got != 0b111 {
+		t.Fatalf("marks %b after a write over the unconfirmed one, want 111: they stay", got)
+	}
+}
