@@ -367,8 +367,9 @@ func (q *Queues) nackMoved(req queue.NackRequest) error {
 }
 
 // disown undoes adoptOrphan for a task whose results could not be stored:
-// the task runs again, at once, through any gateway.
-func (q *Queues) disown(o orphan) {
+// the task runs again, at once, through any gateway. ok is false if a
+// packed task could not be stored again, and is its pack's to do again.
+func (q *Queues) disown(o orphan) (ok bool) {
 	if o.packed != nil {
 		// Not unmarked: the gateway holding the pack, or one fetching it
 		// again, may have counted it done meanwhile, and would not run it.
@@ -378,8 +379,9 @@ func (q *Queues) disown(o orphan) {
 		if err := q.storeFailed(ctx, o.packed, o.packDone, "results not stored", -1); err != nil {
 			q.log.Warn("a packed task whose results were not stored is not stored again either; it runs again if its pack is delivered again",
 				"queue", o.packed.s.queue, "task", o.task.ID, "err", err)
+			return false
 		}
-		return
+		return true
 	}
 	ctx, cancel := q.call()
 	defer cancel()
@@ -387,4 +389,5 @@ func (q *Queues) disown(o orphan) {
 		_ = kv.Delete(ctx, o.key)
 	}
 	_ = q.nak(o.msg, 0)
+	return true
 }

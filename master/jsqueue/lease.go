@@ -318,10 +318,18 @@ func (q *Queues) adoptOrphans(req queue.AckRequest, orphans []int, bad []uint64)
 	return adopted, bad, nil
 }
 
-// disownAll undoes the adoption of each of adopted.
+// disownAll undoes the adoption of each of adopted. A pack one of whose
+// tasks could not be stored again is its to do again, so it is not acked
+// by the last of them (packDone), which adoptPacked puts after the others.
 func (q *Queues) disownAll(adopted []orphan) {
+	failed := make(map[string]bool) // keys of packs' records
 	for _, o := range adopted {
-		q.disown(o)
+		if o.packed != nil && failed[o.packed.key()] {
+			o.packDone = false
+		}
+		if !q.disown(o) && o.packed != nil {
+			failed[o.packed.key()] = true
+		}
 	}
 }
 
