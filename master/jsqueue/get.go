@@ -471,11 +471,7 @@ func (q *Queues) answerAll(msgs []*nats.Msg, payload []byte) {
 			defer func() { <-slots }()
 			ctx, cancel := context.WithTimeout(context.Background(), attemptTimeout)
 			defer cancel()
-			err := retryingTransient(ctx, func() error {
-				_, err := q.cfg.Conn.RequestWithContext(ctx, m.Reply, payload)
-				return err
-			})
-			if err != nil {
+			if err := q.answer(ctx, m.Reply, payload); err != nil {
 				failed.Add(1)
 				last.Store(&err)
 			}

@@ -300,12 +300,12 @@ func (q *Queues) adoptOrphans(req queue.AckRequest, orphans []int, bad []uint64)
 		for k, i := range at {
 			ids[k], tokens[k] = req.IDs[i], req.Tokens[i]
 		}
-		os, err := q.adoptPacked(s, ids, tokens)
+		group, err := q.adoptPacked(s, ids, tokens)
 		if err != nil {
 			q.disownAll(adopted)
 			return nil, bad, err
 		}
-		for k, o := range os {
+		for k, o := range group {
 			if o.msg == nil {
 				bad = append(bad, ids[k])
 				continue
@@ -576,22 +576,26 @@ func nakBody(delay time.Duration) []byte {
 // (after delay, if > 0), and waits until JetStream has done so: a get
 // that follows finds it.
 func (q *Queues) nak(m *nats.Msg, delay time.Duration) error {
-	body := nakBody(delay)
-	// Tried again only while no one answers: a nak resent after its reply
-	// was lost would hand back the task's next delivery, which JetStream
-	// does not tell from this one.
 	ctx, cancel := q.call()
 	defer cancel()
-	err := retryingTransient(ctx, func() error {
-		rctx, cancel := context.WithTimeout(ctx, attemptTimeout)
-		defer cancel()
-		_, err := q.cfg.Conn.RequestWithContext(rctx, m.Reply, body)
-		return err
-	})
-	if err != nil {
+	if err := q.answer(ctx, m.Reply, nakBody(delay)); err != nil {
 		return q.engineErr("nack", err)
 	}
 	return nil
+}
+
+// answer sends payload (an ack, a nak) to the ack subject reply and waits
+// until JetStream has taken it, each try within attemptTimeout. It is
+// sent again only while nobody answers: one sent again after its reply
+// was lost would answer the message's next delivery, which JetStream does
+// not tell from this one.
+func (q *Queues) answer(ctx context.Context, reply string, payload []byte) error {
+	return retryingTransient(ctx, func() error {
+		rctx, cancel := context.WithTimeout(ctx, attemptTimeout)
+		defer cancel()
+		_, err := q.cfg.Conn.RequestWithContext(rctx, reply, payload)
+		return err
+	})
 }
 
 // Extend sets the lease deadlines of ids held by owner to now+lease.

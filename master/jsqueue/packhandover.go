@@ -174,13 +174,10 @@ func (q *Queues) takeHandouts(ctx context.Context, hs []*packedHandout) (taken [
 
 // untakeHandout undoes takeHandout, for a task whose results could not
 // be stored: it is to do again, by whoever holds its pack.
-func (q *Queues) untakeHandout(h *packedHandout) { q.untakeBits(h, h.bit()) }
-
-// untakeBits clears the marks bits in the record of h's pack.
-func (q *Queues) untakeBits(h *packedHandout, bits uint64) {
+func (q *Queues) untakeHandout(h *packedHandout) {
 	ctx, cancel := q.call()
 	defer cancel()
-	q.untakeFrom(ctx, h, nil, bits)
+	q.untakeFrom(ctx, h, nil, h.bit())
 }
 
 // untakeFrom clears the marks bits in the record of h's pack, as it is
