@@ -97,7 +97,7 @@ func (q *Queues) figures(ctx context.Context, s *stream, state jetstream.StreamS
 		Ready:     int(stored - min(leased, stored)),
 		Dead:      dead,
 		Consumers: ci.NumWaiting,
-		Paused:    ci.Paused,
+		Paused:    pausedByOperator(ci),
 		Delayed:   int(delayed),
 		Puts:      puts,
 		Gets:      ci.Delivered.Consumer,

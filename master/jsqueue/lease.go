@@ -831,14 +831,21 @@ func (q *Queues) ReapLeases(done <-chan struct{}, onExpired func(n int)) {
 	}
 	moves := make(chan chores)
 	moved := make(chan struct{}, 1)
+	// The looks at consumers and the deletions of records, which may be
+	// left undone, end with the reaper: a stopping gateway's server waits
+	// for it before the queues close, and a deletion sent to a records'
+	// stream whose leader was just handed over (Node.HandOver) waited out
+	// the request timeout, holding the gateway's packs from the other
+	// gateways for 10 s.
+	choresCtx, endChores := context.WithCancel(q.ctx)
 	var mover sync.WaitGroup
 	mover.Go(func() {
 		for batch := range moves {
 			if len(batch.overdue) > 0 {
-				q.moveOverdue(batch.overdue)
+				q.moveOverdue(choresCtx, batch.overdue)
 			}
 			if len(batch.drops) > 0 {
-				q.dropRecords(batch.drops)
+				q.dropRecords(choresCtx, batch.drops)
 			}
 			q.sendCounts(batch.counts)
 			select {
@@ -849,6 +856,7 @@ func (q *Queues) ReapLeases(done <-chan struct{}, onExpired func(n int)) {
 	})
 	defer mover.Wait()
 	defer close(moves)
+	defer endChores()
 	moving := false
 	for {
 		select {

@@ -1,7 +1,6 @@
 package jsqueue
 
 import (
-	"cmp"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -209,79 +208,6 @@ func (n *Node) Connect() (*nats.Conn, error) {
 		opts = append(opts, nats.Token(n.secret))
 	}
 	return nats.Connect(n.srv.ClientURL(), opts...)
-}
-
-// HandOver moves the leaderships this node holds, of streams and of
-// their consumers, to the other nodes of its cluster, and waits until it
-// leads none, or ctx ends. A stopping qmaster calls it before its gateway
-// hands its tasks back. A consumer's leader keeps what a nak asks for, a
-// redelivery now, in memory only: naks sent to a leader that then stops
-// are lost, and their tasks wait out the ack wait (30s by default). And
-// a stream or consumer whose leader stops unannounced waits for an
-// election, several seconds, where a handed-over leadership takes one
-// round trip.
-func (n *Node) HandOver(ctx context.Context) error {
-	if n.peers <= 1 {
-		return nil // no other node to hand over to
-	}
-	const askAgain = time.Second // a stepdown that did not take
-	var asked time.Time
-	for {
-		streams, consumers, err := n.led()
-		if err != nil {
-			return err
-		}
-		if len(streams)+len(consumers) == 0 {
-			return nil
-		}
-		if time.Since(asked) >= askAgain {
-			asked = time.Now()
-			for _, l := range streams {
-				_ = n.srv.JetStreamStepdownStream(l.account, l.stream) // gone meanwhile: not led
-			}
-			for _, l := range consumers {
-				_ = n.srv.JetStreamStepdownConsumer(l.account, l.stream, l.consumer)
-			}
-		}
-		t := time.NewTimer(50 * time.Millisecond)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return fmt.Errorf("%d streams and %d consumers still led here: %w", len(streams), len(consumers), ctx.Err())
-		case <-t.C:
-		}
-	}
-}
-
-// leadership is a stream, or a consumer of one, a node leads.
-type leadership struct{ account, stream, consumer string }
-
-// led returns the streams and the consumers this node leads.
-func (n *Node) led() (streams, consumers []leadership, err error) {
-	jsz, err := n.srv.Jsz(&server.JSzOptions{Accounts: true, Streams: true, Consumer: true, Config: true})
-	if err != nil {
-		return nil, nil, fmt.Errorf("list the streams led here: %w", err)
-	}
-	for _, a := range jsz.AccountDetails {
-		for _, st := range a.Streams {
-			replicas := 1
-			if st.Config != nil {
-				replicas = st.Config.Replicas
-			}
-			if replicas > 1 && n.srv.JetStreamIsStreamLeader(a.Id, st.Name) {
-				streams = append(streams, leadership{account: a.Id, stream: st.Name})
-			}
-			for _, c := range st.Consumer {
-				if c == nil || c.Config == nil || cmp.Or(c.Config.Replicas, replicas) <= 1 {
-					continue // one replica: no other node to lead it
-				}
-				if n.srv.JetStreamIsConsumerLeader(a.Id, st.Name, c.Name) {
-					consumers = append(consumers, leadership{a.Id, st.Name, c.Name})
-				}
-			}
-		}
-	}
-	return streams, consumers, nil
 }
 
 // Shutdown stops the node.

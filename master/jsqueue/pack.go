@@ -1,6 +1,7 @@
 package jsqueue
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"slices"
@@ -472,23 +473,23 @@ func (q *Queues) overdueQueuesLocked(now time.Time) []string {
 // They wait if JetStream holds pull requests on the queue's consumer,
 // which this gateway's own gets do not leave while it holds tasks due.
 // Held tasks nobody else waits for stay, in order: stored apart, they
-// would go behind tasks put after them.
-func (q *Queues) moveOverdue(names []string) {
+// would go behind tasks put after them. The looks end with ctx.
+func (q *Queues) moveOverdue(ctx context.Context, names []string) {
 	var moves []heldMove
 	for _, name := range names {
 		s, err := q.open(name, false)
 		if err != nil {
 			continue // gone: its held tasks went with it
 		}
-		ctx, cancel := q.call()
+		ctx, cancel := context.WithTimeout(ctx, q.cfg.RequestTimeout)
 		ci, err := s.cons.Info(ctx)
 		cancel()
 		if err != nil {
 			continue
 		}
 		q.mu.Lock()
-		if s.paused != ci.Paused {
-			s.paused = ci.Paused
+		if paused := pausedByOperator(ci); s.paused != paused {
+			s.paused = paused
 			if !s.paused {
 				s.wakeGets(len(s.held))
 			}

@@ -428,9 +428,10 @@ func (q *Queues) packsAcked(msgs []*nats.Msg, acked bool) {
 
 // dropRecords deletes the records of packs acked (each subject's whole
 // content: a record is of no use once its pack is acked). Run by the
-// reaper's helper goroutine; a failure leaves the record to recordsTTL.
-func (q *Queues) dropRecords(keys []string) {
-	ctx, cancel := q.call()
+// reaper's helper goroutine, until ctx ends; a failure leaves the record
+// to recordsTTL.
+func (q *Queues) dropRecords(ctx context.Context, keys []string) {
+	ctx, cancel := context.WithTimeout(ctx, q.cfg.RequestTimeout)
 	defer cancel()
 	st, err := q.records(ctx)
 	if err != nil {

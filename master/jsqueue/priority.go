@@ -199,7 +199,7 @@ func (q *Queues) levelConsumerOf(ctx context.Context, s *stream, p int) (*level,
 		}
 		if ci, err := s.cons.Info(ctx); err != nil {
 			return nil, err
-		} else if ci.Paused {
+		} else if pausedByOperator(ci) {
 			ccfg.PauseUntil = ci.Config.PauseUntil
 		}
 		err = retrying(ctx, func(ctx context.Context) (err error) { cons, err = s.st.CreateConsumer(ctx, ccfg); return err })
