@@ -682,7 +682,7 @@ func (q *Queues) closePacks() {
 	var back []*nats.Msg
 	var apart []*pack
 	for _, pd := range partlyDone {
-		r, err := q.changeRecord(ctx, pd.p, func(r packRecord) (packRecord, bool) {
+		r, err := q.changeRecord(ctx, pd.p, false, func(r packRecord) (packRecord, bool) {
 			next := packRecord{done: r.done | pd.done, delivered: max(r.delivered, pd.p.delivery)}
 			return next, next != r
 		})

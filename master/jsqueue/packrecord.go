@@ -123,7 +123,7 @@ func (q *Queues) recordPack(ctx context.Context, p *pack, m uint64) error {
 	if m == 0 || last {
 		return nil // written by the write before, or the pack is acked with them
 	}
-	_, err := q.changeRecordLocked(ctx, p, func(r packRecord) (packRecord, bool) {
+	_, err := q.changeRecordLocked(ctx, p, false, func(r packRecord) (packRecord, bool) {
 		// Bits another gateway set mean stored results too: kept.
 		return packRecord{done: r.done | m, delivered: max(r.delivered, p.delivery)}, m&^r.done != 0
 	})
@@ -154,7 +154,9 @@ func unsettled(p *pack, m uint64) int {
 // them through another gateway with that delivery's token (adoptPacked).
 // It returns the tasks it marked; the others are done already.
 func (q *Queues) takeTasks(ctx context.Context, p *pack, m uint64) (taken uint64, err error) {
-	r, err := q.changeRecord(ctx, p, func(r packRecord) (packRecord, bool) {
+	// With an ID: sent again after its answer was lost, it must still
+	// tell the tasks it marked from those marked before it.
+	r, err := q.changeRecord(ctx, p, true, func(r packRecord) (packRecord, bool) {
 		taken = 0
 		if r.delivered > p.delivery { // delivered again since: not this gateway's
 			return r, false
@@ -185,7 +187,8 @@ func (q *Queues) takeTasks(ctx context.Context, p *pack, m uint64) (taken uint64
 // untakeTasks undoes takeTasks for tasks whose results (or copies) could
 // not be stored: they are to do again.
 func (q *Queues) untakeTasks(ctx context.Context, p *pack, m uint64) {
-	_, err := q.changeRecord(ctx, p, func(r packRecord) (packRecord, bool) {
+	// With an ID: applied twice, it could take back marks set since.
+	_, err := q.changeRecord(ctx, p, true, func(r packRecord) (packRecord, bool) {
 		return packRecord{done: r.done &^ m, delivered: r.delivered}, r.done&m != 0
 	})
 	if err != nil {
@@ -194,21 +197,22 @@ func (q *Queues) untakeTasks(ctx context.Context, p *pack, m uint64) {
 	}
 }
 
-// changeRecord changes p's record (updateRecord), from what this gateway
-// last read or wrote of it, one change at a time per pack (p.recordMu),
-// so that concurrent completions of one pack keep each other's.
-func (q *Queues) changeRecord(ctx context.Context, p *pack, change func(packRecord) (packRecord, bool)) (recordState, error) {
+// changeRecord changes p's record (updateRecord, withID its resend), from
+// what this gateway last read or wrote of it, one change at a time per
+// pack (p.recordMu), so that concurrent completions of one pack keep each
+// other's.
+func (q *Queues) changeRecord(ctx context.Context, p *pack, withID bool, change func(packRecord) (packRecord, bool)) (recordState, error) {
 	p.recordMu.Lock()
 	defer p.recordMu.Unlock()
-	return q.changeRecordLocked(ctx, p, change)
+	return q.changeRecordLocked(ctx, p, withID, change)
 }
 
 // changeRecordLocked is changeRecord with p.recordMu held.
-func (q *Queues) changeRecordLocked(ctx context.Context, p *pack, change func(packRecord) (packRecord, bool)) (recordState, error) {
+func (q *Queues) changeRecordLocked(ctx context.Context, p *pack, withID bool, change func(packRecord) (packRecord, bool)) (recordState, error) {
 	q.mu.Lock()
 	cur := p.rec
 	q.mu.Unlock()
-	r, err := q.updateRecord(ctx, p.recordKey(), p.stored, &cur, false, change)
+	r, err := q.updateRecord(ctx, p.recordKey(), p.stored, &cur, withID, change)
 	if err != nil {
 		return r, err
 	}
@@ -313,15 +317,17 @@ func (q *Queues) readRecord(ctx context.Context, key string, stored time.Time) (
 // false to leave it. If another gateway wrote it meanwhile, it is read
 // again and change applied to that. It returns the record as it is now.
 //
-// With resend, each write carries a message ID of its own (newWriteID),
-// and on replicated streams one that gets no answer, as while the
-// records' stream elects a new leader, is sent again under that ID until
-// one answers, within ctx (publishIf): JetStream stores it once, and
-// answers a send again of a write it stored as a duplicate. A lost race
-// whose record carries this write's ID is this write too. Without, such
-// a write fails: the writes of a gateway's own packs, frequent, are not
-// worth the entries of JetStream's duplicate window, and what they
-// record is recorded again by the next.
+// On replicated streams a write that gets no answer, as while the
+// records' stream elects a new leader or its leadership is handed over,
+// is sent again until one answers, within ctx (publishIf). With resend,
+// each write carries a message ID of its own (newWriteID): JetStream
+// stores it once, and answers a send again of a write it stored as a
+// duplicate; a lost race whose record carries this write's ID is this
+// write too. Without, change must be idempotent (marks added, the
+// delivery raised): a write stored whose answer was lost makes its send
+// again lose the race, and change, applied to the record it wrote, writes
+// nothing more. The frequent writes of a gateway's own packs are so, and
+// not worth the entries of JetStream's duplicate window.
 func (q *Queues) updateRecord(ctx context.Context, key string, stored time.Time, cur *recordState, resend bool, change func(packRecord) (packRecord, bool)) (recordState, error) {
 	if _, err := q.records(ctx); err != nil {
 		return recordState{}, err
@@ -443,7 +449,7 @@ func (q *Queues) dropRecords(ctx context.Context, keys []string) {
 			failed++
 		}
 	}
-	if failed > 0 {
+	if failed > 0 && !errors.Is(ctx.Err(), context.Canceled) { // not cut short by the gateway's close
 		q.log.Warn("records of acked packs not deleted; recordsTTL removes them", "records", failed)
 	}
 }

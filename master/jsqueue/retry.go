@@ -98,23 +98,27 @@ func retry(ctx context.Context, try func() (again bool, err error)) error {
 
 // publishIf publishes value on subj if the subject's last message is
 // still at rev (0: there is none), under message ID id if any, and
-// returns the new message's sequence. With an id, on replicated streams,
-// it sends the message again while it gets no answer, as while the
-// stream elects a new leader: JetStream stores it once, and answers a
-// send again of one it stored as a duplicate, with its sequence (a
-// replicated stream's leader looks at the ID before the sequence; its
-// caller also tells its own write from another's by the ID of the
-// subject's last message). A stream of one replica compares the sequence
-// first, and a write stored whose answer was late, written over by
-// another meanwhile, would read as a lost race: there, as without an id,
-// a send that gets no answer fails, as it may have been stored; no new
-// leader is coming to answer it anyway.
+// returns the new message's sequence. On replicated streams it sends the
+// message again while it gets no answer, as while the stream elects a
+// new leader, or after its leader handed the leadership over with the
+// send in flight (Node.HandOver), which drops it unanswered: waited for,
+// it held a stopping gateway up for the whole request timeout. With an
+// id, JetStream stores it once, and answers a send again of one it stored
+// as a duplicate, with its sequence (a replicated stream's leader looks
+// at the ID before the sequence; its caller also tells its own write from
+// another's by the ID of the subject's last message). Without, a send
+// again of one stored finds the subject moved on, as a lost race
+// (updateRecord). A stream of one replica compares the sequence first,
+// and a write stored whose answer was late, written over by another
+// meanwhile, would read as a lost race: there a send that gets no answer
+// fails, as it may have been stored; no new leader is coming to answer
+// it anyway.
 func (q *Queues) publishIf(ctx context.Context, subj string, value []byte, rev uint64, id string) (uint64, error) {
 	opts := []jetstream.PublishOpt{jetstream.WithExpectLastSequencePerSubject(rev)}
 	if id != "" {
 		opts = append(opts, jetstream.WithMsgID(id))
 	}
-	if id == "" || q.cfg.Replicas <= 1 {
+	if q.cfg.Replicas <= 1 {
 		ack, err := q.js.Publish(ctx, subj, value, opts...)
 		if err != nil {
 			return 0, err
