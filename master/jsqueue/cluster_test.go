@@ -494,8 +494,9 @@ func TestHandOverLosesNoDelivery(t *testing.T) {
 				default:
 				}
 				ts, err := q.Get(context.Background(), queue.GetRequest{Queue: "jobs", Max: 16, Owner: owner, Lease: time.Minute, MaxWait: 200 * time.Millisecond}, nil)
-				if err != nil {
-					continue // a leader being elected
+				if err != nil { // a leader being elected
+					time.Sleep(50 * time.Millisecond)
+					continue
 				}
 				if len(ts) == 0 {
 					continue
@@ -522,7 +523,9 @@ func TestHandOverLosesNoDelivery(t *testing.T) {
 			continue
 		}
 		var leader int
-		fmt.Sscanf(consumerLeader(t, nodes[0], "jobs"), "n%d", &leader)
+		if _, err := fmt.Sscanf(consumerLeader(t, nodes[0], "jobs"), "n%d", &leader); err != nil {
+			t.Fatal(err)
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		err := nodes[leader].HandOver(ctx)
 		cancel()

@@ -63,23 +63,33 @@ func (n *Node) HandOver(ctx context.Context) error {
 }
 
 // handOverPause is how long quiesce pauses a consumer for: the pause
-// lapses by itself then, should the node fail to resume it.
+// lapses by itself then, should the node fail to end it sooner.
 const handOverPause = 3 * time.Second
 
-// pausedByOperator reports whether the consumer of ci is paused, by a
-// pause longer than a hand-over's: gateways do not take the blink of one
+// operatorPause is the shortest pause gateways take for an operator's
+// (qm pauses a queue for a hundred years): shorter ones are hand-overs'.
+const operatorPause = time.Hour
+
+// pausedByOperator reports whether the consumer of ci is paused by an
+// operator: gateways do not take the blink of a hand-over's pause
 // (quiesce) for a queue paused, nor show it.
 func pausedByOperator(ci *jetstream.ConsumerInfo) bool {
 	pu := ci.Config.PauseUntil
-	return ci.Paused && pu != nil && time.Until(*pu) > handOverPause
+	return ci.Paused && pu != nil && time.Until(*pu) > operatorPause
 }
 
-// quiesce pauses the consumers this node leads, those not paused
-// already, and waits until they deliver nothing more: each says it is
-// paused, and what it sent before has reached a majority of its
-// replicas. It returns the function that resumes those it paused, unless
-// an operator paused one meanwhile. Nothing it fails to do stops the
-// hand-over: a consumer not paused is handed over all the same.
+// quiesce pauses the consumers this node leads, but those an operator
+// paused, and waits until they deliver nothing more (awaitQuiet). It
+// returns the function that ends those pauses, unless their pause
+// changed meanwhile (an operator's; read from this node's replica of
+// their configs, which may lag: an operator's pause made in those
+// milliseconds can be lost). Nothing it fails to do stops the hand-over:
+// a consumer not paused is handed over all the same.
+//
+// A pause is ended by a pause until a moment later (resumeAfter), not by
+// JetStream's resume: the consumer's leader wakes its waiting pull
+// requests when a pause runs out, and a resume wakes none, leaving them
+// until a message is put or their request expires.
 func (n *Node) quiesce(ctx context.Context) (resume func()) {
 	_, consumers, err := n.led()
 	if err != nil || len(consumers) == 0 {
@@ -101,7 +111,7 @@ func (n *Node) quiesce(ctx context.Context) (resume func()) {
 		wg     sync.WaitGroup
 	)
 	for _, l := range consumers {
-		if l.paused {
+		if time.Until(l.pausedUntil) > operatorPause {
 			continue // an operator's pause: it delivers nothing
 		}
 		wg.Go(func() {
@@ -113,28 +123,39 @@ func (n *Node) quiesce(ctx context.Context) (resume func()) {
 		})
 	}
 	wg.Wait()
-	n.awaitQuiet(ctx, paused)
+	quietCtx, cancel := context.WithTimeout(ctx, quietFor)
+	n.awaitQuiet(quietCtx, paused, until)
+	cancel()
 	return func() {
 		defer nc.Close()
 		// While paused, a consumer's new leader delivers nothing either.
 		ctx, cancel := context.WithTimeout(context.Background(), resumeTimeout)
 		defer cancel()
-		pausedUntil := n.pausedUntil() // as this node, a replica of each, has their configs
+		pausedUntil := n.pausedUntil()
 		var wg sync.WaitGroup
 		for _, l := range paused {
 			if pu, ok := pausedUntil[l.key()]; !ok || !pu.Equal(until) {
-				continue // paused anew (or resumed, or deleted) meanwhile: not ours to resume
+				continue // paused anew (or resumed, or deleted) meanwhile: not ours to end
 			}
-			wg.Go(func() { _, _ = js.ResumeConsumer(ctx, l.stream, l.consumer) })
+			wg.Go(func() { _, _ = js.PauseConsumer(ctx, l.stream, l.consumer, time.Now().Add(resumeAfter)) })
 		}
 		wg.Wait()
 	}
 }
 
-// resumeTimeout bounds the resumes of the consumers quiesce paused, which
-// JetStream's meta leader answers within milliseconds; a resume lost
-// leaves its consumer paused until handOverPause has passed.
+// resumeAfter is how soon after the hand-over its pauses run out: long
+// enough that the consumer's new leader has the new pause before it runs
+// out (its meta leader takes milliseconds), else it would not wake the
+// pull requests waiting.
+const resumeAfter = 250 * time.Millisecond
+
+// resumeTimeout bounds the ends of the pauses quiesce made; one that
+// fails leaves its consumer paused until handOverPause has passed.
 const resumeTimeout = time.Second
+
+// quietFor bounds how long quiesce waits for the consumers to be quiet:
+// the hand-over goes on then, as it did before it paused them.
+const quietFor = time.Second
 
 // pausedUntil returns when each paused consumer this node has a replica
 // of resumes, as its config here says.
@@ -159,18 +180,23 @@ func (n *Node) pausedUntil() map[leadership]time.Time {
 // quietPoll is how often awaitQuiet looks.
 const quietPoll = 10 * time.Millisecond
 
-// awaitQuiet waits until each consumer of ls, that this node still
-// leads, says it is paused and a majority of its other replicas have
-// every entry it sent, then one look more, for the leader to apply them
-// (and send the messages they deliver); or until ctx ends.
-func (n *Node) awaitQuiet(ctx context.Context, ls []leadership) {
+// awaitQuiet waits until each consumer of ls that this node still leads
+// and that is paused until until (else another pause, or none, is its
+// state, not this one's) delivers nothing more: it says it is paused, and
+// its raft group has committed and applied every entry it proposed,
+// deliveries among them, whose messages are sent as they are applied.
+// Two looks in a row must find them so, as a consumer hands its
+// proposals to its group a moment after making them. It returns then,
+// or when ctx ends.
+func (n *Node) awaitQuiet(ctx context.Context, ls []leadership, until time.Time) {
 	if len(ls) == 0 {
 		return
 	}
 	want := make(map[leadership]bool, len(ls))
 	for _, l := range ls {
-		want[l] = true
+		want[l.key()] = true
 	}
+	quietLooks := 0
 	for {
 		_, consumers, err := n.led()
 		if err != nil {
@@ -178,10 +204,18 @@ func (n *Node) awaitQuiet(ctx context.Context, ls []leadership) {
 		}
 		quiet := true
 		for _, l := range consumers {
-			if want[l.key()] && !l.quiet {
+			if want[l.key()] && l.pausedUntil.Equal(until) && !n.applied(l) {
 				quiet = false
 				break
 			}
+		}
+		if quiet {
+			quietLooks++
+		} else {
+			quietLooks = 0
+		}
+		if quietLooks >= 2 {
+			return
 		}
 		t := time.NewTimer(quietPoll)
 		select {
@@ -190,18 +224,33 @@ func (n *Node) awaitQuiet(ctx context.Context, ls []leadership) {
 			return
 		case <-t.C:
 		}
-		if quiet {
-			return
-		}
 	}
+}
+
+// applied reports whether the raft group of consumer l has committed and
+// applied every entry proposed to it here, its leader.
+func (n *Node) applied(l leadership) bool {
+	if l.group == "" {
+		return true
+	}
+	rz := n.srv.Raftz(&server.RaftzOptions{AccountFilter: l.account, GroupFilter: l.group})
+	if rz == nil {
+		return true
+	}
+	g, ok := (*rz)[l.account][l.group]
+	if !ok {
+		return true // gone
+	}
+	return g.IPQPropLen == 0 && g.PIndex == g.Committed && g.Applied >= g.Committed
 }
 
 // leadership is a stream, or a consumer of one, a node leads.
 type leadership struct {
 	account, stream, consumer string
-	// Of a consumer: paused says it is paused; quiet, paused with a
-	// majority of its other replicas caught up.
-	paused, quiet bool
+	// Of a consumer: its raft group, and until when it is paused, as its
+	// config here says (zero: it is not).
+	group       string
+	pausedUntil time.Time
 }
 
 // key is l without its state, to compare leaderships by.
@@ -229,26 +278,17 @@ func (n *Node) led() (streams, consumers []leadership, err error) {
 					continue // one replica: no other node to lead it
 				}
 				if n.srv.JetStreamIsConsumerLeader(a.Id, st.Name, c.Name) {
-					consumers = append(consumers, leadership{account: a.Id, stream: st.Name, consumer: c.Name,
-						paused: c.Paused, quiet: c.Paused && caughtUp(c.Cluster)})
+					l := leadership{account: a.Id, stream: st.Name, consumer: c.Name}
+					if c.Cluster != nil {
+						l.group = c.Cluster.RaftGroup
+					}
+					if c.Paused && c.Config.PauseUntil != nil {
+						l.pausedUntil = *c.Config.PauseUntil
+					}
+					consumers = append(consumers, l)
 				}
 			}
 		}
 	}
 	return streams, consumers, nil
-}
-
-// caughtUp reports whether a majority of the replicas other than the
-// leader have every entry the leader has, as its cluster info says.
-func caughtUp(ci *server.ClusterInfo) bool {
-	if ci == nil {
-		return true
-	}
-	current := 0
-	for _, p := range ci.Replicas {
-		if p != nil && !p.Offline && p.Lag == 0 {
-			current++
-		}
-	}
-	return 2*current >= len(ci.Replicas)
 }
