@@ -438,15 +438,11 @@ func (q *Queues) SetPaused(name string, paused bool) error {
 	ctx, cancel := q.call()
 	defer cancel()
 	setPaused := func(cons string) (err error) {
-		until := time.Now().Add(pauseFor)
-		if !paused {
-			// A pause that runs out in a moment, not JetStream's resume,
-			// which wakes none of the pull requests waiting at the
-			// consumer: gets waiting through other gateways would get
-			// nothing until their requests expire, the tasks ready.
-			until = time.Now().Add(resumeAfter)
+		if paused {
+			_, err = s.st.PauseConsumer(ctx, cons, time.Now().Add(pauseFor))
+		} else {
+			_, err = s.st.ResumeConsumer(ctx, cons)
 		}
-		_, err = s.st.PauseConsumer(ctx, cons, until)
 		return err
 	}
 	// Level 0 first: a priority level made from then on takes its state
