@@ -7,7 +7,8 @@
 # /readyz?current. It prints whether map printed every square in order, the longest pause of its
 # output (in whole seconds), and the warnings of every process; it stops what it started and
 # leaves the logs in a temporary directory. QMARGS and QWARGS add flags to every qmaster and
-# qworker (--log-level debug, say).
+# qworker (--log-level debug, say); SIGNAL=KILL stops each node with SIGKILL instead, as a
+# crash would.
 set -u
 bin=${1:?usage: rolling-restart.sh BINDIR [N]}
 n=${2:-300000}
@@ -28,7 +29,7 @@ current() { until curl -fs "http://127.0.0.1:508$1/readyz?current" >/dev/null 2>
 stopnode() {
 	local p
 	p=$(cat "$d/m$1.pid")
-	kill -TERM "$p" 2>/dev/null
+	kill -"${2:-TERM}" "$p" 2>/dev/null
 	while kill -0 "$p" 2>/dev/null; do sleep 0.1; done
 }
 cleanup() {
@@ -50,8 +51,8 @@ done
 mapper=$!
 sleep 4
 for i in 1 2 3; do
-	echo "$(date +%T) $(wc -l <"$d/out") results out: SIGTERM node $i"
-	stopnode $i
+	echo "$(date +%T) $(wc -l <"$d/out") results out: SIG${SIGNAL:-TERM} node $i"
+	stopnode $i "${SIGNAL:-TERM}"
 	sleep 1
 	startnode $i
 	current $i

@@ -2,6 +2,7 @@ package jsqueue
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"slices"
 	"strconv"
@@ -366,10 +367,12 @@ func taskSubject(s *stream, t queue.Task) string {
 }
 
 // Advisories of JetStream that gateways follow: a consumer created (a new
-// level of a queue), a stream deleted (a queue made anew is opened anew).
+// level of a queue), a stream deleted (a queue made anew is opened anew),
+// a consumer paused or resumed.
 const (
 	consumerCreatedPrefix = "$JS.EVENT.ADVISORY.CONSUMER.CREATED."
 	streamDeletedPrefix   = "$JS.EVENT.ADVISORY.STREAM.DELETED."
+	consumerPausePrefix   = "$JS.EVENT.ADVISORY.CONSUMER.PAUSE."
 )
 
 // followAdvisories subscribes to the advisories gateways follow. A client
@@ -396,6 +399,43 @@ func (q *Queues) followAdvisories() {
 		}
 	}); err == nil {
 		q.advisories = append(q.advisories, sub)
+	}
+	if sub, err := q.cfg.Conn.Subscribe(consumerPausePrefix+"*.*", func(m *nats.Msg) {
+		stream, _, _ := strings.Cut(strings.TrimPrefix(m.Subject, consumerPausePrefix), ".")
+		var a struct {
+			Paused     bool      `json:"paused"`
+			PauseUntil time.Time `json:"pause_until"`
+		}
+		if json.Unmarshal(m.Data, &a) != nil {
+			return
+		}
+		if s := q.knownStream(stream); s != nil {
+			q.pauseChanged(s, a.Paused && time.Until(a.PauseUntil) > operatorPause)
+		}
+	}); err == nil {
+		q.advisories = append(q.advisories, sub)
+	}
+}
+
+// pauseChanged takes the advisory that a consumer of s was paused by an
+// operator (paused), or resumed. Resumed, the gets of s are woken:
+// JetStream's resume wakes none of the pull requests waiting at the
+// consumer, which would get their tasks only when they expire, and a get
+// waiting on priority 0 while every level was paused would take a task
+// of priority 0 first. Woken, they look at every level again, highest
+// first, and pull anew. A hand-over's short pause (Node.HandOver) is not
+// an operator's, and its end wakes nothing here: every gateway giving up
+// its pull requests at the moment the consumer serves them again would
+// lose some of its messages until AckWait.
+func (q *Queues) pauseChanged(s *stream, paused bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if paused == s.paused {
+		return
+	}
+	s.paused = paused
+	if !paused {
+		s.wakeGets(len(s.waiting))
 	}
 }
 

@@ -3,6 +3,7 @@ package jsqueue_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strconv"
 	"sync"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/qm-dev/qm/internal/qmtest"
 	"github.com/qm-dev/qm/master/jsqueue"
 	"github.com/qm-dev/qm/master/queue"
 )
@@ -655,5 +657,55 @@ func TestGetsAnswerInTimeWhileTheNodeIsDown(t *testing.T) {
 		if len(ts) > 0 || err != nil && !errors.Is(err, queue.ErrUnavailable) {
 			t.Errorf("get from %s (wait %v): %d tasks, %v; want none, and no error but unavailable", c.name, c.wait, len(ts), err)
 		}
+	}
+}
+
+// A queue paused and resumed through one gateway serves the gets waiting
+// on it through another at once. JetStream's resume of a consumer wakes
+// none of the pull requests waiting at it: a get waiting when the queue
+// was resumed got its task only when its request expired (19.5 s of its
+// 20 s). Gateways now wake their gets on the advisory of the resume.
+func TestResumeServesWaitingGets(t *testing.T) {
+	node := startNode(t)
+	q := newQueues(t, node, jsqueue.Config{})
+	admin := newQueues(t, node, jsqueue.Config{})
+	put(t, q, "jobs", "warm-up")
+	ackIDs(t, q, "jobs", 1, taskIDs(get(t, q, "jobs", 1, 1, 0, time.Second))...)
+	if err := admin.SetPaused("jobs", true); err != nil {
+		t.Fatal(err)
+	}
+	put(t, q, "jobs", "x")
+	const wait = 20 * time.Second
+	got := make(chan []queue.Task, 1)
+	go func() {
+		ts, err := q.Get(context.Background(), queue.GetRequest{Queue: "jobs", Max: 1, Owner: 2, MaxWait: wait}, nil)
+		if err != nil && !errors.Is(err, queue.ErrClosed) { // closed: the test gave up on it
+			t.Error(err)
+		}
+		got <- ts
+	}()
+	// The get's request waits at the consumer once the consumer counts it.
+	qmtest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		st, err := q.Stats("jobs")
+		if err != nil {
+			return err
+		}
+		if st.Consumers < 1 {
+			return fmt.Errorf("%d gets waiting", st.Consumers)
+		}
+		return nil
+	})
+	if err := admin.SetPaused("jobs", false); err != nil {
+		t.Fatal(err)
+	}
+	resumed := time.Now()
+	select {
+	case ts := <-got:
+		if len(ts) != 1 || string(ts[0].Payload) != "x" {
+			t.Fatalf("got %q, want x", payloads(ts))
+		}
+		t.Logf("served %v after the resume", time.Since(resumed).Round(time.Millisecond))
+	case <-time.After(wait / 4):
+		t.Fatalf("the waiting get got nothing %v after the resume", wait/4)
 	}
 }
