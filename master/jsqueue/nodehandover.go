@@ -181,13 +181,14 @@ func (n *Node) pausedUntil() map[leadership]time.Time {
 const quietPoll = 10 * time.Millisecond
 
 // awaitQuiet waits until each consumer of ls that this node still leads
-// and that is paused until until (else another pause, or none, is its
-// state, not this one's) delivers nothing more: it says it is paused, and
-// its raft group has committed and applied every entry it proposed,
-// deliveries among them, whose messages are sent as they are applied.
-// Two looks in a row must find them so, as a consumer hands its
-// proposals to its group a moment after making them. It returns then,
-// or when ctx ends.
+// delivers nothing more: it is paused until until, here (JetStream
+// answers the pause before the consumer's leader has it), and its raft
+// group has committed and applied every entry it proposed, deliveries
+// among them, whose messages are sent as they are applied. Two looks in
+// a row must find them so, as a consumer hands its proposals to its
+// group a moment after making them. One paused until another time was
+// paused anew by an operator: it delivers nothing either. It returns
+// then, or when ctx ends.
 func (n *Node) awaitQuiet(ctx context.Context, ls []leadership, until time.Time) {
 	if len(ls) == 0 {
 		return
@@ -204,7 +205,11 @@ func (n *Node) awaitQuiet(ctx context.Context, ls []leadership, until time.Time)
 		}
 		quiet := true
 		for _, l := range consumers {
-			if want[l.key()] && l.pausedUntil.Equal(until) && !n.applied(l) {
+			if !want[l.key()] {
+				continue
+			}
+			operatorsPause := !l.pausedUntil.IsZero() && !l.pausedUntil.Equal(until)
+			if !operatorsPause && (l.pausedUntil.IsZero() || !n.applied(l)) {
 				quiet = false
 				break
 			}
