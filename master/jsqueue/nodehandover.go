@@ -160,18 +160,14 @@ const quietFor = time.Second
 // pausedUntil returns when each paused consumer this node has a replica
 // of resumes, as its config here says.
 func (n *Node) pausedUntil() map[leadership]time.Time {
-	jsz, err := n.srv.Jsz(&server.JSzOptions{Accounts: true, Streams: true, Consumer: true, Config: true})
+	_, consumers, err := n.replicas()
 	if err != nil {
 		return nil
 	}
 	out := make(map[leadership]time.Time)
-	for _, a := range jsz.AccountDetails {
-		for _, st := range a.Streams {
-			for _, c := range st.Consumer {
-				if c != nil && c.Config != nil && c.Config.PauseUntil != nil {
-					out[leadership{account: a.Id, stream: st.Name, consumer: c.Name}] = *c.Config.PauseUntil
-				}
-			}
+	for _, c := range consumers {
+		if !c.pauseUntil.IsZero() {
+			out[c.key()] = c.pauseUntil
 		}
 	}
 	return out
@@ -263,35 +259,76 @@ func (l leadership) key() leadership {
 	return leadership{account: l.account, stream: l.stream, consumer: l.consumer}
 }
 
-// led returns the streams and the consumers this node leads.
+// led returns the streams and the consumers this node leads, of those
+// with more than one replica (no other node could lead the others).
 func (n *Node) led() (streams, consumers []leadership, err error) {
-	jsz, err := n.srv.Jsz(&server.JSzOptions{Accounts: true, Streams: true, Consumer: true, Config: true})
+	allStreams, allConsumers, err := n.replicas()
 	if err != nil {
 		return nil, nil, fmt.Errorf("list the streams led here: %w", err)
 	}
+	for _, st := range allStreams {
+		if st.replicas > 1 && st.leader {
+			streams = append(streams, st.leadership)
+		}
+	}
+	for _, c := range allConsumers {
+		if c.replicas > 1 && c.leader {
+			l := c.leadership
+			if c.paused {
+				l.pausedUntil = c.pauseUntil
+			}
+			consumers = append(consumers, l)
+		}
+	}
+	return streams, consumers, nil
+}
+
+// replica is a stream, or a consumer of one, this node has a replica of.
+type replica struct {
+	leadership // pausedUntil unset
+	replicas   int
+	leader     bool
+	// Of a consumer: whether it is paused, and its config's PauseUntil
+	// (zero: none), which a pause that ran out leaves in place.
+	paused     bool
+	pauseUntil time.Time
+}
+
+// replicas returns the streams and the consumers this node has a replica
+// of, as its replicas of their configs say.
+func (n *Node) replicas() (streams, consumers []replica, err error) {
+	jsz, err := n.srv.Jsz(&server.JSzOptions{Accounts: true, Streams: true, Consumer: true, Config: true})
+	if err != nil {
+		return nil, nil, err
+	}
 	for _, a := range jsz.AccountDetails {
 		for _, st := range a.Streams {
-			replicas := 1
+			streamReplicas := 1
 			if st.Config != nil {
-				replicas = st.Config.Replicas
+				streamReplicas = st.Config.Replicas
 			}
-			if replicas > 1 && n.srv.JetStreamIsStreamLeader(a.Id, st.Name) {
-				streams = append(streams, leadership{account: a.Id, stream: st.Name})
-			}
+			streams = append(streams, replica{
+				leadership: leadership{account: a.Id, stream: st.Name},
+				replicas:   streamReplicas,
+				leader:     n.srv.JetStreamIsStreamLeader(a.Id, st.Name),
+			})
 			for _, c := range st.Consumer {
-				if c == nil || c.Config == nil || cmp.Or(c.Config.Replicas, replicas) <= 1 {
-					continue // one replica: no other node to lead it
+				if c == nil || c.Config == nil {
+					continue
 				}
-				if n.srv.JetStreamIsConsumerLeader(a.Id, st.Name, c.Name) {
-					l := leadership{account: a.Id, stream: st.Name, consumer: c.Name}
-					if c.Cluster != nil {
-						l.group = c.Cluster.RaftGroup
-					}
-					if c.Paused && c.Config.PauseUntil != nil {
-						l.pausedUntil = *c.Config.PauseUntil
-					}
-					consumers = append(consumers, l)
+				r := replica{
+					leadership: leadership{account: a.Id, stream: st.Name, consumer: c.Name},
+					replicas:   cmp.Or(c.Config.Replicas, streamReplicas),
+					leader:     n.srv.JetStreamIsConsumerLeader(a.Id, st.Name, c.Name),
+					paused:     c.Paused,
 				}
+				if c.Cluster != nil {
+					r.group = c.Cluster.RaftGroup
+				}
+				if c.Config.PauseUntil != nil {
+					r.pauseUntil = *c.Config.PauseUntil
+				}
+				consumers = append(consumers, r)
 			}
 		}
 	}
