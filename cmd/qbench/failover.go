@@ -19,6 +19,7 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/qm-dev/qm/master/jsqueue"
+	"github.com/qm-dev/qm/master/queue"
 	"github.com/qm-dev/qm/wire"
 )
 
@@ -121,7 +122,8 @@ qmaster map, which drops the second result, expects. Everything it started is st
 	fl.IntVar(&o.Rate, "rate", 200, "tasks put per second")
 	fl.BoolVar(&o.Single, "single", false, "put one task a call, without an idempotency key (as a Python client's put does)")
 	fl.IntVar(&o.Workers, "workers", 2, "qworker processes")
-	fl.DurationVar(&o.Lease, "lease", 5*time.Second, "qmaster --lease (JetStream's AckWait)")
+	// qmaster's own default: the figure a user of the defaults gets.
+	fl.DurationVar(&o.Lease, "lease", queue.DefaultLease, "qmaster --lease (JetStream's AckWait)")
 	fl.DurationVar(&o.Steady, "steady", 5*time.Second, "how long tasks flow before each kill, and after the last")
 	fl.DurationVar(&o.Down, "down", 3*time.Second, "how long a killed node stays down")
 	fl.DurationVar(&o.Timeout, "timeout", 10*time.Minute, "bound on the whole run")

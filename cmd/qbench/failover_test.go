@@ -17,7 +17,8 @@ func TestFailover(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Second)
 	defer cancel()
-	// The lease is qbench failover's default: an unpacked task's deliveries
+	// A lease shorter than qbench failover's default (qmaster's), for a
+	// short test, but not too short: an unpacked task's deliveries
 	// count as attempts, and at 3s a gap of 10s (once, with every test
 	// package running under -race) dead-lettered a task that had also been
 	// completed: an error result beside its own.
