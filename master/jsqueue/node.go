@@ -99,6 +99,10 @@ func StartNode(cfg NodeConfig) (*Node, error) {
 		StoreDir:   cfg.DataDir,
 		NoSigs:     true,
 		SyncAlways: cfg.SyncAlways,
+		// The largest message NATS takes before it warns (1 MiB by
+		// default): a task or result of a few MiB is stored whole. Routes
+		// between nodes carry any size.
+		MaxPayload: server.MAX_PAYLOAD_MAX_SIZE,
 	}
 	if cfg.SyncInterval > 0 {
 		opts.SyncInterval = cfg.SyncInterval

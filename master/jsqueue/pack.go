@@ -145,18 +145,22 @@ func decodePack(b []byte, count string) ([][]byte, error) {
 
 // packMsgs returns the messages that carry msgs, the messages of one
 // put: runs of messages that may share one (no idempotency key, the same
-// reply queue, no other header) go up to size to a pack; the others stay
-// as they are. counts[i] is how many tasks out[i] carries, 0 for a plain
-// message.
-func packMsgs(subject string, msgs []*nats.Msg, size int) (out []*nats.Msg, counts []int) {
+// reply queue, no other header) go up to size to a pack, whose body stays
+// within maxBytes (0: any); the others stay as they are. counts[i] is how
+// many tasks out[i] carries, 0 for a plain message.
+func packMsgs(subject string, msgs []*nats.Msg, size, maxBytes int) (out []*nats.Msg, counts []int) {
 	packable := func(m *nats.Msg) bool {
 		return len(m.Header) == 0 || len(m.Header) == 1 && m.Header.Get(hdrReplyTo) != ""
 	}
 	replyTo := func(m *nats.Msg) string { return m.Header.Get(hdrReplyTo) }
+	packed := func(m *nats.Msg) int { return binary.MaxVarintLen32 + len(m.Data) } // as encodePack counts
 	for i := 0; i < len(msgs); {
 		j := i + 1
 		if packable(msgs[i]) {
-			for j < len(msgs) && j-i < size && packable(msgs[j]) && replyTo(msgs[j]) == replyTo(msgs[i]) {
+			bytes := packed(msgs[i])
+			for j < len(msgs) && j-i < size && packable(msgs[j]) && replyTo(msgs[j]) == replyTo(msgs[i]) &&
+				(maxBytes <= 0 || bytes+packed(msgs[j]) <= maxBytes) {
+				bytes += packed(msgs[j])
 				j++
 			}
 		}

@@ -3,6 +3,7 @@ package jsqueue
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"slices"
 	"strconv"
@@ -77,7 +78,7 @@ func TestPackMsgs(t *testing.T) {
 		msg("7", "", ""),  // alone between keyed ones: plain
 		msg("8", "", "k2"),
 	}
-	out, counts := packMsgs("s", msgs, 2)
+	out, counts := packMsgs("s", msgs, 2, 0)
 	if want := []int{2, 0, 2, 0, 0, 0}; !slices.Equal(counts, want) {
 		t.Fatalf("counts %v, want %v", counts, want)
 	}
@@ -91,6 +92,27 @@ func TestPackMsgs(t *testing.T) {
 	want := []uint64{packedID(10, 0), packedID(10, 1), 11, packedID(12, 0), packedID(12, 1), 13, 14, 15}
 	if !slices.Equal(ids, want) {
 		t.Errorf("ids %v, want %v", ids, want)
+	}
+}
+
+// Packs stay within the bytes a message may carry: a run of tasks too
+// large together is split, and a task larger than the bound alone goes
+// plain (checkSizes refuses it before).
+func TestPackMsgsBoundsBytes(t *testing.T) {
+	msg := func(n int) *nats.Msg { return &nats.Msg{Data: bytes.Repeat([]byte{'x'}, n)} }
+	per := binary.MaxVarintLen32 + 100 // what each 100-byte task takes of a pack
+	msgs := []*nats.Msg{msg(100), msg(100), msg(100), msg(100), msg(100), msg(1000), msg(100)}
+	out, counts := packMsgs("s", msgs, 32, 2*per)
+	if want := []int{2, 2, 0, 0, 0}; !slices.Equal(counts, want) {
+		t.Fatalf("counts %v, want %v", counts, want)
+	}
+	for i, m := range out {
+		if counts[i] > 0 && len(m.Data) > 2*per {
+			t.Errorf("pack %d carries %d bytes, over %d", i, len(m.Data), 2*per)
+		}
+	}
+	if len(out[3].Data) != 1000 {
+		t.Errorf("the large task went into a pack: %d bytes", len(out[3].Data))
 	}
 }
 
@@ -406,7 +428,10 @@ func TestPackedQueueCountsTasks(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			all := q.AllStats()
+			all, err := q.AllStats()
+			if err != nil {
+				t.Fatal(err)
+			}
 			if len(all) == 1 {
 				all[0].OldestReady = st.OldestReady
 			}

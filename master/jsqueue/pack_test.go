@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -94,6 +95,37 @@ func TestPackedTasksInOrder(t *testing.T) {
 	storedBecomes(t, q, "jobs", 0, "after every task was done")
 	if _, err := q.Ack(queue.AckRequest{Queue: "jobs", Owner: 1, IDs: putIDs[:1]}, nil); !errors.Is(err, queue.ErrNotLeased) {
 		t.Errorf("second ack of a packed task: %v, want ErrNotLeased", err)
+	}
+}
+
+// Tasks of a few MiB are stored whole, the packs of a put within the
+// largest message the node takes; a task over it is refused at once, for
+// good, where JetStream's refusal read as "unavailable" and a map retried
+// it without end.
+func TestPacksOfLargeTasksFitAMessage(t *testing.T) {
+	q := newQueues(t, startNode(t), jsqueue.Config{HoldFor: time.Minute, Pack: 4})
+	big := func(c byte) string { return strings.Repeat(string(c), 3<<20) }
+	putIDs := put(t, q, "jobs", big('a'), big('b'), big('c'), big('d'))
+	if n := stored(t, q, "jobs"); n != 2 {
+		t.Fatalf("%d messages stored, want 2 packs of two 3 MiB tasks (8 MiB a message)", n)
+	}
+	got := get(t, q, "jobs", 1, 4, 0, time.Second)
+	got = append(got, get(t, q, "jobs", 1, 4, 0, time.Second)...)
+	if len(got) != 4 || !slices.Equal(taskIDs(got), putIDs) {
+		t.Fatalf("got %d tasks, ids %v, want %v", len(got), taskIDs(got), putIDs)
+	}
+	for i, c := range "abcd" {
+		if string(got[i].Payload) != big(byte(c)) {
+			t.Fatalf("task %d's payload changed", i)
+		}
+	}
+	start := time.Now()
+	_, err := q.Put(context.Background(), queue.PutRequest{Queue: "jobs", Items: []queue.Item{{Payload: make([]byte, 9<<20)}}})
+	if !errors.Is(err, queue.ErrBadArgument) || !strings.Contains(err.Error(), "max_payload") {
+		t.Fatalf("put of 9 MiB: %v, want a bad argument naming max_payload", err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("the refusal took %v", d)
 	}
 }
 

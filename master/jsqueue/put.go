@@ -73,6 +73,9 @@ func (q *Queues) put(ctx context.Context, req queue.PutRequest, putNo uint64, si
 	if err := checkItems(req.Items); err != nil {
 		return nil, err
 	}
+	if err := q.checkSizes(req.Items); err != nil {
+		return nil, err
+	}
 	if err := queue.CheckRequestID(req); err != nil {
 		return nil, err
 	}
@@ -133,7 +136,7 @@ func (q *Queues) put(ctx context.Context, req queue.PutRequest, putNo uint64, si
 		}
 	}
 	if *size > 1 && len(msgs) > 1 {
-		msgs, counts = packMsgs(s.subject, msgs, *size)
+		msgs, counts = packMsgs(s.subject, msgs, *size, q.maxMessage())
 	}
 	// Priorities alone, not results: the put may be made again (Put).
 	allLevels := !req.Results && !slices.ContainsFunc(req.Items, func(it queue.Item) bool { return it.Priority == 0 })
@@ -594,4 +597,35 @@ func taskOf(seq uint64, stored time.Time, h nats.Header, data []byte, delivered 
 		}
 	}
 	return t
+}
+
+// headerRoom is what a message's headers may take of the most a NATS
+// message carries: a task's payload, or a pack's, may have the rest.
+const headerRoom = 1024
+
+// maxMessage is the most bytes of payload a message of this gateway's
+// connection may carry (its servers' max_payload, less headerRoom), or 0
+// if not known (not connected).
+func (q *Queues) maxMessage() int {
+	mp := q.cfg.Conn.MaxPayload()
+	if mp <= headerRoom {
+		return 0
+	}
+	return int(mp) - headerRoom
+}
+
+// checkSizes refuses items too large for one NATS message, which the
+// servers would refuse however often they were sent.
+func (q *Queues) checkSizes(items []queue.Item) error {
+	limit := q.maxMessage()
+	if limit == 0 {
+		return nil
+	}
+	for _, it := range items {
+		if len(it.Payload) > limit {
+			return fmt.Errorf("%w: an item of %d bytes; the NATS servers behind this gateway take at most %d (their max_payload, less %d for qm's headers)",
+				queue.ErrBadArgument, len(it.Payload), limit, headerRoom)
+		}
+	}
+	return nil
 }

@@ -608,6 +608,10 @@ func (q *Queues) engineErr(what string, err error) error {
 	if q.closed.Load() || errors.Is(err, context.Canceled) && q.ctx.Err() != nil {
 		return queue.ErrClosed
 	}
+	if errors.Is(err, nats.ErrMaxPayload) {
+		// Refused however often it is sent: not for a client to retry.
+		return fmt.Errorf("%w: jetstream: %s: %w", queue.ErrBadArgument, what, err)
+	}
 	return fmt.Errorf("%w: jetstream: %s: %w", queue.ErrUnavailable, what, err)
 }
 
