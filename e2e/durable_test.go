@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/qm-dev/qm/internal/qmtest"
 	"github.com/qm-dev/qm/wire"
 )
 
@@ -377,5 +378,33 @@ func TestDurableDiskFull(t *testing.T) {
 	}
 	if got[refused] != 0 {
 		t.Fatalf("the refused put %.20q… came back after a restart", refused)
+	}
+}
+
+// TestClusterNodeDataDirLocked: a node of a cluster holds its data dir as
+// a lone master does: a second node, or a lone master, on it is refused,
+// and a data dir that is a file is named as such.
+func TestClusterNodeDataDirLocked(t *testing.T) {
+	args, _ := singleNodeArgs(t)
+	dir := args[1] // --data-dir's
+	startMaster(t, args...)
+	other := qmtest.FreeAddrs(t, 1)[0]
+	for _, second := range [][]string{
+		{"--addr", "127.0.0.1:0", "--data-dir", dir, "--cluster-listen", other, "--cluster-peers", other},
+		{"--addr", "127.0.0.1:0", "--data-dir", dir},
+	} {
+		_, stderr, code := run(t, "", second...)
+		if code == 0 || !strings.Contains(stderr, filepath.Join(dir, "LOCK")) || !strings.Contains(stderr, "in use") {
+			t.Errorf("qmaster %s: exit %d, stderr %q; want a refusal naming the lock file", strings.Join(second, " "), code, stderr)
+		}
+	}
+	file := filepath.Join(t.TempDir(), "afile")
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, stderr, code := run(t, "", "--addr", "127.0.0.1:0", "--data-dir", file, "--cluster-listen", other, "--cluster-peers", other)
+	if code == 0 || !strings.Contains(stderr, "not a directory") || time.Since(start) > 5*time.Second {
+		t.Errorf("a node on a file: exit %d after %v, stderr %q; want a prompt refusal saying not a directory", code, time.Since(start), stderr)
 	}
 }

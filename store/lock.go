@@ -1,4 +1,4 @@
-package seglog
+package store
 
 import (
 	"errors"
@@ -8,13 +8,14 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-
-	"github.com/qm-dev/qm/store"
 )
 
-// lockDir takes an exclusive flock on dir/LOCK and writes our pid in it.
-// The lock goes with the process, so a kill -9 never leaves it stale.
-func lockDir(dir string) (*os.File, error) {
+// LockDir takes an exclusive flock on dir/LOCK and writes our pid in it,
+// so that two qmasters never share a data directory, whatever each keeps
+// in it (a segment log, or a JetStream node's files). The lock goes with
+// the process, so a kill -9 never leaves it stale; closing the file
+// releases it.
+func LockDir(dir string) (*os.File, error) {
 	name := filepath.Join(dir, "LOCK")
 	f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
@@ -29,7 +30,7 @@ func lockDir(dir string) (*os.File, error) {
 					holder = "process " + strconv.Itoa(pid)
 				}
 			}
-			return nil, fmt.Errorf("%w: %s is held by %s (is another qmaster running on %s?)", store.ErrLocked, name, holder, dir)
+			return nil, fmt.Errorf("%w: %s is held by %s (is another qmaster running on %s?)", ErrLocked, name, holder, dir)
 		}
 		return nil, fmt.Errorf("lock %s: %w", name, err)
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -16,6 +17,7 @@ import (
 	"github.com/qm-dev/qm/master"
 	"github.com/qm-dev/qm/master/jsqueue"
 	"github.com/qm-dev/qm/master/queue"
+	"github.com/qm-dev/qm/store"
 	"github.com/qm-dev/qm/store/seglog"
 )
 
@@ -97,6 +99,8 @@ type engine struct {
 	packSpan time.Duration
 	note     string // for the listening line
 	log      *slog.Logger
+	// lock holds the data directory of the node embedded here, if any.
+	lock *os.File
 }
 
 // openEngine connects to the cluster, or starts this qmaster's node, and
@@ -128,6 +132,16 @@ func (o *engineOptions) open(ctx context.Context, s *serveOptions, authkey []byt
 		e.note = "in JetStream at " + o.NATS
 	} else {
 		fsync, interval, _ := seglog.ParseFsync(s.Fsync) // checked by validate
+		if err := os.MkdirAll(s.DataDir, 0o755); err != nil {
+			return nil, fmt.Errorf("--data-dir: %w", err)
+		}
+		// As a lone master's: a second qmaster on the directory, node or
+		// master, would write its JetStream files under the first's.
+		lock, err := store.LockDir(s.DataDir)
+		if err != nil {
+			return nil, err
+		}
+		e.lock = lock
 		node, err := jsqueue.StartNode(jsqueue.NodeConfig{
 			DataDir:       filepath.Join(s.DataDir, "jetstream"),
 			ClusterListen: o.ClusterListen,
@@ -140,11 +154,13 @@ func (o *engineOptions) open(ctx context.Context, s *serveOptions, authkey []byt
 			Logger:        log,
 		})
 		if err != nil {
+			lock.Close()
 			return nil, err
 		}
 		nc, err := node.Connect()
 		if err != nil {
 			node.Shutdown()
+			lock.Close()
 			return nil, err
 		}
 		e.nc, e.node = nc, node
@@ -251,6 +267,9 @@ func (e *engine) close() {
 	e.nc.Close()
 	if e.node != nil {
 		e.node.Shutdown()
+	}
+	if e.lock != nil {
+		e.lock.Close() // once the node has stopped writing
 	}
 }
 

@@ -61,7 +61,7 @@ func Open(dir string, opts Options) (*Log, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	lk, err := lockDir(dir)
+	lk, err := store.LockDir(dir)
 	if err != nil {
 		return nil, err
 	}
