@@ -15,8 +15,14 @@ import (
 // queueStats returns the figures of every queue read in time, sorted by
 // name, and how many were not (Stats.Unread): /metrics and the dashboard
 // show no figure rather than zeros for those, and /metrics their count.
+//
+// A cluster whose queues cannot be listed (its quorum lost) shows none
+// here, and says why in the log; inspect and queues fail instead.
 func (s *Server) queueStats() (read []wire.QueueStats, unread int) {
-	all := s.queues.AllStats()
+	all, err := s.queues.AllStats()
+	if err != nil {
+		s.log.Warn("listing queues failed", "err", err)
+	}
 	read = make([]wire.QueueStats, 0, len(all))
 	for _, st := range all {
 		if st.Unread {

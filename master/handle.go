@@ -121,7 +121,7 @@ func (c *clientConn) handle(req *wire.Request, buf *callBuffers) *wire.Response 
 		err = q.Delete(req.Queue)
 		c.audit(req, 0, err)
 	case wire.OpQueues:
-		resp.Queues = q.Queues()
+		resp.Queues, err = q.Queues()
 	case wire.OpClients:
 		resp.Clients = c.s.clientInfos()
 	case wire.OpPause, wire.OpResume, wire.OpRequeue, wire.OpDrop, wire.OpRunNow:
@@ -349,7 +349,10 @@ func (c *clientConn) workerName() string {
 func (c *clientConn) stats(name string) ([]wire.QueueStats, error) {
 	var all []queue.Stats
 	if name == "" {
-		all = c.s.queues.AllStats()
+		var err error
+		if all, err = c.s.queues.AllStats(); err != nil {
+			return nil, err
+		}
 	} else {
 		st, err := c.s.queues.Stats(name)
 		if err != nil {

@@ -39,8 +39,8 @@ type Queues interface {
 
 	// Stats, AllStats, Queues, Peek and Leases are what operators see.
 	Stats(queue string) (queue.Stats, error)
-	AllStats() []queue.Stats
-	Queues() []string
+	AllStats() ([]queue.Stats, error)
+	Queues() ([]string, error)
 	Peek(queue string, n int) ([]queue.Task, error)
 	PeekDelayed(queue string, n int) ([]queue.Task, error)
 	Leases() map[uint64][]queue.LeaseInfo

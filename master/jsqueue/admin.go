@@ -130,8 +130,9 @@ func (q *Queues) adminErr(name, what string, err error) error {
 
 // list returns the state of every queue's stream, by queue name: one
 // listing of the streams, which carries their state. It ends by by, if
-// that comes before the request timeout (a zero by adds no bound).
-func (q *Queues) list(by time.Time) map[string]jetstream.StreamState {
+// that comes before the request timeout (a zero by adds no bound). A
+// listing cut short fails: its part would read as queues gone.
+func (q *Queues) list(by time.Time) (map[string]jetstream.StreamState, error) {
 	ctx, cancel := q.callBy(by, 0)
 	defer cancel()
 	states := make(map[string]jetstream.StreamState)
@@ -142,14 +143,18 @@ func (q *Queues) list(by time.Time) map[string]jetstream.StreamState {
 		}
 	}
 	if err := l.Err(); err != nil {
-		q.log.Warn("listing queues failed", "err", err)
+		return nil, q.engineErr("list the queues", err)
 	}
-	return states
+	return states, nil
 }
 
 // Queues returns the names of every queue in JetStream, sorted.
-func (q *Queues) Queues() []string {
-	return slices.Sorted(maps.Keys(q.list(time.Time{})))
+func (q *Queues) Queues() ([]string, error) {
+	states, err := q.list(time.Time{})
+	if err != nil {
+		return nil, err
+	}
+	return slices.Sorted(maps.Keys(states)), nil
 }
 
 // statsReaders is how many queues AllStats reads at once.
@@ -165,9 +170,12 @@ const statsReaders = 8
 // by default), whatever the number of queues and however slowly JetStream
 // answers (a stream's leader being elected). Queues deleted meanwhile are
 // left out.
-func (q *Queues) AllStats() []queue.Stats {
+func (q *Queues) AllStats() ([]queue.Stats, error) {
 	by := time.Now().Add(q.cfg.RequestTimeout / 2)
-	states := q.list(by)
+	states, err := q.list(by)
+	if err != nil {
+		return nil, err
+	}
 	names := slices.Sorted(maps.Keys(states))
 	all := make([]queue.Stats, len(names)) // a deleted queue's stays zero
 	turns := make(chan struct{}, statsReaders)
@@ -197,7 +205,7 @@ func (q *Queues) AllStats() []queue.Stats {
 	if unread > 0 {
 		q.log.Warn("figures of some queues not read in time", "queues", unread, "of", len(all))
 	}
-	return all
+	return all, nil
 }
 
 // statsOf returns queue name's figures, read by by, from its stream's

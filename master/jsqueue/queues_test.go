@@ -190,8 +190,8 @@ func TestAdminViews(t *testing.T) {
 	q := newQueues(t, startNode(t), jsqueue.Config{})
 	ids := put(t, q, "b.jobs with spaces", "1", "2", "3")
 	put(t, q, "a")
-	if names := q.Queues(); !slices.Equal(names, []string{"a", "b.jobs with spaces"}) {
-		t.Fatalf("Queues() = %q", names)
+	if names, err := q.Queues(); err != nil || !slices.Equal(names, []string{"a", "b.jobs with spaces"}) {
+		t.Fatalf("Queues() = %q, %v", names, err)
 	}
 	ts, err := q.Peek("b.jobs with spaces", 2)
 	if err != nil || !slices.Equal(payloads(ts), []string{"1", "2"}) {
@@ -707,5 +707,24 @@ func TestResumeServesWaitingGets(t *testing.T) {
 		t.Logf("served %v after the resume", time.Since(resumed).Round(time.Millisecond))
 	case <-time.After(wait / 4):
 		t.Fatalf("the waiting get got nothing %v after the resume", wait/4)
+	}
+}
+
+// Listing the queues fails while JetStream does not answer, rather than
+// list none: an operator's inspect said "(no queues)" while the cluster
+// had lost its quorum.
+func TestListingFailsWithoutJetStream(t *testing.T) {
+	n := startNode(t)
+	q := newQueues(t, n, jsqueue.Config{RequestTimeout: time.Second})
+	put(t, q, "jobs", "1")
+	if names, err := q.Queues(); err != nil || !slices.Equal(names, []string{"jobs"}) {
+		t.Fatalf("Queues() = %q, %v", names, err)
+	}
+	n.Shutdown()
+	if names, err := q.Queues(); !errors.Is(err, queue.ErrUnavailable) {
+		t.Errorf("Queues() with the node down = %q, %v; want ErrUnavailable", names, err)
+	}
+	if all, err := q.AllStats(); !errors.Is(err, queue.ErrUnavailable) {
+		t.Errorf("AllStats() with the node down = %v, %v; want ErrUnavailable", all, err)
 	}
 }

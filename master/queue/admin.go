@@ -88,8 +88,9 @@ func (m *Manager) Stats(name string) (Stats, error) {
 	return s, nil
 }
 
-// AllStats returns the figures of every queue, sorted by queue name.
-func (m *Manager) AllStats() []Stats {
+// AllStats returns the figures of every queue, sorted by queue name. It
+// never fails (the error is a cluster's, in master.Queues).
+func (m *Manager) AllStats() ([]Stats, error) {
 	now := m.now()
 	qs := m.sortedSnapshot()
 	all := make([]Stats, 0, len(qs))
@@ -107,17 +108,17 @@ func (m *Manager) AllStats() []Stats {
 			all[i].Dead = length[DeadLetterName(all[i].Queue)]
 		}
 	}
-	return all
+	return all, nil
 }
 
-// Queues returns the names of every queue, sorted.
-func (m *Manager) Queues() []string {
+// Queues returns the names of every queue, sorted. It never fails.
+func (m *Manager) Queues() ([]string, error) {
 	qs := m.sortedSnapshot()
 	names := make([]string, len(qs))
 	for i, q := range qs {
 		names[i] = q.name
 	}
-	return names
+	return names, nil
 }
 
 // candidates is a heap of positions in a delayHeap, for PeekDelayed.

@@ -91,7 +91,7 @@ func TestDeadLetter(t *testing.T) {
 	if s.Dead != 1 || s.Ready != 1 {
 		t.Fatalf("stats = %+v", s)
 	}
-	if all := m.AllStats(); len(all) != 2 || all[0].Queue != "tasks" || all[0].Dead != 1 || all[1].Queue != "tasks.dead" {
+	if all := allStats(m); len(all) != 2 || all[0].Queue != "tasks" || all[0].Dead != 1 || all[1].Queue != "tasks.dead" {
 		t.Fatalf("AllStats = %+v", all)
 	}
 
@@ -103,8 +103,8 @@ func TestDeadLetter(t *testing.T) {
 	if got := payloads(mustGet(t, m, "tasks.dead", 1, 1)); !slices.Equal(got, []string{"a"}) {
 		t.Fatalf("dead queue task not requeued: %v", got)
 	}
-	if slices.Contains(m.Queues(), "tasks.dead.dead") || len(rec.get()) != 1 {
-		t.Fatalf("dead task dead-lettered again: %v %v", m.Queues(), rec.get())
+	if slices.Contains(queueNames(m), "tasks.dead.dead") || len(rec.get()) != 1 {
+		t.Fatalf("dead task dead-lettered again: %v %v", queueNames(m), rec.get())
 	}
 }
 

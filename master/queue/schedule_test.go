@@ -556,7 +556,7 @@ func TestDeleteForgetsKeysAcrossRestart(t *testing.T) {
 	stop()
 	m, stop = openDurable(t, dir, queue.Config{})
 	defer stop()
-	if qs := m.Queues(); len(qs) != 0 {
+	if qs := queueNames(m); len(qs) != 0 {
 		t.Fatalf("queues after the restart: %v, want none", qs)
 	}
 	put(t, m, "q", queue.Item{Payload: []byte("x"), Key: "k"})
