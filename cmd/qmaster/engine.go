@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -43,7 +44,7 @@ func addEngineFlags(cmd *cobra.Command, o *engineOptions) {
 	fl.StringVar(&o.NodeName, "node-name", "", "with --cluster-listen, this node's name in the cluster (default: its --cluster-listen address)")
 	fl.StringVar(&o.NATSListen, "nats-listen", "", "with --cluster-listen, also accept NATS clients, such as qmaster --nats gateways, at `host:port` (they authenticate with the authkey)")
 	fl.IntVar(&o.Replicas, "replicas", 0, "copies of each queue kept by the JetStream cluster (default: 3, or the number of nodes if fewer)")
-	fl.IntVar(&o.Pack, "pack", 0, fmt.Sprintf("with --nats or --cluster-listen, store up to `N` tasks of one put (or results of one completion) in one JetStream message, 1 (off) to %d: far fewer JetStream writes (see docs/SCALING.md) (default %d)", jsqueue.MaxPack, defaultPack))
+	fl.IntVar(&o.Pack, "pack", 0, fmt.Sprintf("with --nats or --cluster-listen, store up to `N` tasks of one put (or results of one completion) in one JetStream message, 1 (off) to %d: far fewer JetStream writes (see docs/SCALING.md); 0 means the default, %d", jsqueue.MaxPack, defaultPack))
 	fl.DurationVar(&o.PackSpan, "pack-span", jsqueue.DefaultPackSpan, "with packing, make no pack bigger than the gateways handing out the queue's tasks took in this `duration` lately, so that a pack's tasks do not wait in a gateway with few workers; 0 keeps every pack at --pack")
 }
 
@@ -86,6 +87,36 @@ func (o *engineOptions) validate(s *serveOptions) error {
 	}
 	if o.ClusterListen != "" && o.Replicas > len(o.ClusterPeers) {
 		return usageErrorf("--replicas %d is more than the %d nodes of --cluster-peers", o.Replicas, len(o.ClusterPeers))
+	}
+	if o.ClusterListen != "" {
+		return checkPeers(o.ClusterListen, o.ClusterPeers)
+	}
+	return nil
+}
+
+// checkPeers refuses a peer list that names a node twice, or that cannot
+// name this node (no peer has its --cluster-listen port): such a cluster
+// never has the majority it waits for, and said only that it waited.
+func checkPeers(listen string, peers []string) error {
+	_, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return usageErrorf("--cluster-listen %s: %v", listen, err)
+	}
+	seen := make(map[string]bool, len(peers))
+	ours := false
+	for _, p := range peers {
+		_, pport, err := net.SplitHostPort(p)
+		if err != nil {
+			return usageErrorf("--cluster-peers: %s: %v", p, err)
+		}
+		if seen[p] {
+			return usageErrorf("--cluster-peers names %s twice: list every node once", p)
+		}
+		seen[p] = true
+		ours = ours || pport == port
+	}
+	if !ours {
+		return usageErrorf("--cluster-peers must name this node too (no peer has --cluster-listen's port %s)", port)
 	}
 	return nil
 }
@@ -164,6 +195,9 @@ func (o *engineOptions) open(ctx context.Context, s *serveOptions, authkey []byt
 			return nil, err
 		}
 		e.nc, e.node = nc, node
+		if len(o.ClusterPeers) == 2 {
+			log.Warn("a cluster of two nodes stops when either does (a majority of two is both); three survive the loss of one", "peers", strings.Join(o.ClusterPeers, ","))
+		}
 		e.replicas = o.Replicas
 		if e.replicas == 0 {
 			e.replicas = node.Replicas()

@@ -129,6 +129,9 @@ func TestUsageErrors(t *testing.T) {
 		{"pack too big", rootCmd, []string{"--nats", "nats://a:4222", "--pack", "65"}, "--pack must be between 1 and 64"},
 		{"pack span negative", rootCmd, []string{"--nats", "nats://a:4222", "--pack-span", "-1s"}, "--pack-span must be >= 0"},
 		{"replicas over peers", rootCmd, []string{"--cluster-listen", "a:6222", "--cluster-peers", "a:6222,b:6222", "--data-dir", "d", "--replicas", "3"}, "more than the 2 nodes"},
+		{"peer named twice", rootCmd, []string{"--cluster-listen", ":6222", "--cluster-peers", "a:6222,a:6222,b:6222", "--data-dir", "d"}, "names a:6222 twice"},
+		{"peers without this node", rootCmd, []string{"--cluster-listen", ":6222", "--cluster-peers", "a:6223,b:6223,c:6223", "--data-dir", "d"}, "must name this node too"},
+		{"peer without port", rootCmd, []string{"--cluster-listen", ":6222", "--cluster-peers", "a,b:6222", "--data-dir", "d"}, "--cluster-peers: a:"},
 		{"put tls key without cert", func(t *testing.T) *cobra.Command {
 			return newCmdPut(&factory{}, func(o *putOptions) error { return never(t)(o) })
 		}, []string{"q", "1", "--tls-key", "k.pem"}, "--tls-cert and --tls-key go together"},

@@ -377,7 +377,7 @@ func (q *Queues) Purge(name string) (int, error) {
 	}
 	ctx, cancel := q.call()
 	defer cancel()
-	si, err := s.st.Info(ctx)
+	si, err := s.st.Info(ctx, jetstream.WithSubjectFilter(packSubjects(s.subject)))
 	if err != nil {
 		return 0, q.adminErr(name, "purge", err)
 	}
@@ -385,7 +385,7 @@ func (q *Queues) Purge(name string) (int, error) {
 		return 0, q.adminErr(name, "purge", err)
 	}
 	q.dropLeasesOf(name)
-	return int(si.State.Msgs), nil
+	return int(storedTasks(si.State)), nil // tasks, not packs
 }
 
 // Delete removes a queue's stream, every task in it with it (its

@@ -331,8 +331,8 @@ func TestPackedAdmin(t *testing.T) {
 		t.Errorf("drop of a packed task: %v, want ErrBadArgument", err)
 	}
 	get(t, q, "jobs", 1, 1, 0, time.Second) // 2 and 3 held
-	if _, err := q.Purge("jobs"); err != nil {
-		t.Fatal(err)
+	if n, err := q.Purge("jobs"); err != nil || n != 3 {
+		t.Fatalf("purge: %d, %v; want the pack's 3 tasks", n, err)
 	}
 	if ts := get(t, q, "jobs", 1, 4, 0, 200*time.Millisecond); len(ts) != 0 {
 		t.Fatalf("after a purge got %+v", ts)
