@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -210,6 +211,34 @@ func TestMapGoesOnThroughARestartedMaster(t *testing.T) {
 	wantSquares(t, out.String(), n)
 	if !strings.Contains(mapper.logs(), "connecting again") {
 		t.Errorf("map did not say it connected again: %s", mapper.logs())
+	}
+}
+
+// A get waiting on a master with --data-dir that is restarted waits on
+// through the restarted master, for the rest of its timeout, and takes
+// the item put then. Before, the stopping master ended the wait with no
+// item, and get said "no item ... within 30s" after a second or two.
+func TestGetWaitsThroughARestartedMaster(t *testing.T) {
+	addr := qmtest.FreeAddrs(t, 1)[0]
+	args := []string{"--data-dir", t.TempDir()}
+	m, _ := startMasterAt(t, addr, args...)
+	var out syncBuffer
+	getter := start(t, nil, &out, "qmaster", "get", "jobs", "--server", addr, "--timeout", "30s")
+	waitFor(t, 10*time.Second, func() bool {
+		return slices.ContainsFunc(clientsOf(t, addr, "admin"), func(name string) bool { return strings.HasPrefix(name, "qmaster get") })
+	})
+	if err := m.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := m.wait(t, 30*time.Second); code != 0 {
+		t.Fatalf("master exited %d on SIGTERM: %s", code, m.logs())
+	}
+	startMasterAt(t, addr, args...)
+	if _, stderr, code := run(t, "", "put", "jobs", "--server", addr, `"after"`); code != 0 {
+		t.Fatalf("put: %s", stderr)
+	}
+	if code := getter.wait(t, 40*time.Second); code != 0 || strings.TrimSpace(out.String()) != `"after"` {
+		t.Fatalf("get exited %d, printed %q: %s", code, out.String(), getter.logs())
 	}
 }
 

@@ -208,6 +208,11 @@ func (c *clientConn) get(req *wire.Request, buf *callBuffers) ([]wire.Task, erro
 	}
 	ts, err := c.s.queues.Get(c.waitCtx(req.Timeout), getRequest(c.id, req), buf.taken)
 	if len(ts) == 0 {
+		if err == nil && c.s.isClosing() {
+			// The wait was cut short, not run out: the client goes on
+			// through another master, or says why it got nothing.
+			err = queue.ErrClosed
+		}
 		return nil, err
 	}
 	buf.taken = ts

@@ -69,18 +69,36 @@ func getRun(ctx context.Context, opts *getOptions) error {
 	if err != nil {
 		return err
 	}
-	defer c.Close()
+	defer func() {
+		if c != nil {
+			c.Close()
+		}
+	}()
+	// As map's: through another gateway, or the same master restarted,
+	// when the one it waits on stops, if the queue outlives it.
+	reconnect := c.Masters() > 1 || c.QueuesOutliveMaster()
 
 	out := bufio.NewWriterSize(opts.IO.Out, outBufferSize)
+	deadline := time.Now().Add(opts.Timeout)
 	got := 0
 	for got < opts.N {
-		wait := opts.Timeout
+		wait := max(0, time.Until(deadline))
 		if got > 0 {
 			wait = 0 // after the first item, only what is ready
 		}
 		cctx, cancel := context.WithTimeout(ctx, wait+callSlack)
 		tasks, err := c.Get(cctx, opts.Queue, wire.GetOptions{Max: opts.N - got, Timeout: wait, NoAck: true})
 		cancel()
+		if err != nil && len(tasks) == 0 && got == 0 && reconnect && time.Until(deadline) > 0 &&
+			(errors.Is(err, wire.ErrClosed) || errors.Is(err, wire.ErrShuttingDown)) {
+			c.Close()
+			if c, err = redialUntil(ctx, deadline, func(ctx context.Context) (*wire.Client, error) {
+				return opts.Client.connect(ctx, opts.IO, "admin", "get")
+			}); err == nil {
+				continue
+			}
+			c = nil
+		}
 		for _, t := range tasks {
 			if werr := writeValue(out, t.Payload); werr != nil {
 				out.Flush() // the items before it are taken for good: print them
@@ -103,6 +121,23 @@ func getRun(ctx context.Context, opts *getOptions) error {
 		return fmt.Errorf("%w in %s within %s", errNoItem, opts.Queue, opts.Timeout)
 	}
 	return nil
+}
+
+// redialUntil connects with dial until it succeeds, ctx ends or deadline
+// passes (a restarted master may take seconds to listen again).
+func redialUntil(ctx context.Context, deadline time.Time, dial func(context.Context) (*wire.Client, error)) (*wire.Client, error) {
+	const pause = 200 * time.Millisecond
+	for {
+		c, err := dial(ctx)
+		if err == nil || time.Until(deadline) < pause {
+			return c, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(pause):
+		}
+	}
 }
 
 // outBufferSize is the stdout buffer of get and map: 64 KiB, a pipe's
