@@ -125,3 +125,7 @@ func RecordWrites(q *Queues) (uint64, error) {
 	}
 	return si.State.LastSeq, nil
 }
+
+// SetTestHookSettling makes f run in q's Ack between a completion's
+// record writes and its acks.
+func SetTestHookSettling(q *Queues, f func()) { q.testHookSettling = f }

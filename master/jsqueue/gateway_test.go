@@ -589,6 +589,80 @@ func TestCompletionSentAgainStoresItsResultsOnce(t *testing.T) {
 	}
 }
 
+// A gateway stores the results of a completion that spans two packs,
+// finishing one and not the other, writes the record of the one it
+// leaves with tasks to do, and dies before it acks the one it finished.
+// The worker sends the completion again, as it was, through another
+// gateway, which refuses the recorded pack's tasks and stores the other's
+// results again: in the messages the first gateway stored them in, so
+// each is kept once. (Packed by position, the refusal moved them into
+// messages of new IDs: 28 of 36 results stored twice.)
+func TestCompletionSettledInPartStoresItsResultsOnce(t *testing.T) {
+	url := startNodeListening(t)
+	var settling atomic.Bool
+	a, _, _ := startWrappedGateway(t, url, master.Config{}, 32, func(q *jsqueue.Queues, nc *nats.Conn) master.Queues {
+		jsqueue.SetTestHookSettling(q, func() {
+			if settling.Load() {
+				nc.Close()
+			}
+		})
+		return q
+	})
+	b := startPackingGateway(t, url, master.Config{}, 32)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	p := qmtest.Dial(t, b, "producer")
+	items := make([]any, 64) // two packs of 32
+	for i := range items {
+		items[i] = int64(i)
+	}
+	if _, err := p.Put(ctx, "tasks", items, wire.PutOptions{ReplyTo: "mine"}); err != nil {
+		t.Fatal(err)
+	}
+	w := qmtest.Dial(t, a, "worker")
+	tasks := getTasks(ctx, t, w, 36)
+	done := make([]wire.Completion, len(tasks))
+	for i, task := range tasks {
+		v, _ := wire.Encode(int64(i))
+		done[i] = wire.Completion{ID: task.ID, Value: v, Token: task.Token}
+	}
+	if err := w.Complete(ctx, "tasks", "", done[:4]); err != nil {
+		t.Fatal(err)
+	}
+	settling.Store(true)
+	_ = w.Complete(ctx, "tasks", "", done[4:]) // the first pack's 28 others, and 4 of the second's
+	w2 := qmtest.Dial(t, b, "worker")
+	if err := w2.Complete(ctx, "tasks", "", done[4:]); err != nil && !errors.Is(err, wire.ErrNotLeased) {
+		t.Fatalf("the completion sent again through the other gateway: %v", err)
+	}
+	perTask := map[uint64]int{}
+	for {
+		more, err := p.Get(ctx, "mine", wire.GetOptions{Max: 100, Timeout: 500 * time.Millisecond, NoAck: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(more) == 0 {
+			break
+		}
+		for _, r := range more {
+			res, err := wire.DecodeResult(r.Payload)
+			if err != nil {
+				t.Fatal(err)
+			}
+			perTask[res.TaskID]++
+		}
+	}
+	twice := 0
+	for _, n := range perTask {
+		if n > 1 {
+			twice++
+		}
+	}
+	if len(perTask) != 36 || twice > 0 {
+		t.Fatalf("results of %d tasks, %d of them stored twice; want 36, each once", len(perTask), twice)
+	}
+}
+
 // A worker told to stop waits for its running handler; meanwhile its
 // gateway dies. The handler's result cannot go anywhere (there is no
 // next connection to complete it through): the worker drops it and

@@ -163,6 +163,9 @@ func (q *Queues) Ack(req queue.AckRequest, dst []queue.Task) ([]queue.Task, erro
 	}
 	if err == nil {
 		q.recordDone(ls) // packs these tasks leave with tasks to do
+		if q.testHookSettling != nil {
+			q.testHookSettling()
+		}
 	}
 	var orphanErr error // their results are stored: the others are acked all the same
 	if err != nil {

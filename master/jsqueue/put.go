@@ -135,7 +135,11 @@ func (q *Queues) put(ctx context.Context, req queue.PutRequest, putNo uint64, si
 			return nil, err
 		}
 	}
-	if *size > 1 && len(msgs) > 1 {
+	switch {
+	case *size <= 1 || len(msgs) <= 1:
+	case req.Results && hasTokens(req.ResultsOf, len(msgs)):
+		msgs, counts = packResults(s.subject, msgs, req.ResultsOf.Tasks, *size, q.maxMessage())
+	default:
 		msgs, counts = packMsgs(s.subject, msgs, *size, q.maxMessage())
 	}
 	// Priorities alone, not results: the put may be made again (Put).
@@ -245,13 +249,8 @@ const resultsIDPrefix = queue.ReservedKeyPrefix + "results\x00"
 // task's token names its delivery only within its stream, and a queue
 // deleted and made again numbers its tasks and deliveries from 1 again.
 func resultsMsgIDs(msgs []*nats.Msg, counts []int, items int, of queue.ResultsOf) bool {
-	if len(of.Tasks) != items {
+	if !hasTokens(of, items) {
 		return false
-	}
-	for i := range of.Tasks {
-		if of.Tasks[i].Token == "" {
-			return false
-		}
 	}
 	var b []byte
 	start := 0
@@ -276,6 +275,45 @@ func resultsMsgIDs(msgs []*nats.Msg, counts []int, items int, of queue.ResultsOf
 		start += n
 	}
 	return true
+}
+
+// hasTokens reports whether of names the delivery of each of the items
+// results: their messages then get IDs of them (resultsMsgIDs).
+func hasTokens(of queue.ResultsOf, items int) bool {
+	return len(of.Tasks) == items && !slices.ContainsFunc(of.Tasks, func(t queue.Task) bool { return t.Token == "" })
+}
+
+// packResults packs msgs, the results of tasks (one each, in order): the
+// results of a run of one pack's tasks share a message (or several, at
+// MaxPack or maxBytes), and those of a run of unpacked tasks go up to
+// size to one. So a completion's messages, and their IDs, follow its
+// tasks' packs: the dying gateway settles a completion pack by pack (a
+// record write, an ack), and the next gateway, sent the completion again,
+// refuses the packs it settled and stores the others' results in the
+// messages the first one did, which JetStream's dedup window drops.
+// Packed by position, one pack refused moved the others' results into
+// messages of new IDs, stored twice (found by a user's sweep: 9 of
+// 60,000 results twice after a kill -9 of a worker's gateway).
+func packResults(subject string, msgs []*nats.Msg, tasks []queue.Task, size, maxBytes int) (out []*nats.Msg, counts []int) {
+	for i := 0; i < len(msgs); {
+		seq, _, packed := packOf(tasks[i].ID)
+		j := i + 1
+		for j < len(msgs) {
+			next, _, nextPacked := packOf(tasks[j].ID)
+			if nextPacked != packed || packed && next != seq {
+				break
+			}
+			j++
+		}
+		runSize := size
+		if packed {
+			runSize = MaxPack // a pack's tasks at most
+		}
+		o, c := packMsgs(subject, msgs[i:j], runSize, maxBytes)
+		out, counts = append(out, o...), append(counts, c...)
+		i = j
+	}
+	return out, counts
 }
 
 // unavailablePause is how long a put of results waits before it is sent

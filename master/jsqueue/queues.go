@@ -107,6 +107,10 @@ type Queues struct {
 	cfg Config
 	js  jetstream.JetStream
 	log *slog.Logger
+	// testHookSettling, if set (by tests: export_test.go), runs in Ack
+	// between a completion's record writes and its acks, where a gateway
+	// that dies leaves a completion settled in part.
+	testHookSettling func()
 	// ctx ends with Close, and with it every blocked get.
 	ctx    context.Context
 	cancel context.CancelFunc
