@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -220,7 +221,7 @@ func (s *Server) Serve(ln net.Listener) error {
 func (s *Server) isClosing() bool { return s.closing.Load() }
 
 // Shutdown stops the server gracefully: it stops accepting, lets calls in
-// progress answer (blocked gets answer empty), requeues every unacked
+// progress answer (blocked gets answer "master shutting down"), requeues every unacked
 // lease, and closes the clients. If ctx ends first, it closes what is left
 // and returns ctx.Err().
 func (s *Server) Shutdown(ctx context.Context) error {
@@ -454,28 +455,49 @@ func (s *Server) putResults(dests []string, results []wire.Result, of queue.Resu
 	// Sized once: a queue.Item is over 100 bytes, and growing the slice by
 	// doubling was a third of the bytes a busy master allocated.
 	items := make([]queue.Item, 0, len(results))
-	for first := 0; first < len(results); {
-		// Results of one complete nearly always share one queue: take the
-		// run of equal destinations.
-		last := first + 1
-		for last < len(results) && dests[last] == dests[first] {
-			last++
+	put := make([]bool, len(results))
+	for first := range results {
+		if put[first] {
+			continue
 		}
+		// One put per queue, its results in the completion's order:
+		// results of one complete nearly always share one queue, and a
+		// completion sent again through another gateway, some of whose
+		// tasks it refuses, must put each queue's others alike (the IDs of
+		// their messages, by which JetStream keeps each once, depend on
+		// what each message carries; jsqueue's packResults).
 		items = items[:0]
-		start := 0
-		if first > 0 {
-			start = ends[first-1]
-		}
-		for i := first; i < last; i++ {
+		var tasks []queue.Task // of.Tasks' of items, if not one run of it
+		last := first          // items are results[first:last] while tasks is nil
+		for i := first; i < len(results); i++ {
+			if put[i] || dests[i] != dests[first] {
+				continue
+			}
+			put[i] = true
+			start := 0
+			if i > 0 {
+				start = ends[i-1]
+			}
 			items = append(items, queue.Item{Payload: buf[start:ends[i]:ends[i]]})
-			start = ends[i]
+			switch {
+			case of.Tasks == nil:
+			case tasks == nil && i == last:
+				last++
+			case tasks == nil:
+				tasks = append(slices.Clone(of.Tasks[first:last]), of.Tasks[i])
+			default:
+				tasks = append(tasks, of.Tasks[i])
+			}
+		}
+		resultsOf := queue.ResultsOf{Queue: of.Queue}
+		switch {
+		case tasks != nil:
+			resultsOf.Tasks = tasks
+		case of.Tasks != nil:
+			resultsOf.Tasks = of.Tasks[first:last]
 		}
 		if !s.awaitWritable(dests[first], len(items), wait) {
 			return false, nil
-		}
-		resultsOf := queue.ResultsOf{Queue: of.Queue}
-		if of.Tasks != nil {
-			resultsOf.Tasks = of.Tasks[first:last]
 		}
 		err := s.putResultItems(dests[first], items, resultsOf)
 		if err != nil && s.cfg.OpenQueues != nil {
@@ -491,7 +513,6 @@ func (s *Server) putResults(dests []string, results []wire.Result, of queue.Resu
 			s.log.Warn("publish results: queued, not yet written to the data directory (its log retries the write)",
 				"queue", dests[first], "results", len(items), "err", err)
 		}
-		first = last
 	}
 	return true, nil
 }

@@ -160,7 +160,8 @@ func TestE2ESigtermWithClient(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	// A get blocked in the master is answered, empty, at shutdown.
+	// A get blocked in the master is answered at shutdown ("master
+	// shutting down", or the connection's end).
 	got := make(chan error, 1)
 	go func() {
 		_, err := c.Get(ctx, "idle", wire.GetOptions{Timeout: time.Minute})

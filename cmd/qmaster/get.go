@@ -92,9 +92,12 @@ func getRun(ctx context.Context, opts *getOptions) error {
 		if err != nil && len(tasks) == 0 && got == 0 && reconnect && time.Until(deadline) > 0 &&
 			(errors.Is(err, wire.ErrClosed) || errors.Is(err, wire.ErrShuttingDown)) {
 			c.Close()
-			if c, err = redialUntil(ctx, deadline, func(ctx context.Context) (*wire.Client, error) {
-				return opts.Client.connect(ctx, opts.IO, "admin", "get")
-			}); err == nil {
+			if pause(ctx, redialPause); ctx.Err() == nil {
+				c, err = redialUntil(ctx, deadline, func(ctx context.Context) (*wire.Client, error) {
+					return opts.Client.connect(ctx, opts.IO, "admin", "get")
+				})
+			}
+			if err == nil {
 				continue
 			}
 			c = nil
@@ -123,19 +126,21 @@ func getRun(ctx context.Context, opts *getOptions) error {
 	return nil
 }
 
+// redialPause is how long get waits before it connects again, and
+// between tries: a master that answers at once that it is stopping is
+// not asked again at once.
+const redialPause = 200 * time.Millisecond
+
 // redialUntil connects with dial until it succeeds, ctx ends or deadline
 // passes (a restarted master may take seconds to listen again).
 func redialUntil(ctx context.Context, deadline time.Time, dial func(context.Context) (*wire.Client, error)) (*wire.Client, error) {
-	const pause = 200 * time.Millisecond
 	for {
 		c, err := dial(ctx)
-		if err == nil || time.Until(deadline) < pause {
+		if err == nil || time.Until(deadline) < redialPause {
 			return c, err
 		}
-		select {
-		case <-ctx.Done():
+		if pause(ctx, redialPause); ctx.Err() != nil {
 			return nil, ctx.Err()
-		case <-time.After(pause):
 		}
 	}
 }

@@ -597,7 +597,16 @@ func TestCompletionSentAgainStoresItsResultsOnce(t *testing.T) {
 // results again: in the messages the first gateway stored them in, so
 // each is kept once. (Packed by position, the refusal moved them into
 // messages of new IDs: 28 of 36 results stored twice.)
+//
+// The second pack's tasks come first, or in among the first's, as a
+// worker with several handlers completes them.
 func TestCompletionSettledInPartStoresItsResultsOnce(t *testing.T) {
+	for _, order := range []string{"in order", "interleaved"} {
+		t.Run(order, func(t *testing.T) { testCompletionSettledInPart(t, order == "interleaved") })
+	}
+}
+
+func testCompletionSettledInPart(t *testing.T, interleave bool) {
 	url := startNodeListening(t)
 	var settling atomic.Bool
 	a, _, _ := startWrappedGateway(t, url, master.Config{}, 32, func(q *jsqueue.Queues, nc *nats.Conn) master.Queues {
@@ -629,10 +638,20 @@ func TestCompletionSettledInPartStoresItsResultsOnce(t *testing.T) {
 	if err := w.Complete(ctx, "tasks", "", done[:4]); err != nil {
 		t.Fatal(err)
 	}
+	second := slices.Clone(done[4:]) // the first pack's 28 others, and 4 of the second's
+	if interleave {
+		second = nil
+		for i, c := range done[4:32] {
+			second = append(second, c)
+			if i%2 == 1 && 32+i/2 < len(done) {
+				second = append(second, done[32+i/2])
+			}
+		}
+	}
 	settling.Store(true)
-	_ = w.Complete(ctx, "tasks", "", done[4:]) // the first pack's 28 others, and 4 of the second's
+	_ = w.Complete(ctx, "tasks", "", second)
 	w2 := qmtest.Dial(t, b, "worker")
-	if err := w2.Complete(ctx, "tasks", "", done[4:]); err != nil && !errors.Is(err, wire.ErrNotLeased) {
+	if err := w2.Complete(ctx, "tasks", "", second); err != nil && !errors.Is(err, wire.ErrNotLeased) {
 		t.Fatalf("the completion sent again through the other gateway: %v", err)
 	}
 	perTask := map[uint64]int{}

@@ -116,6 +116,35 @@ func TestPackMsgsBoundsBytes(t *testing.T) {
 	}
 }
 
+// A completion's results are laid out by delivery: one packed delivery's
+// tasks together, sorted, wherever they are; a task with a plain
+// delivery (one moved out of its pack keeps its packed ID) alone.
+func TestPackResultsByDelivery(t *testing.T) {
+	p1, p2 := packToken(7, 1, 1), packToken(9, 2, 1)
+	tasks := []queue.Task{
+		{ID: packedID(10, 3), Token: p1},
+		{ID: packedID(11, 0), Token: p2},
+		{ID: packedID(10, 1), Token: p1},
+		{ID: packedID(10, 2), Token: "$JS.ACK.s.c.1.40.40.0.0"}, // moved out of pack 10
+		{ID: 12, Token: "$JS.ACK.s.c.1.12.12.0.0"},
+		{ID: packedID(11, 5), Token: p2},
+	}
+	msgs := make([]*nats.Msg, len(tasks))
+	for i := range msgs {
+		msgs[i] = &nats.Msg{Data: []byte(strconv.Itoa(i))}
+	}
+	out, counts, order := packResults("s", msgs, tasks, 0)
+	if want := []int{2, 0, 1, 5, 3, 4}; !slices.Equal(order, want) {
+		t.Fatalf("order %v, want %v", order, want)
+	}
+	if want := []int{2, 2, 0, 0}; !slices.Equal(counts, want) || len(out) != 4 {
+		t.Fatalf("counts %v of %d messages, want %v", counts, len(out), want)
+	}
+	if got, _ := decodePack(out[0].Data, out[0].Header.Get(hdrPack)); len(got) != 2 || string(got[0]) != "2" || string(got[1]) != "0" {
+		t.Errorf("pack 10's results %q, want those of tasks 2 and 0, by ID", got)
+	}
+}
+
 // FuzzDecodePack: a pack read from JetStream is decoded without a panic,
 // and what decodes encodes back to the same bytes.
 func FuzzDecodePack(f *testing.F) {

@@ -631,3 +631,33 @@ func TestWaitingGetsPullOnlyThePacksTheyNeed(t *testing.T) {
 		}
 	}
 }
+
+// A task's last error goes with it in a header when it is moved (to the
+// dead-letter queue here): a worker's multi-line error, or a long one,
+// must neither break the message's headers nor its size.
+func TestMovedTaskKeepsAnUnwieldyError(t *testing.T) {
+	q := newQueues(t, startNode(t), jsqueue.Config{HoldFor: time.Minute, Pack: 8, MaxAttempts: 1})
+	reaping(t, q)
+	putIDs := put(t, q, "jobs", "a", "b")
+	ts := get(t, q, "jobs", 1, 1, 0, time.Second)
+	reason := "Traceback (most recent call last):\n  File \"w.py\"\r\nNats-Msg-Id: forged\r\n" + strings.Repeat("x", 4000)
+	if err := q.Nack(queue.NackRequest{Queue: "jobs", Owner: 1, ID: ts[0].ID, Error: reason}); err != nil {
+		t.Fatal(err)
+	}
+	var dts []queue.Task
+	deadline := time.Now().Add(5 * time.Second)
+	for len(dts) == 0 && time.Now().Before(deadline) {
+		var err error
+		if dts, err = q.Peek(queue.DeadLetterName("jobs"), 10); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if len(dts) != 1 || dts[0].ID != putIDs[0] {
+		t.Fatalf("dead-letter queue %+v: want task a", dts)
+	}
+	e := dts[0].LastError
+	if strings.ContainsAny(e, "\r\n") || len(e) > 1024 || !strings.HasPrefix(e, "Traceback (most recent call last):") {
+		t.Fatalf("its error, %d bytes: %.200q; want the first line on, on one line, at most 1 KiB", len(e), e)
+	}
+}

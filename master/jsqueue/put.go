@@ -1,6 +1,7 @@
 package jsqueue
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
@@ -10,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -135,10 +137,17 @@ func (q *Queues) put(ctx context.Context, req queue.PutRequest, putNo uint64, si
 			return nil, err
 		}
 	}
+	var order []int // of the items, as packResults laid them out
 	switch {
-	case *size <= 1 || len(msgs) <= 1:
 	case req.Results && hasTokens(req.ResultsOf, len(msgs)):
-		msgs, counts = packResults(s.subject, msgs, req.ResultsOf.Tasks, *size, q.maxMessage())
+		// Whatever --pack says: every gateway must lay them out alike.
+		msgs, counts, order = packResults(s.subject, msgs, req.ResultsOf.Tasks, q.maxMessage())
+		tasks := make([]queue.Task, len(order))
+		for k, i := range order {
+			tasks[k] = req.ResultsOf.Tasks[i]
+		}
+		req.ResultsOf.Tasks = tasks
+	case *size <= 1 || len(msgs) <= 1:
 	default:
 		msgs, counts = packMsgs(s.subject, msgs, *size, q.maxMessage())
 	}
@@ -217,6 +226,13 @@ func (q *Queues) put(ctx context.Context, req queue.PutRequest, putNo uint64, si
 		}
 		ids = packedIDs(ids, counts, len(req.Items))
 	}
+	if order != nil {
+		inOrder := make([]uint64, len(ids))
+		for k, i := range order {
+			inOrder[i] = ids[k]
+		}
+		ids = inOrder
+	}
 	return ids, nil
 }
 
@@ -283,37 +299,52 @@ func hasTokens(of queue.ResultsOf, items int) bool {
 	return len(of.Tasks) == items && !slices.ContainsFunc(of.Tasks, func(t queue.Task) bool { return t.Token == "" })
 }
 
-// packResults packs msgs, the results of tasks (one each, in order): the
-// results of a run of one pack's tasks share a message (or several, at
-// MaxPack or maxBytes), and those of a run of unpacked tasks go up to
-// size to one. So a completion's messages, and their IDs, follow its
-// tasks' packs: the dying gateway settles a completion pack by pack (a
-// record write, an ack), and the next gateway, sent the completion again,
-// refuses the packs it settled and stores the others' results in the
-// messages the first one did, which JetStream's dedup window drops.
-// Packed by position, one pack refused moved the others' results into
-// messages of new IDs, stored twice (found by a user's sweep: 9 of
-// 60,000 results twice after a kill -9 of a worker's gateway).
-func packResults(subject string, msgs []*nats.Msg, tasks []queue.Task, size, maxBytes int) (out []*nats.Msg, counts []int) {
-	for i := 0; i < len(msgs); {
-		seq, _, packed := packOf(tasks[i].ID)
-		j := i + 1
-		for j < len(msgs) {
-			next, _, nextPacked := packOf(tasks[j].ID)
-			if nextPacked != packed || packed && next != seq {
-				break
-			}
-			j++
+// packResults lays out msgs, the results of tasks (one each, alike), by
+// what a gateway settles at once, a record write or an ack: the results
+// of one packed delivery's tasks share a message (or several, at MaxPack
+// or maxBytes), sorted by task, wherever they are in the completion; a
+// plain delivery's result has one of its own. order[k] is the index in
+// msgs of the k-th result laid out. So a completion's messages, and
+// their IDs, depend only on which deliveries it completes: a gateway
+// that dies partway through settling a completion has settled whole
+// deliveries, and the next, sent the completion again, refuses those and
+// stores the others' results in the messages the first one did, which
+// JetStream's dedup window drops. Packed by position in the completion,
+// a refused delivery moved the others' results into messages of new IDs,
+// stored twice (found by a user's sweep: 9 of 60,000 results twice after
+// a kill -9 of a worker's gateway).
+func packResults(subject string, msgs []*nats.Msg, tasks []queue.Task, maxBytes int) (out []*nats.Msg, counts, order []int) {
+	type delivery struct{ seq, delivered uint64 }
+	var groups [][]int // indices into msgs, by first appearance
+	byDelivery := make(map[delivery]int)
+	for i, t := range tasks {
+		seq, delivered, packed := packDeliveryOf(t.ID, t.Token)
+		if !packed {
+			groups = append(groups, []int{i}) // acked alone
+			continue
 		}
-		runSize := size
-		if packed {
-			runSize = MaxPack // a pack's tasks at most
+		d := delivery{seq, delivered}
+		g, ok := byDelivery[d]
+		if !ok {
+			g = len(groups)
+			byDelivery[d] = g
+			groups = append(groups, nil)
 		}
-		o, c := packMsgs(subject, msgs[i:j], runSize, maxBytes)
-		out, counts = append(out, o...), append(counts, c...)
-		i = j
+		groups[g] = append(groups[g], i)
 	}
-	return out, counts
+	order = make([]int, 0, len(msgs))
+	var run []*nats.Msg
+	for _, g := range groups {
+		slices.SortFunc(g, func(a, b int) int { return cmp.Compare(tasks[a].ID, tasks[b].ID) })
+		run = run[:0]
+		for _, i := range g {
+			run = append(run, msgs[i])
+		}
+		o, c := packMsgs(subject, run, MaxPack, maxBytes)
+		out, counts = append(out, o...), append(counts, c...)
+		order = append(order, g...)
+	}
+	return out, counts, order
 }
 
 // unavailablePause is how long a put of results waits before it is sent
@@ -582,6 +613,25 @@ func allKeyed(msgs []*nats.Msg) bool {
 	return true
 }
 
+// maxErrorHeader bounds the last error a moved task's header carries: a
+// worker's error text has no bound, and a task near NATS's max_payload
+// must still fit its message, headers and all (headerRoom), or it could
+// be moved nowhere, not even to the dead-letter queue.
+const maxErrorHeader = 512
+
+// cutError returns e cut to maxErrorHeader bytes, at a character's start.
+func cutError(e string) string {
+	if len(e) <= maxErrorHeader {
+		return e
+	}
+	const more = "…"
+	i := maxErrorHeader - len(more)
+	for i > 0 && !utf8.RuneStart(e[i]) {
+		i--
+	}
+	return e[:i] + more
+}
+
 // movedMsg is the message that carries t, taken from a queue, into
 // another stream: its ID, first put time, reply queue and last error go
 // with it, and attempts, if kept, as a base for the new stream's count.
@@ -594,7 +644,7 @@ func movedMsg(subj string, t queue.Task, attempts int) *nats.Msg {
 		h.Set(hdrReplyTo, t.ReplyTo)
 	}
 	if t.LastError != "" {
-		h.Set(hdrError, t.LastError)
+		h.Set(hdrError, cutError(t.LastError))
 	}
 	if attempts > 0 {
 		h.Set(hdrAttempts, strconv.Itoa(attempts))
