@@ -558,12 +558,7 @@ func TestCompletionSentAgainStoresItsResultsOnce(t *testing.T) {
 				t.Fatal(err)
 			}
 			w := qmtest.Dial(t, a, "worker")
-			tasks := getTasks(ctx, t, w, 2)
-			done := make([]wire.Completion, len(tasks))
-			for i, task := range tasks {
-				v, _ := wire.Encode(int64(i))
-				done[i] = wire.Completion{ID: task.ID, Value: v, Token: task.Token}
-			}
+			done := completionsOf(getTasks(ctx, t, w, 2))
 			if err := w.Complete(ctx, "tasks", "", done); err == nil {
 				t.Fatal("the completion through the dying gateway succeeded")
 			}
@@ -571,18 +566,7 @@ func TestCompletionSentAgainStoresItsResultsOnce(t *testing.T) {
 			if err := w2.Complete(ctx, "tasks", "", done); err != nil {
 				t.Fatalf("the completion sent again through the other gateway: %v", err)
 			}
-			var results []wire.Task
-			for {
-				more, err := p.Get(ctx, "mine", wire.GetOptions{Max: 10, Timeout: 500 * time.Millisecond, NoAck: true})
-				if err != nil {
-					t.Fatal(err)
-				}
-				if len(more) == 0 {
-					break
-				}
-				results = append(results, more...)
-			}
-			if len(results) != 2 {
+			if results := takeAll(ctx, t, p, "mine"); len(results) != 2 {
 				t.Fatalf("%d results, want 2", len(results))
 			}
 		})
@@ -629,12 +613,7 @@ func testCompletionSettledInPart(t *testing.T, interleave bool) {
 		t.Fatal(err)
 	}
 	w := qmtest.Dial(t, a, "worker")
-	tasks := getTasks(ctx, t, w, 36)
-	done := make([]wire.Completion, len(tasks))
-	for i, task := range tasks {
-		v, _ := wire.Encode(int64(i))
-		done[i] = wire.Completion{ID: task.ID, Value: v, Token: task.Token}
-	}
+	done := completionsOf(getTasks(ctx, t, w, 36))
 	if err := w.Complete(ctx, "tasks", "", done[:4]); err != nil {
 		t.Fatal(err)
 	}
@@ -655,21 +634,12 @@ func testCompletionSettledInPart(t *testing.T, interleave bool) {
 		t.Fatalf("the completion sent again through the other gateway: %v", err)
 	}
 	perTask := map[uint64]int{}
-	for {
-		more, err := p.Get(ctx, "mine", wire.GetOptions{Max: 100, Timeout: 500 * time.Millisecond, NoAck: true})
+	for _, r := range takeAll(ctx, t, p, "mine") {
+		res, err := wire.DecodeResult(r.Payload)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(more) == 0 {
-			break
-		}
-		for _, r := range more {
-			res, err := wire.DecodeResult(r.Payload)
-			if err != nil {
-				t.Fatal(err)
-			}
-			perTask[res.TaskID]++
-		}
+		perTask[res.TaskID]++
 	}
 	twice := 0
 	for _, n := range perTask {
@@ -679,6 +649,33 @@ func testCompletionSettledInPart(t *testing.T, interleave bool) {
 	}
 	if len(perTask) != 36 || twice > 0 {
 		t.Fatalf("results of %d tasks, %d of them stored twice; want 36, each once", len(perTask), twice)
+	}
+}
+
+// completionsOf completes tasks, task i with the value i.
+func completionsOf(tasks []wire.Task) []wire.Completion {
+	done := make([]wire.Completion, len(tasks))
+	for i, task := range tasks {
+		v, _ := wire.Encode(int64(i))
+		done[i] = wire.Completion{ID: task.ID, Value: v, Token: task.Token}
+	}
+	return done
+}
+
+// takeAll takes every item of queue name for good, until none comes for
+// half a second.
+func takeAll(ctx context.Context, t *testing.T, c *wire.Client, name string) []wire.Task {
+	t.Helper()
+	var all []wire.Task
+	for {
+		more, err := c.Get(ctx, name, wire.GetOptions{Max: 100, Timeout: 500 * time.Millisecond, NoAck: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(more) == 0 {
+			return all
+		}
+		all = append(all, more...)
 	}
 }
 
