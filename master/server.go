@@ -455,53 +455,46 @@ func (s *Server) putResults(dests []string, results []wire.Result, of queue.Resu
 	// Sized once: a queue.Item is over 100 bytes, and growing the slice by
 	// doubling was a third of the bytes a busy master allocated.
 	items := make([]queue.Item, 0, len(results))
-	put := make([]bool, len(results))
-	for first := range results {
-		if put[first] {
-			continue
+	item := func(i int) queue.Item {
+		start := 0
+		if i > 0 {
+			start = ends[i-1]
 		}
-		// One put per queue, its results in the completion's order:
-		// results of one complete nearly always share one queue, and a
-		// completion sent again through another gateway, some of whose
-		// tasks it refuses, must put each queue's others alike (the IDs of
-		// their messages, by which JetStream keeps each once, depend on
-		// what each message carries; jsqueue's packResults).
+		return queue.Item{Payload: buf[start:ends[i]:ends[i]]}
+	}
+	// One put per queue, its results in the completion's order: a
+	// completion sent again through another gateway, some of whose tasks
+	// it refuses, must put each queue's others alike (the IDs of their
+	// messages, by which JetStream keeps each once, depend on what each
+	// message carries; jsqueue's packResults). Results of one complete
+	// nearly always share one queue, and are put as they are.
+	queues := append(make([]string, 0, 4), dests[0]) // on the stack
+	for _, d := range dests[1:] {
+		if !slices.Contains(queues, d) {
+			queues = append(queues, d)
+		}
+	}
+	for _, dest := range queues {
 		items = items[:0]
-		var tasks []queue.Task // of.Tasks' of items, if not one run of it
-		last := first          // items are results[first:last] while tasks is nil
-		for i := first; i < len(results); i++ {
-			if put[i] || dests[i] != dests[first] {
+		resultsOf := queue.ResultsOf{Queue: of.Queue, Tasks: of.Tasks} // one queue: all of them
+		if len(queues) > 1 {
+			resultsOf.Tasks = nil
+		}
+		for i := range results {
+			if dests[i] != dest {
 				continue
 			}
-			put[i] = true
-			start := 0
-			if i > 0 {
-				start = ends[i-1]
-			}
-			items = append(items, queue.Item{Payload: buf[start:ends[i]:ends[i]]})
-			switch {
-			case of.Tasks == nil:
-			case tasks == nil && i == last:
-				last++
-			case tasks == nil:
-				tasks = append(slices.Clone(of.Tasks[first:last]), of.Tasks[i])
-			default:
-				tasks = append(tasks, of.Tasks[i])
+			items = append(items, item(i))
+			if len(queues) > 1 && of.Tasks != nil {
+				resultsOf.Tasks = append(resultsOf.Tasks, of.Tasks[i])
 			}
 		}
-		resultsOf := queue.ResultsOf{Queue: of.Queue}
-		switch {
-		case tasks != nil:
-			resultsOf.Tasks = tasks
-		case of.Tasks != nil:
-			resultsOf.Tasks = of.Tasks[first:last]
-		}
-		if !s.awaitWritable(dests[first], len(items), wait) {
+		if !s.awaitWritable(dest, len(items), wait) {
 			return false, nil
 		}
-		err := s.putResultItems(dests[first], items, resultsOf)
+		err := s.putResultItems(dest, items, resultsOf)
 		if err != nil && s.cfg.OpenQueues != nil {
-			s.log.Error("publish results failed; their tasks are not acked and run again", "queue", dests[first], "results", len(items), "err", err)
+			s.log.Error("publish results failed; their tasks are not acked and run again", "queue", dest, "results", len(items), "err", err)
 			return true, err
 		}
 		if err != nil {
@@ -511,7 +504,7 @@ func (s *Server) putResults(dests []string, results []wire.Result, of queue.Resu
 			// small chance that the store failed between awaitWritable
 			// and the put's own check, which would drop them.
 			s.log.Warn("publish results: queued, not yet written to the data directory (its log retries the write)",
-				"queue", dests[first], "results", len(items), "err", err)
+				"queue", dest, "results", len(items), "err", err)
 		}
 	}
 	return true, nil

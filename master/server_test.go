@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -676,5 +677,50 @@ func TestTasksTakenByAClientThatHangsUpAreNotHandedOutAgain(t *testing.T) {
 	}
 	if again, err := p.Get(ctx, "taken", wire.GetOptions{Max: rounds, NoAck: true}); err != nil || len(again) != 0 {
 		t.Fatalf("%d of %d tasks taken for good were handed out again (%v)", len(again), rounds, err)
+	}
+}
+
+// A completion whose tasks reply to two queues, interleaved, stores each
+// result once, in its task's queue.
+func TestCompletionOfTwoReplyQueues(t *testing.T) {
+	addr, _ := qmtest.StartMaster(t, master.Config{})
+	producer := qmtest.Dial(t, addr, "producer")
+	ctx := ctxFor(t, 10*time.Second)
+	want := map[string][]uint64{}
+	for i, q := range []string{"ra", "rb", "ra", "rb", "rb"} {
+		ids, err := producer.Put(ctx, "tasks", []any{i}, wire.PutOptions{ReplyTo: q})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want[q] = append(want[q], ids...)
+	}
+	w := qmtest.Dial(t, addr, "worker")
+	tasks, err := w.Get(ctx, "tasks", wire.GetOptions{Max: 5, Timeout: time.Second})
+	if err != nil || len(tasks) != 5 {
+		t.Fatalf("get: %d tasks, %v", len(tasks), err)
+	}
+	done := make([]wire.Completion, len(tasks))
+	for i, task := range tasks {
+		done[i] = wire.Completion{ID: task.ID, Value: task.Payload}
+	}
+	if err := w.Complete(ctx, "tasks", "", done); err != nil {
+		t.Fatal(err)
+	}
+	for q, ids := range want {
+		results, err := producer.Get(ctx, q, wire.GetOptions{Max: 10, Timeout: time.Second, NoAck: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []uint64
+		for _, r := range results {
+			res, err := wire.DecodeResult(r.Payload)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, res.TaskID)
+		}
+		if !slices.Equal(got, ids) {
+			t.Errorf("%s holds the results of %v, want %v", q, got, ids)
+		}
 	}
 }

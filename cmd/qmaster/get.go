@@ -74,9 +74,9 @@ func getRun(ctx context.Context, opts *getOptions) error {
 			c.Close()
 		}
 	}()
-	// As map's: through another gateway, or the same master restarted,
-	// when the one it waits on stops, if the queue outlives it.
-	reconnect := c.Masters() > 1 || c.QueuesOutliveMaster()
+	// As map: through another gateway, or the same master restarted,
+	// when the one it waits on stops.
+	reconnect := reconnects(c)
 
 	out := bufio.NewWriterSize(opts.IO.Out, outBufferSize)
 	deadline := time.Now().Add(opts.Timeout)
@@ -89,8 +89,7 @@ func getRun(ctx context.Context, opts *getOptions) error {
 		cctx, cancel := context.WithTimeout(ctx, wait+callSlack)
 		tasks, err := c.Get(cctx, opts.Queue, wire.GetOptions{Max: opts.N - got, Timeout: wait, NoAck: true})
 		cancel()
-		if err != nil && len(tasks) == 0 && got == 0 && reconnect && time.Until(deadline) > 0 &&
-			(errors.Is(err, wire.ErrClosed) || errors.Is(err, wire.ErrShuttingDown)) {
+		if err != nil && len(tasks) == 0 && got == 0 && reconnect && time.Until(deadline) > 0 && connectionGone(err) {
 			c.Close()
 			if pause(ctx, redialPause); ctx.Err() == nil {
 				c, err = redialUntil(ctx, deadline, func(ctx context.Context) (*wire.Client, error) {

@@ -81,8 +81,18 @@ func dialProducer(ctx context.Context, co *clientOptions, f *factory, cmd string
 	}
 	conn := &producerConn{name: "qmaster " + cmd, dial: dial, c: c, errOut: f.ErrOut, idPrefix: cmd + "-" + randomHex(8) + "-"}
 	conn.others = c.Masters() > 1
-	conn.reconnect = conn.others || c.QueuesOutliveMaster()
+	conn.reconnect = reconnects(c)
 	return conn, nil
+}
+
+// reconnects reports whether a command connected by c connects again
+// when it loses c: given several masters, or one whose queues outlive it.
+func reconnects(c *wire.Client) bool { return c.Masters() > 1 || c.QueuesOutliveMaster() }
+
+// connectionGone reports whether err says the connection is gone: lost,
+// or its master stopping.
+func connectionGone(err error) bool {
+	return errors.Is(err, wire.ErrClosed) || errors.Is(err, wire.ErrShuttingDown)
 }
 
 // redialFor is how long a producer tries to reach another gateway before it
@@ -106,7 +116,7 @@ func (m *producerConn) client() (*wire.Client, int) {
 // lost reports whether err says the connection is gone, and the command
 // may go on through another.
 func (m *producerConn) lost(err error) bool {
-	return m.reconnect && (errors.Is(err, wire.ErrClosed) || errors.Is(err, wire.ErrShuttingDown))
+	return m.reconnect && connectionGone(err)
 }
 
 // goElsewhere reports whether err says the connection is gone, or, given
