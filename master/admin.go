@@ -61,12 +61,10 @@ func (s *Server) ready() error {
 			return fmt.Errorf("data directory: %w", err)
 		}
 	}
-	// Queues in an engine with a store of its own (a JetStream node
-	// embedded here, alone) say whether it takes puts.
-	if w, ok := s.queues.(interface{ Writable() error }); ok {
-		if err := w.Writable(); err != nil {
-			return err
-		}
+	// Queues in an engine (a gateway to JetStream) say whether it
+	// serves: whether it is reachable, and takes puts.
+	if r, ok := s.queues.(interface{ Ready() error }); ok {
+		return r.Ready()
 	}
 	return nil
 }

@@ -189,7 +189,7 @@ func TestClusterKeepsQueuesWhenTheLeaderDies(t *testing.T) {
 // TestNodeIsCurrentOnlyWithItsCluster: a node started again is current
 // (what /readyz?current waits for) once it has caught up with what was
 // put while it was down, and a node is not current while its cluster has
-// no quorum.
+// no quorum, nor is its gateway ready (what /readyz says).
 func TestNodeIsCurrentOnlyWithItsCluster(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a three-node cluster")
@@ -219,6 +219,10 @@ func TestNodeIsCurrentOnlyWithItsCluster(t *testing.T) {
 	t.Logf("started again: %v", again.Current())
 	qmtest.CheckFor(t, 30*time.Second, 50*time.Millisecond, current(again))
 	t.Logf("current %v after the start", time.Since(started).Round(time.Millisecond))
+	alone := newQueues(t, again, jsqueue.Config{Replicas: 3})
+	if err := alone.Ready(); err != nil {
+		t.Fatalf("gateway of a current node: %v", err)
+	}
 
 	nodes[1].Shutdown()
 	nodes[0].Shutdown()
@@ -226,9 +230,12 @@ func TestNodeIsCurrentOnlyWithItsCluster(t *testing.T) {
 		if again.Current() == nil {
 			return errors.New("current with two nodes of its three down")
 		}
+		if alone.Ready() == nil {
+			return errors.New("gateway ready with two nodes of its three down")
+		}
 		return nil
 	})
-	t.Logf("alone: %v", again.Current())
+	t.Logf("alone: %v; %v", again.Current(), alone.Ready())
 }
 
 // A node that hands its leaderships over before its gateway closes (as a

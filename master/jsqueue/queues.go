@@ -159,6 +159,8 @@ type Queues struct {
 	// unconfirmed delivery is added.
 	held  chan struct{}
 	reaps atomic.Int64 // reaps made, for the tests
+	// readiness is Ready's last answer.
+	readiness readiness
 	// putIDs starts the request IDs this gateway gives puts without keys
 	// (put.go), and puts counts them.
 	putIDs     string
