@@ -258,10 +258,15 @@ func (c *clientConn) complete(req *wire.Request, buf *callBuffers) error {
 		}
 	}
 	var errs []error
+	worker := c.workerName()
 	ids, values, tokens := buf.ids[:0], buf.values[:0], buf.tokens[:0]
 	for _, r := range req.Results {
-		if r.Error != "" {
-			if err := q.Nack(queue.NackRequest{Queue: req.Queue, Owner: c.id, ID: r.ID, Error: r.Error, RetryAfter: r.RetryAfter, Token: r.Token}); err != nil {
+		failure := r.Error
+		if failure == "" {
+			failure = c.s.oversized(&r, worker)
+		}
+		if failure != "" {
+			if err := q.Nack(queue.NackRequest{Queue: req.Queue, Owner: c.id, ID: r.ID, Error: failure, RetryAfter: r.RetryAfter, Token: r.Token}); err != nil {
 				errs = append(errs, err)
 			}
 			continue
@@ -280,7 +285,6 @@ func (c *clientConn) complete(req *wire.Request, buf *callBuffers) error {
 	if len(tokens) == 0 {
 		tokens = nil
 	}
-	worker := c.workerName()
 	acked, err := q.Ack(queue.AckRequest{Queue: req.Queue, Owner: c.id, IDs: ids, Tokens: tokens, Publish: func(acked []queue.Task) error {
 		results, dests, of := buf.results[:0], buf.dests[:0], buf.resultsOf[:0]
 		i := 0 // acked is ids in order, less those not acked
@@ -324,6 +328,23 @@ func (c *clientConn) complete(req *wire.Request, buf *callBuffers) error {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// oversized returns why r's result is too large for the queues to store
+// (ItemLimiter), or "": the failure of its task's attempt, as a worker's
+// error would be, so that its task alone runs again (and, being as large
+// each time, ends in the dead-letter queue with this error).
+func (s *Server) oversized(r *wire.Completion, worker string) string {
+	l, ok := s.queues.(ItemLimiter)
+	if !ok {
+		return ""
+	}
+	limit := l.MaxItem()
+	if size := wire.ResultSize(&wire.Result{Worker: worker, Value: r.Value}); limit > 0 && size > limit {
+		s.log.Warn("result too large to store; its task's attempt fails", "task", r.ID, "bytes", size, "max", limit)
+		return fmt.Sprintf("result of %d bytes not stored: the queues take items of at most %d bytes", size, limit)
+	}
+	return ""
 }
 
 // extendDeliveries renews leases named by their delivery tokens: queues

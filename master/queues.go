@@ -71,6 +71,16 @@ type DeliveryExtender interface {
 	ExtendDeliveries(queue string, ids []uint64, tokens []string) error
 }
 
+// ItemLimiter is implemented by Queues whose engine bounds the size of
+// one item (a gateway of a cluster: NATS's max_payload). A result over
+// it would fail its whole completion, whose other tasks would run again
+// for nothing; the server fails that task's attempt alone instead.
+type ItemLimiter interface {
+	// MaxItem is the most bytes one item (a task, or an encoded result)
+	// may have; 0 is no bound.
+	MaxItem() int
+}
+
 // DeliveryConfirmer is implemented by Queues that take a NoAck get's
 // tasks for good only once the reply carrying them is written, so that a
 // reply that is lost puts them back where they were. The server calls

@@ -702,6 +702,10 @@ func (q *Queues) maxMessage() int {
 	return int(mp) - headerRoom
 }
 
+// MaxItem is the most bytes of one item (master.ItemLimiter): NATS's
+// max_payload, less qm's headers.
+func (q *Queues) MaxItem() int { return q.maxMessage() }
+
 // checkSizes refuses items too large for one NATS message, which the
 // servers would refuse however often they were sent.
 func (q *Queues) checkSizes(items []queue.Item) error {

@@ -1,0 +1,105 @@
+package master_test
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/qm-dev/qm/internal/qmtest"
+	"github.com/qm-dev/qm/master"
+	"github.com/qm-dev/qm/master/jsqueue"
+	"github.com/qm-dev/qm/master/queue"
+	"github.com/qm-dev/qm/wire"
+)
+
+// startGateway starts a master whose queues are a JetStream node's,
+// embedded in the test, as `qmaster --data-dir D --cluster-listen` runs
+// one alone.
+func startGateway(t *testing.T, cfg master.Config) string {
+	t.Helper()
+	node, err := jsqueue.StartNode(jsqueue.NodeConfig{DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(node.Shutdown)
+	nc, err := node.Connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	if err := jsqueue.WaitReady(ctxFor(t, 10*time.Second), nc, nil); err != nil {
+		t.Fatal(err)
+	}
+	cfg.OpenQueues = func(qc queue.Config) (master.Queues, error) {
+		return jsqueue.New(jsqueue.Config{Conn: nc, Replicas: 1, MaxAttempts: qc.MaxAttempts,
+			DefaultLease: qc.DefaultLease, AckWait: qc.DefaultLease, OnDead: qc.OnDead})
+	}
+	addr, _ := qmtest.StartMaster(t, cfg)
+	return addr
+}
+
+// A result too large for the engine to store fails its task's attempt
+// alone: the others of its completion are done, and it runs again with
+// the reason as its error, then goes to the dead-letter queue.
+func TestOversizedResultFailsItsTaskAlone(t *testing.T) {
+	addr := startGateway(t, master.Config{MaxAttempts: 2})
+	ctx := ctxFor(t, 20*time.Second)
+	producer := qmtest.Dial(t, addr, "producer")
+	ids, err := producer.Put(ctx, "tasks", []any{"a", "b", "c"}, wire.PutOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := qmtest.Dial(t, addr, "worker")
+	huge, err := msgpack.Marshal(strings.Repeat("x", 9<<20)) // NATS takes 8 MiB here
+	if err != nil {
+		t.Fatal(err)
+	}
+	for attempt := 1; attempt <= 2; attempt++ {
+		tasks, err := w.Get(ctx, "tasks", wire.GetOptions{Max: 3, Timeout: 5 * time.Second})
+		if err != nil || len(tasks) == 0 {
+			t.Fatalf("attempt %d: got %d tasks, %v", attempt, len(tasks), err)
+		}
+		var done []wire.Completion
+		for _, task := range tasks {
+			value := task.Payload
+			if task.ID == ids[1] {
+				value = huge
+				if attempt == 2 && !strings.Contains(task.LastError, "not stored") {
+					t.Errorf("task b again with error %q, want the reason its result was not stored", task.LastError)
+				}
+			}
+			done = append(done, wire.Completion{ID: task.ID, Value: value, Token: task.Token})
+		}
+		if err := w.Complete(ctx, "tasks", "results", done); err != nil {
+			t.Fatalf("attempt %d: complete: %v", attempt, err)
+		}
+	}
+	results, err := producer.Get(ctx, "results", wire.GetOptions{Max: 10, Timeout: 5 * time.Second, NoAck: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[uint64]wire.Result{}
+	for _, r := range results {
+		res, err := wire.DecodeResult(r.Payload)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[res.TaskID] = res
+	}
+	if len(got) != 3 || !strings.Contains(got[ids[1]].Error, "not stored") || got[ids[0]].Error != "" || got[ids[2]].Error != "" ||
+		!bytes.Equal(got[ids[0]].Value, mustMarshal(t, "a")) {
+		t.Fatalf("results %+v, want a's and c's, and an error result for b", got)
+	}
+}
+
+func mustMarshal(t *testing.T, v any) []byte {
+	t.Helper()
+	b, err := msgpack.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
