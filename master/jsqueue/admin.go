@@ -23,7 +23,8 @@ import (
 
 // Stats returns a queue's figures: Ready and Leased from its consumer,
 // Puts from its stream (every task ever stored in it), Gets from the
-// consumer's deliveries, Done as Puts less what the stream holds. Packed
+// consumer's deliveries, Done as Puts less what the stream holds and the
+// tasks purged or dead (countGone). Packed
 // tasks count one by one (packcount.go), except in Gets, which counts
 // deliveries of messages; and Leased counts the tasks of packs delivered
 // and not yet acked as the stream's mean per message, exact when no pack
@@ -67,12 +68,18 @@ func (q *Queues) figures(ctx context.Context, s *stream, state jetstream.StreamS
 		ci.Delivered.Consumer += li.Delivered.Consumer
 	}
 	stored, puts := storedTasks(state), state.LastSeq
+	var gone uint64
 	if !queue.IsDeadLetterName(s.queue) { // never packed
 		extra, err := q.packedExtra(ctx, s.queue)
 		if err != nil {
 			return queue.Stats{}, q.adminErr(s.queue, "stats", err)
 		}
 		puts = uint64(max(0, int64(puts)+extra))
+		n, err := q.goneTasks(ctx, s.queue)
+		if err != nil {
+			return queue.Stats{}, q.adminErr(s.queue, "stats", err)
+		}
+		gone = uint64(max(0, n))
 	}
 	// Delayed tasks: the schedules among the stream's messages, which the
 	// consumer, taking only tasks, does not count (scheduling.go). The
@@ -101,7 +108,7 @@ func (q *Queues) figures(ctx context.Context, s *stream, state jetstream.StreamS
 		Delayed:   int(delayed),
 		Puts:      puts,
 		Gets:      ci.Delivered.Consumer,
-		Acks:      puts - stored - delayed,
+		Acks:      puts - stored - delayed - min(gone, puts-stored-delayed),
 	}
 	st.Done = st.Acks
 	if !queue.IsDeadLetterName(s.queue) {
@@ -381,11 +388,33 @@ func (q *Queues) Purge(name string) (int, error) {
 	if err != nil {
 		return 0, q.adminErr(name, "purge", err)
 	}
+	settled := q.settledInPacks(name)
 	if err := s.st.Purge(ctx); err != nil {
 		return 0, q.adminErr(name, "purge", err)
 	}
 	q.dropLeasesOf(name)
-	return int(storedTasks(si.State)), nil // tasks, not packs
+	// Tasks, not packs; less those of packs held here that are done or
+	// gone already (those of packs another gateway holds are counted).
+	n := max(0, int(storedTasks(si.State))-settled)
+	if !queue.IsDeadLetterName(name) {
+		q.countGone(name, n)
+	}
+	return n, nil
+}
+
+// settledInPacks counts the tasks of queue name's packs held here that
+// are settled (done, dead, or stored apart), which their packs' messages
+// still carry.
+func (q *Queues) settledInPacks(name string) int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	n := 0
+	for k, p := range q.packs {
+		if k.queue == name {
+			n += len(p.tasks) - p.left
+		}
+	}
+	return n
 }
 
 // Delete removes a queue's stream, every task in it with it (its

@@ -57,6 +57,7 @@ func (q *Queues) deadLetter(l *lease, errText string) error {
 	}
 	q.recordDone([]*lease{l})
 	q.settleDone(l)
+	q.countGone(l.key.queue, 1)
 	q.mu.Lock()
 	delete(q.lastErr, l.key)
 	q.mu.Unlock()

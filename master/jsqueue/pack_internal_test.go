@@ -510,7 +510,7 @@ func TestRepeatedPutIsNotCounted(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if got, want := q.takeCounts(time.Time{})[streamName("jobs")], 3+3+1; got != want {
+	if got, want := q.takeCounts(time.Time{})[countsSubject+streamName("jobs")], 3+3+1; got != want {
 		t.Fatalf("the packs carried %d tasks beyond one each by the counts, want %d", got, want)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/qm-dev/qm/internal/qmtest"
 	"github.com/qm-dev/qm/master/jsqueue"
 	"github.com/qm-dev/qm/master/queue"
 )
@@ -659,5 +660,38 @@ func TestMovedTaskKeepsAnUnwieldyError(t *testing.T) {
 	e := dts[0].LastError
 	if strings.ContainsAny(e, "\r\n") || len(e) > 1024 || !strings.HasPrefix(e, "Traceback (most recent call last):") {
 		t.Fatalf("its error, %d bytes: %.200q; want the first line on, on one line, at most 1 KiB", len(e), e)
+	}
+}
+
+// Done counts the tasks that were done: not those purged, nor those
+// moved to the dead-letter queue, packed or not.
+func TestPurgedAndDeadTasksAreNotDone(t *testing.T) {
+	for _, pack := range []int{1, 4} {
+		t.Run(fmt.Sprintf("pack %d", pack), func(t *testing.T) {
+			q := newQueues(t, startNode(t), jsqueue.Config{HoldFor: time.Minute, Pack: pack, MaxAttempts: 1})
+			reaping(t, q)
+			put(t, q, "jobs", "a", "b", "c", "d", "e", "f")
+			a := get(t, q, "jobs", 1, 1, 0, time.Second)
+			if _, err := q.Ack(queue.AckRequest{Queue: "jobs", Owner: 1, IDs: taskIDs(a)}, nil); err != nil {
+				t.Fatal(err)
+			}
+			b := get(t, q, "jobs", 1, 1, 0, time.Second)
+			if err := q.Nack(queue.NackRequest{Queue: "jobs", Owner: 1, ID: b[0].ID, Error: "boom"}); err != nil {
+				t.Fatal(err)
+			}
+			if n, err := q.Purge("jobs"); err != nil || n != 4 {
+				t.Fatalf("purge: %d, %v; want 4", n, err)
+			}
+			qmtest.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+				st, err := q.Stats("jobs")
+				if err != nil {
+					return err
+				}
+				if st.Done != 1 || st.Acks != 1 || st.Dead != 1 || st.Puts != 6 || st.Ready != 0 {
+					return fmt.Errorf("done %d, acks %d, dead %d, puts %d, ready %d; want 1, 1, 1, 6, 0", st.Done, st.Acks, st.Dead, st.Puts, st.Ready)
+				}
+				return nil
+			})
+		})
 	}
 }

@@ -97,11 +97,26 @@ func (q *Queues) counts(ctx context.Context) (jetstream.Stream, error) {
 // slowed a three-node cluster fourfold. A gateway that dies loses what it
 // had not sent: the queue's Puts and Done figures then count short.
 func (q *Queues) countPacked(s *stream, extra int) {
+	q.addCount(countsSubject+streamName(s.queue), extra)
+}
+
+// countGone notes n tasks of queue name gone without being done (purged,
+// or moved to its dead-letter queue), for its counter of them
+// (goneSubject), sent as countPacked's are: Done counts every task gone
+// from its stream less these.
+func (q *Queues) countGone(name string, n int) {
+	if n > 0 {
+		q.addCount(goneSubject(name), n)
+	}
+}
+
+// addCount adds n to what the counter on subj is sent next.
+func (q *Queues) addCount(subj string, n int) {
 	q.mu.Lock()
 	if q.packedCounts == nil {
 		q.packedCounts = make(map[string]int)
 	}
-	q.packedCounts[streamName(s.queue)] += extra
+	q.packedCounts[subj] += n
 	q.wakeReaper()
 	q.mu.Unlock()
 }
@@ -134,8 +149,8 @@ func (q *Queues) sendCounts(counts map[string]int) {
 		q.log.Warn("packed tasks not counted; their queues' figures count them short", "err", err)
 		return
 	}
-	for stream, n := range counts {
-		m := nats.NewMsg(countsSubject + stream)
+	for subj, n := range counts {
+		m := nats.NewMsg(subj)
 		incr := strconv.Itoa(n)
 		if n >= 0 {
 			incr = "+" + incr
@@ -179,6 +194,16 @@ func (q *Queues) packedExtra(ctx context.Context, name string) (int64, error) {
 	return q.counterValue(ctx, countsSubject+streamName(name))
 }
 
+// goneTasks reads how many tasks of queue name left its stream without
+// being done (countGone).
+func (q *Queues) goneTasks(ctx context.Context, name string) (int64, error) {
+	return q.counterValue(ctx, goneSubject(name))
+}
+
+// goneSubject is the subject of queue name's counter of tasks gone
+// without being done.
+func goneSubject(name string) string { return countsSubject + "gone." + streamName(name) }
+
 // idsSubject is the subject of the counter that numbers the delayed
 // tasks of queue name.
 func idsSubject(name string) string { return countsSubject + "ids." + streamName(name) }
@@ -214,5 +239,8 @@ func (q *Queues) dropCount(ctx context.Context, name string) error {
 	// Not the counter of delayed tasks' IDs (idsSubject): a queue made
 	// anew meanwhile, through another gateway, may have taken some, and
 	// numbering from 1 again would give a schedule's subject twice.
-	return st.Purge(ctx, jetstream.WithPurgeSubject(countsSubject+streamName(name)))
+	if err := st.Purge(ctx, jetstream.WithPurgeSubject(countsSubject+streamName(name))); err != nil {
+		return err
+	}
+	return st.Purge(ctx, jetstream.WithPurgeSubject(goneSubject(name)))
 }

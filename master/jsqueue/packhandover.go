@@ -367,6 +367,9 @@ func (q *Queues) storeFailed(ctx context.Context, h *packedHandout, packDone boo
 		return err
 	}
 	q.doneHere(h)
+	if dead {
+		q.countGone(h.s.queue, 1)
+	}
 	if dead && q.cfg.OnDead != nil {
 		q.cfg.OnDead(h.s.queue, t)
 	}

@@ -140,8 +140,9 @@ type Queues struct {
 	recordOf       map[*nats.Msg]string
 	staleRecords   []string
 	recordsPending atomic.Int64
-	// packedCounts are the tasks packs carried beyond one each, by
-	// stream, not yet added to the queues' counters (packcount.go);
+	// packedCounts are what is not yet added to the queues' counters
+	// (packcount.go), by counter's subject: the tasks packs carried
+	// beyond one each, and tasks gone without being done;
 	// countsSent is when they last were.
 	packedCounts map[string]int
 	countsSent   time.Time
