@@ -39,7 +39,9 @@ func newCmdInspect(f *factory, runF func(*inspectOptions) error) *cobra.Command 
 
 With --json, print the statistics as one JSON array instead (ages in
 nanoseconds, plus running totals). With --watch, redraw every --interval
-until interrupted.`,
+until interrupted. A --watch whose master stops connects again for up to
+a minute: through another of the --server addresses, or to the master
+restarted if its queues outlive it (--data-dir, or a cluster's gateway).`,
 		Example: `  qmaster inspect
   qmaster inspect --server 10.0.0.5:5000 --watch
   qmaster inspect --json | jq '.[] | select(.ready > 0) | .queue'`,
@@ -71,11 +73,18 @@ until interrupted.`,
 const clearScreen = "\x1b[H\x1b[2J"
 
 func inspectRun(ctx context.Context, opts *inspectOptions) error {
-	c, err := opts.Client.connect(ctx, opts.IO, "admin", "inspect")
+	dial := func(ctx context.Context) (*wire.Client, error) {
+		return opts.Client.connect(ctx, opts.IO, "admin", "inspect")
+	}
+	c, err := dial(ctx)
 	if err != nil {
 		return err
 	}
-	defer c.Close()
+	defer func() {
+		if c != nil {
+			c.Close()
+		}
+	}()
 	if !opts.Watch {
 		return inspectOnce(ctx, c, opts, opts.IO.Out)
 	}
@@ -95,6 +104,22 @@ func inspectRun(ctx context.Context, opts *inspectOptions) error {
 		err := inspectOnce(ctx, c, opts, &buf)
 		if ctx.Err() != nil {
 			return nil // interrupted: the normal end of --watch
+		}
+		if err != nil && reconnects(c) && connectionGone(err) {
+			// As get: through another gateway, or the same master
+			// restarted, when the one watched stops; the redraw goes
+			// on at once.
+			c.Close()
+			fmt.Fprintf(opts.IO.ErrOut, "qmaster inspect: connection lost (%v); reconnecting...\n", err)
+			pause(ctx, redialPause)
+			c, err = redialUntil(ctx, time.Now().Add(redialFor), dial)
+			if ctx.Err() != nil {
+				return nil
+			}
+			if err != nil {
+				return fmt.Errorf("connect again within %s: %w", redialFor, err)
+			}
+			continue
 		}
 		if err != nil {
 			return err

@@ -123,8 +123,15 @@ var listeningAddr = regexp.MustCompile(`msg=listening addr=(127\.0\.0\.1:\d+)`)
 // it with SIGTERM and checks it exits 0.
 func startMaster(t *testing.T, args ...string) *masterProc {
 	t.Helper()
+	return startMasterAt(t, "127.0.0.1:0", args...)
+}
+
+// startMasterAt is startMaster on addr: a master restarted where its
+// clients knew it.
+func startMasterAt(t *testing.T, addr string, args ...string) *masterProc {
+	t.Helper()
 	p := &masterProc{stderr: &syncBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(qmasterBin, append([]string{"--addr", "127.0.0.1:0"}, args...)...)
+	p.cmd = exec.Command(qmasterBin, append([]string{"--addr", addr}, args...)...)
 	p.cmd.Env = env("QM_AUTHKEY=" + testKey)
 	p.cmd.Stderr = p.stderr
 	if err := p.cmd.Start(); err != nil {
