@@ -41,7 +41,7 @@ func addEngineFlags(cmd *cobra.Command, o *engineOptions) {
 	fl.StringVar(&o.NATS, "nats", "", "serve the queues of a NATS JetStream cluster at these `URLs` (comma-separated), as one of any number of stateless gateways; credentials in a URL, or else the authkey's")
 	fl.StringVar(&o.ClusterListen, "cluster-listen", "", "embed a JetStream node listening for its peers at `host:port`, keeping the queues in --data-dir, replicated on --cluster-peers")
 	fl.StringSliceVar(&o.ClusterPeers, "cluster-peers", nil, "with --cluster-listen, every node's cluster `address`, this one's included (e.g. m1:6222,m2:6222,m3:6222)")
-	fl.StringVar(&o.NodeName, "node-name", "", "with --cluster-listen, this node's name in the cluster (default: its --cluster-listen address)")
+	fl.StringVar(&o.NodeName, "node-name", "", "with --cluster-listen, this node's name in the cluster; names must differ (default: its --cluster-listen address, or with no host in it, this machine's host name and that port)")
 	fl.StringVar(&o.NATSListen, "nats-listen", "", "with --cluster-listen, also accept NATS clients, such as qmaster --nats gateways, at `host:port` (they authenticate with the authkey)")
 	fl.IntVar(&o.Replicas, "replicas", 0, "copies of each queue kept by the JetStream cluster (default: 3, or the number of nodes if fewer)")
 	fl.IntVar(&o.Pack, "pack", 0, fmt.Sprintf("with --nats or --cluster-listen, store up to `N` tasks of one put (or results of one completion) in one JetStream message, 1 (off) to %d: far fewer JetStream writes (see docs/SCALING.md); 0 means the default, %d", jsqueue.MaxPack, defaultPack))
@@ -205,7 +205,11 @@ func (o *engineOptions) open(ctx context.Context, s *serveOptions, authkey []byt
 		e.note = fmt.Sprintf("in the JetStream node embedded here, data in %s, cluster %s", s.DataDir, strings.Join(o.ClusterPeers, ","))
 	}
 	log.Info("waiting for JetStream", "replicas", e.replicas)
-	if err := jsqueue.WaitReady(ctx, e.nc, log); err != nil {
+	wait := jsqueue.WaitReady
+	if e.node != nil {
+		wait = e.node.WaitReady // says why the cluster cannot form, if it knows
+	}
+	if err := wait(ctx, e.nc, log); err != nil {
 		e.close()
 		return nil, err
 	}
@@ -263,12 +267,23 @@ func (e *engine) writable() func() error {
 }
 
 // current is master.Config.Current: whether the embedded node, if any, is
-// current with its cluster. A gateway has no node of its own to wait for.
+// current with its cluster, and that no node of it is refused for its
+// authkey or name (jsqueue.Node.Trouble): a node that did not join leaves
+// the others fewer to lose. A gateway has no node of its own to wait for.
 func (e *engine) current() func() error {
 	if e.node == nil {
 		return nil
 	}
-	return e.node.Current
+	return func() error {
+		err, why := e.node.Current(), e.node.Trouble()
+		switch {
+		case why == nil:
+			return err
+		case err == nil:
+			return why
+		}
+		return fmt.Errorf("%w; %w", err, why)
+	}
 }
 
 // handOverFor bounds the hand-over of a stopping node's leaderships; it

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -31,7 +32,8 @@ type NodeConfig struct {
 	// this one included.
 	Peers []string
 	// Name names the node in the cluster; default its ClusterListen
-	// address. Names must differ between nodes.
+	// address, or, if that has no host (":6222", "0.0.0.0:6222"), this
+	// machine's host name and its port. Names must differ between nodes.
 	Name string
 	// ClientListen, if set, is a host:port where other gateways (qmaster
 	// --nats) and NATS tools may connect.
@@ -132,7 +134,7 @@ func StartNode(cfg NodeConfig) (*Node, error) {
 			return nil, fmt.Errorf("cluster listen address: %w", err)
 		}
 		if opts.ServerName == "" {
-			opts.ServerName = cfg.ClusterListen
+			opts.ServerName = defaultNodeName(cfg.ClusterListen)
 		}
 		opts.Cluster = server.ClusterOpts{Name: "qm", Host: host, Port: port}
 		if cfg.Secret != "" {
@@ -177,6 +179,21 @@ func (n *Node) Replicas() int { return min(3, n.peers) }
 // majority of the nodes are up and have elected a leader. It logs every
 // few seconds while it waits, and gives up when ctx ends.
 func WaitReady(ctx context.Context, nc *nats.Conn, log *slog.Logger) error {
+	return waitReady(ctx, nc, log, nil)
+}
+
+// WaitReady is WaitReady on a connection to the node: while nodes of its
+// cluster cannot connect (Trouble), its warnings and its error say why.
+func (n *Node) WaitReady(ctx context.Context, nc *nats.Conn, log *slog.Logger) error {
+	return waitReady(ctx, nc, log, n.Trouble)
+}
+
+// waitReady is WaitReady; trouble, if not nil, says why the cluster
+// cannot form, if it knows.
+func waitReady(ctx context.Context, nc *nats.Conn, log *slog.Logger, trouble func() error) error {
+	if trouble == nil {
+		trouble = func() error { return nil }
+	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return err
@@ -192,11 +209,19 @@ func WaitReady(ctx context.Context, nc *nats.Conn, log *slog.Logger) error {
 			return nil
 		}
 		if time.Since(lastLog) >= 5*time.Second {
-			log.Warn("waiting for JetStream (a majority of the cluster's nodes must be up)", "waited", time.Since(start).Round(time.Second), "err", err)
+			waited := time.Since(start).Round(time.Second)
+			if why := trouble(); why != nil {
+				log.Warn("waiting for JetStream: "+why.Error(), "waited", waited, "err", err)
+			} else {
+				log.Warn("waiting for JetStream (a majority of the cluster's nodes must be up)", "waited", waited, "err", err)
+			}
 			lastLog = time.Now()
 		}
 		select {
 		case <-ctx.Done():
+			if why := trouble(); why != nil {
+				return fmt.Errorf("jetstream not ready: %w (%w; last error: %w)", ctx.Err(), why, err)
+			}
 			return fmt.Errorf("jetstream not ready: %w (last error: %w)", ctx.Err(), err)
 		case <-time.After(250 * time.Millisecond):
 		}
@@ -220,6 +245,24 @@ func (n *Node) Shutdown() {
 	n.watching.Wait()
 	n.srv.Shutdown()
 	n.srv.WaitForShutdown()
+}
+
+// defaultNodeName is the name of a node whose cluster routes listen on
+// listen: listen itself, unless it names no host, as every node of an
+// install would then take the same name, which their cluster refuses.
+func defaultNodeName(listen string) string {
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return listen
+	}
+	if ip := net.ParseIP(host); host != "" && (ip == nil || !ip.IsUnspecified()) {
+		return listen
+	}
+	name, err := os.Hostname()
+	if err != nil || name == "" {
+		return listen
+	}
+	return net.JoinHostPort(name, port)
 }
 
 func splitHostPort(addr string) (string, int, error) {
@@ -247,12 +290,17 @@ func logOrDiscard(l *slog.Logger) *slog.Logger {
 // natsLog passes the node's own log to qmaster's: its notices at debug
 // level (they are many at start-up), the rest as they are, but each kind
 // of warning or error (its format) at most once every repeatEvery: a
-// peer that is down is otherwise reported every second.
+// peer that is down is otherwise reported every second. Errors that say
+// why nodes of the cluster cannot connect are said in qm's words instead
+// (explained).
 type natsLog struct {
 	log    *slog.Logger
 	errors atomic.Int64 // errors logged, shown or not: the store's watch looks after one
 	mu     sync.Mutex
 	last   map[string]time.Time
+	// troubles are the reasons nodes of the cluster cannot connect, and
+	// when nats-server last gave each (explained).
+	troubles map[string]time.Time
 }
 
 const repeatEvery = 30 * time.Second
@@ -262,6 +310,9 @@ func (l *natsLog) Warnf(format string, v ...any)   { l.limited(slog.LevelWarn, f
 func (l *natsLog) Fatalf(format string, v ...any)  { l.log.Error("nats: " + fmt.Sprintf(format, v...)) }
 func (l *natsLog) Errorf(format string, v ...any) {
 	l.errors.Add(1)
+	if l.explained(fmt.Sprintf(format, v...)) {
+		return
+	}
 	l.limited(slog.LevelError, format, v)
 }
 func (l *natsLog) Debugf(format string, v ...any) { l.log.Debug("nats: " + fmt.Sprintf(format, v...)) }

@@ -1,0 +1,115 @@
+package jsqueue
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+)
+
+// A node set up unlike its peers never joins its cluster: with another
+// authkey its peers refuse its routes, and with another node's name
+// (NodeConfig.Name) the other node refuses them. nats-server says so
+// only in its own words, on every attempt (each second), and the node's
+// gateway just waited for JetStream. natsLog recognises those lines
+// (peerTrouble) and says why once, in qm's words; WaitReady's warnings
+// and Trouble repeat it while the lines keep coming. A line worded
+// otherwise (another nats-server version) is passed on as before.
+
+// troubleFresh is how long a reason stands after nats-server last said
+// it: it tries each route again every second.
+const troubleFresh = 10 * time.Second
+
+var (
+	// routeLine is a line about a route connection: nats-server starts
+	// them with the remote address and the route's id.
+	routeLine = regexp.MustCompile(`^(\S+) - rid:\d+ - (.*)$`)
+	dupName   = regexp.MustCompile(`duplicate name: "(.*)"`)
+)
+
+// peerTrouble says why line, an error nats-server logged, means that
+// nodes of the cluster cannot connect, or "". route reports whether the
+// line is about a route connection at all.
+func peerTrouble(line string) (why string, route bool) {
+	m := routeLine.FindStringSubmatch(line)
+	if m == nil {
+		return "", false
+	}
+	remote, msg := m[1], m[2]
+	if strings.Contains(msg, "Authorization Violation") {
+		// The peer's answer to this node's route; nodes take routes
+		// only with the secret of their authkey.
+		return fmt.Sprintf("cluster peer %s refused this node's route: the nodes' authkeys differ", remote), true
+	}
+	if d := dupName.FindStringSubmatch(msg); d != nil {
+		return fmt.Sprintf("another node of the cluster is named %s: every node's name must differ (qmaster --node-name)", d[1]), true
+	}
+	return "", true
+}
+
+// explained passes on line, an error of nats-server, if it says why nodes
+// of the cluster cannot connect: the reason once at error level (again
+// only after troubleFresh without it), the line itself at debug level.
+// While a reason stands, nats-server's other errors about routes follow
+// from it, and go to debug level too. It reports whether it passed the
+// line on.
+func (l *natsLog) explained(line string) bool {
+	why, route := peerTrouble(line)
+	if !route {
+		return false
+	}
+	now := time.Now()
+	l.mu.Lock()
+	if why == "" {
+		follows := len(l.fresh(now)) > 0
+		l.mu.Unlock()
+		if follows {
+			l.log.Debug("nats: " + line)
+		}
+		return follows
+	}
+	if l.troubles == nil {
+		l.troubles = make(map[string]time.Time)
+	}
+	last, seen := l.troubles[why]
+	l.troubles[why] = now
+	l.mu.Unlock()
+	if !seen || now.Sub(last) > troubleFresh {
+		l.log.Error(why)
+	}
+	l.log.Debug("nats: " + line)
+	return true
+}
+
+// fresh returns the reasons nats-server gave within troubleFresh,
+// sorted, and forgets the others. l.mu is held.
+func (l *natsLog) fresh(now time.Time) []string {
+	var whys []string
+	for why, at := range l.troubles {
+		if now.Sub(at) > troubleFresh {
+			delete(l.troubles, why)
+			continue
+		}
+		whys = append(whys, why)
+	}
+	slices.Sort(whys)
+	return whys
+}
+
+// Trouble returns why nodes of the node's cluster cannot connect, as
+// nats-server said in the last few seconds (a peer refusing this node's
+// routes: the nodes' authkeys differ; another node with this one's
+// name), or nil. While it lasts the cluster may not form, or form
+// without this node.
+func (n *Node) Trouble() error {
+	l := n.natsLog
+	l.mu.Lock()
+	whys := l.fresh(time.Now())
+	l.mu.Unlock()
+	if len(whys) == 0 {
+		return nil
+	}
+	return errors.New(strings.Join(whys, "; "))
+}
