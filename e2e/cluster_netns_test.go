@@ -308,13 +308,13 @@ func workersOnIn(t *testing.T, ns string, n *clusterNode) []string {
 	if code != 0 {
 		return nil
 	}
-	var clients []struct{ Role, Name string }
+	var clients []struct{ Role, Name, Gateway string }
 	if err := json.Unmarshal([]byte(out), &clients); err != nil {
 		t.Fatalf("clients --json: %v: %s", err, out)
 	}
 	var names []string
 	for _, c := range clients {
-		if c.Role == "worker" {
+		if c.Role == "worker" && c.Gateway == n.name { // the list has every gateway's
 			names = append(names, c.Name)
 		}
 	}

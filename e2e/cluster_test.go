@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"strings"
@@ -184,24 +185,25 @@ func leadAllOn(t *testing.T, n, to *clusterNode) {
 // workersOn returns the names of the workers connected to gateway n.
 func workersOn(t *testing.T, n *clusterNode) []string {
 	t.Helper()
-	return clientsOf(t, n.addr, "worker")
+	return clientsOf(t, n.addr, n.name, "worker")
 }
 
 // clientsOf returns the names of the clients of role connected to the
-// master at addr.
-func clientsOf(t *testing.T, addr, role string) []string {
+// master at addr: to gateway (as a cluster's gateways list every
+// gateway's clients), or to any.
+func clientsOf(t *testing.T, addr, gateway, role string) []string {
 	t.Helper()
 	out, _, code := run(t, "", "clients", "--server", addr, "--json")
 	if code != 0 {
 		return nil
 	}
-	var clients []struct{ Role, Name string }
+	var clients []struct{ Role, Name, Gateway string }
 	if err := json.Unmarshal([]byte(out), &clients); err != nil {
 		t.Fatalf("clients --json: %v: %s", err, out)
 	}
 	var names []string
 	for _, c := range clients {
-		if c.Role == role {
+		if c.Role == role && (gateway == "" || c.Gateway == gateway) {
 			names = append(names, c.Name)
 		}
 	}
@@ -259,7 +261,7 @@ func testClusterSurvivesKills(t *testing.T, extra ...string) {
 	}
 	feed.write(n*3/10+1, n*6/10)
 	t.Logf("at %d results: SIGKILL gateway %s (workers %v, the map too: %v)", out.lines(), victim.name,
-		workersOn(t, victim), len(clientsOf(t, victim.addr, "producer")) > 0)
+		workersOn(t, victim), len(clientsOf(t, victim.addr, victim.name, "producer")) > 0)
 	_ = victim.p.cmd.Process.Kill()
 	<-victim.p.done
 	victim.start(t)
@@ -594,12 +596,27 @@ func startGateways(t *testing.T, natsAddr string, n int, args ...string) (map[st
 func gatewayWith(t *testing.T, addrs []string, role string) string {
 	t.Helper()
 	for _, addr := range addrs {
-		if len(clientsOf(t, addr, role)) > 0 {
+		if len(clientsOf(t, addr, gatewayName(t, addr), role)) > 0 {
 			return addr
 		}
 	}
 	t.Fatalf("no %s on any of the gateways %v", role, addrs)
 	return ""
+}
+
+// gatewayName is the name of the gateway at addr, started without a
+// node of its own: its host name and port.
+func gatewayName(t *testing.T, addr string) string {
+	t.Helper()
+	host, err := os.Hostname()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return net.JoinHostPort(host, port)
 }
 
 // seqFeed is a map's input, fed numbers a range at a time, so that a test

@@ -225,7 +225,7 @@ func TestGetWaitsThroughARestartedMaster(t *testing.T) {
 	var out syncBuffer
 	getter := start(t, nil, &out, "qmaster", "get", "jobs", "--server", addr, "--timeout", "30s")
 	waitFor(t, 10*time.Second, func() bool {
-		return slices.ContainsFunc(clientsOf(t, addr, "admin"), func(name string) bool { return strings.HasPrefix(name, "qmaster get") })
+		return slices.ContainsFunc(clientsOf(t, addr, "", "admin"), func(name string) bool { return strings.HasPrefix(name, "qmaster get") })
 	})
 	if err := m.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)

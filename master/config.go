@@ -76,6 +76,10 @@ type Config struct {
 	// process, after a start), or nil: /readyz?current waits for it, and
 	// for all /readyz waits for.
 	Current func() error
+	// GatewayName names this server among the gateways of a cluster
+	// (with OpenQueues): in the list of every gateway's clients. Default
+	// its host name and the port it serves clients on.
+	GatewayName string
 	// Fsync says when the data directory's log is fsynced (with DataDir).
 	Fsync seglog.FsyncMode
 	// FsyncInterval is the period of seglog.FsyncInterval; default 100ms.

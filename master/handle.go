@@ -123,7 +123,7 @@ func (c *clientConn) handle(req *wire.Request, buf *callBuffers) *wire.Response 
 	case wire.OpQueues:
 		resp.Queues, err = q.Queues()
 	case wire.OpClients:
-		resp.Clients = c.s.clientInfos()
+		resp.Clients, resp.Note = c.s.allClients(c.ctx)
 	case wire.OpPause, wire.OpResume, wire.OpRequeue, wire.OpDrop, wire.OpRunNow:
 		resp.Count, err = c.operate(req) // admin.go
 	case wire.OpConfig:

@@ -10,36 +10,8 @@ import (
 
 	"github.com/qm-dev/qm/internal/qmtest"
 	"github.com/qm-dev/qm/master"
-	"github.com/qm-dev/qm/master/jsqueue"
-	"github.com/qm-dev/qm/master/queue"
 	"github.com/qm-dev/qm/wire"
 )
-
-// startGateway starts a master whose queues are a JetStream node's,
-// embedded in the test, as `qmaster --data-dir D --cluster-listen` runs
-// one alone.
-func startGateway(t *testing.T, cfg master.Config) string {
-	t.Helper()
-	node, err := jsqueue.StartNode(jsqueue.NodeConfig{DataDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(node.Shutdown)
-	nc, err := node.Connect()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	if err := jsqueue.WaitReady(ctxFor(t, 10*time.Second), nc, nil); err != nil {
-		t.Fatal(err)
-	}
-	cfg.OpenQueues = func(qc queue.Config) (master.Queues, error) {
-		return jsqueue.New(jsqueue.Config{Conn: nc, Replicas: 1, MaxAttempts: qc.MaxAttempts,
-			DefaultLease: qc.DefaultLease, AckWait: qc.DefaultLease, OnDead: qc.OnDead})
-	}
-	addr, _ := qmtest.StartMaster(t, cfg)
-	return addr
-}
 
 // A result too large for the engine to store fails its task's attempt
 // alone: the others of its completion are done, and it runs again with

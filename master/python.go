@@ -15,6 +15,10 @@ import (
 // clients are served from, and each connection as a pymanager.Client.
 
 func (s *Server) newPyManager() *pymanager.Server {
+	var unfinished func(string) (int, error)
+	if s.asker != nil {
+		unfinished = s.unfinishedEverywhere // gateways.go
+	}
 	return pymanager.New(pymanager.Config{
 		Backend:          pyBackend{Queues: s.queues, s: s},
 		TypeIDs:          s.cfg.PyTypeIDs,
@@ -22,6 +26,7 @@ func (s *Server) newPyManager() *pymanager.Server {
 		MaxMessageSize:   s.cfg.MaxMessageSize,
 		HandshakeTimeout: s.cfg.HandshakeTimeout,
 		Go:               s.goRun,
+		Unfinished:       unfinished,
 		Logger:           s.log,
 	})
 }

@@ -28,6 +28,9 @@ type Server struct {
 	store  store.Store // nil without a DataDir
 	// confirmer is queues, if it is told of NoAck replies written.
 	confirmer DeliveryConfirmer
+	// asker is queues, if its server is a gateway of a cluster whose
+	// gateways ask each other what only each knows (gateways.go).
+	asker GatewayAsker
 
 	// ctx is cancelled when the server stops; blocked gets return at once.
 	ctx    context.Context
@@ -100,7 +103,15 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.confirmer, _ = s.queues.(DeliveryConfirmer)
+	s.asker, _ = s.queues.(GatewayAsker)
 	s.py = s.newPyManager()
+	if s.asker != nil {
+		if err := s.answerGateways(s.asker); err != nil {
+			s.queues.Close()
+			cancel()
+			return nil, err
+		}
+	}
 	qs := s.queues
 	if !s.goRun(func() { qs.ReapLeases(s.ctx.Done(), s.leasesExpired) }) {
 		panic("unreachable: new server already closing")

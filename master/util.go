@@ -1,6 +1,7 @@
 package master
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 	"strings"
@@ -13,15 +14,7 @@ import (
 const syscallEMFILE = syscall.EMFILE
 
 func sortClients(cs []wire.ClientInfo) {
-	slices.SortFunc(cs, func(a, b wire.ClientInfo) int {
-		if a.ID < b.ID {
-			return -1
-		}
-		if a.ID > b.ID {
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(cs, func(a, b wire.ClientInfo) int { return cmp.Compare(a.ID, b.ID) })
 }
 
 func deadMessage(t queue.Task) string {

@@ -746,9 +746,17 @@ func (c *Client) Queues(ctx context.Context) ([]string, error) {
 
 // Clients lists the clients connected to the master.
 func (c *Client) Clients(ctx context.Context) ([]ClientInfo, error) {
+	clients, _, err := c.ClientsNoted(ctx)
+	return clients, err
+}
+
+// ClientsNoted is Clients, with the master's note if the list is
+// partial: a cluster's gateway that could not ask the others lists its
+// own clients, and says why (Response.Note).
+func (c *Client) ClientsNoted(ctx context.Context) (clients []ClientInfo, note string, err error) {
 	var resp Response
-	err := c.call(ctx, &Request{Op: OpClients}, &resp)
-	return resp.Clients, err
+	err = c.call(ctx, &Request{Op: OpClients}, &resp)
+	return resp.Clients, resp.Note, err
 }
 
 // Value decodes the task's payload into a plain Go value.

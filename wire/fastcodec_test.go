@@ -95,7 +95,7 @@ func TestFastCodecResponse(t *testing.T) {
 	want := Response{
 		Code: CodeNotLeased, Error: "e", IDs: []uint64{1, 2}, Tasks: sampleTasks(),
 		Stats: []QueueStats{{Queue: "tasks", Ready: 3}}, Clients: []ClientInfo{{ID: 4, Role: "worker"}},
-		Queues: []string{"a"}, Count: -1, Lease: time.Second, ClientID: 5, MaxMessageSize: 1 << 20, QueuesOutlive: true, StreamClosed: true,
+		Queues: []string{"a"}, Count: -1, Lease: time.Second, ClientID: 5, MaxMessageSize: 1 << 20, QueuesOutlive: true, StreamClosed: true, Note: "n",
 	}
 	var got Response
 	if err := msgpack.Unmarshal(mustMarshal(t, want), &got); err != nil {

@@ -144,6 +144,9 @@ type Response struct {
 	// StreamClosed says that the master closes the stream after this
 	// response, so the client must not reuse it.
 	StreamClosed bool `msgpack:"stream_closed,omitempty"`
+	// Note says why an answer is partial: the clients of this gateway
+	// alone, when the cluster's other gateways could not be asked.
+	Note string `msgpack:"note,omitempty"`
 	// Then answers Request.Then; nil if it did not run because this
 	// request failed.
 	Then *Response `msgpack:"then,omitempty"`
@@ -223,7 +226,11 @@ type ClientInfo struct {
 	Name string `msgpack:"name" json:"name"`
 	// Key is the name of the key the client authenticated with (qmaster
 	// --acl; "authkey" with one --authkey), empty without authentication.
-	Key      string    `msgpack:"key,omitempty" json:"key,omitempty"`
+	Key string `msgpack:"key,omitempty" json:"key,omitempty"`
+	// Gateway is the gateway of a cluster the client is connected to
+	// (its host:port), in a list of every gateway's clients; empty from a
+	// master that is no gateway.
+	Gateway  string    `msgpack:"gateway,omitempty" json:"gateway,omitempty"`
 	InFlight int       `msgpack:"in_flight" json:"in_flight"`
 	LastSeen time.Time `msgpack:"last_seen" json:"last_seen"`
 	Since    time.Time `msgpack:"since" json:"connected_since"`

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"slices"
 	"time"
 
 	"github.com/qm-dev/qm/wire"
@@ -22,9 +23,11 @@ func newCmdClients(f *factory, runF func(*clientsOptions) error) *cobra.Command 
 	cmd := &cobra.Command{
 		Use:   "clients [flags]",
 		Short: "List the clients connected to a master",
-		Long: `List the clients connected to the master, this command included:
+		Long: `List the clients connected to the master, this command included; through
+a gateway of a cluster, those of every gateway:
 
-  ID         the master's number for the connection
+  GATEWAY    (a cluster's) the gateway's host:port the client is connected to
+  ID         the master's (or gateway's) number for the connection
   ADDR       the client's address
   ROLE       worker, producer or admin, as the client says
   NAME       the client's name for itself (qworker uses host:pid)
@@ -55,9 +58,12 @@ func clientsRun(ctx context.Context, opts *clientsOptions) error {
 		return err
 	}
 	defer c.Close()
-	clients, err := c.Clients(ctx)
+	clients, note, err := c.ClientsNoted(ctx)
 	if err != nil {
 		return fmt.Errorf("list clients: %w", err)
+	}
+	if note != "" {
+		fmt.Fprintf(opts.IO.ErrOut, "qmaster clients: %s\n", note)
 	}
 	if opts.JSON {
 		if clients == nil {
@@ -68,10 +74,20 @@ func clientsRun(ctx context.Context, opts *clientsOptions) error {
 	return writeClientsTable(opts.IO.Out, clients, time.Now())
 }
 
+// writeClientsTable writes clients as a table: with a GATEWAY column
+// first when they are a cluster's, whose gateways number their clients
+// each on its own.
 func writeClientsTable(w io.Writer, clients []wire.ClientInfo, now time.Time) error {
+	gateways := slices.ContainsFunc(clients, func(c wire.ClientInfo) bool { return c.Gateway != "" })
 	tw := newTable(w)
+	if gateways {
+		fmt.Fprint(tw, "GATEWAY\t")
+	}
 	fmt.Fprintln(tw, "ID\tADDR\tROLE\tNAME\tKEY\tIN-FLIGHT\tLAST-SEEN\tCONNECTED")
 	for _, c := range clients {
+		if gateways {
+			fmt.Fprintf(tw, "%s\t", dash(c.Gateway))
+		}
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%s ago\t%s ago\n", c.ID, c.Addr, dash(c.Role), dash(c.Name), dash(c.Key), c.InFlight,
 			humanAge(now.Sub(c.LastSeen)), humanAge(now.Sub(c.Since)))
 	}

@@ -137,6 +137,7 @@ type Queues struct {
 	// so that acks of unpacked tasks look at neither.
 	// advisories follow JetStream's news of queues (followAdvisories).
 	advisories     []*nats.Subscription
+	answering      []*nats.Subscription // questions of other gateways (ask.go)
 	recordOf       map[*nats.Msg]string
 	staleRecords   []string
 	recordsPending atomic.Int64
@@ -429,6 +430,12 @@ func (q *Queues) Close() {
 		_ = q.sizeSub.Unsubscribe()
 	}
 	for _, sub := range q.advisories {
+		_ = sub.Unsubscribe()
+	}
+	q.mu.Lock()
+	answering := q.answering
+	q.mu.Unlock()
+	for _, sub := range answering {
 		_ = sub.Unsubscribe()
 	}
 	q.pulls.close()

@@ -237,8 +237,11 @@ func (p *conn) queueCall(name string, req *pyproto.Request) reply {
 		if !bind(nil) {
 			break
 		}
-		if err := p.s.addUnfinished(name, -1); err != nil {
-			return p.errorReply(pyproto.ValueError(err.Error()))
+		if err := p.s.taskDone(name); err != nil {
+			if errors.Is(err, errTooMany) {
+				return p.errorReply(pyproto.ValueError(err.Error()))
+			}
+			return p.queueError(req.Method, err)
 		}
 		return p.ret(nil)
 	case "join":
@@ -402,7 +405,7 @@ func (p *conn) get(name string, block bool, args *pyproto.Params, timeoutArg int
 		if _, err := q.Ack(queue.AckRequest{Queue: name, Owner: p.c.ID(), IDs: []uint64{t.ID}}, nil); err != nil {
 			p.log.Warn("python get: ack", "queue", name, "task", t.ID, "err", err)
 		}
-		_ = p.s.addUnfinished(name, 1)
+		p.s.tookTasks(name, 1)
 		p.took(name, t)
 	}
 	return reply
@@ -459,8 +462,14 @@ func (p *conn) join(name string) reply {
 		if err != nil && !errors.Is(err, queue.ErrUnknownQueue) {
 			return p.queueError("join", err)
 		}
-		if st.Ready+st.Delayed+st.Leased == 0 && p.s.pending(name) == 0 {
-			return p.ret(nil)
+		if st.Ready+st.Delayed+st.Leased == 0 {
+			n, err := p.s.unfinishedEverywhere(name)
+			if err != nil {
+				return p.queueError("join", err)
+			}
+			if n <= 0 {
+				return p.ret(nil)
+			}
 		}
 		select {
 		case <-p.ctx.Done():

@@ -80,6 +80,11 @@ type Config struct {
 	// Go runs f in a goroutine the master owns, or reports false if the
 	// master is stopping. Required.
 	Go func(f func()) bool
+	// Unfinished, if not nil, sums Server.Unfinished over every gateway
+	// of a cluster, this one's included: a Python client may take a task
+	// through one gateway and mark it done through another, and join()
+	// waits for all of them. Nil counts this server's alone.
+	Unfinished func(queue string) (int, error)
 	// Logger; nil discards.
 	Logger *slog.Logger
 }
@@ -104,23 +109,70 @@ func New(cfg Config) *Server {
 	return &Server{cfg: cfg, log: log, unfinished: make(map[string]int)}
 }
 
-func (s *Server) addUnfinished(q string, n int) error {
+// errTooMany is task_done()'s error, called once too often.
+var errTooMany = errors.New("task_done() called too many times")
+
+// tookTasks counts n tasks of queue q taken by a Python get.
+func (s *Server) tookTasks(q string, n int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.unfinished[q]+n < 0 {
-		return errors.New("task_done() called too many times")
+	s.add(q, n)
+}
+
+// taskDone counts a task_done() of queue q. Called once more than its
+// tasks taken, it fails, as Python's queue does; in a cluster, once more
+// than those taken through every gateway: this server's count may then
+// go below 0, for a task taken through another.
+func (s *Server) taskDone(q string) error {
+	s.mu.Lock()
+	mine := s.unfinished[q] > 0
+	if mine {
+		s.add(q, -1)
 	}
+	s.mu.Unlock()
+	if mine {
+		return nil
+	}
+	if s.cfg.Unfinished == nil {
+		return errTooMany
+	}
+	all, err := s.cfg.Unfinished(q)
+	if err != nil {
+		return err
+	}
+	if all <= 0 {
+		return errTooMany
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.add(q, -1)
+	return nil
+}
+
+// add adds n to queue q's count. Called with s.mu held.
+func (s *Server) add(q string, n int) {
 	s.unfinished[q] += n
 	if s.unfinished[q] == 0 {
 		delete(s.unfinished, q)
 	}
-	return nil
 }
 
-func (s *Server) pending(q string) int {
+// Unfinished counts the tasks of queue q this server's Python clients
+// took and have not marked done: less than 0 if they marked done tasks
+// taken through another gateway of a cluster.
+func (s *Server) Unfinished(q string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.unfinished[q]
+}
+
+// unfinishedEverywhere is Unfinished over every gateway of a cluster, or
+// this server's alone.
+func (s *Server) unfinishedEverywhere(q string) (int, error) {
+	if s.cfg.Unfinished == nil {
+		return s.Unfinished(q), nil
+	}
+	return s.cfg.Unfinished(q)
 }
 
 // frame is one frame read from a Python client; or one it refused whole

@@ -1,0 +1,113 @@
+package master_test
+
+import (
+	"cmp"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/qm-dev/qm/internal/qmtest"
+	"github.com/qm-dev/qm/master"
+	"github.com/qm-dev/qm/master/jsqueue"
+	"github.com/qm-dev/qm/master/queue"
+	"github.com/qm-dev/qm/wire"
+)
+
+// startGateway starts a master whose queues are a JetStream node's,
+// embedded in the test, as `qmaster --data-dir D --cluster-listen` runs
+// one alone.
+func startGateway(t *testing.T, cfg master.Config) string {
+	t.Helper()
+	return startGatewayOn(t, startJetStream(t), cfg)
+}
+
+// startJetStream starts a JetStream node alone and connects to it.
+func startJetStream(t *testing.T) *nats.Conn {
+	t.Helper()
+	node, err := jsqueue.StartNode(jsqueue.NodeConfig{DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(node.Shutdown)
+	nc, err := node.Connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	if err := jsqueue.WaitReady(ctxFor(t, 10*time.Second), nc, nil); err != nil {
+		t.Fatal(err)
+	}
+	return nc
+}
+
+// startGatewayOn starts a master whose queues are those of the
+// JetStream behind nc: one of the gateways of a cluster.
+func startGatewayOn(t *testing.T, nc *nats.Conn, cfg master.Config) string {
+	t.Helper()
+	cfg.OpenQueues = func(qc queue.Config) (master.Queues, error) {
+		return jsqueue.New(jsqueue.Config{Conn: nc, Replicas: 1, MaxAttempts: qc.MaxAttempts,
+			DefaultLease: qc.DefaultLease, AckWait: qc.DefaultLease, OnDead: qc.OnDead})
+	}
+	addr, _ := qmtest.StartMaster(t, cfg)
+	return addr
+}
+
+// Through any gateway of a cluster, the clients of every gateway are
+// listed, each with its gateway.
+func TestClientsOfEveryGateway(t *testing.T) {
+	nc := startJetStream(t)
+	a, b := startGatewayOn(t, nc, master.Config{}), startGatewayOn(t, nc, master.Config{})
+	qmtest.Dial(t, a, "worker-a")
+	qmtest.Dial(t, b, "worker-b")
+	admin := qmtest.Dial(t, b, "admin")
+	clients, err := admin.Clients(ctxFor(t, 10*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	gatewayOf := map[string]string{}
+	for _, c := range clients {
+		gatewayOf[c.Role] = c.Gateway
+	}
+	if len(clients) != 3 || gatewayOf["worker-a"] == "" || gatewayOf["worker-b"] == "" ||
+		gatewayOf["worker-a"] == gatewayOf["worker-b"] || gatewayOf["admin"] != gatewayOf["worker-b"] {
+		t.Fatalf("clients %+v, want the three, worker-a on one gateway and worker-b and admin on the other", clients)
+	}
+	if !slices.IsSortedFunc(clients, func(x, y wire.ClientInfo) int {
+		return cmp.Or(cmp.Compare(x.Gateway, y.Gateway), cmp.Compare(x.ID, y.ID))
+	}) {
+		t.Errorf("clients not sorted by gateway and ID: %+v", clients)
+	}
+}
+
+// A Python client may take tasks through one gateway and mark them done
+// through another: join() through either waits for both, and a
+// task_done() once too often is still refused.
+func TestPythonTaskDoneThroughAnotherGateway(t *testing.T) {
+	nc := startJetStream(t)
+	a, b := startGatewayOn(t, nc, master.Config{}), startGatewayOn(t, nc, master.Config{})
+	py := qmtest.Pythons(t)[0]
+	out := runPy(t, py, a, `
+mb = QueueManager(address=(sys.argv[3].rsplit(':', 1)[0], int(sys.argv[3].rsplit(':', 1)[1])), authkey=KEY)
+mb.connect()
+ta, tb = manager().get_task_queue(), mb.get_task_queue()
+ta.put(1); ta.put(2)
+ta.get(timeout=5); ta.get(timeout=5)
+th = threading.Thread(target=tb.join); th.start()
+th.join(0.3)
+print('joined' if not th.is_alive() else 'waiting')
+tb.task_done()
+tb.task_done()
+th.join(10)
+print('joined' if not th.is_alive() else 'waiting')
+ta.join()
+try:
+    tb.task_done()
+except ValueError as e:
+    print('ValueError', e)
+`, b)
+	if out != "waiting\njoined\nValueError task_done() called too many times\n" {
+		t.Fatalf("python: %q", out)
+	}
+}
