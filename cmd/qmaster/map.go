@@ -54,7 +54,10 @@ progress bar is shown on stderr when it is a terminal.
 Given several --server addresses (gateways to one cluster), or a host name
 with the addresses of several hosts (an IPv4 and an IPv6 address are one
 host), map carries on through another when the one it uses dies, trying
-for up to a minute: the cluster keeps the tasks and results. A batch whose put was cut off,
+for up to a minute: the cluster keeps the tasks and results. While a
+gateway answers that the queues are unavailable (the cluster electing a
+leader, or short of a majority of its nodes), map waits for them with no
+limit but --timeout's, saying so on stderr after 5s and every 30s. A batch whose put was cut off,
 or (through one gateway too) refused while the cluster elected a leader, is put
 again under the same request ID, so the master stores none of its
 tasks twice (within its --dedup-window). Results are taken under a
