@@ -23,15 +23,20 @@ import (
 type GatewayAsker interface {
 	// Answer answers every question on topic with f's answer to it.
 	Answer(topic string, f func(question []byte) []byte) error
-	// Ask asks every gateway, this one included, and returns their
-	// answers.
-	Ask(ctx context.Context, topic string, question []byte) ([][]byte, error)
+	// Ask asks every gateway, this one included, calling each with each
+	// answer and the ID of the gateway that gave it.
+	Ask(ctx context.Context, topic string, question []byte, each func(gateway string, answer []byte)) error
+	// AskGateway asks one gateway, named by its ID.
+	AskGateway(ctx context.Context, topic, gateway string, question []byte) ([]byte, error)
+	// GatewayID is this gateway's ID.
+	GatewayID() string
 }
 
 // The topics the gateways of a cluster ask each other about.
 const (
 	topicClients    = "clients"
 	topicUnfinished = "python-unfinished"
+	topicTakeDone   = "python-take-done"
 )
 
 // askFor bounds a question to the other gateways.
@@ -55,8 +60,13 @@ func (s *Server) answerGateways(a GatewayAsker) error {
 	if err != nil {
 		return err
 	}
-	return a.Answer(topicUnfinished, func(question []byte) []byte {
+	if err := a.Answer(topicUnfinished, func(question []byte) []byte {
 		return strconv.AppendInt(nil, int64(s.py.Unfinished(string(question))), 10)
+	}); err != nil {
+		return err
+	}
+	return a.Answer(topicTakeDone, func(question []byte) []byte {
+		return strconv.AppendBool(nil, s.py.TakeDone(string(question)))
 	})
 }
 
@@ -90,26 +100,25 @@ func (s *Server) allClients(ctx context.Context) (clients []wire.ClientInfo, not
 	}
 	ctx, cancel := context.WithTimeout(ctx, askFor)
 	defer cancel()
-	answers, err := s.asker.Ask(ctx, topicClients, nil)
+	var all []wire.ClientInfo
+	err := s.asker.Ask(ctx, topicClients, nil, func(_ string, b []byte) {
+		var gc gatewayClients
+		if err := msgpack.Unmarshal(b, &gc); err != nil {
+			s.log.Warn("a gateway's clients not decoded", "err", err)
+			return
+		}
+		for _, c := range gc.Clients {
+			c.Gateway = gc.Gateway
+			all = append(all, c)
+		}
+	})
 	if err != nil {
 		own := s.clientInfos()
 		name := s.gatewayName()
 		for i := range own {
 			own[i].Gateway = name
 		}
-		return own, fmt.Sprintf("the clients of gateway %s alone: the other gateways could not be asked (%v)", name, err)
-	}
-	var all []wire.ClientInfo
-	for _, b := range answers {
-		var gc gatewayClients
-		if err := msgpack.Unmarshal(b, &gc); err != nil {
-			s.log.Warn("a gateway's clients not decoded", "err", err)
-			continue
-		}
-		for _, c := range gc.Clients {
-			c.Gateway = gc.Gateway
-			all = append(all, c)
-		}
+		return own, fmt.Sprintf("the clients of gateway %s alone: %v", name, err)
 	}
 	slices.SortFunc(all, func(a, b wire.ClientInfo) int {
 		return cmp.Or(cmp.Compare(a.Gateway, b.Gateway), cmp.Compare(a.ID, b.ID))
@@ -117,23 +126,51 @@ func (s *Server) allClients(ctx context.Context) (clients []wire.ClientInfo, not
 	return all, ""
 }
 
-// unfinishedEverywhere sums, over every gateway of the cluster, the
-// tasks of queue q its Python clients took and have not marked done
-// (pymanager.Config.Unfinished).
-func (s *Server) unfinishedEverywhere(q string) (int, error) {
-	ctx, cancel := context.WithTimeout(s.ctx, askFor)
+// pyCluster is the cluster's other gateways, to Python's join and
+// task_done (pymanager.Cluster).
+type pyCluster struct{ s *Server }
+
+// Unfinished sums, over every gateway of the cluster, the tasks of queue
+// q its Python clients took and have not marked done.
+func (c pyCluster) Unfinished(q string) (int, error) {
+	ctx, cancel := context.WithTimeout(c.s.ctx, askFor)
 	defer cancel()
-	answers, err := s.asker.Ask(ctx, topicUnfinished, []byte(q))
-	if err != nil {
-		return 0, err
-	}
 	sum := 0
-	for _, b := range answers {
+	var bad error
+	err := c.s.asker.Ask(ctx, topicUnfinished, []byte(q), func(_ string, b []byte) {
 		n, err := strconv.Atoi(string(b))
 		if err != nil {
-			return 0, fmt.Errorf("a gateway's count of unfinished tasks: %w", err)
+			bad = fmt.Errorf("a gateway's count of unfinished tasks: %w", err)
 		}
 		sum += n
+	})
+	return sum, cmp.Or(err, bad)
+}
+
+// TakeDone marks done a task of queue q that a Python client took through
+// another gateway, at that gateway, and reports whether one had one.
+func (c pyCluster) TakeDone(q string) (bool, error) {
+	ctx, cancel := context.WithTimeout(c.s.ctx, askFor)
+	defer cancel()
+	var holders []string
+	own := c.s.asker.GatewayID()
+	err := c.s.asker.Ask(ctx, topicUnfinished, []byte(q), func(gateway string, b []byte) {
+		if n, err := strconv.Atoi(string(b)); err == nil && n > 0 && gateway != own {
+			holders = append(holders, gateway)
+		}
+	})
+	if err != nil {
+		return false, err
 	}
-	return sum, nil
+	for _, g := range holders {
+		// One at a time: a gateway takes one only if it still has one.
+		b, err := c.s.asker.AskGateway(ctx, topicTakeDone, g, []byte(q))
+		if err != nil {
+			return false, err
+		}
+		if taken, _ := strconv.ParseBool(string(b)); taken {
+			return true, nil
+		}
+	}
+	return false, nil
 }

@@ -261,12 +261,8 @@ func (c *clientConn) complete(req *wire.Request, buf *callBuffers) error {
 	worker := c.workerName()
 	ids, values, tokens := buf.ids[:0], buf.values[:0], buf.tokens[:0]
 	for _, r := range req.Results {
-		failure := r.Error
-		if failure == "" {
-			failure = c.s.oversized(&r, worker)
-		}
-		if failure != "" {
-			if err := q.Nack(queue.NackRequest{Queue: req.Queue, Owner: c.id, ID: r.ID, Error: failure, RetryAfter: r.RetryAfter, Token: r.Token}); err != nil {
+		if r.Error != "" {
+			if err := q.Nack(queue.NackRequest{Queue: req.Queue, Owner: c.id, ID: r.ID, Error: r.Error, RetryAfter: r.RetryAfter, Token: r.Token}); err != nil {
 				errs = append(errs, err)
 			}
 			continue
@@ -304,7 +300,9 @@ func (c *clientConn) complete(req *wire.Request, buf *callBuffers) error {
 			if dest == "" {
 				continue
 			}
-			results = append(results, wire.Result{TaskID: t.ID, Worker: worker, Attempt: t.Attempts, Value: value})
+			result := wire.Result{TaskID: t.ID, Worker: worker, Attempt: t.Attempts, Value: value}
+			c.s.tooLarge(&result)
+			results = append(results, result)
 			dests = append(dests, dest)
 			if t.Token != "" {
 				of = append(of, t)
@@ -330,21 +328,22 @@ func (c *clientConn) complete(req *wire.Request, buf *callBuffers) error {
 	return errors.Join(errs...)
 }
 
-// oversized returns why r's result is too large for the queues to store
-// (ItemLimiter), or "": the failure of its task's attempt, as a worker's
-// error would be, so that its task alone runs again (and, being as large
-// each time, ends in the dead-letter queue with this error).
-func (s *Server) oversized(r *wire.Completion, worker string) string {
+// tooLarge turns r, if it is too large for the queues to store
+// (ItemLimiter), into an error result saying so: stored, it would fail
+// its whole completion, and every task of it would run again. Its task is
+// done, as a handler that returns the same value each time would make it
+// fail every attempt.
+func (s *Server) tooLarge(r *wire.Result) {
 	l, ok := s.queues.(ItemLimiter)
 	if !ok {
-		return ""
+		return
 	}
 	limit := l.MaxItem()
-	if size := wire.ResultSize(&wire.Result{Worker: worker, Value: r.Value}); limit > 0 && size > limit {
-		s.log.Warn("result too large to store; its task's attempt fails", "task", r.ID, "bytes", size, "max", limit)
-		return fmt.Sprintf("result of %d bytes not stored: the queues take items of at most %d bytes", size, limit)
+	if size := wire.ResultSize(r); limit > 0 && size > limit {
+		s.log.Warn("result too large to store; an error result stored instead", "task", r.TaskID, "bytes", size, "max", limit)
+		r.Value = nil
+		r.Error = fmt.Sprintf("result of %d bytes not stored: the queues take items of at most %d bytes", size, limit)
 	}
-	return ""
 }
 
 // extendDeliveries renews leases named by their delivery tokens: queues

@@ -15,9 +15,9 @@ import (
 // clients are served from, and each connection as a pymanager.Client.
 
 func (s *Server) newPyManager() *pymanager.Server {
-	var unfinished func(string) (int, error)
+	var cluster pymanager.Cluster
 	if s.asker != nil {
-		unfinished = s.unfinishedEverywhere // gateways.go
+		cluster = pyCluster{s} // gateways.go
 	}
 	return pymanager.New(pymanager.Config{
 		Backend:          pyBackend{Queues: s.queues, s: s},
@@ -26,7 +26,7 @@ func (s *Server) newPyManager() *pymanager.Server {
 		MaxMessageSize:   s.cfg.MaxMessageSize,
 		HandshakeTimeout: s.cfg.HandshakeTimeout,
 		Go:               s.goRun,
-		Unfinished:       unfinished,
+		Cluster:          cluster,
 		Logger:           s.log,
 	})
 }

@@ -74,7 +74,7 @@ type DeliveryExtender interface {
 // ItemLimiter is implemented by Queues whose engine bounds the size of
 // one item (a gateway of a cluster: NATS's max_payload). A result over
 // it would fail its whole completion, whose other tasks would run again
-// for nothing; the server fails that task's attempt alone instead.
+// for nothing; the server stores an error result for that task instead.
 type ItemLimiter interface {
 	// MaxItem is the most bytes one item (a task, or an encoded result)
 	// may have; 0 is no bound.

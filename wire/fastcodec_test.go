@@ -268,13 +268,7 @@ func TestAppendMatchesReflection(t *testing.T) {
 			t.Errorf("request %v:\nappended  % x\nreflected % x", r.Op, b, want)
 		}
 	}
-	resps := []Response{
-		{Code: CodeNotLeased, Error: "e", IDs: []uint64{1, 1 << 40}, Tasks: sampleTasks(), Count: -1, Lease: time.Second, ClientID: 5, MaxMessageSize: 1 << 20, QueuesOutlive: true, StreamClosed: true},
-		{Stats: []QueueStats{{Queue: "tasks", Ready: 300, OldestAge: time.Hour}}, Clients: []ClientInfo{{ID: 4, Role: "worker", LastSeen: time.Unix(5, 0)}},
-			Queues: []string{"a"}, Then: &Response{Count: 1}},
-		{},
-	}
-	for _, r := range resps {
+	for _, r := range sampleResponses() {
 		b, err := appendResponse(nil, &r)
 		if want := reflected(t, plainResponse(r)); err != nil || !bytes.Equal(b, want) {
 			t.Errorf("response %+v:\nappended  % x (%v)\nreflected % x", r, b, err, want)
@@ -308,5 +302,15 @@ func TestDecodeRequestElementBound(t *testing.T) {
 	}
 	if req, err := DecodeRequest(frame("items", MaxElements)); err != nil || len(req.Items) != MaxElements {
 		t.Errorf("items of exactly %d elements: %d, %v", MaxElements, len(req.Items), err)
+	}
+}
+
+// sampleResponses are responses with every field set in one or another.
+func sampleResponses() []Response {
+	return []Response{
+		{Code: CodeNotLeased, Error: "e", IDs: []uint64{1, 1 << 40}, Tasks: sampleTasks(), Count: -1, Lease: time.Second, ClientID: 5, MaxMessageSize: 1 << 20, QueuesOutlive: true, StreamClosed: true, Note: "partial"},
+		{Stats: []QueueStats{{Queue: "tasks", Ready: 300, OldestAge: time.Hour}}, Clients: []ClientInfo{{ID: 4, Role: "worker", Gateway: "n1", LastSeen: time.Unix(5, 0)}},
+			Queues: []string{"a"}, Then: &Response{Count: 1}},
+		{},
 	}
 }

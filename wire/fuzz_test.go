@@ -5,6 +5,8 @@ import (
 	"errors"
 	"io"
 	"testing"
+
+	"github.com/vmihailenco/msgpack/v5"
 )
 
 // FuzzDecodeRequest feeds arbitrary frame bodies to the decoder the master
@@ -33,6 +35,33 @@ func FuzzDecodeRequest(f *testing.F) {
 		var again Request
 		if err := NewCodec(&buf, 0).Read(&again); err != nil {
 			t.Fatalf("decode of re-encoded request: %v", err)
+		}
+	})
+}
+
+// FuzzDecodeResponse: a client decodes whatever a master (or something
+// posing as one) sends. Any input either decodes or fails, without a
+// panic or a huge allocation, and what decodes encodes and decodes again.
+func FuzzDecodeResponse(f *testing.F) {
+	for _, r := range sampleResponses() {
+		f.Add(mustMarshal(f, r))
+	}
+	f.Add([]byte{0x80})
+	f.Add([]byte{0xdf, 0xff, 0xff, 0xff, 0xff})                                         // a map claiming 4G entries
+	f.Add([]byte{0x81, 0xa5, 't', 'a', 's', 'k', 's', 0xdd, 0x7f, 0xff, 0xff, 0xff})    // a huge array
+	f.Add([]byte{0x81, 0xa4, 't', 'h', 'e', 'n', 0x81, 0xa4, 't', 'h', 'e', 'n', 0x80}) // a Then within a Then
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var resp Response
+		if err := msgpack.Unmarshal(b, &resp); err != nil {
+			return
+		}
+		again, err := msgpack.Marshal(&resp)
+		if err != nil {
+			t.Fatalf("re-encode: %v", err)
+		}
+		var back Response
+		if err := msgpack.Unmarshal(again, &back); err != nil {
+			t.Fatalf("decode of re-encoded response: %v", err)
 		}
 	})
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -335,9 +334,7 @@ func serveRun(ctx context.Context, opts *serveOptions) error {
 		mcfg.OpenQueues = eng.openQueues(log)
 		mcfg.Collectors = eng.collectors()
 		mcfg.Current = eng.current()
-		if o := opts.Engine; o.ClusterListen != "" {
-			mcfg.GatewayName = cmp.Or(o.NodeName, o.ClusterListen) // the node's name
-		}
+		mcfg.GatewayName = eng.gatewayName()
 		storage = eng.note
 	}
 	srv, err := newMaster(mcfg, opts.IO.getenv("GOMAXPROCS") == "")

@@ -389,7 +389,9 @@ func (q *Queues) Purge(name string) (int, error) {
 		return 0, q.adminErr(name, "purge", err)
 	}
 	settled := q.settledInPacks(name)
-	if err := s.st.Purge(ctx); err != nil {
+	// What was counted, and no put stored since: those would be purged
+	// uncounted, and count as done.
+	if err := s.st.Purge(ctx, jetstream.WithPurgeSequence(si.State.LastSeq+1)); err != nil {
 		return 0, q.adminErr(name, "purge", err)
 	}
 	q.dropLeasesOf(name)
@@ -680,6 +682,9 @@ func (q *Queues) Drop(name string, ids []uint64) (int, error) {
 		dropped++
 		return len(want) > 0
 	})
+	if !queue.IsDeadLetterName(name) {
+		q.countGone(name, dropped)
+	}
 	if err = errors.Join(err, delErr); err != nil {
 		return dropped, err
 	}

@@ -7,11 +7,14 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -34,6 +37,8 @@ type NodeConfig struct {
 	// Name names the node in the cluster; default its ClusterListen
 	// address, or, if that has no host (":6222", "0.0.0.0:6222"), this
 	// machine's host name and its port. Names must differ between nodes.
+	// The data directory keeps the name the node first had, and refuses
+	// another (keptNodeName).
 	Name string
 	// ClientListen, if set, is a host:port where other gateways (qmaster
 	// --nats) and NATS tools may connect.
@@ -133,9 +138,11 @@ func StartNode(cfg NodeConfig) (*Node, error) {
 		if err != nil {
 			return nil, fmt.Errorf("cluster listen address: %w", err)
 		}
-		if opts.ServerName == "" {
-			opts.ServerName = defaultNodeName(cfg.ClusterListen)
+		name, err := keptNodeName(cfg)
+		if err != nil {
+			return nil, err
 		}
+		opts.ServerName = name
 		opts.Cluster = server.ClusterOpts{Name: "qm", Host: host, Port: port}
 		if cfg.Secret != "" {
 			opts.Cluster.Username, opts.Cluster.Password = "qm", cfg.Secret
@@ -170,6 +177,9 @@ func StartNode(cfg NodeConfig) (*Node, error) {
 	n.watching.Go(n.watchStore)
 	return n, nil
 }
+
+// Name is the node's name in its cluster.
+func (n *Node) Name() string { return n.srv.Name() }
 
 // Replicas is how many copies of each stream the node's cluster keeps:
 // three, or fewer with fewer nodes.
@@ -247,6 +257,53 @@ func (n *Node) Shutdown() {
 	n.srv.WaitForShutdown()
 }
 
+// nodeNameFile keeps, in a node's data directory, the name the node
+// first started with: JetStream knows its peers by their names' hashes,
+// so a node renamed would find its cluster's groups full of a stranger
+// and elect no leader.
+const nodeNameFile = "qm-node-name"
+
+// keptNodeName returns the name of the node of cfg (a node of a
+// cluster): the one its data directory keeps (nodeNameFile), or, the
+// first time, cfg.Name or its default (defaultNodeName), which it keeps
+// there. A directory with JetStream's data and no name kept is a node's
+// from before names were kept, named as it was then (cfg.Name or
+// cfg.ClusterListen as given). A cfg.Name other than the kept one is
+// refused.
+func keptNodeName(cfg NodeConfig) (string, error) {
+	path := filepath.Join(cfg.DataDir, nodeNameFile)
+	b, err := os.ReadFile(path)
+	if err == nil {
+		kept := strings.TrimSpace(string(b))
+		if cfg.Name != "" && cfg.Name != kept {
+			return "", fmt.Errorf("data directory %s is node %q's, not %q: a node renamed loses its place in its cluster (start it as %q, or on an empty data directory)",
+				cfg.DataDir, kept, cfg.Name, kept)
+		}
+		return kept, nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return "", fmt.Errorf("read the node's name: %w", err)
+	}
+	name := cfg.Name
+	if name == "" {
+		name = defaultNodeName(cfg.ClusterListen)
+		if _, err := os.Stat(filepath.Join(cfg.DataDir, "jetstream")); err == nil {
+			name = cfg.ClusterListen
+		}
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+		return "", err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(name+"\n"), 0o644); err != nil {
+		return "", fmt.Errorf("keep the node's name: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return "", fmt.Errorf("keep the node's name: %w", err)
+	}
+	return name, nil
+}
+
 // defaultNodeName is the name of a node whose cluster routes listen on
 // listen: listen itself, unless it names no host, as every node of an
 // install would then take the same name, which their cluster refuses.
@@ -299,8 +356,9 @@ type natsLog struct {
 	mu     sync.Mutex
 	last   map[string]time.Time
 	// troubles are the reasons nodes of the cluster cannot connect, and
-	// when nats-server last gave each (explained).
-	troubles map[string]time.Time
+	// when nats-server last gave each (explained); troubledRoutes the
+	// remote addresses of the routes they were about.
+	troubles, troubledRoutes map[string]time.Time
 }
 
 const repeatEvery = 30 * time.Second

@@ -3,6 +3,8 @@ package jsqueue
 import (
 	"net"
 	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -25,5 +27,37 @@ func TestDefaultNodeName(t *testing.T) {
 		if got := defaultNodeName(listen); got != want {
 			t.Errorf("defaultNodeName(%q) = %q, want %q", listen, got, want)
 		}
+	}
+}
+
+// A node's data directory keeps the name it first had: JetStream knows
+// peers by their names, and a node renamed would strand its replicas.
+func TestNodeKeepsItsName(t *testing.T) {
+	host, err := os.Hostname()
+	if err != nil {
+		t.Skip(err)
+	}
+	dir := t.TempDir()
+	cfg := NodeConfig{DataDir: dir, ClusterListen: ":6222"}
+	for range 2 {
+		if name, err := keptNodeName(cfg); err != nil || name != net.JoinHostPort(host, "6222") {
+			t.Fatalf("name %q, %v; want this host's and the port", name, err)
+		}
+	}
+	cfg.Name = "n1"
+	if _, err := keptNodeName(cfg); err == nil || !strings.Contains(err.Error(), "renamed") {
+		t.Fatalf("another name on a named data directory: %v, want refused", err)
+	}
+
+	// A node's data from before names were kept: named as it was then.
+	old := t.TempDir()
+	if err := os.Mkdir(filepath.Join(old, "jetstream"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if name, err := keptNodeName(NodeConfig{DataDir: old, ClusterListen: ":6223"}); err != nil || name != ":6223" {
+		t.Fatalf("name %q, %v; want the old default, :6223", name, err)
+	}
+	if name, err := keptNodeName(NodeConfig{DataDir: old, ClusterListen: ":6223", Name: ":6223"}); err != nil || name != ":6223" {
+		t.Fatalf("name %q, %v; want the kept :6223", name, err)
 	}
 }

@@ -146,7 +146,7 @@ func (q *Queues) sendCounts(counts map[string]int) {
 	ctx, cancel := q.call()
 	defer cancel()
 	if _, err := q.counts(ctx); err != nil {
-		q.log.Warn("packed tasks not counted; their queues' figures count them short", "err", err)
+		q.log.Warn("queue counters not added to; their queues' Puts and Done figures are off by what was not sent", "err", err)
 		return
 	}
 	for subj, n := range counts {

@@ -30,40 +30,40 @@ var (
 )
 
 // peerTrouble says why line, an error nats-server logged, means that
-// nodes of the cluster cannot connect, or "". route reports whether the
-// line is about a route connection at all.
-func peerTrouble(line string) (why string, route bool) {
+// nodes of the cluster cannot connect, or "". remote is the address of
+// the route connection the line is about, "" if it is about none.
+func peerTrouble(line string) (why, remote string) {
 	m := routeLine.FindStringSubmatch(line)
 	if m == nil {
-		return "", false
+		return "", ""
 	}
 	remote, msg := m[1], m[2]
 	if strings.Contains(msg, "Authorization Violation") {
 		// The peer's answer to this node's route; nodes take routes
 		// only with the secret of their authkey.
-		return fmt.Sprintf("cluster peer %s refused this node's route: the nodes' authkeys differ", remote), true
+		return fmt.Sprintf("cluster peer %s refused this node's route: the nodes' authkeys differ", remote), remote
 	}
 	if d := dupName.FindStringSubmatch(msg); d != nil {
-		return fmt.Sprintf("another node of the cluster is named %s: every node's name must differ (qmaster --node-name)", d[1]), true
+		return fmt.Sprintf("another node of the cluster is named %s: every node's name must differ (qmaster --node-name)", d[1]), remote
 	}
-	return "", true
+	return "", remote
 }
 
 // explained passes on line, an error of nats-server, if it says why nodes
 // of the cluster cannot connect: the reason once at error level (again
 // only after troubleFresh without it), the line itself at debug level.
-// While a reason stands, nats-server's other errors about routes follow
-// from it, and go to debug level too. It reports whether it passed the
-// line on.
+// While a reason stands, nats-server's other errors about the same
+// route connection follow from it, and go to debug level too. It
+// reports whether it passed the line on.
 func (l *natsLog) explained(line string) bool {
-	why, route := peerTrouble(line)
-	if !route {
+	why, remote := peerTrouble(line)
+	if remote == "" {
 		return false
 	}
 	now := time.Now()
 	l.mu.Lock()
 	if why == "" {
-		follows := len(l.fresh(now)) > 0
+		follows := now.Sub(l.troubledRoutes[remote]) <= troubleFresh
 		l.mu.Unlock()
 		if follows {
 			l.log.Debug("nats: " + line)
@@ -72,9 +72,10 @@ func (l *natsLog) explained(line string) bool {
 	}
 	if l.troubles == nil {
 		l.troubles = make(map[string]time.Time)
+		l.troubledRoutes = make(map[string]time.Time)
 	}
 	last, seen := l.troubles[why]
-	l.troubles[why] = now
+	l.troubles[why], l.troubledRoutes[remote] = now, now
 	l.mu.Unlock()
 	if !seen || now.Sub(last) > troubleFresh {
 		l.log.Error(why)
@@ -86,6 +87,11 @@ func (l *natsLog) explained(line string) bool {
 // fresh returns the reasons nats-server gave within troubleFresh,
 // sorted, and forgets the others. l.mu is held.
 func (l *natsLog) fresh(now time.Time) []string {
+	for r, at := range l.troubledRoutes {
+		if now.Sub(at) > troubleFresh {
+			delete(l.troubledRoutes, r)
+		}
+	}
 	var whys []string
 	for why, at := range l.troubles {
 		if now.Sub(at) > troubleFresh {

@@ -137,7 +137,6 @@ type Queues struct {
 	// so that acks of unpacked tasks look at neither.
 	// advisories follow JetStream's news of queues (followAdvisories).
 	advisories     []*nats.Subscription
-	answering      []*nats.Subscription // questions of other gateways (ask.go)
 	recordOf       map[*nats.Msg]string
 	staleRecords   []string
 	recordsPending atomic.Int64
@@ -163,6 +162,10 @@ type Queues struct {
 	reaps atomic.Int64 // reaps made, for the tests
 	// readiness is Ready's last answer.
 	readiness readiness
+	// gatewayID names this gateway to the others, and answering is what
+	// it keeps of their questions (ask.go).
+	gatewayID string
+	answering answering
 	// putIDs starts the request IDs this gateway gives puts without keys
 	// (put.go), and puts counts them.
 	putIDs     string
@@ -367,6 +370,7 @@ func New(cfg Config) (*Queues, error) {
 		// apart by what follows it.
 		renewInbox: cfg.Conn.NewInbox() + ".",
 		putIDs:     "qm." + strings.TrimPrefix(nats.NewInbox(), nats.InboxPrefix) + ".",
+		gatewayID:  newGatewayID(),
 	}
 	q.renewSub, err = cfg.Conn.Subscribe(q.renewInbox+"*", q.renewed)
 	if err != nil {
@@ -432,12 +436,7 @@ func (q *Queues) Close() {
 	for _, sub := range q.advisories {
 		_ = sub.Unsubscribe()
 	}
-	q.mu.Lock()
-	answering := q.answering
-	q.mu.Unlock()
-	for _, sub := range answering {
-		_ = sub.Unsubscribe()
-	}
+	q.closeAnswering()
 	q.pulls.close()
 	q.mu.Lock()
 	var back []*lease

@@ -26,8 +26,13 @@ import (
 // identPrefix starts the object id of every queue given to Python.
 const identPrefix = "qm-queue:"
 
-// joinPoll is how often a Python join() looks whether its queue is done.
-const joinPoll = 20 * time.Millisecond
+// joinPoll is how often a Python join() looks whether its queue is done;
+// joinPollCluster, through a gateway of a cluster, where each look asks
+// every gateway.
+const (
+	joinPoll        = 20 * time.Millisecond
+	joinPollCluster = 250 * time.Millisecond
+)
 
 // queueMethods are the methods of a queue proxy, as a Python manager
 // exposes those of queue.Queue.
@@ -453,23 +458,23 @@ func isResultShape(f map[string][]byte) bool {
 }
 
 // join waits until the queue holds no ready, delayed or leased task and every task
-// Python clients took from it was marked task_done.
+// Python clients took from it was marked task_done: through every gateway
+// of a cluster, which it asks less often, and waits through a cluster's
+// moments without a leader.
 func (p *conn) join(name string) reply {
-	tick := time.NewTicker(joinPoll)
+	every := joinPoll
+	if p.s.cfg.Cluster != nil {
+		every = joinPollCluster
+	}
+	tick := time.NewTicker(every)
 	defer tick.Stop()
 	for {
-		st, err := p.s.cfg.Backend.Stats(name)
-		if err != nil && !errors.Is(err, queue.ErrUnknownQueue) {
+		done, err := p.joined(name)
+		switch {
+		case err != nil && !errors.Is(err, queue.ErrUnavailable):
 			return p.queueError("join", err)
-		}
-		if st.Ready+st.Delayed+st.Leased == 0 {
-			n, err := p.s.unfinishedEverywhere(name)
-			if err != nil {
-				return p.queueError("join", err)
-			}
-			if n <= 0 {
-				return p.ret(nil)
-			}
+		case done:
+			return p.ret(nil)
 		}
 		select {
 		case <-p.ctx.Done():
@@ -477,6 +482,19 @@ func (p *conn) join(name string) reply {
 		case <-tick.C:
 		}
 	}
+}
+
+// joined reports whether a join() of queue name would return now.
+func (p *conn) joined(name string) (bool, error) {
+	st, err := p.s.cfg.Backend.Stats(name)
+	if err != nil && !errors.Is(err, queue.ErrUnknownQueue) {
+		return false, err
+	}
+	if st.Ready+st.Delayed+st.Leased > 0 {
+		return false, nil
+	}
+	n, err := p.s.unfinishedEverywhere(name)
+	return n == 0 && err == nil, err
 }
 
 func (p *conn) ret(v any) reply {

@@ -80,13 +80,25 @@ type Config struct {
 	// Go runs f in a goroutine the master owns, or reports false if the
 	// master is stopping. Required.
 	Go func(f func()) bool
-	// Unfinished, if not nil, sums Server.Unfinished over every gateway
-	// of a cluster, this one's included: a Python client may take a task
-	// through one gateway and mark it done through another, and join()
-	// waits for all of them. Nil counts this server's alone.
-	Unfinished func(queue string) (int, error)
+	// Cluster, if not nil, is the other gateways of a cluster this
+	// server is one of: a Python client may take a task through one
+	// gateway and mark it done through another, and join() waits for the
+	// tasks taken through all of them. Nil counts this server's alone.
+	Cluster Cluster
 	// Logger; nil discards.
 	Logger *slog.Logger
+}
+
+// Cluster is the gateways of a cluster, as join() and task_done() count
+// Python's tasks across them.
+type Cluster interface {
+	// Unfinished sums Server.Unfinished over every gateway of the
+	// cluster, this one's included.
+	Unfinished(queue string) (int, error)
+	// TakeDone marks done a task of queue taken through another gateway,
+	// at that gateway (its Server.TakeDone), and reports whether one had
+	// one.
+	TakeDone(queue string) (bool, error)
 }
 
 // Server serves the Python connections of one master. It holds what they
@@ -121,32 +133,35 @@ func (s *Server) tookTasks(q string, n int) {
 
 // taskDone counts a task_done() of queue q. Called once more than its
 // tasks taken, it fails, as Python's queue does; in a cluster, once more
-// than those taken through every gateway: this server's count may then
-// go below 0, for a task taken through another.
+// than those taken through every gateway: a task_done() of a task taken
+// through another gateway is counted there.
 func (s *Server) taskDone(q string) error {
-	s.mu.Lock()
-	mine := s.unfinished[q] > 0
-	if mine {
-		s.add(q, -1)
-	}
-	s.mu.Unlock()
-	if mine {
+	if s.TakeDone(q) {
 		return nil
 	}
-	if s.cfg.Unfinished == nil {
+	if s.cfg.Cluster == nil {
 		return errTooMany
 	}
-	all, err := s.cfg.Unfinished(q)
+	taken, err := s.cfg.Cluster.TakeDone(q)
 	if err != nil {
 		return err
 	}
-	if all <= 0 {
+	if !taken {
 		return errTooMany
 	}
+	return nil
+}
+
+// TakeDone marks done one of the tasks of queue q this server's Python
+// clients took, and reports whether they had one not marked done.
+func (s *Server) TakeDone(q string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.unfinished[q] <= 0 {
+		return false
+	}
 	s.add(q, -1)
-	return nil
+	return true
 }
 
 // add adds n to queue q's count. Called with s.mu held.
@@ -158,8 +173,7 @@ func (s *Server) add(q string, n int) {
 }
 
 // Unfinished counts the tasks of queue q this server's Python clients
-// took and have not marked done: less than 0 if they marked done tasks
-// taken through another gateway of a cluster.
+// took and have not marked done.
 func (s *Server) Unfinished(q string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -169,10 +183,10 @@ func (s *Server) Unfinished(q string) int {
 // unfinishedEverywhere is Unfinished over every gateway of a cluster, or
 // this server's alone.
 func (s *Server) unfinishedEverywhere(q string) (int, error) {
-	if s.cfg.Unfinished == nil {
+	if s.cfg.Cluster == nil {
 		return s.Unfinished(q), nil
 	}
-	return s.cfg.Unfinished(q)
+	return s.cfg.Cluster.Unfinished(q)
 }
 
 // frame is one frame read from a Python client; or one it refused whole
