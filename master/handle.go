@@ -283,6 +283,7 @@ func (c *clientConn) complete(req *wire.Request, buf *callBuffers) error {
 	}
 	acked, err := q.Ack(queue.AckRequest{Queue: req.Queue, Owner: c.id, IDs: ids, Tokens: tokens, Publish: func(acked []queue.Task) error {
 		results, dests, of := buf.results[:0], buf.dests[:0], buf.resultsOf[:0]
+		limit := c.s.maxItem()
 		i := 0 // acked is ids in order, less those not acked
 		for _, t := range acked {
 			for ids[i] != t.ID {
@@ -300,9 +301,10 @@ func (c *clientConn) complete(req *wire.Request, buf *callBuffers) error {
 			if dest == "" {
 				continue
 			}
-			result := wire.Result{TaskID: t.ID, Worker: worker, Attempt: t.Attempts, Value: value}
-			c.s.tooLarge(&result)
-			results = append(results, result)
+			results = append(results, wire.Result{TaskID: t.ID, Worker: worker, Attempt: t.Attempts, Value: value})
+			if limit > 0 {
+				c.s.tooLarge(&results[len(results)-1], limit)
+			}
 			dests = append(dests, dest)
 			if t.Token != "" {
 				of = append(of, t)
@@ -328,18 +330,22 @@ func (c *clientConn) complete(req *wire.Request, buf *callBuffers) error {
 	return errors.Join(errs...)
 }
 
-// tooLarge turns r, if it is too large for the queues to store
-// (ItemLimiter), into an error result saying so: stored, it would fail
-// its whole completion, and every task of it would run again. Its task is
+// maxItem is the most bytes of an item the queues store (ItemLimiter),
+// or 0 for no bound.
+func (s *Server) maxItem() int {
+	if s.limiter == nil {
+		return 0
+	}
+	return s.limiter.MaxItem()
+}
+
+// tooLarge turns r, if it is larger than limit, the most the queues store
+// (maxItem), into an error result saying so: stored, it would fail its
+// whole completion, and every task of it would run again. Its task is
 // done, as a handler that returns the same value each time would make it
 // fail every attempt.
-func (s *Server) tooLarge(r *wire.Result) {
-	l, ok := s.queues.(ItemLimiter)
-	if !ok {
-		return
-	}
-	limit := l.MaxItem()
-	if size := wire.ResultSize(r); limit > 0 && size > limit {
+func (s *Server) tooLarge(r *wire.Result, limit int) {
+	if size := wire.ResultSize(r); size > limit {
 		s.log.Warn("result too large to store; an error result stored instead", "task", r.TaskID, "bytes", size, "max", limit)
 		r.Value = nil
 		r.Error = fmt.Sprintf("result of %d bytes not stored: the queues take items of at most %d bytes", size, limit)

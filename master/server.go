@@ -31,6 +31,8 @@ type Server struct {
 	// asker is queues, if its server is a gateway of a cluster whose
 	// gateways ask each other what only each knows (gateways.go).
 	asker GatewayAsker
+	// limiter is queues, if it bounds an item's size.
+	limiter ItemLimiter
 
 	// ctx is cancelled when the server stops; blocked gets return at once.
 	ctx    context.Context
@@ -104,6 +106,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.confirmer, _ = s.queues.(DeliveryConfirmer)
 	s.asker, _ = s.queues.(GatewayAsker)
+	s.limiter, _ = s.queues.(ItemLimiter)
 	s.py = s.newPyManager()
 	if s.asker != nil {
 		if err := s.answerGateways(s.asker); err != nil {
