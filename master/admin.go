@@ -91,12 +91,21 @@ func (b adminBackend) Queues() []wire.QueueStats {
 	return read
 }
 
+// Clients lists the clients of every gateway, as `qmaster clients` does,
+// with the tasks those of this one hold.
 func (b adminBackend) Clients() []httpapi.Client {
-	infos := b.s.clientInfos()
+	infos, note := b.s.allClients(b.s.ctx)
+	if note != "" {
+		b.s.log.Warn("dashboard: " + note)
+	}
+	own := b.s.gatewayName()
 	leases := b.s.queues.Leases()
 	out := make([]httpapi.Client, len(infos))
 	for i, c := range infos {
 		out[i] = httpapi.Client{ClientInfo: c}
+		if c.Gateway != "" && c.Gateway != own {
+			continue // its leases are the other gateway's
+		}
 		for _, l := range leases[c.ID] {
 			out[i].Tasks = append(out[i].Tasks, httpapi.Lease{Queue: l.Queue, ID: l.ID, Attempt: l.Attempts, Since: l.Since})
 		}

@@ -2,6 +2,8 @@ package master_test
 
 import (
 	"cmp"
+	"encoding/json"
+	"net/http"
 	"slices"
 	"testing"
 	"time"
@@ -46,12 +48,17 @@ func startJetStream(t *testing.T) *nats.Conn {
 // JetStream behind nc: one of the gateways of a cluster.
 func startGatewayOn(t *testing.T, nc *nats.Conn, cfg master.Config) string {
 	t.Helper()
+	addr, _ := qmtest.StartMaster(t, gatewayConfig(nc, cfg))
+	return addr
+}
+
+// gatewayConfig is cfg with the queues of the JetStream behind nc.
+func gatewayConfig(nc *nats.Conn, cfg master.Config) master.Config {
 	cfg.OpenQueues = func(qc queue.Config) (master.Queues, error) {
 		return jsqueue.New(jsqueue.Config{Conn: nc, Replicas: 1, MaxAttempts: qc.MaxAttempts,
 			DefaultLease: qc.DefaultLease, AckWait: qc.DefaultLease, OnDead: qc.OnDead})
 	}
-	addr, _ := qmtest.StartMaster(t, cfg)
-	return addr
+	return cfg
 }
 
 // Through any gateway of a cluster, the clients of every gateway are
@@ -78,6 +85,47 @@ func TestClientsOfEveryGateway(t *testing.T) {
 		return cmp.Or(cmp.Compare(x.Gateway, y.Gateway), cmp.Compare(x.ID, y.ID))
 	}) {
 		t.Errorf("clients not sorted by gateway and ID: %+v", clients)
+	}
+}
+
+// The dashboard of any gateway lists every gateway's clients, with the
+// tasks those of its own hold.
+func TestDashboardListsEveryGatewaysClients(t *testing.T) {
+	nc := startJetStream(t)
+	a := startGatewayOn(t, nc, master.Config{})
+	b, url, _ := qmtest.StartMasterHTTP(t, gatewayConfig(nc, master.Config{HTTPToken: []byte("tok")}))
+	ctx := ctxFor(t, 10*time.Second)
+	qmtest.Dial(t, a, "worker-a")
+	wb := qmtest.Dial(t, b, "worker-b")
+	if _, err := wb.Put(ctx, "jobs", []any{1}, wire.PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if ts, err := wb.Get(ctx, "jobs", wire.GetOptions{Timeout: 5 * time.Second}); err != nil || len(ts) != 1 {
+		t.Fatalf("get: %d tasks, %v", len(ts), err)
+	}
+	code, body := httpGet(t, url+"/api/state", "tok")
+	if code != http.StatusOK {
+		t.Fatalf("state: %d %s", code, body)
+	}
+	var st struct {
+		Clients []struct {
+			Role    string
+			Gateway string
+			Tasks   []struct{ Queue string }
+		}
+	}
+	if err := json.Unmarshal([]byte(body), &st); err != nil {
+		t.Fatal(err)
+	}
+	byRole := map[string]int{}
+	for _, c := range st.Clients {
+		byRole[c.Role] = len(c.Tasks)
+		if c.Gateway == "" {
+			t.Errorf("client %s with no gateway", c.Role)
+		}
+	}
+	if n, ok := byRole["worker-a"]; !ok || n != 0 || byRole["worker-b"] != 1 {
+		t.Fatalf("dashboard clients %s, want worker-a (another gateway's) and worker-b holding its task", body)
 	}
 }
 

@@ -126,12 +126,12 @@ function renderClients(st, now) {
           el("code", {}, `#${t.id}`), ` ${t.queue} (try ${t.attempt}, ${ago(t.since, now)})`,
         ]), c.tasks.length > 5 ? ` and ${c.tasks.length - 5} more` : "")
       : el("td", { class: "muted" }, c.in_flight ? `${c.in_flight} task(s)` : "idle");
-    return el("tr", { "data-client": c.id },
+    return el("tr", { "data-client": c.gateway ? `${c.gateway}/${c.id}` : c.id },
       el("td", { class: "num" }, c.id),
       el("td", {}, c.name || "–"),
       el("td", {}, c.role || "–"),
       el("td", {}, c.key || "–"),
-      el("td", {}, c.addr),
+      el("td", {}, c.gateway ? `${c.addr} via ${c.gateway}` : c.addr),
       el("td", {}, ago(c.connected_since, now)),
       el("td", {}, ago(c.last_seen, now) + " ago"),
       el("td", { class: "num" }, c.in_flight),
