@@ -71,7 +71,8 @@ func (s *Server) answerGateways(a GatewayAsker) error {
 }
 
 // gatewayName names this gateway to the others' clients: as configured,
-// or its host and the port it serves clients on.
+// or its host and the port it serves clients on (the lowest, if it
+// serves on several).
 func (s *Server) gatewayName() string {
 	if s.cfg.GatewayName != "" {
 		return s.cfg.GatewayName
@@ -80,14 +81,18 @@ func (s *Server) gatewayName() string {
 	if err != nil || host == "" {
 		host = "localhost"
 	}
+	port := 0
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	for ln := range s.listeners {
-		if a, ok := ln.Addr().(*net.TCPAddr); ok {
-			return net.JoinHostPort(host, strconv.Itoa(a.Port))
+		if a, ok := ln.Addr().(*net.TCPAddr); ok && (port == 0 || a.Port < port) {
+			port = a.Port
 		}
 	}
-	return host
+	s.mu.Unlock()
+	if port == 0 {
+		return host
+	}
+	return net.JoinHostPort(host, strconv.Itoa(port))
 }
 
 // allClients returns the clients of every gateway of the cluster, each
