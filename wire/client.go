@@ -422,6 +422,16 @@ func (c *Client) Close() error {
 	return c.sess.Close()
 }
 
+// connectionLost reports whether err, of a call's write or read, says
+// the connection under it is gone: closed, reset, or failing on its
+// socket (a write's broken pipe reaches the call before the session has
+// closed).
+func connectionLost(err error) bool {
+	var opErr *net.OpError
+	return errors.Is(err, io.EOF) || errors.Is(err, yamux.ErrStreamClosed) || errors.Is(err, yamux.ErrSessionShutdown) ||
+		errors.Is(err, yamux.ErrConnectionReset) || errors.As(err, &opErr)
+}
+
 func (c *Client) stream() (*clientStream, error) {
 	c.mu.Lock()
 	if c.closed {
@@ -485,8 +495,8 @@ func (c *Client) call(ctx context.Context, req *Request, resp *Response) error {
 		if !stopped {
 			return ctx.Err()
 		}
-		if errors.Is(err, io.EOF) || errors.Is(err, yamux.ErrStreamClosed) || errors.Is(err, yamux.ErrSessionShutdown) || errors.Is(err, yamux.ErrConnectionReset) {
-			return fmt.Errorf("%w: connection to master lost", ErrClosed)
+		if connectionLost(err) || c.sess.IsClosed() {
+			return fmt.Errorf("%w: connection to master lost (%w)", ErrClosed, err)
 		}
 		return err
 	}

@@ -3,6 +3,10 @@ package wire
 import (
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"os"
+	"syscall"
 	"testing"
 )
 
@@ -62,5 +66,24 @@ func TestCodeOfTwoSentinels(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A call's write that fails on its socket (a broken pipe, before the
+// session has closed) says the connection is lost, so that clients given
+// several addresses move on, as for a closed session.
+func TestConnectionLostOnSocketErrors(t *testing.T) {
+	for _, err := range []error{
+		io.EOF,
+		&net.OpError{Op: "write", Net: "tcp", Err: os.NewSyscallError("writev", syscall.EPIPE)},
+		&net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", syscall.ECONNRESET)},
+		fmt.Errorf("tls: %w", &net.OpError{Op: "write", Net: "tcp", Err: syscall.EPIPE}),
+	} {
+		if !connectionLost(err) {
+			t.Errorf("connectionLost(%v) = false", err)
+		}
+	}
+	if connectionLost(errors.New("bad request")) {
+		t.Error("a plain error said the connection was lost")
 	}
 }
