@@ -276,22 +276,23 @@ func (e *engine) gatewayName() string {
 }
 
 // current is master.Config.Current: whether the embedded node, if any, is
-// current with its cluster, and if not, why nodes cannot connect, if it
-// knows (jsqueue.Node.Trouble). A gateway has no node of its own to wait
-// for.
+// current with its cluster, and that no node of it is refused for its
+// authkey or name (jsqueue.Node.Trouble): a node that did not join leaves
+// the others fewer to lose, and a name twice makes two nodes of one
+// identity. A gateway has no node of its own to wait for.
 func (e *engine) current() func() error {
 	if e.node == nil {
 		return nil
 	}
 	return func() error {
-		err := e.node.Current()
-		if err == nil {
-			return nil
+		err, why := e.node.Current(), e.node.Trouble()
+		switch {
+		case why == nil:
+			return err
+		case err == nil:
+			return why
 		}
-		if why := e.node.Trouble(); why != nil {
-			return fmt.Errorf("%w; %w", err, why)
-		}
-		return err
+		return fmt.Errorf("%w; %w", err, why)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // A node's default name is its cluster address, or with no host in it
@@ -59,5 +60,21 @@ func TestNodeKeepsItsName(t *testing.T) {
 	}
 	if name, err := keptNodeName(NodeConfig{DataDir: old, ClusterListen: ":6223", Name: ":6223"}); err != nil || name != ":6223" {
 		t.Fatalf("name %q, %v; want the kept :6223", name, err)
+	}
+}
+
+// A name twice stands until the node is restarted (nats-server does not
+// try that route again); other reasons for a while after the last line.
+func TestTroubleStands(t *testing.T) {
+	now := time.Now()
+	long := now.Add(-time.Hour)
+	if !stands(duplicateName+"n1: every node's name must differ", long, now) {
+		t.Error("a name twice stopped standing")
+	}
+	if stands("cluster peer a:1 refused this node's route: the nodes' authkeys differ", long, now) {
+		t.Error("a refused route an hour ago still stands")
+	}
+	if !stands("cluster peer a:1 refused this node's route", now.Add(-time.Second), now) {
+		t.Error("a refused route a second ago does not stand")
 	}
 }

@@ -3,6 +3,7 @@ package jsqueue
 import (
 	"errors"
 	"fmt"
+	"net"
 	"regexp"
 	"slices"
 	"strings"
@@ -44,9 +45,20 @@ func peerTrouble(line string) (why, remote string) {
 		return fmt.Sprintf("cluster peer %s refused this node's route: the nodes' authkeys differ", remote), remote
 	}
 	if d := dupName.FindStringSubmatch(msg); d != nil {
-		return fmt.Sprintf("another node of the cluster is named %s: every node's name must differ (qmaster --node-name)", d[1]), remote
+		return duplicateName + d[1] + ": every node's name must differ (qmaster --node-name)", remote
 	}
 	return "", remote
+}
+
+// duplicateName starts the reason of a node whose name another node
+// has. nats-server refuses that route once and does not try it again, so
+// the reason stands until the node is restarted: its cluster has two
+// nodes of one identity, and neither is fit to count on.
+const duplicateName = "another node of the cluster is named "
+
+// stands reports whether reason why, last given at, stands at now.
+func stands(why string, at, now time.Time) bool {
+	return now.Sub(at) <= troubleFresh || strings.HasPrefix(why, duplicateName)
 }
 
 // explained passes on line, an error of nats-server, if it says why nodes
@@ -61,6 +73,10 @@ func (l *natsLog) explained(line string) bool {
 		return false
 	}
 	now := time.Now()
+	if why == "" && strings.Contains(line, "authentication error") {
+		l.refusedNode(remote, line, now)
+		return true
+	}
 	l.mu.Lock()
 	if why == "" {
 		follows := now.Sub(l.troubledRoutes[remote]) <= troubleFresh
@@ -84,6 +100,32 @@ func (l *natsLog) explained(line string) bool {
 	return true
 }
 
+// refusedNode passes on line, nats-server's refusal of a connection from
+// remote whose credentials it did not take: most likely a node started
+// with another authkey. Its peers' routes each come from a port of their
+// own, so it is said once every repeatEvery for each host, in qm's words.
+// It is no trouble of this node's (Trouble): the refused node has one.
+func (l *natsLog) refusedNode(remote, line string, now time.Time) {
+	host, _, err := net.SplitHostPort(remote)
+	if err != nil {
+		host = remote
+	}
+	key := "refused " + host
+	l.mu.Lock()
+	if l.last == nil {
+		l.last = make(map[string]time.Time)
+	}
+	say := now.Sub(l.last[key]) >= repeatEvery
+	if say {
+		l.last[key] = now
+	}
+	l.mu.Unlock()
+	if say {
+		l.log.Error(fmt.Sprintf("a connection from %s was refused: its authkey differs from this node's (a node started with another --authkey?)", host))
+	}
+	l.log.Debug("nats: " + line)
+}
+
 // fresh returns the reasons nats-server gave within troubleFresh,
 // sorted, and forgets the others. l.mu is held.
 func (l *natsLog) fresh(now time.Time) []string {
@@ -94,7 +136,7 @@ func (l *natsLog) fresh(now time.Time) []string {
 	}
 	var whys []string
 	for why, at := range l.troubles {
-		if now.Sub(at) > troubleFresh {
+		if !stands(why, at, now) {
 			delete(l.troubles, why)
 			continue
 		}

@@ -72,6 +72,19 @@ func TestNodeTroubleAuthkeysDiffer(t *testing.T) {
 		why := troubleSays(t, n, logs[i], want, "Authorization Violation")
 		t.Logf("n%d: %v", i, why)
 	}
+	// The refusals each gives say it too: once, from one host, however
+	// many ports the peer's routes came from.
+	for i, l := range logs {
+		out := l.String()
+		if c := strings.Count(out, `level=ERROR msg="a connection from 127.0.0.1 was refused: its authkey differs`); c != 1 {
+			t.Errorf("n%d said %d times that it refused the other; want once:\n%s", i, c, out)
+		}
+		for line := range strings.Lines(out) {
+			if strings.Contains(line, "authentication error") && !strings.Contains(line, "level=DEBUG") {
+				t.Errorf("nats-server's line not at debug level: %s", line)
+			}
+		}
+	}
 	// WaitReady's error says it too.
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
