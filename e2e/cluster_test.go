@@ -534,12 +534,15 @@ func TestMapSaysWhileQueuesAreUnavailable(t *testing.T) {
 	t.Cleanup(feed.close) // before the map's own: see newSeqFeed
 	feed.write(1, n/2)
 	waitFor(t, 60*time.Second, func() bool { return out.lines() >= n/2 })
+	// inspect --watch looks on through the wait too.
+	watch := start(t, nil, io.Discard, "qmaster", "inspect", "--watch", "--interval", "200ms", "--server", gateway)
 
 	_ = node.cmd.Process.Kill()
 	<-node.done
 	feed.write(n/2+1, n)
 	feed.close()
 	waitFor(t, 60*time.Second, func() bool { return strings.Contains(m.logs(), `puts of tasks have been answered "unavailable" for`) })
+	waitFor(t, 30*time.Second, func() bool { return strings.Contains(watch.logs(), "unavailable") })
 	if got := out.lines(); got != n/2 {
 		t.Fatalf("%d results printed with the node down, want %d", got, n/2)
 	}
@@ -553,6 +556,11 @@ func TestMapSaysWhileQueuesAreUnavailable(t *testing.T) {
 		t.Errorf("map did not say the queues came back: %s", m.logs())
 	}
 	t.Logf("map said:\n%s", m.logs())
+	select {
+	case <-watch.done:
+		t.Errorf("inspect --watch ended with the queues unavailable: %s", watch.logs())
+	default:
+	}
 }
 
 // startNodeAndGateways starts a qmaster embedding a single JetStream node

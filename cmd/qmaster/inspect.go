@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strconv"
@@ -41,7 +42,9 @@ With --json, print the statistics as one JSON array instead (ages in
 nanoseconds, plus running totals). With --watch, redraw every --interval
 until interrupted. A --watch whose master stops connects again for up to
 a minute: through another of the --server addresses, or to the master
-restarted if its queues outlive it (--data-dir, or a cluster's gateway).`,
+restarted if its queues outlive it (--data-dir, or a cluster's gateway);
+while a cluster answers that its queues are unavailable, it says so on
+stderr and looks again at the next --interval.`,
 		Example: `  qmaster inspect
   qmaster inspect --server 10.0.0.5:5000 --watch
   qmaster inspect --json | jq '.[] | select(.ready > 0) | .queue'`,
@@ -121,10 +124,13 @@ func inspectRun(ctx context.Context, opts *inspectOptions) error {
 			}
 			continue
 		}
-		if err != nil {
+		if errors.Is(err, wire.ErrUnavailable) {
+			// A cluster electing a leader, or short of a majority: say
+			// so, and look again at the next tick.
+			fmt.Fprintf(opts.IO.ErrOut, "qmaster inspect: %v\n", err)
+		} else if err != nil {
 			return err
-		}
-		if _, err := opts.IO.Out.Write(buf.Bytes()); err != nil {
+		} else if _, err := opts.IO.Out.Write(buf.Bytes()); err != nil {
 			return err
 		}
 		select {
