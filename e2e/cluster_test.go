@@ -543,6 +543,10 @@ func TestMapSaysWhileQueuesAreUnavailable(t *testing.T) {
 	feed.close()
 	waitFor(t, 60*time.Second, func() bool { return strings.Contains(m.logs(), `puts of tasks have been answered "unavailable" for`) })
 	waitFor(t, 30*time.Second, func() bool { return strings.Contains(watch.logs(), "unavailable") })
+	// A put the cluster does not confirm may be stored later: say so.
+	if _, errOut, code := run(t, "", "put", "other", "x", "--server", gateway); code == 0 || !strings.Contains(errOut, "may still be stored") {
+		t.Errorf("put with the node down: exit %d, %s", code, errOut)
+	}
 	if got := out.lines(); got != n/2 {
 		t.Fatalf("%d results printed with the node down, want %d", got, n/2)
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -194,6 +195,12 @@ func putRun(ctx context.Context, opts *putOptions) error {
 		putErr = putLines(ctx, opts, put, &total)
 	}
 	if putErr != nil {
+		if errors.Is(putErr, wire.ErrUnavailable) {
+			// A cluster that did not confirm a put may yet store it,
+			// once it has a leader again: a put sent again without a
+			// key would then store it twice.
+			putErr = fmt.Errorf("%w; the last batch may still be stored (the cluster did not confirm it): before putting it again, check (qmaster peek), or put with --key", putErr)
+		}
 		if total > 0 {
 			return fmt.Errorf("put into %s: %w (after %d items were put)", opts.Queue, putErr, total)
 		}
