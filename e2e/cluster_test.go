@@ -525,7 +525,7 @@ func TestMapSaysWhileQueuesAreUnavailable(t *testing.T) {
 	nodeArgs, natsAddr := singleNodeArgs(t)
 	node, _ := startMaster(t, nodeArgs...)
 	_, gateway := startMaster(t, "--nats", "nats://"+natsAddr)
-	start(t, nil, nil, "qworker", "--server", gateway, "--builtin", "square", "--concurrency", "4")
+	w := start(t, nil, nil, "qworker", "--server", gateway, "--builtin", "square", "--concurrency", "4")
 
 	const n = 100
 	feed := newSeqFeed(t)
@@ -543,6 +543,8 @@ func TestMapSaysWhileQueuesAreUnavailable(t *testing.T) {
 	feed.close()
 	waitFor(t, 60*time.Second, func() bool { return strings.Contains(m.logs(), `puts of tasks have been answered "unavailable" for`) })
 	waitFor(t, 30*time.Second, func() bool { return strings.Contains(watch.logs(), "unavailable") })
+	// The worker says what it meets: no lost connection.
+	waitFor(t, 30*time.Second, func() bool { return strings.Contains(w.logs(), "the master's queues are unavailable") })
 	// A put the cluster does not confirm may be stored later: say so.
 	if _, errOut, code := run(t, "", "put", "other", "x", "--server", gateway); code == 0 || !strings.Contains(errOut, "may still be stored") {
 		t.Errorf("put with the node down: exit %d, %s", code, errOut)

@@ -366,8 +366,14 @@ func (r *runner) connectionLost(s *session, held []finished, completing, drainin
 // the handlers of s drop their own.
 func (r *runner) lose(s *session, held []finished, completing bool, err error) (stop bool, _ error) {
 	r.handedOver = append(r.handedOver, s.handOver()...)
-	r.log.Warn("connection to master lost; reconnecting", "server", r.cfg.Server, "err", err,
-		"dropped", s.count(), "kept", len(r.handedOver))
+	msg := "connection to master lost; reconnecting"
+	if errors.Is(err, wire.ErrUnavailable) {
+		// The connection is sound, but the gateway's cluster is out of
+		// its reach (electing a leader, short of a majority, or this
+		// gateway cut off): another gateway may reach it.
+		msg = "the master's queues are unavailable; connecting again, through another gateway if several were given"
+	}
+	r.log.Warn(msg, "server", r.cfg.Server, "err", err, "dropped", s.count(), "kept", len(r.handedOver))
 	s.cancel(ErrLeaseLost)
 	if completing {
 		<-r.res.sent
