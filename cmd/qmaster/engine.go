@@ -202,7 +202,7 @@ func (o *engineOptions) open(ctx context.Context, s *serveOptions, authkey []byt
 		if e.replicas == 0 {
 			e.replicas = node.Replicas()
 		}
-		e.note = fmt.Sprintf("in the JetStream node embedded here, data in %s, cluster %s", s.DataDir, strings.Join(o.ClusterPeers, ","))
+		e.note = fmt.Sprintf("in the JetStream node %s embedded here, data in %s, cluster %s", node.Name(), s.DataDir, strings.Join(o.ClusterPeers, ","))
 	}
 	log.Info("waiting for JetStream", "replicas", e.replicas)
 	wait := jsqueue.WaitReady

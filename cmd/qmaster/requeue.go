@@ -120,14 +120,18 @@ func requeueRun(ctx context.Context, opts *deadTaskOptions) error {
 	defer c.Close()
 	if opts.Now {
 		n, err := c.RunNow(ctx, opts.Queue, opts.IDs...)
-		fmt.Fprintf(opts.IO.ErrOut, "made %d delayed %s of %s ready\n", n, plural(n, "task", "tasks"), opts.Queue)
+		if n > 0 || err == nil { // a count beside an error only if some were
+			fmt.Fprintf(opts.IO.ErrOut, "made %d delayed %s of %s ready\n", n, plural(n, "task", "tasks"), opts.Queue)
+		}
 		if errors.Is(err, wire.ErrNoSuchTask) {
 			return fmt.Errorf("not delayed tasks of %s: %w", opts.Queue, err)
 		}
 		return deadTaskError(opts.Queue, err)
 	}
 	n, err := c.Requeue(ctx, opts.Queue, opts.IDs...)
-	fmt.Fprintf(opts.IO.ErrOut, "requeued %d dead %s to %s\n", n, plural(n, "task", "tasks"), opts.Queue)
+	if n > 0 || err == nil {
+		fmt.Fprintf(opts.IO.ErrOut, "requeued %d dead %s to %s\n", n, plural(n, "task", "tasks"), opts.Queue)
+	}
 	return deadTaskError(opts.Queue, err)
 }
 
@@ -139,7 +143,9 @@ func dropRun(ctx context.Context, opts *deadTaskOptions) error {
 	defer c.Close()
 	dq := queue.DeadLetterName(opts.Queue)
 	n, err := c.Drop(ctx, dq, opts.IDs...)
-	fmt.Fprintf(opts.IO.ErrOut, "dropped %d dead %s of %s\n", n, plural(n, "task", "tasks"), opts.Queue)
+	if n > 0 || err == nil {
+		fmt.Fprintf(opts.IO.ErrOut, "dropped %d dead %s of %s\n", n, plural(n, "task", "tasks"), opts.Queue)
+	}
 	return deadTaskError(dq, err)
 }
 
