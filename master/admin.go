@@ -18,7 +18,7 @@ import (
 //
 // A cluster whose queues cannot be listed (its quorum lost) shows none
 // here, and says why in the log; inspect and queues fail instead.
-func (s *Server) queueStats() (read []wire.QueueStats, unread int) {
+func (s *Server) queueStats() (read []wire.QueueStats, unread int, err error) {
 	all, err := s.queues.AllStats()
 	if err != nil {
 		s.log.Warn("listing queues failed", "err", err)
@@ -31,7 +31,7 @@ func (s *Server) queueStats() (read []wire.QueueStats, unread int) {
 		}
 		read = append(read, wireStats(st))
 	}
-	return read, unread
+	return read, unread, err
 }
 
 func wireStats(st queue.Stats) wire.QueueStats {
@@ -86,9 +86,9 @@ type adminBackend struct{ s *Server }
 
 var _ httpapi.Backend = adminBackend{}
 
-func (b adminBackend) Queues() []wire.QueueStats {
-	read, _ := b.s.queueStats()
-	return read
+func (b adminBackend) Queues() ([]wire.QueueStats, error) {
+	read, _, err := b.s.queueStats()
+	return read, err
 }
 
 // Clients lists the clients of every gateway, as `qmaster clients` does,

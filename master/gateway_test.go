@@ -3,8 +3,10 @@ package master_test
 import (
 	"cmp"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -28,6 +30,13 @@ func startGateway(t *testing.T, cfg master.Config) string {
 // startJetStream starts a JetStream node alone and connects to it.
 func startJetStream(t *testing.T) *nats.Conn {
 	t.Helper()
+	nc, _ := startJetStreamNode(t)
+	return nc
+}
+
+// startJetStreamNode is startJetStream, and returns the node too.
+func startJetStreamNode(t *testing.T) (*nats.Conn, *jsqueue.Node) {
+	t.Helper()
 	node, err := jsqueue.StartNode(jsqueue.NodeConfig{DataDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
@@ -41,7 +50,7 @@ func startJetStream(t *testing.T) *nats.Conn {
 	if err := jsqueue.WaitReady(ctxFor(t, 10*time.Second), nc, nil); err != nil {
 		t.Fatal(err)
 	}
-	return nc
+	return nc, node
 }
 
 // startGatewayOn starts a master whose queues are those of the
@@ -127,6 +136,37 @@ func TestDashboardListsEveryGatewaysClients(t *testing.T) {
 	if n, ok := byRole["worker-a"]; !ok || n != 0 || byRole["worker-b"] != 1 {
 		t.Fatalf("dashboard clients %s, want worker-a (another gateway's) and worker-b holding its task", body)
 	}
+}
+
+// A gateway whose JetStream is out of its reach says on its dashboard
+// and in /metrics that it cannot list the queues, rather than show none.
+func TestUnlistedQueuesSaidSo(t *testing.T) {
+	nc, node := startJetStreamNode(t)
+	addr, url, _ := qmtest.StartMasterHTTP(t, gatewayConfig(nc, master.Config{HTTPToken: []byte("tok")}))
+	if _, err := qmtest.Dial(t, addr, "producer").Put(ctxFor(t, 10*time.Second), "jobs", []any{1}, wire.PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	says := func(listed bool) func() error {
+		return func() error {
+			_, state := httpGet(t, url+"/api/state", "tok")
+			_, metrics := httpGet(t, url+"/metrics", "tok")
+			var st struct {
+				QueuesError string `json:"queues_error"`
+			}
+			if err := json.Unmarshal([]byte(state), &st); err != nil {
+				return err
+			}
+			if (st.QueuesError == "") != listed || !strings.Contains(metrics, fmt.Sprintf("qm_queues_listed %d", map[bool]int{true: 1}[listed])) {
+				return fmt.Errorf("listed %v: state says %q; metrics:\n%s", listed, st.QueuesError, metrics)
+			}
+			return nil
+		}
+	}
+	qmtest.CheckFor(t, 10*time.Second, 50*time.Millisecond, says(true))
+	node.Shutdown()
+	start := time.Now()
+	qmtest.CheckFor(t, 30*time.Second, 100*time.Millisecond, says(false))
+	t.Logf("said after %v", time.Since(start))
 }
 
 // A Python client may take tasks through one gateway and mark them done

@@ -174,13 +174,14 @@ var (
 	descExpired = prometheus.NewDesc("qm_queue_expired_total", "Leases of the queue's tasks that ran out.", queueLabels, nil)
 	descDone    = prometheus.NewDesc("qm_queue_done_total", "Tasks finished for good: acked, or taken without a lease.", queueLabels, nil)
 	descUnread  = prometheus.NewDesc("qm_queues_unread", "Queues whose figures were not read in time for this scrape (a gateway whose JetStream is slow to answer, as while a stream has no leader): their qm_queue_* series are absent from it.", nil, nil)
+	descListed  = prometheus.NewDesc("qm_queues_listed", "1 if the queues could be listed for this scrape; 0 if not (a gateway whose cluster is out of its reach, as without a majority of its nodes): then no qm_queue_* series, or some, are in it.", nil, nil)
 	descClients = prometheus.NewDesc("qm_clients", "Connected clients by role: worker, producer, admin, python, none (said no role) or other.", []string{"role"}, nil)
 )
 
 // Describe implements prometheus.Collector.
 func (qc *queueCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descReady, descLeased, descDead, descWaiting, descOldest, descPaused,
-		descDelayed, descRetry, descNextDue, descPuts, descGets, descAcks, descNacks, descExpired, descDone, descUnread, descClients} {
+		descDelayed, descRetry, descNextDue, descPuts, descGets, descAcks, descNacks, descExpired, descDone, descUnread, descListed, descClients} {
 		ch <- d
 	}
 }
@@ -193,8 +194,13 @@ func (qc *queueCollector) Collect(ch chan<- prometheus.Metric) {
 	counter := func(d *prometheus.Desc, v uint64, l string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), l)
 	}
-	read, unread := qc.s.queueStats()
+	read, unread, err := qc.s.queueStats()
 	ch <- prometheus.MustNewConstMetric(descUnread, prometheus.GaugeValue, float64(unread))
+	listed := 1.0
+	if err != nil {
+		listed = 0
+	}
+	ch <- prometheus.MustNewConstMetric(descListed, prometheus.GaugeValue, listed)
 	for _, st := range read {
 		q := st.Queue
 		gauge(descReady, float64(st.Ready), q)

@@ -26,8 +26,10 @@ import (
 // Backend is the master as the pages see it. Its methods are safe for
 // concurrent use.
 type Backend interface {
-	// Queues returns the figures of every queue, sorted by name.
-	Queues() []wire.QueueStats
+	// Queues returns the figures of every queue, sorted by name, and
+	// why they could not be listed, if they could not (a gateway whose
+	// cluster is out of its reach): then none, or some.
+	Queues() ([]wire.QueueStats, error)
 	// Clients returns the connected clients with the tasks each holds.
 	Clients() []Client
 	// Peek returns up to n ready tasks of queue, left in place.

@@ -102,7 +102,8 @@ func (h *Handler) Run(ctx context.Context) {
 	t := time.NewTicker(h.cfg.SampleEvery)
 	defer t.Stop()
 	for {
-		h.hist.add(time.Now(), h.cfg.Backend.Queues())
+		stats, _ := h.cfg.Backend.Queues() // a failed listing samples none
+		h.hist.add(time.Now(), stats)
 		select {
 		case <-ctx.Done():
 			return
@@ -112,9 +113,12 @@ func (h *Handler) Run(ctx context.Context) {
 }
 
 type stateJSON struct {
-	Now         time.Time    `json:"now"`
-	SampleEvery float64      `json:"sample_every_s"`
-	Queues      []queueJSON  `json:"queues"`
+	Now         time.Time   `json:"now"`
+	SampleEvery float64     `json:"sample_every_s"`
+	Queues      []queueJSON `json:"queues"`
+	// QueuesError says why the queues could not be listed, if they
+	// could not.
+	QueuesError string       `json:"queues_error,omitempty"`
 	Clients     []clientJSON `json:"clients"`
 	Dead        []deadJSON   `json:"dead"`
 }
@@ -166,7 +170,7 @@ type deadTask struct {
 // clients and what they hold, and the dead-letter queues.
 func (h *Handler) state(w http.ResponseWriter, _ *http.Request) {
 	b := h.cfg.Backend
-	stats := b.Queues()
+	stats, err := b.Queues()
 	series := h.hist.series()
 	st := stateJSON{
 		Now:         time.Now(),
@@ -174,6 +178,9 @@ func (h *Handler) state(w http.ResponseWriter, _ *http.Request) {
 		Queues:      make([]queueJSON, 0, len(stats)),
 		Clients:     []clientJSON{},
 		Dead:        []deadJSON{},
+	}
+	if err != nil {
+		st.QueuesError = err.Error()
 	}
 	for _, qs := range stats {
 		dead := queue.IsDeadLetterName(qs.Queue)

@@ -115,7 +115,10 @@ function renderQueues(st, now) {
     ));
   }
   body.replaceChildren(...rows);
-  $("#no-queues").hidden = rows.length > 0;
+  const unlisted = $("#queues-error");
+  unlisted.textContent = st.queues_error ? `The queues could not be listed: ${st.queues_error}` : "";
+  unlisted.hidden = !st.queues_error;
+  $("#no-queues").hidden = rows.length > 0 || Boolean(st.queues_error);
 }
 
 function renderClients(st, now) {
