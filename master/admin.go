@@ -1,6 +1,7 @@
 package master
 
 import (
+	"context"
 	"errors"
 	"fmt"
 
@@ -93,11 +94,8 @@ func (b adminBackend) Queues() ([]wire.QueueStats, error) {
 
 // Clients lists the clients of every gateway, as `qmaster clients` does,
 // with the tasks those of this one hold.
-func (b adminBackend) Clients() []httpapi.Client {
-	infos, note := b.s.allClients(b.s.ctx)
-	if note != "" {
-		b.s.log.Warn("dashboard: " + note)
-	}
+func (b adminBackend) Clients(ctx context.Context) ([]httpapi.Client, string) {
+	infos, note := b.s.allClients(ctx)
 	own := b.s.gatewayName()
 	leases := b.s.queues.Leases()
 	out := make([]httpapi.Client, len(infos))
@@ -110,7 +108,7 @@ func (b adminBackend) Clients() []httpapi.Client {
 			out[i].Tasks = append(out[i].Tasks, httpapi.Lease{Queue: l.Queue, ID: l.ID, Attempt: l.Attempts, Since: l.Since})
 		}
 	}
-	return out
+	return out, note
 }
 
 func (b adminBackend) Peek(q string, n int) ([]wire.Task, error) {

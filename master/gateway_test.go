@@ -156,7 +156,7 @@ func TestUnlistedQueuesSaidSo(t *testing.T) {
 			if err := json.Unmarshal([]byte(state), &st); err != nil {
 				return err
 			}
-			if (st.QueuesError == "") != listed || !strings.Contains(metrics, fmt.Sprintf("qm_queues_listed %d", map[bool]int{true: 1}[listed])) {
+			if (st.QueuesError == "") != listed || !strings.Contains(metrics, fmt.Sprintf("qm_queues_list_ok %d", map[bool]int{true: 1}[listed])) {
 				return fmt.Errorf("listed %v: state says %q; metrics:\n%s", listed, st.QueuesError, metrics)
 			}
 			return nil

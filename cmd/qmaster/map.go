@@ -271,7 +271,10 @@ func mapRun(ctx context.Context, opts *mapOptions) error {
 		if _, gen := conn.client(); gen > 0 {
 			// Expected: results in flight when a connection was lost come
 			// again, and each input's result is printed once all the same.
-			why = "received again after connecting again (each input's result was printed once), or of tasks this map did not submit"
+			why = "received again after connecting again, or of tasks this map did not submit"
+			if err == nil {
+				why += " (each input's result was printed once)"
+			}
 		}
 		fmt.Fprintf(opts.IO.ErrOut, "qmaster map: ignored %d %s in %s %s\n",
 			st.ignored, plural(st.ignored, "result", "results"), results, why)

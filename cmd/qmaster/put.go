@@ -199,7 +199,14 @@ func putRun(ctx context.Context, opts *putOptions) error {
 			// A cluster that did not confirm a put may yet store it,
 			// once it has a leader again: a put sent again without a
 			// key would then store it twice.
-			putErr = fmt.Errorf("%w; the last batch may still be stored (the cluster did not confirm it): before putting it again, check (qmaster peek), or put with --key", putErr)
+			advice := "check before putting it again (qmaster inspect, peek)"
+			switch {
+			case opts.Key != "":
+				advice = "put it again with the same --key within the master's --dedup-window to store it once"
+			case len(opts.Items) == 1:
+				advice += ", or put it with --key"
+			}
+			putErr = fmt.Errorf("%w; the last batch may still be stored (the cluster did not confirm it): %s", putErr, advice)
 		}
 		if total > 0 {
 			return fmt.Errorf("put into %s: %w (after %d items were put)", opts.Queue, putErr, total)

@@ -30,8 +30,10 @@ type Backend interface {
 	// why they could not be listed, if they could not (a gateway whose
 	// cluster is out of its reach): then none, or some.
 	Queues() ([]wire.QueueStats, error)
-	// Clients returns the connected clients with the tasks each holds.
-	Clients() []Client
+	// Clients returns the connected clients, of every gateway of a
+	// cluster, with the tasks each of this one's holds; and, if those of
+	// the others could not be asked for, why.
+	Clients(ctx context.Context) ([]Client, string)
 	// Peek returns up to n ready tasks of queue, left in place.
 	Peek(queue string, n int) ([]wire.Task, error)
 	// Purge drops the ready tasks of queue and returns how many.

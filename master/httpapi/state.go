@@ -120,7 +120,10 @@ type stateJSON struct {
 	// could not.
 	QueuesError string       `json:"queues_error,omitempty"`
 	Clients     []clientJSON `json:"clients"`
-	Dead        []deadJSON   `json:"dead"`
+	// ClientsNote says why the clients are this gateway's alone, if
+	// the others could not be asked.
+	ClientsNote string     `json:"clients_note,omitempty"`
+	Dead        []deadJSON `json:"dead"`
 }
 
 type queueJSON struct {
@@ -168,7 +171,7 @@ type deadTask struct {
 
 // state answers the dashboard's poll: every queue with its history, the
 // clients and what they hold, and the dead-letter queues.
-func (h *Handler) state(w http.ResponseWriter, _ *http.Request) {
+func (h *Handler) state(w http.ResponseWriter, r *http.Request) {
 	b := h.cfg.Backend
 	stats, err := b.Queues()
 	series := h.hist.series()
@@ -200,7 +203,9 @@ func (h *Handler) state(w http.ResponseWriter, _ *http.Request) {
 		}
 		st.Dead = append(st.Dead, d)
 	}
-	for _, c := range b.Clients() {
+	clients, note := b.Clients(r.Context())
+	st.ClientsNote = note
+	for _, c := range clients {
 		cj := clientJSON{ClientInfo: c.ClientInfo, Tasks: make([]leaseJSON, len(c.Tasks))}
 		for i, l := range c.Tasks {
 			cj.Tasks[i] = leaseJSON(l)

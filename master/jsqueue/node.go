@@ -358,7 +358,8 @@ type natsLog struct {
 	// troubles are the reasons nodes of the cluster cannot connect, and
 	// when nats-server last gave each (explained); troubledRoutes the
 	// remote addresses of the routes they were about.
-	troubles, troubledRoutes map[string]time.Time
+	troubles       map[string]trouble
+	troubledRoutes map[string]time.Time
 }
 
 const repeatEvery = 30 * time.Second

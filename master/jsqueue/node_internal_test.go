@@ -68,13 +68,21 @@ func TestNodeKeepsItsName(t *testing.T) {
 func TestTroubleStands(t *testing.T) {
 	now := time.Now()
 	long := now.Add(-time.Hour)
-	if !stands(duplicateName+"n1: every node's name must differ", long, now) {
-		t.Error("a name twice stopped standing")
-	}
-	if stands("cluster peer a:1 refused this node's route: the nodes' authkeys differ", long, now) {
-		t.Error("a refused route an hour ago still stands")
-	}
-	if !stands("cluster peer a:1 refused this node's route", now.Add(-time.Second), now) {
-		t.Error("a refused route a second ago does not stand")
+	for _, c := range []struct {
+		line  string
+		at    time.Time
+		stand bool
+	}{
+		{`127.0.0.1:6223 - rid:15 - Remote server has a duplicate name: "n1"`, long, true},
+		{`127.0.0.1:6223 - rid:10 - Route Error 'Authorization Violation'`, long, false},
+		{`127.0.0.1:6223 - rid:10 - Route Error 'Authorization Violation'`, now.Add(-time.Second), true},
+	} {
+		why, _, sticky := peerTrouble(c.line)
+		if why == "" {
+			t.Fatalf("%q: no reason", c.line)
+		}
+		if got := (trouble{at: c.at, sticky: sticky}).stands(now); got != c.stand {
+			t.Errorf("%q said %v ago: stands %v, want %v", c.line, now.Sub(c.at).Round(time.Second), got, c.stand)
+		}
 	}
 }

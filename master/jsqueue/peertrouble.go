@@ -16,8 +16,9 @@ import (
 // only in its own words, on every attempt (each second), and the node's
 // gateway just waited for JetStream. natsLog recognises those lines
 // (peerTrouble) and says why once, in qm's words; WaitReady's warnings
-// and Trouble repeat it while the lines keep coming. A line worded
-// otherwise (another nats-server version) is passed on as before.
+// and Trouble repeat it while the lines keep coming, or, for a name twice,
+// until the node is restarted. A line worded otherwise (another
+// nats-server version) is passed on as before.
 
 // troubleFresh is how long a reason stands after nats-server last said
 // it: it tries each route again every second.
@@ -30,35 +31,39 @@ var (
 	dupName   = regexp.MustCompile(`duplicate name: "(.*)"`)
 )
 
+// trouble is a reason nodes of the cluster cannot connect: when
+// nats-server last gave it, and whether it stands until the node is
+// restarted.
+type trouble struct {
+	at     time.Time
+	sticky bool
+}
+
+// stands reports whether t stands at now.
+func (t trouble) stands(now time.Time) bool { return t.sticky || now.Sub(t.at) <= troubleFresh }
+
 // peerTrouble says why line, an error nats-server logged, means that
 // nodes of the cluster cannot connect, or "". remote is the address of
 // the route connection the line is about, "" if it is about none.
-func peerTrouble(line string) (why, remote string) {
+// sticky says the reason stands until the node is restarted: a name
+// twice, whose route nats-server refuses once and does not try again
+// (its cluster has two nodes of one identity, neither fit to count on).
+func peerTrouble(line string) (why, remote string, sticky bool) {
 	m := routeLine.FindStringSubmatch(line)
 	if m == nil {
-		return "", ""
+		return "", "", false
 	}
 	remote, msg := m[1], m[2]
 	if strings.Contains(msg, "Authorization Violation") {
 		// The peer's answer to this node's route; nodes take routes
 		// only with the secret of their authkey.
-		return fmt.Sprintf("cluster peer %s refused this node's route: the nodes' authkeys differ", remote), remote
+		return fmt.Sprintf("cluster peer %s refused this node's route: the nodes' authkeys differ", remote), remote, false
 	}
 	if d := dupName.FindStringSubmatch(msg); d != nil {
-		return duplicateName + d[1] + ": every node's name must differ (qmaster --node-name)", remote
+		return fmt.Sprintf("another node of the cluster is named %s: every node's name must differ (qmaster --node-name); "+
+			"restart the one misnamed under a name of its own, then this one: this stands until it is restarted", d[1]), remote, true
 	}
-	return "", remote
-}
-
-// duplicateName starts the reason of a node whose name another node
-// has. nats-server refuses that route once and does not try it again, so
-// the reason stands until the node is restarted: its cluster has two
-// nodes of one identity, and neither is fit to count on.
-const duplicateName = "another node of the cluster is named "
-
-// stands reports whether reason why, last given at, stands at now.
-func stands(why string, at, now time.Time) bool {
-	return now.Sub(at) <= troubleFresh || strings.HasPrefix(why, duplicateName)
+	return "", remote, false
 }
 
 // explained passes on line, an error of nats-server, if it says why nodes
@@ -68,7 +73,7 @@ func stands(why string, at, now time.Time) bool {
 // route connection follow from it, and go to debug level too. It
 // reports whether it passed the line on.
 func (l *natsLog) explained(line string) bool {
-	why, remote := peerTrouble(line)
+	why, remote, sticky := peerTrouble(line)
 	if remote == "" {
 		return false
 	}
@@ -87,13 +92,13 @@ func (l *natsLog) explained(line string) bool {
 		return follows
 	}
 	if l.troubles == nil {
-		l.troubles = make(map[string]time.Time)
+		l.troubles = make(map[string]trouble)
 		l.troubledRoutes = make(map[string]time.Time)
 	}
 	last, seen := l.troubles[why]
-	l.troubles[why], l.troubledRoutes[remote] = now, now
+	l.troubles[why], l.troubledRoutes[remote] = trouble{at: now, sticky: sticky}, now
 	l.mu.Unlock()
-	if !seen || now.Sub(last) > troubleFresh {
+	if !seen || now.Sub(last.at) > troubleFresh {
 		l.log.Error(why)
 	}
 	l.log.Debug("nats: " + line)
@@ -135,8 +140,8 @@ func (l *natsLog) fresh(now time.Time) []string {
 		}
 	}
 	var whys []string
-	for why, at := range l.troubles {
-		if !stands(why, at, now) {
+	for why, t := range l.troubles {
+		if !t.stands(now) {
 			delete(l.troubles, why)
 			continue
 		}
@@ -148,9 +153,9 @@ func (l *natsLog) fresh(now time.Time) []string {
 
 // Trouble returns why nodes of the node's cluster cannot connect, as
 // nats-server said in the last few seconds (a peer refusing this node's
-// routes: the nodes' authkeys differ; another node with this one's
-// name), or nil. While it lasts the cluster may not form, or form
-// without this node.
+// routes: the nodes' authkeys differ), or since the node started
+// (another node with this one's name), or nil. While it lasts the
+// cluster may not form, or form without this node.
 func (n *Node) Trouble() error {
 	l := n.natsLog
 	l.mu.Lock()

@@ -76,7 +76,8 @@ func TestNodeTroubleAuthkeysDiffer(t *testing.T) {
 	// many ports the peer's routes came from.
 	for i, l := range logs {
 		out := l.String()
-		if c := strings.Count(out, `level=ERROR msg="a connection from 127.0.0.1 was refused: its authkey differs`); c != 1 {
+		// Once every 30 s: once, or twice on a slow run.
+		if c := strings.Count(out, `level=ERROR msg="a connection from 127.0.0.1 was refused: its authkey differs`); c < 1 || c > 2 {
 			t.Errorf("n%d said %d times that it refused the other; want once:\n%s", i, c, out)
 		}
 		for line := range strings.Lines(out) {

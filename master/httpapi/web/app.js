@@ -143,6 +143,9 @@ function renderClients(st, now) {
   });
   $("#clients tbody").replaceChildren(...rows);
   $("#no-clients").hidden = rows.length > 0;
+  const partial = $("#clients-note");
+  partial.textContent = st.clients_note ? `Only some clients are listed: ${st.clients_note}` : "";
+  partial.hidden = !st.clients_note;
 }
 
 function renderDead(st, now) {
