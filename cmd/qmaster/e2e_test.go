@@ -106,6 +106,14 @@ func TestE2EGetEmpty(t *testing.T) {
 	if r.elapsed > 2*time.Second {
 		t.Errorf("took %s, want about 200ms", r.elapsed)
 	}
+
+	// A paused queue hands nothing out, though it holds tasks: say so.
+	mustQmaster(t, "", "put", "--server", m.addr, "held", "1")
+	mustQmaster(t, "", "pause", "--server", m.addr, "held")
+	r = qmaster(t, "", nil, "get", "--server", m.addr, "held", "--timeout", "200ms")
+	if want := "qmaster get: no item in held within 200ms (the queue is paused, with 1 ready; qmaster resume held)\n"; r.code != 1 || r.stderr != want {
+		t.Errorf("get from a paused queue: exit %d, stderr %q; want 1, %q", r.code, r.stderr, want)
+	}
 }
 
 func TestE2EWrongAuthkey(t *testing.T) {

@@ -120,9 +120,24 @@ func getRun(ctx context.Context, opts *getOptions) error {
 		return err
 	}
 	if got == 0 {
-		return fmt.Errorf("%w in %s within %s", errNoItem, opts.Queue, opts.Timeout)
+		return fmt.Errorf("%w in %s within %s%s", errNoItem, opts.Queue, opts.Timeout, pausedNote(ctx, c, opts.Queue))
 	}
 	return nil
+}
+
+// pausedNote says, after a get that took nothing, whether the queue is
+// paused (it hands out nothing then, though it may hold tasks), or "".
+func pausedNote(ctx context.Context, c *wire.Client, queue string) string {
+	if c == nil {
+		return ""
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	st, err := c.Stats(ctx, queue)
+	if err != nil || len(st) != 1 || !st[0].Paused {
+		return ""
+	}
+	return fmt.Sprintf(" (the queue is paused, with %d ready; qmaster resume %s)", st[0].Ready, queue)
 }
 
 // redialPause is how long get waits before it connects again, and
