@@ -8,6 +8,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/vmihailenco/msgpack/v5"
@@ -77,10 +78,7 @@ func (s *Server) gatewayName() string {
 	if s.cfg.GatewayName != "" {
 		return s.cfg.GatewayName
 	}
-	host, err := os.Hostname()
-	if err != nil || host == "" {
-		host = "localhost"
-	}
+	host := hostname()
 	port := 0
 	s.mu.Lock()
 	for ln := range s.listeners {
@@ -94,6 +92,14 @@ func (s *Server) gatewayName() string {
 	}
 	return net.JoinHostPort(host, strconv.Itoa(port))
 }
+
+// hostname is this machine's host name, looked up once.
+var hostname = sync.OnceValue(func() string {
+	if h, err := os.Hostname(); err == nil && h != "" {
+		return h
+	}
+	return "localhost"
+})
 
 // allClients returns the clients of every gateway of the cluster, each
 // marked with its gateway, or of this server alone if it is no gateway.
@@ -140,16 +146,12 @@ type pyCluster struct{ s *Server }
 func (c pyCluster) Unfinished(q string) (int, error) {
 	ctx, cancel := context.WithTimeout(c.s.ctx, askFor)
 	defer cancel()
+	counts, err := c.unfinishedBy(ctx, q)
 	sum := 0
-	var bad error
-	err := c.s.asker.Ask(ctx, topicUnfinished, []byte(q), func(_ string, b []byte) {
-		n, err := strconv.Atoi(string(b))
-		if err != nil {
-			bad = fmt.Errorf("a gateway's count of unfinished tasks: %w", err)
-		}
+	for _, n := range counts {
 		sum += n
-	})
-	return sum, cmp.Or(err, bad)
+	}
+	return sum, err
 }
 
 // TakeDone marks done a task of queue q that a Python client took through
@@ -157,17 +159,15 @@ func (c pyCluster) Unfinished(q string) (int, error) {
 func (c pyCluster) TakeDone(q string) (bool, error) {
 	ctx, cancel := context.WithTimeout(c.s.ctx, askFor)
 	defer cancel()
-	var holders []string
-	own := c.s.asker.GatewayID()
-	err := c.s.asker.Ask(ctx, topicUnfinished, []byte(q), func(gateway string, b []byte) {
-		if n, err := strconv.Atoi(string(b)); err == nil && n > 0 && gateway != own {
-			holders = append(holders, gateway)
-		}
-	})
+	counts, err := c.unfinishedBy(ctx, q)
 	if err != nil {
 		return false, err
 	}
-	for _, g := range holders {
+	own := c.s.asker.GatewayID()
+	for g, n := range counts {
+		if n <= 0 || g == own {
+			continue
+		}
 		// One at a time: a gateway takes one only if it still has one.
 		b, err := c.s.asker.AskGateway(ctx, topicTakeDone, g, []byte(q))
 		if err != nil {
@@ -178,4 +178,21 @@ func (c pyCluster) TakeDone(q string) (bool, error) {
 		}
 	}
 	return false, nil
+}
+
+// unfinishedBy asks every gateway how many tasks of queue q its Python
+// clients took and have not marked done, and returns the counts by
+// gateway ID.
+func (c pyCluster) unfinishedBy(ctx context.Context, q string) (map[string]int, error) {
+	counts := make(map[string]int)
+	var bad error
+	err := c.s.asker.Ask(ctx, topicUnfinished, []byte(q), func(gateway string, b []byte) {
+		n, err := strconv.Atoi(string(b))
+		if err != nil {
+			bad = fmt.Errorf("a gateway's count of unfinished tasks: %w", err)
+			return
+		}
+		counts[gateway] = n
+	})
+	return counts, cmp.Or(err, bad)
 }

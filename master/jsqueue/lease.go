@@ -978,7 +978,7 @@ func (q *Queues) reap(now time.Time) (n int, held bool) {
 			delete(q.renewals, token) // unanswered
 		}
 	}
-	held = len(q.leases)+len(q.unconfirmed)+len(q.renewals)+len(q.packs)+len(q.staleRecords)+len(q.recordOf)+len(q.packedCounts) > 0
+	held = len(q.leases)+len(q.unconfirmed)+len(q.renewals)+len(q.packs)+len(q.staleRecords)+len(q.recordOf)+len(q.countsToSend) > 0
 	q.mu.Unlock()
 	for _, r := range renew {
 		_ = q.cfg.Conn.PublishRequest(r.l.msg.Reply, r.reply, progressPayload)

@@ -101,7 +101,7 @@ func (q *Queues) countPacked(s *stream, extra int) {
 }
 
 // countGone notes n tasks of queue name gone without being done (purged,
-// or moved to its dead-letter queue), for its counter of them
+// dropped, or moved to its dead-letter queue), for its counter of them
 // (goneSubject), sent as countPacked's are: Done counts every task gone
 // from its stream less these.
 func (q *Queues) countGone(name string, n int) {
@@ -113,10 +113,10 @@ func (q *Queues) countGone(name string, n int) {
 // addCount adds n to what the counter on subj is sent next.
 func (q *Queues) addCount(subj string, n int) {
 	q.mu.Lock()
-	if q.packedCounts == nil {
-		q.packedCounts = make(map[string]int)
+	if q.countsToSend == nil {
+		q.countsToSend = make(map[string]int)
 	}
-	q.packedCounts[subj] += n
+	q.countsToSend[subj] += n
 	q.wakeReaper()
 	q.mu.Unlock()
 }
@@ -129,11 +129,11 @@ const countsEvery = 100 * time.Millisecond
 func (q *Queues) takeCounts(now time.Time) map[string]int {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if len(q.packedCounts) == 0 || !now.IsZero() && now.Sub(q.countsSent) < countsEvery {
+	if len(q.countsToSend) == 0 || !now.IsZero() && now.Sub(q.countsSent) < countsEvery {
 		return nil
 	}
-	counts := q.packedCounts
-	q.packedCounts, q.countsSent = nil, now
+	counts := q.countsToSend
+	q.countsToSend, q.countsSent = nil, now
 	return counts
 }
 

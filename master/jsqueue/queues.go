@@ -140,11 +140,11 @@ type Queues struct {
 	recordOf       map[*nats.Msg]string
 	staleRecords   []string
 	recordsPending atomic.Int64
-	// packedCounts are what is not yet added to the queues' counters
+	// countsToSend are what is not yet added to the queues' counters
 	// (packcount.go), by counter's subject: the tasks packs carried
 	// beyond one each, and tasks gone without being done;
 	// countsSent is when they last were.
-	packedCounts map[string]int
+	countsToSend map[string]int
 	countsSent   time.Time
 	// lastErr holds the error of a task's failed attempt until the task is
 	// delivered again (JetStream's nak carries no text). A task
