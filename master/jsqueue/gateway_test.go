@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"slices"
 	"strings"
@@ -477,9 +478,12 @@ func workersOn(t *testing.T, addr string) int {
 	if err != nil {
 		return 0
 	}
+	// A gateway lists every gateway's clients, each named by its
+	// gateway's host and port: count those of addr's port.
+	_, port, _ := net.SplitHostPort(addr)
 	n := 0
 	for _, ci := range cs {
-		if ci.Role == "worker" {
+		if _, p, _ := net.SplitHostPort(ci.Gateway); ci.Role == "worker" && p == port {
 			n++
 		}
 	}
