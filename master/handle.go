@@ -77,7 +77,7 @@ func (c *clientConn) handle(req *wire.Request, buf *callBuffers) *wire.Response 
 		resp.MaxMessageSize = c.s.cfg.MaxMessageSize
 		resp.QueuesOutlive = c.s.cfg.DataDir != "" || c.s.cfg.OpenQueues != nil
 	case wire.OpPut:
-		resp.IDs, err = c.put(req, buf)
+		resp.IDs, resp.Repeats, err = c.put(req, buf)
 	case wire.OpGet:
 		resp.Tasks, err = c.get(req, buf)
 		resp.Lease = c.s.cfg.DefaultLease
@@ -143,12 +143,12 @@ func (c *clientConn) handle(req *wire.Request, buf *callBuffers) *wire.Response 
 }
 
 // put puts req's items, built in buf: the queues copy what they keep.
-func (c *clientConn) put(req *wire.Request, buf *callBuffers) ([]uint64, error) {
+func (c *clientConn) put(req *wire.Request, buf *callBuffers) (ids []uint64, repeats int, err error) {
 	if len(req.Items) == 0 {
-		return nil, fmt.Errorf("%w: put without items", wire.ErrBadRequest)
+		return nil, 0, fmt.Errorf("%w: put without items", wire.ErrBadRequest)
 	}
 	if err := c.s.checkMemory(); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	items := buf.items[:0]
 	for _, p := range req.Items {
@@ -156,9 +156,17 @@ func (c *clientConn) put(req *wire.Request, buf *callBuffers) ([]uint64, error) 
 	}
 	buf.items = items
 	if err := putOptions(req, items); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	return c.s.queues.Put(c.waitCtx(req.Timeout), queue.PutRequest{Queue: req.Queue, Items: items, MaxWait: max(req.Timeout, 0), RequestID: req.RequestID, Resent: req.Resent})
+	preq := queue.PutRequest{Queue: req.Queue, Items: items, MaxWait: max(req.Timeout, 0), RequestID: req.RequestID, Resent: req.Resent}
+	if len(req.Keys) > 0 {
+		preq.Repeats = new(int) // only then: it escapes
+	}
+	ids, err = c.s.queues.Put(c.waitCtx(req.Timeout), preq)
+	if preq.Repeats != nil {
+		repeats = *preq.Repeats
+	}
+	return ids, repeats, err
 }
 
 // putOptions sets the due time and keys of a put's items from req, or

@@ -586,9 +586,18 @@ func (c *Client) Put(ctx context.Context, queue string, items []any, opts PutOpt
 
 // PutRaw is Put for payloads already encoded.
 func (c *Client) PutRaw(ctx context.Context, queue string, items []msgpack.RawMessage, opts PutOptions) ([]uint64, error) {
+	ids, _, err := c.PutRawRepeats(ctx, queue, items, opts)
+	return ids, err
+}
+
+// PutRawRepeats is PutRaw, and also says how many of the items were not
+// stored because an item with the same key (opts.Keys) was stored within
+// the master's dedup window (Response.Repeats). A master older than this
+// field says 0.
+func (c *Client) PutRawRepeats(ctx context.Context, queue string, items []msgpack.RawMessage, opts PutOptions) (ids []uint64, repeats int, err error) {
 	var resp Response
-	err := c.call(ctx, opts.request(queue, items), &resp)
-	return resp.IDs, err
+	err = c.call(ctx, opts.request(queue, items), &resp)
+	return resp.IDs, resp.Repeats, err
 }
 
 // GetOptions tune a get.

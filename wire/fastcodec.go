@@ -549,7 +549,7 @@ func appendResponse(b []byte, r *Response) ([]byte, error) {
 	n := 0
 	for _, set := range [...]bool{r.Code != 0, r.Error != "", len(r.IDs) > 0, len(r.Tasks) > 0,
 		len(r.Stats) > 0, len(r.Clients) > 0, len(r.Queues) > 0, r.Count != 0, r.Lease != 0, r.ClientID != 0,
-		r.MaxMessageSize != 0, r.QueuesOutlive, r.StreamClosed, r.Note != "", r.Then != nil} {
+		r.MaxMessageSize != 0, r.QueuesOutlive, r.StreamClosed, r.Note != "", r.Repeats != 0, r.Then != nil} {
 		if set {
 			n++
 		}
@@ -605,6 +605,10 @@ func appendResponse(b []byte, r *Response) ([]byte, error) {
 	if r.Note != "" {
 		b = msgp.AppendStr(b, "note")
 		b = msgp.AppendStr(b, r.Note)
+	}
+	if r.Repeats != 0 {
+		b = msgp.AppendStr(b, "repeats")
+		b = msgp.AppendInt(b, int64(r.Repeats))
 	}
 	if r.Then != nil {
 		return appendResponse(msgp.AppendStr(b, "then"), r.Then)
@@ -690,6 +694,8 @@ func (r *Response) decode(rd *msgp.Reader, chained bool) error {
 			r.StreamClosed, err = rd.Bool()
 		case "note":
 			r.Note, err = rd.Str()
+		case "repeats":
+			r.Repeats, err = readInt(rd)
 		case "then":
 			if chained {
 				return errNestedThen

@@ -147,6 +147,10 @@ type Response struct {
 	// Note says why an answer is partial: the clients of this gateway
 	// alone, when the cluster's other gateways could not be asked.
 	Note string `msgpack:"note,omitempty"`
+	// Repeats is how many items of a put were not stored again because
+	// an item of the same idempotency key was stored within the dedup
+	// window (put): their IDs are the first items'.
+	Repeats int `msgpack:"repeats,omitempty"`
 	// Then answers Request.Then; nil if it did not run because this
 	// request failed.
 	Then *Response `msgpack:"then,omitempty"`

@@ -137,6 +137,7 @@ func putRun(ctx context.Context, opts *putOptions) error {
 	}
 	defer conn.close()
 
+	keyRepeated := false // the --key item was stored before this put
 	put := func(batch []inputLine) (int, error) {
 		raw := make([]msgpack.RawMessage, len(batch))
 		for i, l := range batch {
@@ -155,15 +156,20 @@ func putRun(ctx context.Context, opts *putOptions) error {
 		// through another gateway, under the same request ID or key (see
 		// producerConn).
 		var ids []uint64
-		sends := 0
+		sends, repeats := 0, 0
 		err := conn.call(ctx, func(c *wire.Client) (err error) {
 			sends++
 			popts.Resent = sends > 1 && popts.RequestID != ""
-			ids, err = c.PutRaw(ctx, opts.Queue, raw, popts)
+			ids, repeats, err = c.PutRawRepeats(ctx, opts.Queue, raw, popts)
 			return err
 		})
 		if err != nil {
 			return 0, err
+		}
+		if repeats > 0 && sends == 1 {
+			// Sent once, the key's item is an earlier put's, not this
+			// one's (sent again, it may be this one's own first send).
+			keyRepeated = true
 		}
 		if opts.IDs {
 			for _, id := range ids {
@@ -212,6 +218,10 @@ func putRun(ctx context.Context, opts *putOptions) error {
 			return fmt.Errorf("put into %s: %w (after %d items were put)", opts.Queue, putErr, total)
 		}
 		return fmt.Errorf("put into %s: %w", opts.Queue, putErr)
+	}
+	if keyRepeated {
+		fmt.Fprintf(opts.IO.ErrOut, "put nothing into %s: an item with key %q is stored already (within the master's --dedup-window)\n", opts.Queue, opts.Key)
+		return nil
 	}
 	fmt.Fprintf(opts.IO.ErrOut, "put %d %s into %s\n", total, plural(total, "item", "items"), opts.Queue)
 	return nil

@@ -24,9 +24,14 @@ func TestE2ESchedule(t *testing.T) {
 	run("put", "--delay", "1h", "jobs", "later")
 	run("put", "jobs", "plain")
 	run("put", "--priority", "9", "jobs", "urgent")
-	first := run("put", "--key", "order-17", "--ids", "jobs", "order").stdout
-	if again := run("put", "--key", "order-17", "--ids", "jobs", "order again").stdout; again != first || first == "" {
-		t.Fatalf("a put repeated with its key printed id %q, the first %q", again, first)
+	put := run("put", "--key", "order-17", "--ids", "jobs", "order")
+	first := put.stdout
+	if put.stderr != "put 1 item into jobs\n" {
+		t.Fatalf("a put with a new key said %q", put.stderr)
+	}
+	repeated := `put nothing into jobs: an item with key "order-17" is stored already (within the master's --dedup-window)` + "\n"
+	if again := run("put", "--key", "order-17", "--ids", "jobs", "order again"); again.stdout != first || first == "" || again.stderr != repeated {
+		t.Fatalf("a put repeated with its key printed id %q and said %q; want the first's %q and %q", again.stdout, again.stderr, first, repeated)
 	}
 	if r := run("config", "jobs", "--max-attempts", "5", "--retry-backoff", "1s..1m"); r.stdout != "jobs: max-attempts 5, retry-backoff 1s..1m0s\n" {
 		t.Fatalf("config printed %q", r.stdout)
@@ -45,8 +50,8 @@ func TestE2ESchedule(t *testing.T) {
 	if err := json.Unmarshal([]byte(r.stdout), &delayed); err != nil || delayed.Payload != "later" || time.Until(delayed.Due) < 50*time.Minute {
 		t.Fatalf("peek --delayed after the restart: %q (%v); want later, due in about 1h", r.stdout, err)
 	}
-	if again := run("put", "--key", "order-17", "--ids", "jobs", "order after restart").stdout; again != first {
-		t.Fatalf("after the restart a put repeated with its key printed id %q, the first %q", again, first)
+	if again := run("put", "--key", "order-17", "--ids", "jobs", "order after restart"); again.stdout != first || again.stderr != repeated {
+		t.Fatalf("after the restart a put repeated with its key printed id %q and said %q; want the first's %q and %q", again.stdout, again.stderr, first, repeated)
 	}
 	if r := run("config", "jobs"); r.stdout != "jobs: max-attempts 5, retry-backoff 1s..1m0s\n" {
 		t.Fatalf("config after the restart printed %q", r.stdout)

@@ -26,12 +26,16 @@ func TestIdempotentPut(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	again, err := b.Put(ctx, queue.PutRequest{Queue: "jobs", Items: []queue.Item{keyed("a again", "k1"), keyed("c", "k2")}})
+	repeats := -1
+	again, err := b.Put(ctx, queue.PutRequest{Queue: "jobs", Items: []queue.Item{keyed("a again", "k1"), keyed("c", "k2")}, Repeats: &repeats})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if again[0] != first[0] {
 		t.Fatalf("repeated key through another gateway: id %d, want %d", again[0], first[0])
+	}
+	if repeats != 1 {
+		t.Fatalf("Repeats = %d, want 1", repeats)
 	}
 	ts := get(t, a, "jobs", 1, 10, 0, 0)
 	if got := payloads(ts); !slices.Equal(got, []string{"a", "b", "c"}) {
@@ -40,12 +44,15 @@ func TestIdempotentPut(t *testing.T) {
 	if _, err := a.Ack(queue.AckRequest{Queue: "jobs", Owner: 1, IDs: []uint64{ts[0].ID, ts[1].ID, ts[2].ID}}, nil); err != nil {
 		t.Fatal(err)
 	}
-	late, err := b.Put(ctx, queue.PutRequest{Queue: "jobs", Items: []queue.Item{keyed("a, late retry", "k1")}})
-	if err != nil || late[0] != first[0] {
-		t.Fatalf("retry after the task was done: %v, %v; want id %d", late, err, first[0])
+	late, err := b.Put(ctx, queue.PutRequest{Queue: "jobs", Items: []queue.Item{keyed("a, late retry", "k1")}, Repeats: &repeats})
+	if err != nil || late[0] != first[0] || repeats != 1 {
+		t.Fatalf("retry after the task was done: %v, %v, %d repeats; want id %d, 1 repeat", late, err, repeats, first[0])
 	}
-	if ts := get(t, a, "jobs", 1, 10, 0, 300*time.Millisecond); len(ts) != 0 {
-		t.Fatalf("the late retry added %v", payloads(ts))
+	if _, err := b.Put(ctx, queue.PutRequest{Queue: "jobs", Items: []queue.Item{keyed("d", "k3")}, Repeats: &repeats}); err != nil || repeats != 0 {
+		t.Fatalf("a new key: Repeats = %d (%v), want 0", repeats, err)
+	}
+	if ts := get(t, a, "jobs", 1, 10, 0, 300*time.Millisecond); len(ts) != 1 || string(ts[0].Payload) != "d" {
+		t.Fatalf("after the late retry and a new key the queue held %v, want [d]", payloads(ts))
 	}
 	// Delays and priorities are kept (scheduling_test.go,
 	// priority_test.go); a priority out of range is refused.

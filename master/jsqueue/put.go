@@ -129,6 +129,7 @@ func (q *Queues) put(ctx context.Context, req queue.PutRequest, putNo uint64, si
 		}
 		msgs[i] = m
 	}
+	keyed := keyedMsgs(req.Items, msgs)
 	var counts []int
 	if *size == 0 && len(msgs) > 1 {
 		// Decided now, just before the publish: a record of it
@@ -220,6 +221,9 @@ func (q *Queues) put(ctx context.Context, req queue.PutRequest, putNo uint64, si
 		return nil, err
 	}
 	s.notePuts(msgs, ids)
+	if req.Repeats != nil {
+		*req.Repeats = keyRepeats(msgs, dup, keyed)
+	}
 	if counts != nil {
 		if extra := packedExtra(counts, dup); extra > 0 {
 			q.countPacked(s, extra)
@@ -234,6 +238,34 @@ func (q *Queues) put(ctx context.Context, req queue.PutRequest, putNo uint64, si
 		ids = inOrder
 	}
 	return ids, nil
+}
+
+// keyedMsgs returns the messages of items that carry an idempotency key
+// (their IDs), or nil if none does. Packing leaves them plain, so they are
+// the messages published.
+func keyedMsgs(items []queue.Item, msgs []*nats.Msg) map[*nats.Msg]bool {
+	var keyed map[*nats.Msg]bool
+	for i := range items {
+		if items[i].Key != "" {
+			if keyed == nil {
+				keyed = make(map[*nats.Msg]bool)
+			}
+			keyed[msgs[i]] = true
+		}
+	}
+	return keyed
+}
+
+// keyRepeats counts the keyed messages JetStream had stored before this
+// put (dup, as publishDedup says: nil if it cannot tell).
+func keyRepeats(msgs []*nats.Msg, dup []bool, keyed map[*nats.Msg]bool) int {
+	n := 0
+	for k, m := range msgs {
+		if k < len(dup) && dup[k] && keyed[m] {
+			n++
+		}
+	}
+	return n
 }
 
 // packedExtra returns the tasks that the packs among a put's messages

@@ -105,10 +105,13 @@ func (q *Queues) putDelayed(s *stream, req queue.PutRequest, due time.Time) ([]u
 	}
 	// Duplicates as the last send saw them: stored by an earlier put, or
 	// by an earlier send of this one, whichever IDs they carry.
-	seqs, dup, _, err := q.publishSends(ctx, msgs, q.replacedSince(ctx, s))
+	seqs, dup, sends, err := q.publishSends(ctx, msgs, q.replacedSince(ctx, s))
 	if err != nil {
 		q.forget(req.Queue)
 		return nil, err
+	}
+	if req.Repeats != nil && sends == 1 {
+		*req.Repeats = keyRepeats(msgs, dup, keyedMsgs(req.Items, msgs))
 	}
 	for i := range dup {
 		if !dup[i] {

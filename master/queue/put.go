@@ -45,6 +45,12 @@ type PutRequest struct {
 	// tokens (a single master's, which a completion reaches once) ignore
 	// it.
 	ResultsOf ResultsOf
+	// Repeats, if not nil, is set by a Put that succeeds to how many items
+	// it did not store because an item of the same key was stored within
+	// the dedup window, by an earlier put or earlier in this one (their
+	// IDs are those items'). A put repeated by its request ID is the same
+	// put sent again, not a repeat of keys: 0.
+	Repeats *int
 }
 
 // ResultsOf names the tasks a put's results are of.
@@ -174,6 +180,7 @@ func (m *Manager) Put(ctx context.Context, req PutRequest) ([]uint64, error) {
 				}
 				return m.withdraw(req.Queue, req.Items[0].Key, ids, first, err)
 			}
+			setRepeats(req, ids, first)
 			return ids, nil
 		}
 		if q.adds(req.Items) > q.maxLen || ctx.Err() != nil {
@@ -220,6 +227,7 @@ func (m *Manager) Put(ctx context.Context, req PutRequest) ([]uint64, error) {
 			if err := m.wait(r.ticket); err != nil {
 				return m.withdraw(req.Queue, req.Items[0].Key, r.ids, r.first, err)
 			}
+			setRepeats(req, r.ids, r.first)
 			return r.ids, nil
 		case m.closed.Load():
 			return nil, ErrClosed
@@ -229,6 +237,25 @@ func (m *Manager) Put(ctx context.Context, req PutRequest) ([]uint64, error) {
 		}
 		return nil, ErrQueueFull
 	}
+}
+
+// setRepeats sets *req.Repeats, if asked, from the IDs push gave req's
+// items: a new task's ID is first, the lowest the put gave, plus its
+// place in the put; a keyed item with another ID has that of the item
+// stored before under its key.
+func setRepeats(req PutRequest, ids []uint64, first uint64) {
+	if req.Repeats == nil {
+		return
+	}
+	n := 0
+	if !isRequestKey(req.Items[0].Key) {
+		for i, id := range ids {
+			if req.Items[i].Key != "" && id != first+uint64(i) {
+				n++
+			}
+		}
+	}
+	*req.Repeats = n
 }
 
 // MaxDelay bounds how far ahead a task may be put (Item.Due).

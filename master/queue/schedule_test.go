@@ -316,16 +316,26 @@ func TestIdempotentPut(t *testing.T) {
 	if first[2] != first[0] {
 		t.Fatalf("a key repeated in one put: ids %v, want the third to be the first's", first)
 	}
-	again := put(t, m, "q", keyed("a again", "k1"), keyed("d", "k2"))
-	if again[0] != first[0] {
-		t.Fatalf("repeated key: id %d, want %d", again[0], first[0])
+	repeats := -1
+	again, err := m.Put(context.Background(), queue.PutRequest{Queue: "q", Items: []queue.Item{keyed("a again", "k1"), keyed("d", "k2"), keyed("e", ""), keyed("d again", "k2")}, Repeats: &repeats})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again[0] != first[0] || again[3] != again[1] {
+		t.Fatalf("repeated keys: ids %v, want the first %d and the fourth the second's", again, first[0])
+	}
+	if repeats != 2 {
+		t.Fatalf("Repeats = %d, want 2 (a key of an earlier put, one repeated in the put)", repeats)
+	}
+	if _, err := m.Put(context.Background(), queue.PutRequest{Queue: "q", Items: []queue.Item{keyed("f", "k3")}, Repeats: &repeats}); err != nil || repeats != 0 {
+		t.Fatalf("a new key: Repeats = %d (%v), want 0", repeats, err)
 	}
 	if other := put(t, m, "other", keyed("a", "k1")); other[0] == first[0] {
 		t.Fatal("a key of another queue deduplicated")
 	}
 	ts := mustGet(t, m, "q", 10, 1)
-	if got := payloads(ts); !slices.Equal(got, []string{"a", "b", "d"}) {
-		t.Fatalf("queue holds %v, want [a b d]", got)
+	if got := payloads(ts); !slices.Equal(got, []string{"a", "b", "d", "e", "f"}) {
+		t.Fatalf("queue holds %v, want [a b d e f]", got)
 	}
 	if _, err := m.Ack(queue.AckRequest{Queue: "q", Owner: 1, IDs: []uint64{ts[0].ID}}, nil); err != nil {
 		t.Fatal(err)
@@ -338,8 +348,8 @@ func TestIdempotentPut(t *testing.T) {
 	if ids := put(t, m, "q", keyed("a new one", "k1")); ids[0] == first[0] {
 		t.Fatal("a key past its window still deduplicated")
 	}
-	if st := mustStats(t, m, "q"); st.Puts != 4 {
-		t.Fatalf("puts = %d, want 4 (a, b, d, a new one)", st.Puts)
+	if st := mustStats(t, m, "q"); st.Puts != 6 {
+		t.Fatalf("puts = %d, want 6 (a, b, d, e, f, a new one)", st.Puts)
 	}
 }
 
