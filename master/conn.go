@@ -289,7 +289,17 @@ func (c *clientConn) serveStream(stream *yamux.Stream) {
 			}
 		}
 		mark := c.ledger.Handed(id)
-		if werr := codec.Write(resp); werr != nil && !c.wroteAnyway(werr, id, mark, codec.LastWriteSize()) {
+		werr := codec.Write(resp)
+		var tooLargeResp *wire.TooLargeError
+		if errors.As(werr, &tooLargeResp) {
+			// Nothing was written: the client still waits for an answer.
+			// (A get's response is cut to fit; this is what else grew.)
+			c.s.log.Warn("response too large; an error sent instead", "remote", c.addr, "op", req.Op, "err", werr)
+			if err := codec.Write(errorResponse(fmt.Errorf("the master's response: %w (the master's --max-message-size)", werr))); err != nil {
+				werr = err
+			}
+		}
+		if werr != nil && !c.wroteAnyway(werr, id, mark, codec.LastWriteSize()) {
 			for r, p := &req, resp; r != nil && p != nil; r, p = r.Then, p.Then {
 				if r.Op == wire.OpGet && len(p.Tasks) > 0 {
 					c.returnUndelivered(stream, r, p.Tasks)

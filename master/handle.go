@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/qm-dev/qm/acl"
@@ -91,7 +92,7 @@ func (c *clientConn) handle(req *wire.Request, buf *callBuffers) *wire.Response 
 			err = fmt.Errorf("%w: nack takes one task id", wire.ErrBadRequest)
 			break
 		}
-		err = q.Nack(queue.NackRequest{Queue: req.Queue, Owner: c.id, ID: req.IDs[0], Error: req.Error, RetryAfter: req.RetryAfter})
+		err = q.Nack(queue.NackRequest{Queue: req.Queue, Owner: c.id, ID: req.IDs[0], Error: cutError(req.Error), RetryAfter: req.RetryAfter})
 	case wire.OpExtend:
 		if len(req.Tokens) > 0 {
 			err = c.extendDeliveries(req)
@@ -114,6 +115,12 @@ func (c *clientConn) handle(req *wire.Request, buf *callBuffers) *wire.Response 
 		var ts []queue.Task
 		ts, err = peek(req.Queue, n)
 		resp.Tasks = wireTasks(req.Queue, ts)
+		if k := fitMessage(resp.Tasks, c.s.cfg.MaxMessageSize); k < len(resp.Tasks) {
+			if k == 0 {
+				err = c.s.tooLargeTask(req.Queue, ts[0].ID, wire.TaskSizeBound(&resp.Tasks[0]))
+			}
+			resp.Tasks = resp.Tasks[:k] // what fits a message
+		}
 	case wire.OpPurge:
 		resp.Count, err = q.Purge(req.Queue)
 		c.audit(req, resp.Count, err) // admin.go
@@ -155,6 +162,9 @@ func (c *clientConn) put(req *wire.Request, buf *callBuffers) (ids []uint64, rep
 		items = append(items, queue.Item{Payload: p, ReplyTo: req.ReplyTo, Priority: req.Priority})
 	}
 	buf.items = items
+	if err := c.s.checkItemSizes(items); err != nil {
+		return nil, 0, err
+	}
 	if err := putOptions(req, items); err != nil {
 		return nil, 0, err
 	}
@@ -225,7 +235,61 @@ func (c *clientConn) get(req *wire.Request, buf *callBuffers) ([]wire.Task, erro
 	}
 	buf.taken = ts
 	buf.tasks = appendWireTasks(buf.tasks[:0], req.Queue, ts)
+	if k := fitMessage(buf.tasks, c.s.cfg.MaxMessageSize); k < len(ts) {
+		// A response over the message size is neither written nor read:
+		// hand out what fits, and give the rest back for the next get.
+		gr := getRequest(c.id, req)
+		if k == 0 {
+			return nil, c.tooLargeToHandOut(gr, ts, wire.TaskSizeBound(&buf.tasks[0]))
+		}
+		c.s.queues.Unget(gr, ts[k:])
+		buf.tasks = buf.tasks[:k]
+	}
 	return buf.tasks, err
+}
+
+// responseHeader bounds what a get's response holds besides its tasks,
+// the complete's response before it (Request.Then) included.
+const responseHeader = 1 << 10
+
+// fitMessage returns how many of ts, from the first, a response of at
+// most maxMessage bytes holds.
+func fitMessage(ts []wire.Task, maxMessage int) int {
+	room := maxMessage - responseHeader
+	for i := range ts {
+		if room -= wire.TaskSizeBound(&ts[i]); room < 0 {
+			return i
+		}
+	}
+	return len(ts)
+}
+
+// tooLargeTask is the error of a task of size bytes with its fields that
+// no message holds.
+func (s *Server) tooLargeTask(queueName string, id uint64, size int) error {
+	return fmt.Errorf("%w: task %d of %s is %d bytes with its fields, more than a message of the master's --max-message-size (%d bytes) holds",
+		queue.ErrBadArgument, id, queueName, size, s.cfg.MaxMessageSize)
+}
+
+// tooLargeToHandOut answers a get whose first task, of size bytes with
+// its fields, does not fit a message even alone: stored before items were
+// bounded (maxItem), or under a larger --max-message-size. The others go
+// back. A leased task fails its attempt, so that it ends in the
+// dead-letter queue rather than stop its queue; one taken for good goes
+// back too, and the get fails, saying why.
+func (c *clientConn) tooLargeToHandOut(req queue.GetRequest, ts []queue.Task, size int) error {
+	t := &ts[0]
+	err := c.s.tooLargeTask(req.Queue, t.ID, size)
+	c.s.log.Warn("task too large to hand out", "queue", req.Queue, "task", t.ID, "bytes", size, "max", c.s.cfg.MaxMessageSize)
+	if req.NoAck {
+		c.s.queues.Unget(req, ts)
+		return err
+	}
+	c.s.queues.Unget(req, ts[1:])
+	if nerr := c.s.queues.Nack(queue.NackRequest{Queue: req.Queue, Owner: req.Owner, ID: t.ID, Error: cutError(err.Error()), Token: t.Token}); nerr != nil {
+		return nerr
+	}
+	return nil // the worker asks again, for the tasks behind it
 }
 
 // getRequest is the queue's form of a client's get.
@@ -270,7 +334,7 @@ func (c *clientConn) complete(req *wire.Request, buf *callBuffers) error {
 	ids, values, tokens := buf.ids[:0], buf.values[:0], buf.tokens[:0]
 	for _, r := range req.Results {
 		if r.Error != "" {
-			if err := q.Nack(queue.NackRequest{Queue: req.Queue, Owner: c.id, ID: r.ID, Error: r.Error, RetryAfter: r.RetryAfter, Token: r.Token}); err != nil {
+			if err := q.Nack(queue.NackRequest{Queue: req.Queue, Owner: c.id, ID: r.ID, Error: cutError(r.Error), RetryAfter: r.RetryAfter, Token: r.Token}); err != nil {
 				errs = append(errs, err)
 			}
 			continue
@@ -310,9 +374,7 @@ func (c *clientConn) complete(req *wire.Request, buf *callBuffers) error {
 				continue
 			}
 			results = append(results, wire.Result{TaskID: t.ID, Worker: worker, Attempt: t.Attempts, Value: value})
-			if limit > 0 {
-				c.s.tooLarge(&results[len(results)-1], limit)
-			}
+			c.s.tooLarge(&results[len(results)-1], limit)
 			dests = append(dests, dest)
 			if t.Token != "" {
 				of = append(of, t)
@@ -338,13 +400,53 @@ func (c *clientConn) complete(req *wire.Request, buf *callBuffers) error {
 	return errors.Join(errs...)
 }
 
-// maxItem is the most bytes of an item the queues store (ItemLimiter),
-// or 0 for no bound.
+// maxItem is the most bytes of an item the queues store: what leaves
+// room for a task's envelope in a message (taskEnvelope), or less if the
+// queues bound items themselves (ItemLimiter). A larger item could be
+// put but never handed out.
 func (s *Server) maxItem() int {
-	if s.limiter == nil {
-		return 0
+	limit := s.cfg.MaxMessageSize - taskEnvelope(s.cfg.MaxMessageSize)
+	if s.limiter != nil {
+		if m := s.limiter.MaxItem(); m > 0 && m < limit {
+			limit = m
+		}
 	}
-	return s.limiter.MaxItem()
+	return limit
+}
+
+// taskEnvelope is the room a message of maxMessage bytes keeps for what a
+// get's response wraps around one task's payload: its fields and names
+// (wire.TaskSizeBound), its last error (cut to maxErrorText) and the
+// response's own header; a quarter of the message when that is smaller.
+func taskEnvelope(maxMessage int) int {
+	return min(8<<10, maxMessage/4)
+}
+
+// maxErrorText is the most bytes of a failed attempt's error a task
+// keeps (cutError), so that the task still fits a message.
+const maxErrorText = 2 << 10
+
+// cutError cuts a failure's text to maxErrorText, keeping its start and,
+// longer, its end, where a traceback names the exception.
+func cutError(s string) string {
+	if len(s) <= maxErrorText {
+		return s
+	}
+	head, tail := maxErrorText/4, maxErrorText/2
+	return strings.ToValidUTF8(s[:head], "") + fmt.Sprintf(" …[%d bytes cut]… ", len(s)-head-tail) + strings.ToValidUTF8(s[len(s)-tail:], "")
+}
+
+// checkItemSizes refuses a put with an item over maxItem: it would be
+// stored, but no get could ever hand it out.
+func (s *Server) checkItemSizes(items []queue.Item) error {
+	limit := s.maxItem()
+	for i := range items {
+		if n := len(items[i].Payload); n > limit {
+			return fmt.Errorf("%w: item %d is %d bytes; this master stores items of at most %d bytes (its --max-message-size, %d, less room for a task's fields)",
+				queue.ErrBadArgument, i+1, n, limit, s.cfg.MaxMessageSize)
+		}
+	}
+	return nil
 }
 
 // tooLarge turns r, if it is larger than limit, the most the queues store

@@ -8,6 +8,7 @@ import (
 
 	"github.com/qm-dev/qm/acl"
 	"github.com/qm-dev/qm/master/pymanager"
+	"github.com/qm-dev/qm/master/queue"
 	"github.com/qm-dev/qm/wire"
 )
 
@@ -40,6 +41,20 @@ type pyBackend struct {
 
 func (b pyBackend) Closing() bool   { return b.s.isClosing() }
 func (b pyBackend) AdmitPut() error { return b.s.checkMemory() }
+
+// Put refuses, as a native put does, an item that no get could hand out.
+func (b pyBackend) Put(ctx context.Context, req queue.PutRequest) ([]uint64, error) {
+	if err := b.s.checkItemSizes(req.Items); err != nil {
+		return nil, err
+	}
+	return b.Queues.Put(ctx, req)
+}
+
+// Nack cuts a failure's text as a native worker's is cut.
+func (b pyBackend) Nack(req queue.NackRequest) error {
+	req.Error = cutError(req.Error)
+	return b.Queues.Nack(req)
+}
 
 // pyClient is a clientConn as pymanager.Client.
 type pyClient struct{ c *clientConn }

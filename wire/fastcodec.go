@@ -141,6 +141,13 @@ func (t Task) EncodeMsgpack(enc *msgpack.Encoder) error {
 }
 
 // appendTask appends t; a get response carries up to thousands.
+// TaskSizeBound is at least the length appendTask appends for t: its
+// strings' and payload's lengths, and at most 200 bytes of keys, headers,
+// numbers and times.
+func TaskSizeBound(t *Task) int {
+	return 200 + len(t.Queue) + len(t.Payload) + len(t.ReplyTo) + len(t.LastError) + len(t.Token)
+}
+
 func appendTask(b []byte, t *Task) []byte {
 	n := 5
 	if t.ReplyTo != "" {
