@@ -629,7 +629,8 @@ func TestPythonBlockedGetEndsWithClient(t *testing.T) {
 
 // TestPythonResultsToReplyTo: a Python worker's put after taking a task
 // that names a reply queue publishes that task's result there, as a
-// wire.Result, so a producer such as qmaster map gets it.
+// wire.Result, so a producer such as qmaster map gets it; a worker that
+// takes several tasks before it puts their results answers them in order.
 func TestPythonResultsToReplyTo(t *testing.T) {
 	forEachPython(t, master.Config{}, func(t *testing.T, py qmtest.Python, addr string) {
 		c := qmtest.Dial(t, addr, "producer")
@@ -637,8 +638,12 @@ func TestPythonResultsToReplyTo(t *testing.T) {
 		runPy(t, py, addr, `
 m = manager()
 task = m.get_task_queue(); result = m.get_result_queue()
-for _ in range(5):
+for _ in range(2):
     n = task.get(timeout=5)
+    result.put(n * n)
+# A batch: three tasks, then their results, in the order they came.
+batch = [task.get(timeout=5) for _ in range(3)]
+for n in batch:
     result.put(n * n)
 `)
 		ts, err := c.Get(context.Background(), "replies", wire.GetOptions{Max: 5, Timeout: 5 * time.Second, NoAck: true})

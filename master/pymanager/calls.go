@@ -58,9 +58,12 @@ type conn struct {
 	ctx context.Context
 	// name is the client's process name, once accept_connection gave it.
 	name string
-	// held is the task the last get delivered, if it has a ReplyTo: see
-	// results.go.
-	held *heldTask
+	// held are the tasks with a ReplyTo that gets delivered and no put
+	// answered yet, in the order they came: see results.go.
+	held []heldTask
+	// passedOn says that a put went elsewhere since the held tasks came:
+	// the next get forgets them (results.go).
+	passedOn bool
 }
 
 // reply is the reply to one request. after, if set, runs once the reply
@@ -343,7 +346,7 @@ func (p *conn) put(name string, item any, block bool, args *pyproto.Params, time
 	if err != nil {
 		return traceback("put", "TypeError", "value refused: "+err.Error())
 	}
-	if t := p.resultOf(name); t != nil {
+	if t, ok := p.resultOf(name); ok {
 		// A result goes to the reply queue of a task this client got,
 		// which its key need not be allowed to put to.
 		if err := p.publishResult(t, payload); err != nil {

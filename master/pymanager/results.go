@@ -2,6 +2,7 @@ package pymanager
 
 import (
 	"context"
+	"slices"
 
 	"github.com/qm-dev/qm/master/queue"
 	"github.com/qm-dev/qm/wire"
@@ -13,15 +14,29 @@ import (
 // tasks and wait for wire.Results there. The rule that joins the two:
 //
 //   - When a connection's get delivers a task that names a reply queue,
-//     the connection holds it (took).
+//     the connection holds it (took), after any it holds already.
 //   - The connection's next put to that reply queue, or to the workers'
 //     results queue (Config.ResultsQueue: "results", where qworker puts
 //     the results of tasks that name no reply queue, and which the
-//     classic get_result_queue serves), is that task's result: it goes to
-//     the reply queue as a wire.Result (task ID, worker
-//     "<process name>@<addr>", attempt, value) (resultOf, publishResult).
+//     classic get_result_queue serves), is the result of the first task
+//     it holds that the put may answer: it goes to the reply queue as a
+//     wire.Result (task ID, worker "<process name>@<addr>", attempt,
+//     value) (resultOf, publishResult). First in, first answered: a
+//     script that gets several tasks, then puts their results, puts them
+//     in the order it got them. (Answering the last task taken, as this
+//     did before, gave the first result to the last task.)
 //   - Every other put goes to the queue it names, as with a Python
 //     master: a pipeline stage that gets from a and puts to b fills b.
+//     Such a put also marks the tasks held as passed on: the next get
+//     forgets them, so that a stage's tasks, which no put answers, do
+//     not take the results of later ones. (A put to another queue
+//     between a task and its result, a progress note, leaves it held.)
+
+// maxHeld bounds the tasks a connection holds: a script that gets tasks
+// and never answers them (it puts elsewhere) must not grow the list for
+// ever. Past it the oldest is forgotten; its producer never gets its
+// result, as it would not have anyway.
+const maxHeld = 1024
 
 // heldTask is a delivered task whose result this connection owes.
 type heldTask struct {
@@ -33,25 +48,33 @@ type heldTask struct {
 
 // took records the task a get just delivered to this connection.
 func (p *conn) took(from string, t queue.Task) {
-	p.held = nil
-	if t.ReplyTo != "" {
-		p.held = &heldTask{id: t.ID, attempt: t.Attempts, from: from, replyTo: t.ReplyTo}
+	if p.passedOn {
+		p.held, p.passedOn = p.held[:0], false
 	}
+	if t.ReplyTo == "" {
+		return
+	}
+	if len(p.held) == maxHeld {
+		p.held = slices.Delete(p.held, 0, 1)
+	}
+	p.held = append(p.held, heldTask{id: t.ID, attempt: t.Attempts, from: from, replyTo: t.ReplyTo})
 }
 
 // resultOf returns the task whose result a put to the named queue is, and
-// forgets it, or nil if the put is an ordinary one.
-func (p *conn) resultOf(name string) *heldTask {
-	t := p.held
-	if t == nil || name != t.replyTo && name != p.s.cfg.ResultsQueue {
-		return nil
+// forgets it, or false if the put is an ordinary one.
+func (p *conn) resultOf(name string) (heldTask, bool) {
+	for i, t := range p.held {
+		if name == t.replyTo || name == p.s.cfg.ResultsQueue {
+			p.held = slices.Delete(p.held, i, i+1)
+			return t, true
+		}
 	}
-	p.held = nil
-	return t
+	p.passedOn = len(p.held) > 0
+	return heldTask{}, false
 }
 
 // publishResult puts value to t's reply queue as t's result.
-func (p *conn) publishResult(t *heldTask, value []byte) error {
+func (p *conn) publishResult(t heldTask, value []byte) error {
 	res, err := wire.Encode(wire.Result{TaskID: t.id, Worker: p.workerName(), Attempt: t.attempt, Value: value})
 	if err != nil {
 		return err

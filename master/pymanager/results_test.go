@@ -1,6 +1,7 @@
 package pymanager
 
 import (
+	"slices"
 	"testing"
 
 	"github.com/qm-dev/qm/master/queue"
@@ -31,21 +32,49 @@ func TestResultRouting(t *testing.T) {
 	p := &conn{s: New(Config{Backend: testBackend{m}, ResultsQueue: "results"}), c: testClient{}, name: "worker-1"}
 
 	p.took("tasks", queue.Task{ID: 7, Attempts: 2}) // no reply queue: owes nothing
-	if r := p.resultOf("other"); r != nil {
-		t.Fatalf("a task without a reply queue made a put a result: %+v", r)
+	if _, ok := p.resultOf("results"); ok {
+		t.Fatal("a task without a reply queue made a put a result")
 	}
 	p.took("tasks", queue.Task{ID: 8, Attempts: 1, ReplyTo: "replies"})
 	for _, q := range []string{"tasks", "b"} {
-		if r := p.resultOf(q); r != nil {
+		if r, ok := p.resultOf(q); ok {
 			t.Fatalf("a put to %s was taken as the task's result: %+v", q, r)
 		}
 	}
-	r := p.resultOf("results")
-	if r == nil || r.id != 8 || r.replyTo != "replies" {
+	r, ok := p.resultOf("results")
+	if !ok || r.id != 8 || r.replyTo != "replies" {
 		t.Fatalf("the put after the task = %+v, want task 8's result", r)
 	}
-	if again := p.resultOf("results"); again != nil {
+	if again, ok := p.resultOf("results"); ok {
 		t.Fatalf("a second put was taken as the result too: %+v", again)
+	}
+	// Several tasks, then their results: answered in the order taken,
+	// each by a put to its reply queue or to the results queue.
+	p.took("tasks", queue.Task{ID: 9, ReplyTo: "replies"})
+	p.took("tasks", queue.Task{ID: 10, ReplyTo: "other-replies"})
+	p.took("tasks", queue.Task{ID: 11, ReplyTo: "replies"})
+	var answered []uint64
+	for _, q := range []string{"other-replies", "results", "results"} {
+		if h, ok := p.resultOf(q); ok {
+			answered = append(answered, h.id)
+		}
+	}
+	if !slices.Equal(answered, []uint64{10, 9, 11}) {
+		t.Fatalf("puts to other-replies, results, results answered tasks %v; want [10 9 11]", answered)
+	}
+	// A pipeline stage: a put elsewhere passes its task on, and the next
+	// get forgets it; a put elsewhere before the result (a progress
+	// note) leaves it held until then.
+	p.took("tasks", queue.Task{ID: 12, ReplyTo: "replies"})
+	if _, ok := p.resultOf("b"); ok {
+		t.Fatal("a put to b answered task 12")
+	}
+	p.took("tasks", queue.Task{ID: 13, ReplyTo: "replies"})
+	if h, ok := p.resultOf("progress"); ok {
+		t.Fatalf("a put to progress answered task %d", h.id)
+	}
+	if h, ok := p.resultOf("results"); !ok || h.id != 13 {
+		t.Fatalf("the result after a stage's task and a progress note answered %+v, %v; want task 13", h, ok)
 	}
 	if err := p.publishResult(r, []byte{0x2a}); err != nil {
 		t.Fatal(err)
