@@ -33,7 +33,12 @@ func newCmdGet(f *factory, runF func(*getOptions) error) *cobra.Command {
 The items are removed for good: no lease, no acknowledgement, no retry.
 
 get waits up to --timeout for the first item, then takes whatever else is
-ready at once, up to -n. If nothing arrives in time it exits with status 1.`,
+ready at once, up to -n. If nothing arrives in time it exits with status 1.
+
+A float NaN or infinity prints as Python's json module writes it (NaN,
+Infinity, -Infinity), which put reads back. An item that cannot be
+printed at all is named by its task ID on stderr; the items after it are
+still printed, and get exits with status 1.`,
 		Example: `  qmaster get jobs
   qmaster get results -n 100 --timeout 30s | jq .`,
 		Args: args(1, 1, "QUEUE"),
@@ -80,7 +85,7 @@ func getRun(ctx context.Context, opts *getOptions) error {
 
 	out := bufio.NewWriterSize(opts.IO.Out, outBufferSize)
 	deadline := time.Now().Add(opts.Timeout)
-	got := 0
+	got, unprinted := 0, 0
 	for got < opts.N {
 		wait := max(0, time.Until(deadline))
 		if got > 0 {
@@ -102,8 +107,17 @@ func getRun(ctx context.Context, opts *getOptions) error {
 			c = nil
 		}
 		for _, t := range tasks {
-			if werr := writeValue(out, t.Payload); werr != nil {
-				out.Flush() // the items before it are taken for good: print them
+			line, rerr := jsonval.AppendPayloadAllowNaN(out.AvailableBuffer(), t.Payload)
+			if rerr != nil {
+				// Taken for good, as are the items after it: name it,
+				// after the lines before it, and print the rest.
+				out.Flush()
+				fmt.Fprintf(opts.IO.ErrOut, "qmaster get: task %d: %v\n", t.ID, rerr)
+				unprinted++
+				continue
+			}
+			out.Write(line)
+			if werr := out.WriteByte('\n'); werr != nil {
 				return werr
 			}
 		}
@@ -118,6 +132,9 @@ func getRun(ctx context.Context, opts *getOptions) error {
 	}
 	if err := out.Flush(); err != nil {
 		return err
+	}
+	if unprinted > 0 {
+		return fmt.Errorf("%d of %d %s taken could not be printed", unprinted, got, plural(got, "item", "items"))
 	}
 	if got == 0 {
 		return fmt.Errorf("%w in %s within %s%s", errNoItem, opts.Queue, opts.Timeout, pausedNote(ctx, c, opts.Queue))
@@ -164,13 +181,3 @@ func redialUntil(ctx context.Context, deadline time.Time, dial func(context.Cont
 // with a system call of its own, which made map the slowest process of
 // a run at 4 KiB.
 const outBufferSize = 64 << 10
-
-// writeValue prints a msgpack payload as one line of JSON.
-func writeValue(w *bufio.Writer, payload []byte) error {
-	b, err := jsonval.AppendPayload(w.AvailableBuffer(), payload)
-	if err != nil {
-		return err
-	}
-	w.Write(b)
-	return w.WriteByte('\n')
-}

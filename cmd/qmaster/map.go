@@ -430,7 +430,7 @@ func (st *mapState) print(r wire.Result, in inputLine) error {
 	reason := r.Error
 	if reason == "" {
 		var err error
-		if line, err = jsonval.AppendPayload(line, r.Value); err != nil {
+		if line, err = jsonval.AppendPayloadAllowNaN(line, r.Value); err != nil {
 			reason = "bad result: " + err.Error()
 		}
 	}

@@ -1,9 +1,11 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"time"
 
 	"github.com/qm-dev/qm/internal/jsonval"
@@ -31,7 +33,11 @@ func newCmdPeek(f *factory, runF func(*peekOptions) error) *cobra.Command {
 
 With --delayed, the first -n tasks not yet due instead, by due time, each
 with its "due" time: delayed puts, and failed tasks waiting out their
-retry backoff ("attempt" > 0).`,
+retry backoff ("attempt" > 0).
+
+A payload prints as get prints it. A task whose payload cannot be printed
+at all is named on stderr; the others are printed, and peek exits with
+status 1.`,
 		Example: `  qmaster peek jobs
   qmaster peek jobs.dead -n 100 | jq -r .last_error
   qmaster peek jobs --delayed`,
@@ -82,21 +88,44 @@ func peekRun(ctx context.Context, opts *peekOptions) error {
 	if err != nil {
 		return fmt.Errorf("queue %s: %w", opts.Queue, err)
 	}
+	unprinted := 0
 	for _, t := range tasks {
-		p, err := payloadJSON(t)
+		p, err := jsonval.AppendPayloadAllowNaN(nil, t.Payload)
 		if err != nil {
-			return fmt.Errorf("task %d: %w", t.ID, err)
+			fmt.Fprintf(opts.IO.ErrOut, "qmaster peek: task %d: %v\n", t.ID, err)
+			unprinted++
+			continue
 		}
 		pt := peekedTask{ID: t.ID, Attempt: t.Attempt, Enqueued: t.Enqueued, ReplyTo: t.ReplyTo, LastError: t.LastError,
-			Priority: t.Priority, Due: t.Due, Payload: p}
-		if err := writeJSON(opts.IO.Out, pt, false); err != nil {
+			Priority: t.Priority, Due: t.Due}
+		if err := writePeeked(opts.IO.Out, pt, p); err != nil {
 			return err
 		}
 	}
 	if len(tasks) == 0 {
 		fmt.Fprintf(opts.IO.ErrOut, "(no ready tasks in %s)\n", opts.Queue)
 	}
+	if unprinted > 0 {
+		return fmt.Errorf("%d of %d %s could not be printed", unprinted, len(tasks), plural(len(tasks), "task", "tasks"))
+	}
 	return nil
+}
+
+// writePeeked writes pt with payload p as writeJSON writes pt. p goes in
+// after the encoder, which refuses the NaN or Infinity it may hold (get's
+// rendering); payload is pt's last field.
+func writePeeked(w io.Writer, pt peekedTask, p []byte) error {
+	var buf bytes.Buffer
+	pt.Payload = json.RawMessage("null")
+	if err := writeJSON(&buf, pt, false); err != nil {
+		return err
+	}
+	line, ok := bytes.CutSuffix(buf.Bytes(), []byte("null}\n"))
+	if !ok {
+		return fmt.Errorf("task %d: payload not last in %s", pt.ID, buf.Bytes()) // a change to peekedTask
+	}
+	_, err := w.Write(append(append(line, p...), "}\n"...))
+	return err
 }
 
 func payloadJSON(t wire.Task) (json.RawMessage, error) {

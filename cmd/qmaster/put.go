@@ -43,8 +43,9 @@ func newCmdPut(f *factory, runF func(*putOptions) error) *cobra.Command {
 		Long: `Add items to QUEUE, creating it if needed. The items are the arguments
 or, if there are none, the lines of standard input (blank lines are
 skipped). Each item that is valid JSON is sent as that value (42, 1.5,
-true, null, "text", [1,2], {"a":1}); anything else as a plain string, so
-hello is "hello".
+true, null, "text", [1,2], {"a":1}), and an item that is NaN, Infinity or
+-Infinity as that float, as get prints it; anything else as a plain
+string, so hello is "hello".
 
 Items are sent in batches of --batch. A summary goes to stderr; with --ids
 the task IDs are printed on stdout, one per line.

@@ -9,6 +9,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
+	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -18,12 +21,17 @@ import (
 )
 
 // Parse reads one line of user input: valid JSON is taken as that value
-// (integers as int64 when they fit), anything else as a plain string, so
-// `seq 1 10` gives numbers and `hello` gives "hello".
+// (integers as int64 when they fit, else as uint64 when they fit),
+// anything else as a plain string, so `seq 1 10` gives numbers and
+// `hello` gives "hello". A line that is NaN, Infinity or -Infinity is
+// that float, as Python's json module and MarshalAllowNaN write it.
 func Parse(line string) any {
 	s := strings.TrimSpace(line)
 	if s == "" {
 		return line
+	}
+	if f, ok := nonFinite(s); ok {
+		return f
 	}
 	// The common inputs without a JSON decoder, which was most of
 	// qmaster map's time per line: a word, which no JSON value starts
@@ -49,6 +57,23 @@ func decode(s string) any {
 		return s
 	}
 	return normalize(v)
+}
+
+// nonFiniteTokens are the tokens Python's json module writes, and reads,
+// for the floats JSON has no number for.
+var nonFiniteTokens = [...]struct {
+	tok string
+	f   float64
+}{{"NaN", math.NaN()}, {"Infinity", math.Inf(1)}, {"-Infinity", math.Inf(-1)}}
+
+// nonFinite reads s if it is one of nonFiniteTokens.
+func nonFinite(s string) (float64, bool) {
+	for _, t := range nonFiniteTokens {
+		if s == t.tok {
+			return t.f, true
+		}
+	}
+	return 0, false
 }
 
 // plain reports whether s is printable ASCII with no quote or backslash:
@@ -79,11 +104,18 @@ func jsonInt(s string) (int64, bool) {
 	return i, err == nil
 }
 
+// normalize turns the numbers of a decoded value into int64, uint64 or
+// float64.
 func normalize(v any) any {
 	switch x := v.(type) {
 	case json.Number:
 		if i, err := x.Int64(); err == nil {
 			return i
+		}
+		// 2^63 to 2^64-1, a Python int that travels as a msgpack uint 64
+		// (docs/VALUES.md): exact, not a float.
+		if u, err := strconv.ParseUint(x.String(), 10, 64); err == nil {
+			return u
 		}
 		if f, err := x.Float64(); err == nil {
 			return f
@@ -110,8 +142,21 @@ func normalize(v any) any {
 // digits; a set or frozenset an array; a datetime an RFC 3339 string if
 // aware, Python's isoformat() if naive, as are a date and a time; a
 // timedelta a number of seconds; a Decimal a string, exact; a complex
-// {"real": r, "imag": i}.
+// {"real": r, "imag": i}. A NaN or infinite float is an error: JSON has
+// no number for it.
 func Marshal(v any) ([]byte, error) {
+	return marshal(v, false)
+}
+
+// MarshalAllowNaN is Marshal, but writes a NaN or infinite float (a
+// complex's parts too) as Python's json module does, NaN, Infinity or
+// -Infinity, which Parse reads back. That is not JSON: it is for people
+// and Python to read, not for every JSON parser.
+func MarshalAllowNaN(v any) ([]byte, error) {
+	return marshal(v, true)
+}
+
+func marshal(v any, allowNaN bool) ([]byte, error) {
 	// The common results without an encoder: qmaster map prints one a
 	// line, and the encoder was most of the time it took.
 	switch x := v.(type) {
@@ -124,13 +169,75 @@ func Marshal(v any) ([]byte, error) {
 			return append(append(append(make([]byte, 0, len(x)+2), '"'), x...), '"'), nil
 		}
 	}
+	j := jsonable(v)
+	b, err := encode(j)
+	if _, unsupported := errors.AsType[*json.UnsupportedValueError](err); unsupported && allowNaN {
+		// A non-finite float (the encoder refuses nothing else that
+		// jsonable gives), which is rare: only then the slow way.
+		b, err = appendAllowNaN(nil, j)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("render JSON: %w", err)
+	}
+	return b, nil
+}
+
+// encode is v as encoding/json writes it on one line, with no HTML escapes.
+func encode(v any) ([]byte, error) {
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
 	enc.SetEscapeHTML(false)
-	if err := enc.Encode(jsonable(v)); err != nil {
-		return nil, fmt.Errorf("render JSON: %w", err)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
 	}
 	return bytes.TrimRight(buf.Bytes(), "\n"), nil
+}
+
+// appendAllowNaN appends j, a result of jsonable, as encode writes it but
+// with non-finite floats as MarshalAllowNaN writes them: the arrays,
+// objects and complexes it walks itself, the rest it encodes.
+func appendAllowNaN(dst []byte, j any) ([]byte, error) {
+	var err error
+	switch x := j.(type) {
+	case float64:
+		switch {
+		case math.IsNaN(x):
+			return append(dst, "NaN"...), nil
+		case math.IsInf(x, 1):
+			return append(dst, "Infinity"...), nil
+		case math.IsInf(x, -1):
+			return append(dst, "-Infinity"...), nil
+		}
+	case complexJSON:
+		dst, _ = appendAllowNaN(append(dst, `{"real":`...), x.Real) // a float: no error
+		dst, _ = appendAllowNaN(append(dst, `,"imag":`...), x.Imag)
+		return append(dst, '}'), nil
+	case []any:
+		dst = append(dst, '[')
+		for i, e := range x {
+			if i > 0 {
+				dst = append(dst, ',')
+			}
+			if dst, err = appendAllowNaN(dst, e); err != nil {
+				return nil, err
+			}
+		}
+		return append(dst, ']'), nil
+	case map[string]any:
+		dst = append(dst, '{')
+		for i, k := range slices.Sorted(maps.Keys(x)) { // encoding/json's order
+			if i > 0 {
+				dst = append(dst, ',')
+			}
+			key, _ := encode(k) // a string: no error
+			if dst, err = appendAllowNaN(append(append(dst, key...), ':'), x[k]); err != nil {
+				return nil, err
+			}
+		}
+		return append(dst, '}'), nil
+	}
+	b, err := encode(j)
+	return append(dst, b...), err
 }
 
 // AppendPayload appends a msgpack payload rendered as Marshal renders its
@@ -139,6 +246,15 @@ func Marshal(v any) ([]byte, error) {
 // and decoding it into a string and rendering that were two more copies
 // and two allocations of each (4 KiB apiece at 4 KiB tasks).
 func AppendPayload(dst, payload []byte) ([]byte, error) {
+	return appendPayload(dst, payload, false)
+}
+
+// AppendPayloadAllowNaN is AppendPayload as MarshalAllowNaN renders.
+func AppendPayloadAllowNaN(dst, payload []byte) ([]byte, error) {
+	return appendPayload(dst, payload, true)
+}
+
+func appendPayload(dst, payload []byte, allowNaN bool) ([]byte, error) {
 	r := msgp.NewReader(payload)
 	if v, err := r.Next(); err == nil && v.Type == msgp.TypeStr && r.Len() == 0 && plain(v.Data) {
 		dst = append(dst, '"')
@@ -149,7 +265,7 @@ func AppendPayload(dst, payload []byte) ([]byte, error) {
 	if err != nil {
 		return dst, err
 	}
-	b, err := Marshal(v)
+	b, err := marshal(v, allowNaN)
 	if err != nil {
 		return dst, err
 	}
@@ -171,10 +287,7 @@ func jsonable(v any) any {
 	case wire.FrozenSet:
 		return jsonable([]any(x))
 	case complex128:
-		return struct {
-			Real float64 `json:"real"`
-			Imag float64 `json:"imag"`
-		}{real(x), imag(x)}
+		return complexJSON{real(x), imag(x)}
 	case []any:
 		out := make([]any, len(x))
 		for i, e := range x {
@@ -197,13 +310,19 @@ func jsonable(v any) any {
 	return v
 }
 
+// complexJSON is how a complex is rendered.
+type complexJSON struct {
+	Real float64 `json:"real"`
+	Imag float64 `json:"imag"`
+}
+
 // ErrNotJSON is returned by ParseStrict for text that is not one JSON
 // value.
 var ErrNotJSON = errors.New("not one JSON value")
 
 // ParseStrict reads text that must be exactly one JSON value (integers as
-// int64 when they fit, as Parse does), with nothing but white space
-// around it.
+// int64 or uint64 when they fit, as Parse does, but no NaN or Infinity),
+// with nothing but white space around it.
 func ParseStrict(b []byte) (any, error) {
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.UseNumber()

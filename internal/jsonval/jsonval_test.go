@@ -3,9 +3,11 @@ package jsonval
 import (
 	"bytes"
 	"encoding/json"
+	"maps"
 	"math"
 	"math/big"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -17,6 +19,28 @@ func bigInt(s string) *big.Int {
 	n, _ := new(big.Int).SetString(s, 10)
 	return n
 }
+
+// same is reflect.DeepEqual, but a NaN is the same as a NaN.
+func same(a, b any) bool {
+	switch x := a.(type) {
+	case float64:
+		y, ok := b.(float64)
+		return ok && (x == y || math.IsNaN(x) && math.IsNaN(y))
+	case []any:
+		y, ok := b.([]any)
+		return ok && len(x) == len(y) && slices.EqualFunc(x, y, same)
+	case map[string]any:
+		y, ok := b.(map[string]any)
+		return ok && maps.EqualFunc(x, y, same)
+	}
+	return reflect.DeepEqual(a, b)
+}
+
+var (
+	nan  = math.NaN()
+	inf  = math.Inf(1)
+	ninf = math.Inf(-1)
+)
 
 func TestParse(t *testing.T) {
 	tests := []struct {
@@ -36,10 +60,41 @@ func TestParse(t *testing.T) {
 		{`{"a":1}`, map[string]any{"a": int64(1)}},
 		{"1 2", "1 2"},
 		{"", ""},
+
+		// Integers beyond int64 as uint64 while they fit, then as floats.
+		{"9223372036854775807", int64(math.MaxInt64)},
+		{"9223372036854775808", uint64(1 << 63)},
+		{"18446744073709551615", uint64(math.MaxUint64)},
+		{"18446744073709551616", 18446744073709551616.0},
+		{"100000000000000000000000000001", 1e29},
+		{"-9223372036854775809", -9223372036854775809.0},
+		{"[18446744073709551615,-1]", []any{uint64(math.MaxUint64), int64(-1)}},
+		{`{"a":{"b":9223372036854775808}}`, map[string]any{"a": map[string]any{"b": uint64(1 << 63)}}},
+		{"18446744073709551615.0", 18446744073709551615.0},
+
+		// A line that is Python's json module's NaN, Infinity or
+		// -Infinity.
+		{"NaN", nan},
+		{"Infinity", inf},
+		{" -Infinity ", ninf},
+		// Anything else stays a string, inside JSON too.
+		{"[NaN, Infinity,-Infinity]", "[NaN, Infinity,-Infinity]"},
+		{"nan", "nan"},
+		{"inf", "inf"},
+		{"-NaN", "-NaN"},
+		{"+Infinity", "+Infinity"},
+		{"NaNa", "NaNa"},
+		{"Infinity war", "Infinity war"},
+		{"[NaN", "[NaN"},
+		{"[1NaN]", "[1NaN]"},
+		{"[NaNx]", "[NaNx]"},
+		{"[- Infinity]", "[- Infinity]"},
+		{"{NaN:1}", "{NaN:1}"},
+		{"NaN NaN", "NaN NaN"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.in, func(t *testing.T) {
-			if got := Parse(tt.in); !reflect.DeepEqual(got, tt.want) {
+			if got := Parse(tt.in); !same(got, tt.want) {
 				t.Errorf("Parse(%q) = %#v, want %#v", tt.in, got, tt.want)
 			}
 		})
@@ -51,8 +106,9 @@ func TestParse(t *testing.T) {
 func TestParseShortcutsAsDecoder(t *testing.T) {
 	for _, in := range []string{"0", "-0", "-", "--1", "01", "-01", "00", "7", "-12", "9223372036854775807",
 		"9223372036854775808", "-9223372036854775808", "-9223372036854775809", "1.0", "1e3", "12a", "x12",
-		"xxxxxxxxxxxxxxxx", "héllo", "+1", ".5", "t", "true", "nul", "[", "{}", "\"", "1 2", "\u00a0"} {
-		if got, want := Parse(in), decode(in); !reflect.DeepEqual(got, want) {
+		"xxxxxxxxxxxxxxxx", "héllo", "+1", ".5", "t", "true", "nul", "[", "{}", "\"", "1 2", "\u00a0",
+		"18446744073709551615", "Infinit", "N"} {
+		if got, want := Parse(in), decode(in); !same(got, want) {
 			t.Errorf("Parse(%q) = %#v, the decoder gives %#v", in, got, want)
 		}
 	}
@@ -75,7 +131,7 @@ func TestMarshalShortcutsAsEncoder(t *testing.T) {
 }
 
 func FuzzParse(f *testing.F) {
-	for _, seed := range []string{"42", "-0", "01", "hello", "[1]", "9223372036854775808"} {
+	for _, seed := range []string{"42", "-0", "01", "hello", "[1]", "9223372036854775808", "NaN", `[NaN,"\"",-Infinity]`} {
 		f.Add(seed)
 	}
 	f.Fuzz(func(t *testing.T, in string) {
@@ -83,7 +139,10 @@ func FuzzParse(f *testing.F) {
 		if s == "" {
 			return
 		}
-		if got, want := Parse(in), decode(s); !reflect.DeepEqual(got, want) {
+		if _, ok := nonFinite(s); ok {
+			return // Parse's own (TestParse)
+		}
+		if got, want := Parse(in), decode(s); !same(got, want) {
 			t.Errorf("Parse(%q) = %#v, the decoder gives %#v", in, got, want)
 		}
 	})
@@ -123,7 +182,58 @@ func TestMarshal(t *testing.T) {
 			if err != nil || string(got) != tt.want {
 				t.Errorf("Marshal(%#v) = %s, %v; want %s", tt.in, got, err, tt.want)
 			}
+			if got, err := MarshalAllowNaN(tt.in); err != nil || string(got) != tt.want {
+				t.Errorf("MarshalAllowNaN(%#v) = %s, %v; want %s", tt.in, got, err, tt.want)
+			}
 		})
+	}
+	for _, v := range []any{nan, []any{inf}, complex(1, ninf)} {
+		if got, err := Marshal(v); err == nil {
+			t.Errorf("Marshal(%#v) = %s, want an error", v, got)
+		}
+	}
+}
+
+func TestMarshalAllowNaN(t *testing.T) {
+	tests := []struct {
+		name string
+		in   any
+		want string
+	}{
+		{"NaN", nan, "NaN"},
+		{"Infinity", inf, "Infinity"},
+		{"-Infinity", ninf, "-Infinity"},
+		{"list", []any{int64(1), inf, 1.5, "x<"}, `[1,Infinity,1.5,"x<"]`},
+		{"map", map[string]any{"b": inf, "a": []byte("é"), "c": map[string]any{"\u2028": ninf}, "": nil},
+			`{"":null,"a":"é","b":Infinity,"c":{"\u2028":-Infinity}}`},
+		{"set", wire.Set{nan, []byte{0xff}}, `[NaN,"/w=="]`},
+		{"any keys", map[any]any{int64(1): nan}, `{"1":NaN}`},
+		{"complex", complex(nan, math.Inf(-1)), `{"real":NaN,"imag":-Infinity}`},
+		{"complex in a list", []any{complex(inf, 0.5)}, `[{"real":Infinity,"imag":0.5}]`},
+		{"Python types beside", []any{nan, bigInt("18446744073709551617"), time.Date(2024, 1, 2, 3, 4, 5, 0, time.UTC),
+			wire.Decimal("1.50"), wire.TimeDelta{Seconds: 1}, true, uint64(math.MaxUint64)},
+			`[NaN,18446744073709551617,"2024-01-02T03:04:05Z","1.50",1,true,18446744073709551615]`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := MarshalAllowNaN(tt.in)
+			if err != nil || string(got) != tt.want {
+				t.Errorf("MarshalAllowNaN(%#v) = %s, %v; want %s", tt.in, got, err, tt.want)
+			}
+		})
+	}
+}
+
+// What get prints, put reads back as it was.
+func TestMarshalAllowNaNParse(t *testing.T) {
+	for _, v := range []any{nan, inf, ninf, uint64(1 << 63), "NaN"} {
+		b, err := MarshalAllowNaN(v)
+		if err != nil {
+			t.Fatalf("MarshalAllowNaN(%#v): %v", v, err)
+		}
+		if got := Parse(string(b)); !same(got, v) {
+			t.Errorf("Parse(%s) = %#v, want %#v", b, got, v)
+		}
 	}
 }
 
@@ -141,6 +251,9 @@ func TestParseStrict(t *testing.T) {
 		{"[1]]", nil, false},
 		{"", nil, false},
 		{"{", nil, false},
+		{"18446744073709551615", uint64(math.MaxUint64), true},
+		{"NaN", nil, false},
+		{"[Infinity]", nil, false},
 	} {
 		got, err := ParseStrict([]byte(tt.in))
 		if (err == nil) != tt.ok || !reflect.DeepEqual(got, tt.want) {
@@ -184,6 +297,19 @@ func TestAppendPayload(t *testing.T) {
 	payload, _ = wire.Encode("abc")
 	if _, err := AppendPayload(nil, append(payload, 0xc0)); err == nil {
 		t.Error("AppendPayload took a str with trailing bytes")
+	}
+}
+
+func TestAppendPayloadAllowNaN(t *testing.T) {
+	payload, err := wire.Encode([]any{int64(1), inf, "x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := AppendPayloadAllowNaN([]byte("prefix:"), payload); err != nil || string(got) != `prefix:[1,Infinity,"x"]` {
+		t.Errorf("AppendPayloadAllowNaN = %s, %v; want prefix:[1,Infinity,\"x\"]", got, err)
+	}
+	if got, err := AppendPayload(nil, payload); err == nil {
+		t.Errorf("AppendPayload = %s, want an error", got)
 	}
 }
 
