@@ -131,7 +131,7 @@ func (c *clientConn) authorize(req *wire.Request) error {
 		if err == nil && req.ReplyTo != "" && !k.May(acl.Put, req.ReplyTo) && !k.May(acl.Get, req.ReplyTo) {
 			err = &acl.DeniedError{Key: k.Name, Action: "name " + req.ReplyTo + " as a reply queue"}
 		}
-	case wire.OpGet, wire.OpAck, wire.OpNack, wire.OpExtend, wire.OpComplete:
+	case wire.OpGet, wire.OpAck, wire.OpNack, wire.OpExtend, wire.OpComplete, wire.OpRelease:
 		err = k.Check(acl.Get, q)
 	case wire.OpStats:
 		if q != "" {

@@ -61,8 +61,9 @@ func (b *callBuffers) reset() {
 // complete is built from is kept in buf, which the caller resets once the
 // response is written.
 func (c *clientConn) handle(req *wire.Request, buf *callBuffers) *wire.Response {
-	if c.s.isClosing() && req.Op != wire.OpAck && req.Op != wire.OpComplete && req.Op != wire.OpNack {
-		// Acks still count during shutdown: they finish work already done.
+	if c.s.isClosing() && req.Op != wire.OpAck && req.Op != wire.OpComplete && req.Op != wire.OpNack && req.Op != wire.OpRelease {
+		// Acks still count during shutdown: they finish work already
+		// done (and releases hand back work not begun).
 		return errorResponse(wire.ErrShuttingDown)
 	}
 	if err := c.authorize(req); err != nil { // acl.go
@@ -93,6 +94,8 @@ func (c *clientConn) handle(req *wire.Request, buf *callBuffers) *wire.Response 
 			break
 		}
 		err = q.Nack(queue.NackRequest{Queue: req.Queue, Owner: c.id, ID: req.IDs[0], Error: cutError(req.Error), RetryAfter: req.RetryAfter})
+	case wire.OpRelease:
+		err = c.release(req)
 	case wire.OpExtend:
 		if len(req.Tokens) > 0 {
 			err = c.extendDeliveries(req)
@@ -460,6 +463,25 @@ func (s *Server) tooLarge(r *wire.Result, limit int) {
 		r.Value = nil
 		r.Error = fmt.Sprintf("result of %d bytes not stored: the queues take items of at most %d bytes", size, limit)
 	}
+}
+
+// release gives back leased tasks the client did not start, as a get's
+// tasks whose reply was never written are given back (Unget): in front,
+// their attempts not used. A task no longer leased to the client for
+// that delivery is left as it is.
+func (c *clientConn) release(req *wire.Request) error {
+	if len(req.Attempts) != len(req.IDs) || len(req.Tokens) > 0 && len(req.Tokens) != len(req.IDs) {
+		return fmt.Errorf("%w: release of %d tasks with %d attempts and %d tokens", wire.ErrBadRequest, len(req.IDs), len(req.Attempts), len(req.Tokens))
+	}
+	ts := make([]queue.Task, len(req.IDs))
+	for i, id := range req.IDs {
+		ts[i] = queue.Task{ID: id, Attempts: req.Attempts[i]}
+		if len(req.Tokens) > 0 {
+			ts[i].Token = req.Tokens[i]
+		}
+	}
+	c.s.queues.Unget(queue.GetRequest{Queue: req.Queue, Owner: c.id}, ts)
+	return nil
 }
 
 // extendDeliveries renews leases named by their delivery tokens: queues

@@ -600,6 +600,25 @@ func (c *Client) PutRawRepeats(ctx context.Context, queue string, items []msgpac
 	return resp.IDs, resp.Repeats, err
 }
 
+// Release gives back leased tasks the client took and did not start: the
+// master puts them back in front of their queue, their attempts not
+// used, for any worker to take. A task whose lease has ended or moved on
+// to another delivery is left as it is. Masters older than this call
+// answer it with an error; their tasks' leases then run out as before.
+func (c *Client) Release(ctx context.Context, queue string, tasks []Task) error {
+	req := &Request{Op: OpRelease, Queue: queue, IDs: make([]uint64, len(tasks)), Attempts: make([]int, len(tasks))}
+	for i, t := range tasks {
+		req.IDs[i], req.Attempts[i] = t.ID, t.Attempt
+		if t.Token != "" {
+			if req.Tokens == nil {
+				req.Tokens = make([]string, len(tasks))
+			}
+			req.Tokens[i] = t.Token
+		}
+	}
+	return c.call(ctx, req, &Response{})
+}
+
 // GetOptions tune a get.
 type GetOptions struct {
 	// Max is the most tasks to take at once; default 1.

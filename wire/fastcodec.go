@@ -335,7 +335,7 @@ func appendRequest(b []byte, r *Request) []byte {
 		r.Timeout != 0, r.Lease != 0, r.NoAck, len(r.IDs) > 0, r.Error != "", len(r.Results) > 0,
 		r.ResultQueue != "", r.Role != "", r.Name != "", r.Then != nil,
 		r.Delay != 0, !r.At.IsZero(), r.Priority != 0, len(r.Keys) > 0, r.RequestID != "", r.Resent, r.RetryAfter != 0,
-		r.MaxAttempts != 0, r.BackoffMin != 0, r.BackoffMax != 0, len(r.Tokens) > 0} {
+		r.MaxAttempts != 0, r.BackoffMin != 0, r.BackoffMax != 0, len(r.Tokens) > 0, len(r.Attempts) > 0} {
 		if set {
 			n++
 		}
@@ -410,6 +410,12 @@ func appendRequest(b []byte, r *Request) []byte {
 		b = msgp.AppendArrayHeader(msgp.AppendStr(b, "toks"), len(r.Tokens))
 		for _, t := range r.Tokens {
 			b = msgp.AppendStr(b, t)
+		}
+	}
+	if len(r.Attempts) > 0 {
+		b = msgp.AppendArrayHeader(msgp.AppendStr(b, "atts"), len(r.Attempts))
+		for _, a := range r.Attempts {
+			b = msgp.AppendInt(b, int64(a))
 		}
 	}
 	if len(r.Keys) > 0 {
@@ -520,6 +526,8 @@ func (r *Request) decode(rd *msgp.Reader, chained bool) error {
 			r.Resent, err = rd.Bool()
 		case "toks":
 			r.Tokens, err = readStrs(rd)
+		case "atts":
+			r.Attempts, err = readInts(rd)
 		case "retry_after":
 			r.RetryAfter, err = readDuration(rd)
 		case "max_attempts":
@@ -801,6 +809,21 @@ func readStrs(rd *msgp.Reader) ([]string, error) {
 	out := make([]string, n)
 	for i := range out {
 		if out[i], err = rd.Str(); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// readInts reads an array of at most MaxElements integers.
+func readInts(rd *msgp.Reader) ([]int, error) {
+	n, err := arrayHeader(rd)
+	if err != nil || n == 0 {
+		return nil, err
+	}
+	out := make([]int, n)
+	for i := range out {
+		if out[i], err = readInt(rd); err != nil {
 			return nil, err
 		}
 	}

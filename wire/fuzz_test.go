@@ -20,6 +20,7 @@ func FuzzDecodeRequest(f *testing.F) {
 	f.Add([]byte{0xdf, 0xff, 0xff, 0xff, 0xff})                                      // a map claiming 4G entries
 	f.Add([]byte{0x81, 0xa5, 'i', 't', 'e', 'm', 's', 0xdd, 0x7f, 0xff, 0xff, 0xff}) // a huge array
 	f.Add([]byte{0x81, 0xa4, 't', 'o', 'k', 's', 0xdd, 0x7f, 0xff, 0xff, 0xff})      // a huge array of tokens
+	f.Add([]byte{0x81, 0xa4, 'a', 't', 't', 's', 0xdd, 0x7f, 0xff, 0xff, 0xff})      // a huge array of attempts
 	f.Fuzz(func(t *testing.T, b []byte) {
 		req, err := DecodeRequest(b)
 		if err != nil {

@@ -32,6 +32,7 @@ const (
 	OpConfig   Op = 18 // set the retry policy of Queue (MaxAttempts, BackoffMin, BackoffMax)
 	OpDelayed  Op = 19 // the first Max delayed tasks of Queue, by due time
 	OpRunNow   Op = 20 // make the delayed tasks IDs (all if none) of Queue ready now
+	OpRelease  Op = 21 // give back leased tasks IDs of Queue, not started: in front, no attempt used
 )
 
 var opNames = map[Op]string{
@@ -39,7 +40,7 @@ var opNames = map[Op]string{
 	OpExtend: "extend", OpComplete: "complete", OpStats: "stats", OpPeek: "peek",
 	OpPurge: "purge", OpDelete: "delete", OpQueues: "queues", OpClients: "clients",
 	OpPause: "pause", OpResume: "resume", OpRequeue: "requeue", OpDrop: "drop",
-	OpConfig: "config", OpDelayed: "delayed", OpRunNow: "run-now",
+	OpConfig: "config", OpDelayed: "delayed", OpRunNow: "run-now", OpRelease: "release",
 }
 
 func (o Op) String() string {
@@ -94,6 +95,10 @@ type Request struct {
 	// Tokens (extend) are the tokens of the deliveries of IDs, in the same
 	// order, when another gateway handed them out (Task.Token).
 	Tokens []string `msgpack:"toks,omitempty"`
+	// Attempts (release) are the attempts of the deliveries of IDs, in
+	// the same order (Task.Attempt), so that a release of a delivery that
+	// has since been superseded changes nothing.
+	Attempts []int `msgpack:"atts,omitempty"`
 	// Retry policy (config): 0 leaves the master's default; BackoffMin -1
 	// means no backoff.
 	MaxAttempts int           `msgpack:"max_attempts,omitempty"`

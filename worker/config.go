@@ -51,6 +51,12 @@ type Config struct {
 	// whose results are on their way, so that the next get overlaps them,
 	// and the tasks it prefetches (see MaxPrefetch).
 	Concurrency int
+	// Capacity, if set, says how many tasks the Handler can take at once
+	// now, at most Concurrency: the worker runs no more than that, and
+	// holds the rest it took waiting, as a prefetch. Stdio.Capacity is
+	// one: children that take tasks ahead hold more while tasks are
+	// quick. Nil is Concurrency.
+	Capacity func() int
 	// MaxPrefetch bounds the tasks the worker takes beyond its free slots,
 	// to wait in the worker until a slot frees; 0 means the default, 128,
 	// and a negative value turns prefetching off. Within that bound the

@@ -1,6 +1,9 @@
 package worker
 
-import "sync"
+import (
+	"slices"
+	"sync"
+)
 
 // job is a task for a handler goroutine.
 type job struct {
@@ -72,6 +75,23 @@ func (p *pool) add(jobs []job) {
 	p.queue = append(p.queue, jobs...)
 	p.dispatchLocked()
 	p.mu.Unlock()
+}
+
+// queued counts the jobs waiting for a goroutine.
+func (p *pool) queued() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.queue) - p.qhead
+}
+
+// takeQueued removes the jobs no goroutine has started, and returns them.
+func (p *pool) takeQueued() []job {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	jobs := slices.Clone(p.queue[p.qhead:])
+	clear(p.queue)
+	p.queue, p.qhead = p.queue[:0], 0
+	return jobs
 }
 
 // dispatchLocked makes sure a handler goroutine comes for the queue: it

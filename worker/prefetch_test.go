@@ -79,9 +79,12 @@ func TestPrefetchHoardsNoSlowTasks(t *testing.T) {
 	}
 }
 
-// A worker that drains while tasks wait in its prefetch runs them: no
-// task is lost, and each result comes once.
-func TestPrefetchDrainRunsWaitingTasks(t *testing.T) {
+// Tasks a worker took beyond its one slot go back to the master once the
+// task it runs stands still (the prefetch bet on quick tasks, and lost),
+// for any worker to take; the drain then ends with none lost and each
+// result once. (Before, they waited in the worker until the stuck task
+// ended, and the drain ran them all first.)
+func TestPrefetchGivesBackWaitingTasks(t *testing.T) {
 	addr, _ := qmtest.StartMaster(t, master.Config{})
 	c := qmtest.Dial(t, addr, "producer")
 	const n, block = 600, 300
@@ -99,30 +102,22 @@ func TestPrefetchDrainRunsWaitingTasks(t *testing.T) {
 	cfg.Logger = nil
 	w := startWorker(t, cfg)
 	<-blocked
-	// Quick tasks before it: the worker prefetches the ones after, until
-	// it holds as many as it wants (no get of its own is in flight then,
-	// so that every leased task but the blocked one is waiting in it).
-	last := -1
-	qmtest.CheckFor(t, 5*time.Second, 20*time.Millisecond, func() error {
-		st := stats(t, c, "tasks")
-		prev := last
-		last = st.Leased
-		if st.Leased < 2 || st.Leased != prev {
-			return fmt.Errorf("tasks queue %+v: want tasks waiting behind the blocked one, and no more taken", st)
+	qmtest.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+		if st := stats(t, c, "tasks"); st.Leased != 1 || st.Done != block || st.Ready != n-block-1 {
+			return fmt.Errorf("tasks queue %+v: want the blocked task alone leased, the ones after it ready", st)
 		}
 		return nil
 	})
-	waiting := last - 1
 	w.cancel()
 	close(release)
 	if err := w.wait(t, 10*time.Second); err != nil {
 		t.Fatalf("Run after cancel = %v, want nil", err)
 	}
 	st := stats(t, c, "tasks")
-	if st.Leased != 0 {
-		t.Fatalf("tasks queue %+v after the drain: want nothing leased", st)
+	if st.Leased != 0 || st.Done != block+1 || st.Ready != n-block-1 {
+		t.Fatalf("tasks queue %+v after the drain: want %d done, the rest ready", st, block+1)
 	}
-	rs := results(t, c, "results", int(st.Done), 5*time.Second)
+	rs := results(t, c, "results", block+1, 5*time.Second)
 	seen := map[uint64]bool{}
 	for _, r := range rs {
 		if seen[r.TaskID] {
@@ -131,7 +126,46 @@ func TestPrefetchDrainRunsWaitingTasks(t *testing.T) {
 		seen[r.TaskID] = true
 	}
 	noMoreResults(t, c, "results")
-	if int(st.Done) < block+1+waiting || int(st.Done)+st.Ready != n {
-		t.Fatalf("tasks queue %+v after a drain with %d tasks waiting behind task %d: want those run, the rest ready", st, waiting, block)
+}
+
+// Slow tasks that come after a burst of quick ones, which the prefetch
+// took betting they were quick too, are given back once the worker stands
+// still on the first of them, and the two workers share them (before, the
+// worker that took them ran them one after another while the other idled).
+func TestSlowTasksAfterQuickOnesAreShared(t *testing.T) {
+	addr, _ := qmtest.StartMaster(t, master.Config{})
+	c := qmtest.Dial(t, addr, "producer")
+	const quick, slow = 300, 12
+	var ran [2]atomic.Int32
+	start := make(chan struct{})
+	for i := range ran {
+		cfg := testConfig(t, addr, func(_ context.Context, task worker.Task) (any, error) {
+			v, err := task.Value()
+			if v == "slow" {
+				time.Sleep(100 * time.Millisecond) // far longer than a round trip
+				ran[i].Add(1)
+			}
+			return v, err
+		})
+		cfg.Name = fmt.Sprintf("w%d", i)
+		cfg.Logger = nil
+		if i == 1 {
+			<-start
+		}
+		startWorker(t, cfg)
+		if i == 0 {
+			// The first worker alone takes the burst, and with its end the
+			// slow tasks its prefetch has room for.
+			items := ints(0, quick)
+			for range slow {
+				items = append(items, "slow")
+			}
+			put(t, c, "tasks", items, wire.PutOptions{})
+			close(start)
+		}
+	}
+	results(t, c, "results", quick+slow, 20*time.Second)
+	if a, b := ran[0].Load(), ran[1].Load(); a+b != slow || a < 3 || b < 3 {
+		t.Errorf("the workers ran %d and %d of the %d slow tasks: want them shared", a, b, slow)
 	}
 }

@@ -73,6 +73,10 @@ type results struct {
 	// hasAgain is set while again holds batches, so that serve need not
 	// take mu each round to find none.
 	hasAgain atomic.Bool
+	// progress is when a handler last started or returned (UnixNano):
+	// serve gives back the tasks waiting to start when it stands still
+	// too long (runner.overstayed).
+	progress atomic.Int64
 }
 
 // tally counts tasks between their get and their complete.
@@ -170,6 +174,15 @@ func (res *results) add(f finished, took time.Duration) {
 		res.mu.Unlock()
 	}
 	res.signal()
+}
+
+// stalled counts a time d during which no handler started or returned
+// while tasks waited, as a handler time at least that long: the mean
+// rises to d at once, rather than by an eighth of it.
+func (res *results) stalled(d time.Duration) {
+	res.mu.Lock()
+	res.count.took = max(res.count.took, d)
+	res.mu.Unlock()
 }
 
 // putBack returns outcomes taken from pending, to be sent through the

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"runtime"
+	"slices"
 	"time"
 
 	"github.com/qm-dev/qm/auth"
@@ -83,6 +84,13 @@ type runner struct {
 	// handedOver are the leases of a lost session whose tasks another
 	// gateway can complete (lease.handover), for the next session.
 	handedOver []*lease
+	// noRelease is set once the master refused a release (one older than
+	// it): tasks not started then wait here, as they did before.
+	noRelease bool
+	// overstay wakes serve when the tasks waiting to start have waited
+	// too long (overstayed); its channel is nil while it is not set.
+	overstay   *time.Timer
+	overstayAt time.Time
 }
 
 func newRunner(ctx context.Context, cfg Config) *runner {
@@ -126,7 +134,7 @@ func (r *runner) run(ctx context.Context) error {
 			r.log.Info("completing the tasks of the lost connection through this one", "tasks", len(r.handedOver))
 			r.handedOver = nil
 		}
-		r.log.Info("connected to master", "server", r.cfg.Server, "queue", r.cfg.Tasks, "concurrency", r.cfg.Concurrency)
+		r.log.Info("connected to master", "server", r.cfg.Server, "queue", r.cfg.Tasks, "concurrency", r.slots())
 		stop, err := r.serve(ctx, s)
 		s.close()
 		if stop {
@@ -222,7 +230,8 @@ func (r *runner) serve(ctx context.Context, s *session) (stop bool, err error) {
 		}
 		var t tally
 		held, t = r.res.take(held)
-		t.running += r.runWaiting(s, r.cfg.Concurrency-t.running)
+		slots := r.slots()
+		t.running += r.runWaiting(s, slots-t.running)
 		// Nothing goes to the completer on a session that is gone: results
 		// kept for the next connection would come straight back, and serve
 		// and the completer would pass them round (with a get at the
@@ -235,6 +244,23 @@ func (r *runner) serve(ctx context.Context, s *session) (stop bool, err error) {
 				// as it was (keepForNext).
 				r.res.completes <- sendCall{s: s, again: again}
 				completing = true
+			}
+		}
+		// Tasks taken here and not started go back to the master for
+		// other workers: when draining; when the handlers are known to be
+		// slow (no prefetch: tasks came beyond the free slots, on a get
+		// sized before that was known); and when no handler has started
+		// or ended for a while (the prefetch bet on quick tasks, and lost).
+		var overstayC <-chan time.Time
+		if !r.noRelease && !gone && (len(r.waiting) > r.whead || r.pool.queued() > 0) {
+			now := time.Now()
+			wait := r.overstayed(now, t.took)
+			// (prefetch reads what the getter writes: only while it is idle.)
+			if draining || ctx.Err() != nil || wait <= 0 || !getting && r.prefetch(t) == 0 {
+				r.release(s, draining || ctx.Err() != nil)
+				t = r.res.counts()
+			} else {
+				overstayC = r.armOverstay(now, wait)
 			}
 		}
 		n := 0 // tasks to get now
@@ -258,8 +284,8 @@ func (r *runner) serve(ctx context.Context, s *session) (stop bool, err error) {
 				// Concurrency. Beyond the free slots, the worker takes up
 				// to p tasks to wait in it.
 				p := r.prefetch(t)
-				n = min(r.cfg.Concurrency+p-t.running-(len(r.waiting)-r.whead),
-					2*r.cfg.Concurrency+p-(t.inflight-len(held)))
+				n = min(slots+p-t.running-(len(r.waiting)-r.whead),
+					2*slots+p-(t.inflight-len(held)))
 				if r.cfg.MaxTasks > 0 {
 					n = min(n, r.cfg.MaxTasks-t.handled-t.inflight)
 				}
@@ -317,6 +343,8 @@ func (r *runner) serve(ctx context.Context, s *session) (stop bool, err error) {
 				getting, got = false, true
 			case <-cancelled:
 				cancelled = nil // the next round drains
+			case <-overstayC:
+				r.overstayAt = time.Time{} // fired: the next round looks
 			case <-lost:
 				return r.connectionLost(s, held, completing, draining, stopErr)
 			case <-closed:
@@ -421,6 +449,15 @@ func (r *runner) drain(ctx context.Context) {
 	}
 }
 
+// slots is how many tasks may run at once now: Concurrency, or the
+// handler's Capacity if it has one and it is less.
+func (r *runner) slots() int {
+	if r.cfg.Capacity == nil {
+		return r.cfg.Concurrency
+	}
+	return max(1, min(r.cfg.Concurrency, r.cfg.Capacity()))
+}
+
 // prefetch is how many tasks the worker should take beyond its free
 // slots, given the tally t: as many as its slots finish during one get's
 // round trip, so that the next get's reply comes before they run out, and
@@ -435,7 +472,7 @@ func (r *runner) prefetch(t tally) int {
 		return 0
 	}
 	rtt = max(rtt, minRTT)
-	return int(min(int64(r.cfg.Concurrency)*int64(rtt)/int64(t.took), int64(r.cfg.MaxPrefetch)))
+	return int(min(int64(r.slots())*int64(rtt)/int64(t.took), int64(r.cfg.MaxPrefetch)))
 }
 
 // minRTT is the least round trip the prefetch assumes, so that a quick
@@ -454,11 +491,12 @@ func (r *runner) start(s *session, tasks []Task) {
 		r.waiting, r.whead = r.waiting[:n], 0
 	}
 	now := time.Now()
+	r.res.progress.Store(now.UnixNano()) // new tasks wait from now (overstayed)
 	for _, t := range tasks {
 		r.waiting = append(r.waiting, job{s: s, l: s.track(t, now), t: t})
 	}
 	r.res.taken(len(tasks))
-	r.runWaiting(s, r.cfg.Concurrency-r.res.counts().running)
+	r.runWaiting(s, r.slots()-r.res.counts().running)
 }
 
 // runWaiting hands up to free waiting tasks to the handler pool, in the order
@@ -509,6 +547,88 @@ func (r *runner) endHandedOver() {
 	}
 	r.handedOver = nil
 }
+
+// overstayed returns how long the tasks waiting to start may wait yet
+// before they are given back (<= 0: now): until no handler has started or
+// returned for ten times the mean handler time took, and at least 20 ms.
+// A worker takes tasks beyond its free slots (prefetch) only while
+// handlers take less than a round trip; one that stands still for much
+// longer holds tasks that another, idle worker could run.
+func (r *runner) overstayed(now time.Time, took time.Duration) time.Duration {
+	still := now.Sub(time.Unix(0, r.res.progress.Load()))
+	return max(10*took, minOverstay) - still
+}
+
+// minOverstay is the least time tasks wait to start before they are given
+// back, so that a pause of the handlers (a collection, a slow call) does
+// not send quick tasks round.
+const minOverstay = 20 * time.Millisecond
+
+// armOverstay sets the overstay timer to fire in d, unless it is set to
+// fire still (earlier, as progress since only moves the time later: serve
+// looks again then), and returns its channel. Setting it for every round
+// cost a default worker a tenth of its rate.
+func (r *runner) armOverstay(now time.Time, d time.Duration) <-chan time.Time {
+	switch {
+	case r.overstay == nil:
+		r.overstay = time.NewTimer(d)
+	case r.overstayAt.After(now):
+		return r.overstay.C
+	default:
+		r.overstay.Reset(d)
+	}
+	r.overstayAt = now.Add(d)
+	return r.overstay.C
+}
+
+// release gives back to the master the tasks of s taken here and not
+// started, those waiting for a slot and those queued in the pool
+// (Concurrency 1), for other workers to take, in front of their queue and
+// with no attempt used. If the master refuses (an older one), they stay,
+// and none is given back again.
+func (r *runner) release(s *session, draining bool) {
+	queued := r.pool.takeQueued() // counted running
+	waiting := slices.Clone(r.waiting[r.whead:])
+	clear(r.waiting)
+	r.waiting, r.whead = r.waiting[:0], 0
+	var give []wire.Task
+	for _, j := range append(queued, waiting...) {
+		if j.s == s && !j.l.lost() {
+			give = append(give, wire.Task{ID: j.t.ID, Attempt: j.t.Attempt, Token: j.t.Token})
+		}
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, releaseTimeout)
+	err := s.c.Release(ctx, r.cfg.Tasks, give)
+	cancel()
+	if err != nil {
+		if errors.Is(err, wire.ErrUnknownOp) || errors.Is(err, wire.ErrBadRequest) {
+			r.noRelease = true
+		}
+		r.log.Debug("could not give back tasks not started; they run here", "tasks", len(give), "err", err)
+		r.pool.add(queued)
+		r.waiting = append(r.waiting, waiting...)
+		return
+	}
+	for _, j := range queued {
+		r.res.dropUnrun(j.s, j.l)
+	}
+	for _, j := range waiting {
+		r.res.drop(j.s, []finished{{s: j.s, l: j.l}})
+	}
+	why := "draining"
+	if !draining {
+		// The handlers stood still that long: no quicker, for the
+		// prefetch, until they show it (else the next get would take
+		// the tasks back).
+		why = "no task started or ended for a while"
+		r.res.stalled(time.Since(time.Unix(0, r.res.progress.Load())))
+	}
+	r.log.Info("gave back tasks not started, for other workers", "tasks", len(give), "why", why)
+}
+
+// releaseTimeout bounds a release: on a master that does not answer, the
+// tasks' leases run out instead.
+const releaseTimeout = 5 * time.Second
 
 // dropWaiting forgets the waiting tasks, whose session has lost its
 // connection: the master requeues them. Unless all is set, it keeps

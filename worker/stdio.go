@@ -112,10 +112,11 @@ const DefaultStdioPipeline = 32
 // it had not answered. A third goroutine per child logs its stderr and
 // keeps the end of it for errors.
 type Stdio struct {
-	cfg  StdioConfig
-	reqs chan *request // to the owners
-	quit chan struct{} // closed by Close: the owners stop their children
-	wg   sync.WaitGroup
+	cfg      StdioConfig
+	children []*child
+	reqs     chan *request // to the owners
+	quit     chan struct{} // closed by Close: the owners stop their children
+	wg       sync.WaitGroup
 
 	closeOnce sync.Once
 	closeErr  error
@@ -157,8 +158,10 @@ func NewStdio(cfg StdioConfig) (*Stdio, error) {
 			}
 			return nil, err
 		}
+		c.holds.Store(1)
 		children[i] = c
 	}
+	s.children = children
 	for i, c := range children {
 		s.wg.Add(1)
 		go func() {
@@ -169,10 +172,22 @@ func NewStdio(cfg StdioConfig) (*Stdio, error) {
 	return s, nil
 }
 
-// Slots is how many tasks the children can hold at once, running or
-// written ahead: give Config.Concurrency this, so that a child that
-// answers finds its next tasks waiting.
+// Slots is the most tasks the children can hold at once, running or
+// written ahead: give Config.Concurrency this, and Config.Capacity
+// Capacity, so that a child that answers finds its next tasks waiting.
 func (s *Stdio) Slots() int { return s.cfg.Children * s.cfg.Pipeline }
+
+// Capacity is how many tasks the children hold at once now: one each, and
+// as many as a child that asked for tasks ahead answers in a couple of
+// milliseconds (at most Pipeline). Tasks beyond it would wait for a
+// child, in this worker, while another worker might be idle.
+func (s *Stdio) Capacity() int {
+	n := 0
+	for _, c := range s.children {
+		n += int(c.holds.Load())
+	}
+	return n
+}
 
 // Handle is the Handler: it runs t on a free child. When ctx ends first
 // it returns at once; the child's answer, if it comes, is dropped.

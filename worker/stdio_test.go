@@ -185,7 +185,7 @@ func stdioRun(t *testing.T, mcfg master.Config, script string, scfg worker.Stdio
 	scfg.Children = 2
 	s := startStdio(t, script, scfg)
 	cfg := testConfig(t, addr, s.Handle)
-	cfg.Concurrency = s.Slots()
+	cfg.Concurrency, cfg.Capacity = s.Slots(), s.Capacity
 	startWorker(t, cfg)
 	got := map[uint64]wire.Result{}
 	for _, r := range results(t, c, "replies", len(items), 20*time.Second) {
@@ -213,6 +213,69 @@ func squaresThroughRun(t *testing.T, script string) {
 	}
 	if st := stats(t, c, "tasks"); st.Done != 200 || st.Nacks != 0 {
 		t.Errorf("tasks queue: %+v, want 200 done", st)
+	}
+}
+
+// Slow tasks are not hoarded by a Stdio worker: of two workers with two
+// children each, neither holds more tasks than its children run, whether
+// they take one task at a time or ask for tasks ahead, and each child
+// runs its share. (Before, a worker took a pipeline's worth for each
+// child, and one child's owner kept them waiting for that child alone.)
+func TestStdioHoardsNoSlowTasks(t *testing.T) {
+	for _, tt := range []struct{ name, script string }{
+		{"lockstep", `while read -r x; do sleep 0.1; echo "\"$QM_CHILD\""; done`},
+		{"pipelined", `echo '!pipeline'; while read -r x; do sleep 0.1; echo "\"$QM_CHILD\""; done`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			addr, _ := qmtest.StartMaster(t, master.Config{})
+			c := qmtest.Dial(t, addr, "producer")
+			const n = 24
+			put(t, c, "tasks", ints(0, n), wire.PutOptions{ReplyTo: "replies"})
+			for i := range 2 {
+				s := startStdio(t, tt.script, worker.StdioConfig{Children: 2})
+				cfg := testConfig(t, addr, s.Handle)
+				cfg.Name = fmt.Sprintf("w%d", i)
+				cfg.Logger = nil
+				cfg.Concurrency, cfg.Capacity = s.Slots(), s.Capacity
+				startWorker(t, cfg)
+			}
+			watch := qmtest.Dial(t, addr, "watch")
+			most := 0
+			deadline := time.Now().Add(15 * time.Second)
+			for stats(t, watch, "tasks").Done < n {
+				if time.Now().After(deadline) {
+					t.Fatalf("tasks queue %+v after 15s: want %d done", stats(t, watch, "tasks"), n)
+				}
+				cs, err := watch.Clients(context.Background())
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, ci := range cs {
+					if ci.Role == "worker" {
+						most = max(most, ci.InFlight)
+					}
+				}
+				time.Sleep(2 * time.Millisecond) // polling pace
+			}
+			perChild := map[string]int{}
+			for _, r := range results(t, c, "replies", n, 5*time.Second) {
+				perChild[r.Worker+"/"+fmt.Sprint(value(t, r))]++
+			}
+			// Two each, as a child that asks for tasks ahead first takes,
+			// and a task or two a get sized before that was known brought,
+			// on its way back.
+			if most > 6 {
+				t.Errorf("a worker with two children held %d slow tasks at once: want at most 6", most)
+			}
+			if len(perChild) != 4 {
+				t.Errorf("tasks per worker and child: %v; want all four children to run some", perChild)
+			}
+			for k, v := range perChild {
+				if v < n/8 {
+					t.Errorf("tasks per worker and child: %v; %s ran only %d of %d", perChild, k, v, n)
+				}
+			}
+		})
 	}
 }
 

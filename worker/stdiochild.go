@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/qm-dev/qm/internal/jsonval"
@@ -36,8 +37,14 @@ type child struct {
 	cfg *StdioConfig
 	id  int
 
-	proc      *process // nil while stopped
-	failures  int      // stops in a row with no answer between, for the backoff
+	proc     *process // nil while stopped
+	failures int      // stops in a row with no answer between, for the backoff
+	// service is a moving average of how long the child takes per task,
+	// from when a task is first in line to its answer; 0 until the first
+	// answer of a child that asked for tasks ahead (batchMax).
+	service time.Duration
+	// holds is batchMax as others read it (Stdio.Capacity).
+	holds     atomic.Int32
 	stoppedAt time.Time
 	in        []byte // the task lines being written
 }
@@ -270,6 +277,7 @@ func (c *child) stop(failed bool) {
 		return
 	}
 	c.proc = nil
+	c.holds.Store(1)
 	if failed {
 		c.failures++
 	}

@@ -19,6 +19,9 @@ type owner struct {
 	inflight []*request // written, not yet answered, oldest first
 	timer    *time.Timer
 	timerOn  bool
+	// headSince is when inflight[0] became the task the child is on:
+	// written to an idle child, or the answer before it came.
+	headSince time.Time
 }
 
 // own serves requests with the child until quit is closed, then stops
@@ -46,7 +49,10 @@ func (c *child) own(reqs <-chan *request, quit <-chan struct{}) error {
 		select {
 		case r := <-reqs:
 			o.pending = append(o.pending, r)
-			for len(o.pending) < c.cfg.Pipeline {
+			// No more than the child may hold: the others are for the
+			// other children (before, a child that took one task at a
+			// time kept a pipeline's worth waiting here).
+			for len(o.pending)+len(o.inflight) < c.batchMax() {
 				select {
 				case r := <-o.reqs:
 					o.pending = append(o.pending, r)
@@ -72,13 +78,24 @@ func (c *child) own(reqs <-chan *request, quit <-chan struct{}) error {
 	}
 }
 
-// batchMax is how many tasks the child may hold at once.
+// batchMax is how many tasks the child may hold at once: one, or, once
+// it asked for tasks ahead, as many as it answers within aheadWindow at
+// its recent pace, at most Pipeline (two until it has answered one): so
+// that slow tasks do not wait at one child while another, or another
+// worker, could run them.
 func (c *child) batchMax() int {
-	if c.proc != nil && c.proc.pipelined {
-		return c.cfg.Pipeline
+	switch {
+	case c.proc == nil || !c.proc.pipelined:
+		return 1
+	case c.service == 0:
+		return min(2, c.cfg.Pipeline)
 	}
-	return 1
+	return max(1, min(c.cfg.Pipeline, 1+int(aheadWindow/c.service)))
 }
+
+// aheadWindow is about how much work, in time, a child that takes tasks
+// ahead holds beyond the one it is on.
+const aheadWindow = 2 * time.Millisecond
 
 // writePending writes the child as many pending tasks as it may hold,
 // starting it first if it is stopped, and reports whether it did
@@ -109,6 +126,9 @@ func (o *owner) writePending() bool {
 		o.in = append(o.in, r.line...)
 	}
 	wasIdle := len(o.inflight) == 0
+	if wasIdle {
+		o.headSince = time.Now()
+	}
 	o.inflight = append(o.inflight, o.pending[:n]...)
 	o.pending = append(o.pending[:0], o.pending[n:]...)
 	if o.cfg.TaskTimeout > 0 {
@@ -149,6 +169,7 @@ func (o *owner) answer(l childLine) {
 	switch {
 	case errors.Is(l.err, errPipelineHello):
 		o.proc.pipelined = true
+		o.holds.Store(int32(o.batchMax()))
 		return
 	case len(o.inflight) == 0 && l.err != nil && !errors.Is(l.err, errLineTooLong) && !errors.As(l.err, &ce) && !errors.Is(l.err, errProtocol):
 		// The child exited, or closed its stdout, holding no task.
@@ -179,6 +200,12 @@ func (o *owner) answer(l childLine) {
 	o.inflight[0].done <- answer{v: l.v, err: l.err}
 	o.inflight[0] = nil
 	o.inflight = o.inflight[1:]
+	if o.proc.pipelined {
+		now := time.Now()
+		o.service = ewma(o.service, now.Sub(o.headSince))
+		o.headSince = now
+		o.holds.Store(int32(o.batchMax()))
+	}
 	if len(o.inflight) > 0 {
 		o.armTimer()
 	} else {

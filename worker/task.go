@@ -25,6 +25,7 @@ func (r *runner) runTask(j job) {
 	// A prefetched task may have waited since it was taken: its handler
 	// time, which sets the prefetch, counts from here.
 	start := time.Now()
+	r.res.progress.Store(start.UnixNano())
 	log := r.log
 	debug := log.Enabled(ctx, slog.LevelDebug)
 	if debug {
@@ -33,6 +34,7 @@ func (r *runner) runTask(j job) {
 	}
 	v, err := r.call(ctx, t)
 	took := time.Since(start)
+	r.res.progress.Store(start.Add(took).UnixNano())
 	c := wire.Completion{ID: t.ID, Token: t.Token}
 	if err == nil {
 		c.Value, err = wire.Encode(v)

@@ -326,7 +326,9 @@ func runWorker(ctx context.Context, opts *options) error {
 			}
 		}()
 		cfg.Handler = children.Handle
-		cfg.Concurrency = children.Slots() // tasks wait at the children, not at the master
+		// Up to Slots run at once, as the children hold them: one each,
+		// more while those that take tasks ahead answer quickly.
+		cfg.Concurrency, cfg.Capacity = children.Slots(), children.Capacity
 	default:
 		if opts.Builtin == "" {
 			mode = "command " + strings.Join(opts.Command, " ")

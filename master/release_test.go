@@ -1,0 +1,49 @@
+package master_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/qm-dev/qm/internal/qmtest"
+	"github.com/qm-dev/qm/master"
+	"github.com/qm-dev/qm/wire"
+)
+
+// A worker gives back tasks it took and did not start: another takes them
+// at once, in their place and on the same attempt; a release of a
+// delivery that has been superseded changes nothing.
+func TestReleaseGivesTasksBack(t *testing.T) {
+	addr, _ := qmtest.StartMaster(t, master.Config{})
+	ctx := ctxFor(t, 10*time.Second)
+	producer := qmtest.Dial(t, addr, "producer")
+	ids, err := producer.Put(ctx, "jobs", []any{1, 2, 3}, wire.PutOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := qmtest.Dial(t, addr, "worker")
+	taken, err := a.Get(ctx, "jobs", wire.GetOptions{Max: 3, Timeout: time.Second})
+	if err != nil || len(taken) != 3 {
+		t.Fatalf("get: %d tasks, %v", len(taken), err)
+	}
+	if err := a.Release(ctx, "jobs", taken[1:]); err != nil {
+		t.Fatalf("release: %v", err)
+	}
+	b := qmtest.Dial(t, addr, "worker")
+	got, err := b.Get(ctx, "jobs", wire.GetOptions{Max: 3})
+	if err != nil || len(got) != 2 || got[0].ID != ids[1] || got[1].ID != ids[2] || got[0].Attempt != 1 || got[1].Attempt != 1 {
+		t.Fatalf("another worker's get after the release: %+v, %v; want tasks %v on their first attempt", got, err, ids[1:])
+	}
+	// a's release again, of deliveries now b's: nothing changes.
+	if err := a.Release(ctx, "jobs", taken[1:]); err != nil {
+		t.Fatalf("second release: %v", err)
+	}
+	if err := b.Complete(ctx, "jobs", "", []wire.Completion{{ID: got[0].ID}, {ID: got[1].ID}}); err != nil {
+		t.Fatalf("b's complete after a's stale release: %v", err)
+	}
+	if err := a.Complete(ctx, "jobs", "", []wire.Completion{{ID: taken[0].ID}}); err != nil {
+		t.Fatalf("a's complete of the task it kept: %v", err)
+	}
+	if st, err := producer.Stats(ctx, "jobs"); err != nil || st[0].Ready != 0 || st[0].Leased != 0 {
+		t.Fatalf("stats %+v, %v; want every task done", st, err)
+	}
+}
