@@ -124,6 +124,9 @@ func New(cfg Config) (*Server, error) {
 
 // openLocalQueues opens the queues of this process, recovering them from
 // the data directory if there is one.
+// deadResultWorker names the writer of a dead task's error result.
+const deadResultWorker = "qmaster (dead-letter)"
+
 func (s *Server) openLocalQueues(qcfg queue.Config) error {
 	cfg := s.cfg
 	if cfg.DataDir != "" {
@@ -422,7 +425,9 @@ func (s *Server) publishDeadResult(q string, t queue.Task) {
 		}
 		dest = rq.(string)
 	}
-	dests, results := []string{dest}, []wire.Result{{TaskID: t.ID, Attempt: t.Attempts, Error: deadMessage(t)}}
+	// The master wrote it, as the task went to the dead-letter queue: no
+	// worker's result.
+	dests, results := []string{dest}, []wire.Result{{TaskID: t.ID, Worker: deadResultWorker, Attempt: t.Attempts, Error: deadMessage(t)}}
 	if done, _ := s.putResults(dests, results, queue.ResultsOf{}, false); !done {
 		// The data directory refuses writes: keep trying without holding
 		// up the lease reaper, which may be the caller.

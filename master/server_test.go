@@ -536,7 +536,7 @@ func TestDeadTaskWithoutReplyToReportsToWorkersResultQueue(t *testing.T) {
 	if err != nil || len(res) != 1 {
 		t.Fatalf("error result: %v, %v", res, err)
 	}
-	if r, err := wire.DecodeResult(res[0].Payload); err != nil || r.TaskID != ids[0] || !strings.Contains(r.Error, "failed after 1 attempts: boom") {
+	if r, err := wire.DecodeResult(res[0].Payload); err != nil || r.TaskID != ids[0] || !strings.Contains(r.Error, "failed after 1 attempt: boom") || r.Worker != "qmaster (dead-letter)" {
 		t.Errorf("error result %+v, %v", r, err)
 	}
 }

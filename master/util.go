@@ -22,5 +22,9 @@ func deadMessage(t queue.Task) string {
 	if last == "" {
 		last = "no error text"
 	}
-	return fmt.Sprintf("failed after %d attempts: %s", t.Attempts, last)
+	attempts := "attempts"
+	if t.Attempts == 1 {
+		attempts = "attempt"
+	}
+	return fmt.Sprintf("failed after %d %s: %s", t.Attempts, attempts, last)
 }

@@ -458,6 +458,14 @@ func (res *results) completed(s *session, held []wire.Completion, err error, aga
 		// them and keeps their leases, and may store them after this.
 		res.log.Warn("complete not answered in time; the master may still store the results, else the tasks are redelivered when their leases run out",
 			"queue", res.cfg.Tasks, "tasks", len(held), "timeout", completeTimeout)
+	case errors.Is(err, wire.ErrUnknownQueue):
+		res.log.Warn("complete failed: the tasks' queue is gone (deleted?); their results are dropped",
+			"queue", res.cfg.Tasks, "tasks", len(held), "err", err)
+	case errors.Is(err, wire.ErrPermissionDenied):
+		// Refused whole (the key may not take from the queue), the tasks
+		// run again once their leases run out; refused results only, the
+		// tasks are done: the master's error says which.
+		res.log.Warn("complete refused by the master's access rules", "queue", res.cfg.Tasks, "tasks", len(held), "err", err)
 	default:
 		res.log.Warn("complete failed; the tasks will be redelivered when their leases run out",
 			"queue", res.cfg.Tasks, "tasks", len(held), "err", err)
