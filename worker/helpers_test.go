@@ -210,3 +210,29 @@ func ints(from, n int) []any {
 	}
 	return out
 }
+
+// mostHeldUntilDone polls the master at addr until n tasks of "tasks" are
+// done, failing the test after d, and returns the most tasks any worker
+// held at once meanwhile.
+func mostHeldUntilDone(t *testing.T, addr string, n int, d time.Duration) int {
+	t.Helper()
+	watch := qmtest.Dial(t, addr, "watch")
+	most := 0
+	deadline := time.Now().Add(d)
+	for stats(t, watch, "tasks").Done < uint64(n) {
+		if time.Now().After(deadline) {
+			t.Fatalf("tasks queue %+v after %s: want %d done", stats(t, watch, "tasks"), d, n)
+		}
+		cs, err := watch.Clients(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ci := range cs {
+			if ci.Role == "worker" {
+				most = max(most, ci.InFlight)
+			}
+		}
+		time.Sleep(time.Millisecond) // polling pace
+	}
+	return most
+}

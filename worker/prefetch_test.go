@@ -52,24 +52,7 @@ func TestPrefetchHoardsNoSlowTasks(t *testing.T) {
 		cfg.Name = fmt.Sprintf("slow%d", i)
 		startWorker(t, cfg)
 	}
-	watch := qmtest.Dial(t, addr, "watch")
-	most := 0
-	deadline := time.Now().Add(10 * time.Second)
-	for stats(t, watch, "tasks").Done < n {
-		if time.Now().After(deadline) {
-			t.Fatalf("tasks queue %+v after 10s: want %d done", stats(t, watch, "tasks"), n)
-		}
-		cs, err := watch.Clients(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, ci := range cs {
-			if ci.Role == "worker" {
-				most = max(most, ci.InFlight)
-			}
-		}
-		time.Sleep(time.Millisecond) // polling pace
-	}
+	most := mostHeldUntilDone(t, addr, n, 10*time.Second)
 	results(t, c, "results", n, 5*time.Second)
 	if most > 1 {
 		t.Errorf("a worker at Concurrency 1 held %d slow tasks at once: want at most the one it runs", most)

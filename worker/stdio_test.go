@@ -239,24 +239,7 @@ func TestStdioHoardsNoSlowTasks(t *testing.T) {
 				cfg.Concurrency, cfg.Capacity = s.Slots(), s.Capacity
 				startWorker(t, cfg)
 			}
-			watch := qmtest.Dial(t, addr, "watch")
-			most := 0
-			deadline := time.Now().Add(15 * time.Second)
-			for stats(t, watch, "tasks").Done < n {
-				if time.Now().After(deadline) {
-					t.Fatalf("tasks queue %+v after 15s: want %d done", stats(t, watch, "tasks"), n)
-				}
-				cs, err := watch.Clients(context.Background())
-				if err != nil {
-					t.Fatal(err)
-				}
-				for _, ci := range cs {
-					if ci.Role == "worker" {
-						most = max(most, ci.InFlight)
-					}
-				}
-				time.Sleep(2 * time.Millisecond) // polling pace
-			}
+			most := mostHeldUntilDone(t, addr, n, 15*time.Second)
 			perChild := map[string]int{}
 			for _, r := range results(t, c, "replies", n, 5*time.Second) {
 				perChild[r.Worker+"/"+fmt.Sprint(value(t, r))]++
