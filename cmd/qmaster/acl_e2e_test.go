@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -284,5 +285,42 @@ get = ["*"]
 	}
 	if n := strings.Count(m.stderr.String(), "acl reloaded"); n != reloads {
 		t.Errorf("%d reloads logged, want %d", n, reloads)
+	}
+}
+
+// TestE2EACLMapDenied: a map that its key's permissions stop reports the
+// denial first, and not that it could not delete its result queue, which
+// adds nothing; a map stopped for another reason says after it that its
+// result queue stays.
+func TestE2EACLMapDenied(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "acl.toml")
+	acl := `
+[[key]]
+name = "ingest"
+secret = "ingest-secret"
+put = ["jobs"]
+
+[[key]]
+name = "mapper"
+secret = "mapper-secret"
+put = ["jobs", "map-*"]
+get = ["map-*"]
+`
+	if err := os.WriteFile(path, []byte(acl), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	m := startMaster(t, "--acl", path)
+
+	r := qmaster(t, "1\n", env("QM_AUTHKEY=ingest-secret"), "map", "--server", m.addr, "--tasks", "jobs", "--timeout", "10s")
+	lines := strings.Split(strings.TrimSpace(r.stderr), "\n")
+	if r.code != 1 || len(lines) != 1 || !strings.HasPrefix(lines[0], "qmaster map: ") || !strings.Contains(lines[0], "permission denied: key ingest may not") {
+		t.Errorf("map denied: exit %d, stderr %q; want 1 and the denial alone", r.code, r.stderr)
+	}
+
+	r = qmaster(t, "1\n", env("QM_AUTHKEY=mapper-secret"), "map", "--server", m.addr, "--tasks", "jobs", "--timeout", "300ms")
+	re := regexp.MustCompile(`^qmaster map: timed out after 300ms with 0 of 1 results \(and delete result queue map-\w+: permission denied: key mapper may not delete map-\w+\)\n$`)
+	if r.code != 1 || !re.MatchString(r.stderr) {
+		t.Errorf("map timed out: exit %d, stderr %q; want 1 and %s", r.code, r.stderr, re)
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"strings"
 	"time"
@@ -108,20 +110,59 @@ func (o *clientOptions) connect(ctx context.Context, f *factory, role, name stri
 	case ctx.Err() != nil:
 		return nil, ctx.Err()
 	case dctx.Err() != nil:
-		err = fmt.Errorf("connect %s: no answer within %s", o.Server, o.ConnectTimeout)
+		// The connect timed out. If it did so in the handshake, the master
+		// may be waiting for a TLS client: wire asks that of an early end,
+		// and it stands here too, whichever timeout ran out first.
+		msg := fmt.Sprintf("connect %s: no answer within %s", o.Server, o.ConnectTimeout)
+		if tcfg == nil && inHandshake(err) {
+			msg += " (" + tlsQuestion + ")"
+		}
+		err = errors.New(msg)
 	}
 	return nil, &connError{err}
+}
+
+// tlsQuestion is what a plaintext client that got no challenge asks.
+const tlsQuestion = "does the master require TLS? see --tls and --tls-ca"
+
+// inHandshake reports whether err came after the TCP connection was made:
+// the master closed it or did not answer in the handshake. A failed TCP
+// connect is a "dial" error.
+func inHandshake(err error) bool {
+	var opErr *net.OpError
+	if errors.As(err, &opErr) {
+		return opErr.Op != "dial"
+	}
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
 }
 
 // authMessage returns the outermost part of an authentication error that
 // starts with "authentication failed", dropping the "connect ADDR:"
 // context that the caller reports in its own words.
 func authMessage(err error) string {
-	msg := err.Error()
-	for e := err; e != nil; e = errors.Unwrap(e) {
-		if s := e.Error(); strings.HasPrefix(s, auth.ErrAuthFailed.Error()) {
-			return s
+	if s, ok := authPart(err); ok {
+		return s
+	}
+	return auth.ErrAuthFailed.Error() + ": " + err.Error()
+}
+
+// authPart finds authMessage's part in err's tree. wire.Dial joins the
+// errors of the masters it tried, which errors.Unwrap does not open.
+func authPart(err error) (string, bool) {
+	if s := err.Error(); strings.HasPrefix(s, auth.ErrAuthFailed.Error()) {
+		return s, true
+	}
+	switch u := err.(type) {
+	case interface{ Unwrap() error }:
+		if e := u.Unwrap(); e != nil {
+			return authPart(e)
+		}
+	case interface{ Unwrap() []error }:
+		for _, e := range u.Unwrap() {
+			if errors.Is(e, auth.ErrAuthFailed) {
+				return authPart(e)
+			}
 		}
 	}
-	return auth.ErrAuthFailed.Error() + ": " + msg
+	return "", false
 }

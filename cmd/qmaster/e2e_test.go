@@ -122,8 +122,8 @@ func TestE2EWrongAuthkey(t *testing.T) {
 	if r.code != 1 {
 		t.Errorf("exit %d, want 1", r.code)
 	}
-	if !strings.HasPrefix(r.stderr, "qmaster: authentication failed: ") {
-		t.Errorf("stderr %q, want qmaster: authentication failed: ...", r.stderr)
+	if !strings.HasPrefix(r.stderr, "qmaster: authentication failed: ") || strings.Count(r.stderr, "authentication failed") != 1 {
+		t.Errorf("stderr %q, want qmaster: authentication failed: ..., said once", r.stderr)
 	}
 	qmtest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
 		if !regexp.MustCompile(`authentication failed.*remote=127\.0\.0\.1:\d+`).MatchString(m.stderr.String()) {

@@ -138,6 +138,9 @@ func TestUsageErrors(t *testing.T) {
 		{"put no queue", func(t *testing.T) *cobra.Command {
 			return newCmdPut(&factory{}, func(o *putOptions) error { return never(t)(o) })
 		}, nil, "missing QUEUE"},
+		{"put empty key", func(t *testing.T) *cobra.Command {
+			return newCmdPut(&factory{}, func(o *putOptions) error { return never(t)(o) })
+		}, []string{"q", "1", "--key", ""}, "--key must not be empty"},
 		{"get two queues", func(t *testing.T) *cobra.Command {
 			return newCmdGet(&factory{}, func(o *getOptions) error { return never(t)(o) })
 		}, []string{"a", "b"}, `unexpected argument "b"`},

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/hex"
 	"fmt"
 	"regexp"
@@ -81,17 +83,28 @@ func TestMapInProcess(t *testing.T) {
 	}
 }
 
-func TestMapIgnoresForeignResults(t *testing.T) {
+// TestMapPutsBackForeignItems: items of a --results queue that map did not
+// submit (a result of another's task, three that are not results, with
+// the same task ID of 0, one put while map runs) are put back at its end,
+// as they were, and counted right.
+func TestMapPutsBackForeignItems(t *testing.T) {
 	addr := startInProcessMaster(t, master.Config{})
 	c := qmtestDial(t, addr)
-	foreign, err := wire.Encode(wire.Result{TaskID: 999999, Value: []byte{0xc0}})
-	if err != nil {
+	enc := encoder(t)
+	foreign := []msgpack.RawMessage{enc(wire.Result{TaskID: 999999, Value: []byte{0xc0}}), enc(map[string]int{"foreign": 1}), enc(42), enc(nil)}
+	if _, err := c.PutRaw(context.Background(), "shared", foreign, wire.PutOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.PutRaw(context.Background(), "shared", []msgpack.RawMessage{foreign}, wire.PutOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	runWorker(t, addr, "tasks", func(n int64) (any, error) { return -n, nil })
+	late := enc("late")
+	var once sync.Once
+	runWorker(t, addr, "tasks", func(n int64) (any, error) {
+		once.Do(func() {
+			if _, err := c.PutRaw(context.Background(), "shared", []msgpack.RawMessage{late}, wire.PutOptions{}); err != nil {
+				t.Error(err)
+			}
+		})
+		return -n, nil
+	})
 
 	f, out, errOut := testFactory("1\n2\n3\n")
 	if code := runInProcess(context.Background(), f, "map", "--server", addr, "--results", "shared", "--timeout", "30s"); code != 0 {
@@ -100,8 +113,194 @@ func TestMapIgnoresForeignResults(t *testing.T) {
 	if out.String() != "-1\n-2\n-3\n" {
 		t.Errorf("stdout %q", out)
 	}
-	if want := "qmaster map: ignored 1 result in shared of tasks this map did not submit\n"; errOut.String() != want {
+	if want := "qmaster map: put back 5 items of shared that this map did not submit\n"; errOut.String() != want {
 		t.Errorf("stderr %q, want %q", errOut, want)
+	}
+	back, err := c.Get(context.Background(), "shared", wire.GetOptions{Max: 10, NoAck: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := append(foreign, late)
+	if len(back) != len(want) {
+		t.Fatalf("shared holds %d items, want the %d map did not submit", len(back), len(want))
+	}
+	for i, task := range back {
+		if len(task.Payload) == 0 {
+			task.Payload = msgpackNil // as a get hands out nil
+		}
+		if !bytes.Equal(task.Payload, want[i]) {
+			t.Errorf("item %d of shared is %x, want %x", i, task.Payload, want[i])
+		}
+	}
+}
+
+// TestMapTimeoutPrintsWhatCame: a map that times out prints the results
+// that came, in input order, with null on the line whose result had not
+// come (named on stderr), and counts what came in its message.
+func TestMapTimeoutPrintsWhatCame(t *testing.T) {
+	addr := startInProcessMaster(t, master.Config{})
+	c := qmtestDial(t, addr)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	go func() { // a worker that holds the tasks of inputs 2 and 4 and completes the others
+		defer wg.Done()
+		var tasks []wire.Task
+		for len(tasks) < 4 && ctx.Err() == nil {
+			ts, err := c.Get(ctx, "tasks", wire.GetOptions{Max: 4, Timeout: 100 * time.Millisecond, Lease: time.Minute})
+			if err != nil {
+				return
+			}
+			tasks = append(tasks, ts...)
+		}
+		var done []wire.Completion
+		for _, task := range tasks {
+			v, err := task.Value()
+			if n, ok := v.(int64); err == nil && ok && n%2 == 1 {
+				b, _ := wire.Encode(n * n)
+				done = append(done, wire.Completion{ID: task.ID, Value: b})
+			}
+		}
+		if err := c.Complete(ctx, "tasks", "", done); err != nil && ctx.Err() == nil {
+			t.Errorf("complete: %v", err)
+		}
+	}()
+	f, out, errOut := testFactory(seq(4))
+	if code := runInProcess(context.Background(), f, "map", "--server", addr, "--timeout", "2s"); code != 1 {
+		t.Errorf("exit %d, want 1", code)
+	}
+	if want := "1\nnull\n9\n"; out.String() != want {
+		t.Errorf("stdout %q, want %q", out, want)
+	}
+	for _, re := range []string{
+		`(?m)^qmaster map: task \d+ \(input line 2: 2\) has no result yet: null printed in its place$`,
+		`(?m)^qmaster map: timed out after 2s with 2 of 4 results; 1 line without a result printed as null, so that the others keep their input order \(named above\)$`,
+	} {
+		if !regexp.MustCompile(re).MatchString(errOut.String()) {
+			t.Errorf("stderr lacks %s:\n%s", re, errOut)
+		}
+	}
+}
+
+// startMap runs a map of stdin to tasks at addr in the background, with
+// checks of a waiting map every 100ms; its error comes on done.
+func startMap(t *testing.T, addr, tasks, stdin string) (out, errOut *syncBuffer, done <-chan error) {
+	t.Helper()
+	f, _, _ := testFactory(stdin)
+	out, errOut = &syncBuffer{}, &syncBuffer{}
+	f.Out, f.ErrOut = out, errOut
+	opts := &mapOptions{IO: f, Client: clientOptions{Server: addr, Authkey: testKey, ConnectTimeout: 5 * time.Second},
+		Tasks: tasks, Batch: 1000, checkEvery: 100 * time.Millisecond}
+	ctx, cancel := context.WithCancel(context.Background())
+	ch, exited := make(chan error, 1), make(chan struct{})
+	go func() {
+		defer close(exited)
+		ch <- mapRun(ctx, opts)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			t.Error("map still running 10s after its cancellation")
+		}
+	})
+	return out, errOut, ch
+}
+
+// TestMapTasksQueueDeleted: a map whose tasks queue is deleted fails at
+// once, saying so, even when a worker's get has made the queue anew.
+func TestMapTasksQueueDeleted(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		remade bool
+	}{
+		{"deleted", false},
+		{"made anew by a worker's get", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			addr := startInProcessMaster(t, master.Config{})
+			c := qmtestDial(t, addr)
+			ctx := context.Background()
+			_, errOut, done := startMap(t, addr, "dq", "1\n2\n3\n")
+			qmtest.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+				if st, err := c.Stats(ctx, "dq"); err != nil || st[0].Ready != 3 {
+					return fmt.Errorf("tasks not submitted yet: %v %v", st, err)
+				}
+				return nil
+			})
+			if err := c.Delete(ctx, "dq"); err != nil {
+				t.Fatal(err)
+			}
+			if tc.remade {
+				if _, err := c.Get(ctx, "dq", wire.GetOptions{}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			select {
+			case err := <-done:
+				if want := "tasks queue dq was deleted; 3 tasks of this map went with it"; err == nil || err.Error() != want {
+					t.Errorf("map: %v, want %q; stderr:\n%s", err, want, errOut)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatalf("map still waits 5s after its tasks queue was deleted; stderr:\n%s", errOut)
+			}
+		})
+	}
+}
+
+// TestMapSaysWhyNoWorkerTakes: a map whose tasks no one takes says why
+// on stderr, once, and goes on waiting until a worker serves them.
+func TestMapSaysWhyNoWorkerTakes(t *testing.T) {
+	addr := startInProcessMaster(t, master.Config{})
+	out, errOut, done := startMap(t, addr, "lonely", "1\n2\n")
+	waitFor := func(note string) {
+		t.Helper()
+		qmtest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+			if !strings.Contains(errOut.String(), note) {
+				return fmt.Errorf("stderr lacks %q:\n%s", note, errOut)
+			}
+			return nil
+		})
+	}
+	noWorker := "qmaster map: waiting: 2 tasks ready in lonely and no worker connected\n"
+	waitFor(noWorker)
+	runWorker(t, addr, "other", func(n int64) (any, error) { return n, nil })
+	waitFor("qmaster map: waiting: 2 tasks ready in lonely and none taken (1 worker connected, none getting from lonely)\n")
+	runWorker(t, addr, "lonely", func(n int64) (any, error) { return n * n, nil })
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("map: %v; stderr:\n%s", err, errOut)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("map still waits 10s after a worker came; stderr:\n%s", errOut)
+	}
+	if out.String() != "1\n4\n" {
+		t.Errorf("stdout %q", out)
+	}
+	if n := strings.Count(errOut.String(), noWorker); n != 1 {
+		t.Errorf("said %d times that no worker is connected, want once:\n%s", n, errOut)
+	}
+}
+
+// TestMapFailedAfterOneAttempt: a task that fails for good at its first
+// attempt is reported in the singular.
+func TestMapFailedAfterOneAttempt(t *testing.T) {
+	addr := startInProcessMaster(t, master.Config{MaxAttempts: 1})
+	runWorker(t, addr, "tasks", func(n int64) (any, error) {
+		if n == 2 {
+			return nil, fmt.Errorf("two is wrong")
+		}
+		return n, nil
+	})
+	f, out, errOut := testFactory("1\n2\n")
+	if code := runInProcess(context.Background(), f, "map", "--server", addr, "--timeout", "30s"); code != 1 || out.String() != "1\nnull\n" {
+		t.Errorf("exit %d, stdout %q; want 1 and a null", code, out)
+	}
+	if !regexp.MustCompile(`(?m)^qmaster map: task \d+ \(input line 2: 2\) failed after 1 attempt: two is wrong$`).MatchString(errOut.String()) {
+		t.Errorf("stderr:\n%s", errOut)
 	}
 }
 
@@ -155,12 +354,57 @@ func TestPutBatches(t *testing.T) {
 	}
 }
 
+// TestPutQueueFull: a batch larger than the room in a queue at its max
+// length puts what fits, in parts, and then, without --timeout, fails at
+// once saying what to do.
 func TestPutQueueFull(t *testing.T) {
-	addr := startInProcessMaster(t, master.Config{MaxQueueLen: 2})
-	f, _, errOut := testFactory("")
-	code := runInProcess(context.Background(), f, "put", "--server", addr, "small", "1", "2", "3")
-	if code != 1 || !strings.Contains(errOut.String(), "qmaster put: put into small: queue full") {
-		t.Errorf("exit %d, stderr %q", code, errOut)
+	addr := startInProcessMaster(t, master.Config{MaxQueueLen: 3})
+	f, out, errOut := testFactory(seq(5))
+	start := time.Now()
+	code := runInProcess(context.Background(), f, "put", "--server", addr, "--ids", "small")
+	want := "qmaster put: put into small: queue small is full (its --max-queue-len); put waits for room with --timeout (after 3 items were put)\n"
+	if code != 1 || errOut.String() != want {
+		t.Errorf("exit %d, stderr %q; want 1, %q", code, errOut, want)
+	}
+	if n := strings.Count(out.String(), "\n"); n != 3 {
+		t.Errorf("%d ids printed, want the 3 put", n)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("took %s, want a failure at once", d)
+	}
+}
+
+// TestPutWaitsForRoom: a batch larger than a queue's max length, into an
+// empty queue, goes in as room is made within --timeout.
+func TestPutWaitsForRoom(t *testing.T) {
+	addr := startInProcessMaster(t, master.Config{MaxQueueLen: 3})
+	c := qmtestDial(t, addr)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	taken := make(chan int, 1)
+	go func() { // a slow consumer
+		n := 0
+		defer func() { taken <- n }()
+		for n < 5 && ctx.Err() == nil {
+			time.Sleep(100 * time.Millisecond)
+			ts, err := c.Get(ctx, "small", wire.GetOptions{NoAck: true, Timeout: 100 * time.Millisecond})
+			if err != nil {
+				return
+			}
+			n += len(ts)
+		}
+	}()
+	f, _, errOut := testFactory(seq(5))
+	if code := runInProcess(context.Background(), f, "put", "--server", addr, "--timeout", "10s", "small"); code != 0 || errOut.String() != "put 5 items into small\n" {
+		t.Fatalf("exit %d, stderr %q; want 0 and 5 items put", code, errOut)
+	}
+	select {
+	case n := <-taken:
+		if n != 5 {
+			t.Errorf("the consumer took %d items, want 5", n)
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("the consumer did not get the 5 items")
 	}
 }
 
@@ -217,6 +461,37 @@ func TestConnectRefused(t *testing.T) {
 	code := runInProcess(context.Background(), f, "queues", "--server", "127.0.0.1:1", "--connect-timeout", "1s")
 	if msg := errOut.String(); code != 1 || !strings.HasPrefix(msg, "qmaster: ") || !strings.Contains(msg, "127.0.0.1:1") || !strings.Contains(msg, "refused") {
 		t.Errorf("exit %d, stderr %q", code, errOut)
+	}
+}
+
+// TestPlaintextAtTLSMaster: a client without --tls at a TLS master is
+// asked whether the master requires TLS, whichever ends the handshake
+// first: the master's handshake timeout (EOF), the client's
+// --connect-timeout, or both at once.
+func TestPlaintextAtTLSMaster(t *testing.T) {
+	ca := qmtest.NewCA(t, "qm-test")
+	certFile, keyFile := ca.Issue(t, "master")
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const handshake = 400 * time.Millisecond
+	addr := startInProcessMaster(t, master.Config{TLS: &tls.Config{Certificates: []tls.Certificate{cert}}, HandshakeTimeout: handshake})
+	for _, tc := range []struct {
+		name    string
+		timeout time.Duration
+	}{
+		{"client times out first", handshake / 2},
+		{"same timeout", handshake},
+		{"master closes first", 4 * handshake},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f, _, errOut := testFactory("")
+			code := runInProcess(context.Background(), f, "inspect", "--server", addr, "--connect-timeout", tc.timeout.String())
+			if code != 1 || !strings.Contains(errOut.String(), "does the master require TLS? see --tls and --tls-ca") {
+				t.Errorf("exit %d, stderr %q; want 1 and the TLS question", code, errOut)
+			}
+		})
 	}
 }
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -9,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -29,6 +31,10 @@ type mapOptions struct {
 	Results string
 	Batch   int
 	Timeout time.Duration
+
+	// checkEvery is how often a map that waits for results in vain looks
+	// into its tasks queue; 0 is waitCheckEvery. Tests shorten it.
+	checkEvery time.Duration
 }
 
 func newCmdMap(f *factory, runF func(*mapOptions) error) *cobra.Command {
@@ -44,12 +50,25 @@ line k is the result of the k-th item. Workers (qworker) must be serving
 
 Tasks are submitted in batches as the input is read, and results are
 collected and printed at the same time, so long inputs stream through. Results go to a private queue, map-<random>, deleted
-at the end, unless --results names one; results in it of tasks this map
-did not submit are ignored (with a warning).
+at the end, unless --results names one; items map takes from it that are
+not results of its tasks are put back at its end when map is done (said
+on stderr).
 
 A task that fails for good (after the master's --max-attempts) prints null
 on its line and is reported on stderr; map then exits with status 1. A
 progress bar is shown on stderr when it is a terminal.
+
+A map stopped early (--timeout, an interrupt, an error) prints the results
+that came, still in input order: up to the last of them, each line whose
+result had not come gets null, and stderr names its input line ("has no
+result yet"); the lines after it are not printed. The final message says
+how many results came.
+
+While results are due and none has come for 5s, map looks at --tasks (a
+stats call, every 5s at most): if the queue was deleted, map fails at
+once, saying how many of its tasks went with it; if tasks sit there ready
+and none is taken (no worker connected, none serving --tasks, or the
+queue paused), it says so once on stderr and goes on waiting.
 
 Given several --server addresses (gateways to one cluster), or a host name
 with the addresses of several hosts (an IPv4 and an IPv6 address are one
@@ -111,11 +130,19 @@ type submitted struct {
 	inputs []inputLine
 }
 
-// mapState is the collation of results into input order. It is owned by
-// the goroutine that runs mapRun.
+// received is an item the collector took from the result queue: the
+// result it holds, if it is one (ok), and the item itself, to be put back
+// if it is not this map's.
+type received struct {
+	wire.Result
+	item *wire.Task
+	ok   bool
+}
+
 // pendingLine is an input waiting for its result to be printed.
 type pendingLine struct {
 	in     inputLine
+	id     uint64 // its task's
 	result wire.Result
 	done   bool // result is set
 }
@@ -156,28 +183,43 @@ func (r *lineRing) popFront() pendingLine {
 	return p
 }
 
+// mapState is the collation of results into input order. It is owned by
+// the goroutine that runs mapRun.
 type mapState struct {
 	opts *mapOptions
 	out  *bufio.Writer
 	bar  *progressbar.ProgressBar
 
-	index idIndex // task id → its position in the input
+	index idIndex // task id → its position in the input, until printed
+	// ours holds every task this map submitted, never forgotten: it tells
+	// a result received twice from one that is not this map's.
+	ours idIndex
 	// window holds the inputs from position next on, each with its
 	// result once it came, until printed: a ring rather than maps keyed
 	// by position, which were a tenth of map's time, or a slice appended
 	// to at the back and cut at the front, whose regrowth copied the
 	// whole window over and over (a third of map's time).
-	window  lineRing
-	early   map[uint64]wire.Result // results that beat their put's reply
-	total   int                    // tasks submitted so far
-	next    int                    // position of the next line to print
-	reading bool                   // the producer may submit more
+	window     lineRing
+	early      map[uint64]received // results that beat their put's reply
+	earlyAgain []received          // more of them, for task IDs early holds
+	total      int                 // tasks submitted so far
+	next       int                 // position of the next line to print
+	arrived    int                 // results of tasks submitted: printed, or held in window
+	reading    bool                // the producer may submit more
 
-	failed  int
-	ignored int
+	// check, if set, is called every checkEvery while results are
+	// outstanding and none came since the last call. It returns a note
+	// for stderr, or why map cannot go on.
+	check      func(ctx context.Context, submitted, outstanding int) (string, error)
+	checkEvery time.Duration
+
+	failed   int
+	ignored  int          // results of this map's tasks received twice
+	foreign  []*wire.Task // items taken from the result queue that are not this map's
+	writeErr bool         // writing the output failed
 }
 
-func mapRun(ctx context.Context, opts *mapOptions) error {
+func mapRun(ctx context.Context, opts *mapOptions) (err error) {
 	conn, err := dialProducer(ctx, &opts.Client, opts.IO, "map")
 	if err != nil {
 		return err
@@ -192,8 +234,16 @@ func mapRun(ctx context.Context, opts *mapOptions) error {
 			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 			defer cancel()
 			c, _ := conn.client()
-			if err := c.Delete(dctx, results); err != nil && !errors.Is(err, wire.ErrUnknownQueue) {
-				fmt.Fprintf(opts.IO.ErrOut, "qmaster map: delete result queue %s: %v\n", results, err)
+			derr := c.Delete(dctx, results)
+			switch {
+			case derr == nil || errors.Is(derr, wire.ErrUnknownQueue):
+			case err == nil:
+				fmt.Fprintf(opts.IO.ErrOut, "qmaster map: delete result queue %s: %v\n", results, derr)
+			case errors.Is(err, wire.ErrPermissionDenied) && errors.Is(derr, wire.ErrPermissionDenied):
+				// The key's permissions stopped map: that they do not
+				// let it delete the queue either adds nothing.
+			default: // after the cause, which main reports
+				err = fmt.Errorf("%w (and delete result queue %s: %v)", err, results, derr)
 			}
 		}()
 	}
@@ -218,7 +268,7 @@ func mapRun(ctx context.Context, opts *mapOptions) error {
 	var (
 		wg        sync.WaitGroup
 		batches   = make(chan submitted)
-		resultsCh = make(chan []wire.Result)
+		resultsCh = make(chan []received)
 		errs      = make(chan error, 2)
 		produced  = make(chan struct{})
 		collected = make(chan struct{})
@@ -243,22 +293,52 @@ func mapRun(ctx context.Context, opts *mapOptions) error {
 	}()
 
 	st := newMapState(opts)
+	watch := &tasksWatch{conn: conn, queue: opts.Tasks, told: make(map[string]bool)}
+	st.check, st.checkEvery = watch.check, cmp.Or(opts.checkEvery, waitCheckEvery)
 	err = st.loop(work, batches, resultsCh, produced, errs)
 	stop()
 	close(finish)
+	var wakeID uint64
 	if opts.Results == "" {
 		// Wake the collector's get with an item no one else will read.
 		wctx, cancel := context.WithTimeout(collectCtx, time.Second)
 		c, _ := conn.client()
-		_, _ = c.PutRaw(wctx, results, []msgpack.RawMessage{msgpackNil}, wire.PutOptions{})
+		if ids, err := c.PutRaw(wctx, results, []msgpack.RawMessage{msgpackNil}, wire.PutOptions{}); err == nil && len(ids) == 1 {
+			wakeID = ids[0]
+		}
 		cancel()
 	}
-	select {
-	case <-collected:
-	case <-time.After(resultWait + 2*time.Second):
-		killCollect()
+	// What the collector took meanwhile is taken for good: results of
+	// lines still to print, or items to put back.
+	kill := time.NewTimer(resultWait + 2*time.Second)
+	for collecting := true; collecting; {
+		select {
+		case rs := <-resultsCh:
+			for _, r := range rs {
+				if wakeID == 0 || r.item.ID != wakeID {
+					st.result(r)
+				}
+			}
+		case <-collected:
+			collecting = false
+		case <-kill.C:
+			killCollect()
+		}
 	}
+	kill.Stop()
 	wg.Wait()
+	if st.reading && opts.Results == "" {
+		// Stopped early, so the results waiting for their put's reply
+		// are most likely this map's: not to be reported as another's.
+		// (Those in a --results queue are put back all the same.)
+		st.early, st.earlyAgain = nil, nil
+	}
+	st.endReading()
+	nulls := 0
+	if err != nil && !st.writeErr {
+		// Results that came are printed, though map stops (see drain).
+		nulls, _ = st.drain()
+	}
 	if st.bar != nil {
 		_ = st.bar.Exit()
 		fmt.Fprintln(opts.IO.ErrOut)
@@ -267,17 +347,24 @@ func mapRun(ctx context.Context, opts *mapOptions) error {
 		err = ferr
 	}
 	if st.ignored > 0 {
-		why := "of tasks this map did not submit"
+		why := "received twice"
 		if _, gen := conn.client(); gen > 0 {
 			// Expected: results in flight when a connection was lost come
-			// again, and each input's result is printed once all the same.
-			why = "received again after connecting again, or of tasks this map did not submit"
-			if err == nil {
-				why += " (each input's result was printed once)"
-			}
+			// again.
+			why = "received again after connecting again"
 		}
-		fmt.Fprintf(opts.IO.ErrOut, "qmaster map: ignored %d %s in %s %s\n",
+		fmt.Fprintf(opts.IO.ErrOut, "qmaster map: ignored %d %s in %s %s (a task's result is printed once)\n",
 			st.ignored, plural(st.ignored, "result", "results"), results, why)
+	}
+	if n := len(st.foreign); n > 0 && opts.Results == "" {
+		fmt.Fprintf(opts.IO.ErrOut, "qmaster map: ignored %d %s in %s that this map did not submit\n", n, plural(n, "item", "items"), results)
+	} else if n > 0 {
+		putBack(ctx, conn, results, st.foreign, opts.IO.ErrOut)
+	}
+	note := ""
+	if nulls > 0 {
+		note = fmt.Sprintf("; %d %s without a result printed as null, so that the others keep their input order (named above)",
+			nulls, plural(nulls, "line", "lines"))
 	}
 	switch {
 	case err == nil && st.failed > 0:
@@ -285,25 +372,32 @@ func mapRun(ctx context.Context, opts *mapOptions) error {
 	case err == nil:
 		return nil
 	case ctx.Err() != nil:
-		return fmt.Errorf("interrupted with %d of %d results", st.next, st.total)
+		return fmt.Errorf("interrupted with %d of %d results%s", st.arrived, st.total, note)
 	case runCtx.Err() != nil:
-		return fmt.Errorf("timed out after %s with %d of %d results", opts.Timeout, st.next, st.total)
+		return fmt.Errorf("timed out after %s with %d of %d results%s", opts.Timeout, st.arrived, st.total, note)
 	}
-	return err
+	return fmt.Errorf("%w%s", err, note)
 }
 
 func newMapState(opts *mapOptions) *mapState {
 	return &mapState{
 		opts:    opts,
 		out:     bufio.NewWriterSize(opts.IO.Out, outBufferSize),
-		early:   make(map[uint64]wire.Result),
+		early:   make(map[uint64]received),
 		reading: true,
 	}
 }
 
 // loop collates until every submitted task has its result printed, or the
 // work ends.
-func (st *mapState) loop(ctx context.Context, batches <-chan submitted, results <-chan []wire.Result, produced <-chan struct{}, errs <-chan error) error {
+func (st *mapState) loop(ctx context.Context, batches <-chan submitted, results <-chan []received, produced <-chan struct{}, errs <-chan error) error {
+	var tick <-chan time.Time
+	if st.check != nil {
+		t := time.NewTicker(st.checkEvery)
+		defer t.Stop()
+		tick = t.C
+	}
+	seen := st.arrived // at the last tick
 	for st.reading || st.next < st.total {
 		select {
 		case <-ctx.Done():
@@ -325,9 +419,7 @@ func (st *mapState) loop(ctx context.Context, batches <-chan submitted, results 
 			default:
 			}
 			produced = nil
-			st.reading = false
-			st.ignored += len(st.early)
-			st.early = nil
+			st.endReading()
 			st.setBarMax()
 		case rs := <-results:
 			for _, r := range rs {
@@ -336,6 +428,20 @@ func (st *mapState) loop(ctx context.Context, batches <-chan submitted, results 
 			if err := st.flush(); err != nil {
 				return err
 			}
+		case <-tick:
+			// Looked into only while results are outstanding and none
+			// has come for a while: no cost per result.
+			if st.arrived == seen && st.arrived < st.total {
+				note, err := st.check(ctx, st.total, st.total-st.arrived)
+				if err != nil {
+					return err
+				}
+				if note != "" {
+					st.clearBar()
+					fmt.Fprintf(st.opts.IO.ErrOut, "qmaster map: %s\n", note)
+				}
+			}
+			seen = st.arrived
 		}
 	}
 	return nil
@@ -343,8 +449,9 @@ func (st *mapState) loop(ctx context.Context, batches <-chan submitted, results 
 
 func (st *mapState) submitted(b submitted) {
 	st.index.add(b.ids, st.total)
-	for i := range b.ids {
-		st.window.push(pendingLine{in: b.inputs[i]})
+	st.ours.add(b.ids, st.total)
+	for i, id := range b.ids {
+		st.window.push(pendingLine{in: b.inputs[i], id: id})
 	}
 	if len(st.early) > 0 {
 		for _, id := range b.ids {
@@ -378,21 +485,46 @@ func (st *mapState) setBarMax() {
 
 // result records r for its line, if it is the first result of a task
 // map submitted and has not printed.
-func (st *mapState) result(r wire.Result) {
+func (st *mapState) result(r received) {
+	if !r.ok {
+		st.foreign = append(st.foreign, r.item)
+		return
+	}
 	pos, ok := st.index.lookup(r.TaskID)
 	if ok && pos >= st.next && !st.window.at(pos-st.next).done {
 		st.index.forget(r.TaskID)
 		p := st.window.at(pos - st.next)
-		p.result, p.done = r, true
+		p.result, p.done = r.Result, true
+		st.arrived++
 		return
 	}
+	if !ok {
+		_, ok = st.ours.lookup(r.TaskID)
+	}
 	switch {
-	case ok: // a second result, or one for a line printed already
+	case ok: // a second result of a task of this map
 		st.ignored++
-	case st.reading:
-		st.early[r.TaskID] = r
+	case st.reading: // perhaps of a task whose put's reply is to come
+		if _, again := st.early[r.TaskID]; again {
+			st.earlyAgain = append(st.earlyAgain, r)
+		} else {
+			st.early[r.TaskID] = r
+		}
 	default:
-		st.ignored++
+		st.foreign = append(st.foreign, r.item)
+	}
+}
+
+// endReading notes that no more tasks will be submitted: the early results
+// left are of this map's tasks received twice, or not this map's.
+func (st *mapState) endReading() {
+	early, again := st.early, st.earlyAgain
+	st.reading, st.early, st.earlyAgain = false, nil, nil
+	for _, r := range early {
+		st.result(r)
+	}
+	for _, r := range again {
+		st.result(r)
 	}
 }
 
@@ -404,6 +536,7 @@ func (st *mapState) flush() error {
 		st.next++
 		printed++
 		if err := st.print(p.result, p.in); err != nil {
+			st.writeErr = true
 			return err
 		}
 	}
@@ -415,12 +548,51 @@ func (st *mapState) flush() error {
 		_ = st.bar.Clear() // results and the bar share the terminal
 	}
 	if err := st.out.Flush(); err != nil {
+		st.writeErr = true
 		return err
 	}
 	if st.bar != nil {
 		_ = st.bar.Add(printed)
 	}
 	return nil
+}
+
+// drain prints, when map stops early, the results that came for lines
+// behind one still without its result, keeping stdout's promise that
+// output line k is the k-th input's: such a line gets null, as a failed
+// task's does, and is named on stderr. Lines after the last result that
+// came are not printed. drain returns how many lines it printed as null.
+func (st *mapState) drain() (int, error) {
+	last := st.window.len() - 1
+	for last >= 0 && !st.window.at(last).done {
+		last--
+	}
+	nulls := 0
+	for range last + 1 {
+		p := st.window.popFront()
+		st.next++
+		if p.done {
+			if err := st.print(p.result, p.in); err != nil {
+				return nulls, err
+			}
+			continue
+		}
+		nulls++
+		st.clearBar()
+		fmt.Fprintf(st.opts.IO.ErrOut, "qmaster map: task %d (input line %d: %s) has no result yet: null printed in its place\n",
+			p.id, p.in.N, shorten(p.in.Text, 40))
+		if _, err := st.out.WriteString("null\n"); err != nil {
+			return nulls, err
+		}
+	}
+	return nulls, st.out.Flush()
+}
+
+// clearBar clears the progress bar, if any, for a message on stderr.
+func (st *mapState) clearBar() {
+	if st.bar != nil {
+		_ = st.bar.Clear()
+	}
 }
 
 func (st *mapState) print(r wire.Result, in inputLine) error {
@@ -442,9 +614,7 @@ func (st *mapState) print(r wire.Result, in inputLine) error {
 		if !strings.HasPrefix(reason, "failed") {
 			reason = fmt.Sprintf("failed after %d %s: %s", r.Attempt, plural(r.Attempt, "attempt", "attempts"), reason)
 		}
-		if st.bar != nil {
-			_ = st.bar.Clear()
-		}
+		st.clearBar()
 		fmt.Fprintf(st.opts.IO.ErrOut, "qmaster map: task %d (input line %d: %s) %s\n", r.TaskID, in.N, shorten(in.Text, 40), reason)
 	}
 	st.out.Write(line)
@@ -453,6 +623,7 @@ func (st *mapState) print(r wire.Result, in inputLine) error {
 
 // produce submits the input lines to the tasks queue as they are read.
 func produce(ctx context.Context, conn *producerConn, opts *mapOptions, results string, lr *lineReader, out chan<- submitted) error {
+	p := &putter{conn: conn, queue: opts.Tasks, opts: wire.PutOptions{ReplyTo: results}, waitUnavailable: true}
 	for {
 		var (
 			batch []inputLine
@@ -477,7 +648,7 @@ func produce(ctx context.Context, conn *producerConn, opts *mapOptions, results 
 		// Stored or not, a batch cut off with its connection is put again
 		// through another gateway, under the same request ID (see
 		// producerConn and putWaiting).
-		ids, err := putWaiting(ctx, conn, opts.Tasks, raw, conn.requestID(batch), results)
+		ids, err := p.putWaiting(ctx, raw, conn.requestID(batch))
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -552,12 +723,30 @@ func pause(ctx context.Context, d time.Duration) {
 	}
 }
 
-// putWaiting puts items through conn, waiting for space as long as ctx
-// allows when the queue is at its maximum length, and through another
-// gateway when conn's is lost. A batch that the queue refuses as full is
-// put again in halves: one larger than the queue's max length would
-// never fit (and map does not know that length), and smaller puts fit
-// sooner into a queue being drained.
+// putter puts batches into a queue for map and put (putWaiting).
+type putter struct {
+	conn  *producerConn
+	queue string
+	// opts are the puts' options; putWaiting sets RequestID, Timeout and
+	// Resent. Keys, if any, are those of a batch of one item.
+	opts wire.PutOptions
+	// until ends the wait for room in a queue at its max length; zero
+	// waits as long as ctx allows.
+	until time.Time
+	// waitUnavailable waits for queues that a gateway answers are
+	// unavailable, instead of failing.
+	waitUnavailable bool
+	// repeats counts the items of puts answered at their first send that
+	// were not stored, their key having been seen (PutRawRepeats).
+	repeats int
+}
+
+// putWaiting puts items, waiting for room until p.until (or as long as
+// ctx allows) when the queue is at its maximum length, and through
+// another gateway when the connection's is lost. A batch that the queue
+// refuses as full is put again in halves: one larger than the queue's max
+// length would never fit (and the producer does not know that length),
+// and smaller puts fit sooner into a queue being drained.
 //
 // rid, if not empty, is the put's request ID: a put stored before its
 // answer was lost adds nothing when it is put again, and gets the IDs of
@@ -565,47 +754,68 @@ func pause(ctx context.Context, d time.Duration) {
 // puts: a batch sent once without an answer (its connection lost, or the
 // queues unavailable) may be stored, so it is not split, but put again
 // whole until it fits, unless the queue's max length shows it never could.
-func putWaiting(ctx context.Context, conn *producerConn, queue string, items []msgpack.RawMessage, rid, replyTo string) ([]uint64, error) {
+// On an error it returns the IDs of the halves that were put.
+func (p *putter) putWaiting(ctx context.Context, items []msgpack.RawMessage, rid string) ([]uint64, error) {
 	unanswered := false // a send of items went unanswered: it may be stored
 	for {
-		var ids []uint64
+		var (
+			ids     []uint64
+			repeats int
+		)
 		sends := 0
 		start := time.Now()
-		err := conn.call(ctx, func(c *wire.Client) (err error) {
+		opts := p.opts
+		opts.RequestID = rid
+		// The master waits for room a second at a time, so that a
+		// gateway's engine that became unavailable meanwhile is noticed.
+		opts.Timeout = time.Second
+		if !p.until.IsZero() {
+			opts.Timeout = min(opts.Timeout, max(0, time.Until(p.until)))
+		}
+		err := p.conn.call(ctx, func(c *wire.Client) (err error) {
 			if sends++; sends > 1 {
 				unanswered = true // the one before was cut off
 			}
-			ids, err = c.PutRaw(ctx, queue, items, wire.PutOptions{ReplyTo: replyTo, Timeout: time.Second, RequestID: rid, Resent: unanswered})
+			opts.Resent = unanswered && rid != ""
+			ids, repeats, err = c.PutRawRepeats(ctx, p.queue, items, opts)
 			return err
 		})
-		if errors.Is(err, wire.ErrUnavailable) && ctx.Err() == nil {
+		if errors.Is(err, wire.ErrUnavailable) && ctx.Err() == nil && p.waitUnavailable {
 			// A gateway's engine is electing a leader: wait a moment.
 			// (The put may have stored some tasks. Under a request ID,
 			// putting them again adds nothing; without, they run twice
 			// and the results of the first are not printed.)
 			unanswered = true
-			conn.putUnavailable(err, start)
+			p.conn.putUnavailable(err, start)
 			pause(ctx, unavailablePause)
 			continue
 		}
 		if err == nil || errors.Is(err, wire.ErrQueueFull) {
-			conn.putAnswered()
+			p.conn.putAnswered()
+		}
+		if err == nil && sends == 1 {
+			// Sent once, a repeat is an earlier put's item (sent again,
+			// it may be this put's own first send).
+			p.repeats += repeats
 		}
 		if !errors.Is(err, wire.ErrQueueFull) || ctx.Err() != nil {
 			return ids, err
 		}
-		if len(items) > 1 && (!unanswered || rid == "" || neverFits(ctx, conn, queue, len(items))) {
+		if len(items) > 1 && len(opts.Keys) == 0 && (!unanswered || rid == "" || neverFits(ctx, p.conn, p.queue, len(items))) {
 			half := len(items) / 2
 			var firstID, restID string
 			if rid != "" {
 				firstID, restID = rid+"a", rid+"b"
 			}
-			first, err := putWaiting(ctx, conn, queue, items[:half], firstID, replyTo)
+			first, err := p.putWaiting(ctx, items[:half], firstID)
 			if err != nil {
 				return first, err
 			}
-			rest, err := putWaiting(ctx, conn, queue, items[half:], restID, replyTo)
+			rest, err := p.putWaiting(ctx, items[half:], restID)
 			return append(first, rest...), err
+		}
+		if !p.until.IsZero() && !time.Now().Before(p.until) {
+			return nil, err
 		}
 	}
 }
@@ -625,8 +835,9 @@ func neverFits(ctx context.Context, conn *producerConn, queue string, n int) boo
 }
 
 // collect gets results and hands them over in batches until finish is
-// closed (checked between gets) or ctx ends.
-func collect(ctx context.Context, finish <-chan struct{}, conn *producerConn, queue string, out chan<- []wire.Result) error {
+// closed (checked between gets) or ctx ends. An item that is not a result
+// is handed over too, to be put back.
+func collect(ctx context.Context, finish <-chan struct{}, conn *producerConn, queue string, out chan<- []received) error {
 	c, gen := conn.client()
 	for {
 		select {
@@ -691,22 +902,140 @@ func collect(ctx context.Context, finish <-chan struct{}, conn *producerConn, qu
 				}
 			}
 		}
-		rs := make([]wire.Result, 0, len(tasks))
-		for _, t := range tasks {
-			r, err := wire.DecodeResult(t.Payload)
-			if err != nil {
-				r = wire.Result{} // not a result: counted as not ours
-			}
-			rs = append(rs, r)
+		rs := make([]received, len(tasks))
+		for i := range tasks {
+			r, err := wire.DecodeResult(tasks[i].Payload)
+			rs[i] = received{Result: r, item: &tasks[i], ok: err == nil}
 		}
+		// Taken, they are handed over even after finish: mapRun takes
+		// them until the collector ends.
 		select {
 		case out <- rs:
-		case <-finish:
-			return nil
 		case <-ctx.Done():
 			return nil
 		}
 	}
+}
+
+// waitCheckEvery is how often a map that waits for results, none coming,
+// looks into its tasks queue (tasksWatch).
+const waitCheckEvery = 5 * time.Second
+
+// tasksWatch looks into the tasks queue of a map that waits for results in
+// vain: if the queue is gone, with its tasks, map fails; if its tasks sit
+// untaken, it says why, once.
+type tasksWatch struct {
+	conn      *producerConn
+	queue     string
+	told      map[string]bool // the kinds of note said
+	off       bool            // the key may not read the queue's figures
+	noClients bool            // the key may not list the clients
+}
+
+// check is mapState.check.
+func (w *tasksWatch) check(ctx context.Context, submitted, outstanding int) (string, error) {
+	if w.off {
+		return "", nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	c, gen := w.conn.client()
+	stats, err := c.Stats(ctx, w.queue)
+	gone := errors.Is(err, wire.ErrUnknownQueue)
+	if err == nil && len(stats) == 1 && !stats[0].Unread && gen == 0 {
+		// Made anew since (by a worker's get, say), the queue counts its
+		// puts afresh and cannot hold the tasks outstanding. (Through
+		// another connection, the master may be one restarted with its
+		// queues, counting anew.)
+		s := stats[0]
+		gone = s.Puts < uint64(submitted) && s.Ready+s.Leased+s.Delayed < outstanding
+	}
+	if gone {
+		return "", fmt.Errorf("tasks queue %s was deleted; %d %s of this map went with it",
+			w.queue, outstanding, plural(outstanding, "task", "tasks"))
+	}
+	w.off = errors.Is(err, wire.ErrPermissionDenied)
+	if err != nil || len(stats) != 1 {
+		return "", nil
+	}
+	s := stats[0]
+	if s.Ready == 0 || s.Leased > 0 || s.Consumers > 0 {
+		return "", nil // tasks are taken, or none is ready
+	}
+	ready := fmt.Sprintf("waiting: %d %s ready in %s", s.Ready, plural(s.Ready, "task", "tasks"), w.queue)
+	if s.Paused {
+		return w.once("paused", fmt.Sprintf("%s, which is paused (qmaster resume %s)", ready, w.queue)), nil
+	}
+	workers := -1
+	if !w.noClients {
+		clients, err := c.Clients(ctx)
+		w.noClients = errors.Is(err, wire.ErrPermissionDenied)
+		if err == nil {
+			workers = 0
+			for _, ci := range clients {
+				if ci.Role == "worker" {
+					workers++
+				}
+			}
+		}
+	}
+	switch {
+	case workers == 0:
+		return w.once("no worker", ready+" and no worker connected"), nil
+	case workers > 0:
+		return w.once("none taken", fmt.Sprintf("%s and none taken (%d %s connected, none getting from %s)",
+			ready, workers, plural(workers, "worker", "workers"), w.queue)), nil
+	}
+	return w.once("none taken", fmt.Sprintf("%s and none taken (is a worker serving %s?)", ready, w.queue)), nil
+}
+
+// once returns note the first time it is given kind, then "".
+func (w *tasksWatch) once(kind, note string) string {
+	if w.told[kind] {
+		return ""
+	}
+	w.told[kind] = true
+	return note
+}
+
+// putBackFor bounds how long map puts back the items of its --results
+// queue that are not its own.
+const putBackFor = 10 * time.Second
+
+// putBack puts items taken from queue that this map did not submit back
+// at its end, in the order they were taken (by their IDs), with their
+// reply queue and priority, and says so on errOut.
+func putBack(ctx context.Context, conn *producerConn, queue string, items []*wire.Task, errOut io.Writer) {
+	slices.SortFunc(items, func(a, b *wire.Task) int { return cmp.Compare(a.ID, b.ID) })
+	// The run's ctx may be over; the items deserve time of their own.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), putBackFor)
+	defer cancel()
+	all, put := len(items), 0
+	var err error
+	for len(items) > 0 && err == nil {
+		n := 1 // a run of items with the same options is one put
+		for n < len(items) && items[n].ReplyTo == items[0].ReplyTo && items[n].Priority == items[0].Priority {
+			n++
+		}
+		raw := make([]msgpack.RawMessage, n)
+		for i, t := range items[:n] {
+			raw[i] = t.Payload
+			if len(raw[i]) == 0 {
+				raw[i] = msgpackNil // as a get hands out nil
+			}
+		}
+		p := &putter{conn: conn, queue: queue, opts: wire.PutOptions{ReplyTo: items[0].ReplyTo, Priority: items[0].Priority}, waitUnavailable: true}
+		var ids []uint64
+		ids, err = p.putWaiting(ctx, raw, fmt.Sprintf("%sback-%d", conn.idPrefix, put))
+		put += len(ids)
+		items = items[n:]
+	}
+	if err != nil {
+		fmt.Fprintf(errOut, "qmaster map: put back %d of %d items of %s that this map did not submit; the other %d are lost: %v\n",
+			put, all, queue, all-put, err)
+		return
+	}
+	fmt.Fprintf(errOut, "qmaster map: put back %d %s of %s that this map did not submit\n", all, plural(all, "item", "items"), queue)
 }
 
 // msgpackNil is the msgpack encoding of nil.

@@ -24,6 +24,15 @@ func encoder(t *testing.T) func(any) []byte {
 	}
 }
 
+// asReceived is rs as the collector hands them over.
+func asReceived(rs ...wire.Result) []received {
+	out := make([]received, len(rs))
+	for i, r := range rs {
+		out[i] = received{Result: r, item: &wire.Task{ID: uint64(i + 1)}, ok: true}
+	}
+	return out
+}
+
 // TestMapStateOrder drives the collation loop by hand: results that come
 // before the reply to their put, out of order, foreign and failed.
 func TestMapStateOrder(t *testing.T) {
@@ -31,15 +40,15 @@ func TestMapStateOrder(t *testing.T) {
 	st := newMapState(&mapOptions{IO: f})
 	value := encoder(t)
 	batches := make(chan submitted)
-	results := make(chan []wire.Result)
+	results := make(chan []received)
 	produced := make(chan struct{})
 	errs := make(chan error)
 	go func() {
 		// Every result beats the reply to its put.
-		results <- []wire.Result{{TaskID: 11, Value: value("b")}, {TaskID: 10, Value: value("a")}, {TaskID: 99, Value: value("x")}}
+		results <- asReceived(wire.Result{TaskID: 11, Value: value("b")}, wire.Result{TaskID: 10, Value: value("a")}, wire.Result{TaskID: 99, Value: value("x")})
 		batches <- submitted{ids: []uint64{10, 11}, inputs: []inputLine{{1, "a"}, {2, "b"}}}
-		results <- []wire.Result{{TaskID: 13, Value: value(4)}}
-		results <- []wire.Result{{TaskID: 12, Attempt: 3, Error: "failed after 3 attempts: boom"}, {TaskID: 98}}
+		results <- asReceived(wire.Result{TaskID: 13, Value: value(4)})
+		results <- asReceived(wire.Result{TaskID: 12, Attempt: 3, Error: "failed after 3 attempts: boom"}, wire.Result{TaskID: 98})
 		batches <- submitted{ids: []uint64{12, 13}, inputs: []inputLine{{4, "c"}, {5, "d"}}}
 		close(produced)
 	}()
@@ -57,8 +66,8 @@ func TestMapStateOrder(t *testing.T) {
 	if want := "qmaster map: task 12 (input line 4: c) failed after 3 attempts: boom\n"; errOut.String() != want {
 		t.Errorf("stderr %q, want %q", errOut, want)
 	}
-	if st.failed != 1 || st.ignored != 2 {
-		t.Errorf("failed %d ignored %d, want 1 and 2", st.failed, st.ignored)
+	if st.failed != 1 || st.ignored != 0 || len(st.foreign) != 2 {
+		t.Errorf("failed %d, ignored %d, foreign %d; want 1, 0 and 2", st.failed, st.ignored, len(st.foreign))
 	}
 }
 
@@ -133,14 +142,14 @@ func TestMapStateDuplicates(t *testing.T) {
 	st := newMapState(&mapOptions{IO: f})
 	value := encoder(t)
 	batches := make(chan submitted)
-	results := make(chan []wire.Result)
+	results := make(chan []received)
 	produced := make(chan struct{})
 	go func() {
 		batches <- submitted{ids: []uint64{7, 8}, inputs: []inputLine{{1, "a"}, {2, "b"}}}
-		results <- []wire.Result{{TaskID: 8, Value: value("b")}, {TaskID: 8, Value: value("b again")}}
-		results <- []wire.Result{{TaskID: 7, Value: value("a")}, {TaskID: 7, Value: value("a again")}}
+		results <- asReceived(wire.Result{TaskID: 8, Value: value("b")}, wire.Result{TaskID: 8, Value: value("b again")})
+		results <- asReceived(wire.Result{TaskID: 7, Value: value("a")}, wire.Result{TaskID: 7, Value: value("a again")})
 		batches <- submitted{ids: []uint64{4, 3}, inputs: []inputLine{{3, "c"}, {4, "d"}}}
-		results <- []wire.Result{{TaskID: 3, Value: value("d")}, {TaskID: 4, Value: value("c")}, {TaskID: 8, Value: value("late")}}
+		results <- asReceived(wire.Result{TaskID: 3, Value: value("d")}, wire.Result{TaskID: 4, Value: value("c")}, wire.Result{TaskID: 8, Value: value("late")})
 		close(produced)
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

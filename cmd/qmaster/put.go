@@ -50,6 +50,11 @@ string, so hello is "hello".
 Items are sent in batches of --batch. A summary goes to stderr; with --ids
 the task IDs are printed on stdout, one per line.
 
+A queue at the master's --max-queue-len takes only what fits: put sends a
+batch that does not fit in smaller parts, down to one item, and waits for
+room up to --timeout (default 0: none). It then fails with "queue full",
+having put the items that fit (their IDs printed with --ids).
+
 --delay or --at hides the tasks from workers until then (an --at in the
 past runs them at once); they join the back of the queue when due.
 --priority 0-9 hands them out before lower priorities (strictly: a steady
@@ -85,6 +90,9 @@ once.`,
 			if opts.Batch < 1 {
 				return usageErrorf("--batch must be at least 1")
 			}
+			if cmd.Flags().Changed("key") && opts.Key == "" {
+				return usageErrorf("--key must not be empty: give the item's idempotency key, or drop --key")
+			}
 			if err := opts.checkSchedule(); err != nil {
 				return err
 			}
@@ -97,7 +105,7 @@ once.`,
 	addClientFlags(cmd, &opts.Client)
 	fl := cmd.Flags()
 	fl.StringVar(&opts.ReplyTo, "reply-to", "", "queue that receives the results of these tasks")
-	fl.DurationVar(&opts.Timeout, "timeout", 0, "how long to wait for space in a queue at --max-queue-len (0: fail at once)")
+	fl.DurationVar(&opts.Timeout, "timeout", 0, "how long to wait for room in a queue at its --max-queue-len (0: put what fits, then fail at once)")
 	fl.BoolVar(&opts.IDs, "ids", false, "print the task IDs on stdout, one per line")
 	fl.IntVar(&opts.Batch, "batch", 1000, "items per put call")
 	fl.DurationVar(&opts.Delay, "delay", 0, "hide the tasks from workers for this long (e.g. 30s, 2h)")
@@ -138,7 +146,11 @@ func putRun(ctx context.Context, opts *putOptions) error {
 	}
 	defer conn.close()
 
-	keyRepeated := false // the --key item was stored before this put
+	p := &putter{conn: conn, queue: opts.Queue,
+		opts: wire.PutOptions{ReplyTo: opts.ReplyTo, Delay: opts.Delay, At: opts.at, Priority: opts.Priority}}
+	if opts.Key != "" {
+		p.opts.Keys = []string{opts.Key}
+	}
 	put := func(batch []inputLine) (int, error) {
 		raw := make([]msgpack.RawMessage, len(batch))
 		for i, l := range batch {
@@ -148,30 +160,16 @@ func putRun(ctx context.Context, opts *putOptions) error {
 			}
 			raw[i] = b
 		}
-		popts := wire.PutOptions{ReplyTo: opts.ReplyTo, Timeout: opts.Timeout, Delay: opts.Delay, At: opts.at, Priority: opts.Priority,
-			RequestID: conn.requestID(batch)}
+		rid := conn.requestID(batch)
 		if opts.Key != "" {
-			popts.Keys, popts.RequestID = []string{opts.Key}, ""
+			rid = "" // the key stands for the one item
 		}
 		// Stored or not, a batch cut off with its connection is put again
 		// through another gateway, under the same request ID or key (see
-		// producerConn).
-		var ids []uint64
-		sends, repeats := 0, 0
-		err := conn.call(ctx, func(c *wire.Client) (err error) {
-			sends++
-			popts.Resent = sends > 1 && popts.RequestID != ""
-			ids, repeats, err = c.PutRawRepeats(ctx, opts.Queue, raw, popts)
-			return err
-		})
-		if err != nil {
-			return 0, err
-		}
-		if repeats > 0 && sends == 1 {
-			// Sent once, the key's item is an earlier put's, not this
-			// one's (sent again, it may be this one's own first send).
-			keyRepeated = true
-		}
+		// producerConn). A batch that the queue is too full for goes in in
+		// parts, as they fit, waiting for room up to --timeout.
+		p.until = time.Now().Add(opts.Timeout)
+		ids, err := p.putWaiting(ctx, raw, rid)
 		if opts.IDs {
 			for _, id := range ids {
 				if _, err := fmt.Fprintln(opts.IO.Out, id); err != nil {
@@ -179,7 +177,10 @@ func putRun(ctx context.Context, opts *putOptions) error {
 				}
 			}
 		}
-		return len(ids), nil
+		if errors.Is(err, wire.ErrQueueFull) {
+			err = &queueFullError{queue: opts.Queue, waited: opts.Timeout}
+		}
+		return len(ids), err
 	}
 
 	total := 0
@@ -220,7 +221,7 @@ func putRun(ctx context.Context, opts *putOptions) error {
 		}
 		return fmt.Errorf("put into %s: %w", opts.Queue, putErr)
 	}
-	if keyRepeated {
+	if p.repeats > 0 { // the --key item was stored before this put
 		fmt.Fprintf(opts.IO.ErrOut, "put nothing into %s: an item with key %q is stored already (within the master's --dedup-window)\n", opts.Queue, opts.Key)
 		return nil
 	}
@@ -250,6 +251,21 @@ func putLines(ctx context.Context, opts *putOptions, put func([]inputLine) (int,
 		}
 	}
 }
+
+// queueFullError is wire.ErrQueueFull as put reports it: what to do.
+type queueFullError struct {
+	queue  string
+	waited time.Duration // --timeout
+}
+
+func (e *queueFullError) Error() string {
+	if e.waited == 0 {
+		return fmt.Sprintf("queue %s is full (its --max-queue-len); put waits for room with --timeout", e.queue)
+	}
+	return fmt.Sprintf("queue %s is still full after %s (its --max-queue-len); give put a longer --timeout, or workers to drain it", e.queue, e.waited)
+}
+
+func (e *queueFullError) Unwrap() error { return wire.ErrQueueFull }
 
 func plural(n int, one, many string) string {
 	if n == 1 {

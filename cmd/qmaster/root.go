@@ -130,7 +130,7 @@ The subcommands talk to a running master (see --server).`,
 	fl.DurationVar(&opts.Lease, "lease", queue.DefaultLease, "lease of a task taken by a worker that asks for none")
 	fl.StringVar(&opts.RetryBackoff, "retry-backoff", "none", "default wait before a failed task is delivered again, `MIN..MAX`: MIN after the first failure, doubling up to MAX, with jitter (e.g. 1s..1h); none retries at once; qmaster config sets it per queue")
 	fl.DurationVar(&opts.DedupWindow, "dedup-window", queue.DefaultDedupWindow, "how long a put's idempotency key (put --key) is remembered")
-	fl.IntVar(&opts.MaxQueueLen, "max-queue-len", 0, "most tasks a queue holds; a put waits for space (0: unlimited)")
+	fl.IntVar(&opts.MaxQueueLen, "max-queue-len", 0, "most tasks a queue holds; a put that does not fit fails with \"queue full\", at once or after waiting for room up to its timeout (qmaster put --timeout) (0: unlimited)")
 	fl.Var(&opts.MaxMessageSize, "max-message-size", "largest message accepted, a byte count or e.g. 16MiB")
 	fl.DurationVar(&opts.HandshakeTimeout, "handshake-timeout", wire.DefaultHandshakeTimeout, "time a new connection has to authenticate")
 	fl.DurationVar(&opts.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "on SIGINT/SIGTERM, how long to wait for calls in progress (0: stop at once)")
