@@ -299,7 +299,9 @@ func (c *clientConn) serveStream(stream *yamux.Stream) {
 				werr = err
 			}
 		}
-		if werr != nil && !c.wroteAnyway(werr, id, mark, codec.LastWriteSize()) {
+		// The ledger would measure the error's frame, not the response's:
+		// a response too large was never written, whatever came after.
+		if werr != nil && (tooLargeResp != nil || !c.wroteAnyway(werr, id, mark, codec.LastWriteSize())) {
 			for r, p := &req, resp; r != nil && p != nil; r, p = r.Then, p.Then {
 				if r.Op == wire.OpGet && len(p.Tasks) > 0 {
 					c.returnUndelivered(stream, r, p.Tasks)

@@ -1,6 +1,7 @@
 package master_test
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -46,4 +47,42 @@ func TestReleaseGivesTasksBack(t *testing.T) {
 	if st, err := producer.Stats(ctx, "jobs"); err != nil || st[0].Ready != 0 || st[0].Leased != 0 {
 		t.Fatalf("stats %+v, %v; want every task done", st, err)
 	}
+}
+
+// The same through a cluster's gateway: the tasks given back go to the
+// next worker at once (their JetStream delivery counts, so their attempt
+// may have risen), and none is left leased or run twice.
+func TestReleaseThroughAGateway(t *testing.T) {
+	addr := startGateway(t, master.Config{})
+	ctx := ctxFor(t, 20*time.Second)
+	producer := qmtest.Dial(t, addr, "producer")
+	ids, err := producer.Put(ctx, "jobs", []any{1, 2, 3}, wire.PutOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := qmtest.Dial(t, addr, "worker")
+	taken, err := a.Get(ctx, "jobs", wire.GetOptions{Max: 3, Timeout: 5 * time.Second})
+	if err != nil || len(taken) != 3 {
+		t.Fatalf("get: %d tasks, %v", len(taken), err)
+	}
+	if err := a.Release(ctx, "jobs", taken[1:]); err != nil {
+		t.Fatalf("release: %v", err)
+	}
+	b := qmtest.Dial(t, addr, "worker")
+	got, err := b.Get(ctx, "jobs", wire.GetOptions{Max: 3, Timeout: 5 * time.Second})
+	if err != nil || len(got) != 2 || got[0].ID != ids[1] || got[1].ID != ids[2] {
+		t.Fatalf("another worker's get after the release: %+v, %v; want tasks %v", got, err, ids[1:])
+	}
+	if err := b.Complete(ctx, "jobs", "", []wire.Completion{{ID: got[0].ID, Token: got[0].Token}, {ID: got[1].ID, Token: got[1].Token}}); err != nil {
+		t.Fatalf("b's complete: %v", err)
+	}
+	if err := a.Complete(ctx, "jobs", "", []wire.Completion{{ID: taken[0].ID, Token: taken[0].Token}}); err != nil {
+		t.Fatalf("a's complete of the task it kept: %v", err)
+	}
+	qmtest.CheckFor(t, 5*time.Second, 20*time.Millisecond, func() error {
+		if st, err := producer.Stats(ctx, "jobs"); err != nil || st[0].Ready != 0 || st[0].Leased != 0 || st[0].Done != 3 {
+			return fmt.Errorf("stats %+v, %v; want every task done once", st, err)
+		}
+		return nil
+	})
 }

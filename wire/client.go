@@ -601,8 +601,9 @@ func (c *Client) PutRawRepeats(ctx context.Context, queue string, items []msgpac
 }
 
 // Release gives back leased tasks the client took and did not start: the
-// master puts them back in front of their queue, their attempts not
-// used, for any worker to take. A task whose lease has ended or moved on
+// master puts them back in front of their queue for any worker to take,
+// their attempts not used (a cluster's gateway counts the delivery, as
+// JetStream counts every one). A task whose lease has ended or moved on
 // to another delivery is left as it is. Masters older than this call
 // answer it with an error; their tasks' leases then run out as before.
 func (c *Client) Release(ctx context.Context, queue string, tasks []Task) error {

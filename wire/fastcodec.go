@@ -140,7 +140,6 @@ func (t Task) EncodeMsgpack(enc *msgpack.Encoder) error {
 	return writeEncoded(enc, appendTask(encodeTo(enc), &t))
 }
 
-// appendTask appends t; a get response carries up to thousands.
 // TaskSizeBound is at least the length appendTask appends for t: its
 // strings' and payload's lengths, and at most 200 bytes of keys, headers,
 // numbers and times.
@@ -148,6 +147,7 @@ func TaskSizeBound(t *Task) int {
 	return 200 + len(t.Queue) + len(t.Payload) + len(t.ReplyTo) + len(t.LastError) + len(t.Token)
 }
 
+// appendTask appends t; a get response carries up to thousands.
 func appendTask(b []byte, t *Task) []byte {
 	n := 5
 	if t.ReplyTo != "" {

@@ -32,7 +32,7 @@ const (
 	OpConfig   Op = 18 // set the retry policy of Queue (MaxAttempts, BackoffMin, BackoffMax)
 	OpDelayed  Op = 19 // the first Max delayed tasks of Queue, by due time
 	OpRunNow   Op = 20 // make the delayed tasks IDs (all if none) of Queue ready now
-	OpRelease  Op = 21 // give back leased tasks IDs of Queue, not started: in front, no attempt used
+	OpRelease  Op = 21 // give back leased tasks IDs of Queue, not started: in front (see Client.Release)
 )
 
 var opNames = map[Op]string{

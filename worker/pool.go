@@ -77,20 +77,33 @@ func (p *pool) add(jobs []job) {
 	p.mu.Unlock()
 }
 
-// queued counts the jobs waiting for a goroutine.
-func (p *pool) queued() int {
+// beyondSlots counts the queued jobs that wait for a job running now to
+// end: those beyond what the free slots start at once (only with max).
+func (p *pool) beyondSlots() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return len(p.queue) - p.qhead
+	return p.beyondSlotsLocked()
 }
 
-// takeQueued removes the jobs no goroutine has started, and returns them.
-func (p *pool) takeQueued() []job {
+func (p *pool) beyondSlotsLocked() int {
+	if p.max == 0 {
+		return 0
+	}
+	return max(0, len(p.queue)-p.qhead-max(0, p.max-p.busy))
+}
+
+// takeBeyondSlots removes the queued jobs beyondSlots counts, and returns
+// them.
+func (p *pool) takeBeyondSlots() []job {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	jobs := slices.Clone(p.queue[p.qhead:])
-	clear(p.queue)
-	p.queue, p.qhead = p.queue[:0], 0
+	n := p.beyondSlotsLocked()
+	if n == 0 {
+		return nil
+	}
+	jobs := slices.Clone(p.queue[len(p.queue)-n:])
+	clear(p.queue[len(p.queue)-n:])
+	p.queue = p.queue[:len(p.queue)-n]
 	return jobs
 }
 

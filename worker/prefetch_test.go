@@ -3,6 +3,7 @@ package worker_test
 import (
 	"context"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -84,6 +85,8 @@ func TestPrefetchGivesBackWaitingTasks(t *testing.T) {
 	})
 	cfg.Logger = nil
 	w := startWorker(t, cfg)
+	unblock := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(unblock) // before the worker's, which waits for it
 	<-blocked
 	qmtest.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
 		if st := stats(t, c, "tasks"); st.Leased != 1 || st.Done != block || st.Ready != n-block-1 {
@@ -92,7 +95,7 @@ func TestPrefetchGivesBackWaitingTasks(t *testing.T) {
 		return nil
 	})
 	w.cancel()
-	close(release)
+	unblock()
 	if err := w.wait(t, 10*time.Second); err != nil {
 		t.Fatalf("Run after cancel = %v, want nil", err)
 	}

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"runtime"
-	"slices"
 	"time"
 
 	"github.com/qm-dev/qm/auth"
@@ -18,9 +17,9 @@ import (
 // Run takes tasks from cfg.Tasks and runs cfg.Handler on each, at most
 // cfg.Concurrency at a time, until one of:
 //
-//   - ctx is cancelled: Run drains (takes no new task, lets the running
-//     handlers finish, runs the prefetched tasks, completes them all) and
-//     returns nil;
+//   - ctx is cancelled: Run drains (takes no new task, gives back the
+//     tasks it took and has not started, lets the running handlers
+//     finish, completes them all) and returns nil;
 //   - the worker has had no task for cfg.IdleExit, or has handled
 //     cfg.MaxTasks: Run returns nil;
 //   - an error that retrying cannot fix, such as a wrong authkey (it wraps
@@ -208,6 +207,7 @@ func permanent(err error) bool {
 // master. While handlers run it hands the get to the getter instead, and
 // stays free to send their results.
 func (r *runner) serve(ctx context.Context, s *session) (stop bool, err error) {
+	r.noRelease = false // this master may know the call
 	var (
 		held       []finished // taken from pending, not yet handed on
 		getting    bool       // the getter has a get of ours
@@ -251,17 +251,24 @@ func (r *runner) serve(ctx context.Context, s *session) (stop bool, err error) {
 		// slow (no prefetch: tasks came beyond the free slots, on a get
 		// sized before that was known); and when no handler has started
 		// or ended for a while (the prefetch bet on quick tasks, and lost).
+		// Not while a get of ours is out, but to drain: the master would
+		// hand them straight back to it.
 		var overstayC <-chan time.Time
-		if !r.noRelease && !gone && (len(r.waiting) > r.whead || r.pool.queued() > 0) {
+		if !r.noRelease && !gone && (len(r.waiting) > r.whead || r.pool.beyondSlots() > 0) {
 			now := time.Now()
 			wait := r.overstayed(now, t.took)
-			// (prefetch reads what the getter writes: only while it is idle.)
-			if draining || ctx.Err() != nil || wait <= 0 || !getting && r.prefetch(t) == 0 {
-				r.release(s, draining || ctx.Err() != nil)
-				t = r.res.counts()
-			} else {
+			switch {
+			case draining || ctx.Err() != nil:
+				r.release(s, releaseDraining)
+			case getting:
+			case wait <= 0:
+				r.release(s, releaseStalled)
+			case r.knownSlow(t):
+				r.release(s, releaseSlow)
+			default:
 				overstayC = r.armOverstay(now, wait)
 			}
+			t = r.res.counts()
 		}
 		n := 0 // tasks to get now
 		if !getting {
@@ -581,47 +588,84 @@ func (r *runner) armOverstay(now time.Time, d time.Duration) <-chan time.Time {
 	return r.overstay.C
 }
 
-// release gives back to the master the tasks of s taken here and not
-// started, those waiting for a slot and those queued in the pool
-// (Concurrency 1), for other workers to take, in front of their queue and
-// with no attempt used. If the master refuses (an older one), they stay,
-// and none is given back again.
-func (r *runner) release(s *session, draining bool) {
-	queued := r.pool.takeQueued() // counted running
-	waiting := slices.Clone(r.waiting[r.whead:])
-	clear(r.waiting)
-	r.waiting, r.whead = r.waiting[:0], 0
-	var give []wire.Task
-	for _, j := range append(queued, waiting...) {
+// knownSlow reports whether the handlers are measured slower than the
+// prefetch allows any task to wait for (it would take none): a task waiting
+// here then came on a get sized before that was known. (prefetch reads
+// what the getter writes: call it only while no get is out.)
+func (r *runner) knownSlow(t tally) bool {
+	return t.took > 0 && r.res.rtt.min() > 0 && r.prefetch(t) == 0
+}
+
+// Why release gives tasks back.
+const (
+	releaseDraining = "draining"
+	releaseStalled  = "no task started or ended for a while"
+	releaseSlow     = "tasks are slow: none should wait here"
+)
+
+// release gives back to the master the tasks of s taken here that cannot
+// start now, those waiting for a slot and those queued in the pool behind
+// its free slots (Concurrency 1), for other workers to take, in front of
+// their queue (on a single master with no attempt used; a cluster counts
+// the delivery). Tasks of an earlier session (handed over to this one)
+// stay, to run here. A master that does not know the call (an older one)
+// is not asked again on this connection, and the tasks stay; any other
+// failure counts as a release, as the connection is lost or the leases run
+// out anyway: they are not run here, so that none runs twice.
+func (r *runner) release(s *session, why string) {
+	var give []job
+	var keptQueued []job
+	for _, j := range r.pool.takeBeyondSlots() { // counted running
 		if j.s == s && !j.l.lost() {
-			give = append(give, wire.Task{ID: j.t.ID, Attempt: j.t.Attempt, Token: j.t.Token})
+			give = append(give, j)
+		} else {
+			keptQueued = append(keptQueued, j)
 		}
 	}
-	ctx, cancel := context.WithTimeout(s.ctx, releaseTimeout)
-	err := s.c.Release(ctx, r.cfg.Tasks, give)
-	cancel()
-	if err != nil {
-		if errors.Is(err, wire.ErrUnknownOp) || errors.Is(err, wire.ErrBadRequest) {
-			r.noRelease = true
+	queued := len(give)
+	kept := r.waiting[:0]
+	for _, j := range r.waiting[r.whead:] {
+		if j.s == s && !j.l.lost() {
+			give = append(give, j)
+		} else {
+			kept = append(kept, j)
 		}
-		r.log.Debug("could not give back tasks not started; they run here", "tasks", len(give), "err", err)
-		r.pool.add(queued)
-		r.waiting = append(r.waiting, waiting...)
+	}
+	clear(r.waiting[len(kept):])
+	r.waiting, r.whead = kept, 0
+	r.pool.add(keptQueued)
+	if len(give) == 0 {
 		return
 	}
-	for _, j := range queued {
+	tasks := make([]wire.Task, len(give))
+	for i, j := range give {
+		tasks[i] = wire.Task{ID: j.t.ID, Attempt: j.t.Attempt, Token: j.t.Token}
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, releaseTimeout)
+	err := s.c.Release(ctx, r.cfg.Tasks, tasks)
+	cancel()
+	if errors.Is(err, wire.ErrUnknownOp) || errors.Is(err, wire.ErrBadRequest) {
+		r.noRelease = true
+		r.log.Debug("the master cannot take back tasks not started; they run here", "tasks", len(give), "err", err)
+		r.pool.add(give[:queued])
+		r.waiting = append(r.waiting, give[queued:]...)
+		return
+	}
+	for _, j := range give[:queued] {
 		r.res.dropUnrun(j.s, j.l)
 	}
-	for _, j := range waiting {
+	for _, j := range give[queued:] {
 		r.res.drop(j.s, []finished{{s: j.s, l: j.l}})
 	}
-	why := "draining"
-	if !draining {
+	if why == releaseStalled {
 		// The handlers stood still that long: no quicker, for the
 		// prefetch, until they show it (else the next get would take
 		// the tasks back).
-		why = "no task started or ended for a while"
 		r.res.stalled(time.Since(time.Unix(0, r.res.progress.Load())))
+	}
+	if err != nil {
+		r.log.Debug("giving back tasks not started failed; they are not run here", "tasks", len(give), "err", err)
+		return
 	}
 	r.log.Info("gave back tasks not started, for other workers", "tasks", len(give), "why", why)
 }
