@@ -285,6 +285,38 @@ func TestMapSaysWhyNoWorkerTakes(t *testing.T) {
 	}
 }
 
+// TestMapSaysItsTasksAreGone: a map whose tasks were purged says so once,
+// and goes on waiting (until --timeout).
+func TestMapSaysItsTasksAreGone(t *testing.T) {
+	addr := startInProcessMaster(t, master.Config{})
+	_, errOut, done := startMap(t, addr, "purged", "1\n2\n")
+	qmtest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if !strings.Contains(errOut.String(), "2 tasks ready in purged") {
+			return fmt.Errorf("stderr lacks the tasks waiting:\n%s", errOut)
+		}
+		return nil
+	})
+	f, _, purgeErr := testFactory("")
+	if code := runInProcess(context.Background(), f, "purge", "--server", addr, "purged"); code != 0 {
+		t.Fatalf("purge: exit %d: %s", code, purgeErr)
+	}
+	note := "qmaster map: waiting: 2 results due, and purged holds no task, ready, running or delayed (purged, or dropped?); map waits until --timeout\n"
+	qmtest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if !strings.Contains(errOut.String(), note) {
+			return fmt.Errorf("stderr lacks %q:\n%s", note, errOut)
+		}
+		return nil
+	})
+	select {
+	case err := <-done:
+		t.Fatalf("map ended (%v) after its tasks were purged; want it to wait", err)
+	case <-time.After(300 * time.Millisecond): // three checks: said once
+	}
+	if n := strings.Count(errOut.String(), note); n != 1 {
+		t.Errorf("said %d times that the tasks are gone, want once:\n%s", n, errOut)
+	}
+}
+
 // TestMapFailedAfterOneAttempt: a task that fails for good at its first
 // attempt is reported in the singular.
 func TestMapFailedAfterOneAttempt(t *testing.T) {

@@ -68,7 +68,8 @@ While results are due and none has come for 5s, map looks at --tasks (a
 stats call, every 5s at most): if the queue was deleted, map fails at
 once, saying how many of its tasks went with it; if tasks sit there ready
 and none is taken (no worker connected, none serving --tasks, or the
-queue paused), it says so once on stderr and goes on waiting.
+queue paused), or the queue holds none of them any more (purged), it says
+so once on stderr and goes on waiting.
 
 Given several --server addresses (gateways to one cluster), or a host name
 with the addresses of several hosts (an IPv4 and an IPv6 address are one
@@ -959,6 +960,13 @@ func (w *tasksWatch) check(ctx context.Context, submitted, outstanding int) (str
 		return "", nil
 	}
 	s := stats[0]
+	if s.Ready+s.Leased+s.Delayed == 0 {
+		// A task that fails for good sends its error result: tasks that
+		// vanish without one were purged or dropped. A note, not a
+		// failure: the figures of a cluster's gateway may lag.
+		return w.once("gone", fmt.Sprintf("waiting: %d %s due, and %s holds no task, ready, running or delayed (purged, or dropped?); map waits until --timeout",
+			outstanding, plural(outstanding, "result", "results"), w.queue)), nil
+	}
 	if s.Ready == 0 || s.Leased > 0 || s.Consumers > 0 {
 		return "", nil // tasks are taken, or none is ready
 	}
