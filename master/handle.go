@@ -128,7 +128,10 @@ func (c *clientConn) handle(req *wire.Request, buf *callBuffers) *wire.Response 
 		resp.Count, err = q.Purge(req.Queue)
 		c.audit(req, resp.Count, err) // admin.go
 	case wire.OpDelete:
-		err = q.Delete(req.Queue)
+		at := time.Now() // tasks put from now on name a queue made anew
+		if err = q.Delete(req.Queue); err == nil {
+			c.s.deleted.add(req.Queue, at)
+		}
 		c.audit(req, 0, err)
 	case wire.OpQueues:
 		resp.Queues, err = q.Queues()
@@ -359,6 +362,8 @@ func (c *clientConn) complete(req *wire.Request, buf *callBuffers) error {
 	acked, err := q.Ack(queue.AckRequest{Queue: req.Queue, Owner: c.id, IDs: ids, Tokens: tokens, Publish: func(acked []queue.Task) error {
 		results, dests, of := buf.results[:0], buf.dests[:0], buf.resultsOf[:0]
 		limit := c.s.maxItem()
+		var lastDest string
+		var lastDeleted time.Time
 		i := 0 // acked is ids in order, less those not acked
 		for _, t := range acked {
 			for ids[i] != t.ID {
@@ -373,7 +378,10 @@ func (c *clientConn) complete(req *wire.Request, buf *callBuffers) error {
 					refusedResults++
 				}
 			}
-			if dest == "" {
+			// A reply queue the task named, deleted since its put: its
+			// producer is gone (a map that ended). The workers' results
+			// queue, which the task did not name, is not judged so.
+			if dest == "" || t.ReplyTo != "" && c.s.deleted.stale(dest, t.Enqueued, &lastDest, &lastDeleted) {
 				continue
 			}
 			results = append(results, wire.Result{TaskID: t.ID, Worker: worker, Attempt: t.Attempts, Value: value})

@@ -61,6 +61,9 @@ type Server struct {
 	// resultQueues maps a task queue to the result queue its workers last
 	// named, where a dead task without a ReplyTo gets its error result.
 	resultQueues sync.Map
+	// deleted are the queues clients deleted: results of tasks put before
+	// go nowhere (deleted.go).
+	deleted deletedQueues
 
 	py *pymanager.Server // serves Python BaseManager clients (python.go)
 
@@ -424,6 +427,9 @@ func (s *Server) publishDeadResult(q string, t queue.Task) {
 			return
 		}
 		dest = rq.(string)
+	}
+	if at, ok := s.deleted.since(dest); ok && t.ReplyTo != "" && t.Enqueued.Before(at) {
+		return // its producer deleted the queue: no one waits for it
 	}
 	// The master wrote it, as the task went to the dead-letter queue: no
 	// worker's result.
