@@ -251,8 +251,9 @@ func (r *runner) serve(ctx context.Context, s *session) (stop bool, err error) {
 		// slow (no prefetch: tasks came beyond the free slots, on a get
 		// sized before that was known); and when no handler has started
 		// or ended for a while (the prefetch bet on quick tasks, and lost).
-		// Not while a get of ours is out, but to drain: the master would
-		// hand them straight back to it.
+		// A get of ours that is out may be handed them straight back (it
+		// waits at the master, where the queue may be empty for hours):
+		// they then come back known slow, and go again, with no get out.
 		var overstayC <-chan time.Time
 		if !r.noRelease && !gone && (len(r.waiting) > r.whead || r.pool.beyondSlots() > 0) {
 			now := time.Now()
@@ -260,10 +261,9 @@ func (r *runner) serve(ctx context.Context, s *session) (stop bool, err error) {
 			switch {
 			case draining || ctx.Err() != nil:
 				r.release(s, releaseDraining)
-			case getting:
 			case wait <= 0:
 				r.release(s, releaseStalled)
-			case r.knownSlow(t):
+			case !getting && r.knownSlow(t):
 				r.release(s, releaseSlow)
 			default:
 				overstayC = r.armOverstay(now, wait)
