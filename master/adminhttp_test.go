@@ -231,6 +231,11 @@ func TestMetricsScrape(t *testing.T) {
 		if v, _ := metricValue(fams, "qm_lease_expiries_total"); v != 1 {
 			return fmt.Errorf("qm_lease_expiries_total = %v, want 1", v)
 		}
+		// The queues' figures are read apart from the counter, at the
+		// same scrape: they may be from just before the expiry.
+		if v, _ := metricValue(fams, "qm_queue_expired_total", "queue", "jobs"); v != 1 {
+			return fmt.Errorf("qm_queue_expired_total = %v, want 1", v)
+		}
 		return nil
 	})
 	for _, tc := range []struct {
