@@ -258,17 +258,21 @@ func (r *runner) serve(ctx context.Context, s *session) (stop bool, err error) {
 		if !r.noRelease && !gone && (len(r.waiting) > r.whead || r.pool.beyondSlots() > 0) {
 			now := time.Now()
 			wait := r.overstayed(now, t.took)
+			why := ""
 			switch {
 			case draining || ctx.Err() != nil:
-				r.release(s, releaseDraining)
+				why = releaseDraining
 			case wait <= 0:
-				r.release(s, releaseStalled)
+				why = releaseStalled
 			case !getting && r.knownSlow(t):
-				r.release(s, releaseSlow)
+				why = releaseSlow
 			default:
 				overstayC = r.armOverstay(now, wait)
 			}
-			t = r.res.counts()
+			if why != "" {
+				r.release(s, why)
+				t = r.res.counts() // fewer in flight now
+			}
 		}
 		n := 0 // tasks to get now
 		if !getting {
