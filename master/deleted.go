@@ -2,21 +2,38 @@ package master
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/qm-dev/qm/master/queue"
 )
 
 // deletedQueues remembers the queues clients deleted, and when, so that
 // the results of tasks that named one as their reply queue, put before
 // its deletion, do not make it again: a map that ends, interrupted or
-// not, deletes its private reply queue, and the tasks it leaves still
-// run. A task put after the deletion names a queue made anew, and its
+// not, deletes its private reply queue, and those of its tasks that were
+// running finish. A task put after the deletion names a queue made anew, and its
 // result is stored.
 //
-// It is this server's memory: a deletion through another gateway of a
-// cluster, or before a restart, is not known here.
+// It is this server's memory, told of the deletions through the other
+// gateways of a cluster as they are made (noteDeleted): one it missed, or
+// one before a restart, is not known here.
+//
+// A deletion may also cancel the tasks that name the queue as their reply
+// queue (wire.Request.CancelTasks): those put before it are dropped as a
+// get would hand them out (Server.getTasks).
 type deletedQueues struct {
 	mu sync.Mutex
-	at map[string]time.Time
+	at map[string]deletion
+	// cancelling counts the deletions in at that cancel tasks, so that a
+	// get looks for none while there are none.
+	cancelling atomic.Int64
+}
+
+type deletion struct {
+	at     time.Time
+	cancel bool // the tasks put before it that reply to the queue are cancelled
+	told   bool // a cancellation of its tasks was logged
 }
 
 // deletedFor is how long a deletion is remembered: longer than a task
@@ -26,16 +43,41 @@ const deletedFor = 24 * time.Hour
 // maxDeleted bounds the deletions remembered; past it the oldest half go.
 const maxDeleted = 100_000
 
-func (d *deletedQueues) add(name string, at time.Time) {
+// add notes that queue name was deleted at at; with cancel, the tasks put
+// before then that reply to it are cancelled as well.
+func (d *deletedQueues) add(name string, at time.Time, cancel bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.at == nil {
-		d.at = make(map[string]time.Time)
+		d.at = make(map[string]deletion)
 	}
 	if len(d.at) >= maxDeleted {
 		d.forgetLocked(at)
 	}
-	d.at[name] = at
+	if prev, ok := d.at[name]; ok && (prev.at.After(at) || prev.at.Equal(at) && prev.cancel == cancel) {
+		return // a later deletion heard of first (another gateway's), or this one again
+	}
+	d.set(name, deletion{at: at, cancel: cancel})
+}
+
+// set records del for name, keeping cancelling its count. Called with mu
+// held.
+func (d *deletedQueues) set(name string, del deletion) {
+	if d.at[name].cancel {
+		d.cancelling.Add(-1)
+	}
+	if del.cancel {
+		d.cancelling.Add(1)
+	}
+	d.at[name] = del
+}
+
+// drop forgets the deletion of name. Called with mu held.
+func (d *deletedQueues) drop(name string) {
+	if d.at[name].cancel {
+		d.cancelling.Add(-1)
+	}
+	delete(d.at, name)
 }
 
 // forgetLocked drops the deletions older than deletedFor, or, if none is,
@@ -43,22 +85,22 @@ func (d *deletedQueues) add(name string, at time.Time) {
 func (d *deletedQueues) forgetLocked(now time.Time) {
 	cut := now.Add(-deletedFor)
 	n := len(d.at)
-	for name, t := range d.at {
-		if t.Before(cut) {
-			delete(d.at, name)
+	for name, del := range d.at {
+		if del.at.Before(cut) {
+			d.drop(name)
 		}
 	}
 	if len(d.at) < n {
 		return
 	}
 	var sum time.Duration
-	for _, t := range d.at {
-		sum += now.Sub(t) / time.Duration(n)
+	for _, del := range d.at {
+		sum += now.Sub(del.at) / time.Duration(n)
 	}
 	cut = now.Add(-sum) // the mean age: about half are older
-	for name, t := range d.at {
-		if t.Before(cut) {
-			delete(d.at, name)
+	for name, del := range d.at {
+		if del.at.Before(cut) {
+			d.drop(name)
 		}
 	}
 }
@@ -67,12 +109,44 @@ func (d *deletedQueues) forgetLocked(now time.Time) {
 func (d *deletedQueues) since(name string) (time.Time, bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	t, ok := d.at[name]
-	if ok && time.Since(t) > deletedFor {
-		delete(d.at, name)
-		return time.Time{}, false
+	del, ok := d.lookup(name)
+	return del.at, ok
+}
+
+// lookup returns the deletion of name, if it was within deletedFor.
+// Called with mu held.
+func (d *deletedQueues) lookup(name string) (deletion, bool) {
+	del, ok := d.at[name]
+	if ok && time.Since(del.at) > deletedFor {
+		d.drop(name)
+		return deletion{}, false
 	}
-	return t, ok
+	return del, ok
+}
+
+// cancelled reports whether task t was cancelled: its reply queue was
+// deleted after it was put, with its tasks (deletedQueues.add's cancel).
+// last caches the deletion looked up for the reply queue before, as the
+// tasks of one get mostly share one.
+func (d *deletedQueues) cancelled(t *queue.Task, last *cancelCache) bool {
+	if t.ReplyTo == "" || d.cancelling.Load() == 0 {
+		return false
+	}
+	if !last.set || last.name != t.ReplyTo {
+		d.mu.Lock()
+		del, ok := d.lookup(t.ReplyTo)
+		d.mu.Unlock()
+		*last = cancelCache{set: true, name: t.ReplyTo, del: del, ok: ok}
+	}
+	return last.ok && last.del.cancel && t.Enqueued.Before(last.del.at)
+}
+
+// cancelCache is cancelled's answer for one reply queue.
+type cancelCache struct {
+	set  bool
+	name string
+	del  deletion
+	ok   bool
 }
 
 // stale reports whether a result for reply queue dest of a task enqueued
@@ -84,4 +158,18 @@ func (d *deletedQueues) stale(dest string, enqueued time.Time, last *string, las
 		*lastAt, _ = d.since(dest)
 	}
 	return !lastAt.IsZero() && enqueued.Before(*lastAt)
+}
+
+// firstCancel reports whether tasks replying to name are cancelled for
+// the first time since its deletion: the master logs that once.
+func (d *deletedQueues) firstCancel(name string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	del, ok := d.at[name]
+	if !ok || del.told {
+		return false
+	}
+	del.told = true
+	d.at[name] = del
+	return true
 }

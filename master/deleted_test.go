@@ -1,6 +1,7 @@
 package master_test
 
 import (
+	"errors"
 	"slices"
 	"testing"
 	"time"
@@ -55,5 +56,97 @@ func TestResultsOfADeletedReplyQueue(t *testing.T) {
 	}
 	if r, err := wire.DecodeResult(rs[0].Payload); err != nil || r.TaskID != ids[0] {
 		t.Fatalf("result %+v, %v; want task %d's", r, err, ids[0])
+	}
+}
+
+// A queue deleted with its tasks (a map that ended) cancels the tasks put
+// before the delete that reply to it: a get drops them and hands out the
+// tasks behind, within its wait, whether it may wait or not. Tasks put
+// after the delete, or replying elsewhere, run; so do those a plain
+// delete leaves, and a task already handed out finishes.
+func TestDeleteCancelsTasksReplyingToIt(t *testing.T) {
+	addr, _ := qmtest.StartMaster(t, master.Config{})
+	ctx := ctxFor(t, 10*time.Second)
+	c := qmtest.Dial(t, addr, "producer")
+	w := qmtest.Dial(t, addr, "worker")
+	put := func(payload any, replyTo string) uint64 {
+		t.Helper()
+		ids, err := c.Put(ctx, "jobs", []any{payload}, wire.PutOptions{ReplyTo: replyTo})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ids[0]
+	}
+	for _, q := range []string{"replies", "plain"} {
+		if _, err := c.Put(ctx, q, []any{"made"}, wire.PutOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	running := put("running", "replies")
+	for i := range 4 {
+		put(i, "replies")
+	}
+	kept := put("kept", "plain")
+	ts, err := w.Get(ctx, "jobs", wire.GetOptions{Timeout: time.Second})
+	if err != nil || len(ts) != 1 || ts[0].ID != running {
+		t.Fatalf("get: %+v, %v; want the first task", ts, err)
+	}
+	if err := c.DeleteCancelling(ctx, "replies"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Delete(ctx, "plain"); err != nil {
+		t.Fatal(err)
+	}
+	later := put("later", "replies")
+	elsewhere := put("elsewhere", "")
+
+	// No wait: the four cancelled tasks are passed over at once.
+	first, err := w.Get(ctx, "jobs", wire.GetOptions{})
+	if err != nil || len(first) != 1 || first[0].ID != kept {
+		t.Fatalf("get without a wait: %+v, %v; want task %d, behind the cancelled ones", first, err, kept)
+	}
+	rest, err := w.Get(ctx, "jobs", wire.GetOptions{Max: 10, Timeout: time.Second})
+	if err != nil || len(rest) != 2 || rest[0].ID != later || rest[1].ID != elsewhere {
+		t.Fatalf("get: %+v, %v; want tasks %d and %d", rest, err, later, elsewhere)
+	}
+	var done []wire.Completion
+	for _, task := range append(append(ts, first...), rest...) {
+		done = append(done, wire.Completion{ID: task.ID, Value: task.Payload})
+	}
+	if err := w.Complete(ctx, "jobs", "", done); err != nil {
+		t.Fatalf("complete: %v", err)
+	}
+	st, err := c.Stats(ctx, "jobs")
+	if err != nil || len(st) != 1 || st[0].Ready != 0 || st[0].Leased != 0 || st[0].Dead != 0 {
+		t.Fatalf("stats %+v, %v; want nothing left", st, err)
+	}
+	if qs, err := c.Queues(ctx); err != nil || !slices.Contains(qs, "replies") {
+		t.Fatalf("queues %v, %v; want replies made again by the result of the task put after its deletion", qs, err)
+	}
+}
+
+// A get whose ready tasks are all cancelled waits its time for others,
+// rather than answer empty at once. Tasks are cancelled by the delete of
+// a reply queue that was never made, too (a map stopped before it).
+func TestGetOfCancelledTasksWaitsItsTime(t *testing.T) {
+	addr, _ := qmtest.StartMaster(t, master.Config{})
+	ctx := ctxFor(t, 10*time.Second)
+	c := qmtest.Dial(t, addr, "producer")
+	if _, err := c.Put(ctx, "jobs", []any{1, 2, 3}, wire.PutOptions{ReplyTo: "replies"}); err != nil {
+		t.Fatal(err)
+	}
+	// The reply queue was never made: its tasks are cancelled all the same.
+	if err := c.DeleteCancelling(ctx, "replies"); !errors.Is(err, wire.ErrUnknownQueue) {
+		t.Fatalf("delete: %v, want %v", err, wire.ErrUnknownQueue)
+	}
+	w := qmtest.Dial(t, addr, "worker")
+	const wait = 300 * time.Millisecond
+	start := time.Now()
+	ts, err := w.Get(ctx, "jobs", wire.GetOptions{Max: 2, Timeout: wait})
+	if took := time.Since(start); err != nil || len(ts) != 0 || took < wait*9/10 {
+		t.Fatalf("get: %+v, %v after %v; want none after about %v", ts, err, took, wait)
+	}
+	if st, err := c.Stats(ctx, "jobs"); err != nil || len(st) != 1 || st[0].Ready != 0 || st[0].Leased != 0 {
+		t.Fatalf("stats %+v, %v; want the cancelled tasks gone", st, err)
 	}
 }

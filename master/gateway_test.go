@@ -199,3 +199,36 @@ except ValueError as e:
 		t.Fatalf("python: %q", out)
 	}
 }
+
+// A reply queue deleted with its tasks through one gateway cancels them
+// at every gateway: a worker of another takes the tasks behind them.
+func TestDeleteCancelsTasksAtEveryGateway(t *testing.T) {
+	nc := startJetStream(t)
+	a, b := startGatewayOn(t, nc, master.Config{}), startGatewayOn(t, nc, master.Config{})
+	ctx := ctxFor(t, 20*time.Second)
+	c := qmtest.Dial(t, a, "producer")
+	if _, err := c.Put(ctx, "replies", []any{"made"}, wire.PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Put(ctx, "jobs", []any{1, 2, 3, 4}, wire.PutOptions{ReplyTo: "replies"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.DeleteCancelling(ctx, "replies"); err != nil {
+		t.Fatal(err)
+	}
+	later, err := c.Put(ctx, "jobs", []any{5}, wire.PutOptions{ReplyTo: "replies"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := qmtest.Dial(t, b, "worker")
+	ts, err := w.Get(ctx, "jobs", wire.GetOptions{Max: 10, Timeout: 5 * time.Second})
+	if err != nil || len(ts) != 1 || ts[0].ID != later[0] {
+		t.Fatalf("get through the other gateway: %+v, %v; want task %d alone", ts, err, later[0])
+	}
+	if err := w.Complete(ctx, "jobs", "", []wire.Completion{{ID: ts[0].ID, Value: ts[0].Payload}}); err != nil {
+		t.Fatal(err)
+	}
+	if ts, err := w.Get(ctx, "jobs", wire.GetOptions{Max: 10, Timeout: 200 * time.Millisecond}); err != nil || len(ts) != 0 {
+		t.Fatalf("get: %+v, %v; want none left", ts, err)
+	}
+}

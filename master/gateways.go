@@ -38,7 +38,17 @@ const (
 	topicClients    = "clients"
 	topicUnfinished = "python-unfinished"
 	topicTakeDone   = "python-take-done"
+	topicDeleted    = "deleted"
 )
+
+// deletedNotice tells the gateways of a cluster that a client deleted a
+// queue (deletedQueues), so that each drops the results of the tasks
+// that replied to it, and, with Cancel, the tasks themselves.
+type deletedNotice struct {
+	Queue  string    `msgpack:"queue"`
+	At     time.Time `msgpack:"at"`
+	Cancel bool      `msgpack:"cancel,omitempty"`
+}
 
 // askFor bounds a question to the other gateways.
 const askFor = 5 * time.Second
@@ -59,6 +69,17 @@ func (s *Server) answerGateways(a GatewayAsker) error {
 		return b
 	})
 	if err != nil {
+		return err
+	}
+	if err := a.Answer(topicDeleted, func(question []byte) []byte {
+		var n deletedNotice
+		if err := msgpack.Unmarshal(question, &n); err != nil || n.Queue == "" {
+			s.log.Warn("another gateway's deletion of a queue not decoded", "err", err)
+			return nil
+		}
+		s.deleted.add(n.Queue, n.At, n.Cancel)
+		return []byte("ok")
+	}); err != nil {
 		return err
 	}
 	if err := a.Answer(topicUnfinished, func(question []byte) []byte {
@@ -195,4 +216,27 @@ func (c pyCluster) unfinishedBy(ctx context.Context, q string) (map[string]int, 
 		counts[gateway] = n
 	})
 	return counts, cmp.Or(err, bad)
+}
+
+// noteDeleted remembers that a client deleted queue name at at (with
+// cancel, its tasks too), here and, in a cluster, at every gateway it
+// reaches before the delete is answered, so that a worker of another
+// gateway takes no cancelled task after it. A gateway it misses (down,
+// or cut off) runs the tasks and stores their results, as before
+// deletions were shared.
+func (s *Server) noteDeleted(ctx context.Context, name string, at time.Time, cancel bool) {
+	s.deleted.add(name, at, cancel)
+	if s.asker == nil {
+		return
+	}
+	question, err := msgpack.Marshal(deletedNotice{Queue: name, At: at, Cancel: cancel})
+	if err != nil { // a bug: the notice always encodes
+		s.log.Error("deletion not encoded for the other gateways", "err", err)
+		return
+	}
+	ctx, stop := context.WithTimeout(ctx, askFor)
+	defer stop()
+	if err := s.asker.Ask(ctx, topicDeleted, question, func(string, []byte) {}); err != nil {
+		s.log.Warn("the other gateways not told of a queue's deletion", "queue", name, "err", err)
+	}
 }

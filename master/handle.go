@@ -129,8 +129,12 @@ func (c *clientConn) handle(req *wire.Request, buf *callBuffers) *wire.Response 
 		c.audit(req, resp.Count, err) // admin.go
 	case wire.OpDelete:
 		at := time.Now() // tasks put from now on name a queue made anew
-		if err = q.Delete(req.Queue); err == nil {
-			c.s.deleted.add(req.Queue, at)
+		err = q.Delete(req.Queue)
+		if err == nil || req.CancelTasks && errors.Is(err, queue.ErrUnknownQueue) {
+			// Tasks may reply to a queue not made yet (a map stopped
+			// before its first get of results): they are cancelled all
+			// the same.
+			c.s.noteDeleted(c.ctx, req.Queue, at, req.CancelTasks)
 		}
 		c.audit(req, 0, err)
 	case wire.OpQueues:
@@ -230,7 +234,7 @@ func (c *clientConn) get(req *wire.Request, buf *callBuffers) ([]wire.Task, erro
 	if req.Max < 0 || req.Lease < 0 {
 		return nil, fmt.Errorf("%w: negative max or lease", wire.ErrBadRequest)
 	}
-	ts, err := c.s.queues.Get(c.waitCtx(req.Timeout), getRequest(c.id, req), buf.taken)
+	ts, err := c.s.getTasks(c.waitCtx(req.Timeout), getRequest(c.id, req), buf.taken)
 	if len(ts) == 0 {
 		if err == nil && c.s.isClosing() {
 			// The wait was cut short, not run out: the client goes on
@@ -252,6 +256,65 @@ func (c *clientConn) get(req *wire.Request, buf *callBuffers) ([]wire.Task, erro
 		buf.tasks = buf.tasks[:k]
 	}
 	return buf.tasks, err
+}
+
+// getTasks is queues.Get but for the tasks cancelled with their reply
+// queue (deletedQueues.cancelled): it drops those, acked as done without
+// results, and waits on for others within the get's time.
+func (s *Server) getTasks(ctx context.Context, req queue.GetRequest, dst []queue.Task) ([]queue.Task, error) {
+	var deadline time.Time
+	if req.MaxWait > 0 {
+		deadline = time.Now().Add(req.MaxWait)
+	}
+	for {
+		ts, err := s.queues.Get(ctx, req, dst)
+		if len(ts) == 0 || s.deleted.cancelling.Load() == 0 {
+			return ts, err
+		}
+		// All cancelled: the next round takes the tasks behind them, or,
+		// with ctx done (NoWait), returns none once none is ready.
+		if ts = s.dropCancelled(req, ts); len(ts) > 0 || err != nil {
+			return ts, err
+		}
+		if !deadline.IsZero() {
+			if req.MaxWait = time.Until(deadline); req.MaxWait <= 0 {
+				return nil, nil
+			}
+		}
+	}
+}
+
+// dropCancelled returns the tasks of ts, taken by a get for req, that
+// were not cancelled (deletedQueues.cancelled), in ts's array; the
+// cancelled ones it acks, unless the get took them for good.
+func (s *Server) dropCancelled(req queue.GetRequest, ts []queue.Task) []queue.Task {
+	var ack queue.AckRequest
+	var last cancelCache
+	kept := ts[:0]
+	for i := range ts {
+		t := &ts[i]
+		if !s.deleted.cancelled(t, &last) {
+			kept = append(kept, *t)
+			continue
+		}
+		ack.IDs, ack.Tokens = append(ack.IDs, t.ID), append(ack.Tokens, t.Token)
+		if s.deleted.firstCancel(t.ReplyTo) {
+			s.log.Info("tasks cancelled: their reply queue was deleted with its tasks", "queue", req.Queue, "reply_to", t.ReplyTo)
+		}
+	}
+	if len(ack.IDs) == 0 {
+		return kept
+	}
+	s.metrics.cancelled.Add(float64(len(ack.IDs)))
+	if !req.NoAck {
+		ack.Queue, ack.Owner = req.Queue, req.Owner
+		if _, err := s.queues.Ack(ack, nil); err != nil {
+			// Their leases run out and they are handed out again, and
+			// dropped then.
+			s.log.Warn("cancelled tasks not acked", "queue", req.Queue, "tasks", len(ack.IDs), "err", err)
+		}
+	}
+	return kept
 }
 
 // responseHeader bounds what a get's response holds besides its tasks,

@@ -33,6 +33,9 @@ type metrics struct {
 	// denied counts calls refused by the key's permissions (acl.go).
 	denied        *prometheus.CounterVec
 	leaseExpiries prometheus.Counter
+	// cancelled counts tasks dropped unrun because their reply queue was
+	// deleted with its tasks (deletedQueues.cancelled).
+	cancelled prometheus.Counter
 	// chained counts requests that carried a Then (wire.Request.Then).
 	chained prometheus.Counter
 	// fsync observes the store's fsyncs; nil without a data directory.
@@ -88,6 +91,10 @@ func newMetrics(s *Server) *metrics {
 		Name: "qm_lease_expiries_total",
 		Help: "Leases that ran out before their task was acked or nacked (the tasks were requeued or dead-lettered).",
 	})
+	m.cancelled = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "qm_tasks_cancelled_total",
+		Help: "Tasks dropped unrun, as they would have been handed out, because their reply queue was deleted with its tasks (a map that ended).",
+	})
 	m.chained = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "qm_chained_requests_total",
 		Help: "Requests that carried a second one to run in the same call: a worker's complete and its next get, a producer's put and its get. " +
@@ -97,7 +104,7 @@ func newMetrics(s *Server) *metrics {
 		Name: "qm_calls_in_progress",
 		Help: "Calls of every client being read, handled or answered now; a shutdown waits for them.",
 	}, func() float64 { return float64(s.callsInProgress()) })
-	m.reg.MustRegister(reqDur, m.handshakeFail, m.refusals, m.denied, m.leaseExpiries, m.chained, inProgress, &queueCollector{s: s},
+	m.reg.MustRegister(reqDur, m.handshakeFail, m.refusals, m.denied, m.leaseExpiries, m.cancelled, m.chained, inProgress, &queueCollector{s: s},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.reg.MustRegister(s.cfg.Collectors...)
 	if s.cfg.DataDir != "" {

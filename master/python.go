@@ -51,6 +51,11 @@ func (b pyBackend) Put(ctx context.Context, req queue.PutRequest) ([]uint64, err
 }
 
 // Nack cuts a failure's text as a native worker's is cut.
+// Get is the server's get, which drops cancelled tasks (getTasks).
+func (b pyBackend) Get(ctx context.Context, req queue.GetRequest, dst []queue.Task) ([]queue.Task, error) {
+	return b.s.getTasks(ctx, req, dst)
+}
+
 func (b pyBackend) Nack(req queue.NackRequest) error {
 	req.Error = cutError(req.Error)
 	return b.Queues.Nack(req)

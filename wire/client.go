@@ -776,6 +776,15 @@ func (c *Client) Delete(ctx context.Context, queue string) error {
 	return c.call(ctx, &Request{Op: OpDelete, Queue: queue}, &Response{})
 }
 
+// DeleteCancelling deletes a queue as Delete does, and cancels the tasks
+// put before it that name the queue as their reply queue and have not
+// been handed out yet (Request.CancelTasks): whoever put them no longer
+// waits for their results. Tasks already running finish; their results
+// go nowhere. A master older than this call deletes the queue alone.
+func (c *Client) DeleteCancelling(ctx context.Context, queue string) error {
+	return c.call(ctx, &Request{Op: OpDelete, Queue: queue, CancelTasks: true}, &Response{})
+}
+
 // Queues lists the names of all queues.
 func (c *Client) Queues(ctx context.Context) ([]string, error) {
 	var resp Response

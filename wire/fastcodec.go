@@ -335,7 +335,7 @@ func appendRequest(b []byte, r *Request) []byte {
 		r.Timeout != 0, r.Lease != 0, r.NoAck, len(r.IDs) > 0, r.Error != "", len(r.Results) > 0,
 		r.ResultQueue != "", r.Role != "", r.Name != "", r.Then != nil,
 		r.Delay != 0, !r.At.IsZero(), r.Priority != 0, len(r.Keys) > 0, r.RequestID != "", r.Resent, r.RetryAfter != 0,
-		r.MaxAttempts != 0, r.BackoffMin != 0, r.BackoffMax != 0, len(r.Tokens) > 0, len(r.Attempts) > 0} {
+		r.MaxAttempts != 0, r.BackoffMin != 0, r.BackoffMax != 0, len(r.Tokens) > 0, len(r.Attempts) > 0, r.CancelTasks} {
 		if set {
 			n++
 		}
@@ -417,6 +417,9 @@ func appendRequest(b []byte, r *Request) []byte {
 		for _, a := range r.Attempts {
 			b = msgp.AppendInt(b, int64(a))
 		}
+	}
+	if r.CancelTasks {
+		b = msgp.AppendBool(msgp.AppendStr(b, "cancel_tasks"), true)
 	}
 	if len(r.Keys) > 0 {
 		b = msgp.AppendArrayHeader(msgp.AppendStr(b, "keys"), len(r.Keys))
@@ -528,6 +531,8 @@ func (r *Request) decode(rd *msgp.Reader, chained bool) error {
 			r.Tokens, err = readStrs(rd)
 		case "atts":
 			r.Attempts, err = readInts(rd)
+		case "cancel_tasks":
+			r.CancelTasks, err = rd.Bool()
 		case "retry_after":
 			r.RetryAfter, err = readDuration(rd)
 		case "max_attempts":

@@ -99,6 +99,12 @@ type Request struct {
 	// the same order (Task.Attempt), so that a release of a delivery that
 	// has since been superseded changes nothing.
 	Attempts []int `msgpack:"atts,omitempty"`
+	// CancelTasks (delete) also cancels the tasks put before the delete
+	// that name the queue as their reply queue and have not been handed
+	// out: the master drops them instead of handing them out, as no one
+	// waits for their results any more (a map that ends, interrupted or
+	// not, deletes its private reply queue so).
+	CancelTasks bool `msgpack:"cancel_tasks,omitempty"`
 	// Retry policy (config): 0 leaves the master's default; BackoffMin -1
 	// means no backoff.
 	MaxAttempts int           `msgpack:"max_attempts,omitempty"`

@@ -2,16 +2,20 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/spf13/cobra"
+
+	"github.com/qm-dev/qm/wire"
 )
 
 type deleteOptions struct {
 	IO     *factory
 	Client clientOptions
 
-	Queue string
+	Queue       string
+	CancelTasks bool
 }
 
 func newCmdDelete(f *factory, runF func(*deleteOptions) error) *cobra.Command {
@@ -21,9 +25,16 @@ func newCmdDelete(f *factory, runF func(*deleteOptions) error) *cobra.Command {
 		Short: "Remove a queue and every task in it",
 		Long: `Remove QUEUE with its ready and leased tasks. Workers holding leased
 tasks of it can no longer acknowledge them. Its dead-letter queue,
-QUEUE.dead, is a queue of its own: delete it separately.`,
+QUEUE.dead, is a queue of its own: delete it separately.
+
+With --cancel-tasks, the tasks of any queue that name QUEUE as their
+reply queue and were put before the delete are cancelled as well: the
+master drops each unrun when a worker would take it, since no one waits
+for its result any more. Tasks already running finish; their results go
+nowhere. A map that ends deletes its private reply queue so.`,
 		Example: `  qmaster delete jobs
-  qmaster delete jobs.dead`,
+  qmaster delete jobs.dead
+  qmaster delete my-results --cancel-tasks`,
 		Args: args(1, 1, "QUEUE"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts.Queue = args[0]
@@ -36,6 +47,7 @@ QUEUE.dead, is a queue of its own: delete it separately.`,
 			return deleteRun(cmd.Context(), opts)
 		},
 	}
+	cmd.Flags().BoolVar(&opts.CancelTasks, "cancel-tasks", false, "also cancel the tasks not yet handed out that name QUEUE as their reply queue")
 	addClientFlags(cmd, &opts.Client)
 	return cmd
 }
@@ -46,9 +58,22 @@ func deleteRun(ctx context.Context, opts *deleteOptions) error {
 		return err
 	}
 	defer c.Close()
-	if err := c.Delete(ctx, opts.Queue); err != nil {
+	del := c.Delete
+	if opts.CancelTasks {
+		del = c.DeleteCancelling
+	}
+	err = del(ctx, opts.Queue)
+	if opts.CancelTasks && errors.Is(err, wire.ErrUnknownQueue) {
+		fmt.Fprintf(opts.IO.ErrOut, "no queue %s to delete; the tasks waiting to reply to it are cancelled\n", opts.Queue)
+		return nil
+	}
+	if err != nil {
 		return fmt.Errorf("queue %s: %w", opts.Queue, err)
 	}
-	fmt.Fprintf(opts.IO.ErrOut, "deleted queue %s\n", opts.Queue)
+	if opts.CancelTasks {
+		fmt.Fprintf(opts.IO.ErrOut, "deleted queue %s; the tasks waiting to reply to it are cancelled\n", opts.Queue)
+	} else {
+		fmt.Fprintf(opts.IO.ErrOut, "deleted queue %s\n", opts.Queue)
+	}
 	return nil
 }

@@ -369,6 +369,12 @@ func TestMapInterrupted(t *testing.T) {
 	if err != nil || len(names) != 1 || names[0] != "tasks" {
 		t.Errorf("queues after map %v, %v: want the private result queue deleted", names, err)
 	}
+	// Its tasks went with it: no worker runs them for no one.
+	gctx, gcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer gcancel()
+	if ts, err := c.Get(gctx, "tasks", wire.GetOptions{Max: 10, Timeout: 200 * time.Millisecond}); err != nil || len(ts) != 0 {
+		t.Errorf("get after map: %d tasks, %v; want its tasks cancelled", len(ts), err)
+	}
 }
 
 func TestPutBatches(t *testing.T) {
@@ -533,6 +539,30 @@ func TestUnknownQueue(t *testing.T) {
 	code := runInProcess(context.Background(), f, "delete", "--server", addr, "nope")
 	if code != 1 || errOut.String() != "qmaster delete: queue nope: unknown queue\n" {
 		t.Errorf("exit %d, stderr %q", code, errOut)
+	}
+}
+
+// delete --cancel-tasks cancels the tasks that reply to the queue, even
+// one never made, and says so.
+func TestDeleteCancelTasks(t *testing.T) {
+	addr := startInProcessMaster(t, master.Config{})
+	c := qmtestDial(t, addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := c.Put(ctx, "jobs", []any{1, 2}, wire.PutOptions{ReplyTo: "mine"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Put(ctx, "jobs", []any{3}, wire.PutOptions{ReplyTo: "theirs"}); err != nil {
+		t.Fatal(err)
+	}
+	f, _, errOut := testFactory("")
+	code := runInProcess(context.Background(), f, "delete", "--server", addr, "--cancel-tasks", "mine")
+	if want := "no queue mine to delete; the tasks waiting to reply to it are cancelled\n"; code != 0 || errOut.String() != want {
+		t.Errorf("exit %d, stderr %q; want 0, %q", code, errOut, want)
+	}
+	ts, err := c.Get(ctx, "jobs", wire.GetOptions{Max: 10, Timeout: time.Second})
+	if err != nil || len(ts) != 1 || ts[0].ReplyTo != "theirs" {
+		t.Errorf("get: %+v, %v; want the task replying to theirs alone", ts, err)
 	}
 }
 
