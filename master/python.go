@@ -51,6 +51,13 @@ func (b pyBackend) Put(ctx context.Context, req queue.PutRequest) ([]uint64, err
 }
 
 // Nack cuts a failure's text as a native worker's is cut.
+// DeletedSince reports whether a client deleted queue name after at
+// (deletedQueues).
+func (b pyBackend) DeletedSince(name string, at time.Time) bool {
+	deleted, ok := b.s.deleted.since(name)
+	return ok && at.Before(deleted)
+}
+
 // Get is the server's get, which drops cancelled tasks (getTasks).
 func (b pyBackend) Get(ctx context.Context, req queue.GetRequest, dst []queue.Task) ([]queue.Task, error) {
 	return b.s.getTasks(ctx, req, dst)

@@ -813,3 +813,32 @@ print(task.qsize())
 		}
 	})
 }
+
+// The result a Python worker puts for a task whose reply queue was
+// deleted after the task was put (an ended map's) goes nowhere, rather
+// than make the queue again.
+func TestPythonResultForADeletedReplyQueue(t *testing.T) {
+	forEachPython(t, master.Config{}, func(t *testing.T, py qmtest.Python, addr string) {
+		c := qmtest.Dial(t, addr, "producer")
+		ctx := ctxFor(t, 10*time.Second)
+		if _, err := c.Put(ctx, "replies", []any{"made"}, wire.PutOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		putInts(t, c, "tasks", 1, wire.PutOptions{ReplyTo: "replies"})
+		if err := c.Delete(ctx, "replies"); err != nil {
+			t.Fatal(err)
+		}
+		runPy(t, py, addr, `
+m = manager()
+task = m.get_task_queue(); result = m.get_result_queue()
+n = task.get(timeout=5)
+result.put(n * n)
+`)
+		if qs, err := c.Queues(ctx); err != nil || slices.Contains(qs, "replies") {
+			t.Fatalf("queues %v, %v: the deleted reply queue was made again", qs, err)
+		}
+		if st := stats(t, c, "results"); st.Ready != 0 {
+			t.Errorf("the result went to the queue named by the put: %+v", st)
+		}
+	})
+}

@@ -3,6 +3,7 @@ package pymanager
 import (
 	"context"
 	"slices"
+	"time"
 
 	"github.com/qm-dev/qm/master/queue"
 	"github.com/qm-dev/qm/wire"
@@ -40,10 +41,11 @@ const maxHeld = 1024
 
 // heldTask is a delivered task whose result this connection owes.
 type heldTask struct {
-	id      uint64
-	attempt int
-	from    string // the queue it came from
-	replyTo string
+	id       uint64
+	attempt  int
+	from     string // the queue it came from
+	replyTo  string
+	enqueued time.Time // when it was put
 }
 
 // took records the task a get just delivered to this connection.
@@ -57,7 +59,7 @@ func (p *conn) took(from string, t queue.Task) {
 	if len(p.held) == maxHeld {
 		p.held = slices.Delete(p.held, 0, 1)
 	}
-	p.held = append(p.held, heldTask{id: t.ID, attempt: t.Attempts, from: from, replyTo: t.ReplyTo})
+	p.held = append(p.held, heldTask{id: t.ID, attempt: t.Attempts, from: from, replyTo: t.ReplyTo, enqueued: t.Enqueued})
 }
 
 // resultOf returns the task whose result a put to the named queue is, and
@@ -73,8 +75,13 @@ func (p *conn) resultOf(name string) (heldTask, bool) {
 	return heldTask{}, false
 }
 
-// publishResult puts value to t's reply queue as t's result.
+// publishResult puts value to t's reply queue as t's result, or drops it
+// if that queue was deleted after t was put: no one waits for it there,
+// and the put would make the queue again.
 func (p *conn) publishResult(t heldTask, value []byte) error {
+	if p.s.cfg.Backend.DeletedSince(t.replyTo, t.enqueued) {
+		return nil
+	}
 	res, err := wire.Encode(wire.Result{TaskID: t.id, Worker: p.workerName(), Attempt: t.attempt, Value: value})
 	if err != nil {
 		return err

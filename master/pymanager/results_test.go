@@ -3,6 +3,7 @@ package pymanager
 import (
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/qm-dev/qm/master/queue"
 	"github.com/qm-dev/qm/wire"
@@ -13,6 +14,8 @@ type testBackend struct{ *queue.Manager }
 
 func (testBackend) Closing() bool   { return false }
 func (testBackend) AdmitPut() error { return nil }
+
+func (testBackend) DeletedSince(string, time.Time) bool { return false }
 
 // testClient is the little of a Client that result routing reads.
 type testClient struct{ Client }

@@ -37,6 +37,8 @@ type Backend interface {
 	Closing() bool
 	// AdmitPut refuses a put while the master is full, or returns nil.
 	AdmitPut() error
+	// DeletedSince reports whether a client deleted queue name after at.
+	DeletedSince(name string, at time.Time) bool
 }
 
 // Client is the master's side of one Python connection.
