@@ -842,3 +842,23 @@ result.put(n * n)
 		}
 	})
 }
+
+// An error of put_nowait, put_with or get_nowait names the method the
+// script called.
+func TestPythonErrorsNameTheMethod(t *testing.T) {
+	forEachPython(t, master.Config{}, func(t *testing.T, py qmtest.Python, addr string) {
+		out := runPy(t, py, addr, `
+q = manager().get_task_queue()
+loop = []
+loop.append(loop) # pickles; no msgpack value holds itself
+for call in (lambda: q.put_nowait(loop), lambda: q.put_with(loop)):
+    try:
+        call()
+    except RemoteError as e:
+        print([m for m in ('put()', 'put_nowait()', 'put_with()') if 'serving ' + m in str(e)])
+`)
+		if out != "['put_nowait()']\n['put_with()']\n" {
+			t.Fatalf("python: %q", out)
+		}
+	})
+}

@@ -200,12 +200,12 @@ func (p *conn) queueCall(name string, req *pyproto.Request) reply {
 		if !bind([]string{"item", "block", "timeout"}, pyproto.Required, true, nil) {
 			break
 		}
-		return p.put(name, args.Value(0), args.Truth(1), args, 2, queue.Item{})
+		return p.put(req.Method, name, args.Value(0), args.Truth(1), args, 2, queue.Item{})
 	case "put_nowait":
 		if !bind([]string{"item"}, pyproto.Required) {
 			break
 		}
-		return p.put(name, args.Value(0), false, nil, 0, queue.Item{})
+		return p.put(req.Method, name, args.Value(0), false, nil, 0, queue.Item{})
 	case "put_with":
 		if !bind([]string{"item", "delay", "at", "priority", "key", "block", "timeout"},
 			pyproto.Required, nil, nil, int64(0), nil, true, nil) {
@@ -215,17 +215,17 @@ func (p *conn) queueCall(name string, req *pyproto.Request) reply {
 		if err != nil {
 			return p.errorReply(pyproto.ValueError(err.Error()))
 		}
-		return p.put(name, args.Value(0), args.Truth(5), args, 6, sched)
+		return p.put(req.Method, name, args.Value(0), args.Truth(5), args, 6, sched)
 	case "get":
 		if !bind([]string{"block", "timeout"}, true, nil) {
 			break
 		}
-		return p.get(name, args.Truth(0), args, 1)
+		return p.get(req.Method, name, args.Truth(0), args, 1)
 	case "get_nowait":
 		if !bind(nil) {
 			break
 		}
-		return p.get(name, false, nil, 0)
+		return p.get(req.Method, name, false, nil, 0)
 	case "qsize", "empty", "full":
 		if !bind(nil) {
 			break
@@ -340,25 +340,26 @@ func scheduleArgs(args *pyproto.Params, i int) (queue.Item, error) {
 	return it, nil
 }
 
-// put puts item, with sched's due time, priority and key.
-func (p *conn) put(name string, item any, block bool, args *pyproto.Params, timeoutArg int, sched queue.Item) reply {
+// put puts item, with sched's due time, priority and key, for the
+// proxy's method (put, put_nowait or put_with), which its errors name.
+func (p *conn) put(method, name string, item any, block bool, args *pyproto.Params, timeoutArg int, sched queue.Item) reply {
 	payload, err := pyproto.ToMsgpack(item, p.s.cfg.MaxMessageSize)
 	if err != nil {
-		return traceback("put", "TypeError", "value refused: "+err.Error())
+		return traceback(method, "TypeError", "value refused: "+err.Error())
 	}
 	if t, ok := p.resultOf(name); ok {
 		// A result goes to the reply queue of a task this client got,
 		// which its key need not be allowed to put to.
 		if err := p.publishResult(t, payload); err != nil {
-			return p.queueError("put", err)
+			return p.queueError(method, err)
 		}
 		return p.ret(nil)
 	}
-	if r, denied := p.authorize("put", acl.Put, name); denied {
+	if r, denied := p.authorize(method, acl.Put, name); denied {
 		return r
 	}
 	if err := p.s.cfg.Backend.AdmitPut(); err != nil {
-		return p.queueError("put", err)
+		return p.queueError(method, err)
 	}
 	ctx, maxWait, err := p.wait(block, args, timeoutArg)
 	if err != nil {
@@ -369,7 +370,7 @@ func (p *conn) put(name string, item any, block bool, args *pyproto.Params, time
 		if errors.Is(err, queue.ErrQueueFull) && p.ctx.Err() == nil {
 			return p.errorReply(pyproto.Full)
 		}
-		return p.queueError("put", err)
+		return p.queueError(method, err)
 	}
 	return p.ret(nil)
 }
@@ -378,7 +379,7 @@ func (p *conn) put(name string, item any, block bool, args *pyproto.Params, time
 // and acked once it is, so that a task whose payload Python cannot read
 // fails an attempt (and is dead-lettered in the end) rather than being
 // lost, and a task whose reply could not be written goes back.
-func (p *conn) get(name string, block bool, args *pyproto.Params, timeoutArg int) reply {
+func (p *conn) get(method, name string, block bool, args *pyproto.Params, timeoutArg int) reply {
 	ctx, maxWait, err := p.wait(block, args, timeoutArg)
 	if err != nil {
 		return p.errorReply(pyproto.ValueError(err.Error()))
@@ -387,12 +388,12 @@ func (p *conn) get(name string, block bool, args *pyproto.Params, timeoutArg int
 	req := queue.GetRequest{Queue: name, Max: 1, Owner: p.c.ID(), MaxWait: maxWait}
 	ts, err := q.Get(ctx, req, nil)
 	if err != nil {
-		return p.queueError("get", err)
+		return p.queueError(method, err)
 	}
 	if len(ts) == 0 {
 		if p.ctx.Err() != nil {
 			// The client left (no one reads the reply) or the master stops.
-			return traceback("get", "RuntimeError", wire.ErrShuttingDown.Error())
+			return traceback(method, "RuntimeError", wire.ErrShuttingDown.Error())
 		}
 		return p.errorReply(pyproto.Empty)
 	}
@@ -403,7 +404,7 @@ func (p *conn) get(name string, block bool, args *pyproto.Params, timeoutArg int
 			p.log.Warn("python get: nack", "queue", name, "task", t.ID, "err", err)
 		}
 		p.log.Warn("python get: task not delivered", "queue", name, "task", t.ID, "err", failure)
-		return traceback("get", "TypeError", fmt.Sprintf("qm master: task %d of queue %q: %s", t.ID, name, failure))
+		return traceback(method, "TypeError", fmt.Sprintf("qm master: task %d of queue %q: %s", t.ID, name, failure))
 	}
 	reply.after = func(delivered bool) {
 		if !delivered {
