@@ -11,14 +11,16 @@ import (
 
 // TestTLS: a master with --tls-cert, --tls-key and --tls-client-ca serves
 // qworker and qmaster map that trust its CA and present a certificate;
-// a worker trusting another CA, a client without a certificate and a
-// plaintext client are each refused with a clear error, and the master
+// a worker trusting another CA, a client without a certificate, one
+// with a certificate of another CA and a plaintext client are each
+// refused with a clear error, and the master
 // goes on serving.
 func TestTLS(t *testing.T) {
 	ca := qmtest.NewCA(t, "qm-e2e")
 	other := qmtest.NewCA(t, "other")
 	mcert, mkey := ca.Issue(t, "master")
 	ccert, ckey := ca.Issue(t, "client")
+	ocert, okey := other.Issue(t, "client of another CA")
 	m, addr := startMaster(t, "--tls-cert", mcert, "--tls-key", mkey, "--tls-client-ca", ca.CertFile)
 	if !strings.Contains(m.logs(), `tls="on, client certificates required"`) {
 		t.Errorf("the listening line does not say TLS is on:\n%s", m.logs())
@@ -45,7 +47,9 @@ func TestTLS(t *testing.T) {
 		args []string
 		want string
 	}{
-		{"no client certificate", []string{"--tls-ca", ca.CertFile}, "tls: certificate required"},
+		{"no client certificate", []string{"--tls-ca", ca.CertFile}, "tls: certificate required (the master requires a client certificate: see --tls-cert and --tls-key)"},
+		{"a client certificate of another CA", []string{"--tls-ca", ca.CertFile, "--tls-cert", ocert, "--tls-key", okey},
+			"is it signed by a CA the master trusts, its --tls-client-ca?"},
 		{"plaintext", nil, "does the master require TLS?"},
 	} {
 		_, stderr, code := run(t, "", append([]string{"inspect", "--server", addr, "--connect-timeout", "10s"}, tc.args...)...)

@@ -305,6 +305,9 @@ func dialOne(ctx context.Context, cfg Config, t dialTarget) (*Client, error) {
 		if cfg.TLS == nil && noChallenge(err) {
 			err = fmt.Errorf("%w (does the master require TLS? see --tls and --tls-ca)", err)
 		}
+		if cfg.TLS != nil {
+			err = certificateHint(err, cfg.TLS)
+		}
 		return nil, fmt.Errorf("connect %s: %w", where, err)
 	}
 	if err := c.hello(ctx, cfg); err != nil {
@@ -312,6 +315,21 @@ func dialOne(ctx context.Context, cfg Config, t dialTarget) (*Client, error) {
 		return nil, fmt.Errorf("connect %s: %w", where, err)
 	}
 	return c, nil
+}
+
+// certificateHint adds to a master's "certificate required" what it
+// means for this client. Under TLS 1.3 a client sends only a certificate
+// signed by a CA the master names as one it trusts, so one from another
+// CA reaches it as none, and the master says so; the alert comes at the
+// first read, after the handshake.
+func certificateHint(err error, tcfg *tls.Config) error {
+	if !strings.Contains(err.Error(), "tls: certificate required") {
+		return err
+	}
+	if len(tcfg.Certificates) == 0 && tcfg.GetClientCertificate == nil {
+		return fmt.Errorf("%w (the master requires a client certificate: see --tls-cert and --tls-key)", err)
+	}
+	return fmt.Errorf("%w (the master did not take this client's certificate: is it signed by a CA the master trusts, its --tls-client-ca?)", err)
 }
 
 // tlsHandshake runs the TLS handshake on conn within the handshake
