@@ -23,7 +23,7 @@ import (
 // queue (wire.Request.CancelTasks): those put before it are dropped as a
 // get would hand them out (Server.getTasks).
 type deletedQueues struct {
-	mu sync.Mutex
+	mu sync.RWMutex
 	at map[string]deletion
 	// cancelling counts the deletions in at that cancel tasks, so that a
 	// get looks for none while there are none.
@@ -31,9 +31,12 @@ type deletedQueues struct {
 }
 
 type deletion struct {
-	at     time.Time
-	cancel bool // the tasks put before it that reply to the queue are cancelled
-	told   bool // a cancellation of its tasks was logged
+	at time.Time // the last deletion: results of tasks put before it go nowhere
+	// cancelAt is the last deletion that cancelled tasks (zero: none
+	// did): the tasks put before it are dropped. A plain deletion after
+	// it leaves it.
+	cancelAt time.Time
+	told     bool // a cancellation of its tasks was logged
 }
 
 // deletedFor is how long a deletion is remembered: longer than a task
@@ -44,7 +47,9 @@ const deletedFor = 24 * time.Hour
 const maxDeleted = 100_000
 
 // add notes that queue name was deleted at at; with cancel, the tasks put
-// before then that reply to it are cancelled as well.
+// before then that reply to it are cancelled as well. Each time only
+// moves forward: a deletion heard of late (another gateway's) changes
+// nothing a later one set.
 func (d *deletedQueues) add(name string, at time.Time, cancel bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -54,19 +59,23 @@ func (d *deletedQueues) add(name string, at time.Time, cancel bool) {
 	if len(d.at) >= maxDeleted {
 		d.forgetLocked(at)
 	}
-	if prev, ok := d.at[name]; ok && (prev.at.After(at) || prev.at.Equal(at) && prev.cancel == cancel) {
-		return // a later deletion heard of first (another gateway's), or this one again
+	del := d.at[name]
+	if at.After(del.at) {
+		del.at = at
 	}
-	d.set(name, deletion{at: at, cancel: cancel})
+	if cancel && at.After(del.cancelAt) {
+		del.cancelAt = at
+	}
+	d.set(name, del)
 }
 
 // set records del for name, keeping cancelling its count. Called with mu
 // held.
 func (d *deletedQueues) set(name string, del deletion) {
-	if d.at[name].cancel {
+	if !d.at[name].cancelAt.IsZero() {
 		d.cancelling.Add(-1)
 	}
-	if del.cancel {
+	if !del.cancelAt.IsZero() {
 		d.cancelling.Add(1)
 	}
 	d.at[name] = del
@@ -74,7 +83,7 @@ func (d *deletedQueues) set(name string, del deletion) {
 
 // drop forgets the deletion of name. Called with mu held.
 func (d *deletedQueues) drop(name string) {
-	if d.at[name].cancel {
+	if !d.at[name].cancelAt.IsZero() {
 		d.cancelling.Add(-1)
 	}
 	delete(d.at, name)
@@ -107,21 +116,28 @@ func (d *deletedQueues) forgetLocked(now time.Time) {
 
 // since returns when queue name was deleted, if it was within deletedFor.
 func (d *deletedQueues) since(name string) (time.Time, bool) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
 	del, ok := d.lookup(name)
 	return del.at, ok
 }
 
-// lookup returns the deletion of name, if it was within deletedFor.
-// Called with mu held.
+// lookup returns the deletion of name, if it was within deletedFor, and
+// forgets an older one.
 func (d *deletedQueues) lookup(name string) (deletion, bool) {
+	d.mu.RLock()
 	del, ok := d.at[name]
-	if ok && time.Since(del.at) > deletedFor {
-		d.drop(name)
+	d.mu.RUnlock()
+	if !ok {
 		return deletion{}, false
 	}
-	return del, ok
+	if time.Since(del.at) > deletedFor {
+		d.mu.Lock()
+		if del, ok := d.at[name]; ok && time.Since(del.at) > deletedFor {
+			d.drop(name)
+		}
+		d.mu.Unlock()
+		return deletion{}, false
+	}
+	return del, true
 }
 
 // cancelled reports whether task t was cancelled: its reply queue was
@@ -133,20 +149,17 @@ func (d *deletedQueues) cancelled(t *queue.Task, last *cancelCache) bool {
 		return false
 	}
 	if !last.set || last.name != t.ReplyTo {
-		d.mu.Lock()
-		del, ok := d.lookup(t.ReplyTo)
-		d.mu.Unlock()
-		*last = cancelCache{set: true, name: t.ReplyTo, del: del, ok: ok}
+		del, _ := d.lookup(t.ReplyTo)
+		*last = cancelCache{set: true, name: t.ReplyTo, cancelAt: del.cancelAt}
 	}
-	return last.ok && last.del.cancel && t.Enqueued.Before(last.del.at)
+	return t.Enqueued.Before(last.cancelAt)
 }
 
 // cancelCache is cancelled's answer for one reply queue.
 type cancelCache struct {
-	set  bool
-	name string
-	del  deletion
-	ok   bool
+	set      bool
+	name     string
+	cancelAt time.Time
 }
 
 // stale reports whether a result for reply queue dest of a task enqueued

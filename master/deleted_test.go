@@ -1,7 +1,9 @@
 package master_test
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -116,10 +118,7 @@ func TestDeleteCancelsTasksReplyingToIt(t *testing.T) {
 	if err := w.Complete(ctx, "jobs", "", done); err != nil {
 		t.Fatalf("complete: %v", err)
 	}
-	st, err := c.Stats(ctx, "jobs")
-	if err != nil || len(st) != 1 || st[0].Ready != 0 || st[0].Leased != 0 || st[0].Dead != 0 {
-		t.Fatalf("stats %+v, %v; want nothing left", st, err)
-	}
+	nothingLeft(t, c, "jobs")
 	if qs, err := c.Queues(ctx); err != nil || !slices.Contains(qs, "replies") {
 		t.Fatalf("queues %v, %v; want replies made again by the result of the task put after its deletion", qs, err)
 	}
@@ -146,7 +145,57 @@ func TestGetOfCancelledTasksWaitsItsTime(t *testing.T) {
 	if took := time.Since(start); err != nil || len(ts) != 0 || took < wait*9/10 {
 		t.Fatalf("get: %+v, %v after %v; want none after about %v", ts, err, took, wait)
 	}
-	if st, err := c.Stats(ctx, "jobs"); err != nil || len(st) != 1 || st[0].Ready != 0 || st[0].Leased != 0 {
-		t.Fatalf("stats %+v, %v; want the cancelled tasks gone", st, err)
+	nothingLeft(t, c, "jobs")
+}
+
+// nothingLeft waits until queue q holds no task, ready, leased or dead:
+// cancelled tasks are acked in the background.
+func nothingLeft(t *testing.T, c *wire.Client, q string) {
+	t.Helper()
+	qmtest.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+		st, err := c.Stats(context.Background(), q)
+		if err != nil || len(st) != 1 || st[0].Ready != 0 || st[0].Leased != 0 || st[0].Dead != 0 {
+			return fmt.Errorf("stats %+v, %v; want nothing left", st, err)
+		}
+		return nil
+	})
+}
+
+// A plain delete after one that cancelled leaves the tasks it cancelled
+// cancelled; dead-letter queues keep their tasks, each the record of a
+// failure.
+func TestCancelledStaysCancelled(t *testing.T) {
+	addr, _ := qmtest.StartMaster(t, master.Config{MaxAttempts: 1})
+	ctx := ctxFor(t, 10*time.Second)
+	c := qmtest.Dial(t, addr, "producer")
+	w := qmtest.Dial(t, addr, "worker")
+	if _, err := c.Put(ctx, "jobs", []any{"fails"}, wire.PutOptions{ReplyTo: "replies"}); err != nil {
+		t.Fatal(err)
+	}
+	failing, err := w.Get(ctx, "jobs", wire.GetOptions{Timeout: time.Second})
+	if err != nil || len(failing) != 1 {
+		t.Fatalf("get: %+v, %v", failing, err)
+	}
+	if err := w.Complete(ctx, "jobs", "", []wire.Completion{{ID: failing[0].ID, Error: "boom"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Put(ctx, "jobs", []any{1, 2, 3}, wire.PutOptions{ReplyTo: "replies"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.DeleteCancelling(ctx, "replies"); err != nil { // made by the dead task's error result
+		t.Fatal(err)
+	}
+	if _, err := c.Put(ctx, "replies", []any{"made again"}, wire.PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Delete(ctx, "replies"); err != nil {
+		t.Fatal(err)
+	}
+	if ts, err := w.Get(ctx, "jobs", wire.GetOptions{Max: 10, Timeout: 200 * time.Millisecond}); err != nil || len(ts) != 0 {
+		t.Fatalf("get after a plain delete: %+v, %v; want the cancelled tasks to stay cancelled", ts, err)
+	}
+	dead, err := c.Get(ctx, "jobs.dead", wire.GetOptions{Max: 10, NoAck: true})
+	if err != nil || len(dead) != 1 || dead[0].ID != failing[0].ID {
+		t.Fatalf("dead-letter queue: %+v, %v; want the dead task kept", dead, err)
 	}
 }

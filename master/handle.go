@@ -259,12 +259,20 @@ func (c *clientConn) get(req *wire.Request, buf *callBuffers) ([]wire.Task, erro
 }
 
 // getTasks is queues.Get but for the tasks cancelled with their reply
-// queue (deletedQueues.cancelled): it drops those, acked as done without
-// results, and waits on for others within the get's time.
+// queue (deletedQueues.cancelled): it drops those and waits on for others
+// within the get's time; a get that may not wait passes over them for
+// noWaitCancelling at most. Dead-letter queues keep theirs: each is the
+// record of a failure.
 func (s *Server) getTasks(ctx context.Context, req queue.GetRequest, dst []queue.Task) ([]queue.Task, error) {
+	if queue.IsDeadLetterName(req.Queue) {
+		return s.queues.Get(ctx, req, dst)
+	}
 	var deadline time.Time
-	if req.MaxWait > 0 {
+	switch {
+	case req.MaxWait > 0:
 		deadline = time.Now().Add(req.MaxWait)
+	case ctx.Err() != nil: // queue.NoWait
+		deadline = time.Now().Add(noWaitCancelling)
 	}
 	for {
 		ts, err := s.queues.Get(ctx, req, dst)
@@ -272,23 +280,34 @@ func (s *Server) getTasks(ctx context.Context, req queue.GetRequest, dst []queue
 			return ts, err
 		}
 		// All cancelled: the next round takes the tasks behind them, or,
-		// with ctx done (NoWait), returns none once none is ready.
+		// with ctx done, returns none once none is ready.
 		if ts = s.dropCancelled(req, ts); len(ts) > 0 || err != nil {
 			return ts, err
 		}
 		if !deadline.IsZero() {
-			if req.MaxWait = time.Until(deadline); req.MaxWait <= 0 {
+			left := time.Until(deadline)
+			if left <= 0 {
 				return nil, nil
+			}
+			if req.MaxWait > 0 {
+				req.MaxWait = left
 			}
 		}
 	}
 }
 
+// noWaitCancelling bounds the time a get that may not wait spends
+// passing over cancelled tasks: it answers empty after, and the next get
+// goes on.
+const noWaitCancelling = 50 * time.Millisecond
+
 // dropCancelled returns the tasks of ts, taken by a get for req, that
-// were not cancelled (deletedQueues.cancelled), in ts's array; the
-// cancelled ones it acks, unless the get took them for good.
+// were not cancelled (deletedQueues.cancelled), in ts's array. The
+// cancelled ones are acked in the background (a data directory's fsync,
+// or a cluster's round trip, would hold the get up), or, taken for good,
+// confirmed delivered to the queues that wait for that.
 func (s *Server) dropCancelled(req queue.GetRequest, ts []queue.Task) []queue.Task {
-	var ack queue.AckRequest
+	var cancelled []queue.Task
 	var last cancelCache
 	kept := ts[:0]
 	for i := range ts {
@@ -297,23 +316,34 @@ func (s *Server) dropCancelled(req queue.GetRequest, ts []queue.Task) []queue.Ta
 			kept = append(kept, *t)
 			continue
 		}
-		ack.IDs, ack.Tokens = append(ack.IDs, t.ID), append(ack.Tokens, t.Token)
+		cancelled = append(cancelled, *t)
 		if s.deleted.firstCancel(t.ReplyTo) {
 			s.log.Info("tasks cancelled: their reply queue was deleted with its tasks", "queue", req.Queue, "reply_to", t.ReplyTo)
 		}
 	}
-	if len(ack.IDs) == 0 {
+	if len(cancelled) == 0 {
 		return kept
 	}
-	s.metrics.cancelled.Add(float64(len(ack.IDs)))
-	if !req.NoAck {
-		ack.Queue, ack.Owner = req.Queue, req.Owner
-		if _, err := s.queues.Ack(ack, nil); err != nil {
-			// Their leases run out and they are handed out again, and
-			// dropped then.
-			s.log.Warn("cancelled tasks not acked", "queue", req.Queue, "tasks", len(ack.IDs), "err", err)
+	if req.NoAck {
+		if s.confirmer != nil {
+			s.confirmer.Delivered(req, cancelled)
 		}
+		s.metrics.cancelled.Add(float64(len(cancelled)))
+		return kept
 	}
+	ack := queue.AckRequest{Queue: req.Queue, Owner: req.Owner}
+	for _, t := range cancelled {
+		ack.IDs, ack.Tokens = append(ack.IDs, t.ID), append(ack.Tokens, t.Token)
+	}
+	// Not acked (the master stops, or the ack fails), they come back as
+	// their leases run out, and are dropped then.
+	s.goRun(func() {
+		acked, err := s.queues.Ack(ack, nil)
+		s.metrics.cancelled.Add(float64(len(acked)))
+		if err != nil {
+			s.log.Warn("cancelled tasks not acked", "queue", req.Queue, "tasks", len(ack.IDs)-len(acked), "err", err)
+		}
+	})
 	return kept
 }
 
