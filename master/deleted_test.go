@@ -93,7 +93,7 @@ func TestDeleteCancelsTasksReplyingToIt(t *testing.T) {
 	if err != nil || len(ts) != 1 || ts[0].ID != running {
 		t.Fatalf("get: %+v, %v; want the first task", ts, err)
 	}
-	if err := c.DeleteCancelling(ctx, "replies"); err != nil {
+	if _, err := c.DeleteCancelling(ctx, "replies"); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.Delete(ctx, "plain"); err != nil {
@@ -135,8 +135,8 @@ func TestGetOfCancelledTasksWaitsItsTime(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The reply queue was never made: its tasks are cancelled all the same.
-	if err := c.DeleteCancelling(ctx, "replies"); !errors.Is(err, wire.ErrUnknownQueue) {
-		t.Fatalf("delete: %v, want %v", err, wire.ErrUnknownQueue)
+	if cancelled, err := c.DeleteCancelling(ctx, "replies"); !cancelled || !errors.Is(err, wire.ErrUnknownQueue) {
+		t.Fatalf("delete: cancelled %v, %v; want true, %v", cancelled, err, wire.ErrUnknownQueue)
 	}
 	w := qmtest.Dial(t, addr, "worker")
 	const wait = 300 * time.Millisecond
@@ -182,7 +182,7 @@ func TestCancelledStaysCancelled(t *testing.T) {
 	if _, err := c.Put(ctx, "jobs", []any{1, 2, 3}, wire.PutOptions{ReplyTo: "replies"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.DeleteCancelling(ctx, "replies"); err != nil { // made by the dead task's error result
+	if _, err := c.DeleteCancelling(ctx, "replies"); err != nil { // made by the dead task's error result
 		t.Fatal(err)
 	}
 	if _, err := c.Put(ctx, "replies", []any{"made again"}, wire.PutOptions{}); err != nil {

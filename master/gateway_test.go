@@ -213,7 +213,7 @@ func TestDeleteCancelsTasksAtEveryGateway(t *testing.T) {
 	if _, err := c.Put(ctx, "jobs", []any{1, 2, 3, 4}, wire.PutOptions{ReplyTo: "replies"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.DeleteCancelling(ctx, "replies"); err != nil {
+	if _, err := c.DeleteCancelling(ctx, "replies"); err != nil {
 		t.Fatal(err)
 	}
 	later, err := c.Put(ctx, "jobs", []any{5}, wire.PutOptions{ReplyTo: "replies"})

@@ -135,6 +135,9 @@ func (c *clientConn) handle(req *wire.Request, buf *callBuffers) *wire.Response 
 			// before its first get of results): they are cancelled all
 			// the same.
 			c.s.noteDeleted(c.ctx, req.Queue, at, req.CancelTasks)
+			if req.CancelTasks {
+				resp.Count = 1 // said so: an older master does not
+			}
 		}
 		c.audit(req, 0, err)
 	case wire.OpQueues:

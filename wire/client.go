@@ -798,9 +798,13 @@ func (c *Client) Delete(ctx context.Context, queue string) error {
 // put before it that name the queue as their reply queue and have not
 // been handed out yet (Request.CancelTasks): whoever put them no longer
 // waits for their results. Tasks already running finish; their results
-// go nowhere. A master older than this call deletes the queue alone.
-func (c *Client) DeleteCancelling(ctx context.Context, queue string) error {
-	return c.call(ctx, &Request{Op: OpDelete, Queue: queue, CancelTasks: true}, &Response{})
+// go nowhere. The tasks are cancelled even when the queue does not exist
+// (the error is then ErrUnknownQueue); cancelled is false only from a
+// master older than this call, which deletes the queue alone.
+func (c *Client) DeleteCancelling(ctx context.Context, queue string) (cancelled bool, err error) {
+	var resp Response
+	err = c.call(ctx, &Request{Op: OpDelete, Queue: queue, CancelTasks: true}, &resp)
+	return resp.Count == 1, err
 }
 
 // Queues lists the names of all queues.

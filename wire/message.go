@@ -99,7 +99,7 @@ type Request struct {
 	// the same order (Task.Attempt), so that a release of a delivery that
 	// has since been superseded changes nothing.
 	Attempts []int `msgpack:"atts,omitempty"`
-	// CancelTasks (delete) also cancels the tasks put before the delete
+	// CancelTasks (delete; answered with Response.Count 1) also cancels the tasks put before the delete
 	// that name the queue as their reply queue and have not been handed
 	// out: the master drops them instead of handing them out, as no one
 	// waits for their results any more (a map that ends, interrupted or

@@ -58,19 +58,27 @@ func deleteRun(ctx context.Context, opts *deleteOptions) error {
 		return err
 	}
 	defer c.Close()
-	del := c.Delete
+	var cancelled bool
 	if opts.CancelTasks {
-		del = c.DeleteCancelling
+		cancelled, err = c.DeleteCancelling(ctx, opts.Queue)
+	} else {
+		err = c.Delete(ctx, opts.Queue)
 	}
-	err = del(ctx, opts.Queue)
-	if opts.CancelTasks && errors.Is(err, wire.ErrUnknownQueue) {
+	const older = "the master is older than --cancel-tasks: no task was cancelled"
+	switch {
+	case opts.CancelTasks && !cancelled && err == nil:
+		return fmt.Errorf("deleted queue %s, but %s", opts.Queue, older)
+	case opts.CancelTasks && !cancelled && errors.Is(err, wire.ErrUnknownQueue):
+		return fmt.Errorf("queue %s: %w; %s", opts.Queue, err, older)
+	}
+	if cancelled && errors.Is(err, wire.ErrUnknownQueue) {
 		fmt.Fprintf(opts.IO.ErrOut, "no queue %s to delete; the tasks waiting to reply to it are cancelled\n", opts.Queue)
 		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("queue %s: %w", opts.Queue, err)
 	}
-	if opts.CancelTasks {
+	if cancelled {
 		fmt.Fprintf(opts.IO.ErrOut, "deleted queue %s; the tasks waiting to reply to it are cancelled\n", opts.Queue)
 	} else {
 		fmt.Fprintf(opts.IO.ErrOut, "deleted queue %s\n", opts.Queue)

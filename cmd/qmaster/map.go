@@ -235,7 +235,7 @@ func mapRun(ctx context.Context, opts *mapOptions) (err error) {
 			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 			defer cancel()
 			c, _ := conn.client()
-			derr := c.DeleteCancelling(dctx, results) // no one waits for the tasks left either
+			_, derr := c.DeleteCancelling(dctx, results) // no one waits for the tasks left either
 			switch {
 			case derr == nil || errors.Is(derr, wire.ErrUnknownQueue):
 			case err == nil:
