@@ -20,7 +20,7 @@ import (
 // topic, this one included; or, named by its ID, to one gateway.
 //
 // The asker cannot know how many gateways there are, so it remembers
-// those that answered within askRemember: it waits until each of them
+// those that answered, or said hello (greet), within askRemember: it waits until each of them
 // has answered (up to askPatience after the last answer, for one paused
 // by its collector or a busy route), then askQuiet more for gateways new
 // to it. A gateway stopped is waited for askPatience, for askRemember.
@@ -36,6 +36,15 @@ const (
 	askRemember = time.Minute
 	// askFirst bounds the wait for the first answer, this gateway's own.
 	askFirst = 2 * time.Second
+
+	// The gateways say hello as they start and every helloEvery, and
+	// goodbye as they close, so that each knows the others before they
+	// first answer it: an ask waits for a gateway it heard from as for
+	// one that answered. Without, a first ask missed any gateway slower
+	// than askQuiet, such as one with a busy route.
+	helloSubject = "qm.gateway.hello"
+	byeSubject   = "qm.gateway.bye"
+	helloEvery   = askRemember / 3
 )
 
 // answering is what a gateway keeps of the questions it answers and
@@ -82,9 +91,58 @@ func (q *Queues) Answer(topic string, f func(question []byte) []byte) error {
 	return nil
 }
 
+// greet makes this gateway known to the others (helloSubject), and the
+// others to it, until ctx ends. It runs on q.bg.
+func (q *Queues) greet(ctx context.Context) {
+	a := &q.answering
+	hello := func() { _ = q.cfg.Conn.Publish(helloSubject, []byte(q.gatewayID)) } // lost, it is sent again
+	for subj, heard := range map[string]func(id string){
+		// One new to this gateway may not have heard its hello (it
+		// subscribed after): it says hello again.
+		helloSubject: func(id string) {
+			if q.answered(id) {
+				hello()
+			}
+		},
+		byeSubject: q.leftAsking,
+	} {
+		sub, err := q.cfg.Conn.Subscribe(subj, func(m *nats.Msg) {
+			if id := string(m.Data); id != q.gatewayID && id != "" {
+				heard(id)
+			}
+		})
+		if err != nil {
+			q.log.Warn("the other gateways not heard from", "err", err)
+			continue
+		}
+		a.mu.Lock()
+		a.subs = append(a.subs, sub)
+		a.mu.Unlock()
+	}
+	tick := time.NewTicker(helloEvery)
+	defer tick.Stop()
+	for {
+		hello()
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// leftAsking forgets gateway id, which said it closes.
+func (q *Queues) leftAsking(id string) {
+	a := &q.answering
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	delete(a.seen, id)
+}
+
 // closeAnswering ends the answers, and waits for those being made.
 func (q *Queues) closeAnswering() {
 	a := &q.answering
+	_ = q.cfg.Conn.Publish(byeSubject, []byte(q.gatewayID))
 	a.mu.Lock()
 	a.closed = true
 	subs := a.subs
@@ -171,15 +229,18 @@ func (q *Queues) recentGateways() map[string]bool {
 	return ids
 }
 
-// answered notes that gateway id answered now.
-func (q *Queues) answered(id string) {
+// answered notes that gateway id answered (or said hello) now, and
+// reports whether it is new: not heard from within askRemember.
+func (q *Queues) answered(id string) (isNew bool) {
 	a := &q.answering
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.seen == nil {
 		a.seen = make(map[string]time.Time)
 	}
+	last, ok := a.seen[id]
 	a.seen[id] = time.Now()
+	return !ok || time.Since(last) > askRemember
 }
 
 // newGatewayID returns an ID for a gateway: unique, and a valid token

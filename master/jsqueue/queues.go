@@ -390,6 +390,7 @@ func New(cfg Config) (*Queues, error) {
 	q.polMade = make(chan struct{}, 1)
 	q.bg.Go(q.watchPolicies)
 	q.bg.Go(q.watchLevels)
+	q.bg.Go(func() { q.greet(q.ctx) })
 	if q.sizeSub != nil {
 		q.bg.Go(q.sayPackSizes)
 	}
