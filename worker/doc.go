@@ -29,10 +29,11 @@
 // while another is idle. Prefetched tasks are leased, and their leases
 // renewed, like running ones.
 //
-// Cancelling ctx drains the worker: it takes no new tasks, lets the running
-// handlers finish (their ctx is not cancelled), runs the tasks it has
-// prefetched, completes them all and returns nil. Builtin and Command give
-// ready-made handlers.
+// Cancelling ctx drains the worker: it takes no new tasks, gives back the
+// tasks it has prefetched and not started (other workers take them at
+// once), lets the running handlers finish (their ctx is not cancelled),
+// completes them all and returns nil. Builtin and Command give ready-made
+// handlers. KillCommands is for a program that must exit at once.
 //
 // The files follow the jobs: run.go is Run, the reconnect loop and serve,
 // the one goroutine that decides where each result goes; pool.go the

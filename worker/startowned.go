@@ -3,6 +3,7 @@ package worker
 import (
 	"os/exec"
 	"runtime"
+	"sync"
 )
 
 // startOwned starts cmd and returns a channel that gets cmd.Wait's error
@@ -21,11 +22,31 @@ func startOwned(cmd *exec.Cmd) (exited <-chan error, err error) {
 			started <- err
 			return
 		}
+		running.Store(cmd, struct{}{})
 		started <- nil
-		done <- cmd.Wait()
+		err := cmd.Wait()
+		running.Delete(cmd)
+		done <- err
 	}()
 	if err := <-started; err != nil {
 		return nil, err
 	}
 	return done, nil
+}
+
+// running holds the commands startOwned started that have not exited,
+// for KillCommands.
+var running sync.Map // *exec.Cmd → struct{}
+
+// KillCommands kills every command that the package's handlers (command
+// mode, and --stdio's children) started and that still runs, with all it
+// started: for a program that must exit at once, such as qworker at its
+// second signal. Their tasks are not completed, and run again once their
+// leases run out; a command left running would go on with them. The
+// handlers see their commands fail.
+func KillCommands() {
+	running.Range(func(k, _ any) bool {
+		_ = killGroup(k.(*exec.Cmd))
+		return true
+	})
 }

@@ -324,3 +324,27 @@ get = ["map-*"]
 		t.Errorf("map timed out: exit %d, stderr %q; want 1 and %s", r.code, r.stderr, re)
 	}
 }
+
+// A SIGHUP of a master without --acl is logged and ignored (a log
+// rotation, a "systemctl reload"): by default it killed the master, and
+// one without a data directory lost its queues.
+func TestE2EHangupWithoutACL(t *testing.T) {
+	m := startMaster(t)
+	r := qmaster(t, "", env("QM_AUTHKEY="+testKey), "put", "--server", m.addr, "jobs", "1")
+	if r.code != 0 {
+		t.Fatalf("put: exit %d: %s", r.code, r.stderr)
+	}
+	if err := m.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	qmtest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		if !strings.Contains(m.stderr.String(), "SIGHUP ignored") {
+			return errors.New("no log line of the SIGHUP in:\n" + m.stderr.String())
+		}
+		return nil
+	})
+	r = qmaster(t, "", env("QM_AUTHKEY="+testKey), "get", "--server", m.addr, "jobs")
+	if r.code != 0 || r.stdout != "1\n" {
+		t.Fatalf("get after the SIGHUP: exit %d, stdout %q, stderr %q; want the task put before", r.code, r.stdout, r.stderr)
+	}
+}

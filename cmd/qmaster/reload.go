@@ -13,8 +13,11 @@ import (
 
 // reloadOnHUP re-reads the --acl file at path on each SIGHUP and gives
 // srv its rules; a file that does not parse is refused, with the error
-// (its line, for a syntax error) logged, and the old rules stay. The func
-// it returns stops it and waits for it.
+// (its line, for a syntax error) logged, and the old rules stay. Without
+// a file (path "") a SIGHUP is logged and ignored: by default it would
+// kill the master, and a master without a data directory would lose its
+// queues to a log rotation or a "systemctl reload". The func it returns
+// stops it and waits for it.
 func reloadOnHUP(srv *master.Server, path string, log *slog.Logger) (stop func()) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -26,6 +29,10 @@ func reloadOnHUP(srv *master.Server, path string, log *slog.Logger) (stop func()
 			case <-done:
 				return
 			case <-hup:
+			}
+			if path == "" {
+				log.Info("SIGHUP ignored: there is nothing to reload without --acl")
+				continue
 			}
 			rules, err := acl.Load(path)
 			if err != nil {

@@ -86,7 +86,9 @@ preference: --authkey is visible to other users in ps).
 
 Logs go to stderr. SIGINT or SIGTERM stops the master gracefully: it stops
 accepting, lets calls in progress finish for up to --shutdown-timeout, and
-requeues unacknowledged tasks. A second signal exits at once.
+requeues unacknowledged tasks (kept with --data-dir; without it, every
+queue ends with the master). A second signal exits at once. SIGHUP
+re-reads --acl; without --acl it is logged and ignored.
 
 Without --data-dir, queues are in memory: a restart loses them. With
 --data-dir DIR, every put is written to a log in DIR before it is
@@ -352,9 +354,9 @@ func serveRun(ctx context.Context, opts *serveOptions) error {
 		authMode = "none"
 	case rules != nil:
 		authMode = fmt.Sprintf("acl %s (%d keys)", opts.ACL, len(rules.Keys()))
-		stopReload := reloadOnHUP(srv, opts.ACL, log)
-		defer stopReload()
 	}
+	stopReload := reloadOnHUP(srv, opts.ACL, log) // opts.ACL "" without rules: ignored
+	defer stopReload()
 	tlsMode := "off"
 	switch {
 	case opts.TLSClientCA != "":

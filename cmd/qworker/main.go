@@ -9,6 +9,7 @@ import (
 	"syscall"
 
 	"github.com/qm-dev/qm/internal/gomaxprocs"
+	"github.com/qm-dev/qm/worker"
 )
 
 func main() { os.Exit(run()) }
@@ -17,11 +18,23 @@ func run() int {
 	// qworker only moves tasks and results: its built-in handlers are
 	// trivial and a command runs in processes of its own.
 	gomaxprocs.OneUnlessSet()
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	// After the first signal, which drains, restore the default handling so
-	// that a second one exits at once.
-	context.AfterFunc(ctx, stop)
+	// SIGINT or SIGTERM drains. So does a hangup (the terminal or session
+	// that started qworker went away): by default it would kill qworker
+	// and leave its commands running, their tasks given to others too.
+	// A second signal exits at once, and kills the commands still
+	// running with all they started.
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	ctx, drain := context.WithCancel(context.Background())
+	defer drain()
+	go func() {
+		<-sigs
+		drain()
+		sig := <-sigs
+		worker.KillCommands()
+		signal.Reset(sig)
+		_ = syscall.Kill(os.Getpid(), sig.(syscall.Signal))
+	}()
 	f := newFactory()
 	err := newRootCmd(f, nil).ExecuteContext(ctx)
 	return exitCode(f.ErrOut, err)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"slices"
 	"strings"
 	"syscall"
@@ -156,8 +157,14 @@ func TestHelpExplainsEveryFlag(t *testing.T) {
 }
 
 // SIGTERM while a task runs: the task finishes, its result is published,
-// and qworker exits 0.
+// and qworker exits 0. A hangup does the same.
 func TestSIGTERMDrains(t *testing.T) {
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGHUP} {
+		t.Run(sig.String(), func(t *testing.T) { testSignalDrains(t, sig) })
+	}
+}
+
+func testSignalDrains(t *testing.T, sig syscall.Signal) {
 	addr, _ := qmtest.StartMaster(t, master.Config{})
 	c := qmtest.Dial(t, addr, "producer")
 	ids := put(t, c, "tasks", []any{0.5, 0.5})
@@ -180,11 +187,11 @@ func TestSIGTERMDrains(t *testing.T) {
 		return nil
 	})
 	begin := time.Now()
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := p.cmd.Process.Signal(sig); err != nil {
 		t.Fatal(err)
 	}
 	if code := p.wait(t, 10*time.Second); code != 0 {
-		t.Fatalf("exit %d after SIGTERM, want 0; stderr:\n%s", code, p.stderr.String())
+		t.Fatalf("exit %d after %v, want 0; stderr:\n%s", code, sig, p.stderr.String())
 	}
 	if took := time.Since(begin); took > 5*time.Second {
 		t.Errorf("took %s to drain a 0.5s task", took)
@@ -208,6 +215,46 @@ func TestSIGTERMDrains(t *testing.T) {
 	if !strings.Contains(p.stderr.String(), "draining") {
 		t.Errorf("stderr does not log the drain:\n%s", p.stderr.String())
 	}
+}
+
+// A second signal exits at once and kills the command still running,
+// with all it started: its task runs again elsewhere, and must not go on
+// here as well.
+func TestSecondSignalKillsCommands(t *testing.T) {
+	addr, _ := qmtest.StartMaster(t, master.Config{})
+	c := qmtest.Dial(t, addr, "producer")
+	put(t, c, "tasks", []any{1})
+	pgidFile := filepath.Join(t.TempDir(), "pgid")
+	p := start(t, env(keyEnv), "--server", addr, "--", "sh", "-c", "echo $$ > "+pgidFile+"; sleep 60; cat")
+	var pgid int
+	qmtest.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {
+		b, err := os.ReadFile(pgidFile)
+		if err == nil {
+			pgid, err = strconv.Atoi(strings.TrimSpace(string(b)))
+		}
+		return err
+	})
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	qmtest.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {
+		if !strings.Contains(p.stderr.String(), "draining") {
+			return errors.New("not draining yet")
+		}
+		return nil
+	})
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := p.wait(t, 10*time.Second); code == 0 {
+		t.Errorf("exit 0 after a second signal; stderr:\n%s", p.stderr.String())
+	}
+	qmtest.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+		if err := syscall.Kill(-pgid, 0); !errors.Is(err, syscall.ESRCH) {
+			return fmt.Errorf("the command's process group %d: %v, want it gone", pgid, err)
+		}
+		return nil
+	})
 }
 
 // The flags reach the worker's configuration.

@@ -100,9 +100,11 @@ qworker's own work runs on one thread at a time (GOMAXPROCS=1), which is
 fastest for moving tasks and results; set GOMAXPROCS in its environment to
 change that.
 
-SIGINT or SIGTERM drains: qworker takes no new task, lets the running ones
-finish and report their results, and exits 0. A second signal exits at
-once. Logs go to stderr.
+SIGINT, SIGTERM or SIGHUP drains: qworker takes no new task, gives back
+those it took and has not started, lets the running ones finish and
+report their results, and exits 0. A second signal exits at once, killing
+the commands still running with all they started (their tasks run again
+after their leases). Logs go to stderr.
 
 Exit status: 0 after a drain, --idle-exit or --max-tasks; 1 on an error,
 such as a rejected authkey; 2 on a usage error.`,
