@@ -184,6 +184,15 @@ func (c *clientConn) audit(req *wire.Request, n int, err error) {
 	if req.Op == wire.OpConfig {
 		attrs = append(attrs, "max_attempts", req.MaxAttempts, "backoff_min", req.BackoffMin, "backoff_max", req.BackoffMax)
 	}
+	if req.CancelTasks {
+		attrs = append(attrs, "cancel_tasks", true)
+		if errors.Is(err, queue.ErrUnknownQueue) {
+			// What was asked for is done: the tasks that reply to it are
+			// cancelled.
+			c.s.log.Info("queue "+req.Op.String()+": no such queue; the tasks that reply to it are cancelled", attrs...)
+			return
+		}
+	}
 	if err != nil {
 		c.s.log.Warn("queue "+req.Op.String()+" failed", append(attrs, "err", err)...)
 	} else {

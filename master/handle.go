@@ -170,6 +170,12 @@ func (c *clientConn) put(req *wire.Request, buf *callBuffers) (ids []uint64, rep
 	if err := c.s.checkMemory(); err != nil {
 		return nil, 0, err
 	}
+	if req.ReplyTo != "" {
+		// Else the tasks would run and their results go nowhere.
+		if err := queue.CheckName(req.ReplyTo); err != nil {
+			return nil, 0, fmt.Errorf("reply queue: %w", err)
+		}
+	}
 	items := buf.items[:0]
 	for _, p := range req.Items {
 		items = append(items, queue.Item{Payload: p, ReplyTo: req.ReplyTo, Priority: req.Priority})
@@ -321,7 +327,7 @@ func (s *Server) dropCancelled(req queue.GetRequest, ts []queue.Task) []queue.Ta
 		}
 		cancelled = append(cancelled, *t)
 		if s.deleted.firstCancel(t.ReplyTo) {
-			s.log.Info("tasks cancelled: their reply queue was deleted with its tasks", "queue", req.Queue, "reply_to", t.ReplyTo)
+			s.log.Info("tasks cancelled: their reply queue was deleted with its tasks (counted in qm_tasks_cancelled_total; this is said once per reply queue)", "queue", req.Queue, "reply_to", t.ReplyTo)
 		}
 	}
 	if len(cancelled) == 0 {
@@ -331,7 +337,7 @@ func (s *Server) dropCancelled(req queue.GetRequest, ts []queue.Task) []queue.Ta
 		if s.confirmer != nil {
 			s.confirmer.Delivered(req, cancelled)
 		}
-		s.metrics.cancelled.Add(float64(len(cancelled)))
+		s.metrics.cancelled.WithLabelValues(req.Queue).Add(float64(len(cancelled)))
 		return kept
 	}
 	ack := queue.AckRequest{Queue: req.Queue, Owner: req.Owner}
@@ -342,7 +348,7 @@ func (s *Server) dropCancelled(req queue.GetRequest, ts []queue.Task) []queue.Ta
 	// their leases run out, and are dropped then.
 	s.goRun(func() {
 		acked, err := s.queues.Ack(ack, nil)
-		s.metrics.cancelled.Add(float64(len(acked)))
+		s.metrics.cancelled.WithLabelValues(req.Queue).Add(float64(len(acked)))
 		if err != nil {
 			s.log.Warn("cancelled tasks not acked", "queue", req.Queue, "tasks", len(ack.IDs)-len(acked), "err", err)
 		}

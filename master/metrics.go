@@ -35,7 +35,7 @@ type metrics struct {
 	leaseExpiries prometheus.Counter
 	// cancelled counts tasks dropped unrun because their reply queue was
 	// deleted with its tasks (deletedQueues.cancelled).
-	cancelled prometheus.Counter
+	cancelled *prometheus.CounterVec
 	// chained counts requests that carried a Then (wire.Request.Then).
 	chained prometheus.Counter
 	// fsync observes the store's fsyncs; nil without a data directory.
@@ -91,10 +91,10 @@ func newMetrics(s *Server) *metrics {
 		Name: "qm_lease_expiries_total",
 		Help: "Leases that ran out before their task was acked or nacked (the tasks were requeued or dead-lettered).",
 	})
-	m.cancelled = prometheus.NewCounter(prometheus.CounterOpts{
+	m.cancelled = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "qm_tasks_cancelled_total",
-		Help: "Tasks dropped unrun, as they would have been handed out, because their reply queue was deleted with its tasks (a map that ended).",
-	})
+		Help: "Tasks dropped unrun, as they would have been handed out, because their reply queue was deleted with its tasks (a map that ended), by queue. The queue's gets, acks and done count them too.",
+	}, []string{"queue"})
 	m.chained = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "qm_chained_requests_total",
 		Help: "Requests that carried a second one to run in the same call: a worker's complete and its next get, a producer's put and its get. " +

@@ -724,3 +724,18 @@ func TestCompletionOfTwoReplyQueues(t *testing.T) {
 		}
 	}
 }
+
+// A put naming a reply queue no queue could have is refused, saying why:
+// its tasks would run and their results go nowhere.
+func TestPutWithABadReplyQueue(t *testing.T) {
+	addr, _ := qmtest.StartMaster(t, master.Config{})
+	c := qmtest.Dial(t, addr, "producer")
+	ctx := ctxFor(t, 10*time.Second)
+	_, err := c.Put(ctx, "jobs", []any{1}, wire.PutOptions{ReplyTo: strings.Repeat("r", 300)})
+	if !errors.Is(err, wire.ErrBadRequest) || !strings.Contains(err.Error(), "reply queue: bad queue name: 300 bytes, more than 255") {
+		t.Fatalf("put: %v, want the reply queue's name refused", err)
+	}
+	if st, err := c.Stats(ctx, "jobs"); err == nil && len(st) == 1 && st[0].Ready != 0 {
+		t.Fatalf("stats %+v: the put stored tasks", st)
+	}
+}

@@ -126,6 +126,8 @@ func TestUsageErrors(t *testing.T) {
 		{"peers without cluster", rootCmd, []string{"--cluster-peers", "a:6222"}, "go with --cluster-listen"},
 		{"replicas alone", rootCmd, []string{"--replicas", "3"}, "--replicas goes with --nats or --cluster-listen"},
 		{"pack alone", rootCmd, []string{"--pack", "8"}, "--pack goes with --nats or --cluster-listen"},
+		{"fsync without data dir", rootCmd, []string{"--fsync", "never"}, "--fsync goes with --data-dir"},
+		{"fsync interval without data dir", rootCmd, []string{"--fsync-interval", "1s"}, "--fsync-interval goes with --data-dir"},
 		{"pack too big", rootCmd, []string{"--nats", "nats://a:4222", "--pack", "65"}, "--pack must be between 1 and 64"},
 		{"pack span negative", rootCmd, []string{"--nats", "nats://a:4222", "--pack-span", "-1s"}, "--pack-span must be >= 0"},
 		{"replicas over peers", rootCmd, []string{"--cluster-listen", "a:6222", "--cluster-peers", "a:6222,b:6222", "--data-dir", "d", "--replicas", "3"}, "more than the 2 nodes"},

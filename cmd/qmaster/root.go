@@ -113,6 +113,15 @@ The subcommands talk to a running master (see --server).`,
 			if err := opts.validate(); err != nil {
 				return err
 			}
+			if opts.DataDir == "" {
+				// Taken silently, they would promise a durability that
+				// an in-memory master (or a gateway) does not have.
+				for _, name := range []string{"fsync", "fsync-interval"} {
+					if cmd.Flags().Changed(name) {
+						return usageErrorf("--%s goes with --data-dir: without it, nothing is written to disk", name)
+					}
+				}
+			}
 			if runF != nil {
 				return runF(opts)
 			}

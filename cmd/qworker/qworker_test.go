@@ -104,6 +104,8 @@ func TestUsageErrors(t *testing.T) {
 		{"bad duration", env(keyEnv), []string{"--server", "h:1", "--builtin", "echo", "--idle-exit", "soon"}, `invalid argument "soon" for "--idle-exit"`},
 		{"bad log level", env(keyEnv), []string{"--server", "h:1", "--builtin", "echo", "--log-level", "loud"}, "want debug, info, warn or error"},
 		{"bad log format", env(keyEnv), []string{"--server", "h:1", "--builtin", "echo", "--log-format", "xml"}, "want text or json"},
+		{"command not found", env(keyEnv), []string{"--server", "h:1", "--", "/nonexistent/cmd", "x"}, `cannot run the command: exec: "/nonexistent/cmd": stat /nonexistent/cmd: no such file or directory`},
+		{"command not on PATH", env(keyEnv), []string{"--server", "h:1", "--stdio", "--", "no-such-qm-command"}, `cannot run the command: exec: "no-such-qm-command": executable file not found in $PATH`},
 		{"unknown flag", env(keyEnv), []string{"--server", "h:1", "--bultin", "echo"}, "unknown flag: --bultin"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os/exec"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -221,6 +222,13 @@ func (o *options) validate() error {
 	if o.Builtin != "" {
 		if _, err := worker.Builtin(o.Builtin); err != nil {
 			return usageErrorf("--builtin: %w", err)
+		}
+	}
+	if len(o.Command) > 0 {
+		// Not found, every task would fail all its attempts at once, and
+		// the queue would end in its dead-letter queue.
+		if _, err := exec.LookPath(o.Command[0]); err != nil {
+			return usageErrorf("cannot run the command: %w", err)
 		}
 	}
 	// Whatever else the worker would refuse (e.g. a --lease too short).

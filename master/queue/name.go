@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"fmt"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -20,29 +21,35 @@ func DeadLetterName(queue string) string { return queue + DeadSuffix }
 // a queue has no dead-letter queue of its own.
 func IsDeadLetterName(name string) bool { return strings.HasSuffix(name, DeadSuffix) }
 
-// CheckName returns ErrBadQueueName unless name is a valid queue name:
-// not empty, at most MaxNameLen bytes (plus len(DeadSuffix) for a
-// dead-letter queue), valid UTF-8 without control characters.
+// CheckName returns ErrBadQueueName, saying why, unless name is a valid
+// queue name: not empty, at most MaxNameLen bytes (plus len(DeadSuffix)
+// for a dead-letter queue), valid UTF-8 without control characters.
 func CheckName(name string) error {
 	limit := MaxNameLen
 	if IsDeadLetterName(name) {
 		limit += len(DeadSuffix)
 	}
-	if name == "" || len(name) > limit {
-		return ErrBadQueueName
+	switch {
+	case name == "":
+		return fmt.Errorf("%w: empty", ErrBadQueueName)
+	case len(name) > limit:
+		return fmt.Errorf("%w: %d bytes, more than %d", ErrBadQueueName, len(name), limit)
 	}
 	for i := 0; i < len(name); {
 		b := name[i]
 		if b < utf8.RuneSelf {
 			if b < 0x20 || b == 0x7f {
-				return ErrBadQueueName
+				return fmt.Errorf("%w: a control character at byte %d", ErrBadQueueName, i)
 			}
 			i++
 			continue
 		}
 		r, size := utf8.DecodeRuneInString(name[i:])
-		if r == utf8.RuneError && size == 1 || unicode.IsControl(r) {
-			return ErrBadQueueName
+		switch {
+		case r == utf8.RuneError && size == 1:
+			return fmt.Errorf("%w: not UTF-8 at byte %d", ErrBadQueueName, i)
+		case unicode.IsControl(r):
+			return fmt.Errorf("%w: a control character at byte %d", ErrBadQueueName, i)
 		}
 		i += size
 	}
