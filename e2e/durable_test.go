@@ -358,6 +358,14 @@ func TestDurableDiskFull(t *testing.T) {
 	if _, err := c.Put(context.Background(), "tasks", []any{"more"}, wire.PutOptions{}); !errors.Is(err, wire.ErrDiskFull) {
 		t.Fatalf("a put while the disk is full: %v; want disk full", err)
 	}
+	// A purge would be undone by a crash: it is refused too, and changes
+	// nothing.
+	if n, err := c.Purge(context.Background(), "tasks"); !errors.Is(err, wire.ErrDiskFull) || n != 0 {
+		t.Fatalf("a purge while the disk is full: %d, %v; want disk full", n, err)
+	}
+	if got := contents(t, c, "tasks"); len(got) != len(stored) {
+		t.Fatalf("after the refused purge the queue holds %d tasks; want the %d stored", len(got), len(stored))
+	}
 	if out, err := exec.Command("mount", "-o", "remount,size=64m", dir).CombinedOutput(); err != nil {
 		t.Fatalf("remount: %v: %s", err, out)
 	}

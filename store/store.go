@@ -146,8 +146,10 @@ type Store interface {
 	// the Tasks and their Payloads.
 	Load() (Meta, []Task, error)
 	// Writable reports why a put would not be stored now (ErrDiskFull, a
-	// write error), or nil. The queues refuse puts while it is not nil;
-	// other changes are still appended and stored when the store recovers.
+	// write error), or nil. The queues refuse puts, and operators'
+	// changes (purge, delete, drop, requeue, run-now), while it is not
+	// nil; acks and results are still appended, and stored when the
+	// store recovers.
 	Writable() error
 	// Append records ops, in order, and returns a ticket for Wait. It does
 	// not keep ops or their Payloads past the call.

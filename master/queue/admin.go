@@ -202,6 +202,11 @@ func (m *Manager) Purge(name string) (int, error) {
 	if m.closed.Load() {
 		return 0, ErrClosed
 	}
+	// Changed in memory alone, a crash would undo it: refused while
+	// the data directory cannot take it, as puts are.
+	if err := m.writable(); err != nil {
+		return 0, err
+	}
 	q, err := m.lockLive(name)
 	if err != nil {
 		return 0, err
@@ -227,6 +232,10 @@ func (m *Manager) Purge(name string) (int, error) {
 func (m *Manager) Delete(name string) error {
 	if m.closed.Load() {
 		return ErrClosed
+	}
+	// Refused while the data directory cannot take it (Purge).
+	if err := m.writable(); err != nil {
+		return err
 	}
 	v, ok := m.queues.LoadAndDelete(name)
 	if !ok {

@@ -60,6 +60,10 @@ func (m *Manager) Requeue(name string, ids []uint64) (int, error) {
 	if m.closed.Load() {
 		return 0, ErrClosed
 	}
+	// Refused while the data directory cannot take it (Purge).
+	if err := m.writable(); err != nil {
+		return 0, err
+	}
 	if IsDeadLetterName(name) {
 		return 0, fmt.Errorf("%w: requeue names the queue the tasks died in, not its dead-letter queue %q", ErrBadArgument, name)
 	}
@@ -102,6 +106,10 @@ func (m *Manager) Requeue(name string, ids []uint64) (int, error) {
 func (m *Manager) RunNow(name string, ids []uint64) (int, error) {
 	if m.closed.Load() {
 		return 0, ErrClosed
+	}
+	// Refused while the data directory cannot take it (Purge).
+	if err := m.writable(); err != nil {
+		return 0, err
 	}
 	q, err := m.lockLive(name)
 	if err != nil {
@@ -156,6 +164,10 @@ func (m *Manager) RunNow(name string, ids []uint64) (int, error) {
 func (m *Manager) Drop(name string, ids []uint64) (int, error) {
 	if m.closed.Load() {
 		return 0, ErrClosed
+	}
+	// Refused while the data directory cannot take it (Purge).
+	if err := m.writable(); err != nil {
+		return 0, err
 	}
 	if len(ids) == 0 {
 		return 0, nil
