@@ -77,6 +77,7 @@ func (c *clientConn) handle(req *wire.Request, buf *callBuffers) *wire.Response 
 		c.setIdentity(req.Role, req.Name)
 		resp.ClientID = c.id
 		resp.MaxMessageSize = c.s.cfg.MaxMessageSize
+		resp.MaxStreams = c.s.cfg.MaxStreams
 		resp.QueuesOutlive = c.s.cfg.DataDir != "" || c.s.cfg.OpenQueues != nil
 	case wire.OpPut:
 		resp.IDs, resp.Repeats, err = c.put(req, buf)

@@ -1,6 +1,7 @@
 package master_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -10,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/qm-dev/qm/auth"
 	"github.com/qm-dev/qm/internal/qmtest"
@@ -206,41 +209,86 @@ func TestMaxConns(t *testing.T) {
 	})
 }
 
+// A connection with --max-streams calls in progress has the next one
+// refused, unread; a wire.Client instead waits for a slot (the master's
+// hello says how many), and so is served once one frees.
 func TestMaxStreams(t *testing.T) {
 	addr, url, _ := qmtest.StartMasterHTTP(t, master.Config{MaxStreams: 2})
-	c := qmtest.Dial(t, addr, "worker")
 	other := qmtest.Dial(t, addr, "producer")
 	ctx := ctxFor(t, 20*time.Second)
 
+	// The master's refusal, to a client that does not wait.
+	sess, _ := rawSession(t, addr)
+	var codecs []*wire.Codec
+	for range 3 {
+		stream, err := sess.OpenStream()
+		if err != nil {
+			t.Fatal(err)
+		}
+		codecs = append(codecs, wire.NewCodec(stream, 1<<20))
+	}
+	for _, codec := range codecs[:2] { // two calls in progress: the cap
+		if err := codec.Write(&wire.Request{Op: wire.OpGet, Queue: "streams", Timeout: 10 * time.Second, NoAck: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitGets(t, other, "streams", 2)
+	if err := codecs[2].Write(&wire.Request{Op: wire.OpPut, Queue: "streams", Items: []msgpack.RawMessage{{0x01}}}); err != nil {
+		t.Fatal(err)
+	}
+	var resp wire.Response
+	if err := codecs[2].Read(&resp); err != nil || resp.Code != wire.CodeTooManyStreams || !resp.StreamClosed || !strings.Contains(resp.Error, "--max-streams") {
+		t.Fatalf("third call: %+v, %v; want it refused for too many streams", resp, err)
+	}
+	waitMetric(t, url, "qm_refusals_total", 1, "limit", "max_streams")
+	if _, err := other.Put(ctx, "streams", []any{1, 2}, wire.PutOptions{}); err != nil { // wakes both gets
+		t.Fatalf("another client's put: %v", err)
+	}
+	for _, codec := range codecs[:2] {
+		var resp wire.Response
+		if err := codec.Read(&resp); err != nil || len(resp.Tasks) != 1 {
+			t.Fatalf("blocked get: %+v, %v", resp, err)
+		}
+	}
+
+	// A client's third call waits for one of its two to end.
+	c := qmtest.Dial(t, addr, "worker")
 	var wg sync.WaitGroup
-	for range 2 { // two calls in progress: the cap
+	for range 2 {
 		wg.Go(func() {
 			if _, err := c.Get(ctx, "streams", wire.GetOptions{Timeout: 10 * time.Second, NoAck: true}); err != nil {
 				t.Errorf("blocked get: %v", err)
 			}
 		})
 	}
+	waitGets(t, other, "streams", 2)
+	put := make(chan error, 1)
+	go func() { _, err := c.Put(ctx, "streams", []any{3}, wire.PutOptions{}); put <- err }()
+	select {
+	case err := <-put:
+		t.Fatalf("third call while two are in progress: %v; want it to wait", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	if _, err := other.Put(ctx, "streams", []any{4}, wire.PutOptions{}); err != nil { // ends one get
+		t.Fatal(err)
+	}
+	if err := <-put; err != nil {
+		t.Fatalf("third call once a slot freed: %v", err)
+	}
+	wg.Wait()
+	waitMetric(t, url, "qm_refusals_total", 1, "limit", "max_streams") // none more
+}
+
+// waitGets waits until queue q has n gets waiting.
+func waitGets(t *testing.T, c *wire.Client, q string, n int) {
+	t.Helper()
 	qmtest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
-		st, err := other.Stats(ctx, "streams")
-		if err != nil || len(st) != 1 || st[0].Consumers != 2 {
-			return fmt.Errorf("stats %+v, %v; want 2 waiting gets", st, err)
+		st, err := c.Stats(context.Background(), q)
+		if err != nil || len(st) != 1 || st[0].Consumers != n {
+			return fmt.Errorf("stats %+v, %v; want %d waiting gets", st, err, n)
 		}
 		return nil
 	})
-	_, err := c.Put(ctx, "streams", []any{1}, wire.PutOptions{})
-	if !errors.Is(err, wire.ErrTooManyStreams) || !strings.Contains(err.Error(), "--max-streams") {
-		t.Fatalf("third call: %v, want ErrTooManyStreams", err)
-	}
-	t.Logf("client error: %v", err)
-	if _, err := other.Put(ctx, "streams", []any{1, 2}, wire.PutOptions{}); err != nil {
-		t.Fatalf("another client's put: %v", err)
-	}
-	wg.Wait()
-	// The two streams are free again: the client is served.
-	if _, err := c.Put(ctx, "streams", []any{3}, wire.PutOptions{}); err != nil {
-		t.Fatalf("put once the calls ended: %v", err)
-	}
-	waitMetric(t, url, "qm_refusals_total", 1, "limit", "max_streams")
 }
 
 func TestMaxMemory(t *testing.T) {

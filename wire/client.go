@@ -88,10 +88,18 @@ const maxIdleStreams = 32
 
 // Client is a connection to a master. Its methods are safe for concurrent
 // use: each call runs on its own yamux stream, so a blocked get never
-// delays a put from another goroutine.
+// delays a put from another goroutine. Calls beyond what the master takes
+// at once on one connection (its --max-streams, 256 by default) wait for
+// a call to end.
 type Client struct {
 	sess *yamux.Session
 	id   uint64
+
+	// slots holds a token per call in progress, up to what the master's
+	// hello said it takes on one connection (less the idle streams, which
+	// it counts too); nil before the hello or from an older master.
+	slots   chan struct{}
+	maxIdle int // idle streams kept for reuse
 
 	// masters is how many masters the address dialled names (Masters).
 	masters int
@@ -384,7 +392,7 @@ func newClient(conn net.Conn, cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Client{sess: sess, max: cfg.MaxMessageSize}, nil
+	return &Client{sess: sess, max: cfg.MaxMessageSize, maxIdle: maxIdleStreams}, nil
 }
 
 func (c *Client) hello(ctx context.Context, cfg Config) error {
@@ -394,6 +402,14 @@ func (c *Client) hello(ctx context.Context, cfg Config) error {
 	}
 	c.id = resp.ClientID
 	c.queuesOutlive = resp.QueuesOutlive
+	if n := resp.MaxStreams; n > 0 {
+		// The master refuses a stream beyond n open at once, idle ones
+		// included: calls wait for a slot instead.
+		c.mu.Lock()
+		c.maxIdle = min(maxIdleStreams, n/4)
+		c.mu.Unlock()
+		c.slots = make(chan struct{}, n-min(maxIdleStreams, n/4))
+	}
 	if m := resp.MaxMessageSize; m > 0 && m < c.max {
 		// Send nothing the master would refuse, and say so at once: a
 		// message it refuses costs the whole upload first. The stream of
@@ -478,7 +494,7 @@ func (c *Client) stream() (*clientStream, error) {
 
 func (c *Client) putStream(cs *clientStream) {
 	c.mu.Lock()
-	if !c.closed && len(c.idle) < maxIdleStreams {
+	if !c.closed && len(c.idle) < c.maxIdle {
 		c.idle = append(c.idle, cs)
 		c.mu.Unlock()
 		return
@@ -493,6 +509,36 @@ func (c *Client) call(ctx context.Context, req *Request, resp *Response) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	if c.slots != nil {
+		select {
+		case c.slots <- struct{}{}:
+			defer func() { <-c.slots }()
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	for refused := 0; ; refused++ {
+		err := c.callOnce(ctx, req, resp)
+		if !errors.Is(err, ErrTooManyStreams) || refused == maxRefusedStreams {
+			return err
+		}
+		// Refused unread (a stream just closed here may not be closed at
+		// the master yet): it did nothing, and is sent again.
+		*resp = Response{}
+		select {
+		case <-time.After(time.Millisecond << min(refused, 6)):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// maxRefusedStreams bounds the times call sends again a call the master
+// refused for too many streams open at once.
+const maxRefusedStreams = 20
+
+// callOnce is call on one stream.
+func (c *Client) callOnce(ctx context.Context, req *Request, resp *Response) error {
 	cs, err := c.stream()
 	if err != nil {
 		return err

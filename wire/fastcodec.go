@@ -569,7 +569,7 @@ func appendResponse(b []byte, r *Response) ([]byte, error) {
 	n := 0
 	for _, set := range [...]bool{r.Code != 0, r.Error != "", len(r.IDs) > 0, len(r.Tasks) > 0,
 		len(r.Stats) > 0, len(r.Clients) > 0, len(r.Queues) > 0, r.Count != 0, r.Lease != 0, r.ClientID != 0,
-		r.MaxMessageSize != 0, r.QueuesOutlive, r.StreamClosed, r.Note != "", r.Repeats != 0, r.Then != nil} {
+		r.MaxMessageSize != 0, r.QueuesOutlive, r.MaxStreams != 0, r.StreamClosed, r.Note != "", r.Repeats != 0, r.Then != nil} {
 		if set {
 			n++
 		}
@@ -617,6 +617,10 @@ func appendResponse(b []byte, r *Response) ([]byte, error) {
 	if r.QueuesOutlive {
 		b = msgp.AppendStr(b, "outlive")
 		b = msgp.AppendBool(b, true)
+	}
+	if r.MaxStreams != 0 {
+		b = msgp.AppendStr(b, "max_streams")
+		b = msgp.AppendInt(b, int64(r.MaxStreams))
 	}
 	if r.StreamClosed {
 		b = msgp.AppendStr(b, "stream_closed")
@@ -710,6 +714,8 @@ func (r *Response) decode(rd *msgp.Reader, chained bool) error {
 			r.MaxMessageSize, err = readInt(rd)
 		case "outlive":
 			r.QueuesOutlive, err = rd.Bool()
+		case "max_streams":
+			r.MaxStreams, err = readInt(rd)
 		case "stream_closed":
 			r.StreamClosed, err = rd.Bool()
 		case "note":

@@ -152,6 +152,10 @@ type Response struct {
 	// loses it may connect again, to it restarted or to another gateway,
 	// and find its tasks there.
 	QueuesOutlive bool `msgpack:"outlive,omitempty"`
+	// MaxStreams is how many streams the master takes open at once on one
+	// connection (hello): a client keeps its calls and idle streams
+	// within it.
+	MaxStreams int `msgpack:"max_streams,omitempty"`
 	// StreamClosed says that the master closes the stream after this
 	// response, so the client must not reuse it.
 	StreamClosed bool `msgpack:"stream_closed,omitempty"`
