@@ -277,7 +277,7 @@ done`
 		want   string
 	}{
 		{name: "garbage", script: child("echo garbage"), bad: "bad",
-			want: `broke the stdio protocol: output line is not JSON: "garbage"; restarted`},
+			want: `broke the stdio protocol: output line is not JSON: "garbage" (a stdio child writes only its answers to stdout; banners and logs go to stderr); restarted`},
 		{name: "two lines for one task", script: child(`printf '1\n2\n'`), bad: "bad",
 			want: `broke the stdio protocol: more than one line for one task; restarted`},
 		{name: "empty line", script: child("echo"), bad: "bad", want: `output line is not JSON: ""`},

@@ -84,7 +84,7 @@ func parseResultLine(line []byte) (any, error) {
 	}
 	v, err := jsonval.ParseStrict(line)
 	if err != nil {
-		return nil, fmt.Errorf("%w: output line is not JSON: %s", errProtocol, quoteStart(line))
+		return nil, fmt.Errorf("%w: output line is not JSON: %s (a stdio child writes only its answers to stdout; banners and logs go to stderr)", errProtocol, quoteStart(line))
 	}
 	return v, nil
 }
