@@ -57,6 +57,11 @@ type Server struct {
 	unauthLog logEvery // refusals at MaxUnauthConns
 	fullLog   logEvery // refusals at MaxConns
 	limitLog  logEvery // refused streams and puts
+	// deadLog paces the log of dead-lettered tasks: a worker whose every
+	// task fails (a broken command) dead-letters hundreds a second;
+	// deadUnlogged counts those it left out since its last line.
+	deadLog      logEvery
+	deadUnlogged atomic.Int64
 
 	// resultQueues maps a task queue to the result queue its workers last
 	// named, where a dead task without a ReplyTo gets its error result.
@@ -92,6 +97,7 @@ func New(cfg Config) (*Server, error) {
 		unauthLog: logEvery{period: time.Second},
 		fullLog:   logEvery{period: time.Second},
 		limitLog:  logEvery{period: time.Second},
+		deadLog:   logEvery{period: time.Second},
 	}
 	s.access.init(&s.cfg)
 	s.metrics = newMetrics(s)
@@ -419,7 +425,12 @@ func (s *Server) leasesExpired(n int) {
 // publishDeadResult publishes an error result for a task that ran out of
 // attempts, so that a producer waiting for it is not left hanging.
 func (s *Server) publishDeadResult(q string, t queue.Task) {
-	s.log.Warn("task dead-lettered", "queue", q, "task", t.ID, "attempts", t.Attempts, "err", t.LastError)
+	if s.deadLog.ok(time.Now()) {
+		s.log.Warn("task dead-lettered (logged at most once a second)", "queue", q, "task", t.ID, "attempts", t.Attempts, "err", t.LastError,
+			"more_unlogged", s.deadUnlogged.Swap(0))
+	} else {
+		s.deadUnlogged.Add(1)
+	}
 	dest := t.ReplyTo
 	if dest == "" {
 		rq, ok := s.resultQueues.Load(q)

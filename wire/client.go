@@ -893,6 +893,9 @@ func CheckPayload(b []byte) error {
 // DecodeResult decodes a payload published to a result queue.
 func DecodeResult(b []byte) (Result, error) {
 	var r Result
+	if len(b) == 0 {
+		return r, errors.New("decode result: empty, not a result")
+	}
 	if err := msgp.Validate(b); err != nil {
 		return r, fmt.Errorf("decode result: %w", err)
 	}
@@ -914,15 +917,23 @@ func DecodeResult(b []byte) (Result, error) {
 // 100,000 results spent a sixth of its time in msgpack's reflection.
 func (r *Result) decode(rd *msgp.Reader) error {
 	f := rd.Fields()
+	hasID := false
 	for {
 		key, ok := f.Next(rd)
 		if !ok {
-			return f.Err()
+			if err := f.Err(); err != nil {
+				return err
+			}
+			if !hasID {
+				return errors.New("no task_id: not a result")
+			}
+			return nil
 		}
 		var err error
 		switch string(key) {
 		case "task_id":
 			r.TaskID, err = rd.Uint()
+			hasID = true
 		case "worker":
 			r.Worker, err = rd.Str()
 		case "attempt":

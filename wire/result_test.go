@@ -73,7 +73,8 @@ func TestDecodeResultAsReflection(t *testing.T) {
 			}
 		})
 	}
-	for _, bad := range [][]byte{{0x81, 0xa7, 't', 'a', 's', 'k', '_', 'i', 'd', 0xa1, 'x'}, {0xc1}, nil} {
+	// The last two are no results at all: a map without task_id, and nothing.
+	for _, bad := range [][]byte{{0x81, 0xa7, 't', 'a', 's', 'k', '_', 'i', 'd', 0xa1, 'x'}, {0xc1}, nil, {0x81, 0xa1, 'x', 0x01}, {}} {
 		if _, err := DecodeResult(bad); err == nil {
 			t.Errorf("DecodeResult(%x) succeeded", bad)
 		}
