@@ -35,7 +35,9 @@ var (
 	ErrInternal = errors.New("internal error")
 	// ErrBadRequest is returned when a request is malformed or misses a field.
 	ErrBadRequest = errors.New("bad request")
-	// ErrUnknownQueue is returned when a request names a queue that does not exist.
+	// ErrUnknownQueue is returned when a request names a queue that does
+	// not exist: stats, peek, purge, delete and the operators' calls (a
+	// put or a get makes its queue).
 	ErrUnknownQueue = errors.New("unknown queue")
 	// ErrQueueFull is returned when a put found its queue at its maximum length until its timeout.
 	ErrQueueFull = errors.New("queue full")

@@ -59,7 +59,8 @@ type Config struct {
 	Capacity func() int
 	// MaxPrefetch bounds the tasks the worker takes beyond its free slots,
 	// to wait in the worker until a slot frees; 0 means the default, 128,
-	// and a negative value turns prefetching off. Within that bound the
+	// and a negative value turns prefetching off (qworker's --prefetch 0
+	// sets -1). Within that bound the
 	// worker prefetches as many tasks as its slots finish during one get's
 	// round trip, Concurrency × round trip / mean handler time, rounded
 	// down: quick tasks come in batches, a slow task (one that runs longer
@@ -83,7 +84,8 @@ type Config struct {
 	MaxTasks int
 	// Handler runs each task. Required.
 	Handler Handler
-	// Logger receives the worker's logs; nil discards them.
+	// Logger receives the worker's logs, a handler's panic with its stack
+	// among them; nil discards them.
 	Logger *slog.Logger
 	// ReconnectMin is the first delay before reconnecting to the master;
 	// default 100ms. Delays double, with jitter, up to ReconnectMax.
