@@ -3,6 +3,7 @@ package master
 import (
 	"context"
 	"crypto/tls"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +16,7 @@ import (
 	"github.com/qm-dev/qm/acl"
 	"github.com/qm-dev/qm/auth"
 	"github.com/qm-dev/qm/master/pymanager"
+	"github.com/qm-dev/qm/pyproto"
 	"github.com/qm-dev/qm/wire"
 )
 
@@ -92,6 +94,8 @@ func (c *clientConn) serve() {
 			}
 		case errors.Is(err, errTLS):
 			log.Warn("TLS handshake failed", "err", err)
+		case sentNoAuthkey(err):
+			log.Warn("handshake failed: the client sent no authkey (it runs with --insecure-no-auth, or an empty key); this master requires one", "err", err)
 		case errors.Is(err, io.EOF):
 			log.Debug("client left during handshake")
 		default:
@@ -425,4 +429,12 @@ func (c *clientConn) info() (wire.ClientInfo, bool) {
 		LastSeen: time.Unix(0, c.lastSeen.Load()),
 		Since:    c.since,
 	}, true
+}
+
+// sentNoAuthkey reports whether err is a handshake's read of the client's
+// answer to the challenge that found a native client's preamble instead:
+// the client did not authenticate at all.
+func sentNoAuthkey(err error) bool {
+	var tl *pyproto.TooLargeError
+	return errors.As(err, &tl) && tl.Size == uint64(binary.BigEndian.Uint32([]byte(wire.Magic+string(rune(wire.Version)))))
 }

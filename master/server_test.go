@@ -166,6 +166,16 @@ func TestWrongAuthkeyRefusedBothWays(t *testing.T) {
 	if strings.Contains(logs.String(), string(qmtest.Authkey)) || strings.Contains(logs.String(), "wrong-key") {
 		t.Errorf("the master logged a key: %q", logs.String())
 	}
+	// A client with no key at all: the master's log says so.
+	if _, err := wire.Dial(ctxFor(t, 5*time.Second), wire.Config{Addr: addr}); err == nil {
+		t.Fatal("dial without a key succeeded")
+	}
+	qmtest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if s := logs.String(); !strings.Contains(s, "the client sent no authkey") {
+			return fmt.Errorf("master log does not say the client sent no key: %q", s)
+		}
+		return nil
+	})
 
 	// A master with another key: the worker refuses it too.
 	other, _ := qmtest.StartMaster(t, master.Config{Authkey: []byte("another-key")})
