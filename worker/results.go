@@ -449,7 +449,7 @@ func (res *results) completed(s *session, held []wire.Completion, err error, aga
 	case errors.Is(err, wire.ErrNotLeased):
 		// The others in the batch were completed.
 		if !again {
-			res.log.Warn("lease lost before completion; the master gave the task to another worker",
+			res.log.Warn("lease lost before completion: the master handed the task out again (to this worker or another), and that delivery's result counts",
 				"queue", res.cfg.Tasks, "err", err)
 		}
 		return len(held)

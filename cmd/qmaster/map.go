@@ -227,6 +227,7 @@ func mapRun(ctx context.Context, opts *mapOptions) (err error) {
 	}
 	defer conn.close()
 
+	var st *mapState // once made: the tasks it submitted, and their results
 	results := opts.Results
 	if results == "" {
 		results = "map-" + randomHex(6)
@@ -236,15 +237,22 @@ func mapRun(ctx context.Context, opts *mapOptions) (err error) {
 			defer cancel()
 			c, _ := conn.client()
 			_, derr := c.DeleteCancelling(dctx, results) // no one waits for the tasks left either
+			left := ""                                   // what the failed delete leaves running
+			if st != nil && st.total > st.arrived {
+				n := st.total - st.arrived
+				left = fmt.Sprintf("; its %d %s not answered still run, for no one", n, plural(n, "task", "tasks"))
+			}
 			switch {
 			case derr == nil || errors.Is(derr, wire.ErrUnknownQueue):
 			case err == nil:
-				fmt.Fprintf(opts.IO.ErrOut, "qmaster map: delete result queue %s: %v\n", results, derr)
-			case errors.Is(err, wire.ErrPermissionDenied) && errors.Is(derr, wire.ErrPermissionDenied):
+				fmt.Fprintf(opts.IO.ErrOut, "qmaster map: delete result queue %s: %v%s\n", results, derr, left)
+			case errors.Is(err, wire.ErrPermissionDenied) && errors.Is(derr, wire.ErrPermissionDenied) && left == "":
 				// The key's permissions stopped map: that they do not
 				// let it delete the queue either adds nothing.
+			case errors.Is(err, wire.ErrPermissionDenied) && errors.Is(derr, wire.ErrPermissionDenied):
+				err = fmt.Errorf("%w (deleting result queue %s was refused too%s)", err, results, left)
 			default: // after the cause, which main reports
-				err = fmt.Errorf("%w (and delete result queue %s: %v)", err, results, derr)
+				err = fmt.Errorf("%w (and delete result queue %s: %v%s)", err, results, derr, left)
 			}
 		}()
 	}
@@ -293,7 +301,7 @@ func mapRun(ctx context.Context, opts *mapOptions) (err error) {
 		}
 	}()
 
-	st := newMapState(opts)
+	st = newMapState(opts)
 	watch := &tasksWatch{conn: conn, queue: opts.Tasks, told: make(map[string]bool)}
 	st.check, st.checkEvery = watch.check, cmp.Or(opts.checkEvery, waitCheckEvery)
 	err = st.loop(work, batches, resultsCh, produced, errs)
