@@ -373,3 +373,18 @@ func TestE2EMapQworker(t *testing.T) {
 		}
 	}
 }
+
+// A --data-dir that does not exist is made, and the master says so: a
+// mistyped path on a restart starts a master without its tasks.
+func TestE2EDataDirMadeSaysSo(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "not", "yet")
+	m := startMaster(t, "--data-dir", dir)
+	if !strings.Contains(m.stderr.String(), "the data directory does not exist; it is made, empty") {
+		t.Errorf("no word of the made data directory:\n%s", m.stderr)
+	}
+	m.stop(10 * time.Second)
+	again := startMaster(t, "--data-dir", dir)
+	if strings.Contains(again.stderr.String(), "does not exist") {
+		t.Errorf("the existing data directory said to be made:\n%s", again.stderr)
+	}
+}

@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
+	"os"
 	"runtime"
 	"runtime/debug"
 	"time"
@@ -301,6 +303,13 @@ func serveRun(ctx context.Context, opts *serveOptions) error {
 		debug.SetMemoryLimit(int64(opts.MaxMemory) + int64(opts.MaxMemory)/4)
 	}
 	log := opts.logger(opts.IO.ErrOut)
+	if opts.DataDir != "" {
+		if _, err := os.Stat(opts.DataDir); errors.Is(err, fs.ErrNotExist) {
+			// Made below, empty: a mistyped path on a restart would start
+			// a master without its tasks, and say nothing.
+			log.Warn("the data directory does not exist; it is made, empty", "data_dir", opts.DataDir)
+		}
+	}
 	fsync, interval, _ := seglog.ParseFsync(opts.Fsync) // checked by validate
 	if opts.Fsync == "interval" {
 		interval = opts.FsyncInterval
