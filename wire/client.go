@@ -448,6 +448,9 @@ func (c *Client) Done() <-chan struct{} { return c.sess.CloseChan() }
 
 // Close closes the connection. Calls in progress fail.
 func (c *Client) Close() error {
+	if c == nil || c.sess == nil { // never dialled: nothing to close
+		return nil
+	}
 	wasClosed := false
 	c.dropIdle(func() { wasClosed, c.closed = c.closed, true })
 	if wasClosed {
@@ -467,6 +470,9 @@ func connectionLost(err error) bool {
 }
 
 func (c *Client) stream() (*clientStream, error) {
+	if c.sess == nil {
+		return nil, fmt.Errorf("%w: a Client is made by Dial", ErrClosed)
+	}
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()

@@ -104,3 +104,19 @@ func TestConnectTimeout(t *testing.T) {
 		}
 	}
 }
+
+// A Client not made by Dial fails its calls, and a nil one closes, rather
+// than panic.
+func TestClientNotDialled(t *testing.T) {
+	var zero Client
+	if _, err := zero.Get(context.Background(), "q", GetOptions{}); !errors.Is(err, ErrClosed) {
+		t.Errorf("get on a zero Client: %v, want ErrClosed", err)
+	}
+	if err := zero.Close(); err != nil {
+		t.Errorf("close of a zero Client: %v", err)
+	}
+	var none *Client
+	if err := none.Close(); err != nil {
+		t.Errorf("close of a nil Client: %v", err)
+	}
+}
