@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/qm-dev/qm/wire"
@@ -45,7 +46,19 @@ type StdioConfig struct {
 	// Logger receives the children's stderr, a line a record, and their
 	// restarts; nil discards them.
 	Logger *slog.Logger
+	// Broken, if set, is called once, when the children have failed
+	// (exited, broken the protocol, timed out or not started) BrokenAfter
+	// times between them before any of them answered a task: the command
+	// most likely cannot run here (a syntax error, a missing module), and
+	// every task would fail one attempt per restart until its queue has
+	// gone to the dead-letter queue. qworker stops then. The error names
+	// the last failure.
+	Broken func(err error)
 }
+
+// BrokenAfter is how many failures of the children before any answer make
+// a Stdio call StdioConfig.Broken.
+const BrokenAfter = 3
 
 // Validate reports the first invalid field of c, by name.
 func (c *StdioConfig) Validate() error {
@@ -121,6 +134,32 @@ type Stdio struct {
 	closeOnce sync.Once
 	closeErr  error
 	stopErrs  []error // one per child, set by its owner as it ends
+	health    *stdioHealth
+}
+
+// stdioHealth tells, for StdioConfig.Broken, whether any child has
+// answered a task yet, and counts the children's failures until one has.
+type stdioHealth struct {
+	answered atomic.Bool
+	failures atomic.Int32
+	once     sync.Once
+	broken   func(error)
+}
+
+// answer notes that a child answered a task.
+func (h *stdioHealth) answer() { h.answered.Store(true) }
+
+// fail notes that child id failed with err, and calls broken once the
+// children have failed BrokenAfter times before any answer.
+func (h *stdioHealth) fail(id int, err error) {
+	if h.broken == nil || h.answered.Load() || err == nil {
+		return
+	}
+	if n := h.failures.Add(1); n >= BrokenAfter {
+		h.once.Do(func() {
+			h.broken(fmt.Errorf("the command failed %d times before any child answered a task (last, child %d: %w)", n, id, err))
+		})
+	}
 }
 
 // request is a task handed to an owner.
@@ -147,10 +186,11 @@ func NewStdio(cfg StdioConfig) (*Stdio, error) {
 		reqs:     make(chan *request),
 		quit:     make(chan struct{}),
 		stopErrs: make([]error, cfg.Children),
+		health:   &stdioHealth{broken: cfg.Broken},
 	}
 	children := make([]*child, cfg.Children)
 	for i := range children {
-		c := &child{cfg: &s.cfg, id: i + 1}
+		c := &child{cfg: &s.cfg, id: i + 1, health: s.health}
 		if err := c.start(); err != nil {
 			for _, c := range children[:i] {
 				c.closeInput()

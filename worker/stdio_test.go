@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -350,4 +351,46 @@ func TestStdioDrain(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// Children that fail BrokenAfter times before any answer call Broken
+// once, naming the last failure; children that have answered a task do
+// not, however often they fail after.
+func TestStdioBroken(t *testing.T) {
+	var calls atomic.Int32
+	var last atomic.Value
+	s, err := worker.NewStdio(worker.StdioConfig{
+		Command:    []string{"sh", "-c", `echo "cannot import numpy" >&2; exit 1`},
+		RestartMin: time.Millisecond,
+		Broken:     func(err error) { calls.Add(1); last.Store(err) },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for range worker.BrokenAfter + 2 {
+		if _, err := s.Handle(context.Background(), task(t, 1)); err == nil {
+			t.Fatal("a task answered by a child that exits")
+		}
+	}
+	if n := calls.Load(); n != 1 || !strings.Contains(last.Load().(error).Error(), "cannot import numpy") {
+		t.Fatalf("Broken called %d times, last with %v; want once, naming the child's stderr", n, last.Load())
+	}
+
+	calls.Store(0)
+	once, err := worker.NewStdio(worker.StdioConfig{
+		Command:    []string{"sh", "-c", `read -r x && echo $x; exit 1`}, // answers one task, then exits
+		RestartMin: time.Millisecond,
+		Broken:     func(err error) { calls.Add(1) },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer once.Close()
+	for range worker.BrokenAfter + 2 {
+		_, _ = once.Handle(context.Background(), task(t, 1))
+	}
+	if n := calls.Load(); n != 0 {
+		t.Fatalf("Broken called %d times for children that answer", n)
+	}
 }

@@ -39,6 +39,7 @@ type child struct {
 
 	proc     *process // nil while stopped
 	failures int      // stops in a row with no answer between, for the backoff
+	health   *stdioHealth
 	// service is a moving average of how long the child takes per task,
 	// from when a task is first in line to its answer; 0 until the first
 	// answer of a child that asked for tasks ahead (batchMax).
@@ -244,11 +245,11 @@ func (c *child) broken(err error) error {
 	switch {
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		c.stop(true)
-		return childRestartError(c.id, fmt.Sprintf("timed out after %s; restarted", c.cfg.TaskTimeout), p.tail.take())
+		return c.failedWith(childRestartError(c.id, fmt.Sprintf("timed out after %s; restarted", c.cfg.TaskTimeout), p.tail.take()))
 	case errors.Is(err, errProtocol):
 		c.stop(true)
 		c.cfg.Logger.Warn("child broke the protocol; restarting it", "child", c.id, "err", err)
-		return fmt.Errorf("child %d %w; restarted", c.id, err)
+		return c.failedWith(fmt.Errorf("child %d %w; restarted", c.id, err))
 	}
 	// The child closed its stdout or its stdin: it exited, or is about to.
 	select {
@@ -266,11 +267,18 @@ func (c *child) broken(err error) error {
 	default:
 	}
 	c.cfg.Logger.Warn("child stopped; restarting it", "child", c.id, "how", what, "err", err)
-	return childRestartError(c.id, what, p.tail.take())
+	return c.failedWith(childRestartError(c.id, what, p.tail.take()))
+}
+
+// failedWith tells the Stdio's health that the child failed with err, and
+// returns err.
+func (c *child) failedWith(err error) error {
+	c.health.fail(c.id, err)
+	return err
 }
 
 // stop kills the child's process group and waits for it. failed counts it
-// towards the restart backoff.
+// towards the restart backoff (and the caller tells the Stdio's health).
 func (c *child) stop(failed bool) {
 	p := c.proc
 	if p == nil {
@@ -319,6 +327,7 @@ func (c *child) restart(quit <-chan struct{}) error {
 	}
 	if err := c.start(); err != nil {
 		c.failures++
+		c.health.fail(c.id, err)
 		c.stoppedAt = time.Now()
 		return err
 	}

@@ -175,10 +175,12 @@ func (o *owner) answer(l childLine) {
 		// The child exited, or closed its stdout, holding no task.
 		o.stop(true)
 		o.cfg.Logger.Warn("child stopped while idle; it will be restarted", "child", o.id, "err", l.err)
+		o.failedWith(fmt.Errorf("child %d stopped while idle: %w", o.id, l.err))
 		return
 	case len(o.inflight) == 0:
 		o.stop(true)
 		o.cfg.Logger.Warn("child wrote a line with no task to answer; restarting it: more than one line for one task?", "child", o.id)
+		o.failedWith(fmt.Errorf("child %d wrote a line with no task to answer", o.id))
 		return
 	case errors.Is(l.err, errProtocol):
 		o.fail(l.err)
@@ -197,6 +199,7 @@ func (o *owner) answer(l childLine) {
 		l.err = errors.New(ce.text)
 	}
 	o.failures = 0
+	o.health.answer()
 	o.inflight[0].done <- answer{v: l.v, err: l.err}
 	o.inflight[0] = nil
 	o.inflight = o.inflight[1:]
@@ -243,6 +246,7 @@ func (o *owner) fail(err error) {
 	if len(o.inflight) == 0 { // it answered all it held (after a partial write)
 		o.stop(true)
 		o.cfg.Logger.Warn("child stopped; it will be restarted", "child", o.id, "err", err)
+		o.failedWith(err)
 		return
 	}
 	culprit := o.inflight[0]

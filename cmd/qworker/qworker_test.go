@@ -18,6 +18,7 @@ import (
 	"github.com/qm-dev/qm/internal/qmtest"
 	"github.com/qm-dev/qm/master"
 	"github.com/qm-dev/qm/wire"
+	"github.com/qm-dev/qm/worker"
 	"github.com/spf13/pflag"
 )
 
@@ -216,6 +217,30 @@ func testSignalDrains(t *testing.T, sig syscall.Signal) {
 	})
 	if !strings.Contains(p.stderr.String(), "draining") {
 		t.Errorf("stderr does not log the drain:\n%s", p.stderr.String())
+	}
+}
+
+// A --stdio command that cannot run (it exits at once, as a script with a
+// syntax error does) stops qworker after a few failures, saying why, and
+// leaves the rest of its queue alone: it failed every task one attempt
+// per restart until the queue was dead-lettered.
+func TestBrokenStdioCommandStops(t *testing.T) {
+	addr, _ := qmtest.StartMaster(t, master.Config{MaxAttempts: 1})
+	c := qmtest.Dial(t, addr, "producer")
+	put(t, c, "tasks", []any{1, 2, 3, 4, 5, 6, 7, 8, 9, 10})
+	p := start(t, env(keyEnv), "--server", addr, "--stdio", "--concurrency", "2",
+		"--", "sh", "-c", `echo "SyntaxError: invalid syntax" >&2; exit 1`)
+	if code := p.wait(t, 30*time.Second); code != 1 {
+		t.Fatalf("exit %d, want 1; stderr:\n%s", code, p.stderr.String())
+	}
+	if s := p.stderr.String(); !strings.Contains(s, "the command failed 3 times before any child answered a task") || !strings.Contains(s, "SyntaxError: invalid syntax") {
+		t.Errorf("stderr does not say why it stopped:\n%s", s)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := c.Stats(ctx, "tasks")
+	if err != nil || len(st) != 1 || st[0].Ready+st[0].Leased < 10-worker.BrokenAfter {
+		t.Errorf("stats %+v, %v; want all but at most %d tasks still there", st, err, worker.BrokenAfter)
 	}
 }
 

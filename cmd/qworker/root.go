@@ -323,10 +323,20 @@ func runWorker(ctx context.Context, opts *options) error {
 	cfg := opts.config(key, log)
 	cfg.TLS = tcfg
 	mode := "builtin " + opts.Builtin
+	// A --stdio command that fails again and again before it answers any
+	// task stops the worker (drained), rather than fail every task of the
+	// queue one attempt per restart; the context's cause says why.
+	ctx, broken := context.WithCancelCause(ctx)
+	defer broken(nil)
 	switch {
 	case opts.Stdio:
 		mode = "stdio " + strings.Join(opts.Command, " ")
-		children, err := worker.NewStdio(opts.stdioConfig(log))
+		scfg := opts.stdioConfig(log)
+		scfg.Broken = func(err error) {
+			log.Error("stopping: the --stdio command cannot run here", "err", err)
+			broken(err)
+		}
+		children, err := worker.NewStdio(scfg)
 		if err != nil {
 			return err
 		}
@@ -354,6 +364,9 @@ func runWorker(ctx context.Context, opts *options) error {
 	defer stopLog()
 
 	err = worker.Run(ctx, cfg)
+	if cause := context.Cause(ctx); err == nil && cause != nil && !errors.Is(cause, context.Canceled) {
+		return cause // the --stdio command is broken
+	}
 	if errors.Is(err, auth.ErrAuthFailed) {
 		return fmt.Errorf("%w (the key must be the master's: check --authkey-file, QM_AUTHKEY or --authkey)", err)
 	}
