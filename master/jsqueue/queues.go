@@ -525,7 +525,19 @@ func (q *Queues) openBy(by time.Time, name string, create bool) (*stream, error)
 			Duplicates: q.cfg.DedupWindow,
 			Metadata:   map[string]string{metaQueueName: name},
 		}
-		err = retrying(ctx, func(ctx context.Context) (err error) { st, err = q.js.CreateStream(ctx, cfg); return err })
+		err = retrying(ctx, func(ctx context.Context) (err error) {
+			st, err = q.js.CreateStream(ctx, cfg)
+			if storeNotMade(err) {
+				// A stream of this name deleted a moment before may still
+				// be leaving its files: the store is made on a next try.
+				err = errStoreNotMade{err}
+			}
+			return err
+		})
+		var notMade errStoreNotMade
+		if errors.As(err, &notMade) {
+			err = notMade.err
+		}
 		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) { // another gateway was first
 			err = retrying(ctx, func(ctx context.Context) (err error) { st, err = q.js.Stream(ctx, streamName(name)); return err })
 		}

@@ -23,9 +23,32 @@ func transient(err error) bool {
 		errors.Is(err, jetstream.ErrConsumerLeadershipChanged) {
 		return true
 	}
+	var notMade errStoreNotMade
+	if errors.As(err, &notMade) {
+		return true
+	}
 	var apiErr *jetstream.APIError
 	return errors.As(err, &apiErr) && apiErr.Code == 503
 }
+
+// errCodeStoreFailed is JetStream's answer (500) to a stream it could not
+// make a store for.
+const errCodeStoreFailed jetstream.ErrorCode = 10049
+
+// storeNotMade reports whether err is that answer.
+func storeNotMade(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == errCodeStoreFailed
+}
+
+// errStoreNotMade marks storeNotMade's answer to a stream's creation as
+// transient: a stream of that name deleted a moment before may still be
+// removing its files (seen once in CI: "error creating store for stream"
+// right after a delete), and the creation took no effect.
+type errStoreNotMade struct{ err error }
+
+func (e errStoreNotMade) Error() string { return e.err.Error() }
+func (e errStoreNotMade) Unwrap() error { return e.err }
 
 // errCodeIDInProcess is JetStream's answer (409) to a message whose ID a
 // message being stored has: the first send of a put sent again, still in
