@@ -280,8 +280,8 @@ func TestMetricsScrape(t *testing.T) {
 			t.Errorf("no %s", name)
 		}
 	}
-	if fams["qm_store_fsync_duration_seconds"] != nil {
-		t.Error("fsync histogram without a data directory")
+	if fams["qm_store_fsync_duration_seconds"] != nil || fams["qm_store_writable"] != nil {
+		t.Error("the data directory's metrics without a data directory")
 	}
 }
 
@@ -296,6 +296,9 @@ func TestMetricsFsync(t *testing.T) {
 	// default), so at least one fsync was observed.
 	if n, ok := metricValue(fams, "qm_store_fsync_duration_seconds"); !ok || n < 1 {
 		t.Fatalf("qm_store_fsync_duration_seconds: %v fsyncs (found %v), want >= 1", n, ok)
+	}
+	if v, ok := metricValue(fams, "qm_store_writable"); !ok || v != 1 {
+		t.Fatalf("qm_store_writable = %v (found %v), want 1", v, ok)
 	}
 }
 

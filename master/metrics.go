@@ -113,7 +113,16 @@ func newMetrics(s *Server) *metrics {
 			Help:    "Duration of the fsyncs of the data directory's log.",
 			Buckets: prometheus.ExponentialBuckets(.0001, 2, 16), // 100µs to 3.3s
 		})
-		m.reg.MustRegister(m.fsync)
+		writable := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "qm_store_writable",
+			Help: "1 while the data directory takes writes; 0 while it does not (a full disk, a write error), when puts and operators' changes are refused.",
+		}, func() float64 {
+			if st := s.store; st != nil && st.Writable() != nil {
+				return 0
+			}
+			return 1
+		})
+		m.reg.MustRegister(m.fsync, writable)
 	}
 	return m
 }
