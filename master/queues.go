@@ -35,7 +35,7 @@ type Queues interface {
 	LeasedBy(owner uint64) int
 	// ReapLeases expires leases as they run out, and makes delayed tasks
 	// ready as they fall due, until done is closed.
-	ReapLeases(done <-chan struct{}, onExpired func(n int))
+	ReapLeases(done <-chan struct{}, onExpired func(queue string, n int))
 
 	// Stats, AllStats, Queues, Peek and Leases are what operators see.
 	Stats(queue string) (queue.Stats, error)

@@ -417,8 +417,8 @@ func (s *Server) clientInfos() []wire.ClientInfo {
 
 // leasesExpired reports leases that ran out, whose tasks the reaper
 // requeued (or dead-lettered).
-func (s *Server) leasesExpired(n int) {
-	s.log.Info("leases expired; tasks requeued", "count", n)
+func (s *Server) leasesExpired(queue string, n int) {
+	s.log.Info("leases expired; tasks requeued", "queue", queue, "count", n)
 	s.metrics.leaseExpiries.Add(float64(n))
 }
 

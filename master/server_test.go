@@ -749,3 +749,23 @@ func TestPutWithABadReplyQueue(t *testing.T) {
 		t.Fatalf("stats %+v: the put stored tasks", st)
 	}
 }
+
+// A lease that runs out is logged with its queue.
+func TestExpiredLeaseLoggedWithItsQueue(t *testing.T) {
+	var logs syncBuffer
+	addr, _ := qmtest.StartMaster(t, master.Config{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	c := qmtest.Dial(t, addr, "worker")
+	ctx := ctxFor(t, 10*time.Second)
+	if _, err := c.Put(ctx, "jobs", []any{1}, wire.PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if ts, err := c.Get(ctx, "jobs", wire.GetOptions{Lease: 50 * time.Millisecond, Timeout: time.Second}); err != nil || len(ts) != 1 {
+		t.Fatalf("get: %v, %v", ts, err)
+	}
+	qmtest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if s := logs.String(); !strings.Contains(s, `msg="leases expired; tasks requeued" queue=jobs count=1`) {
+			return fmt.Errorf("no log of the expired lease with its queue: %q", s)
+		}
+		return nil
+	})
+}

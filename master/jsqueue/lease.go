@@ -820,8 +820,9 @@ const reapEvery = 20 * time.Millisecond
 // timer of those still held every third of AckWait, until done is closed.
 // NoAck deliveries whose Delivered has not come by their lease's end are
 // acked: taken for good, as with a server that does not confirm them.
-// While nothing is held it sleeps until something is.
-func (q *Queues) ReapLeases(done <-chan struct{}, onExpired func(n int)) {
+// While nothing is held it sleeps until something is. onExpired, if not
+// nil, is told how many leases of each queue each pass expired or lost.
+func (q *Queues) ReapLeases(done <-chan struct{}, onExpired func(queue string, n int)) {
 	tick := time.NewTicker(reapEvery)
 	defer tick.Stop()
 	// Held tasks that waited too long are looked at, and stored apart,
@@ -868,9 +869,11 @@ func (q *Queues) ReapLeases(done <-chan struct{}, onExpired func(n int)) {
 		case <-q.ctx.Done():
 			return
 		case now := <-tick.C:
-			n, held := q.reap(now)
-			if n > 0 && onExpired != nil {
-				onExpired(n)
+			byQueue, held := q.reap(now)
+			if onExpired != nil {
+				for name, n := range byQueue {
+					onExpired(name, n)
+				}
 			}
 			select {
 			case <-moved:
@@ -916,7 +919,7 @@ func (q *Queues) wakeReaper() {
 
 // reap expires, drops or renews what has come due at now, and reports how
 // many leases expired and whether anything is still held.
-func (q *Queues) reap(now time.Time) (n int, held bool) {
+func (q *Queues) reap(now time.Time) (byQueue map[string]int, held bool) {
 	q.reaps.Add(1)
 	var expired, lost []*lease
 	var renew []renewal
@@ -999,7 +1002,25 @@ func (q *Queues) reap(now time.Time) (n int, held bool) {
 	if err := q.ackAll(taken); err != nil {
 		q.log.Warn("tasks taken with NoAck not acked; JetStream delivers them again after AckWait", "tasks", len(taken), "err", err)
 	}
-	return len(expired) + len(lost) + len(lostPacks), held
+	for _, l := range expired {
+		byQueue = counted(byQueue, l.key.queue)
+	}
+	for _, l := range lost {
+		byQueue = counted(byQueue, l.key.queue)
+	}
+	for _, p := range lostPacks {
+		byQueue = counted(byQueue, p.queue)
+	}
+	return byQueue, held
+}
+
+// counted adds one to m[name], making m if nil.
+func counted(m map[string]int, name string) map[string]int {
+	if m == nil {
+		m = make(map[string]int)
+	}
+	m[name]++
+	return m
 }
 
 // progressPayload is JetStream's "in progress": it restarts the ack timer

@@ -6,17 +6,15 @@ import "time"
 // leases as they run out (as ExpireLeases says) and makes delayed tasks
 // ready as they fall due (ReleaseDue). It sleeps until the next deadline
 // or due time, or until an earlier one is made, rather than polling.
-// onExpired, if not nil, is told how many leases each pass expired. The
-// caller runs it in a goroutine it owns.
-func (m *Manager) ReapLeases(done <-chan struct{}, onExpired func(n int)) {
+// onExpired, if not nil, is told how many leases of each queue each pass
+// expired. The caller runs it in a goroutine it owns.
+func (m *Manager) ReapLeases(done <-chan struct{}, onExpired func(queue string, n int)) {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
 		now := m.now()
 		m.ReleaseDue(now)
-		if n := m.ExpireLeases(now); n > 0 && onExpired != nil {
-			onExpired(n)
-		}
+		m.expireLeases(now, onExpired)
 		wait := time.Hour
 		if next, ok := m.NextDeadline(); ok {
 			wait = max(next.Sub(m.now()), time.Millisecond)
@@ -33,7 +31,11 @@ func (m *Manager) ReapLeases(done <-chan struct{}, onExpired func(n int)) {
 
 // ExpireLeases handles every lease whose deadline is <= now as a Nack with
 // LastError "lease expired", and returns how many expired.
-func (m *Manager) ExpireLeases(now time.Time) int {
+func (m *Manager) ExpireLeases(now time.Time) int { return m.expireLeases(now, nil) }
+
+// expireLeases is ExpireLeases, telling each, if not nil, how many leases
+// of each queue expired.
+func (m *Manager) expireLeases(now time.Time, each func(queue string, n int)) int {
 	if m.closed.Load() {
 		return 0
 	}
@@ -56,6 +58,9 @@ func (m *Manager) ExpireLeases(now time.Time) int {
 		q.settle(&c)
 		m.unlock(q)
 		m.deadLetter(q.name, dead)
+		if each != nil {
+			each(q.name, len(ts))
+		}
 	}
 	return n
 }
