@@ -336,6 +336,13 @@ func TestDurableDiskFull(t *testing.T) {
 	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
 	m, addr := startMaster(t, "--data-dir", dir)
 	c := dial(t, addr, "producer")
+	// A map's tasks and its result queue, made before the disk fills.
+	if _, err := c.Put(context.Background(), "rq", []any{"made"}, wire.PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Put(context.Background(), "jobs", []any{1, 2}, wire.PutOptions{ReplyTo: "rq"}); err != nil {
+		t.Fatal(err)
+	}
 	item := strings.Repeat("y", 4096)
 	var stored []string
 	var putErr error
@@ -365,6 +372,14 @@ func TestDurableDiskFull(t *testing.T) {
 	}
 	if got := contents(t, c, "tasks"); len(got) != len(stored) {
 		t.Fatalf("after the refused purge the queue holds %d tasks; want the %d stored", len(got), len(stored))
+	}
+	// A map's clean-up on a full disk: its queue stays, its tasks are
+	// cancelled all the same.
+	if cancelled, err := c.DeleteCancelling(context.Background(), "rq"); !cancelled || !errors.Is(err, wire.ErrDiskFull) {
+		t.Fatalf("delete with its tasks on a full disk: cancelled %v, %v; want true and disk full", cancelled, err)
+	}
+	if ts, err := c.Get(context.Background(), "jobs", wire.GetOptions{Max: 10}); err != nil || len(ts) != 0 {
+		t.Fatalf("get of the cancelled tasks: %d, %v; want none", len(ts), err)
 	}
 	if out, err := exec.Command("mount", "-o", "remount,size=64m", dir).CombinedOutput(); err != nil {
 		t.Fatalf("remount: %v: %s", err, out)

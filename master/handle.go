@@ -131,10 +131,11 @@ func (c *clientConn) handle(req *wire.Request, buf *callBuffers) *wire.Response 
 	case wire.OpDelete:
 		at := time.Now() // tasks put from now on name a queue made anew
 		err = q.Delete(req.Queue)
-		if err == nil || req.CancelTasks && errors.Is(err, queue.ErrUnknownQueue) {
+		if err == nil || req.CancelTasks && (errors.Is(err, queue.ErrUnknownQueue) || errors.Is(err, store.ErrDiskFull)) {
 			// Tasks may reply to a queue not made yet (a map stopped
-			// before its first get of results): they are cancelled all
-			// the same.
+			// before its first get of results), or one a full disk keeps
+			// from being deleted: they are cancelled all the same, in
+			// memory (their results, stored or not, go nowhere).
 			c.s.noteDeleted(c.ctx, req.Queue, at, req.CancelTasks)
 			if req.CancelTasks {
 				resp.Count = 1 // said so: an older master does not

@@ -276,6 +276,21 @@ func TestMaxStreams(t *testing.T) {
 		t.Fatalf("third call once a slot freed: %v", err)
 	}
 	wg.Wait()
+
+	// Two gets given up here go on at the master until their wait ends:
+	// the client's next call waits for them too, and is not refused.
+	gctx, giveUp := context.WithCancel(ctx)
+	for range 2 {
+		wg.Go(func() {
+			_, _ = c.Get(gctx, "streams", wire.GetOptions{Timeout: time.Second, NoAck: true})
+		})
+	}
+	waitGets(t, other, "streams", 2)
+	giveUp()
+	wg.Wait()
+	if _, err := c.Put(ctx, "streams", []any{5}, wire.PutOptions{}); err != nil {
+		t.Fatalf("put after two gets were given up: %v", err)
+	}
 	waitMetric(t, url, "qm_refusals_total", 1, "limit", "max_streams") // none more
 }
 

@@ -96,8 +96,8 @@ type Client struct {
 	id   uint64
 
 	// slots holds a token per call in progress, up to what the master's
-	// hello said it takes on one connection (less the idle streams, which
-	// it counts too); nil before the hello or from an older master.
+	// hello said it takes on one connection; nil before the hello or from
+	// an older master.
 	slots   chan struct{}
 	maxIdle int // idle streams kept for reuse
 
@@ -404,11 +404,13 @@ func (c *Client) hello(ctx context.Context, cfg Config) error {
 	c.queuesOutlive = resp.QueuesOutlive
 	if n := resp.MaxStreams; n > 0 {
 		// The master refuses a stream beyond n open at once, idle ones
-		// included: calls wait for a slot instead.
+		// included: calls wait for a slot instead. A call takes an idle
+		// stream before it opens one, so n calls in progress never have
+		// more than n streams open with the idle ones.
 		c.mu.Lock()
-		c.maxIdle = min(maxIdleStreams, n/4)
+		c.maxIdle = min(maxIdleStreams, n)
 		c.mu.Unlock()
-		c.slots = make(chan struct{}, n-min(maxIdleStreams, n/4))
+		c.slots = make(chan struct{}, n)
 	}
 	if m := resp.MaxMessageSize; m > 0 && m < c.max {
 		// Send nothing the master would refuse, and say so at once: a
@@ -518,7 +520,17 @@ func (c *Client) call(ctx context.Context, req *Request, resp *Response) error {
 	if c.slots != nil {
 		select {
 		case c.slots <- struct{}{}:
-			defer func() { <-c.slots }()
+			start := time.Now()
+			defer func() {
+				// A call cut short here may go on at the master until its
+				// own wait ends, and its stream with it: the slot is held
+				// as long, or the next call would be refused.
+				if hold := time.Until(start.Add(masterWait(req))); ctx.Err() != nil && hold > 0 {
+					time.AfterFunc(hold, func() { <-c.slots })
+					return
+				}
+				<-c.slots
+			}()
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -532,7 +544,7 @@ func (c *Client) call(ctx context.Context, req *Request, resp *Response) error {
 		// the master yet): it did nothing, and is sent again.
 		*resp = Response{}
 		select {
-		case <-time.After(time.Millisecond << min(refused, 6)):
+		case <-time.After(time.Millisecond << min(refused, 8)):
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -540,8 +552,21 @@ func (c *Client) call(ctx context.Context, req *Request, resp *Response) error {
 }
 
 // maxRefusedStreams bounds the times call sends again a call the master
-// refused for too many streams open at once.
+// refused for too many streams open at once (about 4 s in all).
 const maxRefusedStreams = 20
+
+// masterWait is the longest the master may work on req and its chain
+// (a get's or a put's wait), with a margin for the call itself.
+func masterWait(req *Request) time.Duration {
+	var d time.Duration
+	for r := req; r != nil; r = r.Then {
+		d = max(d, r.Timeout)
+	}
+	if d == 0 {
+		return 0
+	}
+	return d + 100*time.Millisecond
+}
 
 // callOnce is call on one stream.
 func (c *Client) callOnce(ctx context.Context, req *Request, resp *Response) error {

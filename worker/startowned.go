@@ -4,6 +4,7 @@ import (
 	"os/exec"
 	"runtime"
 	"sync"
+	"sync/atomic"
 )
 
 // startOwned starts cmd and returns a channel that gets cmd.Wait's error
@@ -38,6 +39,10 @@ func startOwned(cmd *exec.Cmd) (exited <-chan error, err error) {
 // for KillCommands.
 var running sync.Map // *exec.Cmd → struct{}
 
+// commandsKilled says KillCommands ran: the children's failures after it
+// are its doing, not a sign of a broken command (StdioConfig.Broken).
+var commandsKilled atomic.Bool
+
 // KillCommands kills every command that the package's handlers (command
 // mode, and --stdio's children) started and that still runs, with all it
 // started: for a program that must exit at once, such as qworker at its
@@ -45,6 +50,7 @@ var running sync.Map // *exec.Cmd → struct{}
 // leases run out; a command left running would go on with them. The
 // handlers see their commands fail.
 func KillCommands() {
+	commandsKilled.Store(true)
 	running.Range(func(k, _ any) bool {
 		_ = killGroup(k.(*exec.Cmd))
 		return true

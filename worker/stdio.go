@@ -47,7 +47,8 @@ type StdioConfig struct {
 	// restarts; nil discards them.
 	Logger *slog.Logger
 	// Broken, if set, is called once, when the children have failed
-	// (exited, broken the protocol, timed out or not started) BrokenAfter
+	// (exited, broken the protocol or not started; a timeout is no sign of
+	// it) BrokenAfter
 	// times between them before any of them answered a task: the command
 	// most likely cannot run here (a syntax error, a missing module), and
 	// every task would fail one attempt per restart until its queue has
@@ -152,7 +153,7 @@ func (h *stdioHealth) answer() { h.answered.Store(true) }
 // fail notes that child id failed with err, and calls broken once the
 // children have failed BrokenAfter times before any answer.
 func (h *stdioHealth) fail(id int, err error) {
-	if h.broken == nil || h.answered.Load() || err == nil {
+	if h.broken == nil || h.answered.Load() || err == nil || commandsKilled.Load() {
 		return
 	}
 	if n := h.failures.Add(1); n >= BrokenAfter {

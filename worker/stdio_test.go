@@ -393,4 +393,22 @@ func TestStdioBroken(t *testing.T) {
 	if n := calls.Load(); n != 0 {
 		t.Fatalf("Broken called %d times for children that answer", n)
 	}
+
+	// Slow is not broken: timeouts before any answer do not count.
+	slow, err := worker.NewStdio(worker.StdioConfig{
+		Command:     []string{"sh", "-c", `read -r x; sleep 60`},
+		TaskTimeout: 50 * time.Millisecond,
+		RestartMin:  time.Millisecond,
+		Broken:      func(err error) { calls.Add(1) },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close()
+	for range worker.BrokenAfter + 1 {
+		_, _ = slow.Handle(context.Background(), task(t, 1))
+	}
+	if n := calls.Load(); n != 0 {
+		t.Fatalf("Broken called %d times for children that time out", n)
+	}
 }

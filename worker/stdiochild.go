@@ -244,8 +244,10 @@ func (c *child) broken(err error) error {
 	p := c.proc
 	switch {
 	case errors.Is(err, os.ErrDeadlineExceeded):
+		// Slow is not broken (a first task that loads a model): not told
+		// to the Stdio's health.
 		c.stop(true)
-		return c.failedWith(childRestartError(c.id, fmt.Sprintf("timed out after %s; restarted", c.cfg.TaskTimeout), p.tail.take()))
+		return childRestartError(c.id, fmt.Sprintf("timed out after %s; restarted", c.cfg.TaskTimeout), p.tail.take())
 	case errors.Is(err, errProtocol):
 		c.stop(true)
 		c.cfg.Logger.Warn("child broke the protocol; restarting it", "child", c.id, "err", err)

@@ -75,6 +75,9 @@ func deleteRun(ctx context.Context, opts *deleteOptions) error {
 		fmt.Fprintf(opts.IO.ErrOut, "no queue %s to delete; the tasks waiting to reply to it are cancelled\n", opts.Queue)
 		return nil
 	}
+	if cancelled && err != nil {
+		return fmt.Errorf("queue %s: %w (the tasks waiting to reply to it are cancelled all the same)", opts.Queue, err)
+	}
 	if err != nil {
 		return fmt.Errorf("queue %s: %w", opts.Queue, err)
 	}

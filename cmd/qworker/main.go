@@ -19,12 +19,17 @@ func run() int {
 	// trivial and a command runs in processes of its own.
 	gomaxprocs.OneUnlessSet()
 	// SIGINT or SIGTERM drains. So does a hangup (the terminal or session
-	// that started qworker went away): by default it would kill qworker
-	// and leave its commands running, their tasks given to others too.
-	// A second signal exits at once, and kills the commands still
-	// running with all they started.
+	// that started qworker went away), unless qworker was started to
+	// ignore it (nohup): by default it would kill qworker and leave its
+	// commands running, their tasks given to others too. A second signal
+	// exits at once, and kills the commands still running with all they
+	// started.
+	signals := []os.Signal{os.Interrupt, syscall.SIGTERM}
+	if !signal.Ignored(syscall.SIGHUP) {
+		signals = append(signals, syscall.SIGHUP)
+	}
 	sigs := make(chan os.Signal, 2)
-	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	signal.Notify(sigs, signals...)
 	ctx, drain := context.WithCancel(context.Background())
 	defer drain()
 	go func() {
@@ -32,8 +37,7 @@ func run() int {
 		drain()
 		sig := <-sigs
 		worker.KillCommands()
-		signal.Reset(sig)
-		_ = syscall.Kill(os.Getpid(), sig.(syscall.Signal))
+		os.Exit(128 + int(sig.(syscall.Signal))) // as the signal's default action reports it
 	}()
 	f := newFactory()
 	err := newRootCmd(f, nil).ExecuteContext(ctx)

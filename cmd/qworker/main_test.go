@@ -94,7 +94,13 @@ func (o *output) Len() int {
 // it if it still runs.
 func start(t *testing.T, environ []string, args ...string) *proc {
 	t.Helper()
-	p := &proc{cmd: exec.Command(qworkerBin, args...), done: make(chan struct{})}
+	return startCmd(t, exec.Command(qworkerBin, args...), environ)
+}
+
+// startCmd is start of cmd, a command that runs qworker.
+func startCmd(t *testing.T, cmd *exec.Cmd, environ []string) *proc {
+	t.Helper()
+	p := &proc{cmd: cmd, done: make(chan struct{})}
 	p.cmd.Env = environ
 	p.cmd.Stdout, p.cmd.Stderr = &p.stdout, &p.stderr
 	if err := p.cmd.Start(); err != nil {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -241,6 +242,29 @@ func TestBrokenStdioCommandStops(t *testing.T) {
 	st, err := c.Stats(ctx, "tasks")
 	if err != nil || len(st) != 1 || st[0].Ready+st[0].Leased < 10-worker.BrokenAfter {
 		t.Errorf("stats %+v, %v; want all but at most %d tasks still there", st, err, worker.BrokenAfter)
+	}
+}
+
+// Started to ignore hangups (nohup), qworker goes on through one.
+func TestNohupIgnoresHangup(t *testing.T) {
+	addr, _ := qmtest.StartMaster(t, master.Config{})
+	c := qmtest.Dial(t, addr, "producer")
+	p := startCmd(t, exec.Command("nohup", qworkerBin, "--server", addr, "--builtin", "square"), env(keyEnv))
+	qmtest.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {
+		if !strings.Contains(p.stderr.String(), "connected to master") {
+			return errors.New("not connected yet")
+		}
+		return nil
+	})
+	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	ids := put(t, c, "tasks", []any{7})
+	if r := results(t, c, "results", 1, 10*time.Second)[0]; r.TaskID != ids[0] || r.Error != "" {
+		t.Fatalf("result %+v after a hangup, want task %d done", r, ids[0])
+	}
+	if strings.Contains(p.stderr.String(), "draining") {
+		t.Errorf("a worker started with nohup drained on a hangup:\n%s", p.stderr.String())
 	}
 }
 

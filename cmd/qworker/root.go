@@ -326,6 +326,7 @@ func runWorker(ctx context.Context, opts *options) error {
 	// A --stdio command that fails again and again before it answers any
 	// task stops the worker (drained), rather than fail every task of the
 	// queue one attempt per restart; the context's cause says why.
+	signalled := ctx
 	ctx, broken := context.WithCancelCause(ctx)
 	defer broken(nil)
 	switch {
@@ -358,7 +359,7 @@ func runWorker(ctx context.Context, opts *options) error {
 		}
 	}
 	log.Info("starting", "server", opts.Server, "queue", opts.Tasks, "run", mode, "concurrency", opts.Concurrency)
-	stopLog := context.AfterFunc(ctx, func() {
+	stopLog := context.AfterFunc(signalled, func() {
 		log.Info("signal received: draining; a second signal exits at once")
 	})
 	defer stopLog()

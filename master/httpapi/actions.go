@@ -6,6 +6,7 @@ import (
 	"net/http"
 
 	"github.com/qm-dev/qm/master/queue"
+	"github.com/qm-dev/qm/store"
 	"github.com/qm-dev/qm/wire"
 )
 
@@ -86,6 +87,8 @@ func statusOf(err error) int {
 		return http.StatusBadRequest
 	case errors.Is(err, wire.ErrShuttingDown), errors.Is(err, queue.ErrClosed):
 		return http.StatusServiceUnavailable
+	case errors.Is(err, store.ErrDiskFull), errors.Is(err, wire.ErrDiskFull):
+		return http.StatusInsufficientStorage // the change is refused until the disk has room
 	}
 	return http.StatusInternalServerError
 }

@@ -525,11 +525,13 @@ func (q *Queues) openBy(by time.Time, name string, create bool) (*stream, error)
 			Duplicates: q.cfg.DedupWindow,
 			Metadata:   map[string]string{metaQueueName: name},
 		}
+		firstTry := time.Now()
 		err = retrying(ctx, func(ctx context.Context) (err error) {
 			st, err = q.js.CreateStream(ctx, cfg)
-			if storeNotMade(err) {
+			if storeNotMade(err) && time.Since(firstTry) < storeRetryFor {
 				// A stream of this name deleted a moment before may still
 				// be leaving its files: the store is made on a next try.
+				// (Not for long: the same answer covers a full disk.)
 				err = errStoreNotMade{err}
 			}
 			return err

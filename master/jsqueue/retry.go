@@ -41,6 +41,10 @@ func storeNotMade(err error) bool {
 	return errors.As(err, &apiErr) && apiErr.ErrorCode == errCodeStoreFailed
 }
 
+// storeRetryFor bounds the retries of a stream's creation that JetStream
+// could not make a store for (errStoreNotMade).
+const storeRetryFor = time.Second
+
 // errStoreNotMade marks storeNotMade's answer to a stream's creation as
 // transient: a stream of that name deleted a moment before may still be
 // removing its files (seen once in CI: "error creating store for stream"
