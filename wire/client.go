@@ -552,7 +552,7 @@ func (c *Client) call(ctx context.Context, req *Request, resp *Response) error {
 }
 
 // maxRefusedStreams bounds the times call sends again a call the master
-// refused for too many streams open at once (about 4 s in all).
+// refused for too many streams open at once (about 3 s in all).
 const maxRefusedStreams = 20
 
 // masterWait is the longest the master may work on req and its chain
@@ -876,8 +876,10 @@ func (c *Client) Delete(ctx context.Context, queue string) error {
 // been handed out yet (Request.CancelTasks): whoever put them no longer
 // waits for their results. Tasks already running finish; their results
 // go nowhere. The tasks are cancelled even when the queue does not exist
-// (the error is then ErrUnknownQueue); cancelled is false only from a
-// master older than this call, which deletes the queue alone.
+// (the error is then ErrUnknownQueue) or a full disk keeps it
+// (ErrDiskFull). cancelled says whether the master cancelled them: not a
+// master older than this call, which deletes the queue alone, nor one
+// that refused the call otherwise.
 func (c *Client) DeleteCancelling(ctx context.Context, queue string) (cancelled bool, err error) {
 	var resp Response
 	err = c.call(ctx, &Request{Op: OpDelete, Queue: queue, CancelTasks: true}, &resp)
