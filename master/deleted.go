@@ -148,17 +148,16 @@ func (d *deletedQueues) cancelled(t *queue.Task, last *cancelCache) bool {
 	if t.ReplyTo == "" || d.cancelling.Load() == 0 {
 		return false
 	}
-	if !last.set || last.name != t.ReplyTo {
+	if last.name != t.ReplyTo { // never "": checked above
 		del, _ := d.lookup(t.ReplyTo)
-		*last = cancelCache{set: true, name: t.ReplyTo, cancelAt: del.cancelAt}
+		*last = cancelCache{name: t.ReplyTo, cancelAt: del.cancelAt}
 	}
 	return t.Enqueued.Before(last.cancelAt)
 }
 
 // cancelCache is cancelled's answer for one reply queue.
 type cancelCache struct {
-	set      bool
-	name     string
+	name     string // the reply queue, "" before the first lookup
 	cancelAt time.Time
 }
 

@@ -8,7 +8,6 @@ import (
 	"reflect"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -357,58 +356,48 @@ func TestStdioDrain(t *testing.T) {
 // once, naming the last failure; children that have answered a task do
 // not, however often they fail after.
 func TestStdioBroken(t *testing.T) {
-	var calls atomic.Int32
-	var last atomic.Value
+	calls, last, answered := brokenCalls(t, `echo "cannot import numpy" >&2; exit 1`, 0, worker.BrokenAfter+2)
+	if answered != 0 {
+		t.Fatalf("%d tasks answered by a child that exits", answered)
+	}
+	if calls != 1 || !strings.Contains(fmt.Sprint(last), "cannot import numpy") {
+		t.Fatalf("Broken called %d times, last with %v; want once, naming the child's stderr", calls, last)
+	}
+	if calls, _, _ := brokenCalls(t, `read -r x && echo $x; exit 1`, 0, worker.BrokenAfter+2); calls != 0 { // answers one task, then exits
+		t.Fatalf("Broken called %d times for children that answer", calls)
+	}
+	// Slow is not broken: timeouts before any answer do not count.
+	if calls, _, _ := brokenCalls(t, `read -r x; sleep 60`, 50*time.Millisecond, worker.BrokenAfter+1); calls != 0 {
+		t.Fatalf("Broken called %d times for children that time out", calls)
+	}
+}
+
+// brokenCalls runs tasks tasks, one after another, through a child running
+// script (with taskTimeout), and returns how often StdioConfig.Broken was
+// called, with what last, and how many tasks were answered.
+func brokenCalls(t *testing.T, script string, taskTimeout time.Duration, tasks int) (calls int, last error, answered int) {
+	t.Helper()
+	var mu sync.Mutex
 	s, err := worker.NewStdio(worker.StdioConfig{
-		Command:    []string{"sh", "-c", `echo "cannot import numpy" >&2; exit 1`},
-		RestartMin: time.Millisecond,
-		Broken:     func(err error) { calls.Add(1); last.Store(err) },
+		Command:     []string{"sh", "-c", script},
+		TaskTimeout: taskTimeout,
+		RestartMin:  time.Millisecond,
+		Broken: func(err error) {
+			mu.Lock()
+			defer mu.Unlock()
+			calls, last = calls+1, err
+		},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	for range worker.BrokenAfter + 2 {
+	for range tasks {
 		if _, err := s.Handle(context.Background(), task(t, 1)); err == nil {
-			t.Fatal("a task answered by a child that exits")
+			answered++
 		}
 	}
-	if n := calls.Load(); n != 1 || !strings.Contains(last.Load().(error).Error(), "cannot import numpy") {
-		t.Fatalf("Broken called %d times, last with %v; want once, naming the child's stderr", n, last.Load())
-	}
-
-	calls.Store(0)
-	once, err := worker.NewStdio(worker.StdioConfig{
-		Command:    []string{"sh", "-c", `read -r x && echo $x; exit 1`}, // answers one task, then exits
-		RestartMin: time.Millisecond,
-		Broken:     func(err error) { calls.Add(1) },
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer once.Close()
-	for range worker.BrokenAfter + 2 {
-		_, _ = once.Handle(context.Background(), task(t, 1))
-	}
-	if n := calls.Load(); n != 0 {
-		t.Fatalf("Broken called %d times for children that answer", n)
-	}
-
-	// Slow is not broken: timeouts before any answer do not count.
-	slow, err := worker.NewStdio(worker.StdioConfig{
-		Command:     []string{"sh", "-c", `read -r x; sleep 60`},
-		TaskTimeout: 50 * time.Millisecond,
-		RestartMin:  time.Millisecond,
-		Broken:      func(err error) { calls.Add(1) },
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer slow.Close()
-	for range worker.BrokenAfter + 1 {
-		_, _ = slow.Handle(context.Background(), task(t, 1))
-	}
-	if n := calls.Load(); n != 0 {
-		t.Fatalf("Broken called %d times for children that time out", n)
-	}
+	mu.Lock()
+	defer mu.Unlock()
+	return calls, last, answered
 }

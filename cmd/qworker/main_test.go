@@ -136,6 +136,17 @@ func (p *proc) wait(t *testing.T, d time.Duration) int {
 	}
 }
 
+// waitStderr waits until qworker's stderr holds text.
+func (p *proc) waitStderr(t *testing.T, text string) {
+	t.Helper()
+	qmtest.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {
+		if !strings.Contains(p.stderr.String(), text) {
+			return fmt.Errorf("no %q in qworker's stderr yet", text)
+		}
+		return nil
+	})
+}
+
 // runQworker runs qworker to its end and returns its exit code.
 func runQworker(t *testing.T, environ []string, args ...string) (int, *proc) {
 	t.Helper()

@@ -259,12 +259,7 @@ func TestNohupIgnoresHangup(t *testing.T) {
 	addr, _ := qmtest.StartMaster(t, master.Config{})
 	c := qmtest.Dial(t, addr, "producer")
 	p := startCmd(t, exec.Command("nohup", qworkerBin, "--server", addr, "--builtin", "square"), env(keyEnv))
-	qmtest.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {
-		if !strings.Contains(p.stderr.String(), "connected to master") {
-			return errors.New("not connected yet")
-		}
-		return nil
-	})
+	p.waitStderr(t, "connected to master")
 	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
@@ -297,12 +292,7 @@ func TestSecondSignalKillsCommands(t *testing.T) {
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	qmtest.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {
-		if !strings.Contains(p.stderr.String(), "draining") {
-			return errors.New("not draining yet")
-		}
-		return nil
-	})
+	p.waitStderr(t, "draining")
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
