@@ -356,7 +356,7 @@ func TestStdioDrain(t *testing.T) {
 // once, naming the last failure; children that have answered a task do
 // not, however often they fail after.
 func TestStdioBroken(t *testing.T) {
-	calls, last, answered := brokenCalls(t, `echo "cannot import numpy" >&2; exit 1`, 0, worker.BrokenAfter+2)
+	calls, answered, last := brokenCalls(t, `echo "cannot import numpy" >&2; exit 1`, 0, worker.BrokenAfter+2)
 	if answered != 0 {
 		t.Fatalf("%d tasks answered by a child that exits", answered)
 	}
@@ -374,8 +374,9 @@ func TestStdioBroken(t *testing.T) {
 
 // brokenCalls runs tasks tasks, one after another, through a child running
 // script (with taskTimeout), and returns how often StdioConfig.Broken was
-// called, with what last, and how many tasks were answered.
-func brokenCalls(t *testing.T, script string, taskTimeout time.Duration, tasks int) (calls int, last error, answered int) {
+// called, how many tasks were answered, and what Broken was called with
+// last.
+func brokenCalls(t *testing.T, script string, taskTimeout time.Duration, tasks int) (calls, answered int, last error) {
 	t.Helper()
 	var mu sync.Mutex
 	s, err := worker.NewStdio(worker.StdioConfig{
@@ -399,5 +400,5 @@ func brokenCalls(t *testing.T, script string, taskTimeout time.Duration, tasks i
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	return calls, last, answered
+	return calls, answered, last
 }
