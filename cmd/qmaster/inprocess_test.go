@@ -209,8 +209,9 @@ func startMap(t *testing.T, addr, tasks, stdin string) (out, errOut *syncBuffer,
 	return out, errOut, ch
 }
 
-// TestMapTasksQueueDeleted: a map whose tasks queue is deleted fails at
-// once, saying so, even when a worker's get has made the queue anew.
+// TestMapTasksQueueDeleted: a map whose tasks queue is deleted fails on
+// its next looks (two in a row find it gone), saying so, even when a
+// worker's get has made the queue anew.
 func TestMapTasksQueueDeleted(t *testing.T) {
 	for _, tc := range []struct {
 		name   string

@@ -65,11 +65,11 @@ result yet"); the lines after it are not printed. The final message says
 how many results came.
 
 While results are due and none has come for 5s, map looks at --tasks (a
-stats call, every 5s at most): if the queue was deleted, map fails at
-once, saying how many of its tasks went with it; if tasks sit there ready
-and none is taken (no worker connected, none serving --tasks, or the
-queue paused), or the queue holds none of them any more (purged), it says
-so once on stderr and goes on waiting.
+stats call, every 5s at most): if the queue was deleted (gone at two
+looks in a row), map fails, saying how many of its tasks went with it;
+if tasks sit there ready and none is taken (no worker connected, none
+serving --tasks, or the queue paused), or the queue holds none of them any
+more (purged), it says so once on stderr and goes on waiting.
 
 Given several --server addresses (gateways to one cluster), or a host name
 with the addresses of several hosts (an IPv4 and an IPv6 address are one
@@ -939,6 +939,7 @@ type tasksWatch struct {
 	told      map[string]bool // the kinds of note said
 	off       bool            // the key may not read the queue's figures
 	noClients bool            // the key may not list the clients
+	goneWith  int             // results due at the last look, if it found the queue gone
 }
 
 // check is mapState.check.
@@ -959,6 +960,15 @@ func (w *tasksWatch) check(ctx context.Context, submitted, outstanding int) (str
 		s := stats[0]
 		gone = s.Puts < uint64(submitted) && s.Ready+s.Leased+s.Delayed < outstanding
 	}
+	// Gone on two looks in a row, no result between them: one look may
+	// catch a cluster electing the stream's leader, whose members answer
+	// with their own state, which may be behind.
+	was := w.goneWith == outstanding
+	w.goneWith = 0
+	if gone {
+		w.goneWith = outstanding
+	}
+	gone = gone && was
 	if gone {
 		return "", fmt.Errorf("tasks queue %s was deleted; %d %s of this map went with it",
 			w.queue, outstanding, plural(outstanding, "task", "tasks"))

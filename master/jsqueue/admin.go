@@ -36,7 +36,7 @@ func (q *Queues) Stats(name string) (queue.Stats, error) {
 	}
 	ctx, cancel := q.call()
 	defer cancel()
-	si, err := s.st.Info(ctx, jetstream.WithSubjectFilter(packSubjects(s.subject)))
+	si, err := streamInfo(ctx, s.st, jetstream.WithSubjectFilter(packSubjects(s.subject)))
 	if err != nil {
 		return queue.Stats{}, q.adminErr(name, "stats", err)
 	}
@@ -54,12 +54,12 @@ func (q *Queues) Stats(name string) (queue.Stats, error) {
 // figures makes a queue's figures from its stream's state (and whether
 // the stream takes delayed tasks), asking only its consumer, within ctx.
 func (q *Queues) figures(ctx context.Context, s *stream, state jetstream.StreamState, schedules bool, dead int) (queue.Stats, error) {
-	ci, err := s.cons.Info(ctx)
+	ci, err := consumerInfo(ctx, s.cons, s.replicas())
 	if err != nil {
 		return queue.Stats{}, q.adminErr(s.queue, "stats", err)
 	}
 	for _, lv := range s.levelsDesc() { // the levels' consumers count too
-		li, err := lv.cons.Info(ctx)
+		li, err := consumerInfo(ctx, lv.cons, s.replicas())
 		if err != nil {
 			return queue.Stats{}, q.adminErr(s.queue, "stats", err)
 		}
@@ -230,7 +230,7 @@ func (q *Queues) statsOf(by time.Time, name string, states map[string]jetstream.
 	}
 	state, schedules := states[name], false
 	if state.Msgs > 0 { // packs, if any, counted by subject
-		si, err := s.st.Info(ctx, jetstream.WithSubjectFilter(packSubjects(s.subject)))
+		si, err := streamInfo(ctx, s.st, jetstream.WithSubjectFilter(packSubjects(s.subject)))
 		if err != nil {
 			return queue.Stats{}, q.adminErr(name, "stats", err)
 		}
@@ -257,7 +257,7 @@ func (q *Queues) scan(s *stream, window int, f func(seq uint64, t queue.Task, pa
 // task's message's times.
 func (q *Queues) scanAll(s *stream, window int, f func(seq uint64, t queue.Task, packed bool, at msgTimes) bool) error {
 	ctx, cancel := q.call()
-	info, err := s.st.Info(ctx)
+	info, err := streamInfo(ctx, s.st)
 	cancel()
 	if err != nil {
 		return q.adminErr(s.queue, "read", err)
@@ -384,7 +384,7 @@ func (q *Queues) Purge(name string) (int, error) {
 	}
 	ctx, cancel := q.call()
 	defer cancel()
-	si, err := s.st.Info(ctx, jetstream.WithSubjectFilter(packSubjects(s.subject)))
+	si, err := streamInfo(ctx, s.st, jetstream.WithSubjectFilter(packSubjects(s.subject)))
 	if err != nil {
 		return 0, q.adminErr(name, "purge", err)
 	}

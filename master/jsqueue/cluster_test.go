@@ -186,6 +186,58 @@ func TestClusterKeepsQueuesWhenTheLeaderDies(t *testing.T) {
 	}
 }
 
+// TestStreamStateOnlyFromItsLeader: while a queue's stream has no leader,
+// each member answers a look at it with its own state, which may be
+// behind (a restarted node's lacks what it had not written when killed);
+// a map's watch once took its tasks queue for deleted from such figures.
+// The gateway reads a stream's state from its leader only, and says so
+// when none answers.
+func TestStreamStateOnlyFromItsLeader(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a three-node cluster")
+	}
+	nodes := startCluster(t)
+	gw := newQueues(t, nodes[0], jsqueue.Config{Replicas: 3, RequestTimeout: 3 * time.Second})
+	put(t, gw, "jobs", "1", "2", "3")
+	if st, err := jsqueue.StreamStateFromLeader(gw, "jobs", 10*time.Second); err != nil || st.Msgs != 3 {
+		t.Fatalf("state %+v, %v; want 3 messages", st, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	js := nodeJS(t, nodes[0])
+	si, err := queueStream(ctx, js, "jobs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := js.Stream(ctx, si.Config.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes[1].Shutdown()
+	nodes[2].Shutdown()
+	// The member left answers once it has been leaderless a while.
+	qmtest.CheckFor(t, 45*time.Second, 200*time.Millisecond, func() error {
+		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		si, err := st.Info(ctx)
+		if err != nil {
+			return err
+		}
+		if si.Cluster == nil || si.Cluster.Leader != "" {
+			return fmt.Errorf("cluster %+v; want a member's answer, with no leader", si.Cluster)
+		}
+		return nil
+	})
+	if st, err := jsqueue.StreamStateFromLeader(gw, "jobs", 2*time.Second); err == nil {
+		t.Fatalf("state %+v read with no leader; want an error", st)
+	} else if !strings.Contains(err.Error(), "no leader answered") {
+		t.Fatalf("error %v; want it to say no leader answered", err)
+	}
+	if _, err := gw.Stats("jobs"); !errors.Is(err, queue.ErrUnavailable) {
+		t.Fatalf("stats with no leader: %v; want unavailable", err)
+	}
+}
+
 // TestNodeIsCurrentOnlyWithItsCluster: a node started again is current
 // (what /readyz?current waits for) once it has caught up with what was
 // put while it was down, and a node is not current while its cluster has

@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // SubscriptionsMade is how many subscriptions have been made on n's
@@ -129,3 +130,19 @@ func RecordWrites(q *Queues) (uint64, error) {
 // SetTestHookSettling makes f run in q's Ack between a completion's
 // record writes and its acks.
 func SetTestHookSettling(q *Queues, f func()) { q.testHookSettling = f }
+
+// StreamStateFromLeader is queue name's stream state as streamInfo reads
+// it, within d.
+func StreamStateFromLeader(q *Queues, name string, d time.Duration) (jetstream.StreamState, error) {
+	s, err := q.open(name, false)
+	if err != nil {
+		return jetstream.StreamState{}, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	si, err := streamInfo(ctx, s.st)
+	if err != nil {
+		return jetstream.StreamState{}, err
+	}
+	return si.State, nil
+}

@@ -253,6 +253,9 @@ type stream struct {
 	*local
 }
 
+// replicas is how many nodes keep s's stream.
+func (s *stream) replicas() int { return s.st.CachedInfo().Config.Replicas }
+
 // local is what a gateway keeps of a queue besides JetStream's stream
 // and consumer, guarded by Queues.mu.
 type local struct {

@@ -170,3 +170,49 @@ func (q *Queues) publishIf(ctx context.Context, subj string, value []byte, rev u
 // newWriteID returns a message ID for one compare-and-set write, which
 // its sends again share (publishIf).
 func newWriteID() string { return "qm-w-" + rand.Text() }
+
+// errNoLeaderAnswer is the error of a look at a stream or consumer that
+// only its members answered, while it had no leader.
+var errNoLeaderAnswer = errors.New("no leader answered (one is being elected); figures not read")
+
+// streamInfo returns st's info as its leader has it. While a replicated
+// stream elects a leader (its leader died), each member answers with its
+// own state, which may be behind: a restarted node's lacks what it had
+// not written when it was killed. A figure read from that would show
+// tasks vanishing (a map's watch took its queue for deleted), and a purge
+// up to its last sequence would leave tasks. Such answers are asked again
+// until a leader answers, or ctx ends.
+func streamInfo(ctx context.Context, st jetstream.Stream, opts ...jetstream.StreamInfoOpt) (*jetstream.StreamInfo, error) {
+	var si *jetstream.StreamInfo
+	err := retry(ctx, func() (bool, error) {
+		var err error
+		if si, err = st.Info(ctx, opts...); err != nil {
+			return false, err
+		}
+		if si.Cluster != nil && si.Cluster.Leader == "" {
+			return true, errNoLeaderAnswer
+		}
+		return false, nil
+	})
+	return si, err
+}
+
+// consumerInfo is streamInfo for a consumer of a stream of replicas. A
+// member answers without a leader in two ways: with its own state while
+// the consumer elects one, or, on a node starting again that has not yet
+// made the consumer's group, with its config and no state at all (no
+// cluster either).
+func consumerInfo(ctx context.Context, cons jetstream.Consumer, replicas int) (*jetstream.ConsumerInfo, error) {
+	var ci *jetstream.ConsumerInfo
+	err := retry(ctx, func() (bool, error) {
+		var err error
+		if ci, err = cons.Info(ctx); err != nil {
+			return false, err
+		}
+		if ci.Cluster != nil && ci.Cluster.Leader == "" || ci.Cluster == nil && replicas > 1 {
+			return true, errNoLeaderAnswer
+		}
+		return false, nil
+	})
+	return ci, err
+}
