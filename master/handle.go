@@ -94,7 +94,7 @@ func (c *clientConn) handle(req *wire.Request, buf *callBuffers) *wire.Response 
 			err = fmt.Errorf("%w: nack takes one task id", wire.ErrBadRequest)
 			break
 		}
-		err = q.Nack(queue.NackRequest{Queue: req.Queue, Owner: c.id, ID: req.IDs[0], Error: cutError(req.Error), RetryAfter: req.RetryAfter})
+		err = q.Nack(queue.NackRequest{Queue: req.Queue, Owner: c.id, ID: req.IDs[0], Error: cutError(req.Error), RetryAfter: req.RetryAfter, NoRetry: req.NoRetry})
 	case wire.OpRelease:
 		err = c.release(req)
 	case wire.OpExtend:
@@ -444,7 +444,7 @@ func (c *clientConn) complete(req *wire.Request, buf *callBuffers) error {
 	ids, values, tokens := buf.ids[:0], buf.values[:0], buf.tokens[:0]
 	for _, r := range req.Results {
 		if r.Error != "" {
-			if err := q.Nack(queue.NackRequest{Queue: req.Queue, Owner: c.id, ID: r.ID, Error: cutError(r.Error), RetryAfter: r.RetryAfter, Token: r.Token}); err != nil {
+			if err := q.Nack(queue.NackRequest{Queue: req.Queue, Owner: c.id, ID: r.ID, Error: cutError(r.Error), RetryAfter: r.RetryAfter, NoRetry: r.NoRetry, Token: r.Token}); err != nil {
 				errs = append(errs, err)
 			}
 			continue

@@ -3,6 +3,7 @@ package master_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -71,5 +72,59 @@ func TestNackRetryAfterOverTheWire(t *testing.T) {
 	}
 	if waited := time.Since(nacked); waited < 300*time.Millisecond {
 		t.Fatalf("redelivered after %v, before its retry-after", waited)
+	}
+}
+
+// TestNackNoRetryOverTheWire: a failed attempt marked not to be retried,
+// by a nack or in a completion, sends the task to the dead-letter queue
+// with an error result, its attempts left unused; on a single master and
+// through a gateway alike.
+func TestNackNoRetryOverTheWire(t *testing.T) {
+	for _, backend := range []string{"single", "gateway"} {
+		t.Run(backend, func(t *testing.T) {
+			cfg := master.Config{MaxAttempts: 5}
+			var addr string
+			if backend == "gateway" {
+				addr = startGatewayOn(t, startJetStream(t), cfg)
+			} else {
+				addr, _ = qmtest.StartMaster(t, cfg)
+			}
+			c := qmtest.Dial(t, addr, "worker")
+			ctx := ctxFor(t, 20*time.Second)
+			ids, err := c.Put(ctx, "q", []any{"by nack", "by completion", "fine"}, wire.PutOptions{ReplyTo: "r"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ts, err := c.Get(ctx, "q", wire.GetOptions{Max: 3, Timeout: 5 * time.Second})
+			if err != nil || len(ts) != 3 {
+				t.Fatalf("get: %v %v", ts, err)
+			}
+			if err := c.NackNoRetry(ctx, "q", ts[0].ID, "bad input"); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.Complete(ctx, "q", "", []wire.Completion{
+				{ID: ts[1].ID, Token: ts[1].Token, Error: "bad too", NoRetry: true},
+				{ID: ts[2].ID, Token: ts[2].Token, Error: "flaky"},
+			}); err != nil {
+				t.Fatal(err)
+			}
+			res, err := c.Get(ctx, "r", wire.GetOptions{Max: 2, Timeout: 5 * time.Second, NoAck: true})
+			if err != nil || len(res) != 2 {
+				t.Fatalf("error results: %+v, %v; want 2", res, err)
+			}
+			for i, want := range []string{"bad input", "bad too"} {
+				r, err := wire.DecodeResult(res[i].Payload)
+				if err != nil || r.TaskID != ids[i] || r.Attempt != 1 || !strings.HasSuffix(r.Error, ": "+want) {
+					t.Errorf("error result %+v, %v; want task %d's %q after 1 attempt", r, err, ids[i], want)
+				}
+			}
+			again, err := c.Get(ctx, "q", wire.GetOptions{Max: 3, Timeout: 5 * time.Second})
+			if err != nil || len(again) != 1 || again[0].ID != ids[2] || again[0].Attempt != 2 {
+				t.Fatalf("after the failures got %+v, %v; want only the flaky task, at attempt 2", again, err)
+			}
+			if dead, err := c.Peek(ctx, "q.dead", 5); err != nil || len(dead) != 2 {
+				t.Fatalf("dead-letter queue: %+v, %v; want the two tasks", dead, err)
+			}
+		})
 	}
 }

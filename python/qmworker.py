@@ -18,6 +18,9 @@ attempt's error. print() inside the function writes to stderr, so that it
 cannot break the protocol on stdout. Raise Retry(seconds, "why") to fail
 the attempt and have the task wait that long before its next delivery
 (a service that said "come back in a minute"); it counts as an attempt.
+Raise Fail("why") for an attempt that would fail however often it ran (bad
+input): the task goes to the dead-letter queue now, attempts left or not
+(under --stdio; in command mode it fails the attempt as any exception).
 
 @task runs the worker when the script's top level has finished, if the
 function is defined in the script itself (__main__); elsewhere, call
@@ -31,7 +34,7 @@ import os
 import sys
 import traceback
 
-__all__ = ["task", "run", "Retry", "ERROR_PREFIX"]
+__all__ = ["task", "run", "Retry", "Fail", "ERROR_PREFIX"]
 __version__ = "0.1.0"
 
 # A line that starts with this fails the attempt; no JSON text starts with "!".
@@ -39,6 +42,8 @@ ERROR_PREFIX = b"!error "
 # A line that starts with this fails the attempt and says when to retry:
 # "!retry SECONDS TEXT".
 RETRY_PREFIX = b"!retry "
+# A line that starts with this fails the attempt, not to be retried.
+FAIL_PREFIX = b"!fail "
 # The first line in stdio mode: this child answers every task with one line.
 PIPELINE_HELLO = b"!pipeline\n"
 
@@ -112,6 +117,10 @@ class Retry(Exception):
         self.seconds = float(seconds)
 
 
+class Fail(Exception):
+    """Fail this attempt for good: the task goes to the dead-letter queue, not retried."""
+
+
 def _answer(fn, line, stderr):
     try:
         payload = json.loads(line)
@@ -122,6 +131,8 @@ def _answer(fn, line, stderr):
     except Retry as exc:
         text = " ".join(str(exc).split()) or "retry later"
         return RETRY_PREFIX + ("%r %s" % (exc.seconds, text)).encode() + b"\n"
+    except Fail as exc:
+        return FAIL_PREFIX + (" ".join(str(exc).split()) or "failed").encode() + b"\n"
     except Exception as exc:  # noqa: BLE001 - every failure is the attempt's
         return ERROR_PREFIX + _error_text(exc, stderr).encode() + b"\n"
 

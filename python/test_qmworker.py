@@ -60,6 +60,12 @@ class Stdio(unittest.TestCase):
         with self.assertRaises(ValueError):
             qmworker.Retry(-1)
 
+    def test_fail_is_a_fail_line(self):
+        def bad(x):
+            raise qmworker.Fail("not an\nimage")
+        _, out, _ = self.serve(bad, b"1\n")
+        self.assertEqual(out, b"!fail not an image\n")
+
     def test_last_line_without_newline(self):
         self.assertEqual(self.serve(square, b"2\n3")[1], b"4\n9\n")
 

@@ -760,6 +760,13 @@ func (c *Client) NackAfter(ctx context.Context, queue string, id uint64, reason 
 	return c.call(ctx, &Request{Op: OpNack, Queue: queue, IDs: []uint64{id}, Error: reason, RetryAfter: retryAfter}, &Response{})
 }
 
+// NackNoRetry is Nack for an attempt that would fail however often the
+// task ran (bad input): the task goes to its dead-letter queue now,
+// whatever attempts it has left. An older master retries it.
+func (c *Client) NackNoRetry(ctx context.Context, queue string, id uint64, reason string) error {
+	return c.call(ctx, &Request{Op: OpNack, Queue: queue, IDs: []uint64{id}, Error: reason, NoRetry: true}, &Response{})
+}
+
 // Extend renews the leases of tasks this client holds for lease (0: the
 // master's default).
 func (c *Client) Extend(ctx context.Context, queue string, lease time.Duration, ids ...uint64) error {

@@ -264,6 +264,9 @@ func appendCompletion(b []byte, c *Completion) []byte {
 	if c.RetryAfter != 0 {
 		n++
 	}
+	if c.NoRetry {
+		n++
+	}
 	if c.Token != "" {
 		n++
 	}
@@ -280,6 +283,9 @@ func appendCompletion(b []byte, c *Completion) []byte {
 	}
 	if c.RetryAfter != 0 {
 		b = msgp.AppendInt(msgp.AppendStr(b, "retry_after"), int64(c.RetryAfter))
+	}
+	if c.NoRetry {
+		b = msgp.AppendBool(msgp.AppendStr(b, "no_retry"), true)
 	}
 	if c.Token != "" {
 		b = msgp.AppendStr(msgp.AppendStr(b, "tok"), c.Token)
@@ -313,6 +319,8 @@ func (c *Completion) decode(rd *msgp.Reader) error {
 			c.Error, err = rd.Str()
 		case "retry_after":
 			c.RetryAfter, err = readDuration(rd)
+		case "no_retry":
+			c.NoRetry, err = rd.Bool()
 		case "tok":
 			c.Token, err = rd.Str()
 		default:
@@ -335,7 +343,7 @@ func appendRequest(b []byte, r *Request) []byte {
 		r.Timeout != 0, r.Lease != 0, r.NoAck, len(r.IDs) > 0, r.Error != "", len(r.Results) > 0,
 		r.ResultQueue != "", r.Role != "", r.Name != "", r.Then != nil,
 		r.Delay != 0, !r.At.IsZero(), r.Priority != 0, len(r.Keys) > 0, r.RequestID != "", r.Resent, r.RetryAfter != 0,
-		r.MaxAttempts != 0, r.BackoffMin != 0, r.BackoffMax != 0, len(r.Tokens) > 0, len(r.Attempts) > 0, r.CancelTasks} {
+		r.MaxAttempts != 0, r.BackoffMin != 0, r.BackoffMax != 0, len(r.Tokens) > 0, len(r.Attempts) > 0, r.CancelTasks, r.NoRetry} {
 		if set {
 			n++
 		}
@@ -436,6 +444,9 @@ func appendRequest(b []byte, r *Request) []byte {
 	if r.RetryAfter != 0 {
 		b = msgp.AppendInt(msgp.AppendStr(b, "retry_after"), int64(r.RetryAfter))
 	}
+	if r.NoRetry {
+		b = msgp.AppendBool(msgp.AppendStr(b, "no_retry"), true)
+	}
 	if r.MaxAttempts != 0 {
 		b = msgp.AppendInt(msgp.AppendStr(b, "max_attempts"), int64(r.MaxAttempts))
 	}
@@ -535,6 +546,8 @@ func (r *Request) decode(rd *msgp.Reader, chained bool) error {
 			r.CancelTasks, err = rd.Bool()
 		case "retry_after":
 			r.RetryAfter, err = readDuration(rd)
+		case "no_retry":
+			r.NoRetry, err = rd.Bool()
 		case "max_attempts":
 			r.MaxAttempts, err = readInt(rd)
 		case "backoff_min":

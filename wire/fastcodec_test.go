@@ -79,6 +79,7 @@ func TestFastCodecMatchesReflection(t *testing.T) {
 	for _, c := range []Completion{
 		{ID: 9, Value: msgpack.RawMessage{0x01}, Error: "x"},
 		{ID: 10, Value: msgpack.RawMessage{0x02}, Token: "tok"},
+		{ID: 11, Error: "bad input", NoRetry: true, RetryAfter: time.Second},
 	} {
 		var pc plainCompletion
 		if err := msgpack.Unmarshal(mustMarshal(t, c), &pc); err != nil || !reflect.DeepEqual(Completion(pc), c) {

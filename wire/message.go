@@ -92,6 +92,10 @@ type Request struct {
 	// RetryAfter (nack) is how long the task waits before its next
 	// delivery, instead of its queue's backoff.
 	RetryAfter time.Duration `msgpack:"retry_after,omitempty"`
+	// NoRetry (nack) says the task would fail again however often it ran
+	// (bad input): it goes to the dead-letter queue now, whatever
+	// attempts it has left. An older master ignores it and retries.
+	NoRetry bool `msgpack:"no_retry,omitempty"`
 	// Tokens (extend) are the tokens of the deliveries of IDs, in the same
 	// order, when another gateway handed them out (Task.Token).
 	Tokens []string `msgpack:"toks,omitempty"`
@@ -125,6 +129,9 @@ type Completion struct {
 	// RetryAfter, with an Error, is how long the task waits before its
 	// next delivery, instead of its queue's backoff.
 	RetryAfter time.Duration `msgpack:"retry_after,omitempty"`
+	// NoRetry, with an Error, sends the task to the dead-letter queue now,
+	// whatever attempts it has left (see Request.NoRetry).
+	NoRetry bool `msgpack:"no_retry,omitempty"`
 	// Token is the Token of the task's delivery, when it had one: it lets
 	// another gateway than the one that handed the task out complete it
 	// (see Task.Token).

@@ -39,6 +39,34 @@ type retryAfterError struct {
 func (e *retryAfterError) Error() string { return e.err.Error() }
 func (e *retryAfterError) Unwrap() error { return e.err }
 
+// NoRetry wraps err, a handler's failure, to say that the task would
+// fail again however often it ran (its input is bad, say): it goes to its
+// queue's dead-letter queue now, with err as its last error, rather than
+// use up its attempts. (The master keeps the dead-letter queue's tasks:
+// an operator can requeue them once the cause is fixed.)
+//
+//	return nil, worker.NoRetry(fmt.Errorf("not an image: %w", err))
+//
+// A master older than this package retries the task as any failed one.
+func NoRetry(err error) error {
+	if err == nil {
+		err = errors.New("failed; not to be retried")
+	}
+	return &noRetryError{err: err}
+}
+
+type noRetryError struct{ err error }
+
+func (e *noRetryError) Error() string { return e.err.Error() }
+func (e *noRetryError) Unwrap() error { return e.err }
+
+// isNoRetry reports whether a handler's error asks for no retry
+// (NoRetry; a --stdio child's "!fail" line becomes one).
+func isNoRetry(err error) bool {
+	var nr *noRetryError
+	return errors.As(err, &nr)
+}
+
 // retryAfterOf returns the wait a handler's error asks for (RetryAfter;
 // a --stdio child's retry line becomes one), or 0.
 func retryAfterOf(err error) time.Duration {

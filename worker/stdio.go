@@ -113,7 +113,8 @@ const DefaultStdioPipeline = 32
 // Stdio runs tasks through long-lived child processes that speak the
 // line protocol of docs/WORKERS.md: a task's payload as one line of JSON
 // on the child's stdin, its result as one line of JSON on the child's
-// stdout, or "!error TEXT" to fail the attempt.
+// stdout, or "!error TEXT" to fail the attempt ("!retry SECONDS TEXT" to
+// say when to try again, "!fail TEXT" not to).
 //
 // Each child is owned by one goroutine, which alone writes to it, reads
 // from it, stops and restarts it. Handlers hand their tasks to whichever

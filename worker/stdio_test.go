@@ -1,11 +1,13 @@
 package worker_test
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
 	"math"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -118,6 +120,29 @@ done`, worker.StdioConfig{})
 	defer mu.Unlock()
 	if len(starts) != 2 || starts[1].Sub(starts[0]) < 400*time.Millisecond {
 		t.Fatalf("attempts at %v; want the second 400ms after the first", starts)
+	}
+}
+
+// TestStdioFailLine: "!fail TEXT" fails the attempt with TEXT, not to be
+// retried: the task is dead-lettered after it, attempts left or not.
+func TestStdioFailLine(t *testing.T) {
+	s := startStdio(t, `while read -r x; do
+	if [ "$x" = '"bad"' ]; then echo "!fail cannot parse"; else echo "$x"; fi
+done`, worker.StdioConfig{})
+	addr, _ := qmtest.StartMaster(t, master.Config{MaxAttempts: 5})
+	c := qmtest.Dial(t, addr, "producer")
+	put(t, c, "tasks", []any{"bad", 7}, wire.PutOptions{ReplyTo: "results"})
+	startWorker(t, testConfig(t, addr, s.Handle))
+	rs := results(t, c, "results", 2, 10*time.Second)
+	slices.SortFunc(rs, func(a, b wire.Result) int { return cmp.Compare(a.TaskID, b.TaskID) })
+	if !strings.HasSuffix(rs[0].Error, ": cannot parse") || rs[0].Attempt != 1 {
+		t.Fatalf("result %+v, want the error cannot parse after 1 attempt of 5", rs[0])
+	}
+	if rs[1].Error != "" || value(t, rs[1]) != int64(7) {
+		t.Fatalf("result %+v, want 7: the child goes on after a fail line", rs[1])
+	}
+	if st := stats(t, c, "tasks"); st.Dead != 1 || st.Nacks != 1 {
+		t.Errorf("tasks queue: %+v, want 1 dead after 1 nack", st)
 	}
 }
 
@@ -275,6 +300,7 @@ done`
 		scfg   worker.StdioConfig
 		bad    any
 		want   string
+		once   bool // not retried: it would fail alike
 	}{
 		{name: "garbage", script: child("echo garbage"), bad: "bad",
 			want: `broke the stdio protocol: output line is not JSON: "garbage" (a stdio child writes only its answers to stdout; banners and logs go to stderr); restarted`},
@@ -286,7 +312,7 @@ done`
 		{name: "hangs", script: child("sleep 60"), bad: "bad", scfg: worker.StdioConfig{TaskTimeout: 300 * time.Millisecond},
 			want: "timed out after 300ms; restarted"},
 		{name: "result larger than the master takes", mcfg: master.Config{MaxMessageSize: 64 << 10},
-			script: child(`printf '"%0100000d"\n' 0`), bad: "bad", want: "is over the largest the master takes"},
+			script: child(`printf '"%0100000d"\n' 0`), bad: "bad", want: "is over the largest the master takes", once: true},
 		{name: "payload the child cannot parse", script: child(`echo "!error cannot parse $x"`), bad: "bad",
 			want: `cannot parse "bad"`},
 		{name: "payload that is not JSON", script: echoChild, bad: math.NaN(),
@@ -308,8 +334,12 @@ done`
 						t.Errorf("task %d: %+v, want %d", i, r, want)
 					}
 				}
-				if r := got[ids[1]]; !strings.Contains(r.Error, tt.want) || r.Attempt != 2 {
-					t.Errorf("bad task: %+v, want error with %q after 2 attempts", r, tt.want)
+				attempts := 2
+				if tt.once {
+					attempts = 1
+				}
+				if r := got[ids[1]]; !strings.Contains(r.Error, tt.want) || r.Attempt != attempts {
+					t.Errorf("bad task: %+v, want error with %q after %d attempts", r, tt.want, attempts)
 				}
 				if st := stats(t, c, "tasks"); st.Dead != 1 || st.Done != 3 {
 					t.Errorf("tasks queue: %+v, want 3 done and 1 dead", st)

@@ -22,6 +22,9 @@ const (
 	// retryPrefix starts a line that fails the attempt and says when to
 	// try again: "!retry SECONDS TEXT" (worker.RetryAfter).
 	retryPrefix = "!retry"
+	// failPrefix starts a line that fails the attempt for good: "!fail
+	// TEXT" (worker.NoRetry).
+	failPrefix = "!fail"
 	// pipelineHello is the line a child may send before its first
 	// answer to take tasks ahead: it promises exactly one line per task.
 	pipelineHello = "!pipeline"
@@ -38,10 +41,11 @@ var errPipelineHello = errors.New("pipeline hello")
 var errProtocol = errors.New("broke the stdio protocol")
 
 // childError is an attempt failed by the child itself, with an error
-// line, or a retry line that also says how long to wait.
+// line, a retry line that also says how long to wait, or a fail line.
 type childError struct {
 	text       string
 	retryAfter time.Duration
+	noRetry    bool
 }
 
 func (e *childError) Error() string { return e.text }
@@ -59,6 +63,11 @@ func parseResultLine(line []byte) (any, error) {
 		}
 		var retryAfter time.Duration
 		rest, ok := bytes.CutPrefix(line, []byte(errorPrefix))
+		noRetry := false
+		if !ok {
+			rest, noRetry = bytes.CutPrefix(line, []byte(failPrefix))
+			ok = noRetry
+		}
 		if !ok {
 			if rest, ok = bytes.CutPrefix(line, []byte(retryPrefix)); ok {
 				var err error
@@ -77,7 +86,7 @@ func parseResultLine(line []byte) (any, error) {
 		if text == "" {
 			text = "the child reported an error"
 		}
-		return nil, &childError{text: text, retryAfter: retryAfter}
+		return nil, &childError{text: text, retryAfter: retryAfter, noRetry: noRetry}
 	}
 	if v, ok := parseInt(line); ok {
 		return v, nil

@@ -19,6 +19,7 @@ func FuzzChildOutput(f *testing.F) {
 		"!errorx\n", "!msgpack\n", "!pipeline\n1\n", "garbage\n", "\n", "1 2\n", "[1,\n", "1\n2\n", "\"a\u2028b\"\n",
 		"\"" + string(bytes.Repeat([]byte("x"), 100)) + "\"\n", "\xff\xfe\n", "!error \xff\n", "123",
 		"!retry 30 rate limited\n", "!retry 0.5\n", "!retry\n", "!retry -1 x\n", "!retry NaN x\n", "!retry 1e300 x\n", "!retryx\n",
+		"!fail bad input\n", "!fail\n", "!failx\n",
 	} {
 		f.Add([]byte(seed), uint16(64))
 	}

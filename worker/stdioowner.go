@@ -195,6 +195,8 @@ func (o *owner) answer(l childLine) {
 		return
 	case ce != nil && ce.retryAfter > 0:
 		l.err = RetryAfter(ce.retryAfter, errors.New(ce.text))
+	case ce != nil && ce.noRetry:
+		l.err = NoRetry(errors.New(ce.text))
 	case ce != nil:
 		l.err = errors.New(ce.text)
 	}

@@ -37,21 +37,26 @@ func (r *runner) runTask(j job) {
 	r.res.progress.Store(start.Add(took).UnixNano())
 	c := wire.Completion{ID: t.ID, Token: t.Token}
 	if err == nil {
+		// A result that cannot be sent would fail every attempt alike.
 		c.Value, err = wire.Encode(v)
 		switch {
 		case err != nil:
-			err = fmt.Errorf("result: %w", err)
+			err = NoRetry(fmt.Errorf("result: %w", err))
 		case len(c.Value) > s.maxValue:
-			err = fmt.Errorf("result of %s is over the largest the master takes (%s)",
-				bytesize.Format(int64(len(c.Value))), bytesize.Format(int64(s.maxValue)))
+			err = NoRetry(fmt.Errorf("result of %s is over the largest the master takes (%s)",
+				bytesize.Format(int64(len(c.Value))), bytesize.Format(int64(s.maxValue))))
 		}
 	}
 	switch {
 	case l.lost():
 		log.Debug("task ended after its lease was lost; result dropped", "err", err)
 	case err != nil:
-		c.Value, c.Error, c.RetryAfter = nil, errorText(err), retryAfterOf(err)
-		log.Warn("task failed", "queue", t.Queue, "task", t.ID, "attempt", t.Attempt, "took", took, "err", c.Error)
+		c.Value, c.Error, c.RetryAfter, c.NoRetry = nil, errorText(err), retryAfterOf(err), isNoRetry(err)
+		if c.NoRetry {
+			log.Warn("task failed, not to be retried", "queue", t.Queue, "task", t.ID, "attempt", t.Attempt, "took", took, "err", c.Error)
+		} else {
+			log.Warn("task failed", "queue", t.Queue, "task", t.ID, "attempt", t.Attempt, "took", took, "err", c.Error)
+		}
 	case debug:
 		log.Debug("task done", "took", took)
 	}

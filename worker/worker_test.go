@@ -233,6 +233,43 @@ func TestFailingTaskIsDeadLettered(t *testing.T) {
 	}
 }
 
+// TestNoRetry: a task whose attempt would fail however often it ran goes
+// to the dead-letter queue after that attempt, its reply queue told,
+// whatever attempts it has left: the handler said so (NoRetry), or its
+// result cannot be sent.
+func TestNoRetry(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		handler worker.Handler
+		want    string
+	}{
+		{"said so", func(context.Context, worker.Task) (any, error) {
+			return nil, worker.NoRetry(errors.New("not an image"))
+		}, "not an image"},
+		{"result not encodable", func(context.Context, worker.Task) (any, error) {
+			return make(chan int), nil
+		}, "result: "},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			addr, _ := qmtest.StartMaster(t, master.Config{MaxAttempts: 5})
+			c := qmtest.Dial(t, addr, "producer")
+			ids := put(t, c, "tasks", []any{1}, wire.PutOptions{ReplyTo: "replies"})
+			startWorker(t, testConfig(t, addr, tt.handler))
+			r := results(t, c, "replies", 1, 10*time.Second)[0]
+			if r.TaskID != ids[0] || !strings.Contains(r.Error, tt.want) || r.Attempt != 1 {
+				t.Fatalf("result %+v, want error with %q after 1 attempt of 5", r, tt.want)
+			}
+			if st := stats(t, c, "tasks"); st.Dead != 1 || st.Nacks != 1 || st.Ready != 0 {
+				t.Errorf("tasks queue: %+v, want 1 dead after 1 nack", st)
+			}
+			dead, err := c.Peek(context.Background(), "tasks.dead", 1)
+			if err != nil || len(dead) != 1 || dead[0].ID != ids[0] || !strings.Contains(dead[0].LastError, tt.want) {
+				t.Errorf("dead-letter queue: %+v, %v; want the task with its error", dead, err)
+			}
+		})
+	}
+}
+
 // A task that runs for three leases is not redelivered: its lease is
 // renewed while it runs.
 func TestLeaseIsExtended(t *testing.T) {

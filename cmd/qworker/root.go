@@ -76,7 +76,8 @@ involved: use sh -c '...' for pipes and redirections.
 With --stdio, qworker starts --concurrency copies of COMMAND once and keeps
 them: it writes each task's payload to a child's stdin as one line of JSON,
 and the child answers with one line on stdout, the result as JSON, or
-"!error TEXT" to fail the attempt (docs/WORKERS.md has the exact bytes). A
+"!error TEXT" to fail the attempt ("!fail TEXT": not to be retried;
+docs/WORKERS.md has the exact bytes). A
 child's stderr goes to the log. A child that exits, hangs past
 --task-timeout or breaks the protocol is stopped, the attempt it held
 fails with the end of its stderr, and it is restarted with backoff. The

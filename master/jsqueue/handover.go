@@ -363,7 +363,7 @@ func (q *Queues) nackMoved(req queue.NackRequest) error {
 	q.mu.Lock()
 	q.counters(req.Queue).nacks++
 	q.mu.Unlock()
-	return q.fail(&lease{key: leaseKey{req.Queue, req.ID}, s: s, msg: &nats.Msg{Reply: req.Token}, task: t}, req.Error, req.RetryAfter)
+	return q.fail(&lease{key: leaseKey{req.Queue, req.ID}, s: s, msg: &nats.Msg{Reply: req.Token}, task: t}, req.Error, req.RetryAfter, req.NoRetry)
 }
 
 // disown undoes adoptOrphan for a task whose results could not be stored:
@@ -376,7 +376,7 @@ func (q *Queues) disown(o orphan) (ok bool) {
 		// It runs again stored alone.
 		ctx, cancel := q.call()
 		defer cancel()
-		if err := q.storeFailed(ctx, o.packed, o.packDone, "results not stored", -1); err != nil {
+		if err := q.storeFailed(ctx, o.packed, o.packDone, "results not stored", -1, false); err != nil {
 			q.log.Warn("a packed task whose results were not stored is not stored again either; it runs again if its pack is delivered again",
 				"queue", o.packed.s.queue, "task", o.task.ID, "err", err)
 			return false

@@ -2,6 +2,7 @@ package jsqueue_test
 
 import (
 	"errors"
+	"sync"
 	"testing"
 	"time"
 
@@ -238,5 +239,65 @@ func TestManyRedeliveriesAreRecorded(t *testing.T) {
 		if published, err := ackThrough(c, 7, first[i]); !errors.Is(err, queue.ErrNotLeased) || len(published) != 0 {
 			t.Fatalf("the first delivery of task %d: published %+v, %v; want ErrNotLeased", first[i].ID, published, err)
 		}
+	}
+}
+
+// A failed attempt that is not to be retried (NoRetry) sends its task to
+// the dead-letter queue at once, attempts left or not: packed or not,
+// reported through the gateway that handed it out or through another.
+func TestNoRetryDeadLettersAtOnce(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		pack      int
+		elsewhere bool
+	}{
+		{"alone", 1, false},
+		{"alone, through another gateway", 1, true},
+		{"packed", 8, false},
+		{"packed, through another gateway", 8, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var mu sync.Mutex
+			var dead []queue.Task
+			onDead := func(name string, task queue.Task) {
+				mu.Lock()
+				defer mu.Unlock()
+				dead = append(dead, task)
+			}
+			n := startNode(t)
+			ncA := connect(t, n)
+			cfg := jsqueue.Config{Pack: tc.pack, MaxAttempts: 5, OnDead: onDead}
+			cfg.Conn = ncA
+			a := newQueues(t, n, cfg)
+			cfg.Conn = nil
+			b := newQueues(t, n, cfg)
+			ids := put(t, a, "jobs", "bad", "good")
+			got := get(t, a, "jobs", 1, 1, time.Minute, time.Second)
+			if len(got) != 1 || got[0].ID != ids[0] {
+				t.Fatalf("got %+v, want the first task", got)
+			}
+			via := a
+			if tc.elsewhere {
+				ncA.Close()
+				via = b
+			}
+			if err := via.Nack(queue.NackRequest{Queue: "jobs", Owner: 1, ID: ids[0], Error: "bad input", NoRetry: true, Token: got[0].Token}); err != nil {
+				t.Fatal(err)
+			}
+			mu.Lock()
+			if len(dead) != 1 || dead[0].ID != ids[0] || dead[0].Attempts != 1 || dead[0].LastError != "bad input" {
+				t.Errorf("dead %+v: want the task after its first attempt of 5, with its error", dead)
+			}
+			mu.Unlock()
+			if dts, err := b.Peek(queue.DeadLetterName("jobs"), 10); err != nil || len(dts) != 1 || dts[0].ID != ids[0] {
+				t.Fatalf("dead-letter queue %+v, %v: want the task", dts, err)
+			}
+			if tc.elsewhere {
+				return // a's pack, with the second task, comes back after its ack wait
+			}
+			if ts := get(t, a, "jobs", 2, 2, time.Minute, 2*time.Second); len(ts) != 1 || ts[0].ID != ids[1] {
+				t.Fatalf("then got %+v, want only the second task", ts)
+			}
+		})
 	}
 }

@@ -510,7 +510,7 @@ func (q *Queues) Nack(req queue.NackRequest) error {
 	if l == nil {
 		return q.notLeased(name, []uint64{id})
 	}
-	return q.fail(l, errText, req.RetryAfter)
+	return q.fail(l, errText, req.RetryAfter, req.NoRetry)
 }
 
 // ExtendDeliveries renews deliveries named by their tokens, which another
@@ -527,10 +527,10 @@ func (q *Queues) ExtendDeliveries(name string, ids []uint64, tokens []string) er
 }
 
 // fail ends a failed delivery l: a nak (delayed by retryAfter if > 0), or
-// the dead-letter queue after the last attempt.
-func (q *Queues) fail(l *lease, errText string, retryAfter time.Duration) error {
+// the dead-letter queue after the last attempt or if noRetry is set.
+func (q *Queues) fail(l *lease, errText string, retryAfter time.Duration, noRetry bool) error {
 	p := q.policy(l.key.queue)
-	if l.task.Attempts >= p.MaxAttempts && !queue.IsDeadLetterName(l.key.queue) {
+	if (l.task.Attempts >= p.MaxAttempts || noRetry) && !queue.IsDeadLetterName(l.key.queue) {
 		return q.deadLetter(l, errText)
 	}
 	if retryAfter <= 0 && !queue.IsDeadLetterName(l.key.queue) {
@@ -995,7 +995,7 @@ func (q *Queues) reap(now time.Time) (byQueue map[string]int, held bool) {
 			"queue", p.queue, "tasks", p.tasks, "left", p.left)
 	}
 	for _, l := range expired {
-		if err := q.fail(l, errExpired, 0); err != nil {
+		if err := q.fail(l, errExpired, 0, false); err != nil {
 			q.log.Warn("could not give back an expired lease; JetStream redelivers it after AckWait", "queue", l.key.queue, "task", l.key.id, "err", err)
 		}
 	}

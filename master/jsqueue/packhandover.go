@@ -297,7 +297,7 @@ func (q *Queues) failPacked(s *stream, req queue.NackRequest) error {
 	if err == nil && ok {
 		var r recordState
 		if r, ok, err = q.takeHandout(ctx, h); err == nil && ok {
-			return q.storeFailed(ctx, h, r.done == allTasks(h.tasks), req.Error, req.RetryAfter)
+			return q.storeFailed(ctx, h, r.done == allTasks(h.tasks), req.Error, req.RetryAfter, req.NoRetry)
 		}
 	}
 	if err != nil {
@@ -328,18 +328,18 @@ func (q *Queues) doneHere(h *packedHandout) {
 
 // storeFailed stores the task of h, marked done in its pack
 // (takeHandout), again alone after a failed attempt: at the end of its
-// queue, or in its dead-letter queue after its last attempt. If it cannot
-// be, the mark is taken back. packDone says the mark finished the pack,
+// queue, or in its dead-letter queue after its last attempt or if noRetry
+// is set. If it cannot be, the mark is taken back. packDone says the mark finished the pack,
 // to be acked. A retry waits retryAfter, if > 0, or none if < 0, else
 // the queue's backoff: it is stored as a delayed task (scheduling.go),
 // due then.
-func (q *Queues) storeFailed(ctx context.Context, h *packedHandout, packDone bool, errText string, retryAfter time.Duration) error {
+func (q *Queues) storeFailed(ctx context.Context, h *packedHandout, packDone bool, errText string, retryAfter time.Duration, noRetry bool) error {
 	q.mu.Lock()
 	q.counters(h.s.queue).nacks++
 	q.mu.Unlock()
 	t := h.task
 	t.LastError = errText
-	dead := t.Attempts >= q.policy(h.s.queue).MaxAttempts && !queue.IsDeadLetterName(h.s.queue)
+	dead := (t.Attempts >= q.policy(h.s.queue).MaxAttempts || noRetry) && !queue.IsDeadLetterName(h.s.queue)
 	to, err := h.s, error(nil)
 	if dead {
 		to, err = q.open(queue.DeadLetterName(h.s.queue), true)

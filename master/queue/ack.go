@@ -92,6 +92,9 @@ type NackRequest struct {
 	// RetryAfter, if > 0, is how long the task waits before its next
 	// delivery, instead of its queue's backoff.
 	RetryAfter time.Duration
+	// NoRetry sends the task to the dead-letter queue now, whatever
+	// attempts it has left: the attempt would fail however often it ran.
+	NoRetry bool
 	// Token is the delivery's token, if it had one (see AckRequest.Tokens).
 	Token string
 }
@@ -99,8 +102,8 @@ type NackRequest struct {
 // Nack ends a failed attempt of a task leased by req.Owner: it goes back
 // to the front of its queue with LastError set to req.Error, after its
 // retry backoff (or req.RetryAfter) if there is one, or, if its Attempts
-// have reached its queue's max attempts, to the dead-letter queue (then
-// OnDead is called). A *TaskError wrapping ErrNotLeased if the owner does
+// have reached its queue's max attempts or req.NoRetry is set, to the
+// dead-letter queue (then OnDead is called). A *TaskError wrapping ErrNotLeased if the owner does
 // not hold it.
 func (m *Manager) Nack(req NackRequest) error {
 	if req.RetryAfter < 0 || req.RetryAfter > MaxBackoff {
@@ -121,7 +124,7 @@ func (m *Manager) Nack(req NackRequest) error {
 	ts := [1]Task{q.unlease(l)}
 	q.nacks++
 	c := clock{m: m}
-	dead := q.requeueFailed(ts[:], req.Error, req.RetryAfter, &c)
+	dead := q.requeueFailed(ts[:], req.Error, req.RetryAfter, req.NoRetry, &c)
 	q.settle(&c)
 	m.unlock(q)
 	m.deadLetter(q.name, dead)

@@ -320,10 +320,11 @@ func (q *queue) settle(c *clock) {
 
 // requeueFailed ends failed attempts of tasks already unleased: each goes
 // back to the front, in id order, with LastError set, or is returned to be
-// dead-lettered if it has used up its attempts. One that must wait first,
+// dead-lettered if it has used up its attempts or noRetry is set (tasks of
+// a dead-letter queue are never dead-lettered). One that must wait first,
 // retryAfter if it is > 0 or else its queue's backoff, waits in the delay
 // heap. Called with q.mu held; the caller must settle.
-func (q *queue) requeueFailed(ts []Task, errText string, retryAfter time.Duration, c *clock) (dead []Task) {
+func (q *queue) requeueFailed(ts []Task, errText string, retryAfter time.Duration, noRetry bool, c *clock) (dead []Task) {
 	if len(ts) > 1 {
 		slices.SortFunc(ts, func(a, b Task) int { return cmp.Compare(a.ID, b.ID) })
 	}
@@ -335,7 +336,7 @@ func (q *queue) requeueFailed(ts []Task, errText string, retryAfter time.Duratio
 			q.pushFront(t, store.Requeue)
 			continue
 		}
-		if t.Attempts >= p.MaxAttempts {
+		if t.Attempts >= p.MaxAttempts || noRetry {
 			dead = append(dead, t)
 			continue
 		}

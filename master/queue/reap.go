@@ -54,7 +54,7 @@ func (m *Manager) expireLeases(now time.Time, each func(queue string, n int)) in
 		n += len(ts)
 		q.expired += uint64(len(ts))
 		c := clock{m: m, t: now, ok: true}
-		dead := q.requeueFailed(ts, "lease expired", 0, &c)
+		dead := q.requeueFailed(ts, "lease expired", 0, false, &c)
 		q.settle(&c)
 		m.unlock(q)
 		m.deadLetter(q.name, dead)
@@ -153,7 +153,7 @@ func (m *Manager) Release(owner uint64) int {
 		}
 		n += len(ts)
 		c := clock{m: m}
-		dead := q.requeueFailed(ts, "worker disconnected", 0, &c)
+		dead := q.requeueFailed(ts, "worker disconnected", 0, false, &c)
 		q.settle(&c)
 		m.unlock(q)
 		m.deadLetter(q.name, dead)
