@@ -79,6 +79,16 @@ type Config struct {
 	// long, time spent unable to reach the master included; zero never
 	// ends it.
 	IdleExit time.Duration
+	// DrainTimeout bounds a drain (Run's ctx cancelled): handlers still
+	// running that long after have their ctx cancelled with cause
+	// ErrDrainTimeout, and their tasks go back to the master, in front of
+	// their queue for other workers (with no attempt used on a single
+	// master); what they return is dropped. Set it below the time a
+	// supervisor gives a stopping worker before it kills it (Kubernetes'
+	// grace period, systemd's TimeoutStopSec): killed instead, the worker
+	// leaves its tasks to wait for their leases to run out. Zero waits
+	// for the handlers however long they run.
+	DrainTimeout time.Duration
 	// MaxTasks ends Run (with nil) once this many tasks have been handled,
 	// failed ones included; zero is unlimited.
 	MaxTasks int
@@ -118,6 +128,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("worker config: Lease must be at least %s", minLease)
 	case c.IdleExit < 0:
 		return errors.New("worker config: IdleExit must not be negative")
+	case c.DrainTimeout < 0:
+		return errors.New("worker config: DrainTimeout must not be negative")
 	case c.MaxTasks < 0:
 		return errors.New("worker config: MaxTasks must not be negative")
 	case c.ReconnectMin < 0:

@@ -2,6 +2,7 @@ package worker
 
 import (
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -13,6 +14,10 @@ var (
 	// dropped or the lease could not be renewed, so the task goes (or went)
 	// to another worker and this result would be discarded.
 	ErrLeaseLost = errors.New("task lease lost")
+	// ErrDrainTimeout is the cause of a handler's ctx cancellation when the
+	// worker's drain ran past Config.DrainTimeout: its task was given back
+	// to the master for another worker. It wraps ErrLeaseLost.
+	ErrDrainTimeout = fmt.Errorf("drain timed out; task given back to the master: %w", ErrLeaseLost)
 )
 
 // RetryAfter wraps err, a handler's failure, with how long the task should

@@ -214,7 +214,14 @@ func (r *runner) serve(ctx context.Context, s *session) (stop bool, err error) {
 		completing bool       // the completer has a batch of ours
 		draining   bool       // no more gets: wait until nothing is in flight
 		stopErr    error      // why serve stops once drained, if for an error
+		drainEnd   *time.Timer
+		drainOver  <-chan time.Time // fires Config.DrainTimeout into a drain
 	)
+	defer func() {
+		if drainEnd != nil {
+			drainEnd.Stop()
+		}
+	}()
 	// quit returns, once nothing is in flight, after the completer's reply.
 	quit := func(err error) (bool, error) {
 		if completing {
@@ -230,6 +237,10 @@ func (r *runner) serve(ctx context.Context, s *session) (stop bool, err error) {
 		}
 		var t tally
 		held, t = r.res.take(held)
+		if ctx.Err() != nil && r.cfg.DrainTimeout > 0 && drainEnd == nil {
+			drainEnd = time.NewTimer(r.cfg.DrainTimeout)
+			drainOver = drainEnd.C
+		}
 		slots := r.slots()
 		t.running += r.runWaiting(s, slots-t.running)
 		// Nothing goes to the completer on a session that is gone: results
@@ -356,6 +367,10 @@ func (r *runner) serve(ctx context.Context, s *session) (stop bool, err error) {
 				cancelled = nil // the next round drains
 			case <-overstayC:
 				r.overstayAt = time.Time{} // fired: the next round looks
+			case <-drainOver:
+				drainOver = nil
+				held, _ = r.res.take(held)
+				r.giveBack(s, held)
 			case <-lost:
 				return r.connectionLost(s, held, completing, draining, stopErr)
 			case <-closed:
@@ -672,6 +687,37 @@ func (r *runner) release(s *session, why string) {
 		return
 	}
 	r.log.Info("gave back tasks not started, for other workers", "tasks", len(give), "why", why)
+}
+
+// giveBack ends a drain that ran past Config.DrainTimeout: the tasks of s
+// whose outcomes are not in done nor on their way are given back to the
+// master for other workers (running or waiting to start), their handlers'
+// contexts cancelled with cause ErrDrainTimeout. What those handlers
+// return is dropped (session.completing). A failed release leaves the
+// tasks to their leases.
+func (r *runner) giveBack(s *session, done []finished) {
+	ls := s.giveUp(done, ErrDrainTimeout)
+	for _, j := range r.pool.takeBeyondSlots() {
+		r.res.dropUnrun(j.s, j.l)
+	}
+	r.dropWaiting(true)
+	if len(ls) == 0 {
+		return
+	}
+	tasks := make([]wire.Task, len(ls))
+	for i, l := range ls {
+		tasks[i] = wire.Task{ID: l.id, Attempt: l.attempt, Token: l.token}
+	}
+	ctx, cancel := context.WithTimeout(r.base, releaseTimeout)
+	err := s.c.Release(ctx, r.cfg.Tasks, tasks)
+	cancel()
+	if err != nil {
+		r.log.Warn("drain timed out; running tasks cancelled, but not given back: they run again once their leases run out",
+			"drain_timeout", r.cfg.DrainTimeout, "tasks", len(ls), "err", err)
+		return
+	}
+	r.log.Warn("drain timed out; running tasks cancelled and given back, for other workers",
+		"drain_timeout", r.cfg.DrainTimeout, "tasks", len(ls))
 }
 
 // releaseTimeout bounds a release: on a master that does not answer, the

@@ -58,6 +58,7 @@ type session struct {
 type lease struct {
 	s          *session
 	id         uint64
+	attempt    int           // the delivery's, as the master counts them
 	received   time.Time     // when the worker took the task
 	length     time.Duration // as granted by the master
 	renewed    time.Time     // when the last grant or renewal was asked for
@@ -168,7 +169,7 @@ func (s *session) close() {
 // context. The lease counts from now, a little after the master granted
 // it, which the renewal margin covers.
 func (s *session) track(t Task, now time.Time) *lease {
-	l := &lease{s: s, id: t.ID, received: now, length: t.Lease, renewed: now, handover: t.Token != "", token: t.Token}
+	l := &lease{s: s, id: t.ID, attempt: t.Attempt, received: now, length: t.Lease, renewed: now, handover: t.Token != "", token: t.Token}
 	s.mu.Lock()
 	s.leases[t.ID] = l
 	early := l.length > 0 && l.renewed.Add(l.length/3).Before(s.wakeAt)
@@ -385,6 +386,30 @@ func (s *session) renewed(ids []uint64, at time.Time) {
 			l.renewed = at
 		}
 	}
+}
+
+// giveUp forgets the leases of s whose outcomes are not in done nor on
+// their way (their handlers run, or their tasks wait to start), ends their
+// handlers' contexts with cause, and returns them: their tasks are to go
+// back to the master.
+func (s *session) giveUp(done []finished, cause error) []*lease {
+	keep := make(map[*lease]bool, len(done))
+	for _, f := range done {
+		keep[f.l] = true
+	}
+	s.mu.Lock()
+	var ls []*lease
+	for id, l := range s.leases {
+		if !l.completing && !keep[l] {
+			ls = append(ls, l)
+			delete(s.leases, id)
+		}
+	}
+	s.mu.Unlock()
+	for _, l := range ls {
+		l.end(cause)
+	}
+	return ls
 }
 
 // lost cancels the handler of a task the master no longer holds for us.

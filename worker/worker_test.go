@@ -340,6 +340,60 @@ func TestDrainOnCancel(t *testing.T) {
 	}
 }
 
+// TestDrainTimeout: a drain that runs past DrainTimeout cancels the
+// handlers still running, with cause ErrDrainTimeout, gives their tasks
+// back to the master at once, unattempted, drops what the handlers then
+// return, and ends; a handler that finished in time has its result sent.
+func TestDrainTimeout(t *testing.T) {
+	addr, _ := qmtest.StartMaster(t, master.Config{})
+	c := qmtest.Dial(t, addr, "producer")
+	ids := put(t, c, "tasks", []any{"quick", "slow"}, wire.PutOptions{})
+
+	started := make(chan struct{}, 2)
+	var cause atomic.Value
+	h := func(ctx context.Context, task worker.Task) (any, error) {
+		started <- struct{}{}
+		if v, _ := task.Value(); v == "quick" {
+			<-time.After(100 * time.Millisecond) // finishes during the drain, in time
+			return "done", nil
+		}
+		<-ctx.Done()
+		cause.Store(context.Cause(ctx))
+		return "too late", nil
+	}
+	cfg := testConfig(t, addr, h)
+	cfg.Concurrency = 2
+	cfg.DrainTimeout = 300 * time.Millisecond
+	w := startWorker(t, cfg)
+	for range 2 {
+		select {
+		case <-started:
+		case <-time.After(5 * time.Second):
+			t.Fatal("handlers never started")
+		}
+	}
+	w.cancel()
+	if err := w.wait(t, 5*time.Second); err != nil {
+		t.Fatalf("Run after cancel = %v, want nil", err)
+	}
+	if got, _ := cause.Load().(error); !errors.Is(got, worker.ErrDrainTimeout) || !errors.Is(got, worker.ErrLeaseLost) {
+		t.Errorf("slow handler's ctx cause = %v, want ErrDrainTimeout (an ErrLeaseLost)", got)
+	}
+	r := results(t, c, "results", 1, 5*time.Second)[0]
+	if r.TaskID != ids[0] || value(t, r) != "done" {
+		t.Fatalf("result %+v, want the quick task's", r)
+	}
+	noMoreResults(t, c, "results")
+	// Given back: ready at once, not after its lease (30s), unattempted.
+	if st := stats(t, c, "tasks"); st.Ready != 1 || st.Leased != 0 || st.Done != 1 {
+		t.Fatalf("tasks queue %+v: want the slow task ready again, the quick one done", st)
+	}
+	ts, err := c.Get(context.Background(), "tasks", wire.GetOptions{})
+	if err != nil || len(ts) != 1 || ts[0].ID != ids[1] || ts[0].Attempt != 1 {
+		t.Fatalf("get after the drain: %+v, %v; want the slow task at attempt 1", ts, err)
+	}
+}
+
 func TestIdleExit(t *testing.T) {
 	addr, _ := qmtest.StartMaster(t, master.Config{})
 	c := qmtest.Dial(t, addr, "producer")

@@ -307,13 +307,59 @@ func TestSecondSignalKillsCommands(t *testing.T) {
 	})
 }
 
+// TestDrainTimeoutGivesBackRunningTasks: with --drain-timeout, a drain
+// that outlasts it kills the command still running, with all it started,
+// gives its task back for other workers at once (not after its lease,
+// and unattempted), and exits 0.
+func TestDrainTimeoutGivesBackRunningTasks(t *testing.T) {
+	addr, _ := qmtest.StartMaster(t, master.Config{})
+	c := qmtest.Dial(t, addr, "producer")
+	ids := put(t, c, "tasks", []any{1})
+	pgidFile := filepath.Join(t.TempDir(), "pgid")
+	p := start(t, env(keyEnv), "--server", addr, "--drain-timeout", "300ms", "--",
+		"sh", "-c", "echo $$ > "+pgidFile+"; sleep 60; cat")
+	var pgid int
+	qmtest.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {
+		b, err := os.ReadFile(pgidFile)
+		if err == nil {
+			pgid, err = strconv.Atoi(strings.TrimSpace(string(b)))
+		}
+		return err
+	})
+	begin := time.Now()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := p.wait(t, 10*time.Second); code != 0 {
+		t.Fatalf("exit %d, want 0; stderr:\n%s", code, p.stderr.String())
+	}
+	if took := time.Since(begin); took < 300*time.Millisecond {
+		t.Errorf("exited %v after the signal, before --drain-timeout", took)
+	}
+	if !strings.Contains(p.stderr.String(), "drain timed out; running tasks cancelled and given back") {
+		t.Errorf("stderr does not say the drain timed out:\n%s", p.stderr.String())
+	}
+	qmtest.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error { // killed, then reaped
+		if err := syscall.Kill(-pgid, 0); !errors.Is(err, syscall.ESRCH) {
+			return fmt.Errorf("the command's process group %d: %v, want it gone", pgid, err)
+		}
+		return nil
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ts, err := c.Get(ctx, "tasks", wire.GetOptions{})
+	if err != nil || len(ts) != 1 || ts[0].ID != ids[0] || ts[0].Attempt != 1 {
+		t.Fatalf("get after the drain: %+v, %v; want the task back at once, at attempt 1", ts, err)
+	}
+}
+
 // The flags reach the worker's configuration.
 func TestFlagsToConfig(t *testing.T) {
 	var got *options
 	f := &factory{Out: &bytes.Buffer{}, ErrOut: &bytes.Buffer{}, Getenv: func(string) string { return "" }}
 	cmd := newRootCmd(f, func(o *options) error { got = o; return nil })
 	cmd.SetArgs([]string{"--server", "m:5000", "--authkey", "k", "--tasks", "in", "--results", "out",
-		"--concurrency", "4", "--prefetch", "7", "--get-timeout", "2s", "--idle-exit", "1m", "--max-tasks", "9", "--lease", "30s",
+		"--concurrency", "4", "--prefetch", "7", "--get-timeout", "2s", "--idle-exit", "1m", "--drain-timeout", "20s", "--max-tasks", "9", "--lease", "30s",
 		"--task-timeout", "10s", "--name", "w1", "--log-level", "debug", "--log-format", "json",
 		"grep", "-c", "x"})
 	if err := cmd.Execute(); err != nil {
@@ -322,7 +368,7 @@ func TestFlagsToConfig(t *testing.T) {
 	cfg := got.config([]byte("k"), nil)
 	if cfg.Server != "m:5000" || cfg.Tasks != "in" || cfg.Results != "out" || cfg.Concurrency != 4 ||
 		cfg.GetTimeout != 2*time.Second || cfg.IdleExit != time.Minute || cfg.MaxTasks != 9 ||
-		cfg.Lease != 30*time.Second || cfg.Name != "w1" || cfg.MaxPrefetch != 7 {
+		cfg.Lease != 30*time.Second || cfg.Name != "w1" || cfg.MaxPrefetch != 7 || cfg.DrainTimeout != 20*time.Second {
 		t.Errorf("config %+v", cfg)
 	}
 	if !slices.Equal(got.Command, []string{"grep", "-c", "x"}) || got.TaskTimeout != 10*time.Second {

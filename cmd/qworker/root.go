@@ -38,6 +38,7 @@ type options struct {
 	Prefetch       int
 	GetTimeout     time.Duration
 	IdleExit       time.Duration
+	DrainTimeout   time.Duration
 	MaxTasks       int
 	Lease          time.Duration
 	TaskTimeout    time.Duration
@@ -104,9 +105,13 @@ change that.
 
 SIGINT, SIGTERM or SIGHUP drains: qworker takes no new task, gives back
 those it took and has not started, lets the running ones finish and
-report their results, and exits 0. A second signal exits at once, killing
-the commands still running with all they started (their tasks run again
-after their leases). Logs go to stderr.
+report their results, and exits 0. With --drain-timeout, tasks still
+running that long after are stopped (their commands killed) and given
+back for other workers at once; set it below the time your supervisor
+waits before it kills (Kubernetes' grace period, systemd's
+TimeoutStopSec). A second signal exits at once, killing the commands
+still running with all they started (their tasks run again after their
+leases). Logs go to stderr.
 
 Exit status: 0 after a drain, --idle-exit or --max-tasks; 1 on an error,
 such as a rejected authkey; 2 on a usage error.`,
@@ -159,6 +164,7 @@ such as a rejected authkey; 2 on a usage error.`,
 	fl.IntVar(&opts.Prefetch, "prefetch", worker.DefaultMaxPrefetch, "most tasks taken beyond those running, when they finish faster than a request to the master (0: none)")
 	fl.DurationVar(&opts.GetTimeout, "get-timeout", 5*time.Second, "how long each request for tasks waits at the master")
 	fl.DurationVar(&opts.IdleExit, "idle-exit", 0, "exit 0 after this long without a task, time unable to reach the master included (0: never)")
+	fl.DurationVar(&opts.DrainTimeout, "drain-timeout", 0, "on a drain, stop the tasks still running after this long (killing their commands) and give them back to the master for other workers (0: wait however long they run)")
 	fl.IntVar(&opts.MaxTasks, "max-tasks", 0, "exit 0 after handling this many tasks, failed ones included (0: unlimited)")
 	fl.DurationVar(&opts.Lease, "lease", 0, "lease asked for each task; renewed every third of it while the task runs (0: the master's default)")
 	fl.DurationVar(&opts.TaskTimeout, "task-timeout", 0, "kill COMMAND, and all it started, after this long on one task; the attempt fails; a --stdio child is restarted (0: no limit)")
@@ -208,6 +214,8 @@ func (o *options) validate() error {
 		return usageErrorf("--get-timeout must be positive")
 	case o.IdleExit < 0:
 		return usageErrorf("--idle-exit must not be negative (0 is never)")
+	case o.DrainTimeout < 0:
+		return usageErrorf("--drain-timeout must not be negative (0 is no limit)")
 	case o.MaxTasks < 0:
 		return usageErrorf("--max-tasks must not be negative (0 is unlimited)")
 	case o.Lease < 0:
@@ -244,18 +252,19 @@ func (o *options) validate() error {
 // config is the worker configuration for the flags, without a handler.
 func (o *options) config(key []byte, log *slog.Logger) worker.Config {
 	return worker.Config{
-		Server:      o.Server,
-		Authkey:     key,
-		Name:        o.Name,
-		Tasks:       o.Tasks,
-		Results:     o.Results,
-		Concurrency: o.Concurrency,
-		MaxPrefetch: o.maxPrefetch(),
-		GetTimeout:  o.GetTimeout,
-		Lease:       o.Lease,
-		IdleExit:    o.IdleExit,
-		MaxTasks:    o.MaxTasks,
-		Logger:      log,
+		Server:       o.Server,
+		Authkey:      key,
+		Name:         o.Name,
+		Tasks:        o.Tasks,
+		Results:      o.Results,
+		Concurrency:  o.Concurrency,
+		MaxPrefetch:  o.maxPrefetch(),
+		GetTimeout:   o.GetTimeout,
+		Lease:        o.Lease,
+		IdleExit:     o.IdleExit,
+		DrainTimeout: o.DrainTimeout,
+		MaxTasks:     o.MaxTasks,
+		Logger:       log,
 	}
 }
 
