@@ -281,14 +281,7 @@ func TestSecondSignalKillsCommands(t *testing.T) {
 	put(t, c, "tasks", []any{1})
 	pgidFile := filepath.Join(t.TempDir(), "pgid")
 	p := start(t, env(keyEnv), "--server", addr, "--", "sh", "-c", "echo $$ > "+pgidFile+"; sleep 60; cat")
-	var pgid int
-	qmtest.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {
-		b, err := os.ReadFile(pgidFile)
-		if err == nil {
-			pgid, err = strconv.Atoi(strings.TrimSpace(string(b)))
-		}
-		return err
-	})
+	pgid := readPgid(t, pgidFile)
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -299,12 +292,7 @@ func TestSecondSignalKillsCommands(t *testing.T) {
 	if code := p.wait(t, 10*time.Second); code == 0 {
 		t.Errorf("exit 0 after a second signal; stderr:\n%s", p.stderr.String())
 	}
-	qmtest.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
-		if err := syscall.Kill(-pgid, 0); !errors.Is(err, syscall.ESRCH) {
-			return fmt.Errorf("the command's process group %d: %v, want it gone", pgid, err)
-		}
-		return nil
-	})
+	waitGroupGone(t, pgid)
 }
 
 // TestDrainTimeoutGivesBackRunningTasks: with --drain-timeout, a drain
@@ -318,14 +306,7 @@ func TestDrainTimeoutGivesBackRunningTasks(t *testing.T) {
 	pgidFile := filepath.Join(t.TempDir(), "pgid")
 	p := start(t, env(keyEnv), "--server", addr, "--drain-timeout", "300ms", "--",
 		"sh", "-c", "echo $$ > "+pgidFile+"; sleep 60; cat")
-	var pgid int
-	qmtest.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {
-		b, err := os.ReadFile(pgidFile)
-		if err == nil {
-			pgid, err = strconv.Atoi(strings.TrimSpace(string(b)))
-		}
-		return err
-	})
+	pgid := readPgid(t, pgidFile)
 	begin := time.Now()
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -339,18 +320,40 @@ func TestDrainTimeoutGivesBackRunningTasks(t *testing.T) {
 	if !strings.Contains(p.stderr.String(), "drain timed out; running tasks cancelled and given back") {
 		t.Errorf("stderr does not say the drain timed out:\n%s", p.stderr.String())
 	}
-	qmtest.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error { // killed, then reaped
-		if err := syscall.Kill(-pgid, 0); !errors.Is(err, syscall.ESRCH) {
-			return fmt.Errorf("the command's process group %d: %v, want it gone", pgid, err)
-		}
-		return nil
-	})
+	waitGroupGone(t, pgid)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	ts, err := c.Get(ctx, "tasks", wire.GetOptions{})
 	if err != nil || len(ts) != 1 || ts[0].ID != ids[0] || ts[0].Attempt != 1 {
 		t.Fatalf("get after the drain: %+v, %v; want the task back at once, at attempt 1", ts, err)
 	}
+}
+
+// readPgid waits for the command under test to write its process group
+// ID (echo $$) to file, and returns it.
+func readPgid(t *testing.T, file string) int {
+	t.Helper()
+	var pgid int
+	qmtest.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {
+		b, err := os.ReadFile(file)
+		if err == nil {
+			pgid, err = strconv.Atoi(strings.TrimSpace(string(b)))
+		}
+		return err
+	})
+	return pgid
+}
+
+// waitGroupGone waits until process group pgid is gone: killed, and its
+// processes reaped.
+func waitGroupGone(t *testing.T, pgid int) {
+	t.Helper()
+	qmtest.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+		if err := syscall.Kill(-pgid, 0); !errors.Is(err, syscall.ESRCH) {
+			return fmt.Errorf("the command's process group %d: %v, want it gone", pgid, err)
+		}
+		return nil
+	})
 }
 
 // The flags reach the worker's configuration.
