@@ -384,7 +384,8 @@ func (s *Server) tooLargeTask(queueName string, id uint64, size int) error {
 // tooLargeToHandOut answers a get whose first task, of size bytes with
 // its fields, does not fit a message even alone: stored before items were
 // bounded (maxItem), or under a larger --max-message-size. The others go
-// back. A leased task fails its attempt, so that it ends in the
+// back. A leased task fails its attempt, not to be retried (no client
+// can take it under this --max-message-size), so that it ends in the
 // dead-letter queue rather than stop its queue; one taken for good goes
 // back too, and the get fails, saying why.
 func (c *clientConn) tooLargeToHandOut(req queue.GetRequest, ts []queue.Task, size int) error {
@@ -396,7 +397,7 @@ func (c *clientConn) tooLargeToHandOut(req queue.GetRequest, ts []queue.Task, si
 		return err
 	}
 	c.s.queues.Unget(req, ts[1:])
-	if nerr := c.s.queues.Nack(queue.NackRequest{Queue: req.Queue, Owner: req.Owner, ID: t.ID, Error: cutError(err.Error()), Token: t.Token}); nerr != nil {
+	if nerr := c.s.queues.Nack(queue.NackRequest{Queue: req.Queue, Owner: req.Owner, ID: t.ID, Error: cutError(err.Error()), NoRetry: true, Token: t.Token}); nerr != nil {
 		return nerr
 	}
 	return nil // the worker asks again, for the tasks behind it

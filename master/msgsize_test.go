@@ -77,8 +77,9 @@ func TestItemsBoundedToWhatAGetCanHandOut(t *testing.T) {
 }
 
 // A task stored under a larger --max-message-size than the master has now
-// does not stop its queue: a leased get fails its attempt (until it is
-// dead) and the tasks behind it are handed out; a get for good says why.
+// does not stop its queue: a leased get fails its attempt, not to be
+// retried (it goes to the dead-letter queue at once, attempts left or
+// not), and the tasks behind it are handed out; a get for good says why.
 func TestTaskStoredTooLargeForTheMessageSize(t *testing.T) {
 	dir := t.TempDir()
 	addr, srv := qmtest.StartMaster(t, master.Config{DataDir: dir})
@@ -91,7 +92,7 @@ func TestTaskStoredTooLargeForTheMessageSize(t *testing.T) {
 	c.Close()
 	srv.Close()
 
-	addr, _ = qmtest.StartMaster(t, master.Config{DataDir: dir, MaxMessageSize: 64 << 10, MaxAttempts: 1})
+	addr, _ = qmtest.StartMaster(t, master.Config{DataDir: dir, MaxMessageSize: 64 << 10, MaxAttempts: 3})
 	c = qmtest.Dial(t, addr, "consumer")
 	_, err = c.Get(ctx, "big", wire.GetOptions{Max: 2, NoAck: true})
 	if !errors.Is(err, wire.ErrBadRequest) || !strings.Contains(err.Error(), "more than a message") {

@@ -43,7 +43,7 @@ func (q *Queues) Stats(name string) (queue.Stats, error) {
 	dead := 0
 	if !queue.IsDeadLetterName(name) {
 		if ds, err := q.open(queue.DeadLetterName(name), false); err == nil {
-			if di, err := ds.st.Info(ctx); err == nil {
+			if di, err := streamInfo(ctx, ds.st); err == nil {
 				dead = int(di.State.Msgs)
 			}
 		}
@@ -135,18 +135,26 @@ func (q *Queues) adminErr(name, what string, err error) error {
 	return q.engineErr(what+" "+name, err)
 }
 
+// listed is a stream's state as a listing of the streams gave it.
+type listed struct {
+	jetstream.StreamState
+	// stale says a member gave it, the stream having no leader: it may be
+	// behind (streamInfo).
+	stale bool
+}
+
 // list returns the state of every queue's stream, by queue name: one
 // listing of the streams, which carries their state. It ends by by, if
 // that comes before the request timeout (a zero by adds no bound). A
 // listing cut short fails: its part would read as queues gone.
-func (q *Queues) list(by time.Time) (map[string]jetstream.StreamState, error) {
+func (q *Queues) list(by time.Time) (map[string]listed, error) {
 	ctx, cancel := q.callBy(by, 0)
 	defer cancel()
-	states := make(map[string]jetstream.StreamState)
+	states := make(map[string]listed)
 	l := q.js.ListStreams(ctx, jetstream.WithStreamListSubject(subjectPrefix+">"))
 	for si := range l.Info() {
 		if name, ok := si.Config.Metadata[metaQueueName]; ok && streamName(name) == si.Config.Name {
-			states[name] = si.State
+			states[name] = listed{StreamState: si.State, stale: si.Cluster != nil && si.Cluster.Leader == ""}
 		}
 	}
 	if err := l.Err(); err != nil {
@@ -217,7 +225,7 @@ func (q *Queues) AllStats() ([]queue.Stats, error) {
 
 // statsOf returns queue name's figures, read by by, from its stream's
 // state in states; queue.ErrUnknownQueue if it was deleted meanwhile.
-func (q *Queues) statsOf(by time.Time, name string, states map[string]jetstream.StreamState) (queue.Stats, error) {
+func (q *Queues) statsOf(by time.Time, name string, states map[string]listed) (queue.Stats, error) {
 	s, err := q.openBy(by, name, false)
 	if err != nil {
 		return queue.Stats{}, err
@@ -228,8 +236,9 @@ func (q *Queues) statsOf(by time.Time, name string, states map[string]jetstream.
 	if !queue.IsDeadLetterName(name) {
 		dead = int(states[queue.DeadLetterName(name)].Msgs)
 	}
-	state, schedules := states[name], false
-	if state.Msgs > 0 { // packs, if any, counted by subject
+	l, schedules := states[name], false
+	state := l.StreamState
+	if state.Msgs > 0 || l.stale { // packs, if any, counted by subject
 		si, err := streamInfo(ctx, s.st, jetstream.WithSubjectFilter(packSubjects(s.subject)))
 		if err != nil {
 			return queue.Stats{}, q.adminErr(name, "stats", err)

@@ -167,7 +167,7 @@ func (q *Queues) levelNames(ctx context.Context, s *stream) ([]int, error) {
 // advisories of the queue made anew: see queueMade): a gateway opening the
 // queue opens their levels too, so that they are handed out.
 func (q *Queues) heldLevels(ctx context.Context, s *stream) ([]int, error) {
-	si, err := s.st.Info(ctx, jetstream.WithSubjectFilter(levelsSubjects(s.subject)))
+	si, err := streamInfo(ctx, s.st, jetstream.WithSubjectFilter(levelsSubjects(s.subject)))
 	if err != nil {
 		return nil, err
 	}

@@ -425,7 +425,7 @@ func (q *Queues) waitRoom(ctx context.Context, s *stream, req queue.PutRequest) 
 	for {
 		s.putMu.Lock()
 		rctx, cancel := q.call()
-		si, err := s.st.Info(rctx, jetstream.WithSubjectFilter(packSubjects(s.subject)))
+		si, err := streamInfo(rctx, s.st, jetstream.WithSubjectFilter(packSubjects(s.subject)))
 		cancel()
 		if err != nil {
 			s.putMu.Unlock()
