@@ -1,8 +1,10 @@
 package worker
 
 import (
+	"cmp"
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"time"
 
@@ -390,8 +392,8 @@ func (s *session) renewed(ids []uint64, at time.Time) {
 
 // giveUp forgets the leases of s whose outcomes are not in done nor on
 // their way (their handlers run, or their tasks wait to start), ends their
-// handlers' contexts with cause, and returns them: their tasks are to go
-// back to the master.
+// handlers' contexts with cause, and returns them in task order: their
+// tasks are to go back to the master.
 func (s *session) giveUp(done []finished, cause error) []*lease {
 	keep := make(map[*lease]bool, len(done))
 	for _, f := range done {
@@ -406,6 +408,7 @@ func (s *session) giveUp(done []finished, cause error) []*lease {
 		}
 	}
 	s.mu.Unlock()
+	slices.SortFunc(ls, func(a, b *lease) int { return cmp.Compare(a.id, b.id) })
 	for _, l := range ls {
 		l.end(cause)
 	}
