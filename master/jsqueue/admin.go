@@ -8,6 +8,7 @@ import (
 	"maps"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -146,19 +147,35 @@ type listed struct {
 // list returns the state of every queue's stream, by queue name: one
 // listing of the streams, which carries their state. It ends by by, if
 // that comes before the request timeout (a zero by adds no bound). A
-// listing cut short fails: its part would read as queues gone.
+// listing cut short fails: its part would read as queues gone. So does
+// one that misses streams (JetStream could not read them in time, their
+// leader lost), unless this gateway knows their queues' names: those
+// are listed stale, for their state to be read from their leaders.
 func (q *Queues) list(by time.Time) (map[string]listed, error) {
 	ctx, cancel := q.callBy(by, 0)
 	defer cancel()
+	streams, missing, err := q.listStreams(ctx, subjectPrefix+">")
+	if err != nil {
+		return nil, q.engineErr("list the queues", err)
+	}
 	states := make(map[string]listed)
-	l := q.js.ListStreams(ctx, jetstream.WithStreamListSubject(subjectPrefix+">"))
-	for si := range l.Info() {
+	for _, si := range streams {
 		if name, ok := si.Config.Metadata[metaQueueName]; ok && streamName(name) == si.Config.Name {
 			states[name] = listed{StreamState: si.State, stale: si.Cluster != nil && si.Cluster.Leader == ""}
 		}
 	}
-	if err := l.Err(); err != nil {
-		return nil, q.engineErr("list the queues", err)
+	unnamed := 0
+	q.mu.Lock()
+	for _, sn := range missing {
+		if name, ok := q.queueOf[sn]; ok {
+			states[name] = listed{stale: true}
+		} else if strings.HasPrefix(sn, streamPrefix) {
+			unnamed++
+		}
+	}
+	q.mu.Unlock()
+	if unnamed > 0 {
+		return nil, q.engineErr("list the queues", fmt.Errorf("%d of them not read in time (a node away, or their leaders being elected)", unnamed))
 	}
 	return states, nil
 }
