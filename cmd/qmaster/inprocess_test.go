@@ -187,11 +187,18 @@ func TestMapTimeoutPrintsWhatCame(t *testing.T) {
 // checks of a waiting map every 100ms; its error comes on done.
 func startMap(t *testing.T, addr, tasks, stdin string) (out, errOut *syncBuffer, done <-chan error) {
 	t.Helper()
+	return startMapTo(t, addr, tasks, "", stdin)
+}
+
+// startMapTo is startMap with its results to queue results ("": a
+// private one).
+func startMapTo(t *testing.T, addr, tasks, results, stdin string) (out, errOut *syncBuffer, done <-chan error) {
+	t.Helper()
 	f, _, _ := testFactory(stdin)
 	out, errOut = &syncBuffer{}, &syncBuffer{}
 	f.Out, f.ErrOut = out, errOut
 	opts := &mapOptions{IO: f, Client: clientOptions{Server: addr, Authkey: testKey, ConnectTimeout: 5 * time.Second},
-		Tasks: tasks, Batch: 1000, checkEvery: 100 * time.Millisecond}
+		Tasks: tasks, Results: results, Batch: 1000, checkEvery: 100 * time.Millisecond}
 	ctx, cancel := context.WithCancel(context.Background())
 	ch, exited := make(chan error, 1), make(chan struct{})
 	go func() {
@@ -284,6 +291,59 @@ func TestMapSaysWhyNoWorkerTakes(t *testing.T) {
 	if n := strings.Count(errOut.String(), noWorker); n != 1 {
 		t.Errorf("said %d times that no worker is connected, want once:\n%s", n, errOut)
 	}
+}
+
+// TestMapSaysItsQueueIsPaused: a map whose tasks wait in a paused queue
+// says so, workers waiting on the queue or not.
+func TestMapSaysItsQueueIsPaused(t *testing.T) {
+	addr := startInProcessMaster(t, master.Config{})
+	c := qmtestDial(t, addr)
+	if err := c.Pause(context.Background(), "held"); err != nil {
+		t.Fatal(err)
+	}
+	runWorker(t, addr, "held", func(n int64) (any, error) { return n, nil }) // waits on it, in vain
+	_, errOut, _ := startMap(t, addr, "held", "1\n2\n")
+	note := "qmaster map: waiting: 2 tasks ready in held, which is paused (qmaster resume held)\n"
+	qmtest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if !strings.Contains(errOut.String(), note) {
+			return fmt.Errorf("stderr lacks %q:\n%s", note, errOut)
+		}
+		return nil
+	})
+}
+
+// TestMapSaysItsResultsAreHeld: a map whose tasks are all done, and whose
+// results were taken through a connection that went away (its gateway's),
+// says they come back when their leases run out, not that its tasks were
+// purged.
+func TestMapSaysItsResultsAreHeld(t *testing.T) {
+	addr := startInProcessMaster(t, master.Config{})
+	runWorker(t, addr, "sq", func(n int64) (any, error) { return n * n, nil })
+	// Another client takes the results first, under a lease, as the dead
+	// gateway's connection would have.
+	c := qmtestDial(t, addr)
+	taken := make(chan int, 1)
+	go func() {
+		ts, _ := c.Get(context.Background(), "res", wire.GetOptions{Max: 10, Timeout: 5 * time.Second, Lease: time.Minute})
+		taken <- len(ts)
+	}()
+	qmtest.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+		if st, err := c.Stats(context.Background(), "res"); err != nil || st[0].Consumers != 1 {
+			return fmt.Errorf("the taker is not waiting yet: %v %v", st, err)
+		}
+		return nil
+	})
+	_, errOut, _ := startMapTo(t, addr, "sq", "res", "3\n")
+	if n := <-taken; n != 1 {
+		t.Fatalf("the taker got %d results, want 1", n)
+	}
+	note := "qmaster map: waiting: 1 result due; sq holds none of its tasks, and 1 result waits in res, taken through a connection that was lost (a gateway gone?): it comes back when its lease runs out\n"
+	qmtest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if !strings.Contains(errOut.String(), note) {
+			return fmt.Errorf("stderr lacks %q:\n%s", note, errOut)
+		}
+		return nil
+	})
 }
 
 // TestMapSaysItsTasksAreGone: a map whose tasks were purged says so once,

@@ -44,7 +44,14 @@ until interrupted. A --watch whose master stops connects again for up to
 a minute: through another of the --server addresses, or to the master
 restarted if its queues outlive it (--data-dir, or a cluster's gateway);
 while a cluster answers that its queues are unavailable, it says so on
-stderr and looks again at the next --interval.`,
+stderr and looks again at the next --interval.
+
+Through a cluster's gateway, DONE and the running totals are near, not
+exact (JetStream keeps them; docs/SCALING.md has how): a delayed or
+retried task that came due counts twice among the puts, and once as done,
+until a worker takes it; and a gateway that died while putting leaves the
+puts and DONE short by what it had not yet counted. READY, LEASED and DEAD
+are exact.`,
 		Example: `  qmaster inspect
   qmaster inspect --server 10.0.0.5:5000 --watch
   qmaster inspect --json | jq '.[] | select(.ready > 0) | .queue'`,

@@ -69,7 +69,9 @@ stats call, every 5s at most): if the queue was deleted (gone at two
 looks in a row), map fails, saying how many of its tasks went with it;
 if tasks sit there ready and none is taken (no worker connected, none
 serving --tasks, or the queue paused), or the queue holds none of them any
-more (purged), it says so once on stderr and goes on waiting.
+more (purged, or their results taken through a connection since lost, as
+a gateway's that died: they come back when their leases run out), it says
+so once on stderr and goes on waiting.
 
 Given several --server addresses (gateways to one cluster), or a host name
 with the addresses of several hosts (an IPv4 and an IPv6 address are one
@@ -302,7 +304,7 @@ func mapRun(ctx context.Context, opts *mapOptions) (err error) {
 	}()
 
 	st = newMapState(opts)
-	watch := &tasksWatch{conn: conn, queue: opts.Tasks, told: make(map[string]bool)}
+	watch := &tasksWatch{conn: conn, queue: opts.Tasks, results: results, told: make(map[string]bool)}
 	st.check, st.checkEvery = watch.check, cmp.Or(opts.checkEvery, waitCheckEvery)
 	err = st.loop(work, batches, resultsCh, produced, errs)
 	stop()
@@ -936,6 +938,7 @@ const waitCheckEvery = 5 * time.Second
 type tasksWatch struct {
 	conn      *producerConn
 	queue     string
+	results   string          // the queue the results come to
 	told      map[string]bool // the kinds of note said
 	off       bool            // the key may not read the queue's figures
 	noClients bool            // the key may not list the clients
@@ -979,18 +982,30 @@ func (w *tasksWatch) check(ctx context.Context, submitted, outstanding int) (str
 	}
 	s := stats[0]
 	if s.Ready+s.Leased+s.Delayed == 0 {
+		// Results handed out and not acked: taken through a connection
+		// that was lost (the map's gateway died), they come back when
+		// their leases run out.
+		if rs, err := c.Stats(ctx, w.results); err == nil && len(rs) == 1 && rs[0].Leased > 0 {
+			n := rs[0].Leased
+			return w.once("results held", fmt.Sprintf("waiting: %d %s due; %s holds none of its tasks, and %d %s in %s, taken through a connection that was lost (a gateway gone?): %s",
+				outstanding, plural(outstanding, "result", "results"), w.queue, n, plural(n, "result waits", "results wait"),
+				w.results, plural(n, "it comes back when its lease runs out", "they come back when their leases run out"))), nil
+		}
 		// A task that fails for good sends its error result: tasks that
 		// vanish without one were purged or dropped. A note, not a
 		// failure: the figures of a cluster's gateway may lag.
 		return w.once("gone", fmt.Sprintf("waiting: %d %s due, and %s holds no task, ready, running or delayed (purged, or dropped?); map waits until --timeout",
 			outstanding, plural(outstanding, "result", "results"), w.queue)), nil
 	}
-	if s.Ready == 0 || s.Leased > 0 || s.Consumers > 0 {
-		return "", nil // tasks are taken, or none is ready
+	if s.Ready == 0 {
+		return "", nil // none is ready
 	}
 	ready := fmt.Sprintf("waiting: %d %s ready in %s", s.Ready, plural(s.Ready, "task", "tasks"), w.queue)
-	if s.Paused {
+	if s.Paused { // workers may wait on it, in vain
 		return w.once("paused", fmt.Sprintf("%s, which is paused (qmaster resume %s)", ready, w.queue)), nil
+	}
+	if s.Leased > 0 || s.Consumers > 0 {
+		return "", nil // tasks are taken
 	}
 	workers := -1
 	if !w.noClients {

@@ -66,10 +66,10 @@ task's ID, so a put retried after a timeout never runs twice.
 Given several --server addresses (gateways to one cluster), or a host name
 with the addresses of several hosts (an IPv4 and an IPv6 address are one
 host), put carries on through another when the one it uses dies, trying
-for up to a minute. Each item then gets an idempotency key of its own,
-unique to the run (unless --key names one; the master keeps each for its
---dedup-window), so a batch whose put was cut off is put again and stored
-once.`,
+for up to a minute. Each batch is put under a request ID unique to the
+run (unless --key names the one item's key; the master keeps each for
+its --dedup-window), so a batch whose put was cut off is put again and
+stored once.`,
 		Example: `  qmaster put jobs 1 2 3
   qmaster put jobs '{"url": "https://example.com"}'
   seq 1 1000 | qmaster put jobs
