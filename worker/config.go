@@ -82,12 +82,16 @@ type Config struct {
 	// DrainTimeout bounds a drain (Run's ctx cancelled): handlers still
 	// running that long after have their ctx cancelled with cause
 	// ErrDrainTimeout, and their tasks go back to the master, in front of
-	// their queue for other workers (with no attempt used on a single
-	// master); what they return is dropped. Set it below the time a
-	// supervisor gives a stopping worker before it kills it (Kubernetes'
-	// grace period, systemd's TimeoutStopSec): killed instead, the worker
-	// leaves its tasks to wait for their leases to run out. Zero waits
-	// for the handlers however long they run.
+	// their queue for other workers, with no attempt used on a single
+	// master and no retry backoff; what they return is dropped. Run then
+	// returns once those handlers have (a handler must honour its ctx),
+	// the release is answered (up to 5s) and the outcomes that came in
+	// time are sent. Set it a few seconds below the time a supervisor
+	// gives a stopping worker before it kills it (Kubernetes' grace
+	// period, systemd's TimeoutStopSec): killed, the worker's connection
+	// closes and the master requeues its tasks as failed attempts
+	// ("worker disconnected"), which a task on its last attempt does not
+	// survive. Zero waits for the handlers however long they run.
 	DrainTimeout time.Duration
 	// MaxTasks ends Run (with nil) once this many tasks have been handled,
 	// failed ones included; zero is unlimited.

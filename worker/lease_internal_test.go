@@ -84,3 +84,29 @@ func TestLeaseEndKeepsFirstCause(t *testing.T) {
 		t.Fatalf("Cause = %v, want ErrLeaseLost", got)
 	}
 }
+
+// A timed-out drain gives up only the tasks whose handlers have not
+// returned: an outcome on its way, sent or not yet taken by the sender
+// (whose batches of maxBatch are marked completing one at a time), is
+// left to be sent, so that a task done in time is not run again.
+func TestGiveUpLeavesReturnedHandlers(t *testing.T) {
+	s, running := testLease(t)
+	returned := s.track(Task{ID: 2}, time.Now())
+	returned.returned.Store(true)
+	sending := s.track(Task{ID: 3}, time.Now())
+	sending.completing = true
+	waiting := s.track(Task{ID: 4, Attempt: 2}, time.Now())
+	got := s.giveUp(ErrDrainTimeout)
+	if len(got) != 2 || got[0] != running || got[1] != waiting || got[1].attempt != 2 {
+		t.Fatalf("gave up %v; want the running and the waiting tasks' leases, in task order", got)
+	}
+	if !errors.Is(context.Cause(running), ErrDrainTimeout) || !running.lost() {
+		t.Errorf("the running handler's ctx: %v; want ErrDrainTimeout, a lost lease", context.Cause(running))
+	}
+	if isDone(returned) || isDone(sending) {
+		t.Error("a returned handler's or a sent outcome's lease was ended")
+	}
+	if len(s.leases) != 2 {
+		t.Errorf("%d leases left; want the two whose outcomes are on their way", len(s.leases))
+	}
+}

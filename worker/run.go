@@ -369,8 +369,7 @@ func (r *runner) serve(ctx context.Context, s *session) (stop bool, err error) {
 				r.overstayAt = time.Time{} // fired: the next round looks
 			case <-drainOver:
 				drainOver = nil
-				held, _ = r.res.take(held)
-				r.giveBack(s, held)
+				r.giveBack(s)
 			case <-lost:
 				return r.connectionLost(s, held, completing, draining, stopErr)
 			case <-closed:
@@ -690,13 +689,13 @@ func (r *runner) release(s *session, why string) {
 }
 
 // giveBack ends a drain that ran past Config.DrainTimeout: the tasks of s
-// whose outcomes are not in done nor on their way are given back to the
-// master for other workers (running or waiting to start), their handlers'
-// contexts cancelled with cause ErrDrainTimeout. What those handlers
-// return is dropped (session.completing). A failed release leaves the
-// tasks to their leases.
-func (r *runner) giveBack(s *session, done []finished) {
-	ls := s.giveUp(done, ErrDrainTimeout)
+// whose handlers have not returned are given back to the master for other
+// workers (running or waiting to start), their handlers' contexts
+// cancelled with cause ErrDrainTimeout. What those handlers return is
+// dropped (session.completing); the outcomes of the others are sent. A
+// failed release leaves the tasks to their leases.
+func (r *runner) giveBack(s *session) {
+	ls := s.giveUp(ErrDrainTimeout)
 	for _, j := range r.pool.takeBeyondSlots() {
 		r.res.dropUnrun(j.s, j.l)
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/qm-dev/qm/wire"
@@ -65,6 +66,9 @@ type lease struct {
 	length     time.Duration // as granted by the master
 	renewed    time.Time     // when the last grant or renewal was asked for
 	completing bool          // its completion is on the way; losing it now is no news
+	// returned is set once its handler has returned: its outcome is on
+	// its way to the master (giveUp leaves it).
+	returned atomic.Bool
 	// handover is set for a delivery with a token (wire.Task.Token): a
 	// gateway of a cluster handed it out, and another can take its
 	// completion. Such a lease outlives its session: when the connection
@@ -390,19 +394,15 @@ func (s *session) renewed(ids []uint64, at time.Time) {
 	}
 }
 
-// giveUp forgets the leases of s whose outcomes are not in done nor on
-// their way (their handlers run, or their tasks wait to start), ends their
-// handlers' contexts with cause, and returns them in task order: their
-// tasks are to go back to the master.
-func (s *session) giveUp(done []finished, cause error) []*lease {
-	keep := make(map[*lease]bool, len(done))
-	for _, f := range done {
-		keep[f.l] = true
-	}
+// giveUp forgets the leases of s whose handlers have not returned (they
+// run, or their tasks wait to start), ends their handlers' contexts with
+// cause, and returns them in task order: their tasks are to go back to
+// the master. The outcomes of the others are on their way.
+func (s *session) giveUp(cause error) []*lease {
 	s.mu.Lock()
 	var ls []*lease
 	for id, l := range s.leases {
-		if !l.completing && !keep[l] {
+		if !l.completing && !l.returned.Load() {
 			ls = append(ls, l)
 			delete(s.leases, id)
 		}

@@ -60,6 +60,7 @@ func (r *runner) runTask(j job) {
 	case debug:
 		log.Debug("task done", "took", took)
 	}
+	l.returned.Store(true)
 	r.res.add(finished{s: s, l: l, c: c}, took)
 }
 

@@ -313,9 +313,9 @@ func TestMapSaysItsQueueIsPaused(t *testing.T) {
 }
 
 // TestMapSaysItsResultsAreHeld: a map whose tasks are all done, and whose
-// results were taken through a connection that went away (its gateway's),
-// says they come back when their leases run out, not that its tasks were
-// purged.
+// results were taken by another connection (as through a gateway that
+// died), says they come back when their leases run out, not that its
+// tasks were purged.
 func TestMapSaysItsResultsAreHeld(t *testing.T) {
 	addr := startInProcessMaster(t, master.Config{})
 	runWorker(t, addr, "sq", func(n int64) (any, error) { return n * n, nil })
@@ -337,7 +337,7 @@ func TestMapSaysItsResultsAreHeld(t *testing.T) {
 	if n := <-taken; n != 1 {
 		t.Fatalf("the taker got %d results, want 1", n)
 	}
-	note := "qmaster map: waiting: 1 result due; sq holds none of its tasks, and 1 result waits in res, taken through a connection that was lost (a gateway gone?): it comes back when its lease runs out\n"
+	note := "qmaster map: waiting: 1 result due; sq holds none of its tasks, and 1 result waits in res, taken and not acknowledged by another connection (one lost with its gateway, or another client of the queue): it comes back when its lease runs out\n"
 	qmtest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
 		if !strings.Contains(errOut.String(), note) {
 			return fmt.Errorf("stderr lacks %q:\n%s", note, errOut)

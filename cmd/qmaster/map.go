@@ -69,9 +69,9 @@ stats call, every 5s at most): if the queue was deleted (gone at two
 looks in a row), map fails, saying how many of its tasks went with it;
 if tasks sit there ready and none is taken (no worker connected, none
 serving --tasks, or the queue paused), or the queue holds none of them any
-more (purged, or their results taken through a connection since lost, as
-a gateway's that died: they come back when their leases run out), it says
-so once on stderr and goes on waiting.
+more (purged; or their results were taken by another connection, one lost
+with its gateway, and come back when their leases run out), it says so
+once on stderr and goes on waiting.
 
 Given several --server addresses (gateways to one cluster), or a host name
 with the addresses of several hosts (an IPv4 and an IPv6 address are one
@@ -983,11 +983,12 @@ func (w *tasksWatch) check(ctx context.Context, submitted, outstanding int) (str
 	s := stats[0]
 	if s.Ready+s.Leased+s.Delayed == 0 {
 		// Results handed out and not acked: taken through a connection
-		// that was lost (the map's gateway died), they come back when
-		// their leases run out.
+		// lost with its gateway (a single master requeues a lost
+		// connection's at once), or by another client of a shared
+		// --results queue; they come back when their leases run out.
 		if rs, err := c.Stats(ctx, w.results); err == nil && len(rs) == 1 && rs[0].Leased > 0 {
 			n := rs[0].Leased
-			return w.once("results held", fmt.Sprintf("waiting: %d %s due; %s holds none of its tasks, and %d %s in %s, taken through a connection that was lost (a gateway gone?): %s",
+			return w.once("results held", fmt.Sprintf("waiting: %d %s due; %s holds none of its tasks, and %d %s in %s, taken and not acknowledged by another connection (one lost with its gateway, or another client of the queue): %s",
 				outstanding, plural(outstanding, "result", "results"), w.queue, n, plural(n, "result waits", "results wait"),
 				w.results, plural(n, "it comes back when its lease runs out", "they come back when their leases run out"))), nil
 		}

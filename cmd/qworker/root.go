@@ -106,10 +106,11 @@ change that.
 SIGINT, SIGTERM or SIGHUP drains: qworker takes no new task, gives back
 those it took and has not started, lets the running ones finish and
 report their results, and exits 0. With --drain-timeout, tasks still
-running that long after are stopped (their commands killed) and given
-back for other workers at once; set it below the time your supervisor
-waits before it kills (Kubernetes' grace period, systemd's
-TimeoutStopSec). A second signal exits at once, killing the commands
+running that long after are stopped (a command killed, a --stdio child
+stopped as qworker exits) and given back for other workers at once,
+with no attempt used on a single master; set it a few seconds below the time your
+supervisor waits before it kills (Kubernetes' grace period, systemd's
+TimeoutStopSec), which would count a failed attempt for each. A second signal exits at once, killing the commands
 still running with all they started (their tasks run again after their
 leases). Logs go to stderr.
 

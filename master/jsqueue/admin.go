@@ -166,7 +166,7 @@ func (q *Queues) list(by time.Time) (map[string]listed, error) {
 	}
 	unnamed := 0
 	q.mu.Lock()
-	for _, sn := range missing {
+	for _, sn := range missing { // named apart from the streams read (listStreams)
 		if name, ok := q.queueOf[sn]; ok {
 			states[name] = listed{stale: true}
 		} else if strings.HasPrefix(sn, streamPrefix) {

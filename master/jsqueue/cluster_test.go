@@ -604,3 +604,44 @@ func TestHandOverLosesNoDelivery(t *testing.T) {
 		return nil
 	})
 }
+
+// TestQueueOnAnOfflineNodeIsListed: a queue of one replica whose node is
+// down is listed (JetStream names its stream both among those listed and
+// among those missing), marked unread in the figures, through a gateway
+// that never opened it; the listing neither fails for it nor skips it.
+func TestQueueOnAnOfflineNodeIsListed(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a three-node cluster")
+	}
+	nodes := startCluster(t)
+	one := newQueues(t, nodes[0], jsqueue.Config{Replicas: 1})
+	put(t, one, "solo", "x")
+	put(t, one, "other", "y")
+	var down int
+	fmt.Sscanf(streamLeader(t, nodes[0], "solo"), "n%d", &down)
+	var up *jsqueue.Node
+	for i, n := range nodes {
+		if i != down && up == nil {
+			up = n
+		}
+	}
+	one.Close()
+	nodes[down].Shutdown()
+	fresh := newQueues(t, up, jsqueue.Config{Replicas: 1, RequestTimeout: 4 * time.Second})
+	qmtest.CheckFor(t, 60*time.Second, 500*time.Millisecond, func() error {
+		got, err := fresh.Queues()
+		if err != nil || !slices.Contains(got, "solo") {
+			return fmt.Errorf("queues with solo's node down: %v, %v; want solo among them", got, err)
+		}
+		all, err := fresh.AllStats()
+		if err != nil {
+			return err
+		}
+		for _, st := range all {
+			if st.Queue == "solo" && st.Unread {
+				return nil
+			}
+		}
+		return fmt.Errorf("figures %+v; want solo marked unread", all)
+	})
+}

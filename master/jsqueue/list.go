@@ -26,7 +26,9 @@ type streamListPage struct {
 const listAPI = "$JS.API.STREAM.LIST"
 
 // listStreams lists the streams whose subjects match subj, page by page,
-// within ctx: those read, and the names of those that were not.
+// within ctx: those read, and the names of those that were not. A stream
+// whose every replica is offline comes in both (its config, and a name
+// missing): a page covers as many streams as it names apart.
 func (q *Queues) listStreams(ctx context.Context, subj string) (streams []*jetstream.StreamInfo, missing []string, err error) {
 	offset := 0
 	for {
@@ -46,8 +48,17 @@ func (q *Queues) listStreams(ctx context.Context, subj string) (streams []*jetst
 			return nil, nil, page.Error
 		}
 		streams = append(streams, page.Streams...)
-		missing = append(missing, page.Missing...)
-		n := len(page.Streams) + len(page.Missing)
+		named := make(map[string]bool, len(page.Streams)+len(page.Missing))
+		for _, si := range page.Streams {
+			named[si.Config.Name] = true
+		}
+		for _, name := range page.Missing {
+			if !named[name] {
+				missing = append(missing, name)
+				named[name] = true
+			}
+		}
+		n := len(named)
 		offset = page.Offset + n
 		if n == 0 || offset >= page.Total {
 			return streams, missing, nil
