@@ -19,8 +19,9 @@ cannot break the protocol on stdout. Raise Retry(seconds, "why") to fail
 the attempt and have the task wait that long before its next delivery
 (a service that said "come back in a minute"); it counts as an attempt.
 Raise Fail("why") for an attempt that would fail however often it ran (bad
-input): the task goes to the dead-letter queue now, attempts left or not
-(under --stdio; in command mode it fails the attempt as any exception).
+input): the task goes to the dead-letter queue now, attempts left or not.
+In command mode the process then exits 65 (EX_DATAERR): run qworker with
+--no-retry-exit 65 for the same effect.
 
 @task runs the worker when the script's top level has finished, if the
 function is defined in the script itself (__main__); elsewhere, call
@@ -44,6 +45,9 @@ ERROR_PREFIX = b"!error "
 RETRY_PREFIX = b"!retry "
 # A line that starts with this fails the attempt, not to be retried.
 FAIL_PREFIX = b"!fail "
+# The exit status of a command-mode run whose function raised Fail
+# (sysexits' EX_DATAERR): qworker --no-retry-exit 65 does not retry it.
+FAIL_EXIT = 65
 # The first line in stdio mode: this child answers every task with one line.
 PIPELINE_HELLO = b"!pipeline\n"
 
@@ -147,7 +151,7 @@ def _once(fn, stdin, stdout, stderr):
         answer = _dumps(fn(payload))
     except Exception as exc:  # noqa: BLE001
         _error_text(exc, stderr)
-        return 1
+        return FAIL_EXIT if isinstance(exc, Fail) else 1
     stdout.write(answer.encode() + b"\n")
     stdout.flush()
     return 0

@@ -91,6 +91,13 @@ class Command(unittest.TestCase):
         self.assertEqual((code, out), (1, b""))
         self.assertIn("TypeError", err)
 
+    def test_fail_exits_65(self):
+        def bad(x):
+            raise qmworker.Fail("not an image")
+        code, out, err = self.once(bad, b"1")
+        self.assertEqual((code, out), (65, b""))
+        self.assertIn("not an image", err)
+
 
 if __name__ == "__main__":
     unittest.main()

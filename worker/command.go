@@ -35,13 +35,18 @@ const (
 // string. The environment adds QM_TASK_ID, QM_ATTEMPT and QM_QUEUE.
 //
 // A non-zero exit fails the task with "exit status N: " and the last 2 KiB
-// of stderr. A timeout (0 is none) fails it with "timed out after D". On a
-// timeout, or when ctx ends, the command's whole process group is killed,
-// so that nothing it started outlives it. On Linux the command is killed
-// too if the worker dies without stopping it (SIGKILL, a crash), as its
-// task then runs again elsewhere.
-func Command(argv []string, timeout time.Duration) Handler {
+// of stderr; an exit status given to NoRetryExit fails it not to be
+// retried (NoRetry). A timeout (0 is none) fails it with "timed out after
+// D". On a timeout, or when ctx ends, the command's whole process group is
+// killed, so that nothing it started outlives it. On Linux the command is
+// killed too if the worker dies without stopping it (SIGKILL, a crash), as
+// its task then runs again elsewhere.
+func Command(argv []string, timeout time.Duration, opts ...CommandOption) Handler {
 	argv = slices.Clone(argv)
+	var o commandOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
 	return func(ctx context.Context, t Task) (any, error) {
 		if len(argv) == 0 {
 			return nil, errors.New("command: no program to run")
@@ -85,7 +90,11 @@ func Command(argv []string, timeout time.Duration) Handler {
 		default:
 			var exit *exec.ExitError
 			if errors.As(err, &exit) {
-				return nil, withStderr(exit.Error(), stderr)
+				err := withStderr(exit.Error(), stderr)
+				if o.noRetryExit != 0 && exit.ExitCode() == o.noRetryExit {
+					err = NoRetry(err)
+				}
+				return nil, err
 			}
 			if errors.Is(err, exec.ErrWaitDelay) {
 				return nil, fmt.Errorf("%s exited but a process it started kept its output open", argv[0])
@@ -93,6 +102,21 @@ func Command(argv []string, timeout time.Duration) Handler {
 		}
 		return nil, err
 	}
+}
+
+// A CommandOption changes how Command runs its command.
+type CommandOption func(*commandOptions)
+
+type commandOptions struct {
+	noRetryExit int // 0: none
+}
+
+// NoRetryExit makes Command fail a task whose command exits with status
+// code (1 to 255) not to be retried: the task goes to the dead-letter
+// queue at once (NoRetry). A command's way to say its input is bad; 65,
+// sysexits' EX_DATAERR, is a common choice. 0 is none.
+func NoRetryExit(code int) CommandOption {
+	return func(o *commandOptions) { o.noRetryExit = code }
 }
 
 // commandInput renders a payload for a command's stdin.

@@ -110,6 +110,9 @@ func TestUsageErrors(t *testing.T) {
 		{"command not found", env(keyEnv), []string{"--server", "h:1", "--", "/nonexistent/cmd", "x"}, `cannot run the command: exec: "/nonexistent/cmd": stat /nonexistent/cmd: no such file or directory`},
 		{"command not on PATH", env(keyEnv), []string{"--server", "h:1", "--stdio", "--", "no-such-qm-command"}, `cannot run the command: exec: "no-such-qm-command": executable file not found in $PATH`},
 		{"unknown flag", env(keyEnv), []string{"--server", "h:1", "--bultin", "echo"}, "unknown flag: --bultin"},
+		{"no-retry exit with builtin", env(keyEnv), []string{"--server", "h:1", "--builtin", "echo", "--no-retry-exit", "65"}, "--no-retry-exit applies to a command run per task"},
+		{"no-retry exit with stdio", env(keyEnv), []string{"--server", "h:1", "--stdio", "--no-retry-exit", "65", "--", "cat"}, "!fail TEXT instead"},
+		{"no-retry exit out of range", env(keyEnv), []string{"--server", "h:1", "--no-retry-exit", "300", "--", "cat"}, "--no-retry-exit must be an exit status, 1 to 255"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			code, p := runQworker(t, tt.env, tt.args...)
@@ -326,6 +329,28 @@ func TestDrainTimeoutGivesBackRunningTasks(t *testing.T) {
 	ts, err := c.Get(ctx, "tasks", wire.GetOptions{})
 	if err != nil || len(ts) != 1 || ts[0].ID != ids[0] || ts[0].Attempt != 1 {
 		t.Fatalf("get after the drain: %+v, %v; want the task back at once, at attempt 1", ts, err)
+	}
+}
+
+// TestNoRetryExit: a command that exits with the status given to
+// --no-retry-exit fails its task not to be retried: dead-lettered after
+// that one attempt, with its error result; another failure is retried.
+func TestNoRetryExit(t *testing.T) {
+	addr, _ := qmtest.StartMaster(t, master.Config{MaxAttempts: 3})
+	c := qmtest.Dial(t, addr, "producer")
+	ids := put(t, c, "tasks", []any{"bad", "flaky"})
+	start(t, env(keyEnv), "--server", addr, "--no-retry-exit", "65", "--",
+		"sh", "-c", `x=$(cat); [ "$x" = bad ] && { echo "cannot read $x" >&2; exit 65; }; [ "$QM_ATTEMPT" = 1 ] && exit 1; echo "$x"`)
+	rs := results(t, c, "results", 2, 10*time.Second)
+	byID := map[uint64]wire.Result{}
+	for _, r := range rs {
+		byID[r.TaskID] = r
+	}
+	if r := byID[ids[0]]; r.Attempt != 1 || !strings.HasSuffix(r.Error, "exit status 65: cannot read bad") {
+		t.Errorf("bad task: %+v; want dead after 1 attempt of 3, with its error", r)
+	}
+	if r := byID[ids[1]]; r.Attempt != 2 || r.Error != "" {
+		t.Errorf("flaky task: %+v; want it done at attempt 2", r)
 	}
 }
 

@@ -42,6 +42,7 @@ type options struct {
 	MaxTasks       int
 	Lease          time.Duration
 	TaskTimeout    time.Duration
+	NoRetryExit    int
 	Name           string
 	LogLevel       cliflag.LogLevel
 	LogFormat      *cliflag.Enum
@@ -70,7 +71,8 @@ they are, anything else as one line of JSON. Its environment adds
 QM_TASK_ID, QM_ATTEMPT and QM_QUEUE. Its stdout, less a trailing newline, is
 the task's result: the value if it is JSON, else the string. A non-zero exit
 fails the attempt, with the end of stderr as the error; the master retries
-the task, and dead-letters it after its last attempt. --task-timeout kills
+the task, and dead-letters it after its last attempt, or at once for the
+exit status given to --no-retry-exit (bad input). --task-timeout kills
 a command that runs too long, with every process it started. No shell is
 involved: use sh -c '...' for pipes and redirections.
 
@@ -168,6 +170,7 @@ such as a rejected authkey; 2 on a usage error.`,
 	fl.DurationVar(&opts.DrainTimeout, "drain-timeout", 0, "on a drain, stop the tasks still running after this long (killing their commands) and give them back to the master for other workers (0: wait however long they run)")
 	fl.IntVar(&opts.MaxTasks, "max-tasks", 0, "exit 0 after handling this many tasks, failed ones included (0: unlimited)")
 	fl.DurationVar(&opts.Lease, "lease", 0, "lease asked for each task; renewed every third of it while the task runs (0: the master's default)")
+	fl.IntVar(&opts.NoRetryExit, "no-retry-exit", 0, "an exit `status` of COMMAND (run per task) that fails its task not to be retried: it goes to the dead-letter queue at once, e.g. 65 for bad input (0: none)")
 	fl.DurationVar(&opts.TaskTimeout, "task-timeout", 0, "kill COMMAND, and all it started, after this long on one task; the attempt fails; a --stdio child is restarted (0: no limit)")
 	fl.StringVar(&opts.Name, "name", "", "`name` of this worker in the master's client list and in results (default host:pid)")
 	opts.LogLevel.Level = slog.LevelInfo
@@ -205,6 +208,10 @@ func (o *options) validate() error {
 		return usageErrorf("nothing to run: give --builtin NAME (%s) or a command after --", strings.Join(worker.BuiltinNames(), ", "))
 	case o.Builtin != "" && o.TaskTimeout != 0:
 		return usageErrorf("--task-timeout applies to a command, not to --builtin")
+	case o.NoRetryExit != 0 && (o.Builtin != "" || o.Stdio):
+		return usageErrorf("--no-retry-exit applies to a command run per task (a --stdio child says !fail TEXT instead)")
+	case o.NoRetryExit < 0 || o.NoRetryExit > 255:
+		return usageErrorf("--no-retry-exit must be an exit status, 1 to 255 (0 is none)")
 	case o.InsecureNoAuth && (o.Authkey != "" || o.AuthkeyFile != ""):
 		return usageErrorf("--insecure-no-auth sends no key: drop --authkey and --authkey-file")
 	case o.Concurrency < 1:
@@ -283,7 +290,7 @@ func (o *options) handler() (worker.Handler, error) {
 	if o.Builtin != "" {
 		return worker.Builtin(o.Builtin)
 	}
-	return worker.Command(o.Command, o.TaskTimeout), nil
+	return worker.Command(o.Command, o.TaskTimeout, worker.NoRetryExit(o.NoRetryExit)), nil
 }
 
 // stdioConfig is the configuration of the --stdio children.
