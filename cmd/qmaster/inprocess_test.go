@@ -258,24 +258,26 @@ func TestMapTasksQueueDeleted(t *testing.T) {
 	}
 }
 
+// waitStderr waits until a map's stderr, errOut, holds note.
+func waitStderr(t *testing.T, errOut *syncBuffer, note string) {
+	t.Helper()
+	qmtest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if !strings.Contains(errOut.String(), note) {
+			return fmt.Errorf("stderr lacks %q:\n%s", note, errOut)
+		}
+		return nil
+	})
+}
+
 // TestMapSaysWhyNoWorkerTakes: a map whose tasks no one takes says why
 // on stderr, once, and goes on waiting until a worker serves them.
 func TestMapSaysWhyNoWorkerTakes(t *testing.T) {
 	addr := startInProcessMaster(t, master.Config{})
 	out, errOut, done := startMap(t, addr, "lonely", "1\n2\n")
-	waitFor := func(note string) {
-		t.Helper()
-		qmtest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
-			if !strings.Contains(errOut.String(), note) {
-				return fmt.Errorf("stderr lacks %q:\n%s", note, errOut)
-			}
-			return nil
-		})
-	}
 	noWorker := "qmaster map: waiting: 2 tasks ready in lonely and no worker connected\n"
-	waitFor(noWorker)
+	waitStderr(t, errOut, noWorker)
 	runWorker(t, addr, "other", func(n int64) (any, error) { return n, nil })
-	waitFor("qmaster map: waiting: 2 tasks ready in lonely and none taken (1 worker connected, none getting from lonely)\n")
+	waitStderr(t, errOut, "qmaster map: waiting: 2 tasks ready in lonely and none taken (1 worker connected, none getting from lonely)\n")
 	runWorker(t, addr, "lonely", func(n int64) (any, error) { return n * n, nil })
 	select {
 	case err := <-done:
@@ -304,12 +306,7 @@ func TestMapSaysItsQueueIsPaused(t *testing.T) {
 	runWorker(t, addr, "held", func(n int64) (any, error) { return n, nil }) // waits on it, in vain
 	_, errOut, _ := startMap(t, addr, "held", "1\n2\n")
 	note := "qmaster map: waiting: 2 tasks ready in held, which is paused (qmaster resume held)\n"
-	qmtest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
-		if !strings.Contains(errOut.String(), note) {
-			return fmt.Errorf("stderr lacks %q:\n%s", note, errOut)
-		}
-		return nil
-	})
+	waitStderr(t, errOut, note)
 }
 
 // TestMapSaysItsResultsAreHeld: a map whose tasks are all done, and whose
@@ -338,12 +335,7 @@ func TestMapSaysItsResultsAreHeld(t *testing.T) {
 		t.Fatalf("the taker got %d results, want 1", n)
 	}
 	note := "qmaster map: waiting: 1 result due; sq holds none of its tasks, and 1 result waits in res, taken and not acknowledged by another connection (one lost with its gateway, or another client of the queue): it comes back when its lease runs out\n"
-	qmtest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
-		if !strings.Contains(errOut.String(), note) {
-			return fmt.Errorf("stderr lacks %q:\n%s", note, errOut)
-		}
-		return nil
-	})
+	waitStderr(t, errOut, note)
 }
 
 // TestMapSaysItsTasksAreGone: a map whose tasks were purged says so once,
@@ -351,23 +343,13 @@ func TestMapSaysItsResultsAreHeld(t *testing.T) {
 func TestMapSaysItsTasksAreGone(t *testing.T) {
 	addr := startInProcessMaster(t, master.Config{})
 	_, errOut, done := startMap(t, addr, "purged", "1\n2\n")
-	qmtest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
-		if !strings.Contains(errOut.String(), "2 tasks ready in purged") {
-			return fmt.Errorf("stderr lacks the tasks waiting:\n%s", errOut)
-		}
-		return nil
-	})
+	waitStderr(t, errOut, "2 tasks ready in purged")
 	f, _, purgeErr := testFactory("")
 	if code := runInProcess(context.Background(), f, "purge", "--server", addr, "purged"); code != 0 {
 		t.Fatalf("purge: exit %d: %s", code, purgeErr)
 	}
 	note := "qmaster map: waiting: 2 results due, and purged holds no task, ready, running or delayed (purged, or dropped?); map waits until --timeout\n"
-	qmtest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
-		if !strings.Contains(errOut.String(), note) {
-			return fmt.Errorf("stderr lacks %q:\n%s", note, errOut)
-		}
-		return nil
-	})
+	waitStderr(t, errOut, note)
 	select {
 	case err := <-done:
 		t.Fatalf("map ended (%v) after its tasks were purged; want it to wait", err)
