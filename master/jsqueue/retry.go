@@ -183,18 +183,8 @@ var errNoLeaderAnswer = errors.New("no leader answered (one is being elected); f
 // up to its last sequence would leave tasks. Such answers are asked again
 // until a leader answers, or ctx ends.
 func streamInfo(ctx context.Context, st jetstream.Stream, opts ...jetstream.StreamInfoOpt) (*jetstream.StreamInfo, error) {
-	var si *jetstream.StreamInfo
-	err := retry(ctx, func() (bool, error) {
-		var err error
-		if si, err = st.Info(ctx, opts...); err != nil {
-			return false, err
-		}
-		if si.Cluster != nil && si.Cluster.Leader == "" {
-			return true, errNoLeaderAnswer
-		}
-		return false, nil
-	})
-	return si, err
+	return fromLeader(ctx, func() (*jetstream.StreamInfo, error) { return st.Info(ctx, opts...) },
+		func(si *jetstream.StreamInfo) bool { return si.Cluster == nil || si.Cluster.Leader != "" })
 }
 
 // consumerInfo is streamInfo for a consumer of a stream of replicas. A
@@ -203,16 +193,28 @@ func streamInfo(ctx context.Context, st jetstream.Stream, opts ...jetstream.Stre
 // made the consumer's group, with its config and no state at all (no
 // cluster either).
 func consumerInfo(ctx context.Context, cons jetstream.Consumer, replicas int) (*jetstream.ConsumerInfo, error) {
-	var ci *jetstream.ConsumerInfo
+	return fromLeader(ctx, func() (*jetstream.ConsumerInfo, error) { return cons.Info(ctx) },
+		func(ci *jetstream.ConsumerInfo) bool {
+			if ci.Cluster == nil {
+				return replicas <= 1
+			}
+			return ci.Cluster.Leader != ""
+		})
+}
+
+// fromLeader calls info until it answers with what led says a leader
+// gave, or fails, or ctx ends (errNoLeaderAnswer).
+func fromLeader[T any](ctx context.Context, info func() (T, error), led func(T) bool) (T, error) {
+	var v T
 	err := retry(ctx, func() (bool, error) {
 		var err error
-		if ci, err = cons.Info(ctx); err != nil {
+		if v, err = info(); err != nil {
 			return false, err
 		}
-		if ci.Cluster != nil && ci.Cluster.Leader == "" || ci.Cluster == nil && replicas > 1 {
+		if !led(v) {
 			return true, errNoLeaderAnswer
 		}
 		return false, nil
 	})
-	return ci, err
+	return v, err
 }
