@@ -156,6 +156,60 @@ func TestACLDenied(t *testing.T) {
 	}
 }
 
+// TestACLOwnerDeletes: a key that may both put to and get from a queue
+// may delete it, cancelling the tasks that reply to it, as a map with a
+// producer's key does at its end; a key with only one of the two may not.
+func TestACLOwnerDeletes(t *testing.T) {
+	addr, _ := startACLMaster(t, `
+[[key]]
+name = "mapper"
+secret = "mapper-secret"
+put = ["jobs", "map-*"]
+get = ["map-*"]
+
+[[key]]
+name = "reader"
+secret = "reader-secret"
+get = ["map-*"]
+
+[[key]]
+name = "worker"
+secret = "worker-secret"
+get = ["jobs"]
+`)
+	ctx := ctxFor(t, 10*time.Second)
+	mapper := dialACL(t, addr, "mapper-secret", "producer")
+	reader := dialACL(t, addr, "reader-secret", "producer")
+	worker := dialACL(t, addr, "worker-secret", "worker")
+
+	if _, err := mapper.Put(ctx, "jobs", []any{1, 2}, wire.PutOptions{ReplyTo: "map-1"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []struct {
+		c     *wire.Client
+		queue string
+		want  string
+	}{
+		{reader, "map-1", "permission denied: key reader may not delete map-1"},
+		{mapper, "jobs", "permission denied: key mapper may not delete jobs"},
+		{worker, "jobs", "permission denied: key worker may not delete jobs"},
+	} {
+		if _, err := d.c.DeleteCancelling(ctx, d.queue); !errors.Is(err, wire.ErrPermissionDenied) || err.Error() != d.want {
+			t.Errorf("delete %s: %v, want %q", d.queue, err, d.want)
+		}
+	}
+	if ts, err := worker.Get(ctx, "jobs", wire.GetOptions{Max: 1}); err != nil || len(ts) != 1 {
+		t.Fatalf("get after the refused deletes: %+v, %v; want a task", ts, err)
+	}
+	// map-1 was never made: the delete says so, and cancels all the same.
+	if _, err := mapper.DeleteCancelling(ctx, "map-1"); !errors.Is(err, wire.ErrUnknownQueue) {
+		t.Fatalf("the owner's delete of map-1: %v, want it unknown", err)
+	}
+	if ts, err := worker.Get(ctx, "jobs", wire.GetOptions{Timeout: 50 * time.Millisecond}); err != nil || len(ts) != 0 {
+		t.Errorf("get after the owner's delete: %+v, %v; want no task, the other one cancelled", ts, err)
+	}
+}
+
 // TestACLResults: a worker may publish a result to the reply queue its
 // task names though it may not put there; a result for its --results
 // queue, which it may not put to, is dropped with a coded error, and the
