@@ -16,8 +16,10 @@ import (
 // result is stored.
 //
 // It is this server's memory, told of the deletions through the other
-// gateways of a cluster as they are made (noteDeleted): one it missed, or
-// one before a restart, is not known here.
+// gateways of a cluster as they are made (noteDeleted), and kept across a
+// restart by queues that can (DeletionKeeper: a data directory, a
+// cluster's engine). A gateway that missed a notice learns that
+// deletion only when it starts again.
 //
 // A deletion may also cancel the tasks that name the queue as their reply
 // queue (wire.Request.CancelTasks): those put before it are dropped as a
@@ -39,9 +41,8 @@ type deletion struct {
 	told     bool // a cancellation of its tasks was logged
 }
 
-// deletedFor is how long a deletion is remembered: longer than a task
-// waits in a queue and runs, for all but the rarest.
-const deletedFor = 24 * time.Hour
+// deletedFor is how long a deletion is remembered.
+const deletedFor = queue.DeletionKept
 
 // maxDeleted bounds the deletions remembered; past it the oldest half go.
 const maxDeleted = 100_000
@@ -184,4 +185,71 @@ func (d *deletedQueues) firstCancel(name string) bool {
 	del.told = true
 	d.at[name] = del
 	return true
+}
+
+// restore sets the deletion of name to d, a kept one, unless what is
+// remembered is later.
+func (d *deletedQueues) restore(name string, kept queue.Deletion) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.at == nil {
+		d.at = make(map[string]deletion)
+	}
+	del := d.at[name]
+	if kept.At.After(del.at) {
+		del.at = kept.At
+	}
+	if kept.CancelAt.After(del.cancelAt) {
+		del.cancelAt = kept.CancelAt
+	}
+	d.set(name, del)
+}
+
+// keepDeletion stores the deletion of name, as remembered now, where the
+// queues keep deletions across a restart. A failure (a full disk, a
+// cluster without quorum) leaves it remembered here until this server
+// stops: it is logged, and the delete stands.
+func (s *Server) keepDeletion(name string) {
+	if s.keeper == nil {
+		return
+	}
+	del, ok := s.deleted.lookup(name)
+	if !ok {
+		return
+	}
+	if err := s.keeper.KeepDeletion(name, queue.Deletion{At: del.at, CancelAt: del.cancelAt}); err != nil {
+		s.log.Warn("a queue's deletion is not stored: after a restart, results of the tasks put before it may make the queue again, and the tasks it cancelled may run",
+			"queue", name, "err", err)
+	}
+}
+
+// recallDeletions loads the deletions the queues kept.
+func (s *Server) recallDeletions() error {
+	kept, err := s.keeper.Deletions()
+	if err != nil {
+		return err
+	}
+	for name, d := range kept {
+		s.deleted.restore(name, d)
+	}
+	return nil
+}
+
+// recallDeletionsLater calls recallDeletions until it succeeds or the
+// server stops: a cluster's engine may not answer yet as a gateway
+// starts.
+func (s *Server) recallDeletionsLater() {
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-t.C:
+			if s.recallDeletions() == nil {
+				s.log.Info("the deletions of queues kept are read")
+				return
+			}
+		}
+	}
 }

@@ -199,3 +199,63 @@ func TestCancelledStaysCancelled(t *testing.T) {
 		t.Fatalf("dead-letter queue: %+v, %v; want the dead task kept", dead, err)
 	}
 }
+
+// TestDeletionsKeptAcrossARestart: a master with a data directory keeps
+// its deletions across a restart: the tasks a deletion cancelled stay
+// cancelled, and the result of a task put before its reply queue's plain
+// deletion goes nowhere, rather than make the queue again for no one.
+func TestDeletionsKeptAcrossARestart(t *testing.T) {
+	dir := t.TempDir()
+	addr, srv := qmtest.StartMaster(t, master.Config{DataDir: dir})
+	ctx := ctxFor(t, 10*time.Second)
+	c := qmtest.Dial(t, addr, "producer")
+	if _, err := c.Put(ctx, "replies", []any{"made"}, wire.PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	put := func(c *wire.Client, payload any, replyTo string) uint64 {
+		t.Helper()
+		ids, err := c.Put(ctx, "jobs", []any{payload}, wire.PutOptions{ReplyTo: replyTo})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ids[0]
+	}
+	stale := put(c, "stale", "replies")
+	for i := range 3 {
+		put(c, i, "map-1") // cancelled below
+	}
+	if err := c.Delete(ctx, "replies"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.DeleteCancelling(ctx, "map-1"); !errors.Is(err, wire.ErrUnknownQueue) {
+		t.Fatalf("delete map-1: %v, want it unknown (never made), and its tasks cancelled", err)
+	}
+	after := put(c, "after", "map-1")
+	c.Close()
+	srv.Close()
+
+	addr, _ = qmtest.StartMaster(t, master.Config{DataDir: dir})
+	c = qmtest.Dial(t, addr, "producer")
+	w := qmtest.Dial(t, addr, "worker")
+	ts, err := w.Get(ctx, "jobs", wire.GetOptions{Max: 10, Timeout: 200 * time.Millisecond})
+	var got []uint64
+	for _, task := range ts {
+		got = append(got, task.ID)
+	}
+	if err != nil || !slices.Equal(got, []uint64{stale, after}) {
+		t.Fatalf("get after the restart: %v, %v; want tasks %d and %d, the cancelled ones passed over", got, err, stale, after)
+	}
+	if err := w.Complete(ctx, "jobs", "", []wire.Completion{{ID: ts[0].ID, Value: ts[0].Payload}, {ID: ts[1].ID, Value: ts[1].Payload}}); err != nil {
+		t.Fatal(err)
+	}
+	if qs, err := c.Queues(ctx); err != nil || slices.Contains(qs, "replies") {
+		t.Errorf("queues %v, %v: the deleted reply queue was made again after the restart", qs, err)
+	}
+	rs, err := c.Get(ctx, "map-1", wire.GetOptions{Max: 5, Timeout: time.Second, NoAck: true})
+	if err != nil || len(rs) != 1 {
+		t.Fatalf("map-1: %d items, %v; want the result of the task put after its deletion", len(rs), err)
+	}
+	if r, err := wire.DecodeResult(rs[0].Payload); err != nil || r.TaskID != after {
+		t.Fatalf("result %+v, %v; want task %d's", r, err, after)
+	}
+}

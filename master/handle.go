@@ -137,6 +137,7 @@ func (c *clientConn) handle(req *wire.Request, buf *callBuffers) *wire.Response 
 			// from being deleted: they are cancelled all the same, in
 			// memory (their results, stored or not, go nowhere).
 			c.s.noteDeleted(c.ctx, req.Queue, at, req.CancelTasks)
+			c.s.keepDeletion(req.Queue)
 			if req.CancelTasks {
 				resp.Count = 1 // said so: an older master does not
 			}

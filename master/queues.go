@@ -71,6 +71,17 @@ type DeliveryExtender interface {
 	ExtendDeliveries(queue string, ids []uint64, tokens []string) error
 }
 
+// DeletionKeeper is implemented by Queues that keep the deletions of
+// queues across a restart (a data directory; a cluster's engine): the
+// server remembers each deletion (deletedQueues) so that the results of
+// tasks put before it go nowhere and the tasks it cancelled stay so.
+type DeletionKeeper interface {
+	// KeepDeletion stores name's deletion as the server now remembers it.
+	KeepDeletion(name string, d queue.Deletion) error
+	// Deletions returns the deletions kept within queue.DeletionKept.
+	Deletions() (map[string]queue.Deletion, error)
+}
+
 // ItemLimiter is implemented by Queues whose engine bounds the size of
 // one item (a gateway of a cluster: NATS's max_payload). A result over
 // it would fail its whole completion, whose other tasks would run again

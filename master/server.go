@@ -33,6 +33,8 @@ type Server struct {
 	asker GatewayAsker
 	// limiter is queues, if it bounds an item's size.
 	limiter ItemLimiter
+	// keeper is queues, if they keep deletions across a restart.
+	keeper DeletionKeeper
 
 	// ctx is cancelled when the server stops; blocked gets return at once.
 	ctx    context.Context
@@ -116,6 +118,7 @@ func New(cfg Config) (*Server, error) {
 	s.confirmer, _ = s.queues.(DeliveryConfirmer)
 	s.asker, _ = s.queues.(GatewayAsker)
 	s.limiter, _ = s.queues.(ItemLimiter)
+	s.keeper, _ = s.queues.(DeletionKeeper)
 	s.py = s.newPyManager()
 	if s.asker != nil {
 		if err := s.answerGateways(s.asker); err != nil {
@@ -127,6 +130,12 @@ func New(cfg Config) (*Server, error) {
 	qs := s.queues
 	if !s.goRun(func() { qs.ReapLeases(s.ctx.Done(), s.leasesExpired) }) {
 		panic("unreachable: new server already closing")
+	}
+	if s.keeper != nil {
+		if err := s.recallDeletions(); err != nil {
+			s.log.Warn("the deletions of queues kept are not read yet; trying again every 2s", "err", err)
+			s.goRun(s.recallDeletionsLater)
+		}
 	}
 	return s, nil
 }

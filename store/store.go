@@ -39,6 +39,12 @@ const (
 	// ForgetKeys forgets every idempotency key of a queue (it was
 	// deleted): Queue.
 	ForgetKeys
+	// Deleted remembers a client's deletion of a queue, so that after a
+	// restart the results of tasks put before it still go nowhere and the
+	// tasks it cancelled stay cancelled: Queue, Enqueued (when it was
+	// deleted), Due (when a deletion last cancelled the tasks replying to
+	// it; zero if none did). A zero Enqueued forgets it.
+	Deleted
 )
 
 func (k Kind) String() string {
@@ -59,6 +65,8 @@ func (k Kind) String() string {
 		return "policy"
 	case ForgetKeys:
 		return "forget-keys"
+	case Deleted:
+		return "deleted"
 	}
 	return "kind(" + strconv.Itoa(int(k)) + ")"
 }
@@ -120,13 +128,23 @@ type Meta struct {
 	Keys []Task
 	// Policies are the queues' retry policies, by queue name.
 	Policies map[string]Policy
+	// Deletions are the queues' deletions remembered (Kind Deleted), by
+	// queue name; the caller drops those it no longer needs.
+	Deletions map[string]Deletion
 	// Warnings says what recovery dropped (a torn tail), for the log.
 	Warnings []string
 }
 
+// Deletion is a queue's deletion as a Deleted op records it.
+type Deletion struct {
+	At       time.Time // the last deletion
+	CancelAt time.Time // the last deletion that cancelled tasks; zero if none did
+}
+
 // Dumper writes the state to keep through emit: every live task as an
 // Add, with its current Seq, Attempts and Due, every idempotency key still
-// in its window as a Key, and every queue's policy as a SetPolicy. A
+// in its window as a Key, every queue's policy as a SetPolicy, and every
+// deletion still remembered as a Deleted. A
 // store calls it from its own goroutine to write a snapshot; it must take
 // the same locks as the changes it reports, so that each task it emits is
 // in a state that an Append has described (or will describe after the

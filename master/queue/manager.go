@@ -29,6 +29,9 @@ type Manager struct {
 	policyMu sync.Mutex
 	policies map[string]Policy // set by SetPolicy, by queue name
 
+	deletionsMu sync.Mutex
+	deletions   map[string]Deletion // kept for the store (deletions.go)
+
 	closed    atomic.Bool
 	closeOnce sync.Once
 	closedCh  chan struct{}
@@ -49,13 +52,14 @@ func New(cfg Config) (*Manager, error) {
 	}
 	cfg = cfg.withDefaults()
 	m := &Manager{
-		cfg:      cfg,
-		now:      cfg.Now,
-		epoch:    cfg.Now(),
-		closedCh: make(chan struct{}),
-		leaseCh:  make(chan struct{}, 1),
-		store:    cfg.Store,
-		policies: make(map[string]Policy),
+		cfg:       cfg,
+		now:       cfg.Now,
+		epoch:     cfg.Now(),
+		closedCh:  make(chan struct{}),
+		leaseCh:   make(chan struct{}, 1),
+		store:     cfg.Store,
+		policies:  make(map[string]Policy),
+		deletions: make(map[string]Deletion),
 	}
 	if err := m.load(); err != nil {
 		return nil, err

@@ -140,6 +140,9 @@ func (m *Manager) load() error {
 	for name, p := range meta.Policies {
 		m.policies[name] = p
 	}
+	for name, d := range meta.Deletions {
+		m.deletions[name] = d // Deletions drops the old ones
+	}
 	// Order by queue, then Seq, through an index: cheaper to move than
 	// Tasks, and nearly sorted already in the common case.
 	order := make([]int32, len(tasks))
@@ -247,5 +250,5 @@ func (m *Manager) dump(emit func(*store.Op) error) error {
 			return err
 		}
 	}
-	return nil
+	return m.dumpDeletions(emit)
 }

@@ -95,7 +95,7 @@ func (l *Log) snapshot(n uint64) error {
 		switch o.Kind {
 		case store.Add:
 			count++
-		case store.Key, store.SetPolicy:
+		case store.Key, store.SetPolicy, store.Deleted:
 		default:
 			return fmt.Errorf("seglog: a dump emitted a %v op", o.Kind)
 		}

@@ -15,13 +15,14 @@ import (
 
 // state is the set of live tasks being rebuilt by Load.
 type state struct {
-	tasks    []store.Task // by index; deleted ones have ID 0
-	index    idIndex
-	keys     map[keyName]store.Task // idempotency keys, live tasks' or not
-	policies map[string]store.Policy
-	maxID    uint64
-	maxSeq   int64
-	arena    []byte // payload copies are carved from here
+	tasks     []store.Task // by index; deleted ones have ID 0
+	index     idIndex
+	keys      map[keyName]store.Task // idempotency keys, live tasks' or not
+	policies  map[string]store.Policy
+	deletions map[string]store.Deletion
+	maxID     uint64
+	maxSeq    int64
+	arena     []byte // payload copies are carved from here
 }
 
 // keyName is an idempotency key within its queue.
@@ -85,6 +86,15 @@ func (s *state) apply(op *store.Op) {
 			delete(s.policies, t.Queue)
 		} else {
 			s.policies[t.Queue] = op.Policy
+		}
+	case store.Deleted:
+		if s.deletions == nil {
+			s.deletions = make(map[string]store.Deletion)
+		}
+		if t.Enqueued.IsZero() {
+			delete(s.deletions, t.Queue)
+		} else {
+			s.deletions[t.Queue] = store.Deletion{At: t.Enqueued, CancelAt: t.Due}
 		}
 	}
 }
@@ -324,6 +334,7 @@ func (l *Log) load() (store.Meta, []store.Task, error) {
 		meta.Keys = append(meta.Keys, k)
 	}
 	meta.Policies = st.policies
+	meta.Deletions = st.deletions
 	l.live = int64(meta.Tasks)
 	return meta, tasks, nil
 }
@@ -370,7 +381,7 @@ func (sc *scan) file(b []byte) {
 func (l *Log) loadSnapshot(n uint64, b []byte, st *state, dec *decoder) (int64, error) {
 	name := filepath.Join(l.dir, snapName(n))
 	if len(b) < headerLen || !isSnapMagic(string(b[:headerLen])) {
-		return 0, fmt.Errorf("%w: %s: not a qm snapshot (bad header)", store.ErrCorrupt, name)
+		return 0, fmt.Errorf("%w: %s: not a qm snapshot (%s)", store.ErrCorrupt, name, badHeader(b, "QMSNP"))
 	}
 	var op store.Op
 	count := 0
@@ -394,7 +405,7 @@ func (l *Log) loadSnapshot(n uint64, b []byte, st *state, dec *decoder) (int64, 
 		switch op.Kind {
 		case store.Add:
 			count++
-		case store.Key, store.SetPolicy:
+		case store.Key, store.SetPolicy, store.Deleted:
 		default:
 			return 0, fmt.Errorf("%w: %s at offset %d: %v record in a snapshot", store.ErrCorrupt, name, off-k, op.Kind)
 		}
@@ -416,7 +427,7 @@ func (l *Log) replay(n uint64, b []byte, last bool, st *state, dec *decoder) (si
 			}
 			return 0, fmt.Errorf("dropped %s: a segment without a complete header (%d bytes), cut short by a crash", name, len(b)), nil
 		}
-		return 0, nil, fmt.Errorf("%w: %s: not a qm log segment (bad header)", store.ErrCorrupt, name)
+		return 0, nil, fmt.Errorf("%w: %s: not a qm log segment (%s)", store.ErrCorrupt, name, badHeader(b, "QMLOG"))
 	}
 	var op store.Op
 	off := headerLen

@@ -321,9 +321,10 @@ func TestParseFsync(t *testing.T) {
 }
 
 // TestScheduledRoundTrip: a task's due time, priority and idempotency
-// key, a requeue's due time, a key kept after its task, and a queue's
-// policy come back from the log; the zero policy removes one, and a Key
-// with a zero Enqueued a key.
+// key, a requeue's due time, a key kept after its task, a queue's
+// policy and a queue's deletion come back from the log; the zero policy
+// removes one, a Key with a zero Enqueued a key, and a Deleted with a zero
+// Enqueued a deletion.
 func TestScheduledRoundTrip(t *testing.T) {
 	dir := t.TempDir()
 	l, _, _ := open(t, dir, seglog.Options{})
@@ -341,7 +342,12 @@ func TestScheduledRoundTrip(t *testing.T) {
 	l.Append(store.Op{Kind: store.ForgetKeys, Task: store.Task{Queue: "gone"}})
 	l.Append(store.Op{Kind: store.SetPolicy, Task: store.Task{Queue: "q"}, Policy: store.Policy{MaxAttempts: 10, BackoffMin: time.Second, BackoffMax: time.Hour}})
 	l.Append(store.Op{Kind: store.SetPolicy, Task: store.Task{Queue: "r"}, Policy: store.Policy{MaxAttempts: 4}})
-	tk := l.Append(store.Op{Kind: store.SetPolicy, Task: store.Task{Queue: "r"}})
+	l.Append(store.Op{Kind: store.SetPolicy, Task: store.Task{Queue: "r"}})
+	l.Append(store.Op{Kind: store.Deleted, Task: store.Task{Queue: "map-1", Enqueued: due}})
+	l.Append(store.Op{Kind: store.Deleted, Task: store.Task{Queue: "map-1", Enqueued: due.Add(time.Second), Due: due.Add(time.Second)}})
+	l.Append(store.Op{Kind: store.Deleted, Task: store.Task{Queue: "map-2", Enqueued: due}})
+	l.Append(store.Op{Kind: store.Deleted, Task: store.Task{Queue: "map-3", Enqueued: due}})
+	tk := l.Append(store.Op{Kind: store.Deleted, Task: store.Task{Queue: "map-3"}})
 	if err := l.Wait(tk); err != nil {
 		t.Fatal(err)
 	}
@@ -361,11 +367,26 @@ func TestScheduledRoundTrip(t *testing.T) {
 	if want := map[string]store.Policy{"q": {MaxAttempts: 10, BackoffMin: time.Second, BackoffMax: time.Hour}}; !maps.Equal(meta.Policies, want) {
 		t.Fatalf("policies = %v, want %v", meta.Policies, want)
 	}
+	wantDeletions := map[string]store.Deletion{
+		"map-1": {At: due.Add(time.Second), CancelAt: due.Add(time.Second)},
+		"map-2": {At: due},
+	}
+	if !maps.EqualFunc(meta.Deletions, wantDeletions, func(a, b store.Deletion) bool {
+		return a.At.Equal(b.At) && a.CancelAt.Equal(b.CancelAt)
+	}) {
+		t.Fatalf("deletions = %v, want %v", meta.Deletions, wantDeletions)
+	}
 }
 
-// TestLoadsFormat1: a log written before format 02 (header QMLOG01)
-// loads as it is.
-func TestLoadsFormat1(t *testing.T) {
+// TestLoadsOlderFormats: a log written before format 03 (headers QMLOG01
+// and QMLOG02) loads as it is.
+func TestLoadsOlderFormats(t *testing.T) {
+	for _, magic := range []string{"QMLOG01\n", "QMLOG02\n"} {
+		t.Run(magic[:7], func(t *testing.T) { loadsFormat(t, magic) })
+	}
+}
+
+func loadsFormat(t *testing.T, magic string) {
 	dir := t.TempDir()
 	l, _, _ := open(t, dir, seglog.Options{})
 	if err := l.Wait(l.Append(add(1, "q", 1, "one"), add(2, "q", 2, "two"), del(1))); err != nil {
@@ -379,7 +400,7 @@ func TestLoadsFormat1(t *testing.T) {
 			t.Fatal(err)
 		}
 		if len(b) >= 8 {
-			copy(b, "QMLOG01\n")
+			copy(b, magic)
 			if err := os.WriteFile(s, b, 0o644); err != nil {
 				t.Fatal(err)
 			}
@@ -388,5 +409,35 @@ func TestLoadsFormat1(t *testing.T) {
 	_, got, _ := open(t, dir, seglog.Options{})
 	if len(got) != 1 || string(got[2].Payload) != "two" {
 		t.Fatalf("tasks = %+v, want task 2", got)
+	}
+}
+
+// TestRefusesNewerFormats: a data directory written by a newer qm is
+// refused, saying so, rather than misread.
+func TestRefusesNewerFormats(t *testing.T) {
+	dir := t.TempDir()
+	l, _, _ := open(t, dir, seglog.Options{})
+	if err := l.Wait(l.Append(add(1, "q", 1, "one"))); err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	segs, _ := filepath.Glob(filepath.Join(dir, "log-*"))
+	for _, s := range segs {
+		b, err := os.ReadFile(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		copy(b, "QMLOG09\n")
+		if err := os.WriteFile(s, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l2, err := seglog.Open(dir, seglog.Options{})
+	if err == nil {
+		_, _, err = l2.Load()
+		l2.Close()
+	}
+	if !errors.Is(err, store.ErrCorrupt) || !strings.Contains(err.Error(), "format 09, written by a newer qm") {
+		t.Fatalf("open of a format 09 log: %v; want it refused as newer", err)
 	}
 }

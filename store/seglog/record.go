@@ -12,20 +12,32 @@ import (
 
 // File headers: 8 magic bytes. Format 02 adds optional fields at the end
 // of Add, Move and Requeue records (due time, priority, idempotency key)
-// and the Key, SetPolicy and ForgetKeys records. Files of format 01 load as they are;
-// a qm that knows only 01 refuses 02 files, where it would misread their
-// records as a torn tail.
+// and the Key, SetPolicy and ForgetKeys records; format 03 the Deleted
+// record. Files of older formats load as they are; a qm that knows only an
+// older format refuses newer files, where it would misread their records
+// as a torn tail.
 const (
-	logMagic    = "QMLOG02\n"
-	snapMagic   = "QMSNP02\n"
+	logMagic    = "QMLOG03\n"
+	snapMagic   = "QMSNP03\n"
+	logMagicV2  = "QMLOG02\n"
+	snapMagicV2 = "QMSNP02\n"
 	logMagicV1  = "QMLOG01\n"
 	snapMagicV1 = "QMSNP01\n"
 	headerLen   = 8
 )
 
+// badHeader says what is wrong with the header of file b, whose headers
+// start with prefix: a format newer than this qm knows, or damage.
+func badHeader(b []byte, prefix string) string {
+	if len(b) >= headerLen && string(b[:len(prefix)]) == prefix && b[headerLen-1] == '\n' {
+		return fmt.Sprintf("format %s, written by a newer qm: run that version or a later one", b[len(prefix):headerLen-1])
+	}
+	return "bad header"
+}
+
 // isLogMagic and isSnapMagic accept every format this package reads.
-func isLogMagic(h string) bool  { return h == logMagic || h == logMagicV1 }
-func isSnapMagic(h string) bool { return h == snapMagic || h == snapMagicV1 }
+func isLogMagic(h string) bool  { return h == logMagic || h == logMagicV2 || h == logMagicV1 }
+func isSnapMagic(h string) bool { return h == snapMagic || h == snapMagicV2 || h == snapMagicV1 }
 
 // Bits of the extension of an Add, Move or Requeue record: which optional
 // fields follow, in this order.
@@ -86,6 +98,10 @@ func appendRecord(b []byte, op *store.Op) []byte {
 		b = appendString(b, t.Key)
 	case store.ForgetKeys:
 		b = appendString(b, t.Queue)
+	case store.Deleted:
+		b = appendString(b, t.Queue)
+		b = binary.AppendVarint(b, unixNano(t.Enqueued))
+		b = binary.AppendVarint(b, unixNano(t.Due))
 	case store.SetPolicy:
 		p := &op.Policy
 		b = appendString(b, t.Queue)
@@ -144,6 +160,14 @@ func unixNano(t time.Time) int64 {
 		return 0
 	}
 	return t.UnixNano()
+}
+
+// fromUnixNano is unixNano's inverse: 0 is the zero time.
+func fromUnixNano(ns int64) time.Time {
+	if ns == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, ns)
 }
 
 // decoder reads records from a buffer. Strings are interned; Payloads
@@ -209,6 +233,10 @@ func (d *decoder) decodeBody(body []byte, op *store.Op) error {
 		t.Key = string(r.bytes())
 	case store.ForgetKeys:
 		t.Queue = d.intern(r.bytes())
+	case store.Deleted:
+		t.Queue = d.intern(r.bytes())
+		t.Enqueued = fromUnixNano(r.varint())
+		t.Due = fromUnixNano(r.varint())
 	case store.SetPolicy:
 		t.Queue = d.intern(r.bytes())
 		op.Policy.MaxAttempts = r.count()
