@@ -3,6 +3,7 @@ package master_test
 import (
 	"cmp"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"slices"
@@ -230,5 +231,65 @@ func TestDeleteCancelsTasksAtEveryGateway(t *testing.T) {
 	}
 	if ts, err := w.Get(ctx, "jobs", wire.GetOptions{Max: 10, Timeout: 200 * time.Millisecond}); err != nil || len(ts) != 0 {
 		t.Fatalf("get: %+v, %v; want none left", ts, err)
+	}
+}
+
+var _ master.DeletionKeeper = (*jsqueue.Queues)(nil)
+
+// A gateway that starts after a queue's deletion (a restart, a new one)
+// knows it from the cluster: the tasks it cancelled stay cancelled, and
+// the result of a task put before a plain deletion goes nowhere.
+func TestGatewayStartedLaterKnowsDeletions(t *testing.T) {
+	nc := startJetStream(t)
+	a := startGatewayOn(t, nc, master.Config{})
+	ctx := ctxFor(t, 20*time.Second)
+	c := qmtest.Dial(t, a, "producer")
+	if _, err := c.Put(ctx, "replies", []any{"made"}, wire.PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	stale, err := c.Put(ctx, "jobs", []any{"stale"}, wire.PutOptions{ReplyTo: "replies"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Put(ctx, "jobs", []any{1, 2, 3}, wire.PutOptions{ReplyTo: "map-1"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Delete(ctx, "replies"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.DeleteCancelling(ctx, "map-1"); !errors.Is(err, wire.ErrUnknownQueue) {
+		t.Fatalf("delete map-1: %v, want it unknown (never made), and its tasks cancelled", err)
+	}
+	later, err := c.Put(ctx, "jobs", []any{"later"}, wire.PutOptions{ReplyTo: "map-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	b := startGatewayOn(t, nc, master.Config{})
+	w := qmtest.Dial(t, b, "worker")
+	var ts []wire.Task
+	for len(ts) < 2 {
+		got, err := w.Get(ctx, "jobs", wire.GetOptions{Max: 10, Timeout: 2 * time.Second})
+		if err != nil || len(got) == 0 {
+			t.Fatalf("get through the later gateway: %+v, %v; have %+v", got, err, ts)
+		}
+		ts = append(ts, got...)
+	}
+	if len(ts) != 2 || ts[0].ID != stale[0] || ts[1].ID != later[0] {
+		t.Fatalf("got %+v; want tasks %d and %d, the cancelled ones passed over", ts, stale[0], later[0])
+	}
+	if err := w.Complete(ctx, "jobs", "", []wire.Completion{{ID: ts[0].ID, Value: ts[0].Payload}, {ID: ts[1].ID, Value: ts[1].Payload}}); err != nil {
+		t.Fatal(err)
+	}
+	if ts, err := w.Get(ctx, "jobs", wire.GetOptions{Max: 10, Timeout: 200 * time.Millisecond}); err != nil || len(ts) != 0 {
+		t.Fatalf("get: %+v, %v; want none left", ts, err)
+	}
+	pb := qmtest.Dial(t, b, "producer")
+	if _, err := pb.Stats(ctx, "replies"); !errors.Is(err, wire.ErrUnknownQueue) {
+		t.Errorf("stats of the deleted reply queue: %v; want it unknown, not made again by a late result", err)
+	}
+	rs, err := pb.Get(ctx, "map-1", wire.GetOptions{Max: 5, Timeout: 5 * time.Second, NoAck: true})
+	if err != nil || len(rs) != 1 {
+		t.Fatalf("map-1: %d items, %v; want the result of the task put after its deletion", len(rs), err)
 	}
 }

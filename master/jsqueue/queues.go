@@ -216,6 +216,10 @@ type Queues struct {
 	sizeMu  sync.Mutex
 	sizes   map[string]map[string]sizeSaid
 	sizeSub *nats.Subscription
+	// delKV keeps the deletions of queues (deletions.go), opened on
+	// first use under delMu.
+	delMu sync.Mutex
+	delKV jetstream.KeyValue
 	// layoutKV keeps the pack sizes of puts with request IDs, opened on
 	// first use under layoutMu.
 	layoutMu     sync.Mutex

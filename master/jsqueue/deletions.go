@@ -1,0 +1,145 @@
+package jsqueue
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/qm-dev/qm/master/queue"
+)
+
+// The deletions of queues that clients made through any gateway are kept
+// in the KV bucket deletionsBucket, one key per queue, for the gateways
+// that start later (a restart, a new one): those running are told of
+// each at once (master's deletion notices), but a gateway's memory of
+// them ends with it. Entries last queue.DeletionKept after their last
+// write, the bucket's TTL.
+
+// deletionsBucket is the KV bucket of the queues' deletions.
+const deletionsBucket = "qm_deletions"
+
+// keptDeletion is a deletion as the bucket keeps it, under its queue's
+// token, with the queue's name.
+type keptDeletion struct {
+	Queue    string    `json:"queue"`
+	At       time.Time `json:"at"`
+	CancelAt time.Time `json:"cancel_at,omitzero"`
+}
+
+// deletionsKV returns the bucket, creating it when create is set; nil
+// and no error if it is not there and create is not set.
+func (q *Queues) deletionsKV(ctx context.Context, create bool) (jetstream.KeyValue, error) {
+	q.delMu.Lock()
+	defer q.delMu.Unlock()
+	if q.delKV != nil {
+		return q.delKV, nil
+	}
+	kv, err := q.js.KeyValue(ctx, deletionsBucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		if !create {
+			return nil, nil
+		}
+		kv, err = q.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket:   deletionsBucket,
+			TTL:      queue.DeletionKept,
+			Replicas: q.cfg.Replicas,
+			Storage:  jetstream.FileStorage,
+		})
+	}
+	if err != nil {
+		return nil, q.engineErr("open the deletions of queues", err)
+	}
+	q.delKV = kv
+	return kv, nil
+}
+
+// KeepDeletion stores the deletion of queue name, so that gateways that
+// start later know it (master.DeletionKeeper). Each of its times only
+// moves forward: two gateways' deletions of one queue at once keep the
+// later of each.
+func (q *Queues) KeepDeletion(name string, d queue.Deletion) error {
+	ctx, cancel := context.WithTimeout(q.ctx, q.cfg.RequestTimeout)
+	defer cancel()
+	kv, err := q.deletionsKV(ctx, true)
+	if err != nil {
+		return err
+	}
+	key := token(name)
+	for range 5 {
+		var rev uint64
+		e, err := kv.Get(ctx, key)
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+		case err != nil:
+			return q.engineErr("read the deletion of "+name, err)
+		default:
+			rev = e.Revision()
+			var old keptDeletion
+			if json.Unmarshal(e.Value(), &old) == nil && old.Queue == name {
+				if old.At.After(d.At) {
+					d.At = old.At
+				}
+				if old.CancelAt.After(d.CancelAt) {
+					d.CancelAt = old.CancelAt
+				}
+			}
+		}
+		value, err := json.Marshal(keptDeletion{Queue: name, At: d.At, CancelAt: d.CancelAt})
+		if err != nil {
+			return err
+		}
+		if rev == 0 {
+			_, err = kv.Create(ctx, key, value)
+		} else {
+			_, err = kv.Update(ctx, key, value, rev)
+		}
+		if errors.Is(err, jetstream.ErrKeyExists) {
+			continue // another gateway's write came between: merge with it
+		}
+		if err != nil {
+			return q.engineErr("keep the deletion of "+name, err)
+		}
+		return nil
+	}
+	return fmt.Errorf("%w: jetstream: the deletion of %s kept changing as it was written", queue.ErrUnavailable, name)
+}
+
+// Deletions returns the deletions kept in the bucket, none if there is no
+// bucket yet (master.DeletionKeeper).
+func (q *Queues) Deletions() (map[string]queue.Deletion, error) {
+	ctx, cancel := context.WithTimeout(q.ctx, q.cfg.RequestTimeout)
+	defer cancel()
+	out := make(map[string]queue.Deletion)
+	kv, err := q.deletionsKV(ctx, false)
+	if err != nil || kv == nil {
+		return out, err
+	}
+	w, err := kv.WatchAll(ctx, jetstream.IgnoreDeletes())
+	if err != nil {
+		return nil, q.engineErr("read the deletions of queues", err)
+	}
+	defer func() { _ = w.Stop() }()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, q.engineErr("read the deletions of queues", ctx.Err())
+		case e, ok := <-w.Updates():
+			if !ok {
+				return nil, q.engineErr("read the deletions of queues", errors.New("the watch ended early"))
+			}
+			if e == nil { // every entry there was is in
+				return out, nil
+			}
+			var d keptDeletion
+			if err := json.Unmarshal(e.Value(), &d); err != nil || d.Queue == "" || token(d.Queue) != e.Key() {
+				q.log.Warn("a deletion kept in the bucket is not read", "bucket", deletionsBucket, "key", e.Key(), "err", err)
+				continue
+			}
+			out[d.Queue] = queue.Deletion{At: d.At, CancelAt: d.CancelAt}
+		}
+	}
+}
