@@ -393,19 +393,7 @@ func loadsFormat(t *testing.T, magic string) {
 		t.Fatal(err)
 	}
 	l.Close()
-	segs, _ := filepath.Glob(filepath.Join(dir, "log-*"))
-	for _, s := range segs {
-		b, err := os.ReadFile(s)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(b) >= 8 {
-			copy(b, magic)
-			if err := os.WriteFile(s, b, 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	rewriteHeaders(t, dir, magic)
 	_, got, _ := open(t, dir, seglog.Options{})
 	if len(got) != 1 || string(got[2].Payload) != "two" {
 		t.Fatalf("tasks = %+v, want task 2", got)
@@ -421,17 +409,7 @@ func TestRefusesNewerFormats(t *testing.T) {
 		t.Fatal(err)
 	}
 	l.Close()
-	segs, _ := filepath.Glob(filepath.Join(dir, "log-*"))
-	for _, s := range segs {
-		b, err := os.ReadFile(s)
-		if err != nil {
-			t.Fatal(err)
-		}
-		copy(b, "QMLOG09\n")
-		if err := os.WriteFile(s, b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	rewriteHeaders(t, dir, "QMLOG09\n")
 	l2, err := seglog.Open(dir, seglog.Options{})
 	if err == nil {
 		_, _, err = l2.Load()
@@ -439,5 +417,23 @@ func TestRefusesNewerFormats(t *testing.T) {
 	}
 	if !errors.Is(err, store.ErrCorrupt) || !strings.Contains(err.Error(), "format 09, written by a newer qm") {
 		t.Fatalf("open of a format 09 log: %v; want it refused as newer", err)
+	}
+}
+
+// rewriteHeaders gives every log segment in dir the header magic.
+func rewriteHeaders(t *testing.T, dir, magic string) {
+	t.Helper()
+	segs, _ := filepath.Glob(filepath.Join(dir, "log-*"))
+	for _, s := range segs {
+		b, err := os.ReadFile(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(b) >= len(magic) {
+			copy(b, magic)
+			if err := os.WriteFile(s, b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
 }
