@@ -72,6 +72,9 @@ func TestACLDenied(t *testing.T) {
 	worker := dialACL(t, addr, "worker-secret", "worker")
 	ops := dialACL(t, addr, "ops-secret", "admin")
 
+	if ingest.MayAdminister() || worker.MayAdminister() || !ops.MayAdminister() {
+		t.Errorf("MayAdminister: ingest %v, worker %v, ops %v; want only ops", ingest.MayAdminister(), worker.MayAdminister(), ops.MayAdminister())
+	}
 	if _, err := ingest.Put(ctx, "jobs", []any{1, 2, 3}, wire.PutOptions{}); err != nil {
 		t.Fatalf("ingest put jobs: %v", err)
 	}

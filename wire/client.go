@@ -103,8 +103,9 @@ type Client struct {
 
 	// masters is how many masters the address dialled names (Masters).
 	masters int
-	// queuesOutlive is the master's hello's QueuesOutlive.
-	queuesOutlive bool
+	// queuesOutlive and noAdmin are the master's hello's QueuesOutlive
+	// and NoAdmin.
+	queuesOutlive, noAdmin bool
 
 	mu     sync.Mutex
 	max    int // the message size limit: ours, or the master's if lower
@@ -123,6 +124,11 @@ func (c *Client) Masters() int { return c.masters }
 // it (Response.QueuesOutlive): a client that loses it may connect again
 // to the same address and find its tasks.
 func (c *Client) QueuesOutliveMaster() bool { return c.queuesOutlive }
+
+// MayAdminister reports whether the client's key may make the operators'
+// calls (inspect every queue, clients, peek, ...), as the master said at
+// the hello; true for a master that does not say (an older one).
+func (c *Client) MayAdminister() bool { return !c.noAdmin }
 
 type clientStream struct {
 	s     *yamux.Stream
@@ -401,7 +407,7 @@ func (c *Client) hello(ctx context.Context, cfg Config) error {
 		return err
 	}
 	c.id = resp.ClientID
-	c.queuesOutlive = resp.QueuesOutlive
+	c.queuesOutlive, c.noAdmin = resp.QueuesOutlive, resp.NoAdmin
 	if n := resp.MaxStreams; n > 0 {
 		// The master refuses a stream beyond n open at once, idle ones
 		// included: calls wait for a slot instead. A call takes an idle

@@ -582,7 +582,7 @@ func appendResponse(b []byte, r *Response) ([]byte, error) {
 	n := 0
 	for _, set := range [...]bool{r.Code != 0, r.Error != "", len(r.IDs) > 0, len(r.Tasks) > 0,
 		len(r.Stats) > 0, len(r.Clients) > 0, len(r.Queues) > 0, r.Count != 0, r.Lease != 0, r.ClientID != 0,
-		r.MaxMessageSize != 0, r.QueuesOutlive, r.MaxStreams != 0, r.StreamClosed, r.Note != "", r.Repeats != 0, r.Then != nil} {
+		r.MaxMessageSize != 0, r.QueuesOutlive, r.NoAdmin, r.MaxStreams != 0, r.StreamClosed, r.Note != "", r.Repeats != 0, r.Then != nil} {
 		if set {
 			n++
 		}
@@ -629,6 +629,10 @@ func appendResponse(b []byte, r *Response) ([]byte, error) {
 	}
 	if r.QueuesOutlive {
 		b = msgp.AppendStr(b, "outlive")
+		b = msgp.AppendBool(b, true)
+	}
+	if r.NoAdmin {
+		b = msgp.AppendStr(b, "no_admin")
 		b = msgp.AppendBool(b, true)
 	}
 	if r.MaxStreams != 0 {
@@ -727,6 +731,8 @@ func (r *Response) decode(rd *msgp.Reader, chained bool) error {
 			r.MaxMessageSize, err = readInt(rd)
 		case "outlive":
 			r.QueuesOutlive, err = rd.Bool()
+		case "no_admin":
+			r.NoAdmin, err = rd.Bool()
 		case "max_streams":
 			r.MaxStreams, err = readInt(rd)
 		case "stream_closed":

@@ -96,7 +96,7 @@ func TestFastCodecResponse(t *testing.T) {
 	want := Response{
 		Code: CodeNotLeased, Error: "e", IDs: []uint64{1, 2}, Tasks: sampleTasks(),
 		Stats: []QueueStats{{Queue: "tasks", Ready: 3}}, Clients: []ClientInfo{{ID: 4, Role: "worker"}},
-		Queues: []string{"a"}, Count: -1, Lease: time.Second, ClientID: 5, MaxMessageSize: 1 << 20, QueuesOutlive: true, MaxStreams: 256, StreamClosed: true, Note: "n", Repeats: 3,
+		Queues: []string{"a"}, Count: -1, Lease: time.Second, ClientID: 5, MaxMessageSize: 1 << 20, QueuesOutlive: true, NoAdmin: true, MaxStreams: 256, StreamClosed: true, Note: "n", Repeats: 3,
 	}
 	var got Response
 	if err := msgpack.Unmarshal(mustMarshal(t, want), &got); err != nil {
@@ -309,7 +309,7 @@ func TestDecodeRequestElementBound(t *testing.T) {
 // sampleResponses are responses with every field set in one or another.
 func sampleResponses() []Response {
 	return []Response{
-		{Code: CodeNotLeased, Error: "e", IDs: []uint64{1, 1 << 40}, Tasks: sampleTasks(), Count: -1, Lease: time.Second, ClientID: 5, MaxMessageSize: 1 << 20, QueuesOutlive: true, MaxStreams: 8, StreamClosed: true, Note: "partial", Repeats: 2},
+		{Code: CodeNotLeased, Error: "e", IDs: []uint64{1, 1 << 40}, Tasks: sampleTasks(), Count: -1, Lease: time.Second, ClientID: 5, MaxMessageSize: 1 << 20, QueuesOutlive: true, NoAdmin: true, MaxStreams: 8, StreamClosed: true, Note: "partial", Repeats: 2},
 		{Stats: []QueueStats{{Queue: "tasks", Ready: 300, OldestAge: time.Hour}}, Clients: []ClientInfo{{ID: 4, Role: "worker", Gateway: "n1", LastSeen: time.Unix(5, 0)}},
 			Queues: []string{"a"}, Then: &Response{Count: 1}},
 		{},

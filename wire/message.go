@@ -159,6 +159,10 @@ type Response struct {
 	// loses it may connect again, to it restarted or to another gateway,
 	// and find its tasks there.
 	QueuesOutlive bool `msgpack:"outlive,omitempty"`
+	// NoAdmin says that the client's key may not make the operators'
+	// calls (hello; the ACL may change later): a client that only wants
+	// to say more (map's notes) need not ask, and be counted as denied.
+	NoAdmin bool `msgpack:"no_admin,omitempty"`
 	// MaxStreams is how many streams the master takes open at once on one
 	// connection (hello): a client keeps its calls and idle streams
 	// within it.

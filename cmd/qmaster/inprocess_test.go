@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"encoding/hex"
 	"fmt"
+	"log/slog"
 	"regexp"
 	"strings"
 	"sync"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/qm-dev/qm/acl"
 	"github.com/qm-dev/qm/internal/qmtest"
 	"github.com/qm-dev/qm/master"
 	"github.com/qm-dev/qm/master/queue"
@@ -194,10 +196,16 @@ func startMap(t *testing.T, addr, tasks, stdin string) (out, errOut *syncBuffer,
 // private one).
 func startMapTo(t *testing.T, addr, tasks, results, stdin string) (out, errOut *syncBuffer, done <-chan error) {
 	t.Helper()
+	return startMapAs(t, addr, testKey, tasks, results, stdin)
+}
+
+// startMapAs is startMapTo with the authkey key.
+func startMapAs(t *testing.T, addr, key, tasks, results, stdin string) (out, errOut *syncBuffer, done <-chan error) {
+	t.Helper()
 	f, _, _ := testFactory(stdin)
 	out, errOut = &syncBuffer{}, &syncBuffer{}
 	f.Out, f.ErrOut = out, errOut
-	opts := &mapOptions{IO: f, Client: clientOptions{Server: addr, Authkey: testKey, ConnectTimeout: 5 * time.Second},
+	opts := &mapOptions{IO: f, Client: clientOptions{Server: addr, Authkey: key, ConnectTimeout: 5 * time.Second},
 		Tasks: tasks, Results: results, Batch: 1000, checkEvery: 100 * time.Millisecond}
 	ctx, cancel := context.WithCancel(context.Background())
 	ch, exited := make(chan error, 1), make(chan struct{})
@@ -292,6 +300,29 @@ func TestMapSaysWhyNoWorkerTakes(t *testing.T) {
 	}
 	if n := strings.Count(errOut.String(), noWorker); n != 1 {
 		t.Errorf("said %d times that no worker is connected, want once:\n%s", n, errOut)
+	}
+}
+
+// TestMapWithoutAdminSaysWhyNoWorkerTakes: a map whose key may not list
+// the clients says why no worker takes its tasks as far as it can, and
+// does not ask, which the master would count and log as a denial.
+func TestMapWithoutAdminSaysWhyNoWorkerTakes(t *testing.T) {
+	rules, err := acl.Parse([]byte(`
+[[key]]
+name = "mapper"
+secret = "mapper-secret"
+put = ["lonely", "map-*"]
+get = ["map-*"]
+`), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var log syncBuffer
+	addr, _ := qmtest.StartMaster(t, master.Config{ACL: rules, Logger: slog.New(slog.NewTextHandler(&log, nil))})
+	_, errOut, _ := startMapAs(t, addr, "mapper-secret", "lonely", "", "1\n")
+	waitStderr(t, errOut, "qmaster map: waiting: 1 task ready in lonely and none taken (is a worker serving lonely?)\n")
+	if strings.Contains(log.String(), "permission denied") {
+		t.Errorf("the master logged a denial of the map's key:\n%s", log.String())
 	}
 }
 

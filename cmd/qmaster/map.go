@@ -1009,7 +1009,7 @@ func (w *tasksWatch) check(ctx context.Context, submitted, outstanding int) (str
 		return "", nil // tasks are taken
 	}
 	workers := -1
-	if !w.noClients {
+	if !w.noClients && c.MayAdminister() {
 		clients, err := c.Clients(ctx)
 		w.noClients = errors.Is(err, wire.ErrPermissionDenied)
 		if err == nil {
