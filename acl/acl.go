@@ -22,6 +22,10 @@ const (
 	Get
 	// Use is either, or admin: what asking a queue's length needs.
 	Use
+	// Delete is deleting a queue, with the tasks that reply to it if
+	// asked: granted by admin, or by the key's delete patterns (a
+	// producer's map deletes its private reply queue at its end).
+	Delete
 )
 
 // Key is one entry of the file: a secret and what its holder may do.
@@ -32,8 +36,9 @@ type Key struct {
 	// Secret is what the client proves it knows in the handshake.
 	Secret []byte
 	// PutPatterns and GetPatterns are the queues it may put to and get
-	// from (see the package doc for the syntax).
-	PutPatterns, GetPatterns []string
+	// from, and DeletePatterns those it may delete without admin (see
+	// the package doc for the syntax).
+	PutPatterns, GetPatterns, DeletePatterns []string
 	// Admin allows the operators' calls: inspect, clients, peek, pause,
 	// resume, purge, requeue, drop, delete.
 	Admin bool
@@ -48,6 +53,8 @@ func (k *Key) May(p Perm, queue string) bool {
 		return matchAny(k.GetPatterns, queue)
 	case Use:
 		return k.Admin || matchAny(k.PutPatterns, queue) || matchAny(k.GetPatterns, queue)
+	case Delete:
+		return k.Admin || matchAny(k.DeletePatterns, queue)
 	}
 	return false
 }
@@ -63,6 +70,8 @@ func (k *Key) Check(p Perm, queue string) error {
 		action = "get from " + queue
 	case Use:
 		action = "use " + queue
+	case Delete:
+		action = "delete " + queue
 	}
 	return &DeniedError{Key: k.Name, Action: action}
 }
@@ -113,6 +122,7 @@ type entry struct {
 	SecretFile string   `toml:"secret_file"`
 	Put        []string `toml:"put"`
 	Get        []string `toml:"get"`
+	Delete     []string `toml:"delete"`
 	Admin      bool     `toml:"admin"`
 }
 
@@ -148,7 +158,7 @@ func Parse(data []byte, dir string) (*Rules, error) {
 		return nil, err
 	}
 	if undec := md.Undecoded(); len(undec) > 0 {
-		return nil, fmt.Errorf("unknown field %q (fields: name, secret, secret_file, put, get, admin)", undec[0].String())
+		return nil, fmt.Errorf("unknown field %q (fields: name, secret, secret_file, put, get, delete, admin)", undec[0].String())
 	}
 	if len(f.Key) == 0 {
 		return nil, errors.New("no [[key]] entries")
@@ -205,14 +215,14 @@ func (e *entry) key(dir string) (*Key, error) {
 	default:
 		return nil, errors.New("no secret or secret_file")
 	}
-	for _, list := range [][]string{e.Put, e.Get} {
+	for _, list := range [][]string{e.Put, e.Get, e.Delete} {
 		for _, p := range list {
 			if err := checkPattern(p); err != nil {
 				return nil, fmt.Errorf("pattern %q: %w", p, err)
 			}
 		}
 	}
-	return &Key{Name: e.Name, Secret: secret, PutPatterns: e.Put, GetPatterns: e.Get, Admin: e.Admin}, nil
+	return &Key{Name: e.Name, Secret: secret, PutPatterns: e.Put, GetPatterns: e.Get, DeletePatterns: e.Delete, Admin: e.Admin}, nil
 }
 
 // checkName admits names safe in logs and metric labels.

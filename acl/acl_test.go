@@ -14,7 +14,9 @@ const sample = `
 [[key]]
 name = "ingest"
 secret = "s-ingest"
-put = ["jobs", "jobs.*"]
+put = ["jobs", "jobs.*", "map-*"]
+get = ["map-*"]
+delete = ["map-*"]
 
 [[key]]
 name = "worker"
@@ -63,6 +65,10 @@ func TestParse(t *testing.T) {
 		{worker, acl.Get, "jobs", true},
 		{worker, acl.Put, "jobs", false},
 		{ops, acl.Get, "jobs", false},
+		{ingest, acl.Delete, "map-1", true},
+		{ingest, acl.Delete, "jobs", false},
+		{worker, acl.Delete, "jobs", false},
+		{ops, acl.Delete, "jobs", true},
 	} {
 		if got := c.key.May(c.perm, c.queue); got != c.want {
 			t.Errorf("%s may %d %s: %v, want %v", c.key.Name, c.perm, c.queue, got, c.want)
@@ -84,6 +90,9 @@ func TestParse(t *testing.T) {
 	if err := worker.Check(acl.Use, "payroll"); err == nil || err.Error() != "permission denied: key worker may not use payroll" {
 		t.Errorf("Check(Use): %v", err)
 	}
+	if err := worker.Check(acl.Delete, "jobs"); err == nil || err.Error() != "permission denied: key worker may not delete jobs" {
+		t.Errorf("Check(Delete): %v", err)
+	}
 	if r.Lookup("nobody") != nil {
 		t.Error("Lookup of an unknown name")
 	}
@@ -103,6 +112,7 @@ func TestParseErrors(t *testing.T) {
 		{"duplicate name", "[[key]]\nname = \"a\"\nsecret = \"x\"\n[[key]]\nname = \"a\"\nsecret = \"y\"\n", "used twice"},
 		{"duplicate secret", "[[key]]\nname = \"a\"\nsecret = \"x\"\n[[key]]\nname = \"b\"\nsecret = \"x\"\n", "same secret"},
 		{"empty pattern", "[[key]]\nname = \"a\"\nsecret = \"x\"\nget = [\"\"]\n", "empty pattern"},
+		{"empty delete pattern", "[[key]]\nname = \"a\"\nsecret = \"x\"\ndelete = [\"\"]\n", "empty pattern"},
 		{"wrong type", "[[key]]\nname = \"a\"\nsecret = \"x\"\nadmin = \"yes\"\n", "line 4"},
 	} {
 		t.Run(c.name, func(t *testing.T) {

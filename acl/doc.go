@@ -10,6 +10,7 @@
 //	secret_file = "/etc/qm/ingest.key"  # or secret = "..."
 //	put = ["jobs", "jobs.*"]            # queue patterns it may put to
 //	get = []                            # queue patterns it may get, ack, nack, extend and complete from
+//	delete = []                         # queue patterns it may delete (as admin may any), e.g. ["map-*"]
 //	admin = false                       # inspect, clients, peek, pause, resume, purge, requeue, drop, delete
 //
 // A pattern is a queue name in which '*' stands for any run of

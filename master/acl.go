@@ -146,14 +146,7 @@ func (c *clientConn) authorize(req *wire.Request) error {
 	case wire.OpClients:
 		err = k.CheckAdmin("list the clients")
 	case wire.OpDelete:
-		// A key that may both put to and get from a queue owns it, as a
-		// map owns its private reply queue: it could empty the queue and
-		// take every result sent there anyway, so it may delete it, and
-		// cancel the tasks replying to it rather than leave them to run
-		// for no one.
-		if !k.May(acl.Put, q) || !k.May(acl.Get, q) {
-			err = k.CheckAdmin("delete " + q)
-		}
+		err = k.Check(acl.Delete, q)
 	case wire.OpPurge, wire.OpPause, wire.OpResume, wire.OpRequeue, wire.OpDrop,
 		wire.OpConfig, wire.OpRunNow:
 		err = k.CheckAdmin(req.Op.String() + " " + q)

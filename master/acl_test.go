@@ -159,20 +159,22 @@ func TestACLDenied(t *testing.T) {
 	}
 }
 
-// TestACLOwnerDeletes: a key that may both put to and get from a queue
-// may delete it, cancelling the tasks that reply to it, as a map with a
-// producer's key does at its end; a key with only one of the two may not.
-func TestACLOwnerDeletes(t *testing.T) {
+// TestACLDeletePatterns: a key may delete the queues its delete patterns
+// match, cancelling the tasks that reply to them, as a map with a
+// producer's key does at its end; put and get do not allow it.
+func TestACLDeletePatterns(t *testing.T) {
 	addr, _ := startACLMaster(t, `
 [[key]]
 name = "mapper"
 secret = "mapper-secret"
 put = ["jobs", "map-*"]
 get = ["map-*"]
+delete = ["map-*"]
 
 [[key]]
 name = "reader"
 secret = "reader-secret"
+put = ["map-*"]
 get = ["map-*"]
 
 [[key]]
@@ -206,7 +208,7 @@ get = ["jobs"]
 	}
 	// map-1 was never made: the delete says so, and cancels all the same.
 	if _, err := mapper.DeleteCancelling(ctx, "map-1"); !errors.Is(err, wire.ErrUnknownQueue) {
-		t.Fatalf("the owner's delete of map-1: %v, want it unknown", err)
+		t.Fatalf("the delete of map-1 by the key that may: %v, want it unknown", err)
 	}
 	if ts, err := worker.Get(ctx, "jobs", wire.GetOptions{Timeout: 50 * time.Millisecond}); err != nil || len(ts) != 0 {
 		t.Errorf("get after the owner's delete: %+v, %v; want no task, the other one cancelled", ts, err)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -289,9 +290,9 @@ get = ["*"]
 
 // TestE2EACLMapDenied: a map that its key's permissions stop reports the
 // denial first, and not that it could not delete its result queue, which
-// adds nothing; a map stopped for another reason by a key that may put to
-// and get from its result queue deletes that queue, and the tasks left
-// with it, as an admin's map does.
+// adds nothing; a map stopped for another reason by a key that may
+// delete its result queue deletes it, and the tasks left with it, as an
+// admin's map does; one that may not says that they run for no one.
 func TestE2EACLMapDenied(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "acl.toml")
@@ -304,6 +305,13 @@ put = ["jobs"]
 [[key]]
 name = "mapper"
 secret = "mapper-secret"
+put = ["jobs", "map-*"]
+get = ["map-*"]
+delete = ["map-*"]
+
+[[key]]
+name = "nodelete"
+secret = "nodelete-secret"
 put = ["jobs", "map-*"]
 get = ["map-*"]
 
@@ -331,6 +339,12 @@ get = ["jobs"]
 	r = qmaster(t, "", env("QM_AUTHKEY=worker-secret"), "get", "--server", m.addr, "--timeout", "100ms", "jobs")
 	if r.code == 0 || r.stdout != "" {
 		t.Errorf("get of the timed-out map's task: exit %d, stdout %q, stderr %q; want nothing", r.code, r.stdout, r.stderr)
+	}
+
+	r = qmaster(t, "1\n", env("QM_AUTHKEY=nodelete-secret"), "map", "--server", m.addr, "--tasks", "jobs", "--timeout", "300ms")
+	re := regexp.MustCompile(`^qmaster map: timed out after 300ms with 0 of 1 results \(and delete result queue map-\w+: permission denied: key nodelete may not delete map-\w+; its 1 task not answered still run, for no one\)\n$`)
+	if r.code != 1 || !re.MatchString(r.stderr) {
+		t.Errorf("map timed out without delete: exit %d, stderr %q; want 1 and %s", r.code, r.stderr, re)
 	}
 }
 
