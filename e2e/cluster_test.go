@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -327,6 +328,45 @@ func testClusterSurvivesKills(t *testing.T, extra ...string) {
 		return false
 	})
 	t.Logf("settled: %s", last)
+}
+
+// A cluster whose qmasters serve an --acl file shares the secret of
+// --cluster-key-file: a gateway with it serves the node's queues, one
+// with another is refused, and a node with --acl refuses to start
+// without one (its routes would be open to any node).
+func TestClusterWithACL(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		t.Helper()
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	aclFile := write("acl.toml", "[[key]]\nname = \"ops\"\nsecret = \"ops-secret\"\nput = [\"*\"]\nget = [\"*\"]\nadmin = true\n")
+	key, otherKey := write("cluster.key", "cluster-secret\n"), write("other.key", "another-secret\n")
+	ports := qmtest.FreeAddrs(t, 2)
+	natsAddr, clusterAddr := ports[0], ports[1]
+	node := []string{"--acl", aclFile, "--data-dir", t.TempDir(), "--cluster-listen", clusterAddr, "--cluster-peers", clusterAddr, "--nats-listen", natsAddr}
+
+	_, stderr, code := run(t, "", append([]string{"--addr", "127.0.0.1:0"}, node...)...)
+	if code != 2 || !strings.Contains(stderr, "--acl with --cluster-listen needs --cluster-key-file") {
+		t.Fatalf("a node with --acl and no cluster key: exit %d, %s; want a usage error", code, stderr)
+	}
+	_, nodeAddr := startMaster(t, append(node, "--cluster-key-file", key)...)
+	_, gateway := startMaster(t, "--acl", aclFile, "--nats", "nats://"+natsAddr, "--cluster-key-file", key)
+	if _, stderr, code := run(t, "", "put", "--server", gateway, "--authkey", "ops-secret", "jobs", "7"); code != 0 {
+		t.Fatalf("put through the gateway: exit %d: %s", code, stderr)
+	}
+	out, stderr, code := run(t, "", "get", "--server", nodeAddr, "--authkey", "ops-secret", "jobs")
+	if code != 0 || strings.TrimSpace(out) != "7" {
+		t.Fatalf("get through the node: exit %d, %q: %s", code, out, stderr)
+	}
+	_, stderr, code = run(t, "", "--addr", "127.0.0.1:0", "--acl", aclFile, "--nats", "nats://"+natsAddr, "--cluster-key-file", otherKey)
+	if code == 0 || !strings.Contains(stderr, "Authorization Violation") {
+		t.Fatalf("a gateway with another cluster key: exit %d: %s; want it refused", code, stderr)
+	}
 }
 
 // A qmaster embedding a single JetStream node, and two stateless

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
+	"github.com/qm-dev/qm/auth"
 	"github.com/qm-dev/qm/master"
 	"github.com/qm-dev/qm/master/jsqueue"
 	"github.com/qm-dev/qm/master/queue"
@@ -31,9 +32,12 @@ type engineOptions struct {
 	ClusterPeers  []string
 	NodeName      string
 	NATSListen    string
-	Replicas      int
-	Pack          int
-	PackSpan      time.Duration
+	// ClusterKeyFile holds the secret of the cluster's routes and NATS
+	// clients, where no authkey gives it (--acl).
+	ClusterKeyFile string
+	Replicas       int
+	Pack           int
+	PackSpan       time.Duration
 }
 
 func addEngineFlags(cmd *cobra.Command, o *engineOptions) {
@@ -42,7 +46,8 @@ func addEngineFlags(cmd *cobra.Command, o *engineOptions) {
 	fl.StringVar(&o.ClusterListen, "cluster-listen", "", "embed a JetStream node listening for its peers at `host:port`, keeping the queues in --data-dir, replicated on --cluster-peers")
 	fl.StringSliceVar(&o.ClusterPeers, "cluster-peers", nil, "with --cluster-listen, every node's cluster `address`, this one's included (e.g. m1:6222,m2:6222,m3:6222)")
 	fl.StringVar(&o.NodeName, "node-name", "", "with --cluster-listen, this node's name in the cluster; names must differ (default: its --cluster-listen address, or with no host in it, this machine's host name and that port)")
-	fl.StringVar(&o.NATSListen, "nats-listen", "", "with --cluster-listen, also accept NATS clients, such as qmaster --nats gateways, at `host:port` (they authenticate with the authkey)")
+	fl.StringVar(&o.NATSListen, "nats-listen", "", "with --cluster-listen, also accept NATS clients, such as qmaster --nats gateways, at `host:port` (they authenticate with the secret of the authkey, or of --cluster-key-file)")
+	fl.StringVar(&o.ClusterKeyFile, "cluster-key-file", "", "read the secret every node and gateway of the cluster shares from `file` (their routes and --nats-listen need it): required with --acl and --cluster-listen; with --authkey the secret derives from the authkey")
 	fl.IntVar(&o.Replicas, "replicas", 0, "copies of each queue kept by the JetStream cluster (default: 3, or the number of nodes if fewer)")
 	fl.IntVar(&o.Pack, "pack", 0, fmt.Sprintf("with --nats or --cluster-listen, store up to `N` tasks of one put (or results of one completion) in one JetStream message, 1 (off) to %d: far fewer JetStream writes (see docs/SCALING.md); 0 means the default, %d", jsqueue.MaxPack, defaultPack))
 	fl.DurationVar(&o.PackSpan, "pack-span", jsqueue.DefaultPackSpan, "with packing, make no pack bigger than the gateways handing out the queue's tasks took in this `duration` lately, so that a pack's tasks do not wait in a gateway with few workers; 0 keeps every pack at --pack")
@@ -74,6 +79,12 @@ func (o *engineOptions) validate(s *serveOptions) error {
 		return usageErrorf("--cluster-listen needs --cluster-peers: every node's cluster address, this one's included")
 	case o.ClusterListen == "" && (len(o.ClusterPeers) > 0 || o.NodeName != "" || o.NATSListen != ""):
 		return usageErrorf("--cluster-peers, --node-name and --nats-listen go with --cluster-listen")
+	case o.ClusterKeyFile != "" && !o.enabled():
+		return usageErrorf("--cluster-key-file goes with --cluster-listen or --nats")
+	case o.ClusterListen != "" && s.ACL != "" && o.ClusterKeyFile == "":
+		// Without it the routes between nodes would be open: anyone
+		// reaching a node's cluster port could join and read every queue.
+		return usageErrorf("--acl with --cluster-listen needs --cluster-key-file: a secret every node shares, for the routes between them (with --authkey it derives from the authkey)")
 	case o.Replicas < 0 || o.Replicas > 5:
 		return usageErrorf("--replicas must be between 1 and 5 (JetStream's limit)")
 	case o.Replicas > 0 && !o.enabled():
@@ -137,6 +148,13 @@ type engine struct {
 // openEngine connects to the cluster, or starts this qmaster's node, and
 // waits until JetStream is ready.
 func (o *engineOptions) open(ctx context.Context, s *serveOptions, authkey []byte, log *slog.Logger) (*engine, error) {
+	if o.ClusterKeyFile != "" {
+		key, err := auth.LoadKey("", o.ClusterKeyFile, nil)
+		if err != nil {
+			return nil, fmt.Errorf("--cluster-key-file: %w", err)
+		}
+		authkey = key
+	}
 	secret := jsqueue.SecretFromAuthkey(authkey)
 	e := &engine{pack: o.pack(), packSpan: o.PackSpan, log: log}
 	if e.packSpan == 0 {

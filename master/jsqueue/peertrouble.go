@@ -57,7 +57,7 @@ func peerTrouble(line string) (why, remote string, sticky bool) {
 	if strings.Contains(msg, "Authorization Violation") {
 		// The peer's answer to this node's route; nodes take routes
 		// only with the secret of their authkey.
-		return fmt.Sprintf("cluster peer %s refused this node's route: the nodes' authkeys differ", remote), remote, false
+		return fmt.Sprintf("cluster peer %s refused this node's route: the nodes' keys differ (--authkey, or --cluster-key-file)", remote), remote, false
 	}
 	if d := dupName.FindStringSubmatch(msg); d != nil {
 		return fmt.Sprintf("another node of the cluster is named %s: every node's name must differ (qmaster --node-name); "+
@@ -126,7 +126,7 @@ func (l *natsLog) refusedNode(remote, line string, now time.Time) {
 	}
 	l.mu.Unlock()
 	if say {
-		l.log.Error(fmt.Sprintf("a connection from %s was refused: its authkey differs from this node's (a node started with another --authkey?)", host))
+		l.log.Error(fmt.Sprintf("a connection from %s was refused: its key differs from this node's (a node started with another --authkey or --cluster-key-file?)", host))
 	}
 	l.log.Debug("nats: " + line)
 }
@@ -153,7 +153,7 @@ func (l *natsLog) fresh(now time.Time) []string {
 
 // Trouble returns why nodes of the node's cluster cannot connect, as
 // nats-server said in the last few seconds (a peer refusing this node's
-// routes: the nodes' authkeys differ), or since the node started
+// routes: the nodes' keys differ), or since the node started
 // (another node with this one's name), or nil. While it lasts the
 // cluster may not form, or form without this node.
 func (n *Node) Trouble() error {

@@ -68,7 +68,7 @@ func TestNodeTroubleAuthkeysDiffer(t *testing.T) {
 	nodes, logs := startMismatched(t, cfgs)
 	for i, n := range nodes {
 		peer := cfgs[1-i].ClusterListen
-		want := "cluster peer " + peer + " refused this node's route: the nodes' authkeys differ"
+		want := "cluster peer " + peer + " refused this node's route: the nodes' keys differ (--authkey, or --cluster-key-file)"
 		why := troubleSays(t, n, logs[i], want, "Authorization Violation")
 		t.Logf("n%d: %v", i, why)
 	}
@@ -77,7 +77,7 @@ func TestNodeTroubleAuthkeysDiffer(t *testing.T) {
 	for i, l := range logs {
 		out := l.String()
 		// Once every 30 s: once, or twice on a slow run.
-		if c := strings.Count(out, `level=ERROR msg="a connection from 127.0.0.1 was refused: its authkey differs`); c < 1 || c > 2 {
+		if c := strings.Count(out, `level=ERROR msg="a connection from 127.0.0.1 was refused: its key differs`); c < 1 || c > 2 {
 			t.Errorf("n%d said %d times that it refused the other; want once:\n%s", i, c, out)
 		}
 		for line := range strings.Lines(out) {
@@ -90,7 +90,7 @@ func TestNodeTroubleAuthkeysDiffer(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	err := nodes[1].WaitReady(ctx, connect(t, nodes[1]), nil)
-	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "the nodes' authkeys differ") {
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "the nodes' keys differ") {
 		t.Fatalf("WaitReady: %v; want the deadline, and that the authkeys differ", err)
 	}
 }
