@@ -113,6 +113,12 @@ func (d *deletedQueues) forgetLocked(now time.Time) {
 			d.drop(name)
 		}
 	}
+	for name := range d.at { // all of an age: any half
+		if len(d.at) <= maxDeleted/2 {
+			break
+		}
+		d.drop(name)
+	}
 }
 
 // since returns when queue name was deleted, if it was within deletedFor.
@@ -194,6 +200,9 @@ func (d *deletedQueues) restore(name string, kept queue.Deletion) {
 	defer d.mu.Unlock()
 	if d.at == nil {
 		d.at = make(map[string]deletion)
+	}
+	if len(d.at) >= maxDeleted {
+		d.forgetLocked(time.Now())
 	}
 	del := d.at[name]
 	if kept.At.After(del.at) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -257,5 +258,18 @@ func TestDeletionsKeptAcrossARestart(t *testing.T) {
 	}
 	if r, err := wire.DecodeResult(rs[0].Payload); err != nil || r.TaskID != after {
 		t.Fatalf("result %+v, %v; want task %d's", r, err, after)
+	}
+}
+
+// A delete of a name no queue can have is refused, and remembers nothing:
+// it would be kept, in memory and on disk, for a day.
+func TestDeleteOfABadNameIsRefused(t *testing.T) {
+	addr, _ := qmtest.StartMaster(t, master.Config{})
+	ctx := ctxFor(t, 10*time.Second)
+	c := qmtest.Dial(t, addr, "producer")
+	for _, name := range []string{"", strings.Repeat("x", 100<<10), "a\x00b"} {
+		if _, err := c.DeleteCancelling(ctx, name); !errors.Is(err, wire.ErrBadRequest) {
+			t.Errorf("delete of a %d-byte bad name: %v, want a bad request", len(name), err)
+		}
 	}
 }

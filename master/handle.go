@@ -132,6 +132,11 @@ func (c *clientConn) handle(req *wire.Request, buf *callBuffers) *wire.Response 
 		resp.Count, err = q.Purge(req.Queue)
 		c.audit(req, resp.Count, err) // admin.go
 	case wire.OpDelete:
+		// A name no queue can have is refused before it is remembered
+		// (and kept, with a data directory) as a deletion.
+		if err = queue.CheckName(req.Queue); err != nil {
+			break
+		}
 		at := time.Now() // tasks put from now on name a queue made anew
 		err = q.Delete(req.Queue)
 		if err == nil || req.CancelTasks && (errors.Is(err, queue.ErrUnknownQueue) || errors.Is(err, store.ErrDiskFull)) {

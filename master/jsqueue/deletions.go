@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -38,16 +39,25 @@ func (q *Queues) deletionsKV(ctx context.Context, create bool) (jetstream.KeyVal
 	if q.delKV != nil {
 		return q.delKV, nil
 	}
-	kv, err := q.js.KeyValue(ctx, deletionsBucket)
+	// Each try bounded and repeated: a request sent while the bucket's
+	// stream is being made, or elects its leader, may get no answer.
+	var kv jetstream.KeyValue
+	err := retrying(ctx, func(ctx context.Context) (err error) {
+		kv, err = q.js.KeyValue(ctx, deletionsBucket)
+		return err
+	})
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
 		if !create {
 			return nil, nil
 		}
-		kv, err = q.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-			Bucket:   deletionsBucket,
-			TTL:      queue.DeletionKept,
-			Replicas: q.cfg.Replicas,
-			Storage:  jetstream.FileStorage,
+		err = retrying(ctx, func(ctx context.Context) (err error) {
+			kv, err = q.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+				Bucket:   deletionsBucket,
+				TTL:      queue.DeletionKept,
+				Replicas: q.cfg.Replicas,
+				Storage:  jetstream.FileStorage,
+			})
+			return err
 		})
 	}
 	if err != nil {
@@ -69,9 +79,13 @@ func (q *Queues) KeepDeletion(name string, d queue.Deletion) error {
 		return err
 	}
 	key := token(name)
-	for range 5 {
+	for range 10 {
 		var rev uint64
-		e, err := kv.Get(ctx, key)
+		var e jetstream.KeyValueEntry
+		err := retrying(ctx, func(ctx context.Context) (err error) {
+			e, err = kv.Get(ctx, key)
+			return err
+		})
 		switch {
 		case errors.Is(err, jetstream.ErrKeyNotFound):
 		case err != nil:
@@ -97,8 +111,14 @@ func (q *Queues) KeepDeletion(name string, d queue.Deletion) error {
 		} else {
 			_, err = kv.Update(ctx, key, value, rev)
 		}
-		if errors.Is(err, jetstream.ErrKeyExists) {
-			continue // another gateway's write came between: merge with it
+		if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+			// Another gateway's write came between (a replicated bucket
+			// says so as a wrong revision): merge with it.
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Duration(1+rand.IntN(20)) * time.Millisecond):
+			}
+			continue
 		}
 		if err != nil {
 			return q.engineErr("keep the deletion of "+name, err)

@@ -16,8 +16,8 @@ type Deletion = store.Deletion
 const DeletionKept = 24 * time.Hour
 
 // maxDeletionsKept bounds the deletions a Manager keeps for its store;
-// past it, those older than DeletionKept go at once.
-const maxDeletionsKept = 100_000
+// past it, the older half go. A variable for tests.
+var maxDeletionsKept = 100_000
 
 // KeepDeletion stores the deletion of the queue name, so that Deletions
 // returns it after a restart, and returns once it is durable (at once
@@ -29,6 +29,9 @@ func (m *Manager) KeepDeletion(name string, d Deletion) error {
 	m.deletionsMu.Lock()
 	if len(m.deletions) >= maxDeletionsKept {
 		m.forgetDeletionsLocked()
+		if len(m.deletions) >= maxDeletionsKept {
+			m.forgetOlderHalfLocked()
+		}
 	}
 	old := m.deletions[name]
 	if old.At.After(d.At) {
@@ -66,6 +69,28 @@ func (m *Manager) forgetDeletionsLocked() {
 		if d.At.Before(cut) {
 			delete(m.deletions, name)
 		}
+	}
+}
+
+// forgetOlderHalfLocked drops the deletions older than their mean age,
+// about half. Called with deletionsMu held.
+func (m *Manager) forgetOlderHalfLocked() {
+	now := m.now()
+	var sum time.Duration
+	for _, d := range m.deletions {
+		sum += now.Sub(d.At) / time.Duration(len(m.deletions))
+	}
+	cut := now.Add(-sum)
+	for name, d := range m.deletions {
+		if d.At.Before(cut) {
+			delete(m.deletions, name)
+		}
+	}
+	for name := range m.deletions { // all of an age: any half
+		if len(m.deletions) <= maxDeletionsKept/2 {
+			break
+		}
+		delete(m.deletions, name)
 	}
 }
 

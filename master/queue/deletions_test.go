@@ -2,6 +2,7 @@ package queue_test
 
 import (
 	"errors"
+	"fmt"
 	"path/filepath"
 	"testing"
 	"time"
@@ -56,4 +57,28 @@ func TestDeletionsKept(t *testing.T) {
 	stop()
 	m, _ = openDurable(t, dir, queue.Config{})
 	check(m)
+}
+
+// TestDeletionsKeptAreBounded: past the bound, the older half of the
+// deletions go, even when they are all of an age.
+func TestDeletionsKeptAreBounded(t *testing.T) {
+	queue.SetMaxDeletionsKept(t, 8)
+	m, _ := openDurable(t, t.TempDir(), queue.Config{})
+	now := time.Now()
+	for i := range 20 {
+		at := now.Add(time.Duration(i) * time.Second)
+		if i >= 10 {
+			at = now.Add(time.Minute) // the last ten of an age
+		}
+		if err := m.KeepDeletion(fmt.Sprintf("map-%d", i), queue.Deletion{At: at}); err != nil {
+			t.Fatal(err)
+		}
+		got, _ := m.Deletions()
+		if len(got) > 8 {
+			t.Fatalf("%d deletions kept after %d, want 8 at most", len(got), i+1)
+		}
+		if _, ok := got[fmt.Sprintf("map-%d", i)]; !ok {
+			t.Fatalf("the latest deletion, of map-%d, is not kept", i)
+		}
+	}
 }

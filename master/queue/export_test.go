@@ -96,3 +96,11 @@ func (q *queue) check() error {
 	}
 	return nil
 }
+
+// SetMaxDeletionsKept bounds the deletions a Manager keeps to n until the
+// test ends.
+func SetMaxDeletionsKept(t interface{ Cleanup(func()) }, n int) {
+	old := maxDeletionsKept
+	maxDeletionsKept = n
+	t.Cleanup(func() { maxDeletionsKept = old })
+}
