@@ -111,11 +111,10 @@ func (c *clientConn) keyName() string {
 	return ""
 }
 
-// authorize returns a *acl.DeniedError if c's key may not make req, and
-// counts and logs it; without authentication everything is allowed. A
-// complete's result queue is checked in complete.
-func (c *clientConn) authorize(req *wire.Request) error {
-	k := c.key.Load()
+// authorize returns a *acl.DeniedError if key k, c's, may not make req,
+// and counts and logs it; without authentication (k nil) everything is
+// allowed. A complete's result queue is checked in complete.
+func (c *clientConn) authorize(k *acl.Key, req *wire.Request) error {
 	if k == nil {
 		return nil
 	}

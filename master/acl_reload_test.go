@@ -1,8 +1,11 @@
 package master_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -46,6 +49,101 @@ get = ["jobs", "jobs.*"]
 	}
 	if _, err := wire.Dial(ctx, wire.Config{Addr: addr, Authkey: []byte("ingest-secret")}); !errors.Is(err, auth.ErrAuthFailed) {
 		t.Fatalf("dial with the removed key: %v, want ErrAuthFailed", err)
+	}
+}
+
+// TestSetACLEndsAWaitingGetsRight: a get waiting when a reload takes
+// its key's right to get from the queue takes nothing: the task put then
+// stays for a key that may.
+func TestSetACLEndsAWaitingGetsRight(t *testing.T) {
+	addr, srv := startACLMaster(t, aclFile)
+	ctx := ctxFor(t, 10*time.Second)
+	worker := dialACL(t, addr, "worker-secret", "worker")
+	got := make(chan error, 1)
+	go func() {
+		ts, err := worker.Get(ctx, "jobs", wire.GetOptions{Timeout: 8 * time.Second})
+		if err == nil {
+			err = fmt.Errorf("took %d tasks", len(ts))
+		}
+		got <- err
+	}()
+	ops := dialACL(t, addr, "ops-secret", "admin")
+	qmtest.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+		st, err := ops.Stats(ctx, "jobs")
+		if err != nil || len(st) != 1 || st[0].Consumers != 1 {
+			return fmt.Errorf("stats %+v, %v; want the get waiting", st, err)
+		}
+		return nil
+	})
+	// The worker's key may no longer get from jobs; a new key may.
+	if _, err := srv.SetACL(parseACL(t, strings.Replace(aclFile, `get = ["jobs"]`, `get = ["jobs.other"]`, 1)+`
+[[key]]
+name = "other"
+secret = "other-secret"
+get = ["jobs"]
+`)); err != nil {
+		t.Fatal(err)
+	}
+	ingest := dialACL(t, addr, "ingest-secret", "producer")
+	if _, err := ingest.Put(ctx, "jobs", []any{1}, wire.PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-got; !errors.Is(err, wire.ErrPermissionDenied) {
+		t.Fatalf("the waiting get: %v, want permission denied", err)
+	}
+	other := dialACL(t, addr, "other-secret", "worker")
+	if ts, err := other.Get(ctx, "jobs", wire.GetOptions{Timeout: time.Second}); err != nil || len(ts) != 1 {
+		t.Fatalf("get by the key that may: %+v, %v; want the task", ts, err)
+	}
+}
+
+// TestSetACLEndsAWaitingPythonGetsRight is TestSetACLEndsAWaitingGetsRight
+// for a Python BaseManager client: its blocked get raises PermissionError.
+func TestSetACLEndsAWaitingPythonGetsRight(t *testing.T) {
+	py := qmtest.Pythons(t)[0]
+	addr, srv := startACLMaster(t, aclFile)
+	ctx := ctxFor(t, pyTimeout)
+	cmd := py.Command(t, pyTimeout, `
+import sys
+from multiprocessing.managers import BaseManager, RemoteError
+class M(BaseManager): pass
+M.register('get_jobs_queue')
+host, port = sys.argv[1].rsplit(':', 1)
+m = M(address=(host, int(port)), authkey=b'worker-secret')
+m.connect()
+try:
+    print('took', m.get_jobs_queue().get(timeout=20))
+except RemoteError as e:
+    print([l for l in str(e).splitlines() if 'Error:' in l][-1].strip())
+`, addr)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ops := dialACL(t, addr, "ops-secret", "admin")
+	qmtest.CheckFor(t, 20*time.Second, 10*time.Millisecond, func() error {
+		st, err := ops.Stats(ctx, "jobs")
+		if err != nil || len(st) != 1 || st[0].Consumers != 1 {
+			return fmt.Errorf("stats %+v, %v; want the get waiting", st, err)
+		}
+		return nil
+	})
+	if _, err := srv.SetACL(parseACL(t, strings.Replace(aclFile, `get = ["jobs"]`, `get = ["jobs.other"]`, 1))); err != nil {
+		t.Fatal(err)
+	}
+	ingest := dialACL(t, addr, "ingest-secret", "producer")
+	if _, err := ingest.Put(ctx, "jobs", []any{1}, wire.PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("python: %v\n%s", err, out.String())
+	}
+	if want := "PermissionError: permission denied: key worker may not get from jobs\n"; out.String() != want {
+		t.Fatalf("python printed %q, want %q", out.String(), want)
+	}
+	if st, err := ops.Stats(ctx, "jobs"); err != nil || st[0].Ready != 1 {
+		t.Fatalf("stats %+v, %v; want the task ready still", st, err)
 	}
 }
 

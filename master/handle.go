@@ -66,7 +66,9 @@ func (c *clientConn) handle(req *wire.Request, buf *callBuffers) *wire.Response 
 		// done (and releases hand back work not begun).
 		return errorResponse(wire.ErrShuttingDown)
 	}
-	if err := c.authorize(req); err != nil { // acl.go
+	// The key as authorized: a reload of the ACL swaps it (SetACL).
+	key := c.key.Load()
+	if err := c.authorize(key, req); err != nil { // acl.go
 		return errorResponse(err)
 	}
 	q := c.s.queues
@@ -85,7 +87,7 @@ func (c *clientConn) handle(req *wire.Request, buf *callBuffers) *wire.Response 
 	case wire.OpPut:
 		resp.IDs, resp.Repeats, err = c.put(req, buf)
 	case wire.OpGet:
-		resp.Tasks, err = c.get(req, buf)
+		resp.Tasks, err = c.get(req, buf, key)
 		resp.Lease = c.s.cfg.DefaultLease
 		if req.Lease > 0 {
 			resp.Lease = req.Lease
@@ -250,7 +252,9 @@ func (s *Server) checkMemory() error {
 	return err
 }
 
-func (c *clientConn) get(req *wire.Request, buf *callBuffers) ([]wire.Task, error) {
+// get takes the tasks of a get made with key (c's when it was
+// authorized).
+func (c *clientConn) get(req *wire.Request, buf *callBuffers, key *acl.Key) ([]wire.Task, error) {
 	if req.Max < 0 || req.Lease < 0 {
 		return nil, fmt.Errorf("%w: negative max or lease", wire.ErrBadRequest)
 	}
@@ -262,6 +266,14 @@ func (c *clientConn) get(req *wire.Request, buf *callBuffers) ([]wire.Task, erro
 			err = queue.ErrClosed
 		}
 		return nil, err
+	}
+	if now := c.key.Load(); now != key {
+		// The ACL was reloaded while the get waited: its tasks go only
+		// to a key that may still take them.
+		if err := c.authorize(now, req); err != nil {
+			c.s.queues.Unget(getRequest(c.id, req), ts)
+			return nil, err
+		}
 	}
 	buf.taken = ts
 	buf.tasks = appendWireTasks(buf.tasks[:0], req.Queue, ts)

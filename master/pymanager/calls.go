@@ -397,6 +397,12 @@ func (p *conn) get(method, name string, block bool, args *pyproto.Params, timeou
 		}
 		return p.errorReply(pyproto.Empty)
 	}
+	if r, denied := p.authorize(method, acl.Get, name); denied {
+		// The ACL was reloaded while the get waited: the task goes only
+		// to a key that may still take it.
+		q.Unget(req, ts)
+		return r
+	}
 	t := ts[0]
 	reply, failure := p.taskReply(t)
 	if failure != "" {
