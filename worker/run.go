@@ -23,7 +23,8 @@ import (
 //   - the worker has had no task for cfg.IdleExit, or has handled
 //     cfg.MaxTasks: Run returns nil;
 //   - an error that retrying cannot fix, such as a wrong authkey (it wraps
-//     auth.ErrAuthFailed) or a bad queue name.
+//     auth.ErrAuthFailed), a key that may not get from the queue
+//     (wire.ErrPermissionDenied) or a bad queue name.
 //
 // Run reconnects, with exponential backoff and jitter, whenever it cannot
 // reach the master or the connection drops. The results of tasks still
@@ -390,7 +391,10 @@ func (r *runner) serve(ctx context.Context, s *session) (stop bool, err error) {
 			r.bo.reset() // the connection works
 		case ctx.Err() != nil:
 			// Draining; the next round says so.
-		case errors.Is(err, wire.ErrBadRequest) || errors.Is(err, wire.ErrUnknownOp):
+		case errors.Is(err, wire.ErrBadRequest) || errors.Is(err, wire.ErrUnknownOp) || errors.Is(err, wire.ErrPermissionDenied):
+			// No retry fixes these: a key that may not get from the
+			// queue (or no longer may, after a reload) stops the worker
+			// as a wrong authkey does.
 			draining, stopErr = true, fmt.Errorf("get from queue %q: %w", r.cfg.Tasks, err)
 			if t.inflight > 0 {
 				r.log.Error("get refused; taking no new tasks, stopping once the running ones end", "err", err, "running", t.inflight)

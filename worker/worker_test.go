@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/qm-dev/qm/acl"
 	"github.com/qm-dev/qm/auth"
 	"github.com/qm-dev/qm/internal/qmtest"
 	"github.com/qm-dev/qm/master"
@@ -721,6 +722,28 @@ func TestWorkerStoppingForARefusedGetDoesNotReconnect(t *testing.T) {
 		t.Fatalf("Run = %v, want the refused get's error; logs:\n%s", err, logs)
 	}
 	if strings.Contains(logs.String(), "retrying") {
+		t.Errorf("the worker connected again:\n%s", logs)
+	}
+}
+
+// A worker whose key may not get from its queue stops with the denial,
+// rather than connect again and again, saying that the connection was
+// lost.
+func TestWorkerWithoutPermissionStops(t *testing.T) {
+	rules, err := acl.Parse([]byte("[[key]]\nname = \"nobody\"\nsecret = \"nobody-secret\"\nput = [\"tasks\"]\n"), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr, _ := qmtest.StartMaster(t, master.Config{ACL: rules})
+	logs := &syncBuffer{}
+	cfg := testConfig(t, addr, func(context.Context, worker.Task) (any, error) { return nil, nil })
+	cfg.Authkey = []byte("nobody-secret")
+	cfg.Logger = slog.New(slog.NewTextHandler(logs, nil))
+	err = startWorker(t, cfg).wait(t, 10*time.Second)
+	if !errors.Is(err, wire.ErrPermissionDenied) || !strings.Contains(err.Error(), "key nobody may not get from tasks") {
+		t.Fatalf("Run = %v, want the denial", err)
+	}
+	if strings.Contains(logs.String(), "reconnecting") {
 		t.Errorf("the worker connected again:\n%s", logs)
 	}
 }
