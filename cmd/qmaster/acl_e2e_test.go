@@ -143,6 +143,24 @@ func TestE2EACLFlags(t *testing.T) {
 	}
 }
 
+// TestE2EACLHTTPWithoutAdmin: a master whose HTTP endpoints no key of its
+// ACL can open (no admin, no --http-token) says so as it starts.
+func TestE2EACLHTTPWithoutAdmin(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "acl.toml")
+	if err := os.WriteFile(path, []byte("[[key]]\nname = \"ingest\"\nsecret = \"ingest-secret\"\nput = [\"jobs\"]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	httpAddr := qmtest.FreeAddrs(t, 1)[0]
+	m := startMaster(t, "--acl", path, "--http-addr", httpAddr)
+	if !strings.Contains(m.stderr.String(), "every request to the HTTP endpoints (--http-addr) will be refused") {
+		t.Errorf("no warning that the HTTP endpoints cannot be opened:\n%s", m.stderr)
+	}
+	m = startMaster(t, "--acl", path)
+	if strings.Contains(m.stderr.String(), "HTTP endpoints") {
+		t.Errorf("a warning of HTTP endpoints without --http-addr:\n%s", m.stderr)
+	}
+}
+
 // TestE2EACLReloadUnderLoad: SIGHUPs of the real binary, the file
 // alternating between two versions (a temp key added and removed, the
 // worker's permissions widened and narrowed), while a producer puts and a

@@ -382,6 +382,9 @@ func serveRun(ctx context.Context, opts *serveOptions) error {
 	case tcfg != nil:
 		tlsMode = "on"
 	}
+	if opts.HTTP.Addr != "" && rules != nil && len(httpToken) == 0 && !hasAdmin(rules) {
+		log.Warn("no key of --acl has admin = true and no --http-token is given: every request to the HTTP endpoints (--http-addr) will be refused until one is (a reload of the file counts)")
+	}
 	log.Info("listening",
 		"addr", ln.Addr().String(),
 		"auth", authMode,
@@ -452,4 +455,15 @@ func newMaster(cfg master.Config, adapt bool) (*master.Server, error) {
 	prev := runtime.GOMAXPROCS(runtime.NumCPU())
 	defer runtime.GOMAXPROCS(prev)
 	return master.New(cfg)
+}
+
+// hasAdmin reports whether a key of rules is an admin, whose secret the
+// HTTP endpoints take.
+func hasAdmin(rules *acl.Rules) bool {
+	for _, k := range rules.Keys() {
+		if k.Admin {
+			return true
+		}
+	}
+	return false
 }
