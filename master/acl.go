@@ -146,8 +146,11 @@ func (c *clientConn) authorize(k *acl.Key, req *wire.Request) error {
 		err = k.CheckAdmin("list the clients")
 	case wire.OpDelete:
 		err = k.Check(acl.Delete, q)
-	case wire.OpPurge, wire.OpPause, wire.OpResume, wire.OpRequeue, wire.OpDrop,
-		wire.OpConfig, wire.OpRunNow:
+	case wire.OpConfig:
+		err = k.CheckAdmin("set the retry policy of " + q)
+	case wire.OpRunNow:
+		err = k.CheckAdmin("run the delayed tasks of " + q + " now")
+	case wire.OpPurge, wire.OpPause, wire.OpResume, wire.OpRequeue, wire.OpDrop:
 		err = k.CheckAdmin(req.Op.String() + " " + q)
 	}
 	if err != nil {

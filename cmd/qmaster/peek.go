@@ -103,7 +103,11 @@ func peekRun(ctx context.Context, opts *peekOptions) error {
 		}
 	}
 	if len(tasks) == 0 {
-		fmt.Fprintf(opts.IO.ErrOut, "(no ready tasks in %s)\n", opts.Queue)
+		kind := "ready"
+		if opts.Delayed {
+			kind = "delayed"
+		}
+		fmt.Fprintf(opts.IO.ErrOut, "(no %s tasks in %s)\n", kind, opts.Queue)
 	}
 	if unprinted > 0 {
 		return fmt.Errorf("%d of %d %s could not be printed", unprinted, len(tasks), plural(len(tasks), "task", "tasks"))

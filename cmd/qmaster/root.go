@@ -371,7 +371,8 @@ func serveRun(ctx context.Context, opts *serveOptions) error {
 	case opts.InsecureNoAuth:
 		authMode = "none"
 	case rules != nil:
-		authMode = fmt.Sprintf("acl %s (%d keys)", opts.ACL, len(rules.Keys()))
+		n := len(rules.Keys())
+		authMode = fmt.Sprintf("acl %s (%d %s)", opts.ACL, n, plural(n, "key", "keys"))
 	}
 	stopReload := reloadOnHUP(srv, opts.ACL, log) // opts.ACL "" without rules: ignored
 	defer stopReload()
