@@ -364,7 +364,7 @@ func TestClusterWithACL(t *testing.T) {
 		t.Fatalf("get through the node: exit %d, %q: %s", code, out, stderr)
 	}
 	_, stderr, code = run(t, "", "--addr", "127.0.0.1:0", "--acl", aclFile, "--nats", "nats://"+natsAddr, "--cluster-key-file", otherKey)
-	if code == 0 || !strings.Contains(stderr, "Authorization Violation") {
+	if code == 0 || !strings.Contains(stderr, "Authorization Violation") || !strings.Contains(stderr, "give this gateway the same") {
 		t.Fatalf("a gateway with another cluster key: exit %d: %s; want it refused", code, stderr)
 	}
 }

@@ -1,6 +1,7 @@
 package master
 
 import (
+	"context"
 	"errors"
 	"sync"
 	"sync/atomic"
@@ -72,6 +73,7 @@ func (s *Server) SetACL(rules *acl.Rules) (closed int, err error) {
 		}
 		if k := rules.Lookup(old.Name); k != nil {
 			c.key.Store(k)
+			c.endDeniedGets(k)
 			continue
 		}
 		// A key with no permissions, so that a call already read is
@@ -194,5 +196,49 @@ func (c *clientConn) denied(op string, err error) {
 	if c.s.access.deniedLog.ok(time.Now()) {
 		c.s.log.Warn("permission denied (logged at most once a second)", "key", key, "op", op,
 			"client", c.id, "remote", c.addr, "err", err)
+	}
+}
+
+// waitingGet is a get waiting for tasks of queue, which cancel ends.
+type waitingGet struct {
+	queue  string
+	cancel context.CancelCauseFunc
+}
+
+// watchGet returns ctx for a get of queue that may wait, ended with a
+// *acl.DeniedError as its cause if a reload of the ACL takes the key's
+// right to get from queue meanwhile, and a func to call when the get is
+// done. Without an ACL file there is nothing to watch: ctx is returned
+// as it is. (A get that takes tasks just as the reload comes is checked
+// again after: see get.)
+func (c *clientConn) watchGet(ctx context.Context, queue string) (context.Context, func()) {
+	if c.s.cfg.ACL == nil || ctx.Err() != nil {
+		return ctx, func() {}
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	w := &waitingGet{queue: queue, cancel: cancel}
+	c.waitMu.Lock()
+	if c.waiting == nil {
+		c.waiting = make(map[*waitingGet]struct{})
+	}
+	c.waiting[w] = struct{}{}
+	c.waitMu.Unlock()
+	return ctx, func() {
+		c.waitMu.Lock()
+		delete(c.waiting, w)
+		c.waitMu.Unlock()
+		cancel(nil)
+	}
+}
+
+// endDeniedGets ends the waiting gets of c that its key k, just
+// reloaded, may no longer make.
+func (c *clientConn) endDeniedGets(k *acl.Key) {
+	c.waitMu.Lock()
+	defer c.waitMu.Unlock()
+	for w := range c.waiting {
+		if err := k.Check(acl.Get, w.queue); err != nil {
+			w.cancel(err)
+		}
 	}
 }

@@ -52,26 +52,40 @@ get = ["jobs", "jobs.*"]
 	}
 }
 
-// TestSetACLEndsAWaitingGetsRight: a get waiting when a reload takes
-// its key's right to get from the queue takes nothing: the task put then
-// stays for a key that may.
+// TestSetACLEndsAWaitingGetsRight: gets waiting when a reload takes their
+// key's right to get from the queue end at once with the denial, having
+// taken nothing: the task put after goes to a key that may, at its first
+// attempt, on a single master and through a gateway (where a task taken
+// and given back would have used an attempt).
 func TestSetACLEndsAWaitingGetsRight(t *testing.T) {
-	addr, srv := startACLMaster(t, aclFile)
+	t.Run("master", func(t *testing.T) {
+		testSetACLEndsWaitingGets(t, master.Config{ACL: parseACL(t, aclFile)})
+	})
+	t.Run("gateway", func(t *testing.T) {
+		testSetACLEndsWaitingGets(t, gatewayConfig(startJetStream(t), master.Config{ACL: parseACL(t, aclFile)}))
+	})
+}
+
+func testSetACLEndsWaitingGets(t *testing.T, cfg master.Config) {
+	addr, srv := qmtest.StartMaster(t, cfg)
 	ctx := ctxFor(t, 10*time.Second)
-	worker := dialACL(t, addr, "worker-secret", "worker")
-	got := make(chan error, 1)
-	go func() {
-		ts, err := worker.Get(ctx, "jobs", wire.GetOptions{Timeout: 8 * time.Second})
-		if err == nil {
-			err = fmt.Errorf("took %d tasks", len(ts))
-		}
-		got <- err
-	}()
+	const getters = 3
+	got := make(chan error, getters)
+	for range getters {
+		worker := dialACL(t, addr, "worker-secret", "worker")
+		go func() {
+			ts, err := worker.Get(ctx, "jobs", wire.GetOptions{Timeout: 8 * time.Second})
+			if err == nil {
+				err = fmt.Errorf("took %d tasks", len(ts))
+			}
+			got <- err
+		}()
+	}
 	ops := dialACL(t, addr, "ops-secret", "admin")
 	qmtest.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
 		st, err := ops.Stats(ctx, "jobs")
-		if err != nil || len(st) != 1 || st[0].Consumers != 1 {
-			return fmt.Errorf("stats %+v, %v; want the get waiting", st, err)
+		if err != nil || len(st) != 1 || st[0].Consumers < getters {
+			return fmt.Errorf("stats %+v, %v; want %d gets waiting", st, err, getters)
 		}
 		return nil
 	})
@@ -84,16 +98,19 @@ get = ["jobs"]
 `)); err != nil {
 		t.Fatal(err)
 	}
+	for range getters {
+		if err := <-got; !errors.Is(err, wire.ErrPermissionDenied) {
+			t.Fatalf("a waiting get: %v, want permission denied", err)
+		}
+	}
 	ingest := dialACL(t, addr, "ingest-secret", "producer")
 	if _, err := ingest.Put(ctx, "jobs", []any{1}, wire.PutOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if err := <-got; !errors.Is(err, wire.ErrPermissionDenied) {
-		t.Fatalf("the waiting get: %v, want permission denied", err)
-	}
 	other := dialACL(t, addr, "other-secret", "worker")
-	if ts, err := other.Get(ctx, "jobs", wire.GetOptions{Timeout: time.Second}); err != nil || len(ts) != 1 {
-		t.Fatalf("get by the key that may: %+v, %v; want the task", ts, err)
+	ts, err := other.Get(ctx, "jobs", wire.GetOptions{Timeout: 5 * time.Second})
+	if err != nil || len(ts) != 1 || ts[0].Attempt != 1 {
+		t.Fatalf("get by the key that may: %+v, %v; want the task at its first attempt", ts, err)
 	}
 }
 

@@ -43,6 +43,12 @@ type clientConn struct {
 	// authentication.
 	key atomic.Pointer[acl.Key]
 
+	// waiting are the gets of this connection waiting for tasks, when
+	// the master's ACL may be reloaded (acl.go, watchGet): a reload that
+	// takes a key's right ends them before they take anything.
+	waitMu  sync.Mutex
+	waiting map[*waitingGet]struct{}
+
 	// ledger counts what the session wrote for each stream (set with
 	// the session, before any stream is served).
 	ledger *wire.SendLedger

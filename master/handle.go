@@ -258,8 +258,14 @@ func (c *clientConn) get(req *wire.Request, buf *callBuffers, key *acl.Key) ([]w
 	if req.Max < 0 || req.Lease < 0 {
 		return nil, fmt.Errorf("%w: negative max or lease", wire.ErrBadRequest)
 	}
-	ts, err := c.s.getTasks(c.waitCtx(req.Timeout), getRequest(c.id, req), buf.taken)
+	ctx, done := c.watchGet(c.waitCtx(req.Timeout), req.Queue) // acl.go
+	defer done()
+	ts, err := c.s.getTasks(ctx, getRequest(c.id, req), buf.taken)
 	if len(ts) == 0 {
+		if denied := context.Cause(ctx); errors.Is(denied, acl.ErrDenied) {
+			c.denied(req.Op.String(), denied)
+			return nil, denied
+		}
 		if err == nil && c.s.isClosing() {
 			// The wait was cut short, not run out: the client goes on
 			// through another master, or says why it got nothing.

@@ -152,7 +152,7 @@ func TestE2EACLHTTPWithoutAdmin(t *testing.T) {
 	}
 	httpAddr := qmtest.FreeAddrs(t, 1)[0]
 	m := startMaster(t, "--acl", path, "--http-addr", httpAddr)
-	if !strings.Contains(m.stderr.String(), "every request to the HTTP endpoints (--http-addr) will be refused") {
+	if !strings.Contains(m.stderr.String(), "every request to the HTTP endpoints (--http-addr) but /healthz and /readyz will be refused") {
 		t.Errorf("no warning that the HTTP endpoints cannot be opened:\n%s", m.stderr)
 	}
 	m = startMaster(t, "--acl", path)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -47,7 +48,7 @@ func addEngineFlags(cmd *cobra.Command, o *engineOptions) {
 	fl.StringSliceVar(&o.ClusterPeers, "cluster-peers", nil, "with --cluster-listen, every node's cluster `address`, this one's included (e.g. m1:6222,m2:6222,m3:6222)")
 	fl.StringVar(&o.NodeName, "node-name", "", "with --cluster-listen, this node's name in the cluster; names must differ (default: its --cluster-listen address, or with no host in it, this machine's host name and that port)")
 	fl.StringVar(&o.NATSListen, "nats-listen", "", "with --cluster-listen, also accept NATS clients, such as qmaster --nats gateways, at `host:port` (they authenticate with the secret of the authkey, or of --cluster-key-file)")
-	fl.StringVar(&o.ClusterKeyFile, "cluster-key-file", "", "read the secret every node and gateway of the cluster shares from `file` (their routes and --nats-listen need it): required with --acl and --cluster-listen; with --authkey the secret derives from the authkey")
+	fl.StringVar(&o.ClusterKeyFile, "cluster-key-file", "", "read the secret every node and gateway of the cluster shares from `file` (their routes and --nats-listen need it): required with --acl and --cluster-listen; without it the secret derives from the authkey, and with it from the file alone")
 	fl.IntVar(&o.Replicas, "replicas", 0, "copies of each queue kept by the JetStream cluster (default: 3, or the number of nodes if fewer)")
 	fl.IntVar(&o.Pack, "pack", 0, fmt.Sprintf("with --nats or --cluster-listen, store up to `N` tasks of one put (or results of one completion) in one JetStream message, 1 (off) to %d: far fewer JetStream writes (see docs/SCALING.md); 0 means the default, %d", jsqueue.MaxPack, defaultPack))
 	fl.DurationVar(&o.PackSpan, "pack-span", jsqueue.DefaultPackSpan, "with packing, make no pack bigger than the gateways handing out the queue's tasks took in this `duration` lately, so that a pack's tasks do not wait in a gateway with few workers; 0 keeps every pack at --pack")
@@ -81,6 +82,8 @@ func (o *engineOptions) validate(s *serveOptions) error {
 		return usageErrorf("--cluster-peers, --node-name and --nats-listen go with --cluster-listen")
 	case o.ClusterKeyFile != "" && !o.enabled():
 		return usageErrorf("--cluster-key-file goes with --cluster-listen or --nats")
+	case o.ClusterKeyFile != "" && hasUserInfo(o.NATS):
+		return usageErrorf("--nats URLs with credentials and --cluster-key-file do not go together: give one")
 	case o.ClusterListen != "" && s.ACL != "" && o.ClusterKeyFile == "":
 		// Without it the routes between nodes would be open: anyone
 		// reaching a node's cluster port could join and read every queue.
@@ -166,6 +169,9 @@ func (o *engineOptions) open(ctx context.Context, s *serveOptions, authkey []byt
 			nopts = append(nopts, nats.Token(secret))
 		}
 		nc, err := nats.Connect(o.NATS, nopts...)
+		if errors.Is(err, nats.ErrAuthorization) && !hasUserInfo(o.NATS) {
+			return nil, fmt.Errorf("--nats %s: %w (the nodes' secret derives from their --authkey, or their --cluster-key-file: give this gateway the same)", o.NATS, err)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("--nats %s: %w", o.NATS, err)
 		}

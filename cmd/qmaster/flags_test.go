@@ -126,6 +126,7 @@ func TestUsageErrors(t *testing.T) {
 		{"peers without cluster", rootCmd, []string{"--cluster-peers", "a:6222"}, "go with --cluster-listen"},
 		{"acl cluster without a cluster key", rootCmd, []string{"--acl", "acl.toml", "--cluster-listen", ":6222", "--cluster-peers", "a:6222", "--data-dir", "d"}, "--acl with --cluster-listen needs --cluster-key-file"},
 		{"cluster key alone", rootCmd, []string{"--cluster-key-file", "k"}, "--cluster-key-file goes with --cluster-listen or --nats"},
+		{"cluster key and URL credentials", rootCmd, []string{"--nats", "nats://u:p@a:4222", "--cluster-key-file", "k"}, "do not go together"},
 		{"replicas alone", rootCmd, []string{"--replicas", "3"}, "--replicas goes with --nats or --cluster-listen"},
 		{"pack alone", rootCmd, []string{"--pack", "8"}, "--pack goes with --nats or --cluster-listen"},
 		{"fsync without data dir", rootCmd, []string{"--fsync", "never"}, "--fsync goes with --data-dir"},

@@ -384,7 +384,7 @@ func serveRun(ctx context.Context, opts *serveOptions) error {
 		tlsMode = "on"
 	}
 	if opts.HTTP.Addr != "" && rules != nil && len(httpToken) == 0 && !hasAdmin(rules) {
-		log.Warn("no key of --acl has admin = true and no --http-token is given: every request to the HTTP endpoints (--http-addr) will be refused until one is (a reload of the file counts)")
+		log.Warn("no key of --acl has admin = true and no --http-token is given: every request to the HTTP endpoints (--http-addr) but /healthz and /readyz will be refused until one is (a reload of the file counts)")
 	}
 	log.Info("listening",
 		"addr", ln.Addr().String(),
