@@ -30,6 +30,7 @@ uses only the standard library: copy it, or `pip install ./python`.
 """
 
 import atexit
+import base64
 import json
 import os
 import sys
@@ -142,11 +143,7 @@ def _answer(fn, line, stderr):
 
 
 def _once(fn, stdin, stdout, stderr):
-    data = stdin.read().decode("utf-8", "replace")
-    try:
-        payload = json.loads(data)
-    except ValueError:
-        payload = data  # command mode sends a string payload as its raw text
+    payload = _command_payload(stdin.read(), os.environ.get("QM_PAYLOAD"))
     try:
         answer = _dumps(fn(payload))
     except Exception as exc:  # noqa: BLE001
@@ -155,6 +152,24 @@ def _once(fn, stdin, stdout, stderr):
     stdout.write(answer.encode() + b"\n")
     stdout.flush()
     return 0
+
+
+def _command_payload(data, form):
+    """The payload of a task as command mode gives it: QM_PAYLOAD says how
+    stdin holds it, so that the string "123" stays a string, as it does
+    under --stdio."""
+    if form == "bytes":  # as --stdio renders bytes: text if UTF-8, else base64
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            return base64.b64encode(data).decode("ascii")
+    text = data.decode("utf-8", "replace")
+    if form == "text":
+        return text
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text  # an older qworker, sending a string as its raw text
 
 
 def _error_text(exc, stderr):

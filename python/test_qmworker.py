@@ -86,6 +86,28 @@ class Command(unittest.TestCase):
     def test_raw_string_payload(self):
         self.assertEqual(self.once(lambda s: s.upper(), b"hello world")[:2], (0, b'"HELLO WORLD"\n'))
 
+    def test_payload_kind_from_qworker(self):
+        # QM_PAYLOAD says how stdin holds the payload: the string "123"
+        # stays a string, as under --stdio.
+        kind = lambda x: type(x).__name__  # noqa: E731
+        for form, data, want in (
+            ("text", b"123", b'"str"\n'),
+            ("text", b"null", b'"str"\n'),
+            ("json", b"123\n", b'"int"\n'),
+            ("json", b"[1, 2]\n", b'"list"\n'),
+            ("bytes", b"\xff\x00", b'"str"\n'),
+        ):
+            os.environ["QM_PAYLOAD"] = form
+            try:
+                self.assertEqual(self.once(kind, data)[:2], (0, want), (form, data))
+            finally:
+                del os.environ["QM_PAYLOAD"]
+        os.environ["QM_PAYLOAD"] = "bytes"
+        try:
+            self.assertEqual(self.once(lambda x: x, b"\xff\x00")[:2], (0, b'"/wA="\n'))
+        finally:
+            del os.environ["QM_PAYLOAD"]
+
     def test_failure_exits_1(self):
         code, out, err = self.once(square, b"oops")
         self.assertEqual((code, out), (1, b""))

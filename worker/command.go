@@ -30,9 +30,11 @@ const (
 // Command returns a Handler that runs argv (no shell) once per task.
 //
 // The payload goes to the command's stdin: a string as its raw text, bytes
-// as they are, anything else as one line of JSON. Its stdout, less a
-// trailing newline, is the result: the value if it is JSON, else the
-// string. The environment adds QM_TASK_ID, QM_ATTEMPT and QM_QUEUE.
+// as they are, anything else as one line of JSON; QM_PAYLOAD in its
+// environment says which ("text", "bytes" or "json"), so that a program
+// can tell the string "123" from the number. Its stdout, less a trailing
+// newline, is the result: the value if it is JSON, else the string. The
+// environment adds QM_TASK_ID, QM_ATTEMPT and QM_QUEUE too.
 //
 // A non-zero exit fails the task with "exit status N: " and the last 2 KiB
 // of stderr; an exit status given to NoRetryExit fails it not to be
@@ -51,7 +53,7 @@ func Command(argv []string, timeout time.Duration, opts ...CommandOption) Handle
 		if len(argv) == 0 {
 			return nil, errors.New("command: no program to run")
 		}
-		input, err := commandInput(t)
+		input, format, err := commandInput(t)
 		if err != nil {
 			return nil, err
 		}
@@ -68,6 +70,7 @@ func Command(argv []string, timeout time.Duration, opts ...CommandOption) Handle
 			"QM_TASK_ID="+strconv.FormatUint(t.ID, 10),
 			"QM_ATTEMPT="+strconv.Itoa(t.Attempt),
 			"QM_QUEUE="+t.Queue,
+			"QM_PAYLOAD="+format,
 		)
 		cmd.Stdin = bytes.NewReader(input)
 		stdout := &limitedBuffer{max: maxOutput}
@@ -120,22 +123,22 @@ func NoRetryExit(code int) CommandOption {
 }
 
 // commandInput renders a payload for a command's stdin.
-func commandInput(t Task) ([]byte, error) {
+func commandInput(t Task) (input []byte, format string, err error) {
 	v, err := t.Value()
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	switch v := v.(type) {
 	case string:
-		return []byte(v), nil
+		return []byte(v), "text", nil
 	case []byte:
-		return v, nil
+		return v, "bytes", nil
 	}
 	b, err := jsonval.Marshal(v)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	return append(b, '\n'), nil
+	return append(b, '\n'), "json", nil
 }
 
 // withStderr is msg and the tail of stderr, if any.

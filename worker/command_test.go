@@ -37,6 +37,9 @@ func TestCommand(t *testing.T) {
 		{"plain output", `echo not json`, nil, "not json"},
 		{"only the last newline goes", `printf 'a\n\n'`, nil, "a"},
 		{"env", `echo "$QM_TASK_ID/$QM_ATTEMPT/$QM_QUEUE"`, nil, "7/1/tasks"},
+		{"a string's form", `echo "$QM_PAYLOAD"`, "123", "text"},
+		{"bytes' form", `echo "$QM_PAYLOAD"`, []byte("123"), "bytes"},
+		{"a number's form", `echo "$QM_PAYLOAD"`, 123, "json"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			got, err := sh(tt.script, 5*time.Second)(context.Background(), task(t, tt.payload))

@@ -67,8 +67,8 @@ built-in handler (--builtin NAME) or by running COMMAND once per task.
 Built-in handlers:
 ` + builtinList() + `
 COMMAND gets the task's payload on stdin: a string as its raw text, bytes as
-they are, anything else as one line of JSON. Its environment adds
-QM_TASK_ID, QM_ATTEMPT and QM_QUEUE. Its stdout, less a trailing newline, is
+they are, anything else as one line of JSON; QM_PAYLOAD in its environment
+says which (text, bytes or json), with QM_TASK_ID, QM_ATTEMPT and QM_QUEUE. Its stdout, less a trailing newline, is
 the task's result: the value if it is JSON, else the string. A non-zero exit
 fails the attempt, with the end of stderr as the error; the master retries
 the task, and dead-letters it after its last attempt, or at once for the
