@@ -48,8 +48,8 @@ type StdioConfig struct {
 	Logger *slog.Logger
 	// Broken, if set, is called once, when the children have failed
 	// (exited, broken the protocol or not started; a timeout is no sign of
-	// it) BrokenAfter
-	// times between them before any of them answered a task: the command
+	// it) BrokenAfter times between them, a task's failures counting
+	// once, before any of them answered a task: the command
 	// most likely cannot run here (a syntax error, a missing module), and
 	// every task would fail one attempt per restart until its queue has
 	// gone to the dead-letter queue. qworker stops then. The error names
@@ -140,22 +140,40 @@ type Stdio struct {
 }
 
 // stdioHealth tells, for StdioConfig.Broken, whether any child has
-// answered a task yet, and counts the children's failures until one has.
+// answered a task yet, and counts the children's failures until one has:
+// each task's once, so that one task that kills its child on every
+// attempt is a bad task, not a broken command.
 type stdioHealth struct {
 	answered atomic.Bool
 	failures atomic.Int32
 	once     sync.Once
 	broken   func(error)
+
+	mu      sync.Mutex
+	counted map[uint64]bool // tasks whose failures counted
 }
 
 // answer notes that a child answered a task.
 func (h *stdioHealth) answer() { h.answered.Store(true) }
 
-// fail notes that child id failed with err, and calls broken once the
-// children have failed BrokenAfter times before any answer.
-func (h *stdioHealth) fail(id int, err error) {
+// fail notes that child id failed with err, on task (0: none), and calls
+// broken once the children have failed BrokenAfter times before any
+// answer, a task counting once.
+func (h *stdioHealth) fail(id int, task uint64, err error) {
 	if h.broken == nil || h.answered.Load() || err == nil || commandsKilled.Load() {
 		return
+	}
+	if task != 0 {
+		h.mu.Lock()
+		seen := h.counted[task]
+		if h.counted == nil {
+			h.counted = make(map[uint64]bool)
+		}
+		h.counted[task] = true
+		h.mu.Unlock()
+		if seen {
+			return
+		}
 	}
 	if n := h.failures.Add(1); n >= BrokenAfter {
 		h.once.Do(func() {
@@ -167,6 +185,7 @@ func (h *stdioHealth) fail(id int, err error) {
 // request is a task handed to an owner.
 type request struct {
 	ctx  context.Context
+	task uint64      // the task's ID
 	line []byte      // the task's line, '\n' included
 	done chan answer // buffered 1: the owner never waits on it
 }
@@ -238,7 +257,7 @@ func (s *Stdio) Handle(ctx context.Context, t Task) (any, error) {
 	if err != nil {
 		return nil, err // no child sees it
 	}
-	r := &request{ctx: ctx, line: line, done: make(chan answer, 1)}
+	r := &request{ctx: ctx, task: t.ID, line: line, done: make(chan answer, 1)}
 	select {
 	case s.reqs <- r:
 	case <-ctx.Done():

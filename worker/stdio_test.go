@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -402,6 +403,36 @@ func TestStdioBroken(t *testing.T) {
 	}
 }
 
+// TestStdioBadTaskIsNotABrokenCommand: one task that kills its child on
+// every attempt, before any other task was answered, counts once towards
+// a broken command: it is a bad task, and the tasks behind it run.
+func TestStdioBadTaskIsNotABrokenCommand(t *testing.T) {
+	var calls atomic.Int32
+	s, err := worker.NewStdio(worker.StdioConfig{
+		Command:    []string{"sh", "-c", `while read -r x; do [ "$x" = '"crash"' ] && exit 3; echo "$x"; done`},
+		RestartMin: time.Millisecond,
+		Broken:     func(error) { calls.Add(1) },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	bad := task(t, "crash")
+	for range worker.BrokenAfter + 1 { // its attempts
+		if _, err := s.Handle(context.Background(), bad); err == nil {
+			t.Fatal("the bad task was answered")
+		}
+	}
+	good := task(t, 5)
+	good.ID = 8
+	if v, err := s.Handle(context.Background(), good); err != nil || v != int64(5) {
+		t.Fatalf("the task behind: %v, %v", v, err)
+	}
+	if n := calls.Load(); n != 0 {
+		t.Fatalf("Broken called %d times for one bad task", n)
+	}
+}
+
 // brokenCalls runs tasks tasks, one after another, through a child running
 // script (with taskTimeout), and returns how often StdioConfig.Broken was
 // called, how many tasks were answered, and what Broken was called with
@@ -423,8 +454,10 @@ func brokenCalls(t *testing.T, script string, taskTimeout time.Duration, tasks i
 		t.Fatal(err)
 	}
 	defer s.Close()
-	for range tasks {
-		if _, err := s.Handle(context.Background(), task(t, 1)); err == nil {
+	for i := range tasks {
+		tk := task(t, 1)
+		tk.ID = uint64(i + 1) // each a task of its own: a task's failures count once
+		if _, err := s.Handle(context.Background(), tk); err == nil {
 			answered++
 		}
 	}

@@ -40,6 +40,9 @@ type child struct {
 	proc     *process // nil while stopped
 	failures int      // stops in a row with no answer between, for the backoff
 	health   *stdioHealth
+	// culprit is the task whose exchange is failing, told to health
+	// with the failure (0: none, as for a child that failed to start).
+	culprit uint64
 	// service is a moving average of how long the child takes per task,
 	// from when a task is first in line to its answer; 0 until the first
 	// answer of a child that asked for tasks ahead (batchMax).
@@ -275,7 +278,7 @@ func (c *child) broken(err error) error {
 // failedWith tells the Stdio's health that the child failed with err, and
 // returns err.
 func (c *child) failedWith(err error) error {
-	c.health.fail(c.id, err)
+	c.health.fail(c.id, c.culprit, err)
 	return err
 }
 
@@ -329,7 +332,7 @@ func (c *child) restart(quit <-chan struct{}) error {
 	}
 	if err := c.start(); err != nil {
 		c.failures++
-		c.health.fail(c.id, err)
+		c.health.fail(c.id, 0, err)
 		c.stoppedAt = time.Now()
 		return err
 	}

@@ -252,7 +252,9 @@ func (o *owner) fail(err error) {
 		return
 	}
 	culprit := o.inflight[0]
+	o.culprit = culprit.task
 	culprit.done <- answer{err: o.broken(err)}
+	o.culprit = 0
 	rest := append(o.inflight[1:len(o.inflight):len(o.inflight)], o.pending...)
 	o.inflight, o.pending = nil, rest
 }
