@@ -34,6 +34,7 @@ import base64
 import json
 import os
 import sys
+import time
 import traceback
 
 __all__ = ["task", "run", "Retry", "Fail", "ERROR_PREFIX"]
@@ -51,6 +52,9 @@ FAIL_PREFIX = b"!fail "
 FAIL_EXIT = 65
 # The first line in stdio mode: this child answers every task with one line.
 PIPELINE_HELLO = b"!pipeline\n"
+# Answers computed within this many seconds of the last write go out in one
+# write; after it, each goes as it is made.
+FLUSH_AFTER = 0.002
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
@@ -105,7 +109,17 @@ def _serve(fn, stdin, stdout, stderr):
             break
         lines = (rest + chunk).split(b"\n")
         rest = lines.pop()
-        stdout.write(b"".join([_answer(fn, line, stderr) for line in lines]))
+        # Quick answers go out together; once the batch has taken a while,
+        # each goes at once, so that qworker's --task-timeout, counted
+        # from the answer before, never runs on a task already answered.
+        out, since = [], time.monotonic()
+        for line in lines:
+            out.append(_answer(fn, line, stderr))
+            if time.monotonic() - since > FLUSH_AFTER:
+                stdout.write(b"".join(out))
+                stdout.flush()
+                out, since = [], time.monotonic()
+        stdout.write(b"".join(out))
         stdout.flush()
     if rest.strip():
         stdout.write(_answer(fn, rest, stderr))

@@ -3,6 +3,7 @@
 import io
 import os
 import sys
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -65,6 +66,31 @@ class Stdio(unittest.TestCase):
             raise qmworker.Fail("not an\nimage")
         _, out, _ = self.serve(bad, b"1\n")
         self.assertEqual(out, b"!fail not an image\n")
+
+    def test_slow_answers_go_at_once(self):
+        # A batch read at once: the answer of the quick task before a slow
+        # one is written before the slow one runs on, so that qworker's
+        # task timeout never counts a task already done.
+        writes = []
+
+        class Out(io.BytesIO):
+            def write(self, b):
+                writes.append(bytes(b))
+                return super().write(b)
+
+        def fn(x):
+            if x == 2:
+                time.sleep(0.05)
+            return x
+
+        os.environ["QM_STDIO"] = "1"
+        try:
+            qmworker.run(fn, io.BytesIO(b"1\n2\n3\n"), Out(), io.StringIO())
+        finally:
+            del os.environ["QM_STDIO"]
+        answers = [w for w in writes if w and w != b"!pipeline\n"]
+        self.assertEqual(answers[0], b"1\n2\n", writes)
+        self.assertEqual(b"".join(answers), b"1\n2\n3\n")
 
     def test_last_line_without_newline(self):
         self.assertEqual(self.serve(square, b"2\n3")[1], b"4\n9\n")
