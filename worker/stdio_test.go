@@ -3,9 +3,12 @@ package worker_test
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math"
+	"os"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -464,4 +467,41 @@ func brokenCalls(t *testing.T, script string, taskTimeout time.Duration, tasks i
 	mu.Lock()
 	defer mu.Unlock()
 	return calls, answered, last
+}
+
+// TestStdioGivenUpTaskStopsItsChild: a task whose handler no one waits for
+// any more (its lease lost, a drain timed out) does not run on in its
+// child beside another worker's run of it: the child is stopped, and the
+// next task runs on a new one at once.
+func TestStdioGivenUpTaskStopsItsChild(t *testing.T) {
+	on := filepath.Join(t.TempDir(), "on")
+	s, err := worker.NewStdio(worker.StdioConfig{
+		Command:    []string{"sh", "-c", `while read -r x; do [ "$x" = '"block"' ] && { touch "$0"; sleep 60; }; echo "$x"; done`, on},
+		RestartMin: time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx, cancel := context.WithCancelCause(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.Handle(ctx, task(t, "block"))
+		done <- err
+	}()
+	qmtest.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+		_, err := os.Stat(on) // the child is on it
+		return err
+	})
+	cancel(worker.ErrDrainTimeout)
+	if err := <-done; !errors.Is(err, worker.ErrDrainTimeout) {
+		t.Fatalf("the given-up task: %v", err)
+	}
+	next := task(t, 5)
+	next.ID = 8
+	hctx, hcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer hcancel()
+	if v, err := s.Handle(hctx, next); err != nil || v != int64(5) {
+		t.Fatalf("the next task: %v, %v; want it answered by a new child at once", v, err)
+	}
 }

@@ -46,6 +46,10 @@ func (c *child) own(reqs <-chan *request, quit <-chan struct{}) error {
 		if o.timerOn {
 			timeout = o.timer.C
 		}
+		var headGone <-chan struct{}
+		if len(o.inflight) > 0 {
+			headGone = o.inflight[0].ctx.Done()
+		}
 		select {
 		case r := <-reqs:
 			o.pending = append(o.pending, r)
@@ -68,6 +72,8 @@ func (c *child) own(reqs <-chan *request, quit <-chan struct{}) error {
 		case <-timeout:
 			o.timerOn = false
 			o.fail(os.ErrDeadlineExceeded)
+		case <-headGone:
+			o.abandon()
 		case <-o.quit:
 			for _, r := range append(o.inflight, o.pending...) { // none, after Run
 				r.done <- answer{err: errStdioClosed}
@@ -238,6 +244,21 @@ func (o *owner) writeFailed(err error) {
 			return
 		}
 	}
+}
+
+// abandon stops the child, whose task no one waits for any more (its
+// lease lost, or the worker's drain timed out: it runs elsewhere, or is
+// given back), so that it does not run on beside another worker's run of
+// it; the tasks it held behind that one are written to it again once it
+// is restarted. Not a failure of the child.
+func (o *owner) abandon() {
+	o.stopTimer()
+	head := o.inflight[0]
+	o.stop(false)
+	o.cfg.Logger.Info("child stopped: the task it was on was given up", "child", o.id, "err", context.Cause(head.ctx))
+	head.done <- answer{err: context.Cause(head.ctx)}
+	rest := append(o.inflight[1:len(o.inflight):len(o.inflight)], o.pending...)
+	o.inflight, o.pending = nil, rest
 }
 
 // fail stops a child that failed with err while answering the oldest task
