@@ -16,6 +16,7 @@ import (
 	"github.com/qm-dev/qm/acl"
 	"github.com/qm-dev/qm/auth"
 	"github.com/qm-dev/qm/master/pymanager"
+	"github.com/qm-dev/qm/master/queue"
 	"github.com/qm-dev/qm/pyproto"
 	"github.com/qm-dev/qm/wire"
 )
@@ -141,7 +142,14 @@ func (c *clientConn) serve() {
 	}
 	c.close()
 	c.streams.Wait()
-	if n := c.s.queues.Release(c.id); n > 0 {
+	if c.s.isClosing() && c.s.cfg.OpenQueues == nil {
+		// The master stops, not the client: its tasks go back as not
+		// delivered, their attempts unused, so that restarting a master
+		// (an upgrade) does not dead-letter long tasks.
+		if n := c.s.giveBackLeases(c.id); n > 0 {
+			log.Info("master stopping; the client's leased tasks given back, their attempts unused", "client", c.id, "tasks", n)
+		}
+	} else if n := c.s.queues.Release(c.id); n > 0 {
 		log.Info("client gone; its leased tasks requeued", "client", c.id, "tasks", n)
 	}
 	log.Debug("client disconnected", "client", c.id, "role", c.roleName())
@@ -443,4 +451,22 @@ func (c *clientConn) info() (wire.ClientInfo, bool) {
 func sentNoAuthkey(err error) bool {
 	var tl *pyproto.TooLargeError
 	return errors.As(err, &tl) && tl.Size == uint64(binary.BigEndian.Uint32([]byte(wire.Magic+string(rune(wire.Version)))))
+}
+
+// giveBackLeases gives the tasks owner holds back to their queues as not
+// delivered (Unget: the attempt of their delivery unused), and returns
+// how many there were.
+func (s *Server) giveBackLeases(owner uint64) int {
+	byQueue := make(map[string][]queue.Task)
+	for _, l := range s.queues.Leases()[owner] {
+		byQueue[l.Queue] = append(byQueue[l.Queue], queue.Task{ID: l.ID, Attempts: l.Attempts})
+	}
+	n := 0
+	for name, ts := range byQueue {
+		s.queues.Unget(queue.GetRequest{Queue: name, Owner: owner}, ts)
+		n += len(ts)
+	}
+	// Any left (taken meanwhile, the master closing as it went) are
+	// released as before.
+	return n + s.queues.Release(owner)
 }

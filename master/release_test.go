@@ -1,6 +1,7 @@
 package master_test
 
 import (
+	"context"
 	"fmt"
 	"testing"
 	"time"
@@ -85,4 +86,29 @@ func TestReleaseThroughAGateway(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// A master with a data directory that stops gracefully, its workers still
+// on their tasks, gives those tasks back unattempted: restarting it (an
+// upgrade) does not use up their attempts and dead-letter long tasks.
+func TestShutdownGivesLeasesBackUnattempted(t *testing.T) {
+	dir := t.TempDir()
+	ctx := ctxFor(t, 20*time.Second)
+	addr, srv := qmtest.StartMaster(t, master.Config{DataDir: dir, MaxAttempts: 2})
+	producer := qmtest.Dial(t, addr, "producer")
+	ids, err := producer.Put(ctx, "jobs", []any{1}, wire.PutOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for restart := range 3 {
+		w := qmtest.Dial(t, addr, "worker")
+		ts, err := w.Get(ctx, "jobs", wire.GetOptions{Timeout: time.Second})
+		if err != nil || len(ts) != 1 || ts[0].ID != ids[0] || ts[0].Attempt != 1 || ts[0].LastError != "" {
+			t.Fatalf("get after %d restarts: %+v, %v; want task %d at attempt 1, no error", restart, ts, err, ids[0])
+		}
+		sctx, cancel := context.WithTimeout(ctx, time.Second)
+		_ = srv.Shutdown(sctx) // the worker is still on its task
+		cancel()
+		addr, srv = qmtest.StartMaster(t, master.Config{DataDir: dir, MaxAttempts: 2})
+	}
 }
