@@ -146,7 +146,7 @@ def _answer(fn, line, stderr):
     except ValueError as exc:
         return ERROR_PREFIX + ("payload is not JSON: %s" % exc).encode() + b"\n"
     try:
-        return _dumps(fn(payload)).encode() + b"\n"
+        value = fn(payload)
     except Retry as exc:
         text = " ".join(str(exc).split()) or "retry later"
         return RETRY_PREFIX + ("%r %s" % (exc.seconds, text)).encode() + b"\n"
@@ -154,15 +154,32 @@ def _answer(fn, line, stderr):
         return FAIL_PREFIX + (" ".join(str(exc).split()) or "failed").encode() + b"\n"
     except Exception as exc:  # noqa: BLE001 - every failure is the attempt's
         return ERROR_PREFIX + _error_text(exc, stderr).encode() + b"\n"
+    try:
+        return _dumps(value).encode() + b"\n"
+    except (TypeError, ValueError) as exc:  # no retry makes it JSON
+        return FAIL_PREFIX + _unencodable(exc, stderr).encode() + b"\n"
+
+
+def _unencodable(exc, stderr):
+    """The error of a result JSON cannot hold (bytes, NaN), said on stderr."""
+    text = "result is not JSON: " + " ".join(str(exc).split())
+    stderr.write(text + "\n")
+    stderr.flush()
+    return text
 
 
 def _once(fn, stdin, stdout, stderr):
     payload = _command_payload(stdin.read(), os.environ.get("QM_PAYLOAD"))
     try:
-        answer = _dumps(fn(payload))
+        value = fn(payload)
     except Exception as exc:  # noqa: BLE001
         _error_text(exc, stderr)
         return FAIL_EXIT if isinstance(exc, Fail) else 1
+    try:
+        answer = _dumps(value)
+    except (TypeError, ValueError) as exc:
+        _unencodable(exc, stderr)
+        return FAIL_EXIT
     stdout.write(answer.encode() + b"\n")
     stdout.flush()
     return 0

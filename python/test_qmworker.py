@@ -45,7 +45,8 @@ class Stdio(unittest.TestCase):
 
     def test_result_not_json(self):
         _, out, _ = self.serve(lambda x: {1, 2}, b"1\n")
-        self.assertTrue(out.startswith(b"!error TypeError: Object of type set"), out)
+        # Not retried: no attempt makes a set JSON.
+        self.assertTrue(out.startswith(b"!fail result is not JSON: Object of type set"), out)
 
     def test_multiline_error_is_one_line(self):
         def fail(x):
@@ -91,6 +92,12 @@ class Stdio(unittest.TestCase):
         answers = [w for w in writes if w and w != b"!pipeline\n"]
         self.assertEqual(answers[0], b"1\n2\n", writes)
         self.assertEqual(b"".join(answers), b"1\n2\n3\n")
+
+    def test_unencodable_result_is_not_retried(self):
+        for value in (float("nan"), b"raw"):
+            code, answers, err = self.serve(lambda x, v=value: v, b"1\n")
+            self.assertEqual(code, 0)
+            self.assertTrue(answers.startswith(b"!fail result is not JSON: "), answers)
 
     def test_last_line_without_newline(self):
         self.assertEqual(self.serve(square, b"2\n3")[1], b"4\n9\n")
@@ -138,6 +145,11 @@ class Command(unittest.TestCase):
         code, out, err = self.once(square, b"oops")
         self.assertEqual((code, out), (1, b""))
         self.assertIn("TypeError", err)
+
+    def test_unencodable_result_exits_65(self):
+        code, out, err = self.once(lambda x: float("nan"), b"1")
+        self.assertEqual((code, out), (65, b""))
+        self.assertIn("result is not JSON", err)
 
     def test_fail_exits_65(self):
         def bad(x):

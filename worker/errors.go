@@ -28,7 +28,8 @@ var (
 //	return nil, worker.RetryAfter(30*time.Second, err)
 //
 // d is taken between 0 and a year (maxRetryAfter), the most a master
-// accepts.
+// accepts. It always fails the attempt: with err nil, with the error
+// "retry later" (unlike the wrapping of pkg/errors, where nil stays nil).
 func RetryAfter(d time.Duration, err error) error {
 	if err == nil {
 		err = errors.New("retry later")
@@ -53,6 +54,9 @@ func (e *retryAfterError) Unwrap() error { return e.err }
 //	return nil, worker.NoRetry(fmt.Errorf("not an image: %w", err))
 //
 // A master older than this package retries the task as any failed one.
+// It always fails the task: with err nil, with the error "failed; not to
+// be retried" (unlike the wrapping of pkg/errors, where nil stays nil), so
+// call it only on a failure.
 func NoRetry(err error) error {
 	if err == nil {
 		err = errors.New("failed; not to be retried")
