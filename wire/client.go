@@ -729,12 +729,17 @@ type GetOptions struct {
 	Timeout time.Duration
 	// Lease is how long the tasks stay leased; 0 is the master's default.
 	Lease time.Duration
-	// NoAck takes the tasks for good, without a lease.
+	// NoAck takes the tasks for good, without a lease: what a producer
+	// reading its results wants (qmaster map does). Without it, every
+	// item taken is leased and must be acked (Ack, Complete): one that is
+	// not comes back when its lease runs out, as a failed attempt, and
+	// after the last goes to the queue's dead-letter queue.
 	NoAck bool
 }
 
 // Get takes up to opts.Max tasks from queue. No task within the timeout
-// returns an empty slice and no error.
+// returns an empty slice and no error. Unless opts.NoAck, the tasks are
+// leased: settle each (Ack, Nack, Complete, Release) within its lease.
 func (c *Client) Get(ctx context.Context, queue string, opts GetOptions) ([]Task, error) {
 	if opts.Max <= 0 {
 		opts.Max = 1
