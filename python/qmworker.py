@@ -14,8 +14,9 @@ Run it under qworker, either way:
 The function gets the task's payload, decoded from JSON, and returns the
 result, which must be JSON-serialisable. An exception fails the attempt:
 its traceback goes to stderr (qworker logs it) and its last line is the
-attempt's error. print() inside the function writes to stderr, so that it
-cannot break the protocol on stdout. Raise Retry(seconds, "why") to fail
+attempt's error. print() inside the function writes to stderr, and so does
+anything its subprocesses write to their stdout, so that none of it can
+break the protocol on stdout. Raise Retry(seconds, "why") to fail
 the attempt and have the task wait that long before its next delivery
 (a service that said "come back in a minute"); it counts as an attempt.
 Raise Fail("why") for an attempt that would fail however often it ran (bad
@@ -83,8 +84,15 @@ def run(fn, stdin=None, stdout=None, stderr=None):
     mode), and returns 1 if fn failed.
     """
     stdin = stdin if stdin is not None else sys.stdin.buffer
-    stdout = stdout if stdout is not None else sys.stdout.buffer
     stderr = stderr if stderr is not None else sys.stderr
+    own = stdout is None
+    if own:
+        # The protocol gets a descriptor of its own, and descriptor 1
+        # becomes stderr's: what the handler's subprocesses (or C code)
+        # write to their stdout goes to the log, not into the answers.
+        sys.stdout.flush()
+        stdout = os.fdopen(os.dup(1), "wb")
+        os.dup2(2, 1)
     saved = sys.stdout
     sys.stdout = stderr  # the handler's print() must not reach the protocol
     try:
@@ -94,6 +102,10 @@ def run(fn, stdin=None, stdout=None, stderr=None):
         return _once(fn, stdin, stdout, stderr)
     finally:
         sys.stdout = saved
+        if own:
+            stdout.flush()
+            os.dup2(stdout.fileno(), 1)  # descriptor 1 is stdout again
+            stdout.close()
 
 
 def _serve(fn, stdin, stdout, stderr):

@@ -99,6 +99,24 @@ class Stdio(unittest.TestCase):
             self.assertEqual(code, 0)
             self.assertTrue(answers.startswith(b"!fail result is not JSON: "), answers)
 
+    def test_subprocess_output_goes_to_stderr(self):
+        # A real process: the handler's subprocess inherits descriptor 1,
+        # which the helper gave to stderr.
+        import subprocess
+        script = (
+            "import subprocess, sys\n"
+            "sys.path.insert(0, %r)\n"
+            "import qmworker\n"
+            "def f(x):\n"
+            "    subprocess.run(['echo', 'from a subprocess'])\n"
+            "    return x\n"
+            "sys.exit(qmworker.run(f))\n" % os.path.dirname(os.path.abspath(__file__))
+        )
+        p = subprocess.run([sys.executable, "-c", script], input=b"1\n2\n", capture_output=True,
+                           env=dict(os.environ, QM_STDIO="1"), timeout=30)
+        self.assertEqual(p.stdout, b"!pipeline\n1\n2\n", p.stderr)
+        self.assertIn(b"from a subprocess", p.stderr)
+
     def test_last_line_without_newline(self):
         self.assertEqual(self.serve(square, b"2\n3")[1], b"4\n9\n")
 
