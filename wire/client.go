@@ -653,7 +653,10 @@ type PutOptions struct {
 	// marked Resent. It costs the master one entry per put where Keys
 	// cost one per item, and a gateway still packs its tasks. It must be
 	// unique to the put (a producer's run and its batch, say), at most
-	// 256 bytes, and not given with Keys.
+	// 256 bytes, and not given with Keys. The master does not compare the
+	// items: another put under an ID used within the window stores
+	// nothing and gets the first's IDs, with no error (as SQS's and
+	// NATS's deduplication IDs do).
 	RequestID string
 	// Resent, with RequestID, says this put may have been sent before,
 	// and its answer was lost (a connection cut off, a timeout): a
