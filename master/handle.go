@@ -81,9 +81,7 @@ func (c *clientConn) handle(req *wire.Request, buf *callBuffers) *wire.Response 
 		resp.MaxMessageSize = c.s.cfg.MaxMessageSize
 		resp.MaxStreams = c.s.cfg.MaxStreams
 		resp.QueuesOutlive = c.s.cfg.DataDir != "" || c.s.cfg.OpenQueues != nil
-		if k := c.key.Load(); k != nil && !k.Admin {
-			resp.NoAdmin = true
-		}
+		resp.NoAdmin = key != nil && !key.Admin
 	case wire.OpPut:
 		resp.IDs, resp.Repeats, err = c.put(req, buf)
 	case wire.OpGet:
