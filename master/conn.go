@@ -16,7 +16,6 @@ import (
 	"github.com/qm-dev/qm/acl"
 	"github.com/qm-dev/qm/auth"
 	"github.com/qm-dev/qm/master/pymanager"
-	"github.com/qm-dev/qm/master/queue"
 	"github.com/qm-dev/qm/pyproto"
 	"github.com/qm-dev/qm/wire"
 )
@@ -454,17 +453,12 @@ func sentNoAuthkey(err error) bool {
 }
 
 // giveBackLeases gives the tasks owner holds back to their queues as not
-// delivered (Unget: the attempt of their delivery unused), and returns
-// how many there were.
+// delivered, the attempt of their delivery unused, where the queues can
+// (queue.Manager.GiveBack), and returns how many there were.
 func (s *Server) giveBackLeases(owner uint64) int {
-	byQueue := make(map[string][]queue.Task)
-	for _, l := range s.queues.Leases()[owner] {
-		byQueue[l.Queue] = append(byQueue[l.Queue], queue.Task{ID: l.ID, Attempts: l.Attempts})
-	}
 	n := 0
-	for name, ts := range byQueue {
-		s.queues.Unget(queue.GetRequest{Queue: name, Owner: owner}, ts)
-		n += len(ts)
+	if g, ok := s.queues.(interface{ GiveBack(owner uint64) int }); ok {
+		n = g.GiveBack(owner)
 	}
 	// Any left (taken meanwhile, the master closing as it went) are
 	// released as before.

@@ -246,6 +246,7 @@ func (m *Manager) Leases() map[uint64][]LeaseInfo {
 	for _, q := range m.snapshot() {
 		q.mu.Lock()
 		for owner, h := range q.owners {
+			from := len(out[owner])
 			for l := h.first; l != nil; l = l.next {
 				out[owner] = append(out[owner], LeaseInfo{
 					Queue: q.name, ID: l.task.ID, Attempts: l.task.Attempts,
@@ -253,11 +254,13 @@ func (m *Manager) Leases() map[uint64][]LeaseInfo {
 					Deadline: m.epoch.Add(time.Duration(l.deadline)),
 				})
 			}
+			slices.Reverse(out[owner][from:]) // the list is newest first
 		}
 		q.mu.Unlock()
 	}
 	for _, ls := range out {
-		slices.SortFunc(ls, func(a, b LeaseInfo) int { return a.Since.Compare(b.Since) })
+		// Stable: the tasks of one get share their time.
+		slices.SortStableFunc(ls, func(a, b LeaseInfo) int { return a.Since.Compare(b.Since) })
 	}
 	return out
 }

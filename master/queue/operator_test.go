@@ -198,6 +198,44 @@ func TestLeases(t *testing.T) {
 	}
 }
 
+// TestLeasesAndGiveBackKeepTheOrderHandedOut: the tasks of one get, which
+// share their lease's start, are listed in the order handed out, and
+// GiveBack puts them back in it, in front, their attempts unused.
+func TestLeasesAndGiveBackKeepTheOrderHandedOut(t *testing.T) {
+	m := newManager(t, queue.Config{})
+	ids := mustPut(t, m, "q", "a", "b", "c", "d", "e")
+	if _, err := m.Get(context.Background(), queue.GetRequest{Queue: "q", Max: 4, Owner: 7}, nil); err != nil {
+		t.Fatal(err)
+	}
+	var listed []uint64
+	for _, l := range m.Leases()[7] {
+		listed = append(listed, l.ID)
+	}
+	if !slices.Equal(listed, ids[:4]) {
+		t.Fatalf("Leases lists %v, want %v", listed, ids[:4])
+	}
+	if n := m.GiveBack(7); n != 4 {
+		t.Fatalf("GiveBack = %d, want 4", n)
+	}
+	ts, err := m.Get(context.Background(), queue.GetRequest{Queue: "q", Max: 5, Owner: 8}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []uint64
+	for _, task := range ts {
+		got = append(got, task.ID)
+		if task.Attempts != 1 {
+			t.Errorf("task %d at attempt %d after GiveBack, want 1", task.ID, task.Attempts)
+		}
+	}
+	if !slices.Equal(got, ids) {
+		t.Fatalf("after GiveBack, got %v, want %v", got, ids)
+	}
+	if err := m.CheckInvariants(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestDurableRequeueDrop: requeued and dropped tasks stay so after a
 // restart.
 func TestDurableRequeueDrop(t *testing.T) {

@@ -1,6 +1,9 @@
 package queue
 
-import "time"
+import (
+	"slices"
+	"time"
+)
 
 // ReapLeases is the Manager's one timer, until done is closed: it expires
 // leases as they run out (as ExpireLeases says) and makes delayed tasks
@@ -157,6 +160,36 @@ func (m *Manager) Release(owner uint64) int {
 		q.settle(&c)
 		m.unlock(q)
 		m.deadLetter(q.name, dead)
+	}
+	return n
+}
+
+// GiveBack returns every task leased by owner, in any queue, as if its
+// get had never delivered it (Unget): to the front of its queue, in the
+// order they were handed out, the attempt of that delivery unused. The
+// master uses it for its clients' tasks when it stops: it, not they,
+// ended their leases. It returns how many tasks it gave back.
+func (m *Manager) GiveBack(owner uint64) int {
+	if m.closed.Load() {
+		return 0
+	}
+	n := 0
+	for _, q := range m.snapshot() {
+		q.mu.Lock()
+		h := q.owners[owner]
+		if h == nil || q.deleted {
+			q.mu.Unlock()
+			continue
+		}
+		var ts []Task
+		for l := h.first; l != nil; l = l.next {
+			ts = append(ts, Task{ID: l.task.ID, Attempts: l.task.Attempts})
+		}
+		slices.Reverse(ts) // the list is newest first
+		q.unget(ts, &GetRequest{Queue: q.name, Owner: owner})
+		n += len(ts)
+		q.settle(&clock{m: m})
+		m.unlock(q)
 	}
 	return n
 }
