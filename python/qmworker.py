@@ -35,7 +35,7 @@ import base64
 import json
 import os
 import sys
-import time
+import threading
 import traceback
 
 __all__ = ["task", "run", "Retry", "Fail", "ERROR_PREFIX"]
@@ -85,14 +85,16 @@ def run(fn, stdin=None, stdout=None, stderr=None):
     """
     stdin = stdin if stdin is not None else sys.stdin.buffer
     stderr = stderr if stderr is not None else sys.stderr
-    own = stdout is None
-    if own:
+    if stdout is None and sys.stdout is sys.__stdout__:
         # The protocol gets a descriptor of its own, and descriptor 1
-        # becomes stderr's: what the handler's subprocesses (or C code)
-        # write to their stdout goes to the log, not into the answers.
+        # becomes stderr's for good: what the handler's subprocesses (or C
+        # code, whose buffers may flush as the process exits) write to
+        # their stdout goes to the log, not into the answers.
         sys.stdout.flush()
         stdout = os.fdopen(os.dup(1), "wb")
         os.dup2(2, 1)
+    elif stdout is None:
+        stdout = sys.stdout.buffer  # replaced by the caller: theirs
     saved = sys.stdout
     sys.stdout = stderr  # the handler's print() must not reach the protocol
     try:
@@ -102,10 +104,6 @@ def run(fn, stdin=None, stdout=None, stderr=None):
         return _once(fn, stdin, stdout, stderr)
     finally:
         sys.stdout = saved
-        if own:
-            stdout.flush()
-            os.dup2(stdout.fileno(), 1)  # descriptor 1 is stdout again
-            stdout.close()
 
 
 def _serve(fn, stdin, stdout, stderr):
@@ -115,27 +113,69 @@ def _serve(fn, stdin, stdout, stderr):
     stdout.flush()
     read = getattr(stdin, "read1", None) or stdin.read
     rest = b""
-    while True:
-        chunk = read(1 << 16)
-        if not chunk:
-            break
-        lines = (rest + chunk).split(b"\n")
-        rest = lines.pop()
-        # Quick answers go out together; once the batch has taken a while,
-        # each goes at once, so that qworker's --task-timeout, counted
-        # from the answer before, never runs on a task already answered.
-        out, since = [], time.monotonic()
-        for line in lines:
-            out.append(_answer(fn, line, stderr))
-            if time.monotonic() - since > FLUSH_AFTER:
-                stdout.write(b"".join(out))
-                stdout.flush()
-                out, since = [], time.monotonic()
-        stdout.write(b"".join(out))
-        stdout.flush()
-    if rest.strip():
-        stdout.write(_answer(fn, rest, stderr))
-        stdout.flush()
+    answers = _Answers(stdout)
+    try:
+        while True:
+            chunk = read(1 << 16)
+            if not chunk:
+                break
+            lines = (rest + chunk).split(b"\n")
+            rest = lines.pop()
+            for line in lines:
+                answers.add(_answer(fn, line, stderr))
+            answers.flush()
+        if rest.strip():
+            answers.add(_answer(fn, rest, stderr))
+    finally:
+        answers.close()
+
+
+class _Answers:
+    """Answers waiting to be written: those of a read's tasks go out in one
+    write when they come quickly, and none waits longer than FLUSH_AFTER
+    while the next task runs (a thread writes it then), so that qworker's
+    --task-timeout, counted from the answer before, never runs on a task
+    already done."""
+
+    def __init__(self, out):
+        self._out = out
+        self._cond = threading.Condition()
+        self._held = []
+        self._closed = False
+        self._thread = threading.Thread(target=self._write_late, name="qmworker-answers", daemon=True)
+        self._thread.start()
+
+    def add(self, answer):
+        with self._cond:
+            self._held.append(answer)
+            if len(self._held) == 1:
+                self._cond.notify()
+
+    def flush(self):
+        with self._cond:
+            self._write()
+
+    def close(self):
+        with self._cond:
+            self._write()
+            self._closed = True
+            self._cond.notify()
+        self._thread.join()
+
+    def _write(self):  # with _cond held
+        if self._held:
+            self._out.write(b"".join(self._held))
+            self._out.flush()
+            self._held = []
+
+    def _write_late(self):
+        with self._cond:
+            while not self._closed:
+                if not self._held:
+                    self._cond.wait()
+                    continue
+                self._cond.wait(FLUSH_AFTER)  # the rest of the read may come
+                self._write()
 
 
 class Retry(Exception):

@@ -70,8 +70,8 @@ class Stdio(unittest.TestCase):
 
     def test_slow_answers_go_at_once(self):
         # A batch read at once: the answer of the quick task before a slow
-        # one is written before the slow one runs on, so that qworker's
-        # task timeout never counts a task already done.
+        # one is written while the slow one runs, so that qworker's task
+        # timeout never counts a task already done.
         writes = []
 
         class Out(io.BytesIO):
@@ -90,7 +90,7 @@ class Stdio(unittest.TestCase):
         finally:
             del os.environ["QM_STDIO"]
         answers = [w for w in writes if w and w != b"!pipeline\n"]
-        self.assertEqual(answers[0], b"1\n2\n", writes)
+        self.assertEqual(answers[0], b"1\n", writes)  # written while task 2 ran
         self.assertEqual(b"".join(answers), b"1\n2\n3\n")
 
     def test_unencodable_result_is_not_retried(self):
@@ -116,6 +116,13 @@ class Stdio(unittest.TestCase):
                            env=dict(os.environ, QM_STDIO="1"), timeout=30)
         self.assertEqual(p.stdout, b"!pipeline\n1\n2\n", p.stderr)
         self.assertIn(b"from a subprocess", p.stderr)
+        # Command mode: what is left in the process's own stdout buffer,
+        # flushed as it exits, stays out of the result too.
+        script = script.replace("return x", "print('via __stdout__', file=sys.__stdout__)\n    return x")
+        p = subprocess.run([sys.executable, "-c", script], input=b"3\n", capture_output=True,
+                           env=dict(os.environ, QM_PAYLOAD="json"), timeout=30)
+        self.assertEqual(p.stdout, b"3\n", p.stderr)
+        self.assertIn(b"via __stdout__", p.stderr)
 
     def test_last_line_without_newline(self):
         self.assertEqual(self.serve(square, b"2\n3")[1], b"4\n9\n")
