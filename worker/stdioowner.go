@@ -252,8 +252,26 @@ func (o *owner) writeFailed(err error) {
 // it; the tasks it held behind that one are written to it again once it
 // is restarted. Not a failure of the child.
 func (o *owner) abandon() {
-	o.stopTimer()
 	head := o.inflight[0]
+	// The answers the child wrote already are taken first: the tasks
+	// behind it that it answered do not run again.
+	p := o.proc
+drain:
+	for o.proc == p && len(o.inflight) > 0 && o.inflight[0] == head {
+		select {
+		case l, ok := <-p.lines:
+			if !ok {
+				break drain
+			}
+			o.answer(l)
+		default:
+			break drain
+		}
+	}
+	if o.proc != p || len(o.inflight) == 0 || o.inflight[0] != head {
+		return // answered, or stopped for what it wrote
+	}
+	o.stopTimer()
 	o.stop(false)
 	o.cfg.Logger.Info("child stopped: the task it was on was given up", "child", o.id, "err", context.Cause(head.ctx))
 	head.done <- answer{err: context.Cause(head.ctx)}
