@@ -69,9 +69,9 @@ class Stdio(unittest.TestCase):
         self.assertEqual(out, b"!fail not an image\n")
 
     def test_slow_answers_go_at_once(self):
-        # A batch read at once: the answer of the quick task before a slow
-        # one is written while the slow one runs, so that qworker's task
-        # timeout never counts a task already done.
+        # A batch read at once: once it has taken a while, each answer
+        # goes as it is made, so that qworker's task timeout does not run
+        # on tasks already done; task 3's answer does not wait for more.
         writes = []
 
         class Out(io.BytesIO):
@@ -90,7 +90,7 @@ class Stdio(unittest.TestCase):
         finally:
             del os.environ["QM_STDIO"]
         answers = [w for w in writes if w and w != b"!pipeline\n"]
-        self.assertEqual(answers[0], b"1\n", writes)  # written while task 2 ran
+        self.assertEqual(answers[0], b"1\n2\n", writes)  # written once task 2, slow, ended
         self.assertEqual(b"".join(answers), b"1\n2\n3\n")
 
     def test_unencodable_result_is_not_retried(self):
