@@ -76,8 +76,9 @@ type Config struct {
 	// while the task runs. Zero means the master's default.
 	Lease time.Duration
 	// IdleExit ends Run (with nil) once the worker has had no task for this
-	// long, time spent unable to reach the master included; zero never
-	// ends it.
+	// long, time spent unable to reach the master again included; zero
+	// never ends it. A worker that has not reached the master at all in
+	// that time ends with the last error of its tries instead.
 	IdleExit time.Duration
 	// DrainTimeout bounds a drain (Run's ctx cancelled): handlers still
 	// running that long after have their ctx cancelled with cause

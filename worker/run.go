@@ -152,8 +152,14 @@ func (r *runner) connect(ctx context.Context, afterLoss bool) (*wire.Client, err
 	if afterLoss {
 		delay = r.bo.next()
 	}
+	var last error
 	for attempt := 1; ; attempt++ {
 		if delay > 0 && r.pause(ctx, delay) {
+			if !afterLoss && ctx.Err() == nil {
+				// IdleExit passed before the master was ever reached:
+				// not an idle worker's clean end, but a failure to start.
+				return nil, fmt.Errorf("master not reached within the idle exit time (%v): %w", r.cfg.IdleExit, last)
+			}
 			return nil, errStop
 		}
 		if ctx.Err() != nil {
@@ -175,6 +181,7 @@ func (r *runner) connect(ctx context.Context, afterLoss bool) (*wire.Client, err
 		if permanent(err) {
 			return nil, err
 		}
+		last = err
 		delay = r.bo.next()
 		r.log.Warn("cannot connect to master; retrying", "server", r.cfg.Server, "attempt", attempt,
 			"retry_in", delay.Round(time.Millisecond), "err", err)

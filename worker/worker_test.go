@@ -426,6 +426,18 @@ func TestIdleExit(t *testing.T) {
 	})
 }
 
+// A worker that never reaches the master within its idle exit time fails
+// with why, rather than end as an idle worker does: a batch job started
+// against a master that is down must not look done.
+func TestIdleExitWithoutAMaster(t *testing.T) {
+	cfg := testConfig(t, qmtest.FreeAddrs(t, 1)[0], mustBuiltin(t, "echo")) // nothing listens there
+	cfg.IdleExit = 300 * time.Millisecond
+	err := startWorker(t, cfg).wait(t, 5*time.Second)
+	if err == nil || !strings.Contains(err.Error(), "master not reached within the idle exit time (300ms)") || !strings.Contains(err.Error(), "refused") {
+		t.Fatalf("Run = %v, want the failure to reach the master", err)
+	}
+}
+
 func TestMaxTasks(t *testing.T) {
 	addr, _ := qmtest.StartMaster(t, master.Config{})
 	c := qmtest.Dial(t, addr, "producer")

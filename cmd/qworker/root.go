@@ -166,7 +166,7 @@ such as a rejected authkey; 2 on a usage error.`,
 	fl.IntVar(&opts.Concurrency, "concurrency", 1, "tasks run at once")
 	fl.IntVar(&opts.Prefetch, "prefetch", worker.DefaultMaxPrefetch, "most tasks taken beyond those running, when they finish faster than a request to the master (0: none)")
 	fl.DurationVar(&opts.GetTimeout, "get-timeout", 5*time.Second, "how long each request for tasks waits at the master")
-	fl.DurationVar(&opts.IdleExit, "idle-exit", 0, "exit 0 after this long without a task, time unable to reach the master included (0: never)")
+	fl.DurationVar(&opts.IdleExit, "idle-exit", 0, "exit 0 after this long without a task, time unable to reach the master again included (0: never); exit 1 if the master was not reached at all in that time")
 	fl.DurationVar(&opts.DrainTimeout, "drain-timeout", 0, "on a drain, stop the tasks still running after this long (killing their commands) and give them back to the master for other workers (0: wait however long they run)")
 	fl.IntVar(&opts.MaxTasks, "max-tasks", 0, "exit 0 after handling this many tasks, failed ones included (0: unlimited)")
 	fl.DurationVar(&opts.Lease, "lease", 0, "lease asked for each task; renewed every third of it while the task runs (0: the master's default)")
