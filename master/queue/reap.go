@@ -133,17 +133,7 @@ func (m *Manager) LeaseChanged() <-chan struct{} { return m.leaseCh }
 // dead-letter queue if Attempts >= MaxAttempts. Used when a client's
 // connection drops. It returns how many tasks it released.
 func (m *Manager) Release(owner uint64) int {
-	if m.closed.Load() {
-		return 0
-	}
-	n := 0
-	for _, q := range m.snapshot() {
-		q.mu.Lock()
-		h := q.owners[owner]
-		if h == nil || q.deleted {
-			q.mu.Unlock()
-			continue
-		}
+	return m.forOwner(owner, func(q *queue, h *ownerHead) int {
 		ts := make([]Task, 0, h.n)
 		for l := h.first; l != nil; {
 			next := l.next
@@ -154,14 +144,13 @@ func (m *Manager) Release(owner uint64) int {
 			delete(q.owners, owner) // the owner is gone: forget it
 			q.idleOwners--
 		}
-		n += len(ts)
 		c := clock{m: m}
 		dead := q.requeueFailed(ts, "worker disconnected", 0, false, &c)
 		q.settle(&c)
 		m.unlock(q)
 		m.deadLetter(q.name, dead)
-	}
-	return n
+		return len(ts)
+	})
 }
 
 // GiveBack returns every task leased by owner, in any queue, as if its
@@ -170,6 +159,23 @@ func (m *Manager) Release(owner uint64) int {
 // master uses it for its clients' tasks when it stops: it, not they,
 // ended their leases. It returns how many tasks it gave back.
 func (m *Manager) GiveBack(owner uint64) int {
+	return m.forOwner(owner, func(q *queue, h *ownerHead) int {
+		ts := make([]Task, 0, h.n)
+		for l := h.first; l != nil; l = l.next {
+			ts = append(ts, Task{ID: l.task.ID, Attempts: l.task.Attempts})
+		}
+		slices.Reverse(ts) // the list is newest first
+		q.unget(ts, &GetRequest{Queue: q.name, Owner: owner})
+		q.settle(&clock{m: m})
+		m.unlock(q)
+		return len(ts)
+	})
+}
+
+// forOwner calls f on each live queue where owner holds leases, with its
+// lock held, which f releases (m.unlock), and returns the sum of what f
+// returns; 0 once the Manager is closed.
+func (m *Manager) forOwner(owner uint64, f func(q *queue, h *ownerHead) int) int {
 	if m.closed.Load() {
 		return 0
 	}
@@ -181,15 +187,7 @@ func (m *Manager) GiveBack(owner uint64) int {
 			q.mu.Unlock()
 			continue
 		}
-		var ts []Task
-		for l := h.first; l != nil; l = l.next {
-			ts = append(ts, Task{ID: l.task.ID, Attempts: l.task.Attempts})
-		}
-		slices.Reverse(ts) // the list is newest first
-		q.unget(ts, &GetRequest{Queue: q.name, Owner: owner})
-		n += len(ts)
-		q.settle(&clock{m: m})
-		m.unlock(q)
+		n += f(q, h)
 	}
 	return n
 }
