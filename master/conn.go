@@ -151,7 +151,7 @@ func (c *clientConn) serve() {
 	} else if n := c.s.queues.Release(c.id); n > 0 {
 		log.Info("client gone; its leased tasks requeued", "client", c.id, "tasks", n)
 	}
-	log.Debug("client disconnected", "client", c.id, "role", c.roleName())
+	log.Debug("client disconnected", "client", c.id, "role", c.currentRole())
 }
 
 // handshake authenticates the client and reads its preamble, all within
@@ -421,7 +421,7 @@ func (c *clientConn) setIdentity(role, name string) {
 	c.role, c.name = role, name
 }
 
-func (c *clientConn) roleName() string {
+func (c *clientConn) currentRole() string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.role
@@ -457,7 +457,7 @@ func sentNoAuthkey(err error) bool {
 // (queue.Manager.GiveBack), and returns how many there were.
 func (s *Server) giveBackLeases(owner uint64) int {
 	n := 0
-	if g, ok := s.queues.(interface{ GiveBack(owner uint64) int }); ok {
+	if g, ok := s.queues.(GiveBacker); ok {
 		n = g.GiveBack(owner)
 	}
 	// Any left (taken meanwhile, the master closing as it went) are

@@ -7,7 +7,12 @@
 // answered by handle.go, or, for a Python BaseManager client, package
 // pymanager (python.go adapts the two). The calls reach the queues
 // through the Queues interface (queues.go), which package queue's Manager
-// implements. limits.go holds the resource limits, metrics.go the
-// Prometheus metrics, admin.go and adminhttp.go the operators' actions
-// and their HTTP endpoints (package httpapi).
+// implements, and the optional interfaces beside it that some queues
+// implement (package jsqueue's, a cluster's, implements them all).
+// config.go holds the Config, limits.go the resource limits, acl.go the
+// per-key permissions (and the ending of waiting gets a reload denies),
+// deleted.go the deletions of queues remembered, gateways.go what the
+// gateways of a cluster tell each other, metrics.go the Prometheus
+// metrics, admin.go and adminhttp.go the operators' actions and their
+// HTTP endpoints (package httpapi), and util.go small helpers.
 package master

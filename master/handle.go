@@ -515,7 +515,7 @@ func (c *clientConn) complete(req *wire.Request, buf *callBuffers) error {
 				continue
 			}
 			results = append(results, wire.Result{TaskID: t.ID, Worker: worker, Attempt: t.Attempts, Value: value})
-			c.s.tooLarge(&results[len(results)-1], limit)
+			c.s.errorIfTooLarge(&results[len(results)-1], limit)
 			dests = append(dests, dest)
 			if t.Token != "" {
 				of = append(of, t)
@@ -590,12 +590,12 @@ func (s *Server) checkItemSizes(items []queue.Item) error {
 	return nil
 }
 
-// tooLarge turns r, if it is larger than limit, the most the queues store
-// (maxItem), into an error result saying so: stored, it would fail its
-// whole completion, and every task of it would run again. Its task is
-// done, as a handler that returns the same value each time would make it
-// fail every attempt.
-func (s *Server) tooLarge(r *wire.Result, limit int) {
+// errorIfTooLarge turns r, if it is larger than limit, the most the
+// queues store (maxItem), into an error result saying so: stored, it
+// would fail its whole completion, and every task of it would run again.
+// Its task is done, as a handler that returns the same value each time
+// would make it fail every attempt.
+func (s *Server) errorIfTooLarge(r *wire.Result, limit int) {
 	if size := wire.ResultSize(r); size > limit {
 		s.log.Warn("result too large to store; an error result stored instead", "task", r.TaskID, "bytes", size, "max", limit)
 		r.Value = nil
@@ -631,11 +631,7 @@ func (c *clientConn) extendDeliveries(req *wire.Request) error {
 	if ext, ok := c.s.queues.(DeliveryExtender); ok {
 		return ext.ExtendDeliveries(req.Queue, req.IDs, req.Tokens)
 	}
-	errs := make([]error, len(req.IDs))
-	for i, id := range req.IDs {
-		errs[i] = &queue.TaskError{ID: id, Err: queue.ErrNotLeased}
-	}
-	return errors.Join(errs...)
+	return queue.TaskErrors(queue.ErrNotLeased, req.IDs)
 }
 
 func (c *clientConn) workerName() string {

@@ -61,6 +61,17 @@ type Queues interface {
 
 var _ Queues = (*queue.Manager)(nil)
 
+// GiveBacker is implemented by Queues that can give a client's leased
+// tasks back unattempted (queue.Manager): a master stopping gracefully
+// does so for its workers' tasks, so that a restart uses up no attempt.
+type GiveBacker interface {
+	// GiveBack puts owner's leased tasks back in the order handed out,
+	// attempts unused, and returns how many.
+	GiveBack(owner uint64) int
+}
+
+var _ GiveBacker = (*queue.Manager)(nil)
+
 // DeliveryExtender is implemented by Queues whose deliveries another
 // server may have handed out (a gateway of a cluster): a worker whose
 // gateway died renews through the next one the leases of the tasks it

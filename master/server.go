@@ -140,11 +140,11 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// openLocalQueues opens the queues of this process, recovering them from
-// the data directory if there is one.
 // deadResultWorker names the writer of a dead task's error result.
 const deadResultWorker = "qmaster (dead-letter)"
 
+// openLocalQueues opens the queues of this process, recovering them from
+// the data directory if there is one.
 func (s *Server) openLocalQueues(qcfg queue.Config) error {
 	cfg := s.cfg
 	if cfg.DataDir != "" {
@@ -335,12 +335,22 @@ func (s *Server) putResultItems(q string, items []queue.Item, of queue.ResultsOf
 		if retry == 0 {
 			s.log.Warn("results held until the queues are available again", "queue", q, "results", len(items), "err", err)
 		}
-		retry = min(max(2*retry, 10*time.Millisecond), 500*time.Millisecond)
-		select {
-		case <-s.ctx.Done():
+		if !s.backOff(&retry) {
 			return err
-		case <-time.After(retry):
 		}
+	}
+}
+
+// backOff waits before the next try of a call the queues or the data
+// directory refused for now: 10 ms after the first, doubling, at most
+// 500 ms. It reports false, at once, once the server stops.
+func (s *Server) backOff(wait *time.Duration) bool {
+	*wait = min(max(2**wait, 10*time.Millisecond), 500*time.Millisecond)
+	select {
+	case <-s.ctx.Done():
+		return false
+	case <-time.After(*wait):
+		return true
 	}
 }
 
@@ -358,15 +368,12 @@ func (s *Server) awaitWritable(queue string, n int, wait bool) bool {
 		if retry == 0 {
 			s.log.Warn("results held until the data directory takes writes again", "queue", queue, "results", n, "err", err)
 		}
-		retry = min(max(2*retry, 10*time.Millisecond), 500*time.Millisecond)
-		select {
-		case <-s.ctx.Done():
+		if !s.backOff(&retry) {
 			// Shutdown waits for this call: give up. The acks of these
 			// tasks most likely fail to be written too, and then the
 			// tasks run again after a restart.
 			s.log.Error("publish results: master stopping; results dropped", "queue", queue, "results", n, "err", err)
 			return true
-		case <-time.After(retry):
 		}
 	}
 	return true

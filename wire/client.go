@@ -880,7 +880,9 @@ func (c *Client) Peek(ctx context.Context, queue string, n int) ([]Task, error) 
 	return resp.Tasks, err
 }
 
-// Purge drops the ready tasks of queue and returns how many.
+// Purge drops the ready and delayed tasks of queue and returns how many.
+// Leased tasks stay, except through a gateway of a cluster, which purges
+// the queue's stream whole (their completions are then refused).
 func (c *Client) Purge(ctx context.Context, queue string) (int, error) {
 	var resp Response
 	err := c.call(ctx, &Request{Op: OpPurge, Queue: queue}, &resp)
@@ -953,7 +955,7 @@ func DecodeResult(b []byte) (Result, error) {
 	if err := msgp.Validate(b); err != nil {
 		return r, fmt.Errorf("decode result: %w", err)
 	}
-	if len(b) == 0 || !msgp.IsMap(b[0]) {
+	if !msgp.IsMap(b[0]) {
 		// Not as the master writes results: reflection decodes the rest
 		// as it always has (a struct from an array, say).
 		if err := msgpack.Unmarshal(b, &r); err != nil {

@@ -195,8 +195,8 @@ func (c *Codec) Read(v any) error {
 	return decodeMessage(b, v)
 }
 
-// DecodeRequest decodes one request frame body. It is what the master runs
-// on untrusted input.
+// DecodeRequest decodes one request frame body, as the master's
+// Codec.Read does with what a client sends.
 func DecodeRequest(b []byte) (*Request, error) {
 	req := new(Request)
 	if err := decodeMessage(b, req); err != nil {

@@ -21,7 +21,7 @@ const (
 	OpComplete Op = 7  // ack tasks and publish their results
 	OpStats    Op = 8  // statistics of Queue, or of every queue
 	OpPeek     Op = 9  // the first Max ready tasks of Queue, left in place
-	OpPurge    Op = 10 // drop the ready tasks of Queue
+	OpPurge    Op = 10 // drop the tasks of Queue not leased (in a cluster, leased ones too)
 	OpDelete   Op = 11 // remove Queue and all in it
 	OpQueues   Op = 12 // names of all queues
 	OpClients  Op = 13 // connected clients

@@ -75,7 +75,7 @@ type results struct {
 	hasAgain atomic.Bool
 	// progress is when a handler last started or returned (UnixNano):
 	// serve gives back the tasks waiting to start when it stands still
-	// too long (runner.overstayed).
+	// too long (runner.overstayIn).
 	progress atomic.Int64
 }
 

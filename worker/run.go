@@ -68,6 +68,14 @@ var errStop = errors.New("stop")
 // Results go with the Run goroutine's next get, in one round trip
 // (wire.Client.CompleteThenGet), when it is about to make one; while a get
 // waits at the master, they go at once on their own.
+//
+// A task taken here that is not completed here leaves by one of these:
+// release gives back tasks not started (draining, stalled, slow) for
+// other workers; giveBack, at a drain past DrainTimeout, cancels the
+// handlers still running (session.giveUp) and gives their tasks back;
+// dropWaiting forgets the waiting tasks of a lost connection, which the
+// master requeues itself; results.dropUnrun and results.drop forget a
+// task, or results, whose lease or connection is gone.
 type runner struct {
 	cfg     Config
 	log     *slog.Logger
@@ -88,7 +96,7 @@ type runner struct {
 	// it): tasks not started then wait here, as they did before.
 	noRelease bool
 	// overstay wakes serve when the tasks waiting to start have waited
-	// too long (overstayed); its channel is nil while it is not set.
+	// too long (overstayIn); its channel is nil while it is not set.
 	overstay   *time.Timer
 	overstayAt time.Time
 }
@@ -276,7 +284,7 @@ func (r *runner) serve(ctx context.Context, s *session) (stop bool, err error) {
 		var overstayC <-chan time.Time
 		if !r.noRelease && !gone && (len(r.waiting) > r.whead || r.pool.beyondSlots() > 0) {
 			now := time.Now()
-			wait := r.overstayed(now, t.took)
+			wait := r.overstayIn(now, t.took)
 			why := ""
 			switch {
 			case draining || ctx.Err() != nil:
@@ -527,7 +535,7 @@ func (r *runner) start(s *session, tasks []Task) {
 		r.waiting, r.whead = r.waiting[:n], 0
 	}
 	now := time.Now()
-	r.res.progress.Store(now.UnixNano()) // new tasks wait from now (overstayed)
+	r.res.progress.Store(now.UnixNano()) // new tasks wait from now (overstayIn)
 	for _, t := range tasks {
 		r.waiting = append(r.waiting, job{s: s, l: s.track(t, now), t: t})
 	}
@@ -584,13 +592,13 @@ func (r *runner) endHandedOver() {
 	r.handedOver = nil
 }
 
-// overstayed returns how long the tasks waiting to start may wait yet
+// overstayIn returns how long the tasks waiting to start may wait yet
 // before they are given back (<= 0: now): until no handler has started or
 // returned for ten times the mean handler time took, and at least 20 ms.
 // A worker takes tasks beyond its free slots (prefetch) only while
 // handlers take less than a round trip; one that stands still for much
 // longer holds tasks that another, idle worker could run.
-func (r *runner) overstayed(now time.Time, took time.Duration) time.Duration {
+func (r *runner) overstayIn(now time.Time, took time.Duration) time.Duration {
 	still := now.Sub(time.Unix(0, r.res.progress.Load()))
 	return max(10*took, minOverstay) - still
 }
@@ -734,9 +742,10 @@ func (r *runner) giveBack(s *session) {
 // tasks' leases run out instead.
 const releaseTimeout = 5 * time.Second
 
-// dropWaiting forgets the waiting tasks, whose session has lost its
-// connection: the master requeues them. Unless all is set, it keeps
-// those whose leases go over to the next session.
+// dropWaiting forgets the waiting tasks: their session has lost its
+// connection, and the master requeues them, or giveBack has released
+// them. Unless all is set, it keeps those whose leases go over to the
+// next session.
 func (r *runner) dropWaiting(all bool) {
 	kept := r.waiting[:0]
 	for _, j := range r.waiting[r.whead:] {

@@ -56,13 +56,14 @@ type session struct {
 //
 // Its handler's goroutine uses that context; the keeper ends it when the
 // lease is lost, and whoever sends or drops the result when it is done
-// (session.untrack). l.mu guards the context; renewed and completing are
-// under the session's mu; the rest is set by track and then only read.
+// (session.untrack). l.mu guards the context; renewed, completing and
+// adopted are under the session's mu (adopt sets the last two when another
+// session takes the lease over); the rest is set by track and then only
+// read.
 type lease struct {
 	s          *session
 	id         uint64
 	attempt    int           // the delivery's, as the master counts them
-	received   time.Time     // when the worker took the task
 	length     time.Duration // as granted by the master
 	renewed    time.Time     // when the last grant or renewal was asked for
 	completing bool          // its completion is on the way; losing it now is no news
@@ -175,7 +176,7 @@ func (s *session) close() {
 // context. The lease counts from now, a little after the master granted
 // it, which the renewal margin covers.
 func (s *session) track(t Task, now time.Time) *lease {
-	l := &lease{s: s, id: t.ID, attempt: t.Attempt, received: now, length: t.Lease, renewed: now, handover: t.Token != "", token: t.Token}
+	l := &lease{s: s, id: t.ID, attempt: t.Attempt, length: t.Lease, renewed: now, handover: t.Token != "", token: t.Token}
 	s.mu.Lock()
 	s.leases[t.ID] = l
 	early := l.length > 0 && l.renewed.Add(l.length/3).Before(s.wakeAt)

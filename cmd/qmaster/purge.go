@@ -21,7 +21,9 @@ func newCmdPurge(f *factory, runF func(*purgeOptions) error) *cobra.Command {
 		Short: "Drop the ready and delayed tasks of a queue",
 		Long: `Drop every ready task of QUEUE, and every task not yet due (delayed, or
 retrying after a failure). Tasks leased to workers are not touched, and
-the queue itself stays.`,
+the queue itself stays. Through a gateway of a cluster (qmaster --nats or
+--cluster-listen) the leased tasks go too: JetStream purges a stream
+whole, and their completions are then refused.`,
 		Example: `  qmaster purge jobs
   qmaster purge jobs.dead`,
 		Args: args(1, 1, "QUEUE"),

@@ -749,13 +749,7 @@ func keys(m map[uint64]bool) []uint64 {
 	return ks
 }
 
-func noSuchTasks(ids []uint64) error {
-	errs := make([]error, len(ids))
-	for i, id := range ids {
-		errs[i] = &queue.TaskError{ID: id, Err: queue.ErrNoSuchTask}
-	}
-	return errors.Join(errs...)
-}
+func noSuchTasks(ids []uint64) error { return queue.TaskErrors(queue.ErrNoSuchTask, ids) }
 
 func sortLeases(ls []queue.LeaseInfo) {
 	slices.SortFunc(ls, func(a, b queue.LeaseInfo) int {

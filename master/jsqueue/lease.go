@@ -88,16 +88,7 @@ func (q *Queues) dropLease(l *lease) {
 	}
 }
 
-func notLeased(bad []uint64) error {
-	if len(bad) == 0 {
-		return nil
-	}
-	errs := make([]error, len(bad))
-	for i, id := range bad {
-		errs[i] = &queue.TaskError{ID: id, Err: queue.ErrNotLeased}
-	}
-	return errors.Join(errs...)
-}
+func notLeased(bad []uint64) error { return queue.TaskErrors(queue.ErrNotLeased, bad) }
 
 // Ack ends the leases of tasks that succeeded: req.Publish puts their
 // results first, then the acks are stored in JetStream. Until then the

@@ -49,9 +49,6 @@ func (d *deque) slot(i int) *entry {
 // get returns the i-th task from the front; 0 <= i < d.n.
 func (d *deque) get(i int) Task { return d.slot(i).task() }
 
-// id returns the ID of the i-th task from the front.
-func (d *deque) id(i int) uint64 { return d.slot(i).id }
-
 // enqueued returns when the i-th task from the front was put.
 func (d *deque) enqueued(i int) time.Time { return unixTime(d.slot(i).enqueued) }
 
@@ -123,13 +120,6 @@ func (d *deque) removeIf(take func(id uint64) bool) []Task {
 	}
 	return out
 }
-
-// reserve is a hint that k more tasks are coming; blocks are added as
-// needed, so there is nothing to do ahead of time.
-func (d *deque) reserve(int) {}
-
-// clear drops every task and releases the blocks.
-func (d *deque) clear() { *d = deque{} }
 
 func (d *deque) addBlock(front bool) {
 	if d.blocks == len(d.ring) {

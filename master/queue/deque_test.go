@@ -38,7 +38,6 @@ func TestDeque(t *testing.T) {
 			next++
 		case op == pushBias:
 			k := rng.IntN(40)
-			d.reserve(k)
 			for range k {
 				d.pushBack(Task{ID: next})
 				store[hi] = next
@@ -159,3 +158,9 @@ func TestDequeRemoveIf(t *testing.T) {
 		t.Fatal("push after removing all")
 	}
 }
+
+// id returns the ID of the i-th task from the front.
+func (d *deque) id(i int) uint64 { return d.slot(i).id }
+
+// clear drops every task and releases the blocks.
+func (d *deque) clear() { *d = deque{} }

@@ -1,5 +1,6 @@
-// Package queue holds the master's named task queues: FIFO delivery,
-// leases with deadlines, acks, retries and dead-letter queues.
+// Package queue holds the master's named task queues: delivery by
+// priority, FIFO within one, leases with deadlines, acks, retries and
+// dead-letter queues, delayed tasks.
 //
 // It knows nothing of the network. The server calls a [Manager] with
 // request structs: Put ([PutRequest]) and Get ([GetRequest]), which may
@@ -9,10 +10,14 @@
 // expires leases as they run out.
 //
 // The files follow the concerns: manager.go (the Manager's lifecycle and
-// its queues), queue.go (one queue: push, take, requeue), put.go, get.go,
-// ack.go, reap.go (lease expiry and Release), lease.go and waiter.go (the
-// indexes of leases and of blocked calls), admin.go and operator.go (what
-// operators see and do), and persist.go.
+// its queues), queue.go (one queue: push, take, requeue), ready.go and
+// deque.go (the ready tasks, one deque per priority), delay.go (tasks not
+// yet due), put.go, dedup.go (idempotency keys and request IDs), get.go,
+// ack.go, reap.go (lease expiry, Release and GiveBack), lease.go and
+// waiter.go (the indexes of leases and of blocked calls), admin.go and
+// operator.go (what operators see and do), policy.go (retry policies),
+// deletions.go (deleted queues remembered), name.go (valid names), and
+// persist.go.
 //
 // # Persistence
 //

@@ -54,13 +54,16 @@ func (e *TaskError) Error() string { return fmt.Sprintf("task %d: %v", e.ID, e.E
 // Unwrap returns Err, so errors.Is(err, ErrNotLeased) works.
 func (e *TaskError) Unwrap() error { return e.Err }
 
-func notLeased(ids []uint64) error {
+// TaskErrors joins one TaskError of err per id; nil for no ids.
+func TaskErrors(err error, ids []uint64) error {
 	if len(ids) == 0 {
 		return nil
 	}
 	errs := make([]error, len(ids))
 	for i, id := range ids {
-		errs[i] = &TaskError{ID: id, Err: ErrNotLeased}
+		errs[i] = &TaskError{ID: id, Err: err}
 	}
 	return errors.Join(errs...)
 }
+
+func notLeased(ids []uint64) error { return TaskErrors(ErrNotLeased, ids) }

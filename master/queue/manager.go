@@ -24,7 +24,7 @@ type Manager struct {
 	nextID atomic.Uint64
 	seq    atomic.Int64 // the last Seq given at the back of a queue
 
-	store store.Store // nil: in memory only; used by persist.go alone
+	store store.Store // nil: in memory only; a queue's changes go through persist.go; policy.go and deletions.go append their own records
 
 	policyMu sync.Mutex
 	policies map[string]Policy // set by SetPolicy, by queue name
@@ -136,7 +136,7 @@ func (m *Manager) lockOrCreate(name string) (*queue, error) {
 }
 
 // unlock releases q.mu, then signals LeaseChanged if q got a new earliest
-// lease.
+// lease deadline or due time.
 func (m *Manager) unlock(q *queue) {
 	sig := q.sig
 	q.sig = false

@@ -216,16 +216,7 @@ func (q *queue) remove(ids []uint64) (ts []Task, missing []uint64) {
 	return ts, missing
 }
 
-func noSuchTask(ids []uint64) error {
-	if len(ids) == 0 {
-		return nil
-	}
-	errs := make([]error, len(ids))
-	for i, id := range ids {
-		errs[i] = &TaskError{ID: id, Err: ErrNoSuchTask}
-	}
-	return errors.Join(errs...)
-}
+func noSuchTask(ids []uint64) error { return TaskErrors(ErrNoSuchTask, ids) }
 
 // LeaseInfo describes a leased task.
 type LeaseInfo struct {

@@ -64,7 +64,7 @@ type queue struct {
 	mu      sync.Mutex
 	deleted bool // removed from the Manager; callers holding q start over
 	paused  bool // hands out no task (Pause); not kept by the store
-	sig     bool // a lease became the earliest of this queue: signal LeaseChanged
+	sig     bool // a lease or a due time became the earliest of this queue: signal LeaseChanged
 	maxLen  int
 	ready   readySet
 	// delayed holds the tasks not yet due: delayed puts and failed tasks

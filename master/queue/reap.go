@@ -122,8 +122,8 @@ func (m *Manager) NextDeadline() (t time.Time, ok bool) {
 }
 
 // LeaseChanged returns a channel that receives (a non-blocking send,
-// buffer 1) whenever a lease deadline earlier than the previous earliest
-// may exist, so that a reaper can re-arm its timer from NextDeadline. The
+// buffer 1) whenever a lease deadline or a delayed task's due time earlier
+// than the previous earliest may exist, so that a reaper can re-arm its timer from NextDeadline. The
 // channel is never closed.
 func (m *Manager) LeaseChanged() <-chan struct{} { return m.leaseCh }
 

@@ -76,9 +76,6 @@ func Open(dir string, opts Options) (*Log, error) {
 	}, nil
 }
 
-// Dir returns the data directory.
-func (l *Log) Dir() string { return l.dir }
-
 func segName(n uint64) string  { return fmt.Sprintf("log-%016d", n) }
 func snapName(n uint64) string { return fmt.Sprintf("snap-%016d", n) }
 
