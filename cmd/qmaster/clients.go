@@ -26,11 +26,15 @@ func newCmdClients(f *factory, runF func(*clientsOptions) error) *cobra.Command 
 		Long: `List the clients connected to the master, this command included; through
 a gateway of a cluster, those of every gateway:
 
-  GATEWAY    (a cluster's) the gateway's host:port the client is connected to
+  GATEWAY    (a cluster's) the gateway the client is connected to: the
+             node's name, or a --nats gateway's host:port
   ID         the master's (or gateway's) number for the connection
   ADDR       the client's address
-  ROLE       worker, producer or admin, as the client says
+  ROLE       worker, producer or admin, as the client says; python for a
+             Python BaseManager client (NAME is then its process name)
   NAME       the client's name for itself (qworker uses host:pid)
+  KEY        the key it authenticated with: a name of the --acl file, or
+             "authkey" for the shared key
   IN-FLIGHT  tasks leased to the client and not yet acknowledged
   LAST-SEEN  time since its last request
   CONNECTED  time since it connected`,

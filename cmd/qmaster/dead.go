@@ -8,6 +8,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/qm-dev/qm/internal/jsonval"
 	"github.com/qm-dev/qm/master/queue"
 	"github.com/qm-dev/qm/wire"
 	"github.com/spf13/cobra"
@@ -32,7 +33,9 @@ tasks that failed --max-attempts times, with the error of their last
 attempt. They stay there until requeued (qmaster requeue), dropped
 (qmaster drop) or purged (qmaster purge QUEUE.dead).
 
-With --json, print one JSON object per line, as qmaster peek does.`,
+With --json, print one JSON object per line, as qmaster peek does: a task
+whose payload cannot be printed at all is named on stderr, the others are
+printed, and dead exits with status 1.`,
 		Example: `  qmaster dead jobs
   qmaster dead jobs -n 100 --json | jq -r .last_error | sort | uniq -c`,
 		Args: args(1, 1, "QUEUE"),
@@ -78,15 +81,21 @@ func deadRun(ctx context.Context, opts *deadOptions) error {
 		return nil
 	}
 	if opts.JSON {
+		unprinted := 0
 		for _, t := range tasks {
-			p, err := payloadJSON(t)
+			p, err := jsonval.AppendPayloadAllowNaN(nil, t.Payload)
 			if err != nil {
-				return fmt.Errorf("task %d: %w", t.ID, err)
+				fmt.Fprintf(opts.IO.ErrOut, "qmaster dead: task %d: %v\n", t.ID, err)
+				unprinted++
+				continue
 			}
-			pt := peekedTask{ID: t.ID, Attempt: t.Attempt, Enqueued: t.Enqueued, ReplyTo: t.ReplyTo, LastError: t.LastError, Payload: p}
-			if err := writeJSON(opts.IO.Out, pt, false); err != nil {
+			pt := peekedTask{ID: t.ID, Attempt: t.Attempt, Enqueued: t.Enqueued, ReplyTo: t.ReplyTo, LastError: t.LastError, Priority: t.Priority}
+			if err := writePeeked(opts.IO.Out, pt, p); err != nil {
 				return err
 			}
+		}
+		if unprinted > 0 {
+			return fmt.Errorf("%d of %d %s could not be printed", unprinted, len(tasks), plural(len(tasks), "task", "tasks"))
 		}
 		return nil
 	}
@@ -94,7 +103,7 @@ func deadRun(ctx context.Context, opts *deadOptions) error {
 	fmt.Fprintln(tw, "ID\tATTEMPTS\tAGE\tLAST ERROR\tPAYLOAD")
 	now := time.Now()
 	for _, t := range tasks {
-		p, err := payloadJSON(t)
+		p, err := jsonval.AppendPayloadAllowNaN(nil, t.Payload)
 		payload := string(p)
 		if err != nil {
 			payload = "(" + err.Error() + ")"

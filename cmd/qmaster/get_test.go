@@ -126,3 +126,56 @@ func TestPeekNonFinite(t *testing.T) {
 	}
 	checkHeld(t, c, "p", 4)
 }
+
+// TestDeadNonFinite: dead prints payloads as peek does, in its table and
+// with --json, and names the task it cannot print after the others.
+func TestDeadNonFinite(t *testing.T) {
+	addr := startInProcessMaster(t, master.Config{MaxAttempts: 1})
+	c := qmtestDial(t, addr)
+	ctx := context.Background()
+	raw := make([]msgpack.RawMessage, 0, 4)
+	for _, v := range []any{int64(1), math.Inf(-1), intKeyMap, []any{math.NaN()}} {
+		b, err := wire.Encode(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw = append(raw, b)
+	}
+	ids, err := c.PutRaw(ctx, "p", raw, wire.PutOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts, err := c.Get(ctx, "p", wire.GetOptions{Max: 4})
+	if err != nil || len(ts) != 4 {
+		t.Fatal(ts, err)
+	}
+	for _, task := range ts {
+		if err := c.Nack(ctx, "p", task.ID, "no"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f, out, errOut := testFactory("")
+	if code := runInProcess(ctx, f, "dead", "--server", addr, "p", "-n", "4", "--json"); code != 1 {
+		t.Errorf("dead --json: exit %d, want 1", code)
+	}
+	lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
+	if len(lines) != 3 {
+		t.Fatalf("dead --json printed %q, want 3 lines", out)
+	}
+	for i, payload := range []string{"1", "-Infinity", "[NaN]"} {
+		if want := `,"payload":` + payload + "}"; !strings.HasSuffix(lines[i], want) {
+			t.Errorf("line %d %q does not end %q", i, lines[i], want)
+		}
+	}
+	named := fmt.Sprintf("qmaster dead: task %d: decode payload: ", ids[2])
+	if s := errOut.String(); !strings.HasPrefix(s, named) || !strings.HasSuffix(s, "qmaster dead: 1 of 4 tasks could not be printed\n") {
+		t.Errorf("stderr %q, want a line starting %q, then the count", s, named)
+	}
+	f, out, errOut = testFactory("")
+	if code := runInProcess(ctx, f, "dead", "--server", addr, "p", "-n", "4"); code != 0 {
+		t.Errorf("dead: exit %d, want 0; stderr %s", code, errOut)
+	}
+	if s := out.String(); !strings.Contains(s, " -Infinity\n") || !strings.Contains(s, " [NaN]\n") {
+		t.Errorf("dead's table does not show the payloads as peek does:\n%s", s)
+	}
+}

@@ -32,11 +32,14 @@ func newCmdInspect(f *factory, runF func(*inspectOptions) error) *cobra.Command 
   QUEUE      the queue's name (QUEUE.dead holds the tasks QUEUE gave up on;
              "(paused)" after it: the queue hands out nothing, see qmaster pause)
   READY      tasks waiting to be taken
+  DELAYED    tasks not yet due: delayed puts, and failed tasks waiting out
+             their retry backoff (qmaster peek --delayed lists them)
   LEASED     tasks taken by a worker and not yet acknowledged
   DONE       tasks acknowledged, or taken for good, since the master started
   DEAD       tasks in the queue's dead-letter queue
   CONSUMERS  gets waiting on the queue now
   OLDEST     age of the oldest ready task ("-" if none)
+  NEXT DUE   when the first delayed task comes due ("-" if none)
 
 With --json, print the statistics as one JSON array instead (ages in
 nanoseconds, plus running totals). With --watch, redraw every --interval

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/qm-dev/qm/internal/jsonval"
-	"github.com/qm-dev/qm/wire"
 	"github.com/spf13/cobra"
 )
 
@@ -28,8 +27,8 @@ func newCmdPeek(f *factory, runF func(*peekOptions) error) *cobra.Command {
 		Use:   "peek QUEUE [flags]",
 		Short: "Show the first ready tasks of a queue without taking them",
 		Long: `Print the first -n ready tasks of QUEUE, one JSON object per line:
-{"id":..,"attempt":..,"enqueued":..,"payload":..}, plus "reply_to" and
-"last_error" when set. The tasks stay in the queue.
+{"id":..,"attempt":..,"enqueued":..,"payload":..}, plus "reply_to",
+"last_error" and "priority" when set. The tasks stay in the queue.
 
 With --delayed, the first -n tasks not yet due instead, by due time, each
 with its "due" time: delayed puts, and failed tasks waiting out their
@@ -132,10 +131,3 @@ func writePeeked(w io.Writer, pt peekedTask, p []byte) error {
 	return err
 }
 
-func payloadJSON(t wire.Task) (json.RawMessage, error) {
-	v, err := t.Value()
-	if err != nil {
-		return nil, err
-	}
-	return jsonval.Marshal(v)
-}
