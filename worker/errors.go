@@ -85,3 +85,22 @@ func retryAfterOf(err error) time.Duration {
 	}
 	return 0
 }
+
+// GiveBackNow returns err marked for Run: cancelling Run's ctx with it as
+// the cause (context.WithCancelCause) makes the drain give the running
+// tasks back at once, as a drain past Config.DrainTimeout does, whatever
+// DrainTimeout is. It is for a worker whose handlers cannot do their
+// tasks (qworker's --stdio command that cannot run here): their tasks
+// then neither wait for them nor fail an attempt. Its text is err's, and
+// it wraps err.
+func GiveBackNow(err error) error { return giveBackNow{err} }
+
+type giveBackNow struct{ error }
+
+func (e giveBackNow) Unwrap() error { return e.error }
+
+// givesBackNow reports whether cause is marked by GiveBackNow.
+func givesBackNow(cause error) bool {
+	var g giveBackNow
+	return errors.As(cause, &g)
+}

@@ -253,9 +253,15 @@ func (r *runner) serve(ctx context.Context, s *session) (stop bool, err error) {
 		}
 		var t tally
 		held, t = r.res.take(held)
-		if ctx.Err() != nil && r.cfg.DrainTimeout > 0 && drainEnd == nil {
-			drainEnd = time.NewTimer(r.cfg.DrainTimeout)
-			drainOver = drainEnd.C
+		if ctx.Err() != nil && drainEnd == nil {
+			switch {
+			case givesBackNow(context.Cause(ctx)):
+				drainEnd = time.NewTimer(0)
+				drainOver = drainEnd.C
+			case r.cfg.DrainTimeout > 0:
+				drainEnd = time.NewTimer(r.cfg.DrainTimeout)
+				drainOver = drainEnd.C
+			}
 		}
 		slots := r.slots()
 		t.running += r.runWaiting(s, slots-t.running)
@@ -385,7 +391,7 @@ func (r *runner) serve(ctx context.Context, s *session) (stop bool, err error) {
 				r.overstayAt = time.Time{} // fired: the next round looks
 			case <-drainOver:
 				drainOver = nil
-				r.giveBack(s)
+				r.giveBack(s, givesBackNow(context.Cause(ctx)))
 			case <-lost:
 				return r.connectionLost(s, held, completing, draining, stopErr)
 			case <-closed:
@@ -707,13 +713,14 @@ func (r *runner) release(s *session, why string) {
 	r.log.Info("gave back tasks not started, for other workers", "tasks", len(give), "why", why)
 }
 
-// giveBack ends a drain that ran past Config.DrainTimeout: the tasks of s
-// whose handlers have not returned are given back to the master for other
-// workers (running or waiting to start), their handlers' contexts
-// cancelled with cause ErrDrainTimeout. What those handlers return is
-// dropped (session.completing); the outcomes of the others are sent. A
-// failed release leaves the tasks to their leases.
-func (r *runner) giveBack(s *session) {
+// giveBack ends a drain that ran past Config.DrainTimeout, or, if now,
+// one whose cause is marked by GiveBackNow: the tasks of s whose handlers
+// have not returned are given back to the master for other workers
+// (running or waiting to start), their handlers' contexts cancelled with
+// cause ErrDrainTimeout. What those handlers return is dropped
+// (session.completing); the outcomes of the others are sent. A failed
+// release leaves the tasks to their leases.
+func (r *runner) giveBack(s *session, now bool) {
 	ls := s.giveUp(ErrDrainTimeout)
 	for _, j := range r.pool.takeBeyondSlots() {
 		r.res.dropUnrun(j.s, j.l)
@@ -729,13 +736,17 @@ func (r *runner) giveBack(s *session) {
 	ctx, cancel := context.WithTimeout(r.base, releaseTimeout)
 	err := s.c.Release(ctx, r.cfg.Tasks, tasks)
 	cancel()
+	why, timeout := "drain timed out", any(r.cfg.DrainTimeout)
+	if now {
+		why, timeout = "stopping at once", "none"
+	}
 	if err != nil {
-		r.log.Warn("drain timed out; running tasks cancelled, but not given back: they run again once their leases run out",
-			"drain_timeout", r.cfg.DrainTimeout, "tasks", len(ls), "err", err)
+		r.log.Warn(why+"; running tasks cancelled, but not given back: they run again once their leases run out",
+			"drain_timeout", timeout, "tasks", len(ls), "err", err)
 		return
 	}
-	r.log.Warn("drain timed out; running tasks cancelled and given back, for other workers",
-		"drain_timeout", r.cfg.DrainTimeout, "tasks", len(ls))
+	r.log.Warn(why+"; running tasks cancelled and given back, for other workers",
+		"drain_timeout", timeout, "tasks", len(ls))
 }
 
 // releaseTimeout bounds a release: on a master that does not answer, the

@@ -52,8 +52,13 @@ type StdioConfig struct {
 	// once, before any of them answered a task: the command
 	// most likely cannot run here (a syntax error, a missing module), and
 	// every task would fail one attempt per restart until its queue has
-	// gone to the dead-letter queue. qworker stops then. The error names
-	// the last failure.
+	// gone to the dead-letter queue. The error names the last failure.
+	// qworker stops then, giving its tasks back (GiveBackNow).
+	//
+	// With Broken set, and until a child answers, a child that fails
+	// without having read its task fails no attempt: the task is written
+	// again to the child restarted, for BrokenAfter failures and one more
+	// per child, after which such a failure fails the task as before.
 	Broken func(err error)
 }
 
@@ -149,12 +154,24 @@ type stdioHealth struct {
 	once     sync.Once
 	broken   func(error)
 
+	children int // StdioConfig.Children
+
 	mu      sync.Mutex
 	counted map[uint64]bool // tasks whose failures counted
 }
 
 // answer notes that a child answered a task.
 func (h *stdioHealth) answer() { h.answered.Store(true) }
+
+// counting reports whether the children's failures are still taken for
+// a command that may be broken, not for their tasks' doing: Broken is
+// set, and no child has answered a task. Each child may fail once more
+// after the BrokenAfter-th failure calls Broken, as they fail together,
+// while the worker stops; past that a failure is the task's again, so
+// that no task waits for ever on a worker that does not stop.
+func (h *stdioHealth) counting() bool {
+	return h.broken != nil && !h.answered.Load() && int(h.failures.Load()) < BrokenAfter+h.children
+}
 
 // fail notes that child id failed with err, on task (0: none), and calls
 // broken once the children have failed BrokenAfter times before any
@@ -207,7 +224,7 @@ func NewStdio(cfg StdioConfig) (*Stdio, error) {
 		reqs:     make(chan *request),
 		quit:     make(chan struct{}),
 		stopErrs: make([]error, cfg.Children),
-		health:   &stdioHealth{broken: cfg.Broken},
+		health:   &stdioHealth{broken: cfg.Broken, children: cfg.Children},
 	}
 	children := make([]*child, cfg.Children)
 	for i := range children {

@@ -406,6 +406,62 @@ func TestStdioBroken(t *testing.T) {
 	}
 }
 
+// TestStdioUnreadTaskFailsNoAttempt: while no child has answered, a child
+// that exits without reading its task (a command that cannot start) does
+// not fail the task: it waits for the child restarted, and Broken is
+// called first. A child that read its task and exited fails it at once.
+func TestStdioUnreadTaskFailsNoAttempt(t *testing.T) {
+	for _, tc := range []struct {
+		name, script string
+		failsFirst   bool
+	}{
+		{"unread", `echo "ModuleNotFoundError: No module named 'nosuchmod'" >&2; exit 1`, false},
+		{"read", `read -r x; exit 1`, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			brokenAt := make(chan int32, 1)
+			var returned atomic.Int32
+			s, err := worker.NewStdio(worker.StdioConfig{
+				Command:    []string{"sh", "-c", tc.script},
+				RestartMin: time.Millisecond,
+				Broken:     func(error) { brokenAt <- returned.Load() },
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			tk := task(t, 1)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			handled := make(chan error, 1)
+			go func() {
+				_, err := s.Handle(ctx, tk)
+				returned.Add(1)
+				handled <- err
+			}()
+			if tc.failsFirst {
+				select {
+				case err := <-handled:
+					if err == nil || !strings.Contains(err.Error(), "exited") {
+						t.Fatalf("Handle = %v, want the child's exit", err)
+					}
+				case <-time.After(5 * time.Second):
+					t.Fatal("a task its child read and died on was not failed")
+				}
+				return
+			}
+			select {
+			case n := <-brokenAt:
+				if n != 0 {
+					t.Fatal("the task failed before Broken was called")
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("Broken was not called")
+			}
+		})
+	}
+}
+
 // TestStdioBadTaskIsNotABrokenCommand: one task that kills its child on
 // every attempt, before any other task was answered, counts once towards
 // a broken command: it is a bad task, and the tasks behind it run.

@@ -65,6 +65,12 @@ type process struct {
 	stderrDone    chan struct{}
 	lines         chan childLine // from readLines, closed when it ends
 	pipelined     bool           // the child asked for tasks ahead
+	exitAwaited   bool           // awaitExit has waited once
+	// written counts the bytes of task lines written to stdin, answered
+	// those of the lines answered: with what stdin holds unread, they
+	// tell whether the child read anything of the task it failed on
+	// (owner.unreadByBrokenCommand).
+	written, answered int64
 }
 
 // childLine is what readLines makes of one line of a child's stdout, or
@@ -257,10 +263,7 @@ func (c *child) broken(err error) error {
 		return c.failedWith(fmt.Errorf("child %d %w; restarted", c.id, err))
 	}
 	// The child closed its stdout or its stdin: it exited, or is about to.
-	select {
-	case <-p.exited:
-	case <-time.After(exitGrace):
-	}
+	p.awaitExit()
 	c.stop(true)
 	what := "closed its stdout"
 	select {
@@ -273,6 +276,18 @@ func (c *child) broken(err error) error {
 	}
 	c.cfg.Logger.Warn("child stopped; restarting it", "child", c.id, "how", what, "err", err)
 	return c.failedWith(childRestartError(c.id, what, p.tail.take()))
+}
+
+// awaitExit waits, once, up to exitGrace for the child to exit.
+func (p *process) awaitExit() {
+	if p.exitAwaited {
+		return
+	}
+	p.exitAwaited = true
+	select {
+	case <-p.exited:
+	case <-time.After(exitGrace):
+	}
 }
 
 // failedWith tells the Stdio's health that the child failed with err, and

@@ -140,7 +140,9 @@ func (o *owner) writePending() bool {
 	if o.cfg.TaskTimeout > 0 {
 		_ = o.proc.stdin.SetWriteDeadline(time.Now().Add(o.cfg.TaskTimeout))
 	}
-	if _, err := o.proc.stdin.Write(o.in); err != nil {
+	n, err := o.proc.stdin.Write(o.in)
+	o.proc.written += int64(n)
+	if err != nil {
 		o.writeFailed(fmt.Errorf("write task: %w", err))
 		return true
 	}
@@ -208,6 +210,7 @@ func (o *owner) answer(l childLine) {
 	}
 	o.failures = 0
 	o.health.answer()
+	o.proc.answered += int64(len(o.inflight[0].line))
 	o.inflight[0].done <- answer{v: l.v, err: l.err}
 	o.inflight[0] = nil
 	o.inflight = o.inflight[1:]
@@ -291,11 +294,39 @@ func (o *owner) fail(err error) {
 		return
 	}
 	culprit := o.inflight[0]
+	if o.unreadByBrokenCommand(err) {
+		// The child failed without reading its task, before any child
+		// answered one: most likely a command that cannot start (a
+		// missing module, a syntax error), not the task's doing. No
+		// attempt fails; the tasks are written again to the child
+		// restarted, until the failures say the command is broken and
+		// the worker gives them back (qworker).
+		_ = o.broken(err) // told to health as no task's failure
+		o.inflight, o.pending = nil, append(o.inflight, o.pending...)
+		return
+	}
 	o.culprit = culprit.task
 	culprit.done <- answer{err: o.broken(err)}
 	o.culprit = 0
 	rest := append(o.inflight[1:len(o.inflight):len(o.inflight)], o.pending...)
 	o.inflight, o.pending = nil, rest
+}
+
+// unreadByBrokenCommand reports whether the child, failing with err (not
+// a timeout) while no child has answered a task and the Stdio's health
+// still counts failures, read nothing of the task it was on. The child
+// is given up to exitGrace to exit first, so that what it read is all it
+// will read.
+func (o *owner) unreadByBrokenCommand(err error) bool {
+	if !o.health.counting() || errors.Is(err, os.ErrDeadlineExceeded) {
+		return false
+	}
+	p := o.proc
+	if !errors.Is(err, errProtocol) {
+		p.awaitExit()
+	}
+	unread := pipeUnread(p.stdin)
+	return unread >= 0 && p.written-unread == p.answered
 }
 
 // dropEnded answers the requests whose handlers no longer wait and

@@ -395,6 +395,55 @@ func TestDrainTimeout(t *testing.T) {
 	}
 }
 
+// TestGiveBackNow: Run's ctx cancelled with a cause marked by GiveBackNow
+// gives the running tasks back at once, unattempted, though DrainTimeout
+// is zero (wait for the handlers however long).
+func TestGiveBackNow(t *testing.T) {
+	addr, _ := qmtest.StartMaster(t, master.Config{})
+	c := qmtest.Dial(t, addr, "producer")
+	ids := put(t, c, "tasks", []any{"a", "b"}, wire.PutOptions{})
+	started := make(chan struct{}, 2)
+	h := func(ctx context.Context, task worker.Task) (any, error) {
+		started <- struct{}{}
+		<-ctx.Done()
+		return "too late", nil
+	}
+	cfg := testConfig(t, addr, h)
+	cfg.Concurrency = 2
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	done := make(chan error, 1)
+	go func() { done <- worker.Run(ctx, cfg) }()
+	for range 2 {
+		select {
+		case <-started:
+		case <-time.After(5 * time.Second):
+			t.Fatal("handlers never started")
+		}
+	}
+	why := errors.New("the handlers cannot run")
+	if g := worker.GiveBackNow(why); g.Error() != why.Error() || !errors.Is(g, why) {
+		t.Fatalf("GiveBackNow(%v) = %v, want its text, wrapping it", why, g)
+	}
+	cancel(worker.GiveBackNow(why))
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run = %v, want nil", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run still waits for its handlers")
+	}
+	noMoreResults(t, c, "results")
+	if st := stats(t, c, "tasks"); st.Ready != 2 || st.Leased != 0 || st.Nacks != 0 {
+		t.Fatalf("tasks queue %+v: want both tasks ready again, unattempted", st)
+	}
+	ts, err := c.Get(context.Background(), "tasks", wire.GetOptions{Max: 2})
+	if err != nil || len(ts) != 2 || ts[0].ID != ids[0] || ts[0].Attempt != 1 || ts[1].Attempt != 1 {
+		t.Fatalf("get after: %+v, %v; want both tasks, in order, at attempt 1", ts, err)
+	}
+}
+
 func TestIdleExit(t *testing.T) {
 	addr, _ := qmtest.StartMaster(t, master.Config{})
 	c := qmtest.Dial(t, addr, "producer")

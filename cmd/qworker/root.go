@@ -352,8 +352,8 @@ func runWorker(ctx context.Context, opts *options) error {
 		mode = "stdio " + strings.Join(opts.Command, " ")
 		scfg := opts.stdioConfig(log)
 		scfg.Broken = func(err error) {
-			log.Error("stopping: the --stdio command cannot run here", "err", err)
-			broken(err)
+			log.Error("stopping: the --stdio command cannot run here; its tasks go back to the master", "err", err)
+			broken(worker.GiveBackNow(err))
 		}
 		children, err := worker.NewStdio(scfg)
 		if err != nil {
