@@ -545,6 +545,16 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts [
 		q.giveBack(msgs)
 		return nil, queue.ErrClosed
 	}
+	// singlesAfter[i] counts the tasks stored alone among msgs[i:]: each
+	// is leased as it is taken, so goes out with this get, and a pack
+	// before it hands out its tasks first, leaving them room.
+	singlesAfter := make([]int, len(msgs)+1)
+	for i := len(msgs) - 1; i >= 0; i-- {
+		singlesAfter[i] = singlesAfter[i+1]
+		if mds[i] != nil && msgs[i].Header.Get(hdrPack) == "" {
+			singlesAfter[i]++
+		}
+	}
 	packed, tasks, fired := false, 0, 0
 	for i, m := range msgs {
 		md := mds[i]
@@ -553,8 +563,11 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts [
 			continue
 		}
 		if m.Header.Get(hdrPack) != "" {
-			// Its tasks are held, then handed out from there with the
-			// others held, in order, below.
+			// Its tasks are held, and handed out from there, in order:
+			// as many now as leave room for the tasks stored alone after
+			// it, so that those do not go out ahead of them in this get.
+			// The rest wait for the next gets, behind the tasks stored
+			// alone after the pack.
 			n, ack, err := q.unpackLocked(s, m, md, now, claims[i].rec, md.NumDelivered > 1 && !claims[i].claimed)
 			if err != nil {
 				q.log.Warn("malformed pack; left to redeliver", "queue", s.queue, "seq", md.Sequence.Stream, "err", err)
@@ -563,6 +576,13 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts [
 				doneAlready = append(doneAlready, ack)
 			}
 			packed, tasks = true, tasks+n
+			if room := req.Max - len(ts) - singlesAfter[i+1]; room > 0 {
+				upTo := req
+				upTo.Max = len(ts) + room
+				var heldDead []*lease
+				ts, heldDead = q.takeHeldLocked(s, upTo, now, ts)
+				dead = append(dead, heldDead...)
+			}
 			continue
 		}
 		tasks++

@@ -61,6 +61,32 @@ func storedBecomes(t *testing.T, q *jsqueue.Queues, name string, want int, what 
 	}
 }
 
+// TestPackedAndSingleTasksInOrder: tasks stored alone (a put of one task)
+// after packs go out after the packs' tasks, in the order stored, in one
+// get that takes them all and across smaller gets. Before, a get handed
+// out the single tasks it pulled first.
+func TestPackedAndSingleTasksInOrder(t *testing.T) {
+	q := newQueues(t, startNode(t), jsqueue.Config{HoldFor: time.Minute, Pack: 4})
+	put(t, q, "jobs", "p1", "p2", "p3", "p4", "p5", "p6")
+	put(t, q, "jobs", "s1")
+	put(t, q, "jobs", "s2")
+	put(t, q, "jobs", "p7", "p8", "p9")
+	put(t, q, "jobs", "s3")
+	want := []string{"p1", "p2", "p3", "p4", "p5", "p6", "s1", "s2", "p7", "p8", "p9", "s3"}
+	if got := payloads(get(t, q, "jobs", 1, 100, 0, time.Second)); !slices.Equal(got, want) {
+		t.Fatalf("a get of all took %v, want %v", got, want)
+	}
+
+	put(t, q, "small", "p1", "p2", "p3", "p4")
+	put(t, q, "small", "s1")
+	if got := payloads(get(t, q, "small", 1, 2, 0, time.Second)); !slices.Equal(got, []string{"p1", "p2"}) {
+		t.Fatalf("a get of 2 took %v, want [p1 p2]", got)
+	}
+	if got := payloads(get(t, q, "small", 1, 10, 0, time.Second)); !slices.Equal(got, []string{"p3", "p4", "s1"}) {
+		t.Fatalf("the next get took %v, want [p3 p4 s1]", got)
+	}
+}
+
 // Tasks of one put are packed, and gets of fewer tasks than a pack holds
 // take them in order, the pack's rest first.
 func TestPackedTasksInOrder(t *testing.T) {
