@@ -224,6 +224,9 @@ func (q *Queues) put(ctx context.Context, req queue.PutRequest, putNo uint64, si
 	if req.Repeats != nil {
 		*req.Repeats = keyRepeats(msgs, dup, keyed)
 	}
+	if dup != nil && keyed != nil {
+		q.keyedRepeatIDs(s, msgs, dup, keyed, ids)
+	}
 	if counts != nil {
 		if extra := packedExtra(counts, dup); extra > 0 {
 			q.countPacked(s, extra)
@@ -238,6 +241,29 @@ func (q *Queues) put(ctx context.Context, req queue.PutRequest, putNo uint64, si
 		ids = inOrder
 	}
 	return ids, nil
+}
+
+// keyedRepeatIDs sets, in ids, the IDs of the tasks that keyed messages
+// JetStream had stored before (dup) hold: JetStream answers a repeat with
+// the first message's sequence, which is not its task's ID when that was
+// a delayed put's (its schedule). A message gone since (its task done)
+// keeps its sequence, the ID a put without a delay gave its task.
+func (q *Queues) keyedRepeatIDs(s *stream, msgs []*nats.Msg, dup []bool, keyed map[*nats.Msg]bool, ids []uint64) {
+	ctx, cancel := q.call()
+	defer cancel()
+	for k, m := range msgs {
+		if !dup[k] || !keyed[m] {
+			continue
+		}
+		id, found, err := storedTaskID(ctx, s, ids[k])
+		if err != nil {
+			q.log.Warn("the ID of a repeated key's task not read; its sequence is answered", "queue", s.queue, "seq", ids[k], "err", err)
+			continue
+		}
+		if found {
+			ids[k] = id
+		}
+	}
 }
 
 // keyedMsgs returns the messages of items that carry an idempotency key

@@ -117,19 +117,43 @@ func (q *Queues) putDelayed(s *stream, req queue.PutRequest, due time.Time) ([]u
 		if !dup[i] {
 			continue
 		}
-		// Stored before, under the ID it was stored with.
-		m, err := s.st.GetMsg(ctx, seqs[i])
-		if errors.Is(err, jetstream.ErrMsgNotFound) || err == nil && m.Subject == s.subject {
-			return nil, fmt.Errorf("%w: this delayed put was stored before, and its tasks are due already: their IDs are not known here", queue.ErrBadArgument)
-		}
+		// Stored before, by this put (a delayed task, not yet due) or by
+		// a put without a delay: its task's ID is the one it carries.
+		id, found, err := storedTaskID(ctx, s, seqs[i])
 		if err != nil {
 			return nil, q.engineErr("put "+req.Queue, err)
 		}
-		if ids[i], err = strconv.ParseUint(m.Header.Get(hdrID), 10, 64); err != nil {
-			return nil, q.engineErr("put "+req.Queue, fmt.Errorf("a stored delayed task has no ID: %w", err))
+		if !found {
+			return nil, fmt.Errorf("%w: this put was stored before, and its tasks were taken or are due already: their IDs are not known here", queue.ErrBadArgument)
 		}
+		ids[i] = id
 	}
 	return ids, nil
+}
+
+// storedTaskID returns the ID of the task message seq of s holds, read
+// from the stream: the ID it carries (a delayed task's), else seq. found
+// is false if the message is gone (taken, or a delayed one come due) or
+// holds a pack, whose tasks have IDs of their own.
+func storedTaskID(ctx context.Context, s *stream, seq uint64) (id uint64, found bool, err error) {
+	m, err := s.st.GetMsg(ctx, seq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, err
+	}
+	if m.Header.Get(hdrPack) != "" {
+		return 0, false, nil
+	}
+	if v := m.Header.Get(hdrID); v != "" {
+		id, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			return 0, false, fmt.Errorf("a stored task's ID %q: %w", v, err)
+		}
+		return id, true, nil
+	}
+	return seq, true, nil
 }
 
 // delayedIDs takes n IDs for delayed tasks of s from its counter.

@@ -108,6 +108,34 @@ func TestDelayedPutRepeatedAndDropped(t *testing.T) {
 	}
 }
 
+// TestKeyRepeatedWithAnotherDelay: a key put once with a delay and again
+// without one, or the other way round, stores one task, and both puts
+// answer its ID, as a single master does. Before, the first answered the
+// delayed task's schedule's sequence, no task's ID, and the second failed
+// saying the delayed put's tasks were due already.
+func TestKeyRepeatedWithAnotherDelay(t *testing.T) {
+	q := newQueues(t, startNode(t), jsqueue.Config{})
+	ctx := context.Background()
+	putKey := func(key string, due time.Time) uint64 {
+		t.Helper()
+		ids, err := q.Put(ctx, queue.PutRequest{Queue: "jobs", Items: []queue.Item{{Payload: []byte(key), Key: key, Due: due}}})
+		if err != nil || len(ids) != 1 {
+			t.Fatalf("put of key %s: %v, %v", key, ids, err)
+		}
+		return ids[0]
+	}
+	later := time.Now().Add(time.Hour)
+	if delayed, plain := putKey("d", later), putKey("d", time.Time{}); plain != delayed {
+		t.Errorf("key d put with a delay, then without: IDs %d and %d, want the first twice", delayed, plain)
+	}
+	if plain, delayed := putKey("p", time.Time{}), putKey("p", later); delayed != plain {
+		t.Errorf("key p put without a delay, then with: IDs %d and %d, want the first twice", plain, delayed)
+	}
+	if st, err := q.Stats("jobs"); err != nil || st.Delayed != 1 || st.Ready != 1 {
+		t.Fatalf("stats: %+v, %v; want one task of each key", st, err)
+	}
+}
+
 // A gateway's default retry backoff (qmaster --retry-backoff) holds a
 // failed task back before its next delivery, packed or not; a worker's
 // retry-after overrides it.
