@@ -49,9 +49,9 @@ var (
 	ErrMessageTooLarge = errors.New("message too large")
 	// ErrUnknownOp is returned when a request names an operation the master does not know.
 	ErrUnknownOp = errors.New("unknown operation")
-	// ErrNoSuchTask is returned when a requeue or drop names a task that is
-	// not ready in its queue.
-	ErrNoSuchTask = errors.New("no such ready task")
+	// ErrNoSuchTask is returned when a requeue, drop or run-now names a
+	// task that is not in its queue as the call needs it (dead, delayed).
+	ErrNoSuchTask = errors.New("no such task")
 	// ErrMasterFull is returned when the master is at a resource limit:
 	// a put when it holds --max-memory, a connection beyond --max-conns.
 	// Retrying later may succeed.

@@ -124,7 +124,7 @@ func TestOperateInProcess(t *testing.T) {
 		t.Errorf("pause: %d %q", code, errOut)
 	}
 	code, _, errOut = run("requeue", "jobs", fmt.Sprint(ids[0]), "999")
-	if code != 1 || !strings.Contains(errOut, "requeued 1 dead task to jobs") || !strings.Contains(errOut, "not dead tasks of jobs: task 999: no such ready task") {
+	if code != 1 || !strings.Contains(errOut, "requeued 1 dead task to jobs") || !strings.Contains(errOut, "not dead tasks of jobs: task 999: no such task") {
 		t.Errorf("requeue: %d %s", code, errOut)
 	}
 	if got, _ := c.Get(ctx, "jobs", wire.GetOptions{Timeout: 20 * time.Millisecond}); len(got) != 0 {

@@ -52,6 +52,6 @@ func purgeRun(ctx context.Context, opts *purgeOptions) error {
 	if err != nil {
 		return fmt.Errorf("queue %s: %w", opts.Queue, err)
 	}
-	fmt.Fprintf(opts.IO.ErrOut, "purged %d ready %s from %s\n", n, plural(n, "task", "tasks"), opts.Queue)
+	fmt.Fprintf(opts.IO.ErrOut, "purged %d %s (ready or delayed) from %s\n", n, plural(n, "task", "tasks"), opts.Queue)
 	return nil
 }

@@ -26,8 +26,9 @@ var (
 	ErrBadQueueName = errors.New("bad queue name")
 
 	// ErrNoSuchTask is returned (inside a *TaskError) when a task named by
-	// Requeue or Drop is not ready in its queue.
-	ErrNoSuchTask = errors.New("no such ready task")
+	// Requeue, Drop or RunNow is not in its queue as the call needs it
+	// (dead, delayed).
+	ErrNoSuchTask = errors.New("no such task")
 
 	// ErrUnavailable is returned by queues kept in a replicated engine
 	// (package jsqueue) while it does not answer: its stream is electing a
