@@ -130,4 +130,3 @@ func writePeeked(w io.Writer, pt peekedTask, p []byte) error {
 	_, err := w.Write(append(append(line, p...), "}\n"...))
 	return err
 }
-
