@@ -170,7 +170,7 @@ func (h *stdioHealth) answer() { h.answered.Store(true) }
 // while the worker stops; past that a failure is the task's again, so
 // that no task waits for ever on a worker that does not stop.
 func (h *stdioHealth) counting() bool {
-	return h.broken != nil && !h.answered.Load() && int(h.failures.Load()) < BrokenAfter+h.children
+	return h.broken != nil && !h.answered.Load() && !commandsKilled.Load() && int(h.failures.Load()) < BrokenAfter+h.children
 }
 
 // fail notes that child id failed with err, on task (0: none), and calls

@@ -462,6 +462,44 @@ func TestStdioUnreadTaskFailsNoAttempt(t *testing.T) {
 	}
 }
 
+// TestStdioCommandGoneFailsNoAttempt: a command that can no longer be
+// started (removed after the first start) fails no attempt either while
+// no child has answered: Broken is called first.
+func TestStdioCommandGoneFailsNoAttempt(t *testing.T) {
+	script := filepath.Join(t.TempDir(), "task.sh")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\nexit 1\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	brokenAt := make(chan int32, 1)
+	var returned atomic.Int32
+	s, err := worker.NewStdio(worker.StdioConfig{
+		Command:    []string{script},
+		RestartMin: time.Millisecond,
+		Broken:     func(error) { brokenAt <- returned.Load() },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := os.Remove(script); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	go func() {
+		_, _ = s.Handle(ctx, task(t, 1))
+		returned.Add(1)
+	}()
+	select {
+	case n := <-brokenAt:
+		if n != 0 {
+			t.Fatal("the task failed before Broken was called")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Broken was not called")
+	}
+}
+
 // TestStdioBadTaskIsNotABrokenCommand: one task that kills its child on
 // every attempt, before any other task was answered, counts once towards
 // a broken command: it is a bad task, and the tasks behind it run.

@@ -120,7 +120,13 @@ func (o *owner) writePending() bool {
 		return false
 	}
 	if o.proc == nil {
+		counting := o.health.counting()
 		if err := o.restart(o.quit); err != nil {
+			if counting && !errors.Is(err, errStdioClosed) {
+				// Not the task's doing either (see fail): it waits for
+				// the next start, after the backoff.
+				return true
+			}
 			o.pending[0].done <- answer{err: err}
 			o.pending = o.pending[1:]
 			return true

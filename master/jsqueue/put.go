@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -246,23 +248,40 @@ func (q *Queues) put(ctx context.Context, req queue.PutRequest, putNo uint64, si
 // keyedRepeatIDs sets, in ids, the IDs of the tasks that keyed messages
 // JetStream had stored before (dup) hold: JetStream answers a repeat with
 // the first message's sequence, which is not its task's ID when that was
-// a delayed put's (its schedule). A message gone since (its task done)
-// keeps its sequence, the ID a put without a delay gave its task.
+// a delayed put's (its schedule). A message gone since keeps its
+// sequence: the ID a put without a delay gave its task, now done (a
+// delayed task's schedule, gone once it came due, cannot be told from
+// it: SCHEDULING.md). The reads, one per repeated key, are made a few at
+// a time: a repeat is a retried put, rare, but may be of many keys.
 func (q *Queues) keyedRepeatIDs(s *stream, msgs []*nats.Msg, dup []bool, keyed map[*nats.Msg]bool, ids []uint64) {
 	ctx, cancel := q.call()
 	defer cancel()
+	var (
+		wg     sync.WaitGroup
+		failed atomic.Int64
+		last   atomic.Pointer[error]
+	)
+	sem := make(chan struct{}, maxConcurrentClaims)
 	for k, m := range msgs {
 		if !dup[k] || !keyed[m] {
 			continue
 		}
-		id, found, err := storedTaskID(ctx, s, ids[k])
-		if err != nil {
-			q.log.Warn("the ID of a repeated key's task not read; its sequence is answered", "queue", s.queue, "seq", ids[k], "err", err)
-			continue
-		}
-		if found {
-			ids[k] = id
-		}
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			id, found, err := storedTaskID(ctx, s, ids[k])
+			switch {
+			case err != nil:
+				failed.Add(1)
+				last.Store(&err)
+			case found:
+				ids[k] = id
+			}
+		})
+	}
+	wg.Wait()
+	if n := failed.Load(); n > 0 {
+		q.log.Warn("the IDs of repeated keys' tasks not read; their sequences are answered", "queue", s.queue, "keys", n, "err", *last.Load())
 	}
 }
 
