@@ -53,8 +53,11 @@ Through a cluster's gateway, DONE and the running totals are near, not
 exact (JetStream keeps them; docs/SCALING.md has how): a delayed or
 retried task that came due counts twice among the puts, and once as done,
 until a worker takes it; and a gateway that died while putting leaves the
-puts and DONE short by what it had not yet counted. READY, LEASED and DEAD
-are exact.`,
+puts and DONE short by what it had not yet counted. DEAD is exact, and so
+are READY and LEASED of what the gateway asked holds; JetStream counts each
+pack of tasks another gateway holds as out whole, so its tasks waiting
+there count as LEASED, as do the failed tasks it holds back for their
+retry backoff (which the gateway asked counts as DELAYED).`,
 		Example: `  qmaster inspect
   qmaster inspect --server 10.0.0.5:5000 --watch
   qmaster inspect --json | jq '.[] | select(.ready > 0) | .queue'`,

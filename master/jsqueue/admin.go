@@ -27,9 +27,12 @@ import (
 // consumer's deliveries, Done as Puts less what the stream holds and the
 // tasks purged or dead (countGone). Packed
 // tasks count one by one (packcount.go), except in Gets, which counts
-// deliveries of messages; and Leased counts the tasks of packs delivered
-// and not yet acked as the stream's mean per message, exact when no pack
-// or every stored one is delivered.
+// deliveries of messages. Leased counts, of the packs this gateway holds,
+// the tasks out to workers, and of the other deliveries not yet acked
+// (other gateways' packs, tasks stored alone), the tasks they carry, at
+// the mean per message of the messages not held here; the tasks held
+// here are ready, or, not yet due, delayed and retrying, as are the tasks
+// stored alone this gateway failed with a retry backoff (heldHere).
 func (q *Queues) Stats(name string) (queue.Stats, error) {
 	s, err := q.open(name, false)
 	if err != nil {
@@ -94,19 +97,20 @@ func (q *Queues) figures(ctx context.Context, s *stream, state jetstream.StreamS
 		stored -= delayed
 		msgs -= delayed
 	}
-	leased := uint64(ci.NumAckPending)
-	if stored != msgs && msgs > 0 { // packs: their mean size
-		leased = min(stored, (leased*stored+msgs/2)/msgs)
-	}
+	here := q.heldHere(s.queue, time.Now())
+	leased := leasedTasks(uint64(ci.NumAckPending), stored, msgs, here)
+	stored -= min(stored, uint64(here.settled)) // done, their packs not acked yet
+	later := min(uint64(here.later+here.singlesLater), stored-min(leased, stored))
 	puts = max(puts, stored+delayed)
 	st := queue.Stats{
 		Queue:     s.queue,
 		Leased:    int(leased),
-		Ready:     int(stored - min(leased, stored)),
+		Ready:     int(stored - min(leased, stored) - later),
 		Dead:      dead,
 		Consumers: ci.NumWaiting,
 		Paused:    pausedByOperator(ci),
-		Delayed:   int(delayed),
+		Delayed:   int(delayed + later),
+		Retrying:  int(later),
 		Puts:      puts,
 		Gets:      ci.Delivered.Consumer,
 		Acks:      puts - stored - delayed - min(gone, puts-stored-delayed),
@@ -430,6 +434,69 @@ func (q *Queues) Purge(name string) (int, error) {
 	return n, nil
 }
 
+// heldCounts is what this gateway holds of a queue's deliveries, for its
+// figures: JetStream counts each pack delivered, whole, as one delivery
+// not yet acked, and a task failed with a retry backoff too.
+type heldCounts struct {
+	packs, tasks int // this gateway's packs, and the tasks they carry
+	settled      int // of those, done (or dead, or stored apart)
+	waiting      int // held here, due: ready
+	later        int // held here, not yet due: waiting out a retry backoff
+	// singlesLater are the tasks stored alone that this gateway failed
+	// with a retry backoff, not yet due (Queues.retrying).
+	singlesLater int
+}
+
+// heldHere counts what this gateway holds of queue name at now, and
+// forgets the retrying tasks stored alone that have come due.
+func (q *Queues) heldHere(name string, now time.Time) heldCounts {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	var c heldCounts
+	for k, p := range q.packs {
+		if k.queue == name {
+			c.packs++
+			c.tasks += len(p.tasks)
+			c.settled += len(p.tasks) - p.left
+		}
+	}
+	if l := q.locals[name]; l != nil {
+		for _, h := range l.held {
+			if now.Before(h.due) {
+				c.later++
+			} else {
+				c.waiting++
+			}
+		}
+	}
+	for id, due := range q.retrying[name] {
+		if now.Before(due) {
+			c.singlesLater++
+		} else {
+			delete(q.retrying[name], id)
+		}
+	}
+	return c
+}
+
+// leasedTasks is how many of a queue's stored tasks are out to workers:
+// of this gateway's packs (here) exactly, those neither done nor held
+// here; of the other deliveries not acked (ackPending, messages), as many
+// as the other messages carry on average (other gateways' packs count
+// whole). stored and msgs are the queue's tasks and messages.
+func leasedTasks(ackPending, stored, msgs uint64, here heldCounts) uint64 {
+	mine := uint64(here.packs + here.singlesLater)
+	otherAck := ackPending - min(ackPending, mine)
+	otherMsgs := msgs - min(msgs, mine)
+	otherTasks := stored - min(stored, uint64(here.tasks+here.singlesLater))
+	leased := otherAck
+	if otherTasks != otherMsgs && otherMsgs > 0 { // packs: their mean size
+		leased = (otherAck*otherTasks + otherMsgs/2) / otherMsgs
+	}
+	out := max(0, here.tasks-here.settled-here.waiting-here.later)
+	return min(stored, leased+uint64(out))
+}
+
 // settledInPacks counts the tasks of queue name's packs held here that
 // are settled (done, dead, or stored apart), which their packs' messages
 // still carry.
@@ -476,6 +543,7 @@ func (q *Queues) Delete(name string) error {
 func (q *Queues) dropLeasesOf(name string) {
 	q.mu.Lock()
 	q.dropPacksLocked(name)
+	delete(q.retrying, name)
 	for k, l := range q.leases {
 		if k.queue == name {
 			q.dropLease(l)

@@ -538,7 +538,26 @@ func (q *Queues) fail(l *lease, errText string, retryAfter time.Duration, noRetr
 		return nil
 	}
 	q.noteLastErr(l.key, errText)
+	if retryAfter > 0 {
+		q.noteRetrying(l.key, time.Now().Add(retryAfter))
+	}
 	return q.nak(l.msg, retryAfter)
+}
+
+// noteRetrying notes that the task of key, stored alone, waits out a
+// retry backoff until due (Queues.retrying).
+func (q *Queues) noteRetrying(key leaseKey, due time.Time) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	m := q.retrying[key.queue]
+	if m == nil {
+		m = make(map[uint64]time.Time)
+		q.retrying[key.queue] = m
+	}
+	if len(m) >= maxLastErrs {
+		clear(m) // counted as leased again rather than grow without bound
+	}
+	m[key.id] = due
 }
 
 // noteLastErr keeps a failed attempt's error for the task's next delivery

@@ -366,6 +366,44 @@ func TestPackedAdmin(t *testing.T) {
 	}
 }
 
+// TestFiguresCountHeldAndRetryingTasks: a gateway's figures count the
+// tasks of a pack it holds as ready, those out as leased, those done as
+// neither, and a failed task waiting out its retry backoff, packed or
+// stored alone, as delayed and retrying. (Done is near, not exact: the
+// packs' counts reach their counter in the background.) Before, JetStream's count of the pack's
+// delivery made every task of it leased, and a NAK with a delay too.
+func TestFiguresCountHeldAndRetryingTasks(t *testing.T) {
+	q := newQueues(t, startNode(t), jsqueue.Config{HoldFor: time.Minute, Pack: 4})
+	check := func(name string, ready, leased, retrying int) {
+		t.Helper()
+		st, err := q.Stats(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Ready != ready || st.Leased != leased || st.Retrying != retrying || st.Delayed != retrying {
+			t.Fatalf("%s: ready %d, leased %d, retrying %d, delayed %d; want %d, %d, %d, %d",
+				name, st.Ready, st.Leased, st.Retrying, st.Delayed, ready, leased, retrying, retrying)
+		}
+	}
+	put(t, q, "jobs", "1", "2", "3", "4", "5", "6", "7", "8")
+	ts := get(t, q, "jobs", 1, 2, time.Minute, time.Second) // one pack out: 2 tasks leased, 2 held
+	check("jobs", 6, 2, 0)
+	ackIDs(t, q, "jobs", 1, ts[0].ID)
+	check("jobs", 6, 1, 0)
+	if err := q.Nack(queue.NackRequest{Queue: "jobs", Owner: 1, ID: ts[1].ID, Error: "later", RetryAfter: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	check("jobs", 6, 0, 1)
+
+	put(t, q, "solo", "a") // stored alone
+	ts = get(t, q, "solo", 1, 1, time.Minute, time.Second)
+	check("solo", 0, 1, 0)
+	if err := q.Nack(queue.NackRequest{Queue: "solo", Owner: 1, ID: ts[0].ID, Error: "later", RetryAfter: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	check("solo", 0, 0, 1)
+}
+
 // While this gateway has paused a queue, it hands out none of the tasks
 // it holds.
 func TestPausedQueueHoldsPackedTasks(t *testing.T) {

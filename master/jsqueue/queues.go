@@ -150,7 +150,12 @@ type Queues struct {
 	// delivered again (JetStream's nak carries no text). A task
 	// redelivered through another gateway reads "lease expired" instead.
 	lastErr map[leaseKey]string
-	stats   map[string]*counters
+	// retrying holds, by queue, when the tasks stored alone that this
+	// gateway failed with a retry backoff (a NAK with a delay) come due,
+	// by task ID, so that its figures count them as retrying, not
+	// leased: JetStream holds them as deliveries not yet acked.
+	retrying map[string]map[uint64]time.Time
+	stats    map[string]*counters
 	// renewals are the renewals of ack timers awaiting JetStream's
 	// confirmation, by the token ending their reply subject, which starts
 	// with renewInbox; renewSub takes the confirmations.
@@ -370,6 +375,7 @@ func New(cfg Config) (*Queues, error) {
 		locals:      make(map[string]*local),
 		recordOf:    make(map[*nats.Msg]string),
 		lastErr:     make(map[leaseKey]string),
+		retrying:    make(map[string]map[uint64]time.Time),
 		stats:       make(map[string]*counters),
 		renewals:    make(map[string]renewal),
 		held:        make(chan struct{}, 1),
