@@ -545,14 +545,14 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts [
 		q.giveBack(msgs)
 		return nil, queue.ErrClosed
 	}
-	// singlesAfter[i] counts the tasks stored alone among msgs[i:]: each
-	// is leased as it is taken, so goes out with this get, and a pack
-	// before it hands out its tasks first, leaving them room.
-	singlesAfter := make([]int, len(msgs)+1)
-	for i := len(msgs) - 1; i >= 0; i-- {
-		singlesAfter[i] = singlesAfter[i+1]
-		if mds[i] != nil && msgs[i].Header.Get(hdrPack) == "" {
-			singlesAfter[i]++
+	// singlesLeft counts the tasks stored alone among the messages not yet
+	// taken below: each is leased as it is taken, so goes out with this
+	// get, and a pack before it hands out its tasks first, leaving them
+	// room.
+	singlesLeft := 0
+	for i, m := range msgs {
+		if mds[i] != nil && m.Header.Get(hdrPack) == "" {
+			singlesLeft++
 		}
 	}
 	packed, tasks, fired := false, 0, 0
@@ -576,7 +576,7 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts [
 				doneAlready = append(doneAlready, ack)
 			}
 			packed, tasks = true, tasks+n
-			if room := req.Max - len(ts) - singlesAfter[i+1]; room > 0 {
+			if room := req.Max - len(ts) - singlesLeft; room > 0 {
 				upTo := req
 				upTo.Max = len(ts) + room
 				var heldDead []*lease
@@ -585,6 +585,7 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts [
 			}
 			continue
 		}
+		singlesLeft--
 		tasks++
 		if md.NumDelivered == 1 && m.Header.Get(hdrScheduler) != "" {
 			fired++ // a delayed task come due: stored twice (figures)
@@ -601,6 +602,7 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts [
 			} else {
 				t.LastError = errExpired
 			}
+			delete(q.retrying[s.queue], t.ID)
 		}
 		l := &lease{key: key, s: s, msg: m, task: t, owner: req.Owner, since: now, touched: now, confirmed: now, deadline: now.Add(req.Lease)}
 		if t.Attempts > 1 && pastLastAttempt(t, s, req, q.policy(s.queue).MaxAttempts) {
