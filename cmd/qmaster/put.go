@@ -90,6 +90,9 @@ stored once.`,
 			if opts.Batch < 1 {
 				return usageErrorf("--batch must be at least 1")
 			}
+			if cmd.Flags().Changed("delay") && cmd.Flags().Changed("at") {
+				return usageErrorf("give --delay or --at, not both")
+			}
 			if cmd.Flags().Changed("key") && opts.Key == "" {
 				return usageErrorf("--key must not be empty: give the item's idempotency key, or drop --key")
 			}

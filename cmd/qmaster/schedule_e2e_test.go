@@ -84,6 +84,7 @@ func TestE2EScheduleBadFlags(t *testing.T) {
 		{[]string{"put", "--priority", "10", "q", "x"}, "--priority must be 0 to 9"},
 		{[]string{"put", "--delay", "-1s", "q", "x"}, "--delay must not be negative"},
 		{[]string{"put", "--delay", "1s", "--at", "2026-12-24T10:00:00Z", "q", "x"}, "not both"},
+		{[]string{"put", "--delay", "0s", "--at", "2026-12-24T10:00:00Z", "q", "x"}, "not both"},
 		{[]string{"put", "--at", "tomorrow", "q", "x"}, "RFC 3339"},
 		{[]string{"put", "--key", "k", "q", "x", "y"}, "exactly one ITEM"},
 		{[]string{"put", "--key", strings.Repeat("k", 257), "q", "x"}, "at most 256 bytes"},
