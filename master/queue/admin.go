@@ -2,6 +2,7 @@ package queue
 
 import (
 	"container/heap"
+	"errors"
 	"fmt"
 	"time"
 
@@ -71,6 +72,13 @@ func (m *Manager) Stats(name string) (Stats, error) {
 	}
 	now := m.now()
 	q, err := m.lockLive(name)
+	if errors.Is(err, ErrUnknownQueue) && m.policyOf(name) != (Policy{}) {
+		// Its policy outlives it (a restart drops empty queues, a delete
+		// the queue): made again, as SetPolicy made it, so that its
+		// policy shows (qmaster config QUEUE).
+		m.create(name)
+		q, err = m.lockLive(name)
+	}
 	if err != nil {
 		return Stats{}, err
 	}

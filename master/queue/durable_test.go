@@ -2,6 +2,7 @@ package queue_test
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"testing"
 
@@ -126,5 +127,33 @@ func TestDurablePurgeDelete(t *testing.T) {
 	}
 	if d, _ := m2.Peek("d", 10); !slices.Equal(payloads(d), []string{"3"}) {
 		t.Errorf("d = %v, want [3]", payloads(d))
+	}
+}
+
+// TestPolicyOfAQueueGoneShows: the figures of a queue with a policy and no
+// tasks, gone in a restart (empty queues are not kept) or deleted, show
+// its policy, as before; they said "unknown queue" (qmaster config).
+func TestPolicyOfAQueueGoneShows(t *testing.T) {
+	dir := t.TempDir()
+	m, stop := openDurable(t, dir, queue.Config{})
+	if err := m.SetPolicy("cfg", queue.Policy{MaxAttempts: 8}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.SetPolicy("gone", queue.Policy{MaxAttempts: 7}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Delete("gone"); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := m.Stats("gone"); err != nil || st.Policy.MaxAttempts != 7 {
+		t.Errorf("a deleted queue's figures: %+v, %v; want its policy", st, err)
+	}
+	stop()
+	m, _ = openDurable(t, dir, queue.Config{})
+	if st, err := m.Stats("cfg"); err != nil || st.Policy.MaxAttempts != 8 || st.Ready != 0 {
+		t.Errorf("after a restart: %+v, %v; want an empty queue under its policy", st, err)
+	}
+	if _, err := m.Stats("never"); !errors.Is(err, queue.ErrUnknownQueue) {
+		t.Errorf("a queue with no policy and no tasks: %v, want ErrUnknownQueue", err)
 	}
 }
