@@ -21,8 +21,9 @@ the attempt and have the task wait that long before its next delivery
 (a service that said "come back in a minute"); it counts as an attempt.
 Raise Fail("why") for an attempt that would fail however often it ran (bad
 input): the task goes to the dead-letter queue now, attempts left or not.
-In command mode the process then exits 65 (EX_DATAERR): run qworker with
---no-retry-exit 65 for the same effect.
+In command mode the helper prints the stdio protocol's line (!retry
+SECONDS TEXT, !fail TEXT) and exits non-zero (65, EX_DATAERR, for Fail),
+which qworker reads alike.
 
 @task runs the worker when the script's top level has finished, if the
 function is defined in the script itself (__main__); elsewhere, call
@@ -49,7 +50,8 @@ RETRY_PREFIX = b"!retry "
 # A line that starts with this fails the attempt, not to be retried.
 FAIL_PREFIX = b"!fail "
 # The exit status of a command-mode run whose function raised Fail
-# (sysexits' EX_DATAERR): qworker --no-retry-exit 65 does not retry it.
+# (sysexits' EX_DATAERR), with its !fail line, which qworker reads; an
+# older qworker, without it, does not retry it given --no-retry-exit 65.
 FAIL_EXIT = 65
 # The first line in stdio mode: this child answers every task with one line.
 PIPELINE_HELLO = b"!pipeline\n"
@@ -183,11 +185,22 @@ def _unencodable(exc, stderr):
 
 def _once(fn, stdin, stdout, stderr):
     payload = _command_payload(stdin.read(), os.environ.get("QM_PAYLOAD"))
+    # Retry and Fail say so on stdout, as under --stdio: a command that
+    # exits non-zero with such a line fails as the line says.
     try:
         value = fn(payload)
+    except Retry as exc:
+        text = " ".join(str(exc).split()) or "retry later"
+        stdout.write(RETRY_PREFIX + ("%r %s" % (exc.seconds, text)).encode() + b"\n")
+        stdout.flush()
+        return 1
+    except Fail as exc:
+        stdout.write(FAIL_PREFIX + (" ".join(str(exc).split()) or "failed").encode() + b"\n")
+        stdout.flush()
+        return FAIL_EXIT
     except Exception as exc:  # noqa: BLE001
         _error_text(exc, stderr)
-        return FAIL_EXIT if isinstance(exc, Fail) else 1
+        return 1
     try:
         answer = _dumps(value)
     except (TypeError, ValueError) as exc:

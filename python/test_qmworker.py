@@ -176,12 +176,17 @@ class Command(unittest.TestCase):
         self.assertEqual((code, out), (65, b""))
         self.assertIn("result is not JSON", err)
 
-    def test_fail_exits_65(self):
+    def test_fail_exits_65_with_a_fail_line(self):
         def bad(x):
             raise qmworker.Fail("not an image")
         code, out, err = self.once(bad, b"1")
-        self.assertEqual((code, out), (65, b""))
-        self.assertIn("not an image", err)
+        self.assertEqual((code, out), (65, b"!fail not an image\n"))
+
+    def test_retry_exits_1_with_a_retry_line(self):
+        def busy(x):
+            raise qmworker.Retry(5, "come back  later")
+        code, out, err = self.once(busy, b"1")
+        self.assertEqual((code, out), (1, b"!retry 5.0 come back later\n"))
 
 
 if __name__ == "__main__":

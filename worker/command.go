@@ -38,7 +38,10 @@ const (
 //
 // A non-zero exit fails the task with "exit status N: " and the last 2 KiB
 // of stderr; an exit status given to NoRetryExit fails it not to be
-// retried (NoRetry). A timeout (0 is none) fails it with "timed out after
+// retried (NoRetry). A non-zero exit whose stdout is one failure line of
+// the stdio protocol ("!error TEXT", "!retry SECONDS TEXT", "!fail TEXT")
+// fails it as the line says, with TEXT and the end of stderr: the Python
+// helper's Retry and Fail so work in command mode too. A timeout (0 is none) fails it with "timed out after
 // D". On a timeout, or when ctx ends, the command's whole process group is
 // killed, so that nothing it started outlives it. On Linux the command is
 // killed too if the worker dies without stopping it (SIGKILL, a crash), as
@@ -93,6 +96,9 @@ func Command(argv []string, timeout time.Duration, opts ...CommandOption) Handle
 		default:
 			var exit *exec.ExitError
 			if errors.As(err, &exit) {
+				if err := failureLine(stdout.String(), stderr); err != nil {
+					return nil, err
+				}
 				err := withStderr(exit.Error(), stderr)
 				if o.noRetryExit != 0 && exit.ExitCode() == o.noRetryExit {
 					err = NoRetry(err)
@@ -142,6 +148,32 @@ func commandInput(t Task) (input []byte, format string, err error) {
 }
 
 // withStderr is msg and the tail of stderr, if any.
+// failureLine reads the stdout of a command that exited non-zero: one of
+// the stdio protocol's failure lines there ("!error TEXT", "!retry
+// SECONDS TEXT", "!fail TEXT"; docs/WORKERS.md) fails the task as it
+// says, TEXT the error, with the end of stderr; nil for any other output.
+// (A command that exits 0 has its stdout as its result, whatever it
+// holds.)
+func failureLine(stdout string, stderr *tailBuffer) error {
+	line := strings.TrimSuffix(strings.TrimSuffix(stdout, "\n"), "\r")
+	if !strings.HasPrefix(line, "!") || strings.Contains(line, "\n") {
+		return nil
+	}
+	_, perr := parseResultLine([]byte(line))
+	var ce *childError
+	if !errors.As(perr, &ce) {
+		return nil
+	}
+	err := withStderr(ce.text, stderr)
+	switch {
+	case ce.retryAfter > 0:
+		err = RetryAfter(ce.retryAfter, err)
+	case ce.noRetry:
+		err = NoRetry(err)
+	}
+	return err
+}
+
 func withStderr(msg string, stderr *tailBuffer) error {
 	tail := strings.TrimSpace(stderr.String())
 	if tail == "" {

@@ -9,11 +9,14 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/qm-dev/qm/internal/qmtest"
+	"github.com/qm-dev/qm/master"
+	"github.com/qm-dev/qm/wire"
 	"github.com/qm-dev/qm/worker"
 )
 
@@ -150,4 +153,48 @@ func alive(pid int) bool {
 		return s[i+2] != 'Z'
 	}
 	return true
+}
+
+// TestCommandFailureLines: a command that exits non-zero with a failure
+// line of the stdio protocol on stdout fails as the line says: "!retry
+// SECONDS TEXT" comes back after SECONDS, "!fail TEXT" is dead-lettered at
+// once; exiting 0, such a line is the result. The Python helper's Retry
+// and Fail speak so in command mode.
+func TestCommandFailureLines(t *testing.T) {
+	addr, _ := qmtest.StartMaster(t, master.Config{MaxAttempts: 3})
+	c := qmtest.Dial(t, addr, "producer")
+	ids := put(t, c, "tasks", []any{"busy", "bad", "fine"}, wire.PutOptions{})
+	var mu sync.Mutex
+	starts := map[uint64][]time.Time{}
+	script := worker.Command([]string{"sh", "-c", `x=$(cat)
+case "$x" in
+busy) [ "$QM_ATTEMPT" = 1 ] && { echo "!retry 0.4 rate limited"; exit 1; }; echo done;;
+bad) echo "cannot parse" >&2; echo "!fail bad input"; exit 1;;
+*) echo "!retry 9 not a failure: exit 0"; exit 0;;
+esac`}, 5*time.Second)
+	h := func(ctx context.Context, tk worker.Task) (any, error) {
+		mu.Lock()
+		starts[tk.ID] = append(starts[tk.ID], time.Now())
+		mu.Unlock()
+		return script(ctx, tk)
+	}
+	startWorker(t, testConfig(t, addr, h))
+	byID := map[uint64]wire.Result{}
+	for _, r := range results(t, c, "results", 3, 10*time.Second) {
+		byID[r.TaskID] = r
+	}
+	if r := byID[ids[0]]; r.Error != "" || value(t, r) != "done" || r.Attempt != 2 {
+		t.Errorf("busy: %+v, want done at attempt 2", r)
+	}
+	if r := byID[ids[1]]; r.Attempt != 1 || !strings.Contains(r.Error, "bad input: cannot parse") {
+		t.Errorf("bad: %+v, want it failed for good at attempt 1, with the line's text and stderr", r)
+	}
+	if r := byID[ids[2]]; r.Error != "" || value(t, r) != "!retry 9 not a failure: exit 0" {
+		t.Errorf("fine: %+v, want the line as its result", r)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if s := starts[ids[0]]; len(s) != 2 || s[1].Sub(s[0]) < 400*time.Millisecond {
+		t.Errorf("busy's attempts at %v; want the second 400ms after the first", s)
+	}
 }
