@@ -500,6 +500,42 @@ func TestStdioCommandGoneFailsNoAttempt(t *testing.T) {
 	}
 }
 
+// TestStdioErrorTellsEarlierStderrApart: a child that dies on a task has
+// the end of its stderr in the task's error, with what it wrote before
+// that task's turn told apart: an earlier task's traceback is not this
+// one's.
+func TestStdioErrorTellsEarlierStderrApart(t *testing.T) {
+	logs := &syncBuffer{}
+	s := startStdio(t, `while read -r x; do
+	case "$x" in
+	'"handled"') echo "Traceback: ValueError: a handled error" >&2; echo "!error handled";;
+	'"quiet"') exit 3;;
+	'"loud"') echo "MemoryError in this task" >&2; exit 4;;
+	*) echo "$x";;
+	esac
+done`, worker.StdioConfig{RestartMin: time.Millisecond, Logger: slog.New(slog.NewTextHandler(logs, nil))})
+	for i, tc := range []struct{ payload, want string }{
+		{"quiet", "exited (exit status 3): Traceback: ValueError: a handled error\n--- (written before this task's turn; nothing since) ---"},
+		{"loud", "exited (exit status 4): Traceback: ValueError: a handled error\n--- (the lines above were written before this task's turn) ---\nMemoryError in this task"},
+	} {
+		if _, err := s.Handle(context.Background(), task(t, "handled")); err == nil || err.Error() != "handled" {
+			t.Fatalf("handled: %v", err)
+		}
+		// The next task's turn begins as it is written to the idle child:
+		// once the line is logged, it was written before.
+		qmtest.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+			if n := strings.Count(logs.String(), "a handled error"); n != i+1 {
+				return fmt.Errorf("%d stderr lines logged, want %d", n, i+1)
+			}
+			return nil
+		})
+		_, err := s.Handle(context.Background(), task(t, tc.payload))
+		if err == nil || !strings.HasSuffix(err.Error(), tc.want) {
+			t.Errorf("%s: error %q, want it to end %q", tc.payload, err, tc.want)
+		}
+	}
+}
+
 // TestStdioBadTaskIsNotABrokenCommand: one task that kills its child on
 // every attempt, before any other task was answered, counts once towards
 // a broken command: it is a bad task, and the tasks behind it run.

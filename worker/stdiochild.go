@@ -106,23 +106,50 @@ func (p *process) readLines(max int) {
 // stderr after an answer can be read before that answer, and clearing
 // there lost the reason of a child that answered, then wrote why it
 // stops and exited.
+//
+// What came before the task the child is on (mark) is told apart in the
+// error, so that an earlier task's traceback is not read as this one's.
 type lastStderr struct {
 	mu  sync.Mutex
 	buf tailBuffer
+	// added counts the bytes ever added; marked is added as it was when
+	// the task the child is on became its turn.
+	added, marked int
 }
 
 func (s *lastStderr) add(p []byte) {
 	s.mu.Lock()
 	_, _ = s.buf.Write(p)
+	s.added += len(p)
 	s.mu.Unlock()
 }
 
+// mark notes that the child's next task begins its turn: what it writes
+// from now on is that task's.
+func (s *lastStderr) mark() {
+	s.mu.Lock()
+	s.marked = s.added
+	s.mu.Unlock()
+}
+
+// take returns the tail and empties it; lines written before the mark
+// come first, and a line says where the task's own begin.
 func (s *lastStderr) take() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := strings.TrimSpace(s.buf.String())
+	all := s.buf.String()
+	since := min(s.added-s.marked, len(s.buf.buf))
 	s.buf.buf, s.buf.cut = s.buf.buf[:0], false
-	return out
+	s.marked = s.added
+	before := strings.TrimSpace(all[:len(all)-since])
+	mine := strings.TrimSpace(all[len(all)-since:])
+	switch {
+	case before == "":
+		return mine
+	case mine == "":
+		return before + "\n--- (written before this task's turn; nothing since) ---"
+	}
+	return before + "\n--- (the lines above were written before this task's turn) ---\n" + mine
 }
 
 // start starts the child's command.

@@ -140,6 +140,7 @@ func (o *owner) writePending() bool {
 	wasIdle := len(o.inflight) == 0
 	if wasIdle {
 		o.headSince = time.Now()
+		o.proc.tail.mark()
 	}
 	o.inflight = append(o.inflight, o.pending[:n]...)
 	o.pending = append(o.pending[:0], o.pending[n:]...)
@@ -220,6 +221,7 @@ func (o *owner) answer(l childLine) {
 	o.inflight[0].done <- answer{v: l.v, err: l.err}
 	o.inflight[0] = nil
 	o.inflight = o.inflight[1:]
+	o.proc.tail.mark()
 	if o.proc.pipelined {
 		now := time.Now()
 		o.service = ewma(o.service, now.Sub(o.headSince))
