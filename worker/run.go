@@ -142,7 +142,7 @@ func (r *runner) run(ctx context.Context) error {
 			r.log.Info("completing the tasks of the lost connection through this one", "tasks", len(r.handedOver))
 			r.handedOver = nil
 		}
-		r.log.Info("connected to master", "server", r.cfg.Server, "queue", r.cfg.Tasks, "concurrency", r.slots())
+		r.log.Info("connected to master", "server", r.cfg.Server, "queue", r.cfg.Tasks, "slots", r.slots())
 		stop, err := r.serve(ctx, s)
 		s.close()
 		if stop {

@@ -30,7 +30,8 @@ func newCmdDead(f *factory, runF func(*deadOptions) error) *cobra.Command {
 		Short: "List the dead tasks of a queue with their last errors",
 		Long: `List the first -n tasks of QUEUE's dead-letter queue (QUEUE.dead): the
 tasks that failed --max-attempts times, with the error of their last
-attempt. They stay there until requeued (qmaster requeue), dropped
+attempt (the table shows its last line, the one a traceback ends with;
+--json all of it). They stay there until requeued (qmaster requeue), dropped
 (qmaster drop) or purged (qmaster purge QUEUE.dead).
 
 With --json, print one JSON object per line, as qmaster peek does: a task
@@ -59,8 +60,23 @@ printed, and dead exits with status 1.`,
 	return cmd
 }
 
-// maxPayloadCell is how much of a payload the table shows.
-const maxPayloadCell = 60
+// maxPayloadCell is how much of a payload the table shows, maxErrorCell
+// of a last error's last line.
+const (
+	maxPayloadCell = 60
+	maxErrorCell   = 100
+)
+
+// lastLine returns the last line of s that is not blank, marked with "..."
+// when lines came before it: a traceback's last line says what failed.
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	last := strings.TrimSpace(lines[len(lines)-1])
+	if len(lines) > 1 {
+		return "..." + last
+	}
+	return last
+}
 
 func deadRun(ctx context.Context, opts *deadOptions) error {
 	c, err := opts.Client.connect(ctx, opts.IO, "admin", "dead")
@@ -109,7 +125,7 @@ func deadRun(ctx context.Context, opts *deadOptions) error {
 			payload = "(" + err.Error() + ")"
 		}
 		fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\n", t.ID, t.Attempt, humanAge(now.Sub(t.Enqueued)),
-			cell(t.LastError, 0), cell(payload, maxPayloadCell))
+			cell(lastLine(t.LastError), maxErrorCell), cell(payload, maxPayloadCell))
 	}
 	return tw.Flush()
 }

@@ -109,7 +109,7 @@ func TestOperateInProcess(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("dead: %d %s", code, errOut)
 	}
-	want := regexp.MustCompile(fmt.Sprintf(`(?m)^ID +ATTEMPTS +AGE +LAST ERROR +PAYLOAD\n%d +1 +\d+s +Traceback: ValueError: bad %d +"a"\n`, ids[0], ids[0]))
+	want := regexp.MustCompile(fmt.Sprintf(`(?m)^ID +ATTEMPTS +AGE +LAST ERROR +PAYLOAD\n%d +1 +\d+s +\.\.\.ValueError: bad %d +"a"\n`, ids[0], ids[0]))
 	if !want.MatchString(out) || !strings.Contains(out, `{"n":2}`) {
 		t.Errorf("dead jobs:\n%s", out)
 	}
