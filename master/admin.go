@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/qm-dev/qm/master/httpapi"
 	"github.com/qm-dev/qm/master/queue"
@@ -173,9 +174,16 @@ func (c *clientConn) operate(req *wire.Request) (int, error) {
 // audit logs an operator's action of a client, with the name of its key:
 // the audit trail of who purged, deleted, paused, resumed, requeued or
 // dropped what. n is how many tasks moved.
+//
+// What a request names is logged within bounds: the first maxLoggedIDs of
+// its task IDs, and of a queue name (refused if too long) its first
+// maxLoggedName bytes.
 func (c *clientConn) audit(req *wire.Request, n int, err error) {
-	attrs := []any{"queue", req.Queue, "key", c.keyName(), "client", c.id, "remote", c.addr}
-	if len(req.IDs) > 0 {
+	attrs := []any{"queue", logName(req.Queue), "key", c.keyName(), "client", c.id, "remote", c.addr}
+	switch {
+	case len(req.IDs) > maxLoggedIDs: // a line, not megabytes, for a requeue of 100,000
+		attrs = append(attrs, "tasks", req.IDs[:maxLoggedIDs], "more_tasks", len(req.IDs)-maxLoggedIDs)
+	case len(req.IDs) > 0:
 		attrs = append(attrs, "tasks", req.IDs)
 	}
 	if req.Op == wire.OpRequeue || req.Op == wire.OpDrop || req.Op == wire.OpPurge || req.Op == wire.OpRunNow {
@@ -198,4 +206,19 @@ func (c *clientConn) audit(req *wire.Request, n int, err error) {
 	} else {
 		c.s.log.Info("queue "+req.Op.String(), attrs...)
 	}
+}
+
+// The bounds of what an audit line logs of a request.
+const (
+	maxLoggedIDs  = 20
+	maxLoggedName = 256
+)
+
+// logName is name as a log line shows it: cut to maxLoggedName bytes,
+// with how long it was.
+func logName(name string) string {
+	if len(name) <= maxLoggedName {
+		return name
+	}
+	return fmt.Sprintf("%s... (%d bytes)", strings.ToValidUTF8(name[:maxLoggedName], ""), len(name))
 }

@@ -251,6 +251,7 @@ func TestDashboardAPI(t *testing.T) {
 		{"purge", `{"action":"purge","queue":"jobs"}`, 200, 2},
 		{"bad action", `{"action":"explode","queue":"jobs"}`, 400, 0},
 		{"unknown field", `{"action":"purge","queue":"jobs","x":1}`, 400, 0},
+		{"trailing garbage", `{"action":"purge","queue":"jobs"} {"action":"purge","queue":"other"}`, 400, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			code, out := action(t, bearer, base, tc.body, false)

@@ -105,6 +105,7 @@ func (s *Server) adminHandler() (*httpapi.Handler, error) {
 			Metrics:     promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}),
 			SampleEvery: s.cfg.DashboardSampleEvery,
 			Logger:      s.log,
+			Throttle:    httpThrottle{s: s, fails: newFailTracker(&s.cfg)},
 		})
 		if a.err == nil {
 			s.goRun(func() { a.handler.Run(s.ctx) })

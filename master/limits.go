@@ -161,6 +161,15 @@ func (f *failTracker) fail(ip string, now time.Time) (delay time.Duration, first
 	return delay, first
 }
 
+// saturated reports whether ip, past its limit in this window, holds as
+// many delays as it may.
+func (f *failTracker) saturated(ip string, now time.Time) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	w := f.addrs[ip]
+	return w != nil && now.Sub(w.start) < f.window && w.fails > f.limit && w.held >= f.maxHeld
+}
+
 // release gives back the place a delay of ip held.
 func (f *failTracker) release(ip string) {
 	f.mu.Lock()
@@ -183,6 +192,32 @@ func (f *failTracker) evict(now time.Time) {
 		delete(f.addrs, ip)
 	}
 }
+
+// httpThrottle slows the guessing of keys through the HTTP endpoints as
+// the queue port does (--auth-fail-limit), with failures of its own: a
+// request presenting a wrong key past the limit is answered after the
+// growing delay, and one from an address that holds its share of delays
+// is refused unchecked. The HTTP server has no --max-unauth-conns to
+// bound a guesser's places, hence the refusal.
+type httpThrottle struct {
+	s     *Server
+	fails *failTracker
+}
+
+func (t httpThrottle) Failed(ip string) (time.Duration, func()) {
+	t.s.metrics.httpAuthFail.Inc()
+	delay, first := t.fails.fail(ip, time.Now())
+	if delay <= 0 {
+		return 0, nil
+	}
+	if first {
+		t.s.log.Warn("failed HTTP authentications from an address past the limit; answering its further failures after a growing delay",
+			"remote", ip, "limit", t.s.cfg.AuthFailLimit, "delay", delay)
+	}
+	return delay, func() { t.fails.release(ip) }
+}
+
+func (t httpThrottle) Saturated(ip string) bool { return t.fails.saturated(ip, time.Now()) }
 
 // slowFailure runs before a client of c is told that it failed to
 // authenticate: it counts the failure and, past --auth-fail-limit, waits

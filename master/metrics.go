@@ -29,6 +29,7 @@ type metrics struct {
 	// requests, labelled py_<method>; other methods share "py_other".
 	byPyMethod    map[string]prometheus.Observer
 	handshakeFail *prometheus.CounterVec
+	httpAuthFail  prometheus.Counter
 	refusals      *prometheus.CounterVec
 	// denied counts calls refused by the key's permissions (acl.go).
 	denied        *prometheus.CounterVec
@@ -75,6 +76,10 @@ func newMetrics(s *Server) *metrics {
 	for _, r := range []string{"auth", "timeout", "closed", "protocol", "tls", "unauth_limit", "max_conns"} {
 		m.handshakeFail.WithLabelValues(r) // exported at 0 from the start
 	}
+	m.httpAuthFail = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "qm_http_auth_failures_total",
+		Help: "Requests to the HTTP endpoints refused for a wrong key (a bearer token, or the dashboard's login form).",
+	})
 	m.refusals = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "qm_refusals_total",
 		Help: "Calls refused at a resource limit, by limit: max_streams (--max-streams), max_memory (--max-memory).",
@@ -104,7 +109,7 @@ func newMetrics(s *Server) *metrics {
 		Name: "qm_calls_in_progress",
 		Help: "Calls of every client being read, handled or answered now; a shutdown waits for them.",
 	}, func() float64 { return float64(s.callsInProgress()) })
-	m.reg.MustRegister(reqDur, m.handshakeFail, m.refusals, m.denied, m.leaseExpiries, m.cancelled, m.chained, inProgress, &queueCollector{s: s},
+	m.reg.MustRegister(reqDur, m.handshakeFail, m.httpAuthFail, m.refusals, m.denied, m.leaseExpiries, m.cancelled, m.chained, inProgress, &queueCollector{s: s},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.reg.MustRegister(s.cfg.Collectors...)
 	if s.cfg.DataDir != "" {

@@ -3,6 +3,7 @@ package httpapi
 import (
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 
 	"github.com/qm-dev/qm/master/queue"
@@ -35,6 +36,10 @@ func (h *Handler) action(w http.ResponseWriter, r *http.Request) {
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {
 		writeJSON(w, http.StatusBadRequest, actionResponse{Error: "bad request: " + err.Error()})
+		return
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		writeJSON(w, http.StatusBadRequest, actionResponse{Error: "bad request: more than one JSON value in the body"})
 		return
 	}
 	if req.Queue == "" {
@@ -85,7 +90,11 @@ func statusOf(err error) int {
 		return http.StatusNotFound
 	case errors.Is(err, wire.ErrBadRequest), errors.Is(err, queue.ErrBadQueueName), errors.Is(err, queue.ErrBadArgument):
 		return http.StatusBadRequest
-	case errors.Is(err, wire.ErrShuttingDown), errors.Is(err, queue.ErrClosed):
+	case errors.Is(err, wire.ErrShuttingDown), errors.Is(err, queue.ErrClosed),
+		errors.Is(err, wire.ErrUnavailable), errors.Is(err, queue.ErrUnavailable):
+		// A cluster without its quorum: the change may still take effect
+		// once it is back, as a put that fails so may have stored its
+		// tasks.
 		return http.StatusServiceUnavailable
 	case errors.Is(err, store.ErrDiskFull), errors.Is(err, wire.ErrDiskFull):
 		return http.StatusInsufficientStorage // the change is refused until the disk has room

@@ -16,8 +16,10 @@ import (
 	"errors"
 	"io/fs"
 	"log/slog"
+	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/qm-dev/qm/wire"
@@ -98,6 +100,23 @@ type Config struct {
 	History int
 	// Logger receives the operators' actions; nil discards them.
 	Logger *slog.Logger
+	// Throttle, if set, slows the guessing of credentials: a request
+	// that presents wrong ones is answered after the wait it says, and
+	// one from an address it calls saturated is refused (429) unchecked.
+	Throttle Throttle
+}
+
+// Throttle counts the failed authentications of each address (a master's
+// --auth-fail-limit).
+type Throttle interface {
+	// Failed counts a request from ip refused for its credentials and
+	// returns how long to wait before answering it; release, if not nil,
+	// is called once it is answered.
+	Failed(ip string) (wait time.Duration, release func())
+	// Saturated reports whether ip has as many refused requests waiting
+	// as it may: its next one is refused at once, its credentials not
+	// looked at.
+	Saturated(ip string) bool
 }
 
 // Handler serves the endpoints. Create it with New; run its sampler with
@@ -107,6 +126,9 @@ type Handler struct {
 	log  *slog.Logger
 	mux  *http.ServeMux
 	hist *history
+	// failLogged is when a failed login was last logged (UnixNano): at
+	// most one a second, so that guessing does not flood the log.
+	failLogged atomic.Int64
 }
 
 // Token is one credential of the endpoints.
@@ -133,11 +155,16 @@ func (h *Handler) tokens() (ts []Token, open bool) {
 }
 
 // match returns the token whose secret is secret, comparing with every
-// one in constant time so the cost tells nothing of which matched.
+// one in constant time so the cost tells nothing of which matched. Spaces
+// around a secret do not count: a header or a form field cannot keep
+// them, and a key file may hold them.
 func match(ts []Token, secret []byte) (Token, bool) {
+	if len(secret) == 0 {
+		return Token{}, false
+	}
 	which := -1
 	for i := len(ts) - 1; i >= 0; i-- {
-		which = subtle.ConstantTimeSelect(subtle.ConstantTimeCompare(ts[i].Secret, secret), i, which)
+		which = subtle.ConstantTimeSelect(subtle.ConstantTimeCompare(bytes.TrimSpace(ts[i].Secret), secret), i, which)
 	}
 	if which < 0 {
 		return Token{}, false
@@ -243,19 +270,79 @@ func (h *Handler) authorized(r *http.Request) (name string, ok, byCookie bool) {
 	if open {
 		return "", true, false
 	}
-	if tok, found := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); found {
-		t, ok := match(ts, []byte(strings.TrimSpace(tok)))
+	if tok, found := bearer(r); found {
+		t, ok := match(ts, []byte(tok))
 		return t.Name, ok, false
 	}
 	if c, err := r.Cookie(sessionCookie); err == nil {
-		name, _, _ := strings.Cut(c.Value, ".")
-		for _, t := range ts {
-			if t.Name == name {
-				return name, subtle.ConstantTimeCompare([]byte(c.Value), []byte(sessionValue(t))) == 1, true
+		// The name may hold dots; the MAC after the last holds none.
+		if i := strings.LastIndexByte(c.Value, '.'); i > 0 {
+			name := c.Value[:i]
+			for _, t := range ts {
+				if t.Name == name && subtle.ConstantTimeCompare([]byte(c.Value), []byte(sessionValue(t))) == 1 {
+					return name, true, true
+				}
 			}
 		}
+		return "", false, true
 	}
 	return "", false, false
+}
+
+// bearer returns the token of r's Authorization header, whose scheme is
+// case-insensitive (RFC 9110).
+func bearer(r *http.Request) (string, bool) {
+	scheme, tok, found := strings.Cut(r.Header.Get("Authorization"), " ")
+	if !found || !strings.EqualFold(scheme, "Bearer") {
+		return "", false
+	}
+	return strings.TrimSpace(tok), true
+}
+
+// presents reports whether r carries a credential that may be guessed:
+// an Authorization header. Only those (and logins) count as failed when
+// refused; a session cookie is a MAC no one guesses, and a stale one (its
+// key changed) would count a failure at each of the page's polls.
+func presents(r *http.Request) bool { return r.Header.Get("Authorization") != "" }
+
+// saturated answers r, and reports true, if its address may not try
+// credentials now (Config.Throttle).
+func (h *Handler) saturated(w http.ResponseWriter, r *http.Request) bool {
+	if h.cfg.Throttle == nil || !h.cfg.Throttle.Saturated(clientIP(r)) {
+		return false
+	}
+	w.Header().Set("Retry-After", "5")
+	writeText(w, http.StatusTooManyRequests, "too many failed authentications from this address; try again later\n")
+	return true
+}
+
+// failed counts r's wrong credentials and waits as Config.Throttle says,
+// or until r ends.
+func (h *Handler) failed(r *http.Request) {
+	if h.cfg.Throttle == nil {
+		return
+	}
+	wait, release := h.cfg.Throttle.Failed(clientIP(r))
+	if release != nil {
+		defer release()
+	}
+	if wait <= 0 {
+		return
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-r.Context().Done():
+	}
+}
+
+// clientIP is the address r came from, without its port.
+func clientIP(r *http.Request) string {
+	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		return host
+	}
+	return r.RemoteAddr
 }
 
 // auth serves next to authorized requests only. A state-changing request
@@ -264,8 +351,14 @@ func (h *Handler) authorized(r *http.Request) (name string, ok, byCookie bool) {
 // first guard against such forgeries; this is the second).
 func (h *Handler) auth(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if presents(r) && h.saturated(w, r) {
+			return
+		}
 		name, ok, byCookie := h.authorized(r)
 		if !ok {
+			if presents(r) {
+				h.failed(r)
+			}
 			w.Header().Set("WWW-Authenticate", `Bearer realm="qm"`)
 			writeText(w, http.StatusUnauthorized, "unauthorized: send Authorization: Bearer KEY (the master's authkey, --http-token, or with --acl the secret of a key with admin)\n")
 			return
@@ -283,7 +376,13 @@ func (h *Handler) auth(next http.Handler) http.Handler {
 func (h *Handler) authPage(next http.Handler) http.Handler {
 	login := serveFile(webFS, "web/login.html")
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if presents(r) && h.saturated(w, r) {
+			return
+		}
 		if _, ok, _ := h.authorized(r); !ok {
+			if presents(r) {
+				h.failed(r)
+			}
 			w.Header().Set("Cache-Control", "no-store")
 			w.Header().Set("Content-Type", "text/html; charset=utf-8")
 			w.WriteHeader(http.StatusUnauthorized)
@@ -297,12 +396,19 @@ func (h *Handler) authPage(next http.Handler) http.Handler {
 // login checks the token of the login form and, if it is right, keeps
 // the session in an HttpOnly cookie.
 func (h *Handler) login(w http.ResponseWriter, r *http.Request) {
+	if h.saturated(w, r) {
+		return
+	}
 	r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
 	tok := strings.TrimSpace(r.PostFormValue("token"))
 	ts, open := h.tokens()
 	t, ok := match(ts, []byte(tok))
 	if !open && !ok {
-		h.log.Warn("dashboard login failed", "remote", r.RemoteAddr)
+		h.failed(r)
+		if now := time.Now().UnixNano(); now-h.failLogged.Load() >= int64(time.Second) {
+			h.failLogged.Store(now)
+			h.log.Warn("dashboard login failed (at most one such line a second)", "remote", r.RemoteAddr)
+		}
 		b, err := fs.ReadFile(webFS, "web/login.html")
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusInternalServerError)

@@ -570,6 +570,10 @@ func (q *Queues) SetPaused(name string, paused bool) error {
 	}
 	ctx, cancel := q.call()
 	defer cancel()
+	what := "resume"
+	if paused {
+		what = "pause"
+	}
 	setPaused := func(cons string) (err error) {
 		if paused {
 			_, err = s.st.PauseConsumer(ctx, cons, time.Now().Add(pauseFor))
@@ -582,15 +586,15 @@ func (q *Queues) SetPaused(name string, paused bool) error {
 	// (levelConsumerOf); then every level the stream has, as JetStream
 	// lists them, whether this gateway has seen them or not.
 	if err := setPaused(consumerName); err != nil {
-		return q.adminErr(name, "pause", err)
+		return q.adminErr(name, what, err)
 	}
 	ps, err := q.levelNames(ctx, s)
 	if err != nil {
-		return q.adminErr(name, "pause", err)
+		return q.adminErr(name, what, err)
 	}
 	for _, p := range ps {
 		if err := setPaused(levelConsumer(p)); err != nil {
-			return q.adminErr(name, "pause", err)
+			return q.adminErr(name, what, err)
 		}
 	}
 	// The tasks of packs this gateway holds wait too. Other gateways

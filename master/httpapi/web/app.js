@@ -95,7 +95,7 @@ function renderQueues(st, now) {
       : el("button", { class: "pause", onclick: () => act("pause", q.queue, null, `Pause queue “${q.queue}”? It hands out no task until resumed; puts still go in.`) }, "Pause");
     const purge = el("button", {
       class: "purge danger",
-      onclick: () => act("purge", q.queue, null, `Purge queue “${q.queue}”? Its ${q.ready} ready task(s) are dropped for good; leased ones stay.`),
+      onclick: () => act("purge", q.queue, null, `Purge queue “${q.queue}”? Its ${q.ready} ready and ${q.delayed} delayed task(s) are dropped for good (through a cluster's gateway, those leased to workers too).`),
     }, "Purge");
     rows.push(el("tr", { "data-queue": q.queue },
       el("td", {}, el("code", {}, q.queue)),
