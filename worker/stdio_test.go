@@ -411,54 +411,11 @@ func TestStdioBroken(t *testing.T) {
 // not fail the task: it waits for the child restarted, and Broken is
 // called first. A child that read its task and exited fails it at once.
 func TestStdioUnreadTaskFailsNoAttempt(t *testing.T) {
-	for _, tc := range []struct {
-		name, script string
-		failsFirst   bool
-	}{
-		{"unread", `echo "ModuleNotFoundError: No module named 'nosuchmod'" >&2; exit 1`, false},
-		{"read", `read -r x; exit 1`, true},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			brokenAt := make(chan int32, 1)
-			var returned atomic.Int32
-			s, err := worker.NewStdio(worker.StdioConfig{
-				Command:    []string{"sh", "-c", tc.script},
-				RestartMin: time.Millisecond,
-				Broken:     func(error) { brokenAt <- returned.Load() },
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer s.Close()
-			tk := task(t, 1)
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			handled := make(chan error, 1)
-			go func() {
-				_, err := s.Handle(ctx, tk)
-				returned.Add(1)
-				handled <- err
-			}()
-			if tc.failsFirst {
-				select {
-				case err := <-handled:
-					if err == nil || !strings.Contains(err.Error(), "exited") {
-						t.Fatalf("Handle = %v, want the child's exit", err)
-					}
-				case <-time.After(5 * time.Second):
-					t.Fatal("a task its child read and died on was not failed")
-				}
-				return
-			}
-			select {
-			case n := <-brokenAt:
-				if n != 0 {
-					t.Fatal("the task failed before Broken was called")
-				}
-			case <-time.After(5 * time.Second):
-				t.Fatal("Broken was not called")
-			}
-		})
+	if first, err := brokenFirst(t, []string{"sh", "-c", `echo "ModuleNotFoundError: No module named 'nosuchmod'" >&2; exit 1`}, nil); !first {
+		t.Fatalf("a child that never read its task: the task failed (%v) before Broken was called", err)
+	}
+	if first, err := brokenFirst(t, []string{"sh", "-c", `read -r x; exit 1`}, nil); first || err == nil || !strings.Contains(err.Error(), "exited") {
+		t.Fatalf("a child that read its task and died: Broken first %v, Handle %v; want the task failed with the child's exit", first, err)
 	}
 }
 
@@ -470,34 +427,63 @@ func TestStdioCommandGoneFailsNoAttempt(t *testing.T) {
 	if err := os.WriteFile(script, []byte("#!/bin/sh\nexit 1\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	brokenAt := make(chan int32, 1)
-	var returned atomic.Int32
+	remove := func() {
+		if err := os.Remove(script); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if first, err := brokenFirst(t, []string{script}, remove); !first {
+		t.Fatalf("the task failed (%v) before Broken was called", err)
+	}
+}
+
+// brokenFirst hands one task to a Stdio running command (after prepare,
+// if not nil, once its first child started) and reports whether
+// StdioConfig.Broken was called before the task's Handle returned, with
+// what Handle returned if it did.
+func brokenFirst(t *testing.T, command []string, prepare func()) (first bool, handleErr error) {
+	t.Helper()
+	brokenAt := make(chan bool, 1)
+	var returned atomic.Bool
 	s, err := worker.NewStdio(worker.StdioConfig{
-		Command:    []string{script},
+		Command:    command,
 		RestartMin: time.Millisecond,
-		Broken:     func(error) { brokenAt <- returned.Load() },
+		Broken: func(error) {
+			select {
+			case brokenAt <- !returned.Load():
+			default:
+			}
+		},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if err := os.Remove(script); err != nil {
-		t.Fatal(err)
+	if prepare != nil {
+		prepare()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	handled := make(chan error, 1)
 	go func() {
-		_, _ = s.Handle(ctx, task(t, 1))
-		returned.Add(1)
+		_, err := s.Handle(ctx, task(t, 1))
+		returned.Store(true)
+		handled <- err
 	}()
 	select {
-	case n := <-brokenAt:
-		if n != 0 {
-			t.Fatal("the task failed before Broken was called")
+	case first := <-brokenAt:
+		return first, nil
+	case err := <-handled:
+		select {
+		case first := <-brokenAt:
+			return first, err
+		default:
+			return false, err
 		}
 	case <-time.After(5 * time.Second):
-		t.Fatal("Broken was not called")
+		t.Fatal("Broken not called, and the task not failed")
 	}
+	return false, nil
 }
 
 // TestStdioErrorTellsEarlierStderrApart: a child that dies on a task has

@@ -90,31 +90,12 @@ func TestGetUnprintable(t *testing.T) {
 func TestPeekNonFinite(t *testing.T) {
 	addr := startInProcessMaster(t, master.Config{})
 	c := qmtestDial(t, addr)
-	raw := make([]msgpack.RawMessage, 0, 4)
-	for _, v := range []any{int64(1), math.Inf(-1), intKeyMap, []any{math.NaN()}} {
-		b, err := wire.Encode(v)
-		if err != nil {
-			t.Fatal(err)
-		}
-		raw = append(raw, b)
-	}
-	ids, err := c.PutRaw(context.Background(), "p", raw, wire.PutOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ids := putNonFinite(t, c, "p")
 	f, out, errOut := testFactory("")
 	if code := runInProcess(context.Background(), f, "peek", "--server", addr, "p", "-n", "4"); code != 1 {
 		t.Errorf("peek: exit %d, want 1", code)
 	}
-	lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
-	if len(lines) != 3 {
-		t.Fatalf("peek printed %q, want 3 lines", out)
-	}
-	for i, payload := range []string{"1", "-Infinity", "[NaN]"} {
-		if want := `,"payload":` + payload + "}"; !strings.HasSuffix(lines[i], want) {
-			t.Errorf("line %d %q does not end %q", i, lines[i], want)
-		}
-	}
+	lines := printedNonFinite(t, out.String())
 	var first peekedTask
 	if err := json.Unmarshal([]byte(lines[0]), &first); err != nil || first.ID != ids[0] || string(first.Payload) != "1" {
 		t.Errorf("line %q read as %+v, %v; want task %d with payload 1", lines[0], first, err, ids[0])
@@ -133,18 +114,7 @@ func TestDeadNonFinite(t *testing.T) {
 	addr := startInProcessMaster(t, master.Config{MaxAttempts: 1})
 	c := qmtestDial(t, addr)
 	ctx := context.Background()
-	raw := make([]msgpack.RawMessage, 0, 4)
-	for _, v := range []any{int64(1), math.Inf(-1), intKeyMap, []any{math.NaN()}} {
-		b, err := wire.Encode(v)
-		if err != nil {
-			t.Fatal(err)
-		}
-		raw = append(raw, b)
-	}
-	ids, err := c.PutRaw(ctx, "p", raw, wire.PutOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ids := putNonFinite(t, c, "p")
 	ts, err := c.Get(ctx, "p", wire.GetOptions{Max: 4})
 	if err != nil || len(ts) != 4 {
 		t.Fatal(ts, err)
@@ -158,15 +128,7 @@ func TestDeadNonFinite(t *testing.T) {
 	if code := runInProcess(ctx, f, "dead", "--server", addr, "p", "-n", "4", "--json"); code != 1 {
 		t.Errorf("dead --json: exit %d, want 1", code)
 	}
-	lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
-	if len(lines) != 3 {
-		t.Fatalf("dead --json printed %q, want 3 lines", out)
-	}
-	for i, payload := range []string{"1", "-Infinity", "[NaN]"} {
-		if want := `,"payload":` + payload + "}"; !strings.HasSuffix(lines[i], want) {
-			t.Errorf("line %d %q does not end %q", i, lines[i], want)
-		}
-	}
+	printedNonFinite(t, out.String())
 	named := fmt.Sprintf("qmaster dead: task %d: decode payload: ", ids[2])
 	if s := errOut.String(); !strings.HasPrefix(s, named) || !strings.HasSuffix(s, "qmaster dead: 1 of 4 tasks could not be printed\n") {
 		t.Errorf("stderr %q, want a line starting %q, then the count", s, named)
@@ -178,4 +140,40 @@ func TestDeadNonFinite(t *testing.T) {
 	if s := out.String(); !strings.Contains(s, " -Infinity\n") || !strings.Contains(s, " [NaN]\n") {
 		t.Errorf("dead's table does not show the payloads as peek does:\n%s", s)
 	}
+}
+
+// putNonFinite puts 1, -Infinity, a map with int keys (which no JSON
+// holds) and [NaN] into queue, and returns their IDs.
+func putNonFinite(t *testing.T, c *wire.Client, queue string) []uint64 {
+	t.Helper()
+	raw := make([]msgpack.RawMessage, 0, 4)
+	for _, v := range []any{int64(1), math.Inf(-1), intKeyMap, []any{math.NaN()}} {
+		b, err := wire.Encode(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw = append(raw, b)
+	}
+	ids, err := c.PutRaw(context.Background(), queue, raw, wire.PutOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ids
+}
+
+// printedNonFinite checks that out, as peek prints putNonFinite's tasks,
+// holds the three that can be printed, as get prints them, and returns
+// its lines.
+func printedNonFinite(t *testing.T, out string) []string {
+	t.Helper()
+	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+	if len(lines) != 3 {
+		t.Fatalf("printed %q, want 3 lines", out)
+	}
+	for i, payload := range []string{"1", "-Infinity", "[NaN]"} {
+		if want := `,"payload":` + payload + "}"; !strings.HasSuffix(lines[i], want) {
+			t.Errorf("line %d %q does not end %q", i, lines[i], want)
+		}
+	}
+	return lines
 }
