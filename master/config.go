@@ -103,7 +103,9 @@ type Config struct {
 	// answered after a delay, AuthFailDelay doubled with each, at most
 	// half the HandshakeTimeout, while the connection keeps its place
 	// among the MaxUnauthConns (one address at most half of them). A
-	// client proving a valid key is never refused. Default 10.
+	// client proving a valid key is never refused at the queue port; the
+	// HTTP endpoints count their own failures alike, and refuse an
+	// address holding its share of delays. Default 10.
 	AuthFailLimit int
 	// AuthFailWindow is the window of AuthFailLimit; default 1 minute.
 	AuthFailWindow time.Duration

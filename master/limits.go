@@ -217,7 +217,13 @@ func (t httpThrottle) Failed(ip string) (time.Duration, func()) {
 	return delay, func() { t.fails.release(ip) }
 }
 
-func (t httpThrottle) Saturated(ip string) bool { return t.fails.saturated(ip, time.Now()) }
+func (t httpThrottle) Saturated(ip string) bool {
+	if !t.fails.saturated(ip, time.Now()) {
+		return false
+	}
+	t.s.metrics.httpAuthFail.Inc() // refused unchecked: counted as failed
+	return true
+}
 
 // slowFailure runs before a client of c is told that it failed to
 // authenticate: it counts the failure and, past --auth-fail-limit, waits

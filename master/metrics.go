@@ -78,7 +78,7 @@ func newMetrics(s *Server) *metrics {
 	}
 	m.httpAuthFail = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "qm_http_auth_failures_total",
-		Help: "Requests to the HTTP endpoints refused for a wrong key (a bearer token, or the dashboard's login form).",
+		Help: "Requests to the HTTP endpoints refused for a wrong key (a bearer token, or the dashboard's login form), or refused unchecked (429) from an address holding its share of delays.",
 	})
 	m.refusals = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "qm_refusals_total",

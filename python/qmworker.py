@@ -191,11 +191,13 @@ def _once(fn, stdin, stdout, stderr):
         value = fn(payload)
     except Retry as exc:
         text = " ".join(str(exc).split()) or "retry later"
-        stdout.write(RETRY_PREFIX + ("%r %s" % (exc.seconds, text)).encode() + b"\n")
+        # backslashreplace: a lone surrogate (a file name read with
+        # surrogateescape) must not make the write fail, and the run succeed.
+        stdout.write(RETRY_PREFIX + ("%r %s" % (exc.seconds, text)).encode("utf-8", "backslashreplace") + b"\n")
         stdout.flush()
         return 1
     except Fail as exc:
-        stdout.write(FAIL_PREFIX + (" ".join(str(exc).split()) or "failed").encode() + b"\n")
+        stdout.write(FAIL_PREFIX + (" ".join(str(exc).split()) or "failed").encode("utf-8", "backslashreplace") + b"\n")
         stdout.flush()
         return FAIL_EXIT
     except Exception as exc:  # noqa: BLE001

@@ -182,6 +182,12 @@ class Command(unittest.TestCase):
         code, out, err = self.once(bad, b"1")
         self.assertEqual((code, out), (65, b"!fail not an image\n"))
 
+    def test_fail_with_a_lone_surrogate_still_fails(self):
+        def bad(x):
+            raise qmworker.Fail("bad name \udcff")
+        code, out, err = self.once(bad, b"1")
+        self.assertEqual((code, out), (65, b"!fail bad name \\udcff\n"))
+
     def test_retry_exits_1_with_a_retry_line(self):
         def busy(x):
             raise qmworker.Retry(5, "come back  later")

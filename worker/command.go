@@ -96,12 +96,12 @@ func Command(argv []string, timeout time.Duration, opts ...CommandOption) Handle
 		default:
 			var exit *exec.ExitError
 			if errors.As(err, &exit) {
-				if err := failureLine(stdout.String(), stderr); err != nil {
-					return nil, err
+				err := failureLine(stdout.String(), stderr)
+				if err == nil {
+					err = withStderr(exit.Error(), stderr)
 				}
-				err := withStderr(exit.Error(), stderr)
 				if o.noRetryExit != 0 && exit.ExitCode() == o.noRetryExit {
-					err = NoRetry(err)
+					err = NoRetry(err) // whatever the line said
 				}
 				return nil, err
 			}
@@ -147,7 +147,6 @@ func commandInput(t Task) (input []byte, format string, err error) {
 	return append(b, '\n'), "json", nil
 }
 
-// withStderr is msg and the tail of stderr, if any.
 // failureLine reads the stdout of a command that exited non-zero: one of
 // the stdio protocol's failure lines there ("!error TEXT", "!retry
 // SECONDS TEXT", "!fail TEXT"; docs/WORKERS.md) fails the task as it
@@ -164,7 +163,11 @@ func failureLine(stdout string, stderr *tailBuffer) error {
 	if !errors.As(perr, &ce) {
 		return nil
 	}
-	err := withStderr(ce.text, stderr)
+	text := ce.text
+	if len(text) > stderrTail { // as much as the end of stderr may be
+		text = strings.ToValidUTF8(text[:stderrTail], "") + "..."
+	}
+	err := withStderr(text, stderr)
 	switch {
 	case ce.retryAfter > 0:
 		err = RetryAfter(ce.retryAfter, err)
@@ -174,6 +177,7 @@ func failureLine(stdout string, stderr *tailBuffer) error {
 	return err
 }
 
+// withStderr is msg and the tail of stderr, if any.
 func withStderr(msg string, stderr *tailBuffer) error {
 	tail := strings.TrimSpace(stderr.String())
 	if tail == "" {

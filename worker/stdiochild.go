@@ -138,9 +138,12 @@ func (s *lastStderr) take() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	all := s.buf.String()
-	since := min(s.added-s.marked, len(s.buf.buf))
+	since := s.added - s.marked
 	s.buf.buf, s.buf.cut = s.buf.buf[:0], false
 	s.marked = s.added
+	if since >= len(all) || since >= s.buf.max { // all of the tail is the task's own
+		return strings.TrimSpace(all)
+	}
 	before := strings.TrimSpace(all[:len(all)-since])
 	mine := strings.TrimSpace(all[len(all)-since:])
 	switch {

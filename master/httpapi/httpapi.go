@@ -9,11 +9,13 @@ import (
 	"bytes"
 	"context"
 	"crypto/hmac"
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
 	"embed"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io/fs"
 	"log/slog"
 	"net"
@@ -129,6 +131,9 @@ type Handler struct {
 	// failLogged is when a failed login was last logged (UnixNano): at
 	// most one a second, so that guessing does not flood the log.
 	failLogged atomic.Int64
+	// sessionKey keys the session cookies (sessionValue), random for
+	// each process.
+	sessionKey [32]byte
 }
 
 // Token is one credential of the endpoints.
@@ -172,11 +177,15 @@ func match(ts []Token, secret []byte) (Token, bool) {
 	return ts[which], true
 }
 
-// sessionValue is the session cookie of t: its name and a MAC under its
-// secret, never the secret. It stays valid while t is accepted.
-func sessionValue(t Token) string {
-	mac := hmac.New(sha256.New, t.Secret)
-	mac.Write([]byte("qm dashboard session v2\x00" + t.Name))
+// sessionValue is the session cookie of t: its name and a MAC of its
+// secret under this Handler's random key, never the secret. It stays
+// valid while t is accepted and this process runs. The random key keeps
+// a guess of the secret from being turned into a cookie offline, and
+// tried unthrottled (cookies are not counted as failures, see presents).
+func (h *Handler) sessionValue(t Token) string {
+	mac := hmac.New(sha256.New, h.sessionKey[:])
+	mac.Write([]byte("qm dashboard session v3\x00" + t.Name + "\x00"))
+	mac.Write(t.Secret)
 	return t.Name + "." + hex.EncodeToString(mac.Sum(nil))
 }
 
@@ -210,6 +219,9 @@ func New(cfg Config) (*Handler, error) {
 		cfg.History = DefaultHistory
 	}
 	h := &Handler{cfg: cfg, log: cfg.Logger, hist: newHistory(cfg.History)}
+	if _, err := rand.Read(h.sessionKey[:]); err != nil {
+		return nil, fmt.Errorf("httpapi: session key: %w", err)
+	}
 	if h.log == nil {
 		h.log = slog.New(slog.DiscardHandler)
 	}
@@ -279,7 +291,7 @@ func (h *Handler) authorized(r *http.Request) (name string, ok, byCookie bool) {
 		if i := strings.LastIndexByte(c.Value, '.'); i > 0 {
 			name := c.Value[:i]
 			for _, t := range ts {
-				if t.Name == name && subtle.ConstantTimeCompare([]byte(c.Value), []byte(sessionValue(t))) == 1 {
+				if t.Name == name && subtle.ConstantTimeCompare([]byte(c.Value), []byte(h.sessionValue(t))) == 1 {
 					return name, true, true
 				}
 			}
@@ -324,15 +336,18 @@ func (h *Handler) failed(r *http.Request) {
 	}
 	wait, release := h.cfg.Throttle.Failed(clientIP(r))
 	if release != nil {
-		defer release()
+		// The place stays held for the whole wait, however soon the
+		// client hangs up: else a guesser that stops listening after a
+		// few milliseconds would take it back at once.
+		time.AfterFunc(max(wait, 0), release)
 	}
 	if wait <= 0 {
 		return
 	}
-	t := time.NewTimer(wait)
-	defer t.Stop()
+	done := time.NewTimer(wait)
+	defer done.Stop()
 	select {
-	case <-t.C:
+	case <-done.C:
 	case <-r.Context().Done():
 	}
 }
@@ -423,7 +438,7 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request) {
 	}
 	if !open {
 		http.SetCookie(w, &http.Cookie{
-			Name: sessionCookie, Value: sessionValue(t), Path: "/",
+			Name: sessionCookie, Value: h.sessionValue(t), Path: "/",
 			HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil,
 		})
 	}

@@ -72,19 +72,21 @@ func (m *Manager) Stats(name string) (Stats, error) {
 	}
 	now := m.now()
 	q, err := m.lockLive(name)
-	if errors.Is(err, ErrUnknownQueue) && m.policyOf(name) != (Policy{}) {
+	var s Stats
+	switch p := m.policyOf(name); {
+	case errors.Is(err, ErrUnknownQueue) && p != (Policy{}):
 		// Its policy outlives it (a restart drops empty queues, a delete
-		// the queue): made again, as SetPolicy made it, so that its
-		// policy shows (qmaster config QUEUE).
-		m.create(name)
-		q, err = m.lockLive(name)
-	}
-	if err != nil {
+		// the queue): the figures of an empty queue under it, so that
+		// the policy shows (qmaster config QUEUE). Not made again: a
+		// read must not bring back a deleted queue.
+		s = Stats{Queue: name, Policy: m.effective(p), MaxLen: m.cfg.MaxLen}
+	case err != nil:
 		return Stats{}, err
+	default:
+		s = q.stats(now)
+		q.mu.Unlock()
 	}
-	s := q.stats(now)
-	q.mu.Unlock()
-	if !q.isDead {
+	if !IsDeadLetterName(name) {
 		if dq := m.lookup(DeadLetterName(name)); dq != nil {
 			dq.mu.Lock()
 			if !dq.deleted {

@@ -148,6 +148,9 @@ func TestPolicyOfAQueueGoneShows(t *testing.T) {
 	if st, err := m.Stats("gone"); err != nil || st.Policy.MaxAttempts != 7 {
 		t.Errorf("a deleted queue's figures: %+v, %v; want its policy", st, err)
 	}
+	if all, _ := m.AllStats(); slices.ContainsFunc(all, func(s queue.Stats) bool { return s.Queue == "gone" }) {
+		t.Error("reading a deleted queue's figures made it again")
+	}
 	stop()
 	m, _ = openDurable(t, dir, queue.Config{})
 	if st, err := m.Stats("cfg"); err != nil || st.Policy.MaxAttempts != 8 || st.Ready != 0 {
