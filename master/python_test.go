@@ -782,7 +782,8 @@ replies.put(a.get(timeout=5) * 10)
 }
 
 // TestPythonPutWith: put_with gives a Python producer delays, priorities
-// and idempotency keys, and refuses bad ones with ValueError.
+// and idempotency keys, answers the task's ID (a repeated key's first),
+// and refuses bad ones with ValueError.
 func TestPythonPutWith(t *testing.T) {
 	forEachPython(t, master.Config{}, func(t *testing.T, py qmtest.Python, addr string) {
 		out := runPy(t, py, addr, `
@@ -792,8 +793,9 @@ task.put('plain')
 task.put_with('later', delay=3600)
 task.put_with('at', at=time.time() + 3600)
 task.put_with('urgent', priority=9)
-task.put_with('once', key='order-17')
-task.put_with('once again', key='order-17')
+first = task.put_with('once', key='order-17')
+again = task.put_with('once again', key='order-17')
+print(isinstance(first, int) and first > 0, again == first)
 for kw in [dict(priority=10), dict(delay=-1), dict(delay=1, at=time.time()), dict(key='k' * 257), dict(priority='high'),
            dict(delay=1e12), dict(at=float('nan')), dict(at=time.time() + 1e10)]:
     try:
@@ -804,7 +806,7 @@ for kw in [dict(priority=10), dict(delay=-1), dict(delay=1, at=time.time()), dic
 print(task.get(timeout=5), task.get(timeout=5), task.get(timeout=5))
 print(task.qsize())
 `)
-		if want := "urgent plain once\n0\n"; out != want {
+		if want := "True True\nurgent plain once\n0\n"; out != want {
 			t.Fatalf("python printed\n%s\nwant\n%s", out, want)
 		}
 		c := qmtest.Dial(t, addr, "admin")

@@ -366,11 +366,18 @@ func (p *conn) put(method, name string, item any, block bool, args *pyproto.Para
 		return p.errorReply(pyproto.ValueError(err.Error()))
 	}
 	sched.Payload = payload
-	if _, err := p.s.cfg.Backend.Put(ctx, queue.PutRequest{Queue: name, Items: []queue.Item{sched}, MaxWait: maxWait}); err != nil {
+	ids, err := p.s.cfg.Backend.Put(ctx, queue.PutRequest{Queue: name, Items: []queue.Item{sched}, MaxWait: maxWait})
+	if err != nil {
 		if errors.Is(err, queue.ErrQueueFull) && p.ctx.Err() == nil {
 			return p.errorReply(pyproto.Full)
 		}
 		return p.queueError(method, err)
+	}
+	if method == "put_with" && len(ids) == 1 {
+		// qm's own method answers the task's ID (a repeated key's: the
+		// first put's task), as a Celery producer's AsyncResult.id; put
+		// answers None, as Queue.put does.
+		return p.ret(int64(ids[0]))
 	}
 	return p.ret(nil)
 }
