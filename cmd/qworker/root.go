@@ -9,6 +9,7 @@ import (
 	"net"
 	"os/exec"
 	"strings"
+	"sync/atomic"
 	"text/tabwriter"
 	"time"
 
@@ -347,12 +348,16 @@ func runWorker(ctx context.Context, opts *options) error {
 	signalled := ctx
 	ctx, broken := context.WithCancelCause(ctx)
 	defer broken(nil)
+	// brokenErr keeps why the command is broken even if a signal ended
+	// the run first (the cause is then the signal's).
+	var brokenErr atomic.Pointer[error]
 	switch {
 	case opts.Stdio:
 		mode = "stdio " + strings.Join(opts.Command, " ")
 		scfg := opts.stdioConfig(log)
 		scfg.Broken = func(err error) {
 			log.Error("stopping: the --stdio command cannot run here; its tasks go back to the master", "err", err)
+			brokenErr.Store(&err)
 			broken(worker.GiveBackNow(err))
 		}
 		children, err := worker.NewStdio(scfg)
@@ -383,8 +388,8 @@ func runWorker(ctx context.Context, opts *options) error {
 	defer stopLog()
 
 	err = worker.Run(ctx, cfg)
-	if cause := context.Cause(ctx); err == nil && cause != nil && !errors.Is(cause, context.Canceled) {
-		return cause // the --stdio command is broken
+	if b := brokenErr.Load(); err == nil && b != nil {
+		return *b // the --stdio command is broken, whatever stopped the run first
 	}
 	if errors.Is(err, auth.ErrAuthFailed) {
 		return fmt.Errorf("%w (the key must be the master's: check --authkey-file, QM_AUTHKEY or --authkey)", err)
