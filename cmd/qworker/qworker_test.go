@@ -263,6 +263,34 @@ func TestBrokenStdioCommandStops(t *testing.T) {
 	}
 }
 
+// A --stdio command found broken during a drain that a signal began
+// still makes qworker exit 1, saying why; it exited 0, the signal's cause
+// read first.
+func TestBrokenStdioCommandAfterASignal(t *testing.T) {
+	addr, _ := qmtest.StartMaster(t, master.Config{})
+	c := qmtest.Dial(t, addr, "producer")
+	put(t, c, "tasks", []any{1})
+	flag := filepath.Join(t.TempDir(), "broken")
+	// The children wait, reading nothing, until the flag is made; then
+	// each exits at once, as a command that cannot start does.
+	p := start(t, env(keyEnv), "--server", addr, "--stdio",
+		"--", "sh", "-c", `while [ ! -e "$0" ]; do sleep 0.01; done; echo "SyntaxError: invalid syntax" >&2; exit 1`, flag)
+	p.waitStderr(t, "connected to master")
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	p.waitStderr(t, "draining")
+	if err := os.WriteFile(flag, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if code := p.wait(t, 30*time.Second); code != 1 {
+		t.Fatalf("exit %d, want 1; stderr:\n%s", code, p.stderr.String())
+	}
+	if s := p.stderr.String(); !strings.Contains(s, "the command failed 3 times before any child answered a task") {
+		t.Errorf("stderr does not say why it stopped:\n%s", s)
+	}
+}
+
 // Started to ignore hangups (nohup), qworker goes on through one.
 func TestNohupIgnoresHangup(t *testing.T) {
 	addr, _ := qmtest.StartMaster(t, master.Config{})
