@@ -66,11 +66,10 @@ type process struct {
 	lines         chan childLine // from readLines, closed when it ends
 	pipelined     bool           // the child asked for tasks ahead
 	exitAwaited   bool           // awaitExit has waited once
-	// written counts the bytes of task lines written to stdin, answered
-	// those of the lines answered: with what stdin holds unread, they
-	// tell whether the child read anything of the task it failed on
-	// (owner.unreadByBrokenCommand).
-	written, answered int64
+	// written counts the bytes of task lines written to stdin: with what
+	// stdin holds unread, it tells whether the child read anything of
+	// them (owner.unreadByBrokenCommand).
+	written int64
 }
 
 // childLine is what readLines makes of one line of a child's stdout, or

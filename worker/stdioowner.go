@@ -217,7 +217,6 @@ func (o *owner) answer(l childLine) {
 	}
 	o.failures = 0
 	o.health.answer()
-	o.proc.answered += int64(len(o.inflight[0].line))
 	o.inflight[0].done <- answer{v: l.v, err: l.err}
 	o.inflight[0] = nil
 	o.inflight = o.inflight[1:]
@@ -334,7 +333,9 @@ func (o *owner) unreadByBrokenCommand(err error) bool {
 		p.awaitExit()
 	}
 	unread := pipeUnread(p.stdin)
-	return unread >= 0 && p.written-unread == p.answered
+	// No child has answered (counting), so this one has read no line it
+	// answered: anything it read was of the tasks in flight.
+	return unread >= 0 && unread == p.written
 }
 
 // dropEnded answers the requests whose handlers no longer wait and

@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"math"
 	"slices"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -459,28 +457,14 @@ func (q *Queues) answerAll(msgs []*nats.Msg, payload []byte) {
 	if len(msgs) == 0 {
 		return
 	}
-	var (
-		wg     sync.WaitGroup
-		failed atomic.Int64
-		last   atomic.Pointer[error]
-	)
-	slots := make(chan struct{}, answersAtOnce)
-	for _, m := range msgs {
-		slots <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-slots }()
-			ctx, cancel := context.WithTimeout(context.Background(), attemptTimeout)
-			defer cancel()
-			if err := q.answer(ctx, m.Reply, payload); err != nil {
-				failed.Add(1)
-				last.Store(&err)
-			}
-		})
-	}
-	wg.Wait()
-	if n := failed.Load(); n > 0 {
+	n, err := eachAtOnce(len(msgs), answersAtOnce, func(i int) error {
+		ctx, cancel := context.WithTimeout(context.Background(), attemptTimeout)
+		defer cancel()
+		return q.answer(ctx, msgs[i].Reply, payload)
+	})
+	if n > 0 {
 		q.log.Warn("deliveries not confirmed handed back or acked as the gateway closed; JetStream may deliver them again after AckWait",
-			"deliveries", n, "of", len(msgs), "err", *last.Load())
+			"deliveries", n, "of", len(msgs), "err", err)
 	}
 }
 
@@ -663,20 +647,18 @@ func (q *Queues) claimRedeliveries(s *stream, msgs []*nats.Msg, mds []*nats.MsgM
 	if !slices.ContainsFunc(mds, redelivered) {
 		return msgs, mds
 	}
-	hold := make([]bool, len(msgs))
-	sem := make(chan struct{}, maxConcurrentClaims)
-	var wg sync.WaitGroup
+	var claims []int
 	for i, md := range mds {
-		if !redelivered(md) || msgs[i].Header.Get(hdrPack) != "" {
-			continue
+		if redelivered(md) && msgs[i].Header.Get(hdrPack) == "" {
+			claims = append(claims, i)
 		}
-		sem <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			hold[i] = !q.claimRedelivery(s, md.Sequence.Stream, md.NumDelivered, by)
-		})
 	}
-	wg.Wait()
+	hold := make([]bool, len(msgs))
+	eachAtOnce(len(claims), maxConcurrentClaims, func(k int) error {
+		i := claims[k]
+		hold[i] = !q.claimRedelivery(s, mds[i].Sequence.Stream, mds[i].NumDelivered, by)
+		return nil
+	})
 	keptMsgs, keptMds := msgs[:0], mds[:0]
 	for i := range msgs {
 		if !hold[i] {

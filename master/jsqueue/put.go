@@ -10,8 +10,6 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
-	"sync"
-	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -254,34 +252,24 @@ func (q *Queues) put(ctx context.Context, req queue.PutRequest, putNo uint64, si
 // it: SCHEDULING.md). The reads, one per repeated key, are made a few at
 // a time: a repeat is a retried put, rare, but may be of many keys.
 func (q *Queues) keyedRepeatIDs(s *stream, msgs []*nats.Msg, dup []bool, keyed map[*nats.Msg]bool, ids []uint64) {
+	var repeats []int
+	for k, m := range msgs {
+		if dup[k] && keyed[m] {
+			repeats = append(repeats, k)
+		}
+	}
 	ctx, cancel := q.call()
 	defer cancel()
-	var (
-		wg     sync.WaitGroup
-		failed atomic.Int64
-		last   atomic.Pointer[error]
-	)
-	sem := make(chan struct{}, maxConcurrentClaims)
-	for k, m := range msgs {
-		if !dup[k] || !keyed[m] {
-			continue
+	n, err := eachAtOnce(len(repeats), maxConcurrentClaims, func(i int) error {
+		k := repeats[i]
+		id, found, err := storedTaskID(ctx, s, ids[k])
+		if found {
+			ids[k] = id
 		}
-		sem <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			id, found, err := storedTaskID(ctx, s, ids[k])
-			switch {
-			case err != nil:
-				failed.Add(1)
-				last.Store(&err)
-			case found:
-				ids[k] = id
-			}
-		})
-	}
-	wg.Wait()
-	if n := failed.Load(); n > 0 {
-		q.log.Warn("the IDs of repeated keys' tasks not read; their sequences are answered", "queue", s.queue, "keys", n, "err", *last.Load())
+		return err
+	})
+	if n > 0 {
+		q.log.Warn("the IDs of repeated keys' tasks not read; their sequences are answered", "queue", s.queue, "keys", n, "err", err)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -217,4 +218,27 @@ func fromLeader[T any](ctx context.Context, info func() (T, error), led func(T) 
 		return false, nil
 	})
 	return v, err
+}
+
+// eachAtOnce calls f(i) for each i in [0, n), at most limit at once, and
+// returns how many calls failed and one of their errors.
+func eachAtOnce(n, limit int, f func(i int) error) (failed int, err error) {
+	var (
+		wg  sync.WaitGroup
+		mu  sync.Mutex
+		sem = make(chan struct{}, limit)
+	)
+	for i := range n {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			if e := f(i); e != nil {
+				mu.Lock()
+				failed, err = failed+1, e
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return failed, err
 }
