@@ -418,7 +418,7 @@ func (q *Queues) Purge(name string) (int, error) {
 	if err != nil {
 		return 0, q.adminErr(name, "purge", err)
 	}
-	settled := q.settledInPacks(name)
+	settled := q.heldHere(name, time.Now()).settled
 	// What was counted, and no put stored since: those would be purged
 	// uncounted, and count as done.
 	if err := s.st.Purge(ctx, jetstream.WithPurgeSequence(si.State.LastSeq+1)); err != nil {
@@ -439,7 +439,7 @@ func (q *Queues) Purge(name string) (int, error) {
 // not yet acked, and a task failed with a retry backoff too.
 type heldCounts struct {
 	packs, tasks int // this gateway's packs, and the tasks they carry
-	settled      int // of those, done (or dead, or stored apart)
+	settled      int // of those, done (or dead, or stored apart): their messages still carry them
 	waiting      int // held here, due: ready
 	later        int // held here, not yet due: waiting out a retry backoff
 	// singlesLater are the tasks stored alone that this gateway failed
@@ -495,21 +495,6 @@ func leasedTasks(ackPending, stored, msgs uint64, here heldCounts) uint64 {
 	}
 	out := max(0, here.tasks-here.settled-here.waiting-here.later)
 	return min(stored, leased+uint64(out))
-}
-
-// settledInPacks counts the tasks of queue name's packs held here that
-// are settled (done, dead, or stored apart), which their packs' messages
-// still carry.
-func (q *Queues) settledInPacks(name string) int {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	n := 0
-	for k, p := range q.packs {
-		if k.queue == name {
-			n += len(p.tasks) - p.left
-		}
-	}
-	return n
 }
 
 // Delete removes a queue's stream, every task in it with it (its
