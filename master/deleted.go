@@ -19,7 +19,7 @@ import (
 // gateways of a cluster as they are made (noteDeleted), and kept across a
 // restart by queues that can (DeletionKeeper: a data directory, a
 // cluster's engine). A gateway that missed a notice learns that
-// deletion only when it starts again.
+// deletion from the cluster's engine (DeletionWatcher).
 //
 // A deletion may also cancel the tasks that name the queue as their reply
 // queue (wire.Request.CancelTasks): those put before it are dropped as a
@@ -242,6 +242,18 @@ func (s *Server) recallDeletions() error {
 		s.deleted.restore(name, d)
 	}
 	return nil
+}
+
+// watchDeletions learns the deletions w keeps, those another gateway
+// could not tell this one of included, until the server stops; unread
+// says those kept were not read as the server started.
+func (s *Server) watchDeletions(w DeletionWatcher, unread bool) {
+	w.WatchDeletions(s.ctx, s.deleted.restore, func() {
+		if unread {
+			s.log.Info("the deletions of queues kept are read")
+			unread = false
+		}
+	})
 }
 
 // recallDeletionsLater calls recallDeletions until it succeeds or the

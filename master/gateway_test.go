@@ -234,7 +234,55 @@ func TestDeleteCancelsTasksAtEveryGateway(t *testing.T) {
 	}
 }
 
-var _ master.DeletionKeeper = (*jsqueue.Queues)(nil)
+var (
+	_ master.DeletionKeeper  = (*jsqueue.Queues)(nil)
+	_ master.DeletionWatcher = (*jsqueue.Queues)(nil)
+)
+
+// A gateway that missed another's notice of a deletion (it was cut off
+// from the deleting gateway, or started in between) learns it from the
+// cluster while it runs, not only when it starts again. The deletions are
+// kept here as a deleting gateway that could not tell this one keeps
+// them: the first before this gateway starts, the second after.
+func TestGatewayLearnsDeletionsItWasNotTold(t *testing.T) {
+	nc := startJetStream(t)
+	deleter, err := jsqueue.New(jsqueue.Config{Conn: nc, Replicas: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer deleter.Close()
+	if err := deleter.KeepDeletion("map-0", queue.Deletion{At: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	addr, srv := qmtest.StartMaster(t, gatewayConfig(nc, master.Config{}))
+	if !srv.KnowsDeletion("map-0") {
+		t.Fatal("a deletion kept before the gateway started is not known")
+	}
+	ctx := ctxFor(t, 20*time.Second)
+	c := qmtest.Dial(t, addr, "producer")
+	if _, err := c.Put(ctx, "jobs", []any{1}, wire.PutOptions{ReplyTo: "map-1"}); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	if err := deleter.KeepDeletion("map-1", queue.Deletion{At: now, CancelAt: now}); err != nil {
+		t.Fatal(err)
+	}
+	qmtest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		if !srv.KnowsDeletion("map-1") {
+			return errors.New("the running gateway has not learnt a deletion kept in the cluster")
+		}
+		return nil
+	})
+	later, err := c.Put(ctx, "jobs", []any{2}, wire.PutOptions{ReplyTo: "map-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := qmtest.Dial(t, addr, "worker")
+	ts, err := w.Get(ctx, "jobs", wire.GetOptions{Max: 10, Timeout: 5 * time.Second})
+	if err != nil || len(ts) != 1 || ts[0].ID != later[0] {
+		t.Fatalf("get: %+v, %v; want task %d alone, the cancelled one passed over", ts, err, later[0])
+	}
+}
 
 // A gateway that starts after a queue's deletion (a restart, a new one)
 // knows it from the cluster: the tasks it cancelled stay cancelled, and

@@ -93,6 +93,16 @@ type DeletionKeeper interface {
 	Deletions() (map[string]queue.Deletion, error)
 }
 
+// DeletionWatcher is implemented by DeletionKeepers shared by several
+// servers (a cluster's gateways), so that one that missed another's
+// notice of a deletion learns it all the same.
+type DeletionWatcher interface {
+	// WatchDeletions calls learn with each deletion kept, those kept
+	// already and those kept later, until ctx ends, and caughtUp each
+	// time it has had those kept already.
+	WatchDeletions(ctx context.Context, learn func(name string, d queue.Deletion), caughtUp func())
+}
+
 // ItemLimiter is implemented by Queues whose engine bounds the size of
 // one item (a gateway of a cluster: NATS's max_payload). A result over
 // it would fail its whole completion, whose other tasks would run again

@@ -132,9 +132,14 @@ func New(cfg Config) (*Server, error) {
 		panic("unreachable: new server already closing")
 	}
 	if s.keeper != nil {
-		if err := s.recallDeletions(); err != nil {
-			s.log.Warn("the deletions of queues kept are not read yet; trying again every 2s", "err", err)
+		err := s.recallDeletions()
+		if w, ok := s.keeper.(DeletionWatcher); ok {
+			s.goRun(func() { s.watchDeletions(w, err != nil) })
+		} else if err != nil {
 			s.goRun(s.recallDeletionsLater)
+		}
+		if err != nil {
+			s.log.Warn("the deletions of queues kept are not read yet; trying again every few seconds", "err", err)
 		}
 	}
 	return s, nil

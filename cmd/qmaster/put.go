@@ -44,8 +44,9 @@ func newCmdPut(f *factory, runF func(*putOptions) error) *cobra.Command {
 or, if there are none, the lines of standard input (blank lines are
 skipped). Each item that is valid JSON is sent as that value (42, 1.5,
 true, null, "text", [1,2], {"a":1}), and an item that is NaN, Infinity or
--Infinity as that float, as get prints it; anything else as a plain
-string, so hello is "hello".
+-Infinity as that float, as get prints it (a number beyond a float's
+range, 1e400, is infinite, as Python's json module reads it); anything
+else as a plain string, so hello is "hello".
 
 Items are sent in batches of --batch. A summary goes to stderr; with --ids
 the task IDs are printed on stdout, one per line.

@@ -24,7 +24,9 @@ import (
 // (integers as int64 when they fit, else as uint64 when they fit),
 // anything else as a plain string, so `seq 1 10` gives numbers and
 // `hello` gives "hello". A line that is NaN, Infinity or -Infinity is
-// that float, as Python's json module and MarshalAllowNaN write it.
+// that float, as Python's json module and MarshalAllowNaN write it, and
+// a number beyond a float's range (1e400) is infinite, as that module
+// reads it.
 func Parse(line string) any {
 	s := strings.TrimSpace(line)
 	if s == "" {
@@ -117,10 +119,10 @@ func normalize(v any) any {
 		if u, err := strconv.ParseUint(x.String(), 10, 64); err == nil {
 			return u
 		}
-		if f, err := x.Float64(); err == nil {
-			return f
-		}
-		return x.String()
+		// Beyond float64's range (1e400), ±Inf, as Python's json module
+		// reads it.
+		f, _ := x.Float64()
+		return f
 	case []any:
 		for i := range x {
 			x[i] = normalize(x[i])

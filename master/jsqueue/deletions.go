@@ -154,12 +154,87 @@ func (q *Queues) Deletions() (map[string]queue.Deletion, error) {
 			if e == nil { // every entry there was is in
 				return out, nil
 			}
-			var d keptDeletion
-			if err := json.Unmarshal(e.Value(), &d); err != nil || d.Queue == "" || token(d.Queue) != e.Key() {
-				q.log.Warn("a deletion kept in the bucket is not read", "bucket", deletionsBucket, "key", e.Key(), "err", err)
-				continue
+			if name, d, ok := q.readDeletion(e); ok {
+				out[name] = d
 			}
-			out[d.Queue] = queue.Deletion{At: d.At, CancelAt: d.CancelAt}
+		}
+	}
+}
+
+// readDeletion reads a deletion from its entry in the bucket; false if
+// the entry is not one (logged).
+func (q *Queues) readDeletion(e jetstream.KeyValueEntry) (string, queue.Deletion, bool) {
+	var d keptDeletion
+	if err := json.Unmarshal(e.Value(), &d); err != nil || d.Queue == "" || token(d.Queue) != e.Key() {
+		q.log.Warn("a deletion kept in the bucket is not read", "bucket", deletionsBucket, "key", e.Key(), "err", err)
+		return "", queue.Deletion{}, false
+	}
+	return d.Queue, queue.Deletion{At: d.At, CancelAt: d.CancelAt}, true
+}
+
+// WatchDeletions calls learn with each deletion kept in the bucket, those
+// kept already and those kept later, until ctx ends, and caughtUp each
+// time it has had those kept already (master.DeletionWatcher). A
+// deleting gateway's notice reaches only the gateways it can reach at
+// that moment; the watch brings the deletion to one that was cut off,
+// or started in between, once that one can read the bucket. Without a
+// bucket (no queue deleted yet) it looks again every few seconds.
+func (q *Queues) WatchDeletions(ctx context.Context, learn func(name string, d queue.Deletion), caughtUp func()) {
+	for wait := deletionsLookEvery; ; wait = min(2*wait, deletionsLookAtMost) {
+		watched, err := q.watchDeletions(ctx, learn, caughtUp)
+		if ctx.Err() != nil {
+			return
+		}
+		if watched {
+			wait = deletionsLookEvery
+		}
+		if err != nil {
+			q.log.Debug("the deletions of queues are not watched; trying again", "in", wait, "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+// How often WatchDeletions looks for the bucket, or watches it again after
+// its watch failed: at first, and at most, backing off in between.
+const (
+	deletionsLookEvery  = 2 * time.Second
+	deletionsLookAtMost = 10 * time.Second
+)
+
+// watchDeletions is one watch of WatchDeletions, until ctx ends or the
+// watch fails; watched says if it began.
+func (q *Queues) watchDeletions(ctx context.Context, learn func(name string, d queue.Deletion), caughtUp func()) (watched bool, err error) {
+	octx, cancel := context.WithTimeout(ctx, q.cfg.RequestTimeout)
+	kv, err := q.deletionsKV(octx, false)
+	cancel()
+	if err != nil || kv == nil {
+		return false, err
+	}
+	w, err := kv.WatchAll(ctx, jetstream.IgnoreDeletes())
+	if err != nil {
+		return false, err
+	}
+	defer func() { _ = w.Stop() }()
+	for {
+		select {
+		case <-ctx.Done():
+			return true, nil
+		case e, ok := <-w.Updates():
+			switch {
+			case !ok:
+				return true, errors.New("the watch ended")
+			case e == nil: // every entry there was is in
+				caughtUp()
+			default:
+				if name, d, ok := q.readDeletion(e); ok {
+					learn(name, d)
+				}
+			}
 		}
 	}
 }
