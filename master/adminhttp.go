@@ -3,10 +3,13 @@ package master
 import (
 	"context"
 	"errors"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -43,7 +46,7 @@ func (s *Server) ServeAdmin(ln net.Listener) error {
 		WriteTimeout:      60 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          slog.NewLogLogger(s.log.With("http", ln.Addr().String()).Handler(), slog.LevelWarn),
+		ErrorLog:          log.New(&throttledLog{log: s.log.With("http", ln.Addr().String()), every: logEvery{period: time.Second}}, "", 0),
 		BaseContext:       func(net.Listener) context.Context { return s.ctx },
 	}
 	s.mu.Lock()
@@ -66,6 +69,30 @@ func (s *Server) ServeAdmin(ln net.Listener) error {
 		return ErrServerClosed
 	}
 	return err
+}
+
+// throttledLog is the HTTP server's error log: its lines go to log as
+// warnings, at most one a second, so that a flood of connections (accepts
+// failing at a full table of file descriptors, one after another) cannot
+// flood the log. The next line let through counts those dropped.
+type throttledLog struct {
+	log     *slog.Logger
+	every   logEvery
+	dropped atomic.Int64
+}
+
+func (l *throttledLog) Write(p []byte) (int, error) {
+	if !l.every.ok(time.Now()) {
+		l.dropped.Add(1)
+		return len(p), nil
+	}
+	msg := strings.TrimSuffix(string(p), "\n")
+	if n := l.dropped.Swap(0); n > 0 {
+		l.log.Warn(msg, "http_errors_not_logged", n)
+	} else {
+		l.log.Warn(msg)
+	}
+	return len(p), nil
 }
 
 // joinHTTP runs each request as a goroutine the server owns, so that

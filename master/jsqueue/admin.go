@@ -26,8 +26,8 @@ import (
 // Puts from its stream (every task ever stored in it), Gets from the
 // consumer's deliveries, Done as Puts less what the stream holds and the
 // tasks purged or dead (countGone). Packed
-// tasks count one by one (packcount.go), except in Gets, which counts
-// deliveries of messages. Leased counts, of the packs this gateway holds,
+// tasks count one by one (packcount.go), in Gets as gateways hand them
+// out (countHandedOutLocked). Leased counts, of the packs this gateway holds,
 // the tasks out to workers, and of the other deliveries not yet acked
 // (other gateways' packs, tasks stored alone), the tasks they carry, at
 // the mean per message of the messages not held here; the tasks held
@@ -73,12 +73,18 @@ func (q *Queues) figures(ctx context.Context, s *stream, state jetstream.StreamS
 	}
 	stored, puts := storedTasks(state), state.LastSeq
 	var gone uint64
+	gets := ci.Delivered.Consumer
 	if !queue.IsDeadLetterName(s.queue) { // never packed
 		extra, err := q.packedExtra(ctx, s.queue)
 		if err != nil {
 			return queue.Stats{}, q.adminErr(s.queue, "stats", err)
 		}
 		puts = uint64(max(0, int64(puts)+extra))
+		handedOut, err := q.handedOutExtra(ctx, s.queue)
+		if err != nil {
+			return queue.Stats{}, q.adminErr(s.queue, "stats", err)
+		}
+		gets = uint64(max(0, int64(gets)+handedOut))
 		n, err := q.goneTasks(ctx, s.queue)
 		if err != nil {
 			return queue.Stats{}, q.adminErr(s.queue, "stats", err)
@@ -112,7 +118,7 @@ func (q *Queues) figures(ctx context.Context, s *stream, state jetstream.StreamS
 		Delayed:   int(delayed + later),
 		Retrying:  int(later),
 		Puts:      puts,
-		Gets:      ci.Delivered.Consumer,
+		Gets:      gets,
 		Acks:      puts - stored - delayed - min(gone, puts-stored-delayed),
 	}
 	st.Done = st.Acks

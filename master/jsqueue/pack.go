@@ -305,6 +305,7 @@ func (q *Queues) unpackLocked(s *stream, m *nats.Msg, md *nats.MsgMetadata, now 
 		}
 		s.held = append(s.held, heldTask{p: p, i: i, since: now})
 	}
+	q.countHandedOutLocked(s, 0, 1)
 	if p.left == 0 { // done but not acked: its gateway died in between
 		q.recordOfLocked(p)
 		return len(payloads), m, nil
@@ -345,6 +346,7 @@ func (q *Queues) takeHeldLocked(s *stream, req queue.GetRequest, now time.Time, 
 		}
 		ts = append(ts, t)
 	}
+	q.countHandedOutLocked(s, len(s.held)-len(kept)-len(dead), 0)
 	clear(s.held[len(kept):])
 	s.held = kept
 	return ts, dead

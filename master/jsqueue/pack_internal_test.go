@@ -445,11 +445,11 @@ func TestStaleRecordOfAnEarlierStreamIsIgnored(t *testing.T) {
 }
 
 // A packed queue's figures count tasks, not packs, through Stats and
-// AllStats.
+// AllStats: Gets too, which counted a pack delivered as one.
 func TestPackedQueueCountsTasks(t *testing.T) {
 	q := packQueues(t, Config{Pack: 4})
 	// The packs' counter is added to without waiting: Puts may lag.
-	check := func(when string, ready, leased int, puts, done uint64) {
+	check := func(when string, ready, leased int, puts, done, gets uint64) {
 		t.Helper()
 		deadline := time.Now().Add(5 * time.Second)
 		for {
@@ -465,24 +465,29 @@ func TestPackedQueueCountsTasks(t *testing.T) {
 				all[0].OldestReady = st.OldestReady
 			}
 			ok := len(all) == 1 && all[0] == st
-			if ok && st.Ready == ready && st.Leased == leased && st.Puts == puts && st.Done == done {
+			if ok && st.Ready == ready && st.Leased == leased && st.Puts == puts && st.Done == done && st.Gets == gets {
 				return
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("%s: Stats %+v, AllStats %+v; want ready %d, leased %d, puts %d, done %d",
-					when, st, all, ready, leased, puts, done)
+				t.Fatalf("%s: Stats %+v, AllStats %+v; want ready %d, leased %d, puts %d, done %d, gets %d",
+					when, st, all, ready, leased, puts, done, gets)
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
 	putN(t, q, "jobs", 10) // packs of 4, 4 and 2
 	putN(t, q, "jobs", 1)  // alone
-	check("after the puts", 11, 0, 11, 0)
-	ts := getN(t, q, "jobs", 1, 11, time.Second)
+	check("after the puts", 11, 0, 11, 0, 0)
+	ts := getN(t, q, "jobs", 1, 3, time.Second) // of the first pack
+	check("three delivered", 8, 3, 11, 0, 3)
+	if err := q.Nack(queue.NackRequest{Queue: "jobs", Owner: 1, ID: ts[0].ID, Error: "again"}); err != nil {
+		t.Fatal(err)
+	}
+	ts = ts[1:]
 	for len(ts) < 11 {
 		ts = append(ts, getN(t, q, "jobs", 1, 11-len(ts), time.Second)...)
 	}
-	check("all delivered", 0, 11, 11, 0)
+	check("all delivered, one twice", 0, 11, 11, 0, 12)
 	ids := make([]uint64, len(ts))
 	for i, task := range ts {
 		ids[i] = task.ID
@@ -490,7 +495,7 @@ func TestPackedQueueCountsTasks(t *testing.T) {
 	if _, err := q.Ack(queue.AckRequest{Queue: "jobs", Owner: 1, IDs: ids}, nil); err != nil {
 		t.Fatal(err)
 	}
-	check("all done", 0, 0, 11, 11)
+	check("all done", 0, 0, 11, 11, 12)
 }
 
 // TestRepeatedPutIsNotCounted: a put sent again, which JetStream stores

@@ -110,15 +110,32 @@ func (q *Queues) countGone(name string, n int) {
 	}
 }
 
+// countHandedOut notes that this gateway handed out n tasks of pulled
+// packs, and pulled packs more, for s's counter of them (getsSubject),
+// sent as countPacked's are: Gets counts the messages the queue's
+// consumer delivered plus these, so a pack delivered counts its tasks as
+// they are handed out, as a single master counts them. Called with q.mu
+// held.
+func (q *Queues) countHandedOutLocked(s *stream, n, packs int) {
+	if n != packs {
+		q.addCountLocked(getsSubject(s.queue), n-packs)
+	}
+}
+
 // addCount adds n to what the counter on subj is sent next.
 func (q *Queues) addCount(subj string, n int) {
 	q.mu.Lock()
+	q.addCountLocked(subj, n)
+	q.mu.Unlock()
+}
+
+// addCountLocked is addCount called with q.mu held.
+func (q *Queues) addCountLocked(subj string, n int) {
 	if q.countsToSend == nil {
 		q.countsToSend = make(map[string]int)
 	}
 	q.countsToSend[subj] += n
 	q.wakeReaper()
-	q.mu.Unlock()
 }
 
 // countsEvery is how often a gateway adds to the queues' counters.
@@ -204,6 +221,16 @@ func (q *Queues) goneTasks(ctx context.Context, name string) (int64, error) {
 // without being done.
 func goneSubject(name string) string { return countsSubject + "gone." + streamName(name) }
 
+// handedOutExtra reads how many more tasks of queue name gateways handed
+// out of packs than they pulled packs (countHandedOutLocked).
+func (q *Queues) handedOutExtra(ctx context.Context, name string) (int64, error) {
+	return q.counterValue(ctx, getsSubject(name))
+}
+
+// getsSubject is the subject of queue name's counter of tasks handed out
+// of packs beyond the packs pulled.
+func getsSubject(name string) string { return countsSubject + "gets." + streamName(name) }
+
 // idsSubject is the subject of the counter that numbers the delayed
 // tasks of queue name.
 func idsSubject(name string) string { return countsSubject + "ids." + streamName(name) }
@@ -239,8 +266,10 @@ func (q *Queues) dropCount(ctx context.Context, name string) error {
 	// Not the counter of delayed tasks' IDs (idsSubject): a queue made
 	// anew meanwhile, through another gateway, may have taken some, and
 	// numbering from 1 again would give a schedule's subject twice.
-	if err := st.Purge(ctx, jetstream.WithPurgeSubject(countsSubject+streamName(name))); err != nil {
-		return err
+	for _, subj := range [...]string{countsSubject + streamName(name), goneSubject(name), getsSubject(name)} {
+		if err := st.Purge(ctx, jetstream.WithPurgeSubject(subj)); err != nil {
+			return err
+		}
 	}
-	return st.Purge(ctx, jetstream.WithPurgeSubject(goneSubject(name)))
+	return nil
 }
