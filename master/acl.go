@@ -1,7 +1,6 @@
 package master
 
 import (
-	"context"
 	"errors"
 	"sync"
 	"sync/atomic"
@@ -199,46 +198,19 @@ func (c *clientConn) denied(op string, err error) {
 	}
 }
 
-// waitingGet is a get waiting for tasks of queue, which cancel ends.
-type waitingGet struct {
-	queue  string
-	cancel context.CancelCauseFunc
-}
-
-// watchGet returns ctx for a get of queue that may wait, ended with a
-// *acl.DeniedError as its cause if a reload of the ACL takes the key's
-// right to get from queue meanwhile, and a func to call when the get is
-// done. Without an ACL file there is nothing to watch: ctx is returned
-// as it is. (A get that takes tasks just as the reload comes is checked
-// again after: see get.)
-func (c *clientConn) watchGet(ctx context.Context, queue string) (context.Context, func()) {
-	if c.s.cfg.ACL == nil || ctx.Err() != nil {
-		return ctx, func() {}
-	}
-	ctx, cancel := context.WithCancelCause(ctx)
-	w := &waitingGet{queue: queue, cancel: cancel}
-	c.waitMu.Lock()
-	if c.waiting == nil {
-		c.waiting = make(map[*waitingGet]struct{})
-	}
-	c.waiting[w] = struct{}{}
-	c.waitMu.Unlock()
-	return ctx, func() {
-		c.waitMu.Lock()
-		delete(c.waiting, w)
-		c.waitMu.Unlock()
-		cancel(nil)
-	}
-}
-
 // endDeniedGets ends the waiting gets of c that its key k, just
-// reloaded, may no longer make.
+// reloaded, may no longer make, with a *acl.DeniedError as their cause.
+// (A get that takes tasks just as the reload comes is checked again
+// after: see get.)
 func (c *clientConn) endDeniedGets(k *acl.Key) {
 	c.waitMu.Lock()
 	defer c.waitMu.Unlock()
-	for w := range c.waiting {
-		if err := k.Check(acl.Get, w.queue); err != nil {
-			w.cancel(err)
+	for _, sc := range c.calls {
+		if sc.cancel == nil || sc.op != wire.OpGet {
+			continue
+		}
+		if err := k.Check(acl.Get, sc.queue); err != nil {
+			sc.cancel(err)
 		}
 	}
 }

@@ -43,11 +43,11 @@ type clientConn struct {
 	// authentication.
 	key atomic.Pointer[acl.Key]
 
-	// waiting are the gets of this connection waiting for tasks, when
-	// the master's ACL may be reloaded (acl.go, watchGet): a reload that
-	// takes a key's right ends them before they take anything.
-	waitMu  sync.Mutex
-	waiting map[*waitingGet]struct{}
+	// calls are the calls in progress on the connection's streams, by
+	// stream, which may be waiting (wait.go): gets for tasks, puts for
+	// room.
+	waitMu sync.Mutex
+	calls  map[uint32]*streamCall
 
 	// ledger counts what the session wrote for each stream (set with
 	// the session, before any stream is served).
@@ -253,6 +253,8 @@ func (c *clientConn) serveStream(stream *yamux.Stream) {
 	id := stream.StreamID()
 	c.ledger.Track(id)
 	defer c.ledger.Untrack(id)
+	c.openStream(id) // wait.go
+	defer c.closeStream(id)
 	codec := wire.NewCodec(stream, c.s.cfg.MaxMessageSize)
 	// Gets and completes are read into one buffer, reused: what they
 	// carry is copied out (a complete's values into its results) before
@@ -295,14 +297,14 @@ func (c *clientConn) serveStream(stream *yamux.Stream) {
 		if err != nil {
 			resp = errorResponse(err)
 		} else {
-			resp = c.handle(&req, &bufs[0])
+			resp = c.handle(&req, id, &bufs[0])
 			// A chained request runs only if the first succeeded; the
 			// decoder allows no Then of a Then. Each is timed on its own.
 			if req.Then != nil && resp.Code == wire.CodeOK {
 				c.s.metrics.chained.Inc()
 				c.s.metrics.observe(op, start)
 				start, op = time.Now(), req.Then.Op
-				resp.Then = c.handle(req.Then, &bufs[1])
+				resp.Then = c.handle(req.Then, id, &bufs[1])
 			}
 		}
 		mark := c.ledger.Handed(id)

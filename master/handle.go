@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"time"
 
@@ -60,7 +61,7 @@ func (b *callBuffers) reset() {
 // handle runs one request and returns its response. What a get or a
 // complete is built from is kept in buf, which the caller resets once the
 // response is written.
-func (c *clientConn) handle(req *wire.Request, buf *callBuffers) *wire.Response {
+func (c *clientConn) handle(req *wire.Request, stream uint32, buf *callBuffers) *wire.Response {
 	if c.s.isClosing() && req.Op != wire.OpAck && req.Op != wire.OpComplete && req.Op != wire.OpNack && req.Op != wire.OpRelease {
 		// Acks still count during shutdown: they finish work already
 		// done (and releases hand back work not begun).
@@ -83,9 +84,9 @@ func (c *clientConn) handle(req *wire.Request, buf *callBuffers) *wire.Response 
 		resp.QueuesOutlive = c.s.cfg.DataDir != "" || c.s.cfg.OpenQueues != nil
 		resp.NoAdmin = key != nil && !key.Admin
 	case wire.OpPut:
-		resp.IDs, resp.Repeats, err = c.put(req, buf)
+		resp.IDs, resp.Repeats, err = c.put(req, stream, buf)
 	case wire.OpGet:
-		resp.Tasks, err = c.get(req, buf, key)
+		resp.Tasks, err = c.get(req, stream, buf, key)
 		resp.Lease = c.s.cfg.DefaultLease
 		if req.Lease > 0 {
 			resp.Lease = req.Lease
@@ -100,6 +101,12 @@ func (c *clientConn) handle(req *wire.Request, buf *callBuffers) *wire.Response 
 		err = q.Nack(queue.NackRequest{Queue: req.Queue, Owner: c.id, ID: req.IDs[0], Error: cutError(req.Error), RetryAfter: req.RetryAfter, NoRetry: req.NoRetry})
 	case wire.OpRelease:
 		err = c.release(req)
+	case wire.OpCancel:
+		if len(req.IDs) != 1 || req.IDs[0] > math.MaxUint32 {
+			err = fmt.Errorf("%w: cancel takes one stream id", wire.ErrBadRequest)
+			break
+		}
+		c.cancelWait(uint32(req.IDs[0])) // wait.go
 	case wire.OpExtend:
 		if len(req.Tokens) > 0 {
 			err = c.extendDeliveries(req)
@@ -174,7 +181,7 @@ func (c *clientConn) handle(req *wire.Request, buf *callBuffers) *wire.Response 
 }
 
 // put puts req's items, built in buf: the queues copy what they keep.
-func (c *clientConn) put(req *wire.Request, buf *callBuffers) (ids []uint64, repeats int, err error) {
+func (c *clientConn) put(req *wire.Request, stream uint32, buf *callBuffers) (ids []uint64, repeats int, err error) {
 	if len(req.Items) == 0 {
 		return nil, 0, fmt.Errorf("%w: put without items", wire.ErrBadRequest)
 	}
@@ -202,7 +209,9 @@ func (c *clientConn) put(req *wire.Request, buf *callBuffers) (ids []uint64, rep
 	if len(req.Keys) > 0 {
 		preq.Repeats = new(int) // only then: it escapes
 	}
-	ids, err = c.s.queues.Put(c.waitCtx(req.Timeout), preq)
+	ctx, done := c.watchWait(c.waitCtx(req.Timeout), stream, req.Op, req.Queue) // wait.go
+	defer done()
+	ids, err = c.s.queues.Put(ctx, preq)
 	if preq.Repeats != nil {
 		repeats = *preq.Repeats
 	}
@@ -252,17 +261,20 @@ func (s *Server) checkMemory() error {
 
 // get takes the tasks of a get made with key (c's when it was
 // authorized).
-func (c *clientConn) get(req *wire.Request, buf *callBuffers, key *acl.Key) ([]wire.Task, error) {
+func (c *clientConn) get(req *wire.Request, stream uint32, buf *callBuffers, key *acl.Key) ([]wire.Task, error) {
 	if req.Max < 0 || req.Lease < 0 {
 		return nil, fmt.Errorf("%w: negative max or lease", wire.ErrBadRequest)
 	}
-	ctx, done := c.watchGet(c.waitCtx(req.Timeout), req.Queue) // acl.go
+	ctx, done := c.watchWait(c.waitCtx(req.Timeout), stream, req.Op, req.Queue) // wait.go
 	defer done()
 	ts, err := c.s.getTasks(ctx, getRequest(c.id, req), buf.taken)
 	if len(ts) == 0 {
-		if denied := context.Cause(ctx); errors.Is(denied, acl.ErrDenied) {
-			c.denied(req.Op.String(), denied)
-			return nil, denied
+		switch cause := context.Cause(ctx); {
+		case errors.Is(cause, acl.ErrDenied):
+			c.denied(req.Op.String(), cause)
+			return nil, cause
+		case errors.Is(cause, errCancelled):
+			return nil, nil
 		}
 		if err == nil && c.s.isClosing() {
 			// The wait was cut short, not run out: the client goes on
@@ -451,6 +463,12 @@ func (c *clientConn) waitCtx(timeout time.Duration) context.Context {
 // the master between the two never leaves an acked task without one.
 func (c *clientConn) complete(req *wire.Request, buf *callBuffers) error {
 	q := c.s.queues
+	if req.ResultQueue != "" {
+		// Else its tasks would be acked and their results go nowhere.
+		if err := queue.CheckName(req.ResultQueue); err != nil {
+			return fmt.Errorf("%w: result queue: %w", wire.ErrBadRequest, err)
+		}
+	}
 	// A key may publish results to the reply queue a task names, or to
 	// a queue it may put to: a result queue it may not put to is not
 	// used, and the results it would take are dropped, with an error.

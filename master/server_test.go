@@ -769,3 +769,26 @@ func TestExpiredLeaseLoggedWithItsQueue(t *testing.T) {
 		return nil
 	})
 }
+
+// A completion naming a result queue no queue may be named is refused
+// whole: its tasks stay leased, rather than being acked with their
+// results dropped.
+func TestCompleteToABadResultQueueRefused(t *testing.T) {
+	addr, _ := qmtest.StartMaster(t, master.Config{})
+	c := qmtest.Dial(t, addr, "worker")
+	ctx := ctxFor(t, 5*time.Second)
+	if _, err := c.Put(ctx, "jobs", []any{1}, wire.PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ts, err := c.Get(ctx, "jobs", wire.GetOptions{Max: 1})
+	if err != nil || len(ts) != 1 {
+		t.Fatalf("get: %+v, %v", ts, err)
+	}
+	err = c.Complete(ctx, "jobs", "results\n", []wire.Completion{{ID: ts[0].ID, Value: ts[0].Payload}})
+	if !errors.Is(err, wire.ErrBadRequest) || !strings.Contains(err.Error(), "result queue") {
+		t.Fatalf("complete to a bad result queue: %v, want a bad request naming the result queue", err)
+	}
+	if st, err := c.Stats(ctx, "jobs"); err != nil || st[0].Leased != 1 || st[0].Done != 0 {
+		t.Fatalf("jobs: %+v, %v; want the task still leased, not done", st, err)
+	}
+}

@@ -523,15 +523,17 @@ func (c *Client) call(ctx context.Context, req *Request, resp *Response) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	answered := false
 	if c.slots != nil {
 		select {
 		case c.slots <- struct{}{}:
 			start := time.Now()
 			defer func() {
-				// A call cut short here may go on at the master until its
-				// own wait ends, and its stream with it: the slot is held
-				// as long, or the next call would be refused.
-				if hold := time.Until(start.Add(masterWait(req))); ctx.Err() != nil && hold > 0 {
+				// A call cut short here, unanswered, may go on at the
+				// master until its own wait ends, and its stream with
+				// it: the slot is held as long, or the next call would be
+				// refused.
+				if hold := time.Until(start.Add(masterWait(req))); ctx.Err() != nil && !answered && hold > 0 {
 					time.AfterFunc(hold, func() { <-c.slots })
 					return
 				}
@@ -542,7 +544,8 @@ func (c *Client) call(ctx context.Context, req *Request, resp *Response) error {
 		}
 	}
 	for refused := 0; ; refused++ {
-		err := c.callOnce(ctx, req, resp)
+		var err error
+		answered, err = c.callOnce(ctx, req, resp)
 		if !errors.Is(err, ErrTooManyStreams) || refused == maxRefusedStreams {
 			return err
 		}
@@ -574,17 +577,34 @@ func masterWait(req *Request) time.Duration {
 	return d + 100*time.Millisecond
 }
 
-// callOnce is call on one stream.
-func (c *Client) callOnce(ctx context.Context, req *Request, resp *Response) error {
+// callOnce is call on one stream; answered says the master's response
+// was read, so the call is over there.
+//
+// When ctx ends first, a call that may wait at the master (a get for
+// tasks, a put for room) is cancelled there (OpCancel, on another
+// stream), and its response is still read, for up to cancelGrace: a get
+// that took tasks just before returns them, and a put that was made
+// returns its IDs, rather than ctx's error, so that nothing is taken or
+// put unknown to the caller. A master older than OpCancel, or one that
+// does not answer, has the stream closed after the grace, the call left
+// to end there by itself.
+func (c *Client) callOnce(ctx context.Context, req *Request, resp *Response) (answered bool, err error) {
 	cs, err := c.stream()
 	if err != nil {
-		return err
+		return false, err
 	}
 	// Interrupt a blocked read or write when ctx ends; the stream is then
 	// out of step and is dropped.
 	stop := noStop
 	if ctx.Done() != nil {
-		stop = context.AfterFunc(ctx, func() { _ = cs.s.SetDeadline(time.Now()) })
+		waits := masterWait(req) > 0
+		stop = context.AfterFunc(ctx, func() {
+			if waits && c.cancelWait(cs.s.StreamID()) == nil {
+				_ = cs.s.SetDeadline(time.Now().Add(cancelGrace))
+				return
+			}
+			_ = cs.s.SetDeadline(time.Now())
+		})
 	}
 	err = cs.codec.Write(req)
 	if err == nil {
@@ -594,12 +614,12 @@ func (c *Client) callOnce(ctx context.Context, req *Request, resp *Response) err
 	if err != nil {
 		cs.s.Close()
 		if !stopped {
-			return ctx.Err()
+			return false, ctx.Err()
 		}
 		if connectionLost(err) || c.sess.IsClosed() {
-			return fmt.Errorf("%w: connection to master lost (%w)", ErrClosed, err)
+			return false, fmt.Errorf("%w: connection to master lost (%w)", ErrClosed, err)
 		}
-		return err
+		return false, err
 	}
 	switch {
 	case resp.StreamClosed, resp.Code == CodeTooManyStreams: // the latter from masters before StreamClosed
@@ -607,9 +627,31 @@ func (c *Client) callOnce(ctx context.Context, req *Request, resp *Response) err
 	case stopped:
 		c.putStream(cs)
 	default:
-		cs.s.Close() // its deadline fired; the response arrived anyway
+		// Its deadline was set: the response arrived all the same.
+		cs.s.Close()
+		if resp.Code != CodeOK || req.Op == OpGet && req.Then == nil && len(resp.Tasks) == 0 {
+			return true, ctx.Err() // the wait was cut short, and nothing done
+		}
 	}
-	return errorFromResponse(resp)
+	return true, errorFromResponse(resp)
+}
+
+// cancelGrace bounds the wait for the response of a call cancelled at
+// the master (callOnce).
+const cancelGrace = 2 * time.Second
+
+// cancelWait asks the master to end the wait of the call on stream id,
+// on a stream of its own, outside the slots (the call holds one). With
+// every slot taken the master would refuse that stream: the call is left
+// to end by itself.
+func (c *Client) cancelWait(id uint32) error {
+	if c.slots != nil && len(c.slots) >= cap(c.slots) {
+		return ErrTooManyStreams
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cancelGrace)
+	defer cancel()
+	_, err := c.callOnce(ctx, &Request{Op: OpCancel, IDs: []uint64{uint64(id)}}, &Response{})
+	return err
 }
 
 // noStop stands for context.AfterFunc's stop when ctx can never end.
@@ -743,6 +785,13 @@ type GetOptions struct {
 // Get takes up to opts.Max tasks from queue. No task within the timeout
 // returns an empty slice and no error. Unless opts.NoAck, the tasks are
 // leased: settle each (Ack, Nack, Complete, Release) within its lease.
+//
+// If ctx ends first, the get is cancelled at the master, which then takes
+// nothing more for it, and Get returns ctx's error; tasks the master took
+// for it just before are returned instead, with no error, so that none is
+// lost. (A master older than this, or a client with every one of the
+// master's --max-streams calls in progress, leaves the get waiting there
+// until its timeout, and a task it takes then is handed to nobody.)
 func (c *Client) Get(ctx context.Context, queue string, opts GetOptions) ([]Task, error) {
 	if opts.Max <= 0 {
 		opts.Max = 1
@@ -769,8 +818,11 @@ func (c *Client) Nack(ctx context.Context, queue string, id uint64, reason strin
 }
 
 // NackAfter is Nack with the time the task waits before its next
-// delivery, instead of its queue's retry backoff.
+// delivery, instead of its queue's retry backoff: 0 or less, none.
 func (c *Client) NackAfter(ctx context.Context, queue string, id uint64, reason string, retryAfter time.Duration) error {
+	// The protocol's 0 is "unset", the queue's backoff: at once is the
+	// least wait there is.
+	retryAfter = max(retryAfter, time.Nanosecond)
 	return c.call(ctx, &Request{Op: OpNack, Queue: queue, IDs: []uint64{id}, Error: reason, RetryAfter: retryAfter}, &Response{})
 }
 

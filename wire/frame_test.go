@@ -27,6 +27,7 @@ func sampleRequests() []Request {
 		{Op: OpGet, Queue: "tasks", Max: 10, Timeout: 30 * time.Second, Lease: time.Minute},
 		{Op: OpExtend, Queue: "tasks", IDs: []uint64{4, 5}, Tokens: []string{"$JS.ACK.QM_t.qm.1.4.4.1.0", "$JS.ACK.QM_t.qm.2.5.6.1.0"}},
 		{Op: OpRelease, Queue: "tasks", IDs: []uint64{4, 5}, Attempts: []int{1, 3}},
+		{Op: OpCancel, IDs: []uint64{7}},
 		{Op: OpDelete, Queue: "map-1f2e3d", CancelTasks: true},
 		{Op: OpNack, Queue: "tasks", IDs: []uint64{7}, Error: "boom"},
 		{Op: OpNack, Queue: "tasks", IDs: []uint64{8}, Error: "bad input", NoRetry: true},

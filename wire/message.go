@@ -33,6 +33,7 @@ const (
 	OpDelayed  Op = 19 // the first Max delayed tasks of Queue, by due time
 	OpRunNow   Op = 20 // make the delayed tasks IDs (all if none) of Queue ready now
 	OpRelease  Op = 21 // give back leased tasks IDs of Queue, not started: in front (see Client.Release)
+	OpCancel   Op = 22 // end the wait of the call on stream IDs[0] of this connection (see Client.call)
 )
 
 var opNames = map[Op]string{
@@ -41,6 +42,7 @@ var opNames = map[Op]string{
 	OpPurge: "purge", OpDelete: "delete", OpQueues: "queues", OpClients: "clients",
 	OpPause: "pause", OpResume: "resume", OpRequeue: "requeue", OpDrop: "drop",
 	OpConfig: "config", OpDelayed: "delayed", OpRunNow: "run-now", OpRelease: "release",
+	OpCancel: "cancel",
 }
 
 func (o Op) String() string {

@@ -9,7 +9,10 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/qm-dev/qm/wire"
 )
@@ -143,8 +146,21 @@ func (c *Config) Validate() error {
 		return errors.New("worker config: ReconnectMax must not be negative")
 	case c.ReconnectMin > 0 && c.ReconnectMax > 0 && c.ReconnectMin > c.ReconnectMax:
 		return errors.New("worker config: ReconnectMin must not be above ReconnectMax")
+	case !plainName(c.Tasks):
+		return fmt.Errorf("worker config: Tasks %q is no queue name (control characters or invalid UTF-8)", c.Tasks)
+	case !plainName(c.Results):
+		// Else every completion would be refused (the master checks
+		// the rest of the rules).
+		return fmt.Errorf("worker config: Results %q is no queue name (control characters or invalid UTF-8)", c.Results)
 	}
 	return nil
+}
+
+// plainName reports whether name is valid UTF-8 without control
+// characters, as a queue's name must be: a name read from a file with its
+// line's end is not.
+func plainName(name string) bool {
+	return utf8.ValidString(name) && !strings.ContainsFunc(name, unicode.IsControl)
 }
 
 // DefaultMaxPrefetch is what MaxPrefetch 0 means.

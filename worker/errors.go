@@ -27,14 +27,17 @@ var (
 //
 //	return nil, worker.RetryAfter(30*time.Second, err)
 //
-// d is taken between 0 and a year (maxRetryAfter), the most a master
-// accepts. It always fails the attempt: with err nil, with the error
-// "retry later" (unlike the wrapping of pkg/errors, where nil stays nil).
+// d is taken between 0 (at once, not the queue's backoff) and a year
+// (maxRetryAfter), the most a master accepts. It always fails the
+// attempt: with err nil, with the error "retry later" (unlike the
+// wrapping of pkg/errors, where nil stays nil).
 func RetryAfter(d time.Duration, err error) error {
 	if err == nil {
 		err = errors.New("retry later")
 	}
-	return &retryAfterError{after: min(max(d, 0), maxRetryAfter), err: err}
+	// The protocol's 0 is "unset", the queue's backoff: at once is the
+	// least wait there is.
+	return &retryAfterError{after: min(max(d, time.Nanosecond), maxRetryAfter), err: err}
 }
 
 type retryAfterError struct {

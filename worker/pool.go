@@ -128,7 +128,18 @@ func (p *pool) dispatchLocked() {
 func (p *pool) handle() {
 	defer p.wg.Done()
 	p.mu.Lock()
-	defer p.mu.Unlock()
+	running := false
+	defer func() {
+		if running {
+			// A job ended this goroutine (a handler's runtime.Goexit;
+			// runTask failed its task): it is done, and another
+			// goroutine comes for the queue.
+			p.mu.Lock()
+			p.busy--
+			p.dispatchLocked()
+		}
+		p.mu.Unlock()
+	}()
 	p.looking = false
 	for {
 		if p.qhead == len(p.queue) {
@@ -149,7 +160,9 @@ func (p *pool) handle() {
 		p.busy++
 		p.dispatchLocked()
 		p.mu.Unlock()
+		running = true
 		p.run(j)
+		running = false
 		p.mu.Lock()
 		p.busy--
 	}

@@ -264,6 +264,10 @@ func (r *runner) serve(ctx context.Context, s *session) (stop bool, err error) {
 			}
 		}
 		slots := r.slots()
+		if ctx.Err() != nil && !r.noRelease && !s.gone() && len(r.waiting) > r.whead {
+			r.release(s, releaseDraining) // before any starts: see start
+			t = r.res.counts()
+		}
 		t.running += r.runWaiting(s, slots-t.running)
 		// Nothing goes to the completer on a session that is gone: results
 		// kept for the next connection would come straight back, and serve
@@ -401,7 +405,10 @@ func (r *runner) serve(ctx context.Context, s *session) (stop bool, err error) {
 				continue
 			}
 		}
-		r.start(s, g.tasks)
+		// A drain takes no new task: those of a get answered as it began
+		// wait, and the next round gives them back (a master that cannot
+		// take them back has them run).
+		r.start(s, g.tasks, ctx.Err() == nil || r.noRelease)
 		if len(g.tasks) > 0 {
 			// Let the handlers just started run first: quick ones finish,
 			// and their results go with the next get instead of one by one.
@@ -529,9 +536,9 @@ func (r *runner) prefetch(t tally) int {
 // master on loopback still gets batches worth their cost.
 const minRTT = 50 * time.Microsecond
 
-// start takes the tasks of a get: it leases them on s, and hands to the
-// handler pool as many as there are free slots; the others wait.
-func (r *runner) start(s *session, tasks []Task) {
+// start takes the tasks of a get: it leases them on s, and, if run, hands
+// to the handler pool as many as there are free slots; the others wait.
+func (r *runner) start(s *session, tasks []Task, run bool) {
 	if len(tasks) == 0 {
 		return
 	}
@@ -546,7 +553,9 @@ func (r *runner) start(s *session, tasks []Task) {
 		r.waiting = append(r.waiting, job{s: s, l: s.track(t, now), t: t})
 	}
 	r.res.taken(len(tasks))
-	r.runWaiting(s, r.slots()-r.res.counts().running)
+	if run {
+		r.runWaiting(s, r.slots()-r.res.counts().running)
+	}
 }
 
 // runWaiting hands up to free waiting tasks to the handler pool, in the order

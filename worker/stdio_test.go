@@ -127,6 +127,23 @@ done`, worker.StdioConfig{})
 	}
 }
 
+// A child's "!retry 0" retries at once, not after the queue's backoff.
+func TestStdioRetryAtOnce(t *testing.T) {
+	s := startStdio(t, `while read -r x; do echo "!retry 0 again"; done`, worker.StdioConfig{})
+	addr, _ := qmtest.StartMaster(t, master.Config{MaxAttempts: 3, RetryBackoffMin: time.Hour, RetryBackoffMax: time.Hour})
+	c := qmtest.Dial(t, addr, "producer")
+	put(t, c, "tasks", []any{7}, wire.PutOptions{})
+	startWorker(t, testConfig(t, addr, func(ctx context.Context, tk worker.Task) (any, error) {
+		if tk.Attempt == 1 {
+			return s.Handle(ctx, tk)
+		}
+		return "done", nil
+	}))
+	if r := results(t, c, "results", 1, 10*time.Second)[0]; r.Error != "" || r.Attempt != 2 {
+		t.Fatalf("result %+v, want done at attempt 2, at once", r)
+	}
+}
+
 // TestStdioFailLine: "!fail TEXT" fails the attempt with TEXT, not to be
 // retried: the task is dead-lettered after it, attempts left or not.
 func TestStdioFailLine(t *testing.T) {

@@ -113,7 +113,9 @@ func parseRetry(rest []byte) (time.Duration, []byte, error) {
 	if err != nil || secs < 0 || math.IsNaN(secs) || math.IsInf(secs, 0) {
 		return 0, nil, fmt.Errorf("retry seconds %q are not a number >= 0", rest[:end])
 	}
-	d := min(time.Duration(min(secs, maxRetryAfter.Seconds())*float64(time.Second)), maxRetryAfter)
+	// At least a nanosecond: 0 is "unset" (the queue's backoff) in the
+	// protocol, where "!retry 0" means at once.
+	d := max(min(time.Duration(min(secs, maxRetryAfter.Seconds())*float64(time.Second)), maxRetryAfter), time.Nanosecond)
 	if end == len(rest) {
 		return d, nil, nil
 	}

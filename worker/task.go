@@ -32,47 +32,69 @@ func (r *runner) runTask(j job) {
 		log = log.With("queue", t.Queue, "task", t.ID, "attempt", t.Attempt)
 		log.Debug("task started")
 	}
-	v, err := r.call(ctx, t)
-	took := time.Since(start)
-	r.res.progress.Store(start.Add(took).UnixNano())
-	c := wire.Completion{ID: t.ID, Token: t.Token}
+	returned := false
+	defer func() {
+		if returned {
+			return
+		}
+		// The handler ended its goroutine (runtime.Goexit, as a test's
+		// t.FailNow does), which goes on past here: the attempt fails,
+		// rather than the task staying leased for ever, and the pool
+		// has another goroutine come for its queue (pool.handle).
+		c := wire.Completion{ID: t.ID, Token: t.Token, Error: "the handler ended its goroutine (runtime.Goexit) without returning"}
+		r.finish(s, l, t, c, time.Since(start), log, debug)
+	}()
+	c := r.outcome(ctx, t, s.maxValue)
+	returned = true
+	r.finish(s, l, t, c, time.Since(start), log, debug)
+}
+
+// outcome runs the handler, and returns the completion it makes: the
+// result encoded, or the failure. A panic counts as an error, whether
+// in the handler or in what it returned as it is encoded or read (a
+// result whose MarshalMsgpack panics, a nil *T error whose Error method
+// reads through it).
+func (r *runner) outcome(ctx context.Context, t Task, maxValue int) (c wire.Completion) {
+	c = wire.Completion{ID: t.ID, Token: t.Token}
+	defer func() {
+		if p := recover(); p != nil {
+			r.log.Error("handler panicked", "queue", t.Queue, "task", t.ID, "err", p, "stack", string(debug.Stack()))
+			c = wire.Completion{ID: t.ID, Token: t.Token, Error: fmt.Sprintf("panic: %v", p)}
+		}
+	}()
+	v, err := r.cfg.Handler(ctx, t)
 	if err == nil {
 		// A result that cannot be sent would fail every attempt alike.
 		c.Value, err = wire.Encode(v)
 		switch {
 		case err != nil:
 			err = NoRetry(fmt.Errorf("result: %w", err))
-		case len(c.Value) > s.maxValue:
+		case len(c.Value) > maxValue:
 			err = NoRetry(fmt.Errorf("result of %s is over the largest the master takes (%s)",
-				bytesize.Format(int64(len(c.Value))), bytesize.Format(int64(s.maxValue))))
+				bytesize.Format(int64(len(c.Value))), bytesize.Format(int64(maxValue))))
 		}
 	}
+	if err != nil {
+		c.Value, c.Error, c.RetryAfter, c.NoRetry = nil, errorText(err), retryAfterOf(err), isNoRetry(err)
+	}
+	return c
+}
+
+// finish logs how t's attempt ended, c, and hands c on.
+func (r *runner) finish(s *session, l *lease, t Task, c wire.Completion, took time.Duration, log *slog.Logger, debug bool) {
+	r.res.progress.Store(time.Now().UnixNano())
 	switch {
 	case l.lost():
-		log.Debug("task ended after its lease was lost; result dropped", "err", err)
-	case err != nil:
-		c.Value, c.Error, c.RetryAfter, c.NoRetry = nil, errorText(err), retryAfterOf(err), isNoRetry(err)
-		if c.NoRetry {
-			log.Warn("task failed, not to be retried", "queue", t.Queue, "task", t.ID, "attempt", t.Attempt, "took", took, "err", c.Error)
-		} else {
-			log.Warn("task failed", "queue", t.Queue, "task", t.ID, "attempt", t.Attempt, "took", took, "err", c.Error)
-		}
+		log.Debug("task ended after its lease was lost; result dropped", "err", c.Error)
+	case c.Error != "" && c.NoRetry:
+		log.Warn("task failed, not to be retried", "queue", t.Queue, "task", t.ID, "attempt", t.Attempt, "took", took, "err", c.Error)
+	case c.Error != "":
+		log.Warn("task failed", "queue", t.Queue, "task", t.ID, "attempt", t.Attempt, "took", took, "err", c.Error)
 	case debug:
 		log.Debug("task done", "took", took)
 	}
 	l.returned.Store(true)
 	r.res.add(finished{s: s, l: l, c: c}, took)
-}
-
-// call runs the handler, turning a panic into an error.
-func (r *runner) call(ctx context.Context, t Task) (v any, err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			r.log.Error("handler panicked", "queue", t.Queue, "task", t.ID, "err", p, "stack", string(debug.Stack()))
-			v, err = nil, fmt.Errorf("panic: %v", p)
-		}
-	}()
-	return r.cfg.Handler(ctx, t)
 }
 
 // errorText is the error of a failed attempt; never empty, since an empty

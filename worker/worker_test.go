@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -174,6 +175,37 @@ func TestHandlerErrorIsRetried(t *testing.T) {
 	}
 }
 
+// RetryAfter(0) retries at once, not after the queue's backoff (the
+// protocol's 0 is "unset"); so do a client's NackAfter(0) and a --stdio
+// child's "!retry 0" (TestStdioRetryAtOnce).
+func TestRetryAfterZeroIsAtOnce(t *testing.T) {
+	addr, _ := qmtest.StartMaster(t, master.Config{MaxAttempts: 3, RetryBackoffMin: time.Hour, RetryBackoffMax: time.Hour})
+	c := qmtest.Dial(t, addr, "producer")
+	put(t, c, "tasks", []any{"x"}, wire.PutOptions{})
+	startWorker(t, testConfig(t, addr, func(ctx context.Context, task worker.Task) (any, error) {
+		if task.Attempt < 2 {
+			return nil, worker.RetryAfter(0, errors.New("again"))
+		}
+		return "done", nil
+	}))
+	if r := results(t, c, "results", 1, 10*time.Second)[0]; r.Error != "" || r.Attempt != 2 {
+		t.Fatalf("result %+v, want done at attempt 2, at once", r)
+	}
+
+	ids := put(t, c, "direct", []any{"y"}, wire.PutOptions{})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if ts, err := c.Get(ctx, "direct", wire.GetOptions{}); err != nil || len(ts) != 1 {
+		t.Fatalf("get: %+v, %v", ts, err)
+	}
+	if err := c.NackAfter(ctx, "direct", ids[0], "again", 0); err != nil {
+		t.Fatal(err)
+	}
+	if ts, err := c.Get(ctx, "direct", wire.GetOptions{Timeout: 5 * time.Second}); err != nil || len(ts) != 1 || ts[0].Attempt != 2 {
+		t.Fatalf("get after NackAfter(0): %+v, %v; want the task again at once, at attempt 2", ts, err)
+	}
+}
+
 // TestRetryAfter: a handler's worker.RetryAfter holds its task back for
 // that long before the next attempt, with the error as its LastError.
 func TestRetryAfter(t *testing.T) {
@@ -204,6 +236,17 @@ func TestRetryAfter(t *testing.T) {
 	}
 }
 
+// nilDerefError's Error reads through its receiver: a nil one returned
+// as a non-nil error panics there.
+type nilDerefError struct{ msg string }
+
+func (e *nilDerefError) Error() string { return e.msg }
+
+// panickyResult panics as it is encoded.
+type panickyResult struct{}
+
+func (panickyResult) MarshalMsgpack() ([]byte, error) { panic("cannot encode") }
+
 func TestFailingTaskIsDeadLettered(t *testing.T) {
 	for _, tt := range []struct {
 		name    string
@@ -212,6 +255,19 @@ func TestFailingTaskIsDeadLettered(t *testing.T) {
 	}{
 		{"error", mustBuiltin(t, "fail"), "fail: always fails"},
 		{"panic", func(context.Context, worker.Task) (any, error) { panic("boom") }, "panic: boom"},
+		// Panics past the handler's return, and a handler that ends its
+		// goroutine: each fails its attempt, and the worker goes on.
+		{"nil error of a pointer type", func(context.Context, worker.Task) (any, error) {
+			var err *nilDerefError
+			return nil, err
+		}, "panic: runtime error: invalid memory address"},
+		{"result whose encoding panics", func(context.Context, worker.Task) (any, error) {
+			return panickyResult{}, nil
+		}, "panic: cannot encode"},
+		{"runtime.Goexit", func(context.Context, worker.Task) (any, error) {
+			runtime.Goexit() // what a test's t.FailNow does
+			return nil, nil
+		}, "runtime.Goexit"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			addr, _ := qmtest.StartMaster(t, master.Config{MaxAttempts: 3})
@@ -338,6 +394,52 @@ func TestDrainOnCancel(t *testing.T) {
 	})
 	if len(started) != 0 {
 		t.Error("a second task was started during the drain")
+	}
+}
+
+// A drain takes no task put after it began, though a free slot's get was
+// waiting at the master then: the get is cancelled there, and a task it
+// took just before would be given back unrun. The task stays for
+// another worker, at its first attempt.
+func TestDrainTakesNoTaskPutAfterwards(t *testing.T) {
+	addr, _ := qmtest.StartMaster(t, master.Config{})
+	c := qmtest.Dial(t, addr, "producer")
+	put(t, c, "tasks", []any{"slow"}, wire.PutOptions{})
+	started, finish := make(chan struct{}), make(chan struct{})
+	var ranLate atomic.Bool
+	cfg := testConfig(t, addr, func(_ context.Context, task worker.Task) (any, error) {
+		if v, _ := task.Value(); v == "slow" {
+			close(started)
+			<-finish
+		} else {
+			ranLate.Store(true)
+		}
+		return "done", nil
+	})
+	cfg.Concurrency = 2
+	cfg.GetTimeout = 20 * time.Second
+	w := startWorker(t, cfg)
+	<-started
+	qmtest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if st := stats(t, c, "tasks"); st.Consumers != 1 {
+			return fmt.Errorf("tasks queue %+v: want the free slot's get waiting", st)
+		}
+		return nil
+	})
+	w.cancel()
+	late := put(t, c, "tasks", []any{"late"}, wire.PutOptions{})
+	close(finish)
+	if err := w.wait(t, 5*time.Second); err != nil {
+		t.Fatalf("Run after cancel = %v, want nil", err)
+	}
+	if ranLate.Load() {
+		t.Fatal("the drain ran a task put after it began")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ts, err := c.Get(ctx, "tasks", wire.GetOptions{Max: 10})
+	if err != nil || len(ts) != 1 || ts[0].ID != late[0] || ts[0].Attempt != 1 {
+		t.Fatalf("get: %+v, %v; want task %d at its first attempt", ts, err, late[0])
 	}
 }
 
@@ -651,6 +753,9 @@ func TestConfigValidate(t *testing.T) {
 		{"negative idle", worker.Config{Server: "h:1", Handler: h, IdleExit: -1}, "IdleExit"},
 		{"negative max", worker.Config{Server: "h:1", Handler: h, MaxTasks: -1}, "MaxTasks"},
 		{"backoff order", worker.Config{Server: "h:1", Handler: h, ReconnectMin: time.Second, ReconnectMax: time.Millisecond}, "ReconnectMin"},
+		{"tasks queue with a line's end", worker.Config{Server: "h:1", Handler: h, Tasks: "jobs\n"}, "Tasks"},
+		{"results queue with a line's end", worker.Config{Server: "h:1", Handler: h, Results: "out\r\n"}, "Results"},
+		{"results queue not UTF-8", worker.Config{Server: "h:1", Handler: h, Results: "out\xff"}, "Results"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			err := tt.cfg.Validate()

@@ -16,8 +16,13 @@ import (
 )
 
 func main() {
+	// The first Ctrl-C (or SIGTERM) drains: running tasks finish, the
+	// others go back to the master. Once it has come, the signals are
+	// let go, so that a second one stops the worker at once; the tasks
+	// it ran then come back when their leases run out.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	context.AfterFunc(ctx, stop)
 	err := worker.Run(ctx, worker.Config{
 		Server:      os.Getenv("QM_SERVER"),
 		Authkey:     []byte(os.Getenv("QM_AUTHKEY")),
