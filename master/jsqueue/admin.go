@@ -404,10 +404,29 @@ func (q *Queues) Peek(name string, n int) ([]queue.Task, error) {
 		return q.peekLevels(s, n)
 	}
 	err = q.scan(s, n, func(_ uint64, t queue.Task, _ bool) bool {
-		ts = append(ts, t)
+		if !q.takenHere(s.queue, t.ID) {
+			ts = append(ts, t)
+		}
 		return len(ts) < n
 	})
 	return ts, err
+}
+
+// takenHere reports whether this gateway has the task id of queue name
+// out to a worker, or done, its message still stored: not ready. (What
+// other gateways hold, it cannot tell.)
+func (q *Queues) takenHere(name string, id uint64) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if _, ok := q.leases[leaseKey{name, id}]; ok {
+		return true
+	}
+	seq, i, ok := packOf(id)
+	if !ok {
+		return false
+	}
+	p := q.packs[leaseKey{name, seq}]
+	return p != nil && i < len(p.done) && (p.done[i] || p.out[i])
 }
 
 // Purge drops every task of a queue not yet done and returns how many.
@@ -431,6 +450,7 @@ func (q *Queues) Purge(name string) (int, error) {
 		return 0, q.adminErr(name, "purge", err)
 	}
 	q.dropLeasesOf(name)
+	q.tellPurged(name, si.State.LastSeq) // purged.go
 	// Tasks, not packs; less those of packs held here that are done or
 	// gone already (those of packs another gateway holds are counted).
 	n := max(0, int(storedTasks(si.State))-settled)
@@ -523,6 +543,7 @@ func (q *Queues) Delete(name string) error {
 	if err != nil {
 		return q.engineErr("delete "+name, err)
 	}
+	q.tellPurged(name, 0) // purged.go
 	if !queue.IsDeadLetterName(name) {
 		if err := q.dropCount(ctx, name); err != nil {
 			q.log.Warn("a deleted queue's count of packed tasks not deleted; a queue made anew under its name counts them among its Puts", "queue", name, "err", err)

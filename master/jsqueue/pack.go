@@ -558,6 +558,9 @@ func (q *Queues) moveHeld(moves []heldMove) {
 			cancel()
 			if err != nil {
 				q.untakeRefs(taken)
+			} else {
+				// Stored again, not put again: Puts counts each task once.
+				q.countPacked(mvs[0].p.del.s, -len(msgs))
 			}
 		}
 		ls := make([]*lease, len(mvs))
@@ -766,6 +769,9 @@ func (q *Queues) movePacksApart(ps []*pack) {
 			ctx, cancel := q.call()
 			_, err = q.publish(ctx, msgs)
 			cancel()
+			if err == nil {
+				q.countPacked(mv.p.del.s, -len(msgs)) // stored again, not put again
+			}
 		}
 		if err != nil {
 			q.log.Warn("could not store a pack's remaining tasks apart; JetStream delivers the pack again, and its done tasks run again", "queue", mv.p.del.s.queue, "err", err)

@@ -534,6 +534,27 @@ func TestMaxLenCountsPackedTasks(t *testing.T) {
 	if _, err := q.Put(queue.NoWait, queue.PutRequest{Queue: "jobs", Items: items[:2]}); err != nil {
 		t.Fatalf("a put of 2 onto 8 of at most 10: %v", err)
 	}
+	// Tasks of a pack taken for good leave room, though the pack's
+	// message still carries them until its last is done.
+	ts := getN(t, q, "jobs", 1, 3, time.Second)
+	if len(ts) != 3 {
+		t.Fatalf("got %d tasks, want 3", len(ts))
+	}
+	// Nor does peek list them, out or done.
+	for _, when := range []string{"out", "done"} {
+		peeked, err := q.Peek("jobs", 100)
+		if err != nil || len(peeked) != 7 || slices.ContainsFunc(peeked, func(p queue.Task) bool { return p.ID == ts[0].ID || p.ID == ts[2].ID }) {
+			t.Fatalf("peek with 3 tasks %s: %d tasks, %v; want the 7 others", when, len(peeked), err)
+		}
+		if when == "out" {
+			if _, err := q.Ack(queue.AckRequest{Queue: "jobs", Owner: 1, IDs: []uint64{ts[0].ID, ts[1].ID, ts[2].ID}}, nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if _, err := q.Put(queue.NoWait, queue.PutRequest{Queue: "jobs", Items: items[:3]}); err != nil {
+		t.Fatalf("a put of 3 onto 7 left of at most 10: %v", err)
+	}
 }
 
 // A queue's stream made before packs had subjects of their own takes

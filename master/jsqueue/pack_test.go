@@ -543,6 +543,18 @@ func TestHeldTasksMoveToAnotherGateway(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	// Stored again, not put again: Puts and Done count each task once
+	// (the counters are added to every 100ms).
+	for {
+		st, err := b.Stats("jobs")
+		if err == nil && st.Puts == 4 && st.Done == 4 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("stats %+v, %v; want 4 put and 4 done", st, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // A get that takes tasks for good (map's results) takes a task JetStream

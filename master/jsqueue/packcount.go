@@ -90,8 +90,9 @@ func (q *Queues) counts(ctx context.Context) (jetstream.Stream, error) {
 }
 
 // countPacked notes extra, the tasks a put's packs carried beyond one
-// each, for s's counter; or, negative, delayed tasks come due, each
-// stored a second time (as a schedule, then as the task). The reaper adds them up there every
+// each, for s's counter; or, negative, tasks stored a second time:
+// delayed ones come due (as a schedule, then as the task), and held ones
+// stored apart (moveHeld, movePacksApart). The reaper adds them up there every
 // countsEvery (sendCounts): a counter's additions are written one after
 // another, through consensus with replicas, and one per put of results
 // slowed a three-node cluster fourfold. A gateway that dies loses what it

@@ -467,7 +467,10 @@ func (q *Queues) waitRoom(ctx context.Context, s *stream, req queue.PutRequest) 
 			}
 			return nil, q.engineErr("put "+req.Queue, err)
 		}
-		if int(storedTasks(si.State))+len(req.Items) <= q.cfg.MaxLen {
+		// Less the tasks of packs held here that are done already: their
+		// messages still carry them. (Another gateway's are counted.)
+		stored := max(0, int(storedTasks(si.State))-q.heldHere(req.Queue, time.Now()).settled)
+		if stored+len(req.Items) <= q.cfg.MaxLen {
 			return s.putMu.Unlock, nil
 		}
 		s.putMu.Unlock()

@@ -399,6 +399,9 @@ func New(cfg Config) (*Queues, error) {
 	}
 	q.pulls = newPulls(cfg.Conn)
 	q.followAdvisories()
+	if err := q.Answer(topicPurged, q.answerPurged); err != nil { // purged.go
+		q.log.Warn("this gateway will not hear of purges through the others: it may hand out tasks they purged", "err", err)
+	}
 	q.ctx, q.cancel = context.WithCancel(context.Background())
 	q.polMade = make(chan struct{}, 1)
 	q.bg.Go(q.watchPolicies)
