@@ -124,12 +124,8 @@ func (c *clientConn) authorize(k *acl.Key, req *wire.Request) error {
 	switch req.Op {
 	case wire.OpPut:
 		err = k.Check(acl.Put, q)
-		// Workers publish results to the reply queue a task names, which
-		// they need no permission for: a producer may name only a queue
-		// it could write or read itself, or it could have workers write
-		// where it may not (a confused deputy).
-		if err == nil && req.ReplyTo != "" && !k.May(acl.Put, req.ReplyTo) && !k.May(acl.Get, req.ReplyTo) {
-			err = &acl.DeniedError{Key: k.Name, Action: "name " + req.ReplyTo + " as a reply queue"}
+		if err == nil && req.ReplyTo != "" {
+			err = mayNameReplyTo(k, req.ReplyTo)
 		}
 	case wire.OpGet, wire.OpAck, wire.OpNack, wire.OpExtend, wire.OpComplete, wire.OpRelease:
 		err = k.Check(acl.Get, q)
@@ -158,6 +154,18 @@ func (c *clientConn) authorize(k *acl.Key, req *wire.Request) error {
 		c.denied(req.Op.String(), err)
 	}
 	return err
+}
+
+// mayNameReplyTo returns a *acl.DeniedError if key k may not name queue
+// as the reply queue of its tasks. Workers publish results to the reply
+// queue a task names, which they need no permission for: a producer may
+// name only a queue it could write or read itself, or it could have
+// workers write where it may not (a confused deputy).
+func mayNameReplyTo(k *acl.Key, queue string) error {
+	if k.May(acl.Put, queue) || k.May(acl.Get, queue) {
+		return nil
+	}
+	return &acl.DeniedError{Key: k.Name, Action: "name " + queue + " as a reply queue"}
 }
 
 // mayPublishTo returns a *acl.DeniedError if c's key may not publish

@@ -329,6 +329,7 @@ def attempt(what, f):
 ing = connect('ingest-secret')
 attempt('ingest get', lambda: ing.get_jobs_queue().get(timeout=1))
 attempt('ingest payroll', lambda: ing.get_payroll_queue())
+attempt('ingest reply_to', lambda: ing.get_jobs_queue().put_with(1, reply_to='payroll'))
 w = connect('worker-secret')
 jobs = w.get_jobs_queue()
 attempt('worker put', lambda: jobs.put(1))
@@ -342,6 +343,7 @@ attempt('worker results', lambda: results.put(0))
 			want := []string{
 				"ingest get PermissionError: permission denied: key ingest may not get from jobs",
 				"ingest payroll PermissionError: permission denied: key ingest may not use payroll",
+				"ingest reply_to PermissionError: permission denied: key ingest may not name payroll as a reply queue",
 				"worker put PermissionError: permission denied: key worker may not put to jobs",
 				"worker qsize ok",
 				"worker result ok",

@@ -82,6 +82,18 @@ func (p pyClient) Authorize(method string, perm acl.Perm, queue string) error {
 	return p.c.authorizePython(method, perm, queue)
 }
 
+func (p pyClient) AuthorizeReplyTo(method, queue string) error {
+	k := p.c.key.Load()
+	if k == nil {
+		return nil
+	}
+	err := mayNameReplyTo(k, queue)
+	if err != nil {
+		p.c.denied("py_"+method, err)
+	}
+	return err
+}
+
 func (p pyClient) BeginCall() func(method string) {
 	p.c.active.Add(1)
 	start := time.Now()

@@ -816,6 +816,39 @@ print(task.qsize())
 	})
 }
 
+// A Python producer's put_with names its task's reply queue, where the
+// result goes (Celery's result backend per task, roughly).
+func TestPythonPutWithReplyTo(t *testing.T) {
+	forEachPython(t, master.Config{}, func(t *testing.T, py qmtest.Python, addr string) {
+		out := runPy(t, py, addr, `
+m = manager()
+task = m.get_task_queue()
+print(task.put_with(7, reply_to='replies') > 0)
+for kw in [dict(reply_to=''), dict(reply_to='bad\n'), dict(reply_to=3)]:
+    try:
+        task.put_with(1, **kw)
+        print('accepted', kw)
+    except ValueError:
+        pass
+`)
+		if out != "True\n" {
+			t.Fatalf("python printed %q", out)
+		}
+		c := qmtest.Dial(t, addr, "worker")
+		ctx := ctxFor(t, 10*time.Second)
+		ts, err := c.Get(ctx, "tasks", wire.GetOptions{Max: 10})
+		if err != nil || len(ts) != 1 {
+			t.Fatalf("get: %+v, %v; want the one task", ts, err)
+		}
+		if err := c.Complete(ctx, "tasks", "", []wire.Completion{{ID: ts[0].ID, Value: ts[0].Payload}}); err != nil {
+			t.Fatal(err)
+		}
+		if st := stats(t, c, "replies"); st.Ready != 1 {
+			t.Fatalf("replies: %+v; want the task's result", st)
+		}
+	})
+}
+
 // The result a Python worker puts for a task whose reply queue was
 // deleted after the task was put (an ended map's) goes nowhere, rather
 // than make the queue again.

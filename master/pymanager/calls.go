@@ -207,13 +207,27 @@ func (p *conn) queueCall(name string, req *pyproto.Request) reply {
 		}
 		return p.put(req.Method, name, args.Value(0), false, nil, 0, queue.Item{})
 	case "put_with":
-		if !bind([]string{"item", "delay", "at", "priority", "key", "block", "timeout"},
-			pyproto.Required, nil, nil, int64(0), nil, true, nil) {
+		if !bind([]string{"item", "delay", "at", "priority", "key", "block", "timeout", "reply_to"},
+			pyproto.Required, nil, nil, int64(0), nil, true, nil, nil) {
 			break
 		}
 		sched, err := scheduleArgs(args, 1)
 		if err != nil {
 			return p.errorReply(pyproto.ValueError(err.Error()))
+		}
+		switch rt := args.Value(7).(type) {
+		case nil:
+		case string:
+			// Else the task would run and its result go nowhere.
+			if err := queue.CheckName(rt); err != nil {
+				return p.errorReply(pyproto.ValueError("reply_to: " + err.Error()))
+			}
+			if err := p.c.AuthorizeReplyTo(req.Method, rt); err != nil {
+				return traceback(req.Method, "PermissionError", err.Error())
+			}
+			sched.ReplyTo = rt
+		default:
+			return p.errorReply(pyproto.ValueError("reply_to must be a str, not " + pyproto.TypeName(rt)))
 		}
 		return p.put(req.Method, name, args.Value(0), args.Truth(5), args, 6, sched)
 	case "get":

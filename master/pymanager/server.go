@@ -62,6 +62,9 @@ type Client interface {
 	// Authorize returns an error if the client's key may not do p to
 	// queue, for a call of method; its text is the client's to see.
 	Authorize(method string, p acl.Perm, queue string) error
+	// AuthorizeReplyTo returns an error if the client's key may not name
+	// queue as its tasks' reply queue, for a call of method.
+	AuthorizeReplyTo(method, queue string) error
 }
 
 // Config configures a Server.
