@@ -25,6 +25,12 @@ In command mode the helper prints the stdio protocol's line (!retry
 SECONDS TEXT, !fail TEXT) and exits non-zero (65, EX_DATAERR, for Fail),
 which qworker reads alike.
 
+qmworker.current() tells the function which task it runs: a dict with its
+"id", "attempt" (1 for the first), "queue" and "last_error" (the error of
+the attempt before, if any), to make a side effect idempotent or to log.
+It needs qworker --stdio-envelope under --stdio; command mode always has it
+(without "last_error").
+
 @task runs the worker when the script's top level has finished, if the
 function is defined in the script itself (__main__); elsewhere, call
 run(fn). The protocol is docs/WORKERS.md of the qm repository. This module
@@ -39,7 +45,7 @@ import sys
 import time
 import traceback
 
-__all__ = ["task", "run", "Retry", "Fail", "ERROR_PREFIX"]
+__all__ = ["task", "run", "current", "Retry", "Fail", "ERROR_PREFIX"]
 __version__ = "0.1.0"
 
 # A line that starts with this fails the attempt; no JSON text starts with "!".
@@ -60,6 +66,27 @@ PIPELINE_HELLO = b"!pipeline\n"
 FLUSH_AFTER = 0.002
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+# The task being run, for current(); None between tasks.
+_current = None
+
+
+def current():
+    """The task the function runs: {"id", "attempt", "queue", "last_error"}, or None.
+
+    Under --stdio it needs qworker --stdio-envelope; in command mode it comes
+    from QM_TASK_ID, QM_ATTEMPT and QM_QUEUE. None outside a task, or when
+    qworker does not say.
+    """
+    if _current is not None:
+        return dict(_current)
+    if os.environ.get("QM_STDIO") != "1" and "QM_TASK_ID" in os.environ:
+        try:
+            return {"id": int(os.environ["QM_TASK_ID"]), "attempt": int(os.environ.get("QM_ATTEMPT", "0")),
+                    "queue": os.environ.get("QM_QUEUE", ""), "last_error": ""}
+        except ValueError:
+            return None
+    return None
 
 
 def task(fn):
@@ -156,10 +183,24 @@ class Fail(Exception):
 
 
 def _answer(fn, line, stderr):
+    global _current
     try:
         payload = json.loads(line)
     except ValueError as exc:
         return ERROR_PREFIX + ("payload is not JSON: %s" % exc).encode() + b"\n"
+    if os.environ.get("QM_STDIO_ENVELOPE") == "1":
+        if not isinstance(payload, dict) or "payload" not in payload:
+            return ERROR_PREFIX + b"qworker --stdio-envelope sent no envelope\n"
+        _current = {"id": payload.get("id"), "attempt": payload.get("attempt"),
+                    "queue": payload.get("queue", ""), "last_error": payload.get("last_error", "")}
+        payload = payload["payload"]
+    try:
+        return _call(fn, payload, stderr)
+    finally:
+        _current = None
+
+
+def _call(fn, payload, stderr):
     try:
         value = fn(payload)
     except Retry as exc:

@@ -54,6 +54,20 @@ class Stdio(unittest.TestCase):
         _, out, _ = self.serve(fail, b"1\n")
         self.assertEqual(out, b"!error ValueError: two lines\n")
 
+    def test_envelope_gives_the_task(self):
+        def info(x):
+            return [x, qmworker.current()]
+        os.environ["QM_STDIO_ENVELOPE"] = "1"
+        try:
+            _, out, _ = self.serve(info, b'{"id":7,"attempt":2,"queue":"tasks","last_error":"boom","payload":{"n":3}}\n3\n')
+        finally:
+            del os.environ["QM_STDIO_ENVELOPE"]
+        self.assertEqual(out, b'[{"n":3},{"id":7,"attempt":2,"queue":"tasks","last_error":"boom"}]\n'
+                              b'!error qworker --stdio-envelope sent no envelope\n')
+        self.assertIsNone(qmworker.current())  # between tasks
+        _, out, _ = self.serve(info, b"5\n")
+        self.assertEqual(out, b"[5,null]\n")  # no envelope: not known
+
     def test_retry_is_a_retry_line(self):
         def busy(x):
             raise qmworker.Retry(2.5, "rate\nlimited")
@@ -143,6 +157,15 @@ class Command(unittest.TestCase):
 
     def test_raw_string_payload(self):
         self.assertEqual(self.once(lambda s: s.upper(), b"hello world")[:2], (0, b'"HELLO WORLD"\n'))
+
+    def test_current_from_the_environment(self):
+        os.environ.update(QM_TASK_ID="12", QM_ATTEMPT="3", QM_QUEUE="jobs")
+        try:
+            code, out, _ = self.once(lambda x: qmworker.current(), b"1\n")
+        finally:
+            for k in ("QM_TASK_ID", "QM_ATTEMPT", "QM_QUEUE"):
+                del os.environ[k]
+        self.assertEqual((code, out), (0, b'{"id":12,"attempt":3,"queue":"jobs","last_error":""}\n'))
 
     def test_payload_kind_from_qworker(self):
         # QM_PAYLOAD says how stdin holds the payload: the string "123"

@@ -20,6 +20,11 @@ type StdioConfig struct {
 	Command []string
 	// Children is how many copies of Command run; default 1.
 	Children int
+	// Envelope writes each task as an object that carries its ID, attempt,
+	// queue and last error around its payload (docs/WORKERS.md), for
+	// children that want them (idempotency, logs); the children get
+	// QM_STDIO_ENVELOPE=1.
+	Envelope bool
 	// Pipeline is how many tasks may be written ahead to a child that
 	// asked for it (docs/WORKERS.md); default DefaultStdioPipeline. A
 	// child that did not ask gets one task at a time.
@@ -270,7 +275,7 @@ func (s *Stdio) Capacity() int {
 // Handle is the Handler: it runs t on a free child. When ctx ends first
 // it returns at once; the child's answer, if it comes, is dropped.
 func (s *Stdio) Handle(ctx context.Context, t Task) (any, error) {
-	line, err := stdioInput(t, nil)
+	line, err := stdioInput(t, nil, s.cfg.Envelope)
 	if err != nil {
 		return nil, err // no child sees it
 	}

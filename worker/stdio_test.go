@@ -89,6 +89,25 @@ done`, worker.StdioConfig{})
 	}
 }
 
+// With Envelope, a child gets each task as an object carrying its ID,
+// attempt, queue and last error around its payload, and
+// QM_STDIO_ENVELOPE=1; here it answers the line it read.
+func TestStdioEnvelope(t *testing.T) {
+	s := startStdio(t, `[ "$QM_STDIO_ENVELOPE" = 1 ] || { echo '!fail no QM_STDIO_ENVELOPE'; exit 0; }
+while IFS= read -r x; do printf '%s\n' "$x"; done`, worker.StdioConfig{Envelope: true})
+	tk := task(t, map[string]any{"n": 3})
+	tk.Attempt, tk.LastError = 2, "boom\nline 2 \u2028"
+	v, err := s.Handle(context.Background(), tk)
+	want := map[string]any{"id": int64(7), "attempt": int64(2), "queue": "tasks", "last_error": "boom\nline 2 \u2028", "payload": map[string]any{"n": int64(3)}}
+	if err != nil || !reflect.DeepEqual(v, want) {
+		t.Fatalf("the child read %#v, %v; want %#v", v, err, want)
+	}
+	tk = task(t, "plain")
+	if v, err := s.Handle(context.Background(), tk); err != nil || !reflect.DeepEqual(v, map[string]any{"id": int64(7), "attempt": int64(1), "queue": "tasks", "payload": "plain"}) {
+		t.Fatalf("the child read %#v, %v; want no last_error", v, err)
+	}
+}
+
 // TestStdioRetryLine: "!retry SECONDS TEXT" fails the attempt with TEXT
 // and holds the task back SECONDS before its next delivery.
 func TestStdioRetryLine(t *testing.T) {

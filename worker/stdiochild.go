@@ -160,6 +160,9 @@ func (c *child) start() error {
 	cmd := exec.Command(argv[0], argv[1:]...)
 	inNewGroup(cmd)
 	cmd.Env = append(os.Environ(), "QM_STDIO=1", "QM_CHILD="+strconv.Itoa(c.id))
+	if c.cfg.Envelope {
+		cmd.Env = append(cmd.Env, "QM_STDIO_ENVELOPE=1")
+	}
 	if _, set := os.LookupEnv("PYTHONUNBUFFERED"); !set {
 		// A plain print() loop then answers at once instead of when
 		// Python's 8 KiB buffer fills.
@@ -412,20 +415,42 @@ func (c *child) stopBy(deadline time.Time) error {
 }
 
 // stdioInput appends a task's line for a child to buf: its payload as one
-// line of JSON.
-func stdioInput(t Task, buf []byte) ([]byte, error) {
+// line of JSON, or, with envelope, the object that carries it with the
+// task's ID, attempt, queue and last error.
+func stdioInput(t Task, buf []byte, envelope bool) ([]byte, error) {
 	v, err := t.Value()
 	if err != nil {
 		return nil, err
 	}
+	if envelope {
+		buf = append(buf, `{"id":`...)
+		buf = strconv.AppendUint(buf, t.ID, 10)
+		buf = append(buf, `,"attempt":`...)
+		buf = strconv.AppendInt(buf, int64(t.Attempt), 10)
+		for _, f := range [...]struct{ name, value string }{{"queue", t.Queue}, {"last_error", t.LastError}} {
+			if f.value == "" {
+				continue
+			}
+			s, err := jsonval.Marshal(strings.ToValidUTF8(f.value, "\uFFFD"))
+			if err != nil {
+				return nil, err
+			}
+			buf = append(append(append(append(buf, `,"`...), f.name...), `":`...), s...)
+		}
+		buf = append(buf, `,"payload":`...)
+	}
 	if b, ok := appendSimpleJSON(buf, v); ok {
-		return append(b, '\n'), nil
+		buf = b
+	} else {
+		b, err := jsonval.Marshal(v)
+		if err != nil {
+			return nil, fmt.Errorf("payload cannot be sent as JSON: %w", err)
+		}
+		buf = append(buf, b...)
 	}
-	b, err := jsonval.Marshal(v)
-	if err != nil {
-		return nil, fmt.Errorf("payload cannot be sent as JSON: %w", err)
+	if envelope {
+		buf = append(buf, '}')
 	}
-	buf = append(buf, b...)
 	return append(buf, '\n'), nil
 }
 

@@ -33,6 +33,7 @@ type options struct {
 	Builtin        string
 	Command        []string // the arguments: a command to run per task
 	Stdio          bool     // run Command as long-lived children instead
+	StdioEnvelope  bool     // with Stdio, tasks as objects with their ID, attempt, queue and last error
 	Tasks          string
 	Results        string
 	Concurrency    int
@@ -162,6 +163,7 @@ such as a rejected authkey; 2 on a usage error.`,
 	tlsconfig.AddClientFlags(fl, &opts.TLS)
 	fl.StringVar(&opts.Builtin, "builtin", "", "run the built-in handler `name` on each task: "+strings.Join(worker.BuiltinNames(), ", "))
 	fl.BoolVar(&opts.Stdio, "stdio", false, "start --concurrency long-lived copies of COMMAND and pass them tasks, a line each, on stdin (see docs/WORKERS.md)")
+	fl.BoolVar(&opts.StdioEnvelope, "stdio-envelope", false, `with --stdio, write each task as {"id":ID,"attempt":N,"queue":Q,"last_error":E,"payload":P} instead of its payload alone (the children get QM_STDIO_ENVELOPE=1)`)
 	fl.StringVar(&opts.Tasks, "tasks", wire.DefaultTaskQueue, "`queue` to take tasks from")
 	fl.StringVar(&opts.Results, "results", wire.DefaultResultQueue, "`queue` for the results of tasks that name no reply-to queue")
 	fl.IntVar(&opts.Concurrency, "concurrency", 1, "tasks run at once")
@@ -203,6 +205,8 @@ func (o *options) validate() error {
 	switch {
 	case o.Stdio && len(o.Command) == 0:
 		return usageErrorf("--stdio needs a command to run after --")
+	case o.StdioEnvelope && !o.Stdio:
+		return usageErrorf("--stdio-envelope applies to --stdio children (a command run per task has QM_TASK_ID, QM_ATTEMPT and QM_QUEUE)")
 	case o.Builtin != "" && len(o.Command) > 0:
 		return usageErrorf("give --builtin or a command to run, not both (got --builtin %s and %q)", o.Builtin, o.Command[0])
 	case o.Builtin == "" && len(o.Command) == 0:
@@ -300,6 +304,7 @@ func (o *options) stdioConfig(log *slog.Logger) worker.StdioConfig {
 		Command:     o.Command,
 		Children:    o.Concurrency,
 		TaskTimeout: o.TaskTimeout,
+		Envelope:    o.StdioEnvelope,
 		Logger:      log,
 	}
 }
