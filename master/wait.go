@@ -3,6 +3,7 @@ package master
 import (
 	"context"
 	"errors"
+	"time"
 
 	"github.com/qm-dev/qm/wire"
 )
@@ -25,7 +26,17 @@ type streamCall struct {
 	// call's first part ran): it does not wait. The client closes a
 	// stream whose call it cancelled, so no later call sees it.
 	cancelled bool
+	// early is when a cancel came for a stream not served yet (its
+	// goroutine had not begun when the cancel's stream was served): the
+	// mark waits for it, for earlyKept. Zero once the stream is served.
+	early time.Time
 }
+
+// earlyKept is how long the mark of a cancel that came before its stream
+// was served is kept: a stream is served within moments of opening, and
+// the mark of one already over (its call answered, the stream closed)
+// must not stay for ever.
+const earlyKept = 10 * time.Second
 
 // errCancelled is the cause of a wait its client cancelled.
 var errCancelled = errors.New("cancelled by the client")
@@ -37,7 +48,11 @@ func (c *clientConn) openStream(stream uint32) {
 	if c.calls == nil {
 		c.calls = make(map[uint32]*streamCall)
 	}
-	c.calls[stream] = &streamCall{}
+	if sc := c.calls[stream]; sc != nil {
+		sc.early = time.Time{} // cancelled before it was served
+	} else {
+		c.calls[stream] = &streamCall{}
+	}
 	c.waitMu.Unlock()
 }
 
@@ -81,7 +96,20 @@ func (c *clientConn) cancelWait(stream uint32) {
 	defer c.waitMu.Unlock()
 	sc := c.calls[stream]
 	if sc == nil {
-		return // the stream is closed: its call is over
+		// Not served yet (its cancel overtook it), or over already (its
+		// call answered, the stream closed): marked, for the first. Stream
+		// IDs are not used twice, so a mark of the second does nothing.
+		now := time.Now()
+		for id, old := range c.calls {
+			if !old.early.IsZero() && now.Sub(old.early) > earlyKept {
+				delete(c.calls, id)
+			}
+		}
+		if c.calls == nil {
+			c.calls = make(map[uint32]*streamCall)
+		}
+		c.calls[stream] = &streamCall{cancelled: true, early: now}
+		return
 	}
 	sc.cancelled = true
 	if sc.cancel != nil {

@@ -582,7 +582,7 @@ func masterWait(req *Request) time.Duration {
 //
 // When ctx ends first, a call that may wait at the master (a get for
 // tasks, a put for room) is cancelled there (OpCancel, on another
-// stream), and its response is still read, for up to cancelGrace: a get
+// stream), and its response is still read, within cancelGrace: a get
 // that took tasks just before returns them, and a put that was made
 // returns its IDs, rather than ctx's error, so that nothing is taken or
 // put unknown to the caller. A master older than OpCancel, or one that
@@ -599,11 +599,17 @@ func (c *Client) callOnce(ctx context.Context, req *Request, resp *Response) (an
 	if ctx.Done() != nil {
 		waits := masterWait(req) > 0
 		stop = context.AfterFunc(ctx, func() {
-			if waits && c.cancelWait(cs.s.StreamID()) == nil {
-				_ = cs.s.SetDeadline(time.Now().Add(cancelGrace))
+			if !waits {
+				_ = cs.s.SetDeadline(time.Now())
 				return
 			}
-			_ = cs.s.SetDeadline(time.Now())
+			// The whole of it within the grace: the cancel's own call
+			// too, which a master that does not answer would hold up.
+			deadline := time.Now().Add(cancelGrace)
+			_ = cs.s.SetDeadline(deadline)
+			if c.cancelWait(cs.s.StreamID(), deadline) != nil {
+				_ = cs.s.SetDeadline(time.Now())
+			}
 		})
 	}
 	err = cs.codec.Write(req)
@@ -637,18 +643,20 @@ func (c *Client) callOnce(ctx context.Context, req *Request, resp *Response) (an
 }
 
 // cancelGrace bounds the wait for the response of a call cancelled at
-// the master (callOnce).
-const cancelGrace = 2 * time.Second
+// the master, the cancel's own call included (callOnce): a master that
+// answers at all answers within moments; one that hangs holds the
+// caller this long past its context.
+const cancelGrace = time.Second
 
 // cancelWait asks the master to end the wait of the call on stream id,
 // on a stream of its own, outside the slots (the call holds one). With
 // every slot taken the master would refuse that stream: the call is left
 // to end by itself.
-func (c *Client) cancelWait(id uint32) error {
+func (c *Client) cancelWait(id uint32, deadline time.Time) error {
 	if c.slots != nil && len(c.slots) >= cap(c.slots) {
 		return ErrTooManyStreams
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), cancelGrace)
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
 	_, err := c.callOnce(ctx, &Request{Op: OpCancel, IDs: []uint64{uint64(id)}}, &Response{})
 	return err
@@ -789,7 +797,8 @@ type GetOptions struct {
 // If ctx ends first, the get is cancelled at the master, which then takes
 // nothing more for it, and Get returns ctx's error; tasks the master took
 // for it just before are returned instead, with no error, so that none is
-// lost. (A master older than this, or a client with every one of the
+// lost. It returns within a second of ctx's end, a master that does not
+// answer included. (A master older than this, or a client with every one of the
 // master's --max-streams calls in progress, leaves the get waiting there
 // until its timeout, and a task it takes then is handed to nobody.)
 func (c *Client) Get(ctx context.Context, queue string, opts GetOptions) ([]Task, error) {

@@ -388,9 +388,10 @@ type msgTimes struct {
 	stored, due time.Time
 }
 
-// Peek returns the first n tasks of a queue not yet done, in order. Unlike
-// the in-process queues it includes tasks leased at the moment: the
-// stream holds both until they are acked.
+// Peek returns the first n tasks of a queue not yet done, in order, less
+// those this gateway has out to workers or done (takenHere). Unlike the
+// in-process queues it includes the tasks other gateways have out: the
+// stream holds them until they are acked.
 func (q *Queues) Peek(name string, n int) ([]queue.Task, error) {
 	s, err := q.open(name, false)
 	if err != nil {

@@ -614,7 +614,7 @@ func (q *Queues) openLevelsOf(s *stream, items []queue.Item) (first bool, err er
 func (q *Queues) peekLevels(s *stream, n int) ([]queue.Task, error) {
 	var byLevel [queue.MaxPriority + 1][]queue.Task
 	err := q.scan(s, scanWindow, func(_ uint64, t queue.Task, _ bool) bool {
-		if l := &byLevel[t.Priority]; len(*l) < n {
+		if l := &byLevel[t.Priority]; len(*l) < n && !q.takenHere(s.queue, t.ID) {
 			*l = append(*l, t)
 		}
 		return true
