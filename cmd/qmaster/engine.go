@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/url"
@@ -145,7 +146,7 @@ type engine struct {
 	note     string // for the listening line
 	log      *slog.Logger
 	// lock holds the data directory of the node embedded here, if any.
-	lock *os.File
+	lock io.Closer
 }
 
 // openEngine connects to the cluster, or starts this qmaster's node, and

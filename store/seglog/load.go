@@ -3,12 +3,14 @@ package seglog
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/qm-dev/qm/store"
 )
@@ -250,6 +252,13 @@ func (l *Log) load() (store.Meta, []store.Task, error) {
 		}
 		segs = append(segs, n)
 	}
+	// Segments are numbered on from the snapshot's (or from 1): one
+	// missing (a partial copy or restore) would lose its tasks unsaid.
+	for i, n := range segs {
+		if want := max(base, 1) + uint64(i); n != want {
+			return meta, nil, fmt.Errorf("%w: %s is missing (the segments after %s hold what came after it): restore it, or the whole directory", store.ErrCorrupt, filepath.Join(l.dir, segName(want)), snapOrStart(base))
+		}
+	}
 	// Each file is read once: its records' headers are counted first, to
 	// size the state at once, and the same bytes are then replayed.
 	var (
@@ -312,11 +321,28 @@ func (l *Log) load() (store.Meta, []store.Task, error) {
 		os.Remove(filepath.Join(l.dir, snapName(n)))
 	}
 	next := base
-	if len(segs) > 0 {
-		next = segs[len(segs)-1] + 1
+	if n := len(segs); n > 0 {
+		next = segs[n-1] + 1
+		if _, err := os.Stat(filepath.Join(l.dir, segName(segs[n-1]))); errors.Is(err, os.ErrNotExist) {
+			// Dropped by replay (created, its header not yet on disk):
+			// its number is used again, so that none is missing.
+			next, segs = segs[n-1], segs[:n-1]
+		}
 	}
 	next = max(next, 1)
+	// What was replayed is on disk before anything is written after it:
+	// the process that wrote it may have died before its data reached
+	// the disk, and a machine crash now would leave a damaged segment
+	// that is no longer the newest, which stops the next start.
+	for _, n := range segs {
+		if err := syncFile(filepath.Join(l.dir, segName(n))); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return meta, nil, err
+		}
+	}
 	if err := l.createSegment(next); err != nil {
+		if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+			return meta, nil, fmt.Errorf("%w: the data directory %s has no room to start a new log segment: free some space and start again (nothing was lost): %w", store.ErrDiskFull, l.dir, err)
+		}
 		return meta, nil, err
 	}
 	l.sinceSnap = replayed
@@ -440,6 +466,13 @@ func (l *Log) replay(n uint64, b []byte, last bool, st *state, dec *decoder) (si
 			if !last {
 				return 0, nil, fmt.Errorf("%w: %s at offset %d: %w", store.ErrCorrupt, name, off, derr)
 			}
+			// A write cut short by a crash ends the file, or leaves pages
+			// the disk never got (zeros) before later ones it did; good
+			// records after bad bytes that are not such a hole are
+			// damage to records that may have been acknowledged.
+			if p := nextRecord(b[off:], dec); p > 0 && !hasHole(b[off:off+p]) {
+				return 0, nil, fmt.Errorf("%w: %s at offset %d: %w, and %d bytes of good records follow: not a write cut short by a crash, so the master does not start (restore the file, or move it aside to lose what it holds from offset %d)", store.ErrCorrupt, name, off, derr, len(b)-off-p, off)
+			}
 			if err := truncate(name, int64(off)); err != nil {
 				return 0, nil, err
 			}
@@ -449,6 +482,58 @@ func (l *Log) replay(n uint64, b []byte, last bool, st *state, dec *decoder) (si
 		off += k
 	}
 	return int64(len(b)), nil, nil
+}
+
+// nextRecord returns the offset in b of the first good record after the
+// bad one at its start, or -1.
+func nextRecord(b []byte, dec *decoder) int {
+	var op store.Op
+	for p := 1; p+recHeaderLen <= len(b); p++ {
+		if n := binary.LittleEndian.Uint32(b[p:]); n == 0 || uint64(n) > uint64(len(b)-p-recHeaderLen) {
+			continue
+		}
+		if _, err := dec.decode(b[p:], &op); err == nil && op.Kind != kindMeta {
+			return p
+		}
+	}
+	return -1
+}
+
+// holeLen is the shortest run of zeros taken for a hole: a disk sector.
+const holeLen = 512
+
+// hasHole reports whether b holds holeLen zeros in a row.
+func hasHole(b []byte) bool {
+	run := 0
+	for _, c := range b {
+		if run++; c != 0 {
+			run = 0
+		} else if run >= holeLen {
+			return true
+		}
+	}
+	return false
+}
+
+// snapOrStart names the start of what segments replay over.
+func snapOrStart(base uint64) string {
+	if base == 0 {
+		return "the start"
+	}
+	return snapName(base)
+}
+
+// syncFile fsyncs the file name.
+func syncFile(name string) error {
+	f, err := os.OpenFile(name, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("fsync %s: %w", name, err)
+	}
+	return f.Close()
 }
 
 func isZero(b []byte) bool {

@@ -3,6 +3,7 @@ package seglog
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sync"
@@ -17,7 +18,7 @@ import (
 type Log struct {
 	dir  string
 	opts Options
-	lock *os.File
+	lock io.Closer
 
 	mu       sync.Mutex
 	buf      []byte       // appended, not yet taken by the writer
@@ -296,7 +297,7 @@ func (l *Log) createSegment(n uint64) error {
 	if _, err := f.WriteAt([]byte(logMagic), 0); err != nil {
 		f.Close()
 		os.Remove(name)
-		return fmt.Errorf("write %s: %w", name, err)
+		return err // it names the file
 	}
 	if err := f.Sync(); err != nil {
 		f.Close()

@@ -87,6 +87,15 @@ func TestSecondOpenRefused(t *testing.T) {
 	if !errors.Is(err, store.ErrLocked) || !strings.Contains(err.Error(), filepath.Join(dir, "LOCK")) {
 		t.Fatalf("second Open: %v; want ErrLocked naming the lock file", err)
 	}
+	// The directory stays locked though its LOCK file is deleted (a
+	// script clearing "stale" locks): the second would delete the first's
+	// segments as it compacts.
+	if err := os.Remove(filepath.Join(dir, "LOCK")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := seglog.Open(dir, seglog.Options{}); !errors.Is(err, store.ErrLocked) {
+		t.Fatalf("Open after LOCK was deleted: %v; want ErrLocked", err)
+	}
 }
 
 // segments returns the log segment files of dir, oldest first.
@@ -184,6 +193,96 @@ func TestCorruptMiddleIsAnError(t *testing.T) {
 	_, _, err = l.Load()
 	if !errors.Is(err, store.ErrCorrupt) || !strings.Contains(err.Error(), segs[0]) {
 		t.Fatalf("Load: %v; want ErrCorrupt naming %s", err, segs[0])
+	}
+}
+
+// In the newest segment, bad bytes followed by good records are damage,
+// not a write cut short by a crash: Load refuses to start rather than
+// drop the good records (acknowledged, maybe). A hole of zeros (pages a
+// machine crash never wrote) before them is a torn tail still.
+func TestCorruptNewestSegment(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		damage  func(b []byte)
+		corrupt bool
+	}{
+		{"a byte flipped", func(b []byte) { b[len(b)/2] ^= 0xff }, true},
+		{"a hole of zeros", func(b []byte) { clear(b[len(b)/2 : len(b)/2+1024]) }, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			l, _, _ := open(t, dir, seglog.Options{})
+			var tk store.Ticket
+			for i := 1; i <= 100; i++ {
+				tk = l.Append(add(uint64(i), "q", int64(i), strings.Repeat("x", 100)))
+			}
+			if err := l.Wait(tk); err != nil {
+				t.Fatal(err)
+			}
+			if err := l.Close(); err != nil {
+				t.Fatal(err)
+			}
+			segs := segments(t, dir)
+			last := segs[len(segs)-1]
+			b, err := os.ReadFile(last)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc.damage(b)
+			if err := os.WriteFile(last, b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			l, err = seglog.Open(dir, seglog.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Close()
+			meta, got, err := l.Load()
+			if tc.corrupt {
+				if !errors.Is(err, store.ErrCorrupt) || !strings.Contains(err.Error(), "good records follow") {
+					t.Fatalf("Load: %v, %d tasks; want ErrCorrupt saying good records follow", err, len(got))
+				}
+				if fi, err := os.Stat(last); err != nil || fi.Size() != int64(len(b)) {
+					t.Fatalf("the damaged segment was cut: %v, %v", fi, err)
+				}
+				return
+			}
+			if err != nil || len(got) == 0 || len(got) >= 100 || len(meta.Warnings) != 1 {
+				t.Fatalf("Load: %v, %d tasks, warnings %q; want the tail from the hole dropped, said", err, len(got), meta.Warnings)
+			}
+		})
+	}
+}
+
+// A segment missing between the snapshot (or the start) and the newest
+// (a partial copy or restore) is an error naming it, not tasks lost
+// unsaid; the number of a newest segment dropped for want of a header is
+// used again, so that none goes missing that way.
+func TestMissingSegmentIsAnError(t *testing.T) {
+	dir := t.TempDir()
+	writeN(t, dir, 10)
+	writeN(t, dir, 0)
+	// A segment created, its header not yet on disk: dropped, and its
+	// number used again.
+	if err := os.WriteFile(filepath.Join(dir, "log-0000000000000003"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	writeN(t, dir, 0)
+	writeN(t, dir, 0) // loads with no segment missing
+	segs := segments(t, dir)
+	if len(segs) < 3 {
+		t.Fatalf("segments %v", segs)
+	}
+	if err := os.Remove(segs[1]); err != nil {
+		t.Fatal(err)
+	}
+	l, err := seglog.Open(dir, seglog.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if _, _, err := l.Load(); !errors.Is(err, store.ErrCorrupt) || !strings.Contains(err.Error(), segs[1]+" is missing") {
+		t.Fatalf("Load: %v; want ErrCorrupt saying %s is missing", err, segs[1])
 	}
 }
 
