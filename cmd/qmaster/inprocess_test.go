@@ -85,6 +85,28 @@ func TestMapInProcess(t *testing.T) {
 	}
 }
 
+// Two maps reading one --results queue at once both finish: each puts
+// back the other's results while it waits for its own, rather than hold
+// them until it ends (when each waited on the other for ever).
+func TestMapsSharingAResultsQueue(t *testing.T) {
+	addr := startInProcessMaster(t, master.Config{})
+	runWorker(t, addr, "tasks", func(n int64) (any, error) { return -n, nil })
+	var wg sync.WaitGroup
+	for _, in := range []string{"1\n2\n3\n4\n5\n6\n7\n8\n", "11\n12\n13\n14\n15\n16\n17\n18\n"} {
+		wg.Go(func() {
+			f, out, errOut := testFactory(in)
+			if code := runInProcess(context.Background(), f, "map", "--server", addr, "--results", "shared", "--timeout", "60s", "--batch", "1"); code != 0 {
+				t.Errorf("map of %q: exit %d; stderr:\n%s", in, code, errOut)
+				return
+			}
+			if want := strings.ReplaceAll("-"+strings.TrimSuffix(in, "\n"), "\n", "\n-") + "\n"; out.String() != want {
+				t.Errorf("map of %q printed %q, want %q", in, out, want)
+			}
+		})
+	}
+	wg.Wait()
+}
+
 // TestMapPutsBackForeignItems: items of a --results queue that map did not
 // submit (a result of another's task, three that are not results, with
 // the same task ID of 0, one put while map runs) are put back at its end,

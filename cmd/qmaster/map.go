@@ -216,10 +216,17 @@ type mapState struct {
 	check      func(ctx context.Context, submitted, outstanding int) (string, error)
 	checkEvery time.Duration
 
-	failed   int
-	ignored  int          // results of this map's tasks received twice
-	foreign  []*wire.Task // items taken from the result queue that are not this map's
-	writeErr bool         // writing the output failed
+	failed  int
+	ignored int          // results of this map's tasks received twice
+	foreign []*wire.Task // items taken from the result queue that are not this map's
+	// giveBack, if set (a --results queue, which another map may read),
+	// puts foreign items back while this map waits for its results: the
+	// other map may be waiting for them, and kept until this one ended,
+	// each map could hold the other's for ever.
+	giveBack  func([]*wire.Task)
+	givenBack int  // items given back so
+	giveBacks int  // calls of giveBack
+	writeErr  bool // writing the output failed
 }
 
 func mapRun(ctx context.Context, opts *mapOptions) (err error) {
@@ -304,6 +311,13 @@ func mapRun(ctx context.Context, opts *mapOptions) (err error) {
 	}()
 
 	st = newMapState(opts)
+	if opts.Results != "" {
+		st.giveBack = func(items []*wire.Task) {
+			st.givenBack += len(items)
+			st.giveBacks++
+			putBack(ctx, conn, results, items, opts.IO.ErrOut, st.giveBacks, true)
+		}
+	}
 	watch := &tasksWatch{conn: conn, queue: opts.Tasks, results: results, told: make(map[string]bool)}
 	st.check, st.checkEvery = watch.check, cmp.Or(opts.checkEvery, waitCheckEvery)
 	err = st.loop(work, batches, resultsCh, produced, errs)
@@ -370,7 +384,11 @@ func mapRun(ctx context.Context, opts *mapOptions) (err error) {
 	if n := len(st.foreign); n > 0 && opts.Results == "" {
 		fmt.Fprintf(opts.IO.ErrOut, "qmaster map: ignored %d %s in %s that this map did not submit\n", n, plural(n, "item", "items"), results)
 	} else if n > 0 {
-		putBack(ctx, conn, results, st.foreign, opts.IO.ErrOut)
+		putBack(ctx, conn, results, st.foreign, opts.IO.ErrOut, 0, false)
+	}
+	if st.givenBack > 0 {
+		fmt.Fprintf(opts.IO.ErrOut, "qmaster map: put back %d %s of %s that this map did not submit while it waited (does another map read %s too?)\n",
+			st.givenBack, plural(st.givenBack, "item", "items"), results, results)
 	}
 	note := ""
 	if nulls > 0 {
@@ -409,8 +427,21 @@ func (st *mapState) loop(ctx context.Context, batches <-chan submitted, results 
 		tick = t.C
 	}
 	seen := st.arrived // at the last tick
+	var giveTick <-chan time.Time
+	if st.giveBack != nil {
+		t := time.NewTicker(giveBackEvery)
+		defer t.Stop()
+		giveTick = t.C
+	}
+	given := st.arrived // at the last giveTick
 	for st.reading || st.next < st.total {
 		select {
+		case <-giveTick:
+			if st.arrived == given && len(st.foreign) > 0 {
+				st.giveBack(st.foreign)
+				st.foreign = nil
+			}
+			given = st.arrived
 		case <-ctx.Done():
 			return ctx.Err()
 		case err := <-errs:
@@ -932,6 +963,10 @@ func collect(ctx context.Context, finish <-chan struct{}, conn *producerConn, qu
 // looks into its tasks queue (tasksWatch).
 const waitCheckEvery = 5 * time.Second
 
+// giveBackEvery is how often a map that has had no result of its own
+// since puts back the items of its --results queue that are not its own.
+const giveBackEvery = 500 * time.Millisecond
+
 // tasksWatch looks into the tasks queue of a map that waits for results in
 // vain: if the queue is gone, with its tasks, map fails; if its tasks sit
 // untaken, it says why, once.
@@ -1044,10 +1079,11 @@ func (w *tasksWatch) once(kind, note string) string {
 // queue that are not its own.
 const putBackFor = 10 * time.Second
 
-// putBack puts items taken from queue that this map did not submit back
-// at its end, in the order they were taken (by their IDs), with their
-// reply queue and priority, and says so on errOut.
-func putBack(ctx context.Context, conn *producerConn, queue string, items []*wire.Task, errOut io.Writer) {
+// putBack puts items taken from queue that this map did not submit back,
+// in the order they were taken (by their IDs), with their reply queue and
+// priority, and says so on errOut, or, if quiet, only if some could not
+// be. round tells each call's puts apart (their request IDs).
+func putBack(ctx context.Context, conn *producerConn, queue string, items []*wire.Task, errOut io.Writer, round int, quiet bool) {
 	slices.SortFunc(items, func(a, b *wire.Task) int { return cmp.Compare(a.ID, b.ID) })
 	// The run's ctx may be over; the items deserve time of their own.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), putBackFor)
@@ -1068,7 +1104,7 @@ func putBack(ctx context.Context, conn *producerConn, queue string, items []*wir
 		}
 		p := &putter{conn: conn, queue: queue, opts: wire.PutOptions{ReplyTo: items[0].ReplyTo, Priority: items[0].Priority}, waitUnavailable: true}
 		var ids []uint64
-		ids, err = p.putWaiting(ctx, raw, fmt.Sprintf("%sback-%d", conn.idPrefix, put))
+		ids, err = p.putWaiting(ctx, raw, fmt.Sprintf("%sback-%d-%d", conn.idPrefix, round, put))
 		put += len(ids)
 		items = items[n:]
 	}
@@ -1077,7 +1113,9 @@ func putBack(ctx context.Context, conn *producerConn, queue string, items []*wir
 			put, all, queue, all-put, err)
 		return
 	}
-	fmt.Fprintf(errOut, "qmaster map: put back %d %s of %s that this map did not submit\n", all, plural(all, "item", "items"), queue)
+	if !quiet {
+		fmt.Fprintf(errOut, "qmaster map: put back %d %s of %s that this map did not submit\n", all, plural(all, "item", "items"), queue)
+	}
 }
 
 // msgpackNil is the msgpack encoding of nil.
