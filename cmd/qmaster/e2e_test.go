@@ -1,10 +1,12 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -386,5 +388,66 @@ func TestE2EDataDirMadeSaysSo(t *testing.T) {
 	again := startMaster(t, "--data-dir", dir)
 	if strings.Contains(again.stderr.String(), "does not exist") {
 		t.Errorf("the existing data directory said to be made:\n%s", again.stderr)
+	}
+}
+
+// A map whose output's reader goes away (| head) or whose terminal goes
+// (SIGHUP) ends as an interrupted one does, its result queue deleted and
+// its tasks cancelled, rather than die with them left; | head exits as a
+// shell reports SIGPIPE (141), Ctrl-C as it reports SIGINT (130), so that
+// a script's loop stops.
+func TestE2EMapEndsCleanlyOnSignals(t *testing.T) {
+	m := startMaster(t)
+	runWorker(t, m.addr, "tasks", func(n int64) (any, error) {
+		time.Sleep(time.Millisecond)
+		return n, nil
+	})
+	input := strings.Repeat("1\n", 2000)
+	for _, tc := range []struct {
+		name string
+		end  func(cmd *exec.Cmd, stdout io.ReadCloser)
+		code int
+	}{
+		{"its reader goes", func(_ *exec.Cmd, stdout io.ReadCloser) { stdout.Close() }, 141},
+		{"SIGHUP", func(cmd *exec.Cmd, _ io.ReadCloser) { _ = cmd.Process.Signal(syscall.SIGHUP) }, 1},
+		{"SIGINT", func(cmd *exec.Cmd, _ io.ReadCloser) { _ = cmd.Process.Signal(os.Interrupt) }, 130},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cmd := exec.Command(qmasterBin, "map", "--server", m.addr, "--batch", "10")
+			cmd.Env = env("QM_AUTHKEY=" + testKey)
+			cmd.Stdin = strings.NewReader(input)
+			var stderr syncBuffer
+			cmd.Stderr = &stderr
+			stdout, err := cmd.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			line, err := bufio.NewReader(stdout).ReadString('\n')
+			if err != nil || line != "1\n" {
+				t.Fatalf("first line %q, %v", line, err)
+			}
+			tc.end(cmd, stdout)
+			err = cmd.Wait()
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() != tc.code {
+				t.Fatalf("map: %v, want exit %d; stderr:\n%s", err, tc.code, stderr.String())
+			}
+			if tc.code == 141 && stderr.String() != "" {
+				t.Errorf("map said something though its reader went: %q", stderr.String())
+			}
+			c := qmtestDial(t, m.addr)
+			qs, err := c.Queues(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, q := range qs {
+				if strings.HasPrefix(q, "map-") {
+					t.Fatalf("queues %v: the map's result queue was left", qs)
+				}
+			}
+		})
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"syscall"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
@@ -64,11 +65,33 @@ type connError struct{ err error }
 func (e *connError) Error() string { return e.err.Error() }
 func (e *connError) Unwrap() error { return e.err }
 
+// signalled is the cause of a run a signal ended.
+type signalled struct{ sig os.Signal }
+
+func (s signalled) Error() string { return "interrupted by " + s.sig.String() }
+
+// exitCode is 128 plus the signal's number, as a shell reports a command
+// the signal ended.
+func (s signalled) exitCode() int {
+	if n, ok := s.sig.(syscall.Signal); ok {
+		return 128 + int(n)
+	}
+	return exitError
+}
+
+// exitBrokenPipe is the exit code of a subcommand whose output's reader
+// went away (| head): 128 + SIGPIPE, what a shell reports for a command
+// that signal ended, which is how such commands usually end.
+const exitBrokenPipe = 128 + int(syscall.SIGPIPE)
+
 // exitCode reports err on w and returns the process exit code. cmd is the
 // command that ran (or failed to parse).
 func exitCode(w io.Writer, cmd *cobra.Command, err error) int {
 	if err == nil {
 		return exitOK
+	}
+	if errors.Is(err, syscall.EPIPE) {
+		return exitBrokenPipe // said by no one: its reader is gone
 	}
 	prefix := "qmaster"
 	if cmd != nil {

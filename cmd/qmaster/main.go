@@ -13,12 +13,24 @@ import (
 
 func main() {
 	gomaxprocs.OneUnlessSet() // serveRun may raise it (gomaxprocs.Adapt)
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	// After the first signal, restore the default handling so that a second
-	// one ends a slow shutdown at once.
-	context.AfterFunc(ctx, stop)
+	ctx, cancel := context.WithCancelCause(context.Background())
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		s := <-sigs
+		// After the first signal, restore the default handling so that a
+		// second one ends a slow shutdown at once.
+		signal.Stop(sigs)
+		cancel(signalled{s})
+	}()
 	f := newFactory()
 	cmd, err := newRootCmd(f, nil).ExecuteContextC(ctx)
-	stop()
-	os.Exit(exitCode(f.ErrOut, cmd, err))
+	signal.Stop(sigs)
+	code := exitCode(f.ErrOut, cmd, err)
+	if s, ok := context.Cause(ctx).(signalled); ok && code == exitError {
+		// What a shell reports for a command a signal ended, so that a
+		// script's loop stops at a Ctrl-C, as it would around any other.
+		code = s.exitCode()
+	}
+	os.Exit(code)
 }

@@ -10,9 +10,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"os/signal"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/qm-dev/qm/internal/jsonval"
@@ -51,8 +54,9 @@ line k is the result of the k-th item. Workers (qworker) must be serving
 Tasks are submitted in batches as the input is read, and results are
 collected and printed at the same time, so long inputs stream through. Results go to a private queue, map-<random>, deleted
 at the end, unless --results names one; items map takes from it that are
-not results of its tasks are put back at its end when map is done (said
-on stderr).
+not results of its tasks are put back (said on stderr): while it has had
+no result of its own for half a second (another map may read the same
+queue and wait for them), and at its end.
 
 A task that fails for good (after the master's --max-attempts) prints null
 on its line and is reported on stderr; map then exits with status 1. A
@@ -62,7 +66,12 @@ A map stopped early (--timeout, an interrupt, an error) prints the results
 that came, still in input order: up to the last of them, each line whose
 result had not come gets null, and stderr names its input line ("has no
 result yet"); the lines after it are not printed. The final message says
-how many results came.
+how many results came. Stopped by a signal (Ctrl-C, SIGTERM, SIGHUP as its
+terminal goes) or by its output's reader going away (| head), it deletes
+its result queue and cancels its tasks not yet handed out, as at any end;
+it then exits 130 after SIGINT, 143 after SIGTERM (as a shell reports a
+command a signal ended, so that a script's loop stops too), and 141,
+silently, when its reader went.
 
 While results are due and none has come for 5s, map looks at --tasks (a
 stats call, every 5s at most): if the queue was deleted (gone at two
@@ -230,6 +239,16 @@ type mapState struct {
 }
 
 func mapRun(ctx context.Context, opts *mapOptions) (err error) {
+	// A map ends cleanly, its result queue deleted and its tasks
+	// cancelled, when its terminal goes (SIGHUP, which a master takes to
+	// reload its ACL: hence here, not in main), and when its output's
+	// reader does (| head): the write fails with EPIPE rather than the
+	// process dying of SIGPIPE before it cleans up.
+	ctx, stopHUP := signal.NotifyContext(ctx, syscall.SIGHUP)
+	defer stopHUP()
+	pipe := make(chan os.Signal, 1)
+	signal.Notify(pipe, syscall.SIGPIPE)
+	defer signal.Stop(pipe)
 	conn, err := dialProducer(ctx, &opts.Client, opts.IO, "map")
 	if err != nil {
 		return err
