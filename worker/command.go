@@ -58,7 +58,7 @@ func Command(argv []string, timeout time.Duration, opts ...CommandOption) Handle
 		}
 		input, format, err := commandInput(t)
 		if err != nil {
-			return nil, err
+			return nil, NoRetry(err) // every attempt would fail alike
 		}
 		runCtx := ctx
 		if timeout > 0 {

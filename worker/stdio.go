@@ -277,7 +277,7 @@ func (s *Stdio) Capacity() int {
 func (s *Stdio) Handle(ctx context.Context, t Task) (any, error) {
 	line, err := stdioInput(t, nil, s.cfg.Envelope)
 	if err != nil {
-		return nil, err // no child sees it
+		return nil, NoRetry(err) // no child sees it; every attempt would fail alike
 	}
 	r := &request{ctx: ctx, task: t.ID, line: line, done: make(chan answer, 1)}
 	select {

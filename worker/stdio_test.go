@@ -356,7 +356,7 @@ done`
 		{name: "payload the child cannot parse", script: child(`echo "!error cannot parse $x"`), bad: "bad",
 			want: `cannot parse "bad"`},
 		{name: "payload that is not JSON", script: echoChild, bad: math.NaN(),
-			want: "payload cannot be sent as JSON"},
+			want: "payload cannot be sent as JSON", once: true},
 	} {
 		for _, pipelined := range []bool{false, true} {
 			script, name := tt.script, tt.name

@@ -31,6 +31,8 @@ func newCmdGet(f *factory, runF func(*getOptions) error) *cobra.Command {
 		Short: "Take items from a queue for good and print them",
 		Long: `Take up to -n items from QUEUE and print each as one line of JSON.
 The items are removed for good: no lease, no acknowledgement, no retry.
+So those printed to a reader that fails or stops early (| head, a jq that
+exits) are gone: take few at a time (-n) when the reader may not keep them.
 
 get waits up to --timeout for the first item, then takes whatever else is
 ready at once, up to -n. If nothing arrives in time it exits with status 1.
