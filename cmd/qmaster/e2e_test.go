@@ -451,3 +451,42 @@ func TestE2EMapEndsCleanlyOnSignals(t *testing.T) {
 		})
 	}
 }
+
+// A get whose reader goes away (| head) gives back the items it could
+// not write, rather than lose them, and exits 141.
+func TestE2EGetGivesBackWhatItCouldNotWrite(t *testing.T) {
+	m := startMaster(t)
+	c := qmtestDial(t, m.addr)
+	items := make([]any, 5000)
+	for i := range items {
+		items[i] = fmt.Sprintf("%d-%s", i, strings.Repeat("z", 100)) // far more than a pipe holds
+	}
+	ctx := context.Background()
+	if _, err := c.Put(ctx, "hq", items, wire.PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(qmasterBin, "get", "hq", "-n", "5000", "--server", m.addr)
+	cmd.Env = env("QM_AUTHKEY=" + testKey)
+	var stderr syncBuffer
+	cmd.Stderr = &stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if line, err := bufio.NewReader(stdout).ReadString('\n'); err != nil || !strings.HasPrefix(line, `"0-`) {
+		t.Fatalf("first line %q, %v", line, err)
+	}
+	stdout.Close()
+	err = cmd.Wait()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 141 || stderr.String() != "" {
+		t.Fatalf("get: %v, stderr %q; want exit 141, silently", err, stderr.String())
+	}
+	st, err := c.Stats(ctx, "hq")
+	if err != nil || st[0].Ready != 5000 || st[0].Leased != 0 {
+		t.Fatalf("hq: %+v, %v; want all 5000 back, ready", st, err)
+	}
+}

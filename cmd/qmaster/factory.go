@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"strings"
 	"syscall"
 
@@ -83,6 +84,16 @@ func (s signalled) exitCode() int {
 // went away (| head): 128 + SIGPIPE, what a shell reports for a command
 // that signal ended, which is how such commands usually end.
 const exitBrokenPipe = 128 + int(syscall.SIGPIPE)
+
+// catchBrokenPipe makes a write to stdout whose reader went away (| head)
+// fail with EPIPE rather than end the process by SIGPIPE, until the func
+// it returns is called: a subcommand that took items or started tasks
+// then puts them back, or cancels them, before it exits (exitBrokenPipe).
+func catchBrokenPipe() (stop func()) {
+	pipe := make(chan os.Signal, 1)
+	signal.Notify(pipe, syscall.SIGPIPE)
+	return func() { signal.Stop(pipe) }
+}
 
 // exitCode reports err on w and returns the process exit code. cmd is the
 // command that ran (or failed to parse).

@@ -30,9 +30,13 @@ func newCmdGet(f *factory, runF func(*getOptions) error) *cobra.Command {
 		Use:   "get QUEUE [flags]",
 		Short: "Take items from a queue for good and print them",
 		Long: `Take up to -n items from QUEUE and print each as one line of JSON.
-The items are removed for good: no lease, no acknowledgement, no retry.
-So those printed to a reader that fails or stops early (| head, a jq that
-exits) are gone: take few at a time (-n) when the reader may not keep them.
+The items are removed for good once printed. Each batch is taken under a
+lease and acknowledged once written: if writing fails (a reader that went
+away, | head), the batch goes back to the front of QUEUE, the items the
+reader got included, and get exits 141, silently. What a pipe took in
+full before its reader went is gone with it: take few at a time (-n)
+when the reader may stop early. Killed (kill -9) before it acknowledged
+them, get's items come back when their lease runs out.
 
 get waits up to --timeout for the first item, then takes whatever else is
 ready at once, up to -n. If nothing arrives in time it exits with status 1.
@@ -67,11 +71,42 @@ still printed, and get exits with status 1.`,
 	return cmd
 }
 
+// getLease is the lease of the items get takes, long enough to write them:
+// acknowledged once written, they come back when it runs out if get is
+// killed in between.
+const getLease = 30 * time.Second
+
+// ackTasks acknowledges tasks, taken from queue and written.
+func ackTasks(c *wire.Client, queue string, tasks []wire.Task) error {
+	ctx, cancel := context.WithTimeout(context.Background(), callSlack)
+	defer cancel()
+	ids := make([]uint64, len(tasks))
+	for i, t := range tasks {
+		ids[i] = t.ID
+	}
+	return c.Ack(ctx, queue, ids...)
+}
+
+// giveBackUnwritten gives tasks, taken from queue, back to its front,
+// unattempted, as their writing failed with werr (a reader gone), and
+// returns werr: they were not delivered. Those the reader got before it
+// went (in its pipe's buffer) come again.
+func giveBackUnwritten(c *wire.Client, queue string, tasks []wire.Task, werr error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), callSlack)
+	defer cancel()
+	if err := c.Release(ctx, queue, tasks); err != nil {
+		return fmt.Errorf("%w (%d %s not given back; %s back when %s lease runs out: %v)", werr, len(tasks),
+			plural(len(tasks), "item", "items"), plural(len(tasks), "it comes", "they come"), plural(len(tasks), "its", "their"), err)
+	}
+	return werr
+}
+
 // callSlack is how much longer than the master's own wait a client waits
 // for its answer before giving up on it.
 const callSlack = 10 * time.Second
 
 func getRun(ctx context.Context, opts *getOptions) error {
+	defer catchBrokenPipe()()
 	c, err := opts.Client.connect(ctx, opts.IO, "admin", "get")
 	if err != nil {
 		return err
@@ -94,7 +129,7 @@ func getRun(ctx context.Context, opts *getOptions) error {
 			wait = 0 // after the first item, only what is ready
 		}
 		cctx, cancel := context.WithTimeout(ctx, wait+callSlack)
-		tasks, err := c.Get(cctx, opts.Queue, wire.GetOptions{Max: opts.N - got, Timeout: wait, NoAck: true})
+		tasks, err := c.Get(cctx, opts.Queue, wire.GetOptions{Max: opts.N - got, Timeout: wait, Lease: getLease})
 		cancel()
 		if err != nil && len(tasks) == 0 && got == 0 && reconnect && time.Until(deadline) > 0 && connectionGone(err) {
 			c.Close()
@@ -108,19 +143,32 @@ func getRun(ctx context.Context, opts *getOptions) error {
 			}
 			c = nil
 		}
-		for _, t := range tasks {
+		for i, t := range tasks {
 			line, rerr := jsonval.AppendPayloadAllowNaN(out.AvailableBuffer(), t.Payload)
 			if rerr != nil {
-				// Taken for good, as are the items after it: name it,
-				// after the lines before it, and print the rest.
-				out.Flush()
+				// Taken for good all the same (no retry prints it): name
+				// it, after the lines before it, and print the rest.
+				if werr := out.Flush(); werr != nil {
+					return giveBackUnwritten(c, opts.Queue, tasks[i:], werr)
+				}
 				fmt.Fprintf(opts.IO.ErrOut, "qmaster get: task %d: %v\n", t.ID, rerr)
 				unprinted++
 				continue
 			}
 			out.Write(line)
 			if werr := out.WriteByte('\n'); werr != nil {
-				return werr
+				return giveBackUnwritten(c, opts.Queue, tasks, werr)
+			}
+		}
+		if len(tasks) > 0 {
+			// Written, or in the buffer, whose flush is the last write:
+			// acknowledged once it is on its way to the reader.
+			if werr := out.Flush(); werr != nil {
+				return giveBackUnwritten(c, opts.Queue, tasks, werr)
+			}
+			if aerr := ackTasks(c, opts.Queue, tasks); aerr != nil {
+				return fmt.Errorf("get from %s: %d %s printed but not acknowledged; %s back when %s lease runs out: %w",
+					opts.Queue, len(tasks), plural(len(tasks), "item", "items"), plural(len(tasks), "it comes", "they come"), plural(len(tasks), "its", "their"), aerr)
 			}
 		}
 		got += len(tasks)

@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"os/signal"
 	"slices"
 	"strings"
@@ -246,9 +245,7 @@ func mapRun(ctx context.Context, opts *mapOptions) (err error) {
 	// process dying of SIGPIPE before it cleans up.
 	ctx, stopHUP := signal.NotifyContext(ctx, syscall.SIGHUP)
 	defer stopHUP()
-	pipe := make(chan os.Signal, 1)
-	signal.Notify(pipe, syscall.SIGPIPE)
-	defer signal.Stop(pipe)
+	defer catchBrokenPipe()()
 	conn, err := dialProducer(ctx, &opts.Client, opts.IO, "map")
 	if err != nil {
 		return err
