@@ -413,24 +413,9 @@ func TestE2EMapEndsCleanlyOnSignals(t *testing.T) {
 		{"SIGINT", func(cmd *exec.Cmd, _ io.ReadCloser) { _ = cmd.Process.Signal(os.Interrupt) }, 130},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			cmd := exec.Command(qmasterBin, "map", "--server", m.addr, "--batch", "10")
-			cmd.Env = env("QM_AUTHKEY=" + testKey)
-			cmd.Stdin = strings.NewReader(input)
-			var stderr syncBuffer
-			cmd.Stderr = &stderr
-			stdout, err := cmd.StdoutPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			line, err := bufio.NewReader(stdout).ReadString('\n')
-			if err != nil || line != "1\n" {
-				t.Fatalf("first line %q, %v", line, err)
-			}
+			cmd, stdout, stderr := startReadingFirstLine(t, input, "1\n", "map", "--server", m.addr, "--batch", "10")
 			tc.end(cmd, stdout)
-			err = cmd.Wait()
+			err := cmd.Wait()
 			var ee *exec.ExitError
 			if !errors.As(err, &ee) || ee.ExitCode() != tc.code {
 				t.Fatalf("map: %v, want exit %d; stderr:\n%s", err, tc.code, stderr.String())
@@ -465,22 +450,9 @@ func TestE2EGetGivesBackWhatItCouldNotWrite(t *testing.T) {
 	if _, err := c.Put(ctx, "hq", items, wire.PutOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(qmasterBin, "get", "hq", "-n", "5000", "--server", m.addr)
-	cmd.Env = env("QM_AUTHKEY=" + testKey)
-	var stderr syncBuffer
-	cmd.Stderr = &stderr
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	if line, err := bufio.NewReader(stdout).ReadString('\n'); err != nil || !strings.HasPrefix(line, `"0-`) {
-		t.Fatalf("first line %q, %v", line, err)
-	}
+	cmd, stdout, stderr := startReadingFirstLine(t, "", `"0-`, "get", "hq", "-n", "5000", "--server", m.addr)
 	stdout.Close()
-	err = cmd.Wait()
+	err := cmd.Wait()
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.ExitCode() != 141 || stderr.String() != "" {
 		t.Fatalf("get: %v, stderr %q; want exit 141, silently", err, stderr.String())
@@ -489,4 +461,28 @@ func TestE2EGetGivesBackWhatItCouldNotWrite(t *testing.T) {
 	if err != nil || st[0].Ready != 5000 || st[0].Leased != 0 {
 		t.Fatalf("hq: %+v, %v; want all 5000 back, ready", st, err)
 	}
+}
+
+// startReadingFirstLine starts qmaster with args and stdin, reads the first
+// line of its stdout, which must start with first, and returns the
+// running command, its stdout's reading end and its stderr.
+func startReadingFirstLine(t *testing.T, stdin, first string, args ...string) (*exec.Cmd, io.ReadCloser, *syncBuffer) {
+	t.Helper()
+	cmd := exec.Command(qmasterBin, args...)
+	cmd.Env = env("QM_AUTHKEY=" + testKey)
+	cmd.Stdin = strings.NewReader(stdin)
+	stderr := &syncBuffer{}
+	cmd.Stderr = stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	if line, err := bufio.NewReader(stdout).ReadString('\n'); err != nil || !strings.HasPrefix(line, first) {
+		t.Fatalf("first line %q, %v; want it to start with %q; stderr:\n%s", line, err, first, stderr)
+	}
+	return cmd, stdout, stderr
 }
