@@ -486,3 +486,42 @@ func startReadingFirstLine(t *testing.T, stdin, first string, args ...string) (*
 	}
 	return cmd, stdout, stderr
 }
+
+// A map interrupted while it connects again to its master, down, exits
+// at once rather than after its tries to connect again (a minute).
+func TestE2EMapInterruptedWhileConnectingAgain(t *testing.T) {
+	m := startMaster(t, "--data-dir", t.TempDir())
+	cmd := exec.Command(qmasterBin, "map", "--server", m.addr)
+	cmd.Env = env("QM_AUTHKEY=" + testKey)
+	cmd.Stdin = strings.NewReader("1\n2\n")
+	stderr := &syncBuffer{}
+	cmd.Stderr = stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	c := qmtestDial(t, m.addr)
+	qmtest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		if st, err := c.Stats(context.Background(), "tasks"); err != nil || len(st) != 1 || st[0].Ready != 2 {
+			return fmt.Errorf("tasks: %+v, %v; want map's 2", st, err)
+		}
+		return nil
+	})
+	m.kill()
+	qmtest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		if !strings.Contains(stderr.String(), "connecting again") {
+			return fmt.Errorf("map does not connect again yet: %q", stderr.String())
+		}
+		return nil
+	})
+	start := time.Now()
+	_ = cmd.Process.Signal(os.Interrupt)
+	err := cmd.Wait()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 130 {
+		t.Fatalf("map: %v, want exit 130; stderr:\n%s", err, stderr)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Fatalf("map took %s to exit after its interrupt", d)
+	}
+}

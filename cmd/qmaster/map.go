@@ -251,6 +251,10 @@ func mapRun(ctx context.Context, opts *mapOptions) (err error) {
 		return err
 	}
 	defer conn.close()
+	// Interrupted, map stops connecting again at once (its collector's
+	// tries use a context of their own), so that its clean-up does not
+	// wait for them.
+	defer context.AfterFunc(ctx, conn.abandon)()
 
 	var st *mapState // once made: the tasks it submitted, and their results
 	results := opts.Results

@@ -57,6 +57,11 @@ type producerConn struct {
 	errOut   io.Writer
 	redial   time.Duration // how long replace tries; 0: redialFor
 
+	// abandoned ends the tries to connect again (abandon): the command
+	// was interrupted, and its clean-up must not wait for them.
+	abandoned     context.Context
+	abandonedStop context.CancelFunc
+
 	mu  sync.Mutex
 	c   *wire.Client
 	gen int   // which connection c is, counted from 0
@@ -80,6 +85,7 @@ func dialProducer(ctx context.Context, co *clientOptions, f *factory, cmd string
 		return nil, err
 	}
 	conn := &producerConn{name: "qmaster " + cmd, dial: dial, c: c, errOut: f.ErrOut, idPrefix: cmd + "-" + randomHex(8) + "-"}
+	conn.abandoned, conn.abandonedStop = context.WithCancel(context.Background())
 	conn.others = c.Masters() > 1
 	conn.reconnect = reconnects(c)
 	return conn, nil
@@ -126,10 +132,17 @@ func (m *producerConn) goElsewhere(err error) bool {
 	return m.lost(err) || m.others && errors.Is(err, context.DeadlineExceeded)
 }
 
+// abandon stops the tries to connect again, now and from now on: the
+// command was interrupted.
+func (m *producerConn) abandon() { m.abandonedStop() }
+
 // replace returns a working connection in place of connection gen, which
 // failed with cause: a new one, made now unless another caller made it
 // already.
 func (m *producerConn) replace(ctx context.Context, gen int, cause error) (*wire.Client, int, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(m.abandoned, cancel)()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	switch {
@@ -180,6 +193,7 @@ func (m *producerConn) call(ctx context.Context, call func(*wire.Client) error) 
 }
 
 func (m *producerConn) close() {
+	m.abandon()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.c.Close()
