@@ -62,6 +62,8 @@ func (q *Queues) figures(ctx context.Context, s *stream, state jetstream.StreamS
 	if err != nil {
 		return queue.Stats{}, q.adminErr(s.queue, "stats", err)
 	}
+	// Of priority 0's deliveries, before the levels' are added to them.
+	givenBack := q.givenBackWaiting(s.queue, ci.Delivered.Consumer)
 	for _, lv := range s.levelsDesc() { // the levels' consumers count too
 		li, err := consumerInfo(ctx, lv.cons, s.replicas())
 		if err != nil {
@@ -104,6 +106,7 @@ func (q *Queues) figures(ctx context.Context, s *stream, state jetstream.StreamS
 		msgs -= delayed
 	}
 	here := q.heldHere(s.queue, time.Now())
+	here.singlesWaiting = givenBack
 	leased := leasedTasks(uint64(ci.NumAckPending), stored, msgs, here)
 	stored -= min(stored, uint64(here.settled)) // done, their packs not acked yet
 	later := min(uint64(here.later+here.singlesLater), stored-min(leased, stored))
@@ -472,6 +475,10 @@ type heldCounts struct {
 	// singlesLater are the tasks stored alone that this gateway failed
 	// with a retry backoff, not yet due (Queues.retrying).
 	singlesLater int
+	// singlesWaiting are the tasks stored alone that this gateway gave
+	// back and are sure to wait for their redelivery (givenBackWaiting):
+	// ready.
+	singlesWaiting int
 }
 
 // heldHere counts what this gateway holds of queue name at now, and
@@ -512,10 +519,10 @@ func (q *Queues) heldHere(name string, now time.Time) heldCounts {
 // as the other messages carry on average (other gateways' packs count
 // whole). stored and msgs are the queue's tasks and messages.
 func leasedTasks(ackPending, stored, msgs uint64, here heldCounts) uint64 {
-	mine := uint64(here.packs + here.singlesLater)
+	mine := uint64(here.packs + here.singlesLater + here.singlesWaiting)
 	otherAck := ackPending - min(ackPending, mine)
 	otherMsgs := msgs - min(msgs, mine)
-	otherTasks := stored - min(stored, uint64(here.tasks+here.singlesLater))
+	otherTasks := stored - min(stored, uint64(here.tasks+here.singlesLater+here.singlesWaiting))
 	leased := otherAck
 	if otherTasks != otherMsgs && otherMsgs > 0 { // packs: their mean size
 		leased = (otherAck*otherTasks + otherMsgs/2) / otherMsgs
@@ -557,6 +564,9 @@ func (q *Queues) dropLeasesOf(name string) {
 	q.mu.Lock()
 	q.dropPacksLocked(name)
 	delete(q.retrying, name)
+	if l := q.locals[name]; l != nil {
+		l.givenBack = nil
+	}
 	for k, l := range q.leases {
 		if k.queue == name {
 			q.dropLease(l)

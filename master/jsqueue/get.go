@@ -546,6 +546,9 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts [
 			q.log.Warn("jetstream message without metadata; left to redeliver", "queue", s.queue)
 			continue
 		}
+		if md.Consumer == consumerName && md.Sequence.Consumer > s.lastDelivered {
+			s.lastDelivered = md.Sequence.Consumer
+		}
 		if m.Header.Get(hdrPack) != "" {
 			// Its tasks are held, and handed out from there, in order:
 			// as many now as leave room for the tasks stored alone after
@@ -587,6 +590,7 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts [
 				t.LastError = errExpired
 			}
 			delete(q.retrying[s.queue], t.ID)
+			delete(s.givenBack, md.Sequence.Stream)
 		}
 		l := &lease{key: key, s: s, msg: m, task: t, owner: req.Owner, since: now, touched: now, confirmed: now, deadline: now.Add(req.Lease)}
 		if t.Attempts > 1 && pastLastAttempt(t, s, req, q.policy(s.queue).MaxAttempts) {

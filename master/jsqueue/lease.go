@@ -594,7 +594,56 @@ func (q *Queues) nak(m *nats.Msg, delay time.Duration) error {
 	if err := q.answer(ctx, m.Reply, nakBody(delay)); err != nil {
 		return q.engineErr("nack", err)
 	}
+	if delay <= 0 && m.Header.Get(hdrPack) == "" {
+		q.noteGivenBack(m)
+	}
 	return nil
+}
+
+// noteGivenBack notes that m, a task stored alone, was given back with no
+// delay (local.givenBack).
+func (q *Queues) noteGivenBack(m *nats.Msg) {
+	md, err := m.Metadata()
+	if err != nil || md.Consumer != consumerName {
+		return // a priority's consumer counts its deliveries apart
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	name, ok := q.queueOf[md.Stream]
+	if !ok {
+		return
+	}
+	l := q.locals[name]
+	if l == nil {
+		return
+	}
+	if l.givenBack == nil || len(l.givenBack) >= maxLastErrs {
+		l.givenBack = make(map[uint64]uint64) // counted as leased again rather than grow without bound
+	}
+	l.givenBack[md.Sequence.Stream] = l.lastDelivered
+}
+
+// givenBackWaiting returns how many of the tasks this gateway gave back
+// to queue name still wait for their redelivery for sure: the consumer,
+// whose deliveries number delivered, has delivered nothing since. The
+// others, about which nothing is known any more (delivered again, here or
+// through another gateway, or waiting still), are forgotten.
+func (q *Queues) givenBackWaiting(name string, delivered uint64) int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	l := q.locals[name]
+	if l == nil {
+		return 0
+	}
+	n := 0
+	for id, last := range l.givenBack {
+		if last == delivered {
+			n++
+		} else {
+			delete(l.givenBack, id)
+		}
+	}
+	return n
 }
 
 // answer sends payload (an ack, a nak) to the ack subject reply and waits

@@ -402,6 +402,23 @@ func TestFiguresCountHeldAndRetryingTasks(t *testing.T) {
 		t.Fatal(err)
 	}
 	check("solo", 0, 0, 1)
+
+	// A task stored alone given back with no delay waits for its
+	// redelivery, ready, though JetStream counts it as a delivery not
+	// yet acked; once a delivery comes after, nothing is known of it here
+	// and it counts as JetStream says.
+	put(t, q, "back", "b")
+	ts = get(t, q, "back", 1, 1, time.Minute, time.Second)
+	if err := q.Nack(queue.NackRequest{Queue: "back", Owner: 1, ID: ts[0].ID, Error: "again"}); err != nil {
+		t.Fatal(err)
+	}
+	check("back", 1, 0, 0)
+	ts = get(t, q, "back", 1, 1, time.Minute, time.Second)
+	check("back", 0, 1, 0)
+	if n := q.Release(1); n != 1 { // its worker gone
+		t.Fatalf("released %d leases, want 1", n)
+	}
+	check("back", 1, 0, 0)
 }
 
 // While this gateway has paused a queue, it hands out none of the tasks

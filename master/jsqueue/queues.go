@@ -289,6 +289,15 @@ type local struct {
 	lookedAt time.Time
 	// demand is what the pack size this gateway says is made of.
 	demand demand
+	// lastDelivered is the highest consumer sequence of the deliveries of
+	// priority 0 this gateway pulled.
+	lastDelivered uint64
+	// givenBack are the tasks stored alone that this gateway gave back
+	// with a nak and no delay, by ID, each with lastDelivered as it was
+	// then: while the consumer has delivered nothing since, each waits
+	// for its redelivery, ready, though JetStream counts it as a
+	// delivery not yet acked (givenBackWaiting).
+	givenBack map[uint64]uint64
 }
 
 // getWait is a get waiting on a stream: wake cancels its pull (whose
