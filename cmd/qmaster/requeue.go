@@ -35,7 +35,10 @@ end of QUEUE. Each gets its attempts anew and keeps its last error until
 it fails again.
 
 A producer waiting for their results has had an error result for each
-already; a requeued task that succeeds publishes a second result.
+already; a requeued task that succeeds publishes a second result. A task
+whose reply queue was deleted with its tasks cancelled (an ended map's, or
+delete --cancel-tasks) is still cancelled: it is dropped, unrun, when a
+worker would take it, as no one waits for its result.
 
 With --now, the tasks named are instead delayed or retrying tasks of QUEUE
 (see qmaster peek QUEUE --delayed), made ready at once: a retrying task
