@@ -253,11 +253,19 @@ func (l *Log) load() (store.Meta, []store.Task, error) {
 		segs = append(segs, n)
 	}
 	// Segments are numbered on from the snapshot's (or from 1): one
-	// missing (a partial copy or restore) would lose its tasks unsaid.
-	for i, n := range segs {
-		if want := max(base, 1) + uint64(i); n != want {
-			return meta, nil, fmt.Errorf("%w: %s is missing (the segments after %s hold what came after it): restore it, or the whole directory", store.ErrCorrupt, filepath.Join(l.dir, segName(want)), snapOrStart(base))
+	// missing (a partial copy or restore) loses its tasks. Said, not
+	// refused: masters before the thirty-fourth session left such a gap
+	// when a segment they created had no header yet at a crash, with
+	// nothing lost.
+	want := max(base, 1)
+	for _, n := range segs {
+		if n != want {
+			warn := fmt.Errorf("%s to %s are missing: if the directory was copied or restored in part, the tasks they held are lost (a crash of an older master as it started a segment leaves such a gap with nothing lost)",
+				filepath.Join(l.dir, segName(want)), segName(n-1))
+			meta.Warnings = append(meta.Warnings, warn.Error())
+			l.opts.OnEvent("recovery found segments missing", warn)
 		}
+		want = n + 1
 	}
 	// Each file is read once: its records' headers are counted first, to
 	// size the state at once, and the same bytes are then replayed.
@@ -470,7 +478,7 @@ func (l *Log) replay(n uint64, b []byte, last bool, st *state, dec *decoder) (si
 			// the disk never got (zeros) before later ones it did; good
 			// records after bad bytes that are not such a hole are
 			// damage to records that may have been acknowledged.
-			if p := nextRecord(b[off:], dec); p > 0 && !hasHole(b[off:off+p]) {
+			if p := nextRecord(b[off:], dec); p > 0 && !hasHole(b[off:off+p]) && !zerosToSector(b, off) {
 				return 0, nil, fmt.Errorf("%w: %s at offset %d: %w, and %d bytes of good records follow: not a write cut short by a crash, so the master does not start (restore the file, or move it aside to lose what it holds from offset %d)", store.ErrCorrupt, name, off, derr, len(b)-off-p, off)
 			}
 			if err := truncate(name, int64(off)); err != nil {
@@ -515,17 +523,21 @@ func hasHole(b []byte) bool {
 	return false
 }
 
-// snapOrStart names the start of what segments replay over.
-func snapOrStart(base uint64) string {
-	if base == 0 {
-		return "the start"
+// zerosToSector reports whether b, a whole file, holds zeros from off up
+// to a sector's end: a sector the disk kept as it was when the file ended
+// at off (a write after it cut short by a power loss), whatever the
+// later sectors kept.
+func zerosToSector(b []byte, off int) bool {
+	i := off
+	for i < len(b) && b[i] == 0 {
+		i++
 	}
-	return snapName(base)
+	return i > off && i%holeLen == 0
 }
 
 // syncFile fsyncs the file name.
 func syncFile(name string) error {
-	f, err := os.OpenFile(name, os.O_RDWR, 0)
+	f, err := os.Open(name)
 	if err != nil {
 		return err
 	}
