@@ -80,6 +80,12 @@ func (s signalled) exitCode() int {
 	return exitError
 }
 
+// outputError is a failed write of a subcommand's output (stdout).
+type outputError struct{ err error }
+
+func (e *outputError) Error() string { return "write output: " + e.err.Error() }
+func (e *outputError) Unwrap() error { return e.err }
+
 // exitBrokenPipe is the exit code of a subcommand whose output's reader
 // went away (| head): 128 + SIGPIPE, what a shell reports for a command
 // that signal ended, which is how such commands usually end.
@@ -101,8 +107,9 @@ func exitCode(w io.Writer, cmd *cobra.Command, err error) int {
 	if err == nil {
 		return exitOK
 	}
-	if errors.Is(err, syscall.EPIPE) {
-		return exitBrokenPipe // said by no one: its reader is gone
+	var oe *outputError
+	if errors.As(err, &oe) && errors.Is(oe.err, syscall.EPIPE) {
+		return exitBrokenPipe // said to no one: its reader is gone
 	}
 	prefix := "qmaster"
 	if cmd != nil {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/qm-dev/qm/internal/jsonval"
@@ -71,10 +72,46 @@ still printed, and get exits with status 1.`,
 	return cmd
 }
 
-// getLease is the lease of the items get takes, long enough to write them:
-// acknowledged once written, they come back when it runs out if get is
-// killed in between.
-const getLease = 30 * time.Second
+// writeBatch writes tasks, taken from opts.Queue under a lease, to out and
+// acknowledges them once written, their leases renewed meanwhile; those
+// it cannot write go back (giveBackUnwritten). It returns how many could
+// not be printed at all (taken for good all the same, named on stderr).
+func writeBatch(c *wire.Client, opts *getOptions, out *bufio.Writer, tasks []wire.Task) (unprinted int, err error) {
+	defer keepLeased(c, opts.Queue, tasks)()
+	for _, t := range tasks {
+		line, rerr := jsonval.AppendPayloadAllowNaN(out.AvailableBuffer(), t.Payload)
+		if rerr != nil {
+			// Taken for good all the same (no retry prints it): name it,
+			// after the lines before it, and print the rest.
+			if werr := out.Flush(); werr != nil {
+				return unprinted, giveBackUnwritten(c, opts.Queue, tasks, werr)
+			}
+			fmt.Fprintf(opts.IO.ErrOut, "qmaster get: task %d: %v\n", t.ID, rerr)
+			unprinted++
+			continue
+		}
+		out.Write(line)
+		if werr := out.WriteByte('\n'); werr != nil {
+			return unprinted, giveBackUnwritten(c, opts.Queue, tasks, werr)
+		}
+	}
+	// Written, or in the buffer, whose flush is the last write:
+	// acknowledged once it is on its way to the reader.
+	if werr := out.Flush(); werr != nil {
+		return unprinted, giveBackUnwritten(c, opts.Queue, tasks, werr)
+	}
+	if aerr := ackTasks(c, opts.Queue, tasks); aerr != nil {
+		n := len(tasks)
+		return unprinted, fmt.Errorf("get from %s: %d %s printed but not acknowledged; %s again: %w",
+			opts.Queue, n, plural(n, "item", "items"), plural(n, "it may come", "they may come"), aerr)
+	}
+	return unprinted, nil
+}
+
+// getLease is the lease of the items get takes, renewed while they are
+// written (keepLeased): acknowledged once written, they come back when it
+// runs out if get is killed in between. A variable for tests.
+var getLease = 30 * time.Second
 
 // ackTasks acknowledges tasks, taken from queue and written.
 func ackTasks(c *wire.Client, queue string, tasks []wire.Task) error {
@@ -95,10 +132,39 @@ func giveBackUnwritten(c *wire.Client, queue string, tasks []wire.Task, werr err
 	ctx, cancel := context.WithTimeout(context.Background(), callSlack)
 	defer cancel()
 	if err := c.Release(ctx, queue, tasks); err != nil {
-		return fmt.Errorf("%w (%d %s not given back; %s back when %s lease runs out: %v)", werr, len(tasks),
+		// Said, whatever the write's error: the items are not back yet.
+		return fmt.Errorf("write output: %v (%d %s not given back; %s back when %s lease runs out: %v)", werr, len(tasks),
 			plural(len(tasks), "item", "items"), plural(len(tasks), "it comes", "they come"), plural(len(tasks), "its", "their"), err)
 	}
-	return werr
+	return &outputError{werr}
+}
+
+// keepLeased renews the leases of tasks, taken from queue, every third of
+// getLease until the func it returns is called: their reader may take
+// its time (a pager), and items whose leases ran out would go back to
+// the queue while they are printed.
+func keepLeased(c *wire.Client, queue string, tasks []wire.Task) (stop func()) {
+	ids := make([]uint64, len(tasks))
+	for i, t := range tasks {
+		ids[i] = t.ID
+	}
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		t := time.NewTicker(getLease / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				ctx, cancel := context.WithTimeout(context.Background(), callSlack)
+				_ = c.Extend(ctx, queue, getLease, ids...) // failing, the ack says so
+				cancel()
+			}
+		}
+	})
+	return func() { close(done); wg.Wait() }
 }
 
 // callSlack is how much longer than the master's own wait a client waits
@@ -143,32 +209,11 @@ func getRun(ctx context.Context, opts *getOptions) error {
 			}
 			c = nil
 		}
-		for i, t := range tasks {
-			line, rerr := jsonval.AppendPayloadAllowNaN(out.AvailableBuffer(), t.Payload)
-			if rerr != nil {
-				// Taken for good all the same (no retry prints it): name
-				// it, after the lines before it, and print the rest.
-				if werr := out.Flush(); werr != nil {
-					return giveBackUnwritten(c, opts.Queue, tasks[i:], werr)
-				}
-				fmt.Fprintf(opts.IO.ErrOut, "qmaster get: task %d: %v\n", t.ID, rerr)
-				unprinted++
-				continue
-			}
-			out.Write(line)
-			if werr := out.WriteByte('\n'); werr != nil {
-				return giveBackUnwritten(c, opts.Queue, tasks, werr)
-			}
-		}
 		if len(tasks) > 0 {
-			// Written, or in the buffer, whose flush is the last write:
-			// acknowledged once it is on its way to the reader.
-			if werr := out.Flush(); werr != nil {
-				return giveBackUnwritten(c, opts.Queue, tasks, werr)
-			}
-			if aerr := ackTasks(c, opts.Queue, tasks); aerr != nil {
-				return fmt.Errorf("get from %s: %d %s printed but not acknowledged; %s back when %s lease runs out: %w",
-					opts.Queue, len(tasks), plural(len(tasks), "item", "items"), plural(len(tasks), "it comes", "they come"), plural(len(tasks), "its", "their"), aerr)
+			n, werr := writeBatch(c, opts, out, tasks)
+			unprinted += n
+			if werr != nil {
+				return werr
 			}
 		}
 		got += len(tasks)

@@ -1,12 +1,14 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"math"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/qm-dev/qm/master"
 	"github.com/qm-dev/qm/wire"
@@ -176,4 +178,41 @@ func printedNonFinite(t *testing.T, out string) []string {
 		}
 	}
 	return lines
+}
+
+// slowWriter is a reader that takes its time with the first write (a
+// pager), as get's output.
+type slowWriter struct {
+	bytes.Buffer
+	delay time.Duration
+	slept bool
+}
+
+func (w *slowWriter) Write(p []byte) (int, error) {
+	if !w.slept {
+		time.Sleep(w.delay)
+		w.slept = true
+	}
+	return w.Buffer.Write(p)
+}
+
+// A reader slower than get's lease does not make get's items come back
+// while they are printed: their leases are renewed until the ack.
+func TestGetKeepsItsLeasesWhileItWrites(t *testing.T) {
+	defer func(l time.Duration) { getLease = l }(getLease)
+	getLease = 300 * time.Millisecond
+	addr := startInProcessMaster(t, master.Config{})
+	c := qmtestDial(t, addr)
+	if _, err := c.Put(context.Background(), "slow", []any{1, 2}, wire.PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	f, _, errOut := testFactory("")
+	out := &slowWriter{delay: 4 * getLease}
+	f.Out = out
+	if code := runInProcess(context.Background(), f, "get", "--server", addr, "slow", "-n", "2"); code != 0 || out.String() != "1\n2\n" {
+		t.Fatalf("get: exit %d, printed %q; stderr:\n%s", code, out.String(), errOut)
+	}
+	if st, err := c.Stats(context.Background(), "slow"); err != nil || st[0].Done != 2 || st[0].Ready != 0 || st[0].Leased != 0 || st[0].Expired != 0 {
+		t.Fatalf("slow: %+v, %v; want both done, none expired", st, err)
+	}
 }

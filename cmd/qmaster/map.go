@@ -232,7 +232,6 @@ type mapState struct {
 	// other map may be waiting for them, and kept until this one ended,
 	// each map could hold the other's for ever.
 	giveBack  func([]*wire.Task)
-	givenBack int  // items given back so
 	giveBacks int  // calls of giveBack
 	writeErr  bool // writing the output failed
 }
@@ -243,8 +242,11 @@ func mapRun(ctx context.Context, opts *mapOptions) (err error) {
 	// reload its ACL: hence here, not in main), and when its output's
 	// reader does (| head): the write fails with EPIPE rather than the
 	// process dying of SIGPIPE before it cleans up.
-	ctx, stopHUP := signal.NotifyContext(ctx, syscall.SIGHUP)
-	defer stopHUP()
+	if !signal.Ignored(syscall.SIGHUP) { // under nohup, a hang-up is no end
+		var stopHUP context.CancelFunc
+		ctx, stopHUP = signal.NotifyContext(ctx, syscall.SIGHUP)
+		defer stopHUP()
+	}
 	defer catchBrokenPipe()()
 	conn, err := dialProducer(ctx, &opts.Client, opts.IO, "map")
 	if err != nil {
@@ -333,7 +335,6 @@ func mapRun(ctx context.Context, opts *mapOptions) (err error) {
 	st = newMapState(opts)
 	if opts.Results != "" {
 		st.giveBack = func(items []*wire.Task) {
-			st.givenBack += len(items)
 			st.giveBacks++
 			putBack(ctx, conn, results, items, opts.IO.ErrOut, st.giveBacks, true)
 		}
@@ -406,9 +407,9 @@ func mapRun(ctx context.Context, opts *mapOptions) (err error) {
 	} else if n > 0 {
 		putBack(ctx, conn, results, st.foreign, opts.IO.ErrOut, 0, false)
 	}
-	if st.givenBack > 0 {
-		fmt.Fprintf(opts.IO.ErrOut, "qmaster map: put back %d %s of %s that this map did not submit while it waited (does another map read %s too?)\n",
-			st.givenBack, plural(st.givenBack, "item", "items"), results, results)
+	if st.giveBacks > 0 {
+		fmt.Fprintf(opts.IO.ErrOut, "qmaster map: put back items of %s that this map did not submit while it waited, %d %s (does another map read %s too?)\n",
+			results, st.giveBacks, plural(st.giveBacks, "time", "times"), results)
 	}
 	note := ""
 	if nulls > 0 {
@@ -447,21 +448,33 @@ func (st *mapState) loop(ctx context.Context, batches <-chan submitted, results 
 		tick = t.C
 	}
 	seen := st.arrived // at the last tick
-	var giveTick <-chan time.Time
+	// Foreign items no map waits for would go round for ever: each
+	// giving back without a result of this map's between waits twice as
+	// long for the next, up to giveBackAtMost.
+	var (
+		giveTimer *time.Timer
+		giveTick  <-chan time.Time
+	)
+	giveEvery := giveBackEvery
 	if st.giveBack != nil {
-		t := time.NewTicker(giveBackEvery)
-		defer t.Stop()
-		giveTick = t.C
+		giveTimer = time.NewTimer(giveEvery)
+		defer giveTimer.Stop()
+		giveTick = giveTimer.C
 	}
 	given := st.arrived // at the last giveTick
 	for st.reading || st.next < st.total {
 		select {
 		case <-giveTick:
-			if st.arrived == given && len(st.foreign) > 0 {
+			switch {
+			case st.arrived != given:
+				giveEvery = giveBackEvery
+			case len(st.foreign) > 0:
 				st.giveBack(st.foreign)
 				st.foreign = nil
+				giveEvery = min(2*giveEvery, giveBackAtMost)
 			}
 			given = st.arrived
+			giveTimer.Reset(giveEvery)
 		case <-ctx.Done():
 			return ctx.Err()
 		case err := <-errs:
@@ -599,7 +612,7 @@ func (st *mapState) flush() error {
 		printed++
 		if err := st.print(p.result, p.in); err != nil {
 			st.writeErr = true
-			return err
+			return &outputError{err}
 		}
 	}
 	if printed == 0 {
@@ -611,7 +624,7 @@ func (st *mapState) flush() error {
 	}
 	if err := st.out.Flush(); err != nil {
 		st.writeErr = true
-		return err
+		return &outputError{err}
 	}
 	if st.bar != nil {
 		_ = st.bar.Add(printed)
@@ -984,8 +997,12 @@ func collect(ctx context.Context, finish <-chan struct{}, conn *producerConn, qu
 const waitCheckEvery = 5 * time.Second
 
 // giveBackEvery is how often a map that has had no result of its own
-// since puts back the items of its --results queue that are not its own.
-const giveBackEvery = 500 * time.Millisecond
+// since puts back the items of its --results queue that are not its own,
+// at first and at most.
+const (
+	giveBackEvery  = 500 * time.Millisecond
+	giveBackAtMost = 8 * time.Second
+)
 
 // tasksWatch looks into the tasks queue of a map that waits for results in
 // vain: if the queue is gone, with its tasks, map fails; if its tasks sit

@@ -591,36 +591,46 @@ func nakBody(delay time.Duration) []byte {
 func (q *Queues) nak(m *nats.Msg, delay time.Duration) error {
 	ctx, cancel := q.call()
 	defer cancel()
-	if err := q.answer(ctx, m.Reply, nakBody(delay)); err != nil {
-		return q.engineErr("nack", err)
-	}
+	undo := func() {}
 	if delay <= 0 && m.Header.Get(hdrPack) == "" {
-		q.noteGivenBack(m)
+		// Before the nak: JetStream may deliver it again at once, here.
+		undo = q.noteGivenBack(m)
+	}
+	if err := q.answer(ctx, m.Reply, nakBody(delay)); err != nil {
+		undo()
+		return q.engineErr("nack", err)
 	}
 	return nil
 }
 
-// noteGivenBack notes that m, a task stored alone, was given back with no
-// delay (local.givenBack).
-func (q *Queues) noteGivenBack(m *nats.Msg) {
+// noteGivenBack notes that m, a task stored alone, is given back with no
+// delay (local.givenBack), and returns a func that takes the note back.
+func (q *Queues) noteGivenBack(m *nats.Msg) (undo func()) {
+	undo = func() {}
 	md, err := m.Metadata()
 	if err != nil || md.Consumer != consumerName {
-		return // a priority's consumer counts its deliveries apart
+		return undo // a priority's consumer counts its deliveries apart
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	name, ok := q.queueOf[md.Stream]
 	if !ok {
-		return
+		return undo
 	}
 	l := q.locals[name]
 	if l == nil {
-		return
+		return undo
 	}
 	if l.givenBack == nil || len(l.givenBack) >= maxLastErrs {
 		l.givenBack = make(map[uint64]uint64) // counted as leased again rather than grow without bound
 	}
-	l.givenBack[md.Sequence.Stream] = l.lastDelivered
+	seq := md.Sequence.Stream
+	l.givenBack[seq] = l.lastDelivered
+	return func() {
+		q.mu.Lock()
+		delete(l.givenBack, seq)
+		q.mu.Unlock()
+	}
 }
 
 // givenBackWaiting returns how many of the tasks this gateway gave back

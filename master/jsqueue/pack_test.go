@@ -413,7 +413,9 @@ func TestFiguresCountHeldAndRetryingTasks(t *testing.T) {
 		t.Fatal(err)
 	}
 	check("back", 1, 0, 0)
-	ts = get(t, q, "back", 1, 1, time.Minute, time.Second)
+	if ts := get(t, q, "back", 1, 1, time.Minute, time.Second); len(ts) != 1 {
+		t.Fatalf("got %d tasks, want the one given back", len(ts))
+	}
 	check("back", 0, 1, 0)
 	if n := q.Release(1); n != 1 { // its worker gone
 		t.Fatalf("released %d leases, want 1", n)

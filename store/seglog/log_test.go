@@ -211,7 +211,7 @@ func TestCorruptNewestSegment(t *testing.T) {
 		{"a hole of zeros", func(b []byte) { clear(b[len(b)/2 : len(b)/2+1024]) }, false},
 		// A power loss after a write that began mid-sector: the disk kept
 		// the sector as it was (the old end, then zeros), and later ones.
-		{"an old sector", func(b []byte) { clear(b[firstEnd:(firstEnd/512+1)*512]) }, false},
+		{"an old sector", func(b []byte) { clear(b[firstEnd : (firstEnd/512+1)*512]) }, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
