@@ -245,7 +245,8 @@ var pyRichValues = []struct{ py, go_ string }{
 	{"frozenset({1, 3})", "wire.FrozenSet{int64 1, int64 3}"},
 	{"frozenset()", "wire.FrozenSet{}"},
 	{"{(1, (2, b'x')), frozenset({3}), 'a'}", "wire.Set{[]interface {}{int64 1, []interface {}{int64 2, []uint8 [120]}}, string a, wire.FrozenSet{int64 3}}"},
-	{"{frozenset({1}): 'one'}", "error"}, // a Go client reads str keys only
+	{"{frozenset({1}): 'one'}", "error"}, // a Go client reads scalar keys only
+	{"{1: 'a'}", "map[interface {}]interface {} map[1:a]"},
 	{"bytearray(b'\\x00\\xff')", "wire.ByteArray [0 255]"},
 	{"bytearray()", "wire.ByteArray []"},
 	{"dt.datetime(2024, 1, 2, 3, 4, 5, 6)", "wire.DateTime 2024-01-02T03:04:05.000006"},
@@ -326,6 +327,7 @@ func TestPythonRichValues(t *testing.T) {
 			time.Date(2024, 1, 2, 3, 4, 5, 0, time.FixedZone("", 7200)), // a time.Time crosses as an instant, in UTC
 			map[string]any{"s": wire.Set{wire.FrozenSet{int64(1)}}, "t": []any{wire.Date{Year: 1, Month: 1, Day: 1}}},
 			new(big.Int).Lsh(big.NewInt(-1), 100), complex(0.5, 1),
+			map[any]any{int64(1): "a", nil: true, 2.5: int64(3)},
 		}
 		if _, err := c.Put(context.Background(), "fromgo", fromGo, wire.PutOptions{}); err != nil {
 			t.Fatal(err)
@@ -366,7 +368,7 @@ want = [{1, 2}, frozenset({'a'}), bytearray(b'ab'), decimal.Decimal('-1.50E+3'),
         dt.datetime(2024, 11, 3, 1, 30, fold=1), dt.time(1, 2, 0, 3, tzinfo=dt.timezone(dt.timedelta(hours=1), 'CET')),
         dt.timedelta(days=-1, seconds=5, microseconds=7), dt.datetime(2024, 1, 2, 3, 4, 5, 6, tzinfo=utc),
         dt.datetime(2024, 1, 2, 1, 4, 5, tzinfo=utc), {'s': {frozenset({1})}, 't': [dt.date(1, 1, 1)]},
-        -2**100, complex(0.5, 1)]
+        -2**100, complex(0.5, 1), {1: 'a', None: True, 2.5: 3}]
 for w in want:
     got = fromgo.get(timeout=5)
     assert same(got, w), (got, w)

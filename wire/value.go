@@ -108,8 +108,10 @@ func encodeExt(e *msgpack.Encoder, typ int8, data []byte) error {
 
 // DecodeValue decodes a msgpack payload into nil, bool, int64 (uint64
 // above MaxInt64), float64, string, []byte, []any, map[string]any, and
-// the types of the Python values above. A map with a key other than a
-// str (or bin, or nil, read as "") is refused.
+// the types of the Python values above. A map whose keys are not all
+// str (or bin, or nil, read as "") is a map[any]any, its keys scalars
+// (Python's {1: "a"}, say); one with an array, map or extension key is
+// refused.
 func DecodeValue(b []byte) (any, error) {
 	if len(b) == 0 { // msgpack decodes a RawMessage holding nil as empty
 		return nil, nil
@@ -151,24 +153,67 @@ func decodeValue(r *msgp.Reader, depth int) (any, error) {
 	case msgp.TypeArray:
 		return decodeItems(r, v.Len(), depth)
 	case msgp.TypeMap:
-		m := make(map[string]any, v.Len())
-		for range v.Len() {
-			k, err := r.Next()
-			if err != nil {
-				return nil, err
-			}
-			if k.Type != msgp.TypeStr && k.Type != msgp.TypeBin && k.Type != msgp.TypeNil {
-				return nil, fmt.Errorf("%w: a map key of type %s; only str keys are read", msgp.ErrType, k.Type)
-			}
-			if m[string(k.Data)], err = decodeValue(r, depth+1); err != nil {
-				return nil, err
-			}
-		}
-		return m, nil
+		return decodeMap(r, v.Len(), depth)
 	case msgp.TypeExt:
 		return decodeExt(v.ExtType, v.Data, depth)
 	}
 	return nil, nil // TypeNil
+}
+
+// decodeMap decodes a map of n pairs: a map[string]any if every key is a
+// str (or bin, or nil, read as ""), else a map[any]any, as Python's
+// {1: "a"} is. A key Go cannot compare, or a big one, is refused.
+func decodeMap(r *msgp.Reader, n, depth int) (any, error) {
+	type pair struct {
+		key    msgp.Value
+		scalar any
+		value  any
+	}
+	pairs := make([]pair, n)
+	strKeys := true
+	for i := range pairs {
+		k, err := r.Next()
+		if err != nil {
+			return nil, err
+		}
+		p := &pairs[i]
+		p.key = k
+		switch k.Type {
+		case msgp.TypeStr, msgp.TypeBin, msgp.TypeNil:
+		case msgp.TypeBool:
+			p.scalar, strKeys = k.Bool(), false
+		case msgp.TypeInt:
+			p.scalar, strKeys = k.Int(), false
+		case msgp.TypeUint:
+			p.scalar, strKeys = k.Uint(), false
+		case msgp.TypeFloat:
+			p.scalar, strKeys = k.Float(), false
+		default:
+			return nil, fmt.Errorf("%w: a map key of type %s; keys are str, bin, int, float, bool or nil", msgp.ErrType, k.Type)
+		}
+		if p.value, err = decodeValue(r, depth+1); err != nil {
+			return nil, err
+		}
+	}
+	if strKeys {
+		m := make(map[string]any, n)
+		for _, p := range pairs {
+			m[string(p.key.Data)] = p.value
+		}
+		return m, nil
+	}
+	m := make(map[any]any, n)
+	for _, p := range pairs {
+		switch p.key.Type {
+		case msgp.TypeStr, msgp.TypeBin:
+			m[string(p.key.Data)] = p.value
+		case msgp.TypeNil:
+			m[nil] = p.value
+		default:
+			m[p.scalar] = p.value
+		}
+	}
+	return m, nil
 }
 
 func decodeItems(r *msgp.Reader, n, depth int) ([]any, error) {

@@ -61,16 +61,16 @@ func TestGetNonFinite(t *testing.T) {
 	}
 }
 
-// intKeyMap is {1: 1}, which a Python client may put and get cannot
-// print: wire.DecodeValue reads str keys only.
-var intKeyMap = msgpack.RawMessage{0x81, 0x01, 0x01}
+// tupleKeyMap is {(1,): 1}, which a Python client may put and get cannot
+// print: wire.DecodeValue reads scalar keys only.
+var tupleKeyMap = msgpack.RawMessage{0x81, 0x91, 0x01, 0x01}
 
 // TestGetUnprintable: an item get cannot print is named, and the items
 // after it, taken too, are still printed.
 func TestGetUnprintable(t *testing.T) {
 	addr := startInProcessMaster(t, master.Config{})
 	c := qmtestDial(t, addr)
-	ids, err := c.PutRaw(context.Background(), "b", []msgpack.RawMessage{{0x01}, intKeyMap, {0x02}}, wire.PutOptions{})
+	ids, err := c.PutRaw(context.Background(), "b", []msgpack.RawMessage{{0x01}, tupleKeyMap, {0x02}}, wire.PutOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,7 +149,7 @@ func TestDeadNonFinite(t *testing.T) {
 func putNonFinite(t *testing.T, c *wire.Client, queue string) []uint64 {
 	t.Helper()
 	raw := make([]msgpack.RawMessage, 0, 4)
-	for _, v := range []any{int64(1), math.Inf(-1), intKeyMap, []any{math.NaN()}} {
+	for _, v := range []any{int64(1), math.Inf(-1), tupleKeyMap, []any{math.NaN()}} {
 		b, err := wire.Encode(v)
 		if err != nil {
 			t.Fatal(err)

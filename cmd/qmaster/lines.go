@@ -51,6 +51,11 @@ func (lr *lineReader) read(ctx context.Context, r io.Reader, maxItems, maxBytes 
 		if len(line) > 0 {
 			n++
 			line = strings.TrimRight(line, "\r\n")
+			if n == 1 {
+				// Editors on Windows start UTF-8 files with a byte order
+				// mark; it is not part of the first item.
+				line = strings.TrimPrefix(line, "\ufeff")
+			}
 			if strings.TrimSpace(line) != "" {
 				batch = append(batch, inputLine{N: n, Text: line})
 				size += len(line)

@@ -305,11 +305,31 @@ func jsonable(v any) any {
 	case map[any]any:
 		out := make(map[string]any, len(x))
 		for k, e := range x {
-			out[fmt.Sprint(k)] = jsonable(e)
+			out[keyText(k)] = jsonable(e)
 		}
 		return out
 	}
 	return v
+}
+
+// keyText is a map key as JSON's keys are text: the key as this package
+// renders it as a value (1, 2.5, true, null, NaN), as Python's json
+// module writes {1: "a"} as {"1": "a"}.
+func keyText(k any) string {
+	switch x := k.(type) {
+	case string:
+		return x
+	case float64:
+		if math.IsNaN(x) || math.IsInf(x, 0) {
+			b, _ := appendAllowNaN(nil, x) // a non-finite float: no error
+			return string(b)
+		}
+	}
+	b, err := encode(k)
+	if err != nil {
+		return fmt.Sprint(k)
+	}
+	return string(b)
 }
 
 // complexJSON is how a complex is rendered.

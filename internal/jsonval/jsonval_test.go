@@ -296,6 +296,11 @@ func TestAppendPayload(t *testing.T) {
 	if n := testing.AllocsPerRun(100, func() { _, _ = AppendPayload(dst, payload) }); n != 0 {
 		t.Errorf("AppendPayload of a plain string allocated %v times", n)
 	}
+	// Keys other than str, as Python's json module writes them.
+	payload, _ = wire.Encode(map[any]any{int64(1): "a", nil: int64(2), true: int64(3), 2.5: nil, inf: int64(5)})
+	if got, err := AppendPayloadAllowNaN(nil, payload); err != nil || string(got) != `{"1":"a","2.5":null,"Infinity":5,"null":2,"true":3}` {
+		t.Errorf("AppendPayloadAllowNaN of a map[any]any = %s, %v", got, err)
+	}
 	// A str followed by more bytes is not one value: decoding refuses it.
 	payload, _ = wire.Encode("abc")
 	if _, err := AppendPayload(nil, append(payload, 0xc0)); err == nil {
