@@ -5,6 +5,7 @@ import (
 	"errors"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/qm-dev/qm/master/queue"
 	"github.com/qm-dev/qm/store/seglog"
@@ -98,6 +99,66 @@ func TestDurableRestart(t *testing.T) {
 	}
 	if id := mustPut(t, m2, "q", "h")[0]; id <= lastID {
 		t.Errorf("new id %d not above the last one before the restart, %d", id, lastID)
+	}
+	if err := m2.CheckInvariants(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestDurableLastAttemptCutOff: a task whose last attempt was out when
+// the master crashed is dead-lettered at start-up, not run once more than
+// MaxAttempts allows; OnDead hears of it once ReapLeases runs. One with
+// attempts left, and the tasks of a dead-letter queue, stay where they
+// were.
+func TestDurableLastAttemptCutOff(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	m, stop := openDurable(t, dir, queue.Config{MaxAttempts: 1})
+	mustPut(t, m, "q", "a", "b")
+	if ts, err := m.Get(ctx, queue.GetRequest{Queue: "q", Max: 1, Owner: 1}, nil); err != nil || len(ts) != 1 {
+		t.Fatal(ts, err)
+	}
+	mustPut(t, m, "q.dead", "old")
+	if ts, err := m.Get(ctx, queue.GetRequest{Queue: "q.dead", Max: 1, Owner: 1}, nil); err != nil || len(ts) != 1 {
+		t.Fatal(ts, err)
+	}
+	mustPut(t, m, "r", "c")
+	if err := m.SetPolicy("r", queue.Policy{MaxAttempts: 2}); err != nil {
+		t.Fatal(err)
+	}
+	if ts, err := m.Get(ctx, queue.GetRequest{Queue: "r", Max: 1, Owner: 1}, nil); err != nil || len(ts) != 1 {
+		t.Fatal(ts, err)
+	}
+	stop() // a crash: a, old and c are leased
+
+	var rec deadRecorder
+	m2, _ := openDurable(t, dir, queue.Config{MaxAttempts: 1, OnDead: rec.onDead})
+	if got, _ := m2.Peek("q", 10); !slices.Equal(payloads(got), []string{"b"}) {
+		t.Errorf("recovered q = %v, want [b]", payloads(got))
+	}
+	dead, _ := m2.Peek("q.dead", 10)
+	if !slices.Equal(payloads(dead), []string{"old", "a"}) || dead[1].Attempts != 1 || dead[1].LastError != "the master stopped during the task's last attempt" {
+		t.Errorf("recovered q.dead = %+v, want old, then a with its attempt used", dead)
+	}
+	if got, _ := m2.Peek("r", 10); !slices.Equal(payloads(got), []string{"c"}) {
+		t.Errorf("recovered r = %v, want [c]: it has an attempt left", payloads(got))
+	}
+	if calls := rec.get(); len(calls) != 0 {
+		t.Errorf("OnDead called before ReapLeases: %v", calls)
+	}
+	done, reaped := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(reaped)
+		m2.ReapLeases(done, nil)
+	}()
+	defer func() { close(done); <-reaped }()
+	want := []string{"q:a:1:the master stopped during the task's last attempt"}
+	deadline := time.Now().Add(10 * time.Second)
+	for !slices.Equal(rec.get(), want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("OnDead calls %v, want %v", rec.get(), want)
+		}
+		time.Sleep(time.Millisecond)
 	}
 	if err := m2.CheckInvariants(); err != nil {
 		t.Fatal(err)

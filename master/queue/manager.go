@@ -32,6 +32,10 @@ type Manager struct {
 	deletionsMu sync.Mutex
 	deletions   map[string]Deletion // kept for the store (deletions.go)
 
+	// deadAtLoad are the tasks load dead-lettered, for ReapLeases to tell
+	// OnDead of: New's caller may not be ready for OnDead before it returns.
+	deadAtLoad []deadTasks
+
 	closed    atomic.Bool
 	closeOnce sync.Once
 	closedCh  chan struct{}
@@ -45,7 +49,9 @@ var testHookWoken func()
 
 // New returns a Manager with no queues, or with the tasks of cfg.Store:
 // every stored task comes back ready (a leased one with the attempts its
-// deliveries used), each queue in its stored order.
+// deliveries used), each queue in its stored order, but for one whose
+// attempts are used up: it is dead-lettered, and ReapLeases calls OnDead
+// for it.
 func New(cfg Config) (*Manager, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err

@@ -157,29 +157,67 @@ func (m *Manager) load() error {
 		return cmp.Compare(ta.Seq, tb.Seq)
 	})
 	now := m.now()
-	var q *queue
+	var (
+		q        *queue
+		attempts int // q's MaxAttempts; 0 in a dead-letter queue
+		spent    []Task
+	)
 	for _, i := range order {
 		t := &tasks[i]
 		if q == nil || q.name != t.Queue {
+			if len(spent) > 0 {
+				m.deadAtLoad = append(m.deadAtLoad, deadTasks{q.name, spent})
+				spent = nil
+			}
 			q = m.create(t.Queue)
 			q.frontSeq = min(0, t.Seq)
+			attempts = 0
+			if !q.isDead {
+				attempts = m.effective(q.policy).MaxAttempts
+			}
 		}
 		task := Task{
 			ID: t.ID, Payload: t.Payload, ReplyTo: t.ReplyTo, Attempts: t.Attempts,
 			LastError: t.LastError, Enqueued: t.Enqueued, Priority: min(max(t.Priority, 0), MaxPriority), seq: t.Seq,
 		}
-		if t.Due.After(now) {
+		switch {
+		case attempts > 0 && task.Attempts >= attempts:
+			// Its last delivery was out when the master stopped (or it
+			// failed and its move to the dead-letter queue was not
+			// stored yet): handing it out again would run it once more
+			// than MaxAttempts allows.
+			task.LastError = lastAttemptCutOff
+			spent = append(spent, task)
+		case t.Due.After(now):
 			q.delay(&task, t.Due)
-		} else {
+		default:
 			q.ready.pushBack(task)
 		}
 		*t = store.Task{} // let the payloads go with the deques only
+	}
+	if len(spent) > 0 {
+		m.deadAtLoad = append(m.deadAtLoad, deadTasks{q.name, spent})
 	}
 	m.loadKeys(meta.Keys, now)
 	m.nextID.Store(meta.MaxID)
 	m.seq.Store(max(meta.MaxSeq, 0))
 	m.store.SetDumper(m.dump)
+	// Moved now, so that no get takes them; OnDead is told by ReapLeases,
+	// once the caller of New can take their error results.
+	for _, d := range m.deadAtLoad {
+		m.moveToDead(d.queue, d.tasks)
+	}
 	return nil
+}
+
+// lastAttemptCutOff is the LastError of a task found at start-up with
+// its attempts used up.
+const lastAttemptCutOff = "the master stopped during the task's last attempt"
+
+// deadTasks are tasks of a queue dead-lettered at start-up.
+type deadTasks struct {
+	queue string
+	tasks []Task
 }
 
 // loadKeys remembers again the stored idempotency keys still within the

@@ -10,8 +10,13 @@ import (
 // ready as they fall due (ReleaseDue). It sleeps until the next deadline
 // or due time, or until an earlier one is made, rather than polling.
 // onExpired, if not nil, is told how many leases of each queue each pass
-// expired. The caller runs it in a goroutine it owns.
+// expired. It first calls OnDead for the tasks New dead-lettered. The
+// caller runs it in a goroutine it owns, once.
 func (m *Manager) ReapLeases(done <-chan struct{}, onExpired func(queue string, n int)) {
+	for _, d := range m.deadAtLoad {
+		m.tellDead(d.queue, d.tasks)
+	}
+	m.deadAtLoad = nil
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
@@ -212,6 +217,22 @@ func (m *Manager) deadLetter(src string, ts []Task) {
 	if len(ts) == 0 {
 		return
 	}
+	m.moveToDead(src, ts)
+	m.tellDead(src, ts)
+}
+
+// tellDead calls OnDead for each of ts, dead-lettered from src.
+func (m *Manager) tellDead(src string, ts []Task) {
+	if f := m.cfg.OnDead; f != nil {
+		for _, t := range ts {
+			f(src, t)
+		}
+	}
+}
+
+// moveToDead appends ts to the back of src's dead-letter queue, ignoring
+// its max length.
+func (m *Manager) moveToDead(src string, ts []Task) {
 	name := DeadLetterName(src)
 	for {
 		q := m.create(name) // a valid name: src was checked, and CheckName allows the suffix
@@ -225,11 +246,6 @@ func (m *Manager) deadLetter(src string, ts []Task) {
 		q.pushBackMoved(ts)
 		q.settle(&clock{m: m})
 		m.unlock(q)
-		break
-	}
-	if f := m.cfg.OnDead; f != nil {
-		for _, t := range ts {
-			f(src, t)
-		}
+		return
 	}
 }
