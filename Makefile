@@ -33,6 +33,8 @@ lint:
 	if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
+	# The master and the worker build for the systems users run them on.
+	for os in darwin windows freebsd; do GOOS=$$os GOARCH=amd64 $(GO) build -o /dev/null ./cmd/qmaster ./cmd/qworker || exit 1; done
 
 # The soaks of e2e/soak_test.go and e2e/soak_master_test.go for two minutes
 # each instead of make test's 20s: producers, workers (and, in the second,

@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 )
 
 // LockDir takes an exclusive flock on dir itself and on dir/LOCK, and
@@ -25,9 +24,11 @@ func LockDir(dir string) (io.Closer, error) {
 		return nil, err
 	}
 	name := filepath.Join(dir, "LOCK")
-	if err := flock(d, name, dir); err != nil {
-		d.Close()
-		return nil, err
+	if locksDirs {
+		if err := flock(d, name, dir); err != nil {
+			d.Close()
+			return nil, err
+		}
 	}
 	f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
@@ -48,11 +49,11 @@ func LockDir(dir string) (io.Closer, error) {
 // flock takes an exclusive flock on f, one of dir's locks, or says who
 // holds it, as LOCK (name) tells.
 func flock(f *os.File, name, dir string) error {
-	err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
-	if err == nil {
+	locked, err := tryLock(f)
+	if locked {
 		return nil
 	}
-	if !errors.Is(err, syscall.EWOULDBLOCK) {
+	if err != nil {
 		return fmt.Errorf("lock %s: %w", f.Name(), err)
 	}
 	holder := "another process"
