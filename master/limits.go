@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"runtime"
 	rtmetrics "runtime/metrics"
 	"sync"
 	"sync/atomic"
@@ -260,6 +261,8 @@ type memGauge struct {
 	read atomic.Int64  // unix nanoseconds of the last read
 	heap atomic.Uint64 // bytes in heap objects at the last read
 
+	collected atomic.Int64 // unix nanoseconds of the last collection check forced
+
 	mu     sync.Mutex
 	sample []rtmetrics.Sample
 }
@@ -271,8 +274,12 @@ func newMemGauge(limit int64) *memGauge {
 	}
 }
 
+// forcedGCEvery is how often, at most, check collects garbage to see
+// whether the heap is really above the limit.
+const forcedGCEvery = time.Second
+
 // check returns an error wrapping wire.ErrMasterFull if the heap is above
-// the limit.
+// the limit, after collecting its garbage (at most every forcedGCEvery).
 func (m *memGauge) check(now time.Time) error {
 	if m.limit == 0 {
 		return nil
@@ -281,6 +288,20 @@ func (m *memGauge) check(now time.Time) error {
 		rtmetrics.Read(m.sample)
 		m.heap.Store(m.sample[0].Value.Uint64())
 		m.read.Store(now.UnixNano())
+		m.mu.Unlock()
+	}
+	if m.heap.Load() > m.limit && now.UnixNano()-m.collected.Load() >= int64(forcedGCEvery) && m.mu.TryLock() {
+		// The figure counts garbage not collected yet. A master whose
+		// tasks were all taken allocates next to nothing, so no
+		// collection would come to free it (Go forces one every two
+		// minutes), and every put meanwhile would be refused.
+		if now.UnixNano()-m.collected.Load() >= int64(forcedGCEvery) {
+			runtime.GC()
+			rtmetrics.Read(m.sample)
+			m.heap.Store(m.sample[0].Value.Uint64())
+			m.read.Store(now.UnixNano())
+			m.collected.Store(now.UnixNano())
+		}
 		m.mu.Unlock()
 	}
 	if heap := m.heap.Load(); heap > m.limit {

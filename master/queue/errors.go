@@ -55,16 +55,26 @@ func (e *TaskError) Error() string { return fmt.Sprintf("task %d: %v", e.ID, e.E
 // Unwrap returns Err, so errors.Is(err, ErrNotLeased) works.
 func (e *TaskError) Unwrap() error { return e.Err }
 
-// TaskErrors joins one TaskError of err per id; nil for no ids.
+// TaskErrors joins one TaskError of err for each of the first
+// maxNamedTasks ids, and one error wrapping err that counts the others;
+// nil for no ids. A client may name a million tasks in one call: their
+// error is still one line each for the first few, not 50 MB of text.
 func TaskErrors(err error, ids []uint64) error {
 	if len(ids) == 0 {
 		return nil
 	}
-	errs := make([]error, len(ids))
-	for i, id := range ids {
+	named := ids[:min(len(ids), maxNamedTasks)]
+	errs := make([]error, len(named), len(named)+1)
+	for i, id := range named {
 		errs[i] = &TaskError{ID: id, Err: err}
+	}
+	if more := len(ids) - len(named); more > 0 {
+		errs = append(errs, fmt.Errorf("%d more tasks: %w", more, err))
 	}
 	return errors.Join(errs...)
 }
+
+// maxNamedTasks is how many tasks TaskErrors names.
+const maxNamedTasks = 20
 
 func notLeased(ids []uint64) error { return TaskErrors(ErrNotLeased, ids) }

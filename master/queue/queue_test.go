@@ -141,6 +141,25 @@ func TestBatch(t *testing.T) {
 	}
 }
 
+// TestAckOfManyUnknownTasks: an ack naming a million tasks not leased
+// fails with a short error that names the first few and counts the rest.
+func TestAckOfManyUnknownTasks(t *testing.T) {
+	m := newManager(t, queue.Config{})
+	mustPut(t, m, "q", "a")
+	ids := make([]uint64, 1_000_000)
+	for i := range ids {
+		ids[i] = uint64(i + 100)
+	}
+	_, err := m.Ack(queue.AckRequest{Queue: "q", Owner: 1, IDs: ids}, nil)
+	if !errors.Is(err, queue.ErrNotLeased) {
+		t.Fatalf("Ack = %v, want ErrNotLeased", err)
+	}
+	var te *queue.TaskError
+	if msg := err.Error(); len(msg) > 2000 || !strings.HasPrefix(msg, "task 100: ") || !strings.HasSuffix(msg, "\n999980 more tasks: "+queue.ErrNotLeased.Error()) || !errors.As(err, &te) {
+		t.Fatalf("Ack's error, %d bytes: %.300q ... %q", len(msg), msg, msg[max(0, len(msg)-100):])
+	}
+}
+
 func TestAckTasks(t *testing.T) {
 	m := newManager(t, queue.Config{})
 	ids := mustPut(t, m, "q", "a", "b", "c")
