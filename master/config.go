@@ -31,6 +31,9 @@ type Config struct {
 	HandshakeTimeout time.Duration
 	// MaxMessageSize bounds one frame; default 64 MiB.
 	MaxMessageSize int
+	// FrameStallTimeout ends a call whose frame, begun, gets no more
+	// bytes for this long, and frees what it had; default 30s.
+	FrameStallTimeout time.Duration
 	// MaxAttempts is how many deliveries a task gets before it is
 	// dead-lettered; default 3.
 	MaxAttempts int
@@ -137,6 +140,8 @@ func (c *Config) Validate() error {
 		return errors.New("InsecureNoAuth serves without keys: drop ACL")
 	case c.HandshakeTimeout < 0:
 		return errors.New("HandshakeTimeout must not be negative")
+	case c.FrameStallTimeout < 0:
+		return errors.New("FrameStallTimeout must not be negative")
 	case c.MaxMessageSize < 0:
 		return errors.New("MaxMessageSize must not be negative")
 	case c.MaxAttempts < 0:
@@ -186,12 +191,20 @@ func (c *Config) Validate() error {
 	return nil
 }
 
+// defaultFrameStallTimeout is Config.FrameStallTimeout's default: far
+// beyond a pause of a client sending, short enough that frames left half
+// sent do not hold the master's memory for long.
+const defaultFrameStallTimeout = 30 * time.Second
+
 func (c *Config) setDefaults() {
 	if c.HandshakeTimeout == 0 {
 		c.HandshakeTimeout = wire.DefaultHandshakeTimeout
 	}
 	if c.MaxMessageSize == 0 {
 		c.MaxMessageSize = wire.DefaultMaxMessageSize
+	}
+	if c.FrameStallTimeout == 0 {
+		c.FrameStallTimeout = defaultFrameStallTimeout
 	}
 	if c.MaxAttempts == 0 {
 		c.MaxAttempts = queue.DefaultMaxAttempts

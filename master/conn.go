@@ -126,6 +126,16 @@ func (c *clientConn) serve() {
 			break
 		}
 		if c.open.Load() >= int64(c.s.cfg.MaxStreams) {
+			if sess.NumStreams() > 2*c.s.cfg.MaxStreams {
+				// As many refused streams again as it may use, still
+				// open: a client that reads its refusals closes them.
+				// One that does not makes the master keep what it sent
+				// on each (up to a window) until StreamCloseTimeout.
+				log.Warn("client keeps opening streams past --max-streams without closing those refused; connection closed",
+					"client", c.id, "max_streams", c.s.cfg.MaxStreams)
+				stream.Close()
+				break
+			}
 			c.refuseStream(stream)
 			continue
 		}
@@ -236,6 +246,32 @@ func (c *clientConn) refuse(stream *yamux.Stream, err error) {
 	stream.Close()
 }
 
+// stallReader reads a stream for its codec, and bounds how long a frame
+// whose first byte came may wait for the next ones: a client that sends
+// part of a large frame and stops would otherwise hold the memory given
+// to it for as long as its connection lives. A stream waiting for its
+// next call has no deadline.
+type stallReader struct {
+	stream  *yamux.Stream
+	stall   time.Duration
+	inFrame bool // a frame's first byte came (Codec.OnFrame) and it is not read yet
+}
+
+func (r *stallReader) Read(p []byte) (int, error) {
+	if r.inFrame {
+		_ = r.stream.SetReadDeadline(time.Now().Add(r.stall))
+	}
+	return r.stream.Read(p)
+}
+
+// frameRead is called once the codec has read a frame, or failed to.
+func (r *stallReader) frameRead() {
+	if r.inFrame {
+		r.inFrame = false
+		_ = r.stream.SetReadDeadline(time.Time{})
+	}
+}
+
 // closingResponse is errorResponse for a call whose stream the master
 // closes after answering it.
 func closingResponse(err error) *wire.Response {
@@ -255,7 +291,11 @@ func (c *clientConn) serveStream(stream *yamux.Stream) {
 	defer c.ledger.Untrack(id)
 	c.openStream(id) // wait.go
 	defer c.closeStream(id)
-	codec := wire.NewCodec(stream, c.s.cfg.MaxMessageSize)
+	in := &stallReader{stream: stream, stall: c.s.cfg.FrameStallTimeout}
+	codec := wire.NewCodec(struct {
+		io.Reader
+		io.Writer
+	}{in, stream}, c.s.cfg.MaxMessageSize)
 	// Gets and completes are read into one buffer, reused: what they
 	// carry is copied out (a complete's values into its results) before
 	// they are answered. A put's items stay in the queue, in their frame.
@@ -263,7 +303,7 @@ func (c *clientConn) serveStream(stream *yamux.Stream) {
 	// A call counts as active from its first byte until its response is
 	// written, so that Shutdown's waitIdle never misses one half read.
 	inCall := false
-	codec.OnFrame(func() { c.active.Add(1); inCall = true })
+	codec.OnFrame(func() { c.active.Add(1); inCall = true; in.inFrame = true })
 	defer func() {
 		if inCall {
 			c.active.Add(-1)
@@ -275,8 +315,16 @@ func (c *clientConn) serveStream(stream *yamux.Stream) {
 	for {
 		var req wire.Request
 		err := codec.Read(&req)
+		in.frameRead()
 		if err == nil && keepsFrame(&req) {
 			codec.Keep()
+		}
+		if errors.Is(err, yamux.ErrTimeout) {
+			if c.s.limitLog.ok(time.Now()) {
+				c.s.log.Warn("a call's message stopped arriving half sent; its stream closed (logged at most once a second)",
+					"remote", c.addr, "client", c.id, "stalled_for", c.s.cfg.FrameStallTimeout)
+			}
+			return
 		}
 		var tooLarge *wire.TooLargeError
 		if errors.As(err, &tooLarge) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"runtime"
 	"strings"
@@ -375,5 +376,92 @@ func TestOversizedPutFailsAtOnce(t *testing.T) {
 	}
 	if _, err := c.Put(ctx, "tasks", []any{1}, wire.PutOptions{}); err != nil {
 		t.Fatalf("a small put after the refusal: %v", err)
+	}
+}
+
+// TestHalfSentFrameEnds: a call whose frame stops arriving half sent has
+// its stream closed after FrameStallTimeout, which frees what it had; a
+// stream waiting for its next call is left alone.
+func TestHalfSentFrameEnds(t *testing.T) {
+	addr, _ := qmtest.StartMaster(t, master.Config{FrameStallTimeout: 300 * time.Millisecond})
+	sess, _ := rawSession(t, addr)
+	idle, err := sess.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	half, err := sess.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A header claiming 8 MiB, and 64 KiB of it.
+	if _, err := half.Write(append([]byte{0, 0x80, 0, 0}, make([]byte, 64<<10)...)); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_ = half.SetReadDeadline(start.Add(10 * time.Second))
+	if n, err := half.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("the half-sent call's stream: read %d, %v; want EOF as the master closes it", n, err)
+	}
+	if d := time.Since(start); d < 250*time.Millisecond {
+		t.Errorf("closed after %s, before the stall timeout", d)
+	}
+	// The idle stream, older than the stall timeout, still serves.
+	codec := wire.NewCodec(idle, 1<<20)
+	if err := codec.Write(&wire.Request{Op: wire.OpPut, Queue: "q", Items: []msgpack.RawMessage{{0x01}}}); err != nil {
+		t.Fatal(err)
+	}
+	var resp wire.Response
+	if err := codec.Read(&resp); err != nil || resp.Code != wire.CodeOK {
+		t.Fatalf("a put on the idle stream: %+v, %v", resp, err)
+	}
+}
+
+// TestRefusedStreamsLeftOpenEndTheConnection: a client that keeps
+// opening streams past --max-streams and never closes those refused has
+// its connection closed, rather than the master holding what it sent on
+// each until the streams time out.
+func TestRefusedStreamsLeftOpenEndTheConnection(t *testing.T) {
+	addr, _ := qmtest.StartMaster(t, master.Config{MaxStreams: 2})
+	other := qmtest.Dial(t, addr, "producer")
+	sess, _ := rawSession(t, addr)
+	for i := range 2 { // the cap, in progress
+		stream, err := sess.OpenStream()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := wire.NewCodec(stream, 1<<20).Write(&wire.Request{Op: wire.OpGet, Queue: "streams", Timeout: time.Minute, NoAck: true}); err != nil {
+			t.Fatal(i, err)
+		}
+	}
+	waitGets(t, other, "streams", 2)
+	for i := 0; ; i++ {
+		stream, err := sess.OpenStream()
+		if err == nil {
+			_, err = stream.Write([]byte{0, 0, 1, 0}) // never completed, never closed
+		}
+		if err != nil || sess.IsClosed() {
+			break
+		}
+		if i == 100 {
+			t.Fatal("100 refused streams left open, and the connection still stands")
+		}
+		// Each refusal is read before the next stream opens, so that
+		// the count the master sees is known.
+		_ = stream.SetReadDeadline(time.Now().Add(5 * time.Second))
+		var resp wire.Response
+		if err := wire.NewCodec(stream, 1<<20).Read(&resp); err != nil {
+			break // the connection closed
+		}
+		if resp.Code != wire.CodeTooManyStreams {
+			t.Fatalf("stream %d: %+v", i+3, resp)
+		}
+	}
+	select {
+	case <-sess.CloseChan():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the connection was not closed")
+	}
+	if _, err := other.Put(context.Background(), "streams", []any{1}, wire.PutOptions{}); err != nil {
+		t.Fatalf("another client after: %v", err)
 	}
 }
