@@ -131,8 +131,18 @@ type Meta struct {
 	// Deletions are the queues' deletions remembered (Kind Deleted), by
 	// queue name; the caller drops those it no longer needs.
 	Deletions map[string]Deletion
+	// Paused are the queues a PauseKeeper keeps paused.
+	Paused []string
 	// Warnings says what recovery dropped (a torn tail), for the log.
 	Warnings []string
+}
+
+// PauseKeeper is a Store that keeps which queues are paused, so that a
+// restart does not resume them.
+type PauseKeeper interface {
+	// SetPaused records that the named queue is paused, or no longer
+	// is; it is durable when SetPaused returns.
+	SetPaused(queue string, paused bool) error
 }
 
 // Deletion is a queue's deletion as a Deleted op records it.

@@ -25,7 +25,9 @@ func newCmdPause(f *factory, resume bool, runF func(*pauseOptions) error) *cobra
 		Long: `Pause each QUEUE: it hands out no task until resumed, so workers wait
 as if it were empty, while producers still put tasks in and tasks already
 taken are still acknowledged. Pausing a queue that does not exist yet
-creates it. A pause lasts until qmaster resume or a restart of the master.`,
+creates it. A pause lasts until qmaster resume: a master with --data-dir,
+or a cluster, keeps it over restarts; a master without one forgets it when
+it stops, with its queues. Deleting a queue ends its pause.`,
 		Example: `  qmaster pause jobs
   qmaster resume jobs`,
 		Args: args(1, -1, "QUEUE"),

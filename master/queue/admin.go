@@ -235,6 +235,13 @@ func (m *Manager) Purge(name string) (int, error) {
 	return n, nil
 }
 
+// isPaused reports whether q is paused.
+func (m *Manager) isPaused(q *queue) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.paused
+}
+
 // Delete removes the named queue and every task in it, ready or leased
 // (its dead-letter queue stays). Gets blocked on it return nil, nil at
 // once; Puts blocked on it start over on a new queue of that name. Later
@@ -246,6 +253,17 @@ func (m *Manager) Delete(name string) error {
 	// Refused while the data directory cannot take it (Purge).
 	if err := m.writable(); err != nil {
 		return err
+	}
+	m.pauseMu.Lock()
+	defer m.pauseMu.Unlock()
+	if k, ok := m.store.(store.PauseKeeper); ok {
+		// A queue made anew by that name, even after a restart, is not
+		// paused.
+		if q := m.lookup(name); q != nil && m.isPaused(q) {
+			if err := k.SetPaused(name, false); err != nil {
+				return fmt.Errorf("forget the pause of %s: %w", name, err)
+			}
+		}
 	}
 	v, ok := m.queues.LoadAndDelete(name)
 	if !ok {

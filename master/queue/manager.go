@@ -29,6 +29,8 @@ type Manager struct {
 	policyMu sync.Mutex
 	policies map[string]Policy // set by SetPolicy, by queue name
 
+	pauseMu sync.Mutex // held by SetPaused, and by Delete for a paused queue
+
 	deletionsMu sync.Mutex
 	deletions   map[string]Deletion // kept for the store (deletions.go)
 

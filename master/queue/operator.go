@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"slices"
 	"time"
+
+	"github.com/qm-dev/qm/store"
 )
 
 // What operators do to queues by hand: pause them, requeue or drop dead
@@ -15,12 +17,15 @@ import (
 // it. A paused queue hands out no task: Gets wait (or return empty at
 // their timeout) as if none were ready; Puts, acks and lease expiry go on.
 // Resuming hands the ready tasks to the waiting Gets at once. The pause
-// lasts while the queue does: it is not kept by the store, and a deleted
-// queue comes back unpaused.
+// lasts while the queue does: a store that is a store.PauseKeeper keeps
+// it over restarts, and a deleted queue comes back unpaused.
 func (m *Manager) SetPaused(name string, paused bool) error {
 	if m.closed.Load() {
 		return ErrClosed
 	}
+	// One at a time, so that the store's record and the queues agree.
+	m.pauseMu.Lock()
+	defer m.pauseMu.Unlock()
 	for {
 		var (
 			q   *queue
@@ -33,6 +38,13 @@ func (m *Manager) SetPaused(name string, paused bool) error {
 		}
 		if err != nil {
 			return err
+		}
+		if k, ok := m.store.(store.PauseKeeper); ok && m.isPaused(q) != paused {
+			// Recorded first: a pause the store could not keep is
+			// refused, rather than lost at the next restart.
+			if err := k.SetPaused(name, paused); err != nil {
+				return fmt.Errorf("record the pause of %s: %w", name, err)
+			}
 		}
 		q.mu.Lock()
 		if q.deleted {

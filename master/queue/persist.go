@@ -198,6 +198,11 @@ func (m *Manager) load() error {
 	if len(spent) > 0 {
 		m.deadAtLoad = append(m.deadAtLoad, deadTasks{q.name, spent})
 	}
+	for _, name := range meta.Paused {
+		if CheckName(name) == nil {
+			m.create(name).paused = true
+		}
+	}
 	m.loadKeys(meta.Keys, now)
 	m.nextID.Store(meta.MaxID)
 	m.seq.Store(max(meta.MaxSeq, 0))
@@ -212,7 +217,7 @@ func (m *Manager) load() error {
 
 // lastAttemptCutOff is the LastError of a task found at start-up with
 // its attempts used up.
-const lastAttemptCutOff = "the master stopped during the task's last attempt"
+const lastAttemptCutOff = "its attempts were used up when the master started: the master stopped during its last attempt (or the queue's max attempts were lowered)"
 
 // deadTasks are tasks of a queue dead-lettered at start-up.
 type deadTasks struct {

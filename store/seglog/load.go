@@ -225,6 +225,9 @@ func (l *Log) Load() (store.Meta, []store.Task, error) {
 	if err != nil {
 		return meta, nil, err
 	}
+	if meta.Paused, err = l.loadPaused(); err != nil {
+		return meta, nil, fmt.Errorf("read the paused queues: %w", err)
+	}
 	l.wg.Add(2)
 	go l.run()
 	go l.compactor()

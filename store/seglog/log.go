@@ -31,6 +31,9 @@ type Log struct {
 	live     int64 // tasks added less tasks deleted
 	dumper   store.Dumper
 
+	pausedMu sync.Mutex
+	paused   []string // sorted: the paused queues, as pausedFile lists them
+
 	// writeErr, when not nil, is the *error of the last failed write:
 	// puts are refused until a retry succeeds.
 	writeErr atomic.Pointer[error]
