@@ -11,8 +11,10 @@ FUZZTIME  ?= 20000x
 
 all: build
 
+# -buildvcs=auto: the binaries' --version names the commit they were built
+# from, even where GOFLAGS turns that off.
 build:
-	$(GO) build -o $(BIN)/ ./cmd/...
+	$(GO) build -buildvcs=auto -o $(BIN)/ ./cmd/...
 
 # A master, two workers and a producer on loopback; everything is stopped again.
 demo: build

@@ -21,6 +21,7 @@ import (
 	"github.com/qm-dev/qm/internal/cliflag"
 	"github.com/qm-dev/qm/internal/gomaxprocs"
 	"github.com/qm-dev/qm/internal/tlsconfig"
+	"github.com/qm-dev/qm/internal/version"
 	"github.com/qm-dev/qm/master"
 	"github.com/qm-dev/qm/master/queue"
 	"github.com/qm-dev/qm/store/seglog"
@@ -75,8 +76,9 @@ func newRootCmd(f *factory, runF func(*serveOptions) error) *cobra.Command {
 		LogFormat:      cliflag.NewEnum("text", "text", "json"),
 	}
 	cmd := &cobra.Command{
-		Use:   "qmaster [flags]",
-		Short: "Run a qm master, or inspect and use a running one",
+		Version: version.String(),
+		Use:     "qmaster [flags]",
+		Short:   "Run a qm master, or inspect and use a running one",
 		Long: `qmaster runs a qm master: the server that holds named task queues for
 producers and workers. Workers lease tasks; a task not acknowledged within
 its lease goes back to its queue, and one that fails --max-attempts times
@@ -388,6 +390,7 @@ func serveRun(ctx context.Context, opts *serveOptions) error {
 	}
 	log.Info("listening",
 		"addr", ln.Addr().String(),
+		"version", version.String(),
 		"auth", authMode,
 		"tls", tlsMode,
 		"max_attempts", opts.MaxAttempts,

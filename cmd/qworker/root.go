@@ -18,6 +18,7 @@ import (
 	"github.com/qm-dev/qm/auth"
 	"github.com/qm-dev/qm/internal/cliflag"
 	"github.com/qm-dev/qm/internal/tlsconfig"
+	"github.com/qm-dev/qm/internal/version"
 	"github.com/qm-dev/qm/wire"
 	"github.com/qm-dev/qm/worker"
 )
@@ -61,8 +62,9 @@ var errNoKey = usageErrorf("no authkey: give the master's key with --authkey-fil
 func newRootCmd(f *factory, runF func(*options) error) *cobra.Command {
 	opts := &options{IO: f, LogFormat: cliflag.NewEnum("text", "text", "json")}
 	cmd := &cobra.Command{
-		Use:   "qworker --server HOST:PORT [flags] (--builtin NAME | [--stdio] [--] COMMAND [ARG...])",
-		Short: "Run tasks from a qm master's queue",
+		Version: version.String(),
+		Use:     "qworker --server HOST:PORT [flags] (--builtin NAME | [--stdio] [--] COMMAND [ARG...])",
+		Short:   "Run tasks from a qm master's queue",
 		Long: `qworker takes tasks from a queue of a qm master and runs each one, with a
 built-in handler (--builtin NAME) or by running COMMAND once per task.
 
