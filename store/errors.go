@@ -16,6 +16,10 @@ var (
 	// stored file is damaged anywhere but at the torn tail of the log.
 	ErrCorrupt = errors.New("corrupt data")
 
+	// ErrNewerFormat is returned by Load, wrapped with the file, when a
+	// file is in a format newer than this qmaster reads.
+	ErrNewerFormat = errors.New("written by a newer qmaster")
+
 	// ErrClosed is returned by Wait after Close.
 	ErrClosed = errors.New("store closed")
 )

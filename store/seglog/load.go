@@ -299,6 +299,15 @@ func (l *Log) load() (store.Meta, []store.Task, error) {
 			return meta, nil, err
 		}
 	}
+	// The format of the newest file: if older than this qmaster's, an
+	// older one wrote last, and the directory moves to this format now,
+	// for good.
+	last := formatOf(logMagic)
+	for _, b := range append([][]byte{snap}, logs...) {
+		if len(b) >= headerLen && (isLogMagic(string(b[:headerLen])) || isSnapMagic(string(b[:headerLen]))) {
+			last = formatOf(string(b[:headerLen]))
+		}
+	}
 	var sc scan
 	sc.file(snap)
 	for _, b := range logs {
@@ -355,6 +364,12 @@ func (l *Log) load() (store.Meta, []store.Task, error) {
 			return meta, nil, fmt.Errorf("%w: the data directory %s has no room to start a new log segment: free some space and start again (nothing was lost): %w", store.ErrDiskFull, l.dir, err)
 		}
 		return meta, nil, err
+	}
+	if cur := formatOf(logMagic); last < cur {
+		warn := fmt.Errorf("the data directory was in log format %s and is now in format %s, which qmasters built before %s cannot read: to go back to one, restore a copy of the directory made before this start",
+			last, cur, formatSince[cur])
+		meta.Warnings = append(meta.Warnings, warn.Error())
+		l.opts.OnEvent("data directory moved to a newer format", warn)
 	}
 	l.sinceSnap = replayed
 	l.maxID, l.maxSeq = st.maxID, st.maxSeq
@@ -418,7 +433,7 @@ func (sc *scan) file(b []byte) {
 func (l *Log) loadSnapshot(n uint64, b []byte, st *state, dec *decoder) (int64, error) {
 	name := filepath.Join(l.dir, snapName(n))
 	if len(b) < headerLen || !isSnapMagic(string(b[:headerLen])) {
-		return 0, fmt.Errorf("%w: %s: not a qm snapshot (%s)", store.ErrCorrupt, name, badHeader(b, "QMSNP"))
+		return 0, headerError(name, b, "QMSNP", "snapshot")
 	}
 	var op store.Op
 	count := 0
@@ -464,7 +479,7 @@ func (l *Log) replay(n uint64, b []byte, last bool, st *state, dec *decoder) (si
 			}
 			return 0, fmt.Errorf("dropped %s: a segment without a complete header (%d bytes), cut short by a crash", name, len(b)), nil
 		}
-		return 0, nil, fmt.Errorf("%w: %s: not a qm log segment (%s)", store.ErrCorrupt, name, badHeader(b, "QMLOG"))
+		return 0, nil, headerError(name, b, "QMLOG", "log segment")
 	}
 	var op store.Op
 	off := headerLen

@@ -504,9 +504,18 @@ func loadsFormat(t *testing.T, magic string) {
 	}
 	l.Close()
 	rewriteHeaders(t, dir, magic)
-	_, got, _ := open(t, dir, seglog.Options{})
+	l2, got, meta := open(t, dir, seglog.Options{})
 	if len(got) != 1 || string(got[2].Payload) != "two" {
 		t.Fatalf("tasks = %+v, want task 2", got)
+	}
+	// The move to this format is said, as older qmasters cannot read it.
+	want := fmt.Sprintf("the data directory was in log format %s and is now in format 03, which qmasters built before", magic[5:7])
+	if len(meta.Warnings) != 1 || !strings.HasPrefix(meta.Warnings[0], want) {
+		t.Errorf("warnings %q, want one starting %q", meta.Warnings, want)
+	}
+	l2.Close()
+	if _, _, meta := open(t, dir, seglog.Options{}); len(meta.Warnings) != 0 {
+		t.Errorf("warnings at the next start, the directory mixing formats: %q", meta.Warnings)
 	}
 }
 
@@ -525,7 +534,7 @@ func TestRefusesNewerFormats(t *testing.T) {
 		_, _, err = l2.Load()
 		l2.Close()
 	}
-	if !errors.Is(err, store.ErrCorrupt) || !strings.Contains(err.Error(), "format 09, written by a newer qm") {
+	if !errors.Is(err, store.ErrNewerFormat) || errors.Is(err, store.ErrCorrupt) || !strings.Contains(err.Error(), "is in format 09, and this qmaster reads formats up to 03") {
 		t.Fatalf("open of a format 09 log: %v; want it refused as newer", err)
 	}
 }

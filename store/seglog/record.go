@@ -26,14 +26,23 @@ const (
 	headerLen   = 8
 )
 
-// badHeader says what is wrong with the header of file b, whose headers
-// start with prefix: a format newer than this qm knows, or damage.
-func badHeader(b []byte, prefix string) string {
+// headerError says what is wrong with the header of file name, whose
+// bytes are b and whose headers start with prefix (what names the kind of
+// file): a format newer than this qmaster reads, or damage.
+func headerError(name string, b []byte, prefix, what string) error {
 	if len(b) >= headerLen && string(b[:len(prefix)]) == prefix && b[headerLen-1] == '\n' {
-		return fmt.Sprintf("format %s, written by a newer qm: run that version or a later one", b[len(prefix):headerLen-1])
+		return fmt.Errorf("%w: %s is in format %s, and this qmaster reads formats up to %s: run that qmaster or a later one, or restore a copy of the directory made before it ran",
+			store.ErrNewerFormat, name, b[len(prefix):headerLen-1], formatOf(logMagic))
 	}
-	return "bad header"
+	return fmt.Errorf("%w: %s: not a qm %s (bad header)", store.ErrCorrupt, name, what)
 }
+
+// formatOf returns the format number of a file header: "03" of "QMLOG03\n".
+func formatOf(header string) string { return header[5:7] }
+
+// formatSince says since when the qmasters that write each log format
+// have been built, for the warning that a directory moved to a newer one.
+var formatSince = map[string]string{"02": "2026-12-02", "03": "2026-12-06"}
 
 // isLogMagic and isSnapMagic accept every format this package reads.
 func isLogMagic(h string) bool  { return h == logMagic || h == logMagicV2 || h == logMagicV1 }
