@@ -254,23 +254,35 @@ func (c *clientConn) refuse(stream *yamux.Stream, err error) {
 type stallReader struct {
 	stream  *yamux.Stream
 	stall   time.Duration
-	inFrame bool // a frame's first byte came (Codec.OnFrame) and it is not read yet
+	inFrame bool      // a frame's first byte came (Codec.OnFrame) and it is not read yet
+	renew   time.Time // when the deadline set is to be pushed on; zero: none is set
 }
 
 func (r *stallReader) Read(p []byte) (int, error) {
 	if r.inFrame {
-		_ = r.stream.SetReadDeadline(time.Now().Add(r.stall))
+		// Pushed on at most every stallRenewal, not at every read: yamux
+		// allocates for each deadline set.
+		if now := time.Now(); now.After(r.renew) {
+			_ = r.stream.SetReadDeadline(now.Add(r.stall))
+			r.renew = now.Add(min(stallRenewal, r.stall/4))
+		}
 	}
 	return r.stream.Read(p)
 }
 
 // frameRead is called once the codec has read a frame, or failed to.
 func (r *stallReader) frameRead() {
-	if r.inFrame {
-		r.inFrame = false
+	r.inFrame = false
+	if !r.renew.IsZero() {
+		r.renew = time.Time{}
 		_ = r.stream.SetReadDeadline(time.Time{})
 	}
 }
+
+// stallRenewal is how often, at most, a frame still arriving has its
+// deadline pushed on: it then ends between FrameStallTimeout less this
+// and FrameStallTimeout after its last byte.
+const stallRenewal = time.Second
 
 // closingResponse is errorResponse for a call whose stream the master
 // closes after answering it.

@@ -478,10 +478,7 @@ func (c *clientConn) complete(req *wire.Request, buf *callBuffers) error {
 		resultQueue = ""
 	}
 	if resultQueue != "" {
-		// Store only a change: a store allocates even when the value is the same.
-		if rq, ok := c.s.resultQueues.Load(req.Queue); !ok || rq.(string) != resultQueue {
-			c.s.resultQueues.Store(req.Queue, resultQueue)
-		}
+		c.s.resultQueueKnown(req.Queue, resultQueue)
 	}
 	var errs []error
 	worker := c.workerName()

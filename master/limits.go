@@ -261,10 +261,11 @@ type memGauge struct {
 	read atomic.Int64  // unix nanoseconds of the last read
 	heap atomic.Uint64 // bytes in heap objects at the last read
 
-	collected atomic.Int64 // unix nanoseconds of the last collection check forced
+	nextGC atomic.Int64 // unix nanoseconds from which check may force a collection again
 
 	mu     sync.Mutex
 	sample []rtmetrics.Sample
+	gcWait time.Duration // between forced collections, while they leave the heap full; under mu
 }
 
 func newMemGauge(limit int64) *memGauge {
@@ -274,12 +275,18 @@ func newMemGauge(limit int64) *memGauge {
 	}
 }
 
-// forcedGCEvery is how often, at most, check collects garbage to see
-// whether the heap is really above the limit.
-const forcedGCEvery = time.Second
+// A master whose heap is above its limit forces a collection to see
+// whether it really is, forcedGCMin after the last one; while the heap
+// stays full, the wait doubles (and is at least ten times what the last
+// collection took) up to forcedGCMax, so that a master that is full
+// does not spend its CPU collecting.
+const (
+	forcedGCMin = time.Second
+	forcedGCMax = 16 * time.Second
+)
 
 // check returns an error wrapping wire.ErrMasterFull if the heap is above
-// the limit, after collecting its garbage (at most every forcedGCEvery).
+// the limit, after collecting its garbage (at most every forcedGCMin).
 func (m *memGauge) check(now time.Time) error {
 	if m.limit == 0 {
 		return nil
@@ -290,17 +297,25 @@ func (m *memGauge) check(now time.Time) error {
 		m.read.Store(now.UnixNano())
 		m.mu.Unlock()
 	}
-	if m.heap.Load() > m.limit && now.UnixNano()-m.collected.Load() >= int64(forcedGCEvery) && m.mu.TryLock() {
+	if m.heap.Load() > m.limit && now.UnixNano() >= m.nextGC.Load() && m.mu.TryLock() {
 		// The figure counts garbage not collected yet. A master whose
 		// tasks were all taken allocates next to nothing, so no
 		// collection would come to free it (Go forces one every two
 		// minutes), and every put meanwhile would be refused.
-		if now.UnixNano()-m.collected.Load() >= int64(forcedGCEvery) {
+		if now.UnixNano() >= m.nextGC.Load() {
+			start := time.Now()
 			runtime.GC()
 			rtmetrics.Read(m.sample)
-			m.heap.Store(m.sample[0].Value.Uint64())
-			m.read.Store(now.UnixNano())
-			m.collected.Store(now.UnixNano())
+			heap := m.sample[0].Value.Uint64()
+			done := time.Now()
+			m.heap.Store(heap)
+			m.read.Store(done.UnixNano())
+			if heap > m.limit {
+				m.gcWait = min(max(2*m.gcWait, 10*done.Sub(start), forcedGCMin), forcedGCMax)
+			} else {
+				m.gcWait = forcedGCMin
+			}
+			m.nextGC.Store(done.Add(m.gcWait).UnixNano())
 		}
 		m.mu.Unlock()
 	}

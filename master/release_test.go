@@ -3,6 +3,8 @@ package master_test
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -110,5 +112,86 @@ func TestShutdownGivesLeasesBackUnattempted(t *testing.T) {
 		_ = srv.Shutdown(sctx) // the worker is still on its task
 		cancel()
 		addr, srv = qmtest.StartMaster(t, master.Config{DataDir: dir, MaxAttempts: 2})
+	}
+}
+
+// TestCrashOnLastAttemptPublishesItsError: a task out on its last
+// attempt when its master crashed is dead-lettered at the next start, and
+// its error result reaches the result queue its queue's workers name,
+// though the restarted master learns that queue only from a later
+// completion.
+func TestCrashOnLastAttemptPublishesItsError(t *testing.T) {
+	dir := t.TempDir()
+	ctx := ctxFor(t, 20*time.Second)
+	addr, _ := qmtest.StartMaster(t, master.Config{DataDir: dir, MaxAttempts: 1})
+	producer := qmtest.Dial(t, addr, "producer")
+	ids, err := producer.Put(ctx, "jobs", []any{1, 2, 3}, wire.PutOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := qmtest.Dial(t, addr, "worker")
+	ts, err := w.Get(ctx, "jobs", wire.GetOptions{Max: 1, Timeout: time.Second})
+	if err != nil || len(ts) != 1 || ts[0].ID != ids[0] {
+		t.Fatalf("get: %+v, %v", ts, err)
+	}
+	// The master dies with task 1 out on its only attempt: its directory,
+	// as a kill -9 leaves it, is copied while it runs.
+	crashed := t.TempDir()
+	copyFiles(t, dir, crashed)
+
+	addr2, _ := qmtest.StartMaster(t, master.Config{DataDir: crashed, MaxAttempts: 1})
+	c := qmtest.Dial(t, addr2, "worker")
+	dead, err := c.Peek(ctx, "jobs.dead", 10)
+	if err != nil || len(dead) != 1 || dead[0].ID != ids[0] {
+		t.Fatalf("jobs.dead after the restart: %+v, %v; want task %d", dead, err, ids[0])
+	}
+	ts, err = c.Get(ctx, "jobs", wire.GetOptions{Max: 1, Timeout: time.Second})
+	if err != nil || len(ts) != 1 || ts[0].ID != ids[1] {
+		t.Fatalf("get after the restart: %+v, %v; want task %d", ts, err, ids[1])
+	}
+	if err := c.Complete(ctx, "jobs", "results", []wire.Completion{{ID: ts[0].ID, Value: []byte{0x02}}}); err != nil {
+		t.Fatal(err)
+	}
+	got := map[uint64]string{}
+	qmtest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		rs, err := c.Get(ctx, "results", wire.GetOptions{Max: 10, NoAck: true})
+		if err != nil {
+			return err
+		}
+		for _, r := range rs {
+			res, err := wire.DecodeResult(r.Payload)
+			if err != nil {
+				return err
+			}
+			got[res.TaskID] = res.Error
+		}
+		if len(got) < 2 {
+			return fmt.Errorf("results %v, want task %d's error and task %d's value", got, ids[0], ids[1])
+		}
+		return nil
+	})
+	if e := got[ids[0]]; e == "" {
+		t.Errorf("task %d's result %q, want its error", ids[0], e)
+	}
+}
+
+// copyFiles copies the files of directory src into dst.
+func copyFiles(t *testing.T, src, dst string) {
+	t.Helper()
+	ents, err := os.ReadDir(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		if e.IsDir() {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(src, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dst, e.Name()), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

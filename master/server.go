@@ -68,6 +68,12 @@ type Server struct {
 	// resultQueues maps a task queue to the result queue its workers last
 	// named, where a dead task without a ReplyTo gets its error result.
 	resultQueues sync.Map
+	// deadAwaiting holds, by task queue, the error results of dead tasks
+	// without a ReplyTo whose queue's result queue is not known yet (as
+	// after a restart, before its workers complete a task):
+	// awaitResultQueue.
+	deadAwaitingMu sync.Mutex
+	deadAwaiting   map[string][]wire.Result
 	// deleted are the queues clients deleted: results of tasks put before
 	// go nowhere (deleted.go).
 	deleted deletedQueues
@@ -143,6 +149,50 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	return s, nil
+}
+
+// maxDeadAwaiting bounds the error results a queue keeps waiting for its
+// result queue to be known.
+const maxDeadAwaiting = 10000
+
+// awaitResultQueue returns the result queue of q's workers, if known;
+// else it keeps result, the error result of a dead task of q that has no
+// ReplyTo, until they name it (resultQueueKnown).
+func (s *Server) awaitResultQueue(q string, result wire.Result) (string, bool) {
+	if rq, ok := s.resultQueues.Load(q); ok {
+		return rq.(string), true
+	}
+	s.deadAwaitingMu.Lock()
+	defer s.deadAwaitingMu.Unlock()
+	// Again under the lock, which resultQueueKnown takes after it
+	// stores the queue: one it learns now is seen here, or drains this.
+	if rq, ok := s.resultQueues.Load(q); ok {
+		return rq.(string), true
+	}
+	if len(s.deadAwaiting[q]) >= maxDeadAwaiting {
+		return "", false // the task is in the dead-letter queue: the result is all that is lost
+	}
+	if s.deadAwaiting == nil {
+		s.deadAwaiting = make(map[string][]wire.Result)
+	}
+	s.deadAwaiting[q] = append(s.deadAwaiting[q], result)
+	return "", false
+}
+
+// resultQueueKnown notes that q's workers publish their results to rq,
+// and publishes there the error results waiting for it.
+func (s *Server) resultQueueKnown(q, rq string) {
+	if cur, ok := s.resultQueues.Load(q); ok && cur.(string) == rq {
+		return // a store allocates even when the value is the same
+	}
+	s.resultQueues.Store(q, rq)
+	s.deadAwaitingMu.Lock()
+	results := s.deadAwaiting[q]
+	delete(s.deadAwaiting, q)
+	s.deadAwaitingMu.Unlock()
+	if len(results) > 0 {
+		s.goRun(func() { s.publishDeadResults(rq, results) })
+	}
 }
 
 // deadResultWorker names the writer of a dead task's error result.
@@ -452,20 +502,29 @@ func (s *Server) publishDeadResult(q string, t queue.Task) {
 	} else {
 		s.deadUnlogged.Add(1)
 	}
+	// The master wrote it, as the task went to the dead-letter queue: no
+	// worker's result.
+	result := wire.Result{TaskID: t.ID, Worker: deadResultWorker, Attempt: t.Attempts, Error: deadMessage(t)}
 	dest := t.ReplyTo
 	if dest == "" {
-		rq, ok := s.resultQueues.Load(q)
-		if !ok {
+		var ok bool
+		if dest, ok = s.awaitResultQueue(q, result); !ok {
 			return
 		}
-		dest = rq.(string)
 	}
 	if at, ok := s.deleted.since(dest); ok && t.ReplyTo != "" && t.Enqueued.Before(at) {
 		return // its producer deleted the queue: no one waits for it
 	}
-	// The master wrote it, as the task went to the dead-letter queue: no
-	// worker's result.
-	dests, results := []string{dest}, []wire.Result{{TaskID: t.ID, Worker: deadResultWorker, Attempt: t.Attempts, Error: deadMessage(t)}}
+	s.publishDeadResults(dest, []wire.Result{result})
+}
+
+// publishDeadResults puts the error results of dead tasks into queue
+// dest.
+func (s *Server) publishDeadResults(dest string, results []wire.Result) {
+	dests := make([]string, len(results))
+	for i := range dests {
+		dests[i] = dest
+	}
 	if done, _ := s.putResults(dests, results, queue.ResultsOf{}, false); !done {
 		// The data directory refuses writes: keep trying without holding
 		// up the lease reaper, which may be the caller.

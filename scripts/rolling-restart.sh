@@ -45,9 +45,11 @@ for w in 1 2 3; do
 	"$bin/qworker" --server $servers --builtin square --name w$w ${QWARGS:-} >"$d/w$w.log" 2>&1 &
 	pids+=($!)
 done
-# Each output line is stamped with the second it came, for the pauses.
+# Each output line is stamped with the second it came, for the pauses: by
+# perl, unbuffered, as awk (mawk) reads a pipe in 4 KiB blocks and would
+# stamp a block's lines with the time it filled.
 (seq 1 "$n" | "$bin/qmaster" map --server $servers --timeout 600s 2>"$d/map.err" |
-	awk '{ print strftime("%s"), $0; fflush() }' >"$d/out") &
+	perl -ne 'BEGIN { $| = 1 } print time, " ", $_' >"$d/out") &
 mapper=$!
 sleep 4
 for i in 1 2 3; do

@@ -164,54 +164,55 @@ func decodeValue(r *msgp.Reader, depth int) (any, error) {
 // str (or bin, or nil, read as ""), else a map[any]any, as Python's
 // {1: "a"} is. A key Go cannot compare, or a big one, is refused.
 func decodeMap(r *msgp.Reader, n, depth int) (any, error) {
-	type pair struct {
-		key    msgp.Value
-		scalar any
-		value  any
-	}
-	pairs := make([]pair, n)
-	strKeys := true
-	for i := range pairs {
+	m := make(map[string]any, n)
+	var (
+		am      map[any]any // once a key is not a str
+		nilLast bool        // m[""] was last set by a nil key
+	)
+	for range n {
 		k, err := r.Next()
 		if err != nil {
 			return nil, err
 		}
-		p := &pairs[i]
-		p.key = k
+		var key any
 		switch k.Type {
-		case msgp.TypeStr, msgp.TypeBin, msgp.TypeNil:
+		case msgp.TypeStr, msgp.TypeBin:
+			key = string(k.Data)
+		case msgp.TypeNil:
 		case msgp.TypeBool:
-			p.scalar, strKeys = k.Bool(), false
+			key = k.Bool()
 		case msgp.TypeInt:
-			p.scalar, strKeys = k.Int(), false
+			key = k.Int()
 		case msgp.TypeUint:
-			p.scalar, strKeys = k.Uint(), false
+			key = k.Uint()
 		case msgp.TypeFloat:
-			p.scalar, strKeys = k.Float(), false
+			key = k.Float()
 		default:
 			return nil, fmt.Errorf("%w: a map key of type %s; keys are str, bin, int, float, bool or nil", msgp.ErrType, k.Type)
 		}
-		if p.value, err = decodeValue(r, depth+1); err != nil {
+		v, err := decodeValue(r, depth+1)
+		if err != nil {
 			return nil, err
 		}
-	}
-	if strKeys {
-		m := make(map[string]any, n)
-		for _, p := range pairs {
-			m[string(p.key.Data)] = p.value
+		if am == nil {
+			if s, ok := key.(string); ok || key == nil {
+				m[s] = v
+				nilLast = key == nil
+				continue
+			}
+			am = make(map[any]any, n)
+			for s, e := range m {
+				if s == "" && nilLast {
+					am[nil] = e
+				} else {
+					am[s] = e
+				}
+			}
 		}
-		return m, nil
+		am[key] = v
 	}
-	m := make(map[any]any, n)
-	for _, p := range pairs {
-		switch p.key.Type {
-		case msgp.TypeStr, msgp.TypeBin:
-			m[string(p.key.Data)] = p.value
-		case msgp.TypeNil:
-			m[nil] = p.value
-		default:
-			m[p.scalar] = p.value
-		}
+	if am != nil {
+		return am, nil
 	}
 	return m, nil
 }

@@ -4,6 +4,7 @@ package jsonval
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -303,13 +304,34 @@ func jsonable(v any) any {
 		}
 		return out
 	case map[any]any:
+		// Keys that render alike (1 and "1") would give one of their
+		// values at random: a str key's wins, else the one whose type
+		// sorts last.
+		keys := slices.SortedFunc(maps.Keys(x), func(a, b any) int {
+			_, as := a.(string)
+			_, bs := b.(string)
+			switch {
+			case as != bs:
+				return cmp.Compare(boolInt(as), boolInt(bs))
+			case as:
+				return 0
+			}
+			return cmp.Compare(fmt.Sprintf("%T", a), fmt.Sprintf("%T", b))
+		})
 		out := make(map[string]any, len(x))
-		for k, e := range x {
-			out[keyText(k)] = jsonable(e)
+		for _, k := range keys {
+			out[keyText(k)] = jsonable(x[k])
 		}
 		return out
 	}
 	return v
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // keyText is a map key as JSON's keys are text: the key as this package

@@ -301,6 +301,13 @@ func TestAppendPayload(t *testing.T) {
 	if got, err := AppendPayloadAllowNaN(nil, payload); err != nil || string(got) != `{"1":"a","2.5":null,"Infinity":5,"null":2,"true":3}` {
 		t.Errorf("AppendPayloadAllowNaN of a map[any]any = %s, %v", got, err)
 	}
+	// Keys that render alike: the str key's value, every time.
+	payload, _ = wire.Encode(map[any]any{int64(1): "int", "1": "str", true: "bool", "true": "str"})
+	for range 50 {
+		if got, err := AppendPayload(nil, payload); err != nil || string(got) != `{"1":"str","true":"str"}` {
+			t.Fatalf("AppendPayload of keys that render alike = %s, %v", got, err)
+		}
+	}
 	// A str followed by more bytes is not one value: decoding refuses it.
 	payload, _ = wire.Encode("abc")
 	if _, err := AppendPayload(nil, append(payload, 0xc0)); err == nil {

@@ -254,17 +254,6 @@ func (m *Manager) Delete(name string) error {
 	if err := m.writable(); err != nil {
 		return err
 	}
-	m.pauseMu.Lock()
-	defer m.pauseMu.Unlock()
-	if k, ok := m.store.(store.PauseKeeper); ok {
-		// A queue made anew by that name, even after a restart, is not
-		// paused.
-		if q := m.lookup(name); q != nil && m.isPaused(q) {
-			if err := k.SetPaused(name, false); err != nil {
-				return fmt.Errorf("forget the pause of %s: %w", name, err)
-			}
-		}
-	}
 	v, ok := m.queues.LoadAndDelete(name)
 	if !ok {
 		return ErrUnknownQueue
@@ -301,8 +290,20 @@ func (m *Manager) Delete(name string) error {
 	q.order = leaseOrder{}
 	q.owners = nil
 	q.free = nil
+	paused := q.paused
 	q.mu.Unlock()
 	m.durable(ticket)
+	if k, ok := m.store.(store.PauseKeeper); ok && paused {
+		// Once the deletion is stored: a queue made anew by that name,
+		// even after a restart, is not paused; one paused meanwhile is.
+		m.pauseMu.Lock()
+		defer m.pauseMu.Unlock()
+		if q := m.lookup(name); q == nil || !m.isPaused(q) {
+			if err := k.SetPaused(name, false); err != nil {
+				return fmt.Errorf("%s is deleted, but the data directory did not record the end of its pause, so a restart would make it again, paused: %w", name, err)
+			}
+		}
+	}
 	return nil
 }
 

@@ -29,7 +29,7 @@ type Manager struct {
 	policyMu sync.Mutex
 	policies map[string]Policy // set by SetPolicy, by queue name
 
-	pauseMu sync.Mutex // held by SetPaused, and by Delete for a paused queue
+	pauseMu sync.Mutex // held by SetPaused, and by Delete to forget a pause
 
 	deletionsMu sync.Mutex
 	deletions   map[string]Deletion // kept for the store (deletions.go)

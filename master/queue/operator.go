@@ -39,13 +39,6 @@ func (m *Manager) SetPaused(name string, paused bool) error {
 		if err != nil {
 			return err
 		}
-		if k, ok := m.store.(store.PauseKeeper); ok && m.isPaused(q) != paused {
-			// Recorded first: a pause the store could not keep is
-			// refused, rather than lost at the next restart.
-			if err := k.SetPaused(name, paused); err != nil {
-				return fmt.Errorf("record the pause of %s: %w", name, err)
-			}
-		}
 		q.mu.Lock()
 		if q.deleted {
 			q.mu.Unlock()
@@ -54,9 +47,20 @@ func (m *Manager) SetPaused(name string, paused bool) error {
 			}
 			continue
 		}
+		was := q.paused
 		q.paused = paused
 		q.settle(&clock{m: m})
 		m.unlock(q)
+		// Recorded after: a pause is an emergency brake, which a data
+		// directory that cannot take it (a full disk) must not hold up.
+		if k, ok := m.store.(store.PauseKeeper); ok && was != paused {
+			if err := k.SetPaused(name, paused); err != nil {
+				if paused {
+					return fmt.Errorf("%s is paused, but the data directory did not record it, so a restart would resume it: %w", name, err)
+				}
+				return fmt.Errorf("%s is resumed, but the data directory did not record it, so a restart would pause it again: %w", name, err)
+			}
+		}
 		return nil
 	}
 }

@@ -555,7 +555,7 @@ func zerosToSector(b []byte, off int) bool {
 
 // syncFile fsyncs the file name.
 func syncFile(name string) error {
-	f, err := os.Open(name)
+	f, err := openToSync(name)
 	if err != nil {
 		return err
 	}
