@@ -78,6 +78,7 @@ func (s *Server) answerGateways(a GatewayAsker) error {
 			return nil
 		}
 		s.deleted.add(n.Queue, n.At, n.Cancel)
+		s.dropAwaiting(n.Queue)
 		return []byte("ok")
 	}); err != nil {
 		return err
@@ -226,6 +227,7 @@ func (c pyCluster) unfinishedBy(ctx context.Context, q string) (map[string]int, 
 // deletions were shared.
 func (s *Server) noteDeleted(ctx context.Context, name string, at time.Time, cancel bool) {
 	s.deleted.add(name, at, cancel)
+	s.dropAwaiting(name)
 	if s.asker == nil {
 		return
 	}

@@ -293,8 +293,12 @@ func (m *memGauge) check(now time.Time) error {
 	}
 	if now.UnixNano()-m.read.Load() >= int64(heapRefresh) && m.mu.TryLock() {
 		rtmetrics.Read(m.sample)
-		m.heap.Store(m.sample[0].Value.Uint64())
+		heap := m.sample[0].Value.Uint64()
+		m.heap.Store(heap)
 		m.read.Store(now.UnixNano())
+		if heap <= m.limit {
+			m.gcWait = 0 // the next time the heap is full starts at forcedGCMin again
+		}
 		m.mu.Unlock()
 	}
 	if m.heap.Load() > m.limit && now.UnixNano() >= m.nextGC.Load() && m.mu.TryLock() {

@@ -74,6 +74,7 @@ type Server struct {
 	// awaitResultQueue.
 	deadAwaitingMu sync.Mutex
 	deadAwaiting   map[string][]wire.Result
+	deadAwaitingN  int // results in deadAwaiting
 	// deleted are the queues clients deleted: results of tasks put before
 	// go nowhere (deleted.go).
 	deleted deletedQueues
@@ -151,8 +152,11 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// maxDeadAwaiting bounds the error results a queue keeps waiting for its
-// result queue to be known.
+// maxDeadAwaiting bounds the error results kept waiting for their
+// queues' result queues to be known, over all queues: some 20 MB at most
+// (an error is cut to 2 KiB). A queue whose workers name no result queue
+// keeps them for good; past the bound, the results are dropped (their
+// tasks are in the dead-letter queue all the same).
 const maxDeadAwaiting = 10000
 
 // awaitResultQueue returns the result queue of q's workers, if known;
@@ -169,14 +173,24 @@ func (s *Server) awaitResultQueue(q string, result wire.Result) (string, bool) {
 	if rq, ok := s.resultQueues.Load(q); ok {
 		return rq.(string), true
 	}
-	if len(s.deadAwaiting[q]) >= maxDeadAwaiting {
+	if s.deadAwaitingN >= maxDeadAwaiting {
 		return "", false // the task is in the dead-letter queue: the result is all that is lost
 	}
 	if s.deadAwaiting == nil {
 		s.deadAwaiting = make(map[string][]wire.Result)
 	}
 	s.deadAwaiting[q] = append(s.deadAwaiting[q], result)
+	s.deadAwaitingN++
 	return "", false
+}
+
+// dropAwaiting forgets the error results waiting for the result queue of
+// q, deleted.
+func (s *Server) dropAwaiting(q string) {
+	s.deadAwaitingMu.Lock()
+	defer s.deadAwaitingMu.Unlock()
+	s.deadAwaitingN -= len(s.deadAwaiting[q])
+	delete(s.deadAwaiting, q)
 }
 
 // resultQueueKnown notes that q's workers publish their results to rq,
@@ -188,6 +202,7 @@ func (s *Server) resultQueueKnown(q, rq string) {
 	s.resultQueues.Store(q, rq)
 	s.deadAwaitingMu.Lock()
 	results := s.deadAwaiting[q]
+	s.deadAwaitingN -= len(results)
 	delete(s.deadAwaiting, q)
 	s.deadAwaitingMu.Unlock()
 	if len(results) > 0 {

@@ -141,7 +141,8 @@ type Meta struct {
 // restart does not resume them.
 type PauseKeeper interface {
 	// SetPaused records that the named queue is paused, or no longer
-	// is; it is durable when SetPaused returns.
+	// is; it is durable when SetPaused returns. Recording what is
+	// recorded already costs nothing.
 	SetPaused(queue string, paused bool) error
 }
 

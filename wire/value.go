@@ -166,8 +166,12 @@ func decodeValue(r *msgp.Reader, depth int) (any, error) {
 func decodeMap(r *msgp.Reader, n, depth int) (any, error) {
 	m := make(map[string]any, n)
 	var (
-		am      map[any]any // once a key is not a str
-		nilLast bool        // m[""] was last set by a nil key
+		am map[any]any // once a key is not a str
+		// Until then a nil key's value is kept apart: it is m[""] if the
+		// map stays str-keyed (the later of the two keys winning), and
+		// am[nil] if not.
+		nilV            any
+		hasNil, nilLast bool // a nil key came; it came after the last ""
 	)
 	for range n {
 		k, err := r.Next()
@@ -195,24 +199,32 @@ func decodeMap(r *msgp.Reader, n, depth int) (any, error) {
 			return nil, err
 		}
 		if am == nil {
-			if s, ok := key.(string); ok || key == nil {
+			switch s, ok := key.(string); {
+			case key == nil:
+				nilV, hasNil, nilLast = v, true, true
+				continue
+			case ok:
 				m[s] = v
-				nilLast = key == nil
+				nilLast = nilLast && s != ""
 				continue
 			}
 			am = make(map[any]any, n)
 			for s, e := range m {
-				if s == "" && nilLast {
-					am[nil] = e
-				} else {
-					am[s] = e
-				}
+				am[s] = e
+			}
+			if hasNil {
+				am[nil] = nilV
 			}
 		}
 		am[key] = v
 	}
 	if am != nil {
 		return am, nil
+	}
+	if hasNil {
+		if _, ok := m[""]; !ok || nilLast {
+			m[""] = nilV
+		}
 	}
 	return m, nil
 }

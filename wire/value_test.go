@@ -97,6 +97,10 @@ func TestDecodeValueScalarKeys(t *testing.T) {
 		{"{-1: 1, 2**64-1: 2, 1.5: 3, False: 4, 'k': 5, b'b': 6}", "86ff01cfffffffffffffffff02cb3ff800000000000003c204a16b05c4016206",
 			map[any]any{int64(-1): int64(1), uint64(math.MaxUint64): int64(2), 1.5: int64(3), false: int64(4), "k": int64(5), "b": int64(6)}},
 		{"{'a': 1, None: 2}, as before", "82a16101c002", map[string]any{"a": int64(1), "": int64(2)}},
+		{"{'': 1, None: 2}, the later", "83a001c002a16103", map[string]any{"": int64(2), "a": int64(3)}},
+		{"{None: 1, '': 2}, the later", "82c001a002", map[string]any{"": int64(2)}},
+		{"{'': 1, None: 2, 5: 3}", "83a001c0020503", map[any]any{"": int64(1), nil: int64(2), int64(5): int64(3)}},
+		{"{None: 1, '': 2, 5: 3}", "83c001a0020503", map[any]any{nil: int64(1), "": int64(2), int64(5): int64(3)}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := DecodeValue(unhex(t, tc.hex))

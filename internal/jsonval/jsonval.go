@@ -307,20 +307,25 @@ func jsonable(v any) any {
 		// Keys that render alike (1 and "1") would give one of their
 		// values at random: a str key's wins, else the one whose type
 		// sorts last.
-		keys := slices.SortedFunc(maps.Keys(x), func(a, b any) int {
-			_, as := a.(string)
-			_, bs := b.(string)
-			switch {
-			case as != bs:
-				return cmp.Compare(boolInt(as), boolInt(bs))
-			case as:
-				return 0
-			}
-			return cmp.Compare(fmt.Sprintf("%T", a), fmt.Sprintf("%T", b))
+		// Pairs, not keys: a NaN key cannot be looked up again.
+		type pair struct {
+			key  string
+			str  bool
+			typ  string
+			elem any
+		}
+		pairs := make([]pair, 0, len(x))
+		for k, e := range x {
+			_, str := k.(string)
+			pairs = append(pairs, pair{keyText(k), str, fmt.Sprintf("%T", k), jsonable(e)})
+		}
+		slices.SortFunc(pairs, func(a, b pair) int {
+			return cmp.Or(cmp.Compare(a.key, b.key), cmp.Compare(boolInt(a.str), boolInt(b.str)), cmp.Compare(a.typ, b.typ),
+				cmp.Compare(fmt.Sprint(a.elem), fmt.Sprint(b.elem))) // two NaN keys
 		})
 		out := make(map[string]any, len(x))
-		for _, k := range keys {
-			out[keyText(k)] = jsonable(x[k])
+		for _, p := range pairs {
+			out[p.key] = p.elem
 		}
 		return out
 	}

@@ -308,6 +308,11 @@ func TestAppendPayload(t *testing.T) {
 			t.Fatalf("AppendPayload of keys that render alike = %s, %v", got, err)
 		}
 	}
+	// A NaN key keeps its value.
+	payload, _ = wire.Encode(map[any]any{math.NaN(): int64(1)})
+	if got, err := AppendPayloadAllowNaN(nil, payload); err != nil || string(got) != `{"NaN":1}` {
+		t.Errorf("AppendPayloadAllowNaN of a NaN key = %s, %v", got, err)
+	}
 	// A str followed by more bytes is not one value: decoding refuses it.
 	payload, _ = wire.Encode("abc")
 	if _, err := AppendPayload(nil, append(payload, 0xc0)); err == nil {

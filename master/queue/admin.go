@@ -290,10 +290,9 @@ func (m *Manager) Delete(name string) error {
 	q.order = leaseOrder{}
 	q.owners = nil
 	q.free = nil
-	paused := q.paused
 	q.mu.Unlock()
 	m.durable(ticket)
-	if k, ok := m.store.(store.PauseKeeper); ok && paused {
+	if k, ok := m.store.(store.PauseKeeper); ok {
 		// Once the deletion is stored: a queue made anew by that name,
 		// even after a restart, is not paused; one paused meanwhile is.
 		m.pauseMu.Lock()

@@ -217,6 +217,68 @@ func TestDurablePause(t *testing.T) {
 	}
 }
 
+// failingPauses is a segment log whose first fails records of pauses fail,
+// as on a full disk.
+type failingPauses struct {
+	*seglog.Log
+	fails int
+}
+
+func (s *failingPauses) SetPaused(name string, paused bool) error {
+	if s.fails > 0 {
+		s.fails--
+		return errors.New("no space left on device")
+	}
+	return s.Log.SetPaused(name, paused)
+}
+
+// TestPauseNotRecordedAtFirst: a pause the data directory cannot record
+// takes effect, with an error saying so; the same pause again, once the
+// directory takes it, is recorded; and the same holds for a resume, and
+// for a deletion forgetting a pause.
+func TestPauseNotRecordedAtFirst(t *testing.T) {
+	dir := t.TempDir()
+	reopen := func(fails int) (*queue.Manager, func()) {
+		st, err := seglog.Open(dir, seglog.Options{Fsync: seglog.FsyncNever})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := queue.New(queue.Config{Store: &failingPauses{st, fails}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m, func() { m.Close(); st.Close() }
+	}
+	paused := func(m *queue.Manager, name string) bool {
+		st, err := m.Stats(name)
+		return err == nil && st.Paused
+	}
+	m, stop := reopen(1)
+	if err := m.SetPaused("q", true); err == nil || !strings.Contains(err.Error(), "q is paused, but the data directory did not record it") || !paused(m, "q") {
+		t.Fatalf("a pause not recorded: %v, paused %v", err, paused(m, "q"))
+	}
+	if err := m.SetPaused("q", true); err != nil {
+		t.Fatal(err)
+	}
+	stop()
+	m, stop = reopen(1)
+	if !paused(m, "q") {
+		t.Fatal("the pause made again is not kept")
+	}
+	if err := m.SetPaused("q", false); err == nil || paused(m, "q") {
+		t.Fatalf("a resume not recorded: %v, paused %v", err, paused(m, "q"))
+	}
+	if err := m.Delete("q"); err != nil {
+		t.Fatal(err)
+	}
+	stop()
+	m, stop = reopen(0)
+	defer stop()
+	if _, err := m.Stats("q"); !errors.Is(err, queue.ErrUnknownQueue) {
+		t.Fatalf("the deleted queue after a restart: %v, want it unknown (not made again, paused)", err)
+	}
+}
+
 // TestDurablePurgeDelete: purged and deleted tasks stay gone.
 func TestDurablePurgeDelete(t *testing.T) {
 	dir := t.TempDir()

@@ -47,13 +47,14 @@ func (m *Manager) SetPaused(name string, paused bool) error {
 			}
 			continue
 		}
-		was := q.paused
 		q.paused = paused
 		q.settle(&clock{m: m})
 		m.unlock(q)
 		// Recorded after: a pause is an emergency brake, which a data
 		// directory that cannot take it (a full disk) must not hold up.
-		if k, ok := m.store.(store.PauseKeeper); ok && was != paused {
+		// Recorded even if nothing changed here: a record that failed
+		// before is made now.
+		if k, ok := m.store.(store.PauseKeeper); ok {
 			if err := k.SetPaused(name, paused); err != nil {
 				if paused {
 					return fmt.Errorf("%s is paused, but the data directory did not record it, so a restart would resume it: %w", name, err)
