@@ -109,9 +109,8 @@ func encodeExt(e *msgpack.Encoder, typ int8, data []byte) error {
 // DecodeValue decodes a msgpack payload into nil, bool, int64 (uint64
 // above MaxInt64), float64, string, []byte, []any, map[string]any, and
 // the types of the Python values above. A map whose keys are not all
-// str (or bin, or nil, read as "") is a map[any]any, its keys scalars
-// (Python's {1: "a"}, say); one with an array, map or extension key is
-// refused.
+// str (or bin) is a map[any]any, its keys scalars (Python's {1: "a"} or
+// {None: 1}, say); one with an array, map or extension key is refused.
 func DecodeValue(b []byte) (any, error) {
 	if len(b) == 0 { // msgpack decodes a RawMessage holding nil as empty
 		return nil, nil
@@ -161,18 +160,11 @@ func decodeValue(r *msgp.Reader, depth int) (any, error) {
 }
 
 // decodeMap decodes a map of n pairs: a map[string]any if every key is a
-// str (or bin, or nil, read as ""), else a map[any]any, as Python's
-// {1: "a"} is. A key Go cannot compare, or a big one, is refused.
+// str (or bin), else a map[any]any, as Python's {1: "a"} or {None: 1}
+// is. A key Go cannot compare, or a big one, is refused.
 func decodeMap(r *msgp.Reader, n, depth int) (any, error) {
 	m := make(map[string]any, n)
-	var (
-		am map[any]any // once a key is not a str
-		// Until then a nil key's value is kept apart: it is m[""] if the
-		// map stays str-keyed (the later of the two keys winning), and
-		// am[nil] if not.
-		nilV            any
-		hasNil, nilLast bool // a nil key came; it came after the last ""
-	)
+	var am map[any]any // once a key is not a str
 	for range n {
 		k, err := r.Next()
 		if err != nil {
@@ -199,32 +191,19 @@ func decodeMap(r *msgp.Reader, n, depth int) (any, error) {
 			return nil, err
 		}
 		if am == nil {
-			switch s, ok := key.(string); {
-			case key == nil:
-				nilV, hasNil, nilLast = v, true, true
-				continue
-			case ok:
+			if s, ok := key.(string); ok {
 				m[s] = v
-				nilLast = nilLast && s != ""
 				continue
 			}
 			am = make(map[any]any, n)
 			for s, e := range m {
 				am[s] = e
 			}
-			if hasNil {
-				am[nil] = nilV
-			}
 		}
 		am[key] = v
 	}
 	if am != nil {
 		return am, nil
-	}
-	if hasNil {
-		if _, ok := m[""]; !ok || nilLast {
-			m[""] = nilV
-		}
 	}
 	return m, nil
 }

@@ -339,9 +339,25 @@ func boolInt(b bool) int {
 	return 0
 }
 
-// keyText is a map key as JSON's keys are text: the key as this package
-// renders it as a value (1, 2.5, true, null, NaN), as Python's json
-// module writes {1: "a"} as {"1": "a"}.
+// pyFloat writes a finite float as Python's repr does, which its json
+// module uses for a float key: the shortest digits that read back the
+// same, in fixed notation from 1e-4 up to 1e16 (with ".0" if whole),
+// else in exponent notation of two digits at least: 1.0, -0.0, 1e+16,
+// 1e-05.
+func pyFloat(x float64) string {
+	if x == 0 || math.Abs(x) >= 1e-4 && math.Abs(x) < 1e16 {
+		s := strconv.FormatFloat(x, 'f', -1, 64)
+		if !strings.ContainsAny(s, ".") {
+			s += ".0"
+		}
+		return s
+	}
+	return strconv.FormatFloat(x, 'e', -1, 64) // Go writes two exponent digits at least, as Python does
+}
+
+// keyText is a map key as JSON's keys are text, as Python's json module
+// writes them ({1: "a"} as {"1": "a"}): an int as a number, a float as
+// Python's repr (pyFloat), true, false, null, NaN, Infinity.
 func keyText(k any) string {
 	switch x := k.(type) {
 	case string:
@@ -351,6 +367,7 @@ func keyText(k any) string {
 			b, _ := appendAllowNaN(nil, x) // a non-finite float: no error
 			return string(b)
 		}
+		return pyFloat(x)
 	}
 	b, err := encode(k)
 	if err != nil {

@@ -256,6 +256,11 @@ func (m *Manager) Delete(name string) error {
 	}
 	v, ok := m.queues.LoadAndDelete(name)
 	if !ok {
+		m.pauseMu.Lock()
+		if m.lookup(name) == nil {
+			m.forgetPause(name)
+		}
+		m.pauseMu.Unlock()
 		return ErrUnknownQueue
 	}
 	q := v.(*queue)

@@ -273,10 +273,35 @@ func TestPauseNotRecordedAtFirst(t *testing.T) {
 	}
 	stop()
 	m, stop = reopen(0)
-	defer stop()
 	if _, err := m.Stats("q"); !errors.Is(err, queue.ErrUnknownQueue) {
 		t.Fatalf("the deleted queue after a restart: %v, want it unknown (not made again, paused)", err)
 	}
+	// A deletion whose forgetting of the pause failed: a resume or a
+	// delete again, though the queue is gone, forgets it.
+	for _, again := range []func(*queue.Manager) error{
+		func(m *queue.Manager) error { return m.SetPaused("r", false) },
+		func(m *queue.Manager) error { return m.Delete("r") },
+	} {
+		stop()
+		m, stop = reopen(0)
+		if err := m.SetPaused("r", true); err != nil {
+			t.Fatal(err)
+		}
+		stop()
+		m, stop = reopen(1)
+		if err := m.Delete("r"); err == nil {
+			t.Fatal("a deletion whose pause was not forgotten said nothing")
+		}
+		if err := again(m); !errors.Is(err, queue.ErrUnknownQueue) {
+			t.Fatalf("again: %v, want ErrUnknownQueue", err)
+		}
+		stop()
+		m, stop = reopen(0)
+		if _, err := m.Stats("r"); !errors.Is(err, queue.ErrUnknownQueue) {
+			t.Fatalf("after a restart: %v, want r unknown, not made again, paused", err)
+		}
+	}
+	stop()
 }
 
 // TestDurablePurgeDelete: purged and deleted tasks stay gone.

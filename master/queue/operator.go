@@ -34,6 +34,7 @@ func (m *Manager) SetPaused(name string, paused bool) error {
 		if paused {
 			q, err = m.lookupOrCreate(name)
 		} else if q = m.lookup(name); q == nil {
+			m.forgetPause(name)
 			err = ErrUnknownQueue
 		}
 		if err != nil {
@@ -63,6 +64,16 @@ func (m *Manager) SetPaused(name string, paused bool) error {
 			}
 		}
 		return nil
+	}
+}
+
+// forgetPause drops a record of a pause of the named queue, which does
+// not exist: one that a deletion could not drop (a full disk) would
+// pause a queue made anew by that name at the next start. Called with
+// pauseMu held.
+func (m *Manager) forgetPause(name string) {
+	if k, ok := m.store.(store.PauseKeeper); ok {
+		_ = k.SetPaused(name, false) // best effort: the caller's error stands
 	}
 }
 
