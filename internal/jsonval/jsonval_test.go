@@ -309,7 +309,7 @@ func TestAppendPayload(t *testing.T) {
 		}
 	}
 	// Float keys as Python's json writes them.
-	for x, want := range map[float64]string{1: "1.0", -0.0: "0.0", math.Copysign(0, -1): "-0.0", 2.5: "2.5", 1e20: "1e+20", 1e-7: "1e-07",
+	for x, want := range map[float64]string{1: "1.0", 0: "0.0", math.Copysign(0, -1): "-0.0", 2.5: "2.5", 1e20: "1e+20", 1e-7: "1e-07",
 		1e16: "1e+16", 9999999999999998: "9999999999999998.0", 1e-4: "0.0001", 1.5e-5: "1.5e-05", 0.1: "0.1", -123456.789: "-123456.789"} {
 		payload, _ := wire.Encode(map[any]any{x: nil})
 		if got, err := AppendPayload(nil, payload); err != nil || string(got) != `{"`+want+`":null}` {

@@ -254,10 +254,20 @@ func (m *Manager) Delete(name string) error {
 	if err := m.writable(); err != nil {
 		return err
 	}
+	m.pauseMu.Lock()
+	m.deleting[name]++ // its pause is not forgotten before its deletion is stored
+	m.pauseMu.Unlock()
+	defer func() {
+		m.pauseMu.Lock()
+		if m.deleting[name]--; m.deleting[name] == 0 {
+			delete(m.deleting, name)
+		}
+		m.pauseMu.Unlock()
+	}()
 	v, ok := m.queues.LoadAndDelete(name)
 	if !ok {
 		m.pauseMu.Lock()
-		if m.lookup(name) == nil {
+		if m.lookup(name) == nil && m.deleting[name] == 1 { // no other deletion of it under way
 			m.forgetPause(name)
 		}
 		m.pauseMu.Unlock()
@@ -301,11 +311,13 @@ func (m *Manager) Delete(name string) error {
 		// Once the deletion is stored: a queue made anew by that name,
 		// even after a restart, is not paused; one paused meanwhile is.
 		m.pauseMu.Lock()
-		defer m.pauseMu.Unlock()
+		var err error
 		if q := m.lookup(name); q == nil || !m.isPaused(q) {
-			if err := k.SetPaused(name, false); err != nil {
-				return fmt.Errorf("%s is deleted, but the data directory did not record the end of its pause, so a restart would make it again, paused: %w", name, err)
-			}
+			err = k.SetPaused(name, false)
+		}
+		m.pauseMu.Unlock()
+		if err != nil {
+			return fmt.Errorf("%s is deleted, but the data directory did not record the end of its pause, so a restart would make it again, paused: %w", name, err)
 		}
 	}
 	return nil

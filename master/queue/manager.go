@@ -29,7 +29,8 @@ type Manager struct {
 	policyMu sync.Mutex
 	policies map[string]Policy // set by SetPolicy, by queue name
 
-	pauseMu sync.Mutex // held by SetPaused, and by Delete to forget a pause
+	pauseMu  sync.Mutex     // held by SetPaused, and by Delete to forget a pause
+	deleting map[string]int // under pauseMu: Deletes under way, by queue name
 
 	deletionsMu sync.Mutex
 	deletions   map[string]Deletion // kept for the store (deletions.go)
@@ -68,6 +69,7 @@ func New(cfg Config) (*Manager, error) {
 		store:     cfg.Store,
 		policies:  make(map[string]Policy),
 		deletions: make(map[string]Deletion),
+		deleting:  make(map[string]int),
 	}
 	if err := m.load(); err != nil {
 		return nil, err

@@ -34,7 +34,9 @@ func (m *Manager) SetPaused(name string, paused bool) error {
 		if paused {
 			q, err = m.lookupOrCreate(name)
 		} else if q = m.lookup(name); q == nil {
-			m.forgetPause(name)
+			if m.deleting[name] == 0 { // else its deletion forgets it once stored
+				m.forgetPause(name)
+			}
 			err = ErrUnknownQueue
 		}
 		if err != nil {
