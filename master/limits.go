@@ -285,6 +285,16 @@ const (
 	forcedGCMax = 16 * time.Second
 )
 
+// readHeap reads the heap's size at now, keeps it for check, and returns
+// it. Called with mu held.
+func (m *memGauge) readHeap(now time.Time) uint64 {
+	rtmetrics.Read(m.sample)
+	heap := m.sample[0].Value.Uint64()
+	m.heap.Store(heap)
+	m.read.Store(now.UnixNano())
+	return heap
+}
+
 // check returns an error wrapping wire.ErrMasterFull if the heap is above
 // the limit, after collecting its garbage (at most every forcedGCMin).
 func (m *memGauge) check(now time.Time) error {
@@ -292,11 +302,7 @@ func (m *memGauge) check(now time.Time) error {
 		return nil
 	}
 	if now.UnixNano()-m.read.Load() >= int64(heapRefresh) && m.mu.TryLock() {
-		rtmetrics.Read(m.sample)
-		heap := m.sample[0].Value.Uint64()
-		m.heap.Store(heap)
-		m.read.Store(now.UnixNano())
-		if heap <= m.limit {
+		if m.readHeap(now) <= m.limit {
 			m.gcWait = 0 // the next time the heap is full starts at forcedGCMin again
 		}
 		m.mu.Unlock()
@@ -309,12 +315,8 @@ func (m *memGauge) check(now time.Time) error {
 		if now.UnixNano() >= m.nextGC.Load() {
 			start := time.Now()
 			runtime.GC()
-			rtmetrics.Read(m.sample)
-			heap := m.sample[0].Value.Uint64()
 			done := time.Now()
-			m.heap.Store(heap)
-			m.read.Store(done.UnixNano())
-			if heap > m.limit {
+			if m.readHeap(done) > m.limit {
 				m.gcWait = min(max(2*m.gcWait, 10*done.Sub(start), forcedGCMin), forcedGCMax)
 			} else {
 				m.gcWait = forcedGCMin

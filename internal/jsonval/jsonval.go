@@ -320,8 +320,10 @@ func jsonable(v any) any {
 			pairs = append(pairs, pair{keyText(k), str, fmt.Sprintf("%T", k), jsonable(e)})
 		}
 		slices.SortFunc(pairs, func(a, b pair) int {
-			return cmp.Or(cmp.Compare(a.key, b.key), cmp.Compare(boolInt(a.str), boolInt(b.str)), cmp.Compare(a.typ, b.typ),
-				cmp.Compare(fmt.Sprint(a.elem), fmt.Sprint(b.elem))) // two NaN keys
+			if c := cmp.Or(cmp.Compare(a.key, b.key), cmp.Compare(boolInt(a.str), boolInt(b.str)), cmp.Compare(a.typ, b.typ)); c != 0 {
+				return c
+			}
+			return cmp.Compare(fmt.Sprint(a.elem), fmt.Sprint(b.elem)) // two NaN keys: printed only then
 		})
 		out := make(map[string]any, len(x))
 		for _, p := range pairs {

@@ -1,8 +1,6 @@
 package seglog
 
 import (
-	"bufio"
-	"bytes"
 	"errors"
 	"io/fs"
 	"os"
@@ -26,14 +24,10 @@ func (l *Log) loadPaused() ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	var names []string
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	sc.Buffer(nil, len(b)+1)
-	for sc.Scan() {
-		if name := sc.Text(); name != "" {
-			names = append(names, name)
-		}
-	}
+	// Sorted, as SetPaused's search needs, even if edited by hand.
+	names := slices.DeleteFunc(strings.Split(string(b), "\n"), func(s string) bool { return s == "" })
+	slices.Sort(names)
+	names = slices.Compact(names)
 	l.pausedMu.Lock()
 	l.paused = names
 	l.pausedMu.Unlock()
