@@ -108,10 +108,6 @@ type resultLedger struct {
 	retried  int // results of a later attempt than the first
 	nDone    int // task IDs with at least one result
 	problems []string
-	// crashDuplicatesOK accepts a task with several equal results: after
-	// a crash of the master, a task whose result was stored but whose ack
-	// was not runs again (at-least-once).
-	crashDuplicatesOK bool
 }
 
 func newResultLedger() *resultLedger {
@@ -153,33 +149,8 @@ func (l *resultLedger) counts() (put, done int) {
 	return len(l.want), l.nDone
 }
 
-// duplicated is how many tasks have more than one result.
-func (l *resultLedger) duplicated() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	n := 0
-	for _, rs := range l.got {
-		if len(rs) > 1 {
-			n++
-		}
-	}
-	return n
-}
-
-// sameResults reports whether duplicate results agree: the same value,
-// no error.
-func sameResults(rs []wire.Result) bool {
-	for _, r := range rs {
-		if r.Error != "" || string(r.Value) != string(rs[0].Value) {
-			return false
-		}
-	}
-	return true
-}
-
-// check fails t unless every task put has exactly one result (or equal
-// ones, with crashDuplicatesOK), holding its square and no error, and no
-// result names a task never put.
+// check fails t unless every task put has exactly one result, holding
+// its square and no error, and no result names a task never put.
 func (l *resultLedger) check(t *testing.T) {
 	t.Helper()
 	l.mu.Lock()
@@ -191,10 +162,8 @@ func (l *resultLedger) check(t *testing.T) {
 		switch {
 		case len(rs) == 0:
 			bad = append(bad, fmt.Sprintf("task %d: no result", id))
-		case len(rs) > 1 && !l.crashDuplicatesOK:
+		case len(rs) > 1:
 			bad = append(bad, fmt.Sprintf("task %d: %d results: %+v", id, len(rs), rs))
-		case len(rs) > 1 && !sameResults(rs):
-			bad = append(bad, fmt.Sprintf("task %d: %d results that differ: %+v", id, len(rs), rs))
 		case rs[0].Error != "":
 			bad = append(bad, fmt.Sprintf("task %d: error result %q (attempt %d, %s)", id, rs[0].Error, rs[0].Attempt, rs[0].Worker))
 		default:

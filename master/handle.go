@@ -31,8 +31,7 @@ type callBuffers struct {
 	acked   []queue.Task
 	results []wire.Result
 	dests   []string // dests[i] is the queue of results[i]
-	// resultsOf[i] is the task of results[i], if it has a delivery token
-	// (queue.PutRequest.ResultsOf): passed on if all have.
+	// resultsOf[i] is the task of results[i] (queue.PutRequest.ResultsOf).
 	resultsOf []queue.Task
 }
 
@@ -156,6 +155,9 @@ func (c *clientConn) handle(req *wire.Request, stream uint32, buf *callBuffers) 
 			if req.CancelTasks {
 				resp.Count = 1 // said so: an older master does not
 			}
+		}
+		if err == nil || errors.Is(err, queue.ErrUnknownQueue) {
+			c.s.forgetResultQueue(req.Queue)
 		}
 		c.audit(req, 0, err)
 	case wire.OpQueues:
@@ -477,16 +479,16 @@ func (c *clientConn) complete(req *wire.Request, buf *callBuffers) error {
 	if denied != nil {
 		resultQueue = ""
 	}
-	if resultQueue != "" {
-		c.s.resultQueueKnown(req.Queue, resultQueue)
-	}
 	var errs []error
+	ended := 0 // tasks whose attempt this completion ended: it may name their queue's result queue
 	worker := c.workerName()
 	ids, values, tokens := buf.ids[:0], buf.values[:0], buf.tokens[:0]
 	for _, r := range req.Results {
 		if r.Error != "" {
 			if err := q.Nack(queue.NackRequest{Queue: req.Queue, Owner: c.id, ID: r.ID, Error: cutError(r.Error), RetryAfter: r.RetryAfter, NoRetry: r.NoRetry, Token: r.Token}); err != nil {
 				errs = append(errs, err)
+			} else {
+				ended++
 			}
 			continue
 		}
@@ -504,7 +506,7 @@ func (c *clientConn) complete(req *wire.Request, buf *callBuffers) error {
 	if len(tokens) == 0 {
 		tokens = nil
 	}
-	acked, err := q.Ack(queue.AckRequest{Queue: req.Queue, Owner: c.id, IDs: ids, Tokens: tokens, Publish: func(acked []queue.Task) error {
+	acked, err := q.Ack(queue.AckRequest{Queue: req.Queue, Owner: c.id, IDs: ids, Tokens: tokens, Publish: func(acked []queue.Task) (unpublished []queue.Task, err error) {
 		results, dests, of := buf.results[:0], buf.dests[:0], buf.resultsOf[:0]
 		limit := c.s.maxItem()
 		var lastDest string
@@ -527,26 +529,30 @@ func (c *clientConn) complete(req *wire.Request, buf *callBuffers) error {
 			// producer is gone (a map that ended). The workers' results
 			// queue, which the task did not name, is not judged so.
 			if dest == "" || t.ReplyTo != "" && c.s.deleted.stale(dest, t.Enqueued, &lastDest, &lastDeleted) {
+				unpublished = append(unpublished, t)
 				continue
 			}
 			results = append(results, wire.Result{TaskID: t.ID, Worker: worker, Attempt: t.Attempts, Value: value})
 			c.s.errorIfTooLarge(&results[len(results)-1], limit)
 			dests = append(dests, dest)
-			if t.Token != "" {
-				of = append(of, t)
-			}
+			of = append(of, t)
 		}
 		buf.results, buf.dests, buf.resultsOf = results, dests, of
-		if len(of) != len(results) {
-			of = nil
-		}
-		return c.s.publish(dests, results, queue.ResultsOf{Queue: req.Queue, Tasks: of}) // returns once they are in their queues
+		// The puts store these tasks' acks with their results.
+		return unpublished, c.s.publish(dests, results, queue.ResultsOf{Queue: req.Queue, Tasks: of}) // returns once they are in their queues
 	}}, buf.acked)
 	if acked != nil {
 		buf.acked = acked
 	}
 	if err != nil {
 		errs = append(errs, err)
+	}
+	// Only a worker that held a lease names a queue's result queue: the
+	// map is kept on disk, and a client naming made-up queues would
+	// rewrite it for each. (A dead task's error result that a nack above
+	// made waits for it meanwhile.)
+	if resultQueue != "" && ended+len(acked) > 0 {
+		c.s.resultQueueKnown(req.Queue, resultQueue)
 	}
 	if refusedResults > 0 {
 		err := fmt.Errorf("%w (%d results dropped; their tasks are done)", denied, refusedResults)

@@ -93,6 +93,23 @@ type DeletionKeeper interface {
 	Deletions() (map[string]queue.Deletion, error)
 }
 
+// ResultQueueKeeper is implemented by Queues that keep, across a restart,
+// the result queue each task queue's workers last named (queue.Manager,
+// with a data directory), so that the error result of a task
+// dead-lettered at start-up, with no reply queue, goes there at once
+// rather than waiting in memory for a worker to name it again.
+type ResultQueueKeeper interface {
+	// KeepResultQueue stores that the workers of queue name
+	// resultQueue; "" forgets queue's. It returns once that is durable,
+	// or the error that kept it from being so.
+	KeepResultQueue(queue, resultQueue string) error
+	// ResultQueues hands over the result queues kept, by task queue, as
+	// the queues were opened.
+	ResultQueues() map[string]string
+}
+
+var _ ResultQueueKeeper = (*queue.Manager)(nil)
+
 // DeletionWatcher is implemented by DeletionKeepers shared by several
 // servers (a cluster's gateways), so that one that missed another's
 // notice of a deletion learns it all the same.

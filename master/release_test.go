@@ -134,6 +134,7 @@ func TestCrashOnLastAttemptPublishesItsError(t *testing.T) {
 	if err != nil || len(ts) != 1 || ts[0].ID != ids[0] {
 		t.Fatalf("get: %+v, %v", ts, err)
 	}
+	written(ctx, t, producer)
 	// The master dies with task 1 out on its only attempt: its directory,
 	// as a kill -9 leaves it, is copied while it runs.
 	crashed := t.TempDir()

@@ -68,6 +68,14 @@ type Server struct {
 	// resultQueues maps a task queue to the result queue its workers last
 	// named, where a dead task without a ReplyTo gets its error result.
 	resultQueues sync.Map
+	// rqKeeper is queues, if they keep resultQueues across a restart;
+	// rqKeepMu orders its changes (keepResultQueue) and guards rqChanged,
+	// the queues whose result queue changed and is not kept yet, which
+	// keepChangedResultQueues keeps when rqKick says.
+	rqKeeper  ResultQueueKeeper
+	rqKeepMu  sync.Mutex
+	rqChanged map[string]struct{}
+	rqKick    chan struct{}
 	// deadAwaiting holds, by task queue, the error results of dead tasks
 	// without a ReplyTo whose queue's result queue is not known yet (as
 	// after a restart, before its workers complete a task):
@@ -126,6 +134,17 @@ func New(cfg Config) (*Server, error) {
 	s.asker, _ = s.queues.(GatewayAsker)
 	s.limiter, _ = s.queues.(ItemLimiter)
 	s.keeper, _ = s.queues.(DeletionKeeper)
+	if k, ok := s.queues.(ResultQueueKeeper); ok {
+		// Before ReapLeases, which publishes the error results of the
+		// tasks dead-lettered at start-up: those go to their queues'
+		// result queues at once, rather than waiting for a worker.
+		s.rqKeeper = k
+		for q, rq := range k.ResultQueues() {
+			s.resultQueues.Store(q, rq)
+		}
+		s.rqChanged, s.rqKick = make(map[string]struct{}), make(chan struct{}, 1)
+		s.goRun(s.keepChangedResultQueues)
+	}
 	s.py = s.newPyManager()
 	if s.asker != nil {
 		if err := s.answerGateways(s.asker); err != nil {
@@ -194,9 +213,12 @@ func (s *Server) dropAwaiting(q string) {
 }
 
 // resultQueueKnown notes that q's workers publish their results to rq,
-// and publishes there the error results waiting for it.
+// publishes there the error results waiting for it, and, if it is new,
+// keeps it across a restart (keepResultQueue). Called by every
+// completion: when rq is known already, it is one map lookup.
 func (s *Server) resultQueueKnown(q, rq string) {
-	if cur, ok := s.resultQueues.Load(q); ok && cur.(string) == rq {
+	cur, had := s.resultQueues.Load(q)
+	if had && cur.(string) == rq {
 		return // a store allocates even when the value is the same
 	}
 	s.resultQueues.Store(q, rq)
@@ -207,6 +229,97 @@ func (s *Server) resultQueueKnown(q, rq string) {
 	s.deadAwaitingMu.Unlock()
 	if len(results) > 0 {
 		s.goRun(func() { s.publishDeadResults(rq, results) })
+	}
+	if !had {
+		s.keepResultQueue(q)
+		return
+	}
+	// Changed: kept within a second, by keepChangedResultQueues. Workers
+	// of one queue that name two result queues would otherwise have the
+	// file written, and fsynced, at every other completion.
+	if s.rqKeeper != nil {
+		s.rqKeepMu.Lock()
+		s.rqChanged[q] = struct{}{}
+		s.rqKeepMu.Unlock()
+		select {
+		case s.rqKick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// keepChangedResultQueues keeps the result queues that changed
+// (resultQueueKnown), at most once a second, and those left as the
+// master stops.
+func (s *Server) keepChangedResultQueues() {
+	keep := func() {
+		s.rqKeepMu.Lock()
+		defer s.rqKeepMu.Unlock()
+		for q := range s.rqChanged {
+			s.storeResultQueue(q)
+		}
+		clear(s.rqChanged)
+	}
+	pause := time.NewTimer(time.Second)
+	defer pause.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			keep()
+			return
+		case <-s.rqKick:
+		}
+		keep()
+		pause.Reset(time.Second)
+		select {
+		case <-s.ctx.Done():
+			keep()
+			return
+		case <-pause.C:
+		}
+	}
+}
+
+// forgetResultQueue forgets the result queue of q, deleted: a queue made
+// anew by that name learns its own.
+func (s *Server) forgetResultQueue(q string) {
+	if _, ok := s.resultQueues.LoadAndDelete(q); ok {
+		s.keepResultQueue(q)
+	}
+}
+
+// keepResultQueue stores q's result queue, as resultQueues has it now,
+// where the queues keep it across a restart. It is called when q gets
+// its first result queue or is deleted (rarely), outside every lock
+// other completions take: a file is written and fsynced. Each call
+// stores what resultQueues holds when it has rqKeepMu, so that calls
+// racing for one queue leave the last change stored. A failure (a full
+// disk) is logged: the result queue stays known until the master stops.
+func (s *Server) keepResultQueue(q string) {
+	if s.rqKeeper == nil {
+		return
+	}
+	s.rqKeepMu.Lock()
+	defer s.rqKeepMu.Unlock()
+	delete(s.rqChanged, q)
+	s.storeResultQueue(q)
+}
+
+// storeResultQueue is keepResultQueue with rqKeepMu held.
+func (s *Server) storeResultQueue(q string) {
+	var rq string
+	if v, ok := s.resultQueues.Load(q); ok {
+		rq = v.(string)
+	}
+	err := s.rqKeeper.KeepResultQueue(q, rq)
+	switch {
+	case err == nil:
+	case rq == "":
+		s.log.Warn("a deleted queue's result queue is not forgotten in the data directory: after a restart, error results of a queue made anew by that name go there until its workers name theirs",
+			"queue", q, "err", err)
+	default:
+		s.log.Warn("a queue's result queue is not stored in the data directory: after a restart, error results of the queue's dead tasks without a reply queue wait in memory until a worker names it again, and are lost if the master stops before (the data directory tries again with its next change of a result queue, and as the master stops)",
+			"queue", q, "result_queue", rq, "err", err)
 	}
 }
 

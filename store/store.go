@@ -133,6 +133,9 @@ type Meta struct {
 	Deletions map[string]Deletion
 	// Paused are the queues a PauseKeeper keeps paused.
 	Paused []string
+	// ResultQueues are the result queues a ResultQueueKeeper keeps, by
+	// task queue.
+	ResultQueues map[string]string
 	// Warnings says what recovery dropped (a torn tail), for the log.
 	Warnings []string
 }
@@ -144,6 +147,19 @@ type PauseKeeper interface {
 	// is; it is durable when SetPaused returns. Recording what is
 	// recorded already costs nothing.
 	SetPaused(queue string, paused bool) error
+}
+
+// ResultQueueKeeper is a Store that keeps, by task queue, the result
+// queue its workers last named, so that after a restart the error result
+// of a dead task without a reply queue goes there at once rather than
+// waiting for a worker to name it again.
+type ResultQueueKeeper interface {
+	// SetResultQueue records that the workers of queue name resultQueue;
+	// "" forgets queue's. It is durable when SetResultQueue returns.
+	// Recording what is recorded already costs nothing. After a failure
+	// the store keeps resultQueue in memory and writes it with the next
+	// change, or at Close.
+	SetResultQueue(queue, resultQueue string) error
 }
 
 // Deletion is a queue's deletion as a Deleted op records it.
@@ -181,7 +197,9 @@ type Store interface {
 	// store recovers.
 	Writable() error
 	// Append records ops, in order, and returns a ticket for Wait. It does
-	// not keep ops or their Payloads past the call.
+	// not keep ops or their Payloads past the call. The ops of one Append
+	// are loaded all or none: a crash that cuts their write short drops
+	// them all (a completion's results and its tasks' acks go together).
 	Append(ops ...Op) Ticket
 	// Wait blocks until every op up to t is durable, or returns the error
 	// that keeps it from being so for now.

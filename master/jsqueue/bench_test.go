@@ -91,13 +91,13 @@ func benchWorkers(b *testing.B, priority int) {
 				for i, t := range ts {
 					ids[i] = t.ID
 				}
-				_, err = q.Ack(queue.AckRequest{Queue: "bench", Owner: owner, IDs: ids, Publish: func(acked []queue.Task) error {
+				_, err = q.Ack(queue.AckRequest{Queue: "bench", Owner: owner, IDs: ids, Publish: func(acked []queue.Task) ([]queue.Task, error) {
 					items := make([]queue.Item, len(acked))
 					for i, t := range acked {
 						items[i] = queue.Item{Payload: t.Payload}
 					}
 					_, err := q.Put(ctx, queue.PutRequest{Queue: "results", Items: items, Results: true})
-					return err
+					return nil, err
 				}}, nil)
 				if err != nil && ctx.Err() == nil {
 					b.Error(err)

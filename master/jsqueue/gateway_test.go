@@ -532,12 +532,12 @@ type gatewayQueues = jsqueue.Queues
 
 func (q diesAfterStoring) Ack(req queue.AckRequest, dst []queue.Task) ([]queue.Task, error) {
 	publish := req.Publish
-	req.Publish = func(ts []queue.Task) error {
-		if err := publish(ts); err != nil {
-			return err
+	req.Publish = func(ts []queue.Task) ([]queue.Task, error) {
+		if _, err := publish(ts); err != nil {
+			return nil, err
 		}
 		q.conn.Close()
-		return errors.New("died after storing the results")
+		return nil, errors.New("died after storing the results")
 	}
 	return q.gatewayQueues.Ack(req, dst)
 }
@@ -738,7 +738,7 @@ type slowResults struct {
 
 func (q slowResults) Ack(req queue.AckRequest, dst []queue.Task) ([]queue.Task, error) {
 	publish := req.Publish
-	req.Publish = func(ts []queue.Task) error {
+	req.Publish = func(ts []queue.Task) ([]queue.Task, error) {
 		time.Sleep(q.delay)
 		return publish(ts)
 	}
@@ -812,14 +812,15 @@ type firstToStoreDies struct {
 
 func (q firstToStoreDies) Ack(req queue.AckRequest, dst []queue.Task) ([]queue.Task, error) {
 	publish := req.Publish
-	req.Publish = func(ts []queue.Task) error {
-		if err := publish(ts); err != nil {
-			return err
+	req.Publish = func(ts []queue.Task) ([]queue.Task, error) {
+		unpublished, err := publish(ts)
+		if err != nil {
+			return nil, err
 		}
 		if q.die() {
-			return errors.New("died after storing the results")
+			return nil, errors.New("died after storing the results")
 		}
-		return nil
+		return unpublished, nil
 	}
 	return q.gatewayQueues.Ack(req, dst)
 }

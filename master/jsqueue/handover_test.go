@@ -19,9 +19,9 @@ func ackThrough(q *jsqueue.Queues, owner uint64, ts ...queue.Task) ([]queue.Task
 		req.Tokens = append(req.Tokens, t.Token)
 	}
 	var published []queue.Task
-	req.Publish = func(acked []queue.Task) error {
+	req.Publish = func(acked []queue.Task) ([]queue.Task, error) {
 		published = append(published, acked...)
-		return nil
+		return nil, nil
 	}
 	_, err := q.Ack(req, nil)
 	return published, err
@@ -99,7 +99,7 @@ func TestSupersededDeliveryIsRefused(t *testing.T) {
 	}
 	// b still holds the lease it gave out, but the task is done: its own
 	// completion of it finds nothing to ack.
-	if _, err := b.Ack(queue.AckRequest{Queue: "jobs", Owner: 2, IDs: ids, Publish: func([]queue.Task) error { return nil }}, nil); err != nil {
+	if _, err := b.Ack(queue.AckRequest{Queue: "jobs", Owner: 2, IDs: ids, Publish: func([]queue.Task) ([]queue.Task, error) { return nil, nil }}, nil); err != nil {
 		t.Logf("the holder's late ack: %v", err)
 	}
 	st, err := c.Stats("jobs")

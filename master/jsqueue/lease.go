@@ -149,7 +149,7 @@ func (q *Queues) Ack(req queue.AckRequest, dst []queue.Task) ([]queue.Task, erro
 	var err error
 	if len(ts) > 0 && req.Publish != nil {
 		stop := q.renewAdopted(req.Queue, adopted)
-		err = req.Publish(ts)
+		_, err = req.Publish(ts) // a JetStream ack is not stored with the results: every task is acked below
 		stop()
 	}
 	if err == nil {

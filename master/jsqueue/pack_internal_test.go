@@ -257,7 +257,7 @@ func TestStaleSettleLeavesTheNextDelivery(t *testing.T) {
 	release, acked := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(acked)
-		_, _ = q.Ack(queue.AckRequest{Queue: "jobs", Owner: 1, IDs: []uint64{ts[0].ID, ts[1].ID}, Publish: func([]queue.Task) error { <-release; return nil }}, nil)
+		_, _ = q.Ack(queue.AckRequest{Queue: "jobs", Owner: 1, IDs: []uint64{ts[0].ID, ts[1].ID}, Publish: func([]queue.Task) ([]queue.Task, error) { <-release; return nil, nil }}, nil)
 	}()
 	time.Sleep(100 * time.Millisecond) // the Ack is publishing
 	q.mu.Lock()
@@ -705,8 +705,8 @@ func TestPackFinishedThroughATokenRefusesTheReissuedTask(t *testing.T) {
 	for len(first) < 2 {
 		first = append(first, getN(t, a, "jobs", 1, 2-len(first), time.Second)...)
 	}
-	publish := func(n *int) func([]queue.Task) error {
-		return func(ts []queue.Task) error { *n += len(ts); return nil }
+	publish := func(n *int) func([]queue.Task) ([]queue.Task, error) {
+		return func(ts []queue.Task) ([]queue.Task, error) { *n += len(ts); return nil, nil }
 	}
 	var byA, byB int
 	if _, err := a.Ack(queue.AckRequest{Queue: "jobs", Owner: 1, IDs: ids[1:], Publish: publish(&byA)}, nil); err != nil {

@@ -270,7 +270,7 @@ func TestPackedTaskWhoseResultsFailRunsAgainAlone(t *testing.T) {
 	}
 	killA()
 	req := queue.AckRequest{Queue: "jobs", Owner: 7, IDs: []uint64{got[0].ID}, Tokens: []string{got[0].Token},
-		Publish: func([]queue.Task) error { return errors.New("results queue down") }}
+		Publish: func([]queue.Task) ([]queue.Task, error) { return nil, errors.New("results queue down") }}
 	if _, err := b.Ack(req, nil); err == nil {
 		t.Fatal("a completion whose results failed went through")
 	}

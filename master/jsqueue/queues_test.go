@@ -32,11 +32,11 @@ func TestPutGetAckInOrder(t *testing.T) {
 		}
 	}
 	var published []uint64
-	acked, err := q.Ack(queue.AckRequest{Queue: "jobs", Owner: 1, IDs: ids, Publish: func(ts []queue.Task) error {
+	acked, err := q.Ack(queue.AckRequest{Queue: "jobs", Owner: 1, IDs: ids, Publish: func(ts []queue.Task) ([]queue.Task, error) {
 		for _, t := range ts {
 			published = append(published, t.ID)
 		}
-		return nil
+		return nil, nil
 	}}, nil)
 	if err != nil || len(acked) != 3 || !slices.Equal(published, ids) {
 		t.Fatalf("ack: %d acked, published %v, err %v", len(acked), published, err)
@@ -251,13 +251,13 @@ func TestAckWaitsForResultsAndGivesBackOnFailure(t *testing.T) {
 	ids := put(t, q, "jobs", "a", "b")
 	get(t, q, "jobs", 1, 2, 100*time.Millisecond, 0)
 	another := make(chan []queue.Task, 1)
-	_, err := q.Ack(queue.AckRequest{Queue: "jobs", Owner: 1, IDs: ids[:1], Publish: func([]queue.Task) error {
+	_, err := q.Ack(queue.AckRequest{Queue: "jobs", Owner: 1, IDs: ids[:1], Publish: func([]queue.Task) ([]queue.Task, error) {
 		// Longer than the lease and than AckWait: another get must not
 		// see the task (but sees the other, whose lease ran out).
 		ts, _ := q.Get(context.Background(), queue.GetRequest{Queue: "jobs", Max: 2, Owner: 2, MaxWait: time.Second}, nil)
 		more, _ := q.Get(context.Background(), queue.GetRequest{Queue: "jobs", Max: 2, Owner: 2, MaxWait: 700 * time.Millisecond}, nil)
 		another <- append(ts, more...)
-		return nil
+		return nil, nil
 	}}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -268,8 +268,8 @@ func TestAckWaitsForResultsAndGivesBackOnFailure(t *testing.T) {
 
 	more := put(t, q, "jobs", "c")
 	get(t, q, "jobs", 3, 1, time.Minute, 0)
-	if _, err := q.Ack(queue.AckRequest{Queue: "jobs", Owner: 3, IDs: more, Publish: func([]queue.Task) error {
-		return queue.ErrUnavailable
+	if _, err := q.Ack(queue.AckRequest{Queue: "jobs", Owner: 3, IDs: more, Publish: func([]queue.Task) ([]queue.Task, error) {
+		return nil, queue.ErrUnavailable
 	}}, nil); !errors.Is(err, queue.ErrUnavailable) {
 		t.Fatalf("ack whose results failed: %v", err)
 	}

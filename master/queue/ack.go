@@ -22,13 +22,17 @@ type AckRequest struct {
 	// queues ignore them: a lease is the owner's, on this master.
 	Tokens []string
 	// Publish, if not nil, is called with the tasks acked, outside every
-	// lock, before their acks are stored. It puts their results; so the
-	// results reach the store ahead of the acks, and a crash in between
-	// leaves a task that runs again (its result may then come twice),
-	// never an acked task whose result is lost. If it fails, the acks are
-	// not stored (the tasks run again after a restart, or, in queues kept
-	// by an engine, at once) and Ack returns its error.
-	Publish func(acked []Task) error
+	// lock, before their acks are stored. It puts their results, each put
+	// naming the tasks whose results it carries (PutRequest.ResultsOf):
+	// a Manager stores those tasks' acks in the same append as the
+	// results, so that a crash keeps both or neither, never an acked
+	// task whose result is lost nor a result whose task runs again. It
+	// returns the acked tasks whose results it put nowhere (no one waits
+	// for them): Ack stores their acks. If it fails, Ack returns its
+	// error, and the acks of the tasks whose results were not put are
+	// not stored (they run again after a restart, or, in queues kept by
+	// an engine, at once).
+	Publish func(acked []Task) (unpublished []Task, err error)
 }
 
 // Ack removes leased tasks for good (counted as done). Each id must be
@@ -72,12 +76,13 @@ func (m *Manager) Ack(req AckRequest, dst []Task) ([]Task, error) {
 	log := q.log
 	m.unlock(q)
 	if req.Publish != nil && len(ts) > 0 {
-		if err := req.Publish(ts); err != nil {
+		unpublished, err := req.Publish(ts)
+		if err != nil {
 			return ts, errors.Join(err, notLeased(bad))
 		}
 		// The tasks are gone from memory, so no other change names them:
 		// their deletes may be stored outside the queue's lock.
-		ticket = log.forget(ts)
+		ticket = log.forget(unpublished)
 	}
 	m.durable(ticket)
 	return ts, notLeased(bad)

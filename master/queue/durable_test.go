@@ -3,6 +3,9 @@ package queue_test
 import (
 	"context"
 	"errors"
+	"maps"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -358,5 +361,39 @@ func TestPolicyOfAQueueGoneShows(t *testing.T) {
 	}
 	if _, err := m.Stats("never"); !errors.Is(err, queue.ErrUnknownQueue) {
 		t.Errorf("a queue with no policy and no tasks: %v, want ErrUnknownQueue", err)
+	}
+}
+
+// TestDurableResultQueues: the result queues kept are handed over once
+// after a restart, but for one forgotten and names no queue can have (an
+// edit by hand); a Manager without a store keeps none.
+func TestDurableResultQueues(t *testing.T) {
+	dir := t.TempDir()
+	m, stop := openDurable(t, dir, queue.Config{})
+	for _, kept := range [][2]string{{"jobs", "results"}, {"gone", "r"}, {"other", "r2"}, {"gone", ""}} {
+		if err := m.KeepResultQueue(kept[0], kept[1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stop() // a crash
+	f, err := os.OpenFile(filepath.Join(dir, "RESULTQUEUES"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteString("bad\x01name\tr\n"); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+
+	m2, _ := openDurable(t, dir, queue.Config{})
+	if got, want := m2.ResultQueues(), map[string]string{"jobs": "results", "other": "r2"}; !maps.Equal(got, want) {
+		t.Fatalf("result queues after a restart: %v, want %v", got, want)
+	}
+	if got := m2.ResultQueues(); got != nil {
+		t.Fatalf("result queues asked again: %v, want none", got)
+	}
+	mem := newManager(t, queue.Config{})
+	if err := mem.KeepResultQueue("jobs", "results"); err != nil || mem.ResultQueues() != nil {
+		t.Fatalf("a Manager without a store: %v, %v", err, mem.ResultQueues())
 	}
 }

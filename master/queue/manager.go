@@ -14,7 +14,8 @@ import (
 //
 // Its methods live by concern: put.go (Put), get.go (Get, Unget), ack.go
 // (Ack, Nack, Extend), reap.go (lease expiry and Release), admin.go and
-// operator.go (what operators see and do), persist.go (the store).
+// operator.go (what operators see and do), persist.go (the store),
+// resultqueues.go (the result queues kept for the server).
 type Manager struct {
 	cfg   Config
 	now   func() time.Time
@@ -34,6 +35,10 @@ type Manager struct {
 
 	deletionsMu sync.Mutex
 	deletions   map[string]Deletion // kept for the store (deletions.go)
+
+	// resultQueues are the result queues the store kept, until
+	// ResultQueues hands them over (resultqueues.go).
+	resultQueues atomic.Pointer[map[string]string]
 
 	// deadAtLoad are the tasks load dead-lettered, for ReapLeases to tell
 	// OnDead of: New's caller may not be ready for OnDead before it returns.

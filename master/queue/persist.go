@@ -203,6 +203,7 @@ func (m *Manager) load() error {
 			m.create(name).paused = true
 		}
 	}
+	m.loadResultQueues(meta.ResultQueues)
 	m.loadKeys(meta.Keys, now)
 	m.nextID.Store(meta.MaxID)
 	m.seq.Store(max(meta.MaxSeq, 0))

@@ -37,13 +37,14 @@ type PutRequest struct {
 	// says; a gateway lays the put out as the first send did.
 	Resent bool
 	// ResultsOf, with Results, says whose results the items are: the
-	// queue and the tasks, as handed out, in the items' order. Queues
-	// whose tasks carry delivery tokens (a gateway's) store the result of
-	// the same delivery once within the dedup window, for a completion
-	// may reach two gateways: the worker's connection lost after the
-	// first stored its results, and before it acked. Queues that set no
-	// tokens (a single master's, which a completion reaches once) ignore
-	// it.
+	// queue and the tasks, as handed out, in the items' order. A Manager
+	// stores their acks with the results, in one append (see
+	// AckRequest.Publish): the tasks must be acked already, gone from
+	// memory. Queues whose tasks carry delivery tokens (a gateway's)
+	// store the result of the same delivery once within the dedup
+	// window, for a completion may reach two gateways: the worker's
+	// connection lost after the first stored its results, and before it
+	// acked.
 	ResultsOf ResultsOf
 	// Repeats, if not nil, is set by a Put that succeeds to how many items
 	// it did not store because an item of the same key was stored within
@@ -170,7 +171,11 @@ func (m *Manager) Put(ctx context.Context, req PutRequest) ([]uint64, error) {
 			q.keys.expire(c.now().Add(-m.cfg.DedupWindow).UnixNano())
 		}
 		if req.Results || q.maxLen == 0 || q.putters.head == nil && q.fits(q.adds(req.Items)) || q.adds(req.Items) == 0 {
-			ids, first, ticket := q.push(req.Items, &c)
+			var acked []Task
+			if req.Results && len(req.ResultsOf.Tasks) == len(req.Items) {
+				acked = req.ResultsOf.Tasks
+			}
+			ids, first, ticket := q.push(req.Items, acked, &c)
 			q.settle(&c)
 			m.unlock(q)
 			// Getters may have the tasks already: see docs/STORAGE.md.

@@ -159,9 +159,10 @@ func (c *clock) deadline(d time.Duration) int64 {
 // push appends items at the back (a delayed one to the delay heap) with
 // fresh ids, and returns the ticket to wait on for their durability. An
 // item whose key is remembered adds nothing and gets its first task's id,
-// which is below first, the lowest id this push gives. Called with q.mu
-// held; the caller must settle.
-func (q *queue) push(items []Item, c *clock) (ids []uint64, first uint64, ticket store.Ticket) {
+// which is below first, the lowest id this push gives. The deletes of
+// acked, tasks whose results the items are, are stored with them, in one
+// append. Called with q.mu held; the caller must settle.
+func (q *queue) push(items []Item, acked []Task, c *clock) (ids []uint64, first uint64, ticket store.Ticket) {
 	n := len(items)
 	if n == 0 {
 		return []uint64{}, 0, 0
@@ -213,6 +214,7 @@ func (q *queue) push(items []Item, c *clock) (ids []uint64, first uint64, ticket
 		q.log.record(store.Add, t)
 	}
 	q.puts += uint64(added)
+	q.recordDeletes(acked)
 	ticket = q.log.commit()
 	// A repeat is answered once the put it repeats is durable, not
 	// before: else a crash could lose a task both calls said was stored.
@@ -308,7 +310,7 @@ func (q *queue) settle(c *clock) {
 		for p := q.putters.head; p != nil && q.fits(q.adds(p.items)); p = q.putters.head {
 			q.putters.remove(p)
 			p.served = true
-			ids, first, ticket := q.push(p.items, c)
+			ids, first, ticket := q.push(p.items, nil, c)
 			p.ch <- putResult{ids: ids, first: first, ticket: ticket}
 			served = true
 		}

@@ -344,7 +344,7 @@ func TestAckReusesBuffer(t *testing.T) {
 	buf := make([]queue.Task, 4)
 	var published []queue.Task
 	acked, err := m.Ack(queue.AckRequest{Queue: "q", Owner: 1, IDs: []uint64{ts[0].ID, ts[1].ID, 999},
-		Publish: func(a []queue.Task) error { published = a; return nil }}, buf)
+		Publish: func(a []queue.Task) ([]queue.Task, error) { published = a; return a, nil }}, buf)
 	if !errors.Is(err, queue.ErrNotLeased) {
 		t.Errorf("ack of an unknown id: %v, want ErrNotLeased", err)
 	}

@@ -7,6 +7,8 @@
 //	LOCK                    flock'ed by the process that holds the directory
 //	log-0000000000000007    the records appended since snapshot 7
 //	snap-0000000000000007   every live task when segment 7 was started
+//	PAUSED                  the paused queues, one a line (if any)
+//	RESULTQUEUES            each task queue and its workers' result queue (if any)
 //
 // Every change is a record appended to the newest segment. A record is a
 // 4-byte little-endian body length, the CRC-32C of the body, and the body

@@ -23,6 +23,7 @@ func seedRecords() [][]byte {
 		{Kind: store.SetPolicy, Task: store.Task{Queue: "tasks"}, Policy: store.Policy{MaxAttempts: 10, BackoffMin: time.Second, BackoffMax: time.Hour}},
 		{Kind: store.ForgetKeys, Task: store.Task{Queue: "tasks"}},
 		{Kind: store.Deleted, Task: store.Task{Queue: "map-1f2e", Enqueued: time.Unix(1700000000, 0), Due: time.Unix(1700000000, 0)}},
+		{Kind: kindGroup, Task: store.Task{ID: 2}},
 	}
 	var seeds [][]byte
 	var all []byte

@@ -228,6 +228,14 @@ func (l *Log) Load() (store.Meta, []store.Task, error) {
 	if meta.Paused, err = l.loadPaused(); err != nil {
 		return meta, nil, fmt.Errorf("read the paused queues: %w", err)
 	}
+	var warn error
+	if meta.ResultQueues, warn, err = l.loadResultQueues(); err != nil {
+		return meta, nil, fmt.Errorf("read the result queues: %w", err)
+	}
+	if warn != nil {
+		meta.Warnings = append(meta.Warnings, warn.Error())
+		l.opts.OnEvent("the result queues file has lines it cannot read; they are skipped", warn)
+	}
 	l.wg.Add(2)
 	go l.run()
 	go l.compactor()
@@ -481,28 +489,56 @@ func (l *Log) replay(n uint64, b []byte, last bool, st *state, dec *decoder) (si
 		}
 		return 0, nil, headerError(name, b, "QMLOG", "log segment")
 	}
-	var op store.Op
+	var (
+		op    store.Op
+		group []store.Op // the records of a group, applied once all are read
+	)
 	off := headerLen
 	for off < len(b) {
+		// start is where the records that stand or fall together begin:
+		// the group's record, if bad is in a group.
+		start, bad := off, off
 		k, derr := dec.decode(b[off:], &op)
+		if derr == nil && op.Kind == kindGroup {
+			group = group[:0]
+			p := off + k
+			for n := op.Task.ID; derr == nil && uint64(len(group)) < n; {
+				bad = p
+				var gk int
+				gk, derr = dec.decode(b[p:], &op)
+				if derr == nil && (op.Kind == kindGroup || op.Kind == kindMeta) {
+					derr = fmt.Errorf("%w: %v record in a group", errBadBody, op.Kind)
+				}
+				group = append(group, op)
+				p += gk
+			}
+			if derr == nil {
+				for i := range group {
+					st.apply(&group[i])
+				}
+				clear(group) // drop the payload references
+				off = p
+				continue
+			}
+		}
 		if derr == nil && op.Kind == kindMeta {
 			derr = fmt.Errorf("%w: snapshot trailer in a log segment", errBadBody)
 		}
 		if derr != nil {
 			if !last {
-				return 0, nil, fmt.Errorf("%w: %s at offset %d: %w", store.ErrCorrupt, name, off, derr)
+				return 0, nil, fmt.Errorf("%w: %s at offset %d: %w", store.ErrCorrupt, name, bad, derr)
 			}
 			// A write cut short by a crash ends the file, or leaves pages
 			// the disk never got (zeros) before later ones it did; good
 			// records after bad bytes that are not such a hole are
 			// damage to records that may have been acknowledged.
-			if p := nextRecord(b[off:], dec); p > 0 && !hasHole(b[off:off+p]) && !zerosToSector(b, off) {
-				return 0, nil, fmt.Errorf("%w: %s at offset %d: %w, and %d bytes of good records follow: not a write cut short by a crash, so the master does not start (restore the file, or move it aside to lose what it holds from offset %d)", store.ErrCorrupt, name, off, derr, len(b)-off-p, off)
+			if p := nextRecord(b[bad:], dec); p > 0 && !hasHole(b[bad:bad+p]) && !zerosToSector(b, bad) {
+				return 0, nil, fmt.Errorf("%w: %s at offset %d: %w, and %d bytes of good records follow: not a write cut short by a crash, so the master does not start (restore the file, or move it aside to lose what it holds from offset %d)", store.ErrCorrupt, name, bad, derr, len(b)-bad-p, start)
 			}
-			if err := truncate(name, int64(off)); err != nil {
+			if err := truncate(name, int64(start)); err != nil {
 				return 0, nil, err
 			}
-			return int64(off), fmt.Errorf("dropped a torn tail of %s: %d bytes from offset %d: %w", name, len(b)-off, off, derr), nil
+			return int64(start), fmt.Errorf("dropped a torn tail of %s: %d bytes from offset %d: %w", name, len(b)-start, start, derr), nil
 		}
 		st.apply(&op)
 		off += k

@@ -34,6 +34,11 @@ type Log struct {
 	pausedMu sync.Mutex
 	paused   []string // sorted: the paused queues, as pausedFile lists them
 
+	rqMu         sync.Mutex
+	resultQueues map[string]string // by task queue, as resultQueuesFile should list them
+	rqUnwritten  bool              // the last write failed: the file may lack resultQueues' changes
+	rqClosed     bool              // Close began: no more writes
+
 	// writeErr, when not nil, is the *error of the last failed write:
 	// puts are refused until a retry succeeds.
 	writeErr atomic.Pointer[error]
@@ -95,6 +100,9 @@ func (l *Log) Writable() error {
 func (l *Log) Append(ops ...store.Op) store.Ticket {
 	l.mu.Lock()
 	n := len(l.buf)
+	if len(ops) > 1 {
+		l.buf = appendRecord(l.buf, &store.Op{Kind: kindGroup, Task: store.Task{ID: uint64(len(ops))}})
+	}
 	for i := range ops {
 		op := &ops[i]
 		l.buf = appendRecord(l.buf, op)
@@ -163,6 +171,9 @@ func (l *Log) Close() error {
 		if cerr := l.seg.Close(); err == nil {
 			err = cerr
 		}
+	}
+	if rerr := l.closeResultQueues(); err == nil {
+		err = rerr
 	}
 	l.mu.Lock()
 	close(l.doneCh) // wake waiters: they see closed

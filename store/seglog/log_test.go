@@ -153,6 +153,53 @@ func TestTornTailDropped(t *testing.T) {
 	}
 }
 
+// TestTornGroupDropped: the records of one Append stand or fall together.
+// A completion appends its results and its tasks' acks at once: a crash
+// that tears that write anywhere must leave neither, never the results
+// without the acks (a task that runs again, and a second result).
+func TestTornGroupDropped(t *testing.T) {
+	dir := t.TempDir()
+	l, _, _ := open(t, dir, seglog.Options{})
+	if err := l.Wait(l.Append(add(1, "tasks", 1, "job"))); err != nil {
+		t.Fatal(err)
+	}
+	seg := segments(t, dir)[0]
+	before := size(t, seg)
+	// The result of task 1, and its ack.
+	if err := l.Wait(l.Append(add(2, "results", 2, "its result"), del(1))); err != nil {
+		t.Fatal(err)
+	}
+	after := size(t, seg)
+	l.Close()
+	whole, err := os.ReadFile(seg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for cut := before + 1; cut < after; cut++ {
+		cdir := t.TempDir()
+		if err := os.WriteFile(filepath.Join(cdir, filepath.Base(seg)), whole[:cut], 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_, got, meta := open(t, cdir, seglog.Options{})
+		if len(got) != 1 || got[1].Queue != "tasks" || len(meta.Warnings) != 1 {
+			t.Fatalf("the group cut at byte %d of %d..%d: tasks %v, warnings %q; want task 1 alone, and the tail said dropped", cut, before, after, slices.Collect(maps.Keys(got)), meta.Warnings)
+		}
+	}
+	// Whole, it is applied whole.
+	if _, got, _ := open(t, dir, seglog.Options{}); len(got) != 1 || got[2].Queue != "results" {
+		t.Fatalf("tasks %v after the whole group; want task 2 alone", slices.Collect(maps.Keys(got)))
+	}
+}
+
+func size(t *testing.T, name string) int64 {
+	t.Helper()
+	fi, err := os.Stat(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Size()
+}
+
 func TestGarbageTailDropped(t *testing.T) {
 	dir := t.TempDir()
 	writeN(t, dir, 10)
@@ -491,7 +538,7 @@ func TestScheduledRoundTrip(t *testing.T) {
 // TestLoadsOlderFormats: a log written before format 03 (headers QMLOG01
 // and QMLOG02) loads as it is.
 func TestLoadsOlderFormats(t *testing.T) {
-	for _, magic := range []string{"QMLOG01\n", "QMLOG02\n"} {
+	for _, magic := range []string{"QMLOG01\n", "QMLOG02\n", "QMLOG03\n"} {
 		t.Run(magic[:7], func(t *testing.T) { loadsFormat(t, magic) })
 	}
 }
@@ -499,8 +546,11 @@ func TestLoadsOlderFormats(t *testing.T) {
 func loadsFormat(t *testing.T, magic string) {
 	dir := t.TempDir()
 	l, _, _ := open(t, dir, seglog.Options{})
-	if err := l.Wait(l.Append(add(1, "q", 1, "one"), add(2, "q", 2, "two"), del(1))); err != nil {
-		t.Fatal(err)
+	// One op an Append, as older formats have no groups.
+	for _, op := range []store.Op{add(1, "q", 1, "one"), add(2, "q", 2, "two"), del(1)} {
+		if err := l.Wait(l.Append(op)); err != nil {
+			t.Fatal(err)
+		}
 	}
 	l.Close()
 	rewriteHeaders(t, dir, magic)
@@ -509,7 +559,7 @@ func loadsFormat(t *testing.T, magic string) {
 		t.Fatalf("tasks = %+v, want task 2", got)
 	}
 	// The move to this format is said, as older qmasters cannot read it.
-	want := fmt.Sprintf("the data directory was in log format %s and is now in format 03, which qmasters built before", magic[5:7])
+	want := fmt.Sprintf("the data directory was in log format %s and is now in format 04, which qmasters built before", magic[5:7])
 	if len(meta.Warnings) != 1 || !strings.HasPrefix(meta.Warnings[0], want) {
 		t.Errorf("warnings %q, want one starting %q", meta.Warnings, want)
 	}
@@ -534,7 +584,7 @@ func TestRefusesNewerFormats(t *testing.T) {
 		_, _, err = l2.Load()
 		l2.Close()
 	}
-	if !errors.Is(err, store.ErrNewerFormat) || errors.Is(err, store.ErrCorrupt) || !strings.Contains(err.Error(), "is in format 09, and this qmaster reads formats up to 03") {
+	if !errors.Is(err, store.ErrNewerFormat) || errors.Is(err, store.ErrCorrupt) || !strings.Contains(err.Error(), "is in format 09, and this qmaster reads formats up to 04") {
 		t.Fatalf("open of a format 09 log: %v; want it refused as newer", err)
 	}
 }

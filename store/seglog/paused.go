@@ -58,8 +58,21 @@ func (l *Log) SetPaused(name string, paused bool) error {
 
 // writePaused replaces the file of paused queues with names, fsynced.
 func (l *Log) writePaused(names []string) error {
-	path := filepath.Join(l.dir, pausedFile)
-	if len(names) == 0 {
+	var b []byte
+	if len(names) > 0 {
+		b = []byte(strings.Join(names, "\n") + "\n")
+	}
+	return l.replaceFile(pausedFile, b)
+}
+
+// replaceFile replaces the file name of the data directory with b,
+// durably: written to a temporary file, fsynced, renamed over it, and the
+// directory fsynced, so that a crash leaves the old file or the new one.
+// Empty b removes the file. A temporary file left by a crash is removed by
+// the next Load.
+func (l *Log) replaceFile(name string, b []byte) error {
+	path := filepath.Join(l.dir, name)
+	if len(b) == 0 {
 		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return err
 		}
@@ -70,7 +83,7 @@ func (l *Log) writePaused(names []string) error {
 	if err != nil {
 		return err
 	}
-	_, err = f.WriteString(strings.Join(names, "\n") + "\n")
+	_, err = f.Write(b)
 	if err == nil {
 		err = f.Sync()
 	}

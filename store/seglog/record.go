@@ -13,12 +13,13 @@ import (
 // File headers: 8 magic bytes. Format 02 adds optional fields at the end
 // of Add, Move and Requeue records (due time, priority, idempotency key)
 // and the Key, SetPolicy and ForgetKeys records; format 03 the Deleted
-// record. Files of older formats load as they are; a qm that knows only an
-// older format refuses newer files, where it would misread their records
-// as a torn tail.
+// record; format 04 (logs only) the group record. Files of older formats
+// load as they are; a qm that knows only an older format refuses newer
+// files, where it would misread their records as a torn tail.
 const (
-	logMagic    = "QMLOG03\n"
+	logMagic    = "QMLOG04\n"
 	snapMagic   = "QMSNP03\n"
+	logMagicV3  = "QMLOG03\n"
 	logMagicV2  = "QMLOG02\n"
 	snapMagicV2 = "QMSNP02\n"
 	logMagicV1  = "QMLOG01\n"
@@ -42,10 +43,12 @@ func formatOf(header string) string { return header[5:7] }
 
 // formatSince says since when the qmasters that write each log format
 // have been built, for the warning that a directory moved to a newer one.
-var formatSince = map[string]string{"02": "2026-12-02", "03": "2026-12-06"}
+var formatSince = map[string]string{"02": "2026-12-02", "03": "2026-12-06", "04": "the evening of 2026-12-06"}
 
 // isLogMagic and isSnapMagic accept every format this package reads.
-func isLogMagic(h string) bool  { return h == logMagic || h == logMagicV2 || h == logMagicV1 }
+func isLogMagic(h string) bool {
+	return h == logMagic || h == logMagicV3 || h == logMagicV2 || h == logMagicV1
+}
 func isSnapMagic(h string) bool { return h == snapMagic || h == snapMagicV2 || h == snapMagicV1 }
 
 // Bits of the extension of an Add, Move or Requeue record: which optional
@@ -65,6 +68,12 @@ const maxRecord = 1 << 30
 
 // kindMeta ends a snapshot: the highest ID and Seq and the task count.
 const kindMeta store.Kind = 100
+
+// kindGroup, in a log segment, says that the records of one Append follow,
+// as many as its ID: recovery applies all of them or, when a crash cut
+// them short, none. So a completion's results and the acks of their
+// tasks are stored together or not at all.
+const kindGroup store.Kind = 101
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
@@ -120,6 +129,7 @@ func appendRecord(b []byte, op *store.Op) []byte {
 	case kindMeta: // ID is the max ID, Seq the max Seq, Attempts the count
 		b = binary.AppendVarint(b, t.Seq)
 		b = binary.AppendUvarint(b, uint64(t.Attempts))
+	case kindGroup: // ID is how many records follow
 	default:
 		panic(fmt.Sprintf("seglog: append of op kind %v", op.Kind))
 	}
@@ -254,6 +264,10 @@ func (d *decoder) decodeBody(body []byte, op *store.Op) error {
 	case kindMeta:
 		t.Seq = r.varint()
 		t.Attempts = r.count()
+	case kindGroup:
+		if t.ID < 2 || t.ID > maxRecord {
+			return fmt.Errorf("%w: a group of %d records", errBadBody, t.ID)
+		}
 	default:
 		return fmt.Errorf("%w: unknown kind %d", errBadBody, body[0])
 	}
