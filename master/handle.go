@@ -31,7 +31,8 @@ type callBuffers struct {
 	acked   []queue.Task
 	results []wire.Result
 	dests   []string // dests[i] is the queue of results[i]
-	// resultsOf[i] is the task of results[i] (queue.PutRequest.ResultsOf).
+	// resultsOf[i] is the task of results[i] (queue.PutRequest.ResultsOf)
+	// when some acked tasks have no result.
 	resultsOf []queue.Task
 }
 
@@ -507,12 +508,15 @@ func (c *clientConn) complete(req *wire.Request, buf *callBuffers) error {
 		tokens = nil
 	}
 	acked, err := q.Ack(queue.AckRequest{Queue: req.Queue, Owner: c.id, IDs: ids, Tokens: tokens, Publish: func(acked []queue.Task) (unpublished []queue.Task, err error) {
-		results, dests, of := buf.results[:0], buf.dests[:0], buf.resultsOf[:0]
+		results, dests := buf.results[:0], buf.dests[:0]
+		// of are the tasks of results: acked, unless some have none (then
+		// a copy of the others, which copying every task would cost).
+		of, filtered := acked, false
 		limit := c.s.maxItem()
 		var lastDest string
 		var lastDeleted time.Time
 		i := 0 // acked is ids in order, less those not acked
-		for _, t := range acked {
+		for k, t := range acked {
 			for ids[i] != t.ID {
 				i++
 			}
@@ -529,15 +533,23 @@ func (c *clientConn) complete(req *wire.Request, buf *callBuffers) error {
 			// producer is gone (a map that ended). The workers' results
 			// queue, which the task did not name, is not judged so.
 			if dest == "" || t.ReplyTo != "" && c.s.deleted.stale(dest, t.Enqueued, &lastDest, &lastDeleted) {
+				if !filtered {
+					of, filtered = append(buf.resultsOf[:0], acked[:k]...), true
+				}
 				unpublished = append(unpublished, t)
 				continue
 			}
 			results = append(results, wire.Result{TaskID: t.ID, Worker: worker, Attempt: t.Attempts, Value: value})
 			c.s.errorIfTooLarge(&results[len(results)-1], limit)
 			dests = append(dests, dest)
-			of = append(of, t)
+			if filtered {
+				of = append(of, t)
+			}
 		}
-		buf.results, buf.dests, buf.resultsOf = results, dests, of
+		buf.results, buf.dests = results, dests
+		if filtered {
+			buf.resultsOf = of
+		}
 		// The puts store these tasks' acks with their results.
 		return unpublished, c.s.publish(dests, results, queue.ResultsOf{Queue: req.Queue, Tasks: of}) // returns once they are in their queues
 	}}, buf.acked)

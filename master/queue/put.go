@@ -144,6 +144,10 @@ func (m *Manager) Put(ctx context.Context, req PutRequest) ([]uint64, error) {
 	if err := CheckItems(req.Items, m.now()); err != nil {
 		return nil, err
 	}
+	if req.ResultsOf.Tasks != nil && (!req.Results || len(req.ResultsOf.Tasks) != len(req.Items)) {
+		// Their acks would be stored with the wrong items, or not at all.
+		return nil, fmt.Errorf("%w: the tasks of %d results named for %d items", ErrBadArgument, len(req.ResultsOf.Tasks), len(req.Items))
+	}
 	items, err := requestItems(req)
 	if err != nil {
 		return nil, err
@@ -172,7 +176,7 @@ func (m *Manager) Put(ctx context.Context, req PutRequest) ([]uint64, error) {
 		}
 		if req.Results || q.maxLen == 0 || q.putters.head == nil && q.fits(q.adds(req.Items)) || q.adds(req.Items) == 0 {
 			var acked []Task
-			if req.Results && len(req.ResultsOf.Tasks) == len(req.Items) {
+			if req.Results && len(req.ResultsOf.Tasks) == len(req.Items) && m.store != nil {
 				acked = req.ResultsOf.Tasks
 			}
 			ids, first, ticket := q.push(req.Items, acked, &c)
