@@ -32,8 +32,8 @@ type callBuffers struct {
 	results []wire.Result
 	dests   []string // dests[i] is the queue of results[i]
 	// resultsOf[i] is the task of results[i] (queue.PutRequest.ResultsOf)
-	// when some acked tasks have no result.
-	resultsOf []queue.Task
+	// when some acked tasks have no result; unpublished are those.
+	resultsOf, unpublished []queue.Task
 }
 
 // maxReusedTasks bounds the buffers a stream keeps between calls.
@@ -51,9 +51,10 @@ func (b *callBuffers) reset() {
 	clear(b.dests)
 	clear(b.tokens)
 	clear(b.resultsOf)
+	clear(b.unpublished)
 	*b = callBuffers{items: b.items[:0], taken: b.taken[:0], tasks: b.tasks[:0], ids: b.ids[:0], tokens: b.tokens[:0], values: b.values[:0],
-		acked: b.acked[:0], results: b.results[:0], dests: b.dests[:0], resultsOf: b.resultsOf[:0]}
-	if max(cap(b.items), cap(b.taken), cap(b.tasks), cap(b.ids), cap(b.acked), cap(b.results)) > maxReusedTasks {
+		acked: b.acked[:0], results: b.results[:0], dests: b.dests[:0], resultsOf: b.resultsOf[:0], unpublished: b.unpublished[:0]}
+	if max(cap(b.items), cap(b.taken), cap(b.tasks), cap(b.ids), cap(b.acked), cap(b.results), cap(b.unpublished)) > maxReusedTasks {
 		*b = callBuffers{}
 	}
 }
@@ -508,7 +509,7 @@ func (c *clientConn) complete(req *wire.Request, buf *callBuffers) error {
 		tokens = nil
 	}
 	acked, err := q.Ack(queue.AckRequest{Queue: req.Queue, Owner: c.id, IDs: ids, Tokens: tokens, Publish: func(acked []queue.Task) (unpublished []queue.Task, err error) {
-		results, dests := buf.results[:0], buf.dests[:0]
+		results, dests, unpublished := buf.results[:0], buf.dests[:0], buf.unpublished[:0]
 		// of are the tasks of results: acked, unless some have none (then
 		// a copy of the others, which copying every task would cost).
 		of, filtered := acked, false
@@ -546,7 +547,7 @@ func (c *clientConn) complete(req *wire.Request, buf *callBuffers) error {
 				of = append(of, t)
 			}
 		}
-		buf.results, buf.dests = results, dests
+		buf.results, buf.dests, buf.unpublished = results, dests, unpublished
 		if filtered {
 			buf.resultsOf = of
 		}

@@ -220,3 +220,77 @@ func TestChangedResultQueueKeptOnceASecond(t *testing.T) {
 		return nil
 	})
 }
+
+// holdingKeeper is countingKeeper whose acks wait for hold, if set.
+type holdingKeeper struct {
+	*countingKeeper
+	holding chan struct{} // closed once an ack waits
+	hold    chan struct{}
+}
+
+func (k *holdingKeeper) Ack(req queue.AckRequest, dst []queue.Task) ([]queue.Task, error) {
+	if k.hold != nil {
+		close(k.holding)
+		<-k.hold
+	}
+	return k.Manager.Ack(req, dst)
+}
+
+// TestResultQueueChangedAsTheMasterStopsIsKept: a completion that changes
+// its queue's result queue while the master shuts down has it kept.
+func TestResultQueueChangedAsTheMasterStopsIsKept(t *testing.T) {
+	ctx := ctxFor(t, 20*time.Second)
+	k := &holdingKeeper{countingKeeper: &countingKeeper{kept: map[string]string{}}}
+	addr, srv := qmtest.StartMaster(t, master.Config{OpenQueues: func(qc queue.Config) (master.Queues, error) {
+		m, err := queue.New(qc)
+		k.Manager = m
+		return k, err
+	}})
+	c := qmtest.Dial(t, addr, "worker")
+	if _, err := c.Put(ctx, "jobs", []any{1, 2}, wire.PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ts, err := c.Get(ctx, "jobs", wire.GetOptions{Max: 2, Timeout: time.Second})
+	if err != nil || len(ts) != 2 {
+		t.Fatalf("get: %d tasks, %v", len(ts), err)
+	}
+	if err := c.Complete(ctx, "jobs", "results-a", []wire.Completion{{ID: ts[0].ID, Value: []byte{0xc0}}}); err != nil {
+		t.Fatal(err)
+	}
+	k.holding, k.hold = make(chan struct{}), make(chan struct{})
+	completed := make(chan error, 1)
+	go func() {
+		completed <- c.Complete(ctx, "jobs", "results-b", []wire.Completion{{ID: ts[1].ID, Value: []byte{0xc0}}})
+	}()
+	<-k.holding
+	// A get blocked on an empty queue returns once the shutdown has
+	// begun: then the completion goes on.
+	waiting := qmtest.Dial(t, addr, "consumer")
+	blocked := make(chan error, 1)
+	go func() {
+		_, err := waiting.Get(ctx, "empty", wire.GetOptions{Max: 1, Timeout: 10 * time.Second})
+		blocked <- err
+	}()
+	qmtest.CheckFor(t, 5*time.Second, time.Millisecond, func() error {
+		st, err := c.Stats(ctx, "empty")
+		if err != nil || len(st) != 1 || st[0].Consumers != 1 {
+			return fmt.Errorf("stats %+v, %v: want one get waiting", st, err)
+		}
+		return nil
+	})
+	stopped := make(chan error, 1)
+	go func() { stopped <- srv.Shutdown(ctx) }()
+	<-blocked
+	close(k.hold)
+	if err := <-completed; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-stopped; err != nil {
+		t.Fatal(err)
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.kept["jobs"] != "results-b" {
+		t.Fatalf("kept %q after the shutdown, want results-b", k.kept["jobs"])
+	}
+}

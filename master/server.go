@@ -252,32 +252,35 @@ func (s *Server) resultQueueKnown(q, rq string) {
 // (resultQueueKnown), at most once a second, and those left as the
 // master stops.
 func (s *Server) keepChangedResultQueues() {
-	keep := func() {
-		s.rqKeepMu.Lock()
-		defer s.rqKeepMu.Unlock()
-		for q := range s.rqChanged {
-			s.storeResultQueue(q)
-		}
-		clear(s.rqChanged)
-	}
 	pause := time.NewTimer(time.Second)
 	defer pause.Stop()
 	for {
 		select {
 		case <-s.ctx.Done():
-			keep()
-			return
+			return // closeAll keeps what changes after
 		case <-s.rqKick:
 		}
-		keep()
+		s.keepChanged()
 		pause.Reset(time.Second)
 		select {
 		case <-s.ctx.Done():
-			keep()
 			return
 		case <-pause.C:
 		}
 	}
+}
+
+// keepChanged keeps the result queues that changed.
+func (s *Server) keepChanged() {
+	if s.rqKeeper == nil {
+		return
+	}
+	s.rqKeepMu.Lock()
+	defer s.rqKeepMu.Unlock()
+	for q := range s.rqChanged {
+		s.storeResultQueue(q)
+	}
+	clear(s.rqChanged)
 }
 
 // forgetResultQueue forgets the result queue of q, deleted: a queue made
@@ -496,6 +499,7 @@ func (s *Server) closeAll() {
 	}
 	s.closeHTTP()
 	s.wg.Wait()
+	s.keepChanged() // by the calls that ended after keepChangedResultQueues
 	s.queues.Close()
 	if s.store != nil {
 		if err := s.store.Close(); err != nil {

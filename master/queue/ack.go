@@ -65,6 +65,10 @@ func (m *Manager) Ack(req AckRequest, dst []Task) ([]Task, error) {
 	}
 	q.acks += uint64(len(ts))
 	q.done += uint64(len(ts))
+	var completing *completingBatch
+	if req.Publish != nil && m.store != nil {
+		completing = m.startCompleting(q.name, ts)
+	}
 	if len(ts) > 0 && q.putters.head != nil {
 		q.settle(&clock{m: m})
 	}
@@ -78,10 +82,16 @@ func (m *Manager) Ack(req AckRequest, dst []Task) ([]Task, error) {
 	if req.Publish != nil && len(ts) > 0 {
 		unpublished, err := req.Publish(ts)
 		if err != nil {
+			// The acks of the tasks whose results were not put are not
+			// stored: the tasks stay completing, live in the snapshots,
+			// to run again after a restart.
+			m.endBatch(completing, true)
 			return ts, errors.Join(err, notLeased(bad))
 		}
 		// The tasks are gone from memory, so no other change names them:
-		// their deletes may be stored outside the queue's lock.
+		// their deletes may be stored outside the queue's lock (once out
+		// of completing: see completing.go).
+		m.endBatch(completing, false)
 		ticket = log.forget(unpublished)
 	}
 	m.durable(ticket)

@@ -59,3 +59,29 @@ func TestOperatorsChangesOnAFullDisk(t *testing.T) {
 		t.Fatalf("stats %+v, %v; want the ready task and the dead one as they were", s, err)
 	}
 }
+
+// On a full disk a completion's results are taken, as its acks are: the
+// log writes them, with the acks, once it can. Refused, the tasks' acks
+// would not be appended either, and the tasks, gone from memory, would
+// come back only at a restart.
+func TestResultsTakenOnAFullDisk(t *testing.T) {
+	st := &fillingStore{}
+	m := newManager(t, queue.Config{Store: st})
+	mustPut(t, m, "q", "job")
+	ts := mustGet(t, m, "q", 1, 1)
+	st.full.Store(true)
+	if _, err := m.Put(context.Background(), queue.PutRequest{Queue: "q", Items: items("more")}); !errors.Is(err, store.ErrDiskFull) {
+		t.Fatalf("put of a task on a full disk: %v, want %v", err, store.ErrDiskFull)
+	}
+	_, err := m.Ack(queue.AckRequest{Queue: "q", Owner: 1, IDs: []uint64{ts[0].ID}, Publish: func(acked []queue.Task) ([]queue.Task, error) {
+		_, err := m.Put(context.Background(), queue.PutRequest{Queue: "results", Items: items("its result"), Results: true,
+			ResultsOf: queue.ResultsOf{Queue: "q", Tasks: acked}})
+		return nil, err
+	}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s, err := m.Stats("results"); err != nil || s.Ready != 1 {
+		t.Fatalf("results: %+v, %v; want the result queued", s, err)
+	}
+}

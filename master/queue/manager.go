@@ -36,6 +36,13 @@ type Manager struct {
 	deletionsMu sync.Mutex
 	deletions   map[string]Deletion // kept for the store (deletions.go)
 
+	// completing holds, with a store, the tasks an Ack took out of
+	// memory whose acks are not appended yet (AckRequest.Publish stores
+	// them with their results): a snapshot dumps them as live, as the
+	// log has them (persist.go). Locked after a queue's lock, if any.
+	completingMu sync.Mutex
+	completing   map[*Task]*completingBatch // by the address of its first task
+
 	// resultQueues are the result queues the store kept, until
 	// ResultQueues hands them over (resultqueues.go).
 	resultQueues atomic.Pointer[map[string]string]

@@ -246,9 +246,9 @@ func (m *Manager) loadKeys(keys []store.Task, now time.Time) {
 // policies.
 func (m *Manager) dump(emit func(*store.Op) error) error {
 	op := store.Op{Kind: store.Add}
-	put := func(q *queue, t *Task) error {
+	put := func(queue string, t *Task) error {
 		op.Task = store.Task{
-			ID: t.ID, Queue: q.name, Seq: t.seq, Payload: t.Payload, ReplyTo: t.ReplyTo,
+			ID: t.ID, Queue: queue, Seq: t.seq, Payload: t.Payload, ReplyTo: t.ReplyTo,
 			Attempts: t.Attempts, LastError: t.LastError, Enqueued: t.Enqueued,
 			Due: t.Due, Priority: t.Priority,
 		}
@@ -263,7 +263,7 @@ func (m *Manager) dump(emit func(*store.Op) error) error {
 			}
 			for i := range q.ready.len() {
 				t := q.ready.get(i)
-				if err := put(q, &t); err != nil {
+				if err := put(q.name, &t); err != nil {
 					return err
 				}
 			}
@@ -271,12 +271,12 @@ func (m *Manager) dump(emit func(*store.Op) error) error {
 				d := q.delayed.at(i)
 				t := d.e.task()
 				t.Due = time.Unix(0, d.due)
-				if err := put(q, &t); err != nil {
+				if err := put(q.name, &t); err != nil {
 					return err
 				}
 			}
 			for _, l := range q.leases {
-				if err := put(q, &l.task); err != nil {
+				if err := put(q.name, &l.task); err != nil {
 					return err
 				}
 			}
@@ -285,6 +285,11 @@ func (m *Manager) dump(emit func(*store.Op) error) error {
 		if err != nil {
 			return err
 		}
+	}
+	// After every queue: a task taken out of its queue after the dump
+	// passed it is completing, until its ack is appended.
+	if err := m.dumpCompleting(put); err != nil {
+		return err
 	}
 	m.policyMu.Lock()
 	defer m.policyMu.Unlock()

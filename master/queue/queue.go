@@ -214,7 +214,10 @@ func (q *queue) push(items []Item, acked []Task, c *clock) (ids []uint64, first 
 		q.log.record(store.Add, t)
 	}
 	q.puts += uint64(added)
-	q.recordDeletes(acked)
+	if len(acked) > 0 {
+		q.m.endCompleting(acked)
+		q.recordDeletes(acked)
+	}
 	ticket = q.log.commit()
 	// A repeat is answered once the put it repeats is durable, not
 	// before: else a crash could lose a task both calls said was stored.

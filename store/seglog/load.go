@@ -489,10 +489,7 @@ func (l *Log) replay(n uint64, b []byte, last bool, st *state, dec *decoder) (si
 		}
 		return 0, nil, headerError(name, b, "QMLOG", "log segment")
 	}
-	var (
-		op    store.Op
-		group []store.Op // the records of a group, applied once all are read
-	)
+	var op store.Op
 	off := headerLen
 	for off < len(b) {
 		// start is where the records that stand or fall together begin:
@@ -500,24 +497,28 @@ func (l *Log) replay(n uint64, b []byte, last bool, st *state, dec *decoder) (si
 		start, bad := off, off
 		k, derr := dec.decode(b[off:], &op)
 		if derr == nil && op.Kind == kindGroup {
-			group = group[:0]
+			// The group's records are checked whole first, then decoded
+			// and applied: a group may hold a purge of millions.
 			p := off + k
-			for n := op.Task.ID; derr == nil && uint64(len(group)) < n; {
+			for n := op.Task.ID; derr == nil && n > 0; n-- {
 				bad = p
-				var gk int
-				gk, derr = dec.decode(b[p:], &op)
-				if derr == nil && (op.Kind == kindGroup || op.Kind == kindMeta) {
-					derr = fmt.Errorf("%w: %v record in a group", errBadBody, op.Kind)
+				var rk int
+				var kind store.Kind
+				rk, kind, derr = checkRecord(b[p:])
+				if derr == nil && (kind == kindGroup || kind == kindMeta) {
+					derr = fmt.Errorf("%w: %v record in a group", errBadBody, kind)
 				}
-				group = append(group, op)
-				p += gk
+				p += rk
 			}
 			if derr == nil {
-				for i := range group {
-					st.apply(&group[i])
+				for off += k; off < p; off += k {
+					k = recHeaderLen + int(binary.LittleEndian.Uint32(b[off:])) // checked
+					if err := dec.decodeBody(b[off+recHeaderLen:off+k], &op); err != nil {
+						// Whole, so not torn: damaged.
+						return 0, nil, fmt.Errorf("%w: %s at offset %d: %w", store.ErrCorrupt, name, off, err)
+					}
+					st.apply(&op)
 				}
-				clear(group) // drop the payload references
-				off = p
 				continue
 			}
 		}

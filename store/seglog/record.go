@@ -199,24 +199,34 @@ type decoder struct {
 // length. The error is errShort if b ends inside the record, errChecksum
 // or errBadBody if it is damaged.
 func (d *decoder) decode(b []byte, op *store.Op) (int, error) {
+	n, _, err := checkRecord(b)
+	if err != nil {
+		return 0, err
+	}
+	if err := d.decodeBody(b[recHeaderLen:n], op); err != nil {
+		return 0, err
+	}
+	return n, nil
+}
+
+// checkRecord checks the length and checksum of the record at the start
+// of b, and returns its length and kind; its errors are decode's.
+func checkRecord(b []byte) (int, store.Kind, error) {
 	if len(b) < recHeaderLen {
-		return 0, errShort
+		return 0, 0, errShort
 	}
 	n := binary.LittleEndian.Uint32(b)
 	if n == 0 || n > maxRecord {
-		return 0, fmt.Errorf("%w: body length %d", errBadBody, n)
+		return 0, 0, fmt.Errorf("%w: body length %d", errBadBody, n)
 	}
 	if uint64(len(b)-recHeaderLen) < uint64(n) {
-		return 0, errShort
+		return 0, 0, errShort
 	}
 	body := b[recHeaderLen : recHeaderLen+int(n)]
 	if crc32.Checksum(body, castagnoli) != binary.LittleEndian.Uint32(b[4:]) {
-		return 0, errChecksum
+		return 0, 0, errChecksum
 	}
-	if err := d.decodeBody(body, op); err != nil {
-		return 0, err
-	}
-	return recHeaderLen + int(n), nil
+	return recHeaderLen + int(n), store.Kind(body[0]), nil
 }
 
 func (d *decoder) decodeBody(body []byte, op *store.Op) error {
