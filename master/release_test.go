@@ -153,27 +153,7 @@ func TestCrashOnLastAttemptPublishesItsError(t *testing.T) {
 	if err := c.Complete(ctx, "jobs", "results", []wire.Completion{{ID: ts[0].ID, Value: []byte{0x02}}}); err != nil {
 		t.Fatal(err)
 	}
-	got := map[uint64]string{}
-	qmtest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
-		rs, err := c.Get(ctx, "results", wire.GetOptions{Max: 10, NoAck: true})
-		if err != nil {
-			return err
-		}
-		for _, r := range rs {
-			res, err := wire.DecodeResult(r.Payload)
-			if err != nil {
-				return err
-			}
-			got[res.TaskID] = res.Error
-		}
-		if len(got) < 2 {
-			return fmt.Errorf("results %v, want task %d's error and task %d's value", got, ids[0], ids[1])
-		}
-		return nil
-	})
-	if e := got[ids[0]]; e == "" {
-		t.Errorf("task %d's result %q, want its error", ids[0], e)
-	}
+	waitResults(ctx, t, c, "results", map[uint64]string{}, map[uint64]bool{ids[0]: true, ids[1]: false})
 }
 
 // copyFiles copies the files of directory src into dst.
