@@ -746,11 +746,10 @@ func (s *Server) putResults(dests []string, results []wire.Result, of queue.Resu
 			return true, err
 		}
 		if err != nil {
-			// A put the log fails to write has its items in the queue
-			// already, and the log retries the write, so they are not put
-			// again: a duplicate result is the likelier harm here than the
-			// small chance that the store failed between awaitWritable
-			// and the put's own check, which would drop them.
+			// A put of results the log fails to write has its items in
+			// the queue already (they are taken while the disk is full,
+			// with their tasks' acks), and the log retries the write, so
+			// they are not put again.
 			s.log.Warn("publish results: queued, not yet written to the data directory (its log retries the write)",
 				"queue", dest, "results", len(items), "err", err)
 		}

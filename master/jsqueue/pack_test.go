@@ -82,8 +82,16 @@ func TestPackedAndSingleTasksInOrder(t *testing.T) {
 	if got := payloads(get(t, q, "small", 1, 2, 0, time.Second)); !slices.Equal(got, []string{"p1", "p2"}) {
 		t.Fatalf("a get of 2 took %v, want [p1 p2]", got)
 	}
-	if got := payloads(get(t, q, "small", 1, 10, 0, time.Second)); !slices.Equal(got, []string{"p3", "p4", "s1"}) {
-		t.Fatalf("the next get took %v, want [p3 p4 s1]", got)
+	// The next gets: one, if the first pulled s1 with the pack (it holds
+	// both), or two (JetStream may hand a fetch the pack alone).
+	var got []string
+	for range 2 {
+		if got = append(got, payloads(get(t, q, "small", 1, 10, 0, time.Second))...); len(got) >= 3 {
+			break
+		}
+	}
+	if !slices.Equal(got, []string{"p3", "p4", "s1"}) {
+		t.Fatalf("the next gets took %v, want [p3 p4 s1]", got)
 	}
 }
 

@@ -85,14 +85,13 @@ func (m *Manager) Ack(req AckRequest, dst []Task) ([]Task, error) {
 			// The acks of the tasks whose results were not put are not
 			// stored: the tasks stay completing, live in the snapshots,
 			// to run again after a restart.
-			m.endBatch(completing, true)
+			m.endBatch(completing, true, nil)
 			return ts, errors.Join(err, notLeased(bad))
 		}
 		// The tasks are gone from memory, so no other change names them:
 		// their deletes may be stored outside the queue's lock (once out
 		// of completing: see completing.go).
-		m.endBatch(completing, false)
-		ticket = log.forget(unpublished)
+		m.endBatch(completing, false, func() { ticket = log.forget(unpublished) })
 	}
 	m.durable(ticket)
 	return ts, notLeased(bad)

@@ -10,11 +10,14 @@ import "slices"
 // and dumped as live after every queue. A task dumped twice (from its
 // queue, then from here) is one task in the snapshot.
 //
-// A task leaves completing before its delete is appended, under the lock
-// of the queue whose journal appends it: a dump that misses it runs after
-// that point, so the delete lands in the segment after the snapshot,
-// which replays it, or before, when the task is gone from the snapshot
-// anyway.
+// A task leaves completing in the same hold of completingMu as its
+// delete is appended. A dump that still finds it here puts it in the
+// snapshot, and the delete, appended after the segment the snapshot
+// replaces, is replayed over it. A dump that does not find it runs after
+// the append, which the store then writes before the snapshot replaces
+// the segments before it (seglog waits for what was appended when its
+// dump ended): the delete is in a segment kept or in one replaced, where
+// the task is gone from the snapshot anyway.
 
 // completingBatch is the tasks of one Ack being completed.
 type completingBatch struct {
@@ -45,67 +48,82 @@ func (m *Manager) startCompleting(queue string, ts []Task) *completingBatch {
 }
 
 // endCompleting notes that the deletes of ts, all of one batch or some
-// of them, are being appended.
+// of them, are appended now. Called with completingMu held.
 func (m *Manager) endCompleting(ts []Task) {
-	if len(ts) == 0 || m.store == nil {
-		return
-	}
-	m.completingMu.Lock()
-	defer m.completingMu.Unlock()
 	if b := m.completing[&ts[0]]; b != nil && len(b.tasks) == len(ts) {
 		delete(m.completing, &ts[0]) // the whole batch: nearly always
 		return
 	}
+	// Some of a batch (its results put to several queues, or some with
+	// none): one pass over what is completing.
+	ids := make(map[uint64]bool, len(ts))
 	for _, t := range ts {
-		for k, b := range m.completing {
-			if slices.ContainsFunc(b.tasks, func(bt Task) bool { return bt.ID == t.ID }) {
+		ids[t.ID] = true
+	}
+	for k, b := range m.completing {
+		for _, t := range b.tasks {
+			if ids[t.ID] {
 				if b.ended == nil {
 					b.ended = make(map[uint64]bool)
 				}
 				b.ended[t.ID] = true
-				if len(b.ended) == len(b.tasks) {
-					delete(m.completing, k)
-				}
-				break
 			}
+		}
+		if len(b.ended) == len(b.tasks) {
+			delete(m.completing, k)
 		}
 	}
 }
 
-// endBatch ends what is left of batch b: its other tasks' deletes are
-// being appended. If keep, they are not: the batch stays, its tasks
-// copied from the caller's buffer, so that snapshots keep them live
-// until a restart runs them again.
-func (m *Manager) endBatch(b *completingBatch, keep bool) {
+// endBatch ends what is left of batch b. Unless keep, it calls forget,
+// which appends the deletes of its other tasks, in the same hold of
+// completingMu. If keep, their deletes are not appended: the batch
+// stays, its tasks copied from the caller's buffer, so that snapshots
+// keep them live until a restart runs them again.
+func (m *Manager) endBatch(b *completingBatch, keep bool, forget func()) {
 	if b == nil {
+		if !keep {
+			forget()
+		}
 		return
 	}
 	m.completingMu.Lock()
 	defer m.completingMu.Unlock()
-	k := &b.tasks[0]
-	if m.completing[k] != b {
-		return // ended whole
+	if k := &b.tasks[0]; m.completing[k] == b {
+		delete(m.completing, k)
+		if keep {
+			b.tasks = slices.Clone(b.tasks)
+			m.completing[&b.tasks[0]] = b
+		}
 	}
-	delete(m.completing, k)
-	if keep {
-		b.tasks = slices.Clone(b.tasks)
-		m.completing[&b.tasks[0]] = b
+	if !keep {
+		forget()
 	}
 }
 
-// dumpCompleting emits the tasks completing, as live.
+// dumpCompleting emits the tasks completing, as live. They are copied
+// under the lock and emitted after it: emitting may write to the disk.
 func (m *Manager) dumpCompleting(put func(queue string, t *Task) error) error {
+	var live []completingTask
 	m.completingMu.Lock()
-	defer m.completingMu.Unlock()
 	for _, b := range m.completing {
 		for i := range b.tasks {
-			if b.ended[b.tasks[i].ID] {
-				continue
-			}
-			if err := put(b.queue, &b.tasks[i]); err != nil {
-				return err
+			if !b.ended[b.tasks[i].ID] {
+				live = append(live, completingTask{queue: b.queue, task: b.tasks[i]})
 			}
 		}
 	}
+	m.completingMu.Unlock()
+	for i := range live {
+		if err := put(live[i].queue, &live[i].task); err != nil {
+			return err
+		}
+	}
 	return nil
+}
+
+// completingTask is a task dumpCompleting emits, and its queue.
+type completingTask struct {
+	queue string
+	task  Task
 }

@@ -215,10 +215,16 @@ func (q *queue) push(items []Item, acked []Task, c *clock) (ids []uint64, first 
 	}
 	q.puts += uint64(added)
 	if len(acked) > 0 {
+		// Out of completing and appended at once, for a snapshot
+		// (completing.go).
+		q.m.completingMu.Lock()
 		q.m.endCompleting(acked)
 		q.recordDeletes(acked)
+		ticket = q.log.commit()
+		q.m.completingMu.Unlock()
+	} else {
+		ticket = q.log.commit()
 	}
-	ticket = q.log.commit()
 	// A repeat is answered once the put it repeats is durable, not
 	// before: else a crash could lose a task both calls said was stored.
 	for _, k := range keyed {

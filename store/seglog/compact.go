@@ -2,6 +2,7 @@ package seglog
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -49,7 +50,9 @@ func (l *Log) compactor() {
 			return
 		case n := <-l.compactCh:
 			start := time.Now()
-			if err := l.snapshot(n); err != nil {
+			if err := l.snapshot(n); errors.Is(err, errStopping) {
+				return
+			} else if err != nil {
 				l.opts.OnEvent("compaction failed; the log is kept and compaction retried later", err, "segment", n)
 			} else {
 				l.opts.OnEvent("compacted", nil, "snapshot", snapName(n), "bytes", l.snapSize.Load(), "took", time.Since(start).Round(time.Millisecond))
@@ -61,6 +64,32 @@ func (l *Log) compactor() {
 			}
 		}
 	}
+}
+
+// errStopping ends a compaction that waited for the writer as the log
+// closed.
+var errStopping = errors.New("seglog: closing")
+
+// waitWritten returns once the log is as durable as its mode promises up
+// to t (Wait), or the log closes, or a write fails.
+func (l *Log) waitWritten(t store.Ticket) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for l.done < t {
+		if p := l.writeErr.Load(); p != nil {
+			return *p
+		}
+		ch := l.doneCh
+		l.mu.Unlock()
+		select {
+		case <-ch:
+		case <-l.stop:
+			l.mu.Lock()
+			return errStopping
+		}
+		l.mu.Lock()
+	}
+	return nil
 }
 
 // snapshot dumps every live task into snapshot n and then deletes the
@@ -106,9 +135,12 @@ func (l *Log) snapshot(n uint64) error {
 	if err != nil {
 		return fmt.Errorf("write %s: %w", tmp, err)
 	}
-	// Read after the dump: at least the IDs and Seqs of every task in it.
+	// Read after the dump: at least the IDs and Seqs of every task in it,
+	// and every record the dump relied on (a completion's tasks, dumped
+	// until their acks and results were appended: master/queue).
 	l.mu.Lock()
 	op = store.Op{Kind: kindMeta, Task: store.Task{ID: l.maxID, Seq: l.maxSeq, Attempts: count}}
+	relied := l.appended
 	l.mu.Unlock()
 	if _, err := w.Write(appendRecord(buf[:0], &op)); err != nil {
 		return fmt.Errorf("write %s: %w", tmp, err)
@@ -121,6 +153,12 @@ func (l *Log) snapshot(n uint64) error {
 	}
 	size, _ := f.Seek(0, 2)
 	if err := f.Close(); err != nil {
+		return err
+	}
+	// The snapshot replaces the segments before n only once what the
+	// dump relied on is written: else a crash would leave a task a
+	// completion took out of memory in neither.
+	if err := l.waitWritten(relied); err != nil {
 		return err
 	}
 	if err := os.Rename(tmp, name); err != nil {

@@ -500,7 +500,7 @@ func (l *Log) replay(n uint64, b []byte, last bool, st *state, dec *decoder) (si
 			// The group's records are checked whole first, then decoded
 			// and applied: a group may hold a purge of millions.
 			p := off + k
-			for n := op.Task.ID; derr == nil && n > 0; n-- {
+			for left := op.Task.ID; derr == nil && left > 0; left-- {
 				bad = p
 				var rk int
 				var kind store.Kind

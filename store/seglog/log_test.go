@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -604,5 +605,63 @@ func rewriteHeaders(t *testing.T, dir, magic string) {
 				t.Fatal(err)
 			}
 		}
+	}
+}
+
+// TestSnapshotWaitsForWhatItReliedOn: a snapshot replaces the segments
+// before it only once the records appended while it was dumped are
+// written. A dump may leave out a task whose delete was appended
+// meanwhile (master/queue's completing tasks): with that delete not yet
+// written and the segment holding the task's Add deleted, a crash would
+// leave the task in neither.
+func TestSnapshotWaitsForWhatItReliedOn(t *testing.T) {
+	dir := t.TempDir()
+	var holding atomic.Bool // the writer waits in OnSync, after writing, before the records count as written
+	release := make(chan struct{})
+	var released sync.Once
+	free := func() {
+		holding.Store(false)
+		released.Do(func() { close(release) })
+	}
+	compacted := make(chan bool, 4) // whether the writer was held when a compaction ended
+	l, _, _ := open(t, dir, seglog.Options{CompactMin: 1,
+		OnSync: func(time.Duration) {
+			if holding.Load() {
+				<-release
+			}
+		},
+		OnEvent: func(msg string, _ error, _ ...any) {
+			if msg == "compacted" {
+				compacted <- holding.Load()
+			}
+		}})
+	t.Cleanup(free) // before the log's Close, which waits for the writer
+	var once sync.Once
+	l.SetDumper(func(emit func(*store.Op) error) error {
+		op := add(1, "q", 1, "one")
+		if err := emit(&op); err != nil {
+			return err
+		}
+		// Task 1's delete, appended as the dump ends: left out of it.
+		once.Do(func() {
+			holding.Store(true)
+			l.Append(del(1))
+		})
+		return nil
+	})
+	if err := l.Wait(l.Append(add(1, "q", 1, "one"))); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case held := <-compacted:
+		if held {
+			t.Fatal("the snapshot replaced the segments before the delete its dump left out was written")
+		}
+		t.Fatal("compacted before the dump appended")
+	case <-time.After(200 * time.Millisecond): // long enough for a compaction that does not wait
+	}
+	free()
+	if held := <-compacted; held {
+		t.Fatal("compacted while the writer was held")
 	}
 }
