@@ -71,12 +71,14 @@ func (l *Log) compactor() {
 var errStopping = errors.New("seglog: closing")
 
 // waitWritten returns once the log is as durable as its mode promises up
-// to t (Wait), or the log closes, or a write fails.
+// to t (Wait), or the log closes, or the disk is full (the compaction
+// then gives its snapshot's room back). Through other write errors it
+// waits: the writer tries again.
 func (l *Log) waitWritten(t store.Ticket) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for l.done < t {
-		if p := l.writeErr.Load(); p != nil {
+		if p := l.writeErr.Load(); p != nil && errors.Is(*p, store.ErrDiskFull) {
 			return *p
 		}
 		ch := l.doneCh
@@ -160,6 +162,14 @@ func (l *Log) snapshot(n uint64) error {
 	// completion took out of memory in neither.
 	if err := l.waitWritten(relied); err != nil {
 		return err
+	}
+	if l.opts.Fsync != FsyncAlways {
+		// On disk, too: a machine crash must not keep the snapshot and
+		// lose those records. (Segment n is the only one not fsynced
+		// already: a segment is fsynced as the next one starts.)
+		if err := syncFile(filepath.Join(l.dir, segName(n))); err != nil {
+			return err
+		}
 	}
 	if err := os.Rename(tmp, name); err != nil {
 		return err
