@@ -559,6 +559,12 @@ func (q *Queues) openBy(by time.Time, name string, create bool) (*stream, error)
 				// (Not for long: the same answer covers a full disk.)
 				err = errStoreNotMade{err}
 			}
+			if noPeersYet(err) {
+				// Too few nodes seen up for its replicas: in a cluster
+				// that has just formed, the others for a moment (CI
+				// failed on a put right after every node listened).
+				err = errStoreNotMade{err}
+			}
 			return err
 		})
 		var notMade errStoreNotMade

@@ -42,6 +42,16 @@ func storeNotMade(err error) bool {
 	return errors.As(err, &apiErr) && apiErr.ErrorCode == errCodeStoreFailed
 }
 
+// errCodeNoPeers is JetStream's answer (400) to a stream it found too few
+// nodes up to place.
+const errCodeNoPeers jetstream.ErrorCode = 10005
+
+// noPeersYet reports whether err is that answer.
+func noPeersYet(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == errCodeNoPeers
+}
+
 // storeRetryFor bounds the retries of a stream's creation that JetStream
 // could not make a store for (errStoreNotMade).
 const storeRetryFor = time.Second
@@ -49,7 +59,8 @@ const storeRetryFor = time.Second
 // errStoreNotMade marks storeNotMade's answer to a stream's creation as
 // transient: a stream of that name deleted a moment before may still be
 // removing its files (seen once in CI: "error creating store for stream"
-// right after a delete), and the creation took no effect.
+// right after a delete), and the creation took no effect. So is
+// noPeersYet's, tried again for as long as the call may take.
 type errStoreNotMade struct{ err error }
 
 func (e errStoreNotMade) Error() string { return e.err.Error() }
