@@ -745,13 +745,16 @@ func (s *Server) putResults(dests []string, results []wire.Result, of queue.Resu
 			s.log.Error("publish results failed; their tasks are not acked and run again", "queue", dest, "results", len(items), "err", err)
 			return true, err
 		}
-		if err != nil {
+		switch {
+		case errors.Is(err, queue.ErrQueuedNotStored):
 			// A put of results the log fails to write has its items in
 			// the queue already (they are taken while the disk is full,
 			// with their tasks' acks), and the log retries the write, so
 			// they are not put again.
 			s.log.Warn("publish results: queued, not yet written to the data directory (its log retries the write)",
 				"queue", dest, "results", len(items), "err", err)
+		case err != nil: // refused before it was queued (a master closing): its acks were not stored either
+			s.log.Error("publish results failed", "queue", dest, "results", len(items), "err", err)
 		}
 	}
 	return true, nil

@@ -2,6 +2,7 @@ package pymanager
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"time"
 
@@ -87,6 +88,14 @@ func (p *conn) publishResult(t heldTask, value []byte) error {
 		return err
 	}
 	_, err = p.s.cfg.Backend.Put(context.Background(), queue.PutRequest{Queue: t.replyTo, Items: []queue.Item{{Payload: res}}, Results: true})
+	if errors.Is(err, queue.ErrQueuedNotStored) {
+		// The result is in its queue, and the data directory writes it
+		// once it has room. An error would tell the script to put it
+		// again, and the second put, the task answered, would land as an
+		// ordinary item.
+		p.log.Warn("result queued, not yet written to the data directory (its log retries the write)", "queue", t.replyTo, "task", t.id, "err", err)
+		return nil
+	}
 	return err
 }
 

@@ -1,11 +1,13 @@
 package pymanager
 
 import (
+	"log/slog"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/qm-dev/qm/master/queue"
+	"github.com/qm-dev/qm/store"
 	"github.com/qm-dev/qm/wire"
 )
 
@@ -92,5 +94,41 @@ func TestResultRouting(t *testing.T) {
 	}
 	if res.TaskID != 8 || res.Attempt != 1 || res.Worker != "worker-1@127.0.0.1:4000" || string(res.Value) != "\x2a" {
 		t.Fatalf("result = %+v", res)
+	}
+}
+
+// fullStore is a store whose disk is full: it takes appends, as a log
+// that retries them does, and writes none.
+type fullStore struct{}
+
+func (fullStore) Load() (store.Meta, []store.Task, error) { return store.Meta{}, nil, nil }
+func (fullStore) Append(...store.Op) store.Ticket         { return 1 }
+func (fullStore) Wait(store.Ticket) error                 { return store.ErrDiskFull }
+func (fullStore) Writable() error                         { return store.ErrDiskFull }
+func (fullStore) SetDumper(store.Dumper)                  {}
+func (fullStore) Close() error                            { return nil }
+
+// A Python worker's result put on a full disk is queued, as a native
+// completion's results are, and the data directory writes it once it has
+// room: the script is told it went in. Told it failed, it would put it
+// again, and that put, with the task answered, would land in the reply
+// queue as an item of its own.
+func TestResultQueuedOnAFullDisk(t *testing.T) {
+	m, err := queue.New(queue.Config{Store: fullStore{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	p := &conn{s: New(Config{Backend: testBackend{m}, ResultsQueue: "results"}), c: testClient{}, log: slog.New(slog.DiscardHandler)}
+	p.took("tasks", queue.Task{ID: 8, Attempts: 1, ReplyTo: "replies"})
+	r, ok := p.resultOf("results")
+	if !ok {
+		t.Fatal("the put after the task was not taken as its result")
+	}
+	if err := p.publishResult(r, []byte{0x2a}); err != nil {
+		t.Fatalf("result put on a full disk: %v, want it taken", err)
+	}
+	if s, err := m.Stats("replies"); err != nil || s.Ready != 1 {
+		t.Fatalf("reply queue: %+v, %v; want the result queued", s, err)
 	}
 }

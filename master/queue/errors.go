@@ -39,6 +39,12 @@ var (
 	// ErrBadArgument is returned (wrapped with the details) for a negative
 	// length, lease or config value, or a Get max below 1.
 	ErrBadArgument = errors.New("bad argument")
+
+	// ErrQueuedNotStored is returned, with the store's error, by a Put of
+	// results that the store could not write yet (a full disk): they are
+	// queued, and the store writes them once it can. The put must not be
+	// sent again, or its results would be there twice.
+	ErrQueuedNotStored = errors.New("results queued, not yet stored")
 )
 
 // TaskError reports which task an error is about, so a caller can tell

@@ -188,7 +188,7 @@ func (m *Manager) Put(ctx context.Context, req PutRequest) ([]uint64, error) {
 			// Getters may have the tasks already: see docs/STORAGE.md.
 			if err := m.wait(ticket); err != nil {
 				if req.Results { // the log writes them once it can
-					return nil, err
+					return nil, fmt.Errorf("%w: %w", ErrQueuedNotStored, err)
 				}
 				return m.withdraw(req.Queue, req.Items[0].Key, ids, first, err)
 			}
