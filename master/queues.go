@@ -106,6 +106,9 @@ type ResultQueueKeeper interface {
 	// ResultQueues hands over the result queues kept, by task queue, as
 	// the queues were opened.
 	ResultQueues() map[string]string
+	// KeepsResultQueues reports whether they are kept at all (not in
+	// memory alone).
+	KeepsResultQueues() bool
 }
 
 var _ ResultQueueKeeper = (*queue.Manager)(nil)

@@ -167,6 +167,8 @@ type countingKeeper struct {
 	kept  map[string]string
 }
 
+func (k *countingKeeper) KeepsResultQueues() bool { return true }
+
 func (k *countingKeeper) KeepResultQueue(q, rq string) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()

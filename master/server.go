@@ -134,7 +134,9 @@ func New(cfg Config) (*Server, error) {
 	s.asker, _ = s.queues.(GatewayAsker)
 	s.limiter, _ = s.queues.(ItemLimiter)
 	s.keeper, _ = s.queues.(DeletionKeeper)
-	if k, ok := s.queues.(ResultQueueKeeper); ok {
+	// An in-memory master has nothing to keep, and no goroutine to run
+	// for it.
+	if k, ok := s.queues.(ResultQueueKeeper); ok && k.KeepsResultQueues() {
 		// Before ReapLeases, which publishes the error results of the
 		// tasks dead-lettered at start-up: those go to their queues'
 		// result queues at once, rather than waiting for a worker.

@@ -19,6 +19,13 @@ func (m *Manager) ResultQueues() map[string]string {
 	return nil
 }
 
+// KeepsResultQueues reports whether the store keeps result queues
+// across a restart: without one, KeepResultQueue need not be called.
+func (m *Manager) KeepsResultQueues() bool {
+	_, ok := m.store.(store.ResultQueueKeeper)
+	return ok
+}
+
 // KeepResultQueue stores that the workers of the named queue name
 // resultQueue as their result queue; "" forgets it (the queue was
 // deleted). It returns once that is durable, or the error that kept it
