@@ -23,10 +23,15 @@ import (
 	"github.com/qm-dev/qm/worker"
 )
 
-// startStdio starts children running the shell script, stopped at cleanup.
+// startStdio starts children running the shell script (sh, unless
+// cfg.Command names another shell), stopped at cleanup.
 func startStdio(t *testing.T, script string, cfg worker.StdioConfig) *worker.Stdio {
 	t.Helper()
-	cfg.Command = []string{"sh", "-c", script}
+	shell := "sh"
+	if len(cfg.Command) > 0 {
+		shell = cfg.Command[0]
+	}
+	cfg.Command = []string{shell, "-c", script}
 	if cfg.RestartMin == 0 {
 		cfg.RestartMin = 10 * time.Millisecond
 		cfg.RestartMax = 50 * time.Millisecond
@@ -247,7 +252,7 @@ func stdioRun(t *testing.T, mcfg master.Config, script string, scfg worker.Stdio
 	addr, _ := qmtest.StartMaster(t, mcfg)
 	c := qmtest.Dial(t, addr, "producer")
 	ids := put(t, c, "tasks", items, wire.PutOptions{ReplyTo: "replies"})
-	scfg.Children = 2
+	scfg.Children = cmp.Or(scfg.Children, 2)
 	s := startStdio(t, script, scfg)
 	cfg := testConfig(t, addr, s.Handle)
 	cfg.Concurrency, cfg.Capacity = s.Slots(), s.Capacity
@@ -657,5 +662,55 @@ func TestStdioGivenUpTaskStopsItsChild(t *testing.T) {
 	defer hcancel()
 	if v, err := s.Handle(hctx, next); err != nil || v != int64(5) {
 		t.Fatalf("the next task: %v, %v; want it answered by a new child at once", v, err)
+	}
+}
+
+// A child that asked for tasks ahead and writes its answers together, as
+// the Python helper does, then exits or hangs on a bad task, had run the
+// tasks before it, their answers lost in its buffer: the first of them
+// was failed for it, dead-lettered at the last attempt, and the bad one
+// ran again at no cost. The tasks it held run again one at a time, and
+// only the bad one pays its attempts.
+func TestStdioFailureHoldingTasksAheadBlamesTheBadTask(t *testing.T) {
+	// Answers go out once no more input waits (read -t 0), as the helper
+	// answers a whole read at once; "bad" loses those not yet written.
+	child := func(onBad string) string {
+		return `echo '!pipeline'; buf=''
+while IFS= read -r x; do
+	if [ "$x" = '"bad"' ]; then ` + onBad + `; fi
+	buf+="$x"$'\n'
+	if ! read -t 0; then printf '%s' "$buf"; buf=''; fi
+done
+printf '%s' "$buf"`
+	}
+	for _, tt := range []struct {
+		name, onBad, want string
+		scfg                worker.StdioConfig
+		n, bad              int // tasks, of them bad
+	}{
+		{name: "exits", onBad: "exit 3", want: "exited (exit status 3)", n: 400, bad: 16},
+		{name: "hangs", onBad: "sleep 60", want: "timed out after 300ms", scfg: worker.StdioConfig{TaskTimeout: 300 * time.Millisecond}, n: 150, bad: 3},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			items := ints(0, tt.n)
+			bad := map[int]bool{}
+			for i := tt.n / tt.bad / 2; i < tt.n; i += tt.n / tt.bad {
+				items[i], bad[i] = "bad", true
+			}
+			tt.scfg.Command, tt.scfg.Children = []string{"bash"}, 1
+			ids, got, c := stdioRun(t, master.Config{}, child(tt.onBad), tt.scfg, items)
+			for i, id := range ids {
+				r := got[id]
+				switch {
+				case bad[i] && (!strings.Contains(r.Error, tt.want) || r.Attempt != 2):
+					t.Errorf("bad task %d: %+v, want %q after 2 attempts", i, r, tt.want)
+				case !bad[i] && (r.Error != "" || value(t, r) != int64(i)):
+					t.Errorf("task %d: %+v, want %d", i, r, i)
+				}
+			}
+			if st := stats(t, c, "tasks"); int(st.Dead) != len(bad) || int(st.Done) != len(items)-len(bad) {
+				t.Errorf("tasks queue: %+v, want %d done and %d dead", st, len(items)-len(bad), len(bad))
+			}
+		})
 	}
 }

@@ -47,6 +47,10 @@ type child struct {
 	// from when a task is first in line to its answer; 0 until the first
 	// answer of a child that asked for tasks ahead (batchMax).
 	service time.Duration
+	// suspects counts the tasks at the head of the line that run one at
+	// a time: the child failed holding them all, and which it failed on
+	// is not known (owner.fail).
+	suspects int
 	// holds is batchMax as others read it (Stdio.Capacity).
 	holds     atomic.Int32
 	stoppedAt time.Time

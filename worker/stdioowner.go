@@ -91,7 +91,7 @@ func (c *child) own(reqs <-chan *request, quit <-chan struct{}) error {
 // worker, could run them.
 func (c *child) batchMax() int {
 	switch {
-	case c.proc == nil || !c.proc.pipelined:
+	case c.proc == nil || !c.proc.pipelined || c.suspects > 0:
 		return 1
 	case c.service == 0:
 		return min(2, c.cfg.Pipeline)
@@ -217,6 +217,7 @@ func (o *owner) answer(l childLine) {
 	}
 	o.failures = 0
 	o.health.answer()
+	o.suspects = max(0, o.suspects-1)
 	o.inflight[0].done <- answer{v: l.v, err: l.err}
 	o.inflight[0] = nil
 	o.inflight = o.inflight[1:]
@@ -283,6 +284,7 @@ drain:
 	}
 	o.stopTimer()
 	o.stop(false)
+	o.suspects = max(0, o.suspects-1)
 	o.cfg.Logger.Info("child stopped: the task it was on was given up", "child", o.id, "err", context.Cause(head.ctx))
 	head.done <- answer{err: context.Cause(head.ctx)}
 	rest := append(o.inflight[1:len(o.inflight):len(o.inflight)], o.pending...)
@@ -312,6 +314,21 @@ func (o *owner) fail(err error) {
 		o.inflight, o.pending = nil, append(o.inflight, o.pending...)
 		return
 	}
+	if len(o.inflight) > 1 && o.suspects == 0 && !errors.Is(err, errProtocol) {
+		// It exited or hung holding several tasks written ahead, and may
+		// have run the first ones already, their answers still in its
+		// buffers (the Python helper writes quick answers together):
+		// which it failed on is not known. They run again one at a time,
+		// and the one it fails on alone pays the attempt. (A protocol
+		// error is the line of the first task in flight.)
+		o.cfg.Logger.Warn("child failed holding several tasks; running them again one at a time to find the one it fails on",
+			"child", o.id, "tasks", len(o.inflight), "err", err)
+		_ = o.broken(err)
+		o.suspects = len(o.inflight)
+		o.inflight, o.pending = nil, append(o.inflight, o.pending...)
+		return
+	}
+	o.suspects = max(0, o.suspects-1)
 	o.culprit = culprit.task
 	culprit.done <- answer{err: o.broken(err)}
 	o.culprit = 0
