@@ -685,8 +685,8 @@ printf '%s' "$buf"`
 	}
 	for _, tt := range []struct {
 		name, onBad, want string
-		scfg                worker.StdioConfig
-		n, bad              int // tasks, of them bad
+		scfg              worker.StdioConfig
+		n, bad            int // tasks, of them bad
 	}{
 		{name: "exits", onBad: "exit 3", want: "exited (exit status 3)", n: 400, bad: 16},
 		{name: "hangs", onBad: "sleep 60", want: "timed out after 300ms", scfg: worker.StdioConfig{TaskTimeout: 300 * time.Millisecond}, n: 150, bad: 3},
