@@ -40,7 +40,7 @@ func wireStats(st queue.Stats) wire.QueueStats {
 	return wire.QueueStats{
 		Queue: st.Queue, Ready: st.Ready, Leased: st.Leased, Done: st.Done, Dead: st.Dead,
 		Consumers: st.Consumers, OldestAge: st.OldestReady, MaxLen: st.MaxLen,
-		Puts: st.Puts, Gets: st.Gets, Acks: st.Acks, Nacks: st.Nacks, Expired: st.Expired,
+		Puts: st.Puts, Gets: st.Gets, Acks: st.Acks, Nacks: st.Nacks, Expired: st.Expired, Disconnected: st.Disconnected,
 		Paused: st.Paused, Delayed: st.Delayed, Retrying: st.Retrying, NextDue: st.NextDue,
 		MaxAttempts: st.Policy.MaxAttempts, BackoffMin: st.Policy.BackoffMin, BackoffMax: st.Policy.BackoffMax,
 		Unread: st.Unread,

@@ -193,16 +193,19 @@ var (
 	descAcks    = prometheus.NewDesc("qm_queue_acks_total", "Tasks acked (done) by workers.", queueLabels, nil)
 	descNacks   = prometheus.NewDesc("qm_queue_nacks_total", "Failed attempts reported by workers.", queueLabels, nil)
 	descExpired = prometheus.NewDesc("qm_queue_expired_total", "Leases of the queue's tasks that ran out.", queueLabels, nil)
-	descDone    = prometheus.NewDesc("qm_queue_done_total", "Tasks finished for good: acked, or taken without a lease.", queueLabels, nil)
-	descUnread  = prometheus.NewDesc("qm_queues_unread", "Queues whose figures were not read in time for this scrape (a gateway whose JetStream is slow to answer, as while a stream has no leader): their qm_queue_* series are absent from it.", nil, nil)
-	descListed  = prometheus.NewDesc("qm_queues_list_ok", "1 if the queues could be listed for this scrape, 0 if not (a gateway whose cluster is out of its reach, as without a majority of its nodes; then the qm_queue_* series are missing).", nil, nil)
-	descClients = prometheus.NewDesc("qm_clients", "Connected clients by role: worker, producer, admin, python, none (said no role) or other.", []string{"role"}, nil)
+	// A worker killed mid-task fails an attempt as a nack or an expired
+	// lease does; without it, a failure rate from the counters missed it.
+	descDisconnected = prometheus.NewDesc("qm_queue_disconnected_total", "Leases of the queue's tasks that ended as their worker disconnected (each a failed attempt).", queueLabels, nil)
+	descDone         = prometheus.NewDesc("qm_queue_done_total", "Tasks finished for good: acked, or taken without a lease.", queueLabels, nil)
+	descUnread       = prometheus.NewDesc("qm_queues_unread", "Queues whose figures were not read in time for this scrape (a gateway whose JetStream is slow to answer, as while a stream has no leader): their qm_queue_* series are absent from it.", nil, nil)
+	descListed       = prometheus.NewDesc("qm_queues_list_ok", "1 if the queues could be listed for this scrape, 0 if not (a gateway whose cluster is out of its reach, as without a majority of its nodes; then the qm_queue_* series are missing).", nil, nil)
+	descClients      = prometheus.NewDesc("qm_clients", "Connected clients by role: worker, producer, admin, python, none (said no role) or other.", []string{"role"}, nil)
 )
 
 // Describe implements prometheus.Collector.
 func (qc *queueCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descReady, descLeased, descDead, descWaiting, descOldest, descPaused,
-		descDelayed, descRetry, descNextDue, descPuts, descGets, descAcks, descNacks, descExpired, descDone, descUnread, descListed, descClients} {
+		descDelayed, descRetry, descNextDue, descPuts, descGets, descAcks, descNacks, descExpired, descDisconnected, descDone, descUnread, descListed, descClients} {
 		ch <- d
 	}
 }
@@ -244,6 +247,7 @@ func (qc *queueCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(descAcks, st.Acks, q)
 		counter(descNacks, st.Nacks, q)
 		counter(descExpired, st.Expired, q)
+		counter(descDisconnected, st.Disconnected, q)
 		counter(descDone, st.Done, q)
 	}
 	for role, n := range qc.s.clientRoles() {

@@ -176,3 +176,45 @@ func copyFiles(t *testing.T, src, dst string) {
 		}
 	}
 }
+
+// A worker that disconnects holding a task fails its attempt, and the
+// queue's figures count it, as they count nacks and expired leases (a
+// failure rate from them missed killed workers). Tasks it gave back
+// before do not count.
+func TestDisconnectCountsAFailedAttempt(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		start func(*testing.T) string
+	}{
+		{"single master", func(t *testing.T) string { addr, _ := qmtest.StartMaster(t, master.Config{}); return addr }},
+		{"gateway", func(t *testing.T) string { return startGateway(t, master.Config{}) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			addr := tc.start(t)
+			ctx := ctxFor(t, 20*time.Second)
+			producer := qmtest.Dial(t, addr, "producer")
+			if _, err := producer.Put(ctx, "jobs", []any{1, 2, 3}, wire.PutOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			w, err := wire.Dial(ctx, wire.Config{Addr: addr, Authkey: qmtest.Authkey, Role: "worker"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			taken, err := w.Get(ctx, "jobs", wire.GetOptions{Max: 3, Timeout: 5 * time.Second})
+			if err != nil || len(taken) != 3 {
+				t.Fatalf("get: %d tasks, %v", len(taken), err)
+			}
+			if err := w.Release(ctx, "jobs", taken[2:]); err != nil {
+				t.Fatal(err)
+			}
+			w.Close()
+			qmtest.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+				st, err := producer.Stats(ctx, "jobs")
+				if err != nil || st[0].Disconnected != 2 || st[0].Leased != 0 {
+					return fmt.Errorf("stats %+v, %v; want the 2 tasks held at the disconnect counted", st, err)
+				}
+				return nil
+			})
+		})
+	}
+}

@@ -233,6 +233,9 @@ type QueueStats struct {
 	Acks      uint64        `msgpack:"acks" json:"acks"`
 	Nacks     uint64        `msgpack:"nacks" json:"nacks"`
 	Expired   uint64        `msgpack:"expired" json:"expired"`
+	// Disconnected counts the leases that ended as their worker
+	// disconnected, each a failed attempt (as Nacks and Expired are).
+	Disconnected uint64 `msgpack:"disconnected,omitempty" json:"disconnected"`
 	// Paused is set while the queue hands out no task (OpPause).
 	Paused bool `msgpack:"paused,omitempty" json:"paused,omitempty"`
 	// Delayed counts the tasks not yet due: delayed puts and, of them,

@@ -19,8 +19,8 @@ import (
 )
 
 // What operators see and do. JetStream keeps the queues, so the figures
-// are the cluster's, with two exceptions kept by each gateway alone:
-// Nacks and Expired.
+// are the cluster's, with three exceptions kept by each gateway alone:
+// Nacks, Expired and Disconnected.
 
 // Stats returns a queue's figures: Ready and Leased from its consumer,
 // Puts from its stream (every task ever stored in it), Gets from the
@@ -135,7 +135,7 @@ func (q *Queues) figures(ctx context.Context, s *stream, state jetstream.StreamS
 	}
 	q.mu.Lock()
 	if c := q.stats[s.queue]; c != nil {
-		st.Nacks, st.Expired = c.nacks, c.expired
+		st.Nacks, st.Expired, st.Disconnected = c.nacks, c.expired, c.disconnected
 	}
 	q.mu.Unlock()
 	return st, nil

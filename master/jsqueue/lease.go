@@ -836,6 +836,7 @@ func (q *Queues) Release(owner uint64) int {
 			continue
 		}
 		delete(q.leases, k)
+		q.counters(k.queue).disconnected++
 		if l.pack != nil {
 			q.requeueLocked(l, true, "worker disconnected", time.Time{})
 			packed++

@@ -344,7 +344,7 @@ func (l *local) wakeHere() {
 
 // counters are what this gateway alone knows of a queue: JetStream keeps
 // no count of naks or of expired leases.
-type counters struct{ nacks, expired uint64 }
+type counters struct{ nacks, expired, disconnected uint64 }
 
 // New returns Queues over cfg.Conn's JetStream.
 func New(cfg Config) (*Queues, error) {

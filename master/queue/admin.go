@@ -29,8 +29,10 @@ type Stats struct {
 	// Policy is the queue's retry policy in effect, defaults filled in.
 	Policy Policy
 	// Totals since the queue was created, counted in tasks. Gets counts
-	// deliveries (less those undone by Unget).
-	Puts, Gets, Acks, Nacks, Expired uint64
+	// deliveries (less those undone by Unget). Nacks, Expired and
+	// Disconnected count failed attempts: a worker's failure, a lease
+	// that ran out, a lease whose worker disconnected (Release).
+	Puts, Gets, Acks, Nacks, Expired, Disconnected uint64
 	// Unread says the queue's figures could not be read in time (a
 	// gateway whose JetStream is slow to answer): only Queue is set.
 	Unread bool
@@ -55,6 +57,8 @@ func (q *queue) stats(now time.Time) Stats {
 		Acks:      q.acks,
 		Nacks:     q.nacks,
 		Expired:   q.expired,
+
+		Disconnected: q.disconnected,
 	}
 	if q.ready.len() > 0 {
 		s.OldestReady = max(0, now.Sub(q.ready.oldest()))

@@ -87,7 +87,7 @@ type queue struct {
 	// log records the queue's changes for the store (persist.go).
 	log journal
 
-	done, puts, gets, acks, nacks, expired uint64
+	done, puts, gets, acks, nacks, expired, disconnected uint64
 }
 
 func newQueue(m *Manager, name string) *queue {

@@ -149,6 +149,7 @@ func (m *Manager) Release(owner uint64) int {
 			delete(q.owners, owner) // the owner is gone: forget it
 			q.idleOwners--
 		}
+		q.disconnected += uint64(len(ts))
 		c := clock{m: m}
 		dead := q.requeueFailed(ts, "worker disconnected", 0, false, &c)
 		q.settle(&c)
