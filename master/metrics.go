@@ -183,7 +183,7 @@ var (
 	descLeased  = prometheus.NewDesc("qm_queue_leased_tasks", "Tasks leased to workers and not yet acked.", queueLabels, nil)
 	descDead    = prometheus.NewDesc("qm_queue_dead_tasks", "Tasks in the queue's dead-letter queue (QUEUE.dead).", queueLabels, nil)
 	descWaiting = prometheus.NewDesc("qm_queue_consumers", "Gets blocked waiting for a task of the queue.", queueLabels, nil)
-	descOldest  = prometheus.NewDesc("qm_queue_oldest_ready_seconds", "Age of the task at the front of the queue; 0 when none is ready.", queueLabels, nil)
+	descOldest  = prometheus.NewDesc("qm_queue_oldest_ready_seconds", "Time since the task at the front of the queue was put (a delayed or retried task's first put, not when it came due); 0 when none is ready.", queueLabels, nil)
 	descPaused  = prometheus.NewDesc("qm_queue_paused", "1 if the queue is paused (hands out no task), else 0.", queueLabels, nil)
 	descDelayed = prometheus.NewDesc("qm_queue_delayed_tasks", "Tasks not yet due: delayed puts and failed tasks waiting out their retry backoff.", queueLabels, nil)
 	descRetry   = prometheus.NewDesc("qm_queue_retrying_tasks", "Failed tasks waiting out their retry backoff (counted in qm_queue_delayed_tasks too).", queueLabels, nil)

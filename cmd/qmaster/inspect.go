@@ -38,7 +38,9 @@ func newCmdInspect(f *factory, runF func(*inspectOptions) error) *cobra.Command 
   DONE       tasks acknowledged, or taken for good, since the master started
   DEAD       tasks in the queue's dead-letter queue
   CONSUMERS  gets waiting on the queue now
-  OLDEST     age of the oldest ready task ("-" if none)
+  OLDEST     time since the task at the front was put ("-" if none ready);
+             a delayed or retried task counts from its first put, not
+             from when it came due
   NEXT DUE   when the first delayed task comes due ("-" if none)
 
 With --json, print the statistics as one JSON array instead (ages in
