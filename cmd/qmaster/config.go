@@ -31,10 +31,11 @@ func newCmdConfig(f *factory, runF func(*configOptions) error) *cobra.Command {
 
 --max-attempts is how many deliveries a task gets before it goes to the
 dead-letter queue. --retry-backoff is how long a failed task (a worker's
-error, or a lease that ran out) waits before its next delivery: MIN after
-the first failure, doubling with each to at most MAX, each wait drawn at
-random from the upper half of its step so that tasks that failed together
-do not come back together. "none" retries at once.
+error, a lease that ran out, a worker that disconnected) waits before its
+next delivery: MIN after the first failure, doubling with each to at most
+MAX, each wait drawn at random from the upper half of its step so that
+tasks that failed together do not come back together. "none" retries at
+once.
 
 Each call sets the queue's whole policy: a flag left out goes back to the
 master's default (qmaster --max-attempts and --retry-backoff). The
