@@ -195,7 +195,7 @@ var (
 	descExpired = prometheus.NewDesc("qm_queue_expired_total", "Leases of the queue's tasks that ran out.", queueLabels, nil)
 	// A worker killed mid-task fails an attempt as a nack or an expired
 	// lease does; without it, a failure rate from the counters missed it.
-	descDisconnected = prometheus.NewDesc("qm_queue_disconnected_total", "Leases of the queue's tasks that ended as their worker disconnected (each a failed attempt).", queueLabels, nil)
+	descDisconnected = prometheus.NewDesc("qm_queue_disconnected_total", "Leases of the queue's tasks that ended as their worker disconnected.", queueLabels, nil)
 	descDone         = prometheus.NewDesc("qm_queue_done_total", "Tasks finished for good: acked, or taken without a lease.", queueLabels, nil)
 	descUnread       = prometheus.NewDesc("qm_queues_unread", "Queues whose figures were not read in time for this scrape (a gateway whose JetStream is slow to answer, as while a stream has no leader): their qm_queue_* series are absent from it.", nil, nil)
 	descListed       = prometheus.NewDesc("qm_queues_list_ok", "1 if the queues could be listed for this scrape, 0 if not (a gateway whose cluster is out of its reach, as without a majority of its nodes; then the qm_queue_* series are missing).", nil, nil)

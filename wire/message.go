@@ -234,7 +234,7 @@ type QueueStats struct {
 	Nacks     uint64        `msgpack:"nacks" json:"nacks"`
 	Expired   uint64        `msgpack:"expired" json:"expired"`
 	// Disconnected counts the leases that ended as their worker
-	// disconnected, each a failed attempt (as Nacks and Expired are).
+	// disconnected: failed attempts, as Nacks and Expired count.
 	Disconnected uint64 `msgpack:"disconnected,omitempty" json:"disconnected"`
 	// Paused is set while the queue hands out no task (OpPause).
 	Paused bool `msgpack:"paused,omitempty" json:"paused,omitempty"`

@@ -323,7 +323,12 @@ func (o *owner) fail(err error) {
 		// error is the line of the first task in flight.)
 		o.cfg.Logger.Warn("child failed holding several tasks; running them again one at a time to find the one it fails on",
 			"child", o.id, "tasks", len(o.inflight), "err", err)
+		// Told to health as the first task's failure, as before: its run
+		// alone does not count again (stdioHealth counts a task once),
+		// so two bad tasks do not pass for a broken command.
+		o.culprit = culprit.task
 		_ = o.broken(err)
+		o.culprit = 0
 		o.suspects = len(o.inflight)
 		o.inflight, o.pending = nil, append(o.inflight, o.pending...)
 		return

@@ -365,6 +365,9 @@ func (p *conn) put(method, name string, item any, block bool, args *pyproto.Para
 		// A result goes to the reply queue of a task this client got,
 		// which its key need not be allowed to put to.
 		if err := p.publishResult(t, payload); err != nil {
+			// Not queued: the script's put again is the task's result
+			// still, not an ordinary item.
+			p.held = slices.Insert(p.held, 0, t)
 			return p.queueError(method, err)
 		}
 		return p.ret(nil)

@@ -132,3 +132,19 @@ func TestResultQueuedOnAFullDisk(t *testing.T) {
 		t.Fatalf("reply queue: %+v, %v; want the result queued", s, err)
 	}
 }
+
+// A result put that fails before it is queued leaves its task held: the
+// script's put again is still that task's result, not an ordinary item.
+func TestFailedResultPutKeepsItsTask(t *testing.T) {
+	m, err := queue.New(queue.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Close() // every put fails
+	p := &conn{s: New(Config{Backend: testBackend{m}, ResultsQueue: "results", MaxMessageSize: 1 << 20}), c: testClient{}, log: slog.New(slog.DiscardHandler)}
+	p.took("tasks", queue.Task{ID: 8, Attempts: 1, ReplyTo: "replies"})
+	p.put("put", "results", int64(42), true, nil, 0, queue.Item{})
+	if r, ok := p.resultOf("results"); !ok || r.id != 8 {
+		t.Fatalf("after a failed result put, the next put answers %+v, %v; want task 8", r, ok)
+	}
+}
