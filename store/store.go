@@ -162,6 +162,17 @@ type ResultQueueKeeper interface {
 	SetResultQueue(queue, resultQueue string) error
 }
 
+// IDReserver is a Store that keeps a bound on the task IDs a master may
+// have handed out. A get may take a task before its put is durable, and
+// a crash then loses the put: without the bound, the master restarted
+// would give that task's ID to another, and a client would see one ID
+// name two tasks.
+type IDReserver interface {
+	// ReserveIDs records that IDs up to upTo may be in use: from then on
+	// Load's Meta.MaxID is at least upTo. It is durable when it returns.
+	ReserveIDs(upTo uint64) error
+}
+
 // Deletion is a queue's deletion as a Deleted op records it.
 type Deletion struct {
 	At       time.Time // the last deletion

@@ -23,7 +23,8 @@ type Manager struct {
 
 	queues sync.Map // name → *queue; lock-free lookups on the hot path
 	nextID atomic.Uint64
-	seq    atomic.Int64 // the last Seq given at the back of a queue
+	ids    *idReservation // nil: IDs are not kept across a restart (ids.go)
+	seq    atomic.Int64   // the last Seq given at the back of a queue
 
 	store store.Store // nil: in memory only; a queue's changes go through persist.go; policy.go and deletions.go append their own records
 

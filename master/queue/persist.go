@@ -206,6 +206,10 @@ func (m *Manager) load() error {
 	m.loadResultQueues(meta.ResultQueues)
 	m.loadKeys(meta.Keys, now)
 	m.nextID.Store(meta.MaxID)
+	if r, ok := m.store.(store.IDReserver); ok {
+		m.ids = &idReservation{st: r}
+		m.ids.limit.Store(meta.MaxID) // the first put reserves
+	}
 	m.seq.Store(max(meta.MaxSeq, 0))
 	m.store.SetDumper(m.dump)
 	// Moved now, so that no get takes them; OnDead is told by ReapLeases,

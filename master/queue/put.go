@@ -165,6 +165,11 @@ func (m *Manager) Put(ctx context.Context, req PutRequest) ([]uint64, error) {
 	if err := m.writable(); err != nil && !req.Results {
 		return nil, err
 	}
+	if m.ids != nil {
+		if err := m.ids.ensure(m.nextID.Load(), len(req.Items)); err != nil && !req.Results {
+			return nil, err
+		}
+	}
 	c := clock{m: m, t: m.now(), ok: true}
 	for {
 		q, err := m.lockOrCreate(req.Queue)

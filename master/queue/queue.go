@@ -170,6 +170,10 @@ func (q *queue) push(items []Item, acked []Task, c *clock) (ids []uint64, first 
 	ids = make([]uint64, n)
 	// Taken under q.mu, so ids and seqs increase along each queue.
 	first = q.m.nextID.Add(uint64(n)) - uint64(n) + 1
+	if q.m.ids != nil {
+		// Before any get can see them (see idReservation).
+		_ = q.m.ids.cover(first + uint64(n) - 1)
+	}
 	seq := q.m.seq.Add(int64(n)) - int64(n) + 1
 	now := c.now()
 	if q.keys.len() > 0 {

@@ -236,6 +236,15 @@ func (l *Log) Load() (store.Meta, []store.Task, error) {
 		meta.Warnings = append(meta.Warnings, warn.Error())
 		l.opts.OnEvent("the result queues file has lines it cannot read; they are skipped", warn)
 	}
+	reserved, warn, err := l.loadReservedIDs()
+	if err != nil {
+		return meta, nil, fmt.Errorf("read the reserved task IDs: %w", err)
+	}
+	if warn != nil {
+		meta.Warnings = append(meta.Warnings, warn.Error())
+		l.opts.OnEvent("the reserved task IDs file cannot be read; it is ignored", warn)
+	}
+	meta.MaxID = max(meta.MaxID, reserved)
 	l.wg.Add(2)
 	go l.run()
 	go l.compactor()

@@ -39,6 +39,9 @@ type Log struct {
 	rqUnwritten  bool              // the last write failed: the file may lack resultQueues' changes
 	rqClosed     bool              // Close began: no more writes
 
+	idsMu       sync.Mutex
+	reservedIDs uint64 // as reservedIDsFile holds it
+
 	// writeErr, when not nil, is the *error of the last failed write:
 	// puts are refused until a retry succeeds.
 	writeErr atomic.Pointer[error]
