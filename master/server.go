@@ -366,7 +366,7 @@ func (s *Server) openLocalQueues(qcfg queue.Config) error {
 		var tasks, queues int
 		all, _ := qm.AllStats() // in memory: never fails
 		for _, st := range all {
-			tasks += st.Ready
+			tasks += st.Ready + st.Delayed // dead ones are ready in their dead-letter queues
 			queues++
 		}
 		s.log.Info("queues recovered", "data_dir", cfg.DataDir, "tasks", tasks, "queues", queues,
