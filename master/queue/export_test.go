@@ -3,6 +3,7 @@ package queue
 import (
 	"errors"
 	"fmt"
+	"testing"
 )
 
 // CheckInvariants verifies every queue's internal indexes, for tests.
@@ -103,4 +104,12 @@ func SetMaxDeletionsKept(t interface{ Cleanup(func()) }, n int) {
 	old := maxDeletionsKept
 	maxDeletionsKept = n
 	t.Cleanup(func() { maxDeletionsKept = old })
+}
+
+// SetIDBlock makes the managers made until the test ends reserve task
+// IDs n at a time.
+func SetIDBlock(t testing.TB, n uint64) {
+	old := idBlock
+	idBlock = n
+	t.Cleanup(func() { idBlock = old })
 }

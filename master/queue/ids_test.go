@@ -2,7 +2,10 @@ package queue_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -59,5 +62,102 @@ func TestIDSeenBeforeACrashIsNotGivenAgain(t *testing.T) {
 	}
 	if got[0].ID <= seen[0].ID {
 		t.Fatalf("after the crash task %q got ID %d; %q, taken before it, had %d", got[0].Payload, got[0].ID, seen[0].Payload, seen[0].ID)
+	}
+}
+
+// reservingStore is a store whose writes are durable at once, keeping
+// the IDs reserved; refusing refuses reservations, as a full disk would.
+type reservingStore struct {
+	fillingStore
+	refusing atomic.Bool
+	mu       sync.Mutex
+	reserved uint64
+	calls    int
+}
+
+func (s *reservingStore) ReserveIDs(upTo uint64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.calls++
+	if s.refusing.Load() {
+		return store.ErrDiskFull
+	}
+	s.reserved = max(s.reserved, upTo)
+	return nil
+}
+
+func (s *reservingStore) bound() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.reserved
+}
+
+// Every ID a get sees was reserved before, through puts on several queues
+// at once that run through several blocks of reservations.
+func TestIDsHandedOutAreReserved(t *testing.T) {
+	queue.SetIDBlock(t, 1<<12)
+	st := &reservingStore{}
+	m := newManager(t, queue.Config{Store: st})
+	const puts, batch = 300, 100 // 30,000 IDs: through several blocks
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Go(func() {
+			its := make([]queue.Item, batch)
+			for i := range its {
+				its[i].Payload = []byte{byte(w)}
+			}
+			name := fmt.Sprint("q", w)
+			for range puts / 4 {
+				if _, err := m.Put(context.Background(), queue.PutRequest{Queue: name, Items: its}); err != nil {
+					t.Error(err)
+					return
+				}
+				ts, err := m.Get(queue.NoWait, queue.GetRequest{Queue: name, Max: batch, NoAck: true}, nil)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				bound := st.bound()
+				for _, task := range ts {
+					if task.ID > bound {
+						t.Errorf("task %d handed out; reserved up to %d", task.ID, bound)
+						return
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// A put of tasks whose IDs the store cannot reserve (a full disk) is
+// refused and changes nothing; a put of results is taken; and the store is
+// not asked again at every put.
+func TestPutRefusedWhenIDsCannotBeReserved(t *testing.T) {
+	queue.SetIDBlock(t, 1000)
+	st := &reservingStore{}
+	m := newManager(t, queue.Config{Store: st})
+	st.refusing.Store(true) // the disk fills, but for the log
+	its := make([]queue.Item, 600)
+	for i := range its {
+		its[i].Payload = []byte("x")
+	}
+	for range 2 { // within the first block, then past its half
+		if _, err := m.Put(context.Background(), queue.PutRequest{Queue: "q", Items: its}); err != nil && !errors.Is(err, store.ErrDiskFull) {
+			t.Fatal(err)
+		}
+	}
+	if s, err := m.Stats("q"); err != nil || s.Ready != len(its) {
+		t.Fatalf("q: %+v, %v; want the first put's tasks only", s, err)
+	}
+	calls := st.calls
+	if _, err := m.Put(context.Background(), queue.PutRequest{Queue: "q", Items: its[:500]}); !errors.Is(err, store.ErrDiskFull) {
+		t.Fatalf("a put past the reserved IDs: %v, want %v", err, store.ErrDiskFull)
+	}
+	if _, err := m.Put(context.Background(), queue.PutRequest{Queue: "results", Items: its[:1], Results: true}); err != nil {
+		t.Fatalf("a put of results: %v", err)
+	}
+	if st.calls != calls {
+		t.Fatalf("the store was asked %d times more within a second of a failed reservation", st.calls-calls)
 	}
 }

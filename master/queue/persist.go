@@ -207,8 +207,13 @@ func (m *Manager) load() error {
 	m.loadKeys(meta.Keys, now)
 	m.nextID.Store(meta.MaxID)
 	if r, ok := m.store.(store.IDReserver); ok {
-		m.ids = &idReservation{st: r}
-		m.ids.limit.Store(meta.MaxID) // the first put reserves
+		// A block ahead before any put: so results, taken on a full
+		// disk, have room below the bound.
+		m.ids = &idReservation{st: r, block: idBlock}
+		m.ids.limit.Store(meta.MaxID)
+		if err := m.ids.reserve(meta.MaxID); err != nil {
+			return err
+		}
 	}
 	m.seq.Store(max(meta.MaxSeq, 0))
 	m.store.SetDumper(m.dump)

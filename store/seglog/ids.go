@@ -48,10 +48,7 @@ func (l *Log) ReserveIDs(upTo uint64) error {
 	if upTo <= l.reservedIDs {
 		return nil
 	}
-	l.mu.Lock()
-	closed := l.closed
-	l.mu.Unlock()
-	if closed {
+	if l.idsClosed {
 		return store.ErrClosed
 	}
 	if err := l.replaceFile(reservedIDsFile, []byte(strconv.FormatUint(upTo, 10)+"\n")); err != nil {

@@ -41,6 +41,7 @@ type Log struct {
 
 	idsMu       sync.Mutex
 	reservedIDs uint64 // as reservedIDsFile holds it
+	idsClosed   bool   // Close began: no more writes
 
 	// writeErr, when not nil, is the *error of the last failed write:
 	// puts are refused until a retry succeeds.
@@ -178,6 +179,9 @@ func (l *Log) Close() error {
 	if rerr := l.closeResultQueues(); err == nil {
 		err = rerr
 	}
+	l.idsMu.Lock() // a reservation under way ends first
+	l.idsClosed = true
+	l.idsMu.Unlock()
 	l.mu.Lock()
 	close(l.doneCh) // wake waiters: they see closed
 	l.doneCh = make(chan struct{})
