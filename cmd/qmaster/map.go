@@ -1058,7 +1058,11 @@ func (w *tasksWatch) check(ctx context.Context, submitted, outstanding int) (str
 		// lost with its gateway (a single master requeues a lost
 		// connection's at once), or by another client of a shared
 		// --results queue; they come back when their leases run out.
-		if rs, err := c.Stats(ctx, w.results); err == nil && len(rs) == 1 && rs[0].Leased > 0 {
+		rs, err := c.Stats(ctx, w.results)
+		if err == nil && len(rs) == 1 && rs[0].Ready > 0 {
+			return "", nil // done, their results on the way to map (after a reconnection, say)
+		}
+		if err == nil && len(rs) == 1 && rs[0].Leased > 0 {
 			n := rs[0].Leased
 			return w.once("results held", fmt.Sprintf("waiting: %d %s due; %s holds none of its tasks, and %d %s in %s, taken and not acknowledged by another connection (one lost with its gateway, or another client of the queue): %s",
 				outstanding, plural(outstanding, "result", "results"), w.queue, n, plural(n, "result waits", "results wait"),
