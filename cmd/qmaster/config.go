@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -90,6 +91,9 @@ func configRun(ctx context.Context, opts *configOptions) error {
 		}
 	}
 	st, err := c.Stats(ctx, opts.Queue)
+	if errors.Is(err, wire.ErrUnknownQueue) {
+		return fmt.Errorf("queue %s: %w: no policy set for it, so its tasks would get the master's defaults (qmaster --max-attempts and --retry-backoff); set one with --max-attempts or --retry-backoff", opts.Queue, err)
+	}
 	if err != nil {
 		return fmt.Errorf("queue %s: %w", opts.Queue, err)
 	}
