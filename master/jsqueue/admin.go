@@ -605,28 +605,55 @@ func (q *Queues) SetPaused(name string, paused bool) error {
 		}
 		return err
 	}
-	// Level 0 first: a priority level made from then on takes its state
-	// (levelConsumerOf); then every level the stream has, as JetStream
-	// lists them, whether this gateway has seen them or not.
-	if err := setPaused(consumerName); err != nil {
-		return q.adminErr(name, what, err)
+	// Every level the stream has, as JetStream lists them, whether this
+	// gateway has seen them or not, and level 0, which a priority level
+	// made meanwhile takes its state from (levelConsumerOf). A pause
+	// stops level 0 first; a resume starts it last, highest level
+	// first, so that no get waiting on level 0 takes its tasks before
+	// the higher levels' (and gateways take level 0's resume for the
+	// queue's: pauseChanged). A level made while they were resumed is
+	// resumed after.
+	levels := func() ([]int, error) {
+		ps, err := q.levelNames(ctx, s)
+		slices.Reverse(ps)
+		return ps, err
 	}
-	ps, err := q.levelNames(ctx, s)
+	ps, err := levels()
 	if err != nil {
 		return q.adminErr(name, what, err)
+	}
+	if paused {
+		ps = slices.Insert(ps, 0, 0)
+	} else {
+		ps = append(ps, 0)
 	}
 	for _, p := range ps {
 		if err := setPaused(levelConsumer(p)); err != nil {
 			return q.adminErr(name, what, err)
 		}
 	}
+	if !paused {
+		more, err := levels()
+		if err != nil {
+			return q.adminErr(name, what, err)
+		}
+		for _, p := range more {
+			if !slices.Contains(ps, p) {
+				if err := setPaused(levelConsumer(p)); err != nil {
+					return q.adminErr(name, what, err)
+				}
+			}
+		}
+	}
 	// The tasks of packs this gateway holds wait too. Other gateways
 	// see it when they look at the consumer (moveOverdue): until then
-	// they may hand out what they hold.
+	// they may hand out what they hold. Resumed, every get waiting is
+	// woken to pull again: JetStream wakes none of the pull requests
+	// waiting at the consumer.
 	q.mu.Lock()
 	s.paused = paused
 	if !paused {
-		s.wakeGets(len(s.held))
+		s.wakeGets(len(s.waiting))
 	}
 	q.mu.Unlock()
 	return nil

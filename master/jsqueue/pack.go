@@ -497,7 +497,7 @@ func (q *Queues) moveOverdue(ctx context.Context, names []string) {
 		if paused := pausedByOperator(ci); s.paused != paused {
 			s.paused = paused
 			if !s.paused {
-				s.wakeGets(len(s.held))
+				s.wakeGets(len(s.waiting)) // to pull again (SetPaused)
 			}
 		}
 		if !s.paused && ci.NumWaiting > 0 {

@@ -401,7 +401,10 @@ func (q *Queues) followAdvisories() {
 		q.advisories = append(q.advisories, sub)
 	}
 	if sub, err := q.cfg.Conn.Subscribe(consumerPausePrefix+"*.*", func(m *nats.Msg) {
-		stream, _, _ := strings.Cut(strings.TrimPrefix(m.Subject, consumerPausePrefix), ".")
+		stream, cons, _ := strings.Cut(strings.TrimPrefix(m.Subject, consumerPausePrefix), ".")
+		if cons != consumerName {
+			return // level 0's stands for the queue's (SetPaused)
+		}
 		var a struct {
 			Paused     bool      `json:"paused"`
 			PauseUntil time.Time `json:"pause_until"`

@@ -2,6 +2,7 @@ package jsqueue_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"testing"
@@ -357,4 +358,49 @@ func TestGatewayFindsItsQueueMadeAnew(t *testing.T) {
 	})
 	c := newQueues(t, node, jsqueue.Config{})
 	checkHandsOut(t, c, "seven", "urgent", "plain")
+}
+
+// A get waiting while the queue is paused takes, once it is resumed, the
+// highest priority first: the resume started level 0 first, and a get
+// waiting on it took a task of priority 0 ahead of priority 9 (a sweep:
+// three runs of three).
+func TestResumeServesTheHighestPriorityFirst(t *testing.T) {
+	node := startNode(t)
+	a := newQueues(t, node, jsqueue.Config{})
+	b := newQueues(t, node, jsqueue.Config{})
+	if err := a.SetPaused("jobs", true); err != nil {
+		t.Fatal(err)
+	}
+	put(t, b, "jobs", "zero")
+	putAt(t, b, "jobs", 3, "three")
+	putAt(t, a, "jobs", 9, "nine")
+	got := make(chan []queue.Task, 1)
+	go func() {
+		ts, err := a.Get(context.Background(), queue.GetRequest{Queue: "jobs", Max: 1, Owner: 1, MaxWait: 20 * time.Second}, nil)
+		if err != nil && !errors.Is(err, queue.ErrClosed) {
+			t.Error(err)
+		}
+		got <- ts
+	}()
+	qmtest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if st, err := a.Stats("jobs"); err != nil || st.Consumers < 1 {
+			return fmt.Errorf("stats %+v, %v; want a get waiting", st, err)
+		}
+		return nil
+	})
+	if err := b.SetPaused("jobs", false); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case ts := <-got:
+		if len(ts) != 1 || string(ts[0].Payload) != "nine" {
+			t.Fatalf("the get waiting at the resume took %v; want nine", payloads(ts))
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the waiting get got nothing 5s after the resume")
+	}
+	rest := append(get(t, a, "jobs", 1, 1, time.Minute, time.Second), get(t, a, "jobs", 1, 1, time.Minute, time.Second)...)
+	if !slices.Equal(payloads(rest), []string{"three", "zero"}) {
+		t.Fatalf("then %v; want three, zero", payloads(rest))
+	}
 }

@@ -628,6 +628,10 @@ func (q *Queues) openBy(by time.Time, name string, create bool) (*stream, error)
 		}
 		q.known[name] = s
 		q.queueOf[streamName(name)] = name
+		// As the consumer is: paused through another gateway before
+		// this one opened the queue, its resume must wake the gets
+		// here (pauseChanged).
+		s.local.paused = pausedByOperator(cons.CachedInfo())
 	}
 	q.mu.Unlock()
 	return s, nil
