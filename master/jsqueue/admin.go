@@ -651,7 +651,7 @@ func (q *Queues) SetPaused(name string, paused bool) error {
 	// woken to pull again: JetStream wakes none of the pull requests
 	// waiting at the consumer.
 	q.mu.Lock()
-	s.paused = paused
+	s.setPaused(paused)
 	if !paused {
 		s.wakeGets(len(s.waiting))
 	}

@@ -495,7 +495,7 @@ func (q *Queues) moveOverdue(ctx context.Context, names []string) {
 		}
 		q.mu.Lock()
 		if paused := pausedByOperator(ci); s.paused != paused {
-			s.paused = paused
+			s.setPaused(paused)
 			if !s.paused {
 				s.wakeGets(len(s.waiting)) // to pull again (SetPaused)
 			}

@@ -978,3 +978,88 @@ func TestRecordWriteAfterAFailedOneIsNotTakenForTheLast(t *testing.T) {
 		t.Fatalf("the record reads %+v, %v; want tasks 1 to 3 done", r, err)
 	}
 }
+
+// A gateway that resumes a queue wakes its own waiting gets itself, with
+// no advisory (a client not allowed to read them, or one dropped): it
+// woke only as many as it held tasks, none here, and the get waited for
+// its pull to expire.
+func TestResumeWakesGetsWithoutAdvisories(t *testing.T) {
+	n := startTestNode(t)
+	q := openQueues(t, n, Config{Pack: 1})
+	for _, sub := range q.advisories {
+		if err := sub.Unsubscribe(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := q.SetPaused("jobs", true); err != nil {
+		t.Fatal(err)
+	}
+	putN(t, q, "jobs", 1)
+	got := make(chan []queue.Task, 1)
+	go func() { got <- getN(t, q, "jobs", 1, 1, 20*time.Second) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st, err := q.Stats("jobs")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Consumers > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no get waiting within 5s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := q.SetPaused("jobs", false); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case ts := <-got:
+		if len(ts) != 1 {
+			t.Fatalf("got %+v, want the task", ts)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("the waiting get got nothing 3s after the resume")
+	}
+}
+
+// A priority level made while a pause or resume went by (it read level
+// 0's state before, and the pause listed the levels before it was made)
+// takes level 0's state after it is made.
+func TestNewLevelMatchesLevelZero(t *testing.T) {
+	n := startTestNode(t)
+	q := openQueues(t, n, Config{})
+	putN(t, q, "jobs", 1)
+	s, err := q.open("jobs", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for i, paused := range []bool{true, false} {
+		if err := q.SetPaused("jobs", paused); err != nil {
+			t.Fatal(err)
+		}
+		// Made as level 0 was before the change.
+		name := levelConsumer(i + 1)
+		ccfg := jetstream.ConsumerConfig{Durable: name, AckPolicy: jetstream.AckExplicitPolicy, FilterSubjects: []string{levelSubject(s.subject, i+1)}}
+		if !paused {
+			until := time.Now().Add(pauseFor)
+			ccfg.PauseUntil = &until
+		}
+		if _, err := s.st.CreateConsumer(ctx, ccfg); err != nil {
+			t.Fatal(err)
+		}
+		if err := matchLevelZero(ctx, s, name, !paused); err != nil {
+			t.Fatal(err)
+		}
+		cons, err := s.st.Consumer(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := pausedByOperator(cons.CachedInfo()); got != paused {
+			t.Errorf("level %d made as level 0 was before it was paused %v: paused %v after", i+1, paused, got)
+		}
+	}
+}

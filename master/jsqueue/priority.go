@@ -182,6 +182,26 @@ func (q *Queues) heldLevels(ctx context.Context, s *stream) ([]int, error) {
 	return ps, nil
 }
 
+// matchLevelZero pauses or resumes level consumer name, made paused or
+// not, as level 0 of s is now: a pause or resume (SetPaused) that
+// changed level 0 after it was read for the level, and listed the levels
+// before the level was made, left it as it was (a helper's review: a
+// level made during a pause handed out its tasks while the queue was
+// paused).
+func matchLevelZero(ctx context.Context, s *stream, name string, madePaused bool) error {
+	ci, err := s.cons.Info(ctx)
+	if err != nil {
+		return err
+	}
+	switch paused := pausedByOperator(ci); {
+	case paused && !madePaused:
+		_, err = s.st.PauseConsumer(ctx, name, *ci.Config.PauseUntil)
+	case !paused && madePaused:
+		_, err = s.st.ResumeConsumer(ctx, name)
+	}
+	return err
+}
+
 // levelConsumerOf opens the consumer of level p of s, creating it (paused
 // if the queue's level 0 is) if it does not exist yet.
 func (q *Queues) levelConsumerOf(ctx context.Context, s *stream, p int) (*level, error) {
@@ -206,6 +226,8 @@ func (q *Queues) levelConsumerOf(ctx context.Context, s *stream, p int) (*level,
 		err = retrying(ctx, func(ctx context.Context) (err error) { cons, err = s.st.CreateConsumer(ctx, ccfg); return err })
 		if errors.Is(err, jetstream.ErrConsumerExists) { // another gateway was first
 			err = retrying(ctx, func(ctx context.Context) (err error) { cons, err = s.st.Consumer(ctx, name); return err })
+		} else if err == nil {
+			err = matchLevelZero(ctx, s, name, ccfg.PauseUntil != nil)
 		}
 	}
 	if err != nil {
@@ -436,7 +458,7 @@ func (q *Queues) pauseChanged(s *stream, paused bool) {
 	if paused == s.paused {
 		return
 	}
-	s.paused = paused
+	s.setPaused(paused)
 	if !paused {
 		s.wakeGets(len(s.waiting))
 	}

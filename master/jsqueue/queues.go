@@ -271,9 +271,11 @@ type local struct {
 	// held are the tasks of held packs waiting to be handed out, in order.
 	held []heldTask
 	// paused is set while the queue is paused, as this gateway last saw:
-	// its own SetPaused, or a look at the consumer (moveOverdue). Held
-	// tasks are not handed out.
-	paused bool
+	// its own SetPaused, the pause's advisory, a look at the consumer
+	// (moveOverdue), or the consumer as the queue was opened. Held
+	// tasks are not handed out. pauseSeq counts its changes (setPaused).
+	paused   bool
+	pauseSeq uint64
 	// waiting are the gets waiting for a task, woken when one is held.
 	waiting map[*getWait]struct{}
 	// surplus is how many tasks the pulls of those with one out (of
@@ -308,6 +310,12 @@ type getWait struct {
 	wake func()
 	want int
 	here bool
+}
+
+// setPaused sets paused, counting the change. Called with Queues.mu held.
+func (l *local) setPaused(paused bool) {
+	l.paused = paused
+	l.pauseSeq++
 }
 
 // wakeGets wakes up to n of the gets waiting on the queue: n tasks were
@@ -524,6 +532,10 @@ func (q *Queues) openBy(by time.Time, name string, create bool) (*stream, error)
 	}
 	q.mu.Lock()
 	s := q.known[name]
+	var pauseSeq uint64 // of the pause state this gateway knows, before the consumer's is read
+	if l := q.locals[name]; l != nil {
+		pauseSeq = l.pauseSeq
+	}
 	q.mu.Unlock()
 	if s != nil {
 		return s, nil
@@ -630,8 +642,11 @@ func (q *Queues) openBy(by time.Time, name string, create bool) (*stream, error)
 		q.queueOf[streamName(name)] = name
 		// As the consumer is: paused through another gateway before
 		// this one opened the queue, its resume must wake the gets
-		// here (pauseChanged).
-		s.local.paused = pausedByOperator(cons.CachedInfo())
+		// here (pauseChanged). Unless this gateway learned a change
+		// since the consumer was read.
+		if s.local.pauseSeq == pauseSeq {
+			s.local.setPaused(pausedByOperator(cons.CachedInfo()))
+		}
 	}
 	q.mu.Unlock()
 	return s, nil
