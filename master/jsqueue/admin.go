@@ -611,8 +611,7 @@ func (q *Queues) SetPaused(name string, paused bool) error {
 	// stops level 0 first; a resume starts it last, highest level
 	// first, so that no get waiting on level 0 takes its tasks before
 	// the higher levels' (and gateways take level 0's resume for the
-	// queue's: pauseChanged). A level made while they were resumed is
-	// resumed after.
+	// queue's: pauseChanged).
 	levels := func() ([]int, error) {
 		ps, err := q.levelNames(ctx, s)
 		slices.Reverse(ps)
@@ -632,16 +631,16 @@ func (q *Queues) SetPaused(name string, paused bool) error {
 			return q.adminErr(name, what, err)
 		}
 	}
-	if !paused {
-		more, err := levels()
-		if err != nil {
-			return q.adminErr(name, what, err)
-		}
-		for _, p := range more {
-			if !slices.Contains(ps, p) {
-				if err := setPaused(levelConsumer(p)); err != nil {
-					return q.adminErr(name, what, err)
-				}
+	// Levels made meanwhile: one made after this listing finds level 0
+	// changed already (matchLevelZero).
+	more, err := levels()
+	if err != nil {
+		return q.adminErr(name, what, err)
+	}
+	for _, p := range more {
+		if !slices.Contains(ps, p) {
+			if err := setPaused(levelConsumer(p)); err != nil {
+				return q.adminErr(name, what, err)
 			}
 		}
 	}

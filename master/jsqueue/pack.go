@@ -487,6 +487,9 @@ func (q *Queues) moveOverdue(ctx context.Context, names []string) {
 		if err != nil {
 			continue // gone: its held tasks went with it
 		}
+		q.mu.Lock()
+		seq := s.pauseSeq // a change learned while the consumer is read wins
+		q.mu.Unlock()
 		ctx, cancel := context.WithTimeout(ctx, q.cfg.RequestTimeout)
 		ci, err := s.cons.Info(ctx)
 		cancel()
@@ -494,7 +497,7 @@ func (q *Queues) moveOverdue(ctx context.Context, names []string) {
 			continue
 		}
 		q.mu.Lock()
-		if paused := pausedByOperator(ci); s.paused != paused {
+		if paused := pausedByOperator(ci); s.paused != paused && s.pauseSeq == seq {
 			s.setPaused(paused)
 			if !s.paused {
 				s.wakeGets(len(s.waiting)) // to pull again (SetPaused)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
 	"strconv"
 	"strings"
@@ -188,18 +189,32 @@ func (q *Queues) heldLevels(ctx context.Context, s *stream) ([]int, error) {
 // before the level was made, left it as it was (a helper's review: a
 // level made during a pause handed out its tasks while the queue was
 // paused).
+//
+// A resume or pause may go by during the match too: it is looked at
+// again until level 0 stays as the level was made to be (SetPaused
+// changes level 0 first on a pause, last on a resume, so it settles).
 func matchLevelZero(ctx context.Context, s *stream, name string, madePaused bool) error {
-	ci, err := s.cons.Info(ctx)
-	if err != nil {
-		return err
+	levelPaused := madePaused
+	for range 4 {
+		ci, err := s.cons.Info(ctx)
+		if err != nil {
+			return err
+		}
+		paused := pausedByOperator(ci)
+		switch {
+		case paused == levelPaused:
+			return nil
+		case paused:
+			_, err = s.st.PauseConsumer(ctx, name, *ci.Config.PauseUntil)
+		default:
+			_, err = s.st.ResumeConsumer(ctx, name)
+		}
+		if err != nil {
+			return err
+		}
+		levelPaused = paused
 	}
-	switch paused := pausedByOperator(ci); {
-	case paused && !madePaused:
-		_, err = s.st.PauseConsumer(ctx, name, *ci.Config.PauseUntil)
-	case !paused && madePaused:
-		_, err = s.st.ResumeConsumer(ctx, name)
-	}
-	return err
+	return fmt.Errorf("level 0 of %s kept changing while consumer %s was made to match it", s.queue, name)
 }
 
 // levelConsumerOf opens the consumer of level p of s, creating it (paused
@@ -227,7 +242,11 @@ func (q *Queues) levelConsumerOf(ctx context.Context, s *stream, p int) (*level,
 		if errors.Is(err, jetstream.ErrConsumerExists) { // another gateway was first
 			err = retrying(ctx, func(ctx context.Context) (err error) { cons, err = s.st.Consumer(ctx, name); return err })
 		} else if err == nil {
-			err = matchLevelZero(ctx, s, name, ccfg.PauseUntil != nil)
+			if merr := retrying(ctx, func(ctx context.Context) error { return matchLevelZero(ctx, s, name, ccfg.PauseUntil != nil) }); merr != nil {
+				// The level is made: its tasks are served all the same.
+				q.log.Warn("a new priority level may not be paused or resumed as its queue is; pause or resume the queue again to set it",
+					"queue", s.queue, "consumer", name, "err", merr)
+			}
 		}
 	}
 	if err != nil {

@@ -176,7 +176,7 @@ func TestGetAtClose(t *testing.T) {
 				// that got the lock just before Close would have.
 				q := m.lookup("q")
 				q.mu.Lock()
-				q.push([]Item{{Payload: []byte("a")}}, nil, &clock{m: m})
+				_, _, _, _ = q.push([]Item{{Payload: []byte("a")}}, nil, false, &clock{m: m})
 				q.settle(&clock{m: m})
 				q.mu.Unlock()
 			})

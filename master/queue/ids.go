@@ -60,10 +60,10 @@ func (r *idReservation) ensure(next uint64, n int) error {
 }
 
 // cover makes sure ID last may be handed out, reserving first if it may
-// not. Called with a queue's lock held. An error is the store's: the ID
-// is handed out all the same (ensure refused the puts of tasks; results
-// are taken on a full disk), and a crash before the store takes the
-// reservation may give it to another task again.
+// not. Called with a queue's lock held. An error is the store's: a put of
+// tasks is refused (push); results are taken on a full disk, their IDs
+// above the bound, which a crash before the store takes a reservation
+// may give to another task again.
 func (r *idReservation) cover(last uint64) error {
 	if last <= r.limit.Load() {
 		return nil

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/qm-dev/qm/internal/qmtest"
 	"github.com/qm-dev/qm/master/queue"
 	"github.com/qm-dev/qm/store"
 )
@@ -159,5 +160,45 @@ func TestPutRefusedWhenIDsCannotBeReserved(t *testing.T) {
 	}
 	if st.calls != calls {
 		t.Fatalf("the store was asked %d times more within a second of a failed reservation", st.calls-calls)
+	}
+}
+
+// A put that waited for room, and is served once other puts have taken
+// the IDs reserved, is refused when its own cannot be reserved: served
+// with IDs above the bound, a get could see one a crash would give again.
+func TestWaitingPutRefusedPastTheReservedIDs(t *testing.T) {
+	queue.SetIDBlock(t, 1000) // reserved up to 1000 as it loads
+	st := &reservingStore{}
+	m := newManager(t, queue.Config{Store: st, MaxLen: 400})
+	st.refusing.Store(true)
+	putN := func(name string, n int) {
+		t.Helper()
+		if _, err := m.Put(context.Background(), queue.PutRequest{Queue: name, Items: make([]queue.Item, n)}); err != nil {
+			t.Fatalf("put of %d into %s: %v", n, name, err)
+		}
+	}
+	putN("a", 300)
+	putN("w", 400) // w is full
+	waited := make(chan error, 1)
+	go func() {
+		_, err := m.Put(context.Background(), queue.PutRequest{Queue: "w", Items: make([]queue.Item, 100)})
+		waited <- err
+	}()
+	qmtest.CheckFor(t, 5*time.Second, time.Millisecond, func() error {
+		if s, err := m.Stats("w"); err != nil || s.Producers != 1 {
+			return fmt.Errorf("w: %+v, %v; want a put waiting", s, err)
+		}
+		return nil
+	})
+	putN("a", 100)
+	putN("b", 200) // IDs up to 1000: all reserved
+	if _, err := m.Get(queue.NoWait, queue.GetRequest{Queue: "w", Max: 100, NoAck: true}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-waited; !errors.Is(err, store.ErrDiskFull) {
+		t.Fatalf("the waiting put served past the reserved IDs: %v, want %v", err, store.ErrDiskFull)
+	}
+	if s, err := m.Stats("w"); err != nil || s.Ready != 300 {
+		t.Fatalf("w: %+v, %v; want the 300 left, nothing of the refused put", s, err)
 	}
 }

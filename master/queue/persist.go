@@ -2,6 +2,7 @@ package queue
 
 import (
 	"cmp"
+	"fmt"
 	"slices"
 	"strings"
 	"time"
@@ -212,7 +213,7 @@ func (m *Manager) load() error {
 		m.ids = &idReservation{st: r, block: idBlock}
 		m.ids.limit.Store(meta.MaxID)
 		if err := m.ids.reserve(meta.MaxID); err != nil {
-			return err
+			return fmt.Errorf("%w: free some space and start again (nothing was lost)", err)
 		}
 	}
 	m.seq.Store(max(meta.MaxSeq, 0))

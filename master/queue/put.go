@@ -187,7 +187,11 @@ func (m *Manager) Put(ctx context.Context, req PutRequest) ([]uint64, error) {
 			if req.Results && len(req.ResultsOf.Tasks) == len(req.Items) && m.store != nil {
 				acked = req.ResultsOf.Tasks
 			}
-			ids, first, ticket := q.push(req.Items, acked, &c)
+			ids, first, ticket, err := q.push(req.Items, acked, req.Results, &c)
+			if err != nil { // nothing pushed
+				q.mu.Unlock()
+				return nil, err
+			}
 			q.settle(&c)
 			m.unlock(q)
 			// Getters may have the tasks already: see docs/STORAGE.md.
@@ -240,6 +244,8 @@ func (m *Manager) Put(ctx context.Context, req PutRequest) ([]uint64, error) {
 			}
 		}
 		switch {
+		case got && r.err != nil:
+			return nil, r.err
 		case got && !r.retry:
 			if err := m.wait(r.ticket); err != nil {
 				return m.withdraw(req.Queue, req.Items[0].Key, r.ids, r.first, err)

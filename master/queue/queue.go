@@ -161,19 +161,24 @@ func (c *clock) deadline(d time.Duration) int64 {
 // item whose key is remembered adds nothing and gets its first task's id,
 // which is below first, the lowest id this push gives. The deletes of
 // acked, tasks whose results the items are, are stored with them, in one
-// append. Called with q.mu held; the caller must settle.
-func (q *queue) push(items []Item, acked []Task, c *clock) (ids []uint64, first uint64, ticket store.Ticket) {
+// append. An error is the store's, refusing to reserve the IDs of tasks
+// (results are pushed all the same): nothing is pushed. Called with q.mu
+// held; the caller must settle.
+func (q *queue) push(items []Item, acked []Task, results bool, c *clock) (ids []uint64, first uint64, ticket store.Ticket, err error) {
 	n := len(items)
 	if n == 0 {
-		return []uint64{}, 0, 0
+		return []uint64{}, 0, 0, nil
 	}
-	ids = make([]uint64, n)
 	// Taken under q.mu, so ids and seqs increase along each queue.
 	first = q.m.nextID.Add(uint64(n)) - uint64(n) + 1
 	if q.m.ids != nil {
-		// Before any get can see them (see idReservation).
-		_ = q.m.ids.cover(first + uint64(n) - 1)
+		// Before any get can see them (see idReservation). Refused, the
+		// IDs are skipped.
+		if err := q.m.ids.cover(first + uint64(n) - 1); err != nil && !results {
+			return nil, 0, 0, err
+		}
 	}
+	ids = make([]uint64, n)
 	seq := q.m.seq.Add(int64(n)) - int64(n) + 1
 	now := c.now()
 	if q.keys.len() > 0 {
@@ -186,7 +191,7 @@ func (q *queue) push(items []Item, acked []Task, c *clock) (ids []uint64, first 
 			for i := range ids {
 				ids[i] = id + uint64(i)
 			}
-			return ids, first, q.keys.ticket(k)
+			return ids, first, q.keys.ticket(k), nil
 		}
 	}
 	added := 0
@@ -234,7 +239,7 @@ func (q *queue) push(items []Item, acked []Task, c *clock) (ids []uint64, first 
 	for _, k := range keyed {
 		q.keys.setTicket(k, ticket)
 	}
-	return ids, first, max(ticket, seen)
+	return ids, first, max(ticket, seen), nil
 }
 
 // pushFront puts t back at the front with a Seq below the head's, recorded
@@ -323,8 +328,8 @@ func (q *queue) settle(c *clock) {
 		for p := q.putters.head; p != nil && q.fits(q.adds(p.items)); p = q.putters.head {
 			q.putters.remove(p)
 			p.served = true
-			ids, first, ticket := q.push(p.items, nil, c)
-			p.ch <- putResult{ids: ids, first: first, ticket: ticket}
+			ids, first, ticket, err := q.push(p.items, nil, false, c)
+			p.ch <- putResult{ids: ids, first: first, ticket: ticket, err: err}
 			served = true
 		}
 		if !served {

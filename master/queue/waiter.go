@@ -84,6 +84,7 @@ type putResult struct {
 	first  uint64       // the lowest id the put gave (see push)
 	ticket store.Ticket // to wait on for durability
 	retry  bool         // the queue was deleted: start again on a new one
+	err    error        // its IDs could not be reserved (push)
 }
 
 // putterList is a FIFO of waiting putters.
