@@ -2,7 +2,6 @@ package jsqueue_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"testing"
@@ -374,20 +373,7 @@ func TestResumeServesTheHighestPriorityFirst(t *testing.T) {
 	put(t, b, "jobs", "zero")
 	putAt(t, b, "jobs", 3, "three")
 	putAt(t, a, "jobs", 9, "nine")
-	got := make(chan []queue.Task, 1)
-	go func() {
-		ts, err := a.Get(context.Background(), queue.GetRequest{Queue: "jobs", Max: 1, Owner: 1, MaxWait: 20 * time.Second}, nil)
-		if err != nil && !errors.Is(err, queue.ErrClosed) {
-			t.Error(err)
-		}
-		got <- ts
-	}()
-	qmtest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
-		if st, err := a.Stats("jobs"); err != nil || st.Consumers < 1 {
-			return fmt.Errorf("stats %+v, %v; want a get waiting", st, err)
-		}
-		return nil
-	})
+	got := getWaiting(t, a, "jobs")
 	if err := b.SetPaused("jobs", false); err != nil {
 		t.Fatal(err)
 	}

@@ -729,6 +729,28 @@ func TestListingFailsWithoutJetStream(t *testing.T) {
 	}
 }
 
+// getWaiting starts a get of one task from q's queue name, waiting up to
+// 20 s, and returns once the queue counts it waiting; what it takes
+// comes on the channel.
+func getWaiting(t *testing.T, q *jsqueue.Queues, name string) <-chan []queue.Task {
+	t.Helper()
+	got := make(chan []queue.Task, 1)
+	go func() {
+		ts, err := q.Get(context.Background(), queue.GetRequest{Queue: name, Max: 1, Owner: 2, MaxWait: 20 * time.Second}, nil)
+		if err != nil && !errors.Is(err, queue.ErrClosed) { // closed: the test gave up on it
+			t.Error(err)
+		}
+		got <- ts
+	}()
+	qmtest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if st, err := q.Stats(name); err != nil || st.Consumers < 1 {
+			return fmt.Errorf("stats %+v, %v; want a get waiting", st, err)
+		}
+		return nil
+	})
+	return got
+}
+
 // The same when the gateway serving the get opened the queue after it was
 // paused (it took the pause's advisory for no queue of its own), and when
 // the resume goes through the gateway serving the get: a sweep's worker
@@ -747,21 +769,7 @@ func TestResumeServesGetsOfAnyGateway(t *testing.T) {
 			if through == "the same gateway" {
 				resumer = q
 			}
-			const wait = 20 * time.Second
-			got := make(chan []queue.Task, 1)
-			go func() {
-				ts, err := q.Get(context.Background(), queue.GetRequest{Queue: "jobs", Max: 1, Owner: 2, MaxWait: wait}, nil)
-				if err != nil && !errors.Is(err, queue.ErrClosed) {
-					t.Error(err)
-				}
-				got <- ts
-			}()
-			qmtest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
-				if st, err := q.Stats("jobs"); err != nil || st.Consumers < 1 {
-					return fmt.Errorf("stats %+v, %v; want a get waiting", st, err)
-				}
-				return nil
-			})
+			got := getWaiting(t, q, "jobs")
 			if ts := get(t, admin, "jobs", 1, 1, time.Minute, 300*time.Millisecond); len(ts) != 0 {
 				t.Fatalf("paused, handed out %v", payloads(ts))
 			}
