@@ -612,36 +612,31 @@ func (q *Queues) SetPaused(name string, paused bool) error {
 	// first, so that no get waiting on level 0 takes its tasks before
 	// the higher levels' (and gateways take level 0's resume for the
 	// queue's: pauseChanged).
-	levels := func() ([]int, error) {
+	// The levels are listed twice: the second listing finds those made
+	// meanwhile (one made after it finds level 0 changed already:
+	// matchLevelZero).
+	var done []int
+	for pass := range 2 {
 		ps, err := q.levelNames(ctx, s)
-		slices.Reverse(ps)
-		return ps, err
-	}
-	ps, err := levels()
-	if err != nil {
-		return q.adminErr(name, what, err)
-	}
-	if paused {
-		ps = slices.Insert(ps, 0, 0)
-	} else {
-		ps = append(ps, 0)
-	}
-	for _, p := range ps {
-		if err := setPaused(levelConsumer(p)); err != nil {
+		if err != nil {
 			return q.adminErr(name, what, err)
 		}
-	}
-	// Levels made meanwhile: one made after this listing finds level 0
-	// changed already (matchLevelZero).
-	more, err := levels()
-	if err != nil {
-		return q.adminErr(name, what, err)
-	}
-	for _, p := range more {
-		if !slices.Contains(ps, p) {
+		slices.Reverse(ps)
+		switch {
+		case pass > 0:
+		case paused:
+			ps = slices.Insert(ps, 0, 0)
+		default:
+			ps = append(ps, 0)
+		}
+		for _, p := range ps {
+			if slices.Contains(done, p) {
+				continue
+			}
 			if err := setPaused(levelConsumer(p)); err != nil {
 				return q.adminErr(name, what, err)
 			}
+			done = append(done, p)
 		}
 	}
 	// The tasks of packs this gateway holds wait too. Other gateways
