@@ -71,24 +71,46 @@ func (r *Response) payloadSize() int {
 
 // decodeMessage decodes the frame body b into v, which must be zeroed
 // first: fields b does not name are left untouched. b must be exactly one
-// value within msgp's bounds (checked before reflection may allocate from
-// a length). A Request or Response is read by hand, anything else by
-// reflection. Every error wraps ErrBadRequest.
+// value within msgp's bounds. A Request or Response is read by hand, with
+// a Reader, which checks each length before acting on it (walking the
+// frame first as well, with msgp.Validate, was a tenth of a worker's
+// time), and zeroed again if it fails. Anything else is checked whole,
+// before reflection may allocate from a length. Every error wraps
+// ErrBadRequest.
 func decodeMessage(b []byte, v any) error {
-	if err := msgp.Validate(b); err != nil {
-		return badRequest(err)
-	}
 	switch m := v.(type) {
 	case *Request:
 		if m != nil {
-			return badRequest(m.decode(msgp.NewReader(b), false))
+			rd := msgp.NewReader(b)
+			if err := wholly(rd, m.decode(rd, false)); err != nil {
+				*m = Request{}
+				return badRequest(err)
+			}
+			return nil
 		}
 	case *Response:
 		if m != nil {
-			return badRequest(m.decode(msgp.NewReader(b), false))
+			rd := msgp.NewReader(b)
+			if err := wholly(rd, m.decode(rd, false)); err != nil {
+				*m = Response{}
+				return badRequest(err)
+			}
+			return nil
 		}
 	}
+	if err := msgp.Validate(b); err != nil {
+		return badRequest(err)
+	}
 	return badRequest(msgpack.Unmarshal(b, v))
+}
+
+// wholly is err, or an error if rd has bytes left after the one message
+// it was read for.
+func wholly(rd *msgp.Reader, err error) error {
+	if err == nil && rd.Len() > 0 {
+		err = fmt.Errorf("%w: %d trailing bytes", msgp.ErrMalformed, rd.Len())
+	}
+	return err
 }
 
 // badRequest wraps a decoding error in ErrBadRequest.

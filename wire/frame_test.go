@@ -237,6 +237,31 @@ func TestDecodeRequestMalformed(t *testing.T) {
 	}
 }
 
+// A response is read by hand with no walk of the whole frame first: one
+// that fails part way must still fail whole, the tasks read before the
+// fault not kept, and one with bytes after it must fail.
+func TestDecodeResponseMalformedKeepsNothing(t *testing.T) {
+	good := mustMarshal(t, Response{Tasks: []Task{{ID: 1, Queue: "q", Payload: []byte{0x01}}, {ID: 2, Queue: "q", Payload: []byte{0x02}}}})
+	tests := map[string][]byte{
+		"second task cut short": good[:len(good)-3],
+		"trailing bytes":        append(append([]byte{}, good...), 0xc0),
+	}
+	for name, b := range tests {
+		t.Run(name, func(t *testing.T) {
+			var buf bytes.Buffer
+			binary.Write(&buf, binary.BigEndian, uint32(len(b)))
+			buf.Write(b)
+			var resp Response
+			if err := NewCodec(&buf, 0).Read(&resp); !errors.Is(err, ErrBadRequest) {
+				t.Fatalf("err = %v, want ErrBadRequest", err)
+			}
+			if resp.Tasks != nil {
+				t.Errorf("%d tasks kept from a response that failed", len(resp.Tasks))
+			}
+		})
+	}
+}
+
 func TestRemoteErrorIs(t *testing.T) {
 	err := errorFromResponse(&Response{Code: CodeQueueFull, Error: "queue full: tasks"})
 	if !errors.Is(err, ErrQueueFull) || errors.Is(err, ErrNotLeased) {
