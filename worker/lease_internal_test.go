@@ -13,7 +13,12 @@ func testLease(t *testing.T) (*session, *lease) {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	t.Cleanup(func() { cancel(nil) })
 	s := &session{ctx: ctx, cancel: cancel, leases: make(map[uint64]*lease), kick: make(chan struct{}, 1)}
-	return s, s.track(Task{ID: 1}, time.Now())
+	return s, trackOne(s, Task{ID: 1})
+}
+
+// trackOne tracks t alone on s.
+func trackOne(s *session, t Task) *lease {
+	return &s.track([]Task{t}, time.Now())[0]
 }
 
 func isDone(ctx context.Context) bool {
@@ -91,11 +96,11 @@ func TestLeaseEndKeepsFirstCause(t *testing.T) {
 // left to be sent, so that a task done in time is not run again.
 func TestGiveUpLeavesReturnedHandlers(t *testing.T) {
 	s, running := testLease(t)
-	returned := s.track(Task{ID: 2}, time.Now())
+	returned := trackOne(s, Task{ID: 2})
 	returned.returned.Store(true)
-	sending := s.track(Task{ID: 3}, time.Now())
+	sending := trackOne(s, Task{ID: 3})
 	sending.completing = true
-	waiting := s.track(Task{ID: 4, Attempt: 2}, time.Now())
+	waiting := trackOne(s, Task{ID: 4, Attempt: 2})
 	got := s.giveUp(ErrDrainTimeout)
 	if len(got) != 2 || got[0] != running || got[1] != waiting || got[1].attempt != 2 {
 		t.Fatalf("gave up %v; want the running and the waiting tasks' leases, in task order", got)

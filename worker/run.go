@@ -549,8 +549,9 @@ func (r *runner) start(s *session, tasks []Task, run bool) {
 	}
 	now := time.Now()
 	r.res.progress.Store(now.UnixNano()) // new tasks wait from now (overstayIn)
-	for _, t := range tasks {
-		r.waiting = append(r.waiting, job{s: s, l: s.track(t, now), t: t})
+	leases := s.track(tasks, now)
+	for i, t := range tasks {
+		r.waiting = append(r.waiting, job{s: s, l: &leases[i], t: t})
 	}
 	r.res.taken(len(tasks))
 	if run {

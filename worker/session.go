@@ -172,14 +172,23 @@ func (s *session) close() {
 	s.c.Close()
 }
 
-// track records a task just taken; its handler runs under the lease's
-// context. The lease counts from now, a little after the master granted
-// it, which the renewal margin covers.
-func (s *session) track(t Task, now time.Time) *lease {
-	l := &lease{s: s, id: t.ID, attempt: t.Attempt, length: t.Lease, renewed: now, handover: t.Token != "", token: t.Token}
+// track records the tasks of a get, just taken, and returns their
+// leases, in order; each task's handler runs under its lease's context.
+// A lease counts from now, a little after the master granted it, which
+// the renewal margin covers. The leases of a get are made in one
+// allocation, under one lock: made one by one they were a tenth of a
+// worker's time per quick task.
+func (s *session) track(ts []Task, now time.Time) []lease {
+	ls := make([]lease, len(ts))
+	early := false
 	s.mu.Lock()
-	s.leases[t.ID] = l
-	early := l.length > 0 && l.renewed.Add(l.length/3).Before(s.wakeAt)
+	for i := range ts {
+		t, l := &ts[i], &ls[i]
+		l.s, l.id, l.attempt, l.length, l.renewed = s, t.ID, t.Attempt, t.Lease, now
+		l.handover, l.token = t.Token != "", t.Token
+		s.leases[t.ID] = l
+		early = early || l.length > 0 && l.renewed.Add(l.length/3).Before(s.wakeAt)
+	}
 	s.mu.Unlock()
 	if early {
 		select {
@@ -187,7 +196,7 @@ func (s *session) track(t Task, now time.Time) *lease {
 		default:
 		}
 	}
-	return l
+	return ls
 }
 
 // completing returns the completions of those of fs whose leases s still

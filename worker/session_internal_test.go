@@ -59,7 +59,7 @@ func TestServeEndsWhenItsConnectionCloses(t *testing.T) {
 	s := &session{r: r, c: c, ctx: ctx, cancel: cancel, kick: make(chan struct{}, 1),
 		done: make(chan struct{}), leases: make(map[uint64]*lease)}
 	close(s.done) // no keeper
-	l := s.track(Task{ID: 1, Token: "#1.1.1", Lease: time.Minute}, time.Now())
+	l := trackOne(s, Task{ID: 1, Token: "#1.1.1", Lease: time.Minute})
 	r.res.taken(1)
 	r.res.keepForNext([]finished{{s: s, l: l, c: wire.Completion{ID: 1}}}, true)
 	c.Close()
