@@ -1056,11 +1056,11 @@ func (r *Result) decode(rd *msgp.Reader) error {
 		case "attempt":
 			r.Attempt, err = readInt(rd)
 		case "value":
-			r.Value, err = readRaw(rd)
+			r.Value, err = readRaw(rd, 1)
 		case "error":
 			r.Error, err = rd.Str()
 		default:
-			err = rd.Skip()
+			err = rd.SkipIn(1)
 		}
 		if err != nil {
 			return fieldError(key, err)

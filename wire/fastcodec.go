@@ -83,7 +83,7 @@ func decodeMessage(b []byte, v any) error {
 		if m != nil {
 			rd := msgp.NewReader(b)
 			if err := wholly(rd, m.decode(rd, false)); err != nil {
-				*m = Request{}
+				*m = Request{Op: m.Op} // as far as it was read, for the error's metrics
 				return badRequest(err)
 			}
 			return nil
@@ -222,13 +222,14 @@ func (t *Task) DecodeMsgpack(dec *msgpack.Decoder) error {
 	if err != nil {
 		return err
 	}
-	return t.decode(rd, nil)
+	return t.decode(rd, nil, 1)
 }
 
-// decode reads a task. The tasks of one response mostly share their queue
-// and reply-to names: given the task before it as prev, a name equal to
-// prev's is prev's string rather than a new one.
-func (t *Task) decode(rd *msgp.Reader, prev *Task) error {
+// decode reads a task, whose map depth arrays and maps hold, itself
+// counted (1 for a message of its own). The tasks of one response mostly
+// share their queue and reply-to names: given the task before it as prev,
+// a name equal to prev's is prev's string rather than a new one.
+func (t *Task) decode(rd *msgp.Reader, prev *Task, depth int) error {
 	var prevQueue, prevReplyTo string
 	if prev != nil {
 		prevQueue, prevReplyTo = prev.Queue, prev.ReplyTo
@@ -246,7 +247,7 @@ func (t *Task) decode(rd *msgp.Reader, prev *Task) error {
 		case "q":
 			t.Queue, err = strOrSame(rd, prevQueue)
 		case "payload":
-			t.Payload, err = readRaw(rd)
+			t.Payload, err = readRaw(rd, depth)
 		case "reply_to":
 			t.ReplyTo, err = strOrSame(rd, prevReplyTo)
 		case "attempt":
@@ -262,7 +263,7 @@ func (t *Task) decode(rd *msgp.Reader, prev *Task) error {
 		case "tok":
 			t.Token, err = rd.Str()
 		default:
-			err = rd.Skip()
+			err = rd.SkipIn(depth)
 		}
 		if err != nil {
 			return fieldError(key, err)
@@ -321,10 +322,12 @@ func (c *Completion) DecodeMsgpack(dec *msgpack.Decoder) error {
 	if err != nil {
 		return err
 	}
-	return c.decode(rd)
+	return c.decode(rd, 1)
 }
 
-func (c *Completion) decode(rd *msgp.Reader) error {
+// decode reads a completion, whose map depth arrays and maps hold, itself
+// counted.
+func (c *Completion) decode(rd *msgp.Reader, depth int) error {
 	f := rd.Fields()
 	for {
 		key, ok := f.Next(rd)
@@ -336,7 +339,7 @@ func (c *Completion) decode(rd *msgp.Reader) error {
 		case "id":
 			c.ID, err = rd.Uint()
 		case "value":
-			c.Value, err = readRaw(rd)
+			c.Value, err = readRaw(rd, depth)
 		case "err":
 			c.Error, err = rd.Str()
 		case "retry_after":
@@ -346,7 +349,7 @@ func (c *Completion) decode(rd *msgp.Reader) error {
 		case "tok":
 			c.Token, err = rd.Str()
 		default:
-			err = rd.Skip()
+			err = rd.SkipIn(depth)
 		}
 		if err != nil {
 			return fieldError(key, err)
@@ -497,7 +500,13 @@ func (r *Request) DecodeMsgpack(dec *msgpack.Decoder) error {
 	return r.decode(rd, false)
 }
 
+// decode reads a request: a message, or with chained its Then, whose map
+// is one deeper.
 func (r *Request) decode(rd *msgp.Reader, chained bool) error {
+	depth := 1
+	if chained {
+		depth = 2
+	}
 	f := rd.Fields()
 	for {
 		key, ok := f.Next(rd)
@@ -517,7 +526,7 @@ func (r *Request) decode(rd *msgp.Reader, chained bool) error {
 			if n, err = arrayHeader(rd); err == nil && n > 0 {
 				r.Items = make([]msgpack.RawMessage, n)
 				for i := 0; i < n && err == nil; i++ {
-					r.Items[i], err = readRaw(rd)
+					r.Items[i], err = readRaw(rd, depth+1)
 				}
 			}
 		case "reply_to":
@@ -539,7 +548,7 @@ func (r *Request) decode(rd *msgp.Reader, chained bool) error {
 			if n, err = arrayHeader(rd); err == nil && n > 0 {
 				r.Results = make([]Completion, n)
 				for i := 0; i < n && err == nil; i++ {
-					err = r.Results[i].decode(rd)
+					err = r.Results[i].decode(rd, depth+2)
 				}
 			}
 		case "result_q":
@@ -583,7 +592,7 @@ func (r *Request) decode(rd *msgp.Reader, chained bool) error {
 			r.Then = new(Request)
 			err = r.Then.decode(rd, true)
 		default:
-			err = rd.Skip()
+			err = rd.SkipIn(depth)
 		}
 		if err != nil {
 			return fieldError(key, err)
@@ -708,7 +717,13 @@ func (r *Response) DecodeMsgpack(dec *msgpack.Decoder) error {
 	return r.decode(rd, false)
 }
 
+// decode reads a response: a message, or with chained its Then, whose map
+// is one deeper.
 func (r *Response) decode(rd *msgp.Reader, chained bool) error {
+	depth := 1
+	if chained {
+		depth = 2
+	}
 	f := rd.Fields()
 	for {
 		key, ok := f.Next(rd)
@@ -727,22 +742,22 @@ func (r *Response) decode(rd *msgp.Reader, chained bool) error {
 			r.IDs, err = readUints(rd)
 		case "tasks":
 			var n int
-			if n, err = rd.ArrayHeader(); err == nil && n > 0 {
+			if n, err = arrayHeader(rd); err == nil && n > 0 {
 				r.Tasks = make([]Task, n)
 				for i := 0; i < n && err == nil; i++ {
 					var prev *Task
 					if i > 0 {
 						prev = &r.Tasks[i-1]
 					}
-					err = r.Tasks[i].decode(rd, prev)
+					err = r.Tasks[i].decode(rd, prev, depth+2)
 				}
 			}
 		case "stats":
-			err = readReflect(rd, &r.Stats)
+			err = readReflect(rd, depth, &r.Stats)
 		case "clients":
-			err = readReflect(rd, &r.Clients)
+			err = readReflect(rd, depth, &r.Clients)
 		case "queues":
-			err = readReflect(rd, &r.Queues)
+			err = readReflect(rd, depth, &r.Queues)
 		case "count":
 			r.Count, err = readInt(rd)
 		case "lease":
@@ -770,7 +785,7 @@ func (r *Response) decode(rd *msgp.Reader, chained bool) error {
 			r.Then = new(Response)
 			err = r.Then.decode(rd, true)
 		default:
-			err = rd.Skip()
+			err = rd.SkipIn(depth)
 		}
 		if err != nil {
 			return fieldError(key, err)
@@ -793,19 +808,21 @@ func fieldError(key []byte, err error) error {
 	return fmt.Errorf("field %q: %w", string(key), err)
 }
 
-// readRaw reads one value as raw bytes, a slice of the frame rather than
-// a copy; nil reads as empty, as msgpack's RawMessage decoding does.
-func readRaw(rd *msgp.Reader) (msgpack.RawMessage, error) {
+// readRaw reads one value, which depth arrays and maps of its message
+// enclose, as raw bytes, a slice of the frame rather than a copy; nil
+// reads as empty, as msgpack's RawMessage decoding does.
+func readRaw(rd *msgp.Reader, depth int) (msgpack.RawMessage, error) {
 	if rd.SkipNil() {
 		return nil, nil
 	}
-	return rd.Raw()
+	return rd.RawIn(depth)
 }
 
-// readReflect decodes one value into v by reflection. Raw has checked the
-// value's lengths, so none can make reflection over-allocate.
-func readReflect(rd *msgp.Reader, v any) error {
-	raw, err := rd.Raw()
+// readReflect decodes one value, which depth arrays and maps of its
+// message enclose, into v by reflection. RawIn has checked the value's
+// lengths, so none can make reflection over-allocate.
+func readReflect(rd *msgp.Reader, depth int, v any) error {
+	raw, err := rd.RawIn(depth)
 	if err != nil {
 		return err
 	}

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/qm-dev/qm/internal/msgp"
 	"github.com/vmihailenco/msgpack/v5"
 )
 
@@ -259,6 +260,45 @@ func TestDecodeResponseMalformedKeepsNothing(t *testing.T) {
 				t.Errorf("%d tasks kept from a response that failed", len(resp.Tasks))
 			}
 		})
+	}
+}
+
+// A message read by hand is held to the depth msgp.Validate holds a
+// whole frame to: a payload, a value or an unknown field may nest only as
+// deep as the containers around it leave room for.
+func TestDecodeHoldsTheFrameToMaxDepth(t *testing.T) {
+	nest := func(k int) msgpack.RawMessage { return append(bytes.Repeat([]byte{0x91}, k), 0x01) }
+	for _, k := range []int{msgp.MaxDepth - 5, msgp.MaxDepth - 4, msgp.MaxDepth - 3, msgp.MaxDepth - 2, msgp.MaxDepth - 1, msgp.MaxDepth} {
+		requests := map[string]Request{
+			"item":            {Op: OpPut, Queue: "q", Items: []msgpack.RawMessage{nest(k)}},
+			"completion":      {Op: OpComplete, Queue: "q", Results: []Completion{{ID: 1, Value: nest(k)}}},
+			"chained item":    {Op: OpPut, Queue: "q", Items: []msgpack.RawMessage{{0x01}}, Then: &Request{Op: OpPut, Queue: "q", Items: []msgpack.RawMessage{nest(k)}}},
+			"chained results": {Op: OpGet, Queue: "q", Then: &Request{Op: OpComplete, Results: []Completion{{ID: 1, Value: nest(k)}}}},
+		}
+		for name, req := range requests {
+			b := mustMarshal(t, req)
+			_, err := DecodeRequest(b)
+			if want := msgp.Validate(b); (err == nil) != (want == nil) {
+				t.Errorf("%s nested %d: DecodeRequest = %v, but Validate of the frame = %v", name, k, err, want)
+			}
+		}
+		responses := map[string]Response{
+			"payload":         {Tasks: []Task{{ID: 1, Queue: "q", Payload: nest(k)}}},
+			"chained payload": {Then: &Response{Tasks: []Task{{ID: 1, Queue: "q", Payload: nest(k)}}}},
+		}
+		for name, resp := range responses {
+			b := mustMarshal(t, resp)
+			err := decodeMessage(b, new(Response))
+			if want := msgp.Validate(b); (err == nil) != (want == nil) {
+				t.Errorf("%s nested %d: decode = %v, but Validate of the frame = %v", name, k, err, want)
+			}
+		}
+		// An unknown field, skipped.
+		b := append([]byte{0x82, 0xa2, 'o', 'p', byte(OpStats), 0xa3, 'z', 'z', 'z'}, nest(k)...)
+		_, err := DecodeRequest(b)
+		if want := msgp.Validate(b); (err == nil) != (want == nil) {
+			t.Errorf("unknown field nested %d: DecodeRequest = %v, but Validate of the frame = %v", k, err, want)
+		}
 	}
 }
 

@@ -90,6 +90,42 @@ func TestLeaseEndKeepsFirstCause(t *testing.T) {
 	}
 }
 
+// The leases of one get are each their own: each task's in the session's
+// map, ended alone, and one due for renewal before the keeper's next look
+// wakes it, wherever it is in the get.
+func TestTrackGetsLeases(t *testing.T) {
+	s, first := testLease(t)
+	s.wakeAt = time.Now().Add(time.Hour)
+	tasks := []Task{{ID: 2, Lease: 3 * time.Hour}, {ID: 3, Attempt: 2, Lease: 3 * time.Hour}, {ID: 4, Lease: time.Minute, Token: "#4"}}
+	ls := s.track(tasks, time.Now())
+	for i, task := range tasks {
+		l := &ls[i]
+		if s.leases[task.ID] != l || l.id != task.ID || l.attempt != task.Attempt || l.length != task.Lease || l.handover != (task.Token != "") || l.token != task.Token {
+			t.Errorf("task %d: lease %+v, in the map %p; want its own, %p", task.ID, l, s.leases[task.ID], l)
+		}
+	}
+	select {
+	case <-s.kick:
+	default:
+		t.Error("a lease due within the keeper's wait did not wake it")
+	}
+	ls[1].end(ErrLeaseLost)
+	if !ls[1].lost() || ls[0].lost() || ls[2].lost() || first.lost() {
+		t.Error("ending one lease of a get ended another")
+	}
+	ls[2].completing = true
+	if got := s.giveUp(ErrDrainTimeout); len(got) != 3 || got[0] != first || got[1] != &ls[0] || got[2] != &ls[1] {
+		t.Errorf("gave up %v; want the first lease and the get's two not completing", got)
+	}
+	s.wakeAt = time.Now().Add(time.Hour)
+	s.track([]Task{{ID: 5, Lease: 3 * time.Hour}, {ID: 6, Lease: 3 * time.Hour}}, time.Now())
+	select {
+	case <-s.kick:
+		t.Error("leases due after the keeper's next look woke it")
+	default:
+	}
+}
+
 // A timed-out drain gives up only the tasks whose handlers have not
 // returned: an outcome on its way, sent or not yet taken by the sender
 // (whose batches of maxBatch are marked completing one at a time), is

@@ -177,7 +177,9 @@ func (s *session) close() {
 // A lease counts from now, a little after the master granted it, which
 // the renewal margin covers. The leases of a get are made in one
 // allocation, under one lock: made one by one they were a tenth of a
-// worker's time per quick task.
+// worker's time per quick task. A lease still held (a task running long,
+// a context kept by its handler) keeps its get's others in memory, some
+// 150 bytes each, as its task's payload keeps the get's whole response.
 func (s *session) track(ts []Task, now time.Time) []lease {
 	ls := make([]lease, len(ts))
 	early := false

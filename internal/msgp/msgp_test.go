@@ -327,6 +327,31 @@ func TestDepthLimit(t *testing.T) {
 	}
 }
 
+// A value that depth containers enclose may nest MaxDepth-depth more, as
+// Validate of the whole would allow: RawIn and SkipIn count them.
+func TestDepthLimitWithin(t *testing.T) {
+	for _, depth := range []int{1, 3, msgp.MaxDepth - 1} {
+		for _, tt := range []struct {
+			b  []byte
+			ok bool
+		}{
+			{nested(msgp.MaxDepth-depth, []byte{0x01}), true},
+			{nested(msgp.MaxDepth-depth+1, []byte{0x01}), false},
+		} {
+			whole := append(nested(depth, nil), tt.b...)
+			if err := msgp.Validate(whole); tt.ok != (err == nil) {
+				t.Fatalf("depth %d: Validate of the whole = %v, want ok %v", depth, err, tt.ok)
+			}
+			if _, err := msgp.NewReader(tt.b).RawIn(depth); tt.ok != (err == nil) || !tt.ok && !errors.Is(err, msgp.ErrTooDeep) {
+				t.Errorf("depth %d: RawIn of %d nested = %v, want ok %v", depth, len(tt.b)-1, err, tt.ok)
+			}
+			if err := msgp.NewReader(tt.b).SkipIn(depth); tt.ok != (err == nil) {
+				t.Errorf("depth %d: SkipIn of %d nested = %v, want ok %v", depth, len(tt.b)-1, err, tt.ok)
+			}
+		}
+	}
+}
+
 func TestValidateTrailing(t *testing.T) {
 	if err := msgp.Validate([]byte{0x01, 0x02}); !errors.Is(err, msgp.ErrMalformed) {
 		t.Errorf("Validate = %v, want ErrMalformed", err)

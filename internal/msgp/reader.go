@@ -299,8 +299,13 @@ func (r *Reader) SkipNil() bool {
 // Raw reads one whole value, checked as Validate checks one (depth
 // included), and returns its encoding: a slice of the input with its
 // capacity cut to its length, so that an append to it copies.
-func (r *Reader) Raw() ([]byte, error) {
-	n, err := valueLen(r.b[r.pos:])
+func (r *Reader) Raw() ([]byte, error) { return r.RawIn(0) }
+
+// RawIn is Raw of a value that depth non-empty arrays and maps enclose:
+// it may nest MaxDepth-depth more, so that a message read by hand is
+// held to the depth Validate would hold it to as a whole.
+func (r *Reader) RawIn(depth int) ([]byte, error) {
+	n, err := valueLen(r.b[r.pos:], depth)
 	if err != nil {
 		return nil, err
 	}
@@ -308,8 +313,11 @@ func (r *Reader) Raw() ([]byte, error) {
 }
 
 // Skip reads past one whole value, checked as Raw checks it.
-func (r *Reader) Skip() error {
-	_, err := r.Raw()
+func (r *Reader) Skip() error { return r.SkipIn(0) }
+
+// SkipIn reads past one whole value, checked as RawIn checks it.
+func (r *Reader) SkipIn(depth int) error {
+	_, err := r.RawIn(depth)
 	return err
 }
 
@@ -318,7 +326,7 @@ func (r *Reader) Skip() error {
 // MaxDepth nested non-empty arrays and maps, no trailing bytes. It walks
 // b without decoding it or allocating (but for nesting deeper than 8).
 func Validate(b []byte) error {
-	n, err := valueLen(b)
+	n, err := valueLen(b, 0)
 	if err != nil {
 		return err
 	}
@@ -329,8 +337,9 @@ func Validate(b []byte) error {
 }
 
 // valueLen is the length of the value at the start of b, walked with an
-// explicit stack of the elements each open container has still to read.
-func valueLen(b []byte) (int, error) {
+// explicit stack of the elements each open container has still to read;
+// depth non-empty containers enclose it.
+func valueLen(b []byte, depth int) (int, error) {
 	pos := 0
 	pending := 1 // values still to read in the innermost open container
 	var shallow [8]int
@@ -355,7 +364,7 @@ func valueLen(b []byte) (int, error) {
 				n *= 2
 			}
 			if n > 0 {
-				if len(stack) == MaxDepth {
+				if depth+len(stack) >= MaxDepth {
 					return 0, ErrTooDeep
 				}
 				stack = append(stack, pending)
