@@ -542,6 +542,7 @@ func (c *clientConn) complete(req *wire.Request, buf *callBuffers) error {
 			}
 			results = append(results, wire.Result{TaskID: t.ID, Worker: worker, Attempt: t.Attempts, Value: value})
 			c.s.errorIfTooLarge(&results[len(results)-1], limit)
+			c.s.errorIfTooDeep(&results[len(results)-1])
 			dests = append(dests, dest)
 			if filtered {
 				of = append(of, t)
@@ -622,6 +623,30 @@ func (s *Server) checkItemSizes(items []queue.Item) error {
 		}
 	}
 	return nil
+}
+
+// checkPayloadDepths refuses a put with an item nested deeper than a get
+// could hand out (wire.MaxPayloadDepth). A native put's decoder holds its
+// items to that already; a Python client's are converted from pickles.
+func checkPayloadDepths(items []queue.Item) error {
+	for i := range items {
+		if err := wire.CheckDepth(items[i].Payload, wire.MaxPayloadDepth); err != nil {
+			return fmt.Errorf("%w: item %d %w (lists, tuples, dicts), the most a task's payload may",
+				queue.ErrBadArgument, i+1, err)
+		}
+	}
+	return nil
+}
+
+// errorIfTooDeep turns r, if its value nests deeper than a result may
+// (wire.MaxResultDepth), into a failure: stored, no get could hand the
+// result out, and it would fail every get it came in.
+func (s *Server) errorIfTooDeep(r *wire.Result) {
+	if err := wire.CheckDepth(r.Value, wire.MaxResultDepth); err != nil {
+		s.log.Warn("result nested too deep to store; an error result stored instead", "task", r.TaskID, "max_depth", wire.MaxResultDepth)
+		r.Value = nil
+		r.Error = fmt.Sprintf("result not stored: it %v, the most a result's value may", err)
+	}
 }
 
 // errorIfTooLarge turns r, if it is larger than limit, the most the

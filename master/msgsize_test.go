@@ -1,6 +1,7 @@
 package master_test
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"github.com/qm-dev/qm/internal/qmtest"
 	"github.com/qm-dev/qm/master"
 	"github.com/qm-dev/qm/wire"
+	"github.com/vmihailenco/msgpack/v5"
 )
 
 // A get whose tasks together exceed the message size gets those that fit,
@@ -119,5 +121,52 @@ func TestTaskStoredTooLargeForTheMessageSize(t *testing.T) {
 	stats, err := c.Stats(ctx, "big.dead")
 	if err != nil || len(stats) != 1 || stats[0].Ready != 1 {
 		t.Fatalf("dead letters: %+v, %v; want the large task", stats, err)
+	}
+}
+
+// An item nested deeper than a get can hand out is refused at its put,
+// and a result's value nested deeper than its result can be handed out
+// is stored as a failure: either would have failed every get it came in,
+// with the tasks beside it, for good. What is within the bounds goes
+// through a worker's chained get, the deepest message that carries it.
+func TestPayloadsBoundedToWhatAGetCanHandOut(t *testing.T) {
+	addr, _ := qmtest.StartMaster(t, master.Config{})
+	ctx := ctxFor(t, 10*time.Second)
+	nest := func(k int) msgpack.RawMessage { return append(bytes.Repeat([]byte{0x91}, k), 0x01) }
+	c := qmtest.Dial(t, addr, "producer")
+	_, err := c.PutRaw(ctx, "deep", []msgpack.RawMessage{{0x01}, nest(wire.MaxPayloadDepth + 1)}, wire.PutOptions{})
+	if !errors.Is(err, wire.ErrBadRequest) || !strings.Contains(err.Error(), fmt.Sprintf("item 2 nests more than %d arrays and maps", wire.MaxPayloadDepth)) {
+		t.Fatalf("a put of an item %d deep: %v; want it refused, saying how deep an item may be", wire.MaxPayloadDepth+1, err)
+	}
+	ids, err := c.PutRaw(ctx, "deep", []msgpack.RawMessage{nest(wire.MaxPayloadDepth), {0x02}, {0x03}}, wire.PutOptions{ReplyTo: "answers"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := qmtest.Dial(t, addr, "worker")
+	first, err := w.Get(ctx, "deep", wire.GetOptions{Max: 1, Timeout: time.Second})
+	if err != nil || len(first) != 1 {
+		t.Fatalf("get: %d tasks, %v", len(first), err)
+	}
+	// The deepest task comes in the response to a chained get, the
+	// results going back as deep as each may and one deeper.
+	rest, completeErr, err := w.CompleteThenGet(ctx, "deep", "", []wire.Completion{{ID: first[0].ID, Value: nest(wire.MaxResultDepth)}}, wire.GetOptions{Max: 2, Timeout: time.Second})
+	if err != nil || completeErr != nil || len(rest) != 2 {
+		t.Fatalf("chained get: %d tasks, %v, %v", len(rest), completeErr, err)
+	}
+	if !bytes.Equal(first[0].Payload, nest(wire.MaxPayloadDepth)) {
+		t.Fatalf("the deepest task came as %x", first[0].Payload)
+	}
+	if err := w.Complete(ctx, "deep", "", []wire.Completion{{ID: rest[0].ID, Value: nest(wire.MaxResultDepth + 1)}, {ID: rest[1].ID, Value: msgpack.RawMessage{0x03}}}); err != nil {
+		t.Fatal(err)
+	}
+	results, err := c.Get(ctx, "answers", wire.GetOptions{Max: 3, Timeout: time.Second, NoAck: true})
+	if err != nil || len(results) != 3 {
+		t.Fatalf("results: %d, %v; want all three, in one get", len(results), err)
+	}
+	for i, want := range []string{"", fmt.Sprintf("nests more than %d arrays and maps", wire.MaxResultDepth), ""} {
+		r, err := wire.DecodeResult(results[i].Payload)
+		if err != nil || r.TaskID != ids[i] || !strings.Contains(r.Error, want) || want == "" && r.Error != "" {
+			t.Errorf("result %d: %+v, %v; want task %d's, error %q", i, r, err, ids[i], want)
+		}
 	}
 }

@@ -47,6 +47,9 @@ func (b pyBackend) Put(ctx context.Context, req queue.PutRequest) ([]uint64, err
 	if err := b.s.checkItemSizes(req.Items); err != nil {
 		return nil, err
 	}
+	if err := checkPayloadDepths(req.Items); err != nil {
+		return nil, err
+	}
 	return b.Queues.Put(ctx, req)
 }
 

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -512,6 +513,37 @@ print(c.recv())
 		}
 		if _, err := os.Stat(marker); !os.IsNotExist(err) {
 			t.Fatalf("the refused pickle's command ran: %v", err)
+		}
+	})
+}
+
+// A Python put of a value nested deeper than a get can hand out is
+// refused, saying so, and nothing is queued; one within the bound goes
+// to a native worker.
+func TestPythonPutTooDeep(t *testing.T) {
+	forEachPython(t, master.Config{}, func(t *testing.T, py qmtest.Python, addr string) {
+		out := runPy(t, py, addr, `
+def nest(k):
+    v = 1
+    for _ in range(k):
+        v = [v]
+    return v
+m = manager()
+task = m.get_task_queue()
+try:
+    task.put(nest(int(sys.argv[3]) + 1))
+except RemoteError as e:
+    print('refused:', 'item 1 nests more than ' + sys.argv[3] in str(e))
+task.put(nest(int(sys.argv[3])))
+print(task.qsize())
+`, strconv.Itoa(wire.MaxPayloadDepth))
+		if want := "refused: True\n1\n"; out != want {
+			t.Fatalf("python printed\n%s\nwant\n%s", out, want)
+		}
+		w := qmtest.Dial(t, addr, "worker")
+		ts, err := w.Get(ctxFor(t, 10*time.Second), "tasks", wire.GetOptions{Timeout: time.Second})
+		if err != nil || len(ts) != 1 || wire.CheckDepth(ts[0].Payload, wire.MaxPayloadDepth) != nil || wire.CheckDepth(ts[0].Payload, wire.MaxPayloadDepth-1) == nil {
+			t.Fatalf("a native worker's get: %d tasks, %v; want the task %d deep", len(ts), err, wire.MaxPayloadDepth)
 		}
 	})
 }

@@ -526,7 +526,11 @@ func (r *Request) decode(rd *msgp.Reader, chained bool) error {
 			if n, err = arrayHeader(rd); err == nil && n > 0 {
 				r.Items = make([]msgpack.RawMessage, n)
 				for i := 0; i < n && err == nil; i++ {
-					r.Items[i], err = readRaw(rd, depth+1)
+					// Held to the depth a get's payload may have, which
+					// is deeper than its put's own.
+					if r.Items[i], err = readRaw(rd, msgp.MaxDepth-MaxPayloadDepth); errors.Is(err, msgp.ErrTooDeep) {
+						err = fmt.Errorf("item %d nests more than %d arrays and maps, the most a task's payload may", i+1, MaxPayloadDepth)
+					}
 				}
 			}
 		case "reply_to":
@@ -850,6 +854,33 @@ func readInt(rd *msgp.Reader) (int, error) {
 func readDuration(rd *msgp.Reader) (time.Duration, error) {
 	n, err := rd.Int()
 	return time.Duration(n), err
+}
+
+// MaxPayloadDepth is how deep a task's payload may nest arrays and maps.
+// A message nests at most msgp.MaxDepth, its own included, and the
+// deepest one holding a payload, a get's response chained to a complete,
+// holds it inside four: its map, the Then's, the tasks array and the
+// task's. A put of a deeper item is refused: no client, of any version,
+// could read a get of it, and it would fail every get it came in.
+const MaxPayloadDepth = msgp.MaxDepth - 4
+
+// MaxResultDepth is how deep a completion's value may nest: the result
+// the master publishes (AppendResult) is a map around it, and is a
+// payload. A deeper value is stored as a failure instead.
+const MaxResultDepth = MaxPayloadDepth - 1
+
+// CheckDepth reports whether the payload or value b, well-formed, nests
+// at most limit arrays and maps.
+func CheckDepth(b []byte, limit int) error {
+	if len(b) == 0 {
+		return nil
+	}
+	if _, err := msgp.NewReader(b).RawIn(msgp.MaxDepth - limit); errors.Is(err, msgp.ErrTooDeep) {
+		return fmt.Errorf("nests more than %d arrays and maps", limit)
+	} else if err != nil {
+		return err
+	}
+	return nil
 }
 
 // MaxElements bounds the elements of any one array of a message (a put's
