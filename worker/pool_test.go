@@ -5,6 +5,7 @@ import (
 	"runtime"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/qm-dev/qm/wire"
 	"github.com/vmihailenco/msgpack/v5"
@@ -87,7 +88,7 @@ func BenchmarkPool(b *testing.B) {
 		name string
 		make func(run func(job)) jobRunner
 	}{
-		{"queue", func(run func(job)) jobRunner { return newPool(run, concurrency) }},
+		{"queue", func(run func(job)) jobRunner { return newPool(untimed(run), concurrency) }},
 		{"channel", func(run func(job)) jobRunner { return newChanPool(concurrency, run) }},
 		{"goroutine", func(run func(job)) jobRunner { return &goPerJob{run: run} }},
 	} {
@@ -115,6 +116,14 @@ func BenchmarkPool(b *testing.B) {
 	}
 }
 
+// untimed is run as a pool runs it, knowing no times.
+func untimed(run func(job)) func(job, time.Time) time.Time {
+	return func(j job, _ time.Time) time.Time {
+		run(j)
+		return time.Time{}
+	}
+}
+
 // A pool with max runs no more jobs than that at once, and with max 1
 // runs them in the order they were added, however many are queued.
 func TestPoolMax(t *testing.T) {
@@ -126,7 +135,7 @@ func TestPoolMax(t *testing.T) {
 			wg        sync.WaitGroup
 			jobs      []job
 		)
-		p := newPool(func(j job) {
+		p := newPool(untimed(func(j job) {
 			mu.Lock()
 			now++
 			most = max(most, now)
@@ -139,7 +148,7 @@ func TestPoolMax(t *testing.T) {
 			now--
 			mu.Unlock()
 			wg.Done()
-		}, limit)
+		}), limit)
 		for i := range 50 {
 			jobs = append(jobs, job{t: Task{ID: uint64(i)}})
 		}
@@ -157,6 +166,55 @@ func TestPoolMax(t *testing.T) {
 					t.Fatalf("max 1: job %d ran %dth", id, i)
 				}
 			}
+		}
+	}
+}
+
+// A handler goroutine that goes from one job straight to the next gives
+// the next the time the first ended, which spares a read of the clock; one
+// that waited for work gives none.
+func TestPoolPassesEndAsNextStart(t *testing.T) {
+	var (
+		mu     sync.Mutex
+		starts []time.Time
+		wg     sync.WaitGroup
+	)
+	p := newPool(func(j job, start time.Time) time.Time {
+		mu.Lock()
+		starts = append(starts, start)
+		mu.Unlock()
+		wg.Done()
+		return time.Unix(int64(j.t.ID), 0)
+	}, 1)
+	defer p.stop()
+	wg.Add(3)
+	p.add([]job{{t: Task{ID: 1}}, {t: Task{ID: 2}}, {t: Task{ID: 3}}})
+	wg.Wait()
+	// Wait until the goroutine waits for work, then give it more.
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		p.mu.Lock()
+		idle := p.idle
+		p.mu.Unlock()
+		if idle == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the pool's goroutine never waited for work")
+		}
+		runtime.Gosched()
+	}
+	wg.Add(1)
+	p.add([]job{{t: Task{ID: 4}}})
+	wg.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	want := []time.Time{{}, time.Unix(1, 0), time.Unix(2, 0), {}}
+	if len(starts) != len(want) {
+		t.Fatalf("starts %v; want %v", starts, want)
+	}
+	for i := range want {
+		if !starts[i].Equal(want[i]) {
+			t.Errorf("job %d started with %v; want %v", i+1, starts[i], want[i])
 		}
 	}
 }

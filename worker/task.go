@@ -12,19 +12,22 @@ import (
 )
 
 // runTask runs the handler on a job's task, on a handler goroutine, and
-// hands the outcome on.
-func (r *runner) runTask(j job) {
+// hands the outcome on. It returns when the handler returned, and takes
+// when it starts if the pool knows (see pool.run).
+func (r *runner) runTask(j job, start time.Time) (end time.Time) {
 	s, l, t := j.s, j.l, j.t
 	if r.cfg.Concurrency == 1 && l.lost() {
 		// It waited in the pool (runWaiting) while its lease, or its
 		// connection, was lost: the master gives it to another worker.
 		r.res.dropUnrun(s, l)
-		return
+		return time.Time{}
 	}
 	var ctx context.Context = l
 	// A prefetched task may have waited since it was taken: its handler
 	// time, which sets the prefetch, counts from here.
-	start := time.Now()
+	if start.IsZero() {
+		start = time.Now()
+	}
 	r.res.progress.Store(start.UnixNano())
 	log := r.log
 	debug := log.Enabled(ctx, slog.LevelDebug)
@@ -46,7 +49,7 @@ func (r *runner) runTask(j job) {
 	}()
 	c := r.outcome(ctx, t, s.maxValue)
 	returned = true
-	r.finish(s, l, t, c, start, log, debug)
+	return r.finish(s, l, t, c, start, log, debug)
 }
 
 // outcome runs the handler, and returns the completion it makes: the
@@ -83,8 +86,8 @@ func (r *runner) outcome(ctx context.Context, t Task, maxValue int) (c wire.Comp
 // finish logs how t's attempt, started at start, ended, c, and hands c
 // on. It reads the clock once: a read is 50-60 ns on a VM's kvm-clock,
 // worth a few per cent of a worker's time per task of an echo.
-func (r *runner) finish(s *session, l *lease, t Task, c wire.Completion, start time.Time, log *slog.Logger, debug bool) {
-	end := time.Now()
+func (r *runner) finish(s *session, l *lease, t Task, c wire.Completion, start time.Time, log *slog.Logger, debug bool) (end time.Time) {
+	end = time.Now()
 	took := end.Sub(start)
 	r.res.progress.Store(end.UnixNano())
 	switch {
@@ -99,6 +102,7 @@ func (r *runner) finish(s *session, l *lease, t Task, c wire.Completion, start t
 	}
 	l.returned.Store(true)
 	r.res.add(finished{s: s, l: l, c: c}, took)
+	return end
 }
 
 // errorText is the error of a failed attempt; never empty, since an empty
