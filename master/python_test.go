@@ -519,9 +519,12 @@ print(c.recv())
 
 // A Python put of a value nested deeper than a get can hand out is
 // refused, saying so, and nothing is queued; one within the bound goes
-// to a native worker.
+// to a native worker. A result too deep for its result's map is refused
+// as a result, and the task waits for one that fits.
 func TestPythonPutTooDeep(t *testing.T) {
 	forEachPython(t, master.Config{}, func(t *testing.T, py qmtest.Python, addr string) {
+		c := qmtest.Dial(t, addr, "producer")
+		ids := putInts(t, c, "work", 1, wire.PutOptions{ReplyTo: "replies"})
 		out := runPy(t, py, addr, `
 def nest(k):
     v = 1
@@ -536,14 +539,31 @@ except RemoteError as e:
     print('refused:', 'item 1 nests more than ' + sys.argv[3] in str(e))
 task.put(nest(int(sys.argv[3])))
 print(task.qsize())
-`, strconv.Itoa(wire.MaxPayloadDepth))
-		if want := "refused: True\n1\n"; out != want {
+QueueManager.register('get_work_queue')
+QueueManager.register('get_replies_queue')
+m = manager()
+work, replies = m.get_work_queue(), m.get_replies_queue()
+work.get(timeout=5)
+try:
+    replies.put(nest(int(sys.argv[4]) + 1))
+except RemoteError as e:
+    print('result refused:', 'result nests more than ' + sys.argv[4] in str(e))
+replies.put(nest(int(sys.argv[4])))
+`, strconv.Itoa(wire.MaxPayloadDepth), strconv.Itoa(wire.MaxResultDepth))
+		if want := "refused: True\n1\nresult refused: True\n"; out != want {
 			t.Fatalf("python printed\n%s\nwant\n%s", out, want)
 		}
 		w := qmtest.Dial(t, addr, "worker")
 		ts, err := w.Get(ctxFor(t, 10*time.Second), "tasks", wire.GetOptions{Timeout: time.Second})
 		if err != nil || len(ts) != 1 || wire.CheckDepth(ts[0].Payload, wire.MaxPayloadDepth) != nil || wire.CheckDepth(ts[0].Payload, wire.MaxPayloadDepth-1) == nil {
 			t.Fatalf("a native worker's get: %d tasks, %v; want the task %d deep", len(ts), err, wire.MaxPayloadDepth)
+		}
+		rs, err := c.Get(ctxFor(t, 10*time.Second), "replies", wire.GetOptions{Max: 2, Timeout: time.Second, NoAck: true})
+		if err != nil || len(rs) != 1 {
+			t.Fatalf("replies: %d, %v; want the one result that fit", len(rs), err)
+		}
+		if r, err := wire.DecodeResult(rs[0].Payload); err != nil || r.TaskID != ids[0] || r.Error != "" || wire.CheckDepth(r.Value, wire.MaxResultDepth) != nil {
+			t.Fatalf("the result: %+v, %v", r, err)
 		}
 	})
 }

@@ -35,6 +35,12 @@ var (
 	ErrInternal = errors.New("internal error")
 	// ErrBadRequest is returned when a request is malformed or misses a field.
 	ErrBadRequest = errors.New("bad request")
+	// ErrBadResponse is returned by a call whose response could not be
+	// read: the master's fault, or the data it stored, not the call's, so
+	// a client that retries on a new connection (a worker) does, where
+	// ErrBadRequest would stop it. (A task put by an older master may nest
+	// deeper than a get can hand out, MaxPayloadDepth.)
+	ErrBadResponse = errors.New("bad response from the master")
 	// ErrUnknownQueue is returned when a request names a queue that does
 	// not exist: stats, peek, purge, delete and the operators' calls (a
 	// put or a get makes its queue).

@@ -76,7 +76,7 @@ func (r *Response) payloadSize() int {
 // frame first as well, with msgp.Validate, was a tenth of a worker's
 // time), and zeroed again if it fails. Anything else is checked whole,
 // before reflection may allocate from a length. Every error wraps
-// ErrBadRequest.
+// ErrBadRequest, but a Response's, which wraps ErrBadResponse.
 func decodeMessage(b []byte, v any) error {
 	switch m := v.(type) {
 	case *Request:
@@ -93,7 +93,7 @@ func decodeMessage(b []byte, v any) error {
 			rd := msgp.NewReader(b)
 			if err := wholly(rd, m.decode(rd, false)); err != nil {
 				*m = Response{}
-				return badRequest(err)
+				return fmt.Errorf("%w: %v", ErrBadResponse, err)
 			}
 			return nil
 		}

@@ -253,8 +253,8 @@ func TestDecodeResponseMalformedKeepsNothing(t *testing.T) {
 			binary.Write(&buf, binary.BigEndian, uint32(len(b)))
 			buf.Write(b)
 			var resp Response
-			if err := NewCodec(&buf, 0).Read(&resp); !errors.Is(err, ErrBadRequest) {
-				t.Fatalf("err = %v, want ErrBadRequest", err)
+			if err := NewCodec(&buf, 0).Read(&resp); !errors.Is(err, ErrBadResponse) || errors.Is(err, ErrBadRequest) {
+				t.Fatalf("err = %v, want ErrBadResponse", err)
 			}
 			if resp.Tasks != nil {
 				t.Errorf("%d tasks kept from a response that failed", len(resp.Tasks))

@@ -68,8 +68,8 @@ func FuzzDecodeResponse(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var resp Response
 		if err := decodeMessage(b, &resp); err != nil {
-			if !errors.Is(err, ErrBadRequest) {
-				t.Fatalf("error %v does not wrap ErrBadRequest", err)
+			if !errors.Is(err, ErrBadResponse) {
+				t.Fatalf("error %v does not wrap ErrBadResponse", err)
 			}
 			return
 		}

@@ -306,6 +306,13 @@ func TestNoRetry(t *testing.T) {
 		{"result not encodable", func(context.Context, worker.Task) (any, error) {
 			return make(chan int), nil
 		}, "result: "},
+		{"result nested too deep", func(context.Context, worker.Task) (any, error) {
+			var v any = 1
+			for range wire.MaxResultDepth + 1 {
+				v = []any{v}
+			}
+			return v, nil
+		}, fmt.Sprintf("result nests more than %d arrays and maps", wire.MaxResultDepth)},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			addr, _ := qmtest.StartMaster(t, master.Config{MaxAttempts: 5})

@@ -3,6 +3,7 @@ package pymanager
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"time"
 
@@ -82,6 +83,12 @@ func (p *conn) resultOf(name string) (heldTask, bool) {
 func (p *conn) publishResult(t heldTask, value []byte) error {
 	if p.s.cfg.Backend.DeletedSince(t.replyTo, t.enqueued) {
 		return nil
+	}
+	// The result's map holds the value one level down: refused here, it
+	// would be refused as an item nested too deep, which is not what the
+	// script put.
+	if err := wire.CheckDepth(value, wire.MaxResultDepth); err != nil {
+		return fmt.Errorf("%w: the result %w, the most a result may", queue.ErrBadArgument, err)
 	}
 	res, err := wire.Encode(wire.Result{TaskID: t.id, Worker: p.workerName(), Attempt: t.attempt, Value: value})
 	if err != nil {
