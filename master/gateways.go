@@ -73,7 +73,7 @@ func (s *Server) answerGateways(a GatewayAsker) error {
 	}
 	if err := a.Answer(topicDeleted, func(question []byte) []byte {
 		var n deletedNotice
-		if err := msgpack.Unmarshal(question, &n); err != nil || n.Queue == "" {
+		if err := wire.Unmarshal(question, &n); err != nil || n.Queue == "" {
 			s.log.Warn("another gateway's deletion of a queue not decoded", "err", err)
 			return nil
 		}
@@ -136,7 +136,7 @@ func (s *Server) allClients(ctx context.Context) (clients []wire.ClientInfo, not
 	var all []wire.ClientInfo
 	err := s.asker.Ask(ctx, topicClients, nil, func(_ string, b []byte) {
 		var gc gatewayClients
-		if err := msgpack.Unmarshal(b, &gc); err != nil {
+		if err := wire.Unmarshal(b, &gc); err != nil {
 			s.log.Warn("a gateway's clients not decoded", "err", err)
 			return
 		}

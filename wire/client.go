@@ -1019,7 +1019,7 @@ func DecodeResult(b []byte) (Result, error) {
 	if !msgp.IsMap(b[0]) {
 		// Not as the master writes results: reflection decodes the rest
 		// as it always has (a struct from an array, say).
-		if err := msgpack.Unmarshal(b, &r); err != nil {
+		if err := unmarshalChecked(b, &r); err != nil {
 			return r, fmt.Errorf("decode result: %w", err)
 		}
 		return r, nil

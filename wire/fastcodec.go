@@ -98,10 +98,30 @@ func decodeMessage(b []byte, v any) error {
 			return nil
 		}
 	}
+	return badRequest(Unmarshal(b, v))
+}
+
+// Unmarshal decodes b into v by reflection, as msgpack.Unmarshal does,
+// for bytes from another process: b must be exactly one well-formed value
+// within msgp's bounds (checked before reflection may allocate from a
+// length), and a panic of the decoder is an error. (msgpack v5 panics on
+// a nil for a time.Time field: "reflect: call of reflect.Value.IsNil on
+// struct Value".)
+func Unmarshal(b []byte, v any) error {
 	if err := msgp.Validate(b); err != nil {
-		return badRequest(err)
+		return err
 	}
-	return badRequest(msgpack.Unmarshal(b, v))
+	return unmarshalChecked(b, v)
+}
+
+// unmarshalChecked is Unmarshal of b already checked.
+func unmarshalChecked(b []byte, v any) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("%w: msgpack could not decode it: %v", msgp.ErrMalformed, p)
+		}
+	}()
+	return msgpack.Unmarshal(b, v)
 }
 
 // wholly is err, or an error if rd has bytes left after the one message
@@ -830,7 +850,7 @@ func readReflect(rd *msgp.Reader, depth int, v any) error {
 	if err != nil {
 		return err
 	}
-	return msgpack.Unmarshal(raw, v)
+	return unmarshalChecked(raw, v)
 }
 
 // strOrSame reads a string, returning prev rather than a copy when it is

@@ -307,6 +307,21 @@ func TestDecodeHoldsTheFrameToMaxDepth(t *testing.T) {
 	}
 }
 
+// msgpack v5 panics when a nil comes for a time.Time field; an admin
+// response, read by reflection, and Unmarshal fail instead (the first a
+// fuzz find: a client listing the clients of a master sending this).
+func TestNilForATimeIsAnError(t *testing.T) {
+	nilSeen := []byte{0x81, 0xa9, 'l', 'a', 's', 't', '_', 's', 'e', 'e', 'n', 0xc0}
+	resp := append([]byte{0x81, 0xa7, 'c', 'l', 'i', 'e', 'n', 't', 's', 0x91}, nilSeen...)
+	if err := decodeMessage(resp, new(Response)); !errors.Is(err, ErrBadResponse) {
+		t.Errorf("a client whose last_seen is nil: %v; want ErrBadResponse", err)
+	}
+	var ci ClientInfo
+	if err := Unmarshal(nilSeen, &ci); !errors.Is(err, msgp.ErrMalformed) {
+		t.Errorf("Unmarshal of a nil last_seen: %v; want msgp.ErrMalformed", err)
+	}
+}
+
 func TestRemoteErrorIs(t *testing.T) {
 	err := errorFromResponse(&Response{Code: CodeQueueFull, Error: "queue full: tasks"})
 	if !errors.Is(err, ErrQueueFull) || errors.Is(err, ErrNotLeased) {
