@@ -898,7 +898,7 @@ func CheckDepth(b []byte, limit int) error {
 	if _, err := msgp.NewReader(b).RawIn(msgp.MaxDepth - limit); errors.Is(err, msgp.ErrTooDeep) {
 		return fmt.Errorf("nests more than %d arrays and maps", limit)
 	} else if err != nil {
-		return err
+		return fmt.Errorf("is not one msgpack value: %w", err)
 	}
 	return nil
 }

@@ -156,9 +156,10 @@ func (c *Codec) Write(v any) error {
 // would have): its frame, header included.
 func (c *Codec) LastWriteSize() int { return len(c.wbuf) }
 
-// Read decodes one frame into v, which must be zeroed first. An error wrapping ErrBadRequest means the
-// frame was read whole but its body was malformed, so the stream is still
-// in step; so does a *TooLargeError with Skipped set: a frame over the
+// Read decodes one frame into v, which must be zeroed first. An error
+// wrapping ErrBadRequest (ErrBadResponse for a Response) means the frame
+// was read whole but its body was malformed, so the stream is still in
+// step; so does a *TooLargeError with Skipped set: a frame over the
 // limit but within maxSkippedFrame is read and dropped, so that a peer
 // that sent it gets its answer rather than a stream that stops reading.
 // Any other error leaves the stream unusable.

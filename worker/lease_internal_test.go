@@ -151,3 +151,31 @@ func TestGiveUpLeavesReturnedHandlers(t *testing.T) {
 		t.Errorf("%d leases left; want the two whose outcomes are on their way", len(s.leases))
 	}
 }
+
+// A task's end is passed on as the next task's start only when nothing
+// slow came between: a failure's log line may take long (a full pipe).
+func TestRunTaskPassesItsEndOnlyWithoutALogLine(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		handler Handler
+		passes  bool
+	}{
+		{"done", func(context.Context, Task) (any, error) { return 1, nil }, true},
+		{"failed", func(context.Context, Task) (any, error) { return nil, errors.New("no") }, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := Config{Server: "127.0.0.1:1", Authkey: []byte("k"), Tasks: "tasks", Name: "w", Handler: tt.handler}
+			cfg.setDefaults()
+			r := newRunner(context.Background(), cfg)
+			t.Cleanup(func() { r.pool.stop(); r.res.stop() })
+			s, _ := testLease(t)
+			s.r, s.maxValue = r, 1<<20
+			l := trackOne(s, Task{ID: 2})
+			start := time.Now()
+			end := r.runTask(job{s: s, l: l, t: Task{ID: 2}}, start)
+			if tt.passes != !end.IsZero() || tt.passes && end.Before(start) {
+				t.Errorf("runTask returned %v (started %v); want an end passed on: %v", end, start, tt.passes)
+			}
+		})
+	}
+}

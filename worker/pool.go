@@ -48,7 +48,9 @@ type pool struct {
 	// goes from one job straight to the next passes the time the first
 	// ended, which run may return, as the second's start: reading the
 	// clock costs 50-60 ns on a VM's kvm-clock, a few per cent of a quick
-	// task. It is zero when the goroutine waited, or run returned none.
+	// task, and the second starts a lock and a few appends after the
+	// first ended. It is zero when the goroutine waited, or run returned
+	// none (runTask returns none after a log line, which may be slow).
 	run func(j job, start time.Time) (end time.Time)
 	max int // most jobs run at once; 0: as many as are added
 

@@ -519,7 +519,7 @@ func (fc *failoverClock) collect(ctx context.Context, c *wire.Client) {
 			task := -1
 			res, err := wire.DecodeResult(t.Payload)
 			if err == nil && res.Error == "" {
-				_ = msgpack.Unmarshal(res.Value, &task)
+				_ = wire.Unmarshal(res.Value, &task)
 			}
 			if task < 0 || task >= len(fc.count) {
 				fc.failed++

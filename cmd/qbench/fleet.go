@@ -238,7 +238,7 @@ func runFleet(ctx context.Context, o *fleetOptions, stdout, log io.Writer) error
 					st.redelivered()
 				}
 				var at int64
-				if err := msgpack.Unmarshal(t.Payload, &at); err != nil {
+				if err := wire.Unmarshal(t.Payload, &at); err != nil {
 					return nil, fmt.Errorf("task payload: %w", err)
 				}
 				st.started(time.Unix(0, at))
@@ -508,10 +508,10 @@ func fleetProducer(ctx context.Context, b *bench, addr, q string, window int, st
 		for _, t := range ts {
 			var res wire.Result
 			var at []int64 // put, handler end
-			if err := msgpack.Unmarshal(t.Payload, &res); err != nil {
+			if err := wire.Unmarshal(t.Payload, &res); err != nil {
 				return fmt.Errorf("decode result: %w", err)
 			}
-			if err := msgpack.Unmarshal(res.Value, &at); err != nil {
+			if err := wire.Unmarshal(res.Value, &at); err != nil {
 				return fmt.Errorf("decode result value: %w", err)
 			}
 			if len(at) != 2 {

@@ -419,7 +419,7 @@ func qmThroughput(ctx context.Context, c *wire.Client, batch, n int, payload msg
 // checkQMResult checks that a result carries the task's payload back.
 func checkQMResult(t wire.Task, payload []byte) error {
 	var res wire.Result
-	if err := msgpack.Unmarshal(t.Payload, &res); err != nil {
+	if err := wire.Unmarshal(t.Payload, &res); err != nil {
 		return fmt.Errorf("decode result: %w", err)
 	}
 	if res.Error != "" {
