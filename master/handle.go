@@ -642,9 +642,6 @@ func checkPayloadDepths(items []queue.Item) error {
 // (wire.MaxResultDepth), into a failure: stored, no get could hand the
 // result out, and it would fail every get it came in.
 func (s *Server) errorIfTooDeep(r *wire.Result) {
-	if len(r.Value) <= wire.MaxResultDepth {
-		return // too short to nest that deep: most results, walked once
-	}
 	if err := wire.CheckDepth(r.Value, wire.MaxResultDepth); err != nil {
 		s.log.Warn("result nested too deep to store; an error result stored instead", "task", r.TaskID, "max_depth", wire.MaxResultDepth)
 		r.Value = nil

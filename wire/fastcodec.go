@@ -890,9 +890,10 @@ const MaxPayloadDepth = msgp.MaxDepth - 4
 const MaxResultDepth = MaxPayloadDepth - 1
 
 // CheckDepth reports whether the payload or value b, well-formed, nests
-// at most limit arrays and maps.
+// at most limit arrays and maps. One of limit bytes or fewer cannot nest
+// deeper, and is not walked: most payloads and results.
 func CheckDepth(b []byte, limit int) error {
-	if len(b) == 0 {
+	if len(b) <= limit {
 		return nil
 	}
 	if _, err := msgp.NewReader(b).RawIn(msgp.MaxDepth - limit); errors.Is(err, msgp.ErrTooDeep) {

@@ -75,7 +75,7 @@ func (r *runner) outcome(ctx context.Context, t Task, maxValue int) (c wire.Comp
 		case len(c.Value) > maxValue:
 			err = NoRetry(fmt.Errorf("result of %s is over the largest the master takes (%s)",
 				bytesize.Format(int64(len(c.Value))), bytesize.Format(int64(maxValue))))
-		case len(c.Value) > wire.MaxResultDepth: // else too short to nest that deep
+		default:
 			// A master stores a result nested deeper as a failure; one
 			// older than that refuses the whole completion it comes in.
 			if derr := wire.CheckDepth(c.Value, wire.MaxResultDepth); derr != nil {
