@@ -748,6 +748,7 @@ func (q *Queues) Unget(req queue.GetRequest, ts []queue.Task) {
 		if l.task.Attempts >= q.policy(l.key.queue).MaxAttempts && !queue.IsDeadLetterName(l.key.queue) {
 			err = q.uncount(l)
 		} else {
+			q.handedBack.add(l.msg.Reply)
 			err = q.nak(l.msg, 0)
 		}
 		if err != nil {

@@ -287,8 +287,8 @@ func (q *Queues) unpackLocked(s *stream, m *nats.Msg, md *nats.MsgMetadata, now 
 	// allowed, every delivery counts: a task that brings down each gateway
 	// that holds it is then dead-lettered, not passed on for ever.
 	attempts := uint64(1)
-	if md.NumDelivered > uint64(packDeliveries*q.policy(s.queue).MaxAttempts) {
-		attempts = md.NumDelivered
+	if n := q.handedBack.attempts(md); n > uint64(packDeliveries*q.policy(s.queue).MaxAttempts) {
+		attempts = n
 	}
 	for i, pl := range payloads {
 		t := taskOf(seq, md.Timestamp, m.Header, pl, attempts)

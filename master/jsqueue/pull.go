@@ -49,6 +49,8 @@ import (
 // pulls routes the messages that answer pull requests to their gets.
 type pulls struct {
 	nc *nats.Conn
+	// back counts the deliveries naked here, never handed out.
+	back *handedBack
 	// elected takes JetStream's advisories of consumers' new leaders.
 	elected *nats.Subscription
 
@@ -104,8 +106,8 @@ const (
 // nakPayload is JetStream's nak.
 var nakPayload = []byte("-NAK")
 
-func newPulls(nc *nats.Conn) *pulls {
-	p := &pulls{nc: nc, bySub: make(map[*nats.Subscription]*pullSlot)}
+func newPulls(nc *nats.Conn, back *handedBack) *pulls {
+	p := &pulls{nc: nc, back: back, bySub: make(map[*nats.Subscription]*pullSlot)}
 	// Without them, a get whose request went to a consumer's leader that
 	// then died waits out its whole wait (a worker's, 5s by default)
 	// before it asks the new leader: a failover's gap grew by that much.
@@ -215,7 +217,7 @@ func (p *pulls) received(m *nats.Msg) {
 		// Not (or no longer) awaited: hand it back rather than leave it
 		// until AckWait.
 		if status == "" && m.Reply != "" {
-			_ = p.nc.Publish(m.Reply, nakPayload)
+			p.handBack(m.Reply)
 		}
 		return
 	}
@@ -226,7 +228,7 @@ func (p *pulls) received(m *nats.Msg) {
 		// old one had ended it. Not this request's (another queue's,
 		// maybe): hand it back.
 		if m.Reply != "" {
-			_ = p.nc.Publish(m.Reply, nakPayload)
+			p.handBack(m.Reply)
 		}
 		return
 	}
@@ -242,6 +244,13 @@ func (p *pulls) received(m *nats.Msg) {
 	if sl.left--; sl.left <= 0 {
 		sl.r = nil // answered in full
 	}
+}
+
+// handBack naks the delivery whose ack subject is reply, which no get
+// takes, and counts it as not an attempt.
+func (p *pulls) handBack(reply string) {
+	p.back.add(reply)
+	_ = p.nc.Publish(reply, nakPayload)
 }
 
 // unsubscribe drains sub, an inbox no get awaits any longer: what

@@ -3,11 +3,14 @@ package jsqueue
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/qm-dev/qm/master/queue"
 )
 
 // A pull tells its consumer's messages by their ack subject, in both
@@ -69,7 +72,7 @@ func pullEndedByAnAdvisory(t *testing.T, wait time.Duration) (*nats.Conn, *nats.
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	p := newPulls(nc)
+	p := newPulls(nc, &handedBack{})
 	t.Cleanup(p.close)
 	const next = pullPrefix + "S.C"
 	reqs, err := nc.SubscribeSync(next)
@@ -120,5 +123,77 @@ func wantNaked(t *testing.T, nc *nats.Conn, req *nats.Msg, naks *nats.Subscripti
 	}
 	if nak.Subject != late.Reply || string(nak.Data) != string(nakPayload) {
 		t.Fatalf("got %q on %s, want a nak on %s", nak.Data, nak.Subject, late.Reply)
+	}
+}
+
+// A task JetStream delivers to an inbox no get awaits (a consumer's old
+// leader answering a request the gateway gave up, after a partition) is
+// naked, and that delivery is no attempt: with one attempt allowed, the
+// next get hands the task out at attempt 1. Counted, it was dead-lettered
+// unrun, as map's results were in a CI run of TestClusterPartition.
+func TestDeliveryNakedUnseenIsNoAttempt(t *testing.T) {
+	q := packQueues(t, Config{MaxAttempts: 1})
+	ids := putN(t, q, "jobs", 1)
+	if _, err := q.open("jobs", true); err != nil {
+		t.Fatal(err)
+	}
+	js, err := q.cfg.Conn.JetStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stray, err := js.PullSubscribe("", consumerName, nats.Bind(streamName("jobs"), consumerName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for round := range 3 {
+		msgs, err := stray.Fetch(1, nats.MaxWait(5*time.Second))
+		if err != nil || len(msgs) != 1 {
+			t.Fatalf("round %d: fetched %d messages, %v", round, len(msgs), err)
+		}
+		q.pulls.received(msgs[0]) // not a request of the gateway's: naked
+	}
+	ts := getN(t, q, "jobs", 1, 1, 5*time.Second)
+	if len(ts) != 1 || ts[0].ID != ids[0] || ts[0].Attempts != 1 || ts[0].LastError != "" {
+		t.Fatalf("after three deliveries naked unseen got %+v, want task %d at attempt 1", ts, ids[0])
+	}
+	if st, err := q.Stats(queue.DeadLetterName("jobs")); !errors.Is(err, queue.ErrUnknownQueue) && (err != nil || st.Ready != 0) {
+		t.Fatalf("dead letters: %+v, %v; want none", st, err)
+	}
+}
+
+// handedBack keeps the counts of the latest messages, and forgets the
+// oldest generation as it fills.
+func TestHandedBackKeepsTheLatest(t *testing.T) {
+	var h handedBack
+	ack := func(seq int) string { return fmt.Sprintf("$JS.ACK.S.C.1.%d.1.0.0", seq) }
+	at := func(seq, delivered uint64) uint64 {
+		md := &nats.MsgMetadata{Stream: "S", Consumer: "C", NumDelivered: delivered}
+		md.Sequence.Stream = seq
+		return h.attempts(md)
+	}
+	h.add(ack(1))
+	h.add(ack(1))
+	h.add("test.ack") // not JetStream's: ignored
+	if got := at(1, 3); got != 1 {
+		t.Fatalf("third delivery of a message naked twice: attempt %d, want 1", got)
+	}
+	if got := at(1, 5); got != 3 {
+		t.Fatalf("fifth delivery: attempt %d, want 3", got)
+	}
+	if got := at(2, 2); got != 2 {
+		t.Fatalf("another message's second delivery: attempt %d, want 2", got)
+	}
+	for seq := 2; seq <= handedBackKept; seq++ { // fills the first generation
+		h.add(ack(seq))
+	}
+	h.add(ack(1)) // moved to the second, with its count
+	if got := at(1, 4); got != 1 {
+		t.Fatalf("after a generation: attempt %d, want 1", got)
+	}
+	for seq := handedBackKept + 1; seq <= 3*handedBackKept; seq++ {
+		h.add(ack(seq))
+	}
+	if got := at(1, 4); got != 4 {
+		t.Fatalf("two generations later: attempt %d, want 4 (forgotten)", got)
 	}
 }

@@ -180,6 +180,9 @@ type Queues struct {
 	renewSub   *nats.Subscription
 	// pulls routes the answers to the gets' pull requests.
 	pulls *pulls
+	// handedBack counts the deliveries given back unseen, which are no
+	// attempts.
+	handedBack handedBack
 
 	// kv is the record of deliveries (handover.go), opened on first use
 	// under kvMu. recs, the stream of the packs' records (packrecord.go),
@@ -414,7 +417,7 @@ func New(cfg Config) (*Queues, error) {
 			return nil, fmt.Errorf("jetstream: subscribe to the gateways' pack sizes: %w", err)
 		}
 	}
-	q.pulls = newPulls(cfg.Conn)
+	q.pulls = newPulls(cfg.Conn, &q.handedBack)
 	q.followAdvisories()
 	if err := q.Answer(topicPurged, q.answerPurged); err != nil { // purged.go
 		q.log.Warn("this gateway will not hear of purges through the others: it may hand out tasks they purged", "err", err)

@@ -280,18 +280,28 @@ func TestAckWaitsForResultsAndGivesBackOnFailure(t *testing.T) {
 }
 
 // A delivery that never reached its client (Unget) goes back ahead of
-// newer tasks, counted as an attempt by JetStream; on the last attempt it
-// is stored again instead, uncounted, so that it runs rather than going
-// to the dead-letter queue.
+// newer tasks, and is no attempt: JetStream counts it, the gateway does
+// not. On the last attempt (its earlier ones failed) it is stored again
+// instead, uncounted, so that it runs, wherever it is delivered next,
+// rather than going to the dead-letter queue.
 func TestUngetOnTheLastAttemptRunsAgain(t *testing.T) {
 	q := newQueues(t, startNode(t), jsqueue.Config{MaxAttempts: 2})
 	ids := put(t, q, "jobs", "t", "later")
 	req := queue.GetRequest{Queue: "jobs", Max: 1, Owner: 1}
 	ts := get(t, q, "jobs", 1, 1, 0, 0)
-	q.Unget(req, ts)
+	for range 3 {
+		q.Unget(req, ts)
+		ts = get(t, q, "jobs", 1, 1, 0, 2*time.Second)
+		if len(ts) != 1 || ts[0].ID != ids[0] || ts[0].Attempts != 1 {
+			t.Fatalf("after an unget got %+v, want task %d first again, attempt 1", ts, ids[0])
+		}
+	}
+	if err := q.Nack(queue.NackRequest{Queue: "jobs", Owner: 1, ID: ts[0].ID, Error: "boom"}); err != nil {
+		t.Fatal(err)
+	}
 	ts = get(t, q, "jobs", 1, 1, 0, 2*time.Second)
 	if len(ts) != 1 || ts[0].ID != ids[0] || ts[0].Attempts != 2 {
-		t.Fatalf("after an unget got %+v, want task %d first again, attempt 2", ts, ids[0])
+		t.Fatalf("after a failure got %+v, want task %d first again, attempt 2", ts, ids[0])
 	}
 	q.Unget(req, ts) // its last attempt
 	ts = get(t, q, "jobs", 1, 2, 0, 2*time.Second)
