@@ -592,20 +592,9 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts [
 			delete(q.retrying[s.queue], t.ID)
 			delete(s.givenBack, md.Sequence.Stream)
 		}
-		maxAttempts := q.policy(s.queue).MaxAttempts
-		if pastLastAttempt(t, s, req, maxAttempts) && t.Attempts <= lostDeliveries*maxAttempts {
-			// A gateway dead-letters a task whose last attempt fails:
-			// the deliveries past it were lost, with a gateway or a
-			// consumer's leader, not failed. It runs once more, as its
-			// last, rather than be dead-lettered unrun; past
-			// lostDeliveries times the attempts allowed, every delivery
-			// counts, as for a pack.
-			t.Attempts = maxAttempts
-		}
 		l := &lease{key: key, s: s, msg: m, task: t, owner: req.Owner, since: now, touched: now, confirmed: now, deadline: now.Add(req.Lease)}
-		if t.Attempts > 1 && pastLastAttempt(t, s, req, maxAttempts) {
-			// Delivered too often: the task may be what brings down each
-			// gateway that holds it.
+		if t.Attempts > 1 && pastLastAttempt(t, s, req, q.policy(s.queue).MaxAttempts) {
+			// Its last delivery's lease ran out unseen: it failed that one too.
 			l.task.Attempts--
 			dead = append(dead, l)
 			continue
