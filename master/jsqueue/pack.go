@@ -286,14 +286,14 @@ func (q *Queues) unpackLocked(s *stream, m *nats.Msg, md *nats.MsgMetadata, now 
 	// gateway holding its pack. Past packDeliveries times the attempts
 	// allowed, every delivery counts: a task that brings down each gateway
 	// that holds it is then dead-lettered, not passed on for ever.
-	attempts := uint64(1)
-	if n := q.handedBack.attempts(md); n > uint64(packDeliveries*q.policy(s.queue).MaxAttempts) {
-		attempts = n
+	attempts, delivered := uint64(1), q.handedBack.attempts(md)
+	if delivered > uint64(packDeliveries*q.policy(s.queue).MaxAttempts) {
+		attempts = delivered
 	}
 	for i, pl := range payloads {
 		t := taskOf(seq, md.Timestamp, m.Header, pl, attempts)
 		t.ID = packedID(seq, i)
-		if md.NumDelivered > 1 {
+		if delivered > 1 {
 			t.LastError = errExpired // the gateway that held it died or lost it
 		}
 		p.tasks[i] = t

@@ -161,21 +161,26 @@ func TestDeliveryNakedUnseenIsNoAttempt(t *testing.T) {
 	}
 }
 
-// handedBack keeps the counts of the latest messages, and forgets the
-// oldest generation as it fills.
+// handedBack takes off a delivery's count the deliveries before it that
+// were handed back, each number once; it keeps the records of the latest
+// messages, and forgets the oldest generation as it fills.
 func TestHandedBackKeepsTheLatest(t *testing.T) {
 	var h handedBack
-	ack := func(seq int) string { return fmt.Sprintf("$JS.ACK.S.C.1.%d.1.0.0", seq) }
+	ack := func(seq, delivered int) string { return fmt.Sprintf("$JS.ACK.S.C.%d.%d.1.0.0", delivered, seq) }
 	at := func(seq, delivered uint64) uint64 {
 		md := &nats.MsgMetadata{Stream: "S", Consumer: "C", NumDelivered: delivered}
 		md.Sequence.Stream = seq
 		return h.attempts(md)
 	}
-	h.add(ack(1))
-	h.add(ack(1))
+	h.add(ack(1, 1))
+	h.add(ack(1, 2))
+	h.add(ack(1, 2))  // the same delivery again (a deposed leader's): once
 	h.add("test.ack") // not JetStream's: ignored
 	if got := at(1, 3); got != 1 {
-		t.Fatalf("third delivery of a message naked twice: attempt %d, want 1", got)
+		t.Fatalf("third delivery of a message whose first two were naked: attempt %d, want 1", got)
+	}
+	if got := at(1, 2); got != 1 {
+		t.Fatalf("second delivery: attempt %d, want 1", got)
 	}
 	if got := at(1, 5); got != 3 {
 		t.Fatalf("fifth delivery: attempt %d, want 3", got)
@@ -183,15 +188,19 @@ func TestHandedBackKeepsTheLatest(t *testing.T) {
 	if got := at(2, 2); got != 2 {
 		t.Fatalf("another message's second delivery: attempt %d, want 2", got)
 	}
-	for seq := 2; seq <= handedBackKept; seq++ { // fills the first generation
-		h.add(ack(seq))
+	h.add(ack(3, 4)) // a number its successor never counted
+	if got := at(3, 4); got != 4 {
+		t.Fatalf("fourth delivery, whose own number was naked before: attempt %d, want 4", got)
 	}
-	h.add(ack(1)) // moved to the second, with its count
+	for seq := 2; seq <= handedBackKept; seq++ { // fills the first generation
+		h.add(ack(seq, 1))
+	}
+	h.add(ack(1, 3)) // moved to the second, with its record
 	if got := at(1, 4); got != 1 {
 		t.Fatalf("after a generation: attempt %d, want 1", got)
 	}
 	for seq := handedBackKept + 1; seq <= 3*handedBackKept; seq++ {
-		h.add(ack(seq))
+		h.add(ack(seq, 1))
 	}
 	if got := at(1, 4); got != 4 {
 		t.Fatalf("two generations later: attempt %d, want 4 (forgotten)", got)
