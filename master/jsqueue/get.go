@@ -577,7 +577,8 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts [
 		if md.NumDelivered == 1 && m.Header.Get(hdrScheduler) != "" {
 			fired++ // a delayed task come due: stored twice (figures)
 		}
-		t := taskOf(md.Sequence.Stream, md.Timestamp, m.Header, m.Data, q.handedBack.attempts(md))
+		delivered := q.handedBack.attempts(md)
+		t := taskOf(md.Sequence.Stream, md.Timestamp, m.Header, m.Data, delivered)
 		if !req.NoAck {
 			t.Token = m.Reply
 		}
@@ -586,7 +587,7 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts [
 			if e, ok := q.lastErr[key]; ok {
 				t.LastError = e
 				delete(q.lastErr, key)
-			} else if t.Attempts > 1 {
+			} else if delivered > 1 {
 				t.LastError = errExpired
 			}
 			delete(q.retrying[s.queue], t.ID)

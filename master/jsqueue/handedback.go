@@ -31,10 +31,12 @@ type handedBack struct {
 }
 
 // deliveryRef names a message of a consumer: deliveries are counted per
-// consumer (a queue's priorities each have one).
+// consumer (a queue's priorities each have one). Its stored time tells it
+// from the message at the same sequence of a queue deleted and made again.
 type deliveryRef struct {
 	stream, consumer string
 	seq              uint64
+	stored           int64
 }
 
 const (
@@ -51,7 +53,7 @@ func (h *handedBack) add(reply string) {
 	if !ok {
 		return
 	}
-	ref := deliveryRef{tok.stream, tok.consumer, tok.seq}
+	ref := deliveryRef{tok.stream, tok.consumer, tok.seq, tok.stored}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.cur == nil || len(h.cur) >= handedBackKept {
@@ -76,7 +78,7 @@ func (h *handedBack) attempts(md *nats.MsgMetadata) uint64 {
 	if delivered <= 1 {
 		return delivered
 	}
-	ref := deliveryRef{md.Stream, md.Consumer, md.Sequence.Stream}
+	ref := deliveryRef{md.Stream, md.Consumer, md.Sequence.Stream, md.Timestamp.UnixNano()}
 	h.mu.Lock()
 	ns, ok := h.cur[ref]
 	if !ok {

@@ -53,6 +53,7 @@ const doneMark = "done "
 type ackToken struct {
 	stream, consumer string
 	delivered, seq   uint64
+	stored           int64 // the message's stored time, Unix ns; 0 if unreadable
 }
 
 // parseToken reads a JetStream ack subject, in either of its forms:
@@ -83,7 +84,8 @@ func parseToken(tok string) (ackToken, bool) {
 	if err1 != nil || err2 != nil || delivered == 0 || seq == 0 {
 		return ackToken{}, false
 	}
-	return ackToken{stream: parts[at], consumer: parts[at+1], delivered: delivered, seq: seq}, true
+	stored, _ := strconv.ParseInt(parts[at+5], 10, 64)
+	return ackToken{stream: parts[at], consumer: parts[at+1], delivered: delivered, seq: seq, stored: stored}, true
 }
 
 // deliveries returns the record, creating the bucket on first use.

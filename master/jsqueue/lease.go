@@ -815,7 +815,8 @@ func (q *Queues) uncount(l *lease) error {
 	msgs := []*nats.Msg{movedMsg(taskSubject(l.s, l.task), l.task, l.task.Attempts-1)}
 	ids, err := q.publish(ctx, msgs)
 	if err != nil {
-		_ = q.nak(l.msg, 0) // delivered again, it is dead-lettered: better than lost
+		q.handedBack.add(l.msg.Reply)
+		_ = q.nak(l.msg, 0) // delivered again elsewhere, it is dead-lettered: better than lost
 		return err
 	}
 	l.s.notePuts(msgs, ids)

@@ -166,9 +166,9 @@ func TestDeliveryNakedUnseenIsNoAttempt(t *testing.T) {
 // messages, and forgets the oldest generation as it fills.
 func TestHandedBackKeepsTheLatest(t *testing.T) {
 	var h handedBack
-	ack := func(seq, delivered int) string { return fmt.Sprintf("$JS.ACK.S.C.%d.%d.1.0.0", delivered, seq) }
+	ack := func(seq, delivered int) string { return fmt.Sprintf("$JS.ACK.S.C.%d.%d.1.7.0", delivered, seq) }
 	at := func(seq, delivered uint64) uint64 {
-		md := &nats.MsgMetadata{Stream: "S", Consumer: "C", NumDelivered: delivered}
+		md := &nats.MsgMetadata{Stream: "S", Consumer: "C", NumDelivered: delivered, Timestamp: time.Unix(0, 7)}
 		md.Sequence.Stream = seq
 		return h.attempts(md)
 	}
@@ -187,6 +187,10 @@ func TestHandedBackKeepsTheLatest(t *testing.T) {
 	}
 	if got := at(2, 2); got != 2 {
 		t.Fatalf("another message's second delivery: attempt %d, want 2", got)
+	}
+	h.add("$JS.ACK.S.C.1.4.1.6.0") // seq 4 of a stream since deleted and made again
+	if got := at(4, 2); got != 2 {
+		t.Fatalf("second delivery of a message whose sequence an older one had: attempt %d, want 2", got)
 	}
 	h.add(ack(3, 4)) // a number its successor never counted
 	if got := at(3, 4); got != 4 {
