@@ -503,7 +503,7 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts [
 			claimBy = least
 		}
 	}
-	msgs, mds = q.claimRedeliveries(s, msgs, mds, claimBy)
+	msgs, mds, failedBefore := q.claimRedeliveries(s, msgs, mds, claimBy)
 	// A redelivered pack is recorded as this gateway's, and the record
 	// says which of its tasks are done.
 	type claim struct {
@@ -593,10 +593,24 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts [
 			delete(q.retrying[s.queue], t.ID)
 			delete(s.givenBack, md.Sequence.Stream)
 		}
+		maxAttempts := q.policy(s.queue).MaxAttempts
+		failed := failedBefore[md.Sequence.Stream] && !req.NoAck && !queue.IsDeadLetterName(s.queue)
+		if !failed && pastLastAttempt(t, s, req, maxAttempts) && t.Attempts <= lostDeliveries*maxAttempts {
+			// Its last attempt did not fail (a gateway that sees it fail
+			// dead-letters it, or marks it failed as it gives it back):
+			// the deliveries past it were lost, with a gateway or a
+			// consumer's leader, or naked unseen by another gateway. It
+			// runs once more, as its last, rather than be dead-lettered
+			// unrun; past lostDeliveries times the attempts allowed,
+			// every delivery counts, as for a pack.
+			t.Attempts = maxAttempts
+		}
 		l := &lease{key: key, s: s, msg: m, task: t, owner: req.Owner, since: now, touched: now, confirmed: now, deadline: now.Add(req.Lease)}
-		if t.Attempts > 1 && pastLastAttempt(t, s, req, q.policy(s.queue).MaxAttempts) {
-			// Its last delivery's lease ran out unseen: it failed that one too.
-			l.task.Attempts--
+		if failed || t.Attempts > 1 && pastLastAttempt(t, s, req, maxAttempts) {
+			// Its delivery before failed, given back to be dead-lettered
+			// here; or it was delivered too often: the task may be what
+			// brings down each gateway that holds it.
+			l.task.Attempts = max(l.task.Attempts-1, 1)
 			dead = append(dead, l)
 			continue
 		}
@@ -644,13 +658,15 @@ func redelivered(md *nats.MsgMetadata) bool { return md != nil && md.NumDelivere
 
 // claimRedeliveries records the redeliveries among msgs (handover.go) and
 // returns msgs and their metadata mds less those not to hand out: tasks
-// being completed through another gateway. The records are written
-// concurrently, a few at a time: a dead worker's prefetched tasks come
-// back together. A get with no redelivery costs nothing here.
-func (q *Queues) claimRedeliveries(s *stream, msgs []*nats.Msg, mds []*nats.MsgMetadata, by time.Time) ([]*nats.Msg, []*nats.MsgMetadata) {
+// being completed through another gateway. failed holds the stream
+// sequences of those whose previous delivery failed and was given back
+// (failedMark). The records are written concurrently, a few at a time: a
+// dead worker's prefetched tasks come back together. A get with no
+// redelivery costs nothing here.
+func (q *Queues) claimRedeliveries(s *stream, msgs []*nats.Msg, mds []*nats.MsgMetadata, by time.Time) (_ []*nats.Msg, _ []*nats.MsgMetadata, failed map[uint64]bool) {
 	// A pack's redelivery is recorded in its own record (claimPack).
 	if !slices.ContainsFunc(mds, redelivered) {
-		return msgs, mds
+		return msgs, mds, nil
 	}
 	var claims []int
 	for i, md := range mds {
@@ -658,19 +674,29 @@ func (q *Queues) claimRedeliveries(s *stream, msgs []*nats.Msg, mds []*nats.MsgM
 			claims = append(claims, i)
 		}
 	}
-	hold := make([]bool, len(msgs))
+	hand, marked := make([]bool, len(msgs)), make([]bool, len(msgs))
+	for i := range hand {
+		hand[i] = true
+	}
 	eachAtOnce(len(claims), maxConcurrentClaims, func(k int) error {
 		i := claims[k]
-		hold[i] = !q.claimRedelivery(s, mds[i].Sequence.Stream, mds[i].NumDelivered, by)
+		hand[i], marked[i] = q.claimRedelivery(s, mds[i].Sequence.Stream, mds[i].NumDelivered, by)
 		return nil
 	})
 	keptMsgs, keptMds := msgs[:0], mds[:0]
 	for i := range msgs {
-		if !hold[i] {
-			keptMsgs, keptMds = append(keptMsgs, msgs[i]), append(keptMds, mds[i])
+		if !hand[i] {
+			continue
+		}
+		keptMsgs, keptMds = append(keptMsgs, msgs[i]), append(keptMds, mds[i])
+		if marked[i] {
+			if failed == nil {
+				failed = make(map[uint64]bool)
+			}
+			failed[mds[i].Sequence.Stream] = true
 		}
 	}
-	return keptMsgs, keptMds
+	return keptMsgs, keptMds, failed
 }
 
 // maxConcurrentClaims bounds the redelivery records one get writes at once.

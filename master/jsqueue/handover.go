@@ -49,6 +49,24 @@ const deliveriesTTL = 24 * time.Hour
 // doneMark starts the value of a task completed through another gateway.
 const doneMark = "done "
 
+// failedMark starts the value of a task whose delivery, named by the
+// number after it, failed and was given back rather than dead-lettered:
+// its worker went away on its last attempt (it may still complete it
+// through another gateway), or its dead-letter queue could not be
+// written. Its next delivery is dead-lettered, wherever it goes, rather
+// than run once more as a delivery past the last attempt that was lost
+// is (deliver). An older gateway reads it as no record.
+const failedMark = "failed "
+
+// recordedDelivery reads a value of the record that names a delivery: its
+// number, and whether that delivery failed (failedMark). ok is false for
+// a done mark, or a value this version does not know.
+func recordedDelivery(v []byte) (n uint64, failed, ok bool) {
+	s, failed := strings.CutPrefix(string(v), failedMark)
+	n, err := strconv.ParseUint(s, 10, 64)
+	return n, failed, err == nil
+}
+
 // ackToken is what a delivery token names.
 type ackToken struct {
 	stream, consumer string
@@ -123,52 +141,97 @@ func deliveryKey(stream string, seq uint64) string {
 
 // claimRedelivery records that this gateway hands out delivery number
 // delivered of the message at seq of s, unless the task was completed
-// through another gateway less than an ack wait ago (false: leave the
-// message be; the completion acks it). If the record cannot be reached,
-// the task is handed out all the same, and said so: at worst it runs
-// twice, where refusing would stall it. It ends by by, if that comes
-// before the request timeout (deliver).
-func (q *Queues) claimRedelivery(s *stream, seq, delivered uint64, by time.Time) bool {
+// through another gateway less than an ack wait ago (hand false: leave
+// the message be; the completion acks it). failed reports that the
+// delivery before it failed and was given back (failedMark). If the
+// record cannot be reached, the task is handed out all the same, and said
+// so: at worst it runs twice, where refusing would stall it. It ends by
+// by, if that comes before the request timeout (deliver).
+func (q *Queues) claimRedelivery(s *stream, seq, delivered uint64, by time.Time) (hand, failed bool) {
 	ctx, cancel := q.callBy(by, 0)
 	defer cancel()
 	kv, err := q.deliveries(ctx)
 	if err == nil {
-		var ok bool
-		ok, err = q.claim(ctx, kv, s, deliveryKey(streamName(s.queue), seq), delivered)
+		hand, failed, err = q.claim(ctx, kv, s, deliveryKey(streamName(s.queue), seq), delivered)
 		if err == nil {
-			return ok
+			return hand, failed
 		}
 	}
 	q.log.Warn("redelivery not recorded; a completion of its previous delivery through another gateway may then be taken too",
 		"queue", s.queue, "seq", seq, "err", err)
-	return true
+	return true, false
 }
 
-func (q *Queues) claim(ctx context.Context, kv jetstream.KeyValue, s *stream, key string, delivered uint64) (bool, error) {
+func (q *Queues) claim(ctx context.Context, kv jetstream.KeyValue, s *stream, key string, delivered uint64) (hand, failed bool, err error) {
 	value := []byte(strconv.FormatUint(delivered, 10))
 	for range 3 {
 		var e jetstream.KeyValueEntry
 		err := retrying(ctx, func(ctx context.Context) (err error) { e, err = kv.Get(ctx, key); return err })
+		failed = false
 		switch {
 		case errors.Is(err, jetstream.ErrKeyNotFound):
 			e = nil
 		case err != nil:
-			return false, err
+			return false, false, err
 		case strings.HasPrefix(string(e.Value()), doneMark) && time.Since(e.Created()) < s.ackWait:
-			return false, nil
+			return false, false, nil
 		default:
-			if n, perr := strconv.ParseUint(string(e.Value()), 10, 64); perr == nil && n >= delivered {
+			var n uint64
+			var ok bool
+			if n, failed, ok = recordedDelivery(e.Value()); ok && n >= delivered {
 				// Recorded already (this gateway's earlier try), or a later
 				// delivery is: then this one is stale.
-				return n == delivered, nil
+				return n == delivered, false, nil
 			}
 		}
 		if again, err := q.casPut(ctx, key, e, value); !again {
-			return err == nil, err
+			return err == nil, failed && err == nil, err
 		}
 		// Someone wrote it meanwhile: look again.
 	}
-	return false, fmt.Errorf("the record of %s kept changing", key)
+	return false, false, fmt.Errorf("the record of %s kept changing", key)
+}
+
+// markFailed records in the deliveries' record that l's delivery failed
+// and is given back rather than dead-lettered (failedMark), unless a
+// later delivery or a completion is recorded. Called before the nak
+// that gives it back, so that its redelivery finds the mark.
+func (q *Queues) markFailed(l *lease) {
+	tok, ok := parseToken(l.msg.Reply)
+	if !ok {
+		return
+	}
+	ctx, cancel := q.call()
+	defer cancel()
+	key := deliveryKey(tok.stream, tok.seq)
+	value := []byte(failedMark + strconv.FormatUint(tok.delivered, 10))
+	kv, err := q.deliveries(ctx)
+	for try := 0; err == nil; try++ {
+		if try == 3 {
+			err = fmt.Errorf("the record of %s kept changing", key)
+			break
+		}
+		var e jetstream.KeyValueEntry
+		err = retrying(ctx, func(ctx context.Context) (err error) { e, err = kv.Get(ctx, key); return err })
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+			e, err = nil, nil
+		case err != nil:
+			continue
+		case strings.HasPrefix(string(e.Value()), doneMark):
+			return
+		default:
+			if n, _, ok := recordedDelivery(e.Value()); ok && n > tok.delivered {
+				return // delivered again since: not this delivery's to mark
+			}
+		}
+		var again bool
+		if again, err = q.casPut(ctx, key, e, value); !again && err == nil {
+			return
+		}
+	}
+	q.log.Warn("a failed last attempt not recorded; delivered again through another gateway, the task may run once more before it is dead-lettered",
+		"queue", l.key.queue, "task", l.key.id, "err", err)
 }
 
 // casPut writes value at key of the deliveries' record if the entry there
@@ -280,7 +343,7 @@ func (q *Queues) current(ctx context.Context, s *stream, id uint64, token string
 	case strings.HasPrefix(string(e.Value()), doneMark):
 		return t, nil, false, nil // completed through another gateway already
 	}
-	if n, perr := strconv.ParseUint(string(e.Value()), 10, 64); perr == nil && n > tok.delivered {
+	if n, _, ok := recordedDelivery(e.Value()); ok && n > tok.delivered {
 		return t, nil, false, nil // redelivered since
 	}
 	return t, e, true, nil

@@ -816,7 +816,7 @@ func (q *Queues) uncount(l *lease) error {
 	ids, err := q.publish(ctx, msgs)
 	if err != nil {
 		q.handedBack.add(l.msg.Reply)
-		_ = q.nak(l.msg, 0) // delivered again elsewhere, it is dead-lettered: better than lost
+		_ = q.nak(l.msg, 0) // delivered again, it runs as its last attempt
 		return err
 	}
 	l.s.notePuts(msgs, ids)
@@ -850,9 +850,14 @@ func (q *Queues) Release(owner uint64) int {
 	q.mu.Unlock()
 	for _, l := range ls {
 		// Given back, not dead-lettered on its last attempt: the worker
-		// may complete it through another gateway (handover.go), and a
-		// redelivery past the last attempt is dead-lettered when it is
-		// fetched, after the deliveries' record says it was not.
+		// may complete it through another gateway (handover.go). Its
+		// redelivery is dead-lettered when it is fetched, after the
+		// deliveries' record says it was not completed, and that it
+		// failed (failedMark): a delivery past the last attempt that the
+		// record does not say failed runs once more.
+		if l.task.Attempts >= q.policy(l.key.queue).MaxAttempts && !queue.IsDeadLetterName(l.key.queue) {
+			q.markFailed(l)
+		}
 		q.noteLastErr(l.key, "worker disconnected")
 		if err := q.nak(l.msg, 0); err != nil {
 			q.log.Warn("could not give back a lease; JetStream redelivers it after AckWait", "queue", l.key.queue, "task", l.key.id, "err", err)

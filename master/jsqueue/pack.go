@@ -241,10 +241,11 @@ func movedMsgOf(p *pack, i int, attemptsBefore int) *nats.Msg {
 	return m
 }
 
-// packDeliveries bounds, as a multiple of the attempts allowed, how often
+// lostDeliveries bounds, as a multiple of the attempts allowed, how often
 // a pack is delivered before its deliveries count as its tasks' attempts
-// (unpackLocked).
-const packDeliveries = 3
+// (unpackLocked), and a task stored alone before a delivery past its last
+// attempt is dead-lettered rather than run (Queues.deliver).
+const lostDeliveries = 3
 
 // heldTask is a task of a held pack waiting to be handed out (not before
 // due, if set) since since.
@@ -283,11 +284,11 @@ func (q *Queues) unpackLocked(s *stream, m *nats.Msg, md *nats.MsgMetadata, now 
 	// deliveries, and each of its gateway's deaths or lost acks would
 	// cost all its tasks an attempt, those never handed out too, and
 	// dead-letter them unrun. A task's failed attempts are counted by the
-	// gateway holding its pack. Past packDeliveries times the attempts
+	// gateway holding its pack. Past lostDeliveries times the attempts
 	// allowed, every delivery counts: a task that brings down each gateway
 	// that holds it is then dead-lettered, not passed on for ever.
 	attempts, delivered := uint64(1), q.handedBack.attempts(md)
-	if delivered > uint64(packDeliveries*q.policy(s.queue).MaxAttempts) {
+	if delivered > uint64(lostDeliveries*q.policy(s.queue).MaxAttempts) {
 		attempts = delivered
 	}
 	for i, pl := range payloads {

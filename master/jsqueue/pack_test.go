@@ -587,7 +587,9 @@ func TestHeldTasksMoveToAnotherGateway(t *testing.T) {
 // A get that takes tasks for good (map's results) takes a task JetStream
 // delivered past its last attempt rather than dead-letter it: its count
 // is of deliveries whose acks JetStream did not see, and only a lease can
-// fail. A leased get dead-letters it.
+// fail. A leased get hands it out as its last attempt: the delivery past
+// it was lost with its gateway, not failed (a failed last attempt is
+// dead-lettered by the gateway it failed through).
 func TestTakingForGoodIgnoresAttempts(t *testing.T) {
 	n := startNode(t)
 	cfg := jsqueue.Config{Pack: 1, AckWait: 300 * time.Millisecond, MaxAttempts: 1}
@@ -605,62 +607,56 @@ func TestTakingForGoodIgnoresAttempts(t *testing.T) {
 			t.Fatal("no task")
 		}
 		cfgA.Conn.Close() // its ack never comes
-		wait := 5 * time.Second
-		if !noAck {
-			wait = 1500 * time.Millisecond // all of it waited: see below
-		}
-		start := time.Now()
-		ts, err := b.Get(context.Background(), queue.GetRequest{Queue: name, Max: 1, Owner: 7, NoAck: noAck, Lease: time.Minute, MaxWait: wait}, nil)
+		ts, err := b.Get(context.Background(), queue.GetRequest{Queue: name, Max: 1, Owner: 7, NoAck: noAck, Lease: time.Minute, MaxWait: 5 * time.Second}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if noAck && (len(ts) != 1 || ts[0].ID != ids[0]) {
-			t.Fatalf("taken for good after its holder died: %+v, want task %d", ts, ids[0])
-		}
-		if !noAck {
-			if len(ts) != 0 {
-				t.Fatalf("leased after its last attempt: %+v, want it dead-lettered", ts)
-			}
-			// Dead-lettering the redelivery does not end the get: it
-			// waits on for a task to hand out.
-			if took := time.Since(start); took < wait-50*time.Millisecond {
-				t.Fatalf("the get returned empty after %v, before its wait of %v", took, wait)
-			}
-			if st, err := b.Stats(queue.DeadLetterName(name)); err != nil || st.Ready != 1 {
-				t.Fatalf("dead letters: %+v, %v; want the task", st, err)
-			}
+		if len(ts) != 1 || ts[0].ID != ids[0] || !noAck && ts[0].Attempts != 1 {
+			t.Fatalf("after its holder died got %+v, want task %d (leased: at attempt 1, its last)", ts, ids[0])
 		}
 		dying.Close()
 	}
 }
 
-// A pack delivered more than three times the attempts allowed counts
-// every delivery: a task that brings down each gateway holding it is
-// dead-lettered rather than passed on for ever.
-func TestPackDeliveredTooOftenIsDeadLettered(t *testing.T) {
-	n := startNode(t)
-	cfg := jsqueue.Config{HoldFor: time.Minute, Pack: 8, AckWait: 300 * time.Millisecond, MaxAttempts: 1}
-	b := newQueues(t, n, cfg)
-	put(t, b, "jobs", "1", "2")
-	for i := range 3 { // deliveries 1 to 3, each to a gateway that dies holding it
-		cfgA := cfg
-		cfgA.Conn = connect(t, n)
-		dying, err := jsqueue.New(cfgA)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if ts := get(t, dying, "jobs", 1, 1, time.Minute, 5*time.Second); len(ts) != 1 || ts[0].Attempts != 1 {
-			t.Fatalf("delivery %d: got %+v, want a task at attempt 1", i+1, ts)
-		}
-		cfgA.Conn.Close()
-		dying.Close()
-	}
-	if ts := get(t, b, "jobs", 7, 8, time.Minute, 1500*time.Millisecond); len(ts) != 0 {
-		t.Fatalf("the fourth delivery handed out %+v, want its tasks dead-lettered", ts)
-	}
-	st, err := b.Stats(queue.DeadLetterName("jobs"))
-	if err != nil || st.Ready != 2 {
-		t.Fatalf("dead letters: %+v, %v; want both tasks", st, err)
+// A task delivered more than three times the attempts allowed, packed or
+// stored alone, counts every delivery: a task that brings down each
+// gateway holding it is dead-lettered rather than passed on for ever.
+func TestDeliveredTooOftenIsDeadLettered(t *testing.T) {
+	for _, pack := range []int{8, 1} {
+		t.Run(fmt.Sprintf("pack %d", pack), func(t *testing.T) {
+			n := startNode(t)
+			cfg := jsqueue.Config{HoldFor: time.Minute, Pack: pack, AckWait: 300 * time.Millisecond, MaxAttempts: 1}
+			b := newQueues(t, n, cfg)
+			items := []string{"1", "2"}[:min(pack, 2)] // one message
+			put(t, b, "jobs", items...)
+			for i := range 3 { // deliveries 1 to 3, each to a gateway that dies holding it
+				cfgA := cfg
+				cfgA.Conn = connect(t, n)
+				dying, err := jsqueue.New(cfgA)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if ts := get(t, dying, "jobs", 1, 1, time.Minute, 5*time.Second); len(ts) != 1 || ts[0].Attempts != 1 {
+					t.Fatalf("delivery %d: got %+v, want a task at attempt 1", i+1, ts)
+				}
+				cfgA.Conn.Close()
+				dying.Close()
+			}
+			// Dead-lettering the redelivery does not end the get: it
+			// waits on for a task to hand out.
+			wait := 1500 * time.Millisecond
+			start := time.Now()
+			if ts := get(t, b, "jobs", 7, 8, time.Minute, wait); len(ts) != 0 {
+				t.Fatalf("the fourth delivery handed out %+v, want its tasks dead-lettered", ts)
+			}
+			if took := time.Since(start); took < wait-50*time.Millisecond {
+				t.Fatalf("the get returned empty after %v, before its wait of %v", took, wait)
+			}
+			st, err := b.Stats(queue.DeadLetterName("jobs"))
+			if err != nil || st.Ready != len(items) {
+				t.Fatalf("dead letters: %+v, %v; want the %d tasks", st, err, len(items))
+			}
+		})
 	}
 }
 
@@ -796,5 +792,37 @@ func TestPurgedAndDeadTasksAreNotDone(t *testing.T) {
 				return nil
 			})
 		})
+	}
+}
+
+// A task stored alone whose worker went away on its last attempt is
+// dead-lettered when it is delivered again, through any gateway: the
+// gateway it left marks the failure in the deliveries' record as it
+// gives the task back. Unmarked, the redelivery past the last attempt
+// would run once more, as one whose delivery was lost does.
+func TestReleaseOnTheLastAttemptIsDeadLettered(t *testing.T) {
+	n := startNode(t)
+	cfg := jsqueue.Config{Pack: 1, MaxAttempts: 1}
+	a, b := newQueues(t, n, cfg), newQueues(t, n, cfg)
+	for _, next := range []*jsqueue.Queues{a, b} {
+		name := fmt.Sprintf("jobs-%p", next)
+		ids := put(t, a, name, "t")
+		if ts := get(t, a, name, 1, 1, time.Minute, 5*time.Second); len(ts) != 1 || ts[0].Attempts != 1 {
+			t.Fatalf("got %+v, want the task at attempt 1", ts)
+		}
+		if n := a.Release(1); n != 1 {
+			t.Fatalf("released %d leases, want 1", n)
+		}
+		if ts := get(t, next, name, 2, 1, time.Minute, 1500*time.Millisecond); len(ts) != 0 {
+			t.Fatalf("after its worker left on its last attempt got %+v, want it dead-lettered", ts)
+		}
+		waitFor(t, "the task in the dead-letter queue", func() bool {
+			st, err := a.Stats(queue.DeadLetterName(name))
+			return err == nil && st.Ready == 1
+		})
+		dead, err := a.Peek(queue.DeadLetterName(name), 10)
+		if err != nil || len(dead) != 1 || dead[0].ID != ids[0] || dead[0].Attempts != 1 {
+			t.Fatalf("dead letters %+v, %v; want task %d at attempt 1", dead, err, ids[0])
+		}
 	}
 }
