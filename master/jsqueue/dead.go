@@ -51,7 +51,7 @@ func (q *Queues) deadLetter(l *lease, errText string) error {
 			q.requeueLocked(l, true, errText, time.Now().Add(deadLetterRetry))
 			q.mu.Unlock()
 		} else {
-			q.markFailed(l) // so that its redelivery is dead-lettered, not run
+			q.markFailed(l.msg.Reply, l.key.queue, l.key.id) // so that its redelivery is dead-lettered, not run
 			_ = q.cfg.Conn.Publish(l.msg.Reply, nakBody(deadLetterRetry))
 		}
 		return err

@@ -680,7 +680,7 @@ func (q *Queues) claimRedeliveries(s *stream, msgs []*nats.Msg, mds []*nats.MsgM
 	}
 	eachAtOnce(len(claims), maxConcurrentClaims, func(k int) error {
 		i := claims[k]
-		hand[i], marked[i] = q.claimRedelivery(s, mds[i].Sequence.Stream, mds[i].NumDelivered, by)
+		hand[i], marked[i] = q.claimRedelivery(s, mds[i].Sequence.Stream, mds[i].NumDelivered, mds[i].Timestamp.UnixNano(), by)
 		return nil
 	})
 	keptMsgs, keptMds := msgs[:0], mds[:0]

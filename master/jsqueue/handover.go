@@ -49,22 +49,44 @@ const deliveriesTTL = 24 * time.Hour
 // doneMark starts the value of a task completed through another gateway.
 const doneMark = "done "
 
-// failedMark starts the value of a task whose delivery, named by the
-// number after it, failed and was given back rather than dead-lettered:
-// its worker went away on its last attempt (it may still complete it
-// through another gateway), or its dead-letter queue could not be
-// written. Its next delivery is dead-lettered, wherever it goes, rather
+// failedMark starts the value of a task whose delivery failed and was
+// given back rather than dead-lettered: its worker went away on its last
+// attempt (it may still complete it through another gateway), its
+// results could not be stored on its last attempt, or its dead-letter
+// queue could not be written. "failed <delivery> <stored>": the number
+// of the delivery, and the message's stored time (Unix ns), which tells
+// it from the message at the same sequence of a queue deleted and made
+// again. Its next delivery is dead-lettered, wherever it goes, rather
 // than run once more as a delivery past the last attempt that was lost
-// is (deliver). An older gateway reads it as no record.
+// is (deliver); the mark stays until the message is gone. An older
+// gateway reads it as no record.
 const failedMark = "failed "
 
+// failedValue is the record's value marking delivery delivered of the
+// message stored at stored failed (failedMark).
+func failedValue(delivered uint64, stored int64) []byte {
+	return []byte(failedMark + strconv.FormatUint(delivered, 10) + " " + strconv.FormatInt(stored, 10))
+}
+
 // recordedDelivery reads a value of the record that names a delivery: its
-// number, and whether that delivery failed (failedMark). ok is false for
-// a done mark, or a value this version does not know.
-func recordedDelivery(v []byte) (n uint64, failed, ok bool) {
+// number, and, if it marks that delivery failed (failedMark), the stored
+// time of the message it marks (failed). ok is false for a done mark, or
+// a value this version does not know.
+func recordedDelivery(v []byte) (n uint64, failed bool, stored int64, ok bool) {
 	s, failed := strings.CutPrefix(string(v), failedMark)
+	if failed {
+		var t string
+		var cut bool
+		if s, t, cut = strings.Cut(s, " "); !cut {
+			return 0, false, 0, false
+		}
+		var err error
+		if stored, err = strconv.ParseInt(t, 10, 64); err != nil {
+			return 0, false, 0, false
+		}
+	}
 	n, err := strconv.ParseUint(s, 10, 64)
-	return n, failed, err == nil
+	return n, failed, stored, err == nil
 }
 
 // ackToken is what a delivery token names.
@@ -140,19 +162,20 @@ func deliveryKey(stream string, seq uint64) string {
 }
 
 // claimRedelivery records that this gateway hands out delivery number
-// delivered of the message at seq of s, unless the task was completed
-// through another gateway less than an ack wait ago (hand false: leave
-// the message be; the completion acks it). failed reports that the
-// delivery before it failed and was given back (failedMark). If the
-// record cannot be reached, the task is handed out all the same, and said
-// so: at worst it runs twice, where refusing would stall it. It ends by
-// by, if that comes before the request timeout (deliver).
-func (q *Queues) claimRedelivery(s *stream, seq, delivered uint64, by time.Time) (hand, failed bool) {
+// delivered of the message at seq of s, stored at stored (Unix ns),
+// unless the task was completed through another gateway less than an ack
+// wait ago (hand false: leave the message be; the completion acks it).
+// failed reports that a delivery before it failed and was given back
+// (failedMark). If the record cannot be reached, the task is handed out
+// all the same, and said so: at worst it runs twice, where refusing would
+// stall it. It ends by by, if that comes before the request timeout
+// (deliver).
+func (q *Queues) claimRedelivery(s *stream, seq, delivered uint64, stored int64, by time.Time) (hand, failed bool) {
 	ctx, cancel := q.callBy(by, 0)
 	defer cancel()
 	kv, err := q.deliveries(ctx)
 	if err == nil {
-		hand, failed, err = q.claim(ctx, kv, s, deliveryKey(streamName(s.queue), seq), delivered)
+		hand, failed, err = q.claim(ctx, kv, s, deliveryKey(streamName(s.queue), seq), delivered, stored)
 		if err == nil {
 			return hand, failed
 		}
@@ -162,8 +185,7 @@ func (q *Queues) claimRedelivery(s *stream, seq, delivered uint64, by time.Time)
 	return true, false
 }
 
-func (q *Queues) claim(ctx context.Context, kv jetstream.KeyValue, s *stream, key string, delivered uint64) (hand, failed bool, err error) {
-	value := []byte(strconv.FormatUint(delivered, 10))
+func (q *Queues) claim(ctx context.Context, kv jetstream.KeyValue, s *stream, key string, delivered uint64, stored int64) (hand, failed bool, err error) {
 	for range 3 {
 		var e jetstream.KeyValueEntry
 		err := retrying(ctx, func(ctx context.Context) (err error) { e, err = kv.Get(ctx, key); return err })
@@ -176,13 +198,23 @@ func (q *Queues) claim(ctx context.Context, kv jetstream.KeyValue, s *stream, ke
 		case strings.HasPrefix(string(e.Value()), doneMark) && time.Since(e.Created()) < s.ackWait:
 			return false, false, nil
 		default:
-			var n uint64
-			var ok bool
-			if n, failed, ok = recordedDelivery(e.Value()); ok && n >= delivered {
+			n, marked, markedStored, ok := recordedDelivery(e.Value())
+			if marked && markedStored != stored {
+				break // another message's, at the same sequence of a queue made again
+			}
+			failed = marked
+			if ok && n >= delivered {
 				// Recorded already (this gateway's earlier try), or a later
 				// delivery is: then this one is stale.
-				return n == delivered, false, nil
+				return n == delivered, failed && n == delivered, nil
 			}
+		}
+		// The failure stays marked until the message is gone: a claimed
+		// delivery may yet be given back (its gateway closing) before it
+		// is dead-lettered.
+		value := []byte(strconv.FormatUint(delivered, 10))
+		if failed {
+			value = failedValue(delivered, stored)
 		}
 		if again, err := q.casPut(ctx, key, e, value); !again {
 			return err == nil, failed && err == nil, err
@@ -192,19 +224,20 @@ func (q *Queues) claim(ctx context.Context, kv jetstream.KeyValue, s *stream, ke
 	return false, false, fmt.Errorf("the record of %s kept changing", key)
 }
 
-// markFailed records in the deliveries' record that l's delivery failed
-// and is given back rather than dead-lettered (failedMark), unless a
-// later delivery or a completion is recorded. Called before the nak
-// that gives it back, so that its redelivery finds the mark.
-func (q *Queues) markFailed(l *lease) {
-	tok, ok := parseToken(l.msg.Reply)
+// markFailed records in the deliveries' record that the delivery whose
+// token (ack subject) is token failed and is given back rather than
+// dead-lettered (failedMark), unless a later delivery or a completion is
+// recorded. Called before the nak that gives it back, so that its
+// redelivery finds the mark. name and id are the task's, for the log.
+func (q *Queues) markFailed(token, name string, id uint64) {
+	tok, ok := parseToken(token)
 	if !ok {
 		return
 	}
 	ctx, cancel := q.call()
 	defer cancel()
 	key := deliveryKey(tok.stream, tok.seq)
-	value := []byte(failedMark + strconv.FormatUint(tok.delivered, 10))
+	value := failedValue(tok.delivered, tok.stored)
 	kv, err := q.deliveries(ctx)
 	for try := 0; err == nil; try++ {
 		if try == 3 {
@@ -221,7 +254,7 @@ func (q *Queues) markFailed(l *lease) {
 		case strings.HasPrefix(string(e.Value()), doneMark):
 			return
 		default:
-			if n, _, ok := recordedDelivery(e.Value()); ok && n > tok.delivered {
+			if n, _, _, ok := recordedDelivery(e.Value()); ok && n > tok.delivered {
 				return // delivered again since: not this delivery's to mark
 			}
 		}
@@ -230,8 +263,8 @@ func (q *Queues) markFailed(l *lease) {
 			return
 		}
 	}
-	q.log.Warn("a failed last attempt not recorded; delivered again through another gateway, the task may run once more before it is dead-lettered",
-		"queue", l.key.queue, "task", l.key.id, "err", err)
+	q.log.Warn("a failed last attempt not recorded; delivered again, the task may run once more before it is dead-lettered",
+		"queue", name, "task", id, "err", err)
 }
 
 // casPut writes value at key of the deliveries' record if the entry there
@@ -343,7 +376,7 @@ func (q *Queues) current(ctx context.Context, s *stream, id uint64, token string
 	case strings.HasPrefix(string(e.Value()), doneMark):
 		return t, nil, false, nil // completed through another gateway already
 	}
-	if n, _, ok := recordedDelivery(e.Value()); ok && n > tok.delivered {
+	if n, _, _, ok := recordedDelivery(e.Value()); ok && n > tok.delivered {
 		return t, nil, false, nil // redelivered since
 	}
 	return t, e, true, nil
@@ -431,10 +464,11 @@ func (q *Queues) nackMoved(req queue.NackRequest) error {
 	return q.fail(&lease{key: leaseKey{req.Queue, req.ID}, s: s, msg: &nats.Msg{Reply: req.Token}, task: t}, req.Error, req.RetryAfter, req.NoRetry)
 }
 
-// disown undoes adoptOrphan for a task whose results could not be stored:
-// the task runs again, at once, through any gateway. ok is false if a
-// packed task could not be stored again, and is its pack's to do again.
-func (q *Queues) disown(o orphan) (ok bool) {
+// disown undoes adoptOrphan for a task of queue name whose results could
+// not be stored (resultsFailed), or were not tried: the task runs again,
+// at once, through any gateway. ok is false if a packed task could not be
+// stored again, and is its pack's to do again.
+func (q *Queues) disown(name string, o orphan, resultsFailed bool) (ok bool) {
 	if o.packed != nil {
 		// Not unmarked: the gateway holding the pack, or one fetching it
 		// again, may have counted it done meanwhile, and would not run it.
@@ -451,7 +485,15 @@ func (q *Queues) disown(o orphan) (ok bool) {
 	ctx, cancel := q.call()
 	defer cancel()
 	if kv, err := q.deliveries(ctx); err == nil {
-		_ = kv.Delete(ctx, o.key)
+		// Unmarked done; marked failed if its results were not stored on
+		// its last attempt, as a packed task's failure here is counted
+		// (storeFailed).
+		tok, _ := parseToken(o.msg.Reply) // current checked it
+		if resultsFailed && o.task.Attempts >= q.policy(name).MaxAttempts && !queue.IsDeadLetterName(name) {
+			_, _ = kv.Put(ctx, o.key, failedValue(tok.delivered, tok.stored))
+		} else {
+			_ = kv.Delete(ctx, o.key)
+		}
 	}
 	_ = q.nak(o.msg, 0)
 	return true

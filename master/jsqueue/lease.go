@@ -161,7 +161,7 @@ func (q *Queues) Ack(req queue.AckRequest, dst []queue.Task) ([]queue.Task, erro
 	var orphanErr error // their results are stored: the others are acked all the same
 	if err != nil {
 		q.untakeRefs(taken) // before their tasks are handed out again
-		q.disownAll(adopted)
+		q.disownAll(req.Queue, adopted, true)
 	} else {
 		for _, o := range adopted {
 			if o.packed != nil {
@@ -172,6 +172,11 @@ func (q *Queues) Ack(req queue.AckRequest, dst []queue.Task) ([]queue.Task, erro
 		}
 	}
 	msgs := make([]*nats.Msg, 0, len(ls))
+	var lastFailed []*lease // their results not stored on their last attempt
+	maxAttempts := 0        // looked up only if the results failed
+	if err != nil {
+		maxAttempts = q.policy(req.Queue).MaxAttempts
+	}
 	q.mu.Lock()
 	for _, l := range ls {
 		switch {
@@ -183,6 +188,9 @@ func (q *Queues) Ack(req queue.AckRequest, dst []queue.Task) ([]queue.Task, erro
 		case err != nil:
 			if !l.lost { // else JetStream may have handed it to another worker
 				msgs = append(msgs, l.msg)
+				if l.task.Attempts >= maxAttempts && !queue.IsDeadLetterName(req.Queue) {
+					lastFailed = append(lastFailed, l)
+				}
 			}
 		default:
 			if m := q.settleLocked(l); m != nil {
@@ -194,6 +202,11 @@ func (q *Queues) Ack(req queue.AckRequest, dst []queue.Task) ([]queue.Task, erro
 	if err == nil {
 		err = q.ackAll(msgs)
 	} else {
+		// Failed as a packed task's is counted: its redelivery is
+		// dead-lettered (failedMark).
+		for _, l := range lastFailed {
+			q.markFailed(l.msg.Reply, l.key.queue, l.key.id)
+		}
 		for _, m := range msgs {
 			_ = q.nak(m, 0)
 		}
@@ -278,7 +291,7 @@ func (q *Queues) adoptOrphans(req queue.AckRequest, orphans []int, bad []uint64)
 		}
 		o, ok, err := q.adoptOrphan(s, req.IDs[i], req.Tokens[i])
 		if err != nil {
-			q.disownAll(adopted)
+			q.disownAll(req.Queue, adopted, false)
 			return nil, bad, err
 		}
 		if !ok {
@@ -296,7 +309,7 @@ func (q *Queues) adoptOrphans(req queue.AckRequest, orphans []int, bad []uint64)
 		}
 		group, err := q.adoptPacked(s, ids, tokens)
 		if err != nil {
-			q.disownAll(adopted)
+			q.disownAll(req.Queue, adopted, false)
 			return nil, bad, err
 		}
 		for k, o := range group {
@@ -315,13 +328,13 @@ func (q *Queues) adoptOrphans(req queue.AckRequest, orphans []int, bad []uint64)
 // disownAll undoes the adoption of each of adopted. A pack one of whose
 // tasks could not be stored again is its to do again, so it is not acked
 // by the last of them (packDone), which adoptPacked puts after the others.
-func (q *Queues) disownAll(adopted []orphan) {
+func (q *Queues) disownAll(name string, adopted []orphan, resultsFailed bool) {
 	failed := make(map[string]bool) // keys of packs' records
 	for _, o := range adopted {
 		if o.packed != nil && failed[o.packed.key()] {
 			o.packDone = false
 		}
-		if !q.disown(o) && o.packed != nil {
+		if !q.disown(name, o, resultsFailed) && o.packed != nil {
 			failed[o.packed.key()] = true
 		}
 	}
@@ -856,7 +869,7 @@ func (q *Queues) Release(owner uint64) int {
 		// failed (failedMark): a delivery past the last attempt that the
 		// record does not say failed runs once more.
 		if l.task.Attempts >= q.policy(l.key.queue).MaxAttempts && !queue.IsDeadLetterName(l.key.queue) {
-			q.markFailed(l)
+			q.markFailed(l.msg.Reply, l.key.queue, l.key.id)
 		}
 		q.noteLastErr(l.key, "worker disconnected")
 		if err := q.nak(l.msg, 0); err != nil {

@@ -210,3 +210,35 @@ func TestHandedBackKeepsTheLatest(t *testing.T) {
 		t.Fatalf("two generations later: attempt %d, want 4 (forgotten)", got)
 	}
 }
+
+// A failure marked in the deliveries' record stays marked through the
+// claims of later deliveries (one may be given back before it is
+// dead-lettered), and marks only the message it was made for, not one at
+// the same sequence of a queue deleted and made again.
+func TestFailedMarkStaysWithItsMessage(t *testing.T) {
+	q := packQueues(t, Config{})
+	s, err := q.open("jobs", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := q.call()
+	defer cancel()
+	kv, err := q.deliveries(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const stored = 1796608455763789605
+	token := fmt.Sprintf("$JS.ACK.%s.qm.1.1.1.%d.0", streamName("jobs"), stored)
+	q.markFailed(token, "jobs", 1)
+	key := deliveryKey(streamName("jobs"), 1)
+	for delivered := uint64(2); delivered <= 3; delivered++ {
+		hand, failed, err := q.claim(ctx, kv, s, key, delivered, stored)
+		if err != nil || !hand || !failed {
+			t.Fatalf("claim of delivery %d: hand %v, failed %v, %v; want both", delivered, hand, failed, err)
+		}
+	}
+	hand, failed, err := q.claim(ctx, kv, s, key, 4, stored+1)
+	if err != nil || !hand || failed {
+		t.Fatalf("claim of another message at the sequence: hand %v, failed %v, %v; want handed out, not failed", hand, failed, err)
+	}
+}

@@ -797,3 +797,25 @@ func TestResumeServesGetsOfAnyGateway(t *testing.T) {
 		})
 	}
 }
+
+// A task stored alone whose results could not be stored on its last
+// attempt is dead-lettered when it comes again, as a packed task is: the
+// failure is marked in the deliveries' record as the task is given back.
+// Unmarked, the redelivery past the last attempt would run once more, as
+// one whose delivery was lost does.
+func TestResultsNotStoredOnTheLastAttemptIsDeadLettered(t *testing.T) {
+	q := newQueues(t, startNode(t), jsqueue.Config{MaxAttempts: 1})
+	ids := put(t, q, "jobs", "t")
+	get(t, q, "jobs", 1, 1, time.Minute, 0)
+	if _, err := q.Ack(queue.AckRequest{Queue: "jobs", Owner: 1, IDs: ids, Publish: func([]queue.Task) ([]queue.Task, error) {
+		return nil, queue.ErrUnavailable
+	}}, nil); !errors.Is(err, queue.ErrUnavailable) {
+		t.Fatalf("ack whose results failed: %v", err)
+	}
+	if ts := get(t, q, "jobs", 2, 1, time.Minute, 1500*time.Millisecond); len(ts) != 0 {
+		t.Fatalf("after its results failed on its last attempt got %+v, want it dead-lettered", ts)
+	}
+	if st, err := q.Stats(queue.DeadLetterName("jobs")); err != nil || st.Ready != 1 {
+		t.Fatalf("dead letters: %+v, %v; want the task", st, err)
+	}
+}
