@@ -521,6 +521,7 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts [
 		}
 	}
 	now := time.Now()
+	maxAttempts := q.policy(s.queue).MaxAttempts
 	var dead []*lease
 	var doneAlready []*nats.Msg
 	q.mu.Lock()
@@ -593,8 +594,7 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts [
 			delete(q.retrying[s.queue], t.ID)
 			delete(s.givenBack, md.Sequence.Stream)
 		}
-		maxAttempts := q.policy(s.queue).MaxAttempts
-		failed := failedBefore[md.Sequence.Stream] && !req.NoAck && !queue.IsDeadLetterName(s.queue)
+		failed := failedBefore[md.Sequence.Stream] && pastLastAttempt(t, s, req, maxAttempts)
 		if !failed && pastLastAttempt(t, s, req, maxAttempts) && t.Attempts <= lostDeliveries*maxAttempts {
 			// Its last attempt did not fail (a gateway that sees it fail
 			// dead-letters it, or marks it failed as it gives it back):

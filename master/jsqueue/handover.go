@@ -254,7 +254,8 @@ func (q *Queues) markFailed(token, name string, id uint64) {
 		case strings.HasPrefix(string(e.Value()), doneMark):
 			return
 		default:
-			if n, _, _, ok := recordedDelivery(e.Value()); ok && n > tok.delivered {
+			n, marked, markedStored, ok := recordedDelivery(e.Value())
+			if ok && n > tok.delivered && (!marked || markedStored == tok.stored) {
 				return // delivered again since: not this delivery's to mark
 			}
 		}
