@@ -594,8 +594,9 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts [
 			delete(q.retrying[s.queue], t.ID)
 			delete(s.givenBack, md.Sequence.Stream)
 		}
-		failed := failedBefore[md.Sequence.Stream] && pastLastAttempt(t, s, req, maxAttempts)
-		if !failed && pastLastAttempt(t, s, req, maxAttempts) && t.Attempts <= lostDeliveries*maxAttempts {
+		past := pastLastAttempt(t, s, req, maxAttempts)
+		failed := past && failedBefore[md.Sequence.Stream]
+		if past && !failed && t.Attempts <= lostDeliveries*maxAttempts {
 			// Its last attempt did not fail (a gateway that sees it fail
 			// dead-letters it, or marks it failed as it gives it back):
 			// the deliveries past it were lost, with a gateway or a

@@ -713,10 +713,10 @@ func (q *Queues) Extend(name string, owner uint64, ids []uint64, lease time.Dura
 // Unget gives back tasks a Get for req took but could not deliver, with a
 // nak (ahead of newer ones). JetStream counts every delivery; this gateway
 // takes the delivery off the task's count when it comes again
-// (handedBack), but another gateway would not. A task on its last attempt
-// would then be dead-lettered there without having run: it is stored
-// again at the end of its queue instead, its count lowered by this
-// delivery, and the delivery acked.
+// (handedBack), but another gateway would not, and would hand it out past
+// its last attempt (once more, as its last: deliver). A task on its last
+// attempt is stored again at the end of its queue instead, its count
+// lowered by this delivery, and the delivery acked.
 //
 // Tasks taken with NoAck are given back the same way while they wait for
 // Delivered. One acked already (Delivered was not called in time, see
