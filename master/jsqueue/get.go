@@ -521,7 +521,7 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts [
 		}
 	}
 	now := time.Now()
-	maxAttempts := q.policy(s.queue).MaxAttempts
+	maxAttempts := 0 // the queue's policy, looked up for the first task delivered before
 	var dead []*lease
 	var doneAlready []*nats.Msg
 	q.mu.Lock()
@@ -594,9 +594,14 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts [
 			delete(q.retrying[s.queue], t.ID)
 			delete(s.givenBack, md.Sequence.Stream)
 		}
-		past := pastLastAttempt(t, s, req, maxAttempts)
-		failed := past && failedBefore[md.Sequence.Stream]
-		if past && !failed && t.Attempts <= lostDeliveries*maxAttempts {
+		past := false
+		if t.Attempts > 1 {
+			if maxAttempts == 0 {
+				maxAttempts = q.policy(s.queue).MaxAttempts
+			}
+			past = pastLastAttempt(t, s, req, maxAttempts)
+		}
+		if past && !failedBefore[md.Sequence.Stream] && t.Attempts <= lostDeliveries*maxAttempts {
 			// Its last attempt did not fail (a gateway that sees it fail
 			// dead-letters it, or marks it failed as it gives it back):
 			// the deliveries past it were lost, with a gateway or a
@@ -604,14 +609,14 @@ func (q *Queues) deliver(s *stream, req queue.GetRequest, msgs []*nats.Msg, ts [
 			// runs once more, as its last, rather than be dead-lettered
 			// unrun; past lostDeliveries times the attempts allowed,
 			// every delivery counts, as for a pack.
-			t.Attempts = maxAttempts
+			t.Attempts, past = maxAttempts, false
 		}
 		l := &lease{key: key, s: s, msg: m, task: t, owner: req.Owner, since: now, touched: now, confirmed: now, deadline: now.Add(req.Lease)}
-		if failed || t.Attempts > 1 && pastLastAttempt(t, s, req, maxAttempts) {
+		if past {
 			// Its delivery before failed, given back to be dead-lettered
 			// here; or it was delivered too often: the task may be what
 			// brings down each gateway that holds it.
-			l.task.Attempts = max(l.task.Attempts-1, 1)
+			l.task.Attempts--
 			dead = append(dead, l)
 			continue
 		}

@@ -268,11 +268,7 @@ func TestAckWaitsForResultsAndGivesBackOnFailure(t *testing.T) {
 
 	more := put(t, q, "jobs", "c")
 	get(t, q, "jobs", 3, 1, time.Minute, 0)
-	if _, err := q.Ack(queue.AckRequest{Queue: "jobs", Owner: 3, IDs: more, Publish: func([]queue.Task) ([]queue.Task, error) {
-		return nil, queue.ErrUnavailable
-	}}, nil); !errors.Is(err, queue.ErrUnavailable) {
-		t.Fatalf("ack whose results failed: %v", err)
-	}
+	ackResultsFailing(t, q, "jobs", 3, more)
 	ts := get(t, q, "jobs", 4, 1, 0, 5*time.Second)
 	if len(ts) != 1 || ts[0].ID != more[0] || ts[0].Attempts != 2 {
 		t.Fatalf("after its results failed got %+v, want task %d again", ts, more[0])
@@ -807,15 +803,23 @@ func TestResultsNotStoredOnTheLastAttemptIsDeadLettered(t *testing.T) {
 	q := newQueues(t, startNode(t), jsqueue.Config{MaxAttempts: 1})
 	ids := put(t, q, "jobs", "t")
 	get(t, q, "jobs", 1, 1, time.Minute, 0)
-	if _, err := q.Ack(queue.AckRequest{Queue: "jobs", Owner: 1, IDs: ids, Publish: func([]queue.Task) ([]queue.Task, error) {
-		return nil, queue.ErrUnavailable
-	}}, nil); !errors.Is(err, queue.ErrUnavailable) {
-		t.Fatalf("ack whose results failed: %v", err)
-	}
+	ackResultsFailing(t, q, "jobs", 1, ids)
 	if ts := get(t, q, "jobs", 2, 1, time.Minute, 1500*time.Millisecond); len(ts) != 0 {
 		t.Fatalf("after its results failed on its last attempt got %+v, want it dead-lettered", ts)
 	}
 	if st, err := q.Stats(queue.DeadLetterName("jobs")); err != nil || st.Ready != 1 {
 		t.Fatalf("dead letters: %+v, %v; want the task", st, err)
+	}
+}
+
+// ackResultsFailing acks tasks ids of queue name, leased to owner, with
+// results that cannot be stored (their queue unavailable), and checks that
+// the ack says so.
+func ackResultsFailing(t *testing.T, q *jsqueue.Queues, name string, owner uint64, ids []uint64) {
+	t.Helper()
+	if _, err := q.Ack(queue.AckRequest{Queue: name, Owner: owner, IDs: ids, Publish: func([]queue.Task) ([]queue.Task, error) {
+		return nil, queue.ErrUnavailable
+	}}, nil); !errors.Is(err, queue.ErrUnavailable) {
+		t.Fatalf("ack whose results failed: %v", err)
 	}
 }
