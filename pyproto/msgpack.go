@@ -3,6 +3,7 @@ package pyproto
 import (
 	"fmt"
 	"slices"
+	"unicode/utf8"
 
 	"github.com/qm-dev/qm/internal/msgp"
 	"github.com/qm-dev/qm/internal/pyext"
@@ -160,6 +161,10 @@ func (p *pickler) mpValue(r *msgp.Reader, depth int, key bool) error {
 	case msgp.TypeFloat:
 		p.float(v.Float())
 	case msgp.TypeStr:
+		if !utf8.Valid(v.Data) && !pythonUTF8(v.Data) {
+			p.bytes(v.Data) // as str does
+			break
+		}
 		p.counted(len(v.Data), opShortBinUni, opBinUnicode, opBinUnicode8)
 		p.buf = append(p.buf, v.Data...)
 	case msgp.TypeBin:

@@ -8,6 +8,7 @@ import (
 	"math/big"
 	"slices"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/qm-dev/qm/internal/pyext"
 )
@@ -258,9 +259,34 @@ func (p *pickler) float(f float64) {
 	p.buf = binary.BigEndian.AppendUint64(p.buf, math.Float64bits(f))
 }
 
+// str pickles s as a str, or, if Python cannot decode it as one (it is
+// not UTF-8: a Go client's string of other bytes), as bytes: Python's
+// unpickler would raise on it, and a get that raises loses its task.
 func (p *pickler) str(s string) {
+	if !utf8.ValidString(s) && !pythonUTF8([]byte(s)) {
+		p.bytes([]byte(s))
+		return
+	}
 	p.counted(len(s), opShortBinUni, opBinUnicode, opBinUnicode8)
 	p.buf = append(p.buf, s...)
+}
+
+// pythonUTF8 reports whether Python's unpickler decodes s as a str: UTF-8,
+// with the surrogates (U+D800 to U+DFFF) a Python str may hold allowed
+// (it decodes with "surrogatepass"), which Go's UTF-8 is not.
+func pythonUTF8(b []byte) bool {
+	for len(b) > 0 {
+		if len(b) >= 3 && b[0] == 0xED && b[1] >= 0xA0 && b[1] <= 0xBF && b[2] >= 0x80 && b[2] <= 0xBF {
+			b = b[3:] // a surrogate
+			continue
+		}
+		r, n := utf8.DecodeRune(b)
+		if r == utf8.RuneError && n == 1 {
+			return false
+		}
+		b = b[n:]
+	}
+	return true
 }
 
 func (p *pickler) bytes(b []byte) {

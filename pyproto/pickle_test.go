@@ -87,6 +87,12 @@ func pickleCases(t *testing.T) []struct {
 		{hx("92d80a3ff8000000000000c000000000000000d80a" + strings.Repeat("00", 16)), "[(1.5-2j), 0j]"},
 		{mp(t, time.Date(2024, 1, 2, 3, 4, 5, 6000, time.FixedZone("X", 3600))), "datetime.datetime(2024, 1, 2, 2, 4, 5, 6, tzinfo=datetime.timezone.utc)"},
 		{bytes.Repeat([]byte("b"), 300), "300"},
+		// Strings Python cannot decode go as bytes (a get that raised
+		// would lose its task); the surrogates a Python str may hold,
+		// which Go's UTF-8 is not, stay a str.
+		{mp(t, []any{"\xffb", "a\xed\xa0"}), `[b'\xffb', b'a\xed\xa0']`},
+		{[]any{"\xffb", map[string]any{"\xc3": "\xe9t\xe9"}}, `[b'\xffb', {b'\xc3': b'\xe9t\xe9'}]`},
+		{hx("92a3eda080a6" + "61edbfbfed9f"), `['\ud800', b'a\xed\xbf\xbf\xed\x9f']`},
 	}
 }
 

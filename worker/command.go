@@ -88,7 +88,7 @@ func Command(argv []string, timeout time.Duration, opts ...CommandOption) Handle
 			return nil, fmt.Errorf("%s: output longer than %d bytes", argv[0], maxOutput)
 		case err == nil:
 			out := strings.TrimSuffix(stdout.String(), "\n")
-			return jsonval.Parse(strings.TrimSuffix(out, "\r")), nil
+			return jsonval.ParseExact(strings.TrimSuffix(out, "\r")), nil
 		case ctx.Err() != nil:
 			return nil, fmt.Errorf("%s: %w", argv[0], context.Cause(ctx))
 		case runCtx.Err() != nil:

@@ -46,7 +46,8 @@ skipped). Each item that is valid JSON is sent as that value (42, 1.5,
 true, null, "text", [1,2], {"a":1}), and an item that is NaN, Infinity or
 -Infinity as that float, as get prints it (a number beyond a float's
 range, 1e400, is infinite, as Python's json module reads it); anything
-else as a plain string, so hello is "hello".
+else as a plain string, so hello is "hello", or as bytes if it is not
+UTF-8 (get prints those in base64).
 
 Items are sent in batches of --batch. A summary goes to stderr; with --ids
 the task IDs are printed on stdout, one per line.

@@ -73,7 +73,8 @@ Built-in handlers:
 COMMAND gets the task's payload on stdin: a string as its raw text, bytes as
 they are, anything else as one line of JSON; QM_PAYLOAD in its environment
 says which (text, bytes or json), with QM_TASK_ID, QM_ATTEMPT and QM_QUEUE. Its stdout, less a trailing newline, is
-the task's result: the value if it is JSON, else the string. A non-zero exit
+the task's result: the value if it is JSON, else the text as it is, spaces
+kept (bytes if it is not UTF-8). A non-zero exit
 fails the attempt, with the end of stderr as the error; the master retries
 the task, and dead-letters it after its last attempt, or at once for the
 exit status given to --no-retry-exit (bad input). --task-timeout kills

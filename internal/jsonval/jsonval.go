@@ -23,15 +23,29 @@ import (
 
 // Parse reads one line of user input: valid JSON is taken as that value
 // (integers as int64 when they fit, else as uint64 when they fit),
-// anything else as a plain string, so `seq 1 10` gives numbers and
-// `hello` gives "hello". A line that is NaN, Infinity or -Infinity is
-// that float, as Python's json module and MarshalAllowNaN write it, and
-// a number beyond a float's range (1e400) is infinite, as that module
-// reads it.
+// anything else as a plain string (Text of it, trimmed), so `seq 1 10`
+// gives numbers and `hello` gives "hello". A line that is NaN, Infinity
+// or -Infinity is that float, as Python's json module and
+// MarshalAllowNaN write it, and a number beyond a float's range (1e400)
+// is infinite, as that module reads it.
 func Parse(line string) any {
+	return parse(line, false)
+}
+
+// ParseExact is Parse for a program's output: text that is not JSON is
+// taken as it is, its spaces and line ends kept.
+func ParseExact(out string) any {
+	return parse(out, true)
+}
+
+func parse(line string, exact bool) any {
 	s := strings.TrimSpace(line)
+	text := s
+	if exact || s == "" {
+		text = line
+	}
 	if s == "" {
-		return line
+		return Text(text)
 	}
 	if f, ok := nonFinite(s); ok {
 		return f
@@ -40,26 +54,49 @@ func Parse(line string) any {
 	// qmaster map's time per line: a word, which no JSON value starts
 	// like, and an integer.
 	if !strings.ContainsRune(`{["-0123456789tfn`, rune(s[0])) {
-		return s
+		return Text(text)
 	}
 	if i, ok := jsonInt(s); ok {
 		return i
 	}
-	return decode(s)
+	if v, ok := decodeJSON(s); ok {
+		return v
+	}
+	return Text(text)
+}
+
+// Text is the value of text that is not JSON: the string, or, if it is
+// not UTF-8, its bytes. A msgpack str holds UTF-8 only: Python's
+// clients cannot read one that does not (a get would fail and lose the
+// task), and Go's would read U+FFFD in place of its bytes; bytes reach
+// Python as bytes and print as JSON in base64 (docs/VALUES.md).
+func Text(text string) any {
+	if utf8.ValidString(text) {
+		return text
+	}
+	return []byte(text)
 }
 
 // decode is Parse by the JSON decoder, for a trimmed, non-empty s.
 func decode(s string) any {
+	if v, ok := decodeJSON(s); ok {
+		return v
+	}
+	return Text(s)
+}
+
+// decodeJSON decodes s if it is one JSON value.
+func decodeJSON(s string) (any, bool) {
 	dec := json.NewDecoder(strings.NewReader(s))
 	dec.UseNumber()
 	var v any
 	if err := dec.Decode(&v); err != nil || dec.More() {
-		return s
+		return nil, false
 	}
 	if _, err := dec.Token(); err == nil { // trailing data: not one JSON value
-		return s
+		return nil, false
 	}
-	return normalize(v)
+	return normalize(v), true
 }
 
 // nonFiniteTokens are the tokens Python's json module writes, and reads,

@@ -94,6 +94,12 @@ func TestParse(t *testing.T) {
 		{"[- Infinity]", "[- Infinity]"},
 		{"{NaN:1}", "{NaN:1}"},
 		{"NaN NaN", "NaN NaN"},
+
+		// Text that is not UTF-8 is bytes: a msgpack str is UTF-8.
+		{"h\xe9llo", []byte("h\xe9llo")},
+		{" \xff ", []byte("\xff")},
+		{"[\xff]", []byte("[\xff]")},
+		{"héllo", "héllo"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.in, func(t *testing.T) {
@@ -101,6 +107,32 @@ func TestParse(t *testing.T) {
 				t.Errorf("Parse(%q) = %#v, want %#v", tt.in, got, tt.want)
 			}
 		})
+	}
+}
+
+// ParseExact keeps text that is not JSON as it is; JSON is read as Parse
+// reads it.
+func TestParseExact(t *testing.T) {
+	tests := []struct {
+		in   string
+		want any
+	}{
+		{"  a b  ", "  a b  "},
+		{"x\n\n", "x\n\n"},
+		{"\tx", "\tx"},
+		{" 42 ", int64(42)},
+		{` "a" `, "a"},
+		{"[1, 2]\n", []any{int64(1), int64(2)}},
+		{" NaN", nan},
+		{"1 2", "1 2"},
+		{"  ", "  "},
+		{"", ""},
+		{"\xff\n", []byte("\xff\n")},
+	}
+	for _, tt := range tests {
+		if got := ParseExact(tt.in); !same(got, tt.want) {
+			t.Errorf("ParseExact(%q) = %#v, want %#v", tt.in, got, tt.want)
+		}
 	}
 }
 
