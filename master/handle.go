@@ -778,5 +778,10 @@ func errorResponse(err error) *wire.Response {
 			all = append(all, s.wire)
 		}
 	}
-	return &wire.Response{Code: wire.CodeOf(errors.Join(all...)), Error: err.Error()}
+	msg := err.Error()
+	if errors.Is(err, queue.ErrClosed) {
+		// The queues' own name for it means nothing to a client.
+		msg = strings.ReplaceAll(msg, queue.ErrClosed.Error(), wire.ErrShuttingDown.Error())
+	}
+	return &wire.Response{Code: wire.CodeOf(errors.Join(all...)), Error: msg}
 }

@@ -116,6 +116,7 @@ func TestUsageErrors(t *testing.T) {
 		{"root bad backoff", rootCmd, []string{"--retry-backoff", "soon"}, "--retry-backoff: \"soon\""},
 		{"root zero dedup window", rootCmd, []string{"--dedup-window", "0"}, "--dedup-window must be positive"},
 		{"root argument", rootCmd, []string{"serve"}, `unknown command "serve"`},
+		{"root argument before a subcommand's flag", rootCmd, []string{"inpsect", "--server", "x"}, `unknown command "inpsect"`},
 		{"root tls cert without key", rootCmd, []string{"--tls-cert", "c.pem"}, "--tls-cert and --tls-key go together"},
 		{"root client ca without cert", rootCmd, []string{"--tls-client-ca", "ca.pem"}, "--tls-client-ca needs --tls-cert"},
 		{"root zero conns", rootCmd, []string{"--max-conns", "0"}, "--max-conns must be at least 1"},

@@ -67,7 +67,9 @@ result had not come gets null, and stderr names its input line ("has no
 result yet"); the lines after it are not printed. The final message says
 how many results came. Stopped by a signal (Ctrl-C, SIGTERM, SIGHUP as its
 terminal goes) or by its output's reader going away (| head), it deletes
-its result queue and cancels its tasks not yet handed out, as at any end;
+its own result queue and cancels its tasks not yet handed out, as at any
+end (with --results, the queue is kept and nothing is cancelled: its
+results keep coming there);
 it then exits 130 after SIGINT, 143 after SIGTERM (as a shell reports a
 command a signal ended, so that a script's loop stops too), and 141,
 silently, when its reader went.
@@ -272,6 +274,10 @@ func mapRun(ctx context.Context, opts *mapOptions) (err error) {
 			if st != nil && st.total > st.arrived {
 				n := st.total - st.arrived
 				left = fmt.Sprintf("; its %d %s not answered still run, for no one", n, plural(n, "task", "tasks"))
+				if connectionGone(derr) {
+					left = fmt.Sprintf("; its %d %s not answered were not cancelled: a master that keeps its queues runs them for no one",
+						n, plural(n, "task", "tasks"))
+				}
 			}
 			switch {
 			case derr == nil || errors.Is(derr, wire.ErrUnknownQueue):

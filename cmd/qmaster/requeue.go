@@ -153,15 +153,17 @@ func dropRun(ctx context.Context, opts *deadTaskOptions) error {
 }
 
 // deadTaskError words the error of a requeue or drop: the master names
-// each id it did not find.
+// each id it did not find. q is the queue or its dead-letter queue.
 func deadTaskError(q string, err error) error {
+	q = strings.TrimSuffix(q, queue.DeadSuffix)
 	switch {
 	case err == nil:
 		return nil
 	case errors.Is(err, wire.ErrNoSuchTask):
 		return fmt.Errorf("not dead tasks of %s: %w", q, err)
 	case errors.Is(err, wire.ErrUnknownQueue):
-		return fmt.Errorf("queue %s: %w (no task died there)", q, err)
+		// The dead-letter queue is the one unknown: QUEUE may well exist.
+		return fmt.Errorf("queue %s: no task died there (its dead-letter queue: %w)", q, err)
 	}
 	return fmt.Errorf("queue %s: %w", q, err)
 }

@@ -196,7 +196,15 @@ func setupRoot(cmd *cobra.Command) {
 	cmd.SilenceErrors = true
 	cmd.SilenceUsage = true
 	cmd.CompletionOptions.HiddenDefaultCmd = true
-	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{Err: err} })
+	cmd.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		// "qmaster inpsect --server X": the flag is unknown because the
+		// word before it is no command, which is what to say (as args
+		// does without the flag).
+		if a := c.Flags().Args(); c.HasSubCommands() && len(a) > 0 {
+			return usageErrorf("unknown command %q", a[0])
+		}
+		return &usageError{Err: err}
+	})
 }
 
 func (o *serveOptions) validate() error {
