@@ -179,6 +179,29 @@ func (d *deletedQueues) stale(dest string, enqueued time.Time, last *string, las
 	return !lastAt.IsZero() && enqueued.Before(*lastAt)
 }
 
+// unwanted returns queue.PutRequest.Unwanted for results of tasks put
+// into queue dest: whether every one was put before dest's last deletion
+// (stale of each). It is nil unless every task named dest as its reply
+// queue: the results of the others are always wanted.
+func (d *deletedQueues) unwanted(dest string, tasks []queue.Task) func() bool {
+	if len(tasks) == 0 {
+		return nil
+	}
+	last := tasks[0].Enqueued
+	for i := range tasks {
+		if tasks[i].ReplyTo != dest {
+			return nil
+		}
+		if tasks[i].Enqueued.After(last) {
+			last = tasks[i].Enqueued
+		}
+	}
+	return func() bool {
+		at, ok := d.since(dest)
+		return ok && last.Before(at)
+	}
+}
+
 // firstCancel reports whether tasks replying to name are cancelled for
 // the first time since its deletion: the master logs that once.
 func (d *deletedQueues) firstCancel(name string) bool {

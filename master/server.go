@@ -514,10 +514,10 @@ func (s *Server) closeAll() {
 // unavailable (a gateway's engine electing a leader) it tries again until
 // they take the results or the master stops: the tasks of these results
 // are acked only once they are in, so a worker's completion waits rather
-// than a result being lost.
-func (s *Server) putResultItems(q string, items []queue.Item, of queue.ResultsOf) error {
+// than a result being lost. unwanted is queue.PutRequest.Unwanted.
+func (s *Server) putResultItems(q string, items []queue.Item, of queue.ResultsOf, unwanted func() bool) error {
 	for retry := time.Duration(0); ; {
-		_, err := s.queues.Put(s.ctx, queue.PutRequest{Queue: q, Items: items, Results: true, ResultsOf: of})
+		_, err := s.queues.Put(s.ctx, queue.PutRequest{Queue: q, Items: items, Results: true, ResultsOf: of, Unwanted: unwanted})
 		if !errors.Is(err, queue.ErrUnavailable) {
 			return err
 		}
@@ -742,7 +742,7 @@ func (s *Server) putResults(dests []string, results []wire.Result, of queue.Resu
 		if !s.awaitWritable(dest, len(items), wait) {
 			return false, nil
 		}
-		err := s.putResultItems(dest, items, resultsOf)
+		err := s.putResultItems(dest, items, resultsOf, s.deleted.unwanted(dest, resultsOf.Tasks))
 		if err != nil && s.cfg.OpenQueues != nil {
 			s.log.Error("publish results failed; their tasks are not acked and run again", "queue", dest, "results", len(items), "err", err)
 			return true, err

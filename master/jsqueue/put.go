@@ -69,6 +69,10 @@ func (q *Queues) Put(ctx context.Context, req queue.PutRequest) ([]uint64, error
 // the gateway's own (below), made only then. size is the most tasks it
 // packs in a message, decided by the first call (0: not yet).
 func (q *Queues) put(ctx context.Context, req queue.PutRequest, putNo uint64, size *int) ([]uint64, error) {
+	unwanted := func() bool { return req.Results && req.Unwanted != nil && req.Unwanted() }
+	if unwanted() { // not made anew by open, for no one
+		return nil, nil
+	}
 	if req.MaxWait < 0 {
 		return nil, fmt.Errorf("%w: max wait must be >= 0, got %v", queue.ErrBadArgument, req.MaxWait)
 	}
@@ -81,7 +85,24 @@ func (q *Queues) put(ctx context.Context, req queue.PutRequest, putNo uint64, si
 	if err := queue.CheckRequestID(req); err != nil {
 		return nil, err
 	}
-	s, err := q.open(req.Queue, true)
+	s, err := q.open(req.Queue, req.Unwanted == nil)
+	if errors.Is(err, queue.ErrUnknownQueue) {
+		// Results for a queue with no stream: it may have been deleted
+		// just now (a map's, as it ends), and the deletion is told to
+		// every gateway as it is made, maybe a little after JetStream's
+		// advisory of it. Made only if they are wanted, after a pause.
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-q.ctx.Done():
+			return nil, queue.ErrClosed
+		case <-time.After(unavailablePause):
+		}
+		if unwanted() {
+			return nil, nil
+		}
+		s, err = q.open(req.Queue, true)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -176,23 +197,22 @@ func (q *Queues) put(ctx context.Context, req queue.PutRequest, putNo uint64, si
 	pctx, cancel := q.call()
 	defer cancel()
 	var replaced func() bool
-	if allLevels {
+	if allLevels || req.Results {
 		// A stream made anew takes a level's subject once a gateway
 		// opens the level in it (openLevel). A put with tasks of level 0
 		// too, which every stream of the queue takes, is not made again:
-		// it waits out the request timeout as before.
+		// it waits out the request timeout as before. Results whose
+		// queue was deleted (a map's that ended) are found so at once,
+		// not after the request timeout, and may go nowhere (below).
 		replaced = q.replacedSince(pctx, s)
 	}
 	ids, dup, err := q.publishDedup(pctx, msgs, replaced)
 	resent := false
 	for round := 1; req.Results && errors.Is(err, queue.ErrUnavailable) && allKeyed(msgs) && ctx.Err() == nil && q.ctx.Err() == nil; round++ {
-		// Results are never dropped: the server would put them again as
-		// a new put, under new IDs, and so store twice those the first
-		// one stored. Sent again here under theirs, none is, until ctx
-		// (the server's) ends.
-		if round == 1 {
-			q.log.Warn("results held until their queue takes them", "queue", req.Queue, "messages", len(msgs), "err", err)
-		}
+		// Results are never dropped, unless unwanted: the server would
+		// put them again as a new put, under new IDs, and so store twice
+		// those the first one stored. Sent again here under theirs, none
+		// is, until ctx (the server's) ends.
 		select {
 		case <-ctx.Done():
 			continue
@@ -200,8 +220,17 @@ func (q *Queues) put(ctx context.Context, req queue.PutRequest, putNo uint64, si
 			continue
 		case <-time.After(unavailablePause):
 		}
-		// Its stream may have been deleted (a map's results queue, when
-		// it ends): made anew, as the server's next put would.
+		if unwanted() {
+			// Its stream deleted since their tasks were put (a map's
+			// results queue, when it ends; the deletion is told to
+			// every gateway as it is made): they go nowhere.
+			return nil, nil
+		}
+		if round == 1 {
+			q.log.Warn("results held until their queue takes them", "queue", req.Queue, "messages", len(msgs), "err", err)
+		}
+		// Its stream may have been deleted: made anew, as the server's
+		// next put would.
 		q.forget(req.Queue)
 		if _, err = q.open(req.Queue, true); err != nil {
 			continue

@@ -52,6 +52,14 @@ type PutRequest struct {
 	// IDs are those items'). A put repeated by its request ID is the same
 	// put sent again, not a repeat of keys: 0.
 	Repeats *int
+	// Unwanted, with Results, if not nil, reports whether the results'
+	// queue was deleted after their tasks were put, so that they go
+	// nowhere (a map that ended deletes its reply queue). A gateway that
+	// finds the queue's stream gone asks it, before and after a pause,
+	// rather than make the queue anew for no one: a put it says true of
+	// stores nothing and returns no IDs and no error. A Manager does not
+	// ask it.
+	Unwanted func() bool
 }
 
 // ResultsOf names the tasks a put's results are of.
