@@ -69,23 +69,35 @@ const (
 
 // counts returns the counters' stream, creating it on first use.
 func (q *Queues) counts(ctx context.Context) (jetstream.Stream, error) {
+	q.cntsMaking.Lock()
+	defer q.cntsMaking.Unlock()
 	q.cntsMu.Lock()
-	defer q.cntsMu.Unlock()
-	if q.cnts != nil {
-		return q.cnts, nil
+	made := q.cnts
+	q.cntsMu.Unlock()
+	if made != nil {
+		return made, nil
 	}
-	st, err := q.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:              countsStream,
-		Subjects:          []string{countsSubject + ">"},
-		Storage:           jetstream.FileStorage,
-		Replicas:          q.cfg.Replicas,
-		AllowMsgCounter:   true,
-		MaxMsgsPerSubject: 1,
+	// Each try bounded and repeated, as the packs' records' are: a
+	// request sent while the cluster elects its meta leader (a gateway
+	// makes this stream as it starts) may get no answer.
+	var st jetstream.Stream
+	err := retrying(ctx, func(ctx context.Context) (err error) {
+		st, err = q.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+			Name:              countsStream,
+			Subjects:          []string{countsSubject + ">"},
+			Storage:           jetstream.FileStorage,
+			Replicas:          q.cfg.Replicas,
+			AllowMsgCounter:   true,
+			MaxMsgsPerSubject: 1,
+		})
+		return err
 	})
 	if err != nil {
 		return nil, q.engineErr("open the packs' counters", err)
 	}
+	q.cntsMu.Lock()
 	q.cnts = st
+	q.cntsMu.Unlock()
 	return st, nil
 }
 

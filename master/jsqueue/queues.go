@@ -198,8 +198,12 @@ type Queues struct {
 	bg      sync.WaitGroup // New's opening of recs and cnts
 	recsMu  sync.Mutex
 	recs    jetstream.Stream
-	cntsMu  sync.Mutex
+	cntsMu  sync.Mutex // held briefly, to read or set cnts
 	cnts    jetstream.Stream
+	// cntsMaking is held while cnts is made: a gateway's lookup of the
+	// stream another made (countsIfAny, on a queue's deletion) does not
+	// wait for this one's creation.
+	cntsMaking sync.Mutex
 
 	// acking counts the acks of NoAck deliveries in flight (Delivered),
 	// which Close waits for before it ends q.ctx. Added to under mu while
