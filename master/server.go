@@ -230,7 +230,7 @@ func (s *Server) resultQueueKnown(q, rq string) {
 	delete(s.deadAwaiting, q)
 	s.deadAwaitingMu.Unlock()
 	if len(results) > 0 {
-		s.goRun(func() { s.publishDeadResults(rq, results) })
+		s.goRun(func() { s.publishDeadResults(rq, results, nil) })
 	}
 	if !had {
 		s.keepResultQueue(q)
@@ -649,20 +649,21 @@ func (s *Server) publishDeadResult(q string, t queue.Task) {
 	if at, ok := s.deleted.since(dest); ok && t.ReplyTo != "" && t.Enqueued.Before(at) {
 		return // its producer deleted the queue: no one waits for it
 	}
-	s.publishDeadResults(dest, []wire.Result{result})
+	s.publishDeadResults(dest, []wire.Result{result}, []queue.Task{t})
 }
 
 // publishDeadResults puts the error results of dead tasks into queue
-// dest.
-func (s *Server) publishDeadResults(dest string, results []wire.Result) {
+// dest; whose, if not nil, are the tasks, for the check of a reply queue
+// deleted since they were put (putResults).
+func (s *Server) publishDeadResults(dest string, results []wire.Result, whose []queue.Task) {
 	dests := make([]string, len(results))
 	for i := range dests {
 		dests[i] = dest
 	}
-	if done, _ := s.putResults(dests, results, queue.ResultsOf{}, false); !done {
+	if done, _ := s.putResults(dests, results, queue.ResultsOf{}, whose, false); !done {
 		// The data directory refuses writes: keep trying without holding
 		// up the lease reaper, which may be the caller.
-		s.goRun(func() { _, _ = s.putResults(dests, results, queue.ResultsOf{}, true) })
+		s.goRun(func() { _, _ = s.putResults(dests, results, queue.ResultsOf{}, whose, true) })
 	}
 }
 
@@ -680,15 +681,17 @@ func (s *Server) publishDeadResults(dest string, results []wire.Result) {
 // behind OpenQueues that stayed unavailable until the master stopped):
 // the caller must then not ack their tasks, which run again.
 func (s *Server) publish(dests []string, results []wire.Result, of queue.ResultsOf) error {
-	_, err := s.putResults(dests, results, of, true)
+	_, err := s.putResults(dests, results, of, of.Tasks, true)
 	return err
 }
 
 // putResults is publish. Without wait, it gives up at the first put the
 // store would refuse and reports false; it reports true once every
 // result is in, or an error (logged) made it drop some, and then that
-// error if the results it dropped are not queued either.
-func (s *Server) putResults(dests []string, results []wire.Result, of queue.ResultsOf, wait bool) (bool, error) {
+// error if the results it dropped are not queued either. whose[i], if
+// whose is not nil, is the task of results[i], for the queues' check of a
+// reply queue deleted since (queue.PutRequest.Unwanted).
+func (s *Server) putResults(dests []string, results []wire.Result, of queue.ResultsOf, whose []queue.Task, wait bool) (bool, error) {
 	if len(results) == 0 {
 		return true, nil
 	}
@@ -727,8 +730,9 @@ func (s *Server) putResults(dests []string, results []wire.Result, of queue.Resu
 	for _, dest := range queues {
 		items = items[:0]
 		resultsOf := queue.ResultsOf{Queue: of.Queue, Tasks: of.Tasks} // one queue: all of them
+		mine := whose
 		if len(queues) > 1 {
-			resultsOf.Tasks = nil
+			resultsOf.Tasks, mine = nil, nil
 		}
 		for i := range results {
 			if dests[i] != dest {
@@ -738,11 +742,14 @@ func (s *Server) putResults(dests []string, results []wire.Result, of queue.Resu
 			if len(queues) > 1 && of.Tasks != nil {
 				resultsOf.Tasks = append(resultsOf.Tasks, of.Tasks[i])
 			}
+			if len(queues) > 1 && whose != nil {
+				mine = append(mine, whose[i])
+			}
 		}
 		if !s.awaitWritable(dest, len(items), wait) {
 			return false, nil
 		}
-		err := s.putResultItems(dest, items, resultsOf, s.deleted.unwanted(dest, resultsOf.Tasks))
+		err := s.putResultItems(dest, items, resultsOf, s.deleted.unwanted(dest, mine))
 		if err != nil && s.cfg.OpenQueues != nil {
 			s.log.Error("publish results failed; their tasks are not acked and run again", "queue", dest, "results", len(items), "err", err)
 			return true, err

@@ -126,10 +126,13 @@ func requeueRun(ctx context.Context, opts *deadTaskOptions) error {
 		if n > 0 || err == nil { // a count beside an error only if some were
 			fmt.Fprintf(opts.IO.ErrOut, "made %d delayed %s of %s ready\n", n, plural(n, "task", "tasks"), opts.Queue)
 		}
-		if errors.Is(err, wire.ErrNoSuchTask) {
+		switch {
+		case errors.Is(err, wire.ErrNoSuchTask):
 			return fmt.Errorf("not delayed tasks of %s: %w", opts.Queue, err)
+		case err != nil:
+			return fmt.Errorf("queue %s: %w", opts.Queue, err)
 		}
-		return deadTaskError(opts.Queue, err)
+		return nil
 	}
 	n, err := c.Requeue(ctx, opts.Queue, opts.IDs...)
 	if n > 0 || err == nil {

@@ -87,6 +87,11 @@ func decode(s string) any {
 
 // decodeJSON decodes s if it is one JSON value.
 func decodeJSON(s string) (any, bool) {
+	if !utf8.ValidString(s) {
+		// JSON text is UTF-8; the decoder would take a string of other
+		// bytes with U+FFFD in their place, changing the value.
+		return nil, false
+	}
 	dec := json.NewDecoder(strings.NewReader(s))
 	dec.UseNumber()
 	var v any

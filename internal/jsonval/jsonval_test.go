@@ -99,6 +99,8 @@ func TestParse(t *testing.T) {
 		{"h\xe9llo", []byte("h\xe9llo")},
 		{" \xff ", []byte("\xff")},
 		{"[\xff]", []byte("[\xff]")},
+		{"\"caf\xe9\"", []byte("\"caf\xe9\"")},
+		{"{\"a\":\"\xff\"}", []byte("{\"a\":\"\xff\"}")},
 		{"héllo", "héllo"},
 	}
 	for _, tt := range tests {
