@@ -53,6 +53,7 @@ func (q *Queues) get(ctx context.Context, req queue.GetRequest, dst []queue.Task
 	// and the client gives up on the gateway as dead. (A get with no
 	// bound, as a Python client's blocking get, keeps them.)
 	var by time.Time
+	noWait := ctx.Err() != nil && req.MaxWait == 0 // a get that may not wait (queue.NoWait)
 	if req.MaxWait > 0 || ctx.Err() != nil {
 		by = time.Now().Add(max(req.MaxWait, q.cfg.RequestTimeout/2))
 	}
@@ -158,6 +159,9 @@ func (q *Queues) get(ctx context.Context, req queue.GetRequest, dst []queue.Task
 		if len(msgs) == 0 && !woken {
 			if len(levels) > 0 && waitLeft(ctx) {
 				continue // a slice is over: look at every level again
+			}
+			if noWait {
+				q.sayWanted(s) // another gateway may hold some (wanted.go)
 			}
 			return nil, nil // the wait is over
 		}

@@ -478,7 +478,9 @@ func (q *Queues) overdueQueuesLocked(now time.Time) []string {
 // tasks another gateway's workers wait for are stored apart (moveHeld):
 // a task must not wait in one gateway while another's workers are idle.
 // They wait if JetStream holds pull requests on the queue's consumer,
-// which this gateway's own gets do not leave while it holds tasks due.
+// which this gateway's own gets do not leave while it holds tasks due, or
+// if another gateway said lately that a get that could not wait found
+// none (wanted.go).
 // Held tasks nobody else waits for stay, in order: stored apart, they
 // would go behind tasks put after them. The looks end with ctx.
 func (q *Queues) moveOverdue(ctx context.Context, names []string) {
@@ -504,8 +506,8 @@ func (q *Queues) moveOverdue(ctx context.Context, names []string) {
 				s.wakeGets(len(s.waiting)) // to pull again (SetPaused)
 			}
 		}
-		if !s.paused && ci.NumWaiting > 0 {
-			moves = append(moves, q.overdueLocked(name, time.Now())...)
+		if now := time.Now(); !s.paused && (ci.NumWaiting > 0 || q.wantedLately(s.local, now)) {
+			moves = append(moves, q.overdueLocked(name, now)...)
 		}
 		q.mu.Unlock()
 	}

@@ -228,6 +228,9 @@ type Queues struct {
 	sizeMu  sync.Mutex
 	sizes   map[string]map[string]sizeSaid
 	sizeSub *nats.Subscription
+	// wantedSub takes the other gateways' gets that found no task
+	// (wanted.go); nil if this gateway does not pack.
+	wantedSub *nats.Subscription
 	// delKV keeps the deletions of queues (deletions.go), opened on
 	// first use under delMu.
 	delMu sync.Mutex
@@ -296,6 +299,10 @@ type local struct {
 	// lookedAt is when overdue held tasks were last looked at
 	// (overdueQueuesLocked).
 	lookedAt time.Time
+	// wantedAt is when another gateway last said that a get that could
+	// not wait found none of the queue's tasks (heardWanted); wantedSaid,
+	// when this one last said so (sayWanted).
+	wantedAt, wantedSaid time.Time
 	// demand is what the pack size this gateway says is made of.
 	demand demand
 	// lastDelivered is the highest consumer sequence of the deliveries of
@@ -421,6 +428,16 @@ func New(cfg Config) (*Queues, error) {
 			return nil, fmt.Errorf("jetstream: subscribe to the gateways' pack sizes: %w", err)
 		}
 	}
+	if cfg.Pack > 1 { // only a packing gateway holds tasks
+		q.wantedSub, err = cfg.Conn.Subscribe(wantedSubjects+"*", q.heardWanted)
+		if err != nil {
+			_ = q.renewSub.Unsubscribe()
+			if q.sizeSub != nil {
+				_ = q.sizeSub.Unsubscribe()
+			}
+			return nil, fmt.Errorf("jetstream: subscribe to the gateways' wanted tasks: %w", err)
+		}
+	}
 	q.pulls = newPulls(cfg.Conn, &q.handedBack)
 	q.followAdvisories()
 	if err := q.Answer(topicPurged, q.answerPurged); err != nil { // purged.go
@@ -473,6 +490,9 @@ func (q *Queues) Close() {
 	_ = q.renewSub.Unsubscribe()
 	if q.sizeSub != nil {
 		_ = q.sizeSub.Unsubscribe()
+	}
+	if q.wantedSub != nil {
+		_ = q.wantedSub.Unsubscribe()
 	}
 	for _, sub := range q.advisories {
 		_ = sub.Unsubscribe()
