@@ -493,6 +493,7 @@ func (q *Queues) moveOverdue(ctx context.Context, names []string) {
 		q.mu.Lock()
 		seq := s.pauseSeq // a change learned while the consumer is read wins
 		q.mu.Unlock()
+		start := time.Now()
 		ctx, cancel := context.WithTimeout(ctx, q.cfg.RequestTimeout)
 		ci, err := s.cons.Info(ctx)
 		cancel()
@@ -506,8 +507,8 @@ func (q *Queues) moveOverdue(ctx context.Context, names []string) {
 				s.wakeGets(len(s.waiting)) // to pull again (SetPaused)
 			}
 		}
-		if now := time.Now(); !s.paused && (ci.NumWaiting > 0 || q.wantedLately(s.local, now)) {
-			moves = append(moves, q.overdueLocked(name, now)...)
+		if !s.paused && (ci.NumWaiting > 0 || q.wantedLately(s.local, start)) {
+			moves = append(moves, q.overdueLocked(name, time.Now())...)
 		}
 		q.mu.Unlock()
 	}

@@ -229,7 +229,7 @@ type Queues struct {
 	sizes   map[string]map[string]sizeSaid
 	sizeSub *nats.Subscription
 	// wantedSub takes the other gateways' gets that found no task
-	// (wanted.go); nil if this gateway does not pack.
+	// (wanted.go).
 	wantedSub *nats.Subscription
 	// delKV keeps the deletions of queues (deletions.go), opened on
 	// first use under delMu.
@@ -428,15 +428,15 @@ func New(cfg Config) (*Queues, error) {
 			return nil, fmt.Errorf("jetstream: subscribe to the gateways' pack sizes: %w", err)
 		}
 	}
-	if cfg.Pack > 1 { // only a packing gateway holds tasks
-		q.wantedSub, err = cfg.Conn.Subscribe(wantedSubjects+"*", q.heardWanted)
-		if err != nil {
-			_ = q.renewSub.Unsubscribe()
-			if q.sizeSub != nil {
-				_ = q.sizeSub.Unsubscribe()
-			}
-			return nil, fmt.Errorf("jetstream: subscribe to the gateways' wanted tasks: %w", err)
+	// Whether this gateway packs or not: it holds the tasks of the packs
+	// others put.
+	q.wantedSub, err = cfg.Conn.Subscribe(wantedSubjects+"*", q.heardWanted)
+	if err != nil {
+		_ = q.renewSub.Unsubscribe()
+		if q.sizeSub != nil {
+			_ = q.sizeSub.Unsubscribe()
 		}
+		return nil, fmt.Errorf("jetstream: subscribe to the gateways' wanted tasks: %w", err)
 	}
 	q.pulls = newPulls(cfg.Conn, &q.handedBack)
 	q.followAdvisories()
@@ -491,9 +491,7 @@ func (q *Queues) Close() {
 	if q.sizeSub != nil {
 		_ = q.sizeSub.Unsubscribe()
 	}
-	if q.wantedSub != nil {
-		_ = q.wantedSub.Unsubscribe()
-	}
+	_ = q.wantedSub.Unsubscribe()
 	for _, sub := range q.advisories {
 		_ = sub.Unsubscribe()
 	}

@@ -40,27 +40,26 @@ func (q *Queues) sayWanted(s *stream) {
 	_ = q.cfg.Conn.Publish(wantedSubjects+token(s.queue), []byte(q.gatewayID))
 }
 
-// heardWanted takes another gateway's sayWanted: the queue's held tasks
-// are looked at at the reaper's next round, and those overdue moved.
+// heardWanted takes another gateway's sayWanted: the queue's overdue held
+// tasks are moved at the reaper's next look at them (every HoldFor/2).
 func (q *Queues) heardWanted(m *nats.Msg) {
 	if string(m.Data) == q.gatewayID {
 		return
 	}
 	tok := strings.TrimPrefix(m.Subject, wantedSubjects)
-	now := time.Now()
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	for name, l := range q.locals {
-		if len(l.held) > 0 && token(name) == tok {
-			l.wantedAt, l.lookedAt = now, time.Time{}
-			q.wakeReaper()
+	if name, ok := q.queueOf[streamPrefix+tok]; ok {
+		if l := q.locals[name]; l != nil && len(l.held) > 0 {
+			l.wantedAt = time.Now()
 		}
 	}
 }
 
 // wantedLately reports whether another gateway's get that could not wait
-// found none of l's tasks within HoldFor before now. Called with q.mu
-// held.
-func (q *Queues) wantedLately(l *local, now time.Time) bool {
-	return now.Sub(l.wantedAt) < q.cfg.HoldFor
+// found none of l's tasks lately, as of a look that started at start:
+// within HoldFor, or two of its sayings' intervals if that is longer.
+// Called with q.mu held.
+func (q *Queues) wantedLately(l *local, start time.Time) bool {
+	return start.Sub(l.wantedAt) < max(q.cfg.HoldFor, 2*wantedEvery)
 }
