@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/qm-dev/qm/internal/pyext"
 )
@@ -240,6 +241,11 @@ func (u *unpickler) step(op byte) error {
 		b, err := u.counted(op, opShortBinUni, opBinUnicode)
 		if err != nil {
 			return err
+		}
+		if !utf8.Valid(b) && !pythonUTF8(b) {
+			// Python's unpickler refuses it too; and pickled back to
+			// Python, a str Python cannot decode goes as bytes (str).
+			return fmt.Errorf("%w: a str of bytes that are not UTF-8", ErrBadPickle)
 		}
 		u.push(string(b))
 	case opShortBinBytes, opBinBytes, opBinBytes8:

@@ -288,6 +288,7 @@ func TestUnpickleRefuses(t *testing.T) {
 		{"out-of-band", "\x80\x05\x97.", pyproto.ErrUnsupported, "out-of-band"},
 		{"LONG4 beyond data", "\x80\x02\x8b\xff\xff\xff\x7f.", pyproto.ErrBadPickle, "truncated"},
 		{"BINUNICODE8 beyond data", "\x80\x04\x8d\xff\xff\xff\xff\xff\xff\xff\xff.", pyproto.ErrBadPickle, "truncated"},
+		{"str not UTF-8", "\x80\x04\x8c\x02a\xff.", pyproto.ErrBadPickle, "not UTF-8"},
 		{"unhashable key", "\x80\x04}]Ns.", pyproto.ErrBadPickle, "unhashable"},
 		{"append to int", "\x80\x04K\x01Na.", pyproto.ErrBadPickle, "append"},
 		{"stack underflow", "\x80\x04\x85.", pyproto.ErrBadPickle, "underflow"},
