@@ -77,14 +77,6 @@ func Text(text string) any {
 	return []byte(text)
 }
 
-// decode is Parse by the JSON decoder, for a trimmed, non-empty s.
-func decode(s string) any {
-	if v, ok := decodeJSON(s); ok {
-		return v
-	}
-	return Text(s)
-}
-
 // decodeJSON decodes s if it is one JSON value.
 func decodeJSON(s string) (any, bool) {
 	if !utf8.ValidString(s) {
