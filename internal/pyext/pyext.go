@@ -21,6 +21,7 @@ import (
 	"math"
 	"math/big"
 	"time"
+	"unicode/utf8"
 
 	"github.com/qm-dev/qm/internal/msgp"
 )
@@ -236,6 +237,11 @@ func parseZone(d []byte) (*Zone, error) {
 		return nil, invalid("a UTC offset of %d seconds", z.Offset)
 	}
 	if len(d) > 4 {
+		if !utf8.Valid(d[5:]) {
+			// Python's timezone names are str, which pickle writes as
+			// UTF-8 (and Go's, a string that may not be).
+			return nil, invalid("a timezone name that is not UTF-8")
+		}
 		z.Name, z.Named = string(d[5:]), true
 	}
 	return z, nil

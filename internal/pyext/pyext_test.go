@@ -131,6 +131,7 @@ func TestInvalid(t *testing.T) {
 			return err
 		},
 		"name without zero": func() error { _, _, err := pyext.ParseTime([]byte{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 'X'}); return err },
+		"name not UTF-8":    func() error { _, _, err := pyext.ParseTime([]byte{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff}); return err },
 		"datetime hour 24":  func() error { _, _, err := pyext.ParseDateTime([]byte{7, 0xe8, 1, 1, 24, 0, 0, 0, 0, 0}); return err },
 		"timedelta days": func() error {
 			_, err := pyext.ParseTimeDelta([]byte{0x3b, 0x9a, 0xca, 0, 0, 0, 0, 0, 0, 0, 0, 0})
